@@ -1,0 +1,1 @@
+//! Root package of the surge workspace: it owns `benches/` and `tests/`.
