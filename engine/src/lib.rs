@@ -1,1 +1,32 @@
-//! surge-engine
+//! surge-engine: the domain, the pure state machine, and the single-writer runtime.
+//!
+//! - [`State`] is deterministic: `apply(command, now)` does no I/O and reads no clock.
+//! - [`Engine`] owns a `State` on one writer thread, takes commands from a bounded
+//!   queue, logs every mutation to the WAL, commits once per batch, then replies.
+
+pub mod codec;
+pub mod command;
+pub mod domain;
+pub mod event;
+pub mod limits;
+mod query;
+mod state;
+
+pub use command::*;
+pub use domain::*;
+pub use event::{Event, EventKind};
+pub use query::{QueryReply, fnv1a64};
+pub use state::{Applied, EXPIRE_BATCH_MAX, State};
+
+impl State {
+    /// Encode the whole state for a snapshot file.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        codec::encode_snapshot(&self.to_snapshot())
+    }
+
+    /// Decode a snapshot written by [`State::encode_snapshot`]; whole-state
+    /// invariants are checked.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
+        State::from_snapshot(codec::decode_snapshot(bytes)?)
+    }
+}

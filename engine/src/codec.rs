@@ -1,0 +1,74 @@
+//! Byte encodings of what the engine logs: WAL record payloads and snapshots.
+//! bincode 2.0.1 with an explicit configuration (little-endian, fixed-width
+//! integers, a size limit) so that the bytes never depend on a default.
+
+use bincode::{Decode, Encode, config};
+
+use crate::command::{Command, IdempotencyKey};
+use crate::domain::Millis;
+use crate::state::Snapshot;
+
+/// Largest encoded record (commands are bounded by `limits.rs`; this is a backstop).
+pub const RECORD_BYTES_MAX: usize = 1 << 20;
+/// Largest snapshot that will be decoded.
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 40;
+
+const RECORD_CONFIG: config::Configuration<
+    config::LittleEndian,
+    config::Fixint,
+    config::Limit<RECORD_BYTES_MAX>,
+> = config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding()
+    .with_limit::<RECORD_BYTES_MAX>();
+const SNAPSHOT_CONFIG: config::Configuration<
+    config::LittleEndian,
+    config::Fixint,
+    config::Limit<SNAPSHOT_BYTES_MAX>,
+> = config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding()
+    .with_limit::<SNAPSHOT_BYTES_MAX>();
+
+/// One WAL record: a command as the writer applied it, with its time stamp and
+/// idempotency key. Replay applies it again and must get the same LSN.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LogRecord {
+    pub now_ms: Millis,
+    pub command: Command,
+    pub key: Option<IdempotencyKey>,
+}
+
+pub fn encode_record(record: &LogRecord, out: &mut Vec<u8>) {
+    out.clear();
+    bincode::encode_into_std_write(record, out, RECORD_CONFIG)
+        .expect("encoding into a Vec cannot fail");
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, String> {
+    let (record, used) =
+        bincode::decode_from_slice(bytes, RECORD_CONFIG).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the record",
+            bytes.len() - used
+        ));
+    }
+    Ok(record)
+}
+
+pub(crate) fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
+}
+
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
+    let (snapshot, used) =
+        bincode::decode_from_slice(bytes, SNAPSHOT_CONFIG).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the snapshot",
+            bytes.len() - used
+        ));
+    }
+    Ok(snapshot)
+}

@@ -1,0 +1,74 @@
+//! Every limit of the engine, in one place, with the relationships between them
+//! checked at compile time. A limit that is hit is a clear rejection, never growth
+//! without bound.
+
+/// Lines in one reservation or order.
+pub const LINES_PER_REQUEST_MAX: usize = 64;
+/// Units of one SKU in one line (and summed per SKU within one request).
+pub const QTY_PER_LINE_MAX: u64 = 1_000_000;
+/// Largest `on_hand` a SKU may have.
+pub const ON_HAND_MAX: u64 = 1_000_000_000_000;
+/// Largest unit price, in minor units (cents).
+pub const UNIT_PRICE_MAX: u64 = 10_000_000_000;
+/// SKU id length in bytes: `[A-Za-z0-9._:-]`.
+pub const SKU_ID_LEN_MAX: usize = 64;
+/// SKU display name length in bytes.
+pub const SKU_NAME_LEN_MAX: usize = 200;
+/// Client order number length in bytes.
+pub const ORDER_NO_LEN_MAX: usize = 64;
+/// Customer id length in bytes.
+pub const CUSTOMER_ID_LEN_MAX: usize = 64;
+/// Free-text notes, payment / refund references, tracking numbers.
+pub const NOTE_LEN_MAX: usize = 500;
+/// Actor names (who did it) in bytes.
+pub const ACTOR_LEN_MAX: usize = 64;
+/// Idempotency key length in bytes.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+
+/// Number of distinct SKUs.
+pub const SKUS_MAX: usize = 1_000_000;
+/// Number of distinct actors (interned).
+pub const ACTORS_MAX: usize = 100_000;
+/// Orders kept in memory (all statuses; ids are dense).
+pub const ORDERS_MAX: usize = 50_000_000;
+/// Reservations held at once.
+pub const HELD_RESERVATIONS_MAX: usize = 20_000_000;
+/// Finished (committed / released / expired) reservations remembered for reads and
+/// idempotent repeats, newest kept.
+pub const FINISHED_RESERVATIONS_KEPT: usize = 1_000_000;
+/// Idempotency keys remembered at once.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 2_000_000;
+/// A key is kept at least this long (24 h), longer while there is room.
+pub const IDEMPOTENCY_KEY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// History entries per order (the graph has at most ~9 transitions; the rest is slack).
+pub const HISTORY_PER_ORDER_MAX: usize = 32;
+
+/// Reservation and payment TTLs.
+pub const TTL_MS_MIN: u64 = 1_000;
+pub const TTL_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Default reservation TTL: 15 minutes.
+pub const RESERVATION_TTL_MS_DEFAULT: u64 = 15 * 60 * 1000;
+/// Default payment TTL for orders: 15 minutes.
+pub const PAYMENT_TTL_MS_DEFAULT: u64 = 15 * 60 * 1000;
+
+/// Page size of list queries.
+pub const LIST_LIMIT_MAX: usize = 1_000;
+pub const LIST_LIMIT_DEFAULT: usize = 50;
+/// Orders examined by one filtered list query before it returns a cursor: reads run
+/// on the writer thread, so one query may not stall writes for long.
+pub const LIST_SCAN_MAX: usize = 200_000;
+/// `top N` in stats.
+pub const STATS_TOP_MAX: usize = 100;
+/// Events one record may carry: event seq = record LSN + index.
+pub const EVENTS_PER_RECORD_MAX: usize = 4 * LINES_PER_REQUEST_MAX + 8;
+
+const _: () =
+    assert!(TTL_MS_MIN <= RESERVATION_TTL_MS_DEFAULT && RESERVATION_TTL_MS_DEFAULT <= TTL_MS_MAX);
+const _: () = assert!(TTL_MS_MIN <= PAYMENT_TTL_MS_DEFAULT && PAYMENT_TTL_MS_DEFAULT <= TTL_MS_MAX);
+const _: () = assert!(LIST_LIMIT_DEFAULT <= LIST_LIMIT_MAX && LIST_LIMIT_MAX <= LIST_SCAN_MAX);
+// Totals are u64 minor units: the biggest order must not overflow.
+const _: () = assert!(
+    (LINES_PER_REQUEST_MAX as u128) * (QTY_PER_LINE_MAX as u128) * (UNIT_PRICE_MAX as u128)
+        < u64::MAX as u128
+);
+const _: () = assert!(IDEMPOTENCY_KEY_RETENTION_MS >= 24 * 60 * 60 * 1000);

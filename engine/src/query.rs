@@ -1,0 +1,303 @@
+//! Reads of the state: views with names resolved, lists with cursors, stats, digest.
+//! Nothing here changes the state.
+
+use crate::command::{
+    CancellationView, HistoryView, LineView, OrderFilter, OrderLineView, OrderView, Page,
+    PaymentView, Query, Rejection, Reply, ReservationView, ReturnView, SkuSales, SkuView,
+    StatsView,
+};
+use crate::domain::{CancelReason, OrderId, OrderStatus, ReservationId, SkuIdx};
+use crate::limits::{LIST_LIMIT_MAX, LIST_SCAN_MAX, STATS_TOP_MAX};
+use crate::state::{Order, Reservation, State, check_sku_id};
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryReply {
+    Sku(SkuView),
+    Skus(Page<SkuView, SkuIdx>),
+    Reservation(ReservationView),
+    Order(Box<OrderView>),
+    Orders(Page<OrderView, OrderId>),
+    Stats(Box<StatsView>),
+    Digest(u64),
+}
+
+/// FNV-1a, 64 bit: a fixed, portable hash for digests and request fingerprints.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+impl State {
+    pub fn query(&self, query: &Query) -> Result<QueryReply, Rejection> {
+        match query {
+            Query::GetSku { sku } => {
+                check_sku_id("sku", sku)?;
+                let idx = self
+                    .sku_index
+                    .get(sku.as_str())
+                    .ok_or_else(|| Rejection::UnknownSku { sku: sku.clone() })?;
+                Ok(QueryReply::Sku(self.sku_view(*idx)))
+            }
+            Query::ListSkus { cursor, limit } => {
+                let limit = (*limit).clamp(1, LIST_LIMIT_MAX);
+                let start = cursor.map_or(0, |c| c.0 as usize + 1).min(self.skus.len());
+                let end = (start + limit).min(self.skus.len());
+                let items = (start..end)
+                    .map(|i| self.sku_view(SkuIdx(i as u32)))
+                    .collect();
+                let next_cursor = (end < self.skus.len()).then(|| SkuIdx(end as u32 - 1));
+                Ok(QueryReply::Skus(Page { items, next_cursor }))
+            }
+            Query::GetReservation { id } => {
+                let r = self
+                    .reservations
+                    .get(id)
+                    .ok_or(Rejection::UnknownReservation { id: *id })?;
+                Ok(QueryReply::Reservation(self.reservation_view(r)))
+            }
+            Query::GetOrder { id } => {
+                let order = self
+                    .order_by_id(*id)
+                    .ok_or_else(|| Rejection::UnknownOrder {
+                        order: id.to_string(),
+                    })?;
+                Ok(QueryReply::Order(Box::new(self.order_view(order))))
+            }
+            Query::GetOrderByNo { order_no } => {
+                let id = self.order_no_index.get(order_no.as_str()).ok_or_else(|| {
+                    Rejection::UnknownOrder {
+                        order: format!("with order_no {order_no:?}"),
+                    }
+                })?;
+                Ok(QueryReply::Order(Box::new(
+                    self.order_view(self.order_by_id(*id).expect("indexed")),
+                )))
+            }
+            Query::ListOrders {
+                filter,
+                cursor,
+                limit,
+            } => self.list_orders(filter, *cursor, *limit),
+            Query::Stats { top } => Ok(QueryReply::Stats(Box::new(self.stats(*top)))),
+            Query::Digest => Ok(QueryReply::Digest(self.digest())),
+        }
+    }
+
+    /// A digest of everything that replay must reproduce.
+    pub fn digest(&self) -> u64 {
+        fnv1a64(&crate::codec::encode_snapshot(&self.to_snapshot()))
+    }
+
+    fn order_by_id(&self, id: OrderId) -> Option<&Order> {
+        id.0.checked_sub(1)
+            .and_then(|i| self.orders.get(i as usize))
+    }
+
+    /// Newest first. The cursor is the id of the last order returned; at most
+    /// `LIST_SCAN_MAX` orders are examined per call, after which a cursor is returned
+    /// even if the page is short, so a selective filter never stalls the writer.
+    fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        cursor: Option<OrderId>,
+        limit: usize,
+    ) -> Result<QueryReply, Rejection> {
+        let limit = limit.clamp(1, LIST_LIMIT_MAX);
+        let sku = match &filter.sku {
+            Some(sku) => {
+                check_sku_id("sku", sku)?;
+                match self.sku_index.get(sku.as_str()) {
+                    Some(idx) => Some(*idx),
+                    None => {
+                        return Ok(QueryReply::Orders(Page {
+                            items: Vec::new(),
+                            next_cursor: None,
+                        }));
+                    }
+                }
+            }
+            None => None,
+        };
+        // Ids grow with creation time, so the created range bounds the scan.
+        let mut end = cursor.map_or(self.orders.len(), |c| {
+            (c.0.saturating_sub(1) as usize).min(self.orders.len())
+        });
+        if let Some(to) = filter.created_to_ms {
+            end = end.min(self.orders.partition_point(|o| o.created_at_ms <= to));
+        }
+        let start = filter.created_from_ms.map_or(0, |from| {
+            self.orders.partition_point(|o| o.created_at_ms < from)
+        });
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        let mut i = end;
+        while i > start {
+            if items.len() == limit || scanned == LIST_SCAN_MAX {
+                break;
+            }
+            i -= 1;
+            scanned += 1;
+            let o = &self.orders[i];
+            let matches = filter.status.is_none_or(|s| o.status == s)
+                && filter
+                    .customer_id
+                    .as_deref()
+                    .is_none_or(|c| &*o.customer_id == c)
+                && sku.is_none_or(|s| o.lines.iter().any(|l| l.sku == s));
+            if matches {
+                items.push(self.order_view(o));
+            }
+        }
+        let next_cursor = (i > start).then(|| OrderId(i as u64 + 1));
+        Ok(QueryReply::Orders(Page { items, next_cursor }))
+    }
+
+    fn stats(&self, top: usize) -> StatsView {
+        let c = &self.counters;
+        let orders_by_status = OrderStatus::ALL
+            .iter()
+            .map(|&s| (s, c.orders_by_status[s as usize]))
+            .collect();
+        let cancellations_by_reason = CancelReason::ALL
+            .iter()
+            .map(|&r| (r, c.cancellations_by_reason[r as usize]))
+            .collect();
+        let cancelled = c.orders_by_status[OrderStatus::Cancelled as usize];
+        let cancellation_rate = if c.orders_created == 0 {
+            0.0
+        } else {
+            cancelled as f64 / c.orders_created as f64
+        };
+        let mut ranked: Vec<&crate::state::Sku> = self.skus.iter().collect();
+        ranked.sort_by(|a, b| {
+            b.units_sold
+                .cmp(&a.units_sold)
+                .then(b.reserved.cmp(&a.reserved))
+                .then(a.id.cmp(&b.id))
+        });
+        let top_skus = ranked
+            .into_iter()
+            .take(top.clamp(1, STATS_TOP_MAX))
+            .map(|s| SkuSales {
+                sku: s.id.to_string(),
+                units_sold: s.units_sold,
+                units_held: s.reserved,
+            })
+            .collect();
+        StatsView {
+            orders_total: c.orders_created,
+            orders_by_status,
+            cancellations_by_reason,
+            cancellation_rate,
+            paid_amount: c.paid_amount,
+            refunded_amount: c.refunded_amount,
+            reservations_held: self.held_count as u64,
+            top_skus,
+        }
+    }
+
+    pub(crate) fn sku_view(&self, idx: SkuIdx) -> SkuView {
+        let s = &self.skus[idx.0 as usize];
+        SkuView {
+            sku: s.id.to_string(),
+            name: s.name.to_string(),
+            on_hand: s.on_hand,
+            reserved: s.reserved,
+            available: s.available(),
+            low_stock_threshold: s.low_stock_threshold,
+        }
+    }
+
+    pub(crate) fn reservation_view(&self, r: &Reservation) -> ReservationView {
+        ReservationView {
+            id: r.id,
+            status: r.status,
+            lines: r
+                .lines
+                .iter()
+                .map(|&(idx, qty)| LineView {
+                    sku: self.sku_name(idx).to_string(),
+                    qty: u64::from(qty),
+                })
+                .collect(),
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            order_id: r.order,
+        }
+    }
+
+    pub(crate) fn order_reply(&self, id: OrderId) -> Reply {
+        Reply::Order(Box::new(
+            self.order_view(self.order_by_id(id).expect("order exists")),
+        ))
+    }
+
+    pub(crate) fn order_view(&self, o: &Order) -> OrderView {
+        let actor = |a: u32| self.actors[a as usize].to_string();
+        let extra = o.extra.as_deref();
+        OrderView {
+            id: o.id,
+            order_no: o.order_no.to_string(),
+            customer_id: o.customer_id.to_string(),
+            status: o.status,
+            lines: o
+                .lines
+                .iter()
+                .map(|l| OrderLineView {
+                    sku: self.sku_name(l.sku).to_string(),
+                    qty: u64::from(l.qty),
+                    unit_price: l.unit_price,
+                })
+                .collect(),
+            total: o.total,
+            payment: PaymentView {
+                status: o.payment,
+                amount: o.total,
+                payment_ref: extra.map_or_else(String::new, |e| e.payment_ref.to_string()),
+                paid_at_ms: extra.and_then(|e| e.paid_at_ms),
+                refund_ref: extra.map_or_else(String::new, |e| e.refund_ref.to_string()),
+                due_at_ms: o.payment_due_at_ms,
+            },
+            reservation_id: o.reservation,
+            created_at_ms: o.created_at_ms,
+            updated_at_ms: o.updated_at_ms,
+            tracking_no: extra.map_or_else(String::new, |e| e.tracking_no.to_string()),
+            history: o
+                .history
+                .iter()
+                .map(|h| HistoryView {
+                    status: h.status,
+                    at_ms: h.at_ms,
+                    actor: actor(h.actor),
+                    note: h.note.to_string(),
+                })
+                .collect(),
+            cancellation: extra
+                .and_then(|e| e.cancellation.as_ref())
+                .map(|c| CancellationView {
+                    reason: c.reason,
+                    note: c.note.to_string(),
+                    at_ms: c.at_ms,
+                    actor: actor(c.actor),
+                }),
+            returned: extra.and_then(|e| e.returned.as_ref()).map(|r| ReturnView {
+                restock: r.restock,
+                reason: r.reason.to_string(),
+                note: r.note.to_string(),
+            }),
+        }
+    }
+
+    /// The reservation's id is known: used by tests and the runtime.
+    pub fn reservation_status(
+        &self,
+        id: ReservationId,
+    ) -> Option<crate::domain::ReservationStatus> {
+        self.reservations.get(&id).map(|r| r.status)
+    }
+}

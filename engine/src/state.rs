@@ -1,0 +1,1560 @@
+//! The pure state machine: `State::apply(command, now) -> outcome`.
+//!
+//! No I/O, no clock, no randomness: the same state, command and `now` give the same
+//! outcome, the same new state and the same events. Replay depends on it.
+//!
+//! Every handler validates everything before it changes anything, so a rejection
+//! leaves the state exactly as it was.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use bincode::{Decode, Encode};
+use hashbrown::HashMap;
+
+use crate::command::{Command, IdempotencyKey, Outcome, Rejection, Reply, Shortage};
+use crate::domain::{
+    AdjustReason, CancelReason, LineReq, Millis, OrderId, OrderLineReq, OrderStatus, PaymentStatus,
+    ReservationId, ReservationStatus, SYSTEM_ACTOR, SkuIdx,
+};
+use crate::event::{Event, EventKind};
+use crate::limits::*;
+
+/// Reservations expired by one `Expire` command; the timer sends another if more
+/// are due, so one command never stalls the writer for long.
+pub const EXPIRE_BATCH_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Sku {
+    pub id: Box<str>,
+    pub name: Box<str>,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub low_stock_threshold: u64,
+    /// Units that left `on_hand` through a commit and did not come back.
+    pub units_sold: u64,
+}
+
+impl Sku {
+    pub fn available(&self) -> u64 {
+        self.on_hand - self.reserved
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Reservation {
+    pub id: ReservationId,
+    /// One entry per SKU: demand within one request is summed.
+    pub lines: Box<[(SkuIdx, u32)]>,
+    pub status: ReservationStatus,
+    pub created_at_ms: Millis,
+    pub expires_at_ms: Millis,
+    pub order: Option<OrderId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct OrderLine {
+    pub sku: SkuIdx,
+    pub qty: u32,
+    pub unit_price: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct HistoryEntry {
+    pub status: OrderStatus,
+    pub at_ms: Millis,
+    pub actor: u32,
+    pub note: Box<str>,
+}
+
+/// Rarely set fields, boxed so that a plain order stays small.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct OrderExtra {
+    pub payment_ref: Box<str>,
+    pub paid_at_ms: Option<Millis>,
+    pub refund_ref: Box<str>,
+    pub tracking_no: Box<str>,
+    pub cancellation: Option<Cancellation>,
+    pub returned: Option<ReturnInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Cancellation {
+    pub reason: CancelReason,
+    pub note: Box<str>,
+    pub at_ms: Millis,
+    pub actor: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct ReturnInfo {
+    pub restock: bool,
+    pub reason: Box<str>,
+    pub note: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Order {
+    pub id: OrderId,
+    pub order_no: Box<str>,
+    pub customer_id: Box<str>,
+    pub lines: Box<[OrderLine]>,
+    pub total: u64,
+    pub reservation: ReservationId,
+    pub status: OrderStatus,
+    pub payment: PaymentStatus,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+    pub payment_due_at_ms: Millis,
+    pub history: Vec<HistoryEntry>,
+    pub extra: Option<Box<OrderExtra>>,
+}
+
+impl Order {
+    fn extra_mut(&mut self) -> &mut OrderExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct IdempotencyEntry {
+    pub key: Box<str>,
+    pub fingerprint: u64,
+    pub at_ms: Millis,
+    pub outcome: Outcome,
+}
+
+/// Counters kept as the state changes, so stats never scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Counters {
+    pub orders_by_status: [u64; 10],
+    pub cancellations_by_reason: [u64; 6],
+    pub orders_created: u64,
+    pub paid_amount: u64,
+    pub refunded_amount: u64,
+}
+
+/// Result of one `apply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: Outcome,
+    /// The state changed: the command must be logged at `lsn` before it is acknowledged.
+    pub lsn: Option<u64>,
+}
+
+/// The whole engine state. Owned by one writer thread.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub(crate) now_ms: Millis,
+    /// Sequence number of the next event; a logged record takes the LSN of its first event.
+    pub(crate) next_seq: u64,
+    pub(crate) skus: Vec<Sku>,
+    pub(crate) sku_index: HashMap<Box<str>, SkuIdx>,
+    pub(crate) reservations: HashMap<ReservationId, Reservation>,
+    pub(crate) next_reservation_id: u64,
+    pub(crate) held_count: usize,
+    /// Finished reservations in the order they finished, oldest evicted first.
+    pub(crate) finished: VecDeque<ReservationId>,
+    /// Held reservations by deadline. Entries go stale when a hold ends early; they
+    /// are skipped when popped and the heap is rebuilt when stale entries dominate.
+    pub(crate) expiry: BinaryHeap<Reverse<(Millis, ReservationId)>>,
+    /// Orders by id: `orders[id - 1]`.
+    pub(crate) orders: Vec<Order>,
+    pub(crate) order_no_index: HashMap<Box<str>, OrderId>,
+    pub(crate) actors: Vec<Box<str>>,
+    pub(crate) actor_index: HashMap<Box<str>, u32>,
+    pub(crate) idempotency: HashMap<Box<str>, IdempotencyEntry>,
+    /// Keys in the order they were stored, for eviction after the retention period.
+    pub(crate) idempotency_order: VecDeque<Box<str>>,
+    pub(crate) counters: Counters,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+fn invalid(field: &str, detail: impl Into<String>) -> Rejection {
+    Rejection::Validation {
+        field: field.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn transition(detail: String) -> Rejection {
+    Rejection::InvalidTransition { detail }
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.len() > max {
+        return Err(invalid(
+            field,
+            format!("must be at most {max} bytes, got {}", value.len()),
+        ));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_required_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    check_text(field, value, max)
+}
+
+/// SKU ids: 1..=64 bytes of `[A-Za-z0-9._:-]`, so they are safe in paths and CSV.
+pub fn check_sku_id(field: &str, sku: &str) -> Result<(), Rejection> {
+    if sku.is_empty() || sku.len() > SKU_ID_LEN_MAX {
+        return Err(invalid(
+            field,
+            format!("must be 1 to {SKU_ID_LEN_MAX} bytes"),
+        ));
+    }
+    if !sku
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(invalid(
+            field,
+            "may contain only letters, digits and . _ : -",
+        ));
+    }
+    Ok(())
+}
+
+fn check_ttl(field: &str, ttl_ms: u64) -> Result<(), Rejection> {
+    if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+        return Err(invalid(
+            field,
+            format!("must be between {TTL_MS_MIN} and {TTL_MS_MAX} ms"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_qty(field: impl FnOnce() -> String, qty: u64) -> Result<(), Rejection> {
+    if qty == 0 || qty > QTY_PER_LINE_MAX {
+        return Err(invalid(
+            &field(),
+            format!("must be between 1 and {QTY_PER_LINE_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_line_count(len: usize) -> Result<(), Rejection> {
+    if len == 0 {
+        return Err(invalid("lines", "must not be empty"));
+    }
+    if len > LINES_PER_REQUEST_MAX {
+        return Err(invalid(
+            "lines",
+            format!("at most {LINES_PER_REQUEST_MAX} lines, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn new() -> State {
+        let mut state = State {
+            now_ms: 0,
+            next_seq: 1,
+            skus: Vec::new(),
+            sku_index: HashMap::new(),
+            reservations: HashMap::new(),
+            next_reservation_id: 1,
+            held_count: 0,
+            finished: VecDeque::new(),
+            expiry: BinaryHeap::new(),
+            orders: Vec::new(),
+            order_no_index: HashMap::new(),
+            actors: Vec::new(),
+            actor_index: HashMap::new(),
+            idempotency: HashMap::new(),
+            idempotency_order: VecDeque::new(),
+            counters: Counters::default(),
+        };
+        state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
+        state
+    }
+
+    /// The LSN the next logged record will take.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The time stamp of the last applied command.
+    pub fn now_ms(&self) -> Millis {
+        self.now_ms
+    }
+
+    /// The client id of a SKU index (for rendering events).
+    pub fn sku_name(&self, sku: SkuIdx) -> &str {
+        &self.skus[sku.0 as usize].id
+    }
+
+    pub fn sku_count(&self) -> usize {
+        self.skus.len()
+    }
+
+    /// The earliest deadline of a held reservation, if any (stale entries included:
+    /// waking early is harmless).
+    pub fn next_deadline_ms(&self) -> Option<Millis> {
+        self.expiry.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Apply one command at time `now_ms`. Events are appended to `events`, numbered
+    /// from the record's LSN. `now_ms` must not go backwards.
+    pub fn apply(
+        &mut self,
+        cmd: &Command,
+        key: Option<&IdempotencyKey>,
+        now_ms: Millis,
+        events: &mut Vec<Event>,
+    ) -> Applied {
+        assert!(
+            now_ms >= self.now_ms,
+            "time went backwards: {now_ms} < {}",
+            self.now_ms
+        );
+        let events_before = events.len();
+        if let Some(key) = key {
+            if let Some(entry) = self.idempotency.get(key.key.as_str()) {
+                let outcome = if entry.fingerprint == key.fingerprint {
+                    entry.outcome.clone()
+                } else {
+                    Err(Rejection::IdempotencyConflict {
+                        key: key.key.clone(),
+                    })
+                };
+                return Applied { outcome, lsn: None };
+            }
+            if let Err(rejection) = self.check_idempotency_room(key, now_ms) {
+                return Applied {
+                    outcome: Err(rejection),
+                    lsn: None,
+                };
+            }
+        }
+        let lsn = self.next_seq;
+        let mut ctx = Ctx {
+            now_ms,
+            lsn,
+            events,
+            first_event: events_before,
+        };
+        let outcome = self.dispatch(cmd, &mut ctx);
+        let emitted = events.len() - events_before;
+        assert!(
+            outcome.is_ok() || emitted == 0,
+            "a rejected command emitted events: {}",
+            cmd.name()
+        );
+        let changed = emitted > 0 || key.is_some();
+        if let Some(key) = key {
+            self.remember_idempotency(key, now_ms, &outcome);
+        }
+        if !changed {
+            return Applied { outcome, lsn: None };
+        }
+        assert!(emitted <= EVENTS_PER_RECORD_MAX || matches!(cmd, Command::Expire));
+        // Only logged commands move the state's clock: replay sees only those.
+        self.now_ms = now_ms;
+        self.next_seq = lsn + (emitted as u64).max(1);
+        self.check_cheap_invariants(events, events_before);
+        Applied {
+            outcome,
+            lsn: Some(lsn),
+        }
+    }
+
+    fn dispatch(&mut self, cmd: &Command, ctx: &mut Ctx<'_>) -> Outcome {
+        match cmd {
+            Command::DefineSku {
+                sku,
+                name,
+                on_hand,
+                low_stock_threshold,
+            } => self.define_sku(sku, name, *on_hand, *low_stock_threshold, ctx),
+            Command::AdjustStock {
+                sku,
+                delta,
+                reason,
+                note,
+                actor,
+            } => self.adjust_stock(sku, *delta, *reason, note, actor, ctx),
+            Command::Reserve {
+                lines,
+                ttl_ms,
+                actor,
+            } => self.reserve(lines, *ttl_ms, actor, ctx),
+            Command::CommitReservation { id, actor } => self.commit_reservation(*id, actor, ctx),
+            Command::ReleaseReservation { id, actor } => self.release_reservation(*id, actor, ctx),
+            Command::CreateOrder {
+                order_no,
+                customer_id,
+                lines,
+                payment_ttl_ms,
+                reservation_id,
+                actor,
+            } => self.create_order(
+                order_no,
+                customer_id,
+                lines,
+                *payment_ttl_ms,
+                *reservation_id,
+                actor,
+                ctx,
+            ),
+            Command::PayOrder {
+                id,
+                amount,
+                payment_ref,
+                actor,
+            } => self.pay_order(*id, *amount, payment_ref, actor, ctx),
+            Command::AdvanceOrder {
+                id,
+                to,
+                note,
+                tracking_no,
+                actor,
+            } => self.advance_order(*id, *to, note, tracking_no, actor, ctx),
+            Command::CancelOrder {
+                id,
+                reason,
+                note,
+                actor,
+            } => self.cancel_order(*id, *reason, note, actor, ctx),
+            Command::ReturnOrder {
+                id,
+                restock,
+                reason,
+                note,
+                actor,
+            } => self.return_order(*id, *restock, reason, note, actor, ctx),
+            Command::RefundOrder {
+                id,
+                refund_ref,
+                actor,
+            } => self.refund_order(*id, refund_ref, actor, ctx),
+            Command::Expire => Ok(self.expire(ctx)),
+        }
+    }
+
+    // ---- idempotency ----------------------------------------------------------
+
+    fn check_idempotency_room(
+        &self,
+        key: &IdempotencyKey,
+        now_ms: Millis,
+    ) -> Result<(), Rejection> {
+        check_required_text("Idempotency-Key", &key.key, IDEMPOTENCY_KEY_LEN_MAX)?;
+        if self.idempotency.len() < IDEMPOTENCY_KEYS_MAX {
+            return Ok(());
+        }
+        let oldest = self
+            .idempotency_order
+            .front()
+            .and_then(|k| self.idempotency.get(k));
+        match oldest {
+            Some(entry) if now_ms.saturating_sub(entry.at_ms) >= IDEMPOTENCY_KEY_RETENTION_MS => {
+                Ok(())
+            }
+            _ => Err(Rejection::LimitReached {
+                what: format!(
+                    "{IDEMPOTENCY_KEYS_MAX} idempotency keys younger than 24 h are remembered"
+                ),
+            }),
+        }
+    }
+
+    fn remember_idempotency(&mut self, key: &IdempotencyKey, now_ms: Millis, outcome: &Outcome) {
+        // Evict keys past retention only while over the bound: keys are kept as long
+        // as there is room, and at least 24 h.
+        while self.idempotency.len() >= IDEMPOTENCY_KEYS_MAX {
+            let Some(old) = self.idempotency_order.pop_front() else {
+                break;
+            };
+            let entry = self
+                .idempotency
+                .remove(&old)
+                .expect("key order and map agree");
+            assert!(now_ms.saturating_sub(entry.at_ms) >= IDEMPOTENCY_KEY_RETENTION_MS);
+        }
+        let boxed: Box<str> = key.key.as_str().into();
+        self.idempotency_order.push_back(boxed.clone());
+        self.idempotency.insert(
+            boxed.clone(),
+            IdempotencyEntry {
+                key: boxed,
+                fingerprint: key.fingerprint,
+                at_ms: now_ms,
+                outcome: outcome.clone(),
+            },
+        );
+    }
+
+    // ---- SKUs and stock -------------------------------------------------------
+
+    fn sku_idx(&self, field: &str, sku: &str) -> Result<SkuIdx, Rejection> {
+        check_sku_id(field, sku)?;
+        self.sku_index
+            .get(sku)
+            .copied()
+            .ok_or_else(|| Rejection::UnknownSku {
+                sku: sku.to_string(),
+            })
+    }
+
+    fn define_sku(
+        &mut self,
+        sku: &str,
+        name: &str,
+        on_hand: u64,
+        low_stock_threshold: u64,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_sku_id("sku", sku)?;
+        check_text("name", name, SKU_NAME_LEN_MAX)?;
+        if on_hand > ON_HAND_MAX {
+            return Err(invalid("on_hand", format!("must be at most {ON_HAND_MAX}")));
+        }
+        if low_stock_threshold > ON_HAND_MAX {
+            return Err(invalid(
+                "low_stock_threshold",
+                format!("must be at most {ON_HAND_MAX}"),
+            ));
+        }
+        let idx = match self.sku_index.get(sku) {
+            Some(&idx) => {
+                let existing = &self.skus[idx.0 as usize];
+                if on_hand < existing.reserved {
+                    return Err(transition(format!(
+                        "SKU {sku:?} has {} units reserved: on_hand may not go below that (asked {on_hand})",
+                        existing.reserved
+                    )));
+                }
+                idx
+            }
+            None => {
+                if self.skus.len() >= SKUS_MAX {
+                    return Err(Rejection::LimitReached {
+                        what: format!("{SKUS_MAX} SKUs"),
+                    });
+                }
+                let idx = SkuIdx(self.skus.len() as u32);
+                self.skus.push(Sku {
+                    id: sku.into(),
+                    name: "".into(),
+                    on_hand: 0,
+                    reserved: 0,
+                    low_stock_threshold: 0,
+                    units_sold: 0,
+                });
+                self.sku_index.insert(sku.into(), idx);
+                idx
+            }
+        };
+        let entry = &mut self.skus[idx.0 as usize];
+        let available_before = entry.available();
+        let threshold_before = entry.low_stock_threshold;
+        entry.name = name.into();
+        entry.on_hand = on_hand;
+        entry.low_stock_threshold = low_stock_threshold;
+        ctx.emit(EventKind::SkuDefined {
+            sku: idx,
+            on_hand,
+            low_stock_threshold,
+        });
+        // A new threshold may put the SKU under it without any unit moving.
+        let before = if threshold_before == low_stock_threshold {
+            available_before
+        } else {
+            u64::MAX
+        };
+        self.stock_crossings(idx, before, ctx);
+        Ok(Reply::Sku(self.sku_view(idx)))
+    }
+
+    fn adjust_stock(
+        &mut self,
+        sku: &str,
+        delta: i64,
+        reason: AdjustReason,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        let idx = self.sku_idx("sku", sku)?;
+        check_text("note", note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        if delta == 0 {
+            return Err(invalid("delta", "must not be zero"));
+        }
+        if reason == AdjustReason::Inbound && delta < 0 {
+            return Err(invalid(
+                "delta",
+                "an inbound adjustment must be positive; use reason correction",
+            ));
+        }
+        let entry = &self.skus[idx.0 as usize];
+        let on_hand = i128::from(entry.on_hand) + i128::from(delta);
+        if on_hand < i128::from(entry.reserved) {
+            return Err(transition(format!(
+                "SKU {sku:?}: on_hand {} with {} reserved cannot change by {delta}",
+                entry.on_hand, entry.reserved
+            )));
+        }
+        if on_hand > i128::from(ON_HAND_MAX) {
+            return Err(invalid(
+                "delta",
+                format!("on_hand would exceed {ON_HAND_MAX}"),
+            ));
+        }
+        self.intern_actor(actor)?;
+        let entry = &mut self.skus[idx.0 as usize];
+        let available_before = entry.available();
+        entry.on_hand = on_hand as u64;
+        let (on_hand, available) = (entry.on_hand, entry.available());
+        ctx.emit(EventKind::StockAdjusted {
+            sku: idx,
+            delta,
+            reason,
+            on_hand,
+            available,
+        });
+        self.stock_crossings(idx, available_before, ctx);
+        Ok(Reply::Sku(self.sku_view(idx)))
+    }
+
+    /// Emit `stock.low` / `stock.out` when `available` crosses the threshold or zero
+    /// going down.
+    fn stock_crossings(&self, idx: SkuIdx, available_before: u64, ctx: &mut Ctx<'_>) {
+        let sku = &self.skus[idx.0 as usize];
+        let available = sku.available();
+        if available >= available_before {
+            return;
+        }
+        if available == 0 {
+            ctx.emit(EventKind::StockOut { sku: idx });
+        } else if available <= sku.low_stock_threshold && available_before > sku.low_stock_threshold
+        {
+            ctx.emit(EventKind::StockLow {
+                sku: idx,
+                available,
+                threshold: sku.low_stock_threshold,
+            });
+        }
+    }
+
+    // ---- reservations ---------------------------------------------------------
+
+    /// Resolve and sum request lines per SKU; all-or-nothing availability check.
+    fn demand<'a>(
+        &self,
+        lines: impl ExactSizeIterator<Item = (&'a str, u64)>,
+    ) -> Result<Vec<(SkuIdx, u32)>, Rejection> {
+        check_line_count(lines.len())?;
+        let mut demand: Vec<(SkuIdx, u32)> = Vec::with_capacity(lines.len());
+        for (i, (sku, qty)) in lines.enumerate() {
+            let idx = self.sku_idx(&format!("lines[{i}].sku"), sku)?;
+            check_qty(|| format!("lines[{i}].qty"), qty)?;
+            match demand.iter_mut().find(|(s, _)| *s == idx) {
+                Some((_, total)) => {
+                    let sum = u64::from(*total) + qty;
+                    check_qty(|| format!("lines[{i}].qty (summed for SKU {sku})"), sum)?;
+                    *total = sum as u32;
+                }
+                None => demand.push((idx, qty as u32)),
+            }
+        }
+        let shortages: Vec<Shortage> = demand
+            .iter()
+            .filter_map(|&(idx, qty)| {
+                let sku = &self.skus[idx.0 as usize];
+                (u64::from(qty) > sku.available()).then(|| Shortage {
+                    sku: sku.id.to_string(),
+                    requested: u64::from(qty),
+                    available: sku.available(),
+                })
+            })
+            .collect();
+        if !shortages.is_empty() {
+            return Err(Rejection::InsufficientStock { lines: shortages });
+        }
+        Ok(demand)
+    }
+
+    fn check_held_room(&self) -> Result<(), Rejection> {
+        if self.held_count >= HELD_RESERVATIONS_MAX {
+            return Err(Rejection::LimitReached {
+                what: format!("{HELD_RESERVATIONS_MAX} held reservations"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Take the hold: every check has passed.
+    fn hold(
+        &mut self,
+        demand: Vec<(SkuIdx, u32)>,
+        expires_at_ms: Millis,
+        order: Option<OrderId>,
+        ctx: &mut Ctx<'_>,
+    ) -> ReservationId {
+        let id = ReservationId(self.next_reservation_id);
+        self.next_reservation_id += 1;
+        let mut befores = [0u64; LINES_PER_REQUEST_MAX];
+        for (i, &(idx, qty)) in demand.iter().enumerate() {
+            let sku = &mut self.skus[idx.0 as usize];
+            befores[i] = sku.available();
+            sku.reserved += u64::from(qty);
+            assert!(sku.reserved <= sku.on_hand, "oversell of {}", sku.id);
+        }
+        ctx.emit(EventKind::ReservationHeld {
+            id,
+            lines: demand.iter().map(|&(s, q)| (s, u64::from(q))).collect(),
+            expires_at_ms,
+        });
+        for (i, &(idx, _)) in demand.iter().enumerate() {
+            self.stock_crossings(idx, befores[i], ctx);
+        }
+        self.reservations.insert(
+            id,
+            Reservation {
+                id,
+                lines: demand.into_boxed_slice(),
+                status: ReservationStatus::Held,
+                created_at_ms: ctx.now_ms,
+                expires_at_ms,
+                order,
+            },
+        );
+        self.held_count += 1;
+        self.expiry.push(Reverse((expires_at_ms, id)));
+        id
+    }
+
+    fn reserve(
+        &mut self,
+        lines: &[LineReq],
+        ttl_ms: u64,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_ttl("ttl_ms", ttl_ms)?;
+        self.check_actor(actor)?;
+        let demand = self.demand(lines.iter().map(|l| (l.sku.as_str(), l.qty)))?;
+        self.check_held_room()?;
+        self.intern_actor(actor)?;
+        let id = self.hold(demand, ctx.now_ms + ttl_ms, None, ctx);
+        Ok(Reply::Reservation(
+            self.reservation_view(&self.reservations[&id]),
+        ))
+    }
+
+    fn held_reservation(&self, id: ReservationId, action: &str) -> Result<&Reservation, Rejection> {
+        let r = self
+            .reservations
+            .get(&id)
+            .ok_or(Rejection::UnknownReservation { id })?;
+        if let Some(order) = r.order {
+            return Err(transition(format!(
+                "reservation {id} belongs to order {order}: {action} the order instead"
+            )));
+        }
+        Ok(r)
+    }
+
+    fn commit_reservation(&mut self, id: ReservationId, actor: &str, ctx: &mut Ctx<'_>) -> Outcome {
+        self.check_actor(actor)?;
+        let r = self.held_reservation(id, "pay")?;
+        match r.status {
+            ReservationStatus::Held if r.expires_at_ms <= ctx.now_ms => {
+                return Err(transition(format!("reservation {id} expired")));
+            }
+            ReservationStatus::Held => {}
+            ReservationStatus::Committed => {
+                return Ok(Reply::Reservation(self.reservation_view(r)));
+            }
+            other => {
+                return Err(transition(format!(
+                    "reservation {id} is {other}: cannot commit"
+                )));
+            }
+        }
+        self.commit_hold(id, ctx);
+        Ok(Reply::Reservation(
+            self.reservation_view(&self.reservations[&id]),
+        ))
+    }
+
+    /// Held units leave `on_hand`: they are sold.
+    fn commit_hold(&mut self, id: ReservationId, ctx: &mut Ctx<'_>) {
+        let r = self.reservations.get_mut(&id).expect("checked by caller");
+        assert_eq!(r.status, ReservationStatus::Held);
+        for &(idx, qty) in r.lines.iter() {
+            let sku = &mut self.skus[idx.0 as usize];
+            let qty = u64::from(qty);
+            assert!(sku.reserved >= qty && sku.on_hand >= qty);
+            sku.reserved -= qty;
+            sku.on_hand -= qty;
+            sku.units_sold += qty;
+        }
+        r.status = ReservationStatus::Committed;
+        self.finish_hold(id);
+        ctx.emit(EventKind::ReservationCommitted { id });
+    }
+
+    fn release_reservation(
+        &mut self,
+        id: ReservationId,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        self.check_actor(actor)?;
+        let r = self.held_reservation(id, "cancel")?;
+        match r.status {
+            ReservationStatus::Held => {}
+            ReservationStatus::Released => return Ok(Reply::Reservation(self.reservation_view(r))),
+            other => {
+                return Err(transition(format!(
+                    "reservation {id} is {other}: cannot release"
+                )));
+            }
+        }
+        self.end_hold(id, ReservationStatus::Released, ctx);
+        Ok(Reply::Reservation(
+            self.reservation_view(&self.reservations[&id]),
+        ))
+    }
+
+    /// Held units go back to `available` (release or expiry).
+    fn end_hold(&mut self, id: ReservationId, status: ReservationStatus, ctx: &mut Ctx<'_>) {
+        let r = self.reservations.get_mut(&id).expect("checked by caller");
+        assert_eq!(r.status, ReservationStatus::Held);
+        for &(idx, qty) in r.lines.iter() {
+            let sku = &mut self.skus[idx.0 as usize];
+            assert!(sku.reserved >= u64::from(qty));
+            sku.reserved -= u64::from(qty);
+        }
+        r.status = status;
+        self.finish_hold(id);
+        ctx.emit(match status {
+            ReservationStatus::Expired => EventKind::ReservationExpired { id },
+            _ => EventKind::ReservationReleased { id },
+        });
+    }
+
+    fn finish_hold(&mut self, id: ReservationId) {
+        self.held_count -= 1;
+        self.finished.push_back(id);
+        while self.finished.len() > FINISHED_RESERVATIONS_KEPT {
+            let old = self.finished.pop_front().expect("non-empty");
+            self.reservations.remove(&old);
+        }
+        // Rebuild the deadline heap once stale entries outnumber live ones; the cost
+        // is paid once per that many releases.
+        if self.expiry.len() > 2 * self.held_count + 1024 {
+            let live: Vec<_> = self
+                .reservations
+                .values()
+                .filter(|r| r.status == ReservationStatus::Held)
+                .map(|r| Reverse((r.expires_at_ms, r.id)))
+                .collect();
+            self.expiry = BinaryHeap::from(live);
+        }
+    }
+
+    fn expire(&mut self, ctx: &mut Ctx<'_>) -> Reply {
+        let (mut reservations, mut orders) = (0u64, 0u64);
+        while let Some(&Reverse((at, id))) = self.expiry.peek() {
+            if at > ctx.now_ms || reservations as usize >= EXPIRE_BATCH_MAX {
+                break;
+            }
+            self.expiry.pop();
+            let Some(r) = self.reservations.get(&id) else {
+                continue;
+            };
+            if r.status != ReservationStatus::Held || r.expires_at_ms != at {
+                continue; // stale entry
+            }
+            let order = r.order;
+            self.end_hold(id, ReservationStatus::Expired, ctx);
+            reservations += 1;
+            if let Some(order_id) = order {
+                let actor = self.system_actor();
+                let order = self.order_mut(order_id);
+                assert_eq!(order.status, OrderStatus::Reserved);
+                let note = "payment window closed";
+                self.set_status(order_id, OrderStatus::Expired, actor, note, ctx.now_ms);
+                ctx.emit(EventKind::OrderExpired { id: order_id });
+                orders += 1;
+            }
+        }
+        Reply::Expired {
+            reservations,
+            orders,
+        }
+    }
+
+    // ---- orders ---------------------------------------------------------------
+
+    fn order(&self, id: OrderId) -> Result<&Order, Rejection> {
+        id.0.checked_sub(1)
+            .and_then(|i| self.orders.get(i as usize))
+            .ok_or_else(|| Rejection::UnknownOrder {
+                order: id.to_string(),
+            })
+    }
+
+    fn order_mut(&mut self, id: OrderId) -> &mut Order {
+        &mut self.orders[(id.0 - 1) as usize]
+    }
+
+    fn set_status(&mut self, id: OrderId, to: OrderStatus, actor: u32, note: &str, now_ms: Millis) {
+        let order = self.order_mut(id);
+        let from = order.status;
+        order.status = to;
+        order.updated_at_ms = now_ms;
+        if order.history.len() < HISTORY_PER_ORDER_MAX {
+            order.history.push(HistoryEntry {
+                status: to,
+                at_ms: now_ms,
+                actor,
+                note: note.into(),
+            });
+        }
+        self.counters.orders_by_status[from as usize] -= 1;
+        self.counters.orders_by_status[to as usize] += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_order(
+        &mut self,
+        order_no: &str,
+        customer_id: &str,
+        lines: &[OrderLineReq],
+        payment_ttl_ms: u64,
+        reservation_id: Option<ReservationId>,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_required_text("order_no", order_no, ORDER_NO_LEN_MAX)?;
+        check_required_text("customer_id", customer_id, CUSTOMER_ID_LEN_MAX)?;
+        check_ttl("payment_ttl_ms", payment_ttl_ms)?;
+        self.check_actor(actor)?;
+        check_line_count(lines.len())?;
+        let mut total: u64 = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if line.unit_price > UNIT_PRICE_MAX {
+                return Err(invalid(
+                    &format!("lines[{i}].unit_price"),
+                    format!("must be at most {UNIT_PRICE_MAX}"),
+                ));
+            }
+            check_qty(|| format!("lines[{i}].qty"), line.qty)?;
+            // Cannot overflow: bounded by the limits (checked in limits.rs).
+            total += line.qty * line.unit_price;
+        }
+        if let Some(&id) = self.order_no_index.get(order_no) {
+            return Err(Rejection::DuplicateOrderNo {
+                order_no: order_no.to_string(),
+                id,
+            });
+        }
+        if self.orders.len() >= ORDERS_MAX {
+            return Err(Rejection::LimitReached {
+                what: format!("{ORDERS_MAX} orders"),
+            });
+        }
+        let id = OrderId(self.orders.len() as u64 + 1);
+        let due_at_ms = ctx.now_ms + payment_ttl_ms;
+        let mut order_lines = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let sku = self.sku_idx(&format!("lines[{i}].sku"), &line.sku)?;
+            order_lines.push(OrderLine {
+                sku,
+                qty: line.qty as u32,
+                unit_price: line.unit_price,
+            });
+        }
+        let reservation = match reservation_id {
+            None => {
+                let demand = self.demand(lines.iter().map(|l| (l.sku.as_str(), l.qty)))?;
+                self.check_held_room()?;
+                self.intern_actor(actor)?;
+                self.hold(demand, due_at_ms, Some(id), ctx)
+            }
+            Some(rid) => {
+                let r = self
+                    .reservations
+                    .get(&rid)
+                    .ok_or(Rejection::UnknownReservation { id: rid })?;
+                if let Some(owner) = r.order {
+                    return Err(transition(format!(
+                        "reservation {rid} already belongs to order {owner}"
+                    )));
+                }
+                if r.status != ReservationStatus::Held || r.expires_at_ms <= ctx.now_ms {
+                    let status = if r.status == ReservationStatus::Held {
+                        ReservationStatus::Expired
+                    } else {
+                        r.status
+                    };
+                    return Err(transition(format!(
+                        "reservation {rid} is {status}: only a held reservation can be adopted"
+                    )));
+                }
+                let mut wanted: Vec<(SkuIdx, u64)> = Vec::new();
+                for line in &order_lines {
+                    match wanted.iter_mut().find(|(s, _)| *s == line.sku) {
+                        Some((_, q)) => *q += u64::from(line.qty),
+                        None => wanted.push((line.sku, u64::from(line.qty))),
+                    }
+                }
+                let mut held: Vec<(SkuIdx, u64)> =
+                    r.lines.iter().map(|&(s, q)| (s, u64::from(q))).collect();
+                wanted.sort_unstable();
+                held.sort_unstable();
+                if wanted != held {
+                    return Err(invalid(
+                        "lines",
+                        format!("must match the lines of reservation {rid}"),
+                    ));
+                }
+                self.intern_actor(actor)?;
+                let r = self.reservations.get_mut(&rid).expect("checked above");
+                r.order = Some(id);
+                r.expires_at_ms = due_at_ms;
+                self.expiry.push(Reverse((due_at_ms, rid)));
+                rid
+            }
+        };
+        let actor = self.intern_actor(actor)?;
+        self.orders.push(Order {
+            id,
+            order_no: order_no.into(),
+            customer_id: customer_id.into(),
+            lines: order_lines.into_boxed_slice(),
+            total,
+            reservation,
+            status: OrderStatus::Reserved,
+            payment: PaymentStatus::Unpaid,
+            created_at_ms: ctx.now_ms,
+            updated_at_ms: ctx.now_ms,
+            payment_due_at_ms: due_at_ms,
+            history: vec![HistoryEntry {
+                status: OrderStatus::Reserved,
+                at_ms: ctx.now_ms,
+                actor,
+                note: "".into(),
+            }],
+            extra: None,
+        });
+        self.order_no_index.insert(order_no.into(), id);
+        self.counters.orders_created += 1;
+        self.counters.orders_by_status[OrderStatus::Reserved as usize] += 1;
+        ctx.emit(EventKind::OrderCreated {
+            id,
+            order_no: order_no.to_string(),
+            customer_id: customer_id.to_string(),
+            total,
+        });
+        Ok(self.order_reply(id))
+    }
+
+    fn pay_order(
+        &mut self,
+        id: OrderId,
+        amount: u64,
+        payment_ref: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text("payment_ref", payment_ref, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        if order.payment != PaymentStatus::Unpaid {
+            if order.payment == PaymentStatus::Paid && amount == order.total {
+                return Ok(self.order_reply(id)); // a repeated payment: idempotent
+            }
+            return Err(transition(format!(
+                "order {id} is already {}",
+                order.payment
+            )));
+        }
+        if order.status != OrderStatus::Reserved {
+            return Err(transition(format!(
+                "order {id} is {}: it cannot be paid",
+                order.status
+            )));
+        }
+        if order.payment_due_at_ms <= ctx.now_ms {
+            return Err(transition(format!(
+                "order {id}: the payment window has closed"
+            )));
+        }
+        if amount != order.total {
+            return Err(invalid(
+                "amount",
+                format!("must equal the order total {}, got {amount}", order.total),
+            ));
+        }
+        let reservation = order.reservation;
+        let total = order.total;
+        let actor = self.intern_actor(actor)?;
+        self.commit_hold(reservation, ctx);
+        let order = self.order_mut(id);
+        order.payment = PaymentStatus::Paid;
+        let extra = order.extra_mut();
+        extra.payment_ref = payment_ref.into();
+        extra.paid_at_ms = Some(ctx.now_ms);
+        self.counters.paid_amount += total;
+        self.set_status(id, OrderStatus::Confirmed, actor, "", ctx.now_ms);
+        ctx.emit(EventKind::OrderPaid { id, amount });
+        ctx.emit(EventKind::OrderStatusChanged {
+            id,
+            from: OrderStatus::Reserved,
+            to: OrderStatus::Confirmed,
+        });
+        Ok(self.order_reply(id))
+    }
+
+    fn advance_order(
+        &mut self,
+        id: OrderId,
+        to: OrderStatus,
+        note: &str,
+        tracking_no: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text("note", note, NOTE_LEN_MAX)?;
+        check_text("tracking_no", tracking_no, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        if !matches!(
+            to,
+            OrderStatus::Picking
+                | OrderStatus::Packed
+                | OrderStatus::Shipped
+                | OrderStatus::Delivered
+                | OrderStatus::Completed
+        ) {
+            return Err(invalid(
+                "to",
+                "must be one of picking, packed, shipped, delivered, completed",
+            ));
+        }
+        let order = self.order(id)?;
+        let from = order.status;
+        if from == to {
+            return Ok(self.order_reply(id)); // repeating a step: idempotent
+        }
+        if from.next_fulfilment_step() != Some(to) {
+            let why = match from {
+                OrderStatus::Cancelled => {
+                    "it is cancelled and gets no further processing".to_string()
+                }
+                OrderStatus::Reserved => "it is not paid yet".to_string(),
+                _ => match from.next_fulfilment_step() {
+                    Some(next) => format!("the next step is {next}"),
+                    None => format!("it is {from}"),
+                },
+            };
+            return Err(transition(format!(
+                "order {id} is {from}: cannot move to {to}: {why}"
+            )));
+        }
+        let actor = self.intern_actor(actor)?;
+        if to == OrderStatus::Shipped && !tracking_no.is_empty() {
+            self.order_mut(id).extra_mut().tracking_no = tracking_no.into();
+        }
+        self.set_status(id, to, actor, note, ctx.now_ms);
+        ctx.emit(EventKind::OrderStatusChanged { id, from, to });
+        Ok(self.order_reply(id))
+    }
+
+    fn cancel_order(
+        &mut self,
+        id: OrderId,
+        reason: CancelReason,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text("note", note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        let from = order.status;
+        if from == OrderStatus::Cancelled {
+            return Ok(self.order_reply(id)); // cancelling twice: idempotent
+        }
+        if from.has_shipped() {
+            return Err(Rejection::OrderShipped { id, status: from });
+        }
+        if !from.cancellable() {
+            return Err(transition(format!(
+                "order {id} is {from}: it cannot be cancelled"
+            )));
+        }
+        let actor_id = self.intern_actor(actor)?;
+        let order = self.order(id)?;
+        let reservation = order.reservation;
+        let refund_due = order.payment == PaymentStatus::Paid;
+        // Give the stock back exactly once: a hold is released; committed units
+        // return to on_hand.
+        if from == OrderStatus::Reserved {
+            self.end_hold(reservation, ReservationStatus::Released, ctx);
+        } else {
+            assert!(from.holds_committed_stock());
+            let lines = order.lines.clone();
+            for line in lines.iter() {
+                let sku = &mut self.skus[line.sku.0 as usize];
+                let qty = u64::from(line.qty);
+                assert!(sku.units_sold >= qty);
+                sku.on_hand += qty;
+                sku.units_sold -= qty;
+            }
+        }
+        let order = self.order_mut(id);
+        if refund_due {
+            order.payment = PaymentStatus::RefundDue;
+        }
+        order.extra_mut().cancellation = Some(Cancellation {
+            reason,
+            note: note.into(),
+            at_ms: ctx.now_ms,
+            actor: actor_id,
+        });
+        self.counters.cancellations_by_reason[reason as usize] += 1;
+        let history_note = if note.is_empty() {
+            reason.as_str().to_string()
+        } else {
+            format!("{reason}: {note}")
+        };
+        self.set_status(
+            id,
+            OrderStatus::Cancelled,
+            actor_id,
+            &history_note,
+            ctx.now_ms,
+        );
+        ctx.emit(EventKind::OrderCancelled {
+            id,
+            reason,
+            actor: actor.to_string(),
+            refund_due,
+        });
+        Ok(self.order_reply(id))
+    }
+
+    fn return_order(
+        &mut self,
+        id: OrderId,
+        restock: bool,
+        reason: &str,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text("reason", reason, NOTE_LEN_MAX)?;
+        check_text("note", note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        let from = order.status;
+        if from == OrderStatus::Returned {
+            return Ok(self.order_reply(id));
+        }
+        if !matches!(from, OrderStatus::Delivered | OrderStatus::Completed) {
+            let hint = if from.cancellable() {
+                "; cancel it instead"
+            } else {
+                ""
+            };
+            return Err(transition(format!(
+                "order {id} is {from}: only a delivered or completed order can be returned{hint}"
+            )));
+        }
+        let actor_id = self.intern_actor(actor)?;
+        let order = self.order(id)?;
+        let lines = order.lines.clone();
+        let refund_due = order.payment == PaymentStatus::Paid;
+        for line in lines.iter() {
+            let sku = &mut self.skus[line.sku.0 as usize];
+            let qty = u64::from(line.qty);
+            assert!(sku.units_sold >= qty);
+            sku.units_sold -= qty;
+            if restock {
+                sku.on_hand += qty;
+            }
+        }
+        let order = self.order_mut(id);
+        if refund_due {
+            order.payment = PaymentStatus::RefundDue;
+        }
+        order.extra_mut().returned = Some(ReturnInfo {
+            restock,
+            reason: reason.into(),
+            note: note.into(),
+        });
+        self.set_status(id, OrderStatus::Returned, actor_id, note, ctx.now_ms);
+        ctx.emit(EventKind::OrderReturned { id, restock });
+        Ok(self.order_reply(id))
+    }
+
+    fn refund_order(
+        &mut self,
+        id: OrderId,
+        refund_ref: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text("refund_ref", refund_ref, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        match order.payment {
+            PaymentStatus::RefundDue => {}
+            PaymentStatus::Refunded => return Ok(self.order_reply(id)),
+            other => {
+                return Err(transition(format!(
+                    "order {id} payment is {other}: only a refund_due payment can be refunded"
+                )));
+            }
+        }
+        let total = order.total;
+        let actor_id = self.intern_actor(actor)?;
+        let order = self.order_mut(id);
+        order.payment = PaymentStatus::Refunded;
+        order.updated_at_ms = ctx.now_ms;
+        order.extra_mut().refund_ref = refund_ref.into();
+        let status = order.status;
+        if order.history.len() < HISTORY_PER_ORDER_MAX {
+            order.history.push(HistoryEntry {
+                status,
+                at_ms: ctx.now_ms,
+                actor: actor_id,
+                note: format!("refunded {total}").into(),
+            });
+        }
+        self.counters.refunded_amount += total;
+        ctx.emit(EventKind::OrderRefunded { id, amount: total });
+        Ok(self.order_reply(id))
+    }
+
+    // ---- actors -----------------------------------------------------------------
+
+    fn check_actor(&self, actor: &str) -> Result<(), Rejection> {
+        check_required_text("actor", actor, ACTOR_LEN_MAX)?;
+        if !self.actor_index.contains_key(actor) && self.actors.len() >= ACTORS_MAX {
+            return Err(Rejection::LimitReached {
+                what: format!("{ACTORS_MAX} distinct actors"),
+            });
+        }
+        Ok(())
+    }
+
+    fn intern_actor(&mut self, actor: &str) -> Result<u32, Rejection> {
+        if let Some(&id) = self.actor_index.get(actor) {
+            return Ok(id);
+        }
+        self.check_actor(actor)?;
+        let id = self.actors.len() as u32;
+        self.actors.push(actor.into());
+        self.actor_index.insert(actor.into(), id);
+        Ok(id)
+    }
+
+    /// The system actor (expiry) is interned first, by `State::new`.
+    fn system_actor(&self) -> u32 {
+        self.actor_index[SYSTEM_ACTOR]
+    }
+
+    // ---- invariants -------------------------------------------------------------
+
+    /// Cheap checks after every logged command: the SKUs this command touched.
+    fn check_cheap_invariants(&self, events: &[Event], from: usize) {
+        for e in &events[from..] {
+            if let EventKind::ReservationHeld { lines, .. } = &e.kind {
+                for (idx, _) in lines {
+                    let sku = &self.skus[idx.0 as usize];
+                    assert!(
+                        sku.reserved <= sku.on_hand,
+                        "reserved > on_hand for {}",
+                        sku.id
+                    );
+                }
+            }
+        }
+        if cfg!(debug_assertions) && self.orders.len() < 2_000 && self.reservations.len() < 2_000 {
+            self.check_invariants();
+        }
+    }
+
+    /// Whole-state invariants (DESIGN.md): panics on a violation.
+    pub fn check_invariants(&self) {
+        let mut reserved = vec![0u64; self.skus.len()];
+        let mut held = 0;
+        for r in self.reservations.values() {
+            if r.status == ReservationStatus::Held {
+                held += 1;
+                for &(idx, qty) in r.lines.iter() {
+                    reserved[idx.0 as usize] += u64::from(qty);
+                }
+            }
+        }
+        assert_eq!(held, self.held_count, "held reservation count");
+        for (sku, sum) in self.skus.iter().zip(&reserved) {
+            assert!(
+                sku.reserved <= sku.on_hand,
+                "{}: reserved {} > on_hand {}",
+                sku.id,
+                sku.reserved,
+                sku.on_hand
+            );
+            assert_eq!(
+                sku.reserved, *sum,
+                "{}: reserved differs from the sum of held lines",
+                sku.id
+            );
+        }
+        let mut by_status = [0u64; 10];
+        for order in &self.orders {
+            by_status[order.status as usize] += 1;
+            assert_eq!(
+                order.history.first().map(|h| h.status),
+                Some(OrderStatus::Reserved)
+            );
+            assert_eq!(order.history.last().map(|h| h.status), Some(order.status));
+            assert_eq!(
+                order.payment == PaymentStatus::Unpaid,
+                matches!(order.status, OrderStatus::Reserved | OrderStatus::Expired)
+                    || (order.status == OrderStatus::Cancelled
+                        && order.extra.as_ref().is_none_or(|e| e.paid_at_ms.is_none())),
+                "order {} payment {} with status {}",
+                order.id,
+                order.payment,
+                order.status
+            );
+        }
+        assert_eq!(
+            by_status, self.counters.orders_by_status,
+            "orders by status"
+        );
+        assert_eq!(self.order_no_index.len(), self.orders.len());
+    }
+
+    // ---- snapshots ----------------------------------------------------------------
+
+    pub(crate) fn to_snapshot(&self) -> Snapshot {
+        let mut reservations: Vec<Reservation> = self.reservations.values().cloned().collect();
+        reservations.sort_unstable_by_key(|r| r.id);
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            now_ms: self.now_ms,
+            next_seq: self.next_seq,
+            skus: self.skus.clone(),
+            reservations,
+            next_reservation_id: self.next_reservation_id,
+            finished: self.finished.iter().copied().collect(),
+            orders: self.orders.clone(),
+            actors: self.actors.clone(),
+            idempotency: self
+                .idempotency_order
+                .iter()
+                .map(|k| self.idempotency[k].clone())
+                .collect(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    pub(crate) fn from_snapshot(s: Snapshot) -> Result<State, String> {
+        if s.format != SNAPSHOT_FORMAT {
+            return Err(format!(
+                "snapshot format {} is not {SNAPSHOT_FORMAT}",
+                s.format
+            ));
+        }
+        let mut state = State::new();
+        state.now_ms = s.now_ms;
+        state.next_seq = s.next_seq;
+        state.sku_index = s
+            .skus
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.id.clone(), SkuIdx(i as u32)))
+            .collect();
+        state.skus = s.skus;
+        state.next_reservation_id = s.next_reservation_id;
+        for r in s.reservations {
+            if r.status == ReservationStatus::Held {
+                state.held_count += 1;
+                state.expiry.push(Reverse((r.expires_at_ms, r.id)));
+            }
+            state.reservations.insert(r.id, r);
+        }
+        state.finished = s.finished.into();
+        state.order_no_index = s
+            .orders
+            .iter()
+            .map(|o| (o.order_no.clone(), o.id))
+            .collect();
+        state.orders = s.orders;
+        state.actor_index = s
+            .actors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), i as u32))
+            .collect();
+        state.actors = s.actors;
+        for entry in s.idempotency {
+            state.idempotency_order.push_back(entry.key.clone());
+            state.idempotency.insert(entry.key.clone(), entry);
+        }
+        state.counters = s.counters;
+        state.check_invariants();
+        Ok(state)
+    }
+}
+
+pub(crate) const SNAPSHOT_FORMAT: u32 = 1;
+
+/// The state as written to a snapshot file: plain vectors in a deterministic order.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Snapshot {
+    pub format: u32,
+    pub now_ms: Millis,
+    pub next_seq: u64,
+    pub skus: Vec<Sku>,
+    pub reservations: Vec<Reservation>,
+    pub next_reservation_id: u64,
+    pub finished: Vec<ReservationId>,
+    pub orders: Vec<Order>,
+    pub actors: Vec<Box<str>>,
+    pub idempotency: Vec<IdempotencyEntry>,
+    pub counters: Counters,
+}
+
+/// Where the events of one command go and how they are numbered.
+struct Ctx<'a> {
+    now_ms: Millis,
+    lsn: u64,
+    events: &'a mut Vec<Event>,
+    first_event: usize,
+}
+
+impl Ctx<'_> {
+    fn emit(&mut self, kind: EventKind) {
+        let seq = self.lsn + (self.events.len() - self.first_event) as u64;
+        self.events.push(Event {
+            seq,
+            at_ms: self.now_ms,
+            kind,
+        });
+    }
+}
