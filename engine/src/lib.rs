@@ -30,3 +30,12 @@ impl State {
         State::from_snapshot(codec::decode_snapshot(bytes)?)
     }
 }
+
+mod feed;
+mod runtime;
+
+pub use feed::{EventLog, FeedPage};
+pub use runtime::{
+    Durability, Engine, EngineConfig, EngineHandle, Error, RecoveryReport, RuntimeStats, Ticket,
+};
+pub use surge_wal as wal;

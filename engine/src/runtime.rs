@@ -1,0 +1,817 @@
+//! The runtime: a bounded queue into one writer thread that owns the [`State`].
+//!
+//! ```text
+//! submit(cmd) --> bounded queue --> writer: drain up to batch_len_max
+//!                                     apply each (pure) -> encode -> WAL append
+//!                                     one commit (msync) for the batch
+//!                                     publish events, send every reply
+//! ```
+//!
+//! A reply is sent only after the batch holding its record is durable (`sync`), or
+//! after apply (`async`: a flush follows within `async_flush_interval_ms`), or at
+//! once (`none`: no log at all). Time is an input: the writer stamps each batch with
+//! the wall clock, never earlier than the previous stamp, and logs the stamp.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bincode::{Decode, Encode};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
+use surge_wal::{MmapStorage, Storage, Wal, WalConfig};
+
+use crate::codec::{self, LogRecord};
+use crate::command::{Command, IdempotencyKey, Outcome, Query};
+use crate::domain::{Millis, SkuIdx};
+use crate::event::Event;
+use crate::feed::EventLog;
+use crate::query::QueryReply;
+use crate::state::State;
+use crate::{Rejection, fnv1a64};
+
+/// How a reply waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Reply after the batch is flushed (default).
+    Sync,
+    /// Reply after apply; flush every few milliseconds (like Redis `everysec`, faster).
+    Async,
+    /// No WAL at all: state is lost on exit. For benchmarks and throwaway demos.
+    None,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "async" => Ok(Durability::Async),
+            "none" => Ok(Durability::None),
+            other => Err(format!(
+                "durability must be sync, async or none, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Runtime configuration. Every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Commands waiting at once; a full queue answers `Overloaded` at once.
+    pub queue_len_max: usize,
+    /// Commands applied per group commit.
+    pub batch_len_max: usize,
+    pub async_flush_interval_ms: u64,
+    /// How often the writer checks for expired holds when idle.
+    pub expire_interval_ms: u64,
+    /// Take a snapshot after this many logged records (0: only on request and shutdown).
+    pub snapshot_every_records: u64,
+    /// Events kept in memory for the feed.
+    pub events_kept: usize,
+    pub wal: WalConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Sync,
+            queue_len_max: 65_536,
+            batch_len_max: 8_192,
+            async_flush_interval_ms: 5,
+            expire_interval_ms: 50,
+            snapshot_every_records: 2_000_000,
+            events_kept: 1_000_000,
+            wal: WalConfig::default(),
+        }
+    }
+}
+
+/// Errors of the runtime layer (business refusals are [`Rejection`] values).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("the engine queue is full ({0} commands waiting): retry shortly")]
+    Overloaded(usize),
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] surge_wal::Error),
+    #[error("recovery failed: {0}")]
+    Recovery(String),
+}
+
+/// What start-up found and did.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    pub wal: Option<surge_wal::RecoveryReport>,
+    pub snapshot_lsn: u64,
+    pub records_replayed: u64,
+    pub events_restored: usize,
+    pub duration: Duration,
+    pub next_lsn: u64,
+    pub digest: u64,
+}
+
+/// Counters the writer keeps for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    pub commands_applied: AtomicU64,
+    pub commands_rejected: AtomicU64,
+    pub records_logged: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_len_last: AtomicU64,
+    pub batch_len_max_seen: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_latency_us_last: AtomicU64,
+    pub flush_latency_us_total: AtomicU64,
+    pub snapshot_at_ms: AtomicU64,
+    pub snapshot_lsn: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub durable_lsn: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+type ReplySender<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
+
+enum Request {
+    Command {
+        command: Command,
+        key: Option<IdempotencyKey>,
+        reply: ReplySender<Outcome>,
+    },
+    Query {
+        query: Query,
+        reply: ReplySender<Result<QueryReply, Rejection>>,
+    },
+    Snapshot {
+        reply: ReplySender<u64>,
+    },
+    Shutdown,
+}
+
+/// A pending answer: `.await` it from async code or `wait()` from a plain thread.
+pub struct Ticket<T>(tokio::sync::oneshot::Receiver<Result<T, Error>>);
+
+impl<T> Ticket<T> {
+    pub fn wait(self) -> Result<T, Error> {
+        self.0.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+impl<T> std::future::Future for Ticket<T> {
+    type Output = Result<T, Error>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+    }
+}
+
+/// What the writer shares with the handles. The writer holds only this, not the
+/// queue's sender, so dropping every handle disconnects the queue.
+struct Inner {
+    events: EventLog,
+    stats: RuntimeStats,
+    /// Why writes are refused right now (disk full, failed flush), if they are.
+    writes_refused: Mutex<Option<String>>,
+}
+
+struct Shared {
+    tx: Sender<Request>,
+    inner: Arc<Inner>,
+    shutting_down: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    queue_len_max: usize,
+    durability: Durability,
+}
+
+impl Shared {
+    fn shutdown(&self) {
+        let Some(thread) = self.writer.lock().take() else {
+            return;
+        };
+        self.shutting_down.store(true, Ordering::Release);
+        // The queue may be full: a blocking send waits for room, which the writer makes.
+        let _ = self.tx.send(Request::Shutdown);
+        let _ = thread.join();
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle gone: shut down cleanly (drain, flush, snapshot).
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A cheap, cloneable handle to a running engine, usable from tokio and from threads.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+/// Entry point: open (recover) and start the writer.
+pub struct Engine;
+
+impl Engine {
+    /// Open the data directory (taking its lock), recover, and start the writer.
+    pub fn open(config: EngineConfig) -> Result<(EngineHandle, RecoveryReport), Error> {
+        if config.durability == Durability::None {
+            return Engine::start::<MmapStorage>(None, config);
+        }
+        let storage = MmapStorage::open(&config.data_dir)?;
+        Engine::open_with_storage(storage, config)
+    }
+
+    /// Open over any storage (tests use the simulated disk).
+    pub fn open_with_storage<S: Storage>(
+        storage: S,
+        config: EngineConfig,
+    ) -> Result<(EngineHandle, RecoveryReport), Error> {
+        Engine::start(Some(storage), config)
+    }
+
+    fn start<S: Storage>(
+        storage: Option<S>,
+        config: EngineConfig,
+    ) -> Result<(EngineHandle, RecoveryReport), Error> {
+        assert!(config.queue_len_max > 0 && config.batch_len_max > 0);
+        let started = Instant::now();
+        let events = EventLog::new(config.events_kept);
+        let (recovered, wal) = match storage {
+            Some(storage) if config.durability != Durability::None => {
+                let (wal, recovery) = Wal::open(storage, config.wal.clone())?;
+                (recover(&wal, recovery, &events)?, Some(wal))
+            }
+            _ => (
+                Recovered {
+                    state: State::new(),
+                    report_wal: None,
+                    snapshot_lsn: 0,
+                    replayed: 0,
+                    events_restored: 0,
+                },
+                None,
+            ),
+        };
+        let Recovered {
+            state,
+            report_wal,
+            snapshot_lsn,
+            replayed,
+            events_restored,
+        } = recovered;
+        events.set_sku_names(
+            (0..state.sku_count()).map(|i| Arc::from(state.sku_name(SkuIdx(i as u32)))),
+        );
+        let report = RecoveryReport {
+            wal: report_wal,
+            snapshot_lsn,
+            records_replayed: replayed,
+            events_restored,
+            duration: started.elapsed(),
+            next_lsn: state.next_seq(),
+            digest: state.digest(),
+        };
+        let state_sku_count = state.sku_count();
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
+        let inner = Arc::new(Inner {
+            events,
+            stats: RuntimeStats::default(),
+            writes_refused: Mutex::new(None),
+        });
+        let shared = Arc::new(Shared {
+            tx,
+            inner: Arc::clone(&inner),
+            shutting_down: AtomicBool::new(false),
+            writer: Mutex::new(None),
+            queue_len_max: config.queue_len_max,
+            durability: config.durability,
+        });
+        inner
+            .stats
+            .snapshot_lsn
+            .store(snapshot_lsn, Ordering::Relaxed);
+        inner
+            .stats
+            .durable_lsn
+            .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
+        let mut writer = Writer {
+            state,
+            wal,
+            rx,
+            sku_names_published: state_sku_count,
+            shared: inner,
+            config,
+            now_ms: 0,
+            records_since_snapshot: replayed,
+            record_buf: Vec::with_capacity(256),
+            events_buf: Vec::new(),
+            appended: false,
+        };
+        writer.now_ms = writer.state.now_ms();
+        let thread = std::thread::Builder::new()
+            .name("surge-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
+        *shared.writer.lock() = Some(thread);
+        Ok((EngineHandle { shared }, report))
+    }
+}
+
+struct Recovered {
+    state: State,
+    report_wal: Option<surge_wal::RecoveryReport>,
+    snapshot_lsn: u64,
+    replayed: u64,
+    events_restored: usize,
+}
+
+/// The engine's snapshot file body: the state and the event ring.
+#[derive(Encode, Decode)]
+struct EngineSnapshot {
+    state: Vec<u8>,
+    events: Vec<Event>,
+    events_dropped_through: u64,
+}
+
+const SNAPSHOT_CONFIG: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+> = bincode::config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding();
+
+fn recover<S: Storage>(
+    wal: &Wal<S>,
+    recovery: surge_wal::Recovery,
+    events: &EventLog,
+) -> Result<Recovered, Error> {
+    let (mut state, snapshot_lsn, events_restored) = match &recovery.snapshot {
+        Some((lsn, bytes)) => {
+            let (snap, _): (EngineSnapshot, usize) =
+                bincode::decode_from_slice(bytes, SNAPSHOT_CONFIG)
+                    .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
+            let state = State::decode_snapshot(&snap.state)
+                .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
+            assert!(
+                state.next_seq() > *lsn || *lsn == 0,
+                "snapshot LSN {lsn} beyond its state"
+            );
+            let restored = snap.events.len();
+            events.restore(snap.events, snap.events_dropped_through);
+            (state, *lsn, restored)
+        }
+        None => (State::new(), 0, 0),
+    };
+    let mut replay_events = Vec::new();
+    let replayed = wal.replay(snapshot_lsn, |lsn, payload| {
+        let record = codec::decode_record(payload).map_err(|e| format!("record {lsn}: {e}"))?;
+        replay_events.clear();
+        let applied = state.apply(
+            &record.command,
+            record.key.as_ref(),
+            record.now_ms,
+            &mut replay_events,
+        );
+        // Pair assertion: replay must log exactly what was logged.
+        if applied.lsn != Some(lsn) {
+            return Err(format!(
+                "record {lsn} ({}) replayed as {:?}",
+                record.command.name(),
+                applied.lsn
+            ));
+        }
+        events.publish(&replay_events);
+        Ok(())
+    })?;
+    state.check_invariants();
+    Ok(Recovered {
+        state,
+        report_wal: Some(recovery.report),
+        snapshot_lsn,
+        replayed,
+        events_restored,
+    })
+}
+
+fn wall_clock_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A command waiting for its batch to be durable.
+struct Pending {
+    reply: ReplySender<Outcome>,
+    outcome: Outcome,
+}
+
+struct Writer<S: Storage> {
+    state: State,
+    wal: Option<Wal<S>>,
+    rx: Receiver<Request>,
+    sku_names_published: usize,
+    shared: Arc<Inner>,
+    config: EngineConfig,
+    now_ms: Millis,
+    records_since_snapshot: u64,
+    record_buf: Vec<u8>,
+    events_buf: Vec<Event>,
+    /// A record was logged in the current batch: it needs a flush.
+    appended: bool,
+}
+
+impl<S: Storage> Writer<S> {
+    fn run(mut self) {
+        let mut batch: Vec<Request> = Vec::with_capacity(self.config.batch_len_max);
+        let mut pending: Vec<Pending> = Vec::with_capacity(self.config.batch_len_max);
+        let mut last_flush = Instant::now();
+        let mut dirty = false; // async mode: applied but not yet flushed
+        let tick = Duration::from_millis(self.config.expire_interval_ms.max(1));
+        let flush_every = Duration::from_millis(self.config.async_flush_interval_ms.max(1));
+        let mut shutdown = false;
+        while !shutdown {
+            let timeout = if dirty {
+                flush_every.saturating_sub(last_flush.elapsed())
+            } else {
+                tick
+            };
+            match self.rx.recv_timeout(timeout) {
+                Ok(request) => batch.push(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            }
+            while batch.len() < self.config.batch_len_max {
+                match self.rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.now_ms = self.now_ms.max(wall_clock_ms());
+            self.events_buf.clear();
+            let mut snapshot_replies = Vec::new();
+            let mut query_replies = Vec::new();
+            self.expire_due(&mut pending);
+            for request in batch.drain(..) {
+                match request {
+                    Request::Command {
+                        command,
+                        key,
+                        reply,
+                    } => self.apply(command, key, reply, &mut pending),
+                    Request::Query { query, reply } => {
+                        query_replies.push((reply, self.state.query(&query)))
+                    }
+                    Request::Snapshot { reply } => snapshot_replies.push(reply),
+                    Request::Shutdown => shutdown = true,
+                }
+            }
+            if shutdown {
+                // Drain whatever is still queued: accepted commands are finished.
+                while let Ok(request) = self.rx.try_recv() {
+                    match request {
+                        Request::Command {
+                            command,
+                            key,
+                            reply,
+                        } => self.apply(command, key, reply, &mut pending),
+                        Request::Query { query, reply } => {
+                            query_replies.push((reply, self.state.query(&query)))
+                        }
+                        Request::Snapshot { reply } => snapshot_replies.push(reply),
+                        Request::Shutdown => {}
+                    }
+                }
+            }
+            let logged = std::mem::take(&mut self.appended);
+            match self.config.durability {
+                Durability::Sync if logged => self.flush(&mut pending),
+                Durability::Sync => self.reply_all(&mut pending, true),
+                Durability::Async => {
+                    // Reply now; the flush follows within the interval.
+                    dirty |= logged;
+                    self.reply_all(&mut pending, true);
+                    if dirty && (last_flush.elapsed() >= flush_every || shutdown) {
+                        self.flush(&mut pending);
+                        dirty = false;
+                        last_flush = Instant::now();
+                    }
+                }
+                Durability::None => {
+                    self.shared.events.publish(&self.events_buf);
+                    self.events_buf.clear();
+                    self.reply_all(&mut pending, true);
+                }
+            }
+            // Reads answer after the flush, so they never show what is not durable.
+            for (reply, answer) in query_replies {
+                let _ = reply.send(Ok(answer));
+            }
+            let due = self.config.snapshot_every_records > 0
+                && self.records_since_snapshot >= self.config.snapshot_every_records;
+            if !snapshot_replies.is_empty() || due || shutdown {
+                let result = self.snapshot();
+                for reply in snapshot_replies {
+                    let _ = reply.send(
+                        result
+                            .as_ref()
+                            .map(|&lsn| lsn)
+                            .map_err(|e| Error::StorageUnavailable(e.clone())),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Expire overdue holds and orders through the same path as any command.
+    fn expire_due(&mut self, pending: &mut Vec<Pending>) {
+        while self
+            .state
+            .next_deadline_ms()
+            .is_some_and(|at| at <= self.now_ms)
+        {
+            if self.refusal().is_some() {
+                return;
+            }
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            let before = self.state.next_seq();
+            self.apply(Command::Expire, None, reply, pending);
+            if self.state.next_seq() == before {
+                // Only stale heap entries were due: nothing to log.
+                return;
+            }
+        }
+    }
+
+    fn refusal(&self) -> Option<String> {
+        self.shared.writes_refused.lock().clone()
+    }
+
+    fn apply(
+        &mut self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+        reply: ReplySender<Outcome>,
+        pending: &mut Vec<Pending>,
+    ) {
+        if let Some(reason) = self.refusal() {
+            let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+            return;
+        }
+        // Encode before applying so that the record's room in the log is reserved
+        // first: a disk that is full refuses the command before it changes anything.
+        let record = LogRecord {
+            now_ms: self.now_ms,
+            command,
+            key,
+        };
+        if let Some(wal) = self.wal.as_mut() {
+            codec::encode_record(&record, &mut self.record_buf);
+            if let Err(e) = wal.reserve(self.state.next_seq(), self.record_buf.len()) {
+                let reason = format!("{e}");
+                if matches!(e, surge_wal::Error::NoSpace) {
+                    // Transient: the next command tries again.
+                    let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                } else {
+                    self.fail_stop(reason.clone());
+                    let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                }
+                return;
+            }
+        }
+        let applied = self.state.apply(
+            &record.command,
+            record.key.as_ref(),
+            self.now_ms,
+            &mut self.events_buf,
+        );
+        let stats = &self.shared.stats;
+        if applied.outcome.is_ok() {
+            stats.commands_applied.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(lsn) = applied.lsn {
+            self.records_since_snapshot += 1;
+            self.appended = true;
+            stats.records_logged.fetch_add(1, Ordering::Relaxed);
+            self.publish_new_sku_names();
+            if let Some(wal) = self.wal.as_mut() {
+                stats
+                    .wal_bytes
+                    .fetch_add(self.record_buf.len() as u64 + 16, Ordering::Relaxed);
+                if let Err(e) = wal.append(lsn, &self.record_buf) {
+                    // The room was reserved, so this is an I/O failure: the state is
+                    // now ahead of the log; stop taking writes, a restart recovers.
+                    self.fail_stop(format!("append failed: {e}"));
+                }
+            }
+        }
+        pending.push(Pending {
+            reply,
+            outcome: applied.outcome,
+        });
+    }
+
+    /// New SKUs get their names into the feed's table before their events publish.
+    fn publish_new_sku_names(&mut self) {
+        while self.sku_names_published < self.state.sku_count() {
+            let idx = SkuIdx(self.sku_names_published as u32);
+            self.shared
+                .events
+                .add_sku_name(Arc::from(self.state.sku_name(idx)));
+            self.sku_names_published += 1;
+        }
+    }
+
+    fn flush(&mut self, pending: &mut Vec<Pending>) {
+        let stats = &self.shared.stats;
+        let started = Instant::now();
+        let result = match self.wal.as_mut() {
+            Some(wal) => wal.commit().map(|()| wal.durable_lsn()),
+            None => Ok(self.state.next_seq().saturating_sub(1)),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats.flush_latency_us_last.store(micros, Ordering::Relaxed);
+        stats
+            .flush_latency_us_total
+            .fetch_add(micros, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .batch_len_last
+            .store(pending.len() as u64, Ordering::Relaxed);
+        stats
+            .batch_len_max_seen
+            .fetch_max(pending.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(durable) => {
+                stats.durable_lsn.store(durable, Ordering::Relaxed);
+                self.shared.events.publish(&self.events_buf);
+                self.events_buf.clear();
+                self.reply_all(pending, true);
+            }
+            Err(e) => {
+                // Never retry a failed flush and trust it: nothing in this batch is
+                // acknowledged and the engine stops taking writes.
+                self.fail_stop(format!("flush failed: {e}"));
+                self.events_buf.clear();
+                self.reply_all(pending, false);
+            }
+        }
+    }
+
+    fn fail_stop(&self, reason: String) {
+        let mut refused = self.shared.writes_refused.lock();
+        if refused.is_none() {
+            *refused = Some(format!(
+                "{reason}; writes are refused until a restart recovers from the log"
+            ));
+        }
+    }
+
+    fn reply_all(&mut self, pending: &mut Vec<Pending>, durable: bool) {
+        for p in pending.drain(..) {
+            let answer = if durable {
+                Ok(p.outcome)
+            } else {
+                Err(Error::StorageUnavailable(
+                    self.refusal().unwrap_or_else(|| "flush failed".into()),
+                ))
+            };
+            let _ = p.reply.send(answer);
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<u64, String> {
+        let lsn = self.state.next_seq() - 1;
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(lsn);
+        };
+        if self.shared.writes_refused.lock().is_some() {
+            return Err("writes are refused: no snapshot of an unlogged state".into());
+        }
+        let (events, dropped_through) = self.shared.events.snapshot();
+        let body = EngineSnapshot {
+            state: self.state.encode_snapshot(),
+            events,
+            events_dropped_through: dropped_through,
+        };
+        let bytes = bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).map_err(|e| e.to_string())?;
+        wal.write_snapshot(lsn, &bytes).map_err(|e| e.to_string())?;
+        self.records_since_snapshot = 0;
+        let stats = &self.shared.stats;
+        stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
+        stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
+        stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn)
+    }
+}
+
+impl EngineHandle {
+    fn send(&self, request: Request) -> Result<(), Error> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        match self.shared.tx.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.shared
+                    .inner
+                    .stats
+                    .overloaded
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::Overloaded(self.shared.queue_len_max))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Queue a command. A full queue is refused at once with [`Error::Overloaded`].
+    pub fn submit(
+        &self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Ticket<Outcome>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Command {
+            command,
+            key,
+            reply,
+        })?;
+        Ok(Ticket(rx))
+    }
+
+    /// Submit and wait (plain threads).
+    pub fn execute(&self, command: Command, key: Option<IdempotencyKey>) -> Result<Outcome, Error> {
+        self.submit(command, key)?.wait()
+    }
+
+    /// Queue a read; it sees every command queued before it.
+    pub fn query(&self, query: Query) -> Result<Ticket<Result<QueryReply, Rejection>>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Query { query, reply })?;
+        Ok(Ticket(rx))
+    }
+
+    /// Take a snapshot now; answers its LSN.
+    pub fn snapshot(&self) -> Result<Ticket<u64>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Snapshot { reply })?;
+        Ok(Ticket(rx))
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.shared.inner.events
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.shared.inner.stats
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.shared.tx.len()
+    }
+
+    pub fn queue_len_max(&self) -> usize {
+        self.shared.queue_len_max
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.shared.durability
+    }
+
+    /// Why writes are refused now (disk full, failed flush), if they are.
+    pub fn writes_refused(&self) -> Option<String> {
+        self.shared.inner.writes_refused.lock().clone()
+    }
+
+    /// Drain the queue, flush, snapshot and stop the writer. Later submissions get
+    /// [`Error::ShuttingDown`]. Safe to call more than once.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
+    /// A stable fingerprint of a request for idempotency keys.
+    pub fn fingerprint(parts: &[&[u8]]) -> u64 {
+        let mut joined = Vec::new();
+        for part in parts {
+            joined.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            joined.extend_from_slice(part);
+        }
+        fnv1a64(&joined)
+    }
+}
