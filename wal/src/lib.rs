@@ -1,1 +1,243 @@
-//! surge-wal (being written).
+//! surge-wal: a segmented, memory-mapped, checksummed write-ahead log plus
+//! snapshot files. It knows bytes and log sequence numbers (LSNs), not orders.
+//!
+//! # On-disk layout (format version [`FORMAT_VERSION`])
+//!
+//! All integers are little-endian with the widths shown; nothing on disk is a
+//! `usize`. A data directory holds:
+//!
+//! ```text
+//! LOCK                              flock(LOCK_EX) held by the running process
+//! wal-<first lsn, 20 digits>.seg    log segments, fixed size (WalConfig::segment_bytes)
+//! snap-<lsn, 20 digits>.snap        snapshots (the newest `snapshots_kept` are kept)
+//! snap-<lsn, 20 digits>.snap.tmp    a snapshot being written; removed at open
+//! ```
+//!
+//! ## Segment file
+//!
+//! ```text
+//! page 0  (offset     0) segment header, written and synced once at creation:
+//!         0  u64 magic  "SURGEWAL"
+//!         8  u32 format version
+//!        12  u32 page bytes (4096)
+//!        16  u64 segment bytes (file length)
+//!        24  u64 first lsn (the lsn in the file name)
+//!        32  u64 prev lsn (the last lsn appended before this segment was created)
+//!        40  u32 crc32c of bytes 0..40
+//!        44  zero to the end of the page
+//! page 1  (offset  4096) watermark slot 0: u64 lsn, u32 crc32c(lsn, slot u32, first lsn), u32 zero
+//! page 2  (offset  8192) watermark slot 1: same layout
+//! page 3.. (offset 12288) frames, back to back, each starting 8-byte aligned:
+//!         0  u32 frame length = 16 + payload length (so never 0 for a real frame)
+//!         4  u32 crc32c over (frame length u32, lsn u64, payload)
+//!         8  u64 lsn
+//!        16  payload, then zero padding to the next multiple of 8
+//!         A frame whose 16 header bytes are all zero has never been written:
+//!         it marks the end of the segment's data. A frame never straddles
+//!         two segments; when one does not fit, the log rolls to a new segment.
+//! ```
+//!
+//! ## Snapshot file
+//!
+//! ```text
+//!  0  u64 magic "SURGSNAP"
+//!  8  u32 format version
+//! 12  u32 crc32c of the body
+//! 16  u64 lsn covered (every record <= lsn is reflected in the body)
+//! 24  u64 body length
+//! 32  u32 crc32c of bytes 0..32
+//! 36  u32 zero
+//! 40  body
+//! ```
+//!
+//! # Telling a torn tail from rot: the durable watermark
+//!
+//! A crash can leave the last, not-yet-synced pages of the log half written
+//! (a *torn tail*): those records were never acknowledged, so cutting them is
+//! correct. Damage to records that *were* acknowledged (*rot*) must instead stop
+//! start-up, because silently dropping them would lose acknowledged work. The
+//! frames alone cannot tell the two apart, so each segment carries a durable
+//! watermark: the highest LSN known to be synced.
+//!
+//! At each `commit` the watermark written is the LSN that was durable *before*
+//! this commit started (the previous commit's last LSN), and it goes into the
+//! active segment's header pages in the same `msync` as the new data. If that
+//! msync is torn, the watermark it may have persisted still only names records
+//! that an earlier, completed msync made durable, so it never over-claims. The
+//! two slots sit on separate pages and are written alternately, so a torn write
+//! of one slot leaves the other (older, still true) value readable. A new
+//! segment is also stamped with the current durable LSN when it is created.
+//!
+//! The price is that the watermark lags by one commit: the records of the very
+//! last commit are above it, so rot in exactly those records is cut and reported
+//! as a torn tail rather than refused. The alternative (a second msync per commit
+//! just for the watermark) doubles the cost of the hot path.
+//!
+//! Recovery takes the watermark as the maximum valid slot over all segments,
+//! walks the frames in LSN order and stops at the first invalid point:
+//!
+//! * if the last valid LSN before it is below the watermark, acknowledged data is
+//!   damaged: [`Error::Corrupt`] names the segment and offset, and open fails;
+//! * otherwise it is a torn tail: the rest of that segment is zeroed, later
+//!   segments are removed, and [`RecoveryReport::torn_tail`] says what was cut.
+//!
+//! Segments chain: each header holds the LSN appended just before it was
+//! created, so a segment whose tail lost records while a later segment survived
+//! is detected (the next segment's `prev lsn` does not match) instead of
+//! replaying a log with a hole in it.
+//!
+//! Records are appended through the memory map and made durable by `msync` of
+//! only the dirty page range ([`Wal::commit`]). Segment files are reserved with
+//! `fallocate` before they are mapped: writing to a mapped hole on a full disk
+//! raises SIGBUS, while a failed `fallocate` is a clean `ENOSPC`.
+
+mod format;
+mod recovery;
+mod sim;
+mod storage;
+mod verify;
+mod wal;
+
+pub use sim::SimStorage;
+pub use storage::{MmapStorage, SegmentId, Storage};
+pub use verify::{SegmentReport, SnapshotReport, Verdict, VerifyReport, verify};
+pub use wal::{Recovery, RecoveryReport, TornTail, Wal, WalStats};
+
+/// Log sequence number. 0 means "nothing".
+pub type Lsn = u64;
+
+/// Version of the byte layout above. Bump it when the layout changes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Page size the layout is drawn in; segment sizes are multiples of it.
+pub const PAGE_BYTES: u64 = 4096;
+/// Where frames start in a segment: after the header page and two watermark pages.
+pub const SEGMENT_DATA_OFFSET: u64 = 3 * PAGE_BYTES;
+/// Bytes of a frame header (length, crc, lsn).
+pub const FRAME_HEADER_BYTES: u64 = 16;
+/// Frames start at multiples of this.
+pub const FRAME_ALIGN_BYTES: u64 = 8;
+/// Largest record payload accepted by [`Wal::append`] (a smaller segment lowers it).
+pub const RECORD_PAYLOAD_MAX_BYTES: usize = 1 << 20;
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Smallest segment size accepted: the header pages plus one data page.
+pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_DATA_OFFSET + PAGE_BYTES;
+/// Largest segment size accepted (offsets are u64 on disk, but a map must fit memory).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Largest snapshot body accepted, written or read.
+pub const SNAPSHOT_BODY_MAX_BYTES: u64 = 4 << 30;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(PAGE_BYTES));
+const _: () = assert!(SEGMENT_DATA_OFFSET.is_multiple_of(FRAME_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(
+    SEGMENT_DATA_OFFSET + FRAME_HEADER_BYTES + RECORD_PAYLOAD_MAX_BYTES as u64
+        <= SEGMENT_BYTES_DEFAULT
+);
+const _: () = assert!(RECORD_PAYLOAD_MAX_BYTES as u64 + FRAME_HEADER_BYTES <= u32::MAX as u64);
+
+/// Tuning of a [`Wal`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Size of each segment file; a multiple of [`PAGE_BYTES`], at least
+    /// [`SEGMENT_BYTES_MIN`]. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// How many snapshots to keep (at least 2, so a damaged newest one can fall
+    /// back to the previous one, whose log segments are kept too). Default 2.
+    pub snapshots_kept: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            snapshots_kept: 2,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Checks the relationships between the limits.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.segment_bytes.is_multiple_of(PAGE_BYTES) {
+            return Err(Error::InvalidConfig(format!(
+                "segment_bytes {} is not a multiple of {PAGE_BYTES}",
+                self.segment_bytes
+            )));
+        }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(Error::InvalidConfig(format!(
+                "segment_bytes {} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            )));
+        }
+        if self.snapshots_kept < 2 {
+            return Err(Error::InvalidConfig(format!(
+                "snapshots_kept {} is below 2",
+                self.snapshots_kept
+            )));
+        }
+        Ok(())
+    }
+
+    /// The largest payload one record may carry with this segment size.
+    pub fn record_payload_max_bytes(&self) -> usize {
+        let room = self
+            .segment_bytes
+            .saturating_sub(SEGMENT_DATA_OFFSET + FRAME_HEADER_BYTES);
+        usize::try_from(room).map_or(RECORD_PAYLOAD_MAX_BYTES, |room| {
+            room.min(RECORD_PAYLOAD_MAX_BYTES)
+        })
+    }
+}
+
+/// The one error type of the wal layer.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("wal i/o error during {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("wal corrupt: {segment} at offset {offset}: {detail}")]
+    Corrupt {
+        segment: String,
+        offset: u64,
+        detail: String,
+    },
+    #[error("no space left on device: cannot reserve a new wal segment or snapshot")]
+    NoSpace,
+    #[error("wal refuses writes after a failed flush; restart to recover from the log")]
+    Poisoned,
+    #[error("data directory is locked by another process")]
+    Locked,
+    #[error("record of {len} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { len: usize, max: usize },
+    #[error("snapshot of {len} bytes exceeds the limit of {max} bytes")]
+    SnapshotTooLarge { len: u64, max: u64 },
+    #[error("lsn {lsn} is not greater than the last lsn {last}")]
+    LsnNotIncreasing { lsn: Lsn, last: Lsn },
+    #[error("snapshot lsn {lsn} is beyond the durable lsn {durable}; commit first")]
+    SnapshotAhead { lsn: Lsn, durable: Lsn },
+    #[error("invalid wal config: {0}")]
+    InvalidConfig(String),
+    #[error("replay stopped at lsn {lsn}: {message}")]
+    Replay { lsn: Lsn, message: String },
+}
+
+impl Error {
+    /// Maps an I/O error, turning "disk full" into [`Error::NoSpace`].
+    pub(crate) fn io(op: &'static str, source: std::io::Error) -> Error {
+        if is_no_space(&source) {
+            Error::NoSpace
+        } else {
+            Error::Io { op, source }
+        }
+    }
+}
+
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+}

@@ -1,0 +1,407 @@
+//! Encoding and decoding of the byte layout drawn in the crate docs.
+
+use crate::{
+    FORMAT_VERSION, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, SEGMENT_DATA_OFFSET,
+    SNAPSHOT_BODY_MAX_BYTES,
+};
+
+pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SURGEWAL");
+pub(crate) const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"SURGSNAP");
+pub(crate) const SEGMENT_HEADER_BYTES: usize = 44;
+pub(crate) const WATERMARK_SLOT_BYTES: usize = 16;
+pub(crate) const WATERMARK_SLOT_OFFSETS: [u64; 2] = [PAGE_BYTES, 2 * PAGE_BYTES];
+pub(crate) const SNAPSHOT_HEADER_BYTES: usize = 40;
+
+const _: () = assert!(WATERMARK_SLOT_OFFSETS[1] + PAGE_BYTES == SEGMENT_DATA_OFFSET);
+const _: () = assert!((SEGMENT_HEADER_BYTES as u64) < PAGE_BYTES);
+
+const SEGMENT_PREFIX: &str = "wal-";
+const SEGMENT_SUFFIX: &str = ".seg";
+const SNAPSHOT_PREFIX: &str = "snap-";
+const SNAPSHOT_SUFFIX: &str = ".snap";
+pub(crate) const TMP_SUFFIX: &str = ".tmp";
+
+pub(crate) fn segment_name(first_lsn: Lsn) -> String {
+    format!("{SEGMENT_PREFIX}{first_lsn:020}{SEGMENT_SUFFIX}")
+}
+
+pub(crate) fn snapshot_name(lsn: Lsn) -> String {
+    format!("{SNAPSHOT_PREFIX}{lsn:020}{SNAPSHOT_SUFFIX}")
+}
+
+fn parse_lsn_name(name: &str, prefix: &str, suffix: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
+    parse_lsn_name(name, SEGMENT_PREFIX, SEGMENT_SUFFIX)
+}
+
+pub(crate) fn parse_snapshot_name(name: &str) -> Option<Lsn> {
+    parse_lsn_name(name, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)
+}
+
+pub(crate) fn is_snapshot_tmp_name(name: &str) -> bool {
+    name.strip_suffix(TMP_SUFFIX)
+        .and_then(parse_snapshot_name)
+        .is_some()
+}
+
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+pub(crate) const fn align_up(n: u64) -> u64 {
+    n.div_ceil(FRAME_ALIGN_BYTES) * FRAME_ALIGN_BYTES
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    pub segment_bytes: u64,
+    pub first_lsn: Lsn,
+    pub prev_lsn: Lsn,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderCheck {
+    Valid(SegmentHeader),
+    /// All zero (or the file is too short): creation never completed.
+    Blank,
+    Bad(String),
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut b = [0u8; SEGMENT_HEADER_BYTES];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
+        b[32..40].copy_from_slice(&self.prev_lsn.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes the header of a whole segment image.
+    pub fn check(segment: &[u8]) -> HeaderCheck {
+        if (segment.len() as u64) < SEGMENT_DATA_OFFSET {
+            return if segment.iter().all(|&b| b == 0) {
+                HeaderCheck::Blank
+            } else {
+                HeaderCheck::Bad(format!("segment is only {} bytes long", segment.len()))
+            };
+        }
+        let b = &segment[..SEGMENT_HEADER_BYTES];
+        if b.iter().all(|&x| x == 0) {
+            return HeaderCheck::Blank;
+        }
+        if u64_at(b, 0) != SEGMENT_MAGIC {
+            return HeaderCheck::Bad("bad segment magic".into());
+        }
+        if crc32c::crc32c(&b[0..40]) != u32_at(b, 40) {
+            return HeaderCheck::Bad("segment header checksum mismatch".into());
+        }
+        let version = u32_at(b, 8);
+        if version != FORMAT_VERSION {
+            return HeaderCheck::Bad(format!("unsupported format version {version}"));
+        }
+        if u64::from(u32_at(b, 12)) != PAGE_BYTES {
+            return HeaderCheck::Bad("unexpected page size".into());
+        }
+        let header = SegmentHeader {
+            segment_bytes: u64_at(b, 16),
+            first_lsn: u64_at(b, 24),
+            prev_lsn: u64_at(b, 32),
+        };
+        if header.segment_bytes != segment.len() as u64 {
+            return HeaderCheck::Bad(format!(
+                "header says {} bytes, file has {}",
+                header.segment_bytes,
+                segment.len()
+            ));
+        }
+        if header.prev_lsn >= header.first_lsn {
+            return HeaderCheck::Bad("header prev lsn is not below its first lsn".into());
+        }
+        HeaderCheck::Valid(header)
+    }
+}
+
+fn watermark_crc(slot: usize, first_lsn: Lsn, lsn: Lsn) -> u32 {
+    let mut b = [0u8; 20];
+    b[0..8].copy_from_slice(&lsn.to_le_bytes());
+    b[8..12].copy_from_slice(&(slot as u32).to_le_bytes());
+    b[12..20].copy_from_slice(&first_lsn.to_le_bytes());
+    crc32c::crc32c(&b)
+}
+
+pub(crate) fn encode_watermark(
+    slot: usize,
+    first_lsn: Lsn,
+    lsn: Lsn,
+) -> [u8; WATERMARK_SLOT_BYTES] {
+    let mut b = [0u8; WATERMARK_SLOT_BYTES];
+    b[0..8].copy_from_slice(&lsn.to_le_bytes());
+    b[8..12].copy_from_slice(&watermark_crc(slot, first_lsn, lsn).to_le_bytes());
+    b
+}
+
+/// The highest valid watermark slot of a segment (0 when none is valid).
+pub(crate) fn read_watermark(segment: &[u8], first_lsn: Lsn) -> Lsn {
+    let mut best = 0;
+    for (slot, &at) in WATERMARK_SLOT_OFFSETS.iter().enumerate() {
+        let at = at as usize;
+        let Some(b) = segment.get(at..at + WATERMARK_SLOT_BYTES) else {
+            continue;
+        };
+        let lsn = u64_at(b, 0);
+        if u32_at(b, 8) == watermark_crc(slot, first_lsn, lsn) {
+            best = best.max(lsn);
+        }
+    }
+    best
+}
+
+pub(crate) fn frame_crc(frame_len: u32, lsn: Lsn, payload: &[u8]) -> u32 {
+    let mut h = [0u8; 12];
+    h[0..4].copy_from_slice(&frame_len.to_le_bytes());
+    h[4..12].copy_from_slice(&lsn.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&h), payload)
+}
+
+pub(crate) fn encode_frame_header(lsn: Lsn, payload: &[u8]) -> [u8; FRAME_HEADER_BYTES as usize] {
+    let frame_len = u32::try_from(FRAME_HEADER_BYTES as usize + payload.len())
+        .expect("payload length is limited far below u32::MAX");
+    let mut h = [0u8; FRAME_HEADER_BYTES as usize];
+    h[0..4].copy_from_slice(&frame_len.to_le_bytes());
+    h[4..8].copy_from_slice(&frame_crc(frame_len, lsn, payload).to_le_bytes());
+    h[8..16].copy_from_slice(&lsn.to_le_bytes());
+    h
+}
+
+/// The LSN of a padding frame: real records have LSNs above 0.
+pub(crate) const PADDING_LSN: Lsn = 0;
+
+static ZEROS: [u8; 2 * PAGE_BYTES as usize] = [0; 2 * PAGE_BYTES as usize];
+
+/// A padding frame of `len` bytes (header included; 16 <= len <= 2 pages).
+/// Commits end with one so that the next append starts on a fresh page and
+/// never rewrites a page holding acknowledged records.
+pub(crate) fn encode_padding(len: u64) -> Vec<u8> {
+    assert!(
+        (FRAME_HEADER_BYTES..=2 * PAGE_BYTES).contains(&len)
+            && len.is_multiple_of(FRAME_ALIGN_BYTES)
+    );
+    let payload = &ZEROS[..(len - FRAME_HEADER_BYTES) as usize];
+    let mut frame = encode_frame_header(PADDING_LSN, payload).to_vec();
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Why a frame scan stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ScanStop {
+    /// An all-zero frame header: never written.
+    Zero,
+    /// No room left for another frame header.
+    Full,
+    /// A frame that does not hold (torn or rotten).
+    Invalid(String),
+    /// The visitor asked to stop.
+    Visitor,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ScanEnd {
+    /// Offset just past the last valid frame (including its padding).
+    pub end: u64,
+    pub first_lsn: Option<Lsn>,
+    pub last_lsn: Lsn,
+    pub records: u64,
+    pub stop: ScanStop,
+}
+
+/// Walks the frames of a segment image from the data offset, checking every
+/// one (length, bounds, checksum, strictly increasing LSN above `prev_lsn`).
+/// `visit` returns false to stop early.
+pub(crate) fn scan_frames(
+    segment: &[u8],
+    prev_lsn: Lsn,
+    payload_max: usize,
+    mut visit: impl FnMut(Lsn, &[u8]) -> bool,
+) -> ScanEnd {
+    let len = segment.len() as u64;
+    let mut at = SEGMENT_DATA_OFFSET;
+    let mut out = ScanEnd {
+        end: at,
+        first_lsn: None,
+        last_lsn: prev_lsn,
+        records: 0,
+        stop: ScanStop::Full,
+    };
+    loop {
+        out.end = at;
+        if at + FRAME_HEADER_BYTES > len {
+            out.stop = ScanStop::Full;
+            return out;
+        }
+        let h = &segment[at as usize..(at + FRAME_HEADER_BYTES) as usize];
+        if h.iter().all(|&b| b == 0) {
+            out.stop = ScanStop::Zero;
+            return out;
+        }
+        let frame_start = at;
+        let frame_len = u32_at(h, 0);
+        let crc = u32_at(h, 4);
+        let lsn = u64_at(h, 8);
+        let invalid = |detail: String| ScanStop::Invalid(detail);
+        if u64::from(frame_len) < FRAME_HEADER_BYTES {
+            out.stop = invalid(format!("frame length {frame_len} is below the header size"));
+            return out;
+        }
+        let payload_len = u64::from(frame_len) - FRAME_HEADER_BYTES;
+        if payload_len > payload_max as u64 {
+            out.stop = invalid(format!(
+                "frame payload length {payload_len} exceeds {payload_max}"
+            ));
+            return out;
+        }
+        if at + u64::from(frame_len) > len {
+            out.stop = invalid(format!(
+                "frame length {frame_len} runs past the segment end"
+            ));
+            return out;
+        }
+        let payload =
+            &segment[(at + FRAME_HEADER_BYTES) as usize..(at + u64::from(frame_len)) as usize];
+        if frame_crc(frame_len, lsn, payload) != crc {
+            out.stop = invalid("frame checksum mismatch".into());
+            return out;
+        }
+        at += align_up(u64::from(frame_len));
+        if lsn == PADDING_LSN {
+            // Commit padding: must end exactly on a page boundary (or the segment end).
+            if !at.is_multiple_of(PAGE_BYTES) && at != len {
+                out.end = frame_start;
+                out.stop = invalid(format!("padding frame ends off a page boundary at {at}"));
+                return out;
+            }
+            continue;
+        }
+        if lsn <= out.last_lsn {
+            out.end = frame_start;
+            out.stop = invalid(format!(
+                "frame lsn {lsn} is not above the previous lsn {}",
+                out.last_lsn
+            ));
+            return out;
+        }
+        out.first_lsn.get_or_insert(lsn);
+        out.last_lsn = lsn;
+        out.records += 1;
+        if !visit(lsn, payload) {
+            out.end = at;
+            out.stop = ScanStop::Visitor;
+            return out;
+        }
+    }
+}
+
+/// Offset just past the last non-zero byte at or after `from` (or `from`).
+pub(crate) fn nonzero_end(segment: &[u8], from: u64) -> u64 {
+    let from = (from as usize).min(segment.len());
+    match segment[from..].iter().rposition(|&b| b != 0) {
+        Some(i) => (from + i + 1) as u64,
+        None => from as u64,
+    }
+}
+
+pub(crate) fn encode_snapshot(lsn: Lsn, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    b.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
+    b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    b.extend_from_slice(&lsn.to_le_bytes());
+    b.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c(&b[0..32]);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    debug_assert_eq!(b.len(), SNAPSHOT_HEADER_BYTES);
+    b.extend_from_slice(body);
+    b
+}
+
+/// Checks a snapshot file image; returns its lsn and body.
+pub(crate) fn decode_snapshot(file: &[u8]) -> Result<(Lsn, &[u8]), String> {
+    if file.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(format!(
+            "file is {} bytes, shorter than the header",
+            file.len()
+        ));
+    }
+    if u64_at(file, 0) != SNAPSHOT_MAGIC {
+        return Err("bad snapshot magic".into());
+    }
+    if crc32c::crc32c(&file[0..32]) != u32_at(file, 32) || u32_at(file, 36) != 0 {
+        return Err("snapshot header checksum mismatch".into());
+    }
+    let version = u32_at(file, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported format version {version}"));
+    }
+    let lsn = u64_at(file, 16);
+    let body_len = u64_at(file, 24);
+    if body_len > SNAPSHOT_BODY_MAX_BYTES || body_len != (file.len() - SNAPSHOT_HEADER_BYTES) as u64
+    {
+        return Err(format!(
+            "header says {body_len} body bytes, file holds {}",
+            file.len() - SNAPSHOT_HEADER_BYTES
+        ));
+    }
+    let body = &file[SNAPSHOT_HEADER_BYTES..];
+    if crc32c::crc32c(body) != u32_at(file, 12) {
+        return Err("snapshot body checksum mismatch".into());
+    }
+    Ok((lsn, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(segment_name(1), "wal-00000000000000000001.seg");
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_snapshot_name(&snapshot_name(42)), Some(42));
+        assert!(is_snapshot_tmp_name("snap-00000000000000000042.snap.tmp"));
+        assert_eq!(parse_segment_name("wal-1.seg"), None);
+        assert_eq!(parse_segment_name("snap-00000000000000000042.snap"), None);
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_damage() {
+        let file = encode_snapshot(7, b"state");
+        assert_eq!(decode_snapshot(&file), Ok((7, &b"state"[..])));
+        for i in 0..file.len() {
+            let mut bad = file.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_snapshot(&bad).is_err(), "flip at {i} not detected");
+        }
+        assert!(decode_snapshot(&file[..file.len() - 1]).is_err());
+    }
+}

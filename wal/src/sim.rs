@@ -1,0 +1,479 @@
+//! A simulated disk for tests: what a power loss at any point would leave.
+//!
+//! Every file has a *written* image (what reads see) and a *durable* image
+//! (what survives a crash). Directory entries likewise: the current directory
+//! and the durable one, plus the list of directory operations since the last
+//! directory sync. [`SimStorage::crash`] builds the disk a power loss would
+//! leave: a prefix of the unsynced directory operations survives (journaling
+//! file systems commit metadata in order), and every 4096-byte page whose
+//! written content differs from its durable content is kept, dropped, torn
+//! (a sector-aligned prefix kept) or garbled, as a seeded RNG decides.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::PAGE_BYTES;
+use crate::storage::{SegmentId, Storage};
+
+const SECTOR_BYTES: usize = 512;
+
+/// splitmix64: a tiny, well-mixed, seedable generator (no rand dependency).
+#[derive(Clone, Debug)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in 0..n (n > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next_u64() % n
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct SimFile {
+    written: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+type FileId = u64;
+
+#[derive(Clone, Debug)]
+enum DirOp {
+    Create { name: String, id: FileId },
+    Rename { from: String, to: String },
+    Remove { name: String },
+}
+
+fn apply(dir: &mut BTreeMap<String, FileId>, op: &DirOp) {
+    match op {
+        DirOp::Create { name, id } => {
+            dir.insert(name.clone(), *id);
+        }
+        DirOp::Rename { from, to } => {
+            if let Some(id) = dir.remove(from) {
+                dir.insert(to.clone(), id);
+            }
+        }
+        DirOp::Remove { name } => {
+            dir.remove(name);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct SimState {
+    files: HashMap<FileId, SimFile>,
+    next_id: FileId,
+    dir: BTreeMap<String, FileId>,
+    durable_dir: BTreeMap<String, FileId>,
+    pending_dir_ops: Vec<DirOp>,
+    handles: Vec<Option<FileId>>,
+    fail_next_sync: bool,
+    disk_full: bool,
+    ops: u64,
+    fail_from_op: Option<u64>,
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("simulated failure: {what}"))
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no file {name}"))
+}
+
+fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+impl SimState {
+    /// Counts a mutating operation and fails it if a failure was armed for it.
+    fn step(&mut self, what: &str) -> io::Result<()> {
+        self.ops += 1;
+        match self.fail_from_op {
+            Some(n) if self.ops >= n => Err(injected(what)),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync_step(&mut self, what: &str) -> io::Result<()> {
+        self.step(what)?;
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    fn dir_op(&mut self, op: DirOp) {
+        apply(&mut self.dir, &op);
+        self.pending_dir_ops.push(op);
+    }
+
+    fn id(&self, name: &str) -> io::Result<FileId> {
+        self.dir.get(name).copied().ok_or_else(|| not_found(name))
+    }
+
+    fn handle(&self, seg: SegmentId) -> FileId {
+        self.handles
+            .get(seg)
+            .copied()
+            .flatten()
+            .expect("segment handle is open")
+    }
+
+    fn file_mut(&mut self, id: FileId) -> &mut SimFile {
+        self.files
+            .get_mut(&id)
+            .expect("directory entries point at files")
+    }
+
+    fn new_handle(&mut self, id: FileId) -> SegmentId {
+        self.handles.push(Some(id));
+        self.handles.len() - 1
+    }
+}
+
+/// In-memory disk for tests. Clones share the same disk.
+#[derive(Clone, Debug, Default)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimStorage {
+    pub fn new() -> Self {
+        SimStorage::default()
+    }
+
+    /// Simulated power loss: a new, independent disk holding only what would
+    /// survive. Deterministic for a given seed and history.
+    pub fn crash(&self, seed: u64) -> SimStorage {
+        let st = self.state.lock();
+        let mut rng = SplitMix64::new(seed);
+        let mut dir = st.durable_dir.clone();
+        let kept_ops = rng.below(st.pending_dir_ops.len() as u64 + 1) as usize;
+        for op in &st.pending_dir_ops[..kept_ops] {
+            apply(&mut dir, op);
+        }
+        let mut files = HashMap::new();
+        for &id in dir.values() {
+            if files.contains_key(&id) {
+                continue;
+            }
+            let image = crash_image(&st.files[&id], &mut rng);
+            files.insert(
+                id,
+                SimFile {
+                    written: image.clone(),
+                    durable: image,
+                },
+            );
+        }
+        let state = SimState {
+            files,
+            next_id: st.next_id,
+            durable_dir: dir.clone(),
+            dir,
+            ..SimState::default()
+        };
+        SimStorage {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// An independent deep copy of the disk as it is now (nothing lost).
+    pub fn fork(&self) -> SimStorage {
+        let mut st = self.state.lock().clone();
+        st.handles.clear();
+        SimStorage {
+            state: Arc::new(Mutex::new(st)),
+        }
+    }
+
+    /// The next msync/fsync (of any kind) reports an I/O error and syncs nothing.
+    pub fn fail_next_sync(&self) {
+        self.state.lock().fail_next_sync = true;
+    }
+
+    /// While full, creating a segment or writing a small file fails with ENOSPC.
+    pub fn set_disk_full(&self, full: bool) {
+        self.state.lock().disk_full = full;
+    }
+
+    /// The disk dies at the `step`-th mutating operation from now (0 = the
+    /// next one): that operation and every later one fail and change nothing.
+    /// Follow with [`SimStorage::crash`] to see what the death left behind.
+    pub fn fail_at_step(&self, step: u64) {
+        let mut st = self.state.lock();
+        st.fail_from_op = Some(st.ops + 1 + step);
+    }
+
+    /// Clears failures armed with `fail_at_step` and `fail_next_sync`.
+    pub fn clear_failures(&self) {
+        let mut st = self.state.lock();
+        st.fail_from_op = None;
+        st.fail_next_sync = false;
+    }
+
+    /// Mutating operations performed so far (to size `fail_at_step` loops).
+    pub fn op_count(&self) -> u64 {
+        self.state.lock().ops
+    }
+
+    /// Bit rot: xors a byte of a file in both images.
+    pub fn corrupt(&self, file: &str, offset: u64, xor: u8) {
+        self.edit(file, |image| {
+            if let Some(b) = image.get_mut(offset as usize) {
+                *b ^= xor;
+            }
+        });
+    }
+
+    /// Zeroes a file from `offset` to its end in both images (a torn tail that
+    /// lost everything from there on).
+    pub fn zero_from(&self, file: &str, offset: u64) {
+        self.edit(file, |image| {
+            let from = (offset as usize).min(image.len());
+            image[from..].fill(0);
+        });
+    }
+
+    /// Overwrites bytes of a file in both images.
+    pub fn overwrite(&self, file: &str, offset: u64, bytes: &[u8]) {
+        self.edit(file, |image| {
+            let from = (offset as usize).min(image.len());
+            let to = (from + bytes.len()).min(image.len());
+            image[from..to].copy_from_slice(&bytes[..to - from]);
+        });
+    }
+
+    /// The written image of a file in the current directory.
+    pub fn file_bytes(&self, file: &str) -> Option<Vec<u8>> {
+        let st = self.state.lock();
+        let id = st.dir.get(file)?;
+        Some(st.files[id].written.clone())
+    }
+
+    /// Names in the current directory, sorted.
+    pub fn file_names(&self) -> Vec<String> {
+        self.state.lock().dir.keys().cloned().collect()
+    }
+
+    fn edit(&self, file: &str, f: impl Fn(&mut Vec<u8>)) {
+        let mut st = self.state.lock();
+        let Some(&id) = st.dir.get(file) else { return };
+        let sim = st.file_mut(id);
+        f(&mut sim.written);
+        f(&mut sim.durable);
+    }
+}
+
+/// What one file holds after a power loss.
+fn crash_image(file: &SimFile, rng: &mut SplitMix64) -> Vec<u8> {
+    let len = if file.written.len() == file.durable.len() || rng.below(2) == 0 {
+        file.durable.len()
+    } else {
+        file.written.len()
+    };
+    let mut image = vec![0u8; len];
+    let page = PAGE_BYTES as usize;
+    for start in (0..len).step_by(page) {
+        let end = (start + page).min(len);
+        let pick = |src: &[u8], i: usize| src.get(i).copied().unwrap_or(0);
+        let same = (start..end).all(|i| pick(&file.written, i) == pick(&file.durable, i));
+        let choice = if same { 1 } else { rng.below(4) };
+        let torn_at = start + SECTOR_BYTES * rng.below((page / SECTOR_BYTES) as u64) as usize;
+        for (i, byte) in image.iter_mut().enumerate().take(end).skip(start) {
+            *byte = match choice {
+                0 => pick(&file.written, i),
+                1 => pick(&file.durable, i),
+                2 if i < torn_at => pick(&file.written, i),
+                2 => pick(&file.durable, i),
+                _ => rng.next_u64() as u8,
+            };
+        }
+    }
+    image
+}
+
+impl Storage for SimStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.file_names())
+    }
+
+    fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId> {
+        let mut st = self.state.lock();
+        st.step("create segment")?;
+        if st.disk_full {
+            return Err(no_space());
+        }
+        if st.dir.contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_string(),
+            ));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let written = vec![0u8; len_bytes as usize];
+        st.files.insert(
+            id,
+            SimFile {
+                written,
+                durable: Vec::new(),
+            },
+        );
+        st.dir_op(DirOp::Create {
+            name: name.to_string(),
+            id,
+        });
+        Ok(st.new_handle(id))
+    }
+
+    fn open_segment(&mut self, name: &str) -> io::Result<SegmentId> {
+        let mut st = self.state.lock();
+        let id = st.id(name)?;
+        Ok(st.new_handle(id))
+    }
+
+    fn close_segment(&mut self, seg: SegmentId) {
+        if let Some(h) = self.state.lock().handles.get_mut(seg) {
+            *h = None;
+        }
+    }
+
+    fn with_segment<R>(&self, seg: SegmentId, f: impl FnOnce(&[u8]) -> R) -> R {
+        let st = self.state.lock();
+        let id = st.handle(seg);
+        f(&st.files[&id].written)
+    }
+
+    fn write_segment(&mut self, seg: SegmentId, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.step("write segment")?;
+        let id = st.handle(seg);
+        let file = st.file_mut(id);
+        let start = offset as usize;
+        let end = start + bytes.len();
+        if end > file.written.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the segment",
+            ));
+        }
+        file.written[start..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync_segment_range(&mut self, seg: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.sync_step("msync")?;
+        let id = st.handle(seg);
+        let file = st.file_mut(id);
+        let page = PAGE_BYTES as usize;
+        let start = (offset as usize / page) * page;
+        let end = ((offset + len) as usize).div_ceil(page) * page;
+        let end = end.min(file.written.len());
+        if file.durable.len() < file.written.len() {
+            file.durable.resize(file.written.len(), 0);
+        }
+        let start = start.min(end);
+        let (written, durable) = (&file.written, &mut file.durable);
+        durable[start..end].copy_from_slice(&written[start..end]);
+        Ok(())
+    }
+
+    fn sync_segment_all(&mut self, seg: SegmentId) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.sync_step("fsync segment")?;
+        let id = st.handle(seg);
+        let file = st.file_mut(id);
+        file.durable = file.written.clone();
+        Ok(())
+    }
+
+    fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.step("write file")?;
+        if st.disk_full {
+            return Err(no_space());
+        }
+        match st.dir.get(name).copied() {
+            Some(id) => st.file_mut(id).written = bytes.to_vec(),
+            None => {
+                let id = st.next_id;
+                st.next_id += 1;
+                st.files.insert(
+                    id,
+                    SimFile {
+                        written: bytes.to_vec(),
+                        durable: Vec::new(),
+                    },
+                );
+                st.dir_op(DirOp::Create {
+                    name: name.to_string(),
+                    id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_file(&mut self, name: &str) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.sync_step("fsync file")?;
+        let id = st.id(name)?;
+        let file = st.file_mut(id);
+        file.durable = file.written.clone();
+        Ok(())
+    }
+
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        let st = self.state.lock();
+        let id = st.id(name)?;
+        Ok(st.files[&id].written.clone())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.step("rename")?;
+        st.id(from)?;
+        st.dir_op(DirOp::Rename {
+            from: from.to_string(),
+            to: to.to_string(),
+        });
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.step("remove")?;
+        st.id(name)?;
+        st.dir_op(DirOp::Remove {
+            name: name.to_string(),
+        });
+        Ok(())
+    }
+
+    fn sync_dir(&mut self) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.sync_step("fsync dir")?;
+        st.durable_dir = st.dir.clone();
+        st.pending_dir_ops.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! The storage trait (a directory of files, in small primitive steps) and its
+//! real-file implementation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::Error;
+
+/// Handle of a mapped segment inside one [`Storage`] value.
+pub type SegmentId = usize;
+
+/// A directory of files, in the primitive steps the log needs. Nothing here
+/// is durable until the matching sync: `sync_segment_range` / `sync_segment_all`
+/// for segment contents, `sync_file` for small files, `sync_dir` for creating,
+/// renaming and removing names.
+pub trait Storage: Send + 'static {
+    /// Names of the files in the directory (in no particular order).
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Creates a new segment file of `len_bytes` (which must not exist),
+    /// reserves its blocks (fallocate), and maps it. On failure nothing is left
+    /// behind; a full disk is reported as `ENOSPC`.
+    fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId>;
+    /// Maps an existing segment file.
+    fn open_segment(&mut self, name: &str) -> io::Result<SegmentId>;
+    /// Unmaps a segment (before removing it, say).
+    fn close_segment(&mut self, seg: SegmentId);
+    /// Runs `f` over the current (written) bytes of a mapped segment.
+    fn with_segment<R>(&self, seg: SegmentId, f: impl FnOnce(&[u8]) -> R) -> R;
+    /// Copies `bytes` into a mapped segment at `offset`.
+    fn write_segment(&mut self, seg: SegmentId, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Makes `len` bytes from `offset` of a segment durable (msync).
+    fn sync_segment_range(&mut self, seg: SegmentId, offset: u64, len: u64) -> io::Result<()>;
+    /// Makes a whole segment durable, its size included (fsync).
+    fn sync_segment_all(&mut self, seg: SegmentId) -> io::Result<()>;
+    /// Creates or replaces a small file with `bytes` (not synced).
+    fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes a small file's contents durable (fsync).
+    fn sync_file(&mut self, name: &str) -> io::Result<()>;
+    /// Reads a whole small file.
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Makes the directory entries durable (fsync of the directory).
+    fn sync_dir(&mut self) -> io::Result<()>;
+}
+
+const LOCK_FILE: &str = "LOCK";
+
+struct Mapped {
+    file: File,
+    map: MmapMut,
+}
+
+/// Real files: memmap2 maps, fallocate, msync/fsync, directory fsync. Holds an
+/// exclusive `flock` on `<dir>/LOCK` for its lifetime.
+pub struct MmapStorage {
+    dir: PathBuf,
+    // Held only for its flock; closing the file releases the lock.
+    _lock: File,
+    segments: Vec<Option<Mapped>>,
+}
+
+impl MmapStorage {
+    /// Opens (creating if missing) a data directory and locks it.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create data dir", e))?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| Error::io("open lock file", e))?;
+        // SAFETY: flock on a file descriptor we own and keep open; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Error::Locked
+            } else {
+                Error::io("lock data dir", e)
+            });
+        }
+        Ok(MmapStorage {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            segments: Vec::new(),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn mapped(&self, seg: SegmentId) -> &Mapped {
+        self.segments
+            .get(seg)
+            .and_then(Option::as_ref)
+            .expect("segment handle is open")
+    }
+
+    fn insert(&mut self, mapped: Mapped) -> SegmentId {
+        if let Some(i) = self.segments.iter().position(Option::is_none) {
+            self.segments[i] = Some(mapped);
+            i
+        } else {
+            self.segments.push(Some(mapped));
+            self.segments.len() - 1
+        }
+    }
+
+    fn map(file: &File, len_bytes: u64) -> io::Result<MmapMut> {
+        let len = usize::try_from(len_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large to map"))?;
+        // SAFETY: the file is a segment of this data directory, which the
+        // exclusive flock keeps every other surge process away from; its blocks
+        // were reserved with fallocate (or it is an existing segment of this
+        // exact length), so no access through the map can hit a hole. Other
+        // programs truncating the file under us would still be a problem that
+        // no mmap user can rule out.
+        unsafe { MmapOptions::new().len(len).map_mut(file) }
+    }
+}
+
+fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    // SAFETY: fallocate on a file descriptor we own; mode 0 allocates blocks and
+    // extends the size, touching no memory of ours.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    // Filesystems without fallocate (tmpfs on old kernels, some FUSE): glibc's
+    // posix_fallocate emulates it by writing a byte into every block.
+    // SAFETY: as above; posix_fallocate returns the error number instead of setting errno.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+fn check_range(len: usize, offset: u64, bytes: u64) -> io::Result<(usize, usize)> {
+    let start = usize::try_from(offset).ok();
+    let end = offset
+        .checked_add(bytes)
+        .and_then(|e| usize::try_from(e).ok());
+    match (start, end) {
+        (Some(s), Some(e)) if e <= len => Ok((s, e)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range outside the segment",
+        )),
+    }
+}
+
+impl Storage for MmapStorage {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file()
+                && let Ok(name) = entry.file_name().into_string()
+                && name != LOCK_FILE
+            {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId> {
+        let path = self.path(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mapped = reserve(&file, len_bytes).and_then(|()| Self::map(&file, len_bytes));
+        match mapped {
+            Ok(map) => Ok(self.insert(Mapped { file, map })),
+            Err(e) => {
+                drop(file);
+                // Best effort: the caller is told about the first error, which
+                // matters more than a failure to clean up after it.
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    fn open_segment(&mut self, name: &str) -> io::Result<SegmentId> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(name))?;
+        let len = file.metadata()?.len();
+        let map = Self::map(&file, len)?;
+        Ok(self.insert(Mapped { file, map }))
+    }
+
+    fn close_segment(&mut self, seg: SegmentId) {
+        if let Some(slot) = self.segments.get_mut(seg) {
+            *slot = None;
+        }
+    }
+
+    fn with_segment<R>(&self, seg: SegmentId, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.mapped(seg).map[..])
+    }
+
+    fn write_segment(&mut self, seg: SegmentId, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let m = self
+            .segments
+            .get_mut(seg)
+            .and_then(Option::as_mut)
+            .expect("segment handle is open");
+        let (s, e) = check_range(m.map.len(), offset, bytes.len() as u64)?;
+        m.map[s..e].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync_segment_range(&mut self, seg: SegmentId, offset: u64, len: u64) -> io::Result<()> {
+        let m = self.mapped(seg);
+        let (s, e) = check_range(m.map.len(), offset, len)?;
+        m.map.flush_range(s, e - s)
+    }
+
+    fn sync_segment_all(&mut self, seg: SegmentId) -> io::Result<()> {
+        let m = self.mapped(seg);
+        m.map.flush()?;
+        m.file.sync_all()
+    }
+
+    fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        f.write_all(bytes)
+    }
+
+    fn sync_file(&mut self, name: &str) -> io::Result<()> {
+        File::open(self.path(name))?.sync_all()
+    }
+
+    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(name))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from), self.path(to))
+    }
+
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.path(name))
+    }
+
+    fn sync_dir(&mut self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}

@@ -1,0 +1,797 @@
+//! The log itself: open/recover, append, commit, replay, snapshots.
+
+use std::time::Instant;
+
+use crate::format::{
+    self, HeaderCheck, SegmentHeader, WATERMARK_SLOT_OFFSETS, align_up, decode_snapshot,
+    encode_frame_header, encode_snapshot, encode_watermark, is_snapshot_tmp_name,
+    parse_segment_name, parse_snapshot_name, read_watermark, scan_frames, segment_name,
+    snapshot_name,
+};
+use crate::recovery::{Outcome, SegmentBytes, analyze};
+use crate::storage::{SegmentId, Storage};
+use crate::{
+    Error, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_DATA_OFFSET,
+    SNAPSHOT_BODY_MAX_BYTES, WalConfig,
+};
+
+/// A tail cut at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// Segment where the valid log ends.
+    pub segment: String,
+    /// Offset in it where the cut starts.
+    pub offset: u64,
+    /// Non-zero bytes zeroed in that segment.
+    pub bytes_cut: u64,
+    /// Later (or empty) segments removed.
+    pub removed_segments: Vec<String>,
+    /// Why the log ends there.
+    pub detail: String,
+}
+
+/// What [`Wal::open`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// LSN of the snapshot loaded (0 if none).
+    pub snapshot_lsn: Lsn,
+    /// Segments holding the log after recovery.
+    pub segments: usize,
+    /// Records after the snapshot, to be replayed.
+    pub records: u64,
+    /// The last LSN (of the log, or of the snapshot if the log ends before it).
+    pub last_lsn: Lsn,
+    /// The durable watermark found on disk.
+    pub watermark: Lsn,
+    pub torn_tail: Option<TornTail>,
+    /// Newer snapshot files that were damaged and skipped.
+    pub fell_back_snapshots: Vec<String>,
+}
+
+/// The result of [`Wal::open`] besides the log: the snapshot to start from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub snapshot: Option<(Lsn, Vec<u8>)>,
+    pub report: RecoveryReport,
+}
+
+/// Counters for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub bytes_written: u64,
+    pub records_appended: u64,
+    pub commits: u64,
+    pub segments: usize,
+    pub last_commit_latency_us: u64,
+    pub snapshot_lsn: Lsn,
+    pub last_lsn: Lsn,
+    pub durable_lsn: Lsn,
+}
+
+#[derive(Debug)]
+struct Segment {
+    name: String,
+    /// None for a segment kept only for an older snapshot (not mapped).
+    handle: Option<SegmentId>,
+    /// From the name.
+    first_lsn: Lsn,
+    /// From the header; the LSN appended just before this segment.
+    prev_lsn: Lsn,
+    /// Last record's LSN (for an unmapped segment: an upper bound).
+    last_lsn: Lsn,
+    records: u64,
+    /// Where the next frame goes.
+    tail: u64,
+    len_bytes: u64,
+    /// Lowest offset written since the last sync.
+    dirty_from: Option<u64>,
+    watermark_written: Lsn,
+    next_slot: usize,
+}
+
+/// The write-ahead log over a [`Storage`].
+pub struct Wal<S: Storage> {
+    storage: S,
+    config: WalConfig,
+    payload_max: usize,
+    /// Oldest first; the last one, if mapped, is the one appended to.
+    segments: Vec<Segment>,
+    last_lsn: Lsn,
+    durable_lsn: Lsn,
+    poisoned: bool,
+    snapshot_lsn: Lsn,
+    /// LSNs of the valid snapshots on disk, ascending.
+    snapshots: Vec<Lsn>,
+    stats: WalStats,
+}
+
+struct Opened<'a, S> {
+    storage: &'a S,
+    handles: &'a [SegmentId],
+}
+
+impl<S: Storage> SegmentBytes for Opened<'_, S> {
+    fn with_bytes<R>(&self, index: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.storage.with_segment(self.handles[index], f)
+    }
+}
+
+const ZERO_CHUNK_BYTES: usize = 64 << 10;
+
+impl<S: Storage> Wal<S> {
+    /// Opens the log: loads the newest valid snapshot (falling back to an
+    /// older one when the newest is damaged), validates every frame, cuts a
+    /// torn tail and refuses to start on rot below the durable watermark.
+    pub fn open(mut storage: S, config: WalConfig) -> Result<(Wal<S>, Recovery), Error> {
+        config.validate()?;
+        let payload_max = config.record_payload_max_bytes();
+        let names = storage.list().map_err(|e| Error::io("list data dir", e))?;
+        let mut dir_changed = false;
+        for name in names.iter().filter(|n| is_snapshot_tmp_name(n)) {
+            storage
+                .remove(name)
+                .map_err(|e| Error::io("remove temp snapshot", e))?;
+            dir_changed = true;
+        }
+
+        // Snapshots, newest first; the first valid one is used.
+        let mut snap_files: Vec<(Lsn, &String)> = names
+            .iter()
+            .filter_map(|n| parse_snapshot_name(n).map(|l| (l, n)))
+            .collect();
+        snap_files.sort();
+        let mut snapshots = Vec::new();
+        let mut snapshot: Option<(Lsn, Vec<u8>)> = None;
+        let mut fell_back = Vec::new();
+        for &(lsn, name) in snap_files.iter().rev() {
+            let bytes = storage
+                .read_file(name)
+                .map_err(|e| Error::io("read snapshot", e))?;
+            match decode_snapshot(&bytes) {
+                Ok((l, body)) if l == lsn => {
+                    snapshots.push(lsn);
+                    if snapshot.is_none() {
+                        snapshot = Some((lsn, body.to_vec()));
+                    }
+                }
+                _ if snapshot.is_none() => fell_back.push(name.clone()),
+                _ => {}
+            }
+        }
+        snapshots.reverse();
+        let snapshot_lsn = snapshot.as_ref().map_or(0, |s| s.0);
+
+        // Segments, in LSN order.
+        let mut seg_files: Vec<(Lsn, String)> = names
+            .iter()
+            .filter_map(|n| parse_segment_name(n).map(|l| (l, n.clone())))
+            .collect();
+        seg_files.sort();
+        let seg_names: Vec<String> = seg_files.iter().map(|s| s.1.clone()).collect();
+        let mut handles = Vec::with_capacity(seg_names.len());
+        for name in &seg_names {
+            handles.push(
+                storage
+                    .open_segment(name)
+                    .map_err(|e| Error::io("open segment", e))?,
+            );
+        }
+        let a = analyze(
+            &Opened {
+                storage: &storage,
+                handles: &handles,
+            },
+            &seg_names,
+            snapshot_lsn,
+            RECORD_PAYLOAD_MAX_BYTES,
+        );
+        let (torn_at, detail) = match &a.outcome {
+            Outcome::Corrupt {
+                segment,
+                offset,
+                detail,
+            } => {
+                return Err(Error::Corrupt {
+                    segment: seg_names[*segment].clone(),
+                    offset: *offset,
+                    detail: detail.clone(),
+                });
+            }
+            Outcome::Torn {
+                segment,
+                offset,
+                detail,
+            } => (Some((*segment, *offset)), detail.clone()),
+            Outcome::Clean => (None, String::new()),
+        };
+
+        // Cut the tail: zero what follows the last valid frame, drop later segments.
+        let mut removed = Vec::new();
+        let mut live_end = a.live_end;
+        let mut bytes_cut = 0;
+        for i in (live_end..seg_names.len()).rev() {
+            storage.close_segment(handles[i]);
+            storage
+                .remove(&seg_names[i])
+                .map_err(|e| Error::io("remove torn segment", e))?;
+            removed.push(seg_names[i].clone());
+        }
+        if let (Some(garbage_end), Some(last)) = (a.garbage_end, live_end.checked_sub(1)) {
+            let end = a.scans[last]
+                .as_ref()
+                .map_or(SEGMENT_DATA_OFFSET, |s| s.end);
+            zero_range(&mut storage, handles[last], end, garbage_end)?;
+            bytes_cut = garbage_end - end;
+        }
+        // A segment left without records is dropped: the next append rolls to
+        // a fresh segment named after its real first record.
+        while live_end > a.start
+            && a.scans[live_end - 1]
+                .as_ref()
+                .is_none_or(|s| s.records == 0)
+        {
+            live_end -= 1;
+            storage.close_segment(handles[live_end]);
+            storage
+                .remove(&seg_names[live_end])
+                .map_err(|e| Error::io("remove empty segment", e))?;
+            removed.push(seg_names[live_end].clone());
+        }
+        dir_changed |= !removed.is_empty();
+        if dir_changed {
+            storage
+                .sync_dir()
+                .map_err(|e| Error::io("fsync data dir", e))?;
+        }
+        let torn_tail = match torn_at {
+            Some((segment, offset)) => Some(TornTail {
+                segment: seg_names[segment].clone(),
+                offset,
+                bytes_cut,
+                removed_segments: removed,
+                detail,
+            }),
+            None if !removed.is_empty() => Some(TornTail {
+                segment: removed[0].clone(),
+                offset: SEGMENT_DATA_OFFSET,
+                bytes_cut,
+                removed_segments: removed,
+                detail: "newest segment holds no record".into(),
+            }),
+            None => None,
+        };
+
+        let mut segments = Vec::with_capacity(live_end);
+        for i in 0..live_end {
+            let first_lsn = seg_files[i].0;
+            if i < a.start {
+                // Kept only for an older snapshot; every record in it is below
+                // the first record of the next segment.
+                storage.close_segment(handles[i]);
+                segments.push(Segment {
+                    name: seg_names[i].clone(),
+                    handle: None,
+                    first_lsn,
+                    prev_lsn: 0,
+                    last_lsn: seg_files[i + 1].0.saturating_sub(1),
+                    records: 0,
+                    tail: 0,
+                    len_bytes: 0,
+                    dirty_from: None,
+                    watermark_written: 0,
+                    next_slot: 0,
+                });
+                continue;
+            }
+            let scan = a.scans[i].as_ref().expect("live segments were scanned");
+            let header = scan.header.expect("live segments have a valid header");
+            let h = handles[i];
+            segments.push(Segment {
+                name: seg_names[i].clone(),
+                handle: Some(h),
+                first_lsn,
+                prev_lsn: header.prev_lsn,
+                last_lsn: if scan.records > 0 {
+                    scan.last_lsn
+                } else {
+                    header.prev_lsn
+                },
+                records: scan.records,
+                tail: scan.end,
+                len_bytes: header.segment_bytes,
+                dirty_from: None,
+                watermark_written: storage.with_segment(h, |b| read_watermark(b, header.first_lsn)),
+                next_slot: 0,
+            });
+        }
+
+        // Appends resume on a fresh page, so that no page holding records
+        // that are now part of the log is ever rewritten.
+        if let Some(seg) = segments.last_mut().filter(|s| s.handle.is_some()) {
+            pad_to_page(&mut storage, seg).map_err(|e| Error::io("write padding", e))?;
+        }
+        // A process that was killed (not a power loss) leaves its last writes
+        // in the page cache only: make them durable before a watermark can
+        // claim them.
+        for seg in &mut segments {
+            if let Some(h) = seg.handle {
+                storage
+                    .sync_segment_range(h, 0, seg.tail)
+                    .map_err(|e| Error::io("msync recovered segment", e))?;
+                seg.dirty_from = None;
+            }
+        }
+
+        let log_last = segments
+            .iter()
+            .filter(|s| s.handle.is_some())
+            .map(|s| s.last_lsn)
+            .max()
+            .unwrap_or(0);
+        let last_lsn = log_last.max(snapshot_lsn);
+        let records = (a.start..live_end)
+            .filter_map(|i| a.scans[i].as_ref())
+            .map(|s| s.records_after_snapshot)
+            .sum();
+        let report = RecoveryReport {
+            snapshot_lsn,
+            segments: segments.iter().filter(|s| s.handle.is_some()).count(),
+            records,
+            last_lsn,
+            watermark: a.watermark,
+            torn_tail,
+            fell_back_snapshots: fell_back,
+        };
+        let stats = WalStats {
+            segments: segments.len(),
+            snapshot_lsn,
+            last_lsn,
+            durable_lsn: last_lsn,
+            ..WalStats::default()
+        };
+        let wal = Wal {
+            storage,
+            config,
+            payload_max,
+            segments,
+            last_lsn,
+            durable_lsn: last_lsn,
+            poisoned: false,
+            snapshot_lsn,
+            snapshots,
+            stats,
+        };
+        Ok((wal, Recovery { snapshot, report }))
+    }
+
+    /// Visits every record with lsn > `after`, in LSN order, reading the
+    /// mapped segments. Each frame is checked again as it is read back.
+    pub fn replay(
+        &self,
+        after: Lsn,
+        mut f: impl FnMut(Lsn, &[u8]) -> Result<(), String>,
+    ) -> Result<u64, Error> {
+        let mut count = 0;
+        for seg in &self.segments {
+            let Some(h) = seg.handle else { continue };
+            if seg.records == 0 || seg.last_lsn <= after {
+                continue;
+            }
+            let mut failed = None;
+            let end = self.storage.with_segment(h, |bytes| {
+                // Frames are read with the format's limit, not this config's: a
+                // segment written under a larger segment size stays readable.
+                scan_frames(
+                    bytes,
+                    seg.prev_lsn,
+                    RECORD_PAYLOAD_MAX_BYTES,
+                    |lsn, payload| {
+                        if lsn <= after {
+                            return true;
+                        }
+                        match f(lsn, payload) {
+                            Ok(()) => {
+                                count += 1;
+                                true
+                            }
+                            Err(message) => {
+                                failed = Some(Error::Replay { lsn, message });
+                                false
+                            }
+                        }
+                    },
+                )
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if end.end != seg.tail || end.last_lsn != seg.last_lsn {
+                return Err(Error::Corrupt {
+                    segment: seg.name.clone(),
+                    offset: end.end,
+                    detail: format!(
+                        "read back ends at offset {} lsn {}, written up to offset {} lsn {}",
+                        end.end, end.last_lsn, seg.tail, seg.last_lsn
+                    ),
+                });
+            }
+        }
+        Ok(count)
+    }
+
+    /// Makes sure a record of `payload_len` bytes numbered `lsn` (or higher) will
+    /// fit without allocating: rolls to a new segment now if the active one is too
+    /// full. The engine calls this *before* it applies a command, so that a full disk
+    /// refuses the command ([`Error::NoSpace`]) before anything changes, and the
+    /// `append` that follows cannot fail for want of space.
+    pub fn reserve(&mut self, lsn: Lsn, payload_len: usize) -> Result<(), Error> {
+        self.check_usable()?;
+        if payload_len > self.payload_max {
+            return Err(Error::RecordTooLarge {
+                len: payload_len,
+                max: self.payload_max,
+            });
+        }
+        if lsn <= self.last_lsn {
+            return Err(Error::LsnNotIncreasing {
+                lsn,
+                last: self.last_lsn,
+            });
+        }
+        let frame_len = FRAME_HEADER_BYTES + payload_len as u64;
+        let needs_roll = match self.active() {
+            Some(seg) => seg.tail + align_up(frame_len) > seg.len_bytes,
+            None => true,
+        };
+        if needs_roll {
+            self.roll(lsn)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one record (not durable until [`Wal::commit`]). `lsn` must be
+    /// above the last one; gaps are allowed.
+    pub fn append(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), Error> {
+        self.check_usable()?;
+        if payload.len() > self.payload_max {
+            return Err(Error::RecordTooLarge {
+                len: payload.len(),
+                max: self.payload_max,
+            });
+        }
+        if lsn <= self.last_lsn {
+            return Err(Error::LsnNotIncreasing {
+                lsn,
+                last: self.last_lsn,
+            });
+        }
+        let frame_len = FRAME_HEADER_BYTES + payload.len() as u64;
+        let needs_roll = match self.active() {
+            Some(seg) => seg.tail + align_up(frame_len) > seg.len_bytes,
+            None => true,
+        };
+        if needs_roll {
+            self.roll(lsn)?;
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("roll leaves an active segment");
+        let h = seg.handle.expect("the active segment is mapped");
+        let at = seg.tail;
+        // Checked before writing; the frame is checked again when read back.
+        assert!(at >= SEGMENT_DATA_OFFSET && at.is_multiple_of(crate::FRAME_ALIGN_BYTES));
+        assert!(
+            at + align_up(frame_len) <= seg.len_bytes,
+            "frame fits its segment"
+        );
+        assert!(lsn > seg.last_lsn || seg.records == 0);
+        let header = encode_frame_header(lsn, payload);
+        let written = self.storage.write_segment(h, at, &header).and_then(|()| {
+            self.storage
+                .write_segment(h, at + FRAME_HEADER_BYTES, payload)
+        });
+        if let Err(e) = written {
+            self.poisoned = true;
+            return Err(Error::io("write record", e));
+        }
+        seg.tail = at + align_up(frame_len);
+        seg.dirty_from.get_or_insert(at);
+        seg.last_lsn = lsn;
+        seg.records += 1;
+        self.last_lsn = lsn;
+        self.stats.records_appended += 1;
+        self.stats.bytes_written += frame_len;
+        self.stats.last_lsn = lsn;
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable: one msync of the dirty
+    /// range per touched segment. On failure the log is poisoned: this call
+    /// returns the I/O error and every later write returns [`Error::Poisoned`],
+    /// because after a failed flush the kernel may have dropped the dirty
+    /// pages, and a retry that "succeeds" proves nothing.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
+        if self.last_lsn == self.durable_lsn {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let target = self.last_lsn;
+        // Only what was durable before this commit may be claimed durable in
+        // the same msync (see the crate docs).
+        let watermark = self.durable_lsn;
+        let n = self.segments.len();
+        if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
+            let before = seg.tail;
+            if let Err(e) = pad_to_page(&mut self.storage, seg) {
+                self.poisoned = true;
+                return Err(Error::io("write commit padding", e));
+            }
+            self.stats.bytes_written += seg.tail - before;
+        }
+        for i in 0..n {
+            let seg = &mut self.segments[i];
+            let Some(h) = seg.handle else { continue };
+            let mut from = seg.dirty_from.take();
+            if i == n - 1 && seg.watermark_written < watermark {
+                let slot = seg.next_slot;
+                let at = WATERMARK_SLOT_OFFSETS[slot];
+                let bytes = encode_watermark(slot, seg.first_lsn, watermark);
+                if let Err(e) = self.storage.write_segment(h, at, &bytes) {
+                    self.poisoned = true;
+                    return Err(Error::io("write watermark", e));
+                }
+                seg.next_slot ^= 1;
+                seg.watermark_written = watermark;
+                from = Some(from.map_or(at, |f| f.min(at)));
+            }
+            let Some(from) = from else { continue };
+            if let Err(e) = self.storage.sync_segment_range(h, from, seg.tail - from) {
+                self.poisoned = true;
+                return Err(Error::io("msync", e));
+            }
+        }
+        self.durable_lsn = target;
+        self.stats.commits += 1;
+        self.stats.durable_lsn = target;
+        self.stats.last_commit_latency_us =
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Ok(())
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// True after a failed flush or write: the log refuses all writes.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.config
+    }
+
+    /// LSN of the newest snapshot (0 if none).
+    pub fn snapshot_lsn(&self) -> Lsn {
+        self.snapshot_lsn
+    }
+
+    /// Names of the segment files the log currently keeps, oldest first.
+    pub fn segment_names(&self) -> Vec<String> {
+        self.segments.iter().map(|s| s.name.clone()).collect()
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let mut s = self.stats.clone();
+        s.segments = self.segments.len();
+        s
+    }
+
+    /// Writes a snapshot covering every record <= `lsn` (which must be
+    /// durable): temp file, fsync, rename, fsync dir. Then keeps the newest
+    /// `snapshots_kept` snapshots and removes the segments whose records are
+    /// all covered by the oldest snapshot kept, so falling back still works.
+    /// Writing the same lsn as the newest snapshot again is a no-op.
+    pub fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> Result<(), Error> {
+        self.check_usable()?;
+        if lsn > self.durable_lsn {
+            return Err(Error::SnapshotAhead {
+                lsn,
+                durable: self.durable_lsn,
+            });
+        }
+        if lsn == self.snapshot_lsn && self.snapshots.last() == Some(&lsn) {
+            return Ok(());
+        }
+        if lsn <= self.snapshot_lsn {
+            return Err(Error::LsnNotIncreasing {
+                lsn,
+                last: self.snapshot_lsn,
+            });
+        }
+        if bytes.len() as u64 > SNAPSHOT_BODY_MAX_BYTES {
+            return Err(Error::SnapshotTooLarge {
+                len: bytes.len() as u64,
+                max: SNAPSHOT_BODY_MAX_BYTES,
+            });
+        }
+        let name = snapshot_name(lsn);
+        let tmp = format!("{name}{}", format::TMP_SUFFIX);
+        let file = encode_snapshot(lsn, bytes);
+        if let Err(e) = self.storage.write_file(&tmp, &file) {
+            // Best effort: a leftover temp file is removed at the next open.
+            let _ = self.storage.remove(&tmp);
+            return Err(Error::io("write snapshot", e));
+        }
+        self.sync(|s| s.sync_file(&tmp), "fsync snapshot")?;
+        self.storage
+            .rename(&tmp, &name)
+            .map_err(|e| Error::io("rename snapshot", e))?;
+        self.sync(|s| s.sync_dir(), "fsync data dir")?;
+        self.snapshot_lsn = lsn;
+        self.snapshots.push(lsn);
+        self.stats.snapshot_lsn = lsn;
+        self.prune()
+    }
+
+    /// Removes snapshots beyond `snapshots_kept` and the segments only they needed.
+    fn prune(&mut self) -> Result<(), Error> {
+        let kept = self.config.snapshots_kept;
+        if self.snapshots.len() > kept {
+            self.snapshots.drain(..self.snapshots.len() - kept);
+        }
+        let oldest_kept = self.snapshots[0];
+        let names = self
+            .storage
+            .list()
+            .map_err(|e| Error::io("list data dir", e))?;
+        let mut changed = false;
+        for name in names
+            .iter()
+            .filter(|n| parse_snapshot_name(n).is_some_and(|l| l < oldest_kept))
+        {
+            self.storage
+                .remove(name)
+                .map_err(|e| Error::io("remove old snapshot", e))?;
+            changed = true;
+        }
+        // Never the last segment: it is the one appended to.
+        while self.segments.len() > 1 && self.segments[0].last_lsn <= oldest_kept {
+            let seg = self.segments.remove(0);
+            if let Some(h) = seg.handle {
+                self.storage.close_segment(h);
+            }
+            self.storage
+                .remove(&seg.name)
+                .map_err(|e| Error::io("remove old segment", e))?;
+            changed = true;
+        }
+        if changed {
+            self.sync(|s| s.sync_dir(), "fsync data dir")?;
+        }
+        Ok(())
+    }
+
+    fn sync(
+        &mut self,
+        f: impl FnOnce(&mut S) -> std::io::Result<()>,
+        op: &'static str,
+    ) -> Result<(), Error> {
+        f(&mut self.storage).map_err(|e| {
+            self.poisoned = true;
+            Error::Io { op, source: e }
+        })
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        if self.poisoned {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn active(&self) -> Option<&Segment> {
+        self.segments.last().filter(|s| s.handle.is_some())
+    }
+
+    /// Starts a new segment whose first record will be `lsn`: create and
+    /// fallocate (a full disk fails here, before anything is written), header
+    /// and initial watermark, fsync the file, fsync the directory.
+    fn roll(&mut self, lsn: Lsn) -> Result<(), Error> {
+        let name = segment_name(lsn);
+        let len_bytes = self.config.segment_bytes;
+        let h = match self.storage.create_segment(&name, len_bytes) {
+            Ok(h) => h,
+            Err(e) if crate::is_no_space(&e) => return Err(Error::NoSpace),
+            Err(e) => {
+                self.poisoned = true;
+                return Err(Error::io("create segment", e));
+            }
+        };
+        let header = SegmentHeader {
+            segment_bytes: len_bytes,
+            first_lsn: lsn,
+            prev_lsn: self.last_lsn,
+        };
+        let encoded = header.encode();
+        let watermark = encode_watermark(0, lsn, self.durable_lsn);
+        let init = self.storage.write_segment(h, 0, &encoded).and_then(|()| {
+            self.storage
+                .write_segment(h, WATERMARK_SLOT_OFFSETS[0], &watermark)
+        });
+        if let Err(e) = init {
+            self.poisoned = true;
+            return Err(Error::io("write segment header", e));
+        }
+        // Pair check: the header reads back as written.
+        assert_eq!(
+            self.storage.with_segment(h, SegmentHeader::check),
+            HeaderCheck::Valid(header),
+            "segment header reads back"
+        );
+        self.sync(|s| s.sync_segment_all(h), "fsync new segment")?;
+        self.sync(|s| s.sync_dir(), "fsync data dir")?;
+        self.segments.push(Segment {
+            name,
+            handle: Some(h),
+            first_lsn: lsn,
+            prev_lsn: self.last_lsn,
+            last_lsn: self.last_lsn,
+            records: 0,
+            tail: SEGMENT_DATA_OFFSET,
+            len_bytes,
+            dirty_from: None,
+            watermark_written: self.durable_lsn,
+            next_slot: 1,
+        });
+        Ok(())
+    }
+}
+
+/// Ends the data of a segment's last partly used page with a padding frame,
+/// so the next frame starts on a fresh page. Without it, the next batch would
+/// rewrite the page holding this commit's last records, and a power loss
+/// during that rewrite could tear records already acknowledged.
+fn pad_to_page<S: Storage>(storage: &mut S, seg: &mut Segment) -> std::io::Result<()> {
+    let h = seg.handle.expect("only mapped segments are padded");
+    let boundary = seg.tail.next_multiple_of(PAGE_BYTES);
+    let mut pad = boundary - seg.tail;
+    if pad == 0 {
+        return Ok(());
+    }
+    if pad < FRAME_HEADER_BYTES {
+        pad += PAGE_BYTES;
+    }
+    if seg.tail + pad > seg.len_bytes {
+        // Only the last 8 bytes of the segment are free: no frame fits
+        // there, so nothing will ever be appended to this page again.
+        return Ok(());
+    }
+    storage.write_segment(h, seg.tail, &format::encode_padding(pad))?;
+    seg.dirty_from.get_or_insert(seg.tail);
+    seg.tail += pad;
+    Ok(())
+}
+
+/// Zeroes `from..to` of a segment and makes it durable.
+fn zero_range<S: Storage>(storage: &mut S, h: SegmentId, from: u64, to: u64) -> Result<(), Error> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZERO_CHUNK_BYTES as u64);
+        storage
+            .write_segment(h, at, &zeros[..n as usize])
+            .map_err(|e| Error::io("zero torn tail", e))?;
+        at += n;
+    }
+    storage
+        .sync_segment_range(h, from, to - from)
+        .map_err(|e| Error::io("msync torn tail", e))
+}
