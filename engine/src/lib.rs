@@ -36,6 +36,7 @@ mod runtime;
 
 pub use feed::{EventLog, FeedPage};
 pub use runtime::{
-    Durability, Engine, EngineConfig, EngineHandle, Error, RecoveryReport, RuntimeStats, Ticket,
+    Clock, Durability, Engine, EngineConfig, EngineHandle, Error, RecoveryReport, RuntimeStats,
+    Ticket,
 };
 pub use surge_wal as wal;

@@ -74,6 +74,34 @@ pub struct EngineConfig {
     /// Events kept in memory for the feed.
     pub events_kept: usize,
     pub wal: WalConfig,
+    /// Where the writer reads the time; tests substitute a manual clock.
+    pub clock: Clock,
+}
+
+/// A source of wall-clock milliseconds. The writer never lets its stamps go back,
+/// whatever this returns.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Millis + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(wall_clock_ms))
+    }
+
+    /// A clock that reads `ms` (tests move it by hand).
+    pub fn manual(ms: Arc<AtomicU64>) -> Clock {
+        Clock(Arc::new(move || ms.load(Ordering::SeqCst)))
+    }
+
+    pub fn now_ms(&self) -> Millis {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
 }
 
 impl Default for EngineConfig {
@@ -88,6 +116,7 @@ impl Default for EngineConfig {
             snapshot_every_records: 2_000_000,
             events_kept: 1_000_000,
             wal: WalConfig::default(),
+            clock: Clock::system(),
         }
     }
 }
@@ -460,7 +489,7 @@ impl<S: Storage> Writer<S> {
                     Err(_) => break,
                 }
             }
-            self.now_ms = self.now_ms.max(wall_clock_ms());
+            self.now_ms = self.now_ms.max(self.config.clock.now_ms());
             self.events_buf.clear();
             let mut snapshot_replies = Vec::new();
             let mut query_replies = Vec::new();
@@ -598,7 +627,8 @@ impl<S: Storage> Writer<S> {
             self.now_ms,
             &mut self.events_buf,
         );
-        let stats = &self.shared.stats;
+        let shared = Arc::clone(&self.shared);
+        let stats = &shared.stats;
         if applied.outcome.is_ok() {
             stats.commands_applied.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -697,13 +727,22 @@ impl<S: Storage> Writer<S> {
     }
 
     fn snapshot(&mut self) -> Result<u64, String> {
-        let lsn = self.state.next_seq() - 1;
         let Some(wal) = self.wal.as_mut() else {
-            return Ok(lsn);
+            return Ok(self.state.next_seq() - 1);
         };
         if self.shared.writes_refused.lock().is_some() {
             return Err("writes are refused: no snapshot of an unlogged state".into());
         }
+        // The snapshot covers every logged record; in async mode some may still
+        // wait for their flush.
+        if wal.last_lsn() > wal.durable_lsn()
+            && let Err(e) = wal.commit()
+        {
+            let reason = format!("flush failed: {e}");
+            self.fail_stop(reason.clone());
+            return Err(reason);
+        }
+        let lsn = wal.last_lsn();
         let (events, dropped_through) = self.shared.events.snapshot();
         let body = EngineSnapshot {
             state: self.state.encode_snapshot(),
