@@ -35,7 +35,19 @@
 //!         A frame whose 16 header bytes are all zero has never been written:
 //!         it marks the end of the segment's data. A frame never straddles
 //!         two segments; when one does not fit, the log rolls to a new segment.
+//!         A frame with lsn 0 is commit padding (zero payload, checksummed like
+//!         any frame) that must end exactly on a page boundary.
 //! ```
+//!
+//! ## Never rewrite an acknowledged page
+//!
+//! A power loss while a page is being written can destroy the whole page, not
+//! just the bytes that changed. So `commit` ends its data with a padding frame
+//! up to the next page boundary, and the next batch starts on a fresh page:
+//! pages holding acknowledged records are never written again (recovery pads a
+//! surviving partial page the same way before appends resume). This costs up to
+//! one page per commit, which group commit amortises, and the `msync` of one
+//! page costs the same whether it is full or not.
 //!
 //! ## Snapshot file
 //!
