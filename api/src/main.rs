@@ -1,1 +1,404 @@
-fn main() {}
+//! `surge`: serve the HTTP API (the default), or run an offline tool on a data dir.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use surge_api::{ApiConfig, AppState, AuthMode, Tokens};
+use surge_engine::limits::{
+    PAYMENT_TTL_MS_DEFAULT, RESERVATION_TTL_MS_DEFAULT, TTL_MS_MAX, TTL_MS_MIN,
+};
+use surge_engine::{Command, Durability, Engine, EngineConfig, EngineHandle, Query};
+
+#[derive(Debug, Parser)]
+#[command(name = "surge", version, about = "In-memory order and stock-reservation engine for flash sales, over HTTP.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API (the default when no subcommand is given).
+    Serve,
+    /// Write-ahead log tools.
+    Wal {
+        #[command(subcommand)]
+        command: WalCmd,
+    },
+    /// Open a data dir (recovering it), take a snapshot, and shut down cleanly.
+    Snapshot {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Print the OpenAPI document (refresh the committed copy:
+    /// `cargo run -p surge-api --bin surge -- openapi > api/openapi.json`).
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCmd {
+    /// Check every segment and snapshot of a data dir; exits non-zero on corruption.
+    Verify {
+        /// The data directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Reply after the batch is flushed to disk.
+    Sync,
+    /// Reply after apply; flush every few milliseconds.
+    Async,
+    /// No WAL: state is lost on exit.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on. Without tokens only a loopback address is allowed.
+    #[arg(long, env = "SURGE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Data directory (WAL segments and snapshots).
+    #[arg(long, env = "SURGE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// When a write is acknowledged.
+    #[arg(long, env = "SURGE_DURABILITY", value_enum, default_value = "sync")]
+    durability: DurabilityArg,
+    /// Default hold time of a reservation that gives no `ttl_ms`.
+    #[arg(long, env = "SURGE_RESERVATION_TTL_MS", default_value_t = RESERVATION_TTL_MS_DEFAULT)]
+    reservation_ttl_ms: u64,
+    /// Default time to pay of an order that gives no `payment_ttl_ms`.
+    #[arg(long, env = "SURGE_PAYMENT_TTL_MS", default_value_t = PAYMENT_TTL_MS_DEFAULT)]
+    payment_ttl_ms: u64,
+    /// Tokens as comma-separated `role:token` pairs (prefer the environment variable:
+    /// command lines are visible to other users).
+    #[arg(long, env = "SURGE_TOKENS", hide_env_values = true)]
+    tokens: Option<String>,
+    /// File of `role token` lines (`#` starts a comment). Roles: storefront, operator,
+    /// admin, viewer.
+    #[arg(long, env = "SURGE_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Engine queue capacity; a full queue answers 503 `overloaded` at once.
+    #[arg(long, env = "SURGE_QUEUE_LEN_MAX", default_value_t = 65_536)]
+    queue_len_max: usize,
+    /// Commands applied per group commit.
+    #[arg(long, env = "SURGE_BATCH_LEN_MAX", default_value_t = 8_192)]
+    batch_len_max: usize,
+    /// Take a snapshot after this many logged records (0: only on request and at shutdown).
+    #[arg(
+        long,
+        env = "SURGE_SNAPSHOT_EVERY_RECORDS",
+        default_value_t = 2_000_000
+    )]
+    snapshot_every_records: u64,
+    /// Largest request body accepted (413 above).
+    #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 1 << 20)]
+    body_limit_bytes: usize,
+    /// Requests taking longer are answered 503 `overloaded`.
+    #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    request_timeout_ms: u64,
+    /// Operations accepted in one `/v1/batch` request (at most 10000).
+    #[arg(long, env = "SURGE_BATCH_OPS_MAX", default_value_t = surge_api::state::BATCH_OPS_MAX)]
+    batch_ops_max: usize,
+    /// Log format (`RUST_LOG` sets the level filter, default info).
+    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human")]
+    log_format: LogFormat,
+    /// Seed a few demo SKUs (only those that do not exist yet).
+    #[arg(long, env = "SURGE_DEMO")]
+    demo: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Cmd::Serve) => {
+            init_logging(cli.serve.log_format);
+            match serve(cli.serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("surge: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Cmd::Wal {
+            command: WalCmd::Verify { dir },
+        }) => match surge_engine::wal::verify(&dir) {
+            Ok(report) => {
+                print!("{report}");
+                if report.is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("surge wal verify: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Cmd::Snapshot { dir }) => match offline_snapshot(dir) {
+            Ok(lsn) => {
+                println!("snapshot written at LSN {lsn}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("surge snapshot: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Cmd::Openapi) => {
+            print!("{}", surge_api::openapi::document_json());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn offline_snapshot(dir: PathBuf) -> anyhow::Result<u64> {
+    let config = EngineConfig {
+        data_dir: dir,
+        durability: Durability::Sync,
+        ..Default::default()
+    };
+    let (handle, report) = Engine::open(config).context("opening the data dir")?;
+    eprintln!(
+        "recovered: snapshot at LSN {}, {} records replayed",
+        report.snapshot_lsn, report.records_replayed
+    );
+    let lsn = handle.snapshot()?.wait()?;
+    handle.shutdown();
+    Ok(lsn)
+}
+
+fn check_ttl(name: &str, ttl_ms: u64) -> anyhow::Result<()> {
+    if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
+        bail!("{name} must be in {TTL_MS_MIN}..={TTL_MS_MAX}");
+    }
+    Ok(())
+}
+
+fn load_tokens(args: &ServeArgs) -> anyhow::Result<Tokens> {
+    let mut tokens = Tokens::default();
+    if let Some(text) = &args.tokens {
+        tokens.parse_env(text).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading tokens file {}", path.display()))?;
+        tokens.parse_file(&text).map_err(anyhow::Error::msg)?;
+    }
+    Ok(tokens)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    check_ttl("--reservation-ttl-ms", args.reservation_ttl_ms)?;
+    check_ttl("--payment-ttl-ms", args.payment_ttl_ms)?;
+    if args.queue_len_max == 0 || args.batch_len_max == 0 {
+        bail!("--queue-len-max and --batch-len-max must be positive");
+    }
+    if !(1..=surge_api::state::BATCH_OPS_MAX).contains(&args.batch_ops_max) {
+        bail!(
+            "--batch-ops-max must be in 1..={}",
+            surge_api::state::BATCH_OPS_MAX
+        );
+    }
+    let addrs: Vec<SocketAddr> = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {}", args.listen))?
+        .collect();
+    let Some(&addr) = addrs.first() else {
+        bail!("--listen {} resolves to nothing", args.listen)
+    };
+    let tokens = load_tokens(&args)?;
+    let auth = if tokens.is_empty() {
+        if !addrs.iter().all(|a| a.ip().is_loopback()) {
+            bail!(
+                "refusing to listen on {} without tokens: set SURGE_TOKENS or --tokens-file, or listen on a loopback address",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            "NO TOKENS CONFIGURED: the API is OPEN and every request acts as admin (loopback only)"
+        );
+        eprintln!(
+            "WARNING: no tokens configured; the API is open to anyone on this machine and every request acts as admin."
+        );
+        AuthMode::Open
+    } else {
+        tracing::info!(tokens = tokens.len(), "bearer tokens loaded");
+        AuthMode::Tokens(tokens)
+    };
+    let api_config = ApiConfig {
+        reservation_ttl_ms: args.reservation_ttl_ms,
+        payment_ttl_ms: args.payment_ttl_ms,
+        body_limit_bytes: args.body_limit_bytes,
+        request_timeout_ms: args.request_timeout_ms,
+        batch_ops_max: args.batch_ops_max,
+    };
+    let durability = match args.durability {
+        DurabilityArg::Sync => Durability::Sync,
+        DurabilityArg::Async => Durability::Async,
+        DurabilityArg::None => Durability::None,
+    };
+    let engine_config = EngineConfig {
+        data_dir: args.data_dir.clone(),
+        durability,
+        queue_len_max: args.queue_len_max,
+        batch_len_max: args.batch_len_max,
+        snapshot_every_records: args.snapshot_every_records,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(addr, auth, api_config, engine_config, args.demo))
+}
+
+async fn run(
+    addr: SocketAddr,
+    auth: AuthMode,
+    api_config: ApiConfig,
+    engine_config: EngineConfig,
+    demo: bool,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    let state = AppState::new(api_config, auth);
+    // Serve from the start: /healthz answers and /readyz says 503 while recovering.
+    let app = surge_api::router(state.clone());
+    let mut stop = state.shutdown_signal();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            })
+            .await
+    });
+    println!("surge: listening on http://{local}");
+    let data_dir = engine_config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || Engine::open(engine_config)).await?;
+    let (engine, report) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            state.begin_shutdown();
+            let _ = server.await;
+            return Err(e).with_context(|| format!("recovering {}", data_dir.display()));
+        }
+    };
+    tracing::info!(
+        snapshot_lsn = report.snapshot_lsn,
+        records_replayed = report.records_replayed,
+        next_lsn = report.next_lsn,
+        duration_ms = report.duration.as_millis() as u64,
+        "recovered"
+    );
+    if let Some(wal) = &report.wal {
+        tracing::info!("WAL recovery: {wal:?}");
+    }
+    state.set_engine(engine.clone());
+    if demo {
+        seed_demo(&engine).await;
+    }
+    state.set_ready(true);
+    state.spawn_background();
+    println!(
+        "surge: ready (data in {}, durability {:?})",
+        data_dir.display(),
+        engine.durability()
+    );
+    println!("  API:      http://{local}/v1/");
+    println!("  console:  http://{local}/");
+    println!("  metrics:  http://{local}/metrics");
+    println!("  OpenAPI:  http://{local}/openapi.json");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: readiness off, draining requests");
+    state.begin_shutdown();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("server: {e}"),
+        Err(e) => tracing::error!("server task: {e}"),
+    }
+    tracing::info!("draining the engine queue, flushing the WAL, writing a snapshot");
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A few SKUs to try the API with at once.
+async fn seed_demo(engine: &EngineHandle) {
+    let skus = [
+        ("TSHIRT-RED-M", "Red T-shirt, size M", 100, 10),
+        ("MUG-LOGO", "Logo mug", 250, 20),
+        ("SNEAKER-42", "Limited sneaker, size 42", 20, 5),
+        ("HOODIE-L", "Hoodie, size L", 50, 5),
+    ];
+    for (sku, name, on_hand, low) in skus {
+        let exists = match engine.query(Query::GetSku { sku: sku.into() }) {
+            Ok(ticket) => matches!(ticket.await, Ok(Ok(_))),
+            Err(_) => false,
+        };
+        if exists {
+            continue;
+        }
+        let command = Command::DefineSku {
+            sku: sku.into(),
+            name: name.into(),
+            on_hand,
+            low_stock_threshold: low,
+        };
+        match engine.submit(command, None) {
+            Ok(ticket) => match ticket.await {
+                Ok(Ok(_)) => tracing::info!(sku, on_hand, "demo SKU defined"),
+                other => tracing::warn!(sku, "demo SKU not defined: {other:?}"),
+            },
+            Err(e) => tracing::warn!(sku, "demo SKU not defined: {e}"),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Bearer tokens, roles and actors.
+//!
+//! Tokens are compared in constant time (every configured token is compared, with
+//! no early exit) and never logged. Which role may do what is decided by the
+//! [`Access`] marker of each handler's [`Auth`] extractor, before the body is read,
+//! so a caller without the role gets 403 whatever it sent.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+use surge_engine::limits::ACTOR_LEN_MAX;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Storefront,
+    Operator,
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Storefront => "storefront",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "storefront" => Some(Role::Storefront),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+/// Longest token accepted in configuration.
+const TOKEN_LEN_MAX: usize = 256;
+
+/// The configured tokens. `Debug` never prints them.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Vec<(Role, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} configured)", self.entries.len())
+    }
+}
+
+impl Tokens {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn add(&mut self, role: Role, token: &str) -> Result<(), String> {
+        if token.is_empty() || token.len() > TOKEN_LEN_MAX {
+            return Err(format!(
+                "a {} token must be 1..={TOKEN_LEN_MAX} bytes",
+                role.as_str()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "a {} token must be printable ASCII without spaces",
+                role.as_str()
+            ));
+        }
+        self.entries.push((role, token.as_bytes().to_vec()));
+        Ok(())
+    }
+
+    /// `SURGE_TOKENS`: comma-separated `role:token` pairs.
+    pub fn parse_env(&mut self, text: &str) -> Result<(), String> {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (role, token) = pair
+                .split_once(':')
+                .ok_or("SURGE_TOKENS: each entry must be role:token")?;
+            let role = Role::parse(role.trim())
+                .ok_or_else(|| format!("SURGE_TOKENS: unknown role {:?}", role.trim()))?;
+            self.add(role, token.trim())?;
+        }
+        Ok(())
+    }
+
+    /// A tokens file: one `role token` pair per line, `#` starts a comment.
+    pub fn parse_file(&mut self, text: &str) -> Result<(), String> {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(role), Some(token), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!("tokens file line {}: expected `role token`", n + 1));
+            };
+            let role = Role::parse(role)
+                .ok_or_else(|| format!("tokens file line {}: unknown role {role:?}", n + 1))?;
+            self.add(role, token)
+                .map_err(|e| format!("tokens file line {}: {e}", n + 1))?;
+        }
+        Ok(())
+    }
+
+    /// The role of a presented token. Every entry is compared, whatever matches.
+    pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let mut found = None;
+        for (role, token) in &self.entries {
+            if bool::from(token.as_slice().ct_eq(presented)) && found.is_none() {
+                found = Some(*role);
+            }
+        }
+        found
+    }
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// No tokens configured, loopback only: every request acts as admin.
+    Open,
+    Tokens(Tokens),
+}
+
+/// Who is calling: a role, and the actor recorded in order history.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub role: Role,
+    /// The role name, refined by an `X-Actor` header: `operator:alice`.
+    pub actor: String,
+}
+
+/// Which roles an endpoint admits.
+pub trait Access {
+    const ROLES: &'static [Role];
+    const WHAT: &'static str;
+}
+
+/// Reads of single SKUs, reservations and orders: every role.
+pub struct AnyRole;
+/// Lists, exports, stats and the event feed: viewer, operator, admin.
+pub struct Reader;
+/// Reservations, creating, paying and cancelling orders, batches.
+pub struct Storefront;
+/// Fulfilment transitions, returns, refunds, stock adjustments.
+pub struct Operator;
+/// SKU definitions and admin endpoints.
+pub struct Admin;
+
+impl Access for AnyRole {
+    const ROLES: &'static [Role] = &[Role::Storefront, Role::Operator, Role::Admin, Role::Viewer];
+    const WHAT: &'static str = "any role";
+}
+impl Access for Reader {
+    const ROLES: &'static [Role] = &[Role::Viewer, Role::Operator, Role::Admin];
+    const WHAT: &'static str = "viewer, operator or admin";
+}
+impl Access for Storefront {
+    const ROLES: &'static [Role] = &[Role::Storefront, Role::Operator, Role::Admin];
+    const WHAT: &'static str = "storefront, operator or admin";
+}
+impl Access for Operator {
+    const ROLES: &'static [Role] = &[Role::Operator, Role::Admin];
+    const WHAT: &'static str = "operator or admin";
+}
+impl Access for Admin {
+    const ROLES: &'static [Role] = &[Role::Admin];
+    const WHAT: &'static str = "admin";
+}
+
+/// Extractor: the caller, admitted by `A`. Rejects with 401 / 403 / 400 (bad `X-Actor`).
+pub struct Auth<A>(pub Principal, pub PhantomData<A>);
+
+pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
+    let role = match state.auth() {
+        AuthMode::Open => Role::Admin,
+        AuthMode::Tokens(tokens) => {
+            let header = parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|h| {
+                    let (scheme, rest) = h.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                })
+                .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+            tokens
+                .role_of(token.as_bytes())
+                .ok_or_else(|| ApiError::unauthorized("unknown token"))?
+        }
+    };
+    let actor = match parts.headers.get("x-actor") {
+        None => role.as_str().to_string(),
+        Some(value) => {
+            let name = value
+                .to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::validation("X-Actor", "must be printable ASCII without spaces")
+                })?;
+            let actor = format!("{}:{name}", role.as_str());
+            if actor.len() > ACTOR_LEN_MAX {
+                return Err(ApiError::validation(
+                    "X-Actor",
+                    format!("role:actor must be at most {ACTOR_LEN_MAX} bytes"),
+                ));
+            }
+            actor
+        }
+    };
+    Ok(Principal { role, actor })
+}
+
+impl<A: Access> FromRequestParts<AppState> for Auth<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = authenticate(state, parts)?;
+        if !A::ROLES.contains(&principal.role) {
+            return Err(ApiError::forbidden(format!(
+                "role {} may not do this (needs {})",
+                principal.role.as_str(),
+                A::WHAT
+            )));
+        }
+        Ok(Auth(principal, PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_env_and_file() {
+        let mut t = Tokens::default();
+        t.parse_env("admin:s3cret, storefront:abc123").unwrap();
+        t.parse_file("# comment\noperator op-token # trailing\n\nviewer v1\n")
+            .unwrap();
+        assert_eq!(t.role_of(b"s3cret"), Some(Role::Admin));
+        assert_eq!(t.role_of(b"abc123"), Some(Role::Storefront));
+        assert_eq!(t.role_of(b"op-token"), Some(Role::Operator));
+        assert_eq!(t.role_of(b"v1"), Some(Role::Viewer));
+        assert_eq!(t.role_of(b"s3cre"), None);
+        assert!(Tokens::default().parse_env("root:x").is_err());
+        assert!(Tokens::default().parse_file("admin").is_err());
+        assert!(format!("{t:?}").find("s3cret").is_none());
+    }
+}

@@ -1,0 +1,214 @@
+//! `POST /v1/batch`: many commands in one request. Every op is parsed and checked on
+//! its own, all are queued before any is awaited (so they share group commits), and
+//! each succeeds or fails alone.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use surge_engine::{Command, Outcome, Ticket};
+use utoipa::ToSchema;
+
+use crate::auth::{Auth, Principal, Storefront};
+use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, parse_json};
+use crate::routes::{check_cancel_reason, create_order_command};
+use crate::state::AppState;
+
+/// `POST /v1/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchReq {
+    /// At most 10,000 ops. Each is an object with `op` = `reserve` (`lines`, `ttl_ms`),
+    /// `commit` / `release` (`id`), `create_order` (the body of `POST /v1/orders`),
+    /// `pay` (`id`, `amount`, `payment_ref`) or `cancel` (`id`, `reason`, `note`).
+    #[schema(value_type = Vec<Object>)]
+    pub ops: Vec<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// One per op, in order: the success body of the op (a reservation or an order)
+    /// or a problem document with its `status` and `code`.
+    #[schema(value_type = Vec<Object>)]
+    pub results: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct OpTag {
+    op: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveOp {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    lines: Vec<LineDto>,
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdOp {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrderOp {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    order_no: String,
+    customer_id: String,
+    lines: Vec<crate::dto::OrderLineDto>,
+    payment_ttl_ms: Option<u64>,
+    reservation_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayOp {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    id: String,
+    amount: u64,
+    #[serde(default)]
+    payment_ref: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelOp {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    id: String,
+    reason: CancelReasonDto,
+    #[serde(default)]
+    note: String,
+}
+
+fn op_command(
+    st: &AppState,
+    who: &Principal,
+    raw: &RawValue,
+    i: usize,
+) -> Result<Command, ApiError> {
+    let prefix = format!("ops[{i}].");
+    let bytes = raw.get().as_bytes();
+    let tag: OpTag = parse_json(bytes, &prefix)?;
+    let actor = who.actor.clone();
+    let order_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_order(id));
+    let reservation_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_reservation(id));
+    Ok(match tag.op.as_str() {
+        "reserve" => {
+            let op: ReserveOp = parse_json(bytes, &prefix)?;
+            Command::Reserve {
+                lines: line_reqs(op.lines),
+                ttl_ms: op.ttl_ms.unwrap_or(st.config().reservation_ttl_ms),
+                actor,
+            }
+        }
+        "commit" => {
+            let op: IdOp = parse_json(bytes, &prefix)?;
+            Command::CommitReservation {
+                id: reservation_id(&op.id)?,
+                actor,
+            }
+        }
+        "release" => {
+            let op: IdOp = parse_json(bytes, &prefix)?;
+            Command::ReleaseReservation {
+                id: reservation_id(&op.id)?,
+                actor,
+            }
+        }
+        "create_order" => {
+            let op: CreateOrderOp = parse_json(bytes, &prefix)?;
+            let req = CreateOrderReq {
+                order_no: op.order_no,
+                customer_id: op.customer_id,
+                lines: op.lines,
+                payment_ttl_ms: op.payment_ttl_ms,
+                reservation_id: op.reservation_id,
+            };
+            create_order_command(st, req, actor)?
+        }
+        "pay" => {
+            let op: PayOp = parse_json(bytes, &prefix)?;
+            Command::PayOrder {
+                id: order_id(&op.id)?,
+                amount: op.amount,
+                payment_ref: op.payment_ref,
+                actor,
+            }
+        }
+        "cancel" => {
+            let op: CancelOp = parse_json(bytes, &prefix)?;
+            check_cancel_reason(who.role, op.reason)?;
+            Command::CancelOrder {
+                id: order_id(&op.id)?,
+                reason: op.reason.into(),
+                note: op.note,
+                actor,
+            }
+        }
+        other => {
+            return Err(ApiError::validation(
+                format!("{prefix}op"),
+                format!(
+                    "unknown op {other:?}: reserve, commit, release, create_order, pay or cancel"
+                ),
+            ));
+        }
+    })
+}
+
+fn problem_json(error: &ApiError) -> serde_json::Value {
+    serde_json::to_value(error.problem()).expect("a problem always serializes")
+}
+
+#[utoipa::path(post, path = "/v1/batch", tag = "batch",
+    request_body = BatchReq,
+    responses((status = 200, description = "One result per op, in order", body = BatchResponse)))]
+pub async fn batch(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    ApiJson(req, _): ApiJson<BatchReq>,
+) -> Result<Response, ApiError> {
+    let max = st.config().batch_ops_max;
+    if req.ops.len() > max {
+        return Err(ApiError::validation(
+            "ops",
+            format!("at most {max} ops per batch"),
+        ));
+    }
+    let engine = st.engine()?;
+    // Queue everything first, then wait: the ops land in as few group commits as the
+    // writer's batch size allows.
+    let pending: Vec<Result<Ticket<Outcome>, ApiError>> = req
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let command = op_command(&st, &who, raw, i)?;
+            engine.submit(command, None).map_err(ApiError::from_engine)
+        })
+        .collect();
+    let mut results = Vec::with_capacity(pending.len());
+    for item in pending {
+        let value = match item {
+            Err(e) => problem_json(&e),
+            Ok(ticket) => match ticket.await {
+                Err(e) => problem_json(&ApiError::from_engine(e)),
+                Ok(Err(rejection)) => problem_json(&ApiError::from_rejection(&rejection)),
+                Ok(Ok(reply)) => reply_json(reply),
+            },
+        };
+        results.push(value);
+    }
+    Ok(axum::Json(BatchResponse { results }).into_response())
+}

@@ -1,0 +1,435 @@
+//! Request and response bodies. Only the API knows JSON: these convert to and from
+//! the engine's types. Every request body rejects unknown fields.
+
+use serde::{Deserialize, Serialize};
+use surge_engine::{
+    CancelReason, CancellationView, HistoryView, LineReq, OrderLineReq, OrderStatus, OrderView,
+    Reply, ReservationView, SkuView,
+};
+use utoipa::ToSchema;
+
+use crate::time::format_ms;
+
+// ---------------------------------------------------------------- requests
+
+/// `PUT /v1/skus/{sku}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefineSkuReq {
+    /// Units in stock; may not go below the units reserved.
+    pub on_hand: u64,
+    /// `stock.low` is emitted when `available` falls to or below this (default 0).
+    #[serde(default)]
+    pub low_stock_threshold: u64,
+    /// Display name (default: empty).
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustReasonDto {
+    Inbound,
+    Correction,
+}
+
+/// `POST /v1/skus/{sku}/adjustments`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustReq {
+    /// Units to add (positive) or remove (negative, `correction`); not zero.
+    pub delta: i64,
+    pub reason: AdjustReasonDto,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineDto {
+    pub sku: String,
+    /// A positive number of units.
+    pub qty: u64,
+}
+
+/// `POST /v1/reservations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveReq {
+    pub lines: Vec<LineDto>,
+    /// Hold time in milliseconds; the server default (15 minutes) when absent.
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineDto {
+    pub sku: String,
+    pub qty: u64,
+    /// Minor units (cents).
+    pub unit_price: u64,
+}
+
+/// `POST /v1/orders`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderReq {
+    /// The client's order number, unique.
+    pub order_no: String,
+    pub customer_id: String,
+    pub lines: Vec<OrderLineDto>,
+    /// Time to pay in milliseconds; the server default (15 minutes) when absent.
+    pub payment_ttl_ms: Option<u64>,
+    /// Adopt this held reservation (its lines must match) instead of holding anew.
+    pub reservation_id: Option<String>,
+}
+
+/// `POST /v1/orders/{id}/pay`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayReq {
+    /// Must equal the order total.
+    pub amount: u64,
+    #[serde(default)]
+    pub payment_ref: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionTo {
+    Picking,
+    Packed,
+    Shipped,
+    Delivered,
+    Completed,
+}
+
+/// `POST /v1/orders/{id}/transitions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionReq {
+    pub to: TransitionTo,
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub tracking_no: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReasonDto {
+    CustomerRequest,
+    OutOfStock,
+    PaymentFailed,
+    FraudSuspected,
+    SystemError,
+    Other,
+}
+
+/// `POST /v1/orders/{id}/cancel`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelReq {
+    /// `storefront` may use only `customer_request` and `payment_failed`.
+    pub reason: CancelReasonDto,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `POST /v1/orders/{id}/return`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnReq {
+    /// Put the units back into `on_hand`.
+    pub restock: bool,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `POST /v1/orders/{id}/refund`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundReq {
+    #[serde(default)]
+    pub refund_ref: String,
+}
+
+impl From<AdjustReasonDto> for surge_engine::AdjustReason {
+    fn from(r: AdjustReasonDto) -> Self {
+        match r {
+            AdjustReasonDto::Inbound => surge_engine::AdjustReason::Inbound,
+            AdjustReasonDto::Correction => surge_engine::AdjustReason::Correction,
+        }
+    }
+}
+
+impl From<TransitionTo> for OrderStatus {
+    fn from(t: TransitionTo) -> Self {
+        match t {
+            TransitionTo::Picking => OrderStatus::Picking,
+            TransitionTo::Packed => OrderStatus::Packed,
+            TransitionTo::Shipped => OrderStatus::Shipped,
+            TransitionTo::Delivered => OrderStatus::Delivered,
+            TransitionTo::Completed => OrderStatus::Completed,
+        }
+    }
+}
+
+impl From<CancelReasonDto> for CancelReason {
+    fn from(r: CancelReasonDto) -> Self {
+        match r {
+            CancelReasonDto::CustomerRequest => CancelReason::CustomerRequest,
+            CancelReasonDto::OutOfStock => CancelReason::OutOfStock,
+            CancelReasonDto::PaymentFailed => CancelReason::PaymentFailed,
+            CancelReasonDto::FraudSuspected => CancelReason::FraudSuspected,
+            CancelReasonDto::SystemError => CancelReason::SystemError,
+            CancelReasonDto::Other => CancelReason::Other,
+        }
+    }
+}
+
+pub fn line_reqs(lines: Vec<LineDto>) -> Vec<LineReq> {
+    lines
+        .into_iter()
+        .map(|l| LineReq {
+            sku: l.sku,
+            qty: l.qty,
+        })
+        .collect()
+}
+
+pub fn order_line_reqs(lines: Vec<OrderLineDto>) -> Vec<OrderLineReq> {
+    lines
+        .into_iter()
+        .map(|l| OrderLineReq {
+            sku: l.sku,
+            qty: l.qty,
+            unit_price: l.unit_price,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- responses
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkuBody {
+    pub sku: String,
+    pub name: String,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub low_stock_threshold: u64,
+}
+
+impl From<SkuView> for SkuBody {
+    fn from(v: SkuView) -> Self {
+        SkuBody {
+            sku: v.sku,
+            name: v.name,
+            on_hand: v.on_hand,
+            reserved: v.reserved,
+            available: v.available,
+            low_stock_threshold: v.low_stock_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineBody {
+    pub sku: String,
+    pub qty: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReservationBody {
+    /// `r<n>`.
+    pub id: String,
+    /// `held`, `committed`, `released` or `expired`.
+    pub status: &'static str,
+    pub lines: Vec<LineBody>,
+    pub created_at: String,
+    pub expires_at: String,
+    /// The order that adopted this hold, if any.
+    pub order_id: Option<String>,
+}
+
+impl From<ReservationView> for ReservationBody {
+    fn from(v: ReservationView) -> Self {
+        ReservationBody {
+            id: v.id.to_string(),
+            status: v.status.as_str(),
+            lines: v
+                .lines
+                .into_iter()
+                .map(|l| LineBody {
+                    sku: l.sku,
+                    qty: l.qty,
+                })
+                .collect(),
+            created_at: format_ms(v.created_at_ms),
+            expires_at: format_ms(v.expires_at_ms),
+            order_id: v.order_id.map(|id| id.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderLineBody {
+    pub sku: String,
+    pub qty: u64,
+    pub unit_price: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentBody {
+    /// `unpaid`, `paid`, `refund_due` or `refunded`.
+    pub status: &'static str,
+    pub amount: u64,
+    pub payment_ref: String,
+    pub paid_at: Option<String>,
+    pub refund_ref: String,
+    /// Deadline for payment while the order is `reserved`.
+    pub due_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryBody {
+    pub status: &'static str,
+    pub at: String,
+    pub actor: String,
+    pub note: String,
+}
+
+impl From<HistoryView> for HistoryBody {
+    fn from(h: HistoryView) -> Self {
+        HistoryBody {
+            status: h.status.as_str(),
+            at: format_ms(h.at_ms),
+            actor: h.actor,
+            note: h.note,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancellationBody {
+    pub reason: &'static str,
+    pub note: String,
+    pub at: String,
+    pub actor: String,
+}
+
+impl From<CancellationView> for CancellationBody {
+    fn from(c: CancellationView) -> Self {
+        CancellationBody {
+            reason: c.reason.as_str(),
+            note: c.note,
+            at: format_ms(c.at_ms),
+            actor: c.actor,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReturnBody {
+    pub restock: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderBody {
+    /// `o<n>`.
+    pub id: String,
+    pub order_no: String,
+    pub customer_id: String,
+    /// `reserved`, `confirmed`, `picking`, `packed`, `shipped`, `delivered`,
+    /// `completed`, `expired`, `cancelled` or `returned`.
+    pub status: &'static str,
+    pub lines: Vec<OrderLineBody>,
+    /// Minor units.
+    pub total: u64,
+    pub payment: PaymentBody,
+    pub reservation_id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub tracking_no: String,
+    pub history: Vec<HistoryBody>,
+    /// Present once cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<CancellationBody>,
+    /// Present once returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub returned: Option<ReturnBody>,
+}
+
+impl From<OrderView> for OrderBody {
+    fn from(o: OrderView) -> Self {
+        OrderBody {
+            id: o.id.to_string(),
+            order_no: o.order_no,
+            customer_id: o.customer_id,
+            status: o.status.as_str(),
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLineBody {
+                    sku: l.sku,
+                    qty: l.qty,
+                    unit_price: l.unit_price,
+                })
+                .collect(),
+            total: o.total,
+            payment: PaymentBody {
+                status: o.payment.status.as_str(),
+                amount: o.payment.amount,
+                payment_ref: o.payment.payment_ref,
+                paid_at: o.payment.paid_at_ms.map(format_ms),
+                refund_ref: o.payment.refund_ref,
+                due_at: format_ms(o.payment.due_at_ms),
+            },
+            reservation_id: o.reservation_id.to_string(),
+            created_at: format_ms(o.created_at_ms),
+            updated_at: format_ms(o.updated_at_ms),
+            tracking_no: o.tracking_no,
+            history: o.history.into_iter().map(HistoryBody::from).collect(),
+            cancellation: o.cancellation.map(CancellationBody::from),
+            returned: o.returned.map(|r| ReturnBody {
+                restock: r.restock,
+                reason: r.reason,
+                note: r.note,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkuPage {
+    pub items: Vec<SkuBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    /// Newest first.
+    pub items: Vec<OrderBody>,
+    /// Pass as `cursor` for the next page; `null` when there is no more.
+    pub next_cursor: Option<String>,
+}
+
+/// Render a successful engine reply as JSON.
+pub fn reply_json(reply: Reply) -> serde_json::Value {
+    let value = match reply {
+        Reply::Sku(v) => serde_json::to_value(SkuBody::from(v)),
+        Reply::Reservation(v) => serde_json::to_value(ReservationBody::from(v)),
+        Reply::Order(v) => serde_json::to_value(OrderBody::from(*v)),
+        Reply::Expired {
+            reservations,
+            orders,
+        } => Ok(serde_json::json!({"reservations": reservations, "orders": orders})),
+    };
+    value.expect("bodies always serialize")
+}

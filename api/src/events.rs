@@ -1,0 +1,244 @@
+//! The event feed: JSON polling and Server-Sent Events. `seq` is the WAL position, so
+//! a client that resumes after its last `seq` (or `Last-Event-ID`) misses nothing and
+//! sees nothing twice, across reconnects and server restarts.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use surge_engine::{EngineHandle, Event, EventKind, EventLog};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::{Auth, Reader};
+use crate::error::ApiError;
+use crate::extract::ApiQuery;
+use crate::state::{AppState, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX};
+use crate::time::format_ms;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Events with `seq` greater than this (default 0: from the oldest kept).
+    /// For SSE, a `Last-Event-ID` header takes precedence.
+    pub after: Option<String>,
+    /// Events per page, 1..=1000 (default 100; JSON only).
+    pub limit: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    /// `{"seq", "at", "type", ...}` with the fields of each type flattened; SKUs are
+    /// named by their ids, orders and reservations by `order_id` / `reservation_id`.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    /// Pass as `after` for the next page.
+    pub next: u64,
+    /// Some events after `after` were dropped from memory before they were read.
+    pub truncated: bool,
+}
+
+/// One event as JSON.
+pub fn event_json(log: &EventLog, event: &Event) -> Value {
+    let sku = |idx| Value::from(&*log.sku_name(idx));
+    let mut m = Map::new();
+    m.insert("seq".into(), event.seq.into());
+    m.insert("at".into(), format_ms(event.at_ms).into());
+    m.insert("type".into(), event.kind.type_name().into());
+    let fields = match &event.kind {
+        EventKind::SkuDefined {
+            sku: s,
+            on_hand,
+            low_stock_threshold,
+        } => {
+            json!({"sku": sku(*s), "on_hand": on_hand, "low_stock_threshold": low_stock_threshold})
+        }
+        EventKind::StockAdjusted {
+            sku: s,
+            delta,
+            reason,
+            on_hand,
+            available,
+        } => json!({
+            "sku": sku(*s), "delta": delta, "reason": reason.as_str(),
+            "on_hand": on_hand, "available": available
+        }),
+        EventKind::StockLow {
+            sku: s,
+            available,
+            threshold,
+        } => {
+            json!({"sku": sku(*s), "available": available, "threshold": threshold})
+        }
+        EventKind::StockOut { sku: s } => json!({"sku": sku(*s)}),
+        EventKind::ReservationHeld {
+            id,
+            lines,
+            expires_at_ms,
+        } => json!({
+            "reservation_id": id.to_string(),
+            "lines": lines.iter().map(|(s, q)| json!({"sku": sku(*s), "qty": q})).collect::<Vec<_>>(),
+            "expires_at": format_ms(*expires_at_ms),
+        }),
+        EventKind::ReservationCommitted { id }
+        | EventKind::ReservationReleased { id }
+        | EventKind::ReservationExpired { id } => json!({"reservation_id": id.to_string()}),
+        EventKind::OrderCreated {
+            id,
+            order_no,
+            customer_id,
+            total,
+        } => json!({
+            "order_id": id.to_string(), "order_no": order_no,
+            "customer_id": customer_id, "total": total
+        }),
+        EventKind::OrderPaid { id, amount } => {
+            json!({"order_id": id.to_string(), "amount": amount})
+        }
+        EventKind::OrderStatusChanged { id, from, to } => {
+            json!({"order_id": id.to_string(), "from": from.as_str(), "to": to.as_str()})
+        }
+        EventKind::OrderCancelled {
+            id,
+            reason,
+            actor,
+            refund_due,
+        } => json!({
+            "order_id": id.to_string(), "reason": reason.as_str(),
+            "actor": actor, "refund_due": refund_due
+        }),
+        EventKind::OrderExpired { id } => json!({"order_id": id.to_string()}),
+        EventKind::OrderReturned { id, restock } => {
+            json!({"order_id": id.to_string(), "restock": restock})
+        }
+        EventKind::OrderRefunded { id, amount } => {
+            json!({"order_id": id.to_string(), "amount": amount})
+        }
+    };
+    if let Value::Object(fields) = fields {
+        m.extend(fields);
+    }
+    Value::Object(m)
+}
+
+fn parse_after(text: Option<&str>, field: &str) -> Result<u64, ApiError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(0),
+        Some(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::validation(field, "must be a non-negative integer seq")),
+    }
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"))
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "SSE: resume after this seq"),
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live Server-Sent Events stream (`id:` = seq, `event:` = type, `data:` = the event JSON; keep-alive comments every 15 s)")),
+    responses((status = 200, description = "A page of events, or an SSE stream", body = EventPage)))]
+pub async fn events(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    headers: HeaderMap,
+    ApiQuery(p): ApiQuery<EventParams>,
+) -> Result<Response, ApiError> {
+    let engine = st.engine()?.clone();
+    if wants_sse(&headers) {
+        let after = match headers.get("last-event-id") {
+            Some(v) => parse_after(v.to_str().ok().or(Some("x")), "Last-Event-ID")?,
+            None => parse_after(p.after.as_deref(), "after")?,
+        };
+        return Ok(sse(st, engine, after).into_response());
+    }
+    let after = parse_after(p.after.as_deref(), "after")?;
+    let limit = match p.limit.as_deref().filter(|t| !t.is_empty()) {
+        None => EVENTS_LIMIT_DEFAULT,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=EVENTS_LIMIT_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::validation(
+                    "limit",
+                    format!("must be an integer in 1..={EVENTS_LIMIT_MAX}"),
+                )
+            })?,
+    };
+    let log = engine.events();
+    let page = log.read_after(after, limit);
+    Ok(axum::Json(EventPage {
+        events: page.events.iter().map(|e| event_json(log, e)).collect(),
+        next: page.next,
+        truncated: page.truncated,
+    })
+    .into_response())
+}
+
+/// Events read from the log per wake-up of an SSE stream.
+const SSE_PAGE: usize = 256;
+
+fn sse(st: AppState, engine: EngineHandle, after: u64) -> impl IntoResponse {
+    struct Cursor {
+        engine: EngineHandle,
+        after: u64,
+        buffer: VecDeque<SseEvent>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    }
+    let cursor = Cursor {
+        engine,
+        after,
+        buffer: VecDeque::new(),
+        stop: st.shutdown_signal(),
+    };
+    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(event) = c.buffer.pop_front() {
+                return Some((Ok::<_, Infallible>(event), c));
+            }
+            if *c.stop.borrow() {
+                return None;
+            }
+            let log = c.engine.events();
+            let page = log.read_after(c.after, SSE_PAGE);
+            if let Some(last) = page.events.last() {
+                c.after = last.seq;
+                for e in &page.events {
+                    let data = event_json(log, e).to_string();
+                    c.buffer.push_back(
+                        SseEvent::default()
+                            .id(e.seq.to_string())
+                            .event(e.kind.type_name())
+                            .data(data),
+                    );
+                }
+                continue;
+            }
+            let engine = c.engine.clone();
+            let after = c.after;
+            tokio::select! {
+                () = engine.events().wait_after(after) => {}
+                changed = c.stop.changed() => {
+                    if changed.is_err() || *c.stop.borrow() {
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    )
+}

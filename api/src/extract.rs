@@ -1,0 +1,188 @@
+//! Extractors whose rejections are problem+json: JSON bodies (415 / 413 / 400 naming
+//! the field), query strings, and the `Idempotency-Key` header.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use surge_engine::limits::IDEMPOTENCY_KEY_LEN_MAX;
+use surge_engine::{EngineHandle, IdempotencyKey};
+
+use crate::error::ApiError;
+
+/// A JSON body, with its raw bytes (for idempotency fingerprints).
+pub struct ApiJson<T>(pub T, pub Bytes);
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The field a serde error is about: the path, plus the name inside
+/// "unknown field `x`" / "missing field `x`" / "duplicate field `x`" messages,
+/// which serde reports at the level of the enclosing object.
+fn field_of(path: &serde_path_to_error::Path, message: &str) -> String {
+    let mut field = path.to_string();
+    if field == "." {
+        field.clear();
+    }
+    for prefix in ["unknown field `", "missing field `", "duplicate field `"] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some(name) = rest.split('`').next()
+        {
+            if !field.is_empty() && !field.ends_with(&format!(".{name}")) && field != name {
+                field.push('.');
+                field.push_str(name);
+            } else if field.is_empty() {
+                field = name.to_string();
+            }
+        }
+    }
+    if field.is_empty() {
+        "body".to_string()
+    } else {
+        field
+    }
+}
+
+/// Parse JSON bytes into `T`, naming the offending field on failure; `prefix` is
+/// prepended to field paths (`ops[3].`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let message = e.inner().to_string();
+        let field = format!("{prefix}{}", field_of(e.path(), &message));
+        ApiError::validation(field, message)
+    })?;
+    de.end().map_err(|e| {
+        let name = if prefix.is_empty() {
+            "body".to_string()
+        } else {
+            prefix.trim_end_matches('.').to_string()
+        };
+        ApiError::validation(name, e.to_string())
+    })?;
+    Ok(value)
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !is_json(content_type) {
+            return Err(ApiError {
+                field: Some("Content-Type".into()),
+                ..ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "validation_failed",
+                    "Content-Type: the body must be application/json",
+                )
+            });
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError {
+                    field: Some("body".into()),
+                    ..ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "validation_failed",
+                        "body: larger than the server's limit",
+                    )
+                }
+            } else {
+                ApiError::validation("body", e.body_text())
+            }
+        })?;
+        let value = parse_json(&bytes, "")?;
+        Ok(ApiJson(value, bytes))
+    }
+}
+
+/// A query string parsed into `T` (unknown parameters are ignored).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let message = e.inner().to_string();
+                ApiError::validation(field_of(e.path(), &message), message)
+            })
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// The optional `Idempotency-Key` header with what the fingerprint needs.
+pub struct Idem {
+    key: Option<String>,
+    method: String,
+    path: String,
+}
+
+impl Idem {
+    /// The engine's key: fingerprint = method, path and body bytes.
+    pub fn key(&self, body: &[u8]) -> Option<IdempotencyKey> {
+        let key = self.key.as_ref()?;
+        Some(IdempotencyKey {
+            key: key.clone(),
+            fingerprint: EngineHandle::fingerprint(&[
+                self.method.as_bytes(),
+                self.path.as_bytes(),
+                body,
+            ]),
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Idem {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let key = match parts.headers.get("idempotency-key") {
+            None => None,
+            Some(v) => {
+                let key = v
+                    .to_str()
+                    .ok()
+                    .filter(|k| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                    })
+                    .ok_or_else(|| {
+                        ApiError::validation("Idempotency-Key", "must be printable ASCII")
+                    })?;
+                if key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+                    return Err(ApiError::validation(
+                        "Idempotency-Key",
+                        format!("must be at most {IDEMPOTENCY_KEY_LEN_MAX} bytes"),
+                    ));
+                }
+                Some(key.to_string())
+            }
+        };
+        Ok(Idem {
+            key,
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+        })
+    }
+}

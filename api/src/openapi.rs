@@ -1,0 +1,180 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations. The committed
+//! copy `api/openapi.json` is checked against it by `tests/openapi.rs`; refresh it with
+//! `cargo run -p surge-api --bin surge -- openapi > api/openapi.json`.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::{batch, dto, error, events, ops, routes};
+
+const DESCRIPTION: &str = "\
+In-memory order and stock-reservation engine for flash sales.
+
+**Auth.** `Authorization: Bearer <token>`; tokens map to roles. `storefront`: reservations; \
+create, pay and cancel orders (reason `customer_request` or `payment_failed` only); read single \
+SKUs, reservations and orders; `/v1/batch`. `operator`: all of that, plus transitions, cancel \
+with any reason, return, refund, stock adjustments and all reads. `admin`: everything, plus \
+`PUT /v1/skus/{sku}` and `/v1/admin/*`. `viewer`: reads only (including lists, export, stats, \
+events). No or unknown token: 401 `unauthorized`; a role that may not: 403 `forbidden`. \
+`/healthz`, `/readyz`, `/metrics`, `/openapi.json` and `/` need no token. A server started \
+without tokens (loopback only) treats every request as `admin`.
+
+**Actors.** Order history records who did what: the caller's role name, refined by an optional \
+`X-Actor` header (printable ASCII, no spaces): `X-Actor: alice` as operator records \
+`operator:alice`. At most 64 bytes in all, else 400.
+
+**Idempotency.** Every creating `POST` (reservations, commit, release, orders, pay, \
+transitions, cancel, return, refund, adjustments) accepts `Idempotency-Key` (printable \
+ASCII, at most 128 bytes). The same key with the same method, path and body returns the \
+original status and body, also after a restart (keys are kept at least 24 hours); with a \
+different request it is 422 `idempotency_conflict`. `/v1/batch` ops take no key.
+
+**Errors.** RFC 9457 `application/problem+json` with a stable `code`; `field` names the \
+offending field for `validation_failed`. Malformed JSON, unknown fields, wrong types and \
+out-of-range values: 400; body not JSON: 415; body over the limit (1 MiB by default): 413; \
+unknown SKU / order / reservation: 404 (ids that do not parse are unknown ids: 404); \
+business conflicts: 409; queue full, request timeout, shutting down: 503 `overloaded` with \
+`Retry-After`; storage failure: 503 `storage_unavailable`. Unknown routes: 404 `not_found`; \
+wrong method: 405 `method_not_allowed`. A request that fails changes nothing.
+
+**Units.** Quantities are positive integers; money is integer minor units; times in \
+responses are RFC 3339 UTC with milliseconds; durations in requests are milliseconds.";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "surge", description = DESCRIPTION, license(name = "MIT OR Apache-2.0")),
+    paths(
+        routes::define_sku, routes::get_sku, routes::list_skus, routes::adjust_stock,
+        routes::create_reservation, routes::commit_reservation, routes::release_reservation,
+        routes::get_reservation,
+        routes::create_order, routes::pay_order, routes::transition_order, routes::cancel_order,
+        routes::return_order, routes::refund_order, routes::get_order, routes::get_order_by_no,
+        routes::list_orders, routes::export_orders, routes::stats,
+        batch::batch, events::events,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot,
+    ),
+    components(schemas(error::Problem, error::ShortLine, dto::LineDto, dto::OrderLineDto)),
+    modifiers(&Conventions),
+    tags(
+        (name = "skus", description = "SKUs and stock"),
+        (name = "reservations", description = "Cart holds"),
+        (name = "orders", description = "Orders, payment, fulfilment, cancellation, returns"),
+        (name = "batch", description = "Many commands at once"),
+        (name = "events", description = "The event feed"),
+        (name = "reports", description = "Statistics"),
+        (name = "operations", description = "Health, readiness, metrics, snapshots"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds what every `/v1` operation shares: bearer auth, the auth and validation
+/// problems, the `X-Actor` / `Idempotency-Key` headers, and 503 `overloaded`.
+struct Conventions;
+
+fn problem(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(description))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
+}
+
+impl Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let idempotent_post = path != "/v1/batch" && path != "/v1/admin/snapshot";
+            let ops = [
+                (false, false, item.get.as_mut()),
+                (true, false, item.put.as_mut()),
+                (true, idempotent_post, item.post.as_mut()),
+            ];
+            for (write, idempotent, op) in ops {
+                let Some(op) = op else { continue };
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                let responses = &mut op.responses.responses;
+                for (code, text) in [
+                    (
+                        "400",
+                        "`validation_failed`: a field is malformed or out of range (`field` names it)",
+                    ),
+                    ("401", "`unauthorized`: no or unknown token"),
+                    ("403", "`forbidden`: the role may not do this"),
+                    (
+                        "503",
+                        "`overloaded` (queue full, timeout; with `Retry-After`) or `storage_unavailable`",
+                    ),
+                ] {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| problem(text).into());
+                }
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                if write {
+                    for (code, text) in [
+                        ("413", "`validation_failed`: body over the limit"),
+                        ("415", "`validation_failed`: body not application/json"),
+                    ] {
+                        responses
+                            .entry(code.to_string())
+                            .or_insert_with(|| problem(text).into());
+                    }
+                    params.push(header_param(
+                        "X-Actor",
+                        "Who is acting, recorded as `role:actor` in history (printable ASCII, 64 bytes in all)",
+                    ));
+                }
+                if idempotent {
+                    responses.entry("422".to_string()).or_insert_with(|| {
+                        problem("`idempotency_conflict`: the Idempotency-Key was used with a different request").into()
+                    });
+                    params.push(header_param(
+                        "Idempotency-Key",
+                        "Replay protection: at most 128 bytes; the same key and request return the original response",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The document as pretty JSON (computed once).
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut text = ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the document serializes");
+        text.push('\n');
+        text
+    })
+}

@@ -1,0 +1,97 @@
+//! Operations endpoints: health, readiness, metrics, the OpenAPI document, snapshots,
+//! and the problem+json answers for unknown routes and methods.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::{Admin, Auth};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    pub status: &'static str,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = StatusBody)))]
+pub async fn healthz() -> axum::Json<StatusBody> {
+    axum::Json(StatusBody { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Recovery finished, accepting writes", body = StatusBody),
+        (status = 503, description = "Recovering, draining, or writes refused (`storage_unavailable`)", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>, ApiError> {
+    let Some(engine) = st.engine_opt() else {
+        return Err(ApiError::overloaded("recovery is still running"));
+    };
+    if let Some(reason) = engine.writes_refused() {
+        return Err(ApiError::storage_unavailable(reason));
+    }
+    if !st.is_ready() {
+        return Err(ApiError::overloaded(
+            "not ready: the server is shutting down",
+        ));
+    }
+    Ok(axum::Json(StatusBody { status: "ready" }))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let mut response = crate::metrics::render(&st).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
+pub async fn openapi() -> Response {
+    let mut response = crate::openapi::document_json().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotBody {
+    /// Every record up to this LSN is in the snapshot.
+    pub lsn: u64,
+}
+
+#[utoipa::path(post, path = "/v1/admin/snapshot", tag = "operations",
+    responses(
+        (status = 200, description = "Snapshot written", body = SnapshotBody),
+        (status = 503, description = "`storage_unavailable`", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn snapshot(
+    State(st): State<AppState>,
+    _auth: Auth<Admin>,
+) -> Result<axum::Json<SnapshotBody>, ApiError> {
+    let ticket = st.engine()?.snapshot().map_err(ApiError::from_engine)?;
+    let lsn = ticket.await.map_err(ApiError::from_engine)?;
+    Ok(axum::Json(SnapshotBody { lsn }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}

@@ -1,0 +1,801 @@
+//! The v1 resources: SKUs, reservations, orders, reads, lists, export and stats.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, STATS_TOP_MAX};
+use surge_engine::{
+    Command, IdempotencyKey, OrderFilter, OrderId, OrderStatus, Outcome, Query, QueryReply, Reply,
+    ReservationId, SkuIdx,
+};
+use utoipa::IntoParams;
+
+use crate::auth::{Admin, AnyRole, Auth, Operator, Reader, Role, Storefront};
+use crate::dto::*;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiQuery, Idem};
+use crate::state::{AppState, EXPORT_ROWS_MAX};
+use crate::time::{format_ms, parse_rfc3339};
+
+/// Submit a command and wait for its outcome.
+pub async fn execute(
+    st: &AppState,
+    command: Command,
+    key: Option<IdempotencyKey>,
+) -> Result<Outcome, ApiError> {
+    let ticket = st
+        .engine()?
+        .submit(command, key)
+        .map_err(ApiError::from_engine)?;
+    ticket.await.map_err(ApiError::from_engine)
+}
+
+/// Run a read through the engine's queue.
+pub async fn read(st: &AppState, query: Query) -> Result<QueryReply, ApiError> {
+    let ticket = st.engine()?.query(query).map_err(ApiError::from_engine)?;
+    ticket
+        .await
+        .map_err(ApiError::from_engine)?
+        .map_err(|r| ApiError::from_rejection(&r))
+}
+
+/// How a successful command is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Success {
+    Ok,
+    /// 201 with a `Location` header.
+    Created,
+}
+
+/// Render an outcome. An idempotent replay hands back the stored outcome, so it
+/// renders to the same status and body as the original.
+pub fn respond(outcome: Outcome, success: Success) -> Response {
+    match outcome {
+        Err(rejection) => ApiError::from_rejection(&rejection).into_response(),
+        Ok(reply) => {
+            let location = match &reply {
+                Reply::Reservation(r) => Some(format!("/v1/reservations/{}", r.id)),
+                Reply::Order(o) => Some(format!("/v1/orders/{}", o.id)),
+                _ => None,
+            };
+            let body = axum::Json(reply_json(reply));
+            if success == Success::Created {
+                let mut response = (StatusCode::CREATED, body).into_response();
+                if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    response.headers_mut().insert(header::LOCATION, loc);
+                }
+                response
+            } else {
+                body.into_response()
+            }
+        }
+    }
+}
+
+fn parse_reservation_id(id: &str) -> Result<ReservationId, ApiError> {
+    id.parse().map_err(|()| ApiError::unknown_reservation(id))
+}
+
+fn parse_order_id(id: &str) -> Result<OrderId, ApiError> {
+    id.parse().map_err(|()| ApiError::unknown_order(id))
+}
+
+fn parse_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(default),
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::validation("limit", format!("must be an integer in 1..={max}"))
+            }),
+    }
+}
+
+// ---------------------------------------------------------------- SKUs
+
+#[utoipa::path(put, path = "/v1/skus/{sku}", tag = "skus",
+    params(("sku" = String, Path, description = "SKU id: 1..=64 bytes of [A-Za-z0-9._:-]")),
+    request_body = DefineSkuReq,
+    responses(
+        (status = 200, description = "The SKU as defined", body = SkuBody),
+        (status = 409, description = "`invalid_transition`: on_hand below reserved", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn define_sku(
+    State(st): State<AppState>,
+    _auth: Auth<Admin>,
+    Path(sku): Path<String>,
+    ApiJson(req, _): ApiJson<DefineSkuReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::DefineSku {
+        sku,
+        name: req.name,
+        on_hand: req.on_hand,
+        low_stock_threshold: req.low_stock_threshold,
+    };
+    Ok(respond(execute(&st, command, None).await?, Success::Ok))
+}
+
+#[utoipa::path(get, path = "/v1/skus/{sku}", tag = "skus",
+    params(("sku" = String, Path, description = "SKU id")),
+    responses(
+        (status = 200, description = "The SKU's stock levels", body = SkuBody),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_sku(
+    State(st): State<AppState>,
+    _auth: Auth<AnyRole>,
+    Path(sku): Path<String>,
+) -> Result<Response, ApiError> {
+    match read(&st, Query::GetSku { sku: sku.clone() }).await {
+        Ok(QueryReply::Sku(v)) => Ok(axum::Json(SkuBody::from(v)).into_response()),
+        Ok(_) => unreachable!("GetSku answers Sku"),
+        // A malformed id names no SKU: 404 like any other unknown SKU.
+        Err(e) if e.code == "validation_failed" => Err(ApiError::from_rejection(
+            &surge_engine::Rejection::UnknownSku { sku },
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SkuListParams {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1..=1000 (default 50).
+    pub limit: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/skus", tag = "skus", params(SkuListParams),
+    responses((status = 200, description = "A page of SKUs in definition order", body = SkuPage)))]
+pub async fn list_skus(
+    State(st): State<AppState>,
+    _auth: Auth<AnyRole>,
+    ApiQuery(p): ApiQuery<SkuListParams>,
+) -> Result<Response, ApiError> {
+    let limit = parse_limit(p.limit.as_deref(), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
+    let cursor = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(SkuIdx(c.parse().map_err(|_| {
+            ApiError::validation("cursor", "not a cursor of this list")
+        })?)),
+    };
+    let QueryReply::Skus(page) = read(&st, Query::ListSkus { cursor, limit }).await? else {
+        unreachable!("ListSkus answers Skus")
+    };
+    Ok(axum::Json(SkuPage {
+        items: page.items.into_iter().map(SkuBody::from).collect(),
+        next_cursor: page.next_cursor.map(|c| c.0.to_string()),
+    })
+    .into_response())
+}
+
+#[utoipa::path(post, path = "/v1/skus/{sku}/adjustments", tag = "skus",
+    params(("sku" = String, Path, description = "SKU id")),
+    request_body = AdjustReq,
+    responses(
+        (status = 200, description = "The SKU after the adjustment", body = SkuBody),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: on_hand would go below reserved", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn adjust_stock(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(sku): Path<String>,
+    ApiJson(req, body): ApiJson<AdjustReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::AdjustStock {
+        sku,
+        delta: req.delta,
+        reason: req.reason.into(),
+        note: req.note,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+// ---------------------------------------------------------------- reservations
+
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations",
+    request_body = ReserveReq,
+    responses(
+        (status = 201, description = "Held: all lines or none", body = ReservationBody,
+            headers(("Location" = String, description = "/v1/reservations/{id}"))),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_stock` with `lines`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_reservation(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    ApiJson(req, body): ApiJson<ReserveReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::Reserve {
+        lines: line_reqs(req.lines),
+        ttl_ms: req.ttl_ms.unwrap_or(st.config().reservation_ttl_ms),
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Created,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/reservations/{id}/commit", tag = "reservations",
+    params(("id" = String, Path, description = "Reservation id (`r<n>`)")),
+    responses(
+        (status = 200, description = "Committed: the units left `on_hand` (repeating returns the same state)", body = ReservationBody),
+        (status = 404, description = "`unknown_reservation`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn commit_reservation(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let command = Command::CommitReservation {
+        id: parse_reservation_id(&id)?,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(b"")).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",
+    params(("id" = String, Path, description = "Reservation id (`r<n>`)")),
+    responses(
+        (status = 200, description = "Released: the units are available again (repeating returns the same state)", body = ReservationBody),
+        (status = 404, description = "`unknown_reservation`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn release_reservation(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let command = Command::ReleaseReservation {
+        id: parse_reservation_id(&id)?,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(b"")).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
+    params(("id" = String, Path, description = "Reservation id (`r<n>`)")),
+    responses(
+        (status = 200, description = "The reservation", body = ReservationBody),
+        (status = 404, description = "`unknown_reservation`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_reservation(
+    State(st): State<AppState>,
+    _auth: Auth<AnyRole>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_reservation_id(&id)?;
+    let QueryReply::Reservation(v) = read(&st, Query::GetReservation { id }).await? else {
+        unreachable!("GetReservation answers Reservation")
+    };
+    Ok(axum::Json(ReservationBody::from(v)).into_response())
+}
+
+// ---------------------------------------------------------------- orders
+
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    request_body = CreateOrderReq,
+    responses(
+        (status = 201, description = "Created: `status: reserved`, `payment.status: unpaid`", body = OrderBody,
+            headers(("Location" = String, description = "/v1/orders/{id}"))),
+        (status = 404, description = "`unknown_sku` / `unknown_reservation`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_stock`, `duplicate_order_no`, `invalid_transition` (reservation not held or lines differ)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    ApiJson(req, body): ApiJson<CreateOrderReq>,
+) -> Result<Response, ApiError> {
+    let key = idem.key(&body);
+    let command = create_order_command(&st, req, who.actor)?;
+    Ok(respond(execute(&st, command, key).await?, Success::Created))
+}
+
+pub fn create_order_command(
+    st: &AppState,
+    req: CreateOrderReq,
+    actor: String,
+) -> Result<Command, ApiError> {
+    let reservation_id = match req.reservation_id {
+        None => None,
+        Some(id) => Some(parse_reservation_id(&id)?),
+    };
+    Ok(Command::CreateOrder {
+        order_no: req.order_no,
+        customer_id: req.customer_id,
+        lines: order_line_reqs(req.lines),
+        payment_ttl_ms: req.payment_ttl_ms.unwrap_or(st.config().payment_ttl_ms),
+        reservation_id,
+        actor,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/pay", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = PayReq,
+    responses(
+        (status = 200, description = "`confirmed`, payment `paid`, stock committed", body = OrderBody),
+        (status = 400, description = "`validation_failed`: amount differs from the total", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn pay_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<PayReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::PayOrder {
+        id: parse_order_id(&id)?,
+        amount: req.amount,
+        payment_ref: req.payment_ref,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/transitions", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = TransitionReq,
+    responses(
+        (status = 200, description = "Moved along the fulfilment path", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn transition_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<TransitionReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::AdvanceOrder {
+        id: parse_order_id(&id)?,
+        to: req.to.into(),
+        note: req.note,
+        tracking_no: req.tracking_no,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+/// `storefront` may cancel only for these reasons.
+pub fn check_cancel_reason(role: Role, reason: CancelReasonDto) -> Result<(), ApiError> {
+    if role == Role::Storefront
+        && !matches!(
+            reason,
+            CancelReasonDto::CustomerRequest | CancelReasonDto::PaymentFailed
+        )
+    {
+        return Err(ApiError::forbidden(
+            "role storefront may cancel only with reason customer_request or payment_failed",
+        ));
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = CancelReq,
+    responses(
+        (status = 200, description = "`cancelled` (repeating returns the order)", body = OrderBody),
+        (status = 403, description = "`forbidden`: storefront with a reason other than customer_request / payment_failed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`order_shipped` (use the return flow) or `invalid_transition`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<CancelReq>,
+) -> Result<Response, ApiError> {
+    check_cancel_reason(who.role, req.reason)?;
+    let command = Command::CancelOrder {
+        id: parse_order_id(&id)?,
+        reason: req.reason.into(),
+        note: req.note,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/return", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = ReturnReq,
+    responses(
+        (status = 200, description = "`returned`, payment `refund_due`", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn return_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<ReturnReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::ReturnOrder {
+        id: parse_order_id(&id)?,
+        restock: req.restock,
+        reason: req.reason,
+        note: req.note,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = RefundReq,
+    responses(
+        (status = 200, description = "payment `refunded`", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: no refund is due", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn refund_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<RefundReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::RefundOrder {
+        id: parse_order_id(&id)?,
+        refund_ref: req.refund_ref,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    responses(
+        (status = 200, description = "The order with its history", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_order(
+    State(st): State<AppState>,
+    _auth: Auth<AnyRole>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_order_id(&id)?;
+    let QueryReply::Order(v) = read(&st, Query::GetOrder { id }).await? else {
+        unreachable!("GetOrder answers Order")
+    };
+    Ok(axum::Json(OrderBody::from(*v)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/orders/by-no/{order_no}", tag = "orders",
+    params(("order_no" = String, Path, description = "The client's order number")),
+    responses(
+        (status = 200, description = "The order with its history", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_order_by_no(
+    State(st): State<AppState>,
+    _auth: Auth<AnyRole>,
+    Path(order_no): Path<String>,
+) -> Result<Response, ApiError> {
+    let QueryReply::Order(v) = read(&st, Query::GetOrderByNo { order_no }).await? else {
+        unreachable!("GetOrderByNo answers Order")
+    };
+    Ok(axum::Json(OrderBody::from(*v)).into_response())
+}
+
+/// Filters of the order list and export; empty values count as absent.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderListParams {
+    /// An order status (`reserved`, `confirmed`, ..., `returned`).
+    pub status: Option<String>,
+    pub customer_id: Option<String>,
+    /// Orders with a line of this SKU.
+    pub sku: Option<String>,
+    /// Created at or after: RFC 3339, or milliseconds since the epoch.
+    pub created_from: Option<String>,
+    /// Created at or before: RFC 3339, or milliseconds since the epoch.
+    pub created_to: Option<String>,
+    /// `next_cursor` of the previous page (list only).
+    pub cursor: Option<String>,
+    /// Page size, 1..=1000 (default 50; list only).
+    pub limit: Option<String>,
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match text {
+        None => Ok(None),
+        Some(t) if t.bytes().all(|b| b.is_ascii_digit()) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::validation(field, "milliseconds out of range")),
+        Some(t) => parse_rfc3339(t)
+            .map(Some)
+            .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 time or milliseconds")),
+    }
+}
+
+impl OrderListParams {
+    fn filter(&self) -> Result<OrderFilter, ApiError> {
+        let status = match non_empty(&self.status) {
+            None => None,
+            Some(s) => Some(s.parse::<OrderStatus>().map_err(|()| {
+                ApiError::validation("status", format!("unknown order status {s:?}"))
+            })?),
+        };
+        Ok(OrderFilter {
+            status,
+            customer_id: non_empty(&self.customer_id).map(str::to_string),
+            sku: non_empty(&self.sku).map(str::to_string),
+            created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
+            created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
+        })
+    }
+
+    fn cursor(&self) -> Result<Option<OrderId>, ApiError> {
+        match non_empty(&self.cursor) {
+            None => Ok(None),
+            Some(c) => c
+                .parse()
+                .map(Some)
+                .map_err(|()| ApiError::validation("cursor", "not a cursor of this list")),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(OrderListParams),
+    responses((status = 200, description = "A page of orders, newest first", body = OrderPage)))]
+pub async fn list_orders(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    ApiQuery(p): ApiQuery<OrderListParams>,
+) -> Result<Response, ApiError> {
+    let filter = p.filter()?;
+    let cursor = p.cursor()?;
+    let limit = parse_limit(p.limit.as_deref(), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
+    let QueryReply::Orders(page) = read(
+        &st,
+        Query::ListOrders {
+            filter,
+            cursor,
+            limit,
+        },
+    )
+    .await?
+    else {
+        unreachable!("ListOrders answers Orders")
+    };
+    Ok(axum::Json(OrderPage {
+        items: page.items.into_iter().map(OrderBody::from).collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
+    .into_response())
+}
+
+/// RFC 4180 quoting: fields with a comma, quote or line break are quoted.
+fn csv_field(out: &mut String, field: &str) {
+    if field.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&field.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(field);
+    }
+}
+
+const CSV_HEADER: &str = "order_id,order_no,customer_id,status,payment_status,total,created_at,updated_at,cancel_reason,sku,qty,unit_price,line_total\r\n";
+
+#[utoipa::path(get, path = "/v1/orders/export.csv", tag = "orders",
+    params(OrderListParams),
+    responses((status = 200, description = "CSV (RFC 4180), a header row then one row per order line, newest order first; at most 100,000 rows, `X-Export-Truncated: true` when cut", content_type = "text/csv", body = String)))]
+pub async fn export_orders(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    ApiQuery(p): ApiQuery<OrderListParams>,
+) -> Result<Response, ApiError> {
+    let filter = p.filter()?;
+    let mut out = String::from(CSV_HEADER);
+    let mut rows = 0usize;
+    let mut cursor = None;
+    let mut truncated = false;
+    'pages: loop {
+        let query = Query::ListOrders {
+            filter: filter.clone(),
+            cursor,
+            limit: LIST_LIMIT_MAX,
+        };
+        let QueryReply::Orders(page) = read(&st, query).await? else {
+            unreachable!("ListOrders answers Orders")
+        };
+        for o in page.items {
+            if rows + o.lines.len() > EXPORT_ROWS_MAX {
+                truncated = true;
+                break 'pages;
+            }
+            let cancel_reason = o.cancellation.as_ref().map_or("", |c| c.reason.as_str());
+            for line in &o.lines {
+                let fields = [
+                    o.id.to_string(),
+                    o.order_no.clone(),
+                    o.customer_id.clone(),
+                    o.status.as_str().to_string(),
+                    o.payment.status.as_str().to_string(),
+                    o.total.to_string(),
+                    format_ms(o.created_at_ms),
+                    format_ms(o.updated_at_ms),
+                    cancel_reason.to_string(),
+                    line.sku.clone(),
+                    line.qty.to_string(),
+                    line.unit_price.to_string(),
+                    (line.qty * line.unit_price).to_string(),
+                ];
+                for (i, f) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    csv_field(&mut out, f);
+                }
+                out.push_str("\r\n");
+                rows += 1;
+            }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let mut response = out.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"orders.csv\""),
+    );
+    if truncated {
+        headers.insert("x-export-truncated", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+// ---------------------------------------------------------------- stats
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// SKUs in `top_skus`, 1..=100 (default 10).
+    pub top: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SkuSalesBody {
+    pub sku: String,
+    pub units_sold: u64,
+    pub units_held: u64,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ThroughputBody {
+    /// Commands applied or refused by the engine per second over the window.
+    pub commands_per_s: f64,
+    /// Length of the window in seconds (up to 10).
+    pub window_s: f64,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StatsBody {
+    pub orders_total: u64,
+    /// Order status -> count.
+    #[schema(value_type = Object)]
+    pub orders_by_status: serde_json::Map<String, serde_json::Value>,
+    /// Cancel reason -> count.
+    #[schema(value_type = Object)]
+    pub cancellations_by_reason: serde_json::Map<String, serde_json::Value>,
+    /// Cancelled orders / orders created.
+    pub cancellation_rate: f64,
+    /// Payments taken, minor units (refunds not subtracted).
+    pub paid_amount: u64,
+    pub refunded_amount: u64,
+    pub reservations_held: u64,
+    /// Top SKUs by units sold, with units held.
+    pub top_skus: Vec<SkuSalesBody>,
+    pub throughput: ThroughputBody,
+}
+
+#[utoipa::path(get, path = "/v1/stats", tag = "reports", params(StatsParams),
+    responses((status = 200, description = "Orders by status, cancellations by reason, cancellation rate, paid amount, units sold and held per SKU (top N), current throughput", body = StatsBody)))]
+pub async fn stats(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    ApiQuery(p): ApiQuery<StatsParams>,
+) -> Result<Response, ApiError> {
+    let top = match non_empty(&p.top) {
+        None => 10,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=STATS_TOP_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::validation("top", format!("must be an integer in 1..={STATS_TOP_MAX}"))
+            })?,
+    };
+    let QueryReply::Stats(s) = read(&st, Query::Stats { top }).await? else {
+        unreachable!("Stats answers Stats")
+    };
+    let (commands_per_s, window_s) = st.throughput();
+    let body = StatsBody {
+        orders_total: s.orders_total,
+        orders_by_status: s
+            .orders_by_status
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), (*v).into()))
+            .collect(),
+        cancellations_by_reason: s
+            .cancellations_by_reason
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), (*v).into()))
+            .collect(),
+        cancellation_rate: s.cancellation_rate,
+        paid_amount: s.paid_amount,
+        refunded_amount: s.refunded_amount,
+        reservations_held: s.reservations_held,
+        top_skus: s
+            .top_skus
+            .iter()
+            .map(|t| SkuSalesBody {
+                sku: t.sku.clone(),
+                units_sold: t.units_sold,
+                units_held: t.units_held,
+            })
+            .collect(),
+        throughput: ThroughputBody {
+            commands_per_s,
+            window_s,
+        },
+    };
+    Ok(axum::Json(body).into_response())
+}

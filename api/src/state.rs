@@ -1,0 +1,181 @@
+//! What every handler shares: the engine handle, configuration, auth, metrics,
+//! readiness and the shutdown signal.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use surge_engine::EngineHandle;
+use tokio::sync::watch;
+
+use crate::auth::AuthMode;
+use crate::error::ApiError;
+use crate::metrics::HttpMetrics;
+
+/// Request handling limits and defaults.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Default `ttl_ms` of a reservation that does not give one.
+    pub reservation_ttl_ms: u64,
+    /// Default `payment_ttl_ms` of an order that does not give one.
+    pub payment_ttl_ms: u64,
+    /// Largest request body accepted (413 above).
+    pub body_limit_bytes: usize,
+    /// A request that takes longer is answered 503.
+    pub request_timeout_ms: u64,
+    /// Operations in one `/v1/batch` request.
+    pub batch_ops_max: usize,
+}
+
+/// Rows of one CSV export (order lines).
+pub const EXPORT_ROWS_MAX: usize = 100_000;
+/// Events per page of `/v1/events`.
+pub const EVENTS_LIMIT_MAX: usize = 1_000;
+pub const EVENTS_LIMIT_DEFAULT: usize = 100;
+/// Largest `/v1/batch` request, in operations.
+pub const BATCH_OPS_MAX: usize = 10_000;
+/// Throughput samples kept (one a second): the window of "current throughput".
+const THROUGHPUT_SAMPLES_MAX: usize = 11;
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            reservation_ttl_ms: surge_engine::limits::RESERVATION_TTL_MS_DEFAULT,
+            payment_ttl_ms: surge_engine::limits::PAYMENT_TTL_MS_DEFAULT,
+            body_limit_bytes: 1 << 20,
+            request_timeout_ms: 10_000,
+            batch_ops_max: BATCH_OPS_MAX,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: OnceLock<EngineHandle>,
+    config: ApiConfig,
+    auth: AuthMode,
+    /// Recovery finished and not draining.
+    ready: AtomicBool,
+    metrics: HttpMetrics,
+    /// (when, commands done so far) sampled about once a second.
+    throughput: Mutex<VecDeque<(Instant, u64)>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    pub fn new(config: ApiConfig, auth: AuthMode) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                engine: OnceLock::new(),
+                config,
+                auth,
+                ready: AtomicBool::new(false),
+                metrics: HttpMetrics::default(),
+                throughput: Mutex::new(VecDeque::new()),
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// A state over an open engine, ready at once (tests, embedding).
+    pub fn with_engine(config: ApiConfig, auth: AuthMode, engine: EngineHandle) -> AppState {
+        let state = AppState::new(config, auth);
+        state.set_engine(engine);
+        state.set_ready(true);
+        state
+    }
+
+    /// Recovery has finished: the engine is there.
+    pub fn set_engine(&self, engine: EngineHandle) {
+        assert!(self.inner.engine.set(engine).is_ok(), "engine set twice");
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// The engine, or 503 while recovery is still running.
+    pub fn engine(&self) -> Result<&EngineHandle, ApiError> {
+        self.inner
+            .engine
+            .get()
+            .ok_or_else(|| ApiError::overloaded("recovery is still running"))
+    }
+
+    pub fn engine_opt(&self) -> Option<&EngineHandle> {
+        self.inner.engine.get()
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+
+    pub fn auth(&self) -> &AuthMode {
+        &self.inner.auth
+    }
+
+    pub fn metrics(&self) -> &HttpMetrics {
+        &self.inner.metrics
+    }
+
+    /// Readiness off and long-lived streams told to end: the server is draining.
+    pub fn begin_shutdown(&self) {
+        self.set_ready(false);
+        self.inner.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Record one throughput sample; the background sampler calls this each second.
+    pub fn sample_throughput(&self) {
+        let Some(engine) = self.engine_opt() else {
+            return;
+        };
+        let stats = engine.stats();
+        let done = stats.commands_applied.load(Ordering::Relaxed)
+            + stats.commands_rejected.load(Ordering::Relaxed);
+        let mut samples = self.inner.throughput.lock().expect("not poisoned");
+        if samples.len() == THROUGHPUT_SAMPLES_MAX {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), done));
+    }
+
+    /// Commands per second over the sampled window (up to ten seconds), and the window.
+    pub fn throughput(&self) -> (f64, f64) {
+        let samples = self.inner.throughput.lock().expect("not poisoned");
+        match (samples.front(), samples.back()) {
+            (Some(first), Some(last)) if last.0 > first.0 => {
+                let secs = (last.0 - first.0).as_secs_f64();
+                ((last.1 - first.1) as f64 / secs, secs)
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+
+    /// Sample throughput every second until shutdown.
+    pub fn spawn_background(&self) {
+        let state = self.clone();
+        let mut stop = self.shutdown_signal();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => state.sample_throughput(),
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+}
