@@ -113,9 +113,13 @@ pub(crate) fn analyze(
     for i in start..n {
         let header = match &headers[i] {
             HeaderCheck::Valid(h) => *h,
-            HeaderCheck::Blank if i == n - 1 && src.with_bytes(i, |b| nonzero_end(b, 0)) == 0 => {
-                // The newest segment's creation never completed (its header is
-                // synced before any record goes into it): nothing to lose.
+            HeaderCheck::Blank | HeaderCheck::Bad(_)
+                if i == n - 1 && src.with_bytes(i, data_is_zero) =>
+            {
+                // The newest segment's creation never completed: its header
+                // (and first watermark) were torn or never synced. A segment is
+                // synced, header included, before any record goes into it, so
+                // with no data in it there is nothing to lose.
                 brk = Some(match i.checked_sub(1).filter(|&p| p >= start) {
                     Some(p) => (
                         p,
@@ -210,6 +214,12 @@ pub(crate) fn analyze(
         None => Outcome::Clean,
     };
     a
+}
+
+fn data_is_zero(segment: &[u8]) -> bool {
+    segment
+        .get(crate::SEGMENT_DATA_OFFSET as usize..)
+        .is_none_or(|d| d.iter().all(|&b| b == 0))
 }
 
 fn scan_end(a: &Analysis, i: usize) -> u64 {

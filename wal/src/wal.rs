@@ -419,13 +419,22 @@ impl<S: Storage> Wal<S> {
         Ok(count)
     }
 
-    /// Makes sure a record of `payload_len` bytes numbered `lsn` (or higher) will
-    /// fit without allocating: rolls to a new segment now if the active one is too
-    /// full. The engine calls this *before* it applies a command, so that a full disk
-    /// refuses the command ([`Error::NoSpace`]) before anything changes, and the
-    /// `append` that follows cannot fail for want of space.
+    /// Makes room for a record before the caller commits to writing it: checks
+    /// the limits and, when the active segment cannot hold a `payload_len`-byte
+    /// record, rolls to a new segment now. After `Ok`, an `append` of a record
+    /// of at most that size with an lsn >= `lsn` can only fail on an I/O error
+    /// (which poisons the log). A full disk is [`Error::NoSpace`] with nothing
+    /// written, so the caller can refuse the command before changing any state.
     pub fn reserve(&mut self, lsn: Lsn, payload_len: usize) -> Result<(), Error> {
         self.check_usable()?;
+        self.check_record(lsn, payload_len)?;
+        if self.needs_roll(payload_len) {
+            self.roll(lsn)?;
+        }
+        Ok(())
+    }
+
+    fn check_record(&self, lsn: Lsn, payload_len: usize) -> Result<(), Error> {
         if payload_len > self.payload_max {
             return Err(Error::RecordTooLarge {
                 len: payload_len,
@@ -438,39 +447,24 @@ impl<S: Storage> Wal<S> {
                 last: self.last_lsn,
             });
         }
+        Ok(())
+    }
+
+    fn needs_roll(&self, payload_len: usize) -> bool {
         let frame_len = FRAME_HEADER_BYTES + payload_len as u64;
-        let needs_roll = match self.active() {
+        match self.active() {
             Some(seg) => seg.tail + align_up(frame_len) > seg.len_bytes,
             None => true,
-        };
-        if needs_roll {
-            self.roll(lsn)?;
         }
-        Ok(())
     }
 
     /// Appends one record (not durable until [`Wal::commit`]). `lsn` must be
     /// above the last one; gaps are allowed.
     pub fn append(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), Error> {
         self.check_usable()?;
-        if payload.len() > self.payload_max {
-            return Err(Error::RecordTooLarge {
-                len: payload.len(),
-                max: self.payload_max,
-            });
-        }
-        if lsn <= self.last_lsn {
-            return Err(Error::LsnNotIncreasing {
-                lsn,
-                last: self.last_lsn,
-            });
-        }
+        self.check_record(lsn, payload.len())?;
         let frame_len = FRAME_HEADER_BYTES + payload.len() as u64;
-        let needs_roll = match self.active() {
-            Some(seg) => seg.tail + align_up(frame_len) > seg.len_bytes,
-            None => true,
-        };
-        if needs_roll {
+        if self.needs_roll(payload.len()) {
             self.roll(lsn)?;
         }
         let seg = self
