@@ -1,0 +1,34 @@
+//! The committed `api/openapi.json` must be what the code generates. When this fails,
+//! refresh it with:
+//!
+//!     cargo run -p surge-api --bin surge -- openapi > api/openapi.json
+
+#[test]
+fn committed_openapi_document_matches_the_code() {
+    let committed = include_str!("../openapi.json");
+    let generated = surge_api::openapi::document_json();
+    assert!(
+        committed == generated,
+        "api/openapi.json is stale; refresh it with: cargo run -p surge-api --bin surge -- openapi > api/openapi.json"
+    );
+    let doc: serde_json::Value = serde_json::from_str(generated).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/skus/{sku}",
+        "/v1/reservations",
+        "/v1/orders/{id}/cancel",
+        "/v1/orders/export.csv",
+        "/v1/batch",
+        "/v1/events",
+        "/v1/stats",
+        "/v1/admin/snapshot",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}

@@ -1,0 +1,1159 @@
+//! Router-level tests: the whole service without a socket, over an engine that keeps
+//! no log (`Durability::None`). Every endpoint's success and documented errors.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use surge_api::{ApiConfig, AppState, AuthMode, Tokens};
+use surge_engine::{Durability, Engine, EngineConfig, EngineHandle, Query, QueryReply};
+use tower::ServiceExt;
+
+const ADMIN: &str = "adm-token";
+const OPERATOR: &str = "op-token";
+const STOREFRONT: &str = "sf-token";
+const VIEWER: &str = "vw-token";
+
+struct Api {
+    router: Router,
+    engine: EngineHandle,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+    json: Value,
+}
+
+impl Api {
+    fn new() -> Api {
+        Api::with_config(ApiConfig::default())
+    }
+
+    fn with_config(config: ApiConfig) -> Api {
+        let (engine, _) = Engine::open(EngineConfig {
+            durability: Durability::None,
+            ..Default::default()
+        })
+        .expect("engine opens");
+        let mut tokens = Tokens::default();
+        tokens
+            .parse_env(&format!(
+                "admin:{ADMIN},operator:{OPERATOR},storefront:{STOREFRONT},viewer:{VIEWER}"
+            ))
+            .unwrap();
+        let state = AppState::with_engine(config, AuthMode::Tokens(tokens), engine.clone());
+        Api {
+            router: surge_api::router(state),
+            engine,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(Body::from(body.unwrap_or("").to_string()))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let body = body.map(|b| b.to_string());
+        self.call(method, path, Some(ADMIN), &[], body.as_deref())
+            .await
+    }
+
+    async fn digest(&self) -> u64 {
+        match self
+            .engine
+            .query(Query::Digest)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            QueryReply::Digest(d) => d,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn define(&self, sku: &str, on_hand: u64) {
+        let r = self
+            .admin(
+                "PUT",
+                &format!("/v1/skus/{sku}"),
+                Some(json!({"on_hand": on_hand, "name": sku})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+fn assert_problem(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status.as_u16(), status, "{}", r.text);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/problem+json",
+        "{}",
+        r.text
+    );
+    assert_eq!(r.json["code"], code, "{}", r.text);
+    assert_eq!(r.json["status"], status, "{}", r.text);
+    assert!(
+        r.json["type"].is_string() && r.json["title"].is_string() && r.json["detail"].is_string()
+    );
+}
+
+#[tokio::test]
+async fn skus_define_read_list_adjust() {
+    let api = Api::new();
+    let r = api
+        .admin(
+            "PUT",
+            "/v1/skus/A",
+            Some(json!({"on_hand": 10, "low_stock_threshold": 2, "name": "Apple"})),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json,
+        json!({"sku": "A", "name": "Apple", "on_hand": 10, "reserved": 0, "available": 10, "low_stock_threshold": 2})
+    );
+    for sku in ["B", "C"] {
+        api.define(sku, 5).await;
+    }
+    let r = api
+        .call("GET", "/v1/skus/A", Some(STOREFRONT), &[], None)
+        .await;
+    assert_eq!(r.json["available"], 10);
+    assert_problem(
+        &api.call("GET", "/v1/skus/NOPE", Some(VIEWER), &[], None)
+            .await,
+        404,
+        "unknown_sku",
+    );
+    assert_problem(
+        &api.call("GET", "/v1/skus/bad%20id", Some(VIEWER), &[], None)
+            .await,
+        404,
+        "unknown_sku",
+    );
+
+    let page = api.admin("GET", "/v1/skus?limit=2", None).await;
+    assert_eq!(page.json["items"].as_array().unwrap().len(), 2);
+    let cursor = page.json["next_cursor"].as_str().unwrap().to_string();
+    let page = api
+        .admin("GET", &format!("/v1/skus?limit=2&cursor={cursor}"), None)
+        .await;
+    assert_eq!(page.json["items"][0]["sku"], "C");
+    assert!(page.json["next_cursor"].is_null());
+    assert_problem(
+        &api.admin("GET", "/v1/skus?limit=0", None).await,
+        400,
+        "validation_failed",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/skus?cursor=x", None).await,
+        400,
+        "validation_failed",
+    );
+
+    let r = api
+        .call(
+            "POST",
+            "/v1/skus/A/adjustments",
+            Some(OPERATOR),
+            &[],
+            Some(r#"{"delta": 5, "reason": "inbound", "note": "truck"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["on_hand"], 15);
+    let r = api
+        .admin(
+            "POST",
+            "/v1/skus/NOPE/adjustments",
+            Some(json!({"delta": 1, "reason": "inbound"})),
+        )
+        .await;
+    assert_problem(&r, 404, "unknown_sku");
+    let r = api
+        .admin(
+            "POST",
+            "/v1/skus/A/adjustments",
+            Some(json!({"delta": 1, "reason": "gift"})),
+        )
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    assert_eq!(r.json["field"], "reason");
+
+    // Redefining or correcting below what is reserved is refused.
+    let r = api
+        .admin(
+            "POST",
+            "/v1/reservations",
+            Some(json!({"lines": [{"sku": "B", "qty": 4}]})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = api
+        .admin("PUT", "/v1/skus/B", Some(json!({"on_hand": 3})))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    let r = api
+        .admin(
+            "POST",
+            "/v1/skus/B/adjustments",
+            Some(json!({"delta": -2, "reason": "correction"})),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+}
+
+#[tokio::test]
+async fn reservations_hold_commit_release() {
+    let api = Api::new();
+    api.define("A", 5).await;
+    let r = api
+        .admin(
+            "POST",
+            "/v1/reservations",
+            Some(json!({"lines": [{"sku": "A", "qty": 2}], "ttl_ms": 60000})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        &format!("/v1/reservations/{id}")
+    );
+    assert_eq!(r.json["status"], "held");
+    assert_eq!(r.json["lines"], json!([{"sku": "A", "qty": 2}]));
+    assert!(r.json["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let r = api
+        .admin(
+            "POST",
+            "/v1/reservations",
+            Some(json!({"lines": [{"sku": "A", "qty": 4}]})),
+        )
+        .await;
+    assert_problem(&r, 409, "insufficient_stock");
+    assert_eq!(
+        r.json["lines"],
+        json!([{"sku": "A", "requested": 4, "available": 3}])
+    );
+    let r = api
+        .admin(
+            "POST",
+            "/v1/reservations",
+            Some(json!({"lines": [{"sku": "Z", "qty": 1}]})),
+        )
+        .await;
+    assert_problem(&r, 404, "unknown_sku");
+
+    let r = api
+        .call(
+            "GET",
+            &format!("/v1/reservations/{id}"),
+            Some(STOREFRONT),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "held");
+    let r = api
+        .admin("POST", &format!("/v1/reservations/{id}/commit"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "committed");
+    let again = api
+        .admin("POST", &format!("/v1/reservations/{id}/commit"), None)
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json["status"], "committed");
+    assert_problem(
+        &api.admin("POST", &format!("/v1/reservations/{id}/release"), None)
+            .await,
+        409,
+        "invalid_transition",
+    );
+    let sku = api.admin("GET", "/v1/skus/A", None).await;
+    assert_eq!(
+        (sku.json["on_hand"].as_u64(), sku.json["reserved"].as_u64()),
+        (Some(3), Some(0))
+    );
+
+    let r = api
+        .admin(
+            "POST",
+            "/v1/reservations",
+            Some(json!({"lines": [{"sku": "A", "qty": 1}]})),
+        )
+        .await;
+    let id2 = r.json["id"].as_str().unwrap().to_string();
+    let r = api
+        .admin("POST", &format!("/v1/reservations/{id2}/release"), None)
+        .await;
+    assert_eq!(r.json["status"], "released");
+    assert_problem(
+        &api.admin("POST", "/v1/reservations/r999/commit", None)
+            .await,
+        404,
+        "unknown_reservation",
+    );
+    assert_problem(
+        &api.admin("POST", "/v1/reservations/zzz/release", None)
+            .await,
+        404,
+        "unknown_reservation",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/reservations/zzz", None).await,
+        404,
+        "unknown_reservation",
+    );
+}
+
+async fn new_order(api: &Api, order_no: &str, qty: u64) -> Value {
+    let body = json!({"order_no": order_no, "customer_id": "c9", "lines": [{"sku": "A", "qty": qty, "unit_price": 1999}]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(STOREFRONT),
+            &[],
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json
+}
+
+#[tokio::test]
+async fn orders_full_lifecycle() {
+    let api = Api::new();
+    api.define("A", 10).await;
+    let order = new_order(&api, "n-1", 2).await;
+    let id = order["id"].as_str().unwrap().to_string();
+    assert_eq!(order["status"], "reserved");
+    assert_eq!(order["payment"]["status"], "unpaid");
+    assert_eq!(order["total"], 3998);
+    assert_eq!(order["history"][0]["status"], "reserved");
+    assert_eq!(order["history"][0]["actor"], "storefront");
+
+    let dup = json!({"order_no": "n-1", "customer_id": "c9", "lines": [{"sku": "A", "qty": 1, "unit_price": 1}]});
+    assert_problem(
+        &api.admin("POST", "/v1/orders", Some(dup)).await,
+        409,
+        "duplicate_order_no",
+    );
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/pay"),
+            Some(json!({"amount": 1})),
+        )
+        .await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/pay"),
+            Some(STOREFRONT),
+            &[],
+            Some(r#"{"amount": 3998, "payment_ref": "psp-1"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (
+            r.json["status"].as_str(),
+            r.json["payment"]["status"].as_str()
+        ),
+        (Some("confirmed"), Some("paid"))
+    );
+
+    for to in ["picking", "packed"] {
+        let r = api
+            .call(
+                "POST",
+                &format!("/v1/orders/{id}/transitions"),
+                Some(OPERATOR),
+                &[("x-actor", "alice")],
+                Some(&json!({"to": to}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["status"], to);
+    }
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(json!({"to": "completed"})),
+        )
+        .await;
+    assert_problem(&r, 409, "invalid_transition");
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(json!({"to": "cancelled"})),
+        )
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(json!({"to": "shipped", "tracking_no": "TRK1"})),
+        )
+        .await;
+    assert_eq!(r.json["tracking_no"], "TRK1");
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(json!({"reason": "other"})),
+        )
+        .await;
+    assert_problem(&r, 409, "order_shipped");
+    for to in ["delivered", "completed"] {
+        api.admin(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(json!({"to": to})),
+        )
+        .await;
+    }
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/return"),
+            Some(json!({"restock": true, "reason": "damaged"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (
+            r.json["status"].as_str(),
+            r.json["payment"]["status"].as_str()
+        ),
+        (Some("returned"), Some("refund_due"))
+    );
+    let r = api
+        .admin(
+            "POST",
+            &format!("/v1/orders/{id}/refund"),
+            Some(json!({"refund_ref": "rf-1"})),
+        )
+        .await;
+    assert_eq!(r.json["payment"]["status"], "refunded");
+
+    let r = api
+        .call("GET", &format!("/v1/orders/{id}"), Some(VIEWER), &[], None)
+        .await;
+    let history: Vec<&str> = r.json["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history[..8],
+        [
+            "reserved",
+            "confirmed",
+            "picking",
+            "packed",
+            "shipped",
+            "delivered",
+            "completed",
+            "returned"
+        ]
+    );
+    assert_eq!(r.json["history"][2]["actor"], "operator:alice");
+    let r = api
+        .call("GET", "/v1/orders/by-no/n-1", Some(STOREFRONT), &[], None)
+        .await;
+    assert_eq!(r.json["id"], id.as_str());
+    assert_problem(
+        &api.admin("GET", "/v1/orders/by-no/none", None).await,
+        404,
+        "unknown_order",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/orders/zzz", None).await,
+        404,
+        "unknown_order",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/orders/o999", None).await,
+        404,
+        "unknown_order",
+    );
+    assert_problem(
+        &api.admin("POST", "/v1/orders/zzz/pay", Some(json!({"amount": 1})))
+            .await,
+        404,
+        "unknown_order",
+    );
+}
+
+#[tokio::test]
+async fn cancel_and_adopt_a_hold() {
+    let api = Api::new();
+    api.define("A", 10).await;
+    let r = api
+        .admin(
+            "POST",
+            "/v1/reservations",
+            Some(json!({"lines": [{"sku": "A", "qty": 3}]})),
+        )
+        .await;
+    let rid = r.json["id"].as_str().unwrap().to_string();
+    let body = json!({"order_no": "n-2", "customer_id": "c1", "reservation_id": rid, "lines": [{"sku": "A", "qty": 3, "unit_price": 100}]});
+    let r = api.admin("POST", "/v1/orders", Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["reservation_id"], rid.as_str());
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let body = json!({"order_no": "n-3", "customer_id": "c1", "reservation_id": "zzz", "lines": [{"sku": "A", "qty": 3, "unit_price": 100}]});
+    assert_problem(
+        &api.admin("POST", "/v1/orders", Some(body)).await,
+        404,
+        "unknown_reservation",
+    );
+
+    // The storefront may cancel only for the customer or a failed payment.
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(STOREFRONT),
+            &[],
+            Some(r#"{"reason": "fraud_suspected"}"#),
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden");
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(STOREFRONT),
+            &[],
+            Some(r#"{"reason": "customer_request", "note": "oops"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "cancelled");
+    assert_eq!(r.json["cancellation"]["reason"], "customer_request");
+    assert_eq!(r.json["cancellation"]["note"], "oops");
+    assert_eq!(r.json["cancellation"]["actor"], "storefront");
+    let again = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(STOREFRONT),
+            &[],
+            Some(r#"{"reason": "customer_request"}"#),
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    let sku = api.admin("GET", "/v1/skus/A", None).await;
+    assert_eq!(sku.json["available"], 10);
+}
+
+#[tokio::test]
+async fn lists_export_and_stats() {
+    let api = Api::new();
+    api.define("A", 100).await;
+    api.define("B", 100).await;
+    for i in 0..5 {
+        new_order(&api, &format!("L-{i}"), 1).await;
+    }
+    let body = json!({"order_no": "q,\"x\"", "customer_id": "c2", "lines": [{"sku": "A", "qty": 1, "unit_price": 5}, {"sku": "B", "qty": 2, "unit_price": 7}]});
+    assert_eq!(
+        api.admin("POST", "/v1/orders", Some(body)).await.status,
+        201
+    );
+    api.admin(
+        "POST",
+        "/v1/orders/o1/cancel",
+        Some(json!({"reason": "out_of_stock"})),
+    )
+    .await;
+
+    let r = api
+        .call("GET", "/v1/orders?limit=4", Some(VIEWER), &[], None)
+        .await;
+    let ids: Vec<&str> = r.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o6", "o5", "o4", "o3"]);
+    let cursor = r.json["next_cursor"].as_str().unwrap();
+    let r = api
+        .admin("GET", &format!("/v1/orders?limit=4&cursor={cursor}"), None)
+        .await;
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 2);
+    assert!(r.json["next_cursor"].is_null());
+    let r = api
+        .admin("GET", "/v1/orders?status=cancelled&customer_id=&sku=", None)
+        .await;
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
+    let r = api.admin("GET", "/v1/orders?sku=B", None).await;
+    assert_eq!(r.json["items"][0]["customer_id"], "c2");
+    let r = api
+        .admin(
+            "GET",
+            "/v1/orders?customer_id=c2&created_from=2000-01-01T00:00:00Z&created_to=4102444800000",
+            None,
+        )
+        .await;
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
+    assert_problem(
+        &api.admin("GET", "/v1/orders?status=lost", None).await,
+        400,
+        "validation_failed",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/orders?created_from=yesterday", None)
+            .await,
+        400,
+        "validation_failed",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/orders?cursor=zz", None).await,
+        400,
+        "validation_failed",
+    );
+
+    let r = api
+        .call(
+            "GET",
+            "/v1/orders/export.csv?customer_id=c2",
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let rows: Vec<&str> = r.text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 3, "{}", r.text);
+    assert!(rows[0].starts_with("order_id,order_no"));
+    assert!(rows[1].starts_with("o6,\"q,\"\"x\"\"\",c2,"), "{}", rows[1]);
+
+    let r = api
+        .call("GET", "/v1/stats?top=1", Some(VIEWER), &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["orders_total"], 6);
+    assert_eq!(r.json["orders_by_status"]["cancelled"], 1);
+    assert_eq!(r.json["orders_by_status"]["reserved"], 5);
+    assert_eq!(r.json["cancellations_by_reason"]["out_of_stock"], 1);
+    assert!((r.json["cancellation_rate"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-9);
+    assert_eq!(r.json["top_skus"].as_array().unwrap().len(), 1);
+    assert!(r.json["throughput"]["commands_per_s"].is_number());
+    assert_problem(
+        &api.admin("GET", "/v1/stats?top=0", None).await,
+        400,
+        "validation_failed",
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_and_conflict() {
+    let api = Api::new();
+    api.define("A", 10).await;
+    let body = r#"{"lines": [{"sku": "A", "qty": 2}]}"#;
+    let key = [("idempotency-key", "key-1")];
+    let first = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &key,
+            Some(body),
+        )
+        .await;
+    let second = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &key,
+            Some(body),
+        )
+        .await;
+    assert_eq!(first.status, 201);
+    assert_eq!((second.status, &second.text), (first.status, &first.text));
+    assert_eq!(
+        api.admin("GET", "/v1/skus/A", None).await.json["reserved"],
+        2
+    );
+    let other = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &key,
+            Some(r#"{"lines": [{"sku": "A", "qty": 3}]}"#),
+        )
+        .await;
+    assert_problem(&other, 422, "idempotency_conflict");
+    // A refusal is remembered too: the same status and body again.
+    let big = r#"{"lines": [{"sku": "A", "qty": 50}]}"#;
+    let k2 = [("idempotency-key", "key-2")];
+    let a = api
+        .call("POST", "/v1/reservations", Some(STOREFRONT), &k2, Some(big))
+        .await;
+    let b = api
+        .call("POST", "/v1/reservations", Some(STOREFRONT), &k2, Some(big))
+        .await;
+    assert_eq!((a.status.as_u16(), &a.text), (b.status.as_u16(), &b.text));
+    let long = "k".repeat(129);
+    let r = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &[("idempotency-key", &long)],
+            Some(body),
+        )
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    assert_eq!(r.json["field"], "Idempotency-Key");
+}
+
+#[tokio::test]
+async fn batch_ops_succeed_or_fail_alone() {
+    let api = Api::new();
+    api.define("A", 3).await;
+    let body = json!({"ops": [
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 2}]},
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 2}]},
+        {"op": "commit", "id": "r1"},
+        {"op": "release", "id": "r77"},
+        {"op": "create_order", "order_no": "b-1", "customer_id": "c", "lines": [{"sku": "A", "qty": 1, "unit_price": 10}]},
+        {"op": "pay", "id": "o1", "amount": 10},
+        {"op": "cancel", "id": "o1", "reason": "other"},
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 0}]},
+        {"op": "fly"},
+        {"op": "reserve", "lines": [], "extra": 1},
+    ]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Some(STOREFRONT),
+            &[],
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let results = r.json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    assert_eq!(results[0]["status"], "held");
+    assert_eq!(results[1]["code"], "insufficient_stock");
+    assert_eq!(results[2]["status"], "committed");
+    assert_eq!(results[3]["code"], "unknown_reservation");
+    assert_eq!(results[4]["status"], "reserved");
+    assert_eq!(results[5]["status"], "confirmed");
+    assert_eq!(
+        (results[6]["code"].as_str(), results[6]["status"].as_u64()),
+        (Some("forbidden"), Some(403))
+    );
+    assert_eq!(results[7]["field"], "lines[0].qty");
+    assert_eq!(results[8]["field"], "ops[8].op");
+    assert_eq!(results[9]["field"], "ops[9].extra");
+
+    let api = Api::with_config(ApiConfig {
+        batch_ops_max: 2,
+        ..ApiConfig::default()
+    });
+    let body = json!({"ops": [{"op": "fly"}, {"op": "fly"}, {"op": "fly"}]});
+    assert_problem(
+        &api.admin("POST", "/v1/batch", Some(body)).await,
+        400,
+        "validation_failed",
+    );
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Some(VIEWER),
+            &[],
+            Some(r#"{"ops": []}"#),
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden");
+}
+
+#[tokio::test]
+async fn event_feed_pages() {
+    let api = Api::new();
+    api.define("A", 2).await;
+    api.admin(
+        "POST",
+        "/v1/reservations",
+        Some(json!({"lines": [{"sku": "A", "qty": 2}]})),
+    )
+    .await;
+    let r = api.call("GET", "/v1/events", Some(VIEWER), &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events = r.json["events"].as_array().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"sku.defined")
+            && types.contains(&"reservation.held")
+            && types.contains(&"stock.out"),
+        "{types:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(r.json["next"], *seqs.last().unwrap());
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| e["type"] == "reservation.held")
+            .unwrap()["lines"][0]["sku"],
+        "A"
+    );
+    let r = api
+        .admin(
+            "GET",
+            &format!("/v1/events?after={}&limit=1", seqs[0]),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["events"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json["events"][0]["seq"], seqs[1]);
+    let r = api
+        .admin(
+            "GET",
+            &format!("/v1/events?after={}", seqs.last().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["events"], json!([]));
+    assert_problem(
+        &api.admin("GET", "/v1/events?after=-1", None).await,
+        400,
+        "validation_failed",
+    );
+    assert_problem(
+        &api.admin("GET", "/v1/events?limit=100000", None).await,
+        400,
+        "validation_failed",
+    );
+    assert_problem(
+        &api.call("GET", "/v1/events", Some(STOREFRONT), &[], None)
+            .await,
+        403,
+        "forbidden",
+    );
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let api = Api::new();
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"] {
+        let r = api.call("GET", path, None, &[], None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+    }
+    let metrics = api.call("GET", "/metrics", None, &[], None).await.text;
+    for name in [
+        "surge_http_requests_total{route=\"/healthz\",status=\"200\"}",
+        "surge_http_request_duration_seconds_bucket",
+        "surge_engine_queue_depth",
+        "surge_engine_batch_len_max",
+        "surge_wal_bytes_total",
+        "surge_wal_flush_latency_seconds_sum",
+        "surge_snapshot_age_seconds",
+        "surge_engine_overloaded_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let doc = api.call("GET", "/openapi.json", None, &[], None).await.json;
+    assert!(doc["paths"]["/v1/orders/{id}/cancel"]["post"].is_object());
+    assert!(
+        api.call("GET", "/", None, &[], None)
+            .await
+            .text
+            .contains("<html")
+    );
+    let r = api.admin("POST", "/v1/admin/snapshot", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.json["lsn"].is_u64());
+    assert_problem(
+        &api.call("POST", "/v1/admin/snapshot", Some(OPERATOR), &[], None)
+            .await,
+        403,
+        "forbidden",
+    );
+    assert_problem(
+        &api.call("GET", "/v2/nothing", None, &[], None).await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &api.call("DELETE", "/v1/orders", Some(ADMIN), &[], None)
+            .await,
+        405,
+        "method_not_allowed",
+    );
+}
+
+/// Each role against each kind of endpoint: allowed, 401 or 403 (never a 5xx).
+#[tokio::test]
+async fn role_matrix() {
+    let api = Api::new();
+    api.define("A", 1000).await;
+    // (method, path, body, roles allowed among [storefront, operator, admin, viewer])
+    let cases: &[(&str, &str, &str, [bool; 4])] = &[
+        (
+            "PUT",
+            "/v1/skus/A",
+            r#"{"on_hand": 1000}"#,
+            [false, false, true, false],
+        ),
+        ("GET", "/v1/skus/A", "", [true, true, true, true]),
+        ("GET", "/v1/skus", "", [true, true, true, true]),
+        (
+            "POST",
+            "/v1/skus/A/adjustments",
+            r#"{"delta": 1, "reason": "inbound"}"#,
+            [false, true, true, false],
+        ),
+        (
+            "POST",
+            "/v1/reservations",
+            r#"{"lines": [{"sku": "A", "qty": 1}]}"#,
+            [true, true, true, false],
+        ),
+        ("GET", "/v1/reservations/r1", "", [true, true, true, true]),
+        (
+            "POST",
+            "/v1/orders/o1/transitions",
+            r#"{"to": "picking"}"#,
+            [false, true, true, false],
+        ),
+        (
+            "POST",
+            "/v1/orders/o1/return",
+            r#"{"restock": false}"#,
+            [false, true, true, false],
+        ),
+        (
+            "POST",
+            "/v1/orders/o1/refund",
+            r#"{}"#,
+            [false, true, true, false],
+        ),
+        ("GET", "/v1/orders/o1", "", [true, true, true, true]),
+        ("GET", "/v1/orders", "", [false, true, true, true]),
+        (
+            "GET",
+            "/v1/orders/export.csv",
+            "",
+            [false, true, true, true],
+        ),
+        ("GET", "/v1/stats", "", [false, true, true, true]),
+        ("GET", "/v1/events", "", [false, true, true, true]),
+        (
+            "POST",
+            "/v1/batch",
+            r#"{"ops": []}"#,
+            [true, true, true, false],
+        ),
+        (
+            "POST",
+            "/v1/admin/snapshot",
+            "",
+            [false, false, true, false],
+        ),
+    ];
+    new_order(&api, "m-1", 1).await;
+    for (method, path, body, allowed) in cases {
+        let body = (!body.is_empty()).then_some(*body);
+        for (token, ok) in [STOREFRONT, OPERATOR, ADMIN, VIEWER].iter().zip(allowed) {
+            let r = api.call(method, path, Some(token), &[], body).await;
+            if *ok {
+                assert!(
+                    r.status.as_u16() != 401 && r.status.as_u16() != 403,
+                    "{method} {path} as {token}: {}",
+                    r.text
+                );
+            } else {
+                assert_problem(&r, 403, "forbidden");
+            }
+            assert!(!r.status.is_server_error(), "{method} {path}: {}", r.text);
+        }
+        let r = api.call(method, path, None, &[], body).await;
+        assert_problem(&r, 401, "unauthorized");
+        let r = api.call(method, path, Some("wrong"), &[], body).await;
+        assert_problem(&r, 401, "unauthorized");
+    }
+}
+
+/// Bad input: the expected 4xx, never a 5xx, and the state digest unchanged.
+#[tokio::test]
+async fn bad_input_changes_nothing() {
+    let api = Api::with_config(ApiConfig {
+        body_limit_bytes: 4096,
+        ..ApiConfig::default()
+    });
+    api.define("A", 10).await;
+    new_order(&api, "keep", 1).await;
+    let before = api.digest().await;
+    let huge_string = format!(
+        r#"{{"lines": [{{"sku": "{}", "qty": 1}}]}}"#,
+        "S".repeat(3000)
+    );
+    let huge_body = format!(
+        r#"{{"lines": [{{"sku": "A", "qty": 1}}], "ttl_ms": 1000{}}}"#,
+        " ".repeat(5000)
+    );
+    let many_lines = format!(
+        r#"{{"lines": [{}]}}"#,
+        vec![r#"{"sku": "A", "qty": 1}"#; 65].join(",")
+    );
+    let json = "application/json";
+    // (path, content type, body, status, field)
+    let cases: Vec<(&str, &str, String, u16, Option<&str>)> = vec![
+        ("/v1/reservations", json, "{".into(), 400, None),
+        ("/v1/reservations", json, "".into(), 400, None),
+        ("/v1/reservations", json, "[]".into(), 400, None),
+        ("/v1/reservations", json, "null".into(), 400, None),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 1}]} trailing"#.into(), 400, None),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 0}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": -1}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 1.5}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 18446744073709551616}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 1e30}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": "1"}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 1, "qty": 2}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 1}], "color": "red"}"#.into(), 400, Some("color")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A"}]}"#.into(), 400, Some("lines[0].qty")),
+        ("/v1/reservations", json, r#"{"lines": []}"#.into(), 400, Some("lines")),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 1}], "ttl_ms": 0}"#.into(), 400, Some("ttl_ms")),
+        ("/v1/reservations", json, many_lines, 400, Some("lines")),
+        ("/v1/reservations", json, huge_string, 400, Some("lines[0].sku")),
+        ("/v1/reservations", json, huge_body, 413, None),
+        ("/v1/reservations", "text/plain", r#"{"lines": [{"sku": "A", "qty": 1}]}"#.into(), 415, None),
+        ("/v1/reservations", "", r#"{"lines": [{"sku": "A", "qty": 1}]}"#.into(), 415, None),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "NOPE", "qty": 1}]}"#.into(), 404, None),
+        ("/v1/reservations", json, r#"{"lines": [{"sku": "A", "qty": 11}]}"#.into(), 409, None),
+        ("/v1/orders", json, r#"{"order_no": "", "customer_id": "c", "lines": [{"sku": "A", "qty": 1, "unit_price": 1}]}"#.into(), 400, Some("order_no")),
+        ("/v1/orders", json, r#"{"order_no": "keep", "customer_id": "c", "lines": [{"sku": "A", "qty": 1, "unit_price": 1}]}"#.into(), 409, None),
+        ("/v1/orders", json, r#"{"order_no": "x", "customer_id": "c", "lines": [{"sku": "A", "qty": 1, "unit_price": -5}]}"#.into(), 400, Some("lines[0].unit_price")),
+        ("/v1/orders/o1/pay", json, r#"{"amount": 1}"#.into(), 400, None),
+        ("/v1/orders/o1/pay", json, r#"{"amount": "lots"}"#.into(), 400, Some("amount")),
+        ("/v1/orders/o1/cancel", json, r#"{"reason": "bored"}"#.into(), 400, Some("reason")),
+        ("/v1/orders/o1/cancel", json, r#"{}"#.into(), 400, Some("reason")),
+        ("/v1/orders/o1/transitions", json, r#"{"to": "shipped"}"#.into(), 409, None),
+        ("/v1/orders/o1/return", json, r#"{"restock": "yes"}"#.into(), 400, Some("restock")),
+        ("/v1/orders/o1/refund", json, r#"{"refund_ref": "x"}"#.into(), 409, None),
+        ("/v1/orders/o9/refund", json, r#"{}"#.into(), 404, None),
+        ("/v1/skus/A/adjustments", json, r#"{"delta": 0, "reason": "inbound"}"#.into(), 400, Some("delta")),
+        ("/v1/skus/A/adjustments", json, r#"{"delta": -100, "reason": "correction"}"#.into(), 409, None),
+        ("/v1/skus/A/adjustments", json, r#"{"delta": 9223372036854775808, "reason": "inbound"}"#.into(), 400, Some("delta")),
+    ];
+    for (path, content_type, body, status, field) in &cases {
+        let headers: Vec<(&str, &str)> = if content_type.is_empty() {
+            vec![]
+        } else {
+            vec![("content-type", content_type)]
+        };
+        let mut request = Request::builder()
+            .method("POST")
+            .uri(*path)
+            .header("authorization", format!("Bearer {ADMIN}"));
+        for (k, v) in &headers {
+            request = request.header(*k, *v);
+        }
+        let response = api
+            .router
+            .clone()
+            .oneshot(request.body(Body::from(body.clone())).unwrap())
+            .await
+            .unwrap();
+        let got = response.status().as_u16();
+        let text =
+            String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
+                .to_string();
+        assert_eq!(got, *status, "POST {path} {body:.80}: {text}");
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        if let Some(field) = field {
+            assert_eq!(problem["field"], *field, "POST {path} {body:.80}: {text}");
+        }
+    }
+    let r = api
+        .call(
+            "GET",
+            "/v1/orders",
+            Some(ADMIN),
+            &[("x-actor", "has space")],
+            None,
+        )
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    let long_actor = "a".repeat(80);
+    let r = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(ADMIN),
+            &[("x-actor", &long_actor)],
+            Some(r#"{"lines": [{"sku": "A", "qty": 1}]}"#),
+        )
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    assert_eq!(api.digest().await, before, "bad input changed the state");
+}
