@@ -3,6 +3,8 @@
 //! Mutations are logged to the WAL exactly as they arrive here (plus the writer's
 //! time stamp), and replay applies them again: the state machine is deterministic.
 
+use std::sync::Arc;
+
 use bincode::{Decode, Encode};
 
 use crate::domain::{
@@ -162,8 +164,8 @@ pub struct OrderFilter {
 /// A SKU's stock levels.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct SkuView {
-    pub sku: String,
-    pub name: String,
+    pub sku: Arc<str>,
+    pub name: Arc<str>,
     pub on_hand: u64,
     pub reserved: u64,
     pub available: u64,
@@ -172,7 +174,7 @@ pub struct SkuView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct LineView {
-    pub sku: String,
+    pub sku: Arc<str>,
     pub qty: u64,
 }
 
@@ -189,7 +191,7 @@ pub struct ReservationView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct OrderLineView {
-    pub sku: String,
+    pub sku: Arc<str>,
     pub qty: u64,
     pub unit_price: u64,
 }
@@ -198,7 +200,7 @@ pub struct OrderLineView {
 pub struct HistoryView {
     pub status: OrderStatus,
     pub at_ms: Millis,
-    pub actor: String,
+    pub actor: Arc<str>,
     pub note: String,
 }
 
@@ -207,7 +209,7 @@ pub struct CancellationView {
     pub reason: CancelReason,
     pub note: String,
     pub at_ms: Millis,
-    pub actor: String,
+    pub actor: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -224,8 +226,8 @@ pub struct PaymentView {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct OrderView {
     pub id: OrderId,
-    pub order_no: String,
-    pub customer_id: String,
+    pub order_no: Arc<str>,
+    pub customer_id: Arc<str>,
     pub status: OrderStatus,
     pub lines: Vec<OrderLineView>,
     pub total: u64,
@@ -256,7 +258,7 @@ pub struct Page<T, C> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkuSales {
-    pub sku: String,
+    pub sku: Arc<str>,
     pub units_sold: u64,
     pub units_held: u64,
 }

@@ -3,6 +3,8 @@
 //! An event's `seq` is its WAL position: the record's LSN plus its index within the
 //! record. Replay regenerates the same events with the same numbers.
 
+use std::sync::Arc;
+
 use bincode::{Decode, Encode};
 
 use crate::domain::{
@@ -57,8 +59,8 @@ pub enum EventKind {
     },
     OrderCreated {
         id: OrderId,
-        order_no: String,
-        customer_id: String,
+        order_no: Arc<str>,
+        customer_id: Arc<str>,
         total: u64,
     },
     OrderPaid {
@@ -73,7 +75,7 @@ pub enum EventKind {
     OrderCancelled {
         id: OrderId,
         reason: CancelReason,
-        actor: String,
+        actor: Arc<str>,
         refund_due: bool,
     },
     OrderExpired {

@@ -1,6 +1,8 @@
 //! Reads of the state: views with names resolved, lists with cursors, stats, digest.
 //! Nothing here changes the state.
 
+use std::sync::Arc;
+
 use crate::command::{
     CancellationView, HistoryView, LineView, OrderFilter, OrderLineView, OrderView, Page,
     PaymentView, Query, Rejection, Reply, ReservationView, ReturnView, SkuSales, SkuView,
@@ -184,7 +186,7 @@ impl State {
             .into_iter()
             .take(top.clamp(1, STATS_TOP_MAX))
             .map(|s| SkuSales {
-                sku: s.id.to_string(),
+                sku: Arc::clone(&s.id),
                 units_sold: s.units_sold,
                 units_held: s.reserved,
             })
@@ -201,11 +203,15 @@ impl State {
         }
     }
 
+    fn sku_arc(&self, idx: SkuIdx) -> Arc<str> {
+        Arc::clone(&self.skus[idx.0 as usize].id)
+    }
+
     pub(crate) fn sku_view(&self, idx: SkuIdx) -> SkuView {
         let s = &self.skus[idx.0 as usize];
         SkuView {
-            sku: s.id.to_string(),
-            name: s.name.to_string(),
+            sku: Arc::clone(&s.id),
+            name: Arc::clone(&s.name),
             on_hand: s.on_hand,
             reserved: s.reserved,
             available: s.available(),
@@ -221,7 +227,7 @@ impl State {
                 .lines
                 .iter()
                 .map(|&(idx, qty)| LineView {
-                    sku: self.sku_name(idx).to_string(),
+                    sku: self.sku_arc(idx),
                     qty: u64::from(qty),
                 })
                 .collect(),
@@ -238,18 +244,18 @@ impl State {
     }
 
     pub(crate) fn order_view(&self, o: &Order) -> OrderView {
-        let actor = |a: u32| self.actors[a as usize].to_string();
+        let actor = |a: u32| Arc::clone(&self.actors[a as usize]);
         let extra = o.extra.as_deref();
         OrderView {
             id: o.id,
-            order_no: o.order_no.to_string(),
-            customer_id: o.customer_id.to_string(),
+            order_no: Arc::clone(&o.order_no),
+            customer_id: Arc::clone(&o.customer_id),
             status: o.status,
             lines: o
                 .lines
                 .iter()
                 .map(|l| OrderLineView {
-                    sku: self.sku_name(l.sku).to_string(),
+                    sku: self.sku_arc(l.sku),
                     qty: u64::from(l.qty),
                     unit_price: l.unit_price,
                 })

@@ -71,6 +71,11 @@ pub struct EngineConfig {
     pub expire_interval_ms: u64,
     /// Take a snapshot after this many logged records (0: only on request and shutdown).
     pub snapshot_every_records: u64,
+    /// Take a snapshot once this many WAL segments are on disk, so that the log (and
+    /// start-up replay) stays bounded even when commits are small and padded.
+    pub snapshot_every_segments: usize,
+    /// Write a snapshot at clean shutdown (benchmarks of replay turn it off).
+    pub snapshot_on_shutdown: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
     pub wal: WalConfig,
@@ -114,6 +119,8 @@ impl Default for EngineConfig {
             async_flush_interval_ms: 5,
             expire_interval_ms: 50,
             snapshot_every_records: 2_000_000,
+            snapshot_every_segments: 16,
+            snapshot_on_shutdown: true,
             events_kept: 1_000_000,
             wal: WalConfig::default(),
             clock: Clock::system(),
@@ -549,9 +556,15 @@ impl<S: Storage> Writer<S> {
             for (reply, answer) in query_replies {
                 let _ = reply.send(Ok(answer));
             }
-            let due = self.config.snapshot_every_records > 0
-                && self.records_since_snapshot >= self.config.snapshot_every_records;
-            if !snapshot_replies.is_empty() || due || shutdown {
+            let due = self.records_since_snapshot > 0
+                && ((self.config.snapshot_every_records > 0
+                    && self.records_since_snapshot >= self.config.snapshot_every_records)
+                    || (self.config.snapshot_every_segments > 0
+                        && self.wal.as_ref().is_some_and(|w| {
+                            w.stats().segments >= self.config.snapshot_every_segments
+                        })));
+            if !snapshot_replies.is_empty() || due || (shutdown && self.config.snapshot_on_shutdown)
+            {
                 let result = self.snapshot();
                 for reply in snapshot_replies {
                     let _ = reply.send(

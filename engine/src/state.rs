@@ -8,6 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use hashbrown::HashMap;
@@ -26,8 +27,8 @@ pub const EXPIRE_BATCH_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct Sku {
-    pub id: Box<str>,
-    pub name: Box<str>,
+    pub id: Arc<str>,
+    pub name: Arc<str>,
     pub on_hand: u64,
     pub reserved: u64,
     pub low_stock_threshold: u64,
@@ -96,8 +97,8 @@ pub(crate) struct ReturnInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct Order {
     pub id: OrderId,
-    pub order_no: Box<str>,
-    pub customer_id: Box<str>,
+    pub order_no: Arc<str>,
+    pub customer_id: Arc<str>,
     pub lines: Box<[OrderLine]>,
     pub total: u64,
     pub reservation: ReservationId,
@@ -149,7 +150,7 @@ pub struct State {
     /// Sequence number of the next event; a logged record takes the LSN of its first event.
     pub(crate) next_seq: u64,
     pub(crate) skus: Vec<Sku>,
-    pub(crate) sku_index: HashMap<Box<str>, SkuIdx>,
+    pub(crate) sku_index: HashMap<Arc<str>, SkuIdx>,
     pub(crate) reservations: HashMap<ReservationId, Reservation>,
     pub(crate) next_reservation_id: u64,
     pub(crate) held_count: usize,
@@ -160,9 +161,10 @@ pub struct State {
     pub(crate) expiry: BinaryHeap<Reverse<(Millis, ReservationId)>>,
     /// Orders by id: `orders[id - 1]`.
     pub(crate) orders: Vec<Order>,
-    pub(crate) order_no_index: HashMap<Box<str>, OrderId>,
-    pub(crate) actors: Vec<Box<str>>,
-    pub(crate) actor_index: HashMap<Box<str>, u32>,
+    /// Orders by client order number; the key shares the order's string.
+    pub(crate) order_no_index: HashMap<Arc<str>, OrderId>,
+    pub(crate) actors: Vec<Arc<str>>,
+    pub(crate) actor_index: HashMap<Arc<str>, u32>,
     pub(crate) idempotency: HashMap<Box<str>, IdempotencyEntry>,
     /// Keys in the order they were stored, for eviction after the retention period.
     pub(crate) idempotency_order: VecDeque<Box<str>>,
@@ -501,8 +503,12 @@ impl State {
 
     // ---- SKUs and stock -------------------------------------------------------
 
-    fn sku_idx(&self, field: &str, sku: &str) -> Result<SkuIdx, Rejection> {
-        check_sku_id(field, sku)?;
+    /// `field` names the request field for a validation error; it is built only then.
+    fn sku_idx(&self, field: impl Fn() -> String, sku: &str) -> Result<SkuIdx, Rejection> {
+        if let Some(&idx) = self.sku_index.get(sku) {
+            return Ok(idx);
+        }
+        check_sku_id(&field(), sku)?;
         self.sku_index
             .get(sku)
             .copied()
@@ -548,15 +554,16 @@ impl State {
                     });
                 }
                 let idx = SkuIdx(self.skus.len() as u32);
+                let id: Arc<str> = sku.into();
                 self.skus.push(Sku {
-                    id: sku.into(),
+                    id: Arc::clone(&id),
                     name: "".into(),
                     on_hand: 0,
                     reserved: 0,
                     low_stock_threshold: 0,
                     units_sold: 0,
                 });
-                self.sku_index.insert(sku.into(), idx);
+                self.sku_index.insert(id, idx);
                 idx
             }
         };
@@ -590,7 +597,7 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        let idx = self.sku_idx("sku", sku)?;
+        let idx = self.sku_idx(|| "sku".to_string(), sku)?;
         check_text("note", note, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         if delta == 0 {
@@ -662,7 +669,7 @@ impl State {
         check_line_count(lines.len())?;
         let mut demand: Vec<(SkuIdx, u32)> = Vec::with_capacity(lines.len());
         for (i, (sku, qty)) in lines.enumerate() {
-            let idx = self.sku_idx(&format!("lines[{i}].sku"), sku)?;
+            let idx = self.sku_idx(|| format!("lines[{i}].sku"), sku)?;
             check_qty(|| format!("lines[{i}].qty"), qty)?;
             match demand.iter_mut().find(|(s, _)| *s == idx) {
                 Some((_, total)) => {
@@ -858,16 +865,15 @@ impl State {
             let old = self.finished.pop_front().expect("non-empty");
             self.reservations.remove(&old);
         }
-        // Rebuild the deadline heap once stale entries outnumber live ones; the cost
-        // is paid once per that many releases.
+        // Drop stale deadline entries once they outnumber live ones: the heap stays
+        // within a constant factor of the held reservations, at amortised O(1).
         if self.expiry.len() > 2 * self.held_count + 1024 {
-            let live: Vec<_> = self
-                .reservations
-                .values()
-                .filter(|r| r.status == ReservationStatus::Held)
-                .map(|r| Reverse((r.expires_at_ms, r.id)))
-                .collect();
-            self.expiry = BinaryHeap::from(live);
+            let reservations = &self.reservations;
+            self.expiry.retain(|Reverse((at, id))| {
+                reservations
+                    .get(id)
+                    .is_some_and(|r| r.status == ReservationStatus::Held && r.expires_at_ms == *at)
+            });
         }
     }
 
@@ -977,7 +983,7 @@ impl State {
         let due_at_ms = ctx.now_ms + payment_ttl_ms;
         let mut order_lines = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
-            let sku = self.sku_idx(&format!("lines[{i}].sku"), &line.sku)?;
+            let sku = self.sku_idx(|| format!("lines[{i}].sku"), &line.sku)?;
             order_lines.push(OrderLine {
                 sku,
                 qty: line.qty as u32,
@@ -1037,10 +1043,12 @@ impl State {
             }
         };
         let actor = self.intern_actor(actor)?;
+        let order_no: Arc<str> = order_no.into();
+        let customer_id: Arc<str> = customer_id.into();
         self.orders.push(Order {
             id,
-            order_no: order_no.into(),
-            customer_id: customer_id.into(),
+            order_no: Arc::clone(&order_no),
+            customer_id: Arc::clone(&customer_id),
             lines: order_lines.into_boxed_slice(),
             total,
             reservation,
@@ -1057,13 +1065,13 @@ impl State {
             }],
             extra: None,
         });
-        self.order_no_index.insert(order_no.into(), id);
+        self.order_no_index.insert(Arc::clone(&order_no), id);
         self.counters.orders_created += 1;
         self.counters.orders_by_status[OrderStatus::Reserved as usize] += 1;
         ctx.emit(EventKind::OrderCreated {
             id,
-            order_no: order_no.to_string(),
-            customer_id: customer_id.to_string(),
+            order_no,
+            customer_id,
             total,
         });
         Ok(self.order_reply(id))
@@ -1213,8 +1221,8 @@ impl State {
             self.end_hold(reservation, ReservationStatus::Released, ctx);
         } else {
             assert!(from.holds_committed_stock());
-            let lines = order.lines.clone();
-            for line in lines.iter() {
+            let order = &self.orders[(id.0 - 1) as usize];
+            for line in order.lines.iter() {
                 let sku = &mut self.skus[line.sku.0 as usize];
                 let qty = u64::from(line.qty);
                 assert!(sku.units_sold >= qty);
@@ -1245,10 +1253,11 @@ impl State {
             &history_note,
             ctx.now_ms,
         );
+        let actor = Arc::clone(&self.actors[actor_id as usize]);
         ctx.emit(EventKind::OrderCancelled {
             id,
             reason,
-            actor: actor.to_string(),
+            actor,
             refund_due,
         });
         Ok(self.order_reply(id))
@@ -1283,9 +1292,9 @@ impl State {
         }
         let actor_id = self.intern_actor(actor)?;
         let order = self.order(id)?;
-        let lines = order.lines.clone();
         let refund_due = order.payment == PaymentStatus::Paid;
-        for line in lines.iter() {
+        let order = &self.orders[(id.0 - 1) as usize];
+        for line in order.lines.iter() {
             let sku = &mut self.skus[line.sku.0 as usize];
             let qty = u64::from(line.qty);
             assert!(sku.units_sold >= qty);
@@ -1365,8 +1374,9 @@ impl State {
         }
         self.check_actor(actor)?;
         let id = self.actors.len() as u32;
-        self.actors.push(actor.into());
-        self.actor_index.insert(actor.into(), id);
+        let name: Arc<str> = actor.into();
+        self.actors.push(Arc::clone(&name));
+        self.actor_index.insert(name, id);
         Ok(id)
     }
 
@@ -1535,7 +1545,7 @@ pub(crate) struct Snapshot {
     pub next_reservation_id: u64,
     pub finished: Vec<ReservationId>,
     pub orders: Vec<Order>,
-    pub actors: Vec<Box<str>>,
+    pub actors: Vec<Arc<str>>,
     pub idempotency: Vec<IdempotencyEntry>,
     pub counters: Counters,
 }

@@ -489,7 +489,7 @@ fn paid_then_cancelled_then_refunded() {
     assert_eq!(
         (
             cancellation.reason,
-            cancellation.actor.as_str(),
+            &*cancellation.actor,
             cancellation.note.as_str()
         ),
         (CancelReason::FraudSuspected, "cs", "why")

@@ -34,7 +34,7 @@ impl Rng {
 }
 
 const SKUS: u64 = 8;
-const SEGMENT_BYTES: u64 = 4 * 4096;
+const SEGMENT_BYTES: u64 = 8 * 4096;
 const OPS: u64 = 700;
 const TTL_MS: u64 = 5_000;
 

@@ -1,0 +1,123 @@
+//! The pure state machine, single thread, no I/O: how fast can one writer apply?
+//!
+//! `cargo bench --bench engine`; ops/s = `Throughput::Elements` in
+//! `target/criterion/engine_apply/*/new/estimates.json`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use surge_engine::{CancelReason, Command, LineReq, OrderId, OrderLineReq, ReservationId, State};
+
+const SKUS: usize = 10_000;
+
+fn state_with_skus() -> State {
+    let mut state = State::new();
+    let mut events = Vec::new();
+    for i in 0..SKUS {
+        let cmd = Command::DefineSku {
+            sku: format!("SKU-{i:05}"),
+            name: String::new(),
+            on_hand: 1_000_000_000,
+            low_stock_threshold: 10,
+        };
+        state
+            .apply(&cmd, None, 1, &mut events)
+            .outcome
+            .expect("defined");
+    }
+    state
+}
+
+fn reserve_release(c: &mut Criterion) {
+    let mut group = c.benchmark_group("engine_apply");
+    group.measurement_time(Duration::from_secs(5));
+    // One element = one command; each iteration applies a reserve and a release.
+    group.throughput(Throughput::Elements(2));
+    let skus: Vec<String> = (0..SKUS).map(|i| format!("SKU-{i:05}")).collect();
+    group.bench_function("reserve_release_10k_skus", |b| {
+        b.iter_custom(|iters| {
+            let mut state = state_with_skus();
+            let mut events = Vec::with_capacity(1024);
+            let actor = "bench".to_string();
+            let now = 1_000;
+            let started = Instant::now();
+            for i in 0..iters {
+                let reserve = Command::Reserve {
+                    lines: vec![LineReq {
+                        sku: skus[i as usize % SKUS].clone(),
+                        qty: 1,
+                    }],
+                    ttl_ms: 60_000,
+                    actor: actor.clone(),
+                };
+                black_box(state.apply(&reserve, None, now, &mut events));
+                let release = Command::ReleaseReservation {
+                    id: ReservationId(i + 1),
+                    actor: actor.clone(),
+                };
+                black_box(state.apply(&release, None, now, &mut events));
+                if events.len() > 512 {
+                    events.clear();
+                }
+            }
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn order_cycle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("engine_apply");
+    group.measurement_time(Duration::from_secs(5));
+    // One element = one order taken through create -> pay -> cancel.
+    group.throughput(Throughput::Elements(1));
+    let skus: Vec<String> = (0..SKUS).map(|i| format!("SKU-{i:05}")).collect();
+    group.bench_function("create_pay_cancel_order", |b| {
+        b.iter_custom(|iters| {
+            let mut state = state_with_skus();
+            let mut events = Vec::with_capacity(1024);
+            let actor = "bench".to_string();
+            let now = 1_000;
+            let started = Instant::now();
+            for i in 0..iters {
+                let create = Command::CreateOrder {
+                    order_no: format!("N{i}"),
+                    customer_id: "customer-42".to_string(),
+                    lines: vec![OrderLineReq {
+                        sku: skus[i as usize % SKUS].clone(),
+                        qty: 1,
+                        unit_price: 1999,
+                    }],
+                    payment_ttl_ms: 900_000,
+                    reservation_id: None,
+                    actor: actor.clone(),
+                };
+                black_box(state.apply(&create, None, now, &mut events));
+                let id = OrderId(i + 1);
+                let pay = Command::PayOrder {
+                    id,
+                    amount: 1999,
+                    payment_ref: String::new(),
+                    actor: actor.clone(),
+                };
+                black_box(state.apply(&pay, None, now, &mut events));
+                let cancel = Command::CancelOrder {
+                    id,
+                    reason: CancelReason::CustomerRequest,
+                    note: String::new(),
+                    actor: actor.clone(),
+                };
+                black_box(state.apply(&cancel, None, now, &mut events));
+                if events.len() > 512 {
+                    events.clear();
+                }
+            }
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, reserve_release, order_cycle);
+criterion_main!(benches);

@@ -1,0 +1,128 @@
+//! The runtime end to end in process: 64 submitting threads, durability `sync` on a
+//! real data dir (memory-mapped WAL, msync per group commit), one hot SKU vs 10k SKUs.
+//!
+//! `cargo bench --bench runtime`. Reservations/s from criterion's
+//! `target/criterion/runtime_sync_64_threads/*/new/estimates.json`; latency
+//! percentiles (per reservation, submit to durable reply) are printed and written to
+//! `target/criterion/runtime_latency.json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use surge_engine::{Command, Durability, Engine, EngineConfig, LineReq};
+
+const THREADS: u64 = 64;
+
+fn run(
+    skus: usize,
+    durability: Durability,
+    iters: u64,
+    latencies: &Mutex<Histogram<u64>>,
+) -> Duration {
+    let dir = tempfile::Builder::new()
+        .prefix("surge-bench-")
+        .tempdir_in(target_dir())
+        .expect("tempdir");
+    let config = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        durability,
+        ..EngineConfig::default()
+    };
+    let (handle, _) = Engine::open(config).expect("open");
+    let names: Arc<Vec<String>> = Arc::new((0..skus).map(|i| format!("SKU-{i:05}")).collect());
+    for name in names.iter() {
+        let cmd = Command::DefineSku {
+            sku: name.clone(),
+            name: String::new(),
+            on_hand: 1_000_000_000,
+            low_stock_threshold: 0,
+        };
+        handle.execute(cmd, None).expect("queued").expect("defined");
+    }
+    let per_thread = iters.div_ceil(THREADS);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let handle = handle.clone();
+            let names = Arc::clone(&names);
+            std::thread::spawn(move || {
+                let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                for i in 0..per_thread {
+                    let sku = names[((t * per_thread + i) as usize) % names.len()].clone();
+                    let cmd = Command::Reserve {
+                        lines: vec![LineReq { sku, qty: 1 }],
+                        ttl_ms: 600_000,
+                        actor: "bench".into(),
+                    };
+                    let sent = Instant::now();
+                    loop {
+                        match handle.execute(cmd.clone(), None) {
+                            Ok(outcome) => {
+                                outcome.expect("held");
+                                break;
+                            }
+                            Err(surge_engine::Error::Overloaded(_)) => std::thread::yield_now(),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    hist.record(sent.elapsed().as_micros() as u64)
+                        .expect("in range");
+                }
+                hist
+            })
+        })
+        .collect();
+    let mut merged = latencies.lock();
+    for t in threads {
+        merged.add(t.join().expect("thread")).expect("same bounds");
+    }
+    let elapsed = started.elapsed();
+    drop(merged);
+    handle.shutdown();
+    elapsed
+}
+
+fn target_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).expect("target dir");
+    dir
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("runtime_sync_64_threads");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(1));
+    let mut report = Vec::new();
+    for (name, skus, durability) in [
+        ("reserve_10k_skus", 10_000, Durability::Sync),
+        ("reserve_hot_sku", 1, Durability::Sync),
+        ("reserve_10k_skus_async", 10_000, Durability::Async),
+    ] {
+        let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| run(skus, durability, iters, &latencies))
+        });
+        let h = latencies.lock();
+        let line = format!(
+            "{{\"bench\":\"{name}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            h.len(),
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+        eprintln!("latency {line}");
+        report.push(line);
+    }
+    group.finish();
+    let path = target_dir().join("criterion").join("runtime_latency.json");
+    let _ = std::fs::create_dir_all(path.parent().expect("parent"));
+    std::fs::write(&path, format!("[{}]\n", report.join(",\n"))).expect("write latency report");
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

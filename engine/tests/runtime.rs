@@ -1,0 +1,358 @@
+//! The runtime end to end: racing threads, failed flushes, a full disk, restarts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use surge_engine::wal::{MmapStorage, SimStorage, WalConfig};
+use surge_engine::{
+    Clock, Command, Engine, EngineConfig, EngineHandle, Error, IdempotencyKey, LineReq,
+    OrderLineReq, Query, QueryReply, Reply, ReservationStatus,
+};
+
+fn sim_config() -> EngineConfig {
+    EngineConfig {
+        wal: WalConfig {
+            segment_bytes: 16 * 4096,
+            snapshots_kept: 2,
+        },
+        snapshot_every_records: 0,
+        ..EngineConfig::default()
+    }
+}
+
+fn define(handle: &EngineHandle, sku: &str, on_hand: u64) {
+    let cmd = Command::DefineSku {
+        sku: sku.into(),
+        name: sku.into(),
+        on_hand,
+        low_stock_threshold: 0,
+    };
+    handle.execute(cmd, None).expect("queued").expect("defined");
+}
+
+fn reserve(sku: &str, qty: u64) -> Command {
+    Command::Reserve {
+        lines: vec![LineReq {
+            sku: sku.into(),
+            qty,
+        }],
+        ttl_ms: 600_000,
+        actor: "t".into(),
+    }
+}
+
+fn sku_levels(handle: &EngineHandle, sku: &str) -> (u64, u64) {
+    match handle
+        .query(Query::GetSku { sku: sku.into() })
+        .expect("queued")
+        .wait()
+        .expect("answered")
+    {
+        Ok(QueryReply::Sku(s)) => (s.on_hand, s.reserved),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn digest(handle: &EngineHandle) -> u64 {
+    match handle
+        .query(Query::Digest)
+        .expect("queued")
+        .wait()
+        .expect("answered")
+    {
+        Ok(QueryReply::Digest(d)) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sixteen_threads_race_for_one_sku() {
+    const UNITS: u64 = 500;
+    const THREADS: u64 = 16;
+    const ATTEMPTS: u64 = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..EngineConfig::default()
+    };
+    let (handle, _) = Engine::open(config.clone()).expect("open");
+    define(&handle, "HOT", UNITS);
+    let successes = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let handle = handle.clone();
+            let successes = Arc::clone(&successes);
+            std::thread::spawn(move || {
+                for _ in 0..ATTEMPTS {
+                    match handle
+                        .execute(reserve("HOT", 1), None)
+                        .expect("no overload at this rate")
+                    {
+                        Ok(Reply::Reservation(r)) => {
+                            assert_eq!(r.status, ReservationStatus::Held);
+                            successes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(other) => panic!("{other:?}"),
+                        Err(rejection) => assert_eq!(rejection.code(), "insufficient_stock"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert_eq!(
+        successes.load(Ordering::Relaxed),
+        UNITS,
+        "exactly the stock is held"
+    );
+    assert_eq!(sku_levels(&handle, "HOT"), (UNITS, UNITS));
+    // And the same after a restart from the log.
+    let before = digest(&handle);
+    handle.shutdown();
+    drop(handle);
+    let (handle, report) = Engine::open(config).expect("reopen");
+    assert_eq!(digest(&handle), before);
+    assert_eq!(report.digest, before);
+    assert_eq!(sku_levels(&handle, "HOT"), (UNITS, UNITS));
+}
+
+#[test]
+fn a_failed_flush_acknowledges_nothing_and_stops_writes() {
+    let disk = SimStorage::new();
+    let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
+    define(&handle, "A", 10);
+    handle
+        .execute(reserve("A", 1), None)
+        .expect("queued")
+        .expect("held");
+    disk.fail_next_sync();
+    match handle.execute(reserve("A", 1), None) {
+        Err(Error::StorageUnavailable(why)) => assert!(why.contains("flush"), "{why}"),
+        other => panic!("a reservation was acknowledged after a failed flush: {other:?}"),
+    }
+    // Never retried and trusted: later writes are refused too, reads still served.
+    assert!(matches!(
+        handle.execute(reserve("A", 1), None),
+        Err(Error::StorageUnavailable(_))
+    ));
+    assert!(handle.writes_refused().is_some());
+    let _ = sku_levels(&handle, "A");
+    // A restart recovers from the log: the unacknowledged hold may be absent.
+    let crashed = disk.crash(7);
+    drop(handle);
+    let (handle, _) = Engine::open_with_storage(crashed, sim_config()).expect("reopen");
+    let (on_hand, reserved) = sku_levels(&handle, "A");
+    assert_eq!(on_hand, 10);
+    assert!(
+        (1..=2).contains(&reserved),
+        "the acknowledged hold is there: {reserved}"
+    );
+    assert!(
+        handle
+            .execute(reserve("A", 1), None)
+            .expect("writes again")
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+    let disk = SimStorage::new();
+    let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
+    define(&handle, "A", 1_000_000);
+    disk.set_disk_full(true);
+    // Fill the current segment: once a new one is needed, writes are refused.
+    let mut refused = None;
+    for i in 0..10_000 {
+        match handle.execute(reserve("A", 1), None) {
+            Ok(Ok(_)) => {}
+            Err(Error::StorageUnavailable(why)) => {
+                refused = Some((i, why));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (accepted, why) = refused.expect("the disk filled up");
+    assert!(why.contains("space"), "{why}");
+    // Nothing changed for the refused command; reads go on.
+    assert_eq!(sku_levels(&handle, "A"), (1_000_000, accepted));
+    assert!(matches!(
+        handle.execute(reserve("A", 1), None),
+        Err(Error::StorageUnavailable(_))
+    ));
+    // Space comes back: writes are taken again, nothing lost.
+    disk.set_disk_full(false);
+    handle
+        .execute(reserve("A", 1), None)
+        .expect("writes again")
+        .expect("held");
+    assert_eq!(sku_levels(&handle, "A"), (1_000_000, accepted + 1));
+    let before = digest(&handle);
+    let crashed = disk.crash(1);
+    drop(handle);
+    let (handle, _) = Engine::open_with_storage(crashed, sim_config()).expect("reopen");
+    assert_eq!(digest(&handle), before);
+}
+
+#[test]
+fn idempotency_keys_survive_a_restart() {
+    let disk = SimStorage::new();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let config = EngineConfig {
+        clock: Clock::manual(Arc::clone(&clock)),
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+    define(&handle, "A", 5);
+    let create = Command::CreateOrder {
+        order_no: "X-1".into(),
+        customer_id: "c".into(),
+        lines: vec![OrderLineReq {
+            sku: "A".into(),
+            qty: 2,
+            unit_price: 100,
+        }],
+        payment_ttl_ms: 60_000,
+        reservation_id: None,
+        actor: "shop".into(),
+    };
+    let key = IdempotencyKey {
+        key: "k1".into(),
+        fingerprint: 42,
+    };
+    let first = handle
+        .execute(create.clone(), Some(key.clone()))
+        .expect("queued");
+    assert!(first.is_ok());
+    let crashed = disk.crash(3);
+    drop(handle);
+    let (handle, _) = Engine::open_with_storage(crashed, config).expect("reopen");
+    clock.fetch_add(1_000, Ordering::SeqCst);
+    let again = handle.execute(create.clone(), Some(key)).expect("queued");
+    assert_eq!(
+        again, first,
+        "the original outcome, not a duplicate_order_no"
+    );
+    let conflict = handle
+        .execute(
+            create,
+            Some(IdempotencyKey {
+                key: "k1".into(),
+                fingerprint: 43,
+            }),
+        )
+        .expect("queued");
+    assert_eq!(conflict.unwrap_err().code(), "idempotency_conflict");
+    assert_eq!(sku_levels(&handle, "A"), (5, 2));
+}
+
+#[test]
+fn expiry_runs_on_the_writer_timer_and_is_logged() {
+    let disk = SimStorage::new();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let config = EngineConfig {
+        clock: Clock::manual(Arc::clone(&clock)),
+        expire_interval_ms: 1,
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+    define(&handle, "A", 5);
+    let Ok(Reply::Reservation(r)) = handle
+        .execute(
+            Command::Reserve {
+                lines: vec![LineReq {
+                    sku: "A".into(),
+                    qty: 3,
+                }],
+                ttl_ms: 1_000,
+                actor: "t".into(),
+            },
+            None,
+        )
+        .expect("queued")
+    else {
+        panic!()
+    };
+    clock.fetch_add(1_000, Ordering::SeqCst);
+    // Wait for the event feed to show the expiry (bounded: the timer ticks every ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !handle
+        .events()
+        .read_after(0, 100)
+        .events
+        .iter()
+        .any(|e| e.kind.type_name() == "reservation.expired")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timer never expired the hold"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(sku_levels(&handle, "A"), (5, 0));
+    let seqs: Vec<u64> = handle
+        .events()
+        .read_after(0, 100)
+        .events
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    let crashed = disk.crash(5);
+    drop(handle);
+    let (handle, _) = Engine::open_with_storage(crashed, config).expect("reopen");
+    let Ok(QueryReply::Reservation(view)) = handle
+        .query(Query::GetReservation { id: r.id })
+        .expect("q")
+        .wait()
+        .expect("a")
+    else {
+        panic!()
+    };
+    assert_eq!(view.status, ReservationStatus::Expired);
+    let replayed: Vec<u64> = handle
+        .events()
+        .read_after(0, 100)
+        .events
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(replayed, seqs, "event seqs are the same after a restart");
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = MmapStorage::open(dir.path()).expect("first");
+    assert!(MmapStorage::open(dir.path()).is_err());
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_at_once() {
+    let disk = SimStorage::new();
+    let config = EngineConfig {
+        queue_len_max: 4,
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk, config).expect("open");
+    define(&handle, "A", 1_000_000);
+    // Submit without waiting until the queue refuses: it must, at once.
+    let mut tickets = Vec::new();
+    let overloaded = (0..100_000).find_map(|_| match handle.submit(reserve("A", 1), None) {
+        Ok(t) => {
+            tickets.push(t);
+            None
+        }
+        Err(e) => Some(e),
+    });
+    assert!(
+        matches!(overloaded, Some(Error::Overloaded(4))),
+        "{overloaded:?}"
+    );
+    // Everything accepted is finished.
+    for t in tickets {
+        t.wait().expect("answered").expect("held");
+    }
+}
