@@ -226,8 +226,8 @@ pub struct SkuBody {
 impl From<SkuView> for SkuBody {
     fn from(v: SkuView) -> Self {
         SkuBody {
-            sku: v.sku,
-            name: v.name,
+            sku: v.sku.to_string(),
+            name: v.name.to_string(),
             on_hand: v.on_hand,
             reserved: v.reserved,
             available: v.available,
@@ -264,7 +264,7 @@ impl From<ReservationView> for ReservationBody {
                 .lines
                 .into_iter()
                 .map(|l| LineBody {
-                    sku: l.sku,
+                    sku: l.sku.to_string(),
                     qty: l.qty,
                 })
                 .collect(),
@@ -307,8 +307,8 @@ impl From<HistoryView> for HistoryBody {
         HistoryBody {
             status: h.status.as_str(),
             at: format_ms(h.at_ms),
-            actor: h.actor,
-            note: h.note,
+            actor: h.actor.to_string(),
+            note: h.note.to_string(),
         }
     }
 }
@@ -325,9 +325,9 @@ impl From<CancellationView> for CancellationBody {
     fn from(c: CancellationView) -> Self {
         CancellationBody {
             reason: c.reason.as_str(),
-            note: c.note,
+            note: c.note.to_string(),
             at: format_ms(c.at_ms),
-            actor: c.actor,
+            actor: c.actor.to_string(),
         }
     }
 }
@@ -369,14 +369,14 @@ impl From<OrderView> for OrderBody {
     fn from(o: OrderView) -> Self {
         OrderBody {
             id: o.id.to_string(),
-            order_no: o.order_no,
-            customer_id: o.customer_id,
+            order_no: o.order_no.to_string(),
+            customer_id: o.customer_id.to_string(),
             status: o.status.as_str(),
             lines: o
                 .lines
                 .into_iter()
                 .map(|l| OrderLineBody {
-                    sku: l.sku,
+                    sku: l.sku.to_string(),
                     qty: l.qty,
                     unit_price: l.unit_price,
                 })
@@ -385,21 +385,21 @@ impl From<OrderView> for OrderBody {
             payment: PaymentBody {
                 status: o.payment.status.as_str(),
                 amount: o.payment.amount,
-                payment_ref: o.payment.payment_ref,
+                payment_ref: o.payment.payment_ref.to_string(),
                 paid_at: o.payment.paid_at_ms.map(format_ms),
-                refund_ref: o.payment.refund_ref,
+                refund_ref: o.payment.refund_ref.to_string(),
                 due_at: format_ms(o.payment.due_at_ms),
             },
             reservation_id: o.reservation_id.to_string(),
             created_at: format_ms(o.created_at_ms),
             updated_at: format_ms(o.updated_at_ms),
-            tracking_no: o.tracking_no,
+            tracking_no: o.tracking_no.to_string(),
             history: o.history.into_iter().map(HistoryBody::from).collect(),
             cancellation: o.cancellation.map(CancellationBody::from),
             returned: o.returned.map(|r| ReturnBody {
                 restock: r.restock,
-                reason: r.reason,
-                note: r.note,
+                reason: r.reason.to_string(),
+                note: r.note.to_string(),
             }),
         }
     }

@@ -191,7 +191,7 @@ impl ApiError {
 
 fn short_line(s: &Shortage) -> ShortLine {
     ShortLine {
-        sku: s.sku.clone(),
+        sku: s.sku.to_string(),
         requested: s.requested,
         available: s.available,
     }

@@ -94,8 +94,8 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             customer_id,
             total,
         } => json!({
-            "order_id": id.to_string(), "order_no": order_no,
-            "customer_id": customer_id, "total": total
+            "order_id": id.to_string(), "order_no": order_no.to_string(),
+            "customer_id": customer_id.to_string(), "total": total
         }),
         EventKind::OrderPaid { id, amount } => {
             json!({"order_id": id.to_string(), "amount": amount})
@@ -110,7 +110,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             refund_due,
         } => json!({
             "order_id": id.to_string(), "reason": reason.as_str(),
-            "actor": actor, "refund_due": refund_due
+            "actor": actor.to_string(), "refund_due": refund_due
         }),
         EventKind::OrderExpired { id } => json!({"order_id": id.to_string()}),
         EventKind::OrderReturned { id, restock } => {

@@ -658,15 +658,15 @@ pub async fn export_orders(
             for line in &o.lines {
                 let fields = [
                     o.id.to_string(),
-                    o.order_no.clone(),
-                    o.customer_id.clone(),
+                    o.order_no.to_string(),
+                    o.customer_id.to_string(),
                     o.status.as_str().to_string(),
                     o.payment.status.as_str().to_string(),
                     o.total.to_string(),
                     format_ms(o.created_at_ms),
                     format_ms(o.updated_at_ms),
                     cancel_reason.to_string(),
-                    line.sku.clone(),
+                    line.sku.to_string(),
                     line.qty.to_string(),
                     line.unit_price.to_string(),
                     (line.qty * line.unit_price).to_string(),
@@ -787,7 +787,7 @@ pub async fn stats(
             .top_skus
             .iter()
             .map(|t| SkuSalesBody {
-                sku: t.sku.clone(),
+                sku: t.sku.to_string(),
                 units_sold: t.units_sold,
                 units_held: t.units_held,
             })
