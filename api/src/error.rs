@@ -209,3 +209,26 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_503_with_retry_after() {
+        for error in [
+            EngineError::Overloaded(8),
+            EngineError::ShuttingDown,
+            EngineError::StorageUnavailable("disk full".into()),
+        ] {
+            let response = ApiError::from_engine(error).into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+            assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        }
+        let e = ApiError::from_engine(EngineError::Overloaded(8));
+        assert_eq!(e.code, "overloaded");
+        let e = ApiError::from_engine(EngineError::StorageUnavailable("x".into()));
+        assert_eq!(e.code, "storage_unavailable");
+    }
+}

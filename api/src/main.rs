@@ -152,7 +152,7 @@ fn main() -> ExitCode {
         },
         Some(Cmd::Snapshot { dir }) => match offline_snapshot(dir) {
             Ok(lsn) => {
-                println!("snapshot written at LSN {lsn}");
+                println!("snapshot current at LSN {lsn}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -191,6 +191,13 @@ fn offline_snapshot(dir: PathBuf) -> anyhow::Result<u64> {
         "recovered: snapshot at LSN {}, {} records replayed",
         report.snapshot_lsn, report.records_replayed
     );
+    let last_lsn = report.next_lsn.saturating_sub(1);
+    if report.snapshot_lsn == last_lsn {
+        // Nothing was logged beyond the newest snapshot (or nothing at all): it is current.
+        handle.shutdown();
+        println!("the snapshot at LSN {last_lsn} already covers every record");
+        return Ok(last_lsn);
+    }
     let lsn = handle.snapshot()?.wait()?;
     handle.shutdown();
     Ok(lsn)
