@@ -14,8 +14,8 @@ const DESCRIPTION: &str = "\
 In-memory order and stock-reservation engine for flash sales.
 
 **Auth.** `Authorization: Bearer <token>`; tokens map to roles. `storefront`: reservations; \
-create, pay and cancel orders (reason `customer_request` or `payment_failed` only); read single \
-SKUs, reservations and orders; `/v1/batch`. `operator`: all of that, plus transitions, cancel \
+create, pay and cancel orders (reason `customer_request` or `payment_failed` only); read SKUs \
+(one or the list), single reservations and orders; `/v1/batch`. `operator`: all of that, plus transitions, cancel \
 with any reason, return, refund, stock adjustments and all reads. `admin`: everything, plus \
 `PUT /v1/skus/{sku}` and `/v1/admin/*`. `viewer`: reads only (including lists, export, stats, \
 events). No or unknown token: 401 `unauthorized`; a role that may not: 403 `forbidden`. \
