@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use surge_engine::{CancelReason, Command, LineReq, OrderId, OrderLineReq, ReservationId, State};
 
+// The `surge` binary runs on mimalloc; measure the engine with the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SKUS: usize = 10_000;
 
 fn state_with_skus() -> State {

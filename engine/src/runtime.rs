@@ -756,6 +756,10 @@ impl<S: Storage> Writer<S> {
             return Err(reason);
         }
         let lsn = wal.last_lsn();
+        if lsn == wal.snapshot_lsn() {
+            // Nothing logged since the newest snapshot (or nothing at all): it is current.
+            return Ok(lsn);
+        }
         let (events, dropped_through) = self.shared.events.snapshot();
         let body = EngineSnapshot {
             state: self.state.encode_snapshot(),

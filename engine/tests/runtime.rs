@@ -356,3 +356,26 @@ fn a_full_queue_answers_overloaded_at_once() {
         t.wait().expect("answered").expect("held");
     }
 }
+
+#[test]
+fn a_snapshot_with_nothing_new_is_current_not_an_error() {
+    let disk = SimStorage::new();
+    let (handle, _) = Engine::open_with_storage(disk, sim_config()).expect("open");
+    assert_eq!(
+        handle
+            .snapshot()
+            .expect("queued")
+            .wait()
+            .expect("empty log"),
+        0
+    );
+    define(&handle, "A", 1);
+    let first = handle.snapshot().expect("queued").wait().expect("snapshot");
+    assert!(first > 0);
+    let again = handle
+        .snapshot()
+        .expect("queued")
+        .wait()
+        .expect("still current");
+    assert_eq!(again, first);
+}
