@@ -48,7 +48,7 @@ fn with_skus() -> State {
         let cmd = Command::DefineSku {
             sku: format!("SKU-{i:05}"),
             name: String::new(),
-            on_hand: 1 << 40,
+            on_hand: 1_000_000_000,
             low_stock_threshold: 0,
         };
         state

@@ -32,7 +32,7 @@ fn fill(dir: &Path, snapshot_on_shutdown: bool, count: u64, make: impl Fn(u64) -
         let cmd = Command::DefineSku {
             sku: format!("SKU-{i}"),
             name: String::new(),
-            on_hand: 1 << 36,
+            on_hand: 1_000_000_000,
             low_stock_threshold: 0,
         };
         handle.execute(cmd, None).expect("queued").expect("defined");

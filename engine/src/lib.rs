@@ -10,6 +10,7 @@ pub mod domain;
 pub mod event;
 pub mod limits;
 mod query;
+mod reservations;
 mod state;
 
 pub use command::*;

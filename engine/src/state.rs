@@ -20,6 +20,7 @@ use crate::domain::{
 };
 use crate::event::{Event, EventKind};
 use crate::limits::*;
+use crate::reservations::Reservations;
 
 /// Reservations expired by one `Expire` command; the timer sends another if more
 /// are due, so one command never stalls the writer for long.
@@ -151,11 +152,9 @@ pub struct State {
     pub(crate) next_seq: u64,
     pub(crate) skus: Vec<Sku>,
     pub(crate) sku_index: HashMap<Arc<str>, SkuIdx>,
-    pub(crate) reservations: HashMap<ReservationId, Reservation>,
+    pub(crate) reservations: Reservations,
     pub(crate) next_reservation_id: u64,
     pub(crate) held_count: usize,
-    /// Finished reservations in the order they finished, oldest evicted first.
-    pub(crate) finished: VecDeque<ReservationId>,
     /// Held reservations by deadline. Entries go stale when a hold ends early; they
     /// are skipped when popped and the heap is rebuilt when stale entries dominate.
     pub(crate) expiry: BinaryHeap<Reverse<(Millis, ReservationId)>>,
@@ -268,10 +267,9 @@ impl State {
             next_seq: 1,
             skus: Vec::new(),
             sku_index: HashMap::new(),
-            reservations: HashMap::new(),
+            reservations: Reservations::default(),
             next_reservation_id: 1,
             held_count: 0,
-            finished: VecDeque::new(),
             expiry: BinaryHeap::new(),
             orders: Vec::new(),
             order_no_index: HashMap::new(),
@@ -731,17 +729,14 @@ impl State {
         for (i, &(idx, _)) in demand.iter().enumerate() {
             self.stock_crossings(idx, befores[i], ctx);
         }
-        self.reservations.insert(
+        self.reservations.push(Reservation {
             id,
-            Reservation {
-                id,
-                lines: demand.into_boxed_slice(),
-                status: ReservationStatus::Held,
-                created_at_ms: ctx.now_ms,
-                expires_at_ms,
-                order,
-            },
-        );
+            lines: demand.into_boxed_slice(),
+            status: ReservationStatus::Held,
+            created_at_ms: ctx.now_ms,
+            expires_at_ms,
+            order,
+        });
         self.held_count += 1;
         self.expiry.push(Reverse((expires_at_ms, id)));
         id
@@ -860,11 +855,7 @@ impl State {
 
     fn finish_hold(&mut self, id: ReservationId) {
         self.held_count -= 1;
-        self.finished.push_back(id);
-        while self.finished.len() > FINISHED_RESERVATIONS_KEPT {
-            let old = self.finished.pop_front().expect("non-empty");
-            self.reservations.remove(&old);
-        }
+        self.reservations.finished(id);
         // Drop stale deadline entries once they outnumber live ones: the heap stays
         // within a constant factor of the held reservations, at amortised O(1).
         if self.expiry.len() > 2 * self.held_count + 1024 {
@@ -1057,12 +1048,17 @@ impl State {
             created_at_ms: ctx.now_ms,
             updated_at_ms: ctx.now_ms,
             payment_due_at_ms: due_at_ms,
-            history: vec![HistoryEntry {
-                status: OrderStatus::Reserved,
-                at_ms: ctx.now_ms,
-                actor,
-                note: "".into(),
-            }],
+            history: {
+                // Most orders see a few transitions: one allocation, not three.
+                let mut history = Vec::with_capacity(4);
+                history.push(HistoryEntry {
+                    status: OrderStatus::Reserved,
+                    at_ms: ctx.now_ms,
+                    actor,
+                    note: "".into(),
+                });
+                history
+            },
             extra: None,
         });
         self.order_no_index.insert(Arc::clone(&order_no), id);
@@ -1359,8 +1355,11 @@ impl State {
     // ---- actors -----------------------------------------------------------------
 
     fn check_actor(&self, actor: &str) -> Result<(), Rejection> {
+        if self.actor_index.contains_key(actor) {
+            return Ok(()); // known actors were checked when they were interned
+        }
         check_required_text("actor", actor, ACTOR_LEN_MAX)?;
-        if !self.actor_index.contains_key(actor) && self.actors.len() >= ACTORS_MAX {
+        if self.actors.len() >= ACTORS_MAX {
             return Err(Rejection::LimitReached {
                 what: format!("{ACTORS_MAX} distinct actors"),
             });
@@ -1410,7 +1409,7 @@ impl State {
     pub fn check_invariants(&self) {
         let mut reserved = vec![0u64; self.skus.len()];
         let mut held = 0;
-        for r in self.reservations.values() {
+        for r in self.reservations.iter() {
             if r.status == ReservationStatus::Held {
                 held += 1;
                 for &(idx, qty) in r.lines.iter() {
@@ -1462,7 +1461,7 @@ impl State {
     // ---- snapshots ----------------------------------------------------------------
 
     pub(crate) fn to_snapshot(&self) -> Snapshot {
-        let mut reservations: Vec<Reservation> = self.reservations.values().cloned().collect();
+        let mut reservations: Vec<Reservation> = self.reservations.iter().cloned().collect();
         reservations.sort_unstable_by_key(|r| r.id);
         Snapshot {
             format: SNAPSHOT_FORMAT,
@@ -1471,7 +1470,7 @@ impl State {
             skus: self.skus.clone(),
             reservations,
             next_reservation_id: self.next_reservation_id,
-            finished: self.finished.iter().copied().collect(),
+            reservations_base: self.reservations.base(),
             orders: self.orders.clone(),
             actors: self.actors.clone(),
             idempotency: self
@@ -1501,14 +1500,17 @@ impl State {
             .collect();
         state.skus = s.skus;
         state.next_reservation_id = s.next_reservation_id;
-        for r in s.reservations {
+        for r in &s.reservations {
             if r.status == ReservationStatus::Held {
                 state.held_count += 1;
                 state.expiry.push(Reverse((r.expires_at_ms, r.id)));
             }
-            state.reservations.insert(r.id, r);
         }
-        state.finished = s.finished.into();
+        state.reservations = Reservations::restore(
+            s.reservations_base,
+            s.reservations,
+            FINISHED_RESERVATIONS_KEPT,
+        );
         state.order_no_index = s
             .orders
             .iter()
@@ -1543,7 +1545,8 @@ pub(crate) struct Snapshot {
     pub skus: Vec<Sku>,
     pub reservations: Vec<Reservation>,
     pub next_reservation_id: u64,
-    pub finished: Vec<ReservationId>,
+    /// The first id of the dense reservation window.
+    pub reservations_base: u64,
     pub orders: Vec<Order>,
     pub actors: Vec<Arc<str>>,
     pub idempotency: Vec<IdempotencyEntry>,
