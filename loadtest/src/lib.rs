@@ -1,0 +1,398 @@
+//! `surge-loadtest`: peak-readiness drills for surge.
+//!
+//! A library so the tests can drive drills and audits directly; the binary is a
+//! thin `main`. It is a tool, so errors are `anyhow` throughout.
+
+pub mod audit;
+pub mod crash;
+pub mod flash;
+pub mod html;
+pub mod http;
+pub mod lifecycle;
+pub mod load;
+pub mod redis;
+pub mod report;
+pub mod rng;
+pub mod server;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::flash::{FlashConfig, Mix};
+use crate::http::{HttpClient, check_loopback, parse_base};
+use crate::load::LoadConfig;
+use crate::report::{DrillReport, SystemRun};
+use crate::server::{SpawnConfig, Surge, find_surge, free_port};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "surge-loadtest",
+    version,
+    about = "Peak-readiness drills for surge: open-loop load, audits, crash drills, reports."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// A running surge to drive, e.g. http://127.0.0.1:8080.
+    #[arg(long, global = true, conflicts_with = "spawn")]
+    pub target: Option<String>,
+    /// Start surge on a temporary data dir and a free loopback port; stop it after.
+    #[arg(long, global = true)]
+    pub spawn: bool,
+    /// The surge binary for --spawn and crash (default: target/release/surge, then
+    /// target/debug/surge under the workspace).
+    #[arg(long, global = true)]
+    pub surge_bin: Option<PathBuf>,
+    /// Durability of a spawned surge: sync, async or none.
+    #[arg(long, global = true, default_value = "sync")]
+    pub durability: String,
+    /// Extra argument for a spawned surge (repeatable), e.g. --surge-arg=--snapshot-every-records=5000.
+    #[arg(long = "surge-arg", global = true, allow_hyphen_values = true)]
+    pub surge_args: Vec<String>,
+    /// Bearer token (admin, to define the drill's SKUs).
+    #[arg(
+        long,
+        global = true,
+        env = "SURGE_LOADTEST_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Allow a target (or Redis) that is not a loopback address.
+    #[arg(long, global = true)]
+    pub allow_non_loopback: bool,
+    /// Sessions started per second (open loop); 0 runs closed loop, as fast as possible.
+    #[arg(long, global = true, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to generate load, e.g. 30s, 2m.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent connections (sessions in flight at most).
+    #[arg(long, global = true, default_value_t = 32)]
+    pub connections: usize,
+    /// Seed: the same seed drives the same sessions.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub seed: u64,
+    /// Stop starting sessions after this many requests.
+    #[arg(long, global = true, default_value_t = 50_000_000)]
+    pub requests_max: u64,
+    /// Per-request timeout.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Hard limit on the whole drill; past it the process kills its children and exits 3.
+    #[arg(long, global = true, default_value = "2h", value_parser = humantime::parse_duration)]
+    pub time_max: Duration,
+    /// Write every figure as JSON here.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report here.
+    #[arg(long, global = true)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FlashArgs {
+    /// Hot SKUs.
+    #[arg(long, default_value_t = 16)]
+    pub skus: usize,
+    /// Units of each SKU at the start.
+    #[arg(long, default_value_t = 500)]
+    pub stock: u64,
+    /// Distinct shoppers (customer ids).
+    #[arg(long, default_value_t = 100_000)]
+    pub shoppers: u64,
+    /// Zipf exponent of SKU demand (0 = uniform).
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf: f64,
+    /// What shoppers do after a successful hold, in weights.
+    #[arg(long, default_value = "pay=60,abandon=20,cancel=20")]
+    pub mix: Mix,
+    /// Hold time of reservations (abandoned ones expire after it).
+    #[arg(long, default_value_t = 2000)]
+    pub ttl_ms: u64,
+    /// Units per reservation at most (1..=this).
+    #[arg(long, default_value_t = 2)]
+    pub qty_max: u64,
+    #[arg(long, default_value_t = 1999)]
+    pub unit_price: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Hot SKUs, small stock, Zipf demand; reserve then pay / abandon / cancel; audit.
+    FlashSale {
+        #[command(flatten)]
+        flash: FlashArgs,
+        /// Also run the workload against Redis (Lua reserve/release), e.g. redis://127.0.0.1:6379.
+        #[arg(long)]
+        baseline: Option<String>,
+        /// Label for the baseline run.
+        #[arg(long, default_value = "redis")]
+        baseline_label: String,
+    },
+    /// Orders driven through their whole life, cancels, returns, refunds, reads, searches.
+    Lifecycle {
+        #[arg(long, default_value_t = 8)]
+        skus: usize,
+        #[arg(long, default_value_t = 500)]
+        customers: u64,
+    },
+    /// SIGKILL a spawned surge under load R times; check every acknowledged write.
+    Crash {
+        #[command(flatten)]
+        flash: FlashArgs,
+        /// Kills (each followed by a restart and a check).
+        #[arg(long, default_value_t = 10)]
+        restarts: u32,
+        #[arg(long, default_value_t = 100)]
+        load_ms_min: u64,
+        #[arg(long, default_value_t = 1000)]
+        load_ms_max: u64,
+        /// Share of restarts killed again while recovering, percent.
+        #[arg(long, default_value_t = 30)]
+        recovery_kill_pct: u32,
+        /// Check the whole ledger after a restart while it is at most this big.
+        #[arg(long, default_value_t = 20_000)]
+        verify_full_max: usize,
+        /// Spawn-to-ready limit of one restart.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ready_timeout: Duration,
+    },
+}
+
+fn load_config(c: &Common) -> anyhow::Result<LoadConfig> {
+    if !(c.rate >= 0.0 && c.rate.is_finite()) {
+        bail!("--rate must be >= 0");
+    }
+    if c.connections == 0 || c.connections > 10_000 {
+        bail!("--connections must be in 1..=10000");
+    }
+    Ok(LoadConfig {
+        rate_per_s: c.rate,
+        duration: c.duration,
+        connections: c.connections,
+        requests_max: c.requests_max,
+        drain: c.request_timeout * 3,
+    })
+}
+
+fn flash_config(f: &FlashArgs, seed: u64) -> anyhow::Result<FlashConfig> {
+    if f.skus == 0 || f.skus > 10_000 {
+        bail!("--skus must be in 1..=10000");
+    }
+    if !(1_000..=604_800_000).contains(&f.ttl_ms) {
+        bail!("--ttl-ms must be in 1000..=604800000 (the server's limits)");
+    }
+    Ok(FlashConfig {
+        skus: f.skus,
+        stock: f.stock,
+        shoppers: f.shoppers,
+        zipf_s: f.zipf.max(0.0),
+        mix: f.mix,
+        ttl_ms: f.ttl_ms,
+        qty_max: f.qty_max.max(1),
+        unit_price: f.unit_price,
+        seed,
+    })
+}
+
+/// The target: a given URL, or a spawned surge (kept alive by the returned guard).
+async fn target(c: &Common) -> anyhow::Result<(HttpClient, Option<(Surge, tempfile::TempDir)>)> {
+    if c.spawn {
+        let bin = find_surge(c.surge_bin.as_deref())?;
+        let dir = tempfile::Builder::new()
+            .prefix("surge-loadtest-")
+            .tempdir()
+            .context("creating a temporary data dir")?;
+        let cfg = SpawnConfig {
+            bin,
+            data_dir: dir.path().to_path_buf(),
+            port: free_port()?,
+            durability: c.durability.clone(),
+            extra_args: c.surge_args.clone(),
+        };
+        let mut surge = Surge::spawn(&cfg)?;
+        let client = HttpClient::new(&surge.url, None, c.connections, c.request_timeout);
+        let ready = surge.wait_ready(&client, Duration::from_secs(60)).await?;
+        println!(
+            "spawned {} on {} (durability {}), ready in {:.1} ms",
+            cfg.bin.display(),
+            surge.url.base,
+            c.durability,
+            ready.as_secs_f64() * 1e3
+        );
+        return Ok((client, Some((surge, dir))));
+    }
+    let Some(url) = &c.target else {
+        bail!("give --target URL or --spawn");
+    };
+    let url = parse_base(url, "http", 80)?;
+    check_loopback(&url, c.allow_non_loopback)?;
+    let client = HttpClient::new(&url, c.token.as_deref(), c.connections, c.request_timeout);
+    match client.get("/readyz").await {
+        Ok(r) if r.status == 200 => {}
+        Ok(r) => bail!("{}/readyz answered {}: not ready", url.base, r.status),
+        Err(e) => bail!("{}/readyz: {}", url.base, e.code()),
+    }
+    Ok((client, None))
+}
+
+/// Run the drill the command line asks for and build its report.
+pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport> {
+    let c = &cli.common;
+    let load_cfg = load_config(c)?;
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let audit_concurrency = c.connections.clamp(4, 64);
+    let mut runs = Vec::new();
+    let mut crash_report = None;
+    let (scenario, config) = match &cli.scenario {
+        Scenario::FlashSale {
+            flash,
+            baseline,
+            baseline_label,
+        } => {
+            let fc = flash_config(flash, c.seed)?;
+            // Check the baseline address before spending a run on surge.
+            let redis_url = match baseline {
+                Some(u) => {
+                    let url = parse_base(u, "redis", 6379)?;
+                    check_loopback(&url, c.allow_non_loopback)?;
+                    Some(url)
+                }
+                None => None,
+            };
+            let (client, spawned) = target(c).await?;
+            let (stats, audit) =
+                flash::run(client, fc.clone(), &load_cfg, "surge", audit_concurrency).await?;
+            if let Some((surge, _dir)) = spawned {
+                surge.terminate(Duration::from_secs(30)).await?;
+            }
+            runs.push(SystemRun { stats, audit });
+            if let Some(url) = redis_url {
+                let (stats, audit) = redis::run(url, fc.clone(), &load_cfg, baseline_label).await?;
+                runs.push(SystemRun { stats, audit });
+            }
+            ("flash-sale", json!({"flash": fc, "baseline": baseline}))
+        }
+        Scenario::Lifecycle { skus, customers } => {
+            let (client, spawned) = target(c).await?;
+            let (stats, audit) = lifecycle::run(
+                client,
+                c.seed,
+                *skus,
+                *customers,
+                &load_cfg,
+                audit_concurrency,
+            )
+            .await?;
+            if let Some((surge, _dir)) = spawned {
+                surge.terminate(Duration::from_secs(30)).await?;
+            }
+            runs.push(SystemRun { stats, audit });
+            ("lifecycle", json!({"skus": skus, "customers": customers}))
+        }
+        Scenario::Crash {
+            flash,
+            restarts,
+            load_ms_min,
+            load_ms_max,
+            recovery_kill_pct,
+            verify_full_max,
+            ready_timeout,
+        } => {
+            if c.target.is_some() {
+                bail!("crash spawns its own surge: drop --target");
+            }
+            let mut fc = flash_config(flash, c.seed)?;
+            // Holds must outlive a restart so their acknowledged state is checkable.
+            fc.ttl_ms = fc.ttl_ms.max(600_000);
+            let cfg = crash::CrashConfig {
+                bin: find_surge(c.surge_bin.as_deref())?,
+                restarts: *restarts,
+                durability: c.durability.clone(),
+                extra_args: c.surge_args.clone(),
+                flash: fc.clone(),
+                connections: c.connections,
+                load_ms_min: *load_ms_min,
+                load_ms_max: *load_ms_max,
+                recovery_kill_pct: (*recovery_kill_pct).min(100),
+                verify_full_max: *verify_full_max,
+                ready_timeout: *ready_timeout,
+                request_timeout: c.request_timeout,
+                audit_concurrency,
+                time_max: c.time_max.saturating_sub(Duration::from_secs(60)),
+            };
+            let (stats, audit, report) = crash::run(cfg).await?;
+            runs.push(SystemRun { stats, audit });
+            crash_report = Some(report);
+            (
+                "crash",
+                json!({"flash": fc, "restarts": restarts, "load_ms": [load_ms_min, load_ms_max],
+                       "recovery_kill_pct": recovery_kill_pct, "durability": c.durability}),
+            )
+        }
+    };
+    let lost = crash_report.as_ref().map_or(0, |r| r.lost_writes);
+    let passed = runs.iter().all(|r| r.audit.passed) && lost == 0;
+    let config = json!({
+        "scenario": config,
+        "rate_per_s": c.rate,
+        "duration_s": c.duration.as_secs_f64(),
+        "connections": c.connections,
+        "seed": c.seed,
+        "requests_max": c.requests_max,
+        "target": c.target,
+        "spawn": c.spawn,
+        "durability": c.durability,
+    });
+    Ok(DrillReport {
+        tool: format!("surge-loadtest {}", env!("CARGO_PKG_VERSION")),
+        scenario: scenario.to_string(),
+        started_unix_s,
+        command: command_line,
+        config,
+        runs,
+        crash: crash_report,
+        passed,
+    })
+}
+
+/// Write the `--json` and `--report` files the command line asked for.
+pub fn write_outputs(c: &Common, report: &DrillReport) -> anyhow::Result<()> {
+    if let Some(p) = &c.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &c.report {
+        std::fs::write(p, html::render(report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// An audit that failed, for callers that only need the verdict.
+pub fn verdict(report: &DrillReport) -> Result<(), Vec<String>> {
+    if report.passed {
+        Ok(())
+    } else {
+        let mut f = report.failures();
+        if let Some(c) = &report.crash
+            && c.lost_writes > 0
+        {
+            f.push(format!("{} acknowledged writes lost", c.lost_writes));
+        }
+        Err(f)
+    }
+}

@@ -1,0 +1,219 @@
+//! The generator: open loop at a target rate, or closed loop as fast as possible.
+//!
+//! Open loop: session `k` is due at `start + k / rate`; it is spawned at that time
+//! whether or not earlier ones have finished, and waits for one of `connections`
+//! slots. Its first request's latency counts from the due time, so a stalled
+//! server shows up in the percentiles instead of silently slowing the generator
+//! (coordinated omission). Closed loop: `connections` workers run sessions back to
+//! back; the recorder corrects with `record_correct`.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::stats::{Loop, Recorder};
+
+/// Sessions spawned and not yet finished, at most (open loop). When reached, the
+/// generator waits; the sessions it then starts late still count from their due
+/// time, so the wait shows up as latency.
+const BACKLOG_MAX: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Sessions started per second; 0 runs closed loop.
+    pub rate_per_s: f64,
+    pub duration: Duration,
+    pub connections: usize,
+    /// Stop starting sessions once this many requests were made.
+    pub requests_max: u64,
+    /// After the duration, wait this long for sessions in flight, then abort them.
+    pub drain: Duration,
+}
+
+impl LoadConfig {
+    pub fn mode(&self) -> Loop {
+        if self.rate_per_s > 0.0 {
+            Loop::Open
+        } else {
+            Loop::Closed
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOutcome {
+    pub started: u64,
+    /// Sessions still running at the end of the drain, aborted.
+    pub aborted: u64,
+    /// Wall time from the first session to the end of the load phase (not the drain).
+    pub elapsed: Duration,
+}
+
+/// Run sessions: `session(k, due)` performs session number `k`, due at `due`.
+/// `stop` ends the load early (crash drills).
+pub async fn run<F, Fut>(
+    cfg: &LoadConfig,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    session: F,
+) -> LoadOutcome
+where
+    F: Fn(u64, Instant) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let session = Arc::new(session);
+    let start = Instant::now();
+    let end = start + cfg.duration;
+    let mut set = JoinSet::new();
+    let mut started = 0u64;
+    let stopped =
+        |rec: &Recorder| stop.load(Ordering::Relaxed) || rec.requests() >= cfg.requests_max;
+    if cfg.rate_per_s > 0.0 {
+        let interval = Duration::from_secs_f64(1.0 / cfg.rate_per_s);
+        let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
+        let backlog = Arc::new(Semaphore::new(BACKLOG_MAX));
+        loop {
+            let due = start + interval.mul_f64(started as f64);
+            if due >= end || stopped(&recorder) {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let Ok(backlog_permit) = Arc::clone(&backlog).acquire_owned().await else {
+                break;
+            };
+            let slots = Arc::clone(&slots);
+            let session = Arc::clone(&session);
+            let recorder = Arc::clone(&recorder);
+            let k = started;
+            set.spawn(async move {
+                let _backlog = backlog_permit;
+                let Ok(_slot) = slots.acquire().await else {
+                    return;
+                };
+                session(k, due).await;
+                recorder.session_done();
+            });
+            started += 1;
+            while set.try_join_next().is_some() {}
+        }
+    } else {
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for _ in 0..cfg.connections.max(1) {
+            let next = Arc::clone(&next);
+            let session = Arc::clone(&session);
+            let recorder = Arc::clone(&recorder);
+            let stop = Arc::clone(&stop);
+            let requests_max = cfg.requests_max;
+            set.spawn(async move {
+                while Instant::now() < end
+                    && !stop.load(Ordering::Relaxed)
+                    && recorder.requests() < requests_max
+                {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    session(k, Instant::now()).await;
+                    recorder.session_done();
+                }
+            });
+        }
+        // Wait for the end (or a stop) without busy-looping.
+        while Instant::now() < end && !stopped(&recorder) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started = next.load(Ordering::Relaxed);
+    }
+    let elapsed = start
+        .elapsed()
+        .min(cfg.duration.max(Duration::from_millis(1)));
+    let elapsed = if stop.load(Ordering::Relaxed) {
+        start.elapsed()
+    } else {
+        elapsed
+    };
+    let drain_end = tokio::time::Instant::now() + cfg.drain;
+    let mut aborted = 0;
+    loop {
+        match tokio::time::timeout_at(drain_end, set.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                aborted = set.len() as u64;
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    LoadOutcome {
+        started,
+        aborted,
+        elapsed,
+    }
+}
+
+/// Live progress until `done` is set: an indicatif bar on a TTY, plain lines
+/// every few seconds otherwise.
+pub fn spawn_progress(
+    label: String,
+    recorder: Arc<Recorder>,
+    total: Duration,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let tty = std::io::stdout().is_terminal();
+        let bar = if tty {
+            let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {elapsed_precise} {msg}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.clone());
+            Some(bar)
+        } else {
+            None
+        };
+        let mut tick = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            tick += 1;
+            let p = recorder.progress();
+            let msg = format!(
+                "{} req/s  requests {}  errors {}  p99 {}",
+                p.last_second_rps,
+                p.requests,
+                p.errors,
+                fmt_us(p.p99_us)
+            );
+            match &bar {
+                Some(bar) => {
+                    bar.set_position(p.elapsed.as_millis() as u64);
+                    bar.set_message(msg);
+                }
+                None if tick % 20 == 0 => {
+                    println!("[{label}] t={:.0}s {msg}", p.elapsed.as_secs_f64());
+                }
+                None => {}
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+    })
+}
+
+pub fn fmt_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1_000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}

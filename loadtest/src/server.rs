@@ -1,0 +1,180 @@
+//! Spawning `surge` for `--spawn` and crash drills: a temporary data dir, a free
+//! loopback port, readiness polling, SIGKILL and SIGTERM of our own child only.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::http::{BaseUrl, HttpClient, parse_base};
+
+/// The workspace root: the parent of this crate's directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("loadtest/ has a parent")
+        .to_path_buf()
+}
+
+/// `--surge-bin`, else `target/release/surge`, else `target/debug/surge` (under
+/// `CARGO_TARGET_DIR` when set, else the workspace's `target/`).
+pub fn find_surge(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--surge-bin {}: no such file", p.display());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("surge");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "no surge binary under {}/{{release,debug}}: build it with `cargo build --release -p surge-api` or pass --surge-bin",
+        target.display()
+    )
+}
+
+/// A free loopback port: bind port 0, read it, let it go. Another process could
+/// take it in between; spawning then fails loudly, which is good enough here.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+#[derive(Debug, Clone)]
+pub struct SpawnConfig {
+    pub bin: PathBuf,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub durability: String,
+    /// Extra arguments passed as they are.
+    pub extra_args: Vec<String>,
+}
+
+/// Pids of the children alive now, so the watchdog can stop them before it ends
+/// an overrunning drill.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn forget_child(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        CHILDREN.lock().expect("children").retain(|&p| p != pid);
+    }
+}
+
+/// SIGKILL every child this process spawned and has not reaped (watchdog only).
+pub fn kill_all_children() {
+    for &pid in CHILDREN.lock().expect("children").iter() {
+        // SAFETY: kill(2) on pids of our own unreaped children.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
+/// One running `surge` child process.
+pub struct Surge {
+    child: Child,
+    pub url: BaseUrl,
+    pub spawned_at: Instant,
+}
+
+impl Surge {
+    pub fn spawn(cfg: &SpawnConfig) -> anyhow::Result<Surge> {
+        let listen = format!("127.0.0.1:{}", cfg.port);
+        let mut cmd = Command::new(&cfg.bin);
+        cmd.arg("--listen")
+            .arg(&listen)
+            .arg("--data-dir")
+            .arg(&cfg.data_dir)
+            .arg("--durability")
+            .arg(&cfg.durability)
+            .args(&cfg.extra_args)
+            // Open mode on loopback: the drill acts as admin. No tokens from our
+            // own environment leak into the child.
+            .env_remove("SURGE_TOKENS")
+            .env_remove("SURGE_TOKENS_FILE")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", cfg.bin.display()))?;
+        if let Some(pid) = child.id() {
+            CHILDREN.lock().expect("children").push(pid);
+        }
+        Ok(Surge {
+            child,
+            url: parse_base(&format!("http://{listen}"), "http", 80)?,
+            spawned_at: Instant::now(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Poll `/readyz` until it answers 200; the time from spawn to then.
+    pub async fn wait_ready(
+        &mut self,
+        client: &HttpClient,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let deadline = self.spawned_at + limit;
+        loop {
+            if let Ok(r) = client.get("/readyz").await
+                && r.status == 200
+            {
+                return Ok(self.spawned_at.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("surge exited before it was ready: {status}");
+            }
+            if Instant::now() >= deadline {
+                bail!("surge not ready within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// SIGKILL (std's and tokio's `kill` send SIGKILL on Unix) and reap.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id();
+        self.child.start_kill().context("SIGKILL surge")?;
+        self.child.wait().await.context("reaping surge")?;
+        forget_child(pid);
+        Ok(())
+    }
+
+    /// SIGTERM for a clean shutdown; SIGKILL if it takes longer than `grace`.
+    pub async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+        let pid = self.child.id();
+        if let Some(pid) = pid {
+            // Only ever our own child, by its pid.
+            // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(r) => {
+                r.context("reaping surge")?;
+            }
+            Err(_) => {
+                self.child.start_kill().ok();
+                self.child.wait().await.ok();
+            }
+        }
+        forget_child(pid);
+        Ok(())
+    }
+}
