@@ -431,10 +431,13 @@ fn sigterm_under_load_snapshots_and_replays_nothing() {
     );
     let acked = acked.lock().unwrap();
     let sku = s.admin("GET", "/v1/skus/T", None).json();
-    assert_eq!(
-        sku["reserved"].as_u64().unwrap(),
-        acked.len() as u64,
-        "{sku}"
+    // Every acknowledged hold; at most one more per writer (applied, but the answer
+    // lost as the connection closed).
+    let reserved = sku["reserved"].as_u64().unwrap();
+    let acked_n = acked.len() as u64;
+    assert!(
+        (acked_n..=acked_n + 4).contains(&reserved),
+        "{acked_n} acknowledged, {sku}"
     );
     for id in acked.iter().step_by(17) {
         let r = s.admin("GET", &format!("/v1/reservations/{id}"), None);
