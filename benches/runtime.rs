@@ -4,7 +4,7 @@
 //! `cargo bench --bench runtime`. Reservations/s from criterion's
 //! `target/criterion/runtime_sync_64_threads/*/new/estimates.json`; latency
 //! percentiles (per reservation, submit to durable reply) are printed and written to
-//! `target/criterion/runtime_latency.json`.
+//! `target/criterion/runtime_latency_<bench>.json`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,7 +132,6 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(1));
-    let mut report = Vec::new();
     for (name, skus, durability, window) in [
         ("reserve_10k_skus", 10_000, Durability::Sync, 1),
         ("reserve_hot_sku", 1, Durability::Sync, 1),
@@ -157,6 +156,9 @@ fn bench(c: &mut Criterion) {
         });
         fixture.handle.shutdown();
         let h = latencies.lock();
+        if h.is_empty() {
+            continue; // filtered out on the command line
+        }
         let line = format!(
             "{{\"bench\":\"{name}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
             h.len(),
@@ -166,12 +168,13 @@ fn bench(c: &mut Criterion) {
             h.max()
         );
         eprintln!("latency {line}");
-        report.push(line);
+        let path = target_dir()
+            .join("criterion")
+            .join(format!("runtime_latency_{name}.json"));
+        let _ = std::fs::create_dir_all(path.parent().expect("parent"));
+        std::fs::write(&path, line + "\n").expect("write latency report");
     }
     group.finish();
-    let path = target_dir().join("criterion").join("runtime_latency.json");
-    let _ = std::fs::create_dir_all(path.parent().expect("parent"));
-    std::fs::write(&path, format!("[{}]\n", report.join(",\n"))).expect("write latency report");
 }
 
 criterion_group!(benches, bench);
