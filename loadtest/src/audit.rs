@@ -370,7 +370,9 @@ pub async fn verify(
         }
     }
 
-    // SKU levels.
+    // SKU levels: checked into their own verdict so that an oversell leads the list.
+    let orders_audit = audit;
+    let mut audit = Audit::new();
     for def in skus {
         let path = format!("/v1/skus/{}", encode(&def.sku));
         let v = match get_json(client, &path).await {
@@ -440,5 +442,6 @@ pub async fn verify(
             held_by_known,
         });
     }
+    audit.merge(orders_audit);
     audit
 }

@@ -250,6 +250,8 @@ pub async fn run(cfg: CrashConfig) -> anyhow::Result<(RunStats, Audit, CrashRepo
         };
         let mut a = verify(&client, &part, &skus, accounting, cfg.audit_concurrency).await;
         a.skus.clear();
+        // Per-restart notes repeat; the final check writes the summary.
+        a.notes.clear();
         {
             let l = ledger.lock().expect("ledger");
             checked_res = l.reservations.len();

@@ -162,7 +162,10 @@ pub fn line_chart(
 
 /// A grouped bar chart: one group per metric, one bar per system, each group
 /// scaled on its own (the numbers are printed on the bars).
-pub fn bar_chart(id: &str, title: &str, groups: &[(String, Vec<(String, f64, String)>)]) -> String {
+/// One bar: system label, value, text printed above it.
+pub type Bar = (String, f64, String);
+
+pub fn bar_chart(id: &str, title: &str, groups: &[(String, Vec<Bar>)]) -> String {
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     let mut s = String::new();

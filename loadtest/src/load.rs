@@ -196,7 +196,7 @@ pub fn spawn_progress(
                     bar.set_position(p.elapsed.as_millis() as u64);
                     bar.set_message(msg);
                 }
-                None if tick % 20 == 0 => {
+                None if tick.is_multiple_of(20) => {
                     println!("[{label}] t={:.0}s {msg}", p.elapsed.as_secs_f64());
                 }
                 None => {}

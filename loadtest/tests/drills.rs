@@ -1,0 +1,140 @@
+//! Short drills against a spawned real surge pass, and the HTML report parses and
+//! holds its charts.
+
+mod common;
+
+use quick_xml::Reader;
+use quick_xml::events::Event;
+
+/// Parse the page as XML (it is written to be well-formed): every tag closes;
+/// returns the ids of its `<svg>` elements.
+fn svg_ids(html: &str) -> Vec<String> {
+    let body = html
+        .strip_prefix("<!DOCTYPE html>")
+        .expect("starts with a doctype");
+    let mut reader = Reader::from_str(body);
+    let mut stack: Vec<String> = Vec::new();
+    let mut ids = Vec::new();
+    loop {
+        match reader.read_event().expect("well-formed report") {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                if name == "svg" {
+                    let id = e
+                        .try_get_attribute("id")
+                        .expect("attribute")
+                        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+                        .unwrap_or_default();
+                    ids.push(id);
+                }
+                stack.push(name);
+            }
+            Event::End(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                assert_eq!(stack.pop().as_deref(), Some(name.as_str()), "tags nest");
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert!(stack.is_empty(), "unclosed tags: {stack:?}");
+    ids
+}
+
+#[test]
+fn flash_sale_drill_passes_and_reports() {
+    let surge = common::surge_binary();
+    let dir = common::temp_path("flash");
+    let json = dir.join("drill.json");
+    let html = dir.join("drill.html");
+    let out = common::loadtest(&[
+        "flash-sale",
+        "--spawn",
+        "--surge-bin",
+        surge.to_str().unwrap(),
+        "--duration",
+        "3s",
+        "--rate",
+        "300",
+        "--connections",
+        "16",
+        "--skus",
+        "4",
+        "--stock",
+        "100",
+        "--ttl-ms",
+        "1000",
+        "--json",
+        json.to_str().unwrap(),
+        "--report",
+        html.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "drill failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("verdict: PASS"));
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["passed"], true);
+    let run = &report["runs"][0];
+    assert!(run["stats"]["requests"].as_u64().unwrap() > 500);
+    assert!(run["stats"]["latency"]["p99_us"].as_u64().unwrap() > 0);
+    assert!(run["stats"]["per_op"]["reserve"]["ok"].as_u64().unwrap() > 0);
+    assert!(!run["stats"]["timeline"].as_array().unwrap().is_empty());
+    assert_eq!(run["audit"]["passed"], true);
+
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        !page.contains("http://") || !page.contains("src=\"http"),
+        "no external assets"
+    );
+    assert!(!page.contains("<script"));
+    let ids = svg_ids(&page);
+    for chart in ["throughput", "p99", "distribution"] {
+        assert!(ids.iter().any(|i| i == chart), "chart {chart} in {ids:?}");
+    }
+    assert!(page.contains("<polyline"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn crash_drill_passes_with_three_restarts() {
+    let surge = common::surge_binary();
+    let dir = common::temp_path("crash");
+    let html = dir.join("crash.html");
+    let json = dir.join("crash.json");
+    let out = common::loadtest(&[
+        "crash",
+        "--surge-bin",
+        surge.to_str().unwrap(),
+        "--restarts",
+        "3",
+        "--connections",
+        "8",
+        "--load-ms-min",
+        "200",
+        "--load-ms-max",
+        "600",
+        "--recovery-kill-pct",
+        "50",
+        "--skus",
+        "4",
+        "--stock",
+        "100000",
+        "--json",
+        json.to_str().unwrap(),
+        "--report",
+        html.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "crash drill failed");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let crash = &report["crash"];
+    assert_eq!(crash["restarts_done"], 3);
+    assert_eq!(crash["lost_writes"], 0);
+    assert!(crash["acknowledged_writes"].as_u64().unwrap() > 0);
+    assert_eq!(crash["restarts"].as_array().unwrap().len(), 3);
+    let ids = svg_ids(&std::fs::read_to_string(&html).unwrap());
+    assert!(ids.iter().any(|i| i == "recovery"), "{ids:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
