@@ -5,7 +5,7 @@
 mod common;
 
 use common::{ADMIN, OPERATOR, STOREFRONT, Server, TempDir, VIEWER, send};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const JSON: &str = "application/json";
 /// The body limit of the corpus server (`SURGE_BODY_LIMIT_BYTES`).
