@@ -144,7 +144,8 @@ run_redis() { # fsync-policy -> sets REDIS_<POLICY>_HOT / _MANY
         sleep 0.1
     done
     redis-cli -p "$port" set stock:HOT 1000000000000 >/dev/null
-    for ((i = 0; i < SKUS; i++)); do echo "SET stock:$i 1000000000000"; done |
+    # redis-benchmark writes __rand_int__ as a 12-digit zero-padded number.
+    for ((i = 0; i < SKUS; i++)); do printf 'SET stock:%012d 1000000000000\n' "$i"; done |
         redis-cli -p "$port" >/dev/null
     sha=$(redis-cli -p "$port" script load "$REDIS_SCRIPT")
     log "redis-benchmark: appendfsync $policy, hot key"
@@ -153,6 +154,12 @@ run_redis() { # fsync-policy -> sets REDIS_<POLICY>_HOT / _MANY
     log "redis-benchmark: appendfsync $policy, many keys"
     redis-benchmark -h 127.0.0.1 -p "$port" -n "$REDIS_REQUESTS" -c "$CONNECTIONS" -r "$SKUS" \
         EVALSHA "$sha" 2 stock:__rand_int__ hold:__rand_int__ 1 900000 >"$dir/many.txt" 2>&1
+    # Check that the script really held stock (a missing key would make it a no-op).
+    local held_hot held_many
+    held_hot=$(redis-cli -p "$port" eval "return 1000000000000 - tonumber(redis.call('GET', KEYS[1]))" 1 stock:HOT)
+    held_many=$(redis-cli -p "$port" eval "local s = 0 for i = 0, tonumber(ARGV[1]) - 1 do s = s + 1000000000000 - tonumber(redis.call('GET', string.format('stock:%012d', i))) end return s" 0 "$SKUS")
+    log "redis appendfsync $policy: units held: hot $held_hot, many $held_many (of $REDIS_REQUESTS requests each)"
+    printf -v "REDIS_${policy^^}_HELD" '%s' "hot $held_hot, many $held_many"
     printf -v "REDIS_${policy^^}_HOT" '%s' "$(parse_redis "$dir/hot.txt")"
     printf -v "REDIS_${policy^^}_MANY" '%s' "$(parse_redis "$dir/many.txt")"
     kill "$pid" 2>/dev/null || true
@@ -198,4 +205,4 @@ read -r am _ <<<"$REDIS_ALWAYS_MANY"
 read -r em _ <<<"$REDIS_EVERYSEC_MANY"
 echo "- hot SKU: surge / redis-always = $(ratio "$(field rps "$SURGE_HOT")" "$ah"), surge / redis-everysec = $(ratio "$(field rps "$SURGE_HOT")" "$eh")"
 echo "- $SKUS SKUs: surge / redis-always = $(ratio "$(field rps "$SURGE_MANY")" "$am"), surge / redis-everysec = $(ratio "$(field rps "$SURGE_MANY")" "$em")"
-echo "- surge HOT units reserved after the runs: $HELD"
+echo "- units held after the runs: surge HOT $HELD; redis always: $REDIS_ALWAYS_HELD; redis everysec: $REDIS_EVERYSEC_HELD (of $REDIS_REQUESTS requests each)"
