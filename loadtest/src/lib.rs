@@ -133,12 +133,13 @@ pub enum Scenario {
     FlashSale {
         #[command(flatten)]
         flash: FlashArgs,
-        /// Also run the workload against Redis (Lua reserve/release), e.g. redis://127.0.0.1:6379.
+        /// Also run the workload against Redis (Lua reserve/release), e.g.
+        /// redis://127.0.0.1:6379; repeat for several Redis setups.
         #[arg(long)]
-        baseline: Option<String>,
-        /// Label for the baseline run.
-        #[arg(long, default_value = "redis")]
-        baseline_label: String,
+        baseline: Vec<String>,
+        /// Labels of the baseline runs, in order (default: redis <host:port>).
+        #[arg(long)]
+        baseline_label: Vec<String>,
     },
     /// Orders driven through their whole life, cancels, returns, refunds, reads, searches.
     Lifecycle {
@@ -265,14 +266,16 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
         } => {
             let fc = flash_config(flash, c.seed)?;
             // Check the baseline address before spending a run on surge.
-            let redis_url = match baseline {
-                Some(u) => {
-                    let url = parse_base(u, "redis", 6379)?;
-                    check_loopback(&url, c.allow_non_loopback)?;
-                    Some(url)
-                }
-                None => None,
-            };
+            let mut redis_urls = Vec::new();
+            for (i, u) in baseline.iter().enumerate() {
+                let url = parse_base(u, "redis", 6379)?;
+                check_loopback(&url, c.allow_non_loopback)?;
+                let label = baseline_label
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("redis {}:{}", url.host, url.port));
+                redis_urls.push((url, label));
+            }
             let (client, spawned) = target(c).await?;
             let (stats, audit) =
                 flash::run(client, fc.clone(), &load_cfg, "surge", audit_concurrency).await?;
@@ -280,8 +283,8 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 surge.terminate(Duration::from_secs(30)).await?;
             }
             runs.push(SystemRun { stats, audit });
-            if let Some(url) = redis_url {
-                let (stats, audit) = redis::run(url, fc.clone(), &load_cfg, baseline_label).await?;
+            for (url, label) in redis_urls {
+                let (stats, audit) = redis::run(url, fc.clone(), &load_cfg, &label).await?;
                 runs.push(SystemRun { stats, audit });
             }
             ("flash-sale", json!({"flash": fc, "baseline": baseline}))

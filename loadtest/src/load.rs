@@ -1,6 +1,6 @@
 //! The generator: open loop at a target rate, or closed loop as fast as possible.
 //!
-//! Open loop: session `k` is due at `start + k / rate`; it is spawned at that time
+//! Open loop: session `k` is due at `start + k / rate`; a scheduler thread spawns it then
 //! whether or not earlier ones have finished, and waits for one of `connections`
 //! slots. Its first request's latency counts from the due time, so a stalled
 //! server shows up in the percentiles instead of silently slowing the generator
@@ -67,41 +67,98 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let session = Arc::new(session);
+    let started: u64;
     let start = Instant::now();
     let end = start + cfg.duration;
     let mut set = JoinSet::new();
-    let mut started = 0u64;
     let stopped =
         |rec: &Recorder| stop.load(Ordering::Relaxed) || rec.requests() >= cfg.requests_max;
     if cfg.rate_per_s > 0.0 {
+        // Due times come from a plain thread with nanosleep: tokio's timer has 1 ms
+        // granularity, and measuring from the due time would charge that slop to
+        // the server as latency.
         let interval = Duration::from_secs_f64(1.0 / cfg.rate_per_s);
         let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
-        let backlog = Arc::new(Semaphore::new(BACKLOG_MAX));
-        loop {
-            let due = start + interval.mul_f64(started as f64);
-            if due >= end || stopped(&recorder) {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-            let Ok(backlog_permit) = Arc::clone(&backlog).acquire_owned().await else {
-                break;
-            };
-            let slots = Arc::clone(&slots);
-            let session = Arc::clone(&session);
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
+        let handle = tokio::runtime::Handle::current();
+        let generator = {
             let recorder = Arc::clone(&recorder);
-            let k = started;
-            set.spawn(async move {
-                let _backlog = backlog_permit;
-                let Ok(_slot) = slots.acquire().await else {
-                    return;
-                };
-                session(k, due).await;
-                recorder.session_done();
-            });
-            started += 1;
-            while set.try_join_next().is_some() {}
+            let stop = Arc::clone(&stop);
+            let in_flight = Arc::clone(&in_flight);
+            let session = Arc::clone(&session);
+            let requests_max = cfg.requests_max;
+            std::thread::Builder::new()
+                .name("loadtest-schedule".into())
+                .spawn(move || {
+                    let mut started = 0u64;
+                    loop {
+                        let due = start + interval.mul_f64(started as f64);
+                        if due >= end
+                            || stop.load(Ordering::Relaxed)
+                            || recorder.requests() >= requests_max
+                        {
+                            return started;
+                        }
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        if in_flight.load(Ordering::Relaxed) >= BACKLOG_MAX {
+                            // Later sessions start late and count from their due
+                            // time, so this wait shows up as latency.
+                            std::thread::sleep(Duration::from_millis(1));
+                            continue;
+                        }
+                        in_flight.fetch_add(1, Ordering::Relaxed);
+                        let slots = Arc::clone(&slots);
+                        let session = Arc::clone(&session);
+                        let recorder = Arc::clone(&recorder);
+                        let in_flight = Arc::clone(&in_flight);
+                        let mut abort = abort_rx.clone();
+                        let k = started;
+                        handle.spawn(async move {
+                            let run = async {
+                                let Ok(_slot) = slots.acquire().await else {
+                                    return;
+                                };
+                                session(k, due).await;
+                                recorder.session_done();
+                            };
+                            tokio::select! {
+                                () = run => {}
+                                _ = abort.wait_for(|a| *a) => {}
+                            }
+                            in_flight.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        started += 1;
+                    }
+                })
+                .expect("spawning the scheduler thread")
+        };
+        let started_open = tokio::task::spawn_blocking(move || generator.join())
+            .await
+            .expect("scheduler join")
+            .expect("scheduler thread");
+        let elapsed = start.elapsed();
+        let drain_end = Instant::now() + cfg.drain;
+        while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    } else {
+        let aborted = in_flight.load(Ordering::Relaxed) as u64;
+        if aborted > 0 {
+            let _ = abort_tx.send(true);
+            while in_flight.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        return LoadOutcome {
+            started: started_open,
+            aborted,
+            elapsed,
+        };
+    }
+    {
         let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for _ in 0..cfg.connections.max(1) {
             let next = Arc::clone(&next);

@@ -45,13 +45,13 @@ impl DrillReport {
         let mut out = String::new();
         out.push_str(&format!("\n== {} drill ==\n", self.scenario));
         out.push_str(&format!(
-            "{:<16} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  audit\n",
+            "{:<22} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  audit\n",
             "system", "requests", "errors", "req/s", "p50", "p90", "p99", "p99.9", "max"
         ));
         for r in &self.runs {
             let s = &r.stats;
             out.push_str(&format!(
-                "{:<16} {:>10} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9}  {}\n",
+                "{:<22} {:>10} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9}  {}\n",
                 s.label,
                 s.requests,
                 s.errors,
@@ -110,13 +110,15 @@ impl DrillReport {
                 out.push_str(&format!("    FAIL: {f}\n"));
             }
         }
-        if self.runs.len() == 2 {
-            let (a, b) = (&self.runs[0].stats, &self.runs[1].stats);
+        for other in self.runs.iter().skip(1) {
+            let (a, b) = (&self.runs[0].stats, &other.stats);
+            let sessions = |s: &crate::stats::RunStats| s.sessions as f64 / s.elapsed_s.max(1e-9);
             out.push_str(&format!(
-                "\n{} / {}: throughput x{:.2}, p99 x{:.2}\n",
+                "\n{} / {}: requests/s x{:.2}, sessions/s x{:.2}, p99 x{:.2}\n",
                 a.label,
                 b.label,
                 a.throughput_rps / b.throughput_rps.max(1e-9),
+                sessions(a) / sessions(b).max(1e-9),
                 a.latency.p99_us as f64 / (b.latency.p99_us.max(1)) as f64
             ));
         }
