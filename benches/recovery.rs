@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use surge_engine::{Command, Durability, Engine, EngineConfig, LineReq, OrderLineReq};
 
+// The `surge` binary runs on mimalloc; measure with the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORDS: u64 = 1_000_000;
 const ORDERS: u64 = 1_000_000;
 

@@ -14,6 +14,10 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use surge_engine::{Command, Durability, Engine, EngineConfig, LineReq};
 
+// The `surge` binary runs on mimalloc; measure with the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const THREADS: u64 = 64;
 
 /// An engine on a fresh data dir with `skus` SKUs of ample stock.

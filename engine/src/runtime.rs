@@ -153,7 +153,6 @@ pub struct RecoveryReport {
     pub events_restored: usize,
     pub duration: Duration,
     pub next_lsn: u64,
-    pub digest: u64,
 }
 
 /// Counters the writer keeps for `/metrics`.
@@ -319,7 +318,6 @@ impl Engine {
             events_restored,
             duration: started.elapsed(),
             next_lsn: state.next_seq(),
-            digest: state.digest(),
         };
         let state_sku_count = state.sku_count();
         let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
