@@ -877,3 +877,76 @@ fn batch_problem_names_the_op() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["results"][0]["field"], "ops[0]", "{}", r.body);
 }
+
+/// Holds and unpaid orders expire on their own: the units come back, the events say
+/// so, and late actions are refused.
+#[test]
+fn holds_and_unpaid_orders_expire() {
+    let dir = TempDir::new("ep-expiry");
+    let s = Server::start(&dir.data(), "expiry");
+    s.define("X", 10);
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/reservations",
+        Some(r#"{"lines":[{"sku":"X","qty":3}],"ttl_ms":1000}"#),
+    );
+    let rid = r.str_field("id");
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/orders",
+        Some(r#"{"order_no":"slow/payer","customer_id":"c","lines":[{"sku":"X","qty":2,"unit_price":10}],"payment_ttl_ms":1000}"#),
+    );
+    let oid = r.str_field("id");
+    assert_eq!(s.admin("GET", "/v1/skus/X", None).json()["available"], 5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let res = s
+            .admin("GET", &format!("/v1/reservations/{rid}"), None)
+            .json();
+        let ord = s.admin("GET", &format!("/v1/orders/{oid}"), None).json();
+        if res["status"] == "expired" && ord["status"] == "expired" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing expired: {res} {ord}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(s.admin("GET", "/v1/skus/X", None).json()["available"], 10);
+    let types: Vec<String> = s
+        .all_events()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert!(types.contains(&"reservation.expired".into()), "{types:?}");
+    assert!(types.contains(&"order.expired".into()), "{types:?}");
+    s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/reservations/{rid}/commit"),
+        None,
+    )
+    .assert_problem(409, "invalid_transition");
+    s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/orders/{oid}/pay"),
+        Some(r#"{"amount":20}"#),
+    )
+    .assert_problem(409, "invalid_transition");
+    // by-no with a percent-encoded order number.
+    let r = s.as_(VIEWER, "GET", "/v1/orders/by-no/slow%2Fpayer", None);
+    assert_eq!(
+        (r.status, r.json()["id"].as_str()),
+        (200, Some(oid.as_str())),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        s.admin("GET", "/v1/stats", None).json()["orders_by_status"]["expired"],
+        1
+    );
+}
