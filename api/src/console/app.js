@@ -23,6 +23,11 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** Replace an element's children, skipping null/false and flattening arrays. */
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 const SVG_NS = 'http://www.w3.org/2000/svg';
 function s(tag, attrs = {}, text) {
   const el = document.createElementNS(SVG_NS, tag);
@@ -102,7 +107,7 @@ async function api(method, path, body, { quiet401 = false } = {}) {
   }
   if (!res.ok) {
     const err = new ApiError(res.status, data);
-    if (res.status === 401 && !quiet401) needToken(err.message);
+    if (res.status === 401 && !quiet401) needToken(store.token ? `The server refused this token (${err.message}).` : 'This server requires a token.');
     throw err;
   }
   return data;
@@ -496,7 +501,7 @@ function renderOrder(o) {
       h('span', { class: 'when', text: `${when(e.at)} · ${e.actor}` }),
       e.note ? h('p', { class: 'note', text: e.note }) : null)));
 
-  $('#order-body').replaceChildren(facts, cancellation, returned, actions,
+  fill($('#order-body'), facts, cancellation, returned, actions,
     h('div', { class: 'order-cols' },
       h('section', { 'aria-labelledby': 'lines-h' }, h('h2', { id: 'lines-h', text: 'Lines' }), h('div', { class: 'scroll' }, lines)),
       h('section', { 'aria-labelledby': 'history-h' }, h('h2', { id: 'history-h', text: 'History' }), history)));
@@ -609,13 +614,13 @@ function openCancel() {
   const o = current;
   const select = $('#cancel-reason-select');
   const reasons = access.role === 'storefront' ? STOREFRONT_REASONS : Object.keys(REASONS);
-  select.replaceChildren(h('option', { value: '', text: 'Choose a reason…' }),
+  fill(select, h('option', { value: '', text: 'Choose a reason…' }),
     reasons.map((r) => h('option', { value: r, text: REASONS[r] })));
   $('#cancel-note-input').value = '';
   $('#cancel-dialog-no').textContent = o.order_no;
   $('#cancel-error').hidden = true;
   const held = o.status === 'reserved';
-  $('#cancel-stock').replaceChildren(
+  fill($('#cancel-stock'),
     h('p', { text: held ? 'These held units are released back to available stock:' : 'These units go back to stock (on hand and available):' }),
     h('ul', { id: 'cancel-stock-lines' }, o.lines.map((l) => h('li', { 'data-sku': l.sku, text: `${l.qty} × ${l.sku}` }))),
     o.payment.status === 'paid' ? h('p', { text: `The payment of ${money(o.total)} becomes due for a refund.` }) : null);
