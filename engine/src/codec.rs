@@ -6,7 +6,7 @@ use bincode::{Decode, Encode, config};
 
 use crate::command::{Command, IdempotencyKey};
 use crate::domain::Millis;
-use crate::state::Snapshot;
+use crate::state::{Snapshot, SnapshotRef};
 
 /// Largest encoded record (commands are bounded by `limits.rs`; this is a backstop).
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -57,7 +57,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, String> {
     Ok(record)
 }
 
-pub(crate) fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
     bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
 }
 

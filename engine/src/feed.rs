@@ -80,12 +80,10 @@ impl EventLog {
         self.sku_names.write().push(name);
     }
 
-    pub(crate) fn snapshot(&self) -> (Vec<Event>, u64) {
+    /// Run `f` over the ring (for a snapshot) with the seq of the newest dropped event.
+    pub(crate) fn with_ring<R>(&self, f: impl FnOnce(&VecDeque<Event>, u64) -> R) -> R {
         let events = self.events.read();
-        (
-            events.iter().cloned().collect(),
-            self.dropped_through.load(Ordering::Acquire),
-        )
+        f(&events, self.dropped_through.load(Ordering::Acquire))
     }
 
     /// Restore the ring from a snapshot (start-up only).

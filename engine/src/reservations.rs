@@ -150,7 +150,10 @@ mod tests {
         rs.get_mut(&ReservationId(2)).expect("in window").status = ReservationStatus::Released;
         rs.push(hold(4)); // 1 leaves the window, still held: overflow
         rs.push(hold(5)); // 2 leaves the window, released: forgotten
-        assert_eq!(rs.get(&ReservationId(1)).map(|r| r.status), Some(ReservationStatus::Held));
+        assert_eq!(
+            rs.get(&ReservationId(1)).map(|r| r.status),
+            Some(ReservationStatus::Held)
+        );
         assert!(rs.get(&ReservationId(2)).is_none());
         assert_eq!(rs.len(), 4);
         rs.get_mut(&ReservationId(1)).expect("overflow").status = ReservationStatus::Expired;

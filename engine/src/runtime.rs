@@ -374,10 +374,18 @@ struct Recovered {
 }
 
 /// The engine's snapshot file body: the state and the event ring.
-#[derive(Encode, Decode)]
+#[derive(Decode)]
 struct EngineSnapshot {
     state: Vec<u8>,
     events: Vec<Event>,
+    events_dropped_through: u64,
+}
+
+/// [`EngineSnapshot`] by reference, encoded without copying the ring first.
+#[derive(Encode)]
+struct EngineSnapshotRef<'a> {
+    state: &'a [u8],
+    events: &'a std::collections::VecDeque<Event>,
     events_dropped_through: u64,
 }
 
@@ -758,13 +766,15 @@ impl<S: Storage> Writer<S> {
             // Nothing logged since the newest snapshot (or nothing at all): it is current.
             return Ok(lsn);
         }
-        let (events, dropped_through) = self.shared.events.snapshot();
-        let body = EngineSnapshot {
-            state: self.state.encode_snapshot(),
-            events,
-            events_dropped_through: dropped_through,
-        };
-        let bytes = bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).map_err(|e| e.to_string())?;
+        let state = self.state.encode_snapshot();
+        let bytes = self.shared.events.with_ring(|events, dropped_through| {
+            let body = EngineSnapshotRef {
+                state: &state,
+                events,
+                events_dropped_through: dropped_through,
+            };
+            bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).map_err(|e| e.to_string())
+        })?;
         wal.write_snapshot(lsn, &bytes).map_err(|e| e.to_string())?;
         self.records_since_snapshot = 0;
         let stats = &self.shared.stats;
