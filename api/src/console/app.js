@@ -217,9 +217,9 @@ function setupAuth() {
     if (access.role) {
       form.hidden = true;
       $('#token-toggle').setAttribute('aria-expanded', 'false');
-      notice(`Using a ${access.role} token.`);
       live.restart();
       route();
+      notice(`Using ${access.role === 'operator' || access.role === 'admin' ? 'an' : 'a'} ${access.role} token.`);
     }
   });
   $('#token-clear').addEventListener('click', async () => {
@@ -257,6 +257,7 @@ function route() {
   for (const v of document.querySelectorAll('.view')) v.hidden = true;
   for (const a of document.querySelectorAll('.top nav a')) a.removeAttribute('aria-current');
   hideError();
+  $('#notice').hidden = true;
   if (parts[0] === 'order' && parts[1]) {
     $('#view-order').hidden = false;
     $('#nav-orders').setAttribute('aria-current', 'page');
@@ -438,7 +439,7 @@ function whyNot(o) {
   if (st === 'delivered' || st === 'completed') {
     return `This order was ${st === 'delivered' ? 'delivered' : 'completed'} after shipping, so it cannot be cancelled: return it instead.`;
   }
-  if (st === 'cancelled') return 'This order is cancelled: no further steps.';
+  if (st === 'cancelled') return o.payment.status === 'refund_due' ? 'This order is cancelled; its payment is due for a refund.' : 'This order is cancelled: no further steps.';
   if (st === 'expired') return 'Payment did not arrive in time and the hold expired: no further steps.';
   if (st === 'returned') return o.payment.status === 'refund_due' ? 'Returned: the payment is due for a refund.' : 'Returned: no further steps.';
   return '';
