@@ -503,7 +503,6 @@ impl<S: Storage> Writer<S> {
                 }
             }
             self.now_ms = self.now_ms.max(self.config.clock.now_ms());
-            self.events_buf.clear();
             let mut snapshot_replies = Vec::new();
             let mut query_replies = Vec::new();
             self.expire_due(&mut pending);

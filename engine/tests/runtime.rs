@@ -378,3 +378,72 @@ fn a_snapshot_with_nothing_new_is_current_not_an_error() {
         .expect("still current");
     assert_eq!(again, first);
 }
+
+/// Every acknowledged mutation's events reach the feed, in every durability mode.
+fn feed_misses_nothing(durability: surge_engine::Durability) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        durability,
+        ..EngineConfig::default()
+    };
+    let (handle, _) = Engine::open(config).expect("open");
+    define(&handle, "A", 1_000_000);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let tickets: Vec<_> = (0..200)
+                    .map(|_| handle.submit(reserve("A", 1), None).expect("room"))
+                    .collect();
+                tickets
+                    .into_iter()
+                    .map(|t| match t.wait().expect("answered") {
+                        Ok(Reply::Reservation(r)) => r.id,
+                        other => panic!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut held: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    held.sort();
+    // Async mode publishes at its next flush: wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen;
+    loop {
+        let page = handle.events().read_after(0, 100_000);
+        seen = page
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                surge_engine::EventKind::ReservationHeld { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        if seen.len() >= held.len() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    seen.sort();
+    assert_eq!(seen, held, "{durability:?}: the feed lost events");
+}
+
+#[test]
+fn the_feed_misses_nothing_in_sync_mode() {
+    feed_misses_nothing(surge_engine::Durability::Sync);
+}
+
+#[test]
+fn the_feed_misses_nothing_in_async_mode() {
+    feed_misses_nothing(surge_engine::Durability::Async);
+}
+
+#[test]
+fn the_feed_misses_nothing_without_a_log() {
+    feed_misses_nothing(surge_engine::Durability::None);
+}
