@@ -52,9 +52,173 @@ fn field_of(path: &serde_path_to_error::Path, message: &str) -> String {
     }
 }
 
+/// What the shape check found.
+enum Shape {
+    Fine,
+    /// A value that must be an object is not; the path names it (`lines[2]`).
+    NotObject(String),
+    /// Not well-formed: left to serde, which names the problem better.
+    Malformed,
+}
+
+/// Nesting deeper than this is left to serde (whose own limit is 128).
+const SHAPE_DEPTH_MAX: usize = 128;
+
+/// Request bodies are objects, and no array in them holds arrays. serde would also
+/// read a struct from a JSON array, field by field in order; the contract calls that
+/// a wrong type. Request DTOs nest structs only as array elements (`lines`, `ops`),
+/// so these two rules close that door. One pass over the bytes, before serde.
+fn check_shape(bytes: &[u8]) -> Shape {
+    let mut pos = 0;
+    let mut path = String::new();
+    match shape_value(bytes, &mut pos, &mut path, true, 0) {
+        Ok(()) => Shape::Fine,
+        Err(shape) => shape,
+    }
+}
+
+fn skip_ws(bytes: &[u8], pos: &mut usize) {
+    while *pos < bytes.len() && matches!(bytes[*pos], b' ' | b'\t' | b'\n' | b'\r') {
+        *pos += 1;
+    }
+}
+
+/// Skip a string starting at `"`; returns its raw contents.
+fn shape_string<'a>(bytes: &'a [u8], pos: &mut usize) -> Result<&'a [u8], Shape> {
+    let start = *pos + 1;
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => {
+                *pos = i + 1;
+                return Ok(&bytes[start..i]);
+            }
+            _ => i += 1,
+        }
+    }
+    Err(Shape::Malformed)
+}
+
+fn shape_value(
+    bytes: &[u8],
+    pos: &mut usize,
+    path: &mut String,
+    must_be_object: bool,
+    depth: usize,
+) -> Result<(), Shape> {
+    if depth > SHAPE_DEPTH_MAX {
+        return Err(Shape::Malformed);
+    }
+    skip_ws(bytes, pos);
+    let Some(&first) = bytes.get(*pos) else {
+        return Err(Shape::Malformed);
+    };
+    // The top level must be an object; an array element may be anything but an
+    // array (an array of arrays is how a struct would be smuggled in by position).
+    let refused = if depth == 0 {
+        first != b'{'
+    } else {
+        must_be_object && first == b'['
+    };
+    if refused {
+        let name = if path.is_empty() {
+            "body".to_string()
+        } else {
+            path.clone()
+        };
+        return Err(Shape::NotObject(name));
+    }
+    match first {
+        b'{' => {
+            *pos += 1;
+            loop {
+                skip_ws(bytes, pos);
+                match bytes.get(*pos) {
+                    Some(b'}') => {
+                        *pos += 1;
+                        return Ok(());
+                    }
+                    Some(b'"') => {}
+                    _ => return Err(Shape::Malformed),
+                }
+                let key = shape_string(bytes, pos)?;
+                skip_ws(bytes, pos);
+                if bytes.get(*pos) != Some(&b':') {
+                    return Err(Shape::Malformed);
+                }
+                *pos += 1;
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&String::from_utf8_lossy(key));
+                shape_value(bytes, pos, path, false, depth + 1)?;
+                path.truncate(len);
+                skip_ws(bytes, pos);
+                match bytes.get(*pos) {
+                    Some(b',') => *pos += 1,
+                    Some(b'}') => {
+                        *pos += 1;
+                        return Ok(());
+                    }
+                    _ => return Err(Shape::Malformed),
+                }
+            }
+        }
+        b'[' => {
+            *pos += 1;
+            let mut index = 0usize;
+            loop {
+                skip_ws(bytes, pos);
+                if bytes.get(*pos) == Some(&b']') {
+                    *pos += 1;
+                    return Ok(());
+                }
+                let len = path.len();
+                path.push_str(&format!("[{index}]"));
+                shape_value(bytes, pos, path, true, depth + 1)?;
+                path.truncate(len);
+                index += 1;
+                skip_ws(bytes, pos);
+                match bytes.get(*pos) {
+                    Some(b',') => *pos += 1,
+                    Some(b']') => {
+                        *pos += 1;
+                        return Ok(());
+                    }
+                    _ => return Err(Shape::Malformed),
+                }
+            }
+        }
+        b'"' => shape_string(bytes, pos).map(|_| ()),
+        _ => {
+            while *pos < bytes.len()
+                && !matches!(
+                    bytes[*pos],
+                    b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'
+                )
+            {
+                *pos += 1;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Parse JSON bytes into `T`, naming the offending field on failure; `prefix` is
 /// prepended to field paths (`ops[3].`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+    if let Shape::NotObject(path) = check_shape(bytes) {
+        let field = if prefix.is_empty() {
+            path
+        } else if path == "body" {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        return Err(ApiError::validation(field, "must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let message = e.inner().to_string();
