@@ -32,7 +32,7 @@ pub struct BatchResponse {
     /// One per op, in order: the success body of the op (a reservation or an order)
     /// or a problem document with its `status` and `code`.
     #[schema(value_type = Vec<Object>)]
-    pub results: Vec<serde_json::Value>,
+    pub results: Vec<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -167,8 +167,9 @@ fn op_command(
     })
 }
 
-fn problem_json(error: &ApiError) -> serde_json::Value {
-    serde_json::to_value(error.problem()).expect("a problem always serializes")
+fn problem_json(error: &ApiError) -> Box<RawValue> {
+    let text = serde_json::to_string(&error.problem()).expect("a problem always serializes");
+    RawValue::from_string(text).expect("serde_json writes valid JSON")
 }
 
 #[utoipa::path(post, path = "/v1/batch", tag = "batch",

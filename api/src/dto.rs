@@ -421,15 +421,20 @@ pub struct OrderPage {
 }
 
 /// Render a successful engine reply as JSON.
-pub fn reply_json(reply: Reply) -> serde_json::Value {
-    let value = match reply {
-        Reply::Sku(v) => serde_json::to_value(SkuBody::from(v)),
-        Reply::Reservation(v) => serde_json::to_value(ReservationBody::from(v)),
-        Reply::Order(v) => serde_json::to_value(OrderBody::from(*v)),
+/// The JSON body of a successful reply, serialized straight from its DTO (no
+/// intermediate `Value` tree: this runs for every response and every batch op).
+pub fn reply_json(reply: Reply) -> Box<serde_json::value::RawValue> {
+    let text = match reply {
+        Reply::Sku(v) => serde_json::to_string(&SkuBody::from(v)),
+        Reply::Reservation(v) => serde_json::to_string(&ReservationBody::from(v)),
+        Reply::Order(v) => serde_json::to_string(&OrderBody::from(*v)),
         Reply::Expired {
             reservations,
             orders,
-        } => Ok(serde_json::json!({"reservations": reservations, "orders": orders})),
+        } => Ok(format!(
+            "{{\"reservations\":{reservations},\"orders\":{orders}}}"
+        )),
     };
-    value.expect("bodies always serialize")
+    serde_json::value::RawValue::from_string(text.expect("bodies always serialize"))
+        .expect("serde_json writes valid JSON")
 }
