@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, parse_json};
+use crate::extract::{ApiJson, parse_op};
 use crate::routes::{check_cancel_reason, create_order_command};
 use crate::state::AppState;
 
@@ -97,15 +97,14 @@ fn op_command(
     raw: &RawValue,
     i: usize,
 ) -> Result<Command, ApiError> {
-    let prefix = format!("ops[{i}].");
     let bytes = raw.get().as_bytes();
-    let tag: OpTag = parse_json(bytes, &prefix)?;
+    let tag: OpTag = parse_op(bytes, i)?;
     let actor = who.actor.clone();
     let order_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_order(id));
     let reservation_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_reservation(id));
     Ok(match tag.op.as_str() {
         "reserve" => {
-            let op: ReserveOp = parse_json(bytes, &prefix)?;
+            let op: ReserveOp = parse_op(bytes, i)?;
             Command::Reserve {
                 lines: line_reqs(op.lines),
                 ttl_ms: op.ttl_ms.unwrap_or(st.config().reservation_ttl_ms),
@@ -113,21 +112,21 @@ fn op_command(
             }
         }
         "commit" => {
-            let op: IdOp = parse_json(bytes, &prefix)?;
+            let op: IdOp = parse_op(bytes, i)?;
             Command::CommitReservation {
                 id: reservation_id(&op.id)?,
                 actor,
             }
         }
         "release" => {
-            let op: IdOp = parse_json(bytes, &prefix)?;
+            let op: IdOp = parse_op(bytes, i)?;
             Command::ReleaseReservation {
                 id: reservation_id(&op.id)?,
                 actor,
             }
         }
         "create_order" => {
-            let op: CreateOrderOp = parse_json(bytes, &prefix)?;
+            let op: CreateOrderOp = parse_op(bytes, i)?;
             let req = CreateOrderReq {
                 order_no: op.order_no,
                 customer_id: op.customer_id,
@@ -138,7 +137,7 @@ fn op_command(
             create_order_command(st, req, actor)?
         }
         "pay" => {
-            let op: PayOp = parse_json(bytes, &prefix)?;
+            let op: PayOp = parse_op(bytes, i)?;
             Command::PayOrder {
                 id: order_id(&op.id)?,
                 amount: op.amount,
@@ -147,7 +146,7 @@ fn op_command(
             }
         }
         "cancel" => {
-            let op: CancelOp = parse_json(bytes, &prefix)?;
+            let op: CancelOp = parse_op(bytes, i)?;
             check_cancel_reason(who.role, op.reason)?;
             Command::CancelOrder {
                 id: order_id(&op.id)?,
@@ -158,7 +157,7 @@ fn op_command(
         }
         other => {
             return Err(ApiError::validation(
-                format!("{prefix}op"),
+                format!("ops[{i}].op"),
                 format!(
                     "unknown op {other:?}: reserve, commit, release, create_order, pay or cancel"
                 ),

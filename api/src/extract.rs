@@ -219,13 +219,35 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, 
         };
         return Err(ApiError::validation(field, "must be a JSON object"));
     }
+    deserialize(bytes, &|| prefix.to_string())
+}
+
+/// Parse one op of a batch whose whole body already passed the shape check (so no
+/// array inside it holds arrays): only its own top level is checked here, and the
+/// `ops[i].` prefix is built only for an error.
+pub fn parse_op<T: DeserializeOwned>(bytes: &[u8], index: usize) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::validation(
+            format!("ops[{index}]"),
+            "must be a JSON object",
+        ));
+    }
+    deserialize(bytes, &|| format!("ops[{index}]."))
+}
+
+fn deserialize<T: DeserializeOwned>(
+    bytes: &[u8],
+    prefix: &dyn Fn() -> String,
+) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let message = e.inner().to_string();
-        let field = format!("{prefix}{}", field_of(e.path(), &message));
+        let field = format!("{}{}", prefix(), field_of(e.path(), &message));
         ApiError::validation(field, message)
     })?;
     de.end().map_err(|e| {
+        let prefix = prefix();
         let name = if prefix.is_empty() {
             "body".to_string()
         } else {
