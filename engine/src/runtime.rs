@@ -76,6 +76,9 @@ pub struct EngineConfig {
     pub snapshot_every_segments: usize,
     /// Write a snapshot at clean shutdown (benchmarks of replay turn it off).
     pub snapshot_on_shutdown: bool,
+    /// Write snapshot files on their own thread (the writer still encodes them).
+    /// Off makes a run fully deterministic, for the seeded crash tests.
+    pub snapshot_in_background: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
     pub wal: WalConfig,
@@ -121,6 +124,7 @@ impl Default for EngineConfig {
             snapshot_every_records: 2_000_000,
             snapshot_every_segments: 16,
             snapshot_on_shutdown: true,
+            snapshot_in_background: true,
             events_kept: 1_000_000,
             wal: WalConfig::default(),
             clock: Clock::system(),
@@ -354,6 +358,8 @@ impl Engine {
             record_buf: Vec::with_capacity(256),
             events_buf: Vec::new(),
             appended: false,
+            snapshot_job: None,
+            snapshot_waiting: Vec::new(),
         };
         writer.now_ms = writer.state.now_ms();
         let thread = std::thread::Builder::new()
@@ -474,6 +480,9 @@ struct Writer<S: Storage> {
     events_buf: Vec<Event>,
     /// A record was logged in the current batch: it needs a flush.
     appended: bool,
+    snapshot_job: Option<SnapshotInFlight>,
+    /// Snapshot requests waiting for the snapshot in flight (or the next one).
+    snapshot_waiting: Vec<ReplySender<u64>>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -568,17 +577,17 @@ impl<S: Storage> Writer<S> {
                         && self.wal.as_ref().is_some_and(|w| {
                             w.stats().segments >= self.config.snapshot_every_segments
                         })));
-            if !snapshot_replies.is_empty() || due || (shutdown && self.config.snapshot_on_shutdown)
-            {
-                let result = self.snapshot();
-                for reply in snapshot_replies {
-                    let _ = reply.send(
-                        result
-                            .as_ref()
-                            .map(|&lsn| lsn)
-                            .map_err(|e| Error::StorageUnavailable(e.clone())),
-                    );
+            self.snapshot_waiting.extend(snapshot_replies);
+            self.poll_snapshot(shutdown);
+            if shutdown {
+                // The last snapshot is written in the foreground: the process is
+                // about to exit.
+                if self.config.snapshot_on_shutdown {
+                    self.start_snapshot(false);
                 }
+                self.answer_snapshot_waiters(self.snapshot_current());
+            } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
+                self.start_snapshot(self.config.snapshot_in_background);
             }
         }
     }
@@ -744,12 +753,21 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    fn snapshot(&mut self) -> Result<u64, String> {
+    /// Start a snapshot of everything logged so far: the state and the event ring
+    /// are encoded here (the writer must not change them meanwhile); writing and
+    /// fsyncing the file runs on its own thread when `background`, and the writer
+    /// publishes it (rename, directory fsync, pruning) once it is on disk.
+    fn start_snapshot(&mut self, background: bool) {
         let Some(wal) = self.wal.as_mut() else {
-            return Ok(self.state.next_seq() - 1);
+            let lsn = self.state.next_seq() - 1;
+            self.answer_snapshot_waiters(Ok(lsn));
+            return;
         };
         if self.shared.writes_refused.lock().is_some() {
-            return Err("writes are refused: no snapshot of an unlogged state".into());
+            self.answer_snapshot_waiters(Err(
+                "writes are refused: no snapshot of an unlogged state".into(),
+            ));
+            return;
         }
         // The snapshot covers every logged record; in async mode some may still
         // wait for their flush.
@@ -758,12 +776,15 @@ impl<S: Storage> Writer<S> {
         {
             let reason = format!("flush failed: {e}");
             self.fail_stop(reason.clone());
-            return Err(reason);
+            self.answer_snapshot_waiters(Err(reason));
+            return;
         }
         let lsn = wal.last_lsn();
         if lsn == wal.snapshot_lsn() {
             // Nothing logged since the newest snapshot (or nothing at all): it is current.
-            return Ok(lsn);
+            self.records_since_snapshot = 0;
+            self.answer_snapshot_waiters(Ok(lsn));
+            return;
         }
         let state = self.state.encode_snapshot();
         let bytes = self.shared.events.with_ring(|events, dropped_through| {
@@ -772,16 +793,94 @@ impl<S: Storage> Writer<S> {
                 events,
                 events_dropped_through: dropped_through,
             };
-            bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).map_err(|e| e.to_string())
-        })?;
-        wal.write_snapshot(lsn, &bytes).map_err(|e| e.to_string())?;
+            bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
+        });
+        drop(state);
+        let job = match wal.begin_snapshot(lsn, bytes) {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                self.answer_snapshot_waiters(Ok(lsn));
+                return;
+            }
+            Err(e) => {
+                self.answer_snapshot_waiters(Err(e.to_string()));
+                return;
+            }
+        };
         self.records_since_snapshot = 0;
-        let stats = &self.shared.stats;
-        stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
-        stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
-        stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        Ok(lsn)
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        if background {
+            let spawned = std::thread::Builder::new()
+                .name("surge-snapshot".into())
+                .spawn(move || {
+                    let _ = done_tx.send(job.run());
+                });
+            if let Err(e) = spawned {
+                self.answer_snapshot_waiters(Err(format!("cannot start the snapshot thread: {e}")));
+                return;
+            }
+        } else {
+            let _ = done_tx.send(job.run());
+        }
+        self.snapshot_job = Some(SnapshotInFlight { lsn, done: done_rx });
+        self.poll_snapshot(!background);
     }
+
+    /// Publish the snapshot in flight once its file is on disk (`block`: wait for it).
+    fn poll_snapshot(&mut self, block: bool) {
+        let Some(job) = self.snapshot_job.as_ref() else {
+            return;
+        };
+        let written = if block {
+            job.done.recv().unwrap_or(Err(surge_wal::Error::Poisoned))
+        } else {
+            match job.done.try_recv() {
+                Ok(written) => written,
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Err(surge_wal::Error::Poisoned)
+                }
+            }
+        };
+        let lsn = job.lsn;
+        self.snapshot_job = None;
+        let wal = self.wal.as_mut().expect("a snapshot job implies a log");
+        let result = wal
+            .finish_snapshot(written)
+            .map(|()| lsn)
+            .map_err(|e| e.to_string());
+        match &result {
+            Ok(_) => {
+                let stats = &self.shared.stats;
+                stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
+                stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
+                stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if wal.is_poisoned() => self.fail_stop(format!("snapshot failed: {e}")),
+            Err(_) => {}
+        }
+        self.answer_snapshot_waiters(result);
+    }
+
+    /// What a snapshot request answers when no new snapshot is needed.
+    fn snapshot_current(&self) -> Result<u64, String> {
+        match self.wal.as_ref() {
+            Some(wal) => Ok(wal.snapshot_lsn()),
+            None => Ok(self.state.next_seq() - 1),
+        }
+    }
+
+    fn answer_snapshot_waiters(&mut self, result: Result<u64, String>) {
+        for reply in self.snapshot_waiting.drain(..) {
+            let _ = reply.send(result.clone().map_err(Error::StorageUnavailable));
+        }
+    }
+}
+
+/// A snapshot whose file is being written on its own thread.
+struct SnapshotInFlight {
+    lsn: u64,
+    done: crossbeam_channel::Receiver<Result<surge_wal::WrittenSnapshot, surge_wal::Error>>,
 }
 
 impl EngineHandle {

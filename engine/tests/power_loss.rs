@@ -47,6 +47,9 @@ fn config(clock: &Arc<AtomicU64>) -> EngineConfig {
         },
         clock: Clock::manual(Arc::clone(clock)),
         snapshot_every_records: 0,
+        // Snapshot files written on the writer thread keep a seed's run deterministic;
+        // the background path has its own crash test in runtime.rs.
+        snapshot_in_background: false,
         expire_interval_ms: 1,
         ..EngineConfig::default()
     }

@@ -111,9 +111,9 @@ mod verify;
 mod wal;
 
 pub use sim::SimStorage;
-pub use storage::{MmapStorage, SegmentId, Storage};
+pub use storage::{FileWriter, MmapStorage, SegmentId, Storage};
 pub use verify::{SegmentReport, SnapshotReport, Verdict, VerifyReport, verify};
-pub use wal::{Recovery, RecoveryReport, TornTail, Wal, WalStats};
+pub use wal::{Recovery, RecoveryReport, SnapshotJob, TornTail, Wal, WalStats, WrittenSnapshot};
 
 /// Log sequence number. 0 means "nothing".
 pub type Lsn = u64;

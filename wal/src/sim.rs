@@ -310,6 +310,14 @@ fn crash_image(file: &SimFile, rng: &mut SplitMix64) -> Vec<u8> {
     image
 }
 
+/// The background writer shares the simulated disk (and its failure injection).
+impl crate::storage::FileWriter for SimStorage {
+    fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_file(name, bytes)?;
+        self.sync_file(name)
+    }
+}
+
 impl Storage for SimStorage {
     fn list(&self) -> io::Result<Vec<String>> {
         Ok(self.file_names())
@@ -440,6 +448,10 @@ impl Storage for SimStorage {
         let file = st.file_mut(id);
         file.durable = file.written.clone();
         Ok(())
+    }
+
+    fn file_writer(&self) -> Box<dyn crate::storage::FileWriter> {
+        Box::new(self.clone())
     }
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {

@@ -48,6 +48,29 @@ pub trait Storage: Send + 'static {
     fn remove(&mut self, name: &str) -> io::Result<()>;
     /// Makes the directory entries durable (fsync of the directory).
     fn sync_dir(&mut self) -> io::Result<()>;
+    /// A handle that writes and fsyncs one small file from another thread, so a
+    /// large snapshot body reaches the disk without stalling the writer. Directory
+    /// changes (the rename that publishes it) stay with the owner of the storage.
+    fn file_writer(&self) -> Box<dyn FileWriter>;
+}
+
+/// Writes a whole file and makes its contents durable (write + fsync). Used from a
+/// background thread; see [`Storage::file_writer`].
+pub trait FileWriter: Send + 'static {
+    fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// [`FileWriter`] for [`MmapStorage`]: plain files in the data directory.
+struct DirFileWriter {
+    dir: PathBuf,
+}
+
+impl FileWriter for DirFileWriter {
+    fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(self.dir.join(name))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    }
 }
 
 const LOCK_FILE: &str = "LOCK";
@@ -261,6 +284,10 @@ impl Storage for MmapStorage {
 
     fn sync_file(&mut self, name: &str) -> io::Result<()> {
         File::open(self.path(name))?.sync_all()
+    }
+
+    fn file_writer(&self) -> Box<dyn FileWriter> {
+        Box::new(DirFileWriter { dir: self.dir.clone() })
     }
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {

@@ -89,6 +89,37 @@ struct Segment {
     next_slot: usize,
 }
 
+/// Writes a snapshot's temp file and fsyncs it; safe to run on another thread.
+pub struct SnapshotJob {
+    lsn: Lsn,
+    name: String,
+    tmp: String,
+    body: Vec<u8>,
+    writer: Box<dyn crate::storage::FileWriter>,
+}
+
+/// A snapshot temp file that is on disk, waiting for [`Wal::finish_snapshot`].
+#[derive(Debug)]
+pub struct WrittenSnapshot {
+    lsn: Lsn,
+    name: String,
+    tmp: String,
+}
+
+impl SnapshotJob {
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// Frame the body (header, checksum), write the temp file and fsync it.
+    pub fn run(mut self) -> Result<WrittenSnapshot, Error> {
+        let file = encode_snapshot(self.lsn, &self.body);
+        self.body = Vec::new();
+        self.writer.write_synced(&self.tmp, &file).map_err(|e| Error::io("write snapshot", e))?;
+        Ok(WrittenSnapshot { lsn: self.lsn, name: self.name, tmp: self.tmp })
+    }
+}
+
 /// The write-ahead log over a [`Storage`].
 pub struct Wal<S: Storage> {
     storage: S,
@@ -587,50 +618,65 @@ impl<S: Storage> Wal<S> {
         s
     }
 
-    /// Writes a snapshot covering every record <= `lsn` (which must be
-    /// durable): temp file, fsync, rename, fsync dir. Then keeps the newest
-    /// `snapshots_kept` snapshots and removes the segments whose records are
-    /// all covered by the oldest snapshot kept, so falling back still works.
-    /// Writing the same lsn as the newest snapshot again is a no-op.
+    /// Writes a snapshot covering every record up to `lsn` (which must be durable):
+    /// temp file, fsync, rename, fsync of the directory; then keeps the newest
+    /// `snapshots_kept` snapshots and deletes the segments only older ones needed.
+    /// The same as [`Wal::begin_snapshot`], [`SnapshotJob::run`] and
+    /// [`Wal::finish_snapshot`] in a row.
     pub fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> Result<(), Error> {
+        match self.begin_snapshot(lsn, bytes.to_vec())? {
+            None => Ok(()),
+            Some(job) => {
+                let written = job.run();
+                self.finish_snapshot(written)
+            }
+        }
+    }
+
+    /// Checks a snapshot of `lsn` may be written and hands back the job that writes
+    /// and fsyncs its temp file, which may run on another thread. `None`: the newest
+    /// snapshot already is at `lsn`. Only one job at a time: finish it first.
+    pub fn begin_snapshot(&self, lsn: Lsn, body: Vec<u8>) -> Result<Option<SnapshotJob>, Error> {
         self.check_usable()?;
         if lsn > self.durable_lsn {
-            return Err(Error::SnapshotAhead {
-                lsn,
-                durable: self.durable_lsn,
-            });
+            return Err(Error::SnapshotAhead { lsn, durable: self.durable_lsn });
         }
         if lsn == self.snapshot_lsn && self.snapshots.last() == Some(&lsn) {
-            return Ok(());
+            return Ok(None);
         }
         if lsn <= self.snapshot_lsn {
-            return Err(Error::LsnNotIncreasing {
-                lsn,
-                last: self.snapshot_lsn,
-            });
+            return Err(Error::LsnNotIncreasing { lsn, last: self.snapshot_lsn });
         }
-        if bytes.len() as u64 > SNAPSHOT_BODY_MAX_BYTES {
-            return Err(Error::SnapshotTooLarge {
-                len: bytes.len() as u64,
-                max: SNAPSHOT_BODY_MAX_BYTES,
-            });
+        if body.len() as u64 > SNAPSHOT_BODY_MAX_BYTES {
+            return Err(Error::SnapshotTooLarge { len: body.len() as u64, max: SNAPSHOT_BODY_MAX_BYTES });
         }
         let name = snapshot_name(lsn);
         let tmp = format!("{name}{}", format::TMP_SUFFIX);
-        let file = encode_snapshot(lsn, bytes);
-        if let Err(e) = self.storage.write_file(&tmp, &file) {
-            // Best effort: a leftover temp file is removed at the next open.
-            let _ = self.storage.remove(&tmp);
-            return Err(Error::io("write snapshot", e));
+        Ok(Some(SnapshotJob { lsn, name, tmp, body, writer: self.storage.file_writer() }))
+    }
+
+    /// Publishes a snapshot whose temp file a [`SnapshotJob`] wrote: rename, fsync of
+    /// the directory, then pruning of old snapshots and segments.
+    pub fn finish_snapshot(&mut self, written: Result<WrittenSnapshot, Error>) -> Result<(), Error> {
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                if let Error::Io { .. } = e {
+                    // A failed fsync may have dropped pages: never trust that file.
+                    self.poisoned = true;
+                }
+                return Err(e);
+            }
+        };
+        self.check_usable()?;
+        if written.lsn <= self.snapshot_lsn {
+            return Err(Error::LsnNotIncreasing { lsn: written.lsn, last: self.snapshot_lsn });
         }
-        self.sync(|s| s.sync_file(&tmp), "fsync snapshot")?;
-        self.storage
-            .rename(&tmp, &name)
-            .map_err(|e| Error::io("rename snapshot", e))?;
+        self.storage.rename(&written.tmp, &written.name).map_err(|e| Error::io("rename snapshot", e))?;
         self.sync(|s| s.sync_dir(), "fsync data dir")?;
-        self.snapshot_lsn = lsn;
-        self.snapshots.push(lsn);
-        self.stats.snapshot_lsn = lsn;
+        self.snapshot_lsn = written.lsn;
+        self.snapshots.push(written.lsn);
+        self.stats.snapshot_lsn = written.lsn;
         self.prune()
     }
 
