@@ -67,7 +67,11 @@ struct DirFileWriter {
 
 impl FileWriter for DirFileWriter {
     fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(self.dir.join(name))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.dir.join(name))?;
         f.write_all(bytes)?;
         f.sync_all()
     }
@@ -287,7 +291,9 @@ impl Storage for MmapStorage {
     }
 
     fn file_writer(&self) -> Box<dyn FileWriter> {
-        Box::new(DirFileWriter { dir: self.dir.clone() })
+        Box::new(DirFileWriter {
+            dir: self.dir.clone(),
+        })
     }
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {

@@ -115,8 +115,14 @@ impl SnapshotJob {
     pub fn run(mut self) -> Result<WrittenSnapshot, Error> {
         let file = encode_snapshot(self.lsn, &self.body);
         self.body = Vec::new();
-        self.writer.write_synced(&self.tmp, &file).map_err(|e| Error::io("write snapshot", e))?;
-        Ok(WrittenSnapshot { lsn: self.lsn, name: self.name, tmp: self.tmp })
+        self.writer
+            .write_synced(&self.tmp, &file)
+            .map_err(|e| Error::io("write snapshot", e))?;
+        Ok(WrittenSnapshot {
+            lsn: self.lsn,
+            name: self.name,
+            tmp: self.tmp,
+        })
     }
 }
 
@@ -639,25 +645,43 @@ impl<S: Storage> Wal<S> {
     pub fn begin_snapshot(&self, lsn: Lsn, body: Vec<u8>) -> Result<Option<SnapshotJob>, Error> {
         self.check_usable()?;
         if lsn > self.durable_lsn {
-            return Err(Error::SnapshotAhead { lsn, durable: self.durable_lsn });
+            return Err(Error::SnapshotAhead {
+                lsn,
+                durable: self.durable_lsn,
+            });
         }
         if lsn == self.snapshot_lsn && self.snapshots.last() == Some(&lsn) {
             return Ok(None);
         }
         if lsn <= self.snapshot_lsn {
-            return Err(Error::LsnNotIncreasing { lsn, last: self.snapshot_lsn });
+            return Err(Error::LsnNotIncreasing {
+                lsn,
+                last: self.snapshot_lsn,
+            });
         }
         if body.len() as u64 > SNAPSHOT_BODY_MAX_BYTES {
-            return Err(Error::SnapshotTooLarge { len: body.len() as u64, max: SNAPSHOT_BODY_MAX_BYTES });
+            return Err(Error::SnapshotTooLarge {
+                len: body.len() as u64,
+                max: SNAPSHOT_BODY_MAX_BYTES,
+            });
         }
         let name = snapshot_name(lsn);
         let tmp = format!("{name}{}", format::TMP_SUFFIX);
-        Ok(Some(SnapshotJob { lsn, name, tmp, body, writer: self.storage.file_writer() }))
+        Ok(Some(SnapshotJob {
+            lsn,
+            name,
+            tmp,
+            body,
+            writer: self.storage.file_writer(),
+        }))
     }
 
     /// Publishes a snapshot whose temp file a [`SnapshotJob`] wrote: rename, fsync of
     /// the directory, then pruning of old snapshots and segments.
-    pub fn finish_snapshot(&mut self, written: Result<WrittenSnapshot, Error>) -> Result<(), Error> {
+    pub fn finish_snapshot(
+        &mut self,
+        written: Result<WrittenSnapshot, Error>,
+    ) -> Result<(), Error> {
         let written = match written {
             Ok(written) => written,
             Err(e) => {
@@ -670,9 +694,14 @@ impl<S: Storage> Wal<S> {
         };
         self.check_usable()?;
         if written.lsn <= self.snapshot_lsn {
-            return Err(Error::LsnNotIncreasing { lsn: written.lsn, last: self.snapshot_lsn });
+            return Err(Error::LsnNotIncreasing {
+                lsn: written.lsn,
+                last: self.snapshot_lsn,
+            });
         }
-        self.storage.rename(&written.tmp, &written.name).map_err(|e| Error::io("rename snapshot", e))?;
+        self.storage
+            .rename(&written.tmp, &written.name)
+            .map_err(|e| Error::io("rename snapshot", e))?;
         self.sync(|s| s.sync_dir(), "fsync data dir")?;
         self.snapshot_lsn = written.lsn;
         self.snapshots.push(written.lsn);
