@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 use hashbrown::HashMap;
 
+use crate::chunked::ChunkedVec;
 use crate::command::{Command, IdempotencyKey, Outcome, Rejection, Reply, Shortage};
 use crate::domain::{
     AdjustReason, CancelReason, LineReq, Millis, OrderId, OrderLineReq, OrderStatus, PaymentStatus,
@@ -159,7 +160,7 @@ pub struct State {
     /// are skipped when popped and the heap is rebuilt when stale entries dominate.
     pub(crate) expiry: BinaryHeap<Reverse<(Millis, ReservationId)>>,
     /// Orders by id: `orders[id - 1]`.
-    pub(crate) orders: Vec<Order>,
+    pub(crate) orders: ChunkedVec<Order>,
     /// Orders by client order number; the key shares the order's string.
     pub(crate) order_no_index: HashMap<Arc<str>, OrderId>,
     pub(crate) actors: Vec<Arc<str>>,
@@ -271,7 +272,7 @@ impl State {
             next_reservation_id: 1,
             held_count: 0,
             expiry: BinaryHeap::new(),
-            orders: Vec::new(),
+            orders: ChunkedVec::default(),
             order_no_index: HashMap::new(),
             actors: Vec::new(),
             actor_index: HashMap::new(),
@@ -1433,7 +1434,7 @@ impl State {
             );
         }
         let mut by_status = [0u64; 10];
-        for order in &self.orders {
+        for order in self.orders.iter() {
             by_status[order.status as usize] += 1;
             assert_eq!(
                 order.history.first().map(|h| h.status),
@@ -1518,7 +1519,7 @@ impl State {
             .iter()
             .map(|o| (o.order_no.clone(), o.id))
             .collect();
-        state.orders = s.orders;
+        state.orders = ChunkedVec::from(s.orders);
         state.actor_index = s
             .actors
             .iter()
@@ -1566,7 +1567,7 @@ pub(crate) struct SnapshotRef<'a> {
     pub reservations: Vec<&'a Reservation>,
     pub next_reservation_id: u64,
     pub reservations_base: u64,
-    pub orders: &'a [Order],
+    pub orders: &'a ChunkedVec<Order>,
     pub actors: &'a [Arc<str>],
     pub idempotency: Vec<&'a IdempotencyEntry>,
     pub counters: &'a Counters,
