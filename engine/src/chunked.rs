@@ -34,7 +34,7 @@ impl<T> ChunkedVec<T> {
     }
 
     pub fn push(&mut self, item: T) {
-        if self.len % CHUNK_LEN == 0 {
+        if self.len.is_multiple_of(CHUNK_LEN) {
             self.chunks.push(Vec::with_capacity(CHUNK_LEN));
         }
         let chunk = self.chunks.last_mut().expect("a chunk with room");
@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(v[CHUNK_LEN], CHUNK_LEN as u32);
         assert_eq!(v.get(n), None);
         v[5] = 99;
-        assert_eq!(v.iter().rev().next(), Some(&((n - 1) as u32)));
+        assert_eq!(v.iter().next_back(), Some(&((n - 1) as u32)));
         assert_eq!(v.partition_point(|&x| x < 1000 || x == 99), 1000);
         let config = bincode::config::standard()
             .with_little_endian()
