@@ -157,7 +157,7 @@ fn main() -> ExitCode {
         },
         Some(Cmd::Snapshot { dir }) => match offline_snapshot(dir) {
             Ok(lsn) => {
-                println!("snapshot current at LSN {lsn}");
+                println!("snapshot at LSN {lsn} covers every record");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -196,13 +196,7 @@ fn offline_snapshot(dir: PathBuf) -> anyhow::Result<u64> {
         "recovered: snapshot at LSN {}, {} records replayed",
         report.snapshot_lsn, report.records_replayed
     );
-    let last_lsn = report.next_lsn.saturating_sub(1);
-    if report.snapshot_lsn == last_lsn {
-        // Nothing was logged beyond the newest snapshot (or nothing at all): it is current.
-        handle.shutdown();
-        println!("the snapshot at LSN {last_lsn} already covers every record");
-        return Ok(last_lsn);
-    }
+    // Answers the newest snapshot's LSN when nothing was logged after it.
     let lsn = handle.snapshot()?.wait()?;
     handle.shutdown();
     Ok(lsn)
