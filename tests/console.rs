@@ -10,12 +10,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod common;
+
+use common::{TempDir, surge_binary};
 
 const ADMIN_TOKEN: &str = "console-admin-secret";
 const OPERATOR_TOKEN: &str = "console-operator-secret";
@@ -132,51 +135,6 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 // ------------------------------------------------------------------ the server
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "surge-console-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("creating a temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn surge_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CARGO_BIN_EXE_surge") {
-        return PathBuf::from(path);
-    }
-    // target/<profile>/deps/console-<hash> -> target/<profile>/surge
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let binary = profile_dir.join(format!("surge{}", std::env::consts::EXE_SUFFIX));
-    // Ask cargo every time: a no-op when fresh, and the console is embedded in it.
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--quiet", "-p", "surge-api", "--bin", "surge"]);
-    build.current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "cargo build -p surge-api failed");
-    binary
-}
 
 struct Server {
     child: Child,
