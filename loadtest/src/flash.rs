@@ -2,7 +2,6 @@
 //! reserves, then pays, abandons (the hold expires) or cancels.
 
 use std::str::FromStr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -312,23 +311,11 @@ pub async fn run(
         tag: format!("fs-{tag}"),
         lenient: false,
     });
-    let done = Arc::new(AtomicBool::new(false));
-    let progress = load::spawn_progress(
-        label.to_string(),
-        Arc::clone(&recorder),
-        load_cfg.duration,
-        Arc::clone(&done),
-    );
     let s = Arc::clone(&shop);
-    let outcome = load::run(
-        load_cfg,
-        Arc::clone(&recorder),
-        Arc::new(AtomicBool::new(false)),
-        move |n, due| shopper(Arc::clone(&s), n, due),
-    )
+    let outcome = load::run_with_progress(label, load_cfg, Arc::clone(&recorder), move |n, due| {
+        shopper(Arc::clone(&s), n, due)
+    })
     .await;
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = progress.await;
     let stats = recorder.summary(label, outcome.elapsed);
     // Abandoned holds must be gone before the levels are compared exactly.
     let wait = Duration::from_millis(cfg.ttl_ms + 1_500);

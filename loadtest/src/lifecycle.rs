@@ -3,7 +3,6 @@
 //! some returned (with and without restock) and refunded, with reads and searches
 //! mixed in. The audit checks every order ended where the drill drove it.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -274,23 +273,14 @@ pub async fn run(
         seed,
         customers,
     });
-    let done = Arc::new(AtomicBool::new(false));
-    let progress = load::spawn_progress(
-        "lifecycle".into(),
-        Arc::clone(&recorder),
-        load_cfg.duration,
-        Arc::clone(&done),
-    );
     let c2 = Arc::clone(&ctx);
-    let outcome = load::run(
+    let outcome = load::run_with_progress(
+        "lifecycle",
         load_cfg,
         Arc::clone(&recorder),
-        Arc::new(AtomicBool::new(false)),
         move |n, due| session(Arc::clone(&c2), n, due),
     )
     .await;
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = progress.await;
     let stats = recorder.summary("surge", outcome.elapsed);
     let mut ledger = std::mem::take(&mut *ctx.ledger.lock().expect("ledger"));
     ledger.unanswered_reservations += outcome.aborted;

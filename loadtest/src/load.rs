@@ -212,6 +212,31 @@ where
     }
 }
 
+/// [`run`] with the progress display (`label`) running beside it, stopped when the
+/// load is over: what every scenario does.
+pub async fn run_with_progress<F, Fut>(
+    label: &str,
+    cfg: &LoadConfig,
+    recorder: Arc<Recorder>,
+    session: F,
+) -> LoadOutcome
+where
+    F: Fn(u64, Instant) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = spawn_progress(
+        label.to_string(),
+        Arc::clone(&recorder),
+        cfg.duration,
+        Arc::clone(&done),
+    );
+    let outcome = run(cfg, recorder, Arc::new(AtomicBool::new(false)), session).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = progress.await;
+    outcome
+}
+
 /// Live progress until `done` is set: an indicatif bar on a TTY, plain lines
 /// every few seconds otherwise.
 pub fn spawn_progress(

@@ -412,23 +412,12 @@ pub async fn run(
             }
         })
     };
-    let done = Arc::new(AtomicBool::new(false));
-    let progress = load::spawn_progress(
-        label.to_string(),
-        Arc::clone(&ctx.recorder),
-        load_cfg.duration,
-        Arc::clone(&done),
-    );
     let c = Arc::clone(&ctx);
-    let outcome = load::run(
-        load_cfg,
-        Arc::clone(&ctx.recorder),
-        Arc::new(AtomicBool::new(false)),
-        move |n, due| shopper(Arc::clone(&c), n, due),
-    )
-    .await;
-    done.store(true, Ordering::Relaxed);
-    let _ = progress.await;
+    let outcome =
+        load::run_with_progress(label, load_cfg, Arc::clone(&ctx.recorder), move |n, due| {
+            shopper(Arc::clone(&c), n, due)
+        })
+        .await;
     let stats = ctx.recorder.summary(label, outcome.elapsed);
     tokio::time::sleep(Duration::from_millis(cfg.ttl_ms + 1_500)).await;
     sweeping.store(false, Ordering::Relaxed);
