@@ -313,5 +313,30 @@ pub fn render(state: &AppState) -> String {
         "Seq of the newest published event.",
         engine.events().last_seq().to_string(),
     );
+    histogram(
+        &mut out,
+        "surge_writer_iteration_seconds",
+        "Writer loop iterations (apply, append, hand-over), the sync excluded.",
+        &s.writer_iteration,
+    );
+    histogram(
+        &mut out,
+        "surge_wal_commit_seconds",
+        "Group commit latency: one sync of the log, however many batches it covers.",
+        &s.wal_commit,
+    );
     out
+}
+
+/// A Prometheus histogram: cumulative `_bucket` lines, `_sum` and `_count`.
+fn histogram(out: &mut String, name: &str, help: &str, h: &surge_engine::LatencyHistogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let (buckets, total) = h.cumulative();
+    for (bound_us, count) in buckets {
+        let le = bound_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds());
+    let _ = writeln!(out, "{name}_count {}", h.count());
 }

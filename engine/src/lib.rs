@@ -18,7 +18,7 @@ pub use command::*;
 pub use domain::*;
 pub use event::{Event, EventKind};
 pub use query::{QueryReply, fnv1a64};
-pub use state::{Applied, EXPIRE_BATCH_MAX, State};
+pub use state::{Applied, EXPIRE_BATCH_MAX, State, check_sizes};
 
 impl State {
     /// Encode the whole state for a snapshot file.
@@ -38,7 +38,7 @@ mod runtime;
 
 pub use feed::{EventLog, FeedPage};
 pub use runtime::{
-    Clock, Durability, Engine, EngineConfig, EngineHandle, Error, RecoveryReport, RuntimeStats,
-    Ticket,
+    Clock, Durability, Engine, EngineConfig, EngineHandle, Error, LatencyHistogram, RecoveryReport,
+    RuntimeStats, Ticket,
 };
 pub use surge_wal as wal;

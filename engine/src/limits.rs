@@ -72,3 +72,13 @@ const _: () = assert!(
         < u64::MAX as u128
 );
 const _: () = assert!(IDEMPOTENCY_KEY_RETENTION_MS >= 24 * 60 * 60 * 1000);
+
+/// Upper bound of one encoded log record (command, time stamp and idempotency key)
+/// when every field is within the limits above. `engine/tests/record_limit.rs` builds
+/// the largest command of every kind and checks it encodes within this bound; the
+/// engine refuses to start over a log whose records could not hold it.
+pub const RECORD_ENCODED_BYTES_MAX: usize = 16 * 1024;
+
+// The largest valid command always fits a WAL record with the default segment size,
+// so a request within the field limits can never make the log refuse its record.
+const _: () = assert!(RECORD_ENCODED_BYTES_MAX <= surge_wal::RECORD_PAYLOAD_MAX_BYTES);

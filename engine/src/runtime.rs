@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bincode::{Decode, Encode};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
-use surge_wal::{MmapStorage, Storage, Wal, WalConfig};
+use surge_wal::{CommitJob, MmapStorage, Storage, Wal, WalConfig};
 
 use crate::codec::{self, LogRecord};
 use crate::command::{Command, IdempotencyKey, Outcome, Query};
@@ -79,6 +79,9 @@ pub struct EngineConfig {
     /// Write snapshot files on their own thread (the writer still encodes them).
     /// Off makes a run fully deterministic, for the seeded crash tests.
     pub snapshot_in_background: bool,
+    /// Sync batch N on its own thread while the writer applies N+1 (pipelined
+    /// group commit). Off syncs on the writer, which makes a run deterministic.
+    pub pipelined_commit: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
     pub wal: WalConfig,
@@ -125,6 +128,7 @@ impl Default for EngineConfig {
             snapshot_every_segments: 16,
             snapshot_on_shutdown: true,
             snapshot_in_background: true,
+            pipelined_commit: true,
             events_kept: 1_000_000,
             wal: WalConfig::default(),
             clock: Clock::system(),
@@ -177,6 +181,65 @@ pub struct RuntimeStats {
     pub snapshots: AtomicU64,
     pub durable_lsn: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Writer loop iterations, the sync excluded (it runs on the sync thread).
+    pub writer_iteration: LatencyHistogram,
+    /// Group commit latency: one sync, however many batches it covers.
+    pub wal_commit: LatencyHistogram,
+}
+
+/// A fixed-bucket latency histogram that threads record into without locks.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    /// Counts per bucket of [`LatencyHistogram::BOUNDS_US`], plus one above the last.
+    buckets: [AtomicU64; LatencyHistogram::BOUNDS_US.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Upper bounds of the buckets, in microseconds: 50 µs to 100 ms.
+    pub const BOUNDS_US: [u64; 12] = [
+        50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 75_000, 100_000,
+    ];
+
+    pub fn record(&self, elapsed: Duration) {
+        let micros = elapsed.as_micros() as u64;
+        let i = Self::BOUNDS_US.partition_point(|&bound| bound < micros);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (`le`), as Prometheus wants them, then the total.
+    pub fn cumulative(&self) -> (Vec<(u64, u64)>, u64) {
+        let mut running = 0;
+        let mut out = Vec::with_capacity(Self::BOUNDS_US.len());
+        for (i, bound) in Self::BOUNDS_US.iter().enumerate() {
+            running += self.buckets[i].load(Ordering::Relaxed);
+            out.push((*bound, running));
+        }
+        running += self.buckets[Self::BOUNDS_US.len()].load(Ordering::Relaxed);
+        (out, running)
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 type ReplySender<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
@@ -225,6 +288,133 @@ struct Inner {
     stats: RuntimeStats,
     /// Why writes are refused right now (disk full, failed flush), if they are.
     writes_refused: Mutex<Option<String>>,
+    /// `writes_refused.is_some()`, readable without the lock.
+    writes_refused_flag: AtomicBool,
+}
+
+impl Inner {
+    /// Fail stop: refuse every write until a restart recovers from the log.
+    fn refuse_writes(&self, reason: String) {
+        let mut refused = self.writes_refused.lock();
+        if refused.is_none() {
+            *refused = Some(format!(
+                "{reason}; writes are refused until a restart recovers from the log"
+            ));
+            self.writes_refused_flag.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A read answered from the writer's state, sent once what it saw is durable.
+type ReadAnswer = (
+    ReplySender<Result<QueryReply, Rejection>>,
+    Result<QueryReply, Rejection>,
+);
+
+/// A batch handed from the writer to durability: its commit job (if it logged
+/// anything) and everything to release once that job and every job before it
+/// are durable.
+struct Flush {
+    job: Option<CommitJob>,
+    replies: Vec<Pending>,
+    reads: Vec<ReadAnswer>,
+    events: Vec<Event>,
+}
+
+/// The durable half of the pipelined group commit. On its own thread it syncs
+/// batch N while the writer applies and appends N+1; flushes that queue up while
+/// a sync runs are merged into the next one. Replies, reads and events of a flush
+/// are released only when it and everything before it is durable. After a failed
+/// sync nothing more is acknowledged: that flush and every later one fail.
+struct SyncStage {
+    shared: Arc<Inner>,
+    failed: Option<String>,
+}
+
+impl SyncStage {
+    fn run(mut self, rx: Receiver<Flush>, done: Sender<Result<u64, surge_wal::Error>>) {
+        while let Ok(first) = rx.recv() {
+            let mut flushes = vec![first];
+            flushes.extend(rx.try_iter());
+            if let Some(result) = self.process(flushes) {
+                // The writer may be gone at shutdown; nothing waits for this then.
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Sync what the flushes carry (one merged sync) and release them. Returns the
+    /// commit's result for the writer's log, if there was a commit.
+    fn process(&mut self, mut flushes: Vec<Flush>) -> Option<Result<u64, surge_wal::Error>> {
+        let mut job: Option<CommitJob> = None;
+        for flush in &mut flushes {
+            if let Some(next) = flush.job.take() {
+                match job.as_mut() {
+                    Some(job) => job.merge(next),
+                    None => job = Some(next),
+                }
+            }
+        }
+        let stats = &self.shared.stats;
+        let result = match (&self.failed, job) {
+            (Some(_), job) => job.map(|_| Err(surge_wal::Error::Poisoned)),
+            (None, Some(job)) => {
+                let started = Instant::now();
+                let synced = job.run().map(|()| job.target());
+                let elapsed = started.elapsed();
+                let micros = elapsed.as_micros() as u64;
+                stats.flushes.fetch_add(1, Ordering::Relaxed);
+                stats.flush_latency_us_last.store(micros, Ordering::Relaxed);
+                stats
+                    .flush_latency_us_total
+                    .fetch_add(micros, Ordering::Relaxed);
+                stats.wal_commit.record(elapsed);
+                Some(synced)
+            }
+            (None, None) => None,
+        };
+        let replies: usize = flushes.iter().map(|f| f.replies.len()).sum();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .batch_len_last
+            .store(replies as u64, Ordering::Relaxed);
+        stats
+            .batch_len_max_seen
+            .fetch_max(replies as u64, Ordering::Relaxed);
+        match &result {
+            Some(Err(e)) if self.failed.is_none() => {
+                // Never retry a failed flush and trust it.
+                let why = format!("flush failed: {e}");
+                self.shared.refuse_writes(why.clone());
+                self.failed = Some(why);
+            }
+            Some(Ok(durable)) => stats.durable_lsn.store(*durable, Ordering::Release),
+            _ => {}
+        }
+        for flush in flushes {
+            match &self.failed {
+                None => {
+                    self.shared.events.publish(&flush.events);
+                    for p in flush.replies {
+                        let _ = p.reply.send(Ok(p.outcome));
+                    }
+                    for (reply, answer) in flush.reads {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Some(why) => {
+                    let unavailable = || Error::StorageUnavailable(why.clone());
+                    for p in flush.replies {
+                        let _ = p.reply.send(Err(unavailable()));
+                    }
+                    for (reply, _) in flush.reads {
+                        let _ = reply.send(Err(unavailable()));
+                    }
+                }
+            }
+        }
+        result
+    }
 }
 
 struct Shared {
@@ -287,6 +477,17 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<(EngineHandle, RecoveryReport), Error> {
         assert!(config.queue_len_max > 0 && config.batch_len_max > 0);
+        let record_room = config.wal.record_payload_max_bytes();
+        if config.durability != Durability::None
+            && record_room < crate::limits::RECORD_ENCODED_BYTES_MAX
+        {
+            return Err(Error::Wal(surge_wal::Error::InvalidConfig(format!(
+                "segments of {} bytes hold records of at most {record_room} bytes; the \
+                 largest valid command needs {}",
+                config.wal.segment_bytes,
+                crate::limits::RECORD_ENCODED_BYTES_MAX
+            ))));
+        }
         let started = Instant::now();
         let events = EventLog::new(config.events_kept);
         let (recovered, wal) = match storage {
@@ -329,6 +530,7 @@ impl Engine {
             events,
             stats: RuntimeStats::default(),
             writes_refused: Mutex::new(None),
+            writes_refused_flag: AtomicBool::new(false),
         });
         let shared = Arc::new(Shared {
             tx,
@@ -346,7 +548,27 @@ impl Engine {
             .stats
             .durable_lsn
             .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
+        let (to_syncer, from_syncer, syncer_thread) = if config.pipelined_commit && wal.is_some() {
+            let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            let stage = SyncStage {
+                shared: Arc::clone(&inner),
+                failed: None,
+            };
+            let thread = spawn_owner("surge-sync", move || stage.run(flush_rx, done_tx))
+                .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
+            (Some(flush_tx), Some(done_rx), Some(thread))
+        } else {
+            (None, None, None)
+        };
         let mut writer = Writer {
+            to_syncer,
+            from_syncer,
+            syncer_thread,
+            syncer_inline: SyncStage {
+                shared: Arc::clone(&inner),
+                failed: None,
+            },
             state,
             wal,
             rx,
@@ -362,9 +584,7 @@ impl Engine {
             snapshot_waiting: Vec::new(),
         };
         writer.now_ms = writer.state.now_ms();
-        let thread = std::thread::Builder::new()
-            .name("surge-writer".into())
-            .spawn(move || writer.run())
+        let thread = spawn_owner("surge-writer", move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *shared.writer.lock() = Some(thread);
         Ok((EngineHandle { shared }, report))
@@ -455,6 +675,32 @@ fn recover<S: Storage>(
     })
 }
 
+/// Start a thread that owns engine state (the writer, a snapshot being written).
+///
+/// Panic policy: a panic on such a thread ends the process. A writer that died alone
+/// would leave a zombie (reads and `/readyz` fine, every write refused forever); the
+/// state it owned may be half-changed, so nothing may go on using it. Aborting is
+/// safe because nothing is acknowledged before it is durable: a restart recovers
+/// exactly the acknowledged state from the log.
+fn spawn_owner<F>(name: &str, body: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let thread_name = name.to_string();
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+                // The panic hook has printed the panic message and location above.
+                eprintln!(
+                    "surge: fatal: thread {thread_name:?} panicked while owning engine state; \
+                 aborting the process (a restart recovers every acknowledged write from the log)"
+                );
+                std::process::abort();
+            }
+        })
+}
+
 fn wall_clock_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -483,6 +729,14 @@ struct Writer<S: Storage> {
     snapshot_job: Option<SnapshotInFlight>,
     /// Snapshot requests waiting for the snapshot in flight (or the next one).
     snapshot_waiting: Vec<ReplySender<u64>>,
+    /// The pipelined commit: flushes go to the sync thread, results come back.
+    to_syncer: Option<Sender<Flush>>,
+    from_syncer: Option<Receiver<Result<u64, surge_wal::Error>>>,
+    syncer_thread: Option<JoinHandle<()>>,
+    /// Runs flushes on the writer itself when the commit is not pipelined (the
+    /// deterministic configuration of the seeded tests), or when the sync thread
+    /// is gone.
+    syncer_inline: SyncStage,
 }
 
 impl<S: Storage> Writer<S> {
@@ -505,15 +759,17 @@ impl<S: Storage> Writer<S> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => shutdown = true,
             }
+            let iteration = Instant::now();
             while batch.len() < self.config.batch_len_max {
                 match self.rx.try_recv() {
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
             }
+            self.collect_commits(false);
             self.now_ms = self.now_ms.max(self.config.clock.now_ms());
             let mut snapshot_replies = Vec::new();
-            let mut query_replies = Vec::new();
+            let mut reads = Vec::new();
             self.expire_due(&mut pending);
             for request in batch.drain(..) {
                 match request {
@@ -523,7 +779,7 @@ impl<S: Storage> Writer<S> {
                         reply,
                     } => self.apply(command, key, reply, &mut pending),
                     Request::Query { query, reply } => {
-                        query_replies.push((reply, self.state.query(&query)))
+                        reads.push((reply, self.state.query(&query)))
                     }
                     Request::Snapshot { reply } => snapshot_replies.push(reply),
                     Request::Shutdown => shutdown = true,
@@ -539,7 +795,7 @@ impl<S: Storage> Writer<S> {
                             reply,
                         } => self.apply(command, key, reply, &mut pending),
                         Request::Query { query, reply } => {
-                            query_replies.push((reply, self.state.query(&query)))
+                            reads.push((reply, self.state.query(&query)))
                         }
                         Request::Snapshot { reply } => snapshot_replies.push(reply),
                         Request::Shutdown => {}
@@ -548,14 +804,14 @@ impl<S: Storage> Writer<S> {
             }
             let logged = std::mem::take(&mut self.appended);
             match self.config.durability {
-                Durability::Sync if logged => self.flush(&mut pending),
-                Durability::Sync => self.reply_all(&mut pending, true),
+                Durability::Sync => self.hand_over(logged, &mut pending, reads),
                 Durability::Async => {
-                    // Reply now; the flush follows within the interval.
+                    // Reply now (reads see the applied state); the flush follows
+                    // within the interval.
                     dirty |= logged;
-                    self.reply_all(&mut pending, true);
+                    self.reply_now(&mut pending, reads);
                     if dirty && (last_flush.elapsed() >= flush_every || shutdown) {
-                        self.flush(&mut pending);
+                        self.hand_over(true, &mut pending, Vec::new());
                         dirty = false;
                         last_flush = Instant::now();
                     }
@@ -563,12 +819,8 @@ impl<S: Storage> Writer<S> {
                 Durability::None => {
                     self.shared.events.publish(&self.events_buf);
                     self.events_buf.clear();
-                    self.reply_all(&mut pending, true);
+                    self.reply_now(&mut pending, reads);
                 }
-            }
-            // Reads answer after the flush, so they never show what is not durable.
-            for (reply, answer) in query_replies {
-                let _ = reply.send(Ok(answer));
             }
             let due = self.records_since_snapshot > 0
                 && ((self.config.snapshot_every_records > 0
@@ -589,6 +841,127 @@ impl<S: Storage> Writer<S> {
             } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
                 self.start_snapshot(self.config.snapshot_in_background);
             }
+            self.shared
+                .stats
+                .writer_iteration
+                .record(iteration.elapsed());
+        }
+        if self.durable_pending() {
+            let _ = self.drain_commits();
+        }
+        // Dropping the sender ends the sync thread once it has answered everything.
+        self.to_syncer = None;
+        if let Some(thread) = self.syncer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Sync mode: hand the batch to durability. Replies (and reads, which may have
+    /// seen this batch's writes) go out once everything before them is durable.
+    fn hand_over(&mut self, logged: bool, pending: &mut Vec<Pending>, reads: Vec<ReadAnswer>) {
+        let job = if logged {
+            match self.wal.as_mut().map(Wal::begin_commit) {
+                Some(Ok(job)) => job,
+                Some(Err(e)) => {
+                    self.fail_stop(format!("flush failed: {e}"));
+                    None
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        if self.refusal().is_some() && job.is_none() && logged {
+            // The commit could not even begin: nothing of this batch is durable.
+            self.events_buf.clear();
+            self.reply_all(pending, false);
+            for (reply, _) in reads {
+                let _ = reply.send(Err(Error::StorageUnavailable(
+                    self.refusal().unwrap_or_default(),
+                )));
+            }
+            return;
+        }
+        if job.is_none() && !self.durable_pending() {
+            // Nothing new and nothing in flight: everything seen is durable.
+            self.reply_now(pending, reads);
+            return;
+        }
+        if job.is_none() && pending.is_empty() && reads.is_empty() {
+            return;
+        }
+        let flush = Flush {
+            job,
+            replies: std::mem::take(pending),
+            reads,
+            events: std::mem::take(&mut self.events_buf),
+        };
+        match self.to_syncer.as_ref() {
+            Some(tx) => {
+                // The sync thread owns the flush now; it outlives the writer's loop.
+                if let Err(crossbeam_channel::SendError(flush)) = tx.send(flush) {
+                    self.syncer_inline.process(vec![flush]);
+                }
+            }
+            None => {
+                if let Some(done) = self.syncer_inline.process(vec![flush]) {
+                    self.finish_commit(done);
+                }
+            }
+        }
+    }
+
+    /// Something appended is not yet known durable (a commit is in flight).
+    fn durable_pending(&self) -> bool {
+        self.wal
+            .as_ref()
+            .is_some_and(|w| w.durable_lsn() < w.last_lsn())
+    }
+
+    /// Take in the results of commits that finished on the sync thread (`block`:
+    /// wait for at least one).
+    fn collect_commits(&mut self, block: bool) {
+        let Some(done_rx) = self.from_syncer.clone() else {
+            return;
+        };
+        if block && let Ok(done) = done_rx.recv() {
+            self.finish_commit(done);
+        }
+        while let Ok(done) = done_rx.try_recv() {
+            self.finish_commit(done);
+        }
+    }
+
+    fn finish_commit(&mut self, done: Result<u64, surge_wal::Error>) {
+        let Some(wal) = self.wal.as_mut() else {
+            return;
+        };
+        let target = *done.as_ref().unwrap_or(&0);
+        if let Err(e) = wal.finish_commit(target, done.map(|_| ())) {
+            self.fail_stop(format!("flush failed: {e}"));
+        }
+    }
+
+    /// Make everything appended durable and wait for it (snapshots, shutdown).
+    fn drain_commits(&mut self) -> Result<(), String> {
+        self.hand_over(true, &mut Vec::new(), Vec::new());
+        while self.durable_pending() && self.refusal().is_none() {
+            self.collect_commits(true);
+            if self.from_syncer.is_none() {
+                break;
+            }
+        }
+        match self.refusal() {
+            Some(why) => Err(why),
+            None if self.durable_pending() => Err("the log could not be flushed".into()),
+            None => Ok(()),
+        }
+    }
+
+    fn reply_now(&mut self, pending: &mut Vec<Pending>, reads: Vec<ReadAnswer>) {
+        self.reply_all(pending, true);
+        for (reply, answer) in reads {
+            let _ = reply.send(Ok(answer));
         }
     }
 
@@ -613,6 +986,9 @@ impl<S: Storage> Writer<S> {
     }
 
     fn refusal(&self) -> Option<String> {
+        if !self.shared.writes_refused_flag.load(Ordering::Acquire) {
+            return None; // the hot path: no lock
+        }
         self.shared.writes_refused.lock().clone()
     }
 
@@ -627,6 +1003,19 @@ impl<S: Storage> Writer<S> {
             let _ = reply.send(Err(Error::StorageUnavailable(reason)));
             return;
         }
+        // A command over a size limit is refused alone, before it is encoded: it
+        // must never reach the log as a record the log cannot take.
+        if let Err(rejection) = crate::state::check_sizes(&command, key.as_ref()) {
+            self.shared
+                .stats
+                .commands_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            pending.push(Pending {
+                reply,
+                outcome: Err(rejection),
+            });
+            return;
+        }
         // Encode before applying so that the record's room in the log is reserved
         // first: a disk that is full refuses the command before it changes anything.
         let record = LogRecord {
@@ -638,12 +1027,34 @@ impl<S: Storage> Writer<S> {
             codec::encode_record(&record, &mut self.record_buf);
             if let Err(e) = wal.reserve(self.state.next_seq(), self.record_buf.len()) {
                 let reason = format!("{e}");
-                if matches!(e, surge_wal::Error::NoSpace) {
+                match e {
                     // Transient: the next command tries again.
-                    let _ = reply.send(Err(Error::StorageUnavailable(reason)));
-                } else {
-                    self.fail_stop(reason.clone());
-                    let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                    surge_wal::Error::NoSpace => {
+                        let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                    }
+                    // This command alone does not fit; the log is fine. `check_sizes`
+                    // makes this unreachable for valid commands (a test proves it).
+                    surge_wal::Error::RecordTooLarge { len, max } => {
+                        self.shared
+                            .stats
+                            .commands_rejected
+                            .fetch_add(1, Ordering::Relaxed);
+                        pending.push(Pending {
+                            reply,
+                            outcome: Err(Rejection::Validation {
+                                field: "body".into(),
+                                detail: format!(
+                                    "the request encodes to {len} bytes, over the log's \
+                                     record limit of {max} bytes"
+                                ),
+                            }),
+                        });
+                    }
+                    // Only a real storage failure stops the engine.
+                    _ => {
+                        self.fail_stop(reason.clone());
+                        let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                    }
                 }
                 return;
             }
@@ -662,6 +1073,8 @@ impl<S: Storage> Writer<S> {
             stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(lsn) = applied.lsn {
+            #[cfg(feature = "fault-injection")]
+            fault_injection::writer_panic_at(lsn);
             self.records_since_snapshot += 1;
             self.appended = true;
             stats.records_logged.fetch_add(1, Ordering::Relaxed);
@@ -694,50 +1107,8 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    fn flush(&mut self, pending: &mut Vec<Pending>) {
-        let stats = &self.shared.stats;
-        let started = Instant::now();
-        let result = match self.wal.as_mut() {
-            Some(wal) => wal.commit().map(|()| wal.durable_lsn()),
-            None => Ok(self.state.next_seq().saturating_sub(1)),
-        };
-        let micros = started.elapsed().as_micros() as u64;
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.flush_latency_us_last.store(micros, Ordering::Relaxed);
-        stats
-            .flush_latency_us_total
-            .fetch_add(micros, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .batch_len_last
-            .store(pending.len() as u64, Ordering::Relaxed);
-        stats
-            .batch_len_max_seen
-            .fetch_max(pending.len() as u64, Ordering::Relaxed);
-        match result {
-            Ok(durable) => {
-                stats.durable_lsn.store(durable, Ordering::Relaxed);
-                self.shared.events.publish(&self.events_buf);
-                self.events_buf.clear();
-                self.reply_all(pending, true);
-            }
-            Err(e) => {
-                // Never retry a failed flush and trust it: nothing in this batch is
-                // acknowledged and the engine stops taking writes.
-                self.fail_stop(format!("flush failed: {e}"));
-                self.events_buf.clear();
-                self.reply_all(pending, false);
-            }
-        }
-    }
-
     fn fail_stop(&self, reason: String) {
-        let mut refused = self.shared.writes_refused.lock();
-        if refused.is_none() {
-            *refused = Some(format!(
-                "{reason}; writes are refused until a restart recovers from the log"
-            ));
-        }
+        self.shared.refuse_writes(reason);
     }
 
     fn reply_all(&mut self, pending: &mut Vec<Pending>, durable: bool) {
@@ -758,27 +1129,24 @@ impl<S: Storage> Writer<S> {
     /// fsyncing the file runs on its own thread when `background`, and the writer
     /// publishes it (rename, directory fsync, pruning) once it is on disk.
     fn start_snapshot(&mut self, background: bool) {
-        let Some(wal) = self.wal.as_mut() else {
+        if self.wal.is_none() {
             let lsn = self.state.next_seq() - 1;
             self.answer_snapshot_waiters(Ok(lsn));
             return;
-        };
+        }
         if self.shared.writes_refused.lock().is_some() {
             self.answer_snapshot_waiters(Err(
                 "writes are refused: no snapshot of an unlogged state".into(),
             ));
             return;
         }
-        // The snapshot covers every logged record; in async mode some may still
-        // wait for their flush.
-        if wal.last_lsn() > wal.durable_lsn()
-            && let Err(e) = wal.commit()
-        {
-            let reason = format!("flush failed: {e}");
-            self.fail_stop(reason.clone());
+        // The snapshot covers every logged record: wait until they are durable
+        // (commits may be in flight, or in async mode not yet begun).
+        if let Err(reason) = self.drain_commits() {
             self.answer_snapshot_waiters(Err(reason));
             return;
         }
+        let wal = self.wal.as_mut().expect("checked above");
         let lsn = wal.last_lsn();
         if lsn == wal.snapshot_lsn() {
             // Nothing logged since the newest snapshot (or nothing at all): it is current.
@@ -810,11 +1178,9 @@ impl<S: Storage> Writer<S> {
         self.records_since_snapshot = 0;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         if background {
-            let spawned = std::thread::Builder::new()
-                .name("surge-snapshot".into())
-                .spawn(move || {
-                    let _ = done_tx.send(job.run());
-                });
+            let spawned = spawn_owner("surge-snapshot", move || {
+                let _ = done_tx.send(job.run());
+            });
             if let Err(e) = spawned {
                 self.answer_snapshot_waiters(Err(format!("cannot start the snapshot thread: {e}")));
                 return;
@@ -975,5 +1341,25 @@ impl EngineHandle {
             joined.extend_from_slice(part);
         }
         fnv1a64(&joined)
+    }
+}
+
+/// Faults the engine's tests trigger; compiled only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+mod fault_injection {
+    use std::sync::OnceLock;
+
+    /// Panic on the writer, before logging record `lsn`, if
+    /// `SURGE_FAULT_WRITER_PANIC_AT_LSN` asks for it.
+    pub(super) fn writer_panic_at(lsn: u64) {
+        static AT: OnceLock<Option<u64>> = OnceLock::new();
+        let at = AT.get_or_init(|| {
+            std::env::var("SURGE_FAULT_WRITER_PANIC_AT_LSN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if *at == Some(lsn) {
+            panic!("fault injection: writer panic before logging LSN {lsn}");
+        }
     }
 }

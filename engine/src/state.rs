@@ -261,6 +261,131 @@ fn check_line_count(len: usize) -> Result<(), Rejection> {
     Ok(())
 }
 
+fn check_len(field: impl FnOnce() -> String, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.len() > max {
+        return Err(invalid(
+            &field(),
+            format!("must be at most {max} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The size limits of `limits.rs`, checked before a command is encoded for the log:
+/// every string field (path parameters included) and every line count. It looks at
+/// lengths only; the state machine still checks everything else. A command that
+/// passes encodes below the WAL's record limit (`engine/tests/record_limit.rs` builds the
+/// largest one of each kind), so one request can never make the log refuse a record.
+pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Rejection> {
+    if let Some(key) = key {
+        check_len(
+            || "Idempotency-Key".into(),
+            &key.key,
+            IDEMPOTENCY_KEY_LEN_MAX,
+        )?;
+    }
+    let lines = |len: usize| {
+        if len > LINES_PER_REQUEST_MAX {
+            return Err(invalid(
+                "lines",
+                format!("at most {LINES_PER_REQUEST_MAX} lines, got {len}"),
+            ));
+        }
+        Ok(())
+    };
+    let actor = |actor: &str| check_len(|| "actor".into(), actor, ACTOR_LEN_MAX);
+    let note = |note: &str| check_len(|| "note".into(), note, NOTE_LEN_MAX);
+    match cmd {
+        Command::DefineSku { sku, name, .. } => {
+            check_len(|| "sku".into(), sku, SKU_ID_LEN_MAX)?;
+            check_len(|| "name".into(), name, SKU_NAME_LEN_MAX)
+        }
+        Command::AdjustStock {
+            sku,
+            note: text,
+            actor: who,
+            ..
+        } => {
+            check_len(|| "sku".into(), sku, SKU_ID_LEN_MAX)?;
+            note(text)?;
+            actor(who)
+        }
+        Command::Reserve {
+            lines: reqs,
+            actor: who,
+            ..
+        } => {
+            lines(reqs.len())?;
+            for (i, line) in reqs.iter().enumerate() {
+                check_len(|| format!("lines[{i}].sku"), &line.sku, SKU_ID_LEN_MAX)?;
+            }
+            actor(who)
+        }
+        Command::CommitReservation { actor: who, .. }
+        | Command::ReleaseReservation { actor: who, .. } => actor(who),
+        Command::CreateOrder {
+            order_no,
+            customer_id,
+            lines: reqs,
+            actor: who,
+            ..
+        } => {
+            check_len(|| "order_no".into(), order_no, ORDER_NO_LEN_MAX)?;
+            check_len(|| "customer_id".into(), customer_id, CUSTOMER_ID_LEN_MAX)?;
+            lines(reqs.len())?;
+            for (i, line) in reqs.iter().enumerate() {
+                check_len(|| format!("lines[{i}].sku"), &line.sku, SKU_ID_LEN_MAX)?;
+            }
+            actor(who)
+        }
+        Command::PayOrder {
+            payment_ref,
+            actor: who,
+            ..
+        } => {
+            check_len(|| "payment_ref".into(), payment_ref, NOTE_LEN_MAX)?;
+            actor(who)
+        }
+        Command::AdvanceOrder {
+            note: text,
+            tracking_no,
+            actor: who,
+            ..
+        } => {
+            note(text)?;
+            check_len(|| "tracking_no".into(), tracking_no, NOTE_LEN_MAX)?;
+            actor(who)
+        }
+        Command::CancelOrder {
+            note: text,
+            actor: who,
+            ..
+        } => {
+            note(text)?;
+            actor(who)
+        }
+        Command::ReturnOrder {
+            reason,
+            note: text,
+            actor: who,
+            ..
+        } => {
+            check_len(|| "reason".into(), reason, NOTE_LEN_MAX)?;
+            note(text)?;
+            actor(who)
+        }
+        Command::RefundOrder {
+            refund_ref,
+            actor: who,
+            ..
+        } => {
+            check_len(|| "refund_ref".into(), refund_ref, NOTE_LEN_MAX)?;
+            actor(who)
+        }
+        Command::Expire => Ok(()),
+    }
+}
+
 impl State {
     pub fn new() -> State {
         let mut state = State {

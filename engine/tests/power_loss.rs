@@ -50,6 +50,8 @@ fn config(clock: &Arc<AtomicU64>) -> EngineConfig {
         // Snapshot files written on the writer thread keep a seed's run deterministic;
         // the background path has its own crash test in runtime.rs.
         snapshot_in_background: false,
+        // Syncs on the writer too: the storage steps then come in one order per seed.
+        pipelined_commit: false,
         expire_interval_ms: 1,
         ..EngineConfig::default()
     }

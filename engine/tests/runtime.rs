@@ -137,7 +137,15 @@ fn a_failed_flush_acknowledges_nothing_and_stops_writes() {
         Err(Error::StorageUnavailable(_))
     ));
     assert!(handle.writes_refused().is_some());
-    let _ = sku_levels(&handle, "A");
+    // Reads are refused too: the state holds a write that never became durable, and
+    // a read in sync mode never shows what is not durable.
+    assert!(matches!(
+        handle
+            .query(Query::GetSku { sku: "A".into() })
+            .expect("queued")
+            .wait(),
+        Err(Error::StorageUnavailable(_))
+    ));
     // A restart recovers from the log: the unacknowledged hold may be absent.
     let crashed = disk.crash(7);
     drop(handle);
@@ -154,6 +162,48 @@ fn a_failed_flush_acknowledges_nothing_and_stops_writes() {
             .expect("writes again")
             .is_ok()
     );
+}
+
+/// Issue 10 §1: an operator's adjustment with a SKU of tens of thousands of bytes in
+/// the path and a note of about 1 MiB used to encode to a record over the log's limit,
+/// and the writer then refused every write from every caller until a restart.
+#[test]
+fn an_oversized_command_is_refused_alone_and_the_engine_keeps_going() {
+    let disk = SimStorage::new();
+    let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
+    define(&handle, "A", 10);
+    let before = digest(&handle);
+    let hostile = Command::AdjustStock {
+        sku: "S".repeat(40_000),
+        delta: 5,
+        reason: surge_engine::AdjustReason::ALL[0],
+        note: "n".repeat(1 << 20),
+        actor: "operator:mallory".into(),
+    };
+    let key = IdempotencyKey {
+        key: "hostile".into(),
+        fingerprint: 1,
+    };
+    match handle.execute(hostile, Some(key)).expect("answered") {
+        Err(surge_engine::Rejection::Validation { field, .. }) => assert_eq!(field, "sku"),
+        other => panic!("the oversized command was not refused: {other:?}"),
+    }
+    assert_eq!(
+        handle.writes_refused(),
+        None,
+        "the engine stopped taking writes"
+    );
+    assert_eq!(
+        digest(&handle),
+        before,
+        "the refused command changed the state"
+    );
+    // Another caller's ordinary reservation goes through.
+    handle
+        .execute(reserve("A", 1), None)
+        .expect("queued")
+        .expect("held");
+    assert_eq!(sku_levels(&handle, "A"), (10, 1));
 }
 
 #[test]
@@ -479,5 +529,106 @@ fn power_loss_during_a_background_snapshot_keeps_every_acknowledged_command() {
         let (recovered, report) = Engine::open_with_storage(crashed, config)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         assert_eq!(digest(&recovered), expected, "seed {seed}: {report:?}");
+    }
+}
+
+/// The pipelined commit (issue 8): a failed sync of batch N acknowledges nothing of
+/// N or of any batch after it, even those appended while N was syncing.
+#[test]
+fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
+    let disk = SimStorage::new();
+    let config = EngineConfig {
+        pipelined_commit: true,
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+    define(&handle, "A", 1_000_000);
+    // Keep many reservations in flight so that several batches are in the pipeline
+    // when the sync fails.
+    let warmup: Vec<_> = (0..200)
+        .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
+        .collect();
+    disk.fail_next_sync();
+    let tickets: Vec<_> = (0..2_000)
+        .map(|_| handle.submit(reserve("A", 1), None))
+        .collect();
+    let mut outcomes: Vec<bool> = warmup
+        .into_iter()
+        .map(|t| matches!(t.wait(), Ok(Ok(_))))
+        .collect();
+    outcomes.extend(
+        tickets
+            .into_iter()
+            .map(|t| matches!(t.map(|t| t.wait()), Ok(Ok(Ok(_))))),
+    );
+    let first_refused = outcomes
+        .iter()
+        .position(|ok| !ok)
+        .expect("the failed sync refused something");
+    let acknowledged = first_refused as u64;
+    assert!(
+        outcomes[first_refused..].iter().all(|ok| !ok),
+        "a write after the failed sync was acknowledged"
+    );
+    // Whatever was acknowledged is on the disk.
+    let crashed = disk.crash(3);
+    drop(handle);
+    let (handle, _) = Engine::open_with_storage(crashed, config).expect("reopen");
+    let (_, reserved) = sku_levels(&handle, "A");
+    assert!(
+        reserved >= acknowledged,
+        "acknowledged {acknowledged}, recovered {reserved}"
+    );
+}
+
+/// The pipelined commit (issue 8): power is cut at random moments while batches
+/// are being synced and others appended behind them. Every reservation that was
+/// acknowledged before the cut is in the recovered state.
+#[test]
+fn a_power_cut_during_pipelined_commits_loses_nothing_acknowledged() {
+    for seed in 0..12u64 {
+        let disk = SimStorage::new();
+        let config = EngineConfig {
+            pipelined_commit: true,
+            ..sim_config()
+        };
+        let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+        define(&handle, "A", 1_000_000_000);
+        let acked = Arc::new(AtomicU64::new(0));
+        let cut_after = 300 + seed * 97;
+        let crashed = std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let handle = handle.clone();
+                let acked = Arc::clone(&acked);
+                scope.spawn(move || {
+                    for _ in 0..400 {
+                        if handle
+                            .execute(reserve("A", 1), None)
+                            .expect("queued")
+                            .is_ok()
+                        {
+                            acked.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+            // Cut the power once enough have been acknowledged, while the threads go on.
+            loop {
+                let before = acked.load(Ordering::SeqCst);
+                if before >= cut_after {
+                    return (before, disk.crash(seed));
+                }
+                std::thread::yield_now();
+            }
+        });
+        drop(handle);
+        let (acked_before_cut, image) = crashed;
+        let (handle, _) = Engine::open_with_storage(image, config).expect("reopen");
+        let (_, reserved) = sku_levels(&handle, "A");
+        assert!(
+            reserved >= acked_before_cut,
+            "seed {seed}: {acked_before_cut} acknowledged before the cut, {reserved} recovered"
+        );
+        assert!(reserved <= 1_600, "seed {seed}: more recovered than sent");
     }
 }

@@ -111,9 +111,11 @@ mod verify;
 mod wal;
 
 pub use sim::SimStorage;
-pub use storage::{FileWriter, MmapStorage, SegmentId, Storage};
+pub use storage::{FileWriter, MmapStorage, SegmentId, SegmentSyncer, Storage};
 pub use verify::{SegmentReport, SnapshotReport, Verdict, VerifyReport, verify};
-pub use wal::{Recovery, RecoveryReport, SnapshotJob, TornTail, Wal, WalStats, WrittenSnapshot};
+pub use wal::{
+    CommitJob, Recovery, RecoveryReport, SnapshotJob, TornTail, Wal, WalStats, WrittenSnapshot,
+};
 
 /// Log sequence number. 0 means "nothing".
 pub type Lsn = u64;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::PAGE_BYTES;
-use crate::storage::{SegmentId, Storage};
+use crate::storage::{SegmentId, SegmentSyncer, Storage};
 
 const SECTOR_BYTES: usize = 512;
 
@@ -142,9 +142,38 @@ impl SimState {
             .expect("directory entries point at files")
     }
 
+    /// Makes the pages covering `offset..offset + len` of a file durable (msync).
+    fn sync_file_range(&mut self, id: FileId, offset: u64, len: u64) -> io::Result<()> {
+        self.sync_step("msync")?;
+        let file = self.file_mut(id);
+        let page = PAGE_BYTES as usize;
+        let start = (offset as usize / page) * page;
+        let end = ((offset + len) as usize).div_ceil(page) * page;
+        let end = end.min(file.written.len());
+        if file.durable.len() < file.written.len() {
+            file.durable.resize(file.written.len(), 0);
+        }
+        let start = start.min(end);
+        let (written, durable) = (&file.written, &mut file.durable);
+        durable[start..end].copy_from_slice(&written[start..end]);
+        Ok(())
+    }
+
     fn new_handle(&mut self, id: FileId) -> SegmentId {
         self.handles.push(Some(id));
         self.handles.len() - 1
+    }
+}
+
+/// [`SegmentSyncer`] of the simulated disk: syncs by file, so it outlives the handle.
+struct SimSyncer {
+    state: Arc<Mutex<SimState>>,
+    id: FileId,
+}
+
+impl SegmentSyncer for SimSyncer {
+    fn sync_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.state.lock().sync_file_range(self.id, offset, len)
     }
 }
 
@@ -389,20 +418,16 @@ impl Storage for SimStorage {
 
     fn sync_segment_range(&mut self, seg: SegmentId, offset: u64, len: u64) -> io::Result<()> {
         let mut st = self.state.lock();
-        st.sync_step("msync")?;
         let id = st.handle(seg);
-        let file = st.file_mut(id);
-        let page = PAGE_BYTES as usize;
-        let start = (offset as usize / page) * page;
-        let end = ((offset + len) as usize).div_ceil(page) * page;
-        let end = end.min(file.written.len());
-        if file.durable.len() < file.written.len() {
-            file.durable.resize(file.written.len(), 0);
-        }
-        let start = start.min(end);
-        let (written, durable) = (&file.written, &mut file.durable);
-        durable[start..end].copy_from_slice(&written[start..end]);
-        Ok(())
+        st.sync_file_range(id, offset, len)
+    }
+
+    fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>> {
+        let id = self.state.lock().handle(seg);
+        Ok(Arc::new(SimSyncer {
+            state: Arc::clone(&self.state),
+            id,
+        }))
     }
 
     fn sync_segment_all(&mut self, seg: SegmentId) -> io::Result<()> {

@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
@@ -48,10 +49,31 @@ pub trait Storage: Send + 'static {
     fn remove(&mut self, name: &str) -> io::Result<()>;
     /// Makes the directory entries durable (fsync of the directory).
     fn sync_dir(&mut self) -> io::Result<()>;
+    /// A handle that makes ranges of one mapped segment durable from another thread
+    /// (the pipelined group commit syncs batch N while the writer appends N+1). It
+    /// stays usable after the segment is closed or removed.
+    fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>>;
     /// A handle that writes and fsyncs one small file from another thread, so a
     /// large snapshot body reaches the disk without stalling the writer. Directory
     /// changes (the rename that publishes it) stay with the owner of the storage.
     fn file_writer(&self) -> Box<dyn FileWriter>;
+}
+
+/// Makes a byte range of one segment durable; see [`Storage::segment_syncer`].
+pub trait SegmentSyncer: Send + Sync + 'static {
+    fn sync_range(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// [`SegmentSyncer`] for [`MmapStorage`]: `fdatasync` on its own descriptor of the
+/// segment file. On Linux `msync(MS_SYNC)` of a range is `fdatasync` restricted to
+/// that range's pages; a whole-file `fdatasync` also writes pages a later batch has
+/// dirtied meanwhile, which is harmless (they are not acknowledged by it).
+struct FileSyncer(File);
+
+impl SegmentSyncer for FileSyncer {
+    fn sync_range(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 /// Writes a whole file and makes its contents durable (write + fsync). Used from a
@@ -288,6 +310,10 @@ impl Storage for MmapStorage {
 
     fn sync_file(&mut self, name: &str) -> io::Result<()> {
         File::open(self.path(name))?.sync_all()
+    }
+
+    fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>> {
+        Ok(Arc::new(FileSyncer(self.mapped(seg).file.try_clone()?)))
     }
 
     fn file_writer(&self) -> Box<dyn FileWriter> {

@@ -1,5 +1,6 @@
 //! The log itself: open/recover, append, commit, replay, snapshots.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::format::{
@@ -9,7 +10,7 @@ use crate::format::{
     snapshot_name,
 };
 use crate::recovery::{Outcome, SegmentBytes, analyze};
-use crate::storage::{SegmentId, Storage};
+use crate::storage::{SegmentId, SegmentSyncer, Storage};
 use crate::{
     Error, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_DATA_OFFSET,
     SNAPSHOT_BODY_MAX_BYTES, WalConfig,
@@ -126,6 +127,58 @@ impl SnapshotJob {
     }
 }
 
+/// One range of one segment to make durable.
+struct SyncRange {
+    syncer: Arc<dyn SegmentSyncer>,
+    first_lsn: Lsn,
+    from: u64,
+    to: u64,
+}
+
+/// The durable half of a group commit ([`Wal::begin_commit`]): safe to run on
+/// another thread. Jobs begun one after another may be merged and run once.
+pub struct CommitJob {
+    target: Lsn,
+    ranges: Vec<SyncRange>,
+}
+
+impl CommitJob {
+    /// Every record up to this LSN is durable when the job has run.
+    pub fn target(&self) -> Lsn {
+        self.target
+    }
+
+    /// Folds a later job into this one: one sync then covers both.
+    pub fn merge(&mut self, later: CommitJob) {
+        assert!(later.target >= self.target, "jobs merge in order");
+        self.target = later.target;
+        for range in later.ranges {
+            match self
+                .ranges
+                .iter_mut()
+                .find(|r| r.first_lsn == range.first_lsn)
+            {
+                Some(r) => {
+                    r.from = r.from.min(range.from);
+                    r.to = r.to.max(range.to);
+                }
+                None => self.ranges.push(range),
+            }
+        }
+    }
+
+    /// Makes the ranges durable, older segments first.
+    pub fn run(&self) -> Result<(), Error> {
+        for range in &self.ranges {
+            range
+                .syncer
+                .sync_range(range.from, range.to - range.from)
+                .map_err(|e| Error::io("sync", e))?;
+        }
+        Ok(())
+    }
+}
+
 /// The write-ahead log over a [`Storage`].
 pub struct Wal<S: Storage> {
     storage: S,
@@ -135,6 +188,10 @@ pub struct Wal<S: Storage> {
     segments: Vec<Segment>,
     last_lsn: Lsn,
     durable_lsn: Lsn,
+    /// The last LSN handed to a [`CommitJob`] (durable once that job finishes).
+    commit_begun_lsn: Lsn,
+    /// Sync handles of the segments recently committed to, by first LSN.
+    syncers: Vec<(Lsn, Arc<dyn SegmentSyncer>)>,
     poisoned: bool,
     snapshot_lsn: Lsn,
     /// LSNs of the valid snapshots on disk, ascending.
@@ -393,6 +450,8 @@ impl<S: Storage> Wal<S> {
             segments,
             last_lsn,
             durable_lsn: last_lsn,
+            commit_begun_lsn: last_lsn,
+            syncers: Vec::new(),
             poisoned: false,
             snapshot_lsn,
             snapshots,
@@ -537,20 +596,38 @@ impl<S: Storage> Wal<S> {
         Ok(())
     }
 
-    /// Makes every record appended so far durable: one msync of the dirty
+    /// Makes every record appended so far durable: one sync of the dirty
     /// range per touched segment. On failure the log is poisoned: this call
     /// returns the I/O error and every later write returns [`Error::Poisoned`],
     /// because after a failed flush the kernel may have dropped the dirty
     /// pages, and a retry that "succeeds" proves nothing.
     pub fn commit(&mut self) -> Result<(), Error> {
-        self.check_usable()?;
-        if self.last_lsn == self.durable_lsn {
-            return Ok(());
-        }
         let started = Instant::now();
+        let Some(job) = self.begin_commit()? else {
+            return Ok(());
+        };
+        let target = job.target();
+        let result = job.run();
+        self.finish_commit(target, result)?;
+        self.stats.last_commit_latency_us =
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Ok(())
+    }
+
+    /// The first half of a commit, on the thread that appends: ends the data with
+    /// commit padding (so the next append starts on a fresh page), writes the
+    /// watermark, and returns the job that makes it all durable. The job may run
+    /// on another thread while later records are appended (pipelined group
+    /// commit); [`Wal::finish_commit`] then records its result. `None`: nothing
+    /// was appended since the last job.
+    pub fn begin_commit(&mut self) -> Result<Option<CommitJob>, Error> {
+        self.check_usable()?;
+        if self.last_lsn == self.commit_begun_lsn {
+            return Ok(None);
+        }
         let target = self.last_lsn;
-        // Only what was durable before this commit may be claimed durable in
-        // the same msync (see the crate docs).
+        // Only what is known durable may be claimed durable in the same sync (see
+        // the crate docs); with commits in flight that may lag more than one commit.
         let watermark = self.durable_lsn;
         let n = self.segments.len();
         if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
@@ -561,6 +638,7 @@ impl<S: Storage> Wal<S> {
             }
             self.stats.bytes_written += seg.tail - before;
         }
+        let mut ranges = Vec::with_capacity(1);
         for i in 0..n {
             let seg = &mut self.segments[i];
             let Some(h) = seg.handle else { continue };
@@ -578,16 +656,51 @@ impl<S: Storage> Wal<S> {
                 from = Some(from.map_or(at, |f| f.min(at)));
             }
             let Some(from) = from else { continue };
-            if let Err(e) = self.storage.sync_segment_range(h, from, seg.tail - from) {
-                self.poisoned = true;
-                return Err(Error::io("msync", e));
-            }
+            let first_lsn = seg.first_lsn;
+            let len = seg.tail - from;
+            let syncer = match self.syncers.iter().find(|(lsn, _)| *lsn == first_lsn) {
+                Some((_, syncer)) => Arc::clone(syncer),
+                None => {
+                    let syncer = match self.storage.segment_syncer(h) {
+                        Ok(syncer) => syncer,
+                        Err(e) => {
+                            self.poisoned = true;
+                            return Err(Error::io("open segment for sync", e));
+                        }
+                    };
+                    // Only segments still appended to need one.
+                    self.syncers.retain(|(lsn, _)| *lsn >= first_lsn);
+                    self.syncers.push((first_lsn, Arc::clone(&syncer)));
+                    syncer
+                }
+            };
+            ranges.push(SyncRange {
+                syncer,
+                first_lsn,
+                from,
+                to: from + len,
+            });
         }
+        self.commit_begun_lsn = target;
+        Ok(Some(CommitJob { target, ranges }))
+    }
+
+    /// The second half of a commit: records the result of a [`CommitJob`]. Jobs
+    /// finish in the order they began. A failure poisons the log.
+    pub fn finish_commit(&mut self, target: Lsn, result: Result<(), Error>) -> Result<(), Error> {
+        if let Err(e) = result {
+            self.poisoned = true;
+            return Err(e);
+        }
+        assert!(
+            target <= self.commit_begun_lsn && target >= self.durable_lsn,
+            "commit of {target} finished out of order (durable {}, begun {})",
+            self.durable_lsn,
+            self.commit_begun_lsn
+        );
         self.durable_lsn = target;
         self.stats.commits += 1;
         self.stats.durable_lsn = target;
-        self.stats.last_commit_latency_us =
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         Ok(())
     }
 
