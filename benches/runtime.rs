@@ -1,41 +1,56 @@
 //! The runtime end to end in process: 64 submitting threads, durability `sync` on a
-//! real data dir (memory-mapped WAL, msync per group commit), one hot SKU vs 10k SKUs.
+//! real data dir (memory-mapped WAL, pipelined group commit), one hot SKU vs 10k SKUs.
 //!
-//! `cargo bench --bench runtime`. Reservations/s from criterion's
-//! `target/criterion/runtime_sync_64_threads/*/new/estimates.json`; latency
-//! percentiles (per reservation, submit to durable reply) are printed and written to
-//! `target/criterion/runtime_latency_<bench>.json`.
+//! `cargo bench --bench runtime`. Criterion ids (issue 8): `runtime/sync_closed_loop_64`,
+//! `runtime/sync_closed_loop_64_hot`, `runtime/async_closed_loop_64`,
+//! `runtime/sync_pipelined_64x64`, `runtime/writer_iterations`. Each counts exactly
+//! the reservations it made: a sample of `iters` makes `iters` reservations, split
+//! over the threads. The threads are spawned before the clock starts; latency
+//! percentiles (submit to durable reply) leave out criterion's warm-up, and are
+//! printed and written to `target/criterion/runtime_latency_<bench>.json`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use surge_engine::{Command, Durability, Engine, EngineConfig, LineReq};
+use surge_engine::{Command, Durability, Engine, EngineConfig, EngineHandle, LineReq};
 
 // The `surge` binary runs on mimalloc; measure with the same allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const THREADS: u64 = 64;
+const THREADS: usize = 64;
+const WARM_UP: Duration = Duration::from_secs(3);
 
-/// An engine on a fresh data dir with `skus` SKUs of ample stock.
+/// One sample's work for one thread: how many reservations, from which offset.
+struct Work {
+    count: u64,
+    offset: u64,
+}
+
+/// An engine on a fresh data dir with `skus` SKUs of ample stock, and 64 threads
+/// parked until a sample hands them work.
 struct Fixture {
-    handle: surge_engine::EngineHandle,
-    names: Arc<Vec<String>>,
+    handle: EngineHandle,
+    work: Vec<Sender<Work>>,
+    start: Arc<Barrier>,
+    done: Receiver<Histogram<u64>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    created: Instant,
     _dir: tempfile::TempDir,
 }
 
-fn fixture(skus: usize, durability: Durability) -> Fixture {
+fn fixture(skus: usize, config: EngineConfig, window: usize) -> Fixture {
     let dir = tempfile::Builder::new()
         .prefix("surge-bench-")
         .tempdir_in(target_dir())
         .expect("tempdir");
     let config = EngineConfig {
         data_dir: dir.path().to_path_buf(),
-        durability,
-        ..EngineConfig::default()
+        ..config
     };
     let (handle, _) = Engine::open(config).expect("open");
     let names: Arc<Vec<String>> = Arc::new((0..skus).map(|i| format!("SKU-{i:05}")).collect());
@@ -46,7 +61,7 @@ fn fixture(skus: usize, durability: Durability) -> Fixture {
             let cmd = Command::DefineSku {
                 sku: name.clone(),
                 name: String::new(),
-                on_hand: 1_000_000_000,
+                on_hand: 1_000_000_000_000,
                 low_stock_threshold: 0,
             };
             handle.submit(cmd, None).expect("room in the queue")
@@ -55,74 +70,123 @@ fn fixture(skus: usize, durability: Durability) -> Fixture {
     for t in tickets {
         t.wait().expect("answered").expect("defined");
     }
+    let start = Arc::new(Barrier::new(THREADS + 1));
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    let mut work = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..THREADS {
+        let (tx, rx) = crossbeam_channel::bounded::<Work>(1);
+        work.push(tx);
+        let handle = handle.clone();
+        let names = Arc::clone(&names);
+        let start = Arc::clone(&start);
+        let done_tx = done_tx.clone();
+        threads.push(std::thread::spawn(move || {
+            while let Ok(w) = rx.recv() {
+                start.wait();
+                let hist = reserve_loop(&handle, &names, window, &w);
+                done_tx.send(hist).expect("bench thread");
+            }
+        }));
+    }
     Fixture {
         handle,
-        names,
+        work,
+        start,
+        done,
+        threads,
+        created: Instant::now(),
         _dir: dir,
     }
 }
 
-/// `iters` reservations from 64 threads, each keeping `window` requests in flight
-/// (1: wait for each reply before sending the next).
-fn run(
-    fixture: &Fixture,
+type InFlight = std::collections::VecDeque<(Instant, surge_engine::Ticket<surge_engine::Outcome>)>;
+
+/// `w.count` reservations keeping `window` in flight (1: closed loop, wait for
+/// each reply before sending the next).
+fn reserve_loop(
+    handle: &EngineHandle,
+    names: &[String],
     window: usize,
-    iters: u64,
-    latencies: &Mutex<Histogram<u64>>,
-) -> Duration {
-    let per_thread = iters.div_ceil(THREADS);
-    let started = Instant::now();
-    let threads: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let handle = fixture.handle.clone();
-            let names = Arc::clone(&fixture.names);
-            std::thread::spawn(move || {
-                let mut hist = Histogram::<u64>::new(3).expect("histogram");
-                let mut in_flight = std::collections::VecDeque::with_capacity(window);
-                let mut settle = |in_flight: &mut std::collections::VecDeque<(
-                    Instant,
-                    surge_engine::Ticket<surge_engine::Outcome>,
-                )>| {
-                    let (sent, ticket): (Instant, _) = in_flight.pop_front().expect("in flight");
-                    ticket.wait().expect("answered").expect("held");
-                    hist.record(sent.elapsed().as_micros() as u64)
-                        .expect("in range");
-                };
-                for i in 0..per_thread {
-                    let sku = names[((t * per_thread + i) as usize) % names.len()].clone();
-                    let cmd = Command::Reserve {
-                        lines: vec![LineReq { sku, qty: 1 }],
-                        ttl_ms: 600_000,
-                        actor: "bench".into(),
-                    };
-                    let sent = Instant::now();
-                    let ticket = loop {
-                        match handle.submit(cmd.clone(), None) {
-                            Ok(ticket) => break ticket,
-                            Err(surge_engine::Error::Overloaded(_)) if !in_flight.is_empty() => {
-                                settle(&mut in_flight)
-                            }
-                            Err(surge_engine::Error::Overloaded(_)) => std::thread::yield_now(),
-                            Err(e) => panic!("{e}"),
-                        }
-                    };
-                    in_flight.push_back((sent, ticket));
-                    if in_flight.len() >= window {
-                        settle(&mut in_flight);
-                    }
+    w: &Work,
+) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut in_flight: InFlight = std::collections::VecDeque::with_capacity(window);
+    let mut settle = |in_flight: &mut InFlight| {
+        let (sent, ticket) = in_flight.pop_front().expect("in flight");
+        ticket.wait().expect("answered").expect("held");
+        hist.record(sent.elapsed().as_micros() as u64)
+            .expect("in range");
+    };
+    for i in 0..w.count {
+        let sku = names[((w.offset + i) as usize) % names.len()].clone();
+        let cmd = Command::Reserve {
+            lines: vec![LineReq { sku, qty: 1 }],
+            ttl_ms: 600_000,
+            actor: "bench".into(),
+        };
+        let sent = Instant::now();
+        let ticket = loop {
+            match handle.submit(cmd.clone(), None) {
+                Ok(ticket) => break ticket,
+                Err(surge_engine::Error::Overloaded(_)) if !in_flight.is_empty() => {
+                    settle(&mut in_flight)
                 }
-                while !in_flight.is_empty() {
-                    settle(&mut in_flight);
-                }
-                hist
-            })
-        })
-        .collect();
-    let mut merged = latencies.lock();
-    for t in threads {
-        merged.add(t.join().expect("thread")).expect("same bounds");
+                Err(surge_engine::Error::Overloaded(_)) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        in_flight.push_back((sent, ticket));
+        if in_flight.len() >= window {
+            settle(&mut in_flight);
+        }
     }
-    started.elapsed()
+    while !in_flight.is_empty() {
+        settle(&mut in_flight);
+    }
+    hist
+}
+
+/// Exactly `iters` reservations over the 64 parked threads; the clock runs from
+/// the moment all are released until the last one is done.
+fn run(fixture: &Fixture, iters: u64, latencies: &Mutex<Histogram<u64>>) -> Duration {
+    let threads = THREADS as u64;
+    for (t, tx) in fixture.work.iter().enumerate() {
+        let t = t as u64;
+        let count = iters / threads + u64::from(t < iters % threads);
+        tx.send(Work {
+            count,
+            offset: t * 1_000_003,
+        })
+        .expect("bench thread alive");
+    }
+    fixture.start.wait();
+    let started = Instant::now();
+    let mut merged = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..THREADS {
+        merged
+            .add(fixture.done.recv().expect("bench thread"))
+            .expect("same bounds");
+    }
+    let elapsed = started.elapsed();
+    if fixture.created.elapsed() > WARM_UP {
+        latencies.lock().add(merged).expect("same bounds");
+    }
+    elapsed
+}
+
+fn finish(fixture: Fixture) {
+    let Fixture {
+        handle,
+        work,
+        threads,
+        ..
+    } = fixture;
+    drop(work);
+    for t in threads {
+        t.join().expect("bench thread");
+    }
+    handle.shutdown();
 }
 
 fn target_dir() -> std::path::PathBuf {
@@ -131,54 +195,113 @@ fn target_dir() -> std::path::PathBuf {
     dir
 }
 
+fn report(name: &str, h: &Histogram<u64>) {
+    if h.is_empty() {
+        return; // filtered out on the command line
+    }
+    let line = format!(
+        "{{\"bench\":\"{name}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+        h.len(),
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+    eprintln!("latency {line}");
+    let path = target_dir()
+        .join("criterion")
+        .join(format!("runtime_latency_{name}.json"));
+    let _ = std::fs::create_dir_all(path.parent().expect("parent"));
+    std::fs::write(&path, line + "\n").expect("write latency report");
+}
+
 fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("runtime_sync_64_threads");
+    let mut group = c.benchmark_group("runtime");
     group.sample_size(10);
+    group.warm_up_time(WARM_UP);
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(1));
-    for (name, skus, durability, window) in [
-        ("reserve_10k_skus", 10_000, Durability::Sync, 1),
-        ("reserve_hot_sku", 1, Durability::Sync, 1),
-        ("reserve_10k_skus_async", 10_000, Durability::Async, 1),
-        (
-            "reserve_10k_skus_64_in_flight_per_thread",
-            10_000,
-            Durability::Sync,
-            64,
-        ),
-        (
-            "reserve_hot_sku_64_in_flight_per_thread",
-            1,
-            Durability::Sync,
-            64,
-        ),
+    let sync = EngineConfig::default();
+    let asynchronous = EngineConfig {
+        durability: Durability::Async,
+        ..EngineConfig::default()
+    };
+    for (name, skus, config, window) in [
+        ("sync_closed_loop_64", 10_000, &sync, 1),
+        ("sync_closed_loop_64_hot", 1, &sync, 1),
+        ("async_closed_loop_64", 10_000, &asynchronous, 1),
+        ("sync_pipelined_64x64", 10_000, &sync, 64),
     ] {
-        let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
-        let fixture = fixture(skus, durability);
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| run(&fixture, window, iters, &latencies))
-        });
-        fixture.handle.shutdown();
-        let h = latencies.lock();
-        if h.is_empty() {
-            continue; // filtered out on the command line
+        if !criterion_filter_matches(name) {
+            continue;
         }
-        let line = format!(
-            "{{\"bench\":\"{name}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
-            h.len(),
-            h.value_at_quantile(0.50),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max()
-        );
-        eprintln!("latency {line}");
-        let path = target_dir()
-            .join("criterion")
-            .join(format!("runtime_latency_{name}.json"));
-        let _ = std::fs::create_dir_all(path.parent().expect("parent"));
-        std::fs::write(&path, line + "\n").expect("write latency report");
+        let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
+        let fixture = fixture(skus, config.clone(), window);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&fixture, iters, &latencies))
+        });
+        finish(fixture);
+        report(name, &latencies.lock());
     }
+    writer_iterations(&mut group);
     group.finish();
+}
+
+/// `runtime/writer_iterations`: closed-loop reservations with a snapshot every 200k
+/// records and 16 MiB segments (so segments roll during the run); prints the
+/// writer loop's iteration times (sync excluded) from the engine's own histogram.
+fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let name = "writer_iterations";
+    if !criterion_filter_matches(name) {
+        return;
+    }
+    let config = EngineConfig {
+        snapshot_every_records: 200_000,
+        wal: surge_engine::wal::WalConfig {
+            segment_bytes: 16 << 20,
+            ..surge_engine::wal::WalConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
+    let fixture = fixture(10_000, config, 64);
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| run(&fixture, iters, &latencies))
+    });
+    let stats = fixture.handle.stats();
+    let h = &stats.writer_iteration;
+    let bound = |q: f64| {
+        h.quantile_bound_us(q)
+            .map_or("> 100000".to_string(), |us| format!("<= {us}"))
+    };
+    let line = format!(
+        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"max_us\":{},\"snapshots\":{},\"commit_avg_us\":{:.0}}}",
+        h.count(),
+        bound(0.99),
+        bound(0.999),
+        h.max().as_micros(),
+        stats.snapshots.load(std::sync::atomic::Ordering::Relaxed),
+        stats.wal_commit.sum_seconds() * 1e6 / stats.wal_commit.count().max(1) as f64,
+    );
+    eprintln!("writer {line}");
+    let path = target_dir()
+        .join("criterion")
+        .join(format!("runtime_{name}.json"));
+    let _ = std::fs::create_dir_all(path.parent().expect("parent"));
+    std::fs::write(&path, line + "\n").expect("write writer report");
+    finish(fixture);
+    report(name, &latencies.lock());
+}
+
+/// Criterion filters by id on the command line; skip building fixtures for benches
+/// that will not run (each one defines 10k SKUs on a fresh data dir).
+fn criterion_filter_matches(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| format!("runtime/{name}").contains(f.as_str()))
 }
 
 criterion_group!(benches, bench);

@@ -194,6 +194,7 @@ pub struct LatencyHistogram {
     buckets: [AtomicU64; LatencyHistogram::BOUNDS_US.len() + 1],
     sum_ns: AtomicU64,
     count: AtomicU64,
+    max_ns: AtomicU64,
 }
 
 impl Default for LatencyHistogram {
@@ -202,6 +203,7 @@ impl Default for LatencyHistogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_ns: AtomicU64::new(0),
             count: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
         }
     }
 }
@@ -216,9 +218,29 @@ impl LatencyHistogram {
         let micros = elapsed.as_micros() as u64;
         let i = Self::BOUNDS_US.partition_point(|&bound| bound < micros);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        let nanos = elapsed.as_nanos() as u64;
+        self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The longest duration recorded.
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    }
+
+    /// The smallest bucket bound (µs) at or below which a share `q` of the
+    /// recordings fall; `None` if that is above the last bound (or nothing yet).
+    pub fn quantile_bound_us(&self, q: f64) -> Option<u64> {
+        let (buckets, total) = self.cumulative();
+        let wanted = (total as f64 * q).ceil() as u64;
+        if total == 0 {
+            return None;
+        }
+        buckets
+            .into_iter()
+            .find(|&(_, count)| count >= wanted)
+            .map(|(bound, _)| bound)
     }
 
     /// Cumulative counts per bound (`le`), as Prometheus wants them, then the total.
