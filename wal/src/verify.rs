@@ -303,9 +303,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, Error> {
     for s in &snapshots {
         if let Some(p) = &s.problem {
             let fate = if s.lsn > snapshot_lsn {
-                "open would skip it and fall back to an older snapshot"
+                "open would skip it (see below)"
             } else {
-                "open would not load it"
+                "open would not need it"
             };
             problems.push(Problem {
                 file: s.name.clone(),
@@ -618,7 +618,8 @@ impl fmt::Display for VerifyReport {
                 snapshots,
             } => writeln!(
                 f,
-                "{MANIFEST_NAME}: ok, {} segments, {} snapshots, log durable to lsn {log_end}",
+                "{MANIFEST_NAME}: ok, lists {} segment(s) and {} snapshot(s), log durable to lsn \
+                 {log_end}",
                 segments.len(),
                 snapshots.len()
             )?,
@@ -688,7 +689,7 @@ impl fmt::Display for VerifyReport {
             ),
             Verdict::Clean | Verdict::TornTail { .. } => writeln!(
                 f,
-                "verdict: DAMAGED ({} files damaged or missing; open would recover around them)",
+                "verdict: DAMAGED ({} file(s) damaged or missing; open would recover around them)",
                 self.problems.len()
             ),
             Verdict::Corrupt {
