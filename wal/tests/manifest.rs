@@ -693,3 +693,82 @@ fn make_version_1(dir: &Path) {
         fs::write(&path, b).expect("write");
     }
 }
+
+/// The disk fills up between creating a segment and listing it: the record is
+/// refused with NoSpace, the segment taken back, the log stays usable; and a
+/// snapshot published while the MANIFEST cannot be rewritten removes nothing.
+#[test]
+fn a_full_disk_while_the_manifest_is_written_refuses_cleanly() {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    // 256 frames of 80 bytes fill the 32 KiB segment exactly.
+    append_range(&mut wal, 1..=256, 64);
+    wal.commit().expect("commit");
+    let files = disk.file_names();
+    disk.set_small_files_full(true);
+    assert!(matches!(wal.reserve(257, 64), Err(Error::NoSpace)));
+    assert!(!wal.is_poisoned());
+    assert_eq!(disk.file_names(), files, "the new segment was taken back");
+    assert_eq!(disk.crash(1).file_names(), files, "durably");
+    disk.set_small_files_full(false);
+    append_range(&mut wal, 257..=600, 64);
+    wal.commit().expect("commit");
+    assert!(wal.segment_names().len() >= 3);
+
+    // Publishing a snapshot: its file is written, then the disk fills up.
+    let job = wal
+        .begin_snapshot(500, snapshot_body(500))
+        .expect("begin")
+        .expect("a job");
+    let written = job.run();
+    disk.set_small_files_full(true);
+    let files = disk.file_names();
+    assert!(matches!(wal.finish_snapshot(written), Err(Error::NoSpace)));
+    assert!(!wal.is_poisoned());
+    // The temp file renamed into place; nothing else changed.
+    let mut expect: Vec<String> = files
+        .iter()
+        .map(|f| f.trim_end_matches(".tmp").to_string())
+        .collect();
+    expect.sort();
+    assert!(expect.contains(&"snap-00000000000000000500.snap".to_string()));
+    assert_eq!(
+        disk.file_names(),
+        expect,
+        "nothing removed, the snapshot published"
+    );
+    disk.set_small_files_full(false);
+    append_range(&mut wal, 601..=610, 64);
+    wal.commit().expect("commit");
+    drop(wal);
+    let (wal, rec) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    assert_eq!(rec.snapshot.map(|s| s.0), Some(500));
+    assert_eq!(records(&wal, 500).len(), 110);
+}
+
+/// Segments kept only for falling back to an older snapshot are not read at
+/// open, but verify checks that the fallback would work.
+#[test]
+fn damage_in_a_segment_kept_for_the_older_snapshot_fails_verify() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let names = build(dir, 2000, &[800, 1500]);
+    let report = verify(dir).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    // A segment holding records between the two snapshots.
+    let kept = names
+        .iter()
+        .zip(names.iter().skip(1))
+        .find(|(a, b)| lsn_of(a) > 800 && lsn_of(b) <= 1500)
+        .map(|(a, _)| a.clone())
+        .expect("a segment wholly between the snapshots");
+    let bytes = fs::read(dir.join(&kept)).expect("read");
+    let (_, at, _) = frames(&bytes)[10];
+    flip(&dir.join(&kept), at + 20);
+    let report = verify(dir).expect("verify");
+    assert!(!report.is_ok(), "{report}");
+    assert!(!report.verdict.refuses(), "{report}");
+    assert!(report.problems.iter().any(|p| p.file == kept), "{report}");
+    let (_, rec) = opened(dir);
+    assert_eq!(rec.snapshot.map(|s| s.0), Some(1500));
+}
