@@ -47,7 +47,10 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum WalCmd {
-    /// Check every segment and snapshot of a data dir; exits non-zero on corruption.
+    /// Check every file of a data dir against its MANIFEST and say what recovery would
+    /// do. Exit 0: every file whole (a torn tail, as a crash leaves, is reported);
+    /// 1: a file is damaged or missing, even one recovery could work around; 2: the
+    /// check could not run (say, the dir is locked by a running server).
     Verify {
         /// The data directory.
         dir: PathBuf,

@@ -1,8 +1,8 @@
 //! Encoding and decoding of the byte layout drawn in the crate docs.
 
 use crate::{
-    FORMAT_VERSION, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, SEGMENT_DATA_OFFSET,
-    SNAPSHOT_BODY_MAX_BYTES,
+    FORMAT_VERSION, FORMAT_VERSION_OLDEST, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES,
+    SEGMENT_DATA_OFFSET, SNAPSHOT_BODY_MAX_BYTES,
 };
 
 pub(crate) const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SURGEWAL");
@@ -69,6 +69,9 @@ pub(crate) const fn align_up(n: u64) -> u64 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
+    /// Format version the segment was written with (from 2 on, its data dir
+    /// keeps a MANIFEST).
+    pub version: u32,
     pub segment_bytes: u64,
     pub first_lsn: Lsn,
     pub prev_lsn: Lsn,
@@ -86,7 +89,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&(PAGE_BYTES as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.segment_bytes.to_le_bytes());
         b[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
@@ -116,13 +119,14 @@ impl SegmentHeader {
             return HeaderCheck::Bad("segment header checksum mismatch".into());
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version) {
             return HeaderCheck::Bad(format!("unsupported format version {version}"));
         }
         if u64::from(u32_at(b, 12)) != PAGE_BYTES {
             return HeaderCheck::Bad("unexpected page size".into());
         }
         let header = SegmentHeader {
+            version,
             segment_bytes: u64_at(b, 16),
             first_lsn: u64_at(b, 24),
             prev_lsn: u64_at(b, 32),
@@ -345,6 +349,12 @@ pub(crate) fn encode_snapshot(lsn: Lsn, body: &[u8]) -> Vec<u8> {
     b
 }
 
+/// The format version field of a snapshot image (meaningful once
+/// [`decode_snapshot`] accepted it).
+pub(crate) fn snapshot_version(file: &[u8]) -> u32 {
+    file.get(8..12).map_or(0, |b| u32_at(b, 0))
+}
+
 /// Checks a snapshot file image; returns its lsn and body.
 pub(crate) fn decode_snapshot(file: &[u8]) -> Result<(Lsn, &[u8]), String> {
     if file.len() < SNAPSHOT_HEADER_BYTES {
@@ -359,8 +369,8 @@ pub(crate) fn decode_snapshot(file: &[u8]) -> Result<(Lsn, &[u8]), String> {
     if crc32c::crc32c(&file[0..32]) != u32_at(file, 32) || u32_at(file, 36) != 0 {
         return Err("snapshot header checksum mismatch".into());
     }
-    let version = u32_at(file, 8);
-    if version != FORMAT_VERSION {
+    let version = snapshot_version(file);
+    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&version) {
         return Err(format!("unsupported format version {version}"));
     }
     let lsn = u64_at(file, 16);

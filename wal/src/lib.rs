@@ -8,17 +8,24 @@
 //!
 //! ```text
 //! LOCK                              flock(LOCK_EX) held by the running process
+//! MANIFEST                          the files that must exist (format version 2 on)
+//! MANIFEST.tmp                      a MANIFEST being written; removed at open
 //! wal-<first lsn, 20 digits>.seg    log segments, fixed size (WalConfig::segment_bytes)
 //! snap-<lsn, 20 digits>.snap        snapshots (the newest `snapshots_kept` are kept)
 //! snap-<lsn, 20 digits>.snap.tmp    a snapshot being written; removed at open
 //! ```
+//!
+//! Format version 1 (no MANIFEST) still loads: a data dir whose files are all
+//! version 1 and that has no MANIFEST is checked by the segment chain alone,
+//! and open writes its first MANIFEST. A file of version 2 without a MANIFEST
+//! beside it means the MANIFEST was lost, and open refuses.
 //!
 //! ## Segment file
 //!
 //! ```text
 //! page 0  (offset     0) segment header, written and synced once at creation:
 //!         0  u64 magic  "SURGEWAL"
-//!         8  u32 format version
+//!         8  u32 format version (1 or 2)
 //!        12  u32 page bytes (4096)
 //!        16  u64 segment bytes (file length)
 //!        24  u64 first lsn (the lsn in the file name)
@@ -53,7 +60,7 @@
 //!
 //! ```text
 //!  0  u64 magic "SURGSNAP"
-//!  8  u32 format version
+//!  8  u32 format version (1 or 2)
 //! 12  u32 crc32c of the body
 //! 16  u64 lsn covered (every record <= lsn is reflected in the body)
 //! 24  u64 body length
@@ -61,6 +68,33 @@
 //! 36  u32 zero
 //! 40  body
 //! ```
+//!
+//! ## MANIFEST
+//!
+//! ```text
+//!  0  u64 magic "SURGEMAN"
+//!  8  u32 format version (2)
+//! 12  u32 segment count n
+//! 16  u32 snapshot count m
+//! 20  u32 zero
+//! 24  u64 log end: every lsn up to it was durable when the file was written
+//! 32  n entries, oldest first, 24 bytes each: u64 first lsn, u64 prev lsn,
+//!     u64 segment bytes (what that segment's header must say)
+//!  .  m entries, ascending, 8 bytes each: u64 snapshot lsn
+//!  .  u32 crc32c of every byte before it
+//! ```
+//!
+//! It is replaced whole (temp file, fsync, rename, directory fsync) when a
+//! segment is created (after the segment is durable, before anything is
+//! appended to it), when a snapshot is published and segments or snapshots
+//! are retired (before any file is removed), and at every open (after the
+//! recovered log is durable, before leftovers are removed). So every file it
+//! lists exists after any crash, and open refuses to start when one does not
+//! ([`Error::MissingSegment`]), when a listed segment's length or header does
+//! not match it (truncated or replaced: [`Error::Corrupt`]), or when the log
+//! ends before its log end (the newest segment lost acknowledged records).
+//! An unlisted segment is the leftover of an interrupted creation, retirement
+//! or tail cut, and is removed; one between two listed segments is refused.
 //!
 //! # Telling a torn tail from rot: the durable watermark
 //!
@@ -85,8 +119,9 @@
 //! as a torn tail rather than refused. The alternative (a second msync per commit
 //! just for the watermark) doubles the cost of the hot path.
 //!
-//! Recovery takes the watermark as the maximum valid slot over all segments,
-//! walks the frames in LSN order and stops at the first invalid point:
+//! Recovery takes the watermark as the maximum valid slot over all segments
+//! (and the MANIFEST's log end, which does not live in a segment that could be
+//! lost or replaced), walks the frames in LSN order and stops at the first invalid point:
 //!
 //! * if the last valid LSN before it is below the watermark, acknowledged data is
 //!   damaged: [`Error::Corrupt`] names the segment and offset, and open fails;
@@ -96,7 +131,11 @@
 //! Segments chain: each header holds the LSN appended just before it was
 //! created, so a segment whose tail lost records while a later segment survived
 //! is detected (the next segment's `prev lsn` does not match) instead of
-//! replaying a log with a hole in it.
+//! replaying a log with a hole in it. Before a new segment is created the
+//! current one is synced to its end, and the new segment's first watermark
+//! (and the MANIFEST written with it) claim that end: a record of a segment
+//! that is no longer the newest is always below the watermark, so a hole
+//! anywhere but in the newest segment is refused, never cut as a torn tail.
 //!
 //! Records are appended through the memory map and made durable by `msync` of
 //! only the dirty page range ([`Wal::commit`]). Segment files are reserved with
@@ -104,6 +143,7 @@
 //! raises SIGBUS, while a failed `fallocate` is a clean `ENOSPC`.
 
 mod format;
+mod manifest;
 mod recovery;
 mod sim;
 mod storage;
@@ -112,7 +152,9 @@ mod wal;
 
 pub use sim::SimStorage;
 pub use storage::{FileWriter, MmapStorage, SegmentId, SegmentSyncer, Storage};
-pub use verify::{SegmentReport, SnapshotReport, Verdict, VerifyReport, verify};
+pub use verify::{
+    ManifestReport, Problem, SegmentReport, SnapshotReport, Verdict, VerifyReport, verify,
+};
 pub use wal::{
     CommitJob, Recovery, RecoveryReport, SnapshotJob, TornTail, Wal, WalStats, WrittenSnapshot,
 };
@@ -120,8 +162,11 @@ pub use wal::{
 /// Log sequence number. 0 means "nothing".
 pub type Lsn = u64;
 
-/// Version of the byte layout above. Bump it when the layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the byte layout above, written into every new file. Bump it when
+/// the layout changes. Version 2 added the MANIFEST.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version still read.
+pub const FORMAT_VERSION_OLDEST: u32 = 1;
 /// Page size the layout is drawn in; segment sizes are multiples of it.
 pub const PAGE_BYTES: u64 = 4096;
 /// Where frames start in a segment: after the header page and two watermark pages.
@@ -221,6 +266,12 @@ pub enum Error {
         offset: u64,
         detail: String,
     },
+    /// A segment the MANIFEST lists is not in the data dir.
+    #[error("wal segment {file} is missing: {detail}")]
+    MissingSegment { file: String, detail: String },
+    /// The MANIFEST is damaged, or missing beside files that need one.
+    #[error("wal MANIFEST cannot be trusted: {detail}")]
+    BadManifest { detail: String },
     #[error("no space left on device: cannot reserve a new wal segment or snapshot")]
     NoSpace,
     #[error("wal refuses writes after a failed flush; restart to recover from the log")]

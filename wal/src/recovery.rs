@@ -1,21 +1,234 @@
-//! The read-only half of recovery: walk the segments, find the durable
-//! watermark and the end of the valid log, and classify what follows it as a
-//! torn tail or as rot. Shared by [`crate::Wal::open`] (which then acts on
-//! the verdict) and [`crate::verify`] (which only reports it).
+//! The read-only half of recovery: check the files against the MANIFEST
+//! ([`survey`]), walk the segments, find the durable watermark and the end of
+//! the valid log, and classify what follows it as a torn tail or as rot
+//! ([`analyze`]). Shared by [`crate::Wal::open`] (which then acts on the
+//! verdict) and [`crate::verify`] (which only reports it).
 
-use crate::Lsn;
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::format::{
-    HeaderCheck, ScanStop, SegmentHeader, nonzero_end, read_watermark, scan_frames,
+    HeaderCheck, ScanStop, SegmentHeader, nonzero_end, read_watermark, scan_frames, segment_name,
 };
+use crate::manifest::{MANIFEST_NAME, Manifest};
+use crate::{Error, Lsn};
 
 /// Random access to the bytes of the i-th segment (in name order).
 pub(crate) trait SegmentBytes {
     fn with_bytes<R>(&self, index: usize, f: impl FnOnce(&[u8]) -> R) -> R;
 }
 
+/// Some of the segments of another [`SegmentBytes`], renumbered from 0.
+pub(crate) struct Subset<'a, T> {
+    pub src: &'a T,
+    pub indices: &'a [usize],
+}
+
+impl<T: SegmentBytes> SegmentBytes for Subset<'_, T> {
+    fn with_bytes<R>(&self, index: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        self.src.with_bytes(self.indices[index], f)
+    }
+}
+
+/// The highest LSN known durable from outside the log's own segments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Floor {
+    pub lsn: Lsn,
+    /// Where the claim comes from, for messages.
+    pub source: String,
+}
+
+/// What the MANIFEST (or its absence) says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ManifestState {
+    Present(Manifest),
+    /// No MANIFEST. `legacy`: every file predates them (or there is no file),
+    /// so the segment chain alone is checked.
+    Absent {
+        legacy: bool,
+    },
+    Damaged(String),
+}
+
+/// The data dir's files held against the MANIFEST, before any frame is read.
+#[derive(Debug)]
+pub(crate) struct Survey {
+    pub manifest: ManifestState,
+    /// Indices (into the segment files, in name order) of the files that form
+    /// the log: the listed ones (or, without a MANIFEST, all of them).
+    pub log: Vec<usize>,
+    /// Indices of unlisted segment files before the first or after the last
+    /// listed one: leftovers of an interrupted creation, retirement or tail
+    /// cut, which open removes.
+    pub leftovers: Vec<usize>,
+    /// Missing, truncated or replaced files, a damaged or lost MANIFEST: open
+    /// refuses on the first.
+    pub problems: Vec<Error>,
+    pub floor: Floor,
+    /// Snapshots the MANIFEST lists that are not in the dir.
+    pub missing_snapshots: Vec<String>,
+}
+
+/// Holds the segment files (`seg_files`, sorted, with their first LSN) and the
+/// snapshot files present against the MANIFEST. `newer_snapshot`: the name of
+/// a valid snapshot of format version 2 or later, if there is one (such a
+/// file is never written without a MANIFEST beside it).
+pub(crate) fn survey(
+    src: &impl SegmentBytes,
+    seg_files: &[(Lsn, String)],
+    manifest: Option<Result<Manifest, String>>,
+    snapshot_names: &BTreeSet<String>,
+    newer_snapshot: Option<&str>,
+) -> Survey {
+    let all: Vec<usize> = (0..seg_files.len()).collect();
+    let mut s = Survey {
+        manifest: ManifestState::Absent { legacy: true },
+        log: Vec::new(),
+        leftovers: Vec::new(),
+        problems: Vec::new(),
+        floor: Floor::default(),
+        missing_snapshots: Vec::new(),
+    };
+    let m = match manifest {
+        None => {
+            let newer_segment =
+                (0..seg_files.len()).find_map(|i| match src.with_bytes(i, SegmentHeader::check) {
+                    HeaderCheck::Valid(h) if h.version >= 2 => Some(seg_files[i].1.as_str()),
+                    _ => None,
+                });
+            if let Some(file) = newer_segment.or(newer_snapshot) {
+                s.manifest = ManifestState::Absent { legacy: false };
+                s.problems.push(Error::BadManifest {
+                    detail: format!(
+                        "{MANIFEST_NAME} is missing, but {file} was written by a version that keeps \
+                         one, so a lost segment could not be told from a log that ends there; \
+                         restore {MANIFEST_NAME}"
+                    ),
+                });
+            }
+            s.log = all;
+            return s;
+        }
+        Some(Err(detail)) => {
+            s.manifest = ManifestState::Damaged(detail.clone());
+            s.problems.push(Error::BadManifest {
+                detail: format!("{MANIFEST_NAME} is damaged: {detail}"),
+            });
+            s.log = all;
+            return s;
+        }
+        Some(Ok(m)) => m,
+    };
+    s.floor = Floor {
+        lsn: m.log_end,
+        source: format!("the {MANIFEST_NAME}"),
+    };
+    let by_lsn: BTreeMap<Lsn, usize> = seg_files
+        .iter()
+        .enumerate()
+        .map(|(i, (lsn, _))| (*lsn, i))
+        .collect();
+    let listed: BTreeSet<Lsn> = m.segments.iter().map(|e| e.first_lsn).collect();
+    for (j, e) in m.segments.iter().enumerate() {
+        let file = segment_name(e.first_lsn);
+        let Some(&i) = by_lsn.get(&e.first_lsn) else {
+            let holds = match m.segments.get(j + 1) {
+                Some(next) => format!(
+                    "the {MANIFEST_NAME} lists it as holding the log after lsn {} up to lsn {}",
+                    e.prev_lsn, next.prev_lsn
+                ),
+                None => format!(
+                    "the {MANIFEST_NAME} lists it as the newest segment, holding the log after lsn {}",
+                    e.prev_lsn
+                ),
+            };
+            s.problems.push(Error::MissingSegment {
+                file,
+                detail: format!("{holds}; restore it, or the records in it are lost"),
+            });
+            continue;
+        };
+        s.log.push(i);
+        let len = src.with_bytes(i, |b| b.len() as u64);
+        if len != e.segment_bytes {
+            let what = if len < e.segment_bytes {
+                "truncated: "
+            } else {
+                ""
+            };
+            s.problems.push(Error::Corrupt {
+                segment: file,
+                offset: len.min(e.segment_bytes),
+                detail: format!(
+                    "{what}the file holds {len} bytes, the {MANIFEST_NAME} lists it at {}",
+                    e.segment_bytes
+                ),
+            });
+            continue;
+        }
+        let problem = match src.with_bytes(i, SegmentHeader::check) {
+            HeaderCheck::Valid(h) if h.prev_lsn == e.prev_lsn => None,
+            HeaderCheck::Valid(h) => Some(format!(
+                "replaced: its header says it follows lsn {}, the {MANIFEST_NAME} says lsn {}",
+                h.prev_lsn, e.prev_lsn
+            )),
+            HeaderCheck::Blank => Some(format!(
+                "replaced: its header is blank, but the {MANIFEST_NAME} lists it, so it was \
+                 complete and synced"
+            )),
+            HeaderCheck::Bad(d) => Some(d),
+        };
+        if let Some(detail) = problem {
+            s.problems.push(Error::Corrupt {
+                segment: file,
+                offset: 0,
+                detail,
+            });
+        }
+    }
+    let (first, last) = match (m.segments.first(), m.segments.last()) {
+        (Some(f), Some(l)) => (f.first_lsn, l.first_lsn),
+        _ => (Lsn::MAX, 0),
+    };
+    for (i, (lsn, name)) in seg_files.iter().enumerate() {
+        if listed.contains(lsn) {
+            continue;
+        }
+        if *lsn < first || *lsn > last {
+            s.leftovers.push(i);
+            let w = match src.with_bytes(i, SegmentHeader::check) {
+                HeaderCheck::Valid(h) => src.with_bytes(i, |b| read_watermark(b, h.first_lsn)),
+                _ => 0,
+            };
+            if w > s.floor.lsn {
+                s.floor = Floor {
+                    lsn: w,
+                    source: format!(
+                        "the watermark in {name}, which the {MANIFEST_NAME} does not list"
+                    ),
+                };
+            }
+        } else {
+            s.problems.push(Error::Corrupt {
+                segment: name.clone(),
+                offset: 0,
+                detail: format!(
+                    "not listed in the {MANIFEST_NAME}, which lists the segments before and after it"
+                ),
+            });
+        }
+    }
+    s.missing_snapshots = m
+        .snapshots
+        .iter()
+        .map(|&l| crate::format::snapshot_name(l))
+        .filter(|n| !snapshot_names.contains(n))
+        .collect();
+    s.manifest = ManifestState::Present(m);
+    s
+}
+
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SegScan {
-    pub header: Option<SegmentHeader>,
     pub last_lsn: Lsn,
     pub records: u64,
     pub records_after_snapshot: u64,
@@ -33,8 +246,10 @@ pub(crate) enum Outcome {
         detail: String,
     },
     /// Acknowledged data is damaged, or the segments do not form one log.
+    /// `segment` is None when there is no segment to blame: the log has none
+    /// but something durable says it went further.
     Corrupt {
-        segment: usize,
+        segment: Option<usize>,
         offset: u64,
         detail: String,
     },
@@ -56,25 +271,29 @@ pub(crate) struct Analysis {
     pub outcome: Outcome,
 }
 
+/// `floor`: what is known durable from outside these segments (the MANIFEST);
+/// the watermark is never below it.
 pub(crate) fn analyze(
     src: &impl SegmentBytes,
     names: &[String],
     snapshot_lsn: Lsn,
     payload_max: usize,
+    floor: &Floor,
 ) -> Analysis {
     let n = names.len();
     let headers: Vec<HeaderCheck> = (0..n)
         .map(|i| src.with_bytes(i, SegmentHeader::check))
         .collect();
-    let watermark = headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| match h {
-            HeaderCheck::Valid(h) => Some(src.with_bytes(i, |b| read_watermark(b, h.first_lsn))),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
+    let (mut watermark, mut source) = (floor.lsn, floor.source.clone());
+    for (i, h) in headers.iter().enumerate() {
+        if let HeaderCheck::Valid(h) = h {
+            let w = src.with_bytes(i, |b| read_watermark(b, h.first_lsn));
+            if w > watermark {
+                watermark = w;
+                source = format!("the watermark in {}", names[i]);
+            }
+        }
+    }
     // The log proper starts at the newest segment created when everything
     // before it was already covered by the snapshot; older segments are kept
     // only for falling back to an older snapshot.
@@ -92,13 +311,33 @@ pub(crate) fn analyze(
         outcome: Outcome::Clean,
     };
     if n == 0 {
+        if snapshot_lsn < watermark {
+            a.outcome = Outcome::Corrupt {
+                segment: None,
+                offset: 0,
+                detail: format!(
+                    "no segment holds the log after lsn {snapshot_lsn}, but lsn {watermark} was \
+                     durable ({source})"
+                ),
+            };
+        }
+        return a;
+    }
+    // Segments kept for an older snapshot are not read now, but must be whole.
+    for (i, h) in headers.iter().enumerate().take(start) {
+        let detail = match h {
+            HeaderCheck::Valid(_) => continue,
+            HeaderCheck::Blank => "segment header is blank".to_string(),
+            HeaderCheck::Bad(d) => d.clone(),
+        };
+        a.outcome = corrupt(i, 0, detail);
         return a;
     }
     if let HeaderCheck::Valid(h) = &headers[start] {
         a.last_lsn = h.prev_lsn;
         if h.prev_lsn > snapshot_lsn {
             a.outcome = Outcome::Corrupt {
-                segment: start,
+                segment: Some(start),
                 offset: 0,
                 detail: format!(
                     "the log resumes after lsn {} but the snapshot only covers lsn {snapshot_lsn}",
@@ -165,7 +404,6 @@ pub(crate) fn analyze(
             _ => None,
         };
         a.scans[i] = Some(SegScan {
-            header: Some(header),
             last_lsn: end.last_lsn,
             records: end.records,
             records_after_snapshot: after_snapshot,
@@ -191,7 +429,10 @@ pub(crate) fn analyze(
         }
     }
     let detail_below = |detail: String, last: Lsn| {
-        format!("{detail}; the last valid record is lsn {last} but lsn {watermark} was durable")
+        format!(
+            "{detail}; the last valid record is lsn {last} but lsn {watermark} was durable \
+             ({source})"
+        )
     };
     a.outcome = match brk {
         Some((segment, offset, detail)) if a.last_lsn < watermark => {
@@ -230,8 +471,41 @@ fn scan_end(a: &Analysis, i: usize) -> u64 {
 
 fn corrupt(segment: usize, offset: u64, detail: String) -> Outcome {
     Outcome::Corrupt {
-        segment,
+        segment: Some(segment),
         offset,
         detail,
+    }
+}
+
+/// The error open refuses with for an [`Outcome::Corrupt`]. `fell_back`: the
+/// newer snapshots that could not be used (damaged or missing), newest first;
+/// when the log is too short because of them, the message says so.
+pub(crate) fn refusal(
+    segment: Option<usize>,
+    offset: u64,
+    detail: &str,
+    names: &[String],
+    fell_back: &[String],
+) -> Error {
+    let detail = if fell_back.is_empty() {
+        detail.to_string()
+    } else {
+        format!(
+            "{detail} (newer snapshots damaged or missing: {})",
+            fell_back.join(", ")
+        )
+    };
+    match (segment, fell_back.first()) {
+        (Some(i), _) => Error::Corrupt {
+            segment: names[i].clone(),
+            offset,
+            detail,
+        },
+        (None, Some(snapshot)) => Error::Corrupt {
+            segment: snapshot.clone(),
+            offset: 0,
+            detail,
+        },
+        (None, None) => Error::BadManifest { detail },
     }
 }

@@ -85,6 +85,7 @@ struct SimState {
     handles: Vec<Option<FileId>>,
     fail_next_sync: bool,
     disk_full: bool,
+    small_files_full: bool,
     ops: u64,
     fail_from_op: Option<u64>,
 }
@@ -241,6 +242,13 @@ impl SimStorage {
     /// While full, creating a segment or writing a small file fails with ENOSPC.
     pub fn set_disk_full(&self, full: bool) {
         self.state.lock().disk_full = full;
+    }
+
+    /// While set, writing a small file (a snapshot, the MANIFEST) fails with
+    /// ENOSPC while segments can still be created: the disk fills up between
+    /// two steps.
+    pub fn set_small_files_full(&self, full: bool) {
+        self.state.lock().small_files_full = full;
     }
 
     /// The disk dies at the `step`-th mutating operation from now (0 = the
@@ -442,7 +450,7 @@ impl Storage for SimStorage {
     fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.state.lock();
         st.step("write file")?;
-        if st.disk_full {
+        if st.disk_full || st.small_files_full {
             return Err(no_space());
         }
         match st.dir.get(name).copied() {

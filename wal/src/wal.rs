@@ -1,5 +1,6 @@
 //! The log itself: open/recover, append, commit, replay, snapshots.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -7,13 +8,14 @@ use crate::format::{
     self, HeaderCheck, SegmentHeader, WATERMARK_SLOT_OFFSETS, align_up, decode_snapshot,
     encode_frame_header, encode_snapshot, encode_watermark, is_snapshot_tmp_name,
     parse_segment_name, parse_snapshot_name, read_watermark, scan_frames, segment_name,
-    snapshot_name,
+    snapshot_name, snapshot_version,
 };
-use crate::recovery::{Outcome, SegmentBytes, analyze};
+use crate::manifest::{self, MANIFEST_NAME, MANIFEST_TMP_NAME, Manifest, SegmentEntry};
+use crate::recovery::{Outcome, SegmentBytes, Subset, analyze, refusal, survey};
 use crate::storage::{SegmentId, SegmentSyncer, Storage};
 use crate::{
-    Error, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, RECORD_PAYLOAD_MAX_BYTES, SEGMENT_DATA_OFFSET,
-    SNAPSHOT_BODY_MAX_BYTES, WalConfig,
+    Error, FORMAT_VERSION, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, RECORD_PAYLOAD_MAX_BYTES,
+    SEGMENT_DATA_OFFSET, SNAPSHOT_BODY_MAX_BYTES, WalConfig,
 };
 
 /// A tail cut at open.
@@ -45,8 +47,12 @@ pub struct RecoveryReport {
     /// The durable watermark found on disk.
     pub watermark: Lsn,
     pub torn_tail: Option<TornTail>,
-    /// Newer snapshot files that were damaged and skipped.
+    /// Newer snapshots that were damaged, or listed in the MANIFEST and
+    /// missing, and so skipped (newest first).
     pub fell_back_snapshots: Vec<String>,
+    /// Segment files the MANIFEST does not list, removed: leftovers of a
+    /// segment creation, retirement or tail cut that a crash interrupted.
+    pub leftovers_removed: Vec<String>,
 }
 
 /// The result of [`Wal::open`] besides the log: the snapshot to start from.
@@ -71,6 +77,7 @@ pub struct WalStats {
 
 #[derive(Debug)]
 struct Segment {
+    // (name, first_lsn, prev_lsn and len_bytes are what the MANIFEST lists.)
     name: String,
     /// None for a segment kept only for an older snapshot (not mapped).
     handle: Option<SegmentId>,
@@ -88,6 +95,16 @@ struct Segment {
     dirty_from: Option<u64>,
     watermark_written: Lsn,
     next_slot: usize,
+}
+
+impl Segment {
+    fn entry(&self) -> SegmentEntry {
+        SegmentEntry {
+            first_lsn: self.first_lsn,
+            prev_lsn: self.prev_lsn,
+            segment_bytes: self.len_bytes,
+        }
+    }
 }
 
 /// Writes a snapshot's temp file and fsyncs it; safe to run on another thread.
@@ -220,13 +237,22 @@ impl<S: Storage> Wal<S> {
         config.validate()?;
         let payload_max = config.record_payload_max_bytes();
         let names = storage.list().map_err(|e| Error::io("list data dir", e))?;
-        let mut dir_changed = false;
-        for name in names.iter().filter(|n| is_snapshot_tmp_name(n)) {
+        for name in names
+            .iter()
+            .filter(|n| is_snapshot_tmp_name(n) || *n == MANIFEST_TMP_NAME)
+        {
             storage
                 .remove(name)
-                .map_err(|e| Error::io("remove temp snapshot", e))?;
-            dir_changed = true;
+                .map_err(|e| Error::io("remove temp file", e))?;
         }
+        let manifest = if names.iter().any(|n| n == MANIFEST_NAME) {
+            let bytes = storage
+                .read_file(MANIFEST_NAME)
+                .map_err(|e| Error::io("read MANIFEST", e))?;
+            Some(Manifest::decode(&bytes))
+        } else {
+            None
+        };
 
         // Snapshots, newest first; the first valid one is used.
         let mut snap_files: Vec<(Lsn, &String)> = names
@@ -234,15 +260,20 @@ impl<S: Storage> Wal<S> {
             .filter_map(|n| parse_snapshot_name(n).map(|l| (l, n)))
             .collect();
         snap_files.sort();
+        let snapshot_names: BTreeSet<String> = snap_files.iter().map(|s| s.1.clone()).collect();
         let mut snapshots = Vec::new();
         let mut snapshot: Option<(Lsn, Vec<u8>)> = None;
         let mut fell_back = Vec::new();
+        let mut newer_snapshot = None;
         for &(lsn, name) in snap_files.iter().rev() {
             let bytes = storage
                 .read_file(name)
                 .map_err(|e| Error::io("read snapshot", e))?;
             match decode_snapshot(&bytes) {
                 Ok((l, body)) if l == lsn => {
+                    if snapshot_version(&bytes) >= 2 {
+                        newer_snapshot.get_or_insert_with(|| name.clone());
+                    }
                     snapshots.push(lsn);
                     if snapshot.is_none() {
                         snapshot = Some((lsn, body.to_vec()));
@@ -261,36 +292,65 @@ impl<S: Storage> Wal<S> {
             .filter_map(|n| parse_segment_name(n).map(|l| (l, n.clone())))
             .collect();
         seg_files.sort();
-        let seg_names: Vec<String> = seg_files.iter().map(|s| s.1.clone()).collect();
-        let mut handles = Vec::with_capacity(seg_names.len());
-        for name in &seg_names {
+        let mut handles = Vec::with_capacity(seg_files.len());
+        for (_, name) in &seg_files {
             handles.push(
                 storage
                     .open_segment(name)
                     .map_err(|e| Error::io("open segment", e))?,
             );
         }
+        let opened = Opened {
+            storage: &storage,
+            handles: &handles,
+        };
+        let survey = survey(
+            &opened,
+            &seg_files,
+            manifest,
+            &snapshot_names,
+            newer_snapshot.as_deref(),
+        );
+        if let Some(problem) = survey.problems.into_iter().next() {
+            return Err(problem);
+        }
+        // A snapshot the MANIFEST lists that is gone counts as one that is damaged.
+        fell_back.extend(
+            survey
+                .missing_snapshots
+                .iter()
+                .filter(|n| parse_snapshot_name(n).is_some_and(|l| l > snapshot_lsn))
+                .cloned(),
+        );
+        fell_back.sort_by(|a, b| b.cmp(a));
+
+        // From here on, only the segments that form the log.
+        let log = &survey.log;
+        let seg_names: Vec<String> = log.iter().map(|&i| seg_files[i].1.clone()).collect();
+        let log_handles: Vec<SegmentId> = log.iter().map(|&i| handles[i]).collect();
         let a = analyze(
-            &Opened {
-                storage: &storage,
-                handles: &handles,
+            &Subset {
+                src: &opened,
+                indices: log,
             },
             &seg_names,
             snapshot_lsn,
             RECORD_PAYLOAD_MAX_BYTES,
+            &survey.floor,
         );
+        let headers: Vec<Option<SegmentHeader>> = log_handles
+            .iter()
+            .map(|&h| match storage.with_segment(h, SegmentHeader::check) {
+                HeaderCheck::Valid(header) => Some(header),
+                _ => None,
+            })
+            .collect();
         let (torn_at, detail) = match &a.outcome {
             Outcome::Corrupt {
                 segment,
                 offset,
                 detail,
-            } => {
-                return Err(Error::Corrupt {
-                    segment: seg_names[*segment].clone(),
-                    offset: *offset,
-                    detail: detail.clone(),
-                });
-            }
+            } => return Err(refusal(*segment, *offset, detail, &seg_names, &fell_back)),
             Outcome::Torn {
                 segment,
                 offset,
@@ -299,22 +359,20 @@ impl<S: Storage> Wal<S> {
             Outcome::Clean => (None, String::new()),
         };
 
-        // Cut the tail: zero what follows the last valid frame, drop later segments.
+        // Files to remove once the new MANIFEST no longer lists them: the cut
+        // tail, segments left empty, and leftovers nobody lists.
         let mut removed = Vec::new();
         let mut live_end = a.live_end;
         let mut bytes_cut = 0;
         for i in (live_end..seg_names.len()).rev() {
-            storage.close_segment(handles[i]);
-            storage
-                .remove(&seg_names[i])
-                .map_err(|e| Error::io("remove torn segment", e))?;
+            storage.close_segment(log_handles[i]);
             removed.push(seg_names[i].clone());
         }
         if let (Some(garbage_end), Some(last)) = (a.garbage_end, live_end.checked_sub(1)) {
             let end = a.scans[last]
                 .as_ref()
                 .map_or(SEGMENT_DATA_OFFSET, |s| s.end);
-            zero_range(&mut storage, handles[last], end, garbage_end)?;
+            zero_range(&mut storage, log_handles[last], end, garbage_end)?;
             bytes_cut = garbage_end - end;
         }
         // A segment left without records is dropped: the next append rolls to
@@ -325,31 +383,30 @@ impl<S: Storage> Wal<S> {
                 .is_none_or(|s| s.records == 0)
         {
             live_end -= 1;
-            storage.close_segment(handles[live_end]);
-            storage
-                .remove(&seg_names[live_end])
-                .map_err(|e| Error::io("remove empty segment", e))?;
+            storage.close_segment(log_handles[live_end]);
             removed.push(seg_names[live_end].clone());
         }
-        dir_changed |= !removed.is_empty();
-        if dir_changed {
-            storage
-                .sync_dir()
-                .map_err(|e| Error::io("fsync data dir", e))?;
-        }
+        let leftovers: Vec<String> = survey
+            .leftovers
+            .iter()
+            .map(|&i| {
+                storage.close_segment(handles[i]);
+                seg_files[i].1.clone()
+            })
+            .collect();
         let torn_tail = match torn_at {
             Some((segment, offset)) => Some(TornTail {
                 segment: seg_names[segment].clone(),
                 offset,
                 bytes_cut,
-                removed_segments: removed,
+                removed_segments: removed.clone(),
                 detail,
             }),
             None if !removed.is_empty() => Some(TornTail {
                 segment: removed[0].clone(),
                 offset: SEGMENT_DATA_OFFSET,
                 bytes_cut,
-                removed_segments: removed,
+                removed_segments: removed.clone(),
                 detail: "newest segment holds no record".into(),
             }),
             None => None,
@@ -357,20 +414,22 @@ impl<S: Storage> Wal<S> {
 
         let mut segments = Vec::with_capacity(live_end);
         for i in 0..live_end {
-            let first_lsn = seg_files[i].0;
+            let header = headers[i].expect("analyze refuses a log segment with a bad header");
+            let h = log_handles[i];
             if i < a.start {
-                // Kept only for an older snapshot; every record in it is below
-                // the first record of the next segment.
-                storage.close_segment(handles[i]);
+                // Kept only for an older snapshot; every record in it is at or
+                // below the lsn the next segment follows.
+                storage.close_segment(h);
+                let next = headers[i + 1].expect("the segment after a kept one has a valid header");
                 segments.push(Segment {
                     name: seg_names[i].clone(),
                     handle: None,
-                    first_lsn,
-                    prev_lsn: 0,
-                    last_lsn: seg_files[i + 1].0.saturating_sub(1),
+                    first_lsn: header.first_lsn,
+                    prev_lsn: header.prev_lsn,
+                    last_lsn: next.prev_lsn,
                     records: 0,
                     tail: 0,
-                    len_bytes: 0,
+                    len_bytes: header.segment_bytes,
                     dirty_from: None,
                     watermark_written: 0,
                     next_slot: 0,
@@ -378,12 +437,10 @@ impl<S: Storage> Wal<S> {
                 continue;
             }
             let scan = a.scans[i].as_ref().expect("live segments were scanned");
-            let header = scan.header.expect("live segments have a valid header");
-            let h = handles[i];
             segments.push(Segment {
                 name: seg_names[i].clone(),
                 handle: Some(h),
-                first_lsn,
+                first_lsn: header.first_lsn,
                 prev_lsn: header.prev_lsn,
                 last_lsn: if scan.records > 0 {
                     scan.last_lsn
@@ -423,6 +480,27 @@ impl<S: Storage> Wal<S> {
             .max()
             .unwrap_or(0);
         let last_lsn = log_last.max(snapshot_lsn);
+
+        // The log as recovered is durable: list it (this also writes the first
+        // MANIFEST of a data dir from before them), then remove what it no
+        // longer lists.
+        let manifest = Manifest {
+            log_end: last_lsn,
+            segments: segments.iter().map(Segment::entry).collect(),
+            snapshots: snapshots.clone(),
+        };
+        manifest::publish(&mut storage, &manifest).map_err(|e| Error::io("write MANIFEST", e))?;
+        for name in removed.iter().chain(&leftovers) {
+            storage
+                .remove(name)
+                .map_err(|e| Error::io("remove segment", e))?;
+        }
+        if !removed.is_empty() || !leftovers.is_empty() {
+            storage
+                .sync_dir()
+                .map_err(|e| Error::io("fsync data dir", e))?;
+        }
+
         let records = (a.start..live_end)
             .filter_map(|i| a.scans[i].as_ref())
             .map(|s| s.records_after_snapshot)
@@ -435,6 +513,7 @@ impl<S: Storage> Wal<S> {
             watermark: a.watermark,
             torn_tail,
             fell_back_snapshots: fell_back,
+            leftovers_removed: leftovers,
         };
         let stats = WalStats {
             segments: segments.len(),
@@ -693,14 +772,15 @@ impl<S: Storage> Wal<S> {
             return Err(e);
         }
         assert!(
-            target <= self.commit_begun_lsn && target >= self.durable_lsn,
-            "commit of {target} finished out of order (durable {}, begun {})",
-            self.durable_lsn,
+            target <= self.commit_begun_lsn.max(self.last_lsn),
+            "commit of {target} finished beyond what was begun ({})",
             self.commit_begun_lsn
         );
-        self.durable_lsn = target;
+        // A roll syncs the segment it leaves, so durability may already be past an
+        // older job that finishes now.
+        self.durable_lsn = self.durable_lsn.max(target);
         self.stats.commits += 1;
-        self.stats.durable_lsn = target;
+        self.stats.durable_lsn = self.durable_lsn;
         Ok(())
     }
 
@@ -822,13 +902,30 @@ impl<S: Storage> Wal<S> {
         self.prune()
     }
 
-    /// Removes snapshots beyond `snapshots_kept` and the segments only they needed.
+    /// Removes snapshots beyond `snapshots_kept` and the segments only they
+    /// needed: first a MANIFEST without them (which also lists the snapshot
+    /// just published), then the files.
     fn prune(&mut self) -> Result<(), Error> {
-        let kept = self.config.snapshots_kept;
-        if self.snapshots.len() > kept {
-            self.snapshots.drain(..self.snapshots.len() - kept);
+        let dropped = self
+            .snapshots
+            .len()
+            .saturating_sub(self.config.snapshots_kept);
+        let oldest_kept = self.snapshots[dropped];
+        // Never the last segment: it is the one appended to.
+        let mut retired = 0;
+        while retired + 1 < self.segments.len() && self.segments[retired].last_lsn <= oldest_kept {
+            retired += 1;
         }
-        let oldest_kept = self.snapshots[0];
+        let manifest = Manifest {
+            log_end: self.durable_lsn,
+            segments: self.segments[retired..]
+                .iter()
+                .map(Segment::entry)
+                .collect(),
+            snapshots: self.snapshots[dropped..].to_vec(),
+        };
+        self.publish_manifest(&manifest)?;
+        self.snapshots.drain(..dropped);
         let names = self
             .storage
             .list()
@@ -843,9 +940,7 @@ impl<S: Storage> Wal<S> {
                 .map_err(|e| Error::io("remove old snapshot", e))?;
             changed = true;
         }
-        // Never the last segment: it is the one appended to.
-        while self.segments.len() > 1 && self.segments[0].last_lsn <= oldest_kept {
-            let seg = self.segments.remove(0);
+        for seg in self.segments.drain(..retired).collect::<Vec<_>>() {
             if let Some(h) = seg.handle {
                 self.storage.close_segment(h);
             }
@@ -858,6 +953,24 @@ impl<S: Storage> Wal<S> {
             self.sync(|s| s.sync_dir(), "fsync data dir")?;
         }
         Ok(())
+    }
+
+    /// Replaces the MANIFEST. A full disk while the new one is written is
+    /// [`Error::NoSpace`] and leaves the old one in force and the log usable;
+    /// any other failure poisons the log.
+    fn publish_manifest(&mut self, manifest: &Manifest) -> Result<(), Error> {
+        match manifest::write_temp(&mut self.storage, manifest) {
+            Ok(()) => {}
+            Err(e) if crate::is_no_space(&e) => return Err(Error::NoSpace),
+            Err(e) => {
+                self.poisoned = true;
+                return Err(Error::Io {
+                    op: "write MANIFEST",
+                    source: e,
+                });
+            }
+        }
+        self.sync(manifest::install, "install MANIFEST")
     }
 
     fn sync(
@@ -883,10 +996,32 @@ impl<S: Storage> Wal<S> {
         self.segments.last().filter(|s| s.handle.is_some())
     }
 
-    /// Starts a new segment whose first record will be `lsn`: create and
-    /// fallocate (a full disk fails here, before anything is written), header
-    /// and initial watermark, fsync the file, fsync the directory.
+    /// Starts a new segment whose first record will be `lsn`: sync the current
+    /// segment to its end, create and fallocate (a full disk fails here, before
+    /// anything is written), header and initial watermark, fsync the file, fsync
+    /// the directory, then a MANIFEST that lists it.
     fn roll(&mut self, lsn: Lsn) -> Result<(), Error> {
+        // Everything appended so far becomes durable before the new segment
+        // exists, so its first watermark and the MANIFEST can claim it all: a
+        // segment that is not the newest is then wholly below the watermark,
+        // and a hole in it is rot, never a torn tail.
+        // It is padded to a page boundary first, like a commit, so that open
+        // never has to pad (rewrite) a page holding records that are claimed.
+        if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
+            let before = seg.tail;
+            if let Err(e) = pad_to_page(&mut self.storage, seg) {
+                self.poisoned = true;
+                return Err(Error::io("write padding before roll", e));
+            }
+            self.stats.bytes_written += seg.tail - before;
+            if let (Some(h), Some(from)) = (seg.handle, seg.dirty_from.take()) {
+                let len = seg.tail - from;
+                self.sync(|s| s.sync_segment_range(h, from, len), "msync before roll")?;
+            }
+        }
+        self.durable_lsn = self.last_lsn;
+        self.stats.durable_lsn = self.last_lsn;
+
         let name = segment_name(lsn);
         let len_bytes = self.config.segment_bytes;
         let h = match self.storage.create_segment(&name, len_bytes) {
@@ -898,6 +1033,7 @@ impl<S: Storage> Wal<S> {
             }
         };
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             segment_bytes: len_bytes,
             first_lsn: lsn,
             prev_lsn: self.last_lsn,
@@ -920,7 +1056,7 @@ impl<S: Storage> Wal<S> {
         );
         self.sync(|s| s.sync_segment_all(h), "fsync new segment")?;
         self.sync(|s| s.sync_dir(), "fsync data dir")?;
-        self.segments.push(Segment {
+        let segment = Segment {
             name,
             handle: Some(h),
             first_lsn: lsn,
@@ -932,7 +1068,27 @@ impl<S: Storage> Wal<S> {
             dirty_from: None,
             watermark_written: self.durable_lsn,
             next_slot: 1,
-        });
+        };
+        let manifest = Manifest {
+            log_end: self.durable_lsn,
+            segments: self
+                .segments
+                .iter()
+                .chain([&segment])
+                .map(Segment::entry)
+                .collect(),
+            snapshots: self.snapshots.clone(),
+        };
+        if let Err(e) = self.publish_manifest(&manifest) {
+            if matches!(e, Error::NoSpace) {
+                // Not listed, so nothing may go into it: take it back.
+                self.storage.close_segment(h);
+                self.sync(|s| s.remove(&segment.name), "remove unlisted segment")?;
+                self.sync(|s| s.sync_dir(), "fsync data dir")?;
+            }
+            return Err(e);
+        }
+        self.segments.push(segment);
         Ok(())
     }
 }
