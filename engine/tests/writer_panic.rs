@@ -56,8 +56,15 @@ fn child_reserves_until_the_writer_panics() {
         match handle.execute(reserve_one(), None) {
             Ok(Ok(_)) => println!("acknowledged"),
             // The panicking writer drops its reply senders while it unwinds, just
-            // before the process aborts.
-            other => println!("not acknowledged: {other:?}"),
+            // before the process aborts. Wait for the abort; a zombie never ends it.
+            other => {
+                println!("not acknowledged: {other:?}");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while std::time::Instant::now() < deadline {
+                    std::thread::park_timeout(deadline - std::time::Instant::now());
+                }
+                break;
+            }
         }
     }
     println!("the writer did not panic");
