@@ -4,7 +4,7 @@
 
 use bincode::{Decode, Encode, config};
 
-use crate::command::{Command, IdempotencyKey};
+use crate::command::{Command, IdempotencyKey, Outcome};
 use crate::domain::Millis;
 use crate::state::{Snapshot, SnapshotRef};
 
@@ -55,6 +55,24 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, String> {
         ));
     }
     Ok(record)
+}
+
+/// An outcome kept as the answer to an idempotency key (stored in snapshots: the
+/// variant order of `Reply`, `Rejection` and the views is part of the format).
+pub(crate) fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
+    bincode::encode_to_vec(outcome, RECORD_CONFIG).expect("encoding into a Vec cannot fail")
+}
+
+pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
+    let (outcome, used) =
+        bincode::decode_from_slice(bytes, RECORD_CONFIG).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the outcome",
+            bytes.len() - used
+        ));
+    }
+    Ok(outcome)
 }
 
 pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {

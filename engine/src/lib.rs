@@ -9,6 +9,7 @@ pub mod codec;
 pub mod command;
 pub mod domain;
 pub mod event;
+mod idempotency;
 pub mod limits;
 mod query;
 mod reservations;
@@ -17,6 +18,7 @@ mod state;
 pub use command::*;
 pub use domain::*;
 pub use event::{Event, EventKind};
+pub use idempotency::{IDEMPOTENCY_KEY_BYTES, IdempotencyPolicy, IdempotencyStats};
 pub use query::{QueryReply, fnv1a64};
 pub use state::{Applied, EXPIRE_BATCH_MAX, State};
 

@@ -30,7 +30,7 @@ use crate::event::Event;
 use crate::feed::EventLog;
 use crate::query::QueryReply;
 use crate::state::State;
-use crate::{Rejection, fnv1a64};
+use crate::{IdempotencyPolicy, Rejection, fnv1a64};
 
 /// How a reply waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,10 @@ pub struct EngineConfig {
     pub wal: WalConfig,
     /// Where the writer reads the time; tests substitute a manual clock.
     pub clock: Clock,
+    /// The idempotency window and budget to run with. When it differs from the
+    /// recovered state's, it is logged (`Command::SetIdempotencyPolicy`) before any
+    /// other command. `None` keeps the state's (offline tools).
+    pub idempotency: Option<IdempotencyPolicy>,
 }
 
 /// A source of wall-clock milliseconds. The writer never lets its stamps go back,
@@ -128,6 +132,7 @@ impl Default for EngineConfig {
             events_kept: 1_000_000,
             wal: WalConfig::default(),
             clock: Clock::system(),
+            idempotency: None,
         }
     }
 }
@@ -146,6 +151,8 @@ pub enum Error {
     Wal(#[from] surge_wal::Error),
     #[error("recovery failed: {0}")]
     Recovery(String),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// What start-up found and did.
@@ -324,6 +331,9 @@ impl Engine {
             next_lsn: state.next_seq(),
         };
         let state_sku_count = state.sku_count();
+        let policy_change = config
+            .idempotency
+            .filter(|wanted| *wanted != state.idempotency_policy());
         let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
         let inner = Arc::new(Inner {
             events,
@@ -367,7 +377,28 @@ impl Engine {
             .spawn(move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *shared.writer.lock() = Some(thread);
-        Ok((EngineHandle { shared }, report))
+        let handle = EngineHandle { shared };
+        if let Some(policy) = policy_change {
+            let command = Command::SetIdempotencyPolicy {
+                window_ms: policy.window_ms,
+                budget_bytes: policy.budget_bytes,
+            };
+            match handle.execute(command, None) {
+                Ok(Ok(_)) => {}
+                Ok(Err(rejection)) => {
+                    handle.shutdown();
+                    return Err(Error::InvalidConfig(format!(
+                        "idempotency policy: {}",
+                        rejection.detail()
+                    )));
+                }
+                Err(e) => {
+                    handle.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((handle, report))
     }
 }
 
