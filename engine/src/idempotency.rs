@@ -113,16 +113,23 @@ pub struct IdempotencyStats {
     /// Bytes counted against the budget: ring, table and stored answers.
     pub bytes: u64,
     pub oldest_at_ms: Option<Millis>,
-    /// A new key would make the index forget one that is still within the window.
-    pub at_budget: bool,
+    /// When the newest key forgotten to make room was remembered: the index forgot
+    /// keys younger than the window while that time is within the window.
+    pub room_made_through_ms: Option<Millis>,
 }
 
 impl IdempotencyStats {
-    /// How far back keys are remembered: the configured window, or, at the budget,
-    /// the age of the oldest key remembered (never more than the window).
+    /// At `now_ms`, keys still within the window have been forgotten to make room.
+    pub fn at_budget(&self, now_ms: Millis) -> bool {
+        self.room_made_through_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < self.policy.window_ms)
+    }
+
+    /// How far back keys are remembered at `now_ms`: the configured window, or at the
+    /// budget the age of the oldest key remembered (never more than the window).
     pub fn effective_window_ms(&self, now_ms: Millis) -> u64 {
         match self.oldest_at_ms {
-            Some(oldest) if self.at_budget => {
+            Some(oldest) if self.at_budget(now_ms) => {
                 now_ms.saturating_sub(oldest).min(self.policy.window_ms)
             }
             _ => self.policy.window_ms,
@@ -239,6 +246,8 @@ pub(crate) struct IdempotencyIndex {
     /// Empty, or `layout.table_slots` slots.
     slots: Vec<u32>,
     stored_bytes: u64,
+    /// When the newest key forgotten to make room was remembered.
+    room_made_through_ms: Option<Millis>,
 }
 
 impl IdempotencyIndex {
@@ -251,6 +260,7 @@ impl IdempotencyIndex {
             chunks: VecDeque::new(),
             slots: Vec::new(),
             stored_bytes: 0,
+            room_made_through_ms: None,
         }
     }
 
@@ -290,7 +300,7 @@ impl IdempotencyIndex {
             keys_max: self.layout.keys_max,
             bytes: self.bytes(),
             oldest_at_ms: self.front().map(|e| e.at_ms),
-            at_budget: !self.fits(0),
+            room_made_through_ms: self.room_made_through_ms,
         }
     }
 
@@ -326,6 +336,11 @@ impl IdempotencyIndex {
         (now_ms.saturating_sub(entry.at_ms) < self.policy.window_ms).then_some(entry)
     }
 
+    /// The key is remembered, within the window or not.
+    pub fn contains(&self, key: &KeyHash) -> bool {
+        self.find(key).is_some()
+    }
+
     /// Forget the keys that are past the window at `now_ms`.
     pub fn forget_expired(&mut self, now_ms: Millis) {
         while self
@@ -351,9 +366,10 @@ impl IdempotencyIndex {
             _ => 0,
         };
         while !self.fits(stored) {
-            if self.len == 0 {
+            let Some(oldest) = self.front() else {
                 return;
-            }
+            };
+            self.room_made_through_ms = Some(oldest.at_ms);
             self.forget_oldest();
         }
         let seq = self.first_seq + self.len;
@@ -522,6 +538,7 @@ impl IdempotencyIndex {
             .map_err(|(field, detail)| format!("idempotency policy {field} {detail}"))?;
         let count = s.entries.len() as u64;
         let mut index = IdempotencyIndex::new(s.policy);
+        let room_made_through_ms = s.room_made_through_ms;
         index.first_seq = s.first_seq;
         for entry in s.entries {
             if matches!(entry.answer, Answer::Forgotten) {
@@ -542,6 +559,7 @@ impl IdempotencyIndex {
                 s.policy.budget_bytes
             ));
         }
+        index.room_made_through_ms = room_made_through_ms;
         Ok(index)
     }
 }
@@ -551,6 +569,7 @@ impl IdempotencyIndex {
 pub(crate) struct IndexSnapshot {
     pub policy: IdempotencyPolicy,
     pub first_seq: u64,
+    pub room_made_through_ms: Option<Millis>,
     pub entries: Vec<Entry>,
 }
 
@@ -563,6 +582,7 @@ impl Encode for IndexSnapshotRef<'_> {
         let index = self.0;
         index.policy.encode(encoder)?;
         index.first_seq.encode(encoder)?;
+        index.room_made_through_ms.encode(encoder)?;
         index.len.encode(encoder)?;
         for entry in index.iter() {
             entry.encode(encoder)?;
@@ -731,5 +751,541 @@ impl State {
             view.returned = None;
         }
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::command::{Command, IdempotencyKey, Query};
+    use crate::domain::{CancelReason, LineReq, OrderLineReq};
+    use crate::event::Event;
+    use crate::limits::IDEMPOTENCY_BUDGET_BYTES_MIN;
+
+    const T0: Millis = 1_000_000;
+    const WINDOW_MS: u64 = 60_000;
+    /// The smallest budget: under a thousand keys.
+    const SMALL: IdempotencyPolicy = IdempotencyPolicy {
+        window_ms: WINDOW_MS,
+        budget_bytes: IDEMPOTENCY_BUDGET_BYTES_MIN,
+    };
+
+    /// A state and the log of what it applied, so that tests can replay it.
+    struct Run {
+        state: State,
+        log: Vec<(Millis, Command, Option<IdempotencyKey>)>,
+        events: Vec<Event>,
+    }
+
+    fn policy_command(policy: IdempotencyPolicy) -> Command {
+        Command::SetIdempotencyPolicy {
+            window_ms: policy.window_ms,
+            budget_bytes: policy.budget_bytes,
+        }
+    }
+
+    fn reserve(sku: &str, qty: u64) -> Command {
+        Command::Reserve {
+            lines: vec![LineReq {
+                sku: sku.into(),
+                qty,
+            }],
+            ttl_ms: 600_000,
+            actor: "shop".into(),
+        }
+    }
+
+    impl Run {
+        /// SKU A with plenty of stock, SKU B with 2 units, and `policy`.
+        fn new(policy: IdempotencyPolicy) -> Run {
+            let mut run = Run {
+                state: State::new(),
+                log: Vec::new(),
+                events: Vec::new(),
+            };
+            for (sku, on_hand) in [("A", 1_000_000), ("B", 2)] {
+                let define = Command::DefineSku {
+                    sku: sku.into(),
+                    name: String::new(),
+                    on_hand,
+                    low_stock_threshold: 0,
+                };
+                run.apply(T0, define, None).expect("defined");
+            }
+            if policy != IdempotencyPolicy::INITIAL {
+                run.apply(T0, policy_command(policy), None).expect("set");
+            }
+            run
+        }
+
+        /// Apply with an optional key (fingerprint: the command's debug text).
+        fn apply(&mut self, at: Millis, command: Command, key: Option<&str>) -> Outcome {
+            self.apply_logged(at, command, key).0
+        }
+
+        fn apply_logged(
+            &mut self,
+            at: Millis,
+            command: Command,
+            key: Option<&str>,
+        ) -> (Outcome, bool) {
+            let key = key.map(|k| IdempotencyKey {
+                key: k.into(),
+                fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+            });
+            let applied = self
+                .state
+                .apply(&command, key.as_ref(), at, &mut self.events);
+            let logged = applied.lsn.is_some();
+            if logged {
+                self.log.push((at, command, key));
+            }
+            (applied.outcome, logged)
+        }
+
+        fn replayed(&self) -> State {
+            let mut state = State::new();
+            let mut events = Vec::new();
+            for (at, command, key) in &self.log {
+                let applied = state.apply(command, key.as_ref(), *at, &mut events);
+                assert!(applied.lsn.is_some(), "a logged command replays as logged");
+            }
+            state
+        }
+
+        fn stats(&self) -> IdempotencyStats {
+            self.state.idempotency_stats()
+        }
+    }
+
+    fn held_id(outcome: &Outcome) -> ReservationId {
+        match outcome {
+            Ok(Reply::Reservation(v)) => v.id,
+            other => panic!("not a reservation: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn at_the_budget_the_oldest_keys_are_forgotten_first_and_no_write_is_refused() {
+        let mut run = Run::new(SMALL);
+        let keys_max = run.stats().keys_max;
+        assert!((900..1_000).contains(&keys_max), "{keys_max}");
+        let n = 3 * keys_max;
+        let mut originals = Vec::new();
+        for i in 0..n {
+            let (outcome, logged) =
+                run.apply_logged(T0 + i, reserve("A", 1), Some(&format!("k{i}")));
+            // A new hold every time: never refused, never taken for another key.
+            assert_eq!(held_id(&outcome), ReservationId(i + 1), "key {i}");
+            assert!(logged);
+            let stats = run.stats();
+            assert!(stats.bytes <= SMALL.budget_bytes, "{stats:?}");
+            assert_eq!(stats.keys, (i + 1).min(keys_max));
+            originals.push(outcome);
+        }
+        let stats = run.stats();
+        let oldest = n - keys_max;
+        assert!(stats.at_budget(T0 + n));
+        assert_eq!(stats.oldest_at_ms, Some(T0 + oldest));
+        let now = T0 + n;
+        assert_eq!(stats.effective_window_ms(now), keys_max);
+        // Once the keys forgotten for room would have expired anyway, the window is
+        // whole again.
+        assert!(!stats.at_budget(T0 + oldest - 1 + WINDOW_MS));
+        assert_eq!(
+            stats.effective_window_ms(T0 + oldest - 1 + WINDOW_MS),
+            WINDOW_MS
+        );
+        // The newest and the oldest remembered: the original answers, nothing logged.
+        for i in [n - 1, n - 2, oldest + 1, oldest] {
+            let (again, logged) = run.apply_logged(now, reserve("A", 1), Some(&format!("k{i}")));
+            assert_eq!(again, originals[i as usize], "key {i}");
+            assert!(!logged);
+        }
+        // Forgotten: the request is new again, and now the oldest goes.
+        let forgotten = oldest - 1;
+        let again = run.apply(now, reserve("A", 1), Some(&format!("k{forgotten}")));
+        assert_eq!(held_id(&again), ReservationId(n + 1));
+        assert_eq!(run.stats().oldest_at_ms, Some(T0 + oldest + 1));
+        assert_eq!(run.replayed().digest(), run.state.digest());
+    }
+
+    #[test]
+    fn stored_answers_count_against_the_budget() {
+        let mut run = Run::new(SMALL);
+        let keys_max = run.stats().keys_max;
+        // A hold of two lines is stored encoded: fewer keys fit.
+        let two_lines = Command::Reserve {
+            lines: vec![
+                LineReq {
+                    sku: "A".into(),
+                    qty: 1,
+                },
+                LineReq {
+                    sku: "B".into(),
+                    qty: 1,
+                },
+            ],
+            ttl_ms: 600_000,
+            actor: "shop".into(),
+        };
+        let mut at = T0;
+        for i in 0..keys_max {
+            let release = Command::ReleaseReservation {
+                id: ReservationId(i + 1),
+                actor: "shop".into(),
+            };
+            assert!(
+                run.apply(at, two_lines.clone(), Some(&format!("k{i}")))
+                    .is_ok()
+            );
+            assert!(run.apply(at, release, None).is_ok());
+            at += 1;
+        }
+        let stats = run.stats();
+        assert!(stats.at_budget(at), "{stats:?}");
+        assert!(stats.keys < keys_max * 3 / 4, "{stats:?}");
+        assert!(stats.bytes <= SMALL.budget_bytes);
+        let stored = run
+            .state
+            .idempotency
+            .iter()
+            .filter(|e| matches!(e.answer, Answer::Stored(_)))
+            .count() as u64;
+        assert_eq!(stored, stats.keys);
+    }
+
+    #[test]
+    fn keys_past_the_window_are_forgotten() {
+        let mut run = Run::new(SMALL);
+        let first = run.apply(T0, reserve("A", 1), Some("k"));
+        let (again, logged) = run.apply_logged(T0 + WINDOW_MS - 1, reserve("A", 1), Some("k"));
+        assert_eq!(again, first);
+        assert!(!logged);
+        // At the window's end the key is new again.
+        let (second, logged) = run.apply_logged(T0 + WINDOW_MS, reserve("A", 1), Some("k"));
+        assert!(logged);
+        assert_ne!(held_id(&second), held_id(&first));
+        let again = run.apply(T0 + WINDOW_MS + 1, reserve("A", 1), Some("k"));
+        assert_eq!(again, second);
+        assert_eq!(run.stats().keys, 1);
+        // Any logged command forgets the keys past the window: the memory goes back.
+        let later = T0 + 3 * WINDOW_MS;
+        assert!(run.apply(later, reserve("A", 1), None).is_ok());
+        let stats = run.stats();
+        assert_eq!((stats.keys, stats.bytes, stats.oldest_at_ms), (0, 0, None));
+        assert_eq!(stats.effective_window_ms(later), WINDOW_MS);
+        assert_eq!(run.replayed().digest(), run.state.digest());
+    }
+
+    /// One keyed command of every kind of answer, then changes to what they made.
+    fn mixed_run() -> (Run, Vec<(Command, &'static str, Outcome)>) {
+        let mut run = Run::new(SMALL);
+        let order = Command::CreateOrder {
+            order_no: "N-1".into(),
+            customer_id: "c1".into(),
+            lines: vec![OrderLineReq {
+                sku: "A".into(),
+                qty: 2,
+                unit_price: 150,
+            }],
+            payment_ttl_ms: 600_000,
+            reservation_id: None,
+            actor: "shop".into(),
+        };
+        let pay = Command::PayOrder {
+            id: OrderId(1),
+            amount: 300,
+            payment_ref: "p-1".into(),
+            actor: "shop".into(),
+        };
+        let keyed = [
+            (reserve("A", 3), "held"),
+            (
+                Command::Reserve {
+                    lines: vec![
+                        LineReq {
+                            sku: "A".into(),
+                            qty: 1,
+                        },
+                        LineReq {
+                            sku: "B".into(),
+                            qty: 1,
+                        },
+                    ],
+                    ttl_ms: 600_000,
+                    actor: "shop".into(),
+                },
+                "two-lines",
+            ),
+            (reserve("B", 5), "short"),
+            (reserve("A", 0), "invalid"),
+            (order, "order"),
+            (pay, "pay"),
+            (
+                Command::CommitReservation {
+                    id: ReservationId(1),
+                    actor: "shop".into(),
+                },
+                "commit",
+            ),
+        ];
+        let mut originals = Vec::new();
+        for (i, (command, key)) in keyed.into_iter().enumerate() {
+            let outcome = run.apply(T0 + i as u64, command.clone(), Some(key));
+            originals.push((command, key, outcome));
+        }
+        // Move on: ship (with a tracking number), deliver, return, refund.
+        let at = T0 + 100;
+        for to in [
+            OrderStatus::Picking,
+            OrderStatus::Packed,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+        ] {
+            let advance = Command::AdvanceOrder {
+                id: OrderId(1),
+                to,
+                note: String::new(),
+                tracking_no: "TRK-1".into(),
+                actor: "ops".into(),
+            };
+            assert!(run.apply(at, advance, None).is_ok());
+        }
+        let give_back = Command::ReturnOrder {
+            id: OrderId(1),
+            restock: true,
+            reason: "damaged".into(),
+            note: String::new(),
+            actor: "ops".into(),
+        };
+        assert!(run.apply(at, give_back, None).is_ok());
+        let refund = Command::RefundOrder {
+            id: OrderId(1),
+            refund_ref: "rf-1".into(),
+            actor: "ops".into(),
+        };
+        assert!(run.apply(at, refund, None).is_ok());
+        let cancel = Command::CancelOrder {
+            id: OrderId(1),
+            reason: CancelReason::CustomerRequest,
+            note: String::new(),
+            actor: "ops".into(),
+        };
+        assert!(run.apply(at, cancel, None).is_err());
+        (run, originals)
+    }
+
+    #[test]
+    fn every_kind_of_answer_survives_a_snapshot_and_a_replay() {
+        let (run, originals) = mixed_run();
+        let mut kinds: Vec<&str> = run
+            .state
+            .idempotency
+            .iter()
+            .map(|e| match e.answer {
+                Answer::Order { .. } => "order",
+                Answer::Held { .. } => "held",
+                Answer::Short { .. } => "short",
+                Answer::Stored(_) => "stored",
+                Answer::Forgotten => "forgotten",
+            })
+            .collect();
+        kinds.dedup();
+        assert_eq!(
+            kinds,
+            ["held", "stored", "short", "stored", "order", "stored"]
+        );
+        let restored = State::decode_snapshot(&run.state.encode_snapshot()).expect("decodes");
+        assert_eq!(restored.digest(), run.state.digest());
+        assert_eq!(restored.idempotency_stats(), run.state.idempotency_stats());
+        let replayed = run.replayed();
+        assert_eq!(replayed.digest(), run.state.digest());
+        for mut state in [run.state, restored, replayed] {
+            for (command, key, original) in &originals {
+                let key = IdempotencyKey {
+                    key: (*key).into(),
+                    fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+                };
+                let again = state.apply(command, Some(&key), T0 + 1_000, &mut Vec::new());
+                assert_eq!(&again.outcome, original, "{}", key.key);
+                assert_eq!(again.lsn, None);
+            }
+        }
+    }
+
+    /// A data dir written before the window and budget (snapshot format 1, keys as
+    /// text with whole outcomes) opens, and its keys answer as before.
+    #[test]
+    fn a_format_1_snapshot_is_upgraded_with_its_keys() {
+        let (run, originals) = mixed_run();
+        let crate::codec::AnySnapshot::Current(current) =
+            crate::codec::decode_snapshot(&run.state.encode_snapshot()).expect("decodes")
+        else {
+            panic!("the current format");
+        };
+        let v1 = crate::state::SnapshotV1 {
+            format: 1,
+            now_ms: current.now_ms,
+            next_seq: current.next_seq,
+            skus: current.skus,
+            reservations: current.reservations,
+            next_reservation_id: current.next_reservation_id,
+            reservations_base: current.reservations_base,
+            orders: current.orders,
+            actors: current.actors,
+            idempotency: originals
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, (command, key, outcome))| crate::state::IdempotencyEntryV1 {
+                        key: (*key).into(),
+                        fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+                        at_ms: T0 + i as u64,
+                        outcome: outcome.clone(),
+                    },
+                )
+                .collect(),
+            counters: current.counters,
+        };
+        let bytes = crate::codec::encode_snapshot_v1(&v1);
+        let mut upgraded = State::decode_snapshot(&bytes).expect("format 1 opens");
+        assert_eq!(upgraded.idempotency_policy(), IdempotencyPolicy::INITIAL);
+        assert_eq!(upgraded.idempotency_stats().keys, originals.len() as u64);
+        for (command, key, original) in &originals {
+            let key = IdempotencyKey {
+                key: (*key).into(),
+                fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+            };
+            let again = upgraded.apply(command, Some(&key), T0 + 1_000, &mut Vec::new());
+            assert_eq!(&again.outcome, original, "{}", key.key);
+        }
+        // Written again, it is the current format.
+        let again = State::decode_snapshot(&upgraded.encode_snapshot()).expect("decodes");
+        assert_eq!(again.digest(), upgraded.digest());
+    }
+
+    #[test]
+    fn the_policy_is_logged_and_replay_does_not_depend_on_todays_flags() {
+        let mut run = Run::new(IdempotencyPolicy::INITIAL);
+        let n = 1_500;
+        for i in 0..n {
+            assert!(
+                run.apply(T0 + i, reserve("A", 1), Some(&format!("k{i}")))
+                    .is_ok()
+            );
+        }
+        assert_eq!(run.stats().keys, n);
+        // A smaller budget: the newest that fit are kept, the oldest forgotten.
+        let now = T0 + n;
+        let (reply, logged) = run.apply_logged(now, policy_command(SMALL), None);
+        assert!(logged);
+        assert_eq!(
+            reply,
+            Ok(Reply::IdempotencyPolicy {
+                window_ms: SMALL.window_ms,
+                budget_bytes: SMALL.budget_bytes
+            })
+        );
+        let stats = run.stats();
+        assert_eq!(stats.policy, SMALL);
+        assert_eq!(stats.keys, stats.keys_max);
+        assert_eq!(stats.oldest_at_ms, Some(T0 + n - stats.keys_max));
+        // The same policy again changes nothing and logs nothing; a bad one is refused.
+        let digest = run.state.digest();
+        let (_, logged) = run.apply_logged(now, policy_command(SMALL), None);
+        assert!(!logged);
+        let bad = IdempotencyPolicy {
+            budget_bytes: 1,
+            ..SMALL
+        };
+        let (refused, logged) = run.apply_logged(now, policy_command(bad), None);
+        assert_eq!(refused.expect_err("refused").code(), "validation_failed");
+        assert!(!logged);
+        assert_eq!(run.state.digest(), digest);
+        // A wider window keeps every key; later keys go under the new policy.
+        let wide = IdempotencyPolicy {
+            window_ms: 10 * WINDOW_MS,
+            ..SMALL
+        };
+        assert!(run.apply(now + 1, policy_command(wide), None).is_ok());
+        for i in n..n + 10 {
+            assert!(
+                run.apply(now + 2, reserve("A", 1), Some(&format!("k{i}")))
+                    .is_ok()
+            );
+        }
+        // Replay starts from a fresh state (the initial policy) and follows the log.
+        let replayed = run.replayed();
+        assert_eq!(replayed.idempotency_policy(), wide);
+        assert_eq!(replayed.digest(), run.state.digest());
+        assert_eq!(
+            replayed.query(&Query::IdempotencyStats),
+            run.state.query(&Query::IdempotencyStats)
+        );
+    }
+
+    /// The table against a plain model: remembered keys found, forgotten ones not,
+    /// with clustered homes and runs that wrap around the end of the table.
+    #[test]
+    fn the_table_finds_every_remembered_key_and_no_forgotten_one() {
+        let mut index = IdempotencyIndex::new(SMALL);
+        let keys_max = index.layout.keys_max;
+        let mut live: VecDeque<(KeyHash, Millis)> = VecDeque::new();
+        let mut gone: Vec<KeyHash> = Vec::new();
+        let mut at = T0;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..20 * keys_max {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // A third of the keys share eight homes, some at the very end of the
+            // table; the rest spread.
+            let first = match i % 3 {
+                0 => u64::MAX - (x % 8),
+                1 => (x % 8) << 56,
+                _ => x,
+            };
+            let key = [first, i];
+            at += x % 3;
+            if i % 500 == 0 {
+                at += WINDOW_MS; // everything expires now and then
+            }
+            index.forget_expired(at);
+            while live
+                .front()
+                .is_some_and(|(_, t)| at.saturating_sub(*t) >= WINDOW_MS)
+            {
+                gone.push(live.pop_front().expect("front").0);
+            }
+            index.remember(Entry {
+                key,
+                fingerprint: i,
+                at_ms: at,
+                answer: Answer::Held {
+                    id: ReservationId(i),
+                    sku: SkuIdx(0),
+                    qty: 1,
+                    ttl_ms: 1,
+                },
+            });
+            live.push_back((key, at));
+            if live.len() as u64 > keys_max {
+                gone.push(live.pop_front().expect("front").0);
+            }
+            assert_eq!(index.len, live.len() as u64);
+            if i % 211 == 0 {
+                for (n, (key, _)) in live.iter().enumerate() {
+                    let entry = index.get(key, at).expect("remembered");
+                    assert_eq!(entry.key, *key, "live key {n}");
+                }
+                let start = gone.len().saturating_sub(2 * keys_max as usize);
+                for key in &gone[start..] {
+                    assert!(index.find(key).is_none());
+                }
+            }
+        }
     }
 }

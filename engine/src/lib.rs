@@ -31,7 +31,10 @@ impl State {
     /// Decode a snapshot written by [`State::encode_snapshot`]; whole-state
     /// invariants are checked.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
-        State::from_snapshot(codec::decode_snapshot(bytes)?)
+        match codec::decode_snapshot(bytes)? {
+            codec::AnySnapshot::Current(snapshot) => State::from_snapshot(snapshot),
+            codec::AnySnapshot::V1(snapshot) => State::from_snapshot_v1(snapshot),
+        }
     }
 }
 

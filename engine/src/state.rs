@@ -1531,6 +1531,73 @@ impl State {
 /// 2: idempotency keys as hashes with compact answers, and their policy.
 pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
 
+/// Format 1, before the idempotency window and budget: keys as text, each with its
+/// whole outcome. Read so that a data dir written by an older surge still opens.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct SnapshotV1 {
+    pub format: u32,
+    pub now_ms: Millis,
+    pub next_seq: u64,
+    pub skus: Vec<Sku>,
+    pub reservations: Vec<Reservation>,
+    pub next_reservation_id: u64,
+    pub reservations_base: u64,
+    pub orders: Vec<Order>,
+    pub actors: Vec<Arc<str>>,
+    pub idempotency: Vec<IdempotencyEntryV1>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct IdempotencyEntryV1 {
+    pub key: Box<str>,
+    pub fingerprint: u64,
+    pub at_ms: Millis,
+    pub outcome: Outcome,
+}
+
+impl State {
+    /// A format-1 snapshot: the state as it was, its keys hashed and their answers
+    /// made compact, under the initial policy (which its log, if any, assumed too).
+    pub(crate) fn from_snapshot_v1(s: SnapshotV1) -> Result<State, String> {
+        let mut state = State::from_snapshot(Snapshot {
+            format: SNAPSHOT_FORMAT,
+            now_ms: s.now_ms,
+            next_seq: s.next_seq,
+            skus: s.skus,
+            reservations: s.reservations,
+            next_reservation_id: s.next_reservation_id,
+            reservations_base: s.reservations_base,
+            orders: s.orders,
+            actors: s.actors,
+            idempotency: IndexSnapshot {
+                policy: IdempotencyPolicy::INITIAL,
+                first_seq: 0,
+                room_made_through_ms: None,
+                entries: Vec::new(),
+            },
+            counters: s.counters,
+        })?;
+        for entry in s.idempotency {
+            let key = key_hash(&entry.key);
+            if state.idempotency.contains(&key) {
+                return Err(format!(
+                    "idempotency key {:?} twice in the snapshot",
+                    entry.key
+                ));
+            }
+            let answer = state.answer_of(&entry.outcome, entry.at_ms);
+            state.idempotency.remember(Entry {
+                key,
+                fingerprint: entry.fingerprint,
+                at_ms: entry.at_ms,
+                answer,
+            });
+        }
+        Ok(state)
+    }
+}
+
 /// The state as written to a snapshot file: plain vectors in a deterministic order.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct Snapshot {
