@@ -372,33 +372,26 @@ impl Engine {
             snapshot_waiting: Vec::new(),
         };
         writer.now_ms = writer.state.now_ms();
+        if let Some(policy) = policy_change {
+            // Logged before the writer takes any other command, on this thread: no
+            // reply to wait for, so `open` may run inside an async runtime.
+            let command = Command::SetIdempotencyPolicy {
+                window_ms: policy.window_ms,
+                budget_bytes: policy.budget_bytes,
+            };
+            if let Err(rejection) = writer.apply_at_start(command)? {
+                return Err(Error::InvalidConfig(format!(
+                    "idempotency policy: {}",
+                    rejection.detail()
+                )));
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("surge-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *shared.writer.lock() = Some(thread);
-        let handle = EngineHandle { shared };
-        if let Some(policy) = policy_change {
-            let command = Command::SetIdempotencyPolicy {
-                window_ms: policy.window_ms,
-                budget_bytes: policy.budget_bytes,
-            };
-            match handle.execute(command, None) {
-                Ok(Ok(_)) => {}
-                Ok(Err(rejection)) => {
-                    handle.shutdown();
-                    return Err(Error::InvalidConfig(format!(
-                        "idempotency policy: {}",
-                        rejection.detail()
-                    )));
-                }
-                Err(e) => {
-                    handle.shutdown();
-                    return Err(e);
-                }
-            }
-        }
-        Ok((handle, report))
+        Ok((EngineHandle { shared }, report))
     }
 }
 
@@ -621,6 +614,20 @@ impl<S: Storage> Writer<S> {
                 self.start_snapshot(self.config.snapshot_in_background);
             }
         }
+    }
+
+    /// Apply one command and make it durable before the writer thread starts.
+    fn apply_at_start(&mut self, command: Command) -> Result<Outcome, Error> {
+        self.now_ms = self.now_ms.max(self.config.clock.now_ms());
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let mut pending = Vec::new();
+        self.apply(command, None, reply, &mut pending);
+        if std::mem::take(&mut self.appended) {
+            self.flush(&mut pending);
+        } else {
+            self.reply_all(&mut pending, true);
+        }
+        answer.try_recv().unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Expire overdue holds and orders through the same path as any command.
