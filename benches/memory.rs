@@ -1,13 +1,16 @@
-//! Memory per live order and per held reservation at 1M of each, counted by a
-//! global allocator that tracks live heap bytes. Not a timing: it prints bytes and
-//! writes `target/criterion/memory.json`.
+//! Memory per live order and per held reservation at 1M of each, and per remembered
+//! idempotency key (index and answer, at the budget), counted by a global allocator
+//! that tracks live heap bytes. Not a timing: it prints bytes and writes
+//! `target/criterion/memory.json`.
 //!
 //! `cargo bench --bench memory`
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use surge_engine::{Command, LineReq, OrderLineReq, State};
+use surge_engine::{
+    Command, IDEMPOTENCY_KEY_BYTES, IdempotencyKey, IdempotencyStats, LineReq, OrderLineReq, State,
+};
 
 struct Counting;
 
@@ -78,6 +81,76 @@ fn measure(what: &str, make: impl Fn(u64) -> Command) -> f64 {
     per_item
 }
 
+/// Budget of the idempotency measurements: about a million keys.
+const KEY_BUDGET_BYTES: u64 = 64 << 20;
+/// Keyed commands sent: half again past the budget, so the index is full and forgets.
+const KEYED: u64 = 1_500_000;
+
+/// Live heap bytes left by `KEYED` commands, with keys or without, and the index.
+fn keyed_run(make: &impl Fn(u64) -> Command, keyed: bool) -> (isize, IdempotencyStats) {
+    let mut state = with_skus();
+    let mut events = Vec::with_capacity(64);
+    let policy = Command::SetIdempotencyPolicy {
+        window_ms: 24 * 60 * 60 * 1000,
+        budget_bytes: KEY_BUDGET_BYTES,
+    };
+    state
+        .apply(&policy, None, 1, &mut events)
+        .outcome
+        .expect("policy");
+    let empty = Command::DefineSku {
+        sku: "EMPTY".into(),
+        name: String::new(),
+        on_hand: 0,
+        low_stock_threshold: 0,
+    };
+    state
+        .apply(&empty, None, 1, &mut events)
+        .outcome
+        .expect("defined");
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    for i in 0..KEYED {
+        events.clear();
+        let command = make(i);
+        // A key like a client's: a UUID's 36 characters.
+        let key = keyed.then(|| IdempotencyKey {
+            key: format!("{:08x}-0000-4000-8000-{:012x}", i >> 16, i),
+            fingerprint: i,
+        });
+        let _ = state.apply(&command, key.as_ref(), 1_000 + i / 1000, &mut events);
+    }
+    events = Vec::new();
+    drop(events);
+    let live = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    let stats = state.idempotency_stats();
+    std::hint::black_box(&state);
+    (live, stats)
+}
+
+/// Bytes per remembered key, index and answer: the heap left with keys minus without,
+/// over the keys remembered at the end.
+fn measure_keys(what: &str, make: impl Fn(u64) -> Command) -> f64 {
+    let (plain, _) = keyed_run(&make, false);
+    let (keyed, stats) = keyed_run(&make, true);
+    let index = (keyed - plain) as f64;
+    let per_key = index / stats.keys as f64;
+    println!(
+        "idempotency key, {what}: {per_key:.1} bytes each ({:.1} counted); {} of {} keys \
+         remembered, index {:.1} MiB of a {:.0} MiB budget (counted {:.1} MiB)",
+        stats.bytes as f64 / stats.keys as f64,
+        stats.keys,
+        KEYED,
+        index / (1 << 20) as f64,
+        KEY_BUDGET_BYTES as f64 / (1 << 20) as f64,
+        stats.bytes as f64 / (1 << 20) as f64,
+    );
+    assert!(
+        index <= KEY_BUDGET_BYTES as f64,
+        "{what}: the index went over its budget"
+    );
+    per_key
+}
+
 fn main() {
     // `cargo bench` passes flags such as --bench; nothing to parse.
     let order = measure("live order (reserved, 1 line, with its hold)", |i| {
@@ -102,12 +175,60 @@ fn main() {
         ttl_ms: 3_600_000,
         actor: "storefront".into(),
     });
+    let key_held = measure_keys("answer: a one-line hold", |i| Command::Reserve {
+        lines: vec![LineReq {
+            sku: format!("SKU-{:05}", i % SKUS),
+            qty: 1,
+        }],
+        ttl_ms: 3_600_000,
+        actor: "storefront".into(),
+    });
+    let key_order = measure_keys("answer: an order", |i| Command::CreateOrder {
+        order_no: format!("ORD-{i:010}"),
+        customer_id: format!("CUST-{:06}", i % 100_000),
+        lines: vec![OrderLineReq {
+            sku: format!("SKU-{:05}", i % SKUS),
+            qty: 1,
+            unit_price: 1999,
+        }],
+        payment_ttl_ms: 3_600_000,
+        reservation_id: None,
+        actor: "storefront".into(),
+    });
+    let key_short = measure_keys("answer: insufficient stock", |_| Command::Reserve {
+        lines: vec![LineReq {
+            sku: "EMPTY".into(),
+            qty: 1,
+        }],
+        ttl_ms: 3_600_000,
+        actor: "storefront".into(),
+    });
+    let key_stored = measure_keys("answer: a two-line hold, stored encoded", |i| {
+        Command::Reserve {
+            lines: vec![
+                LineReq {
+                    sku: format!("SKU-{:05}", i % SKUS),
+                    qty: 1,
+                },
+                LineReq {
+                    sku: format!("SKU-{:05}", (i + 1) % SKUS),
+                    qty: 1,
+                },
+            ],
+            ttl_ms: 3_600_000,
+            actor: "storefront".into(),
+        }
+    });
+    println!("idempotency key, by design: {IDEMPOTENCY_KEY_BYTES} bytes at the budget");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("criterion");
     let _ = std::fs::create_dir_all(&dir);
     let json = format!(
-        "{{\"count\":{N},\"bytes_per_live_order\":{order:.0},\"bytes_per_held_reservation\":{hold:.0}}}\n"
+        "{{\"count\":{N},\"bytes_per_live_order\":{order:.0},\"bytes_per_held_reservation\":{hold:.0},\
+         \"idempotency_budget_bytes\":{KEY_BUDGET_BYTES},\"idempotency_keyed_commands\":{KEYED},\
+         \"bytes_per_key_hold\":{key_held:.1},\"bytes_per_key_order\":{key_order:.1},\
+         \"bytes_per_key_insufficient_stock\":{key_short:.1},\"bytes_per_key_stored\":{key_stored:.1}}}\n"
     );
     std::fs::write(dir.join("memory.json"), json).expect("write memory.json");
 }

@@ -434,6 +434,12 @@ pub fn reply_json(reply: Reply) -> Box<serde_json::value::RawValue> {
         } => Ok(format!(
             "{{\"reservations\":{reservations},\"orders\":{orders}}}"
         )),
+        Reply::IdempotencyPolicy {
+            window_ms,
+            budget_bytes,
+        } => Ok(format!(
+            "{{\"window_ms\":{window_ms},\"budget_bytes\":{budget_bytes}}}"
+        )),
     };
     serde_json::value::RawValue::from_string(text.expect("bodies always serialize"))
         .expect("serde_json writes valid JSON")

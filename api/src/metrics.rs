@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use surge_engine::IdempotencyStats;
 
 use crate::state::AppState;
 
@@ -105,8 +106,8 @@ fn escape_label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The whole exposition.
-pub fn render(state: &AppState) -> String {
+/// The whole exposition; `idempotency` is the engine's index as just queried.
+pub fn render(state: &AppState, idempotency: Option<&IdempotencyStats>) -> String {
     let mut out = String::with_capacity(8192);
     let routes: Vec<(String, Arc<RouteMetrics>)> = {
         let map = state.metrics().routes.read().expect("not poisoned");
@@ -281,13 +282,11 @@ pub fn render(state: &AppState) -> String {
         load(&s.snapshot_lsn).to_string(),
     );
     let snap_at = load(&s.snapshot_at_ms);
+    let now_ms = crate::time::now_ms();
     let age = if snap_at == 0 {
         -1.0
     } else {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        now.saturating_sub(snap_at) as f64 / 1e3
+        now_ms.saturating_sub(snap_at) as f64 / 1e3
     };
     metric(
         "surge_snapshot_age_seconds",
@@ -313,6 +312,64 @@ pub fn render(state: &AppState) -> String {
         "Seq of the newest published event.",
         engine.events().last_seq().to_string(),
     );
+    if let Some(idem) = idempotency {
+        let effective_ms = idem.effective_window_ms(now_ms);
+        let floor_ms = state.config().idempotency_window_floor_ms;
+        metric(
+            "surge_idempotency_window_seconds",
+            "gauge",
+            "How far back Idempotency-Keys are remembered now: the configured window, or at the memory budget the age of the oldest key remembered.",
+            format!("{}", effective_ms as f64 / 1e3),
+        );
+        metric(
+            "surge_idempotency_window_configured_seconds",
+            "gauge",
+            "The configured retention window of Idempotency-Keys.",
+            format!("{}", idem.policy.window_ms as f64 / 1e3),
+        );
+        metric(
+            "surge_idempotency_window_floor_seconds",
+            "gauge",
+            "The effective window below which surge warns (--idempotency-window-floor-ms).",
+            format!("{}", floor_ms as f64 / 1e3),
+        );
+        metric(
+            "surge_idempotency_window_below_floor",
+            "gauge",
+            "1 while the effective window is below the floor: raise the budget.",
+            u8::from(effective_ms < floor_ms).to_string(),
+        );
+        metric(
+            "surge_idempotency_at_budget",
+            "gauge",
+            "1 while keys younger than the window are being forgotten to stay within the budget.",
+            u8::from(idem.at_budget(now_ms)).to_string(),
+        );
+        metric(
+            "surge_idempotency_keys",
+            "gauge",
+            "Idempotency-Keys remembered.",
+            idem.keys.to_string(),
+        );
+        metric(
+            "surge_idempotency_keys_max",
+            "gauge",
+            "Idempotency-Keys the budget holds when no answer needs storing whole.",
+            idem.keys_max.to_string(),
+        );
+        metric(
+            "surge_idempotency_bytes",
+            "gauge",
+            "Memory of the idempotency index and its stored answers.",
+            idem.bytes.to_string(),
+        );
+        metric(
+            "surge_idempotency_budget_bytes",
+            "gauge",
+            "The memory budget of the idempotency index.",
+            idem.policy.budget_bytes.to_string(),
+        );
+    }
     histogram(
         &mut out,
         "surge_writer_iteration_seconds",

@@ -29,8 +29,13 @@ without tokens (loopback only) treats every request as `admin`.
 **Idempotency.** Every creating `POST` (reservations, commit, release, orders, pay, \
 transitions, cancel, return, refund, adjustments) accepts `Idempotency-Key` (printable \
 ASCII, at most 128 bytes). The same key with the same method, path and body returns the \
-original status and body, also after a restart (keys are kept at least 24 hours); with a \
-different request it is 422 `idempotency_conflict`. `/v1/batch` ops take no key.
+original status and body, also after a restart; with a different request it is 422 \
+`idempotency_conflict`. `/v1/batch` ops take no key. Keys are remembered for a retention \
+window (`SURGE_IDEMPOTENCY_WINDOW_MS`, 24 hours by default) within a memory budget \
+(`SURGE_IDEMPOTENCY_BUDGET_MB`, 2 GiB by default: about 33 million keys). Past the budget \
+the oldest keys are forgotten first, so at a peak the window shortens \
+(`surge_idempotency_window_seconds` in `/metrics`); a keyed write is never refused because \
+of the number of keys.
 
 **Errors.** RFC 9457 `application/problem+json` with a stable `code`; `field` names the \
 offending field for `validation_failed`. Malformed JSON, unknown fields, wrong types and \

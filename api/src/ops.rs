@@ -45,7 +45,8 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let mut response = crate::metrics::render(&st).into_response();
+    let idempotency = st.idempotency_stats().await;
+    let mut response = crate::metrics::render(&st, idempotency.as_ref()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

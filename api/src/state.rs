@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use surge_engine::EngineHandle;
+use surge_engine::{EngineHandle, IdempotencyStats, Query, QueryReply};
 use tokio::sync::watch;
 
 use crate::auth::AuthMode;
@@ -26,6 +26,9 @@ pub struct ApiConfig {
     pub request_timeout_ms: u64,
     /// Operations in one `/v1/batch` request.
     pub batch_ops_max: usize,
+    /// Below this effective idempotency window (keys forgotten sooner because of the
+    /// memory budget), `/metrics` flags it and the log warns.
+    pub idempotency_window_floor_ms: u64,
 }
 
 /// Rows of one CSV export (order lines).
@@ -37,6 +40,10 @@ pub const EVENTS_LIMIT_DEFAULT: usize = 100;
 pub const BATCH_OPS_MAX: usize = 10_000;
 /// Throughput samples kept (one a second): the window of "current throughput".
 const THROUGHPUT_SAMPLES_MAX: usize = 11;
+/// How often the background task checks the effective idempotency window.
+const IDEMPOTENCY_CHECK_EVERY_S: u64 = 10;
+/// While the window stays below the floor, the warning repeats this often.
+const IDEMPOTENCY_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -46,6 +53,7 @@ impl Default for ApiConfig {
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 10_000,
             batch_ops_max: BATCH_OPS_MAX,
+            idempotency_window_floor_ms: surge_engine::limits::IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT,
         }
     }
 }
@@ -64,6 +72,9 @@ struct Inner {
     metrics: HttpMetrics,
     /// (when, commands done so far) sampled about once a second.
     throughput: Mutex<VecDeque<(Instant, u64)>>,
+    /// When the log last warned that the idempotency window is below the floor
+    /// (`None`: it is not below).
+    idempotency_warned: Mutex<Option<Instant>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -77,6 +88,7 @@ impl AppState {
                 ready: AtomicBool::new(false),
                 metrics: HttpMetrics::default(),
                 throughput: Mutex::new(VecDeque::new()),
+                idempotency_warned: Mutex::new(None),
                 shutdown: watch::channel(false).0,
             }),
         }
@@ -164,15 +176,67 @@ impl AppState {
         }
     }
 
-    /// Sample throughput every second until shutdown.
+    /// The idempotency index as the engine sees it now (`None` while recovering or
+    /// shutting down).
+    pub async fn idempotency_stats(&self) -> Option<IdempotencyStats> {
+        let ticket = self.engine_opt()?.query(Query::IdempotencyStats).ok()?;
+        match ticket.await {
+            Ok(Ok(QueryReply::Idempotency(stats))) => Some(stats),
+            _ => None,
+        }
+    }
+
+    /// Warn when the effective idempotency window is below the floor: keys are being
+    /// forgotten sooner than operations asked for, because of the memory budget. The
+    /// warning repeats every minute while it lasts; its end is logged once.
+    pub async fn check_idempotency_window(&self) {
+        let Some(stats) = self.idempotency_stats().await else {
+            return;
+        };
+        let floor_ms = self.config().idempotency_window_floor_ms;
+        let effective_ms = stats.effective_window_ms(crate::time::now_ms());
+        let mut warned = self.inner.idempotency_warned.lock().expect("not poisoned");
+        if effective_ms < floor_ms {
+            if warned.is_none_or(|at| at.elapsed() >= IDEMPOTENCY_WARN_EVERY) {
+                tracing::warn!(
+                    effective_window_s = effective_ms / 1000,
+                    floor_s = floor_ms / 1000,
+                    keys = stats.keys,
+                    bytes = stats.bytes,
+                    budget_bytes = stats.policy.budget_bytes,
+                    "idempotency keys are forgotten after {} s, below the floor of {} s: \
+                     the memory budget is full; raise --idempotency-budget-mb",
+                    effective_ms / 1000,
+                    floor_ms / 1000
+                );
+                *warned = Some(Instant::now());
+            }
+        } else if warned.take().is_some() {
+            tracing::info!(
+                effective_window_s = effective_ms / 1000,
+                floor_s = floor_ms / 1000,
+                "idempotency window back above the floor"
+            );
+        }
+    }
+
+    /// Sample throughput every second and check the idempotency window every ten,
+    /// until shutdown.
     pub fn spawn_background(&self) {
         let state = self.clone();
         let mut stop = self.shutdown_signal();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => state.sample_throughput(),
+                    _ = tick.tick() => {
+                        state.sample_throughput();
+                        if ticks.is_multiple_of(IDEMPOTENCY_CHECK_EVERY_S) {
+                            state.check_idempotency_window().await;
+                        }
+                        ticks += 1;
+                    }
                     _ = stop.changed() => return,
                 }
             }

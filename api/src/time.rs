@@ -27,6 +27,13 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The wall clock in milliseconds since the epoch (0 before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// `2026-11-22T10:00:00.123Z`: always UTC, always milliseconds.
 pub fn format_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;

@@ -7,7 +7,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use surge_api::{ApiConfig, AppState, AuthMode, Tokens};
-use surge_engine::{Durability, Engine, EngineConfig, EngineHandle, Query, QueryReply};
+use surge_engine::{
+    Durability, Engine, EngineConfig, EngineHandle, IdempotencyPolicy, Query, QueryReply,
+};
 use tower::ServiceExt;
 
 const ADMIN: &str = "adm-token";
@@ -33,11 +35,17 @@ impl Api {
     }
 
     fn with_config(config: ApiConfig) -> Api {
-        let (engine, _) = Engine::open(EngineConfig {
-            durability: Durability::None,
-            ..Default::default()
-        })
-        .expect("engine opens");
+        Api::with_configs(
+            config,
+            EngineConfig {
+                durability: Durability::None,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn with_configs(config: ApiConfig, engine: EngineConfig) -> Api {
+        let (engine, _) = Engine::open(engine).expect("engine opens");
         let mut tokens = Tokens::default();
         tokens
             .parse_env(&format!(
@@ -771,6 +779,100 @@ async fn idempotency_keys_replay_and_conflict() {
     assert_eq!(r.json["field"], "Idempotency-Key");
 }
 
+/// At the memory budget no keyed write is refused: the oldest keys are forgotten,
+/// and `/metrics` shows the effective window falling below the floor.
+#[tokio::test]
+async fn keyed_writes_past_the_idempotency_budget_all_succeed() {
+    let api = Api::with_configs(
+        ApiConfig {
+            idempotency_window_floor_ms: 3_600_000,
+            ..ApiConfig::default()
+        },
+        EngineConfig {
+            durability: Durability::None,
+            idempotency: Some(IdempotencyPolicy {
+                window_ms: 86_400_000,
+                budget_bytes: 64 << 10,
+            }),
+            ..Default::default()
+        },
+    );
+    api.define("A", 1_000_000).await;
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let metrics = api.call("GET", "/metrics", None, &[], None).await.text;
+    assert_eq!(
+        metric(&metrics, "surge_idempotency_window_seconds"),
+        86_400.0
+    );
+    assert_eq!(
+        metric(&metrics, "surge_idempotency_window_below_floor"),
+        0.0
+    );
+    let keys_max = metric(&metrics, "surge_idempotency_keys_max") as usize;
+    let body = r#"{"lines": [{"sku": "A", "qty": 1}]}"#;
+    let mut first = None;
+    for i in 0..keys_max + 100 {
+        let key = format!("sale-{i}");
+        let r = api
+            .call(
+                "POST",
+                "/v1/reservations",
+                Some(STOREFRONT),
+                &[("idempotency-key", &key)],
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, 201, "key {i}: {}", r.text);
+        first.get_or_insert(r.text);
+    }
+    let metrics = api.call("GET", "/metrics", None, &[], None).await.text;
+    assert_eq!(metric(&metrics, "surge_idempotency_at_budget"), 1.0);
+    assert_eq!(
+        metric(&metrics, "surge_idempotency_window_below_floor"),
+        1.0
+    );
+    assert!(metric(&metrics, "surge_idempotency_window_seconds") < 3_600.0);
+    assert!(metric(&metrics, "surge_idempotency_keys") <= keys_max as f64);
+    assert!(metric(&metrics, "surge_idempotency_bytes") <= (64 << 10) as f64);
+    // The first key is forgotten: sent again, it holds again (a new reservation).
+    let again = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &[("idempotency-key", "sale-0")],
+            Some(body),
+        )
+        .await;
+    assert_eq!(again.status, 201);
+    assert_ne!(Some(again.text), first);
+    // The newest is remembered: the same answer.
+    let last = format!("sale-{}", keys_max + 99);
+    let a = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &[("idempotency-key", &last)],
+            Some(body),
+        )
+        .await;
+    let b = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &[("idempotency-key", &last)],
+            Some(body),
+        )
+        .await;
+    assert_eq!((a.status, &a.text), (b.status, &b.text));
+}
+
 #[tokio::test]
 async fn batch_ops_succeed_or_fail_alone() {
     let api = Api::new();
@@ -917,6 +1019,9 @@ async fn operations_endpoints() {
         "surge_wal_flush_latency_seconds_sum",
         "surge_snapshot_age_seconds",
         "surge_engine_overloaded_total",
+        "surge_idempotency_window_seconds",
+        "surge_idempotency_keys",
+        "surge_idempotency_bytes",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

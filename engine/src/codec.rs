@@ -4,9 +4,9 @@
 
 use bincode::{Decode, Encode, config};
 
-use crate::command::{Command, IdempotencyKey};
+use crate::command::{Command, IdempotencyKey, Outcome};
 use crate::domain::Millis;
-use crate::state::{Snapshot, SnapshotRef};
+use crate::state::{Snapshot, SnapshotRef, SnapshotV1};
 
 /// Largest encoded record (commands are bounded by `limits.rs`; this is a backstop).
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -57,11 +57,48 @@ pub fn decode_record(bytes: &[u8]) -> Result<LogRecord, String> {
     Ok(record)
 }
 
+/// An outcome kept as the answer to an idempotency key (stored in snapshots: the
+/// variant order of `Reply`, `Rejection` and the views is part of the format).
+pub(crate) fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
+    bincode::encode_to_vec(outcome, RECORD_CONFIG).expect("encoding into a Vec cannot fail")
+}
+
+pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
+    let (outcome, used) =
+        bincode::decode_from_slice(bytes, RECORD_CONFIG).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the outcome",
+            bytes.len() - used
+        ));
+    }
+    Ok(outcome)
+}
+
 pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
     bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
 }
 
-pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
+/// A snapshot of the current format, or one of an older format that the state
+/// upgrades on load.
+pub(crate) enum AnySnapshot {
+    Current(Snapshot),
+    V1(SnapshotV1),
+}
+
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<AnySnapshot, String> {
+    // Every format starts with its number (a little-endian u32).
+    let format = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .ok_or("a snapshot shorter than its format number")?;
+    if format == 1 {
+        return decode_whole(bytes).map(AnySnapshot::V1);
+    }
+    decode_whole(bytes).map(AnySnapshot::Current)
+}
+
+fn decode_whole<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, String> {
     let (snapshot, used) =
         bincode::decode_from_slice(bytes, SNAPSHOT_CONFIG).map_err(|e| e.to_string())?;
     if used != bytes.len() {
@@ -71,4 +108,9 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
         ));
     }
     Ok(snapshot)
+}
+
+#[cfg(test)]
+pub(crate) fn encode_snapshot_v1(snapshot: &SnapshotV1) -> Vec<u8> {
+    bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
 }

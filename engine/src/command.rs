@@ -14,6 +14,10 @@ use crate::domain::{
 
 /// A mutation of the state. Every field is validated by the state machine itself, so
 /// a command from any source (HTTP, replay, a test) gets the same checks.
+///
+/// The WAL stores commands with bincode, which writes a variant as its position in
+/// this enum: the order of the variants is the disk format. Append new variants at the
+/// end; never reorder, remove or insert.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum Command {
     /// Create or redefine a SKU. Redefinition may not take `on_hand` below `reserved`.
@@ -89,6 +93,13 @@ pub enum Command {
     /// Expire every reservation and unpaid order whose deadline is at or before `now`.
     /// Driven by the runtime's timer through the queue, logged only when it expires something.
     Expire,
+    /// Remember idempotency keys for `window_ms`, within `budget_bytes` of memory. The
+    /// runtime submits it at start-up when the configured policy differs from the
+    /// state's, so the policy is logged and replay never depends on today's flags.
+    SetIdempotencyPolicy {
+        window_ms: u64,
+        budget_bytes: u64,
+    },
 }
 
 impl Command {
@@ -107,6 +118,7 @@ impl Command {
             Command::ReturnOrder { .. } => "return_order",
             Command::RefundOrder { .. } => "refund_order",
             Command::Expire => "expire",
+            Command::SetIdempotencyPolicy { .. } => "set_idempotency_policy",
         }
     }
 }
@@ -149,6 +161,8 @@ pub enum Query {
     },
     /// A digest of the whole state: equal states have equal digests.
     Digest,
+    /// The idempotency index: policy, keys, bytes, oldest key.
+    IdempotencyStats,
 }
 
 /// Filters of an order list; all optional, combined with AND.
@@ -278,7 +292,9 @@ pub struct StatsView {
     pub top_skus: Vec<SkuSales>,
 }
 
-/// A successful outcome.
+/// A successful outcome. Outcomes stored as idempotency answers are bincode in
+/// snapshots: as for `Command`, the variant order of `Reply` and `Rejection` is a disk
+/// format (append only), and so is the field order of the views.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Reply {
     Sku(SkuView),
@@ -288,6 +304,11 @@ pub enum Reply {
     Expired {
         reservations: u64,
         orders: u64,
+    },
+    /// `SetIdempotencyPolicy` took effect.
+    IdempotencyPolicy {
+        window_ms: u64,
+        budget_bytes: u64,
     },
 }
 

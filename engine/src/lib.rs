@@ -9,6 +9,7 @@ pub mod codec;
 pub mod command;
 pub mod domain;
 pub mod event;
+mod idempotency;
 pub mod limits;
 mod query;
 mod reservations;
@@ -17,6 +18,7 @@ mod state;
 pub use command::*;
 pub use domain::*;
 pub use event::{Event, EventKind};
+pub use idempotency::{IDEMPOTENCY_KEY_BYTES, IdempotencyPolicy, IdempotencyStats};
 pub use query::{QueryReply, fnv1a64};
 pub use state::{Applied, EXPIRE_BATCH_MAX, State, check_sizes};
 
@@ -29,7 +31,10 @@ impl State {
     /// Decode a snapshot written by [`State::encode_snapshot`]; whole-state
     /// invariants are checked.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
-        State::from_snapshot(codec::decode_snapshot(bytes)?)
+        match codec::decode_snapshot(bytes)? {
+            codec::AnySnapshot::Current(snapshot) => State::from_snapshot(snapshot),
+            codec::AnySnapshot::V1(snapshot) => State::from_snapshot_v1(snapshot),
+        }
     }
 }
 

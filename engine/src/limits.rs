@@ -36,10 +36,25 @@ pub const HELD_RESERVATIONS_MAX: usize = 20_000_000;
 /// Finished (committed / released / expired) reservations remembered for reads and
 /// idempotent repeats, newest kept.
 pub const FINISHED_RESERVATIONS_KEPT: usize = 1_000_000;
-/// Idempotency keys remembered at once.
-pub const IDEMPOTENCY_KEYS_MAX: usize = 2_000_000;
-/// A key is kept at least this long (24 h), longer while there is room.
-pub const IDEMPOTENCY_KEY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// Idempotency keys are remembered for a retention window within a memory budget
+/// (`idempotency.rs`): past the window a key is forgotten; past the budget the oldest
+/// keys are forgotten first. Neither ever refuses a write. Default window: 24 h.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+pub const IDEMPOTENCY_WINDOW_MS_MIN: u64 = 1_000;
+pub const IDEMPOTENCY_WINDOW_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Default memory budget of the idempotency index: 2 GiB holds about 33 M keys at
+/// 64 bytes each, which is 16 minutes of keys at 35 k keyed requests per second (the
+/// rate one server sustained over HTTP, README): longer than the default 15-minute
+/// hold and payment TTLs, so a client retrying within a hold's life gets the hold,
+/// not a second one. About a twelfth of the 24 GiB machines surge runs on.
+pub const IDEMPOTENCY_BUDGET_BYTES_DEFAULT: u64 = 2 << 30;
+/// Smallest budget: room for about a thousand keys and the largest stored answer.
+pub const IDEMPOTENCY_BUDGET_BYTES_MIN: u64 = 64 << 10;
+/// Largest budget: the index numbers its slots with 32 bits (1 G keys at 64 bytes).
+pub const IDEMPOTENCY_BUDGET_BYTES_MAX: u64 = 64 << 30;
+/// The window below which `/metrics` and the log warn by default: the default hold
+/// and payment TTL, for the reason given at the budget.
+pub const IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT: u64 = 15 * 60 * 1000;
 /// History entries per order (the graph has at most ~9 transitions; the rest is slack).
 pub const HISTORY_PER_ORDER_MAX: usize = 32;
 
@@ -71,7 +86,17 @@ const _: () = assert!(
     (LINES_PER_REQUEST_MAX as u128) * (QTY_PER_LINE_MAX as u128) * (UNIT_PRICE_MAX as u128)
         < u64::MAX as u128
 );
-const _: () = assert!(IDEMPOTENCY_KEY_RETENTION_MS >= 24 * 60 * 60 * 1000);
+const _: () = assert!(
+    IDEMPOTENCY_WINDOW_MS_MIN <= IDEMPOTENCY_WINDOW_MS_DEFAULT
+        && IDEMPOTENCY_WINDOW_MS_DEFAULT <= IDEMPOTENCY_WINDOW_MS_MAX
+);
+const _: () = assert!(
+    IDEMPOTENCY_BUDGET_BYTES_MIN <= IDEMPOTENCY_BUDGET_BYTES_DEFAULT
+        && IDEMPOTENCY_BUDGET_BYTES_DEFAULT <= IDEMPOTENCY_BUDGET_BYTES_MAX
+);
+// Keys must outlive the holds and payment windows they protect, by default.
+const _: () = assert!(IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT >= RESERVATION_TTL_MS_DEFAULT);
+const _: () = assert!(IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT <= IDEMPOTENCY_WINDOW_MS_DEFAULT);
 
 /// Upper bound of one encoded log record (command, time stamp and idempotency key)
 /// when every field is within the limits above. `engine/tests/record_limit.rs` builds

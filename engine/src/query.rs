@@ -22,6 +22,7 @@ pub enum QueryReply {
     Orders(Page<OrderView, OrderId>),
     Stats(Box<StatsView>),
     Digest(u64),
+    Idempotency(crate::IdempotencyStats),
 }
 
 /// FNV-1a, 64 bit: a fixed, portable hash for digests and request fingerprints.
@@ -87,6 +88,7 @@ impl State {
             } => self.list_orders(filter, *cursor, *limit),
             Query::Stats { top } => Ok(QueryReply::Stats(Box::new(self.stats(*top)))),
             Query::Digest => Ok(QueryReply::Digest(self.digest())),
+            Query::IdempotencyStats => Ok(QueryReply::Idempotency(self.idempotency_stats())),
         }
     }
 

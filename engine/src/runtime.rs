@@ -30,7 +30,7 @@ use crate::event::Event;
 use crate::feed::EventLog;
 use crate::query::QueryReply;
 use crate::state::State;
-use crate::{Rejection, fnv1a64};
+use crate::{IdempotencyPolicy, Rejection, fnv1a64};
 
 /// How a reply waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,10 @@ pub struct EngineConfig {
     pub wal: WalConfig,
     /// Where the writer reads the time; tests substitute a manual clock.
     pub clock: Clock,
+    /// The idempotency window and budget to run with. When it differs from the
+    /// recovered state's, it is logged (`Command::SetIdempotencyPolicy`) before any
+    /// other command. `None` keeps the state's (offline tools).
+    pub idempotency: Option<IdempotencyPolicy>,
 }
 
 /// A source of wall-clock milliseconds. The writer never lets its stamps go back,
@@ -132,6 +136,7 @@ impl Default for EngineConfig {
             events_kept: 1_000_000,
             wal: WalConfig::default(),
             clock: Clock::system(),
+            idempotency: None,
         }
     }
 }
@@ -150,6 +155,8 @@ pub enum Error {
     Wal(#[from] surge_wal::Error),
     #[error("recovery failed: {0}")]
     Recovery(String),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// What start-up found and did.
@@ -547,6 +554,9 @@ impl Engine {
             next_lsn: state.next_seq(),
         };
         let state_sku_count = state.sku_count();
+        let policy_change = config
+            .idempotency
+            .filter(|wanted| *wanted != state.idempotency_policy());
         let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
         let inner = Arc::new(Inner {
             events,
@@ -606,6 +616,20 @@ impl Engine {
             snapshot_waiting: Vec::new(),
         };
         writer.now_ms = writer.state.now_ms();
+        if let Some(policy) = policy_change {
+            // Logged before the writer takes any other command, on this thread: no
+            // reply to wait for, so `open` may run inside an async runtime.
+            let command = Command::SetIdempotencyPolicy {
+                window_ms: policy.window_ms,
+                budget_bytes: policy.budget_bytes,
+            };
+            if let Err(rejection) = writer.apply_at_start(command)? {
+                return Err(Error::InvalidConfig(format!(
+                    "idempotency policy: {}",
+                    rejection.detail()
+                )));
+            }
+        }
         let thread = spawn_owner("surge-writer", move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *shared.writer.lock() = Some(thread);
@@ -985,6 +1009,37 @@ impl<S: Storage> Writer<S> {
         for (reply, answer) in reads {
             let _ = reply.send(Ok(answer));
         }
+    }
+
+    /// Apply one command and make it durable before the writer thread starts.
+    fn apply_at_start(&mut self, command: Command) -> Result<Outcome, Error> {
+        self.now_ms = self.now_ms.max(self.config.clock.now_ms());
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let mut pending = Vec::new();
+        self.apply(command, None, reply, &mut pending);
+        if std::mem::take(&mut self.appended) {
+            // Nothing else is in flight yet: commit on this thread.
+            let committed = self.wal.as_mut().map_or(Ok(()), Wal::commit);
+            if let Err(e) = committed {
+                self.fail_stop(format!("flush failed: {e}"));
+                self.events_buf.clear();
+                self.reply_all(&mut pending, false);
+            } else {
+                if let Some(wal) = self.wal.as_ref() {
+                    let durable = wal.durable_lsn();
+                    self.shared
+                        .stats
+                        .durable_lsn
+                        .store(durable, Ordering::Release);
+                }
+                self.shared.events.publish(&self.events_buf);
+                self.events_buf.clear();
+                self.reply_all(&mut pending, true);
+            }
+        } else {
+            self.reply_all(&mut pending, true);
+        }
+        answer.try_recv().unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Expire overdue holds and orders through the same path as any command.

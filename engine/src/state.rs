@@ -7,7 +7,7 @@
 //! leaves the state exactly as it was.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
@@ -20,6 +20,10 @@ use crate::domain::{
     ReservationId, ReservationStatus, SYSTEM_ACTOR, SkuIdx,
 };
 use crate::event::{Event, EventKind};
+use crate::idempotency::{
+    Entry, IdempotencyIndex, IdempotencyPolicy, IdempotencyStats, IndexSnapshot, IndexSnapshotRef,
+    key_hash,
+};
 use crate::limits::*;
 use crate::reservations::Reservations;
 
@@ -119,14 +123,6 @@ impl Order {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct IdempotencyEntry {
-    pub key: Box<str>,
-    pub fingerprint: u64,
-    pub at_ms: Millis,
-    pub outcome: Outcome,
-}
-
 /// Counters kept as the state changes, so stats never scan.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct Counters {
@@ -165,9 +161,8 @@ pub struct State {
     pub(crate) order_no_index: HashMap<Arc<str>, OrderId>,
     pub(crate) actors: Vec<Arc<str>>,
     pub(crate) actor_index: HashMap<Arc<str>, u32>,
-    pub(crate) idempotency: HashMap<Box<str>, IdempotencyEntry>,
-    /// Keys in the order they were stored, for eviction after the retention period.
-    pub(crate) idempotency_order: VecDeque<Box<str>>,
+    /// Idempotency keys remembered, with their answers, within the window and budget.
+    pub(crate) idempotency: IdempotencyIndex,
     pub(crate) counters: Counters,
 }
 
@@ -382,7 +377,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             check_len(|| "refund_ref".into(), refund_ref, NOTE_LEN_MAX)?;
             actor(who)
         }
-        Command::Expire => Ok(()),
+        Command::Expire | Command::SetIdempotencyPolicy { .. } => Ok(()),
     }
 }
 
@@ -401,8 +396,7 @@ impl State {
             order_no_index: HashMap::new(),
             actors: Vec::new(),
             actor_index: HashMap::new(),
-            idempotency: HashMap::new(),
-            idempotency_order: VecDeque::new(),
+            idempotency: IdempotencyIndex::new(IdempotencyPolicy::INITIAL),
             counters: Counters::default(),
         };
         state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
@@ -449,44 +443,64 @@ impl State {
             self.now_ms
         );
         let events_before = events.len();
-        if let Some(key) = key {
-            if let Some(entry) = self.idempotency.get(key.key.as_str()) {
-                let outcome = if entry.fingerprint == key.fingerprint {
-                    entry.outcome.clone()
-                } else {
-                    Err(Rejection::IdempotencyConflict {
-                        key: key.key.clone(),
-                    })
-                };
-                return Applied { outcome, lsn: None };
+        let hash = match key {
+            None => None,
+            Some(key) => {
+                if let Err(rejection) =
+                    check_required_text("Idempotency-Key", &key.key, IDEMPOTENCY_KEY_LEN_MAX)
+                {
+                    return Applied {
+                        outcome: Err(rejection),
+                        lsn: None,
+                    };
+                }
+                let hash = key_hash(&key.key);
+                if let Some(entry) = self.idempotency.get(&hash, now_ms) {
+                    let outcome = if entry.fingerprint == key.fingerprint {
+                        self.replayed_outcome(entry)
+                    } else {
+                        Err(Rejection::IdempotencyConflict {
+                            key: key.key.clone(),
+                        })
+                    };
+                    return Applied { outcome, lsn: None };
+                }
+                Some(hash)
             }
-            if let Err(rejection) = self.check_idempotency_room(key, now_ms) {
-                return Applied {
-                    outcome: Err(rejection),
-                    lsn: None,
-                };
-            }
-        }
+        };
         let lsn = self.next_seq;
         let mut ctx = Ctx {
             now_ms,
             lsn,
             events,
             first_event: events_before,
+            changed: false,
         };
         let outcome = self.dispatch(cmd, &mut ctx);
+        let changed_quietly = ctx.changed;
         let emitted = events.len() - events_before;
         assert!(
             outcome.is_ok() || emitted == 0,
             "a rejected command emitted events: {}",
             cmd.name()
         );
-        let changed = emitted > 0 || key.is_some();
-        if let Some(key) = key {
-            self.remember_idempotency(key, now_ms, &outcome);
-        }
+        // A keyed command is logged even when refused: its key now answers with the
+        // refusal, and replay must remember it too.
+        let changed = emitted > 0 || key.is_some() || changed_quietly;
         if !changed {
             return Applied { outcome, lsn: None };
+        }
+        // Only logged commands change the index, so replay forgets exactly what the
+        // original forgot: the keys past the window now, and at the budget the oldest.
+        self.idempotency.forget_expired(now_ms);
+        if let (Some(key), Some(hash)) = (key, hash) {
+            let answer = self.answer_of(&outcome, now_ms);
+            self.idempotency.remember(Entry {
+                key: hash,
+                fingerprint: key.fingerprint,
+                at_ms: now_ms,
+                answer,
+            });
         }
         assert!(emitted <= EVENTS_PER_RECORD_MAX || matches!(cmd, Command::Expire));
         // Only logged commands move the state's clock: replay sees only those.
@@ -569,60 +583,44 @@ impl State {
                 actor,
             } => self.refund_order(*id, refund_ref, actor, ctx),
             Command::Expire => Ok(self.expire(ctx)),
+            Command::SetIdempotencyPolicy {
+                window_ms,
+                budget_bytes,
+            } => self.set_idempotency_policy(
+                IdempotencyPolicy {
+                    window_ms: *window_ms,
+                    budget_bytes: *budget_bytes,
+                },
+                ctx,
+            ),
         }
     }
 
     // ---- idempotency ----------------------------------------------------------
 
-    fn check_idempotency_room(
-        &self,
-        key: &IdempotencyKey,
-        now_ms: Millis,
-    ) -> Result<(), Rejection> {
-        check_required_text("Idempotency-Key", &key.key, IDEMPOTENCY_KEY_LEN_MAX)?;
-        if self.idempotency.len() < IDEMPOTENCY_KEYS_MAX {
-            return Ok(());
+    /// A new window and budget. Keys past the new window are forgotten at once, and
+    /// the oldest keys beyond a smaller budget.
+    fn set_idempotency_policy(&mut self, policy: IdempotencyPolicy, ctx: &mut Ctx<'_>) -> Outcome {
+        policy
+            .check()
+            .map_err(|(field, detail)| invalid(field, detail))?;
+        if policy != self.idempotency.policy() {
+            self.idempotency.set_policy(policy, ctx.now_ms);
+            ctx.changed = true;
         }
-        let oldest = self
-            .idempotency_order
-            .front()
-            .and_then(|k| self.idempotency.get(k));
-        match oldest {
-            Some(entry) if now_ms.saturating_sub(entry.at_ms) >= IDEMPOTENCY_KEY_RETENTION_MS => {
-                Ok(())
-            }
-            _ => Err(Rejection::LimitReached {
-                what: format!(
-                    "{IDEMPOTENCY_KEYS_MAX} idempotency keys younger than 24 h are remembered"
-                ),
-            }),
-        }
+        Ok(Reply::IdempotencyPolicy {
+            window_ms: policy.window_ms,
+            budget_bytes: policy.budget_bytes,
+        })
     }
 
-    fn remember_idempotency(&mut self, key: &IdempotencyKey, now_ms: Millis, outcome: &Outcome) {
-        // Evict keys past retention only while over the bound: keys are kept as long
-        // as there is room, and at least 24 h.
-        while self.idempotency.len() >= IDEMPOTENCY_KEYS_MAX {
-            let Some(old) = self.idempotency_order.pop_front() else {
-                break;
-            };
-            let entry = self
-                .idempotency
-                .remove(&old)
-                .expect("key order and map agree");
-            assert!(now_ms.saturating_sub(entry.at_ms) >= IDEMPOTENCY_KEY_RETENTION_MS);
-        }
-        let boxed: Box<str> = key.key.as_str().into();
-        self.idempotency_order.push_back(boxed.clone());
-        self.idempotency.insert(
-            boxed.clone(),
-            IdempotencyEntry {
-                key: boxed,
-                fingerprint: key.fingerprint,
-                at_ms: now_ms,
-                outcome: outcome.clone(),
-            },
-        );
+    /// The window and budget in force.
+    pub fn idempotency_policy(&self) -> IdempotencyPolicy {
+        self.idempotency.policy()
+    }
+
+    pub fn idempotency_stats(&self) -> IdempotencyStats {
+        self.idempotency.stats()
     }
 
     // ---- SKUs and stock -------------------------------------------------------
@@ -1601,11 +1599,7 @@ impl State {
             reservations_base: self.reservations.base(),
             orders: &self.orders,
             actors: &self.actors,
-            idempotency: self
-                .idempotency_order
-                .iter()
-                .map(|k| &self.idempotency[k])
-                .collect(),
+            idempotency: self.idempotency.to_snapshot(),
             counters: &self.counters,
         }
     }
@@ -1652,17 +1646,82 @@ impl State {
             .map(|(i, a)| (a.clone(), i as u32))
             .collect();
         state.actors = s.actors;
-        for entry in s.idempotency {
-            state.idempotency_order.push_back(entry.key.clone());
-            state.idempotency.insert(entry.key.clone(), entry);
-        }
+        state.idempotency = IdempotencyIndex::from_snapshot(s.idempotency)?;
         state.counters = s.counters;
         state.check_invariants();
         Ok(state)
     }
 }
 
-pub(crate) const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: idempotency keys as hashes with compact answers, and their policy.
+pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
+
+/// Format 1, before the idempotency window and budget: keys as text, each with its
+/// whole outcome. Read so that a data dir written by an older surge still opens.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct SnapshotV1 {
+    pub format: u32,
+    pub now_ms: Millis,
+    pub next_seq: u64,
+    pub skus: Vec<Sku>,
+    pub reservations: Vec<Reservation>,
+    pub next_reservation_id: u64,
+    pub reservations_base: u64,
+    pub orders: Vec<Order>,
+    pub actors: Vec<Arc<str>>,
+    pub idempotency: Vec<IdempotencyEntryV1>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct IdempotencyEntryV1 {
+    pub key: Box<str>,
+    pub fingerprint: u64,
+    pub at_ms: Millis,
+    pub outcome: Outcome,
+}
+
+impl State {
+    /// A format-1 snapshot: the state as it was, its keys hashed and their answers
+    /// made compact, under the initial policy (which its log, if any, assumed too).
+    pub(crate) fn from_snapshot_v1(s: SnapshotV1) -> Result<State, String> {
+        let mut state = State::from_snapshot(Snapshot {
+            format: SNAPSHOT_FORMAT,
+            now_ms: s.now_ms,
+            next_seq: s.next_seq,
+            skus: s.skus,
+            reservations: s.reservations,
+            next_reservation_id: s.next_reservation_id,
+            reservations_base: s.reservations_base,
+            orders: s.orders,
+            actors: s.actors,
+            idempotency: IndexSnapshot {
+                policy: IdempotencyPolicy::INITIAL,
+                first_seq: 0,
+                room_made_through_ms: None,
+                entries: Vec::new(),
+            },
+            counters: s.counters,
+        })?;
+        for entry in s.idempotency {
+            let key = key_hash(&entry.key);
+            if state.idempotency.contains(&key) {
+                return Err(format!(
+                    "idempotency key {:?} twice in the snapshot",
+                    entry.key
+                ));
+            }
+            let answer = state.answer_of(&entry.outcome, entry.at_ms);
+            state.idempotency.remember(Entry {
+                key,
+                fingerprint: entry.fingerprint,
+                at_ms: entry.at_ms,
+                answer,
+            });
+        }
+        Ok(state)
+    }
+}
 
 /// The state as written to a snapshot file: plain vectors in a deterministic order.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -1677,7 +1736,7 @@ pub(crate) struct Snapshot {
     pub reservations_base: u64,
     pub orders: Vec<Order>,
     pub actors: Vec<Arc<str>>,
-    pub idempotency: Vec<IdempotencyEntry>,
+    pub idempotency: IndexSnapshot,
     pub counters: Counters,
 }
 
@@ -1694,7 +1753,7 @@ pub(crate) struct SnapshotRef<'a> {
     pub reservations_base: u64,
     pub orders: &'a ChunkedVec<Order>,
     pub actors: &'a [Arc<str>],
-    pub idempotency: Vec<&'a IdempotencyEntry>,
+    pub idempotency: IndexSnapshotRef<'a>,
     pub counters: &'a Counters,
 }
 
@@ -1704,6 +1763,8 @@ struct Ctx<'a> {
     lsn: u64,
     events: &'a mut Vec<Event>,
     first_event: usize,
+    /// The command changed the state without an event: it must be logged all the same.
+    changed: bool,
 }
 
 impl Ctx<'_> {

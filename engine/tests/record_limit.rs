@@ -102,6 +102,10 @@ fn largest_commands() -> Vec<Command> {
             actor,
         },
         Command::Expire,
+        Command::SetIdempotencyPolicy {
+            window_ms: u64::MAX,
+            budget_bytes: u64::MAX,
+        },
     ];
     all
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use surge_engine::wal::{MmapStorage, SimStorage, WalConfig};
 use surge_engine::{
-    Clock, Command, Engine, EngineConfig, EngineHandle, Error, IdempotencyKey, LineReq,
-    OrderLineReq, Query, QueryReply, Reply, ReservationStatus,
+    Clock, Command, Engine, EngineConfig, EngineHandle, Error, IdempotencyKey, IdempotencyPolicy,
+    IdempotencyStats, LineReq, OrderLineReq, Query, QueryReply, Reply, ReservationStatus,
 };
 
 fn sim_config() -> EngineConfig {
@@ -296,6 +296,111 @@ fn idempotency_keys_survive_a_restart() {
         .expect("queued");
     assert_eq!(conflict.unwrap_err().code(), "idempotency_conflict");
     assert_eq!(sku_levels(&handle, "A"), (5, 2));
+}
+
+fn idempotency_stats(handle: &EngineHandle) -> IdempotencyStats {
+    match handle
+        .query(Query::IdempotencyStats)
+        .expect("queued")
+        .wait()
+        .expect("answered")
+    {
+        Ok(QueryReply::Idempotency(stats)) => stats,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The configured policy is logged at start-up when it differs, and a restart with
+/// other flags (or none) replays the log under the logged policy, keys and all.
+#[test]
+fn the_idempotency_policy_is_logged_and_replayed_whatever_the_flags() {
+    let disk = SimStorage::new();
+    let clock = Arc::new(AtomicU64::new(1_000_000));
+    let small = IdempotencyPolicy {
+        window_ms: 3_600_000,
+        budget_bytes: 64 << 10,
+    };
+    let config = EngineConfig {
+        clock: Clock::manual(Arc::clone(&clock)),
+        idempotency: Some(small),
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+    assert_eq!(idempotency_stats(&handle).policy, small);
+    define(&handle, "A", 1_000_000);
+    let key = |i: u64| IdempotencyKey {
+        key: format!("k{i}"),
+        fingerprint: 7,
+    };
+    let mut answers = Vec::new();
+    for i in 0..2_000 {
+        clock.fetch_add(1, Ordering::SeqCst);
+        let outcome = handle
+            .execute(reserve("A", 1), Some(key(i)))
+            .expect("queued");
+        assert!(outcome.is_ok(), "key {i}: never refused");
+        answers.push(outcome);
+    }
+    let stats = idempotency_stats(&handle);
+    assert!(stats.keys < 2_000 && stats.bytes <= small.budget_bytes);
+    let oldest = 2_000 - stats.keys;
+    let before = digest(&handle);
+    drop(handle);
+    // No flags: the logged policy stands, and the same keys are remembered.
+    let none = EngineConfig {
+        idempotency: None,
+        ..config.clone()
+    };
+    let disk = disk.crash(5);
+    let (handle, _) = Engine::open_with_storage(disk.clone(), none).expect("reopen");
+    assert_eq!(digest(&handle), before);
+    assert_eq!(idempotency_stats(&handle), stats);
+    for i in [oldest, 1_999] {
+        let again = handle
+            .execute(reserve("A", 1), Some(key(i)))
+            .expect("queued");
+        assert_eq!(again, answers[i as usize]);
+    }
+    drop(handle);
+    // Other flags: the change is logged, and survives a crash before any snapshot.
+    let wide = IdempotencyPolicy {
+        window_ms: 7_200_000,
+        ..small
+    };
+    let flags = EngineConfig {
+        idempotency: Some(wide),
+        snapshot_on_shutdown: false,
+        snapshot_every_segments: 0,
+        ..config.clone()
+    };
+    let disk = disk.crash(6);
+    let (handle, _) = Engine::open_with_storage(disk.clone(), flags).expect("reopen");
+    assert_eq!(idempotency_stats(&handle).policy, wide);
+    let before = digest(&handle);
+    drop(handle);
+    let none = EngineConfig {
+        idempotency: None,
+        ..config.clone()
+    };
+    let disk = disk.crash(7);
+    let (handle, report) = Engine::open_with_storage(disk.clone(), none).expect("reopen");
+    assert!(report.records_replayed >= 1, "{report:?}");
+    assert_eq!(idempotency_stats(&handle).policy, wide);
+    assert_eq!(digest(&handle), before);
+    // A policy out of range is refused at start-up, with nothing logged.
+    drop(handle);
+    let bad = EngineConfig {
+        idempotency: Some(IdempotencyPolicy {
+            window_ms: 0,
+            ..small
+        }),
+        ..config
+    };
+    match Engine::open_with_storage(disk.crash(8), bad) {
+        Err(Error::InvalidConfig(message)) => assert!(message.contains("window_ms"), "{message}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a zero window was accepted"),
+    }
 }
 
 #[test]
