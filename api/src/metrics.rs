@@ -342,7 +342,7 @@ pub fn render(state: &AppState, idempotency: Option<&IdempotencyStats>) -> Strin
         metric(
             "surge_idempotency_at_budget",
             "gauge",
-            "1 while keys younger than the window are being forgotten to stay within the budget.",
+            "1 while keys younger than the window have been forgotten to stay within the budget: the effective window is then the age of the oldest key.",
             u8::from(idem.at_budget(now_ms)).to_string(),
         );
         metric(

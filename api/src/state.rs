@@ -204,8 +204,9 @@ impl AppState {
                     keys = stats.keys,
                     bytes = stats.bytes,
                     budget_bytes = stats.policy.budget_bytes,
-                    "idempotency keys are forgotten after {} s, below the floor of {} s: \
-                     the memory budget is full; raise --idempotency-budget-mb",
+                    "idempotency keys are remembered for {} s only, below the floor of {} s: \
+                     keys were forgotten to stay within the memory budget; if this lasts, \
+                     raise --idempotency-budget-mb",
                     effective_ms / 1000,
                     floor_ms / 1000
                 );

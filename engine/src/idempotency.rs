@@ -435,6 +435,7 @@ impl IdempotencyIndex {
         }
         let old = std::mem::replace(self, IdempotencyIndex::new(policy));
         self.first_seq = old.first_seq;
+        self.room_made_through_ms = old.room_made_through_ms;
         for entry in old.into_entries() {
             self.remember(entry);
         }
