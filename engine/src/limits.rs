@@ -29,10 +29,12 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 pub const SKUS_MAX: usize = 1_000_000;
 /// Number of distinct actors (interned).
 pub const ACTORS_MAX: usize = 100_000;
-/// Orders kept in memory (all statuses; ids are dense).
-pub const ORDERS_MAX: usize = 50_000_000;
+/// Orders kept in memory (all statuses; ids are dense). Sized so that the state at
+/// its limits, its follower copy and a snapshot in flight fit a 24 GiB machine with
+/// headroom; see [`STATE_BYTES_WORST_CASE`] and ARCHITECTURE.md.
+pub const ORDERS_MAX: usize = 6_000_000;
 /// Reservations held at once.
-pub const HELD_RESERVATIONS_MAX: usize = 20_000_000;
+pub const HELD_RESERVATIONS_MAX: usize = 10_000_000;
 /// Finished (committed / released / expired) reservations remembered for reads and
 /// idempotent repeats, newest kept.
 pub const FINISHED_RESERVATIONS_KEPT: usize = 1_000_000;
@@ -107,3 +109,13 @@ pub const RECORD_ENCODED_BYTES_MAX: usize = 16 * 1024;
 // The largest valid command always fits a WAL record with the default segment size,
 // so a request within the field limits can never make the log refuse its record.
 const _: () = assert!(RECORD_ENCODED_BYTES_MAX <= surge_wal::RECORD_PAYLOAD_MAX_BYTES);
+
+/// Heap bytes one live order may take, an upper bound of the measured 399 B
+/// (`cargo bench --bench memory`).
+pub const ORDER_BYTES_BOUND: u64 = 512;
+/// Heap bytes one held reservation may take, an upper bound of the measured 92 B.
+pub const HOLD_BYTES_BOUND: u64 = 128;
+/// The state's worst case at its limits, without the idempotency budget (which is
+/// configured): every order and hold slot used, plus the finished holds kept.
+pub const STATE_BYTES_WORST_CASE: u64 = ORDERS_MAX as u64 * ORDER_BYTES_BOUND
+    + (HELD_RESERVATIONS_MAX + FINISHED_RESERVATIONS_KEPT) as u64 * HOLD_BYTES_BOUND;

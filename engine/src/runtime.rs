@@ -82,6 +82,11 @@ pub struct EngineConfig {
     /// Sync batch N on its own thread while the writer applies N+1 (pipelined
     /// group commit). Off syncs on the writer, which makes a run deterministic.
     pub pipelined_commit: bool,
+    /// In `sync` mode, serve reads from a follower: a second copy of the state that
+    /// applies each batch once it is durable, on its own thread. Reads then never
+    /// wait in the writer's queue, and periodic snapshots are encoded there, not on
+    /// the writer. Costs a second copy of the state in memory.
+    pub follower: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
     pub wal: WalConfig,
@@ -133,6 +138,7 @@ impl Default for EngineConfig {
             snapshot_on_shutdown: true,
             snapshot_in_background: true,
             pipelined_commit: true,
+            follower: true,
             events_kept: 1_000_000,
             wal: WalConfig::default(),
             clock: Clock::system(),
@@ -286,6 +292,12 @@ enum Request {
     Snapshot {
         reply: ReplySender<u64>,
     },
+    /// A snapshot body the follower encoded at `lsn`: the writer writes and
+    /// publishes it (the WAL's snapshot steps stay with the log's owner).
+    InstallSnapshot {
+        lsn: u64,
+        body: Vec<u8>,
+    },
     Shutdown,
 }
 
@@ -319,6 +331,10 @@ struct Inner {
     writes_refused: Mutex<Option<String>>,
     /// `writes_refused.is_some()`, readable without the lock.
     writes_refused_flag: AtomicBool,
+    /// The writer asks the follower for a snapshot (records or segments piled up).
+    snapshot_wanted: AtomicBool,
+    /// Reads waiting at the follower (bounded like the writer's queue).
+    follower_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -348,6 +364,8 @@ struct Flush {
     replies: Vec<Pending>,
     reads: Vec<ReadAnswer>,
     events: Vec<Event>,
+    /// The records of this batch as logged, for the follower.
+    records: Vec<(u64, Vec<u8>)>,
 }
 
 /// The durable half of the pipelined group commit. On its own thread it syncs
@@ -358,6 +376,8 @@ struct Flush {
 struct SyncStage {
     shared: Arc<Inner>,
     failed: Option<String>,
+    /// Durable records go on to the follower, in log order; failed ones never do.
+    to_follower: Option<Sender<FollowerMsg>>,
 }
 
 impl SyncStage {
@@ -423,6 +443,11 @@ impl SyncStage {
         for flush in flushes {
             match &self.failed {
                 None => {
+                    if let Some(follower) = &self.to_follower
+                        && !flush.records.is_empty()
+                    {
+                        let _ = follower.send(FollowerMsg::Records(flush.records));
+                    }
                     self.shared.events.publish(&flush.events);
                     for p in flush.replies {
                         let _ = p.reply.send(Ok(p.outcome));
@@ -448,6 +473,8 @@ impl SyncStage {
 
 struct Shared {
     tx: Sender<Request>,
+    /// Reads go here when there is a follower (sync mode).
+    follower_tx: Option<Sender<FollowerMsg>>,
     inner: Arc<Inner>,
     shutting_down: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -462,6 +489,7 @@ impl Shared {
         };
         self.shutting_down.store(true, Ordering::Release);
         // The queue may be full: a blocking send waits for room, which the writer makes.
+        // The writer stops the follower after the last flush.
         let _ = self.tx.send(Request::Shutdown);
         let _ = thread.join();
     }
@@ -517,6 +545,7 @@ impl Engine {
                 crate::limits::RECORD_ENCODED_BYTES_MAX
             ))));
         }
+        check_memory_fits(&config)?;
         let started = Instant::now();
         let events = EventLog::new(config.events_kept);
         let (recovered, wal) = match storage {
@@ -558,14 +587,25 @@ impl Engine {
             .idempotency
             .filter(|wanted| *wanted != state.idempotency_policy());
         let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
+        let with_follower =
+            config.follower && config.durability == Durability::Sync && wal.is_some();
+        let (follower_tx, follower_rx) = if with_follower {
+            let (ftx, frx) = crossbeam_channel::unbounded();
+            (Some(ftx), Some(frx))
+        } else {
+            (None, None)
+        };
         let inner = Arc::new(Inner {
             events,
             stats: RuntimeStats::default(),
             writes_refused: Mutex::new(None),
             writes_refused_flag: AtomicBool::new(false),
+            snapshot_wanted: AtomicBool::new(false),
+            follower_reads: std::sync::atomic::AtomicUsize::new(0),
         });
         let shared = Arc::new(Shared {
             tx,
+            follower_tx: follower_tx.clone(),
             inner: Arc::clone(&inner),
             shutting_down: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -586,6 +626,7 @@ impl Engine {
             let stage = SyncStage {
                 shared: Arc::clone(&inner),
                 failed: None,
+                to_follower: follower_tx.clone(),
             };
             let thread = spawn_owner("surge-sync", move || stage.run(flush_rx, done_tx))
                 .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
@@ -600,7 +641,11 @@ impl Engine {
             syncer_inline: SyncStage {
                 shared: Arc::clone(&inner),
                 failed: None,
+                to_follower: follower_tx.clone(),
             },
+            batch_records: Vec::new(),
+            follower: None,
+            install_waiting: None,
             state,
             wal,
             rx,
@@ -630,6 +675,24 @@ impl Engine {
                 )));
             }
         }
+        if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {
+            // The follower starts from the writer's state as recovered (and after the
+            // policy record above): both then apply the same durable records.
+            let follower = Follower {
+                state: writer.state.clone(),
+                rx: frx,
+                to_writer: shared.tx.clone(),
+                shared: Arc::clone(&writer.shared),
+                waiting: std::collections::VecDeque::new(),
+                events_scratch: Vec::new(),
+                last_record_lsn: writer.wal.as_ref().map_or(0, Wal::last_lsn),
+                records_since_snapshot: 0,
+                snapshot_every_records: writer.config.snapshot_every_records,
+            };
+            let thread = spawn_owner("surge-follower", move || follower.run())
+                .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;
+            writer.follower = Some((ftx, thread));
+        }
         let thread = spawn_owner("surge-writer", move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *shared.writer.lock() = Some(thread);
@@ -657,7 +720,7 @@ struct EngineSnapshot {
 #[derive(Encode)]
 struct EngineSnapshotRef<'a> {
     state: &'a [u8],
-    events: &'a std::collections::VecDeque<Event>,
+    events: RingPrefix<'a>,
     events_dropped_through: u64,
 }
 
@@ -667,6 +730,38 @@ const SNAPSHOT_CONFIG: bincode::config::Configuration<
 > = bincode::config::standard()
     .with_little_endian()
     .with_fixed_int_encoding();
+
+/// The snapshot body of `state`: its encoding and the event ring up to the state's
+/// last event (the feed may already hold later events; replay regenerates them).
+fn encode_engine_snapshot(state: &State, events: &EventLog) -> Vec<u8> {
+    let state_bytes = state.encode_snapshot();
+    let last_seq = state.next_seq().saturating_sub(1);
+    events.with_ring(|ring, dropped_through| {
+        let kept = ring.partition_point(|e| e.seq <= last_seq);
+        let body = EngineSnapshotRef {
+            state: &state_bytes,
+            events: RingPrefix(ring, kept),
+            events_dropped_through: dropped_through,
+        };
+        bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
+    })
+}
+
+/// The first `.1` events of the ring, encoded as a sequence (like a `Vec<Event>`).
+struct RingPrefix<'a>(&'a std::collections::VecDeque<Event>, usize);
+
+impl Encode for RingPrefix<'_> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        (self.1 as u64).encode(encoder)?;
+        for event in self.0.iter().take(self.1) {
+            event.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
 
 fn recover<S: Storage>(
     wal: &Wal<S>,
@@ -719,6 +814,61 @@ fn recover<S: Storage>(
         replayed,
         events_restored,
     })
+}
+
+/// The most memory this configuration may need at the state's limits: the state
+/// and its idempotency budget, twice with a follower, plus one encoded snapshot in
+/// flight (bounded by the in-memory size).
+pub fn memory_worst_case_bytes(config: &EngineConfig) -> u64 {
+    let budget = config
+        .idempotency
+        .map_or(crate::limits::IDEMPOTENCY_BUDGET_BYTES_DEFAULT, |p| {
+            p.budget_bytes
+        });
+    let copy = crate::limits::STATE_BYTES_WORST_CASE + budget;
+    let copies = if config.follower && config.durability == Durability::Sync {
+        2
+    } else {
+        1
+    };
+    copy * copies + copy
+}
+
+/// Start-up refuses a configuration whose worst case cannot fit this machine's
+/// memory (`MemTotal`), keeping a tenth for the rest of the process and the OS.
+fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
+    let Some(total) = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+    else {
+        return Ok(()); // not Linux, or no /proc: nothing to check against
+    };
+    let needed = memory_worst_case_bytes(config);
+    if needed > total / 10 * 9 {
+        return Err(Error::InvalidConfig(format!(
+            "at its limits the state needs up to {} MiB (state and idempotency budget{}, \
+             and a snapshot in flight), more than 90 % of this machine's {} MiB: lower \
+             the idempotency budget{}",
+            needed >> 20,
+            if config.follower {
+                ", twice for the follower"
+            } else {
+                ""
+            },
+            total >> 20,
+            if config.follower {
+                " or run without the follower"
+            } else {
+                ""
+            },
+        )));
+    }
+    Ok(())
 }
 
 /// Start a thread that owns engine state (the writer, a snapshot being written).
@@ -783,6 +933,12 @@ struct Writer<S: Storage> {
     /// deterministic configuration of the seeded tests), or when the sync thread
     /// is gone.
     syncer_inline: SyncStage,
+    /// This batch's logged records, kept for the follower (only when there is one).
+    batch_records: Vec<(u64, Vec<u8>)>,
+    /// The follower thread and its channel (sync mode).
+    follower: Option<(Sender<FollowerMsg>, JoinHandle<()>)>,
+    /// A snapshot the follower encoded, waiting for its LSN to be known durable here.
+    install_waiting: Option<(u64, Vec<u8>)>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -828,6 +984,10 @@ impl<S: Storage> Writer<S> {
                         reads.push((reply, self.state.query(&query)))
                     }
                     Request::Snapshot { reply } => snapshot_replies.push(reply),
+                    Request::InstallSnapshot { lsn, body } => {
+                        self.records_since_snapshot = 0;
+                        self.install_waiting = Some((lsn, body));
+                    }
                     Request::Shutdown => shutdown = true,
                 }
             }
@@ -844,7 +1004,7 @@ impl<S: Storage> Writer<S> {
                             reads.push((reply, self.state.query(&query)))
                         }
                         Request::Snapshot { reply } => snapshot_replies.push(reply),
-                        Request::Shutdown => {}
+                        Request::InstallSnapshot { .. } | Request::Shutdown => {}
                     }
                 }
             }
@@ -884,6 +1044,15 @@ impl<S: Storage> Writer<S> {
                     self.start_snapshot(false);
                 }
                 self.answer_snapshot_waiters(self.snapshot_current());
+            } else if self.follower.is_some() {
+                if due && self.install_waiting.is_none() && self.snapshot_job.is_none() {
+                    self.shared.snapshot_wanted.store(true, Ordering::Release);
+                }
+                if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
+                    self.start_snapshot(self.config.snapshot_in_background);
+                } else if self.snapshot_job.is_none() {
+                    self.install_follower_snapshot();
+                }
             } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
                 self.start_snapshot(self.config.snapshot_in_background);
             }
@@ -899,6 +1068,51 @@ impl<S: Storage> Writer<S> {
         self.to_syncer = None;
         if let Some(thread) = self.syncer_thread.take() {
             let _ = thread.join();
+        }
+        self.syncer_inline.to_follower = None;
+        if let Some((tx, thread)) = self.follower.take() {
+            let _ = tx.send(FollowerMsg::Stop);
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+
+    /// Write and publish the snapshot the follower encoded, once its LSN is known
+    /// durable here (it always is on disk: the follower applies only durable
+    /// records; this writer may not have collected the commit's result yet).
+    fn install_follower_snapshot(&mut self) {
+        let Some((lsn, _)) = self.install_waiting.as_ref() else {
+            return;
+        };
+        let lsn = *lsn;
+        if self.wal.is_none() {
+            self.install_waiting = None;
+            return;
+        }
+        if self.refusal().is_some() {
+            return;
+        }
+        let wal = self.wal.as_mut().expect("checked");
+        if wal.durable_lsn() < lsn {
+            return; // next iteration
+        }
+        let (_, body) = self.install_waiting.take().expect("checked");
+        if lsn <= wal.snapshot_lsn() {
+            self.shared.snapshot_wanted.store(false, Ordering::Release);
+            return;
+        }
+        match wal.begin_snapshot(lsn, body) {
+            Ok(Some(job)) => {
+                self.records_since_snapshot = 0;
+                self.shared.snapshot_wanted.store(false, Ordering::Release);
+                self.run_snapshot_job(lsn, job, self.config.snapshot_in_background);
+            }
+            Ok(None) => self.shared.snapshot_wanted.store(false, Ordering::Release),
+            Err(e) => {
+                if wal.is_poisoned() {
+                    self.fail_stop(format!("snapshot failed: {e}"));
+                }
+            }
         }
     }
 
@@ -920,6 +1134,7 @@ impl<S: Storage> Writer<S> {
         if self.refusal().is_some() && job.is_none() && logged {
             // The commit could not even begin: nothing of this batch is durable.
             self.events_buf.clear();
+            self.batch_records.clear();
             self.reply_all(pending, false);
             for (reply, _) in reads {
                 let _ = reply.send(Err(Error::StorageUnavailable(
@@ -941,6 +1156,7 @@ impl<S: Storage> Writer<S> {
             replies: std::mem::take(pending),
             reads,
             events: std::mem::take(&mut self.events_buf),
+            records: std::mem::take(&mut self.batch_records),
         };
         match self.to_syncer.as_ref() {
             Some(tx) => {
@@ -1160,6 +1376,9 @@ impl<S: Storage> Writer<S> {
                 stats
                     .wal_bytes
                     .fetch_add(self.record_buf.len() as u64 + 16, Ordering::Relaxed);
+                if self.follower.is_some() {
+                    self.batch_records.push((lsn, self.record_buf.clone()));
+                }
                 if let Err(e) = wal.append(lsn, &self.record_buf) {
                     // The room was reserved, so this is an I/O failure: the state is
                     // now ahead of the log; stop taking writes, a restart recovers.
@@ -1231,16 +1450,7 @@ impl<S: Storage> Writer<S> {
             self.answer_snapshot_waiters(Ok(lsn));
             return;
         }
-        let state = self.state.encode_snapshot();
-        let bytes = self.shared.events.with_ring(|events, dropped_through| {
-            let body = EngineSnapshotRef {
-                state: &state,
-                events,
-                events_dropped_through: dropped_through,
-            };
-            bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
-        });
-        drop(state);
+        let bytes = encode_engine_snapshot(&self.state, &self.shared.events);
         let job = match wal.begin_snapshot(lsn, bytes) {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -1253,6 +1463,12 @@ impl<S: Storage> Writer<S> {
             }
         };
         self.records_since_snapshot = 0;
+        self.run_snapshot_job(lsn, job, background);
+    }
+
+    /// Write a snapshot file (on its own thread when `background`); the writer
+    /// publishes it in `poll_snapshot` once it is on disk.
+    fn run_snapshot_job(&mut self, lsn: u64, job: surge_wal::SnapshotJob, background: bool) {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         if background {
             let spawned = spawn_owner("surge-snapshot", move || {
@@ -1320,6 +1536,136 @@ impl<S: Storage> Writer<S> {
     }
 }
 
+/// What the follower receives: durable records (from the sync stage, in log
+/// order) and reads (from handles).
+enum FollowerMsg {
+    Records(Vec<(u64, Vec<u8>)>),
+    Read {
+        query: Query,
+        /// The durable LSN when the read arrived: it is answered once applied.
+        read_index: u64,
+        reply: ReplySender<Result<QueryReply, Rejection>>,
+    },
+    Stop,
+}
+
+/// A read waiting at the follower for its read index to be applied.
+type WaitingRead = (u64, Query, ReplySender<Result<QueryReply, Rejection>>);
+
+/// A second copy of the state that applies each batch once it is durable. It
+/// serves reads (so they never queue behind the writer) and encodes periodic
+/// snapshots (so the writer never does). It sees only durable records: a batch
+/// whose sync failed never reaches it.
+struct Follower {
+    state: State,
+    rx: Receiver<FollowerMsg>,
+    to_writer: Sender<Request>,
+    shared: Arc<Inner>,
+    /// Reads waiting for their read index, in arrival order.
+    waiting: std::collections::VecDeque<WaitingRead>,
+    events_scratch: Vec<Event>,
+    last_record_lsn: u64,
+    records_since_snapshot: u64,
+    snapshot_every_records: u64,
+}
+
+impl Follower {
+    fn run(mut self) {
+        while let Ok(msg) = self.rx.recv() {
+            match msg {
+                FollowerMsg::Records(records) => {
+                    for (lsn, bytes) in records {
+                        self.apply(lsn, &bytes);
+                    }
+                    self.answer_ready();
+                    self.maybe_snapshot();
+                }
+                FollowerMsg::Read {
+                    query,
+                    read_index,
+                    reply,
+                } => {
+                    if read_index <= self.applied() {
+                        self.answer(&query, reply);
+                    } else {
+                        self.waiting.push_back((read_index, query, reply));
+                    }
+                }
+                FollowerMsg::Stop => break,
+            }
+        }
+        // Reads still waiting (or queued) are dropped: their tickets say ShuttingDown.
+        self.waiting.clear();
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn apply(&mut self, lsn: u64, bytes: &[u8]) {
+        let record = codec::decode_record(bytes)
+            .unwrap_or_else(|e| panic!("follower: record {lsn} does not decode: {e}"));
+        self.events_scratch.clear();
+        let applied = self.state.apply(
+            &record.command,
+            record.key.as_ref(),
+            record.now_ms,
+            &mut self.events_scratch,
+        );
+        // Pair assertion with the writer: the same record lands on the same LSN.
+        assert_eq!(
+            applied.lsn,
+            Some(lsn),
+            "follower diverged from the writer at record {lsn} ({})",
+            record.command.name()
+        );
+        self.last_record_lsn = lsn;
+        self.records_since_snapshot += 1;
+    }
+
+    /// How far this copy has applied, in the measure of the durable LSN a read
+    /// notes: a record's LSN is at most `next_seq - 1` once it is applied, and the
+    /// next record's LSN is `next_seq`.
+    fn applied(&self) -> u64 {
+        self.state.next_seq().saturating_sub(1)
+    }
+
+    fn answer(&self, query: &Query, reply: ReplySender<Result<QueryReply, Rejection>>) {
+        self.shared.follower_reads.fetch_sub(1, Ordering::AcqRel);
+        let _ = reply.send(Ok(self.state.query(query)));
+    }
+
+    fn answer_ready(&mut self) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(index, _, _)| *index <= self.applied())
+        {
+            let (_, query, reply) = self.waiting.pop_front().expect("checked");
+            self.answer(&query, reply);
+        }
+    }
+
+    /// Encode a snapshot here when enough records were applied (or the writer asks,
+    /// because segments piled up), and hand it to the writer to write and publish.
+    fn maybe_snapshot(&mut self) {
+        let wanted = self.shared.snapshot_wanted.load(Ordering::Acquire);
+        let due = self.snapshot_every_records > 0
+            && self.records_since_snapshot >= self.snapshot_every_records;
+        if !(due || wanted) || self.records_since_snapshot == 0 {
+            return;
+        }
+        // Answer the reads that are ready first: encoding pauses this thread.
+        self.answer_ready();
+        let body = encode_engine_snapshot(&self.state, &self.shared.events);
+        let request = Request::InstallSnapshot {
+            lsn: self.last_record_lsn,
+            body,
+        };
+        if self.to_writer.try_send(request).is_ok() {
+            self.records_since_snapshot = 0;
+            self.shared.snapshot_wanted.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// A snapshot whose file is being written on its own thread.
 struct SnapshotInFlight {
     lsn: u64,
@@ -1365,10 +1711,36 @@ impl EngineHandle {
         self.submit(command, key)?.wait()
     }
 
-    /// Queue a read; it sees every command queued before it.
+    /// A read. With a follower (sync mode) it is answered there once the follower
+    /// has applied everything durable when the read arrived, so it sees every write
+    /// acknowledged before it and nothing that is not durable (the ReadIndex idea);
+    /// otherwise it goes through the writer's queue and sees every command queued
+    /// before it.
     pub fn query(&self, query: Query) -> Result<Ticket<Result<QueryReply, Rejection>>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Request::Query { query, reply })?;
+        match &self.shared.follower_tx {
+            Some(follower) => {
+                if self.shared.shutting_down.load(Ordering::Acquire) {
+                    return Err(Error::ShuttingDown);
+                }
+                let inner = &self.shared.inner;
+                if inner.follower_reads.fetch_add(1, Ordering::AcqRel) >= self.shared.queue_len_max
+                {
+                    inner.follower_reads.fetch_sub(1, Ordering::AcqRel);
+                    inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::Overloaded(self.shared.queue_len_max));
+                }
+                let read_index = inner.stats.durable_lsn.load(Ordering::Acquire);
+                follower
+                    .send(FollowerMsg::Read {
+                        query,
+                        read_index,
+                        reply,
+                    })
+                    .map_err(|_| Error::ShuttingDown)?;
+            }
+            None => self.send(Request::Query { query, reply })?,
+        }
         Ok(Ticket(rx))
     }
 
