@@ -208,7 +208,9 @@ const _: () = assert!(IDEMPOTENCY_BUDGET_BYTES_MAX / IDEMPOTENCY_KEY_BYTES < SLO
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     keys_max: u64,
+    /// A power of two: entries are found by shifts, not divisions.
     chunk_len: u64,
+    chunk_shift: u32,
     chunks_max: u64,
     table_slots: u64,
 }
@@ -218,6 +220,7 @@ impl Layout {
         let rough = budget_bytes / IDEMPOTENCY_KEY_BYTES;
         // About 256 chunks at the budget, so a chunk is a small part of it.
         let chunk_len = (rough / 256).next_power_of_two().clamp(16, 16_384);
+        debug_assert!(chunk_len.is_power_of_two());
         // The keys span at most two chunks more than they fill: one part-used at each end.
         let chunks_max = rough / chunk_len + 2;
         let slack = 2 * chunk_len * ENTRY_BYTES + chunks_max * CHUNK_HEADER_BYTES;
@@ -226,6 +229,7 @@ impl Layout {
         Layout {
             keys_max,
             chunk_len,
+            chunk_shift: chunk_len.trailing_zeros(),
             chunks_max,
             table_slots: SLOTS_PER_KEY * keys_max,
         }
@@ -307,9 +311,9 @@ impl IdempotencyIndex {
 
     fn entry(&self, seq: u64) -> &Entry {
         debug_assert!(seq >= self.first_seq && seq < self.first_seq + self.len);
-        let c = self.layout.chunk_len;
-        let chunk = (seq / c - self.first_seq / c) as usize;
-        &self.chunks[chunk][(seq % c) as usize]
+        let shift = self.layout.chunk_shift;
+        let chunk = ((seq >> shift) - (self.first_seq >> shift)) as usize;
+        &self.chunks[chunk][(seq & (self.layout.chunk_len - 1)) as usize]
     }
 
     fn front(&self) -> Option<&Entry> {
