@@ -865,6 +865,24 @@ mod tests {
         }
     }
 
+    /// One unit each of A and B: a hold of two lines, whose answer is stored encoded.
+    fn reserve_a_and_b() -> Command {
+        Command::Reserve {
+            lines: vec![
+                LineReq {
+                    sku: "A".into(),
+                    qty: 1,
+                },
+                LineReq {
+                    sku: "B".into(),
+                    qty: 1,
+                },
+            ],
+            ttl_ms: 600_000,
+            actor: "shop".into(),
+        }
+    }
+
     impl Run {
         /// SKU A with plenty of stock, SKU B with 2 units, and `policy`.
         fn new(policy: IdempotencyPolicy) -> Run {
@@ -985,20 +1003,7 @@ mod tests {
         let mut run = Run::new(SMALL);
         let keys_max = run.stats().keys_max;
         // A hold of two lines is stored encoded: fewer keys fit.
-        let two_lines = Command::Reserve {
-            lines: vec![
-                LineReq {
-                    sku: "A".into(),
-                    qty: 1,
-                },
-                LineReq {
-                    sku: "B".into(),
-                    qty: 1,
-                },
-            ],
-            ttl_ms: 600_000,
-            actor: "shop".into(),
-        };
+        let two_lines = reserve_a_and_b();
         let mut at = T0;
         for i in 0..keys_max {
             let release = Command::ReleaseReservation {
@@ -1071,23 +1076,7 @@ mod tests {
         };
         let keyed = [
             (reserve("A", 3), "held"),
-            (
-                Command::Reserve {
-                    lines: vec![
-                        LineReq {
-                            sku: "A".into(),
-                            qty: 1,
-                        },
-                        LineReq {
-                            sku: "B".into(),
-                            qty: 1,
-                        },
-                    ],
-                    ttl_ms: 600_000,
-                    actor: "shop".into(),
-                },
-                "two-lines",
-            ),
+            (reserve_a_and_b(), "two-lines"),
             (reserve("B", 5), "short"),
             (reserve("A", 0), "invalid"),
             (order, "order"),
@@ -1224,30 +1213,19 @@ mod tests {
         else {
             panic!("the current format");
         };
-        let v1 = crate::state::SnapshotV1 {
-            format: 1,
-            now_ms: current.now_ms,
-            next_seq: current.next_seq,
-            skus: current.skus,
-            reservations: current.reservations,
-            next_reservation_id: current.next_reservation_id,
-            reservations_base: current.reservations_base,
-            orders: current.orders,
-            actors: current.actors,
-            idempotency: originals
-                .iter()
-                .enumerate()
-                .map(
-                    |(i, (command, key, outcome))| crate::state::IdempotencyEntryV1 {
-                        key: (*key).into(),
-                        fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
-                        at_ms: T0 + i as u64,
-                        outcome: outcome.clone(),
-                    },
-                )
-                .collect(),
-            counters: current.counters,
-        };
+        let keys = originals
+            .iter()
+            .enumerate()
+            .map(
+                |(i, (command, key, outcome))| crate::state::IdempotencyEntryV1 {
+                    key: (*key).into(),
+                    fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+                    at_ms: T0 + i as u64,
+                    outcome: outcome.clone(),
+                },
+            )
+            .collect();
+        let (v1, _) = current.with_idempotency(1, keys);
         let bytes = crate::codec::encode_snapshot_v1(&v1);
         let mut upgraded = State::decode_snapshot(&bytes).expect("format 1 opens");
         assert_eq!(upgraded.idempotency_policy(), IdempotencyPolicy::INITIAL);
