@@ -1,7 +1,9 @@
-//! Start-up: replaying the WAL, and reopening from a snapshot with 1M live orders.
+//! Start-up: replaying the WAL (1M holds, without and with idempotency keys), and
+//! reopening from a snapshot with 1M live orders.
 //!
 //! `cargo bench --bench recovery`. Records/s of replay from
-//! `target/criterion/recovery/replay_1m_records/new/estimates.json`
+//! `target/criterion/recovery/replay_1m_records/new/estimates.json` (and
+//! `replay_1m_keyed_records`)
 //! (`Throughput::Elements` = records); reopen time per iteration from
 //! `target/criterion/recovery/reopen_1m_live_orders/new/estimates.json`.
 
@@ -9,7 +11,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use surge_engine::{Command, Durability, Engine, EngineConfig, LineReq, OrderLineReq};
+use surge_engine::{
+    Command, Durability, Engine, EngineConfig, IdempotencyKey, LineReq, OrderLineReq,
+};
 
 // The `surge` binary runs on mimalloc; measure with the same allocator.
 #[global_allocator]
@@ -29,8 +33,14 @@ fn config(dir: &Path, snapshot_on_shutdown: bool) -> EngineConfig {
     }
 }
 
-/// Submit `count` commands from a few threads, pipelined, then shut down.
-fn fill(dir: &Path, snapshot_on_shutdown: bool, count: u64, make: impl Fn(u64) -> Command + Sync) {
+/// Submit `count` commands (each with its key, if any) from a few threads,
+/// pipelined, then shut down.
+fn fill(
+    dir: &Path,
+    snapshot_on_shutdown: bool,
+    count: u64,
+    make: impl Fn(u64) -> (Command, Option<IdempotencyKey>) + Sync,
+) {
     let (handle, _) = Engine::open(config(dir, snapshot_on_shutdown)).expect("open");
     for i in 0..100 {
         let cmd = Command::DefineSku {
@@ -48,7 +58,8 @@ fn fill(dir: &Path, snapshot_on_shutdown: bool, count: u64, make: impl Fn(u64) -
             s.spawn(move || {
                 let mut pending = std::collections::VecDeque::new();
                 for i in (t..count).step_by(4) {
-                    pending.push_back(handle.submit(make(i), None).expect("room"));
+                    let (command, key) = make(i);
+                    pending.push_back(handle.submit(command, key).expect("room"));
                     if pending.len() >= 1024 {
                         pending
                             .pop_front()
@@ -73,42 +84,59 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
 
-    let log_dir = tempfile::tempdir_in(&target).expect("tempdir");
-    fill(log_dir.path(), false, RECORDS, |i| Command::Reserve {
+    let hold = |i: u64| Command::Reserve {
         lines: vec![LineReq {
             sku: format!("SKU-{}", i % 100),
             qty: 1,
         }],
         ttl_ms: 7 * 24 * 3_600_000,
         actor: "bench".into(),
-    });
-    group.throughput(Throughput::Elements(RECORDS + 100));
-    group.bench_function("replay_1m_records", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let started = Instant::now();
-                let (handle, report) = Engine::open(config(log_dir.path(), false)).expect("reopen");
-                total += started.elapsed();
-                assert_eq!(report.records_replayed, RECORDS + 100);
-                handle.shutdown();
-            }
-            total
-        })
-    });
+    };
+    // A key like a client's (36 characters); replay hashes it and remembers it again.
+    let key = |i: u64| IdempotencyKey {
+        key: format!("{:08x}-0000-4000-8000-{i:012x}", i >> 16),
+        fingerprint: i,
+    };
+    for (name, keyed) in [
+        ("replay_1m_records", false),
+        ("replay_1m_keyed_records", true),
+    ] {
+        let log_dir = tempfile::tempdir_in(&target).expect("tempdir");
+        fill(log_dir.path(), false, RECORDS, |i| {
+            (hold(i), keyed.then(|| key(i)))
+        });
+        group.throughput(Throughput::Elements(RECORDS + 100));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let (handle, report) =
+                        Engine::open(config(log_dir.path(), false)).expect("reopen");
+                    total += started.elapsed();
+                    assert_eq!(report.records_replayed, RECORDS + 100);
+                    handle.shutdown();
+                }
+                total
+            })
+        });
+    }
 
     let orders_dir = tempfile::tempdir_in(&target).expect("tempdir");
-    fill(orders_dir.path(), true, ORDERS, |i| Command::CreateOrder {
-        order_no: format!("N{i:08}"),
-        customer_id: format!("C{}", i % 50_000),
-        lines: vec![OrderLineReq {
-            sku: format!("SKU-{}", i % 100),
-            qty: 1,
-            unit_price: 1999,
-        }],
-        payment_ttl_ms: 7 * 24 * 3_600_000,
-        reservation_id: None,
-        actor: "bench".into(),
+    fill(orders_dir.path(), true, ORDERS, |i| {
+        let order = Command::CreateOrder {
+            order_no: format!("N{i:08}"),
+            customer_id: format!("C{}", i % 50_000),
+            lines: vec![OrderLineReq {
+                sku: format!("SKU-{}", i % 100),
+                qty: 1,
+                unit_price: 1999,
+            }],
+            payment_ttl_ms: 7 * 24 * 3_600_000,
+            reservation_id: None,
+            actor: "bench".into(),
+        };
+        (order, None)
     });
     group.throughput(Throughput::Elements(ORDERS));
     group.bench_function("reopen_1m_live_orders", |b| {

@@ -208,7 +208,9 @@ const _: () = assert!(IDEMPOTENCY_BUDGET_BYTES_MAX / IDEMPOTENCY_KEY_BYTES < SLO
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     keys_max: u64,
+    /// A power of two: entries are found by shifts, not divisions.
     chunk_len: u64,
+    chunk_shift: u32,
     chunks_max: u64,
     table_slots: u64,
 }
@@ -218,6 +220,7 @@ impl Layout {
         let rough = budget_bytes / IDEMPOTENCY_KEY_BYTES;
         // About 256 chunks at the budget, so a chunk is a small part of it.
         let chunk_len = (rough / 256).next_power_of_two().clamp(16, 16_384);
+        debug_assert!(chunk_len.is_power_of_two());
         // The keys span at most two chunks more than they fill: one part-used at each end.
         let chunks_max = rough / chunk_len + 2;
         let slack = 2 * chunk_len * ENTRY_BYTES + chunks_max * CHUNK_HEADER_BYTES;
@@ -226,6 +229,7 @@ impl Layout {
         Layout {
             keys_max,
             chunk_len,
+            chunk_shift: chunk_len.trailing_zeros(),
             chunks_max,
             table_slots: SLOTS_PER_KEY * keys_max,
         }
@@ -307,9 +311,9 @@ impl IdempotencyIndex {
 
     fn entry(&self, seq: u64) -> &Entry {
         debug_assert!(seq >= self.first_seq && seq < self.first_seq + self.len);
-        let c = self.layout.chunk_len;
-        let chunk = (seq / c - self.first_seq / c) as usize;
-        &self.chunks[chunk][(seq % c) as usize]
+        let shift = self.layout.chunk_shift;
+        let chunk = ((seq >> shift) - (self.first_seq >> shift)) as usize;
+        &self.chunks[chunk][(seq & (self.layout.chunk_len - 1)) as usize]
     }
 
     fn front(&self) -> Option<&Entry> {
@@ -354,7 +358,9 @@ impl IdempotencyIndex {
 
     /// Remember a key that is not remembered, forgetting the oldest keys first when
     /// it does not fit. An answer too big for the budget even alone is not
-    /// remembered (no answer can be: the smallest budget holds the largest).
+    /// remembered; none within the request limits is (the largest, an order view
+    /// with 64 lines and 32 history entries of 500-byte notes, is under 30 KB, and
+    /// the smallest budget, 64 KiB, leaves more than that for answers).
     pub fn remember(&mut self, entry: Entry) {
         debug_assert!(self.find(&entry.key).is_none(), "key remembered twice");
         assert!(
@@ -406,8 +412,8 @@ impl IdempotencyIndex {
         let seq = self.first_seq;
         let key = self.entry(seq).key;
         self.table_remove(&key, seq);
-        let c = self.layout.chunk_len;
-        let front = &mut self.chunks[0][(seq % c) as usize];
+        let mask = self.layout.chunk_len - 1;
+        let front = &mut self.chunks[0][(seq & mask) as usize];
         if let Answer::Stored(bytes) = &front.answer {
             self.stored_bytes -= bytes.len() as u64;
         }
@@ -419,7 +425,7 @@ impl IdempotencyIndex {
             self.chunks = VecDeque::new();
             self.slots = Vec::new();
             assert_eq!(self.stored_bytes, 0);
-        } else if self.first_seq.is_multiple_of(c) {
+        } else if self.first_seq & mask == 0 {
             self.chunks.pop_front();
         }
     }
@@ -859,6 +865,24 @@ mod tests {
         }
     }
 
+    /// One unit each of A and B: a hold of two lines, whose answer is stored encoded.
+    fn reserve_a_and_b() -> Command {
+        Command::Reserve {
+            lines: vec![
+                LineReq {
+                    sku: "A".into(),
+                    qty: 1,
+                },
+                LineReq {
+                    sku: "B".into(),
+                    qty: 1,
+                },
+            ],
+            ttl_ms: 600_000,
+            actor: "shop".into(),
+        }
+    }
+
     impl Run {
         /// SKU A with plenty of stock, SKU B with 2 units, and `policy`.
         fn new(policy: IdempotencyPolicy) -> Run {
@@ -979,20 +1003,7 @@ mod tests {
         let mut run = Run::new(SMALL);
         let keys_max = run.stats().keys_max;
         // A hold of two lines is stored encoded: fewer keys fit.
-        let two_lines = Command::Reserve {
-            lines: vec![
-                LineReq {
-                    sku: "A".into(),
-                    qty: 1,
-                },
-                LineReq {
-                    sku: "B".into(),
-                    qty: 1,
-                },
-            ],
-            ttl_ms: 600_000,
-            actor: "shop".into(),
-        };
+        let two_lines = reserve_a_and_b();
         let mut at = T0;
         for i in 0..keys_max {
             let release = Command::ReleaseReservation {
@@ -1065,23 +1076,7 @@ mod tests {
         };
         let keyed = [
             (reserve("A", 3), "held"),
-            (
-                Command::Reserve {
-                    lines: vec![
-                        LineReq {
-                            sku: "A".into(),
-                            qty: 1,
-                        },
-                        LineReq {
-                            sku: "B".into(),
-                            qty: 1,
-                        },
-                    ],
-                    ttl_ms: 600_000,
-                    actor: "shop".into(),
-                },
-                "two-lines",
-            ),
+            (reserve_a_and_b(), "two-lines"),
             (reserve("B", 5), "short"),
             (reserve("A", 0), "invalid"),
             (order, "order"),
@@ -1218,30 +1213,19 @@ mod tests {
         else {
             panic!("the current format");
         };
-        let v1 = crate::state::SnapshotV1 {
-            format: 1,
-            now_ms: current.now_ms,
-            next_seq: current.next_seq,
-            skus: current.skus,
-            reservations: current.reservations,
-            next_reservation_id: current.next_reservation_id,
-            reservations_base: current.reservations_base,
-            orders: current.orders,
-            actors: current.actors,
-            idempotency: originals
-                .iter()
-                .enumerate()
-                .map(
-                    |(i, (command, key, outcome))| crate::state::IdempotencyEntryV1 {
-                        key: (*key).into(),
-                        fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
-                        at_ms: T0 + i as u64,
-                        outcome: outcome.clone(),
-                    },
-                )
-                .collect(),
-            counters: current.counters,
-        };
+        let keys = originals
+            .iter()
+            .enumerate()
+            .map(
+                |(i, (command, key, outcome))| crate::state::IdempotencyEntryV1 {
+                    key: (*key).into(),
+                    fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+                    at_ms: T0 + i as u64,
+                    outcome: outcome.clone(),
+                },
+            )
+            .collect();
+        let (v1, _) = current.with_idempotency(1, keys);
         let bytes = crate::codec::encode_snapshot_v1(&v1);
         let mut upgraded = State::decode_snapshot(&bytes).expect("format 1 opens");
         assert_eq!(upgraded.idempotency_policy(), IdempotencyPolicy::INITIAL);

@@ -1658,20 +1658,7 @@ pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Format 1, before the idempotency window and budget: keys as text, each with its
 /// whole outcome. Read so that a data dir written by an older surge still opens.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct SnapshotV1 {
-    pub format: u32,
-    pub now_ms: Millis,
-    pub next_seq: u64,
-    pub skus: Vec<Sku>,
-    pub reservations: Vec<Reservation>,
-    pub next_reservation_id: u64,
-    pub reservations_base: u64,
-    pub orders: Vec<Order>,
-    pub actors: Vec<Arc<str>>,
-    pub idempotency: Vec<IdempotencyEntryV1>,
-    pub counters: Counters,
-}
+pub(crate) type SnapshotV1 = Snapshot<Vec<IdempotencyEntryV1>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct IdempotencyEntryV1 {
@@ -1685,25 +1672,17 @@ impl State {
     /// A format-1 snapshot: the state as it was, its keys hashed and their answers
     /// made compact, under the initial policy (which its log, if any, assumed too).
     pub(crate) fn from_snapshot_v1(s: SnapshotV1) -> Result<State, String> {
-        let mut state = State::from_snapshot(Snapshot {
-            format: SNAPSHOT_FORMAT,
-            now_ms: s.now_ms,
-            next_seq: s.next_seq,
-            skus: s.skus,
-            reservations: s.reservations,
-            next_reservation_id: s.next_reservation_id,
-            reservations_base: s.reservations_base,
-            orders: s.orders,
-            actors: s.actors,
-            idempotency: IndexSnapshot {
+        let (s, keys) = s.with_idempotency(
+            SNAPSHOT_FORMAT,
+            IndexSnapshot {
                 policy: IdempotencyPolicy::INITIAL,
                 first_seq: 0,
                 room_made_through_ms: None,
                 entries: Vec::new(),
             },
-            counters: s.counters,
-        })?;
-        for entry in s.idempotency {
+        );
+        let mut state = State::from_snapshot(s)?;
+        for entry in keys {
             let key = key_hash(&entry.key);
             if state.idempotency.contains(&key) {
                 return Err(format!(
@@ -1724,8 +1703,9 @@ impl State {
 }
 
 /// The state as written to a snapshot file: plain vectors in a deterministic order.
+/// (`K` is the idempotency part: its older format differs.)
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct Snapshot {
+pub(crate) struct Snapshot<K = IndexSnapshot> {
     pub format: u32,
     pub now_ms: Millis,
     pub next_seq: u64,
@@ -1736,8 +1716,29 @@ pub(crate) struct Snapshot {
     pub reservations_base: u64,
     pub orders: Vec<Order>,
     pub actors: Vec<Arc<str>>,
-    pub idempotency: IndexSnapshot,
+    pub idempotency: K,
     pub counters: Counters,
+}
+
+impl<K> Snapshot<K> {
+    /// The same state in another format, with another idempotency part; and the
+    /// part it had.
+    pub(crate) fn with_idempotency<L>(self, format: u32, idempotency: L) -> (Snapshot<L>, K) {
+        let snapshot = Snapshot {
+            format,
+            now_ms: self.now_ms,
+            next_seq: self.next_seq,
+            skus: self.skus,
+            reservations: self.reservations,
+            next_reservation_id: self.next_reservation_id,
+            reservations_base: self.reservations_base,
+            orders: self.orders,
+            actors: self.actors,
+            idempotency,
+            counters: self.counters,
+        };
+        (snapshot, self.idempotency)
+    }
 }
 
 /// [`Snapshot`] by reference, field for field (bincode encodes `&[T]`, `Vec<&T>` and
