@@ -222,6 +222,10 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(1));
     let sync = EngineConfig::default();
+    let no_follower = EngineConfig {
+        follower: false,
+        ..EngineConfig::default()
+    };
     let asynchronous = EngineConfig {
         durability: Durability::Async,
         ..EngineConfig::default()
@@ -231,6 +235,9 @@ fn bench(c: &mut Criterion) {
         ("sync_closed_loop_64_hot", 1, &sync, 1),
         ("async_closed_loop_64", 10_000, &asynchronous, 1),
         ("sync_pipelined_64x64", 10_000, &sync, 64),
+        // The same without the follower: what the second copy costs on two cores.
+        ("sync_pipelined_64x64_no_follower", 10_000, &no_follower, 64),
+        ("sync_closed_loop_64_no_follower", 10_000, &no_follower, 1),
     ] {
         if !criterion_filter_matches(name) {
             continue;
