@@ -105,8 +105,9 @@ struct ServeArgs {
     /// Engine queue capacity; a full queue answers 503 `overloaded` at once.
     #[arg(long, env = "SURGE_QUEUE_LEN_MAX", default_value_t = 65_536)]
     queue_len_max: usize,
-    /// Commands applied per group commit.
-    #[arg(long, env = "SURGE_BATCH_LEN_MAX", default_value_t = 8_192)]
+    /// Commands the writer applies per loop iteration (a group commit merges as many
+    /// iterations as queue up during one sync).
+    #[arg(long, env = "SURGE_BATCH_LEN_MAX", default_value_t = 512)]
     batch_len_max: usize,
     /// Take a snapshot after this many logged records (0: only on request and at shutdown).
     #[arg(

@@ -64,7 +64,8 @@ pub struct EngineConfig {
     pub durability: Durability,
     /// Commands waiting at once; a full queue answers `Overloaded` at once.
     pub queue_len_max: usize,
-    /// Commands applied per group commit.
+    /// Commands the writer applies per loop iteration; bounds an iteration's length.
+    /// The sync thread merges the iterations that queue up during one sync.
     pub batch_len_max: usize,
     pub async_flush_interval_ms: u64,
     /// How often the writer checks for expired holds when idle.
@@ -130,7 +131,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("./data"),
             durability: Durability::Sync,
             queue_len_max: 65_536,
-            batch_len_max: 8_192,
+            batch_len_max: 512,
             async_flush_interval_ms: 5,
             expire_interval_ms: 50,
             snapshot_every_records: 2_000_000,

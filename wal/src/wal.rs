@@ -1014,9 +1014,13 @@ impl<S: Storage> Wal<S> {
                 return Err(Error::io("write padding before roll", e));
             }
             self.stats.bytes_written += seg.tail - before;
-            if let (Some(h), Some(from)) = (seg.handle, seg.dirty_from.take()) {
-                let len = seg.tail - from;
-                self.sync(|s| s.sync_segment_range(h, from, len), "msync before roll")?;
+            let dirty_from = seg.dirty_from.take();
+            let h = seg.handle.expect("filtered on a handle");
+            if self.durable_lsn < self.last_lsn || dirty_from.is_some() {
+                // The whole segment, not only what no commit job covers yet: a job
+                // begun on the sync thread may not have run, and the claim below
+                // must not get ahead of the disk.
+                self.sync(|s| s.sync_segment_all(h), "fsync before roll")?;
             }
         }
         self.durable_lsn = self.last_lsn;
