@@ -1,17 +1,26 @@
-//! Byte encodings of what the engine logs: WAL record payloads and snapshots.
-//! bincode 2.0.1 with an explicit configuration (little-endian, fixed-width
-//! integers, a size limit) so that the bytes never depend on a default.
+//! Byte encodings of what the engine logs: WAL record payloads and snapshots. The one
+//! home of both formats: bincode 2.0.1 with an explicit configuration (little-endian,
+//! fixed-width integers, a size limit) so that the bytes never depend on a default.
+//!
+//! A snapshot file's body (the WAL adds its own header and checksum) is an
+//! [`EngineSnapshot`]: the state's own encoding ([`SnapshotRef`], versioned) and the
+//! event ring up to the state's last event.
+
+use std::collections::VecDeque;
 
 use bincode::{Decode, Encode, config};
 
 use crate::command::{Command, IdempotencyKey, Outcome};
 use crate::domain::Millis;
-use crate::state::{Snapshot, SnapshotRef, SnapshotV1};
+use crate::event::Event;
+use crate::feed::EventLog;
+use crate::state::{Snapshot, SnapshotRef, SnapshotV1, State};
 
 /// Largest encoded record (commands are bounded by `limits.rs`; this is a backstop).
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
-/// Largest snapshot that will be decoded.
-pub const SNAPSHOT_BYTES_MAX: usize = 1 << 40;
+/// Largest snapshot body that will be written or decoded: the WAL's limit on a
+/// snapshot file's body (4 GiB).
+pub const SNAPSHOT_BYTES_MAX: usize = surge_wal::SNAPSHOT_BODY_MAX_BYTES as usize;
 
 const RECORD_CONFIG: config::Configuration<
     config::LittleEndian,
@@ -113,4 +122,64 @@ fn decode_whole<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, String> {
 #[cfg(test)]
 pub(crate) fn encode_snapshot_v1(snapshot: &SnapshotV1) -> Vec<u8> {
     bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
+}
+
+/// The engine's snapshot file body: the state and the event ring.
+#[derive(Decode)]
+pub(crate) struct EngineSnapshot {
+    pub state: Vec<u8>,
+    pub events: Vec<Event>,
+    pub events_dropped_through: u64,
+}
+
+/// [`EngineSnapshot`] by reference, encoded without copying the ring first.
+#[derive(Encode)]
+struct EngineSnapshotRef<'a> {
+    state: &'a [u8],
+    events: RingPrefix<'a>,
+    events_dropped_through: u64,
+}
+
+/// The first `.1` events of the ring, encoded as a sequence (like a `Vec<Event>`).
+struct RingPrefix<'a>(&'a VecDeque<Event>, usize);
+
+impl Encode for RingPrefix<'_> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        (self.1 as u64).encode(encoder)?;
+        for event in self.0.iter().take(self.1) {
+            event.encode(encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// The snapshot body of `state`: its encoding and the event ring up to the state's
+/// last event (the feed may already hold later events; replay regenerates them).
+pub(crate) fn encode_engine_snapshot(state: &State, events: &EventLog) -> Vec<u8> {
+    let state_bytes = state.encode_snapshot();
+    let last_seq = state.next_seq().saturating_sub(1);
+    events.with_ring(|ring, dropped_through| {
+        let kept = ring.partition_point(|e| e.seq <= last_seq);
+        let body = EngineSnapshotRef {
+            state: &state_bytes,
+            events: RingPrefix(ring, kept),
+            events_dropped_through: dropped_through,
+        };
+        bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
+    })
+}
+
+pub(crate) fn decode_engine_snapshot(bytes: &[u8]) -> Result<EngineSnapshot, String> {
+    let (snapshot, used): (EngineSnapshot, usize) =
+        bincode::decode_from_slice(bytes, SNAPSHOT_CONFIG).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after the snapshot",
+            bytes.len() - used
+        ));
+    }
+    Ok(snapshot)
 }

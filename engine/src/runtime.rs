@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bincode::{Decode, Encode};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 use surge_wal::{CommitJob, MmapStorage, Storage, Wal, WalConfig};
@@ -709,61 +708,6 @@ struct Recovered {
     events_restored: usize,
 }
 
-/// The engine's snapshot file body: the state and the event ring.
-#[derive(Decode)]
-struct EngineSnapshot {
-    state: Vec<u8>,
-    events: Vec<Event>,
-    events_dropped_through: u64,
-}
-
-/// [`EngineSnapshot`] by reference, encoded without copying the ring first.
-#[derive(Encode)]
-struct EngineSnapshotRef<'a> {
-    state: &'a [u8],
-    events: RingPrefix<'a>,
-    events_dropped_through: u64,
-}
-
-const SNAPSHOT_CONFIG: bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Fixint,
-> = bincode::config::standard()
-    .with_little_endian()
-    .with_fixed_int_encoding();
-
-/// The snapshot body of `state`: its encoding and the event ring up to the state's
-/// last event (the feed may already hold later events; replay regenerates them).
-fn encode_engine_snapshot(state: &State, events: &EventLog) -> Vec<u8> {
-    let state_bytes = state.encode_snapshot();
-    let last_seq = state.next_seq().saturating_sub(1);
-    events.with_ring(|ring, dropped_through| {
-        let kept = ring.partition_point(|e| e.seq <= last_seq);
-        let body = EngineSnapshotRef {
-            state: &state_bytes,
-            events: RingPrefix(ring, kept),
-            events_dropped_through: dropped_through,
-        };
-        bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
-    })
-}
-
-/// The first `.1` events of the ring, encoded as a sequence (like a `Vec<Event>`).
-struct RingPrefix<'a>(&'a std::collections::VecDeque<Event>, usize);
-
-impl Encode for RingPrefix<'_> {
-    fn encode<E: bincode::enc::Encoder>(
-        &self,
-        encoder: &mut E,
-    ) -> Result<(), bincode::error::EncodeError> {
-        (self.1 as u64).encode(encoder)?;
-        for event in self.0.iter().take(self.1) {
-            event.encode(encoder)?;
-        }
-        Ok(())
-    }
-}
-
 fn recover<S: Storage>(
     wal: &Wal<S>,
     recovery: surge_wal::Recovery,
@@ -771,9 +715,8 @@ fn recover<S: Storage>(
 ) -> Result<Recovered, Error> {
     let (mut state, snapshot_lsn, events_restored) = match &recovery.snapshot {
         Some((lsn, bytes)) => {
-            let (snap, _): (EngineSnapshot, usize) =
-                bincode::decode_from_slice(bytes, SNAPSHOT_CONFIG)
-                    .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
+            let snap = codec::decode_engine_snapshot(bytes)
+                .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
             let state = State::decode_snapshot(&snap.state)
                 .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
             assert!(
@@ -1451,7 +1394,7 @@ impl<S: Storage> Writer<S> {
             self.answer_snapshot_waiters(Ok(lsn));
             return;
         }
-        let bytes = encode_engine_snapshot(&self.state, &self.shared.events);
+        let bytes = codec::encode_engine_snapshot(&self.state, &self.shared.events);
         let job = match wal.begin_snapshot(lsn, bytes) {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -1655,7 +1598,7 @@ impl Follower {
         }
         // Answer the reads that are ready first: encoding pauses this thread.
         self.answer_ready();
-        let body = encode_engine_snapshot(&self.state, &self.shared.events);
+        let body = codec::encode_engine_snapshot(&self.state, &self.shared.events);
         let request = Request::InstallSnapshot {
             lsn: self.last_record_lsn,
             body,
