@@ -1,17 +1,20 @@
 //! Model-based property test: random command sequences against a small reference
-//! model written independently of the engine. After every step the outcomes must
-//! agree, the stock levels and order states must agree, and the invariants of
-//! DESIGN.md must hold. At the end the logged records replay to the same digest and
-//! the snapshot round-trips.
+//! model written independently of the engine. After every step the outcomes (error
+//! codes) must agree; the stock levels per SKU (on_hand, reserved, available), the
+//! units sold per SKU, the order and reservation states must agree (read from the
+//! engine through its public queries); the events emitted must agree (types and key
+//! payload fields, in order); no SKU may be oversold by what the engine's queries
+//! show; and the invariants of DESIGN.md must hold. At the end the logged records
+//! replay to the same digest and the snapshot round-trips.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
 use surge_engine::limits::QTY_PER_LINE_MAX;
 use surge_engine::{
-    AdjustReason, CancelReason, Command, Event, IdempotencyKey, LineReq, OrderFilter, OrderId,
-    OrderLineReq, OrderStatus, PaymentStatus, Query, QueryReply, Rejection, Reply, ReservationId,
-    ReservationStatus, State,
+    AdjustReason, CancelReason, Command, Event, EventKind, IdempotencyKey, LineReq, OrderFilter,
+    OrderId, OrderLineReq, OrderStatus, PaymentStatus, Query, QueryReply, Rejection, Reply,
+    ReservationId, ReservationStatus, State,
 };
 
 const SKUS: [&str; 4] = ["A", "B", "C", "D"];
@@ -106,7 +109,7 @@ struct MSku {
     defined: bool,
     on_hand: u64,
     reserved: u64,
-    received: u64,
+    threshold: u64,
     sold: u64,
 }
 
@@ -135,6 +138,9 @@ struct Model {
     res: Vec<MRes>,
     orders: Vec<MOrder>,
     keys: HashMap<u8, (u64, Result<(), &'static str>)>,
+    /// The events the last `apply` expects the engine to emit, written as
+    /// [`describe`] writes the engine's.
+    out: Vec<String>,
 }
 
 type Code = Result<(), &'static str>;
@@ -153,6 +159,28 @@ impl Model {
 
     fn sku_known(&self, sku: usize) -> bool {
         self.skus[sku].defined
+    }
+
+    fn available(&self, sku: usize) -> u64 {
+        self.skus[sku].on_hand - self.skus[sku].reserved
+    }
+
+    /// `stock.out` / `stock.low` when `available` went down across zero or the
+    /// threshold.
+    fn crossings(&mut self, sku: usize, before: u64) {
+        let available = self.available(sku);
+        let threshold = self.skus[sku].threshold;
+        if available >= before {
+            return;
+        }
+        if available == 0 {
+            self.out.push(format!("stock.out {}", SKUS[sku]));
+        } else if available <= threshold && before > threshold {
+            self.out.push(format!(
+                "stock.low {} available={available} threshold={threshold}",
+                SKUS[sku]
+            ));
+        }
     }
 
     /// Line-by-line checks then the summed availability check, as the contract says.
@@ -188,8 +216,18 @@ impl Model {
     }
 
     fn hold(&mut self, sums: Vec<(usize, u64)>, expires: u64, order: Option<usize>) -> usize {
+        let befores: Vec<u64> = sums.iter().map(|&(s, _)| self.available(s)).collect();
         for &(s, q) in &sums {
             self.skus[s].reserved += q;
+        }
+        let r = self.res.len();
+        self.out.push(format!(
+            "reservation.held r{} [{}] expires={expires}",
+            r + 1,
+            lines_text(sums.iter().map(|&(s, q)| (SKUS[s], q)))
+        ));
+        for (&(s, _), before) in sums.iter().zip(befores) {
+            self.crossings(s, before);
         }
         self.res.push(MRes {
             lines: sums,
@@ -197,7 +235,7 @@ impl Model {
             expires,
             order,
         });
-        self.res.len() - 1
+        r
     }
 
     fn end_hold(&mut self, r: usize, status: ReservationStatus) {
@@ -205,6 +243,12 @@ impl Model {
             self.skus[s].reserved -= q;
         }
         self.res[r].status = status;
+        let ty = if status == ReservationStatus::Expired {
+            "reservation.expired"
+        } else {
+            "reservation.released"
+        };
+        self.out.push(format!("{ty} r{}", r + 1));
     }
 
     fn commit_hold(&mut self, r: usize) {
@@ -215,6 +259,7 @@ impl Model {
             sku.sold += q;
         }
         self.res[r].status = ReservationStatus::Committed;
+        self.out.push(format!("reservation.committed r{}", r + 1));
     }
 
     fn expire(&mut self) {
@@ -230,22 +275,35 @@ impl Model {
             self.end_hold(r, ReservationStatus::Expired);
             if let Some(o) = self.res[r].order {
                 self.orders[o].status = OrderStatus::Expired;
+                self.out.push(format!("order.expired o{}", o + 1));
             }
         }
     }
 
     fn apply(&mut self, op: &Op) -> Code {
         match op {
-            Op::Define { sku, on_hand, .. } => {
+            Op::Define {
+                sku,
+                on_hand,
+                threshold,
+            } => {
                 let s = &mut self.skus[*sku];
                 if s.defined && *on_hand < s.reserved {
                     return Err("invalid_transition");
                 }
-                if *on_hand > s.on_hand || !s.defined {
-                    s.received += on_hand - if s.defined { s.on_hand } else { 0 };
-                }
+                let before = if s.threshold == *threshold {
+                    s.on_hand - s.reserved
+                } else {
+                    u64::MAX // a new threshold: the SKU may be under it without a unit moving
+                };
                 s.defined = true;
                 s.on_hand = *on_hand;
+                s.threshold = *threshold;
+                self.out.push(format!(
+                    "sku.defined {} on_hand={on_hand} threshold={threshold}",
+                    SKUS[*sku]
+                ));
+                self.crossings(*sku, before);
                 Ok(())
             }
             Op::Adjust {
@@ -259,15 +317,20 @@ impl Model {
                 if *delta == 0 || (*inbound && *delta < 0) {
                     return Err("validation_failed");
                 }
+                let before = self.available(*sku);
                 let s = &mut self.skus[*sku];
                 let next = s.on_hand as i64 + delta;
                 if next < s.reserved as i64 {
                     return Err("invalid_transition");
                 }
-                if *delta > 0 {
-                    s.received += *delta as u64;
-                }
                 s.on_hand = next as u64;
+                let reason = if *inbound { "inbound" } else { "correction" };
+                let available = self.available(*sku);
+                self.out.push(format!(
+                    "stock.adjusted {} delta={delta} {reason} on_hand={next} available={available}",
+                    SKUS[*sku]
+                ));
+                self.crossings(*sku, before);
                 Ok(())
             }
             Op::Reserve { lines } => {
@@ -374,6 +437,11 @@ impl Model {
                     payment: PaymentStatus::Unpaid,
                     due,
                 });
+                self.out.push(format!(
+                    "order.created o{} {} total={total}",
+                    self.orders.len(),
+                    order_no(self.orders.len() - 1)
+                ));
                 Ok(())
             }
             Op::Pay { pick, exact } => {
@@ -393,11 +461,15 @@ impl Model {
                 if !exact {
                     return Err("validation_failed");
                 }
-                let res = o.res;
+                let (res, total) = (o.res, o.total);
                 self.commit_hold(res);
                 let o = &mut self.orders[*pick];
                 o.payment = PaymentStatus::Paid;
                 o.status = OrderStatus::Confirmed;
+                let id = pick + 1;
+                self.out.push(format!("order.paid o{id} {total}"));
+                self.out
+                    .push(format!("order.status_changed o{id} reserved>confirmed"));
                 Ok(())
             }
             Op::Advance { pick, to } => {
@@ -411,10 +483,13 @@ impl Model {
                 if next_step(o.status) != Some(to) {
                     return Err("invalid_transition");
                 }
+                let from = o.status;
                 o.status = to;
+                self.out
+                    .push(format!("order.status_changed o{} {from}>{to}", pick + 1));
                 Ok(())
             }
-            Op::Cancel { pick, .. } => {
+            Op::Cancel { pick, reason } => {
                 let Some(o) = self.orders.get(*pick) else {
                     return Err("unknown_order");
                 };
@@ -439,10 +514,16 @@ impl Model {
                     }
                 }
                 let o = &mut self.orders[*pick];
-                if o.payment == PaymentStatus::Paid {
+                let refund_due = o.payment == PaymentStatus::Paid;
+                if refund_due {
                     o.payment = PaymentStatus::RefundDue;
                 }
                 o.status = OrderStatus::Cancelled;
+                self.out.push(format!(
+                    "order.cancelled o{} {} refund_due={refund_due}",
+                    pick + 1,
+                    CancelReason::ALL[*reason]
+                ));
                 Ok(())
             }
             Op::Return { pick, restock } => {
@@ -465,6 +546,8 @@ impl Model {
                     o.payment = PaymentStatus::RefundDue;
                 }
                 o.status = OrderStatus::Returned;
+                self.out
+                    .push(format!("order.returned o{} restock={restock}", pick + 1));
                 Ok(())
             }
             Op::Refund { pick } => {
@@ -474,6 +557,9 @@ impl Model {
                 match o.payment {
                     PaymentStatus::RefundDue => {
                         o.payment = PaymentStatus::Refunded;
+                        let total = o.total;
+                        self.out
+                            .push(format!("order.refunded o{} {total}", pick + 1));
                         Ok(())
                     }
                     PaymentStatus::Refunded => Ok(()),
@@ -509,6 +595,91 @@ fn next_step(status: OrderStatus) -> Option<OrderStatus> {
 
 fn order_no(i: usize) -> String {
     format!("no-{i}")
+}
+
+/// Lines as events show them: `A:2,B:1`, in the engine's order (first appearance).
+fn lines_text<'a>(lines: impl Iterator<Item = (&'a str, u64)>) -> String {
+    lines
+        .map(|(sku, qty)| format!("{sku}:{qty}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An engine event as the model writes its expectation: the type and the payload
+/// fields that say what changed (ids, SKU names, quantities, amounts, statuses).
+/// No wildcard: a new event kind must be described (and modelled) here.
+fn describe(state: &State, event: &Event) -> String {
+    let name = |sku: &surge_engine::SkuIdx| state.sku_name(*sku).to_string();
+    let ty = event.kind.type_name();
+    match &event.kind {
+        EventKind::SkuDefined {
+            sku,
+            on_hand,
+            low_stock_threshold,
+        } => format!(
+            "{ty} {} on_hand={on_hand} threshold={low_stock_threshold}",
+            name(sku)
+        ),
+        EventKind::StockAdjusted {
+            sku,
+            delta,
+            reason,
+            on_hand,
+            available,
+        } => format!(
+            "{ty} {} delta={delta} {reason} on_hand={on_hand} available={available}",
+            name(sku)
+        ),
+        EventKind::StockLow {
+            sku,
+            available,
+            threshold,
+        } => format!(
+            "{ty} {} available={available} threshold={threshold}",
+            name(sku)
+        ),
+        EventKind::StockOut { sku } => format!("{ty} {}", name(sku)),
+        EventKind::ReservationHeld {
+            id,
+            lines,
+            expires_at_ms,
+        } => {
+            let names: Vec<(String, u64)> = lines.iter().map(|(s, q)| (name(s), *q)).collect();
+            format!(
+                "{ty} {id} [{}] expires={expires_at_ms}",
+                lines_text(names.iter().map(|(s, q)| (s.as_str(), *q)))
+            )
+        }
+        EventKind::ReservationCommitted { id }
+        | EventKind::ReservationReleased { id }
+        | EventKind::ReservationExpired { id } => format!("{ty} {id}"),
+        EventKind::OrderCreated {
+            id,
+            order_no,
+            total,
+            ..
+        } => format!("{ty} {id} {order_no} total={total}"),
+        EventKind::OrderPaid { id, amount } | EventKind::OrderRefunded { id, amount } => {
+            format!("{ty} {id} {amount}")
+        }
+        EventKind::OrderStatusChanged { id, from, to } => format!("{ty} {id} {from}>{to}"),
+        EventKind::OrderCancelled {
+            id,
+            reason,
+            refund_due,
+            ..
+        } => format!("{ty} {id} {reason} refund_due={refund_due}"),
+        EventKind::OrderExpired { id } => format!("{ty} {id}"),
+        EventKind::OrderReturned { id, restock } => format!("{ty} {id} restock={restock}"),
+    }
+}
+
+/// `on_hand` of a SKU as the engine shows it (0 while undefined).
+fn on_hand(state: &State, sku: &str) -> u64 {
+    match state.query(&Query::GetSku { sku: sku.into() }) {
+        Ok(QueryReply::Sku(view)) => view.on_hand,
+        _ => 0,
+    }
 }
 
 /// Turn an op into an engine command, using the model to find amounts and names.
@@ -693,7 +864,11 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     let mut originals: Vec<(Command, IdempotencyKey, surge_engine::Outcome)> = Vec::new();
     let mut now = 1_000_000u64;
     model.now = now;
+    // Units received per SKU, from the commands the engine accepted and the on_hand
+    // its queries show: what the oversell check holds the engine's sales against.
+    let mut received = [0u64; SKUS.len()];
     for (i, step) in steps.iter().enumerate() {
+        model.out.clear();
         if let Op::Tick { ms } = step.op {
             now += ms;
             model.now = now;
@@ -720,8 +895,17 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 outcome
             }
         };
+        let stocked = match &op {
+            Op::Define { sku, .. } | Op::Adjust { sku, .. } if *sku < SKUS.len() => {
+                Some((*sku, on_hand(&state, SKUS[*sku])))
+            }
+            _ => None,
+        };
         let before = events.len();
         let applied = state.apply(&cmd, key.as_ref(), now, &mut events);
+        if let (Some((sku, on_hand_before)), Ok(Reply::Sku(view))) = (stocked, &applied.outcome) {
+            received[sku] += view.on_hand.saturating_sub(on_hand_before);
+        }
         if let Some(key) = &key
             && applied.lsn.is_some()
         {
@@ -743,7 +927,15 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
         } else {
             prop_assert_eq!(events.len(), before, "an unlogged command emitted events");
         }
-        compare(&state, &model)?;
+        for e in &events[before..] {
+            prop_assert_eq!(e.at_ms, now);
+        }
+        let emitted: Vec<String> = events[before..]
+            .iter()
+            .map(|e| describe(&state, e))
+            .collect();
+        prop_assert_eq!(&emitted, &model.out, "step {}: events of {:?}", i, op);
+        compare(&state, &model, &received)?;
     }
     // Replay the log into a fresh state: same LSNs, same digest.
     let mut replayed = State::new();
@@ -770,8 +962,11 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn compare(state: &State, model: &Model) -> Result<(), TestCaseError> {
+fn compare(state: &State, model: &Model, received: &[u64]) -> Result<(), TestCaseError> {
     state.check_invariants();
+    let Ok(QueryReply::Stats(stats)) = state.query(&Query::Stats { top: 100 }) else {
+        return Err(TestCaseError::fail("stats failed"));
+    };
     for (i, m) in model.skus.iter().enumerate().take(SKUS.len()) {
         let got = state.query(&Query::GetSku {
             sku: SKUS[i].into(),
@@ -783,14 +978,36 @@ fn compare(state: &State, model: &Model) -> Result<(), TestCaseError> {
         let Ok(QueryReply::Sku(view)) = got else {
             return Err(TestCaseError::fail("sku missing"));
         };
+        let Some(sales) = stats.top_skus.iter().find(|s| &*s.sku == SKUS[i]) else {
+            return Err(TestCaseError::fail(format!("{} not in the stats", SKUS[i])));
+        };
         prop_assert_eq!(
-            (view.on_hand, view.reserved),
-            (m.on_hand, m.reserved),
-            "SKU {}",
+            (
+                view.on_hand,
+                view.reserved,
+                view.available,
+                sales.units_sold
+            ),
+            (m.on_hand, m.reserved, m.on_hand - m.reserved, m.sold),
+            "SKU {}: (on_hand, reserved, available, units sold)",
             SKUS[i]
         );
-        // No oversell: units sold plus held never exceed units received.
-        prop_assert!(m.sold + m.reserved <= m.received, "oversold {}", SKUS[i]);
+        prop_assert_eq!(
+            sales.units_held,
+            view.reserved,
+            "SKU {} units held",
+            SKUS[i]
+        );
+        // No oversell, by what the engine shows: units sold plus units held never
+        // exceed the units received.
+        prop_assert!(
+            sales.units_sold + view.reserved <= received[i],
+            "oversold {}: sold {} + held {} > received {}",
+            SKUS[i],
+            sales.units_sold,
+            view.reserved,
+            received[i]
+        );
     }
     let Ok(QueryReply::Orders(page)) = state.query(&Query::ListOrders {
         filter: OrderFilter::default(),
