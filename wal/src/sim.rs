@@ -212,11 +212,11 @@ impl SimStorage {
             apply(&mut dir, op);
         }
         let mut files = HashMap::new();
-        for &id in dir.values() {
+        for (name, &id) in &dir {
             if files.contains_key(&id) {
                 continue;
             }
-            let image = crash_image(&st.files[&id], &mut rng, &mut report);
+            let image = crash_image(name, &st.files[&id], &mut rng, &mut report);
             files.insert(
                 id,
                 SimFile {
@@ -335,7 +335,7 @@ impl SimStorage {
 /// What a simulated power loss did ([`SimStorage::crash_with_report`]), counted
 /// over the files that survive in the directory. A page is *unsynced* when its
 /// written content differs from its durable content.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CrashReport {
     /// Directory operations (create, rename, remove) not yet made durable.
     pub dir_ops_pending: usize,
@@ -352,6 +352,8 @@ pub struct CrashReport {
     pub pages_torn: u64,
     /// Unsynced pages filled with random bytes.
     pub pages_garbled: u64,
+    /// Which: (file name, page index), in name order.
+    pub garbled: Vec<(String, u64)>,
     /// Files cut back to their durable length, shorter than what was written.
     pub files_shortened: usize,
 }
@@ -367,7 +369,12 @@ impl CrashReport {
 }
 
 /// What one file holds after a power loss.
-fn crash_image(file: &SimFile, rng: &mut SplitMix64, report: &mut CrashReport) -> Vec<u8> {
+fn crash_image(
+    name: &str,
+    file: &SimFile,
+    rng: &mut SplitMix64,
+    report: &mut CrashReport,
+) -> Vec<u8> {
     let len = if file.written.len() == file.durable.len() || rng.below(2) == 0 {
         file.durable.len()
     } else {
@@ -389,7 +396,12 @@ fn crash_image(file: &SimFile, rng: &mut SplitMix64, report: &mut CrashReport) -
                 0 => report.pages_kept += 1,
                 1 => report.pages_dropped += 1,
                 2 => report.pages_torn += 1,
-                _ => report.pages_garbled += 1,
+                _ => {
+                    report.pages_garbled += 1;
+                    report
+                        .garbled
+                        .push((name.to_string(), (start / page) as u64));
+                }
             }
         }
         let torn_at = start + SECTOR_BYTES * rng.below((page / SECTOR_BYTES) as u64) as usize;
