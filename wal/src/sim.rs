@@ -192,19 +192,31 @@ impl SimStorage {
     /// Simulated power loss: a new, independent disk holding only what would
     /// survive. Deterministic for a given seed and history.
     pub fn crash(&self, seed: u64) -> SimStorage {
+        self.crash_with_report(seed).0
+    }
+
+    /// [`SimStorage::crash`], and what the power loss destroyed: the same disk
+    /// for the same seed and history, so a test can check that its faults
+    /// really fired.
+    pub fn crash_with_report(&self, seed: u64) -> (SimStorage, CrashReport) {
         let st = self.state.lock();
+        let mut report = CrashReport {
+            dir_ops_pending: st.pending_dir_ops.len(),
+            ..CrashReport::default()
+        };
         let mut rng = SplitMix64::new(seed);
         let mut dir = st.durable_dir.clone();
         let kept_ops = rng.below(st.pending_dir_ops.len() as u64 + 1) as usize;
+        report.dir_ops_lost = st.pending_dir_ops.len() - kept_ops;
         for op in &st.pending_dir_ops[..kept_ops] {
             apply(&mut dir, op);
         }
         let mut files = HashMap::new();
-        for &id in dir.values() {
+        for (name, &id) in &dir {
             if files.contains_key(&id) {
                 continue;
             }
-            let image = crash_image(&st.files[&id], &mut rng);
+            let image = crash_image(name, &st.files[&id], &mut rng, &mut report);
             files.insert(
                 id,
                 SimFile {
@@ -220,9 +232,10 @@ impl SimStorage {
             dir,
             ..SimState::default()
         };
-        SimStorage {
+        let crashed = SimStorage {
             state: Arc::new(Mutex::new(state)),
-        }
+        };
+        (crashed, report)
     }
 
     /// An independent deep copy of the disk as it is now (nothing lost).
@@ -319,13 +332,57 @@ impl SimStorage {
     }
 }
 
+/// What a simulated power loss did ([`SimStorage::crash_with_report`]), counted
+/// over the files that survive in the directory. A page is *unsynced* when its
+/// written content differs from its durable content.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Directory operations (create, rename, remove) not yet made durable.
+    pub dir_ops_pending: usize,
+    /// Of those, how many the crash undid (the newest ones).
+    pub dir_ops_lost: usize,
+    /// Unsynced pages in the surviving files.
+    pub pages_unsynced: u64,
+    /// Unsynced pages that kept their new content whole.
+    pub pages_kept: u64,
+    /// Unsynced pages that went back to their durable content.
+    pub pages_dropped: u64,
+    /// Unsynced pages torn: a sector-aligned prefix (possibly empty) of the new
+    /// content over the durable content.
+    pub pages_torn: u64,
+    /// Unsynced pages filled with random bytes.
+    pub pages_garbled: u64,
+    /// Which: (file name, page index), in name order.
+    pub garbled: Vec<(String, u64)>,
+    /// Files cut back to their durable length, shorter than what was written.
+    pub files_shortened: usize,
+}
+
+impl CrashReport {
+    /// Whether the crash destroyed anything: an unsynced page dropped, torn or
+    /// garbled, a file shortened, or a directory operation undone.
+    pub fn lost_anything(&self) -> bool {
+        self.pages_dropped + self.pages_torn + self.pages_garbled > 0
+            || self.files_shortened > 0
+            || self.dir_ops_lost > 0
+    }
+}
+
 /// What one file holds after a power loss.
-fn crash_image(file: &SimFile, rng: &mut SplitMix64) -> Vec<u8> {
+fn crash_image(
+    name: &str,
+    file: &SimFile,
+    rng: &mut SplitMix64,
+    report: &mut CrashReport,
+) -> Vec<u8> {
     let len = if file.written.len() == file.durable.len() || rng.below(2) == 0 {
         file.durable.len()
     } else {
         file.written.len()
     };
+    if len < file.written.len() {
+        report.files_shortened += 1;
+    }
     let mut image = vec![0u8; len];
     let page = PAGE_BYTES as usize;
     for start in (0..len).step_by(page) {
@@ -333,6 +390,20 @@ fn crash_image(file: &SimFile, rng: &mut SplitMix64) -> Vec<u8> {
         let pick = |src: &[u8], i: usize| src.get(i).copied().unwrap_or(0);
         let same = (start..end).all(|i| pick(&file.written, i) == pick(&file.durable, i));
         let choice = if same { 1 } else { rng.below(4) };
+        if !same {
+            report.pages_unsynced += 1;
+            match choice {
+                0 => report.pages_kept += 1,
+                1 => report.pages_dropped += 1,
+                2 => report.pages_torn += 1,
+                _ => {
+                    report.pages_garbled += 1;
+                    report
+                        .garbled
+                        .push((name.to_string(), (start / page) as u64));
+                }
+            }
+        }
         let torn_at = start + SECTOR_BYTES * rng.below((page / SECTOR_BYTES) as u64) as usize;
         for (i, byte) in image.iter_mut().enumerate().take(end).skip(start) {
             *byte = match choice {
