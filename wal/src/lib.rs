@@ -150,7 +150,7 @@ mod storage;
 mod verify;
 mod wal;
 
-pub use sim::SimStorage;
+pub use sim::{CrashReport, SimStorage};
 pub use storage::{FileWriter, MmapStorage, SegmentId, SegmentSyncer, Storage};
 pub use verify::{
     ManifestReport, Problem, SegmentReport, SnapshotReport, Verdict, VerifyReport, verify,
