@@ -62,15 +62,22 @@ fn reserve_release(c: &mut Criterion) {
                 })
                 .collect();
             let now = 1_000;
+            let mut refused = 0u64;
             let started = Instant::now();
             for (reserve, release) in &commands {
-                black_box(state.apply(reserve, None, now, &mut events));
-                black_box(state.apply(release, None, now, &mut events));
+                let held = state.apply(reserve, None, now, &mut events);
+                refused += u64::from(held.outcome.is_err());
+                black_box(&held);
+                let released = state.apply(release, None, now, &mut events);
+                refused += u64::from(released.outcome.is_err());
+                black_box(&released);
                 if events.len() > 512 {
                     events.clear();
                 }
             }
             let elapsed = started.elapsed();
+            // The bench counts what it did: every command succeeded, nothing is left held.
+            assert_eq!(refused, 0, "{refused} of {} commands refused", 2 * iters);
             drop(commands);
             elapsed
         })
@@ -119,16 +126,21 @@ fn order_cycle(c: &mut Criterion) {
                 })
                 .collect();
             let now = 1_000;
+            let mut refused = 0u64;
             let started = Instant::now();
             for cycle in &commands {
                 for command in cycle {
-                    black_box(state.apply(command, None, now, &mut events));
+                    let applied = state.apply(command, None, now, &mut events);
+                    refused += u64::from(applied.outcome.is_err());
+                    black_box(&applied);
                 }
                 if events.len() > 512 {
                     events.clear();
                 }
             }
             let elapsed = started.elapsed();
+            // Every order was created, paid and cancelled: none of the steps refused.
+            assert_eq!(refused, 0, "{refused} of {} commands refused", 3 * iters);
             drop(commands);
             elapsed
         })

@@ -1,6 +1,10 @@
 //! Start-up: replaying the WAL (1M holds, without and with idempotency keys), and
 //! reopening from a snapshot with 1M live orders.
 //!
+//! The page cache is warm: the files were written by this process just before, so
+//! these figures are CPU (decode, apply, checksums), not the disk. A cold start also
+//! reads the log and snapshot from the device; that is not measured here.
+//!
 //! `cargo bench --bench recovery`. Records/s of replay from
 //! `target/criterion/recovery/replay_1m_records/new/estimates.json` (and
 //! `replay_1m_keyed_records`)
