@@ -131,6 +131,91 @@ impl OrderStatus {
     }
 }
 
+/// What can happen to an order's status: the operators' steps, payment, cancel,
+/// return, and the payment timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderAction {
+    Pay,
+    Pick,
+    Pack,
+    Ship,
+    Deliver,
+    Complete,
+    Cancel,
+    Return,
+    Expire,
+}
+
+impl OrderAction {
+    pub const ALL: [OrderAction; 9] = [
+        OrderAction::Pay,
+        OrderAction::Pick,
+        OrderAction::Pack,
+        OrderAction::Ship,
+        OrderAction::Deliver,
+        OrderAction::Complete,
+        OrderAction::Cancel,
+        OrderAction::Return,
+        OrderAction::Expire,
+    ];
+
+    /// The fulfilment step that moves an order to `to`, if `to` is one.
+    pub fn advancing_to(to: OrderStatus) -> Option<OrderAction> {
+        match to {
+            OrderStatus::Picking => Some(OrderAction::Pick),
+            OrderStatus::Packed => Some(OrderAction::Pack),
+            OrderStatus::Shipped => Some(OrderAction::Ship),
+            OrderStatus::Delivered => Some(OrderAction::Deliver),
+            OrderStatus::Completed => Some(OrderAction::Complete),
+            _ => None,
+        }
+    }
+}
+
+/// Why the transition table refuses an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionRefusal {
+    /// The order is already where the action leads: repeating it changes nothing.
+    AlreadyThere,
+    /// Cancel after shipment: the order is returned, not cancelled.
+    Shipped,
+    /// Not on the graph from this status.
+    NotAllowed,
+}
+
+/// The one transition table of an order: `(status, action) -> next status | refusal`.
+/// The state machine decides every status change with it, and `set_status` asserts
+/// that each change it makes is on it.
+pub fn order_transition(
+    from: OrderStatus,
+    action: OrderAction,
+) -> Result<OrderStatus, TransitionRefusal> {
+    use OrderAction as A;
+    use OrderStatus as S;
+    let to = match (from, action) {
+        (S::Reserved, A::Pay) => S::Confirmed,
+        (S::Reserved, A::Expire) => S::Expired,
+        (S::Confirmed, A::Pick) => S::Picking,
+        (S::Picking, A::Pack) => S::Packed,
+        (S::Packed, A::Ship) => S::Shipped,
+        (S::Shipped, A::Deliver) => S::Delivered,
+        (S::Delivered, A::Complete) => S::Completed,
+        (S::Reserved | S::Confirmed | S::Picking | S::Packed, A::Cancel) => S::Cancelled,
+        (S::Delivered | S::Completed, A::Return) => S::Returned,
+        (S::Cancelled, A::Cancel) | (S::Returned, A::Return) => {
+            return Err(TransitionRefusal::AlreadyThere);
+        }
+        (S::Shipped | S::Delivered | S::Completed | S::Returned, A::Cancel) => {
+            return Err(TransitionRefusal::Shipped);
+        }
+        (from, step) if OrderAction::advancing_to(from) == Some(step) => {
+            return Err(TransitionRefusal::AlreadyThere);
+        }
+        _ => return Err(TransitionRefusal::NotAllowed),
+    };
+    Ok(to)
+}
+
 string_enum!(
     /// Payment state of an order, separate from its fulfilment status.
     PaymentStatus {

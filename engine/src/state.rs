@@ -16,8 +16,9 @@ use hashbrown::HashMap;
 use crate::chunked::ChunkedVec;
 use crate::command::{Command, IdempotencyKey, Outcome, Rejection, Reply, Shortage};
 use crate::domain::{
-    AdjustReason, CancelReason, LineReq, Millis, OrderId, OrderLineReq, OrderStatus, PaymentStatus,
-    ReservationId, ReservationStatus, SYSTEM_ACTOR, SkuIdx,
+    AdjustReason, CancelReason, LineReq, Millis, OrderAction, OrderId, OrderLineReq, OrderStatus,
+    PaymentStatus, ReservationId, ReservationStatus, SYSTEM_ACTOR, SkuIdx, TransitionRefusal,
+    order_transition,
 };
 use crate::event::{Event, EventKind};
 use crate::idempotency::{
@@ -1041,6 +1042,12 @@ impl State {
     fn set_status(&mut self, id: OrderId, to: OrderStatus, actor: u32, note: &str, now_ms: Millis) {
         let order = self.order_mut(id);
         let from = order.status;
+        assert!(
+            OrderAction::ALL
+                .iter()
+                .any(|&action| order_transition(from, action) == Ok(to)),
+            "order {id}: {from} -> {to} is not on the transition table"
+        );
         order.status = to;
         order.updated_at_ms = now_ms;
         if order.history.len() < HISTORY_PER_ORDER_MAX {
@@ -1281,10 +1288,12 @@ impl State {
         }
         let order = self.order(id)?;
         let from = order.status;
-        if from == to {
+        let step = OrderAction::advancing_to(to).expect("checked above: a fulfilment step");
+        let decided = order_transition(from, step);
+        if decided == Err(TransitionRefusal::AlreadyThere) {
             return Ok(self.order_reply(id)); // repeating a step: idempotent
         }
-        if from.next_fulfilment_step() != Some(to) {
+        if decided != Ok(to) {
             let why = match from {
                 OrderStatus::Cancelled => {
                     "it is cancelled and gets no further processing".to_string()
@@ -1320,16 +1329,18 @@ impl State {
         self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
-        if from == OrderStatus::Cancelled {
-            return Ok(self.order_reply(id)); // cancelling twice: idempotent
-        }
-        if from.has_shipped() {
-            return Err(Rejection::OrderShipped { id, status: from });
-        }
-        if !from.cancellable() {
-            return Err(transition(format!(
-                "order {id} is {from}: it cannot be cancelled"
-            )));
+        match order_transition(from, OrderAction::Cancel) {
+            Ok(_) => {}
+            // Cancelling twice: idempotent.
+            Err(TransitionRefusal::AlreadyThere) => return Ok(self.order_reply(id)),
+            Err(TransitionRefusal::Shipped) => {
+                return Err(Rejection::OrderShipped { id, status: from });
+            }
+            Err(TransitionRefusal::NotAllowed) => {
+                return Err(transition(format!(
+                    "order {id} is {from}: it cannot be cancelled"
+                )));
+            }
         }
         let actor_id = self.intern_actor(actor)?;
         let order = self.order(id)?;
@@ -1397,10 +1408,11 @@ impl State {
         self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
-        if from == OrderStatus::Returned {
+        let decided = order_transition(from, OrderAction::Return);
+        if decided == Err(TransitionRefusal::AlreadyThere) {
             return Ok(self.order_reply(id));
         }
-        if !matches!(from, OrderStatus::Delivered | OrderStatus::Completed) {
+        if decided.is_err() {
             let hint = if from.cancellable() {
                 "; cancel it instead"
             } else {
