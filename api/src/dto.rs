@@ -348,6 +348,9 @@ pub struct OrderBody {
     /// `reserved`, `confirmed`, `picking`, `packed`, `shipped`, `delivered`,
     /// `completed`, `expired`, `cancelled` or `returned`.
     pub status: &'static str,
+    /// The actions allowed now, from the engine's transition table: `pay`, `pick`,
+    /// `pack`, `ship`, `deliver`, `complete`, `cancel`, `return`, `refund`.
+    pub actions: Vec<&'static str>,
     pub lines: Vec<OrderLineBody>,
     /// Minor units.
     pub total: u64,
@@ -372,6 +375,7 @@ impl From<OrderView> for OrderBody {
             order_no: o.order_no.to_string(),
             customer_id: o.customer_id.to_string(),
             status: o.status.as_str(),
+            actions: surge_engine::order_actions(o.status, o.payment.status),
             lines: o
                 .lines
                 .into_iter()

@@ -172,6 +172,39 @@ impl OrderAction {
     }
 }
 
+impl OrderAction {
+    /// The name in the API's vocabulary of order actions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderAction::Pay => "pay",
+            OrderAction::Pick => "pick",
+            OrderAction::Pack => "pack",
+            OrderAction::Ship => "ship",
+            OrderAction::Deliver => "deliver",
+            OrderAction::Complete => "complete",
+            OrderAction::Cancel => "cancel",
+            OrderAction::Return => "return",
+            OrderAction::Expire => "expire",
+        }
+    }
+}
+
+/// The actions a caller may take on an order now, read off the transition table
+/// (the timer's expiry is not a caller's action), plus `refund` while a refund is
+/// due. Clients show these instead of repeating the rules.
+pub fn order_actions(status: OrderStatus, payment: PaymentStatus) -> Vec<&'static str> {
+    let mut actions: Vec<&'static str> = OrderAction::ALL
+        .iter()
+        .filter(|&&action| action != OrderAction::Expire)
+        .filter(|&&action| order_transition(status, action).is_ok())
+        .map(|action| action.as_str())
+        .collect();
+    if payment == PaymentStatus::RefundDue {
+        actions.push("refund");
+    }
+    actions
+}
+
 /// Why the transition table refuses an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransitionRefusal {
