@@ -412,23 +412,26 @@ async function showOrder(id, { focus = true } = {}) {
   }
 }
 
+// The buttons an order offers: what the server says is allowed now (`o.actions`, read
+// off the engine's transition table), filtered by what this token's role may do.
+// The console does not repeat the order rules.
+const ACTION_BUTTONS = [
+  { name: 'pay', role: 'canStorefront', action: 'pay', label: (o) => `Take payment (${money(o.total)})` },
+  { name: 'pick', role: 'canOperate', action: 'picking', label: () => 'Start picking' },
+  { name: 'pack', role: 'canOperate', action: 'packed', label: () => 'Mark packed' },
+  { name: 'ship', role: 'canOperate', action: 'shipped', label: () => 'Ship…' },
+  { name: 'deliver', role: 'canOperate', action: 'delivered', label: () => 'Mark delivered' },
+  { name: 'complete', role: 'canOperate', action: 'completed', label: () => 'Complete' },
+  { name: 'return', role: 'canOperate', action: 'return', label: () => 'Return…' },
+  { name: 'refund', role: 'canOperate', action: 'refund', label: (o) => `Refund ${money(o.payment.amount || o.total)}…` },
+  { name: 'cancel', role: 'canStorefront', action: 'cancel', label: () => 'Cancel order…', danger: true },
+];
+
 function actionsFor(o) {
-  const out = [];
-  const st = o.status;
-  if (st === 'reserved' && access.canStorefront) out.push({ action: 'pay', label: `Take payment (${money(o.total)})` });
-  if (access.canOperate) {
-    if (st === 'confirmed') out.push({ action: 'picking', label: 'Start picking' });
-    if (st === 'picking') out.push({ action: 'packed', label: 'Mark packed' });
-    if (st === 'packed') out.push({ action: 'shipped', label: 'Ship…' });
-    if (st === 'shipped') out.push({ action: 'delivered', label: 'Mark delivered' });
-    if (st === 'delivered') out.push({ action: 'completed', label: 'Complete' });
-    if (st === 'delivered' || st === 'completed') out.push({ action: 'return', label: 'Return…' });
-    if (o.payment.status === 'refund_due') out.push({ action: 'refund', label: `Refund ${money(o.payment.amount || o.total)}…` });
-  }
-  if (['reserved', 'confirmed', 'picking', 'packed'].includes(st) && access.canStorefront) {
-    out.push({ action: 'cancel', label: 'Cancel order…', danger: true });
-  }
-  return out;
+  const allowed = new Set(o.actions || []);
+  return ACTION_BUTTONS
+    .filter((b) => allowed.has(b.name) && access[b.role])
+    .map((b) => ({ action: b.action, label: b.label(o), danger: b.danger }));
 }
 
 function whyNot(o) {
