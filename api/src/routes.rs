@@ -388,17 +388,16 @@ pub async fn transition_order(
     ))
 }
 
-/// `storefront` may cancel only for these reasons.
+/// `storefront` may cancel only for the reasons the engine lists for it
+/// (`STOREFRONT_CANCEL_REASONS`, beside the transition table).
 pub fn check_cancel_reason(role: Role, reason: CancelReasonDto) -> Result<(), ApiError> {
-    if role == Role::Storefront
-        && !matches!(
-            reason,
-            CancelReasonDto::CustomerRequest | CancelReasonDto::PaymentFailed
-        )
-    {
-        return Err(ApiError::forbidden(
-            "role storefront may cancel only with reason customer_request or payment_failed",
-        ));
+    let allowed = surge_engine::STOREFRONT_CANCEL_REASONS;
+    if role == Role::Storefront && !allowed.contains(&reason.into()) {
+        let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        return Err(ApiError::forbidden(format!(
+            "role storefront may cancel only with reason {}",
+            names.join(" or ")
+        )));
     }
     Ok(())
 }

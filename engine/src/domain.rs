@@ -271,6 +271,12 @@ string_enum!(
     }
 );
 
+/// Who may cancel for which reasons, as data beside the transition table: the
+/// storefront cancels on the shopper's behalf, so only the shopper's own reasons;
+/// operators and admins may give any reason. The API applies it to the caller's role.
+pub const STOREFRONT_CANCEL_REASONS: &[CancelReason] =
+    &[CancelReason::CustomerRequest, CancelReason::PaymentFailed];
+
 string_enum!(
     /// State of a stock hold.
     ReservationStatus {
