@@ -1177,29 +1177,36 @@ impl<S: Storage> Writer<S> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
         let mut pending = Vec::new();
         self.apply(command, None, reply, &mut pending);
-        if std::mem::take(&mut self.appended) {
-            // Nothing else is in flight yet: commit on this thread.
-            let committed = self.wal.as_mut().map_or(Ok(()), Wal::commit);
-            if let Err(e) = committed {
-                self.fail_stop(format!("flush failed: {e}"));
-                self.events_buf.clear();
-                self.reply_all(&mut pending, false);
-            } else {
-                if let Some(wal) = self.wal.as_ref() {
-                    let durable = wal.durable_lsn();
-                    self.shared
-                        .stats
-                        .durable_lsn
-                        .store(durable, Ordering::Release);
-                }
-                self.shared.events.publish(&self.events_buf);
-                self.events_buf.clear();
-                self.reply_all(&mut pending, true);
-            }
-        } else {
+        let logged = std::mem::take(&mut self.appended);
+        if self.wal.is_none() {
+            self.shared.events.publish(&self.events_buf);
+            self.events_buf.clear();
             self.reply_all(&mut pending, true);
+        } else {
+            // Nothing else is in flight yet: commit on this thread, through the same
+            // hand-over as the writer loop, with the sync stage run inline.
+            let to_syncer = self.to_syncer.take();
+            self.hand_over(logged, &mut pending, Vec::new());
+            self.to_syncer = to_syncer;
         }
         answer.try_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Refuse one command before it is logged; its answer waits with its batch's.
+    fn refuse_alone(
+        &self,
+        reply: ReplySender<Outcome>,
+        rejection: Rejection,
+        pending: &mut Vec<Pending>,
+    ) {
+        self.shared
+            .stats
+            .commands_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        pending.push(Pending {
+            reply,
+            outcome: Err(rejection),
+        });
     }
 
     /// Expire overdue holds and orders through the same path as any command.
@@ -1243,14 +1250,7 @@ impl<S: Storage> Writer<S> {
         // A command over a size limit is refused alone, before it is encoded: it
         // must never reach the log as a record the log cannot take.
         if let Err(rejection) = crate::state::check_sizes(&command, key.as_ref()) {
-            self.shared
-                .stats
-                .commands_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            pending.push(Pending {
-                reply,
-                outcome: Err(rejection),
-            });
+            self.refuse_alone(reply, rejection, pending);
             return;
         }
         // Encode before applying so that the record's room in the log is reserved
@@ -1272,20 +1272,14 @@ impl<S: Storage> Writer<S> {
                     // This command alone does not fit; the log is fine. `check_sizes`
                     // makes this unreachable for valid commands (a test proves it).
                     surge_wal::Error::RecordTooLarge { len, max } => {
-                        self.shared
-                            .stats
-                            .commands_rejected
-                            .fetch_add(1, Ordering::Relaxed);
-                        pending.push(Pending {
-                            reply,
-                            outcome: Err(Rejection::Validation {
-                                field: "body".into(),
-                                detail: format!(
-                                    "the request encodes to {len} bytes, over the log's \
-                                     record limit of {max} bytes"
-                                ),
-                            }),
-                        });
+                        let rejection = Rejection::Validation {
+                            field: "body".into(),
+                            detail: format!(
+                                "the request encodes to {len} bytes, over the log's \
+                                 record limit of {max} bytes"
+                            ),
+                        };
+                        self.refuse_alone(reply, rejection, pending);
                     }
                     // Only a real storage failure stops the engine.
                     _ => {
@@ -1374,7 +1368,7 @@ impl<S: Storage> Writer<S> {
             self.answer_snapshot_waiters(Ok(lsn));
             return;
         }
-        if self.shared.writes_refused.lock().is_some() {
+        if self.refusal().is_some() {
             self.answer_snapshot_waiters(Err(
                 "writes are refused: no snapshot of an unlogged state".into(),
             ));

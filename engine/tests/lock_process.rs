@@ -7,22 +7,18 @@
 //! test is `#[ignore]`d so a plain `cargo test` does not run it on its own). The
 //! child prints one line saying how its open ended; the parent asserts on it.
 
-use std::path::Path;
-use std::process::{Command as Process, Output};
+mod common;
 
-use surge_engine::{Command, Durability, Engine, EngineConfig, Error, Query, QueryReply, SkuView};
+use std::path::Path;
+use std::process::Output;
+
+use surge_engine::{Command, Engine, EngineConfig, Error, Query, QueryReply, SkuView};
 
 const CHILD_DIR: &str = "SURGE_TEST_LOCK_PROCESS_DIR";
 const CHILD_TEST: &str = "child_opens_the_data_dir";
 
 fn config(dir: &Path) -> EngineConfig {
-    EngineConfig {
-        data_dir: dir.to_path_buf(),
-        durability: Durability::Sync,
-        snapshot_every_records: 0,
-        snapshot_on_shutdown: false,
-        ..EngineConfig::default()
-    }
+    common::disk_config(dir)
 }
 
 /// The child: open the data dir named by the parent and print how that went.
@@ -50,17 +46,7 @@ fn child_opens_the_data_dir() {
 }
 
 fn run_child(dir: &Path) -> Output {
-    Process::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            CHILD_TEST,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, dir)
-        .output()
-        .expect("run the child")
+    common::run_child_test(CHILD_TEST, &[(CHILD_DIR, dir.as_os_str())])
 }
 
 /// The child's one report line (libtest may print its own status on the same line).

@@ -5,23 +5,15 @@
 //! The parent test runs this same test binary again as a child process, with the
 //! `fault-injection` feature's trigger set, and reads what the child acknowledged.
 
-use std::process::Command as Process;
+mod common;
 
-use surge_engine::{
-    Command, Durability, Engine, EngineConfig, LineReq, Query, QueryReply, SkuView,
-};
+use surge_engine::{Command, Engine, EngineConfig, LineReq, Query, QueryReply, SkuView};
 
 const CHILD_DIR: &str = "SURGE_TEST_WRITER_PANIC_DIR";
 const PANIC_AT: u64 = 6;
 
 fn config(dir: &std::path::Path) -> EngineConfig {
-    EngineConfig {
-        data_dir: dir.to_path_buf(),
-        durability: Durability::Sync,
-        snapshot_every_records: 0,
-        snapshot_on_shutdown: false,
-        ..EngineConfig::default()
-    }
+    common::disk_config(dir)
 }
 
 fn reserve_one() -> Command {
@@ -73,18 +65,14 @@ fn child_reserves_until_the_writer_panics() {
 #[test]
 fn a_writer_panic_aborts_the_process_and_a_restart_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = Process::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "child_reserves_until_the_writer_panics",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR, dir.path())
-        .env("SURGE_FAULT_WRITER_PANIC_AT_LSN", PANIC_AT.to_string())
-        .output()
-        .expect("run the child");
+    let panic_at = PANIC_AT.to_string();
+    let child = common::run_child_test(
+        "child_reserves_until_the_writer_panics",
+        &[
+            (CHILD_DIR, dir.path().as_os_str()),
+            ("SURGE_FAULT_WRITER_PANIC_AT_LSN", panic_at.as_ref()),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&child.stdout);
     let stderr = String::from_utf8_lossy(&child.stderr);
     assert!(
