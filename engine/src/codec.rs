@@ -173,13 +173,5 @@ pub(crate) fn encode_engine_snapshot(state: &State, events: &EventLog) -> Vec<u8
 }
 
 pub(crate) fn decode_engine_snapshot(bytes: &[u8]) -> Result<EngineSnapshot, String> {
-    let (snapshot, used): (EngineSnapshot, usize) =
-        bincode::decode_from_slice(bytes, SNAPSHOT_CONFIG).map_err(|e| e.to_string())?;
-    if used != bytes.len() {
-        return Err(format!(
-            "{} trailing bytes after the snapshot",
-            bytes.len() - used
-        ));
-    }
-    Ok(snapshot)
+    decode_whole(bytes)
 }
