@@ -1,58 +1,114 @@
 #!/usr/bin/env bash
-# surge over HTTP vs Redis running the usual Lua reserve script, on this machine.
+# surge over HTTP vs Redis running the usual Lua reserve script, same machine, same run
+# (issue 9, "A fair, repeatable comparison script").
 #
-#   benches/http-vs-redis.sh            # defaults below
-#   DURATION=30s CONNECTIONS=64 benches/http-vs-redis.sh
+#   bash benches/http-vs-redis.sh                    # defaults below, about 3 minutes
+#   DURATION=20 CONNS_HIGH=64 CONNS_LOW=16 bash benches/http-vs-redis.sh
 #
-# Builds the release `surge`, starts it on a loopback port with durability `sync` and
-# a temporary data dir, defines the SKUs, and measures with wrk:
-#   - one reservation per request (POST /v1/reservations), one hot SKU;
-#   - the same over many SKUs (a random one of $SKUS per request);
-#   - POST /v1/batch with $BATCH_OPS reservations per request.
-# Then starts redis-server on a loopback port (its own temp dir, appendonly yes with
-# appendfsync always, then again with everysec), loads the reserve script (check the
-# stock key, DECRBY, store the hold with a TTL) and measures EVALSHA with
-# redis-benchmark at the same concurrency, hot key and many keys.
-# Prints a Markdown table. Installs nothing; stops only the processes it started.
+# Fair by construction:
+#   - one load-generator thread on each side: `wrk -t1` against surge, redis-benchmark
+#     without --threads (single-threaded) against Redis;
+#   - the same connection counts on both sides: $CONNS_HIGH and $CONNS_LOW;
+#   - both keep every hold: surge keeps each reservation (15-minute TTL); the Redis
+#     script (benches/wrk/reserve.redis.lua) takes a new id with INCR and stores each
+#     hold as its own key `hold:<id>` with the same TTL. After each run the script counts
+#     what was stored (surge: the `reserved` sum over the SKUs; Redis: keys with a TTL,
+#     the id counter and the units taken from stock) and prints it beside the number of
+#     successful requests.
+#
+# What it does:
+#   1. Installs wrk, redis-server, redis-tools and curl with apt-get when one is missing
+#      (through sudo when not root).
+#   2. Builds the release `surge` (cargo build --release -p surge-api --bin surge; the
+#      binary is taken from cargo's target directory, so CARGO_TARGET_DIR is honoured),
+#      or uses $SURGE_BIN when set. Starts it on a free loopback port with durability
+#      `sync` and a temporary data dir; defines the SKUs S0..S<SKUS-1>.
+#   3. Measures surge with wrk -t1 (benches/wrk/*.lua; each prints a RESULT line with
+#      non-2xx and socket errors):
+#        - GET /healthz at $CONNS_HIGH connections: the HTTP ceiling;
+#        - GET /v1/skus/{sku} (with the bearer token) at $CONNS_HIGH connections, idle;
+#        - POST /v1/reservations, one unit of a random SKU, at $CONNS_HIGH and $CONNS_LOW;
+#        - the same stock read at $CONNS_HIGH while a second wrk -t1 runs reservations at
+#          $WRITE_LOAD_CONNECTIONS connections beside it (started first, stopped last);
+#        - POST /v1/batch with $BATCH_OPS reservations per request at $BATCH_CONNECTIONS.
+#   4. For appendfsync always and everysec, at $CONNS_HIGH and $CONNS_LOW connections:
+#      a fresh redis-server on a free loopback port (temp dir, appendonly yes), the SKUs
+#      as stock keys, and $REDIS_REQUESTS EVALSHA reserve calls over random SKUs.
+#   5. Prints one Markdown table and the ratios against issue 9's targets.
+# Everything it starts runs on 127.0.0.1 with temporary directories and is stopped (by
+# its pid) and removed at the end, also on Ctrl-C. It stops nothing it did not start.
+#
+# Environment (defaults in brackets):
+#   DURATION [15]             seconds per surge run (a trailing `s` is accepted)
+#   BATCH_DURATION [10]       seconds for the /v1/batch run
+#   CONNS_HIGH [64]           connections: ceiling, reads, reserve, Redis
+#   CONNS_LOW [16]            the second connection count for reserve and Redis
+#   WRITE_LOAD_CONNECTIONS [16]  connections of the reservation load beside the read
+#   BATCH_CONNECTIONS [16]    connections for /v1/batch
+#   BATCH_OPS [1000]          reservations per /v1/batch request
+#   SKUS [1000]               SKUs (surge) and stock keys (Redis) reserved at random
+#   REDIS_REQUESTS [300000]   EVALSHA calls per Redis run (redis-benchmark -n)
+#   WRK_TIMEOUT [5s]          wrk --timeout (slower responses count as socket errors)
+#   SURGE_BIN                 use this binary instead of building one
 set -euo pipefail
 
-DURATION=${DURATION:-20s}
-BATCH_DURATION=${BATCH_DURATION:-10s}
-CONNECTIONS=${CONNECTIONS:-64}
-THREADS=${THREADS:-2}
+seconds() { # "15" or "15s" -> 15
+    local d=${1%s}
+    [[ $d =~ ^[0-9]+$ && $d -gt 0 ]] || { echo "not a duration in seconds: $1" >&2; exit 2; }
+    echo "$d"
+}
+DURATION=$(seconds "${DURATION:-15}")
+BATCH_DURATION=$(seconds "${BATCH_DURATION:-10}")
+CONNS_HIGH=${CONNS_HIGH:-64}
+CONNS_LOW=${CONNS_LOW:-16}
+WRITE_LOAD_CONNECTIONS=${WRITE_LOAD_CONNECTIONS:-16}
 BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-16}
 BATCH_OPS=${BATCH_OPS:-1000}
 SKUS=${SKUS:-1000}
-REDIS_REQUESTS=${REDIS_REQUESTS:-200000}
+REDIS_REQUESTS=${REDIS_REQUESTS:-300000}
+WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
+HOLD_TTL_MS=900000 # surge's default reservation TTL (15 minutes), for the Redis holds
+STOCK=1000000000000
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
+log() { echo "# $*" >&2; }
+
+# ---------------------------------------------------------------- tools
 missing=()
 for tool in wrk redis-server redis-benchmark redis-cli curl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-    echo "missing: ${missing[*]}" >&2
-    echo "install them with: sudo apt-get install -y wrk redis-server redis-tools curl" >&2
-    exit 1
+    log "missing: ${missing[*]}; installing wrk redis-server redis-tools curl"
+    SUDO=()
+    if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk redis-server redis-tools curl
 fi
 
+# ---------------------------------------------------------------- processes
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/surge-bench.XXXXXX")
-PIDS=()
+PIDS=() # only processes this script started and has not reaped yet
+forget() { # pid: drop it from PIDS once it has been waited for
+    local kept=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+stop() { # pid: stop one process this script started, reap it, forget it
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget "$1"
+}
 cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-log() { echo "# $*" >&2; }
 
 # A free loopback TCP port (nothing answers a connect to it).
 free_port() {
@@ -66,9 +122,19 @@ free_port() {
     done
 }
 
-log "building surge (release)"
-cargo build --release --quiet -p surge-api --bin surge
-SURGE_BIN="$ROOT/target/release/surge"
+# ---------------------------------------------------------------- build
+if [[ -n ${SURGE_BIN:-} ]]; then
+    log "using SURGE_BIN=$SURGE_BIN"
+else
+    log "building surge (release)"
+    cargo build --release --quiet -p surge-api --bin surge
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    SURGE_BIN="${TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}}/release/surge"
+fi
+[[ -x $SURGE_BIN ]] || { echo "no surge binary at $SURGE_BIN" >&2; exit 1; }
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- surge
 ADMIN_TOKEN="bench-admin-$RANDOM$RANDOM"
@@ -80,7 +146,8 @@ SURGE_QUEUE_LEN_MAX=262144 \
 RUST_LOG=warn \
     "$SURGE_BIN" --listen "127.0.0.1:$SURGE_PORT" --data-dir "$WORK/surge-data" \
     >"$WORK/surge.out" 2>"$WORK/surge.err" &
-PIDS+=($!)
+SURGE_PID=$!
+PIDS+=("$SURGE_PID")
 SURGE="http://127.0.0.1:$SURGE_PORT"
 for _ in $(seq 1 300); do
     if curl -fsS "$SURGE/readyz" >/dev/null 2>&1; then break; fi
@@ -88,51 +155,105 @@ for _ in $(seq 1 300); do
 done
 curl -fsS "$SURGE/readyz" >/dev/null || { cat "$WORK/surge.err" >&2; exit 1; }
 
-log "defining HOT and S0..S$((SKUS - 1))"
-{
-    echo "url = \"$SURGE/v1/skus/HOT\""
-    for ((i = 0; i < SKUS; i++)); do
-        echo "url = \"$SURGE/v1/skus/S$i\""
-    done
-} >"$WORK/define.curl"
+log "defining S0..S$((SKUS - 1)) with on_hand $STOCK"
+for ((i = 0; i < SKUS; i++)); do echo "url = \"$SURGE/v1/skus/S$i\""; done >"$WORK/skus.curl"
 curl -fsS -X PUT -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" \
-    --data '{"on_hand":1000000000000}' -K "$WORK/define.curl" >/dev/null
+    --data "{\"on_hand\":$STOCK}" -K "$WORK/skus.curl" >/dev/null
+
+# Units reserved over all SKUs (each reservation holds one unit).
+surge_reserved() {
+    curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" -K "$WORK/skus.curl" |
+        grep -o '"reserved":[0-9]*' | awk -F: '{ s += $2 } END { printf "%d\n", s }'
+}
 
 export SURGE_BENCH_TOKEN="$SF_TOKEN"
-run_wrk() { # name connections duration script args...
-    local name=$1 conns=$2 dur=$3 script=$4
-    shift 4
-    log "wrk: $name"
-    wrk -t"$THREADS" -c"$conns" -d"$dur" --latency -s "$script" "$SURGE" -- "$@" \
-        >"$WORK/wrk-$name.txt" 2>&1
-    grep '^RESULT' "$WORK/wrk-$name.txt" | tail -1
+wrk_cmd() { # connections seconds script args...
+    local conns=$1 secs=$2 script=$3
+    shift 3
+    wrk -t1 -c"$conns" -d"${secs}s" --timeout "$WRK_TIMEOUT" --latency -s "$script" "$SURGE" -- "$@"
 }
-SURGE_HOT=$(run_wrk hot "$CONNECTIONS" "$DURATION" benches/wrk/reserve.lua hot)
-SURGE_MANY=$(run_wrk many "$CONNECTIONS" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
+result_of() { # wrk output file -> its RESULT line (fails when there is none)
+    grep '^RESULT' "$1" | tail -1 | grep . || { cat "$1" >&2; echo "no RESULT in $1" >&2; exit 1; }
+}
+run_wrk() { # name connections seconds script args... -> RESULT line
+    local name=$1
+    shift
+    log "wrk -t1 -c$1 -d${2}s: $name"
+    wrk_cmd "$@" >"$WORK/wrk-$name.txt" 2>&1
+    result_of "$WORK/wrk-$name.txt"
+}
+field() { sed -n "s/.*[[:space:]]$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+ok_requests() { echo $(($(field requests "$1") - $(field non2xx "$1"))); }
+slack() { echo $(($1 + $(field socket_errors "$2"))); } # connections RESULT
+
+# Reservations held against 2xx answers: the server may still carry out requests that
+# were in flight when wrk stopped counting (at most one per connection) or that wrk
+# gave up on (socket errors).
+HOLD_NOTES=()
+check_holds() { # label held ok_answers connections
+    local verdict="ok"
+    if (($2 < $3 || $2 > $3 + $4)); then verdict="MISMATCH"; fi
+    HOLD_NOTES+=("$1: $2 units held for $3 2xx answers (allowance for unanswered requests: $4): $verdict")
+}
+
+SURGE_CEILING=$(run_wrk healthz "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /healthz)
+SURGE_READ=$(run_wrk read "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /v1/skus/S "$SKUS")
+
+before=$(surge_reserved)
+SURGE_RES_HIGH=$(run_wrk reserve-high "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
+after=$(surge_reserved)
+check_holds "surge reserve, $CONNS_HIGH conns" $((after - before)) "$(ok_requests "$SURGE_RES_HIGH")" "$(slack "$CONNS_HIGH" "$SURGE_RES_HIGH")"
+
+before=$after
+SURGE_RES_LOW=$(run_wrk reserve-low "$CONNS_LOW" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
+after=$(surge_reserved)
+check_holds "surge reserve, $CONNS_LOW conns" $((after - before)) "$(ok_requests "$SURGE_RES_LOW")" "$(slack "$CONNS_LOW" "$SURGE_RES_LOW")"
+
+# The read again, with reservations running beside it: the writer starts a second
+# before the read and stops a second after it.
+before=$after
+log "wrk -t1 -c$WRITE_LOAD_CONNECTIONS -d$((DURATION + 2))s in the background: reservations beside the read"
+wrk_cmd "$WRITE_LOAD_CONNECTIONS" $((DURATION + 2)) benches/wrk/reserve.lua many "$SKUS" \
+    >"$WORK/wrk-write-load.txt" 2>&1 &
+WRITER_PID=$!
+PIDS+=("$WRITER_PID")
+sleep 1
+SURGE_READ_LOADED=$(run_wrk read-under-writes "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /v1/skus/S "$SKUS")
+wait "$WRITER_PID" || { cat "$WORK/wrk-write-load.txt" >&2; exit 1; }
+forget "$WRITER_PID"
+SURGE_WRITE_LOAD=$(result_of "$WORK/wrk-write-load.txt")
+after=$(surge_reserved)
+check_holds "surge reserve beside the read, $WRITE_LOAD_CONNECTIONS conns" $((after - before)) \
+    "$(ok_requests "$SURGE_WRITE_LOAD")" "$(slack "$WRITE_LOAD_CONNECTIONS" "$SURGE_WRITE_LOAD")"
+
+before=$after
 SURGE_BATCH=$(run_wrk batch "$BATCH_CONNECTIONS" "$BATCH_DURATION" benches/wrk/batch.lua "$BATCH_OPS" "$SKUS")
-HELD=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "$SURGE/v1/skus/HOT" | sed -n 's/.*"reserved":\([0-9]*\).*/\1/p')
-log "surge HOT reserved after the run: $HELD"
+after=$(surge_reserved)
+check_holds "surge /v1/batch, $BATCH_CONNECTIONS conns" $((after - before)) \
+    $(($(ok_requests "$SURGE_BATCH") * BATCH_OPS)) $(($(slack "$BATCH_CONNECTIONS" "$SURGE_BATCH") * BATCH_OPS))
+
+stop "$SURGE_PID"
 
 # ---------------------------------------------------------------- redis
 REDIS_SCRIPT=$(cat benches/wrk/reserve.redis.lua)
 # Output of redis-benchmark -> "rps p50_us p99_us p999_us" (percentiles: the first
 # line of its distribution at or above the percentile).
 parse_redis() {
-    awk '
+    tr '\r' '\n' <"$1" | awk '
         /throughput summary:/ { rps = $3 }
-        /^[0-9.]+% <= [0-9.]+ milliseconds/ {
+        /^ *[0-9.]+% <= [0-9.]+ milliseconds/ {
             p = $1; sub("%", "", p); ms = $3
             if (p50 == "" && p + 0 >= 50) p50 = ms
             if (p99 == "" && p + 0 >= 99) p99 = ms
             if (p999 == "" && p + 0 >= 99.9) p999 = ms
         }
         END { printf "%s %d %d %d\n", rps, p50 * 1000, p99 * 1000, p999 * 1000 }
-    ' "$1"
+    '
 }
-run_redis() { # fsync-policy -> sets REDIS_<POLICY>_HOT / _MANY
-    local policy=$1 port dir pid sha
+run_redis() { # fsync-policy connections -> sets REDIS_<POLICY>_<CONNS> and _HOLDS
+    local policy=$1 conns=$2 port dir pid sha rc
     port=$(free_port)
-    dir="$WORK/redis-$policy"
+    dir="$WORK/redis-$policy-$conns"
     mkdir -p "$dir"
     redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save '' \
         --appendonly yes --appendfsync "$policy" --daemonize no \
@@ -143,66 +264,115 @@ run_redis() { # fsync-policy -> sets REDIS_<POLICY>_HOT / _MANY
         if redis-cli -p "$port" ping >/dev/null 2>&1; then break; fi
         sleep 0.1
     done
-    redis-cli -p "$port" set stock:HOT 1000000000000 >/dev/null
     # redis-benchmark writes __rand_int__ as a 12-digit zero-padded number.
-    for ((i = 0; i < SKUS; i++)); do printf 'SET stock:%012d 1000000000000\n' "$i"; done |
+    for ((i = 0; i < SKUS; i++)); do printf 'SET stock:%012d %s\n' "$i" "$STOCK"; done |
         redis-cli -p "$port" >/dev/null
     sha=$(redis-cli -p "$port" script load "$REDIS_SCRIPT")
-    log "redis-benchmark: appendfsync $policy, hot key"
-    redis-benchmark -h 127.0.0.1 -p "$port" -n "$REDIS_REQUESTS" -c "$CONNECTIONS" -r 100000000 \
-        EVALSHA "$sha" 2 stock:HOT hold:__rand_int__ 1 900000 >"$dir/hot.txt" 2>&1
-    log "redis-benchmark: appendfsync $policy, many keys"
-    redis-benchmark -h 127.0.0.1 -p "$port" -n "$REDIS_REQUESTS" -c "$CONNECTIONS" -r "$SKUS" \
-        EVALSHA "$sha" 2 stock:__rand_int__ hold:__rand_int__ 1 900000 >"$dir/many.txt" 2>&1
-    # Check that the script really held stock (a missing key would make it a no-op).
-    local held_hot held_many
-    held_hot=$(redis-cli -p "$port" eval "return 1000000000000 - tonumber(redis.call('GET', KEYS[1]))" 1 stock:HOT)
-    held_many=$(redis-cli -p "$port" eval "local s = 0 for i = 0, tonumber(ARGV[1]) - 1 do s = s + 1000000000000 - tonumber(redis.call('GET', string.format('stock:%012d', i))) end return s" 0 "$SKUS")
-    log "redis appendfsync $policy: units held: hot $held_hot, many $held_many (of $REDIS_REQUESTS requests each)"
-    printf -v "REDIS_${policy^^}_HELD" '%s' "hot $held_hot, many $held_many"
-    printf -v "REDIS_${policy^^}_HOT" '%s' "$(parse_redis "$dir/hot.txt")"
-    printf -v "REDIS_${policy^^}_MANY" '%s' "$(parse_redis "$dir/many.txt")"
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    log "redis-benchmark -c$conns -n$REDIS_REQUESTS: EVALSHA reserve, appendfsync $policy"
+    rc=0
+    redis-benchmark -h 127.0.0.1 -p "$port" -n "$REDIS_REQUESTS" -c "$conns" -r "$SKUS" \
+        EVALSHA "$sha" 2 stock:__rand_int__ hold:seq 1 "$HOLD_TTL_MS" >"$dir/bench.txt" 2>&1 || rc=$?
+    # What Redis kept: keys with a TTL (only holds have one), the id counter, and the
+    # units taken from the stock keys.
+    local holds ids units
+    holds=$(redis-cli -p "$port" info keyspace | tr -d '\r' | sed -n 's/^db0:.*expires=\([0-9]*\).*/\1/p')
+    holds=${holds:-0}
+    ids=$(redis-cli -p "$port" get hold:seq)
+    ids=${ids:-0}
+    units=$(redis-cli -p "$port" eval "local s = 0 for i = 0, tonumber(ARGV[1]) - 1 do s = s + tonumber(ARGV[2]) - tonumber(redis.call('GET', string.format('stock:%012d', i))) end return s" 0 "$SKUS" "$STOCK")
+    local verdict="ok"
+    if ((rc != 0 || holds != REDIS_REQUESTS || ids != REDIS_REQUESTS || units != REDIS_REQUESTS)); then
+        verdict="MISMATCH (redis-benchmark exit $rc; see below)"
+        tr '\r' '\n' <"$dir/bench.txt" | grep -iv '% <=' | grep -i 'error' | head -3 >&2 || true
+    fi
+    HOLD_NOTES+=("redis appendfsync $policy, $conns conns: $holds holds stored (hold:seq $ids, $units units taken) for $REDIS_REQUESTS calls: $verdict")
+    printf -v "REDIS_${policy^^}_$conns" '%s' "$(parse_redis "$dir/bench.txt")"
+    printf -v "REDIS_${policy^^}_${conns}_FAILED" '%s' $((REDIS_REQUESTS - holds))
+    stop "$pid"
 }
-run_redis always
-run_redis everysec
+for policy in always everysec; do
+    for conns in "$CONNS_HIGH" "$CONNS_LOW"; do
+        run_redis "$policy" "$conns"
+    done
+done
 
 # ---------------------------------------------------------------- report
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
-ms() { awk -v us="$1" 'BEGIN { printf "%.3f", us / 1000 }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-surge_row() { # label result unit-multiplier
-    local rps
-    rps=$(field rps "$2")
-    printf '| %s | %.0f | %s | %s | %s | %s |\n' "$1" "$(awk -v r="$rps" -v m="$3" 'BEGIN { print r * m }')" \
+thousands() { LC_ALL=C printf '%.0f' "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+surge_row() { # label RESULT
+    printf '| %s | %s | %s | %s | %s | %s / %s |\n' "$1" "$(thousands "$(field rps "$2")")" \
         "$(ms "$(field p50_us "$2")")" "$(ms "$(field p99_us "$2")")" "$(ms "$(field p999_us "$2")")" \
-        "$(field non2xx "$2")/$(field socket_errors "$2")"
+        "$(field non2xx "$2")" "$(field socket_errors "$2")"
 }
-redis_row() { # label "rps p50 p99 p999"
+redis_row() { # label "rps p50 p99 p999" failed
+    local rps p50 p99 p999
     read -r rps p50 p99 p999 <<<"$2"
-    printf '| %s | %.0f | %s | %s | %s | - |\n' "$1" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$(ms "$p999")"
+    printf '| %s | %s | %s | %s | %s | %s failed |\n' "$1" "$(thousands "$rps")" \
+        "$(ms "$p50")" "$(ms "$p99")" "$(ms "$p999")" "$3"
+}
+verdict() { # value op target
+    awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {
+        met = (op == ">=") ? (v >= t) : (v <= t)
+        print met ? "met" : "**missed**"
+    }'
+}
+rv() { local name="REDIS_$1"; echo "${!name}"; } # POLICY_CONNS[_FAILED] -> its value
+redis_field() { # "rps p50 p99 p999" index
+    local a
+    read -r -a a <<<"$1"
+    echo "${a[$2]}"
 }
 
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
+if [[ -n $(git status --porcelain 2>/dev/null) ]]; then rev="$rev (with uncommitted changes)"; fi
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo
-echo "surge $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs $(redis-server --version | awk '{print $1, $2, $3}'); $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)); $CONNECTIONS connections"
+echo "surge $rev, durability sync, vs $(redis-server --version | awk '{print $1, $2, $3}'); $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "$(nproc) CPUs ($cpu); load average before the run: $LOAD_BEFORE; $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}') -t1, redis-benchmark single-threaded"
+echo "surge runs ${DURATION} s each (batch ${BATCH_DURATION} s); Redis runs $REDIS_REQUESTS calls each"
 echo
-echo "| what | requests/s | p50 ms | p99 ms | p99.9 ms | non-2xx/socket errors |"
+echo "| what | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx / socket errors |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-surge_row "surge, 1 reservation/request, hot SKU (wrk -c$CONNECTIONS, sync)" "$SURGE_HOT" 1
-surge_row "surge, 1 reservation/request, $SKUS SKUs (wrk -c$CONNECTIONS, sync)" "$SURGE_MANY" 1
-surge_row "surge /v1/batch, $BATCH_OPS reservations/request (wrk -c$BATCH_CONNECTIONS, sync)" "$SURGE_BATCH" 1
-redis_row "redis EVALSHA reserve, hot key, appendfsync always" "$REDIS_ALWAYS_HOT"
-redis_row "redis EVALSHA reserve, $SKUS keys, appendfsync always" "$REDIS_ALWAYS_MANY"
-redis_row "redis EVALSHA reserve, hot key, appendfsync everysec" "$REDIS_EVERYSEC_HOT"
-redis_row "redis EVALSHA reserve, $SKUS keys, appendfsync everysec" "$REDIS_EVERYSEC_MANY"
-echo
+surge_row "surge \`GET /healthz\`, the HTTP ceiling, $CONNS_HIGH conns" "$SURGE_CEILING"
+surge_row "surge reserve (sync), $CONNS_HIGH conns" "$SURGE_RES_HIGH"
+surge_row "surge reserve (sync), $CONNS_LOW conns" "$SURGE_RES_LOW"
+surge_row "surge stock read \`GET /v1/skus/{sku}\`, idle, $CONNS_HIGH conns" "$SURGE_READ"
+surge_row "surge stock read, $CONNS_HIGH conns, with reserve load beside it" "$SURGE_READ_LOADED"
+surge_row "(the reserve load beside that read, $WRITE_LOAD_CONNECTIONS conns)" "$SURGE_WRITE_LOAD"
 batch_rps=$(field rps "$SURGE_BATCH")
-echo "- /v1/batch: $(awk -v r="$batch_rps" -v n="$BATCH_OPS" 'BEGIN { printf "%.0f", r * n }') reservations/s ($BATCH_OPS per request; batches with a failed op: $(field failed_batches "$SURGE_BATCH"))"
-read -r ah _ <<<"$REDIS_ALWAYS_HOT"
-read -r eh _ <<<"$REDIS_EVERYSEC_HOT"
-read -r am _ <<<"$REDIS_ALWAYS_MANY"
-read -r em _ <<<"$REDIS_EVERYSEC_MANY"
-echo "- hot SKU: surge / redis-always = $(ratio "$(field rps "$SURGE_HOT")" "$ah"), surge / redis-everysec = $(ratio "$(field rps "$SURGE_HOT")" "$eh")"
-echo "- $SKUS SKUs: surge / redis-always = $(ratio "$(field rps "$SURGE_MANY")" "$am"), surge / redis-everysec = $(ratio "$(field rps "$SURGE_MANY")" "$em")"
-echo "- units held after the runs: surge HOT $HELD; redis always: $REDIS_ALWAYS_HELD; redis everysec: $REDIS_EVERYSEC_HELD (of $REDIS_REQUESTS requests each)"
+batch_res=$(awk -v r="$batch_rps" -v n="$BATCH_OPS" 'BEGIN { printf "%.0f", r * n }')
+surge_row "surge \`/v1/batch\`, $BATCH_OPS reservations/request, $BATCH_CONNECTIONS conns (= $(thousands "$batch_res") reservations/s)" "$SURGE_BATCH"
+redis_row "Redis EVALSHA reserve, appendfsync always, $CONNS_HIGH conns" "$(rv "ALWAYS_$CONNS_HIGH")" "$(rv "ALWAYS_${CONNS_HIGH}_FAILED")"
+redis_row "Redis EVALSHA reserve, appendfsync always, $CONNS_LOW conns" "$(rv "ALWAYS_$CONNS_LOW")" "$(rv "ALWAYS_${CONNS_LOW}_FAILED")"
+redis_row "Redis EVALSHA reserve, appendfsync everysec, $CONNS_HIGH conns" "$(rv "EVERYSEC_$CONNS_HIGH")" "$(rv "EVERYSEC_${CONNS_HIGH}_FAILED")"
+redis_row "Redis EVALSHA reserve, appendfsync everysec, $CONNS_LOW conns" "$(rv "EVERYSEC_$CONNS_LOW")" "$(rv "EVERYSEC_${CONNS_LOW}_FAILED")"
+
+always_high=$(rv "ALWAYS_$CONNS_HIGH")
+always_low=$(rv "ALWAYS_$CONNS_LOW")
+ceiling=$(field rps "$SURGE_CEILING")
+r_res_always=$(ratio "$(field rps "$SURGE_RES_HIGH")" "$(redis_field "$always_high" 0)")
+r_res_always_low=$(ratio "$(field rps "$SURGE_RES_LOW")" "$(redis_field "$always_low" 0)")
+r_res_ceiling=$(ratio "$(field rps "$SURGE_RES_HIGH")" "$ceiling")
+r_read=$(ratio "$(field rps "$SURGE_READ")" "$ceiling")
+r_read_loaded=$(ratio "$(field rps "$SURGE_READ_LOADED")" "$ceiling")
+p99_high=$(ms "$(field p99_us "$SURGE_RES_HIGH")")
+p99_low=$(ms "$(field p99_us "$SURGE_RES_LOW")")
+p99_read=$(ms "$(field p99_us "$SURGE_READ")")
+p99_read_loaded=$(ms "$(field p99_us "$SURGE_READ_LOADED")")
+non2xx=0
+for r in "$SURGE_CEILING" "$SURGE_RES_HIGH" "$SURGE_RES_LOW" "$SURGE_READ" "$SURGE_READ_LOADED" "$SURGE_WRITE_LOAD" "$SURGE_BATCH"; do
+    non2xx=$((non2xx + $(field non2xx "$r") + $(field socket_errors "$r")))
+done
+echo
+echo "Issue 9's targets, from this run:"
+echo "- surge reserve / Redis always, $CONNS_HIGH conns: $r_res_always (target >= 1.2: $(verdict "$r_res_always" '>=' 1.2)); at $CONNS_LOW conns: $r_res_always_low"
+echo "- surge reserve / surge /healthz ceiling, $CONNS_HIGH conns: $r_res_ceiling (target >= 0.85: $(verdict "$r_res_ceiling" '>=' 0.85))"
+echo "- reserve p99: $p99_high ms at $CONNS_HIGH conns (target <= 2: $(verdict "$p99_high" '<=' 2)), $p99_low ms at $CONNS_LOW conns (target <= 1: $(verdict "$p99_low" '<=' 1))"
+echo "- stock read / ceiling: $r_read idle (target >= 0.9: $(verdict "$r_read" '>=' 0.9)), $r_read_loaded with the reserve load beside it"
+echo "- stock read p99: $p99_read ms idle, $p99_read_loaded ms with the reserve load (target <= 2: $(verdict "$p99_read" '<=' 2) / $(verdict "$p99_read_loaded" '<=' 2))"
+echo "- /v1/batch: $(thousands "$batch_res") reservations/s (target >= 1,000,000: $(verdict "$batch_res" '>=' 1000000)); batches with a failed op: $(field failed_batches "$SURGE_BATCH")"
+echo "- non-2xx and socket errors over all surge runs: $non2xx (target 0: $(verdict "$non2xx" '<=' 0))"
+echo
+echo "Holds kept (every successful reservation stored, on both sides):"
+for note in "${HOLD_NOTES[@]}"; do echo "- $note"; done
