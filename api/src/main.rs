@@ -138,6 +138,9 @@ struct ServeArgs {
     /// of the budget. The default is the default hold TTL.
     #[arg(long, env = "SURGE_IDEMPOTENCY_WINDOW_FLOOR_MS", default_value_t = IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT)]
     idempotency_window_floor_ms: u64,
+    /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).
+    #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
+    http_workers: usize,
     /// Log format (`RUST_LOG` sets the level filter, default info).
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -318,11 +321,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idempotency: Some(idempotency),
         ..Default::default()
     };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let http_workers = match args.http_workers {
+        0 => http_workers_default(cores),
+        n => n,
+    };
+    tracing::info!(cores, http_workers, "thread budget");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(http_workers)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(run(addr, auth, api_config, engine_config, args.demo))
+}
+
+/// HTTP workers for a machine with `cores` cores. The writer needs a core of its own
+/// at peak and the sync and follower threads take slices of another; the rest serve
+/// HTTP. (ARCHITECTURE.md, "Thread budget", has the measurements behind it.)
+fn http_workers_default(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 async fn run(

@@ -604,8 +604,10 @@ fn acknowledged_commands_survive_power_loss() {
             damaged * 10 >= runs * 3,
             "only {damaged} of {runs} power cuts damaged an unsynced page"
         );
+        // At least 1 in 20: frames reach the disk once per commit (staged until
+        // then), so few steps leave written-but-unsynced log pages to garble.
         assert!(
-            garbled * 10 >= runs,
+            garbled * 20 >= runs,
             "only {garbled} of {runs} power cuts garbled a log page: the torn-tail check \
              above hardly ran"
         );

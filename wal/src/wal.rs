@@ -214,7 +214,17 @@ pub struct Wal<S: Storage> {
     /// LSNs of the valid snapshots on disk, ascending.
     snapshots: Vec<Lsn>,
     stats: WalStats,
+    /// Frames appended to the active segment but not yet written to it: a batch
+    /// goes to the file in one write at its commit (or roll), not one per frame
+    /// (ARCHITECTURE.md, "The write path"). They start at `staged_at` and end at
+    /// the segment's tail.
+    staged: Vec<u8>,
+    staged_at: u64,
 }
+
+/// Staged frames are written out once they reach this size, so a huge batch does
+/// not grow the buffer without bound.
+const STAGED_BYTES_MAX: usize = 256 << 10;
 
 struct Opened<'a, S> {
     storage: &'a S,
@@ -458,8 +468,15 @@ impl<S: Storage> Wal<S> {
 
         // Appends resume on a fresh page, so that no page holding records
         // that are now part of the log is ever rewritten.
-        if let Some(seg) = segments.last_mut().filter(|s| s.handle.is_some()) {
-            pad_to_page(&mut storage, seg).map_err(|e| Error::io("write padding", e))?;
+        if let Some(seg) = segments.last_mut().filter(|s| s.handle.is_some())
+            && let Some(frame) = padding_frame(seg)
+        {
+            let h = seg.handle.expect("filtered on a handle");
+            storage
+                .write_segment(h, seg.tail, &frame)
+                .map_err(|e| Error::io("write padding", e))?;
+            seg.dirty_from.get_or_insert(seg.tail);
+            seg.tail += frame.len() as u64;
         }
         // A process that was killed (not a power loss) leaves its last writes
         // in the page cache only: make them durable before a watermark can
@@ -535,6 +552,8 @@ impl<S: Storage> Wal<S> {
             snapshot_lsn,
             snapshots,
             stats,
+            staged: Vec::new(),
+            staged_at: 0,
         };
         Ok((wal, Recovery { snapshot, report }))
     }
@@ -547,13 +566,26 @@ impl<S: Storage> Wal<S> {
         mut f: impl FnMut(Lsn, &[u8]) -> Result<(), String>,
     ) -> Result<u64, Error> {
         let mut count = 0;
-        for seg in &self.segments {
+        let active = self.segments.len().saturating_sub(1);
+        for (i, seg) in self.segments.iter().enumerate() {
             let Some(h) = seg.handle else { continue };
             if seg.records == 0 || seg.last_lsn <= after {
                 continue;
             }
             let mut failed = None;
-            let end = self.storage.with_segment(h, |bytes| {
+            let end = self.storage.with_segment(h, |mapped| {
+                // Frames appended since the last commit are still staged: read
+                // them as they will be written.
+                let with_staged;
+                let bytes = if i == active && !self.staged.is_empty() {
+                    let at = self.staged_at as usize;
+                    let mut copy = mapped.to_vec();
+                    copy[at..at + self.staged.len()].copy_from_slice(&self.staged);
+                    with_staged = copy;
+                    &with_staged[..]
+                } else {
+                    mapped
+                };
                 // Frames are read with the format's limit, not this config's: a
                 // segment written under a larger segment size stays readable.
                 scan_frames(
@@ -646,7 +678,7 @@ impl<S: Storage> Wal<S> {
             .segments
             .last_mut()
             .expect("roll leaves an active segment");
-        let h = seg.handle.expect("the active segment is mapped");
+        assert!(seg.handle.is_some(), "the active segment is mapped");
         let at = seg.tail;
         // Checked before writing; the frame is checked again when read back.
         assert!(at >= SEGMENT_DATA_OFFSET && at.is_multiple_of(crate::FRAME_ALIGN_BYTES));
@@ -656,14 +688,16 @@ impl<S: Storage> Wal<S> {
         );
         assert!(lsn > seg.last_lsn || seg.records == 0);
         let header = encode_frame_header(lsn, payload);
-        let written = self.storage.write_segment(h, at, &header).and_then(|()| {
-            self.storage
-                .write_segment(h, at + FRAME_HEADER_BYTES, payload)
-        });
-        if let Err(e) = written {
-            self.poisoned = true;
-            return Err(Error::io("write record", e));
+        if self.staged.is_empty() {
+            self.staged_at = at;
         }
+        debug_assert_eq!(self.staged_at + self.staged.len() as u64, at);
+        // The frame with its alignment gap: the bytes after the tail are zero in
+        // a fresh segment, and stay zero.
+        let staged_len = self.staged.len() + align_up(frame_len) as usize;
+        self.staged.extend_from_slice(&header);
+        self.staged.extend_from_slice(payload);
+        self.staged.resize(staged_len, 0);
         seg.tail = at + align_up(frame_len);
         seg.dirty_from.get_or_insert(at);
         seg.last_lsn = lsn;
@@ -672,6 +706,47 @@ impl<S: Storage> Wal<S> {
         self.stats.records_appended += 1;
         self.stats.bytes_written += frame_len;
         self.stats.last_lsn = lsn;
+        if self.staged.len() >= STAGED_BYTES_MAX {
+            self.write_staged()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the data of the active segment's last partly used page with a padding
+    /// frame (staged), so the next frame starts on a fresh page. Without it, the
+    /// next batch would rewrite the page holding this commit's last records, and a
+    /// power loss during that rewrite could tear records already acknowledged.
+    fn pad_to_page(&mut self) {
+        let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) else {
+            return;
+        };
+        let Some(frame) = padding_frame(seg) else {
+            return;
+        };
+        if self.staged.is_empty() {
+            self.staged_at = seg.tail;
+        }
+        self.staged.extend_from_slice(&frame);
+        seg.dirty_from.get_or_insert(seg.tail);
+        seg.tail += frame.len() as u64;
+        self.stats.bytes_written += frame.len() as u64;
+    }
+
+    /// Writes the staged frames to the active segment (not synced).
+    fn write_staged(&mut self) -> Result<(), Error> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let h = self
+            .segments
+            .last()
+            .and_then(|seg| seg.handle)
+            .expect("frames are staged only for a mapped active segment");
+        if let Err(e) = self.storage.write_segment(h, self.staged_at, &self.staged) {
+            self.poisoned = true;
+            return Err(Error::io("write records", e));
+        }
+        self.staged.clear();
         Ok(())
     }
 
@@ -709,14 +784,8 @@ impl<S: Storage> Wal<S> {
         // the crate docs); with commits in flight that may lag more than one commit.
         let watermark = self.durable_lsn;
         let n = self.segments.len();
-        if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
-            let before = seg.tail;
-            if let Err(e) = pad_to_page(&mut self.storage, seg) {
-                self.poisoned = true;
-                return Err(Error::io("write commit padding", e));
-            }
-            self.stats.bytes_written += seg.tail - before;
-        }
+        self.pad_to_page();
+        self.write_staged()?;
         let mut ranges = Vec::with_capacity(1);
         for i in 0..n {
             let seg = &mut self.segments[i];
@@ -1007,13 +1076,9 @@ impl<S: Storage> Wal<S> {
         // and a hole in it is rot, never a torn tail.
         // It is padded to a page boundary first, like a commit, so that open
         // never has to pad (rewrite) a page holding records that are claimed.
+        self.pad_to_page();
+        self.write_staged()?;
         if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
-            let before = seg.tail;
-            if let Err(e) = pad_to_page(&mut self.storage, seg) {
-                self.poisoned = true;
-                return Err(Error::io("write padding before roll", e));
-            }
-            self.stats.bytes_written += seg.tail - before;
             let dirty_from = seg.dirty_from.take();
             let h = seg.handle.expect("filtered on a handle");
             if self.durable_lsn < self.last_lsn || dirty_from.is_some() {
@@ -1097,29 +1162,23 @@ impl<S: Storage> Wal<S> {
     }
 }
 
-/// Ends the data of a segment's last partly used page with a padding frame,
-/// so the next frame starts on a fresh page. Without it, the next batch would
-/// rewrite the page holding this commit's last records, and a power loss
-/// during that rewrite could tear records already acknowledged.
-fn pad_to_page<S: Storage>(storage: &mut S, seg: &mut Segment) -> std::io::Result<()> {
-    let h = seg.handle.expect("only mapped segments are padded");
+/// The padding frame that ends a segment's last partly used page (see
+/// [`Wal::pad_to_page`]); `None` when the tail is on a page boundary already, or
+/// when only the last 8 bytes of the segment are free: no frame fits there, so
+/// nothing will ever be appended to that page again.
+fn padding_frame(seg: &Segment) -> Option<Vec<u8>> {
     let boundary = seg.tail.next_multiple_of(PAGE_BYTES);
     let mut pad = boundary - seg.tail;
     if pad == 0 {
-        return Ok(());
+        return None;
     }
     if pad < FRAME_HEADER_BYTES {
         pad += PAGE_BYTES;
     }
     if seg.tail + pad > seg.len_bytes {
-        // Only the last 8 bytes of the segment are free: no frame fits
-        // there, so nothing will ever be appended to this page again.
-        return Ok(());
+        return None;
     }
-    storage.write_segment(h, seg.tail, &format::encode_padding(pad))?;
-    seg.dirty_from.get_or_insert(seg.tail);
-    seg.tail += pad;
-    Ok(())
+    Some(format::encode_padding(pad))
 }
 
 /// Zeroes `from..to` of a segment and makes it durable.
