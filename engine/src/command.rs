@@ -417,7 +417,7 @@ pub enum Field {
     BudgetBytes,
     /// The command as a whole (its encoding).
     Command,
-    /// A field named in a format-2 snapshot's stored answer, kept as it was written.
+    /// A field named in a stored answer of snapshot format 1 or 2, kept as written.
     Legacy(String),
 }
 
@@ -490,7 +490,7 @@ pub enum Violation {
         len: u64,
         max: u64,
     },
-    /// A reason from a format-2 snapshot's stored answer, kept as it was written.
+    /// A reason from a stored answer of snapshot format 1 or 2, kept as written.
     Legacy(String),
 }
 
