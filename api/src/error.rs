@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use surge_engine::{Error as EngineError, Rejection, Shortage};
+use surge_engine::{Error as EngineError, Field, LineField, Rejection, Shortage, Unit, Violation};
 use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -134,34 +134,63 @@ impl ApiError {
         }
     }
 
-    /// A business refusal from the engine.
+    /// A business refusal from the engine: its stable code, status and sentence.
     pub fn from_rejection(rejection: &Rejection) -> ApiError {
-        let code = rejection.code();
-        let detail = rejection.detail();
         match rejection {
-            Rejection::Validation { field, .. } => ApiError {
-                field: Some(field.clone()),
-                ..ApiError::new(StatusCode::BAD_REQUEST, code, detail)
-            },
-            Rejection::InsufficientStock { lines } => ApiError {
-                lines: Some(lines.iter().map(short_line).collect()),
-                ..ApiError::new(StatusCode::CONFLICT, code, detail)
-            },
-            Rejection::UnknownSku { .. }
-            | Rejection::UnknownOrder { .. }
-            | Rejection::UnknownReservation { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, code, detail)
+            Rejection::Validation { field, violation } => {
+                ApiError::validation(field_path(field), violation_text(violation))
             }
-            Rejection::InvalidTransition { .. }
-            | Rejection::OrderShipped { .. }
-            | Rejection::DuplicateOrderNo { .. } => {
-                ApiError::new(StatusCode::CONFLICT, code, detail)
+            Rejection::InsufficientStock { lines } => {
+                let parts: Vec<String> = lines
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} (requested {}, available {})",
+                            s.sku, s.requested, s.available
+                        )
+                    })
+                    .collect();
+                ApiError {
+                    lines: Some(lines.iter().map(short_line).collect()),
+                    ..ApiError::new(
+                        StatusCode::CONFLICT,
+                        "insufficient_stock",
+                        format!("not enough stock for {}", parts.join(", ")),
+                    )
+                }
             }
-            Rejection::IdempotencyConflict { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+            Rejection::UnknownSku { sku } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_sku",
+                format!("SKU {sku:?} does not exist"),
+            ),
+            Rejection::UnknownOrder { order } => ApiError::unknown_order(order),
+            Rejection::UnknownReservation { id } => ApiError::unknown_reservation(&id.to_string()),
+            Rejection::InvalidTransition { detail } => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_transition", detail.clone())
             }
+            Rejection::OrderShipped { id, status } => ApiError::new(
+                StatusCode::CONFLICT,
+                "order_shipped",
+                format!(
+                    "order {id} is {status}: a shipped order cannot be cancelled; \
+                     use the return flow (POST /v1/orders/{id}/return)"
+                ),
+            ),
+            Rejection::DuplicateOrderNo { order_no, id } => ApiError::new(
+                StatusCode::CONFLICT,
+                "duplicate_order_no",
+                format!("order_no {order_no:?} is already used by order {id}"),
+            ),
+            Rejection::IdempotencyConflict { key } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_conflict",
+                format!("{IDEMPOTENCY_KEY} {key:?} was already used with a different request"),
+            ),
             // A capacity limit of the engine: the client may retry later.
-            Rejection::LimitReached { .. } => ApiError::overloaded(detail),
+            Rejection::LimitReached { what } => {
+                ApiError::overloaded(format!("limit reached: {what}"))
+            }
         }
     }
 
@@ -186,6 +215,90 @@ impl ApiError {
             field: self.field.clone(),
             lines: self.lines.clone(),
         }
+    }
+}
+
+/// The header that carries an idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Where a field of an engine command came from in the request: a JSON path into the
+/// body (`lines[0].qty`), a path parameter's name, or a header.
+pub fn field_path(field: &Field) -> String {
+    let name = match field {
+        Field::Sku => "sku",
+        Field::Name => "name",
+        Field::OnHand => "on_hand",
+        Field::LowStockThreshold => "low_stock_threshold",
+        Field::Delta => "delta",
+        Field::Note => "note",
+        Field::Actor => "actor",
+        Field::TtlMs => "ttl_ms",
+        Field::PaymentTtlMs => "payment_ttl_ms",
+        Field::Lines => "lines",
+        Field::OrderNo => "order_no",
+        Field::CustomerId => "customer_id",
+        Field::Amount => "amount",
+        Field::PaymentRef => "payment_ref",
+        Field::To => "to",
+        Field::TrackingNo => "tracking_no",
+        Field::Reason => "reason",
+        Field::RefundRef => "refund_ref",
+        Field::IdempotencyKey => IDEMPOTENCY_KEY,
+        Field::WindowMs => "window_ms",
+        Field::BudgetBytes => "budget_bytes",
+        // The whole command: the request body it came from.
+        Field::Command => "body",
+        Field::Line { index, part } => {
+            return match part {
+                LineField::Sku => format!("lines[{index}].sku"),
+                LineField::Qty => format!("lines[{index}].qty"),
+                LineField::UnitPrice => format!("lines[{index}].unit_price"),
+                LineField::SummedQty { sku } => {
+                    format!("lines[{index}].qty (summed for SKU {sku})")
+                }
+            };
+        }
+        Field::Legacy(path) => return path.clone(),
+    };
+    name.to_string()
+}
+
+/// What is wrong with a field, as the sentence after `field: `.
+pub fn violation_text(violation: &Violation) -> String {
+    match violation {
+        Violation::Empty => "must not be empty".into(),
+        Violation::TooLong { max, got } => format!("must be at most {max} bytes, got {got}"),
+        Violation::ControlCharacters => "must not contain control characters".into(),
+        Violation::SkuIdLength { min, max } => format!("must be {min} to {max} bytes"),
+        Violation::SkuIdCharacters => "may contain only letters, digits and . _ : -".into(),
+        Violation::OutOfRange { min, max, unit } => {
+            let unit = match unit {
+                Unit::Count => "",
+                Unit::Millis => " ms",
+                Unit::Bytes => " bytes",
+            };
+            format!("must be between {min} and {max}{unit}")
+        }
+        Violation::AboveMax { max } => format!("must be at most {max}"),
+        Violation::TooManyLines { max, got } => format!("at most {max} lines, got {got}"),
+        Violation::Zero => "must not be zero".into(),
+        Violation::InboundNotPositive => {
+            "an inbound adjustment must be positive; use reason correction".into()
+        }
+        Violation::OnHandAboveMax { max } => format!("on_hand would exceed {max}"),
+        Violation::LinesDifferFromReservation { id } => {
+            format!("must match the lines of reservation {id}")
+        }
+        Violation::NotOrderTotal { total, got } => {
+            format!("must equal the order total {total}, got {got}")
+        }
+        Violation::NotAFulfilmentStep => {
+            "must be one of picking, packed, shipped, delivered, completed".into()
+        }
+        Violation::RecordTooLarge { len, max } => format!(
+            "the request encodes to {len} bytes, over the log's record limit of {max} bytes"
+        ),
+        Violation::Legacy(text) => text.clone(),
     }
 }
 
@@ -230,5 +343,211 @@ mod tests {
         assert_eq!(e.code, "overloaded");
         let e = ApiError::from_engine(EngineError::StorageUnavailable("x".into()));
         assert_eq!(e.code, "storage_unavailable");
+    }
+
+    /// Every refusal renders as it did when the engine built the text: the codes,
+    /// field paths and sentences of the contract.
+    #[test]
+    fn refusals_render_with_the_contracts_codes_fields_and_sentences() {
+        use surge_engine::{OrderId, OrderStatus, ReservationId};
+        let line = |index, part| Field::Line { index, part };
+        let cases: Vec<(Rejection, u16, &str, Option<&str>, &str)> = vec![
+            (
+                Rejection::invalid(
+                    line(0, LineField::Qty),
+                    Violation::OutOfRange {
+                        min: 1,
+                        max: 1_000_000,
+                        unit: Unit::Count,
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("lines[0].qty"),
+                "lines[0].qty: must be between 1 and 1000000",
+            ),
+            (
+                Rejection::invalid(
+                    line(2, LineField::SummedQty { sku: "A".into() }),
+                    Violation::OutOfRange {
+                        min: 1,
+                        max: 1_000_000,
+                        unit: Unit::Count,
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("lines[2].qty (summed for SKU A)"),
+                "lines[2].qty (summed for SKU A): must be between 1 and 1000000",
+            ),
+            (
+                Rejection::invalid(
+                    Field::TtlMs,
+                    Violation::OutOfRange {
+                        min: 1_000,
+                        max: 604_800_000,
+                        unit: Unit::Millis,
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("ttl_ms"),
+                "ttl_ms: must be between 1000 and 604800000 ms",
+            ),
+            (
+                Rejection::invalid(
+                    Field::IdempotencyKey,
+                    Violation::TooLong { max: 128, got: 129 },
+                ),
+                400,
+                "validation_failed",
+                Some("Idempotency-Key"),
+                "Idempotency-Key: must be at most 128 bytes, got 129",
+            ),
+            (
+                Rejection::invalid(Field::Sku, Violation::SkuIdLength { min: 1, max: 64 }),
+                400,
+                "validation_failed",
+                Some("sku"),
+                "sku: must be 1 to 64 bytes",
+            ),
+            (
+                Rejection::invalid(line(1, LineField::Sku), Violation::SkuIdCharacters),
+                400,
+                "validation_failed",
+                Some("lines[1].sku"),
+                "lines[1].sku: may contain only letters, digits and . _ : -",
+            ),
+            (
+                Rejection::invalid(
+                    line(0, LineField::UnitPrice),
+                    Violation::AboveMax {
+                        max: 10_000_000_000,
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("lines[0].unit_price"),
+                "lines[0].unit_price: must be at most 10000000000",
+            ),
+            (
+                Rejection::invalid(Field::Lines, Violation::TooManyLines { max: 64, got: 65 }),
+                400,
+                "validation_failed",
+                Some("lines"),
+                "lines: at most 64 lines, got 65",
+            ),
+            (
+                Rejection::invalid(
+                    Field::Lines,
+                    Violation::LinesDifferFromReservation {
+                        id: ReservationId(7),
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("lines"),
+                "lines: must match the lines of reservation r7",
+            ),
+            (
+                Rejection::invalid(Field::Delta, Violation::InboundNotPositive),
+                400,
+                "validation_failed",
+                Some("delta"),
+                "delta: an inbound adjustment must be positive; use reason correction",
+            ),
+            (
+                Rejection::invalid(
+                    Field::Amount,
+                    Violation::NotOrderTotal {
+                        total: 300,
+                        got: 200,
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("amount"),
+                "amount: must equal the order total 300, got 200",
+            ),
+            (
+                Rejection::invalid(Field::To, Violation::NotAFulfilmentStep),
+                400,
+                "validation_failed",
+                Some("to"),
+                "to: must be one of picking, packed, shipped, delivered, completed",
+            ),
+            (
+                Rejection::invalid(
+                    Field::Command,
+                    Violation::RecordTooLarge {
+                        len: 2_000_000,
+                        max: 1_048_576,
+                    },
+                ),
+                400,
+                "validation_failed",
+                Some("body"),
+                "body: the request encodes to 2000000 bytes, over the log's record limit of 1048576 bytes",
+            ),
+            (
+                Rejection::invalid(
+                    Field::Legacy("lines[0].qty".into()),
+                    Violation::Legacy("must be between 1 and 1000000".into()),
+                ),
+                400,
+                "validation_failed",
+                Some("lines[0].qty"),
+                "lines[0].qty: must be between 1 and 1000000",
+            ),
+            (
+                Rejection::OrderShipped {
+                    id: OrderId(3),
+                    status: OrderStatus::Shipped,
+                },
+                409,
+                "order_shipped",
+                None,
+                "order o3 is shipped: a shipped order cannot be cancelled; use the return flow (POST /v1/orders/o3/return)",
+            ),
+            (
+                Rejection::IdempotencyConflict { key: "k1".into() },
+                422,
+                "idempotency_conflict",
+                None,
+                "Idempotency-Key \"k1\" was already used with a different request",
+            ),
+            (
+                Rejection::UnknownSku { sku: "X".into() },
+                404,
+                "unknown_sku",
+                None,
+                "SKU \"X\" does not exist",
+            ),
+            (
+                Rejection::UnknownReservation {
+                    id: ReservationId(9),
+                },
+                404,
+                "unknown_reservation",
+                None,
+                "reservation r9 does not exist",
+            ),
+            (
+                Rejection::LimitReached {
+                    what: "10 SKUs".into(),
+                },
+                503,
+                "overloaded",
+                None,
+                "limit reached: 10 SKUs",
+            ),
+        ];
+        for (rejection, status, code, field, detail) in cases {
+            let e = ApiError::from_rejection(&rejection);
+            assert_eq!(e.status.as_u16(), status, "{rejection:?}");
+            assert_eq!(e.code, code, "{rejection:?}");
+            assert_eq!(e.field.as_deref(), field, "{rejection:?}");
+            assert_eq!(e.detail, detail, "{rejection:?}");
+        }
     }
 }

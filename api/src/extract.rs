@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use surge_engine::limits::IDEMPOTENCY_KEY_LEN_MAX;
 use surge_engine::{EngineHandle, IdempotencyKey};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, IDEMPOTENCY_KEY};
 
 /// A JSON body, with its raw bytes (for idempotency fingerprints).
 pub struct ApiJson<T>(pub T, pub Bytes);
@@ -354,11 +354,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Idem {
                         !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
                     })
                     .ok_or_else(|| {
-                        ApiError::validation("Idempotency-Key", "must be printable ASCII")
+                        ApiError::validation(IDEMPOTENCY_KEY, "must be printable ASCII")
                     })?;
                 if key.len() > IDEMPOTENCY_KEY_LEN_MAX {
                     return Err(ApiError::validation(
-                        "Idempotency-Key",
+                        IDEMPOTENCY_KEY,
                         format!("must be at most {IDEMPOTENCY_KEY_LEN_MAX} bytes"),
                     ));
                 }

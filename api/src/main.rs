@@ -262,12 +262,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         window_ms: args.idempotency_window_ms,
         budget_bytes: args.idempotency_budget_mb.saturating_mul(1 << 20),
     };
-    if let Err((field, detail)) = idempotency.check() {
+    if let Err((field, violation)) = idempotency.check() {
         let flag = match field {
-            "window_ms" => "--idempotency-window-ms",
+            surge_engine::Field::WindowMs => "--idempotency-window-ms",
             _ => "--idempotency-budget-mb (in MiB)",
         };
-        bail!("{flag}: {detail}");
+        bail!("{flag}: {}", surge_api::error::violation_text(&violation));
     }
     if args.idempotency_window_floor_ms > args.idempotency_window_ms {
         bail!("--idempotency-window-floor-ms must not exceed --idempotency-window-ms");

@@ -84,6 +84,25 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
     Ok(outcome)
 }
 
+/// A stored answer of snapshot format 2 (an outcome with a refusal of that format),
+/// re-encoded as today's outcome.
+pub(crate) fn upgrade_outcome_v2(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let (old, used): (crate::legacy::OutcomeV2, usize) =
+        bincode::decode_from_slice(bytes, RECORD_CONFIG).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!(
+            "{} trailing bytes after a format-2 outcome",
+            bytes.len() - used
+        ));
+    }
+    Ok(encode_outcome(&crate::legacy::upgrade_outcome(old)))
+}
+
+#[cfg(test)]
+pub(crate) fn encode_outcome_v2(outcome: &crate::legacy::OutcomeV2) -> Vec<u8> {
+    bincode::encode_to_vec(outcome, RECORD_CONFIG).expect("encoding into a Vec cannot fail")
+}
+
 pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
     bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
 }
@@ -92,6 +111,8 @@ pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
 /// upgrades on load.
 pub(crate) enum AnySnapshot {
     Current(Snapshot),
+    /// Format 2: the current layout, but its stored answers hold old refusals.
+    V2(Snapshot),
     V1(SnapshotV1),
 }
 
@@ -101,10 +122,11 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<AnySnapshot, String> {
         .get(..4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
         .ok_or("a snapshot shorter than its format number")?;
-    if format == 1 {
-        return decode_whole(bytes).map(AnySnapshot::V1);
+    match format {
+        1 => decode_whole(bytes).map(AnySnapshot::V1),
+        2 => decode_whole(bytes).map(AnySnapshot::V2),
+        _ => decode_whole(bytes).map(AnySnapshot::Current),
     }
-    decode_whole(bytes).map(AnySnapshot::Current)
 }
 
 fn decode_whole<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, String> {

@@ -321,12 +321,18 @@ pub struct Shortage {
 }
 
 /// A business refusal: a value, not an error. Nothing changed.
+///
+/// Refusals are plain data: the engine knows no error codes, JSON paths, header
+/// names or routes. The API renders them (`api/src/error.rs`). The layout is part of
+/// the snapshot format (stored idempotency answers): format 2 had
+/// `Validation { field: String, detail: String }`, read through
+/// `crate::legacy::RejectionV2`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Rejection {
-    /// A field is missing its shape; `field` is the JSON path (`lines[2].qty`).
+    /// A field of the command does not have its shape.
     Validation {
-        field: String,
-        detail: String,
+        field: Field,
+        violation: Violation,
     },
     InsufficientStock {
         lines: Vec<Shortage>,
@@ -343,7 +349,7 @@ pub enum Rejection {
     InvalidTransition {
         detail: String,
     },
-    /// Cancel after shipment: use the return flow.
+    /// Cancel after shipment: the order can only be returned now.
     OrderShipped {
         id: OrderId,
         status: OrderStatus,
@@ -352,6 +358,7 @@ pub enum Rejection {
         order_no: String,
         id: OrderId,
     },
+    /// The idempotency key came with a different request before.
     IdempotencyConflict {
         key: String,
     },
@@ -362,54 +369,137 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// The stable error code of the HTTP contract.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::Validation { .. } => "validation_failed",
-            Rejection::InsufficientStock { .. } => "insufficient_stock",
-            Rejection::UnknownSku { .. } => "unknown_sku",
-            Rejection::UnknownOrder { .. } => "unknown_order",
-            Rejection::UnknownReservation { .. } => "unknown_reservation",
-            Rejection::InvalidTransition { .. } => "invalid_transition",
-            Rejection::OrderShipped { .. } => "order_shipped",
-            Rejection::DuplicateOrderNo { .. } => "duplicate_order_no",
-            Rejection::IdempotencyConflict { .. } => "idempotency_conflict",
-            Rejection::LimitReached { .. } => "overloaded",
-        }
+    pub fn invalid(field: Field, violation: Violation) -> Rejection {
+        Rejection::Validation { field, violation }
     }
+}
 
-    /// A sentence for humans.
-    pub fn detail(&self) -> String {
-        match self {
-            Rejection::Validation { field, detail } => format!("{field}: {detail}"),
-            Rejection::InsufficientStock { lines } => {
-                let parts: Vec<String> = lines
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{} (requested {}, available {})",
-                            s.sku, s.requested, s.available
-                        )
-                    })
-                    .collect();
-                format!("not enough stock for {}", parts.join(", "))
-            }
-            Rejection::UnknownSku { sku } => format!("SKU {sku:?} does not exist"),
-            Rejection::UnknownOrder { order } => format!("order {order} does not exist"),
-            Rejection::UnknownReservation { id } => format!("reservation {id} does not exist"),
-            Rejection::InvalidTransition { detail } => detail.clone(),
-            Rejection::OrderShipped { id, status } => format!(
-                "order {id} is {status}: a shipped order cannot be cancelled; use the return flow (POST /v1/orders/{id}/return)"
-            ),
-            Rejection::DuplicateOrderNo { order_no, id } => {
-                format!("order_no {order_no:?} is already used by order {id}")
-            }
-            Rejection::IdempotencyConflict { key } => {
-                format!("Idempotency-Key {key:?} was already used with a different request")
-            }
-            Rejection::LimitReached { what } => format!("limit reached: {what}"),
-        }
-    }
+/// The part of a command a validation refusal is about. Variant order is part of
+/// the snapshot format (append only).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Field {
+    Sku,
+    /// A SKU's display name.
+    Name,
+    OnHand,
+    LowStockThreshold,
+    /// A stock adjustment's signed change.
+    Delta,
+    Note,
+    Actor,
+    /// A reservation's time to live.
+    TtlMs,
+    /// An order's time to pay.
+    PaymentTtlMs,
+    /// The list of lines as a whole (count, match with a reservation).
+    Lines,
+    /// One line of a reservation or an order (`index` from 0).
+    Line {
+        index: u32,
+        part: LineField,
+    },
+    OrderNo,
+    CustomerId,
+    /// A payment's amount.
+    Amount,
+    PaymentRef,
+    /// The status an order is advanced to.
+    To,
+    TrackingNo,
+    /// A return's reason (free text).
+    Reason,
+    RefundRef,
+    /// The idempotency key sent with the command.
+    IdempotencyKey,
+    /// The idempotency policy's window.
+    WindowMs,
+    /// The idempotency policy's memory budget.
+    BudgetBytes,
+    /// The command as a whole (its encoding).
+    Command,
+    /// A field named in a stored answer of snapshot format 1 or 2, kept as written.
+    Legacy(String),
+}
+
+/// A field of one line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum LineField {
+    Sku,
+    Qty,
+    UnitPrice,
+    /// The quantity of this line added to the earlier lines of the same SKU.
+    SummedQty {
+        sku: String,
+    },
+}
+
+/// What is wrong with a field. Variant order is part of the snapshot format (append
+/// only).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Violation {
+    /// Empty where a value is required.
+    Empty,
+    /// Longer than `max` bytes.
+    TooLong {
+        max: u64,
+        got: u64,
+    },
+    ControlCharacters,
+    /// A SKU id outside `min..=max` bytes.
+    SkuIdLength {
+        min: u64,
+        max: u64,
+    },
+    /// A SKU id with a byte outside `[A-Za-z0-9._:-]`.
+    SkuIdCharacters,
+    /// Outside `min..=max` (in `unit`).
+    OutOfRange {
+        min: u64,
+        max: u64,
+        unit: Unit,
+    },
+    /// Above `max`.
+    AboveMax {
+        max: u64,
+    },
+    /// More than `max` lines.
+    TooManyLines {
+        max: u64,
+        got: u64,
+    },
+    Zero,
+    /// An inbound stock adjustment with a negative delta.
+    InboundNotPositive,
+    /// The change would take on_hand above `max`.
+    OnHandAboveMax {
+        max: u64,
+    },
+    /// The lines differ from those of the reservation being adopted.
+    LinesDifferFromReservation {
+        id: ReservationId,
+    },
+    /// A payment amount other than the order total.
+    NotOrderTotal {
+        total: u64,
+        got: u64,
+    },
+    /// A status that is not a fulfilment step.
+    NotAFulfilmentStep,
+    /// The command encodes to `len` bytes, over the log's record limit.
+    RecordTooLarge {
+        len: u64,
+        max: u64,
+    },
+    /// A reason from a stored answer of snapshot format 1 or 2, kept as written.
+    Legacy(String),
+}
+
+/// The unit of an [`Violation::OutOfRange`] bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Unit {
+    Count,
+    Millis,
+    Bytes,
 }
 
 pub type Outcome = Result<Reply, Rejection>;

@@ -44,7 +44,10 @@ use bincode::error::EncodeError;
 use bincode::{Decode, Encode};
 use sha2::{Digest, Sha256};
 
-use crate::command::{LineView, OrderView, Outcome, Rejection, Reply, ReservationView, Shortage};
+use crate::command::{
+    Field, LineView, OrderView, Outcome, Rejection, Reply, ReservationView, Shortage, Unit,
+    Violation,
+};
 use crate::domain::{
     Millis, OrderId, OrderStatus, PaymentStatus, ReservationId, ReservationStatus, SkuIdx,
 };
@@ -80,23 +83,27 @@ impl IdempotencyPolicy {
     };
 
     /// The policy's values are within the limits: `Err` names the field and the range.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), (Field, Violation)> {
         if !(IDEMPOTENCY_WINDOW_MS_MIN..=IDEMPOTENCY_WINDOW_MS_MAX).contains(&self.window_ms) {
             return Err((
-                "window_ms",
-                format!(
-                    "must be between {IDEMPOTENCY_WINDOW_MS_MIN} and {IDEMPOTENCY_WINDOW_MS_MAX} ms"
-                ),
+                Field::WindowMs,
+                Violation::OutOfRange {
+                    min: IDEMPOTENCY_WINDOW_MS_MIN,
+                    max: IDEMPOTENCY_WINDOW_MS_MAX,
+                    unit: Unit::Millis,
+                },
             ));
         }
         if !(IDEMPOTENCY_BUDGET_BYTES_MIN..=IDEMPOTENCY_BUDGET_BYTES_MAX)
             .contains(&self.budget_bytes)
         {
             return Err((
-                "budget_bytes",
-                format!(
-                    "must be between {IDEMPOTENCY_BUDGET_BYTES_MIN} and {IDEMPOTENCY_BUDGET_BYTES_MAX} bytes"
-                ),
+                Field::BudgetBytes,
+                Violation::OutOfRange {
+                    min: IDEMPOTENCY_BUDGET_BYTES_MIN,
+                    max: IDEMPOTENCY_BUDGET_BYTES_MAX,
+                    unit: Unit::Bytes,
+                },
             ));
         }
         Ok(())
@@ -543,7 +550,7 @@ impl IdempotencyIndex {
     pub fn from_snapshot(s: IndexSnapshot) -> Result<IdempotencyIndex, String> {
         s.policy
             .check()
-            .map_err(|(field, detail)| format!("idempotency policy {field} {detail}"))?;
+            .map_err(|(field, violation)| format!("idempotency policy {field:?}: {violation:?}"))?;
         let count = s.entries.len() as u64;
         let mut index = IdempotencyIndex::new(s.policy);
         let room_made_through_ms = s.room_made_through_ms;
@@ -831,6 +838,7 @@ mod tests {
     use crate::domain::{CancelReason, LineReq, OrderLineReq};
     use crate::event::Event;
     use crate::limits::IDEMPOTENCY_BUDGET_BYTES_MIN;
+    use crate::state::SNAPSHOT_FORMAT;
 
     const T0: Millis = 1_000_000;
     const WINDOW_MS: u64 = 60_000;
@@ -1221,7 +1229,7 @@ mod tests {
                     key: (*key).into(),
                     fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
                     at_ms: T0 + i as u64,
-                    outcome: outcome.clone(),
+                    outcome: as_format_2(outcome),
                 },
             )
             .collect();
@@ -1236,10 +1244,104 @@ mod tests {
                 fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
             };
             let again = upgraded.apply(command, Some(&key), T0 + 1_000, &mut Vec::new());
-            assert_eq!(&again.outcome, original, "{}", key.key);
+            assert_eq!(again.outcome, as_upgraded(original), "{}", key.key);
         }
         // Written again, it is the current format.
         let again = State::decode_snapshot(&upgraded.encode_snapshot()).expect("decodes");
+        assert_eq!(again.digest(), upgraded.digest());
+    }
+
+    /// `outcome` as formats 1 and 2 stored it. The one validation refusal of
+    /// [`mixed_run`] is written with the text those formats held.
+    fn as_format_2(outcome: &Outcome) -> crate::legacy::OutcomeV2 {
+        use crate::legacy::RejectionV2 as Old;
+        outcome.clone().map_err(|rejection| match rejection {
+            Rejection::Validation { field, violation } => {
+                let qty = Field::Line {
+                    index: 0,
+                    part: crate::command::LineField::Qty,
+                };
+                assert_eq!(field, qty, "{violation:?}");
+                Old::Validation {
+                    field: "lines[0].qty".into(),
+                    detail: "must be between 1 and 1000000".into(),
+                }
+            }
+            Rejection::InsufficientStock { lines } => Old::InsufficientStock { lines },
+            Rejection::UnknownSku { sku } => Old::UnknownSku { sku },
+            Rejection::UnknownOrder { order } => Old::UnknownOrder { order },
+            Rejection::UnknownReservation { id } => Old::UnknownReservation { id },
+            Rejection::InvalidTransition { detail } => Old::InvalidTransition { detail },
+            Rejection::OrderShipped { id, status } => Old::OrderShipped { id, status },
+            Rejection::DuplicateOrderNo { order_no, id } => Old::DuplicateOrderNo { order_no, id },
+            Rejection::IdempotencyConflict { key } => Old::IdempotencyConflict { key },
+            Rejection::LimitReached { what } => Old::LimitReached { what },
+        })
+    }
+
+    /// What an answer stored by format 1 or 2 replays as: an old validation refusal
+    /// keeps its text (the API renders it verbatim); everything else is unchanged.
+    fn as_upgraded(outcome: &Outcome) -> Outcome {
+        crate::legacy::upgrade_outcome(as_format_2(outcome))
+    }
+
+    /// A data dir written before refusals were typed (snapshot format 2: stored
+    /// answers hold a refusal with a field path and a sentence) opens, and its keys
+    /// answer with the old text.
+    #[test]
+    fn a_format_2_snapshot_upgrades_its_stored_answers() {
+        let (run, originals) = mixed_run();
+        let crate::codec::AnySnapshot::Current(mut old) =
+            crate::codec::decode_snapshot(&run.state.encode_snapshot()).expect("decodes")
+        else {
+            panic!("the current format");
+        };
+        // Write it as format 2 wrote it: every stored answer in that format's layout.
+        old.format = 2;
+        let mut stored = 0;
+        for entry in &mut old.idempotency.entries {
+            if let Answer::Stored(bytes) = &mut entry.answer {
+                let outcome = crate::codec::decode_outcome(bytes).expect("decodes");
+                *bytes = crate::codec::encode_outcome_v2(&as_format_2(&outcome)).into();
+                stored += 1;
+            }
+        }
+        assert!(
+            stored >= 1,
+            "the run stores at least the validation refusal"
+        );
+        let bytes = bincode::encode_to_vec(
+            &old,
+            bincode::config::standard()
+                .with_little_endian()
+                .with_fixed_int_encoding(),
+        )
+        .expect("encodes");
+        let mut upgraded = State::decode_snapshot(&bytes).expect("format 2 opens");
+        assert_eq!(upgraded.idempotency_stats().keys, originals.len() as u64);
+        let mut legacy = 0;
+        for (command, key, original) in &originals {
+            let key = IdempotencyKey {
+                key: (*key).into(),
+                fingerprint: crate::fnv1a64(format!("{command:?}").as_bytes()),
+            };
+            let again = upgraded.apply(command, Some(&key), T0 + 1_000, &mut Vec::new());
+            let expected = as_upgraded(original);
+            if let Err(Rejection::Validation { field, violation }) = &expected {
+                assert_eq!(field, &Field::Legacy("lines[0].qty".into()));
+                assert_eq!(
+                    violation,
+                    &Violation::Legacy("must be between 1 and 1000000".into())
+                );
+                legacy += 1;
+            }
+            assert_eq!(again.outcome, expected, "{}", key.key);
+        }
+        assert_eq!(legacy, 1);
+        // Written again, it is the current format, and reads back the same.
+        let bytes = upgraded.encode_snapshot();
+        assert_eq!(bytes[..4], SNAPSHOT_FORMAT.to_le_bytes());
+        let again = State::decode_snapshot(&bytes).expect("decodes");
         assert_eq!(again.digest(), upgraded.digest());
     }
 
@@ -1278,7 +1380,17 @@ mod tests {
             ..SMALL
         };
         let (refused, logged) = run.apply_logged(now, policy_command(bad), None);
-        assert_eq!(refused.expect_err("refused").code(), "validation_failed");
+        assert_eq!(
+            refused.expect_err("refused"),
+            Rejection::invalid(
+                Field::BudgetBytes,
+                Violation::OutOfRange {
+                    min: IDEMPOTENCY_BUDGET_BYTES_MIN,
+                    max: IDEMPOTENCY_BUDGET_BYTES_MAX,
+                    unit: Unit::Bytes,
+                }
+            )
+        );
         assert!(!logged);
         assert_eq!(run.state.digest(), digest);
         // A wider window keeps every key; later keys go under the new policy.

@@ -10,6 +10,7 @@ pub mod command;
 pub mod domain;
 pub mod event;
 mod idempotency;
+mod legacy;
 pub mod limits;
 mod query;
 mod reservations;
@@ -33,6 +34,7 @@ impl State {
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
         match codec::decode_snapshot(bytes)? {
             codec::AnySnapshot::Current(snapshot) => State::from_snapshot(snapshot),
+            codec::AnySnapshot::V2(snapshot) => State::from_snapshot_v2(snapshot),
             codec::AnySnapshot::V1(snapshot) => State::from_snapshot_v1(snapshot),
         }
     }

@@ -39,7 +39,7 @@ impl State {
     pub fn query(&self, query: &Query) -> Result<QueryReply, Rejection> {
         match query {
             Query::GetSku { sku } => {
-                check_sku_id("sku", sku)?;
+                check_sku_id(crate::command::Field::Sku, sku)?;
                 let idx = self
                     .sku_index
                     .get(sku.as_str())
@@ -114,7 +114,7 @@ impl State {
         let limit = limit.clamp(1, LIST_LIMIT_MAX);
         let sku = match &filter.sku {
             Some(sku) => {
-                check_sku_id("sku", sku)?;
+                check_sku_id(crate::command::Field::Sku, sku)?;
                 match self.sku_index.get(sku.as_str()) {
                     Some(idx) => Some(*idx),
                     None => {

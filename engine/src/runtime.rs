@@ -29,7 +29,7 @@ use crate::event::Event;
 use crate::feed::EventLog;
 use crate::query::QueryReply;
 use crate::state::State;
-use crate::{IdempotencyPolicy, Rejection, fnv1a64};
+use crate::{Field, IdempotencyPolicy, Rejection, Violation, fnv1a64};
 
 /// How a reply waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -669,10 +669,19 @@ impl Engine {
                 budget_bytes: policy.budget_bytes,
             };
             if let Err(rejection) = writer.apply_at_start(command)? {
-                return Err(Error::InvalidConfig(format!(
-                    "idempotency policy: {}",
-                    rejection.detail()
-                )));
+                // Named by the fields of `IdempotencyPolicy`, for the operator.
+                let what = match rejection {
+                    Rejection::Validation {
+                        field: Field::WindowMs,
+                        violation,
+                    } => format!("window_ms: {violation:?}"),
+                    Rejection::Validation {
+                        field: Field::BudgetBytes,
+                        violation,
+                    } => format!("budget_bytes: {violation:?}"),
+                    other => format!("{other:?}"),
+                };
+                return Err(Error::InvalidConfig(format!("idempotency policy {what}")));
             }
         }
         if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {
@@ -1272,13 +1281,13 @@ impl<S: Storage> Writer<S> {
                     // This command alone does not fit; the log is fine. `check_sizes`
                     // makes this unreachable for valid commands (a test proves it).
                     surge_wal::Error::RecordTooLarge { len, max } => {
-                        let rejection = Rejection::Validation {
-                            field: "body".into(),
-                            detail: format!(
-                                "the request encodes to {len} bytes, over the log's \
-                                 record limit of {max} bytes"
-                            ),
-                        };
+                        let rejection = Rejection::invalid(
+                            Field::Command,
+                            Violation::RecordTooLarge {
+                                len: len as u64,
+                                max: max as u64,
+                            },
+                        );
                         self.refuse_alone(reply, rejection, pending);
                     }
                     // Only a real storage failure stops the engine.

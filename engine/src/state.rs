@@ -14,7 +14,9 @@ use bincode::{Decode, Encode};
 use hashbrown::HashMap;
 
 use crate::chunked::ChunkedVec;
-use crate::command::{Command, IdempotencyKey, Outcome, Rejection, Reply, Shortage};
+use crate::command::{
+    Command, Field, IdempotencyKey, LineField, Outcome, Rejection, Reply, Shortage, Unit, Violation,
+};
 use crate::domain::{
     AdjustReason, CancelReason, LineReq, Millis, OrderAction, OrderId, OrderLineReq, OrderStatus,
     PaymentStatus, ReservationId, ReservationStatus, SYSTEM_ACTOR, SkuIdx, TransitionRefusal,
@@ -22,8 +24,8 @@ use crate::domain::{
 };
 use crate::event::{Event, EventKind};
 use crate::idempotency::{
-    Entry, IdempotencyIndex, IdempotencyPolicy, IdempotencyStats, IndexSnapshot, IndexSnapshotRef,
-    key_hash,
+    Answer, Entry, IdempotencyIndex, IdempotencyPolicy, IdempotencyStats, IndexSnapshot,
+    IndexSnapshotRef, key_hash,
 };
 use crate::limits::*;
 use crate::reservations::Reservations;
@@ -173,10 +175,14 @@ impl Default for State {
     }
 }
 
-fn invalid(field: &str, detail: impl Into<String>) -> Rejection {
-    Rejection::Validation {
-        field: field.to_string(),
-        detail: detail.into(),
+fn invalid(field: Field, violation: Violation) -> Rejection {
+    Rejection::Validation { field, violation }
+}
+
+fn at_line(index: usize, part: LineField) -> Field {
+    Field::Line {
+        index: index as u32,
+        part,
     }
 }
 
@@ -184,61 +190,84 @@ fn transition(detail: String) -> Rejection {
     Rejection::InvalidTransition { detail }
 }
 
-fn check_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+fn too_long(max: usize, got: usize) -> Violation {
+    Violation::TooLong {
+        max: max as u64,
+        got: got as u64,
+    }
+}
+
+fn too_many_lines(got: usize) -> Rejection {
+    invalid(
+        Field::Lines,
+        Violation::TooManyLines {
+            max: LINES_PER_REQUEST_MAX as u64,
+            got: got as u64,
+        },
+    )
+}
+
+fn check_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
     if value.len() > max {
-        return Err(invalid(
-            field,
-            format!("must be at most {max} bytes, got {}", value.len()),
-        ));
+        return Err(invalid(field, too_long(max, value.len())));
     }
     if value.chars().any(|c| c.is_control()) {
-        return Err(invalid(field, "must not contain control characters"));
+        return Err(invalid(field, Violation::ControlCharacters));
     }
     Ok(())
 }
 
-fn check_required_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+fn check_required_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
     if value.is_empty() {
-        return Err(invalid(field, "must not be empty"));
+        return Err(invalid(field, Violation::Empty));
     }
     check_text(field, value, max)
 }
 
 /// SKU ids: 1..=64 bytes of `[A-Za-z0-9._:-]`, so they are safe in paths and CSV.
-pub fn check_sku_id(field: &str, sku: &str) -> Result<(), Rejection> {
+pub fn check_sku_id(field: Field, sku: &str) -> Result<(), Rejection> {
     if sku.is_empty() || sku.len() > SKU_ID_LEN_MAX {
         return Err(invalid(
             field,
-            format!("must be 1 to {SKU_ID_LEN_MAX} bytes"),
+            Violation::SkuIdLength {
+                min: 1,
+                max: SKU_ID_LEN_MAX as u64,
+            },
         ));
     }
     if !sku
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
     {
-        return Err(invalid(
-            field,
-            "may contain only letters, digits and . _ : -",
-        ));
+        return Err(invalid(field, Violation::SkuIdCharacters));
     }
     Ok(())
 }
 
-fn check_ttl(field: &str, ttl_ms: u64) -> Result<(), Rejection> {
+fn check_ttl(field: Field, ttl_ms: u64) -> Result<(), Rejection> {
     if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl_ms) {
         return Err(invalid(
             field,
-            format!("must be between {TTL_MS_MIN} and {TTL_MS_MAX} ms"),
+            Violation::OutOfRange {
+                min: TTL_MS_MIN,
+                max: TTL_MS_MAX,
+                unit: Unit::Millis,
+            },
         ));
     }
     Ok(())
 }
 
-fn check_qty(field: impl FnOnce() -> String, qty: u64) -> Result<(), Rejection> {
+/// `field` is built only for a refusal.
+fn check_qty(field: impl FnOnce() -> Field, qty: u64) -> Result<(), Rejection> {
     if qty == 0 || qty > QTY_PER_LINE_MAX {
         return Err(invalid(
-            &field(),
-            format!("must be between 1 and {QTY_PER_LINE_MAX}"),
+            field(),
+            Violation::OutOfRange {
+                min: 1,
+                max: QTY_PER_LINE_MAX,
+                unit: Unit::Count,
+            },
         ));
     }
     Ok(())
@@ -246,23 +275,17 @@ fn check_qty(field: impl FnOnce() -> String, qty: u64) -> Result<(), Rejection> 
 
 fn check_line_count(len: usize) -> Result<(), Rejection> {
     if len == 0 {
-        return Err(invalid("lines", "must not be empty"));
+        return Err(invalid(Field::Lines, Violation::Empty));
     }
     if len > LINES_PER_REQUEST_MAX {
-        return Err(invalid(
-            "lines",
-            format!("at most {LINES_PER_REQUEST_MAX} lines, got {len}"),
-        ));
+        return Err(too_many_lines(len));
     }
     Ok(())
 }
 
-fn check_len(field: impl FnOnce() -> String, value: &str, max: usize) -> Result<(), Rejection> {
+fn check_len(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
     if value.len() > max {
-        return Err(invalid(
-            &field(),
-            format!("must be at most {max} bytes, got {}", value.len()),
-        ));
+        return Err(invalid(field, too_long(max, value.len())));
     }
     Ok(())
 }
@@ -274,27 +297,20 @@ fn check_len(field: impl FnOnce() -> String, value: &str, max: usize) -> Result<
 /// largest one of each kind), so one request can never make the log refuse a record.
 pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Rejection> {
     if let Some(key) = key {
-        check_len(
-            || "Idempotency-Key".into(),
-            &key.key,
-            IDEMPOTENCY_KEY_LEN_MAX,
-        )?;
+        check_len(Field::IdempotencyKey, &key.key, IDEMPOTENCY_KEY_LEN_MAX)?;
     }
     let lines = |len: usize| {
         if len > LINES_PER_REQUEST_MAX {
-            return Err(invalid(
-                "lines",
-                format!("at most {LINES_PER_REQUEST_MAX} lines, got {len}"),
-            ));
+            return Err(too_many_lines(len));
         }
         Ok(())
     };
-    let actor = |actor: &str| check_len(|| "actor".into(), actor, ACTOR_LEN_MAX);
-    let note = |note: &str| check_len(|| "note".into(), note, NOTE_LEN_MAX);
+    let actor = |actor: &str| check_len(Field::Actor, actor, ACTOR_LEN_MAX);
+    let note = |note: &str| check_len(Field::Note, note, NOTE_LEN_MAX);
     match cmd {
         Command::DefineSku { sku, name, .. } => {
-            check_len(|| "sku".into(), sku, SKU_ID_LEN_MAX)?;
-            check_len(|| "name".into(), name, SKU_NAME_LEN_MAX)
+            check_len(Field::Sku, sku, SKU_ID_LEN_MAX)?;
+            check_len(Field::Name, name, SKU_NAME_LEN_MAX)
         }
         Command::AdjustStock {
             sku,
@@ -302,7 +318,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             actor: who,
             ..
         } => {
-            check_len(|| "sku".into(), sku, SKU_ID_LEN_MAX)?;
+            check_len(Field::Sku, sku, SKU_ID_LEN_MAX)?;
             note(text)?;
             actor(who)
         }
@@ -313,7 +329,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
         } => {
             lines(reqs.len())?;
             for (i, line) in reqs.iter().enumerate() {
-                check_len(|| format!("lines[{i}].sku"), &line.sku, SKU_ID_LEN_MAX)?;
+                check_len(at_line(i, LineField::Sku), &line.sku, SKU_ID_LEN_MAX)?;
             }
             actor(who)
         }
@@ -326,11 +342,11 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             actor: who,
             ..
         } => {
-            check_len(|| "order_no".into(), order_no, ORDER_NO_LEN_MAX)?;
-            check_len(|| "customer_id".into(), customer_id, CUSTOMER_ID_LEN_MAX)?;
+            check_len(Field::OrderNo, order_no, ORDER_NO_LEN_MAX)?;
+            check_len(Field::CustomerId, customer_id, CUSTOMER_ID_LEN_MAX)?;
             lines(reqs.len())?;
             for (i, line) in reqs.iter().enumerate() {
-                check_len(|| format!("lines[{i}].sku"), &line.sku, SKU_ID_LEN_MAX)?;
+                check_len(at_line(i, LineField::Sku), &line.sku, SKU_ID_LEN_MAX)?;
             }
             actor(who)
         }
@@ -339,7 +355,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             actor: who,
             ..
         } => {
-            check_len(|| "payment_ref".into(), payment_ref, NOTE_LEN_MAX)?;
+            check_len(Field::PaymentRef, payment_ref, NOTE_LEN_MAX)?;
             actor(who)
         }
         Command::AdvanceOrder {
@@ -349,7 +365,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             ..
         } => {
             note(text)?;
-            check_len(|| "tracking_no".into(), tracking_no, NOTE_LEN_MAX)?;
+            check_len(Field::TrackingNo, tracking_no, NOTE_LEN_MAX)?;
             actor(who)
         }
         Command::CancelOrder {
@@ -366,7 +382,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             actor: who,
             ..
         } => {
-            check_len(|| "reason".into(), reason, NOTE_LEN_MAX)?;
+            check_len(Field::Reason, reason, NOTE_LEN_MAX)?;
             note(text)?;
             actor(who)
         }
@@ -375,7 +391,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             actor: who,
             ..
         } => {
-            check_len(|| "refund_ref".into(), refund_ref, NOTE_LEN_MAX)?;
+            check_len(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
             actor(who)
         }
         Command::Expire | Command::SetIdempotencyPolicy { .. } => Ok(()),
@@ -448,7 +464,7 @@ impl State {
             None => None,
             Some(key) => {
                 if let Err(rejection) =
-                    check_required_text("Idempotency-Key", &key.key, IDEMPOTENCY_KEY_LEN_MAX)
+                    check_required_text(Field::IdempotencyKey, &key.key, IDEMPOTENCY_KEY_LEN_MAX)
                 {
                     return Applied {
                         outcome: Err(rejection),
@@ -604,7 +620,7 @@ impl State {
     fn set_idempotency_policy(&mut self, policy: IdempotencyPolicy, ctx: &mut Ctx<'_>) -> Outcome {
         policy
             .check()
-            .map_err(|(field, detail)| invalid(field, detail))?;
+            .map_err(|(field, violation)| invalid(field, violation))?;
         if policy != self.idempotency.policy() {
             self.idempotency.set_policy(policy, ctx.now_ms);
             ctx.changed = true;
@@ -626,12 +642,12 @@ impl State {
 
     // ---- SKUs and stock -------------------------------------------------------
 
-    /// `field` names the request field for a validation error; it is built only then.
-    fn sku_idx(&self, field: impl Fn() -> String, sku: &str) -> Result<SkuIdx, Rejection> {
+    /// `field` names the command's field for a validation error.
+    fn sku_idx(&self, field: Field, sku: &str) -> Result<SkuIdx, Rejection> {
         if let Some(&idx) = self.sku_index.get(sku) {
             return Ok(idx);
         }
-        check_sku_id(&field(), sku)?;
+        check_sku_id(field, sku)?;
         self.sku_index
             .get(sku)
             .copied()
@@ -648,15 +664,18 @@ impl State {
         low_stock_threshold: u64,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_sku_id("sku", sku)?;
-        check_text("name", name, SKU_NAME_LEN_MAX)?;
+        check_sku_id(Field::Sku, sku)?;
+        check_text(Field::Name, name, SKU_NAME_LEN_MAX)?;
         if on_hand > ON_HAND_MAX {
-            return Err(invalid("on_hand", format!("must be at most {ON_HAND_MAX}")));
+            return Err(invalid(
+                Field::OnHand,
+                Violation::AboveMax { max: ON_HAND_MAX },
+            ));
         }
         if low_stock_threshold > ON_HAND_MAX {
             return Err(invalid(
-                "low_stock_threshold",
-                format!("must be at most {ON_HAND_MAX}"),
+                Field::LowStockThreshold,
+                Violation::AboveMax { max: ON_HAND_MAX },
             ));
         }
         let idx = match self.sku_index.get(sku) {
@@ -720,17 +739,14 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        let idx = self.sku_idx(|| "sku".to_string(), sku)?;
-        check_text("note", note, NOTE_LEN_MAX)?;
+        let idx = self.sku_idx(Field::Sku, sku)?;
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         if delta == 0 {
-            return Err(invalid("delta", "must not be zero"));
+            return Err(invalid(Field::Delta, Violation::Zero));
         }
         if reason == AdjustReason::Inbound && delta < 0 {
-            return Err(invalid(
-                "delta",
-                "an inbound adjustment must be positive; use reason correction",
-            ));
+            return Err(invalid(Field::Delta, Violation::InboundNotPositive));
         }
         let entry = &self.skus[idx.0 as usize];
         let on_hand = i128::from(entry.on_hand) + i128::from(delta);
@@ -742,8 +758,8 @@ impl State {
         }
         if on_hand > i128::from(ON_HAND_MAX) {
             return Err(invalid(
-                "delta",
-                format!("on_hand would exceed {ON_HAND_MAX}"),
+                Field::Delta,
+                Violation::OnHandAboveMax { max: ON_HAND_MAX },
             ));
         }
         self.intern_actor(actor)?;
@@ -792,12 +808,22 @@ impl State {
         check_line_count(lines.len())?;
         let mut demand: Vec<(SkuIdx, u32)> = Vec::with_capacity(lines.len());
         for (i, (sku, qty)) in lines.enumerate() {
-            let idx = self.sku_idx(|| format!("lines[{i}].sku"), sku)?;
-            check_qty(|| format!("lines[{i}].qty"), qty)?;
+            let idx = self.sku_idx(at_line(i, LineField::Sku), sku)?;
+            check_qty(|| at_line(i, LineField::Qty), qty)?;
             match demand.iter_mut().find(|(s, _)| *s == idx) {
                 Some((_, total)) => {
                     let sum = u64::from(*total) + qty;
-                    check_qty(|| format!("lines[{i}].qty (summed for SKU {sku})"), sum)?;
+                    check_qty(
+                        || {
+                            at_line(
+                                i,
+                                LineField::SummedQty {
+                                    sku: sku.to_string(),
+                                },
+                            )
+                        },
+                        sum,
+                    )?;
                     *total = sum as u32;
                 }
                 None => demand.push((idx, qty as u32)),
@@ -874,7 +900,7 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_ttl("ttl_ms", ttl_ms)?;
+        check_ttl(Field::TtlMs, ttl_ms)?;
         self.check_actor(actor)?;
         let demand = self.demand(lines.iter().map(|l| (l.sku.as_str(), l.qty)))?;
         self.check_held_room()?;
@@ -1073,20 +1099,22 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_required_text("order_no", order_no, ORDER_NO_LEN_MAX)?;
-        check_required_text("customer_id", customer_id, CUSTOMER_ID_LEN_MAX)?;
-        check_ttl("payment_ttl_ms", payment_ttl_ms)?;
+        check_required_text(Field::OrderNo, order_no, ORDER_NO_LEN_MAX)?;
+        check_required_text(Field::CustomerId, customer_id, CUSTOMER_ID_LEN_MAX)?;
+        check_ttl(Field::PaymentTtlMs, payment_ttl_ms)?;
         self.check_actor(actor)?;
         check_line_count(lines.len())?;
         let mut total: u64 = 0;
         for (i, line) in lines.iter().enumerate() {
             if line.unit_price > UNIT_PRICE_MAX {
                 return Err(invalid(
-                    &format!("lines[{i}].unit_price"),
-                    format!("must be at most {UNIT_PRICE_MAX}"),
+                    at_line(i, LineField::UnitPrice),
+                    Violation::AboveMax {
+                        max: UNIT_PRICE_MAX,
+                    },
                 ));
             }
-            check_qty(|| format!("lines[{i}].qty"), line.qty)?;
+            check_qty(|| at_line(i, LineField::Qty), line.qty)?;
             // Cannot overflow: bounded by the limits (checked in limits.rs).
             total += line.qty * line.unit_price;
         }
@@ -1105,7 +1133,7 @@ impl State {
         let due_at_ms = ctx.now_ms + payment_ttl_ms;
         let mut order_lines = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
-            let sku = self.sku_idx(|| format!("lines[{i}].sku"), &line.sku)?;
+            let sku = self.sku_idx(at_line(i, LineField::Sku), &line.sku)?;
             order_lines.push(OrderLine {
                 sku,
                 qty: line.qty as u32,
@@ -1152,8 +1180,8 @@ impl State {
                 held.sort_unstable();
                 if wanted != held {
                     return Err(invalid(
-                        "lines",
-                        format!("must match the lines of reservation {rid}"),
+                        Field::Lines,
+                        Violation::LinesDifferFromReservation { id: rid },
                     ));
                 }
                 self.intern_actor(actor)?;
@@ -1212,7 +1240,7 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_text("payment_ref", payment_ref, NOTE_LEN_MAX)?;
+        check_text(Field::PaymentRef, payment_ref, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         let order = self.order(id)?;
         if order.payment != PaymentStatus::Unpaid {
@@ -1237,8 +1265,11 @@ impl State {
         }
         if amount != order.total {
             return Err(invalid(
-                "amount",
-                format!("must equal the order total {}, got {amount}", order.total),
+                Field::Amount,
+                Violation::NotOrderTotal {
+                    total: order.total,
+                    got: amount,
+                },
             ));
         }
         let reservation = order.reservation;
@@ -1270,8 +1301,8 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_text("note", note, NOTE_LEN_MAX)?;
-        check_text("tracking_no", tracking_no, NOTE_LEN_MAX)?;
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        check_text(Field::TrackingNo, tracking_no, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         if !matches!(
             to,
@@ -1281,10 +1312,7 @@ impl State {
                 | OrderStatus::Delivered
                 | OrderStatus::Completed
         ) {
-            return Err(invalid(
-                "to",
-                "must be one of picking, packed, shipped, delivered, completed",
-            ));
+            return Err(invalid(Field::To, Violation::NotAFulfilmentStep));
         }
         let order = self.order(id)?;
         let from = order.status;
@@ -1325,7 +1353,7 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_text("note", note, NOTE_LEN_MAX)?;
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
@@ -1403,8 +1431,8 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_text("reason", reason, NOTE_LEN_MAX)?;
-        check_text("note", note, NOTE_LEN_MAX)?;
+        check_text(Field::Reason, reason, NOTE_LEN_MAX)?;
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
@@ -1456,7 +1484,7 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
-        check_text("refund_ref", refund_ref, NOTE_LEN_MAX)?;
+        check_text(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         let order = self.order(id)?;
         match order.payment {
@@ -1494,7 +1522,7 @@ impl State {
         if self.actor_index.contains_key(actor) {
             return Ok(()); // known actors were checked when they were interned
         }
-        check_required_text("actor", actor, ACTOR_LEN_MAX)?;
+        check_required_text(Field::Actor, actor, ACTOR_LEN_MAX)?;
         if self.actors.len() >= ACTORS_MAX {
             return Err(Rejection::LimitReached {
                 what: format!("{ACTORS_MAX} distinct actors"),
@@ -1666,7 +1694,9 @@ impl State {
 }
 
 /// 2: idempotency keys as hashes with compact answers, and their policy.
-pub(crate) const SNAPSHOT_FORMAT: u32 = 2;
+/// 3: refusals are typed (`Field`, `Violation`) in stored answers, where format 2 had
+/// a field path and a sentence (`legacy::RejectionV2`).
+pub(crate) const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Format 1, before the idempotency window and budget: keys as text, each with its
 /// whole outcome. Read so that a data dir written by an older surge still opens.
@@ -1677,7 +1707,7 @@ pub(crate) struct IdempotencyEntryV1 {
     pub key: Box<str>,
     pub fingerprint: u64,
     pub at_ms: Millis,
-    pub outcome: Outcome,
+    pub outcome: crate::legacy::OutcomeV2,
 }
 
 impl State {
@@ -1702,7 +1732,8 @@ impl State {
                     entry.key
                 ));
             }
-            let answer = state.answer_of(&entry.outcome, entry.at_ms);
+            let outcome = crate::legacy::upgrade_outcome(entry.outcome);
+            let answer = state.answer_of(&outcome, entry.at_ms);
             state.idempotency.remember(Entry {
                 key,
                 fingerprint: entry.fingerprint,
@@ -1711,6 +1742,23 @@ impl State {
             });
         }
         Ok(state)
+    }
+}
+
+impl State {
+    /// A format-2 snapshot: today's layout, but a stored answer holds a refusal of
+    /// that format; each is re-encoded as today's.
+    pub(crate) fn from_snapshot_v2(mut s: Snapshot) -> Result<State, String> {
+        if s.format != 2 {
+            return Err(format!("snapshot format {} is not 2", s.format));
+        }
+        for entry in &mut s.idempotency.entries {
+            if let Answer::Stored(bytes) = &mut entry.answer {
+                *bytes = crate::codec::upgrade_outcome_v2(bytes)?.into_boxed_slice();
+            }
+        }
+        s.format = SNAPSHOT_FORMAT;
+        State::from_snapshot(s)
     }
 }
 

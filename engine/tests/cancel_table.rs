@@ -4,6 +4,8 @@
 //! outcome (the status afterwards or the refusal code), the payment status, the SKU's
 //! on_hand / reserved / units sold, and the events emitted.
 
+mod common;
+
 use surge_engine::{
     CancelReason, Command, Event, EventKind, LineReq, OrderId, OrderLineReq, OrderStatus,
     PaymentStatus, Query, QueryReply, Reply, ReservationId, State,
@@ -40,7 +42,7 @@ impl World {
         self.state
             .apply(&cmd, None, self.now_ms, &mut self.events)
             .outcome
-            .map_err(|r| r.code().to_string())
+            .map_err(|r| common::refusal_kind(&r).to_string())
     }
 
     fn ok(&mut self, cmd: Command) -> Reply {

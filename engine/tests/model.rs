@@ -7,6 +7,8 @@
 //! show; and the invariants of DESIGN.md must hold. At the end the logged records
 //! replay to the same digest and the snapshot round-trips.
 
+mod common;
+
 use std::collections::HashMap;
 
 use proptest::prelude::*;
@@ -146,7 +148,7 @@ struct Model {
 type Code = Result<(), &'static str>;
 
 fn code(outcome: &Result<Reply, Rejection>) -> Code {
-    outcome.as_ref().map(|_| ()).map_err(|r| r.code())
+    outcome.as_ref().map(|_| ()).map_err(common::refusal_kind)
 }
 
 impl Model {

@@ -1,43 +1,88 @@
 //! Old bytes: a data dir written by an earlier build must still open.
 //!
-//! `engine/tests/data/format-2/` holds a small data dir (WAL format version 2: a
-//! snapshot, the log after it in 64 KiB segments, and the MANIFEST) written by
-//! [`generate_format_2_data_dir`] below, an ignored test that builds it on the
-//! simulated disk with a manual clock, so it writes the same bytes every time. It is
-//! committed and never regenerated for a new version: if a change to the `Command`
-//! enum, the codec, the snapshot or the WAL layout stops these files from loading,
-//! or loads them as a different state, [`format_2_data_dir_opens_to_the_same_state`]
-//! fails. Regenerate only for a new format, next to the old directory:
+//! `engine/tests/data/format-N/` holds a small data dir (a snapshot, the log after it
+//! in 64 KiB segments, and the MANIFEST; the WAL's file format is version 2 in all of
+//! them) written by [`generate_current_data_dir`] below, an ignored test that builds
+//! it on the simulated disk with a manual clock, so it writes the same bytes every
+//! time. `N` is the snapshot format of the state inside the snapshot file:
+//!
+//! - `format-2`: the idempotency index with compact answers; refusals in stored
+//!   answers carried a field path and a sentence.
+//! - `format-3`: refusals are typed values (`Field`, `Violation`); the history also
+//!   holds a keyed refusal before the snapshot, so a stored refusal is in the file.
+//!
+//! Each is committed and never regenerated: if a change to the `Command` enum, the
+//! codec, the snapshot or the WAL layout stops these files from loading, or loads them
+//! as a different state, its test fails. For a new format, point the generator at a
+//! new directory next to the old ones:
 //!
 //! ```text
 //! cargo test -p surge-engine --test old_bytes -- --ignored generate --nocapture
 //! ```
 //!
-//! and put the printed values into the new test.
+//! and put the printed values into a new [`Fixture`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use surge_engine::limits::QTY_PER_LINE_MAX;
 use surge_engine::wal::{SimStorage, WalConfig};
 use surge_engine::{
     AdjustReason, CancelReason, Clock, Command, Durability, Engine, EngineConfig, EngineHandle,
-    IdempotencyKey, LineReq, OrderId, OrderLineReq, OrderStatus, Query, QueryReply, Reply,
-    ReservationId, ReservationStatus,
+    Field, IdempotencyKey, LineField, LineReq, OrderId, OrderLineReq, OrderStatus, Query,
+    QueryReply, Rejection, Reply, ReservationId, ReservationStatus, Unit, Violation,
 };
 
 const SEGMENT_BYTES: u64 = 16 * 4096;
 const START_MS: u64 = 1_700_000_000_000;
 
-/// What the generator printed when it wrote `data/format-2`.
-const DIGEST: u64 = 3069792111112889600;
-const SNAPSHOT_LSN: u64 = 12;
-const NEXT_LSN: u64 = 19;
 /// The clock when the generator finished (it moved 61 s).
 const END_MS: u64 = START_MS + 61_000;
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-2")
+/// A committed data dir and what it must open to.
+struct Fixture {
+    dir: &'static str,
+    /// The snapshot format of the state in its snapshot file.
+    format: u32,
+    /// The digest of the state once opened by this build.
+    digest: u64,
+    snapshot_lsn: u64,
+    next_lsn: u64,
+    /// Whether its history holds the keyed refusal (`k-bad`) before the snapshot.
+    keyed_refusal: bool,
+}
+
+/// Written by the build of snapshot format 2 (which printed digest
+/// 3069792111112889600, a hash of the format-2 encoding). Opened by this build it is
+/// upgraded; `digest` is that of the same history written by this build (the scenario
+/// without the keyed refusal), so the upgrade must give exactly that state.
+const FORMAT_2: Fixture = Fixture {
+    dir: "format-2",
+    format: 2,
+    digest: 17357199214712150923,
+    snapshot_lsn: 12,
+    next_lsn: 19,
+    keyed_refusal: false,
+};
+
+/// What the generator printed when it wrote `data/format-3`.
+const FORMAT_3: Fixture = Fixture {
+    dir: "format-3",
+    format: 3,
+    digest: 11395432349034616317,
+    snapshot_lsn: 14,
+    next_lsn: 20,
+    keyed_refusal: true,
+};
+
+/// Where the generator writes: the directory of the current format.
+const CURRENT_DIR: &str = "format-3";
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn config(data_dir: &Path, clock: Clock) -> EngineConfig {
@@ -90,8 +135,36 @@ fn run(handle: &EngineHandle, cmd: Command, key_name: Option<&str>) -> Reply {
         .unwrap_or_else(|r| panic!("{cmd:?}: {r:?}"))
 }
 
-/// The history the fixture holds: a snapshot in the middle, records on both sides.
-fn scenario(handle: &EngineHandle, clock: &AtomicU64) {
+/// A reservation of no units: refused (`lines[0].qty`).
+fn reserve_nothing() -> Command {
+    Command::Reserve {
+        lines: vec![LineReq {
+            sku: "A".into(),
+            qty: 0,
+        }],
+        ttl_ms: 60_000,
+        actor: "gen".into(),
+    }
+}
+
+/// The refusal of [`reserve_nothing`], as a typed value.
+fn nothing_refused() -> Rejection {
+    Rejection::Validation {
+        field: Field::Line {
+            index: 0,
+            part: LineField::Qty,
+        },
+        violation: Violation::OutOfRange {
+            min: 1,
+            max: QTY_PER_LINE_MAX,
+            unit: Unit::Count,
+        },
+    }
+}
+
+/// The history a fixture holds: a snapshot in the middle, records on both sides;
+/// with `keyed_refusal`, a refused keyed request is answered before the snapshot.
+fn scenario(handle: &EngineHandle, clock: &AtomicU64, keyed_refusal: bool) {
     let actor = || "gen".to_string();
     for (sku, on_hand) in [("A", 50), ("B", 20)] {
         run(
@@ -168,6 +241,12 @@ fn scenario(handle: &EngineHandle, clock: &AtomicU64) {
         },
         None,
     );
+    if keyed_refusal {
+        let refused = handle
+            .execute(reserve_nothing(), Some(key("k-bad")))
+            .expect("answered");
+        assert_eq!(refused, Err(nothing_refused()));
+    }
     handle
         .snapshot()
         .expect("queued")
@@ -270,23 +349,19 @@ fn reservation_status(handle: &EngineHandle, id: u64) -> ReservationStatus {
     }
 }
 
-#[test]
-fn format_2_data_dir_opens_to_the_same_state() {
-    let fixture = fixture_dir();
+fn opens_to_the_same_state(f: &Fixture) {
+    let fixture = fixture_dir(f.dir);
     let mut names: Vec<String> = std::fs::read_dir(&fixture)
         .expect("the committed fixture")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    let snap = format!("snap-{:020}.snap", f.snapshot_lsn);
     assert_eq!(
         names,
-        [
-            "MANIFEST",
-            "snap-00000000000000000012.snap",
-            "wal-00000000000000000001.seg"
-        ]
+        ["MANIFEST", snap.as_str(), "wal-00000000000000000001.seg"]
     );
-    // Every file says format version 2 (bytes 8..12, after the magic).
+    // Every file says WAL file format version 2 (bytes 8..12, after the magic).
     for (name, magic) in [
         (&names[0], b"SURGEMAN"),
         (&names[1], b"SURGSNAP"),
@@ -295,6 +370,16 @@ fn format_2_data_dir_opens_to_the_same_state() {
         let bytes = std::fs::read(fixture.join(name)).expect("read");
         assert_eq!(&bytes[..8], magic, "{name}");
         assert_eq!(bytes[8..12], 2u32.to_le_bytes(), "{name}: format version");
+        // The state inside the snapshot starts with its own format number, after the
+        // file header (magic, version, checksum, lsn, lengths) and the body's first
+        // field (the length of the state's bytes).
+        if magic == b"SURGSNAP" {
+            assert_eq!(
+                bytes[48..52],
+                f.format.to_le_bytes(),
+                "{name}: snapshot format"
+            );
+        }
     }
 
     // Open a copy, with the real storage.
@@ -308,13 +393,13 @@ fn format_2_data_dir_opens_to_the_same_state() {
     let (handle, report) =
         Engine::open(config(&dir, Clock::manual(Arc::clone(&clock)))).expect("open old bytes");
     // Both halves were read: the snapshot, and the log after it.
-    assert_eq!(report.snapshot_lsn, SNAPSHOT_LSN);
+    assert_eq!(report.snapshot_lsn, f.snapshot_lsn);
     assert!(report.records_replayed > 0, "{report:?}");
     let wal = report.wal.as_ref().expect("wal report");
     assert_eq!(wal.torn_tail, None, "{wal:?}");
-    assert_eq!(report.next_lsn, NEXT_LSN);
+    assert_eq!(report.next_lsn, f.next_lsn);
 
-    assert_eq!(digest(&handle), DIGEST);
+    assert_eq!(digest(&handle), f.digest);
     assert_eq!(sku_levels(&handle, "A"), (48, 1, 47));
     assert_eq!(sku_levels(&handle, "B"), (25, 3, 22));
     assert_eq!(order_status(&handle, 1), OrderStatus::Picking);
@@ -333,7 +418,15 @@ fn format_2_data_dir_opens_to_the_same_state() {
         Reply::Order(o) => assert_eq!((o.id, o.status), (OrderId(1), OrderStatus::Reserved)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(digest(&handle), DIGEST);
+    assert_eq!(digest(&handle), f.digest);
+    // A keyed refusal in the snapshot answers again with the same typed refusal.
+    if f.keyed_refusal {
+        let again = handle
+            .execute(reserve_nothing(), Some(key("k-bad")))
+            .expect("answered");
+        assert_eq!(again, Err(nothing_refused()));
+        assert_eq!(digest(&handle), f.digest);
+    }
     // And the log takes new writes after the old ones.
     run(
         &handle,
@@ -349,10 +442,20 @@ fn format_2_data_dir_opens_to_the_same_state() {
     assert_eq!(sku_levels(&handle, "A"), (49, 1, 48));
 }
 
-/// Writes `tests/data/format-2` (replacing it). Run by hand for a new format only.
+#[test]
+fn format_2_data_dir_opens_to_the_same_state() {
+    opens_to_the_same_state(&FORMAT_2);
+}
+
+#[test]
+fn format_3_data_dir_opens_to_the_same_state() {
+    opens_to_the_same_state(&FORMAT_3);
+}
+
+/// Writes `tests/data/{CURRENT_DIR}` (replacing it). Run by hand for a new format only.
 #[test]
 #[ignore = "writes the committed fixture; run by hand for a new format only"]
-fn generate_format_2_data_dir() {
+fn generate_current_data_dir() {
     let clock = Arc::new(AtomicU64::new(START_MS));
     let disk = SimStorage::new();
     let (handle, _) = Engine::open_with_storage(
@@ -360,12 +463,12 @@ fn generate_format_2_data_dir() {
         config(Path::new("unused"), Clock::manual(Arc::clone(&clock))),
     )
     .expect("open");
-    scenario(&handle, &clock);
+    scenario(&handle, &clock, true);
     let written_digest = digest(&handle);
     handle.shutdown();
     drop(handle);
 
-    let out = fixture_dir();
+    let out = fixture_dir(CURRENT_DIR);
     if out.exists() {
         std::fs::remove_dir_all(&out).expect("remove the old fixture");
     }
@@ -382,9 +485,9 @@ fn generate_format_2_data_dir() {
     )
     .expect("reopen");
     assert_eq!(digest(&handle), written_digest);
-    println!("const DIGEST: u64 = {written_digest};");
-    println!("const SNAPSHOT_LSN: u64 = {};", report.snapshot_lsn);
-    println!("const NEXT_LSN: u64 = {};", report.next_lsn);
+    println!("digest: {written_digest}");
+    println!("snapshot_lsn: {}", report.snapshot_lsn);
+    println!("next_lsn: {}", report.next_lsn);
     for sku in ["A", "B"] {
         println!("{sku}: {:?}", sku_levels(&handle, sku));
     }
@@ -394,4 +497,19 @@ fn generate_format_2_data_dir() {
     for id in 1..=5 {
         println!("r{id}: {:?}", reservation_status(&handle, id));
     }
+}
+
+/// The digest this build gives the history without the keyed refusal (what
+/// `format-2` was written from): the state a format-2 data dir must upgrade to.
+#[test]
+#[ignore = "prints a value for FORMAT_2; run by hand for a new format only"]
+fn print_format_2_history_digest() {
+    let clock = Arc::new(AtomicU64::new(START_MS));
+    let (handle, _) = Engine::open_with_storage(
+        SimStorage::new(),
+        config(Path::new("unused"), Clock::manual(Arc::clone(&clock))),
+    )
+    .expect("open");
+    scenario(&handle, &clock, false);
+    println!("format-2 history digest: {}", digest(&handle));
 }

@@ -6,8 +6,8 @@ use surge_engine::codec::{LogRecord, encode_record};
 use surge_engine::limits::*;
 use surge_engine::wal::{RECORD_PAYLOAD_MAX_BYTES, WalConfig};
 use surge_engine::{
-    AdjustReason, CancelReason, Command, IdempotencyKey, LineReq, OrderId, OrderLineReq,
-    OrderStatus, Rejection, ReservationId,
+    AdjustReason, CancelReason, Command, Field, IdempotencyKey, LineField, LineReq, OrderId,
+    OrderLineReq, OrderStatus, Rejection, ReservationId,
 };
 
 fn text(len: usize) -> String {
@@ -141,7 +141,7 @@ fn largest_valid_command_of_every_kind_encodes_below_the_record_limit() {
     assert!(largest <= WalConfig::default().record_payload_max_bytes());
 }
 
-fn refused_field(command: &Command, key: Option<&IdempotencyKey>) -> String {
+fn refused_field(command: &Command, key: Option<&IdempotencyKey>) -> Field {
     match check_sizes(command, key) {
         Err(Rejection::Validation { field, .. }) => field,
         other => panic!("{} over a limit was not refused: {other:?}", command.name()),
@@ -152,7 +152,7 @@ fn refused_field(command: &Command, key: Option<&IdempotencyKey>) -> String {
 fn one_byte_over_any_limit_is_refused_naming_the_field() {
     // Grow each string of each command by one byte past its limit, one at a time.
     let over = |len: usize| text(len + 1);
-    let cases: Vec<(Command, &str)> = vec![
+    let cases: Vec<(Command, Field)> = vec![
         (
             Command::AdjustStock {
                 sku: over(SKU_ID_LEN_MAX),
@@ -161,7 +161,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 note: String::new(),
                 actor: "a".into(),
             },
-            "sku",
+            Field::Sku,
         ),
         (
             Command::AdjustStock {
@@ -171,7 +171,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 note: over(NOTE_LEN_MAX),
                 actor: "a".into(),
             },
-            "note",
+            Field::Note,
         ),
         (
             Command::DefineSku {
@@ -180,7 +180,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 on_hand: 1,
                 low_stock_threshold: 0,
             },
-            "name",
+            Field::Name,
         ),
         (
             Command::Reserve {
@@ -194,7 +194,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 ttl_ms: 1_000,
                 actor: "a".into(),
             },
-            "lines",
+            Field::Lines,
         ),
         (
             Command::Reserve {
@@ -211,14 +211,17 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 ttl_ms: 1_000,
                 actor: "a".into(),
             },
-            "lines[1].sku",
+            Field::Line {
+                index: 1,
+                part: LineField::Sku,
+            },
         ),
         (
             Command::CommitReservation {
                 id: ReservationId(1),
                 actor: over(ACTOR_LEN_MAX),
             },
-            "actor",
+            Field::Actor,
         ),
         (
             Command::CreateOrder {
@@ -229,7 +232,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 reservation_id: None,
                 actor: "a".into(),
             },
-            "customer_id",
+            Field::CustomerId,
         ),
         (
             Command::ReturnOrder {
@@ -239,7 +242,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 note: String::new(),
                 actor: "a".into(),
             },
-            "reason",
+            Field::Reason,
         ),
         (
             Command::RefundOrder {
@@ -247,7 +250,7 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
                 refund_ref: over(NOTE_LEN_MAX),
                 actor: "a".into(),
             },
-            "refund_ref",
+            Field::RefundRef,
         ),
     ];
     for (command, field) in &cases {
@@ -259,6 +262,6 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
     };
     assert_eq!(
         refused_field(&Command::Expire, Some(&key)),
-        "Idempotency-Key"
+        Field::IdempotencyKey
     );
 }

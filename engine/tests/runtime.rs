@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use surge_engine::wal::{MmapStorage, SimStorage, WalConfig};
 use surge_engine::{
     Clock, Command, Engine, EngineConfig, EngineHandle, Error, IdempotencyKey, IdempotencyPolicy,
-    IdempotencyStats, LineReq, OrderLineReq, Query, QueryReply, Reply, ReservationStatus,
+    IdempotencyStats, LineReq, OrderLineReq, Query, QueryReply, Rejection, Reply,
+    ReservationStatus,
 };
 
 fn sim_config() -> EngineConfig {
@@ -93,7 +94,10 @@ fn sixteen_threads_race_for_one_sku() {
                             successes.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(other) => panic!("{other:?}"),
-                        Err(rejection) => assert_eq!(rejection.code(), "insufficient_stock"),
+                        Err(rejection) => assert!(
+                            matches!(rejection, Rejection::InsufficientStock { .. }),
+                            "{rejection:?}"
+                        ),
                     }
                 }
             })
@@ -179,7 +183,9 @@ fn an_oversized_command_is_refused_alone_and_the_engine_keeps_going() {
         fingerprint: 1,
     };
     match handle.execute(hostile, Some(key)).expect("answered") {
-        Err(surge_engine::Rejection::Validation { field, .. }) => assert_eq!(field, "sku"),
+        Err(surge_engine::Rejection::Validation { field, .. }) => {
+            assert_eq!(field, surge_engine::Field::Sku)
+        }
         other => panic!("the oversized command was not refused: {other:?}"),
     }
     assert_eq!(
@@ -288,7 +294,10 @@ fn idempotency_keys_survive_a_restart() {
             }),
         )
         .expect("queued");
-    assert_eq!(conflict.unwrap_err().code(), "idempotency_conflict");
+    assert!(matches!(
+        conflict.unwrap_err(),
+        Rejection::IdempotencyConflict { .. }
+    ));
     assert_eq!(sku_levels(&handle, "A"), (5, 2));
 }
 
