@@ -301,6 +301,12 @@ pub fn render(state: &AppState, idempotency: Option<&IdempotencyStats>) -> Strin
         load(&s.overloaded).to_string(),
     );
     metric(
+        "surge_stock_reads_behind_total",
+        "counter",
+        "Stock reads the stock board could not answer yet (behind the durable LSN), served through the follower's queue.",
+        load(&s.board_behind).to_string(),
+    );
+    metric(
         "surge_engine_writes_refused",
         "gauge",
         "1 while the engine refuses writes (disk full, failed flush).",

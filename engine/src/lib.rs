@@ -4,6 +4,7 @@
 //! - [`Engine`] owns a `State` on one writer thread, takes commands from a bounded
 //!   queue, logs every mutation to the WAL, commits once per batch, then replies.
 
+pub mod board;
 mod chunked;
 pub mod codec;
 pub mod command;

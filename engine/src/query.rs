@@ -209,6 +209,29 @@ impl State {
         Arc::clone(&self.skus[idx.0 as usize].id)
     }
 
+    /// Start noting which SKUs change (for the stock board).
+    pub(crate) fn track_touched_skus(&mut self) {
+        self.touched_skus = Some(Vec::new());
+    }
+
+    /// The views of the SKUs changed since the last call (each once).
+    pub(crate) fn take_touched_sku_views(&mut self) -> Vec<SkuView> {
+        let Some(touched) = self.touched_skus.as_mut() else {
+            return Vec::new();
+        };
+        let mut touched = std::mem::take(touched);
+        touched.sort_unstable_by_key(|idx| idx.0);
+        touched.dedup();
+        touched.into_iter().map(|idx| self.sku_view(idx)).collect()
+    }
+
+    /// The views of every SKU.
+    pub(crate) fn all_sku_views(&self) -> Vec<SkuView> {
+        (0..self.skus.len())
+            .map(|i| self.sku_view(SkuIdx(i as u32)))
+            .collect()
+    }
+
     pub(crate) fn sku_view(&self, idx: SkuIdx) -> SkuView {
         let s = &self.skus[idx.0 as usize];
         SkuView {

@@ -22,8 +22,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 use surge_wal::{CommitJob, MmapStorage, Storage, Wal, WalConfig};
 
+use crate::board::{BoardRead, StockBoard};
 use crate::codec::{self, LogRecord};
-use crate::command::{Command, IdempotencyKey, Outcome, Query};
+use crate::command::{Command, IdempotencyKey, Outcome, Query, SkuView};
 use crate::domain::{Millis, SkuIdx};
 use crate::event::Event;
 use crate::feed::EventLog;
@@ -179,6 +180,9 @@ pub struct RecoveryReport {
 /// Counters the writer keeps for `/metrics`.
 #[derive(Debug, Default)]
 pub struct RuntimeStats {
+    /// Stock reads the board could not answer (behind the read index): they went
+    /// through the follower's queue.
+    pub board_behind: AtomicU64,
     pub commands_applied: AtomicU64,
     pub commands_rejected: AtomicU64,
     pub records_logged: AtomicU64,
@@ -335,6 +339,8 @@ struct Inner {
     snapshot_wanted: AtomicBool,
     /// Reads waiting at the follower (bounded like the writer's queue).
     follower_reads: std::sync::atomic::AtomicUsize,
+    /// Stock as the follower applied it, for reads on the caller's thread.
+    board: StockBoard,
 }
 
 impl Inner {
@@ -602,6 +608,7 @@ impl Engine {
             writes_refused_flag: AtomicBool::new(false),
             snapshot_wanted: AtomicBool::new(false),
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
+            board: StockBoard::default(),
         });
         let shared = Arc::new(Shared {
             tx,
@@ -687,8 +694,14 @@ impl Engine {
         if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {
             // The follower starts from the writer's state as recovered (and after the
             // policy record above): both then apply the same durable records.
+            let mut state = writer.state.clone();
+            state.track_touched_skus();
+            writer
+                .shared
+                .board
+                .publish(state.all_sku_views(), state.next_seq().saturating_sub(1));
             let follower = Follower {
-                state: writer.state.clone(),
+                state,
                 rx: frx,
                 to_writer: shared.tx.clone(),
                 shared: Arc::clone(&writer.shared),
@@ -1524,6 +1537,9 @@ impl Follower {
                     for (lsn, bytes) in records {
                         self.apply(lsn, &bytes);
                     }
+                    self.shared
+                        .board
+                        .publish(self.state.take_touched_sku_views(), self.applied());
                     self.answer_ready();
                     self.maybe_snapshot();
                 }
@@ -1689,6 +1705,26 @@ impl EngineHandle {
             None => self.send(Request::Query { query, reply })?,
         }
         Ok(Ticket(rx))
+    }
+
+    /// A SKU's stock read on the caller's thread, linearizable like [`Self::query`]
+    /// (the board answers only once it has applied the durable LSN noted now).
+    /// `None`: the board cannot answer (no follower in this durability mode, or
+    /// it is behind): use [`Self::query`].
+    pub fn read_sku(&self, sku: &str) -> Option<Result<SkuView, Rejection>> {
+        self.shared.follower_tx.as_ref()?;
+        let inner = &self.shared.inner;
+        let read_index = inner.stats.durable_lsn.load(Ordering::Acquire);
+        match inner.board.read(sku, read_index) {
+            BoardRead::Sku(view) => Some(Ok(view)),
+            BoardRead::Unknown => Some(Err(Rejection::UnknownSku {
+                sku: sku.to_string(),
+            })),
+            BoardRead::Behind => {
+                inner.stats.board_behind.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// Take a snapshot now; answers its LSN.

@@ -167,6 +167,17 @@ pub struct State {
     /// Idempotency keys remembered, with their answers, within the window and budget.
     pub(crate) idempotency: IdempotencyIndex,
     pub(crate) counters: Counters,
+    /// SKUs whose stock or definition changed since the last
+    /// [`State::take_touched_skus`], when tracked (the follower publishes them to
+    /// the stock board). Not part of the state: never snapshotted or compared.
+    pub(crate) touched_skus: Option<Vec<SkuIdx>>,
+}
+
+/// Note that a SKU changed, if changes are tracked.
+fn touch(touched: &mut Option<Vec<SkuIdx>>, idx: SkuIdx) {
+    if let Some(touched) = touched {
+        touched.push(idx);
+    }
 }
 
 impl Default for State {
@@ -415,6 +426,7 @@ impl State {
             actor_index: HashMap::new(),
             idempotency: IdempotencyIndex::new(IdempotencyPolicy::INITIAL),
             counters: Counters::default(),
+            touched_skus: None,
         };
         state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
         state
@@ -709,6 +721,7 @@ impl State {
                 idx
             }
         };
+        touch(&mut self.touched_skus, idx);
         let entry = &mut self.skus[idx.0 as usize];
         let available_before = entry.available();
         let threshold_before = entry.low_stock_threshold;
@@ -763,6 +776,7 @@ impl State {
             ));
         }
         self.intern_actor(actor)?;
+        touch(&mut self.touched_skus, idx);
         let entry = &mut self.skus[idx.0 as usize];
         let available_before = entry.available();
         entry.on_hand = on_hand as u64;
@@ -867,6 +881,7 @@ impl State {
         self.next_reservation_id += 1;
         let mut befores = [0u64; LINES_PER_REQUEST_MAX];
         for (i, &(idx, qty)) in demand.iter().enumerate() {
+            touch(&mut self.touched_skus, idx);
             let sku = &mut self.skus[idx.0 as usize];
             befores[i] = sku.available();
             sku.reserved += u64::from(qty);
@@ -952,6 +967,7 @@ impl State {
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         for &(idx, qty) in r.lines.iter() {
+            touch(&mut self.touched_skus, idx);
             let sku = &mut self.skus[idx.0 as usize];
             let qty = u64::from(qty);
             assert!(sku.reserved >= qty && sku.on_hand >= qty);
@@ -992,6 +1008,7 @@ impl State {
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         for &(idx, qty) in r.lines.iter() {
+            touch(&mut self.touched_skus, idx);
             let sku = &mut self.skus[idx.0 as usize];
             assert!(sku.reserved >= u64::from(qty));
             sku.reserved -= u64::from(qty);
@@ -1382,6 +1399,7 @@ impl State {
             assert!(from.holds_committed_stock());
             let order = &self.orders[(id.0 - 1) as usize];
             for line in order.lines.iter() {
+                touch(&mut self.touched_skus, line.sku);
                 let sku = &mut self.skus[line.sku.0 as usize];
                 let qty = u64::from(line.qty);
                 assert!(sku.units_sold >= qty);
@@ -1455,6 +1473,7 @@ impl State {
         let refund_due = order.payment == PaymentStatus::Paid;
         let order = &self.orders[(id.0 - 1) as usize];
         for line in order.lines.iter() {
+            touch(&mut self.touched_skus, line.sku);
             let sku = &mut self.skus[line.sku.0 as usize];
             let qty = u64::from(line.qty);
             assert!(sku.units_sold >= qty);

@@ -765,9 +765,11 @@ fn a_read_after_an_acknowledged_write_sees_it_and_nothing_unacknowledged() {
         ..EngineConfig::default()
     };
     let (handle, _) = Engine::open(config).expect("open");
+    let board_answers = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| {
         for t in 0..8 {
             let handle = handle.clone();
+            let board_answers = &board_answers;
             scope.spawn(move || {
                 let sku = format!("T{t}");
                 define(&handle, &sku, 1_000);
@@ -776,11 +778,33 @@ fn a_read_after_an_acknowledged_write_sees_it_and_nothing_unacknowledged() {
                         .execute(reserve(&sku, 1), None)
                         .expect("queued")
                         .expect("held");
+                    // The stock board, read on this thread right after the answer,
+                    // is held to the same rule when it answers; when it is behind
+                    // it says so.
+                    if let Some(read) = handle.read_sku(&sku) {
+                        let view = read.expect("defined");
+                        assert_eq!((view.on_hand, view.reserved), (1_000, i), "thread {t}");
+                        board_answers.fetch_add(1, Ordering::Relaxed);
+                    }
                     assert_eq!(sku_levels(&handle, &sku), (1_000, i), "thread {t}");
                 }
             });
         }
     });
+    eprintln!(
+        "stock board answered {} of 1200 reads",
+        board_answers.load(Ordering::Relaxed)
+    );
+    // Once the writes stop and the follower has caught up, the board answers.
+    assert_eq!(sku_levels(&handle, "T0"), (1_000, 150));
+    let view = handle.read_sku("T0").expect("current").expect("defined");
+    assert_eq!((view.on_hand, view.reserved), (1_000, 150));
+    assert_eq!(
+        handle.read_sku("NOPE"),
+        Some(Err(surge_engine::Rejection::UnknownSku {
+            sku: "NOPE".into()
+        }))
+    );
 }
 
 /// Snapshots (issue 8): with a follower, periodic snapshots are encoded by the

@@ -332,6 +332,13 @@ fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
 /// first write to each block then converts it, and the next sync must commit that
 /// metadata change too. A segment written once with zeros is synced like any
 /// overwritten file: data only (measured in `wal/commit_1_record`).
+/// Writes zeros over a new segment, one chunk at a time, each written back
+/// before the next is dirtied. Dirtying the whole segment and syncing it once
+/// would queue tens of megabytes on the device (and, in ext4's ordered mode, in
+/// front of the next journal commit) while the sync thread waits there for a
+/// commit: measured, 25-50 ms stalls of every durable write at each roll
+/// (ARCHITECTURE.md, "The write path"). Chunk by chunk, a commit waits for at
+/// most one chunk.
 fn zero_fill(file: &File, len_bytes: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK];
@@ -339,8 +346,38 @@ fn zero_fill(file: &File, len_bytes: u64) -> io::Result<()> {
     while at < len_bytes {
         let n = (len_bytes - at).min(CHUNK as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
+        write_back(file, at, n as u64)?;
         at += n as u64;
     }
+    Ok(())
+}
+
+/// Starts writeback of a range and waits for it (no metadata, no cache flush:
+/// the caller syncs the file once at the end).
+#[cfg(target_os = "linux")]
+fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    // SAFETY: a plain syscall on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_back(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
