@@ -333,8 +333,14 @@ fn run_seed(seed: u64) -> Trace {
             .expect("accepted");
         apply_ref(&mut reference, &cmd, clock.load(Ordering::SeqCst));
     }
+    // The disk dies at a random operation, or at the first sync after one (then
+    // what was written for that commit is on the disk unsynced at the cut).
     let died_at_op = rng.below(OPS * 3);
-    disk.fail_at_step(died_at_op);
+    if rng.below(2) == 0 {
+        disk.fail_at_step(died_at_op);
+    } else {
+        disk.fail_at_sync_after_step(died_at_op);
+    }
     let mut acked = 0;
     let mut unacked: Vec<(Command, u64)> = Vec::new();
     let (mut orders, mut reservations) = (0u64, 0u64);

@@ -202,18 +202,73 @@ pub(crate) const PADDING_LSN: Lsn = 0;
 
 static ZEROS: [u8; 2 * PAGE_BYTES as usize] = [0; 2 * PAGE_BYTES as usize];
 
-/// A padding frame of `len` bytes (header included; 16 <= len <= 2 pages).
+/// A padding frame of `len` bytes (header included; 24 <= len <= 2 pages).
 /// Commits end with one so that the next append starts on a fresh page and
-/// never rewrites a page holding acknowledged records.
-pub(crate) fn encode_padding(len: u64) -> Vec<u8> {
+/// never rewrites a page holding acknowledged records. Its payload starts with
+/// the durable watermark as the commit began (the *commit mark*, see the crate
+/// docs); 0 claims nothing.
+pub(crate) fn encode_padding(len: u64, watermark: Lsn) -> Vec<u8> {
     assert!(
-        (FRAME_HEADER_BYTES..=2 * PAGE_BYTES).contains(&len)
+        (PADDING_BYTES_MIN..=2 * PAGE_BYTES).contains(&len)
             && len.is_multiple_of(FRAME_ALIGN_BYTES)
     );
-    let payload = &ZEROS[..(len - FRAME_HEADER_BYTES) as usize];
-    let mut frame = encode_frame_header(PADDING_LSN, payload).to_vec();
-    frame.extend_from_slice(payload);
+    let mut payload = ZEROS[..(len - FRAME_HEADER_BYTES) as usize].to_vec();
+    payload[..8].copy_from_slice(&watermark.to_le_bytes());
+    let mut frame = encode_frame_header(PADDING_LSN, &payload).to_vec();
+    frame.extend_from_slice(&payload);
     frame
+}
+
+/// The smallest padding frame: a header and the watermark.
+pub(crate) const PADDING_BYTES_MIN: u64 = FRAME_HEADER_BYTES + 8;
+
+/// The watermark a padding frame's payload claims (0 for padding written before
+/// commit marks, whose payload is zero).
+fn padding_watermark(payload: &[u8]) -> Lsn {
+    payload.get(..8).map_or(0, |b| u64_at(b, 0))
+}
+
+/// The highest watermark claimed by a commit mark that lies past `from`, where
+/// a scan stopped on a frame that does not hold. Commits start on fresh pages,
+/// so frames written after the damage are found again at page boundaries; a
+/// mark there that claims an LSN the log before the damage does not reach
+/// proves the damage is rot, not a torn tail.
+pub(crate) fn claims_after(segment: &[u8], from: u64, payload_max: usize) -> Lsn {
+    let len = segment.len() as u64;
+    let mut claimed = 0;
+    let mut page = (from + 1).next_multiple_of(PAGE_BYTES);
+    while page + FRAME_HEADER_BYTES <= len {
+        let mut at = page;
+        // Walk the frames that hold from this page boundary on.
+        while let Some((frame_len, lsn, payload)) = frame_at(segment, at, payload_max) {
+            if lsn == PADDING_LSN {
+                claimed = claimed.max(padding_watermark(payload));
+            }
+            at += align_up(u64::from(frame_len));
+        }
+        page = (at + 1).next_multiple_of(PAGE_BYTES);
+    }
+    claimed
+}
+
+/// The frame at `at` if it holds (length in bounds, checksum): its length, LSN
+/// and payload.
+fn frame_at(segment: &[u8], at: u64, payload_max: usize) -> Option<(u32, Lsn, &[u8])> {
+    let len = segment.len() as u64;
+    if at + FRAME_HEADER_BYTES > len {
+        return None;
+    }
+    let h = &segment[at as usize..(at + FRAME_HEADER_BYTES) as usize];
+    let frame_len = u32_at(h, 0);
+    let crc = u32_at(h, 4);
+    let lsn = u64_at(h, 8);
+    let payload_len = u64::from(frame_len).checked_sub(FRAME_HEADER_BYTES)?;
+    if payload_len > payload_max as u64 || at + u64::from(frame_len) > len {
+        return None;
+    }
+    let payload =
+        &segment[(at + FRAME_HEADER_BYTES) as usize..(at + u64::from(frame_len)) as usize];
+    (frame_crc(frame_len, lsn, payload) == crc).then_some((frame_len, lsn, payload))
 }
 
 /// Why a frame scan stopped.
@@ -237,6 +292,8 @@ pub(crate) struct ScanEnd {
     pub last_lsn: Lsn,
     pub records: u64,
     pub stop: ScanStop,
+    /// The highest watermark the commit marks on the way claimed.
+    pub claimed: Lsn,
 }
 
 /// Walks the frames of a segment image from the data offset, checking every
@@ -256,6 +313,7 @@ pub(crate) fn scan_frames(
         last_lsn: prev_lsn,
         records: 0,
         stop: ScanStop::Full,
+        claimed: 0,
     };
     loop {
         out.end = at;
@@ -304,6 +362,7 @@ pub(crate) fn scan_frames(
                 out.stop = invalid(format!("padding frame ends off a page boundary at {at}"));
                 return out;
             }
+            out.claimed = out.claimed.max(padding_watermark(payload));
             continue;
         }
         if lsn <= out.last_lsn {

@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::format::{
-    HeaderCheck, ScanStop, SegmentHeader, nonzero_end, read_watermark, scan_frames, segment_name,
+    HeaderCheck, ScanStop, SegmentHeader, claims_after, nonzero_end, read_watermark, scan_frames,
+    segment_name,
 };
 use crate::manifest::{MANIFEST_NAME, Manifest};
 use crate::{Error, Lsn};
@@ -399,6 +400,10 @@ pub(crate) fn analyze(
         });
         a.last_lsn = end.last_lsn;
         a.live_end = i + 1;
+        if end.claimed > watermark {
+            watermark = end.claimed;
+            source = format!("a commit mark in {}", names[i]);
+        }
         let invalid = match &end.stop {
             ScanStop::Invalid(d) => Some(d.clone()),
             _ => None,
@@ -428,6 +433,16 @@ pub(crate) fn analyze(
             ));
         }
     }
+    // Commits after a break: their marks can prove that what the break cut was
+    // durable (rot), which the marks before it cannot.
+    if let Some((i, offset, _)) = &brk {
+        let claimed = src.with_bytes(*i, |b| claims_after(b, *offset, payload_max));
+        if claimed > watermark {
+            watermark = claimed;
+            source = format!("a commit mark after offset {offset} in {}", names[*i]);
+        }
+    }
+    a.watermark = watermark;
     let detail_below = |detail: String, last: Lsn| {
         format!(
             "{detail}; the last valid record is lsn {last} but lsn {watermark} was durable \

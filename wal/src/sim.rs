@@ -84,6 +84,8 @@ struct SimState {
     pending_dir_ops: Vec<DirOp>,
     handles: Vec<Option<FileId>>,
     fail_next_sync: bool,
+    /// The disk dies at the first sync at or after this op.
+    fail_from_sync_after_op: Option<u64>,
     disk_full: bool,
     small_files_full: bool,
     ops: u64,
@@ -113,6 +115,13 @@ impl SimState {
     }
 
     fn sync_step(&mut self, what: &str) -> io::Result<()> {
+        if self
+            .fail_from_sync_after_op
+            .is_some_and(|n| self.ops + 1 >= n)
+        {
+            // The disk dies at this sync: it and everything after it fail.
+            self.fail_from_op = Some(self.ops + 1);
+        }
         self.step(what)?;
         if std::mem::take(&mut self.fail_next_sync) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -272,10 +281,20 @@ impl SimStorage {
         st.fail_from_op = Some(st.ops + 1 + step);
     }
 
-    /// Clears failures armed with `fail_at_step` and `fail_next_sync`.
+    /// The disk dies at the first sync at least `step` operations from now: that
+    /// sync and every operation after it fail (so what was written before it is
+    /// on the disk unsynced when the power goes).
+    pub fn fail_at_sync_after_step(&self, step: u64) {
+        let mut st = self.state.lock();
+        st.fail_from_sync_after_op = Some(st.ops + 1 + step);
+    }
+
+    /// Clears failures armed with `fail_at_step`, `fail_at_sync_after_step` and
+    /// `fail_next_sync`.
     pub fn clear_failures(&self) {
         let mut st = self.state.lock();
         st.fail_from_op = None;
+        st.fail_from_sync_after_op = None;
         st.fail_next_sync = false;
     }
 

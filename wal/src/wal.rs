@@ -95,6 +95,8 @@ struct Segment {
     dirty_from: Option<u64>,
     watermark_written: Lsn,
     next_slot: usize,
+    /// Commits since the header slots last claimed a watermark.
+    commits_since_header_claim: u32,
 }
 
 impl Segment {
@@ -221,6 +223,10 @@ pub struct Wal<S: Storage> {
     staged: Vec<u8>,
     staged_at: u64,
 }
+
+/// The header slots claim the watermark at least every this many commits (each
+/// commit's mark claims it in the stream).
+pub const HEADER_CLAIM_EVERY_COMMITS: u32 = 16;
 
 /// Staged frames are written out once they reach this size, so a huge batch does
 /// not grow the buffer without bound.
@@ -443,6 +449,7 @@ impl<S: Storage> Wal<S> {
                     dirty_from: None,
                     watermark_written: 0,
                     next_slot: 0,
+                    commits_since_header_claim: 0,
                 });
                 continue;
             }
@@ -463,13 +470,14 @@ impl<S: Storage> Wal<S> {
                 dirty_from: None,
                 watermark_written: storage.with_segment(h, |b| read_watermark(b, header.first_lsn)),
                 next_slot: 0,
+                commits_since_header_claim: 0,
             });
         }
 
         // Appends resume on a fresh page, so that no page holding records
         // that are now part of the log is ever rewritten.
         if let Some(seg) = segments.last_mut().filter(|s| s.handle.is_some())
-            && let Some(frame) = padding_frame(seg)
+            && let Some(frame) = padding_frame(seg, 0)
         {
             let h = seg.handle.expect("filtered on a handle");
             storage
@@ -716,12 +724,12 @@ impl<S: Storage> Wal<S> {
     /// frame (staged), so the next frame starts on a fresh page. Without it, the
     /// next batch would rewrite the page holding this commit's last records, and a
     /// power loss during that rewrite could tear records already acknowledged.
-    fn pad_to_page(&mut self) {
+    fn pad_to_page(&mut self, watermark: Lsn) -> bool {
         let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) else {
-            return;
+            return false;
         };
-        let Some(frame) = padding_frame(seg) else {
-            return;
+        let Some(frame) = padding_frame(seg, watermark) else {
+            return false;
         };
         if self.staged.is_empty() {
             self.staged_at = seg.tail;
@@ -730,6 +738,7 @@ impl<S: Storage> Wal<S> {
         seg.dirty_from.get_or_insert(seg.tail);
         seg.tail += frame.len() as u64;
         self.stats.bytes_written += frame.len() as u64;
+        true
     }
 
     /// Writes the staged frames to the active segment (not synced).
@@ -769,8 +778,9 @@ impl<S: Storage> Wal<S> {
     }
 
     /// The first half of a commit, on the thread that appends: ends the data with
-    /// commit padding (so the next append starts on a fresh page), writes the
-    /// watermark, and returns the job that makes it all durable. The job may run
+    /// the commit mark (padding that carries the watermark, so the next append
+    /// starts on a fresh page and the sync covers one range), writes the staged
+    /// frames, and returns the job that makes it all durable. The job may run
     /// on another thread while later records are appended (pipelined group
     /// commit); [`Wal::finish_commit`] then records its result. `None`: nothing
     /// was appended since the last job.
@@ -784,14 +794,25 @@ impl<S: Storage> Wal<S> {
         // the crate docs); with commits in flight that may lag more than one commit.
         let watermark = self.durable_lsn;
         let n = self.segments.len();
-        self.pad_to_page();
+        let marked = self.pad_to_page(watermark);
         self.write_staged()?;
         let mut ranges = Vec::with_capacity(1);
         for i in 0..n {
             let seg = &mut self.segments[i];
             let Some(h) = seg.handle else { continue };
             let mut from = seg.dirty_from.take();
-            if i == n - 1 && seg.watermark_written < watermark {
+            // The header slots carry the watermark every few commits, and when no
+            // commit mark fits (the segment's last page): a second synced range
+            // in every commit would cost the device a second write (README, "The
+            // writer"). They still matter: a loss of the log's whole tail, marks
+            // included, is rot only if a claim outside that tail says so.
+            let header_due =
+                !marked || seg.commits_since_header_claim + 1 >= HEADER_CLAIM_EVERY_COMMITS;
+            if i == n - 1 && !header_due {
+                seg.commits_since_header_claim += 1;
+            }
+            if i == n - 1 && header_due && seg.watermark_written < watermark {
+                seg.commits_since_header_claim = 0;
                 let slot = seg.next_slot;
                 let at = WATERMARK_SLOT_OFFSETS[slot];
                 let bytes = encode_watermark(slot, seg.first_lsn, watermark);
@@ -1076,7 +1097,7 @@ impl<S: Storage> Wal<S> {
         // and a hole in it is rot, never a torn tail.
         // It is padded to a page boundary first, like a commit, so that open
         // never has to pad (rewrite) a page holding records that are claimed.
-        self.pad_to_page();
+        self.pad_to_page(self.durable_lsn);
         self.write_staged()?;
         if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
             let dirty_from = seg.dirty_from.take();
@@ -1137,6 +1158,7 @@ impl<S: Storage> Wal<S> {
             dirty_from: None,
             watermark_written: self.durable_lsn,
             next_slot: 1,
+            commits_since_header_claim: 0,
         };
         let manifest = Manifest {
             log_end: self.durable_lsn,
@@ -1162,23 +1184,20 @@ impl<S: Storage> Wal<S> {
     }
 }
 
-/// The padding frame that ends a segment's last partly used page (see
-/// [`Wal::pad_to_page`]); `None` when the tail is on a page boundary already, or
-/// when only the last 8 bytes of the segment are free: no frame fits there, so
-/// nothing will ever be appended to that page again.
-fn padding_frame(seg: &Segment) -> Option<Vec<u8>> {
+/// The padding frame (commit mark) that ends a segment's last partly used page
+/// (see [`Wal::pad_to_page`]); `None` when it does not fit before the segment
+/// end: nothing will ever be appended to that segment again.
+fn padding_frame(seg: &Segment, watermark: Lsn) -> Option<Vec<u8>> {
     let boundary = seg.tail.next_multiple_of(PAGE_BYTES);
     let mut pad = boundary - seg.tail;
-    if pad == 0 {
-        return None;
-    }
-    if pad < FRAME_HEADER_BYTES {
+    if pad < format::PADDING_BYTES_MIN {
+        // Also on a boundary already: the commit mark takes a page of its own.
         pad += PAGE_BYTES;
     }
     if seg.tail + pad > seg.len_bytes {
         return None;
     }
-    Some(format::encode_padding(pad))
+    Some(format::encode_padding(pad, watermark))
 }
 
 /// Zeroes `from..to` of a segment and makes it durable.

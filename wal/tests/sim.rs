@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use surge_wal::{Error, Lsn, SimStorage, Wal};
+use surge_wal::{Error, HEADER_CLAIM_EVERY_COMMITS, Lsn, SimStorage, Wal};
 
 const PAYLOAD_BYTES: usize = 64;
 const FRAME_BYTES: u64 = 16 + PAYLOAD_BYTES as u64;
@@ -153,15 +153,74 @@ fn rot_below_the_watermark_refuses_to_open_naming_segment_and_offset() {
             Ok(_) => panic!("opened a log with rot below the watermark at {segment}:{flip_at}"),
         }
     }
-    // Records lost from the end of the log below the watermark are rot too.
-    let d = disk.fork();
-    let newest = names.last().expect("segments");
+}
+
+const SEGMENT_BYTES_ONE_MIB: u64 = 1 << 20;
+
+/// Records lost from the end of the log, commit marks and all, are rot when a
+/// claim outside the lost tail says they were durable: the header slots claim the
+/// watermark at least every `HEADER_CLAIM_EVERY_COMMITS` commits, and a roll
+/// claims the whole segment it leaves. A loss of only the last few commits
+/// (marks included) cannot be told from a torn tail: it is cut and reported.
+#[test]
+fn a_lost_tail_below_a_header_claim_is_rot() {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_ONE_MIB);
+    append_range(&mut wal, 1..=20, PAYLOAD_BYTES);
+    wal.commit().expect("commit");
+    let mut lsn = 20;
+    for _ in 0..HEADER_CLAIM_EVERY_COMMITS {
+        lsn += 1;
+        append_range(&mut wal, lsn..=lsn, PAYLOAD_BYTES);
+        wal.commit().expect("commit");
+    }
+    let names = wal.segment_names();
+    assert_eq!(names.len(), 1, "the fixture stays in one segment");
+    drop(wal);
+    let newest = &names[0];
     let newest_frames = frames(&disk.file_bytes(newest).expect("segment"));
+    let d = disk.fork();
     d.zero_from(newest, newest_frames[5].1);
-    assert!(matches!(
-        Wal::open(d, config(SEGMENT_BYTES_SMALL)),
-        Err(Error::Corrupt { .. })
-    ));
+    match Wal::open(d, config(SEGMENT_BYTES_ONE_MIB)) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("durable"), "{detail}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("opened a log that lost acknowledged records"),
+    }
+}
+
+/// Rot in the newest segment's last commits is proven by the commit marks of the
+/// commits after it (commits start on fresh pages, so recovery finds them past
+/// the damage).
+#[test]
+fn rot_is_proven_by_a_later_commit_mark() {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    for lsn in 1..=4 {
+        append_range(&mut wal, lsn..=lsn, PAYLOAD_BYTES);
+        wal.commit().expect("commit");
+    }
+    let names = wal.segment_names();
+    drop(wal);
+    let newest = &names[0];
+    let newest_frames = frames(&disk.file_bytes(newest).expect("segment"));
+    // Record 2 was durable before commit 4 began: commit 4's mark claims it.
+    let (at, _) = frame_of(&newest_frames, 2);
+    let d = disk.fork();
+    d.corrupt(newest, at + 20, 0x10);
+    match Wal::open(d, config(SEGMENT_BYTES_SMALL)) {
+        Err(Error::Corrupt { offset, detail, .. }) => {
+            assert_eq!(offset, at, "{detail}");
+            assert!(detail.contains("commit mark"), "{detail}");
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("opened a log with rot below a commit mark"),
+    }
+    // Record 4, the last commit: no later mark claims it, so it is a torn tail.
+    let (at, _) = frame_of(&newest_frames, 4);
+    let d = disk.fork();
+    d.corrupt(newest, at + 20, 0x10);
+    let (_, recovery) = open_sim(&d, SEGMENT_BYTES_SMALL);
+    assert!(recovery.report.torn_tail.is_some());
 }
 
 fn snapshot_body(lsn: Lsn) -> Vec<u8> {
