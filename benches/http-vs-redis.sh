@@ -189,6 +189,19 @@ slack() { echo $(($1 + $(field socket_errors "$2"))); } # connections RESULT
 # Reservations held against 2xx answers: the server may still carry out requests that
 # were in flight when wrk stopped counting (at most one per connection) or that wrk
 # gave up on (socket errors).
+# The total once requests still in flight after a run have landed: wrk stops
+# counting at the deadline, the server finishes what it accepted (bounded: 10 s).
+settled_reserved() {
+    local a b
+    a=$(surge_reserved)
+    for _ in $(seq 1 50); do
+        sleep 0.2
+        b=$(surge_reserved)
+        [[ "$a" == "$b" ]] && break
+        a=$b
+    done
+    echo "$a"
+}
 HOLD_NOTES=()
 check_holds() { # label held ok_answers connections
     local verdict="ok"
@@ -199,14 +212,14 @@ check_holds() { # label held ok_answers connections
 SURGE_CEILING=$(run_wrk healthz "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /healthz)
 SURGE_READ=$(run_wrk read "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /v1/skus/S "$SKUS")
 
-before=$(surge_reserved)
+before=$(settled_reserved)
 SURGE_RES_HIGH=$(run_wrk reserve-high "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
-after=$(surge_reserved)
+after=$(settled_reserved)
 check_holds "surge reserve, $CONNS_HIGH conns" $((after - before)) "$(ok_requests "$SURGE_RES_HIGH")" "$(slack "$CONNS_HIGH" "$SURGE_RES_HIGH")"
 
 before=$after
 SURGE_RES_LOW=$(run_wrk reserve-low "$CONNS_LOW" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
-after=$(surge_reserved)
+after=$(settled_reserved)
 check_holds "surge reserve, $CONNS_LOW conns" $((after - before)) "$(ok_requests "$SURGE_RES_LOW")" "$(slack "$CONNS_LOW" "$SURGE_RES_LOW")"
 
 # The read again, with reservations running beside it: the writer starts a second
@@ -222,13 +235,13 @@ SURGE_READ_LOADED=$(run_wrk read-under-writes "$CONNS_HIGH" "$DURATION" benches/
 wait "$WRITER_PID" || { cat "$WORK/wrk-write-load.txt" >&2; exit 1; }
 forget "$WRITER_PID"
 SURGE_WRITE_LOAD=$(result_of "$WORK/wrk-write-load.txt")
-after=$(surge_reserved)
+after=$(settled_reserved)
 check_holds "surge reserve beside the read, $WRITE_LOAD_CONNECTIONS conns" $((after - before)) \
     "$(ok_requests "$SURGE_WRITE_LOAD")" "$(slack "$WRITE_LOAD_CONNECTIONS" "$SURGE_WRITE_LOAD")"
 
 before=$after
 SURGE_BATCH=$(run_wrk batch "$BATCH_CONNECTIONS" "$BATCH_DURATION" benches/wrk/batch.lua "$BATCH_OPS" "$SKUS")
-after=$(surge_reserved)
+after=$(settled_reserved)
 check_holds "surge /v1/batch, $BATCH_CONNECTIONS conns" $((after - before)) \
     $(($(ok_requests "$SURGE_BATCH") * BATCH_OPS)) $(($(slack "$BATCH_CONNECTIONS" "$SURGE_BATCH") * BATCH_OPS))
 

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use surge_engine::{Command, Outcome, Ticket};
+use surge_engine::Command;
 use utoipa::ToSchema;
 
 use crate::auth::{Auth, Principal, Storefront};
@@ -187,22 +187,37 @@ pub async fn batch(
         ));
     }
     let engine = st.engine()?;
-    // Queue everything first, then wait: the ops land in as few group commits as the
-    // writer's batch size allows.
-    let pending: Vec<Result<Ticket<Outcome>, ApiError>> = req
-        .ops
-        .iter()
-        .enumerate()
-        .map(|(i, raw)| {
-            let command = op_command(&st, &who, raw, i)?;
-            engine.submit(command, None).map_err(ApiError::from_engine)
-        })
-        .collect();
-    let mut results = Vec::with_capacity(pending.len());
-    for item in pending {
-        let value = match item {
-            Err(e) => problem_json(&e),
-            Ok(ticket) => match ticket.await {
+    // One queue entry for the whole batch: the writer applies the ops in order in
+    // one iteration and they are answered together, from one buffer.
+    let mut commands = Vec::with_capacity(req.ops.len());
+    let mut refused: Vec<(usize, ApiError)> = Vec::new();
+    for (i, raw) in req.ops.iter().enumerate() {
+        match op_command(&st, &who, raw, i) {
+            Ok(command) => commands.push(command),
+            Err(e) => refused.push((i, e)),
+        }
+    }
+    // Each op still fails alone: when the batch cannot be queued (overloaded,
+    // shutting down), each of its ops carries that problem.
+    let answered = if commands.is_empty() {
+        Ok(Vec::new())
+    } else {
+        match engine.submit_batch(commands) {
+            Ok(ticket) => ticket.await.map_err(ApiError::from_engine),
+            Err(e) => Err(ApiError::from_engine(e)),
+        }
+    };
+    let (mut outcomes, unanswered) = match answered {
+        Ok(outcomes) => (outcomes.into_iter(), None),
+        Err(e) => (Vec::new().into_iter(), Some(e)),
+    };
+    let mut refused = refused.into_iter().peekable();
+    let mut results = Vec::with_capacity(req.ops.len());
+    for i in 0..req.ops.len() {
+        let value = match (refused.next_if(|(at, _)| *at == i), &unanswered) {
+            (Some((_, e)), _) => problem_json(&e),
+            (None, Some(e)) => problem_json(e),
+            (None, None) => match outcomes.next().expect("one outcome per submitted op") {
                 Err(e) => problem_json(&ApiError::from_engine(e)),
                 Ok(Err(rejection)) => problem_json(&ApiError::from_rejection(&rejection)),
                 Ok(Ok(reply)) => reply_json(reply),

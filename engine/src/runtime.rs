@@ -289,6 +289,12 @@ enum Request {
         key: Option<IdempotencyKey>,
         reply: ReplySender<Outcome>,
     },
+    /// Commands applied one after another in one writer iteration, answered
+    /// together once durable (`POST /v1/batch`).
+    Batch {
+        commands: Vec<Command>,
+        reply: ReplySender<Vec<Result<Outcome, Error>>>,
+    },
     Query {
         query: Query,
         reply: ReplySender<Result<QueryReply, Rejection>>,
@@ -456,7 +462,7 @@ impl SyncStage {
                     }
                     self.shared.events.publish(&flush.events);
                     for p in flush.replies {
-                        let _ = p.reply.send(Ok(p.outcome));
+                        p.answer(None);
                     }
                     for (reply, answer) in flush.reads {
                         let _ = reply.send(Ok(answer));
@@ -465,7 +471,7 @@ impl SyncStage {
                 Some(why) => {
                     let unavailable = || Error::StorageUnavailable(why.clone());
                     for p in flush.replies {
-                        let _ = p.reply.send(Err(unavailable()));
+                        p.answer(Some(why));
                     }
                     for (reply, _) in flush.reads {
                         let _ = reply.send(Err(unavailable()));
@@ -870,9 +876,38 @@ fn wall_clock_ms() -> Millis {
 }
 
 /// A command waiting for its batch to be durable.
-struct Pending {
-    reply: ReplySender<Outcome>,
-    outcome: Outcome,
+/// An answer that waits for its batch to be durable.
+enum Pending {
+    One {
+        reply: ReplySender<Outcome>,
+        outcome: Outcome,
+    },
+    Batch {
+        reply: ReplySender<Vec<Result<Outcome, Error>>>,
+        outcomes: Vec<Result<Outcome, Error>>,
+    },
+}
+
+impl Pending {
+    /// Send the answer: the outcomes once durable, `Err(refused)` for each when
+    /// the batch could not be made durable.
+    fn answer(self, refused: Option<&str>) {
+        let unavailable = |why: &str| Error::StorageUnavailable(why.to_string());
+        match (self, refused) {
+            (Pending::One { reply, outcome }, None) => {
+                let _ = reply.send(Ok(outcome));
+            }
+            (Pending::One { reply, .. }, Some(why)) => {
+                let _ = reply.send(Err(unavailable(why)));
+            }
+            (Pending::Batch { reply, outcomes }, None) => {
+                let _ = reply.send(Ok(outcomes));
+            }
+            (Pending::Batch { reply, outcomes }, Some(why)) => {
+                let _ = reply.send(Ok(outcomes.iter().map(|_| Err(unavailable(why))).collect()));
+            }
+        }
+    }
 }
 
 struct Writer<S: Storage> {
@@ -946,6 +981,9 @@ impl<S: Storage> Writer<S> {
                         key,
                         reply,
                     } => self.apply(command, key, reply, &mut pending),
+                    Request::Batch { commands, reply } => {
+                        self.apply_batch(commands, reply, &mut pending)
+                    }
                     Request::Query { query, reply } => {
                         reads.push((reply, self.state.query(&query)))
                     }
@@ -966,6 +1004,9 @@ impl<S: Storage> Writer<S> {
                             key,
                             reply,
                         } => self.apply(command, key, reply, &mut pending),
+                        Request::Batch { commands, reply } => {
+                            self.apply_batch(commands, reply, &mut pending)
+                        }
                         Request::Query { query, reply } => {
                             reads.push((reply, self.state.query(&query)))
                         }
@@ -1215,20 +1256,12 @@ impl<S: Storage> Writer<S> {
     }
 
     /// Refuse one command before it is logged; its answer waits with its batch's.
-    fn refuse_alone(
-        &self,
-        reply: ReplySender<Outcome>,
-        rejection: Rejection,
-        pending: &mut Vec<Pending>,
-    ) {
+    fn refuse_alone(&self, rejection: Rejection) -> Outcome {
         self.shared
             .stats
             .commands_rejected
             .fetch_add(1, Ordering::Relaxed);
-        pending.push(Pending {
-            reply,
-            outcome: Err(rejection),
-        });
+        Err(rejection)
     }
 
     /// Expire overdue holds and orders through the same path as any command.
@@ -1258,6 +1291,8 @@ impl<S: Storage> Writer<S> {
         self.shared.writes_refused.lock().clone()
     }
 
+    /// Apply one command; its answer waits in `pending` for the batch's commit
+    /// (an error that needs no commit is sent at once).
     fn apply(
         &mut self,
         command: Command,
@@ -1265,15 +1300,42 @@ impl<S: Storage> Writer<S> {
         reply: ReplySender<Outcome>,
         pending: &mut Vec<Pending>,
     ) {
+        match self.apply_command(command, key) {
+            Ok(outcome) => pending.push(Pending::One { reply, outcome }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Apply the commands of one batch request in order; the answers wait together.
+    fn apply_batch(
+        &mut self,
+        commands: Vec<Command>,
+        reply: ReplySender<Vec<Result<Outcome, Error>>>,
+        pending: &mut Vec<Pending>,
+    ) {
+        let outcomes = commands
+            .into_iter()
+            .map(|command| self.apply_command(command, None))
+            .collect();
+        pending.push(Pending::Batch { reply, outcomes });
+    }
+
+    /// Apply one command: its outcome (to be answered once durable), or an error
+    /// to answer now (writes refused, disk full).
+    fn apply_command(
+        &mut self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Outcome, Error> {
         if let Some(reason) = self.refusal() {
-            let _ = reply.send(Err(Error::StorageUnavailable(reason)));
-            return;
+            return Err(Error::StorageUnavailable(reason));
         }
         // A command over a size limit is refused alone, before it is encoded: it
         // must never reach the log as a record the log cannot take.
         if let Err(rejection) = crate::state::check_sizes(&command, key.as_ref()) {
-            self.refuse_alone(reply, rejection, pending);
-            return;
+            return Ok(self.refuse_alone(rejection));
         }
         // Encode before applying so that the record's room in the log is reserved
         // first: a disk that is full refuses the command before it changes anything.
@@ -1286,30 +1348,26 @@ impl<S: Storage> Writer<S> {
             codec::encode_record(&record, &mut self.record_buf);
             if let Err(e) = wal.reserve(self.state.next_seq(), self.record_buf.len()) {
                 let reason = format!("{e}");
-                match e {
+                return match e {
                     // Transient: the next command tries again.
-                    surge_wal::Error::NoSpace => {
-                        let _ = reply.send(Err(Error::StorageUnavailable(reason)));
-                    }
+                    surge_wal::Error::NoSpace => Err(Error::StorageUnavailable(reason)),
                     // This command alone does not fit; the log is fine. `check_sizes`
                     // makes this unreachable for valid commands (a test proves it).
                     surge_wal::Error::RecordTooLarge { len, max } => {
-                        let rejection = Rejection::invalid(
+                        Ok(self.refuse_alone(Rejection::invalid(
                             Field::Command,
                             Violation::RecordTooLarge {
                                 len: len as u64,
                                 max: max as u64,
                             },
-                        );
-                        self.refuse_alone(reply, rejection, pending);
+                        )))
                     }
                     // Only a real storage failure stops the engine.
                     _ => {
                         self.fail_stop(reason.clone());
-                        let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                        Err(Error::StorageUnavailable(reason))
                     }
-                }
-                return;
+                };
             }
         }
         let applied = self.state.apply(
@@ -1346,10 +1404,7 @@ impl<S: Storage> Writer<S> {
                 }
             }
         }
-        pending.push(Pending {
-            reply,
-            outcome: applied.outcome,
-        });
+        Ok(applied.outcome)
     }
 
     /// New SKUs get their names into the feed's table before their events publish.
@@ -1368,15 +1423,9 @@ impl<S: Storage> Writer<S> {
     }
 
     fn reply_all(&mut self, pending: &mut Vec<Pending>, durable: bool) {
+        let refused = (!durable).then(|| self.refusal().unwrap_or_else(|| "flush failed".into()));
         for p in pending.drain(..) {
-            let answer = if durable {
-                Ok(p.outcome)
-            } else {
-                Err(Error::StorageUnavailable(
-                    self.refusal().unwrap_or_else(|| "flush failed".into()),
-                ))
-            };
-            let _ = p.reply.send(answer);
+            p.answer(refused.as_deref());
         }
     }
 
@@ -1704,6 +1753,18 @@ impl EngineHandle {
             }
             None => self.send(Request::Query { query, reply })?,
         }
+        Ok(Ticket(rx))
+    }
+
+    /// Submit the commands of one batch request as one queue entry: the writer
+    /// applies them in order in one iteration, and they are answered together
+    /// once durable (each its own outcome, or its own error).
+    pub fn submit_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Ticket<Vec<Result<Outcome, Error>>>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Batch { commands, reply })?;
         Ok(Ticket(rx))
     }
 
