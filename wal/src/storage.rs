@@ -11,6 +11,7 @@ use std::sync::Arc;
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::Error;
+use crate::format::parse_segment_name;
 
 /// Handle of a mapped segment inside one [`Storage`] value.
 pub type SegmentId = usize;
@@ -116,6 +117,51 @@ pub struct MmapStorage {
     segments: Vec<Option<Mapped>>,
     /// The next segment file, made ready off the appending thread.
     spare: Option<SparePreparer>,
+    /// Deletes retired segments off the appending thread.
+    reclaimer: Option<Reclaimer>,
+    /// Retired segments renamed so far (for unique trash names).
+    retired: u64,
+}
+
+/// Prefix of a retired segment's name while the reclaimer deletes it: storage-
+/// internal like the spare (`list` hides it, `open` removes a leftover).
+const RETIRED_PREFIX: &str = "wal-retired-";
+
+/// A thread that deletes retired segment files. Freeing the blocks of a 64 MiB
+/// file took 17 ms per `unlink` on the appending thread (measured with `strace -T`
+/// during a snapshot's pruning: 16 segments, a 270 ms stall of every write). The
+/// file is renamed out of the log's names first (cheap, on the caller's thread),
+/// so a later segment of the same name is never the one deleted.
+struct Reclaimer {
+    tx: Option<std::sync::mpsc::Sender<PathBuf>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reclaimer {
+    fn start() -> io::Result<Reclaimer> {
+        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+        let thread = std::thread::Builder::new()
+            .name("surge-reclaimer".into())
+            .spawn(move || {
+                for path in rx {
+                    // A failure leaves a leftover that the next open removes.
+                    let _ = fs::remove_file(path);
+                }
+            })?;
+        Ok(Reclaimer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Reclaimer {
+    fn drop(&mut self) {
+        self.tx = None; // ends the thread once it has deleted what it was given
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Name of the prepared (allocated, zero-filled, synced) next segment file. It is
@@ -257,11 +303,26 @@ impl MmapStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove leftover spare segment", e)),
         }
+        // Retired segments an earlier run had not deleted yet.
+        let entries = fs::read_dir(dir).map_err(|e| Error::io("list data dir", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list data dir", e))?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
+            {
+                fs::remove_file(entry.path())
+                    .map_err(|e| Error::io("remove leftover retired segment", e))?;
+            }
+        }
         Ok(MmapStorage {
             dir: dir.to_path_buf(),
             _lock: lock,
             segments: Vec::new(),
             spare: None,
+            reclaimer: None,
+            retired: 0,
         })
     }
 
@@ -404,6 +465,7 @@ impl Storage for MmapStorage {
                 && let Ok(name) = entry.file_name().into_string()
                 && name != LOCK_FILE
                 && name != SPARE_NAME
+                && !name.starts_with(RETIRED_PREFIX)
             {
                 names.push(name);
             }
@@ -527,7 +589,19 @@ impl Storage for MmapStorage {
     }
 
     fn remove(&mut self, name: &str) -> io::Result<()> {
-        fs::remove_file(self.path(name))
+        if parse_segment_name(name).is_none() {
+            return fs::remove_file(self.path(name));
+        }
+        if self.reclaimer.is_none() {
+            self.reclaimer = Some(Reclaimer::start()?);
+        }
+        let trash = self.path(&format!("{RETIRED_PREFIX}{}.tmp", self.retired));
+        self.retired += 1;
+        fs::rename(self.path(name), &trash)?;
+        if let Some(tx) = self.reclaimer.as_ref().and_then(|r| r.tx.as_ref()) {
+            let _ = tx.send(trash);
+        }
+        Ok(())
     }
 
     fn sync_dir(&mut self) -> io::Result<()> {

@@ -142,3 +142,48 @@ fn verify_reports_a_torn_tail_without_changing_anything() {
     let last: Vec<Lsn> = records(&wal, 0).iter().map(|r| r.0).collect();
     assert_eq!(last, (1..=54).collect::<Vec<_>>());
 }
+
+/// Pruning after a snapshot retires segments off the appending thread: each is
+/// renamed out of the log's names and deleted by the reclaimer thread. Once the
+/// storage is dropped every retired file is gone, and a leftover from a run that
+/// died before deleting is removed at the next open.
+#[test]
+fn retired_segments_are_deleted_by_the_reclaimer_and_leftovers_at_open() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let segment_files = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .filter(|n| n.ends_with(".seg") || n.starts_with("wal-retired-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let live = {
+        let (mut wal, _) = open_dir(&dir);
+        append_range(&mut wal, 1..=2000, 100);
+        wal.commit().expect("commit");
+        let before = wal.segment_names().len();
+        wal.write_snapshot(2000, b"snapshot at 2000")
+            .expect("snapshot");
+        append_range(&mut wal, 2001..=2010, 100);
+        wal.commit().expect("commit");
+        wal.write_snapshot(2010, b"snapshot at 2010")
+            .expect("snapshot");
+        let live = wal.segment_names();
+        assert!(live.len() < before, "nothing was pruned: {before} -> {live:?}");
+        live
+    };
+    // Dropped: the reclaimer finished, and only the live segments are left.
+    let mut live_sorted = live.clone();
+    live_sorted.sort();
+    assert_eq!(segment_files(&dir), live_sorted);
+    // A run that died before its reclaimer deleted a file leaves it behind.
+    std::fs::write(dir.join("wal-retired-3.tmp"), b"leftover").expect("write");
+    let (wal, rec) = open_dir(&dir);
+    assert_eq!(rec.report.last_lsn, 2010);
+    assert_eq!(segment_files(&dir), live_sorted);
+    drop(wal);
+    assert_eq!(verify(&dir).expect("verify").verdict, Verdict::Clean);
+}
