@@ -172,7 +172,10 @@ fn retired_segments_are_deleted_by_the_reclaimer_and_leftovers_at_open() {
         wal.write_snapshot(2010, b"snapshot at 2010")
             .expect("snapshot");
         let live = wal.segment_names();
-        assert!(live.len() < before, "nothing was pruned: {before} -> {live:?}");
+        assert!(
+            live.len() < before,
+            "nothing was pruned: {before} -> {live:?}"
+        );
         live
     };
     // Dropped: the reclaimer finished, and only the live segments are left.
