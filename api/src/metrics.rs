@@ -307,6 +307,12 @@ pub fn render(state: &AppState, idempotency: Option<&IdempotencyStats>) -> Strin
         load(&s.board_behind).to_string(),
     );
     metric(
+        "surge_reads_during_snapshot_total",
+        "counter",
+        "Reads sent through the writer's queue because the follower was encoding a snapshot.",
+        load(&s.reads_during_snapshot).to_string(),
+    );
+    metric(
         "surge_engine_writes_refused",
         "gauge",
         "1 while the engine refuses writes (disk full, failed flush).",

@@ -183,6 +183,9 @@ pub struct RuntimeStats {
     /// Stock reads the board could not answer (behind the read index): they went
     /// through the follower's queue.
     pub board_behind: AtomicU64,
+    /// Reads that went through the writer's queue because the follower was
+    /// encoding a snapshot.
+    pub reads_during_snapshot: AtomicU64,
     pub commands_applied: AtomicU64,
     pub commands_rejected: AtomicU64,
     pub records_logged: AtomicU64,
@@ -347,6 +350,9 @@ struct Inner {
     follower_reads: std::sync::atomic::AtomicUsize,
     /// Stock as the follower applied it, for reads on the caller's thread.
     board: StockBoard,
+    /// The follower is encoding a snapshot: new reads go through the writer's queue
+    /// meanwhile instead of waiting for it.
+    follower_encoding: AtomicBool,
 }
 
 impl Inner {
@@ -615,6 +621,7 @@ impl Engine {
             snapshot_wanted: AtomicBool::new(false),
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
             board: StockBoard::default(),
+            follower_encoding: AtomicBool::new(false),
         });
         let shared = Arc::new(Shared {
             tx,
@@ -1664,9 +1671,14 @@ impl Follower {
         if !(due || wanted) || self.records_since_snapshot == 0 {
             return;
         }
-        // Answer the reads that are ready first: encoding pauses this thread.
+        // Answer the reads that are ready first: encoding pauses this thread, and
+        // reads that arrive meanwhile take the writer's queue.
         self.answer_ready();
+        self.shared.follower_encoding.store(true, Ordering::Release);
         let body = codec::encode_engine_snapshot(&self.state, &self.shared.events);
+        self.shared
+            .follower_encoding
+            .store(false, Ordering::Release);
         let request = Request::InstallSnapshot {
             lsn: self.last_record_lsn,
             body,
@@ -1730,12 +1742,22 @@ impl EngineHandle {
     /// before it.
     pub fn query(&self, query: Query) -> Result<Ticket<Result<QueryReply, Rejection>>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        let inner = &self.shared.inner;
         match &self.shared.follower_tx {
+            // While the follower encodes a snapshot, a read through the writer's
+            // queue is answered with the next commit instead of after the encoding
+            // (linearizable too: the answer waits until what it saw is durable).
+            Some(_) if inner.follower_encoding.load(Ordering::Acquire) => {
+                inner
+                    .stats
+                    .reads_during_snapshot
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send(Request::Query { query, reply })?
+            }
             Some(follower) => {
                 if self.shared.shutting_down.load(Ordering::Acquire) {
                     return Err(Error::ShuttingDown);
                 }
-                let inner = &self.shared.inner;
                 if inner.follower_reads.fetch_add(1, Ordering::AcqRel) >= self.shared.queue_len_max
                 {
                     inner.follower_reads.fetch_sub(1, Ordering::AcqRel);
