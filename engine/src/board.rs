@@ -61,16 +61,9 @@ impl StockBoard {
         self.applied_lsn.store(applied_lsn, Ordering::Release);
     }
 
-    pub fn applied_lsn(&self) -> u64 {
-        self.applied_lsn.load(Ordering::Acquire)
-    }
-
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.skus.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

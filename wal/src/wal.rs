@@ -741,6 +741,25 @@ impl<S: Storage> Wal<S> {
         true
     }
 
+    /// Whether this commit also claims the watermark in the active segment's header
+    /// slots: every [`HEADER_CLAIM_EVERY_COMMITS`] commits, and whenever no commit
+    /// mark fit (the segment's last page). A second synced range in every commit
+    /// would cost the device a second write (README, "The writer"); the header
+    /// claims still matter: a loss of the log's whole tail, marks included, is rot
+    /// only if a claim outside that tail says so.
+    fn header_claim_due(&mut self, marked: bool, watermark: Lsn) -> bool {
+        let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) else {
+            return false;
+        };
+        seg.commits_since_header_claim += 1;
+        let due = (!marked || seg.commits_since_header_claim >= HEADER_CLAIM_EVERY_COMMITS)
+            && seg.watermark_written < watermark;
+        if due {
+            seg.commits_since_header_claim = 0;
+        }
+        due
+    }
+
     /// Writes the staged frames to the active segment (not synced).
     fn write_staged(&mut self) -> Result<(), Error> {
         if self.staged.is_empty() {
@@ -796,23 +815,13 @@ impl<S: Storage> Wal<S> {
         let n = self.segments.len();
         let marked = self.pad_to_page(watermark);
         self.write_staged()?;
+        let claim_in_header = self.header_claim_due(marked, watermark);
         let mut ranges = Vec::with_capacity(1);
         for i in 0..n {
             let seg = &mut self.segments[i];
             let Some(h) = seg.handle else { continue };
             let mut from = seg.dirty_from.take();
-            // The header slots carry the watermark every few commits, and when no
-            // commit mark fits (the segment's last page): a second synced range
-            // in every commit would cost the device a second write (README, "The
-            // writer"). They still matter: a loss of the log's whole tail, marks
-            // included, is rot only if a claim outside that tail says so.
-            let header_due =
-                !marked || seg.commits_since_header_claim + 1 >= HEADER_CLAIM_EVERY_COMMITS;
-            if i == n - 1 && !header_due {
-                seg.commits_since_header_claim += 1;
-            }
-            if i == n - 1 && header_due && seg.watermark_written < watermark {
-                seg.commits_since_header_claim = 0;
+            if i == n - 1 && claim_in_header {
                 let slot = seg.next_slot;
                 let at = WATERMARK_SLOT_OFFSETS[slot];
                 let bytes = encode_watermark(slot, seg.first_lsn, watermark);
