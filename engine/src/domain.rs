@@ -312,3 +312,38 @@ pub struct OrderLineReq {
 
 /// Who did it: `storefront`, `operator:alice`, `system` (expiry). Interned by the state.
 pub const SYSTEM_ACTOR: &str = "system";
+
+/// Separates the actor from the person it acted for in a logged actor string:
+/// `operator:lily cs-7` is `operator:lily` acting on behalf of `cs-7`. Neither part
+/// may hold a space (the API refuses one in `X-Actor` and in token names).
+const ON_BEHALF_OF_SEPARATOR: char = ' ';
+
+/// The logged form of an actor acting on behalf of someone (a named token with an
+/// `X-Actor` header): one string, so that every command keeps its one `actor` field.
+pub fn actor_on_behalf_of(actor: &str, on_behalf_of: Option<&str>) -> String {
+    match on_behalf_of {
+        Some(other) => format!("{actor}{ON_BEHALF_OF_SEPARATOR}{other}"),
+        None => actor.to_owned(),
+    }
+}
+
+/// The actor and the person it acted for, from a logged actor string.
+pub fn split_actor(logged: &str) -> (&str, Option<&str>) {
+    match logged.split_once(ON_BEHALF_OF_SEPARATOR) {
+        Some((actor, other)) => (actor, Some(other)),
+        None => (logged, None),
+    }
+}
+
+#[cfg(test)]
+mod actor_tests {
+    use super::*;
+
+    #[test]
+    fn an_actor_on_behalf_of_someone_splits_back() {
+        let logged = actor_on_behalf_of("operator:lily", Some("cs-7"));
+        assert_eq!(split_actor(&logged), ("operator:lily", Some("cs-7")));
+        assert_eq!(split_actor("storefront"), ("storefront", None));
+        assert_eq!(actor_on_behalf_of("storefront", None), "storefront");
+    }
+}

@@ -20,8 +20,10 @@ pub const ORDER_NO_LEN_MAX: usize = 64;
 pub const CUSTOMER_ID_LEN_MAX: usize = 64;
 /// Free-text notes, payment / refund references, tracking numbers.
 pub const NOTE_LEN_MAX: usize = 500;
-/// Actor names (who did it) in bytes.
+/// Actor names (who did it) in bytes: `role:name`, and the `X-Actor` it acted for.
 pub const ACTOR_LEN_MAX: usize = 64;
+/// A logged actor: the actor, a space, and whom it acted for (`domain::actor_on_behalf_of`).
+pub const LOGGED_ACTOR_LEN_MAX: usize = 2 * ACTOR_LEN_MAX + 1;
 /// Idempotency key length in bytes.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
 

@@ -316,7 +316,7 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
         }
         Ok(())
     };
-    let actor = |actor: &str| check_len(Field::Actor, actor, ACTOR_LEN_MAX);
+    let actor = |actor: &str| check_len(Field::Actor, actor, LOGGED_ACTOR_LEN_MAX);
     let note = |note: &str| check_len(Field::Note, note, NOTE_LEN_MAX);
     match cmd {
         Command::DefineSku { sku, name, .. } => {
@@ -1541,7 +1541,7 @@ impl State {
         if self.actor_index.contains_key(actor) {
             return Ok(()); // known actors were checked when they were interned
         }
-        check_required_text(Field::Actor, actor, ACTOR_LEN_MAX)?;
+        check_required_text(Field::Actor, actor, LOGGED_ACTOR_LEN_MAX)?;
         if self.actors.len() >= ACTORS_MAX {
             return Err(Rejection::LimitReached {
                 what: format!("{ACTORS_MAX} distinct actors"),
