@@ -91,6 +91,13 @@ fn writes_carry_surge_lsn_and_a_replayed_key_the_original() {
     );
     refused.assert_problem(409, "insufficient_stock");
     assert_eq!(refused.header("surge-lsn"), None);
+    // A repeat that changes nothing answers from the state logged so far.
+    let id = first.str_field("id");
+    let release = format!("/v1/reservations/{id}/release");
+    let released = server.as_(STOREFRONT, "POST", &release, None);
+    let repeated = server.as_(STOREFRONT, "POST", &release, None);
+    assert_eq!((released.status, repeated.status), (200, 200));
+    assert!(lsn(&repeated) >= lsn(&released));
     // In a batch, each success carries "lsn".
     let batch = server.as_(
         STOREFRONT,
