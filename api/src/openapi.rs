@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{batch, dto, error, events, ops, routes};
+use crate::{batch, dto, error, events, export, ops, routes};
 
 const DESCRIPTION: &str = "\
 In-memory order and stock-reservation engine for flash sales.
@@ -39,7 +39,8 @@ of the number of keys.
 
 **Errors.** RFC 9457 `application/problem+json` with a stable `code`; `field` names the \
 offending field for `validation_failed`. Malformed JSON, unknown fields, wrong types and \
-out-of-range values: 400; body not JSON: 415; body over the limit (1 MiB by default): 413; \
+out-of-range values: 400; a query parameter the endpoint does not take: 400 naming it (`field` \
+is the parameter), so that a mistyped filter never widens a list; body not JSON: 415; body over the limit (1 MiB by default): 413; \
 unknown SKU / order / reservation: 404 (ids that do not parse are unknown ids: 404); \
 business conflicts: 409; queue full, request timeout, shutting down: 503 `overloaded` with \
 `Retry-After`; storage failure: 503 `storage_unavailable`. Unknown routes: 404 `not_found`; \
@@ -57,7 +58,7 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         routes::get_reservation,
         routes::create_order, routes::pay_order, routes::transition_order, routes::cancel_order,
         routes::return_order, routes::refund_order, routes::get_order, routes::get_order_by_no,
-        routes::list_orders, routes::export_orders, routes::stats,
+        routes::list_orders, export::export_csv, routes::stats,
         batch::batch, events::events,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot,
     ),

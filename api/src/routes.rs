@@ -14,9 +14,9 @@ use utoipa::IntoParams;
 use crate::auth::{Admin, AnyRole, Auth, Operator, Reader, Role, Storefront};
 use crate::dto::*;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiQuery, Idem};
-use crate::state::{AppState, EXPORT_ROWS_MAX};
-use crate::time::{format_ms, parse_rfc3339};
+use crate::extract::{ApiJson, ApiQuery, Idem, NoQuery};
+use crate::state::AppState;
+use crate::time::parse_rfc3339;
 
 /// Submit a command and wait for its outcome.
 pub async fn execute(
@@ -142,6 +142,7 @@ pub async fn define_sku(
 pub async fn get_sku(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
@@ -305,6 +306,7 @@ pub async fn release_reservation(
 pub async fn get_reservation(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_reservation_id(&id)?;
@@ -516,6 +518,7 @@ pub async fn refund_order(
 pub async fn get_order(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
@@ -534,6 +537,7 @@ pub async fn get_order(
 pub async fn get_order_by_no(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(order_no): Path<String>,
 ) -> Result<Response, ApiError> {
     let QueryReply::Order(v) = read(&st, Query::GetOrderByNo { order_no }).await? else {
@@ -599,7 +603,7 @@ fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> 
 }
 
 impl OrderListParams {
-    fn filter(&self) -> Result<OrderFilter, ApiError> {
+    pub(crate) fn filter(&self) -> Result<OrderFilter, ApiError> {
         let status = match non_empty(&self.status) {
             None => None,
             Some(s) => Some(s.parse::<OrderStatus>().map_err(|()| {
@@ -663,94 +667,6 @@ pub async fn list_orders(
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     })
     .into_response())
-}
-
-/// RFC 4180 quoting: fields with a comma, quote or line break are quoted.
-fn csv_field(out: &mut String, field: &str) {
-    if field.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&field.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(field);
-    }
-}
-
-const CSV_HEADER: &str = "order_id,order_no,customer_id,status,payment_status,total,created_at,updated_at,cancel_reason,sku,qty,unit_price,line_total\r\n";
-
-#[utoipa::path(get, path = "/v1/orders/export.csv", tag = "orders",
-    params(OrderListParams),
-    responses((status = 200, description = "CSV (RFC 4180), a header row then one row per order line, newest order first; at most 100,000 rows, `X-Export-Truncated: true` when cut", content_type = "text/csv", body = String)))]
-pub async fn export_orders(
-    State(st): State<AppState>,
-    _auth: Auth<Reader>,
-    ApiQuery(p): ApiQuery<OrderListParams>,
-) -> Result<Response, ApiError> {
-    let filter = p.filter()?;
-    let mut out = String::from(CSV_HEADER);
-    let mut rows = 0usize;
-    let mut cursor = None;
-    let mut truncated = false;
-    'pages: loop {
-        let query = Query::ListOrders {
-            filter: filter.clone(),
-            cursor,
-            limit: LIST_LIMIT_MAX,
-        };
-        let QueryReply::Orders(page) = read(&st, query).await? else {
-            unreachable!("ListOrders answers Orders")
-        };
-        for o in page.items {
-            if rows + o.lines.len() > EXPORT_ROWS_MAX {
-                truncated = true;
-                break 'pages;
-            }
-            let cancel_reason = o.cancellation.as_ref().map_or("", |c| c.reason.as_str());
-            for line in &o.lines {
-                let fields = [
-                    o.id.to_string(),
-                    o.order_no.to_string(),
-                    o.customer_id.to_string(),
-                    o.status.as_str().to_string(),
-                    o.payment.status.as_str().to_string(),
-                    o.total.to_string(),
-                    format_ms(o.created_at_ms),
-                    format_ms(o.updated_at_ms),
-                    cancel_reason.to_string(),
-                    line.sku.to_string(),
-                    line.qty.to_string(),
-                    line.unit_price.to_string(),
-                    (line.qty * line.unit_price).to_string(),
-                ];
-                for (i, f) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    csv_field(&mut out, f);
-                }
-                out.push_str("\r\n");
-                rows += 1;
-            }
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let mut response = out.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"orders.csv\""),
-    );
-    if truncated {
-        headers.insert("x-export-truncated", HeaderValue::from_static("true"));
-    }
-    Ok(response)
 }
 
 // ---------------------------------------------------------------- stats
