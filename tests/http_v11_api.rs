@@ -187,3 +187,131 @@ fn csv_export_starts_with_a_bom_only_when_asked() {
     r.assert_problem(400, "validation_failed");
     assert_eq!(r.json()["field"], "bom");
 }
+
+// ---------------------------------------------------------------- named tokens
+
+#[test]
+fn a_named_token_sets_the_actor_and_keeps_x_actor_as_on_behalf_of() {
+    let dir = TempDir::new("v11-named");
+    let tokens_file = dir.0.join("tokens");
+    std::fs::write(
+        &tokens_file,
+        "# named tokens\noperator tk-lily lily\nstorefront tk-shop checkout-1\n",
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &dir.data(),
+        "v11-named",
+        &[("SURGE_TOKENS_FILE", tokens_file.to_str().unwrap())],
+    );
+    s.define("A", 10);
+    let lily = "Bearer tk-lily";
+    let call = |token: &str, path: &str, body: &str, x_actor: Option<&str>| {
+        let mut headers = vec![("Authorization", token)];
+        if let Some(x) = x_actor {
+            headers.push(("X-Actor", x));
+        }
+        s.call("POST", path, &headers, Some(body))
+    };
+
+    // Named storefront token without X-Actor: the actor is role:name.
+    let r = call(
+        "Bearer tk-shop",
+        "/v1/orders",
+        r#"{"order_no":"N-1","customer_id":"c1","lines":[{"sku":"A","qty":1,"unit_price":100}]}"#,
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Named operator token with X-Actor: the actor stays operator:lily; cs-7 is
+    // whom she acted for.
+    let r = call(
+        lily,
+        &format!("/v1/orders/{id}/pay"),
+        r#"{"amount":100,"payment_ref":"p-1"}"#,
+        Some("cs-7"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(
+        lily,
+        &format!("/v1/orders/{id}/cancel"),
+        r#"{"reason":"out_of_stock","note":"gone"}"#,
+        Some("cs-9"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let order = r.json();
+    let history = order["history"].as_array().unwrap();
+    let actors: Vec<(&str, Option<&str>)> = history
+        .iter()
+        .map(|h| (h["actor"].as_str().unwrap(), h["on_behalf_of"].as_str()))
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("storefront:checkout-1", None),
+            ("operator:lily", Some("cs-7")),
+            ("operator:lily", Some("cs-9")),
+        ],
+        "{order}"
+    );
+    // Absent, not null, when nobody was acted for.
+    assert!(history[0].get("on_behalf_of").is_none(), "{order}");
+    assert_eq!(order["cancellation"]["actor"], "operator:lily");
+    assert_eq!(order["cancellation"]["on_behalf_of"], "cs-9");
+    // The same through a read, and in the event feed.
+    let read = s.admin("GET", &format!("/v1/orders/{id}"), None).json();
+    assert_eq!(read["history"], order["history"]);
+    let events = s.all_events();
+    let cancelled = events
+        .iter()
+        .find(|e| e["type"] == "order.cancelled")
+        .expect("order.cancelled");
+    assert_eq!(cancelled["actor"], "operator:lily", "{cancelled}");
+    assert_eq!(cancelled["on_behalf_of"], "cs-9", "{cancelled}");
+
+    // Unnamed tokens behave as before: X-Actor refines the actor.
+    let r = call(
+        common::STOREFRONT,
+        "/v1/orders",
+        r#"{"order_no":"N-2","customer_id":"c2","lines":[{"sku":"A","qty":1,"unit_price":100}]}"#,
+        Some("alice"),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let h = &r.json()["history"][0];
+    assert_eq!(h["actor"], "storefront:alice");
+    assert!(h.get("on_behalf_of").is_none(), "{h}");
+
+    // A named token's X-Actor is still checked.
+    let r = call(
+        lily,
+        &format!("/v1/orders/{id}/cancel"),
+        r#"{"reason":"out_of_stock"}"#,
+        Some(&"x".repeat(65)),
+    );
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "X-Actor");
+}
+
+#[test]
+fn a_bad_token_name_stops_start_up_with_a_clear_error() {
+    let dir = TempDir::new("v11-badname");
+    let tokens_file = dir.0.join("tokens");
+    std::fs::write(
+        &tokens_file,
+        format!("operator tk-1 ok\nviewer tk-2 {}\n", "n".repeat(33)),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::surge_binary())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.data())
+        .env("SURGE_TOKENS_FILE", &tokens_file)
+        .env_remove("SURGE_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tokens file line 2") && stderr.contains("1..=32 bytes"),
+        "{stderr}"
+    );
+}

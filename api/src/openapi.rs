@@ -24,7 +24,12 @@ without tokens (loopback only) treats every request as `admin`.
 
 **Actors.** Order history records who did what: the caller's role name, refined by an optional \
 `X-Actor` header (printable ASCII, no spaces): `X-Actor: alice` as operator records \
-`operator:alice`. At most 64 bytes in all, else 400.
+`operator:alice`. At most 64 bytes in all, else 400. A token may be named in the tokens file \
+(`operator tk-7f3a lily`): its actor is then `operator:lily`, set by the server, and an \
+`X-Actor` header is kept as whom it acted for: wherever an actor is shown (history, \
+cancellation, hold, ledger, events) `\"actor\": \"operator:lily\"` comes with \
+`\"on_behalf_of\": \"cs-7\"`; `on_behalf_of` is absent when nobody was acted for. Token names are \
+1..=32 bytes of printable ASCII without spaces (else the server does not start).
 
 **Idempotency.** Every creating `POST` (reservations, commit, release, orders, pay, \
 transitions, cancel, return, refund, adjustments) accepts `Idempotency-Key` (printable \
