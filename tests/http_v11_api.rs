@@ -315,3 +315,175 @@ fn a_bad_token_name_stops_start_up_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------- Excel export
+
+/// Excel's serial date-time of a `created_at` such as `2026-11-30T12:00:00.123Z`.
+fn excel_serial_of(rfc3339: &str) -> f64 {
+    let (date, time) = rfc3339.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let t: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    // Days from 1899-12-30 by counting: fine for a test.
+    let days_before = |y: i64, m: i64| -> i64 {
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut days = 0;
+        for year in 1900..y {
+            days += if leap(year) { 366 } else { 365 };
+        }
+        let month_days = [
+            31,
+            if leap(y) { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        days + month_days[..(m - 1) as usize].iter().sum::<i64>()
+    };
+    // Serial 1 is 1900-01-01, and Excel counts 1900-02-29 (serial 60), which never was.
+    let serial_days = days_before(d[0], d[1]) + d[2] + 1;
+    serial_days as f64 + (t[0] * 3600.0 + t[1] * 60.0 + t[2]) / 86_400.0
+}
+
+#[test]
+fn xlsx_export_holds_the_orders_with_typed_cells_and_a_frozen_header() {
+    use calamine::{Data, Reader, Xlsx};
+
+    let dir = TempDir::new("v11-xlsx");
+    let s = Server::start(&dir.data(), "v11-xlsx");
+    s.define("TEA", 100);
+    s.define("CUP", 100);
+    let first = create_order(
+        &s,
+        "X-1",
+        "张三",
+        r#"[{"sku":"TEA","qty":2,"unit_price":350},{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+    );
+    let second = create_order(
+        &s,
+        "X-2",
+        "c2",
+        r#"[{"sku":"TEA","qty":5,"unit_price":300}]"#,
+    );
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/orders/{}/pay", second["id"].as_str().unwrap()),
+        Some(r#"{"amount":1500}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Another customer's order, left out by the filter below.
+    create_order(
+        &s,
+        "Y-1",
+        "c3",
+        r#"[{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+    );
+
+    let (status, headers, body) = get_bytes(s.addr, "/v1/orders/export.xlsx?order_no=X-", VIEWER);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    );
+    assert!(
+        header(&headers, "content-disposition")
+            .unwrap()
+            .contains("orders.xlsx"),
+        "{headers:?}"
+    );
+    assert!(header(&headers, "x-export-truncated").is_none());
+
+    let mut workbook: Xlsx<_> = Xlsx::new(std::io::Cursor::new(body.clone())).unwrap();
+    let sheet = workbook.worksheet_range("orders").unwrap();
+    let rows: Vec<&[Data]> = sheet.rows().collect();
+    // The header is the CSV's.
+    let csv = s.as_(VIEWER, "GET", "/v1/orders/export.csv", None);
+    let csv_header: Vec<&str> = csv.body.split("\r\n").next().unwrap().split(',').collect();
+    let header_row: Vec<String> = rows[0].iter().map(|c| c.to_string()).collect();
+    assert_eq!(header_row, csv_header);
+    let col = |name: &str| csv_header.iter().position(|h| *h == name).unwrap();
+
+    // Newest first: X-2's line, then X-1's two lines.
+    assert_eq!(rows.len(), 1 + 3, "{rows:?}");
+    let text = |row: usize, name: &str| match &rows[row][col(name)] {
+        Data::String(s) => s.clone(),
+        Data::Empty => String::new(),
+        other => panic!("{name} in row {row} is not text: {other:?}"),
+    };
+    let number = |row: usize, name: &str| match &rows[row][col(name)] {
+        Data::Float(f) => *f,
+        Data::Int(i) => *i as f64,
+        other => panic!("{name} in row {row} is not a number: {other:?}"),
+    };
+    assert_eq!(text(1, "order_id"), second["id"].as_str().unwrap());
+    assert_eq!(text(1, "order_no"), "X-2");
+    assert_eq!(text(1, "payment_status"), "paid");
+    assert_eq!(number(1, "total"), 1500.0);
+    assert_eq!(number(1, "qty"), 5.0);
+    assert_eq!(number(1, "paid_amount"), 1500.0);
+    assert_eq!(text(2, "order_no"), "X-1");
+    assert_eq!(text(2, "customer_id"), "张三");
+    assert_eq!(text(2, "sku"), "TEA");
+    assert_eq!(number(2, "unit_price"), 350.0);
+    assert_eq!(number(2, "line_total"), 700.0);
+    assert_eq!(text(3, "sku"), "CUP");
+    assert_eq!(number(3, "line_total"), 1200.0);
+    assert_eq!(number(3, "total"), 1900.0);
+    assert_eq!(text(3, "cancel_reason"), "");
+    // Times are date cells holding the order's creation instant.
+    match &rows[2][col("created_at")] {
+        Data::DateTime(at) => {
+            let expected = excel_serial_of(first["created_at"].as_str().unwrap());
+            assert!(
+                (at.as_f64() - expected).abs() < 1e-6,
+                "{} vs {expected}",
+                at.as_f64()
+            );
+        }
+        other => panic!("created_at is not a date cell: {other:?}"),
+    }
+
+    // The header row is frozen.
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(body)).unwrap();
+    let mut xml = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("xl/worksheets/sheet1.xml").unwrap(),
+        &mut xml,
+    )
+    .unwrap();
+    assert!(
+        xml.contains(r#"ySplit="1""#) && xml.contains(r#"state="frozen""#),
+        "{:.600}",
+        xml
+    );
+
+    // Same filters and strictness as the CSV; `bom` is a CSV option.
+    for (path, field) in [
+        ("/v1/orders/export.xlsx?bom=true", "bom"),
+        ("/v1/orders/export.xlsx?statu=paid", "statu"),
+        ("/v1/orders/export.xlsx?limit=10", "limit"),
+        ("/v1/orders/export.xlsx?status=lost", "status"),
+    ] {
+        let r = s.as_(VIEWER, "GET", path, None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{path}");
+    }
+    // A storefront may not export.
+    let r = s.as_(STOREFRONT, "GET", "/v1/orders/export.xlsx", None);
+    r.assert_problem(403, "forbidden");
+    // An empty export is a header row.
+    let (status, _, body) = get_bytes(s.addr, "/v1/orders/export.xlsx?customer_id=nobody", ADMIN);
+    assert_eq!(status, 200);
+    let mut workbook: Xlsx<_> = Xlsx::new(std::io::Cursor::new(body)).unwrap();
+    assert_eq!(
+        workbook.worksheet_range("orders").unwrap().rows().count(),
+        1
+    );
+}

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
             post(routes::create_order).get(routes::list_orders),
         )
         .route("/v1/orders/export.csv", get(export::export_csv))
+        .route("/v1/orders/export.xlsx", get(export::export_xlsx))
         .route("/v1/orders/by-no/{order_no}", get(routes::get_order_by_no))
         .route("/v1/orders/{id}", get(routes::get_order))
         .route("/v1/orders/{id}/pay", post(routes::pay_order))

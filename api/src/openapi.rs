@@ -63,7 +63,7 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         routes::get_reservation,
         routes::create_order, routes::pay_order, routes::transition_order, routes::cancel_order,
         routes::return_order, routes::refund_order, routes::get_order, routes::get_order_by_no,
-        routes::list_orders, export::export_csv, routes::stats,
+        routes::list_orders, export::export_csv, export::export_xlsx, routes::stats,
         batch::batch, events::events,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot,
     ),
