@@ -487,3 +487,257 @@ fn xlsx_export_holds_the_orders_with_typed_cells_and_a_frozen_header() {
         1
     );
 }
+
+// ---------------------------------------------------------------- stats over windows
+
+/// The day after `YYYY-MM-DD`.
+fn next_day(date: &str) -> String {
+    let d: Vec<u32> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (y, m, day) = (d[0], d[1], d[2]);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let len = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ][m as usize - 1];
+    let (y, m, day) = if day < len {
+        (y, m, day + 1)
+    } else if m < 12 {
+        (y, m + 1, 1)
+    } else {
+        (y + 1, 1, 1)
+    };
+    format!("{y:04}-{m:02}-{day:02}")
+}
+
+/// The Asia/Shanghai (UTC+8, no daylight saving) day of a UTC `created_at`: the next
+/// day from 16:00 UTC on.
+fn shanghai_day(created_at: &str) -> String {
+    let date = &created_at[..10];
+    let hour: u32 = created_at[11..13].parse().unwrap();
+    if hour >= 16 {
+        next_day(date)
+    } else {
+        date.to_string()
+    }
+}
+
+#[test]
+fn shanghai_days_roll_over_at_16_utc() {
+    assert_eq!(shanghai_day("2026-11-29T23:30:00.000Z"), "2026-11-30");
+    assert_eq!(shanghai_day("2026-11-29T15:59:59.999Z"), "2026-11-29");
+    assert_eq!(shanghai_day("2026-12-31T16:00:00.000Z"), "2027-01-01");
+    assert_eq!(shanghai_day("2028-02-28T20:00:00.000Z"), "2028-02-29");
+}
+
+#[test]
+fn stats_over_a_window_grouped_by_time_sku_customer_reason_and_channel() {
+    use std::collections::BTreeMap;
+
+    let dir = TempDir::new("v11-stats");
+    let s = Server::start(&dir.data(), "v11-stats");
+    s.define("TEA", 100);
+    s.define("CUP", 100);
+    let op = |path: &str, body: &str| {
+        let r = s.as_(common::OPERATOR, "POST", path, Some(body));
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.json()
+    };
+    // o1: paid, 2 TEA + 1 CUP. o2: unpaid. o3: cancelled out of stock. o4: paid,
+    // cancelled at the customer's request, refunded.
+    let o1 = create_order(
+        &s,
+        "S-1",
+        "c1",
+        r#"[{"sku":"TEA","qty":2,"unit_price":350},{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+    );
+    let o2 = create_order(
+        &s,
+        "S-2",
+        "c2",
+        r#"[{"sku":"TEA","qty":5,"unit_price":300}]"#,
+    );
+    let o3 = create_order(
+        &s,
+        "S-3",
+        "c1",
+        r#"[{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+    );
+    let o4 = create_order(
+        &s,
+        "S-4",
+        "c3",
+        r#"[{"sku":"TEA","qty":1,"unit_price":100}]"#,
+    );
+    let id = |o: &serde_json::Value| o["id"].as_str().unwrap().to_string();
+    op(&format!("/v1/orders/{}/pay", id(&o1)), r#"{"amount":1900}"#);
+    op(
+        &format!("/v1/orders/{}/cancel", id(&o3)),
+        r#"{"reason":"out_of_stock"}"#,
+    );
+    op(&format!("/v1/orders/{}/pay", id(&o4)), r#"{"amount":100}"#);
+    op(
+        &format!("/v1/orders/{}/cancel", id(&o4)),
+        r#"{"reason":"customer_request"}"#,
+    );
+    op(
+        &format!("/v1/orders/{}/refund", id(&o4)),
+        r#"{"refund_ref":"rf-1"}"#,
+    );
+    let orders = [&o1, &o2, &o3, &o4];
+
+    let report = |query: &str| {
+        let r = s.as_(VIEWER, "GET", &format!("/v1/stats?{query}"), None);
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json()
+    };
+    // group key -> (orders, cancelled, paid, refunded, units_sold)
+    let groups = |v: &serde_json::Value| -> BTreeMap<String, (u64, u64, u64, u64, u64)> {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let n = |f: &str| g[f].as_u64().unwrap();
+                (
+                    g["key"].as_str().unwrap().to_string(),
+                    (
+                        n("orders"),
+                        n("cancelled"),
+                        n("paid_amount"),
+                        n("refunded_amount"),
+                        n("units_sold"),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let from = "from=2000-01-01T00:00:00Z";
+
+    // By day in Shanghai: each order's key is its Shanghai day, computed from the
+    // creation time the server stamped (the next UTC day from 16:00 UTC on).
+    let v = report(&format!("{from}&group_by=day&tz=Asia/Shanghai"));
+    assert_eq!(v["tz"], "Asia/Shanghai");
+    assert_eq!(v["group_by"], "day");
+    assert_eq!(v["from"], "2000-01-01T00:00:00.000Z");
+    assert!(
+        v["to"].as_str().unwrap() >= o4["created_at"].as_str().unwrap(),
+        "{v}"
+    );
+    let mut expected: BTreeMap<String, (u64, u64, u64, u64, u64)> = BTreeMap::new();
+    let sums = [
+        (1, 0, 1900, 0, 3),
+        (1, 0, 0, 0, 0),
+        (1, 1, 0, 0, 0),
+        (1, 1, 100, 100, 0),
+    ];
+    for (o, add) in orders.iter().zip(sums) {
+        let key = shanghai_day(o["created_at"].as_str().unwrap());
+        let e = expected.entry(key).or_default();
+        *e = (
+            e.0 + add.0,
+            e.1 + add.1,
+            e.2 + add.2,
+            e.3 + add.3,
+            e.4 + add.4,
+        );
+    }
+    assert_eq!(groups(&v), expected, "{v}");
+    // By hour in UTC: keys are the creation hours.
+    let v = report(&format!("{from}&group_by=hour"));
+    assert_eq!(v["tz"], "UTC");
+    let hours: Vec<String> = orders
+        .iter()
+        .map(|o| o["created_at"].as_str().unwrap()[..13].to_string())
+        .collect();
+    let mut keys: Vec<String> = groups(&v).into_keys().collect();
+    keys.sort();
+    let mut want = hours.clone();
+    want.dedup();
+    assert_eq!(keys, want, "{v}");
+    assert_eq!(groups(&v).values().map(|g| g.0).sum::<u64>(), 4);
+
+    // By SKU: an order counts in each of its SKUs; amounts split by line value.
+    let v = report(&format!("{from}&group_by=sku"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            ("CUP".to_string(), (2, 1, 1200, 0, 1)),
+            ("TEA".to_string(), (3, 1, 700 + 100, 100, 2)),
+        ]),
+        "{v}"
+    );
+    // By customer.
+    let v = report(&format!("{from}&group_by=customer"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            ("c1".to_string(), (2, 1, 1900, 0, 3)),
+            ("c2".to_string(), (1, 0, 0, 0, 0)),
+            ("c3".to_string(), (1, 1, 100, 100, 0)),
+        ]),
+        "{v}"
+    );
+    let c1 = &v["groups"][0];
+    assert_eq!(c1["cancellation_rate"], 0.5);
+    // By reason: the cancelled orders, each reason's share of the window's orders.
+    let v = report(&format!("{from}&group_by=reason"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            ("customer_request".to_string(), (1, 1, 100, 100, 0)),
+            ("out_of_stock".to_string(), (1, 1, 0, 0, 0)),
+        ]),
+        "{v}"
+    );
+    for g in v["groups"].as_array().unwrap() {
+        assert_eq!(g["cancellation_rate"], 0.25, "{v}");
+    }
+    // By channel: none was given, so one group with the empty key.
+    let v = report(&format!("{from}&group_by=channel"));
+    assert_eq!(groups(&v).keys().collect::<Vec<_>>(), [""], "{v}");
+    assert_eq!(groups(&v)[""].0, 4);
+
+    // The window bounds creation times, [from, to).
+    let first_at = o1["created_at"].as_str().unwrap();
+    let v = report(&format!(
+        "from=2000-01-01T00:00:00Z&to={first_at}&group_by=day"
+    ));
+    assert!(v["groups"].as_array().unwrap().is_empty(), "{v}");
+    let v = report("from=2100-01-01T00:00:00Z&to=2100-01-02T00:00:00Z&group_by=customer");
+    assert!(v["groups"].as_array().unwrap().is_empty(), "{v}");
+    let last_at = o4["created_at"].as_str().unwrap();
+    let v = report(&format!("from={last_at}&group_by=customer"));
+    assert_eq!(groups(&v)["c3"].0, 1, "{v}");
+    let _ = o2;
+
+    // Without the report's parameters: the totals, as before.
+    let totals = report("top=3");
+    assert_eq!(totals["orders_total"], 4);
+    assert!(totals.get("groups").is_none());
+
+    // Refusals name their parameter.
+    for (query, field) in [
+        (format!("{from}&group_by=day&tz=Mars/Base"), "tz"),
+        (format!("{from}&group_by=week"), "group_by"),
+        (from.to_string(), "group_by"),
+        ("group_by=day".to_string(), "from"),
+        ("from=yesterday&group_by=day".to_string(), "from"),
+        (format!("{from}&to=1999-01-01T00:00:00Z&group_by=day"), "to"),
+        (format!("{from}&group_by=day&top=3"), "top"),
+        (format!("{from}&group_by=day&zone=UTC"), "zone"),
+    ] {
+        let r = s.as_(VIEWER, "GET", &format!("/v1/stats?{query}"), None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{query}: {}", r.body);
+    }
+}

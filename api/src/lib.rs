@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod ops;
 pub mod routes;
 pub mod state;
+pub mod stats;
 pub mod time;
 
 use std::time::Duration;

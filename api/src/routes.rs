@@ -674,8 +674,17 @@ pub async fn list_orders(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
-    /// SKUs in `top_skus`, 1..=100 (default 10).
+    /// SKUs in `top_skus`, 1..=100 (default 10). Totals only: refused with a report.
     pub top: Option<String>,
+    /// Report: the window's start, an RFC 3339 instant (inclusive). With any of
+    /// `from`, `to`, `group_by`, `tz`, the answer is a report (`StatsReportBody`).
+    pub from: Option<String>,
+    /// Report: the window's end, an RFC 3339 instant (exclusive; default now).
+    pub to: Option<String>,
+    /// Report: `hour`, `day`, `sku`, `customer`, `reason` or `channel` (required).
+    pub group_by: Option<String>,
+    /// Report: the IANA zone of `hour` and `day` keys (default `UTC`).
+    pub tz: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -714,12 +723,28 @@ pub struct StatsBody {
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "reports", params(StatsParams),
-    responses((status = 200, description = "Orders by status, cancellations by reason, cancellation rate, paid amount, units sold and held per SKU (top N), current throughput", body = StatsBody)))]
+    responses((status = 200, description = "Without `from`/`to`/`group_by`/`tz`: the totals (`StatsBody`): orders by status, cancellations by reason, cancellation rate, paid amount, units sold and held per SKU (top N), current throughput. With them: a report over orders created in `[from, to)` (`StatsReportBody`), grouped by local hour or day, SKU, customer, cancel reason or channel; a report reads at most 200,000 orders (`STATS_REPORT_ORDERS_MAX`) and refuses a larger window (400 naming `from`). Unknown `tz`: 400 naming `tz`. Definitions: `orders` = orders created in the window in the group; `cancelled` = those now `cancelled` (not `expired`); `cancellation_rate` = cancelled / orders (by `reason`: over all orders of the window); `paid_amount`, `refunded_amount` = sums of the orders' payment amounts; `units_sold` = units of orders whose stock is committed and has not come back (`confirmed` through `completed`; not `returned`). By `sku` an order counts in each of its SKUs' groups, with its amounts split across its lines by line value. `reason` counts cancelled orders only.", body = crate::stats::StatsAnswer)))]
 pub async fn stats(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
     ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Response, ApiError> {
+    let report = crate::stats::ReportParams {
+        from: non_empty(&p.from),
+        to: non_empty(&p.to),
+        group_by: non_empty(&p.group_by),
+        tz: non_empty(&p.tz),
+    };
+    if report.any() {
+        if p.top.is_some() {
+            return Err(ApiError::validation(
+                "top",
+                "applies to the totals, not to a report (from/to/group_by/tz)",
+            ));
+        }
+        let spec = report.check(crate::time::now_ms())?;
+        return Ok(axum::Json(crate::stats::report(&st, spec).await?).into_response());
+    }
     let top = match non_empty(&p.top) {
         None => 10,
         Some(t) => t
