@@ -312,7 +312,7 @@ fn parse_bom(text: Option<&str>) -> Result<bool, ApiError> {
 }
 
 /// RFC 4180 quoting: fields with a comma, quote or line break are quoted.
-fn csv_field(out: &mut String, field: &str) {
+pub(crate) fn csv_field(out: &mut String, field: &str) {
     if field.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod order_ops;
 pub mod routes;
 pub mod state;
 pub mod stats;
@@ -61,7 +62,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/export.csv", get(export::export_csv))
         .route("/v1/orders/export.xlsx", get(export::export_xlsx))
         .route("/v1/orders/by-no/{order_no}", get(routes::get_order_by_no))
-        .route("/v1/orders/{id}", get(routes::get_order))
+        .route(
+            "/v1/orders/{id}",
+            get(routes::get_order).patch(order_ops::modify_order),
+        )
+        .route("/v1/orders/{id}/hold", post(order_ops::hold_order))
+        .route(
+            "/v1/orders/{id}/release-hold",
+            post(order_ops::release_hold),
+        )
+        .route("/v1/orders/{id}/refunds", post(order_ops::refund_amount))
+        .route("/v1/ledger", get(order_ops::list_ledger))
+        .route("/v1/ledger/export.csv", get(order_ops::export_ledger))
         .route("/v1/orders/{id}/pay", post(routes::pay_order))
         .route(
             "/v1/orders/{id}/transitions",
