@@ -73,12 +73,23 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// Create an order as storefront, returning its JSON.
 fn create_order(s: &Server, order_no: &str, customer: &str, lines: &str) -> serde_json::Value {
+    create_order_with(s, order_no, customer, lines, "")
+}
+
+/// Create an order with more fields (`extra` starts with a comma).
+fn create_order_with(
+    s: &Server,
+    order_no: &str,
+    customer: &str,
+    lines: &str,
+    extra: &str,
+) -> serde_json::Value {
     let r = s.as_(
         STOREFRONT,
         "POST",
         "/v1/orders",
         Some(&format!(
-            r#"{{"order_no":"{order_no}","customer_id":"{customer}","lines":{lines}}}"#
+            r#"{{"order_no":"{order_no}","customer_id":"{customer}","lines":{lines}{extra}}}"#
         )),
     );
     assert_eq!(r.status, 201, "{}", r.body);
@@ -359,11 +370,12 @@ fn xlsx_export_holds_the_orders_with_typed_cells_and_a_frozen_header() {
     let s = Server::start(&dir.data(), "v11-xlsx");
     s.define("TEA", 100);
     s.define("CUP", 100);
-    let first = create_order(
+    let first = create_order_with(
         &s,
         "X-1",
         "张三",
         r#"[{"sku":"TEA","qty":2,"unit_price":350},{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+        r#","channel":"tmall","shipping_address":{"name":"张三","phone":"013800000000","city":"杭州"}"#,
     );
     let second = create_order(
         &s,
@@ -437,6 +449,15 @@ fn xlsx_export_holds_the_orders_with_typed_cells_and_a_frozen_header() {
     assert_eq!(number(3, "line_total"), 1200.0);
     assert_eq!(number(3, "total"), 1900.0);
     assert_eq!(text(3, "cancel_reason"), "");
+    // The v1.1 columns: channel, the address (a phone stays text, leading zero and
+    // all), amounts.
+    assert_eq!(text(2, "channel"), "tmall");
+    assert_eq!(text(2, "shipping_name"), "张三");
+    assert_eq!(text(2, "shipping_phone"), "013800000000");
+    assert_eq!(text(2, "shipping_city"), "杭州");
+    assert_eq!(text(2, "shipping_province"), "");
+    assert_eq!(number(2, "refund_due_amount"), 0.0);
+    assert_eq!(text(1, "channel"), "");
     // Times are date cells holding the order's creation instant.
     match &rows[2][col("created_at")] {
         Data::DateTime(at) => {
@@ -554,23 +575,26 @@ fn stats_over_a_window_grouped_by_time_sku_customer_reason_and_channel() {
     };
     // o1: paid, 2 TEA + 1 CUP. o2: unpaid. o3: cancelled out of stock. o4: paid,
     // cancelled at the customer's request, refunded.
-    let o1 = create_order(
+    let o1 = create_order_with(
         &s,
         "S-1",
         "c1",
         r#"[{"sku":"TEA","qty":2,"unit_price":350},{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+        r#","channel":"tmall""#,
     );
-    let o2 = create_order(
+    let o2 = create_order_with(
         &s,
         "S-2",
         "c2",
         r#"[{"sku":"TEA","qty":5,"unit_price":300}]"#,
+        r#","channel":"jd""#,
     );
-    let o3 = create_order(
+    let o3 = create_order_with(
         &s,
         "S-3",
         "c1",
         r#"[{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+        r#","channel":"tmall""#,
     );
     let o4 = create_order(
         &s,
@@ -702,10 +726,17 @@ fn stats_over_a_window_grouped_by_time_sku_customer_reason_and_channel() {
     for g in v["groups"].as_array().unwrap() {
         assert_eq!(g["cancellation_rate"], 0.25, "{v}");
     }
-    // By channel: none was given, so one group with the empty key.
+    // By channel; an order without one is under the empty key.
     let v = report(&format!("{from}&group_by=channel"));
-    assert_eq!(groups(&v).keys().collect::<Vec<_>>(), [""], "{v}");
-    assert_eq!(groups(&v)[""].0, 4);
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            (String::new(), (1, 1, 100, 100, 0)),
+            ("jd".to_string(), (1, 0, 0, 0, 0)),
+            ("tmall".to_string(), (2, 1, 1900, 0, 3)),
+        ]),
+        "{v}"
+    );
 
     // The window bounds creation times, [from, to).
     let first_at = o1["created_at"].as_str().unwrap();
