@@ -357,6 +357,9 @@ fn patch_refunds_ledger_and_returns_survive_a_restart() {
         csv.body
     );
     assert_eq!(csv.body.lines().count(), 5);
+    server
+        .as_(VIEWER, "GET", "/v1/ledger/export.csv?limit=2", None)
+        .assert_problem(400, "validation_failed");
 
     // The full payloads downstream acts on.
     let events = server.all_events();

@@ -311,14 +311,40 @@ fn parse_bom(text: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-/// RFC 4180 quoting: fields with a comma, quote or line break are quoted.
+/// RFC 4180 quoting: fields with a comma, quote or line break are quoted. A field a
+/// spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return: a note typed by a customer) is prefixed with `'`, which Excel
+/// shows as text. No number the exports write starts with one of them.
 pub(crate) fn csv_field(out: &mut String, field: &str) {
+    let guarded;
+    let field = if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        guarded = format!("'{field}");
+        guarded.as_str()
+    } else {
+        field
+    };
     if field.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));
         out.push('"');
     } else {
         out.push_str(field);
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    #[test]
+    fn a_field_a_spreadsheet_would_run_is_text() {
+        let mut out = String::new();
+        super::csv_field(&mut out, "=HYPERLINK(\"x\")");
+        assert_eq!(out, "\"'=HYPERLINK(\"\"x\"\")\"");
+        let mut out = String::new();
+        super::csv_field(&mut out, "plain, text");
+        assert_eq!(out, "\"plain, text\"");
+        let mut out = String::new();
+        super::csv_field(&mut out, "1999");
+        assert_eq!(out, "1999");
     }
 }
 

@@ -232,6 +232,15 @@ pub async fn export_ledger(
     _auth: Auth<Reader>,
     ApiQuery(p): ApiQuery<LedgerParams>,
 ) -> Result<Response, ApiError> {
+    // The export is the whole window: paging parameters are refused, not ignored.
+    for (name, value) in [("cursor", &p.cursor), ("limit", &p.limit)] {
+        if value.is_some() {
+            return Err(ApiError::validation(
+                name,
+                "the export takes no paging parameters: it holds every entry of the filters",
+            ));
+        }
+    }
     let filter = p.filter()?;
     let mut out = String::from("seq,at,order_id,order_no,kind,amount,ref,actor\r\n");
     let mut cursor = None;
