@@ -1391,8 +1391,21 @@ impl State {
                 let actor = self.system_actor();
                 let order = self.order_mut(order_id);
                 assert_eq!(order.status, OrderStatus::Reserved);
+                // Only a cancellable order can be on hold: expiry clears the hold,
+                // as a cancel does, keeping it in the history for earlier answers.
+                let before = order.hold().is_some().then(|| order.before(false));
+                if before.is_some() {
+                    order.extra_mut().hold = None;
+                }
                 let note = "payment window closed";
-                self.set_status(order_id, OrderStatus::Expired, actor, note, ctx.now_ms);
+                self.set_status_after(
+                    order_id,
+                    OrderStatus::Expired,
+                    actor,
+                    note,
+                    ctx.now_ms,
+                    before,
+                );
                 ctx.emit(EventKind::OrderExpired { id: order_id });
                 orders += 1;
             }
