@@ -1334,6 +1334,19 @@ impl State {
 
     /// Held units go back to `available` (release or expiry).
     fn end_hold(&mut self, id: ReservationId, status: ReservationStatus, ctx: &mut Ctx<'_>) {
+        let lines = self.end_hold_quietly(id, status, ctx);
+        self.emit_restored(&lines, ctx);
+    }
+
+    /// `end_hold` without its `stock.restored`: the units given back per SKU (none
+    /// under the v1 rules), for a caller that ends several holds in one command and
+    /// emits one `stock.restored` per SKU for all of them.
+    fn end_hold_quietly(
+        &mut self,
+        id: ReservationId,
+        status: ReservationStatus,
+        ctx: &mut Ctx<'_>,
+    ) -> Vec<(SkuIdx, u64)> {
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         for &(idx, qty) in r.lines.iter() {
@@ -1353,7 +1366,7 @@ impl State {
             ReservationStatus::Expired => EventKind::ReservationExpired { id },
             _ => EventKind::ReservationReleased { id },
         });
-        self.emit_restored(&lines, ctx);
+        lines
     }
 
     fn finish_hold(&mut self, id: ReservationId) {
@@ -1373,6 +1386,10 @@ impl State {
 
     fn expire(&mut self, ctx: &mut Ctx<'_>) -> Reply {
         let (mut reservations, mut orders) = (0u64, 0u64);
+        // Units given back, per SKU in first-seen order: one `stock.restored` per
+        // SKU for the whole command, however many holds of it expire.
+        let mut restored: Vec<(SkuIdx, u64)> = Vec::new();
+        let mut restored_at: HashMap<SkuIdx, usize> = HashMap::new();
         while let Some(&Reverse((at, id))) = self.expiry.peek() {
             if at > ctx.now_ms || reservations as usize >= EXPIRE_BATCH_MAX {
                 break;
@@ -1385,7 +1402,15 @@ impl State {
                 continue; // stale entry
             }
             let order = r.order;
-            self.end_hold(id, ReservationStatus::Expired, ctx);
+            for (sku, qty) in self.end_hold_quietly(id, ReservationStatus::Expired, ctx) {
+                match restored_at.get(&sku) {
+                    Some(&i) => restored[i].1 += qty,
+                    None => {
+                        restored_at.insert(sku, restored.len());
+                        restored.push((sku, qty));
+                    }
+                }
+            }
             reservations += 1;
             if let Some(order_id) = order {
                 let actor = self.system_actor();
@@ -1410,6 +1435,7 @@ impl State {
                 orders += 1;
             }
         }
+        self.emit_restored(&restored, ctx);
         self.flag_delays(ctx);
         Reply::Expired {
             reservations,

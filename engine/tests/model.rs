@@ -623,12 +623,19 @@ impl Model {
             .map(|(i, r)| (r.expires, i))
             .collect();
         due.sort();
+        // One `stock.restored` per SKU for the whole command, after the expiries.
+        let mut back: Vec<(usize, u64)> = Vec::new();
         for (_, r) in due {
-            // One `stock.restored` per expired hold, not one per SKU for the whole
-            // command as API.md's v1.1 section says: the engine's behaviour, reported
-            // as a deviation (see the branch's report), kept here so that the run
-            // checks everything else.
-            self.end_hold(r, ReservationStatus::Expired);
+            let lines = self.res[r].lines.clone();
+            for &(s, q) in &lines {
+                self.skus[s].reserved -= q;
+                match back.iter_mut().find(|(x, _)| *x == s) {
+                    Some((_, t)) => *t += q,
+                    None => back.push((s, q)),
+                }
+            }
+            self.res[r].status = ReservationStatus::Expired;
+            self.out.push(format!("reservation.expired r{}", r + 1));
             if let Some(o) = self.res[r].order {
                 let m = &mut self.orders[o];
                 m.status = OrderStatus::Expired;
@@ -638,6 +645,7 @@ impl Model {
                 self.out.push(format!("order.expired o{}", o + 1));
             }
         }
+        self.restored(&back);
         let mut late: Vec<(u64, usize)> = self
             .orders
             .iter()
@@ -2020,9 +2028,19 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
         } else {
             prop_assert_eq!(events.len(), before, "an unlogged command emitted events");
         }
+        let mut restored_skus = Vec::new();
         for e in &events[before..] {
             prop_assert_eq!(e.at_ms, now);
             match &e.kind {
+                EventKind::StockRestored { sku, .. } => {
+                    prop_assert!(
+                        !restored_skus.contains(sku),
+                        "step {}: two stock.restored of {}",
+                        i,
+                        state.sku_name(*sku)
+                    );
+                    restored_skus.push(*sku);
+                }
                 EventKind::OrderStatusChanged { id, to, .. } => prop_assert!(
                     !(held_before.contains(id)
                         && matches!(
@@ -2545,6 +2563,27 @@ fn cases_the_model_found() {
                     reason: Some(0),
                     note: false,
                 }),
+            ],
+        ),
+        // Two holds of one SKU expiring in one command: one `stock.restored`.
+        (
+            policy(None),
+            vec![
+                step(Op::Define {
+                    sku: 0,
+                    on_hand: 5,
+                    threshold: 0,
+                }),
+                step(Op::Reserve {
+                    lines: vec![(0, 1)],
+                }),
+                step(Op::CreateOrder {
+                    lines: vec![(0, 2, 10)],
+                    adopt: None,
+                    dup_no: false,
+                    channel: true,
+                }),
+                step(Op::Tick { ms: TTL_MS }),
             ],
         ),
         // A delayed order packed under an idempotency key, then shipped: the
