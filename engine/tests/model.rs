@@ -2305,6 +2305,14 @@ fn compare(state: &State, model: &Model, seen: &Seen, step: usize) -> Result<(),
             Some(r.status)
         );
     }
+    let Ok(QueryReply::OrderPolicy(policy)) = state.query(&Query::OrderPolicy) else {
+        return Err(TestCaseError::fail("order policy failed"));
+    };
+    prop_assert_eq!(
+        (policy.ship_sla_ms, policy.review_amount_min),
+        (model.sla_ms, model.review)
+    );
+    prop_assert_eq!(state.runs_order_policy(policy), model.v11);
     check_ledger(state, model, &views, &stats, step)
 }
 
