@@ -37,9 +37,9 @@ use surge_engine::event::{EventLine, OrderBrief};
 use surge_engine::limits::{QTY_PER_LINE_MAX, SHIP_SLA_MS_MAX};
 use surge_engine::{
     Address, AdjustReason, CancelReason, Command, Event, EventKind, HoldReason, IdempotencyKey,
-    LedgerFilter, LedgerKind, LineReq, NewOrder, OrderChange, OrderFilter, OrderId, OrderLineReq,
-    OrderStatus, OrderView, PaymentStatus, Query, QueryReply, Rejection, Reply, ReservationId,
-    ReservationStatus, ReturnKind, State,
+    LedgerFilter, LedgerKind, LineReq, NewOrder, OrderChange, OrderFacts, OrderFilter, OrderId,
+    OrderLineReq, OrderStatus, OrderView, PaymentStatus, Query, QueryReply, Rejection, Reply,
+    ReservationId, ReservationStatus, ReturnKind, State, order_actions,
 };
 
 const SKUS: [&str; 4] = ["A", "B", "C", "D"];
@@ -2269,6 +2269,46 @@ fn compare(state: &State, model: &Model, seen: &Seen, step: usize) -> Result<(),
             prop_assert_eq!(flagged, 1);
         }
         prop_assert_eq!(view.return_kind, m.return_kind, "order {}", view.id);
+        // The actions clients are shown (from the engine's transition table) are
+        // the ones the model accepts (a payment also needs its window open).
+        let facts = OrderFacts {
+            on_hold: view.hold.is_some(),
+            refundable_amount: p.paid_amount - p.refunded_amount,
+        };
+        let held = m.hold.is_some();
+        let s = m.status;
+        let want: Vec<&str> = [
+            ("pay", s == OrderStatus::Reserved),
+            ("pick", s == OrderStatus::Confirmed && !held),
+            ("pack", s == OrderStatus::Picking && !held),
+            ("ship", s == OrderStatus::Packed && !held),
+            ("deliver", s == OrderStatus::Shipped),
+            ("complete", s == OrderStatus::Delivered),
+            ("cancel", s.cancellable()),
+            (
+                "return",
+                matches!(
+                    s,
+                    OrderStatus::Shipped | OrderStatus::Delivered | OrderStatus::Completed
+                ),
+            ),
+            ("hold", s.cancellable() && !held),
+            ("release_hold", held),
+            (
+                "modify",
+                matches!(s, OrderStatus::Reserved | OrderStatus::Confirmed),
+            ),
+            ("refund", m.refundable() > 0),
+        ]
+        .into_iter()
+        .filter_map(|(action, allowed)| allowed.then_some(action))
+        .collect();
+        prop_assert_eq!(
+            order_actions(view.status, facts),
+            want,
+            "order {} actions",
+            view.id
+        );
     }
     // The list filters on hold and delay agree with the orders.
     for (filter, want) in [
