@@ -328,6 +328,9 @@ struct MOrder {
     ship_due: Option<u64>,
     delayed_since: Option<u64>,
     return_kind: Option<ReturnKind>,
+    /// Whether a shipping address was given (at creation or by a modification).
+    address: bool,
+    note: String,
 }
 
 impl MOrder {
@@ -853,6 +856,8 @@ impl Model {
                     ship_due: None,
                     delayed_since: None,
                     return_kind: None,
+                    address: *channel,
+                    note: String::new(),
                 });
                 let o = self.orders.len() - 1;
                 if self.v11 {
@@ -1061,8 +1066,16 @@ impl Model {
                 pick,
                 change,
                 reason,
-                note: _,
-            } => self.modify(*pick, change, reason.map(|r| CancelReason::ALL[r])),
+                note,
+            } => {
+                self.modify(*pick, change, reason.map(|r| CancelReason::ALL[r]))?;
+                if *note {
+                    let o = &mut self.orders[*pick];
+                    o.address = true;
+                    o.note = "call first".into();
+                }
+                Ok(())
+            }
             Op::SetPolicy { sla_ms, review } => {
                 if *sla_ms > SHIP_SLA_MS_MAX || *review == Some(0) {
                     return Err("validation_failed");
@@ -2269,6 +2282,12 @@ fn compare(state: &State, model: &Model, seen: &Seen, step: usize) -> Result<(),
             prop_assert_eq!(flagged, 1);
         }
         prop_assert_eq!(view.return_kind, m.return_kind, "order {}", view.id);
+        prop_assert_eq!(
+            (view.shipping_address.is_some(), view.note.as_str()),
+            (m.address, m.note.as_str()),
+            "order {} address and note",
+            view.id
+        );
         // The actions clients are shown (from the engine's transition table) are
         // the ones the model accepts (a payment also needs its window open).
         let facts = OrderFacts {
