@@ -2520,7 +2520,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2_500, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
     /// The v1.1 rules and commands: the run logs an order policy first (a ship SLA
     /// of a few seconds of the test's clock, sometimes a review threshold).
     #[test]
@@ -2540,20 +2540,25 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 500, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1_000, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
     /// An upgrade: a state run under the v1 rules (a log from before v1.1) gets its
     /// first order policy, as a v1.1 server logs it at open, and goes on under the
     /// v1.1 rules with the orders it has (paid ones get a ship deadline from their
     /// payment).
     #[test]
     fn engine_agrees_with_model_across_the_upgrade(
+        stock in proptest::collection::vec((3u64..20, 0u64..5), SKUS.len()),
         old in proptest::collection::vec(step_strategy(), 1..96),
         sla_ms in prop_oneof![Just(2_000u64), Just(5_000)],
         review in prop_oneof![Just(None), Just(Some(800u64))],
         new in proptest::collection::vec(step_strategy_v11(), 1..128),
     ) {
+        let defines = stock.iter().enumerate().map(|(sku, &(on_hand, threshold))| Step {
+            op: Op::Define { sku, on_hand, threshold },
+            key: None,
+        });
         let upgrade = Step { op: Op::SetPolicy { sla_ms, review }, key: None };
-        let steps: Vec<Step> = old.into_iter().chain([upgrade]).chain(new).collect();
+        let steps: Vec<Step> = defines.chain(old).chain([upgrade]).chain(new).collect();
         run(&steps, None)?;
     }
 }
