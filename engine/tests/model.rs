@@ -2364,6 +2364,29 @@ fn compare(state: &State, model: &Model, seen: &Seen, step: usize) -> Result<(),
             Some(r.status)
         );
     }
+    // The runtime's timer wakes at the state's next deadline: never after a hold's
+    // or a ship SLA's the model knows of (earlier is harmless).
+    let due = model
+        .res
+        .iter()
+        .filter(|r| r.status == ReservationStatus::Held)
+        .map(|r| r.expires)
+        .chain(
+            model
+                .orders
+                .iter()
+                .filter(|o| o.waiting() && o.delayed_since.is_none())
+                .filter_map(|o| o.ship_due),
+        )
+        .min();
+    if let Some(due) = due {
+        prop_assert!(
+            state.next_deadline_ms().is_some_and(|next| next <= due),
+            "next deadline {:?}, model {}",
+            state.next_deadline_ms(),
+            due
+        );
+    }
     let Ok(QueryReply::OrderPolicy(policy)) = state.query(&Query::OrderPolicy) else {
         return Err(TestCaseError::fail("order policy failed"));
     };
