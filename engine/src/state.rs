@@ -1448,7 +1448,7 @@ impl State {
                 // as a cancel does, keeping it in the history for earlier answers.
                 let before = order.hold().is_some().then(|| order.before(false));
                 if before.is_some() {
-                    order.extra_mut().hold = None;
+                    order.more_mut().hold = None;
                 }
                 let note = "payment window closed";
                 self.set_status_after(
@@ -1777,10 +1777,23 @@ impl State {
         extra.paid_at_ms = Some(ctx.now_ms);
         extra.amounts.paid = total;
         if ship_sla_ms > 0 {
-            // Payments come in time order and the SLA is one: deadlines queue up.
+            // Payments come in time order and the SLA is one: deadlines queue up,
+            // in (deadline, id) order as `rebuild_ship_deadlines` makes them after a
+            // snapshot load or an SLA change, so that orders due in the same
+            // millisecond are flagged in the same order by a replay. Orders paid in
+            // one millisecond out of id order are the only inserts not at the back.
             let due = ctx.now_ms.saturating_add(ship_sla_ms);
             debug_assert!(self.ship_deadlines.back().is_none_or(|&(at, _)| at <= due));
-            self.ship_deadlines.push_back((due, id));
+            if self
+                .ship_deadlines
+                .back()
+                .is_none_or(|&last| last < (due, id))
+            {
+                self.ship_deadlines.push_back((due, id));
+            } else {
+                let at = self.ship_deadlines.partition_point(|&d| d < (due, id));
+                self.ship_deadlines.insert(at, (due, id));
+            }
         }
         self.counters.paid_amount += total;
         self.record_money(id, LedgerKind::Charge, total, payment_ref, actor, ctx);

@@ -1400,101 +1400,71 @@ fn describe(state: &State, event: &Event, v11: bool) -> String {
         | EventKind::OrderReturnedV3 { .. } => unexpected(),
         // The full payloads of the v1.1 rules.
         _ if !v11 => unexpected(),
-        EventKind::OrderCreated { id, order, total } => {
-            format!("{ty} {id} {} total={total}", brief(order))
+        EventKind::OrderCreated(e) => {
+            format!("{ty} {} {} total={}", e.id, brief(&e.order), e.total)
         }
-        EventKind::OrderPaid {
-            id,
-            order,
-            amount,
-            payment_ref,
-        } => format!(
-            "{ty} {id} {} amount={amount} ref={payment_ref}",
-            brief(order)
+        EventKind::OrderPaid(e) => format!(
+            "{ty} {} {} amount={} ref={}",
+            e.id,
+            brief(&e.order),
+            e.amount,
+            e.payment_ref
         ),
-        EventKind::OrderCancelled {
-            id,
-            order,
-            reason,
-            refund_due_amount,
-            restocked,
-            ..
-        } => format!(
-            "{ty} {id} {} {reason} refund_due_amount={refund_due_amount} restocked=[{}]",
-            brief(order),
-            names(restocked)
+        EventKind::OrderCancelled(e) => format!(
+            "{ty} {} {} {} refund_due_amount={} restocked=[{}]",
+            e.id,
+            brief(&e.order),
+            e.reason,
+            e.refund_due_amount,
+            names(&e.restocked)
         ),
-        EventKind::OrderReturned {
-            id,
-            order,
-            kind,
-            restock,
-            refund_due_amount,
-            restocked,
-            ..
-        } => format!(
-            "{ty} {id} {} {kind} restock={restock} refund_due_amount={refund_due_amount} restocked=[{}]",
-            brief(order),
-            names(restocked)
+        EventKind::OrderReturned(e) => format!(
+            "{ty} {} {} {} restock={} refund_due_amount={} restocked=[{}]",
+            e.id,
+            brief(&e.order),
+            e.kind,
+            e.restock,
+            e.refund_due_amount,
+            names(&e.restocked)
         ),
-        EventKind::OrderModified {
-            id,
-            order,
-            before,
-            reason,
-            stock_delta,
-            total,
-            refund_due_added,
-            ..
-        } => format!(
-            "{ty} {id} {} before=[{}] reason={} delta=[{}] total={total} refund_due_added={refund_due_added}",
-            brief(order),
-            event_lines_text(state, before),
-            reason.map_or("-", |r| r.as_str()),
-            stock_delta
+        EventKind::OrderModified(e) => format!(
+            "{ty} {} {} before=[{}] reason={} delta=[{}] total={} refund_due_added={}",
+            e.id,
+            brief(&e.order),
+            event_lines_text(state, &e.before),
+            e.reason.map_or("-", |r| r.as_str()),
+            e.stock_delta
                 .iter()
                 .map(|(s, d)| format!("{}:{d:+}", name(s)))
                 .collect::<Vec<_>>()
                 .join(","),
+            e.total,
+            e.refund_due_added,
         ),
-        EventKind::OrderHeld {
-            id,
-            order_no,
-            reason,
-            actor,
-            ..
-        } => format!("{ty} {id} {order_no} {reason} by {actor}"),
-        EventKind::OrderHoldReleased {
-            id,
-            order_no,
-            actor,
-            ..
-        } => format!("{ty} {id} {order_no} by {actor}"),
-        EventKind::OrderDelayed {
-            id,
-            order_no,
-            customer_id,
-            paid_at_ms,
-            delayed_since_ms,
-        } => format!(
-            "{ty} {id} {order_no} {customer_id} paid_at={paid_at_ms} since={delayed_since_ms}"
+        EventKind::OrderHeld(e) => {
+            format!("{ty} {} {} {} by {}", e.id, e.order_no, e.reason, e.actor)
+        }
+        EventKind::OrderHoldReleased(e) => {
+            format!("{ty} {} {} by {}", e.id, e.order_no, e.actor)
+        }
+        EventKind::OrderDelayed(e) => format!(
+            "{ty} {} {} {} paid_at={} since={}",
+            e.id, e.order_no, e.customer_id, e.paid_at_ms, e.delayed_since_ms
         ),
         EventKind::StockRestored {
             sku,
             qty,
             available,
         } => format!("{ty} {} qty={qty} available={available}", name(sku)),
-        EventKind::OrderRefundedAmount {
-            id,
-            order_no,
-            amount,
-            reason,
-            refund_ref,
-            refunded_amount,
-            refund_due_amount,
-            ..
-        } => format!(
-            "{ty} {id} {order_no} amount={amount} reason={reason} ref={refund_ref} refunded={refunded_amount} refund_due_amount={refund_due_amount}"
+        EventKind::OrderRefundedAmount(e) => format!(
+            "{ty} {} {} amount={} reason={} ref={} refunded={} refund_due_amount={}",
+            e.id,
+            e.order_no,
+            e.amount,
+            e.reason,
+            e.refund_ref,
+            e.refunded_amount,
+            e.refund_due_amount
         ),
     }
 }
@@ -2074,14 +2044,18 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
                     id,
                     to
                 ),
-                EventKind::OrderDelayed { id, .. } => {
-                    let n = seen.delayed.entry(*id).or_default();
+                EventKind::OrderDelayed(delayed) => {
+                    let n = seen.delayed.entry(delayed.id).or_default();
                     *n += 1;
-                    prop_assert_eq!(*n, 1, "step {}: order {} delayed twice", i, id);
+                    prop_assert_eq!(*n, 1, "step {}: order {} delayed twice", i, delayed.id);
                 }
-                EventKind::OrderReturned { id, .. } | EventKind::OrderReturnedV3 { id, .. } => {
-                    let Ok(QueryReply::Order(view)) = state.query(&Query::GetOrder { id: *id })
-                    else {
+                EventKind::OrderReturned(_) | EventKind::OrderReturnedV3 { .. } => {
+                    let id = match &e.kind {
+                        EventKind::OrderReturned(returned) => returned.id,
+                        EventKind::OrderReturnedV3 { id, .. } => *id,
+                        _ => unreachable!(),
+                    };
+                    let Ok(QueryReply::Order(view)) = state.query(&Query::GetOrder { id }) else {
                         return Err(TestCaseError::fail("returned order missing"));
                     };
                     if view.returned.as_ref().is_some_and(|r| !r.restock) {
@@ -2738,6 +2712,38 @@ fn cases_the_model_found() {
                     channel: true,
                 }),
                 step(Op::Tick { ms: TTL_MS }),
+            ],
+        ),
+        // Two orders paid in one millisecond, out of id order, due together: the
+        // state, its replay and its snapshot flag them in the same order.
+        (
+            policy(None),
+            vec![
+                step(Op::Define {
+                    sku: 0,
+                    on_hand: 3,
+                    threshold: 0,
+                }),
+                step(Op::CreateOrder {
+                    lines: vec![(0, 1, 5)],
+                    adopt: None,
+                    dup_no: false,
+                    channel: false,
+                }),
+                step(Op::CreateOrder {
+                    lines: vec![(0, 1, 5)],
+                    adopt: None,
+                    dup_no: false,
+                    channel: false,
+                }),
+                step(Op::Pay {
+                    pick: 1,
+                    exact: true,
+                }),
+                step(Op::Pay {
+                    pick: 0,
+                    exact: true,
+                }),
             ],
         ),
         // A delayed order packed under an idempotency key, then shipped: the
