@@ -2603,6 +2603,33 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+    /// One order changed over and over: holds, releases, modifications and partial
+    /// refunds run into the history's cap for changes (`overloaded`), and the
+    /// status changes, delay flag and refunds after it must still find room.
+    #[test]
+    fn one_order_changed_until_its_history_is_full(steps in proptest::collection::vec(
+        prop_oneof![
+            8 => (0usize..HoldReason::ALL.len()).prop_map(|reason| Step { op: Op::Hold { pick: 0, reason }, key: None }),
+            8 => Just(Step { op: Op::ReleaseHold { pick: 0 }, key: None }),
+            6 => (-1i64..2, 0u64..3).prop_map(|(delta, price)| Step { op: Op::Modify { pick: 0, change: Change::Edits(vec![Edit::Qty { line: 0, delta }, Edit::Split { line: 0, price: Some(price) }]), reason: Some(0), note: true }, key: None }),
+            4 => prop_oneof![Just(Amount::Half), Just(Amount::Due), Just(Amount::Exact(1))].prop_map(|amount| Step { op: Op::RefundAmount { pick: 0, amount }, key: None }),
+            4 => Just(Step { op: Op::Progress { pick: 1 }, key: None }),
+            2 => Just(Step { op: Op::Refund { pick: 0 }, key: None }),
+            2 => (0usize..3, any::<bool>()).prop_map(|(kind, restock)| Step { op: Op::ReturnAs { pick: 0, kind, restock }, key: None }),
+            1 => Just(Step { op: Op::Cancel { pick: 0, reason: 1 }, key: None }),
+            3 => (0u64..1_500).prop_map(|ms| Step { op: Op::Tick { ms }, key: None }),
+        ], 1..96)) {
+        let start = [
+            Step { op: Op::Define { sku: 0, on_hand: 50, threshold: 0 }, key: None },
+            Step { op: Op::CreateOrder { lines: vec![(0, 4, 30)], adopt: None, dup_no: false, channel: true }, key: None },
+        ];
+        let steps: Vec<Step> = start.into_iter().chain(steps).collect();
+        run(&steps, Some(Policy { sla_ms: 5_000, review: None }))?;
+    }
+}
+
 /// The minimal cases of the engine bugs this model found, kept as plain tests (a
 /// regression seed stops naming its case once the strategies change).
 #[test]
