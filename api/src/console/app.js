@@ -471,7 +471,7 @@ function renderOrder(o) {
   const cancellation = o.cancellation ? h('section', { class: 'cancellation', id: 'order-cancellation', 'data-testid': 'order-cancellation', 'aria-label': 'Cancellation' },
     h('p', {}, h('strong', { text: 'Cancelled: ' }), h('span', { id: 'cancel-reason', 'data-testid': 'cancel-reason', 'data-reason': o.cancellation.reason, text: REASONS[o.cancellation.reason] || o.cancellation.reason })),
     o.cancellation.note ? h('p', {}, 'Note: ', h('span', { id: 'cancel-note', 'data-testid': 'cancel-note', text: o.cancellation.note })) : null,
-    h('p', { class: 'muted small', text: `by ${o.cancellation.actor}, ${when(o.cancellation.at)}` })) : null;
+    h('p', { class: 'muted small', text: `by ${o.cancellation.actor}${o.cancellation.on_behalf_of ? ` for ${o.cancellation.on_behalf_of}` : ''}, ${when(o.cancellation.at)}` })) : null;
 
   const returned = o.returned ? h('section', { class: 'cancellation', id: 'order-returned', 'aria-label': 'Return' },
     h('p', {}, h('strong', { text: 'Returned' }), o.returned.restock ? ' — units restocked' : ' — units not restocked'),
@@ -502,7 +502,7 @@ function renderOrder(o) {
   const history = h('ol', { class: 'timeline', id: 'order-history', 'data-testid': 'order-history' },
     o.history.map((e) => h('li', { class: `s-${e.status}`, dataset: { status: e.status } },
       h('span', { class: `badge s-${e.status}`, text: e.status }), ' ',
-      h('span', { class: 'when', text: `${when(e.at)} · ${e.actor}` }),
+      h('span', { class: 'when', text: `${when(e.at)} · ${e.actor}${e.on_behalf_of ? ` for ${e.on_behalf_of}` : ''}` }),
       e.note ? h('p', { class: 'note', text: e.note }) : null)));
 
   fill($('#order-body'), facts, cancellation, returned, actions,
