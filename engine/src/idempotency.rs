@@ -805,6 +805,9 @@ impl State {
         let order = &self.orders[(id.0 - 1) as usize];
         let mut view = self.order_view(order);
         assert!((1..=view.history.len()).contains(&history_len));
+        // The view shows a delay only while the order waits to ship: an answer from
+        // then shows the stored flag (hidden below again if it was not waiting).
+        view.delayed_since_ms = order.more().and_then(|m| m.delayed_since_ms);
         // The changeable part (money, hold, delay, lines, address, note) as the first
         // later entry that changed it kept it (`HistoryEntry::before`).
         let later = &order.history[history_len..];

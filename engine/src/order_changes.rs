@@ -253,11 +253,20 @@ impl State {
                         "order {id} is paid: its lines may only go down"
                     )));
                 }
-                let price_changed = new_lines.iter().any(|line| {
-                    !order
-                        .lines
+                // Per SKU and unit price, units may only go down: a line at a new
+                // price, or units moved between lines of one SKU at different
+                // prices, would change what was paid for (and could raise the
+                // total above the amount paid).
+                let units = |lines: &[OrderLine], sku: SkuIdx, price: u64| -> u64 {
+                    lines
                         .iter()
-                        .any(|o| o.sku == line.sku && o.unit_price == line.unit_price)
+                        .filter(|l| l.sku == sku && l.unit_price == price)
+                        .map(|l| u64::from(l.qty))
+                        .sum()
+                };
+                let price_changed = new_lines.iter().any(|line| {
+                    units(new_lines, line.sku, line.unit_price)
+                        > units(&order.lines, line.sku, line.unit_price)
                 });
                 if price_changed {
                     return Err(transition(format!(

@@ -1362,6 +1362,19 @@ impl State {
 
     /// Held units go back to `available` (release or expiry).
     fn end_hold(&mut self, id: ReservationId, status: ReservationStatus, ctx: &mut Ctx<'_>) {
+        let lines = self.end_hold_quietly(id, status, ctx);
+        self.emit_restored(&lines, ctx);
+    }
+
+    /// `end_hold` without its `stock.restored`: the units given back per SKU (none
+    /// under the v1 rules), for a caller that ends several holds in one command and
+    /// emits one `stock.restored` per SKU for all of them.
+    fn end_hold_quietly(
+        &mut self,
+        id: ReservationId,
+        status: ReservationStatus,
+        ctx: &mut Ctx<'_>,
+    ) -> Vec<(SkuIdx, u64)> {
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         for &(idx, qty) in r.lines.iter() {
@@ -1381,7 +1394,7 @@ impl State {
             ReservationStatus::Expired => EventKind::ReservationExpired { id },
             _ => EventKind::ReservationReleased { id },
         });
-        self.emit_restored(&lines, ctx);
+        lines
     }
 
     fn finish_hold(&mut self, id: ReservationId) {
@@ -1401,6 +1414,10 @@ impl State {
 
     fn expire(&mut self, ctx: &mut Ctx<'_>) -> Reply {
         let (mut reservations, mut orders) = (0u64, 0u64);
+        // Units given back, per SKU in first-seen order: one `stock.restored` per
+        // SKU for the whole command, however many holds of it expire.
+        let mut restored: Vec<(SkuIdx, u64)> = Vec::new();
+        let mut restored_at: HashMap<SkuIdx, usize> = HashMap::new();
         while let Some(&Reverse((at, id))) = self.expiry.peek() {
             if at > ctx.now_ms || reservations as usize >= EXPIRE_BATCH_MAX {
                 break;
@@ -1413,18 +1430,40 @@ impl State {
                 continue; // stale entry
             }
             let order = r.order;
-            self.end_hold(id, ReservationStatus::Expired, ctx);
+            for (sku, qty) in self.end_hold_quietly(id, ReservationStatus::Expired, ctx) {
+                match restored_at.get(&sku) {
+                    Some(&i) => restored[i].1 += qty,
+                    None => {
+                        restored_at.insert(sku, restored.len());
+                        restored.push((sku, qty));
+                    }
+                }
+            }
             reservations += 1;
             if let Some(order_id) = order {
                 let actor = self.system_actor();
                 let order = self.order_mut(order_id);
                 assert_eq!(order.status, OrderStatus::Reserved);
+                // Only a cancellable order can be on hold: expiry clears the hold,
+                // as a cancel does, keeping it in the history for earlier answers.
+                let before = order.hold().is_some().then(|| order.before(false));
+                if before.is_some() {
+                    order.more_mut().hold = None;
+                }
                 let note = "payment window closed";
-                self.set_status(order_id, OrderStatus::Expired, actor, note, ctx.now_ms);
+                self.set_status_after(
+                    order_id,
+                    OrderStatus::Expired,
+                    actor,
+                    note,
+                    ctx.now_ms,
+                    before,
+                );
                 ctx.emit(EventKind::OrderExpired { id: order_id });
                 orders += 1;
             }
         }
+        self.emit_restored(&restored, ctx);
         self.flag_delays(ctx);
         Reply::Expired {
             reservations,
@@ -1738,10 +1777,23 @@ impl State {
         extra.paid_at_ms = Some(ctx.now_ms);
         extra.amounts.paid = total;
         if ship_sla_ms > 0 {
-            // Payments come in time order and the SLA is one: deadlines queue up.
+            // Payments come in time order and the SLA is one: deadlines queue up,
+            // in (deadline, id) order as `rebuild_ship_deadlines` makes them after a
+            // snapshot load or an SLA change, so that orders due in the same
+            // millisecond are flagged in the same order by a replay. Orders paid in
+            // one millisecond out of id order are the only inserts not at the back.
             let due = ctx.now_ms.saturating_add(ship_sla_ms);
             debug_assert!(self.ship_deadlines.back().is_none_or(|&(at, _)| at <= due));
-            self.ship_deadlines.push_back((due, id));
+            if self
+                .ship_deadlines
+                .back()
+                .is_none_or(|&last| last < (due, id))
+            {
+                self.ship_deadlines.push_back((due, id));
+            } else {
+                let at = self.ship_deadlines.partition_point(|&d| d < (due, id));
+                self.ship_deadlines.insert(at, (due, id));
+            }
         }
         self.counters.paid_amount += total;
         self.record_money(id, LedgerKind::Charge, total, payment_ref, actor, ctx);
