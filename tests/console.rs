@@ -267,6 +267,11 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
+        Browser::start_in(None)
+    }
+
+    /// A browser whose preferred languages (`navigator.languages`) start with `lang`.
+    fn start_in(lang: Option<&str>) -> Browser {
         let chromium = find_program("CHROMIUM", &["chromium", "chromium-browser"]).expect(
             "Chromium not found: install Debian's `chromium` and `chromium-driver` \
              (apt-get install -y chromium chromium-driver) or set CHROMIUM",
@@ -296,17 +301,30 @@ impl Browser {
                 .filter(|r| r.status == 200 && r.body.contains("\"ready\":true"))
         });
         let profile = browser._profile.0.display().to_string();
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1280,900".into(),
+            format!("--user-data-dir={profile}"),
+        ];
+        let mut prefs = json!({});
+        if let Some(lang) = lang {
+            args.push(format!("--lang={lang}"));
+            prefs = json!({"intl.accept_languages": format!("{lang},en")});
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium.display().to_string(),
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,900",
-                    format!("--user-data-dir={profile}"),
-                ],
+                "args": args,
+                "prefs": prefs,
             },
         }}});
         let reply = browser.raw("POST", "/session", Some(caps));
@@ -602,7 +620,7 @@ fn console_in_a_real_browser() {
     assert_eq!(history, json!(["reserved", "confirmed", "picking"]));
     assert!(browser.text("#order-history").unwrap().contains("aisle 4"));
     assert!(browser.exists("#action-cancel"));
-    assert!(browser.exists("#action-packed"));
+    assert!(browser.exists("#action-pack"));
     assert!(!browser.exists("#action-return"));
     browser.screenshot("03-order-picking");
 
@@ -653,7 +671,7 @@ fn console_in_a_real_browser() {
     assert!(browser.text("#order-why").unwrap().contains("Return"));
     assert!(browser.text("#order-body").unwrap().contains("TRACK-77"));
     browser.screenshot("06-order-shipped");
-    browser.click("#action-delivered");
+    browser.click("#action-deliver");
     browser.wait_exists("#action-dialog[open]");
     browser.click("#action-confirm");
     browser.wait_text("#order-status", "delivered");
@@ -772,11 +790,219 @@ fn console_in_a_real_browser() {
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
             json!([]),
         );
+        browser.screenshot(name);
         assert!(
             overflow.as_i64().unwrap() <= 1,
             "{name}: the page is {overflow}px wider than the window"
         );
-        browser.screenshot(name);
     }
     eprintln!("console test took {:?}", started.elapsed());
+}
+
+// ------------------------------------------------------------------ languages
+
+/// Open the console and give it the operator token.
+fn sign_in(browser: &Browser, server: &Server) {
+    browser.goto(&server.url("/"));
+    browser.wait_exists("#token-form");
+    browser.type_into("#token-input", OPERATOR_TOKEN);
+    browser.type_into("#actor-input", "tester");
+    browser.click("#token-save");
+    browser.wait_exists("#role-name");
+}
+
+/// The texts of every element matching `css`, in document order.
+fn texts(browser: &Browser, css: &str) -> Value {
+    browser.js(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent.trim());",
+        json!([css]),
+    )
+}
+
+fn choose_language(browser: &Browser, lang: &str) {
+    browser.click(&format!("#lang-select option[value='{lang}']"));
+}
+
+#[test]
+fn console_speaks_chinese_and_english() {
+    let server = Server::start();
+    server.ok(
+        "PUT",
+        "/v1/skus/WIDGET",
+        Some(json!({"on_hand": 10, "low_stock_threshold": 2, "name": "widget"})),
+    );
+    let o = server.create_order(
+        "Z-1",
+        "alice",
+        json!([{"sku": "WIDGET", "qty": 2, "unit_price": 1250}]),
+    );
+    let id = o["id"].as_str().unwrap().to_string();
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{id}/pay"),
+        Some(json!({"amount": 2500})),
+    );
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{id}/transitions"),
+        Some(json!({"to": "picking"})),
+    );
+
+    // An English browser gets English; both dictionaries have the same keys.
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    assert_eq!(
+        browser.js("return window.surgeI18n.missingKeys();", json!([])),
+        json!([]),
+        "the zh-CN and en dictionaries differ"
+    );
+    assert_eq!(
+        browser.js("return document.documentElement.lang;", json!([])),
+        "en"
+    );
+    browser.wait_exists("#orders-table tr[data-order-no='Z-1']");
+    assert_eq!(browser.text("#nav-orders").unwrap(), "Orders");
+    assert_eq!(
+        texts(&browser, "#orders-table tr[data-order-no='Z-1'] .badge"),
+        json!(["picking", "paid"])
+    );
+
+    // Switch to Chinese: labels, status names, payment names and the role change.
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#nav-orders", "订单");
+    assert_eq!(
+        browser.js("return document.documentElement.lang;", json!([])),
+        "zh-CN"
+    );
+    browser.wait("the list in Chinese", || {
+        (texts(&browser, "#orders-table tr[data-order-no='Z-1'] .badge")
+            == json!(["拣货中", "已付款"]))
+        .then_some(())
+    });
+    assert_eq!(browser.text("#orders-h").unwrap(), "订单");
+    assert_eq!(browser.text("label[for='q-order-no']").unwrap(), "订单号");
+    assert_eq!(browser.text("#search-btn").unwrap(), "查询");
+    assert_eq!(browser.text("#role-name").unwrap(), "运营");
+    let statuses = texts(&browser, "#q-status option");
+    assert_eq!(
+        statuses,
+        json!([
+            "全部",
+            "待付款",
+            "已确认",
+            "拣货中",
+            "已打包",
+            "已发货",
+            "已签收",
+            "已完成",
+            "已过期",
+            "已取消",
+            "已退货"
+        ])
+    );
+    assert_eq!(
+        texts(&browser, "#q-payment option"),
+        json!(["全部", "未付款", "已付款", "部分退款", "待退款", "已退款"])
+    );
+    browser.screenshot("i18n-01-orders-zh");
+
+    // The order: status, actions, history and the cancel reasons.
+    browser.click("#orders-table tr[data-order-no='Z-1'] a.order-link");
+    browser.wait_text("#order-status", "拣货中");
+    assert_eq!(browser.text("#order-payment").unwrap(), "已付款");
+    assert_eq!(browser.text("#action-pack").unwrap(), "标记已打包");
+    assert_eq!(browser.text("#action-cancel").unwrap(), "取消订单…");
+    assert_eq!(
+        texts(&browser, "#order-history li .badge"),
+        json!(["待付款", "已确认", "拣货中"])
+    );
+    assert_eq!(browser.text("#lines-h").unwrap(), "商品明细");
+    browser.screenshot("i18n-02-order-zh");
+    browser.click("#action-cancel");
+    browser.wait_exists("#cancel-dialog[open]");
+    assert_eq!(
+        texts(&browser, "#cancel-reason-select option"),
+        json!([
+            "请选择原因…",
+            "客户要求",
+            "缺货",
+            "支付失败",
+            "疑似欺诈",
+            "系统错误",
+            "其他"
+        ])
+    );
+    browser.screenshot("i18n-03-cancel-zh");
+    browser.click("#cancel-abort");
+    assert!(!browser.exists("#cancel-dialog[open]"));
+
+    // The other pages.
+    browser.click("#nav-stock");
+    browser.wait_exists("#stock-table tr[data-sku='WIDGET']");
+    assert_eq!(browser.text("#stock-h").unwrap(), "库存");
+    assert_eq!(browser.text("#adjust-submit").unwrap(), "提交调整");
+    browser.screenshot("i18n-04-stock-zh");
+    browser.click("#nav-ledger");
+    browser.wait_text("#ledger-h", "资金流水");
+    assert_eq!(
+        texts(&browser, "#l-kind option"),
+        json!(["全部", "收款", "退款", "撤销核销"])
+    );
+    browser.screenshot("i18n-05-ledger-zh");
+    browser.click("#nav-stats");
+    browser.wait_text("#stats-h", "报表");
+    assert_eq!(
+        texts(&browser, "#st-group option"),
+        json!(["日", "小时", "SKU", "客户", "取消原因", "渠道"])
+    );
+    browser.screenshot("i18n-06-stats-zh");
+
+    // Problem documents: the title translated, the detail as the server gave it.
+    browser.goto(&server.url("/#/order/o999999"));
+    browser.wait_exists("#error");
+    let error = browser.wait_text("#error-text", "o999999");
+    assert!(error.starts_with("订单不存在"), "{error}");
+    browser.screenshot("i18n-07-error-zh");
+
+    // The choice survives a reload.
+    browser.goto(&server.url("/#/orders"));
+    browser.js("location.reload();", json!([]));
+    browser.wait_text("#nav-orders", "订单");
+    browser.wait_exists("#orders-table tr[data-order-no='Z-1']");
+    assert_eq!(
+        browser.js("return localStorage.getItem('surge.lang');", json!([])),
+        "zh-CN"
+    );
+    browser.wait_text("#live-state", "实时");
+
+    // And back to English.
+    choose_language(&browser, "en");
+    browser.wait_text("#nav-orders", "Orders");
+    browser.wait("the list in English", || {
+        (texts(&browser, "#orders-table tr[data-order-no='Z-1'] .badge")
+            == json!(["picking", "paid"]))
+        .then_some(())
+    });
+    browser.wait_text("#live-state", "live");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([]),
+        "texts asked for that no dictionary has"
+    );
+    drop(browser);
+
+    // A browser that prefers Chinese starts in Chinese, without choosing.
+    let zh = Browser::start_in(Some("zh-CN"));
+    zh.goto(&server.url("/"));
+    zh.wait_text("#nav-orders", "订单");
+    assert_eq!(zh.text("#token-save").unwrap(), "使用令牌");
+    sign_in(&zh, &server);
+    zh.wait("the list in Chinese", || {
+        (texts(&zh, "#orders-table tr[data-order-no='Z-1'] .badge") == json!(["拣货中", "已付款"]))
+            .then_some(())
+    });
+    assert_eq!(
+        zh.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
 }
