@@ -1166,6 +1166,8 @@ async function loadReport(params) {
   try {
     const st = await api('GET', `/v1/stats?${q}`);
     if (seq !== statsState.seq) return;
+    // A server before v1.1 ignores the window and answers its totals.
+    if (!Array.isArray(st.groups)) throw new Error(t('stats.unsupported'));
     statsState.data = st;
     const groups = st.groups || [];
     const keyText = (g) => {
@@ -1189,6 +1191,7 @@ async function loadReport(params) {
     tbody.replaceChildren(h('tr', {}, h('td', { colspan: STATS_COLS, class: 'empty', text: t('stats.loadFailed') })));
     $('#stats-summary').textContent = '';
     $('#stats-chart').replaceChildren();
+    $('#stats-chart').toggleAttribute('hidden', true);
     showError(e);
   }
 }
@@ -1222,7 +1225,7 @@ function drawStats(st, metric) {
   svg.setAttribute('viewBox', `0 0 ${W} ${Math.max(1, groups.length) * rowH + 8}`);
   svg.replaceChildren(...kids);
   svg.setAttribute('aria-label', t('stats.chartLabel', { metric: t(METRIC_LABEL[m]), group: code('group', st.group_by) }));
-  svg.hidden = !groups.length;
+  svg.toggleAttribute('hidden', !groups.length);
 }
 
 // ------------------------------------------------------------------ live panel
