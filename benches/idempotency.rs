@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use surge_engine::{
-    Command, Durability, Engine, EngineConfig, EngineHandle, IdempotencyKey, IdempotencyPolicy,
-    IdempotencyStats, LineReq, Outcome, Query, QueryReply, Reply, State, Ticket,
+    Acked, Command, Durability, Engine, EngineConfig, EngineHandle, IdempotencyKey,
+    IdempotencyPolicy, IdempotencyStats, LineReq, Outcome, Query, QueryReply, Reply, State, Ticket,
 };
 
 /// The `surge` binary runs on mimalloc: the same allocator, counting live bytes.
@@ -165,20 +165,17 @@ fn send_all(handle: &EngineHandle, keys: u64) -> (Vec<u64>, Histogram<u64>, Dura
             std::thread::spawn(move || {
                 let mut hist = Histogram::<u64>::new(3).expect("histogram");
                 let mut ids = Vec::new();
-                let mut in_flight: std::collections::VecDeque<(u64, Instant, Ticket<Outcome>)> =
+                let mut in_flight: std::collections::VecDeque<(u64, Instant, Ticket<Acked>)> =
                     std::collections::VecDeque::with_capacity(IN_FLIGHT_PER_THREAD);
-                let mut settle = |in_flight: &mut std::collections::VecDeque<(
-                    u64,
-                    Instant,
-                    Ticket<Outcome>,
-                )>| {
-                    let (i, sent, ticket) = in_flight.pop_front().expect("in flight");
-                    let outcome = ticket.wait().expect("answered");
-                    assert!(outcome.is_ok(), "key {i} refused: {outcome:?}");
-                    ids.push((i, hold_id(&outcome)));
-                    hist.record(sent.elapsed().as_micros() as u64)
-                        .expect("in range");
-                };
+                let mut settle =
+                    |in_flight: &mut std::collections::VecDeque<(u64, Instant, Ticket<Acked>)>| {
+                        let (i, sent, ticket) = in_flight.pop_front().expect("in flight");
+                        let outcome = ticket.wait().expect("answered").outcome;
+                        assert!(outcome.is_ok(), "key {i} refused: {outcome:?}");
+                        ids.push((i, hold_id(&outcome)));
+                        hist.record(sent.elapsed().as_micros() as u64)
+                            .expect("in range");
+                    };
                 let mut i = t;
                 while i < keys {
                     let sent = Instant::now();
@@ -224,7 +221,7 @@ fn retry(handle: &EngineHandle, ids: &[u64], from: u64, to: u64) -> u64 {
         .collect();
     tickets
         .into_iter()
-        .map(|(i, t)| u64::from(hold_id(&t.wait().expect("answered")) == ids[i as usize]))
+        .map(|(i, t)| u64::from(hold_id(&t.wait().expect("answered").outcome) == ids[i as usize]))
         .sum()
 }
 

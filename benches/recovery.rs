@@ -70,11 +70,12 @@ fn fill(
                             .expect("non-empty")
                             .wait()
                             .expect("answered")
+                            .outcome
                             .expect("accepted");
                     }
                 }
                 for p in pending {
-                    p.wait().expect("answered").expect("accepted");
+                    p.wait().expect("answered").outcome.expect("accepted");
                 }
             });
         }

@@ -68,7 +68,7 @@ fn fixture(skus: usize, config: EngineConfig, window: usize) -> Fixture {
         })
         .collect();
     for t in tickets {
-        t.wait().expect("answered").expect("defined");
+        t.wait().expect("answered").outcome.expect("defined");
     }
     let start = Arc::new(Barrier::new(THREADS + 1));
     let (done_tx, done) = crossbeam_channel::unbounded();
@@ -100,7 +100,7 @@ fn fixture(skus: usize, config: EngineConfig, window: usize) -> Fixture {
     }
 }
 
-type InFlight = std::collections::VecDeque<(Instant, surge_engine::Ticket<surge_engine::Outcome>)>;
+type InFlight = std::collections::VecDeque<(Instant, surge_engine::Ticket<surge_engine::Acked>)>;
 
 /// `w.count` reservations keeping `window` in flight (1: closed loop, wait for
 /// each reply before sending the next).
@@ -114,7 +114,7 @@ fn reserve_loop(
     let mut in_flight: InFlight = std::collections::VecDeque::with_capacity(window);
     let mut settle = |in_flight: &mut InFlight| {
         let (sent, ticket) = in_flight.pop_front().expect("in flight");
-        ticket.wait().expect("answered").expect("held");
+        ticket.wait().expect("answered").outcome.expect("held");
         hist.record(sent.elapsed().as_micros() as u64)
             .expect("in range");
     };

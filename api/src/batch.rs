@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use surge_engine::Command;
+use surge_engine::{Acked, Command};
 use utoipa::ToSchema;
 
 use crate::auth::{Auth, Principal, Storefront};
@@ -219,11 +219,39 @@ pub async fn batch(
             (None, Some(e)) => problem_json(e),
             (None, None) => match outcomes.next().expect("one outcome per submitted op") {
                 Err(e) => problem_json(&ApiError::from_engine(e)),
-                Ok(Err(rejection)) => problem_json(&ApiError::from_rejection(&rejection)),
-                Ok(Ok(reply)) => reply_json(reply),
+                Ok(Acked {
+                    outcome: Err(rejection),
+                    ..
+                }) => problem_json(&ApiError::from_rejection(&rejection)),
+                Ok(Acked {
+                    outcome: Ok(reply),
+                    lsn,
+                }) => with_lsn(reply_json(reply), lsn),
             },
         };
         results.push(value);
     }
     Ok(axum::Json(BatchResponse { results }).into_response())
+}
+
+/// A successful result of a batch carries its record's LSN (`"lsn"`), as a single
+/// write's answer carries `Surge-Lsn`.
+fn with_lsn(
+    body: Box<serde_json::value::RawValue>,
+    lsn: Option<u64>,
+) -> Box<serde_json::value::RawValue> {
+    let Some(lsn) = lsn else {
+        return body;
+    };
+    let text = body.get();
+    let rest = text
+        .strip_prefix('{')
+        .expect("a success body is a JSON object");
+    let separator = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    serde_json::value::RawValue::from_string(format!("{{\"lsn\":{lsn}{separator}{rest}"))
+        .expect("an object with one more member is valid JSON")
 }

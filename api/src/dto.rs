@@ -284,14 +284,75 @@ pub struct OrderLineBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PaymentBody {
-    /// `unpaid`, `paid`, `refund_due` or `refunded`.
+    /// From the amounts, first match wins: `refund_due` (refund_due_amount > 0),
+    /// `refunded` (refunded = paid > 0), `partially_refunded` (refunded > 0), `paid`
+    /// (paid > 0), `unpaid`.
     pub status: &'static str,
+    /// The order total, minor units.
     pub amount: u64,
     pub payment_ref: String,
     pub paid_at: Option<String>,
+    /// The reference of the last refund.
     pub refund_ref: String,
     /// Deadline for payment while the order is `reserved`.
     pub due_at: String,
+    pub paid_amount: u64,
+    pub refunded_amount: u64,
+    /// Made due back by a cancel, a return or a lower total, not yet refunded.
+    pub refund_due_amount: u64,
+}
+
+/// A shipping address; every part optional, at most 200 bytes each.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressBody {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+    pub district: Option<String>,
+    pub line1: Option<String>,
+    pub postal_code: Option<String>,
+}
+
+impl From<AddressBody> for surge_engine::Address {
+    fn from(a: AddressBody) -> Self {
+        surge_engine::Address {
+            name: a.name,
+            phone: a.phone,
+            province: a.province,
+            city: a.city,
+            district: a.district,
+            line1: a.line1,
+            postal_code: a.postal_code,
+        }
+    }
+}
+
+impl From<surge_engine::Address> for AddressBody {
+    fn from(a: surge_engine::Address) -> Self {
+        AddressBody {
+            name: a.name,
+            phone: a.phone,
+            province: a.province,
+            city: a.city,
+            district: a.district,
+            line1: a.line1,
+            postal_code: a.postal_code,
+        }
+    }
+}
+
+/// A review hold (订单审核).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HoldBody {
+    /// `review`, `address_check`, `fraud_check`, `customer_request` or `other`.
+    pub reason: &'static str,
+    pub note: String,
+    pub at: String,
+    pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -334,6 +395,8 @@ impl From<CancellationView> for CancellationBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReturnBody {
+    /// `intercepted`, `refused` or `customer_return`.
+    pub kind: &'static str,
     pub restock: bool,
     pub reason: String,
     pub note: String,
@@ -349,7 +412,8 @@ pub struct OrderBody {
     /// `completed`, `expired`, `cancelled` or `returned`.
     pub status: &'static str,
     /// The actions allowed now, from the engine's transition table: `pay`, `pick`,
-    /// `pack`, `ship`, `deliver`, `complete`, `cancel`, `return`, `refund`.
+    /// `pack`, `ship`, `deliver`, `complete`, `cancel`, `hold`, `release_hold`,
+    /// `modify`, `return`, `refund`.
     pub actions: Vec<&'static str>,
     pub lines: Vec<OrderLineBody>,
     /// Minor units.
@@ -366,6 +430,15 @@ pub struct OrderBody {
     /// Present once returned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub returned: Option<ReturnBody>,
+    /// The sales channel (`tmall`, `jd`, `web`...), `""` when not given.
+    pub channel: String,
+    pub shipping_address: Option<AddressBody>,
+    /// The order's note (set by a modification).
+    pub note: String,
+    /// The review hold, `null` when not held.
+    pub hold: Option<HoldBody>,
+    /// When the ship SLA ran out, while the order is paid and not shipped.
+    pub delayed_since: Option<String>,
 }
 
 impl From<OrderView> for OrderBody {
@@ -375,7 +448,13 @@ impl From<OrderView> for OrderBody {
             order_no: o.order_no.to_string(),
             customer_id: o.customer_id.to_string(),
             status: o.status.as_str(),
-            actions: surge_engine::order_actions(o.status, o.payment.status),
+            actions: surge_engine::order_actions(
+                o.status,
+                surge_engine::OrderFacts {
+                    on_hold: o.hold.is_some(),
+                    refundable_amount: o.payment.paid_amount - o.payment.refunded_amount,
+                },
+            ),
             lines: o
                 .lines
                 .into_iter()
@@ -393,6 +472,9 @@ impl From<OrderView> for OrderBody {
                 paid_at: o.payment.paid_at_ms.map(format_ms),
                 refund_ref: o.payment.refund_ref.to_string(),
                 due_at: format_ms(o.payment.due_at_ms),
+                paid_amount: o.payment.paid_amount,
+                refunded_amount: o.payment.refunded_amount,
+                refund_due_amount: o.payment.refund_due_amount,
             },
             reservation_id: o.reservation_id.to_string(),
             created_at: format_ms(o.created_at_ms),
@@ -401,10 +483,25 @@ impl From<OrderView> for OrderBody {
             history: o.history.into_iter().map(HistoryBody::from).collect(),
             cancellation: o.cancellation.map(CancellationBody::from),
             returned: o.returned.map(|r| ReturnBody {
+                kind: o.return_kind.map_or("customer_return", |k| k.as_str()),
                 restock: r.restock,
                 reason: r.reason.to_string(),
                 note: r.note.to_string(),
             }),
+            channel: o.channel,
+            shipping_address: o.shipping_address.map(AddressBody::from),
+            note: o.note,
+            hold: o.hold.map(|h| {
+                let (actor, on_behalf_of) = surge_engine::split_actor(&h.actor);
+                HoldBody {
+                    reason: h.reason.as_str(),
+                    note: h.note,
+                    at: format_ms(h.at_ms),
+                    actor: actor.to_string(),
+                    on_behalf_of: on_behalf_of.map(str::to_string),
+                }
+            }),
+            delayed_since: o.delayed_since_ms.map(format_ms),
         }
     }
 }
@@ -432,6 +529,13 @@ pub fn reply_json(reply: Reply) -> Box<serde_json::value::RawValue> {
         Reply::Sku(v) => serde_json::to_string(&SkuBody::from(v)),
         Reply::Reservation(v) => serde_json::to_string(&ReservationBody::from(v)),
         Reply::Order(v) => serde_json::to_string(&OrderBody::from(*v)),
+        Reply::OrderV3(v) => serde_json::to_string(&OrderBody::from(OrderView::from(*v))),
+        Reply::OrderPolicy(p) => Ok(format!(
+            "{{\"ship_sla_ms\":{},\"review_amount_min\":{}}}",
+            p.ship_sla_ms,
+            p.review_amount_min
+                .map_or_else(|| "null".to_string(), |m| m.to_string())
+        )),
         Reply::Expired {
             reservations,
             orders,

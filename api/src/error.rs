@@ -59,6 +59,8 @@ fn title(code: &str) -> &'static str {
         "order_shipped" => "Order already shipped",
         "duplicate_order_no" => "Duplicate order number",
         "idempotency_conflict" => "Idempotency key conflict",
+        "order_on_hold" => "Order on hold",
+        "refund_exceeds_paid" => "Refund exceeds the amount paid",
         "unauthorized" => "Unauthorized",
         "forbidden" => "Forbidden",
         "overloaded" => "Overloaded",
@@ -191,6 +193,29 @@ impl ApiError {
             Rejection::LimitReached { what } => {
                 ApiError::overloaded(format!("limit reached: {what}"))
             }
+            Rejection::OrderOnHold { id, status } => ApiError::new(
+                StatusCode::CONFLICT,
+                "order_on_hold",
+                format!(
+                    "order {id} is {status} and on hold: release the hold first \
+                     (POST /v1/orders/{id}/release-hold)"
+                ),
+            ),
+            Rejection::RefundExceedsPaid {
+                id,
+                refundable,
+                requested,
+            } => ApiError {
+                field: Some("amount".into()),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "refund_exceeds_paid",
+                    format!(
+                        "order {id}: a refund of {requested} exceeds the {refundable} paid and \
+                         not yet refunded"
+                    ),
+                )
+            },
         }
     }
 
@@ -259,6 +284,11 @@ pub fn field_path(field: &Field) -> String {
             };
         }
         Field::Legacy(path) => return path.clone(),
+        Field::Channel => "channel",
+        Field::Address(part) => return format!("shipping_address.{}", part.as_str()),
+        Field::RefundAmount => "amount",
+        Field::ShipSlaMs => "SURGE_SHIP_SLA_MS",
+        Field::ReviewAmountMin => "SURGE_REVIEW_AMOUNT_MIN",
     };
     name.to_string()
 }
@@ -299,6 +329,7 @@ pub fn violation_text(violation: &Violation) -> String {
             "the request encodes to {len} bytes, over the log's record limit of {max} bytes"
         ),
         Violation::Legacy(text) => text.clone(),
+        Violation::Required => "is required here".into(),
     }
 }
 

@@ -88,7 +88,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
         EventKind::ReservationCommitted { id }
         | EventKind::ReservationReleased { id }
         | EventKind::ReservationExpired { id } => json!({"reservation_id": id.to_string()}),
-        EventKind::OrderCreated {
+        EventKind::OrderCreatedV3 {
             id,
             order_no,
             customer_id,
@@ -97,13 +97,163 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             "order_id": id.to_string(), "order_no": order_no.to_string(),
             "customer_id": customer_id.to_string(), "total": total
         }),
-        EventKind::OrderPaid { id, amount } => {
+        EventKind::OrderPaidV3 { id, amount } => {
             json!({"order_id": id.to_string(), "amount": amount})
+        }
+        EventKind::OrderCreated { id, order, total } => {
+            let mut m = brief(log, *id, order);
+            m.insert("total".into(), (*total).into());
+            Value::Object(m)
+        }
+        EventKind::OrderPaid {
+            id,
+            order,
+            amount,
+            payment_ref,
+        } => {
+            let mut m = brief(log, *id, order);
+            m.insert("amount".into(), (*amount).into());
+            m.insert("payment_ref".into(), payment_ref.to_string().into());
+            Value::Object(m)
+        }
+        EventKind::OrderCancelled {
+            id,
+            order,
+            reason,
+            note,
+            actor,
+            refund_due_amount,
+            restocked,
+        } => {
+            let mut m = brief(log, *id, order);
+            m.insert("reason".into(), reason.as_str().into());
+            m.insert("note".into(), note.to_string().into());
+            insert_actor(&mut m, actor);
+            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
+            m.insert("restocked".into(), sku_qtys(log, restocked));
+            Value::Object(m)
+        }
+        EventKind::OrderReturned {
+            id,
+            order,
+            kind,
+            restock,
+            reason,
+            note,
+            actor,
+            refund_due_amount,
+            restocked,
+        } => {
+            let mut m = brief(log, *id, order);
+            m.insert("kind".into(), kind.as_str().into());
+            m.insert("restock".into(), (*restock).into());
+            m.insert("reason".into(), reason.to_string().into());
+            m.insert("note".into(), note.to_string().into());
+            insert_actor(&mut m, actor);
+            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
+            m.insert("restocked".into(), sku_qtys(log, restocked));
+            Value::Object(m)
+        }
+        EventKind::OrderModified {
+            id,
+            order,
+            before,
+            reason,
+            actor,
+            stock_delta,
+            total,
+            refund_due_added,
+        } => {
+            let mut m = brief(log, *id, order);
+            let after = m.remove("lines").unwrap_or(Value::Null);
+            m.insert("before".into(), event_lines(log, before));
+            m.insert("after".into(), after);
+            m.insert(
+                "reason".into(),
+                reason.map_or(Value::Null, |r| r.as_str().into()),
+            );
+            insert_actor(&mut m, actor);
+            m.insert(
+                "stock_delta".into(),
+                stock_delta
+                    .iter()
+                    .map(|(s, q)| json!({"sku": sku(*s), "qty": q}))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            m.insert("total".into(), (*total).into());
+            m.insert("refund_due_added".into(), (*refund_due_added).into());
+            Value::Object(m)
+        }
+        EventKind::OrderHeld {
+            id,
+            order_no,
+            reason,
+            note,
+            actor,
+        } => {
+            let mut m = Map::new();
+            m.insert("order_id".into(), id.to_string().into());
+            m.insert("order_no".into(), order_no.to_string().into());
+            m.insert("reason".into(), reason.as_str().into());
+            m.insert("note".into(), note.to_string().into());
+            insert_actor(&mut m, actor);
+            Value::Object(m)
+        }
+        EventKind::OrderHoldReleased {
+            id,
+            order_no,
+            note,
+            actor,
+        } => {
+            let mut m = Map::new();
+            m.insert("order_id".into(), id.to_string().into());
+            m.insert("order_no".into(), order_no.to_string().into());
+            m.insert("note".into(), note.to_string().into());
+            insert_actor(&mut m, actor);
+            Value::Object(m)
+        }
+        EventKind::OrderDelayed {
+            id,
+            order_no,
+            customer_id,
+            paid_at_ms,
+            delayed_since_ms,
+        } => json!({
+            "order_id": id.to_string(), "order_no": order_no.to_string(),
+            "customer_id": customer_id.to_string(), "paid_at": format_ms(*paid_at_ms),
+            "delayed_since": format_ms(*delayed_since_ms)
+        }),
+        EventKind::StockRestored {
+            sku: s,
+            qty,
+            available,
+        } => json!({"sku": sku(*s), "qty": qty, "available": available}),
+        EventKind::OrderRefundedAmount {
+            id,
+            order_no,
+            amount,
+            reason,
+            refund_ref,
+            actor,
+            refunded_amount,
+            refund_due_amount,
+        } => {
+            let mut m = Map::new();
+            m.insert("order_id".into(), id.to_string().into());
+            m.insert("order_no".into(), order_no.to_string().into());
+            m.insert("amount".into(), (*amount).into());
+            m.insert("reason".into(), reason.to_string().into());
+            m.insert("refund_ref".into(), refund_ref.to_string().into());
+            insert_actor(&mut m, actor);
+            m.insert("refunded_amount".into(), (*refunded_amount).into());
+            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
+            Value::Object(m)
         }
         EventKind::OrderStatusChanged { id, from, to } => {
             json!({"order_id": id.to_string(), "from": from.as_str(), "to": to.as_str()})
         }
-        EventKind::OrderCancelled {
+        EventKind::OrderCancelledV3 {
             id,
             reason,
             actor,
@@ -113,7 +263,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             "actor": actor.to_string(), "refund_due": refund_due
         }),
         EventKind::OrderExpired { id } => json!({"order_id": id.to_string()}),
-        EventKind::OrderReturned { id, restock } => {
+        EventKind::OrderReturnedV3 { id, restock } => {
             json!({"order_id": id.to_string(), "restock": restock})
         }
         EventKind::OrderRefunded { id, amount } => {
@@ -241,4 +391,44 @@ fn sse(st: AppState, engine: EngineHandle, after: u64) -> impl IntoResponse {
             .interval(Duration::from_secs(15))
             .text("keep-alive"),
     )
+}
+
+/// The order an event is about: id, number, customer, channel, lines.
+fn brief(
+    log: &EventLog,
+    id: surge_engine::OrderId,
+    order: &surge_engine::event::OrderBrief,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("order_id".into(), id.to_string().into());
+    m.insert("order_no".into(), order.order_no.to_string().into());
+    m.insert("customer_id".into(), order.customer_id.to_string().into());
+    m.insert("channel".into(), order.channel.to_string().into());
+    m.insert("lines".into(), event_lines(log, &order.lines));
+    m
+}
+
+fn event_lines(log: &EventLog, lines: &[surge_engine::event::EventLine]) -> Value {
+    lines
+        .iter()
+        .map(|l| json!({"sku": &*log.sku_name(l.sku), "qty": l.qty, "unit_price": l.unit_price}))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn sku_qtys(log: &EventLog, lines: &[(surge_engine::SkuIdx, u64)]) -> Value {
+    lines
+        .iter()
+        .map(|(s, q)| json!({"sku": &*log.sku_name(*s), "qty": q}))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// `actor`, and `on_behalf_of` when the actor acted for someone (a named token).
+fn insert_actor(m: &mut Map<String, Value>, logged: &str) {
+    let (actor, on_behalf_of) = surge_engine::split_actor(logged);
+    m.insert("actor".into(), actor.into());
+    if let Some(other) = on_behalf_of {
+        m.insert("on_behalf_of".into(), other.into());
+    }
 }

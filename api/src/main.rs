@@ -129,7 +129,7 @@ struct ServeArgs {
     /// the oldest go first). Logged when it changes, so replay never depends on it.
     #[arg(long, env = "SURGE_IDEMPOTENCY_WINDOW_MS", default_value_t = IDEMPOTENCY_WINDOW_MS_DEFAULT)]
     idempotency_window_ms: u64,
-    /// Memory for remembered Idempotency-Keys and their answers, in MiB (about 64
+    /// Memory for remembered Idempotency-Keys and their answers, in MiB (about 72
     /// bytes a key). The default holds about 33 M keys: 16 minutes at 35 k keyed
     /// requests/s. Logged when it changes.
     #[arg(long, env = "SURGE_IDEMPOTENCY_BUDGET_MB", default_value_t = IDEMPOTENCY_BUDGET_BYTES_DEFAULT >> 20)]
@@ -138,6 +138,14 @@ struct ServeArgs {
     /// of the budget. The default is the default hold TTL.
     #[arg(long, env = "SURGE_IDEMPOTENCY_WINDOW_FLOOR_MS", default_value_t = IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT)]
     idempotency_window_floor_ms: u64,
+    /// Paid orders not shipped within this many ms emit `order.delayed` (0: off).
+    /// Logged when it changes, so replay never depends on it.
+    #[arg(long, env = "SURGE_SHIP_SLA_MS", default_value_t = surge_engine::limits::SHIP_SLA_MS_DEFAULT)]
+    ship_sla_ms: u64,
+    /// Orders whose total (minor units) reaches this are created on hold for review.
+    /// Logged when it changes.
+    #[arg(long, env = "SURGE_REVIEW_AMOUNT_MIN")]
+    review_amount_min: Option<u64>,
     /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
@@ -319,6 +327,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         batch_len_max: args.batch_len_max,
         snapshot_every_records: args.snapshot_every_records,
         idempotency: Some(idempotency),
+        order_policy: Some(surge_engine::OrderPolicy {
+            ship_sla_ms: args.ship_sla_ms,
+            review_amount_min: args.review_amount_min,
+        }),
         ..Default::default()
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -465,7 +477,9 @@ async fn seed_demo(engine: &EngineHandle) {
         };
         match engine.submit(command, None) {
             Ok(ticket) => match ticket.await {
-                Ok(Ok(_)) => tracing::info!(sku, on_hand, "demo SKU defined"),
+                Ok(surge_engine::Acked { outcome: Ok(_), .. }) => {
+                    tracing::info!(sku, on_hand, "demo SKU defined")
+                }
                 other => tracing::warn!(sku, "demo SKU not defined: {other:?}"),
             },
             Err(e) => tracing::warn!(sku, "demo SKU not defined: {e}"),

@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, STATS_TOP_MAX};
 use surge_engine::{
-    Command, IdempotencyKey, OrderFilter, OrderId, OrderStatus, Outcome, Query, QueryReply, Reply,
-    ReservationId, SkuIdx,
+    Acked, Command, IdempotencyKey, OrderFilter, OrderId, OrderStatus, Outcome, PaymentStatus,
+    Query, QueryReply, Reply, ReservationId, SkuIdx,
 };
 use utoipa::IntoParams;
 
@@ -23,7 +23,7 @@ pub async fn execute(
     st: &AppState,
     command: Command,
     key: Option<IdempotencyKey>,
-) -> Result<Outcome, ApiError> {
+) -> Result<Acked, ApiError> {
     let ticket = st
         .engine()?
         .submit(command, key)
@@ -50,7 +50,22 @@ pub enum Success {
 
 /// Render an outcome. An idempotent replay hands back the stored outcome, so it
 /// renders to the same status and body as the original.
-pub fn respond(outcome: Outcome, success: Success) -> Response {
+pub fn respond(acked: Acked, success: Success) -> Response {
+    let mut response = respond_outcome(acked.outcome, success);
+    if response.status().is_success()
+        && let Some(lsn) = acked.lsn
+    {
+        response
+            .headers_mut()
+            .insert(SURGE_LSN, HeaderValue::from(lsn));
+    }
+    response
+}
+
+/// The header that carries the LSN of the record a write made (v1.1).
+pub const SURGE_LSN: &str = "surge-lsn";
+
+fn respond_outcome(outcome: Outcome, success: Success) -> Response {
     match outcome {
         Err(rejection) => ApiError::from_rejection(&rejection).into_response(),
         Ok(reply) => {
@@ -540,10 +555,30 @@ pub struct OrderListParams {
     pub created_from: Option<String>,
     /// Created at or before: RFC 3339, or milliseconds since the epoch.
     pub created_to: Option<String>,
+    /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
+    pub payment_status: Option<String>,
+    /// Order numbers starting with this.
+    pub order_no: Option<String>,
+    /// Sales channel, exactly.
+    pub channel: Option<String>,
+    /// `true`: only orders past their ship SLA and not shipped.
+    pub delayed: Option<String>,
+    /// `true`: only orders on hold; `false`: only orders not on hold.
+    pub on_hold: Option<String>,
     /// `next_cursor` of the previous page (list only).
     pub cursor: Option<String>,
     /// Page size, 1..=1000 (default 50; list only).
     pub limit: Option<String>,
+}
+
+/// `true` or `false`.
+fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match text {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::validation(field, "must be true or false")),
+    }
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -577,6 +612,16 @@ impl OrderListParams {
             sku: non_empty(&self.sku).map(str::to_string),
             created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
             created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
+            payment_status: match non_empty(&self.payment_status) {
+                None => None,
+                Some(p) => Some(p.parse::<PaymentStatus>().map_err(|()| {
+                    ApiError::validation("payment_status", format!("unknown payment status {p:?}"))
+                })?),
+            },
+            order_no_prefix: non_empty(&self.order_no).map(str::to_string),
+            channel: non_empty(&self.channel).map(str::to_string),
+            delayed: parse_flag("delayed", non_empty(&self.delayed))?,
+            on_hold: parse_flag("on_hold", non_empty(&self.on_hold))?,
         })
     }
 

@@ -14,7 +14,7 @@ use crate::command::{Command, IdempotencyKey, Outcome};
 use crate::domain::Millis;
 use crate::event::Event;
 use crate::feed::EventLog;
-use crate::state::{Snapshot, SnapshotRef, SnapshotV1, State};
+use crate::state::{Snapshot, SnapshotRef, SnapshotV1, SnapshotV3, State};
 
 /// Largest encoded record (commands are bounded by `limits.rs`; this is a backstop).
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -81,7 +81,8 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<Outcome, String> {
             bytes.len() - used
         ));
     }
-    Ok(outcome)
+    let outcome: Outcome = outcome;
+    Ok(outcome.map(crate::legacy::upgrade_reply))
 }
 
 /// A stored answer of snapshot format 2 (an outcome with a refusal of that format),
@@ -111,8 +112,10 @@ pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
 /// upgrades on load.
 pub(crate) enum AnySnapshot {
     Current(Snapshot),
-    /// Format 2: the current layout, but its stored answers hold old refusals.
-    V2(Snapshot),
+    /// Format 3: orders in their old layout, no ledger.
+    V3(SnapshotV3),
+    /// Format 2: format 3's layout, but its stored answers hold old refusals.
+    V2(SnapshotV3),
     V1(SnapshotV1),
 }
 
@@ -125,6 +128,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<AnySnapshot, String> {
     match format {
         1 => decode_whole(bytes).map(AnySnapshot::V1),
         2 => decode_whole(bytes).map(AnySnapshot::V2),
+        3 => decode_whole(bytes).map(AnySnapshot::V3),
         _ => decode_whole(bytes).map(AnySnapshot::Current),
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use crate::domain::{
-    AdjustReason, CancelReason, LineReq, Millis, OrderId, OrderLineReq, OrderStatus, PaymentStatus,
-    ReservationId, ReservationStatus, SkuIdx,
+    AdjustReason, CancelReason, HoldReason, LedgerKind, LineReq, Millis, OrderId, OrderLineReq,
+    OrderStatus, PaymentStatus, ReservationId, ReservationStatus, ReturnKind, SkuIdx,
 };
 
 /// A mutation of the state. Every field is validated by the state machine itself, so
@@ -100,6 +100,106 @@ pub enum Command {
         window_ms: u64,
         budget_bytes: u64,
     },
+    /// Create an order (v1.1): `CreateOrder` with a sales channel and a shipping
+    /// address. The API sends this one; `CreateOrder` stays for logs written before.
+    PlaceOrder {
+        order: Box<NewOrder>,
+    },
+    /// Hold an order for review: it may not be picked, packed or shipped until released.
+    HoldOrder {
+        id: OrderId,
+        reason: HoldReason,
+        note: String,
+        actor: String,
+    },
+    ReleaseHold {
+        id: OrderId,
+        note: String,
+        actor: String,
+    },
+    /// Change an order before picking: its lines (a partial cancel when they go
+    /// down), its address, its note.
+    ModifyOrder {
+        change: Box<OrderChange>,
+    },
+    /// Pay back part of what was paid: first what is due, beyond that goodwill.
+    RefundAmount {
+        id: OrderId,
+        amount: u64,
+        reason: String,
+        refund_ref: String,
+        actor: String,
+    },
+    /// Return (v1.1): intercepted in transit or refused at the door (from
+    /// `shipped`), or a customer return (from `delivered` or `completed`).
+    ReturnOrderAs {
+        id: OrderId,
+        kind: ReturnKind,
+        restock: bool,
+        reason: String,
+        note: String,
+        actor: String,
+    },
+    /// The order rules that change what a command does (the ship SLA behind delay
+    /// alerts, the amount from which new orders are held for review): logged when
+    /// they change, like the idempotency policy, so replay never depends on flags.
+    SetOrderPolicy {
+        ship_sla_ms: u64,
+        review_amount_min: Option<u64>,
+    },
+}
+
+/// A new order as `Command::PlaceOrder` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct NewOrder {
+    pub order_no: String,
+    pub customer_id: String,
+    pub lines: Vec<OrderLineReq>,
+    pub payment_ttl_ms: u64,
+    pub reservation_id: Option<ReservationId>,
+    pub channel: String,
+    pub shipping_address: Option<Address>,
+    pub actor: String,
+}
+
+/// What `Command::ModifyOrder` changes; `None` keeps the current value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct OrderChange {
+    pub id: OrderId,
+    /// The new full set of lines.
+    pub lines: Option<Vec<OrderLineReq>>,
+    pub shipping_address: Option<Address>,
+    pub note: Option<String>,
+    /// Required when a line is removed or reduced: it is a partial cancel.
+    pub reason: Option<CancelReason>,
+    pub actor: String,
+}
+
+/// A shipping address: every part optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct Address {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+    pub district: Option<String>,
+    pub line1: Option<String>,
+    pub postal_code: Option<String>,
+}
+
+impl Address {
+    /// The parts in a fixed order, with their field names.
+    pub fn parts(&self) -> [(AddressField, Option<&str>); 7] {
+        [
+            (AddressField::Name, self.name.as_deref()),
+            (AddressField::Phone, self.phone.as_deref()),
+            (AddressField::Province, self.province.as_deref()),
+            (AddressField::City, self.city.as_deref()),
+            (AddressField::District, self.district.as_deref()),
+            (AddressField::Line1, self.line1.as_deref()),
+            (AddressField::PostalCode, self.postal_code.as_deref()),
+        ]
+    }
 }
 
 impl Command {
@@ -119,6 +219,13 @@ impl Command {
             Command::RefundOrder { .. } => "refund_order",
             Command::Expire => "expire",
             Command::SetIdempotencyPolicy { .. } => "set_idempotency_policy",
+            Command::PlaceOrder { .. } => "create_order",
+            Command::HoldOrder { .. } => "hold_order",
+            Command::ReleaseHold { .. } => "release_hold",
+            Command::ModifyOrder { .. } => "modify_order",
+            Command::RefundAmount { .. } => "refund_amount",
+            Command::ReturnOrderAs { .. } => "return_order",
+            Command::SetOrderPolicy { .. } => "set_order_policy",
         }
     }
 }
@@ -163,6 +270,24 @@ pub enum Query {
     Digest,
     /// The idempotency index: policy, keys, bytes, oldest key.
     IdempotencyStats,
+    /// Money movements, oldest first; the cursor is the seq of the last one returned.
+    ListLedger {
+        filter: LedgerFilter,
+        cursor: Option<u64>,
+        limit: usize,
+    },
+    /// The order rules in force.
+    OrderPolicy,
+}
+
+/// Filters of the ledger; all optional, combined with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerFilter {
+    pub from_ms: Option<Millis>,
+    /// Exclusive.
+    pub to_ms: Option<Millis>,
+    pub order_id: Option<OrderId>,
+    pub kind: Option<LedgerKind>,
 }
 
 /// Filters of an order list; all optional, combined with AND.
@@ -173,6 +298,13 @@ pub struct OrderFilter {
     pub sku: Option<String>,
     pub created_from_ms: Option<Millis>,
     pub created_to_ms: Option<Millis>,
+    pub payment_status: Option<PaymentStatus>,
+    /// Order numbers starting with this.
+    pub order_no_prefix: Option<String>,
+    pub channel: Option<String>,
+    /// `Some(true)`: only orders past their ship SLA and not shipped; `Some(false)`: the others.
+    pub delayed: Option<bool>,
+    pub on_hold: Option<bool>,
 }
 
 /// A SKU's stock levels.
@@ -226,15 +358,50 @@ pub struct CancellationView {
     pub actor: Arc<str>,
 }
 
+/// The payment of an order. Its status follows from the three amounts
+/// ([`PaymentStatus::of`]).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct PaymentView {
     pub status: PaymentStatus,
+    /// The order total (what is to be paid).
     pub amount: u64,
     pub payment_ref: String,
     pub paid_at_ms: Option<Millis>,
+    /// The reference of the last refund.
     pub refund_ref: String,
     /// Deadline for payment while the order is `reserved`.
     pub due_at_ms: Millis,
+    pub paid_amount: u64,
+    pub refunded_amount: u64,
+    pub refund_due_amount: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HoldView {
+    pub reason: HoldReason,
+    pub note: String,
+    pub at_ms: Millis,
+    pub actor: Arc<str>,
+}
+
+/// One money movement (`seq` is the LSN of the record that made it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntryView {
+    pub seq: u64,
+    pub at_ms: Millis,
+    pub order_id: OrderId,
+    pub order_no: Arc<str>,
+    pub kind: LedgerKind,
+    pub amount: u64,
+    pub reference: String,
+    pub actor: Arc<str>,
+}
+
+/// The order rules in force (`Command::SetOrderPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct OrderPolicy {
+    pub ship_sla_ms: u64,
+    pub review_amount_min: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -254,6 +421,15 @@ pub struct OrderView {
     pub cancellation: Option<CancellationView>,
     /// Set once returned: whether the units went back to stock, and why.
     pub returned: Option<ReturnView>,
+    /// How it came back, once returned.
+    pub return_kind: Option<ReturnKind>,
+    pub channel: String,
+    pub shipping_address: Option<Address>,
+    /// The order's note (set by a modification).
+    pub note: String,
+    pub hold: Option<HoldView>,
+    /// When the ship SLA ran out, if the order was paid and not shipped within it.
+    pub delayed_since_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -299,7 +475,9 @@ pub struct StatsView {
 pub enum Reply {
     Sku(SkuView),
     Reservation(ReservationView),
-    Order(Box<OrderView>),
+    /// An order as snapshot format 3 stored it: decoded, then made an `Order`
+    /// (`codec::decode_outcome`); never produced.
+    OrderV3(Box<crate::legacy::OrderViewV3>),
     /// `Expire` ran: how many holds and orders it expired.
     Expired {
         reservations: u64,
@@ -310,6 +488,9 @@ pub enum Reply {
         window_ms: u64,
         budget_bytes: u64,
     },
+    Order(Box<OrderView>),
+    /// `SetOrderPolicy` took effect.
+    OrderPolicy(OrderPolicy),
 }
 
 /// One SKU that is short in a reservation.
@@ -366,6 +547,17 @@ pub enum Rejection {
     LimitReached {
         what: String,
     },
+    /// Picking, packing or shipping an order on hold.
+    OrderOnHold {
+        id: OrderId,
+        status: OrderStatus,
+    },
+    /// A refund larger than what was paid and not yet refunded.
+    RefundExceedsPaid {
+        id: OrderId,
+        refundable: u64,
+        requested: u64,
+    },
 }
 
 impl Rejection {
@@ -419,6 +611,41 @@ pub enum Field {
     Command,
     /// A field named in a stored answer of snapshot format 1 or 2, kept as written.
     Legacy(String),
+    Channel,
+    /// One part of a shipping address.
+    Address(AddressField),
+    /// A money amount of a refund.
+    RefundAmount,
+    /// The ship SLA of the order policy.
+    ShipSlaMs,
+    /// The review threshold of the order policy.
+    ReviewAmountMin,
+}
+
+/// A part of a shipping address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum AddressField {
+    Name,
+    Phone,
+    Province,
+    City,
+    District,
+    Line1,
+    PostalCode,
+}
+
+impl AddressField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressField::Name => "name",
+            AddressField::Phone => "phone",
+            AddressField::Province => "province",
+            AddressField::City => "city",
+            AddressField::District => "district",
+            AddressField::Line1 => "line1",
+            AddressField::PostalCode => "postal_code",
+        }
+    }
 }
 
 /// A field of one line.
@@ -492,6 +719,8 @@ pub enum Violation {
     },
     /// A reason from a stored answer of snapshot format 1 or 2, kept as written.
     Legacy(String),
+    /// Required here (a reduced or removed line needs a reason).
+    Required,
 }
 
 /// The unit of an [`Violation::OutOfRange`] bound.
@@ -503,3 +732,11 @@ pub enum Unit {
 }
 
 pub type Outcome = Result<Reply, Rejection>;
+
+/// An outcome as acknowledged, with the LSN of the record that made it (`Surge-Lsn`):
+/// `None` when nothing was logged (a refusal, a repeat that changed nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub outcome: Outcome,
+    pub lsn: Option<u64>,
+}

@@ -131,8 +131,8 @@ impl OrderStatus {
     }
 }
 
-/// What can happen to an order's status: the operators' steps, payment, cancel,
-/// return, and the payment timer.
+/// What can happen to an order: the operators' steps, payment, cancel, return, the
+/// payment timer, and the changes that keep the status (hold, modify, refund).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OrderAction {
     Pay,
@@ -144,10 +144,14 @@ pub enum OrderAction {
     Cancel,
     Return,
     Expire,
+    Hold,
+    ReleaseHold,
+    Modify,
+    Refund,
 }
 
 impl OrderAction {
-    pub const ALL: [OrderAction; 9] = [
+    pub const ALL: [OrderAction; 13] = [
         OrderAction::Pay,
         OrderAction::Pick,
         OrderAction::Pack,
@@ -157,6 +161,10 @@ impl OrderAction {
         OrderAction::Cancel,
         OrderAction::Return,
         OrderAction::Expire,
+        OrderAction::Hold,
+        OrderAction::ReleaseHold,
+        OrderAction::Modify,
+        OrderAction::Refund,
     ];
 
     /// The fulfilment step that moves an order to `to`, if `to` is one.
@@ -170,9 +178,7 @@ impl OrderAction {
             _ => None,
         }
     }
-}
 
-impl OrderAction {
     /// The name in the API's vocabulary of order actions.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -185,24 +191,40 @@ impl OrderAction {
             OrderAction::Cancel => "cancel",
             OrderAction::Return => "return",
             OrderAction::Expire => "expire",
+            OrderAction::Hold => "hold",
+            OrderAction::ReleaseHold => "release_hold",
+            OrderAction::Modify => "modify",
+            OrderAction::Refund => "refund",
         }
+    }
+
+    /// Moving the order along the fulfilment path, which a hold stops.
+    pub fn stopped_by_hold(self) -> bool {
+        matches!(
+            self,
+            OrderAction::Pick | OrderAction::Pack | OrderAction::Ship
+        )
     }
 }
 
+/// What the transition table needs to know about an order besides its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OrderFacts {
+    pub on_hold: bool,
+    /// Paid and not yet refunded (minor units): what a refund may still pay back.
+    pub refundable_amount: u64,
+}
+
 /// The actions a caller may take on an order now, read off the transition table
-/// (the timer's expiry is not a caller's action), plus `refund` while a refund is
-/// due. Clients show these instead of repeating the rules.
-pub fn order_actions(status: OrderStatus, payment: PaymentStatus) -> Vec<&'static str> {
-    let mut actions: Vec<&'static str> = OrderAction::ALL
+/// (the timer's expiry is not a caller's action). Clients show these instead of
+/// repeating the rules.
+pub fn order_actions(status: OrderStatus, facts: OrderFacts) -> Vec<&'static str> {
+    OrderAction::ALL
         .iter()
         .filter(|&&action| action != OrderAction::Expire)
-        .filter(|&&action| order_transition(status, action).is_ok())
+        .filter(|&&action| order_transition(status, action, facts).is_ok())
         .map(|action| action.as_str())
-        .collect();
-    if payment == PaymentStatus::RefundDue {
-        actions.push("refund");
-    }
-    actions
+        .collect()
 }
 
 /// Why the transition table refuses an action.
@@ -212,16 +234,34 @@ pub enum TransitionRefusal {
     AlreadyThere,
     /// Cancel after shipment: the order is returned, not cancelled.
     Shipped,
+    /// Picking, packing or shipping an order on hold.
+    OnHold,
     /// Not on the graph from this status.
     NotAllowed,
 }
 
-/// The one transition table of an order: `(status, action) -> next status | refusal`.
-/// The state machine decides every status change with it, and `set_status` asserts
-/// that each change it makes is on it.
+/// The one transition table of an order: `(status, action, facts) -> next status |
+/// refusal`. Actions that keep the status (hold, release, modify, refund) lead to
+/// the same status. The state machine decides every change with it, and
+/// `set_status` asserts that each status change it makes is on it.
 pub fn order_transition(
     from: OrderStatus,
     action: OrderAction,
+    facts: OrderFacts,
+) -> Result<OrderStatus, TransitionRefusal> {
+    let decided = transition_by_status(from, action, facts);
+    if facts.on_hold && action.stopped_by_hold() && decided.is_ok() {
+        // Only a step that is on the graph is refused for the hold: `order_on_hold`
+        // says why a valid step waits, never hides an invalid one.
+        return Err(TransitionRefusal::OnHold);
+    }
+    decided
+}
+
+fn transition_by_status(
+    from: OrderStatus,
+    action: OrderAction,
+    facts: OrderFacts,
 ) -> Result<OrderStatus, TransitionRefusal> {
     use OrderAction as A;
     use OrderStatus as S;
@@ -234,7 +274,14 @@ pub fn order_transition(
         (S::Shipped, A::Deliver) => S::Delivered,
         (S::Delivered, A::Complete) => S::Completed,
         (S::Reserved | S::Confirmed | S::Picking | S::Packed, A::Cancel) => S::Cancelled,
-        (S::Delivered | S::Completed, A::Return) => S::Returned,
+        (S::Shipped | S::Delivered | S::Completed, A::Return) => S::Returned,
+        (S::Reserved | S::Confirmed | S::Picking | S::Packed, A::Hold) if !facts.on_hold => from,
+        (S::Reserved | S::Confirmed | S::Picking | S::Packed, A::Hold) => {
+            return Err(TransitionRefusal::AlreadyThere);
+        }
+        (_, A::ReleaseHold) if facts.on_hold => from,
+        (S::Reserved | S::Confirmed, A::Modify) => from,
+        (_, A::Refund) if facts.refundable_amount > 0 => from,
         (S::Cancelled, A::Cancel) | (S::Returned, A::Return) => {
             return Err(TransitionRefusal::AlreadyThere);
         }
@@ -256,6 +303,65 @@ string_enum!(
         Paid => "paid",
         RefundDue => "refund_due",
         Refunded => "refunded",
+        PartiallyRefunded => "partially_refunded",
+    }
+);
+
+impl PaymentStatus {
+    /// The status that follows from an order's money, first match wins.
+    pub fn of(paid: u64, refunded: u64, refund_due: u64) -> PaymentStatus {
+        if refund_due > 0 {
+            PaymentStatus::RefundDue
+        } else if refunded > 0 && refunded == paid {
+            PaymentStatus::Refunded
+        } else if refunded > 0 {
+            PaymentStatus::PartiallyRefunded
+        } else if paid > 0 {
+            PaymentStatus::Paid
+        } else {
+            PaymentStatus::Unpaid
+        }
+    }
+}
+
+string_enum!(
+    /// Why an order is held for review (订单审核).
+    HoldReason {
+        Review => "review",
+        AddressCheck => "address_check",
+        FraudCheck => "fraud_check",
+        CustomerRequest => "customer_request",
+        Other => "other",
+    }
+);
+
+string_enum!(
+    /// How a shipped order comes back.
+    ReturnKind {
+        Intercepted => "intercepted",
+        Refused => "refused",
+        CustomerReturn => "customer_return",
+    }
+);
+
+impl ReturnKind {
+    /// The statuses an order may be returned from, this way.
+    pub fn allowed_from(self, status: OrderStatus) -> bool {
+        match self {
+            ReturnKind::Intercepted | ReturnKind::Refused => status == OrderStatus::Shipped,
+            ReturnKind::CustomerReturn => {
+                matches!(status, OrderStatus::Delivered | OrderStatus::Completed)
+            }
+        }
+    }
+}
+
+string_enum!(
+    /// A money movement in the ledger.
+    LedgerKind {
+        Charge => "charge",
+        Refund => "refund",
+        Reversal => "reversal",
     }
 );
 

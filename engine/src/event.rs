@@ -8,7 +8,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use crate::domain::{
-    AdjustReason, CancelReason, Millis, OrderId, OrderStatus, ReservationId, SkuIdx,
+    AdjustReason, CancelReason, HoldReason, Millis, OrderId, OrderStatus, ReservationId,
+    ReturnKind, SkuIdx,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -57,13 +58,15 @@ pub enum EventKind {
     ReservationExpired {
         id: ReservationId,
     },
-    OrderCreated {
+    /// The thin payload of events written before v1.1 (kept in snapshots' rings).
+    OrderCreatedV3 {
         id: OrderId,
         order_no: Arc<str>,
         customer_id: Arc<str>,
         total: u64,
     },
-    OrderPaid {
+    /// The thin payload of events written before v1.1 (kept in snapshots' rings).
+    OrderPaidV3 {
         id: OrderId,
         amount: u64,
     },
@@ -72,7 +75,8 @@ pub enum EventKind {
         from: OrderStatus,
         to: OrderStatus,
     },
-    OrderCancelled {
+    /// The thin payload of events written before v1.1 (kept in snapshots' rings).
+    OrderCancelledV3 {
         id: OrderId,
         reason: CancelReason,
         actor: Arc<str>,
@@ -81,7 +85,8 @@ pub enum EventKind {
     OrderExpired {
         id: OrderId,
     },
-    OrderReturned {
+    /// The thin payload of events written before v1.1 (kept in snapshots' rings).
+    OrderReturnedV3 {
         id: OrderId,
         restock: bool,
     },
@@ -89,6 +94,105 @@ pub enum EventKind {
         id: OrderId,
         amount: u64,
     },
+    OrderCreated {
+        id: OrderId,
+        order: OrderBrief,
+        total: u64,
+    },
+    OrderPaid {
+        id: OrderId,
+        order: OrderBrief,
+        amount: u64,
+        payment_ref: Box<str>,
+    },
+    OrderCancelled {
+        id: OrderId,
+        order: OrderBrief,
+        reason: CancelReason,
+        note: Box<str>,
+        actor: Arc<str>,
+        refund_due_amount: u64,
+        /// Units given back to available, per SKU.
+        restocked: Vec<(SkuIdx, u64)>,
+    },
+    OrderReturned {
+        id: OrderId,
+        order: OrderBrief,
+        kind: ReturnKind,
+        restock: bool,
+        reason: Box<str>,
+        note: Box<str>,
+        actor: Arc<str>,
+        refund_due_amount: u64,
+        restocked: Vec<(SkuIdx, u64)>,
+    },
+    /// Lines, address or note changed (a partial cancel when lines went down).
+    OrderModified {
+        id: OrderId,
+        order: OrderBrief,
+        before: Vec<EventLine>,
+        reason: Option<CancelReason>,
+        actor: Arc<str>,
+        /// Positive: taken from available; negative: given back.
+        stock_delta: Vec<(SkuIdx, i64)>,
+        total: u64,
+        refund_due_added: u64,
+    },
+    OrderHeld {
+        id: OrderId,
+        order_no: Arc<str>,
+        reason: HoldReason,
+        note: Box<str>,
+        actor: Arc<str>,
+    },
+    OrderHoldReleased {
+        id: OrderId,
+        order_no: Arc<str>,
+        note: Box<str>,
+        actor: Arc<str>,
+    },
+    /// Paid and not shipped within the ship SLA.
+    OrderDelayed {
+        id: OrderId,
+        order_no: Arc<str>,
+        customer_id: Arc<str>,
+        paid_at_ms: Millis,
+        delayed_since_ms: Millis,
+    },
+    /// Units came back to available (one per SKU per command).
+    StockRestored {
+        sku: SkuIdx,
+        qty: u64,
+        available: u64,
+    },
+    /// A refund paid back (v1.1: with its reference and what is still due).
+    OrderRefundedAmount {
+        id: OrderId,
+        order_no: Arc<str>,
+        amount: u64,
+        reason: Box<str>,
+        refund_ref: Box<str>,
+        actor: Arc<str>,
+        refunded_amount: u64,
+        refund_due_amount: u64,
+    },
+}
+
+/// Who an order event is about, so that downstream need not call back.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderBrief {
+    pub order_no: Arc<str>,
+    pub customer_id: Arc<str>,
+    pub channel: Arc<str>,
+    /// The order's lines after the command.
+    pub lines: Vec<EventLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct EventLine {
+    pub sku: SkuIdx,
+    pub qty: u64,
+    pub unit_price: u64,
 }
 
 impl EventKind {
@@ -103,13 +207,22 @@ impl EventKind {
             EventKind::ReservationCommitted { .. } => "reservation.committed",
             EventKind::ReservationReleased { .. } => "reservation.released",
             EventKind::ReservationExpired { .. } => "reservation.expired",
-            EventKind::OrderCreated { .. } => "order.created",
-            EventKind::OrderPaid { .. } => "order.paid",
+            EventKind::OrderCreated { .. } | EventKind::OrderCreatedV3 { .. } => "order.created",
+            EventKind::OrderPaid { .. } | EventKind::OrderPaidV3 { .. } => "order.paid",
             EventKind::OrderStatusChanged { .. } => "order.status_changed",
-            EventKind::OrderCancelled { .. } => "order.cancelled",
+            EventKind::OrderCancelled { .. } | EventKind::OrderCancelledV3 { .. } => {
+                "order.cancelled"
+            }
             EventKind::OrderExpired { .. } => "order.expired",
-            EventKind::OrderReturned { .. } => "order.returned",
-            EventKind::OrderRefunded { .. } => "order.refunded",
+            EventKind::OrderReturned { .. } | EventKind::OrderReturnedV3 { .. } => "order.returned",
+            EventKind::OrderRefunded { .. } | EventKind::OrderRefundedAmount { .. } => {
+                "order.refunded"
+            }
+            EventKind::OrderModified { .. } => "order.modified",
+            EventKind::OrderHeld { .. } => "order.held",
+            EventKind::OrderHoldReleased { .. } => "order.hold_released",
+            EventKind::OrderDelayed { .. } => "order.delayed",
+            EventKind::StockRestored { .. } => "stock.restored",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod event;
 mod idempotency;
 mod legacy;
 pub mod limits;
+mod order_changes;
 mod query;
 mod reservations;
 mod state;
@@ -35,6 +36,7 @@ impl State {
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
         match codec::decode_snapshot(bytes)? {
             codec::AnySnapshot::Current(snapshot) => State::from_snapshot(snapshot),
+            codec::AnySnapshot::V3(snapshot) => State::from_snapshot_v3(snapshot),
             codec::AnySnapshot::V2(snapshot) => State::from_snapshot_v2(snapshot),
             codec::AnySnapshot::V1(snapshot) => State::from_snapshot_v1(snapshot),
         }

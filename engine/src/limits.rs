@@ -18,6 +18,17 @@ pub const SKU_NAME_LEN_MAX: usize = 200;
 pub const ORDER_NO_LEN_MAX: usize = 64;
 /// Customer id length in bytes.
 pub const CUSTOMER_ID_LEN_MAX: usize = 64;
+/// A sales channel (`tmall`, `jd`, `web`) in bytes.
+pub const CHANNEL_LEN_MAX: usize = 64;
+/// One part of a shipping address in bytes.
+pub const ADDRESS_PART_LEN_MAX: usize = 200;
+/// History entries an order keeps for its status changes: changes that keep the
+/// status (hold, modify, refund) stop this short of `HISTORY_PER_ORDER_MAX`.
+pub const HISTORY_ROOM_FOR_STATUS: usize = 12;
+/// Ship SLA (delay alerts) bounds: 1 minute to 90 days; 0 turns alerts off.
+pub const SHIP_SLA_MS_MAX: u64 = 90 * 24 * 3_600_000;
+/// The default ship SLA: 48 hours.
+pub const SHIP_SLA_MS_DEFAULT: u64 = 48 * 3_600_000;
 /// Free-text notes, payment / refund references, tracking numbers.
 pub const NOTE_LEN_MAX: usize = 500;
 /// Actor names (who did it) in bytes: `role:name`, and the `X-Actor` it acted for.
@@ -79,7 +90,7 @@ pub const LIST_SCAN_MAX: usize = 200_000;
 /// `top N` in stats.
 pub const STATS_TOP_MAX: usize = 100;
 /// Events one record may carry: event seq = record LSN + index.
-pub const EVENTS_PER_RECORD_MAX: usize = 4 * LINES_PER_REQUEST_MAX + 8;
+pub const EVENTS_PER_RECORD_MAX: usize = 6 * LINES_PER_REQUEST_MAX + 8;
 
 const _: () =
     assert!(TTL_MS_MIN <= RESERVATION_TTL_MS_DEFAULT && RESERVATION_TTL_MS_DEFAULT <= TTL_MS_MAX);
@@ -121,3 +132,5 @@ pub const HOLD_BYTES_BOUND: u64 = 128;
 /// configured): every order and hold slot used, plus the finished holds kept.
 pub const STATE_BYTES_WORST_CASE: u64 = ORDERS_MAX as u64 * ORDER_BYTES_BOUND
     + (HELD_RESERVATIONS_MAX + FINISHED_RESERVATIONS_KEPT) as u64 * HOLD_BYTES_BOUND;
+/// Delayed orders flagged by one `Expire` command (the timer sends another if more are due).
+pub const EXPIRE_BATCH_DELAYS_MAX: usize = 10_000;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::command::{
-    CancellationView, HistoryView, LineView, OrderFilter, OrderLineView, OrderView, Page,
-    PaymentView, Query, Rejection, Reply, ReservationView, ReturnView, SkuSales, SkuView,
-    StatsView,
+    CancellationView, HistoryView, HoldView, LedgerEntryView, LedgerFilter, LineView, OrderFilter,
+    OrderLineView, OrderPolicy, OrderView, Page, PaymentView, Query, Rejection, Reply,
+    ReservationView, ReturnView, SkuSales, SkuView, StatsView,
 };
 use crate::domain::{CancelReason, OrderId, OrderStatus, ReservationId, SkuIdx};
 use crate::limits::{LIST_LIMIT_MAX, LIST_SCAN_MAX, STATS_TOP_MAX};
@@ -23,6 +23,9 @@ pub enum QueryReply {
     Stats(Box<StatsView>),
     Digest(u64),
     Idempotency(crate::IdempotencyStats),
+    /// Ledger entries; the cursor is the position of the next one.
+    Ledger(Page<LedgerEntryView, u64>),
+    OrderPolicy(OrderPolicy),
 }
 
 /// FNV-1a, 64 bit: a fixed, portable hash for digests and request fingerprints.
@@ -89,6 +92,14 @@ impl State {
             Query::Stats { top } => Ok(QueryReply::Stats(Box::new(self.stats(*top)))),
             Query::Digest => Ok(QueryReply::Digest(self.digest())),
             Query::IdempotencyStats => Ok(QueryReply::Idempotency(self.idempotency_stats())),
+            Query::ListLedger {
+                filter,
+                cursor,
+                limit,
+            } => Ok(QueryReply::Ledger(
+                self.list_ledger(filter, *cursor, *limit),
+            )),
+            Query::OrderPolicy => Ok(QueryReply::OrderPolicy(self.order_policy)),
         }
     }
 
@@ -152,13 +163,69 @@ impl State {
                     .customer_id
                     .as_deref()
                     .is_none_or(|c| &*o.customer_id == c)
-                && sku.is_none_or(|s| o.lines.iter().any(|l| l.sku == s));
+                && sku.is_none_or(|s| o.lines.iter().any(|l| l.sku == s))
+                && filter.payment_status.is_none_or(|p| o.payment == p)
+                && filter
+                    .order_no_prefix
+                    .as_deref()
+                    .is_none_or(|p| o.order_no.starts_with(p))
+                && filter.channel.as_deref().is_none_or(|c| o.channel() == c)
+                && filter
+                    .delayed
+                    .is_none_or(|d| o.delayed_since_ms().is_some() == d)
+                && filter.on_hold.is_none_or(|h| o.hold().is_some() == h);
             if matches {
                 items.push(self.order_view(o));
             }
         }
         let next_cursor = (i > start).then(|| OrderId(i as u64 + 1));
         Ok(QueryReply::Orders(Page { items, next_cursor }))
+    }
+
+    /// Oldest first, from position `cursor`; at most `LIST_SCAN_MAX` entries are
+    /// examined per call (then a cursor is returned even if the page is short).
+    fn list_ledger(
+        &self,
+        filter: &LedgerFilter,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Page<LedgerEntryView, u64> {
+        let limit = limit.clamp(1, LIST_LIMIT_MAX);
+        // Entries are in time order: the window bounds the scan.
+        let mut i = cursor.map_or(0, |c| c as usize).min(self.ledger.len());
+        if let Some(from) = filter.from_ms {
+            i = i.max(self.ledger.partition_point(|e| e.at_ms < from));
+        }
+        let end = filter.to_ms.map_or(self.ledger.len(), |to| {
+            self.ledger.partition_point(|e| e.at_ms < to)
+        });
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        while i < end && items.len() < limit && scanned < LIST_SCAN_MAX {
+            let e = &self.ledger[i];
+            i += 1;
+            scanned += 1;
+            if filter.order_id.is_some_and(|id| e.order != id)
+                || filter.kind.is_some_and(|k| e.kind != k)
+            {
+                continue;
+            }
+            let order = &self.orders[(e.order.0 - 1) as usize];
+            items.push(LedgerEntryView {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                order_id: e.order,
+                order_no: Arc::clone(&order.order_no),
+                kind: e.kind,
+                amount: e.amount,
+                reference: e.reference.to_string(),
+                actor: Arc::clone(&self.actors[e.actor as usize]),
+            });
+        }
+        Page {
+            items,
+            next_cursor: (i < end).then_some(i as u64),
+        }
     }
 
     fn stats(&self, top: usize) -> StatsView {
@@ -286,13 +353,19 @@ impl State {
                 })
                 .collect(),
             total: o.total,
-            payment: PaymentView {
-                status: o.payment,
-                amount: o.total,
-                payment_ref: extra.map_or_else(String::new, |e| e.payment_ref.to_string()),
-                paid_at_ms: extra.and_then(|e| e.paid_at_ms),
-                refund_ref: extra.map_or_else(String::new, |e| e.refund_ref.to_string()),
-                due_at_ms: o.payment_due_at_ms,
+            payment: {
+                let amounts = o.amounts();
+                PaymentView {
+                    status: o.payment,
+                    amount: o.total,
+                    payment_ref: extra.map_or_else(String::new, |e| e.payment_ref.to_string()),
+                    paid_at_ms: extra.and_then(|e| e.paid_at_ms),
+                    refund_ref: extra.map_or_else(String::new, |e| e.refund_ref.to_string()),
+                    due_at_ms: o.payment_due_at_ms,
+                    paid_amount: amounts.paid,
+                    refunded_amount: amounts.refunded,
+                    refund_due_amount: amounts.refund_due,
+                }
             },
             reservation_id: o.reservation,
             created_at_ms: o.created_at_ms,
@@ -321,6 +394,17 @@ impl State {
                 reason: r.reason.to_string(),
                 note: r.note.to_string(),
             }),
+            return_kind: extra.and_then(|e| e.return_kind),
+            channel: o.channel().to_string(),
+            shipping_address: extra.and_then(|e| e.address.as_deref().cloned()),
+            note: extra.map_or_else(String::new, |e| e.note.to_string()),
+            hold: o.hold().map(|h| HoldView {
+                reason: h.reason,
+                note: h.note.to_string(),
+                at_ms: h.at_ms,
+                actor: actor(h.actor),
+            }),
+            delayed_since_ms: o.delayed_since_ms(),
         }
     }
 

@@ -24,7 +24,7 @@ use surge_wal::{CommitJob, MmapStorage, Storage, Wal, WalConfig};
 
 use crate::board::{BoardRead, StockBoard};
 use crate::codec::{self, LogRecord};
-use crate::command::{Command, IdempotencyKey, Outcome, Query, SkuView};
+use crate::command::{Acked, Command, IdempotencyKey, Outcome, Query, SkuView};
 use crate::domain::{Millis, SkuIdx};
 use crate::event::Event;
 use crate::feed::EventLog;
@@ -97,6 +97,10 @@ pub struct EngineConfig {
     /// recovered state's, it is logged (`Command::SetIdempotencyPolicy`) before any
     /// other command. `None` keeps the state's (offline tools).
     pub idempotency: Option<IdempotencyPolicy>,
+    /// The order policy (ship SLA, review threshold) to run with; logged like the
+    /// idempotency policy when it differs from the state's (and once, to move a data
+    /// dir written before v1.1 to its rules). `None` keeps the state's.
+    pub order_policy: Option<crate::command::OrderPolicy>,
 }
 
 /// A source of wall-clock milliseconds. The writer never lets its stamps go back,
@@ -144,6 +148,7 @@ impl Default for EngineConfig {
             wal: WalConfig::default(),
             clock: Clock::system(),
             idempotency: None,
+            order_policy: None,
         }
     }
 }
@@ -290,13 +295,13 @@ enum Request {
     Command {
         command: Command,
         key: Option<IdempotencyKey>,
-        reply: ReplySender<Outcome>,
+        reply: ReplySender<Acked>,
     },
     /// Commands applied one after another in one writer iteration, answered
     /// together once durable (`POST /v1/batch`).
     Batch {
         commands: Vec<Command>,
-        reply: ReplySender<Vec<Result<Outcome, Error>>>,
+        reply: ReplySender<Vec<Result<Acked, Error>>>,
     },
     Query {
         query: Query,
@@ -604,6 +609,9 @@ impl Engine {
         let policy_change = config
             .idempotency
             .filter(|wanted| *wanted != state.idempotency_policy());
+        let order_policy_change = config
+            .order_policy
+            .filter(|wanted| !state.runs_order_policy(*wanted));
         let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
         let with_follower =
             config.follower && config.durability == Durability::Sync && wal.is_some();
@@ -702,6 +710,15 @@ impl Engine {
                     other => format!("{other:?}"),
                 };
                 return Err(Error::InvalidConfig(format!("idempotency policy {what}")));
+            }
+        }
+        if let Some(policy) = order_policy_change {
+            let command = Command::SetOrderPolicy {
+                ship_sla_ms: policy.ship_sla_ms,
+                review_amount_min: policy.review_amount_min,
+            };
+            if let Err(rejection) = writer.apply_at_start(command)? {
+                return Err(Error::InvalidConfig(format!("order policy {rejection:?}")));
             }
         }
         if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {
@@ -886,12 +903,12 @@ fn wall_clock_ms() -> Millis {
 /// An answer that waits for its batch to be durable.
 enum Pending {
     One {
-        reply: ReplySender<Outcome>,
-        outcome: Outcome,
+        reply: ReplySender<Acked>,
+        outcome: Acked,
     },
     Batch {
-        reply: ReplySender<Vec<Result<Outcome, Error>>>,
-        outcomes: Vec<Result<Outcome, Error>>,
+        reply: ReplySender<Vec<Result<Acked, Error>>>,
+        outcomes: Vec<Result<Acked, Error>>,
     },
 }
 
@@ -1259,16 +1276,22 @@ impl<S: Storage> Writer<S> {
             self.hand_over(logged, &mut pending, Vec::new());
             self.to_syncer = to_syncer;
         }
-        answer.try_recv().unwrap_or(Err(Error::ShuttingDown))
+        answer
+            .try_recv()
+            .unwrap_or(Err(Error::ShuttingDown))
+            .map(|acked| acked.outcome)
     }
 
     /// Refuse one command before it is logged; its answer waits with its batch's.
-    fn refuse_alone(&self, rejection: Rejection) -> Outcome {
+    fn refuse_alone(&self, rejection: Rejection) -> Acked {
         self.shared
             .stats
             .commands_rejected
             .fetch_add(1, Ordering::Relaxed);
-        Err(rejection)
+        Acked {
+            outcome: Err(rejection),
+            lsn: None,
+        }
     }
 
     /// Expire overdue holds and orders through the same path as any command.
@@ -1304,7 +1327,7 @@ impl<S: Storage> Writer<S> {
         &mut self,
         command: Command,
         key: Option<IdempotencyKey>,
-        reply: ReplySender<Outcome>,
+        reply: ReplySender<Acked>,
         pending: &mut Vec<Pending>,
     ) {
         match self.apply_command(command, key) {
@@ -1319,7 +1342,7 @@ impl<S: Storage> Writer<S> {
     fn apply_batch(
         &mut self,
         commands: Vec<Command>,
-        reply: ReplySender<Vec<Result<Outcome, Error>>>,
+        reply: ReplySender<Vec<Result<Acked, Error>>>,
         pending: &mut Vec<Pending>,
     ) {
         let outcomes = commands
@@ -1335,7 +1358,7 @@ impl<S: Storage> Writer<S> {
         &mut self,
         command: Command,
         key: Option<IdempotencyKey>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Acked, Error> {
         if let Some(reason) = self.refusal() {
             return Err(Error::StorageUnavailable(reason));
         }
@@ -1411,7 +1434,10 @@ impl<S: Storage> Writer<S> {
                 }
             }
         }
-        Ok(applied.outcome)
+        Ok(Acked {
+            outcome: applied.outcome,
+            lsn: applied.answer_lsn,
+        })
     }
 
     /// New SKUs get their names into the feed's table before their events publish.
@@ -1720,7 +1746,7 @@ impl EngineHandle {
         &self,
         command: Command,
         key: Option<IdempotencyKey>,
-    ) -> Result<Ticket<Outcome>, Error> {
+    ) -> Result<Ticket<Acked>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Request::Command {
             command,
@@ -1732,7 +1758,7 @@ impl EngineHandle {
 
     /// Submit and wait (plain threads).
     pub fn execute(&self, command: Command, key: Option<IdempotencyKey>) -> Result<Outcome, Error> {
-        self.submit(command, key)?.wait()
+        Ok(self.submit(command, key)?.wait()?.outcome)
     }
 
     /// A read. With a follower (sync mode) it is answered there once the follower
@@ -1784,7 +1810,7 @@ impl EngineHandle {
     pub fn submit_batch(
         &self,
         commands: Vec<Command>,
-    ) -> Result<Ticket<Vec<Result<Outcome, Error>>>, Error> {
+    ) -> Result<Ticket<Vec<Result<Acked, Error>>>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Request::Batch { commands, reply })?;
         Ok(Ticket(rx))

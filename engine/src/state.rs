@@ -15,12 +15,13 @@ use hashbrown::HashMap;
 
 use crate::chunked::ChunkedVec;
 use crate::command::{
-    Command, Field, IdempotencyKey, LineField, Outcome, Rejection, Reply, Shortage, Unit, Violation,
+    Address, Command, Field, IdempotencyKey, LineField, OrderPolicy, Outcome, Rejection, Reply,
+    Shortage, Unit, Violation,
 };
 use crate::domain::{
-    AdjustReason, CancelReason, LineReq, Millis, OrderAction, OrderId, OrderLineReq, OrderStatus,
-    PaymentStatus, ReservationId, ReservationStatus, SYSTEM_ACTOR, SkuIdx, TransitionRefusal,
-    order_transition,
+    AdjustReason, CancelReason, HoldReason, LedgerKind, LineReq, Millis, OrderAction, OrderFacts,
+    OrderId, OrderLineReq, OrderStatus, PaymentStatus, ReservationId, ReservationStatus,
+    ReturnKind, SYSTEM_ACTOR, SkuIdx, TransitionRefusal, order_transition,
 };
 use crate::event::{Event, EventKind};
 use crate::idempotency::{
@@ -75,6 +76,60 @@ pub(crate) struct HistoryEntry {
     pub at_ms: Millis,
     pub actor: u32,
     pub note: Box<str>,
+    /// The order's changeable part as it was before this entry's command, set
+    /// whenever the command changed it (money, hold, delay, lines, address, note):
+    /// an idempotent replay rebuilds an earlier answer from it (`order_as_of`).
+    pub before: Option<Box<Before>>,
+}
+
+/// What an order's money is: paid, paid back, and due back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Amounts {
+    pub paid: u64,
+    pub refunded: u64,
+    pub refund_due: u64,
+}
+
+impl Amounts {
+    /// The payment status these amounts make; `was_paid` keeps a paid order of
+    /// total 0 `paid`.
+    pub fn status(&self, was_paid: bool) -> PaymentStatus {
+        match PaymentStatus::of(self.paid, self.refunded, self.refund_due) {
+            PaymentStatus::Unpaid if was_paid => PaymentStatus::Paid,
+            status => status,
+        }
+    }
+    /// Paid and not yet paid back.
+    pub fn refundable(&self) -> u64 {
+        self.paid - self.refunded
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Hold {
+    pub reason: HoldReason,
+    pub note: Box<str>,
+    pub at_ms: Millis,
+    pub actor: u32,
+}
+
+/// An order's changeable part before a command (see [`HistoryEntry::before`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Before {
+    pub amounts: Amounts,
+    pub hold: Option<Hold>,
+    pub delayed_since_ms: Option<Millis>,
+    pub refund_ref: Box<str>,
+    /// Set when the command changed lines, address or note.
+    pub modified: Option<Box<Modified>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Modified {
+    pub lines: Box<[OrderLine]>,
+    pub total: u64,
+    pub address: Option<Box<Address>>,
+    pub note: Box<str>,
 }
 
 /// Rarely set fields, boxed so that a plain order stays small.
@@ -86,6 +141,30 @@ pub(crate) struct OrderExtra {
     pub tracking_no: Box<str>,
     pub cancellation: Option<Cancellation>,
     pub returned: Option<ReturnInfo>,
+    pub return_kind: Option<ReturnKind>,
+    pub channel: Option<Arc<str>>,
+    pub address: Option<Box<Address>>,
+    pub note: Box<str>,
+    pub amounts: Amounts,
+    pub hold: Option<Hold>,
+    /// When the ship SLA runs out (set on payment while an SLA is in force).
+    pub ship_due_at_ms: Option<Millis>,
+    /// When the ship SLA ran out, once `order.delayed` was emitted. Shown while the
+    /// order is not shipped, cancelled or returned.
+    pub delayed_since_ms: Option<Millis>,
+}
+
+/// One money movement. `seq` is the LSN of the record that made it (0 for the
+/// payments and refunds carried over from a snapshot older than the ledger).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct LedgerEntry {
+    pub seq: u64,
+    pub at_ms: Millis,
+    pub order: OrderId,
+    pub kind: LedgerKind,
+    pub amount: u64,
+    pub reference: Box<str>,
+    pub actor: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -121,8 +200,57 @@ pub(crate) struct Order {
 }
 
 impl Order {
-    fn extra_mut(&mut self) -> &mut OrderExtra {
+    pub(crate) fn extra_mut(&mut self) -> &mut OrderExtra {
         self.extra.get_or_insert_with(Default::default)
+    }
+    pub(crate) fn amounts(&self) -> Amounts {
+        self.extra
+            .as_ref()
+            .map_or_else(Amounts::default, |e| e.amounts)
+    }
+    pub(crate) fn hold(&self) -> Option<&Hold> {
+        self.extra.as_ref().and_then(|e| e.hold.as_ref())
+    }
+    pub(crate) fn channel(&self) -> &str {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.channel.as_deref())
+            .unwrap_or("")
+    }
+    /// What the transition table needs besides the status.
+    pub(crate) fn facts(&self) -> OrderFacts {
+        OrderFacts {
+            on_hold: self.hold().is_some(),
+            refundable_amount: self.amounts().refundable(),
+        }
+    }
+    /// Paid, not shipped within the ship SLA, and not yet shipped, cancelled or
+    /// returned: when the SLA ran out.
+    pub(crate) fn delayed_since_ms(&self) -> Option<Millis> {
+        let since = self.extra.as_ref()?.delayed_since_ms?;
+        matches!(
+            self.status,
+            OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
+        )
+        .then_some(since)
+    }
+    /// The changeable part now, to keep in a history entry before changing it.
+    pub(crate) fn before(&self, modified: bool) -> Box<Before> {
+        let extra = self.extra.as_deref();
+        Box::new(Before {
+            amounts: self.amounts(),
+            hold: self.hold().cloned(),
+            delayed_since_ms: extra.and_then(|e| e.delayed_since_ms),
+            refund_ref: extra.map_or_else(|| "".into(), |e| e.refund_ref.clone()),
+            modified: modified.then(|| {
+                Box::new(Modified {
+                    lines: self.lines.clone(),
+                    total: self.total,
+                    address: extra.and_then(|e| e.address.clone()),
+                    note: extra.map_or_else(|| "".into(), |e| e.note.clone()),
+                })
+            }),
+        })
     }
 }
 
@@ -142,6 +270,10 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The state changed: the command must be logged at `lsn` before it is acknowledged.
     pub lsn: Option<u64>,
+    /// The LSN of the record that made this answer: `lsn`, or for a replayed
+    /// idempotency key the original record's (unknown, `None`, for keys carried over
+    /// from a snapshot older than format 4).
+    pub answer_lsn: Option<u64>,
 }
 
 /// The whole engine state. Owned by one writer thread.
@@ -167,14 +299,57 @@ pub struct State {
     /// Idempotency keys remembered, with their answers, within the window and budget.
     pub(crate) idempotency: IdempotencyIndex,
     pub(crate) counters: Counters,
+    /// Every money movement, oldest first.
+    pub(crate) ledger: Vec<LedgerEntry>,
+    pub(crate) order_policy: OrderPolicy,
+    /// Which rules the commands follow: [`RULES_V1`] for records logged before
+    /// v1.1 (thin events), [`RULES_V11`] once a `SetOrderPolicy` was logged.
+    pub(crate) rules: u32,
+    /// Paid orders by ship deadline (stale entries skipped when popped).
+    pub(crate) ship_deadlines: BinaryHeap<Reverse<(Millis, OrderId)>>,
     /// SKUs whose stock or definition changed since the last
     /// [`State::take_touched_skus`], when tracked (the follower publishes them to
     /// the stock board). Not part of the state: never snapshotted or compared.
     pub(crate) touched_skus: Option<Vec<SkuIdx>>,
 }
 
+/// The rules of records logged before v1.1: thin order events, no `stock.restored`.
+pub(crate) const RULES_V1: u32 = 1;
+/// The rules from the first `SetOrderPolicy` on: full event payloads.
+pub(crate) const RULES_V11: u32 = 2;
+
+impl OrderPolicy {
+    /// The policy of a state that never logged one: no SLA, no review threshold.
+    pub const INITIAL: OrderPolicy = OrderPolicy {
+        ship_sla_ms: 0,
+        review_amount_min: None,
+    };
+}
+
+/// `Command::CreateOrder` and `Command::PlaceOrder` alike, borrowed.
+struct NewOrderRef<'a> {
+    order_no: &'a str,
+    customer_id: &'a str,
+    lines: &'a [OrderLineReq],
+    payment_ttl_ms: u64,
+    reservation_id: Option<ReservationId>,
+    channel: &'a str,
+    shipping_address: Option<&'a Address>,
+    actor: &'a str,
+}
+
+/// Every part of an address: printable text within its limit.
+pub(crate) fn check_address(address: &Address) -> Result<(), Rejection> {
+    for (part, value) in address.parts() {
+        if let Some(value) = value {
+            check_text(Field::Address(part), value, ADDRESS_PART_LEN_MAX)?;
+        }
+    }
+    Ok(())
+}
+
 /// Note that a SKU changed, if changes are tracked.
-fn touch(touched: &mut Option<Vec<SkuIdx>>, idx: SkuIdx) {
+pub(crate) fn touch(touched: &mut Option<Vec<SkuIdx>>, idx: SkuIdx) {
     if let Some(touched) = touched {
         touched.push(idx);
     }
@@ -186,18 +361,18 @@ impl Default for State {
     }
 }
 
-fn invalid(field: Field, violation: Violation) -> Rejection {
+pub(crate) fn invalid(field: Field, violation: Violation) -> Rejection {
     Rejection::Validation { field, violation }
 }
 
-fn at_line(index: usize, part: LineField) -> Field {
+pub(crate) fn at_line(index: usize, part: LineField) -> Field {
     Field::Line {
         index: index as u32,
         part,
     }
 }
 
-fn transition(detail: String) -> Rejection {
+pub(crate) fn transition(detail: String) -> Rejection {
     Rejection::InvalidTransition { detail }
 }
 
@@ -218,7 +393,7 @@ fn too_many_lines(got: usize) -> Rejection {
     )
 }
 
-fn check_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
+pub(crate) fn check_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
     if value.len() > max {
         return Err(invalid(field, too_long(max, value.len())));
     }
@@ -228,7 +403,7 @@ fn check_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_required_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
+pub(crate) fn check_required_text(field: Field, value: &str, max: usize) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(invalid(field, Violation::Empty));
     }
@@ -270,7 +445,7 @@ fn check_ttl(field: Field, ttl_ms: u64) -> Result<(), Rejection> {
 }
 
 /// `field` is built only for a refusal.
-fn check_qty(field: impl FnOnce() -> Field, qty: u64) -> Result<(), Rejection> {
+pub(crate) fn check_qty(field: impl FnOnce() -> Field, qty: u64) -> Result<(), Rejection> {
     if qty == 0 || qty > QTY_PER_LINE_MAX {
         return Err(invalid(
             field(),
@@ -284,7 +459,7 @@ fn check_qty(field: impl FnOnce() -> Field, qty: u64) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn check_line_count(len: usize) -> Result<(), Rejection> {
+pub(crate) fn check_line_count(len: usize) -> Result<(), Rejection> {
     if len == 0 {
         return Err(invalid(Field::Lines, Violation::Empty));
     }
@@ -405,8 +580,80 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             check_len(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
             actor(who)
         }
-        Command::Expire | Command::SetIdempotencyPolicy { .. } => Ok(()),
+        Command::PlaceOrder { order } => {
+            check_len(Field::OrderNo, &order.order_no, ORDER_NO_LEN_MAX)?;
+            check_len(Field::CustomerId, &order.customer_id, CUSTOMER_ID_LEN_MAX)?;
+            check_len(Field::Channel, &order.channel, CHANNEL_LEN_MAX)?;
+            lines(order.lines.len())?;
+            for (i, line) in order.lines.iter().enumerate() {
+                check_len(at_line(i, LineField::Sku), &line.sku, SKU_ID_LEN_MAX)?;
+            }
+            if let Some(address) = &order.shipping_address {
+                address_sizes(address)?;
+            }
+            actor(&order.actor)
+        }
+        Command::HoldOrder {
+            note: text,
+            actor: who,
+            ..
+        }
+        | Command::ReleaseHold {
+            note: text,
+            actor: who,
+            ..
+        } => {
+            note(text)?;
+            actor(who)
+        }
+        Command::ModifyOrder { change } => {
+            if let Some(reqs) = &change.lines {
+                lines(reqs.len())?;
+                for (i, line) in reqs.iter().enumerate() {
+                    check_len(at_line(i, LineField::Sku), &line.sku, SKU_ID_LEN_MAX)?;
+                }
+            }
+            if let Some(text) = &change.note {
+                note(text)?;
+            }
+            if let Some(address) = &change.shipping_address {
+                address_sizes(address)?;
+            }
+            actor(&change.actor)
+        }
+        Command::RefundAmount {
+            reason,
+            refund_ref,
+            actor: who,
+            ..
+        } => {
+            check_len(Field::Reason, reason, NOTE_LEN_MAX)?;
+            check_len(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
+            actor(who)
+        }
+        Command::ReturnOrderAs {
+            reason,
+            note: text,
+            actor: who,
+            ..
+        } => {
+            check_len(Field::Reason, reason, NOTE_LEN_MAX)?;
+            note(text)?;
+            actor(who)
+        }
+        Command::Expire | Command::SetIdempotencyPolicy { .. } | Command::SetOrderPolicy { .. } => {
+            Ok(())
+        }
     }
+}
+
+fn address_sizes(address: &Address) -> Result<(), Rejection> {
+    for (part, value) in address.parts() {
+        if let Some(value) = value {
+            check_len(Field::Address(part), value, ADDRESS_PART_LEN_MAX)?;
+        }
+    }
+    Ok(())
 }
 
 impl State {
@@ -426,6 +673,10 @@ impl State {
             actor_index: HashMap::new(),
             idempotency: IdempotencyIndex::new(IdempotencyPolicy::INITIAL),
             counters: Counters::default(),
+            ledger: Vec::new(),
+            order_policy: OrderPolicy::INITIAL,
+            rules: RULES_V1,
+            ship_deadlines: BinaryHeap::new(),
             touched_skus: None,
         };
         state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
@@ -454,7 +705,12 @@ impl State {
     /// The earliest deadline of a held reservation, if any (stale entries included:
     /// waking early is harmless).
     pub fn next_deadline_ms(&self) -> Option<Millis> {
-        self.expiry.peek().map(|Reverse((at, _))| *at)
+        let hold = self.expiry.peek().map(|Reverse((at, _))| *at);
+        let ship = self.ship_deadlines.peek().map(|Reverse((at, _))| *at);
+        match (hold, ship) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Apply one command at time `now_ms`. Events are appended to `events`, numbered
@@ -481,18 +737,27 @@ impl State {
                     return Applied {
                         outcome: Err(rejection),
                         lsn: None,
+                        answer_lsn: None,
                     };
                 }
                 let hash = key_hash(&key.key);
                 if let Some(entry) = self.idempotency.get(&hash, now_ms) {
-                    let outcome = if entry.fingerprint == key.fingerprint {
-                        self.replayed_outcome(entry)
+                    let (outcome, answer_lsn) = if entry.fingerprint == key.fingerprint {
+                        (
+                            self.replayed_outcome(entry),
+                            (entry.lsn > 0).then_some(entry.lsn),
+                        )
                     } else {
-                        Err(Rejection::IdempotencyConflict {
+                        let conflict = Rejection::IdempotencyConflict {
                             key: key.key.clone(),
-                        })
+                        };
+                        (Err(conflict), None)
                     };
-                    return Applied { outcome, lsn: None };
+                    return Applied {
+                        outcome,
+                        lsn: None,
+                        answer_lsn,
+                    };
                 }
                 Some(hash)
             }
@@ -517,7 +782,11 @@ impl State {
         // refusal, and replay must remember it too.
         let changed = emitted > 0 || key.is_some() || changed_quietly;
         if !changed {
-            return Applied { outcome, lsn: None };
+            return Applied {
+                outcome,
+                lsn: None,
+                answer_lsn: None,
+            };
         }
         // Only logged commands change the index, so replay forgets exactly what the
         // original forgot: the keys past the window now, and at the budget the oldest.
@@ -528,6 +797,7 @@ impl State {
                 key: hash,
                 fingerprint: key.fingerprint,
                 at_ms: now_ms,
+                lsn,
                 answer,
             });
         }
@@ -539,6 +809,7 @@ impl State {
         Applied {
             outcome,
             lsn: Some(lsn),
+            answer_lsn: Some(lsn),
         }
     }
 
@@ -572,12 +843,62 @@ impl State {
                 reservation_id,
                 actor,
             } => self.create_order(
-                order_no,
-                customer_id,
-                lines,
-                *payment_ttl_ms,
-                *reservation_id,
+                NewOrderRef {
+                    order_no,
+                    customer_id,
+                    lines,
+                    payment_ttl_ms: *payment_ttl_ms,
+                    reservation_id: *reservation_id,
+                    channel: "",
+                    shipping_address: None,
+                    actor,
+                },
+                ctx,
+            ),
+            Command::PlaceOrder { order } => self.create_order(
+                NewOrderRef {
+                    order_no: &order.order_no,
+                    customer_id: &order.customer_id,
+                    lines: &order.lines,
+                    payment_ttl_ms: order.payment_ttl_ms,
+                    reservation_id: order.reservation_id,
+                    channel: &order.channel,
+                    shipping_address: order.shipping_address.as_ref(),
+                    actor: &order.actor,
+                },
+                ctx,
+            ),
+            Command::HoldOrder {
+                id,
+                reason,
+                note,
                 actor,
+            } => self.hold_order(*id, *reason, note, actor, ctx),
+            Command::ReleaseHold { id, note, actor } => self.release_hold(*id, note, actor, ctx),
+            Command::ModifyOrder { change } => self.modify_order(change, ctx),
+            Command::RefundAmount {
+                id,
+                amount,
+                reason,
+                refund_ref,
+                actor,
+            } => self.refund_amount(*id, *amount, reason, refund_ref, actor, ctx),
+            Command::ReturnOrderAs {
+                id,
+                kind,
+                restock,
+                reason,
+                note,
+                actor,
+            } => self.return_order(*id, *kind, *restock, reason, note, actor, ctx),
+            Command::SetOrderPolicy {
+                ship_sla_ms,
+                review_amount_min,
+            } => self.set_order_policy(
+                OrderPolicy {
+                    ship_sla_ms: *ship_sla_ms,
+                    review_amount_min: *review_amount_min,
+                },
                 ctx,
             ),
             Command::PayOrder {
@@ -605,7 +926,15 @@ impl State {
                 reason,
                 note,
                 actor,
-            } => self.return_order(*id, *restock, reason, note, actor, ctx),
+            } => self.return_order(
+                *id,
+                ReturnKind::CustomerReturn,
+                *restock,
+                reason,
+                note,
+                actor,
+                ctx,
+            ),
             Command::RefundOrder {
                 id,
                 refund_ref,
@@ -655,7 +984,7 @@ impl State {
     // ---- SKUs and stock -------------------------------------------------------
 
     /// `field` names the command's field for a validation error.
-    fn sku_idx(&self, field: Field, sku: &str) -> Result<SkuIdx, Rejection> {
+    pub(crate) fn sku_idx(&self, field: Field, sku: &str) -> Result<SkuIdx, Rejection> {
         if let Some(&idx) = self.sku_index.get(sku) {
             return Ok(idx);
         }
@@ -794,7 +1123,7 @@ impl State {
 
     /// Emit `stock.low` / `stock.out` when `available` crosses the threshold or zero
     /// going down.
-    fn stock_crossings(&self, idx: SkuIdx, available_before: u64, ctx: &mut Ctx<'_>) {
+    pub(crate) fn stock_crossings(&self, idx: SkuIdx, available_before: u64, ctx: &mut Ctx<'_>) {
         let sku = &self.skus[idx.0 as usize];
         let available = sku.available();
         if available >= available_before {
@@ -1014,11 +1343,17 @@ impl State {
             sku.reserved -= u64::from(qty);
         }
         r.status = status;
+        let lines: Vec<(SkuIdx, u64)> = if self.rules == RULES_V1 {
+            Vec::new()
+        } else {
+            r.lines.iter().map(|&(s, q)| (s, u64::from(q))).collect()
+        };
         self.finish_hold(id);
         ctx.emit(match status {
             ReservationStatus::Expired => EventKind::ReservationExpired { id },
             _ => EventKind::ReservationReleased { id },
         });
+        self.emit_restored(&lines, ctx);
     }
 
     fn finish_hold(&mut self, id: ReservationId) {
@@ -1062,6 +1397,7 @@ impl State {
                 orders += 1;
             }
         }
+        self.flag_delays(ctx);
         Reply::Expired {
             reservations,
             orders,
@@ -1083,40 +1419,79 @@ impl State {
     }
 
     fn set_status(&mut self, id: OrderId, to: OrderStatus, actor: u32, note: &str, now_ms: Millis) {
+        self.set_status_after(id, to, actor, note, now_ms, None);
+    }
+
+    /// `set_status`, keeping `before` in the history entry (see `HistoryEntry::before`).
+    pub(crate) fn set_status_after(
+        &mut self,
+        id: OrderId,
+        to: OrderStatus,
+        actor: u32,
+        note: &str,
+        now_ms: Millis,
+        before: Option<Box<Before>>,
+    ) {
         let order = self.order_mut(id);
         let from = order.status;
+        let facts = OrderFacts {
+            on_hold: false,
+            refundable_amount: 0,
+        };
         assert!(
             OrderAction::ALL
                 .iter()
-                .any(|&action| order_transition(from, action) == Ok(to)),
+                .any(|&action| order_transition(from, action, facts) == Ok(to)),
             "order {id}: {from} -> {to} is not on the transition table"
         );
         order.status = to;
+        self.counters.orders_by_status[from as usize] -= 1;
+        self.counters.orders_by_status[to as usize] += 1;
+        self.push_history(id, actor, note, now_ms, before);
+    }
+
+    /// Add a history entry with the order's current status. History has room for
+    /// every status change: changes that keep the status stop short of the cap
+    /// (`HISTORY_ROOM_FOR_STATUS`), so an entry with `before` is never dropped.
+    pub(crate) fn push_history(
+        &mut self,
+        id: OrderId,
+        actor: u32,
+        note: &str,
+        now_ms: Millis,
+        before: Option<Box<Before>>,
+    ) {
+        let order = self.order_mut(id);
         order.updated_at_ms = now_ms;
         if order.history.len() < HISTORY_PER_ORDER_MAX {
             order.history.push(HistoryEntry {
-                status: to,
+                status: order.status,
                 at_ms: now_ms,
                 actor,
                 note: note.into(),
+                before,
             });
+        } else {
+            assert!(before.is_none(), "order {id}: history full");
         }
-        self.counters.orders_by_status[from as usize] -= 1;
-        self.counters.orders_by_status[to as usize] += 1;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn create_order(
-        &mut self,
-        order_no: &str,
-        customer_id: &str,
-        lines: &[OrderLineReq],
-        payment_ttl_ms: u64,
-        reservation_id: Option<ReservationId>,
-        actor: &str,
-        ctx: &mut Ctx<'_>,
-    ) -> Outcome {
+    fn create_order(&mut self, o: NewOrderRef<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+        let NewOrderRef {
+            order_no,
+            customer_id,
+            lines,
+            payment_ttl_ms,
+            reservation_id,
+            channel,
+            shipping_address,
+            actor,
+        } = o;
         check_required_text(Field::OrderNo, order_no, ORDER_NO_LEN_MAX)?;
+        check_text(Field::Channel, channel, CHANNEL_LEN_MAX)?;
+        if let Some(address) = shipping_address {
+            check_address(address)?;
+        }
         check_required_text(Field::CustomerId, customer_id, CUSTOMER_ID_LEN_MAX)?;
         check_ttl(Field::PaymentTtlMs, payment_ttl_ms)?;
         self.check_actor(actor)?;
@@ -1212,6 +1587,23 @@ impl State {
         let actor = self.intern_actor(actor)?;
         let order_no: Arc<str> = order_no.into();
         let customer_id: Arc<str> = customer_id.into();
+        let review = self
+            .order_policy
+            .review_amount_min
+            .is_some_and(|min| total >= min);
+        let extra = (!channel.is_empty() || shipping_address.is_some() || review).then(|| {
+            Box::new(OrderExtra {
+                channel: (!channel.is_empty()).then(|| channel.into()),
+                address: shipping_address.cloned().map(Box::new),
+                hold: review.then(|| Hold {
+                    reason: HoldReason::Review,
+                    note: format!("total {total} reaches the review amount").into(),
+                    at_ms: ctx.now_ms,
+                    actor: self.system_actor(),
+                }),
+                ..OrderExtra::default()
+            })
+        });
         self.orders.push(Order {
             id,
             order_no: Arc::clone(&order_no),
@@ -1232,20 +1624,29 @@ impl State {
                     at_ms: ctx.now_ms,
                     actor,
                     note: "".into(),
+                    before: None,
                 });
                 history
             },
-            extra: None,
+            extra,
         });
         self.order_no_index.insert(Arc::clone(&order_no), id);
         self.counters.orders_created += 1;
         self.counters.orders_by_status[OrderStatus::Reserved as usize] += 1;
-        ctx.emit(EventKind::OrderCreated {
-            id,
-            order_no,
-            customer_id,
-            total,
-        });
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderCreatedV3 {
+                id,
+                order_no,
+                customer_id,
+                total,
+            });
+        } else {
+            let order = self.brief(id);
+            ctx.emit(EventKind::OrderCreated { id, order, total });
+            if review {
+                self.emit_held(id, ctx);
+            }
+        }
         Ok(self.order_reply(id))
     }
 
@@ -1293,14 +1694,32 @@ impl State {
         let total = order.total;
         let actor = self.intern_actor(actor)?;
         self.commit_hold(reservation, ctx);
+        let ship_sla_ms = self.order_policy.ship_sla_ms;
         let order = self.order_mut(id);
         order.payment = PaymentStatus::Paid;
         let extra = order.extra_mut();
         extra.payment_ref = payment_ref.into();
         extra.paid_at_ms = Some(ctx.now_ms);
+        extra.amounts.paid = total;
+        if ship_sla_ms > 0 {
+            let due = ctx.now_ms.saturating_add(ship_sla_ms);
+            extra.ship_due_at_ms = Some(due);
+            self.ship_deadlines.push(Reverse((due, id)));
+        }
         self.counters.paid_amount += total;
+        self.record_money(id, LedgerKind::Charge, total, payment_ref, actor, ctx);
         self.set_status(id, OrderStatus::Confirmed, actor, "", ctx.now_ms);
-        ctx.emit(EventKind::OrderPaid { id, amount });
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderPaidV3 { id, amount });
+        } else {
+            let order = self.brief(id);
+            ctx.emit(EventKind::OrderPaid {
+                id,
+                order,
+                amount,
+                payment_ref: payment_ref.into(),
+            });
+        }
         ctx.emit(EventKind::OrderStatusChanged {
             id,
             from: OrderStatus::Reserved,
@@ -1334,9 +1753,12 @@ impl State {
         let order = self.order(id)?;
         let from = order.status;
         let step = OrderAction::advancing_to(to).expect("checked above: a fulfilment step");
-        let decided = order_transition(from, step);
+        let decided = order_transition(from, step, order.facts());
         if decided == Err(TransitionRefusal::AlreadyThere) {
             return Ok(self.order_reply(id)); // repeating a step: idempotent
+        }
+        if decided == Err(TransitionRefusal::OnHold) {
+            return Err(Rejection::OrderOnHold { id, status: from });
         }
         if decided != Ok(to) {
             let why = match from {
@@ -1374,14 +1796,14 @@ impl State {
         self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
-        match order_transition(from, OrderAction::Cancel) {
+        match order_transition(from, OrderAction::Cancel, order.facts()) {
             Ok(_) => {}
             // Cancelling twice: idempotent.
             Err(TransitionRefusal::AlreadyThere) => return Ok(self.order_reply(id)),
             Err(TransitionRefusal::Shipped) => {
                 return Err(Rejection::OrderShipped { id, status: from });
             }
-            Err(TransitionRefusal::NotAllowed) => {
+            Err(TransitionRefusal::NotAllowed | TransitionRefusal::OnHold) => {
                 return Err(transition(format!(
                     "order {id} is {from}: it cannot be cancelled"
                 )));
@@ -1390,28 +1812,26 @@ impl State {
         let actor_id = self.intern_actor(actor)?;
         let order = self.order(id)?;
         let reservation = order.reservation;
-        let refund_due = order.payment == PaymentStatus::Paid;
+        let amounts = order.amounts();
+        let due_added = amounts.refundable() - amounts.refund_due;
+        let before = (due_added > 0 || order.hold().is_some()).then(|| order.before(false));
         // Give the stock back exactly once: a hold is released; committed units
         // return to on_hand.
-        if from == OrderStatus::Reserved {
+        let restocked = if from == OrderStatus::Reserved {
+            let held = self.reservations[&reservation].lines.clone();
             self.end_hold(reservation, ReservationStatus::Released, ctx);
+            held.iter().map(|&(s, q)| (s, u64::from(q))).collect()
         } else {
             assert!(from.holds_committed_stock());
-            let order = &self.orders[(id.0 - 1) as usize];
-            for line in order.lines.iter() {
-                touch(&mut self.touched_skus, line.sku);
-                let sku = &mut self.skus[line.sku.0 as usize];
-                let qty = u64::from(line.qty);
-                assert!(sku.units_sold >= qty);
-                sku.on_hand += qty;
-                sku.units_sold -= qty;
-            }
-        }
+            let lines = self.per_sku(&self.orders[(id.0 - 1) as usize].lines);
+            self.unsell(&lines, true, ctx);
+            lines
+        };
+        self.reverse_money(id, due_added, actor_id, ctx);
         let order = self.order_mut(id);
-        if refund_due {
-            order.payment = PaymentStatus::RefundDue;
-        }
-        order.extra_mut().cancellation = Some(Cancellation {
+        let extra = order.extra_mut();
+        extra.hold = None;
+        extra.cancellation = Some(Cancellation {
             reason,
             note: note.into(),
             at_ms: ctx.now_ms,
@@ -1423,26 +1843,43 @@ impl State {
         } else {
             format!("{reason}: {note}")
         };
-        self.set_status(
+        self.set_status_after(
             id,
             OrderStatus::Cancelled,
             actor_id,
             &history_note,
             ctx.now_ms,
+            before,
         );
         let actor = Arc::clone(&self.actors[actor_id as usize]);
-        ctx.emit(EventKind::OrderCancelled {
-            id,
-            reason,
-            actor,
-            refund_due,
-        });
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderCancelledV3 {
+                id,
+                reason,
+                actor,
+                refund_due: due_added > 0,
+            });
+        } else {
+            let order = self.brief(id);
+            let refund_due_amount = self.orders[(id.0 - 1) as usize].amounts().refund_due;
+            ctx.emit(EventKind::OrderCancelled {
+                id,
+                order,
+                reason,
+                note: note.into(),
+                actor,
+                refund_due_amount,
+                restocked,
+            });
+        }
         Ok(self.order_reply(id))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn return_order(
         &mut self,
         id: OrderId,
+        kind: ReturnKind,
         restock: bool,
         reason: &str,
         note: &str,
@@ -1454,48 +1891,69 @@ impl State {
         self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
-        let decided = order_transition(from, OrderAction::Return);
+        let decided = order_transition(from, OrderAction::Return, order.facts());
         if decided == Err(TransitionRefusal::AlreadyThere) {
             return Ok(self.order_reply(id));
         }
-        if decided.is_err() {
+        if decided.is_err() || !kind.allowed_from(from) {
             let hint = if from.cancellable() {
                 "; cancel it instead"
             } else {
                 ""
             };
+            let allowed = match kind {
+                ReturnKind::Intercepted | ReturnKind::Refused => "a shipped order",
+                ReturnKind::CustomerReturn => "a delivered or completed order",
+            };
             return Err(transition(format!(
-                "order {id} is {from}: only a delivered or completed order can be returned{hint}"
+                "order {id} is {from}: a {kind} return is for {allowed}{hint}"
             )));
         }
         let actor_id = self.intern_actor(actor)?;
         let order = self.order(id)?;
-        let refund_due = order.payment == PaymentStatus::Paid;
-        let order = &self.orders[(id.0 - 1) as usize];
-        for line in order.lines.iter() {
-            touch(&mut self.touched_skus, line.sku);
-            let sku = &mut self.skus[line.sku.0 as usize];
-            let qty = u64::from(line.qty);
-            assert!(sku.units_sold >= qty);
-            sku.units_sold -= qty;
-            if restock {
-                sku.on_hand += qty;
-            }
-        }
+        let amounts = order.amounts();
+        let due_added = amounts.refundable() - amounts.refund_due;
+        let before = Some(order.before(false));
+        let lines = self.per_sku(&order.lines);
+        self.unsell(&lines, restock, ctx);
+        self.reverse_money(id, due_added, actor_id, ctx);
         let order = self.order_mut(id);
-        if refund_due {
-            order.payment = PaymentStatus::RefundDue;
-        }
-        order.extra_mut().returned = Some(ReturnInfo {
+        let extra = order.extra_mut();
+        extra.return_kind = Some(kind);
+        extra.returned = Some(ReturnInfo {
             restock,
             reason: reason.into(),
             note: note.into(),
         });
-        self.set_status(id, OrderStatus::Returned, actor_id, note, ctx.now_ms);
-        ctx.emit(EventKind::OrderReturned { id, restock });
+        self.set_status_after(
+            id,
+            OrderStatus::Returned,
+            actor_id,
+            note,
+            ctx.now_ms,
+            before,
+        );
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderReturnedV3 { id, restock });
+        } else {
+            let order = self.brief(id);
+            let refund_due_amount = self.orders[(id.0 - 1) as usize].amounts().refund_due;
+            ctx.emit(EventKind::OrderReturned {
+                id,
+                order,
+                kind,
+                restock,
+                reason: reason.into(),
+                note: note.into(),
+                actor: Arc::clone(&self.actors[actor_id as usize]),
+                refund_due_amount,
+                restocked: if restock { lines } else { Vec::new() },
+            });
+        }
         Ok(self.order_reply(id))
     }
 
+    /// `POST /refund`: pay back exactly what is due.
     fn refund_order(
         &mut self,
         id: OrderId,
@@ -1506,38 +1964,169 @@ impl State {
         check_text(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
         let order = self.order(id)?;
-        match order.payment {
-            PaymentStatus::RefundDue => {}
-            PaymentStatus::Refunded => return Ok(self.order_reply(id)),
-            other => {
-                return Err(transition(format!(
-                    "order {id} payment is {other}: only a refund_due payment can be refunded"
-                )));
+        let amounts = order.amounts();
+        if amounts.refund_due == 0 {
+            if order.payment == PaymentStatus::Refunded {
+                return Ok(self.order_reply(id)); // repeating the refund: idempotent
+            }
+            return Err(transition(format!(
+                "order {id} payment is {}: nothing is due back",
+                order.payment
+            )));
+        }
+        let actor_id = self.intern_actor(actor)?;
+        self.pay_back(id, amounts.refund_due, "", refund_ref, actor_id, ctx);
+        Ok(self.order_reply(id))
+    }
+
+    /// Units of committed lines come back from the customer: no longer sold, and
+    /// with `restock` back on hand (and so available: `stock.restored`).
+    pub(crate) fn unsell(&mut self, lines: &[(SkuIdx, u64)], restock: bool, ctx: &mut Ctx<'_>) {
+        for &(idx, qty) in lines {
+            touch(&mut self.touched_skus, idx);
+            let sku = &mut self.skus[idx.0 as usize];
+            assert!(sku.units_sold >= qty);
+            sku.units_sold -= qty;
+            if restock {
+                sku.on_hand += qty;
             }
         }
-        let total = order.total;
-        let actor_id = self.intern_actor(actor)?;
-        let order = self.order_mut(id);
-        order.payment = PaymentStatus::Refunded;
-        order.updated_at_ms = ctx.now_ms;
-        order.extra_mut().refund_ref = refund_ref.into();
-        let status = order.status;
-        if order.history.len() < HISTORY_PER_ORDER_MAX {
-            order.history.push(HistoryEntry {
-                status,
-                at_ms: ctx.now_ms,
-                actor: actor_id,
-                note: format!("refunded {total}").into(),
+        if restock {
+            self.emit_restored(lines, ctx);
+        }
+    }
+
+    /// One `stock.restored` per SKU that got units back (v1.1 rules).
+    pub(crate) fn emit_restored(&self, lines: &[(SkuIdx, u64)], ctx: &mut Ctx<'_>) {
+        if self.rules == RULES_V1 {
+            return;
+        }
+        for &(sku, qty) in lines {
+            ctx.emit(EventKind::StockRestored {
+                sku,
+                qty,
+                available: self.skus[sku.0 as usize].available(),
             });
         }
-        self.counters.refunded_amount += total;
-        ctx.emit(EventKind::OrderRefunded { id, amount: total });
-        Ok(self.order_reply(id))
+    }
+
+    /// Order lines summed per SKU, in first-seen order.
+    pub(crate) fn per_sku(&self, lines: &[OrderLine]) -> Vec<(SkuIdx, u64)> {
+        let mut out: Vec<(SkuIdx, u64)> = Vec::with_capacity(lines.len());
+        for line in lines {
+            match out.iter_mut().find(|(s, _)| *s == line.sku) {
+                Some((_, q)) => *q += u64::from(line.qty),
+                None => out.push((line.sku, u64::from(line.qty))),
+            }
+        }
+        out
+    }
+
+    /// Make `amount` due back (a cancel, a return, a lower total): a reversal.
+    pub(crate) fn reverse_money(
+        &mut self,
+        id: OrderId,
+        amount: u64,
+        actor: u32,
+        ctx: &mut Ctx<'_>,
+    ) {
+        if amount == 0 {
+            return;
+        }
+        let order = self.order_mut(id);
+        let extra = order.extra_mut();
+        extra.amounts.refund_due += amount;
+        order.payment = order.amounts().status(true);
+        self.record_money(id, LedgerKind::Reversal, amount, "", actor, ctx);
+    }
+
+    /// Pay `amount` back: first what is due, beyond that goodwill.
+    pub(crate) fn pay_back(
+        &mut self,
+        id: OrderId,
+        amount: u64,
+        reason: &str,
+        refund_ref: &str,
+        actor: u32,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let order = self.order(id).expect("checked by the caller");
+        let before = Some(order.before(false));
+        let order = self.order_mut(id);
+        let extra = order.extra_mut();
+        assert!(amount <= extra.amounts.refundable());
+        extra.amounts.refunded += amount;
+        extra.amounts.refund_due -= amount.min(extra.amounts.refund_due);
+        extra.refund_ref = refund_ref.into();
+        let amounts = extra.amounts;
+        order.payment = amounts.status(true);
+        self.counters.refunded_amount += amount;
+        self.record_money(id, LedgerKind::Refund, amount, refund_ref, actor, ctx);
+        let note = if reason.is_empty() {
+            format!("refunded {amount}")
+        } else {
+            format!("refunded {amount}: {reason}")
+        };
+        self.push_history(id, actor, &note, ctx.now_ms, before);
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderRefunded { id, amount });
+        } else {
+            ctx.emit(EventKind::OrderRefundedAmount {
+                id,
+                order_no: Arc::clone(&self.orders[(id.0 - 1) as usize].order_no),
+                amount,
+                reason: reason.into(),
+                refund_ref: refund_ref.into(),
+                actor: Arc::clone(&self.actors[actor as usize]),
+                refunded_amount: amounts.refunded,
+                refund_due_amount: amounts.refund_due,
+            });
+        }
+    }
+
+    /// Add a ledger entry, numbered by this record's LSN.
+    pub(crate) fn record_money(
+        &mut self,
+        id: OrderId,
+        kind: LedgerKind,
+        amount: u64,
+        reference: &str,
+        actor: u32,
+        ctx: &mut Ctx<'_>,
+    ) {
+        self.ledger.push(LedgerEntry {
+            seq: ctx.lsn,
+            at_ms: ctx.now_ms,
+            order: id,
+            kind,
+            amount,
+            reference: reference.into(),
+            actor,
+        });
+    }
+
+    /// Who an order event is about.
+    pub(crate) fn brief(&self, id: OrderId) -> crate::event::OrderBrief {
+        let o = &self.orders[(id.0 - 1) as usize];
+        crate::event::OrderBrief {
+            order_no: Arc::clone(&o.order_no),
+            customer_id: Arc::clone(&o.customer_id),
+            channel: o.channel().into(),
+            lines: o
+                .lines
+                .iter()
+                .map(|l| crate::event::EventLine {
+                    sku: l.sku,
+                    qty: u64::from(l.qty),
+                    unit_price: l.unit_price,
+                })
+                .collect(),
+        }
     }
 
     // ---- actors -----------------------------------------------------------------
 
-    fn check_actor(&self, actor: &str) -> Result<(), Rejection> {
+    pub(crate) fn check_actor(&self, actor: &str) -> Result<(), Rejection> {
         if self.actor_index.contains_key(actor) {
             return Ok(()); // known actors were checked when they were interned
         }
@@ -1550,7 +2139,7 @@ impl State {
         Ok(())
     }
 
-    fn intern_actor(&mut self, actor: &str) -> Result<u32, Rejection> {
+    pub(crate) fn intern_actor(&mut self, actor: &str) -> Result<u32, Rejection> {
         if let Some(&id) = self.actor_index.get(actor) {
             return Ok(id);
         }
@@ -1563,7 +2152,7 @@ impl State {
     }
 
     /// The system actor (expiry) is interned first, by `State::new`.
-    fn system_actor(&self) -> u32 {
+    pub(crate) fn system_actor(&self) -> u32 {
         self.actor_index[SYSTEM_ACTOR]
     }
 
@@ -1633,12 +2222,62 @@ impl State {
                 order.payment,
                 order.status
             );
+            let amounts = order.amounts();
+            let was_paid = order.extra.as_ref().is_some_and(|e| e.paid_at_ms.is_some());
+            assert_eq!(
+                order.payment,
+                amounts.status(was_paid),
+                "order {}",
+                order.id
+            );
+            assert!(
+                amounts.refunded + amounts.refund_due <= amounts.paid,
+                "order {}: refunded {} + due {} > paid {}",
+                order.id,
+                amounts.refunded,
+                amounts.refund_due,
+                amounts.paid
+            );
+            if order.hold().is_some() {
+                assert!(
+                    order.status.cancellable(),
+                    "order {} {} on hold",
+                    order.id,
+                    order.status
+                );
+            }
         }
+        self.check_ledger();
         assert_eq!(
             by_status, self.counters.orders_by_status,
             "orders by status"
         );
         assert_eq!(self.order_no_index.len(), self.orders.len());
+    }
+
+    /// Per order, the ledger adds up to its money: Σ charge = paid, Σ refund =
+    /// refunded, Σ reversal − the refunds that paid what was due = refund due.
+    fn check_ledger(&self) {
+        let mut sums: HashMap<OrderId, Amounts> = HashMap::new();
+        let mut last_at_ms = 0;
+        for e in &self.ledger {
+            assert!(e.at_ms >= last_at_ms, "ledger out of time order");
+            last_at_ms = e.at_ms;
+            let sum = sums.entry(e.order).or_default();
+            match e.kind {
+                LedgerKind::Charge => sum.paid += e.amount,
+                LedgerKind::Reversal => sum.refund_due += e.amount,
+                LedgerKind::Refund => {
+                    sum.refunded += e.amount;
+                    sum.refund_due -= e.amount.min(sum.refund_due);
+                }
+            }
+        }
+        for order in self.orders.iter() {
+            let expected = sums.remove(&order.id).unwrap_or_default();
+            assert_eq!(order.amounts(), expected, "order {}: ledger", order.id);
+        }
+        assert!(sums.is_empty(), "ledger entries of unknown orders");
     }
 
     // ---- snapshots ----------------------------------------------------------------
@@ -1660,6 +2299,11 @@ impl State {
             actors: &self.actors,
             idempotency: self.idempotency.to_snapshot(),
             counters: &self.counters,
+            tail: SnapshotTailRef {
+                ledger: &self.ledger,
+                order_policy: &self.order_policy,
+                rules: self.rules,
+            },
         }
     }
 
@@ -1707,6 +2351,10 @@ impl State {
         state.actors = s.actors;
         state.idempotency = IdempotencyIndex::from_snapshot(s.idempotency)?;
         state.counters = s.counters;
+        state.ledger = s.tail.ledger;
+        state.order_policy = s.tail.order_policy;
+        state.rules = s.tail.rules;
+        state.rebuild_ship_deadlines();
         state.check_invariants();
         Ok(state)
     }
@@ -1715,11 +2363,18 @@ impl State {
 /// 2: idempotency keys as hashes with compact answers, and their policy.
 /// 3: refusals are typed (`Field`, `Violation`) in stored answers, where format 2 had
 /// a field path and a sentence (`legacy::RejectionV2`).
-pub(crate) const SNAPSHOT_FORMAT: u32 = 3;
+/// 4: v1.1 orders (money amounts, hold, channel, address, delays, history entries
+/// that keep what they changed), the ledger, the order policy and rules, and the
+/// LSN of each idempotency key's record (`legacy::OrderV3` and friends read 1–3).
+pub(crate) const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Format 1, before the idempotency window and budget: keys as text, each with its
 /// whole outcome. Read so that a data dir written by an older surge still opens.
-pub(crate) type SnapshotV1 = Snapshot<Vec<IdempotencyEntryV1>>;
+pub(crate) type SnapshotV1 = SnapshotV3<Vec<IdempotencyEntryV1>>;
+
+/// Formats 1 to 3: orders in their old layout, no ledger, no order policy.
+pub(crate) type SnapshotV3<K = crate::legacy::IndexSnapshotV3> =
+    Snapshot<K, crate::legacy::OrderV3, ()>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct IdempotencyEntryV1 {
@@ -1734,15 +2389,15 @@ impl State {
     /// made compact, under the initial policy (which its log, if any, assumed too).
     pub(crate) fn from_snapshot_v1(s: SnapshotV1) -> Result<State, String> {
         let (s, keys) = s.with_idempotency(
-            SNAPSHOT_FORMAT,
-            IndexSnapshot {
+            3,
+            crate::legacy::IndexSnapshotV3 {
                 policy: IdempotencyPolicy::INITIAL,
                 first_seq: 0,
                 room_made_through_ms: None,
                 entries: Vec::new(),
             },
         );
-        let mut state = State::from_snapshot(s)?;
+        let mut state = State::from_snapshot_v3(s)?;
         for entry in keys {
             let key = key_hash(&entry.key);
             if state.idempotency.contains(&key) {
@@ -1757,17 +2412,16 @@ impl State {
                 key,
                 fingerprint: entry.fingerprint,
                 at_ms: entry.at_ms,
+                lsn: 0,
                 answer,
             });
         }
         Ok(state)
     }
-}
 
-impl State {
-    /// A format-2 snapshot: today's layout, but a stored answer holds a refusal of
-    /// that format; each is re-encoded as today's.
-    pub(crate) fn from_snapshot_v2(mut s: Snapshot) -> Result<State, String> {
+    /// A format-2 snapshot: format 3's layout, but a stored answer holds a refusal
+    /// of that format; each is re-encoded as today's.
+    pub(crate) fn from_snapshot_v2(mut s: SnapshotV3) -> Result<State, String> {
         if s.format != 2 {
             return Err(format!("snapshot format {} is not 2", s.format));
         }
@@ -1776,15 +2430,25 @@ impl State {
                 *bytes = crate::codec::upgrade_outcome_v2(bytes)?.into_boxed_slice();
             }
         }
-        s.format = SNAPSHOT_FORMAT;
-        State::from_snapshot(s)
+        s.format = 3;
+        State::from_snapshot_v3(s)
+    }
+
+    /// A format-3 snapshot: its orders get today's layout (the money they had, as
+    /// v1 knew it), the ledger what they paid and paid back, the order policy and
+    /// rules those of the log it came with (v1's).
+    pub(crate) fn from_snapshot_v3(s: SnapshotV3) -> Result<State, String> {
+        if s.format != 3 {
+            return Err(format!("snapshot format {} is not 3", s.format));
+        }
+        State::from_snapshot(crate::legacy::upgrade_snapshot_v3(s, SNAPSHOT_FORMAT))
     }
 }
 
 /// The state as written to a snapshot file: plain vectors in a deterministic order.
 /// (`K` is the idempotency part: its older format differs.)
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct Snapshot<K = IndexSnapshot> {
+pub(crate) struct Snapshot<K = IndexSnapshot, O = Order, T = SnapshotTail> {
     pub format: u32,
     pub now_ms: Millis,
     pub next_seq: u64,
@@ -1793,16 +2457,33 @@ pub(crate) struct Snapshot<K = IndexSnapshot> {
     pub next_reservation_id: u64,
     /// The first id of the dense reservation window.
     pub reservations_base: u64,
-    pub orders: Vec<Order>,
+    pub orders: Vec<O>,
     pub actors: Vec<Arc<str>>,
     pub idempotency: K,
     pub counters: Counters,
+    /// What format 4 added at the end (`()` in older formats).
+    pub tail: T,
 }
 
-impl<K> Snapshot<K> {
+/// The part of a snapshot that format 4 added.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct SnapshotTail {
+    pub ledger: Vec<LedgerEntry>,
+    pub order_policy: OrderPolicy,
+    pub rules: u32,
+}
+
+#[derive(Encode)]
+pub(crate) struct SnapshotTailRef<'a> {
+    pub ledger: &'a [LedgerEntry],
+    pub order_policy: &'a OrderPolicy,
+    pub rules: u32,
+}
+
+impl<K, O, T> Snapshot<K, O, T> {
     /// The same state in another format, with another idempotency part; and the
     /// part it had.
-    pub(crate) fn with_idempotency<L>(self, format: u32, idempotency: L) -> (Snapshot<L>, K) {
+    pub(crate) fn with_idempotency<L>(self, format: u32, idempotency: L) -> (Snapshot<L, O, T>, K) {
         let snapshot = Snapshot {
             format,
             now_ms: self.now_ms,
@@ -1815,6 +2496,7 @@ impl<K> Snapshot<K> {
             actors: self.actors,
             idempotency,
             counters: self.counters,
+            tail: self.tail,
         };
         (snapshot, self.idempotency)
     }
@@ -1835,20 +2517,21 @@ pub(crate) struct SnapshotRef<'a> {
     pub actors: &'a [Arc<str>],
     pub idempotency: IndexSnapshotRef<'a>,
     pub counters: &'a Counters,
+    pub tail: SnapshotTailRef<'a>,
 }
 
 /// Where the events of one command go and how they are numbered.
-struct Ctx<'a> {
-    now_ms: Millis,
-    lsn: u64,
+pub(crate) struct Ctx<'a> {
+    pub(crate) now_ms: Millis,
+    pub(crate) lsn: u64,
     events: &'a mut Vec<Event>,
     first_event: usize,
     /// The command changed the state without an event: it must be logged all the same.
-    changed: bool,
+    pub(crate) changed: bool,
 }
 
 impl Ctx<'_> {
-    fn emit(&mut self, kind: EventKind) {
+    pub(crate) fn emit(&mut self, kind: EventKind) {
         let seq = self.lsn + (self.events.len() - self.first_event) as u64;
         self.events.push(Event {
             seq,

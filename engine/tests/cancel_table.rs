@@ -195,8 +195,13 @@ fn order_actions(cmd: &Command) -> &'static [Action] {
         Command::PayOrder { .. } => &[Pay],
         Command::AdvanceOrder { .. } => &[Pick, Pack, Ship, Deliver, Complete],
         Command::CancelOrder { .. } => &[Cancel],
-        Command::ReturnOrder { .. } => &[Return],
+        Command::ReturnOrder { .. } | Command::ReturnOrderAs { .. } => &[Return],
         Command::RefundOrder { .. } => &[Refund],
+        // Changes that keep the status: `engine/tests/order_changes.rs`.
+        Command::HoldOrder { .. }
+        | Command::ReleaseHold { .. }
+        | Command::ModifyOrder { .. }
+        | Command::RefundAmount { .. } => &[],
         Command::Expire => &[Expire],
         // Stock, holds, creating an order and settings: not actions on an order.
         Command::DefineSku { .. }
@@ -205,7 +210,9 @@ fn order_actions(cmd: &Command) -> &'static [Action] {
         | Command::CommitReservation { .. }
         | Command::ReleaseReservation { .. }
         | Command::CreateOrder { .. }
-        | Command::SetIdempotencyPolicy { .. } => &[],
+        | Command::PlaceOrder { .. }
+        | Command::SetIdempotencyPolicy { .. }
+        | Command::SetOrderPolicy { .. } => &[],
     }
 }
 
@@ -393,7 +400,7 @@ fn describe(event: &Event, order: OrderId) -> String {
     let of = |id: OrderId| assert_eq!(id, order, "{event:?} names another order");
     let ty = event.kind.type_name();
     match &event.kind {
-        EventKind::OrderPaid { id, amount } | EventKind::OrderRefunded { id, amount } => {
+        EventKind::OrderPaidV3 { id, amount } | EventKind::OrderRefunded { id, amount } => {
             of(*id);
             format!("{ty} {amount}")
         }
@@ -401,7 +408,7 @@ fn describe(event: &Event, order: OrderId) -> String {
             of(*id);
             format!("{ty} {from}>{to}")
         }
-        EventKind::OrderCancelled {
+        EventKind::OrderCancelledV3 {
             id,
             reason,
             refund_due,
@@ -410,11 +417,11 @@ fn describe(event: &Event, order: OrderId) -> String {
             of(*id);
             format!("{ty} {reason} refund_due={refund_due}")
         }
-        EventKind::OrderReturned { id, restock } => {
+        EventKind::OrderReturnedV3 { id, restock } => {
             of(*id);
             format!("{ty} restock={restock}")
         }
-        EventKind::OrderExpired { id } | EventKind::OrderCreated { id, .. } => {
+        EventKind::OrderExpired { id } | EventKind::OrderCreatedV3 { id, .. } => {
             of(*id);
             ty.to_string()
         }

@@ -1,36 +1,91 @@
-//! The order's `actions` are read off the one transition table (issue 10 §5).
+//! The order's `actions` are read off the one transition table (issue 10 §5, v1.1).
 
 use surge_engine::{
-    OrderAction, OrderStatus as S, PaymentStatus as P, order_actions, order_transition,
+    OrderAction, OrderFacts, OrderStatus as S, TransitionRefusal, order_actions, order_transition,
+};
+
+const PLAIN: OrderFacts = OrderFacts {
+    on_hold: false,
+    refundable_amount: 0,
+};
+const PAID: OrderFacts = OrderFacts {
+    on_hold: false,
+    refundable_amount: 1999,
+};
+const HELD: OrderFacts = OrderFacts {
+    on_hold: true,
+    refundable_amount: 1999,
 };
 
 #[test]
 fn actions_are_what_the_transition_table_allows() {
-    let cases: [(S, P, &[&str]); 8] = [
-        (S::Reserved, P::Unpaid, &["pay", "cancel"]),
-        (S::Confirmed, P::Paid, &["pick", "cancel"]),
-        (S::Packed, P::Paid, &["ship", "cancel"]),
-        (S::Shipped, P::Paid, &["deliver"]),
-        (S::Delivered, P::Paid, &["complete", "return"]),
-        (S::Cancelled, P::RefundDue, &["refund"]),
-        (S::Returned, P::Refunded, &[]),
-        (S::Expired, P::Unpaid, &[]),
+    let cases: [(S, OrderFacts, &[&str]); 11] = [
+        (S::Reserved, PLAIN, &["pay", "cancel", "hold", "modify"]),
+        (
+            S::Confirmed,
+            PAID,
+            &["pick", "cancel", "hold", "modify", "refund"],
+        ),
+        (S::Packed, PAID, &["ship", "cancel", "hold", "refund"]),
+        (S::Shipped, PAID, &["deliver", "return", "refund"]),
+        (S::Delivered, PAID, &["complete", "return", "refund"]),
+        (S::Cancelled, PAID, &["refund"]),
+        (S::Returned, PLAIN, &[]),
+        (S::Expired, PLAIN, &[]),
+        // A hold stops the fulfilment path, not cancel, modify or refund.
+        (
+            S::Confirmed,
+            HELD,
+            &["cancel", "release_hold", "modify", "refund"],
+        ),
+        (S::Packed, HELD, &["cancel", "release_hold", "refund"]),
+        (
+            S::Reserved,
+            HELD,
+            &["pay", "cancel", "release_hold", "modify", "refund"],
+        ),
     ];
-    for (status, payment, expected) in cases {
+    for (status, facts, expected) in cases {
         assert_eq!(
-            order_actions(status, payment),
+            order_actions(status, facts),
             expected,
-            "{status} / {payment}"
+            "{status} / {facts:?}"
         );
     }
     // Every action listed for any status is one the table takes it through.
     for &status in S::ALL {
-        for name in order_actions(status, P::Paid) {
-            let action = OrderAction::ALL
-                .into_iter()
-                .find(|a| a.as_str() == name)
-                .expect("a known action");
-            assert!(order_transition(status, action).is_ok(), "{status}: {name}");
+        for facts in [PLAIN, PAID, HELD] {
+            for name in order_actions(status, facts) {
+                let action = OrderAction::ALL
+                    .into_iter()
+                    .find(|a| a.as_str() == name)
+                    .expect("a known action");
+                assert!(
+                    order_transition(status, action, facts).is_ok(),
+                    "{status}: {name}"
+                );
+            }
         }
     }
+}
+
+#[test]
+fn a_hold_refuses_only_the_steps_that_were_allowed() {
+    assert_eq!(
+        order_transition(S::Confirmed, OrderAction::Pick, HELD),
+        Err(TransitionRefusal::OnHold)
+    );
+    // Not a step from here: refused as before, not for the hold.
+    assert_eq!(
+        order_transition(S::Confirmed, OrderAction::Ship, HELD),
+        Err(TransitionRefusal::NotAllowed)
+    );
+    assert_eq!(
+        order_transition(S::Packed, OrderAction::Hold, HELD),
+        Err(TransitionRefusal::AlreadyThere)
+    );
+    assert_eq!(
+        order_transition(S::Shipped, OrderAction::Hold, PAID),
+        Err(TransitionRefusal::NotAllowed)
+    );
 }

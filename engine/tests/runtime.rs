@@ -510,7 +510,7 @@ fn a_full_queue_answers_overloaded_at_once() {
     );
     // Everything accepted is finished.
     for t in tickets {
-        t.wait().expect("answered").expect("held");
+        t.wait().expect("answered").outcome.expect("held");
     }
 }
 
@@ -556,7 +556,7 @@ fn feed_misses_nothing(durability: surge_engine::Durability) {
                     .collect();
                 tickets
                     .into_iter()
-                    .map(|t| match t.wait().expect("answered") {
+                    .map(|t| match t.wait().expect("answered").outcome {
                         Ok(Reply::Reservation(r)) => r.id,
                         other => panic!("{other:?}"),
                     })
@@ -673,12 +673,12 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
         .collect();
     let mut outcomes: Vec<bool> = warmup
         .into_iter()
-        .map(|t| matches!(t.wait(), Ok(Ok(_))))
+        .map(|t| matches!(t.wait().map(|a| a.outcome), Ok(Ok(_))))
         .collect();
     outcomes.extend(
         tickets
             .into_iter()
-            .map(|t| matches!(t.map(|t| t.wait()), Ok(Ok(Ok(_))))),
+            .map(|t| matches!(t.map(|t| t.wait().map(|a| a.outcome)), Ok(Ok(Ok(_))))),
     );
     let first_refused = outcomes
         .iter()

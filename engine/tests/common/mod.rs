@@ -49,5 +49,7 @@ pub fn refusal_kind(rejection: &Rejection) -> &'static str {
         Rejection::DuplicateOrderNo { .. } => "duplicate_order_no",
         Rejection::IdempotencyConflict { .. } => "idempotency_conflict",
         Rejection::LimitReached { .. } => "overloaded",
+        Rejection::OrderOnHold { .. } => "order_on_hold",
+        Rejection::RefundExceedsPaid { .. } => "refund_exceeds_paid",
     }
 }

@@ -1,0 +1,514 @@
+//! Changes to an order that keep its status (v1.1): review hold and release,
+//! modification (a partial cancel when lines go down), partial refunds, delay
+//! alerts, and the order policy behind the last two.
+//!
+//! Like every handler of `State`, each validates everything before it changes
+//! anything. Each keeps the order's changeable part as it was in its history entry
+//! (`HistoryEntry::before`), so an idempotent replay can rebuild an earlier answer.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use crate::command::{
+    Field, LineField, OrderChange, OrderPolicy, Outcome, Rejection, Reply, Shortage, Violation,
+};
+use crate::domain::{
+    HoldReason, Millis, OrderAction, OrderId, OrderStatus, ReservationStatus, SkuIdx,
+    TransitionRefusal, order_transition,
+};
+use crate::event::{EventKind, EventLine};
+use crate::limits::*;
+use crate::state::{
+    Ctx, Hold, OrderLine, RULES_V11, State, at_line, check_address, check_line_count, check_qty,
+    check_text, invalid, touch, transition,
+};
+
+impl State {
+    /// Changes that keep the status stop short of the history's cap, so that every
+    /// status change still has room for its entry.
+    fn check_history_room(&self, id: OrderId) -> Result<(), Rejection> {
+        let order = self.order_ref(id)?;
+        if order.history.len() >= HISTORY_PER_ORDER_MAX - HISTORY_ROOM_FOR_STATUS {
+            return Err(Rejection::LimitReached {
+                what: format!(
+                    "{} changes to order {id}",
+                    HISTORY_PER_ORDER_MAX - HISTORY_ROOM_FOR_STATUS
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn order_ref(&self, id: OrderId) -> Result<&crate::state::Order, Rejection> {
+        id.0.checked_sub(1)
+            .and_then(|i| self.orders.get(i as usize))
+            .ok_or_else(|| Rejection::UnknownOrder {
+                order: id.to_string(),
+            })
+    }
+
+    pub(crate) fn hold_order(
+        &mut self,
+        id: OrderId,
+        reason: HoldReason,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order_ref(id)?;
+        match order_transition(order.status, OrderAction::Hold, order.facts()) {
+            Ok(_) => {}
+            Err(TransitionRefusal::AlreadyThere) => return Ok(self.order_reply(id)),
+            Err(_) => {
+                return Err(transition(format!(
+                    "order {id} is {}: only a reserved, confirmed, picking or packed order can be held",
+                    order.status
+                )));
+            }
+        }
+        self.check_history_room(id)?;
+        let actor = self.intern_actor(actor)?;
+        let before = self.orders[(id.0 - 1) as usize].before(false);
+        self.orders[(id.0 - 1) as usize].extra_mut().hold = Some(Hold {
+            reason,
+            note: note.into(),
+            at_ms: ctx.now_ms,
+            actor,
+        });
+        let history_note = if note.is_empty() {
+            format!("hold: {reason}")
+        } else {
+            format!("hold: {reason}: {note}")
+        };
+        self.push_history(id, actor, &history_note, ctx.now_ms, Some(before));
+        self.emit_held(id, ctx);
+        Ok(self.order_reply(id))
+    }
+
+    /// `order.held` for the order's current hold.
+    pub(crate) fn emit_held(&self, id: OrderId, ctx: &mut Ctx<'_>) {
+        let order = &self.orders[(id.0 - 1) as usize];
+        let hold = order.hold().expect("the order is held");
+        ctx.emit(EventKind::OrderHeld {
+            id,
+            order_no: Arc::clone(&order.order_no),
+            reason: hold.reason,
+            note: hold.note.clone(),
+            actor: Arc::clone(&self.actors[hold.actor as usize]),
+        });
+    }
+
+    pub(crate) fn release_hold(
+        &mut self,
+        id: OrderId,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order_ref(id)?;
+        if order_transition(order.status, OrderAction::ReleaseHold, order.facts()).is_err() {
+            return Err(transition(format!("order {id} is not on hold")));
+        }
+        self.check_history_room(id)?;
+        let actor_id = self.intern_actor(actor)?;
+        let order = &mut self.orders[(id.0 - 1) as usize];
+        let before = order.before(false);
+        order.extra_mut().hold = None;
+        let history_note = if note.is_empty() {
+            "hold released".to_string()
+        } else {
+            format!("hold released: {note}")
+        };
+        self.push_history(id, actor_id, &history_note, ctx.now_ms, Some(before));
+        ctx.emit(EventKind::OrderHoldReleased {
+            id,
+            order_no: Arc::clone(&self.orders[(id.0 - 1) as usize].order_no),
+            note: note.into(),
+            actor: Arc::clone(&self.actors[actor_id as usize]),
+        });
+        Ok(self.order_reply(id))
+    }
+
+    pub(crate) fn refund_amount(
+        &mut self,
+        id: OrderId,
+        amount: u64,
+        reason: &str,
+        refund_ref: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::Reason, reason, NOTE_LEN_MAX)?;
+        check_text(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        if amount == 0 {
+            return Err(invalid(Field::RefundAmount, Violation::Zero));
+        }
+        let order = self.order_ref(id)?;
+        let refundable = order.amounts().refundable();
+        if amount > refundable {
+            return Err(Rejection::RefundExceedsPaid {
+                id,
+                refundable,
+                requested: amount,
+            });
+        }
+        self.check_history_room(id)?;
+        let actor = self.intern_actor(actor)?;
+        self.pay_back(id, amount, reason, refund_ref, actor, ctx);
+        Ok(self.order_reply(id))
+    }
+
+    /// `PATCH /v1/orders/{id}`: new lines (stock follows them atomically), a new
+    /// address, a new note.
+    pub(crate) fn modify_order(&mut self, change: &OrderChange, ctx: &mut Ctx<'_>) -> Outcome {
+        let id = change.id;
+        if let Some(note) = &change.note {
+            check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        }
+        if let Some(address) = &change.shipping_address {
+            check_address(address)?;
+        }
+        self.check_actor(&change.actor)?;
+        let new_lines = match &change.lines {
+            None => None,
+            Some(lines) => {
+                if lines.is_empty() {
+                    return Err(invalid(Field::Lines, Violation::Empty));
+                }
+                check_line_count(lines.len())?;
+                let mut out = Vec::with_capacity(lines.len());
+                for (i, line) in lines.iter().enumerate() {
+                    if line.unit_price > UNIT_PRICE_MAX {
+                        return Err(invalid(
+                            at_line(i, LineField::UnitPrice),
+                            Violation::AboveMax {
+                                max: UNIT_PRICE_MAX,
+                            },
+                        ));
+                    }
+                    check_qty(|| at_line(i, LineField::Qty), line.qty)?;
+                    let sku = self.sku_idx(at_line(i, LineField::Sku), &line.sku)?;
+                    out.push(OrderLine {
+                        sku,
+                        qty: line.qty as u32,
+                        unit_price: line.unit_price,
+                    });
+                }
+                Some(out)
+            }
+        };
+        let order = self.order_ref(id)?;
+        let status = order.status;
+        if order_transition(status, OrderAction::Modify, order.facts()).is_err() {
+            return Err(transition(format!(
+                "order {id} is {status}: only a reserved or confirmed order can be modified"
+            )));
+        }
+        // Per SKU: the change in units (positive: more units wanted).
+        let mut deltas: Vec<(SkuIdx, i64)> = Vec::new();
+        if let Some(new_lines) = &new_lines {
+            let old = self.per_sku(&order.lines);
+            let new = self.per_sku(new_lines);
+            for &(sku, qty) in &old {
+                let now = new.iter().find(|(s, _)| *s == sku).map_or(0, |&(_, q)| q);
+                if now != qty {
+                    deltas.push((sku, now as i64 - qty as i64));
+                }
+            }
+            for &(sku, qty) in &new {
+                if !old.iter().any(|(s, _)| *s == sku) {
+                    deltas.push((sku, qty as i64));
+                }
+            }
+            // Per SKU, summed: a reason is needed when a SKU loses units.
+            if deltas.iter().any(|&(_, d)| d < 0) && change.reason.is_none() {
+                return Err(invalid(Field::Reason, Violation::Required));
+            }
+            for (i, &(sku, qty)) in new.iter().enumerate() {
+                if qty > QTY_PER_LINE_MAX {
+                    return Err(invalid(
+                        at_line(
+                            i,
+                            LineField::SummedQty {
+                                sku: self.sku_name(sku).to_string(),
+                            },
+                        ),
+                        Violation::OutOfRange {
+                            min: 1,
+                            max: QTY_PER_LINE_MAX,
+                            unit: crate::command::Unit::Count,
+                        },
+                    ));
+                }
+            }
+            if status == OrderStatus::Confirmed {
+                if deltas.iter().any(|&(_, d)| d > 0) {
+                    return Err(transition(format!(
+                        "order {id} is paid: its lines may only go down"
+                    )));
+                }
+                let price_changed = new_lines.iter().any(|line| {
+                    !order
+                        .lines
+                        .iter()
+                        .any(|o| o.sku == line.sku && o.unit_price == line.unit_price)
+                });
+                if price_changed {
+                    return Err(transition(format!(
+                        "order {id} is paid: its prices may not change"
+                    )));
+                }
+            } else {
+                let shortages: Vec<Shortage> = deltas
+                    .iter()
+                    .filter(|&&(_, d)| d > 0)
+                    .filter_map(|&(sku, d)| {
+                        let s = &self.skus[sku.0 as usize];
+                        (d as u64 > s.available()).then(|| Shortage {
+                            sku: s.id.to_string(),
+                            requested: d as u64,
+                            available: s.available(),
+                        })
+                    })
+                    .collect();
+                if !shortages.is_empty() {
+                    return Err(Rejection::InsufficientStock { lines: shortages });
+                }
+            }
+        }
+        self.check_history_room(id)?;
+        let actor = self.intern_actor(&change.actor)?;
+        let order = &self.orders[(id.0 - 1) as usize];
+        let before = order.before(true);
+        let before_lines = event_lines(&order.lines);
+        let total_before = order.total;
+        let reservation = order.reservation;
+        // Stock follows the new lines.
+        let mut restored: Vec<(SkuIdx, u64)> = Vec::new();
+        let mut befores: Vec<(SkuIdx, u64)> = Vec::new();
+        for &(sku, delta) in &deltas {
+            touch(&mut self.touched_skus, sku);
+            let s = &mut self.skus[sku.0 as usize];
+            befores.push((sku, s.available()));
+            let qty = delta.unsigned_abs();
+            if status == OrderStatus::Reserved {
+                if delta > 0 {
+                    s.reserved += qty;
+                    assert!(s.reserved <= s.on_hand, "oversell of {}", s.id);
+                } else {
+                    s.reserved -= qty;
+                    restored.push((sku, qty));
+                }
+            } else {
+                assert!(delta < 0 && s.units_sold >= qty);
+                s.units_sold -= qty;
+                s.on_hand += qty;
+                restored.push((sku, qty));
+            }
+        }
+        if let Some(new_lines) = new_lines {
+            if status == OrderStatus::Reserved {
+                let held = self.per_sku(&new_lines);
+                let r = self
+                    .reservations
+                    .get_mut(&reservation)
+                    .expect("a reserved order holds its reservation");
+                assert_eq!(r.status, ReservationStatus::Held);
+                r.lines = held.iter().map(|&(s, q)| (s, q as u32)).collect();
+            }
+            let total = new_lines
+                .iter()
+                .map(|l| u64::from(l.qty) * l.unit_price)
+                .sum();
+            let order = &mut self.orders[(id.0 - 1) as usize];
+            order.lines = new_lines.into_boxed_slice();
+            order.total = total;
+        }
+        let order = &mut self.orders[(id.0 - 1) as usize];
+        if let Some(address) = &change.shipping_address {
+            order.extra_mut().address = Some(Box::new(address.clone()));
+        }
+        if let Some(note) = &change.note {
+            order.extra_mut().note = note.as_str().into();
+        }
+        let total = order.total;
+        // A paid order that now costs less: the difference is due back.
+        let amounts = order.amounts();
+        let due_added = if status == OrderStatus::Confirmed {
+            total_before
+                .saturating_sub(total)
+                .min(amounts.refundable() - amounts.refund_due)
+        } else {
+            0
+        };
+        self.reverse_money(id, due_added, actor, ctx);
+        let history_note = match (&change.reason, &change.note) {
+            (Some(reason), Some(note)) if !note.is_empty() => format!("modified: {reason}: {note}"),
+            (Some(reason), _) => format!("modified: {reason}"),
+            (None, Some(note)) if !note.is_empty() => format!("modified: {note}"),
+            _ => "modified".to_string(),
+        };
+        self.push_history(id, actor, &history_note, ctx.now_ms, Some(before));
+        let order = self.brief(id);
+        ctx.emit(EventKind::OrderModified {
+            id,
+            order,
+            before: before_lines,
+            reason: change.reason,
+            actor: Arc::clone(&self.actors[actor as usize]),
+            stock_delta: deltas.clone(),
+            total,
+            refund_due_added: due_added,
+        });
+        for (sku, available_before) in befores {
+            self.stock_crossings(sku, available_before, ctx);
+        }
+        self.emit_restored(&restored, ctx);
+        Ok(self.order_reply(id))
+    }
+
+    /// A new order policy. A new SLA applies to every paid order not yet shipped,
+    /// counted from its payment.
+    pub(crate) fn set_order_policy(&mut self, policy: OrderPolicy, ctx: &mut Ctx<'_>) -> Outcome {
+        if policy.ship_sla_ms > SHIP_SLA_MS_MAX {
+            return Err(invalid(
+                Field::ShipSlaMs,
+                Violation::AboveMax {
+                    max: SHIP_SLA_MS_MAX,
+                },
+            ));
+        }
+        if policy.review_amount_min == Some(0) {
+            return Err(invalid(Field::ReviewAmountMin, Violation::Zero));
+        }
+        if policy != self.order_policy || self.rules != RULES_V11 {
+            let sla_changed = policy.ship_sla_ms != self.order_policy.ship_sla_ms;
+            self.order_policy = policy;
+            self.rules = RULES_V11;
+            ctx.changed = true;
+            if sla_changed {
+                self.reschedule_ship_deadlines();
+            }
+        }
+        Ok(Reply::OrderPolicy(policy))
+    }
+
+    /// Whether the state runs `wanted` under the v1.1 rules already.
+    pub fn runs_order_policy(&self, wanted: OrderPolicy) -> bool {
+        self.order_policy == wanted && self.rules == RULES_V11
+    }
+
+    /// The order policy in force.
+    pub fn order_policy(&self) -> OrderPolicy {
+        self.order_policy
+    }
+
+    fn reschedule_ship_deadlines(&mut self) {
+        let sla = self.order_policy.ship_sla_ms;
+        self.ship_deadlines.clear();
+        for order in self.orders.iter_mut() {
+            let waiting = matches!(
+                order.status,
+                OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
+            );
+            let Some(extra) = order.extra.as_deref_mut() else {
+                continue;
+            };
+            if !waiting || extra.delayed_since_ms.is_some() {
+                continue;
+            }
+            extra.ship_due_at_ms = match (sla, extra.paid_at_ms) {
+                (0, _) | (_, None) => None,
+                (sla, Some(paid)) => Some(paid.saturating_add(sla)),
+            };
+            if let Some(due) = extra.ship_due_at_ms {
+                self.ship_deadlines.push(Reverse((due, order.id)));
+            }
+        }
+    }
+
+    /// The ship deadlines in force, rebuilt from the orders (after a snapshot load).
+    pub(crate) fn rebuild_ship_deadlines(&mut self) {
+        self.ship_deadlines = self
+            .orders
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o.status,
+                    OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
+                )
+            })
+            .filter_map(|o| {
+                let extra = o.extra.as_deref()?;
+                if extra.delayed_since_ms.is_some() {
+                    return None;
+                }
+                extra.ship_due_at_ms.map(|due| Reverse((due, o.id)))
+            })
+            .collect();
+    }
+
+    /// Flag the paid orders whose ship SLA ran out by now: `order.delayed`, once.
+    pub(crate) fn flag_delays(&mut self, ctx: &mut Ctx<'_>) {
+        let mut flagged = 0;
+        while let Some(&Reverse((due, id))) = self.ship_deadlines.peek() {
+            if due > ctx.now_ms || flagged >= EXPIRE_BATCH_DELAYS_MAX {
+                break;
+            }
+            self.ship_deadlines.pop();
+            let order = &self.orders[(id.0 - 1) as usize];
+            let live = matches!(
+                order.status,
+                OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
+            ) && order
+                .extra
+                .as_deref()
+                .is_some_and(|e| e.ship_due_at_ms == Some(due) && e.delayed_since_ms.is_none());
+            if !live {
+                continue; // stale: shipped, cancelled, or rescheduled
+            }
+            let before = order.before(false);
+            let paid_at_ms: Millis = order
+                .extra
+                .as_deref()
+                .and_then(|e| e.paid_at_ms)
+                .expect("a paid order");
+            self.orders[(id.0 - 1) as usize]
+                .extra_mut()
+                .delayed_since_ms = Some(due);
+            let system = self.system_actor();
+            self.push_history(
+                id,
+                system,
+                "delayed: not shipped within the SLA",
+                ctx.now_ms,
+                Some(before),
+            );
+            let order = &self.orders[(id.0 - 1) as usize];
+            ctx.emit(EventKind::OrderDelayed {
+                id,
+                order_no: Arc::clone(&order.order_no),
+                customer_id: Arc::clone(&order.customer_id),
+                paid_at_ms,
+                delayed_since_ms: due,
+            });
+            flagged += 1;
+        }
+    }
+}
+
+fn event_lines(lines: &[OrderLine]) -> Vec<EventLine> {
+    lines
+        .iter()
+        .map(|l| EventLine {
+            sku: l.sku,
+            qty: u64::from(l.qty),
+            unit_price: l.unit_price,
+        })
+        .collect()
+}
