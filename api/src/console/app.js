@@ -615,6 +615,7 @@ function renderOrder(o) {
     p.refund_ref ? fact(t('order.refundRef'), p.refund_ref) : null,
     o.tracking_no ? fact(t('order.tracking'), h('span', { id: 'order-tracking', text: o.tracking_no })) : null,
     o.delayed_since ? fact(t('order.delayedSince'), when(o.delayed_since)) : null,
+    o.note ? fact(t('order.note'), h('span', { id: 'order-note', text: o.note })) : null,
   );
 
   const hold = o.hold ? h('section', { class: 'banner hold-banner', id: 'order-hold', 'data-testid': 'order-hold', 'aria-label': t('order.holdSection') },
@@ -1128,7 +1129,9 @@ const statsState = { seq: 0, data: null };
 const STATS_COLS = 7;
 
 function browserTz() {
-  try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC'; } catch { return 'UTC'; }
+  let tz = '';
+  try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch { /* no Intl zone data */ }
+  return tz && tz !== 'Etc/Unknown' ? tz : 'UTC';
 }
 
 function setupStats() {

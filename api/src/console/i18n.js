@@ -221,6 +221,7 @@ const en = {
   'addr.postal_code': 'Postal code',
 
   'cancel.title': 'Cancel order',
+  'cancel.q': '?',
   'cancel.reason': 'Reason',
   'cancel.note': 'Note',
   'cancel.keep': 'Keep the order',
@@ -640,6 +641,7 @@ const zh = {
   'addr.postal_code': '邮编',
 
   'cancel.title': '取消订单',
+  'cancel.q': '？',
   'cancel.reason': '原因',
   'cancel.note': '备注',
   'cancel.keep': '保留订单',
