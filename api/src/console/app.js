@@ -365,7 +365,10 @@ function route({ keepMessages = false } = {}) {
   $(`#view-${view}`).hidden = false;
   $(`#${VIEWS[view]}`).setAttribute('aria-current', 'page');
   const params = new URLSearchParams(query);
-  if (view === 'order') showOrder(decodeURIComponent(parts[1]), { focus: !keepMessages });
+  if (view === 'order') {
+    $('#view-order').dataset.orderId = decodeURIComponent(parts[1]);
+    showOrder(decodeURIComponent(parts[1]), { focus: !keepMessages });
+  }
   else if (view === 'stock') loadStock();
   else if (view === 'ledger') { fillForm($('#ledger-search'), params); loadLedger(params); }
   else if (view === 'stats') showStats(params);
@@ -528,18 +531,22 @@ function matches(o, p) {
 // ------------------------------------------------------------------ one order
 
 let current = null; // the order on screen
+let orderSeq = 0; // only the newest load of an order may render
 
 async function showOrder(id, { focus = true } = {}) {
   const body = $('#order-body');
+  const seq = ++orderSeq;
   if (!current || current.id !== id) {
     $('#order-no').textContent = '';
     body.replaceChildren(h('p', { class: 'muted', text: t('msg.loading') }));
   }
   try {
     const o = await api('GET', `/v1/orders/${encodeURIComponent(id)}`);
+    if (seq !== orderSeq) return;
     renderOrder(o);
     if (focus) $('#order-h').focus();
   } catch (e) {
+    if (seq !== orderSeq) return;
     current = null;
     body.replaceChildren(h('p', { class: 'error-inline', text: t('order.loadFailed', { id, msg: e.message }) }));
     showError(e);
@@ -823,9 +830,11 @@ function modifyDialog(o, fields, path) {
     return row;
   };
   const relabel = () => [...rows.children].forEach((r, i) => r.querySelector('.m-remove').setAttribute('aria-label', t('dlg.removeLineLabel', { n: i + 1 })));
+  const head = h('div', { class: 'm-line m-head', 'aria-hidden': 'true' },
+    h('span', { text: t('stock.sku') }), h('span', { text: t('order.qty') }), h('span', { text: t('order.unitPrice') }), h('span'));
   rows.append(...o.lines.map(lineRow));
   relabel();
-  fields.append(h('p', { class: 'label', text: t('order.lines') }), rows,
+  fields.append(h('p', { class: 'label', text: t('order.lines') }), head, rows,
     h('button', { type: 'button', id: 'm-add', class: 'link', text: t('dlg.addLine'), onclick: () => { rows.append(lineRow({})); relabel(); rows.lastElementChild.querySelector('input').focus(); } }));
   const addr = o.shipping_address || {};
   const fs = h('fieldset', { class: 'addr-edit' }, h('legend', { text: t('order.address') }));
@@ -885,8 +894,7 @@ function setupDialogs() {
       const o = await pendingAction.request();
       actionDlg.close();
       renderOrder(o);
-      notice(pendingAction.action === 'modify' ? t('order.saved', { no: o.order_no })
-        : t(o.payment.status === 'refund_due' ? 'order.nowStatusDue' : 'order.nowStatus', { no: o.order_no, status: code('status', o.status) }));
+      notice(actionNotice(pendingAction.action, o));
       $('#order-h').focus();
     } catch (e) {
       $('#action-error').textContent = e.message;
@@ -901,6 +909,18 @@ function setupDialogs() {
   $('#cancel-abort').addEventListener('click', () => cancelDlg.close());
   $('#cancel-form').addEventListener('submit', submitCancel);
   cancelDlg.addEventListener('close', restoreFocus);
+}
+
+/** What the console says once an action went through. */
+function actionNotice(action, o) {
+  const no = o.order_no;
+  switch (action) {
+    case 'modify': return t('order.saved', { no });
+    case 'hold': return t('order.heldNotice', { no, reason: o.hold ? code('hold', o.hold.reason) : '' });
+    case 'release_hold': return t('order.releasedNotice', { no });
+    case 'refund': return t('order.refundedNotice', { no, refunded: money(o.payment.refunded_amount), due: money(o.payment.refund_due_amount) });
+    default: return t(o.payment.status === 'refund_due' ? 'order.nowStatusDue' : 'order.nowStatus', { no, status: code('status', o.status) });
+  }
 }
 
 function restoreFocus() {
@@ -1531,8 +1551,12 @@ let stockRefresh = null;
 function onLiveEvent(e) {
   if (current && e.order_id === current.id && !$('#view-order').hidden
     && !$('#cancel-dialog').open && !$('#action-dialog').open) {
+    const id = current.id;
     clearTimeout(onLiveEvent.t);
-    onLiveEvent.t = setTimeout(() => showOrder(current.id, { focus: false }), 200);
+    // Only if that order is still the one on screen by then.
+    onLiveEvent.t = setTimeout(() => {
+      if (current && current.id === id && $('#view-order').dataset.orderId === id && !$('#view-order').hidden) showOrder(id, { focus: false });
+    }, 200);
   }
   if (!$('#view-stock').hidden && (e.type.startsWith('stock.') || e.type.startsWith('reservation.') || e.type === 'order.cancelled' || e.type === 'sku.defined')) {
     clearTimeout(stockRefresh);

@@ -152,6 +152,9 @@ const en = {
   'order.nowStatus': 'Order {no} is now {status}.',
   'order.nowStatusDue': 'Order {no} is now {status} (refund due).',
   'order.saved': 'Order {no} saved.',
+  'order.heldNotice': 'Order {no} is on hold ({reason}).',
+  'order.releasedNotice': 'The hold on order {no} is released.',
+  'order.refundedNotice': 'Refund recorded for {no}: {refunded} refunded in all, {due} still due.',
 
   'act.pay': 'Take payment ({amount})',
   'act.pick': 'Start picking',
@@ -572,6 +575,9 @@ const zh = {
   'order.nowStatus': '订单 {no} 现在是“{status}”。',
   'order.nowStatusDue': '订单 {no} 现在是“{status}”（待退款）。',
   'order.saved': '订单 {no} 已保存。',
+  'order.heldNotice': '订单 {no} 已审核拦截（{reason}）。',
+  'order.releasedNotice': '订单 {no} 已解除拦截。',
+  'order.refundedNotice': '订单 {no} 已登记退款：累计已退 {refunded}，仍待退 {due}。',
 
   'act.pay': '收款（{amount}）',
   'act.pick': '开始拣货',
