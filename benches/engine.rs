@@ -7,7 +7,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use surge_engine::{CancelReason, Command, LineReq, OrderId, OrderLineReq, ReservationId, State};
+use surge_engine::limits::SHIP_SLA_MS_DEFAULT;
+use surge_engine::{
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, State,
+};
 
 // The `surge` binary runs on mimalloc; measure the engine with the same allocator.
 #[global_allocator]
@@ -15,9 +18,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SKUS: usize = 10_000;
 
+/// A state under the rules the server runs (v1.1: full event payloads,
+/// `stock.restored`, the ledger, ship deadlines), with 10 000 SKUs.
 fn state_with_skus() -> State {
     let mut state = State::new();
     let mut events = Vec::new();
+    let policy = Command::SetOrderPolicy {
+        ship_sla_ms: SHIP_SLA_MS_DEFAULT,
+        review_amount_min: None,
+    };
+    state
+        .apply(&policy, None, 1, &mut events)
+        .outcome
+        .expect("policy");
     for i in 0..SKUS {
         let cmd = Command::DefineSku {
             sku: format!("SKU-{i:05}"),
@@ -98,17 +111,21 @@ fn order_cycle(c: &mut Criterion) {
                 .map(|i| {
                     let id = OrderId(i + 1);
                     [
-                        Command::CreateOrder {
-                            order_no: format!("N{i}"),
-                            customer_id: "customer-42".to_string(),
-                            lines: vec![OrderLineReq {
-                                sku: format!("SKU-{:05}", i as usize % SKUS),
-                                qty: 1,
-                                unit_price: 1999,
-                            }],
-                            payment_ttl_ms: 900_000,
-                            reservation_id: None,
-                            actor: "bench".to_string(),
+                        Command::PlaceOrder {
+                            order: Box::new(NewOrder {
+                                order_no: format!("N{i}"),
+                                customer_id: "customer-42".to_string(),
+                                lines: vec![OrderLineReq {
+                                    sku: format!("SKU-{:05}", i as usize % SKUS),
+                                    qty: 1,
+                                    unit_price: 1999,
+                                }],
+                                payment_ttl_ms: 900_000,
+                                reservation_id: None,
+                                channel: String::new(),
+                                shipping_address: None,
+                                actor: "bench".to_string(),
+                            }),
                         },
                         Command::PayOrder {
                             id,

@@ -871,7 +871,7 @@ fn corpus(held: &str, released: &str, shipped: &str) -> Vec<Case> {
     }
     for (method, path) in [
         ("DELETE", "/v1/skus/A"),
-        ("PATCH", "/v1/orders/o1"),
+        ("PATCH", "/v1/skus/A"),
         ("GET", "/v1/reservations"),
         ("PUT", "/v1/orders"),
         ("GET", "/v1/batch"),

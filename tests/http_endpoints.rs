@@ -366,7 +366,7 @@ fn order_lifecycle_return_refund_and_cancel() {
     assert_eq!(returned["payment"]["status"], "refund_due");
     assert_eq!(
         returned["returned"],
-        json!({"restock":true,"reason":"damaged","note":"box crushed"})
+        json!({"kind":"customer_return","restock":true,"reason":"damaged","note":"box crushed"})
     );
     assert_eq!(s.admin("GET", "/v1/skus/A", None).json()["on_hand"], 10);
     let r = s.as_(

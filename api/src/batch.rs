@@ -67,6 +67,9 @@ struct CreateOrderOp {
     lines: Vec<crate::dto::OrderLineDto>,
     payment_ttl_ms: Option<u64>,
     reservation_id: Option<String>,
+    #[serde(default)]
+    channel: String,
+    shipping_address: Option<crate::dto::AddressBody>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +136,8 @@ fn op_command(
                 lines: op.lines,
                 payment_ttl_ms: op.payment_ttl_ms,
                 reservation_id: op.reservation_id,
+                channel: op.channel,
+                shipping_address: op.shipping_address,
             };
             create_order_command(st, req, actor)?
         }

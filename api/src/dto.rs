@@ -82,6 +82,10 @@ pub struct CreateOrderReq {
     pub payment_ttl_ms: Option<u64>,
     /// Adopt this held reservation (its lines must match) instead of holding anew.
     pub reservation_id: Option<String>,
+    /// The sales channel: `tmall`, `jd`, `web`... (at most 64 bytes).
+    #[serde(default)]
+    pub channel: String,
+    pub shipping_address: Option<AddressBody>,
 }
 
 /// `POST /v1/orders/{id}/pay`.
@@ -140,6 +144,10 @@ pub struct CancelReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnReq {
+    /// `intercepted` (stopped in transit) or `refused` (refused at the door), from
+    /// `shipped`; `customer_return` (the default), from `delivered` or `completed`.
+    #[serde(default)]
+    pub kind: ReturnKindDto,
     /// Put the units back into `on_hand`.
     pub restock: bool,
     #[serde(default)]
@@ -551,4 +559,133 @@ pub fn reply_json(reply: Reply) -> Box<serde_json::value::RawValue> {
     };
     serde_json::value::RawValue::from_string(text.expect("bodies always serialize"))
         .expect("serde_json writes valid JSON")
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnKindDto {
+    Intercepted,
+    Refused,
+    #[default]
+    CustomerReturn,
+}
+
+impl From<ReturnKindDto> for surge_engine::ReturnKind {
+    fn from(k: ReturnKindDto) -> Self {
+        match k {
+            ReturnKindDto::Intercepted => surge_engine::ReturnKind::Intercepted,
+            ReturnKindDto::Refused => surge_engine::ReturnKind::Refused,
+            ReturnKindDto::CustomerReturn => surge_engine::ReturnKind::CustomerReturn,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReasonDto {
+    Review,
+    AddressCheck,
+    FraudCheck,
+    CustomerRequest,
+    Other,
+}
+
+impl From<HoldReasonDto> for surge_engine::HoldReason {
+    fn from(r: HoldReasonDto) -> Self {
+        match r {
+            HoldReasonDto::Review => surge_engine::HoldReason::Review,
+            HoldReasonDto::AddressCheck => surge_engine::HoldReason::AddressCheck,
+            HoldReasonDto::FraudCheck => surge_engine::HoldReason::FraudCheck,
+            HoldReasonDto::CustomerRequest => surge_engine::HoldReason::CustomerRequest,
+            HoldReasonDto::Other => surge_engine::HoldReason::Other,
+        }
+    }
+}
+
+/// `POST /v1/orders/{id}/hold`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldReq {
+    pub reason: HoldReasonDto,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `POST /v1/orders/{id}/release-hold`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseHoldReq {
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `PATCH /v1/orders/{id}`: any of the fields; absent ones keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyOrderReq {
+    /// The new full set of lines (not empty: cancel the order instead).
+    pub lines: Option<Vec<OrderLineDto>>,
+    pub shipping_address: Option<AddressBody>,
+    pub note: Option<String>,
+    /// Required when a line is removed or reduced (a partial cancel): a cancel
+    /// reason; `storefront` may use only `customer_request` and `payment_failed`.
+    pub reason: Option<CancelReasonDto>,
+}
+
+/// `POST /v1/orders/{id}/refunds`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundsReq {
+    /// Minor units, at most `paid_amount - refunded_amount`.
+    pub amount: u64,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub refund_ref: String,
+}
+
+/// One money movement.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerEntryBody {
+    /// The LSN of the record that made it (0: carried over from before the ledger).
+    pub seq: u64,
+    pub at: String,
+    pub order_id: String,
+    pub order_no: String,
+    /// `charge` (a payment), `refund` (money paid back) or `reversal` (money made
+    /// due back by a cancel, a return or a modification: 撤销核销).
+    pub kind: &'static str,
+    /// Minor units.
+    pub amount: u64,
+    /// The payment or refund reference.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+}
+
+impl From<surge_engine::LedgerEntryView> for LedgerEntryBody {
+    fn from(e: surge_engine::LedgerEntryView) -> Self {
+        let (actor, on_behalf_of) = surge_engine::split_actor(&e.actor);
+        LedgerEntryBody {
+            seq: e.seq,
+            at: format_ms(e.at_ms),
+            order_id: e.order_id.to_string(),
+            order_no: e.order_no.to_string(),
+            kind: e.kind.as_str(),
+            amount: e.amount,
+            reference: e.reference,
+            actor: actor.to_string(),
+            on_behalf_of: on_behalf_of.map(str::to_string),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerPage {
+    /// Oldest first.
+    pub items: Vec<LedgerEntryBody>,
+    /// Pass as `cursor` for the next page; `null` when there is no more.
+    pub next_cursor: Option<String>,
 }

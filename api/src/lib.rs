@@ -14,6 +14,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod order_ops;
 pub mod routes;
 pub mod state;
 pub mod time;
@@ -58,7 +59,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/orders/export.csv", get(routes::export_orders))
         .route("/v1/orders/by-no/{order_no}", get(routes::get_order_by_no))
-        .route("/v1/orders/{id}", get(routes::get_order))
+        .route(
+            "/v1/orders/{id}",
+            get(routes::get_order).patch(order_ops::modify_order),
+        )
+        .route("/v1/orders/{id}/hold", post(order_ops::hold_order))
+        .route(
+            "/v1/orders/{id}/release-hold",
+            post(order_ops::release_hold),
+        )
+        .route("/v1/orders/{id}/refunds", post(order_ops::refund_amount))
+        .route("/v1/ledger", get(order_ops::list_ledger))
+        .route("/v1/ledger/export.csv", get(order_ops::export_ledger))
         .route("/v1/orders/{id}/pay", post(routes::pay_order))
         .route(
             "/v1/orders/{id}/transitions",

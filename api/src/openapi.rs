@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{batch, dto, error, events, ops, routes};
+use crate::{batch, dto, error, events, ops, order_ops, routes};
 
 const DESCRIPTION: &str = "\
 In-memory order and stock-reservation engine for flash sales.
@@ -45,6 +45,15 @@ business conflicts: 409; queue full, request timeout, shutting down: 503 `overlo
 `Retry-After`; storage failure: 503 `storage_unavailable`. Unknown routes: 404 `not_found`; \
 wrong method: 405 `method_not_allowed`. A request that fails changes nothing.
 
+**Surge-Lsn.** Every 2xx answer to a write carries `Surge-Lsn`: the log position of the \
+record that made the change (the seq of its first event). A replayed `Idempotency-Key` \
+answers with the original record's LSN (keys remembered from a data dir older than \
+snapshot format 4 have none). Rejections carry none. In `/v1/batch` each successful \
+result carries `\"lsn\"`.
+
+**Strict queries.** Unknown query parameters are refused like unknown JSON fields: 400 \
+`validation_failed` naming the parameter.
+
 **Units.** Quantities are positive integers; money is integer minor units; times in \
 responses are RFC 3339 UTC with milliseconds; durations in requests are milliseconds.";
 
@@ -58,6 +67,8 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         routes::create_order, routes::pay_order, routes::transition_order, routes::cancel_order,
         routes::return_order, routes::refund_order, routes::get_order, routes::get_order_by_no,
         routes::list_orders, routes::export_orders, routes::stats,
+        order_ops::hold_order, order_ops::release_hold, order_ops::modify_order,
+        order_ops::refund_amount, order_ops::list_ledger, order_ops::export_ledger,
         batch::batch, events::events,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot,
     ),
@@ -66,7 +77,8 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
     tags(
         (name = "skus", description = "SKUs and stock"),
         (name = "reservations", description = "Cart holds"),
-        (name = "orders", description = "Orders, payment, fulfilment, cancellation, returns"),
+        (name = "orders", description = "Orders, payment, fulfilment, cancellation, returns, review holds, modification, refunds"),
+        (name = "ledger", description = "Money movements: charges, refunds, reversals"),
         (name = "batch", description = "Many commands at once"),
         (name = "events", description = "The event feed"),
         (name = "reports", description = "Statistics"),

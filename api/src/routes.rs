@@ -92,11 +92,15 @@ fn parse_reservation_id(id: &str) -> Result<ReservationId, ApiError> {
     id.parse().map_err(|()| ApiError::unknown_reservation(id))
 }
 
-fn parse_order_id(id: &str) -> Result<OrderId, ApiError> {
+pub(crate) fn parse_order_id(id: &str) -> Result<OrderId, ApiError> {
     id.parse().map_err(|()| ApiError::unknown_order(id))
 }
 
-fn parse_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(
+    text: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match text.filter(|t| !t.is_empty()) {
         None => Ok(default),
         Some(t) => t
@@ -344,13 +348,17 @@ pub fn create_order_command(
         None => None,
         Some(id) => Some(parse_reservation_id(&id)?),
     };
-    Ok(Command::CreateOrder {
-        order_no: req.order_no,
-        customer_id: req.customer_id,
-        lines: order_line_reqs(req.lines),
-        payment_ttl_ms: req.payment_ttl_ms.unwrap_or(st.config().payment_ttl_ms),
-        reservation_id,
-        actor,
+    Ok(Command::PlaceOrder {
+        order: Box::new(surge_engine::NewOrder {
+            order_no: req.order_no,
+            customer_id: req.customer_id,
+            lines: order_line_reqs(req.lines),
+            payment_ttl_ms: req.payment_ttl_ms.unwrap_or(st.config().payment_ttl_ms),
+            reservation_id,
+            channel: req.channel,
+            shipping_address: req.shipping_address.map(Into::into),
+            actor,
+        }),
     })
 }
 
@@ -468,8 +476,9 @@ pub async fn return_order(
     Path(id): Path<String>,
     ApiJson(req, body): ApiJson<ReturnReq>,
 ) -> Result<Response, ApiError> {
-    let command = Command::ReturnOrder {
+    let command = Command::ReturnOrderAs {
         id: parse_order_id(&id)?,
+        kind: req.kind.into(),
         restock: req.restock,
         reason: req.reason,
         note: req.note,
@@ -581,11 +590,11 @@ fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>, ApiError>
     }
 }
 
-fn non_empty(v: &Option<String>) -> Option<&str> {
+pub(crate) fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
-fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
     match text {
         None => Ok(None),
         Some(t) if t.bytes().all(|b| b.is_ascii_digit()) => t
@@ -666,7 +675,7 @@ pub async fn list_orders(
 }
 
 /// RFC 4180 quoting: fields with a comma, quote or line break are quoted.
-fn csv_field(out: &mut String, field: &str) {
+pub(crate) fn csv_field(out: &mut String, field: &str) {
     if field.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));

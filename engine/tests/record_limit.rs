@@ -6,8 +6,9 @@ use surge_engine::codec::{LogRecord, encode_record};
 use surge_engine::limits::*;
 use surge_engine::wal::{RECORD_PAYLOAD_MAX_BYTES, WalConfig};
 use surge_engine::{
-    AdjustReason, CancelReason, Command, Field, IdempotencyKey, LineField, LineReq, OrderId,
-    OrderLineReq, OrderStatus, Rejection, ReservationId,
+    Address, AddressField, AdjustReason, CancelReason, Command, Field, HoldReason, IdempotencyKey,
+    LineField, LineReq, NewOrder, OrderChange, OrderId, OrderLineReq, OrderStatus, Rejection,
+    ReservationId, ReturnKind,
 };
 
 fn text(len: usize) -> String {
@@ -16,8 +17,18 @@ fn text(len: usize) -> String {
 
 /// One command of every kind with every string at its limit and every list full.
 fn largest_commands() -> Vec<Command> {
-    let actor = text(ACTOR_LEN_MAX);
+    let actor = text(LOGGED_ACTOR_LEN_MAX);
     let note = text(NOTE_LEN_MAX);
+    let part = || Some(text(ADDRESS_PART_LEN_MAX));
+    let address = Address {
+        name: part(),
+        phone: part(),
+        province: part(),
+        city: part(),
+        district: part(),
+        line1: part(),
+        postal_code: part(),
+    };
     let sku = text(SKU_ID_LEN_MAX);
     let lines = vec![
         LineReq {
@@ -26,7 +37,7 @@ fn largest_commands() -> Vec<Command> {
         };
         LINES_PER_REQUEST_MAX
     ];
-    let order_lines = vec![
+    let order_lines: Vec<OrderLineReq> = vec![
         OrderLineReq {
             sku: sku.clone(),
             qty: u64::MAX,
@@ -65,10 +76,62 @@ fn largest_commands() -> Vec<Command> {
         Command::CreateOrder {
             order_no: text(ORDER_NO_LEN_MAX),
             customer_id: text(CUSTOMER_ID_LEN_MAX),
-            lines: order_lines,
+            lines: order_lines.clone(),
             payment_ttl_ms: u64::MAX,
             reservation_id: Some(ReservationId(u64::MAX)),
             actor: actor.clone(),
+        },
+        Command::PlaceOrder {
+            order: Box::new(NewOrder {
+                order_no: text(ORDER_NO_LEN_MAX),
+                customer_id: text(CUSTOMER_ID_LEN_MAX),
+                lines: order_lines.clone(),
+                payment_ttl_ms: u64::MAX,
+                reservation_id: Some(ReservationId(u64::MAX)),
+                channel: text(CHANNEL_LEN_MAX),
+                shipping_address: Some(address.clone()),
+                actor: actor.clone(),
+            }),
+        },
+        Command::ModifyOrder {
+            change: Box::new(OrderChange {
+                id,
+                lines: Some(order_lines.clone()),
+                shipping_address: Some(address),
+                note: Some(note.clone()),
+                reason: Some(CancelReason::ALL[0]),
+                actor: actor.clone(),
+            }),
+        },
+        Command::HoldOrder {
+            id,
+            reason: HoldReason::ALL[0],
+            note: note.clone(),
+            actor: actor.clone(),
+        },
+        Command::ReleaseHold {
+            id,
+            note: note.clone(),
+            actor: actor.clone(),
+        },
+        Command::RefundAmount {
+            id,
+            amount: u64::MAX,
+            reason: note.clone(),
+            refund_ref: note.clone(),
+            actor: actor.clone(),
+        },
+        Command::ReturnOrderAs {
+            id,
+            kind: ReturnKind::ALL[0],
+            restock: true,
+            reason: note.clone(),
+            note: note.clone(),
+            actor: actor.clone(),
+        },
+        Command::SetOrderPolicy {
+            ship_sla_ms: u64::MAX,
+            review_amount_min: Some(u64::MAX),
         },
         Command::PayOrder {
             id,
@@ -219,9 +282,52 @@ fn one_byte_over_any_limit_is_refused_naming_the_field() {
         (
             Command::CommitReservation {
                 id: ReservationId(1),
-                actor: over(ACTOR_LEN_MAX),
+                actor: over(LOGGED_ACTOR_LEN_MAX),
             },
             Field::Actor,
+        ),
+        (
+            Command::PlaceOrder {
+                order: Box::new(NewOrder {
+                    order_no: "n".into(),
+                    customer_id: "c".into(),
+                    lines: Vec::new(),
+                    payment_ttl_ms: 1_000,
+                    reservation_id: None,
+                    channel: String::new(),
+                    shipping_address: Some(Address {
+                        city: Some(over(ADDRESS_PART_LEN_MAX)),
+                        ..Address::default()
+                    }),
+                    actor: "a".into(),
+                }),
+            },
+            Field::Address(AddressField::City),
+        ),
+        (
+            Command::PlaceOrder {
+                order: Box::new(NewOrder {
+                    order_no: "n".into(),
+                    customer_id: "c".into(),
+                    lines: Vec::new(),
+                    payment_ttl_ms: 1_000,
+                    reservation_id: None,
+                    channel: over(CHANNEL_LEN_MAX),
+                    shipping_address: None,
+                    actor: "a".into(),
+                }),
+            },
+            Field::Channel,
+        ),
+        (
+            Command::RefundAmount {
+                id: OrderId(1),
+                amount: 1,
+                reason: String::new(),
+                refund_ref: over(NOTE_LEN_MAX),
+                actor: "a".into(),
+            },
+            Field::RefundRef,
         ),
         (
             Command::CreateOrder {

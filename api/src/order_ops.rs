@@ -1,0 +1,286 @@
+//! v1.1 order operations: review hold and release, modification (partial cancel),
+//! partial refunds, and the ledger.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
+use surge_engine::{Command, LedgerFilter, LedgerKind, OrderChange, Query, QueryReply};
+use utoipa::IntoParams;
+
+use crate::auth::{Auth, Operator, Reader, Storefront};
+use crate::dto::*;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiQuery, Idem};
+use crate::routes::{
+    Success, check_cancel_reason, csv_field, execute, non_empty, parse_limit, parse_order_id,
+    parse_time, read, respond,
+};
+use crate::state::{AppState, EXPORT_ROWS_MAX};
+use crate::time::format_ms;
+
+#[utoipa::path(post, path = "/v1/orders/{id}/hold", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = HoldReq,
+    responses(
+        (status = 200, description = "The order with its `hold` (holding a held order returns it unchanged); event `order.held`", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: only reserved, confirmed, picking or packed orders can be held", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn hold_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<HoldReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::HoldOrder {
+        id: parse_order_id(&id)?,
+        reason: req.reason.into(),
+        note: req.note,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/release-hold", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = ReleaseHoldReq,
+    responses(
+        (status = 200, description = "`hold` is null; event `order.hold_released`", body = OrderBody),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: the order is not on hold", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn release_hold(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<ReleaseHoldReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::ReleaseHold {
+        id: parse_order_id(&id)?,
+        note: req.note,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(patch, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = ModifyOrderReq,
+    responses(
+        (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`", body = OrderBody),
+        (status = 400, description = "`validation_failed`: empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: storefront with a reason other than customer_request / payment_failed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_order` / `unknown_sku`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_stock`, or `invalid_transition` (not reserved or confirmed; a paid order's lines going up or prices changing)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn modify_order(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Storefront>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<ModifyOrderReq>,
+) -> Result<Response, ApiError> {
+    if let Some(reason) = req.reason {
+        check_cancel_reason(who.role, reason)?;
+    }
+    let command = Command::ModifyOrder {
+        change: Box::new(OrderChange {
+            id: parse_order_id(&id)?,
+            lines: req.lines.map(order_line_reqs),
+            shipping_address: req.shipping_address.map(Into::into),
+            note: req.note,
+            reason: req.reason.map(Into::into),
+            actor: who.actor,
+        }),
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/refunds", tag = "orders",
+    params(("id" = String, Path, description = "Order id (`o<n>`)")),
+    request_body = RefundsReq,
+    responses(
+        (status = 200, description = "The order; the refund first pays what is due, beyond that it is goodwill. Honours `Idempotency-Key`", body = OrderBody),
+        (status = 400, description = "`validation_failed`: amount 0", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`refund_exceeds_paid`: more than paid and not yet refunded", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn refund_amount(
+    State(st): State<AppState>,
+    Auth(who, _): Auth<Operator>,
+    idem: Idem,
+    Path(id): Path<String>,
+    ApiJson(req, body): ApiJson<RefundsReq>,
+) -> Result<Response, ApiError> {
+    let command = Command::RefundAmount {
+        id: parse_order_id(&id)?,
+        amount: req.amount,
+        reason: req.reason,
+        refund_ref: req.refund_ref,
+        actor: who.actor,
+    };
+    Ok(respond(
+        execute(&st, command, idem.key(&body)).await?,
+        Success::Ok,
+    ))
+}
+
+/// Filters of the ledger and its export; empty values count as absent.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerParams {
+    /// At or after: RFC 3339 (or milliseconds since the epoch).
+    pub from: Option<String>,
+    /// Before (exclusive): RFC 3339 (or milliseconds since the epoch).
+    pub to: Option<String>,
+    /// Order id (`o<n>`).
+    pub order_id: Option<String>,
+    /// `charge`, `refund` or `reversal`.
+    pub kind: Option<String>,
+    /// `next_cursor` of the previous page (list only).
+    pub cursor: Option<String>,
+    /// Page size, 1..=1000 (default 50; list only).
+    pub limit: Option<String>,
+}
+
+impl LedgerParams {
+    fn filter(&self) -> Result<LedgerFilter, ApiError> {
+        Ok(LedgerFilter {
+            from_ms: parse_time("from", non_empty(&self.from))?,
+            to_ms: parse_time("to", non_empty(&self.to))?,
+            order_id: match non_empty(&self.order_id) {
+                None => None,
+                Some(id) => Some(
+                    id.parse()
+                        .map_err(|()| ApiError::validation("order_id", "not an order id"))?,
+                ),
+            },
+            kind: match non_empty(&self.kind) {
+                None => None,
+                Some(k) => Some(k.parse::<LedgerKind>().map_err(|()| {
+                    ApiError::validation("kind", "must be charge, refund or reversal")
+                })?),
+            },
+        })
+    }
+
+    fn cursor(&self) -> Result<Option<u64>, ApiError> {
+        match non_empty(&self.cursor) {
+            None => Ok(None),
+            Some(c) => c
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::validation("cursor", "not a cursor of this list")),
+        }
+    }
+}
+
+async fn ledger_page(
+    st: &AppState,
+    filter: LedgerFilter,
+    cursor: Option<u64>,
+    limit: usize,
+) -> Result<surge_engine::Page<surge_engine::LedgerEntryView, u64>, ApiError> {
+    let query = Query::ListLedger {
+        filter,
+        cursor,
+        limit,
+    };
+    let QueryReply::Ledger(page) = read(st, query).await? else {
+        unreachable!("ListLedger answers Ledger")
+    };
+    Ok(page)
+}
+
+#[utoipa::path(get, path = "/v1/ledger", tag = "ledger", params(LedgerParams),
+    responses(
+        (status = 200, description = "Money movements, oldest first", body = LedgerPage),
+        (status = 400, description = "`validation_failed`: a bad filter or an unknown parameter", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_ledger(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    ApiQuery(p): ApiQuery<LedgerParams>,
+) -> Result<Response, ApiError> {
+    let limit = parse_limit(non_empty(&p.limit), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
+    let page = ledger_page(&st, p.filter()?, p.cursor()?, limit).await?;
+    Ok(axum::Json(LedgerPage {
+        items: page.items.into_iter().map(LedgerEntryBody::from).collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
+    .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/ledger/export.csv", tag = "ledger", params(LedgerParams),
+    responses((status = 200, description = "CSV (RFC 4180): `seq,at,order_id,order_no,kind,amount,ref,actor`, oldest first; at most 100,000 rows, `X-Export-Truncated: true` when cut", content_type = "text/csv", body = String)))]
+pub async fn export_ledger(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    ApiQuery(p): ApiQuery<LedgerParams>,
+) -> Result<Response, ApiError> {
+    let filter = p.filter()?;
+    let mut out = String::from("seq,at,order_id,order_no,kind,amount,ref,actor\r\n");
+    let mut cursor = None;
+    let mut rows = 0usize;
+    let mut truncated = false;
+    'pages: loop {
+        let page = ledger_page(&st, filter.clone(), cursor, LIST_LIMIT_MAX).await?;
+        for e in page.items {
+            if rows == EXPORT_ROWS_MAX {
+                truncated = true;
+                break 'pages;
+            }
+            let (actor, _) = surge_engine::split_actor(&e.actor);
+            let fields = [
+                e.seq.to_string(),
+                format_ms(e.at_ms),
+                e.order_id.to_string(),
+                e.order_no.to_string(),
+                e.kind.as_str().to_string(),
+                e.amount.to_string(),
+                e.reference,
+                actor.to_string(),
+            ];
+            for (i, field) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                csv_field(&mut out, field);
+            }
+            out.push_str("\r\n");
+            rows += 1;
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let mut response = out.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"ledger.csv\""),
+    );
+    if truncated {
+        headers.insert("x-export-truncated", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}

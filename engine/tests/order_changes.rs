@@ -1,0 +1,630 @@
+//! v1.1 order operations on the pure state machine: review hold, modification
+//! (partial cancel), partial refunds and the ledger, intercept / refusal returns,
+//! delay alerts, full event payloads and `stock.restored`, and idempotent replays
+//! of answers the order has since moved past.
+//!
+//! Every state here runs the v1.1 rules (its first command is `SetOrderPolicy`), and
+//! every command is checked against a replay of the log and a snapshot round trip.
+
+mod common;
+
+use surge_engine::{
+    Address, CancelReason, Command, Event, EventKind, HoldReason, IdempotencyKey, LedgerFilter,
+    LedgerKind, NewOrder, OrderChange, OrderId, OrderLineReq, OrderStatus, OrderView,
+    PaymentStatus, Query, QueryReply, Reply, ReturnKind, State,
+};
+
+const SLA_MS: u64 = 60_000;
+const PRICE: u64 = 100;
+
+struct World {
+    state: State,
+    now_ms: u64,
+    events: Vec<Event>,
+    log: Vec<(u64, Command, Option<IdempotencyKey>)>,
+}
+
+impl World {
+    fn new(review_amount_min: Option<u64>) -> World {
+        let mut w = World {
+            state: State::new(),
+            now_ms: 1_000,
+            events: Vec::new(),
+            log: Vec::new(),
+        };
+        w.ok(Command::SetOrderPolicy {
+            ship_sla_ms: SLA_MS,
+            review_amount_min,
+        });
+        for sku in ["A", "B"] {
+            w.ok(Command::DefineSku {
+                sku: sku.into(),
+                name: sku.into(),
+                on_hand: 10,
+                low_stock_threshold: 0,
+            });
+        }
+        w
+    }
+
+    fn apply(&mut self, cmd: Command, key: Option<&str>) -> Result<Reply, String> {
+        let key = key.map(|k| IdempotencyKey {
+            key: k.into(),
+            fingerprint: 7,
+        });
+        let applied = self
+            .state
+            .apply(&cmd, key.as_ref(), self.now_ms, &mut self.events);
+        if applied.lsn.is_some() {
+            self.log.push((self.now_ms, cmd, key));
+        }
+        applied
+            .outcome
+            .map_err(|r| common::refusal_kind(&r).to_string())
+    }
+
+    fn run(&mut self, cmd: Command) -> Result<Reply, String> {
+        self.apply(cmd, None)
+    }
+
+    fn ok(&mut self, cmd: Command) -> Reply {
+        let name = cmd.name();
+        self.run(cmd)
+            .unwrap_or_else(|code| panic!("{name} failed: {code}"))
+    }
+
+    fn order(&self, id: OrderId) -> OrderView {
+        match self.state.query(&Query::GetOrder { id }) {
+            Ok(QueryReply::Order(o)) => *o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// (on_hand, reserved, available) of a SKU.
+    fn stock(&self, sku: &str) -> (u64, u64, u64) {
+        match self.state.query(&Query::GetSku { sku: sku.into() }) {
+            Ok(QueryReply::Sku(s)) => (s.on_hand, s.reserved, s.available),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn place(&mut self, no: &str, lines: &[(&str, u64, u64)]) -> OrderId {
+        let reply = self.ok(place(no, lines));
+        let Reply::Order(o) = reply else {
+            panic!("{reply:?}")
+        };
+        o.id
+    }
+
+    fn pay(&mut self, id: OrderId) {
+        let amount = self.order(id).total;
+        self.ok(Command::PayOrder {
+            id,
+            amount,
+            payment_ref: "pay-1".into(),
+            actor: "shop".into(),
+        });
+    }
+
+    fn advance(&mut self, id: OrderId, to: OrderStatus) -> Result<Reply, String> {
+        self.run(Command::AdvanceOrder {
+            id,
+            to,
+            note: String::new(),
+            tracking_no: "T1".into(),
+            actor: "operator:wh".into(),
+        })
+    }
+
+    fn ledger(&self, id: OrderId) -> Vec<(LedgerKind, u64)> {
+        let query = Query::ListLedger {
+            filter: LedgerFilter {
+                order_id: Some(id),
+                ..LedgerFilter::default()
+            },
+            cursor: None,
+            limit: 1000,
+        };
+        match self.state.query(&query) {
+            Ok(QueryReply::Ledger(page)) => page.items.iter().map(|e| (e.kind, e.amount)).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The types of the events since `from`.
+    fn types_since(&self, from: usize) -> Vec<&'static str> {
+        self.events[from..]
+            .iter()
+            .map(|e| e.kind.type_name())
+            .collect()
+    }
+
+    /// Replay the log into a fresh state and round-trip a snapshot: both must land
+    /// on this state exactly.
+    fn check_replay(&self) {
+        let mut replayed = State::new();
+        for (now_ms, cmd, key) in &self.log {
+            let applied = replayed.apply(cmd, key.as_ref(), *now_ms, &mut Vec::new());
+            assert!(applied.lsn.is_some(), "{cmd:?} replayed without a record");
+        }
+        assert_eq!(replayed.digest(), self.state.digest(), "replay");
+        let again = State::decode_snapshot(&self.state.encode_snapshot()).expect("decodes");
+        assert_eq!(again.digest(), self.state.digest(), "snapshot");
+        self.state.check_invariants();
+    }
+}
+
+fn place(no: &str, lines: &[(&str, u64, u64)]) -> Command {
+    Command::PlaceOrder {
+        order: Box::new(NewOrder {
+            order_no: no.into(),
+            customer_id: "c1".into(),
+            lines: order_lines(lines),
+            payment_ttl_ms: 600_000,
+            reservation_id: None,
+            channel: "tmall".into(),
+            shipping_address: Some(Address {
+                name: Some("李雷".into()),
+                city: Some("杭州".into()),
+                ..Address::default()
+            }),
+            actor: "storefront".into(),
+        }),
+    }
+}
+
+fn order_lines(lines: &[(&str, u64, u64)]) -> Vec<OrderLineReq> {
+    lines
+        .iter()
+        .map(|&(sku, qty, unit_price)| OrderLineReq {
+            sku: sku.into(),
+            qty,
+            unit_price,
+        })
+        .collect()
+}
+
+fn modify(id: OrderId, lines: &[(&str, u64, u64)], reason: Option<CancelReason>) -> Command {
+    Command::ModifyOrder {
+        change: Box::new(OrderChange {
+            id,
+            lines: Some(order_lines(lines)),
+            shipping_address: None,
+            note: None,
+            reason,
+            actor: "operator:cs".into(),
+        }),
+    }
+}
+
+fn hold(id: OrderId) -> Command {
+    Command::HoldOrder {
+        id,
+        reason: HoldReason::AddressCheck,
+        note: "call the customer".into(),
+        actor: "operator:cs".into(),
+    }
+}
+
+fn refund(id: OrderId, amount: u64) -> Command {
+    Command::RefundAmount {
+        id,
+        amount,
+        reason: "goodwill".into(),
+        refund_ref: "rf-1".into(),
+        actor: "operator:fin".into(),
+    }
+}
+
+#[test]
+fn a_hold_stops_the_fulfilment_path_until_released_and_cancel_clears_it() {
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 2, PRICE)]);
+    w.pay(id);
+    let before = w.events.len();
+    w.ok(hold(id));
+    assert_eq!(w.types_since(before), ["order.held"]);
+    let o = w.order(id);
+    assert_eq!(
+        o.hold.as_ref().map(|h| h.reason),
+        Some(HoldReason::AddressCheck)
+    );
+    // Holding again: unchanged, nothing logged.
+    let logged = w.log.len();
+    w.ok(hold(id));
+    assert_eq!(w.log.len(), logged);
+    assert_eq!(
+        w.advance(id, OrderStatus::Picking),
+        Err("order_on_hold".into())
+    );
+    // A step that is not next is refused for what it is, not for the hold.
+    assert_eq!(
+        w.advance(id, OrderStatus::Shipped),
+        Err("invalid_transition".into())
+    );
+    w.ok(Command::ReleaseHold {
+        id,
+        note: "address confirmed".into(),
+        actor: "operator:cs".into(),
+    });
+    assert!(w.order(id).hold.is_none());
+    assert_eq!(
+        w.run(Command::ReleaseHold {
+            id,
+            note: String::new(),
+            actor: "operator:cs".into(),
+        }),
+        Err("invalid_transition".into())
+    );
+    w.advance(id, OrderStatus::Picking)
+        .expect("picks once released");
+    w.ok(hold(id));
+    w.ok(Command::CancelOrder {
+        id,
+        reason: CancelReason::FraudSuspected,
+        note: "confirmed fraud".into(),
+        actor: "operator:cs".into(),
+    });
+    let o = w.order(id);
+    assert!(o.hold.is_none(), "cancel clears the hold");
+    assert_eq!(o.payment.status, PaymentStatus::RefundDue);
+    assert_eq!(o.payment.refund_due_amount, 2 * PRICE);
+    // A shipped order cannot be held.
+    let id2 = w.place("N-2", &[("B", 1, PRICE)]);
+    w.pay(id2);
+    for to in [
+        OrderStatus::Picking,
+        OrderStatus::Packed,
+        OrderStatus::Shipped,
+    ] {
+        w.advance(id2, to).expect("step");
+    }
+    assert_eq!(w.run(hold(id2)), Err("invalid_transition".into()));
+    w.check_replay();
+}
+
+#[test]
+fn orders_reaching_the_review_amount_are_created_on_hold() {
+    let mut w = World::new(Some(500));
+    let small = w.place("N-1", &[("A", 1, 499)]);
+    let from = w.events.len();
+    let big = w.place("N-2", &[("A", 1, 500)]);
+    assert!(w.order(small).hold.is_none());
+    let hold = w.order(big).hold.expect("held for review");
+    assert_eq!(hold.reason, HoldReason::Review);
+    assert_eq!(&*hold.actor, "system");
+    assert!(
+        w.types_since(from)
+            .ends_with(&["order.created", "order.held"])
+    );
+    w.check_replay();
+}
+
+#[test]
+fn modifying_a_reserved_order_moves_its_hold_with_the_lines() {
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 2, PRICE), ("B", 1, PRICE)]);
+    assert_eq!(w.stock("A"), (10, 2, 8));
+    // Up on A, B removed (a partial cancel: a reason is required), a new price.
+    assert_eq!(
+        w.run(modify(id, &[("A", 5, 90)], None)),
+        Err("validation_failed".into())
+    );
+    assert_eq!(
+        w.run(modify(id, &[], Some(CancelReason::CustomerRequest))),
+        Err("validation_failed".into())
+    );
+    assert_eq!(
+        w.run(modify(
+            id,
+            &[("A", 11, 90)],
+            Some(CancelReason::CustomerRequest)
+        )),
+        Err("insufficient_stock".into())
+    );
+    let from = w.events.len();
+    w.ok(modify(
+        id,
+        &[("A", 5, 90)],
+        Some(CancelReason::CustomerRequest),
+    ));
+    assert_eq!(w.stock("A"), (10, 5, 5));
+    assert_eq!(w.stock("B"), (10, 0, 10));
+    let o = w.order(id);
+    assert_eq!(o.total, 450);
+    assert_eq!(o.lines.len(), 1);
+    let types = w.types_since(from);
+    assert_eq!(types, ["order.modified", "stock.restored"]);
+    let EventKind::OrderModified {
+        before,
+        stock_delta,
+        reason,
+        ..
+    } = &w.events[from].kind
+    else {
+        panic!("{:?}", w.events[from])
+    };
+    assert_eq!(before.len(), 2);
+    assert_eq!(*reason, Some(CancelReason::CustomerRequest));
+    let deltas: Vec<i64> = stock_delta.iter().map(|(_, d)| *d).collect();
+    assert_eq!(deltas, [3, -1]);
+    let EventKind::StockRestored { qty, available, .. } = &w.events[from + 1].kind else {
+        panic!()
+    };
+    assert_eq!((*qty, *available), (1, 10));
+    // Paying takes the new total; the units the order holds are the new ones.
+    w.pay(id);
+    assert_eq!(w.stock("A"), (5, 0, 5));
+    w.check_replay();
+}
+
+#[test]
+fn a_paid_order_only_goes_down_and_the_difference_is_due_back() {
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 3, PRICE)]);
+    w.pay(id);
+    assert_eq!(w.stock("A"), (7, 0, 7));
+    assert_eq!(
+        w.run(modify(id, &[("A", 4, PRICE)], None)),
+        Err("invalid_transition".into())
+    );
+    assert_eq!(
+        w.run(modify(id, &[("A", 3, PRICE + 1)], None)),
+        Err("invalid_transition".into())
+    );
+    w.ok(modify(
+        id,
+        &[("A", 1, PRICE)],
+        Some(CancelReason::OutOfStock),
+    ));
+    assert_eq!(w.stock("A"), (9, 0, 9), "two units back on hand");
+    let o = w.order(id);
+    assert_eq!(o.payment.paid_amount, 3 * PRICE);
+    assert_eq!(o.payment.refund_due_amount, 2 * PRICE);
+    assert_eq!(o.payment.status, PaymentStatus::RefundDue);
+    assert_eq!(
+        w.ledger(id),
+        [
+            (LedgerKind::Charge, 3 * PRICE),
+            (LedgerKind::Reversal, 2 * PRICE)
+        ]
+    );
+    // Picking: no more modification.
+    w.advance(id, OrderStatus::Picking).expect("pick");
+    assert_eq!(
+        w.run(modify(id, &[("A", 1, PRICE)], None)),
+        Err("invalid_transition".into())
+    );
+    w.check_replay();
+}
+
+#[test]
+fn partial_refunds_pay_what_is_due_first_then_goodwill() {
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 4, PRICE)]);
+    w.pay(id);
+    assert_eq!(w.run(refund(id, 0)), Err("validation_failed".into()));
+    assert_eq!(
+        w.run(refund(id, 4 * PRICE + 1)),
+        Err("refund_exceeds_paid".into())
+    );
+    // Goodwill on a paid order.
+    w.ok(refund(id, 50));
+    let p = w.order(id).payment;
+    assert_eq!((p.refunded_amount, p.refund_due_amount), (50, 0));
+    assert_eq!(p.status, PaymentStatus::PartiallyRefunded);
+    // Cancel: what was paid and not refunded becomes due.
+    w.ok(Command::CancelOrder {
+        id,
+        reason: CancelReason::CustomerRequest,
+        note: String::new(),
+        actor: "storefront".into(),
+    });
+    let p = w.order(id).payment;
+    assert_eq!(p.refund_due_amount, 4 * PRICE - 50);
+    // A refund pays the due part first.
+    w.ok(refund(id, 100));
+    let p = w.order(id).payment;
+    assert_eq!((p.refunded_amount, p.refund_due_amount), (150, 250));
+    // `/refund` pays exactly what is due, then there is nothing left.
+    w.ok(Command::RefundOrder {
+        id,
+        refund_ref: "rf-2".into(),
+        actor: "operator:fin".into(),
+    });
+    let p = w.order(id).payment;
+    assert_eq!((p.refunded_amount, p.refund_due_amount), (400, 0));
+    assert_eq!(p.status, PaymentStatus::Refunded);
+    assert_eq!(w.run(refund(id, 1)), Err("refund_exceeds_paid".into()));
+    assert_eq!(
+        w.ledger(id),
+        [
+            (LedgerKind::Charge, 400),
+            (LedgerKind::Refund, 50),
+            (LedgerKind::Reversal, 350),
+            (LedgerKind::Refund, 100),
+            (LedgerKind::Refund, 250),
+        ]
+    );
+    w.check_replay();
+}
+
+#[test]
+fn a_shipped_order_is_intercepted_or_refused_not_cancelled() {
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 2, PRICE)]);
+    w.pay(id);
+    for to in [
+        OrderStatus::Picking,
+        OrderStatus::Packed,
+        OrderStatus::Shipped,
+    ] {
+        w.advance(id, to).expect("step");
+    }
+    let ret = |kind| Command::ReturnOrderAs {
+        id,
+        kind,
+        restock: true,
+        reason: "parcel stopped".into(),
+        note: String::new(),
+        actor: "operator:wh".into(),
+    };
+    assert_eq!(
+        w.run(ret(ReturnKind::CustomerReturn)),
+        Err("invalid_transition".into())
+    );
+    let from = w.events.len();
+    w.ok(ret(ReturnKind::Intercepted));
+    let o = w.order(id);
+    assert_eq!(o.status, OrderStatus::Returned);
+    assert_eq!(o.return_kind, Some(ReturnKind::Intercepted));
+    assert_eq!(o.payment.refund_due_amount, 2 * PRICE);
+    assert_eq!(w.stock("A"), (10, 0, 10), "restocked");
+    assert_eq!(w.types_since(from), ["stock.restored", "order.returned"]);
+    // Returning again: the same order, nothing more back.
+    let logged = w.log.len();
+    w.ok(ret(ReturnKind::Intercepted));
+    assert_eq!(w.log.len(), logged);
+    assert_eq!(w.stock("A"), (10, 0, 10));
+    w.check_replay();
+}
+
+#[test]
+fn a_paid_order_not_shipped_within_the_sla_is_delayed_exactly_once() {
+    let mut w = World::new(None);
+    let late = w.place("N-1", &[("A", 1, PRICE)]);
+    let shipped = w.place("N-2", &[("B", 1, PRICE)]);
+    w.pay(late);
+    w.pay(shipped);
+    let paid_at = w.now_ms;
+    assert_eq!(
+        w.state.next_deadline_ms().map(|d| d <= paid_at + SLA_MS),
+        Some(true)
+    );
+    for to in [
+        OrderStatus::Picking,
+        OrderStatus::Packed,
+        OrderStatus::Shipped,
+    ] {
+        w.advance(shipped, to).expect("step");
+    }
+    // Just before the SLA: nothing.
+    w.now_ms = paid_at + SLA_MS - 1;
+    let from = w.events.len();
+    w.ok(Command::Expire);
+    assert!(w.types_since(from).is_empty());
+    w.now_ms = paid_at + SLA_MS;
+    w.ok(Command::Expire);
+    assert_eq!(w.types_since(from), ["order.delayed"]);
+    assert_eq!(w.order(late).delayed_since_ms, Some(paid_at + SLA_MS));
+    assert_eq!(w.order(shipped).delayed_since_ms, None);
+    let delayed = Query::ListOrders {
+        filter: surge_engine::OrderFilter {
+            delayed: Some(true),
+            ..Default::default()
+        },
+        cursor: None,
+        limit: 10,
+    };
+    let Ok(QueryReply::Orders(page)) = w.state.query(&delayed) else {
+        panic!()
+    };
+    assert_eq!(page.items.iter().map(|o| o.id).collect::<Vec<_>>(), [late]);
+    // Once only.
+    w.now_ms += SLA_MS;
+    let from = w.events.len();
+    w.ok(Command::Expire);
+    assert!(w.types_since(from).is_empty());
+    // Shipping clears it.
+    for to in [
+        OrderStatus::Picking,
+        OrderStatus::Packed,
+        OrderStatus::Shipped,
+    ] {
+        w.advance(late, to).expect("step");
+    }
+    assert_eq!(w.order(late).delayed_since_ms, None);
+    w.check_replay();
+}
+
+#[test]
+fn a_cancel_carries_the_order_and_gives_each_sku_back_once() {
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 2, PRICE), ("B", 1, PRICE), ("A", 1, PRICE)]);
+    let from = w.events.len();
+    w.ok(Command::CancelOrder {
+        id,
+        reason: CancelReason::CustomerRequest,
+        note: "changed mind".into(),
+        actor: "storefront".into(),
+    });
+    assert_eq!(
+        w.types_since(from),
+        [
+            "reservation.released",
+            "stock.restored",
+            "stock.restored",
+            "order.cancelled"
+        ]
+    );
+    let EventKind::OrderCancelled {
+        order,
+        note,
+        restocked,
+        refund_due_amount,
+        ..
+    } = &w.events.last().expect("events").kind
+    else {
+        panic!()
+    };
+    assert_eq!(&*order.order_no, "N-1");
+    assert_eq!(&*order.channel, "tmall");
+    assert_eq!(order.lines.len(), 3);
+    assert_eq!(&**note, "changed mind");
+    assert_eq!(*refund_due_amount, 0);
+    let restocked: Vec<(&str, u64)> = restocked
+        .iter()
+        .map(|(s, q)| (w.state.sku_name(*s), *q))
+        .collect();
+    assert_eq!(restocked, [("A", 3), ("B", 1)]);
+    assert_eq!(w.stock("A"), (10, 0, 10));
+    w.check_replay();
+}
+
+#[test]
+fn a_replayed_key_answers_as_the_order_was_then() {
+    let mut w = World::new(None);
+    let create = place("N-1", &[("A", 3, PRICE)]);
+    let Ok(Reply::Order(first)) = w.apply(create.clone(), Some("k-create")) else {
+        panic!()
+    };
+    let id = first.id;
+    let pay = Command::PayOrder {
+        id,
+        amount: 3 * PRICE,
+        payment_ref: "p".into(),
+        actor: "shop".into(),
+    };
+    let Ok(Reply::Order(paid)) = w.apply(pay.clone(), Some("k-pay")) else {
+        panic!()
+    };
+    w.ok(hold(id));
+    w.ok(modify(
+        id,
+        &[("A", 1, PRICE)],
+        Some(CancelReason::OutOfStock),
+    ));
+    w.ok(refund(id, 120));
+    w.now_ms += 2 * SLA_MS;
+    w.ok(Command::Expire);
+    // The order moved on in every way since; the keys still answer as it was.
+    let Ok(Reply::Order(again)) = w.apply(create, Some("k-create")) else {
+        panic!()
+    };
+    assert_eq!(again, first);
+    let Ok(Reply::Order(again)) = w.apply(pay, Some("k-pay")) else {
+        panic!()
+    };
+    assert_eq!(again, paid);
+    w.check_replay();
+}
