@@ -783,12 +783,27 @@ fn console_in_a_real_browser() {
         ("12-narrow-orders", "#/orders".to_string()),
         ("13-narrow-order", format!("#/order/{c_id}")),
         ("14-narrow-stock", "#/stock".to_string()),
+        ("15-narrow-ledger", "#/ledger".to_string()),
+        ("16-narrow-order-zh", format!("#/order/{c_id}")),
+        ("17-narrow-ledger-zh", "#/ledger".to_string()),
     ] {
+        if name.ends_with("-zh") {
+            browser.js("localStorage.setItem('surge.lang', 'zh-CN');", json!([]));
+        }
         browser.goto(&server.url(&format!("/{hash}")));
+        if name.ends_with("-zh") {
+            browser.js("location.reload();", json!([]));
+        }
         match name {
             "12-narrow-orders" => browser.wait_exists("#orders-table tr[data-order-no='L-3']"),
             "13-narrow-order" => {
                 browser.wait_text("#order-status", "cancelled");
+            }
+            "16-narrow-order-zh" => {
+                browser.wait_text("#order-status", "已取消");
+            }
+            "15-narrow-ledger" | "17-narrow-ledger-zh" => {
+                browser.wait_exists("#ledger-table tr[data-kind='charge']")
             }
             _ => browser.wait_exists("#stock-table tr[data-sku='EMPTY']"),
         }
@@ -1361,6 +1376,78 @@ fn console_v11_reports_by_channel() {
         "2"
     );
     assert!(browser.exists("#stats-chart rect.stat-bar[data-key='jd']"));
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}
+
+/// The report page's rendering, from an answer shaped as API.md's grouped `/v1/stats`.
+/// The page's `fetch` answers that one request with the canned document, so that the
+/// table and the chart can be checked (and looked at) in both languages whatever the
+/// server at hand serves; `console_v11_reports_by_channel` covers the real server.
+#[test]
+fn console_report_renders_groups() {
+    let server = Server::start();
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    let canned = json!({
+        "from": "2026-11-23T00:00:00Z", "to": "2026-11-30T00:00:00Z", "tz": "Asia/Shanghai",
+        "group_by": "reason",
+        "groups": [
+            {"key": "out_of_stock", "orders": 12, "cancelled": 12, "cancellation_rate": 1.0,
+             "paid_amount": 0, "refunded_amount": 0, "units_sold": 0},
+            {"key": "customer_request", "orders": 4, "cancelled": 4, "cancellation_rate": 1.0,
+             "paid_amount": 39900, "refunded_amount": 39900, "units_sold": 0},
+            {"key": "fraud_suspected", "orders": 1, "cancelled": 1, "cancellation_rate": 1.0,
+             "paid_amount": 0, "refunded_amount": 0, "units_sold": 0},
+        ],
+    });
+    browser.js(
+        "const canned = arguments[0]; const real = window.fetch;
+         window.fetch = (url, opts) => String(url).startsWith('/v1/stats?from=')
+           ? Promise.resolve(new Response(JSON.stringify(canned), {status: 200, headers: {'Content-Type': 'application/json'}}))
+           : real(url, opts);
+         location.hash = '#/stats?from=2026-11-22T16%3A00%3A00.000Z&group_by=reason&tz=Asia%2FShanghai';",
+        json!([canned]),
+    );
+    browser.wait_exists("#stats-table tr[data-key='out_of_stock']");
+    assert_eq!(
+        texts(&browser, "#stats-table tbody th"),
+        json!(["Out of stock", "Customer request", "Fraud suspected"])
+    );
+    assert_eq!(
+        texts(&browser, "#stats-table tr[data-key='customer_request'] td"),
+        json!(["4", "4", "100.0%", "399.00", "399.00", "0"])
+    );
+    // One bar per group, the largest full width, the others in proportion.
+    let widths = browser.js(
+        "return [...document.querySelectorAll('#stats-chart rect.stat-bar')].map(r => Number(r.getAttribute('width')));",
+        json!([]),
+    );
+    let widths: Vec<f64> = serde_json::from_value(widths).unwrap();
+    assert_eq!(widths.len(), 3);
+    assert!(
+        (widths[1] / widths[0] - 4.0 / 12.0).abs() < 1e-6,
+        "{widths:?}"
+    );
+    browser.screenshot("report-01-en");
+    // Charting another metric redraws without asking the server again.
+    browser.click("#st-metric option[value='paid_amount']");
+    browser.wait("the chart of paid amounts", || {
+        let v = browser.js(
+            "const r = document.querySelector(\"#stats-chart rect.stat-bar[data-key='customer_request']\"); return r && r.dataset.value;",
+            json!([]),
+        );
+        (v == "39900").then_some(())
+    });
+    choose_language(&browser, "zh-CN");
+    browser.wait("the report in Chinese", || {
+        (texts(&browser, "#stats-table tbody th") == json!(["缺货", "客户要求", "疑似欺诈"]))
+            .then_some(())
+    });
+    assert_eq!(browser.text("#stats-btn").unwrap(), "生成报表");
+    browser.screenshot("report-02-zh");
     assert_eq!(
         browser.js("return window.surgeI18n.missed();", json!([])),
         json!([])

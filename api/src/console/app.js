@@ -41,13 +41,17 @@ function s(tag, attrs = {}, text) {
 
 const money = (minor) => (Number(minor || 0) / 100).toFixed(2);
 
-function when(iso) {
+/** An instant for people, in the browser's time zone or in `timeZone` (IANA). */
+function when(iso, timeZone) {
   if (!iso) return '';
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
-  return d.toLocaleString(lang(), {
-    year: 'numeric', month: 'short', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
-  });
+  const opts = { year: 'numeric', month: 'short', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' };
+  try {
+    return d.toLocaleString(lang(), timeZone ? { ...opts, timeZone } : opts);
+  } catch {
+    return d.toLocaleString(lang(), opts); // a zone this browser does not know
+  }
 }
 const clock = (iso) => {
   const d = new Date(iso);
@@ -1206,7 +1210,7 @@ async function loadReport(params) {
       h('td', { class: 'num', text: money(g.refunded_amount) }),
       h('td', { class: 'num', text: g.units_sold }))));
     if (!groups.length) tbody.append(h('tr', {}, h('td', { colspan: STATS_COLS, class: 'empty', text: t('stats.none') })));
-    $('#stats-summary').textContent = t('stats.window', { from: when(st.from), to: when(st.to), tz: st.tz, n: groups.length });
+    $('#stats-summary').textContent = t('stats.window', { from: when(st.from, st.tz), to: when(st.to, st.tz), tz: st.tz, n: groups.length });
     drawStats(st, params.get('metric') || 'orders');
   } catch (e) {
     if (seq !== statsState.seq) return;
@@ -1295,6 +1299,7 @@ const live = {
       return;
     }
     this.note = '';
+    renderTicker();
     this.running = true;
     if (!this.after) {
       // Start a little before the head of the feed so the chart and ticker have context.
