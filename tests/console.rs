@@ -1108,6 +1108,10 @@ fn console_v11_order_actions_and_ledger() {
     choose_language(&browser, "zh-CN");
     browser.wait_text("#hold-reason", "地址核实");
     browser.screenshot("v11-02-held-zh");
+    open_action(&browser, "modify");
+    assert_eq!(browser.text("#action-confirm").unwrap(), "保存修改");
+    browser.screenshot("v11-03-modify-zh");
+    browser.click("#action-abort");
     choose_language(&browser, "en");
     browser.wait_text("#hold-reason", "Address check");
     open_action(&browser, "release_hold");
@@ -1192,6 +1196,10 @@ fn console_v11_order_actions_and_ledger() {
     let csv = server.call("GET", &export, None);
     assert_eq!(csv.status, 200, "{}", csv.body);
     assert!(csv.body.contains("H-2"), "{}", csv.body);
+    // The button fetches it with the token and hands it to the browser as a file.
+    browser.click("#orders-export");
+    browser.wait_text("#notice", "orders.csv");
+    assert!(!browser.exists("#error"));
     browser.click("#q-on-hold");
     browser.click("#q-payment option[value='paid']");
     browser.type_into("#q-channel", "tmall");
@@ -1283,6 +1291,8 @@ fn console_v11_order_actions_and_ledger() {
         .unwrap()
         .to_string();
     assert!(url.starts_with("/v1/ledger/export.csv?order_id="), "{url}");
+    browser.click("#ledger-export");
+    browser.wait_text("#notice", "ledger.csv");
     let csv = server.call("GET", &url, None);
     assert_eq!(csv.status, 200, "{}", csv.body);
     assert!(csv.body.contains("RF-1"), "{}", csv.body);

@@ -1410,6 +1410,8 @@ function describe(e) {
     case 'order.refunded': return t('live.refunded', { id: e.order_no || e.order_id, amount: money(e.amount) });
     case 'reservation.held': return `${e.reservation_id}: ${(e.lines || []).map((l) => `${l.qty}×${l.sku}`).join(', ')}`;
     case 'stock.adjusted': return t('live.adjusted', { sku: e.sku, delta: `${e.delta > 0 ? '+' : ''}${e.delta}`, reason: code('stockReason', e.reason), n: e.available });
+    case 'stock.restored': return t('live.restored', { sku: e.sku, qty: e.qty, n: e.available });
+    case 'order.returned': return e.kind ? `${e.order_no || e.order_id}: ${code('kind', e.kind)}` : ref;
     case 'stock.low': return t('live.left', { sku: e.sku, n: e.available, threshold: e.threshold });
     case 'sku.defined': return t('live.onHand', { sku: e.sku, n: e.on_hand });
     default: return ref;

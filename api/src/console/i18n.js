@@ -361,6 +361,7 @@ const en = {
   'live.onHand': '{sku}: {n} on hand',
   'live.left': '{sku}: {n} left (threshold {threshold})',
   'live.adjusted': '{sku} {delta} ({reason}), {n} available',
+  'live.restored': '{sku} +{qty} back, {n} available',
 
   'status.reserved': 'reserved',
   'status.confirmed': 'confirmed',
@@ -428,6 +429,9 @@ const en = {
   'problem.purchase_limit_exceeded': 'Purchase limit exceeded',
   'problem.sale_not_open': 'Sale not open',
   'problem.not_leader': 'Standby server: writes go to the leader',
+  'problem.not_found': 'Not found',
+  'problem.method_not_allowed': 'Method not allowed',
+  'problem.internal': 'Internal server error',
 };
 
 const zh = {
@@ -784,6 +788,7 @@ const zh = {
   'live.onHand': '{sku}：在库 {n}',
   'live.left': '{sku}：剩余 {n}（预警值 {threshold}）',
   'live.adjusted': '{sku} {delta}（{reason}），可用 {n}',
+  'live.restored': '{sku} 回补 {qty}，可用 {n}',
 
   'status.reserved': '待付款',
   'status.confirmed': '已确认',
@@ -851,6 +856,9 @@ const zh = {
   'problem.purchase_limit_exceeded': '超过限购数量',
   'problem.sale_not_open': '不在销售时间内',
   'problem.not_leader': '备用服务器：写操作请发往主服务器',
+  'problem.not_found': '未找到',
+  'problem.method_not_allowed': '不支持此请求方法',
+  'problem.internal': '服务器内部错误',
 };
 
 export const DICTS = { en, 'zh-CN': zh };
