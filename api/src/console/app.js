@@ -480,7 +480,8 @@ async function searchOrders(params, cursor) {
     const orderNo = params.get('order_no');
     let items;
     let next = null;
-    if (orderNo) {
+    if (orderNo && !access.canRead) {
+      // A storefront may not list: it looks one order up by its exact number.
       try {
         items = [await api('GET', `/v1/orders/by-no/${encodeURIComponent(orderNo)}`)];
       } catch (e) {
@@ -507,7 +508,8 @@ async function searchOrders(params, cursor) {
     if (!cursor) tbody.replaceChildren();
     for (const o of items) tbody.append(orderRow(o));
     const shown = tbody.querySelectorAll('tr[data-order-id]').length;
-    if (!shown) tbody.replaceChildren(h('tr', {}, h('td', { colspan: ORDER_COLS, class: 'empty', text: orderNo ? t('orders.noneNumbered', { no: orderNo }) : t('orders.none') })));
+    const none = !orderNo ? t('orders.none') : t(access.canRead ? 'orders.nonePrefix' : 'orders.noneNumbered', { no: orderNo });
+    if (!shown) tbody.replaceChildren(h('tr', {}, h('td', { colspan: ORDER_COLS, class: 'empty', text: none })));
     ordersState.next = next;
     $('#orders-more').hidden = !next;
     summary.textContent = shown ? t(next ? 'orders.shownMore' : 'orders.shown', { n: shown }) : '';
