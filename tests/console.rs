@@ -1017,6 +1017,8 @@ fn console_speaks_chinese_and_english() {
     zh.goto(&server.url("/"));
     zh.wait_text("#nav-orders", "订单");
     assert_eq!(zh.text("#token-save").unwrap(), "使用令牌");
+    zh.wait_text("#token-why", "此服务器需要令牌");
+    zh.screenshot("i18n-08-token-zh");
     sign_in(&zh, &server);
     zh.wait("the list in Chinese", || {
         (texts(&zh, "#orders-table tr[data-order-no='Z-1'] .badge") == json!(["拣货中", "已付款"]))

@@ -109,7 +109,7 @@ class ApiError extends Error {
     const known = p.code && `problem.${p.code}` in DICTS[lang()];
     const detail = p.detail || (known ? '' : p.title) || '';
     let msg;
-    if (known) msg = detail ? `${t(`problem.${p.code}`)}: ${detail}` : t(`problem.${p.code}`);
+    if (known) msg = detail ? t('msg.titleDetail', { title: t(`problem.${p.code}`), detail }) : t(`problem.${p.code}`);
     else msg = detail || t('msg.answered', { status });
     super(msg);
     this.status = status;
@@ -143,7 +143,7 @@ async function api(method, path, body, { quiet401 = false } = {}) {
   }
   if (!res.ok) {
     const err = new ApiError(res.status, data);
-    if (res.status === 401 && !quiet401) needToken(store.token ? t('auth.refused', { msg: err.message }) : t('auth.requires'));
+    if (res.status === 401 && !quiet401) needToken(store.token ? () => t('auth.refused', { msg: err.message }) : () => t('auth.requires'));
     throw err;
   }
   return data;
@@ -229,7 +229,7 @@ async function refreshAccess() {
   accessChecked = true;
   document.body.dataset.role = role || 'none';
   renderRole();
-  if (!role) needToken(store.token ? t('auth.notKnown') : t('auth.requires'));
+  if (!role) needToken(store.token ? () => t('auth.notKnown') : () => t('auth.requires'));
 }
 
 function renderRole() {
@@ -249,11 +249,11 @@ function renderRole() {
   $('#token-toggle').textContent = store.token ? t('auth.changeToken') : t('auth.token');
 }
 
-let tokenWhy = null; // the key and params of the token form's explanation, kept to re-translate
+let tokenWhy = null; // the token form's explanation, a function so that it can be re-translated
 function needToken(why) {
   const form = $('#token-form');
   tokenWhy = why;
-  $('#token-why').textContent = t('auth.whyPaste', { why });
+  $('#token-why').textContent = t('auth.whyPaste', { why: why() });
   if (form.hidden) {
     form.hidden = false;
     $('#token-toggle').setAttribute('aria-expanded', 'true');
@@ -318,7 +318,7 @@ function applyLanguage() {
   fillCodeSelects();
   $('#lang-select').value = lang();
   renderRole();
-  if (tokenWhy !== null) $('#token-why').textContent = t('auth.whyPaste', { why: tokenWhy });
+  if (tokenWhy !== null) $('#token-why').textContent = t('auth.whyPaste', { why: tokenWhy() });
   live.renderState();
   renderTicker();
   drawCancels(lastCancels);
@@ -336,6 +336,8 @@ window.surgeI18n = {
 // ------------------------------------------------------------------ messages
 
 function showError(err) {
+  // A missing or refused token is explained by the token form itself.
+  if (err && err.status === 401 && !$('#token-form').hidden) return;
   const msg = typeof err === 'string' ? err : err.message;
   $('#error-text').textContent = msg;
   $('#error').hidden = false;

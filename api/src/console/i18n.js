@@ -66,6 +66,7 @@ const en = {
   'msg.back': 'Back',
   'msg.by': 'by {actor}, {at}',
   'msg.onBehalfOf': '{actor} for {who}',
+  'msg.titleDetail': '{title}: {detail}',
 
   'orders.title': 'Orders',
   'orders.orderNo': 'Order number',
@@ -494,6 +495,7 @@ const zh = {
   'msg.back': '返回',
   'msg.by': '{actor}，{at}',
   'msg.onBehalfOf': '{actor}（代 {who}）',
+  'msg.titleDetail': '{title}：{detail}',
 
   'orders.title': '订单',
   'orders.orderNo': '订单号',
