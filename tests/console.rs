@@ -1465,3 +1465,120 @@ fn console_report_renders_groups() {
         json!([])
     );
 }
+
+#[test]
+fn console_v11_refusal_and_line_removal() {
+    let server = Server::start();
+    for sku in ["WIDGET", "GADGET"] {
+        server.ok(
+            "PUT",
+            &format!("/v1/skus/{sku}"),
+            Some(json!({"on_hand": 10, "low_stock_threshold": 1, "name": sku})),
+        );
+    }
+    // Two lines; the console removes one (a partial cancel, so with a reason).
+    let two = server.create_order(
+        "M-1",
+        "fay",
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 300}, {"sku": "GADGET", "qty": 4, "unit_price": 200}]),
+    );
+    let two_id = two["id"].as_str().unwrap().to_string();
+    assert_eq!(server.ok("GET", "/v1/skus/GADGET", None)["available"], 6);
+    // Shipped, then refused at the door without restock.
+    let refused = server.create_order(
+        "F-1",
+        "gus",
+        json!([{"sku": "WIDGET", "qty": 2, "unit_price": 450}]),
+    );
+    let refused_id = refused["id"].as_str().unwrap().to_string();
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{refused_id}/pay"),
+        Some(json!({"amount": 900})),
+    );
+    for to in ["picking", "packed"] {
+        server.ok(
+            "POST",
+            &format!("/v1/orders/{refused_id}/transitions"),
+            Some(json!({ "to": to })),
+        );
+    }
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{refused_id}/transitions"),
+        Some(json!({"to": "shipped", "tracking_no": "YT9"})),
+    );
+    let widget_on_hand = server.ok("GET", "/v1/skus/WIDGET", None)["on_hand"].clone();
+
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    choose_language(&browser, "zh-CN");
+    browser.goto(&server.url(&format!("/#/order/{two_id}")));
+    browser.wait_text("#order-status", "待付款");
+    open_action(&browser, "modify");
+    browser.click("#m-lines .m-line:nth-child(2) .m-remove");
+    browser.wait("one line left", || {
+        (browser.js(
+            "return document.querySelectorAll('#m-lines .m-line').length;",
+            json!([]),
+        ) == json!(1))
+        .then_some(())
+    });
+    browser.click("#m-reason option[value='customer_request']");
+    browser.type_into("#f-note", "客户只要一件");
+    confirm_action(&browser);
+    browser.wait("the GADGET line to go", || {
+        (!browser.exists("#order-lines tr[data-sku='GADGET']")).then_some(())
+    });
+    browser.wait_text("#notice", "已保存");
+    let o = server.ok("GET", &format!("/v1/orders/{two_id}"), None);
+    assert_eq!(
+        o["lines"],
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 300}])
+    );
+    assert_eq!(server.ok("GET", "/v1/skus/GADGET", None)["available"], 10);
+    assert!(
+        browser
+            .text("#order-history")
+            .unwrap()
+            .contains("客户只要一件")
+    );
+
+    browser.goto(&server.url(&format!("/#/order/{refused_id}")));
+    browser.wait_text("#order-status", "已发货");
+    open_action(&browser, "return");
+    browser.click("#f-kind option[value='refused']");
+    browser.click("#f-restock option[value='false']");
+    browser.type_into("#f-reason", "拒收");
+    browser.screenshot("v11-09-refused-zh");
+    confirm_action(&browser);
+    browser.wait_text("#order-status", "已退货");
+    assert_eq!(browser.text("#return-kind").unwrap(), "客户拒收");
+    assert_eq!(browser.text("#order-payment").unwrap(), "待退款");
+    let o = server.ok("GET", &format!("/v1/orders/{refused_id}"), None);
+    assert_eq!(o["returned"]["kind"], "refused");
+    assert_eq!(o["returned"]["restock"], false);
+    assert_eq!(
+        server.ok("GET", "/v1/skus/WIDGET", None)["on_hand"],
+        widget_on_hand,
+        "not restocked"
+    );
+    // More than can be refunded is stopped in the dialog, before the server.
+    open_action(&browser, "refund");
+    browser.type_into("#f-refund-amount", "9.01");
+    browser.click("#action-confirm");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#f-refund-amount').validity.rangeOverflow;",
+            json!([])
+        ),
+        json!(true)
+    );
+    assert!(browser.exists("#action-dialog[open]"));
+    browser.screenshot("v11-10-refund-zh");
+    browser.click("#action-abort");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}

@@ -763,7 +763,7 @@ function startAction(action, button) {
       text = o.payment.status === 'unpaid' ? '' : t('dlg.returnPaid');
       // Every kind is offered; the server decides which one the status allows.
       const kinds = h('select', { id: 'f-kind', 'data-testid': 'return-kind' },
-        CODES.kind.map((k) => h('option', { value: k, selected: (o.status === 'shipped') === (k === 'intercepted') || undefined, text: `${code('kind', k)} (${t(`kindHint.${k}`)})` })));
+        CODES.kind.map((k) => h('option', { value: k, selected: (o.status === 'shipped') === (k === 'intercepted') || undefined, text: t('dlg.kindOption', { kind: code('kind', k), hint: t(`kindHint.${k}`) }) })));
       field(fields, 'f-kind', t('dlg.returnKind'), kinds);
       field(fields, 'f-restock', t('dlg.restock'), h('select', { id: 'f-restock' }, h('option', { value: 'true', text: t('dlg.restockYes') }), h('option', { value: 'false', text: t('dlg.restockNo') })));
       field(fields, 'f-reason', t('dlg.reason'), h('input', { id: 'f-reason', maxlength: 256 }));
