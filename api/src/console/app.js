@@ -618,7 +618,7 @@ function renderOrder(o) {
       o.delayed_since ? h('span', { id: 'order-delayed', class: 'badge delayed', 'data-testid': 'delayed-badge', text: t('orders.delayed'), title: t('orders.delayedTitle', { at: when(o.delayed_since) }) }) : null)),
     fact(t('order.payment'), h('span', { id: 'order-payment', 'data-testid': 'order-payment', 'data-payment': p.status, class: `badge p-${p.status}`, text: code('payment', p.status) })),
     fact(t('order.total'), h('span', { id: 'order-total', 'data-testid': 'order-total', text: money(o.total) })),
-    v11money ? fact(t('order.paidAmount'), h('span', { id: 'order-paid-amount', text: money(p.paid_amount) })) : null,
+    v11money && p.paid_amount ? fact(t('order.paidAmount'), h('span', { id: 'order-paid-amount', text: money(p.paid_amount) })) : null,
     v11money && p.refunded_amount ? fact(t('order.refundedAmount'), h('span', { id: 'order-refunded-amount', text: money(p.refunded_amount) })) : null,
     v11money && p.refund_due_amount ? fact(t('order.refundDueAmount'), h('span', { id: 'order-refund-due-amount', text: money(p.refund_due_amount) })) : null,
     fact(t('order.customer'), o.customer_id),
