@@ -394,9 +394,25 @@ impl Browser {
             .to_string()
     }
 
+    /// Click the element `css` finds. The page re-renders on live events, so an
+    /// element found may be replaced before the click lands: find it again then.
     fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+        for _ in 0..5 {
+            let id = self.element(css);
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            let r = http(self.addr, "POST", &path, &[], Some("{}"))
+                .unwrap_or_else(|e| panic!("WebDriver click {css}: {e}"));
+            if r.status == 200 {
+                return;
+            }
+            let error = r.json()["value"]["error"].clone();
+            assert_eq!(
+                error, "stale element reference",
+                "WebDriver click {css}: {} {}",
+                r.status, r.body
+            );
+        }
+        panic!("{css} kept being replaced");
     }
 
     fn type_into(&self, css: &str, text: &str) {

@@ -541,7 +541,7 @@ function matches(o, p) {
 let current = null; // the order on screen
 let orderSeq = 0; // only the newest load of an order may render
 
-async function showOrder(id, { focus = true } = {}) {
+async function showOrder(id, { focus = true, onlyIfChanged = false } = {}) {
   const body = $('#order-body');
   const seq = ++orderSeq;
   if (!current || current.id !== id) {
@@ -551,6 +551,9 @@ async function showOrder(id, { focus = true } = {}) {
   try {
     const o = await api('GET', `/v1/orders/${encodeURIComponent(id)}`);
     if (seq !== orderSeq) return;
+    // A refresh that brings nothing new leaves the page (and the button under the
+    // pointer) alone.
+    if (onlyIfChanged && current && JSON.stringify(current) === JSON.stringify(o)) return;
     renderOrder(o);
     if (focus) $('#order-h').focus();
   } catch (e) {
@@ -1566,7 +1569,7 @@ function onLiveEvent(e) {
     clearTimeout(onLiveEvent.t);
     // Only if that order is still the one on screen by then.
     onLiveEvent.t = setTimeout(() => {
-      if (current && current.id === id && $('#view-order').dataset.orderId === id && !$('#view-order').hidden) showOrder(id, { focus: false });
+      if (current && current.id === id && $('#view-order').dataset.orderId === id && !$('#view-order').hidden) showOrder(id, { focus: false, onlyIfChanged: true });
     }, 200);
   }
   if (!$('#view-stock').hidden && (e.type.startsWith('stock.') || e.type.startsWith('reservation.') || e.type === 'order.cancelled' || e.type === 'sku.defined')) {
