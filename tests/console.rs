@@ -840,9 +840,13 @@ fn console_in_a_real_browser() {
 
 /// Open the console and give it the operator token.
 fn sign_in(browser: &Browser, server: &Server) {
+    sign_in_as(browser, server, OPERATOR_TOKEN);
+}
+
+fn sign_in_as(browser: &Browser, server: &Server, token: &str) {
     browser.goto(&server.url("/"));
     browser.wait_exists("#token-form");
-    browser.type_into("#token-input", OPERATOR_TOKEN);
+    browser.type_into("#token-input", token);
     browser.type_into("#actor-input", "tester");
     browser.click("#token-save");
     browser.wait_exists("#role-name");
@@ -1597,4 +1601,68 @@ fn console_v11_refusal_and_line_removal() {
         browser.js("return window.surgeI18n.missed();", json!([])),
         json!([])
     );
+}
+
+/// The order's buttons are its actions less what the token's role may not do.
+#[test]
+fn console_roles_see_only_their_buttons() {
+    let tokens = format!(
+        "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:console-viewer,storefront:console-shop"
+    );
+    let server = Server::start_with(&[("SURGE_TOKENS", &tokens)]);
+    server.ok(
+        "PUT",
+        "/v1/skus/WIDGET",
+        Some(json!({"on_hand": 5, "low_stock_threshold": 1, "name": "widget"})),
+    );
+    let o = server.create_order(
+        "P-1",
+        "hal",
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 100}]),
+    );
+    let id = o["id"].as_str().unwrap().to_string();
+    let buttons = |browser: &Browser| {
+        browser.js(
+            "return [...document.querySelectorAll('#order-actions button')].map(b => b.dataset.action).sort();",
+            json!([]),
+        )
+    };
+
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, "console-viewer");
+    browser.wait_text("#role-name", "viewer");
+    browser.goto(&server.url(&format!("/#/order/{id}")));
+    browser.wait_text("#order-status", "reserved");
+    assert_eq!(buttons(&browser), json!([]));
+    browser.wait_text(
+        "#order-actions",
+        "Your viewer token may not change this order.",
+    );
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#order-actions", "您的只读令牌不能修改此订单。");
+    drop(browser);
+
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, "console-shop");
+    browser.wait_text("#role-name", "storefront");
+    browser.goto(&server.url(&format!("/#/order/{id}")));
+    browser.wait_text("#order-status", "reserved");
+    assert_eq!(buttons(&browser), json!(["cancel", "modify", "pay"]));
+    browser.click("#action-cancel");
+    browser.wait_exists("#cancel-dialog[open]");
+    assert_eq!(
+        browser.js(
+            "return [...document.querySelectorAll('#cancel-reason-select option')].map(o => o.value);",
+            json!([])
+        ),
+        json!(["", "customer_request", "payment_failed"])
+    );
+    browser.click("#cancel-abort");
+    // No list for a storefront: it looks orders up by number.
+    browser.click("#nav-orders");
+    browser.wait_text("#orders-table", "look one up by its order number");
+    assert!(!browser.exists("#orders-export"));
+    browser.type_into("#q-order-no", "P-1");
+    browser.click("#search-btn");
+    browser.wait_exists("#orders-table tr[data-order-no='P-1']");
 }
