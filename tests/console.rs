@@ -1583,9 +1583,25 @@ fn console_v11_refusal_and_line_removal() {
         widget_on_hand,
         "not restocked"
     );
+    // A refund carries an Idempotency-Key, so confirming it again cannot pay twice.
+    browser.js(
+        "const real = window.fetch; window.refundKeys = [];
+         window.fetch = (url, opts) => {
+           if (String(url).endsWith('/refunds')) window.refundKeys.push(opts.headers['Idempotency-Key']);
+           return real(url, opts);
+         };",
+        json!([]),
+    );
+    open_action(&browser, "refund");
+    browser.type_into("#f-refund-amount", "1");
+    confirm_action(&browser);
+    browser.wait_text("#order-refunded-amount", "1.00");
+    let keys = browser.js("return window.refundKeys;", json!([]));
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(keys[0].as_str().unwrap().len(), 32, "{keys}");
     // More than can be refunded is stopped in the dialog, before the server.
     open_action(&browser, "refund");
-    browser.type_into("#f-refund-amount", "9.01");
+    browser.type_into("#f-refund-amount", "8.01");
     browser.click("#action-confirm");
     assert_eq!(
         browser.js(

@@ -125,12 +125,20 @@ function headers(extra = {}) {
   return hd;
 }
 
-async function api(method, path, body, { quiet401 = false } = {}) {
+/** 128 random bits in hex (crypto.randomUUID needs a secure context; this does not). */
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function api(method, path, body, { quiet401 = false, idempotencyKey = '' } = {}) {
   let res;
+  const extra = body === undefined ? {} : { 'Content-Type': 'application/json' };
+  if (idempotencyKey) extra['Idempotency-Key'] = idempotencyKey;
   try {
     res = await fetch(path, {
       method,
-      headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      headers: headers(extra),
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
@@ -790,6 +798,14 @@ function startAction(action, button) {
         request = () => api('POST', `${path}/refund`, { refund_ref: val('f-refund-ref') });
       } else {
         const max = p.paid_amount - p.refunded_amount;
+        // One Idempotency-Key per dialog and request body: confirming the same refund
+        // again after a lost answer cannot refund twice.
+        const keys = new Map();
+        const refundKey = (body) => {
+          const k = JSON.stringify(body);
+          if (!keys.has(k)) keys.set(k, newIdempotencyKey());
+          return keys.get(k);
+        };
         text = t('dlg.refundText', { paid: money(p.paid_amount), refunded: money(p.refunded_amount), due: money(p.refund_due_amount), max: money(max) });
         field(fields, 'f-refund-amount', t('dlg.refundAmount'), h('input', {
           id: 'f-refund-amount', type: 'number', min: '0.01', step: '0.01', max: money(max), required: true, 'data-testid': 'refund-amount',
@@ -800,7 +816,8 @@ function startAction(action, button) {
         request = () => {
           const amount = Math.round(Number(val('f-refund-amount')) * 100);
           if (!Number.isInteger(amount) || amount <= 0 || amount > max) throw new Error(t('dlg.refundBad', { max: money(max) }));
-          return api('POST', `${path}/refunds`, { amount, reason: val('f-reason'), refund_ref: val('f-refund-ref') });
+          const body = { amount, reason: val('f-reason'), refund_ref: val('f-refund-ref') };
+          return api('POST', `${path}/refunds`, body, { idempotencyKey: refundKey(body) });
         };
       }
       confirm = t('dlg.refundConfirm');
