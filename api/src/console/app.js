@@ -331,6 +331,8 @@ function applyLanguage() {
   renderTicker();
   drawCancels(lastCancels);
   drawRates();
+  // The order on screen is redrawn at once from what is known; the route reloads it.
+  if (current && !$('#view-order').hidden && $('#view-order').dataset.orderId === current.id) renderOrder(current);
   route({ keepMessages: true });
 }
 
@@ -561,7 +563,7 @@ async function showOrder(id, { focus = true, onlyIfChanged = false } = {}) {
     if (seq !== orderSeq) return;
     // A refresh that brings nothing new leaves the page (and the button under the
     // pointer) alone.
-    if (onlyIfChanged && current && JSON.stringify(current) === JSON.stringify(o)) return;
+    if (onlyIfChanged && current && renderedLang === lang() && JSON.stringify(current) === JSON.stringify(o)) return;
     renderOrder(o);
     if (focus) $('#order-h').focus();
   } catch (e) {
@@ -613,8 +615,11 @@ function actorText(x) {
   return x.on_behalf_of ? t('msg.onBehalfOf', { actor: x.actor, who: x.on_behalf_of }) : x.actor;
 }
 
+let renderedLang = ''; // the language the order on screen was drawn in
+
 function renderOrder(o) {
   current = o;
+  renderedLang = lang();
   $('#order-no').textContent = o.order_no;
   const view = $('#view-order');
   view.dataset.orderId = o.id;
