@@ -4,6 +4,11 @@
 //! no early exit) and never logged. Which role may do what is decided by the
 //! [`Access`] marker of each handler's [`Auth`] extractor, before the body is read,
 //! so a caller without the role gets 403 whatever it sent.
+//!
+//! A token may carry a name (`operator tk-7f3a lily` in a tokens file). Its caller is
+//! then `operator:lily`, set by the server: an `X-Actor` header no longer names the
+//! actor but whom it acted for, logged as one string (`operator:lily cs-7`, see
+//! `surge_engine::actor_on_behalf_of`) and shown as `"actor"` and `"on_behalf_of"`.
 
 use std::marker::PhantomData;
 
@@ -46,11 +51,23 @@ impl Role {
 
 /// Longest token accepted in configuration.
 const TOKEN_LEN_MAX: usize = 256;
+/// Longest token name: `role:name` must fit an actor whatever the role.
+pub const TOKEN_NAME_LEN_MAX: usize = 32;
+const _: () = assert!("storefront".len() + 1 + TOKEN_NAME_LEN_MAX <= ACTOR_LEN_MAX);
+
+/// One configured token.
+#[derive(Clone)]
+struct Entry {
+    role: Role,
+    token: Vec<u8>,
+    /// The person or system the token belongs to: the actor is then `role:name`.
+    name: Option<String>,
+}
 
 /// The configured tokens. `Debug` never prints them.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    entries: Vec<(Role, Vec<u8>)>,
+    entries: Vec<Entry>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -69,6 +86,14 @@ impl Tokens {
     }
 
     pub fn add(&mut self, role: Role, token: &str) -> Result<(), String> {
+        self.add_named(role, token, None)
+    }
+
+    /// A token whose caller is `role:name`.
+    pub fn add_named(&mut self, role: Role, token: &str, name: Option<&str>) -> Result<(), String> {
+        if let Some(name) = name {
+            check_token_name(name)?;
+        }
         if token.is_empty() || token.len() > TOKEN_LEN_MAX {
             return Err(format!(
                 "a {} token must be 1..={TOKEN_LEN_MAX} bytes",
@@ -81,11 +106,17 @@ impl Tokens {
                 role.as_str()
             ));
         }
-        self.entries.push((role, token.as_bytes().to_vec()));
+        self.entries.push(Entry {
+            role,
+            token: token.as_bytes().to_vec(),
+            name: name.map(str::to_string),
+        });
         Ok(())
     }
 
-    /// `SURGE_TOKENS`: comma-separated `role:token` pairs.
+    /// `SURGE_TOKENS`: comma-separated `role:token` pairs. The token is everything
+    /// after the first `:` (it may hold more), so this form names no token: named
+    /// tokens live in the tokens file.
     pub fn parse_env(&mut self, text: &str) -> Result<(), String> {
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (role, token) = pair
@@ -98,7 +129,8 @@ impl Tokens {
         Ok(())
     }
 
-    /// A tokens file: one `role token` pair per line, `#` starts a comment.
+    /// A tokens file: one `role token` or `role token name` per line, `#` starts a
+    /// comment.
     pub fn parse_file(&mut self, text: &str) -> Result<(), String> {
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -106,12 +138,17 @@ impl Tokens {
                 continue;
             }
             let mut words = line.split_whitespace();
-            let (Some(role), Some(token), None) = (words.next(), words.next(), words.next()) else {
-                return Err(format!("tokens file line {}: expected `role token`", n + 1));
+            let (Some(role), Some(token), name, None) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                return Err(format!(
+                    "tokens file line {}: expected `role token` or `role token name`",
+                    n + 1
+                ));
             };
             let role = Role::parse(role)
                 .ok_or_else(|| format!("tokens file line {}: unknown role {role:?}", n + 1))?;
-            self.add(role, token)
+            self.add_named(role, token, name)
                 .map_err(|e| format!("tokens file line {}: {e}", n + 1))?;
         }
         Ok(())
@@ -119,14 +156,37 @@ impl Tokens {
 
     /// The role of a presented token. Every entry is compared, whatever matches.
     pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        self.lookup(presented).map(|(role, _)| role)
+    }
+
+    /// The role and name of a presented token. Every entry is compared, whatever
+    /// matches.
+    pub fn lookup(&self, presented: &[u8]) -> Option<(Role, Option<&str>)> {
         let mut found = None;
-        for (role, token) in &self.entries {
-            if bool::from(token.as_slice().ct_eq(presented)) && found.is_none() {
-                found = Some(*role);
+        for entry in &self.entries {
+            if bool::from(entry.token.as_slice().ct_eq(presented)) && found.is_none() {
+                found = Some((entry.role, entry.name.as_deref()));
             }
         }
         found
     }
+}
+
+/// A token name: 1..=32 bytes of printable ASCII without spaces (it becomes the
+/// `name` of `role:name`, and a space separates an actor from whom it acted for).
+fn check_token_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOKEN_NAME_LEN_MAX {
+        return Err(format!(
+            "a token name must be 1..={TOKEN_NAME_LEN_MAX} bytes, not {}",
+            name.len()
+        ));
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "token name {name:?}: must be printable ASCII without spaces"
+        ));
+    }
+    Ok(())
 }
 
 /// How requests are authenticated.
@@ -141,7 +201,9 @@ pub enum AuthMode {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub role: Role,
-    /// The role name, refined by an `X-Actor` header: `operator:alice`.
+    /// The actor as logged. Unnamed token: the role name, refined by an `X-Actor`
+    /// header (`operator:alice`). Named token: `role:name`, followed by a space and
+    /// the `X-Actor` it acted on behalf of, if any (`operator:lily cs-7`).
     pub actor: String,
 }
 
@@ -187,8 +249,8 @@ impl Access for Admin {
 pub struct Auth<A>(pub Principal, pub PhantomData<A>);
 
 pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
-    let role = match state.auth() {
-        AuthMode::Open => Role::Admin,
+    let (role, name) = match state.auth() {
+        AuthMode::Open => (Role::Admin, None),
         AuthMode::Tokens(tokens) => {
             let header = parts
                 .headers
@@ -203,21 +265,26 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiErr
                 })
                 .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
             tokens
-                .role_of(token.as_bytes())
+                .lookup(token.as_bytes())
                 .ok_or_else(|| ApiError::unauthorized("unknown token"))?
         }
     };
-    let actor = match parts.headers.get("x-actor") {
-        None => role.as_str().to_string(),
-        Some(value) => {
-            let name = value
+    let x_actor = match parts.headers.get("x-actor") {
+        None => None,
+        Some(value) => Some(
+            value
                 .to_str()
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
                 .ok_or_else(|| {
                     ApiError::validation("X-Actor", "must be printable ASCII without spaces")
-                })?;
-            let actor = format!("{}:{name}", role.as_str());
+                })?,
+        ),
+    };
+    let actor = match (name, x_actor) {
+        (None, None) => role.as_str().to_string(),
+        (None, Some(x_actor)) => {
+            let actor = format!("{}:{x_actor}", role.as_str());
             if actor.len() > ACTOR_LEN_MAX {
                 return Err(ApiError::validation(
                     "X-Actor",
@@ -225,6 +292,18 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiErr
                 ));
             }
             actor
+        }
+        // A named token: the server sets the actor; X-Actor is whom it acted for.
+        (Some(name), x_actor) => {
+            if let Some(x_actor) = x_actor
+                && x_actor.len() > ACTOR_LEN_MAX
+            {
+                return Err(ApiError::validation(
+                    "X-Actor",
+                    format!("must be at most {ACTOR_LEN_MAX} bytes"),
+                ));
+            }
+            surge_engine::actor_on_behalf_of(&format!("{}:{name}", role.as_str()), x_actor)
         }
     };
     Ok(Principal { role, actor })
@@ -264,5 +343,37 @@ mod tests {
         assert!(Tokens::default().parse_env("root:x").is_err());
         assert!(Tokens::default().parse_file("admin").is_err());
         assert!(format!("{t:?}").find("s3cret").is_none());
+    }
+
+    #[test]
+    fn named_tokens() {
+        let mut t = Tokens::default();
+        t.parse_file("operator tk-7f3a lily\nviewer v-1 # unnamed\n")
+            .unwrap();
+        // The environment form names nothing: a token may hold `:`.
+        t.parse_env("admin:adm-1:root, storefront:sf-1").unwrap();
+        assert_eq!(t.lookup(b"tk-7f3a"), Some((Role::Operator, Some("lily"))));
+        assert_eq!(t.lookup(b"v-1"), Some((Role::Viewer, None)));
+        assert_eq!(t.lookup(b"adm-1:root"), Some((Role::Admin, None)));
+        assert_eq!(t.lookup(b"sf-1"), Some((Role::Storefront, None)));
+        let long = "n".repeat(TOKEN_NAME_LEN_MAX + 1);
+        let e = Tokens::default()
+            .parse_file(&format!("operator tk {long}"))
+            .unwrap_err();
+        assert!(e.contains("line 1") && e.contains("1..=32 bytes"), "{e}");
+        assert!(
+            Tokens::default()
+                .parse_file(&format!("operator tk {}", "n".repeat(TOKEN_NAME_LEN_MAX)))
+                .is_ok()
+        );
+        let e = Tokens::default()
+            .parse_file("operator tk l\u{e9}a")
+            .unwrap_err();
+        assert!(e.contains("printable ASCII"), "{e}");
+        assert!(
+            Tokens::default()
+                .parse_file("operator tk lily extra")
+                .is_err()
+        );
     }
 }

@@ -367,16 +367,22 @@ pub struct HoldBody {
 pub struct HistoryBody {
     pub status: &'static str,
     pub at: String,
+    /// `role` or `role:name` (a named token, or an unnamed token's `X-Actor`).
     pub actor: String,
+    /// A named token's `X-Actor`: whom the actor acted for. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
     pub note: String,
 }
 
 impl From<HistoryView> for HistoryBody {
     fn from(h: HistoryView) -> Self {
+        let (actor, on_behalf_of) = split_actor(&h.actor);
         HistoryBody {
             status: h.status.as_str(),
             at: format_ms(h.at_ms),
-            actor: h.actor.to_string(),
+            actor: actor.to_string(),
+            on_behalf_of: on_behalf_of.map(str::to_string),
             note: h.note.to_string(),
         }
     }
@@ -387,18 +393,29 @@ pub struct CancellationBody {
     pub reason: &'static str,
     pub note: String,
     pub at: String,
+    /// `role` or `role:name`.
     pub actor: String,
+    /// A named token's `X-Actor`: whom the actor acted for. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
 }
 
 impl From<CancellationView> for CancellationBody {
     fn from(c: CancellationView) -> Self {
+        let (actor, on_behalf_of) = split_actor(&c.actor);
         CancellationBody {
             reason: c.reason.as_str(),
             note: c.note.to_string(),
             at: format_ms(c.at_ms),
-            actor: c.actor.to_string(),
+            actor: actor.to_string(),
+            on_behalf_of: on_behalf_of.map(str::to_string),
         }
     }
+}
+
+/// The logged actor split into who acted and whom for (a named token's `X-Actor`).
+fn split_actor(logged: &str) -> (&str, Option<&str>) {
+    surge_engine::split_actor(logged)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

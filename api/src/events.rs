@@ -269,10 +269,14 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             reason,
             actor,
             refund_due,
-        } => json!({
-            "order_id": id.to_string(), "reason": reason.as_str(),
-            "actor": actor.to_string(), "refund_due": refund_due
-        }),
+        } => {
+            let mut m = Map::new();
+            m.insert("order_id".into(), id.to_string().into());
+            m.insert("reason".into(), reason.as_str().into());
+            insert_actor(&mut m, actor);
+            m.insert("refund_due".into(), (*refund_due).into());
+            Value::Object(m)
+        }
         EventKind::OrderExpired { id } => json!({"order_id": id.to_string()}),
         EventKind::OrderReturnedV3 { id, restock } => {
             json!({"order_id": id.to_string(), "restock": restock})

@@ -296,7 +296,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A query string parsed into `T` (unknown parameters are ignored).
+/// A query string parsed into `T`, a struct of named parameters. A parameter the
+/// struct does not declare is refused (400 `validation_failed` naming it), as unknown
+/// JSON fields are: a mistyped filter must never widen a list or an export to
+/// everything. `T` must be a plain struct (no `#[serde(flatten)]`), so that its
+/// parameter names are known: see [`declared_fields`].
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
@@ -304,13 +308,130 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
-        serde_path_to_error::deserialize(de)
-            .map(ApiQuery)
-            .map_err(|e| {
-                let message = e.inner().to_string();
-                ApiError::validation(field_of(e.path(), &message), message)
-            })
+        parse_query(query).map(ApiQuery)
+    }
+}
+
+/// Parse a query string into `T`, refusing parameters `T` does not declare.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let declared = declared_fields::<T>();
+    // A struct with `flatten` reads a map and declares nothing: such a type has no
+    // place here (the unit tests check every parameter struct of the API).
+    debug_assert!(
+        declared.is_some(),
+        "query parameters must be a plain struct"
+    );
+    if let Some(fields) = declared {
+        for (name, _) in form_urlencoded_parse(query) {
+            if !fields.contains(&name.as_ref()) {
+                return Err(unknown_parameter(&name, fields));
+            }
+        }
+    }
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let message = e.inner().to_string();
+        ApiError::validation(field_of(e.path(), &message), message)
+    })
+}
+
+/// Longest parameter name echoed back in a refusal.
+const PARAMETER_ECHO_LEN_MAX: usize = 64;
+
+fn unknown_parameter(name: &str, fields: &[&str]) -> ApiError {
+    let mut shown = name;
+    if shown.len() > PARAMETER_ECHO_LEN_MAX {
+        let mut end = PARAMETER_ECHO_LEN_MAX;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown = &shown[..end];
+    }
+    let field = if shown.is_empty() { "query" } else { shown };
+    let detail = if fields.is_empty() {
+        "unknown query parameter: this endpoint takes none".to_string()
+    } else {
+        format!(
+            "unknown query parameter (expected one of: {})",
+            fields.join(", ")
+        )
+    };
+    ApiError::validation(field, detail)
+}
+
+/// The query string of an endpoint that takes no parameters: any is refused.
+pub struct NoQuery;
+
+/// Declares no parameter.
+#[derive(Debug, serde::Deserialize)]
+struct NoParams {}
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match parts.uri.query() {
+            None => Ok(NoQuery),
+            Some(query) => parse_query::<NoParams>(query).map(|_| NoQuery),
+        }
+    }
+}
+
+/// The field names a struct's `Deserialize` declares. A derived impl asks for a
+/// struct with its field names (after `rename`) before reading anything, so a
+/// deserializer that only records them and stops learns them without input. `None`
+/// for a type that is not read as a struct (a map, or a struct with `flatten`).
+pub fn declared_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    match T::deserialize(FieldProbe) {
+        Err(ProbeEnd(fields)) => fields,
+        Ok(_) => None,
+    }
+}
+
+/// A deserializer that answers nothing: it records the fields of the struct asked for.
+struct FieldProbe;
+
+/// How a [`FieldProbe`] ends: with the declared fields, or without (not a struct).
+#[derive(Debug)]
+struct ProbeEnd(Option<&'static [&'static str]>);
+
+impl std::fmt::Display for ProbeEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("field probe")
+    }
+}
+
+impl std::error::Error for ProbeEnd {}
+
+impl serde::de::Error for ProbeEnd {
+    fn custom<M: std::fmt::Display>(_message: M) -> Self {
+        ProbeEnd(None)
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for FieldProbe {
+    type Error = ProbeEnd;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        _visitor: V,
+    ) -> Result<V::Value, ProbeEnd> {
+        Err(ProbeEnd(None))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, ProbeEnd> {
+        Err(ProbeEnd(Some(fields)))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+        enum identifier ignored_any
     }
 }
 
@@ -370,5 +491,43 @@ impl<S: Send + Sync> FromRequestParts<S> for Idem {
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every parameter struct of the API is a plain struct, so its unknown parameters
+    /// are refused.
+    #[test]
+    fn every_parameter_struct_declares_its_fields() {
+        fn names<T: DeserializeOwned>() -> Vec<&'static str> {
+            declared_fields::<T>().expect("a plain struct").to_vec()
+        }
+        assert_eq!(names::<NoParams>(), Vec::<&str>::new());
+        assert_eq!(names::<crate::routes::SkuListParams>(), ["cursor", "limit"]);
+        assert_eq!(names::<crate::events::EventParams>(), ["after", "limit"]);
+        assert!(names::<crate::routes::OrderListParams>().contains(&"created_from"));
+        assert!(names::<crate::routes::StatsParams>().contains(&"top"));
+        assert_eq!(
+            declared_fields::<std::collections::HashMap<String, String>>(),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_parameters_are_refused_by_name() {
+        let e = parse_query::<crate::routes::SkuListParams>("limit=2&limt=3").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limt"));
+        assert!(e.detail.contains("unknown query parameter"), "{}", e.detail);
+        let e = parse_query::<NoParams>("x=1").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("x"));
+        let long = "é".repeat(100);
+        let e = parse_query::<NoParams>(&format!("{long}=1")).unwrap_err();
+        assert!(e.field.unwrap().len() <= PARAMETER_ECHO_LEN_MAX);
+        assert!(parse_query::<NoParams>("").is_ok());
+        let p = parse_query::<crate::routes::SkuListParams>("limit=2").unwrap();
+        assert_eq!(p.limit.as_deref(), Some("2"));
     }
 }

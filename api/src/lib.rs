@@ -10,6 +10,7 @@ pub mod console;
 pub mod dto;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
@@ -17,6 +18,7 @@ pub mod ops;
 pub mod order_ops;
 pub mod routes;
 pub mod state;
+pub mod stats;
 pub mod time;
 
 use std::time::Duration;
@@ -57,7 +59,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/orders",
             post(routes::create_order).get(routes::list_orders),
         )
-        .route("/v1/orders/export.csv", get(routes::export_orders))
+        .route("/v1/orders/export.csv", get(export::export_csv))
+        .route("/v1/orders/export.xlsx", get(export::export_xlsx))
         .route("/v1/orders/by-no/{order_no}", get(routes::get_order_by_no))
         .route(
             "/v1/orders/{id}",

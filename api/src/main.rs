@@ -98,8 +98,10 @@ struct ServeArgs {
     /// command lines are visible to other users).
     #[arg(long, env = "SURGE_TOKENS", hide_env_values = true)]
     tokens: Option<String>,
-    /// File of `role token` lines (`#` starts a comment). Roles: storefront, operator,
-    /// admin, viewer.
+    /// File of `role token` or `role token name` lines (`#` starts a comment). Roles:
+    /// storefront, operator, admin, viewer. A named token acts as `role:name` and its
+    /// `X-Actor` is kept as whom it acted for; a name is 1..=32 bytes of printable
+    /// ASCII without spaces.
     #[arg(long, env = "SURGE_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
     /// Engine queue capacity; a full queue answers 503 `overloaded` at once.

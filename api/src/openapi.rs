@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{batch, dto, error, events, ops, order_ops, routes};
+use crate::{batch, dto, error, events, export, ops, order_ops, routes};
 
 const DESCRIPTION: &str = "\
 In-memory order and stock-reservation engine for flash sales.
@@ -24,7 +24,12 @@ without tokens (loopback only) treats every request as `admin`.
 
 **Actors.** Order history records who did what: the caller's role name, refined by an optional \
 `X-Actor` header (printable ASCII, no spaces): `X-Actor: alice` as operator records \
-`operator:alice`. At most 64 bytes in all, else 400.
+`operator:alice`. At most 64 bytes in all, else 400. A token may be named in the tokens file \
+(`operator tk-7f3a lily`): its actor is then `operator:lily`, set by the server, and an \
+`X-Actor` header is kept as whom it acted for: wherever an actor is shown (history, \
+cancellation, hold, ledger, events) `\"actor\": \"operator:lily\"` comes with \
+`\"on_behalf_of\": \"cs-7\"`; `on_behalf_of` is absent when nobody was acted for. Token names are \
+1..=32 bytes of printable ASCII without spaces (else the server does not start).
 
 **Idempotency.** Every creating `POST` (reservations, commit, release, orders, pay, \
 transitions, cancel, return, refund, adjustments) accepts `Idempotency-Key` (printable \
@@ -39,7 +44,8 @@ of the number of keys.
 
 **Errors.** RFC 9457 `application/problem+json` with a stable `code`; `field` names the \
 offending field for `validation_failed`. Malformed JSON, unknown fields, wrong types and \
-out-of-range values: 400; body not JSON: 415; body over the limit (1 MiB by default): 413; \
+out-of-range values: 400; a query parameter the endpoint does not take: 400 naming it (`field` \
+is the parameter), so that a mistyped filter never widens a list; body not JSON: 415; body over the limit (1 MiB by default): 413; \
 unknown SKU / order / reservation: 404 (ids that do not parse are unknown ids: 404); \
 business conflicts: 409; queue full, request timeout, shutting down: 503 `overloaded` with \
 `Retry-After`; storage failure: 503 `storage_unavailable`. Unknown routes: 404 `not_found`; \
@@ -67,7 +73,7 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         routes::get_reservation,
         routes::create_order, routes::pay_order, routes::transition_order, routes::cancel_order,
         routes::return_order, routes::refund_order, routes::get_order, routes::get_order_by_no,
-        routes::list_orders, routes::export_orders, routes::stats,
+        routes::list_orders, export::export_csv, export::export_xlsx, routes::stats,
         order_ops::hold_order, order_ops::release_hold, order_ops::modify_order,
         order_ops::refund_amount, order_ops::list_ledger, order_ops::export_ledger,
         batch::batch, events::events,

@@ -14,9 +14,9 @@ use utoipa::IntoParams;
 use crate::auth::{Admin, AnyRole, Auth, Operator, Reader, Role, Storefront};
 use crate::dto::*;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiQuery, Idem};
-use crate::state::{AppState, EXPORT_ROWS_MAX};
-use crate::time::{format_ms, parse_rfc3339};
+use crate::extract::{ApiJson, ApiQuery, Idem, NoQuery};
+use crate::state::AppState;
+use crate::time::parse_rfc3339;
 
 /// Submit a command and wait for its outcome.
 pub async fn execute(
@@ -146,6 +146,7 @@ pub async fn define_sku(
 pub async fn get_sku(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
@@ -309,6 +310,7 @@ pub async fn release_reservation(
 pub async fn get_reservation(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_reservation_id(&id)?;
@@ -525,6 +527,7 @@ pub async fn refund_order(
 pub async fn get_order(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
@@ -543,6 +546,7 @@ pub async fn get_order(
 pub async fn get_order_by_no(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
+    _query: NoQuery,
     Path(order_no): Path<String>,
 ) -> Result<Response, ApiError> {
     let QueryReply::Order(v) = read(&st, Query::GetOrderByNo { order_no }).await? else {
@@ -608,7 +612,7 @@ pub(crate) fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>,
 }
 
 impl OrderListParams {
-    fn filter(&self) -> Result<OrderFilter, ApiError> {
+    pub(crate) fn filter(&self) -> Result<OrderFilter, ApiError> {
         let status = match non_empty(&self.status) {
             None => None,
             Some(s) => Some(s.parse::<OrderStatus>().map_err(|()| {
@@ -674,101 +678,25 @@ pub async fn list_orders(
     .into_response())
 }
 
-/// RFC 4180 quoting: fields with a comma, quote or line break are quoted.
-pub(crate) fn csv_field(out: &mut String, field: &str) {
-    if field.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&field.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(field);
-    }
-}
-
-const CSV_HEADER: &str = "order_id,order_no,customer_id,status,payment_status,total,created_at,updated_at,cancel_reason,sku,qty,unit_price,line_total\r\n";
-
-#[utoipa::path(get, path = "/v1/orders/export.csv", tag = "orders",
-    params(OrderListParams),
-    responses((status = 200, description = "CSV (RFC 4180), a header row then one row per order line, newest order first; at most 100,000 rows, `X-Export-Truncated: true` when cut", content_type = "text/csv", body = String)))]
-pub async fn export_orders(
-    State(st): State<AppState>,
-    _auth: Auth<Reader>,
-    ApiQuery(p): ApiQuery<OrderListParams>,
-) -> Result<Response, ApiError> {
-    let filter = p.filter()?;
-    let mut out = String::from(CSV_HEADER);
-    let mut rows = 0usize;
-    let mut cursor = None;
-    let mut truncated = false;
-    'pages: loop {
-        let query = Query::ListOrders {
-            filter: filter.clone(),
-            cursor,
-            limit: LIST_LIMIT_MAX,
-        };
-        let QueryReply::Orders(page) = read(&st, query).await? else {
-            unreachable!("ListOrders answers Orders")
-        };
-        for o in page.items {
-            if rows + o.lines.len() > EXPORT_ROWS_MAX {
-                truncated = true;
-                break 'pages;
-            }
-            let cancel_reason = o.cancellation.as_ref().map_or("", |c| c.reason.as_str());
-            for line in &o.lines {
-                let fields = [
-                    o.id.to_string(),
-                    o.order_no.to_string(),
-                    o.customer_id.to_string(),
-                    o.status.as_str().to_string(),
-                    o.payment.status.as_str().to_string(),
-                    o.total.to_string(),
-                    format_ms(o.created_at_ms),
-                    format_ms(o.updated_at_ms),
-                    cancel_reason.to_string(),
-                    line.sku.to_string(),
-                    line.qty.to_string(),
-                    line.unit_price.to_string(),
-                    (line.qty * line.unit_price).to_string(),
-                ];
-                for (i, f) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    csv_field(&mut out, f);
-                }
-                out.push_str("\r\n");
-                rows += 1;
-            }
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let mut response = out.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"orders.csv\""),
-    );
-    if truncated {
-        headers.insert("x-export-truncated", HeaderValue::from_static("true"));
-    }
-    Ok(response)
-}
+/// The CSV quoting, shared with the ledger export (`order_ops`).
+pub(crate) use crate::export::csv_field;
 
 // ---------------------------------------------------------------- stats
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
-    /// SKUs in `top_skus`, 1..=100 (default 10).
+    /// SKUs in `top_skus`, 1..=100 (default 10). Totals only: refused with a report.
     pub top: Option<String>,
+    /// Report: the window's start, an RFC 3339 instant (inclusive). With any of
+    /// `from`, `to`, `group_by`, `tz`, the answer is a report (`StatsReportBody`).
+    pub from: Option<String>,
+    /// Report: the window's end, an RFC 3339 instant (exclusive; default now).
+    pub to: Option<String>,
+    /// Report: `hour`, `day`, `sku`, `customer`, `reason` or `channel` (required).
+    pub group_by: Option<String>,
+    /// Report: the IANA zone of `hour` and `day` keys (default `UTC`).
+    pub tz: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -807,12 +735,28 @@ pub struct StatsBody {
 }
 
 #[utoipa::path(get, path = "/v1/stats", tag = "reports", params(StatsParams),
-    responses((status = 200, description = "Orders by status, cancellations by reason, cancellation rate, paid amount, units sold and held per SKU (top N), current throughput", body = StatsBody)))]
+    responses((status = 200, description = "Without `from`/`to`/`group_by`/`tz`: the totals (`StatsBody`): orders by status, cancellations by reason, cancellation rate, paid amount, units sold and held per SKU (top N), current throughput. With them: a report over orders created in `[from, to)` (`StatsReportBody`), grouped by local hour or day, SKU, customer, cancel reason or channel; a report reads at most 200,000 orders (`STATS_REPORT_ORDERS_MAX`) and refuses a larger window (400 naming `from`). Unknown `tz`: 400 naming `tz`. Definitions: `orders` = orders created in the window in the group; `cancelled` = those now `cancelled` (not `expired`); `cancellation_rate` = cancelled / orders (by `reason`: over all orders of the window); `paid_amount`, `refunded_amount` = sums of the orders' payment amounts; `units_sold` = units of orders whose stock is committed and has not come back (`confirmed` through `completed`; not `returned`). By `sku` an order counts in each of its SKUs' groups, with its amounts split across its lines by line value. `reason` counts cancelled orders only.", body = crate::stats::StatsAnswer)))]
 pub async fn stats(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
     ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Response, ApiError> {
+    let report = crate::stats::ReportParams {
+        from: non_empty(&p.from),
+        to: non_empty(&p.to),
+        group_by: non_empty(&p.group_by),
+        tz: non_empty(&p.tz),
+    };
+    if report.any() {
+        if p.top.is_some() {
+            return Err(ApiError::validation(
+                "top",
+                "applies to the totals, not to a report (from/to/group_by/tz)",
+            ));
+        }
+        let spec = report.check(crate::time::now_ms())?;
+        return Ok(axum::Json(crate::stats::report(&st, spec).await?).into_response());
+    }
     let top = match non_empty(&p.top) {
         None => 10,
         Some(t) => t

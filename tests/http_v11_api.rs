@@ -1,0 +1,774 @@
+//! v1.1 API additions over HTTP, against the real binary: strict query strings,
+//! named tokens, the CSV byte-order mark, the Excel export and stats over time windows.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::{ADMIN, IO_TIMEOUT, STOREFRONT, Server, TempDir, VIEWER};
+
+/// A GET whose body is kept as bytes (the common client reads text).
+fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header end");
+    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        let data = &rest[eol + 2..];
+        out.extend_from_slice(&data[..size]);
+        rest = &data[size + 2..];
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Create an order as storefront, returning its JSON.
+fn create_order(s: &Server, order_no: &str, customer: &str, lines: &str) -> serde_json::Value {
+    create_order_with(s, order_no, customer, lines, "")
+}
+
+/// Create an order with more fields (`extra` starts with a comma).
+fn create_order_with(
+    s: &Server,
+    order_no: &str,
+    customer: &str,
+    lines: &str,
+    extra: &str,
+) -> serde_json::Value {
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/orders",
+        Some(&format!(
+            r#"{{"order_no":"{order_no}","customer_id":"{customer}","lines":{lines}{extra}}}"#
+        )),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+// ---------------------------------------------------------------- strict queries
+
+#[test]
+fn unknown_query_parameters_are_refused_by_name() {
+    let dir = TempDir::new("v11-query");
+    let s = Server::start(&dir.data(), "v11-query");
+    s.define("A", 10);
+    let order = create_order(&s, "Q-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
+    let id = order["id"].as_str().unwrap();
+    let reservation = s.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/reservations",
+        Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
+    );
+    assert_eq!(reservation.status, 201, "{}", reservation.body);
+    let rid = reservation.json()["id"].as_str().unwrap().to_string();
+
+    // (path, the unknown parameter): a typo of a real filter, a stranger, and a
+    // parameter of a sibling endpoint (paging on the export, `top` elsewhere).
+    let cases = [
+        ("/v1/orders?stauts=cancelled".to_string(), "stauts"),
+        ("/v1/orders?status=reserved&foo=1".to_string(), "foo"),
+        ("/v1/orders/export.csv?customer=c1".to_string(), "customer"),
+        ("/v1/orders/export.csv?limit=10".to_string(), "limit"),
+        ("/v1/orders/export.csv?cursor=o1".to_string(), "cursor"),
+        ("/v1/stats?tops=3".to_string(), "tops"),
+        ("/v1/stats?group=day".to_string(), "group"),
+        ("/v1/skus?limt=2".to_string(), "limt"),
+        ("/v1/events?afterr=3".to_string(), "afterr"),
+        ("/v1/events?after=0&limit=10&x=1".to_string(), "x"),
+        ("/v1/skus/A?verbose=true".to_string(), "verbose"),
+        (format!("/v1/orders/{id}?expand=history"), "expand"),
+        ("/v1/orders/by-no/Q-1?x=1".to_string(), "x"),
+        (format!("/v1/reservations/{rid}?y=2"), "y"),
+    ];
+    for (path, parameter) in &cases {
+        let r = s.as_(ADMIN, "GET", path, None);
+        r.assert_problem(400, "validation_failed");
+        let problem = r.json();
+        assert_eq!(problem["field"], *parameter, "{path}: {}", r.body);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with(&format!("{parameter}: unknown query parameter")),
+            "{path}: {detail}"
+        );
+    }
+    // The export.xlsx, when it exists, is held to the same rule (checked in its test).
+
+    // Known parameters still work, and so do parameters spelled right but empty.
+    for path in [
+        "/v1/orders?status=reserved&limit=5".to_string(),
+        "/v1/orders?status=&customer_id=".to_string(),
+        "/v1/orders/export.csv?customer_id=c1&bom=false".to_string(),
+        "/v1/stats?top=3".to_string(),
+        "/v1/skus?limit=2".to_string(),
+        "/v1/events?after=0&limit=10".to_string(),
+        "/v1/skus/A".to_string(),
+        format!("/v1/orders/{id}"),
+    ] {
+        let r = s.as_(ADMIN, "GET", &path, None);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    // A refused request is refused before any work: a viewer gets the same 400.
+    let r = s.as_(VIEWER, "GET", "/v1/orders?sttus=x", None);
+    r.assert_problem(400, "validation_failed");
+}
+
+// ---------------------------------------------------------------- CSV byte-order mark
+
+#[test]
+fn csv_export_starts_with_a_bom_only_when_asked() {
+    let dir = TempDir::new("v11-bom");
+    let s = Server::start(&dir.data(), "v11-bom");
+    s.define("TEA", 10);
+    create_order(
+        &s,
+        "BOM-1",
+        "张三",
+        r#"[{"sku":"TEA","qty":2,"unit_price":350}]"#,
+    );
+
+    let (status, headers, body) = get_bytes(s.addr, "/v1/orders/export.csv?bom=true", ADMIN);
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/csv; charset=utf-8")
+    );
+    assert_eq!(&body[..3], [0xEF, 0xBB, 0xBF], "{body:?}");
+    let text = std::str::from_utf8(&body[3..]).unwrap();
+    assert!(text.starts_with("order_id,order_no,customer_id,"), "{text}");
+    assert!(text.contains(",张三,"), "{text}");
+
+    for path in ["/v1/orders/export.csv", "/v1/orders/export.csv?bom=false"] {
+        let (status, _, body) = get_bytes(s.addr, path, ADMIN);
+        assert_eq!(status, 200);
+        assert!(body.starts_with(b"order_id,"), "{path}: {body:?}");
+    }
+    let r = s.as_(ADMIN, "GET", "/v1/orders/export.csv?bom=yes", None);
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "bom");
+}
+
+// ---------------------------------------------------------------- named tokens
+
+#[test]
+fn a_named_token_sets_the_actor_and_keeps_x_actor_as_on_behalf_of() {
+    let dir = TempDir::new("v11-named");
+    let tokens_file = dir.0.join("tokens");
+    std::fs::write(
+        &tokens_file,
+        "# named tokens\noperator tk-lily lily\nstorefront tk-shop checkout-1\n",
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &dir.data(),
+        "v11-named",
+        &[("SURGE_TOKENS_FILE", tokens_file.to_str().unwrap())],
+    );
+    s.define("A", 10);
+    let lily = "Bearer tk-lily";
+    let call = |token: &str, path: &str, body: &str, x_actor: Option<&str>| {
+        let mut headers = vec![("Authorization", token)];
+        if let Some(x) = x_actor {
+            headers.push(("X-Actor", x));
+        }
+        s.call("POST", path, &headers, Some(body))
+    };
+
+    // Named storefront token without X-Actor: the actor is role:name.
+    let r = call(
+        "Bearer tk-shop",
+        "/v1/orders",
+        r#"{"order_no":"N-1","customer_id":"c1","lines":[{"sku":"A","qty":1,"unit_price":100}]}"#,
+        None,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Named operator token with X-Actor: the actor stays operator:lily; cs-7 is
+    // whom she acted for.
+    let r = call(
+        lily,
+        &format!("/v1/orders/{id}/pay"),
+        r#"{"amount":100,"payment_ref":"p-1"}"#,
+        Some("cs-7"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(
+        lily,
+        &format!("/v1/orders/{id}/cancel"),
+        r#"{"reason":"out_of_stock","note":"gone"}"#,
+        Some("cs-9"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let order = r.json();
+    let history = order["history"].as_array().unwrap();
+    let actors: Vec<(&str, Option<&str>)> = history
+        .iter()
+        .map(|h| (h["actor"].as_str().unwrap(), h["on_behalf_of"].as_str()))
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("storefront:checkout-1", None),
+            ("operator:lily", Some("cs-7")),
+            ("operator:lily", Some("cs-9")),
+        ],
+        "{order}"
+    );
+    // Absent, not null, when nobody was acted for.
+    assert!(history[0].get("on_behalf_of").is_none(), "{order}");
+    assert_eq!(order["cancellation"]["actor"], "operator:lily");
+    assert_eq!(order["cancellation"]["on_behalf_of"], "cs-9");
+    // The same through a read, and in the event feed.
+    let read = s.admin("GET", &format!("/v1/orders/{id}"), None).json();
+    assert_eq!(read["history"], order["history"]);
+    let events = s.all_events();
+    let cancelled = events
+        .iter()
+        .find(|e| e["type"] == "order.cancelled")
+        .expect("order.cancelled");
+    assert_eq!(cancelled["actor"], "operator:lily", "{cancelled}");
+    assert_eq!(cancelled["on_behalf_of"], "cs-9", "{cancelled}");
+
+    // Unnamed tokens behave as before: X-Actor refines the actor.
+    let r = call(
+        common::STOREFRONT,
+        "/v1/orders",
+        r#"{"order_no":"N-2","customer_id":"c2","lines":[{"sku":"A","qty":1,"unit_price":100}]}"#,
+        Some("alice"),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let h = &r.json()["history"][0];
+    assert_eq!(h["actor"], "storefront:alice");
+    assert!(h.get("on_behalf_of").is_none(), "{h}");
+
+    // A named token's X-Actor is still checked.
+    let r = call(
+        lily,
+        &format!("/v1/orders/{id}/cancel"),
+        r#"{"reason":"out_of_stock"}"#,
+        Some(&"x".repeat(65)),
+    );
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "X-Actor");
+}
+
+#[test]
+fn a_bad_token_name_stops_start_up_with_a_clear_error() {
+    let dir = TempDir::new("v11-badname");
+    let tokens_file = dir.0.join("tokens");
+    std::fs::write(
+        &tokens_file,
+        format!("operator tk-1 ok\nviewer tk-2 {}\n", "n".repeat(33)),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::surge_binary())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.data())
+        .env("SURGE_TOKENS_FILE", &tokens_file)
+        .env_remove("SURGE_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tokens file line 2") && stderr.contains("1..=32 bytes"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------- Excel export
+
+/// Excel's serial date-time of a `created_at` such as `2026-11-30T12:00:00.123Z`.
+fn excel_serial_of(rfc3339: &str) -> f64 {
+    let (date, time) = rfc3339.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let t: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    // Days from 1899-12-30 by counting: fine for a test.
+    let days_before = |y: i64, m: i64| -> i64 {
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut days = 0;
+        for year in 1900..y {
+            days += if leap(year) { 366 } else { 365 };
+        }
+        let month_days = [
+            31,
+            if leap(y) { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        days + month_days[..(m - 1) as usize].iter().sum::<i64>()
+    };
+    // Serial 1 is 1900-01-01, and Excel counts 1900-02-29 (serial 60), which never was.
+    let serial_days = days_before(d[0], d[1]) + d[2] + 1;
+    serial_days as f64 + (t[0] * 3600.0 + t[1] * 60.0 + t[2]) / 86_400.0
+}
+
+#[test]
+fn xlsx_export_holds_the_orders_with_typed_cells_and_a_frozen_header() {
+    use calamine::{Data, Reader, Xlsx};
+
+    let dir = TempDir::new("v11-xlsx");
+    let s = Server::start(&dir.data(), "v11-xlsx");
+    s.define("TEA", 100);
+    s.define("CUP", 100);
+    let first = create_order_with(
+        &s,
+        "X-1",
+        "张三",
+        r#"[{"sku":"TEA","qty":2,"unit_price":350},{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+        r#","channel":"tmall","shipping_address":{"name":"张三","phone":"013800000000","city":"杭州"}"#,
+    );
+    let second = create_order(
+        &s,
+        "X-2",
+        "c2",
+        r#"[{"sku":"TEA","qty":5,"unit_price":300}]"#,
+    );
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/orders/{}/pay", second["id"].as_str().unwrap()),
+        Some(r#"{"amount":1500}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Another customer's order, left out by the filter below.
+    create_order(
+        &s,
+        "Y-1",
+        "c3",
+        r#"[{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+    );
+
+    let (status, headers, body) = get_bytes(s.addr, "/v1/orders/export.xlsx?order_no=X-", VIEWER);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    );
+    assert!(
+        header(&headers, "content-disposition")
+            .unwrap()
+            .contains("orders.xlsx"),
+        "{headers:?}"
+    );
+    assert!(header(&headers, "x-export-truncated").is_none());
+
+    let mut workbook: Xlsx<_> = Xlsx::new(std::io::Cursor::new(body.clone())).unwrap();
+    let sheet = workbook.worksheet_range("orders").unwrap();
+    let rows: Vec<&[Data]> = sheet.rows().collect();
+    // The header is the CSV's.
+    let csv = s.as_(VIEWER, "GET", "/v1/orders/export.csv", None);
+    let csv_header: Vec<&str> = csv.body.split("\r\n").next().unwrap().split(',').collect();
+    let header_row: Vec<String> = rows[0].iter().map(|c| c.to_string()).collect();
+    assert_eq!(header_row, csv_header);
+    let col = |name: &str| csv_header.iter().position(|h| *h == name).unwrap();
+
+    // Newest first: X-2's line, then X-1's two lines.
+    assert_eq!(rows.len(), 1 + 3, "{rows:?}");
+    let text = |row: usize, name: &str| match &rows[row][col(name)] {
+        Data::String(s) => s.clone(),
+        Data::Empty => String::new(),
+        other => panic!("{name} in row {row} is not text: {other:?}"),
+    };
+    let number = |row: usize, name: &str| match &rows[row][col(name)] {
+        Data::Float(f) => *f,
+        Data::Int(i) => *i as f64,
+        other => panic!("{name} in row {row} is not a number: {other:?}"),
+    };
+    assert_eq!(text(1, "order_id"), second["id"].as_str().unwrap());
+    assert_eq!(text(1, "order_no"), "X-2");
+    assert_eq!(text(1, "payment_status"), "paid");
+    assert_eq!(number(1, "total"), 1500.0);
+    assert_eq!(number(1, "qty"), 5.0);
+    assert_eq!(number(1, "paid_amount"), 1500.0);
+    assert_eq!(text(2, "order_no"), "X-1");
+    assert_eq!(text(2, "customer_id"), "张三");
+    assert_eq!(text(2, "sku"), "TEA");
+    assert_eq!(number(2, "unit_price"), 350.0);
+    assert_eq!(number(2, "line_total"), 700.0);
+    assert_eq!(text(3, "sku"), "CUP");
+    assert_eq!(number(3, "line_total"), 1200.0);
+    assert_eq!(number(3, "total"), 1900.0);
+    assert_eq!(text(3, "cancel_reason"), "");
+    // The v1.1 columns: channel, the address (a phone stays text, leading zero and
+    // all), amounts.
+    assert_eq!(text(2, "channel"), "tmall");
+    assert_eq!(text(2, "shipping_name"), "张三");
+    assert_eq!(text(2, "shipping_phone"), "013800000000");
+    assert_eq!(text(2, "shipping_city"), "杭州");
+    assert_eq!(text(2, "shipping_province"), "");
+    assert_eq!(number(2, "refund_due_amount"), 0.0);
+    assert_eq!(text(1, "channel"), "");
+    // Times are date cells holding the order's creation instant.
+    match &rows[2][col("created_at")] {
+        Data::DateTime(at) => {
+            let expected = excel_serial_of(first["created_at"].as_str().unwrap());
+            assert!(
+                (at.as_f64() - expected).abs() < 1e-6,
+                "{} vs {expected}",
+                at.as_f64()
+            );
+        }
+        other => panic!("created_at is not a date cell: {other:?}"),
+    }
+
+    // The header row is frozen.
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(body)).unwrap();
+    let mut xml = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("xl/worksheets/sheet1.xml").unwrap(),
+        &mut xml,
+    )
+    .unwrap();
+    assert!(
+        xml.contains(r#"ySplit="1""#) && xml.contains(r#"state="frozen""#),
+        "{:.600}",
+        xml
+    );
+
+    // Same filters and strictness as the CSV; `bom` is a CSV option.
+    for (path, field) in [
+        ("/v1/orders/export.xlsx?bom=true", "bom"),
+        ("/v1/orders/export.xlsx?statu=paid", "statu"),
+        ("/v1/orders/export.xlsx?limit=10", "limit"),
+        ("/v1/orders/export.xlsx?status=lost", "status"),
+    ] {
+        let r = s.as_(VIEWER, "GET", path, None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{path}");
+    }
+    // A storefront may not export.
+    let r = s.as_(STOREFRONT, "GET", "/v1/orders/export.xlsx", None);
+    r.assert_problem(403, "forbidden");
+    // An empty export is a header row.
+    let (status, _, body) = get_bytes(s.addr, "/v1/orders/export.xlsx?customer_id=nobody", ADMIN);
+    assert_eq!(status, 200);
+    let mut workbook: Xlsx<_> = Xlsx::new(std::io::Cursor::new(body)).unwrap();
+    assert_eq!(
+        workbook.worksheet_range("orders").unwrap().rows().count(),
+        1
+    );
+}
+
+// ---------------------------------------------------------------- stats over windows
+
+/// The day after `YYYY-MM-DD`.
+fn next_day(date: &str) -> String {
+    let d: Vec<u32> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (y, m, day) = (d[0], d[1], d[2]);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let len = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ][m as usize - 1];
+    let (y, m, day) = if day < len {
+        (y, m, day + 1)
+    } else if m < 12 {
+        (y, m + 1, 1)
+    } else {
+        (y + 1, 1, 1)
+    };
+    format!("{y:04}-{m:02}-{day:02}")
+}
+
+/// The Asia/Shanghai (UTC+8, no daylight saving) day of a UTC `created_at`: the next
+/// day from 16:00 UTC on.
+fn shanghai_day(created_at: &str) -> String {
+    let date = &created_at[..10];
+    let hour: u32 = created_at[11..13].parse().unwrap();
+    if hour >= 16 {
+        next_day(date)
+    } else {
+        date.to_string()
+    }
+}
+
+#[test]
+fn shanghai_days_roll_over_at_16_utc() {
+    assert_eq!(shanghai_day("2026-11-29T23:30:00.000Z"), "2026-11-30");
+    assert_eq!(shanghai_day("2026-11-29T15:59:59.999Z"), "2026-11-29");
+    assert_eq!(shanghai_day("2026-12-31T16:00:00.000Z"), "2027-01-01");
+    assert_eq!(shanghai_day("2028-02-28T20:00:00.000Z"), "2028-02-29");
+}
+
+#[test]
+fn stats_over_a_window_grouped_by_time_sku_customer_reason_and_channel() {
+    use std::collections::BTreeMap;
+
+    let dir = TempDir::new("v11-stats");
+    let s = Server::start(&dir.data(), "v11-stats");
+    s.define("TEA", 100);
+    s.define("CUP", 100);
+    let op = |path: &str, body: &str| {
+        let r = s.as_(common::OPERATOR, "POST", path, Some(body));
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.json()
+    };
+    // o1: paid, 2 TEA + 1 CUP. o2: unpaid. o3: cancelled out of stock. o4: paid,
+    // cancelled at the customer's request, refunded.
+    let o1 = create_order_with(
+        &s,
+        "S-1",
+        "c1",
+        r#"[{"sku":"TEA","qty":2,"unit_price":350},{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+        r#","channel":"tmall""#,
+    );
+    let o2 = create_order_with(
+        &s,
+        "S-2",
+        "c2",
+        r#"[{"sku":"TEA","qty":5,"unit_price":300}]"#,
+        r#","channel":"jd""#,
+    );
+    let o3 = create_order_with(
+        &s,
+        "S-3",
+        "c1",
+        r#"[{"sku":"CUP","qty":1,"unit_price":1200}]"#,
+        r#","channel":"tmall""#,
+    );
+    let o4 = create_order(
+        &s,
+        "S-4",
+        "c3",
+        r#"[{"sku":"TEA","qty":1,"unit_price":100}]"#,
+    );
+    let id = |o: &serde_json::Value| o["id"].as_str().unwrap().to_string();
+    op(&format!("/v1/orders/{}/pay", id(&o1)), r#"{"amount":1900}"#);
+    op(
+        &format!("/v1/orders/{}/cancel", id(&o3)),
+        r#"{"reason":"out_of_stock"}"#,
+    );
+    op(&format!("/v1/orders/{}/pay", id(&o4)), r#"{"amount":100}"#);
+    op(
+        &format!("/v1/orders/{}/cancel", id(&o4)),
+        r#"{"reason":"customer_request"}"#,
+    );
+    op(
+        &format!("/v1/orders/{}/refund", id(&o4)),
+        r#"{"refund_ref":"rf-1"}"#,
+    );
+    let orders = [&o1, &o2, &o3, &o4];
+
+    let report = |query: &str| {
+        let r = s.as_(VIEWER, "GET", &format!("/v1/stats?{query}"), None);
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json()
+    };
+    // group key -> (orders, cancelled, paid, refunded, units_sold)
+    let groups = |v: &serde_json::Value| -> BTreeMap<String, (u64, u64, u64, u64, u64)> {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let n = |f: &str| g[f].as_u64().unwrap();
+                (
+                    g["key"].as_str().unwrap().to_string(),
+                    (
+                        n("orders"),
+                        n("cancelled"),
+                        n("paid_amount"),
+                        n("refunded_amount"),
+                        n("units_sold"),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let from = "from=2000-01-01T00:00:00Z";
+
+    // By day in Shanghai: each order's key is its Shanghai day, computed from the
+    // creation time the server stamped (the next UTC day from 16:00 UTC on).
+    let v = report(&format!("{from}&group_by=day&tz=Asia/Shanghai"));
+    assert_eq!(v["tz"], "Asia/Shanghai");
+    assert_eq!(v["group_by"], "day");
+    assert_eq!(v["from"], "2000-01-01T00:00:00.000Z");
+    assert!(
+        v["to"].as_str().unwrap() >= o4["created_at"].as_str().unwrap(),
+        "{v}"
+    );
+    let mut expected: BTreeMap<String, (u64, u64, u64, u64, u64)> = BTreeMap::new();
+    let sums = [
+        (1, 0, 1900, 0, 3),
+        (1, 0, 0, 0, 0),
+        (1, 1, 0, 0, 0),
+        (1, 1, 100, 100, 0),
+    ];
+    for (o, add) in orders.iter().zip(sums) {
+        let key = shanghai_day(o["created_at"].as_str().unwrap());
+        let e = expected.entry(key).or_default();
+        *e = (
+            e.0 + add.0,
+            e.1 + add.1,
+            e.2 + add.2,
+            e.3 + add.3,
+            e.4 + add.4,
+        );
+    }
+    assert_eq!(groups(&v), expected, "{v}");
+    // By hour in UTC: keys are the creation hours.
+    let v = report(&format!("{from}&group_by=hour"));
+    assert_eq!(v["tz"], "UTC");
+    let hours: Vec<String> = orders
+        .iter()
+        .map(|o| o["created_at"].as_str().unwrap()[..13].to_string())
+        .collect();
+    let mut keys: Vec<String> = groups(&v).into_keys().collect();
+    keys.sort();
+    let mut want = hours.clone();
+    want.dedup();
+    assert_eq!(keys, want, "{v}");
+    assert_eq!(groups(&v).values().map(|g| g.0).sum::<u64>(), 4);
+
+    // By SKU: an order counts in each of its SKUs; amounts split by line value.
+    let v = report(&format!("{from}&group_by=sku"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            ("CUP".to_string(), (2, 1, 1200, 0, 1)),
+            ("TEA".to_string(), (3, 1, 700 + 100, 100, 2)),
+        ]),
+        "{v}"
+    );
+    // By customer.
+    let v = report(&format!("{from}&group_by=customer"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            ("c1".to_string(), (2, 1, 1900, 0, 3)),
+            ("c2".to_string(), (1, 0, 0, 0, 0)),
+            ("c3".to_string(), (1, 1, 100, 100, 0)),
+        ]),
+        "{v}"
+    );
+    let c1 = &v["groups"][0];
+    assert_eq!(c1["cancellation_rate"], 0.5);
+    // By reason: the cancelled orders, each reason's share of the window's orders.
+    let v = report(&format!("{from}&group_by=reason"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            ("customer_request".to_string(), (1, 1, 100, 100, 0)),
+            ("out_of_stock".to_string(), (1, 1, 0, 0, 0)),
+        ]),
+        "{v}"
+    );
+    for g in v["groups"].as_array().unwrap() {
+        assert_eq!(g["cancellation_rate"], 0.25, "{v}");
+    }
+    // By channel; an order without one is under the empty key.
+    let v = report(&format!("{from}&group_by=channel"));
+    assert_eq!(
+        groups(&v),
+        BTreeMap::from([
+            (String::new(), (1, 1, 100, 100, 0)),
+            ("jd".to_string(), (1, 0, 0, 0, 0)),
+            ("tmall".to_string(), (2, 1, 1900, 0, 3)),
+        ]),
+        "{v}"
+    );
+
+    // The window bounds creation times, [from, to).
+    let first_at = o1["created_at"].as_str().unwrap();
+    let v = report(&format!(
+        "from=2000-01-01T00:00:00Z&to={first_at}&group_by=day"
+    ));
+    assert!(v["groups"].as_array().unwrap().is_empty(), "{v}");
+    let v = report("from=2100-01-01T00:00:00Z&to=2100-01-02T00:00:00Z&group_by=customer");
+    assert!(v["groups"].as_array().unwrap().is_empty(), "{v}");
+    let last_at = o4["created_at"].as_str().unwrap();
+    let v = report(&format!("from={last_at}&group_by=customer"));
+    assert_eq!(groups(&v)["c3"].0, 1, "{v}");
+    let _ = o2;
+
+    // Without the report's parameters: the totals, as before.
+    let totals = report("top=3");
+    assert_eq!(totals["orders_total"], 4);
+    assert!(totals.get("groups").is_none());
+
+    // Refusals name their parameter.
+    for (query, field) in [
+        (format!("{from}&group_by=day&tz=Mars/Base"), "tz"),
+        (format!("{from}&group_by=week"), "group_by"),
+        (from.to_string(), "group_by"),
+        ("group_by=day".to_string(), "from"),
+        ("from=yesterday&group_by=day".to_string(), "from"),
+        (format!("{from}&to=1999-01-01T00:00:00Z&group_by=day"), "to"),
+        (format!("{from}&group_by=day&top=3"), "top"),
+        (format!("{from}&group_by=day&zone=UTC"), "zone"),
+    ] {
+        let r = s.as_(VIEWER, "GET", &format!("/v1/stats?{query}"), None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{query}: {}", r.body);
+    }
+}
