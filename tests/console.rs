@@ -1343,7 +1343,6 @@ fn export_url(browser: &Browser) -> String {
 }
 
 #[test]
-#[ignore = "needs GET /v1/orders/export.csv?bom=true on main"]
 fn console_v11_export_has_bom() {
     let server = Server::start();
     server.ok(
@@ -1368,7 +1367,6 @@ fn console_v11_export_has_bom() {
 }
 
 #[test]
-#[ignore = "needs GET /v1/stats?from&to&group_by&tz (grouped reports) on main"]
 fn console_v11_reports_by_channel() {
     let server = Server::start();
     server.ok(
