@@ -1252,9 +1252,9 @@ async function loadReport(params) {
   }
 }
 
+/** `cancellation_rate` is a fraction (cancelled / orders). */
 function pct(rate) {
-  const r = Number(rate || 0);
-  return `${(r <= 1 ? r * 100 : r).toFixed(1)}%`;
+  return `${(Number(rate || 0) * 100).toFixed(1)}%`;
 }
 
 const METRIC_LABEL = { orders: 'stats.orders', paid_amount: 'stats.paid', units_sold: 'stats.units', cancelled: 'stats.cancelled', refunded_amount: 'stats.refunded' };
