@@ -144,6 +144,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra environment (e.g. `SURGE_SHIP_SLA_MS`).
+    fn start_with(env: &[(&str, &str)]) -> Server {
         let data = TempDir::new("data");
         let mut child = Command::new(surge_binary())
             .args([
@@ -161,6 +166,7 @@ impl Server {
             .env_remove("SURGE_TOKENS_FILE")
             .env_remove("SURGE_LISTEN")
             .env_remove("SURGE_DEMO")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -267,6 +273,11 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
+        Browser::start_in(None)
+    }
+
+    /// A browser whose preferred languages (`navigator.languages`) start with `lang`.
+    fn start_in(lang: Option<&str>) -> Browser {
         let chromium = find_program("CHROMIUM", &["chromium", "chromium-browser"]).expect(
             "Chromium not found: install Debian's `chromium` and `chromium-driver` \
              (apt-get install -y chromium chromium-driver) or set CHROMIUM",
@@ -296,17 +307,30 @@ impl Browser {
                 .filter(|r| r.status == 200 && r.body.contains("\"ready\":true"))
         });
         let profile = browser._profile.0.display().to_string();
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1280,900".into(),
+            format!("--user-data-dir={profile}"),
+        ];
+        let mut prefs = json!({});
+        if let Some(lang) = lang {
+            args.push(format!("--lang={lang}"));
+            prefs = json!({"intl.accept_languages": format!("{lang},en")});
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium.display().to_string(),
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,900",
-                    format!("--user-data-dir={profile}"),
-                ],
+                "args": args,
+                "prefs": prefs,
             },
         }}});
         let reply = browser.raw("POST", "/session", Some(caps));
@@ -370,9 +394,25 @@ impl Browser {
             .to_string()
     }
 
+    /// Click the element `css` finds. The page re-renders on live events, so an
+    /// element found may be replaced before the click lands: find it again then.
     fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.cmd("POST", &format!("/element/{id}/click"), Some(json!({})));
+        for _ in 0..5 {
+            let id = self.element(css);
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            let r = http(self.addr, "POST", &path, &[], Some("{}"))
+                .unwrap_or_else(|e| panic!("WebDriver click {css}: {e}"));
+            if r.status == 200 {
+                return;
+            }
+            let error = r.json()["value"]["error"].clone();
+            assert_eq!(
+                error, "stale element reference",
+                "WebDriver click {css}: {} {}",
+                r.status, r.body
+            );
+        }
+        panic!("{css} kept being replaced");
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -570,7 +610,7 @@ fn console_in_a_real_browser() {
     );
 
     // 2. Search by order number, then by customer.
-    browser.type_into("#q-order-no", "C-1001");
+    browser.type_into("#q-order-no", "C-10"); // a prefix
     browser.click("#search-btn");
     browser.wait_exists("#orders-table tr[data-order-no='C-1001']");
     assert!(!browser.exists("#orders-table tr[data-order-no='S-2001']"));
@@ -602,7 +642,7 @@ fn console_in_a_real_browser() {
     assert_eq!(history, json!(["reserved", "confirmed", "picking"]));
     assert!(browser.text("#order-history").unwrap().contains("aisle 4"));
     assert!(browser.exists("#action-cancel"));
-    assert!(browser.exists("#action-packed"));
+    assert!(browser.exists("#action-pack"));
     assert!(!browser.exists("#action-return"));
     browser.screenshot("03-order-picking");
 
@@ -653,7 +693,7 @@ fn console_in_a_real_browser() {
     assert!(browser.text("#order-why").unwrap().contains("Return"));
     assert!(browser.text("#order-body").unwrap().contains("TRACK-77"));
     browser.screenshot("06-order-shipped");
-    browser.click("#action-delivered");
+    browser.click("#action-deliver");
     browser.wait_exists("#action-dialog[open]");
     browser.click("#action-confirm");
     browser.wait_text("#order-status", "delivered");
@@ -759,12 +799,27 @@ fn console_in_a_real_browser() {
         ("12-narrow-orders", "#/orders".to_string()),
         ("13-narrow-order", format!("#/order/{c_id}")),
         ("14-narrow-stock", "#/stock".to_string()),
+        ("15-narrow-ledger", "#/ledger".to_string()),
+        ("16-narrow-order-zh", format!("#/order/{c_id}")),
+        ("17-narrow-ledger-zh", "#/ledger".to_string()),
     ] {
+        if name.ends_with("-zh") {
+            browser.js("localStorage.setItem('surge.lang', 'zh-CN');", json!([]));
+        }
         browser.goto(&server.url(&format!("/{hash}")));
+        if name.ends_with("-zh") {
+            browser.js("location.reload();", json!([]));
+        }
         match name {
             "12-narrow-orders" => browser.wait_exists("#orders-table tr[data-order-no='L-3']"),
             "13-narrow-order" => {
                 browser.wait_text("#order-status", "cancelled");
+            }
+            "16-narrow-order-zh" => {
+                browser.wait_text("#order-status", "已取消");
+            }
+            "15-narrow-ledger" | "17-narrow-ledger-zh" => {
+                browser.wait_exists("#ledger-table tr[data-kind='charge']")
             }
             _ => browser.wait_exists("#stock-table tr[data-sku='EMPTY']"),
         }
@@ -772,11 +827,856 @@ fn console_in_a_real_browser() {
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
             json!([]),
         );
+        browser.screenshot(name);
         assert!(
             overflow.as_i64().unwrap() <= 1,
             "{name}: the page is {overflow}px wider than the window"
         );
-        browser.screenshot(name);
     }
     eprintln!("console test took {:?}", started.elapsed());
+}
+
+// ------------------------------------------------------------------ languages
+
+/// Open the console and give it the operator token.
+fn sign_in(browser: &Browser, server: &Server) {
+    sign_in_as(browser, server, OPERATOR_TOKEN);
+}
+
+fn sign_in_as(browser: &Browser, server: &Server, token: &str) {
+    browser.goto(&server.url("/"));
+    browser.wait_exists("#token-form");
+    browser.type_into("#token-input", token);
+    browser.type_into("#actor-input", "tester");
+    browser.click("#token-save");
+    browser.wait_exists("#role-name");
+}
+
+/// The texts of every element matching `css`, in document order.
+fn texts(browser: &Browser, css: &str) -> Value {
+    browser.js(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent.trim());",
+        json!([css]),
+    )
+}
+
+fn choose_language(browser: &Browser, lang: &str) {
+    browser.click(&format!("#lang-select option[value='{lang}']"));
+}
+
+#[test]
+fn console_speaks_chinese_and_english() {
+    let server = Server::start();
+    server.ok(
+        "PUT",
+        "/v1/skus/WIDGET",
+        Some(json!({"on_hand": 10, "low_stock_threshold": 2, "name": "widget"})),
+    );
+    let o = server.create_order(
+        "Z-1",
+        "alice",
+        json!([{"sku": "WIDGET", "qty": 2, "unit_price": 1250}]),
+    );
+    let id = o["id"].as_str().unwrap().to_string();
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{id}/pay"),
+        Some(json!({"amount": 2500})),
+    );
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{id}/transitions"),
+        Some(json!({"to": "picking"})),
+    );
+
+    // An English browser gets English; both dictionaries have the same keys.
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    assert_eq!(
+        browser.js("return window.surgeI18n.missingKeys();", json!([])),
+        json!([]),
+        "the zh-CN and en dictionaries differ"
+    );
+    assert_eq!(
+        browser.js("return document.documentElement.lang;", json!([])),
+        "en"
+    );
+    browser.wait_exists("#orders-table tr[data-order-no='Z-1']");
+    assert_eq!(browser.text("#nav-orders").unwrap(), "Orders");
+    assert_eq!(
+        texts(&browser, "#orders-table tr[data-order-no='Z-1'] .badge"),
+        json!(["picking", "paid"])
+    );
+
+    // Switch to Chinese: labels, status names, payment names and the role change.
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#nav-orders", "订单");
+    assert_eq!(
+        browser.js("return document.documentElement.lang;", json!([])),
+        "zh-CN"
+    );
+    browser.wait("the list in Chinese", || {
+        (texts(&browser, "#orders-table tr[data-order-no='Z-1'] .badge")
+            == json!(["拣货中", "已付款"]))
+        .then_some(())
+    });
+    assert_eq!(browser.text("#orders-h").unwrap(), "订单");
+    assert_eq!(browser.text("label[for='q-order-no']").unwrap(), "订单号");
+    assert_eq!(browser.text("#search-btn").unwrap(), "查询");
+    assert_eq!(browser.text("#role-name").unwrap(), "运营");
+    let statuses = texts(&browser, "#q-status option");
+    assert_eq!(
+        statuses,
+        json!([
+            "全部",
+            "待付款",
+            "已确认",
+            "拣货中",
+            "已打包",
+            "已发货",
+            "已签收",
+            "已完成",
+            "已过期",
+            "已取消",
+            "已退货"
+        ])
+    );
+    assert_eq!(
+        texts(&browser, "#q-payment option"),
+        json!(["全部", "未付款", "已付款", "部分退款", "待退款", "已退款"])
+    );
+    browser.screenshot("i18n-01-orders-zh");
+
+    // The order: status, actions, history and the cancel reasons.
+    browser.click("#orders-table tr[data-order-no='Z-1'] a.order-link");
+    browser.wait_text("#order-status", "拣货中");
+    assert_eq!(browser.text("#order-payment").unwrap(), "已付款");
+    assert_eq!(browser.text("#action-pack").unwrap(), "标记已打包");
+    assert_eq!(browser.text("#action-cancel").unwrap(), "取消订单…");
+    assert_eq!(
+        texts(&browser, "#order-history li .badge"),
+        json!(["待付款", "已确认", "拣货中"])
+    );
+    assert_eq!(browser.text("#lines-h").unwrap(), "商品明细");
+    browser.screenshot("i18n-02-order-zh");
+    browser.click("#action-cancel");
+    browser.wait_exists("#cancel-dialog[open]");
+    assert_eq!(
+        texts(&browser, "#cancel-reason-select option"),
+        json!([
+            "请选择原因…",
+            "客户要求",
+            "缺货",
+            "支付失败",
+            "疑似欺诈",
+            "系统错误",
+            "其他"
+        ])
+    );
+    browser.screenshot("i18n-03-cancel-zh");
+    browser.click("#cancel-abort");
+    assert!(!browser.exists("#cancel-dialog[open]"));
+
+    // The other pages.
+    browser.click("#nav-stock");
+    browser.wait_exists("#stock-table tr[data-sku='WIDGET']");
+    assert_eq!(browser.text("#stock-h").unwrap(), "库存");
+    assert_eq!(browser.text("#adjust-submit").unwrap(), "提交调整");
+    browser.screenshot("i18n-04-stock-zh");
+    browser.click("#nav-ledger");
+    browser.wait_text("#ledger-h", "资金流水");
+    assert_eq!(
+        texts(&browser, "#l-kind option"),
+        json!(["全部", "收款", "退款", "撤销核销"])
+    );
+    browser.screenshot("i18n-05-ledger-zh");
+    browser.click("#nav-stats");
+    browser.wait_text("#stats-h", "报表");
+    assert_eq!(
+        texts(&browser, "#st-group option"),
+        json!(["日", "小时", "SKU", "客户", "取消原因", "渠道"])
+    );
+    browser.screenshot("i18n-06-stats-zh");
+
+    // Problem documents: the title translated, the detail as the server gave it.
+    browser.goto(&server.url("/#/order/o999999"));
+    browser.wait_exists("#error");
+    let error = browser.wait_text("#error-text", "o999999");
+    assert!(error.starts_with("订单不存在"), "{error}");
+    browser.screenshot("i18n-07-error-zh");
+
+    // The choice survives a reload.
+    browser.goto(&server.url("/#/orders"));
+    browser.js("location.reload();", json!([]));
+    browser.wait_text("#nav-orders", "订单");
+    browser.wait_exists("#orders-table tr[data-order-no='Z-1']");
+    assert_eq!(
+        browser.js("return localStorage.getItem('surge.lang');", json!([])),
+        "zh-CN"
+    );
+    browser.wait_text("#live-state", "实时");
+
+    // And back to English.
+    choose_language(&browser, "en");
+    browser.wait_text("#nav-orders", "Orders");
+    browser.wait("the list in English", || {
+        (texts(&browser, "#orders-table tr[data-order-no='Z-1'] .badge")
+            == json!(["picking", "paid"]))
+        .then_some(())
+    });
+    browser.wait_text("#live-state", "live");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([]),
+        "texts asked for that no dictionary has"
+    );
+    drop(browser);
+
+    // A browser that prefers Chinese starts in Chinese, without choosing.
+    let zh = Browser::start_in(Some("zh-CN"));
+    zh.goto(&server.url("/"));
+    zh.wait_text("#nav-orders", "订单");
+    assert_eq!(zh.text("#token-save").unwrap(), "使用令牌");
+    zh.wait_text("#token-why", "此服务器需要令牌");
+    zh.screenshot("i18n-08-token-zh");
+    sign_in(&zh, &server);
+    zh.wait("the list in Chinese", || {
+        (texts(&zh, "#orders-table tr[data-order-no='Z-1'] .badge") == json!(["拣货中", "已付款"]))
+            .then_some(())
+    });
+    assert_eq!(
+        zh.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}
+
+// ------------------------------------------------------------------ v1.1 screens
+
+/// Confirm the open action dialog and wait for it to close.
+fn confirm_action(browser: &Browser) {
+    browser.click("#action-confirm");
+    browser.wait("the action dialog to close", || {
+        (!browser.exists("#action-dialog[open]")).then_some(())
+    });
+}
+
+fn open_action(browser: &Browser, action: &str) {
+    browser.click(&format!("#action-{action}"));
+    browser.wait_exists("#action-dialog[open]");
+}
+
+#[test]
+fn console_v11_order_actions_and_ledger() {
+    // A short shipping SLA, so that a paid order becomes delayed during the test.
+    let server = Server::start_with(&[("SURGE_SHIP_SLA_MS", "1500")]);
+    for (sku, on_hand) in [("WIDGET", 20), ("GADGET", 10)] {
+        server.ok(
+            "PUT",
+            &format!("/v1/skus/{sku}"),
+            Some(json!({"on_hand": on_hand, "low_stock_threshold": 1, "name": sku})),
+        );
+    }
+    let order = server.ok(
+        "POST",
+        "/v1/orders",
+        Some(json!({
+            "order_no": "H-1", "customer_id": "dora", "channel": "tmall",
+            "lines": [{"sku": "WIDGET", "qty": 3, "unit_price": 1000}],
+            "shipping_address": {"name": "王小明", "phone": "13800000000", "province": "浙江省",
+                "city": "杭州市", "district": "西湖区", "line1": "文三路 1 号", "postal_code": "310000"},
+        })),
+    );
+    let id = order["id"].as_str().unwrap().to_string();
+    let api_order = || server.ok("GET", &format!("/v1/orders/{id}"), None);
+
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    browser.goto(&server.url(&format!("/#/order/{id}")));
+    browser.wait_text("#order-status", "reserved");
+    assert_eq!(browser.text("#order-channel").unwrap(), "tmall");
+    assert!(browser.text("#order-address").unwrap().contains("杭州市"));
+    // The buttons are the order's actions, no more, no fewer.
+    let buttons = browser.js(
+        "return [...document.querySelectorAll('#order-actions button')].map(b => b.dataset.action).sort();",
+        json!([]),
+    );
+    let mut actions: Vec<String> = api_order()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    actions.sort();
+    assert_eq!(buttons, json!(actions));
+    browser.screenshot("v11-01-order");
+
+    // 1. Hold with a reason and a note; the banner says who; then release.
+    open_action(&browser, "hold");
+    browser.click("#f-hold-reason option[value='address_check']");
+    browser.type_into("#f-note", "call the customer");
+    confirm_action(&browser);
+    browser.wait_text("#hold-reason", "Address check");
+    assert_eq!(browser.text("#hold-note").unwrap(), "call the customer");
+    assert!(
+        browser
+            .text("#hold-actor")
+            .unwrap()
+            .contains("operator:tester")
+    );
+    assert!(browser.exists("#action-release_hold"));
+    assert!(!browser.exists("#action-hold"));
+    assert_eq!(api_order()["hold"]["reason"], "address_check");
+    browser.screenshot("v11-02-held");
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#hold-reason", "地址核实");
+    browser.screenshot("v11-02-held-zh");
+    open_action(&browser, "modify");
+    assert_eq!(browser.text("#action-confirm").unwrap(), "保存修改");
+    browser.screenshot("v11-03-modify-zh");
+    browser.click("#action-abort");
+    choose_language(&browser, "en");
+    browser.wait_text("#hold-reason", "Address check");
+    open_action(&browser, "release_hold");
+    confirm_action(&browser);
+    browser.wait("the hold banner to go", || {
+        (!browser.exists("#order-hold")).then_some(())
+    });
+    assert!(api_order()["hold"].is_null());
+
+    // 2. Modify: a refused increase shows the problem; a reduction needs a reason.
+    open_action(&browser, "modify");
+    browser.type_into("#m-lines .m-line:nth-child(1) .m-qty", "999");
+    browser.click("#action-confirm");
+    browser.wait_text("#action-error", "Not enough stock");
+    browser.type_into("#m-lines .m-line:nth-child(1) .m-qty", "1");
+    browser.click("#m-add");
+    browser.type_into("#m-lines .m-line:nth-child(2) .m-sku", "GADGET");
+    browser.type_into("#m-lines .m-line:nth-child(2) .m-qty", "2");
+    browser.type_into("#m-lines .m-line:nth-child(2) .m-price", "5.00");
+    browser.type_into("#m-addr-city", "宁波市");
+    browser.click("#action-confirm");
+    browser.wait_text("#action-error", "choose a reason");
+    assert!(browser.exists("#action-dialog[open]"));
+    browser.click("#m-reason option[value='out_of_stock']");
+    browser.screenshot("v11-03-modify");
+    confirm_action(&browser);
+    browser.wait_exists("#order-lines tr[data-sku='GADGET']");
+    let o = api_order();
+    assert_eq!(
+        o["lines"],
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 1000}, {"sku": "GADGET", "qty": 2, "unit_price": 500}])
+    );
+    assert_eq!(o["shipping_address"]["city"], "宁波市");
+    assert_eq!(o["total"], 2000);
+    assert!(browser.text("#order-address").unwrap().contains("宁波市"));
+
+    // 3. Pay in the console; the money facts appear.
+    open_action(&browser, "pay");
+    confirm_action(&browser);
+    browser.wait_text("#order-status", "confirmed");
+    assert_eq!(browser.text("#order-paid-amount").unwrap(), "20.00");
+
+    // 4. Delayed: past the SLA the order carries the badge and the filter finds it.
+    browser.wait("the order to be delayed", || {
+        (!api_order()["delayed_since"].is_null()).then_some(())
+    });
+    browser.goto(&server.url("/#/orders?delayed=true"));
+    browser.wait_exists("#orders-table tr[data-order-no='H-1'] [data-testid='delayed-badge']");
+    assert!(
+        browser.js(
+            "return document.querySelector('#q-delayed').checked;",
+            json!([])
+        ) == json!(true)
+    );
+    browser.screenshot("v11-04-delayed");
+    // On hold: another order, held through the API, is the only one listed.
+    let other = server.create_order(
+        "H-2",
+        "erin",
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 700}]),
+    );
+    let other_id = other["id"].as_str().unwrap();
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{other_id}/hold"),
+        Some(json!({"reason": "fraud_check", "note": ""})),
+    );
+    browser.goto(&server.url("/#/orders"));
+    browser.wait_exists("#orders-table tr[data-order-no='H-2']");
+    browser.click("#q-on-hold");
+    browser.click("#search-btn");
+    browser.wait("only the held order", || {
+        (texts(&browser, "#orders-table tr[data-order-no] a.order-link") == json!(["H-2"]))
+            .then_some(())
+    });
+    // The export keeps the filters (and asks for a BOM: `console_v11_export_has_bom`).
+    let export = export_url(&browser);
+    assert!(
+        export.contains("on_hold=true") && export.contains("bom=true"),
+        "{export}"
+    );
+    let csv = server.call("GET", &export, None);
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(csv.body.contains("H-2"), "{}", csv.body);
+    // The button fetches it with the token and hands it to the browser as a file.
+    browser.click("#orders-export");
+    browser.wait_text("#notice", "orders.csv");
+    assert!(!browser.exists("#error"));
+    browser.click("#q-on-hold");
+    browser.click("#q-payment option[value='paid']");
+    browser.type_into("#q-channel", "tmall");
+    browser.click("#search-btn");
+    browser.wait("only the paid tmall order", || {
+        (texts(&browser, "#orders-table tr[data-order-no] a.order-link") == json!(["H-1"]))
+            .then_some(())
+    });
+
+    // 5. Ship, then intercept in transit with restock: the refund becomes due.
+    for to in ["picking", "packed"] {
+        server.ok(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(json!({ "to": to })),
+        );
+    }
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{id}/transitions"),
+        Some(json!({"to": "shipped", "tracking_no": "SF123"})),
+    );
+    browser.goto(&server.url(&format!("/#/order/{id}")));
+    browser.wait_text("#order-status", "shipped");
+    assert!(!browser.exists("#action-cancel"));
+    open_action(&browser, "return");
+    assert_eq!(
+        browser.js("return document.querySelector('#f-kind').value;", json!([])),
+        "intercepted"
+    );
+    browser.type_into("#f-reason", "wrong address");
+    confirm_action(&browser);
+    browser.wait_text("#order-status", "returned");
+    assert_eq!(browser.text("#order-payment").unwrap(), "refund due");
+    assert_eq!(browser.text("#order-refund-due-amount").unwrap(), "20.00");
+    let o = api_order();
+    assert_eq!(o["payment"]["refund_due_amount"], 2000);
+
+    // 6. A partial refund, then the rest.
+    open_action(&browser, "refund");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#f-refund-amount').value;",
+            json!([])
+        ),
+        "20.00"
+    );
+    browser.type_into("#f-refund-amount", "5");
+    browser.type_into("#f-reason", "first part");
+    browser.type_into("#f-refund-ref", "RF-1");
+    browser.screenshot("v11-05-refund");
+    confirm_action(&browser);
+    browser.wait_text("#order-refunded-amount", "5.00");
+    assert_eq!(browser.text("#order-refund-due-amount").unwrap(), "15.00");
+    let o = api_order();
+    assert_eq!(o["payment"]["refunded_amount"], 500);
+    assert_eq!(o["payment"]["refund_due_amount"], 1500);
+    open_action(&browser, "refund");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#f-refund-amount').value;",
+            json!([])
+        ),
+        "15.00"
+    );
+    confirm_action(&browser);
+    browser.wait_text("#order-payment", "refunded");
+    assert_eq!(api_order()["payment"]["status"], "refunded");
+    browser.screenshot("v11-06-refunded");
+
+    // 7. The ledger of that order: charge, reversal, two refunds; the CSV link.
+    browser.click("#nav-ledger");
+    browser.wait_exists("#ledger-table");
+    browser.type_into("#l-order", &id);
+    browser.click("#ledger-btn");
+    browser.wait("the order's ledger", || {
+        (browser.js(
+            "return [...document.querySelectorAll('#ledger-table tr[data-kind]')].map(r => r.dataset.kind);",
+            json!([]),
+        ) == json!(["charge", "reversal", "refund", "refund"]))
+        .then_some(())
+    });
+    let url = browser
+        .js(
+            "return document.querySelector('#ledger-export').dataset.url;",
+            json!([]),
+        )
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("/v1/ledger/export.csv?order_id="), "{url}");
+    browser.click("#ledger-export");
+    browser.wait_text("#notice", "ledger.csv");
+    let csv = server.call("GET", &url, None);
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(csv.body.contains("RF-1"), "{}", csv.body);
+    browser.screenshot("v11-07-ledger");
+
+    choose_language(&browser, "zh-CN");
+    browser.click("#nav-ledger");
+    browser.wait_exists("#ledger-table tr[data-kind='reversal']");
+    browser.wait_text("#ledger-table tr[data-kind='reversal'] .badge", "撤销核销");
+    browser.screenshot("v11-07-ledger-zh");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}
+
+fn export_url(browser: &Browser) -> String {
+    browser
+        .js(
+            "return document.querySelector('#orders-export').dataset.url;",
+            json!([]),
+        )
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn console_v11_export_has_bom() {
+    let server = Server::start();
+    server.ok(
+        "PUT",
+        "/v1/skus/WIDGET",
+        Some(json!({"on_hand": 5, "low_stock_threshold": 1, "name": "小部件"})),
+    );
+    server.create_order(
+        "B-1",
+        "张三",
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 100}]),
+    );
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    browser.wait_exists("#orders-table tr[data-order-no='B-1']");
+    let export = export_url(&browser);
+    assert!(export.contains("bom=true"), "{export}");
+    let csv = server.call("GET", &export, None);
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(csv.body.starts_with('\u{feff}'), "no BOM: {}", csv.body);
+    assert!(csv.body.contains("张三"), "{}", csv.body);
+}
+
+#[test]
+fn console_v11_reports_by_channel() {
+    let server = Server::start();
+    server.ok(
+        "PUT",
+        "/v1/skus/WIDGET",
+        Some(json!({"on_hand": 20, "low_stock_threshold": 1, "name": "widget"})),
+    );
+    for (no, channel) in [("R-1", "tmall"), ("R-2", "tmall"), ("R-3", "jd")] {
+        server.ok(
+            "POST",
+            "/v1/orders",
+            Some(
+                json!({"order_no": no, "customer_id": "c1", "channel": channel,
+                "lines": [{"sku": "WIDGET", "qty": 1, "unit_price": 1000}]}),
+            ),
+        );
+    }
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    browser.wait_exists("#orders-table tr[data-order-no='R-3']");
+    // A table row and a bar per channel.
+    browser.click("#nav-stats");
+    browser.wait_exists("#stats-form");
+    browser.click("#st-group option[value='channel']");
+    browser.click("#stats-btn");
+    browser.wait_exists("#stats-table tr[data-key='tmall']");
+    assert!(browser.exists("#stats-chart rect.stat-bar[data-key='tmall']"));
+    browser.screenshot("v11-08-stats");
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#stats-h", "报表");
+    browser.wait_exists("#stats-table tr[data-key='tmall']");
+    browser.screenshot("v11-08-stats-zh");
+    assert_eq!(
+        browser
+            .text("#stats-table tr[data-key='tmall'] td")
+            .unwrap(),
+        "2"
+    );
+    assert!(browser.exists("#stats-chart rect.stat-bar[data-key='jd']"));
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}
+
+/// The report page's rendering, from an answer shaped as API.md's grouped `/v1/stats`.
+/// The page's `fetch` answers that one request with the canned document, so that the
+/// table and the chart can be checked (and looked at) in both languages whatever the
+/// server at hand serves; `console_v11_reports_by_channel` covers the real server.
+#[test]
+fn console_report_renders_groups() {
+    let server = Server::start();
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    let canned = json!({
+        "from": "2026-11-23T00:00:00Z", "to": "2026-11-30T00:00:00Z", "tz": "Asia/Shanghai",
+        "group_by": "reason",
+        "groups": [
+            {"key": "out_of_stock", "orders": 12, "cancelled": 12, "cancellation_rate": 1.0,
+             "paid_amount": 0, "refunded_amount": 0, "units_sold": 0},
+            {"key": "customer_request", "orders": 4, "cancelled": 4, "cancellation_rate": 1.0,
+             "paid_amount": 39900, "refunded_amount": 39900, "units_sold": 0},
+            {"key": "fraud_suspected", "orders": 1, "cancelled": 1, "cancellation_rate": 1.0,
+             "paid_amount": 0, "refunded_amount": 0, "units_sold": 0},
+        ],
+    });
+    browser.js(
+        "const canned = arguments[0]; const real = window.fetch;
+         window.fetch = (url, opts) => String(url).startsWith('/v1/stats?from=')
+           ? Promise.resolve(new Response(JSON.stringify(canned), {status: 200, headers: {'Content-Type': 'application/json'}}))
+           : real(url, opts);
+         location.hash = '#/stats?from=2026-11-22T16%3A00%3A00.000Z&group_by=reason&tz=Asia%2FShanghai';",
+        json!([canned]),
+    );
+    browser.wait_exists("#stats-table tr[data-key='out_of_stock']");
+    assert_eq!(
+        texts(&browser, "#stats-table tbody th"),
+        json!(["Out of stock", "Customer request", "Fraud suspected"])
+    );
+    assert_eq!(
+        texts(&browser, "#stats-table tr[data-key='customer_request'] td"),
+        json!(["4", "4", "100.0%", "399.00", "399.00", "0"])
+    );
+    // One bar per group, the largest full width, the others in proportion.
+    let widths = browser.js(
+        "return [...document.querySelectorAll('#stats-chart rect.stat-bar')].map(r => Number(r.getAttribute('width')));",
+        json!([]),
+    );
+    let widths: Vec<f64> = serde_json::from_value(widths).unwrap();
+    assert_eq!(widths.len(), 3);
+    assert!(
+        (widths[1] / widths[0] - 4.0 / 12.0).abs() < 1e-6,
+        "{widths:?}"
+    );
+    browser.screenshot("report-01-en");
+    // Charting another metric redraws without asking the server again.
+    browser.click("#st-metric option[value='paid_amount']");
+    browser.wait("the chart of paid amounts", || {
+        let v = browser.js(
+            "const r = document.querySelector(\"#stats-chart rect.stat-bar[data-key='customer_request']\"); return r && r.dataset.value;",
+            json!([]),
+        );
+        (v == "39900").then_some(())
+    });
+    choose_language(&browser, "zh-CN");
+    browser.wait("the report in Chinese", || {
+        (texts(&browser, "#stats-table tbody th") == json!(["缺货", "客户要求", "疑似欺诈"]))
+            .then_some(())
+    });
+    assert_eq!(browser.text("#stats-btn").unwrap(), "生成报表");
+    browser.screenshot("report-02-zh");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}
+
+#[test]
+fn console_v11_refusal_and_line_removal() {
+    let server = Server::start();
+    for sku in ["WIDGET", "GADGET"] {
+        server.ok(
+            "PUT",
+            &format!("/v1/skus/{sku}"),
+            Some(json!({"on_hand": 10, "low_stock_threshold": 1, "name": sku})),
+        );
+    }
+    // Two lines; the console removes one (a partial cancel, so with a reason).
+    let two = server.create_order(
+        "M-1",
+        "fay",
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 300}, {"sku": "GADGET", "qty": 4, "unit_price": 200}]),
+    );
+    let two_id = two["id"].as_str().unwrap().to_string();
+    assert_eq!(server.ok("GET", "/v1/skus/GADGET", None)["available"], 6);
+    // Shipped, then refused at the door without restock.
+    let refused = server.create_order(
+        "F-1",
+        "gus",
+        json!([{"sku": "WIDGET", "qty": 2, "unit_price": 450}]),
+    );
+    let refused_id = refused["id"].as_str().unwrap().to_string();
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{refused_id}/pay"),
+        Some(json!({"amount": 900})),
+    );
+    for to in ["picking", "packed"] {
+        server.ok(
+            "POST",
+            &format!("/v1/orders/{refused_id}/transitions"),
+            Some(json!({ "to": to })),
+        );
+    }
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{refused_id}/transitions"),
+        Some(json!({"to": "shipped", "tracking_no": "YT9"})),
+    );
+    let widget_on_hand = server.ok("GET", "/v1/skus/WIDGET", None)["on_hand"].clone();
+
+    let browser = Browser::start();
+    sign_in(&browser, &server);
+    choose_language(&browser, "zh-CN");
+    browser.goto(&server.url(&format!("/#/order/{two_id}")));
+    browser.wait_text("#order-status", "待付款");
+    open_action(&browser, "modify");
+    browser.click("#m-lines .m-line:nth-child(2) .m-remove");
+    browser.wait("one line left", || {
+        (browser.js(
+            "return document.querySelectorAll('#m-lines .m-line').length;",
+            json!([]),
+        ) == json!(1))
+        .then_some(())
+    });
+    browser.click("#m-reason option[value='customer_request']");
+    browser.type_into("#f-note", "客户只要一件");
+    confirm_action(&browser);
+    browser.wait("the GADGET line to go", || {
+        (!browser.exists("#order-lines tr[data-sku='GADGET']")).then_some(())
+    });
+    browser.wait_text("#notice", "已保存");
+    let o = server.ok("GET", &format!("/v1/orders/{two_id}"), None);
+    assert_eq!(
+        o["lines"],
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 300}])
+    );
+    assert_eq!(server.ok("GET", "/v1/skus/GADGET", None)["available"], 10);
+    assert!(
+        browser
+            .text("#order-history")
+            .unwrap()
+            .contains("客户只要一件")
+    );
+
+    browser.goto(&server.url(&format!("/#/order/{refused_id}")));
+    browser.wait_text("#order-status", "已发货");
+    open_action(&browser, "return");
+    browser.click("#f-kind option[value='refused']");
+    browser.click("#f-restock option[value='false']");
+    browser.type_into("#f-reason", "拒收");
+    browser.screenshot("v11-09-refused-zh");
+    confirm_action(&browser);
+    browser.wait_text("#order-status", "已退货");
+    assert_eq!(browser.text("#return-kind").unwrap(), "客户拒收");
+    assert_eq!(browser.text("#order-payment").unwrap(), "待退款");
+    let o = server.ok("GET", &format!("/v1/orders/{refused_id}"), None);
+    assert_eq!(o["returned"]["kind"], "refused");
+    assert_eq!(o["returned"]["restock"], false);
+    assert_eq!(
+        server.ok("GET", "/v1/skus/WIDGET", None)["on_hand"],
+        widget_on_hand,
+        "not restocked"
+    );
+    // A refund carries an Idempotency-Key, so confirming it again cannot pay twice.
+    browser.js(
+        "const real = window.fetch; window.refundKeys = [];
+         window.fetch = (url, opts) => {
+           if (String(url).endsWith('/refunds')) window.refundKeys.push(opts.headers['Idempotency-Key']);
+           return real(url, opts);
+         };",
+        json!([]),
+    );
+    open_action(&browser, "refund");
+    browser.type_into("#f-refund-amount", "1");
+    confirm_action(&browser);
+    browser.wait_text("#order-refunded-amount", "1.00");
+    let keys = browser.js("return window.refundKeys;", json!([]));
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(keys[0].as_str().unwrap().len(), 32, "{keys}");
+    // More than can be refunded is stopped in the dialog, before the server.
+    open_action(&browser, "refund");
+    browser.type_into("#f-refund-amount", "8.01");
+    browser.click("#action-confirm");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#f-refund-amount').validity.rangeOverflow;",
+            json!([])
+        ),
+        json!(true)
+    );
+    assert!(browser.exists("#action-dialog[open]"));
+    browser.screenshot("v11-10-refund-zh");
+    browser.click("#action-abort");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+}
+
+/// The order's buttons are its actions less what the token's role may not do.
+#[test]
+fn console_roles_see_only_their_buttons() {
+    let tokens = format!(
+        "admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:console-viewer,storefront:console-shop"
+    );
+    let server = Server::start_with(&[("SURGE_TOKENS", &tokens)]);
+    server.ok(
+        "PUT",
+        "/v1/skus/WIDGET",
+        Some(json!({"on_hand": 5, "low_stock_threshold": 1, "name": "widget"})),
+    );
+    let o = server.create_order(
+        "P-1",
+        "hal",
+        json!([{"sku": "WIDGET", "qty": 1, "unit_price": 100}]),
+    );
+    let id = o["id"].as_str().unwrap().to_string();
+    let buttons = |browser: &Browser| {
+        browser.js(
+            "return [...document.querySelectorAll('#order-actions button')].map(b => b.dataset.action).sort();",
+            json!([]),
+        )
+    };
+
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, "console-viewer");
+    browser.wait_text("#role-name", "viewer");
+    browser.goto(&server.url(&format!("/#/order/{id}")));
+    browser.wait_text("#order-status", "reserved");
+    assert_eq!(buttons(&browser), json!([]));
+    browser.wait_text(
+        "#order-actions",
+        "Your viewer token may not change this order.",
+    );
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#order-actions", "您的只读令牌不能修改此订单。");
+    drop(browser);
+
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, "console-shop");
+    browser.wait_text("#role-name", "storefront");
+    browser.goto(&server.url(&format!("/#/order/{id}")));
+    browser.wait_text("#order-status", "reserved");
+    assert_eq!(buttons(&browser), json!(["cancel", "modify", "pay"]));
+    browser.click("#action-cancel");
+    browser.wait_exists("#cancel-dialog[open]");
+    assert_eq!(
+        browser.js(
+            "return [...document.querySelectorAll('#cancel-reason-select option')].map(o => o.value);",
+            json!([])
+        ),
+        json!(["", "customer_request", "payment_failed"])
+    );
+    browser.click("#cancel-abort");
+    // No list for a storefront: it looks orders up by number.
+    browser.click("#nav-orders");
+    browser.wait_text("#orders-table", "look one up by its order number");
+    assert!(!browser.exists("#orders-export"));
+    browser.type_into("#q-order-no", "P-1");
+    browser.click("#search-btn");
+    browser.wait_exists("#orders-table tr[data-order-no='P-1']");
 }

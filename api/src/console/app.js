@@ -1,5 +1,8 @@
-// surge operator console: plain ES module, no dependencies, served from the binary.
+// surge operator console: plain ES modules, no dependencies, served from the binary.
 // Talks to the same origin's /v1 API with the Bearer token kept in sessionStorage.
+// Every text the user reads comes from i18n.js (zh-CN / en).
+
+import { DICTS, LANGS, code, initialLang, lang, missed, missingKeys, setLang, t, translatePage } from './i18n.js';
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -36,31 +39,56 @@ function s(tag, attrs = {}, text) {
   return el;
 }
 
-const money = (minor) => (Number(minor) / 100).toFixed(2);
-const plural = (n, one, many = one + 's') => `${n} ${n === 1 ? one : many}`;
+const money = (minor) => (Number(minor || 0) / 100).toFixed(2);
 
-function when(iso) {
+/** An instant for people, in the browser's time zone or in `timeZone` (IANA). */
+function when(iso, timeZone) {
   if (!iso) return '';
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
-  return d.toLocaleString(undefined, {
-    year: 'numeric', month: 'short', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
-  });
+  const opts = { year: 'numeric', month: 'short', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' };
+  try {
+    return d.toLocaleString(lang(), timeZone ? { ...opts, timeZone } : opts);
+  } catch {
+    return d.toLocaleString(lang(), opts); // a zone this browser does not know
+  }
 }
 const clock = (iso) => {
   const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString(undefined, { hour12: false });
+  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString(lang(), { hour12: false });
 };
 
-const REASONS = {
-  customer_request: 'Customer request',
-  out_of_stock: 'Out of stock',
-  payment_failed: 'Payment failed',
-  fraud_suspected: 'Fraud suspected',
-  system_error: 'System error',
-  other: 'Other',
+/** `2026-11-30T18:05:00` (a datetime-local value) for an instant, in local time. */
+function toLocalInput(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return '';
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+// The codes the API speaks; their names live in i18n.js under the same prefix.
+const CODES = {
+  status: ['reserved', 'confirmed', 'picking', 'packed', 'shipped', 'delivered', 'completed', 'expired', 'cancelled', 'returned'],
+  payment: ['unpaid', 'paid', 'partially_refunded', 'refund_due', 'refunded'],
+  reason: ['customer_request', 'out_of_stock', 'payment_failed', 'fraud_suspected', 'system_error', 'other'],
+  hold: ['review', 'address_check', 'fraud_check', 'customer_request', 'other'],
+  kind: ['intercepted', 'refused', 'customer_return'],
+  ledgerKind: ['charge', 'refund', 'reversal'],
+  group: ['day', 'hour', 'sku', 'customer', 'reason', 'channel'],
 };
 const STOREFRONT_REASONS = ['customer_request', 'payment_failed'];
+const ADDRESS_FIELDS = ['name', 'phone', 'province', 'city', 'district', 'line1', 'postal_code'];
+
+/** Fill every `<select data-codes=prefix>` with the translated codes, keeping its value. */
+function fillCodeSelects() {
+  for (const sel of document.querySelectorAll('select[data-codes]')) {
+    const value = sel.value;
+    const opts = CODES[sel.dataset.codes].map((c) => h('option', { value: c, text: code(sel.dataset.codes, c) }));
+    fill(sel, sel.dataset.any ? h('option', { value: '', text: t('msg.any') }) : null, opts);
+    sel.value = value;
+    if (sel.selectedIndex < 0) sel.selectedIndex = 0;
+  }
+}
 
 // ------------------------------------------------------------------ auth and API
 
@@ -71,14 +99,22 @@ const store = {
   set actor(v) { v ? sessionStorage.setItem('surge.actor', v) : sessionStorage.removeItem('surge.actor'); },
 };
 
-/** An API failure, with the problem document's `detail` in plain words. */
+/**
+ * An API failure in plain words: the translated title of a known problem code, then
+ * the problem document's `detail` as the server gave it.
+ */
 class ApiError extends Error {
   constructor(status, problem) {
-    const detail = (problem && (problem.detail || problem.title)) || `the server answered ${status}`;
-    super(detail);
+    const p = problem || {};
+    const known = p.code && `problem.${p.code}` in DICTS[lang()];
+    const detail = p.detail || (known ? '' : p.title) || '';
+    let msg;
+    if (known) msg = detail ? t('msg.titleDetail', { title: t(`problem.${p.code}`), detail }) : t(`problem.${p.code}`);
+    else msg = detail || t('msg.answered', { status });
+    super(msg);
     this.status = status;
-    this.code = (problem && problem.code) || '';
-    this.problem = problem || {};
+    this.code = p.code || '';
+    this.problem = p;
   }
 }
 
@@ -89,16 +125,24 @@ function headers(extra = {}) {
   return hd;
 }
 
-async function api(method, path, body, { quiet401 = false } = {}) {
+/** 128 random bits in hex (crypto.randomUUID needs a secure context; this does not). */
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function api(method, path, body, { quiet401 = false, idempotencyKey = '' } = {}) {
   let res;
+  const extra = body === undefined ? {} : { 'Content-Type': 'application/json' };
+  if (idempotencyKey) extra['Idempotency-Key'] = idempotencyKey;
   try {
     res = await fetch(path, {
       method,
-      headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+      headers: headers(extra),
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
-    throw new ApiError(0, { detail: `cannot reach the server (${e.message}). Is surge running?` });
+    throw new ApiError(0, { detail: t('msg.unreachable', { msg: e.message }) });
   }
   const text = await res.text();
   let data = null;
@@ -107,10 +151,35 @@ async function api(method, path, body, { quiet401 = false } = {}) {
   }
   if (!res.ok) {
     const err = new ApiError(res.status, data);
-    if (res.status === 401 && !quiet401) needToken(store.token ? `The server refused this token (${err.message}).` : 'This server requires a token.');
+    if (res.status === 401 && !quiet401) needToken(store.token ? () => t('auth.refused', { msg: err.message }) : () => t('auth.requires'));
     throw err;
   }
   return data;
+}
+
+/**
+ * Download what a GET answers (an export) under `name`: a plain link cannot send the
+ * Authorization header, so the file is fetched and handed to the browser as a blob.
+ */
+async function download(path, name) {
+  let res;
+  try {
+    res = await fetch(path, { headers: headers({ Accept: 'text/csv' }) });
+  } catch (e) {
+    throw new ApiError(0, { detail: t('msg.unreachable', { msg: e.message }) });
+  }
+  if (!res.ok) {
+    let problem = null;
+    try { problem = await res.json(); } catch { /* not JSON */ }
+    throw new ApiError(res.status, problem);
+  }
+  const url = URL.createObjectURL(await res.blob());
+  const a = h('a', { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  notice(t('orders.exported', { file: name }));
 }
 
 const access = {
@@ -119,13 +188,6 @@ const access = {
   get canRead() { return ['viewer', 'operator', 'admin'].includes(this.role); },
   get canStorefront() { return ['storefront', 'operator', 'admin'].includes(this.role); },
   get canOperate() { return ['operator', 'admin'].includes(this.role); },
-};
-
-const ROLE_TEXT = {
-  admin: 'can do everything: all reads, every order action, stock adjustments, SKU definitions',
-  operator: 'can read everything, move orders along, cancel with any reason, return, refund and adjust stock',
-  viewer: 'can only read: search orders, see stock and the live feed; no actions',
-  storefront: 'can look orders up by number, pay them and cancel them (customer request or payment failed); no lists, stock changes or live feed',
 };
 
 /**
@@ -157,35 +219,49 @@ async function probeRole() {
   }
 }
 
+let accessChecked = false;
+
 async function refreshAccess() {
-  const roleEl = $('#role');
-  roleEl.textContent = 'Checking access…';
+  accessChecked = false;
+  $('#role').textContent = t('auth.checking');
   let role;
   try {
     role = await probeRole();
   } catch (e) {
-    roleEl.textContent = 'Access unknown';
+    $('#role').textContent = t('auth.unknown');
     showError(e);
     return;
   }
   access.role = role;
   access.open = role === 'admin' && !store.token;
+  accessChecked = true;
   document.body.dataset.role = role || 'none';
-  roleEl.replaceChildren();
-  if (!role) {
-    roleEl.append('No valid token: ', h('b', { text: 'no access' }));
-    needToken(store.token ? 'This token is not known to the server.' : 'This server requires a token.');
-  } else {
-    const who = access.open ? 'Open server (no tokens configured), acting as ' : 'Token role: ';
-    roleEl.append(who, h('b', { id: 'role-name', 'data-testid': 'role-name', text: role }), `: ${ROLE_TEXT[role]}.`);
-    roleEl.title = 'Inferred from what the server allows this token to do.';
-  }
-  $('#token-toggle').textContent = store.token ? 'Change token' : 'Token';
+  renderRole();
+  if (!role) needToken(store.token ? () => t('auth.notKnown') : () => t('auth.requires'));
 }
 
+function renderRole() {
+  const roleEl = $('#role');
+  if (accessChecked) {
+    const role = access.role;
+    roleEl.replaceChildren();
+    if (!role) {
+      roleEl.append(t('auth.noValid'), h('b', { text: t('auth.noAccess') }));
+    } else {
+      roleEl.append(access.open ? t('auth.open') : t('auth.role'),
+        h('b', { id: 'role-name', 'data-testid': 'role-name', 'data-role': role, text: code('role', role) }),
+        `: ${t(`roleText.${role}`)}.`);
+      roleEl.title = t('auth.inferred');
+    }
+  }
+  $('#token-toggle').textContent = store.token ? t('auth.changeToken') : t('auth.token');
+}
+
+let tokenWhy = null; // the token form's explanation, a function so that it can be re-translated
 function needToken(why) {
   const form = $('#token-form');
-  $('#token-why').textContent = `${why} Paste a token; it is kept in this tab's session storage only.`;
+  tokenWhy = why;
+  $('#token-why').textContent = t('auth.whyPaste', { why: why() });
   if (form.hidden) {
     form.hidden = false;
     $('#token-toggle').setAttribute('aria-expanded', 'true');
@@ -206,7 +282,7 @@ function setupAuth() {
     const token = $('#token-input').value.trim();
     const actor = $('#actor-input').value.trim();
     if (actor && !/^[!-~]+$/.test(actor)) {
-      showError('Your name must be printable characters without spaces.');
+      showError(t('auth.nameBad'));
       return;
     }
     if (token) store.token = token;
@@ -219,7 +295,7 @@ function setupAuth() {
       $('#token-toggle').setAttribute('aria-expanded', 'false');
       live.restart();
       route();
-      notice(`Using ${access.role === 'operator' || access.role === 'admin' ? 'an' : 'a'} ${access.role} token.`);
+      notice(t('auth.using', { role: code('role', access.role) }));
     }
   });
   $('#token-clear').addEventListener('click', async () => {
@@ -231,9 +307,47 @@ function setupAuth() {
   });
 }
 
+// ------------------------------------------------------------------ language
+
+function setupLanguage() {
+  const sel = $('#lang-select');
+  fill(sel, LANGS.map(([value, name]) => h('option', { value, lang: value, text: name })));
+  sel.value = lang();
+  sel.addEventListener('change', () => {
+    setLang(sel.value, { remember: true });
+    applyLanguage();
+  });
+}
+
+/** Put every text on screen into the current language: the static page, then the views. */
+function applyLanguage() {
+  $('#notice').hidden = true; // a passing message, in the old language
+  translatePage();
+  fillCodeSelects();
+  $('#lang-select').value = lang();
+  renderRole();
+  if (tokenWhy !== null) $('#token-why').textContent = t('auth.whyPaste', { why: tokenWhy() });
+  live.renderState();
+  renderTicker();
+  drawCancels(lastCancels);
+  drawRates();
+  // The order on screen is redrawn at once from what is known; the route reloads it.
+  if (current && !$('#view-order').hidden && $('#view-order').dataset.orderId === current.id) renderOrder(current);
+  route({ keepMessages: true });
+}
+
+// The browser test checks the dictionaries through this.
+window.surgeI18n = {
+  missingKeys,
+  missed: () => [...missed],
+  lang,
+};
+
 // ------------------------------------------------------------------ messages
 
 function showError(err) {
+  // A missing or refused token is explained by the token form itself.
+  if (err && err.status === 401 && !$('#token-form').hidden) return;
   const msg = typeof err === 'string' ? err : err.message;
   $('#error-text').textContent = msg;
   $('#error').hidden = false;
@@ -250,100 +364,136 @@ function notice(msg) {
 
 // ------------------------------------------------------------------ routing
 
-function route() {
+const VIEWS = { orders: 'nav-orders', order: 'nav-orders', stock: 'nav-stock', ledger: 'nav-ledger', stats: 'nav-stats' };
+
+function route({ keepMessages = false } = {}) {
   const hash = location.hash || '#/orders';
   const [path, query = ''] = hash.slice(1).split('?');
   const parts = path.split('/').filter(Boolean);
+  let view = parts[0] in VIEWS ? parts[0] : 'orders';
+  if (view === 'order' && !parts[1]) view = 'orders';
   for (const v of document.querySelectorAll('.view')) v.hidden = true;
   for (const a of document.querySelectorAll('.top nav a')) a.removeAttribute('aria-current');
-  hideError();
-  $('#notice').hidden = true;
-  if (parts[0] === 'order' && parts[1]) {
-    $('#view-order').hidden = false;
-    $('#nav-orders').setAttribute('aria-current', 'page');
-    showOrder(decodeURIComponent(parts[1]));
-  } else if (parts[0] === 'stock') {
-    $('#view-stock').hidden = false;
-    $('#nav-stock').setAttribute('aria-current', 'page');
-    loadStock();
-  } else {
-    $('#view-orders').hidden = false;
-    $('#nav-orders').setAttribute('aria-current', 'page');
-    const params = new URLSearchParams(query);
-    fillSearch(params);
-    searchOrders(params);
+  if (!keepMessages) {
+    hideError();
+    $('#notice').hidden = true;
   }
+  $(`#view-${view}`).hidden = false;
+  $(`#${VIEWS[view]}`).setAttribute('aria-current', 'page');
+  const params = new URLSearchParams(query);
+  if (view === 'order') {
+    $('#view-order').dataset.orderId = decodeURIComponent(parts[1]);
+    showOrder(decodeURIComponent(parts[1]), { focus: !keepMessages });
+  }
+  else if (view === 'stock') loadStock();
+  else if (view === 'ledger') { fillForm($('#ledger-search'), params); loadLedger(params); }
+  else if (view === 'stats') showStats(params);
+  else { fillForm($('#order-search'), params); searchOrders(params); }
+}
+
+/** Set a search form's fields from URL parameters (instants shown in local time). */
+function fillForm(form, params) {
+  for (const input of form.elements) {
+    if (!input.name) continue;
+    const v = params.get(input.name) || '';
+    if (input.type === 'checkbox') input.checked = v === 'true';
+    else if (input.type === 'datetime-local') input.value = v ? toLocalInput(v) : '';
+    else input.value = v;
+    if (input.tagName === 'SELECT' && input.selectedIndex < 0) input.selectedIndex = 0;
+  }
+}
+
+/** The URL parameters a search form stands for (instants as RFC 3339 UTC). */
+function formParams(form) {
+  const params = new URLSearchParams();
+  for (const input of form.elements) {
+    if (!input.name) continue;
+    if (input.type === 'checkbox') {
+      if (input.checked) params.set(input.name, 'true');
+      continue;
+    }
+    let v = input.value.trim();
+    if (!v) continue;
+    if (input.type === 'datetime-local') v = new Date(v).toISOString();
+    params.set(input.name, v);
+  }
+  return params;
+}
+
+function go(target) {
+  if (location.hash === target) route();
+  else location.hash = target;
 }
 
 // ------------------------------------------------------------------ orders list
 
-const SEARCH_FIELDS = ['order_no', 'customer_id', 'status', 'sku', 'created_from', 'created_to'];
-
-function fillSearch(params) {
-  const form = $('#order-search');
-  for (const f of SEARCH_FIELDS) {
-    const input = form.elements[f];
-    const v = params.get(f) || '';
-    if (input.type === 'datetime-local') input.value = v ? toLocalInput(v) : '';
-    else input.value = v;
-  }
-}
-
-function toLocalInput(iso) {
-  const d = new Date(iso);
-  if (Number.isNaN(d.getTime())) return '';
-  const pad = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
+const ordersState = { params: new URLSearchParams(), next: null, seq: 0 };
 
 function setupSearch() {
   const form = $('#order-search');
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    const params = new URLSearchParams();
-    for (const f of SEARCH_FIELDS) {
-      const input = form.elements[f];
-      let v = input.value.trim();
-      if (!v) continue;
-      if (input.type === 'datetime-local') v = new Date(v).toISOString();
-      params.set(f, v);
-    }
-    const target = `#/orders${params.toString() ? '?' + params : ''}`;
-    if (location.hash === target) route();
-    else location.hash = target;
+    const params = formParams(form);
+    go(`#/orders${params.toString() ? '?' + params : ''}`);
   });
   form.addEventListener('reset', () => setTimeout(() => { location.hash = '#/orders'; }, 0));
   $('#orders-more').addEventListener('click', () => {
     if (ordersState.next) searchOrders(ordersState.params, ordersState.next);
   });
+  $('#orders-export').addEventListener('click', async () => {
+    try {
+      await download($('#orders-export').dataset.url, 'orders.csv');
+    } catch (e) {
+      showError(e);
+    }
+  });
 }
 
-const ordersState = { params: null, next: null, seq: 0 };
+/** The export of what the list shows: same filters, with a BOM so that Excel reads UTF-8. */
+function exportUrl(params) {
+  const q = new URLSearchParams(params);
+  q.set('bom', 'true');
+  return `/v1/orders/export.csv?${q}`;
+}
+
+function statusBadges(o) {
+  return [
+    h('span', { class: `badge s-${o.status}`, 'data-status': o.status, text: code('status', o.status) }),
+    o.hold ? h('span', { class: 'badge held', 'data-testid': 'held-badge', text: t('orders.held'), title: code('hold', o.hold.reason) }) : null,
+    o.delayed_since ? h('span', { class: 'badge delayed', 'data-testid': 'delayed-badge', text: t('orders.delayed'), title: t('orders.delayedTitle', { at: when(o.delayed_since) }) }) : null,
+  ];
+}
 
 function orderRow(o) {
-  return h('tr', { dataset: { orderId: o.id, orderNo: o.order_no, status: o.status } },
+  return h('tr', { dataset: { orderId: o.id, orderNo: o.order_no, status: o.status, delayed: o.delayed_since ? 'true' : 'false' } },
     h('td', {}, h('a', { href: `#/order/${encodeURIComponent(o.id)}`, class: 'order-link', 'data-testid': 'order-link' }, o.order_no)),
     h('td', { text: o.customer_id }),
-    h('td', {}, h('span', { class: `badge s-${o.status}`, text: o.status })),
-    h('td', {}, h('span', { class: `badge p-${o.payment.status}`, text: o.payment.status.replace('_', ' ') })),
+    h('td', { class: 'badges' }, statusBadges(o)),
+    h('td', {}, h('span', { class: `badge p-${o.payment.status}`, 'data-payment': o.payment.status, text: code('payment', o.payment.status) })),
+    h('td', { text: o.channel || '' }),
     h('td', { class: 'num', text: money(o.total) }),
     h('td', { text: when(o.created_at) }));
 }
+
+const ORDER_COLS = 7;
 
 async function searchOrders(params, cursor) {
   const tbody = $('#orders-table tbody');
   const summary = $('#orders-summary');
   const seq = ++ordersState.seq;
   ordersState.params = params;
+  $('#orders-export').dataset.url = exportUrl(params);
+  $('#orders-export').hidden = !access.canRead;
   if (!cursor) {
-    tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty', text: 'Loading…' })));
+    tbody.replaceChildren(h('tr', {}, h('td', { colspan: ORDER_COLS, class: 'empty', text: t('msg.loading') })));
     $('#orders-more').hidden = true;
   }
   try {
     const orderNo = params.get('order_no');
     let items;
     let next = null;
-    if (orderNo) {
+    if (orderNo && !access.canRead) {
+      // A storefront may not list: it looks one order up by its exact number.
       try {
         items = [await api('GET', `/v1/orders/by-no/${encodeURIComponent(orderNo)}`)];
       } catch (e) {
@@ -355,7 +505,7 @@ async function searchOrders(params, cursor) {
     } else {
       if (access.role === 'storefront') {
         if (seq !== ordersState.seq) return;
-        tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty', text: 'A storefront token may not list orders: look one up by its order number.' })));
+        tbody.replaceChildren(h('tr', {}, h('td', { colspan: ORDER_COLS, class: 'empty', text: t('orders.storefrontNoList') })));
         summary.textContent = '';
         return;
       }
@@ -370,13 +520,14 @@ async function searchOrders(params, cursor) {
     if (!cursor) tbody.replaceChildren();
     for (const o of items) tbody.append(orderRow(o));
     const shown = tbody.querySelectorAll('tr[data-order-id]').length;
-    if (!shown) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty', text: orderNo ? `No order numbered “${orderNo}”.` : 'No orders match.' })));
+    const none = !orderNo ? t('orders.none') : t(access.canRead ? 'orders.nonePrefix' : 'orders.noneNumbered', { no: orderNo });
+    if (!shown) tbody.replaceChildren(h('tr', {}, h('td', { colspan: ORDER_COLS, class: 'empty', text: none })));
     ordersState.next = next;
     $('#orders-more').hidden = !next;
-    summary.textContent = shown ? `${plural(shown, 'order')} shown, newest first${next ? '; more below' : ''}.` : '';
+    summary.textContent = shown ? t(next ? 'orders.shownMore' : 'orders.shown', { n: shown }) : '';
   } catch (e) {
     if (seq !== ordersState.seq) return;
-    if (!cursor) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty', text: 'Could not load orders.' })));
+    if (!cursor) tbody.replaceChildren(h('tr', {}, h('td', { colspan: ORDER_COLS, class: 'empty', text: t('orders.loadFailed') })));
     showError(e);
   }
 }
@@ -384,131 +535,181 @@ async function searchOrders(params, cursor) {
 function matches(o, p) {
   if (p.get('customer_id') && o.customer_id !== p.get('customer_id')) return false;
   if (p.get('status') && o.status !== p.get('status')) return false;
+  if (p.get('payment_status') && o.payment.status !== p.get('payment_status')) return false;
+  if (p.get('channel') && o.channel !== p.get('channel')) return false;
+  if (p.get('delayed') === 'true' && !o.delayed_since) return false;
+  if (p.get('on_hold') === 'true' && !o.hold) return false;
   if (p.get('sku') && !o.lines.some((l) => l.sku === p.get('sku'))) return false;
-  const t = Date.parse(o.created_at);
-  if (p.get('created_from') && t < Date.parse(p.get('created_from'))) return false;
-  if (p.get('created_to') && t > Date.parse(p.get('created_to'))) return false;
+  const at = Date.parse(o.created_at);
+  if (p.get('created_from') && at < Date.parse(p.get('created_from'))) return false;
+  if (p.get('created_to') && at > Date.parse(p.get('created_to'))) return false;
   return true;
 }
 
 // ------------------------------------------------------------------ one order
 
 let current = null; // the order on screen
+let orderSeq = 0; // only the newest load of an order may render
 
-async function showOrder(id, { focus = true } = {}) {
+async function showOrder(id, { focus = true, onlyIfChanged = false } = {}) {
   const body = $('#order-body');
+  const seq = ++orderSeq;
   if (!current || current.id !== id) {
     $('#order-no').textContent = '';
-    body.replaceChildren(h('p', { class: 'muted', text: 'Loading…' }));
+    body.replaceChildren(h('p', { class: 'muted', text: t('msg.loading') }));
   }
   try {
     const o = await api('GET', `/v1/orders/${encodeURIComponent(id)}`);
+    if (seq !== orderSeq) return;
+    // A refresh that brings nothing new leaves the page (and the button under the
+    // pointer) alone.
+    if (onlyIfChanged && current && renderedLang === lang() && JSON.stringify(current) === JSON.stringify(o)) return;
     renderOrder(o);
     if (focus) $('#order-h').focus();
   } catch (e) {
+    if (seq !== orderSeq) return;
     current = null;
-    body.replaceChildren(h('p', { class: 'error-inline', text: `Could not load order ${id}: ${e.message}` }));
+    body.replaceChildren(h('p', { class: 'error-inline', text: t('order.loadFailed', { id, msg: e.message }) }));
     showError(e);
   }
 }
 
-// The buttons an order offers: what the server says is allowed now (`o.actions`, read
-// off the engine's transition table), filtered by what this token's role may do.
-// The console does not repeat the order rules.
-const ACTION_BUTTONS = [
-  { name: 'pay', role: 'canStorefront', action: 'pay', label: (o) => `Take payment (${money(o.total)})` },
-  { name: 'pick', role: 'canOperate', action: 'picking', label: () => 'Start picking' },
-  { name: 'pack', role: 'canOperate', action: 'packed', label: () => 'Mark packed' },
-  { name: 'ship', role: 'canOperate', action: 'shipped', label: () => 'Ship…' },
-  { name: 'deliver', role: 'canOperate', action: 'delivered', label: () => 'Mark delivered' },
-  { name: 'complete', role: 'canOperate', action: 'completed', label: () => 'Complete' },
-  { name: 'return', role: 'canOperate', action: 'return', label: () => 'Return…' },
-  { name: 'refund', role: 'canOperate', action: 'refund', label: (o) => `Refund ${money(o.payment.amount || o.total)}…` },
-  { name: 'cancel', role: 'canStorefront', action: 'cancel', label: () => 'Cancel order…', danger: true },
-];
+// The buttons an order offers are exactly its `actions` (what the server allows now),
+// filtered by what this token's role may do. The console repeats no order rule.
+const ACTION_BUTTONS = {
+  pay: { role: 'canStorefront', primary: true, label: (o) => t('act.pay', { amount: money(o.total) }) },
+  pick: { role: 'canOperate', primary: true },
+  pack: { role: 'canOperate', primary: true },
+  ship: { role: 'canOperate', primary: true },
+  deliver: { role: 'canOperate', primary: true },
+  complete: { role: 'canOperate', primary: true },
+  modify: { role: 'canStorefront' },
+  hold: { role: 'canOperate' },
+  release_hold: { role: 'canOperate' },
+  return: { role: 'canOperate' },
+  refund: { role: 'canOperate' },
+  cancel: { role: 'canStorefront', danger: true },
+};
+// Plain moves along the graph: the action and the status it asks for.
+const MOVES = { pick: 'picking', pack: 'packed', ship: 'shipped', deliver: 'delivered', complete: 'completed' };
 
 function actionsFor(o) {
-  const allowed = new Set(o.actions || []);
-  return ACTION_BUTTONS
-    .filter((b) => allowed.has(b.name) && access[b.role])
-    .map((b) => ({ action: b.action, label: b.label(o), danger: b.danger }));
+  return (o.actions || []).filter((name) => ACTION_BUTTONS[name] && access[ACTION_BUTTONS[name].role]);
 }
 
+/** Why the order offers no cancel (or nothing at all): words, not rules. */
 function whyNot(o) {
-  const st = o.status;
-  if (st === 'shipped') {
-    return 'This order has shipped, so it can no longer be cancelled. Once it is delivered, use Return to take the units back (and refund the payment).';
+  const due = o.payment.status === 'refund_due';
+  switch (o.status) {
+    case 'shipped': return t('order.whyShipped');
+    case 'delivered': return t('order.whyDelivered');
+    case 'completed': return t('order.whyCompleted');
+    case 'cancelled': return t(due ? 'order.whyCancelledDue' : 'order.whyCancelled');
+    case 'expired': return t('order.whyExpired');
+    case 'returned': return t(due ? 'order.whyReturnedDue' : 'order.whyReturned');
+    default: return o.hold ? t('order.whyHeld') : '';
   }
-  if (st === 'delivered' || st === 'completed') {
-    return `This order was ${st === 'delivered' ? 'delivered' : 'completed'} after shipping, so it cannot be cancelled: return it instead.`;
-  }
-  if (st === 'cancelled') return o.payment.status === 'refund_due' ? 'This order is cancelled; its payment is due for a refund.' : 'This order is cancelled: no further steps.';
-  if (st === 'expired') return 'Payment did not arrive in time and the hold expired: no further steps.';
-  if (st === 'returned') return o.payment.status === 'refund_due' ? 'Returned: the payment is due for a refund.' : 'Returned: no further steps.';
-  return '';
 }
+
+function actorText(x) {
+  return x.on_behalf_of ? t('msg.onBehalfOf', { actor: x.actor, who: x.on_behalf_of }) : x.actor;
+}
+
+let renderedLang = ''; // the language the order on screen was drawn in
 
 function renderOrder(o) {
   current = o;
+  renderedLang = lang();
   $('#order-no').textContent = o.order_no;
   const view = $('#view-order');
   view.dataset.orderId = o.id;
   view.dataset.status = o.status;
+  const p = o.payment;
+  const v11money = p.paid_amount !== undefined;
 
   const facts = h('dl', { class: 'facts' },
-    fact('Status', h('span', { id: 'order-status', 'data-testid': 'order-status', class: `badge s-${o.status}`, text: o.status })),
-    fact('Payment', h('span', { id: 'order-payment', 'data-testid': 'order-payment', class: `badge p-${o.payment.status}`, text: o.payment.status.replace('_', ' ') })),
-    fact('Total', h('span', { id: 'order-total', 'data-testid': 'order-total', text: money(o.total) })),
-    fact('Customer', o.customer_id),
-    fact('Order id', o.id),
-    fact('Created', when(o.created_at)),
-    o.status === 'reserved' ? fact('Pay by', when(o.payment.due_at)) : null,
-    o.payment.paid_at ? fact('Paid', `${when(o.payment.paid_at)}${o.payment.payment_ref ? ` (ref ${o.payment.payment_ref})` : ''}`) : null,
-    o.payment.refund_ref ? fact('Refund ref', o.payment.refund_ref) : null,
-    o.tracking_no ? fact('Tracking', h('span', { id: 'order-tracking', text: o.tracking_no })) : null,
+    fact(t('order.status'), h('span', { class: 'badges' },
+      h('span', { id: 'order-status', 'data-testid': 'order-status', 'data-status': o.status, class: `badge s-${o.status}`, text: code('status', o.status) }),
+      o.hold ? h('span', { class: 'badge held', text: t('orders.held') }) : null,
+      o.delayed_since ? h('span', { id: 'order-delayed', class: 'badge delayed', 'data-testid': 'delayed-badge', text: t('orders.delayed'), title: t('orders.delayedTitle', { at: when(o.delayed_since) }) }) : null)),
+    fact(t('order.payment'), h('span', { id: 'order-payment', 'data-testid': 'order-payment', 'data-payment': p.status, class: `badge p-${p.status}`, text: code('payment', p.status) })),
+    fact(t('order.total'), h('span', { id: 'order-total', 'data-testid': 'order-total', text: money(o.total) })),
+    v11money && p.paid_amount ? fact(t('order.paidAmount'), h('span', { id: 'order-paid-amount', text: money(p.paid_amount) })) : null,
+    v11money && p.refunded_amount ? fact(t('order.refundedAmount'), h('span', { id: 'order-refunded-amount', text: money(p.refunded_amount) })) : null,
+    v11money && p.refund_due_amount ? fact(t('order.refundDueAmount'), h('span', { id: 'order-refund-due-amount', text: money(p.refund_due_amount) })) : null,
+    fact(t('order.customer'), o.customer_id),
+    o.channel ? fact(t('order.channel'), h('span', { id: 'order-channel', text: o.channel })) : null,
+    fact(t('order.id'), o.id),
+    fact(t('order.created'), when(o.created_at)),
+    o.status === 'reserved' && p.due_at ? fact(t('order.payBy'), when(p.due_at)) : null,
+    p.paid_at ? fact(t('order.paid'), p.payment_ref ? t('order.paidRef', { at: when(p.paid_at), ref: p.payment_ref }) : when(p.paid_at)) : null,
+    p.refund_ref ? fact(t('order.refundRef'), p.refund_ref) : null,
+    o.tracking_no ? fact(t('order.tracking'), h('span', { id: 'order-tracking', text: o.tracking_no })) : null,
+    o.delayed_since ? fact(t('order.delayedSince'), when(o.delayed_since)) : null,
+    o.note ? fact(t('order.note'), h('span', { id: 'order-note', text: o.note })) : null,
   );
 
-  const cancellation = o.cancellation ? h('section', { class: 'cancellation', id: 'order-cancellation', 'data-testid': 'order-cancellation', 'aria-label': 'Cancellation' },
-    h('p', {}, h('strong', { text: 'Cancelled: ' }), h('span', { id: 'cancel-reason', 'data-testid': 'cancel-reason', 'data-reason': o.cancellation.reason, text: REASONS[o.cancellation.reason] || o.cancellation.reason })),
-    o.cancellation.note ? h('p', {}, 'Note: ', h('span', { id: 'cancel-note', 'data-testid': 'cancel-note', text: o.cancellation.note })) : null,
-    h('p', { class: 'muted small', text: `by ${o.cancellation.actor}${o.cancellation.on_behalf_of ? ` for ${o.cancellation.on_behalf_of}` : ''}, ${when(o.cancellation.at)}` })) : null;
+  const hold = o.hold ? h('section', { class: 'banner hold-banner', id: 'order-hold', 'data-testid': 'order-hold', 'aria-label': t('order.holdSection') },
+    h('p', {}, h('strong', { text: t('order.holdTitle') }), h('span', { id: 'hold-reason', 'data-reason': o.hold.reason, text: code('hold', o.hold.reason) })),
+    o.hold.note ? h('p', {}, t('order.notePrefix'), h('span', { id: 'hold-note', text: o.hold.note })) : null,
+    h('p', { class: 'muted small', id: 'hold-actor', text: t('msg.by', { actor: actorText(o.hold), at: when(o.hold.at) }) })) : null;
 
-  const returned = o.returned ? h('section', { class: 'cancellation', id: 'order-returned', 'aria-label': 'Return' },
-    h('p', {}, h('strong', { text: 'Returned' }), o.returned.restock ? ' — units restocked' : ' — units not restocked'),
-    o.returned.reason ? h('p', { text: `Reason: ${o.returned.reason}` }) : null,
-    o.returned.note ? h('p', { text: `Note: ${o.returned.note}` }) : null) : null;
+  const cancellation = o.cancellation ? h('section', { class: 'banner cancellation', id: 'order-cancellation', 'data-testid': 'order-cancellation', 'aria-label': t('order.cancellation') },
+    h('p', {}, h('strong', { text: t('order.cancelled') }), h('span', { id: 'cancel-reason', 'data-testid': 'cancel-reason', 'data-reason': o.cancellation.reason, text: code('reason', o.cancellation.reason) })),
+    o.cancellation.note ? h('p', {}, t('order.notePrefix'), h('span', { id: 'cancel-note', 'data-testid': 'cancel-note', text: o.cancellation.note })) : null,
+    h('p', { class: 'muted small', text: t('msg.by', { actor: actorText(o.cancellation), at: when(o.cancellation.at) }) })) : null;
+
+  const ret = o.returned;
+  const returned = ret ? h('section', { class: 'banner cancellation', id: 'order-returned', 'aria-label': t('order.returnSection') },
+    h('p', {}, h('strong', { text: t('order.returnedTitle') }), ret.restock ? t('order.restocked') : t('order.notRestocked')),
+    ret.kind ? h('p', {}, t('order.kindPrefix'), h('span', { id: 'return-kind', 'data-kind': ret.kind, text: code('kind', ret.kind) })) : null,
+    ret.reason ? h('p', { text: `${t('order.reasonPrefix')}${ret.reason}` }) : null,
+    ret.note ? h('p', { text: `${t('order.notePrefix')}${ret.note}` }) : null) : null;
 
   const acts = actionsFor(o);
   const why = whyNot(o);
-  const actions = h('section', { class: 'actions', id: 'order-actions', 'data-testid': 'order-actions', 'aria-label': 'Actions' },
-    acts.map((a) => h('button', {
-      type: 'button', id: `action-${a.action}`, 'data-testid': `action-${a.action}`, 'data-action': a.action,
-      class: a.danger ? 'danger' : (a.action === 'pay' || ['picking', 'packed', 'shipped', 'delivered', 'completed'].includes(a.action) ? 'primary' : ''),
-      onclick: (ev) => startAction(a.action, ev.currentTarget),
-    }, a.label)),
-    !acts.length && !why ? h('p', { class: 'muted', text: access.role ? `Your ${access.role} token may not change this order.` : 'No token: read only.' }) : null,
+  const actions = h('section', { class: 'actions', id: 'order-actions', 'data-testid': 'order-actions', 'aria-label': t('order.actions') },
+    acts.map((name) => {
+      const b = ACTION_BUTTONS[name];
+      return h('button', {
+        type: 'button', id: `action-${name}`, 'data-testid': `action-${name}`, 'data-action': name,
+        class: b.danger ? 'danger' : (b.primary ? 'primary' : ''),
+        onclick: (ev) => startAction(name, ev.currentTarget),
+      }, b.label ? b.label(o) : t(`act.${name}`));
+    }),
+    !acts.length && !why ? h('p', { class: 'muted', text: access.role ? t('order.mayNot', { role: code('role', access.role) }) : t('order.readOnly') }) : null,
     why ? h('p', { class: 'why', id: 'order-why', 'data-testid': 'order-why', text: why }) : null);
 
   const lines = h('table', { id: 'order-lines', 'data-testid': 'order-lines' },
-    h('caption', { class: 'sr-only', text: 'Order lines' }),
-    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'SKU' }), h('th', { scope: 'col', class: 'num', text: 'Qty' }), h('th', { scope: 'col', class: 'num', text: 'Unit price' }), h('th', { scope: 'col', class: 'num', text: 'Line total' }))),
-    h('tbody', {}, o.lines.map((l) => h('tr', { dataset: { sku: l.sku } },
+    h('caption', { class: 'sr-only', text: t('order.linesCaption') }),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: t('stock.sku') }), h('th', { scope: 'col', class: 'num', text: t('order.qty') }), h('th', { scope: 'col', class: 'num', text: t('order.unitPrice') }), h('th', { scope: 'col', class: 'num', text: t('order.lineTotal') }))),
+    h('tbody', {}, o.lines.map((l) => h('tr', { dataset: { sku: l.sku, qty: l.qty } },
       h('td', {}, h('a', { href: `#/orders?sku=${encodeURIComponent(l.sku)}`, text: l.sku })),
       h('td', { class: 'num', text: l.qty }),
       h('td', { class: 'num', text: money(l.unit_price) }),
       h('td', { class: 'num', text: money(l.qty * l.unit_price) })))),
-    h('tfoot', {}, h('tr', {}, h('th', { scope: 'row', colspan: 3, class: 'num', text: 'Total' }), h('td', { class: 'num', text: money(o.total) }))));
+    h('tfoot', {}, h('tr', {}, h('th', { scope: 'row', colspan: 3, class: 'num', text: t('order.total') }), h('td', { class: 'num', text: money(o.total) }))));
+
+  const addr = o.shipping_address || {};
+  const addrParts = ADDRESS_FIELDS.filter((f) => addr[f]);
+  const address = o.shipping_address !== undefined ? h('section', { 'aria-labelledby': 'address-h', class: 'address' },
+    h('h2', { id: 'address-h', text: t('order.address') }),
+    addrParts.length ? h('dl', { id: 'order-address', 'data-testid': 'order-address', class: 'addr' },
+      addrParts.map((f) => h('div', { dataset: { field: f } }, h('dt', { text: t(`addr.${f}`) }), h('dd', { text: addr[f] }))))
+      : h('p', { class: 'muted', id: 'order-address', text: t('order.noAddress') })) : null;
 
   const history = h('ol', { class: 'timeline', id: 'order-history', 'data-testid': 'order-history' },
     o.history.map((e) => h('li', { class: `s-${e.status}`, dataset: { status: e.status } },
-      h('span', { class: `badge s-${e.status}`, text: e.status }), ' ',
-      h('span', { class: 'when', text: `${when(e.at)} · ${e.actor}${e.on_behalf_of ? ` for ${e.on_behalf_of}` : ''}` }),
+      h('span', { class: `badge s-${e.status}`, text: code('status', e.status) }), ' ',
+      h('span', { class: 'when', text: `${when(e.at)} · ${actorText(e)}` }),
       e.note ? h('p', { class: 'note', text: e.note }) : null)));
 
-  fill($('#order-body'), facts, cancellation, returned, actions,
+  fill($('#order-body'), facts, hold, cancellation, returned, actions,
     h('div', { class: 'order-cols' },
-      h('section', { 'aria-labelledby': 'lines-h' }, h('h2', { id: 'lines-h', text: 'Lines' }), h('div', { class: 'scroll' }, lines)),
-      h('section', { 'aria-labelledby': 'history-h' }, h('h2', { id: 'history-h', text: 'History' }), history)));
+      h('div', {},
+        h('section', { 'aria-labelledby': 'lines-h' }, h('h2', { id: 'lines-h', text: t('order.lines') }), h('div', { class: 'scroll' }, lines)),
+        address),
+      h('section', { 'aria-labelledby': 'history-h' }, h('h2', { id: 'history-h', text: t('order.history') }), history)));
 }
 
 function fact(label, value) {
@@ -518,6 +719,21 @@ function fact(label, value) {
 // ------------------------------------------------------------------ order actions
 
 let returnFocus = null;
+let pendingAction = null;
+
+/** A labelled field for the action dialog. */
+function field(parent, id, label, input) {
+  parent.append(h('label', { for: id, text: label }), input);
+  return input;
+}
+
+function codeSelect(id, prefix, codes, { choose = false, selected = '' } = {}) {
+  return h('select', { id, required: choose || undefined },
+    choose ? h('option', { value: '', text: t('dlg.chooseReason') }) : null,
+    codes.map((c) => h('option', { value: c, selected: c === selected || undefined, text: code(prefix, c) })));
+}
+
+const val = (id) => $(`#${id}`).value.trim();
 
 function startAction(action, button) {
   returnFocus = button;
@@ -526,58 +742,178 @@ function startAction(action, button) {
   const o = current;
   const fields = $('#action-fields');
   fields.replaceChildren();
-  const field = (id, label, input) => fields.append(h('label', { for: id, text: label }), input);
+  const path = `/v1/orders/${encodeURIComponent(o.id)}`;
   let title; let text = ''; let confirm; let request;
   switch (action) {
     case 'pay':
-      title = `Take payment for ${o.order_no}`;
-      text = `Records a payment of ${money(o.total)} (the order total). The held units leave stock.`;
-      field('f-payment-ref', 'Payment reference', h('input', { id: 'f-payment-ref', maxlength: 256 }));
-      confirm = 'Record payment';
-      request = () => api('POST', `/v1/orders/${o.id}/pay`, { amount: o.total, payment_ref: $('#f-payment-ref').value.trim() });
+      title = t('dlg.payTitle', { no: o.order_no });
+      text = t('dlg.payText', { amount: money(o.total) });
+      field(fields, 'f-payment-ref', t('dlg.payRef'), h('input', { id: 'f-payment-ref', maxlength: 256 }));
+      confirm = t('dlg.payConfirm');
+      request = () => api('POST', `${path}/pay`, { amount: o.total, payment_ref: val('f-payment-ref') });
       break;
-    case 'shipped':
-      title = `Ship ${o.order_no}`;
-      text = 'After shipping the order can no longer be cancelled, only returned once delivered.';
-      field('f-tracking', 'Tracking number', h('input', { id: 'f-tracking', required: true, maxlength: 256, 'data-testid': 'tracking-input' }));
-      field('f-note', 'Note', h('input', { id: 'f-note', maxlength: 256 }));
-      confirm = 'Mark shipped';
-      request = () => api('POST', `/v1/orders/${o.id}/transitions`, { to: 'shipped', tracking_no: $('#f-tracking').value.trim(), note: $('#f-note').value.trim() });
+    case 'ship':
+      title = t('dlg.shipTitle', { no: o.order_no });
+      text = t('dlg.shipText');
+      field(fields, 'f-tracking', t('dlg.tracking'), h('input', { id: 'f-tracking', required: true, maxlength: 256, 'data-testid': 'tracking-input' }));
+      field(fields, 'f-note', t('dlg.noteOptional'), h('input', { id: 'f-note', maxlength: 256 }));
+      confirm = t('dlg.shipConfirm');
+      request = () => api('POST', `${path}/transitions`, { to: 'shipped', tracking_no: val('f-tracking'), note: val('f-note') });
       break;
-    case 'return':
-      title = `Return ${o.order_no}`;
-      text = o.payment.status === 'paid' ? `The payment of ${money(o.total)} becomes due for a refund.` : '';
-      field('f-restock', 'Put the units back in stock', h('select', { id: 'f-restock' }, h('option', { value: 'true', text: 'yes, restock' }), h('option', { value: 'false', text: 'no (damaged, lost)' })));
-      field('f-reason', 'Reason', h('input', { id: 'f-reason', maxlength: 256 }));
-      field('f-note', 'Note', h('input', { id: 'f-note', maxlength: 256 }));
-      confirm = 'Record return';
-      request = () => api('POST', `/v1/orders/${o.id}/return`, { restock: $('#f-restock').value === 'true', reason: $('#f-reason').value.trim(), note: $('#f-note').value.trim() });
+    case 'hold':
+      title = t('dlg.holdTitle', { no: o.order_no });
+      text = t('dlg.holdText');
+      field(fields, 'f-hold-reason', t('dlg.reason'), codeSelect('f-hold-reason', 'hold', CODES.hold, { choose: true }));
+      field(fields, 'f-note', t('dlg.noteOptional'), h('input', { id: 'f-note', maxlength: 256 }));
+      confirm = t('dlg.holdConfirm');
+      request = () => api('POST', `${path}/hold`, { reason: val('f-hold-reason'), note: val('f-note') });
       break;
-    case 'refund':
-      title = `Refund ${o.order_no}`;
-      text = `Records that ${money(o.payment.amount || o.total)} was paid back.`;
-      field('f-refund-ref', 'Refund reference', h('input', { id: 'f-refund-ref', maxlength: 256 }));
-      confirm = 'Record refund';
-      request = () => api('POST', `/v1/orders/${o.id}/refund`, { refund_ref: $('#f-refund-ref').value.trim() });
+    case 'release_hold':
+      title = t('dlg.releaseTitle', { no: o.order_no });
+      field(fields, 'f-note', t('dlg.noteOptional'), h('input', { id: 'f-note', maxlength: 256 }));
+      confirm = t('dlg.releaseConfirm');
+      request = () => api('POST', `${path}/release-hold`, { note: val('f-note') });
       break;
-    default: // picking, packed, delivered, completed: a plain transition, with an optional note
-      title = `${o.order_no}: ${o.status} → ${action}`;
-      field('f-note', 'Note (optional)', h('input', { id: 'f-note', maxlength: 256 }));
-      confirm = `Move to ${action}`;
-      request = () => api('POST', `/v1/orders/${o.id}/transitions`, { to: action, note: $('#f-note').value.trim() });
+    case 'return': {
+      title = t('dlg.returnTitle', { no: o.order_no });
+      text = o.payment.status === 'unpaid' ? '' : t('dlg.returnPaid');
+      // Every kind is offered; the server decides which one the status allows.
+      const kinds = h('select', { id: 'f-kind', 'data-testid': 'return-kind' },
+        CODES.kind.map((k) => h('option', { value: k, selected: (o.status === 'shipped') === (k === 'intercepted') || undefined, text: t('dlg.kindOption', { kind: code('kind', k), hint: t(`kindHint.${k}`) }) })));
+      field(fields, 'f-kind', t('dlg.returnKind'), kinds);
+      field(fields, 'f-restock', t('dlg.restock'), h('select', { id: 'f-restock' }, h('option', { value: 'true', text: t('dlg.restockYes') }), h('option', { value: 'false', text: t('dlg.restockNo') })));
+      field(fields, 'f-reason', t('dlg.reason'), h('input', { id: 'f-reason', maxlength: 256 }));
+      field(fields, 'f-note', t('dlg.noteOptional'), h('input', { id: 'f-note', maxlength: 256 }));
+      confirm = t('dlg.returnConfirm');
+      request = () => {
+        const body = { restock: val('f-restock') === 'true', reason: val('f-reason'), note: val('f-note') };
+        // `customer_return` is the contract's default: a v1 server knows no `kind`.
+        if (val('f-kind') !== 'customer_return') body.kind = val('f-kind');
+        return api('POST', `${path}/return`, body);
+      };
+      break;
+    }
+    case 'refund': {
+      const p = o.payment;
+      title = t('dlg.refundTitle', { no: o.order_no });
+      if (p.paid_amount === undefined) {
+        // A v1 server: the refund is the whole amount due, nothing to choose.
+        text = t('dlg.refundText', { paid: money(p.amount), refunded: money(0), due: money(p.amount), max: money(p.amount) });
+        field(fields, 'f-refund-ref', t('dlg.refundRef'), h('input', { id: 'f-refund-ref', maxlength: 256 }));
+        request = () => api('POST', `${path}/refund`, { refund_ref: val('f-refund-ref') });
+      } else {
+        const max = p.paid_amount - p.refunded_amount;
+        // One Idempotency-Key per dialog and request body: confirming the same refund
+        // again after a lost answer cannot refund twice.
+        const keys = new Map();
+        const refundKey = (body) => {
+          const k = JSON.stringify(body);
+          if (!keys.has(k)) keys.set(k, newIdempotencyKey());
+          return keys.get(k);
+        };
+        text = t('dlg.refundText', { paid: money(p.paid_amount), refunded: money(p.refunded_amount), due: money(p.refund_due_amount), max: money(max) });
+        field(fields, 'f-refund-amount', t('dlg.refundAmount'), h('input', {
+          id: 'f-refund-amount', type: 'number', min: '0.01', step: '0.01', max: money(max), required: true, 'data-testid': 'refund-amount',
+          value: money(p.refund_due_amount > 0 ? p.refund_due_amount : max),
+        }));
+        field(fields, 'f-reason', t('dlg.reason'), h('input', { id: 'f-reason', maxlength: 256 }));
+        field(fields, 'f-refund-ref', t('dlg.refundRef'), h('input', { id: 'f-refund-ref', maxlength: 256 }));
+        request = () => {
+          const amount = Math.round(Number(val('f-refund-amount')) * 100);
+          if (!Number.isInteger(amount) || amount <= 0 || amount > max) throw new Error(t('dlg.refundBad', { max: money(max) }));
+          const body = { amount, reason: val('f-reason'), refund_ref: val('f-refund-ref') };
+          return api('POST', `${path}/refunds`, body, { idempotencyKey: refundKey(body) });
+        };
+      }
+      confirm = t('dlg.refundConfirm');
+      break;
+    }
+    case 'modify':
+      ({ title, text, confirm, request } = modifyDialog(o, fields, path));
+      break;
+    default: { // pick, pack, deliver, complete: a plain move, with an optional note
+      const to = MOVES[action];
+      title = t('dlg.moveTitle', { no: o.order_no, from: code('status', o.status), to: code('status', to) });
+      field(fields, 'f-note', t('dlg.noteOptional'), h('input', { id: 'f-note', maxlength: 256 }));
+      confirm = t('dlg.moveConfirm', { to: code('status', to) });
+      request = () => api('POST', `${path}/transitions`, { to, note: val('f-note') });
+    }
   }
   $('#action-dialog-h').textContent = title;
   $('#action-dialog-text').textContent = text;
   $('#action-confirm').textContent = confirm;
+  $('#action-confirm').dataset.action = action;
   $('#action-error').hidden = true;
   pendingAction = { request, action };
-  const dlg = $('#action-dialog');
-  dlg.showModal();
+  $('#action-dialog').showModal();
   const first = fields.querySelector('input, select');
   (first || $('#action-confirm')).focus();
 }
 
-let pendingAction = null;
+/** The modify dialog: the lines (editable, removable, addable), the address, a note, a reason. */
+function modifyDialog(o, fields, path) {
+  const paid = o.payment.status !== 'unpaid';
+  const rows = h('div', { id: 'm-lines', class: 'm-lines', 'data-testid': 'modify-lines' });
+  const lineRow = (l) => {
+    const row = h('div', { class: 'm-line', dataset: { original: l.sku ? 'true' : 'false' } },
+      h('input', { class: 'm-sku', value: l.sku || '', required: true, maxlength: 64, list: 'sku-list', spellcheck: 'false', 'aria-label': t('stock.sku'), placeholder: t('stock.sku') }),
+      h('input', { class: 'm-qty', type: 'number', min: 1, step: 1, value: l.qty || 1, required: true, 'aria-label': t('order.qty'), title: t('order.qty') }),
+      h('input', { class: 'm-price', type: 'number', min: 0, step: '0.01', value: money(l.unit_price || 0), required: true, 'aria-label': t('order.unitPrice'), title: t('order.unitPrice') }),
+      h('button', { type: 'button', class: 'link m-remove', text: t('dlg.removeLine'), onclick: () => { row.remove(); relabel(); } }));
+    return row;
+  };
+  const relabel = () => [...rows.children].forEach((r, i) => r.querySelector('.m-remove').setAttribute('aria-label', t('dlg.removeLineLabel', { n: i + 1 })));
+  const head = h('div', { class: 'm-line m-head', 'aria-hidden': 'true' },
+    h('span', { text: t('stock.sku') }), h('span', { text: t('order.qty') }), h('span', { text: t('order.unitPrice') }), h('span'));
+  rows.append(...o.lines.map(lineRow));
+  relabel();
+  fields.append(h('p', { class: 'label', text: t('order.lines') }), head, rows,
+    h('button', { type: 'button', id: 'm-add', class: 'link', text: t('dlg.addLine'), onclick: () => { rows.append(lineRow({})); relabel(); rows.lastElementChild.querySelector('input').focus(); } }));
+  const addr = o.shipping_address || {};
+  const fs = h('fieldset', { class: 'addr-edit' }, h('legend', { text: t('order.address') }));
+  for (const f of ADDRESS_FIELDS) field(fs.appendChild(h('div')), `m-addr-${f}`, t(`addr.${f}`), h('input', { id: `m-addr-${f}`, value: addr[f] || '', maxlength: 200 }));
+  fields.append(fs);
+  const reasons = access.role === 'storefront' ? STOREFRONT_REASONS : CODES.reason;
+  field(fields, 'm-reason', t('dlg.modifyReason'), codeSelect('m-reason', 'reason', reasons, { choose: true }));
+  $('#m-reason').required = false;
+  field(fields, 'f-note', t('dlg.noteOptional'), h('input', { id: 'f-note', maxlength: 256 }));
+
+  const request = () => {
+    const lines = [...rows.children].map((r) => ({
+      sku: r.querySelector('.m-sku').value.trim(),
+      qty: Number(r.querySelector('.m-qty').value),
+      unit_price: Math.round(Number(r.querySelector('.m-price').value) * 100),
+    }));
+    if (!lines.length) throw new Error(t('dlg.modifyNoLines'));
+    if (lines.some((l) => !l.sku || !Number.isInteger(l.qty) || l.qty < 1 || !Number.isInteger(l.unit_price) || l.unit_price < 0)) throw new Error(t('dlg.modifyBadLine'));
+    const body = {};
+    const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+    if (!same(lines, o.lines.map((l) => ({ sku: l.sku, qty: l.qty, unit_price: l.unit_price })))) body.lines = lines;
+    const address = {};
+    for (const f of ADDRESS_FIELDS) if (val(`m-addr-${f}`)) address[f] = val(`m-addr-${f}`);
+    const before = {};
+    for (const f of ADDRESS_FIELDS) if (addr[f]) before[f] = addr[f];
+    if (!same(address, before)) body.shipping_address = address;
+    if (val('f-note')) body.note = val('f-note');
+    // Reduced: some SKU has fewer units than before (removed lines included).
+    const units = (ls) => ls.reduce((m, l) => m.set(l.sku, (m.get(l.sku) || 0) + l.qty), new Map());
+    const after = units(lines);
+    const reduced = body.lines && [...units(o.lines)].some(([sku, q]) => (after.get(sku) || 0) < q);
+    if (val('m-reason')) body.reason = val('m-reason');
+    else if (reduced) {
+      $('#m-reason').focus();
+      throw new Error(t('dlg.modifyNeedReason'));
+    }
+    if (!body.lines && !body.shipping_address && !body.note) throw new Error(t('dlg.modifyNothing'));
+    return api('PATCH', path, body);
+  };
+  return {
+    title: t('dlg.modifyTitle', { no: o.order_no }),
+    text: paid ? `${t('dlg.modifyText')} ${t('dlg.modifyPaid')}` : t('dlg.modifyText'),
+    confirm: t('dlg.modifyConfirm'),
+    request,
+  };
+}
 
 function setupDialogs() {
   const actionDlg = $('#action-dialog');
@@ -591,7 +927,7 @@ function setupDialogs() {
       const o = await pendingAction.request();
       actionDlg.close();
       renderOrder(o);
-      notice(`Order ${o.order_no} is now ${o.status}${o.payment.status === 'refund_due' ? ' (refund due)' : ''}.`);
+      notice(actionNotice(pendingAction.action, o));
       $('#order-h').focus();
     } catch (e) {
       $('#action-error').textContent = e.message;
@@ -608,6 +944,18 @@ function setupDialogs() {
   cancelDlg.addEventListener('close', restoreFocus);
 }
 
+/** What the console says once an action went through. */
+function actionNotice(action, o) {
+  const no = o.order_no;
+  switch (action) {
+    case 'modify': return t('order.saved', { no });
+    case 'hold': return t('order.heldNotice', { no, reason: o.hold ? code('hold', o.hold.reason) : '' });
+    case 'release_hold': return t('order.releasedNotice', { no });
+    case 'refund': return t('order.refundedNotice', { no, refunded: money(o.payment.refunded_amount), due: money(o.payment.refund_due_amount) });
+    default: return t(o.payment.status === 'refund_due' ? 'order.nowStatusDue' : 'order.nowStatus', { no, status: code('status', o.status) });
+  }
+}
+
 function restoreFocus() {
   const target = returnFocus && document.contains(returnFocus) ? returnFocus : $('#order-h');
   target.focus();
@@ -617,17 +965,19 @@ function restoreFocus() {
 function openCancel() {
   const o = current;
   const select = $('#cancel-reason-select');
-  const reasons = access.role === 'storefront' ? STOREFRONT_REASONS : Object.keys(REASONS);
-  fill(select, h('option', { value: '', text: 'Choose a reason…' }),
-    reasons.map((r) => h('option', { value: r, text: REASONS[r] })));
+  const reasons = access.role === 'storefront' ? STOREFRONT_REASONS : CODES.reason;
+  fill(select, h('option', { value: '', text: t('dlg.chooseReason') }),
+    reasons.map((r) => h('option', { value: r, text: code('reason', r) })));
   $('#cancel-note-input').value = '';
   $('#cancel-dialog-no').textContent = o.order_no;
   $('#cancel-error').hidden = true;
   const held = o.status === 'reserved';
+  const p = o.payment;
+  const refundable = p.paid_amount !== undefined ? p.paid_amount - p.refunded_amount - p.refund_due_amount : (p.status === 'paid' ? o.total : 0);
   fill($('#cancel-stock'),
-    h('p', { text: held ? 'These held units are released back to available stock:' : 'These units go back to stock (on hand and available):' }),
+    h('p', { text: held ? t('cancel.released') : t('cancel.back') }),
     h('ul', { id: 'cancel-stock-lines' }, o.lines.map((l) => h('li', { 'data-sku': l.sku, text: `${l.qty} × ${l.sku}` }))),
-    o.payment.status === 'paid' ? h('p', { text: `The payment of ${money(o.total)} becomes due for a refund.` }) : null);
+    refundable > 0 ? h('p', { text: t('cancel.refundDue', { amount: money(refundable) }) }) : null);
   $('#cancel-dialog').showModal();
   select.focus();
 }
@@ -637,7 +987,7 @@ async function submitCancel(ev) {
   const reason = $('#cancel-reason-select').value;
   const err = $('#cancel-error');
   if (!reason) {
-    err.textContent = 'Choose a reason for the cancellation.';
+    err.textContent = t('cancel.chooseReason');
     err.hidden = false;
     $('#cancel-reason-select').focus();
     return;
@@ -645,14 +995,14 @@ async function submitCancel(ev) {
   const btn = $('#cancel-confirm');
   btn.disabled = true;
   try {
-    const o = await api('POST', `/v1/orders/${current.id}/cancel`, { reason, note: $('#cancel-note-input').value.trim() });
+    const o = await api('POST', `/v1/orders/${encodeURIComponent(current.id)}/cancel`, { reason, note: $('#cancel-note-input').value.trim() });
     returnFocus = null;
     $('#cancel-dialog').close();
     renderOrder(o);
-    notice(`Order ${o.order_no} is cancelled (${REASONS[reason]}); ${o.lines.map((l) => `${l.qty} × ${l.sku}`).join(', ')} back in stock.`);
+    notice(t('cancel.done', { no: o.order_no, reason: code('reason', reason), lines: o.lines.map((l) => `${l.qty} × ${l.sku}`).join(', ') }));
     $('#order-h').focus();
   } catch (e) {
-    err.textContent = e.code === 'order_shipped' ? `${e.message} Return it once delivered instead.` : e.message;
+    err.textContent = e.code === 'order_shipped' ? t('cancel.shippedHint', { msg: e.message }) : e.message;
     err.hidden = false;
   } finally {
     btn.disabled = false;
@@ -672,13 +1022,13 @@ function stockClass(k) {
 function stockRow(k) {
   const cls = stockClass(k);
   return h('tr', { class: cls || null, dataset: { sku: k.sku }, 'data-testid': `sku-row-${k.sku}` },
-    h('td', {}, h('a', { href: `#/orders?sku=${encodeURIComponent(k.sku)}`, title: 'Orders with this SKU', text: k.sku })),
+    h('td', {}, h('a', { href: `#/orders?sku=${encodeURIComponent(k.sku)}`, title: t('stock.ordersWith'), text: k.sku })),
     h('td', { text: k.name }),
     h('td', { class: 'num', text: k.on_hand }),
     h('td', { class: 'num', text: k.reserved }),
-    h('td', { class: 'num' }, cls ? h('span', { class: 'sr-only', text: cls === 'out-of-stock' ? 'out of stock: ' : 'low stock: ' }) : null, String(k.available)),
+    h('td', { class: 'num' }, cls ? h('span', { class: 'sr-only', text: cls === 'out-of-stock' ? t('stock.srOut') : t('stock.srLow') }) : null, String(k.available)),
     h('td', { class: 'num', text: k.low_stock_threshold }),
-    h('td', {}, access.canOperate ? h('button', { type: 'button', class: 'link', 'aria-label': `Adjust ${k.sku}`, onclick: () => prefillAdjust(k.sku) }, 'Adjust') : null));
+    h('td', {}, access.canOperate ? h('button', { type: 'button', class: 'link', 'aria-label': t('stock.adjustSku', { sku: k.sku }), onclick: () => prefillAdjust(k.sku) }, t('stock.adjust')) : null));
 }
 
 async function loadStock(cursor) {
@@ -686,9 +1036,9 @@ async function loadStock(cursor) {
   const seq = ++stockState.seq;
   const denied = $('#adjust-denied');
   denied.hidden = access.canOperate;
-  denied.textContent = access.canOperate ? '' : `Your ${access.role || 'missing'} token may not adjust stock (operator or admin only).`;
+  denied.textContent = access.canOperate ? '' : t('stock.denied', { role: access.role ? code('role', access.role) : t('stock.missingRole') });
   $('#adjust-submit').disabled = !access.canOperate;
-  if (!cursor && !stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: 'Loading…' })));
+  if (!cursor && !stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: t('msg.loading') })));
   try {
     const rows = [];
     let next = null;
@@ -705,7 +1055,7 @@ async function loadStock(cursor) {
     if (seq !== stockState.seq) return;
     if (!cursor) { tbody.replaceChildren(); stockState.pages = 1; } else stockState.pages += 1;
     for (const k of rows) tbody.append(stockRow(k));
-    if (!tbody.children.length) tbody.append(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: 'No SKUs defined yet.' })));
+    if (!tbody.children.length) tbody.append(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: t('stock.none') })));
     const list = $('#sku-list');
     list.replaceChildren(...[...tbody.querySelectorAll('tr[data-sku]')].map((tr) => h('option', { value: tr.dataset.sku })));
     stockState.next = next;
@@ -713,7 +1063,7 @@ async function loadStock(cursor) {
     $('#skus-more').hidden = !next;
   } catch (e) {
     if (seq !== stockState.seq) return;
-    if (!stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: 'Could not load stock.' })));
+    if (!stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: t('stock.loadFailed') })));
     showError(e);
   }
 }
@@ -733,18 +1083,18 @@ function setupStock() {
     const out = $('#adjust-result');
     out.className = '';
     if (!Number.isInteger(delta) || delta === 0) {
-      out.textContent = 'Enter a whole number of units other than 0.';
+      out.textContent = t('stock.wholeNumber');
       out.className = 'error-inline';
       return;
     }
     if (reason === 'inbound' && delta < 0) {
-      out.textContent = 'Inbound adds units: use a correction to remove units.';
+      out.textContent = t('stock.inboundAdds');
       out.className = 'error-inline';
       return;
     }
     try {
       const k = await api('POST', `/v1/skus/${encodeURIComponent(sku)}/adjustments`, { delta, reason, note: $('#adjust-note').value.trim() });
-      out.textContent = `${k.sku}: ${delta > 0 ? '+' : ''}${delta} (${reason}); now ${k.on_hand} on hand, ${k.available} available.`;
+      out.textContent = t('stock.applied', { sku: k.sku, delta: `${delta > 0 ? '+' : ''}${delta}`, reason: code('stockReason', reason), on_hand: k.on_hand, available: k.available });
       out.className = 'ok';
       $('#adjust-delta').value = '';
       $('#adjust-note').value = '';
@@ -752,10 +1102,186 @@ function setupStock() {
       if (row) row.replaceWith(stockRow(k));
       else loadStock();
     } catch (e) {
-      out.textContent = `Not applied: ${e.message}`;
+      out.textContent = t('stock.notApplied', { msg: e.message });
       out.className = 'error-inline';
     }
   });
+}
+
+// ------------------------------------------------------------------ ledger
+
+const ledgerState = { params: new URLSearchParams(), next: null, seq: 0, sums: {} };
+const LEDGER_COLS = 8;
+
+function setupLedger() {
+  const form = $('#ledger-search');
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const params = formParams(form);
+    go(`#/ledger${params.toString() ? '?' + params : ''}`);
+  });
+  $('#ledger-more').addEventListener('click', () => ledgerState.next && loadLedger(ledgerState.params, ledgerState.next));
+  $('#ledger-export').addEventListener('click', async () => {
+    try {
+      await download($('#ledger-export').dataset.url, 'ledger.csv');
+    } catch (e) {
+      showError(e);
+    }
+  });
+}
+
+function ledgerRow(e) {
+  return h('tr', { dataset: { seq: e.seq, kind: e.kind, orderId: e.order_id } },
+    h('td', { class: 'num', text: e.seq }),
+    h('td', { text: when(e.at) }),
+    h('td', {}, h('a', { href: `#/order/${encodeURIComponent(e.order_id)}`, text: e.order_id })),
+    h('td', { text: e.order_no }),
+    h('td', {}, h('span', { class: `badge k-${e.kind}`, text: code('ledgerKind', e.kind) })),
+    h('td', { class: 'num', text: money(e.amount) }),
+    h('td', { text: e.ref || '' }),
+    h('td', { text: actorText(e) }));
+}
+
+async function loadLedger(params, cursor) {
+  const tbody = $('#ledger-table tbody');
+  const seq = ++ledgerState.seq;
+  ledgerState.params = params;
+  $('#ledger-export').dataset.url = `/v1/ledger/export.csv${params.toString() ? '?' + params : ''}`;
+  if (!cursor) {
+    tbody.replaceChildren(h('tr', {}, h('td', { colspan: LEDGER_COLS, class: 'empty', text: t('msg.loading') })));
+    $('#ledger-more').hidden = true;
+    ledgerState.sums = {};
+  }
+  try {
+    const q = new URLSearchParams(params);
+    q.set('limit', '100');
+    if (cursor) q.set('cursor', cursor);
+    const page = await api('GET', `/v1/ledger?${q}`);
+    if (seq !== ledgerState.seq) return;
+    if (!cursor) tbody.replaceChildren();
+    for (const e of page.items) {
+      tbody.append(ledgerRow(e));
+      ledgerState.sums[e.kind] = (ledgerState.sums[e.kind] || 0) + e.amount;
+    }
+    const shown = tbody.querySelectorAll('tr[data-seq]').length;
+    if (!shown) tbody.replaceChildren(h('tr', {}, h('td', { colspan: LEDGER_COLS, class: 'empty', text: t('ledger.none') })));
+    ledgerState.next = page.next_cursor;
+    $('#ledger-more').hidden = !page.next_cursor;
+    const sums = ledgerState.sums;
+    $('#ledger-summary').textContent = shown ? `${t('ledger.shown', { n: shown })} ${t('ledger.sums', { charge: money(sums.charge), refund: money(sums.refund), reversal: money(sums.reversal) })}` : '';
+  } catch (e) {
+    if (seq !== ledgerState.seq) return;
+    if (!cursor) tbody.replaceChildren(h('tr', {}, h('td', { colspan: LEDGER_COLS, class: 'empty', text: t('ledger.loadFailed') })));
+    showError(e);
+  }
+}
+
+// ------------------------------------------------------------------ reports (stats)
+
+const statsState = { seq: 0, data: null };
+const STATS_COLS = 7;
+
+function browserTz() {
+  let tz = '';
+  try { tz = Intl.DateTimeFormat().resolvedOptions().timeZone; } catch { /* no Intl zone data */ }
+  return tz && tz !== 'Etc/Unknown' ? tz : 'UTC';
+}
+
+function setupStats() {
+  const form = $('#stats-form');
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    go(`#/stats?${formParams(form)}`);
+  });
+  $('#st-metric').addEventListener('change', () => {
+    const params = formParams(form);
+    history.replaceState(null, '', `#/stats?${params}`);
+    if (statsState.data) drawStats(statsState.data, params.get('metric'));
+  });
+}
+
+/** The report for the window in the URL; without one, the last 7 days by day. */
+function showStats(params) {
+  if (!params.get('from')) {
+    const from = new Date(Date.now() - 7 * 24 * 3600 * 1000);
+    from.setMinutes(0, 0, 0);
+    params.set('from', from.toISOString());
+    if (!params.get('group_by')) params.set('group_by', 'day');
+    if (!params.get('tz')) params.set('tz', browserTz());
+  }
+  fillForm($('#stats-form'), params);
+  loadReport(params);
+}
+
+async function loadReport(params) {
+  const seq = ++statsState.seq;
+  const tbody = $('#stats-table tbody');
+  tbody.replaceChildren(h('tr', {}, h('td', { colspan: STATS_COLS, class: 'empty', text: t('msg.loading') })));
+  const q = new URLSearchParams();
+  for (const k of ['from', 'to', 'group_by', 'tz']) if (params.get(k)) q.set(k, params.get(k));
+  try {
+    const st = await api('GET', `/v1/stats?${q}`);
+    if (seq !== statsState.seq) return;
+    // A server before v1.1 ignores the window and answers its totals.
+    if (!Array.isArray(st.groups)) throw new Error(t('stats.unsupported'));
+    statsState.data = st;
+    const groups = st.groups || [];
+    const keyText = (g) => {
+      if (g.key === '' || g.key === null || g.key === undefined) return t('stats.noValue');
+      return st.group_by === 'reason' ? code('reason', g.key) : String(g.key);
+    };
+    fill(tbody, groups.map((g) => h('tr', { dataset: { key: g.key } },
+      h('th', { scope: 'row', text: keyText(g) }),
+      h('td', { class: 'num', text: g.orders }),
+      h('td', { class: 'num', text: g.cancelled }),
+      h('td', { class: 'num', text: pct(g.cancellation_rate) }),
+      h('td', { class: 'num', text: money(g.paid_amount) }),
+      h('td', { class: 'num', text: money(g.refunded_amount) }),
+      h('td', { class: 'num', text: g.units_sold }))));
+    if (!groups.length) tbody.append(h('tr', {}, h('td', { colspan: STATS_COLS, class: 'empty', text: t('stats.none') })));
+    $('#stats-summary').textContent = t('stats.window', { from: when(st.from, st.tz), to: when(st.to, st.tz), tz: st.tz, n: groups.length });
+    drawStats(st, params.get('metric') || 'orders');
+  } catch (e) {
+    if (seq !== statsState.seq) return;
+    statsState.data = null;
+    tbody.replaceChildren(h('tr', {}, h('td', { colspan: STATS_COLS, class: 'empty', text: t('stats.loadFailed') })));
+    $('#stats-summary').textContent = '';
+    $('#stats-chart').replaceChildren();
+    $('#stats-chart').toggleAttribute('hidden', true);
+    showError(e);
+  }
+}
+
+/** `cancellation_rate` is a fraction (cancelled / orders). */
+function pct(rate) {
+  return `${(Number(rate || 0) * 100).toFixed(1)}%`;
+}
+
+const METRIC_LABEL = { orders: 'stats.orders', paid_amount: 'stats.paid', units_sold: 'stats.units', cancelled: 'stats.cancelled', refunded_amount: 'stats.refunded' };
+const STATS_BARS_MAX = 200;
+
+/** A horizontal bar per group (inline SVG): label, bar scaled to the largest, value. */
+function drawStats(st, metric) {
+  const m = METRIC_LABEL[metric] ? metric : 'orders';
+  const isMoney = m.endsWith('_amount');
+  const groups = (st.groups || []).slice(0, STATS_BARS_MAX);
+  const svg = $('#stats-chart');
+  const W = 600; const rowH = 22; const labelW = 150; const valueW = 80;
+  const max = Math.max(1, ...groups.map((g) => Number(g[m] || 0)));
+  const kids = [];
+  groups.forEach((g, i) => {
+    const n = Number(g[m] || 0);
+    const y = i * rowH + 4;
+    const label = st.group_by === 'reason' ? code('reason', g.key) : (g.key === '' ? t('stats.noValue') : String(g.key));
+    kids.push(s('text', { class: 'lbl', x: 4, y: y + 13 }, label.length > 22 ? `${label.slice(0, 21)}…` : label));
+    kids.push(s('rect', { class: 'bar-bg', x: labelW, y: y + 2, width: W - labelW - valueW, height: 14, rx: 2 }));
+    kids.push(s('rect', { class: 'bar stat-bar', x: labelW, y: y + 2, width: Math.max(n ? 2 : 0, ((W - labelW - valueW) * n) / max), height: 14, rx: 2, 'data-key': g.key, 'data-value': n }));
+    kids.push(s('text', { class: 'lbl', x: W - valueW + 6, y: y + 13 }, isMoney ? money(n) : String(n)));
+  });
+  svg.setAttribute('viewBox', `0 0 ${W} ${Math.max(1, groups.length) * rowH + 8}`);
+  svg.replaceChildren(...kids);
+  svg.setAttribute('aria-label', t('stats.chartLabel', { metric: t(METRIC_LABEL[m]), group: code('group', st.group_by) }));
+  svg.toggleAttribute('hidden', !groups.length);
 }
 
 // ------------------------------------------------------------------ live panel
@@ -768,9 +1294,22 @@ const live = {
   ctrl: null,
   after: 0,
   seconds: new Map(), // unix second -> {orders, reservations}
-  cancels: {},
   retryMs: 1000,
   running: false,
+  state: 'connecting', // the key of the pill's text
+  note: '', // the ticker's placeholder when there is no feed
+
+  setState(state, cls = '') {
+    this.state = state;
+    const el = $('#live-state');
+    el.className = `pill ${cls}`.trim();
+    el.dataset.state = state;
+    this.renderState();
+  },
+
+  renderState() {
+    $('#live-state').textContent = t(`live.${this.state}`);
+  },
 
   restart() {
     if (this.ctrl) this.ctrl.abort();
@@ -781,13 +1320,15 @@ const live = {
 
   async start() {
     if (this.running) return;
-    const state = $('#live-state');
     if (!access.canRead) {
-      state.textContent = 'no access';
-      state.className = 'pill off';
-      $('#ticker').replaceChildren(h('li', { class: 'muted', text: access.role ? `A ${access.role} token may not read the event feed.` : 'Needs a token to read the event feed.' }));
+      this.setState('noAccess', 'off');
+      tickerEvents.length = 0;
+      this.note = access.role ? ['live.tokenMayNot', { role: code('role', access.role) }] : ['live.needsToken', {}];
+      renderTicker();
       return;
     }
+    this.note = '';
+    renderTicker();
     this.running = true;
     if (!this.after) {
       // Start a little before the head of the feed so the chart and ticker have context.
@@ -798,7 +1339,6 @@ const live = {
   },
 
   async connect() {
-    const state = $('#live-state');
     const ctrl = new AbortController();
     this.ctrl = ctrl;
     try {
@@ -811,21 +1351,19 @@ const live = {
         try { problem = await res.json(); } catch { /* not JSON */ }
         throw new ApiError(res.status, problem);
       }
-      state.textContent = 'live';
-      state.className = 'pill on';
+      this.setState('live', 'on');
       this.retryMs = 1000;
       await readSse(res.body, (ev) => this.onEvent(ev));
       throw new Error('the stream ended');
     } catch (e) {
       if (ctrl.signal.aborted) return;
-      state.textContent = 'reconnecting';
-      state.className = 'pill off';
-      state.title = e.message;
+      $('#live-state').title = e.message;
       if (e.status === 401 || e.status === 403) {
         this.running = false;
-        state.textContent = 'no access';
+        this.setState('noAccess', 'off');
         return;
       }
+      this.setState('reconnecting', 'off');
       setTimeout(() => { if (this.ctrl === ctrl) this.connect(); }, this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, 10000);
     }
@@ -835,12 +1373,11 @@ const live = {
     let e;
     try { e = JSON.parse(ev.data); } catch { return; }
     if (typeof e.seq === 'number') this.after = Math.max(this.after, e.seq);
-    const t = Math.floor(Date.parse(e.at) / 1000);
+    const sec = Math.floor(Date.parse(e.at) / 1000);
     if (e.type === 'order.created' || e.type === 'reservation.held') {
-      const b = this.seconds.get(t) || { orders: 0, reservations: 0 };
+      const b = this.seconds.get(sec) || { orders: 0, reservations: 0 };
       if (e.type === 'order.created') b.orders += 1; else b.reservations += 1;
-      this.seconds.set(t, b);
-      chartsDirty = true;
+      this.seconds.set(sec, b);
     }
     if (e.type === 'order.cancelled') scheduleStats(300);
     ticker(e);
@@ -881,12 +1418,12 @@ async function readSse(body, onEvent) {
       }
       if (line.startsWith(':')) continue;
       const colon = line.indexOf(':');
-      const field = colon < 0 ? line : line.slice(0, colon);
-      let val = colon < 0 ? '' : line.slice(colon + 1);
-      if (val.startsWith(' ')) val = val.slice(1);
-      if (field === 'data') data.push(val);
-      else if (field === 'event') type = val;
-      else if (field === 'id') id = val;
+      const name = colon < 0 ? line : line.slice(0, colon);
+      let v = colon < 0 ? '' : line.slice(colon + 1);
+      if (v.startsWith(' ')) v = v.slice(1);
+      if (name === 'data') data.push(v);
+      else if (name === 'event') type = v;
+      else if (name === 'id') id = v;
     }
   }
 }
@@ -894,42 +1431,58 @@ async function readSse(body, onEvent) {
 function describe(e) {
   const ref = e.order_no || e.order_id || e.reservation_id || e.sku || '';
   switch (e.type) {
-    case 'order.created': return `${e.order_no} for ${e.customer_id}, ${money(e.total)}`;
-    case 'order.paid': return `${e.order_id} paid ${money(e.amount)}`;
-    case 'order.status_changed': return `${e.order_id} ${e.from} → ${e.to}`;
-    case 'order.cancelled': return `${e.order_id}: ${REASONS[e.reason] || e.reason}`;
-    case 'order.refunded': return `${e.order_id} refunded ${money(e.amount)}`;
+    case 'order.created': return t('live.created', { no: e.order_no, customer: e.customer_id, total: money(e.total) });
+    case 'order.paid': return t('live.paid', { id: e.order_no || e.order_id, amount: money(e.amount) });
+    case 'order.status_changed': return `${e.order_no || e.order_id} ${code('status', e.from)} → ${code('status', e.to)}`;
+    case 'order.cancelled': return `${e.order_no || e.order_id}: ${code('reason', e.reason)}`;
+    case 'order.held': return `${e.order_no || e.order_id}: ${code('hold', e.reason)}`;
+    case 'order.refunded': return t('live.refunded', { id: e.order_no || e.order_id, amount: money(e.amount) });
     case 'reservation.held': return `${e.reservation_id}: ${(e.lines || []).map((l) => `${l.qty}×${l.sku}`).join(', ')}`;
-    case 'stock.adjusted': return `${e.sku} ${e.delta > 0 ? '+' : ''}${e.delta} (${e.reason}), ${e.available} available`;
-    case 'stock.low': return `${e.sku}: ${e.available} left (threshold ${e.threshold})`;
-    case 'sku.defined': return `${e.sku}: ${e.on_hand} on hand`;
+    case 'stock.adjusted': return t('live.adjusted', { sku: e.sku, delta: `${e.delta > 0 ? '+' : ''}${e.delta}`, reason: code('stockReason', e.reason), n: e.available });
+    case 'stock.restored': return t('live.restored', { sku: e.sku, qty: e.qty, n: e.available });
+    case 'order.returned': return e.kind ? `${e.order_no || e.order_id}: ${code('kind', e.kind)}` : ref;
+    case 'stock.low': return t('live.left', { sku: e.sku, n: e.available, threshold: e.threshold });
+    case 'sku.defined': return t('live.onHand', { sku: e.sku, n: e.on_hand });
     default: return ref;
   }
 }
 
 const TICKER_MAX = 40;
+const tickerEvents = []; // newest first, kept to re-render in another language
+
 function ticker(e) {
+  tickerEvents.unshift(e);
+  if (tickerEvents.length > TICKER_MAX) tickerEvents.length = TICKER_MAX;
   const list = $('#ticker');
   if (list.firstElementChild && !list.firstElementChild.dataset.seq) list.replaceChildren();
-  list.prepend(h('li', { dataset: { seq: e.seq, type: e.type } },
-    h('span', { class: 't', text: clock(e.at) }),
-    h('span', { class: `ty ${e.type}`, text: e.type }),
-    h('span', { class: 'd', text: describe(e), title: describe(e) })));
+  list.prepend(tickerItem(e));
   while (list.children.length > TICKER_MAX) list.lastElementChild.remove();
 }
 
-let chartsDirty = true;
+function tickerItem(e) {
+  const d = describe(e);
+  return h('li', { dataset: { seq: e.seq, type: e.type } },
+    h('span', { class: 't', text: clock(e.at) }),
+    h('span', { class: `ty ${e.type}`, text: code('event', e.type) }),
+    h('span', { class: 'd', text: d, title: d }));
+}
+
+function renderTicker() {
+  const list = $('#ticker');
+  if (live.note) fill(list, h('li', { class: 'muted', text: t(live.note[0], live.note[1]) }));
+  else fill(list, tickerEvents.map(tickerItem));
+}
 
 function drawRates() {
   const now = Math.floor(Date.now() / 1000);
   const start = now - WINDOW_S;
-  for (const t of live.seconds.keys()) if (t < start - BIN_S) live.seconds.delete(t);
+  for (const sec of live.seconds.keys()) if (sec < start - BIN_S) live.seconds.delete(sec);
   const bins = WINDOW_S / BIN_S;
   const orders = new Array(bins).fill(0);
   const res = new Array(bins).fill(0);
   let seenO = 0; let seenR = 0; let recentO = 0; let recentR = 0;
-  for (const [t, b] of live.seconds) {
-    const tt = Math.min(t, now); // a server clock ahead of ours: count it as now
+  for (const [sec, b] of live.seconds) {
+    const tt = Math.min(sec, now); // a server clock ahead of ours: count it as now
     if (tt < start) continue;
     const i = Math.min(bins - 1, Math.floor((tt - start) / BIN_S));
     orders[i] += b.orders; res[i] += b.reservations;
@@ -953,19 +1506,19 @@ function drawRates() {
     kids.push(s('line', { class: 'grid', x1: left, x2: W - 4, y1: y(max * f), y2: y(max * f) }));
     kids.push(s('text', { x: left - 3, y: y(max * f) + 3, 'text-anchor': 'end' }, fmtRate(max * f)));
   }
-  kids.push(s('text', { x: left, y: H - 4 }, '−5 min'));
-  kids.push(s('text', { x: W - 4, y: H - 4, 'text-anchor': 'end' }, 'now'));
+  kids.push(s('text', { x: left, y: H - 4 }, t('live.minus5')));
+  kids.push(s('text', { x: W - 4, y: H - 4, 'text-anchor': 'end' }, t('live.now')));
   const pts = (arr) => arr.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
   kids.push(s('polyline', { class: 'l-res', points: pts(rR) }));
   kids.push(s('polyline', { class: 'l-orders', points: pts(rO), 'data-testid': 'orders-line' }));
   svg.replaceChildren(...kids);
-  svg.setAttribute('aria-label', `orders ${fmtRate(recentO / RATE_S)} per second, reservations ${fmtRate(recentR / RATE_S)} per second`);
+  svg.setAttribute('aria-label', t('live.ratesLabel', { o: fmtRate(recentO / RATE_S), r: fmtRate(recentR / RATE_S) }));
 }
 
 function fmtRate(v) {
   if (v === 0) return '0';
   if (v < 10) return v.toFixed(1);
-  return Math.round(v).toLocaleString();
+  return Math.round(v).toLocaleString(lang());
 }
 
 function niceMax(v) {
@@ -974,9 +1527,11 @@ function niceMax(v) {
   return 10 * p;
 }
 
+let lastCancels = {};
 function drawCancels(byReason) {
+  lastCancels = byReason;
   const svg = $('#cancel-chart');
-  const reasons = Object.keys(REASONS);
+  const reasons = CODES.reason;
   const max = Math.max(1, ...reasons.map((r) => byReason[r] || 0));
   const rowH = 24; const labelW = 112; const W = 300;
   const kids = [];
@@ -984,7 +1539,7 @@ function drawCancels(byReason) {
     const n = byReason[r] || 0;
     const yy = i * rowH + 4;
     const bw = ((W - labelW - 40) * n) / max;
-    kids.push(s('text', { class: 'lbl', x: 4, y: yy + 13 }, REASONS[r]));
+    kids.push(s('text', { class: 'lbl', x: 4, y: yy + 13 }, code('reason', r)));
     kids.push(s('rect', { class: 'bar-bg', x: labelW, y: yy + 2, width: W - labelW - 40, height: 14, rx: 2 }));
     kids.push(s('rect', { class: 'bar', x: labelW, y: yy + 2, width: Math.max(n ? 2 : 0, bw), height: 14, rx: 2, 'data-reason': r, 'data-count': n }));
     kids.push(s('text', { class: 'lbl', x: W - 34, y: yy + 13 }, String(n)));
@@ -992,8 +1547,8 @@ function drawCancels(byReason) {
   svg.setAttribute('viewBox', `0 0 ${W} ${reasons.length * rowH + 4}`);
   svg.replaceChildren(...kids);
   const total = reasons.reduce((a, r) => a + (byReason[r] || 0), 0);
-  $('#cancel-total').textContent = `(${total} in all)`;
-  svg.setAttribute('aria-label', `cancellations by reason: ${reasons.map((r) => `${REASONS[r]} ${byReason[r] || 0}`).join(', ')}`);
+  $('#cancel-total').textContent = t('live.cancelTotal', { n: total });
+  svg.setAttribute('aria-label', t('live.cancelsLabel', { list: reasons.map((r) => `${code('reason', r)} ${byReason[r] || 0}`).join(', ') }));
 }
 
 let statsTimer = null;
@@ -1020,8 +1575,8 @@ async function loadQueue() {
     const depth = text.match(/^surge_engine_queue_depth\s+(\d+)/m);
     const cap = text.match(/^surge_engine_queue_capacity\s+(\d+)/m);
     const el = $('#queue-depth');
-    el.textContent = depth ? Number(depth[1]).toLocaleString() : '–';
-    el.title = cap ? `of ${Number(cap[1]).toLocaleString()} commands` : '';
+    el.textContent = depth ? Number(depth[1]).toLocaleString(lang()) : '–';
+    el.title = cap ? t('live.queueOf', { cap: Number(cap[1]).toLocaleString(lang()) }) : '';
   } catch {
     $('#queue-depth').textContent = '–';
   }
@@ -1032,8 +1587,12 @@ let stockRefresh = null;
 function onLiveEvent(e) {
   if (current && e.order_id === current.id && !$('#view-order').hidden
     && !$('#cancel-dialog').open && !$('#action-dialog').open) {
+    const id = current.id;
     clearTimeout(onLiveEvent.t);
-    onLiveEvent.t = setTimeout(() => showOrder(current.id, { focus: false }), 200);
+    // Only if that order is still the one on screen by then.
+    onLiveEvent.t = setTimeout(() => {
+      if (current && current.id === id && $('#view-order').dataset.orderId === id && !$('#view-order').hidden) showOrder(id, { focus: false, onlyIfChanged: true });
+    }, 200);
   }
   if (!$('#view-stock').hidden && (e.type.startsWith('stock.') || e.type.startsWith('reservation.') || e.type === 'order.cancelled' || e.type === 'sku.defined')) {
     clearTimeout(stockRefresh);
@@ -1044,12 +1603,19 @@ function onLiveEvent(e) {
 // ------------------------------------------------------------------ start
 
 async function main() {
+  setLang(initialLang());
+  translatePage();
+  fillCodeSelects();
+  setupLanguage();
   setupAuth();
   setupSearch();
   setupDialogs();
   setupStock();
+  setupLedger();
+  setupStats();
   $('#error-close').addEventListener('click', hideError);
-  window.addEventListener('hashchange', route);
+  window.addEventListener('hashchange', () => route());
+  live.setState('connecting');
   drawCancels({});
   drawRates();
   await refreshAccess();
@@ -1058,10 +1624,10 @@ async function main() {
   loadStats();
   loadQueue();
   setInterval(loadQueue, 2000);
-  setInterval(() => { drawRates(); chartsDirty = false; }, 1000);
+  setInterval(drawRates, 1000);
   document.body.dataset.ready = 'true';
 }
 
-window.addEventListener('error', (ev) => showError(`Something went wrong in the console: ${ev.message}`));
-window.addEventListener('unhandledrejection', (ev) => showError(`Something went wrong: ${ev.reason && ev.reason.message ? ev.reason.message : ev.reason}`));
+window.addEventListener('error', (ev) => showError(t('msg.broken', { msg: ev.message })));
+window.addEventListener('unhandledrejection', (ev) => showError(t('msg.brokenAsync', { msg: ev.reason && ev.reason.message ? ev.reason.message : ev.reason })));
 main();

@@ -1,5 +1,5 @@
-//! The operator console served at `GET /`: plain HTML, CSS and one JavaScript module,
-//! embedded with `include_str!`, so the binary is all there is to deploy and the page
+//! The operator console served at `GET /`: plain HTML, CSS and two JavaScript modules
+//! (the app and its zh-CN / en dictionaries), embedded with `include_str!`, so the binary is all there is to deploy and the page
 //! works offline. The routes are public: the page itself asks for a token and sends
 //! it on every API call (kept in the browser's session storage).
 
@@ -13,6 +13,7 @@ use crate::state::AppState;
 pub const INDEX_HTML: &str = include_str!("index.html");
 pub const APP_JS: &str = include_str!("app.js");
 pub const APP_CSS: &str = include_str!("app.css");
+pub const I18N_JS: &str = include_str!("i18n.js");
 
 /// The page may only load what the binary serves: no CDN, no inline script.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
@@ -50,6 +51,10 @@ async fn app_js() -> Response {
     asset(APP_JS, "text/javascript; charset=utf-8")
 }
 
+async fn i18n_js() -> Response {
+    asset(I18N_JS, "text/javascript; charset=utf-8")
+}
+
 async fn app_css() -> Response {
     asset(APP_CSS, "text/css; charset=utf-8")
 }
@@ -59,6 +64,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(index))
         .route("/console/app.js", get(app_js))
         .route("/console/app.css", get(app_css))
+        .route("/console/i18n.js", get(i18n_js))
 }
 
 #[cfg(test)]
@@ -69,11 +75,40 @@ mod tests {
     fn page_loads_only_embedded_assets() {
         assert!(INDEX_HTML.contains(r#"src="/console/app.js""#));
         assert!(INDEX_HTML.contains(r#"href="/console/app.css""#));
-        for text in [INDEX_HTML, APP_JS, APP_CSS] {
+        assert!(APP_JS.contains("from './i18n.js'"));
+        for text in [INDEX_HTML, APP_JS, APP_CSS, I18N_JS] {
             for remote in ["src=\"http", "href=\"http", "url(http", "@import", "//cdn"] {
                 assert!(!text.contains(remote), "the console loads {remote}...");
             }
             assert!(!text.contains("<script>"), "no inline script (CSP)");
         }
+    }
+
+    /// The keys of one dictionary in i18n.js: its `'key': value` lines.
+    fn dictionary_keys(body: &str) -> Vec<&str> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("  '"))
+            .filter_map(|l| l.split_once("': "))
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    #[test]
+    fn both_languages_have_the_same_keys() {
+        let (en, zh) = I18N_JS
+            .split_once("const zh = {")
+            .expect("i18n.js holds `const zh = {`");
+        let en = en
+            .split_once("const en = {")
+            .expect("i18n.js holds `const en = {`")
+            .1;
+        let zh = zh.split_once("\n};").expect("the zh dictionary ends").0;
+        let (en, zh) = (dictionary_keys(en), dictionary_keys(zh));
+        assert!(en.len() > 300, "only {} English keys found", en.len());
+        let missing_zh: Vec<_> = en.iter().filter(|k| !zh.contains(k)).collect();
+        let missing_en: Vec<_> = zh.iter().filter(|k| !en.contains(k)).collect();
+        assert!(missing_zh.is_empty(), "no Chinese for {missing_zh:?}");
+        assert!(missing_en.is_empty(), "no English for {missing_en:?}");
+        assert_eq!(en.len(), zh.len(), "a key is repeated");
     }
 }
