@@ -331,6 +331,8 @@ pub struct State {
     pub(crate) ship_deadlines: std::collections::VecDeque<(Millis, OrderId)>,
     /// The channel of orders without one, shared by their events. Not state.
     pub(crate) no_channel: Arc<str>,
+    /// The actor interned last (a cache in front of `actor_index`). Not state.
+    pub(crate) last_actor: u32,
     /// SKUs whose stock or definition changed since the last
     /// [`State::take_touched_skus`], when tracked (the follower publishes them to
     /// the stock board). Not part of the state: never snapshotted or compared.
@@ -702,6 +704,7 @@ impl State {
             rules: RULES_V1,
             ship_deadlines: std::collections::VecDeque::new(),
             no_channel: "".into(),
+            last_actor: 0,
             touched_skus: None,
         };
         state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
@@ -2222,7 +2225,12 @@ impl State {
     // ---- actors -----------------------------------------------------------------
 
     pub(crate) fn check_actor(&self, actor: &str) -> Result<(), Rejection> {
-        if self.actor_index.contains_key(actor) {
+        if self
+            .actors
+            .get(self.last_actor as usize)
+            .is_some_and(|last| **last == *actor)
+            || self.actor_index.contains_key(actor)
+        {
             return Ok(()); // known actors were checked when they were interned
         }
         check_required_text(Field::Actor, actor, LOGGED_ACTOR_LEN_MAX)?;
@@ -2235,7 +2243,18 @@ impl State {
     }
 
     pub(crate) fn intern_actor(&mut self, actor: &str) -> Result<u32, Rejection> {
+        // Most commands in a row come from the same actor (the storefront): a
+        // comparison instead of hashing the name.
+        let last = self.last_actor;
+        if self
+            .actors
+            .get(last as usize)
+            .is_some_and(|name| **name == *actor)
+        {
+            return Ok(last);
+        }
         if let Some(&id) = self.actor_index.get(actor) {
+            self.last_actor = id;
             return Ok(id);
         }
         self.check_actor(actor)?;
@@ -2243,6 +2262,7 @@ impl State {
         let name: Arc<str> = actor.into();
         self.actors.push(Arc::clone(&name));
         self.actor_index.insert(name, id);
+        self.last_actor = id;
         Ok(id)
     }
 
