@@ -91,6 +91,13 @@ fn writes_carry_surge_lsn_and_a_replayed_key_the_original() {
     );
     refused.assert_problem(409, "insufficient_stock");
     assert_eq!(refused.header("surge-lsn"), None);
+    // A repeat that changes nothing answers from the state logged so far.
+    let id = first.str_field("id");
+    let release = format!("/v1/reservations/{id}/release");
+    let released = server.as_(STOREFRONT, "POST", &release, None);
+    let repeated = server.as_(STOREFRONT, "POST", &release, None);
+    assert_eq!((released.status, repeated.status), (200, 200));
+    assert!(lsn(&repeated) >= lsn(&released));
     // In a batch, each success carries "lsn".
     let batch = server.as_(
         STOREFRONT,
@@ -291,6 +298,24 @@ fn patch_refunds_ledger_and_returns_survive_a_restart() {
     assert_eq!(o["status"], "returned");
     assert_eq!(o["returned"]["kind"], "intercepted");
     assert_eq!(o["payment"]["refund_due_amount"], 50);
+
+    // The new list filters.
+    let other = create(&server, "M-1", 1, r#", "channel": "jd""#);
+    let count = |query: &str| {
+        let r = server.as_(VIEWER, "GET", &format!("/v1/orders?{query}"), None);
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json()["items"].as_array().unwrap().len()
+    };
+    assert_eq!(count("payment_status=refund_due"), 1);
+    assert_eq!(count("payment_status=unpaid"), 1);
+    assert_eq!(count("order_no=N-"), 1);
+    assert_eq!(count("order_no=M"), 1);
+    assert_eq!(count("channel=jd"), 1);
+    assert_eq!(count("on_hold=false"), 2);
+    assert_eq!(other["channel"], "jd");
+    server
+        .as_(VIEWER, "GET", "/v1/orders?payment_status=owed", None)
+        .assert_problem(400, "validation_failed");
 
     // The ledger: oldest first, filters, viewer may read, unknown parameter refused.
     let ledger = server.as_(VIEWER, "GET", &format!("/v1/ledger?order_id={id}"), None);

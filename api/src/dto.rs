@@ -514,7 +514,7 @@ impl From<OrderView> for OrderBody {
                 note: r.note.to_string(),
             }),
             channel: o.channel,
-            shipping_address: o.shipping_address.map(AddressBody::from),
+            shipping_address: o.shipping_address.map(|a| AddressBody::from(*a)),
             note: o.note,
             hold: o.hold.map(|h| {
                 let (actor, on_behalf_of) = surge_engine::split_actor(&h.actor);

@@ -100,31 +100,34 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
         EventKind::OrderPaidV3 { id, amount } => {
             json!({"order_id": id.to_string(), "amount": amount})
         }
-        EventKind::OrderCreated { id, order, total } => {
+        EventKind::OrderCreated(e) => {
+            let surge_engine::event::OrderCreated { id, order, total } = &**e;
             let mut m = brief(log, *id, order);
             m.insert("total".into(), (*total).into());
             Value::Object(m)
         }
-        EventKind::OrderPaid {
-            id,
-            order,
-            amount,
-            payment_ref,
-        } => {
+        EventKind::OrderPaid(e) => {
+            let surge_engine::event::OrderPaid {
+                id,
+                order,
+                amount,
+                payment_ref,
+            } = &**e;
             let mut m = brief(log, *id, order);
             m.insert("amount".into(), (*amount).into());
             m.insert("payment_ref".into(), payment_ref.to_string().into());
             Value::Object(m)
         }
-        EventKind::OrderCancelled {
-            id,
-            order,
-            reason,
-            note,
-            actor,
-            refund_due_amount,
-            restocked,
-        } => {
+        EventKind::OrderCancelled(e) => {
+            let surge_engine::event::OrderCancelled {
+                id,
+                order,
+                reason,
+                note,
+                actor,
+                refund_due_amount,
+                restocked,
+            } = &**e;
             let mut m = brief(log, *id, order);
             m.insert("reason".into(), reason.as_str().into());
             m.insert("note".into(), note.to_string().into());
@@ -133,17 +136,18 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             m.insert("restocked".into(), sku_qtys(log, restocked));
             Value::Object(m)
         }
-        EventKind::OrderReturned {
-            id,
-            order,
-            kind,
-            restock,
-            reason,
-            note,
-            actor,
-            refund_due_amount,
-            restocked,
-        } => {
+        EventKind::OrderReturned(e) => {
+            let surge_engine::event::OrderReturned {
+                id,
+                order,
+                kind,
+                restock,
+                reason,
+                note,
+                actor,
+                refund_due_amount,
+                restocked,
+            } = &**e;
             let mut m = brief(log, *id, order);
             m.insert("kind".into(), kind.as_str().into());
             m.insert("restock".into(), (*restock).into());
@@ -154,16 +158,17 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             m.insert("restocked".into(), sku_qtys(log, restocked));
             Value::Object(m)
         }
-        EventKind::OrderModified {
-            id,
-            order,
-            before,
-            reason,
-            actor,
-            stock_delta,
-            total,
-            refund_due_added,
-        } => {
+        EventKind::OrderModified(e) => {
+            let surge_engine::event::OrderModified {
+                id,
+                order,
+                before,
+                reason,
+                actor,
+                stock_delta,
+                total,
+                refund_due_added,
+            } = &**e;
             let mut m = brief(log, *id, order);
             let after = m.remove("lines").unwrap_or(Value::Null);
             m.insert("before".into(), event_lines(log, before));
@@ -185,13 +190,14 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             m.insert("refund_due_added".into(), (*refund_due_added).into());
             Value::Object(m)
         }
-        EventKind::OrderHeld {
-            id,
-            order_no,
-            reason,
-            note,
-            actor,
-        } => {
+        EventKind::OrderHeld(e) => {
+            let surge_engine::event::OrderHeld {
+                id,
+                order_no,
+                reason,
+                note,
+                actor,
+            } = &**e;
             let mut m = Map::new();
             m.insert("order_id".into(), id.to_string().into());
             m.insert("order_no".into(), order_no.to_string().into());
@@ -200,12 +206,13 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             insert_actor(&mut m, actor);
             Value::Object(m)
         }
-        EventKind::OrderHoldReleased {
-            id,
-            order_no,
-            note,
-            actor,
-        } => {
+        EventKind::OrderHoldReleased(e) => {
+            let surge_engine::event::OrderHoldReleased {
+                id,
+                order_no,
+                note,
+                actor,
+            } = &**e;
             let mut m = Map::new();
             m.insert("order_id".into(), id.to_string().into());
             m.insert("order_no".into(), order_no.to_string().into());
@@ -213,32 +220,36 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             insert_actor(&mut m, actor);
             Value::Object(m)
         }
-        EventKind::OrderDelayed {
-            id,
-            order_no,
-            customer_id,
-            paid_at_ms,
-            delayed_since_ms,
-        } => json!({
-            "order_id": id.to_string(), "order_no": order_no.to_string(),
-            "customer_id": customer_id.to_string(), "paid_at": format_ms(*paid_at_ms),
-            "delayed_since": format_ms(*delayed_since_ms)
-        }),
+        EventKind::OrderDelayed(e) => {
+            let surge_engine::event::OrderDelayed {
+                id,
+                order_no,
+                customer_id,
+                paid_at_ms,
+                delayed_since_ms,
+            } = &**e;
+            json!({
+                "order_id": id.to_string(), "order_no": order_no.to_string(),
+                "customer_id": customer_id.to_string(), "paid_at": format_ms(*paid_at_ms),
+                "delayed_since": format_ms(*delayed_since_ms)
+            })
+        }
         EventKind::StockRestored {
             sku: s,
             qty,
             available,
         } => json!({"sku": sku(*s), "qty": qty, "available": available}),
-        EventKind::OrderRefundedAmount {
-            id,
-            order_no,
-            amount,
-            reason,
-            refund_ref,
-            actor,
-            refunded_amount,
-            refund_due_amount,
-        } => {
+        EventKind::OrderRefundedAmount(e) => {
+            let surge_engine::event::OrderRefunded {
+                id,
+                order_no,
+                amount,
+                reason,
+                refund_ref,
+                actor,
+                refunded_amount,
+                refund_due_amount,
+            } = &**e;
             let mut m = Map::new();
             m.insert("order_id".into(), id.to_string().into());
             m.insert("order_no".into(), order_no.to_string().into());

@@ -54,7 +54,8 @@ wrong method: 405 `method_not_allowed`. A request that fails changes nothing.
 **Surge-Lsn.** Every 2xx answer to a write carries `Surge-Lsn`: the log position of the \
 record that made the change (the seq of its first event). A replayed `Idempotency-Key` \
 answers with the original record's LSN (keys remembered from a data dir older than \
-snapshot format 4 have none). Rejections carry none. In `/v1/batch` each successful \
+snapshot format 4 have none); a write that changed nothing (a repeated cancel) answers \
+with the LSN of the last record, whose state it shows. Rejections carry none. In `/v1/batch` each successful \
 result carries `\"lsn\"`.
 
 **Strict queries.** Unknown query parameters are refused like unknown JSON fields: 400 \

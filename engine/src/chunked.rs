@@ -55,10 +55,6 @@ impl<T> ChunkedVec<T> {
             .get_mut(i & (CHUNK_LEN - 1))
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.chunks.iter_mut().flat_map(|c| c.iter_mut())
-    }
-
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
         self.chunks.iter().flatten()
     }

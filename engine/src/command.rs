@@ -424,10 +424,10 @@ pub struct OrderView {
     /// How it came back, once returned.
     pub return_kind: Option<ReturnKind>,
     pub channel: String,
-    pub shipping_address: Option<Address>,
+    pub shipping_address: Option<Box<Address>>,
     /// The order's note (set by a modification).
     pub note: String,
-    pub hold: Option<HoldView>,
+    pub hold: Option<Box<HoldView>>,
     /// When the ship SLA ran out, if the order was paid and not shipped within it.
     pub delayed_since_ms: Option<Millis>,
 }

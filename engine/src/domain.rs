@@ -408,6 +408,15 @@ pub struct LineReq {
     pub qty: u64,
 }
 
+/// One line of an order as the state keeps it (and its events carry it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct OrderLine {
+    pub sku: SkuIdx,
+    pub qty: u32,
+    /// Minor units.
+    pub unit_price: u64,
+}
+
 /// One line of an order request, with its unit price in minor units.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct OrderLineReq {

@@ -94,71 +94,16 @@ pub enum EventKind {
         id: OrderId,
         amount: u64,
     },
-    OrderCreated {
-        id: OrderId,
-        order: OrderBrief,
-        total: u64,
-    },
-    OrderPaid {
-        id: OrderId,
-        order: OrderBrief,
-        amount: u64,
-        payment_ref: Box<str>,
-    },
-    OrderCancelled {
-        id: OrderId,
-        order: OrderBrief,
-        reason: CancelReason,
-        note: Box<str>,
-        actor: Arc<str>,
-        refund_due_amount: u64,
-        /// Units given back to available, per SKU.
-        restocked: Vec<(SkuIdx, u64)>,
-    },
-    OrderReturned {
-        id: OrderId,
-        order: OrderBrief,
-        kind: ReturnKind,
-        restock: bool,
-        reason: Box<str>,
-        note: Box<str>,
-        actor: Arc<str>,
-        refund_due_amount: u64,
-        restocked: Vec<(SkuIdx, u64)>,
-    },
+    OrderCreated(Box<OrderCreated>),
+    OrderPaid(Box<OrderPaid>),
+    OrderCancelled(Box<OrderCancelled>),
+    OrderReturned(Box<OrderReturned>),
     /// Lines, address or note changed (a partial cancel when lines went down).
-    OrderModified {
-        id: OrderId,
-        order: OrderBrief,
-        before: Vec<EventLine>,
-        reason: Option<CancelReason>,
-        actor: Arc<str>,
-        /// Positive: taken from available; negative: given back.
-        stock_delta: Vec<(SkuIdx, i64)>,
-        total: u64,
-        refund_due_added: u64,
-    },
-    OrderHeld {
-        id: OrderId,
-        order_no: Arc<str>,
-        reason: HoldReason,
-        note: Box<str>,
-        actor: Arc<str>,
-    },
-    OrderHoldReleased {
-        id: OrderId,
-        order_no: Arc<str>,
-        note: Box<str>,
-        actor: Arc<str>,
-    },
+    OrderModified(Box<OrderModified>),
+    OrderHeld(Box<OrderHeld>),
+    OrderHoldReleased(Box<OrderHoldReleased>),
     /// Paid and not shipped within the ship SLA.
-    OrderDelayed {
-        id: OrderId,
-        order_no: Arc<str>,
-        customer_id: Arc<str>,
-        paid_at_ms: Millis,
-        delayed_since_ms: Millis,
-    },
+    OrderDelayed(Box<OrderDelayed>),
     /// Units came back to available (one per SKU per command).
     StockRestored {
         sku: SkuIdx,
@@ -166,16 +111,101 @@ pub enum EventKind {
         available: u64,
     },
     /// A refund paid back (v1.1: with its reference and what is still due).
-    OrderRefundedAmount {
-        id: OrderId,
-        order_no: Arc<str>,
-        amount: u64,
-        reason: Box<str>,
-        refund_ref: Box<str>,
-        actor: Arc<str>,
-        refunded_amount: u64,
-        refund_due_amount: u64,
-    },
+    OrderRefundedAmount(Box<OrderRefunded>),
+}
+
+// The v1.1 payloads are boxed: an `EventKind` stays as small as the v1 ones (the
+// feed keeps a million of them, and every command moves a few).
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderCreated {
+    pub id: OrderId,
+    pub order: OrderBrief,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderPaid {
+    pub id: OrderId,
+    pub order: OrderBrief,
+    pub amount: u64,
+    pub payment_ref: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderCancelled {
+    pub id: OrderId,
+    pub order: OrderBrief,
+    pub reason: CancelReason,
+    pub note: Box<str>,
+    pub actor: Arc<str>,
+    pub refund_due_amount: u64,
+    /// Units given back to available, per SKU.
+    pub restocked: Vec<(SkuIdx, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderReturned {
+    pub id: OrderId,
+    pub order: OrderBrief,
+    pub kind: ReturnKind,
+    pub restock: bool,
+    pub reason: Box<str>,
+    pub note: Box<str>,
+    pub actor: Arc<str>,
+    pub refund_due_amount: u64,
+    pub restocked: Vec<(SkuIdx, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderModified {
+    pub id: OrderId,
+    pub order: OrderBrief,
+    pub before: Arc<[EventLine]>,
+    pub reason: Option<CancelReason>,
+    pub actor: Arc<str>,
+    /// Positive: taken from available; negative: given back.
+    pub stock_delta: Vec<(SkuIdx, i64)>,
+    pub total: u64,
+    pub refund_due_added: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderHeld {
+    pub id: OrderId,
+    pub order_no: Arc<str>,
+    pub reason: HoldReason,
+    pub note: Box<str>,
+    pub actor: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderHoldReleased {
+    pub id: OrderId,
+    pub order_no: Arc<str>,
+    pub note: Box<str>,
+    pub actor: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderDelayed {
+    pub id: OrderId,
+    pub order_no: Arc<str>,
+    pub customer_id: Arc<str>,
+    pub paid_at_ms: Millis,
+    pub delayed_since_ms: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderRefunded {
+    pub id: OrderId,
+    pub order_no: Arc<str>,
+    pub amount: u64,
+    pub reason: Box<str>,
+    pub refund_ref: Box<str>,
+    pub actor: Arc<str>,
+    pub refunded_amount: u64,
+    pub refund_due_amount: u64,
 }
 
 /// Who an order event is about, so that downstream need not call back.
@@ -184,16 +214,12 @@ pub struct OrderBrief {
     pub order_no: Arc<str>,
     pub customer_id: Arc<str>,
     pub channel: Arc<str>,
-    /// The order's lines after the command.
-    pub lines: Vec<EventLine>,
+    /// The order's lines after the command (shared with the order).
+    pub lines: Arc<[EventLine]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct EventLine {
-    pub sku: SkuIdx,
-    pub qty: u64,
-    pub unit_price: u64,
-}
+/// An order line in an event.
+pub type EventLine = crate::domain::OrderLine;
 
 impl EventKind {
     /// The event type of the HTTP contract.
@@ -207,22 +233,21 @@ impl EventKind {
             EventKind::ReservationCommitted { .. } => "reservation.committed",
             EventKind::ReservationReleased { .. } => "reservation.released",
             EventKind::ReservationExpired { .. } => "reservation.expired",
-            EventKind::OrderCreated { .. } | EventKind::OrderCreatedV3 { .. } => "order.created",
-            EventKind::OrderPaid { .. } | EventKind::OrderPaidV3 { .. } => "order.paid",
+            EventKind::OrderCreated(_) | EventKind::OrderCreatedV3 { .. } => "order.created",
+            EventKind::OrderPaid(_) | EventKind::OrderPaidV3 { .. } => "order.paid",
             EventKind::OrderStatusChanged { .. } => "order.status_changed",
-            EventKind::OrderCancelled { .. } | EventKind::OrderCancelledV3 { .. } => {
-                "order.cancelled"
-            }
+            EventKind::OrderCancelled(_) | EventKind::OrderCancelledV3 { .. } => "order.cancelled",
             EventKind::OrderExpired { .. } => "order.expired",
-            EventKind::OrderReturned { .. } | EventKind::OrderReturnedV3 { .. } => "order.returned",
-            EventKind::OrderRefunded { .. } | EventKind::OrderRefundedAmount { .. } => {
-                "order.refunded"
-            }
-            EventKind::OrderModified { .. } => "order.modified",
-            EventKind::OrderHeld { .. } => "order.held",
-            EventKind::OrderHoldReleased { .. } => "order.hold_released",
-            EventKind::OrderDelayed { .. } => "order.delayed",
+            EventKind::OrderReturned(_) | EventKind::OrderReturnedV3 { .. } => "order.returned",
+            EventKind::OrderRefunded { .. } | EventKind::OrderRefundedAmount(_) => "order.refunded",
+            EventKind::OrderModified(_) => "order.modified",
+            EventKind::OrderHeld(_) => "order.held",
+            EventKind::OrderHoldReleased(_) => "order.hold_released",
+            EventKind::OrderDelayed(_) => "order.delayed",
             EventKind::StockRestored { .. } => "stock.restored",
         }
     }
 }
+
+// An event is no larger than the v1 ones: the feed keeps a million.
+const _: () = assert!(std::mem::size_of::<EventKind>() <= 56);

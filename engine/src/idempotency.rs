@@ -808,25 +808,37 @@ impl State {
         // The changeable part (money, hold, delay, lines, address, note) as the first
         // later entry that changed it kept it (`HistoryEntry::before`).
         let later = &order.history[history_len..];
-        if let Some(before) = later.iter().find_map(|h| h.before.as_deref()) {
+        // The first later change of money: it kept `before`, or (a cancel or return
+        // of a plain order, see `Order::plain`) the money then followed from the
+        // payment status.
+        let first_change = later.iter().find(|h| {
+            h.before.is_some() || matches!(h.status, OrderStatus::Cancelled | OrderStatus::Returned)
+        });
+        if let Some(before) = first_change.and_then(|h| h.before.as_deref()) {
             view.payment.paid_amount = before.amounts.paid;
             view.payment.refunded_amount = before.amounts.refunded;
             view.payment.refund_due_amount = before.amounts.refund_due;
             view.payment.refund_ref = before.refund_ref.to_string();
-            view.hold = before.hold.as_ref().map(|h| crate::command::HoldView {
-                reason: h.reason,
-                note: h.note.to_string(),
-                at_ms: h.at_ms,
-                actor: Arc::clone(&self.actors[h.actor as usize]),
+            view.hold = before.hold.as_ref().map(|h| {
+                Box::new(crate::command::HoldView {
+                    reason: h.reason,
+                    note: h.note.to_string(),
+                    at_ms: h.at_ms,
+                    actor: Arc::clone(&self.actors[h.actor as usize]),
+                })
             });
             view.delayed_since_ms = before.delayed_since_ms;
-        } else if payment != view.payment.status {
+        } else if first_change.is_some() || payment != view.payment.status {
             // Nothing kept: a payment, or an order from before v1.1, whose money
             // followed its payment status.
             let amounts = crate::legacy::amounts_of_v3(payment, view.total);
             view.payment.paid_amount = amounts.paid;
             view.payment.refunded_amount = amounts.refunded;
             view.payment.refund_due_amount = amounts.refund_due;
+            if first_change.is_some() {
+                view.hold = None;
+                view.delayed_since_ms = None;
+            }
         }
         if let Some(modified) = later
             .iter()
@@ -843,7 +855,7 @@ impl State {
                 .collect();
             view.total = modified.total;
             view.payment.amount = modified.total;
-            view.shipping_address = modified.address.as_deref().cloned();
+            view.shipping_address = modified.address.clone();
             view.note = modified.note.to_string();
         }
         view.history.truncate(history_len);

@@ -160,7 +160,7 @@ pub(crate) struct OrderV3 {
     pub id: OrderId,
     pub order_no: std::sync::Arc<str>,
     pub customer_id: std::sync::Arc<str>,
-    pub lines: Box<[crate::state::OrderLine]>,
+    pub lines: Box<[crate::domain::OrderLine]>,
     pub total: u64,
     pub reservation: ReservationId,
     pub status: OrderStatus,
@@ -216,10 +216,6 @@ impl From<OrderV3> for crate::state::Order {
                 paid_at_ms: e.paid_at_ms,
                 refund_ref: e.refund_ref,
                 tracking_no: e.tracking_no,
-                return_kind: e
-                    .returned
-                    .as_ref()
-                    .map(|_| crate::domain::ReturnKind::CustomerReturn),
                 cancellation: e.cancellation,
                 returned: e.returned,
                 amounts,
@@ -237,7 +233,7 @@ impl From<OrderV3> for crate::state::Order {
             id: o.id,
             order_no: o.order_no,
             customer_id: o.customer_id,
-            lines: o.lines,
+            lines: o.lines.into(),
             total: o.total,
             reservation: o.reservation,
             status: o.status,
@@ -378,7 +374,7 @@ pub(crate) fn downgrade_to_v3<K, L>(
             id: o.id,
             order_no: o.order_no,
             customer_id: o.customer_id,
-            lines: o.lines,
+            lines: o.lines.iter().cloned().collect(),
             total: o.total,
             reservation: o.reservation,
             status: o.status,

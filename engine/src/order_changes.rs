@@ -6,21 +6,20 @@
 //! anything. Each keeps the order's changeable part as it was in its history entry
 //! (`HistoryEntry::before`), so an idempotent replay can rebuild an earlier answer.
 
-use std::cmp::Reverse;
 use std::sync::Arc;
 
 use crate::command::{
     Field, LineField, OrderChange, OrderPolicy, Outcome, Rejection, Reply, Shortage, Violation,
 };
 use crate::domain::{
-    HoldReason, Millis, OrderAction, OrderId, OrderStatus, ReservationStatus, SkuIdx,
+    HoldReason, Millis, OrderAction, OrderId, OrderLine, OrderStatus, ReservationStatus, SkuIdx,
     TransitionRefusal, order_transition,
 };
-use crate::event::{EventKind, EventLine};
+use crate::event::EventKind;
 use crate::limits::*;
 use crate::state::{
-    Ctx, Hold, OrderLine, RULES_V11, State, at_line, check_address, check_line_count, check_qty,
-    check_text, invalid, touch, transition,
+    Ctx, Hold, RULES_V11, State, at_line, check_address, check_line_count, check_qty, check_text,
+    invalid, touch, transition,
 };
 
 impl State {
@@ -71,7 +70,7 @@ impl State {
         self.check_history_room(id)?;
         let actor = self.intern_actor(actor)?;
         let before = self.orders[(id.0 - 1) as usize].before(false);
-        self.orders[(id.0 - 1) as usize].extra_mut().hold = Some(Hold {
+        self.orders[(id.0 - 1) as usize].more_mut().hold = Some(Hold {
             reason,
             note: note.into(),
             at_ms: ctx.now_ms,
@@ -91,13 +90,13 @@ impl State {
     pub(crate) fn emit_held(&self, id: OrderId, ctx: &mut Ctx<'_>) {
         let order = &self.orders[(id.0 - 1) as usize];
         let hold = order.hold().expect("the order is held");
-        ctx.emit(EventKind::OrderHeld {
+        ctx.emit(EventKind::OrderHeld(Box::new(crate::event::OrderHeld {
             id,
             order_no: Arc::clone(&order.order_no),
             reason: hold.reason,
             note: hold.note.clone(),
             actor: Arc::clone(&self.actors[hold.actor as usize]),
-        });
+        })));
     }
 
     pub(crate) fn release_hold(
@@ -117,19 +116,21 @@ impl State {
         let actor_id = self.intern_actor(actor)?;
         let order = &mut self.orders[(id.0 - 1) as usize];
         let before = order.before(false);
-        order.extra_mut().hold = None;
+        order.more_mut().hold = None;
         let history_note = if note.is_empty() {
             "hold released".to_string()
         } else {
             format!("hold released: {note}")
         };
         self.push_history(id, actor_id, &history_note, ctx.now_ms, Some(before));
-        ctx.emit(EventKind::OrderHoldReleased {
-            id,
-            order_no: Arc::clone(&self.orders[(id.0 - 1) as usize].order_no),
-            note: note.into(),
-            actor: Arc::clone(&self.actors[actor_id as usize]),
-        });
+        ctx.emit(EventKind::OrderHoldReleased(Box::new(
+            crate::event::OrderHoldReleased {
+                id,
+                order_no: Arc::clone(&self.orders[(id.0 - 1) as usize].order_no),
+                note: note.into(),
+                actor: Arc::clone(&self.actors[actor_id as usize]),
+            },
+        )));
         Ok(self.order_reply(id))
     }
 
@@ -285,7 +286,7 @@ impl State {
         let actor = self.intern_actor(&change.actor)?;
         let order = &self.orders[(id.0 - 1) as usize];
         let before = order.before(true);
-        let before_lines = event_lines(&order.lines);
+        let before_lines = Arc::clone(&order.lines);
         let total_before = order.total;
         let reservation = order.reservation;
         // Stock follows the new lines.
@@ -326,15 +327,15 @@ impl State {
                 .map(|l| u64::from(l.qty) * l.unit_price)
                 .sum();
             let order = &mut self.orders[(id.0 - 1) as usize];
-            order.lines = new_lines.into_boxed_slice();
+            order.lines = new_lines.into();
             order.total = total;
         }
         let order = &mut self.orders[(id.0 - 1) as usize];
         if let Some(address) = &change.shipping_address {
-            order.extra_mut().address = Some(Box::new(address.clone()));
+            order.more_mut().address = Some(Box::new(address.clone()));
         }
         if let Some(note) = &change.note {
-            order.extra_mut().note = note.as_str().into();
+            order.more_mut().note = note.as_str().into();
         }
         let total = order.total;
         // A paid order that now costs less: the difference is due back.
@@ -355,16 +356,18 @@ impl State {
         };
         self.push_history(id, actor, &history_note, ctx.now_ms, Some(before));
         let order = self.brief(id);
-        ctx.emit(EventKind::OrderModified {
-            id,
-            order,
-            before: before_lines,
-            reason: change.reason,
-            actor: Arc::clone(&self.actors[actor as usize]),
-            stock_delta: deltas.clone(),
-            total,
-            refund_due_added: due_added,
-        });
+        ctx.emit(EventKind::OrderModified(Box::new(
+            crate::event::OrderModified {
+                id,
+                order,
+                before: before_lines,
+                reason: change.reason,
+                actor: Arc::clone(&self.actors[actor as usize]),
+                stock_delta: deltas.clone(),
+                total,
+                refund_due_added: due_added,
+            },
+        )));
         for (sku, available_before) in befores {
             self.stock_crossings(sku, available_before, ctx);
         }
@@ -409,66 +412,47 @@ impl State {
     }
 
     fn reschedule_ship_deadlines(&mut self) {
-        let sla = self.order_policy.ship_sla_ms;
-        self.ship_deadlines.clear();
-        for order in self.orders.iter_mut() {
-            let waiting = matches!(
-                order.status,
-                OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
-            );
-            let Some(extra) = order.extra.as_deref_mut() else {
-                continue;
-            };
-            if !waiting || extra.delayed_since_ms.is_some() {
-                continue;
-            }
-            extra.ship_due_at_ms = match (sla, extra.paid_at_ms) {
-                (0, _) | (_, None) => None,
-                (sla, Some(paid)) => Some(paid.saturating_add(sla)),
-            };
-            if let Some(due) = extra.ship_due_at_ms {
-                self.ship_deadlines.push(Reverse((due, order.id)));
-            }
-        }
+        self.rebuild_ship_deadlines();
     }
 
-    /// The ship deadlines in force, rebuilt from the orders (after a snapshot load).
+    /// The ship deadlines in force, from the orders: every paid order awaiting
+    /// shipment and not yet delayed, at its payment + the SLA, in time order.
     pub(crate) fn rebuild_ship_deadlines(&mut self) {
-        self.ship_deadlines = self
-            .orders
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o.status,
-                    OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
-                )
-            })
-            .filter_map(|o| {
-                let extra = o.extra.as_deref()?;
-                if extra.delayed_since_ms.is_some() {
-                    return None;
-                }
-                extra.ship_due_at_ms.map(|due| Reverse((due, o.id)))
-            })
-            .collect();
+        let sla = self.order_policy.ship_sla_ms;
+        let mut deadlines: Vec<(Millis, OrderId)> = if sla == 0 {
+            Vec::new()
+        } else {
+            self.orders
+                .iter()
+                .filter(|o| o.awaits_shipment())
+                .filter(|o| o.more().is_none_or(|m| m.delayed_since_ms.is_none()))
+                .filter_map(|o| {
+                    let paid = o.extra.as_deref()?.paid_at_ms?;
+                    Some((paid.saturating_add(sla), o.id))
+                })
+                .collect()
+        };
+        deadlines.sort_unstable();
+        self.ship_deadlines = deadlines.into();
     }
 
     /// Flag the paid orders whose ship SLA ran out by now: `order.delayed`, once.
     pub(crate) fn flag_delays(&mut self, ctx: &mut Ctx<'_>) {
         let mut flagged = 0;
-        while let Some(&Reverse((due, id))) = self.ship_deadlines.peek() {
+        let sla = self.order_policy.ship_sla_ms;
+        while let Some(&(due, id)) = self.ship_deadlines.front() {
             if due > ctx.now_ms || flagged >= EXPIRE_BATCH_DELAYS_MAX {
                 break;
             }
-            self.ship_deadlines.pop();
+            self.ship_deadlines.pop_front();
             let order = &self.orders[(id.0 - 1) as usize];
-            let live = matches!(
-                order.status,
-                OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
-            ) && order
-                .extra
-                .as_deref()
-                .is_some_and(|e| e.ship_due_at_ms == Some(due) && e.delayed_since_ms.is_none());
+            let live = order.awaits_shipment()
+                && order.more().is_none_or(|m| m.delayed_since_ms.is_none())
+                && order
+                    .extra
+                    .as_deref()
+                    .and_then(|e| e.paid_at_ms)
+                    .is_some_and(|paid| paid.saturating_add(sla) == due);
             if !live {
                 continue; // stale: shipped, cancelled, or rescheduled
             }
@@ -478,9 +462,7 @@ impl State {
                 .as_deref()
                 .and_then(|e| e.paid_at_ms)
                 .expect("a paid order");
-            self.orders[(id.0 - 1) as usize]
-                .extra_mut()
-                .delayed_since_ms = Some(due);
+            self.orders[(id.0 - 1) as usize].more_mut().delayed_since_ms = Some(due);
             let system = self.system_actor();
             self.push_history(
                 id,
@@ -490,25 +472,16 @@ impl State {
                 Some(before),
             );
             let order = &self.orders[(id.0 - 1) as usize];
-            ctx.emit(EventKind::OrderDelayed {
-                id,
-                order_no: Arc::clone(&order.order_no),
-                customer_id: Arc::clone(&order.customer_id),
-                paid_at_ms,
-                delayed_since_ms: due,
-            });
+            ctx.emit(EventKind::OrderDelayed(Box::new(
+                crate::event::OrderDelayed {
+                    id,
+                    order_no: Arc::clone(&order.order_no),
+                    customer_id: Arc::clone(&order.customer_id),
+                    paid_at_ms,
+                    delayed_since_ms: due,
+                },
+            )));
             flagged += 1;
         }
     }
-}
-
-fn event_lines(lines: &[OrderLine]) -> Vec<EventLine> {
-    lines
-        .iter()
-        .map(|l| EventLine {
-            sku: l.sku,
-            qty: u64::from(l.qty),
-            unit_price: l.unit_price,
-        })
-        .collect()
 }

@@ -394,15 +394,21 @@ impl State {
                 reason: r.reason.to_string(),
                 note: r.note.to_string(),
             }),
-            return_kind: extra.and_then(|e| e.return_kind),
+            return_kind: extra.and_then(|e| e.returned.as_ref()).map(|_| {
+                o.more()
+                    .and_then(|m| m.return_kind)
+                    .unwrap_or(crate::domain::ReturnKind::CustomerReturn)
+            }),
             channel: o.channel().to_string(),
-            shipping_address: extra.and_then(|e| e.address.as_deref().cloned()),
-            note: extra.map_or_else(String::new, |e| e.note.to_string()),
-            hold: o.hold().map(|h| HoldView {
-                reason: h.reason,
-                note: h.note.to_string(),
-                at_ms: h.at_ms,
-                actor: actor(h.actor),
+            shipping_address: o.more().and_then(|m| m.address.clone()),
+            note: o.more().map_or_else(String::new, |m| m.note.to_string()),
+            hold: o.hold().map(|h| {
+                Box::new(HoldView {
+                    reason: h.reason,
+                    note: h.note.to_string(),
+                    at_ms: h.at_ms,
+                    actor: actor(h.actor),
+                })
             }),
             delayed_since_ms: o.delayed_since_ms(),
         }

@@ -20,7 +20,7 @@ use crate::command::{
 };
 use crate::domain::{
     AdjustReason, CancelReason, HoldReason, LedgerKind, LineReq, Millis, OrderAction, OrderFacts,
-    OrderId, OrderLineReq, OrderStatus, PaymentStatus, ReservationId, ReservationStatus,
+    OrderId, OrderLine, OrderLineReq, OrderStatus, PaymentStatus, ReservationId, ReservationStatus,
     ReturnKind, SYSTEM_ACTOR, SkuIdx, TransitionRefusal, order_transition,
 };
 use crate::event::{Event, EventKind};
@@ -61,13 +61,6 @@ pub(crate) struct Reservation {
     pub created_at_ms: Millis,
     pub expires_at_ms: Millis,
     pub order: Option<OrderId>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct OrderLine {
-    pub sku: SkuIdx,
-    pub qty: u32,
-    pub unit_price: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -126,7 +119,7 @@ pub(crate) struct Before {
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) struct Modified {
-    pub lines: Box<[OrderLine]>,
+    pub lines: Arc<[OrderLine]>,
     pub total: u64,
     pub address: Option<Box<Address>>,
     pub note: Box<str>,
@@ -141,16 +134,22 @@ pub(crate) struct OrderExtra {
     pub tracking_no: Box<str>,
     pub cancellation: Option<Cancellation>,
     pub returned: Option<ReturnInfo>,
-    pub return_kind: Option<ReturnKind>,
     pub channel: Option<Arc<str>>,
+    pub amounts: Amounts,
+    /// What few orders have: boxed again, so that a paid order stays small.
+    pub more: Option<Box<OrderMore>>,
+}
+
+/// The v1.1 fields few orders have: a return's kind, an address, a note, a hold, a
+/// delay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct OrderMore {
+    pub return_kind: Option<ReturnKind>,
     pub address: Option<Box<Address>>,
     pub note: Box<str>,
-    pub amounts: Amounts,
     pub hold: Option<Hold>,
-    /// When the ship SLA runs out (set on payment while an SLA is in force).
-    pub ship_due_at_ms: Option<Millis>,
-    /// When the ship SLA ran out, once `order.delayed` was emitted. Shown while the
-    /// order is not shipped, cancelled or returned.
+    /// When the ship SLA ran out (payment + SLA), once `order.delayed` was emitted.
+    /// Shown while the order is not shipped, cancelled or returned.
     pub delayed_since_ms: Option<Millis>,
 }
 
@@ -187,7 +186,9 @@ pub(crate) struct Order {
     pub id: OrderId,
     pub order_no: Arc<str>,
     pub customer_id: Arc<str>,
-    pub lines: Box<[OrderLine]>,
+    /// Shared with the events that carry them (an order's lines change only as a
+    /// whole, by a modification).
+    pub lines: Arc<[OrderLine]>,
     pub total: u64,
     pub reservation: ReservationId,
     pub status: OrderStatus,
@@ -208,8 +209,29 @@ impl Order {
             .as_ref()
             .map_or_else(Amounts::default, |e| e.amounts)
     }
+    pub(crate) fn more(&self) -> Option<&OrderMore> {
+        self.extra.as_ref().and_then(|e| e.more.as_deref())
+    }
+    pub(crate) fn more_mut(&mut self) -> &mut OrderMore {
+        self.extra_mut().more.get_or_insert_with(Default::default)
+    }
     pub(crate) fn hold(&self) -> Option<&Hold> {
-        self.extra.as_ref().and_then(|e| e.hold.as_ref())
+        self.more().and_then(|m| m.hold.as_ref())
+    }
+    /// Waiting to be shipped: confirmed, picking or packed.
+    pub(crate) fn awaits_shipment(&self) -> bool {
+        matches!(
+            self.status,
+            OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
+        )
+    }
+    /// Money as v1 had it (paid the total; due or refunded all of it) and nothing
+    /// else that `before` keeps: a replay derives this from the payment status.
+    pub(crate) fn plain(&self) -> bool {
+        self.amounts() == crate::legacy::amounts_of_v3(self.payment, self.total)
+            && self
+                .more()
+                .is_none_or(|m| m.hold.is_none() && m.delayed_since_ms.is_none())
     }
     pub(crate) fn channel(&self) -> &str {
         self.extra
@@ -227,27 +249,24 @@ impl Order {
     /// Paid, not shipped within the ship SLA, and not yet shipped, cancelled or
     /// returned: when the SLA ran out.
     pub(crate) fn delayed_since_ms(&self) -> Option<Millis> {
-        let since = self.extra.as_ref()?.delayed_since_ms?;
-        matches!(
-            self.status,
-            OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
-        )
-        .then_some(since)
+        let since = self.more()?.delayed_since_ms?;
+        self.awaits_shipment().then_some(since)
     }
     /// The changeable part now, to keep in a history entry before changing it.
     pub(crate) fn before(&self, modified: bool) -> Box<Before> {
         let extra = self.extra.as_deref();
+        let more = self.more();
         Box::new(Before {
             amounts: self.amounts(),
             hold: self.hold().cloned(),
-            delayed_since_ms: extra.and_then(|e| e.delayed_since_ms),
+            delayed_since_ms: more.and_then(|m| m.delayed_since_ms),
             refund_ref: extra.map_or_else(|| "".into(), |e| e.refund_ref.clone()),
             modified: modified.then(|| {
                 Box::new(Modified {
                     lines: self.lines.clone(),
                     total: self.total,
-                    address: extra.and_then(|e| e.address.clone()),
-                    note: extra.map_or_else(|| "".into(), |e| e.note.clone()),
+                    address: more.and_then(|m| m.address.clone()),
+                    note: more.map_or_else(|| "".into(), |m| m.note.clone()),
                 })
             }),
         })
@@ -270,9 +289,10 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The state changed: the command must be logged at `lsn` before it is acknowledged.
     pub lsn: Option<u64>,
-    /// The LSN of the record that made this answer: `lsn`, or for a replayed
+    /// The LSN of the record that made this answer: `lsn`; for a replayed
     /// idempotency key the original record's (unknown, `None`, for keys carried over
-    /// from a snapshot older than format 4).
+    /// from a snapshot older than format 4); for a success that changed nothing (a
+    /// repeated cancel) the last record's, whose state it answers from.
     pub answer_lsn: Option<u64>,
 }
 
@@ -300,13 +320,17 @@ pub struct State {
     pub(crate) idempotency: IdempotencyIndex,
     pub(crate) counters: Counters,
     /// Every money movement, oldest first.
-    pub(crate) ledger: Vec<LedgerEntry>,
+    pub(crate) ledger: ChunkedVec<LedgerEntry>,
     pub(crate) order_policy: OrderPolicy,
     /// Which rules the commands follow: [`RULES_V1`] for records logged before
     /// v1.1 (thin events), [`RULES_V11`] once a `SetOrderPolicy` was logged.
     pub(crate) rules: u32,
-    /// Paid orders by ship deadline (stale entries skipped when popped).
-    pub(crate) ship_deadlines: BinaryHeap<Reverse<(Millis, OrderId)>>,
+    /// Paid orders by ship deadline, in payment order (stale entries, of orders
+    /// shipped or cancelled since, are skipped when their time comes): at most one
+    /// 16-byte entry per order paid within the SLA.
+    pub(crate) ship_deadlines: std::collections::VecDeque<(Millis, OrderId)>,
+    /// The channel of orders without one, shared by their events. Not state.
+    pub(crate) no_channel: Arc<str>,
     /// SKUs whose stock or definition changed since the last
     /// [`State::take_touched_skus`], when tracked (the follower publishes them to
     /// the stock board). Not part of the state: never snapshotted or compared.
@@ -673,10 +697,11 @@ impl State {
             actor_index: HashMap::new(),
             idempotency: IdempotencyIndex::new(IdempotencyPolicy::INITIAL),
             counters: Counters::default(),
-            ledger: Vec::new(),
+            ledger: ChunkedVec::default(),
             order_policy: OrderPolicy::INITIAL,
             rules: RULES_V1,
-            ship_deadlines: BinaryHeap::new(),
+            ship_deadlines: std::collections::VecDeque::new(),
+            no_channel: "".into(),
             touched_skus: None,
         };
         state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
@@ -706,7 +731,7 @@ impl State {
     /// waking early is harmless).
     pub fn next_deadline_ms(&self) -> Option<Millis> {
         let hold = self.expiry.peek().map(|Reverse((at, _))| *at);
-        let ship = self.ship_deadlines.peek().map(|Reverse((at, _))| *at);
+        let ship = self.ship_deadlines.front().map(|&(at, _)| at);
         match (hold, ship) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -782,10 +807,13 @@ impl State {
         // refusal, and replay must remember it too.
         let changed = emitted > 0 || key.is_some() || changed_quietly;
         if !changed {
+            // A success that changed nothing (a repeat): the state it answers from is
+            // the one logged through the last record.
+            let answer_lsn = (outcome.is_ok() && lsn > 1).then(|| lsn - 1);
             return Applied {
                 outcome,
                 lsn: None,
-                answer_lsn: None,
+                answer_lsn,
             };
         }
         // Only logged commands change the index, so replay forgets exactly what the
@@ -1591,9 +1619,8 @@ impl State {
             .order_policy
             .review_amount_min
             .is_some_and(|min| total >= min);
-        let extra = (!channel.is_empty() || shipping_address.is_some() || review).then(|| {
-            Box::new(OrderExtra {
-                channel: (!channel.is_empty()).then(|| channel.into()),
+        let more = (shipping_address.is_some() || review).then(|| {
+            Box::new(OrderMore {
                 address: shipping_address.cloned().map(Box::new),
                 hold: review.then(|| Hold {
                     reason: HoldReason::Review,
@@ -1601,6 +1628,13 @@ impl State {
                     at_ms: ctx.now_ms,
                     actor: self.system_actor(),
                 }),
+                ..OrderMore::default()
+            })
+        });
+        let extra = (!channel.is_empty() || more.is_some()).then(|| {
+            Box::new(OrderExtra {
+                channel: (!channel.is_empty()).then(|| channel.into()),
+                more,
                 ..OrderExtra::default()
             })
         });
@@ -1608,7 +1642,7 @@ impl State {
             id,
             order_no: Arc::clone(&order_no),
             customer_id: Arc::clone(&customer_id),
-            lines: order_lines.into_boxed_slice(),
+            lines: order_lines.into(),
             total,
             reservation,
             status: OrderStatus::Reserved,
@@ -1642,7 +1676,9 @@ impl State {
             });
         } else {
             let order = self.brief(id);
-            ctx.emit(EventKind::OrderCreated { id, order, total });
+            ctx.emit(EventKind::OrderCreated(Box::new(
+                crate::event::OrderCreated { id, order, total },
+            )));
             if review {
                 self.emit_held(id, ctx);
             }
@@ -1702,9 +1738,10 @@ impl State {
         extra.paid_at_ms = Some(ctx.now_ms);
         extra.amounts.paid = total;
         if ship_sla_ms > 0 {
+            // Payments come in time order and the SLA is one: deadlines queue up.
             let due = ctx.now_ms.saturating_add(ship_sla_ms);
-            extra.ship_due_at_ms = Some(due);
-            self.ship_deadlines.push(Reverse((due, id)));
+            debug_assert!(self.ship_deadlines.back().is_none_or(|&(at, _)| at <= due));
+            self.ship_deadlines.push_back((due, id));
         }
         self.counters.paid_amount += total;
         self.record_money(id, LedgerKind::Charge, total, payment_ref, actor, ctx);
@@ -1713,12 +1750,12 @@ impl State {
             ctx.emit(EventKind::OrderPaidV3 { id, amount });
         } else {
             let order = self.brief(id);
-            ctx.emit(EventKind::OrderPaid {
+            ctx.emit(EventKind::OrderPaid(Box::new(crate::event::OrderPaid {
                 id,
                 order,
                 amount,
                 payment_ref: payment_ref.into(),
-            });
+            })));
         }
         ctx.emit(EventKind::OrderStatusChanged {
             id,
@@ -1814,7 +1851,7 @@ impl State {
         let reservation = order.reservation;
         let amounts = order.amounts();
         let due_added = amounts.refundable() - amounts.refund_due;
-        let before = (due_added > 0 || order.hold().is_some()).then(|| order.before(false));
+        let before = (!order.plain()).then(|| order.before(false));
         // Give the stock back exactly once: a hold is released; committed units
         // return to on_hand.
         let restocked = if from == OrderStatus::Reserved {
@@ -1829,8 +1866,10 @@ impl State {
         };
         self.reverse_money(id, due_added, actor_id, ctx);
         let order = self.order_mut(id);
+        if let Some(more) = order.extra.as_mut().and_then(|e| e.more.as_mut()) {
+            more.hold = None;
+        }
         let extra = order.extra_mut();
-        extra.hold = None;
         extra.cancellation = Some(Cancellation {
             reason,
             note: note.into(),
@@ -1862,15 +1901,17 @@ impl State {
         } else {
             let order = self.brief(id);
             let refund_due_amount = self.orders[(id.0 - 1) as usize].amounts().refund_due;
-            ctx.emit(EventKind::OrderCancelled {
-                id,
-                order,
-                reason,
-                note: note.into(),
-                actor,
-                refund_due_amount,
-                restocked,
-            });
+            ctx.emit(EventKind::OrderCancelled(Box::new(
+                crate::event::OrderCancelled {
+                    id,
+                    order,
+                    reason,
+                    note: note.into(),
+                    actor,
+                    refund_due_amount,
+                    restocked,
+                },
+            )));
         }
         Ok(self.order_reply(id))
     }
@@ -1913,13 +1954,15 @@ impl State {
         let order = self.order(id)?;
         let amounts = order.amounts();
         let due_added = amounts.refundable() - amounts.refund_due;
-        let before = Some(order.before(false));
+        let before = (!order.plain()).then(|| order.before(false));
         let lines = self.per_sku(&order.lines);
         self.unsell(&lines, restock, ctx);
         self.reverse_money(id, due_added, actor_id, ctx);
         let order = self.order_mut(id);
+        if kind != ReturnKind::CustomerReturn {
+            order.more_mut().return_kind = Some(kind);
+        }
         let extra = order.extra_mut();
-        extra.return_kind = Some(kind);
         extra.returned = Some(ReturnInfo {
             restock,
             reason: reason.into(),
@@ -1938,17 +1981,19 @@ impl State {
         } else {
             let order = self.brief(id);
             let refund_due_amount = self.orders[(id.0 - 1) as usize].amounts().refund_due;
-            ctx.emit(EventKind::OrderReturned {
-                id,
-                order,
-                kind,
-                restock,
-                reason: reason.into(),
-                note: note.into(),
-                actor: Arc::clone(&self.actors[actor_id as usize]),
-                refund_due_amount,
-                restocked: if restock { lines } else { Vec::new() },
-            });
+            ctx.emit(EventKind::OrderReturned(Box::new(
+                crate::event::OrderReturned {
+                    id,
+                    order,
+                    kind,
+                    restock,
+                    reason: reason.into(),
+                    note: note.into(),
+                    actor: Arc::clone(&self.actors[actor_id as usize]),
+                    refund_due_amount,
+                    restocked: if restock { lines } else { Vec::new() },
+                },
+            )));
         }
         Ok(self.order_reply(id))
     }
@@ -2071,16 +2116,18 @@ impl State {
         if self.rules == RULES_V1 {
             ctx.emit(EventKind::OrderRefunded { id, amount });
         } else {
-            ctx.emit(EventKind::OrderRefundedAmount {
-                id,
-                order_no: Arc::clone(&self.orders[(id.0 - 1) as usize].order_no),
-                amount,
-                reason: reason.into(),
-                refund_ref: refund_ref.into(),
-                actor: Arc::clone(&self.actors[actor as usize]),
-                refunded_amount: amounts.refunded,
-                refund_due_amount: amounts.refund_due,
-            });
+            ctx.emit(EventKind::OrderRefundedAmount(Box::new(
+                crate::event::OrderRefunded {
+                    id,
+                    order_no: Arc::clone(&self.orders[(id.0 - 1) as usize].order_no),
+                    amount,
+                    reason: reason.into(),
+                    refund_ref: refund_ref.into(),
+                    actor: Arc::clone(&self.actors[actor as usize]),
+                    refunded_amount: amounts.refunded,
+                    refund_due_amount: amounts.refund_due,
+                },
+            )));
         }
     }
 
@@ -2111,16 +2158,12 @@ impl State {
         crate::event::OrderBrief {
             order_no: Arc::clone(&o.order_no),
             customer_id: Arc::clone(&o.customer_id),
-            channel: o.channel().into(),
-            lines: o
-                .lines
-                .iter()
-                .map(|l| crate::event::EventLine {
-                    sku: l.sku,
-                    qty: u64::from(l.qty),
-                    unit_price: l.unit_price,
-                })
-                .collect(),
+            channel: o
+                .extra
+                .as_ref()
+                .and_then(|e| e.channel.clone())
+                .unwrap_or_else(|| Arc::clone(&self.no_channel)),
+            lines: Arc::clone(&o.lines),
         }
     }
 
@@ -2260,7 +2303,7 @@ impl State {
     fn check_ledger(&self) {
         let mut sums: HashMap<OrderId, Amounts> = HashMap::new();
         let mut last_at_ms = 0;
-        for e in &self.ledger {
+        for e in self.ledger.iter() {
             assert!(e.at_ms >= last_at_ms, "ledger out of time order");
             last_at_ms = e.at_ms;
             let sum = sums.entry(e.order).or_default();
@@ -2351,7 +2394,7 @@ impl State {
         state.actors = s.actors;
         state.idempotency = IdempotencyIndex::from_snapshot(s.idempotency)?;
         state.counters = s.counters;
-        state.ledger = s.tail.ledger;
+        state.ledger = ChunkedVec::from(s.tail.ledger);
         state.order_policy = s.tail.order_policy;
         state.rules = s.tail.rules;
         state.rebuild_ship_deadlines();
@@ -2475,7 +2518,7 @@ pub(crate) struct SnapshotTail {
 
 #[derive(Encode)]
 pub(crate) struct SnapshotTailRef<'a> {
-    pub ledger: &'a [LedgerEntry],
+    pub ledger: &'a ChunkedVec<LedgerEntry>,
     pub order_policy: &'a OrderPolicy,
     pub rules: u32,
 }

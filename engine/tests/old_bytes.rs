@@ -64,7 +64,7 @@ struct Fixture {
 const FORMAT_2: Fixture = Fixture {
     dir: "format-2",
     format: 2,
-    digest: 8892682368615353318,
+    digest: 2742954159285081230,
     snapshot_lsn: 12,
     next_lsn: 19,
     keyed_refusal: false,
@@ -74,7 +74,7 @@ const FORMAT_2: Fixture = Fixture {
 const FORMAT_3: Fixture = Fixture {
     dir: "format-3",
     format: 3,
-    digest: 3682736877433550901,
+    digest: 1069956583151721869,
     snapshot_lsn: 14,
     next_lsn: 20,
     keyed_refusal: true,

@@ -335,15 +335,15 @@ fn modifying_a_reserved_order_moves_its_hold_with_the_lines() {
     assert_eq!(o.lines.len(), 1);
     let types = w.types_since(from);
     assert_eq!(types, ["order.modified", "stock.restored"]);
-    let EventKind::OrderModified {
+    let EventKind::OrderModified(modified) = &w.events[from].kind else {
+        panic!("{:?}", w.events[from])
+    };
+    let surge_engine::event::OrderModified {
         before,
         stock_delta,
         reason,
         ..
-    } = &w.events[from].kind
-    else {
-        panic!("{:?}", w.events[from])
-    };
+    } = &**modified;
     assert_eq!(before.len(), 2);
     assert_eq!(*reason, Some(CancelReason::CustomerRequest));
     let deltas: Vec<i64> = stock_delta.iter().map(|(_, d)| *d).collect();
@@ -567,16 +567,16 @@ fn a_cancel_carries_the_order_and_gives_each_sku_back_once() {
             "order.cancelled"
         ]
     );
-    let EventKind::OrderCancelled {
+    let EventKind::OrderCancelled(cancelled) = &w.events.last().expect("events").kind else {
+        panic!()
+    };
+    let surge_engine::event::OrderCancelled {
         order,
         note,
         restocked,
         refund_due_amount,
         ..
-    } = &w.events.last().expect("events").kind
-    else {
-        panic!()
-    };
+    } = &**cancelled;
     assert_eq!(&*order.order_no, "N-1");
     assert_eq!(&*order.channel, "tmall");
     assert_eq!(order.lines.len(), 3);

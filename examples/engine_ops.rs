@@ -1,0 +1,114 @@
+//! A fixed number of engine commands on one thread, no I/O, for `perf stat`
+//! (instructions per command are steady on a busy machine, where wall time is not):
+//!
+//! ```sh
+//! cargo build --release --example engine_ops
+//! perf stat -e instructions:u,task-clock target/release/examples/engine_ops reserve 2000000
+//! perf stat -e instructions:u,task-clock target/release/examples/engine_ops order 500000
+//! ```
+//!
+//! `reserve`: reserve then release one unit (2 commands per cycle); `order`: create,
+//! pay and cancel an order (3 commands per cycle). Same workload as `benches/engine.rs`.
+
+use std::hint::black_box;
+
+use surge_engine::limits::SHIP_SLA_MS_DEFAULT;
+use surge_engine::{
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, State,
+};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SKUS: usize = 10_000;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let workload = args.next().unwrap_or_else(|| "reserve".into());
+    let cycles: u64 = args
+        .next()
+        .map_or(1_000_000, |n| n.parse().expect("a count"));
+    let mut state = State::new();
+    let mut events = Vec::with_capacity(1024);
+    let policy = Command::SetOrderPolicy {
+        ship_sla_ms: SHIP_SLA_MS_DEFAULT,
+        review_amount_min: None,
+    };
+    state
+        .apply(&policy, None, 1, &mut events)
+        .outcome
+        .expect("policy");
+    for i in 0..SKUS {
+        let define = Command::DefineSku {
+            sku: format!("SKU-{i:05}"),
+            name: String::new(),
+            on_hand: 1_000_000_000,
+            low_stock_threshold: 10,
+        };
+        state
+            .apply(&define, None, 1, &mut events)
+            .outcome
+            .expect("defined");
+    }
+    let sku = |i: u64| format!("SKU-{:05}", i as usize % SKUS);
+    let mut refused = 0u64;
+    for i in 0..cycles {
+        let commands = match workload.as_str() {
+            "reserve" => vec![
+                Command::Reserve {
+                    lines: vec![LineReq {
+                        sku: sku(i),
+                        qty: 1,
+                    }],
+                    ttl_ms: 60_000,
+                    actor: "bench".into(),
+                },
+                Command::ReleaseReservation {
+                    id: ReservationId(i + 1),
+                    actor: "bench".into(),
+                },
+            ],
+            "order" => vec![
+                Command::PlaceOrder {
+                    order: Box::new(NewOrder {
+                        order_no: format!("N{i}"),
+                        customer_id: "customer-42".into(),
+                        lines: vec![OrderLineReq {
+                            sku: sku(i),
+                            qty: 1,
+                            unit_price: 1999,
+                        }],
+                        payment_ttl_ms: 900_000,
+                        reservation_id: None,
+                        channel: String::new(),
+                        shipping_address: None,
+                        actor: "bench".into(),
+                    }),
+                },
+                Command::PayOrder {
+                    id: OrderId(i + 1),
+                    amount: 1999,
+                    payment_ref: String::new(),
+                    actor: "bench".into(),
+                },
+                Command::CancelOrder {
+                    id: OrderId(i + 1),
+                    reason: CancelReason::CustomerRequest,
+                    note: String::new(),
+                    actor: "bench".into(),
+                },
+            ],
+            other => panic!("unknown workload {other:?}: reserve or order"),
+        };
+        for command in &commands {
+            let applied = state.apply(command, None, 1_000, &mut events);
+            refused += u64::from(applied.outcome.is_err());
+            black_box(&applied);
+        }
+        if events.len() > 512 {
+            events.clear();
+        }
+    }
+    assert_eq!(refused, 0, "commands refused");
+    println!("{workload}: {cycles} cycles");
+}
