@@ -149,7 +149,7 @@ impl Modify for Conventions {
                 for (code, text) in [
                     (
                         "400",
-                        "`validation_failed`: a field is malformed or out of range (`field` names it)",
+                        "`validation_failed`: a field or query parameter is malformed, out of range or unknown (`field` names it)",
                     ),
                     ("401", "`unauthorized`: no or unknown token"),
                     ("403", "`forbidden`: the role may not do this"),
