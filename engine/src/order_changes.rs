@@ -26,7 +26,7 @@ impl State {
     /// Changes that keep the status stop short of the history's cap, so that every
     /// status change still has room for its entry.
     fn check_history_room(&self, id: OrderId) -> Result<(), Rejection> {
-        let order = self.order_ref(id)?;
+        let order = self.order(id)?;
         if order.history.len() >= HISTORY_PER_ORDER_MAX - HISTORY_ROOM_FOR_STATUS {
             return Err(Rejection::LimitReached {
                 what: format!(
@@ -36,14 +36,6 @@ impl State {
             });
         }
         Ok(())
-    }
-
-    fn order_ref(&self, id: OrderId) -> Result<&crate::state::Order, Rejection> {
-        id.0.checked_sub(1)
-            .and_then(|i| self.orders.get(i as usize))
-            .ok_or_else(|| Rejection::UnknownOrder {
-                order: id.to_string(),
-            })
     }
 
     pub(crate) fn hold_order(
@@ -56,7 +48,7 @@ impl State {
     ) -> Outcome {
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
-        let order = self.order_ref(id)?;
+        let order = self.order(id)?;
         match order_transition(order.status, OrderAction::Hold, order.facts()) {
             Ok(_) => {}
             Err(TransitionRefusal::AlreadyThere) => return Ok(self.order_reply(id)),
@@ -108,7 +100,7 @@ impl State {
     ) -> Outcome {
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
         self.check_actor(actor)?;
-        let order = self.order_ref(id)?;
+        let order = self.order(id)?;
         if order_transition(order.status, OrderAction::ReleaseHold, order.facts()).is_err() {
             return Err(transition(format!("order {id} is not on hold")));
         }
@@ -149,7 +141,7 @@ impl State {
         if amount == 0 {
             return Err(invalid(Field::RefundAmount, Violation::Zero));
         }
-        let order = self.order_ref(id)?;
+        let order = self.order(id)?;
         let refundable = order.amounts().refundable();
         if amount > refundable {
             return Err(Rejection::RefundExceedsPaid {
@@ -203,7 +195,7 @@ impl State {
                 Some(out)
             }
         };
-        let order = self.order_ref(id)?;
+        let order = self.order(id)?;
         let status = order.status;
         if order_transition(status, OrderAction::Modify, order.facts()).is_err() {
             return Err(transition(format!(
@@ -404,7 +396,7 @@ impl State {
             self.rules = RULES_V11;
             ctx.changed = true;
             if sla_changed {
-                self.reschedule_ship_deadlines();
+                self.rebuild_ship_deadlines();
             }
         }
         Ok(Reply::OrderPolicy(policy))
@@ -418,10 +410,6 @@ impl State {
     /// The order policy in force.
     pub fn order_policy(&self) -> OrderPolicy {
         self.order_policy
-    }
-
-    fn reschedule_ship_deadlines(&mut self) {
-        self.rebuild_ship_deadlines();
     }
 
     /// The ship deadlines in force, from the orders: every paid order awaiting

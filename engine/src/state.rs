@@ -1476,7 +1476,7 @@ impl State {
 
     // ---- orders ---------------------------------------------------------------
 
-    fn order(&self, id: OrderId) -> Result<&Order, Rejection> {
+    pub(crate) fn order(&self, id: OrderId) -> Result<&Order, Rejection> {
         id.0.checked_sub(1)
             .and_then(|i| self.orders.get(i as usize))
             .ok_or_else(|| Rejection::UnknownOrder {
