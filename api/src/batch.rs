@@ -47,6 +47,7 @@ struct ReserveOp {
     _op: serde::de::IgnoredAny,
     lines: Vec<LineDto>,
     ttl_ms: Option<u64>,
+    customer_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,10 +109,19 @@ fn op_command(
     Ok(match tag.op.as_str() {
         "reserve" => {
             let op: ReserveOp = parse_op(bytes, i)?;
-            Command::Reserve {
-                lines: line_reqs(op.lines),
-                ttl_ms: op.ttl_ms.unwrap_or(st.config().reservation_ttl_ms),
-                actor,
+            let ttl_ms = op.ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
+            match op.customer_id {
+                None => Command::Reserve {
+                    lines: line_reqs(op.lines),
+                    ttl_ms,
+                    actor,
+                },
+                Some(customer_id) => Command::ReserveFor {
+                    lines: line_reqs(op.lines),
+                    ttl_ms,
+                    customer_id,
+                    actor,
+                },
             }
         }
         "commit" => {

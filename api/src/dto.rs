@@ -24,6 +24,26 @@ pub struct DefineSkuReq {
     /// Display name (default: empty).
     #[serde(default)]
     pub name: String,
+    /// Units one customer may hold, have bought and have ordered at once; 0 for no
+    /// limit. Omitted: unchanged (none for a new SKU).
+    pub purchase_limit_per_customer: Option<u64>,
+    /// RFC 3339: no new stock is taken before it; null: open. Omitted: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub sale_starts_at: Option<Option<String>>,
+    /// RFC 3339: no new stock is taken at or after it; null: open. Omitted: unchanged.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub sale_ends_at: Option<Option<String>>,
+}
+
+/// A field that may be absent (`None`), null (`Some(None)`) or set.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
@@ -59,6 +79,9 @@ pub struct ReserveReq {
     pub lines: Vec<LineDto>,
     /// Hold time in milliseconds; the server default (15 minutes) when absent.
     pub ttl_ms: Option<u64>,
+    /// The shopper the units are for: required when a SKU has a purchase limit,
+    /// whose count the units then join.
+    pub customer_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -229,6 +252,34 @@ pub struct SkuBody {
     pub reserved: u64,
     pub available: u64,
     pub low_stock_threshold: u64,
+    /// Units per customer; 0: no limit.
+    pub purchase_limit_per_customer: u64,
+    /// RFC 3339, or null when the sale has no start.
+    pub sale_starts_at: Option<String>,
+    /// RFC 3339, or null when the sale has no end.
+    pub sale_ends_at: Option<String>,
+}
+
+/// `GET /v1/skus/{sku}/customers/{customer_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkuCustomerBody {
+    pub sku: String,
+    pub customer_id: String,
+    /// Units that count toward the limit: held, committed and ordered.
+    pub counted: u64,
+    /// The SKU's limit per customer; 0: none (and nothing is counted).
+    pub limit: u64,
+}
+
+impl From<surge_engine::SkuCustomerView> for SkuCustomerBody {
+    fn from(v: surge_engine::SkuCustomerView) -> Self {
+        SkuCustomerBody {
+            sku: v.sku.to_string(),
+            customer_id: v.customer_id,
+            counted: v.counted,
+            limit: v.limit,
+        }
+    }
 }
 
 impl From<SkuView> for SkuBody {
@@ -240,6 +291,9 @@ impl From<SkuView> for SkuBody {
             reserved: v.reserved,
             available: v.available,
             low_stock_threshold: v.low_stock_threshold,
+            purchase_limit_per_customer: v.sale.purchase_limit_per_customer,
+            sale_starts_at: v.sale.sale_starts_at_ms.map(format_ms),
+            sale_ends_at: v.sale.sale_ends_at_ms.map(format_ms),
         }
     }
 }
@@ -552,6 +606,7 @@ pub struct OrderPage {
 pub fn reply_json(reply: Reply) -> Box<serde_json::value::RawValue> {
     let text = match reply {
         Reply::Sku(v) => serde_json::to_string(&SkuBody::from(v)),
+        Reply::SkuV4(v) => serde_json::to_string(&SkuBody::from(SkuView::from(v))),
         Reply::Reservation(v) => serde_json::to_string(&ReservationBody::from(v)),
         Reply::Order(v) => serde_json::to_string(&OrderBody::from(*v)),
         Reply::OrderV3(v) => serde_json::to_string(&OrderBody::from(OrderView::from(*v))),

@@ -4,7 +4,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use surge_engine::{Error as EngineError, Field, LineField, Rejection, Shortage, Unit, Violation};
+use surge_engine::{
+    Error as EngineError, Field, LineField, Rejection, SaleClosed, Shortage, Unit, Violation,
+};
 use utoipa::ToSchema;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -35,6 +37,31 @@ pub struct Problem {
     /// For `insufficient_stock`: one entry per SKU that is short.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<ShortLine>>,
+    /// For `purchase_limit_exceeded` and `sale_not_open`: what was refused and why.
+    #[serde(flatten)]
+    pub sale: Option<SaleRefusal>,
+}
+
+/// The members of a `purchase_limit_exceeded` or `sale_not_open` problem.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SaleRefusal {
+    /// The SKU refused.
+    pub sku: String,
+    /// `purchase_limit_exceeded`: the SKU's limit per customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// `purchase_limit_exceeded`: units that already count for the customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub already: Option<u64>,
+    /// `purchase_limit_exceeded`: units asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<u64>,
+    /// `sale_not_open` before the sale: when it opens (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<String>,
+    /// `sale_not_open` after the sale: when it closed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +71,7 @@ pub struct ApiError {
     pub detail: String,
     pub field: Option<String>,
     pub lines: Option<Vec<ShortLine>>,
+    pub sale: Option<Box<SaleRefusal>>,
     /// Seconds for a `Retry-After` header.
     pub retry_after_s: Option<u32>,
 }
@@ -61,6 +89,8 @@ fn title(code: &str) -> &'static str {
         "idempotency_conflict" => "Idempotency key conflict",
         "order_on_hold" => "Order on hold",
         "refund_exceeds_paid" => "Refund exceeds the amount paid",
+        "purchase_limit_exceeded" => "Purchase limit exceeded",
+        "sale_not_open" => "Sale not open",
         "unauthorized" => "Unauthorized",
         "forbidden" => "Forbidden",
         "overloaded" => "Overloaded",
@@ -80,6 +110,7 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             lines: None,
+            sale: None,
             retry_after_s: None,
         }
     }
@@ -216,6 +247,60 @@ impl ApiError {
                     ),
                 )
             },
+            Rejection::PurchaseLimitExceeded {
+                sku,
+                limit,
+                already,
+                requested,
+            } => ApiError {
+                sale: Some(Box::new(SaleRefusal {
+                    sku: sku.clone(),
+                    limit: Some(*limit),
+                    already: Some(*already),
+                    requested: Some(*requested),
+                    opens_at: None,
+                    closed_at: None,
+                })),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "purchase_limit_exceeded",
+                    format!(
+                        "SKU {sku:?} allows {limit} units per customer: {already} already \
+                         count for this customer, {requested} more were asked for"
+                    ),
+                )
+            },
+            Rejection::SaleNotOpen { sku, closed } => {
+                let (detail, opens_at, closed_at) = match *closed {
+                    SaleClosed::NotYet { opens_at_ms } => {
+                        let at = crate::time::format_ms(opens_at_ms);
+                        (
+                            format!("the sale of SKU {sku:?} opens at {at}"),
+                            Some(at),
+                            None,
+                        )
+                    }
+                    SaleClosed::Over { closed_at_ms } => {
+                        let at = crate::time::format_ms(closed_at_ms);
+                        (
+                            format!("the sale of SKU {sku:?} closed at {at}"),
+                            None,
+                            Some(at),
+                        )
+                    }
+                };
+                ApiError {
+                    sale: Some(Box::new(SaleRefusal {
+                        sku: sku.clone(),
+                        limit: None,
+                        already: None,
+                        requested: None,
+                        opens_at,
+                        closed_at,
+                    })),
+                    ..ApiError::new(StatusCode::CONFLICT, "sale_not_open", detail)
+                }
+            }
         }
     }
 
@@ -239,6 +324,7 @@ impl ApiError {
             detail: self.detail.clone(),
             field: self.field.clone(),
             lines: self.lines.clone(),
+            sale: self.sale.as_deref().cloned(),
         }
     }
 }
@@ -289,6 +375,9 @@ pub fn field_path(field: &Field) -> String {
         Field::RefundAmount => "amount",
         Field::ShipSlaMs => "SURGE_SHIP_SLA_MS",
         Field::ReviewAmountMin => "SURGE_REVIEW_AMOUNT_MIN",
+        Field::PurchaseLimitPerCustomer => "purchase_limit_per_customer",
+        Field::SaleStartsAt => "sale_starts_at",
+        Field::SaleEndsAt => "sale_ends_at",
     };
     name.to_string()
 }
@@ -330,6 +419,7 @@ pub fn violation_text(violation: &Violation) -> String {
         ),
         Violation::Legacy(text) => text.clone(),
         Violation::Required => "is required here".into(),
+        Violation::NotAfterStart => "must be after sale_starts_at".into(),
     }
 }
 

@@ -45,6 +45,10 @@ pub fn router(state: AppState) -> Router {
             put(routes::define_sku).get(routes::get_sku),
         )
         .route("/v1/skus/{sku}/adjustments", post(routes::adjust_stock))
+        .route(
+            "/v1/skus/{sku}/customers/{customer_id}",
+            get(routes::get_sku_customer),
+        )
         .route("/v1/reservations", post(routes::create_reservation))
         .route("/v1/reservations/{id}", get(routes::get_reservation))
         .route(

@@ -69,6 +69,7 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
     info(title = "surge", description = DESCRIPTION, license(name = "MIT OR Apache-2.0")),
     paths(
         routes::define_sku, routes::get_sku, routes::list_skus, routes::adjust_stock,
+        routes::get_sku_customer,
         routes::create_reservation, routes::commit_reservation, routes::release_reservation,
         routes::get_reservation,
         routes::create_order, routes::pay_order, routes::transition_order, routes::cancel_order,
@@ -79,7 +80,9 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         batch::batch, events::events,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot,
     ),
-    components(schemas(error::Problem, error::ShortLine, dto::LineDto, dto::OrderLineDto)),
+    components(schemas(
+        error::Problem, error::ShortLine, error::SaleRefusal, dto::LineDto, dto::OrderLineDto,
+    )),
     modifiers(&Conventions),
     tags(
         (name = "skus", description = "SKUs and stock"),

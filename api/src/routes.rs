@@ -128,13 +128,48 @@ pub async fn define_sku(
     Path(sku): Path<String>,
     ApiJson(req, _): ApiJson<DefineSkuReq>,
 ) -> Result<Response, ApiError> {
-    let command = Command::DefineSku {
+    let instant = |field: &str, value: Option<Option<String>>| match value {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(text)) => crate::time::parse_rfc3339(&text)
+            .map(|ms| Some(Some(ms)))
+            .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 date-time or null")),
+    };
+    let definition = surge_engine::SkuDefinition {
         sku,
         name: req.name,
         on_hand: req.on_hand,
         low_stock_threshold: req.low_stock_threshold,
+        purchase_limit_per_customer: req.purchase_limit_per_customer,
+        sale_starts_at_ms: instant("sale_starts_at", req.sale_starts_at)?,
+        sale_ends_at_ms: instant("sale_ends_at", req.sale_ends_at)?,
+    };
+    let command = Command::DefineSkuSale {
+        definition: Box::new(definition),
     };
     Ok(respond(execute(&st, command, None).await?, Success::Ok))
+}
+
+#[utoipa::path(get, path = "/v1/skus/{sku}/customers/{customer_id}", tag = "skus",
+    params(
+        ("sku" = String, Path, description = "SKU id"),
+        ("customer_id" = String, Path, description = "The customer"),
+    ),
+    responses(
+        (status = 200, description = "What counts toward the customer's purchase limit on the SKU", body = SkuCustomerBody),
+        (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_sku_customer(
+    State(st): State<AppState>,
+    _auth: Auth<Reader>,
+    _query: NoQuery,
+    Path((sku, customer_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let QueryReply::SkuCustomer(view) = read(&st, Query::SkuCustomer { sku, customer_id }).await?
+    else {
+        unreachable!("SkuCustomer answers SkuCustomer")
+    };
+    Ok(axum::Json(SkuCustomerBody::from(view)).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/skus/{sku}", tag = "skus",
@@ -236,7 +271,7 @@ pub async fn adjust_stock(
         (status = 201, description = "Held: all lines or none", body = ReservationBody,
             headers(("Location" = String, description = "/v1/reservations/{id}"))),
         (status = 404, description = "`unknown_sku`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`insufficient_stock` with `lines`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_not_open` (`opens_at` or `closed_at`), `purchase_limit_exceeded` (`sku`, `limit`, `already`, `requested`), `insufficient_stock` with `lines`: the first that applies", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_reservation(
     State(st): State<AppState>,
@@ -244,10 +279,19 @@ pub async fn create_reservation(
     idem: Idem,
     ApiJson(req, body): ApiJson<ReserveReq>,
 ) -> Result<Response, ApiError> {
-    let command = Command::Reserve {
-        lines: line_reqs(req.lines),
-        ttl_ms: req.ttl_ms.unwrap_or(st.config().reservation_ttl_ms),
-        actor: who.actor,
+    let ttl_ms = req.ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
+    let command = match req.customer_id {
+        None => Command::Reserve {
+            lines: line_reqs(req.lines),
+            ttl_ms,
+            actor: who.actor,
+        },
+        Some(customer_id) => Command::ReserveFor {
+            lines: line_reqs(req.lines),
+            ttl_ms,
+            customer_id,
+            actor: who.actor,
+        },
     };
     Ok(respond(
         execute(&st, command, idem.key(&body)).await?,
@@ -328,7 +372,7 @@ pub async fn get_reservation(
         (status = 201, description = "Created: `status: reserved`, `payment.status: unpaid`", body = OrderBody,
             headers(("Location" = String, description = "/v1/orders/{id}"))),
         (status = 404, description = "`unknown_sku` / `unknown_reservation`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`insufficient_stock`, `duplicate_order_no`, `invalid_transition` (reservation not held or lines differ)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_not_open`, `purchase_limit_exceeded`, `insufficient_stock`, `duplicate_order_no`, `invalid_transition` (reservation not held or lines differ)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_order(
     State(st): State<AppState>,

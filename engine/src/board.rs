@@ -79,6 +79,7 @@ mod tests {
             reserved,
             available: on_hand - reserved,
             low_stock_threshold: 0,
+            sale: crate::command::SaleRules::default(),
         }
     }
 

@@ -112,6 +112,8 @@ pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
 /// upgrades on load.
 pub(crate) enum AnySnapshot {
     Current(Snapshot),
+    /// Format 4: no sale rules.
+    V4(crate::state::SnapshotV4),
     /// Format 3: orders in their old layout, no ledger.
     V3(SnapshotV3),
     /// Format 2: format 3's layout, but its stored answers hold old refusals.
@@ -129,6 +131,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<AnySnapshot, String> {
         1 => decode_whole(bytes).map(AnySnapshot::V1),
         2 => decode_whole(bytes).map(AnySnapshot::V2),
         3 => decode_whole(bytes).map(AnySnapshot::V3),
+        4 => decode_whole(bytes).map(AnySnapshot::V4),
         _ => decode_whole(bytes).map(AnySnapshot::Current),
     }
 }

@@ -147,6 +147,73 @@ pub enum Command {
         ship_sla_ms: u64,
         review_amount_min: Option<u64>,
     },
+    /// Create or redefine a SKU with its flash-sale rules (v1.1). A rule that is
+    /// `None` keeps its current value. The API sends this one; `DefineSku` stays for
+    /// logs written before.
+    DefineSkuSale {
+        definition: Box<SkuDefinition>,
+    },
+    /// `Reserve` for a named customer: the units count toward the customer's
+    /// purchase limit on every limited SKU of the lines.
+    ReserveFor {
+        lines: Vec<LineReq>,
+        ttl_ms: u64,
+        customer_id: String,
+        actor: String,
+    },
+}
+
+/// A SKU as `Command::DefineSkuSale` defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct SkuDefinition {
+    pub sku: String,
+    pub name: String,
+    pub on_hand: u64,
+    pub low_stock_threshold: u64,
+    /// Units per customer, 0 for none; `None` keeps the current limit.
+    pub purchase_limit_per_customer: Option<u64>,
+    /// `Some(None)` opens the start; `None` keeps the current one.
+    pub sale_starts_at_ms: Option<Option<Millis>>,
+    /// `Some(None)` opens the end; `None` keeps the current one.
+    pub sale_ends_at_ms: Option<Option<Millis>>,
+}
+
+/// A SKU's flash-sale rules (限购 and the sale window). The default is no rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct SaleRules {
+    /// Units one customer may hold, have bought and have ordered at once; 0: none.
+    pub purchase_limit_per_customer: u64,
+    /// New stock is taken from this instant on (`None`: since always).
+    pub sale_starts_at_ms: Option<Millis>,
+    /// New stock is taken before this instant (`None`: for ever).
+    pub sale_ends_at_ms: Option<Millis>,
+}
+
+impl SaleRules {
+    /// The limit, if there is one.
+    pub fn limit(&self) -> Option<u64> {
+        (self.purchase_limit_per_customer > 0).then_some(self.purchase_limit_per_customer)
+    }
+
+    /// Why the sale is not open at `now_ms`, if it is not.
+    pub fn closed_at(&self, now_ms: Millis) -> Option<SaleClosed> {
+        match (self.sale_starts_at_ms, self.sale_ends_at_ms) {
+            (Some(opens_at_ms), _) if now_ms < opens_at_ms => {
+                Some(SaleClosed::NotYet { opens_at_ms })
+            }
+            (_, Some(closed_at_ms)) if now_ms >= closed_at_ms => {
+                Some(SaleClosed::Over { closed_at_ms })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why a sale is not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum SaleClosed {
+    NotYet { opens_at_ms: Millis },
+    Over { closed_at_ms: Millis },
 }
 
 /// A new order as `Command::PlaceOrder` carries it.
@@ -226,6 +293,8 @@ impl Command {
             Command::RefundAmount { .. } => "refund_amount",
             Command::ReturnOrderAs { .. } => "return_order",
             Command::SetOrderPolicy { .. } => "set_order_policy",
+            Command::DefineSkuSale { .. } => "define_sku",
+            Command::ReserveFor { .. } => "reserve",
         }
     }
 }
@@ -278,6 +347,11 @@ pub enum Query {
     },
     /// The order rules in force.
     OrderPolicy,
+    /// What counts toward one customer's purchase limit on one SKU.
+    SkuCustomer {
+        sku: String,
+        customer_id: String,
+    },
 }
 
 /// Filters of the ledger; all optional, combined with AND.
@@ -316,6 +390,18 @@ pub struct SkuView {
     pub reserved: u64,
     pub available: u64,
     pub low_stock_threshold: u64,
+    pub sale: SaleRules,
+}
+
+/// What counts toward one customer's limit on one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuCustomerView {
+    pub sku: Arc<str>,
+    pub customer_id: String,
+    /// Units held, committed and ordered that count.
+    pub counted: u64,
+    /// 0: the SKU has no limit (and nothing is counted).
+    pub limit: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -473,7 +559,9 @@ pub struct StatsView {
 /// format (append only), and so is the field order of the views.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Reply {
-    Sku(SkuView),
+    /// A SKU as snapshot format 4 stored it (no sale rules): decoded, then made a
+    /// `Sku` (`codec::decode_outcome`); never produced.
+    SkuV4(crate::legacy::SkuViewV4),
     Reservation(ReservationView),
     /// An order as snapshot format 3 stored it: decoded, then made an `Order`
     /// (`codec::decode_outcome`); never produced.
@@ -491,6 +579,7 @@ pub enum Reply {
     Order(Box<OrderView>),
     /// `SetOrderPolicy` took effect.
     OrderPolicy(OrderPolicy),
+    Sku(SkuView),
 }
 
 /// One SKU that is short in a reservation.
@@ -558,6 +647,19 @@ pub enum Rejection {
         refundable: u64,
         requested: u64,
     },
+    /// More units for one customer than the SKU's purchase limit allows.
+    PurchaseLimitExceeded {
+        sku: String,
+        limit: u64,
+        /// Units that already count for the customer.
+        already: u64,
+        requested: u64,
+    },
+    /// New stock of a SKU outside its sale window.
+    SaleNotOpen {
+        sku: String,
+        closed: SaleClosed,
+    },
 }
 
 impl Rejection {
@@ -620,6 +722,9 @@ pub enum Field {
     ShipSlaMs,
     /// The review threshold of the order policy.
     ReviewAmountMin,
+    PurchaseLimitPerCustomer,
+    SaleStartsAt,
+    SaleEndsAt,
 }
 
 /// A part of a shipping address.
@@ -719,8 +824,11 @@ pub enum Violation {
     },
     /// A reason from a stored answer of snapshot format 1 or 2, kept as written.
     Legacy(String),
-    /// Required here (a reduced or removed line needs a reason).
+    /// Required here (a reduced or removed line needs a reason; a limited SKU
+    /// needs the customer).
     Required,
+    /// A sale window that ends at or before it starts.
+    NotAfterStart,
 }
 
 /// The unit of an [`Violation::OutOfRange`] bound.

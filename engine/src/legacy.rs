@@ -150,7 +150,34 @@ impl From<OrderViewV3> for crate::command::OrderView {
 pub(crate) fn upgrade_reply(reply: crate::command::Reply) -> crate::command::Reply {
     match reply {
         crate::command::Reply::OrderV3(v) => crate::command::Reply::Order(Box::new((*v).into())),
+        crate::command::Reply::SkuV4(v) => crate::command::Reply::Sku(v.into()),
         other => other,
+    }
+}
+
+/// A SKU's view as snapshot formats 1 to 4 stored it: before sale rules.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SkuViewV4 {
+    pub sku: std::sync::Arc<str>,
+    pub name: std::sync::Arc<str>,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub low_stock_threshold: u64,
+}
+
+impl From<SkuViewV4> for crate::command::SkuView {
+    fn from(v: SkuViewV4) -> Self {
+        crate::command::SkuView {
+            sku: v.sku,
+            name: v.name,
+            on_hand: v.on_hand,
+            reserved: v.reserved,
+            available: v.available,
+            low_stock_threshold: v.low_stock_threshold,
+            // No rules existed when it was stored.
+            sale: crate::command::SaleRules::default(),
+        }
     }
 }
 
@@ -356,6 +383,7 @@ pub(crate) fn upgrade_snapshot_v3(
             ledger,
             order_policy: crate::command::OrderPolicy::INITIAL,
             rules: crate::state::RULES_V1,
+            sales: crate::sale::SalesSnapshot::default(),
         },
     }
 }

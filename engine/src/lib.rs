@@ -16,6 +16,7 @@ pub mod limits;
 mod order_changes;
 mod query;
 mod reservations;
+mod sale;
 mod state;
 
 pub use command::*;
@@ -36,6 +37,7 @@ impl State {
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
         match codec::decode_snapshot(bytes)? {
             codec::AnySnapshot::Current(snapshot) => State::from_snapshot(snapshot),
+            codec::AnySnapshot::V4(snapshot) => State::from_snapshot_v4(snapshot),
             codec::AnySnapshot::V3(snapshot) => State::from_snapshot_v3(snapshot),
             codec::AnySnapshot::V2(snapshot) => State::from_snapshot_v2(snapshot),
             codec::AnySnapshot::V1(snapshot) => State::from_snapshot_v1(snapshot),

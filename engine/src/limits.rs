@@ -48,6 +48,13 @@ pub const ACTORS_MAX: usize = 100_000;
 pub const ORDERS_MAX: usize = 6_000_000;
 /// Reservations held at once.
 pub const HELD_RESERVATIONS_MAX: usize = 10_000_000;
+/// (SKU, customer) pairs counted toward purchase limits at once (`sale.rs`).
+pub const LIMITED_PAIRS_MAX: usize = 2_000_000;
+/// Held reservations taken for a customer on a limited SKU at once (their customer
+/// is kept until they end).
+pub const CUSTOMER_HOLDS_MAX: usize = 2_000_000;
+/// The latest sale window instant: 9999-12-31T23:59:59.999Z, in ms since the epoch.
+pub const SALE_INSTANT_MAX_MS: u64 = 253_402_300_799_999;
 /// Finished (committed / released / expired) reservations remembered for reads and
 /// idempotent repeats, newest kept.
 pub const FINISHED_RESERVATIONS_KEPT: usize = 1_000_000;
@@ -128,9 +135,16 @@ const _: () = assert!(RECORD_ENCODED_BYTES_MAX <= surge_wal::RECORD_PAYLOAD_MAX_
 pub const ORDER_BYTES_BOUND: u64 = 512;
 /// Heap bytes one held reservation may take, an upper bound of the measured 92 B.
 pub const HOLD_BYTES_BOUND: u64 = 128;
+/// Heap bytes of one counted (SKU, customer) pair, or of the customer kept for one
+/// hold on a limited SKU: a hash table slot at the worst load factor plus a
+/// customer id of its longest that is not shared. An upper bound of the measured
+/// figures in the README.
+pub const LIMITED_PAIR_BYTES_BOUND: u64 = 160;
 /// The state's worst case at its limits, without the idempotency budget (which is
-/// configured): every order and hold slot used, plus the finished holds kept.
+/// configured): every order and hold slot used, plus the finished holds kept, plus
+/// the purchase-limit counts.
 pub const STATE_BYTES_WORST_CASE: u64 = ORDERS_MAX as u64 * ORDER_BYTES_BOUND
-    + (HELD_RESERVATIONS_MAX + FINISHED_RESERVATIONS_KEPT) as u64 * HOLD_BYTES_BOUND;
+    + (HELD_RESERVATIONS_MAX + FINISHED_RESERVATIONS_KEPT) as u64 * HOLD_BYTES_BOUND
+    + (LIMITED_PAIRS_MAX + CUSTOMER_HOLDS_MAX) as u64 * LIMITED_PAIR_BYTES_BOUND;
 /// Delayed orders flagged by one `Expire` command (the timer sends another if more are due).
 pub const EXPIRE_BATCH_DELAYS_MAX: usize = 10_000;

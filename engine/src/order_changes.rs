@@ -266,6 +266,13 @@ impl State {
                     )));
                 }
             } else {
+                // More units of a SKU are new stock for the order's customer.
+                let more = deltas
+                    .iter()
+                    .filter(|&&(_, d)| d > 0)
+                    .map(|&(sku, d)| (sku, d as u64));
+                self.check_sale(more.clone(), Some(&order.customer_id), true, ctx.now_ms)?;
+                self.check_pair_room(more, &order.customer_id)?;
                 let shortages: Vec<Shortage> = deltas
                     .iter()
                     .filter(|&&(_, d)| d > 0)
@@ -290,6 +297,10 @@ impl State {
         let before_lines = Arc::clone(&order.lines);
         let total_before = order.total;
         let reservation = order.reservation;
+        let customer = Arc::clone(&order.customer_id);
+        for &(sku, delta) in &deltas {
+            self.count_units(sku, &customer, delta);
+        }
         // Stock follows the new lines.
         let mut restored: Vec<(SkuIdx, u64)> = Vec::new();
         let mut befores: Vec<(SkuIdx, u64)> = Vec::new();

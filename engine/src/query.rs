@@ -26,6 +26,7 @@ pub enum QueryReply {
     /// Ledger entries; the cursor is the position of the next one.
     Ledger(Page<LedgerEntryView, u64>),
     OrderPolicy(OrderPolicy),
+    SkuCustomer(crate::command::SkuCustomerView),
 }
 
 /// FNV-1a, 64 bit: a fixed, portable hash for digests and request fingerprints.
@@ -100,6 +101,9 @@ impl State {
                 self.list_ledger(filter, *cursor, *limit),
             )),
             Query::OrderPolicy => Ok(QueryReply::OrderPolicy(self.order_policy)),
+            Query::SkuCustomer { sku, customer_id } => Ok(QueryReply::SkuCustomer(
+                self.sku_customer(sku, customer_id)?,
+            )),
         }
     }
 
@@ -308,6 +312,7 @@ impl State {
             reserved: s.reserved,
             available: s.available(),
             low_stock_threshold: s.low_stock_threshold,
+            sale: self.sale_rules(idx),
         }
     }
 

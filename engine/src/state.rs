@@ -16,7 +16,7 @@ use hashbrown::HashMap;
 use crate::chunked::ChunkedVec;
 use crate::command::{
     Address, Command, Field, IdempotencyKey, LineField, OrderPolicy, Outcome, Rejection, Reply,
-    Shortage, Unit, Violation,
+    Shortage, SkuDefinition, Unit, Violation,
 };
 use crate::domain::{
     AdjustReason, CancelReason, HoldReason, LedgerKind, LineReq, Millis, OrderAction, OrderFacts,
@@ -331,6 +331,13 @@ pub struct State {
     pub(crate) ship_deadlines: std::collections::VecDeque<(Millis, OrderId)>,
     /// The channel of orders without one, shared by their events. Not state.
     pub(crate) no_channel: Arc<str>,
+    /// Flash-sale rules by SKU (`sales[idx]`), `None` where a SKU has none.
+    pub(crate) sales: Vec<Option<Box<crate::sale::SkuSale>>>,
+    /// The customer of each held reservation taken for one on a limited SKU, until
+    /// it ends or is adopted into an order (`sale.rs`).
+    pub(crate) reservation_customers: HashMap<ReservationId, Arc<str>>,
+    /// (SKU, customer) pairs counted, over all limited SKUs.
+    pub(crate) limited_pairs: usize,
     /// The actor interned last (a cache in front of `actor_index`). Not state.
     pub(crate) last_actor: u32,
     /// SKUs whose stock or definition changed since the last
@@ -524,6 +531,23 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             check_len(Field::Sku, sku, SKU_ID_LEN_MAX)?;
             check_len(Field::Name, name, SKU_NAME_LEN_MAX)
         }
+        Command::DefineSkuSale { definition } => {
+            check_len(Field::Sku, &definition.sku, SKU_ID_LEN_MAX)?;
+            check_len(Field::Name, &definition.name, SKU_NAME_LEN_MAX)
+        }
+        Command::ReserveFor {
+            lines: reqs,
+            customer_id,
+            actor: who,
+            ..
+        } => {
+            lines(reqs.len())?;
+            for (i, line) in reqs.iter().enumerate() {
+                check_len(at_line(i, LineField::Sku), &line.sku, SKU_ID_LEN_MAX)?;
+            }
+            check_len(Field::CustomerId, customer_id, CUSTOMER_ID_LEN_MAX)?;
+            actor(who)
+        }
         Command::AdjustStock {
             sku,
             note: text,
@@ -704,6 +728,9 @@ impl State {
             rules: RULES_V1,
             ship_deadlines: std::collections::VecDeque::new(),
             no_channel: "".into(),
+            sales: Vec::new(),
+            reservation_customers: HashMap::new(),
+            limited_pairs: 0,
             last_actor: 0,
             touched_skus: None,
         };
@@ -851,7 +878,25 @@ impl State {
                 name,
                 on_hand,
                 low_stock_threshold,
-            } => self.define_sku(sku, name, *on_hand, *low_stock_threshold, ctx),
+            } => self.define_sku(
+                &SkuDefinition {
+                    sku: sku.clone(),
+                    name: name.clone(),
+                    on_hand: *on_hand,
+                    low_stock_threshold: *low_stock_threshold,
+                    purchase_limit_per_customer: None,
+                    sale_starts_at_ms: None,
+                    sale_ends_at_ms: None,
+                },
+                ctx,
+            ),
+            Command::DefineSkuSale { definition } => self.define_sku(definition, ctx),
+            Command::ReserveFor {
+                lines,
+                ttl_ms,
+                customer_id,
+                actor,
+            } => self.reserve(lines, *ttl_ms, Some(customer_id), actor, ctx),
             Command::AdjustStock {
                 sku,
                 delta,
@@ -863,7 +908,7 @@ impl State {
                 lines,
                 ttl_ms,
                 actor,
-            } => self.reserve(lines, *ttl_ms, actor, ctx),
+            } => self.reserve(lines, *ttl_ms, None, actor, ctx),
             Command::CommitReservation { id, actor } => self.commit_reservation(*id, actor, ctx),
             Command::ReleaseReservation { id, actor } => self.release_reservation(*id, actor, ctx),
             Command::CreateOrder {
@@ -1028,14 +1073,14 @@ impl State {
             })
     }
 
-    fn define_sku(
-        &mut self,
-        sku: &str,
-        name: &str,
-        on_hand: u64,
-        low_stock_threshold: u64,
-        ctx: &mut Ctx<'_>,
-    ) -> Outcome {
+    fn define_sku(&mut self, definition: &SkuDefinition, ctx: &mut Ctx<'_>) -> Outcome {
+        let SkuDefinition {
+            ref sku,
+            ref name,
+            on_hand,
+            low_stock_threshold,
+            ..
+        } = *definition;
         check_sku_id(Field::Sku, sku)?;
         check_text(Field::Name, name, SKU_NAME_LEN_MAX)?;
         if on_hand > ON_HAND_MAX {
@@ -1050,7 +1095,12 @@ impl State {
                 Violation::AboveMax { max: ON_HAND_MAX },
             ));
         }
-        let idx = match self.sku_index.get(sku) {
+        let current_rules = match self.sku_index.get(sku.as_str()) {
+            Some(&idx) => self.sale_rules(idx),
+            None => crate::command::SaleRules::default(),
+        };
+        let rules = self.sale_rules_after(current_rules, definition)?;
+        let idx = match self.sku_index.get(sku.as_str()) {
             Some(&idx) => {
                 let existing = &self.skus[idx.0 as usize];
                 if on_hand < existing.reserved {
@@ -1068,7 +1118,7 @@ impl State {
                     });
                 }
                 let idx = SkuIdx(self.skus.len() as u32);
-                let id: Arc<str> = sku.into();
+                let id: Arc<str> = sku.as_str().into();
                 self.skus.push(Sku {
                     id: Arc::clone(&id),
                     name: "".into(),
@@ -1077,6 +1127,7 @@ impl State {
                     low_stock_threshold: 0,
                     units_sold: 0,
                 });
+                self.sales.push(None);
                 self.sku_index.insert(id, idx);
                 idx
             }
@@ -1085,9 +1136,12 @@ impl State {
         let entry = &mut self.skus[idx.0 as usize];
         let available_before = entry.available();
         let threshold_before = entry.low_stock_threshold;
-        entry.name = name.into();
+        entry.name = name.as_str().into();
         entry.on_hand = on_hand;
         entry.low_stock_threshold = low_stock_threshold;
+        if rules != current_rules {
+            self.set_sale_rules(idx, rules);
+        }
         ctx.emit(EventKind::SkuDefined {
             sku: idx,
             on_hand,
@@ -1174,16 +1228,29 @@ impl State {
 
     // ---- reservations ---------------------------------------------------------
 
-    /// Resolve and sum request lines per SKU; all-or-nothing availability check.
+    /// Resolve and sum request lines per SKU, then judge them, in the order of
+    /// refusals API.md gives: every line's shape, then unknown SKUs, then (for new
+    /// stock taken for `customer`) the sale windows and the purchase limits, then
+    /// availability (all or nothing). Lines are judged in request order.
     fn demand<'a>(
         &self,
-        lines: impl ExactSizeIterator<Item = (&'a str, u64)>,
+        lines: impl ExactSizeIterator<Item = (&'a str, u64)> + Clone,
+        customer: Option<&str>,
+        now_ms: Millis,
     ) -> Result<Vec<(SkuIdx, u32)>, Rejection> {
         check_line_count(lines.len())?;
-        let mut demand: Vec<(SkuIdx, u32)> = Vec::with_capacity(lines.len());
-        for (i, (sku, qty)) in lines.enumerate() {
-            let idx = self.sku_idx(at_line(i, LineField::Sku), sku)?;
+        for (i, (_, qty)) in lines.clone().enumerate() {
             check_qty(|| at_line(i, LineField::Qty), qty)?;
+        }
+        let mut demand: Vec<(SkuIdx, u32)> = Vec::with_capacity(lines.len());
+        let mut unknown: Option<&str> = None;
+        for (i, (sku, qty)) in lines.enumerate() {
+            let Some(&idx) = self.sku_index.get(sku) else {
+                // Every line's shape is judged before any SKU is unknown.
+                check_sku_id(at_line(i, LineField::Sku), sku)?;
+                unknown.get_or_insert(sku);
+                continue;
+            };
             match demand.iter_mut().find(|(s, _)| *s == idx) {
                 Some((_, total)) => {
                     let sum = u64::from(*total) + qty;
@@ -1203,6 +1270,17 @@ impl State {
                 None => demand.push((idx, qty as u32)),
             }
         }
+        if let Some(sku) = unknown {
+            return Err(Rejection::UnknownSku {
+                sku: sku.to_string(),
+            });
+        }
+        self.check_sale(
+            demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
+            customer,
+            true,
+            now_ms,
+        )?;
         let shortages: Vec<Shortage> = demand
             .iter()
             .filter_map(|&(idx, qty)| {
@@ -1272,15 +1350,36 @@ impl State {
         &mut self,
         lines: &[LineReq],
         ttl_ms: u64,
+        customer: Option<&str>,
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
         check_ttl(Field::TtlMs, ttl_ms)?;
+        if let Some(customer) = customer {
+            check_required_text(Field::CustomerId, customer, CUSTOMER_ID_LEN_MAX)?;
+        }
         self.check_actor(actor)?;
-        let demand = self.demand(lines.iter().map(|l| (l.sku.as_str(), l.qty)))?;
+        let demand = self.demand(
+            lines.iter().map(|l| (l.sku.as_str(), l.qty)),
+            customer,
+            ctx.now_ms,
+        )?;
         self.check_held_room()?;
+        let counted_for = match customer {
+            Some(customer) if self.check_customer_hold_room(demand.iter().map(|d| d.0))? => {
+                self.check_pair_room(
+                    demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
+                    customer,
+                )?;
+                Some(customer)
+            }
+            _ => None,
+        };
         self.intern_actor(actor)?;
         let id = self.hold(demand, ctx.now_ms + ttl_ms, None, ctx);
+        if let Some(customer) = counted_for {
+            self.count_reservation(id, customer);
+        }
         Ok(Reply::Reservation(
             self.reservation_view(&self.reservations[&id]),
         ))
@@ -1324,6 +1423,7 @@ impl State {
 
     /// Held units leave `on_hand`: they are sold.
     fn commit_hold(&mut self, id: ReservationId, ctx: &mut Ctx<'_>) {
+        self.end_reservation_count(id, true);
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         for &(idx, qty) in r.lines.iter() {
@@ -1378,6 +1478,7 @@ impl State {
         status: ReservationStatus,
         ctx: &mut Ctx<'_>,
     ) -> Vec<(SkuIdx, u64)> {
+        self.end_reservation_count(id, false);
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         for &(idx, qty) in r.lines.iter() {
@@ -1515,6 +1616,9 @@ impl State {
             "order {id}: {from} -> {to} is not on the transition table"
         );
         order.status = to;
+        if crate::sale::counts_toward_limit(from) && !crate::sale::counts_toward_limit(to) {
+            self.count_order(id, -1);
+        }
         self.counters.orders_by_status[from as usize] -= 1;
         self.counters.orders_by_status[to as usize] += 1;
         self.push_history(id, actor, note, now_ms, before);
@@ -1604,8 +1708,16 @@ impl State {
         }
         let reservation = match reservation_id {
             None => {
-                let demand = self.demand(lines.iter().map(|l| (l.sku.as_str(), l.qty)))?;
+                let demand = self.demand(
+                    lines.iter().map(|l| (l.sku.as_str(), l.qty)),
+                    Some(customer_id),
+                    ctx.now_ms,
+                )?;
                 self.check_held_room()?;
+                self.check_pair_room(
+                    demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
+                    customer_id,
+                )?;
                 self.intern_actor(actor)?;
                 self.hold(demand, due_at_ms, Some(id), ctx)
             }
@@ -1646,7 +1758,21 @@ impl State {
                         Violation::LinesDifferFromReservation { id: rid },
                     ));
                 }
+                // A hold taken for this customer already counts (and its window
+                // was judged when it was taken): adopting it counts nothing twice.
+                // Any other hold counts for the order's customer from now on.
+                if self.reservation_customer(rid).map(|c| &**c) != Some(customer_id) {
+                    let adopted = self.per_sku(&order_lines);
+                    self.check_sale(
+                        adopted.iter().copied(),
+                        Some(customer_id),
+                        false,
+                        ctx.now_ms,
+                    )?;
+                    self.check_pair_room(adopted.into_iter(), customer_id)?;
+                }
                 self.intern_actor(actor)?;
+                self.end_reservation_count(rid, false);
                 let r = self.reservations.get_mut(&rid).expect("checked above");
                 r.order = Some(id);
                 r.expires_at_ms = due_at_ms;
@@ -1707,6 +1833,7 @@ impl State {
             extra,
         });
         self.order_no_index.insert(Arc::clone(&order_no), id);
+        self.count_order(id, 1);
         self.counters.orders_created += 1;
         self.counters.orders_by_status[OrderStatus::Reserved as usize] += 1;
         if self.rules == RULES_V1 {
@@ -2294,6 +2421,7 @@ impl State {
 
     /// Whole-state invariants (DESIGN.md): panics on a violation.
     pub fn check_invariants(&self) {
+        self.check_sale_invariants();
         let mut reserved = vec![0u64; self.skus.len()];
         let mut held = 0;
         for r in self.reservations.iter() {
@@ -2418,6 +2546,7 @@ impl State {
                 ledger: &self.ledger,
                 order_policy: &self.order_policy,
                 rules: self.rules,
+                sales: self.sales_snapshot(),
             },
         }
     }
@@ -2439,6 +2568,7 @@ impl State {
             .map(|(i, k)| (k.id.clone(), SkuIdx(i as u32)))
             .collect();
         state.skus = s.skus;
+        state.restore_sales(s.tail.sales)?;
         state.next_reservation_id = s.next_reservation_id;
         for r in &s.reservations {
             if r.status == ReservationStatus::Held {
@@ -2481,7 +2611,9 @@ impl State {
 /// 4: v1.1 orders (money amounts, hold, channel, address, delays, history entries
 /// that keep what they changed), the ledger, the order policy and rules, and the
 /// LSN of each idempotency key's record (`legacy::OrderV3` and friends read 1–3).
-pub(crate) const SNAPSHOT_FORMAT: u32 = 4;
+/// 5: flash-sale rules and per-customer counts (`sale.rs`); stored SKU answers
+/// carry the rules (`legacy::SkuViewV4` reads 1–4).
+pub(crate) const SNAPSHOT_FORMAT: u32 = 5;
 
 /// Format 1, before the idempotency window and budget: keys as text, each with its
 /// whole outcome. Read so that a data dir written by an older surge still opens.
@@ -2552,6 +2684,16 @@ impl State {
     /// A format-3 snapshot: its orders get today's layout (the money they had, as
     /// v1 knew it), the ledger what they paid and paid back, the order policy and
     /// rules those of the log it came with (v1's).
+    /// Format 4: the current layout without sale rules (none existed).
+    pub(crate) fn from_snapshot_v4(s: SnapshotV4) -> Result<State, String> {
+        State::from_snapshot(s.map_tail(|tail| SnapshotTail {
+            ledger: tail.ledger,
+            order_policy: tail.order_policy,
+            rules: tail.rules,
+            sales: crate::sale::SalesSnapshot::default(),
+        }))
+    }
+
     pub(crate) fn from_snapshot_v3(s: SnapshotV3) -> Result<State, String> {
         if s.format != 3 {
             return Err(format!("snapshot format {} is not 3", s.format));
@@ -2580,22 +2722,46 @@ pub(crate) struct Snapshot<K = IndexSnapshot, O = Order, T = SnapshotTail> {
     pub tail: T,
 }
 
-/// The part of a snapshot that format 4 added.
+/// The part of a snapshot that formats 4 and 5 added.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub(crate) struct SnapshotTail {
+pub(crate) struct SnapshotTail<S = crate::sale::SalesSnapshot> {
     pub ledger: Vec<LedgerEntry>,
     pub order_policy: OrderPolicy,
     pub rules: u32,
+    /// Format 5: the flash-sale rules and counts (`()` in format 4).
+    pub sales: S,
 }
+
+/// Format 4: no flash-sale rules.
+pub(crate) type SnapshotV4 = Snapshot<IndexSnapshot, Order, SnapshotTail<()>>;
 
 #[derive(Encode)]
 pub(crate) struct SnapshotTailRef<'a> {
     pub ledger: &'a ChunkedVec<LedgerEntry>,
     pub order_policy: &'a OrderPolicy,
     pub rules: u32,
+    pub sales: crate::sale::SalesSnapshot,
 }
 
 impl<K, O, T> Snapshot<K, O, T> {
+    /// The same state in the current format, with another tail.
+    pub(crate) fn map_tail<U>(self, tail: impl FnOnce(T) -> U) -> Snapshot<K, O, U> {
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            now_ms: self.now_ms,
+            next_seq: self.next_seq,
+            skus: self.skus,
+            reservations: self.reservations,
+            next_reservation_id: self.next_reservation_id,
+            reservations_base: self.reservations_base,
+            orders: self.orders,
+            actors: self.actors,
+            idempotency: self.idempotency,
+            counters: self.counters,
+            tail: tail(self.tail),
+        }
+    }
+
     /// The same state in another format, with another idempotency part; and the
     /// part it had.
     pub(crate) fn with_idempotency<L>(self, format: u32, idempotency: L) -> (Snapshot<L, O, T>, K) {

@@ -212,7 +212,9 @@ fn order_actions(cmd: &Command) -> &'static [Action] {
         | Command::CreateOrder { .. }
         | Command::PlaceOrder { .. }
         | Command::SetIdempotencyPolicy { .. }
-        | Command::SetOrderPolicy { .. } => &[],
+        | Command::SetOrderPolicy { .. }
+        | Command::DefineSkuSale { .. }
+        | Command::ReserveFor { .. } => &[],
     }
 }
 

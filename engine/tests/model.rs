@@ -539,13 +539,17 @@ impl Model {
         if lines.is_empty() {
             return Err("validation_failed");
         }
+        // Every line's shape, then unknown SKUs (a sum over the limit is a shape).
+        if lines
+            .iter()
+            .any(|&(_, qty)| qty == 0 || qty > QTY_PER_LINE_MAX)
+        {
+            return Err("validation_failed");
+        }
         let mut sums: Vec<(usize, u64)> = Vec::new();
         for &(sku, qty) in lines {
             if !self.sku_known(sku) {
-                return Err("unknown_sku");
-            }
-            if qty == 0 || qty > QTY_PER_LINE_MAX {
-                return Err("validation_failed");
+                continue;
             }
             match sums.iter_mut().find(|(s, _)| *s == sku) {
                 Some((_, q)) => {
@@ -556,6 +560,9 @@ impl Model {
                 }
                 None => sums.push((sku, qty)),
             }
+        }
+        if lines.iter().any(|&(sku, _)| !self.sku_known(sku)) {
+            return Err("unknown_sku");
         }
         if sums
             .iter()

@@ -51,5 +51,7 @@ pub fn refusal_kind(rejection: &Rejection) -> &'static str {
         Rejection::LimitReached { .. } => "overloaded",
         Rejection::OrderOnHold { .. } => "order_on_hold",
         Rejection::RefundExceedsPaid { .. } => "refund_exceeds_paid",
+        Rejection::PurchaseLimitExceeded { .. } => "purchase_limit_exceeded",
+        Rejection::SaleNotOpen { .. } => "sale_not_open",
     }
 }
