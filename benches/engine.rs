@@ -7,9 +7,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use surge_engine::limits::SHIP_SLA_MS_DEFAULT;
+use surge_engine::limits::{SALE_INSTANT_MAX_MS, SHIP_SLA_MS_DEFAULT};
 use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, State,
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, SkuDefinition,
+    State,
 };
 
 // The `surge` binary runs on mimalloc; measure the engine with the same allocator.
@@ -48,24 +49,44 @@ fn state_with_skus() -> State {
 
 /// Commands are built before the clock starts: building them is the HTTP layer's
 /// work, on other threads; this measures what the writer does with them.
-fn reserve_release(c: &mut Criterion) {
+///
+/// `limited`: every SKU has a purchase limit and a sale window, and each
+/// reservation names one of 100 000 customers (`ReserveFor`), so each one judges
+/// the window, looks up and counts the customer, keeps the hold's customer, and
+/// its release counts back (the count falls to zero and its entry goes: the most
+/// work a limited reservation can cost). Issue 12 bounds it at 1.3x the plain one.
+fn reserve_release_bench(c: &mut Criterion, name: &str, limited: bool) {
     let mut group = c.benchmark_group("engine_apply");
     group.measurement_time(Duration::from_secs(5));
     // One element = one command; each iteration applies a reserve and a release.
     group.throughput(Throughput::Elements(2));
-    group.bench_function("reserve_release_10k_skus", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let mut state = state_with_skus();
+            let mut state = if limited {
+                state_with_limited_skus()
+            } else {
+                state_with_skus()
+            };
             let mut events = Vec::with_capacity(1024);
             let commands: Vec<(Command, Command)> = (0..iters)
                 .map(|i| {
-                    let reserve = Command::Reserve {
-                        lines: vec![LineReq {
-                            sku: format!("SKU-{:05}", i as usize % SKUS),
-                            qty: 1,
-                        }],
-                        ttl_ms: 60_000,
-                        actor: "bench".to_string(),
+                    let lines = vec![LineReq {
+                        sku: format!("SKU-{:05}", i as usize % SKUS),
+                        qty: 1,
+                    }];
+                    let reserve = if limited {
+                        Command::ReserveFor {
+                            lines,
+                            ttl_ms: 60_000,
+                            customer_id: format!("customer-{}", i % 100_000),
+                            actor: "bench".to_string(),
+                        }
+                    } else {
+                        Command::Reserve {
+                            lines,
+                            ttl_ms: 60_000,
+                            actor: "bench".to_string(),
+                        }
                     };
                     let release = Command::ReleaseReservation {
                         id: ReservationId(i + 1),
@@ -96,6 +117,36 @@ fn reserve_release(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// `state_with_skus`, every SKU with a limit of 5 per customer and a window open
+/// from t = 0 to the year 9999.
+fn state_with_limited_skus() -> State {
+    let mut state = state_with_skus();
+    let mut events = Vec::new();
+    for i in 0..SKUS {
+        let cmd = Command::DefineSkuSale {
+            definition: Box::new(SkuDefinition {
+                sku: format!("SKU-{i:05}"),
+                name: String::new(),
+                on_hand: 1_000_000_000,
+                low_stock_threshold: 10,
+                purchase_limit_per_customer: Some(5),
+                sale_starts_at_ms: Some(Some(0)),
+                sale_ends_at_ms: Some(Some(SALE_INSTANT_MAX_MS)),
+            }),
+        };
+        state
+            .apply(&cmd, None, 1, &mut events)
+            .outcome
+            .expect("limited");
+    }
+    state
+}
+
+fn reserve_release(c: &mut Criterion) {
+    reserve_release_bench(c, "reserve_release_10k_skus", false);
+    reserve_release_bench(c, "reserve_release_limited_10k_skus", true);
 }
 
 fn order_cycle(c: &mut Criterion) {

@@ -8,13 +8,17 @@
 //! ```
 //!
 //! `reserve`: reserve then release one unit (2 commands per cycle); `order`: create,
-//! pay and cancel an order (3 commands per cycle). Same workload as `benches/engine.rs`.
+//! pay and cancel an order (3 commands per cycle); `reserve-limited`: `reserve` on
+//! SKUs with a purchase limit and a sale window, for one of 100 000 customers (the
+//! customer id's copy into the command is counted too). Same workloads as
+//! `benches/engine.rs`.
 
 use std::hint::black_box;
 
-use surge_engine::limits::SHIP_SLA_MS_DEFAULT;
+use surge_engine::limits::{SALE_INSTANT_MAX_MS, SHIP_SLA_MS_DEFAULT};
 use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, State,
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, SkuDefinition,
+    State,
 };
 
 #[global_allocator]
@@ -50,6 +54,26 @@ fn main() {
             .outcome
             .expect("defined");
     }
+    if workload == "reserve-limited" {
+        for i in 0..SKUS {
+            let limit = Command::DefineSkuSale {
+                definition: Box::new(SkuDefinition {
+                    sku: format!("SKU-{i:05}"),
+                    name: String::new(),
+                    on_hand: 1_000_000_000,
+                    low_stock_threshold: 10,
+                    purchase_limit_per_customer: Some(5),
+                    sale_starts_at_ms: Some(Some(0)),
+                    sale_ends_at_ms: Some(Some(SALE_INSTANT_MAX_MS)),
+                }),
+            };
+            state
+                .apply(&limit, None, 1, &mut events)
+                .outcome
+                .expect("limited");
+        }
+    }
+    let customers: Vec<String> = (0..100_000).map(|i| format!("customer-{i}")).collect();
     let sku = |i: u64| format!("SKU-{:05}", i as usize % SKUS);
     let mut refused = 0u64;
     for i in 0..cycles {
@@ -61,6 +85,21 @@ fn main() {
                         qty: 1,
                     }],
                     ttl_ms: 60_000,
+                    actor: "bench".into(),
+                },
+                Command::ReleaseReservation {
+                    id: ReservationId(i + 1),
+                    actor: "bench".into(),
+                },
+            ],
+            "reserve-limited" => vec![
+                Command::ReserveFor {
+                    lines: vec![LineReq {
+                        sku: sku(i),
+                        qty: 1,
+                    }],
+                    ttl_ms: 60_000,
+                    customer_id: customers[i as usize % customers.len()].clone(),
                     actor: "bench".into(),
                 },
                 Command::ReleaseReservation {
@@ -98,7 +137,7 @@ fn main() {
                     actor: "bench".into(),
                 },
             ],
-            other => panic!("unknown workload {other:?}: reserve or order"),
+            other => panic!("unknown workload {other:?}: reserve, reserve-limited or order"),
         };
         for command in &commands {
             let applied = state.apply(command, None, 1_000, &mut events);

@@ -160,7 +160,7 @@ async fn skus_define_read_list_adjust() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json,
-        json!({"sku": "A", "name": "Apple", "on_hand": 10, "reserved": 0, "available": 10, "low_stock_threshold": 2})
+        json!({"sku": "A", "name": "Apple", "on_hand": 10, "reserved": 0, "available": 10, "low_stock_threshold": 2, "purchase_limit_per_customer": 0, "sale_starts_at": null, "sale_ends_at": null})
     );
     for sku in ["B", "C"] {
         api.define(sku, 5).await;
