@@ -50,12 +50,13 @@ fn state_with_skus() -> State {
 /// Commands are built before the clock starts: building them is the HTTP layer's
 /// work, on other threads; this measures what the writer does with them.
 ///
-/// `limited`: every SKU has a purchase limit and a sale window, and each
-/// reservation names one of 100 000 customers (`ReserveFor`), so each one judges
+/// `for_customer`: each reservation names one of 100 000 customers (`ReserveFor`).
+/// `limited`: besides, every SKU has a purchase limit and a sale window, so each
+/// reservation judges
 /// the window, looks up and counts the customer, keeps the hold's customer, and
 /// its release counts back (the count falls to zero and its entry goes: the most
 /// work a limited reservation can cost). Issue 12 bounds it at 1.3x the plain one.
-fn reserve_release_bench(c: &mut Criterion, name: &str, limited: bool) {
+fn reserve_release_bench(c: &mut Criterion, name: &str, for_customer: bool, limited: bool) {
     let mut group = c.benchmark_group("engine_apply");
     group.measurement_time(Duration::from_secs(5));
     // One element = one command; each iteration applies a reserve and a release.
@@ -74,7 +75,7 @@ fn reserve_release_bench(c: &mut Criterion, name: &str, limited: bool) {
                         sku: format!("SKU-{:05}", i as usize % SKUS),
                         qty: 1,
                     }];
-                    let reserve = if limited {
+                    let reserve = if for_customer {
                         Command::ReserveFor {
                             lines,
                             ttl_ms: 60_000,
@@ -145,8 +146,9 @@ fn state_with_limited_skus() -> State {
 }
 
 fn reserve_release(c: &mut Criterion) {
-    reserve_release_bench(c, "reserve_release_10k_skus", false);
-    reserve_release_bench(c, "reserve_release_limited_10k_skus", true);
+    reserve_release_bench(c, "reserve_release_10k_skus", false, false);
+    reserve_release_bench(c, "reserve_release_for_customers_10k_skus", true, false);
+    reserve_release_bench(c, "reserve_release_limited_10k_skus", true, true);
 }
 
 fn order_cycle(c: &mut Criterion) {

@@ -8,10 +8,9 @@
 //! ```
 //!
 //! `reserve`: reserve then release one unit (2 commands per cycle); `order`: create,
-//! pay and cancel an order (3 commands per cycle); `reserve-limited`: `reserve` on
-//! SKUs with a purchase limit and a sale window, for one of 100 000 customers (the
-//! customer id's copy into the command is counted too). Same workloads as
-//! `benches/engine.rs`.
+//! pay and cancel an order (3 commands per cycle); `reserve-for`: `reserve` for one
+//! of 100 000 customers (`ReserveFor`); `reserve-limited`: the same on SKUs with a
+//! purchase limit and a sale window. Same workloads as `benches/engine.rs`.
 
 use std::hint::black_box;
 
@@ -92,7 +91,7 @@ fn main() {
                     actor: "bench".into(),
                 },
             ],
-            "reserve-limited" => vec![
+            "reserve-for" | "reserve-limited" => vec![
                 Command::ReserveFor {
                     lines: vec![LineReq {
                         sku: sku(i),
@@ -137,7 +136,9 @@ fn main() {
                     actor: "bench".into(),
                 },
             ],
-            other => panic!("unknown workload {other:?}: reserve, reserve-limited or order"),
+            other => {
+                panic!("unknown workload {other:?}: reserve, reserve-for, reserve-limited or order")
+            }
         };
         for command in &commands {
             let applied = state.apply(command, None, 1_000, &mut events);

@@ -138,6 +138,7 @@ mod tests {
             created_at_ms: 0,
             expires_at_ms: 10,
             order: None,
+            customer: None,
         }
     }
 

@@ -7,30 +7,133 @@
 //! SKUs that have a limit, and an entry is dropped when it falls back to zero.
 //!
 //! Where the units of a customer come from:
-//! - a reservation taken for a customer (`ReserveFor`) counts while held; its
-//!   customer is kept in `State::reservation_customers` until it ends;
+//! - a reservation taken for a customer (`ReserveFor`) with a limited SKU counts
+//!   while held; it keeps its customer (`Reservation::customer`) until it ends;
 //! - committing it moves its units to `bought_outright`, which never comes back;
 //! - releasing or expiring it counts the units back;
 //! - adopting it into an order moves its units to the order (never twice);
 //! - an order counts its lines while its status counts ([`counts_toward_limit`]);
 //!   a modification counts the change.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::command::{Field, Rejection, SaleRules, SkuCustomerView, SkuDefinition, Violation};
 use crate::domain::{Millis, OrderId, OrderStatus, ReservationId, ReservationStatus, SkuIdx};
-use crate::limits::{CUSTOMER_HOLDS_MAX, LIMITED_PAIRS_MAX, ON_HAND_MAX, SALE_INSTANT_MAX_MS};
-use crate::state::{State, invalid};
+use crate::limits::{
+    CUSTOMER_HOLDS_MAX, LIMITED_PAIRS_MAX, LINES_PER_REQUEST_MAX, ON_HAND_MAX, SALE_INSTANT_MAX_MS,
+};
+use crate::state::{Reservation, State, invalid};
 
 /// The rules of one SKU that has any, and its per-customer counts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct SkuSale {
     pub rules: SaleRules,
     /// Per customer, only while the SKU has a limit.
-    pub counted: HashMap<Arc<str>, Counted>,
+    pub counted: CustomerCounts,
+}
+
+/// Counts by customer id. A hash table keyed by a hash the caller computes once
+/// per command ([`customer_hash`]) for every SKU it touches, instead of once per
+/// lookup: a limited reservation hashes its customer once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CustomerCounts(HashTable<(Arc<str>, Counted)>);
+
+/// The hash of a customer id in every [`CustomerCounts`] of a state.
+pub(crate) fn customer_hash(hasher: &DefaultHashBuilder, customer: &str) -> u64 {
+    hasher.hash_one(customer)
+}
+
+impl CustomerCounts {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(Arc<str>, Counted)> {
+        self.0.iter()
+    }
+
+    pub fn get(&self, hash: u64, customer: &str) -> Option<&(Arc<str>, Counted)> {
+        self.0.find(hash, |(known, _)| &**known == customer)
+    }
+
+    /// Count `qty` more held or ordered units: the customer's id as kept, and
+    /// whether the entry is new (`key` makes its id).
+    pub fn add(
+        &mut self,
+        hasher: &DefaultHashBuilder,
+        hash: u64,
+        customer: &str,
+        key: impl FnOnce() -> Arc<str>,
+        qty: u64,
+    ) -> (&Arc<str>, bool) {
+        match self.0.entry(
+            hash,
+            |(known, _)| &**known == customer,
+            |(known, _)| customer_hash(hasher, known),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(entry) => {
+                let (known, counted) = entry.into_mut();
+                counted.held_or_ordered += qty;
+                (known, false)
+            }
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                let (known, _) = entry
+                    .insert((
+                        key(),
+                        Counted {
+                            held_or_ordered: qty,
+                            bought_outright: 0,
+                        },
+                    ))
+                    .into_mut();
+                (known, true)
+            }
+        }
+    }
+
+    /// Count `qty` held or ordered units back (or, `bought`, as bought outright);
+    /// whether the entry went (it fell to zero).
+    pub fn sub(&mut self, hash: u64, customer: &str, qty: u64, bought: bool) -> bool {
+        let Ok(mut entry) = self.0.find_entry(hash, |(known, _)| &**known == customer) else {
+            panic!("units counted back were counted");
+        };
+        let counted = &mut entry.get_mut().1;
+        counted.held_or_ordered = counted
+            .held_or_ordered
+            .checked_sub(qty)
+            .expect("never below zero");
+        if bought {
+            counted.bought_outright += qty;
+            return false;
+        }
+        if counted.total() == 0 {
+            entry.remove();
+            return true;
+        }
+        false
+    }
+
+    fn collect(
+        hasher: &DefaultHashBuilder,
+        entries: impl IntoIterator<Item = (Arc<str>, Counted)>,
+    ) -> CustomerCounts {
+        let mut table = HashTable::new();
+        for (customer, counted) in entries {
+            let hash = customer_hash(hasher, &customer);
+            table.insert_unique(hash, (customer, counted), |(known, _)| {
+                customer_hash(hasher, known)
+            });
+        }
+        CustomerCounts(table)
+    }
 }
 
 /// What counts for one customer on one limited SKU (never both zero).
@@ -64,6 +167,34 @@ pub(crate) struct SkuSaleSnapshot {
     pub sku: SkuIdx,
     pub rules: SaleRules,
     pub counted: Vec<(Arc<str>, Counted)>,
+}
+
+/// `State::end_reservation_count` on a reservation the caller holds already (the
+/// state's fields passed one by one, so a caller can hold `r` at the same time).
+pub(crate) fn uncount_hold(
+    sales: &mut [Option<Box<SkuSale>>],
+    hasher: &DefaultHashBuilder,
+    limited_pairs: &mut usize,
+    customer_holds: &mut usize,
+    r: &mut Reservation,
+    committed: bool,
+) {
+    let Some(customer) = r.customer.take() else {
+        return;
+    };
+    *customer_holds -= 1;
+    let hash = customer_hash(hasher, &customer);
+    for &(idx, qty) in r.lines.iter() {
+        let Some(sale) = sales[idx.0 as usize]
+            .as_deref_mut()
+            .filter(|s| s.rules.limit().is_some())
+        else {
+            continue;
+        };
+        if sale.counted.sub(hash, &customer, u64::from(qty), committed) {
+            *limited_pairs -= 1;
+        }
+    }
 }
 
 /// Whether an order in `status` counts toward its customer's limits.
@@ -150,7 +281,7 @@ impl State {
         sale.rules = rules;
         match (was_limited, rules.limit().is_some()) {
             (false, true) => {
-                let counted = self.recount(idx);
+                let counted = CustomerCounts::collect(&self.customer_hasher, self.recount(idx));
                 self.limited_pairs += counted.len();
                 self.sales[idx.0 as usize]
                     .as_mut()
@@ -159,7 +290,7 @@ impl State {
             }
             (true, false) => {
                 self.limited_pairs -= sale.counted.len();
-                sale.counted = HashMap::new();
+                sale.counted = CustomerCounts::default();
             }
             _ => {}
         }
@@ -169,11 +300,10 @@ impl State {
     /// are not included: nothing names their customer once they are committed).
     fn recount(&self, idx: SkuIdx) -> HashMap<Arc<str>, Counted> {
         let mut counted: HashMap<Arc<str>, Counted> = HashMap::new();
-        for (id, customer) in &self.reservation_customers {
-            let r = self
-                .reservations
-                .get(id)
-                .expect("a reservation with a customer is held");
+        for r in self.reservations.iter() {
+            let Some(customer) = &r.customer else {
+                continue;
+            };
             for &(sku, qty) in r.lines.iter() {
                 if sku == idx {
                     counted
@@ -223,6 +353,7 @@ impl State {
                 }
             }
         }
+        let mut hash = None;
         for (idx, qty) in demand {
             let Some(sale) = self.limited(idx) else {
                 continue;
@@ -231,7 +362,11 @@ impl State {
             let Some(customer) = customer else {
                 return Err(invalid(Field::CustomerId, Violation::Required));
             };
-            let already = sale.counted.get(customer).map_or(0, Counted::total);
+            let hash = *hash.get_or_insert_with(|| customer_hash(&self.customer_hasher, customer));
+            let already = sale
+                .counted
+                .get(hash, customer)
+                .map_or(0, |(_, c)| c.total());
             if already + qty > limit {
                 return Err(Rejection::PurchaseLimitExceeded {
                     sku: self.sku_name(idx).to_string(),
@@ -251,10 +386,18 @@ impl State {
         demand: impl Iterator<Item = (SkuIdx, u64)>,
         customer: &str,
     ) -> Result<(), Rejection> {
+        let mut demand = demand.peekable();
+        if self.limited_pairs + LINES_PER_REQUEST_MAX <= LIMITED_PAIRS_MAX
+            || demand.peek().is_none()
+        {
+            // Far from the bound: no line can reach it (no lookup needed).
+            return Ok(());
+        }
+        let hash = customer_hash(&self.customer_hasher, customer);
         let new_pairs = demand
             .filter(|&(idx, _)| {
                 self.limited(idx)
-                    .is_some_and(|s| !s.counted.contains_key(customer))
+                    .is_some_and(|s| s.counted.get(hash, customer).is_none())
             })
             .count();
         if self.limited_pairs + new_pairs > LIMITED_PAIRS_MAX {
@@ -274,27 +417,17 @@ impl State {
         else {
             return;
         };
+        let hash = customer_hash(&self.customer_hasher, customer);
         if qty >= 0 {
-            let entry = match sale.counted.get_mut(&**customer) {
-                Some(entry) => entry,
-                None => {
-                    self.limited_pairs += 1;
-                    sale.counted.entry(Arc::clone(customer)).or_default()
-                }
-            };
-            entry.held_or_ordered += qty as u64;
-            return;
-        }
-        let entry = sale
-            .counted
-            .get_mut(&**customer)
-            .expect("units counted back were counted");
-        entry.held_or_ordered = entry
-            .held_or_ordered
-            .checked_sub(qty.unsigned_abs())
-            .expect("never below zero");
-        if entry.total() == 0 {
-            sale.counted.remove(&**customer);
+            let (_, new) = sale.counted.add(
+                &self.customer_hasher,
+                hash,
+                customer,
+                || Arc::clone(customer),
+                qty as u64,
+            );
+            self.limited_pairs += usize::from(new);
+        } else if sale.counted.sub(hash, customer, qty.unsigned_abs(), false) {
             self.limited_pairs -= 1;
         }
     }
@@ -308,7 +441,7 @@ impl State {
         if !demand.any(|idx| self.limited(idx).is_some()) {
             return Ok(false);
         }
-        if self.reservation_customers.len() >= CUSTOMER_HOLDS_MAX {
+        if self.customer_holds >= CUSTOMER_HOLDS_MAX {
             return Err(Rejection::LimitReached {
                 what: format!("{CUSTOMER_HOLDS_MAX} holds for customers on limited SKUs"),
             });
@@ -317,47 +450,51 @@ impl State {
     }
 
     /// A reservation taken for `customer` on a limited SKU: its units count until
-    /// it ends.
+    /// it ends. One lookup per limited line; the customer id is allocated once, and
+    /// only when no count of the customer's holds it already.
     pub(crate) fn count_reservation(&mut self, id: ReservationId, customer: &str) {
-        let customer: Arc<str> = customer.into();
-        let line_count = self.reservations.get(&id).expect("just held").lines.len();
-        for i in 0..line_count {
-            let (idx, qty) = self.reservations.get(&id).expect("just held").lines[i];
-            self.count_units(idx, &customer, i64::from(qty));
+        let hash = customer_hash(&self.customer_hasher, customer);
+        let mut shared: Option<Arc<str>> = None;
+        let r = self.reservations.get(&id).expect("just held");
+        for &(idx, qty) in r.lines.iter() {
+            let Some(sale) = self.sales[idx.0 as usize]
+                .as_deref_mut()
+                .filter(|s| s.rules.limit().is_some())
+            else {
+                continue;
+            };
+            let (known, new) = sale.counted.add(
+                &self.customer_hasher,
+                hash,
+                customer,
+                || shared.clone().unwrap_or_else(|| customer.into()),
+                u64::from(qty),
+            );
+            shared.get_or_insert_with(|| Arc::clone(known));
+            self.limited_pairs += usize::from(new);
         }
-        self.reservation_customers.insert(id, customer);
+        let customer = shared.expect("a hold kept by customer has a limited SKU");
+        self.reservations.get_mut(&id).expect("just held").customer = Some(customer);
+        self.customer_holds += 1;
     }
 
     /// A reservation ends or moves into an order: a customer's units of it no
     /// longer count as held. `committed`: they were bought outright, and stay counted.
     pub(crate) fn end_reservation_count(&mut self, id: ReservationId, committed: bool) {
-        let Some(customer) = self.reservation_customers.remove(&id) else {
-            return;
-        };
-        let line_count = self.reservations.get(&id).expect("still known").lines.len();
-        for i in 0..line_count {
-            let (idx, qty) = self.reservations.get(&id).expect("still known").lines[i];
-            if committed {
-                if let Some(sale) = self.sales[idx.0 as usize]
-                    .as_deref_mut()
-                    .filter(|s| s.rules.limit().is_some())
-                {
-                    let entry = sale
-                        .counted
-                        .get_mut(&*customer)
-                        .expect("a held reservation's units are counted");
-                    entry.held_or_ordered -= u64::from(qty);
-                    entry.bought_outright += u64::from(qty);
-                }
-            } else {
-                self.count_units(idx, &customer, -i64::from(qty));
-            }
-        }
+        let r = self.reservations.get_mut(&id).expect("still known");
+        uncount_hold(
+            &mut self.sales,
+            &self.customer_hasher,
+            &mut self.limited_pairs,
+            &mut self.customer_holds,
+            r,
+            committed,
+        );
     }
 
     /// The customer a held reservation was taken for, if any.
     pub(crate) fn reservation_customer(&self, id: ReservationId) -> Option<&Arc<str>> {
-        self.reservation_customers.get(&id)
+        self.reservations.get(&id)?.customer.as_ref()
     }
 
     /// An order's units count (`sign` 1) or stop counting (`sign` -1).
@@ -389,10 +526,11 @@ impl State {
                 sku: sku.to_string(),
             })?;
         let rules = self.sale_rules(idx);
+        let hash = customer_hash(&self.customer_hasher, customer_id);
         let counted = self
             .limited(idx)
-            .and_then(|s| s.counted.get(customer_id))
-            .map_or(0, Counted::total);
+            .and_then(|s| s.counted.get(hash, customer_id))
+            .map_or(0, |(_, c)| c.total());
         Ok(SkuCustomerView {
             sku: Arc::clone(&self.skus[idx.0 as usize].id),
             customer_id: customer_id.to_string(),
@@ -422,9 +560,9 @@ impl State {
             })
             .collect();
         let mut reservation_customers: Vec<(ReservationId, Arc<str>)> = self
-            .reservation_customers
+            .reservations
             .iter()
-            .map(|(id, c)| (*id, Arc::clone(c)))
+            .filter_map(|r| Some((r.id, Arc::clone(r.customer.as_ref()?))))
             .collect();
         reservation_customers.sort_unstable_by_key(|(id, _)| *id);
         SalesSnapshot {
@@ -449,10 +587,18 @@ impl State {
             self.limited_pairs += counted.len();
             *slot = Some(Box::new(SkuSale {
                 rules,
-                counted: counted.into_iter().collect(),
+                counted: CustomerCounts::collect(&self.customer_hasher, counted),
             }));
         }
-        self.reservation_customers = snapshot.reservation_customers.into_iter().collect();
+        self.customer_holds = 0;
+        for (id, customer) in snapshot.reservation_customers {
+            let r = self
+                .reservations
+                .get_mut(&id)
+                .ok_or_else(|| format!("the customer of reservation {id}, which is unknown"))?;
+            r.customer = Some(customer);
+            self.customer_holds += 1;
+        }
         Ok(())
     }
 
@@ -461,14 +607,14 @@ impl State {
     /// unadopted reservations.
     pub(crate) fn check_sale_invariants(&self) {
         assert_eq!(self.sales.len(), self.skus.len(), "sale rules by SKU");
-        for (id, _) in &self.reservation_customers {
-            let r = self
-                .reservations
-                .get(id)
-                .unwrap_or_else(|| panic!("reservation {id} with a customer is unknown"));
+        let mut customer_holds = 0;
+        for r in self.reservations.iter().filter(|r| r.customer.is_some()) {
+            let id = r.id;
             assert_eq!(r.status, ReservationStatus::Held, "reservation {id}");
             assert_eq!(r.order, None, "reservation {id} with a customer is adopted");
+            customer_holds += 1;
         }
+        assert_eq!(customer_holds, self.customer_holds, "holds with a customer");
         let mut pairs = 0;
         for (i, sale) in self.sales.iter().enumerate() {
             let Some(sale) = sale else { continue };
@@ -482,7 +628,7 @@ impl State {
                 continue;
             }
             let recount = self.recount(SkuIdx(i as u32));
-            for (customer, counted) in &sale.counted {
+            for (customer, counted) in sale.counted.iter() {
                 assert_ne!(counted.total(), 0, "SKU #{i}, {customer}: a zero entry");
                 assert_eq!(
                     counted.held_or_ordered,
@@ -491,8 +637,9 @@ impl State {
                 );
             }
             for customer in recount.keys() {
+                let hash = customer_hash(&self.customer_hasher, customer);
                 assert!(
-                    sale.counted.contains_key(customer),
+                    sale.counted.get(hash, customer).is_some(),
                     "SKU #{i}, {customer}: not counted"
                 );
             }
