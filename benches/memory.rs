@@ -9,7 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use surge_engine::{
-    Command, IDEMPOTENCY_KEY_BYTES, IdempotencyKey, IdempotencyStats, LineReq, OrderLineReq, State,
+    Command, IDEMPOTENCY_KEY_BYTES, IdempotencyKey, IdempotencyStats, LineReq, OrderLineReq,
+    SkuDefinition, State,
 };
 
 struct Counting;
@@ -62,8 +63,35 @@ fn with_skus() -> State {
     state
 }
 
-fn measure(what: &str, make: impl Fn(u64) -> Command) -> f64 {
+/// `with_skus`, every SKU with a purchase limit of 5 per customer.
+fn with_limited_skus() -> State {
     let mut state = with_skus();
+    let mut events = Vec::new();
+    for i in 0..SKUS {
+        let cmd = Command::DefineSkuSale {
+            definition: Box::new(SkuDefinition {
+                sku: format!("SKU-{i:05}"),
+                name: String::new(),
+                on_hand: 1_000_000_000,
+                low_stock_threshold: 0,
+                purchase_limit_per_customer: Some(5),
+                sale_starts_at_ms: None,
+                sale_ends_at_ms: None,
+            }),
+        };
+        state
+            .apply(&cmd, None, 1, &mut events)
+            .outcome
+            .expect("limited");
+    }
+    state
+}
+
+fn measure(what: &str, make: impl Fn(u64) -> Command) -> f64 {
+    measure_in(with_skus(), what, make)
+}
+
+fn measure_in(mut state: State, what: &str, make: impl Fn(u64) -> Command) -> f64 {
     let mut events = Vec::with_capacity(64);
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for i in 0..N {
@@ -175,6 +203,25 @@ fn main() {
         ttl_ms: 3_600_000,
         actor: "storefront".into(),
     });
+    // A million customers, one unit each on a limited SKU: each hold keeps its
+    // customer and makes one (SKU, customer) count.
+    let limited_hold = measure_in(
+        with_limited_skus(),
+        "held reservation for a customer on a limited SKU (1 line, a new count)",
+        |i| Command::ReserveFor {
+            lines: vec![LineReq {
+                sku: format!("SKU-{:05}", i % SKUS),
+                qty: 1,
+            }],
+            ttl_ms: 3_600_000,
+            customer_id: format!("CUST-{i:08}"),
+            actor: "storefront".into(),
+        },
+    );
+    let limited_pair = limited_hold - hold;
+    println!(
+        "a counted (SKU, customer) pair with the customer kept by its hold: {limited_pair:.0} bytes"
+    );
     let key_held = measure_keys("answer: a one-line hold", |i| Command::Reserve {
         lines: vec![LineReq {
             sku: format!("SKU-{:05}", i % SKUS),
@@ -226,6 +273,7 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let json = format!(
         "{{\"count\":{N},\"bytes_per_live_order\":{order:.0},\"bytes_per_held_reservation\":{hold:.0},\
+         \"bytes_per_limited_pair_and_customer_hold\":{limited_pair:.0},\
          \"idempotency_budget_bytes\":{KEY_BUDGET_BYTES},\"idempotency_keyed_commands\":{KEYED},\
          \"bytes_per_key_hold\":{key_held:.1},\"bytes_per_key_order\":{key_order:.1},\
          \"bytes_per_key_insufficient_stock\":{key_short:.1},\"bytes_per_key_stored\":{key_stored:.1}}}\n"

@@ -50,9 +50,6 @@ pub const ORDERS_MAX: usize = 6_000_000;
 pub const HELD_RESERVATIONS_MAX: usize = 10_000_000;
 /// (SKU, customer) pairs counted toward purchase limits at once (`sale.rs`).
 pub const LIMITED_PAIRS_MAX: usize = 2_000_000;
-/// Held reservations taken for a customer on a limited SKU at once (their customer
-/// is kept until they end).
-pub const CUSTOMER_HOLDS_MAX: usize = 2_000_000;
 /// The latest sale window instant: 9999-12-31T23:59:59.999Z, in ms since the epoch.
 pub const SALE_INSTANT_MAX_MS: u64 = 253_402_300_799_999;
 /// Finished (committed / released / expired) reservations remembered for reads and
@@ -135,16 +132,18 @@ const _: () = assert!(RECORD_ENCODED_BYTES_MAX <= surge_wal::RECORD_PAYLOAD_MAX_
 pub const ORDER_BYTES_BOUND: u64 = 512;
 /// Heap bytes one held reservation may take, an upper bound of the measured 92 B.
 pub const HOLD_BYTES_BOUND: u64 = 128;
-/// Heap bytes of one counted (SKU, customer) pair, or of the customer kept for one
-/// hold on a limited SKU: a hash table slot at the worst load factor plus a
-/// customer id of its longest that is not shared. An upper bound of the measured
-/// figures in the README.
+/// Heap bytes of one counted (SKU, customer) pair: a hash table slot (32 bytes and
+/// a control byte) at the lowest load factor a table keeps (7/16, just grown), and a
+/// customer id of its longest (64 bytes) with its reference counts, not shared. An
+/// upper bound of the measured 74 bytes (`cargo bench --bench memory`). A hold that
+/// keeps its customer shares the id with a count of its own, so holds add nothing
+/// beyond [`HOLD_BYTES_BOUND`].
 pub const LIMITED_PAIR_BYTES_BOUND: u64 = 160;
 /// The state's worst case at its limits, without the idempotency budget (which is
 /// configured): every order and hold slot used, plus the finished holds kept, plus
 /// the purchase-limit counts.
 pub const STATE_BYTES_WORST_CASE: u64 = ORDERS_MAX as u64 * ORDER_BYTES_BOUND
     + (HELD_RESERVATIONS_MAX + FINISHED_RESERVATIONS_KEPT) as u64 * HOLD_BYTES_BOUND
-    + (LIMITED_PAIRS_MAX + CUSTOMER_HOLDS_MAX) as u64 * LIMITED_PAIR_BYTES_BOUND;
+    + LIMITED_PAIRS_MAX as u64 * LIMITED_PAIR_BYTES_BOUND;
 /// Delayed orders flagged by one `Expire` command (the timer sends another if more are due).
 pub const EXPIRE_BATCH_DELAYS_MAX: usize = 10_000;

@@ -23,9 +23,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::command::{Field, Rejection, SaleRules, SkuCustomerView, SkuDefinition, Violation};
 use crate::domain::{Millis, OrderId, OrderStatus, ReservationId, ReservationStatus, SkuIdx};
-use crate::limits::{
-    CUSTOMER_HOLDS_MAX, LIMITED_PAIRS_MAX, LINES_PER_REQUEST_MAX, ON_HAND_MAX, SALE_INSTANT_MAX_MS,
-};
+use crate::limits::{LIMITED_PAIRS_MAX, LINES_PER_REQUEST_MAX, ON_HAND_MAX, SALE_INSTANT_MAX_MS};
 use crate::state::{Reservation, State, invalid};
 
 /// The rules of one SKU that has any, and its per-customer counts.
@@ -432,21 +430,10 @@ impl State {
         }
     }
 
-    /// Whether a hold of `demand` for a customer is kept by customer: it has a
-    /// limited SKU. Refused when too many such holds are kept already.
-    pub(crate) fn check_customer_hold_room(
-        &self,
-        mut demand: impl Iterator<Item = SkuIdx>,
-    ) -> Result<bool, Rejection> {
-        if !demand.any(|idx| self.limited(idx).is_some()) {
-            return Ok(false);
-        }
-        if self.customer_holds >= CUSTOMER_HOLDS_MAX {
-            return Err(Rejection::LimitReached {
-                what: format!("{CUSTOMER_HOLDS_MAX} holds for customers on limited SKUs"),
-            });
-        }
-        Ok(true)
+    /// Whether a hold of `demand` for a customer keeps its customer: it has a
+    /// limited SKU.
+    pub(crate) fn counts_for_customer(&self, mut demand: impl Iterator<Item = SkuIdx>) -> bool {
+        demand.any(|idx| self.limited(idx).is_some())
     }
 
     /// A reservation taken for `customer` on a limited SKU: its units count until

@@ -1404,7 +1404,7 @@ impl State {
         )?;
         self.check_held_room()?;
         let counted_for = match customer {
-            Some(customer) if self.check_customer_hold_room(demand.iter().map(|d| d.0))? => {
+            Some(customer) if self.counts_for_customer(demand.iter().map(|d| d.0)) => {
                 self.check_pair_room(
                     demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
                     customer,
