@@ -16,6 +16,19 @@
 //! lines go down), partial refunds, intercepted and refused returns, orders with a
 //! channel, policy changes.
 //!
+//! The flash-sale rules (限购 and sale windows) run in the v1.1 runs and in a run of
+//! their own: `DefineSkuSale` sets small limits and windows relative to the clock
+//! (rules kept with `None`), holds are taken for customers (`ReserveFor`) or for
+//! none, orders name a customer and may adopt a hold (theirs, another customer's, or
+//! an un-named one). The model keeps its own counts per (SKU, customer), by the rules
+//! of `engine/src/sale.rs`: a hold kept by customer counts while held, committed it
+//! stays (bought outright), released or expired it counts back; orders count until
+//! cancelled, expired or returned, modifications by their change; a new limit counts
+//! the orders and the holds kept by customer; a removed one forgets. After every step
+//! every customer's count on every SKU, read through `Query::SkuCustomer`, is the
+//! model's and never grows past the limit; a sale refusal names the model's SKU,
+//! limit and counts or window instant.
+//!
 //! Besides agreeing with the model, after every step the engine's own answers must
 //! hold together (read from its queries and events alone):
 //! - stock: on hand + units sold + units returned without restock = units received,
@@ -34,7 +47,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use surge_engine::event::{EventLine, OrderBrief};
-use surge_engine::limits::{QTY_PER_LINE_MAX, SHIP_SLA_MS_MAX};
+use surge_engine::limits::{ON_HAND_MAX, QTY_PER_LINE_MAX, SALE_INSTANT_MAX_MS, SHIP_SLA_MS_MAX};
 use surge_engine::{
     Address, AdjustReason, CancelReason, Command, Event, EventKind, HoldReason, IdempotencyKey,
     LedgerFilter, LedgerKind, LineReq, NewOrder, OrderChange, OrderFacts, OrderFilter, OrderId,
@@ -312,17 +325,23 @@ fn op_strategy_v11() -> impl Strategy<Value = Op> {
 fn define_sale_strategy() -> impl Strategy<Value = Op> {
     let instant = |from: i64, to: i64| {
         prop_oneof![
-            3 => Just(None),
-            1 => Just(Some(None)),
-            3 => (from..to).prop_map(|offset| Some(Some(offset))),
+            6 => Just(None),
+            2 => Just(Some(None)),
+            // On a grid of seconds from now (0 included), so that a clock moved
+            // by whole seconds lands on an instant: the edges of the window.
+            4 => (from / 1_000..to / 1_000).prop_map(|s| Some(Some(s * 1_000))),
+            2 => (from..to).prop_map(|offset| Some(Some(offset))),
+            // Past the last instant the contract allows: a validation refusal.
+            1 => Just(Some(Some(SALE_INSTANT_MAX_MS as i64))),
         ]
     };
+    let limit = prop_oneof![20 => 0u64..=3, 1 => Just(ON_HAND_MAX + 1)];
     (
         0..SKUS.len(),
         proptest::option::weighted(0.2, 0u64..20),
-        proptest::option::weighted(0.8, 0u64..=3),
+        proptest::option::weighted(0.8, limit),
         instant(-4_000, 4_000),
-        instant(-1_000, 9_000),
+        instant(-1_000, 30_000),
     )
         .prop_map(|(sku, on_hand, limit, starts, ends)| Op::DefineSale {
             sku,
@@ -962,6 +981,12 @@ impl Model {
                     rule.map_or(current, |at| at.map(|at| at as u64))
                 };
                 let (starts, ends) = (instant(starts, m.starts), instant(ends, m.ends));
+                if limit > ON_HAND_MAX
+                    || starts.is_some_and(|at| at > SALE_INSTANT_MAX_MS)
+                    || ends.is_some_and(|at| at > SALE_INSTANT_MAX_MS)
+                {
+                    return Err("validation_failed");
+                }
                 if let (Some(starts), Some(ends)) = (starts, ends)
                     && ends <= starts
                 {
@@ -2538,6 +2563,28 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
         })
         .collect();
     prop_assert_eq!(&emitted, &model.out, "the final expiry");
+    // Every hold and unpaid order counted back; the replay and the snapshot agree.
+    check_counts(
+        &state,
+        &model,
+        &mut counted,
+        usize::MAX,
+        &Op::Tick { ms: 0 },
+    )?;
+    check_counts(
+        &replayed,
+        &model,
+        &mut counted,
+        usize::MAX,
+        &Op::Tick { ms: 0 },
+    )?;
+    check_counts(
+        &restored,
+        &model,
+        &mut counted,
+        usize::MAX,
+        &Op::Tick { ms: 0 },
+    )?;
     Ok(())
 }
 
@@ -3122,6 +3169,72 @@ proptest! {
     }
 }
 
+/// The ops of a flash sale: two or three customers fight over few units of SKUs
+/// with small limits and windows that open and close during the run.
+fn flash_sale_op() -> impl Strategy<Value = Op> {
+    let sku = || prop_oneof![6 => 0..3usize, 1 => Just(3usize), 1 => Just(SKUS.len())];
+    let qty = || prop_oneof![12 => 1u64..4, 1 => Just(0u64)];
+    let customer = || 0..3usize;
+    let pick = || 0usize..64;
+    prop_oneof![
+        2 => define_sale_strategy(),
+        8 => (proptest::collection::vec((sku(), qty()), 1..3), proptest::option::weighted(0.85, customer()))
+            .prop_map(|(lines, customer)| Op::Reserve { lines, customer }),
+        3 => pick().prop_map(|pick| Op::Commit { pick }),
+        3 => pick().prop_map(|pick| Op::Release { pick }),
+        4 => (proptest::collection::vec((sku(), qty(), 0u64..300), 1..3), any::<bool>(), customer())
+            .prop_map(|(lines, channel, customer)| Op::CreateOrder { lines, adopt: None, dup_no: false, channel, customer: Some(customer) }),
+        4 => (pick(), customer(), any::<bool>()).prop_map(|(pick, customer, channel)| Op::Adopt { pick, customer, channel }),
+        4 => pick().prop_map(|pick| Op::Progress { pick }),
+        2 => (pick(), 0usize..CancelReason::ALL.len()).prop_map(|(pick, reason)| Op::Cancel { pick, reason }),
+        2 => (pick(), 0usize..ReturnKind::ALL.len(), any::<bool>()).prop_map(|(pick, kind, restock)| Op::ReturnAs { pick, kind, restock }),
+        3 => (pick(), change_strategy(), proptest::option::weighted(0.9, 0usize..CancelReason::ALL.len()))
+            .prop_map(|(pick, change, reason)| Op::Modify { pick, change, reason, note: false }),
+        1 => (sku(), -3i64..6, any::<bool>()).prop_map(|(sku, delta, inbound)| Op::Adjust { sku, delta, inbound }),
+        4 => prop_oneof![0u64..3_000, Just(1_000), Just(TTL_MS)].prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1_500, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
+    /// Flash-sale rules (v1.1): SKUs A and B start limited (1 to 3 units per
+    /// customer, maybe with a window), C and D without rules; holds for customers,
+    /// holds without, orders with and without adopting a hold, commits, releases,
+    /// expiries, cancels, returns and modifications interleave, and the rules change
+    /// along the way. After every step every customer's count on every SKU is the
+    /// model's and never grows past the limit.
+    #[test]
+    fn engine_agrees_with_model_flash_sale(
+        limits in proptest::collection::vec(1u64..=3, 2),
+        windows in proptest::collection::vec(
+            (prop_oneof![Just(None), (-2i64..3).prop_map(|s| Some(s * 1_000))], prop_oneof![Just(None), (3i64..60).prop_map(|s| Some(s * 1_000))]),
+            2,
+        ),
+        steps in proptest::collection::vec(
+            (flash_sale_op(), proptest::option::weighted(0.1, 0u8..12)).prop_map(|(op, key)| Step { op, key }),
+            1..200,
+        ),
+    ) {
+        let stock = (0..SKUS.len()).map(|sku| Step {
+            op: Op::Define { sku, on_hand: 8, threshold: 2 },
+            key: None,
+        });
+        let rules = limits.iter().zip(&windows).enumerate().map(|(sku, (&limit, &(starts, ends)))| Step {
+            op: Op::DefineSale {
+                sku,
+                on_hand: None,
+                threshold: None,
+                limit: Some(limit),
+                starts: Some(starts),
+                ends: Some(ends),
+            },
+            key: None,
+        });
+        let steps: Vec<Step> = stock.chain(rules).chain(steps).collect();
+        run(&steps, Some(Policy { sla_ms: 5_000, review: None }))?;
+    }
+}
+
 /// The minimal cases of the engine bugs this model found, kept as plain tests (a
 /// regression seed stops naming its case once the strategies change).
 #[test]
@@ -3134,6 +3247,35 @@ fn cases_the_model_found() {
         })
     };
     let cases: Vec<(Option<Policy>, Vec<Step>)> = vec![
+        // A hold without a customer on a limited SKU whose sale was over: the
+        // engine answered sale_not_open, but a validation refusal comes first.
+        (
+            policy(None),
+            vec![
+                step(Op::Define {
+                    sku: 1,
+                    on_hand: 3,
+                    threshold: 0,
+                }),
+                step(Op::DefineSale {
+                    sku: 1,
+                    on_hand: None,
+                    threshold: None,
+                    limit: Some(1),
+                    starts: None,
+                    ends: Some(Some(0)),
+                }),
+                step(Op::Reserve {
+                    lines: vec![(1, 1)],
+                    customer: None,
+                }),
+                // The same with an unknown SKU on another line (it was unknown_sku).
+                step(Op::Reserve {
+                    lines: vec![(SKUS.len(), 1), (1, 1)],
+                    customer: None,
+                }),
+            ],
+        ),
         // An unpaid order on hold whose payment window closed kept its hold.
         (
             policy(None),
