@@ -3196,7 +3196,7 @@ fn flash_sale_op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1_500, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3_000, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
     /// Flash-sale rules (v1.1): SKUs A and B start limited (1 to 3 units per
     /// customer, maybe with a window), C and D without rules; holds for customers,
     /// holds without, orders with and without adopting a hold, commits, releases,
