@@ -1307,6 +1307,15 @@ impl State {
                 None => demand.push((idx, qty as u32)),
             }
         }
+        // A limited SKU needs a customer: a validation refusal, so it comes before
+        // unknown SKUs and closed windows.
+        if customer.is_none()
+            && demand
+                .iter()
+                .any(|&(idx, _)| self.sale_rules(idx).limit().is_some())
+        {
+            return Err(invalid(Field::CustomerId, Violation::Required));
+        }
         if let Some(sku) = unknown {
             return Err(Rejection::UnknownSku {
                 sku: sku.to_string(),

@@ -16,6 +16,19 @@
 //! lines go down), partial refunds, intercepted and refused returns, orders with a
 //! channel, policy changes.
 //!
+//! The flash-sale rules (限购 and sale windows) run in the v1.1 runs and in a run of
+//! their own: `DefineSkuSale` sets small limits and windows relative to the clock
+//! (rules kept with `None`), holds are taken for customers (`ReserveFor`) or for
+//! none, orders name a customer and may adopt a hold (theirs, another customer's, or
+//! an un-named one). The model keeps its own counts per (SKU, customer), by the rules
+//! of `engine/src/sale.rs`: a hold kept by customer counts while held, committed it
+//! stays (bought outright), released or expired it counts back; orders count until
+//! cancelled, expired or returned, modifications by their change; a new limit counts
+//! the orders and the holds kept by customer; a removed one forgets. After every step
+//! every customer's count on every SKU, read through `Query::SkuCustomer`, is the
+//! model's and never grows past the limit; a sale refusal names the model's SKU,
+//! limit and counts or window instant.
+//!
 //! Besides agreeing with the model, after every step the engine's own answers must
 //! hold together (read from its queries and events alone):
 //! - stock: on hand + units sold + units returned without restock = units received,
@@ -30,16 +43,17 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use surge_engine::event::{EventLine, OrderBrief};
-use surge_engine::limits::{QTY_PER_LINE_MAX, SHIP_SLA_MS_MAX};
+use surge_engine::limits::{ON_HAND_MAX, QTY_PER_LINE_MAX, SALE_INSTANT_MAX_MS, SHIP_SLA_MS_MAX};
 use surge_engine::{
     Address, AdjustReason, CancelReason, Command, Event, EventKind, HoldReason, IdempotencyKey,
     LedgerFilter, LedgerKind, LineReq, NewOrder, OrderChange, OrderFacts, OrderFilter, OrderId,
     OrderLineReq, OrderStatus, OrderView, PaymentStatus, Query, QueryReply, Rejection, Reply,
-    ReservationId, ReservationStatus, ReturnKind, State, order_actions,
+    ReservationId, ReservationStatus, ReturnKind, SaleClosed, SaleRules, SkuDefinition, State,
+    order_actions,
 };
 
 const SKUS: [&str; 4] = ["A", "B", "C", "D"];
@@ -48,6 +62,9 @@ const TTL_MS: u64 = 10_000;
 /// (`HISTORY_PER_ORDER_MAX - HISTORY_ROOM_FOR_STATUS`).
 const HISTORY_FOR_CHANGES: usize = 20;
 const ACTOR: &str = "tester";
+/// Customers `c0`..`c3` are checked after every step (the flash-sale ops use the
+/// first three; the v1 orders' customers are named by their number of lines).
+const CUSTOMERS: usize = 4;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -61,8 +78,10 @@ enum Op {
         delta: i64,
         inbound: bool,
     },
+    /// `Reserve`, or with a customer `ReserveFor` (customer `c{n}`).
     Reserve {
         lines: Vec<(usize, u64)>,
+        customer: Option<usize>,
     },
     Commit {
         pick: usize,
@@ -76,6 +95,8 @@ enum Op {
         adopt: Option<usize>,
         dup_no: bool,
         channel: bool,
+        /// The customer `c{n}`; `None`: `c{number of lines}`.
+        customer: Option<usize>,
     },
     Pay {
         pick: usize,
@@ -131,6 +152,24 @@ enum Op {
     /// (becomes `Pay` or `Advance`).
     Progress {
         pick: usize,
+    },
+    /// `DefineSkuSale`: `None` keeps a rule. As generated, the instants are offsets
+    /// from the model's clock and `on_hand: None` keeps the stock; `resolve` makes
+    /// them absolute (and fills in `on_hand` and the current threshold).
+    DefineSale {
+        sku: usize,
+        on_hand: Option<u64>,
+        threshold: Option<u64>,
+        limit: Option<u64>,
+        starts: Option<Option<i64>>,
+        ends: Option<Option<i64>>,
+    },
+    /// An order adopting a hold with the hold's lines, for customer `c{customer}`
+    /// (becomes `CreateOrder`).
+    Adopt {
+        pick: usize,
+        customer: usize,
+        channel: bool,
     },
 }
 
@@ -196,11 +235,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..SKUS.len(), 0u64..20, 0u64..5).prop_map(|(sku, on_hand, threshold)| Op::Define { sku, on_hand, threshold }),
         1 => (sku.clone(), -5i64..8, any::<bool>()).prop_map(|(sku, delta, inbound)| Op::Adjust { sku, delta, inbound }),
-        6 => proptest::collection::vec((sku.clone(), qty.clone()), 0..4).prop_map(|lines| Op::Reserve { lines }),
+        6 => proptest::collection::vec((sku.clone(), qty.clone()), 0..4).prop_map(|lines| Op::Reserve { lines, customer: None }),
         2 => (0usize..64).prop_map(|pick| Op::Commit { pick }),
         3 => (0usize..64).prop_map(|pick| Op::Release { pick }),
         5 => (proptest::collection::vec((sku, qty, 0u64..500), 0..4), proptest::option::weighted(0.3, 0usize..64), proptest::bool::weighted(0.1))
-            .prop_map(|(lines, adopt, dup_no)| Op::CreateOrder { lines, adopt, dup_no, channel: false }),
+            .prop_map(|(lines, adopt, dup_no)| Op::CreateOrder { lines, adopt, dup_no, channel: false, customer: None }),
         4 => (0usize..64, proptest::bool::weighted(0.9)).prop_map(|(pick, exact)| Op::Pay { pick, exact }),
         6 => (0usize..64, 0usize..12).prop_map(|(pick, to)| Op::Advance { pick, to }),
         3 => (0usize..64, 0usize..6).prop_map(|(pick, reason)| Op::Cancel { pick, reason }),
@@ -254,11 +293,14 @@ fn op_strategy_v11() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..SKUS.len(), 0u64..20, 0u64..5).prop_map(|(sku, on_hand, threshold)| Op::Define { sku, on_hand, threshold }),
         1 => (sku(), -5i64..8, any::<bool>()).prop_map(|(sku, delta, inbound)| Op::Adjust { sku, delta, inbound }),
-        3 => proptest::collection::vec((sku(), qty()), 0..4).prop_map(|lines| Op::Reserve { lines }),
+        3 => (proptest::collection::vec((sku(), qty()), 0..4), proptest::option::weighted(0.6, 0..3usize))
+            .prop_map(|(lines, customer)| Op::Reserve { lines, customer }),
         1 => pick().prop_map(|pick| Op::Commit { pick }),
         1 => pick().prop_map(|pick| Op::Release { pick }),
-        6 => (order_lines(), proptest::option::weighted(0.2, pick()), proptest::bool::weighted(0.05), any::<bool>())
-            .prop_map(|(lines, adopt, dup_no, channel)| Op::CreateOrder { lines, adopt, dup_no, channel }),
+        6 => (order_lines(), proptest::option::weighted(0.2, pick()), proptest::bool::weighted(0.05), any::<bool>(), proptest::option::weighted(0.8, 0..3usize))
+            .prop_map(|(lines, adopt, dup_no, channel, customer)| Op::CreateOrder { lines, adopt, dup_no, channel, customer }),
+        2 => define_sale_strategy(),
+        2 => (pick(), 0..3usize, any::<bool>()).prop_map(|(pick, customer, channel)| Op::Adopt { pick, customer, channel }),
         5 => (pick(), proptest::bool::weighted(0.95)).prop_map(|(pick, exact)| Op::Pay { pick, exact }),
         6 => (pick(), 0usize..12).prop_map(|(pick, to)| Op::Advance { pick, to }),
         6 => pick().prop_map(|pick| Op::Progress { pick }),
@@ -275,6 +317,40 @@ fn op_strategy_v11() -> impl Strategy<Value = Op> {
             .prop_map(|(sla_ms, review)| Op::SetPolicy { sla_ms, review }),
         3 => prop_oneof![0u64..3_000, Just(TTL_MS)].prop_map(|ms| Op::Tick { ms }),
     ]
+}
+
+/// New sale rules for a SKU: mostly a small limit (0: none), instants relative to
+/// the clock (so windows open and close during a run) or open, each rule sometimes
+/// kept; now and then new stock.
+fn define_sale_strategy() -> impl Strategy<Value = Op> {
+    let instant = |from: i64, to: i64| {
+        prop_oneof![
+            6 => Just(None),
+            2 => Just(Some(None)),
+            // On a grid of seconds from now (0 included), so that a clock moved
+            // by whole seconds lands on an instant: the edges of the window.
+            4 => (from / 1_000..to / 1_000).prop_map(|s| Some(Some(s * 1_000))),
+            2 => (from..to).prop_map(|offset| Some(Some(offset))),
+            // Past the last instant the contract allows: a validation refusal.
+            1 => Just(Some(Some(SALE_INSTANT_MAX_MS as i64))),
+        ]
+    };
+    let limit = prop_oneof![20 => 0u64..=3, 1 => Just(ON_HAND_MAX + 1)];
+    (
+        0..SKUS.len(),
+        proptest::option::weighted(0.2, 0u64..20),
+        proptest::option::weighted(0.8, limit),
+        instant(-4_000, 4_000),
+        instant(-1_000, 30_000),
+    )
+        .prop_map(|(sku, on_hand, limit, starts, ends)| Op::DefineSale {
+            sku,
+            on_hand,
+            threshold: None,
+            limit,
+            starts,
+            ends,
+        })
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -296,6 +372,13 @@ struct MSku {
     reserved: u64,
     threshold: u64,
     sold: u64,
+    /// The sale rules: units per customer (0: none), the window.
+    limit: u64,
+    starts: Option<u64>,
+    ends: Option<u64>,
+    /// Per customer while the SKU has a limit: (held or ordered, bought outright),
+    /// never both zero.
+    counted: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +387,9 @@ struct MRes {
     status: ReservationStatus,
     expires: u64,
     order: Option<usize>,
+    /// The customer of a hold kept by customer: taken for one (`ReserveFor`) with a
+    /// limited SKU among its lines; dropped when it ends or is adopted.
+    customer: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -390,12 +476,20 @@ struct Model {
     ledger: Vec<MEntry>,
     /// The LSN the command being applied takes if it is logged.
     seq: u64,
+    /// The details of a sale refusal (`purchase_limit_exceeded`, `sale_not_open`) the
+    /// last `apply` expects, written as [`sale_refusal`] writes the engine's.
+    refusal: Option<String>,
 }
 
 type Code = Result<(), &'static str>;
 
 fn code(outcome: &Result<Reply, Rejection>) -> Code {
     outcome.as_ref().map(|_| ()).map_err(common::refusal_kind)
+}
+
+/// The customer of an order: `c{n}`, by default `c{number of lines}`.
+fn customer_of(customer: Option<usize>, lines: &[(usize, u64, u64)]) -> String {
+    format!("c{}", customer.unwrap_or(lines.len()))
 }
 
 /// Order lines summed per SKU, in first-seen order.
@@ -408,6 +502,14 @@ fn per_sku(lines: &[(usize, u64, u64)]) -> Vec<(usize, u64)> {
         }
     }
     out
+}
+
+/// Whether an order in `status` counts toward its customer's limits.
+fn counts(status: OrderStatus) -> bool {
+    !matches!(
+        status,
+        OrderStatus::Cancelled | OrderStatus::Expired | OrderStatus::Returned
+    )
 }
 
 fn sum_text(lines: &[(usize, u64)]) -> String {
@@ -534,8 +636,167 @@ impl Model {
         }
     }
 
-    /// Line-by-line checks then the summed availability check, as the contract says.
-    fn demand(&self, lines: &[(usize, u64)]) -> Result<Vec<(usize, u64)>, &'static str> {
+    /// The SKU's purchase limit, if it has one.
+    fn limit(&self, s: usize) -> Option<u64> {
+        let limit = self.skus[s].limit;
+        (limit > 0).then_some(limit)
+    }
+
+    /// What counts toward `customer`'s limit on `s` (nothing without a limit).
+    fn counted(&self, s: usize, customer: &str) -> u64 {
+        self.skus[s]
+            .counted
+            .get(customer)
+            .map_or(0, |&(held, bought)| held + bought)
+    }
+
+    /// `qty` more (or, negative, fewer) held or ordered units of `s` for `customer`,
+    /// if `s` has a limit.
+    fn count(&mut self, s: usize, customer: &str, qty: i64) {
+        if self.limit(s).is_none() {
+            return;
+        }
+        let counted = &mut self.skus[s].counted;
+        let entry = counted.entry(customer.to_string()).or_default();
+        entry.0 = u64::try_from(entry.0 as i64 + qty).expect("never below zero");
+        if *entry == (0, 0) {
+            counted.remove(customer);
+        }
+    }
+
+    /// An order's units start (`sign` 1) or stop (-1) counting for its customer.
+    fn count_order(&mut self, o: usize, sign: i64) {
+        let customer = self.orders[o].customer.clone();
+        for (s, q) in per_sku(&self.orders[o].lines.clone()) {
+            self.count(s, &customer, sign * q as i64);
+        }
+    }
+
+    /// A hold kept by customer stops counting as held: its units count back
+    /// (released, expired, adopted), or with `committed` stay, bought outright.
+    fn end_count(&mut self, r: usize, committed: bool) {
+        let Some(customer) = self.res[r].customer.take() else {
+            return;
+        };
+        for (s, q) in self.res[r].lines.clone() {
+            if !committed {
+                self.count(s, &customer, -(q as i64));
+            } else if self.limit(s).is_some() {
+                let entry = self.skus[s]
+                    .counted
+                    .get_mut(&customer)
+                    .expect("a held hold's units are counted");
+                entry.0 -= q;
+                entry.1 += q;
+            }
+        }
+    }
+
+    /// New units for a customer: with `window`, every SKU's sale window first (in
+    /// request order), then every limit.
+    fn check_sale(
+        &mut self,
+        demand: &[(usize, u64)],
+        customer: Option<&str>,
+        window: bool,
+    ) -> Code {
+        if window {
+            for &(s, _) in demand {
+                let m = &self.skus[s];
+                let closed = match (m.starts, m.ends) {
+                    (Some(at), _) if self.now < at => Some(format!("opens_at={at}")),
+                    (_, Some(at)) if self.now >= at => Some(format!("closed_at={at}")),
+                    _ => None,
+                };
+                if let Some(closed) = closed {
+                    self.refusal = Some(format!("sale_not_open {} {closed}", SKUS[s]));
+                    return Err("sale_not_open");
+                }
+            }
+        }
+        for &(s, requested) in demand {
+            let Some(limit) = self.limit(s) else {
+                continue;
+            };
+            let Some(customer) = customer else {
+                return Err("validation_failed");
+            };
+            let already = self.counted(s, customer);
+            if already + requested > limit {
+                self.refusal = Some(format!(
+                    "purchase_limit_exceeded {} limit={limit} already={already} requested={requested}",
+                    SKUS[s]
+                ));
+                return Err("purchase_limit_exceeded");
+            }
+        }
+        Ok(())
+    }
+
+    /// New sale rules. A limit set where there was none counts from now: the holds
+    /// kept by customer and the orders that count (not what was bought outright
+    /// before); a limit removed forgets the counts.
+    fn set_rules(&mut self, s: usize, limit: u64, starts: Option<u64>, ends: Option<u64>) {
+        let was_limited = self.limit(s).is_some();
+        let m = &mut self.skus[s];
+        (m.limit, m.starts, m.ends) = (limit, starts, ends);
+        match (was_limited, limit > 0) {
+            (false, true) => {
+                let mut counted: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+                for r in &self.res {
+                    if let (ReservationStatus::Held, Some(c)) = (r.status, &r.customer) {
+                        for &(x, q) in &r.lines {
+                            if x == s {
+                                counted.entry(c.clone()).or_default().0 += q;
+                            }
+                        }
+                    }
+                }
+                for o in &self.orders {
+                    if counts(o.status) {
+                        for &(x, q, _) in &o.lines {
+                            if x == s {
+                                counted.entry(o.customer.clone()).or_default().0 += q;
+                            }
+                        }
+                    }
+                }
+                self.skus[s].counted = counted;
+            }
+            (true, false) => self.skus[s].counted.clear(),
+            _ => {}
+        }
+    }
+
+    /// Define (or redefine) a SKU's stock and threshold.
+    fn define(&mut self, sku: usize, on_hand: u64, threshold: u64) -> Code {
+        let s = &mut self.skus[sku];
+        if s.defined && on_hand < s.reserved {
+            return Err("invalid_transition");
+        }
+        let before = if s.threshold == threshold {
+            s.on_hand - s.reserved
+        } else {
+            u64::MAX // a new threshold: the SKU may be under it without a unit moving
+        };
+        s.defined = true;
+        s.on_hand = on_hand;
+        s.threshold = threshold;
+        self.out.push(format!(
+            "sku.defined {} on_hand={on_hand} threshold={threshold}",
+            SKUS[sku]
+        ));
+        self.crossings(sku, before);
+        Ok(())
+    }
+
+    /// Line-by-line checks, the sale rules for `customer`, then the summed
+    /// availability check, in the contract's order of refusals.
+    fn demand(
+        &mut self,
+        lines: &[(usize, u64)],
+        customer: Option<&str>,
+    ) -> Result<Vec<(usize, u64)>, &'static str> {
         if lines.is_empty() {
             return Err("validation_failed");
         }
@@ -561,9 +822,14 @@ impl Model {
                 None => sums.push((sku, qty)),
             }
         }
+        // A limited SKU needs a customer: a validation refusal, first.
+        if customer.is_none() && sums.iter().any(|&(s, _)| self.limit(s).is_some()) {
+            return Err("validation_failed");
+        }
         if lines.iter().any(|&(sku, _)| !self.sku_known(sku)) {
             return Err("unknown_sku");
         }
+        self.check_sale(&sums, customer, true)?;
         if sums
             .iter()
             .any(|&(s, q)| q > self.skus[s].on_hand - self.skus[s].reserved)
@@ -592,11 +858,13 @@ impl Model {
             status: ReservationStatus::Held,
             expires,
             order,
+            customer: None,
         });
         r
     }
 
     fn end_hold(&mut self, r: usize, status: ReservationStatus) {
+        self.end_count(r, false);
         let lines = self.res[r].lines.clone();
         for &(s, q) in &lines {
             self.skus[s].reserved -= q;
@@ -612,6 +880,7 @@ impl Model {
     }
 
     fn commit_hold(&mut self, r: usize) {
+        self.end_count(r, true);
         for (s, q) in self.res[r].lines.clone() {
             let sku = &mut self.skus[s];
             sku.reserved -= q;
@@ -636,6 +905,7 @@ impl Model {
         // One `stock.restored` per SKU for the whole command, after the expiries.
         let mut back: Vec<(usize, u64)> = Vec::new();
         for (_, r) in due {
+            self.end_count(r, false);
             let lines = self.res[r].lines.clone();
             for &(s, q) in &lines {
                 self.skus[s].reserved -= q;
@@ -653,6 +923,7 @@ impl Model {
                 m.hold = None;
                 m.history += 1;
                 self.out.push(format!("order.expired o{}", o + 1));
+                self.count_order(o, -1);
             }
         }
         self.restored(&back);
@@ -695,24 +966,38 @@ impl Model {
                 sku,
                 on_hand,
                 threshold,
+            } => self.define(*sku, *on_hand, *threshold),
+            Op::DefineSale {
+                sku,
+                on_hand,
+                threshold,
+                limit,
+                starts,
+                ends,
             } => {
-                let s = &mut self.skus[*sku];
-                if s.defined && *on_hand < s.reserved {
-                    return Err("invalid_transition");
-                }
-                let before = if s.threshold == *threshold {
-                    s.on_hand - s.reserved
-                } else {
-                    u64::MAX // a new threshold: the SKU may be under it without a unit moving
+                let m = &self.skus[*sku];
+                let limit = limit.unwrap_or(m.limit);
+                let instant = |rule: &Option<Option<i64>>, current: Option<u64>| {
+                    rule.map_or(current, |at| at.map(|at| at as u64))
                 };
-                s.defined = true;
-                s.on_hand = *on_hand;
-                s.threshold = *threshold;
-                self.out.push(format!(
-                    "sku.defined {} on_hand={on_hand} threshold={threshold}",
-                    SKUS[*sku]
-                ));
-                self.crossings(*sku, before);
+                let (starts, ends) = (instant(starts, m.starts), instant(ends, m.ends));
+                if limit > ON_HAND_MAX
+                    || starts.is_some_and(|at| at > SALE_INSTANT_MAX_MS)
+                    || ends.is_some_and(|at| at > SALE_INSTANT_MAX_MS)
+                {
+                    return Err("validation_failed");
+                }
+                if let (Some(starts), Some(ends)) = (starts, ends)
+                    && ends <= starts
+                {
+                    return Err("validation_failed");
+                }
+                self.define(
+                    *sku,
+                    on_hand.expect("resolved"),
+                    threshold.expect("resolved"),
+                )?;
+                self.set_rules(*sku, limit, starts, ends);
                 Ok(())
             }
             Op::Adjust {
@@ -742,9 +1027,17 @@ impl Model {
                 self.crossings(*sku, before);
                 Ok(())
             }
-            Op::Reserve { lines } => {
-                let sums = self.demand(lines)?;
-                self.hold(sums, self.now + TTL_MS, None);
+            Op::Reserve { lines, customer } => {
+                let customer = customer.map(|c| format!("c{c}"));
+                let sums = self.demand(lines, customer.as_deref())?;
+                let kept = sums.iter().any(|&(s, _)| self.limit(s).is_some());
+                let r = self.hold(sums.clone(), self.now + TTL_MS, None);
+                if let Some(customer) = customer.filter(|_| kept) {
+                    for (s, q) in sums {
+                        self.count(s, &customer, q as i64);
+                    }
+                    self.res[r].customer = Some(customer);
+                }
                 Ok(())
             }
             Op::Commit { pick } => {
@@ -785,7 +1078,9 @@ impl Model {
                 adopt,
                 dup_no,
                 channel,
+                customer,
             } => {
+                let customer = customer_of(*customer, lines);
                 if lines.is_empty() {
                     return Err("validation_failed");
                 }
@@ -806,7 +1101,7 @@ impl Model {
                 let due = self.now + TTL_MS;
                 let res = match adopt {
                     None => {
-                        let sums = self.demand(&plain)?;
+                        let sums = self.demand(&plain, Some(&customer))?;
                         self.hold(sums, due, Some(self.orders.len()))
                     }
                     Some(pick) => {
@@ -832,6 +1127,14 @@ impl Model {
                         if wanted != held {
                             return Err("validation_failed");
                         }
+                        // A hold kept for this customer counts already (its window
+                        // was judged when it was taken); any other counts for the
+                        // order's customer from now on, within the limits.
+                        if r.customer.as_deref() != Some(customer.as_str()) {
+                            let adopted = per_sku(lines);
+                            self.check_sale(&adopted, Some(&customer), false)?;
+                        }
+                        self.end_count(*pick, false);
                         let order = self.orders.len();
                         let r = &mut self.res[*pick];
                         r.order = Some(order);
@@ -842,7 +1145,7 @@ impl Model {
                 let review = self.review.is_some_and(|min| total >= min);
                 self.orders.push(MOrder {
                     no: order_no(self.orders.len()),
-                    customer: format!("c{}", lines.len()),
+                    customer,
                     channel: if *channel {
                         "web".into()
                     } else {
@@ -867,6 +1170,7 @@ impl Model {
                     note: String::new(),
                 });
                 let o = self.orders.len() - 1;
+                self.count_order(o, 1);
                 if self.v11 {
                     let brief = self.brief(o);
                     self.out
@@ -975,6 +1279,7 @@ impl Model {
                     lines
                 };
                 self.reverse(*pick, due_added);
+                self.count_order(*pick, -1);
                 let o = &mut self.orders[*pick];
                 o.hold = None;
                 o.status = OrderStatus::Cancelled;
@@ -1110,7 +1415,7 @@ impl Model {
                 self.expire();
                 Ok(())
             }
-            Op::Progress { .. } => unreachable!("resolved"),
+            Op::Progress { .. } | Op::Adopt { .. } => unreachable!("resolved"),
         }
     }
 
@@ -1132,6 +1437,7 @@ impl Model {
         let lines = per_sku(&o.lines);
         self.unsell(&lines, restock);
         self.reverse(pick, due_added);
+        self.count_order(pick, -1);
         let o = &mut self.orders[pick];
         o.status = OrderStatus::Returned;
         o.return_kind = Some(kind);
@@ -1214,16 +1520,30 @@ impl Model {
                 {
                     return Err("invalid_transition");
                 }
-            } else if deltas
-                .iter()
-                .any(|&(s, d)| d > 0 && d as u64 > self.available(s))
-            {
-                return Err("insufficient_stock");
+            } else {
+                // More units of a SKU are new stock for the order's customer.
+                let more: Vec<(usize, u64)> = deltas
+                    .iter()
+                    .filter(|&&(_, d)| d > 0)
+                    .map(|&(s, d)| (s, d as u64))
+                    .collect();
+                let customer = o.customer.clone();
+                self.check_sale(&more, Some(&customer), true)?;
+                if deltas
+                    .iter()
+                    .any(|&(s, d)| d > 0 && d as u64 > self.available(s))
+                {
+                    return Err("insufficient_stock");
+                }
             }
         }
         self.history_room(pick)?;
         let o = &self.orders[pick];
         let (total_before, before_lines, res) = (o.total, o.lines.clone(), o.res);
+        let customer = o.customer.clone();
+        for &(s, d) in &deltas {
+            self.count(s, &customer, d);
+        }
         let befores: Vec<u64> = deltas.iter().map(|&(s, _)| self.available(s)).collect();
         let mut back: Vec<(usize, u64)> = Vec::new();
         for &(s, d) in &deltas {
@@ -1535,14 +1855,46 @@ fn command(model: &Model, op: &Op) -> Command {
             note: String::new(),
             actor,
         },
-        Op::Reserve { lines } => Command::Reserve {
-            lines: lines
+        Op::Reserve { lines, customer } => {
+            let lines = lines
                 .iter()
                 .map(|&(s, qty)| LineReq { sku: sku(s), qty })
-                .collect(),
-            ttl_ms: TTL_MS,
-            actor,
-        },
+                .collect();
+            match customer {
+                None => Command::Reserve {
+                    lines,
+                    ttl_ms: TTL_MS,
+                    actor,
+                },
+                Some(c) => Command::ReserveFor {
+                    lines,
+                    ttl_ms: TTL_MS,
+                    customer_id: format!("c{c}"),
+                    actor,
+                },
+            }
+        }
+        Op::DefineSale {
+            sku: s,
+            on_hand,
+            threshold,
+            limit,
+            starts,
+            ends,
+        } => {
+            let instant = |rule: &Option<Option<i64>>| rule.map(|at| at.map(|at| at as u64));
+            Command::DefineSkuSale {
+                definition: Box::new(SkuDefinition {
+                    sku: sku(*s),
+                    name: format!("sku {s}"),
+                    on_hand: on_hand.expect("resolved"),
+                    low_stock_threshold: threshold.expect("resolved"),
+                    purchase_limit_per_customer: *limit,
+                    sale_starts_at_ms: instant(starts),
+                    sale_ends_at_ms: instant(ends),
+                }),
+            }
+        }
         Op::Commit { pick } => Command::CommitReservation {
             id: ReservationId(*pick as u64 + 1),
             actor,
@@ -1556,13 +1908,14 @@ fn command(model: &Model, op: &Op) -> Command {
             adopt,
             dup_no,
             channel,
+            customer,
         } => {
             let order_no = if *dup_no && !model.orders.is_empty() {
                 order_no(0)
             } else {
                 order_no(model.orders.len())
             };
-            let customer_id = format!("c{}", lines.len());
+            let customer_id = customer_of(*customer, lines);
             let reservation_id = adopt.map(|p| ReservationId(p as u64 + 1));
             if *channel {
                 Command::PlaceOrder {
@@ -1685,7 +2038,7 @@ fn command(model: &Model, op: &Op) -> Command {
             ship_sla_ms: *sla_ms,
             review_amount_min: *review,
         },
-        Op::Progress { .. } => unreachable!("resolved"),
+        Op::Progress { .. } | Op::Adopt { .. } => unreachable!("resolved"),
     }
 }
 
@@ -1747,20 +2100,79 @@ fn resolve(model: &Model, op: &Op) -> Op {
             ord(p)
         }
     };
+    // Mostly a hold still held and not adopted (three times in four, when there is one).
+    let held = |p: usize| -> usize {
+        let fitting: Vec<usize> = (0..model.res.len())
+            .filter(|&i| {
+                model.res[i].status == ReservationStatus::Held && model.res[i].order.is_none()
+            })
+            .collect();
+        if !p.is_multiple_of(4) && !fitting.is_empty() {
+            fitting[(p / 4) % fitting.len()]
+        } else {
+            res(p)
+        }
+    };
     match op.clone() {
-        Op::Commit { pick } => Op::Commit { pick: res(pick) },
-        Op::Release { pick } => Op::Release { pick: res(pick) },
+        Op::Commit { pick } => Op::Commit { pick: held(pick) },
+        Op::Release { pick } => Op::Release { pick: held(pick) },
         Op::CreateOrder {
             lines,
             adopt,
             dup_no,
             channel,
+            customer,
         } => Op::CreateOrder {
             lines,
             adopt: adopt.map(res),
             dup_no,
             channel,
+            customer,
         },
+        Op::Adopt {
+            pick,
+            customer,
+            channel,
+        } => {
+            let pick = held(pick);
+            // The hold's lines, at a price; one line split in two when it can be.
+            let mut lines: Vec<(usize, u64, u64)> =
+                model.res.get(pick).map_or(vec![(0, 1, 50)], |r| {
+                    r.lines.iter().map(|&(s, q)| (s, q, 50)).collect()
+                });
+            if let Some(l) = lines.iter_mut().find(|l| l.1 > 1) {
+                l.1 -= 1;
+                let s = l.0;
+                lines.push((s, 1, 70));
+            }
+            Op::CreateOrder {
+                lines,
+                adopt: Some(pick),
+                dup_no: false,
+                channel,
+                customer: Some(customer),
+            }
+        }
+        Op::DefineSale {
+            sku,
+            on_hand,
+            threshold: _,
+            limit,
+            starts,
+            ends,
+        } => {
+            let at = |rule: Option<Option<i64>>| {
+                rule.map(|at| at.map(|offset| model.now as i64 + offset))
+            };
+            Op::DefineSale {
+                sku,
+                on_hand: Some(on_hand.unwrap_or(model.skus[sku].on_hand)),
+                threshold: Some(model.skus[sku].threshold),
+                limit,
+                starts: at(starts),
+                ends: at(ends),
+            }
+        }
         Op::Pay { pick, exact } => Op::Pay {
             pick: ord(pick),
             exact,
@@ -1929,6 +2341,8 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
     let mut originals: Vec<(Command, IdempotencyKey, surge_engine::Outcome)> = Vec::new();
     let mut now = 1_000_000u64;
     model.now = now;
+    // What counts per (SKU, customer), as the engine showed it after the last step.
+    let mut counted: HashMap<(usize, usize), u64> = HashMap::new();
     let mut seen = Seen {
         received: [0; SKUS.len()],
         net_received: [0; SKUS.len()],
@@ -1954,6 +2368,8 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
             state = restored;
         }
         model.out.clear();
+        model.refusal = None;
+        let mut fresh = false;
         if let Op::Tick { ms } = step.op {
             now += ms;
             model.now = now;
@@ -1974,6 +2390,7 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
                 }
             }
             _ => {
+                fresh = true;
                 let outcome = model.apply(&op);
                 if let (Some(k), Some(key)) = (step.key, &key) {
                     model.keys.insert(k, (key.fingerprint, outcome));
@@ -1982,7 +2399,9 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
             }
         };
         let stocked = match &op {
-            Op::Define { sku, .. } | Op::Adjust { sku, .. } if *sku < SKUS.len() => {
+            Op::Define { sku, .. } | Op::DefineSale { sku, .. } | Op::Adjust { sku, .. }
+                if *sku < SKUS.len() =>
+            {
                 Some((*sku, on_hand(&state, SKUS[*sku])))
             }
             _ => None,
@@ -2019,6 +2438,13 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
             op,
             applied.outcome
         );
+        // A sale refusal says which SKU, and the limit and counts or the window.
+        if fresh
+            && let Err(rejection) = &applied.outcome
+            && let Some(got) = sale_refusal(rejection)
+        {
+            prop_assert_eq!(Some(got), model.refusal.clone(), "step {}: {:?}", i, op);
+        }
         if let Some(lsn) = applied.lsn {
             for (j, e) in events[before..].iter().enumerate() {
                 prop_assert_eq!(e.seq, lsn + j as u64);
@@ -2082,6 +2508,7 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
             .collect();
         prop_assert_eq!(&emitted, &model.out, "step {}: events of {:?}", i, op);
         compare(&state, &model, &seen, i)?;
+        check_counts(&state, &model, &mut counted, i, &op)?;
     }
     // Replay the log into a fresh state: same LSNs, same digest.
     let mut replayed = State::new();
@@ -2136,6 +2563,101 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
         })
         .collect();
     prop_assert_eq!(&emitted, &model.out, "the final expiry");
+    // Every hold and unpaid order counted back; the replay and the snapshot agree.
+    check_counts(
+        &state,
+        &model,
+        &mut counted,
+        usize::MAX,
+        &Op::Tick { ms: 0 },
+    )?;
+    check_counts(
+        &replayed,
+        &model,
+        &mut counted,
+        usize::MAX,
+        &Op::Tick { ms: 0 },
+    )?;
+    check_counts(
+        &restored,
+        &model,
+        &mut counted,
+        usize::MAX,
+        &Op::Tick { ms: 0 },
+    )?;
+    Ok(())
+}
+
+/// A sale refusal as the model writes its expectation.
+fn sale_refusal(rejection: &Rejection) -> Option<String> {
+    match rejection {
+        Rejection::PurchaseLimitExceeded {
+            sku,
+            limit,
+            already,
+            requested,
+        } => Some(format!(
+            "purchase_limit_exceeded {sku} limit={limit} already={already} requested={requested}"
+        )),
+        Rejection::SaleNotOpen { sku, closed } => Some(match closed {
+            SaleClosed::NotYet { opens_at_ms } => {
+                format!("sale_not_open {sku} opens_at={opens_at_ms}")
+            }
+            SaleClosed::Over { closed_at_ms } => {
+                format!("sale_not_open {sku} closed_at={closed_at_ms}")
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// The flash-sale counts of every customer on every SKU, read through the engine's
+/// public query: the model's, and never past the limit, except where setting or
+/// lowering a limit finds a customer over it already (the count may then only fall).
+fn check_counts(
+    state: &State,
+    model: &Model,
+    seen: &mut HashMap<(usize, usize), u64>,
+    step: usize,
+    op: &Op,
+) -> Result<(), TestCaseError> {
+    let rules_changed = matches!(op, Op::DefineSale { .. });
+    for (s, m) in model.skus.iter().enumerate().take(SKUS.len()) {
+        if !m.defined {
+            continue;
+        }
+        for c in 0..CUSTOMERS {
+            let customer = format!("c{c}");
+            let Ok(QueryReply::SkuCustomer(view)) = state.query(&Query::SkuCustomer {
+                sku: SKUS[s].into(),
+                customer_id: customer.clone(),
+            }) else {
+                return Err(TestCaseError::fail("sku customer query failed"));
+            };
+            prop_assert_eq!(
+                (view.counted, view.limit),
+                (model.counted(s, &customer), m.limit),
+                "step {}: SKU {}, customer {}: (counted, limit)",
+                step,
+                SKUS[s],
+                customer
+            );
+            let before = seen.insert((s, c), view.counted).unwrap_or(0);
+            if view.limit > 0 && view.counted > view.limit {
+                prop_assert!(
+                    rules_changed || view.counted <= before,
+                    "step {}: {} for {}: counted {}, past the limit {} (was {}), after {:?}",
+                    step,
+                    SKUS[s],
+                    customer,
+                    view.counted,
+                    view.limit,
+                    before,
+                    op
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -2167,6 +2689,16 @@ fn compare(state: &State, model: &Model, seen: &Seen, step: usize) -> Result<(),
             ),
             (m.on_hand, m.reserved, m.on_hand - m.reserved, m.sold),
             "SKU {}: (on_hand, reserved, available, units sold)",
+            SKUS[i]
+        );
+        prop_assert_eq!(
+            view.sale,
+            SaleRules {
+                purchase_limit_per_customer: m.limit,
+                sale_starts_at_ms: m.starts,
+                sale_ends_at_ms: m.ends,
+            },
+            "SKU {} sale rules",
             SKUS[i]
         );
         prop_assert_eq!(
@@ -2574,8 +3106,8 @@ proptest! {
     fn one_scarce_sku_is_never_oversold(steps in proptest::collection::vec(
         prop_oneof![
             Just(Step { op: Op::Define { sku: 0, on_hand: 3, threshold: 1 }, key: None }),
-            (1u64..3).prop_map(|q| Step { op: Op::Reserve { lines: vec![(0, q)] }, key: None }),
-            (1u64..3).prop_map(|q| Step { op: Op::CreateOrder { lines: vec![(0, q, 100)], adopt: None, dup_no: false, channel: false }, key: None }),
+            (1u64..3).prop_map(|q| Step { op: Op::Reserve { lines: vec![(0, q)], customer: None }, key: None }),
+            (1u64..3).prop_map(|q| Step { op: Op::CreateOrder { lines: vec![(0, q, 100)], adopt: None, dup_no: false, channel: false, customer: None }, key: None }),
             (0usize..64).prop_map(|pick| Step { op: Op::Pay { pick, exact: true }, key: None }),
             (0usize..64).prop_map(|pick| Step { op: Op::Cancel { pick, reason: 0 }, key: None }),
             (0usize..64).prop_map(|pick| Step { op: Op::Release { pick }, key: None }),
@@ -2594,8 +3126,8 @@ proptest! {
     fn one_scarce_sku_is_never_oversold_v11(steps in proptest::collection::vec(
         prop_oneof![
             Just(Step { op: Op::Define { sku: 0, on_hand: 3, threshold: 1 }, key: None }),
-            (1u64..3).prop_map(|q| Step { op: Op::Reserve { lines: vec![(0, q)] }, key: None }),
-            (1u64..3, any::<bool>()).prop_map(|(q, channel)| Step { op: Op::CreateOrder { lines: vec![(0, q, 100)], adopt: None, dup_no: false, channel }, key: None }),
+            (1u64..3).prop_map(|q| Step { op: Op::Reserve { lines: vec![(0, q)], customer: None }, key: None }),
+            (1u64..3, any::<bool>()).prop_map(|(q, channel)| Step { op: Op::CreateOrder { lines: vec![(0, q, 100)], adopt: None, dup_no: false, channel, customer: None }, key: None }),
             (0usize..64).prop_map(|pick| Step { op: Op::Pay { pick, exact: true }, key: None }),
             (0usize..64).prop_map(|pick| Step { op: Op::Cancel { pick, reason: 0 }, key: None }),
             (0usize..64, -2i64..3).prop_map(|(pick, delta)| Step { op: Op::Modify { pick, change: Change::Edits(vec![Edit::Qty { line: 0, delta }]), reason: Some(0), note: false }, key: None }),
@@ -2630,9 +3162,75 @@ proptest! {
         ], 1..96)) {
         let start = [
             Step { op: Op::Define { sku: 0, on_hand: 50, threshold: 0 }, key: None },
-            Step { op: Op::CreateOrder { lines: vec![(0, 4, 30)], adopt: None, dup_no: false, channel: true }, key: None },
+            Step { op: Op::CreateOrder { lines: vec![(0, 4, 30)], adopt: None, dup_no: false, channel: true, customer: None }, key: None },
         ];
         let steps: Vec<Step> = start.into_iter().chain(steps).collect();
+        run(&steps, Some(Policy { sla_ms: 5_000, review: None }))?;
+    }
+}
+
+/// The ops of a flash sale: two or three customers fight over few units of SKUs
+/// with small limits and windows that open and close during the run.
+fn flash_sale_op() -> impl Strategy<Value = Op> {
+    let sku = || prop_oneof![6 => 0..3usize, 1 => Just(3usize), 1 => Just(SKUS.len())];
+    let qty = || prop_oneof![12 => 1u64..4, 1 => Just(0u64)];
+    let customer = || 0..3usize;
+    let pick = || 0usize..64;
+    prop_oneof![
+        2 => define_sale_strategy(),
+        8 => (proptest::collection::vec((sku(), qty()), 1..3), proptest::option::weighted(0.85, customer()))
+            .prop_map(|(lines, customer)| Op::Reserve { lines, customer }),
+        3 => pick().prop_map(|pick| Op::Commit { pick }),
+        3 => pick().prop_map(|pick| Op::Release { pick }),
+        4 => (proptest::collection::vec((sku(), qty(), 0u64..300), 1..3), any::<bool>(), customer())
+            .prop_map(|(lines, channel, customer)| Op::CreateOrder { lines, adopt: None, dup_no: false, channel, customer: Some(customer) }),
+        4 => (pick(), customer(), any::<bool>()).prop_map(|(pick, customer, channel)| Op::Adopt { pick, customer, channel }),
+        4 => pick().prop_map(|pick| Op::Progress { pick }),
+        2 => (pick(), 0usize..CancelReason::ALL.len()).prop_map(|(pick, reason)| Op::Cancel { pick, reason }),
+        2 => (pick(), 0usize..ReturnKind::ALL.len(), any::<bool>()).prop_map(|(pick, kind, restock)| Op::ReturnAs { pick, kind, restock }),
+        3 => (pick(), change_strategy(), proptest::option::weighted(0.9, 0usize..CancelReason::ALL.len()))
+            .prop_map(|(pick, change, reason)| Op::Modify { pick, change, reason, note: false }),
+        1 => (sku(), -3i64..6, any::<bool>()).prop_map(|(sku, delta, inbound)| Op::Adjust { sku, delta, inbound }),
+        4 => prop_oneof![0u64..3_000, Just(1_000), Just(TTL_MS)].prop_map(|ms| Op::Tick { ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3_000, max_shrink_iters: 4_000, ..ProptestConfig::default() })]
+    /// Flash-sale rules (v1.1): SKUs A and B start limited (1 to 3 units per
+    /// customer, maybe with a window), C and D without rules; holds for customers,
+    /// holds without, orders with and without adopting a hold, commits, releases,
+    /// expiries, cancels, returns and modifications interleave, and the rules change
+    /// along the way. After every step every customer's count on every SKU is the
+    /// model's and never grows past the limit.
+    #[test]
+    fn engine_agrees_with_model_flash_sale(
+        limits in proptest::collection::vec(1u64..=3, 2),
+        windows in proptest::collection::vec(
+            (prop_oneof![Just(None), (-2i64..3).prop_map(|s| Some(s * 1_000))], prop_oneof![Just(None), (3i64..60).prop_map(|s| Some(s * 1_000))]),
+            2,
+        ),
+        steps in proptest::collection::vec(
+            (flash_sale_op(), proptest::option::weighted(0.1, 0u8..12)).prop_map(|(op, key)| Step { op, key }),
+            1..200,
+        ),
+    ) {
+        let stock = (0..SKUS.len()).map(|sku| Step {
+            op: Op::Define { sku, on_hand: 8, threshold: 2 },
+            key: None,
+        });
+        let rules = limits.iter().zip(&windows).enumerate().map(|(sku, (&limit, &(starts, ends)))| Step {
+            op: Op::DefineSale {
+                sku,
+                on_hand: None,
+                threshold: None,
+                limit: Some(limit),
+                starts: Some(starts),
+                ends: Some(ends),
+            },
+            key: None,
+        });
+        let steps: Vec<Step> = stock.chain(rules).chain(steps).collect();
         run(&steps, Some(Policy { sla_ms: 5_000, review: None }))?;
     }
 }
@@ -2649,6 +3247,35 @@ fn cases_the_model_found() {
         })
     };
     let cases: Vec<(Option<Policy>, Vec<Step>)> = vec![
+        // A hold without a customer on a limited SKU whose sale was over: the
+        // engine answered sale_not_open, but a validation refusal comes first.
+        (
+            policy(None),
+            vec![
+                step(Op::Define {
+                    sku: 1,
+                    on_hand: 3,
+                    threshold: 0,
+                }),
+                step(Op::DefineSale {
+                    sku: 1,
+                    on_hand: None,
+                    threshold: None,
+                    limit: Some(1),
+                    starts: None,
+                    ends: Some(Some(0)),
+                }),
+                step(Op::Reserve {
+                    lines: vec![(1, 1)],
+                    customer: None,
+                }),
+                // The same with an unknown SKU on another line (it was unknown_sku).
+                step(Op::Reserve {
+                    lines: vec![(SKUS.len(), 1), (1, 1)],
+                    customer: None,
+                }),
+            ],
+        ),
         // An unpaid order on hold whose payment window closed kept its hold.
         (
             policy(None),
@@ -2663,6 +3290,7 @@ fn cases_the_model_found() {
                     adopt: None,
                     dup_no: false,
                     channel: true,
+                    customer: None,
                 }),
                 step(Op::Hold { pick: 0, reason: 0 }),
                 step(Op::Tick { ms: TTL_MS }),
@@ -2683,6 +3311,7 @@ fn cases_the_model_found() {
                     adopt: None,
                     dup_no: false,
                     channel: false,
+                    customer: None,
                 }),
                 step(Op::Tick { ms: TTL_MS }),
             ],
@@ -2702,6 +3331,7 @@ fn cases_the_model_found() {
                     adopt: None,
                     dup_no: false,
                     channel: false,
+                    customer: None,
                 }),
                 step(Op::Pay {
                     pick: 0,
@@ -2738,12 +3368,14 @@ fn cases_the_model_found() {
                 }),
                 step(Op::Reserve {
                     lines: vec![(0, 1)],
+                    customer: None,
                 }),
                 step(Op::CreateOrder {
                     lines: vec![(0, 2, 10)],
                     adopt: None,
                     dup_no: false,
                     channel: true,
+                    customer: None,
                 }),
                 step(Op::Tick { ms: TTL_MS }),
             ],
@@ -2763,12 +3395,14 @@ fn cases_the_model_found() {
                     adopt: None,
                     dup_no: false,
                     channel: false,
+                    customer: None,
                 }),
                 step(Op::CreateOrder {
                     lines: vec![(0, 1, 5)],
                     adopt: None,
                     dup_no: false,
                     channel: false,
+                    customer: None,
                 }),
                 step(Op::Pay {
                     pick: 1,
@@ -2795,6 +3429,7 @@ fn cases_the_model_found() {
                     adopt: None,
                     dup_no: false,
                     channel: false,
+                    customer: None,
                 }),
                 step(Op::Pay {
                     pick: 0,
