@@ -271,8 +271,9 @@ impl State {
                     .iter()
                     .filter(|&&(_, d)| d > 0)
                     .map(|&(sku, d)| (sku, d as u64));
-                self.check_sale(more.clone(), Some(&order.customer_id), true, ctx.now_ms)?;
-                self.check_pair_room(more, &order.customer_id)?;
+                let buyer = self.buyer(&order.customer_id);
+                self.check_sale(more.clone(), Some(buyer), true, ctx.now_ms)?;
+                self.check_pair_room(more, buyer)?;
                 let shortages: Vec<Shortage> = deltas
                     .iter()
                     .filter(|&&(_, d)| d > 0)

@@ -40,6 +40,13 @@ pub(crate) struct SkuSale {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CustomerCounts(HashTable<(Arc<str>, Counted)>);
 
+/// A customer id with its hash, computed once per command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Buyer<'a> {
+    pub id: &'a str,
+    pub hash: u64,
+}
+
 /// The hash of a customer id in every [`CustomerCounts`] of a state.
 pub(crate) fn customer_hash(hasher: &DefaultHashBuilder, customer: &str) -> u64 {
     hasher.hash_one(customer)
@@ -169,6 +176,7 @@ pub(crate) struct SkuSaleSnapshot {
 
 /// `State::end_reservation_count` on a reservation the caller holds already (the
 /// state's fields passed one by one, so a caller can hold `r` at the same time).
+#[inline]
 pub(crate) fn uncount_hold(
     sales: &mut [Option<Box<SkuSale>>],
     hasher: &DefaultHashBuilder,
@@ -272,8 +280,12 @@ impl State {
         if rules == SaleRules::default() {
             if let Some(sale) = slot.take() {
                 self.limited_pairs -= sale.counted.len();
+                self.ruled_skus -= 1;
             }
             return;
+        }
+        if slot.is_none() {
+            self.ruled_skus += 1;
         }
         let sale = slot.get_or_insert_with(Box::default);
         sale.rules = rules;
@@ -334,7 +346,7 @@ impl State {
     pub(crate) fn check_sale(
         &self,
         demand: impl Iterator<Item = (SkuIdx, u64)> + Clone,
-        customer: Option<&str>,
+        customer: Option<Buyer<'_>>,
         window: bool,
         now_ms: Millis,
     ) -> Result<(), Rejection> {
@@ -351,7 +363,6 @@ impl State {
                 }
             }
         }
-        let mut hash = None;
         for (idx, qty) in demand {
             let Some(sale) = self.limited(idx) else {
                 continue;
@@ -360,10 +371,9 @@ impl State {
             let Some(customer) = customer else {
                 return Err(invalid(Field::CustomerId, Violation::Required));
             };
-            let hash = *hash.get_or_insert_with(|| customer_hash(&self.customer_hasher, customer));
             let already = sale
                 .counted
-                .get(hash, customer)
+                .get(customer.hash, customer.id)
                 .map_or(0, |(_, c)| c.total());
             if already + qty > limit {
                 return Err(Rejection::PurchaseLimitExceeded {
@@ -382,7 +392,7 @@ impl State {
     pub(crate) fn check_pair_room(
         &self,
         demand: impl Iterator<Item = (SkuIdx, u64)>,
-        customer: &str,
+        customer: Buyer<'_>,
     ) -> Result<(), Rejection> {
         let mut demand = demand.peekable();
         if self.limited_pairs + LINES_PER_REQUEST_MAX <= LIMITED_PAIRS_MAX
@@ -391,11 +401,10 @@ impl State {
             // Far from the bound: no line can reach it (no lookup needed).
             return Ok(());
         }
-        let hash = customer_hash(&self.customer_hasher, customer);
         let new_pairs = demand
             .filter(|&(idx, _)| {
                 self.limited(idx)
-                    .is_some_and(|s| s.counted.get(hash, customer).is_none())
+                    .is_some_and(|s| s.counted.get(customer.hash, customer.id).is_none())
             })
             .count();
         if self.limited_pairs + new_pairs > LIMITED_PAIRS_MAX {
@@ -436,14 +445,21 @@ impl State {
         demand.any(|idx| self.limited(idx).is_some())
     }
 
-    /// A reservation taken for `customer` on a limited SKU: its units count until
-    /// it ends. One lookup per limited line; the customer id is allocated once, and
-    /// only when no count of the customer's holds it already.
-    pub(crate) fn count_reservation(&mut self, id: ReservationId, customer: &str) {
-        let hash = customer_hash(&self.customer_hasher, customer);
+    /// `id` with its hash.
+    pub(crate) fn buyer<'a>(&self, id: &'a str) -> Buyer<'a> {
+        Buyer {
+            id,
+            hash: customer_hash(&self.customer_hasher, id),
+        }
+    }
+
+    /// A hold of `demand` about to be taken for `customer`, with a limited SKU: its
+    /// units count until it ends. One probe per limited line; the customer id is
+    /// allocated once, only when no count of the customer's holds it already, and is
+    /// returned for the hold to keep.
+    pub(crate) fn count_hold(&mut self, demand: &[(SkuIdx, u32)], customer: Buyer<'_>) -> Arc<str> {
         let mut shared: Option<Arc<str>> = None;
-        let r = self.reservations.get(&id).expect("just held");
-        for &(idx, qty) in r.lines.iter() {
+        for &(idx, qty) in demand {
             let Some(sale) = self.sales[idx.0 as usize]
                 .as_deref_mut()
                 .filter(|s| s.rules.limit().is_some())
@@ -452,17 +468,16 @@ impl State {
             };
             let (known, new) = sale.counted.add(
                 &self.customer_hasher,
-                hash,
-                customer,
-                || shared.clone().unwrap_or_else(|| customer.into()),
+                customer.hash,
+                customer.id,
+                || shared.clone().unwrap_or_else(|| customer.id.into()),
                 u64::from(qty),
             );
             shared.get_or_insert_with(|| Arc::clone(known));
             self.limited_pairs += usize::from(new);
         }
-        let customer = shared.expect("a hold kept by customer has a limited SKU");
-        self.reservations.get_mut(&id).expect("just held").customer = Some(customer);
         self.customer_holds += 1;
+        shared.expect("a hold kept by customer has a limited SKU")
     }
 
     /// A reservation ends or moves into an order: a customer's units of it no
@@ -561,6 +576,7 @@ impl State {
     pub(crate) fn restore_sales(&mut self, snapshot: SalesSnapshot) -> Result<(), String> {
         self.sales = vec![None; self.skus.len()];
         self.limited_pairs = 0;
+        self.ruled_skus = 0;
         for SkuSaleSnapshot {
             sku: idx,
             rules,
@@ -572,6 +588,7 @@ impl State {
                 .get_mut(idx.0 as usize)
                 .ok_or_else(|| format!("sale rules of SKU #{} that does not exist", idx.0))?;
             self.limited_pairs += counted.len();
+            self.ruled_skus += 1;
             *slot = Some(Box::new(SkuSale {
                 rules,
                 counted: CustomerCounts::collect(&self.customer_hasher, counted),
@@ -633,5 +650,10 @@ impl State {
             pairs += sale.counted.len();
         }
         assert_eq!(pairs, self.limited_pairs, "counted pairs");
+        assert_eq!(
+            self.sales.iter().filter(|s| s.is_some()).count(),
+            self.ruled_skus,
+            "SKUs with rules"
+        );
     }
 }

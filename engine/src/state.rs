@@ -374,6 +374,8 @@ pub struct State {
     pub(crate) customer_hasher: hashbrown::DefaultHashBuilder,
     /// (SKU, customer) pairs counted, over all limited SKUs.
     pub(crate) limited_pairs: usize,
+    /// SKUs with sale rules (`Some` in `sales`): none, and no command looks further.
+    pub(crate) ruled_skus: usize,
     /// The actor interned last (a cache in front of `actor_index`). Not state.
     pub(crate) last_actor: u32,
     /// SKUs whose stock or definition changed since the last
@@ -768,6 +770,7 @@ impl State {
             customer_holds: 0,
             customer_hasher: hashbrown::DefaultHashBuilder::default(),
             limited_pairs: 0,
+            ruled_skus: 0,
             last_actor: 0,
             touched_skus: None,
         };
@@ -1272,7 +1275,7 @@ impl State {
     fn demand<'a>(
         &self,
         lines: impl ExactSizeIterator<Item = (&'a str, u64)> + Clone,
-        customer: Option<&str>,
+        customer: Option<crate::sale::Buyer<'_>>,
         now_ms: Millis,
     ) -> Result<Vec<(SkuIdx, u32)>, Rejection> {
         check_line_count(lines.len())?;
@@ -1309,11 +1312,9 @@ impl State {
         }
         // A limited SKU needs a customer: a validation refusal, so it comes before
         // unknown SKUs and closed windows.
-        if customer.is_none()
-            && demand
-                .iter()
-                .any(|&(idx, _)| self.sale_rules(idx).limit().is_some())
-        {
+        // `customer` is `None` where no customer was named, or no SKU has rules.
+        let ruled = self.ruled_skus > 0;
+        if ruled && customer.is_none() && self.counts_for_customer(demand.iter().map(|d| d.0)) {
             return Err(invalid(Field::CustomerId, Violation::Required));
         }
         if let Some(sku) = unknown {
@@ -1321,12 +1322,14 @@ impl State {
                 sku: sku.to_string(),
             });
         }
-        self.check_sale(
-            demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
-            customer,
-            true,
-            now_ms,
-        )?;
+        if ruled {
+            self.check_sale(
+                demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
+                customer,
+                true,
+                now_ms,
+            )?;
+        }
         let shortages: Vec<Shortage> = demand
             .iter()
             .filter_map(|&(idx, qty)| {
@@ -1359,6 +1362,7 @@ impl State {
         demand: Vec<(SkuIdx, u32)>,
         expires_at_ms: Millis,
         order: Option<OrderId>,
+        customer: Option<Arc<str>>,
         ctx: &mut Ctx<'_>,
     ) -> ReservationId {
         let id = ReservationId(self.next_reservation_id);
@@ -1386,7 +1390,7 @@ impl State {
             created_at_ms: ctx.now_ms,
             expires_at_ms,
             order,
-            customer: None,
+            customer,
         });
         self.held_count += 1;
         self.expiry.push(Reverse((expires_at_ms, id)));
@@ -1406,27 +1410,29 @@ impl State {
             check_required_text(Field::CustomerId, customer, CUSTOMER_ID_LEN_MAX)?;
         }
         self.check_actor(actor)?;
+        // Without sale rules anywhere, the customer changes nothing: not hashed.
+        let buyer = customer
+            .filter(|_| self.ruled_skus > 0)
+            .map(|id| self.buyer(id));
         let demand = self.demand(
             lines.iter().map(|l| (l.sku.as_str(), l.qty)),
-            customer,
+            buyer,
             ctx.now_ms,
         )?;
         self.check_held_room()?;
-        let counted_for = match customer {
-            Some(customer) if self.counts_for_customer(demand.iter().map(|d| d.0)) => {
+        let counted_for = match buyer {
+            Some(buyer) if self.counts_for_customer(demand.iter().map(|d| d.0)) => {
                 self.check_pair_room(
                     demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
-                    customer,
+                    buyer,
                 )?;
-                Some(customer)
+                Some(buyer)
             }
             _ => None,
         };
         self.intern_actor(actor)?;
-        let id = self.hold(demand, ctx.now_ms + ttl_ms, None, ctx);
-        if let Some(customer) = counted_for {
-            self.count_reservation(id, customer);
-        }
+        let customer = counted_for.map(|buyer| self.count_hold(&demand, buyer));
+        let id = self.hold(demand, ctx.now_ms + ttl_ms, None, customer, ctx);
         Ok(Reply::Reservation(
             self.reservation_view(&self.reservations[&id]),
         ))
@@ -1677,7 +1683,10 @@ impl State {
             "order {id}: {from} -> {to} is not on the transition table"
         );
         order.status = to;
-        if crate::sale::counts_toward_limit(from) && !crate::sale::counts_toward_limit(to) {
+        if self.ruled_skus > 0
+            && crate::sale::counts_toward_limit(from)
+            && !crate::sale::counts_toward_limit(to)
+        {
             self.count_order(id, -1);
         }
         self.counters.orders_by_status[from as usize] -= 1;
@@ -1769,18 +1778,21 @@ impl State {
         }
         let reservation = match reservation_id {
             None => {
+                let buyer = (self.ruled_skus > 0).then(|| self.buyer(customer_id));
                 let demand = self.demand(
                     lines.iter().map(|l| (l.sku.as_str(), l.qty)),
-                    Some(customer_id),
+                    buyer,
                     ctx.now_ms,
                 )?;
                 self.check_held_room()?;
-                self.check_pair_room(
-                    demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
-                    customer_id,
-                )?;
+                if let Some(buyer) = buyer {
+                    self.check_pair_room(
+                        demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
+                        buyer,
+                    )?;
+                }
                 self.intern_actor(actor)?;
-                self.hold(demand, due_at_ms, Some(id), ctx)
+                self.hold(demand, due_at_ms, Some(id), None, ctx)
             }
             Some(rid) => {
                 let r = self
@@ -1824,13 +1836,9 @@ impl State {
                 // Any other hold counts for the order's customer from now on.
                 if self.reservation_customer(rid).map(|c| &**c) != Some(customer_id) {
                     let adopted = self.per_sku(&order_lines);
-                    self.check_sale(
-                        adopted.iter().copied(),
-                        Some(customer_id),
-                        false,
-                        ctx.now_ms,
-                    )?;
-                    self.check_pair_room(adopted.into_iter(), customer_id)?;
+                    let buyer = self.buyer(customer_id);
+                    self.check_sale(adopted.iter().copied(), Some(buyer), false, ctx.now_ms)?;
+                    self.check_pair_room(adopted.into_iter(), buyer)?;
                 }
                 self.intern_actor(actor)?;
                 self.end_reservation_count(rid, false);
@@ -1894,7 +1902,9 @@ impl State {
             extra,
         });
         self.order_no_index.insert(Arc::clone(&order_no), id);
-        self.count_order(id, 1);
+        if self.ruled_skus > 0 {
+            self.count_order(id, 1);
+        }
         self.counters.orders_created += 1;
         self.counters.orders_by_status[OrderStatus::Reserved as usize] += 1;
         if self.rules == RULES_V1 {
