@@ -725,15 +725,18 @@ pub async fn run(
     );
     tokio::time::sleep(wait).await;
     let book = std::mem::take(&mut *shop.book());
-    let mut audit = verify(
-        &client,
-        &book.ledger,
-        &skus,
-        Accounting::Exact,
-        audit_concurrency,
-    )
-    .await;
-    audit.merge(audit_rules(&client, &book, &skus, cfg.limit, audit_concurrency).await);
+    // The rules' failures lead the list; then the stock accounting of the plain drill.
+    let mut audit = audit_rules(&client, &book, &skus, cfg.limit, audit_concurrency).await;
+    audit.merge(
+        verify(
+            &client,
+            &book.ledger,
+            &skus,
+            Accounting::Exact,
+            audit_concurrency,
+        )
+        .await,
+    );
     if outcome.aborted > 0 {
         audit.notes.push(format!(
             "{} sessions were still running at the end of the drain and were aborted",
