@@ -50,10 +50,10 @@ pub struct LimitedConfig {
     /// Units per customer per SKU.
     pub limit: u64,
     /// The window opens this long after the SKUs are defined...
-    #[serde(with = "humantime_serde_ms")]
+    #[serde(with = "as_millis")]
     pub opens_after: Duration,
     /// ...and closes this long after.
-    #[serde(with = "humantime_serde_ms")]
+    #[serde(with = "as_millis")]
     pub closes_after: Duration,
     /// Share of sessions that are scalpers, percent.
     pub scalper_pct: u32,
@@ -72,7 +72,7 @@ pub struct LimitedConfig {
 }
 
 /// Durations as milliseconds in the JSON report.
-mod humantime_serde_ms {
+mod as_millis {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,

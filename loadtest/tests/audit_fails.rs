@@ -152,12 +152,8 @@ fn double(fault: Fault) -> Router {
         })
 }
 
-/// Serve the double, run a short flash-sale drill at it, return (exit code, stderr).
-fn drill_against(fault: Fault) -> (Option<i32>, String) {
-    drill_at(fault, &["flash-sale"])
-}
-
-/// Serve the double, run a short drill (`scenario` and its own flags) at it.
+/// Serve the double, run a short drill (`scenario` and its own flags) at it; return
+/// (exit code, stderr).
 fn drill_at(fault: Fault, scenario: &[&str]) -> (Option<i32>, String) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let listener = rt
