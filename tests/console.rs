@@ -1879,7 +1879,7 @@ fn console_edits_flash_sale_rules_and_looks_up_a_customer() {
     );
     browser.type_into("#sale-limit", "1");
     browser.click("#sale-submit");
-    browser.wait_text("#sale-result", "PLAIN: limit per customer 1");
+    browser.wait_text("#sale-result", "PLAIN: limit per customer 1; always open.");
     let plain = server.ok("GET", "/v1/skus/PLAIN", None);
     assert_eq!(plain["purchase_limit_per_customer"], 1);
     assert_eq!(plain["sale_starts_at"], Value::Null);

@@ -1141,6 +1141,9 @@ function prefillBuyer(sku) {
 
 /** A SKU's rules in words, for the confirmation line. */
 function saleSummary(k) {
+  if (!k.sale_starts_at && !k.sale_ends_at) {
+    return t('sale.savedAlways', { sku: k.sku, limit: k.purchase_limit_per_customer ? String(k.purchase_limit_per_customer) : t('sale.noLimit') });
+  }
   return t('sale.saved', {
     sku: k.sku,
     limit: k.purchase_limit_per_customer ? String(k.purchase_limit_per_customer) : t('sale.noLimit'),
