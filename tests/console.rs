@@ -1913,4 +1913,25 @@ fn console_edits_flash_sale_rules_and_looks_up_a_customer() {
         browser.js("return window.surgeI18n.missingKeys();", json!([])),
         json!([])
     );
+    drop(browser);
+
+    // An operator may look customers up but not change the rules (PUT is admin only).
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, OPERATOR_TOKEN);
+    browser.wait_text("#role-name", "operator");
+    browser.click("#nav-stock");
+    browser.wait_exists("#stock-table tr[data-sku='FLASH'] .buyer-open");
+    assert!(!browser.exists("#stock-table .sale-edit"));
+    browser.wait_text("#sale-denied", "admin only");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#sale-submit').disabled;",
+            json!([])
+        ),
+        json!(true)
+    );
+    browser.click("#stock-table tr[data-sku='FLASH'] .buyer-open");
+    browser.type_into("#buyer-customer", "ann");
+    browser.click("#buyer-submit");
+    browser.wait_text("#buyer-result", "ann has 2 of FLASH");
 }
