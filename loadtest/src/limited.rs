@@ -187,6 +187,7 @@ fn created(a: &Answer) -> Option<String> {
 #[allow(clippy::too_many_arguments)] // one attempt's coordinates, all distinct
 async fn via_hold(
     shop: &Shop,
+    since: Instant,
     n: u64,
     attempt: u32,
     sku: &str,
@@ -198,9 +199,8 @@ async fn via_hold(
     let c = &shop.client;
     let rec = &shop.recorder;
     let body = json!({"lines": [{"sku": sku, "qty": qty}], "ttl_ms": shop.cfg.ttl_ms, "customer_id": customer});
-    let t = Instant::now();
     let a = c.post("/v1/reservations", &body).await;
-    note(rec, "reserve", t, &a);
+    note(rec, "reserve", since, &a);
     let Some(rid) = created(&a) else {
         if a.is_err() {
             shop.book().ledger.unanswered_reservations += 1;
@@ -337,8 +337,10 @@ async fn settle(
 }
 
 /// Order `qty` of `sku` without a hold, then pay (or cancel) it.
+#[allow(clippy::too_many_arguments)] // one attempt's coordinates, all distinct
 async fn direct(
     shop: &Shop,
+    since: Instant,
     n: u64,
     attempt: u32,
     sku: &str,
@@ -352,9 +354,8 @@ async fn direct(
         "customer_id": customer,
         "lines": [{"sku": sku, "qty": qty, "unit_price": shop.cfg.unit_price}],
     });
-    let t = Instant::now();
     let a = shop.client.post("/v1/orders", &body).await;
-    note(&shop.recorder, "create_order", t, &a);
+    note(&shop.recorder, "create_order", since, &a);
     let Some(oid) = created(&a) else {
         if a.is_err() {
             shop.book().ledger.unanswered_order_nos.push(order_no);
@@ -386,7 +387,9 @@ async fn direct(
 }
 
 /// One session: a shopper (with bounded retries) or a scalper.
-async fn session(shop: Arc<Shop>, n: u64) {
+/// The first request of a session is timed from its due time (open loop: a late
+/// start is latency), retries from when they are sent.
+async fn session(shop: Arc<Shop>, n: u64, due: Instant) {
     let cfg = &shop.cfg;
     let mut rng = Rng::for_item(cfg.seed, n);
     let k = shop.zipf.sample(&mut rng);
@@ -402,8 +405,10 @@ async fn session(shop: Arc<Shop>, n: u64) {
         // Many attempts with one id, keeping (paying) everything it gets.
         for attempt in 0..cfg.scalper_attempts {
             let qty = rng.range(1, cfg.limit.max(1));
+            let since = if attempt == 0 { due } else { Instant::now() };
             let _ = via_hold(
                 &shop,
+                since,
                 n,
                 attempt,
                 &sku,
@@ -420,10 +425,14 @@ async fn session(shop: Arc<Shop>, n: u64) {
     let qty = rng.range(1, cfg.qty_max.max(1));
     let give_up = shop.closes_at + Duration::from_secs(1);
     for attempt in 0..=cfg.retries {
+        let since = if attempt == 0 { due } else { Instant::now() };
         let outcome = if rng.below(100) < u64::from(cfg.direct_pct) {
-            direct(&shop, n, attempt, &sku, &customer, qty, action).await
+            direct(&shop, since, n, attempt, &sku, &customer, qty, action).await
         } else {
-            via_hold(&shop, n, attempt, &sku, &customer, qty, action, &mut rng).await
+            via_hold(
+                &shop, since, n, attempt, &sku, &customer, qty, action, &mut rng,
+            )
+            .await
         };
         match outcome {
             Outcome::Done | Outcome::Stop => return,
@@ -711,11 +720,10 @@ pub async fn run(
         closes_at: start + cfg.closes_after,
     });
     let s = Arc::clone(&shop);
-    let outcome =
-        load::run_with_progress(label, load_cfg, Arc::clone(&recorder), move |n, _due| {
-            session(Arc::clone(&s), n)
-        })
-        .await;
+    let outcome = load::run_with_progress(label, load_cfg, Arc::clone(&recorder), move |n, due| {
+        session(Arc::clone(&s), n, due)
+    })
+    .await;
     let stats = recorder.summary(label, outcome.elapsed);
     let wait = Duration::from_millis(cfg.ttl_ms + 1_500);
     println!(
