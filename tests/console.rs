@@ -1680,3 +1680,258 @@ fn console_roles_see_only_their_buttons() {
     browser.click("#search-btn");
     browser.wait_exists("#orders-table tr[data-order-no='P-1']");
 }
+
+/// The instant (ms since the epoch) the browser reads in an RFC 3339 string or a
+/// datetime-local value (local time), so the test does not depend on the time zone.
+fn browser_ms(browser: &Browser, text: &str) -> i64 {
+    browser
+        .js("return new Date(arguments[0]).getTime();", json!([text]))
+        .as_i64()
+        .unwrap_or_else(|| panic!("the browser cannot read {text:?} as a date"))
+}
+
+/// Set a `datetime-local` input (WebDriver keys depend on the locale's segments).
+fn set_datetime(browser: &Browser, css: &str, value: &str) {
+    browser.js(
+        "const e = document.querySelector(arguments[0]); e.value = arguments[1]; return e.value;",
+        json!([css, value]),
+    );
+    // Chromium may shorten the value (`:00` seconds), never change the instant.
+    let shown = browser.js(
+        "return document.querySelector(arguments[0]).value;",
+        json!([css]),
+    );
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(
+        !shown.is_empty() && browser_ms(browser, shown) == browser_ms(browser, value),
+        "{css} refused {value:?} (shows {shown:?})"
+    );
+}
+
+/// Flash-sale rules on the stock page: an admin edits the limit and the window (with
+/// millisecond instants, a refusal shown in the API's words, and clearing a side to
+/// null); the API holds exactly what was saved and enforces it; the customer lookup
+/// answers the count; every new label is translated.
+#[test]
+fn console_edits_flash_sale_rules_and_looks_up_a_customer() {
+    let server = Server::start();
+    server.ok(
+        "PUT",
+        "/v1/skus/FLASH",
+        Some(json!({"on_hand": 10, "low_stock_threshold": 1, "name": "flash"})),
+    );
+    server.ok(
+        "PUT",
+        "/v1/skus/PLAIN",
+        Some(json!({"on_hand": 5, "low_stock_threshold": 1, "name": "plain"})),
+    );
+
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, ADMIN_TOKEN);
+    browser.wait_text("#role-name", "admin");
+    browser.click("#nav-stock");
+    browser.wait_exists("#stock-table tr[data-sku='FLASH']");
+    assert_eq!(
+        browser.text("#stock-table tr[data-sku='FLASH'] .sale-limit"),
+        Some("none".into())
+    );
+    assert_eq!(
+        browser.text("#stock-table tr[data-sku='FLASH'] .sale-window"),
+        Some("always open".into())
+    );
+
+    // Limit 3, a window open since a past instant (with milliseconds) to a future one.
+    browser.click("#stock-table tr[data-sku='FLASH'] .sale-edit");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#sale-sku').value;",
+            json!([])
+        ),
+        json!("FLASH")
+    );
+    browser.type_into("#sale-limit", "3");
+    let starts = "2020-01-02T03:04:05.678";
+    let ends = "2099-12-31T23:59:59";
+    set_datetime(&browser, "#sale-starts", starts);
+    set_datetime(&browser, "#sale-ends", ends);
+    browser.click("#sale-submit");
+    browser.wait_text("#sale-result", "FLASH: limit per customer 3");
+    let k = server.ok("GET", "/v1/skus/FLASH", None);
+    assert_eq!(k["purchase_limit_per_customer"], 3);
+    assert_eq!(k["on_hand"], 10, "the redefinition kept the stock");
+    assert_eq!(k["name"], "flash");
+    assert_eq!(k["low_stock_threshold"], 1);
+    assert_eq!(
+        browser_ms(&browser, k["sale_starts_at"].as_str().unwrap()),
+        browser_ms(&browser, starts)
+    );
+    assert_eq!(
+        browser_ms(&browser, k["sale_ends_at"].as_str().unwrap()),
+        browser_ms(&browser, ends)
+    );
+    browser.wait_text("#stock-table tr[data-sku='FLASH'] .sale-limit", "3");
+    browser.wait_text("#stock-table tr[data-sku='FLASH'] .sale-window", "on sale");
+    // The form shows the saved instant back, milliseconds included.
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#sale-starts').value;",
+            json!([])
+        ),
+        json!(starts)
+    );
+    browser.screenshot("v12-01-sale-rules");
+
+    // An end before the start: refused by the server, shown in its words; unchanged.
+    set_datetime(&browser, "#sale-ends", "2019-06-01T00:00:00");
+    browser.click("#sale-submit");
+    browser.wait_text("#sale-result", "Not saved");
+    let refused = browser.text("#sale-result").unwrap();
+    assert!(refused.contains("Invalid request"), "{refused}");
+    assert!(
+        refused.contains("sale_ends_at: must be after sale_starts_at"),
+        "{refused}"
+    );
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#sale-result').className;",
+            json!([])
+        ),
+        json!("error-inline")
+    );
+    let again = server.ok("GET", "/v1/skus/FLASH", None);
+    assert_eq!(again["sale_ends_at"], k["sale_ends_at"]);
+
+    // Clearing the end saves null: open on that side.
+    browser.click("#sale-ends-clear");
+    browser.click("#sale-submit");
+    browser.wait_text("#sale-result", "to open");
+    let k = server.ok("GET", "/v1/skus/FLASH", None);
+    assert_eq!(k["sale_ends_at"], Value::Null);
+    assert!(k["sale_starts_at"].is_string(), "the start stays: {k}");
+    assert_eq!(k["purchase_limit_per_customer"], 3);
+
+    // The rules hold: a customer takes 2, then 2 more is over the limit of 3.
+    let held = server.ok(
+        "POST",
+        "/v1/reservations",
+        Some(json!({"lines": [{"sku": "FLASH", "qty": 2}], "customer_id": "ann"})),
+    );
+    assert_eq!(held["status"], "held");
+    let over = server.call(
+        "POST",
+        "/v1/reservations",
+        Some(json!({"lines": [{"sku": "FLASH", "qty": 2}], "customer_id": "ann"})),
+    );
+    assert_eq!(over.status, 409, "{}", over.body);
+    assert_eq!(over.json()["code"], "purchase_limit_exceeded");
+
+    // The lookup answers what counts for one customer.
+    browser.type_into("#buyer-sku", "FLASH");
+    browser.type_into("#buyer-customer", "ann");
+    browser.click("#buyer-submit");
+    browser.wait_text("#buyer-result", "ann has 2 of FLASH");
+    assert_eq!(
+        browser.js(
+            "const e = document.querySelector('#buyer-result'); return [e.dataset.counted, e.dataset.limit];",
+            json!([])
+        ),
+        json!(["2", "3"])
+    );
+    assert!(browser.text("#buyer-result").unwrap().contains("(1 left)"));
+    // An unknown SKU is an error in the API's words.
+    browser.type_into("#buyer-sku", "NOPE");
+    browser.click("#buyer-submit");
+    browser.wait_text("#buyer-result", "Lookup failed");
+    assert!(
+        browser
+            .text("#buyer-result")
+            .unwrap()
+            .contains("Unknown SKU")
+    );
+
+    // A start in the future closes the sale: the row says so and the API refuses.
+    browser.click("#stock-table tr[data-sku='FLASH'] .sale-edit");
+    set_datetime(&browser, "#sale-starts", "2098-01-01T00:00:00");
+    browser.click("#sale-submit");
+    browser.wait_text(
+        "#stock-table tr[data-sku='FLASH'] .sale-window",
+        "not open yet",
+    );
+    let early = server.call(
+        "POST",
+        "/v1/reservations",
+        Some(json!({"lines": [{"sku": "FLASH", "qty": 1}], "customer_id": "bob"})),
+    );
+    assert_eq!(early.status, 409, "{}", early.body);
+    assert_eq!(early.json()["code"], "sale_not_open");
+    assert!(early.json()["opens_at"].is_string(), "{}", early.body);
+
+    // Typing another SKU loads its rules first; saving the shown ones sets them.
+    browser.type_into("#sale-sku", "PLAIN");
+    browser.click("#sale-submit");
+    browser.wait_text("#sale-result", "Loaded the current rules of PLAIN");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#sale-starts').value;",
+            json!([])
+        ),
+        json!("")
+    );
+    browser.type_into("#sale-limit", "1");
+    browser.click("#sale-submit");
+    browser.wait_text("#sale-result", "PLAIN: limit per customer 1; always open.");
+    let plain = server.ok("GET", "/v1/skus/PLAIN", None);
+    assert_eq!(plain["purchase_limit_per_customer"], 1);
+    assert_eq!(plain["sale_starts_at"], Value::Null);
+    assert_eq!(plain["on_hand"], 5);
+
+    // The same page in Chinese.
+    choose_language(&browser, "zh-CN");
+    browser.wait_text("#stock-table thead", "每人限购");
+    assert!(
+        browser
+            .text("#stock-table thead")
+            .unwrap()
+            .contains("销售时间")
+    );
+    browser.wait_text("#stock-table tr[data-sku='FLASH'] .sale-window", "未开售");
+    assert_eq!(
+        browser.text("#sale-form h2").unwrap(),
+        "秒杀规则（限购与销售时间）"
+    );
+    assert_eq!(browser.text("#sale-ends-clear").unwrap(), "不设停售时间");
+    browser.type_into("#buyer-sku", "FLASH");
+    browser.type_into("#buyer-customer", "ann");
+    browser.click("#buyer-submit");
+    browser.wait_text("#buyer-result", "ann 在 FLASH 已占用、已确认或已下单 2 件");
+    browser.screenshot("v12-02-sale-rules-zh");
+    assert_eq!(
+        browser.js("return window.surgeI18n.missed();", json!([])),
+        json!([])
+    );
+    assert_eq!(
+        browser.js("return window.surgeI18n.missingKeys();", json!([])),
+        json!([])
+    );
+    drop(browser);
+
+    // An operator may look customers up but not change the rules (PUT is admin only).
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, OPERATOR_TOKEN);
+    browser.wait_text("#role-name", "operator");
+    browser.click("#nav-stock");
+    browser.wait_exists("#stock-table tr[data-sku='FLASH'] .buyer-open");
+    assert!(!browser.exists("#stock-table .sale-edit"));
+    browser.wait_text("#sale-denied", "admin only");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#sale-submit').disabled;",
+            json!([])
+        ),
+        json!(true)
+    );
+    browser.click("#stock-table tr[data-sku='FLASH'] .buyer-open");
+    browser.type_into("#buyer-customer", "ann");
+    browser.click("#buyer-submit");
+    browser.wait_text("#buyer-result", "ann has 2 of FLASH");
+}

@@ -14,7 +14,7 @@ use crate::stats::Recorder;
 const FAILURES_LISTED_MAX: usize = 50;
 
 /// Statuses whose units have left `on_hand` for good (sold).
-const COMMITTED: &[&str] = &[
+pub(crate) const COMMITTED: &[&str] = &[
     "confirmed",
     "picking",
     "packed",
@@ -175,7 +175,7 @@ where
 }
 
 /// GET with a few retries on no answer (the audit itself should not flake).
-async fn get_json(client: &HttpClient, path: &str) -> Result<Option<Value>, String> {
+pub(crate) async fn get_json(client: &HttpClient, path: &str) -> Result<Option<Value>, String> {
     let mut last = String::new();
     for attempt in 0..5 {
         match client.get(path).await {
@@ -194,7 +194,7 @@ async fn get_json(client: &HttpClient, path: &str) -> Result<Option<Value>, Stri
     Err(last)
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 

@@ -9,6 +9,7 @@ pub mod flash;
 pub mod html;
 pub mod http;
 pub mod lifecycle;
+pub mod limited;
 pub mod load;
 pub mod redis;
 pub mod report;
@@ -147,6 +148,37 @@ pub enum Scenario {
         skus: usize,
         #[arg(long, default_value_t = 500)]
         customers: u64,
+    },
+    /// A flash sale under a purchase limit per customer and a sale window: shoppers
+    /// who retry (some before the opening), scalpers who push past the limit; the
+    /// audit checks every customer's count and that nothing was taken outside the window.
+    LimitedSale {
+        #[command(flatten)]
+        flash: FlashArgs,
+        /// Units one customer may hold, have bought and have ordered per SKU.
+        #[arg(long, default_value_t = 2)]
+        limit: u64,
+        /// The sale opens this long after the SKUs are defined (load starts at once).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        opens_after: Duration,
+        /// The sale closes this long after the SKUs are defined (default: 3/4 of --duration).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        closes_after: Option<Duration>,
+        /// Share of sessions that are scalpers, percent.
+        #[arg(long, default_value_t = 10)]
+        scalper_pct: u32,
+        /// Distinct scalper customer ids.
+        #[arg(long, default_value_t = 5)]
+        scalpers: u64,
+        /// Reservations one scalper session tries with its one customer id.
+        #[arg(long, default_value_t = 8)]
+        scalper_attempts: u32,
+        /// Retries of one shopper at most.
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+        /// Share of shopper attempts that order without a hold, percent.
+        #[arg(long, default_value_t = 20)]
+        direct_pct: u32,
     },
     /// SIGKILL a spawned surge under load R times; check every acknowledged write.
     Crash {
@@ -305,6 +337,46 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
             }
             runs.push(SystemRun { stats, audit });
             ("lifecycle", json!({"skus": skus, "customers": customers}))
+        }
+        Scenario::LimitedSale {
+            flash,
+            limit,
+            opens_after,
+            closes_after,
+            scalper_pct,
+            scalpers,
+            scalper_attempts,
+            retries,
+            direct_pct,
+        } => {
+            let fc = flash_config(flash, c.seed)?;
+            let lc = limited::LimitedConfig {
+                skus: fc.skus,
+                stock: fc.stock,
+                shoppers: fc.shoppers,
+                zipf_s: fc.zipf_s,
+                mix: fc.mix,
+                limit: *limit,
+                opens_after: *opens_after,
+                closes_after: closes_after.unwrap_or(c.duration * 3 / 4),
+                scalper_pct: (*scalper_pct).min(100),
+                scalpers: (*scalpers).max(1),
+                scalper_attempts: (*scalper_attempts).min(1_000),
+                retries: (*retries).min(100),
+                direct_pct: (*direct_pct).min(100),
+                ttl_ms: fc.ttl_ms,
+                qty_max: fc.qty_max,
+                unit_price: fc.unit_price,
+                seed: c.seed,
+            };
+            let (client, spawned) = target(c).await?;
+            let (stats, audit) =
+                limited::run(client, lc.clone(), &load_cfg, "surge", audit_concurrency).await?;
+            if let Some((surge, _dir)) = spawned {
+                surge.terminate(Duration::from_secs(30)).await?;
+            }
+            runs.push(SystemRun { stats, audit });
+            ("limited-sale", json!({"limited": lc}))
         }
         Scenario::Crash {
             flash,

@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -21,19 +21,40 @@ enum Fault {
     /// Acknowledges every order and then answers 404 for it, as if a restart
     /// had lost it.
     LoseOrders,
+    /// Ignores the purchase limit: counts 99 units for every customer.
+    OverLimit,
+    /// Ignores the sale window: stamps every hold and order 2000-01-01.
+    OutsideWindow,
 }
 
 #[derive(Clone)]
 struct Double {
     fault: Fault,
     next: Arc<AtomicU64>,
+    /// The last SKU definition (the limited drill's rules).
+    defined: Arc<Mutex<Value>>,
+}
+
+impl Double {
+    /// When the double says a hold or an order was made.
+    fn stamp(&self) -> Value {
+        match self.fault {
+            Fault::OutsideWindow => json!("2000-01-01T00:00:00.000Z"),
+            _ => self.defined.lock().unwrap()["sale_starts_at"].clone(),
+        }
+    }
 }
 
 async fn ok() -> Response {
     (StatusCode::OK, axum::Json(json!({}))).into_response()
 }
 
-async fn define(Path(sku): Path<String>, axum::Json(body): axum::Json<Value>) -> Response {
+async fn define(
+    State(d): State<Double>,
+    Path(sku): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    *d.defined.lock().unwrap() = body.clone();
     let on_hand = body["on_hand"].as_u64().unwrap_or(0);
     axum::Json(json!({"sku": sku, "name": "", "on_hand": on_hand, "reserved": 0, "available": on_hand, "low_stock_threshold": 0})).into_response()
 }
@@ -50,10 +71,20 @@ async fn reserve(State(d): State<Double>, axum::Json(body): axum::Json<Value>) -
         .into_response()
 }
 
-async fn reservation(Path(id): Path<String>) -> Response {
+async fn reservation(State(d): State<Double>, Path(id): Path<String>) -> Response {
     // Whatever the drill expects last is the most forgiving answer: the double's
     // lie is in the levels and the orders.
-    axum::Json(json!({"id": id, "status": "expired", "lines": [], "order_id": null}))
+    axum::Json(json!({"id": id, "status": "expired", "lines": [], "order_id": null, "created_at": d.stamp()}))
+        .into_response()
+}
+
+async fn sku_customer(
+    State(d): State<Double>,
+    Path((sku, customer)): Path<(String, String)>,
+) -> Response {
+    let counted = if d.fault == Fault::OverLimit { 99 } else { 0 };
+    let limit = d.defined.lock().unwrap()["purchase_limit_per_customer"].clone();
+    axum::Json(json!({"sku": sku, "customer_id": customer, "counted": counted, "limit": limit}))
         .into_response()
 }
 
@@ -78,13 +109,19 @@ async fn order(State(d): State<Double>, Path(id): Path<String>) -> Response {
         )
             .into_response();
     }
-    axum::Json(json!({"id": id, "order_no": "?", "status": "confirmed", "lines": [], "payment": {"status": "paid"}}))
+    axum::Json(json!({"id": id, "order_no": "?", "status": "confirmed", "lines": [], "payment": {"status": "paid"}, "created_at": d.stamp()}))
         .into_response()
 }
 
-async fn sku(Path(sku): Path<String>) -> Response {
-    // 10 held out of 3 on hand: more held than there is.
-    axum::Json(json!({"sku": sku, "on_hand": 3, "reserved": 10, "available": 0})).into_response()
+async fn sku(State(d): State<Double>, Path(sku): Path<String>) -> Response {
+    // 10 held out of 3 on hand: more held than there is. The rules as defined.
+    let def = d.defined.lock().unwrap().clone();
+    axum::Json(
+        json!({"sku": sku, "on_hand": 3, "reserved": 10, "available": 0,
+        "purchase_limit_per_customer": def["purchase_limit_per_customer"],
+        "sale_starts_at": def["sale_starts_at"], "sale_ends_at": def["sale_ends_at"]}),
+    )
+    .into_response()
 }
 
 async fn not_found() -> Response {
@@ -99,6 +136,7 @@ fn double(fault: Fault) -> Router {
     Router::new()
         .route("/readyz", get(ok))
         .route("/v1/skus/{sku}", put(define).get(sku))
+        .route("/v1/skus/{sku}/customers/{customer}", get(sku_customer))
         .route("/v1/reservations", post(reserve))
         .route("/v1/reservations/{id}", get(reservation))
         .route("/v1/reservations/{id}/release", post(release))
@@ -110,11 +148,13 @@ fn double(fault: Fault) -> Router {
         .with_state(Double {
             fault,
             next: Arc::new(AtomicU64::new(1)),
+            defined: Arc::new(Mutex::new(Value::Null)),
         })
 }
 
-/// Serve the double, run a short flash-sale drill at it, return (exit code, stderr).
-fn drill_against(fault: Fault) -> (Option<i32>, String) {
+/// Serve the double, run a short drill (`scenario` and its own flags) at it; return
+/// (exit code, stderr).
+fn drill_at(fault: Fault, scenario: &[&str]) -> (Option<i32>, String) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -122,8 +162,8 @@ fn drill_against(fault: Fault) -> (Option<i32>, String) {
     let addr = listener.local_addr().expect("addr");
     rt.spawn(async move { axum::serve(listener, double(fault)).await });
     let target = format!("http://{addr}");
-    let out = common::loadtest(&[
-        "flash-sale",
+    let mut args = scenario.to_vec();
+    args.extend([
         "--target",
         &target,
         "--duration",
@@ -139,6 +179,7 @@ fn drill_against(fault: Fault) -> (Option<i32>, String) {
         "--ttl-ms",
         "1000",
     ]);
+    let out = common::loadtest(&args);
     rt.shutdown_background();
     (
         out.status.code(),
@@ -147,7 +188,11 @@ fn drill_against(fault: Fault) -> (Option<i32>, String) {
 }
 
 fn check(fault: Fault, exit: i32, reason: &str) {
-    let (code, stderr) = drill_against(fault);
+    check_at(fault, &["flash-sale"], exit, reason);
+}
+
+fn check_at(fault: Fault, scenario: &[&str], exit: i32, reason: &str) {
+    let (code, stderr) = drill_at(fault, scenario);
     assert_eq!(code, Some(exit), "exit status; stderr:\n{stderr}");
     assert!(stderr.contains("AUDIT FAILED"), "stderr:\n{stderr}");
     assert!(
@@ -179,4 +224,25 @@ fn non_loopback_targets_are_refused() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing non-loopback"));
+}
+
+/// The limited sale's own checks: a window of 0.2 s .. 0.8 s into a 1 s drill.
+const LIMITED: &[&str] = &[
+    "limited-sale",
+    "--limit",
+    "2",
+    "--opens-after",
+    "200ms",
+    "--closes-after",
+    "800ms",
+];
+
+#[test]
+fn a_server_that_ignores_the_purchase_limit_fails_the_audit() {
+    check_at(Fault::OverLimit, LIMITED, 1, "over the limit of 2");
+}
+
+#[test]
+fn a_server_that_sells_outside_the_window_fails_the_audit() {
+    check_at(Fault::OutsideWindow, LIMITED, 1, "outside the sale window");
 }

@@ -138,3 +138,63 @@ fn crash_drill_passes_with_three_restarts() {
     assert!(ids.iter().any(|i| i == "recovery"), "{ids:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The limited sale: a window that opens 1 s in and closes 3 s in, a limit of 2,
+/// scalpers; the audit passes and the refusals the rules make are reported.
+#[test]
+fn limited_sale_drill_passes_and_reports_refusals() {
+    let surge = common::surge_binary();
+    let dir = common::temp_path("limited");
+    let json = dir.join("limited.json");
+    let out = common::loadtest(&[
+        "limited-sale",
+        "--spawn",
+        "--surge-bin",
+        surge.to_str().unwrap(),
+        "--duration",
+        "4s",
+        "--rate",
+        "200",
+        "--connections",
+        "16",
+        "--skus",
+        "2",
+        "--stock",
+        "50",
+        "--shoppers",
+        "200",
+        "--ttl-ms",
+        "1000",
+        "--limit",
+        "2",
+        "--opens-after",
+        "1s",
+        "--closes-after",
+        "3s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "limited-sale drill failed");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["scenario"], "limited-sale");
+    assert_eq!(report["passed"], true);
+    let run = &report["runs"][0];
+    assert_eq!(run["audit"]["passed"], true);
+    let reserve = &run["stats"]["per_op"]["reserve"];
+    assert!(reserve["ok"].as_u64().unwrap() > 0, "{reserve}");
+    let notes = run["audit"]["notes"].to_string();
+    for code in ["sale_not_open", "purchase_limit_exceeded"] {
+        assert!(notes.contains(code), "no {code} refusals: {notes}");
+    }
+    assert!(
+        notes.contains("sale_not_open before the opening")
+            && !notes.contains("before the opening 0,"),
+        "no tries before the opening: {notes}"
+    );
+    assert!(
+        notes.contains("(SKU, customer) pairs checked against the limit of 2"),
+        "{notes}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1012,6 +1012,40 @@ async function submitCancel(ev) {
 // ------------------------------------------------------------------ stock
 
 const stockState = { next: null, seq: 0, loaded: false };
+const STOCK_COLS = 9;
+
+/** A datetime-local value (local time, milliseconds when there are any) for an instant. */
+function toLocalInputMs(iso) {
+  const base = toLocalInput(iso);
+  const ms = new Date(iso).getMilliseconds();
+  return base && ms ? `${base}.${String(ms).padStart(3, '0')}` : base;
+}
+
+/** The instant a datetime-local value names (browser time zone), RFC 3339 UTC; '' -> null. */
+function fromLocalInput(value) {
+  if (!value) return null;
+  const d = new Date(value);
+  if (Number.isNaN(d.getTime())) throw new Error(t('sale.badTime', { value }));
+  return d.toISOString();
+}
+
+/** Where the sale stands by this browser's clock: 'before', 'open' or 'after'. */
+function saleState(k) {
+  const now = Date.now();
+  if (k.sale_starts_at && now < new Date(k.sale_starts_at).getTime()) return 'before';
+  if (k.sale_ends_at && now >= new Date(k.sale_ends_at).getTime()) return 'after';
+  return 'open';
+}
+
+function saleWindowCell(k) {
+  if (!k.sale_starts_at && !k.sale_ends_at) return h('td', { class: 'sale-window', dataset: { state: 'open' }, text: t('sale.always') });
+  const state = saleState(k);
+  return h('td', { class: 'sale-window', dataset: { state } },
+    h('span', { class: 'sale-from', title: k.sale_starts_at || '', text: k.sale_starts_at ? when(k.sale_starts_at) : t('sale.openSide') }),
+    ' – ',
+    h('span', { class: 'sale-to', title: k.sale_ends_at || '', text: k.sale_ends_at ? when(k.sale_ends_at) : t('sale.openSide') }),
+    ' ', h('span', { class: `badge sale-${state}`, text: t(`sale.state.${state}`) }));
+}
 
 function stockClass(k) {
   if (k.available === 0) return 'out-of-stock';
@@ -1028,7 +1062,12 @@ function stockRow(k) {
     h('td', { class: 'num', text: k.reserved }),
     h('td', { class: 'num' }, cls ? h('span', { class: 'sr-only', text: cls === 'out-of-stock' ? t('stock.srOut') : t('stock.srLow') }) : null, String(k.available)),
     h('td', { class: 'num', text: k.low_stock_threshold }),
-    h('td', {}, access.canOperate ? h('button', { type: 'button', class: 'link', 'aria-label': t('stock.adjustSku', { sku: k.sku }), onclick: () => prefillAdjust(k.sku) }, t('stock.adjust')) : null));
+    h('td', { class: 'num sale-limit', dataset: { limit: k.purchase_limit_per_customer || 0 }, text: k.purchase_limit_per_customer ? String(k.purchase_limit_per_customer) : t('sale.noLimit') }),
+    saleWindowCell(k),
+    h('td', { class: 'actions' },
+      access.canOperate ? h('button', { type: 'button', class: 'link', 'aria-label': t('stock.adjustSku', { sku: k.sku }), onclick: () => prefillAdjust(k.sku) }, t('stock.adjust')) : null,
+      access.role === 'admin' ? [' ', h('button', { type: 'button', class: 'link sale-edit', 'aria-label': t('sale.editSku', { sku: k.sku }), onclick: () => prefillSale(k) }, t('sale.edit'))] : null,
+      access.canRead ? [' ', h('button', { type: 'button', class: 'link buyer-open', 'aria-label': t('buyer.forSku', { sku: k.sku }), onclick: () => prefillBuyer(k.sku) }, t('buyer.open'))] : null));
 }
 
 async function loadStock(cursor) {
@@ -1038,7 +1077,13 @@ async function loadStock(cursor) {
   denied.hidden = access.canOperate;
   denied.textContent = access.canOperate ? '' : t('stock.denied', { role: access.role ? code('role', access.role) : t('stock.missingRole') });
   $('#adjust-submit').disabled = !access.canOperate;
-  if (!cursor && !stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: t('msg.loading') })));
+  const saleDenied = $('#sale-denied');
+  const isAdmin = access.role === 'admin';
+  saleDenied.hidden = isAdmin;
+  saleDenied.textContent = isAdmin ? '' : t('sale.denied', { role: access.role ? code('role', access.role) : t('stock.missingRole') });
+  $('#sale-submit').disabled = !isAdmin;
+  $('#buyer-submit').disabled = !access.canRead;
+  if (!cursor && !stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: STOCK_COLS, class: 'empty', text: t('msg.loading') })));
   try {
     const rows = [];
     let next = null;
@@ -1055,7 +1100,7 @@ async function loadStock(cursor) {
     if (seq !== stockState.seq) return;
     if (!cursor) { tbody.replaceChildren(); stockState.pages = 1; } else stockState.pages += 1;
     for (const k of rows) tbody.append(stockRow(k));
-    if (!tbody.children.length) tbody.append(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: t('stock.none') })));
+    if (!tbody.children.length) tbody.append(h('tr', {}, h('td', { colspan: STOCK_COLS, class: 'empty', text: t('stock.none') })));
     const list = $('#sku-list');
     list.replaceChildren(...[...tbody.querySelectorAll('tr[data-sku]')].map((tr) => h('option', { value: tr.dataset.sku })));
     stockState.next = next;
@@ -1063,7 +1108,7 @@ async function loadStock(cursor) {
     $('#skus-more').hidden = !next;
   } catch (e) {
     if (seq !== stockState.seq) return;
-    if (!stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty', text: t('stock.loadFailed') })));
+    if (!stockState.loaded) tbody.replaceChildren(h('tr', {}, h('td', { colspan: STOCK_COLS, class: 'empty', text: t('stock.loadFailed') })));
     showError(e);
   }
 }
@@ -1073,7 +1118,143 @@ function prefillAdjust(sku) {
   $('#adjust-delta').focus();
 }
 
+/** Put a SKU's current rules into the rules form. */
+function fillSale(k) {
+  $('#sale-sku').value = k.sku;
+  $('#sale-limit').value = String(k.purchase_limit_per_customer || 0);
+  $('#sale-starts').value = k.sale_starts_at ? toLocalInputMs(k.sale_starts_at) : '';
+  $('#sale-ends').value = k.sale_ends_at ? toLocalInputMs(k.sale_ends_at) : '';
+  $('#sale-form').dataset.loaded = k.sku;
+}
+
+function prefillSale(k) {
+  saleLoadSeq += 1; // what the row shows wins over a load still on its way
+  fillSale(k);
+  $('#sale-result').textContent = '';
+  $('#sale-limit').focus();
+}
+
+function prefillBuyer(sku) {
+  $('#buyer-sku').value = sku;
+  $('#buyer-customer').focus();
+}
+
+/** A SKU's rules in words, for the confirmation line. */
+function saleSummary(k) {
+  if (!k.sale_starts_at && !k.sale_ends_at) {
+    return t('sale.savedAlways', { sku: k.sku, limit: k.purchase_limit_per_customer ? String(k.purchase_limit_per_customer) : t('sale.noLimit') });
+  }
+  return t('sale.saved', {
+    sku: k.sku,
+    limit: k.purchase_limit_per_customer ? String(k.purchase_limit_per_customer) : t('sale.noLimit'),
+    from: k.sale_starts_at ? when(k.sale_starts_at) : t('sale.openSide'),
+    to: k.sale_ends_at ? when(k.sale_ends_at) : t('sale.openSide'),
+  });
+}
+
+let saleLoadSeq = 0;
+
+/** Load a SKU's current rules into the form; an older load answering late is ignored. */
+async function loadSale(sku) {
+  const seq = ++saleLoadSeq;
+  const k = await api('GET', `/v1/skus/${encodeURIComponent(sku)}`);
+  if (seq === saleLoadSeq) fillSale(k);
+}
+
+function setupSale() {
+  const out = $('#sale-result');
+  const fail = (msg) => { out.textContent = msg; out.className = 'error-inline'; };
+  // Typing a SKU loads its current rules, so saving never clears what was not shown.
+  $('#sale-sku').addEventListener('change', async () => {
+    const sku = $('#sale-sku').value.trim();
+    if (!sku || $('#sale-form').dataset.loaded === sku) return;
+    delete $('#sale-form').dataset.loaded;
+    try {
+      await loadSale(sku);
+    } catch (e) {
+      fail(t('sale.notLoaded', { msg: e.message }));
+    }
+  });
+  $('#sale-starts-clear').addEventListener('click', () => { $('#sale-starts').value = ''; });
+  $('#sale-ends-clear').addEventListener('click', () => { $('#sale-ends').value = ''; });
+  $('#sale-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    out.className = '';
+    const sku = $('#sale-sku').value.trim();
+    if ($('#sale-form').dataset.loaded !== sku) {
+      // The form shows another SKU's rules (or none): load these first, save next time.
+      try {
+        await loadSale(sku);
+        return fail(t('sale.loadedCheck', { sku }));
+      } catch (e) {
+        return fail(t('sale.notLoaded', { msg: e.message }));
+      }
+    }
+    const limit = Number($('#sale-limit').value);
+    if (!Number.isInteger(limit) || limit < 0) return fail(t('sale.badLimit'));
+    let starts;
+    let ends;
+    try {
+      starts = fromLocalInput($('#sale-starts').value);
+      ends = fromLocalInput($('#sale-ends').value);
+    } catch (e) {
+      return fail(e.message);
+    }
+    const btn = $('#sale-submit');
+    btn.disabled = true;
+    try {
+      // PUT redefines the SKU: it needs on_hand, name and threshold as they are now,
+      // read just before (the API has no partial update of them).
+      const cur = await api('GET', `/v1/skus/${encodeURIComponent(sku)}`);
+      const k = await api('PUT', `/v1/skus/${encodeURIComponent(sku)}`, {
+        on_hand: cur.on_hand,
+        name: cur.name,
+        low_stock_threshold: cur.low_stock_threshold,
+        purchase_limit_per_customer: limit,
+        sale_starts_at: starts,
+        sale_ends_at: ends,
+      });
+      saleLoadSeq += 1;
+      fillSale(k);
+      out.textContent = saleSummary(k);
+      out.className = 'ok';
+      const row = $(`#stock-table tr[data-sku="${CSS.escape(k.sku)}"]`);
+      if (row) row.replaceWith(stockRow(k));
+      else loadStock();
+    } catch (e) {
+      fail(t('sale.notSaved', { msg: e.message }));
+    } finally {
+      btn.disabled = access.role !== 'admin';
+    }
+  });
+}
+
+function setupBuyer() {
+  $('#buyer-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const sku = $('#buyer-sku').value.trim();
+    const customer = $('#buyer-customer').value.trim();
+    const out = $('#buyer-result');
+    out.className = '';
+    delete out.dataset.counted;
+    try {
+      const v = await api('GET', `/v1/skus/${encodeURIComponent(sku)}/customers/${encodeURIComponent(customer)}`);
+      out.dataset.counted = String(v.counted);
+      out.dataset.limit = String(v.limit);
+      out.textContent = v.limit
+        ? t('buyer.counted', { customer: v.customer_id, sku: v.sku, counted: v.counted, limit: v.limit, left: Math.max(0, v.limit - v.counted) })
+        : t('buyer.noLimit', { customer: v.customer_id, sku: v.sku });
+      out.className = 'ok';
+    } catch (e) {
+      out.textContent = t('buyer.failed', { msg: e.message });
+      out.className = 'error-inline';
+    }
+  });
+}
+
 function setupStock() {
+  setupSale();
+  setupBuyer();
   $('#skus-more').addEventListener('click', () => stockState.next && loadStock(stockState.next));
   $('#adjust-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
