@@ -130,7 +130,7 @@ fn state_with_limited_skus() -> State {
             definition: Box::new(SkuDefinition {
                 sku: format!("SKU-{i:05}"),
                 name: String::new(),
-                on_hand: 1_000_000_000,
+                on_hand: Some(1_000_000_000),
                 low_stock_threshold: 10,
                 purchase_limit_per_customer: Some(5),
                 sale_starts_at_ms: Some(Some(0)),

@@ -16,8 +16,10 @@ use crate::time::format_ms;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefineSkuReq {
-    /// Units in stock; may not go below the units reserved.
-    pub on_hand: u64,
+    /// Units in stock; may not go below the units reserved. Required for a new SKU;
+    /// omitted on a redefinition, the level stays as it is (so a change of the rules
+    /// never writes back a level read before units were sold).
+    pub on_hand: Option<u64>,
     /// `stock.low` is emitted when `available` falls to or below this (default 0).
     #[serde(default)]
     pub low_stock_threshold: u64,

@@ -168,7 +168,8 @@ pub enum Command {
 pub struct SkuDefinition {
     pub sku: String,
     pub name: String,
-    pub on_hand: u64,
+    /// `None` keeps the current level (required for a new SKU).
+    pub on_hand: Option<u64>,
     pub low_stock_threshold: u64,
     /// Units per customer, 0 for none; `None` keeps the current limit.
     pub purchase_limit_per_customer: Option<u64>,

@@ -922,7 +922,7 @@ impl State {
                 &SkuDefinition {
                     sku: sku.clone(),
                     name: name.clone(),
-                    on_hand: *on_hand,
+                    on_hand: Some(*on_hand),
                     low_stock_threshold: *low_stock_threshold,
                     purchase_limit_per_customer: None,
                     sale_starts_at_ms: None,
@@ -1122,6 +1122,13 @@ impl State {
             ..
         } = *definition;
         check_sku_id(Field::Sku, sku)?;
+        // Omitted, `on_hand` stays as it is: a redefinition of the rules must not
+        // write back a level read earlier, while the sale moves it.
+        let on_hand = match (on_hand, self.sku_index.get(sku.as_str())) {
+            (Some(on_hand), _) => on_hand,
+            (None, Some(&idx)) => self.skus[idx.0 as usize].on_hand,
+            (None, None) => return Err(invalid(Field::OnHand, Violation::Required)),
+        };
         check_text(Field::Name, name, SKU_NAME_LEN_MAX)?;
         if on_hand > ON_HAND_MAX {
             return Err(invalid(

@@ -1887,7 +1887,7 @@ fn command(model: &Model, op: &Op) -> Command {
                 definition: Box::new(SkuDefinition {
                     sku: sku(*s),
                     name: format!("sku {s}"),
-                    on_hand: on_hand.expect("resolved"),
+                    on_hand: Some(on_hand.expect("resolved")),
                     low_stock_threshold: threshold.expect("resolved"),
                     purchase_limit_per_customer: *limit,
                     sale_starts_at_ms: instant(starts),

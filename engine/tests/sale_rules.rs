@@ -48,7 +48,7 @@ impl Sale {
             definition: Box::new(SkuDefinition {
                 sku: sku.into(),
                 name: String::new(),
-                on_hand,
+                on_hand: Some(on_hand),
                 low_stock_threshold: 0,
                 purchase_limit_per_customer: limit,
                 sale_starts_at_ms: window.0,
@@ -355,7 +355,7 @@ fn refusals_come_in_the_contracts_order() {
         definition: Box::new(SkuDefinition {
             sku: "HOT".into(),
             name: String::new(),
-            on_hand: 1,
+            on_hand: Some(1),
             low_stock_threshold: 0,
             purchase_limit_per_customer: None,
             sale_starts_at_ms: None,
@@ -421,4 +421,53 @@ fn counts_survive_a_snapshot_exactly() {
         actor: "shop".into(),
     });
     assert_eq!(after.counted("HOT", "ann"), (1, 4));
+}
+
+#[test]
+fn a_redefinition_without_on_hand_keeps_the_level_the_sale_moved() {
+    let mut sale = Sale::new();
+    sale.define("HOT", 10, Some(5), KEEP);
+    let r = held_id(sale.reserve("HOT", 3, Some("ann")));
+    sale.ok(Command::CommitReservation {
+        id: r,
+        actor: "shop".into(),
+    });
+    // Rules changed without a level: the 3 units sold stay sold.
+    let reply = sale.ok(Command::DefineSkuSale {
+        definition: Box::new(SkuDefinition {
+            sku: "HOT".into(),
+            name: String::new(),
+            on_hand: None,
+            low_stock_threshold: 0,
+            purchase_limit_per_customer: Some(4),
+            sale_starts_at_ms: None,
+            sale_ends_at_ms: None,
+        }),
+    });
+    let Reply::Sku(view) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        (view.on_hand, view.sale.purchase_limit_per_customer),
+        (7, 4)
+    );
+    // A new SKU needs its level.
+    let got = sale.apply(Command::DefineSkuSale {
+        definition: Box::new(SkuDefinition {
+            sku: "NEW".into(),
+            name: String::new(),
+            on_hand: None,
+            low_stock_threshold: 0,
+            purchase_limit_per_customer: None,
+            sale_starts_at_ms: None,
+            sale_ends_at_ms: None,
+        }),
+    });
+    assert_eq!(
+        got,
+        Err(Rejection::Validation {
+            field: Field::OnHand,
+            violation: Violation::Required,
+        })
+    );
 }

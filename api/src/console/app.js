@@ -1203,11 +1203,10 @@ function setupSale() {
     const btn = $('#sale-submit');
     btn.disabled = true;
     try {
-      // PUT redefines the SKU: it needs on_hand, name and threshold as they are now,
-      // read just before (the API has no partial update of them).
+      // PUT keeps on_hand when it is omitted (the sale moves it: never write back a
+      // level read earlier); name and threshold are sent as they are now.
       const cur = await api('GET', `/v1/skus/${encodeURIComponent(sku)}`);
       const k = await api('PUT', `/v1/skus/${encodeURIComponent(sku)}`, {
-        on_hand: cur.on_hand,
         name: cur.name,
         low_stock_threshold: cur.low_stock_threshold,
         purchase_limit_per_customer: limit,
