@@ -789,6 +789,8 @@ fn refusals_win_in_the_contracts_order() {
         );
         assert!(p.get("closed_at").is_none(), "{p}");
     }
+    // No customer on a limited SKU is a validation refusal: before the window too.
+    assert_validation(&reserve(&s, "RO", 1, None), 400, "customer_id");
     let batch = ok(post(
         &s,
         STOREFRONT,
