@@ -10,6 +10,9 @@
 //!   answers carried a field path and a sentence.
 //! - `format-3`: refusals are typed values (`Field`, `Violation`); the history also
 //!   holds a keyed refusal before the snapshot, so a stored refusal is in the file.
+//! - `format-4`: the v1.1 state (the ledger, order policy, stored SKU answers without
+//!   sale rules), written by the last build before the flash-sale controls (issue 12,
+//!   commit 980c289): a data dir of a v1.1 server must open with no sale rules.
 //!
 //! Each is committed and never regenerated: if a change to the `Command` enum, the
 //! codec, the snapshot or the WAL layout stops these files from loading, or loads them
@@ -31,7 +34,8 @@ use surge_engine::wal::{SimStorage, WalConfig};
 use surge_engine::{
     AdjustReason, CancelReason, Clock, Command, Durability, Engine, EngineConfig, EngineHandle,
     Field, IdempotencyKey, LineField, LineReq, OrderId, OrderLineReq, OrderStatus, Query,
-    QueryReply, Rejection, Reply, ReservationId, ReservationStatus, Unit, Violation,
+    QueryReply, Rejection, Reply, ReservationId, ReservationStatus, SaleRules, SkuDefinition, Unit,
+    Violation,
 };
 
 const SEGMENT_BYTES: u64 = 16 * 4096;
@@ -81,8 +85,22 @@ const FORMAT_3: Fixture = Fixture {
     keyed_refusal: true,
 };
 
+/// Written by the build of snapshot format 4 (commit 980c289, before issue 12),
+/// which printed digest 15085040030582649117 (a hash of the format-4 encoding);
+/// `digest` is the one this build computes once it has opened it: the same as the
+/// same history (with the keyed refusal) written by this build, so the upgrade to
+/// format 5 (no sale rules) loses and adds nothing (checked 2026-11-30).
+const FORMAT_4: Fixture = Fixture {
+    dir: "format-4",
+    format: 4,
+    digest: 821243231356033246,
+    snapshot_lsn: 14,
+    next_lsn: 20,
+    keyed_refusal: true,
+};
+
 /// Where the generator writes: the directory of the current format.
-const CURRENT_DIR: &str = "format-3";
+const CURRENT_DIR: &str = "format-5";
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -445,6 +463,61 @@ fn opens_to_the_same_state(f: &Fixture) {
         None,
     );
     assert_eq!(sku_levels(&handle, "A"), (49, 1, 48));
+
+    // Nothing before format 5 had sale rules. A limit set now counts what the old
+    // orders hold: c1's o1 (2 of A, picking) and o3 (1 of A, reserved).
+    match ask(&handle, Query::GetSku { sku: "A".into() }) {
+        QueryReply::Sku(s) => assert_eq!(s.sale, SaleRules::default()),
+        other => panic!("{other:?}"),
+    }
+    run(
+        &handle,
+        Command::DefineSkuSale {
+            definition: Box::new(SkuDefinition {
+                sku: "A".into(),
+                name: "sku A".into(),
+                on_hand: 49,
+                low_stock_threshold: 2,
+                purchase_limit_per_customer: Some(3),
+                sale_starts_at_ms: None,
+                sale_ends_at_ms: None,
+            }),
+        },
+        None,
+    );
+    match ask(
+        &handle,
+        Query::SkuCustomer {
+            sku: "A".into(),
+            customer_id: "c1".into(),
+        },
+    ) {
+        QueryReply::SkuCustomer(v) => assert_eq!((v.counted, v.limit), (3, 3)),
+        other => panic!("{other:?}"),
+    }
+    let over = handle
+        .execute(
+            Command::ReserveFor {
+                lines: vec![LineReq {
+                    sku: "A".into(),
+                    qty: 1,
+                }],
+                ttl_ms: 60_000,
+                customer_id: "c1".into(),
+                actor: "t".into(),
+            },
+            None,
+        )
+        .expect("answered");
+    assert_eq!(
+        over,
+        Err(Rejection::PurchaseLimitExceeded {
+            sku: "A".into(),
+            limit: 3,
+            already: 3,
+            requested: 1,
+        })
+    );
 }
 
 #[test]
@@ -455,6 +528,11 @@ fn format_2_data_dir_opens_to_the_same_state() {
 #[test]
 fn format_3_data_dir_opens_to_the_same_state() {
     opens_to_the_same_state(&FORMAT_3);
+}
+
+#[test]
+fn format_4_data_dir_opens_to_the_same_state() {
+    opens_to_the_same_state(&FORMAT_4);
 }
 
 /// Writes `tests/data/{CURRENT_DIR}` (replacing it). Run by hand for a new format only.

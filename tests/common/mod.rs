@@ -481,3 +481,62 @@ pub fn open_sse(addr: SocketAddr, last_event_id: Option<u64>) -> TcpStream {
     .unwrap();
     stream
 }
+
+/// The wall clock in milliseconds since the epoch (the server's logged clock reads
+/// the same clock on this machine).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds (`2026-11-30T20:00:00.123Z`),
+/// the form the server answers with.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let rem = ms % 86_400_000;
+    // Days to a civil date (proleptic Gregorian; Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+/// The inverse of [`rfc3339_ms`]: exactly that form, nothing else.
+#[track_caller]
+pub fn parse_rfc3339_ms(text: &str) -> u64 {
+    let b = text.as_bytes();
+    assert!(
+        b.len() == 24 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && b[23] == b'Z',
+        "not YYYY-MM-DDTHH:MM:SS.mmmZ: {text:?}"
+    );
+    let num = |from: usize, to: usize| -> i64 {
+        text[from..to]
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number at {from}..{to}: {text:?}"))
+    };
+    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + num(11, 13) * 3600 + num(14, 16) * 60 + num(17, 19);
+    let ms = (secs * 1000 + num(20, 23)) as u64;
+    assert_eq!(rfc3339_ms(ms), text, "round trip");
+    ms
+}
