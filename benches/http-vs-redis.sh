@@ -28,6 +28,9 @@
 #        - GET /healthz at $CONNS_HIGH connections: the HTTP ceiling;
 #        - GET /v1/skus/{sku} (with the bearer token) at $CONNS_HIGH connections, idle;
 #        - POST /v1/reservations, one unit of a random SKU, at $CONNS_HIGH and $CONNS_LOW;
+#        - the same at $CONNS_HIGH on SKUs L0..L<SKUS-1> that have a purchase limit
+#          ($LIMIT per customer) and an open sale window, each request for one of
+#          $CUSTOMERS customers (issue 12: the figures must hold with limits on);
 #        - the same stock read at $CONNS_HIGH while a second wrk -t1 runs reservations at
 #          $WRITE_LOAD_CONNECTIONS connections beside it (started first, stopped last);
 #        - POST /v1/batch with $BATCH_OPS reservations per request at $BATCH_CONNECTIONS.
@@ -47,6 +50,8 @@
 #   BATCH_CONNECTIONS [16]    connections for /v1/batch
 #   BATCH_OPS [1000]          reservations per /v1/batch request
 #   SKUS [1000]               SKUs (surge) and stock keys (Redis) reserved at random
+#   LIMIT [1000]              purchase limit per customer of the limited SKUs
+#   CUSTOMERS [100000]        customers of the limited run
 #   REDIS_REQUESTS [300000]   EVALSHA calls per Redis run (redis-benchmark -n)
 #   WRK_TIMEOUT [5s]          wrk --timeout (slower responses count as socket errors)
 #   SURGE_BIN                 use this binary instead of building one
@@ -65,6 +70,8 @@ WRITE_LOAD_CONNECTIONS=${WRITE_LOAD_CONNECTIONS:-16}
 BATCH_CONNECTIONS=${BATCH_CONNECTIONS:-16}
 BATCH_OPS=${BATCH_OPS:-1000}
 SKUS=${SKUS:-1000}
+LIMIT=${LIMIT:-1000}
+CUSTOMERS=${CUSTOMERS:-100000}
 REDIS_REQUESTS=${REDIS_REQUESTS:-300000}
 WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
 HOLD_TTL_MS=900000 # surge's default reservation TTL (15 minutes), for the Redis holds
@@ -159,6 +166,11 @@ log "defining S0..S$((SKUS - 1)) with on_hand $STOCK"
 for ((i = 0; i < SKUS; i++)); do echo "url = \"$SURGE/v1/skus/S$i\""; done >"$WORK/skus.curl"
 curl -fsS -X PUT -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" \
     --data "{\"on_hand\":$STOCK}" -K "$WORK/skus.curl" >/dev/null
+log "defining L0..L$((SKUS - 1)) with on_hand $STOCK, $LIMIT per customer, on sale since 2020"
+for ((i = 0; i < SKUS; i++)); do echo "url = \"$SURGE/v1/skus/L$i\""; done >"$WORK/limited.curl"
+curl -fsS -X PUT -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" \
+    --data "{\"on_hand\":$STOCK,\"purchase_limit_per_customer\":$LIMIT,\"sale_starts_at\":\"2020-01-01T00:00:00Z\",\"sale_ends_at\":\"2999-01-01T00:00:00Z\"}" \
+    -K "$WORK/limited.curl" >/dev/null
 
 # Units reserved over all SKUs (each reservation holds one unit).
 surge_reserved() {
@@ -216,6 +228,8 @@ before=$(settled_reserved)
 SURGE_RES_HIGH=$(run_wrk reserve-high "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
 after=$(settled_reserved)
 check_holds "surge reserve, $CONNS_HIGH conns" $((after - before)) "$(ok_requests "$SURGE_RES_HIGH")" "$(slack "$CONNS_HIGH" "$SURGE_RES_HIGH")"
+
+SURGE_RES_LIMITED=$(run_wrk reserve-limited "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua limited "$SKUS" "$CUSTOMERS")
 
 before=$after
 SURGE_RES_LOW=$(run_wrk reserve-low "$CONNS_LOW" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
@@ -349,6 +363,7 @@ echo "| what | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx / socket errors |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 surge_row "surge \`GET /healthz\`, the HTTP ceiling, $CONNS_HIGH conns" "$SURGE_CEILING"
 surge_row "surge reserve (sync), $CONNS_HIGH conns" "$SURGE_RES_HIGH"
+surge_row "surge reserve (sync), $CONNS_HIGH conns, limited SKUs ($LIMIT per customer, a sale window), $CUSTOMERS customers" "$SURGE_RES_LIMITED"
 surge_row "surge reserve (sync), $CONNS_LOW conns" "$SURGE_RES_LOW"
 surge_row "surge stock read \`GET /v1/skus/{sku}\`, idle, $CONNS_HIGH conns" "$SURGE_READ"
 surge_row "surge stock read, $CONNS_HIGH conns, with reserve load beside it" "$SURGE_READ_LOADED"
@@ -374,7 +389,7 @@ p99_low=$(ms "$(field p99_us "$SURGE_RES_LOW")")
 p99_read=$(ms "$(field p99_us "$SURGE_READ")")
 p99_read_loaded=$(ms "$(field p99_us "$SURGE_READ_LOADED")")
 non2xx=0
-for r in "$SURGE_CEILING" "$SURGE_RES_HIGH" "$SURGE_RES_LOW" "$SURGE_READ" "$SURGE_READ_LOADED" "$SURGE_WRITE_LOAD" "$SURGE_BATCH"; do
+for r in "$SURGE_CEILING" "$SURGE_RES_HIGH" "$SURGE_RES_LIMITED" "$SURGE_RES_LOW" "$SURGE_READ" "$SURGE_READ_LOADED" "$SURGE_WRITE_LOAD" "$SURGE_BATCH"; do
     non2xx=$((non2xx + $(field non2xx "$r") + $(field socket_errors "$r")))
 done
 echo
@@ -386,6 +401,8 @@ echo "- stock read / ceiling: $r_read idle (target >= 0.9: $(verdict "$r_read" '
 echo "- stock read p99: $p99_read ms idle, $p99_read_loaded ms with the reserve load (target <= 2: $(verdict "$p99_read" '<=' 2) / $(verdict "$p99_read_loaded" '<=' 2))"
 echo "- /v1/batch: $(thousands "$batch_res") reservations/s (target >= 1,000,000: $(verdict "$batch_res" '>=' 1000000)); batches with a failed op: $(field failed_batches "$SURGE_BATCH")"
 echo "- non-2xx and socket errors over all surge runs: $non2xx (target 0: $(verdict "$non2xx" '<=' 0))"
+r_limited=$(ratio "$(field rps "$SURGE_RES_LIMITED")" "$(field rps "$SURGE_RES_HIGH")")
+echo "- issue 12: reserve on limited SKUs / plain reserve, $CONNS_HIGH conns: $r_limited req/s; p99 $(ms "$(field p99_us "$SURGE_RES_LIMITED")") ms against $p99_high ms"
 echo
 echo "Holds kept (every successful reservation stored, on both sides):"
 for note in "${HOLD_NOTES[@]}"; do echo "- $note"; done

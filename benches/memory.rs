@@ -71,9 +71,9 @@ fn with_limited_skus() -> State {
         let cmd = Command::DefineSkuSale {
             definition: Box::new(SkuDefinition {
                 sku: format!("SKU-{i:05}"),
-                name: String::new(),
+                name: Some(String::new()),
                 on_hand: Some(1_000_000_000),
-                low_stock_threshold: 0,
+                low_stock_threshold: Some(0),
                 purchase_limit_per_customer: Some(5),
                 sale_starts_at_ms: None,
                 sale_ends_at_ms: None,

@@ -58,9 +58,9 @@ fn main() {
             let limit = Command::DefineSkuSale {
                 definition: Box::new(SkuDefinition {
                     sku: format!("SKU-{i:05}"),
-                    name: String::new(),
+                    name: Some(String::new()),
                     on_hand: Some(1_000_000_000),
-                    low_stock_threshold: 10,
+                    low_stock_threshold: Some(10),
                     purchase_limit_per_customer: Some(5),
                     sale_starts_at_ms: Some(Some(0)),
                     sale_ends_at_ms: Some(Some(SALE_INSTANT_MAX_MS)),

@@ -413,7 +413,7 @@ fn corpus(held: &str, released: &str, shipped: &str) -> Vec<Case> {
         (r#"{"on_hand":-1}"#, "on_hand"),
         (r#"{"on_hand":1.5}"#, "on_hand"),
         (r#"{"on_hand":null}"#, "on_hand"),
-        (r#"{"name":"x"}"#, "on_hand"),
+        (r#"{"low_stock_threshold":null}"#, "low_stock_threshold"),
         (r#"{"on_hand":1000000000001}"#, "on_hand"),
         (r#"{"on_hand":18446744073709551616}"#, "on_hand"),
         (

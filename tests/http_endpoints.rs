@@ -30,11 +30,28 @@ fn skus_define_read_page_and_adjust() {
         r.json(),
         json!({"sku":"SKU-1","name":"First","on_hand":100,"reserved":0,"available":100,"low_stock_threshold":10,"purchase_limit_per_customer":0,"sale_starts_at":null,"sale_ends_at":null})
     );
-    // Redefining changes the levels; defaults for the optional fields.
+    // Redefining changes what it names and keeps what it omits (API.md, v1.1).
     let r = s.admin("PUT", "/v1/skus/SKU-1", Some(r#"{"on_hand":50}"#));
     assert_eq!(
         r.json(),
+        json!({"sku":"SKU-1","name":"First","on_hand":50,"reserved":0,"available":50,"low_stock_threshold":10,"purchase_limit_per_customer":0,"sale_starts_at":null,"sale_ends_at":null})
+    );
+    let r = s.admin(
+        "PUT",
+        "/v1/skus/SKU-1",
+        Some(r#"{"name":"","low_stock_threshold":0}"#),
+    );
+    assert_eq!(
+        r.json(),
         json!({"sku":"SKU-1","name":"","on_hand":50,"reserved":0,"available":50,"low_stock_threshold":0,"purchase_limit_per_customer":0,"sale_starts_at":null,"sale_ends_at":null})
+    );
+    // A new SKU needs its level.
+    let r = s.admin("PUT", "/v1/skus/SKU-NEW", Some(r#"{"name":"x"}"#));
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("on_hand")),
+        "{}",
+        r.body
     );
     for i in 2..=5 {
         s.define(&format!("SKU-{i}"), i);

@@ -18,14 +18,19 @@ use crate::time::format_ms;
 pub struct DefineSkuReq {
     /// Units in stock; may not go below the units reserved. Required for a new SKU;
     /// omitted on a redefinition, the level stays as it is (so a change of the rules
-    /// never writes back a level read before units were sold).
-    pub on_hand: Option<u64>,
-    /// `stock.low` is emitted when `available` falls to or below this (default 0).
-    #[serde(default)]
-    pub low_stock_threshold: u64,
-    /// Display name (default: empty).
-    #[serde(default)]
-    pub name: String,
+    /// never writes back a level read before units were sold). Not null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub on_hand: Option<Option<u64>>,
+    /// `stock.low` is emitted when `available` falls to or below this. Omitted:
+    /// unchanged (0 for a new SKU). Not null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub low_stock_threshold: Option<Option<u64>>,
+    /// Display name. Omitted: unchanged (empty for a new SKU). Not null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
     /// Units one customer may hold, have bought and have ordered at once; 0 for no
     /// limit. Omitted: unchanged (none for a new SKU).
     pub purchase_limit_per_customer: Option<u64>,

@@ -135,11 +135,19 @@ pub async fn define_sku(
             .map(|ms| Some(Some(ms)))
             .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 date-time or null")),
     };
+    // Omitted keeps the current value; null is not a value of these.
+    fn not_null<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>, ApiError> {
+        match value {
+            Some(None) => Err(ApiError::validation(field, "must not be null")),
+            Some(Some(value)) => Ok(Some(value)),
+            None => Ok(None),
+        }
+    }
     let definition = surge_engine::SkuDefinition {
         sku,
-        name: req.name,
-        on_hand: req.on_hand,
-        low_stock_threshold: req.low_stock_threshold,
+        name: not_null("name", req.name)?,
+        on_hand: not_null("on_hand", req.on_hand)?,
+        low_stock_threshold: not_null("low_stock_threshold", req.low_stock_threshold)?,
         purchase_limit_per_customer: req.purchase_limit_per_customer,
         sale_starts_at_ms: instant("sale_starts_at", req.sale_starts_at)?,
         sale_ends_at_ms: instant("sale_ends_at", req.sale_ends_at)?,

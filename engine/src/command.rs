@@ -167,10 +167,12 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
 pub struct SkuDefinition {
     pub sku: String,
-    pub name: String,
+    /// `None` keeps the current name (empty for a new SKU).
+    pub name: Option<String>,
     /// `None` keeps the current level (required for a new SKU).
     pub on_hand: Option<u64>,
-    pub low_stock_threshold: u64,
+    /// `None` keeps the current threshold (0 for a new SKU).
+    pub low_stock_threshold: Option<u64>,
     /// Units per customer, 0 for none; `None` keeps the current limit.
     pub purchase_limit_per_customer: Option<u64>,
     /// `Some(None)` opens the start; `None` keeps the current one.

@@ -350,11 +350,6 @@ impl State {
         window: bool,
         now_ms: Millis,
     ) -> Result<(), Rejection> {
-        // A limited SKU without a customer is a validation refusal: it comes before
-        // the windows (API.md: validation_failed first).
-        if customer.is_none() && demand.clone().any(|(idx, _)| self.limited(idx).is_some()) {
-            return Err(invalid(Field::CustomerId, Violation::Required));
-        }
         if window {
             for (idx, _) in demand.clone() {
                 let Some(sale) = &self.sales[idx.0 as usize] else {

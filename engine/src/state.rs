@@ -571,7 +571,11 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
         }
         Command::DefineSkuSale { definition } => {
             check_len(Field::Sku, &definition.sku, SKU_ID_LEN_MAX)?;
-            check_len(Field::Name, &definition.name, SKU_NAME_LEN_MAX)
+            check_len(
+                Field::Name,
+                definition.name.as_deref().unwrap_or(""),
+                SKU_NAME_LEN_MAX,
+            )
         }
         Command::ReserveFor {
             lines: reqs,
@@ -921,9 +925,9 @@ impl State {
             } => self.define_sku(
                 &SkuDefinition {
                     sku: sku.clone(),
-                    name: name.clone(),
+                    name: Some(name.clone()),
                     on_hand: Some(*on_hand),
-                    low_stock_threshold: *low_stock_threshold,
+                    low_stock_threshold: Some(*low_stock_threshold),
                     purchase_limit_per_customer: None,
                     sale_starts_at_ms: None,
                     sale_ends_at_ms: None,
@@ -1122,14 +1126,25 @@ impl State {
             ..
         } = *definition;
         check_sku_id(Field::Sku, sku)?;
-        // Omitted, `on_hand` stays as it is: a redefinition of the rules must not
-        // write back a level read earlier, while the sale moves it.
-        let on_hand = match (on_hand, self.sku_index.get(sku.as_str())) {
+        // A redefinition that omits a field keeps its value (API.md): a change of
+        // the rules never writes back a level read earlier, while the sale moves it.
+        let existing = self
+            .sku_index
+            .get(sku.as_str())
+            .map(|&idx| &self.skus[idx.0 as usize]);
+        let on_hand = match (on_hand, existing) {
             (Some(on_hand), _) => on_hand,
-            (None, Some(&idx)) => self.skus[idx.0 as usize].on_hand,
+            (None, Some(existing)) => existing.on_hand,
             (None, None) => return Err(invalid(Field::OnHand, Violation::Required)),
         };
-        check_text(Field::Name, name, SKU_NAME_LEN_MAX)?;
+        let low_stock_threshold =
+            low_stock_threshold.unwrap_or(existing.map_or(0, |e| e.low_stock_threshold));
+        let name: Arc<str> = match (name, existing) {
+            (Some(name), _) => name.as_str().into(),
+            (None, Some(existing)) => Arc::clone(&existing.name),
+            (None, None) => "".into(),
+        };
+        check_text(Field::Name, &name, SKU_NAME_LEN_MAX)?;
         if on_hand > ON_HAND_MAX {
             return Err(invalid(
                 Field::OnHand,
@@ -1183,7 +1198,7 @@ impl State {
         let entry = &mut self.skus[idx.0 as usize];
         let available_before = entry.available();
         let threshold_before = entry.low_stock_threshold;
-        entry.name = name.as_str().into();
+        entry.name = name;
         entry.on_hand = on_hand;
         entry.low_stock_threshold = low_stock_threshold;
         if rules != current_rules {

@@ -1886,9 +1886,9 @@ fn command(model: &Model, op: &Op) -> Command {
             Command::DefineSkuSale {
                 definition: Box::new(SkuDefinition {
                     sku: sku(*s),
-                    name: format!("sku {s}"),
+                    name: Some(format!("sku {s}")),
                     on_hand: Some(on_hand.expect("resolved")),
-                    low_stock_threshold: threshold.expect("resolved"),
+                    low_stock_threshold: Some(threshold.expect("resolved")),
                     purchase_limit_per_customer: *limit,
                     sale_starts_at_ms: instant(starts),
                     sale_ends_at_ms: instant(ends),

@@ -475,9 +475,9 @@ fn opens_to_the_same_state(f: &Fixture) {
         Command::DefineSkuSale {
             definition: Box::new(SkuDefinition {
                 sku: "A".into(),
-                name: "sku A".into(),
-                on_hand: 49,
-                low_stock_threshold: 2,
+                name: Some("sku A".into()),
+                on_hand: Some(49),
+                low_stock_threshold: Some(2),
                 purchase_limit_per_customer: Some(3),
                 sale_starts_at_ms: None,
                 sale_ends_at_ms: None,

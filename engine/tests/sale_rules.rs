@@ -47,9 +47,9 @@ impl Sale {
         self.ok(Command::DefineSkuSale {
             definition: Box::new(SkuDefinition {
                 sku: sku.into(),
-                name: String::new(),
+                name: Some(String::new()),
                 on_hand: Some(on_hand),
-                low_stock_threshold: 0,
+                low_stock_threshold: Some(0),
                 purchase_limit_per_customer: limit,
                 sale_starts_at_ms: window.0,
                 sale_ends_at_ms: window.1,
@@ -354,9 +354,9 @@ fn refusals_come_in_the_contracts_order() {
     let got = sale.apply(Command::DefineSkuSale {
         definition: Box::new(SkuDefinition {
             sku: "HOT".into(),
-            name: String::new(),
+            name: Some(String::new()),
             on_hand: Some(1),
-            low_stock_threshold: 0,
+            low_stock_threshold: Some(0),
             purchase_limit_per_customer: None,
             sale_starts_at_ms: None,
             sale_ends_at_ms: Some(Some(opens)),
@@ -436,9 +436,9 @@ fn a_redefinition_without_on_hand_keeps_the_level_the_sale_moved() {
     let reply = sale.ok(Command::DefineSkuSale {
         definition: Box::new(SkuDefinition {
             sku: "HOT".into(),
-            name: String::new(),
+            name: Some(String::new()),
             on_hand: None,
-            low_stock_threshold: 0,
+            low_stock_threshold: Some(0),
             purchase_limit_per_customer: Some(4),
             sale_starts_at_ms: None,
             sale_ends_at_ms: None,
@@ -455,9 +455,9 @@ fn a_redefinition_without_on_hand_keeps_the_level_the_sale_moved() {
     let got = sale.apply(Command::DefineSkuSale {
         definition: Box::new(SkuDefinition {
             sku: "NEW".into(),
-            name: String::new(),
+            name: Some(String::new()),
             on_hand: None,
-            low_stock_threshold: 0,
+            low_stock_threshold: Some(0),
             purchase_limit_per_customer: None,
             sale_starts_at_ms: None,
             sale_ends_at_ms: None,
