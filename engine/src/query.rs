@@ -363,9 +363,9 @@ impl State {
                 PaymentView {
                     status: o.payment,
                     amount: o.total,
-                    payment_ref: extra.map_or_else(String::new, |e| e.payment_ref.to_string()),
+                    payment_ref: extra.map_or_else(String::new, |e| String::from(&*e.payment_ref)),
                     paid_at_ms: extra.and_then(|e| e.paid_at_ms),
-                    refund_ref: extra.map_or_else(String::new, |e| e.refund_ref.to_string()),
+                    refund_ref: extra.map_or_else(String::new, |e| String::from(&*e.refund_ref)),
                     due_at_ms: o.payment_due_at_ms,
                     paid_amount: amounts.paid,
                     refunded_amount: amounts.refunded,
@@ -375,7 +375,7 @@ impl State {
             reservation_id: o.reservation,
             created_at_ms: o.created_at_ms,
             updated_at_ms: o.updated_at_ms,
-            tracking_no: extra.map_or_else(String::new, |e| e.tracking_no.to_string()),
+            tracking_no: extra.map_or_else(String::new, |e| String::from(&*e.tracking_no)),
             history: o
                 .history
                 .iter()
@@ -383,21 +383,21 @@ impl State {
                     status: h.status,
                     at_ms: h.at_ms,
                     actor: actor(h.actor),
-                    note: h.note.to_string(),
+                    note: String::from(&*h.note),
                 })
                 .collect(),
             cancellation: extra
                 .and_then(|e| e.cancellation.as_ref())
                 .map(|c| CancellationView {
                     reason: c.reason,
-                    note: c.note.to_string(),
+                    note: String::from(&*c.note),
                     at_ms: c.at_ms,
                     actor: actor(c.actor),
                 }),
             returned: extra.and_then(|e| e.returned.as_ref()).map(|r| ReturnView {
                 restock: r.restock,
-                reason: r.reason.to_string(),
-                note: r.note.to_string(),
+                reason: String::from(&*r.reason),
+                note: String::from(&*r.note),
             }),
             return_kind: extra.and_then(|e| e.returned.as_ref()).map(|_| {
                 o.more()
@@ -406,11 +406,13 @@ impl State {
             }),
             channel: o.channel().to_string(),
             shipping_address: o.more().and_then(|m| m.address.clone()),
-            note: o.more().map_or_else(String::new, |m| m.note.to_string()),
+            note: o
+                .more()
+                .map_or_else(String::new, |m| String::from(&*m.note)),
             hold: o.hold().map(|h| {
                 Box::new(HoldView {
                     reason: h.reason,
-                    note: h.note.to_string(),
+                    note: String::from(&*h.note),
                     at_ms: h.at_ms,
                     actor: actor(h.actor),
                 })
