@@ -7,45 +7,17 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use surge_engine::limits::{SALE_INSTANT_MAX_MS, SHIP_SLA_MS_DEFAULT};
 use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, SkuDefinition,
-    State,
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId,
 };
 
 // The `surge` binary runs on mimalloc; measure the engine with the same allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SKUS: usize = 10_000;
+mod common;
 
-/// A state under the rules the server runs (v1.1: full event payloads,
-/// `stock.restored`, the ledger, ship deadlines), with 10 000 SKUs.
-fn state_with_skus() -> State {
-    let mut state = State::new();
-    let mut events = Vec::new();
-    let policy = Command::SetOrderPolicy {
-        ship_sla_ms: SHIP_SLA_MS_DEFAULT,
-        review_amount_min: None,
-    };
-    state
-        .apply(&policy, None, 1, &mut events)
-        .outcome
-        .expect("policy");
-    for i in 0..SKUS {
-        let cmd = Command::DefineSku {
-            sku: format!("SKU-{i:05}"),
-            name: String::new(),
-            on_hand: 1_000_000_000,
-            low_stock_threshold: 10,
-        };
-        state
-            .apply(&cmd, None, 1, &mut events)
-            .outcome
-            .expect("defined");
-    }
-    state
-}
+use common::{SKUS, limit_every_sku, state_with_skus};
 
 /// Commands are built before the clock starts: building them is the HTTP layer's
 /// work, on other threads; this measures what the writer does with them.
@@ -63,11 +35,10 @@ fn reserve_release_bench(c: &mut Criterion, name: &str, for_customer: bool, limi
     group.throughput(Throughput::Elements(2));
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let mut state = if limited {
-                state_with_limited_skus()
-            } else {
-                state_with_skus()
-            };
+            let mut state = state_with_skus();
+            if limited {
+                limit_every_sku(&mut state);
+            }
             let mut events = Vec::with_capacity(1024);
             let commands: Vec<(Command, Command)> = (0..iters)
                 .map(|i| {
@@ -118,31 +89,6 @@ fn reserve_release_bench(c: &mut Criterion, name: &str, for_customer: bool, limi
         })
     });
     group.finish();
-}
-
-/// `state_with_skus`, every SKU with a limit of 5 per customer and a window open
-/// from t = 0 to the year 9999.
-fn state_with_limited_skus() -> State {
-    let mut state = state_with_skus();
-    let mut events = Vec::new();
-    for i in 0..SKUS {
-        let cmd = Command::DefineSkuSale {
-            definition: Box::new(SkuDefinition {
-                sku: format!("SKU-{i:05}"),
-                name: Some(String::new()),
-                on_hand: Some(1_000_000_000),
-                low_stock_threshold: Some(10),
-                purchase_limit_per_customer: Some(5),
-                sale_starts_at_ms: Some(Some(0)),
-                sale_ends_at_ms: Some(Some(SALE_INSTANT_MAX_MS)),
-            }),
-        };
-        state
-            .apply(&cmd, None, 1, &mut events)
-            .outcome
-            .expect("limited");
-    }
-    state
 }
 
 fn reserve_release(c: &mut Criterion) {

@@ -9,8 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use surge_engine::{
-    Command, IDEMPOTENCY_KEY_BYTES, IdempotencyKey, IdempotencyStats, LineReq, OrderLineReq,
-    SkuDefinition, State,
+    Command, IDEMPOTENCY_KEY_BYTES, IdempotencyKey, IdempotencyStats, LineReq, OrderLineReq, State,
 };
 
 struct Counting;
@@ -42,6 +41,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+mod common;
+
 const N: u64 = 1_000_000;
 const SKUS: u64 = 10_000;
 
@@ -63,27 +64,10 @@ fn with_skus() -> State {
     state
 }
 
-/// `with_skus`, every SKU with a purchase limit of 5 per customer.
+/// `with_skus`, every SKU with a purchase limit (`common::limit_every_sku`).
 fn with_limited_skus() -> State {
     let mut state = with_skus();
-    let mut events = Vec::new();
-    for i in 0..SKUS {
-        let cmd = Command::DefineSkuSale {
-            definition: Box::new(SkuDefinition {
-                sku: format!("SKU-{i:05}"),
-                name: Some(String::new()),
-                on_hand: Some(1_000_000_000),
-                low_stock_threshold: Some(0),
-                purchase_limit_per_customer: Some(5),
-                sale_starts_at_ms: None,
-                sale_ends_at_ms: None,
-            }),
-        };
-        state
-            .apply(&cmd, None, 1, &mut events)
-            .outcome
-            .expect("limited");
-    }
+    common::limit_every_sku(&mut state);
     state
 }
 

@@ -14,16 +14,15 @@
 
 use std::hint::black_box;
 
-use surge_engine::limits::{SALE_INSTANT_MAX_MS, SHIP_SLA_MS_DEFAULT};
 use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, SkuDefinition,
-    State,
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId,
 };
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SKUS: usize = 10_000;
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -31,49 +30,13 @@ fn main() {
     let cycles: u64 = args
         .next()
         .map_or(1_000_000, |n| n.parse().expect("a count"));
-    let mut state = State::new();
-    let mut events = Vec::with_capacity(1024);
-    let policy = Command::SetOrderPolicy {
-        ship_sla_ms: SHIP_SLA_MS_DEFAULT,
-        review_amount_min: None,
-    };
-    state
-        .apply(&policy, None, 1, &mut events)
-        .outcome
-        .expect("policy");
-    for i in 0..SKUS {
-        let define = Command::DefineSku {
-            sku: format!("SKU-{i:05}"),
-            name: String::new(),
-            on_hand: 1_000_000_000,
-            low_stock_threshold: 10,
-        };
-        state
-            .apply(&define, None, 1, &mut events)
-            .outcome
-            .expect("defined");
-    }
+    let mut state = common::state_with_skus();
     if workload == "reserve-limited" {
-        for i in 0..SKUS {
-            let limit = Command::DefineSkuSale {
-                definition: Box::new(SkuDefinition {
-                    sku: format!("SKU-{i:05}"),
-                    name: Some(String::new()),
-                    on_hand: Some(1_000_000_000),
-                    low_stock_threshold: Some(10),
-                    purchase_limit_per_customer: Some(5),
-                    sale_starts_at_ms: Some(Some(0)),
-                    sale_ends_at_ms: Some(Some(SALE_INSTANT_MAX_MS)),
-                }),
-            };
-            state
-                .apply(&limit, None, 1, &mut events)
-                .outcome
-                .expect("limited");
-        }
+        common::limit_every_sku(&mut state);
     }
+    let mut events = Vec::with_capacity(1024);
     let customers: Vec<String> = (0..100_000).map(|i| format!("customer-{i}")).collect();
-    let sku = |i: u64| format!("SKU-{:05}", i as usize % SKUS);
+    let sku = |i: u64| common::sku(i as usize);
     let mut refused = 0u64;
     for i in 0..cycles {
         let commands = match workload.as_str() {

@@ -181,14 +181,12 @@ pub(crate) fn uncount_hold(
     sales: &mut [Option<Box<SkuSale>>],
     hasher: &DefaultHashBuilder,
     limited_pairs: &mut usize,
-    customer_holds: &mut usize,
     r: &mut Reservation,
     committed: bool,
 ) {
     let Some(customer) = r.customer.take() else {
         return;
     };
-    *customer_holds -= 1;
     let hash = customer_hash(hasher, &customer);
     for &(idx, qty) in r.lines.iter() {
         let Some(sale) = sales[idx.0 as usize]
@@ -476,7 +474,6 @@ impl State {
             shared.get_or_insert_with(|| Arc::clone(known));
             self.limited_pairs += usize::from(new);
         }
-        self.customer_holds += 1;
         shared.expect("a hold kept by customer has a limited SKU")
     }
 
@@ -488,7 +485,6 @@ impl State {
             &mut self.sales,
             &self.customer_hasher,
             &mut self.limited_pairs,
-            &mut self.customer_holds,
             r,
             committed,
         );
@@ -594,14 +590,12 @@ impl State {
                 counted: CustomerCounts::collect(&self.customer_hasher, counted),
             }));
         }
-        self.customer_holds = 0;
         for (id, customer) in snapshot.reservation_customers {
             let r = self
                 .reservations
                 .get_mut(&id)
                 .ok_or_else(|| format!("the customer of reservation {id}, which is unknown"))?;
             r.customer = Some(customer);
-            self.customer_holds += 1;
         }
         Ok(())
     }
@@ -611,14 +605,11 @@ impl State {
     /// unadopted reservations.
     pub(crate) fn check_sale_invariants(&self) {
         assert_eq!(self.sales.len(), self.skus.len(), "sale rules by SKU");
-        let mut customer_holds = 0;
         for r in self.reservations.iter().filter(|r| r.customer.is_some()) {
             let id = r.id;
             assert_eq!(r.status, ReservationStatus::Held, "reservation {id}");
             assert_eq!(r.order, None, "reservation {id} with a customer is adopted");
-            customer_holds += 1;
         }
-        assert_eq!(customer_holds, self.customer_holds, "holds with a customer");
         let mut pairs = 0;
         for (i, sale) in self.sales.iter().enumerate() {
             let Some(sale) = sale else { continue };

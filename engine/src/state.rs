@@ -368,8 +368,6 @@ pub struct State {
     pub(crate) no_channel: Arc<str>,
     /// Flash-sale rules by SKU (`sales[idx]`), `None` where a SKU has none.
     pub(crate) sales: Vec<Option<Box<crate::sale::SkuSale>>>,
-    /// Held reservations with a customer (`Reservation::customer`).
-    pub(crate) customer_holds: usize,
     /// Hashes customer ids for every SKU's counts (`sale::customer_hash`).
     pub(crate) customer_hasher: hashbrown::DefaultHashBuilder,
     /// (SKU, customer) pairs counted, over all limited SKUs.
@@ -771,7 +769,6 @@ impl State {
             ship_deadlines: std::collections::VecDeque::new(),
             no_channel: "".into(),
             sales: Vec::new(),
-            customer_holds: 0,
             customer_hasher: hashbrown::DefaultHashBuilder::default(),
             limited_pairs: 0,
             ruled_skus: 0,
@@ -1504,7 +1501,6 @@ impl State {
             &mut self.sales,
             &self.customer_hasher,
             &mut self.limited_pairs,
-            &mut self.customer_holds,
             r,
             true,
         );
@@ -1566,7 +1562,6 @@ impl State {
             &mut self.sales,
             &self.customer_hasher,
             &mut self.limited_pairs,
-            &mut self.customer_holds,
             r,
             false,
         );
