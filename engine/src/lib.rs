@@ -50,7 +50,7 @@ mod runtime;
 
 pub use feed::{EventLog, FeedPage};
 pub use runtime::{
-    Clock, Durability, Engine, EngineConfig, EngineHandle, Error, LatencyHistogram, RecoveryReport,
-    RuntimeStats, Ticket,
+    Clock, Durability, Engine, EngineConfig, EngineHandle, Error, LatencyHistogram, LogPublisher,
+    PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
 };
 pub use surge_wal as wal;

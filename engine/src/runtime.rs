@@ -32,6 +32,10 @@ use crate::query::QueryReply;
 use crate::state::State;
 use crate::{Field, IdempotencyPolicy, Rejection, Violation, fnv1a64};
 
+mod replication;
+pub use replication::{LogPublisher, PublishError, Role};
+use replication::{PublishMsg, PublishStage};
+
 /// How a reply waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -41,6 +45,16 @@ pub enum Durability {
     Async,
     /// No WAL at all: state is lost on exit. For benchmarks and throwaway demos.
     None,
+    /// Reply after the batch is flushed AND the replicated log (a [`LogPublisher`])
+    /// acknowledged it: only this mode promises a failover without loss.
+    Replicated,
+}
+
+impl Durability {
+    /// Replies wait for the local commit (`sync` and `replicated`).
+    fn waits_for_commit(self) -> bool {
+        matches!(self, Durability::Sync | Durability::Replicated)
+    }
 }
 
 impl std::str::FromStr for Durability {
@@ -50,8 +64,9 @@ impl std::str::FromStr for Durability {
             "sync" => Ok(Durability::Sync),
             "async" => Ok(Durability::Async),
             "none" => Ok(Durability::None),
+            "replicated" => Ok(Durability::Replicated),
             other => Err(format!(
-                "durability must be sync, async or none, not {other:?}"
+                "durability must be sync, async, none or replicated, not {other:?}"
             )),
         }
     }
@@ -101,6 +116,12 @@ pub struct EngineConfig {
     /// idempotency policy when it differs from the state's (and once, to move a data
     /// dir written before v1.1 to its rules). `None` keeps the state's.
     pub order_policy: Option<crate::command::OrderPolicy>,
+    /// What this node does at start: a leader takes writes, a standby applies a
+    /// leader's records ([`EngineHandle::replicate`]) until promoted.
+    pub role: Role,
+    /// A [`LogPublisher`] will be attached (or the standby may be promoted and
+    /// publish): until records are published, log segments holding them are kept.
+    pub replicate: bool,
 }
 
 /// A source of wall-clock milliseconds. The writer never lets its stamps go back,
@@ -149,6 +170,8 @@ impl Default for EngineConfig {
             clock: Clock::system(),
             idempotency: None,
             order_policy: None,
+            role: Role::Leader,
+            replicate: false,
         }
     }
 }
@@ -169,6 +192,26 @@ pub enum Error {
     Recovery(String),
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A write on a standby, or on a former leader fenced by a newer one.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+    /// A standby was given records that do not continue its log.
+    #[error("replication: {0}")]
+    Replication(String),
+}
+
+impl Error {
+    /// The same error again, for answering several waiters (the WAL's error is
+    /// carried as its message).
+    fn duplicate(&self) -> Error {
+        match self {
+            Error::Overloaded(n) => Error::Overloaded(*n),
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::NotLeader(why) => Error::NotLeader(why.clone()),
+            Error::Replication(why) => Error::Replication(why.clone()),
+            other => Error::StorageUnavailable(other.to_string()),
+        }
+    }
 }
 
 /// What start-up found and did.
@@ -205,11 +248,15 @@ pub struct RuntimeStats {
     pub snapshot_lsn: AtomicU64,
     pub snapshots: AtomicU64,
     pub durable_lsn: AtomicU64,
+    /// The last LSN the replicated log acknowledged (leader with a publisher).
+    pub published_lsn: AtomicU64,
     pub overloaded: AtomicU64,
     /// Writer loop iterations, the sync excluded (it runs on the sync thread).
     pub writer_iteration: LatencyHistogram,
     /// Group commit latency: one sync, however many batches it covers.
     pub wal_commit: LatencyHistogram,
+    /// One publish to the replicated log, until its acknowledgement.
+    pub replication_publish: LatencyHistogram,
 }
 
 /// A fixed-bucket latency histogram that threads record into without locks.
@@ -291,6 +338,13 @@ impl LatencyHistogram {
 
 type ReplySender<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
 
+/// Records as logged: (LSN, encoded record).
+type LoggedRecords = Vec<(u64, Vec<u8>)>;
+
+/// A read of the log for the publish stage: after which LSN, how many bytes, and
+/// where the records go.
+type LogRead = (u64, usize, ReplySender<LoggedRecords>);
+
 enum Request {
     Command {
         command: Command,
@@ -315,6 +369,27 @@ enum Request {
     InstallSnapshot {
         lsn: u64,
         body: Vec<u8>,
+    },
+    /// A standby applies and logs a leader's records (LSN, record as logged);
+    /// answered with the last LSN applied, once durable.
+    Replicate {
+        records: Vec<(u64, Vec<u8>)>,
+        reply: ReplySender<u64>,
+    },
+    /// The publish stage catching up reads durable records from the WAL.
+    ReadLog {
+        after: u64,
+        bytes_max: usize,
+        reply: ReplySender<Vec<(u64, Vec<u8>)>>,
+    },
+    /// Start publishing the log (a leader at start, or a standby's promotion);
+    /// answered with the last LSN logged before publishing started.
+    AttachPublisher {
+        publisher: Box<dyn LogPublisher>,
+        promote: bool,
+        /// For the stage's log reads (the writer holds no sender of its own queue).
+        to_writer: Sender<Request>,
+        reply: ReplySender<u64>,
     },
     Shutdown,
 }
@@ -358,9 +433,74 @@ struct Inner {
     /// The follower is encoding a snapshot: new reads go through the writer's queue
     /// meanwhile instead of waiting for it.
     follower_encoding: AtomicBool,
+    /// [`Role`] as a byte.
+    role: std::sync::atomic::AtomicU8,
+    /// Why the replicated log is unavailable now, if it is (`replicated` mode
+    /// refuses writes meanwhile); `replication_down_flag` mirrors `is_some()`.
+    replication_down: Mutex<Option<String>>,
+    replication_down_flag: AtomicBool,
+    /// The engine is stopping: the publish stage gives up retrying.
+    publish_stopping: AtomicBool,
+    durability: Durability,
 }
 
 impl Inner {
+    fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    fn set_role(&self, role: Role) {
+        self.role.store(role.as_u8(), Ordering::Release);
+    }
+
+    fn set_replication_down(&self, why: Option<String>) {
+        if why.is_none() && !self.replication_down_flag.load(Ordering::Acquire) {
+            return;
+        }
+        let mut down = self.replication_down.lock();
+        self.replication_down_flag
+            .store(why.is_some(), Ordering::Release);
+        *down = why;
+    }
+
+    /// Why this node refuses a write now for its place in replication: a standby
+    /// or fenced node, or `replicated` mode while the replicated log is down.
+    fn replication_refusal(&self) -> Option<Error> {
+        match self.role() {
+            Role::Leader => {}
+            Role::Standby => {
+                return Some(Error::NotLeader(
+                    "this node is a standby: send writes to the leader".into(),
+                ));
+            }
+            Role::Fenced => {
+                return Some(Error::NotLeader(
+                    "this node was the leader and has been fenced by a newer one".into(),
+                ));
+            }
+        }
+        if self.durability == Durability::Replicated
+            && self.replication_down_flag.load(Ordering::Acquire)
+        {
+            let why = self.replication_down.lock().clone().unwrap_or_default();
+            return Some(Error::StorageUnavailable(format!(
+                "the replicated log is unavailable ({why}): writes resume when it is back"
+            )));
+        }
+        None
+    }
+
+    /// The LSN a read must see applied: every write acknowledged before it. In
+    /// `replicated` mode a write is acknowledged once published, so a read never
+    /// waits for (or sees) a record a failover could lose.
+    fn read_index(&self) -> u64 {
+        if self.durability == Durability::Replicated && self.role() == Role::Leader {
+            self.stats.published_lsn.load(Ordering::Acquire)
+        } else {
+            self.stats.durable_lsn.load(Ordering::Acquire)
+        }
+    }
+
     /// Fail stop: refuse every write until a restart recovers from the log.
     fn refuse_writes(&self, reason: String) {
         let mut refused = self.writes_refused.lock();
@@ -384,11 +524,47 @@ type ReadAnswer = (
 /// are durable.
 struct Flush {
     job: Option<CommitJob>,
+    release: Release,
+    /// Where the records go once durable, when this node publishes its log; `true`:
+    /// the release waits for the publish too (`replicated`).
+    publish: Option<(Sender<PublishMsg>, bool)>,
+}
+
+/// What a batch releases once it is durable (and, in `replicated` mode, published).
+struct Release {
+    /// The records of this batch as logged, for the follower and the publisher.
+    records: Vec<(u64, Vec<u8>)>,
+    events: Vec<Event>,
     replies: Vec<Pending>,
     reads: Vec<ReadAnswer>,
-    events: Vec<Event>,
-    /// The records of this batch as logged, for the follower.
-    records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Release {
+    /// The batch is safe: feed the follower, publish the events, answer.
+    fn release(self, shared: &Inner, to_follower: Option<&Sender<FollowerMsg>>) {
+        if let Some(follower) = to_follower
+            && !self.records.is_empty()
+        {
+            let _ = follower.send(FollowerMsg::Records(self.records));
+        }
+        shared.events.publish(&self.events);
+        for p in self.replies {
+            p.answer(None);
+        }
+        for (reply, answer) in self.reads {
+            let _ = reply.send(Ok(answer));
+        }
+    }
+
+    /// The batch will never be safe: every waiter gets `error`.
+    fn refuse(self, error: &Error) {
+        for p in self.replies {
+            p.answer(Some(error));
+        }
+        for (reply, _) in self.reads {
+            let _ = reply.send(Err(error.duplicate()));
+        }
+    }
 }
 
 /// The durable half of the pipelined group commit. On its own thread it syncs
@@ -445,7 +621,7 @@ impl SyncStage {
             }
             (None, None) => None,
         };
-        let replies: usize = flushes.iter().map(|f| f.replies.len()).sum();
+        let replies: usize = flushes.iter().map(|f| f.release.replies.len()).sum();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .batch_len_last
@@ -463,29 +639,36 @@ impl SyncStage {
             Some(Ok(durable)) => stats.durable_lsn.store(*durable, Ordering::Release),
             _ => {}
         }
-        for flush in flushes {
-            match &self.failed {
-                None => {
-                    if let Some(follower) = &self.to_follower
-                        && !flush.records.is_empty()
+        for mut flush in flushes {
+            if let Some(why) = &self.failed {
+                flush
+                    .release
+                    .refuse(&Error::StorageUnavailable(why.clone()));
+                continue;
+            }
+            match flush.publish {
+                None => flush
+                    .release
+                    .release(&self.shared, self.to_follower.as_ref()),
+                Some((to_publisher, true)) => {
+                    if let Err(crossbeam_channel::SendError(PublishMsg::Hold(release))) =
+                        to_publisher.send(PublishMsg::Hold(flush.release))
                     {
-                        let _ = follower.send(FollowerMsg::Records(flush.records));
-                    }
-                    self.shared.events.publish(&flush.events);
-                    for p in flush.replies {
-                        p.answer(None);
-                    }
-                    for (reply, answer) in flush.reads {
-                        let _ = reply.send(Ok(answer));
+                        release.refuse(&Error::StorageUnavailable(
+                            "the publish stage has stopped".into(),
+                        ));
                     }
                 }
-                Some(why) => {
-                    let unavailable = || Error::StorageUnavailable(why.clone());
-                    for p in flush.replies {
-                        p.answer(Some(why));
-                    }
-                    for (reply, _) in flush.reads {
-                        let _ = reply.send(Err(unavailable()));
+                Some((to_publisher, false)) => {
+                    let records = match &self.to_follower {
+                        Some(_) => flush.release.records.clone(),
+                        None => std::mem::take(&mut flush.release.records),
+                    };
+                    flush
+                        .release
+                        .release(&self.shared, self.to_follower.as_ref());
+                    if !records.is_empty() {
+                        let _ = to_publisher.send(PublishMsg::Trail(records));
                     }
                 }
             }
@@ -614,7 +797,7 @@ impl Engine {
             .filter(|wanted| !state.runs_order_policy(*wanted));
         let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
         let with_follower =
-            config.follower && config.durability == Durability::Sync && wal.is_some();
+            config.follower && config.durability.waits_for_commit() && wal.is_some();
         let (follower_tx, follower_rx) = if with_follower {
             let (ftx, frx) = crossbeam_channel::unbounded();
             (Some(ftx), Some(frx))
@@ -630,7 +813,16 @@ impl Engine {
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
             board: StockBoard::default(),
             follower_encoding: AtomicBool::new(false),
+            role: std::sync::atomic::AtomicU8::new(config.role.as_u8()),
+            replication_down: Mutex::new(None),
+            replication_down_flag: AtomicBool::new(false),
+            publish_stopping: AtomicBool::new(false),
+            durability: config.durability,
         });
+        if config.durability == Durability::Replicated {
+            // No write is acknowledged before a publisher is attached.
+            inner.set_replication_down(Some("no replicated log attached yet".into()));
+        }
         let shared = Arc::new(Shared {
             tx,
             follower_tx: follower_tx.clone(),
@@ -687,9 +879,20 @@ impl Engine {
             appended: false,
             snapshot_job: None,
             snapshot_waiting: Vec::new(),
+            publish_tx: None,
+            publish_thread: None,
+            log_reads: Vec::new(),
         };
         writer.now_ms = writer.state.now_ms();
-        if let Some(policy) = policy_change {
+        if let Some(wal) = writer.wal.as_mut()
+            && config_replicates_as_leader(&writer.config)
+        {
+            // Until the publish stage says how far the replicated log goes, keep
+            // every segment: none may be pruned before it is published.
+            wal.retain_after(0);
+        }
+        let standby = writer.config.role != Role::Leader;
+        if let Some(policy) = policy_change.filter(|_| !standby) {
             // Logged before the writer takes any other command, on this thread: no
             // reply to wait for, so `open` may run inside an async runtime.
             let command = Command::SetIdempotencyPolicy {
@@ -712,7 +915,7 @@ impl Engine {
                 return Err(Error::InvalidConfig(format!("idempotency policy {what}")));
             }
         }
-        if let Some(policy) = order_policy_change {
+        if let Some(policy) = order_policy_change.filter(|_| !standby) {
             let command = Command::SetOrderPolicy {
                 ship_sla_ms: policy.ship_sla_ms,
                 review_amount_min: policy.review_amount_min,
@@ -750,6 +953,11 @@ impl Engine {
         *shared.writer.lock() = Some(thread);
         Ok((EngineHandle { shared }, report))
     }
+}
+
+/// A leader that will publish its log holds its segments back from pruning.
+fn config_replicates_as_leader(config: &EngineConfig) -> bool {
+    config.replicate && config.role == Role::Leader
 }
 
 struct Recovered {
@@ -822,7 +1030,7 @@ pub fn memory_worst_case_bytes(config: &EngineConfig) -> u64 {
             p.budget_bytes
         });
     let copy = crate::limits::STATE_BYTES_WORST_CASE + budget;
-    let copies = if config.follower && config.durability == Durability::Sync {
+    let copies = if config.follower && config.durability.waits_for_commit() {
         2
     } else {
         1
@@ -899,7 +1107,6 @@ fn wall_clock_ms() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
-/// A command waiting for its batch to be durable.
 /// An answer that waits for its batch to be durable.
 enum Pending {
     One {
@@ -910,25 +1117,35 @@ enum Pending {
         reply: ReplySender<Vec<Result<Acked, Error>>>,
         outcomes: Vec<Result<Acked, Error>>,
     },
+    /// A standby's records from its leader, applied through `lsn`.
+    Replicated { reply: ReplySender<u64>, lsn: u64 },
 }
 
 impl Pending {
     /// Send the answer: the outcomes once durable, `Err(refused)` for each when
-    /// the batch could not be made durable.
-    fn answer(self, refused: Option<&str>) {
-        let unavailable = |why: &str| Error::StorageUnavailable(why.to_string());
+    /// the batch could not be made durable (or published).
+    fn answer(self, refused: Option<&Error>) {
         match (self, refused) {
             (Pending::One { reply, outcome }, None) => {
                 let _ = reply.send(Ok(outcome));
             }
-            (Pending::One { reply, .. }, Some(why)) => {
-                let _ = reply.send(Err(unavailable(why)));
+            (Pending::One { reply, .. }, Some(error)) => {
+                let _ = reply.send(Err(error.duplicate()));
             }
             (Pending::Batch { reply, outcomes }, None) => {
                 let _ = reply.send(Ok(outcomes));
             }
-            (Pending::Batch { reply, outcomes }, Some(why)) => {
-                let _ = reply.send(Ok(outcomes.iter().map(|_| Err(unavailable(why))).collect()));
+            (Pending::Batch { reply, outcomes }, Some(error)) => {
+                let _ = reply.send(Ok(outcomes
+                    .iter()
+                    .map(|_| Err(error.duplicate()))
+                    .collect()));
+            }
+            (Pending::Replicated { reply, lsn }, None) => {
+                let _ = reply.send(Ok(lsn));
+            }
+            (Pending::Replicated { reply, .. }, Some(error)) => {
+                let _ = reply.send(Err(error.duplicate()));
             }
         }
     }
@@ -964,6 +1181,12 @@ struct Writer<S: Storage> {
     follower: Option<(Sender<FollowerMsg>, JoinHandle<()>)>,
     /// A snapshot the follower encoded, waiting for its LSN to be known durable here.
     install_waiting: Option<(u64, Vec<u8>)>,
+    /// The publish stage, once a publisher is attached.
+    publish_tx: Option<Sender<PublishMsg>>,
+    publish_thread: Option<JoinHandle<()>>,
+    /// Reads of the log for the publish stage, answered once this iteration's
+    /// frames are written out (so the reads never copy a staged segment).
+    log_reads: Vec<LogRead>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -997,51 +1220,25 @@ impl<S: Storage> Writer<S> {
             self.now_ms = self.now_ms.max(self.config.clock.now_ms());
             let mut snapshot_replies = Vec::new();
             let mut reads = Vec::new();
-            self.expire_due(&mut pending);
+            if self.shared.role() == Role::Leader {
+                // A standby's expiries come from its leader's log.
+                self.expire_due(&mut pending);
+            }
             for request in batch.drain(..) {
-                match request {
-                    Request::Command {
-                        command,
-                        key,
-                        reply,
-                    } => self.apply(command, key, reply, &mut pending),
-                    Request::Batch { commands, reply } => {
-                        self.apply_batch(commands, reply, &mut pending)
-                    }
-                    Request::Query { query, reply } => {
-                        reads.push((reply, self.state.query(&query)))
-                    }
-                    Request::Snapshot { reply } => snapshot_replies.push(reply),
-                    Request::InstallSnapshot { lsn, body } => {
-                        self.records_since_snapshot = 0;
-                        self.install_waiting = Some((lsn, body));
-                    }
-                    Request::Shutdown => shutdown = true,
-                }
+                shutdown |= self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
             }
             if shutdown {
                 // Drain whatever is still queued: accepted commands are finished.
                 while let Ok(request) = self.rx.try_recv() {
-                    match request {
-                        Request::Command {
-                            command,
-                            key,
-                            reply,
-                        } => self.apply(command, key, reply, &mut pending),
-                        Request::Batch { commands, reply } => {
-                            self.apply_batch(commands, reply, &mut pending)
-                        }
-                        Request::Query { query, reply } => {
-                            reads.push((reply, self.state.query(&query)))
-                        }
-                        Request::Snapshot { reply } => snapshot_replies.push(reply),
-                        Request::InstallSnapshot { .. } | Request::Shutdown => {}
-                    }
+                    self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
                 }
             }
             let logged = std::mem::take(&mut self.appended);
-            match self.config.durability {
-                Durability::Sync => self.hand_over(logged, &mut pending, reads),
+            let durability = self.config.durability;
+            match durability {
+                Durability::Sync | Durability::Replicated => {
+                    self.hand_over(logged, &mut pending, reads)
+                }
                 Durability::Async => {
                     // Reply now (reads see the applied state); the flush follows
                     // within the interval.
@@ -1087,6 +1284,7 @@ impl<S: Storage> Writer<S> {
             } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
                 self.start_snapshot(self.config.snapshot_in_background);
             }
+            self.answer_log_reads();
             self.shared
                 .stats
                 .writer_iteration
@@ -1100,12 +1298,230 @@ impl<S: Storage> Writer<S> {
         if let Some(thread) = self.syncer_thread.take() {
             let _ = thread.join();
         }
+        // Then the publish stage: it finishes what it holds (or gives up if the
+        // replicated log is down), and may still ask this thread for log reads.
+        self.shared.publish_stopping.store(true, Ordering::Release);
+        self.publish_tx = None;
+        if let Some(thread) = self.publish_thread.take() {
+            while !thread.is_finished() {
+                if let Ok(Request::ReadLog {
+                    after,
+                    bytes_max,
+                    reply,
+                }) = self.rx.recv_timeout(Duration::from_millis(5))
+                {
+                    self.log_reads.push((after, bytes_max, reply));
+                    self.answer_log_reads();
+                }
+            }
+            let _ = thread.join();
+        }
         self.syncer_inline.to_follower = None;
         if let Some((tx, thread)) = self.follower.take() {
             let _ = tx.send(FollowerMsg::Stop);
             drop(tx);
             let _ = thread.join();
         }
+    }
+
+    /// Take one request of this iteration; `true`: shut down after it.
+    fn take(
+        &mut self,
+        request: Request,
+        pending: &mut Vec<Pending>,
+        reads: &mut Vec<ReadAnswer>,
+        snapshot_replies: &mut Vec<ReplySender<u64>>,
+    ) -> bool {
+        match request {
+            Request::Command {
+                command,
+                key,
+                reply,
+            } => self.apply(command, key, reply, pending),
+            Request::Batch { commands, reply } => self.apply_batch(commands, reply, pending),
+            Request::Query { query, reply } => reads.push((reply, self.state.query(&query))),
+            Request::Snapshot { reply } => snapshot_replies.push(reply),
+            Request::InstallSnapshot { lsn, body } => {
+                self.records_since_snapshot = 0;
+                self.install_waiting = Some((lsn, body));
+            }
+            Request::Replicate { records, reply } => self.apply_replicated(records, reply, pending),
+            Request::ReadLog {
+                after,
+                bytes_max,
+                reply,
+            } => self.log_reads.push((after, bytes_max, reply)),
+            Request::AttachPublisher {
+                publisher,
+                promote,
+                to_writer,
+                reply,
+            } => {
+                let attached = self.attach_publisher(publisher, promote, to_writer);
+                let _ = reply.send(attached);
+            }
+            Request::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Answer the publish stage's log reads (durable records only).
+    fn answer_log_reads(&mut self) {
+        for (after, bytes_max, reply) in std::mem::take(&mut self.log_reads) {
+            let records = match self.wal.as_mut() {
+                Some(wal) => wal
+                    .durable_records_after(after, bytes_max)
+                    .map_err(Error::from),
+                None => Ok(Vec::new()),
+            };
+            let _ = reply.send(records);
+        }
+    }
+
+    /// Start the publish stage: at start on a leader, or promoting a standby
+    /// (whose log then continues as the leader's). Answers the last LSN logged.
+    fn attach_publisher(
+        &mut self,
+        publisher: Box<dyn LogPublisher>,
+        promote: bool,
+        to_writer: Sender<Request>,
+    ) -> Result<u64, Error> {
+        let role = self.shared.role();
+        match (promote, role) {
+            (true, Role::Standby) | (false, Role::Leader) => {}
+            (true, _) => return Err(Error::InvalidConfig("only a standby is promoted".into())),
+            (false, _) => {
+                return Err(Error::NotLeader(format!(
+                    "a {} does not publish its log",
+                    role.name()
+                )));
+            }
+        }
+        if self.publish_tx.is_some() {
+            return Err(Error::InvalidConfig(
+                "a publisher is already attached".into(),
+            ));
+        }
+        if self.wal.is_none() {
+            return Err(Error::InvalidConfig(
+                "durability none keeps no log to publish".into(),
+            ));
+        }
+        // Everything logged so far must be durable: the stage reads it from the WAL.
+        self.drain_commits().map_err(Error::StorageUnavailable)?;
+        let logged_before = self.wal.as_ref().map_or(0, Wal::last_lsn);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let to_follower = match self.config.durability {
+            Durability::Replicated => self.follower.as_ref().map(|(tx, _)| tx.clone()),
+            _ => None,
+        };
+        let stage = PublishStage {
+            shared: Arc::clone(&self.shared),
+            publisher,
+            to_follower,
+            to_writer,
+            logged_before,
+            log_end: None,
+            fenced: None,
+        };
+        let thread = spawn_owner("surge-publish", move || stage.run(rx))
+            .map_err(|e| Error::Recovery(format!("cannot start the publish thread: {e}")))?;
+        self.publish_tx = Some(tx);
+        self.publish_thread = Some(thread);
+        if let Some(wal) = self.wal.as_mut() {
+            wal.retain_after(self.shared.stats.published_lsn.load(Ordering::Acquire));
+        }
+        if promote {
+            self.now_ms = self
+                .now_ms
+                .max(self.state.now_ms())
+                .max(self.config.clock.now_ms());
+            self.shared.set_role(Role::Leader);
+        }
+        Ok(logged_before)
+    }
+
+    /// A standby applies its leader's records: each must continue this log (one
+    /// already applied is skipped: a resumed stream may repeat some), lands on the
+    /// same LSN here, and is logged as the leader logged it.
+    fn apply_replicated(
+        &mut self,
+        records: Vec<(u64, Vec<u8>)>,
+        reply: ReplySender<u64>,
+        pending: &mut Vec<Pending>,
+    ) {
+        if self.shared.role() != Role::Standby {
+            let _ = reply.send(Err(Error::Replication(
+                "only a standby applies a leader's records".into(),
+            )));
+            return;
+        }
+        if let Some(reason) = self.refusal() {
+            let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+            return;
+        }
+        for (lsn, bytes) in records {
+            let next = self.state.next_seq();
+            if lsn < next {
+                continue;
+            }
+            if lsn > next {
+                let _ = reply.send(Err(Error::Replication(format!(
+                    "the leader's record {lsn} does not continue this log, which expects {next} \
+                     next: seed this standby from a copy of the leader's data dir"
+                ))));
+                return;
+            }
+            let record = match codec::decode_record(&bytes) {
+                Ok(record) => record,
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Replication(format!(
+                        "the leader's record {lsn} does not decode: {e}"
+                    ))));
+                    return;
+                }
+            };
+            if let Some(wal) = self.wal.as_mut()
+                && let Err(e) = wal.reserve(lsn, bytes.len())
+            {
+                let reason = format!("{e}");
+                if !matches!(e, surge_wal::Error::NoSpace) {
+                    self.fail_stop(reason.clone());
+                }
+                let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                return;
+            }
+            let applied = self.state.apply(
+                &record.command,
+                record.key.as_ref(),
+                record.now_ms,
+                &mut self.events_buf,
+            );
+            // Pair assertion with the leader: the same record lands on the same LSN.
+            assert_eq!(
+                applied.lsn,
+                Some(lsn),
+                "standby diverged from its leader at record {lsn} ({})",
+                record.command.name()
+            );
+            self.now_ms = self.now_ms.max(record.now_ms);
+            self.records_since_snapshot += 1;
+            self.appended = true;
+            let stats = &self.shared.stats;
+            stats.commands_applied.fetch_add(1, Ordering::Relaxed);
+            stats.records_logged.fetch_add(1, Ordering::Relaxed);
+            self.publish_new_sku_names();
+            if let Some(wal) = self.wal.as_mut() {
+                if let Err(e) = wal.append(lsn, &bytes) {
+                    self.fail_stop(format!("append failed: {e}"));
+                }
+                if self.follower.is_some() {
+                    self.batch_records.push((lsn, bytes));
+                }
+            }
+        }
+        let lsn = self.state.next_seq().saturating_sub(1);
+        pending.push(Pending::Replicated { reply, lsn });
     }
 
     /// Write and publish the snapshot the follower encoded, once its LSN is known
@@ -1184,10 +1600,16 @@ impl<S: Storage> Writer<S> {
         }
         let flush = Flush {
             job,
-            replies: std::mem::take(pending),
-            reads,
-            events: std::mem::take(&mut self.events_buf),
-            records: std::mem::take(&mut self.batch_records),
+            release: Release {
+                records: std::mem::take(&mut self.batch_records),
+                events: std::mem::take(&mut self.events_buf),
+                replies: std::mem::take(pending),
+                reads,
+            },
+            publish: self
+                .publish_tx
+                .as_ref()
+                .map(|tx| (tx.clone(), self.config.durability == Durability::Replicated)),
         };
         match self.to_syncer.as_ref() {
             Some(tx) => {
@@ -1362,6 +1784,9 @@ impl<S: Storage> Writer<S> {
         if let Some(reason) = self.refusal() {
             return Err(Error::StorageUnavailable(reason));
         }
+        if let Some(refusal) = self.shared.replication_refusal() {
+            return Err(refusal);
+        }
         // A command over a size limit is refused alone, before it is encoded: it
         // must never reach the log as a record the log cannot take.
         if let Err(rejection) = crate::state::check_sizes(&command, key.as_ref()) {
@@ -1424,7 +1849,7 @@ impl<S: Storage> Writer<S> {
                 stats
                     .wal_bytes
                     .fetch_add(self.record_buf.len() as u64 + 16, Ordering::Relaxed);
-                if self.follower.is_some() {
+                if self.follower.is_some() || self.publish_tx.is_some() {
                     self.batch_records.push((lsn, self.record_buf.clone()));
                 }
                 if let Err(e) = wal.append(lsn, &self.record_buf) {
@@ -1456,9 +1881,11 @@ impl<S: Storage> Writer<S> {
     }
 
     fn reply_all(&mut self, pending: &mut Vec<Pending>, durable: bool) {
-        let refused = (!durable).then(|| self.refusal().unwrap_or_else(|| "flush failed".into()));
+        let refused = (!durable).then(|| {
+            Error::StorageUnavailable(self.refusal().unwrap_or_else(|| "flush failed".into()))
+        });
         for p in pending.drain(..) {
-            p.answer(refused.as_deref());
+            p.answer(refused.as_ref());
         }
     }
 
@@ -1546,6 +1973,10 @@ impl<S: Storage> Writer<S> {
         let lsn = job.lsn;
         self.snapshot_job = None;
         let wal = self.wal.as_mut().expect("a snapshot job implies a log");
+        if self.publish_tx.is_some() {
+            // Pruning keeps what the replicated log does not hold yet.
+            wal.retain_after(self.shared.stats.published_lsn.load(Ordering::Acquire));
+        }
         let result = wal
             .finish_snapshot(written)
             .map(|()| lsn)
@@ -1790,7 +2221,7 @@ impl EngineHandle {
                     inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
                     return Err(Error::Overloaded(self.shared.queue_len_max));
                 }
-                let read_index = inner.stats.durable_lsn.load(Ordering::Acquire);
+                let read_index = inner.read_index();
                 follower
                     .send(FollowerMsg::Read {
                         query,
@@ -1823,7 +2254,7 @@ impl EngineHandle {
     pub fn read_sku(&self, sku: &str) -> Option<Result<SkuView, Rejection>> {
         self.shared.follower_tx.as_ref()?;
         let inner = &self.shared.inner;
-        let read_index = inner.stats.durable_lsn.load(Ordering::Acquire);
+        let read_index = inner.read_index();
         match inner.board.read(sku, read_index) {
             BoardRead::Sku(view) => Some(Ok(view)),
             BoardRead::Unknown => Some(Err(Rejection::UnknownSku {
@@ -1834,6 +2265,54 @@ impl EngineHandle {
                 None
             }
         }
+    }
+
+    /// Start publishing the log through `publisher` (a leader, at start): every
+    /// durable record goes to the replicated log, those logged before now first.
+    /// In `replicated` mode no write is acknowledged before this. Answers the last
+    /// LSN logged before publishing started.
+    pub fn attach_publisher(&self, publisher: Box<dyn LogPublisher>) -> Result<Ticket<u64>, Error> {
+        self.attach(publisher, false)
+    }
+
+    /// Promote this standby: it takes writes from now on and publishes its log
+    /// (which continues the old leader's) through `publisher`. The caller has
+    /// caught up with and fenced the replicated log first.
+    pub fn promote(&self, publisher: Box<dyn LogPublisher>) -> Result<Ticket<u64>, Error> {
+        self.attach(publisher, true)
+    }
+
+    fn attach(
+        &self,
+        publisher: Box<dyn LogPublisher>,
+        promote: bool,
+    ) -> Result<Ticket<u64>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::AttachPublisher {
+            publisher,
+            promote,
+            to_writer: self.shared.tx.clone(),
+            reply,
+        })?;
+        Ok(Ticket(rx))
+    }
+
+    /// A standby applies its leader's records (LSN and the record as logged, in
+    /// log order); answers the last LSN applied, once durable here.
+    pub fn replicate(&self, records: Vec<(u64, Vec<u8>)>) -> Result<Ticket<u64>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Replicate { records, reply })?;
+        Ok(Ticket(rx))
+    }
+
+    /// This node's place in replication now.
+    pub fn role(&self) -> Role {
+        self.shared.inner.role()
+    }
+
+    /// Why the replicated log is unavailable now, if it is.
+    pub fn replication_down(&self) -> Option<String> {
+        self.shared.inner.replication_down.lock().clone()
     }
 
     /// Take a snapshot now; answers its LSN.

@@ -222,6 +222,9 @@ pub struct Wal<S: Storage> {
     /// the segment's tail.
     staged: Vec<u8>,
     staged_at: u64,
+    /// Records after this LSN are kept whatever the snapshots allow: a replica has
+    /// not taken them yet (`Lsn::MAX`: no replica holds anything back).
+    retain_after: Lsn,
 }
 
 /// The header slots claim the watermark at least every this many commits (each
@@ -562,6 +565,7 @@ impl<S: Storage> Wal<S> {
             stats,
             staged: Vec::new(),
             staged_at: 0,
+            retain_after: Lsn::MAX,
         };
         Ok((wal, Recovery { snapshot, report }))
     }
@@ -891,6 +895,71 @@ impl<S: Storage> Wal<S> {
         self.durable_lsn
     }
 
+    /// Keep every segment holding a record after `lsn` when pruning, whatever
+    /// the snapshots allow: a replica (or a downstream publisher) has not taken
+    /// those records yet. `Lsn::MAX` releases the hold.
+    pub fn retain_after(&mut self, lsn: Lsn) {
+        self.retain_after = lsn;
+    }
+
+    /// The durable records after `after`, in log order, up to about `bytes_max`
+    /// bytes of payload (at least one record when there is one). For a replica
+    /// catching up from the log: staged, not yet durable frames are never read,
+    /// and segments kept only for an older snapshot are opened for the read.
+    pub fn durable_records_after(
+        &mut self,
+        after: Lsn,
+        bytes_max: usize,
+    ) -> Result<Vec<(Lsn, Vec<u8>)>, Error> {
+        let durable = self.durable_lsn;
+        let mut records: Vec<(Lsn, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for i in 0..self.segments.len() {
+            let seg = &self.segments[i];
+            if seg.last_lsn <= after {
+                continue;
+            }
+            let (handle, opened_here) = match seg.handle {
+                Some(h) => (h, false),
+                None => {
+                    let h = self
+                        .storage
+                        .open_segment(&seg.name)
+                        .map_err(|e| Error::io("open a kept segment", e))?;
+                    (h, true)
+                }
+            };
+            let prev_lsn = seg.prev_lsn;
+            let mut full = false;
+            self.storage.with_segment(handle, |mapped| {
+                scan_frames(
+                    mapped,
+                    prev_lsn,
+                    RECORD_PAYLOAD_MAX_BYTES,
+                    |lsn, payload| {
+                        if lsn <= after {
+                            return true;
+                        }
+                        if lsn > durable || (bytes >= bytes_max && !records.is_empty()) {
+                            full = true;
+                            return false;
+                        }
+                        bytes += payload.len();
+                        records.push((lsn, payload.to_vec()));
+                        true
+                    },
+                );
+            });
+            if opened_here {
+                self.storage.close_segment(handle);
+            }
+            if full {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
     /// True after a failed flush or write: the log refuses all writes.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -1012,7 +1081,10 @@ impl<S: Storage> Wal<S> {
         let oldest_kept = self.snapshots[dropped];
         // Never the last segment: it is the one appended to.
         let mut retired = 0;
-        while retired + 1 < self.segments.len() && self.segments[retired].last_lsn <= oldest_kept {
+        let prunable_through = oldest_kept.min(self.retain_after);
+        while retired + 1 < self.segments.len()
+            && self.segments[retired].last_lsn <= prunable_through
+        {
             retired += 1;
         }
         let manifest = Manifest {

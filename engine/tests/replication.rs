@@ -1,0 +1,344 @@
+//! Replication through the engine's `LogPublisher` hook, against an in-memory
+//! replicated log that can be made unavailable and that fences like JetStream's
+//! expected-last-sequence does: once another node published, a node's publish fails.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use surge_engine::wal::WalConfig;
+use surge_engine::{
+    Command, Durability, Engine, EngineConfig, EngineHandle, Error, LineReq, LogPublisher,
+    PublishError, Query, QueryReply, Role,
+};
+
+/// The replicated log: records in order, and which node published last.
+#[derive(Default)]
+struct Log {
+    records: Vec<(u64, Vec<u8>)>,
+    last_node: Option<u32>,
+    unavailable: bool,
+}
+
+type SharedLog = Arc<Mutex<Log>>;
+
+struct FakePublisher {
+    log: SharedLog,
+    node: u32,
+    /// When set, each publish tells `entered` and waits for a permit.
+    gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+}
+
+impl FakePublisher {
+    fn new(log: &SharedLog, node: u32) -> Box<FakePublisher> {
+        Box::new(FakePublisher {
+            log: Arc::clone(log),
+            node,
+            gate: None,
+        })
+    }
+
+    fn check(&self, log: &Log) -> Result<(), PublishError> {
+        if log.unavailable {
+            return Err(PublishError::Unavailable("the test made it so".into()));
+        }
+        match log.last_node {
+            Some(other) if other != self.node => {
+                Err(PublishError::Fenced(format!("node {other} published last")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl LogPublisher for FakePublisher {
+    fn resume(&mut self) -> Result<u64, PublishError> {
+        let log = self.log.lock();
+        self.check(&log)?;
+        Ok(log.records.last().map_or(0, |(lsn, _)| *lsn))
+    }
+
+    fn publish(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), PublishError> {
+        if let Some((entered, permit)) = &self.gate {
+            let _ = entered.send(());
+            let _ = permit.recv();
+        }
+        let mut log = self.log.lock();
+        self.check(&log)?;
+        let end = log.records.last().map_or(0, |(lsn, _)| *lsn);
+        assert!(records.iter().all(|(lsn, _)| *lsn > end), "published twice");
+        log.records.extend(records.iter().cloned());
+        log.last_node = Some(self.node);
+        Ok(())
+    }
+}
+
+fn config(dir: &std::path::Path, durability: Durability, role: Role) -> EngineConfig {
+    EngineConfig {
+        data_dir: dir.to_path_buf(),
+        durability,
+        role,
+        replicate: true,
+        wal: WalConfig {
+            segment_bytes: 16 * 4096,
+            snapshots_kept: 2,
+        },
+        ..EngineConfig::default()
+    }
+}
+
+fn define(sku: &str, on_hand: u64) -> Command {
+    Command::DefineSku {
+        sku: sku.into(),
+        name: sku.into(),
+        on_hand,
+        low_stock_threshold: 0,
+    }
+}
+
+fn reserve(sku: &str) -> Command {
+    Command::Reserve {
+        lines: vec![LineReq {
+            sku: sku.into(),
+            qty: 1,
+        }],
+        ttl_ms: 600_000,
+        actor: "t".into(),
+    }
+}
+
+fn write(handle: &EngineHandle, command: Command) -> Result<(), Error> {
+    handle
+        .submit(command, None)?
+        .wait()
+        .map(|acked| assert!(acked.outcome.is_ok(), "{:?}", acked.outcome))
+}
+
+fn digest(handle: &EngineHandle) -> u64 {
+    match handle.query(Query::Digest).expect("queued").wait() {
+        Ok(Ok(QueryReply::Digest(d))) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Wait (bounded) for a condition another thread makes true.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// Feed a standby everything the replicated log holds.
+fn catch_up(standby: &EngineHandle, log: &SharedLog) -> u64 {
+    let records = log.lock().records.clone();
+    standby
+        .replicate(records)
+        .expect("queued")
+        .wait()
+        .expect("applied")
+}
+
+#[test]
+fn replicated_answers_only_after_the_publish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let (leader, _) =
+        Engine::open(config(dir.path(), Durability::Replicated, Role::Leader)).expect("open");
+    // Before a publisher is attached nothing is acknowledged.
+    assert!(matches!(
+        write(&leader, define("A", 10)),
+        Err(Error::StorageUnavailable(_))
+    ));
+    let (entered_tx, entered) = mpsc::channel();
+    let (permit, permit_rx) = mpsc::channel();
+    let mut publisher = FakePublisher::new(&log, 1);
+    publisher.gate = Some((entered_tx, permit_rx));
+    let attach = leader.attach_publisher(publisher).expect("queued");
+    attach.wait().expect("attached");
+    // Writes are taken once the stage has found where the replicated log ends.
+    wait_until("the publish stage to resume", || {
+        leader.replication_down().is_none()
+    });
+    let (done_tx, done) = mpsc::channel();
+    let writer = leader.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(write(&writer, define("A", 10)));
+    });
+    entered.recv().expect("the publish began");
+    assert!(
+        done.recv_timeout(Duration::from_millis(200)).is_err(),
+        "answered before the replicated log acknowledged"
+    );
+    permit.send(()).expect("permit");
+    done.recv().expect("answered").expect("written");
+    let published = log.lock().records.clone();
+    assert_eq!(
+        published.len(),
+        1,
+        "the one record is in the replicated log"
+    );
+    assert_eq!(
+        leader
+            .stats()
+            .published_lsn
+            .load(std::sync::atomic::Ordering::Acquire),
+        published[0].0
+    );
+    // Later writes flow with a permit each.
+    for _ in 0..5 {
+        permit.send(()).expect("permit");
+        write(&leader, reserve("A")).expect("written");
+    }
+    assert_eq!(log.lock().records.len(), 6);
+}
+
+#[test]
+fn a_standby_follows_then_promotion_fences_the_old_leader() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let (leader, _) = Engine::open(config(
+        leader_dir.path(),
+        Durability::Replicated,
+        Role::Leader,
+    ))
+    .expect("open");
+    leader
+        .attach_publisher(FakePublisher::new(&log, 1))
+        .expect("queued")
+        .wait()
+        .expect("attached");
+    wait_until("the publish stage to resume", || {
+        leader.replication_down().is_none()
+    });
+    write(&leader, define("A", 100)).expect("written");
+    for _ in 0..20 {
+        write(&leader, reserve("A")).expect("written");
+    }
+    let (standby, _) =
+        Engine::open(config(standby_dir.path(), Durability::Sync, Role::Standby)).expect("open");
+    assert_eq!(standby.role(), Role::Standby);
+    catch_up(&standby, &log);
+    assert_eq!(
+        digest(&standby),
+        digest(&leader),
+        "the standby has every write"
+    );
+    // Applying the same records again changes nothing (a resumed stream repeats).
+    catch_up(&standby, &log);
+    assert_eq!(digest(&standby), digest(&leader));
+    assert!(matches!(
+        write(&standby, reserve("A")),
+        Err(Error::NotLeader(_))
+    ));
+
+    // Promotion: the new leader fences the replicated log (here, by hand), then
+    // publishes; the old one is refused.
+    log.lock().last_node = Some(2);
+    let published_before_promotion = log.lock().records.len();
+    standby
+        .promote(FakePublisher::new(&log, 2))
+        .expect("queued")
+        .wait()
+        .expect("promoted");
+    assert_eq!(standby.role(), Role::Leader);
+    write(&standby, reserve("A")).expect("the new leader takes writes");
+    wait_until("the new leader's publish", || {
+        log.lock().records.len() == published_before_promotion + 1
+    });
+    let before = log.lock().records.len();
+    assert!(matches!(
+        write(&leader, reserve("A")),
+        Err(Error::NotLeader(_))
+    ));
+    assert_eq!(leader.role(), Role::Fenced);
+    assert!(matches!(
+        write(&leader, reserve("A")),
+        Err(Error::NotLeader(_))
+    ));
+    assert_eq!(
+        log.lock().records.len(),
+        before,
+        "nothing of the old leader's"
+    );
+}
+
+#[test]
+fn an_unavailable_log_refuses_replicated_writes_until_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    log.lock().unavailable = true;
+    let (leader, _) =
+        Engine::open(config(dir.path(), Durability::Replicated, Role::Leader)).expect("open");
+    leader
+        .attach_publisher(FakePublisher::new(&log, 1))
+        .expect("queued")
+        .wait()
+        .expect("attached");
+    wait_until("the stage to find the log down", || {
+        leader
+            .replication_down()
+            .is_some_and(|why| why.contains("test"))
+    });
+    assert!(matches!(
+        write(&leader, define("A", 5)),
+        Err(Error::StorageUnavailable(_))
+    ));
+    log.lock().unavailable = false;
+    wait_until("the stage to find the log back", || {
+        leader.replication_down().is_none()
+    });
+    write(&leader, define("A", 5)).expect("written once the log is back");
+    assert_eq!(log.lock().records.len(), 1);
+}
+
+#[test]
+fn a_restarted_leader_publishes_the_tail_it_never_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    log.lock().unavailable = true;
+    let mut leader_config = config(dir.path(), Durability::Sync, Role::Leader);
+    // Snapshots every few records: pruning must still keep what is unpublished.
+    leader_config.snapshot_every_records = 8;
+    let expected = {
+        let (leader, _) = Engine::open(leader_config.clone()).expect("open");
+        leader
+            .attach_publisher(FakePublisher::new(&log, 1))
+            .expect("queued")
+            .wait()
+            .expect("attached");
+        // `sync` answers after the local commit; publishing trails (and fails).
+        write(&leader, define("A", 1_000)).expect("written");
+        for i in 0..300 {
+            write(&leader, reserve("A")).expect("written");
+            if i % 50 == 0 {
+                leader.snapshot().expect("queued").wait().expect("snapshot");
+            }
+        }
+        let digest = digest(&leader);
+        leader.shutdown();
+        digest
+    };
+    assert!(log.lock().records.is_empty());
+    log.lock().unavailable = false;
+    let (leader, _) = Engine::open(leader_config).expect("reopen");
+    let logged = leader
+        .attach_publisher(FakePublisher::new(&log, 1))
+        .expect("queued")
+        .wait()
+        .expect("attached");
+    wait_until("the tail to be published", || {
+        log.lock()
+            .records
+            .last()
+            .is_some_and(|(lsn, _)| *lsn >= logged)
+    });
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let (standby, _) =
+        Engine::open(config(standby_dir.path(), Durability::Sync, Role::Standby)).expect("open");
+    catch_up(&standby, &log);
+    assert_eq!(digest(&standby), expected, "every record, from the first");
+}
