@@ -202,6 +202,15 @@ pub async fn batch(
         ));
     }
     let engine = st.engine()?;
+    if engine.role() != surge_engine::Role::Leader {
+        // The whole batch goes to the leader: none of its ops can succeed here.
+        return Err(ApiError::from_engine(surge_engine::Error::NotLeader(
+            format!(
+                "this node is a {}: send writes to the leader",
+                engine.role().name()
+            ),
+        )));
+    }
     // One queue entry for the whole batch: the writer applies the ops in order in
     // one iteration and they are answered together, from one buffer.
     let mut commands = Vec::with_capacity(req.ops.len());

@@ -95,6 +95,7 @@ fn title(code: &str) -> &'static str {
         "forbidden" => "Forbidden",
         "overloaded" => "Overloaded",
         "storage_unavailable" => "Storage unavailable",
+        "not_leader" => "Not the leader",
         "not_found" => "Not found",
         "method_not_allowed" => "Method not allowed",
         "internal" => "Internal error",
@@ -153,6 +154,14 @@ impl ApiError {
         ApiError {
             retry_after_s: Some(1),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+        }
+    }
+
+    /// A write on a standby, or on a former leader a newer one fenced.
+    pub fn not_leader(detail: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", detail)
         }
     }
 
@@ -311,6 +320,7 @@ impl ApiError {
             // No code of the contract fits "shutting down" better: the client should
             // retry, here after a restart or elsewhere.
             EngineError::ShuttingDown => ApiError::overloaded(error.to_string()),
+            EngineError::NotLeader(_) => ApiError::not_leader(error.to_string()),
             other => ApiError::storage_unavailable(other.to_string()),
         }
     }

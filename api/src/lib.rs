@@ -13,9 +13,11 @@ pub mod events;
 pub mod export;
 pub mod extract;
 pub mod metrics;
+pub mod nats_events;
 pub mod openapi;
 pub mod ops;
 pub mod order_ops;
+pub mod replication;
 pub mod routes;
 pub mod state;
 pub mod stats;
@@ -89,7 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(routes::stats))
         .route("/v1/batch", post(batch::batch))
         .route("/v1/events", get(events::events))
-        .route("/v1/admin/snapshot", post(ops::snapshot));
+        .route("/v1/admin/snapshot", post(ops::snapshot))
+        .route("/v1/admin/promote", post(ops::promote));
     let operations = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -69,6 +69,9 @@ enum DurabilityArg {
     Async,
     /// No WAL: state is lost on exit.
     None,
+    /// Reply after the local flush AND the stream's acknowledgement (needs
+    /// `--replicate-to` or `--standby`): a failover loses no acknowledged write.
+    Replicated,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -157,6 +160,29 @@ struct ServeArgs {
     /// Seed a few demo SKUs (only those that do not exist yet).
     #[arg(long, env = "SURGE_DEMO")]
     demo: bool,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+/// Replication and downstream delivery over NATS JetStream.
+#[derive(Debug, Clone, clap::Args)]
+struct ReplicationArgs {
+    /// Publish every committed batch to the JetStream stream SURGE_LOG at this
+    /// NATS server (`nats://HOST:PORT`): this node is the leader.
+    #[arg(long, env = "SURGE_REPLICATE_TO")]
+    replicate_to: Option<String>,
+    /// Follow SURGE_LOG at this NATS server into the data dir and serve reads;
+    /// writes answer 503 `not_leader` until `POST /v1/admin/promote`.
+    #[arg(long, env = "SURGE_STANDBY", conflicts_with = "replicate_to")]
+    standby: Option<String>,
+    /// Publish every event as JSON to `surge.events.<type>` in the stream
+    /// SURGE_EVENTS at this NATS server.
+    #[arg(long, env = "SURGE_EVENTS_TO")]
+    events_to: Option<String>,
+    /// Replicas of the streams surge creates (a NATS cluster of at least as many
+    /// servers).
+    #[arg(long, env = "SURGE_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
 }
 
 fn main() -> ExitCode {
@@ -321,7 +347,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         DurabilityArg::Sync => Durability::Sync,
         DurabilityArg::Async => Durability::Async,
         DurabilityArg::None => Durability::None,
+        DurabilityArg::Replicated => Durability::Replicated,
     };
+    let replication = args.replication.clone();
+    let nats = replication.replicate_to.is_some() || replication.standby.is_some();
+    if durability == Durability::Replicated && !nats {
+        bail!("--durability replicated needs --replicate-to (a leader) or --standby");
+    }
+    if durability == Durability::None && (nats || replication.events_to.is_some()) {
+        bail!("--durability none keeps no log to replicate or events to deliver");
+    }
+    if !(1..=5).contains(&replication.stream_replicas) {
+        bail!("--stream-replicas must be in 1..=5 (JetStream's limit)");
+    }
     let engine_config = EngineConfig {
         data_dir: args.data_dir.clone(),
         durability,
@@ -333,6 +371,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ship_sla_ms: args.ship_sla_ms,
             review_amount_min: args.review_amount_min,
         }),
+        role: if replication.standby.is_some() {
+            surge_engine::Role::Standby
+        } else {
+            surge_engine::Role::Leader
+        },
+        replicate: nats,
         ..Default::default()
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -346,7 +390,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(addr, auth, api_config, engine_config, args.demo))
+    runtime.block_on(run(
+        addr,
+        auth,
+        api_config,
+        engine_config,
+        args.demo,
+        replication,
+    ))
 }
 
 /// HTTP workers for a machine with `cores` cores. The writer needs a core of its own
@@ -362,6 +413,7 @@ async fn run(
     api_config: ApiConfig,
     engine_config: EngineConfig,
     demo: bool,
+    replication: ReplicationArgs,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -400,6 +452,7 @@ async fn run(
         tracing::info!("WAL recovery: {wal:?}");
     }
     state.set_engine(engine.clone());
+    start_replication(&state, &engine, &replication, &data_dir).await?;
     if let Some(stats) = state.idempotency_stats().await {
         tracing::info!(
             window_ms = stats.policy.window_ms,
@@ -435,6 +488,52 @@ async fn run(
     tracing::info!("draining the engine queue, flushing the WAL, writing a snapshot");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Connect to NATS as the flags say: publish the log (leader), follow it
+/// (standby), publish events. Nothing here waits for NATS to be reachable.
+async fn start_replication(
+    state: &AppState,
+    engine: &EngineHandle,
+    args: &ReplicationArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use surge_api::replication::{NatsLink, NatsPublisher, Standby, announce_durable};
+    let replicas = args.stream_replicas;
+    if let Some(url) = &args.replicate_to {
+        let link = Arc::new(NatsLink::connect(url, replicas, data_dir).await?);
+        let publisher = NatsPublisher::new(Arc::clone(&link), None);
+        let logged = engine.attach_publisher(Box::new(publisher))?.await?;
+        tracing::info!(
+            url,
+            node = format!("{:016x}", link.node()),
+            logged,
+            "publishing the log to SURGE_LOG"
+        );
+        tokio::spawn(announce_durable(link, engine.clone()));
+    }
+    if let Some(url) = &args.standby {
+        let link = Arc::new(NatsLink::connect(url, replicas, data_dir).await?);
+        tracing::info!(
+            url,
+            node = format!("{:016x}", link.node()),
+            "standby: following SURGE_LOG"
+        );
+        tokio::spawn(announce_durable(Arc::clone(&link), engine.clone()));
+        state.set_standby(Standby::start(link, engine.clone()));
+    }
+    if let Some(url) = &args.events_to {
+        let js = surge_api::nats_events::connect(url).await?;
+        tracing::info!(url, "publishing events to SURGE_EVENTS");
+        tokio::spawn(surge_api::nats_events::publish_events(
+            js,
+            replicas,
+            engine.clone(),
+            state.shutdown_signal(),
+        ));
+    }
     Ok(())
 }
 

@@ -394,7 +394,42 @@ pub fn render(state: &AppState, idempotency: Option<&IdempotencyStats>) -> Strin
         "Group commit latency: one sync of the log, however many batches it covers.",
         &s.wal_commit,
     );
+    render_replication(&mut out, state, engine);
     out
+}
+
+/// The node's role, and a standby's lag behind the stream.
+fn render_replication(out: &mut String, state: &AppState, engine: &surge_engine::EngineHandle) {
+    let role = engine.role();
+    let _ = writeln!(
+        out,
+        "# HELP surge_replication_role This node's place in replication (1 for its role).\n\
+         # TYPE surge_replication_role gauge"
+    );
+    for name in ["leader", "standby", "fenced"] {
+        let _ = writeln!(
+            out,
+            "surge_replication_role{{role=\"{name}\"}} {}",
+            u8::from(role.name() == name)
+        );
+    }
+    let (lag_lsn, lag_seconds) = state.replication_lag();
+    let _ = writeln!(
+        out,
+        "# HELP surge_replication_lag_lsn LSNs the stream holds that this standby has not applied.\n\
+         # TYPE surge_replication_lag_lsn gauge\nsurge_replication_lag_lsn {lag_lsn}\n\
+         # HELP surge_replication_lag_seconds Age of this standby's view while it is behind.\n\
+         # TYPE surge_replication_lag_seconds gauge\nsurge_replication_lag_seconds {lag_seconds}\n\
+         # HELP surge_replication_published_lsn The last LSN the replicated log acknowledged.\n\
+         # TYPE surge_replication_published_lsn gauge\nsurge_replication_published_lsn {}",
+        engine.stats().published_lsn.load(Ordering::Relaxed)
+    );
+    histogram(
+        out,
+        "surge_replication_publish_seconds",
+        "One publish of durable records to the replicated log, until acknowledged.",
+        &engine.stats().replication_publish,
+    );
 }
 
 /// A Prometheus histogram: cumulative `_bucket` lines, `_sum` and `_count`.

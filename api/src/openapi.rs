@@ -78,7 +78,7 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         order_ops::hold_order, order_ops::release_hold, order_ops::modify_order,
         order_ops::refund_amount, order_ops::list_ledger, order_ops::export_ledger,
         batch::batch, events::events,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot, ops::promote,
     ),
     components(schemas(
         error::Problem, error::ShortLine, error::SaleRefusal, dto::LineDto, dto::OrderLineDto,

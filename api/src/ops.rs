@@ -13,18 +13,35 @@ use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusBody {
+    /// `ok` (healthz); `ready` (a leader) or `standby` (readyz).
     pub status: &'static str,
+    /// A standby's lag behind the stream, in LSNs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_lsn: Option<u64>,
+    /// A standby's lag in seconds (0 when caught up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+}
+
+impl StatusBody {
+    fn plain(status: &'static str) -> StatusBody {
+        StatusBody {
+            status,
+            lag_lsn: None,
+            lag_seconds: None,
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is up", body = StatusBody)))]
 pub async fn healthz() -> axum::Json<StatusBody> {
-    axum::Json(StatusBody { status: "ok" })
+    axum::Json(StatusBody::plain("ok"))
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Recovery finished, accepting writes", body = StatusBody),
+        (status = 200, description = "Recovery finished: `ready` (a leader, accepting writes) or `standby` (serving reads, with its lag)", body = StatusBody),
         (status = 503, description = "Recovering, draining, or writes refused (`storage_unavailable`)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>, ApiError> {
@@ -39,7 +56,48 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
             "not ready: the server is shutting down",
         ));
     }
-    Ok(axum::Json(StatusBody { status: "ready" }))
+    match engine.role() {
+        surge_engine::Role::Leader => Ok(axum::Json(StatusBody::plain("ready"))),
+        surge_engine::Role::Standby => {
+            let (lag_lsn, lag_seconds) = st.replication_lag();
+            Ok(axum::Json(StatusBody {
+                status: "standby",
+                lag_lsn: Some(lag_lsn),
+                lag_seconds: Some(lag_seconds),
+            }))
+        }
+        surge_engine::Role::Fenced => Err(ApiError::not_leader(
+            "this node was the leader and has been fenced by a newer one",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/admin/promote", tag = "operations",
+    responses(
+        (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now", body = crate::replication::Promotion),
+        (status = 409, description = "`invalid_transition`: this node is not a standby", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`: the stream could not be reached or fenced", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn promote(
+    State(st): State<AppState>,
+    _auth: Auth<Admin>,
+) -> Result<axum::Json<crate::replication::Promotion>, ApiError> {
+    let engine = st.engine()?;
+    let standby = match st.standby() {
+        Some(standby) if engine.role() == surge_engine::Role::Standby => standby,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                format!("this node is a {}, not a standby", engine.role().name()),
+            ));
+        }
+    };
+    standby
+        .promote()
+        .await
+        .map(axum::Json)
+        .map_err(ApiError::storage_unavailable)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",

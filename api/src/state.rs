@@ -65,6 +65,9 @@ pub struct AppState {
 
 struct Inner {
     engine: OnceLock<EngineHandle>,
+    /// A standby's link to the stream (and its promotion), when this node started
+    /// as one.
+    standby: OnceLock<Arc<crate::replication::Standby>>,
     config: ApiConfig,
     auth: AuthMode,
     /// Recovery finished and not draining.
@@ -83,6 +86,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 engine: OnceLock::new(),
+                standby: OnceLock::new(),
                 config,
                 auth,
                 ready: AtomicBool::new(false),
@@ -125,6 +129,31 @@ impl AppState {
 
     pub fn engine_opt(&self) -> Option<&EngineHandle> {
         self.inner.engine.get()
+    }
+
+    pub fn set_standby(&self, standby: Arc<crate::replication::Standby>) {
+        assert!(self.inner.standby.set(standby).is_ok(), "standby set twice");
+    }
+
+    pub fn standby(&self) -> Option<&Arc<crate::replication::Standby>> {
+        self.inner.standby.get()
+    }
+
+    /// A standby's lag: LSNs behind the stream, and seconds (0 when caught up,
+    /// and on a leader).
+    pub fn replication_lag(&self) -> (u64, f64) {
+        let standing_by = self
+            .engine_opt()
+            .is_some_and(|e| e.role() == surge_engine::Role::Standby);
+        match self.standby() {
+            Some(standby) if standing_by => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                (standby.status.lag_lsn(), standby.status.lag_seconds(now_ms))
+            }
+            _ => (0, 0.0),
+        }
     }
 
     pub fn config(&self) -> &ApiConfig {

@@ -882,6 +882,7 @@ impl Engine {
             publish_tx: None,
             publish_thread: None,
             log_reads: Vec::new(),
+            opening: true,
         };
         writer.now_ms = writer.state.now_ms();
         if let Some(wal) = writer.wal.as_mut()
@@ -948,6 +949,7 @@ impl Engine {
                 .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;
             writer.follower = Some((ftx, thread));
         }
+        writer.opening = false;
         let thread = spawn_owner("surge-writer", move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *shared.writer.lock() = Some(thread);
@@ -1187,6 +1189,8 @@ struct Writer<S: Storage> {
     /// Reads of the log for the publish stage, answered once this iteration's
     /// frames are written out (so the reads never copy a staged segment).
     log_reads: Vec<LogRead>,
+    /// `open` is logging the configured policies, before any request is taken.
+    opening: bool,
 }
 
 impl<S: Storage> Writer<S> {
@@ -1784,7 +1788,11 @@ impl<S: Storage> Writer<S> {
         if let Some(reason) = self.refusal() {
             return Err(Error::StorageUnavailable(reason));
         }
-        if let Some(refusal) = self.shared.replication_refusal() {
+        // The policy records logged while opening are published with the rest
+        // of the log once a publisher is attached.
+        if !self.opening
+            && let Some(refusal) = self.shared.replication_refusal()
+        {
             return Err(refusal);
         }
         // A command over a size limit is refused alone, before it is encoded: it

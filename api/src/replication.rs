@@ -1,0 +1,643 @@
+//! Replication over NATS JetStream (issue 13): the leader's log in the stream
+//! `SURGE_LOG`, a standby that follows it, promotion with a fence.
+//!
+//! - **Messages.** One message per publish of up to [`MESSAGE_BYTES_MAX`] bytes of
+//!   records, each record framed as `lsn u64 LE, len u32 LE, bytes` (the record as
+//!   the WAL holds it). Headers: `Nats-Msg-Id` = the first LSN (JetStream drops a
+//!   repeat inside its duplicate window), `Surge-Node` = the publishing node's id,
+//!   `Surge-Last-Lsn` = the last LSN the message carries. A fence is a message
+//!   without records.
+//! - **Fencing.** Every publish states `Nats-Expected-Last-Sequence`, so the stream
+//!   takes a node's message only if nothing was appended since that node's last.
+//!   Promotion appends a fence. A deposed leader's next publish is refused, and so
+//!   is every later one: at start (and after any refusal) a leader reads the
+//!   stream's last message and is fenced unless that message is its own. The node
+//!   id is kept in the data dir (`REPLICA_NODE`), so a restart cannot unfence it.
+//! - **The standby** reads the stream with an ordered consumer from the first
+//!   message after what its own log holds (found by binary search on
+//!   `Surge-Last-Lsn`) and hands the records to the engine
+//!   ([`EngineHandle::replicate`]), which logs them in its own WAL.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, context, stream};
+use futures_util::StreamExt;
+use surge_engine::{EngineHandle, LogPublisher, PublishError};
+use tokio::sync::{Mutex, watch};
+
+pub const LOG_STREAM: &str = "SURGE_LOG";
+pub const LOG_SUBJECT: &str = "surge.log";
+/// The leader's durable LSN, on a plain subject every [`HEARTBEAT_EVERY`]: a
+/// promoted standby reports how much of it the stream never got (`sync` mode).
+pub const HEARTBEAT_SUBJECT: &str = "surge.leader.durable";
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+const HDR_NODE: &str = "Surge-Node";
+const HDR_LAST_LSN: &str = "Surge-Last-Lsn";
+/// Records per message, in bytes: under the server's default 1 MiB payload limit.
+pub const MESSAGE_BYTES_MAX: usize = 768 << 10;
+/// How long a publish or a stream request may take before the log counts as down.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const NODE_FILE: &str = "REPLICA_NODE";
+/// Attempts at catching up and fencing before a promotion gives up (another node
+/// keeps appending: two promotions at once, or the old leader is alive).
+const PROMOTE_ATTEMPTS: usize = 20;
+
+/// A connection to the NATS server and this node's identity in the stream.
+pub struct NatsLink {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    node: u64,
+    replicas: usize,
+    rt: tokio::runtime::Handle,
+}
+
+impl NatsLink {
+    /// Connect (in the background when the server is unreachable now: requests then
+    /// fail until it is back) as the node whose id the data dir keeps.
+    pub async fn connect(url: &str, replicas: usize, data_dir: &Path) -> anyhow::Result<NatsLink> {
+        let node = node_id(data_dir)?;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(REQUEST_TIMEOUT)
+            .connect(url)
+            .await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        Ok(NatsLink {
+            js,
+            client,
+            node,
+            replicas,
+            rt: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    async fn log_stream(&self) -> Result<stream::Stream, String> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: LOG_STREAM.into(),
+                subjects: vec![LOG_SUBJECT.into()],
+                num_replicas: self.replicas,
+                duplicate_window: Duration::from_secs(120),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("stream {LOG_STREAM}: {e}"))
+    }
+
+    /// The stream's last sequence and the last LSN and node its last message names.
+    async fn log_end(&self) -> Result<LogEnd, String> {
+        let stream = self.log_stream().await?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| format!("stream info: {e}"))?;
+        let seq = info.state.last_sequence;
+        if seq == 0 {
+            return Ok(LogEnd {
+                seq: 0,
+                lsn: 0,
+                node: None,
+            });
+        }
+        let message = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| format!("stream message {seq}: {e}"))?;
+        Ok(LogEnd {
+            seq,
+            lsn: header_u64(&message.headers, HDR_LAST_LSN).unwrap_or(0),
+            node: header_u64(&message.headers, HDR_NODE),
+        })
+    }
+
+    /// Publish `records` (possibly none: a fence) as messages stating that the
+    /// stream's last sequence is `expected`; answers the new last sequence.
+    async fn append(
+        &self,
+        expected: u64,
+        records: &[(u64, Vec<u8>)],
+        last_lsn: u64,
+    ) -> Result<u64, context::PublishError> {
+        let mut acks = Vec::new();
+        let mut chunks = chunk_records(records);
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        // Each message expects the one before it to have landed right before.
+        for (next_expected, chunk) in (expected..).zip(chunks) {
+            let (id, chunk_last) = match (chunk.first(), chunk.last()) {
+                (Some((first, _)), Some((last, _))) => (first.to_string(), *last),
+                _ => (format!("fence-{:016x}-{expected}", self.node), last_lsn),
+            };
+            let message = jetstream::message::PublishMessage::build()
+                .payload(encode_records(chunk).into())
+                .message_id(id)
+                .expected_last_sequence(next_expected)
+                .header(HDR_NODE, self.node.to_string().as_str())
+                .header(HDR_LAST_LSN, chunk_last.to_string().as_str());
+            acks.push(self.js.send_publish(LOG_SUBJECT, message).await?);
+        }
+        let mut seq = expected;
+        for ack in acks {
+            seq = ack.await?.sequence;
+        }
+        Ok(seq)
+    }
+}
+
+/// Where the stream ends.
+#[derive(Debug, Clone, Copy)]
+struct LogEnd {
+    seq: u64,
+    lsn: u64,
+    node: Option<u64>,
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.as_str().parse().ok()
+}
+
+/// Records in groups of at most [`MESSAGE_BYTES_MAX`] encoded bytes (a record
+/// larger than that goes alone: the WAL's record limit is below the server's).
+fn chunk_records(records: &[(u64, Vec<u8>)]) -> Vec<&[(u64, Vec<u8>)]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (_, record)) in records.iter().enumerate() {
+        let framed = record.len() + 12;
+        if i > start && bytes + framed > MESSAGE_BYTES_MAX {
+            chunks.push(&records[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += framed;
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
+}
+
+pub fn encode_records(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.iter().map(|(_, r)| r.len() + 12).sum());
+    for (lsn, record) in records {
+        out.extend_from_slice(&lsn.to_le_bytes());
+        out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        out.extend_from_slice(record);
+    }
+    out
+}
+
+pub fn decode_records(mut bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let mut records = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 12 {
+            return Err(format!(
+                "{} bytes left, less than a frame header",
+                bytes.len()
+            ));
+        }
+        let lsn = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        let Some(record) = bytes.get(12..12 + len) else {
+            return Err(format!("record {lsn} runs past the message"));
+        };
+        records.push((lsn, record.to_vec()));
+        bytes = &bytes[12 + len..];
+    }
+    Ok(records)
+}
+
+/// This node's id in the stream: read from the data dir, or made once and kept
+/// there (written whole and synced, so a crash leaves it or nothing).
+fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join(NODE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return u64::from_str_radix(text.trim(), 16)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let id = random_u64();
+    let tmp = data_dir.join(format!("{NODE_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    writeln!(file, "{id:016x}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(id)
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    // Never 0: a message without a node header reads as 0.
+    hasher.finish().max(1)
+}
+
+/// The engine's [`LogPublisher`] over the stream. Runs on the engine's publish
+/// thread, which blocks on the async calls.
+pub struct NatsPublisher {
+    link: Arc<NatsLink>,
+    /// The stream's last sequence as this node left it (`None`: ask first).
+    last_seq: Option<u64>,
+}
+
+impl NatsPublisher {
+    pub fn new(link: Arc<NatsLink>, last_seq: Option<u64>) -> NatsPublisher {
+        NatsPublisher { link, last_seq }
+    }
+
+    async fn resume_async(&mut self) -> Result<u64, PublishError> {
+        let end = self
+            .link
+            .log_end()
+            .await
+            .map_err(PublishError::Unavailable)?;
+        match end.node {
+            Some(node) if node != self.link.node => Err(PublishError::Fenced(format!(
+                "the stream's last message ({}) is node {node:016x}'s, not this node's \
+                 ({:016x})",
+                end.seq, self.link.node
+            ))),
+            _ => {
+                self.last_seq = Some(end.seq);
+                Ok(end.lsn)
+            }
+        }
+    }
+
+    async fn publish_async(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), PublishError> {
+        let expected = match self.last_seq {
+            Some(seq) => seq,
+            None => {
+                self.resume_async().await?;
+                return Err(PublishError::Unavailable(
+                    "resynchronised with the stream: publish again".into(),
+                ));
+            }
+        };
+        let last_lsn = records.last().map_or(0, |(lsn, _)| *lsn);
+        match self.link.append(expected, records, last_lsn).await {
+            Ok(seq) => {
+                self.last_seq = Some(seq);
+                Ok(())
+            }
+            Err(e) => {
+                self.last_seq = None;
+                if e.kind() == context::PublishErrorKind::WrongLastSequence {
+                    // Someone appended: a fence (we are deposed) or our own message
+                    // whose acknowledgement was lost. Only the stream can say.
+                    self.resume_async().await?;
+                }
+                Err(PublishError::Unavailable(format!("publish: {e}")))
+            }
+        }
+    }
+}
+
+impl LogPublisher for NatsPublisher {
+    fn resume(&mut self) -> Result<u64, PublishError> {
+        let rt = self.link.rt.clone();
+        rt.block_on(self.resume_async())
+    }
+
+    fn publish(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), PublishError> {
+        let rt = self.link.rt.clone();
+        rt.block_on(self.publish_async(records))
+    }
+}
+
+/// What `/readyz`, `/metrics` and promotion read about replication.
+#[derive(Default)]
+pub struct ReplicaStatus {
+    /// The last LSN this standby applied (and logged).
+    pub applied_lsn: AtomicU64,
+    /// The stream sequence of the last message applied.
+    pub applied_seq: AtomicU64,
+    /// The last LSN the stream holds, as last seen.
+    pub stream_lsn: AtomicU64,
+    /// When the last message applied was published (ms since the epoch).
+    pub applied_published_ms: AtomicU64,
+    /// The highest durable LSN the current leader announced (`sync` mode: may be
+    /// ahead of the stream).
+    pub leader_durable_lsn: AtomicU64,
+}
+
+impl ReplicaStatus {
+    pub fn lag_lsn(&self) -> u64 {
+        self.stream_lsn
+            .load(Ordering::Acquire)
+            .saturating_sub(self.applied_lsn.load(Ordering::Acquire))
+    }
+
+    /// How old the standby's view is when it is behind (0 when caught up).
+    pub fn lag_seconds(&self, now_ms: u64) -> f64 {
+        if self.lag_lsn() == 0 {
+            return 0.0;
+        }
+        let at = self.applied_published_ms.load(Ordering::Acquire);
+        now_ms.saturating_sub(at) as f64 / 1e3
+    }
+}
+
+/// A standby: follows the stream into the engine until promoted.
+pub struct Standby {
+    link: Arc<NatsLink>,
+    engine: EngineHandle,
+    pub status: Arc<ReplicaStatus>,
+    /// The follow task and its stop switch, while following.
+    follower: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+}
+
+/// What a promotion did.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Promotion {
+    /// The last LSN the new leader holds (everything the stream had).
+    pub lsn: u64,
+    /// The stream sequence of the fence.
+    pub fence_sequence: u64,
+    /// LSNs the old leader announced durable that the stream never got (`sync`
+    /// mode may lose them; `replicated` never acknowledged them).
+    pub lost_lsns: u64,
+}
+
+impl Standby {
+    pub fn start(link: Arc<NatsLink>, engine: EngineHandle) -> Arc<Standby> {
+        let status = Arc::new(ReplicaStatus::default());
+        let applied = engine.stats().durable_lsn.load(Ordering::Acquire);
+        status.applied_lsn.store(applied, Ordering::Release);
+        let standby = Arc::new(Standby {
+            link,
+            engine,
+            status,
+            follower: Mutex::new(None),
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(Arc::clone(&standby).follow(stop));
+        if let Ok(mut follower) = standby.follower.try_lock() {
+            *follower = Some((stop_tx, task));
+        }
+        tokio::spawn(watch_heartbeats(
+            Arc::clone(&standby.link),
+            Arc::clone(&standby.status),
+        ));
+        standby
+    }
+
+    /// Follow the stream until stopped; reconnects after failures.
+    async fn follow(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        retry_until_stopped("standby: following SURGE_LOG", stop, || {
+            self.follow_once(None)
+        })
+        .await;
+    }
+
+    /// Apply the stream's messages after what this node holds, up to and
+    /// including sequence `through` (`None`: forever). The stream's end is
+    /// refreshed as messages come, for the lag.
+    async fn follow_once(&self, through: Option<u64>) -> Result<(), String> {
+        let stream = self.link.log_stream().await?;
+        let end = self.link.log_end().await?;
+        self.status.stream_lsn.fetch_max(end.lsn, Ordering::AcqRel);
+        let applied = self.status.applied_lsn.load(Ordering::Acquire);
+        if through.is_some_and(|t| t <= self.status.applied_seq.load(Ordering::Acquire)) {
+            return Ok(());
+        }
+        let start = first_message_after(&stream, applied, end.seq).await?;
+        if through.is_some_and(|t| start > t) {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: LOG_SUBJECT.into(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("consumer: {e}"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("messages: {e}"))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| format!("message: {e}"))?;
+            let (seq, published_ms) = {
+                let info = message.info().map_err(|e| format!("message info: {e}"))?;
+                (
+                    info.stream_sequence,
+                    (info.published.unix_timestamp_nanos() / 1_000_000) as u64,
+                )
+            };
+            let headers = message.headers.clone().unwrap_or_default();
+            let last_lsn = header_u64(&headers, HDR_LAST_LSN).unwrap_or(0);
+            self.status.stream_lsn.fetch_max(last_lsn, Ordering::AcqRel);
+            let records = decode_records(&message.payload)
+                .map_err(|e| format!("stream message {seq}: {e}"))?;
+            if !records.is_empty() {
+                let applied = self
+                    .engine
+                    .replicate(records)
+                    .map_err(|e| format!("engine: {e}"))?
+                    .await
+                    .map_err(|e| format!("applying stream message {seq}: {e}"))?;
+                self.status.applied_lsn.store(applied, Ordering::Release);
+            }
+            self.status.applied_seq.store(seq, Ordering::Release);
+            self.status
+                .applied_published_ms
+                .store(published_ms, Ordering::Release);
+            if through.is_some_and(|t| seq >= t) {
+                return Ok(());
+            }
+        }
+        Err("the stream's message feed ended".into())
+    }
+
+    /// Catch up with the stream, fence it, and hand the engine a publisher: from
+    /// now on this node is the leader.
+    pub async fn promote(&self) -> Result<Promotion, String> {
+        if let Some((stop, task)) = self.follower.lock().await.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        let mut last_error = String::new();
+        for _ in 0..PROMOTE_ATTEMPTS {
+            let end = match self.link.log_end().await {
+                Ok(end) => end,
+                Err(e) => {
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = self.follow_once(Some(end.seq)).await {
+                last_error = e;
+                continue;
+            }
+            let applied = self.status.applied_lsn.load(Ordering::Acquire);
+            match self.link.append(end.seq, &[], applied).await {
+                Ok(fence_sequence) => {
+                    let publisher =
+                        NatsPublisher::new(Arc::clone(&self.link), Some(fence_sequence));
+                    let lsn = self
+                        .engine
+                        .promote(Box::new(publisher))
+                        .map_err(|e| e.to_string())?
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let announced = self.status.leader_durable_lsn.load(Ordering::Acquire);
+                    let promotion = Promotion {
+                        lsn,
+                        fence_sequence,
+                        lost_lsns: announced.saturating_sub(lsn),
+                    };
+                    tracing::warn!(?promotion, "promoted to leader");
+                    return Ok(promotion);
+                }
+                Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
+                    last_error = "the stream moved on while fencing".into();
+                }
+                Err(e) => last_error = format!("fence: {e}"),
+            }
+        }
+        Err(format!(
+            "could not catch up and fence in {PROMOTE_ATTEMPTS} attempts: {last_error}"
+        ))
+    }
+}
+
+/// Run `attempt` until it succeeds or `stop` turns true, waiting a little longer
+/// after each failure (NATS down, a consumer gone).
+pub async fn retry_until_stopped<F, Fut>(
+    what: &str,
+    mut stop: watch::Receiver<bool>,
+    mut attempt: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let result = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            result = attempt() => result,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => tracing::warn!("{what}: {e}; retrying"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The first stream sequence whose message carries a record after `applied`
+/// (`last + 1` when none does): messages are in LSN order, so a binary search
+/// on their `Surge-Last-Lsn`.
+async fn first_message_after(
+    stream: &stream::Stream,
+    applied: u64,
+    last: u64,
+) -> Result<u64, String> {
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| format!("stream info: {e}"))?;
+    let (mut low, mut high) = (info.state.first_sequence.max(1), last + 1);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let lsn = match stream.get_raw_message(mid).await {
+            Ok(message) => header_u64(&message.headers, HDR_LAST_LSN).unwrap_or(0),
+            // A gap in the sequence (a deleted message): look right of it.
+            Err(_) => 0,
+        };
+        if lsn > applied {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    Ok(low)
+}
+
+/// Remember the highest durable LSN the leader announces.
+async fn watch_heartbeats(link: Arc<NatsLink>, status: Arc<ReplicaStatus>) {
+    let Ok(mut beats) = link.client.subscribe(HEARTBEAT_SUBJECT).await else {
+        return;
+    };
+    while let Some(beat) = beats.next().await {
+        if let Some(lsn) = std::str::from_utf8(&beat.payload)
+            .ok()
+            .and_then(|text| text.parse().ok())
+        {
+            status.leader_durable_lsn.fetch_max(lsn, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A leader announces its durable LSN while it leads.
+pub async fn announce_durable(link: Arc<NatsLink>, engine: EngineHandle) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        tick.tick().await;
+        if engine.role() != surge_engine::Role::Leader {
+            continue;
+        }
+        let lsn = engine.stats().durable_lsn.load(Ordering::Acquire);
+        let _ = link
+            .client
+            .publish(HEARTBEAT_SUBJECT, lsn.to_string().into())
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_chunk_under_the_limit() {
+        let records: Vec<(u64, Vec<u8>)> = (1..=40)
+            .map(|lsn| (lsn * 3, vec![lsn as u8; 50_000]))
+            .collect();
+        let chunks = chunk_records(&records);
+        assert!(chunks.len() > 1);
+        let mut again = Vec::new();
+        for chunk in chunks {
+            let bytes = encode_records(chunk);
+            assert!(bytes.len() <= MESSAGE_BYTES_MAX);
+            again.extend(decode_records(&bytes).expect("decodes"));
+        }
+        assert_eq!(again, records);
+        assert!(decode_records(&[1, 2, 3]).is_err());
+        let mut cut = encode_records(&records[..1]);
+        cut.pop();
+        assert!(decode_records(&cut).is_err());
+    }
+}
