@@ -57,7 +57,17 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
         ));
     }
     match engine.role() {
-        surge_engine::Role::Leader => Ok(axum::Json(StatusBody::plain("ready"))),
+        surge_engine::Role::Leader => {
+            if engine.durability() == surge_engine::Durability::Replicated
+                && let Some(why) = engine.replication_down()
+            {
+                // Every write is refused until the replicated log is back.
+                return Err(ApiError::storage_unavailable(format!(
+                    "the replicated log is unavailable: {why}"
+                )));
+            }
+            Ok(axum::Json(StatusBody::plain("ready")))
+        }
         surge_engine::Role::Standby => {
             let (lag_lsn, lag_seconds) = st.replication_lag();
             Ok(axum::Json(StatusBody {

@@ -63,6 +63,9 @@ impl NatsLink {
         let node = node_id(data_dir)?;
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
+            // Back within a second of the server's return, not the client's
+            // default of several.
+            .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(REQUEST_TIMEOUT)
             .connect(url)
             .await?;

@@ -97,6 +97,13 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables for the server.
     pub fn start_with(data_dir: &Path, log_name: &str, env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn_with(data_dir, log_name, env);
+        server.wait_ready();
+        server
+    }
+
+    /// Start and return once it listens, ready or not.
+    pub fn spawn_with(data_dir: &Path, log_name: &str, env: &[(&str, &str)]) -> Server {
         let stderr_path = data_dir.with_extension(format!("{log_name}.log"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut command = Command::new(surge_binary());
@@ -126,14 +133,18 @@ impl Server {
             .unwrap();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let server = Server {
+        Server {
             child,
             addr,
             stderr_path,
-        };
+        }
+    }
+
+    /// Wait until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
-            if let Ok(r) = request(server.addr, "GET", "/readyz", &[], None)
+            if let Ok(r) = request(self.addr, "GET", "/readyz", &[], None)
                 && r.status == 200
             {
                 break;
@@ -141,11 +152,10 @@ impl Server {
             assert!(
                 Instant::now() < deadline,
                 "surge not ready in time: {}",
-                server.stderr()
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
     pub fn stderr(&self) -> String {

@@ -1,0 +1,311 @@
+//! Replication over a real nats-server with JetStream (issue 13): a leader and a
+//! standby as real `surge` processes, promotion and fencing, NATS down, and the
+//! event stream read by a durable consumer.
+//!
+//! nats-server comes from `SURGE_NATS_SERVER` or PATH (`.ci/setup` installs it).
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{STOREFRONT, Server, TempDir};
+
+fn nats_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SURGE_NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        PathBuf::from(home).join(".local/bin/nats-server")
+    })
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A nats-server with JetStream on a loopback port, stopped on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    fn start(store: &TempDir) -> Nats {
+        Nats::start_on(free_port(), store)
+    }
+
+    fn start_on(port: u16, store: &TempDir) -> Nats {
+        let child = Command::new(nats_binary())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.0.join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning nats-server (see .ci/setup)");
+        let nats = Nats { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll (bounded) until `done` holds; the servers get there on their own.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn reserve(server: &Server) -> common::Resp {
+    server.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/reservations",
+        Some(r#"{"lines":[{"sku":"HOT","qty":1}]}"#),
+    )
+}
+
+/// Reservations from several threads at once; the ids of those acknowledged.
+fn load(server: &Server, threads: usize, each: usize) -> Vec<String> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let acked = Arc::clone(&acked);
+            scope.spawn(move || {
+                for _ in 0..each {
+                    let r = reserve(server);
+                    assert_eq!(r.status, 201, "{}", r.body);
+                    acked.lock().unwrap().push(r.str_field("id"));
+                }
+            });
+        }
+    });
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+fn caught_up(leader: &Server, standby: &Server) -> bool {
+    let ready = standby.call("GET", "/readyz", &[], None);
+    ready.status == 200 && ready.json()["lag_lsn"] == 0 && standby.digest() == leader.digest()
+}
+
+#[test]
+fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
+    let nats_dir = TempDir::new("nats");
+    let nats = Nats::start(&nats_dir);
+    let url = nats.url();
+    let leader_dir = TempDir::new("leader");
+    let standby_dir = TempDir::new("standby");
+    let leader = Server::start_with(
+        &leader_dir.data(),
+        "leader",
+        &[
+            ("SURGE_DURABILITY", "replicated"),
+            ("SURGE_REPLICATE_TO", &url),
+        ],
+    );
+    let standby_env = [("SURGE_STANDBY", url.as_str())];
+    let standby = Server::start_with(&standby_dir.data(), "standby", &standby_env);
+    assert_eq!(
+        standby.call("GET", "/readyz", &[], None).json()["status"],
+        "standby"
+    );
+    leader.define("HOT", 10_000);
+    let mut acked = load(&leader, 8, 40);
+    eventually("the standby to hold every write", || {
+        caught_up(&leader, &standby)
+    });
+    let metrics = standby.call("GET", "/metrics", &[], None).body;
+    assert!(metrics.contains("surge_replication_role{role=\"standby\"} 1"));
+
+    // Writes on a standby go to the leader.
+    reserve(&standby).assert_problem(503, "not_leader");
+    let batch = standby.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/batch",
+        Some(r#"{"ops":[{"op":"reserve","lines":[{"sku":"HOT","qty":1}]}]}"#),
+    );
+    batch.assert_problem(503, "not_leader");
+    assert!(batch.header("retry-after").is_some());
+
+    // A standby killed mid-stream resumes without a gap or a duplicate.
+    standby.kill_9();
+    acked.extend(load(&leader, 4, 25));
+    let standby = Server::start_with(&standby_dir.data(), "standby-again", &standby_env);
+    acked.extend(load(&leader, 4, 25));
+    eventually("the restarted standby to catch up", || {
+        caught_up(&leader, &standby)
+    });
+
+    // Promotion: the standby catches up, fences the stream, and leads.
+    let promoted = standby.admin("POST", "/v1/admin/promote", None);
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    assert_eq!(
+        standby.call("GET", "/readyz", &[], None).json()["status"],
+        "ready"
+    );
+    for id in &acked {
+        let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
+        assert_eq!(
+            r.status, 200,
+            "acknowledged {id} missing after the failover"
+        );
+    }
+    let on_new_leader = reserve(&standby);
+    assert_eq!(on_new_leader.status, 201, "{}", on_new_leader.body);
+    // The old leader's next write is refused by the fence, and so is every later one.
+    reserve(&leader).assert_problem(503, "not_leader");
+    reserve(&leader).assert_problem(503, "not_leader");
+    leader
+        .call("GET", "/readyz", &[], None)
+        .assert_problem(503, "not_leader");
+    standby
+        .admin("POST", "/v1/admin/promote", None)
+        .assert_problem(409, "invalid_transition");
+    // A restart does not unfence it.
+    drop(leader);
+    let leader = Server::spawn_with(
+        &leader_dir.data(),
+        "leader-again",
+        &[
+            ("SURGE_DURABILITY", "replicated"),
+            ("SURGE_REPLICATE_TO", &url),
+        ],
+    );
+    eventually("the restarted old leader to find itself fenced", || {
+        reserve(&leader).body.contains("not_leader")
+    });
+}
+
+#[test]
+fn replicated_writes_wait_for_nats_and_resume_when_it_is_back() {
+    let port = free_port();
+    let dir = TempDir::new("nats-down");
+    let url = format!("nats://127.0.0.1:{port}");
+    let leader = Server::spawn_with(
+        &dir.data(),
+        "leader",
+        &[
+            ("SURGE_DURABILITY", "replicated"),
+            ("SURGE_REPLICATE_TO", &url),
+        ],
+    );
+    eventually("readiness to report the stream down", || {
+        leader
+            .call("GET", "/readyz", &[], None)
+            .body
+            .contains("storage_unavailable")
+    });
+    leader
+        .admin(
+            "PUT",
+            "/v1/skus/HOT",
+            Some(r#"{"on_hand": 5, "name": "HOT"}"#),
+        )
+        .assert_problem(503, "storage_unavailable");
+    let nats = Nats::start_on(port, &dir);
+    leader.wait_ready();
+    leader.define("HOT", 5);
+    assert_eq!(reserve(&leader).status, 201);
+    drop(nats);
+}
+
+#[test]
+fn a_durable_consumer_gets_every_event_once_across_a_restart() {
+    let nats_dir = TempDir::new("nats-events");
+    let nats = Nats::start(&nats_dir);
+    let url = nats.url();
+    let dir = TempDir::new("events");
+    let env = [("SURGE_EVENTS_TO", url.as_str())];
+    let server = Server::start_with(&dir.data(), "first", &env);
+    server.define("HOT", 1_000);
+    load(&server, 4, 20);
+    assert!(server.sigterm_and_wait().success());
+    let server = Server::start_with(&dir.data(), "second", &env);
+    load(&server, 4, 20);
+    let feed: Vec<u64> = server
+        .all_events()
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    let last = *feed.last().expect("events");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let received = runtime.block_on(consume_events(&url, last));
+    assert_eq!(received, feed, "every event once, in order");
+}
+
+/// Read SURGE_EVENTS with a durable pull consumer until the event `last` arrives;
+/// answers the seqs in arrival order.
+async fn consume_events(url: &str, last: u64) -> Vec<u64> {
+    use async_nats::jetstream::{self, consumer};
+    use futures_util::StreamExt;
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        match js.get_stream("SURGE_EVENTS").await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no SURGE_EVENTS: {e}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("finance".into()),
+            filter_subject: "surge.events.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&last) {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("the next event in time")
+            .expect("a message")
+            .expect("no error");
+        let event: serde_json::Value = serde_json::from_slice(&next.payload).expect("JSON");
+        assert!(
+            next.subject
+                .as_str()
+                .ends_with(event["type"].as_str().expect("type"))
+        );
+        seqs.push(event["seq"].as_u64().expect("seq"));
+        next.ack().await.expect("ack");
+    }
+    seqs
+}
