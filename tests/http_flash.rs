@@ -891,6 +891,13 @@ fn refusals_win_in_the_contracts_order() {
     ] {
         assert_validation(&define_sale(&s, "OPEN", body), 400, "sale_ends_at");
     }
+    // An impossible date is a bad timestamp like any other.
+    let r = define_sale(
+        &s,
+        "OPEN",
+        json!({"on_hand": 100, "sale_starts_at": "2026-02-31T00:00:00Z"}),
+    );
+    assert_validation(&r, 400, "sale_starts_at");
     assert_eq!(
         get_sku(&s, "OPEN"),
         before,
