@@ -3,6 +3,10 @@
 //! endpoint racing), sale windows judged to the millisecond by the logged clock (the
 //! stamps the server answers with are compared, never the test's own sleeps), what
 //! counts back, the order in which refusals win, and exact counts after kill -9.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 
