@@ -9,6 +9,10 @@
 //! `cargo bench --bench idempotency`; `SURGE_DRILL_KEYS` (3000000) and
 //! `SURGE_DRILL_BUDGET_MB` (64) change the size. Prints a summary and writes
 //! `target/criterion/idempotency_drill.json`.
+#![allow(
+    unsafe_code,
+    reason = "a global allocator that counts live heap bytes must implement GlobalAlloc"
+)]
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
@@ -26,21 +30,28 @@ struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: forwards to mimalloc and only counts sizes.
+// SAFETY: every method forwards to mimalloc (a sound GlobalAlloc) with the
+// arguments it was given, unchanged, and returns its result, so each pointer handed
+// out is mimalloc's and goes back to it with the layout it was made with. The
+// counting is one relaxed atomic add, which neither allocates (no re-entry) nor
+// panics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
+        // SAFETY: the caller upholds GlobalAlloc's contract for `layout` (non-zero
+        // size), which is all mimalloc needs; the layout is passed unchanged.
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
+        // SAFETY: the caller upholds GlobalAlloc's contract for `layout` (non-zero
+        // size), which is all mimalloc needs; the layout is passed unchanged.
         unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: ptr came from `alloc` with this layout.
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with
+        // `layout`; every allocation of ours is mimalloc's with that same layout.
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -48,7 +59,9 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        // SAFETY: forwarded unchanged.
+        // SAFETY: the caller guarantees `ptr` is ours with `layout` and that
+        // `new_size` is valid for it; `ptr` is mimalloc's with that layout, so
+        // mimalloc's realloc contract holds with the arguments unchanged.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }

@@ -4,6 +4,10 @@
 //! `target/criterion/memory.json`.
 //!
 //! `cargo bench --bench memory`
+#![allow(
+    unsafe_code,
+    reason = "a global allocator that counts live heap bytes must implement GlobalAlloc"
+)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -16,16 +20,22 @@ struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: forwards to the system allocator and only counts sizes.
+// SAFETY: every method forwards to the system allocator (a sound GlobalAlloc) with the
+// arguments it was given, unchanged, and returns its result, so each pointer handed
+// out is the system allocator's and goes back to it with the layout it was made with. The
+// counting is one relaxed atomic add, which neither allocates (no re-entry) nor
+// panics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
+        // SAFETY: the caller upholds GlobalAlloc's contract for `layout` (non-zero
+        // size), which is all the system allocator needs; the layout is passed unchanged.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: ptr came from `alloc` with this layout.
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator with
+        // `layout`; every allocation of ours is the system allocator's with that same layout.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -33,7 +43,9 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        // SAFETY: forwarded unchanged.
+        // SAFETY: the caller guarantees `ptr` is ours with `layout` and that
+        // `new_size` is valid for it; `ptr` is the system allocator's with that layout, so
+        // the system allocator's realloc contract holds with the arguments unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

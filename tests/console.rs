@@ -7,6 +7,10 @@
 //! paths. Screenshots of every step land in `target/console-screenshots/`.
 //!
 //! Every wait polls the page or the API until a bounded deadline; no fixed sleeps.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

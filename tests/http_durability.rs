@@ -1,5 +1,9 @@
 //! Concurrency and durability of the real binary: a 256-client race for 100 units,
 //! kill -9 under load, SSE resume while events are produced, and SIGTERM under load.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 

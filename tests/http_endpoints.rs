@@ -1,6 +1,10 @@
 //! Every endpoint of the contract against the real binary: its success and each
 //! documented error that the bad-input corpus (tests/http_contract.rs) does not
 //! already cover with a valid-looking request.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 

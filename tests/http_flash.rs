@@ -3,6 +3,10 @@
 //! endpoint racing), sale windows judged to the millisecond by the logged clock (the
 //! stamps the server answers with are compared, never the test's own sleeps), what
 //! counts back, the order in which refusals win, and exact counts after kill -9.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 
@@ -16,6 +20,8 @@ use common::{
     OPERATOR, Resp, STOREFRONT, Server, TempDir, VIEWER, now_ms, parse_rfc3339_ms, request,
     rfc3339_ms,
 };
+use rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 use serde_json::{Value, json};
 
 const PRICE: u64 = 100;
@@ -889,6 +895,13 @@ fn refusals_win_in_the_contracts_order() {
     ] {
         assert_validation(&define_sale(&s, "OPEN", body), 400, "sale_ends_at");
     }
+    // An impossible date is a bad timestamp like any other.
+    let r = define_sale(
+        &s,
+        "OPEN",
+        json!({"on_hand": 100, "sale_starts_at": "2026-02-31T00:00:00Z"}),
+    );
+    assert_validation(&r, 400, "sale_starts_at");
     assert_eq!(
         get_sku(&s, "OPEN"),
         before,
@@ -948,16 +961,9 @@ fn refusals_win_in_the_contracts_order() {
 
 // ---------------------------------------------------------------- recovery
 
-/// A tiny deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n
-    }
+/// Uniform-ish in `0..n` from a client's seeded generator (splitmix64).
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    rng.next_u64() % n
 }
 
 const SALE_SKUS: [(&str, u64); 2] = [("SALE", 3), ("DUO", 2)];
@@ -996,27 +1002,26 @@ fn customer_name(i: u64) -> String {
 /// One client of the sale: random reservations (one or both SKUs), orders, adoptions,
 /// releases and cancels for random customers, keyed, until the server dies.
 fn shop(addr: SocketAddr, seed: usize, acked: &AtomicUsize) -> Client {
-    let mut rng =
-        Rng(0x9e37_79b9_7f4a_7c15 ^ (seed as u64 + 1).wrapping_mul(0xff51_afd7_ed55_8ccd));
+    let mut rng = SplitMix64::seed_from_u64(seed as u64);
     let mut me = Client::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     for n in 0.. {
         assert!(Instant::now() < deadline, "the server was never killed");
-        let customer = customer_name(rng.below(CUSTOMERS as u64));
+        let customer = customer_name(below(&mut rng, CUSTOMERS as u64));
         let key = format!("k-{seed}-{n}");
-        let pick = rng.below(10);
+        let pick = below(&mut rng, 10);
         let (path, body, keyed, touched_hold, cancelled_order) = match pick {
             0..=3 => {
-                let mut lines = vec![("SALE", 1 + rng.below(2))];
-                if rng.below(3) == 0 {
+                let mut lines = vec![("SALE", 1 + below(&mut rng, 2))];
+                if below(&mut rng, 3) == 0 {
                     lines.push(("DUO", 1));
                 }
                 let body = reserve_body(&lines, Some(&customer), None);
                 ("/v1/reservations".to_string(), body, true, None, None)
             }
             4 | 5 => {
-                let lines = [("SALE", 1), ("DUO", rng.below(2) + 1)];
-                let lines = &lines[..1 + rng.below(2) as usize];
+                let lines = [("SALE", 1), ("DUO", below(&mut rng, 2) + 1)];
+                let lines = &lines[..1 + below(&mut rng, 2) as usize];
                 let body = order_body(&format!("o-{seed}-{n}"), &customer, lines);
                 ("/v1/orders".to_string(), body, true, None, None)
             }

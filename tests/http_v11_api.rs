@@ -1,5 +1,9 @@
 //! v1.1 API additions over HTTP, against the real binary: strict query strings,
 //! named tokens, the CSV byte-order mark, the Excel export and stats over time windows.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 

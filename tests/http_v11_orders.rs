@@ -2,6 +2,10 @@
 //! fields and `actions`, review hold, PATCH (partial cancel), partial refunds and the
 //! ledger, intercept / refusal returns, delay alerts, the new filters, full event
 //! payloads, the role rules, and that all of it survives a restart.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 

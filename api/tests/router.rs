@@ -1,5 +1,9 @@
 //! Router-level tests: the whole service without a socket, over an engine that keeps
 //! no log (`Durability::None`). Every endpoint's success and documented errors.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 use axum::Router;
 use axum::body::Body;

@@ -905,6 +905,9 @@ impl State {
 mod tests {
     use std::collections::VecDeque;
 
+    use rand_core::{Rng as _, SeedableRng};
+    use rand_xoshiro::SplitMix64;
+
     use super::*;
     use crate::command::{Command, IdempotencyKey, Query};
     use crate::domain::{CancelReason, LineReq, OrderLineReq};
@@ -1498,11 +1501,9 @@ mod tests {
         let mut live: VecDeque<(KeyHash, Millis)> = VecDeque::new();
         let mut gone: Vec<KeyHash> = Vec::new();
         let mut at = T0;
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rng = SplitMix64::seed_from_u64(1);
         for i in 0..20 * keys_max {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             // A third of the keys share eight homes, some at the very end of the
             // table; the rest spread.
             let first = match i % 3 {

@@ -22,25 +22,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 use surge_engine::wal::{FileWriter, SegmentId, SegmentSyncer, SimStorage, Storage, WalConfig};
 use surge_engine::{
     CancelReason, Clock, Command, Durability, Engine, EngineConfig, EngineHandle, Error, LineReq,
     OrderId, OrderLineReq, Query, QueryReply, ReservationId, State,
 };
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// Uniform-ish in `0..n` (in `0..1` for `n = 0`), by modulo: with splitmix64 from
+/// `rand_xoshiro`, a seed names the same run as before the crate came in.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    rng.next_u64() % n.max(1)
 }
 
 /// Holds the writer at its next storage step while a burst is queued, so that a burst
@@ -184,36 +177,36 @@ fn config(clock: &Arc<AtomicU64>) -> EngineConfig {
     }
 }
 
-fn random_command(rng: &mut Rng, orders: u64, reservations: u64) -> Command {
+fn random_command(rng: &mut SplitMix64, orders: u64, reservations: u64) -> Command {
     let actor = "sim".to_string();
-    let sku = |rng: &mut Rng| format!("S{}", rng.below(SKUS));
-    match rng.below(10) {
+    let sku = |rng: &mut SplitMix64| format!("S{}", below(rng, SKUS));
+    match below(rng, 10) {
         0..=2 => Command::Reserve {
-            lines: (0..1 + rng.below(3))
+            lines: (0..1 + below(rng, 3))
                 .map(|_| LineReq {
                     sku: sku(rng),
-                    qty: 1 + rng.below(4),
+                    qty: 1 + below(rng, 4),
                 })
                 .collect(),
             ttl_ms: TTL_MS,
             actor,
         },
         3 => Command::ReleaseReservation {
-            id: ReservationId(1 + rng.below(reservations + 1)),
+            id: ReservationId(1 + below(rng, reservations + 1)),
             actor,
         },
         4 => Command::CommitReservation {
-            id: ReservationId(1 + rng.below(reservations + 1)),
+            id: ReservationId(1 + below(rng, reservations + 1)),
             actor,
         },
         5 | 6 => Command::CreateOrder {
-            order_no: format!("n{}", rng.next() % 1_000_000),
-            customer_id: format!("c{}", rng.below(20)),
-            lines: (0..1 + rng.below(2))
+            order_no: format!("n{}", rng.next_u64() % 1_000_000),
+            customer_id: format!("c{}", below(rng, 20)),
+            lines: (0..1 + below(rng, 2))
                 .map(|_| OrderLineReq {
                     sku: sku(rng),
-                    qty: 1 + rng.below(3),
-                    unit_price: 100 * (1 + rng.below(9)),
+                    qty: 1 + below(rng, 3),
+                    unit_price: 100 * (1 + below(rng, 9)),
                 })
                 .collect(),
             payment_ttl_ms: TTL_MS,
@@ -222,7 +215,7 @@ fn random_command(rng: &mut Rng, orders: u64, reservations: u64) -> Command {
         },
         7 => {
             // Pay with the right amount is the common case; the engine checks it.
-            let id = OrderId(1 + rng.below(orders + 1));
+            let id = OrderId(1 + below(rng, orders + 1));
             Command::PayOrder {
                 id,
                 amount: 0,
@@ -231,14 +224,14 @@ fn random_command(rng: &mut Rng, orders: u64, reservations: u64) -> Command {
             }
         }
         8 => Command::CancelOrder {
-            id: OrderId(1 + rng.below(orders + 1)),
-            reason: CancelReason::ALL[rng.below(6) as usize],
+            id: OrderId(1 + below(rng, orders + 1)),
+            reason: CancelReason::ALL[below(rng, 6) as usize],
             note: "power".into(),
             actor,
         },
         _ => Command::AdjustStock {
             sku: sku(rng),
-            delta: 1 + rng.below(5) as i64,
+            delta: 1 + below(rng, 5) as i64,
             reason: surge_engine::AdjustReason::Inbound,
             note: String::new(),
             actor,
@@ -306,7 +299,7 @@ struct Trace {
 }
 
 fn run_seed(seed: u64) -> Trace {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::seed_from_u64(seed);
     let clock = Arc::new(AtomicU64::new(1_700_000_000_000));
     let disk = SimStorage::new();
     let gate = Arc::new(Gate::default());
@@ -335,8 +328,8 @@ fn run_seed(seed: u64) -> Trace {
     }
     // The disk dies at a random operation, or at the first sync after one (then
     // what was written for that commit is on the disk unsynced at the cut).
-    let died_at_op = rng.below(OPS * 3);
-    if rng.below(2) == 0 {
+    let died_at_op = below(&mut rng, OPS * 3);
+    if below(&mut rng, 2) == 0 {
         disk.fail_at_step(died_at_op);
     } else {
         disk.fail_at_sync_after_step(died_at_op);
@@ -348,8 +341,8 @@ fn run_seed(seed: u64) -> Trace {
         // Time passes, mostly a millisecond, sometimes a lot. The writer's timer
         // expires overdue holds by itself at the new time; an explicit Expire at the
         // same time tells the reference (and is a no-op if the timer came first).
-        let jump = if rng.below(20) == 0 {
-            rng.below(TTL_MS)
+        let jump = if below(&mut rng, 20) == 0 {
+            below(&mut rng, TTL_MS)
         } else {
             1
         };
@@ -363,7 +356,7 @@ fn run_seed(seed: u64) -> Trace {
                 }
             }
         }
-        match rng.below(20) {
+        match below(&mut rng, 20) {
             0 => {
                 // A snapshot (and the segment deletion after it) at a random point.
                 if handle.snapshot().expect("queue").wait().is_err() {
@@ -381,7 +374,7 @@ fn run_seed(seed: u64) -> Trace {
                     note: "burst".into(),
                     actor: "sim".into(),
                 };
-                let rest: Vec<Command> = (0..2 + rng.below(6))
+                let rest: Vec<Command> = (0..2 + below(&mut rng, 6))
                     .map(|_| {
                         with_amount(&reference, random_command(&mut rng, orders, reservations))
                     })

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::load::fmt_us;
 use crate::report::DrillReport;
+use crate::stats::is_sold_out;
 
 const COLORS: &[&str] = &["#1f6feb", "#d1242f", "#1a7f37", "#9a6700"];
 const W: f64 = 720.0;
@@ -243,14 +244,15 @@ pub fn render(report: &DrillReport) -> String {
         verdict,
         esc(&report.command)
     );
-    body.push_str("<h2>Summary</h2><table><thead><tr><th>system</th><th>requests</th><th>errors</th><th>req/s</th><th>sessions/s</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>audit</th></tr></thead><tbody>");
+    body.push_str("<h2>Summary</h2><table><thead><tr><th>system</th><th>requests</th><th>sold out</th><th>errors</th><th>req/s</th><th>sessions/s</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>audit</th></tr></thead><tbody>");
     for r in &report.runs {
         let s = &r.stats;
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&s.label),
             s.requests,
+            s.sold_out,
             s.errors,
             s.throughput_rps,
             s.sessions as f64 / s.elapsed_s.max(1e-9),
@@ -447,12 +449,21 @@ pub fn render(report: &DrillReport) -> String {
             let _ = write!(body, r#"<li class="fail">{}</li>"#, esc(f));
         }
         body.push_str("</ul>");
-        if !r.stats.errors_by_code.is_empty() {
+        if !r.stats.answers_by_code.is_empty() {
             body.push_str(
-                "<table><thead><tr><th>answer code</th><th>count</th></tr></thead><tbody>",
+                "<table><thead><tr><th>answer code</th><th>counted as</th><th>count</th></tr></thead><tbody>",
             );
-            for (code, n) in &r.stats.errors_by_code {
-                let _ = write!(body, "<tr><td>{}</td><td>{n}</td></tr>", esc(code));
+            for (code, n) in &r.stats.answers_by_code {
+                let kind = if is_sold_out(code) {
+                    "sold out"
+                } else {
+                    "error"
+                };
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{kind}</td><td>{n}</td></tr>",
+                    esc(code)
+                );
             }
             body.push_str("</tbody></table>");
         }

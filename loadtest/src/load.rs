@@ -267,9 +267,10 @@ pub fn spawn_progress(
             tick += 1;
             let p = recorder.progress();
             let msg = format!(
-                "{} req/s  requests {}  errors {}  p99 {}",
+                "{} req/s  requests {}  sold out {}  errors {}  p99 {}",
                 p.last_second_rps,
                 p.requests,
+                p.sold_out,
                 p.errors,
                 fmt_us(p.p99_us)
             );

@@ -235,10 +235,12 @@ impl Ctx {
     }
 }
 
-fn code_of(r: &anyhow::Result<Reply>) -> Option<String> {
+/// The problem code of a script's answer; `refused` names what its 0 means
+/// (`insufficient_stock` for a reservation, so it counts as sold out as surge's does).
+fn code_of(r: &anyhow::Result<Reply>, refused: &str) -> Option<String> {
     match r {
         Ok(Reply::Int(1)) => None,
-        Ok(Reply::Int(0)) => Some("insufficient_stock_or_not_held".into()),
+        Ok(Reply::Int(0)) => Some(refused.into()),
         Ok(Reply::Int(-1)) => Some("expired".into()),
         Ok(Reply::Error(e)) => Some(format!(
             "redis_error: {}",
@@ -274,7 +276,7 @@ async fn shopper(ctx: Arc<Ctx>, n: u64, due: Instant) {
             sku_key.as_bytes(),
         ])
         .await;
-    let code = code_of(&r);
+    let code = code_of(&r, "insufficient_stock");
     ctx.recorder.record("reserve", due, code.as_deref());
     if r.is_err() {
         ctx.unanswered.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +310,7 @@ async fn shopper(ctx: Arc<Ctx>, n: u64, due: Instant) {
                     verb,
                 ])
                 .await;
-            let code = code_of(&r);
+            let code = code_of(&r, "not_held");
             ctx.recorder.record(op, t, code.as_deref());
             match (&r, code) {
                 (Ok(_), None) if action == Action::Pay => &["committed"],

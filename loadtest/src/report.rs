@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::audit::Audit;
 use crate::crash::CrashReport;
 use crate::load::fmt_us;
-use crate::stats::RunStats;
+use crate::stats::{RunStats, is_sold_out};
 
 /// One system's run and its audit.
 #[derive(Debug, Clone, Serialize)]
@@ -45,15 +45,25 @@ impl DrillReport {
         let mut out = String::new();
         out.push_str(&format!("\n== {} drill ==\n", self.scenario));
         out.push_str(&format!(
-            "{:<22} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  audit\n",
-            "system", "requests", "errors", "req/s", "p50", "p90", "p99", "p99.9", "max"
+            "{:<22} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}  audit\n",
+            "system",
+            "requests",
+            "sold out",
+            "errors",
+            "req/s",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max"
         ));
         for r in &self.runs {
             let s = &r.stats;
             out.push_str(&format!(
-                "{:<22} {:>10} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9}  {}\n",
+                "{:<22} {:>10} {:>9} {:>9} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9}  {}\n",
                 s.label,
                 s.requests,
+                s.sold_out,
                 s.errors,
                 s.throughput_rps,
                 fmt_us(s.latency.p50_us),
@@ -89,10 +99,11 @@ impl DrillReport {
                     fmt_us(o.latency.max_us)
                 ));
             }
-            if !s.errors_by_code.is_empty() {
+            if !s.answers_by_code.is_empty() {
                 out.push_str("  answers by problem code:");
-                for (code, n) in &s.errors_by_code {
-                    out.push_str(&format!(" {code}={n}"));
+                for (code, n) in &s.answers_by_code {
+                    let kind = if is_sold_out(code) { " (sold out)" } else { "" };
+                    out.push_str(&format!(" {code}={n}{kind}"));
                 }
                 out.push('\n');
             }

@@ -1,5 +1,9 @@
 //! Spawning `surge` for `--spawn` and crash drills: a temporary data dir, a free
 //! loopback port, readiness polling, SIGKILL and SIGTERM of our own child only.
+#![allow(
+    unsafe_code,
+    reason = "SIGTERM and the watchdog's SIGKILL go through libc::kill, by pid"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -72,7 +76,13 @@ fn forget_child(pid: Option<u32>) {
 /// SIGKILL every child this process spawned and has not reaped (watchdog only).
 pub fn kill_all_children() {
     for &pid in CHILDREN.lock().expect("children").iter() {
-        // SAFETY: kill(2) on pids of our own unreaped children.
+        // SAFETY: kill(2) takes two integers and no pointers, so the call cannot
+        // touch memory of ours whatever the pid; its failure (an already gone
+        // child) is harmless and ignored. The pids are our own children's: each is
+        // listed at spawn and forgotten right after it is reaped, so until then
+        // the pid cannot have been reused by another process (only the instant
+        // between a reap and its forget_child is open, and the watchdog runs
+        // only when a drill has already overrun).
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
         }
@@ -160,7 +170,10 @@ impl Surge {
         let pid = self.child.id();
         if let Some(pid) = pid {
             // Only ever our own child, by its pid.
-            // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
+            // SAFETY: kill(2) takes two integers and no pointers, so the call
+            // cannot touch memory of ours. The pid is our child's and `self.child`
+            // has not been waited for yet (tokio's `id()` is None once it has), so
+            // the child is at worst a zombie and its pid not reused.
             unsafe {
                 libc::kill(pid as libc::pid_t, libc::SIGTERM);
             }

@@ -16,6 +16,16 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, sigfig).expect("valid histogram bounds")
 }
 
+/// Problem codes that say the stock ran out: during a flash sale that is the sale
+/// working (it sold out), not something a user should worry about, so the report
+/// counts these as "sold out", apart from the errors.
+pub const SOLD_OUT_CODES: &[&str] = &["insufficient_stock"];
+
+/// Whether an answer's problem code is a sold-out answer rather than an error.
+pub fn is_sold_out(code: &str) -> bool {
+    SOLD_OUT_CODES.contains(&code)
+}
+
 /// How latencies are corrected for coordinated omission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loop {
@@ -28,6 +38,7 @@ pub enum Loop {
 
 struct Second {
     requests: u64,
+    sold_out: u64,
     errors: u64,
     hist: Histogram<u64>,
 }
@@ -38,6 +49,7 @@ struct Inner {
     codes: BTreeMap<String, u64>,
     seconds: Vec<Second>,
     requests: u64,
+    sold_out: u64,
     errors: u64,
     sessions: u64,
 }
@@ -55,6 +67,7 @@ pub struct Recorder {
 pub struct Progress {
     pub elapsed: Duration,
     pub requests: u64,
+    pub sold_out: u64,
     pub errors: u64,
     pub p99_us: u64,
     pub last_second_rps: u64,
@@ -71,6 +84,7 @@ impl Recorder {
                 codes: BTreeMap::new(),
                 seconds: Vec::new(),
                 requests: 0,
+                sold_out: 0,
                 errors: 0,
                 sessions: 0,
             }),
@@ -90,7 +104,8 @@ impl Recorder {
     }
 
     /// Record one request of operation `op` that was due at `since` and ended now.
-    /// `code` is `None` for a 2xx, else the problem code (or transport error).
+    /// `code` is `None` for a 2xx, else the problem code (or transport error): a
+    /// sold-out code ([`is_sold_out`]) counts as sold out, any other as an error.
     pub fn record(&self, op: &'static str, since: Instant, code: Option<&str>) {
         let now = Instant::now();
         let latency_us =
@@ -123,6 +138,7 @@ impl Recorder {
         while inner.seconds.len() <= second {
             inner.seconds.push(Second {
                 requests: 0,
+                sold_out: 0,
                 errors: 0,
                 hist: histogram(2),
             });
@@ -132,8 +148,13 @@ impl Recorder {
         s.hist.saturating_record(latency_us);
         inner.requests += 1;
         if let Some(code) = code {
-            s.errors += 1;
-            inner.errors += 1;
+            if is_sold_out(code) {
+                s.sold_out += 1;
+                inner.sold_out += 1;
+            } else {
+                s.errors += 1;
+                inner.errors += 1;
+            }
             match inner.codes.get_mut(code) {
                 Some(c) => *c += 1,
                 None => {
@@ -159,6 +180,7 @@ impl Recorder {
         Progress {
             elapsed,
             requests: g.requests,
+            sold_out: g.sold_out,
             errors: g.errors,
             p99_us: g.all.value_at_quantile(0.99),
             last_second_rps,
@@ -193,6 +215,7 @@ impl Recorder {
             elapsed_s: secs,
             requests: g.requests,
             sessions: g.sessions,
+            sold_out: g.sold_out,
             errors: g.errors,
             throughput_rps: g.requests as f64 / secs,
             latency: Latency::of(&g.all),
@@ -210,7 +233,7 @@ impl Recorder {
                     )
                 })
                 .collect(),
-            errors_by_code: g.codes.clone(),
+            answers_by_code: g.codes.clone(),
             timeline: g
                 .seconds
                 .iter()
@@ -218,6 +241,7 @@ impl Recorder {
                 .map(|(t, s)| SecondStats {
                     t_s: t as u64,
                     requests: s.requests,
+                    sold_out: s.sold_out,
                     errors: s.errors,
                     p99_us: s.hist.value_at_quantile(0.99),
                 })
@@ -264,6 +288,7 @@ pub struct OpStats {
 pub struct SecondStats {
     pub t_s: u64,
     pub requests: u64,
+    pub sold_out: u64,
     pub errors: u64,
     pub p99_us: u64,
 }
@@ -282,13 +307,41 @@ pub struct RunStats {
     pub elapsed_s: f64,
     pub requests: u64,
     pub sessions: u64,
-    /// Non-2xx answers and requests with no answer.
+    /// `insufficient_stock` answers ([`SOLD_OUT_CODES`]): the stock ran out, as a
+    /// flash sale should; not errors.
+    pub sold_out: u64,
+    /// Other non-2xx answers and requests with no answer: what a user should worry about.
     pub errors: u64,
     pub throughput_rps: f64,
     /// Overall; in closed loop this includes the coordinated-omission correction.
     pub latency: Latency,
     pub per_op: BTreeMap<String, OpStats>,
-    pub errors_by_code: BTreeMap<String, u64>,
+    /// Every non-2xx answer (sold out and errors) and unanswered request, by code.
+    pub answers_by_code: BTreeMap<String, u64>,
     pub timeline: Vec<SecondStats>,
     pub distribution: Vec<DistPoint>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sold_out_answers_are_not_errors() {
+        let rec = Recorder::new(Loop::Open);
+        let t = Instant::now();
+        rec.record("reserve", t, None);
+        rec.record("reserve", t, Some("insufficient_stock"));
+        rec.record("reserve", t, Some("insufficient_stock"));
+        rec.record("reserve", t, Some("overloaded"));
+        rec.record("pay", t, Some("transport_error"));
+        let p = rec.progress();
+        assert_eq!((p.requests, p.sold_out, p.errors), (5, 2, 2));
+        let s = rec.summary("surge", Duration::from_secs(1));
+        assert_eq!((s.requests, s.sold_out, s.errors), (5, 2, 2));
+        assert_eq!(s.answers_by_code["insufficient_stock"], 2);
+        assert_eq!(s.answers_by_code.values().sum::<u64>(), 4);
+        let second = &s.timeline[0];
+        assert_eq!((second.sold_out, second.errors), (2, 2));
+    }
 }

@@ -1,5 +1,9 @@
 //! The audit can fail: test doubles that oversell, or lose an acknowledged order,
 //! make the drill exit non-zero with the reason.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 
 mod common;
 

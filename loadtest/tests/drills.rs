@@ -82,8 +82,20 @@ fn flash_sale_drill_passes_and_reports() {
     assert!(run["stats"]["per_op"]["reserve"]["ok"].as_u64().unwrap() > 0);
     assert!(!run["stats"]["timeline"].as_array().unwrap().is_empty());
     assert_eq!(run["audit"]["passed"], true);
+    // Sold-out answers are counted apart from the errors, and both add up to the
+    // answers by code.
+    let stats = &run["stats"];
+    let by_code = stats["answers_by_code"].as_object().unwrap();
+    let sold_out = by_code
+        .get("insufficient_stock")
+        .map_or(0, |n| n.as_u64().unwrap());
+    assert_eq!(stats["sold_out"].as_u64().unwrap(), sold_out);
+    let all: u64 = by_code.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(stats["errors"].as_u64().unwrap() + sold_out, all);
+    assert!(stdout.contains("sold out"));
 
     let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<th>sold out</th><th>errors</th>"));
     assert!(
         !page.contains("http://") || !page.contains("src=\"http"),
         "no external assets"

@@ -5,7 +5,10 @@
 //! The binary is `target/<profile>/surge` next to the test executable; the first
 //! server of a test process runs `cargo build -p surge-api --bin surge` so that it is
 //! never stale.
-
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: an unwrap that fails is a failing test"
+)]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -14,34 +14,19 @@ use std::io;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rand_core::{Rng as _, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
 use crate::PAGE_BYTES;
 use crate::storage::{SegmentId, SegmentSyncer, Storage};
 
 const SECTOR_BYTES: usize = 512;
 
-/// splitmix64: a tiny, well-mixed, seedable generator (no rand dependency).
-#[derive(Clone, Debug)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-ish in 0..n (n > 0).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next_u64() % n
-    }
+/// Uniform-ish in `0..n` (`n > 0`): the simple modulo, so that a seed keeps
+/// naming the crash it named before the generator came from `rand_xoshiro`.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    assert!(n > 0);
+    rng.next_u64() % n
 }
 
 #[derive(Clone, Debug, Default)]
@@ -213,9 +198,9 @@ impl SimStorage {
             dir_ops_pending: st.pending_dir_ops.len(),
             ..CrashReport::default()
         };
-        let mut rng = SplitMix64::new(seed);
+        let mut rng = SplitMix64::seed_from_u64(seed);
         let mut dir = st.durable_dir.clone();
-        let kept_ops = rng.below(st.pending_dir_ops.len() as u64 + 1) as usize;
+        let kept_ops = below(&mut rng, st.pending_dir_ops.len() as u64 + 1) as usize;
         report.dir_ops_lost = st.pending_dir_ops.len() - kept_ops;
         for op in &st.pending_dir_ops[..kept_ops] {
             apply(&mut dir, op);
@@ -394,7 +379,7 @@ fn crash_image(
     rng: &mut SplitMix64,
     report: &mut CrashReport,
 ) -> Vec<u8> {
-    let len = if file.written.len() == file.durable.len() || rng.below(2) == 0 {
+    let len = if file.written.len() == file.durable.len() || below(rng, 2) == 0 {
         file.durable.len()
     } else {
         file.written.len()
@@ -408,7 +393,7 @@ fn crash_image(
         let end = (start + page).min(len);
         let pick = |src: &[u8], i: usize| src.get(i).copied().unwrap_or(0);
         let same = (start..end).all(|i| pick(&file.written, i) == pick(&file.durable, i));
-        let choice = if same { 1 } else { rng.below(4) };
+        let choice = if same { 1 } else { below(rng, 4) };
         if !same {
             report.pages_unsynced += 1;
             match choice {
@@ -423,7 +408,7 @@ fn crash_image(
                 }
             }
         }
-        let torn_at = start + SECTOR_BYTES * rng.below((page / SECTOR_BYTES) as u64) as usize;
+        let torn_at = start + SECTOR_BYTES * below(rng, (page / SECTOR_BYTES) as u64) as usize;
         for (i, byte) in image.iter_mut().enumerate().take(end).skip(start) {
             *byte = match choice {
                 0 => pick(&file.written, i),

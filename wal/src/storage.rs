@@ -1,5 +1,9 @@
 //! The storage trait (a directory of files, in small primitive steps) and its
 //! real-file implementation.
+#![allow(
+    unsafe_code,
+    reason = "memory-maps segments and calls flock, fallocate and sync_file_range through libc"
+)]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -287,7 +291,9 @@ impl MmapStorage {
             .truncate(false)
             .open(dir.join(LOCK_FILE))
             .map_err(|e| Error::io("open lock file", e))?;
-        // SAFETY: flock on a file descriptor we own and keep open; no memory is involved.
+        // SAFETY: flock(2) only needs a valid descriptor: `lock` is an open File we
+        // own for the whole call (and keep open to hold the lock); it takes no
+        // pointers, so no memory of ours can be touched; failure is reported in rc.
         let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let e = io::Error::last_os_error();
@@ -368,8 +374,9 @@ impl MmapStorage {
 fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len_bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-    // SAFETY: fallocate on a file descriptor we own; mode 0 allocates blocks and
-    // extends the size, touching no memory of ours.
+    // SAFETY: fallocate(2) only needs a valid descriptor: `file` is borrowed open
+    // for the whole call; it takes no pointers (mode 0 allocates blocks and extends
+    // the size), so no memory of ours is touched; failure is reported in rc/errno.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
     if rc == 0 {
         return Ok(());
@@ -380,7 +387,9 @@ fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
     }
     // Filesystems without fallocate (tmpfs on old kernels, some FUSE): glibc's
     // posix_fallocate emulates it by writing a byte into every block.
-    // SAFETY: as above; posix_fallocate returns the error number instead of setting errno.
+    // SAFETY: as for fallocate above: a descriptor borrowed open for the call and
+    // plain integers, no pointers. (It returns the error number instead of setting
+    // errno, which the code below reads accordingly.)
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
     if rc == 0 {
         Ok(())
@@ -429,7 +438,9 @@ fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
             "range too large",
         ));
     };
-    // SAFETY: a plain syscall on a file descriptor we own; no memory is passed.
+    // SAFETY: sync_file_range(2) only needs a valid descriptor: `file` is borrowed
+    // open for the call; offset, length and flags are integers (checked to fit
+    // off64_t above) and no pointer is passed, so no memory of ours is touched.
     let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
     if rc != 0 {
         return Err(io::Error::last_os_error());

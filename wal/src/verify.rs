@@ -1,4 +1,8 @@
 //! Offline check of a data directory, for `surge wal verify <dir>`.
+#![allow(
+    unsafe_code,
+    reason = "maps segments read-only and takes a shared flock through libc"
+)]
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -258,9 +262,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, Error> {
     let mut maps = Vec::with_capacity(seg_files.len());
     for (_, name) in &seg_files {
         let file = File::open(dir.join(name)).map_err(|e| Error::io("open segment", e))?;
-        // SAFETY: a read-only private view of a segment; the shared lock keeps
-        // a surge process (which holds the lock exclusively) from writing it
-        // while we read.
+        // SAFETY: Mmap::map is unsafe because the file could change under the map.
+        // This is a read-only view of a segment; the shared lock taken above keeps
+        // a surge process (which holds the lock exclusively) from writing or
+        // truncating it while we read, and nothing here writes through the map.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io("map segment", e))?;
         maps.push(map);
     }
@@ -595,7 +600,9 @@ fn lock_shared(dir: &Path) -> Result<Option<File>, Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open lock file", e)),
     };
-    // SAFETY: flock on a file descriptor we own and keep open; no memory is involved.
+    // SAFETY: flock(2) only needs a valid descriptor: `lock` is an open File we own
+    // for the whole call (and return, to hold the lock); it takes no pointers, so
+    // no memory of ours can be touched; failure is reported in rc.
     let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if rc != 0 {
         let e = io::Error::last_os_error();

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use rand_core::SeedableRng;
 use surge_wal::{Error, HEADER_CLAIM_EVERY_COMMITS, Lsn, SimStorage, Wal};
 
 const PAYLOAD_BYTES: usize = 64;
@@ -421,7 +422,7 @@ fn limits_are_enforced() {
 fn power_loss_keeps_every_committed_record_over_many_seeds() {
     const SEGMENT_BYTES: u64 = 16 * 1024;
     for seed in 0..300u64 {
-        let mut rng = Rng(seed);
+        let mut rng = SplitMix64::seed_from_u64(seed);
         let mut disk = SimStorage::new();
         // lsn -> payload of everything appended and not known lost.
         let mut model: std::collections::BTreeMap<Lsn, Vec<u8>> = Default::default();
@@ -466,11 +467,11 @@ fn power_loss_keeps_every_committed_record_over_many_seeds() {
             );
 
             let mut lsn = wal.last_lsn();
-            for _ in 0..rng.below(120) {
-                match rng.below(20) {
+            for _ in 0..below(&mut rng, 120) {
+                match below(&mut rng, 20) {
                     0..=13 => {
-                        lsn += 1 + rng.below(2);
-                        let p = payload(lsn, seed * 8 + life, 1 + rng.below(300) as usize);
+                        lsn += 1 + below(&mut rng, 2);
+                        let p = payload(lsn, seed * 8 + life, 1 + below(&mut rng, 300) as usize);
                         wal.append(lsn, &p).expect("append");
                         model.insert(lsn, p);
                     }

@@ -1,6 +1,8 @@
 //! Shared helpers for the wal integration tests.
 #![allow(dead_code)]
 
+use rand_core::{Rng as _, SeedableRng};
+pub use rand_xoshiro::SplitMix64;
 use surge_wal::{Lsn, Recovery, SimStorage, Storage, Wal, WalConfig};
 
 pub const SEGMENT_BYTES_SMALL: u64 = 32 * 1024;
@@ -15,16 +17,10 @@ pub fn config(segment_bytes: u64) -> WalConfig {
 
 /// A deterministic payload for an lsn (and a generation, so a rewritten lsn differs).
 pub fn payload(lsn: Lsn, generation: u64, len: usize) -> Vec<u8> {
-    let mut x =
-        lsn.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ generation.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = SplitMix64::seed_from_u64(lsn ^ generation.rotate_left(32));
+    let mut out = vec![0; len];
+    rng.fill_bytes(&mut out);
+    out
 }
 
 pub fn open_sim(disk: &SimStorage, segment_bytes: u64) -> (Wal<SimStorage>, Recovery) {
@@ -50,21 +46,9 @@ pub fn append_range<S: Storage>(wal: &mut Wal<S>, lsns: std::ops::RangeInclusive
     }
 }
 
-/// Small seeded generator for test workloads.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+/// Uniform-ish in `0..n` (`n > 0`) from the test workloads' seeded generator.
+pub fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    rng.next_u64() % n
 }
 
 /// (lsn, offset, frame length without padding) of the records in a segment
