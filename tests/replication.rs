@@ -102,12 +102,13 @@ fn load(server: &Server, threads: usize, each: usize) -> Vec<String> {
                 for _ in 0..each {
                     let r = reserve(server);
                     assert_eq!(r.status, 201, "{}", r.body);
-                    acked.lock().unwrap().push(r.str_field("id"));
+                    acked.lock().expect("not poisoned").push(r.str_field("id"));
                 }
             });
         }
     });
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+    let acked = Arc::try_unwrap(acked).expect("the threads are done");
+    acked.into_inner().expect("not poisoned")
 }
 
 fn caught_up(leader: &Server, standby: &Server) -> bool {

@@ -105,6 +105,8 @@ async fn publish_from_stream_end(
 pub async fn connect(url: &str) -> anyhow::Result<jetstream::Context> {
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
+        // Back within a second of the server's return, not the client's default.
+        .reconnect_delay_callback(crate::replication::reconnect_delay)
         .connect(url)
         .await?;
     let mut js = jetstream::new(client);

@@ -159,6 +159,11 @@ impl NatsLink {
     }
 }
 
+/// Wait between reconnection attempts: 100 ms more each time, at most a second.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    Duration::from_millis((attempts as u64 * 100).min(1_000))
+}
+
 /// Where the stream ends.
 #[derive(Debug, Clone, Copy)]
 struct LogEnd {
