@@ -79,8 +79,9 @@ STOCK=1000000000000
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-
-log() { echo "# $*" >&2; }
+# log, WORK, PIDS, stop, free_port; everything started is stopped on exit.
+# shellcheck source=benches/lib/processes.sh
+source "$ROOT/benches/lib/processes.sh"
 
 # ---------------------------------------------------------------- tools
 missing=()
@@ -94,40 +95,6 @@ if ((${#missing[@]})); then
     "${SUDO[@]}" apt-get update
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk redis-server redis-tools curl
 fi
-
-# ---------------------------------------------------------------- processes
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/surge-bench.XXXXXX")
-PIDS=() # only processes this script started and has not reaped yet
-forget() { # pid: drop it from PIDS once it has been waited for
-    local kept=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
-    PIDS=("${kept[@]}")
-}
-stop() { # pid: stop one process this script started, reap it, forget it
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-    forget "$1"
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A free loopback TCP port (nothing answers a connect to it).
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 20000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
 
 # ---------------------------------------------------------------- build
 if [[ -n ${SURGE_BIN:-} ]]; then

@@ -54,12 +54,47 @@ impl Nats {
             .spawn()
             .expect("spawning nats-server (see .ci/setup)");
         let nats = Nats { child, port };
+        nats.wait_listening();
+        nats
+    }
+
+    /// One node of a JetStream cluster named `surge` whose routes are `routes`.
+    fn start_clustered(
+        name: &str,
+        port: u16,
+        cluster_port: u16,
+        routes: &str,
+        store: &TempDir,
+    ) -> Nats {
+        let child = Command::new(nats_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-n",
+                name,
+            ])
+            .args(["--cluster_name", "surge", "--cluster"])
+            .arg(format!("nats://127.0.0.1:{cluster_port}"))
+            .args(["--routes", routes, "-sd"])
+            .arg(store.0.join(name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning nats-server (see .ci/setup)");
+        let nats = Nats { child, port };
+        nats.wait_listening();
+        nats
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        nats
     }
 
     fn url(&self) -> String {
@@ -309,4 +344,129 @@ async fn consume_events(url: &str, last: u64) -> Vec<u64> {
         next.ack().await.expect("ack");
     }
     seqs
+}
+
+/// Units held of `HOT`.
+fn held(server: &Server) -> u64 {
+    server
+        .admin("GET", "/v1/skus/HOT", None)
+        .num_field("reserved")
+}
+
+/// Reservations with an Idempotency-Key each, retried (same key) through 503s until
+/// answered 201, until `stop`; answers the ids acknowledged.
+fn keyed_load_until(
+    server: &Server,
+    thread: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let key = format!("k-{thread}-{n}");
+        n += 1;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = server.call(
+                "POST",
+                "/v1/reservations",
+                &[("Authorization", STOREFRONT), ("Idempotency-Key", &key)],
+                Some(r#"{"lines":[{"sku":"HOT","qty":1}]}"#),
+            );
+            if r.status == 201 {
+                acked.push(r.str_field("id"));
+                break;
+            }
+            assert_eq!(r.status, 503, "{}", r.body);
+            assert!(
+                Instant::now() < deadline,
+                "no answer but 503 for a minute: {}",
+                r.body
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    acked
+}
+
+#[test]
+fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is_lost() {
+    let store = TempDir::new("nats-cluster");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let routes = ports
+        .iter()
+        .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Option<Nats>> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (port, cluster))| {
+            Some(Nats::start_clustered(
+                &format!("n{i}"),
+                *port,
+                *cluster,
+                &routes,
+                &store,
+            ))
+        })
+        .collect();
+    let urls = ports
+        .iter()
+        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = TempDir::new("cluster-leader");
+    let leader = Server::spawn_with(
+        &dir.data(),
+        "leader",
+        &[
+            ("SURGE_DURABILITY", "replicated"),
+            ("SURGE_REPLICATE_TO", &urls),
+            ("SURGE_STREAM_REPLICAS", "3"),
+        ],
+    );
+    // The cluster elects its JetStream leaders first; surge waits for the stream.
+    leader.wait_ready();
+    leader.define("HOT", 1_000_000);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let (leader, stop) = (&leader, &stop);
+                scope.spawn(move || keyed_load_until(leader, t, stop))
+            })
+            .collect();
+        // Under load, the first node (the one surge dialled first) goes away.
+        eventually("some load before the kill", || held(&leader) > 100);
+        drop(nodes[0].take());
+        let before = held(&leader);
+        eventually("the leader to take writes again", || {
+            held(&leader) > before + 300
+        });
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("load thread"))
+            .collect()
+    });
+    // Everything acknowledged is in the stream: a fresh standby on the two remaining
+    // nodes rebuilds it.
+    let remaining = ports[1..]
+        .iter()
+        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let standby_dir = TempDir::new("cluster-standby");
+    let standby = Server::start_with(
+        &standby_dir.data(),
+        "standby",
+        &[("SURGE_STANDBY", &remaining)],
+    );
+    eventually("the standby to catch up", || caught_up(&leader, &standby));
+    for id in &acked {
+        let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
+        assert_eq!(r.status, 200, "acknowledged {id} is not in the stream");
+    }
+    drop(nodes);
 }

@@ -168,7 +168,8 @@ struct ServeArgs {
 #[derive(Debug, Clone, clap::Args)]
 struct ReplicationArgs {
     /// Publish every committed batch to the JetStream stream SURGE_LOG at this
-    /// NATS server (`nats://HOST:PORT`): this node is the leader.
+    /// NATS server (`nats://HOST:PORT`; a cluster's servers separated by commas):
+    /// this node is the leader.
     #[arg(long, env = "SURGE_REPLICATE_TO")]
     replicate_to: Option<String>,
     /// Follow SURGE_LOG at this NATS server into the data dir and serve reads;

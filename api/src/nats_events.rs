@@ -107,7 +107,7 @@ pub async fn connect(url: &str) -> anyhow::Result<jetstream::Context> {
         .retry_on_initial_connect()
         // Back within a second of the server's return, not the client's default.
         .reconnect_delay_callback(crate::replication::reconnect_delay)
-        .connect(url)
+        .connect(crate::replication::server_list(url))
         .await?;
     let mut js = jetstream::new(client);
     js.set_timeout(Duration::from_secs(2));

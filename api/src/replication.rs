@@ -67,7 +67,7 @@ impl NatsLink {
             // default of several.
             .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(REQUEST_TIMEOUT)
-            .connect(url)
+            .connect(server_list(url))
             .await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(REQUEST_TIMEOUT);
@@ -157,6 +157,14 @@ impl NatsLink {
         }
         Ok(seq)
     }
+}
+
+/// `nats://a:4222,nats://b:4222`: the servers of a cluster, any of which will do.
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Wait between reconnection attempts: 100 ms more each time, at most a second.

@@ -1,0 +1,39 @@
+# Process bookkeeping for the bench scripts (sourced): a temp dir, the pids a script
+# started, stopping only those, and a free loopback port. Sets WORK, PIDS; defines
+# log, stop, free_port, and traps EXIT to stop and remove everything it started.
+
+log() { echo "# $*" >&2; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/surge-bench.XXXXXX")
+PIDS=() # only processes this script started and has not reaped yet
+forget() { # pid: drop it from PIDS once it has been waited for
+    local kept=() p
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+stop() { # pid: stop one process this script started, reap it, forget it
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget "$1"
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A free loopback TCP port (nothing answers a connect to it).
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
