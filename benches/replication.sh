@@ -91,35 +91,41 @@ reserve_load() { # url name -> RESULT line
 }
 field() { sed -n "s/.*[[:space:]]$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
+# Mean writer loop iteration (µs) so far, from /metrics: publishing must not add to it.
+writer_iteration_us() { # url
+    curl -fsS "$1/metrics" | awk '/^surge_writer_iteration_seconds_sum/ { s = $2 }
+        /^surge_writer_iteration_seconds_count/ { n = $2 } END { printf "%.1f", n ? s / n * 1e6 : 0 }'
+}
+
 ROWS=()
-row() { # label RESULT [note]
-    ROWS+=("| $1 | $(field rps "$2") | $(field p50_us "$2") | $(field p99_us "$2") | $(field non2xx "$2") | ${3:-} |")
+row() { # label RESULT writer-iteration-us [note]
+    ROWS+=("| $1 | $(field rps "$2") | $(field p50_us "$2") | $(field p99_us "$2") | $(field non2xx "$2") | $3 | ${4:-} |")
 }
 
 # ---------------------------------------------------------------- sync
 start_surge sync sync
 define_skus "$SURGE_URL"
 SYNC=$(reserve_load "$SURGE_URL" sync)
+row "sync (no NATS)" "$SYNC" "$(writer_iteration_us "$SURGE_URL")"
 stop "$SURGE_PID"
-row "sync (no NATS)" "$SYNC"
 
 # ---------------------------------------------------------------- sync + replicate-to
 start_nats trail
 start_surge trail sync SURGE_REPLICATE_TO="$NATS_URL"
 define_skus "$SURGE_URL"
 TRAIL=$(reserve_load "$SURGE_URL" trail)
+row "sync + --replicate-to (publish trails)" "$TRAIL" "$(writer_iteration_us "$SURGE_URL")"
 stop "$SURGE_PID"
 stop "$NATS_PID"
-row "sync + --replicate-to (publish trails)" "$TRAIL"
 
 # ---------------------------------------------------------------- replicated
 start_nats replicated
 start_surge replicated replicated SURGE_REPLICATE_TO="$NATS_URL"
 define_skus "$SURGE_URL"
 REPL=$(reserve_load "$SURGE_URL" replicated)
+row "replicated" "$REPL" "$(writer_iteration_us "$SURGE_URL")"
 stop "$SURGE_PID"
 stop "$NATS_PID"
-row "replicated" "$REPL"
 
 # ---------------------------------------------------------------- replicated + standby
 start_nats standby
@@ -142,14 +148,14 @@ wait "$SAMPLER" || true
 LAG=$(grep -o '"lag_lsn":[0-9]*,"lag_seconds":[0-9.e-]*' "$WORK/lag.txt" |
     awk -F'[:,]' '{ n++; l += $2; s += $4; if ($2 > lm) lm = $2; if ($4 > sm) sm = $4 }
         END { if (n) printf "standby lag over %d samples: mean %.0f LSNs / %.3f s, max %d LSNs / %.3f s", n, l / n, s / n, lm, sm }')
-row "replicated, standby following" "$WITH_STANDBY" "$LAG"
+row "replicated, standby following" "$WITH_STANDBY" "$(writer_iteration_us "$LEADER_URL")" "$LAG"
 
 # ---------------------------------------------------------------- report
 echo
 echo "Durable reservations, wrk -t1 -c$CONNS, ${DURATION}s each, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "| mode | req/s | p50 µs | p99 µs | non-2xx | note |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| mode | req/s | p50 µs | p99 µs | non-2xx | writer iteration, mean µs | note |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${ROWS[@]}"
 awk -v s="$(field rps "$SYNC")" -v r="$(field rps "$REPL")" -v t="$(field rps "$TRAIL")" \
     'BEGIN { printf "\nreplicated / sync = %.2f; sync+replicate-to / sync = %.2f\n", r / s, t / s }'
