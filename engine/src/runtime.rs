@@ -1427,8 +1427,10 @@ impl<S: Storage> Writer<S> {
             logged_before,
             log_end: None,
             fenced: None,
+            rx,
+            deferred: std::collections::VecDeque::new(),
         };
-        let thread = spawn_owner("surge-publish", move || stage.run(rx))
+        let thread = spawn_owner("surge-publish", move || stage.run())
             .map_err(|e| Error::Recovery(format!("cannot start the publish thread: {e}")))?;
         self.publish_tx = Some(tx);
         self.publish_thread = Some(thread);

@@ -342,3 +342,45 @@ fn a_restarted_leader_publishes_the_tail_it_never_published() {
     catch_up(&standby, &log);
     assert_eq!(digest(&standby), expected, "every record, from the first");
 }
+
+#[test]
+fn trailing_records_of_an_outage_come_back_from_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let (leader, _) =
+        Engine::open(config(dir.path(), Durability::Sync, Role::Leader)).expect("open");
+    leader
+        .attach_publisher(FakePublisher::new(&log, 1))
+        .expect("queued")
+        .wait()
+        .expect("attached");
+    write(&leader, define("A", 1_000)).expect("written");
+    wait_until("the first record to be published", || {
+        log.lock().records.len() == 1
+    });
+    log.lock().unavailable = true;
+    // `sync` goes on while the replicated log is down; the stage keeps only where
+    // the trailing records end, not the records.
+    for _ in 0..200 {
+        write(&leader, reserve("A")).expect("written");
+    }
+    wait_until("the stage to find the log down", || {
+        leader.replication_down().is_some()
+    });
+    log.lock().unavailable = false;
+    let last = leader
+        .stats()
+        .durable_lsn
+        .load(std::sync::atomic::Ordering::Acquire);
+    wait_until("everything to be published", || {
+        log.lock()
+            .records
+            .last()
+            .is_some_and(|(lsn, _)| *lsn >= last)
+    });
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let (standby, _) =
+        Engine::open(config(standby_dir.path(), Durability::Sync, Role::Standby)).expect("open");
+    catch_up(&standby, &log);
+    assert_eq!(digest(&standby), digest(&leader), "no gap, no duplicate");
+}

@@ -18,9 +18,10 @@
 //! [`Request::ReadLog`]), the rest from the flushes. Nothing is published twice:
 //! records at or below the log's end are skipped.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -122,17 +123,27 @@ pub(super) struct PublishStage {
     /// The replicated log's end, once known (`None`: ask again before publishing).
     pub(super) log_end: Option<u64>,
     pub(super) fenced: Option<String>,
+    pub(super) rx: Receiver<PublishMsg>,
+    /// Messages taken off the channel while waiting for the replicated log to come
+    /// back, handled next (in order).
+    pub(super) deferred: VecDeque<PublishMsg>,
 }
 
 impl PublishStage {
-    pub(super) fn run(mut self, rx: Receiver<PublishMsg>) {
+    pub(super) fn run(mut self) {
         // Publish what was logged before this stage started, at once: a standby
         // should not wait for the next write to see the tail.
         // A failure is kept in `fenced` or `log_end`; the loop below acts on it.
         let _ = self.publish_all(&[]);
-        while let Ok(first) = rx.recv() {
-            let mut msgs = vec![first];
-            msgs.extend(rx.try_iter());
+        loop {
+            let mut msgs: Vec<PublishMsg> = self.deferred.drain(..).collect();
+            if msgs.is_empty() {
+                match self.rx.recv() {
+                    Ok(first) => msgs.push(first),
+                    Err(_) => break,
+                }
+            }
+            msgs.extend(self.rx.try_iter());
             let mut records = Vec::new();
             let mut counts = Vec::with_capacity(msgs.len());
             for msg in &mut msgs {
@@ -182,9 +193,29 @@ impl PublishStage {
                             "shutting down while the replicated log is unavailable: {why}"
                         )));
                     }
-                    std::thread::sleep(wait);
+                    self.wait_while_down(wait);
                     wait = (wait * 2).min(RETRY_MAX);
                 }
+            }
+        }
+    }
+
+    /// Wait before the next attempt, taking messages off the channel meanwhile so
+    /// that an outage costs no memory: trailing records (`sync` mode) are durable in
+    /// the WAL, so only their end is kept and they are read back from the log when
+    /// the replicated log returns (whose segments are kept until then); held
+    /// batches (`replicated`: writes are refused while down, so only those in
+    /// flight) wait in order.
+    fn wait_while_down(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while let Ok(msg) = self.rx.recv_deadline(until) {
+            match msg {
+                PublishMsg::Trail(records) => {
+                    if let Some(&(last, _)) = records.last() {
+                        self.logged_before = self.logged_before.max(last);
+                    }
+                }
+                hold @ PublishMsg::Hold(_) => self.deferred.push_back(hold),
             }
         }
     }
