@@ -409,16 +409,19 @@ impl Standby {
             status,
             follower: Mutex::new(None),
         });
-        let (stop_tx, stop) = watch::channel(false);
-        let task = tokio::spawn(Arc::clone(&standby).follow(stop));
         if let Ok(mut follower) = standby.follower.try_lock() {
-            *follower = Some((stop_tx, task));
+            *follower = Some(Arc::clone(&standby).spawn_follower());
         }
         tokio::spawn(watch_heartbeats(
             Arc::clone(&standby.link),
             Arc::clone(&standby.status),
         ));
         standby
+    }
+
+    fn spawn_follower(self: Arc<Self>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop_tx, stop) = watch::channel(false);
+        (stop_tx, tokio::spawn(self.follow(stop)))
     }
 
     /// Follow the stream until stopped; reconnects after failures.
@@ -494,11 +497,25 @@ impl Standby {
 
     /// Catch up with the stream, fence it, and hand the engine a publisher: from
     /// now on this node is the leader.
-    pub async fn promote(&self) -> Result<Promotion, String> {
-        if let Some((stop, task)) = self.follower.lock().await.take() {
+    /// A promotion that fails leaves this node a standby, following again.
+    pub async fn promote(self: &Arc<Self>) -> Result<Promotion, String> {
+        let mut follower = self.follower.lock().await;
+        if self.engine.role() != surge_engine::Role::Standby {
+            // Another promotion finished while this one waited for the lock.
+            return Err("this node is no longer a standby".into());
+        }
+        if let Some((stop, task)) = follower.take() {
             let _ = stop.send(true);
             let _ = task.await;
         }
+        let promoted = self.catch_up_and_fence().await;
+        if promoted.is_err() {
+            *follower = Some(Arc::clone(self).spawn_follower());
+        }
+        promoted
+    }
+
+    async fn catch_up_and_fence(&self) -> Result<Promotion, String> {
         let mut last_error = String::new();
         for _ in 0..PROMOTE_ATTEMPTS {
             let end = match self.link.log_end().await {
