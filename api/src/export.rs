@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use rust_xlsxwriter::{ExcelDateTime, Format, Workbook, XlsxError};
 use serde::Deserialize;
 use surge_engine::limits::LIST_LIMIT_MAX;
-use surge_engine::{Address, OrderFilter, OrderLineView, OrderView, Query, QueryReply};
+use surge_engine::{Address, OrderFilter, OrderLineView, OrderView, Query};
 use utoipa::IntoParams;
 
 use crate::auth::{Auth, Reader};
@@ -272,9 +272,9 @@ impl Pager {
             cursor: self.cursor,
             limit: LIST_LIMIT_MAX,
         };
-        let QueryReply::Orders(page) = read(st, query).await? else {
-            unreachable!("ListOrders answers Orders")
-        };
+        let page =
+            read::<surge_engine::Page<surge_engine::OrderView, surge_engine::OrderId>>(st, query)
+                .await?;
         let mut items = page.items;
         let mut keep = 0;
         for o in &items {

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
-use surge_engine::{Command, LedgerFilter, LedgerKind, OrderChange, Query, QueryReply};
+use surge_engine::{Command, LedgerFilter, LedgerKind, OrderChange, Query};
 use utoipa::IntoParams;
 
 use crate::auth::{Auth, Operator, Reader, Storefront};
@@ -14,8 +14,8 @@ use crate::dto::*;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Idem};
 use crate::routes::{
-    Success, check_cancel_reason, csv_field, execute, non_empty, parse_limit, parse_order_id,
-    parse_time, read, respond,
+    Success, check_cancel_reason, csv_field, non_empty, parse_limit, parse_order_id, parse_time,
+    read, run,
 };
 use crate::state::{AppState, EXPORT_ROWS_MAX};
 use crate::time::format_ms;
@@ -41,10 +41,7 @@ pub async fn hold_order(
         note: req.note,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/release-hold", tag = "orders",
@@ -67,10 +64,7 @@ pub async fn release_hold(
         note: req.note,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(patch, path = "/v1/orders/{id}", tag = "orders",
@@ -103,10 +97,7 @@ pub async fn modify_order(
             actor: who.actor,
         }),
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refunds", tag = "orders",
@@ -132,10 +123,7 @@ pub async fn refund_amount(
         refund_ref: req.refund_ref,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 /// Filters of the ledger and its export; empty values count as absent.
@@ -200,9 +188,7 @@ async fn ledger_page(
         cursor,
         limit,
     };
-    let QueryReply::Ledger(page) = read(st, query).await? else {
-        unreachable!("ListLedger answers Ledger")
-    };
+    let page = read::<surge_engine::Page<surge_engine::LedgerEntryView, u64>>(st, query).await?;
     Ok(page)
 }
 

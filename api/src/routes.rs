@@ -31,13 +31,37 @@ pub async fn execute(
     ticket.await.map_err(ApiError::from_engine)
 }
 
-/// Run a read through the engine's queue.
-pub async fn read(st: &AppState, query: Query) -> Result<QueryReply, ApiError> {
+/// Submit a command, wait until it is safe (durable; published in `replicated`
+/// mode) and answer it: the one path of every write route.
+pub async fn run(
+    st: &AppState,
+    command: Command,
+    key: Option<IdempotencyKey>,
+    success: Success,
+) -> Result<Response, ApiError> {
+    Ok(respond(execute(st, command, key).await?, success))
+}
+
+/// Run a read and take its answer in the shape `R` that the query answers
+/// (`SkuView`, `Box<OrderView>`, a page...): no matching on `QueryReply` at the
+/// call site. A reply of another shape would be an engine bug: 500, never a panic.
+pub async fn read<R>(st: &AppState, query: Query) -> Result<R, ApiError>
+where
+    R: TryFrom<QueryReply, Error = QueryReply>,
+{
     let ticket = st.engine()?.query(query).map_err(ApiError::from_engine)?;
-    ticket
+    let reply = ticket
         .await
         .map_err(ApiError::from_engine)?
-        .map_err(|r| ApiError::from_rejection(&r))
+        .map_err(|r| ApiError::from_rejection(&r))?;
+    R::try_from(reply).map_err(|other| {
+        tracing::error!("a read was answered with an unexpected shape: {other:?}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the engine answered a read with an unexpected shape",
+        )
+    })
 }
 
 /// How a successful command is answered.
@@ -155,7 +179,7 @@ pub async fn define_sku(
     let command = Command::DefineSkuSale {
         definition: Box::new(definition),
     };
-    Ok(respond(execute(&st, command, None).await?, Success::Ok))
+    run(&st, command, None, Success::Ok).await
 }
 
 #[utoipa::path(get, path = "/v1/skus/{sku}/customers/{customer_id}", tag = "skus",
@@ -173,10 +197,8 @@ pub async fn get_sku_customer(
     _query: NoQuery,
     Path((sku, customer_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let QueryReply::SkuCustomer(view) = read(&st, Query::SkuCustomer { sku, customer_id }).await?
-    else {
-        unreachable!("SkuCustomer answers SkuCustomer")
-    };
+    let view =
+        read::<surge_engine::SkuCustomerView>(&st, Query::SkuCustomer { sku, customer_id }).await?;
     Ok(axum::Json(SkuCustomerBody::from(view)).into_response())
 }
 
@@ -199,9 +221,8 @@ pub async fn get_sku(
         Some(Err(rejection)) => return Err(ApiError::from_rejection(&rejection)),
         None => {}
     }
-    match read(&st, Query::GetSku { sku: sku.clone() }).await {
-        Ok(QueryReply::Sku(v)) => Ok(axum::Json(SkuBody::from(v)).into_response()),
-        Ok(_) => unreachable!("GetSku answers Sku"),
+    match read::<surge_engine::SkuView>(&st, Query::GetSku { sku: sku.clone() }).await {
+        Ok(v) => Ok(axum::Json(SkuBody::from(v)).into_response()),
         // A malformed id names no SKU: 404 like any other unknown SKU.
         Err(e) if e.code == "validation_failed" => Err(ApiError::from_rejection(
             &surge_engine::Rejection::UnknownSku { sku },
@@ -233,9 +254,11 @@ pub async fn list_skus(
             ApiError::validation("cursor", "not a cursor of this list")
         })?)),
     };
-    let QueryReply::Skus(page) = read(&st, Query::ListSkus { cursor, limit }).await? else {
-        unreachable!("ListSkus answers Skus")
-    };
+    let page = read::<surge_engine::Page<surge_engine::SkuView, surge_engine::SkuIdx>>(
+        &st,
+        Query::ListSkus { cursor, limit },
+    )
+    .await?;
     Ok(axum::Json(SkuPage {
         items: page.items.into_iter().map(SkuBody::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.0.to_string()),
@@ -265,10 +288,7 @@ pub async fn adjust_stock(
         note: req.note,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 // ---------------------------------------------------------------- reservations
@@ -301,10 +321,7 @@ pub async fn create_reservation(
             actor: who.actor,
         },
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Created,
-    ))
+    run(&st, command, idem.key(&body), Success::Created).await
 }
 
 #[utoipa::path(post, path = "/v1/reservations/{id}/commit", tag = "reservations",
@@ -324,10 +341,7 @@ pub async fn commit_reservation(
         id: parse_reservation_id(&id)?,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(b"")).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(b""), Success::Ok).await
 }
 
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",
@@ -347,10 +361,7 @@ pub async fn release_reservation(
         id: parse_reservation_id(&id)?,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(b"")).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(b""), Success::Ok).await
 }
 
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
@@ -366,9 +377,7 @@ pub async fn get_reservation(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_reservation_id(&id)?;
-    let QueryReply::Reservation(v) = read(&st, Query::GetReservation { id }).await? else {
-        unreachable!("GetReservation answers Reservation")
-    };
+    let v = read::<surge_engine::ReservationView>(&st, Query::GetReservation { id }).await?;
     Ok(axum::Json(ReservationBody::from(v)).into_response())
 }
 
@@ -390,7 +399,7 @@ pub async fn create_order(
 ) -> Result<Response, ApiError> {
     let key = idem.key(&body);
     let command = create_order_command(&st, req, who.actor)?;
-    Ok(respond(execute(&st, command, key).await?, Success::Created))
+    run(&st, command, key, Success::Created).await
 }
 
 pub fn create_order_command(
@@ -438,10 +447,7 @@ pub async fn pay_order(
         payment_ref: req.payment_ref,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/transitions", tag = "orders",
@@ -466,10 +472,7 @@ pub async fn transition_order(
         tracking_no: req.tracking_no,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 /// `storefront` may cancel only for the reasons the engine lists for it
@@ -509,10 +512,7 @@ pub async fn cancel_order(
         note: req.note,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/return", tag = "orders",
@@ -538,10 +538,7 @@ pub async fn return_order(
         note: req.note,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders",
@@ -564,10 +561,7 @@ pub async fn refund_order(
         refund_ref: req.refund_ref,
         actor: who.actor,
     };
-    Ok(respond(
-        execute(&st, command, idem.key(&body)).await?,
-        Success::Ok,
-    ))
+    run(&st, command, idem.key(&body), Success::Ok).await
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
@@ -583,9 +577,7 @@ pub async fn get_order(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    let QueryReply::Order(v) = read(&st, Query::GetOrder { id }).await? else {
-        unreachable!("GetOrder answers Order")
-    };
+    let v = read::<Box<surge_engine::OrderView>>(&st, Query::GetOrder { id }).await?;
     Ok(axum::Json(OrderBody::from(*v)).into_response())
 }
 
@@ -601,9 +593,7 @@ pub async fn get_order_by_no(
     _query: NoQuery,
     Path(order_no): Path<String>,
 ) -> Result<Response, ApiError> {
-    let QueryReply::Order(v) = read(&st, Query::GetOrderByNo { order_no }).await? else {
-        unreachable!("GetOrderByNo answers Order")
-    };
+    let v = read::<Box<surge_engine::OrderView>>(&st, Query::GetOrderByNo { order_no }).await?;
     Ok(axum::Json(OrderBody::from(*v)).into_response())
 }
 
@@ -711,7 +701,7 @@ pub async fn list_orders(
     let filter = p.filter()?;
     let cursor = p.cursor()?;
     let limit = parse_limit(p.limit.as_deref(), LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
-    let QueryReply::Orders(page) = read(
+    let page = read::<surge_engine::Page<surge_engine::OrderView, surge_engine::OrderId>>(
         &st,
         Query::ListOrders {
             filter,
@@ -719,10 +709,7 @@ pub async fn list_orders(
             limit,
         },
     )
-    .await?
-    else {
-        unreachable!("ListOrders answers Orders")
-    };
+    .await?;
     Ok(axum::Json(OrderPage {
         items: page.items.into_iter().map(OrderBody::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
@@ -819,9 +806,7 @@ pub async fn stats(
                 ApiError::validation("top", format!("must be an integer in 1..={STATS_TOP_MAX}"))
             })?,
     };
-    let QueryReply::Stats(s) = read(&st, Query::Stats { top }).await? else {
-        unreachable!("Stats answers Stats")
-    };
+    let s = read::<Box<surge_engine::StatsView>>(&st, Query::Stats { top }).await?;
     let (commands_per_s, window_s) = st.throughput();
     let body = StatsBody {
         orders_total: s.orders_total,

@@ -33,7 +33,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 use surge_engine::limits::LIST_LIMIT_MAX;
-use surge_engine::{OrderFilter, OrderStatus, OrderView, Query, QueryReply};
+use surge_engine::{OrderFilter, OrderStatus, OrderView, Query};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -389,9 +389,9 @@ pub async fn report(st: &AppState, spec: ReportSpec) -> Result<StatsReportBody, 
             cursor,
             limit: LIST_LIMIT_MAX,
         };
-        let QueryReply::Orders(page) = read(st, query).await? else {
-            unreachable!("ListOrders answers Orders")
-        };
+        let page =
+            read::<surge_engine::Page<surge_engine::OrderView, surge_engine::OrderId>>(st, query)
+                .await?;
         read_so_far += page.items.len();
         if read_so_far > STATS_REPORT_ORDERS_MAX {
             return Err(ApiError::validation(

@@ -29,6 +29,40 @@ pub enum QueryReply {
     SkuCustomer(crate::command::SkuCustomerView),
 }
 
+/// The answer a read expects, taken out of a [`QueryReply`]: each query answers
+/// one shape, so the caller names the shape instead of matching the enum.
+/// `Err` gives back a reply of another shape (a bug: a query answered with a shape
+/// it never answers).
+macro_rules! reply_shape {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        $(
+            impl TryFrom<QueryReply> for $ty {
+                type Error = QueryReply;
+                fn try_from(reply: QueryReply) -> Result<$ty, QueryReply> {
+                    match reply {
+                        QueryReply::$variant(answer) => Ok(answer),
+                        other => Err(other),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+reply_shape! {
+    Sku => SkuView,
+    Skus => Page<SkuView, SkuIdx>,
+    Reservation => ReservationView,
+    Order => Box<OrderView>,
+    Orders => Page<OrderView, OrderId>,
+    Stats => Box<StatsView>,
+    Digest => u64,
+    Idempotency => crate::IdempotencyStats,
+    Ledger => Page<LedgerEntryView, u64>,
+    OrderPolicy => OrderPolicy,
+    SkuCustomer => crate::command::SkuCustomerView,
+}
+
 /// FNV-1a, 64 bit: a fixed, portable hash for digests and request fingerprints.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
