@@ -238,6 +238,36 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     eventually("the restarted old leader to find itself fenced", || {
         reserve(&leader).body.contains("not_leader")
     });
+    // Its data dir may end in records the stream never got: it cannot be a standby's.
+    drop(leader);
+    let refusal = exits_with(&leader_dir, &[("SURGE_STANDBY", &url)]);
+    assert!(refusal.contains("was a leader's data dir"), "{refusal}");
+}
+
+/// Run surge on `dir`'s data dir expecting it to refuse to start; its stderr.
+fn exits_with(dir: &TempDir, env: &[(&str, &str)]) -> String {
+    let mut command = Command::new(common::surge_binary());
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.data())
+        .env_remove("SURGE_DURABILITY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawning surge");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("surge kept running on a data dir it should refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

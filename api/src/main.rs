@@ -505,6 +505,7 @@ async fn start_replication(
     let replicas = args.stream_replicas;
     if let Some(url) = &args.replicate_to {
         let link = Arc::new(NatsLink::connect(url, replicas, data_dir).await?);
+        link.mark_leader()?;
         let publisher = NatsPublisher::new(Arc::clone(&link), None);
         let logged = engine.attach_publisher(Box::new(publisher))?.await?;
         tracing::info!(
@@ -516,6 +517,7 @@ async fn start_replication(
         tokio::spawn(announce_durable(link, engine.clone()));
     }
     if let Some(url) = &args.standby {
+        NatsLink::check_standby_dir(data_dir)?;
         let link = Arc::new(NatsLink::connect(url, replicas, data_dir).await?);
         tracing::info!(
             url,

@@ -43,6 +43,9 @@ pub const MESSAGE_BYTES_MAX: usize = 768 << 10;
 /// How long a publish or a stream request may take before the log counts as down.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const NODE_FILE: &str = "REPLICA_NODE";
+/// Written (`leader`) before a node first publishes its log: such a data dir may
+/// hold records the stream never got, so it must not become a standby's.
+const ROLE_FILE: &str = "REPLICA_ROLE";
 /// Attempts at catching up and fencing before a promotion gives up (another node
 /// keeps appending: two promotions at once, or the old leader is alive).
 const PROMOTE_ATTEMPTS: usize = 20;
@@ -54,6 +57,7 @@ pub struct NatsLink {
     node: u64,
     replicas: usize,
     rt: tokio::runtime::Handle,
+    data_dir: std::path::PathBuf,
 }
 
 impl NatsLink {
@@ -77,7 +81,26 @@ impl NatsLink {
             node,
             replicas,
             rt: tokio::runtime::Handle::current(),
+            data_dir: data_dir.to_path_buf(),
         })
+    }
+
+    /// Note in the data dir that this node publishes its log (before it does).
+    pub fn mark_leader(&self) -> std::io::Result<()> {
+        write_synced(&self.data_dir, ROLE_FILE, "leader\n")
+    }
+
+    /// Refuse a data dir that a leader wrote: its log may end in records that were
+    /// never published, and the stream's records at those LSNs differ from them.
+    pub fn check_standby_dir(data_dir: &Path) -> anyhow::Result<()> {
+        match std::fs::read_to_string(data_dir.join(ROLE_FILE)) {
+            Ok(role) if role.trim() == "leader" => Err(anyhow::anyhow!(
+                "{} was a leader's data dir: its log may hold records the stream never \
+                 got; start the standby from an empty data dir",
+                data_dir.display()
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn node(&self) -> u64 {
@@ -247,15 +270,20 @@ fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     }
-    std::fs::create_dir_all(data_dir)?;
     let id = random_u64();
-    let tmp = data_dir.join(format!("{NODE_FILE}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{id:016x}")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
+    write_synced(data_dir, NODE_FILE, &format!("{id:016x}\n"))?;
     Ok(id)
+}
+
+/// Write a small file whole: temp, fsync, rename, directory fsync.
+fn write_synced(data_dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(name))?;
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 fn random_u64() -> u64 {
@@ -533,6 +561,9 @@ impl Standby {
             let applied = self.status.applied_lsn.load(Ordering::Acquire);
             match self.link.append(end.seq, &[], applied).await {
                 Ok(fence_sequence) => {
+                    self.link
+                        .mark_leader()
+                        .map_err(|e| format!("{ROLE_FILE}: {e}"))?;
                     let publisher =
                         NatsPublisher::new(Arc::clone(&self.link), Some(fence_sequence));
                     let lsn = self
