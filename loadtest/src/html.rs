@@ -393,6 +393,35 @@ pub fn render(report: &DrillReport) -> String {
         body.push_str("<h2>Side by side</h2>");
         body.push_str(&bar_chart("comparison", "surge vs baseline", &groups));
     }
+    if let Some(f) = &report.failover {
+        let _ = write!(
+            body,
+            "<h2>Failover drill</h2><pre>{}</pre>",
+            esc(f.summary().trim())
+        );
+        let series = [Series {
+            name: "promote ms".into(),
+            points: f
+                .failovers
+                .iter()
+                .map(|x| (f64::from(x.n), x.promote_ms))
+                .collect(),
+        }];
+        let ticks: Vec<(f64, String)> = f
+            .failovers
+            .iter()
+            .map(|x| (f64::from(x.n), x.n.to_string()))
+            .collect();
+        body.push_str(&line_chart(
+            "promote",
+            "Time to promote per failover (ms)",
+            "failover",
+            "ms",
+            &series,
+            &ticks,
+            f.failovers.len().max(1) as f64,
+        ));
+    }
     if let Some(c) = &report.crash {
         let _ = write!(
             body,

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod crash;
+pub mod failover;
 pub mod flash;
 pub mod html;
 pub mod http;
@@ -201,6 +202,32 @@ pub enum Scenario {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         ready_timeout: Duration,
     },
+    /// A NATS server, a `replicated` leader and a standby: SIGKILL the leader under
+    /// load R times, promote the standby, start a fresh one; check every
+    /// acknowledged write on the final leader; time to promote; replicated vs sync.
+    Failover {
+        #[command(flatten)]
+        flash: FlashArgs,
+        /// Leader kills (each followed by a promotion and a check).
+        #[arg(long, default_value_t = 3)]
+        kills: u32,
+        #[arg(long, default_value_t = 300)]
+        load_ms_min: u64,
+        #[arg(long, default_value_t = 1500)]
+        load_ms_max: u64,
+        /// Load length of each throughput run (replicated, then sync).
+        #[arg(long, default_value_t = 5000)]
+        compare_ms: u64,
+        /// Use this NATS server (loopback) instead of spawning one.
+        #[arg(long)]
+        nats: Option<String>,
+        /// The nats-server binary (default: SURGE_NATS_SERVER, then PATH).
+        #[arg(long)]
+        nats_bin: Option<PathBuf>,
+        /// Limit of one spawn-to-ready, promotion or first write.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ready_timeout: Duration,
+    },
 }
 
 fn load_config(c: &Common) -> anyhow::Result<LoadConfig> {
@@ -290,6 +317,7 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
     let audit_concurrency = c.connections.clamp(4, 64);
     let mut runs = Vec::new();
     let mut crash_report = None;
+    let mut failover_report = None;
     let (scenario, config) = match &cli.scenario {
         Scenario::FlashSale {
             flash,
@@ -418,8 +446,62 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                        "recovery_kill_pct": recovery_kill_pct, "durability": c.durability}),
             )
         }
+        Scenario::Failover {
+            flash,
+            kills,
+            load_ms_min,
+            load_ms_max,
+            compare_ms,
+            nats,
+            nats_bin,
+            ready_timeout,
+        } => {
+            if c.target.is_some() {
+                bail!("failover spawns its own servers: drop --target");
+            }
+            if let Some(url) = nats {
+                check_loopback(&parse_base(url, "nats", 4222)?, c.allow_non_loopback)?;
+            }
+            let mut fc = flash_config(flash, c.seed)?;
+            // Holds must outlive the failovers so their acknowledged state is checkable.
+            fc.ttl_ms = fc.ttl_ms.max(600_000);
+            let cfg = failover::FailoverConfig {
+                bin: find_surge(c.surge_bin.as_deref())?,
+                kills: *kills,
+                nats: nats.clone(),
+                nats_bin: failover::find_nats(nats_bin.as_deref()),
+                flash: fc.clone(),
+                connections: c.connections,
+                load_ms_min: *load_ms_min,
+                load_ms_max: *load_ms_max,
+                compare_ms: *compare_ms,
+                ready_timeout: *ready_timeout,
+                request_timeout: c.request_timeout,
+                audit_concurrency,
+                time_max: c.time_max.saturating_sub(Duration::from_secs(60)),
+            };
+            let (stats, audit, report) = failover::run(cfg).await?;
+            let mut stats = stats.into_iter();
+            if let Some(first) = stats.next() {
+                runs.push(SystemRun {
+                    stats: first,
+                    audit,
+                });
+            }
+            runs.extend(stats.map(|stats| SystemRun {
+                stats,
+                audit: crate::audit::Audit::new(),
+            }));
+            failover_report = Some(report);
+            (
+                "failover",
+                json!({"flash": fc, "kills": kills, "load_ms": [load_ms_min, load_ms_max],
+                       "compare_ms": compare_ms}),
+            )
+        }
     };
-    let lost = crash_report.as_ref().map_or(0, |r| r.lost_writes);
+    let lost = crash_report.as_ref().map_or(0, |r| r.lost_writes)
+        + failover_report.as_ref().map_or(0, |r| r.lost_writes);
     let passed = runs.iter().all(|r| r.audit.passed) && lost == 0;
     let config = json!({
         "scenario": config,
@@ -440,6 +522,7 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
         config,
         runs,
         crash: crash_report,
+        failover: failover_report,
         passed,
     })
 }
@@ -463,10 +546,10 @@ pub fn verdict(report: &DrillReport) -> Result<(), Vec<String>> {
         Ok(())
     } else {
         let mut f = report.failures();
-        if let Some(c) = &report.crash
-            && c.lost_writes > 0
-        {
-            f.push(format!("{} acknowledged writes lost", c.lost_writes));
+        let lost = report.crash.as_ref().map_or(0, |c| c.lost_writes)
+            + report.failover.as_ref().map_or(0, |c| c.lost_writes);
+        if lost > 0 {
+            f.push(format!("{lost} acknowledged writes lost"));
         }
         Err(f)
     }

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::audit::Audit;
 use crate::crash::CrashReport;
+use crate::failover::FailoverReport;
 use crate::load::fmt_us;
 use crate::stats::{RunStats, is_sold_out};
 
@@ -24,6 +25,7 @@ pub struct DrillReport {
     pub config: serde_json::Value,
     pub runs: Vec<SystemRun>,
     pub crash: Option<CrashReport>,
+    pub failover: Option<FailoverReport>,
     pub passed: bool,
 }
 
@@ -149,6 +151,9 @@ impl DrillReport {
                 "recovery (spawn to /readyz 200): min {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
                 c.recovery_ms_min, c.recovery_ms_p50, c.recovery_ms_p99, c.recovery_ms_max
             ));
+        }
+        if let Some(f) = &self.failover {
+            out.push_str(&f.summary());
         }
         out.push_str(&format!(
             "\nverdict: {}\n",

@@ -89,6 +89,32 @@ pub fn kill_all_children() {
     }
 }
 
+/// A helper server this drill spawned (nats-server): listed for the watchdog,
+/// SIGKILLed when dropped.
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn spawn(mut cmd: Command) -> std::io::Result<ChildGuard> {
+        cmd.kill_on_drop(true);
+        let child = cmd.spawn()?;
+        if let Some(pid) = child.id() {
+            CHILDREN.lock().expect("children").push(pid);
+        }
+        Ok(ChildGuard { child })
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        // tokio reaps a killed child in the background.
+        let _ = self.child.start_kill();
+        forget_child(pid);
+    }
+}
+
 /// One running `surge` child process.
 pub struct Surge {
     child: Child,

@@ -210,3 +210,55 @@ fn limited_sale_drill_passes_and_reports_refusals() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn failover_drill_passes_with_three_kills() {
+    let surge = common::surge_binary();
+    let dir = common::temp_path("failover");
+    let html = dir.join("failover.html");
+    let json = dir.join("failover.json");
+    let out = common::loadtest(&[
+        "failover",
+        "--surge-bin",
+        surge.to_str().expect("utf-8 path"),
+        "--kills",
+        "3",
+        "--connections",
+        "8",
+        "--load-ms-min",
+        "200",
+        "--load-ms-max",
+        "600",
+        "--compare-ms",
+        "1500",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+        "--report",
+        html.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "drill failed (nats-server missing? run `bash .ci/setup`)"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("verdict: PASS"));
+    assert!(stdout.contains("time to promote"));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses");
+    let failover = &report["failover"];
+    assert_eq!(failover["kills_done"], 3);
+    assert_eq!(failover["lost_writes"], 0);
+    assert!(
+        failover["acknowledged_reservations"]
+            .as_u64()
+            .expect("count")
+            > 0
+    );
+    assert!(failover["promote_ms_p50"].as_f64().expect("p50") > 0.0);
+    assert!(failover["replicated_rps"].as_f64().expect("rps") > 0.0);
+    assert!(failover["sync_rps"].as_f64().expect("rps") > 0.0);
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert!(page.contains("Failover drill"));
+    assert!(svg_ids(&page).iter().any(|i| i == "promote"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
