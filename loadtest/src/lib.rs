@@ -459,6 +459,9 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
             if c.target.is_some() {
                 bail!("failover spawns its own servers: drop --target");
             }
+            if *kills == 0 {
+                bail!("--kills must be at least 1");
+            }
             if let Some(url) = nats {
                 check_loopback(&parse_base(url, "nats", 4222)?, c.allow_non_loopback)?;
             }
