@@ -56,6 +56,8 @@ pub struct Failover {
     pub first_write_ms: f64,
     /// LSNs the old leader announced durable that the stream never got.
     pub lost_lsns: u64,
+    /// A fresh standby's catch-up from an empty data dir, before the next kill.
+    pub standby_catch_up_ms: f64,
     pub passed: bool,
 }
 
@@ -180,6 +182,35 @@ impl Node {
         let client = HttpClient::new(&surge.url, None, cfg.connections, cfg.request_timeout);
         surge.wait_ready(&client, cfg.ready_timeout).await?;
         Ok(Node { surge, client })
+    }
+}
+
+impl Node {
+    /// The durable LSN `/metrics` shows.
+    async fn durable_lsn(&self) -> Option<u64> {
+        let metrics = self.client.get("/metrics").await.ok()?;
+        std::str::from_utf8(&metrics.body)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("surge_wal_durable_lsn "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Wait until this standby holds everything `leader` holds (the leader is
+    /// idle meanwhile); answers how long that took.
+    async fn caught_up(&self, leader: &Node, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let target = leader
+            .durable_lsn()
+            .await
+            .context("the leader's durable LSN")?;
+        while self.durable_lsn().await.is_none_or(|lsn| lsn < target) {
+            if started.elapsed() > limit {
+                bail!("the standby did not catch up to LSN {target} within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(started.elapsed())
     }
 }
 
@@ -365,6 +396,9 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
             ["--standby", &url],
         )
         .await?;
+        // A warm standby before the next kill: caught up with the stream (a fresh
+        // one replays the whole log first), as an operator waits for one.
+        let caught_up = standby.caught_up(&leader, cfg.ready_timeout).await?;
         let snapshot = ledger.lock().expect("ledger").clone();
         let mut a = verify(
             &leader.client,
@@ -387,6 +421,7 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
             promote_ms,
             first_write_ms,
             lost_lsns: promotion["lost_lsns"].as_u64().unwrap_or(0),
+            standby_catch_up_ms: caught_up.as_secs_f64() * 1e3,
             passed,
         });
         audit.merge(a);
