@@ -101,7 +101,7 @@ pub async fn run(cfg: CrashConfig) -> anyhow::Result<(RunStats, Audit, CrashRepo
     let port = free_port()?;
     let spawn_cfg = SpawnConfig {
         bin: cfg.bin.clone(),
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.path().join("data"),
         port,
         durability: cfg.durability.clone(),
         extra_args: cfg.extra_args.clone(),

@@ -276,7 +276,7 @@ async fn target(c: &Common) -> anyhow::Result<(HttpClient, Option<(Surge, tempfi
             .context("creating a temporary data dir")?;
         let cfg = SpawnConfig {
             bin,
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.path().join("data"),
             port: free_port()?,
             durability: c.durability.clone(),
             extra_args: c.surge_args.clone(),

@@ -56,6 +56,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 #[derive(Debug, Clone)]
 pub struct SpawnConfig {
     pub bin: PathBuf,
+    /// Inside a directory the drill owns: surge's log goes beside it
+    /// (`<data_dir>.stderr.log`).
     pub data_dir: PathBuf,
     pub port: u16,
     pub durability: String,
@@ -120,11 +122,17 @@ pub struct Surge {
     child: Child,
     pub url: BaseUrl,
     pub spawned_at: Instant,
+    stderr_path: PathBuf,
 }
 
 impl Surge {
     pub fn spawn(cfg: &SpawnConfig) -> anyhow::Result<Surge> {
         let listen = format!("127.0.0.1:{}", cfg.port);
+        // Its log beside the data dir, quoted when it exits before it is ready.
+        let stderr_path = cfg.data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
         let mut cmd = Command::new(&cfg.bin);
         cmd.arg("--listen")
             .arg(&listen)
@@ -140,7 +148,7 @@ impl Surge {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true);
         let child = cmd
             .spawn()
@@ -152,6 +160,7 @@ impl Surge {
             child,
             url: parse_base(&format!("http://{listen}"), "http", 80)?,
             spawned_at: Instant::now(),
+            stderr_path,
         })
     }
 
@@ -173,7 +182,12 @@ impl Surge {
                 return Ok(self.spawned_at.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("surge exited before it was ready: {status}");
+                let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "surge exited before it was ready: {status}; its last log lines: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
             }
             if Instant::now() >= deadline {
                 bail!("surge not ready within {limit:?}");
