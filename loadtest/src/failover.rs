@@ -174,11 +174,12 @@ impl Node {
         let spawn = SpawnConfig {
             bin: cfg.bin.clone(),
             data_dir,
-            port: free_port()?,
+            // Unused: the kernel picks the port (`spawn_any_port`).
+            port: 0,
             durability: durability.into(),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
-        let mut surge = Surge::spawn(&spawn)?;
+        let mut surge = Surge::spawn_any_port(&spawn).await?;
         let client = HttpClient::new(&surge.url, None, cfg.connections, cfg.request_timeout);
         surge.wait_ready(&client, cfg.ready_timeout).await?;
         Ok(Node { surge, client })

@@ -128,6 +128,45 @@ pub struct Surge {
 impl Surge {
     pub fn spawn(cfg: &SpawnConfig) -> anyhow::Result<Surge> {
         let listen = format!("127.0.0.1:{}", cfg.port);
+        let (child, stderr_path) = Surge::start_process(cfg, &listen, Stdio::null())?;
+        Ok(Surge {
+            child,
+            url: parse_base(&format!("http://{listen}"), "http", 80)?,
+            spawned_at: Instant::now(),
+            stderr_path,
+        })
+    }
+
+    /// Like [`Surge::spawn`] on a port the kernel picks (`cfg.port` is ignored):
+    /// surge prints the address it bound as its first line. No race with other
+    /// processes for a port found free a moment before.
+    pub async fn spawn_any_port(cfg: &SpawnConfig) -> anyhow::Result<Surge> {
+        use tokio::io::AsyncBufReadExt;
+        let (mut child, stderr_path) = Surge::start_process(cfg, "127.0.0.1:0", Stdio::piped())?;
+        let stdout = child.stdout.take().context("surge's stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("surge printed no address within 60 s")??
+            .context("surge exited before it printed its address")?;
+        let addr = first
+            .strip_prefix("surge: listening on ")
+            .with_context(|| format!("unexpected first line from surge: {first}"))?;
+        // Keep reading so surge never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Surge {
+            child,
+            url: parse_base(addr, "http", 80)?,
+            spawned_at: Instant::now(),
+            stderr_path,
+        })
+    }
+
+    fn start_process(
+        cfg: &SpawnConfig,
+        listen: &str,
+        stdout: Stdio,
+    ) -> anyhow::Result<(Child, PathBuf)> {
         // Its log beside the data dir, quoted when it exits before it is ready.
         let stderr_path = cfg.data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path)
@@ -135,7 +174,7 @@ impl Surge {
             .unwrap_or_else(|_| Stdio::null());
         let mut cmd = Command::new(&cfg.bin);
         cmd.arg("--listen")
-            .arg(&listen)
+            .arg(listen)
             .arg("--data-dir")
             .arg(&cfg.data_dir)
             .arg("--durability")
@@ -147,7 +186,7 @@ impl Surge {
             .env_remove("SURGE_TOKENS_FILE")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true);
         let child = cmd
@@ -156,12 +195,7 @@ impl Surge {
         if let Some(pid) = child.id() {
             CHILDREN.lock().expect("children").push(pid);
         }
-        Ok(Surge {
-            child,
-            url: parse_base(&format!("http://{listen}"), "http", 80)?,
-            spawned_at: Instant::now(),
-            stderr_path,
-        })
+        Ok((child, stderr_path))
     }
 
     pub fn pid(&self) -> Option<u32> {
