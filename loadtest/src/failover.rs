@@ -162,6 +162,7 @@ pub fn find_nats(explicit: Option<&Path>) -> PathBuf {
 struct Node {
     surge: Surge,
     client: HttpClient,
+    data_dir: PathBuf,
 }
 
 impl Node {
@@ -173,7 +174,7 @@ impl Node {
     ) -> anyhow::Result<Node> {
         let spawn = SpawnConfig {
             bin: cfg.bin.clone(),
-            data_dir,
+            data_dir: data_dir.clone(),
             // Unused: the kernel picks the port (`spawn_any_port`).
             port: 0,
             durability: durability.into(),
@@ -182,7 +183,11 @@ impl Node {
         let mut surge = Surge::spawn_any_port(&spawn).await?;
         let client = HttpClient::new(&surge.url, None, cfg.connections, cfg.request_timeout);
         surge.wait_ready(&client, cfg.ready_timeout).await?;
-        Ok(Node { surge, client })
+        Ok(Node {
+            surge,
+            client,
+            data_dir,
+        })
     }
 }
 
@@ -381,6 +386,10 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
         tokio::time::sleep(Duration::from_millis(load_ms)).await;
         let killed = Instant::now();
         leader.surge.kill9().await?;
+        // Never used again (a fenced leader's dir may not become a standby's):
+        // its segments go now, so a 100-kill drill needs the disk of three nodes.
+        let _ = std::fs::remove_dir_all(&leader.data_dir);
+        let _ = std::fs::remove_file(leader.data_dir.with_extension("stderr.log"));
         let promotion = promote(&standby.client, cfg.ready_timeout).await?;
         let promote_ms = killed.elapsed().as_secs_f64() * 1e3;
         first_write(&standby.client, n, cfg.ready_timeout).await?;
