@@ -466,8 +466,12 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 check_loopback(&parse_base(url, "nats", 4222)?, c.allow_non_loopback)?;
             }
             let mut fc = flash_config(flash, c.seed)?;
-            // Holds must outlive the failovers so their acknowledged state is checkable.
-            fc.ttl_ms = fc.ttl_ms.max(600_000);
+            // Holds must outlive the whole drill: the audit counts every acknowledged
+            // hold as held (a 100-kill run outlasted a 10-minute TTL).
+            let drill_ms = u64::try_from(c.time_max.as_millis()).unwrap_or(u64::MAX);
+            fc.ttl_ms = fc
+                .ttl_ms
+                .max(drill_ms.saturating_add(600_000).min(604_800_000));
             let cfg = failover::FailoverConfig {
                 bin: find_surge(c.surge_bin.as_deref())?,
                 kills: *kills,
