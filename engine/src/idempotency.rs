@@ -56,7 +56,7 @@ use crate::limits::{
     IDEMPOTENCY_BUDGET_BYTES_MIN, IDEMPOTENCY_WINDOW_MS_DEFAULT, IDEMPOTENCY_WINDOW_MS_MAX,
     IDEMPOTENCY_WINDOW_MS_MIN,
 };
-use crate::state::State;
+use crate::state::{Ctx, State, invalid};
 
 /// How long keys are remembered and how much memory they may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
@@ -669,6 +669,39 @@ fn write_entry(entry: &Entry, writer: &mut impl Writer) -> Result<(), EncodeErro
     }
     writer.write(&buf[..len])?;
     writer.write(stored)
+}
+
+// ---- the policy, as state ---------------------------------------------------------
+
+impl State {
+    /// A new window and budget. Keys past the new window are forgotten at once, and
+    /// the oldest keys beyond a smaller budget.
+    pub(crate) fn set_idempotency_policy(
+        &mut self,
+        policy: IdempotencyPolicy,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        policy
+            .check()
+            .map_err(|(field, violation)| invalid(field, violation))?;
+        if policy != self.idempotency.policy() {
+            self.idempotency.set_policy(policy, ctx.now_ms);
+            ctx.changed = true;
+        }
+        Ok(Reply::IdempotencyPolicy {
+            window_ms: policy.window_ms,
+            budget_bytes: policy.budget_bytes,
+        })
+    }
+
+    /// The window and budget in force.
+    pub fn idempotency_policy(&self) -> IdempotencyPolicy {
+        self.idempotency.policy()
+    }
+
+    pub fn idempotency_stats(&self) -> IdempotencyStats {
+        self.idempotency.stats()
+    }
 }
 
 // ---- answers ----------------------------------------------------------------------

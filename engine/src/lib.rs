@@ -26,25 +26,6 @@ pub use idempotency::{IDEMPOTENCY_KEY_BYTES, IdempotencyPolicy, IdempotencyStats
 pub use query::{QueryReply, fnv1a64};
 pub use state::{Applied, EXPIRE_BATCH_MAX, State, check_sizes};
 
-impl State {
-    /// Encode the whole state for a snapshot file.
-    pub fn encode_snapshot(&self) -> Vec<u8> {
-        codec::encode_snapshot(&self.to_snapshot())
-    }
-
-    /// Decode a snapshot written by [`State::encode_snapshot`]; whole-state
-    /// invariants are checked.
-    pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
-        match codec::decode_snapshot(bytes)? {
-            codec::AnySnapshot::Current(snapshot) => State::from_snapshot(snapshot),
-            codec::AnySnapshot::V4(snapshot) => State::from_snapshot_v4(snapshot),
-            codec::AnySnapshot::V3(snapshot) => State::from_snapshot_v3(snapshot),
-            codec::AnySnapshot::V2(snapshot) => State::from_snapshot_v2(snapshot),
-            codec::AnySnapshot::V1(snapshot) => State::from_snapshot_v1(snapshot),
-        }
-    }
-}
-
 mod feed;
 mod runtime;
 

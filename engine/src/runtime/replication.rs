@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Error, FollowerMsg, Inner, Release, Request};
+use super::follower::FollowerMsg;
+use super::sync_stage::Release;
+use super::{Error, Inner, Request};
 
 /// Where a leader's durable records are replicated. Implemented over NATS JetStream
 /// by the API crate; tests substitute their own. Every call may block.

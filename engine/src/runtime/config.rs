@@ -1,0 +1,218 @@
+//! How the engine runs: [`Durability`], [`EngineConfig`] and its defaults, the
+//! [`Clock`] the writer reads, and the start-up check that the configured state fits
+//! this machine's memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use surge_wal::WalConfig;
+
+use super::{Error, Role};
+use crate::IdempotencyPolicy;
+use crate::domain::Millis;
+
+/// How a reply waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Reply after the batch is flushed (default).
+    Sync,
+    /// Reply after apply; flush every few milliseconds (like Redis `everysec`, faster).
+    Async,
+    /// No WAL at all: state is lost on exit. For benchmarks and throwaway demos.
+    None,
+    /// Reply after the batch is flushed AND the replicated log (a
+    /// [`LogPublisher`](super::LogPublisher)) acknowledged it: only this mode
+    /// promises a failover without loss.
+    Replicated,
+}
+
+impl Durability {
+    /// Replies wait for the local commit (`sync` and `replicated`).
+    pub(super) fn waits_for_commit(self) -> bool {
+        matches!(self, Durability::Sync | Durability::Replicated)
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "async" => Ok(Durability::Async),
+            "none" => Ok(Durability::None),
+            "replicated" => Ok(Durability::Replicated),
+            other => Err(format!(
+                "durability must be sync, async, none or replicated, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Runtime configuration. Every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Commands waiting at once; a full queue answers `Overloaded` at once.
+    pub queue_len_max: usize,
+    /// Commands the writer applies per loop iteration; bounds an iteration's length.
+    /// The sync thread merges the iterations that queue up during one sync.
+    pub batch_len_max: usize,
+    pub async_flush_interval_ms: u64,
+    /// How often the writer checks for expired holds when idle.
+    pub expire_interval_ms: u64,
+    /// Take a snapshot after this many logged records (0: only on request and shutdown).
+    pub snapshot_every_records: u64,
+    /// Take a snapshot once this many WAL segments are on disk, so that the log (and
+    /// start-up replay) stays bounded even when commits are small and padded.
+    pub snapshot_every_segments: usize,
+    /// Write a snapshot at clean shutdown (benchmarks of replay turn it off).
+    pub snapshot_on_shutdown: bool,
+    /// Write snapshot files on their own thread (the writer still encodes them).
+    /// Off makes a run fully deterministic, for the seeded crash tests.
+    pub snapshot_in_background: bool,
+    /// Sync batch N on its own thread while the writer applies N+1 (pipelined
+    /// group commit). Off syncs on the writer, which makes a run deterministic.
+    pub pipelined_commit: bool,
+    /// In `sync` mode, serve reads from a follower: a second copy of the state that
+    /// applies each batch once it is durable, on its own thread. Reads then never
+    /// wait in the writer's queue, and periodic snapshots are encoded there, not on
+    /// the writer. Costs a second copy of the state in memory.
+    pub follower: bool,
+    /// Events kept in memory for the feed.
+    pub events_kept: usize,
+    pub wal: WalConfig,
+    /// Where the writer reads the time; tests substitute a manual clock.
+    pub clock: Clock,
+    /// The idempotency window and budget to run with. When it differs from the
+    /// recovered state's, it is logged (`Command::SetIdempotencyPolicy`) before any
+    /// other command. `None` keeps the state's (offline tools).
+    pub idempotency: Option<IdempotencyPolicy>,
+    /// The order policy (ship SLA, review threshold) to run with; logged like the
+    /// idempotency policy when it differs from the state's (and once, to move a data
+    /// dir written before v1.1 to its rules). `None` keeps the state's.
+    pub order_policy: Option<crate::command::OrderPolicy>,
+    /// What this node does at start: a leader takes writes, a standby applies a
+    /// leader's records
+    /// ([`EngineHandle::replicate`](super::EngineHandle::replicate)) until promoted.
+    pub role: Role,
+    /// A [`LogPublisher`](super::LogPublisher) will be attached (or the standby may
+    /// be promoted and publish): until records are published, log segments holding
+    /// them are kept.
+    pub replicate: bool,
+}
+
+/// A source of wall-clock milliseconds. The writer never lets its stamps go back,
+/// whatever this returns.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Millis + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(wall_clock_ms))
+    }
+
+    /// A clock that reads `ms` (tests move it by hand).
+    pub fn manual(ms: Arc<AtomicU64>) -> Clock {
+        Clock(Arc::new(move || ms.load(Ordering::SeqCst)))
+    }
+
+    pub fn now_ms(&self) -> Millis {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            data_dir: PathBuf::from("./data"),
+            durability: Durability::Sync,
+            queue_len_max: 65_536,
+            batch_len_max: 512,
+            async_flush_interval_ms: 5,
+            expire_interval_ms: 50,
+            snapshot_every_records: 2_000_000,
+            snapshot_every_segments: 16,
+            snapshot_on_shutdown: true,
+            snapshot_in_background: true,
+            pipelined_commit: true,
+            follower: true,
+            events_kept: 1_000_000,
+            wal: WalConfig::default(),
+            clock: Clock::system(),
+            idempotency: None,
+            order_policy: None,
+            role: Role::Leader,
+            replicate: false,
+        }
+    }
+}
+
+/// The most memory this configuration may need at the state's limits: the state
+/// and its idempotency budget, twice with a follower, plus one encoded snapshot in
+/// flight (bounded by the in-memory size).
+pub fn memory_worst_case_bytes(config: &EngineConfig) -> u64 {
+    let budget = config
+        .idempotency
+        .map_or(crate::limits::IDEMPOTENCY_BUDGET_BYTES_DEFAULT, |p| {
+            p.budget_bytes
+        });
+    let copy = crate::limits::STATE_BYTES_WORST_CASE + budget;
+    let copies = if config.follower && config.durability.waits_for_commit() {
+        2
+    } else {
+        1
+    };
+    copy * copies + copy
+}
+
+/// Start-up refuses a configuration whose worst case cannot fit this machine's
+/// memory (`MemTotal`), keeping a tenth for the rest of the process and the OS.
+pub(super) fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
+    let Some(total) = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+    else {
+        return Ok(()); // not Linux, or no /proc: nothing to check against
+    };
+    let needed = memory_worst_case_bytes(config);
+    if needed > total / 10 * 9 {
+        return Err(Error::InvalidConfig(format!(
+            "at its limits the state needs up to {} MiB (state and idempotency budget{}, \
+             and a snapshot in flight), more than 90 % of this machine's {} MiB: lower \
+             the idempotency budget{}",
+            needed >> 20,
+            if config.follower {
+                ", twice for the follower"
+            } else {
+                ""
+            },
+            total >> 20,
+            if config.follower {
+                " or run without the follower"
+            } else {
+                ""
+            },
+        )));
+    }
+    Ok(())
+}
+
+fn wall_clock_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}

@@ -1,0 +1,154 @@
+//! The follower: a second copy of the state, on its own thread, that applies each
+//! batch once it is durable. It answers reads and encodes periodic snapshots, so
+//! that neither waits on the writer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Inner, ReplySender, Request};
+use crate::Rejection;
+use crate::codec;
+use crate::command::Query;
+use crate::event::Event;
+use crate::query::QueryReply;
+use crate::state::State;
+
+/// What the follower receives: durable records (from the sync stage, in log
+/// order) and reads (from handles).
+pub(super) enum FollowerMsg {
+    Records(Vec<(u64, Vec<u8>)>),
+    Read {
+        query: Query,
+        /// The durable LSN when the read arrived: it is answered once applied.
+        read_index: u64,
+        reply: ReplySender<Result<QueryReply, Rejection>>,
+    },
+    Stop,
+}
+
+/// A read waiting at the follower for its read index to be applied.
+type WaitingRead = (u64, Query, ReplySender<Result<QueryReply, Rejection>>);
+
+/// A second copy of the state that applies each batch once it is durable. It
+/// serves reads (so they never queue behind the writer) and encodes periodic
+/// snapshots (so the writer never does). It sees only durable records: a batch
+/// whose sync failed never reaches it.
+pub(super) struct Follower {
+    pub(super) state: State,
+    pub(super) rx: Receiver<FollowerMsg>,
+    pub(super) to_writer: Sender<Request>,
+    pub(super) shared: Arc<Inner>,
+    /// Reads waiting for their read index, in arrival order.
+    pub(super) waiting: std::collections::VecDeque<WaitingRead>,
+    pub(super) events_scratch: Vec<Event>,
+    pub(super) last_record_lsn: u64,
+    pub(super) records_since_snapshot: u64,
+    pub(super) snapshot_every_records: u64,
+}
+
+impl Follower {
+    pub(super) fn run(mut self) {
+        while let Ok(msg) = self.rx.recv() {
+            match msg {
+                FollowerMsg::Records(records) => {
+                    for (lsn, bytes) in records {
+                        self.apply(lsn, &bytes);
+                    }
+                    self.shared
+                        .board
+                        .publish(self.state.take_touched_sku_views(), self.applied());
+                    self.answer_ready();
+                    self.maybe_snapshot();
+                }
+                FollowerMsg::Read {
+                    query,
+                    read_index,
+                    reply,
+                } => {
+                    if read_index <= self.applied() {
+                        self.answer(&query, reply);
+                    } else {
+                        self.waiting.push_back((read_index, query, reply));
+                    }
+                }
+                FollowerMsg::Stop => break,
+            }
+        }
+        // Reads still waiting (or queued) are dropped: their tickets say ShuttingDown.
+        self.waiting.clear();
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    fn apply(&mut self, lsn: u64, bytes: &[u8]) {
+        let record = codec::decode_record(bytes)
+            .unwrap_or_else(|e| panic!("follower: record {lsn} does not decode: {e}"));
+        self.events_scratch.clear();
+        let applied = self.state.apply(
+            &record.command,
+            record.key.as_ref(),
+            record.now_ms,
+            &mut self.events_scratch,
+        );
+        // Pair assertion with the writer: the same record lands on the same LSN.
+        assert_eq!(
+            applied.lsn,
+            Some(lsn),
+            "follower diverged from the writer at record {lsn} ({})",
+            record.command.name()
+        );
+        self.last_record_lsn = lsn;
+        self.records_since_snapshot += 1;
+    }
+
+    /// How far this copy has applied, in the measure of the durable LSN a read
+    /// notes: a record's LSN is at most `next_seq - 1` once it is applied, and the
+    /// next record's LSN is `next_seq`.
+    fn applied(&self) -> u64 {
+        self.state.next_seq().saturating_sub(1)
+    }
+
+    fn answer(&self, query: &Query, reply: ReplySender<Result<QueryReply, Rejection>>) {
+        self.shared.follower_reads.fetch_sub(1, Ordering::AcqRel);
+        let _ = reply.send(Ok(self.state.query(query)));
+    }
+
+    fn answer_ready(&mut self) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(index, _, _)| *index <= self.applied())
+        {
+            let (_, query, reply) = self.waiting.pop_front().expect("checked");
+            self.answer(&query, reply);
+        }
+    }
+
+    /// Encode a snapshot here when enough records were applied (or the writer asks,
+    /// because segments piled up), and hand it to the writer to write and publish.
+    fn maybe_snapshot(&mut self) {
+        let wanted = self.shared.snapshot_wanted.load(Ordering::Acquire);
+        let due = self.snapshot_every_records > 0
+            && self.records_since_snapshot >= self.snapshot_every_records;
+        if !(due || wanted) || self.records_since_snapshot == 0 {
+            return;
+        }
+        // Answer the reads that are ready first: encoding pauses this thread, and
+        // reads that arrive meanwhile take the writer's queue.
+        self.answer_ready();
+        self.shared.follower_encoding.store(true, Ordering::Release);
+        let body = codec::encode_engine_snapshot(&self.state, &self.shared.events);
+        self.shared
+            .follower_encoding
+            .store(false, Ordering::Release);
+        let request = Request::InstallSnapshot {
+            lsn: self.last_record_lsn,
+            body,
+        };
+        if self.to_writer.try_send(request).is_ok() {
+            self.records_since_snapshot = 0;
+            self.shared.snapshot_wanted.store(false, Ordering::Release);
+        }
+    }
+}

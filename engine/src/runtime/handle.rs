@@ -1,0 +1,287 @@
+//! The caller's side: [`EngineHandle`] (submit, query, snapshot, replication
+//! controls, shutdown) and the [`Ticket`] an answer comes back on. Handles share one
+//! `Shared`; the last one dropped shuts the engine down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+
+use super::follower::FollowerMsg;
+use super::{Durability, Error, Inner, LogPublisher, Request, Role, RuntimeStats};
+use crate::board::BoardRead;
+use crate::command::{Acked, Command, IdempotencyKey, Outcome, Query, SkuView};
+use crate::feed::EventLog;
+use crate::query::QueryReply;
+use crate::{Rejection, fnv1a64};
+
+/// A pending answer: `.await` it from async code or `wait()` from a plain thread.
+pub struct Ticket<T>(tokio::sync::oneshot::Receiver<Result<T, Error>>);
+
+impl<T> Ticket<T> {
+    pub fn wait(self) -> Result<T, Error> {
+        self.0.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+impl<T> std::future::Future for Ticket<T> {
+    type Output = Result<T, Error>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) tx: Sender<Request>,
+    /// Reads go here when there is a follower (sync mode).
+    pub(super) follower_tx: Option<Sender<FollowerMsg>>,
+    pub(super) inner: Arc<Inner>,
+    pub(super) shutting_down: AtomicBool,
+    pub(super) writer: Mutex<Option<JoinHandle<()>>>,
+    pub(super) queue_len_max: usize,
+    pub(super) durability: Durability,
+}
+
+impl Shared {
+    fn shutdown(&self) {
+        let Some(thread) = self.writer.lock().take() else {
+            return;
+        };
+        self.shutting_down.store(true, Ordering::Release);
+        // The queue may be full: a blocking send waits for room, which the writer makes.
+        // The writer stops the follower after the last flush.
+        let _ = self.tx.send(Request::Shutdown);
+        let _ = thread.join();
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle gone: shut down cleanly (drain, flush, snapshot).
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A cheap, cloneable handle to a running engine, usable from tokio and from threads.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    fn send(&self, request: Request) -> Result<(), Error> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        match self.shared.tx.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.shared
+                    .inner
+                    .stats
+                    .overloaded
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(Error::Overloaded(self.shared.queue_len_max))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Queue a command. A full queue is refused at once with [`Error::Overloaded`].
+    pub fn submit(
+        &self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Ticket<Acked>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Command {
+            command,
+            key,
+            reply,
+        })?;
+        Ok(Ticket(rx))
+    }
+
+    /// Submit and wait (plain threads).
+    pub fn execute(&self, command: Command, key: Option<IdempotencyKey>) -> Result<Outcome, Error> {
+        Ok(self.submit(command, key)?.wait()?.outcome)
+    }
+
+    /// A read. With a follower (sync mode) it is answered there once the follower
+    /// has applied everything durable when the read arrived, so it sees every write
+    /// acknowledged before it and nothing that is not durable (the ReadIndex idea);
+    /// otherwise it goes through the writer's queue and sees every command queued
+    /// before it.
+    pub fn query(&self, query: Query) -> Result<Ticket<Result<QueryReply, Rejection>>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let inner = &self.shared.inner;
+        match &self.shared.follower_tx {
+            // While the follower encodes a snapshot, a read through the writer's
+            // queue is answered with the next commit instead of after the encoding
+            // (linearizable too: the answer waits until what it saw is durable).
+            Some(_) if inner.follower_encoding.load(Ordering::Acquire) => {
+                inner
+                    .stats
+                    .reads_during_snapshot
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send(Request::Query { query, reply })?
+            }
+            Some(follower) => {
+                if self.shared.shutting_down.load(Ordering::Acquire) {
+                    return Err(Error::ShuttingDown);
+                }
+                if inner.follower_reads.fetch_add(1, Ordering::AcqRel) >= self.shared.queue_len_max
+                {
+                    inner.follower_reads.fetch_sub(1, Ordering::AcqRel);
+                    inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::Overloaded(self.shared.queue_len_max));
+                }
+                let read_index = inner.read_index();
+                follower
+                    .send(FollowerMsg::Read {
+                        query,
+                        read_index,
+                        reply,
+                    })
+                    .map_err(|_| Error::ShuttingDown)?;
+            }
+            None => self.send(Request::Query { query, reply })?,
+        }
+        Ok(Ticket(rx))
+    }
+
+    /// Submit the commands of one batch request as one queue entry: the writer
+    /// applies them in order in one iteration, and they are answered together
+    /// once durable (each its own outcome, or its own error).
+    pub fn submit_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Ticket<Vec<Result<Acked, Error>>>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Batch { commands, reply })?;
+        Ok(Ticket(rx))
+    }
+
+    /// A SKU's stock read on the caller's thread, linearizable like [`Self::query`]
+    /// (the board answers only once it has applied the durable LSN noted now).
+    /// `None`: the board cannot answer (no follower in this durability mode, or
+    /// it is behind): use [`Self::query`].
+    pub fn read_sku(&self, sku: &str) -> Option<Result<SkuView, Rejection>> {
+        self.shared.follower_tx.as_ref()?;
+        let inner = &self.shared.inner;
+        let read_index = inner.read_index();
+        match inner.board.read(sku, read_index) {
+            BoardRead::Sku(view) => Some(Ok(view)),
+            BoardRead::Unknown => Some(Err(Rejection::UnknownSku {
+                sku: sku.to_string(),
+            })),
+            BoardRead::Behind => {
+                inner.stats.board_behind.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Start publishing the log through `publisher` (a leader, at start): every
+    /// durable record goes to the replicated log, those logged before now first.
+    /// In `replicated` mode no write is acknowledged before this. Answers the last
+    /// LSN logged before publishing started.
+    pub fn attach_publisher(&self, publisher: Box<dyn LogPublisher>) -> Result<Ticket<u64>, Error> {
+        self.attach(publisher, false)
+    }
+
+    /// Promote this standby: it takes writes from now on and publishes its log
+    /// (which continues the old leader's) through `publisher`. The caller has
+    /// caught up with and fenced the replicated log first.
+    pub fn promote(&self, publisher: Box<dyn LogPublisher>) -> Result<Ticket<u64>, Error> {
+        self.attach(publisher, true)
+    }
+
+    fn attach(
+        &self,
+        publisher: Box<dyn LogPublisher>,
+        promote: bool,
+    ) -> Result<Ticket<u64>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::AttachPublisher {
+            publisher,
+            promote,
+            to_writer: self.shared.tx.clone(),
+            reply,
+        })?;
+        Ok(Ticket(rx))
+    }
+
+    /// A standby applies its leader's records (LSN and the record as logged, in
+    /// log order); answers the last LSN applied, once durable here.
+    pub fn replicate(&self, records: Vec<(u64, Vec<u8>)>) -> Result<Ticket<u64>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Replicate { records, reply })?;
+        Ok(Ticket(rx))
+    }
+
+    /// This node's place in replication now.
+    pub fn role(&self) -> Role {
+        self.shared.inner.role()
+    }
+
+    /// Why the replicated log is unavailable now, if it is.
+    pub fn replication_down(&self) -> Option<String> {
+        self.shared.inner.replication_down.lock().clone()
+    }
+
+    /// Take a snapshot now; answers its LSN.
+    pub fn snapshot(&self) -> Result<Ticket<u64>, Error> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Request::Snapshot { reply })?;
+        Ok(Ticket(rx))
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.shared.inner.events
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.shared.inner.stats
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.shared.tx.len()
+    }
+
+    pub fn queue_len_max(&self) -> usize {
+        self.shared.queue_len_max
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.shared.durability
+    }
+
+    /// Why writes are refused now (disk full, failed flush), if they are.
+    pub fn writes_refused(&self) -> Option<String> {
+        self.shared.inner.writes_refused.lock().clone()
+    }
+
+    /// Drain the queue, flush, snapshot and stop the writer. Later submissions get
+    /// [`Error::ShuttingDown`]. Safe to call more than once.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
+    /// A stable fingerprint of a request for idempotency keys.
+    pub fn fingerprint(parts: &[&[u8]]) -> u64 {
+        let mut joined = Vec::new();
+        for part in parts {
+            joined.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            joined.extend_from_slice(part);
+        }
+        fnv1a64(&joined)
+    }
+}

@@ -1,0 +1,345 @@
+//! Start-up: [`Engine::open`] takes the data directory, recovers the state (the
+//! newest snapshot, then the log after it), logs configured policy changes, and
+//! starts the sync stage, the follower and the writer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use surge_wal::{MmapStorage, Storage, Wal};
+
+use super::config::check_memory_fits;
+use super::follower::Follower;
+use super::handle::Shared;
+use super::sync_stage::SyncStage;
+use super::writer::Writer;
+use super::{
+    Durability, EngineConfig, EngineHandle, Error, Inner, Role, RuntimeStats, spawn_owner,
+};
+use crate::board::StockBoard;
+use crate::codec;
+use crate::command::Command;
+use crate::domain::SkuIdx;
+use crate::feed::EventLog;
+use crate::state::State;
+use crate::{Field, Rejection};
+
+/// What start-up found and did.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    pub wal: Option<surge_wal::RecoveryReport>,
+    pub snapshot_lsn: u64,
+    pub records_replayed: u64,
+    pub events_restored: usize,
+    pub duration: Duration,
+    pub next_lsn: u64,
+}
+
+/// Entry point: open (recover) and start the writer.
+pub struct Engine;
+
+impl Engine {
+    /// Open the data directory (taking its lock), recover, and start the writer.
+    pub fn open(config: EngineConfig) -> Result<(EngineHandle, RecoveryReport), Error> {
+        if config.durability == Durability::None {
+            return Engine::start::<MmapStorage>(None, config);
+        }
+        let storage = MmapStorage::open(&config.data_dir)?;
+        Engine::open_with_storage(storage, config)
+    }
+
+    /// Open over any storage (tests use the simulated disk).
+    pub fn open_with_storage<S: Storage>(
+        storage: S,
+        config: EngineConfig,
+    ) -> Result<(EngineHandle, RecoveryReport), Error> {
+        Engine::start(Some(storage), config)
+    }
+
+    fn start<S: Storage>(
+        storage: Option<S>,
+        config: EngineConfig,
+    ) -> Result<(EngineHandle, RecoveryReport), Error> {
+        assert!(config.queue_len_max > 0 && config.batch_len_max > 0);
+        let record_room = config.wal.record_payload_max_bytes();
+        if config.durability != Durability::None
+            && record_room < crate::limits::RECORD_ENCODED_BYTES_MAX
+        {
+            return Err(Error::Wal(surge_wal::Error::InvalidConfig(format!(
+                "segments of {} bytes hold records of at most {record_room} bytes; the \
+                 largest valid command needs {}",
+                config.wal.segment_bytes,
+                crate::limits::RECORD_ENCODED_BYTES_MAX
+            ))));
+        }
+        check_memory_fits(&config)?;
+        let started = Instant::now();
+        let events = EventLog::new(config.events_kept);
+        let (recovered, wal) = match storage {
+            Some(storage) if config.durability != Durability::None => {
+                let (wal, recovery) = Wal::open(storage, config.wal.clone())?;
+                (recover(&wal, recovery, &events)?, Some(wal))
+            }
+            _ => (
+                Recovered {
+                    state: State::new(),
+                    report_wal: None,
+                    snapshot_lsn: 0,
+                    replayed: 0,
+                    events_restored: 0,
+                },
+                None,
+            ),
+        };
+        let Recovered {
+            state,
+            report_wal,
+            snapshot_lsn,
+            replayed,
+            events_restored,
+        } = recovered;
+        events.set_sku_names(
+            (0..state.sku_count()).map(|i| Arc::from(state.sku_name(SkuIdx(i as u32)))),
+        );
+        let report = RecoveryReport {
+            wal: report_wal,
+            snapshot_lsn,
+            records_replayed: replayed,
+            events_restored,
+            duration: started.elapsed(),
+            next_lsn: state.next_seq(),
+        };
+        let state_sku_count = state.sku_count();
+        let policy_change = config
+            .idempotency
+            .filter(|wanted| *wanted != state.idempotency_policy());
+        let order_policy_change = config
+            .order_policy
+            .filter(|wanted| !state.runs_order_policy(*wanted));
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
+        let with_follower =
+            config.follower && config.durability.waits_for_commit() && wal.is_some();
+        let (follower_tx, follower_rx) = if with_follower {
+            let (ftx, frx) = crossbeam_channel::unbounded();
+            (Some(ftx), Some(frx))
+        } else {
+            (None, None)
+        };
+        let inner = Arc::new(Inner {
+            events,
+            stats: RuntimeStats::default(),
+            writes_refused: Mutex::new(None),
+            writes_refused_flag: AtomicBool::new(false),
+            snapshot_wanted: AtomicBool::new(false),
+            follower_reads: std::sync::atomic::AtomicUsize::new(0),
+            board: StockBoard::default(),
+            follower_encoding: AtomicBool::new(false),
+            role: std::sync::atomic::AtomicU8::new(config.role.as_u8()),
+            replication_down: Mutex::new(None),
+            replication_down_flag: AtomicBool::new(false),
+            publish_stopping: AtomicBool::new(false),
+            durability: config.durability,
+        });
+        if config.durability == Durability::Replicated {
+            // No write is acknowledged before a publisher is attached.
+            inner.set_replication_down(Some("no replicated log attached yet".into()));
+        }
+        let shared = Arc::new(Shared {
+            tx,
+            follower_tx: follower_tx.clone(),
+            inner: Arc::clone(&inner),
+            shutting_down: AtomicBool::new(false),
+            writer: Mutex::new(None),
+            queue_len_max: config.queue_len_max,
+            durability: config.durability,
+        });
+        inner
+            .stats
+            .snapshot_lsn
+            .store(snapshot_lsn, Ordering::Relaxed);
+        inner
+            .stats
+            .durable_lsn
+            .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
+        let (to_syncer, from_syncer, syncer_thread) = if config.pipelined_commit && wal.is_some() {
+            let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+            let (done_tx, done_rx) = crossbeam_channel::unbounded();
+            let stage = SyncStage {
+                shared: Arc::clone(&inner),
+                failed: None,
+                to_follower: follower_tx.clone(),
+            };
+            let thread = spawn_owner("surge-sync", move || stage.run(flush_rx, done_tx))
+                .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
+            (Some(flush_tx), Some(done_rx), Some(thread))
+        } else {
+            (None, None, None)
+        };
+        let mut writer = Writer {
+            to_syncer,
+            from_syncer,
+            syncer_thread,
+            syncer_inline: SyncStage {
+                shared: Arc::clone(&inner),
+                failed: None,
+                to_follower: follower_tx.clone(),
+            },
+            batch_records: Vec::new(),
+            follower: None,
+            install_waiting: None,
+            state,
+            wal,
+            rx,
+            sku_names_published: state_sku_count,
+            shared: inner,
+            config,
+            now_ms: 0,
+            records_since_snapshot: replayed,
+            record_buf: Vec::with_capacity(256),
+            events_buf: Vec::new(),
+            appended: false,
+            snapshot_job: None,
+            snapshot_waiting: Vec::new(),
+            publish_tx: None,
+            publish_thread: None,
+            log_reads: Vec::new(),
+            opening: true,
+        };
+        writer.now_ms = writer.state.now_ms();
+        if let Some(wal) = writer.wal.as_mut()
+            && config_replicates_as_leader(&writer.config)
+        {
+            // Until the publish stage says how far the replicated log goes, keep
+            // every segment: none may be pruned before it is published.
+            wal.retain_after(0);
+        }
+        let standby = writer.config.role != Role::Leader;
+        if let Some(policy) = policy_change.filter(|_| !standby) {
+            // Logged before the writer takes any other command, on this thread: no
+            // reply to wait for, so `open` may run inside an async runtime.
+            let command = Command::SetIdempotencyPolicy {
+                window_ms: policy.window_ms,
+                budget_bytes: policy.budget_bytes,
+            };
+            if let Err(rejection) = writer.apply_at_start(command)? {
+                // Named by the fields of `IdempotencyPolicy`, for the operator.
+                let what = match rejection {
+                    Rejection::Validation {
+                        field: Field::WindowMs,
+                        violation,
+                    } => format!("window_ms: {violation:?}"),
+                    Rejection::Validation {
+                        field: Field::BudgetBytes,
+                        violation,
+                    } => format!("budget_bytes: {violation:?}"),
+                    other => format!("{other:?}"),
+                };
+                return Err(Error::InvalidConfig(format!("idempotency policy {what}")));
+            }
+        }
+        if let Some(policy) = order_policy_change.filter(|_| !standby) {
+            let command = Command::SetOrderPolicy {
+                ship_sla_ms: policy.ship_sla_ms,
+                review_amount_min: policy.review_amount_min,
+            };
+            if let Err(rejection) = writer.apply_at_start(command)? {
+                return Err(Error::InvalidConfig(format!("order policy {rejection:?}")));
+            }
+        }
+        if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {
+            // The follower starts from the writer's state as recovered (and after the
+            // policy record above): both then apply the same durable records.
+            let mut state = writer.state.clone();
+            state.track_touched_skus();
+            writer
+                .shared
+                .board
+                .publish(state.all_sku_views(), state.next_seq().saturating_sub(1));
+            let follower = Follower {
+                state,
+                rx: frx,
+                to_writer: shared.tx.clone(),
+                shared: Arc::clone(&writer.shared),
+                waiting: std::collections::VecDeque::new(),
+                events_scratch: Vec::new(),
+                last_record_lsn: writer.wal.as_ref().map_or(0, Wal::last_lsn),
+                records_since_snapshot: 0,
+                snapshot_every_records: writer.config.snapshot_every_records,
+            };
+            let thread = spawn_owner("surge-follower", move || follower.run())
+                .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;
+            writer.follower = Some((ftx, thread));
+        }
+        writer.opening = false;
+        let thread = spawn_owner("surge-writer", move || writer.run())
+            .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
+        *shared.writer.lock() = Some(thread);
+        Ok((EngineHandle { shared }, report))
+    }
+}
+
+/// A leader that will publish its log holds its segments back from pruning.
+fn config_replicates_as_leader(config: &EngineConfig) -> bool {
+    config.replicate && config.role == Role::Leader
+}
+
+struct Recovered {
+    state: State,
+    report_wal: Option<surge_wal::RecoveryReport>,
+    snapshot_lsn: u64,
+    replayed: u64,
+    events_restored: usize,
+}
+
+fn recover<S: Storage>(
+    wal: &Wal<S>,
+    recovery: surge_wal::Recovery,
+    events: &EventLog,
+) -> Result<Recovered, Error> {
+    let (mut state, snapshot_lsn, events_restored) = match &recovery.snapshot {
+        Some((lsn, bytes)) => {
+            let snap = codec::decode_engine_snapshot(bytes)
+                .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
+            let state = State::decode_snapshot(&snap.state)
+                .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
+            assert!(
+                state.next_seq() > *lsn || *lsn == 0,
+                "snapshot LSN {lsn} beyond its state"
+            );
+            let restored = snap.events.len();
+            events.restore(snap.events, snap.events_dropped_through);
+            (state, *lsn, restored)
+        }
+        None => (State::new(), 0, 0),
+    };
+    let mut replay_events = Vec::new();
+    let replayed = wal.replay(snapshot_lsn, |lsn, payload| {
+        let record = codec::decode_record(payload).map_err(|e| format!("record {lsn}: {e}"))?;
+        replay_events.clear();
+        let applied = state.apply(
+            &record.command,
+            record.key.as_ref(),
+            record.now_ms,
+            &mut replay_events,
+        );
+        // Pair assertion: replay must log exactly what was logged.
+        if applied.lsn != Some(lsn) {
+            return Err(format!(
+                "record {lsn} ({}) replayed as {:?}",
+                record.command.name(),
+                applied.lsn
+            ));
+        }
+        events.publish(&replay_events);
+        Ok(())
+    })?;
+    state.check_invariants();
+    Ok(Recovered {
+        state,
+        report_wal: Some(recovery.report),
+        snapshot_lsn,
+        replayed,
+        events_restored,
+    })
+}

@@ -1,0 +1,116 @@
+//! What the runtime counts for `/metrics`: [`RuntimeStats`] and the lock-free
+//! [`LatencyHistogram`] its latencies go into.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counters the writer keeps for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Stock reads the board could not answer (behind the read index): they went
+    /// through the follower's queue.
+    pub board_behind: AtomicU64,
+    /// Reads that went through the writer's queue because the follower was
+    /// encoding a snapshot.
+    pub reads_during_snapshot: AtomicU64,
+    pub commands_applied: AtomicU64,
+    pub commands_rejected: AtomicU64,
+    pub records_logged: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_len_last: AtomicU64,
+    pub batch_len_max_seen: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_latency_us_last: AtomicU64,
+    pub flush_latency_us_total: AtomicU64,
+    pub snapshot_at_ms: AtomicU64,
+    pub snapshot_lsn: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub durable_lsn: AtomicU64,
+    /// The last LSN the replicated log acknowledged (leader with a publisher).
+    pub published_lsn: AtomicU64,
+    pub overloaded: AtomicU64,
+    /// Writer loop iterations, the sync excluded (it runs on the sync thread).
+    pub writer_iteration: LatencyHistogram,
+    /// Group commit latency: one sync, however many batches it covers.
+    pub wal_commit: LatencyHistogram,
+    /// One publish to the replicated log, until its acknowledgement.
+    pub replication_publish: LatencyHistogram,
+}
+
+/// A fixed-bucket latency histogram that threads record into without locks.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    /// Counts per bucket of [`LatencyHistogram::BOUNDS_US`], plus one above the last.
+    buckets: [AtomicU64; LatencyHistogram::BOUNDS_US.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Upper bounds of the buckets, in microseconds: 50 µs to 100 ms.
+    pub const BOUNDS_US: [u64; 12] = [
+        50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 75_000, 100_000,
+    ];
+
+    pub fn record(&self, elapsed: Duration) {
+        let micros = elapsed.as_micros() as u64;
+        let i = Self::BOUNDS_US.partition_point(|&bound| bound < micros);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = elapsed.as_nanos() as u64;
+        self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// The longest duration recorded.
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    }
+
+    /// The smallest bucket bound (µs) at or below which a share `q` of the
+    /// recordings fall; `None` if that is above the last bound (or nothing yet).
+    pub fn quantile_bound_us(&self, q: f64) -> Option<u64> {
+        let (buckets, total) = self.cumulative();
+        let wanted = (total as f64 * q).ceil() as u64;
+        if total == 0 {
+            return None;
+        }
+        buckets
+            .into_iter()
+            .find(|&(_, count)| count >= wanted)
+            .map(|(bound, _)| bound)
+    }
+
+    /// Cumulative counts per bound (`le`), as Prometheus wants them, then the total.
+    pub fn cumulative(&self) -> (Vec<(u64, u64)>, u64) {
+        let mut running = 0;
+        let mut out = Vec::with_capacity(Self::BOUNDS_US.len());
+        for (i, bound) in Self::BOUNDS_US.iter().enumerate() {
+            running += self.buckets[i].load(Ordering::Relaxed);
+            out.push((*bound, running));
+        }
+        running += self.buckets[Self::BOUNDS_US.len()].load(Ordering::Relaxed);
+        (out, running)
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,222 @@
+//! The durable half of the pipelined group commit: the writer hands each batch over
+//! as a [`Flush`]; the [`SyncStage`] makes it durable (one merged fdatasync for
+//! every flush queued meanwhile) and then releases what waited for it ([`Release`]:
+//! follower records, events, replies as [`Pending`] answers, reads).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use surge_wal::CommitJob;
+
+use super::follower::FollowerMsg;
+use super::replication::PublishMsg;
+use super::{Error, Inner, ReadAnswer, ReplySender};
+use crate::command::Acked;
+use crate::event::Event;
+
+/// A batch handed from the writer to durability: its commit job (if it logged
+/// anything) and everything to release once that job and every job before it
+/// are durable.
+pub(super) struct Flush {
+    pub(super) job: Option<CommitJob>,
+    pub(super) release: Release,
+    /// Where the records go once durable, when this node publishes its log; `true`:
+    /// the release waits for the publish too (`replicated`).
+    pub(super) publish: Option<(Sender<PublishMsg>, bool)>,
+}
+
+/// What a batch releases once it is durable (and, in `replicated` mode, published).
+pub(super) struct Release {
+    /// The records of this batch as logged, for the follower and the publisher.
+    pub(super) records: Vec<(u64, Vec<u8>)>,
+    pub(super) events: Vec<Event>,
+    pub(super) replies: Vec<Pending>,
+    pub(super) reads: Vec<ReadAnswer>,
+}
+
+impl Release {
+    /// The batch is safe: feed the follower, publish the events, answer.
+    pub(super) fn release(self, shared: &Inner, to_follower: Option<&Sender<FollowerMsg>>) {
+        if let Some(follower) = to_follower
+            && !self.records.is_empty()
+        {
+            let _ = follower.send(FollowerMsg::Records(self.records));
+        }
+        shared.events.publish(&self.events);
+        for p in self.replies {
+            p.answer(None);
+        }
+        for (reply, answer) in self.reads {
+            let _ = reply.send(Ok(answer));
+        }
+    }
+
+    /// The batch will never be safe: every waiter gets `error`.
+    pub(super) fn refuse(self, error: &Error) {
+        for p in self.replies {
+            p.answer(Some(error));
+        }
+        for (reply, _) in self.reads {
+            let _ = reply.send(Err(error.duplicate()));
+        }
+    }
+}
+
+/// The durable half of the pipelined group commit. On its own thread it syncs
+/// batch N while the writer applies and appends N+1; flushes that queue up while
+/// a sync runs are merged into the next one. Replies, reads and events of a flush
+/// are released only when it and everything before it is durable. After a failed
+/// sync nothing more is acknowledged: that flush and every later one fail.
+pub(super) struct SyncStage {
+    pub(super) shared: Arc<Inner>,
+    pub(super) failed: Option<String>,
+    /// Durable records go on to the follower, in log order; failed ones never do.
+    pub(super) to_follower: Option<Sender<FollowerMsg>>,
+}
+
+impl SyncStage {
+    pub(super) fn run(mut self, rx: Receiver<Flush>, done: Sender<Result<u64, surge_wal::Error>>) {
+        while let Ok(first) = rx.recv() {
+            let mut flushes = vec![first];
+            flushes.extend(rx.try_iter());
+            if let Some(result) = self.process(flushes) {
+                // The writer may be gone at shutdown; nothing waits for this then.
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Sync what the flushes carry (one merged sync) and release them. Returns the
+    /// commit's result for the writer's log, if there was a commit.
+    pub(super) fn process(
+        &mut self,
+        mut flushes: Vec<Flush>,
+    ) -> Option<Result<u64, surge_wal::Error>> {
+        let mut job: Option<CommitJob> = None;
+        for flush in &mut flushes {
+            if let Some(next) = flush.job.take() {
+                match job.as_mut() {
+                    Some(job) => job.merge(next),
+                    None => job = Some(next),
+                }
+            }
+        }
+        let stats = &self.shared.stats;
+        let result = match (&self.failed, job) {
+            (Some(_), job) => job.map(|_| Err(surge_wal::Error::Poisoned)),
+            (None, Some(job)) => {
+                let started = Instant::now();
+                let synced = job.run().map(|()| job.target());
+                let elapsed = started.elapsed();
+                let micros = elapsed.as_micros() as u64;
+                stats.flushes.fetch_add(1, Ordering::Relaxed);
+                stats.flush_latency_us_last.store(micros, Ordering::Relaxed);
+                stats
+                    .flush_latency_us_total
+                    .fetch_add(micros, Ordering::Relaxed);
+                stats.wal_commit.record(elapsed);
+                Some(synced)
+            }
+            (None, None) => None,
+        };
+        let replies: usize = flushes.iter().map(|f| f.release.replies.len()).sum();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .batch_len_last
+            .store(replies as u64, Ordering::Relaxed);
+        stats
+            .batch_len_max_seen
+            .fetch_max(replies as u64, Ordering::Relaxed);
+        match &result {
+            Some(Err(e)) if self.failed.is_none() => {
+                // Never retry a failed flush and trust it.
+                let why = format!("flush failed: {e}");
+                self.shared.refuse_writes(why.clone());
+                self.failed = Some(why);
+            }
+            Some(Ok(durable)) => stats.durable_lsn.store(*durable, Ordering::Release),
+            _ => {}
+        }
+        for mut flush in flushes {
+            if let Some(why) = &self.failed {
+                flush
+                    .release
+                    .refuse(&Error::StorageUnavailable(why.clone()));
+                continue;
+            }
+            match flush.publish {
+                None => flush
+                    .release
+                    .release(&self.shared, self.to_follower.as_ref()),
+                Some((to_publisher, true)) => {
+                    if let Err(crossbeam_channel::SendError(PublishMsg::Hold(release))) =
+                        to_publisher.send(PublishMsg::Hold(flush.release))
+                    {
+                        release.refuse(&Error::StorageUnavailable(
+                            "the publish stage has stopped".into(),
+                        ));
+                    }
+                }
+                Some((to_publisher, false)) => {
+                    let records = match &self.to_follower {
+                        Some(_) => flush.release.records.clone(),
+                        None => std::mem::take(&mut flush.release.records),
+                    };
+                    flush
+                        .release
+                        .release(&self.shared, self.to_follower.as_ref());
+                    if !records.is_empty() {
+                        let _ = to_publisher.send(PublishMsg::Trail(records));
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+/// An answer that waits for its batch to be durable.
+pub(super) enum Pending {
+    One {
+        reply: ReplySender<Acked>,
+        outcome: Acked,
+    },
+    Batch {
+        reply: ReplySender<Vec<Result<Acked, Error>>>,
+        outcomes: Vec<Result<Acked, Error>>,
+    },
+    /// A standby's records from its leader, applied through `lsn`.
+    Replicated { reply: ReplySender<u64>, lsn: u64 },
+}
+
+impl Pending {
+    /// Send the answer: the outcomes once durable, `Err(refused)` for each when
+    /// the batch could not be made durable (or published).
+    pub(super) fn answer(self, refused: Option<&Error>) {
+        match (self, refused) {
+            (Pending::One { reply, outcome }, None) => {
+                let _ = reply.send(Ok(outcome));
+            }
+            (Pending::One { reply, .. }, Some(error)) => {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+            (Pending::Batch { reply, outcomes }, None) => {
+                let _ = reply.send(Ok(outcomes));
+            }
+            (Pending::Batch { reply, outcomes }, Some(error)) => {
+                let _ = reply.send(Ok(outcomes
+                    .iter()
+                    .map(|_| Err(error.duplicate()))
+                    .collect()));
+            }
+            (Pending::Replicated { reply, lsn }, None) => {
+                let _ = reply.send(Ok(lsn));
+            }
+            (Pending::Replicated { reply, .. }, Some(error)) => {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+        }
+    }
+}

@@ -1,0 +1,919 @@
+//! The writer: the one thread that owns the [`State`] and the WAL. Each loop
+//! iteration drains a batch from the queue, applies it (commands, a standby's
+//! replicated records, expiry), appends the records, and hands the batch to the
+//! sync stage; it also starts and publishes snapshots and serves the publish
+//! stage's log reads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use surge_wal::{Storage, Wal};
+
+use super::follower::FollowerMsg;
+use super::replication::{PublishMsg, PublishStage};
+use super::sync_stage::{Flush, Pending, Release, SyncStage};
+use super::{
+    Durability, EngineConfig, Error, Inner, LogPublisher, LogRead, ReadAnswer, ReplySender,
+    Request, Role, spawn_owner,
+};
+use crate::codec::{self, LogRecord};
+use crate::command::{Acked, Command, IdempotencyKey, Outcome};
+use crate::domain::{Millis, SkuIdx};
+use crate::event::Event;
+use crate::state::State;
+use crate::{Field, Rejection, Violation};
+
+pub(super) struct Writer<S: Storage> {
+    pub(super) state: State,
+    pub(super) wal: Option<Wal<S>>,
+    pub(super) rx: Receiver<Request>,
+    pub(super) sku_names_published: usize,
+    pub(super) shared: Arc<Inner>,
+    pub(super) config: EngineConfig,
+    pub(super) now_ms: Millis,
+    pub(super) records_since_snapshot: u64,
+    pub(super) record_buf: Vec<u8>,
+    pub(super) events_buf: Vec<Event>,
+    /// A record was logged in the current batch: it needs a flush.
+    pub(super) appended: bool,
+    pub(super) snapshot_job: Option<SnapshotInFlight>,
+    /// Snapshot requests waiting for the snapshot in flight (or the next one).
+    pub(super) snapshot_waiting: Vec<ReplySender<u64>>,
+    /// The pipelined commit: flushes go to the sync thread, results come back.
+    pub(super) to_syncer: Option<Sender<Flush>>,
+    pub(super) from_syncer: Option<Receiver<Result<u64, surge_wal::Error>>>,
+    pub(super) syncer_thread: Option<JoinHandle<()>>,
+    /// Runs flushes on the writer itself when the commit is not pipelined (the
+    /// deterministic configuration of the seeded tests), or when the sync thread
+    /// is gone.
+    pub(super) syncer_inline: SyncStage,
+    /// This batch's logged records, kept for the follower (only when there is one).
+    pub(super) batch_records: Vec<(u64, Vec<u8>)>,
+    /// The follower thread and its channel (sync mode).
+    pub(super) follower: Option<(Sender<FollowerMsg>, JoinHandle<()>)>,
+    /// A snapshot the follower encoded, waiting for its LSN to be known durable here.
+    pub(super) install_waiting: Option<(u64, Vec<u8>)>,
+    /// The publish stage, once a publisher is attached.
+    pub(super) publish_tx: Option<Sender<PublishMsg>>,
+    pub(super) publish_thread: Option<JoinHandle<()>>,
+    /// Reads of the log for the publish stage, answered once this iteration's
+    /// frames are written out (so the reads never copy a staged segment).
+    pub(super) log_reads: Vec<LogRead>,
+    /// `open` is logging the configured policies, before any request is taken.
+    pub(super) opening: bool,
+}
+
+impl<S: Storage> Writer<S> {
+    pub(super) fn run(mut self) {
+        let mut batch: Vec<Request> = Vec::with_capacity(self.config.batch_len_max);
+        let mut pending: Vec<Pending> = Vec::with_capacity(self.config.batch_len_max);
+        let mut last_flush = Instant::now();
+        let mut dirty = false; // async mode: applied but not yet flushed
+        let tick = Duration::from_millis(self.config.expire_interval_ms.max(1));
+        let flush_every = Duration::from_millis(self.config.async_flush_interval_ms.max(1));
+        let mut shutdown = false;
+        while !shutdown {
+            let timeout = if dirty {
+                flush_every.saturating_sub(last_flush.elapsed())
+            } else {
+                tick
+            };
+            match self.rx.recv_timeout(timeout) {
+                Ok(request) => batch.push(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            }
+            let iteration = Instant::now();
+            while batch.len() < self.config.batch_len_max {
+                match self.rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.collect_commits(false);
+            self.now_ms = self.now_ms.max(self.config.clock.now_ms());
+            let mut snapshot_replies = Vec::new();
+            let mut reads = Vec::new();
+            if self.shared.role() == Role::Leader {
+                // A standby's expiries come from its leader's log.
+                self.expire_due(&mut pending);
+            }
+            for request in batch.drain(..) {
+                shutdown |= self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
+            }
+            if shutdown {
+                // Drain whatever is still queued: accepted commands are finished.
+                while let Ok(request) = self.rx.try_recv() {
+                    self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
+                }
+            }
+            let logged = std::mem::take(&mut self.appended);
+            let durability = self.config.durability;
+            match durability {
+                Durability::Sync | Durability::Replicated => {
+                    self.hand_over(logged, &mut pending, reads)
+                }
+                Durability::Async => {
+                    // Reply now (reads see the applied state); the flush follows
+                    // within the interval.
+                    dirty |= logged;
+                    self.reply_now(&mut pending, reads);
+                    if dirty && (last_flush.elapsed() >= flush_every || shutdown) {
+                        self.hand_over(true, &mut pending, Vec::new());
+                        dirty = false;
+                        last_flush = Instant::now();
+                    }
+                }
+                Durability::None => {
+                    self.shared.events.publish(&self.events_buf);
+                    self.events_buf.clear();
+                    self.reply_now(&mut pending, reads);
+                }
+            }
+            let due = self.records_since_snapshot > 0
+                && ((self.config.snapshot_every_records > 0
+                    && self.records_since_snapshot >= self.config.snapshot_every_records)
+                    || (self.config.snapshot_every_segments > 0
+                        && self.wal.as_ref().is_some_and(|w| {
+                            w.stats().segments >= self.config.snapshot_every_segments
+                        })));
+            self.snapshot_waiting.extend(snapshot_replies);
+            self.poll_snapshot(shutdown);
+            if shutdown {
+                // The last snapshot is written in the foreground: the process is
+                // about to exit.
+                if self.config.snapshot_on_shutdown {
+                    self.start_snapshot(false);
+                }
+                self.answer_snapshot_waiters(self.snapshot_current());
+            } else if self.follower.is_some() {
+                if due && self.install_waiting.is_none() && self.snapshot_job.is_none() {
+                    self.shared.snapshot_wanted.store(true, Ordering::Release);
+                }
+                if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
+                    self.start_snapshot(self.config.snapshot_in_background);
+                } else if self.snapshot_job.is_none() {
+                    self.install_follower_snapshot();
+                }
+            } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
+                self.start_snapshot(self.config.snapshot_in_background);
+            }
+            self.answer_log_reads();
+            self.shared
+                .stats
+                .writer_iteration
+                .record(iteration.elapsed());
+        }
+        if self.durable_pending() {
+            let _ = self.drain_commits();
+        }
+        // Dropping the sender ends the sync thread once it has answered everything.
+        self.to_syncer = None;
+        if let Some(thread) = self.syncer_thread.take() {
+            let _ = thread.join();
+        }
+        // Then the publish stage: it finishes what it holds (or gives up if the
+        // replicated log is down), and may still ask this thread for log reads.
+        self.shared.publish_stopping.store(true, Ordering::Release);
+        self.publish_tx = None;
+        if let Some(thread) = self.publish_thread.take() {
+            while !thread.is_finished() {
+                if let Ok(Request::ReadLog {
+                    after,
+                    bytes_max,
+                    reply,
+                }) = self.rx.recv_timeout(Duration::from_millis(5))
+                {
+                    self.log_reads.push((after, bytes_max, reply));
+                    self.answer_log_reads();
+                }
+            }
+            let _ = thread.join();
+        }
+        self.syncer_inline.to_follower = None;
+        if let Some((tx, thread)) = self.follower.take() {
+            let _ = tx.send(FollowerMsg::Stop);
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+
+    /// Take one request of this iteration; `true`: shut down after it.
+    fn take(
+        &mut self,
+        request: Request,
+        pending: &mut Vec<Pending>,
+        reads: &mut Vec<ReadAnswer>,
+        snapshot_replies: &mut Vec<ReplySender<u64>>,
+    ) -> bool {
+        match request {
+            Request::Command {
+                command,
+                key,
+                reply,
+            } => self.apply(command, key, reply, pending),
+            Request::Batch { commands, reply } => self.apply_batch(commands, reply, pending),
+            Request::Query { query, reply } => reads.push((reply, self.state.query(&query))),
+            Request::Snapshot { reply } => snapshot_replies.push(reply),
+            Request::InstallSnapshot { lsn, body } => {
+                self.records_since_snapshot = 0;
+                self.install_waiting = Some((lsn, body));
+            }
+            Request::Replicate { records, reply } => self.apply_replicated(records, reply, pending),
+            Request::ReadLog {
+                after,
+                bytes_max,
+                reply,
+            } => self.log_reads.push((after, bytes_max, reply)),
+            Request::AttachPublisher {
+                publisher,
+                promote,
+                to_writer,
+                reply,
+            } => {
+                let attached = self.attach_publisher(publisher, promote, to_writer);
+                let _ = reply.send(attached);
+            }
+            Request::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Answer the publish stage's log reads (durable records only).
+    fn answer_log_reads(&mut self) {
+        for (after, bytes_max, reply) in std::mem::take(&mut self.log_reads) {
+            let records = match self.wal.as_mut() {
+                Some(wal) => wal
+                    .durable_records_after(after, bytes_max)
+                    .map_err(Error::from),
+                None => Ok(Vec::new()),
+            };
+            let _ = reply.send(records);
+        }
+    }
+
+    /// Start the publish stage: at start on a leader, or promoting a standby
+    /// (whose log then continues as the leader's). Answers the last LSN logged.
+    fn attach_publisher(
+        &mut self,
+        publisher: Box<dyn LogPublisher>,
+        promote: bool,
+        to_writer: Sender<Request>,
+    ) -> Result<u64, Error> {
+        let role = self.shared.role();
+        match (promote, role) {
+            (true, Role::Standby) | (false, Role::Leader) => {}
+            (true, _) => return Err(Error::InvalidConfig("only a standby is promoted".into())),
+            (false, _) => {
+                return Err(Error::NotLeader(format!(
+                    "a {} does not publish its log",
+                    role.name()
+                )));
+            }
+        }
+        if self.publish_tx.is_some() {
+            return Err(Error::InvalidConfig(
+                "a publisher is already attached".into(),
+            ));
+        }
+        if self.wal.is_none() {
+            return Err(Error::InvalidConfig(
+                "durability none keeps no log to publish".into(),
+            ));
+        }
+        // Everything logged so far must be durable: the stage reads it from the WAL.
+        self.drain_commits().map_err(Error::StorageUnavailable)?;
+        let logged_before = self.wal.as_ref().map_or(0, Wal::last_lsn);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let to_follower = match self.config.durability {
+            Durability::Replicated => self.follower.as_ref().map(|(tx, _)| tx.clone()),
+            _ => None,
+        };
+        let stage = PublishStage {
+            shared: Arc::clone(&self.shared),
+            publisher,
+            to_follower,
+            to_writer,
+            logged_before,
+            log_end: None,
+            fenced: None,
+            rx,
+            deferred: std::collections::VecDeque::new(),
+        };
+        let thread = spawn_owner("surge-publish", move || stage.run())
+            .map_err(|e| Error::Recovery(format!("cannot start the publish thread: {e}")))?;
+        self.publish_tx = Some(tx);
+        self.publish_thread = Some(thread);
+        if let Some(wal) = self.wal.as_mut() {
+            wal.retain_after(self.shared.stats.published_lsn.load(Ordering::Acquire));
+        }
+        if promote {
+            self.now_ms = self
+                .now_ms
+                .max(self.state.now_ms())
+                .max(self.config.clock.now_ms());
+            self.shared.set_role(Role::Leader);
+        }
+        Ok(logged_before)
+    }
+
+    /// A standby applies its leader's records: each must continue this log (one
+    /// already applied is skipped: a resumed stream may repeat some), lands on the
+    /// same LSN here, and is logged as the leader logged it.
+    fn apply_replicated(
+        &mut self,
+        records: Vec<(u64, Vec<u8>)>,
+        reply: ReplySender<u64>,
+        pending: &mut Vec<Pending>,
+    ) {
+        if self.shared.role() != Role::Standby {
+            let _ = reply.send(Err(Error::Replication(
+                "only a standby applies a leader's records".into(),
+            )));
+            return;
+        }
+        if let Some(reason) = self.refusal() {
+            let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+            return;
+        }
+        for (lsn, bytes) in records {
+            let next = self.state.next_seq();
+            if lsn < next {
+                continue;
+            }
+            if lsn > next {
+                let _ = reply.send(Err(Error::Replication(format!(
+                    "the leader's record {lsn} does not continue this log, which expects {next} \
+                     next: seed this standby from a copy of the leader's data dir"
+                ))));
+                return;
+            }
+            let record = match codec::decode_record(&bytes) {
+                Ok(record) => record,
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Replication(format!(
+                        "the leader's record {lsn} does not decode: {e}"
+                    ))));
+                    return;
+                }
+            };
+            if let Some(wal) = self.wal.as_mut()
+                && let Err(e) = wal.reserve(lsn, bytes.len())
+            {
+                let reason = format!("{e}");
+                if !matches!(e, surge_wal::Error::NoSpace) {
+                    self.fail_stop(reason.clone());
+                }
+                let _ = reply.send(Err(Error::StorageUnavailable(reason)));
+                return;
+            }
+            let applied = self.state.apply(
+                &record.command,
+                record.key.as_ref(),
+                record.now_ms,
+                &mut self.events_buf,
+            );
+            // Pair assertion with the leader: the same record lands on the same LSN.
+            assert_eq!(
+                applied.lsn,
+                Some(lsn),
+                "standby diverged from its leader at record {lsn} ({})",
+                record.command.name()
+            );
+            self.now_ms = self.now_ms.max(record.now_ms);
+            self.records_since_snapshot += 1;
+            self.appended = true;
+            let stats = &self.shared.stats;
+            stats.commands_applied.fetch_add(1, Ordering::Relaxed);
+            stats.records_logged.fetch_add(1, Ordering::Relaxed);
+            self.publish_new_sku_names();
+            if let Some(wal) = self.wal.as_mut() {
+                if let Err(e) = wal.append(lsn, &bytes) {
+                    self.fail_stop(format!("append failed: {e}"));
+                }
+                if self.follower.is_some() {
+                    self.batch_records.push((lsn, bytes));
+                }
+            }
+        }
+        let lsn = self.state.next_seq().saturating_sub(1);
+        pending.push(Pending::Replicated { reply, lsn });
+    }
+
+    /// Write and publish the snapshot the follower encoded, once its LSN is known
+    /// durable here (it always is on disk: the follower applies only durable
+    /// records; this writer may not have collected the commit's result yet).
+    fn install_follower_snapshot(&mut self) {
+        let Some((lsn, _)) = self.install_waiting.as_ref() else {
+            return;
+        };
+        let lsn = *lsn;
+        if self.wal.is_none() {
+            self.install_waiting = None;
+            return;
+        }
+        if self.refusal().is_some() {
+            return;
+        }
+        let wal = self.wal.as_mut().expect("checked");
+        if wal.durable_lsn() < lsn {
+            return; // next iteration
+        }
+        let (_, body) = self.install_waiting.take().expect("checked");
+        if lsn <= wal.snapshot_lsn() {
+            self.shared.snapshot_wanted.store(false, Ordering::Release);
+            return;
+        }
+        match wal.begin_snapshot(lsn, body) {
+            Ok(Some(job)) => {
+                self.records_since_snapshot = 0;
+                self.shared.snapshot_wanted.store(false, Ordering::Release);
+                self.run_snapshot_job(lsn, job, self.config.snapshot_in_background);
+            }
+            Ok(None) => self.shared.snapshot_wanted.store(false, Ordering::Release),
+            Err(e) => {
+                if wal.is_poisoned() {
+                    self.fail_stop(format!("snapshot failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Sync mode: hand the batch to durability. Replies (and reads, which may have
+    /// seen this batch's writes) go out once everything before them is durable.
+    fn hand_over(&mut self, logged: bool, pending: &mut Vec<Pending>, reads: Vec<ReadAnswer>) {
+        let job = if logged {
+            match self.wal.as_mut().map(Wal::begin_commit) {
+                Some(Ok(job)) => job,
+                Some(Err(e)) => {
+                    self.fail_stop(format!("flush failed: {e}"));
+                    None
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        if self.refusal().is_some() && job.is_none() && logged {
+            // The commit could not even begin: nothing of this batch is durable.
+            self.events_buf.clear();
+            self.batch_records.clear();
+            self.reply_all(pending, false);
+            for (reply, _) in reads {
+                let _ = reply.send(Err(Error::StorageUnavailable(
+                    self.refusal().unwrap_or_default(),
+                )));
+            }
+            return;
+        }
+        if job.is_none() && !self.durable_pending() {
+            // Nothing new and nothing in flight: everything seen is durable.
+            self.reply_now(pending, reads);
+            return;
+        }
+        if job.is_none() && pending.is_empty() && reads.is_empty() {
+            return;
+        }
+        let flush = Flush {
+            job,
+            release: Release {
+                records: std::mem::take(&mut self.batch_records),
+                events: std::mem::take(&mut self.events_buf),
+                replies: std::mem::take(pending),
+                reads,
+            },
+            publish: self
+                .publish_tx
+                .as_ref()
+                .map(|tx| (tx.clone(), self.config.durability == Durability::Replicated)),
+        };
+        match self.to_syncer.as_ref() {
+            Some(tx) => {
+                // The sync thread owns the flush now; it outlives the writer's loop.
+                if let Err(crossbeam_channel::SendError(flush)) = tx.send(flush) {
+                    self.syncer_inline.process(vec![flush]);
+                }
+            }
+            None => {
+                if let Some(done) = self.syncer_inline.process(vec![flush]) {
+                    self.finish_commit(done);
+                }
+            }
+        }
+    }
+
+    /// Something appended is not yet known durable (a commit is in flight).
+    fn durable_pending(&self) -> bool {
+        self.wal
+            .as_ref()
+            .is_some_and(|w| w.durable_lsn() < w.last_lsn())
+    }
+
+    /// Take in the results of commits that finished on the sync thread (`block`:
+    /// wait for at least one).
+    fn collect_commits(&mut self, block: bool) {
+        let Some(done_rx) = self.from_syncer.clone() else {
+            return;
+        };
+        if block && let Ok(done) = done_rx.recv() {
+            self.finish_commit(done);
+        }
+        while let Ok(done) = done_rx.try_recv() {
+            self.finish_commit(done);
+        }
+    }
+
+    fn finish_commit(&mut self, done: Result<u64, surge_wal::Error>) {
+        let Some(wal) = self.wal.as_mut() else {
+            return;
+        };
+        let target = *done.as_ref().unwrap_or(&0);
+        if let Err(e) = wal.finish_commit(target, done.map(|_| ())) {
+            self.fail_stop(format!("flush failed: {e}"));
+        }
+    }
+
+    /// Make everything appended durable and wait for it (snapshots, shutdown).
+    fn drain_commits(&mut self) -> Result<(), String> {
+        self.hand_over(true, &mut Vec::new(), Vec::new());
+        while self.durable_pending() && self.refusal().is_none() {
+            self.collect_commits(true);
+            if self.from_syncer.is_none() {
+                break;
+            }
+        }
+        match self.refusal() {
+            Some(why) => Err(why),
+            None if self.durable_pending() => Err("the log could not be flushed".into()),
+            None => Ok(()),
+        }
+    }
+
+    fn reply_now(&mut self, pending: &mut Vec<Pending>, reads: Vec<ReadAnswer>) {
+        self.reply_all(pending, true);
+        for (reply, answer) in reads {
+            let _ = reply.send(Ok(answer));
+        }
+    }
+
+    /// Apply one command and make it durable before the writer thread starts.
+    pub(super) fn apply_at_start(&mut self, command: Command) -> Result<Outcome, Error> {
+        self.now_ms = self.now_ms.max(self.config.clock.now_ms());
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let mut pending = Vec::new();
+        self.apply(command, None, reply, &mut pending);
+        let logged = std::mem::take(&mut self.appended);
+        if self.wal.is_none() {
+            self.shared.events.publish(&self.events_buf);
+            self.events_buf.clear();
+            self.reply_all(&mut pending, true);
+        } else {
+            // Nothing else is in flight yet: commit on this thread, through the same
+            // hand-over as the writer loop, with the sync stage run inline.
+            let to_syncer = self.to_syncer.take();
+            self.hand_over(logged, &mut pending, Vec::new());
+            self.to_syncer = to_syncer;
+        }
+        answer
+            .try_recv()
+            .unwrap_or(Err(Error::ShuttingDown))
+            .map(|acked| acked.outcome)
+    }
+
+    /// Refuse one command before it is logged; its answer waits with its batch's.
+    fn refuse_alone(&self, rejection: Rejection) -> Acked {
+        self.shared
+            .stats
+            .commands_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        Acked {
+            outcome: Err(rejection),
+            lsn: None,
+        }
+    }
+
+    /// Expire overdue holds and orders through the same path as any command.
+    fn expire_due(&mut self, pending: &mut Vec<Pending>) {
+        while self
+            .state
+            .next_deadline_ms()
+            .is_some_and(|at| at <= self.now_ms)
+        {
+            if self.refusal().is_some() {
+                return;
+            }
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            let before = self.state.next_seq();
+            self.apply(Command::Expire, None, reply, pending);
+            if self.state.next_seq() == before {
+                // Only stale heap entries were due: nothing to log.
+                return;
+            }
+        }
+    }
+
+    fn refusal(&self) -> Option<String> {
+        if !self.shared.writes_refused_flag.load(Ordering::Acquire) {
+            return None; // the hot path: no lock
+        }
+        self.shared.writes_refused.lock().clone()
+    }
+
+    /// Apply one command; its answer waits in `pending` for the batch's commit
+    /// (an error that needs no commit is sent at once).
+    fn apply(
+        &mut self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+        reply: ReplySender<Acked>,
+        pending: &mut Vec<Pending>,
+    ) {
+        match self.apply_command(command, key) {
+            Ok(outcome) => pending.push(Pending::One { reply, outcome }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Apply the commands of one batch request in order; the answers wait together.
+    fn apply_batch(
+        &mut self,
+        commands: Vec<Command>,
+        reply: ReplySender<Vec<Result<Acked, Error>>>,
+        pending: &mut Vec<Pending>,
+    ) {
+        let outcomes = commands
+            .into_iter()
+            .map(|command| self.apply_command(command, None))
+            .collect();
+        pending.push(Pending::Batch { reply, outcomes });
+    }
+
+    /// Apply one command: its outcome (to be answered once durable), or an error
+    /// to answer now (writes refused, disk full).
+    fn apply_command(
+        &mut self,
+        command: Command,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Acked, Error> {
+        if let Some(reason) = self.refusal() {
+            return Err(Error::StorageUnavailable(reason));
+        }
+        // The policy records logged while opening are published with the rest
+        // of the log once a publisher is attached.
+        if !self.opening
+            && let Some(refusal) = self.shared.replication_refusal()
+        {
+            return Err(refusal);
+        }
+        // A command over a size limit is refused alone, before it is encoded: it
+        // must never reach the log as a record the log cannot take.
+        if let Err(rejection) = crate::state::check_sizes(&command, key.as_ref()) {
+            return Ok(self.refuse_alone(rejection));
+        }
+        // Encode before applying so that the record's room in the log is reserved
+        // first: a disk that is full refuses the command before it changes anything.
+        let record = LogRecord {
+            now_ms: self.now_ms,
+            command,
+            key,
+        };
+        if let Some(wal) = self.wal.as_mut() {
+            codec::encode_record(&record, &mut self.record_buf);
+            if let Err(e) = wal.reserve(self.state.next_seq(), self.record_buf.len()) {
+                let reason = format!("{e}");
+                return match e {
+                    // Transient: the next command tries again.
+                    surge_wal::Error::NoSpace => Err(Error::StorageUnavailable(reason)),
+                    // This command alone does not fit; the log is fine. `check_sizes`
+                    // makes this unreachable for valid commands (a test proves it).
+                    surge_wal::Error::RecordTooLarge { len, max } => {
+                        Ok(self.refuse_alone(Rejection::invalid(
+                            Field::Command,
+                            Violation::RecordTooLarge {
+                                len: len as u64,
+                                max: max as u64,
+                            },
+                        )))
+                    }
+                    // Only a real storage failure stops the engine.
+                    _ => {
+                        self.fail_stop(reason.clone());
+                        Err(Error::StorageUnavailable(reason))
+                    }
+                };
+            }
+        }
+        let applied = self.state.apply(
+            &record.command,
+            record.key.as_ref(),
+            self.now_ms,
+            &mut self.events_buf,
+        );
+        let shared = Arc::clone(&self.shared);
+        let stats = &shared.stats;
+        if applied.outcome.is_ok() {
+            stats.commands_applied.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(lsn) = applied.lsn {
+            #[cfg(feature = "fault-injection")]
+            fault_injection::writer_panic_at(lsn);
+            self.records_since_snapshot += 1;
+            self.appended = true;
+            stats.records_logged.fetch_add(1, Ordering::Relaxed);
+            self.publish_new_sku_names();
+            if let Some(wal) = self.wal.as_mut() {
+                stats
+                    .wal_bytes
+                    .fetch_add(self.record_buf.len() as u64 + 16, Ordering::Relaxed);
+                if self.follower.is_some() || self.publish_tx.is_some() {
+                    self.batch_records.push((lsn, self.record_buf.clone()));
+                }
+                if let Err(e) = wal.append(lsn, &self.record_buf) {
+                    // The room was reserved, so this is an I/O failure: the state is
+                    // now ahead of the log; stop taking writes, a restart recovers.
+                    self.fail_stop(format!("append failed: {e}"));
+                }
+            }
+        }
+        Ok(Acked {
+            outcome: applied.outcome,
+            lsn: applied.answer_lsn,
+        })
+    }
+
+    /// New SKUs get their names into the feed's table before their events publish.
+    fn publish_new_sku_names(&mut self) {
+        while self.sku_names_published < self.state.sku_count() {
+            let idx = SkuIdx(self.sku_names_published as u32);
+            self.shared
+                .events
+                .add_sku_name(Arc::from(self.state.sku_name(idx)));
+            self.sku_names_published += 1;
+        }
+    }
+
+    fn fail_stop(&self, reason: String) {
+        self.shared.refuse_writes(reason);
+    }
+
+    fn reply_all(&mut self, pending: &mut Vec<Pending>, durable: bool) {
+        let refused = (!durable).then(|| {
+            Error::StorageUnavailable(self.refusal().unwrap_or_else(|| "flush failed".into()))
+        });
+        for p in pending.drain(..) {
+            p.answer(refused.as_ref());
+        }
+    }
+
+    /// Start a snapshot of everything logged so far: the state and the event ring
+    /// are encoded here (the writer must not change them meanwhile); writing and
+    /// fsyncing the file runs on its own thread when `background`, and the writer
+    /// publishes it (rename, directory fsync, pruning) once it is on disk.
+    fn start_snapshot(&mut self, background: bool) {
+        if self.wal.is_none() {
+            let lsn = self.state.next_seq() - 1;
+            self.answer_snapshot_waiters(Ok(lsn));
+            return;
+        }
+        if self.refusal().is_some() {
+            self.answer_snapshot_waiters(Err(
+                "writes are refused: no snapshot of an unlogged state".into(),
+            ));
+            return;
+        }
+        // The snapshot covers every logged record: wait until they are durable
+        // (commits may be in flight, or in async mode not yet begun).
+        if let Err(reason) = self.drain_commits() {
+            self.answer_snapshot_waiters(Err(reason));
+            return;
+        }
+        let wal = self.wal.as_mut().expect("checked above");
+        let lsn = wal.last_lsn();
+        if lsn == wal.snapshot_lsn() {
+            // Nothing logged since the newest snapshot (or nothing at all): it is current.
+            self.records_since_snapshot = 0;
+            self.answer_snapshot_waiters(Ok(lsn));
+            return;
+        }
+        let bytes = codec::encode_engine_snapshot(&self.state, &self.shared.events);
+        let job = match wal.begin_snapshot(lsn, bytes) {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                self.answer_snapshot_waiters(Ok(lsn));
+                return;
+            }
+            Err(e) => {
+                self.answer_snapshot_waiters(Err(e.to_string()));
+                return;
+            }
+        };
+        self.records_since_snapshot = 0;
+        self.run_snapshot_job(lsn, job, background);
+    }
+
+    /// Write a snapshot file (on its own thread when `background`); the writer
+    /// publishes it in `poll_snapshot` once it is on disk.
+    fn run_snapshot_job(&mut self, lsn: u64, job: surge_wal::SnapshotJob, background: bool) {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        if background {
+            let spawned = spawn_owner("surge-snapshot", move || {
+                let _ = done_tx.send(job.run());
+            });
+            if let Err(e) = spawned {
+                self.answer_snapshot_waiters(Err(format!("cannot start the snapshot thread: {e}")));
+                return;
+            }
+        } else {
+            let _ = done_tx.send(job.run());
+        }
+        self.snapshot_job = Some(SnapshotInFlight { lsn, done: done_rx });
+        self.poll_snapshot(!background);
+    }
+
+    /// Publish the snapshot in flight once its file is on disk (`block`: wait for it).
+    fn poll_snapshot(&mut self, block: bool) {
+        let Some(job) = self.snapshot_job.as_ref() else {
+            return;
+        };
+        let written = if block {
+            job.done.recv().unwrap_or(Err(surge_wal::Error::Poisoned))
+        } else {
+            match job.done.try_recv() {
+                Ok(written) => written,
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Err(surge_wal::Error::Poisoned)
+                }
+            }
+        };
+        let lsn = job.lsn;
+        self.snapshot_job = None;
+        let wal = self.wal.as_mut().expect("a snapshot job implies a log");
+        if self.publish_tx.is_some() {
+            // Pruning keeps what the replicated log does not hold yet.
+            wal.retain_after(self.shared.stats.published_lsn.load(Ordering::Acquire));
+        }
+        let result = wal
+            .finish_snapshot(written)
+            .map(|()| lsn)
+            .map_err(|e| e.to_string());
+        match &result {
+            Ok(_) => {
+                let stats = &self.shared.stats;
+                stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
+                stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
+                stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if wal.is_poisoned() => self.fail_stop(format!("snapshot failed: {e}")),
+            Err(_) => {}
+        }
+        self.answer_snapshot_waiters(result);
+    }
+
+    /// What a snapshot request answers when no new snapshot is needed.
+    fn snapshot_current(&self) -> Result<u64, String> {
+        match self.wal.as_ref() {
+            Some(wal) => Ok(wal.snapshot_lsn()),
+            None => Ok(self.state.next_seq() - 1),
+        }
+    }
+
+    fn answer_snapshot_waiters(&mut self, result: Result<u64, String>) {
+        for reply in self.snapshot_waiting.drain(..) {
+            let _ = reply.send(result.clone().map_err(Error::StorageUnavailable));
+        }
+    }
+}
+
+/// A snapshot whose file is being written on its own thread.
+pub(super) struct SnapshotInFlight {
+    lsn: u64,
+    done: crossbeam_channel::Receiver<Result<surge_wal::WrittenSnapshot, surge_wal::Error>>,
+}
+
+/// Faults the engine's tests trigger; compiled only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+mod fault_injection {
+    use std::sync::OnceLock;
+
+    /// Panic on the writer, before logging record `lsn`, if
+    /// `SURGE_FAULT_WRITER_PANIC_AT_LSN` asks for it.
+    pub(super) fn writer_panic_at(lsn: u64) {
+        static AT: OnceLock<Option<u64>> = OnceLock::new();
+        let at = AT.get_or_init(|| {
+            std::env::var("SURGE_FAULT_WRITER_PANIC_AT_LSN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if *at == Some(lsn) {
+            panic!("fault injection: writer panic before logging LSN {lsn}");
+        }
+    }
+}

@@ -1,0 +1,845 @@
+//! Orders and their status changes: the order record (its rarely set parts boxed),
+//! creation (on a new hold or an existing one), payment, the fulfilment steps,
+//! cancel and return, each checked against the transition table, and the history
+//! entry every change adds. The changes that keep an order's status are in
+//! `order_changes.rs`; the money they move is in `money.rs`.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use bincode::{Decode, Encode};
+
+use super::{
+    Amounts, Ctx, RULES_V1, State, at_line, check_address, check_line_count, check_qty,
+    check_required_text, check_text, check_ttl, invalid, transition,
+};
+use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
+use crate::domain::{
+    CancelReason, HoldReason, LedgerKind, Millis, OrderAction, OrderFacts, OrderId, OrderLine,
+    OrderLineReq, OrderStatus, PaymentStatus, ReservationId, ReservationStatus, ReturnKind, SkuIdx,
+    TransitionRefusal, order_transition,
+};
+use crate::event::EventKind;
+use crate::limits::*;
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct HistoryEntry {
+    pub status: OrderStatus,
+    pub at_ms: Millis,
+    pub actor: u32,
+    pub note: Box<str>,
+    /// The order's changeable part as it was before this entry's command, set
+    /// whenever the command changed it (money, hold, delay, lines, address, note):
+    /// an idempotent replay rebuilds an earlier answer from it (`order_as_of`).
+    pub before: Option<Box<Before>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Hold {
+    pub reason: HoldReason,
+    pub note: Box<str>,
+    pub at_ms: Millis,
+    pub actor: u32,
+}
+
+/// An order's changeable part before a command (see [`HistoryEntry::before`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Before {
+    pub amounts: Amounts,
+    pub hold: Option<Hold>,
+    pub delayed_since_ms: Option<Millis>,
+    pub refund_ref: Box<str>,
+    /// Set when the command changed lines, address or note.
+    pub modified: Option<Box<Modified>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Modified {
+    pub lines: Arc<[OrderLine]>,
+    pub total: u64,
+    pub address: Option<Box<Address>>,
+    pub note: Box<str>,
+}
+
+/// Rarely set fields, boxed so that a plain order stays small.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct OrderExtra {
+    pub payment_ref: Box<str>,
+    pub paid_at_ms: Option<Millis>,
+    pub refund_ref: Box<str>,
+    pub tracking_no: Box<str>,
+    pub cancellation: Option<Cancellation>,
+    pub returned: Option<ReturnInfo>,
+    pub channel: Option<Arc<str>>,
+    pub amounts: Amounts,
+    /// What few orders have: boxed again, so that a paid order stays small.
+    pub more: Option<Box<OrderMore>>,
+}
+
+/// The v1.1 fields few orders have: a return's kind, an address, a note, a hold, a
+/// delay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct OrderMore {
+    pub return_kind: Option<ReturnKind>,
+    pub address: Option<Box<Address>>,
+    pub note: Box<str>,
+    pub hold: Option<Hold>,
+    /// When the ship SLA ran out (payment + SLA), once `order.delayed` was emitted.
+    /// Shown while the order is not shipped, cancelled or returned.
+    pub delayed_since_ms: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Cancellation {
+    pub reason: CancelReason,
+    pub note: Box<str>,
+    pub at_ms: Millis,
+    pub actor: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct ReturnInfo {
+    pub restock: bool,
+    pub reason: Box<str>,
+    pub note: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Order {
+    pub id: OrderId,
+    pub order_no: Arc<str>,
+    pub customer_id: Arc<str>,
+    /// Shared with the events that carry them (an order's lines change only as a
+    /// whole, by a modification).
+    pub lines: Arc<[OrderLine]>,
+    pub total: u64,
+    pub reservation: ReservationId,
+    pub status: OrderStatus,
+    pub payment: PaymentStatus,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+    pub payment_due_at_ms: Millis,
+    pub history: Vec<HistoryEntry>,
+    pub extra: Option<Box<OrderExtra>>,
+}
+
+impl Order {
+    pub(crate) fn extra_mut(&mut self) -> &mut OrderExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+    pub(crate) fn amounts(&self) -> Amounts {
+        self.extra
+            .as_ref()
+            .map_or_else(Amounts::default, |e| e.amounts)
+    }
+    pub(crate) fn more(&self) -> Option<&OrderMore> {
+        self.extra.as_ref().and_then(|e| e.more.as_deref())
+    }
+    pub(crate) fn more_mut(&mut self) -> &mut OrderMore {
+        self.extra_mut().more.get_or_insert_with(Default::default)
+    }
+    pub(crate) fn hold(&self) -> Option<&Hold> {
+        self.more().and_then(|m| m.hold.as_ref())
+    }
+    /// Waiting to be shipped: confirmed, picking or packed.
+    pub(crate) fn awaits_shipment(&self) -> bool {
+        matches!(
+            self.status,
+            OrderStatus::Confirmed | OrderStatus::Picking | OrderStatus::Packed
+        )
+    }
+    /// Money as v1 had it (paid the total; due or refunded all of it) and nothing
+    /// else that `before` keeps: a replay derives this from the payment status.
+    pub(crate) fn plain(&self) -> bool {
+        self.amounts() == crate::legacy::amounts_of_v3(self.payment, self.total)
+            && self
+                .more()
+                .is_none_or(|m| m.hold.is_none() && m.delayed_since_ms.is_none())
+    }
+    pub(crate) fn channel(&self) -> &str {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.channel.as_deref())
+            .unwrap_or("")
+    }
+    /// What the transition table needs besides the status.
+    pub(crate) fn facts(&self) -> OrderFacts {
+        OrderFacts {
+            on_hold: self.hold().is_some(),
+            refundable_amount: self.amounts().refundable(),
+        }
+    }
+    /// Paid, not shipped within the ship SLA, and not yet shipped, cancelled or
+    /// returned: when the SLA ran out.
+    pub(crate) fn delayed_since_ms(&self) -> Option<Millis> {
+        let since = self.more()?.delayed_since_ms?;
+        self.awaits_shipment().then_some(since)
+    }
+    /// The changeable part now, to keep in a history entry before changing it.
+    pub(crate) fn before(&self, modified: bool) -> Box<Before> {
+        let extra = self.extra.as_deref();
+        let more = self.more();
+        Box::new(Before {
+            amounts: self.amounts(),
+            hold: self.hold().cloned(),
+            delayed_since_ms: more.and_then(|m| m.delayed_since_ms),
+            refund_ref: extra.map_or_else(|| "".into(), |e| e.refund_ref.clone()),
+            modified: modified.then(|| {
+                Box::new(Modified {
+                    lines: self.lines.clone(),
+                    total: self.total,
+                    address: more.and_then(|m| m.address.clone()),
+                    note: more.map_or_else(|| "".into(), |m| m.note.clone()),
+                })
+            }),
+        })
+    }
+}
+
+/// `Command::CreateOrder` and `Command::PlaceOrder` alike, borrowed.
+pub(super) struct NewOrderRef<'a> {
+    pub(super) order_no: &'a str,
+    pub(super) customer_id: &'a str,
+    pub(super) lines: &'a [OrderLineReq],
+    pub(super) payment_ttl_ms: u64,
+    pub(super) reservation_id: Option<ReservationId>,
+    pub(super) channel: &'a str,
+    pub(super) shipping_address: Option<&'a Address>,
+    pub(super) actor: &'a str,
+}
+
+impl State {
+    pub(crate) fn order(&self, id: OrderId) -> Result<&Order, Rejection> {
+        id.0.checked_sub(1)
+            .and_then(|i| self.orders.get(i as usize))
+            .ok_or_else(|| Rejection::UnknownOrder {
+                order: id.to_string(),
+            })
+    }
+
+    pub(super) fn order_mut(&mut self, id: OrderId) -> &mut Order {
+        &mut self.orders[(id.0 - 1) as usize]
+    }
+
+    fn set_status(&mut self, id: OrderId, to: OrderStatus, actor: u32, note: &str, now_ms: Millis) {
+        self.set_status_after(id, to, actor, note, now_ms, None);
+    }
+
+    /// `set_status`, keeping `before` in the history entry (see `HistoryEntry::before`).
+    pub(crate) fn set_status_after(
+        &mut self,
+        id: OrderId,
+        to: OrderStatus,
+        actor: u32,
+        note: &str,
+        now_ms: Millis,
+        before: Option<Box<Before>>,
+    ) {
+        let order = self.order_mut(id);
+        let from = order.status;
+        let facts = OrderFacts {
+            on_hold: false,
+            refundable_amount: 0,
+        };
+        assert!(
+            OrderAction::ALL
+                .iter()
+                .any(|&action| order_transition(from, action, facts) == Ok(to)),
+            "order {id}: {from} -> {to} is not on the transition table"
+        );
+        order.status = to;
+        if self.ruled_skus > 0
+            && crate::sale::counts_toward_limit(from)
+            && !crate::sale::counts_toward_limit(to)
+        {
+            self.count_order(id, -1);
+        }
+        self.counters.orders_by_status[from as usize] -= 1;
+        self.counters.orders_by_status[to as usize] += 1;
+        self.push_history(id, actor, note, now_ms, before);
+    }
+
+    /// Add a history entry with the order's current status. History has room for
+    /// every status change: changes that keep the status stop short of the cap
+    /// (`HISTORY_ROOM_FOR_STATUS`), so an entry with `before` is never dropped.
+    pub(crate) fn push_history(
+        &mut self,
+        id: OrderId,
+        actor: u32,
+        note: &str,
+        now_ms: Millis,
+        before: Option<Box<Before>>,
+    ) {
+        let order = self.order_mut(id);
+        order.updated_at_ms = now_ms;
+        if order.history.len() < HISTORY_PER_ORDER_MAX {
+            order.history.push(HistoryEntry {
+                status: order.status,
+                at_ms: now_ms,
+                actor,
+                note: note.into(),
+                before,
+            });
+        } else {
+            assert!(before.is_none(), "order {id}: history full");
+        }
+    }
+
+    pub(super) fn create_order(&mut self, o: NewOrderRef<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+        let NewOrderRef {
+            order_no,
+            customer_id,
+            lines,
+            payment_ttl_ms,
+            reservation_id,
+            channel,
+            shipping_address,
+            actor,
+        } = o;
+        check_required_text(Field::OrderNo, order_no, ORDER_NO_LEN_MAX)?;
+        check_text(Field::Channel, channel, CHANNEL_LEN_MAX)?;
+        if let Some(address) = shipping_address {
+            check_address(address)?;
+        }
+        check_required_text(Field::CustomerId, customer_id, CUSTOMER_ID_LEN_MAX)?;
+        check_ttl(Field::PaymentTtlMs, payment_ttl_ms)?;
+        self.check_actor(actor)?;
+        check_line_count(lines.len())?;
+        let mut total: u64 = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if line.unit_price > UNIT_PRICE_MAX {
+                return Err(invalid(
+                    at_line(i, LineField::UnitPrice),
+                    Violation::AboveMax {
+                        max: UNIT_PRICE_MAX,
+                    },
+                ));
+            }
+            check_qty(|| at_line(i, LineField::Qty), line.qty)?;
+            // Cannot overflow: bounded by the limits (checked in limits.rs).
+            total += line.qty * line.unit_price;
+        }
+        if let Some(&id) = self.order_no_index.get(order_no) {
+            return Err(Rejection::DuplicateOrderNo {
+                order_no: order_no.to_string(),
+                id,
+            });
+        }
+        if self.orders.len() >= ORDERS_MAX {
+            return Err(Rejection::LimitReached {
+                what: format!("{ORDERS_MAX} orders"),
+            });
+        }
+        let id = OrderId(self.orders.len() as u64 + 1);
+        let due_at_ms = ctx.now_ms + payment_ttl_ms;
+        let mut order_lines = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let sku = self.sku_idx(at_line(i, LineField::Sku), &line.sku)?;
+            order_lines.push(OrderLine {
+                sku,
+                qty: line.qty as u32,
+                unit_price: line.unit_price,
+            });
+        }
+        let reservation = match reservation_id {
+            None => {
+                let buyer = (self.ruled_skus > 0).then(|| self.buyer(customer_id));
+                let demand = self.demand(
+                    lines.iter().map(|l| (l.sku.as_str(), l.qty)),
+                    buyer,
+                    ctx.now_ms,
+                )?;
+                self.check_held_room()?;
+                if let Some(buyer) = buyer {
+                    self.check_pair_room(
+                        demand.iter().map(|&(idx, qty)| (idx, u64::from(qty))),
+                        buyer,
+                    )?;
+                }
+                self.intern_actor(actor)?;
+                self.hold(demand, due_at_ms, Some(id), None, ctx)
+            }
+            Some(rid) => {
+                let r = self
+                    .reservations
+                    .get(&rid)
+                    .ok_or(Rejection::UnknownReservation { id: rid })?;
+                if let Some(owner) = r.order {
+                    return Err(transition(format!(
+                        "reservation {rid} already belongs to order {owner}"
+                    )));
+                }
+                if r.status != ReservationStatus::Held || r.expires_at_ms <= ctx.now_ms {
+                    let status = if r.status == ReservationStatus::Held {
+                        ReservationStatus::Expired
+                    } else {
+                        r.status
+                    };
+                    return Err(transition(format!(
+                        "reservation {rid} is {status}: only a held reservation can be adopted"
+                    )));
+                }
+                let mut wanted: Vec<(SkuIdx, u64)> = Vec::new();
+                for line in &order_lines {
+                    match wanted.iter_mut().find(|(s, _)| *s == line.sku) {
+                        Some((_, q)) => *q += u64::from(line.qty),
+                        None => wanted.push((line.sku, u64::from(line.qty))),
+                    }
+                }
+                let mut held: Vec<(SkuIdx, u64)> =
+                    r.lines.iter().map(|&(s, q)| (s, u64::from(q))).collect();
+                wanted.sort_unstable();
+                held.sort_unstable();
+                if wanted != held {
+                    return Err(invalid(
+                        Field::Lines,
+                        Violation::LinesDifferFromReservation { id: rid },
+                    ));
+                }
+                // A hold taken for this customer already counts (and its window
+                // was judged when it was taken): adopting it counts nothing twice.
+                // Any other hold counts for the order's customer from now on.
+                if self.reservation_customer(rid).map(|c| &**c) != Some(customer_id) {
+                    let adopted = self.per_sku(&order_lines);
+                    let buyer = self.buyer(customer_id);
+                    self.check_sale(adopted.iter().copied(), Some(buyer), false, ctx.now_ms)?;
+                    self.check_pair_room(adopted.into_iter(), buyer)?;
+                }
+                self.intern_actor(actor)?;
+                self.end_reservation_count(rid, false);
+                let r = self.reservations.get_mut(&rid).expect("checked above");
+                r.order = Some(id);
+                r.expires_at_ms = due_at_ms;
+                self.expiry.push(Reverse((due_at_ms, rid)));
+                rid
+            }
+        };
+        let actor = self.intern_actor(actor)?;
+        let order_no: Arc<str> = order_no.into();
+        let customer_id: Arc<str> = customer_id.into();
+        let review = self
+            .order_policy
+            .review_amount_min
+            .is_some_and(|min| total >= min);
+        let more = (shipping_address.is_some() || review).then(|| {
+            Box::new(OrderMore {
+                address: shipping_address.cloned().map(Box::new),
+                hold: review.then(|| Hold {
+                    reason: HoldReason::Review,
+                    note: format!("total {total} reaches the review amount").into(),
+                    at_ms: ctx.now_ms,
+                    actor: self.system_actor(),
+                }),
+                ..OrderMore::default()
+            })
+        });
+        let extra = (!channel.is_empty() || more.is_some()).then(|| {
+            Box::new(OrderExtra {
+                channel: (!channel.is_empty()).then(|| channel.into()),
+                more,
+                ..OrderExtra::default()
+            })
+        });
+        self.orders.push(Order {
+            id,
+            order_no: Arc::clone(&order_no),
+            customer_id: Arc::clone(&customer_id),
+            lines: order_lines.into(),
+            total,
+            reservation,
+            status: OrderStatus::Reserved,
+            payment: PaymentStatus::Unpaid,
+            created_at_ms: ctx.now_ms,
+            updated_at_ms: ctx.now_ms,
+            payment_due_at_ms: due_at_ms,
+            history: {
+                // Most orders see a few transitions: one allocation, not three.
+                let mut history = Vec::with_capacity(4);
+                history.push(HistoryEntry {
+                    status: OrderStatus::Reserved,
+                    at_ms: ctx.now_ms,
+                    actor,
+                    note: "".into(),
+                    before: None,
+                });
+                history
+            },
+            extra,
+        });
+        self.order_no_index.insert(Arc::clone(&order_no), id);
+        if self.ruled_skus > 0 {
+            self.count_order(id, 1);
+        }
+        self.counters.orders_created += 1;
+        self.counters.orders_by_status[OrderStatus::Reserved as usize] += 1;
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderCreatedV3 {
+                id,
+                order_no,
+                customer_id,
+                total,
+            });
+        } else {
+            let order = self.brief(id);
+            ctx.emit(EventKind::OrderCreated(Box::new(
+                crate::event::OrderCreated { id, order, total },
+            )));
+            if review {
+                self.emit_held(id, ctx);
+            }
+        }
+        Ok(self.order_reply(id))
+    }
+
+    pub(super) fn pay_order(
+        &mut self,
+        id: OrderId,
+        amount: u64,
+        payment_ref: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::PaymentRef, payment_ref, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        if order.payment != PaymentStatus::Unpaid {
+            if order.payment == PaymentStatus::Paid && amount == order.total {
+                return Ok(self.order_reply(id)); // a repeated payment: idempotent
+            }
+            return Err(transition(format!(
+                "order {id} is already {}",
+                order.payment
+            )));
+        }
+        if order.status != OrderStatus::Reserved {
+            return Err(transition(format!(
+                "order {id} is {}: it cannot be paid",
+                order.status
+            )));
+        }
+        if order.payment_due_at_ms <= ctx.now_ms {
+            return Err(transition(format!(
+                "order {id}: the payment window has closed"
+            )));
+        }
+        if amount != order.total {
+            return Err(invalid(
+                Field::Amount,
+                Violation::NotOrderTotal {
+                    total: order.total,
+                    got: amount,
+                },
+            ));
+        }
+        let reservation = order.reservation;
+        let total = order.total;
+        let actor = self.intern_actor(actor)?;
+        self.commit_hold(reservation, ctx);
+        let ship_sla_ms = self.order_policy.ship_sla_ms;
+        let order = self.order_mut(id);
+        order.payment = PaymentStatus::Paid;
+        let extra = order.extra_mut();
+        extra.payment_ref = payment_ref.into();
+        extra.paid_at_ms = Some(ctx.now_ms);
+        extra.amounts.paid = total;
+        if ship_sla_ms > 0 {
+            // Payments come in time order and the SLA is one: deadlines queue up,
+            // in (deadline, id) order as `rebuild_ship_deadlines` makes them after a
+            // snapshot load or an SLA change, so that orders due in the same
+            // millisecond are flagged in the same order by a replay. Orders paid in
+            // one millisecond out of id order are the only inserts not at the back.
+            let due = ctx.now_ms.saturating_add(ship_sla_ms);
+            debug_assert!(self.ship_deadlines.back().is_none_or(|&(at, _)| at <= due));
+            if self
+                .ship_deadlines
+                .back()
+                .is_none_or(|&last| last < (due, id))
+            {
+                self.ship_deadlines.push_back((due, id));
+            } else {
+                let at = self.ship_deadlines.partition_point(|&d| d < (due, id));
+                self.ship_deadlines.insert(at, (due, id));
+            }
+        }
+        self.counters.paid_amount += total;
+        self.record_money(id, LedgerKind::Charge, total, payment_ref, actor, ctx);
+        self.set_status(id, OrderStatus::Confirmed, actor, "", ctx.now_ms);
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderPaidV3 { id, amount });
+        } else {
+            let order = self.brief(id);
+            ctx.emit(EventKind::OrderPaid(Box::new(crate::event::OrderPaid {
+                id,
+                order,
+                amount,
+                payment_ref: payment_ref.into(),
+            })));
+        }
+        ctx.emit(EventKind::OrderStatusChanged {
+            id,
+            from: OrderStatus::Reserved,
+            to: OrderStatus::Confirmed,
+        });
+        Ok(self.order_reply(id))
+    }
+
+    pub(super) fn advance_order(
+        &mut self,
+        id: OrderId,
+        to: OrderStatus,
+        note: &str,
+        tracking_no: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        check_text(Field::TrackingNo, tracking_no, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        if !matches!(
+            to,
+            OrderStatus::Picking
+                | OrderStatus::Packed
+                | OrderStatus::Shipped
+                | OrderStatus::Delivered
+                | OrderStatus::Completed
+        ) {
+            return Err(invalid(Field::To, Violation::NotAFulfilmentStep));
+        }
+        let order = self.order(id)?;
+        let from = order.status;
+        let step = OrderAction::advancing_to(to).expect("checked above: a fulfilment step");
+        let decided = order_transition(from, step, order.facts());
+        if decided == Err(TransitionRefusal::AlreadyThere) {
+            return Ok(self.order_reply(id)); // repeating a step: idempotent
+        }
+        if decided == Err(TransitionRefusal::OnHold) {
+            return Err(Rejection::OrderOnHold { id, status: from });
+        }
+        if decided != Ok(to) {
+            let why = match from {
+                OrderStatus::Cancelled => {
+                    "it is cancelled and gets no further processing".to_string()
+                }
+                OrderStatus::Reserved => "it is not paid yet".to_string(),
+                _ => match from.next_fulfilment_step() {
+                    Some(next) => format!("the next step is {next}"),
+                    None => format!("it is {from}"),
+                },
+            };
+            return Err(transition(format!(
+                "order {id} is {from}: cannot move to {to}: {why}"
+            )));
+        }
+        let actor = self.intern_actor(actor)?;
+        if to == OrderStatus::Shipped && !tracking_no.is_empty() {
+            self.order_mut(id).extra_mut().tracking_no = tracking_no.into();
+        }
+        self.set_status(id, to, actor, note, ctx.now_ms);
+        ctx.emit(EventKind::OrderStatusChanged { id, from, to });
+        Ok(self.order_reply(id))
+    }
+
+    pub(super) fn cancel_order(
+        &mut self,
+        id: OrderId,
+        reason: CancelReason,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        let from = order.status;
+        match order_transition(from, OrderAction::Cancel, order.facts()) {
+            Ok(_) => {}
+            // Cancelling twice: idempotent.
+            Err(TransitionRefusal::AlreadyThere) => return Ok(self.order_reply(id)),
+            Err(TransitionRefusal::Shipped) => {
+                return Err(Rejection::OrderShipped { id, status: from });
+            }
+            Err(TransitionRefusal::NotAllowed | TransitionRefusal::OnHold) => {
+                return Err(transition(format!(
+                    "order {id} is {from}: it cannot be cancelled"
+                )));
+            }
+        }
+        let actor_id = self.intern_actor(actor)?;
+        let order = self.order(id)?;
+        let reservation = order.reservation;
+        let amounts = order.amounts();
+        let due_added = amounts.refundable() - amounts.refund_due;
+        let before = (!order.plain()).then(|| order.before(false));
+        // Give the stock back exactly once: a hold is released; committed units
+        // return to on_hand.
+        let restocked = if from == OrderStatus::Reserved {
+            let held = self.reservations[&reservation].lines.clone();
+            self.end_hold(reservation, ReservationStatus::Released, ctx);
+            held.iter().map(|&(s, q)| (s, u64::from(q))).collect()
+        } else {
+            assert!(from.holds_committed_stock());
+            let lines = self.per_sku(&self.orders[(id.0 - 1) as usize].lines);
+            self.unsell(&lines, true, ctx);
+            lines
+        };
+        self.reverse_money(id, due_added, actor_id, ctx);
+        let order = self.order_mut(id);
+        if let Some(more) = order.extra.as_mut().and_then(|e| e.more.as_mut()) {
+            more.hold = None;
+        }
+        let extra = order.extra_mut();
+        extra.cancellation = Some(Cancellation {
+            reason,
+            note: note.into(),
+            at_ms: ctx.now_ms,
+            actor: actor_id,
+        });
+        self.counters.cancellations_by_reason[reason as usize] += 1;
+        let history_note = if note.is_empty() {
+            reason.as_str().to_string()
+        } else {
+            format!("{reason}: {note}")
+        };
+        self.set_status_after(
+            id,
+            OrderStatus::Cancelled,
+            actor_id,
+            &history_note,
+            ctx.now_ms,
+            before,
+        );
+        let actor = Arc::clone(&self.actors[actor_id as usize]);
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderCancelledV3 {
+                id,
+                reason,
+                actor,
+                refund_due: due_added > 0,
+            });
+        } else {
+            let order = self.brief(id);
+            let refund_due_amount = self.orders[(id.0 - 1) as usize].amounts().refund_due;
+            ctx.emit(EventKind::OrderCancelled(Box::new(
+                crate::event::OrderCancelled {
+                    id,
+                    order,
+                    reason,
+                    note: note.into(),
+                    actor,
+                    refund_due_amount,
+                    restocked,
+                },
+            )));
+        }
+        Ok(self.order_reply(id))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn return_order(
+        &mut self,
+        id: OrderId,
+        kind: ReturnKind,
+        restock: bool,
+        reason: &str,
+        note: &str,
+        actor: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Outcome {
+        check_text(Field::Reason, reason, NOTE_LEN_MAX)?;
+        check_text(Field::Note, note, NOTE_LEN_MAX)?;
+        self.check_actor(actor)?;
+        let order = self.order(id)?;
+        let from = order.status;
+        let decided = order_transition(from, OrderAction::Return, order.facts());
+        if decided == Err(TransitionRefusal::AlreadyThere) {
+            return Ok(self.order_reply(id));
+        }
+        if decided.is_err() || !kind.allowed_from(from) {
+            let hint = if from.cancellable() {
+                "; cancel it instead"
+            } else {
+                ""
+            };
+            let allowed = match kind {
+                ReturnKind::Intercepted | ReturnKind::Refused => "a shipped order",
+                ReturnKind::CustomerReturn => "a delivered or completed order",
+            };
+            return Err(transition(format!(
+                "order {id} is {from}: a {kind} return is for {allowed}{hint}"
+            )));
+        }
+        let actor_id = self.intern_actor(actor)?;
+        let order = self.order(id)?;
+        let amounts = order.amounts();
+        let due_added = amounts.refundable() - amounts.refund_due;
+        let before = (!order.plain()).then(|| order.before(false));
+        let lines = self.per_sku(&order.lines);
+        self.unsell(&lines, restock, ctx);
+        self.reverse_money(id, due_added, actor_id, ctx);
+        let order = self.order_mut(id);
+        if kind != ReturnKind::CustomerReturn {
+            order.more_mut().return_kind = Some(kind);
+        }
+        let extra = order.extra_mut();
+        extra.returned = Some(ReturnInfo {
+            restock,
+            reason: reason.into(),
+            note: note.into(),
+        });
+        self.set_status_after(
+            id,
+            OrderStatus::Returned,
+            actor_id,
+            note,
+            ctx.now_ms,
+            before,
+        );
+        if self.rules == RULES_V1 {
+            ctx.emit(EventKind::OrderReturnedV3 { id, restock });
+        } else {
+            let order = self.brief(id);
+            let refund_due_amount = self.orders[(id.0 - 1) as usize].amounts().refund_due;
+            ctx.emit(EventKind::OrderReturned(Box::new(
+                crate::event::OrderReturned {
+                    id,
+                    order,
+                    kind,
+                    restock,
+                    reason: reason.into(),
+                    note: note.into(),
+                    actor: Arc::clone(&self.actors[actor_id as usize]),
+                    refund_due_amount,
+                    restocked: if restock { lines } else { Vec::new() },
+                },
+            )));
+        }
+        Ok(self.order_reply(id))
+    }
+
+    /// Order lines summed per SKU, in first-seen order.
+    pub(crate) fn per_sku(&self, lines: &[OrderLine]) -> Vec<(SkuIdx, u64)> {
+        let mut out: Vec<(SkuIdx, u64)> = Vec::with_capacity(lines.len());
+        for line in lines {
+            match out.iter_mut().find(|(s, _)| *s == line.sku) {
+                Some((_, q)) => *q += u64::from(line.qty),
+                None => out.push((line.sku, u64::from(line.qty))),
+            }
+        }
+        out
+    }
+
+    /// Who an order event is about.
+    pub(crate) fn brief(&self, id: OrderId) -> crate::event::OrderBrief {
+        let o = &self.orders[(id.0 - 1) as usize];
+        crate::event::OrderBrief {
+            order_no: Arc::clone(&o.order_no),
+            customer_id: Arc::clone(&o.customer_id),
+            channel: o
+                .extra
+                .as_ref()
+                .and_then(|e| e.channel.clone())
+                .unwrap_or_else(|| Arc::clone(&self.no_channel)),
+            lines: Arc::clone(&o.lines),
+        }
+    }
+}
