@@ -162,7 +162,7 @@ impl Server {
                 "async",
                 "--data-dir",
             ])
-            .arg(&data.0)
+            .arg(data.path())
             .env(
                 "SURGE_TOKENS",
                 format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN}"),
@@ -310,7 +310,7 @@ impl Browser {
                 .ok()
                 .filter(|r| r.status == 200 && r.body.contains("\"ready\":true"))
         });
-        let profile = browser._profile.0.display().to_string();
+        let profile = browser._profile.path().display().to_string();
         let mut args = vec![
             "--headless".to_string(),
             "--no-sandbox".into(),
