@@ -518,7 +518,11 @@ impl<R: BufRead> Iterator for Sse<R> {
             if line.is_empty() {
                 match data.take() {
                     Some(data) => {
-                        let event = if event.is_empty() { "message".into() } else { event };
+                        let event = if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event
+                        };
                         return Some(SseEvent { id, event, data });
                     }
                     None => {
@@ -574,7 +578,9 @@ pub fn read_sse(
     let mut out = Vec::new();
     for e in events {
         let id = e.id.expect("an SSE event without an id");
-        let seq = id.parse().unwrap_or_else(|_| panic!("SSE id {id:?} is not a number"));
+        let seq = id
+            .parse()
+            .unwrap_or_else(|_| panic!("SSE id {id:?} is not a number"));
         out.push((seq, e.event, e.data));
         if stop(&out) {
             break;
