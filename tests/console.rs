@@ -1,6 +1,6 @@
 //! The operator console in a real browser: the `surge` binary spawned on a free port,
-//! headless Chromium driven through ChromeDriver (WebDriver over plain HTTP, with a
-//! tiny std-only client), data seeded through the HTTP API.
+//! headless Chromium driven through ChromeDriver with `fantoccini` (a WebDriver
+//! client on a tokio runtime the browser owns), data seeded through the HTTP API.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); the test
 //! fails, loudly, when they are missing. `CHROMIUM` / `CHROMEDRIVER` override the
@@ -12,136 +12,29 @@
     reason = "test code: an unwrap that fails is a failing test"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
 
 mod common;
 
-use common::{TempDir, surge_binary};
+use common::{Resp, TempDir};
 
 const ADMIN_TOKEN: &str = "console-admin-secret";
 const OPERATOR_TOKEN: &str = "console-operator-secret";
 const DEADLINE: Duration = Duration::from_secs(20);
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-
-// ------------------------------------------------------------------ plain HTTP
-
-struct Resp {
-    status: u16,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> std::io::Result<Resp> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    stream.write_all(req.as_bytes())?;
-    // Some servers keep the connection open despite `Connection: close`: read the
-    // head, then exactly the body its headers announce.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let split = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::Error::other("connection closed before the head"));
-        }
-        raw.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let mut payload = raw[split + 4..].to_vec();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim() == name)
-            .map(|(_, v)| v.trim().to_string())
-    };
-    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        while payload.len() < len {
-            let n = stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            payload.extend_from_slice(&buf[..n]);
-        }
-        payload.truncate(len);
-    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        while !payload.ends_with(b"0\r\n\r\n") {
-            let n = stream.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            payload.extend_from_slice(&buf[..n]);
-        }
-        payload = dechunk(&payload);
-    } else {
-        stream.read_to_end(&mut payload)?;
-    }
-    Ok(Resp {
-        status,
-        body: String::from_utf8_lossy(&payload).to_string(),
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .expect("chunk size");
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&data[start..start + size]);
-        data = &data[start + size + 2..];
-    }
-    out
-}
 
 // ------------------------------------------------------------------ the server
 
+/// The real binary (`common::Server`) with the console's two tokens and async
+/// durability, spoken to as admin.
 struct Server {
-    child: Child,
+    inner: common::Server,
     addr: SocketAddr,
     _data: TempDir,
 }
@@ -153,60 +46,30 @@ impl Server {
 
     /// A server with extra environment (e.g. `SURGE_SHIP_SLA_MS`).
     fn start_with(env: &[(&str, &str)]) -> Server {
-        let data = TempDir::new("data");
-        let mut child = Command::new(surge_binary())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--durability",
-                "async",
-                "--data-dir",
-            ])
-            .arg(&data.0)
-            .env(
-                "SURGE_TOKENS",
-                format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN}"),
-            )
-            .env_remove("SURGE_TOKENS_FILE")
-            .env_remove("SURGE_LISTEN")
-            .env_remove("SURGE_DEMO")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning surge");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().expect("surge printed nothing").unwrap();
-        let addr: SocketAddr = first
-            .strip_prefix("surge: listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line from surge: {first}"))
-            .parse()
-            .unwrap();
-        std::thread::spawn(move || for _ in lines {});
-        let server = Server {
-            child,
-            addr,
+        let data = TempDir::new("console");
+        let tokens = format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN}");
+        let mut all = vec![
+            ("SURGE_TOKENS", tokens.as_str()),
+            ("SURGE_DURABILITY", "async"),
+        ];
+        all.extend_from_slice(env);
+        let inner = common::Server::start_with(&data.data(), "console", &all);
+        Server {
+            addr: inner.addr,
+            inner,
             _data: data,
-        };
-        wait_for("surge /readyz", || {
-            http(server.addr, "GET", "/readyz", &[], None)
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        server
+        }
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         let body = body.map(|b| b.to_string());
-        http(
-            self.addr,
+        self.inner.call(
             method,
             path,
             &[("Authorization", &auth), ("Accept", "application/json")],
             body.as_deref(),
         )
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// A call that must succeed; its JSON body.
@@ -231,13 +94,6 @@ impl Server {
             "/v1/orders",
             Some(json!({"order_no": order_no, "customer_id": customer, "lines": lines})),
         )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -266,11 +122,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// ChromeDriver plus one headless Chromium session.
+/// ChromeDriver plus one headless Chromium session, driven with `fantoccini` from
+/// this (blocking) test through a current-thread tokio runtime: each step is one
+/// `block_on`, which also drives fantoccini's session task.
 struct Browser {
     driver: Child,
-    addr: SocketAddr,
-    session: String,
+    runtime: tokio::runtime::Runtime,
+    client: Option<Client>,
     _profile: TempDir,
     shots: PathBuf,
 }
@@ -298,19 +156,27 @@ impl Browser {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", chromedriver.display()));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let mut browser = Browser {
             driver,
-            addr,
-            session: String::new(),
+            runtime,
+            client: None,
             _profile: TempDir::new("profile"),
             shots: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots"),
         };
         wait_for("chromedriver /status", || {
-            http(addr, "GET", "/status", &[], None)
+            common::request(addr, "GET", "/status", &[], None)
                 .ok()
-                .filter(|r| r.status == 200 && r.body.contains("\"ready\":true"))
+                .filter(|r| {
+                    r.status == 200
+                        && serde_json::from_str::<Value>(&r.body)
+                            .is_ok_and(|v| v["value"]["ready"] == true)
+                })
         });
-        let profile = browser._profile.0.display().to_string();
+        let profile = browser._profile.path().display().to_string();
         let mut args = vec![
             "--headless".to_string(),
             "--no-sandbox".into(),
@@ -329,104 +195,77 @@ impl Browser {
             args.push(format!("--lang={lang}"));
             prefs = json!({"intl.accept_languages": format!("{lang},en")});
         }
-        let caps = json!({"capabilities": {"alwaysMatch": {
+        let caps: fantoccini::wd::Capabilities = serde_json::from_value(json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium.display().to_string(),
                 "args": args,
                 "prefs": prefs,
             },
-        }}});
-        let reply = browser.raw("POST", "/session", Some(caps));
-        browser.session = reply["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {reply}"))
-            .to_string();
+        }))
+        .unwrap();
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = browser.on(ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://{addr}")));
+        browser.client = Some(client.unwrap_or_else(|e| panic!("no WebDriver session: {e}")));
         std::fs::create_dir_all(&browser.shots).unwrap();
         browser
     }
 
-    fn raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let body = body.map(|b| b.to_string());
-        let r = http(self.addr, method, path, &[], body.as_deref())
-            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
-        let v = r.json();
-        assert!(
-            r.status == 200,
-            "WebDriver {method} {path}: {} {}",
-            r.status,
-            v["value"]["message"]
-        );
-        v["value"].clone()
+    /// Run one WebDriver step to completion.
+    fn on<T>(&self, step: impl Future<Output = T>) -> T {
+        self.runtime.block_on(step)
     }
 
-    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        self.raw(method, &format!("/session/{}{path}", self.session), body)
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("a WebDriver session")
     }
 
     fn goto(&self, url: &str) {
-        self.cmd("POST", "/url", Some(json!({ "url": url })));
+        self.on(self.client().goto(url))
+            .unwrap_or_else(|e| panic!("WebDriver goto {url}: {e}"));
     }
 
     fn resize(&self, width: u32, height: u32) {
-        self.cmd(
-            "POST",
-            "/window/rect",
-            Some(json!({"width": width, "height": height})),
-        );
+        self.on(self.client().set_window_size(width, height))
+            .unwrap_or_else(|e| panic!("WebDriver resize: {e}"));
     }
 
     /// Run JavaScript in the page (the body of a function; `arguments` are `args`).
     fn js(&self, script: &str, args: Value) -> Value {
-        self.cmd(
-            "POST",
-            "/execute/sync",
-            Some(json!({"script": script, "args": args})),
-        )
+        let args = match args {
+            Value::Array(args) => args,
+            other => panic!("script arguments are an array, not {other}"),
+        };
+        self.on(self.client().execute(script, args))
+            .unwrap_or_else(|e| panic!("WebDriver script {script:.80}: {e}"))
     }
 
-    fn element(&self, css: &str) -> String {
-        let v = self.cmd(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        v.as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element id for {css}: {v}"))
-            .to_string()
+    fn element(&self, css: &str) -> Element {
+        self.on(self.client().find(Locator::Css(css)))
+            .unwrap_or_else(|e| panic!("WebDriver find {css}: {e}"))
     }
 
     /// Click the element `css` finds. The page re-renders on live events, so an
     /// element found may be replaced before the click lands: find it again then.
     fn click(&self, css: &str) {
         for _ in 0..5 {
-            let id = self.element(css);
-            let path = format!("/session/{}/element/{id}/click", self.session);
-            let r = http(self.addr, "POST", &path, &[], Some("{}"))
-                .unwrap_or_else(|e| panic!("WebDriver click {css}: {e}"));
-            if r.status == 200 {
-                return;
+            match self.on(self.element(css).click()) {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() => {}
+                Err(e) => panic!("WebDriver click {css}: {e}"),
             }
-            let error = r.json()["value"]["error"].clone();
-            assert_eq!(
-                error, "stale element reference",
-                "WebDriver click {css}: {} {}",
-                r.status, r.body
-            );
         }
         panic!("{css} kept being replaced");
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.cmd("POST", &format!("/element/{id}/clear"), Some(json!({})));
-        self.cmd(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        );
+        let element = self.element(css);
+        self.on(element.clear())
+            .unwrap_or_else(|e| panic!("WebDriver clear {css}: {e}"));
+        self.on(element.send_keys(text))
+            .unwrap_or_else(|e| panic!("WebDriver type into {css}: {e}"));
     }
 
     fn text(&self, css: &str) -> Option<String> {
@@ -480,8 +319,9 @@ impl Browser {
     }
 
     fn screenshot(&self, name: &str) {
-        let b64 = self.cmd("GET", "/screenshot", None);
-        let png = base64_decode(b64.as_str().expect("screenshot is base64"));
+        let png = self
+            .on(self.client().screenshot())
+            .unwrap_or_else(|e| panic!("WebDriver screenshot: {e}"));
         let path = self.shots.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();
         eprintln!("screenshot: {}", path.display());
@@ -490,38 +330,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        if !self.session.is_empty() {
-            let path = format!("/session/{}", self.session);
-            let _ = http(self.addr, "DELETE", &path, &[], None);
+        if let Some(client) = self.client.take() {
+            let _ = self.runtime.block_on(client.close());
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let clean: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= u32::from(value(c)) << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    out
 }
 
 /// Poll `probe` until it yields, or fail after [`DEADLINE`].

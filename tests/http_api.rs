@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::Command;
 
-use common::{ADMIN, IO_TIMEOUT, STOREFRONT, Server, TempDir, surge_binary};
+use common::{ADMIN, STOREFRONT, Server, TempDir, surge_binary};
 
 fn admin_json(s: &Server, method: &str, path: &str, body: &str) -> common::Resp {
     s.call(method, path, &[("Authorization", ADMIN)], Some(body))
@@ -16,7 +14,7 @@ fn admin_json(s: &Server, method: &str, path: &str, body: &str) -> common::Resp 
 #[test]
 fn round_trip_kill_9_restart_and_idempotent_replay() {
     let dir = TempDir::new("kill9");
-    let data = dir.0.join("data");
+    let data = dir.path().join("data");
     let server = Server::start(&data, "first");
 
     let r = server.call("GET", "/v1/skus", &[], None);
@@ -133,7 +131,7 @@ fn round_trip_kill_9_restart_and_idempotent_replay() {
 #[test]
 fn sigterm_drains_snapshots_and_exits_0() {
     let dir = TempDir::new("sigterm");
-    let data = dir.0.join("data");
+    let data = dir.path().join("data");
     let server = Server::start(&data, "first");
     admin_json(&server, "PUT", "/v1/skus/B", r#"{"on_hand": 5}"#);
     for _ in 0..3 {
@@ -171,7 +169,7 @@ fn sigterm_drains_snapshots_and_exits_0() {
 #[test]
 fn sse_resumes_from_last_event_id_without_gaps_or_repeats() {
     let dir = TempDir::new("sse");
-    let server = Server::start(&dir.0.join("data"), "only");
+    let server = Server::start(&dir.path().join("data"), "only");
     admin_json(&server, "PUT", "/v1/skus/C", r#"{"on_hand": 100}"#);
     for _ in 0..4 {
         admin_json(
@@ -182,31 +180,22 @@ fn sse_resumes_from_last_event_id_without_gaps_or_repeats() {
         );
     }
     let read_ids = |last_event_id: Option<u64>, count: usize| -> Vec<u64> {
-        let mut stream = TcpStream::connect(server.addr).unwrap();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
-        write!(
-            stream,
-            "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN}\r\nAccept: text/event-stream\r\n{resume}\r\n"
-        )
-        .unwrap();
-        let mut ids = Vec::new();
-        for line in BufReader::new(stream).lines() {
-            let line = line.expect("SSE stream read");
-            if let Some(id) = line
-                .strip_prefix("id: ")
-                .or_else(|| line.strip_prefix("id:"))
-            {
-                ids.push(id.trim().parse().unwrap());
-                if ids.len() == count {
-                    break;
-                }
-            }
-        }
+        let ids: Vec<u64> = common::read_sse(common::open_sse(server.addr, last_event_id), |got| {
+            got.len() == count
+        })
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
         ids // dropping the stream disconnects
     };
     let all = server.call("GET", "/v1/events", &[("Authorization", ADMIN)], None);
-    let total = all.body.matches("\"seq\":").count();
+    let json_seqs: Vec<u64> = all.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    let total = json_seqs.len();
     assert!(total >= 5, "{}", all.body);
     let first = read_ids(None, 2);
     // More events while disconnected.
@@ -223,18 +212,6 @@ fn sse_resumes_from_last_event_id_without_gaps_or_repeats() {
         seen.windows(2).all(|w| w[0] < w[1]),
         "repeated or out of order: {seen:?}"
     );
-    let json_seqs: Vec<u64> = all
-        .body
-        .match_indices("\"seq\":")
-        .map(|(i, _)| {
-            all.body[i + 6..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse()
-                .unwrap()
-        })
-        .collect();
     assert_eq!(
         &seen[..json_seqs.len()],
         &json_seqs[..],
@@ -247,7 +224,7 @@ fn refuses_a_public_address_without_tokens() {
     let dir = TempDir::new("open");
     let output = Command::new(surge_binary())
         .args(["--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.0.join("data"))
+        .arg(dir.path().join("data"))
         .env_remove("SURGE_TOKENS")
         .env_remove("SURGE_TOKENS_FILE")
         .output()

@@ -7,67 +7,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
-use common::{ADMIN, IO_TIMEOUT, STOREFRONT, Server, TempDir, VIEWER};
+use common::{ADMIN, STOREFRONT, Server, TempDir, VIEWER};
 
-/// A GET whose body is kept as bytes (the common client reads text).
-fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {token}\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header end");
-    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
+/// A GET whose body is kept as bytes (`Resp` holds text).
+fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, common::Headers, Vec<u8>) {
+    common::send_bytes(addr, "GET", path, &[("Authorization", token)], b"").unwrap()
 }
 
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        let data = &rest[eol + 2..];
-        out.extend_from_slice(&data[..size]);
-        rest = &data[size + 2..];
-    }
-}
-
+/// A header of [`get_bytes`]'s answer (whose names are lower-case).
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -208,7 +157,7 @@ fn csv_export_starts_with_a_bom_only_when_asked() {
 #[test]
 fn a_named_token_sets_the_actor_and_keeps_x_actor_as_on_behalf_of() {
     let dir = TempDir::new("v11-named");
-    let tokens_file = dir.0.join("tokens");
+    let tokens_file = dir.path().join("tokens");
     std::fs::write(
         &tokens_file,
         "# named tokens\noperator tk-lily lily\nstorefront tk-shop checkout-1\n",
@@ -310,7 +259,7 @@ fn a_named_token_sets_the_actor_and_keeps_x_actor_as_on_behalf_of() {
 #[test]
 fn a_bad_token_name_stops_start_up_with_a_clear_error() {
     let dir = TempDir::new("v11-badname");
-    let tokens_file = dir.0.join("tokens");
+    let tokens_file = dir.path().join("tokens");
     std::fs::write(
         &tokens_file,
         format!("operator tk-1 ok\nviewer tk-2 {}\n", "n".repeat(33)),

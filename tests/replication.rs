@@ -48,7 +48,7 @@ impl Nats {
     fn start_on(port: u16, store: &TempDir) -> Nats {
         let child = Command::new(nats_binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.0.join("jetstream"))
+            .arg(store.path().join("jetstream"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -79,7 +79,7 @@ impl Nats {
             .args(["--cluster_name", "surge", "--cluster"])
             .arg(format!("nats://127.0.0.1:{cluster_port}"))
             .args(["--routes", routes, "-sd"])
-            .arg(store.0.join(name))
+            .arg(store.path().join(name))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,6 +1,7 @@
 //! Shared helpers of the black-box tests: spawn the real `surge` binary on a free
-//! loopback port with a temporary data dir, and talk to it over plain HTTP/1.1 with a
-//! tiny std-only client (one connection per request, `Connection: close`).
+//! loopback port with a temporary data dir (`tempfile`), and talk to it over HTTP/1.1
+//! with `ureq` (one connection per request), its JSON read with `serde_json` and its
+//! event stream with a `text/event-stream` parser.
 //!
 //! The binary is `target/<profile>/surge` next to the test executable; the first
 //! server of a test process runs `cargo build -p surge-api --bin surge` so that it is
@@ -11,14 +12,15 @@
 )]
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use ureq::config::AutoHeaderValue;
 
 pub const ADMIN: &str = "Bearer adm-secret";
 pub const OPERATOR: &str = "Bearer op-secret";
@@ -56,33 +58,26 @@ pub fn surge_binary() -> PathBuf {
     binary
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A fresh directory under the system temp dir (`tempfile` makes and removes it),
+/// named after the test so a leftover says whose it is.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "surge-http-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("surge-http-{tag}-"))
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
     }
 
     pub fn data(&self) -> PathBuf {
-        self.0.join("data")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.path().join("data")
     }
 }
 
@@ -120,6 +115,7 @@ impl Server {
             .env_remove("SURGE_DATA_DIR")
             .env_remove("SURGE_DURABILITY")
             .env_remove("SURGE_LOG_FORMAT")
+            .env_remove("SURGE_DEMO")
             .stdout(Stdio::piped())
             .stderr(stderr);
         for (k, v) in env {
@@ -266,10 +262,13 @@ impl Drop for Server {
     }
 }
 
+/// Header names and values, in the order they came.
+pub type Headers = Vec<(String, String)>;
+
 #[derive(Debug, Clone)]
 pub struct Resp {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: String,
 }
 
@@ -286,32 +285,20 @@ impl Resp {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:.400}", self.body))
     }
 
-    /// The first `"key":"value"` string in the (compact JSON) body.
+    /// The string `key` of the JSON body: the top-level field, else the shallowest
+    /// nested one.
     pub fn str_field(&self, key: &str) -> String {
-        let pattern = format!("\"{key}\":\"");
-        let start = self
-            .body
-            .find(&pattern)
-            .unwrap_or_else(|| panic!("no {key} in {}", self.body))
-            + pattern.len();
-        self.body[start..].split('"').next().unwrap().to_string()
+        find_field(&self.json(), key, Value::is_string)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no string {key} in {}", self.body))
+            .to_string()
     }
 
-    /// The first `"key":<integer>` in the body.
+    /// The unsigned integer `key` of the JSON body, found like [`Resp::str_field`].
     pub fn num_field(&self, key: &str) -> u64 {
-        let pattern = format!("\"{key}\":");
-        let start = self
-            .body
-            .find(&pattern)
-            .unwrap_or_else(|| panic!("no {key} in {}", self.body))
-            + pattern.len();
-        let digits: String = self.body[start..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits
-            .parse()
-            .unwrap_or_else(|_| panic!("{key} is not a number in {}", self.body))
+        find_field(&self.json(), key, Value::is_u64)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("no unsigned integer {key} in {}", self.body))
     }
 
     /// Assert an RFC 9457 problem with this status and code.
@@ -335,6 +322,111 @@ impl Resp {
     }
 }
 
+/// The first `key` whose value passes `fits`, the shallowest first: the top-level
+/// field when there is one, else one nested in an object or array.
+fn find_field<'a>(value: &'a Value, key: &str, fits: fn(&Value) -> bool) -> Option<&'a Value> {
+    let mut level = vec![value];
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for v in level {
+            match v {
+                Value::Object(map) => {
+                    if let Some(found) = map.get(key).filter(|f| fits(f)) {
+                        return Some(found);
+                    }
+                    next.extend(map.values());
+                }
+                Value::Array(items) => next.extend(items),
+                _ => {}
+            }
+        }
+        level = next;
+    }
+    None
+}
+
+/// The HTTP client of the tests: `ureq`, one connection per request as a plain
+/// client would open (servers are killed and restarted mid-test, so no pooled socket
+/// may outlive one), every status an answer rather than an error, and no automatic
+/// `Accept` or `User-Agent`, so a request carries only the headers a test names.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .accept(AutoHeaderValue::None)
+            .user_agent(AutoHeaderValue::None)
+            .timeout_connect(Some(IO_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .build()
+            .into()
+    })
+}
+
+/// Send one request with exactly these headers (ureq adds Host and the body's
+/// framing) and return the answer with its body unread.
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<ureq::http::Response<ureq::Body>> {
+    let mut builder = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let bodyless = body.is_empty() && matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS");
+    let result = if bodyless {
+        agent().run(builder.body(()).map_err(std::io::Error::other)?)
+    } else {
+        agent().run(builder.body(body).map_err(std::io::Error::other)?)
+    };
+    result.map_err(|e| std::io::Error::other(format!("{method} {path}: {e}")))
+}
+
+/// An answer's status, headers (names lower-case) and body bytes.
+pub fn send_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Headers, Vec<u8>)> {
+    let mut response = exchange(addr, method, path, headers, body)?;
+    let head: Headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), value)
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    response.body_mut().as_reader().read_to_end(&mut bytes)?;
+    Ok((response.status().as_u16(), head, bytes))
+}
+
+/// One request with exactly these headers (plus Host and Content-Length).
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let (status, headers, bytes) = send_bytes(addr, method, path, headers, body)?;
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
 /// One request; adds `Content-Type: application/json` when there is a body and the
 /// headers name no content type.
 pub fn request(
@@ -356,143 +448,145 @@ pub fn request(
     send(addr, method, path, &all, body.as_bytes())
 }
 
-/// One request with exactly these headers (plus Host, Content-Length and
-/// `Connection: close`).
-pub fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Resp> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut message = head.into_bytes();
-    message.extend_from_slice(body);
-    // A server may answer (413) before reading the whole body and close: a failed
-    // write is fine as long as the answer can be read.
-    let written = stream.write_all(&message);
-    let mut raw = Vec::new();
-    let read = stream.read_to_end(&mut raw);
-    if raw.is_empty() {
-        written?;
-        read?;
-    }
-    parse_response(&raw)
+/// One Server-Sent Event: the fields of the `text/event-stream` format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The event's own `id:` field, if it had one.
+    pub id: Option<String>,
+    /// `event:`, or `message` when the event names no type.
+    pub event: String,
+    /// The `data:` lines joined with line feeds.
+    pub data: String,
 }
 
-pub fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
-    let text = String::from_utf8_lossy(raw).to_string();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
+/// A `text/event-stream` body parsed as the HTML standard's event-stream
+/// interpretation says, line by line over a buffered reader: an event may arrive
+/// split across any number of reads (ureq undoes the chunked framing underneath).
+/// Lines end in LF, CRLF or CR; a leading byte-order mark is dropped; `:` lines are
+/// comments; a field without a colon has an empty value; one space after the colon
+/// is not part of the value; an event is dispatched at a blank line if it has data.
+pub struct Sse<R> {
+    reader: R,
+    /// Lines already read but not yet interpreted (from a CR-only line ending).
+    pending: std::collections::VecDeque<String>,
+    first_line: bool,
 }
 
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
+impl<R: BufRead> Sse<R> {
+    pub fn new(reader: R) -> Sse<R> {
+        Sse {
+            reader,
+            pending: std::collections::VecDeque::new(),
+            first_line: true,
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
     }
-    out
+
+    /// The next line without its ending, or `None` at the end of the stream.
+    fn line(&mut self) -> Option<String> {
+        if let Some(line) = self.pending.pop_front() {
+            return Some(line);
+        }
+        let mut raw = Vec::new();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut raw)
+            .unwrap_or_else(|e| panic!("SSE read: {e}"));
+        if n == 0 {
+            return None;
+        }
+        if raw.last() == Some(&b'\n') {
+            raw.pop();
+        }
+        let mut text = String::from_utf8_lossy(&raw).into_owned();
+        if std::mem::take(&mut self.first_line) {
+            text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
+        }
+        // A CR ends a line on its own; CRLF is one ending.
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        self.pending.extend(text.split('\r').map(str::to_string));
+        self.pending.pop_front()
+    }
 }
 
-/// Read Server-Sent Events from an open stream: `(id, event type, data)` triples,
-/// until `stop` says so (given everything read so far) or the stream ends.
-pub fn read_sse(
-    stream: TcpStream,
-    mut stop: impl FnMut(&[(u64, String, String)]) -> bool,
-) -> Vec<(u64, String, String)> {
-    let mut reader = BufReader::new(stream);
-    // Status line and headers first.
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("SSE status line");
-    assert!(line.contains(" 200 "), "SSE answered {line:?}");
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("SSE headers");
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    let mut out = Vec::new();
-    let (mut id, mut kind, mut data) = (None, String::new(), String::new());
-    // Chunked framing: chunk-size lines are hex digits only; event lines have a colon
-    // or are empty (the end of an event).
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) => return out,
-            Ok(_) => {}
-            Err(e) => panic!("SSE read: {e}"),
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if let Some(v) = l.strip_prefix("id:") {
-            id = Some(v.trim().parse::<u64>().expect("numeric SSE id"));
-        } else if let Some(v) = l.strip_prefix("event:") {
-            kind = v.trim().to_string();
-        } else if let Some(v) = l.strip_prefix("data:") {
-            data.push_str(v.trim_start());
-        } else if l.is_empty() {
-            if let Some(seq) = id.take() {
-                out.push((seq, std::mem::take(&mut kind), std::mem::take(&mut data)));
-                if stop(&out) {
-                    return out;
+impl<R: BufRead> Iterator for Sse<R> {
+    type Item = SseEvent;
+
+    fn next(&mut self) -> Option<SseEvent> {
+        let (mut id, mut event, mut data) = (None, String::new(), None::<String>);
+        loop {
+            let line = self.line()?;
+            if line.is_empty() {
+                match data.take() {
+                    Some(data) => {
+                        let event = if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event
+                        };
+                        return Some(SseEvent { id, event, data });
+                    }
+                    None => {
+                        (id, event) = (None, String::new());
+                        continue;
+                    }
                 }
             }
-            kind.clear();
-            data.clear();
+            let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "" => {} // a comment
+                "event" => event = value.to_string(),
+                "data" => match &mut data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                },
+                "id" if !value.contains('\0') => id = Some(value.to_string()),
+                _ => {} // `retry` and unknown fields
+            }
         }
     }
 }
 
-/// Open an SSE stream of `/v1/events` (admin), optionally resuming.
-pub fn open_sse(addr: SocketAddr, last_event_id: Option<u64>) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
-    write!(
-        stream,
-        "GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {ADMIN}\r\nAccept: text/event-stream\r\n{resume}\r\n"
-    )
-    .unwrap();
-    stream
+/// Open an SSE stream of `/v1/events` (admin), optionally resuming; asserts a 200
+/// `text/event-stream` answer.
+pub fn open_sse(addr: SocketAddr, last_event_id: Option<u64>) -> Sse<impl BufRead> {
+    let resume = last_event_id.map(|id| id.to_string());
+    let mut headers = vec![("Authorization", ADMIN), ("Accept", "text/event-stream")];
+    if let Some(id) = &resume {
+        headers.push(("Last-Event-ID", id));
+    }
+    let response = exchange(addr, "GET", "/v1/events", &headers, b"").unwrap();
+    assert_eq!(response.status(), 200, "SSE answered {}", response.status());
+    let content_type = response.headers().get("content-type");
+    assert!(
+        content_type.is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")),
+        "SSE content type {content_type:?}"
+    );
+    Sse::new(BufReader::new(response.into_body().into_reader()))
+}
+
+/// Read Server-Sent Events: `(id, event type, data)` of each event (every event of
+/// the feed has a numeric id), until `stop` says so (given everything read so far)
+/// or the stream ends.
+pub fn read_sse(
+    events: impl Iterator<Item = SseEvent>,
+    mut stop: impl FnMut(&[(u64, String, String)]) -> bool,
+) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    for e in events {
+        let id = e.id.expect("an SSE event without an id");
+        let seq = id
+            .parse()
+            .unwrap_or_else(|_| panic!("SSE id {id:?} is not a number"));
+        out.push((seq, e.event, e.data));
+        if stop(&out) {
+            break;
+        }
+    }
+    out
 }
 
 /// The wall clock in milliseconds since the epoch (the server's logged clock reads
