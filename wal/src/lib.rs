@@ -85,8 +85,7 @@
 //! ```
 //!
 //! It is replaced whole (temp file, fsync, rename, directory fsync) when a
-//! segment is created (after the segment is durable, before anything is
-//! appended to it), when a snapshot is published and segments or snapshots
+//! segment is created, when a snapshot is published and segments or snapshots
 //! are retired (before any file is removed), and at every open (after the
 //! recovered log is durable, before leftovers are removed). So every file it
 //! lists exists after any crash, and open refuses to start when one does not
@@ -95,6 +94,20 @@
 //! ends before its log end (the newest segment lost acknowledged records).
 //! An unlisted segment is the leftover of an interrupted creation, retirement
 //! or tail cut, and is removed; one between two listed segments is refused.
+//!
+//! A segment's creation (a roll) does not wait for the disk: the appending
+//! thread pads the segment it leaves, renames the prepared spare into place,
+//! writes the new header (whose watermark claims only what is already durable)
+//! and the MANIFEST that lists it to a temp file of its own
+//! (`MANIFEST-<first lsn>.tmp`), and appends on. The next commit job makes it
+//! part of the log, in this order: the segment left behind synced to its end,
+//! the new header synced, the directory fsynced, the temp MANIFEST fsynced,
+//! renamed into place and the directory fsynced again; then the new segment's
+//! own range. Nothing in the new segment is acknowledged before that job ends,
+//! and the MANIFEST's log end (the last LSN before the new segment) is true when
+//! it lands. A crash before it leaves the new segment unlisted: a leftover.
+//! While a roll is in flight the MANIFEST is the commit thread's: a snapshot is
+//! published after it ([`Wal::roll_in_flight`]).
 //!
 //! # Telling a torn tail from rot: the durable watermark
 //!

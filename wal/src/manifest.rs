@@ -20,6 +20,19 @@ use crate::{FORMAT_VERSION, Lsn};
 
 pub(crate) const MANIFEST_NAME: &str = "MANIFEST";
 pub(crate) const MANIFEST_TMP_NAME: &str = "MANIFEST.tmp";
+
+/// The temp file of the MANIFEST that lists the segment starting at `first_lsn`:
+/// written by the roll on the appending thread, renamed into place by the commit
+/// thread once the segment left behind is durable. One name per roll, so a second
+/// roll before the first is listed cannot overwrite the first one's temp file.
+pub(crate) fn roll_tmp_name(first_lsn: u64) -> String {
+    format!("MANIFEST-{first_lsn:020}.tmp")
+}
+
+/// A MANIFEST temp file (a leftover of an interrupted publication, which open removes).
+pub(crate) fn is_tmp_name(name: &str) -> bool {
+    name == MANIFEST_TMP_NAME || (name.starts_with("MANIFEST-") && name.ends_with(".tmp"))
+}
 const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"SURGEMAN");
 const HEADER_BYTES: usize = 32;
 const SEGMENT_ENTRY_BYTES: usize = 24;

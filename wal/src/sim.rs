@@ -424,9 +424,22 @@ fn crash_image(
 
 /// The background writer shares the simulated disk (and its failure injection).
 impl crate::storage::FileWriter for SimStorage {
-    fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.write_file(name, bytes)?;
-        self.sync_file(name)
+    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut disk = self.clone();
+        disk.write_file(name, bytes)?;
+        disk.sync_file(name)
+    }
+
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        Storage::sync_file(&mut self.clone(), name)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        Storage::rename(&mut self.clone(), from, to)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        Storage::sync_dir(&mut self.clone())
     }
 }
 

@@ -59,9 +59,10 @@ pub trait Storage: Send + 'static {
     /// (the pipelined group commit syncs batch N while the writer appends N+1). It
     /// stays usable after the segment is closed or removed.
     fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>>;
-    /// A handle that writes and fsyncs one small file from another thread, so a
-    /// large snapshot body reaches the disk without stalling the writer. Directory
-    /// changes (the rename that publishes it) stay with the owner of the storage.
+    /// A handle for small files and directory steps from another thread: a large
+    /// snapshot body reaches the disk without stalling the writer, and a segment
+    /// roll is listed by the commit thread. The caller orders these steps against
+    /// its own (the log never has two MANIFEST renames in flight).
     fn file_writer(&self) -> Box<dyn FileWriter>;
 }
 
@@ -82,10 +83,19 @@ impl SegmentSyncer for FileSyncer {
     }
 }
 
-/// Writes a whole file and makes its contents durable (write + fsync). Used from a
-/// background thread; see [`Storage::file_writer`].
-pub trait FileWriter: Send + 'static {
-    fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+/// Small-file and directory steps from a thread other than the storage's owner:
+/// a snapshot body written and fsynced in the background, and a segment roll's
+/// listing (the MANIFEST rename and the directory fsyncs) done by the thread that
+/// syncs commits, after the commits before it (see [`Storage::file_writer`]).
+pub trait FileWriter: Send + Sync + 'static {
+    /// Creates or replaces `name` with `bytes` and makes them durable.
+    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes a small file's contents durable (fsync).
+    fn sync_file(&self, name: &str) -> io::Result<()>;
+    /// Atomically renames `from` to `to`, replacing `to` (durable after `sync_dir`).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes the directory entries durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
 }
 
 /// [`FileWriter`] for [`MmapStorage`]: plain files in the data directory.
@@ -94,7 +104,7 @@ struct DirFileWriter {
 }
 
 impl FileWriter for DirFileWriter {
-    fn write_synced(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -102,6 +112,18 @@ impl FileWriter for DirFileWriter {
             .open(self.dir.join(name))?;
         f.write_all(bytes)?;
         f.sync_all()
+    }
+
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        File::open(self.dir.join(name))?.sync_all()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
     }
 }
 

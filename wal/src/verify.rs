@@ -17,7 +17,7 @@ use crate::format::{
     HeaderCheck, ScanStop, SegmentHeader, decode_snapshot, is_snapshot_tmp_name,
     parse_segment_name, parse_snapshot_name, read_watermark, scan_frames, snapshot_version,
 };
-use crate::manifest::{MANIFEST_NAME, MANIFEST_TMP_NAME, Manifest};
+use crate::manifest::{self, MANIFEST_NAME, Manifest};
 use crate::recovery::{
     Analysis, ManifestState, Outcome, SegmentBytes, Subset, analyze, refusal, survey,
 };
@@ -205,7 +205,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, Error> {
 
     let temps: Vec<&String> = names
         .iter()
-        .filter(|n| is_snapshot_tmp_name(n) || *n == MANIFEST_TMP_NAME)
+        .filter(|n| is_snapshot_tmp_name(n) || manifest::is_tmp_name(n))
         .collect();
     if !temps.is_empty() {
         recovery.push(format!(

@@ -10,7 +10,7 @@ use crate::format::{
     parse_segment_name, parse_snapshot_name, read_watermark, scan_frames, segment_name,
     snapshot_name, snapshot_version,
 };
-use crate::manifest::{self, MANIFEST_NAME, MANIFEST_TMP_NAME, Manifest, SegmentEntry};
+use crate::manifest::{self, MANIFEST_NAME, Manifest, SegmentEntry};
 use crate::recovery::{Outcome, SegmentBytes, Subset, analyze, refusal, survey};
 use crate::storage::{SegmentId, SegmentSyncer, Storage};
 use crate::{
@@ -154,11 +154,46 @@ struct SyncRange {
     to: u64,
 }
 
+/// What makes a new segment part of the log, after everything before it is
+/// durable: its header synced, its name (the prepared spare's rename) and then
+/// the MANIFEST that lists it made durable. Built by [`Wal::roll`] on the
+/// appending thread, run with the next [`CommitJob`] on the thread that syncs, so
+/// the appending thread never waits for a roll's fsyncs.
+struct RollStep {
+    /// First LSN of the new segment.
+    first_lsn: Lsn,
+    header: Arc<dyn SegmentSyncer>,
+    files: Box<dyn crate::storage::FileWriter>,
+    /// The MANIFEST listing the new segment, written (not synced) by the roll.
+    manifest_tmp: String,
+}
+
+impl RollStep {
+    fn run(&self) -> Result<(), Error> {
+        let io = |op| move |e| Error::io(op, e);
+        self.header
+            .sync_range(0, SEGMENT_DATA_OFFSET)
+            .map_err(io("fsync new segment"))?;
+        // The segment's name before a MANIFEST that lists it.
+        self.files.sync_dir().map_err(io("fsync data dir"))?;
+        self.files
+            .sync_file(&self.manifest_tmp)
+            .map_err(io("write MANIFEST"))?;
+        self.files
+            .rename(&self.manifest_tmp, MANIFEST_NAME)
+            .map_err(io("install MANIFEST"))?;
+        self.files.sync_dir().map_err(io("install MANIFEST"))
+    }
+}
+
 /// The durable half of a group commit ([`Wal::begin_commit`]): safe to run on
 /// another thread. Jobs begun one after another may be merged and run once.
 pub struct CommitJob {
     target: Lsn,
     ranges: Vec<SyncRange>,
+    /// Segments started since the last job, oldest first: each is listed after
+    /// the ranges of the segments before it are durable, and before its own.
+    rolls: Vec<RollStep>,
 }
 
 impl CommitJob {
@@ -184,17 +219,25 @@ impl CommitJob {
                 None => self.ranges.push(range),
             }
         }
+        self.ranges.sort_by_key(|r| r.first_lsn);
+        self.rolls.extend(later.rolls);
     }
 
-    /// Makes the ranges durable, older segments first.
+    /// Makes the ranges durable, older segments first, and lists each new segment
+    /// once everything before it is durable (so the MANIFEST's claim that the log
+    /// reaches the new segment's start is true when it lands).
     pub fn run(&self) -> Result<(), Error> {
+        let mut rolls = self.rolls.iter().peekable();
         for range in &self.ranges {
+            while let Some(roll) = rolls.next_if(|r| r.first_lsn <= range.first_lsn) {
+                roll.run()?;
+            }
             range
                 .syncer
                 .sync_range(range.from, range.to - range.from)
                 .map_err(|e| Error::io("sync", e))?;
         }
-        Ok(())
+        rolls.try_for_each(RollStep::run)
     }
 }
 
@@ -225,6 +268,10 @@ pub struct Wal<S: Storage> {
     /// Records after this LSN are kept whatever the snapshots allow: a replica has
     /// not taken them yet (`Lsn::MAX`: no replica holds anything back).
     retain_after: Lsn,
+    /// Rolls not yet handed to a commit job ([`Wal::begin_commit`] takes them).
+    rolls_pending: Vec<RollStep>,
+    /// Targets of the commit jobs that carry rolls and have not finished.
+    rolls_unfinished: Vec<Lsn>,
 }
 
 /// The header slots claim the watermark at least every this many commits (each
@@ -258,7 +305,7 @@ impl<S: Storage> Wal<S> {
         let names = storage.list().map_err(|e| Error::io("list data dir", e))?;
         for name in names
             .iter()
-            .filter(|n| is_snapshot_tmp_name(n) || *n == MANIFEST_TMP_NAME)
+            .filter(|n| is_snapshot_tmp_name(n) || manifest::is_tmp_name(n))
         {
             storage
                 .remove(name)
@@ -566,6 +613,8 @@ impl<S: Storage> Wal<S> {
             staged: Vec::new(),
             staged_at: 0,
             retain_after: Lsn::MAX,
+            rolls_pending: Vec::new(),
+            rolls_unfinished: Vec::new(),
         };
         Ok((wal, Recovery { snapshot, report }))
     }
@@ -809,7 +858,7 @@ impl<S: Storage> Wal<S> {
     /// was appended since the last job.
     pub fn begin_commit(&mut self) -> Result<Option<CommitJob>, Error> {
         self.check_usable()?;
-        if self.last_lsn == self.commit_begun_lsn {
+        if self.last_lsn == self.commit_begun_lsn && self.rolls_pending.is_empty() {
             return Ok(None);
         }
         let target = self.last_lsn;
@@ -864,7 +913,15 @@ impl<S: Storage> Wal<S> {
             });
         }
         self.commit_begun_lsn = target;
-        Ok(Some(CommitJob { target, ranges }))
+        let rolls = std::mem::take(&mut self.rolls_pending);
+        if !rolls.is_empty() {
+            self.rolls_unfinished.push(target);
+        }
+        Ok(Some(CommitJob {
+            target,
+            ranges,
+            rolls,
+        }))
     }
 
     /// The second half of a commit: records the result of a [`CommitJob`]. Jobs
@@ -879,9 +936,8 @@ impl<S: Storage> Wal<S> {
             "commit of {target} finished beyond what was begun ({})",
             self.commit_begun_lsn
         );
-        // A roll syncs the segment it leaves, so durability may already be past an
-        // older job that finishes now.
         self.durable_lsn = self.durable_lsn.max(target);
+        self.rolls_unfinished.retain(|&t| t > target);
         self.stats.commits += 1;
         self.stats.durable_lsn = self.durable_lsn;
         Ok(())
@@ -991,13 +1047,16 @@ impl<S: Storage> Wal<S> {
     /// The same as [`Wal::begin_snapshot`], [`SnapshotJob::run`] and
     /// [`Wal::finish_snapshot`] in a row.
     pub fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> Result<(), Error> {
-        match self.begin_snapshot(lsn, bytes.to_vec())? {
-            None => Ok(()),
-            Some(job) => {
-                let written = job.run();
-                self.finish_snapshot(written)
-            }
+        let Some(job) = self.begin_snapshot(lsn, bytes.to_vec())? else {
+            return Ok(());
+        };
+        if !self.rolls_pending.is_empty() && self.rolls_unfinished.is_empty() {
+            // A new segment waits for a commit to be listed, and the MANIFEST is
+            // written in order: list it first.
+            self.commit()?;
         }
+        let written = job.run();
+        self.finish_snapshot(written)
     }
 
     /// Checks a snapshot of `lsn` may be written and hands back the job that writes
@@ -1054,6 +1113,11 @@ impl<S: Storage> Wal<S> {
             }
         };
         self.check_usable()?;
+        assert!(
+            !self.roll_in_flight(),
+            "a snapshot is published only while no roll is in flight (the MANIFEST is the \
+             commit thread's meanwhile)"
+        );
         if written.lsn <= self.snapshot_lsn {
             return Err(Error::LsnNotIncreasing {
                 lsn: written.lsn,
@@ -1167,31 +1231,23 @@ impl<S: Storage> Wal<S> {
         self.segments.last().filter(|s| s.handle.is_some())
     }
 
-    /// Starts a new segment whose first record will be `lsn`: sync the current
-    /// segment to its end, create and fallocate (a full disk fails here, before
-    /// anything is written), header and initial watermark, fsync the file, fsync
-    /// the directory, then a MANIFEST that lists it.
+    /// Starts a new segment whose first record will be `lsn`, without waiting for
+    /// the disk: the segment left behind ends with a commit mark (written, not
+    /// synced); the new one is created (a full disk fails here, before anything is
+    /// written: [`Error::NoSpace`]), gets its header and a first watermark that
+    /// claims only what is already durable, and the MANIFEST that lists it is
+    /// written to a temp file of its own. The syncs (the segment left behind, the
+    /// new header, the directory, the MANIFEST's rename) are the next commit
+    /// job's [`RollStep`], in that order: until it has run, a crash leaves the new
+    /// segment unlisted, a leftover that open removes, and nothing in it was
+    /// acknowledged. So a segment that is not the newest is wholly below the
+    /// MANIFEST's `log_end`, and a hole in it is rot, never a torn tail.
     fn roll(&mut self, lsn: Lsn) -> Result<(), Error> {
-        // Everything appended so far becomes durable before the new segment
-        // exists, so its first watermark and the MANIFEST can claim it all: a
-        // segment that is not the newest is then wholly below the watermark,
-        // and a hole in it is rot, never a torn tail.
-        // It is padded to a page boundary first, like a commit, so that open
-        // never has to pad (rewrite) a page holding records that are claimed.
+        // Padded to a page boundary first, like a commit, so that open never has
+        // to pad (rewrite) a page holding records that are claimed.
         self.pad_to_page(self.durable_lsn);
         self.write_staged()?;
-        if let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) {
-            let dirty_from = seg.dirty_from.take();
-            let h = seg.handle.expect("filtered on a handle");
-            if self.durable_lsn < self.last_lsn || dirty_from.is_some() {
-                // The whole segment, not only what no commit job covers yet: a job
-                // begun on the sync thread may not have run, and the claim below
-                // must not get ahead of the disk.
-                self.sync(|s| s.sync_segment_all(h), "fsync before roll")?;
-            }
-        }
-        self.durable_lsn = self.last_lsn;
-        self.stats.durable_lsn = self.last_lsn;
+        let log_end = self.last_lsn;
 
         let name = segment_name(lsn);
         let len_bytes = self.config.segment_bytes;
@@ -1207,7 +1263,7 @@ impl<S: Storage> Wal<S> {
             version: FORMAT_VERSION,
             segment_bytes: len_bytes,
             first_lsn: lsn,
-            prev_lsn: self.last_lsn,
+            prev_lsn: log_end,
         };
         let encoded = header.encode();
         let watermark = encode_watermark(0, lsn, self.durable_lsn);
@@ -1225,14 +1281,12 @@ impl<S: Storage> Wal<S> {
             HeaderCheck::Valid(header),
             "segment header reads back"
         );
-        self.sync(|s| s.sync_segment_all(h), "fsync new segment")?;
-        self.sync(|s| s.sync_dir(), "fsync data dir")?;
         let segment = Segment {
             name,
             handle: Some(h),
             first_lsn: lsn,
-            prev_lsn: self.last_lsn,
-            last_lsn: self.last_lsn,
+            prev_lsn: log_end,
+            last_lsn: log_end,
             records: 0,
             tail: SEGMENT_DATA_OFFSET,
             len_bytes,
@@ -1242,7 +1296,7 @@ impl<S: Storage> Wal<S> {
             commits_since_header_claim: 0,
         };
         let manifest = Manifest {
-            log_end: self.durable_lsn,
+            log_end,
             segments: self
                 .segments
                 .iter()
@@ -1251,17 +1305,46 @@ impl<S: Storage> Wal<S> {
                 .collect(),
             snapshots: self.snapshots.clone(),
         };
-        if let Err(e) = self.publish_manifest(&manifest) {
-            if matches!(e, Error::NoSpace) {
+        let manifest_tmp = manifest::roll_tmp_name(lsn);
+        let listed = self
+            .storage
+            .write_file(&manifest_tmp, &manifest.encode())
+            .and_then(|()| self.storage.segment_syncer(h));
+        let header_syncer = match listed {
+            Ok(syncer) => syncer,
+            Err(e) => {
                 // Not listed, so nothing may go into it: take it back.
+                let _ = self.storage.remove(&manifest_tmp);
                 self.storage.close_segment(h);
+                if !crate::is_no_space(&e) {
+                    self.poisoned = true;
+                    return Err(Error::io("write MANIFEST", e));
+                }
                 self.sync(|s| s.remove(&segment.name), "remove unlisted segment")?;
                 self.sync(|s| s.sync_dir(), "fsync data dir")?;
+                return Err(Error::NoSpace);
             }
-            return Err(e);
-        }
+        };
+        // Sync handles: the segment left behind (its last range is still to be
+        // synced) and the new one.
+        let left_first_lsn = self.segments.last().map_or(lsn, |s| s.first_lsn);
+        self.syncers.retain(|(first, _)| *first >= left_first_lsn);
+        self.syncers.push((lsn, Arc::clone(&header_syncer)));
+        self.rolls_pending.push(RollStep {
+            first_lsn: lsn,
+            header: header_syncer,
+            files: self.storage.file_writer(),
+            manifest_tmp,
+        });
         self.segments.push(segment);
         Ok(())
+    }
+
+    /// Whether a segment started by a roll is not listed in the MANIFEST yet (its
+    /// [`RollStep`] waits for, or runs in, a commit job). The MANIFEST is then the
+    /// commit thread's to write: publishing a snapshot waits until this is false.
+    pub fn roll_in_flight(&self) -> bool {
+        !self.rolls_pending.is_empty() || !self.rolls_unfinished.is_empty()
     }
 }
 

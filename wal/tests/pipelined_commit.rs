@@ -1,18 +1,53 @@
 //! The pipelined commit at the WAL level: a commit job begun on the appending thread
-//! may run later on another; a segment roll in between must not claim more than is on
-//! disk (its watermark and the MANIFEST say "durable up to here").
+//! may run later on another; a segment roll in between claims nothing until the
+//! commit job after it has run (its syncs and the MANIFEST that lists the new segment
+//! are that job's roll step), and a power cut at any point of that job loses nothing
+//! a finished job made durable.
 
 mod common;
 
 use common::{SEGMENT_BYTES_SMALL, open_sim, payload, records};
 use surge_wal::SimStorage;
 
-/// Begin a commit, keep its job unrun, append until the log rolls, then cut the power.
-/// The roll claimed everything before it durable, so it must have made it durable
-/// itself: recovery succeeds (no false "rot" below the watermark) and keeps every
-/// record up to the roll.
+/// Appends 200-byte records from `lsn + 1` until the log rolls to a new segment;
+/// returns the last LSN written before the roll.
+fn append_until_roll(wal: &mut surge_wal::Wal<SimStorage>, lsn: &mut u64) -> u64 {
+    let segments = wal.stats().segments;
+    loop {
+        *lsn += 1;
+        wal.append(*lsn, &payload(*lsn, 0, 200)).expect("append");
+        if wal.stats().segments > segments {
+            return *lsn - 1;
+        }
+    }
+}
+
+/// Recovery keeps every record through `kept`, intact and in order.
+fn assert_kept(crashed: &SimStorage, kept: u64, what: &str) -> u64 {
+    let (wal, rec) = open_sim(crashed, SEGMENT_BYTES_SMALL);
+    assert!(
+        rec.report.last_lsn >= kept,
+        "{what}: {kept} was durable, recovery has {}",
+        rec.report.last_lsn
+    );
+    let got = records(&wal, 0);
+    for (i, (l, p)) in got.iter().enumerate() {
+        assert_eq!(*l, i as u64 + 1, "{what}: no gap");
+        assert_eq!(p, &payload(*l, 0, 200), "{what}: record {l}");
+    }
+    rec.report.last_lsn
+}
+
+/// Begin a commit, keep its job unrun, append until the log rolls, then cut the
+/// power: the roll claimed nothing (its watermark only what was durable, and the new
+/// segment is not listed), so recovery succeeds, with no false "rot" below a
+/// watermark. Run the first job, then the one that carries the roll, with the disk
+/// dying at each of its steps in turn: whatever the cut, every record the first job
+/// covered survives; once the second job has run, every record before the new
+/// segment survives and the new segment is listed.
 #[test]
-fn a_roll_while_a_commit_job_is_pending_never_over_claims() {
+fn a_roll_is_listed_by_the_commit_job_after_it_and_claims_nothing_before() {
+    let (mut cut_short, mut completed) = (0, 0);
     for seed in 0..20u64 {
         let disk = SimStorage::new();
         let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
@@ -21,35 +56,49 @@ fn a_roll_while_a_commit_job_is_pending_never_over_claims() {
             lsn += 1;
             wal.append(lsn, &payload(lsn, 0, 200)).expect("append");
         }
-        let pending = wal.begin_commit().expect("begin").expect("a job");
-        let segments = wal.stats().segments;
-        let mut rolled_after = None;
-        while rolled_after.is_none() {
-            lsn += 1;
-            let before = lsn - 1;
-            wal.append(lsn, &payload(lsn, 0, 200)).expect("append");
-            if wal.stats().segments > segments {
-                rolled_after = Some(before);
-            }
+        let first = wal.begin_commit().expect("begin").expect("a job");
+        let rolled_after = append_until_roll(&mut wal, &mut lsn);
+        assert!(wal.roll_in_flight());
+        assert_kept(&disk.crash(seed), 0, &format!("seed {seed}, nothing run"));
+
+        first.run().expect("the first job");
+        wal.finish_commit(first.target(), Ok(())).expect("finish");
+        assert_kept(
+            &disk.crash(seed),
+            10,
+            &format!("seed {seed}, first job run"),
+        );
+
+        let second = wal.begin_commit().expect("begin").expect("a job");
+        assert_eq!(second.target(), lsn);
+        // The disk dies at one step of the second job (the old segment's range,
+        // the new header, the directory, the MANIFEST's fsync, rename, directory,
+        // the new segment's range), or just after it.
+        let at_step = seed % 8;
+        let cut = disk.clone();
+        cut.fail_at_step(at_step);
+        let ran = second.run();
+        let what = format!("seed {seed}, disk dead at step {at_step} of the roll's job");
+        let crashed = cut.crash(seed);
+        cut.clear_failures();
+        if ran.is_ok() {
+            completed += 1;
+            let last = assert_kept(&crashed, lsn, &what);
+            assert_eq!(last, lsn, "{what}");
+            let (reopened, _) = open_sim(&crashed, SEGMENT_BYTES_SMALL);
+            assert_eq!(
+                reopened.segment_names().len(),
+                2,
+                "{what}: the new segment is listed"
+            );
+        } else {
+            cut_short += 1;
+            assert_kept(&crashed, 10, &what);
         }
-        let rolled_after = rolled_after.expect("rolled");
-        let crashed = disk.crash(seed);
-        drop(pending); // never run: its sync did not happen before the cut
+        assert!(rolled_after > 10);
         drop(wal);
-        let (wal, rec) = open_sim(&crashed, SEGMENT_BYTES_SMALL);
-        assert!(
-            rec.report.last_lsn >= rolled_after,
-            "seed {seed}: the roll claimed {rolled_after} durable, recovery has {}",
-            rec.report.last_lsn
-        );
-        let got = records(&wal, 0);
-        for (l, p) in got.iter().take_while(|(l, _)| *l <= rolled_after) {
-            assert_eq!(p, &payload(*l, 0, 200), "seed {seed}: record {l}");
-        }
-        assert_eq!(
-            got.iter().filter(|(l, _)| *l <= rolled_after).count() as u64,
-            rolled_after,
-            "seed {seed}"
-        );
     }
+    // The job has seven steps (the old segment's range, the roll's five, the new
+    // segment's range): steps 0..=6 cut it short, step 7 comes after it.
+    assert_eq!((cut_short, completed), (18, 2), "the cuts fell where meant");
 }

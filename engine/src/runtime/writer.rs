@@ -509,7 +509,7 @@ impl<S: Storage> Writer<S> {
     fn durable_pending(&self) -> bool {
         self.wal
             .as_ref()
-            .is_some_and(|w| w.durable_lsn() < w.last_lsn())
+            .is_some_and(|w| w.durable_lsn() < w.last_lsn() || w.roll_in_flight())
     }
 
     /// Take in the results of commits that finished on the sync thread (`block`:
@@ -839,6 +839,24 @@ impl<S: Storage> Writer<S> {
 
     /// Publish the snapshot in flight once its file is on disk (`block`: wait for it).
     fn poll_snapshot(&mut self, block: bool) {
+        if self.snapshot_job.is_none() {
+            return;
+        }
+        if self.wal.as_ref().is_some_and(Wal::roll_in_flight) {
+            // A new segment is being listed by the sync thread, which writes the
+            // MANIFEST meanwhile: publish after it.
+            if !block {
+                return;
+            }
+            let drained = self.drain_commits();
+            if self.wal.as_ref().is_some_and(Wal::roll_in_flight) {
+                self.snapshot_job = None;
+                self.answer_snapshot_waiters(Err(drained
+                    .err()
+                    .unwrap_or_else(|| "a new segment could not be listed".into())));
+                return;
+            }
+        }
         let Some(job) = self.snapshot_job.as_ref() else {
             return;
         };
