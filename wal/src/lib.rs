@@ -106,8 +106,13 @@
 //! own range. Nothing in the new segment is acknowledged before that job ends,
 //! and the MANIFEST's log end (the last LSN before the new segment) is true when
 //! it lands. A crash before it leaves the new segment unlisted: a leftover.
-//! While a roll is in flight the MANIFEST is the commit thread's: a snapshot is
-//! published after it ([`Wal::roll_in_flight`]).
+//! A snapshot is published the same way ([`Wal::publish_snapshot`]): the
+//! appending thread renames it into place and writes the MANIFEST without what
+//! it retires to a temp file of its own; the next commit job makes the rename
+//! durable and installs that MANIFEST; the retired files are removed once that
+//! job has finished. Every MANIFEST is computed and written by the appending
+//! thread and installed by the commit thread in the same order, so a later one
+//! never lands first.
 //!
 //! # Telling a torn tail from rot: the durable watermark
 //!

@@ -29,6 +29,11 @@ pub(crate) fn roll_tmp_name(first_lsn: u64) -> String {
     format!("MANIFEST-{first_lsn:020}.tmp")
 }
 
+/// The temp file of the MANIFEST written when the snapshot of `lsn` is published.
+pub(crate) fn snapshot_tmp_name(lsn: u64) -> String {
+    format!("MANIFEST-snap-{lsn:020}.tmp")
+}
+
 /// A MANIFEST temp file (a leftover of an interrupted publication, which open removes).
 pub(crate) fn is_tmp_name(name: &str) -> bool {
     name == MANIFEST_TMP_NAME || (name.starts_with("MANIFEST-") && name.ends_with(".tmp"))

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::Error;
-use crate::format::parse_segment_name;
+use crate::format::{parse_segment_name, parse_snapshot_name};
 
 /// Handle of a mapped segment inside one [`Storage`] value.
 pub type SegmentId = usize;
@@ -622,7 +622,9 @@ impl Storage for MmapStorage {
     }
 
     fn remove(&mut self, name: &str) -> io::Result<()> {
-        if parse_segment_name(name).is_none() {
+        // Segments and snapshots are large: freeing their blocks goes to the
+        // reclaimer; small files are unlinked here.
+        if parse_segment_name(name).is_none() && parse_snapshot_name(name).is_none() {
             return fs::remove_file(self.path(name));
         }
         if self.reclaimer.is_none() {

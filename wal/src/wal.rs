@@ -186,14 +186,57 @@ impl RollStep {
     }
 }
 
+/// What makes a published snapshot part of the log: its rename (done by
+/// [`Wal::publish_snapshot`] on the appending thread) made durable, then the
+/// MANIFEST that lists it and no longer lists what it retires. The retired files
+/// are removed once the commit job carrying this step has finished.
+struct PublishStep {
+    files: Box<dyn crate::storage::FileWriter>,
+    /// `None`: the MANIFEST could not be written (a full disk); the snapshot is
+    /// published without it and nothing is retired.
+    manifest_tmp: Option<String>,
+}
+
+impl PublishStep {
+    fn run(&self) -> Result<(), Error> {
+        let io = |op| move |e| Error::io(op, e);
+        self.files.sync_dir().map_err(io("fsync data dir"))?;
+        let Some(tmp) = &self.manifest_tmp else {
+            return Ok(());
+        };
+        self.files.sync_file(tmp).map_err(io("write MANIFEST"))?;
+        self.files
+            .rename(tmp, MANIFEST_NAME)
+            .map_err(io("install MANIFEST"))?;
+        self.files.sync_dir().map_err(io("install MANIFEST"))
+    }
+}
+
+/// A change of the log's directory that the commit thread makes durable, in the
+/// order the appending thread made it: every MANIFEST is computed and written
+/// (to a temp file of its own) by the appending thread, and renamed into place
+/// by the commit thread in that same order, so a later one never lands first.
+enum Step {
+    Roll(RollStep),
+    Publish(PublishStep),
+}
+
+/// Files a published snapshot retires, removed once the MANIFEST without them
+/// is durable (the commit job carrying its [`PublishStep`] has finished).
+struct Retired {
+    /// Snapshot files below this LSN go.
+    snapshots_below: Lsn,
+    segments: Vec<Segment>,
+}
+
 /// The durable half of a group commit ([`Wal::begin_commit`]): safe to run on
 /// another thread. Jobs begun one after another may be merged and run once.
 pub struct CommitJob {
     target: Lsn,
     ranges: Vec<SyncRange>,
-    /// Segments started since the last job, oldest first: each is listed after
-    /// the ranges of the segments before it are durable, and before its own.
-    rolls: Vec<RollStep>,
+    /// Directory steps since the last job, in the order they were made. A roll
+    /// runs once the ranges of the segments before the new one are durable.
+    steps: Vec<Step>,
 }
 
 impl CommitJob {
@@ -220,24 +263,33 @@ impl CommitJob {
             }
         }
         self.ranges.sort_by_key(|r| r.first_lsn);
-        self.rolls.extend(later.rolls);
+        self.steps.extend(later.steps);
     }
 
-    /// Makes the ranges durable, older segments first, and lists each new segment
-    /// once everything before it is durable (so the MANIFEST's claim that the log
-    /// reaches the new segment's start is true when it lands).
+    /// Makes the ranges durable, older segments first, and runs the directory
+    /// steps in order; each new segment is listed once everything before it is
+    /// durable (so the MANIFEST's claim that the log reaches the new segment's
+    /// start is true when it lands).
     pub fn run(&self) -> Result<(), Error> {
-        let mut rolls = self.rolls.iter().peekable();
-        for range in &self.ranges {
-            while let Some(roll) = rolls.next_if(|r| r.first_lsn <= range.first_lsn) {
-                roll.run()?;
-            }
+        let mut ranges = self.ranges.iter().peekable();
+        let sync = |range: &SyncRange| {
             range
                 .syncer
                 .sync_range(range.from, range.to - range.from)
-                .map_err(|e| Error::io("sync", e))?;
+                .map_err(|e| Error::io("sync", e))
+        };
+        for step in &self.steps {
+            match step {
+                Step::Roll(roll) => {
+                    while let Some(range) = ranges.next_if(|r| r.first_lsn < roll.first_lsn) {
+                        sync(range)?;
+                    }
+                    roll.run()?;
+                }
+                Step::Publish(publish) => publish.run()?,
+            }
         }
-        rolls.try_for_each(RollStep::run)
+        ranges.try_for_each(sync)
     }
 }
 
@@ -268,10 +320,13 @@ pub struct Wal<S: Storage> {
     /// Records after this LSN are kept whatever the snapshots allow: a replica has
     /// not taken them yet (`Lsn::MAX`: no replica holds anything back).
     retain_after: Lsn,
-    /// Rolls not yet handed to a commit job ([`Wal::begin_commit`] takes them).
-    rolls_pending: Vec<RollStep>,
-    /// Targets of the commit jobs that carry rolls and have not finished.
-    rolls_unfinished: Vec<Lsn>,
+    /// Directory steps not yet handed to a commit job ([`Wal::begin_commit`]
+    /// takes them), and the files their snapshot publications retire.
+    steps_pending: Vec<Step>,
+    retired_pending: Vec<Retired>,
+    /// Targets of the commit jobs that carry steps and have not finished, with
+    /// the files to remove when each has.
+    steps_unfinished: Vec<(Lsn, Vec<Retired>)>,
 }
 
 /// The header slots claim the watermark at least every this many commits (each
@@ -613,8 +668,9 @@ impl<S: Storage> Wal<S> {
             staged: Vec::new(),
             staged_at: 0,
             retain_after: Lsn::MAX,
-            rolls_pending: Vec::new(),
-            rolls_unfinished: Vec::new(),
+            steps_pending: Vec::new(),
+            retired_pending: Vec::new(),
+            steps_unfinished: Vec::new(),
         };
         Ok((wal, Recovery { snapshot, report }))
     }
@@ -858,7 +914,7 @@ impl<S: Storage> Wal<S> {
     /// was appended since the last job.
     pub fn begin_commit(&mut self) -> Result<Option<CommitJob>, Error> {
         self.check_usable()?;
-        if self.last_lsn == self.commit_begun_lsn && self.rolls_pending.is_empty() {
+        if self.last_lsn == self.commit_begun_lsn && self.steps_pending.is_empty() {
             return Ok(None);
         }
         let target = self.last_lsn;
@@ -913,14 +969,15 @@ impl<S: Storage> Wal<S> {
             });
         }
         self.commit_begun_lsn = target;
-        let rolls = std::mem::take(&mut self.rolls_pending);
-        if !rolls.is_empty() {
-            self.rolls_unfinished.push(target);
+        let steps = std::mem::take(&mut self.steps_pending);
+        if !steps.is_empty() {
+            let retired = std::mem::take(&mut self.retired_pending);
+            self.steps_unfinished.push((target, retired));
         }
         Ok(Some(CommitJob {
             target,
             ranges,
-            rolls,
+            steps,
         }))
     }
 
@@ -929,6 +986,10 @@ impl<S: Storage> Wal<S> {
     pub fn finish_commit(&mut self, target: Lsn, result: Result<(), Error>) -> Result<(), Error> {
         if let Err(e) = result {
             self.poisoned = true;
+            // Nothing is in flight any more: no later job runs, nothing is removed.
+            self.steps_pending.clear();
+            self.retired_pending.clear();
+            self.steps_unfinished.clear();
             return Err(e);
         }
         assert!(
@@ -937,7 +998,16 @@ impl<S: Storage> Wal<S> {
             self.commit_begun_lsn
         );
         self.durable_lsn = self.durable_lsn.max(target);
-        self.rolls_unfinished.retain(|&t| t > target);
+        while self
+            .steps_unfinished
+            .first()
+            .is_some_and(|(t, _)| *t <= target)
+        {
+            let (_, retired) = self.steps_unfinished.remove(0);
+            for r in retired {
+                self.remove_retired(r);
+            }
+        }
         self.stats.commits += 1;
         self.stats.durable_lsn = self.durable_lsn;
         Ok(())
@@ -1050,11 +1120,6 @@ impl<S: Storage> Wal<S> {
         let Some(job) = self.begin_snapshot(lsn, bytes.to_vec())? else {
             return Ok(());
         };
-        if !self.rolls_pending.is_empty() && self.rolls_unfinished.is_empty() {
-            // A new segment waits for a commit to be listed, and the MANIFEST is
-            // written in order: list it first.
-            self.commit()?;
-        }
         let written = job.run();
         self.finish_snapshot(written)
     }
@@ -1096,9 +1161,30 @@ impl<S: Storage> Wal<S> {
         }))
     }
 
-    /// Publishes a snapshot whose temp file a [`SnapshotJob`] wrote: rename, fsync of
-    /// the directory, then pruning of old snapshots and segments.
+    /// Publishes a snapshot whose temp file a [`SnapshotJob`] wrote and makes it
+    /// durable at once: [`Wal::publish_snapshot`], then a commit that runs its
+    /// step here. For callers that run commits themselves ([`Wal::commit`]).
     pub fn finish_snapshot(
+        &mut self,
+        written: Result<WrittenSnapshot, Error>,
+    ) -> Result<(), Error> {
+        let published = self.publish_snapshot(written);
+        if self.poisoned {
+            return published;
+        }
+        self.commit()?;
+        published
+    }
+
+    /// Publishes a snapshot whose temp file a [`SnapshotJob`] wrote, without
+    /// waiting for the disk: renames it into place, keeps the newest
+    /// `snapshots_kept` snapshots and retires the segments only older ones needed,
+    /// and writes the MANIFEST that says so to a temp file of its own. The next
+    /// commit job makes it durable (directory fsync, the MANIFEST's fsync and
+    /// rename); the retired files are removed once that job has finished. A full
+    /// disk while the MANIFEST is written is [`Error::NoSpace`]: the snapshot is
+    /// published, nothing is retired, and the log stays usable.
+    pub fn publish_snapshot(
         &mut self,
         written: Result<WrittenSnapshot, Error>,
     ) -> Result<(), Error> {
@@ -1113,11 +1199,6 @@ impl<S: Storage> Wal<S> {
             }
         };
         self.check_usable()?;
-        assert!(
-            !self.roll_in_flight(),
-            "a snapshot is published only while no roll is in flight (the MANIFEST is the \
-             commit thread's meanwhile)"
-        );
         if written.lsn <= self.snapshot_lsn {
             return Err(Error::LsnNotIncreasing {
                 lsn: written.lsn,
@@ -1127,17 +1208,10 @@ impl<S: Storage> Wal<S> {
         self.storage
             .rename(&written.tmp, &written.name)
             .map_err(|e| Error::io("rename snapshot", e))?;
-        self.sync(|s| s.sync_dir(), "fsync data dir")?;
         self.snapshot_lsn = written.lsn;
         self.snapshots.push(written.lsn);
         self.stats.snapshot_lsn = written.lsn;
-        self.prune()
-    }
 
-    /// Removes snapshots beyond `snapshots_kept` and the segments only they
-    /// needed: first a MANIFEST without them (which also lists the snapshot
-    /// just published), then the files.
-    fn prune(&mut self) -> Result<(), Error> {
         let dropped = self
             .snapshots
             .len()
@@ -1159,53 +1233,58 @@ impl<S: Storage> Wal<S> {
                 .collect(),
             snapshots: self.snapshots[dropped..].to_vec(),
         };
-        self.publish_manifest(&manifest)?;
-        self.snapshots.drain(..dropped);
-        let names = self
-            .storage
-            .list()
-            .map_err(|e| Error::io("list data dir", e))?;
-        let mut changed = false;
-        for name in names
-            .iter()
-            .filter(|n| parse_snapshot_name(n).is_some_and(|l| l < oldest_kept))
-        {
-            self.storage
-                .remove(name)
-                .map_err(|e| Error::io("remove old snapshot", e))?;
-            changed = true;
-        }
-        for seg in self.segments.drain(..retired).collect::<Vec<_>>() {
-            if let Some(h) = seg.handle {
-                self.storage.close_segment(h);
+        let tmp = manifest::snapshot_tmp_name(written.lsn);
+        let files = self.storage.file_writer();
+        if let Err(e) = self.storage.write_file(&tmp, &manifest.encode()) {
+            // Best effort: a leftover temp file is removed at the next open anyway.
+            let _ = self.storage.remove(&tmp);
+            // The snapshot's rename is still made durable.
+            self.steps_pending.push(Step::Publish(PublishStep {
+                files,
+                manifest_tmp: None,
+            }));
+            if crate::is_no_space(&e) {
+                return Err(Error::NoSpace);
             }
-            self.storage
-                .remove(&seg.name)
-                .map_err(|e| Error::io("remove old segment", e))?;
-            changed = true;
+            self.poisoned = true;
+            return Err(Error::io("write MANIFEST", e));
         }
-        if changed {
-            self.sync(|s| s.sync_dir(), "fsync data dir")?;
-        }
+        self.snapshots.drain(..dropped);
+        let segments: Vec<Segment> = self.segments.drain(..retired).collect();
+        self.syncers
+            .retain(|(first, _)| segments.iter().all(|s| s.first_lsn != *first));
+        self.retired_pending.push(Retired {
+            snapshots_below: oldest_kept,
+            segments,
+        });
+        self.steps_pending.push(Step::Publish(PublishStep {
+            files,
+            manifest_tmp: Some(tmp),
+        }));
         Ok(())
     }
 
-    /// Replaces the MANIFEST. A full disk while the new one is written is
-    /// [`Error::NoSpace`] and leaves the old one in force and the log usable;
-    /// any other failure poisons the log.
-    fn publish_manifest(&mut self, manifest: &Manifest) -> Result<(), Error> {
-        match manifest::write_temp(&mut self.storage, manifest) {
-            Ok(()) => {}
-            Err(e) if crate::is_no_space(&e) => return Err(Error::NoSpace),
-            Err(e) => {
-                self.poisoned = true;
-                return Err(Error::Io {
-                    op: "write MANIFEST",
-                    source: e,
-                });
+    /// Removes what a published snapshot retired, now that the MANIFEST without it
+    /// is durable. A failure leaves a file behind, not a problem: an old snapshot
+    /// goes with the next publication, a segment before the log is a leftover that
+    /// open removes. The removals become durable with the next directory fsync
+    /// (a later roll's or publication's); until then a crash only brings such
+    /// leftovers back.
+    fn remove_retired(&mut self, retired: Retired) {
+        if let Ok(names) = self.storage.list() {
+            for name in names
+                .iter()
+                .filter(|n| parse_snapshot_name(n).is_some_and(|l| l < retired.snapshots_below))
+            {
+                let _ = self.storage.remove(name);
             }
         }
-        self.sync(manifest::install, "install MANIFEST")
+        for seg in retired.segments {
+            if let Some(h) = seg.handle {
+                self.storage.close_segment(h);
+            }
+            let _ = self.storage.remove(&seg.name);
+        }
     }
 
     fn sync(
@@ -1330,21 +1409,20 @@ impl<S: Storage> Wal<S> {
         let left_first_lsn = self.segments.last().map_or(lsn, |s| s.first_lsn);
         self.syncers.retain(|(first, _)| *first >= left_first_lsn);
         self.syncers.push((lsn, Arc::clone(&header_syncer)));
-        self.rolls_pending.push(RollStep {
+        self.steps_pending.push(Step::Roll(RollStep {
             first_lsn: lsn,
             header: header_syncer,
             files: self.storage.file_writer(),
             manifest_tmp,
-        });
+        }));
         self.segments.push(segment);
         Ok(())
     }
 
-    /// Whether a segment started by a roll is not listed in the MANIFEST yet (its
-    /// [`RollStep`] waits for, or runs in, a commit job). The MANIFEST is then the
-    /// commit thread's to write: publishing a snapshot waits until this is false.
-    pub fn roll_in_flight(&self) -> bool {
-        !self.rolls_pending.is_empty() || !self.rolls_unfinished.is_empty()
+    /// Whether a roll or a snapshot publication is not durable yet (its step
+    /// waits for, or runs in, a commit job).
+    pub fn steps_in_flight(&self) -> bool {
+        !self.steps_pending.is_empty() || !self.steps_unfinished.is_empty()
     }
 }
 

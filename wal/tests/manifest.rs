@@ -565,13 +565,17 @@ fn crash_at_every_step_of_segment_retirement_recovers_without_a_false_alarm() {
         (d.op_count() - before, segments - wal.segment_names().len())
     };
     assert!(retired >= 2, "the snapshot retires segments: {retired}");
+    let mut failed = 0;
     for step in 0..=steps {
         for seed in 0..8 {
             let d = base.fork();
             let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
             d.fail_at_step(step);
             let ok = wal.write_snapshot(1100, &snapshot_body(1100)).is_ok();
-            assert_eq!(ok, step == steps, "step {step}");
+            // A failure up to the MANIFEST's installation fails the publication; one
+            // while the retired files are removed leaves them for open to remove.
+            assert!(ok || step < steps, "step {step}");
+            failed += u32::from(!ok);
             drop(wal);
             let after = d.crash(seed);
             let ctx = format!("step {step} seed {seed}");
@@ -597,6 +601,10 @@ fn crash_at_every_step_of_segment_retirement_recovers_without_a_false_alarm() {
             );
         }
     }
+    assert!(
+        failed >= 8 * 5,
+        "the cuts hit the publication's own steps: {failed}"
+    );
 }
 
 /// The simulated disk, through the Storage trait: a listed segment removed is

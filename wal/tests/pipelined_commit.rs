@@ -58,7 +58,7 @@ fn a_roll_is_listed_by_the_commit_job_after_it_and_claims_nothing_before() {
         }
         let first = wal.begin_commit().expect("begin").expect("a job");
         let rolled_after = append_until_roll(&mut wal, &mut lsn);
-        assert!(wal.roll_in_flight());
+        assert!(wal.steps_in_flight());
         assert_kept(&disk.crash(seed), 0, &format!("seed {seed}, nothing run"));
 
         first.run().expect("the first job");
@@ -101,4 +101,94 @@ fn a_roll_is_listed_by_the_commit_job_after_it_and_claims_nothing_before() {
     // The job has seven steps (the old segment's range, the roll's five, the new
     // segment's range): steps 0..=6 cut it short, step 7 comes after it.
     assert_eq!((cut_short, completed), (18, 2), "the cuts fell where meant");
+}
+
+/// A snapshot published without waiting (its rename and MANIFEST are a step of
+/// the next commit job), then a roll before that job runs: the job installs the
+/// two MANIFESTs in the order they were made. With the disk dying at each of
+/// the job's steps, open always succeeds (no listed file missing, no segment
+/// listed before its header is durable), and keeps every record after the
+/// snapshot it loads; once the job has run, the new snapshot and the new segment
+/// are both in force.
+#[test]
+fn a_publication_then_a_roll_land_in_order_whatever_the_cut() {
+    let base = SimStorage::new();
+    let mut lsn = 0;
+    let lsn_at_first_snapshot = {
+        let (mut wal, _) = open_sim(&base, SEGMENT_BYTES_SMALL);
+        append_until_roll(&mut wal, &mut lsn); // the first segment, from nothing
+        let first_segment_end = append_until_roll(&mut wal, &mut lsn);
+        let second_segment_end = append_until_roll(&mut wal, &mut lsn);
+        append_until_roll(&mut wal, &mut lsn);
+        wal.commit().expect("commit");
+        // Two snapshots kept: the next one retires the second segment and the
+        // first snapshot.
+        for at in [first_segment_end, second_segment_end] {
+            wal.write_snapshot(at, format!("state at {at}").as_bytes())
+                .expect("snapshot");
+        }
+        second_segment_end
+    };
+    let first_snapshot_lsn = lsn_at_first_snapshot;
+    let (mut cut_short, mut completed) = (0, 0);
+    for at_step in 0..16u64 {
+        let disk = base.fork();
+        let (mut wal, rec) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+        let mut lsn = rec.report.last_lsn;
+        let snapshot_lsn = lsn;
+        let job = wal
+            .begin_snapshot(
+                snapshot_lsn,
+                format!("state at {snapshot_lsn}").into_bytes(),
+            )
+            .expect("begin")
+            .expect("a job");
+        let segments_at_open = wal.segment_names().len();
+        wal.publish_snapshot(job.run()).expect("published");
+        let segments_before = wal.segment_names().len();
+        assert!(
+            segments_before < segments_at_open,
+            "the snapshot retires segments"
+        );
+        append_until_roll(&mut wal, &mut lsn);
+        let commit = wal.begin_commit().expect("begin").expect("a job");
+        disk.fail_at_step(at_step);
+        let ran = commit.run();
+        let what = format!("disk dead at step {at_step} of the job");
+        let crashed = disk.crash(at_step);
+        disk.clear_failures();
+        let (reopened, rec) =
+            match surge_wal::Wal::open(crashed, common::config(SEGMENT_BYTES_SMALL)) {
+                Ok(x) => x,
+                Err(e) => panic!("{what}: {e}"),
+            };
+        let loaded = rec.snapshot.as_ref().map_or(0, |s| s.0);
+        assert!(
+            loaded == first_snapshot_lsn || loaded == snapshot_lsn,
+            "{what}: snapshot {loaded}"
+        );
+        let got = records(&reopened, loaded);
+        // Everything durable before the job survives, from whichever snapshot.
+        assert!(rec.report.last_lsn >= snapshot_lsn, "{what}");
+        for (i, (l, p)) in got.iter().enumerate() {
+            assert_eq!(*l, loaded + 1 + i as u64, "{what}: no gap");
+            assert_eq!(p, &payload(*l, 0, 200), "{what}: record {l}");
+        }
+        if ran.is_ok() {
+            completed += 1;
+            assert_eq!(loaded, snapshot_lsn, "{what}");
+            assert_eq!(rec.report.last_lsn, lsn, "{what}");
+            assert_eq!(
+                reopened.segment_names().len(),
+                segments_before + 1,
+                "{what}: retired segments gone, the new one listed"
+            );
+        } else {
+            cut_short += 1;
+        }
+    }
+    assert!(
+        cut_short >= 5 && completed >= 1,
+        "cuts: {cut_short} short, {completed} after"
+    );
 }

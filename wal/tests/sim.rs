@@ -253,15 +253,18 @@ fn snapshot_failure_or_crash_at_any_step_leaves_a_loadable_snapshot_and_consiste
     };
     assert!(
         steps >= 6,
-        "temp write, fsync, rename, dir fsync, removals, dir fsync: {steps}"
+        "temp write, fsync, rename, MANIFEST, dir fsyncs, removals: {steps}"
     );
+    let mut failed = 0;
     for step in 0..=steps {
         for seed in 0..6 {
             let d = base.fork();
             let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
             d.fail_at_step(step);
             let result = wal.write_snapshot(800, &snapshot_body(800));
-            assert_eq!(result.is_ok(), step == steps, "step {step}");
+            // A failure while retired files are removed leaves them for open.
+            assert!(result.is_ok() || step < steps, "step {step}");
+            failed += u32::from(result.is_err());
             let after = d.crash(seed);
             let (wal, rec) = open_sim(&after, SEGMENT_BYTES_SMALL);
             let (snap_lsn, body) = rec.snapshot.expect("a snapshot survives");
@@ -285,6 +288,10 @@ fn snapshot_failure_or_crash_at_any_step_leaves_a_loadable_snapshot_and_consiste
             }
         }
     }
+    assert!(
+        failed >= 6 * 6,
+        "the cuts hit the publication's own steps: {failed}"
+    );
 }
 
 #[test]

@@ -509,7 +509,7 @@ impl<S: Storage> Writer<S> {
     fn durable_pending(&self) -> bool {
         self.wal
             .as_ref()
-            .is_some_and(|w| w.durable_lsn() < w.last_lsn() || w.roll_in_flight())
+            .is_some_and(|w| w.durable_lsn() < w.last_lsn() || w.steps_in_flight())
     }
 
     /// Take in the results of commits that finished on the sync thread (`block`:
@@ -839,24 +839,6 @@ impl<S: Storage> Writer<S> {
 
     /// Publish the snapshot in flight once its file is on disk (`block`: wait for it).
     fn poll_snapshot(&mut self, block: bool) {
-        if self.snapshot_job.is_none() {
-            return;
-        }
-        if self.wal.as_ref().is_some_and(Wal::roll_in_flight) {
-            // A new segment is being listed by the sync thread, which writes the
-            // MANIFEST meanwhile: publish after it.
-            if !block {
-                return;
-            }
-            let drained = self.drain_commits();
-            if self.wal.as_ref().is_some_and(Wal::roll_in_flight) {
-                self.snapshot_job = None;
-                self.answer_snapshot_waiters(Err(drained
-                    .err()
-                    .unwrap_or_else(|| "a new segment could not be listed".into())));
-                return;
-            }
-        }
         let Some(job) = self.snapshot_job.as_ref() else {
             return;
         };
@@ -878,19 +860,32 @@ impl<S: Storage> Writer<S> {
             // Pruning keeps what the replicated log does not hold yet.
             wal.retain_after(self.shared.stats.published_lsn.load(Ordering::Acquire));
         }
-        let result = wal
-            .finish_snapshot(written)
+        // The rename and the MANIFEST are made durable by the next commit job, on
+        // the sync thread; the writer does not wait for them.
+        let mut result = wal
+            .publish_snapshot(written)
             .map(|()| lsn)
             .map_err(|e| e.to_string());
-        match &result {
-            Ok(_) => {
-                let stats = &self.shared.stats;
-                stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
-                stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
-                stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        let poisoned = wal.is_poisoned();
+        if let Err(e) = &result
+            && poisoned
+        {
+            self.fail_stop(format!("snapshot failed: {e}"));
+        }
+        if !poisoned {
+            self.hand_over(true, &mut Vec::new(), Vec::new());
+            if result.is_ok() && !self.snapshot_waiting.is_empty() {
+                // Someone asked for this snapshot: answer once it is durable.
+                if let Err(why) = self.drain_commits() {
+                    result = Err(why);
+                }
             }
-            Err(e) if wal.is_poisoned() => self.fail_stop(format!("snapshot failed: {e}")),
-            Err(_) => {}
+        }
+        if result.is_ok() {
+            let stats = &self.shared.stats;
+            stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
+            stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
+            stats.snapshots.fetch_add(1, Ordering::Relaxed);
         }
         self.answer_snapshot_waiters(result);
     }
