@@ -317,11 +317,15 @@ fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is
             ))
         })
         .collect();
-    let urls = ports
-        .iter()
-        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    // The client URLs of these nodes, as SURGE_REPLICATE_TO / SURGE_STANDBY take them.
+    let urls_of = |nodes: &[(u16, u16)]| {
+        nodes
+            .iter()
+            .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let urls = urls_of(&ports);
     let dir = TempDir::new("cluster-leader");
     let leader = Server::spawn_with(
         &dir.data(),
@@ -358,11 +362,7 @@ fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is
     });
     // Everything acknowledged is in the stream: a fresh standby on the two remaining
     // nodes rebuilds it.
-    let remaining = ports[1..]
-        .iter()
-        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let remaining = urls_of(&ports[1..]);
     let standby_dir = TempDir::new("cluster-standby");
     let standby = Server::start_with(
         &standby_dir.data(),
