@@ -1,1 +1,1 @@
-//! Root package of the surge workspace: it owns `benches/` and `tests/`.
+//! Root package of the surge workspace: it owns `benches/` and `examples/`.

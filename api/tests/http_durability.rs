@@ -10,7 +10,6 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant};
 
 use common::{ADMIN, STOREFRONT, Server, TempDir, open_sse, read_sse, request};
 use serde_json::Value;
@@ -210,11 +209,9 @@ fn kill_9_under_load_keeps_every_acknowledged_write() {
             std::thread::spawn(move || worker(addr, w, &stop, &acked, &known))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked.load(Ordering::Relaxed) < 600 {
-        assert!(Instant::now() < deadline, "the load did not get going");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::eventually("the load to get going", || {
+        acked.load(Ordering::Relaxed) >= 600
+    });
     // The feed as seen by a consumer, a moment before the kill, under load.
     let events_before = s.all_events();
     assert!(!events_before.is_empty());
@@ -394,11 +391,9 @@ fn sigterm_under_load_snapshots_and_replays_nothing() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count.load(Ordering::Relaxed) < 200 {
-        assert!(Instant::now() < deadline, "the load did not get going");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::eventually("the load to get going", || {
+        count.load(Ordering::Relaxed) >= 200
+    });
     let status = s.sigterm_and_wait();
     assert!(status.success(), "exit status {status:?}");
     for w in writers {

@@ -17,16 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    OPERATOR, Resp, STOREFRONT, Server, TempDir, VIEWER, now_ms, parse_rfc3339_ms, request,
-    rfc3339_ms,
+    OPERATOR, Resp, STOREFRONT, Server, TempDir, VIEWER, eventually, now_ms, parse_rfc3339_ms,
+    request, rfc3339_ms,
 };
 use rand_core::{Rng as _, SeedableRng};
 use rand_xoshiro::SplitMix64;
 use serde_json::{Value, json};
 
 const PRICE: u64 = 100;
-/// Bound of every poll of this file.
-const POLL_DEADLINE: Duration = Duration::from_secs(30);
 
 fn define_sale(s: &Server, sku: &str, body: Value) -> Resp {
     s.admin("PUT", &format!("/v1/skus/{sku}"), Some(&body.to_string()))
@@ -143,16 +141,6 @@ fn assert_over_limit(p: &Value, sku: &str, limit: u64, already: u64, requested: 
 fn assert_validation(r: &Resp, status: u16, field: &str) {
     r.assert_problem(status, "validation_failed");
     assert_eq!(r.json()["field"], field, "{}", r.body);
-}
-
-/// Poll `done` (bounded) until it is true.
-#[track_caller]
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + POLL_DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `n` clients, each on its own thread and its own connection, released together by
@@ -576,7 +564,7 @@ fn units_that_come_back_count_back() {
     let unpaid = created(post(&s, STOREFRONT, "/v1/orders", &unpaid));
     assert_eq!(counted(&s, "L", "exp"), (2, 2));
     assert_eq!(counted(&s, "L", "oexp"), (2, 2));
-    wait_until("the hold and the order to expire", || {
+    eventually("the hold and the order to expire", || {
         counted(&s, "L", "exp").0 == 0 && counted(&s, "L", "oexp").0 == 0
     });
     let hold_id = hold["id"].as_str().unwrap();
@@ -1249,7 +1237,7 @@ fn counts_are_exact_after_kill_9_in_the_middle_of_a_limited_sale() {
             })
             .collect();
         // Kill in the middle of the sale, while every client is sending.
-        wait_until("400 answers before the kill", || {
+        eventually("400 answers before the kill", || {
             acked.load(Ordering::SeqCst) >= 400
         });
         s.kill_9();

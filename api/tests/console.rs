@@ -4,7 +4,8 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); the test
 //! fails, loudly, when they are missing. `CHROMIUM` / `CHROMEDRIVER` override the
-//! paths. Screenshots of every step land in `target/console-screenshots/`.
+//! paths. Screenshots of every step land in `console-screenshots/` of the target
+//! directory (`target/console-screenshots/` by default).
 //!
 //! Every wait polls the page or the API until a bounded deadline; no fixed sleeps.
 #![allow(
@@ -13,21 +14,20 @@
 )]
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
 
 mod common;
 
-use common::{Resp, TempDir};
+use common::{Resp, TempDir, find_program, free_port, wait_for};
 
 const ADMIN_TOKEN: &str = "console-admin-secret";
 const OPERATOR_TOKEN: &str = "console-operator-secret";
-const DEADLINE: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ the server
 
@@ -99,27 +99,14 @@ impl Server {
 
 // ------------------------------------------------------------------ the browser
 
-fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for name in names {
-        for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Some(candidate);
-            }
-        }
-    }
-    None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// `console-screenshots/` in the target directory (`target/<profile>/surge` is the
+/// binary under test).
+fn screenshots_dir() -> PathBuf {
+    let target = common::surge_binary()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/surge");
+    target.join("console-screenshots")
 }
 
 /// ChromeDriver plus one headless Chromium session, driven with `fantoccini` from
@@ -165,7 +152,7 @@ impl Browser {
             runtime,
             client: None,
             _profile: TempDir::new("profile"),
-            shots: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots"),
+            shots: screenshots_dir(),
         };
         wait_for("chromedriver /status", || {
             common::request(addr, "GET", "/status", &[], None)
@@ -335,18 +322,6 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
-    }
-}
-
-/// Poll `probe` until it yields, or fail after [`DEADLINE`].
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

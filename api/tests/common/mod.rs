@@ -1,19 +1,20 @@
-//! Shared helpers of the black-box tests: spawn the real `surge` binary on a free
-//! loopback port with a temporary data dir (`tempfile`), and talk to it over HTTP/1.1
-//! with `ureq` (one connection per request), its JSON read with `serde_json` and its
-//! event stream with a `text/event-stream` parser.
-//!
-//! The binary is `target/<profile>/surge` next to the test executable; the first
-//! server of a test process runs `cargo build -p surge-api --bin surge` so that it is
-//! never stale.
+//! The one home of the black-box tests' fixtures: the real `surge` binary (cargo
+//! builds it for this package's tests and names it in `CARGO_BIN_EXE_surge`) started
+//! on a free loopback port with a temporary data dir (`tempfile`), waited for, and
+//! stopped; nats-server for the replication tests ([`nats`]); other programs found on
+//! PATH; bounded polling; and HTTP/1.1 to the server with `ureq` (one connection per
+//! request), its JSON read with `serde_json` and its event stream with a
+//! `text/event-stream` parser.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: an unwrap that fails is a failing test"
 )]
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -30,32 +31,108 @@ pub const TOKENS: &str =
     "admin:adm-secret,operator:op-secret,storefront:sf-secret,viewer:vw-secret";
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`wait_for`] and [`eventually`] poll before the test fails.
+pub const POLL_DEADLINE: Duration = Duration::from_secs(30);
+const POLL_EVERY: Duration = Duration::from_millis(20);
 
-pub fn surge_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CARGO_BIN_EXE_surge") {
-        return PathBuf::from(path);
-    }
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/surge
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let binary = profile_dir.join(format!("surge{}", std::env::consts::EXE_SUFFIX));
-    // Always ask cargo: a no-op when the binary is fresh, and `cargo test -p surge`
-    // alone does not rebuild another package's binary. Once per test process.
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--quiet", "-p", "surge-api", "--bin", "surge"]);
-        build.current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build -p surge-api failed");
+/// The `surge` binary of this build (cargo builds it before the tests run).
+pub fn surge_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_surge"))
+}
+
+/// `surge --listen LISTEN --data-dir DATA_DIR`, with the surge settings of the
+/// environment the tests run in removed, so only what a test names reaches it.
+pub fn surge_command(listen: &str, data_dir: &Path) -> Command {
+    let mut command = Command::new(surge_binary());
+    command
+        .args(["--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .env_remove("SURGE_TOKENS")
+        .env_remove("SURGE_TOKENS_FILE")
+        .env_remove("SURGE_LISTEN")
+        .env_remove("SURGE_DATA_DIR")
+        .env_remove("SURGE_DURABILITY")
+        .env_remove("SURGE_LOG_FORMAT")
+        .env_remove("SURGE_DEMO");
+    command
+}
+
+/// Run `command` (from [`surge_command`]) expecting surge to refuse to start: it must
+/// exit, unsuccessfully, within [`STARTUP_DEADLINE`]. Its stderr.
+pub fn refused_start(mut command: Command) -> String {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning surge");
+    // Drain stderr beside the wait, so a chatty server never blocks on the pipe.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        stderr.read_to_end(&mut text).unwrap();
+        String::from_utf8_lossy(&text).into_owned()
     });
-    binary
+    let exited = poll(STARTUP_DEADLINE, || child.try_wait().unwrap());
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("surge kept running where it should refuse to start");
+    };
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "surge exited {status:?}: {stderr}");
+    stderr
+}
+
+/// A free loopback port: bind port 0, read it, let it go.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The program the environment variable `env` names, else the first of `names` in a
+/// directory of PATH, `/usr/bin` or `~/.local/bin`.
+pub fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/bin"));
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .chain(home)
+        .collect();
+    names
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Call `probe` every 20 ms until it yields, for at most `within`.
+pub fn poll<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Poll `probe` until it yields, or fail after [`POLL_DEADLINE`].
+#[track_caller]
+pub fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll(POLL_DEADLINE, probe).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Poll until `done` holds, or fail after [`POLL_DEADLINE`].
+#[track_caller]
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    wait_for(what, || done().then_some(()));
 }
 
 /// A fresh directory under the system temp dir (`tempfile` makes and removes it),
@@ -104,18 +181,10 @@ impl Server {
     pub fn spawn_with(data_dir: &Path, log_name: &str, env: &[(&str, &str)]) -> Server {
         let stderr_path = data_dir.with_extension(format!("{log_name}.log"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut command = Command::new(surge_binary());
+        let mut command = surge_command("127.0.0.1:0", data_dir);
         command
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
             .env("SURGE_TOKENS", TOKENS)
             .env("RUST_LOG", "info")
-            .env_remove("SURGE_TOKENS_FILE")
-            .env_remove("SURGE_LISTEN")
-            .env_remove("SURGE_DATA_DIR")
-            .env_remove("SURGE_DURABILITY")
-            .env_remove("SURGE_LOG_FORMAT")
-            .env_remove("SURGE_DEMO")
             .stdout(Stdio::piped())
             .stderr(stderr);
         for (k, v) in env {
@@ -141,20 +210,16 @@ impl Server {
 
     /// Wait until `/readyz` answers 200.
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Ok(r) = request(self.addr, "GET", "/readyz", &[], None)
-                && r.status == 200
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "surge not ready in time: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let ready = poll(STARTUP_DEADLINE, || {
+            request(self.addr, "GET", "/readyz", &[], None)
+                .is_ok_and(|r| r.status == 200)
+                .then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "surge not ready in time: {}",
+            self.stderr()
+        );
     }
 
     pub fn stderr(&self) -> String {
@@ -240,17 +305,8 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "surge did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(STARTUP_DEADLINE, || self.child.try_wait().unwrap())
+            .expect("surge did not stop after SIGTERM")
     }
 }
 

@@ -1,11 +1,9 @@
 //! Black-box tests of the real `surge` binary: spawned on a free loopback port with a
-//! temporary data dir, driven over plain HTTP/1.1 (helpers in `tests/common`).
+//! temporary data dir, driven over plain HTTP/1.1 (helpers in `api/tests/common`).
 
 mod common;
 
-use std::process::Command;
-
-use common::{ADMIN, STOREFRONT, Server, TempDir, surge_binary};
+use common::{ADMIN, STOREFRONT, Server, TempDir, refused_start, surge_command};
 
 fn admin_json(s: &Server, method: &str, path: &str, body: &str) -> common::Resp {
     s.call(method, path, &[("Authorization", ADMIN)], Some(body))
@@ -222,14 +220,6 @@ fn sse_resumes_from_last_event_id_without_gaps_or_repeats() {
 #[test]
 fn refuses_a_public_address_without_tokens() {
     let dir = TempDir::new("open");
-    let output = Command::new(surge_binary())
-        .args(["--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env_remove("SURGE_TOKENS")
-        .env_remove("SURGE_TOKENS_FILE")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(surge_command("0.0.0.0:0", &dir.data()));
     assert!(stderr.contains("without tokens"), "{stderr}");
 }

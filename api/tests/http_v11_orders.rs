@@ -426,19 +426,14 @@ fn delay_alerts_and_review_holds_follow_the_logged_policy() {
     let id = o["id"].as_str().unwrap().to_string();
     pay(&server, &id, PRICE);
     // The timer flags it once the SLA runs out: wait for the event, bounded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let delayed = loop {
-        let events = server.all_events();
-        let found: Vec<Value> = events
+    let delayed = common::wait_for("order.delayed", || {
+        let found: Vec<Value> = server
+            .all_events()
             .into_iter()
             .filter(|e| e["type"] == "order.delayed")
             .collect();
-        if !found.is_empty() {
-            break found;
-        }
-        assert!(std::time::Instant::now() < deadline, "no order.delayed");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+        (!found.is_empty()).then_some(found)
+    });
     assert_eq!(delayed.len(), 1);
     assert_eq!(delayed[0]["order_id"], id.as_str());
     let list = server

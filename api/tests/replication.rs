@@ -2,121 +2,16 @@
 //! standby as real `surge` processes, promotion and fencing, NATS down, and the
 //! event stream read by a durable consumer.
 //!
-//! nats-server comes from `SURGE_NATS_SERVER` or PATH (`.ci/setup` installs it).
+//! nats-server comes from `SURGE_NATS_SERVER` or PATH (`.ci/setup` installs it);
+//! `common::nats` starts it.
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{STOREFRONT, Server, TempDir};
-
-fn nats_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SURGE_NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        PathBuf::from(home).join(".local/bin/nats-server")
-    })
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// A nats-server with JetStream on a loopback port, stopped on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-}
-
-impl Nats {
-    fn start(store: &TempDir) -> Nats {
-        Nats::start_on(free_port(), store)
-    }
-
-    fn start_on(port: u16, store: &TempDir) -> Nats {
-        let child = Command::new(nats_binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path().join("jetstream"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning nats-server (see .ci/setup)");
-        let nats = Nats { child, port };
-        nats.wait_listening();
-        nats
-    }
-
-    /// One node of a JetStream cluster named `surge` whose routes are `routes`.
-    fn start_clustered(
-        name: &str,
-        port: u16,
-        cluster_port: u16,
-        routes: &str,
-        store: &TempDir,
-    ) -> Nats {
-        let child = Command::new(nats_binary())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-n",
-                name,
-            ])
-            .args(["--cluster_name", "surge", "--cluster"])
-            .arg(format!("nats://127.0.0.1:{cluster_port}"))
-            .args(["--routes", routes, "-sd"])
-            .arg(store.path().join(name))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning nats-server (see .ci/setup)");
-        let nats = Nats { child, port };
-        nats.wait_listening();
-        nats
-    }
-
-    fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Poll (bounded) until `done` holds; the servers get there on their own.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use common::nats::Nats;
+use common::{STOREFRONT, Server, TempDir, eventually, free_port};
 
 fn reserve(server: &Server) -> common::Resp {
     server.as_(
@@ -246,28 +141,9 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
 
 /// Run surge on `dir`'s data dir expecting it to refuse to start; its stderr.
 fn exits_with(dir: &TempDir, env: &[(&str, &str)]) -> String {
-    let mut command = Command::new(common::surge_binary());
-    command
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.data())
-        .env_remove("SURGE_DURABILITY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("spawning surge");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("surge kept running on a data dir it should refuse");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    assert!(!output.status.success());
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let mut command = common::surge_command("127.0.0.1:0", &dir.data());
+    command.envs(env.iter().copied());
+    common::refused_start(command)
 }
 
 #[test]
@@ -441,11 +317,15 @@ fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is
             ))
         })
         .collect();
-    let urls = ports
-        .iter()
-        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    // The client URLs of these nodes, as SURGE_REPLICATE_TO / SURGE_STANDBY take them.
+    let urls_of = |nodes: &[(u16, u16)]| {
+        nodes
+            .iter()
+            .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let urls = urls_of(&ports);
     let dir = TempDir::new("cluster-leader");
     let leader = Server::spawn_with(
         &dir.data(),
@@ -482,11 +362,7 @@ fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is
     });
     // Everything acknowledged is in the stream: a fresh standby on the two remaining
     // nodes rebuilds it.
-    let remaining = ports[1..]
-        .iter()
-        .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let remaining = urls_of(&ports[1..]);
     let standby_dir = TempDir::new("cluster-standby");
     let standby = Server::start_with(
         &standby_dir.data(),

@@ -265,15 +265,9 @@ fn a_bad_token_name_stops_start_up_with_a_clear_error() {
         format!("operator tk-1 ok\nviewer tk-2 {}\n", "n".repeat(33)),
     )
     .unwrap();
-    let out = std::process::Command::new(common::surge_binary())
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.data())
-        .env("SURGE_TOKENS_FILE", &tokens_file)
-        .env_remove("SURGE_TOKENS")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut command = common::surge_command("127.0.0.1:0", &dir.data());
+    command.env("SURGE_TOKENS_FILE", &tokens_file);
+    let stderr = common::refused_start(command);
     assert!(
         stderr.contains("tokens file line 2") && stderr.contains("1..=32 bytes"),
         "{stderr}"
