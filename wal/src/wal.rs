@@ -176,14 +176,19 @@ impl RollStep {
             .map_err(io("fsync new segment"))?;
         // The segment's name before a MANIFEST that lists it.
         self.files.sync_dir().map_err(io("fsync data dir"))?;
-        self.files
-            .sync_file(&self.manifest_tmp)
-            .map_err(io("write MANIFEST"))?;
-        self.files
-            .rename(&self.manifest_tmp, MANIFEST_NAME)
-            .map_err(io("install MANIFEST"))?;
-        self.files.sync_dir().map_err(io("install MANIFEST"))
+        install_manifest(self.files.as_ref(), &self.manifest_tmp)
     }
+}
+
+/// Makes a MANIFEST temp file durable and renames it into place, durably.
+fn install_manifest(files: &dyn crate::storage::FileWriter, tmp: &str) -> Result<(), Error> {
+    files
+        .sync_file(tmp)
+        .map_err(|e| Error::io("write MANIFEST", e))?;
+    files
+        .rename(tmp, MANIFEST_NAME)
+        .and_then(|()| files.sync_dir())
+        .map_err(|e| Error::io("install MANIFEST", e))
 }
 
 /// What makes a published snapshot part of the log: its rename (done by
@@ -199,16 +204,13 @@ struct PublishStep {
 
 impl PublishStep {
     fn run(&self) -> Result<(), Error> {
-        let io = |op| move |e| Error::io(op, e);
-        self.files.sync_dir().map_err(io("fsync data dir"))?;
-        let Some(tmp) = &self.manifest_tmp else {
-            return Ok(());
-        };
-        self.files.sync_file(tmp).map_err(io("write MANIFEST"))?;
         self.files
-            .rename(tmp, MANIFEST_NAME)
-            .map_err(io("install MANIFEST"))?;
-        self.files.sync_dir().map_err(io("install MANIFEST"))
+            .sync_dir()
+            .map_err(|e| Error::io("fsync data dir", e))?;
+        match &self.manifest_tmp {
+            Some(tmp) => install_manifest(self.files.as_ref(), tmp),
+            None => Ok(()),
+        }
     }
 }
 
