@@ -499,7 +499,7 @@ pub struct OrderView {
     pub order_no: Arc<str>,
     pub customer_id: Arc<str>,
     pub status: OrderStatus,
-    /// Inline up to two lines (see [`crate::Few`]); encoded as a `Vec`.
+    /// Inline up to three lines (see [`crate::Few`]); encoded as a `Vec`.
     pub lines: crate::Few<OrderLineView>,
     pub total: u64,
     pub payment: PaymentView,
@@ -507,7 +507,7 @@ pub struct OrderView {
     pub created_at_ms: Millis,
     pub updated_at_ms: Millis,
     pub tracking_no: String,
-    /// Inline up to two entries (see [`crate::Few`]); encoded as a `Vec`.
+    /// Inline up to three entries (see [`crate::Few`]); encoded as a `Vec`.
     pub history: crate::Few<HistoryView>,
     pub cancellation: Option<CancellationView>,
     /// Set once returned: whether the units went back to stock, and why. Boxed:

@@ -1,4 +1,4 @@
-//! [`Few`]: a list that keeps up to two items inline and more on the heap.
+//! [`Few`]: a list that keeps up to three items inline and more on the heap.
 //!
 //! An order view is built for every order answer (create, pay, cancel...) and
 //! dropped once the answer is written; most orders have one line and a few history
@@ -14,7 +14,7 @@ use bincode::enc::Encoder;
 use bincode::error::{DecodeError, EncodeError};
 use bincode::{BorrowDecode, Decode, Encode};
 
-/// Up to two items inline, more in a vector. Compares, prints and encodes as the
+/// Up to three items inline, more in a vector. Compares, prints and encodes as the
 /// slice of its items, however they are kept.
 #[derive(Clone)]
 pub struct Few<T>(Repr<T>);
@@ -23,7 +23,8 @@ pub struct Few<T>(Repr<T>);
 enum Repr<T> {
     One([T; 1]),
     Two([T; 2]),
-    /// None (without allocating) or more than two (or decoded: kept as read).
+    Three([T; 3]),
+    /// None (without allocating) or more than three (or decoded: kept as read).
     Heap(Vec<T>),
 }
 
@@ -36,6 +37,7 @@ impl<T> Few<T> {
         match &self.0 {
             Repr::One(a) => a,
             Repr::Two(a) => a,
+            Repr::Three(a) => a,
             Repr::Heap(v) => v,
         }
     }
@@ -44,16 +46,18 @@ impl<T> Few<T> {
         match &mut self.0 {
             Repr::One(a) => a,
             Repr::Two(a) => a,
+            Repr::Three(a) => a,
             Repr::Heap(v) => v,
         }
     }
 
-    /// `f` of each item of `items`, inline when there are two or fewer: built in
+    /// `f` of each item of `items`, inline when there are three or fewer: built in
     /// place, no allocation.
     pub fn map_slice<S>(items: &[S], mut f: impl FnMut(&S) -> T) -> Few<T> {
         Few(match items {
             [a] => Repr::One([f(a)]),
             [a, b] => Repr::Two([f(a), f(b)]),
+            [a, b, c] => Repr::Three([f(a), f(b), f(c)]),
             _ => Repr::Heap(items.iter().map(f).collect()),
         })
     }
@@ -71,6 +75,7 @@ impl<T> Few<T> {
         match self.0 {
             Repr::One(a) => Vec::from(a),
             Repr::Two(a) => Vec::from(a),
+            Repr::Three(a) => Vec::from(a),
             Repr::Heap(v) => v,
         }
     }
@@ -129,6 +134,7 @@ impl<T> IntoIterator for Few<T> {
         IntoIter(match self.0 {
             Repr::One(a) => IterRepr::One(a.into_iter()),
             Repr::Two(a) => IterRepr::Two(a.into_iter()),
+            Repr::Three(a) => IterRepr::Three(a.into_iter()),
             Repr::Heap(v) => IterRepr::Heap(v.into_iter()),
         })
     }
@@ -140,6 +146,7 @@ pub struct IntoIter<T>(IterRepr<T>);
 enum IterRepr<T> {
     One(std::array::IntoIter<T, 1>),
     Two(std::array::IntoIter<T, 2>),
+    Three(std::array::IntoIter<T, 3>),
     Heap(std::vec::IntoIter<T>),
 }
 
@@ -149,6 +156,7 @@ impl<T> Iterator for IntoIter<T> {
         match &mut self.0 {
             IterRepr::One(i) => i.next(),
             IterRepr::Two(i) => i.next(),
+            IterRepr::Three(i) => i.next(),
             IterRepr::Heap(i) => i.next(),
         }
     }
@@ -156,6 +164,7 @@ impl<T> Iterator for IntoIter<T> {
         let len = match &self.0 {
             IterRepr::One(i) => i.len(),
             IterRepr::Two(i) => i.len(),
+            IterRepr::Three(i) => i.len(),
             IterRepr::Heap(i) => i.len(),
         };
         (len, Some(len))
