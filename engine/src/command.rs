@@ -499,17 +499,20 @@ pub struct OrderView {
     pub order_no: Arc<str>,
     pub customer_id: Arc<str>,
     pub status: OrderStatus,
-    pub lines: Vec<OrderLineView>,
+    /// Inline up to three lines (see [`crate::Few`]); encoded as a `Vec`.
+    pub lines: crate::Few<OrderLineView>,
     pub total: u64,
     pub payment: PaymentView,
     pub reservation_id: ReservationId,
     pub created_at_ms: Millis,
     pub updated_at_ms: Millis,
     pub tracking_no: String,
-    pub history: Vec<HistoryView>,
+    /// Inline up to three entries (see [`crate::Few`]); encoded as a `Vec`.
+    pub history: crate::Few<HistoryView>,
     pub cancellation: Option<CancellationView>,
-    /// Set once returned: whether the units went back to stock, and why.
-    pub returned: Option<ReturnView>,
+    /// Set once returned: whether the units went back to stock, and why. Boxed:
+    /// few orders are returned, and every order answer moves the view.
+    pub returned: Option<Box<ReturnView>>,
     /// How it came back, once returned.
     pub return_kind: Option<ReturnKind>,
     pub channel: String,

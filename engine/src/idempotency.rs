@@ -880,15 +880,12 @@ impl State {
             .iter()
             .find_map(|h| h.before.as_deref().and_then(|b| b.modified.as_deref()))
         {
-            view.lines = modified
-                .lines
-                .iter()
-                .map(|l| crate::command::OrderLineView {
+            view.lines =
+                crate::Few::map_slice(&modified.lines, |l| crate::command::OrderLineView {
                     sku: Arc::clone(&self.skus[l.sku.0 as usize].id),
                     qty: u64::from(l.qty),
                     unit_price: l.unit_price,
-                })
-                .collect();
+                });
             view.total = modified.total;
             view.payment.amount = modified.total;
             view.shipping_address = modified.address.clone();

@@ -113,7 +113,7 @@ impl From<OrderViewV3> for crate::command::OrderView {
             order_no: v.order_no,
             customer_id: v.customer_id,
             status: v.status,
-            lines: v.lines,
+            lines: v.lines.into(),
             total: v.total,
             payment: crate::command::PaymentView {
                 status: v.payment.status,
@@ -130,13 +130,13 @@ impl From<OrderViewV3> for crate::command::OrderView {
             created_at_ms: v.created_at_ms,
             updated_at_ms: v.updated_at_ms,
             tracking_no: v.tracking_no,
-            history: v.history,
+            history: v.history.into(),
             cancellation: v.cancellation,
             return_kind: v
                 .returned
                 .as_ref()
                 .map(|_| crate::domain::ReturnKind::CustomerReturn),
-            returned: v.returned,
+            returned: v.returned.map(Box::new),
             channel: String::new(),
             shipping_address: None,
             note: String::new(),

@@ -9,6 +9,7 @@ use crate::command::{
     ReservationView, ReturnView, SkuSales, SkuView, StatsView,
 };
 use crate::domain::{CancelReason, OrderId, OrderStatus, ReservationId, SkuIdx};
+use crate::few::Few;
 use crate::limits::{LIST_LIMIT_MAX, LIST_SCAN_MAX, STATS_TOP_MAX};
 use crate::state::{Order, Reservation, State, check_sku_id};
 
@@ -382,15 +383,11 @@ impl State {
             order_no: Arc::clone(&o.order_no),
             customer_id: Arc::clone(&o.customer_id),
             status: o.status,
-            lines: o
-                .lines
-                .iter()
-                .map(|l| OrderLineView {
-                    sku: self.sku_arc(l.sku),
-                    qty: u64::from(l.qty),
-                    unit_price: l.unit_price,
-                })
-                .collect(),
+            lines: Few::map_slice(&o.lines, |l| OrderLineView {
+                sku: self.sku_arc(l.sku),
+                qty: u64::from(l.qty),
+                unit_price: l.unit_price,
+            }),
             total: o.total,
             payment: {
                 let amounts = o.amounts();
@@ -410,16 +407,12 @@ impl State {
             created_at_ms: o.created_at_ms,
             updated_at_ms: o.updated_at_ms,
             tracking_no: extra.map_or_else(String::new, |e| String::from(&*e.tracking_no)),
-            history: o
-                .history
-                .iter()
-                .map(|h| HistoryView {
-                    status: h.status,
-                    at_ms: h.at_ms,
-                    actor: actor(h.actor),
-                    note: String::from(&*h.note),
-                })
-                .collect(),
+            history: Few::map_slice(&o.history, |h| HistoryView {
+                status: h.status,
+                at_ms: h.at_ms,
+                actor: actor(h.actor),
+                note: String::from(&*h.note),
+            }),
             cancellation: extra
                 .and_then(|e| e.cancellation.as_ref())
                 .map(|c| CancellationView {
@@ -428,10 +421,12 @@ impl State {
                     at_ms: c.at_ms,
                     actor: actor(c.actor),
                 }),
-            returned: extra.and_then(|e| e.returned.as_ref()).map(|r| ReturnView {
-                restock: r.restock,
-                reason: String::from(&*r.reason),
-                note: String::from(&*r.note),
+            returned: extra.and_then(|e| e.returned.as_ref()).map(|r| {
+                Box::new(ReturnView {
+                    restock: r.restock,
+                    reason: String::from(&*r.reason),
+                    note: String::from(&*r.note),
+                })
             }),
             return_kind: extra.and_then(|e| e.returned.as_ref()).map(|_| {
                 o.more()

@@ -332,14 +332,26 @@ impl State {
         }
         let id = OrderId(self.orders.len() as u64 + 1);
         let due_at_ms = ctx.now_ms + payment_ttl_ms;
-        let mut order_lines = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            let sku = self.sku_idx(at_line(i, LineField::Sku), &line.sku)?;
-            order_lines.push(OrderLine {
-                sku,
+        // Built straight into the `Arc` the order keeps (one allocation: the
+        // iterator's length is known), the first unknown SKU noted on the way.
+        let mut unknown = None;
+        let order_lines: Arc<[OrderLine]> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| OrderLine {
+                sku: match self.sku_idx(at_line(i, LineField::Sku), &line.sku) {
+                    Ok(sku) => sku,
+                    Err(rejection) => {
+                        unknown.get_or_insert(rejection);
+                        SkuIdx(0)
+                    }
+                },
                 qty: line.qty as u32,
                 unit_price: line.unit_price,
-            });
+            })
+            .collect();
+        if let Some(rejection) = unknown {
+            return Err(rejection);
         }
         let reservation = match reservation_id {
             None => {
@@ -380,7 +392,7 @@ impl State {
                     )));
                 }
                 let mut wanted: Vec<(SkuIdx, u64)> = Vec::new();
-                for line in &order_lines {
+                for line in order_lines.iter() {
                     match wanted.iter_mut().find(|(s, _)| *s == line.sku) {
                         Some((_, q)) => *q += u64::from(line.qty),
                         None => wanted.push((line.sku, u64::from(line.qty))),
@@ -444,7 +456,7 @@ impl State {
             id,
             order_no: Arc::clone(&order_no),
             customer_id: Arc::clone(&customer_id),
-            lines: order_lines.into(),
+            lines: order_lines,
             total,
             reservation,
             status: OrderStatus::Reserved,
@@ -695,16 +707,18 @@ impl State {
             actor: actor_id,
         });
         self.counters.cancellations_by_reason[reason as usize] += 1;
+        let with_note;
         let history_note = if note.is_empty() {
-            reason.as_str().to_string()
+            reason.as_str()
         } else {
-            format!("{reason}: {note}")
+            with_note = format!("{reason}: {note}");
+            &with_note
         };
         self.set_status_after(
             id,
             OrderStatus::Cancelled,
             actor_id,
-            &history_note,
+            history_note,
             ctx.now_ms,
             before,
         );
