@@ -448,7 +448,18 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
         failovers.len()
     ));
 
-    // Throughput of the same load: the replicated leader, then a sync one.
+    // Throughput of the same load: the replicated leader, then a sync one, each on
+    // fresh SKUs (the failovers may have sold the drill's out, and a run of sold-out
+    // answers is no comparison).
+    let skus: Vec<SkuDef> = (0..cfg.flash.skus)
+        .map(|k| SkuDef {
+            sku: sku_name(&format!("{tag}-cmp"), k),
+            received: cfg.flash.stock,
+        })
+        .collect();
+    define_skus(&leader.client, &skus)
+        .await
+        .context("defining the comparison's SKUs")?;
     let replicated = compare_run(&cfg, &leader.client, &skus, "replicated").await;
     standby.surge.terminate(Duration::from_secs(10)).await?;
     leader.surge.terminate(Duration::from_secs(10)).await?;
