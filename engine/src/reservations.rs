@@ -1,12 +1,17 @@
 //! Reservation storage. Ids are dense and increasing, so the newest reservations live
 //! in a window indexed by `id - base`: no hashing, neighbours in memory. When the
 //! window is full its oldest entries leave it: finished ones are forgotten, held ones
-//! move to a small overflow map until they end. Bounded either way.
+//! move to an overflow map until they end. Bounded either way.
+//!
+//! The overflow is a B-tree, not a hash map: it grows node by node as holds leave the
+//! window in id order, where a hash table doubles and rehashes everything at once. At
+//! millions of old holds that rehash (and the fresh pages of the doubled table) stopped
+//! the writer for hundreds of milliseconds (`runtime/writer_iterations`, README).
 
 use std::collections::VecDeque;
 use std::ops::Index;
 
-use hashbrown::HashMap;
+use std::collections::BTreeMap;
 
 use crate::domain::{ReservationId, ReservationStatus};
 use crate::limits::FINISHED_RESERVATIONS_KEPT;
@@ -18,7 +23,7 @@ pub(crate) struct Reservations {
     base: u64,
     window: VecDeque<Option<Reservation>>,
     /// Held reservations older than the window.
-    overflow: HashMap<ReservationId, Reservation>,
+    overflow: BTreeMap<ReservationId, Reservation>,
     window_len_max: usize,
 }
 
@@ -34,7 +39,7 @@ impl Reservations {
         Reservations {
             base: 1,
             window: VecDeque::new(),
-            overflow: HashMap::new(),
+            overflow: BTreeMap::new(),
             window_len_max,
         }
     }
