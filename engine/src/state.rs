@@ -137,6 +137,13 @@ pub struct State {
 }
 
 /// The rules of records logged before v1.1: thin order events, no `stock.restored`.
+/// Tables that grow with the state get their full capacity (the limit they are
+/// bounded by) once they reach this many entries: one small early rehash or copy,
+/// and address space reserved but not touched, instead of a doubling that rehashes
+/// or copies millions of entries on the writer later (README, "The writer without
+/// directory syncs": such a doubling stopped the writer for 742 ms).
+pub(crate) const EARLY_GROWTH_LEN: usize = 1 << 16;
+
 pub(crate) const RULES_V1: u32 = 1;
 /// The rules from the first `SetOrderPolicy` on: full event payloads.
 pub(crate) const RULES_V11: u32 = 2;

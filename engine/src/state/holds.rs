@@ -9,8 +9,8 @@ use bincode::{Decode, Encode};
 use hashbrown::HashMap;
 
 use super::{
-    Ctx, RULES_V1, State, at_line, check_line_count, check_qty, check_required_text, check_sku_id,
-    check_ttl, invalid, touch, transition,
+    Ctx, EARLY_GROWTH_LEN, RULES_V1, State, at_line, check_line_count, check_qty,
+    check_required_text, check_sku_id, check_ttl, invalid, touch, transition,
 };
 use crate::command::{Field, LineField, Outcome, Rejection, Reply, Shortage, Violation};
 use crate::domain::{
@@ -196,6 +196,10 @@ impl State {
         });
         self.held_count += 1;
         self.expiry.push(Reverse((expires_at_ms, id)));
+        if self.expiry.len() == EARLY_GROWTH_LEN {
+            self.expiry
+                .reserve(HELD_RESERVATIONS_MAX - EARLY_GROWTH_LEN);
+        }
         id
     }
 
