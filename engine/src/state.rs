@@ -137,11 +137,12 @@ pub struct State {
 }
 
 /// The rules of records logged before v1.1: thin order events, no `stock.restored`.
-/// Tables that grow with the state get their full capacity (the limit they are
-/// bounded by) once they reach this many entries: one small early rehash or copy,
-/// and address space reserved but not touched, instead of a doubling that rehashes
-/// or copies millions of entries on the writer later (README, "The writer without
-/// directory syncs": such a doubling stopped the writer for 742 ms).
+/// The expiry heap gets its full capacity (the held limit) once it reaches this many
+/// entries: one small early copy, and address space reserved but not touched,
+/// instead of doublings that copy millions of entries on the writer later (README,
+/// "The writer without directory syncs"). Not for hash tables: a table's entries
+/// land all over its buckets, so reserving it whole would touch (fault in) nearly
+/// all of it at once, the same pause earlier.
 pub(crate) const EARLY_GROWTH_LEN: usize = 1 << 16;
 
 pub(crate) const RULES_V1: u32 = 1;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Amounts, Ctx, EARLY_GROWTH_LEN, RULES_V1, State, at_line, check_address, check_line_count,
-    check_qty, check_required_text, check_text, check_ttl, invalid, transition,
+    Amounts, Ctx, RULES_V1, State, at_line, check_address, check_line_count, check_qty,
+    check_required_text, check_text, check_ttl, invalid, transition,
 };
 use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
 use crate::domain::{
@@ -479,9 +479,6 @@ impl State {
             extra,
         });
         self.order_no_index.insert(Arc::clone(&order_no), id);
-        if self.order_no_index.len() == EARLY_GROWTH_LEN {
-            self.order_no_index.reserve(ORDERS_MAX - EARLY_GROWTH_LEN);
-        }
         if self.ruled_skus > 0 {
             self.count_order(id, 1);
         }
