@@ -1,6 +1,7 @@
 //! `--baseline redis://…`: the same flash-sale workload against Redis with the
-//! reserve / commit / release / expire Lua scripts teams commonly run, over a
-//! minimal RESP2 client (one request at a time per connection, like the HTTP side).
+//! reserve / commit / release / expire Lua scripts teams commonly run, over the
+//! `redis` crate's tokio connection, RESP2 (one request at a time per connection,
+//! like the HTTP side: a pool of connections, each used by one session at a time).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Value, cmd};
 
 use crate::audit::{Audit, SkuAudit};
 use crate::flash::{Action, FlashConfig, run_tag};
@@ -17,99 +19,6 @@ use crate::http::BaseUrl;
 use crate::load::{self, LoadConfig};
 use crate::rng::{Rng, Zipf};
 use crate::stats::{Recorder, RunStats};
-
-/// Largest bulk string or array accepted from the server.
-const REPLY_LEN_MAX: i64 = 64 << 20;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
-}
-
-pub struct Conn {
-    stream: BufReader<TcpStream>,
-}
-
-impl Conn {
-    pub async fn connect(url: &BaseUrl) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .with_context(|| format!("connecting to {}", url.base))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream: BufReader::new(stream),
-        })
-    }
-
-    pub async fn call(&mut self, args: &[&[u8]]) -> anyhow::Result<Reply> {
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.stream.get_mut().write_all(&out).await?;
-        self.read_reply().await
-    }
-
-    async fn read_line(&mut self) -> anyhow::Result<String> {
-        let mut line = String::new();
-        let n = self.stream.read_line(&mut line).await?;
-        if n == 0 {
-            bail!("redis closed the connection");
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_string())
-    }
-
-    fn read_reply(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Reply>> + Send + '_>> {
-        Box::pin(async move {
-            let line = self.read_line().await?;
-            let (kind, rest) = line.split_at(1.min(line.len()));
-            Ok(match kind {
-                "+" => Reply::Simple(rest.to_string()),
-                "-" => Reply::Error(rest.to_string()),
-                ":" => Reply::Int(rest.parse().context("bad integer reply")?),
-                "$" => {
-                    let len: i64 = rest.parse().context("bad bulk length")?;
-                    if len < 0 {
-                        Reply::Bulk(None)
-                    } else {
-                        if len > REPLY_LEN_MAX {
-                            bail!("bulk reply of {len} bytes is too long");
-                        }
-                        let mut buf = vec![0; len as usize + 2];
-                        self.stream.read_exact(&mut buf).await?;
-                        buf.truncate(len as usize);
-                        Reply::Bulk(Some(buf))
-                    }
-                }
-                "*" => {
-                    let len: i64 = rest.parse().context("bad array length")?;
-                    if len < 0 {
-                        Reply::Array(None)
-                    } else {
-                        if len > REPLY_LEN_MAX {
-                            bail!("array reply of {len} items is too long");
-                        }
-                        let mut items = Vec::with_capacity(len as usize);
-                        for _ in 0..len {
-                            items.push(self.read_reply().await?);
-                        }
-                        Reply::Array(Some(items))
-                    }
-                }
-                _ => bail!("unexpected reply line {line:?}"),
-            })
-        })
-    }
-}
 
 /// Hold `qty` of a SKU if available. KEYS: sku hash, holds zset, hold hash.
 /// ARGV: qty, expires_at_ms, hold id, sku key. Returns 1 held, 0 insufficient.
@@ -169,23 +78,57 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A small pool: take a connection, use it, give it back (dropped on error).
+/// How long one request may take before it counts as unanswered (and its connection
+/// is dropped), and one connect.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A small pool: take a connection, use it, give it back (dropped when the request
+/// got no answer; kept when Redis answered with an error).
+///
+/// A `MultiplexedConnection` could carry every session's requests over one socket;
+/// the drill keeps one request at a time per connection, as the HTTP side does.
 struct Pool {
-    url: BaseUrl,
-    idle: Mutex<Vec<Conn>>,
-    timeout: Duration,
+    client: Client,
+    config: AsyncConnectionConfig,
+    base: String,
+    idle: Mutex<Vec<MultiplexedConnection>>,
 }
 
 impl Pool {
-    async fn call(&self, args: &[&[u8]]) -> anyhow::Result<Reply> {
+    fn new(url: &BaseUrl) -> anyhow::Result<Pool> {
+        // TCP_NODELAY as the HTTP side has it (the crate leaves Nagle on by default).
+        let info = (url.host.clone(), url.port)
+            .into_connection_info()
+            .with_context(|| format!("redis address {}", url.base))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).with_context(|| format!("redis address {}", url.base))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REQUEST_TIMEOUT))
+            .set_response_timeout(Some(REQUEST_TIMEOUT));
+        Ok(Pool {
+            client,
+            config,
+            base: url.base.clone(),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<MultiplexedConnection> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .with_context(|| format!("connecting to {}", self.base))
+    }
+
+    /// One command's answer: an error reply is `Value::ServerError`, `Err` is no
+    /// answer (connect, I/O or timeout).
+    async fn call(&self, command: &Cmd) -> anyhow::Result<Value> {
         let conn = self.idle.lock().expect("pool").pop();
         let mut conn = match conn {
             Some(c) => c,
-            None => Conn::connect(&self.url).await?,
+            None => self.connect().await?,
         };
-        let reply = tokio::time::timeout(self.timeout, conn.call(args))
-            .await
-            .map_err(|_| anyhow::anyhow!("timeout"))??;
+        let reply = conn.req_packed_command(command).await?;
         self.idle.lock().expect("pool").push(conn);
         Ok(reply)
     }
@@ -197,9 +140,9 @@ struct Scripts {
     expire: String,
 }
 
-async fn load_script(conn: &mut Conn, body: &str) -> anyhow::Result<String> {
-    match conn.call(&[b"SCRIPT", b"LOAD", body.as_bytes()]).await? {
-        Reply::Bulk(Some(sha)) => Ok(String::from_utf8(sha)?),
+async fn load_script(pool: &Pool, body: &str) -> anyhow::Result<String> {
+    match pool.call(cmd("SCRIPT").arg("LOAD").arg(body)).await? {
+        Value::BulkString(sha) => Ok(String::from_utf8(sha)?),
         other => bail!("SCRIPT LOAD: {other:?}"),
     }
 }
@@ -237,15 +180,12 @@ impl Ctx {
 
 /// The problem code of a script's answer; `refused` names what its 0 means
 /// (`insufficient_stock` for a reservation, so it counts as sold out as surge's does).
-fn code_of(r: &anyhow::Result<Reply>, refused: &str) -> Option<String> {
+fn code_of(r: &anyhow::Result<Value>, refused: &str) -> Option<String> {
     match r {
-        Ok(Reply::Int(1)) => None,
-        Ok(Reply::Int(0)) => Some(refused.into()),
-        Ok(Reply::Int(-1)) => Some("expired".into()),
-        Ok(Reply::Error(e)) => Some(format!(
-            "redis_error: {}",
-            e.split(' ').next().unwrap_or("")
-        )),
+        Ok(Value::Int(1)) => None,
+        Ok(Value::Int(0)) => Some(refused.into()),
+        Ok(Value::Int(-1)) => Some("expired".into()),
+        Ok(Value::ServerError(e)) => Some(format!("redis_error: {}", e.code())),
         Ok(other) => Some(format!("unexpected: {other:?}")),
         Err(_) => Some("transport_error".into()),
     }
@@ -259,22 +199,21 @@ async fn shopper(ctx: Arc<Ctx>, n: u64, due: Instant) {
     let _customer = rng.below(ctx.cfg.shoppers.max(1));
     let hold = format!("h{n}");
     let (sku_key, holds_key, hold_key) = (ctx.sku_key(k), ctx.holds_key(), ctx.hold_key(&hold));
-    let qty_s = qty.to_string();
-    let exp = (now_ms() + ctx.cfg.ttl_ms).to_string();
+    let exp = now_ms() + ctx.cfg.ttl_ms;
     let r = ctx
         .pool
-        .call(&[
-            b"EVALSHA",
-            ctx.scripts.reserve.as_bytes(),
-            b"3",
-            sku_key.as_bytes(),
-            holds_key.as_bytes(),
-            hold_key.as_bytes(),
-            qty_s.as_bytes(),
-            exp.as_bytes(),
-            hold.as_bytes(),
-            sku_key.as_bytes(),
-        ])
+        .call(
+            cmd("EVALSHA")
+                .arg(&ctx.scripts.reserve)
+                .arg(3)
+                .arg(&sku_key)
+                .arg(&holds_key)
+                .arg(&hold_key)
+                .arg(qty)
+                .arg(exp)
+                .arg(&hold)
+                .arg(&sku_key),
+        )
         .await;
     let code = code_of(&r, "insufficient_stock");
     ctx.recorder.record("reserve", due, code.as_deref());
@@ -290,32 +229,31 @@ async fn shopper(ctx: Arc<Ctx>, n: u64, due: Instant) {
         Action::Pay | Action::Cancel => {
             // The order row lives elsewhere in such setups; the stock side is one
             // script call, like surge's pay.
-            let (op, verb): (&'static str, &[u8]) = if action == Action::Pay {
-                ("pay", b"commit")
+            let (op, verb) = if action == Action::Pay {
+                ("pay", "commit")
             } else {
-                ("cancel", b"release")
+                ("cancel", "release")
             };
             let t = Instant::now();
-            let now = now_ms().to_string();
             let r = ctx
                 .pool
-                .call(&[
-                    b"EVALSHA",
-                    ctx.scripts.end_hold.as_bytes(),
-                    b"2",
-                    hold_key.as_bytes(),
-                    holds_key.as_bytes(),
-                    hold.as_bytes(),
-                    now.as_bytes(),
-                    verb,
-                ])
+                .call(
+                    cmd("EVALSHA")
+                        .arg(&ctx.scripts.end_hold)
+                        .arg(2)
+                        .arg(&hold_key)
+                        .arg(&holds_key)
+                        .arg(&hold)
+                        .arg(now_ms())
+                        .arg(verb),
+                )
                 .await;
             let code = code_of(&r, "not_held");
             ctx.recorder.record(op, t, code.as_deref());
             match (&r, code) {
                 (Ok(_), None) if action == Action::Pay => &["committed"],
                 (Ok(_), None) => &["released"],
-                (Ok(Reply::Int(-1)), _) => &["expired"],
+                (Ok(Value::Int(-1)), _) => &["expired"],
                 _ if action == Action::Pay => &["held", "expired", "committed"],
                 _ => &["held", "expired", "released"],
             }
@@ -330,12 +268,9 @@ async fn shopper(ctx: Arc<Ctx>, n: u64, due: Instant) {
 }
 
 async fn hget_u64(pool: &Pool, key: &str, field: &str) -> anyhow::Result<u64> {
-    match pool
-        .call(&[b"HGET", key.as_bytes(), field.as_bytes()])
-        .await?
-    {
-        Reply::Bulk(Some(v)) => Ok(String::from_utf8(v)?.parse::<i64>()?.max(0) as u64),
-        Reply::Bulk(None) => Ok(0),
+    match pool.call(cmd("HGET").arg(key).arg(field)).await? {
+        Value::BulkString(v) => Ok(String::from_utf8(v)?.parse::<i64>()?.max(0) as u64),
+        Value::Nil => Ok(0),
         other => bail!("HGET {key} {field}: {other:?}"),
     }
 }
@@ -348,19 +283,15 @@ pub async fn run(
     load_cfg: &LoadConfig,
     label: &str,
 ) -> anyhow::Result<(RunStats, Audit)> {
-    let mut conn = Conn::connect(&url).await?;
+    let pool = Pool::new(&url)?;
     let scripts = Scripts {
-        reserve: load_script(&mut conn, RESERVE).await?,
-        end_hold: load_script(&mut conn, END_HOLD).await?,
-        expire: load_script(&mut conn, EXPIRE).await?,
+        reserve: load_script(&pool, RESERVE).await?,
+        end_hold: load_script(&pool, END_HOLD).await?,
+        expire: load_script(&pool, EXPIRE).await?,
     };
     let prefix = format!("surge-loadtest:{}:", run_tag(cfg.seed));
     let ctx = Arc::new(Ctx {
-        pool: Pool {
-            url: url.clone(),
-            idle: Mutex::new(Vec::new()),
-            timeout: Duration::from_secs(10),
-        },
+        pool,
         scripts,
         recorder: Arc::new(Recorder::new(load_cfg.mode())),
         acks: Mutex::new(Vec::new()),
@@ -371,20 +302,20 @@ pub async fn run(
     });
     for k in 0..cfg.skus {
         let key = ctx.sku_key(k);
-        let stock = cfg.stock.to_string();
-        let r = conn
-            .call(&[
-                b"HSET",
-                key.as_bytes(),
-                b"on_hand",
-                stock.as_bytes(),
-                b"reserved",
-                b"0",
-                b"sold",
-                b"0",
-            ])
+        let r = ctx
+            .pool
+            .call(
+                cmd("HSET")
+                    .arg(&key)
+                    .arg("on_hand")
+                    .arg(cfg.stock)
+                    .arg("reserved")
+                    .arg(0)
+                    .arg("sold")
+                    .arg(0),
+            )
             .await?;
-        if let Reply::Error(e) = r {
+        if let Value::ServerError(e) = r {
             bail!("HSET {key}: {e}");
         }
     }
@@ -397,18 +328,17 @@ pub async fn run(
             let hold_prefix = format!("{}hold:", ctx.prefix);
             let holds = ctx.holds_key();
             while sweeping.load(Ordering::Relaxed) {
-                let now = now_ms().to_string();
                 let _ = ctx
                     .pool
-                    .call(&[
-                        b"EVALSHA",
-                        ctx.scripts.expire.as_bytes(),
-                        b"1",
-                        holds.as_bytes(),
-                        now.as_bytes(),
-                        hold_prefix.as_bytes(),
-                        b"1000",
-                    ])
+                    .call(
+                        cmd("EVALSHA")
+                            .arg(&ctx.scripts.expire)
+                            .arg(1)
+                            .arg(&holds)
+                            .arg(now_ms())
+                            .arg(&hold_prefix)
+                            .arg(1000),
+                    )
                     .await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -431,9 +361,9 @@ pub async fn run(
     let mut sold_known: BTreeMap<usize, u64> = BTreeMap::new();
     for a in &acks {
         let key = ctx.hold_key(&a.hold);
-        let status = match ctx.pool.call(&[b"HGET", key.as_bytes(), b"status"]).await {
-            Ok(Reply::Bulk(Some(v))) => String::from_utf8_lossy(&v).into_owned(),
-            Ok(Reply::Bulk(None)) => {
+        let status = match ctx.pool.call(cmd("HGET").arg(&key).arg("status")).await {
+            Ok(Value::BulkString(v)) => String::from_utf8_lossy(&v).into_owned(),
+            Ok(Value::Nil) => {
                 audit.lost_write(format!("hold {} was acknowledged but is missing", a.hold));
                 continue;
             }
