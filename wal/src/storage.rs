@@ -61,8 +61,9 @@ pub trait Storage: Send + 'static {
     fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>>;
     /// A handle for small files and directory steps from another thread: a large
     /// snapshot body reaches the disk without stalling the writer, and a segment
-    /// roll is listed by the commit thread. The caller orders these steps against
-    /// its own (the log never has two MANIFEST renames in flight).
+    /// roll or a snapshot's publication is made durable by the commit thread. The
+    /// caller orders these steps against its own (the log installs its MANIFESTs,
+    /// each from a temp file of its own, in the order it wrote them).
     fn file_writer(&self) -> Box<dyn FileWriter>;
 }
 

@@ -170,12 +170,13 @@ struct RollStep {
 
 impl RollStep {
     fn run(&self) -> Result<(), Error> {
-        let io = |op| move |e| Error::io(op, e);
         self.header
             .sync_range(0, SEGMENT_DATA_OFFSET)
-            .map_err(io("fsync new segment"))?;
+            .map_err(|e| Error::io("fsync new segment", e))?;
         // The segment's name before a MANIFEST that lists it.
-        self.files.sync_dir().map_err(io("fsync data dir"))?;
+        self.files
+            .sync_dir()
+            .map_err(|e| Error::io("fsync data dir", e))?;
         install_manifest(self.files.as_ref(), &self.manifest_tmp)
     }
 }
