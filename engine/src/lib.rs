@@ -33,7 +33,7 @@ mod runtime;
 
 pub use feed::{EventLog, FeedPage};
 pub use runtime::{
-    Clock, Durability, Engine, EngineConfig, EngineHandle, Error, LatencyHistogram, LogPublisher,
-    PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
+    Clock, Core, Durability, Engine, EngineConfig, EngineHandle, Error, LatencyHistogram,
+    LogPublisher, PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
 };
 pub use surge_wal as wal;

@@ -17,7 +17,10 @@
 //! - `config`: [`Durability`], [`EngineConfig`], [`Clock`], the memory check.
 //! - `recovery`: [`Engine::open`]: recover from snapshot and log, start the threads.
 //! - `handle`: [`EngineHandle`] and [`Ticket`], the callers' side of the queue.
-//! - `writer`: the writer loop: batching, apply, WAL append, expiry, snapshots.
+//! - `writer`: the writer: one `step` (apply, WAL append, expiry, snapshots) and
+//!   the thread that batches requests into steps.
+//! - `driven`: [`Core`], the same writer stepped on the caller's thread with the
+//!   time as an argument (deterministic: the power-loss suite drives it).
 //! - `sync_stage`: the pipelined group commit and what a durable batch releases.
 //! - `replication`: the publish stage, [`LogPublisher`] and [`Role`].
 //! - `follower`: the durable copy of the state that serves reads and snapshots.
@@ -40,6 +43,7 @@ use crate::feed::EventLog;
 use crate::query::QueryReply;
 
 mod config;
+mod driven;
 mod follower;
 mod handle;
 mod recovery;
@@ -49,6 +53,7 @@ mod sync_stage;
 mod writer;
 
 pub use config::{Clock, Durability, EngineConfig};
+pub use driven::Core;
 pub use handle::{EngineHandle, Ticket};
 pub use recovery::{Engine, RecoveryReport};
 pub use replication::{LogPublisher, PublishError, Role};

@@ -12,141 +12,27 @@
 //! the log), that recovery reports a torn tail whenever a log page was garbled,
 //! that the recovery report agrees with what the engine replayed, and that a seed
 //! replays exactly (same acknowledgements, storage steps, damage and recovered
-//! digest): the writer syncs itself, snapshots are the writer's, and each burst is
-//! queued while the writer is held at the storage ([`Gate`]).
+//! digest). The engine runs as the deterministic core ([`Core`], from
+//! `Engine::open_core`): no thread, the commit and the snapshots inline, the time
+//! an argument of each step, so a seed is the whole run.
 //!
 //! A failing seed is printed; `SURGE_SEED=<n> cargo test --test power_loss` reruns it.
 
-use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use rand_core::{Rng as _, SeedableRng};
 use rand_xoshiro::SplitMix64;
-use surge_engine::wal::{FileWriter, SegmentId, SegmentSyncer, SimStorage, Storage, WalConfig};
+use surge_engine::wal::{SimStorage, WalConfig};
 use surge_engine::{
-    CancelReason, Clock, Command, Durability, Engine, EngineConfig, EngineHandle, Error, LineReq,
-    OrderId, OrderLineReq, Query, QueryReply, ReservationId, State,
+    CancelReason, Clock, Command, Core, Durability, Engine, EngineConfig, Error, LineReq, OrderId,
+    OrderLineReq, Outcome, Query, QueryReply, ReservationId, State,
 };
 
 /// Uniform-ish in `0..n` (in `0..1` for `n = 0`), by modulo: with splitmix64 from
 /// `rand_xoshiro`, a seed names the same run as before the crate came in.
 fn below(rng: &mut SplitMix64, n: u64) -> u64 {
     rng.next_u64() % n.max(1)
-}
-
-/// Holds the writer at its next storage step while a burst is queued, so that a burst
-/// is batched the same way in every run of a seed: the burst's first command alone
-/// (the writer took it before the rest arrived), then all the others in one group
-/// commit. Without it the split depends on thread timing, and a seed does not replay.
-#[derive(Default)]
-struct Gate {
-    /// (closed, the writer is waiting at it)
-    state: Mutex<(bool, bool)>,
-    changed: Condvar,
-}
-
-impl Gate {
-    fn close(&self) {
-        *self.state.lock().expect("gate") = (true, false);
-    }
-
-    /// Called by the writer before each mutating storage step.
-    fn pass(&self) {
-        let mut st = self.state.lock().expect("gate");
-        if st.0 {
-            st.1 = true;
-            self.changed.notify_all();
-            while st.0 {
-                st = self.changed.wait(st).expect("gate");
-            }
-        }
-    }
-
-    /// Blocks until the writer is held at the gate.
-    fn wait_for_writer(&self) {
-        let st = self.state.lock().expect("gate");
-        let (st, timeout) = self
-            .changed
-            .wait_timeout_while(st, Duration::from_secs(60), |st| !st.1)
-            .expect("gate");
-        assert!(
-            !timeout.timed_out() || st.1,
-            "the writer never reached the storage: the burst's first command was not logged"
-        );
-    }
-
-    fn open(&self) {
-        *self.state.lock().expect("gate") = (false, false);
-        self.changed.notify_all();
-    }
-}
-
-/// The simulated disk behind a [`Gate`].
-struct Gated {
-    disk: SimStorage,
-    gate: Arc<Gate>,
-}
-
-impl Storage for Gated {
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.disk.list()
-    }
-    fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId> {
-        self.gate.pass();
-        self.disk.create_segment(name, len_bytes)
-    }
-    fn open_segment(&mut self, name: &str) -> io::Result<SegmentId> {
-        self.disk.open_segment(name)
-    }
-    fn close_segment(&mut self, seg: SegmentId) {
-        self.disk.close_segment(seg)
-    }
-    fn with_segment<R>(&self, seg: SegmentId, f: impl FnOnce(&[u8]) -> R) -> R {
-        self.disk.with_segment(seg, f)
-    }
-    fn write_segment(&mut self, seg: SegmentId, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.write_segment(seg, offset, bytes)
-    }
-    fn sync_segment_range(&mut self, seg: SegmentId, offset: u64, len: u64) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.sync_segment_range(seg, offset, len)
-    }
-    fn sync_segment_all(&mut self, seg: SegmentId) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.sync_segment_all(seg)
-    }
-    fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.write_file(name, bytes)
-    }
-    fn sync_file(&mut self, name: &str) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.sync_file(name)
-    }
-    fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
-        self.disk.read_file(name)
-    }
-    fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.rename(from, to)
-    }
-    fn remove(&mut self, name: &str) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.remove(name)
-    }
-    fn sync_dir(&mut self) -> io::Result<()> {
-        self.gate.pass();
-        self.disk.sync_dir()
-    }
-    fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>> {
-        self.disk.segment_syncer(seg)
-    }
-    fn file_writer(&self) -> Box<dyn FileWriter> {
-        self.disk.file_writer()
-    }
 }
 
 const SKUS: u64 = 8;
@@ -161,18 +47,11 @@ fn config(clock: &Arc<AtomicU64>) -> EngineConfig {
             segment_bytes: SEGMENT_BYTES,
             snapshots_kept: 2,
         },
+        // Read once, by `open` (the steps take the time as an argument).
         clock: Clock::manual(Arc::clone(clock)),
         snapshot_every_records: 0,
-        // Snapshot files written on the writer thread keep a seed's run deterministic;
-        // the background path has its own crash test in runtime.rs.
-        snapshot_in_background: false,
-        // Syncs on the writer too: the storage steps then come in one order per seed.
-        pipelined_commit: false,
-        // Without a follower the snapshots due by segment count are encoded by the
-        // writer at a point set by the log; a follower hands them back at a time set
-        // by its own thread, and the storage steps would then differ between runs.
-        follower: false,
-        expire_interval_ms: 1,
+        // The core runs the commit, the snapshot files and (without a follower) the
+        // snapshots due by segment count inline: `open_core` sets these itself.
         ..EngineConfig::default()
     }
 }
@@ -263,13 +142,17 @@ fn with_amount(reference: &State, cmd: Command) -> Command {
     }
 }
 
-fn digest_of(handle: &EngineHandle) -> u64 {
-    match handle
-        .query(Query::Digest)
-        .expect("queue")
-        .wait()
-        .expect("answered")
-    {
+/// Queue one command, run one step at `now`, and take its answer.
+fn execute(core: &mut Core<SimStorage>, cmd: Command, now: u64) -> Result<Outcome, Error> {
+    let ticket = core.handle().submit(cmd, None)?;
+    core.step(now);
+    Ok(ticket.wait()?.outcome)
+}
+
+fn digest_of(core: &mut Core<SimStorage>, now: u64) -> u64 {
+    let ticket = core.handle().query(Query::Digest).expect("queue");
+    core.step(now);
+    match ticket.wait().expect("answered") {
         Ok(QueryReply::Digest(d)) => d,
         other => panic!("{other:?}"),
     }
@@ -302,12 +185,7 @@ fn run_seed(seed: u64) -> Trace {
     let mut rng = SplitMix64::seed_from_u64(seed);
     let clock = Arc::new(AtomicU64::new(1_700_000_000_000));
     let disk = SimStorage::new();
-    let gate = Arc::new(Gate::default());
-    let gated = Gated {
-        disk: disk.clone(),
-        gate: Arc::clone(&gate),
-    };
-    let (handle, _) = Engine::open_with_storage(gated, config(&clock)).expect("open");
+    let (mut core, _) = Engine::open_core(disk.clone(), config(&clock)).expect("open");
     let mut reference = State::new();
     let mut sink = Vec::new();
     let mut apply_ref = |reference: &mut State, cmd: &Command, now: u64| {
@@ -320,11 +198,11 @@ fn run_seed(seed: u64) -> Trace {
             on_hand: 40,
             low_stock_threshold: 5,
         };
-        handle
-            .execute(cmd.clone(), None)
+        let now = clock.load(Ordering::SeqCst);
+        execute(&mut core, cmd.clone(), now)
             .expect("define")
             .expect("accepted");
-        apply_ref(&mut reference, &cmd, clock.load(Ordering::SeqCst));
+        apply_ref(&mut reference, &cmd, now);
     }
     // The disk dies at a random operation, or at the first sync after one (then
     // what was written for that commit is on the disk unsynced at the cut).
@@ -338,9 +216,9 @@ fn run_seed(seed: u64) -> Trace {
     let mut unacked: Vec<(Command, u64)> = Vec::new();
     let (mut orders, mut reservations) = (0u64, 0u64);
     'drive: for _ in 0..OPS {
-        // Time passes, mostly a millisecond, sometimes a lot. The writer's timer
+        // Time passes, mostly a millisecond, sometimes a lot. The core's step
         // expires overdue holds by itself at the new time; an explicit Expire at the
-        // same time tells the reference (and is a no-op if the timer came first).
+        // same time tells the reference (and is a no-op after the step's own).
         let jump = if below(&mut rng, 20) == 0 {
             below(&mut rng, TTL_MS)
         } else {
@@ -348,7 +226,7 @@ fn run_seed(seed: u64) -> Trace {
         };
         let now = clock.fetch_add(jump, Ordering::SeqCst) + jump;
         if reference.next_deadline_ms().is_some_and(|at| at <= now) {
-            match handle.execute(Command::Expire, None) {
+            match execute(&mut core, Command::Expire, now) {
                 Ok(_) => apply_ref(&mut reference, &Command::Expire, now),
                 Err(_) => {
                     unacked.push((Command::Expire, now));
@@ -359,50 +237,24 @@ fn run_seed(seed: u64) -> Trace {
         match below(&mut rng, 20) {
             0 => {
                 // A snapshot (and the segment deletion after it) at a random point.
-                if handle.snapshot().expect("queue").wait().is_err() {
+                let ticket = core.handle().snapshot().expect("queue");
+                core.step(now);
+                if ticket.wait().is_err() {
                     break 'drive;
                 }
             }
             1 | 2 => {
-                // A burst in flight at once: one group commit. It is queued while
-                // the writer is held at the storage by a first command that is
-                // always logged, so the batches are the same in every run.
-                let opener = Command::AdjustStock {
-                    sku: "S0".into(),
-                    delta: 1,
-                    reason: surge_engine::AdjustReason::Inbound,
-                    note: "burst".into(),
-                    actor: "sim".into(),
-                };
-                let rest: Vec<Command> = (0..2 + below(&mut rng, 6))
+                // A burst in flight at once: one step, one group commit.
+                let cmds: Vec<Command> = (0..2 + below(&mut rng, 6))
                     .map(|_| {
                         with_amount(&reference, random_command(&mut rng, orders, reservations))
                     })
                     .collect();
-                // First a round trip through the writer's queue: a snapshot the
-                // last batch made due is written before this is answered, so the
-                // gate below holds the writer at the opener's step, not the
-                // snapshot's.
-                handle
-                    .query(Query::GetSku { sku: "S0".into() })
-                    .expect("queue")
-                    .wait()
-                    .expect("answered")
-                    .expect("S0 is defined");
-                if handle.writes_refused().is_some() {
-                    // The disk died under that snapshot: nothing of ours in flight.
-                    break 'drive;
-                }
-                gate.close();
-                let first = handle.submit(opener.clone(), None).expect("queue");
-                gate.wait_for_writer();
-                let mut tickets = vec![first];
-                tickets.extend(
-                    rest.iter()
-                        .map(|c| handle.submit(c.clone(), None).expect("queue")),
-                );
-                gate.open();
-                let cmds = std::iter::once(opener).chain(rest);
+                let tickets: Vec<_> = cmds
+                    .iter()
+                    .map(|c| core.handle().submit(c.clone(), None).expect("queue"))
+                    .collect();
+                assert_eq!(core.step(now), cmds.len(), "seed {seed}: one batch");
                 let mut failed = false;
                 for (cmd, ticket) in cmds.into_iter().zip(tickets) {
                     match ticket.wait() {
@@ -425,7 +277,7 @@ fn run_seed(seed: u64) -> Trace {
             }
             _ => {
                 let cmd = with_amount(&reference, random_command(&mut rng, orders, reservations));
-                match handle.execute(cmd.clone(), None) {
+                match execute(&mut core, cmd.clone(), now) {
                     Ok(_) => {
                         apply_ref(&mut reference, &cmd, now);
                         acked += 1;
@@ -441,14 +293,14 @@ fn run_seed(seed: u64) -> Trace {
         orders = reference_orders(&reference);
         reservations = reference.next_reservation_hint();
     }
-    // Power cut. The dying engine's own shutdown cannot write anything any more.
-    gate.open();
+    // Power cut: the core stops where it is.
     let ops_done = disk.op_count();
     let (crashed, losses) = disk.crash_with_report(seed);
-    drop(handle);
-    let (recovered, report) = Engine::open_with_storage(crashed, config(&clock))
+    drop(core);
+    let now = clock.load(Ordering::SeqCst);
+    let (mut recovered, report) = Engine::open_core(crashed, config(&clock))
         .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
-    let got = digest_of(&recovered);
+    let got = digest_of(&mut recovered, now);
     let wal_report = report
         .wal
         .as_ref()
@@ -513,7 +365,7 @@ fn run_seed(seed: u64) -> Trace {
         "seed {seed}: recovered state matches no acknowledged prefix (acked {acked}, in flight {})",
         unacked.len()
     );
-    recovered.shutdown();
+    recovered.close(now);
     Trace {
         acked,
         in_flight: unacked.len(),

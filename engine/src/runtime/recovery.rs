@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use surge_wal::{MmapStorage, Storage, Wal};
 
 use super::config::check_memory_fits;
+use super::driven::Core;
 use super::follower::Follower;
 use super::handle::Shared;
 use super::sync_stage::SyncStage;
@@ -61,6 +62,39 @@ impl Engine {
         storage: Option<S>,
         config: EngineConfig,
     ) -> Result<(EngineHandle, RecoveryReport), Error> {
+        let (writer, handle, report) = Engine::prepare(storage, config)?;
+        let thread = spawn_owner("surge-writer", move || writer.run())
+            .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
+        *handle.shared.writer.lock() = Some(thread);
+        Ok((handle, report))
+    }
+
+    /// Open over `storage` and recover, for a writer driven step by step on the
+    /// caller's thread ([`Core`]) instead of its own. Everything runs inline: the
+    /// commit, the snapshot file, no follower. A replicated configuration is
+    /// refused (its publish stage is a thread of its own).
+    pub fn open_core<S: Storage>(
+        storage: S,
+        mut config: EngineConfig,
+    ) -> Result<(Core<S>, RecoveryReport), Error> {
+        if config.replicate || config.durability == Durability::Replicated {
+            return Err(Error::InvalidConfig(
+                "the step-driven core does not replicate; open the engine for that".into(),
+            ));
+        }
+        config.pipelined_commit = false;
+        config.follower = false;
+        config.snapshot_in_background = false;
+        let (writer, handle, report) = Engine::prepare(Some(storage), config)?;
+        Ok((Core::new(writer, handle), report))
+    }
+
+    /// Recover and build the writer (with its sync thread and follower, when
+    /// configured), logging the configured policies; the writer is not started.
+    fn prepare<S: Storage>(
+        storage: Option<S>,
+        config: EngineConfig,
+    ) -> Result<(Writer<S>, EngineHandle, RecoveryReport), Error> {
         assert!(config.queue_len_max > 0 && config.batch_len_max > 0);
         let record_room = config.wal.record_payload_max_bytes();
         if config.durability != Durability::None
@@ -176,6 +210,7 @@ impl Engine {
         } else {
             (None, None, None)
         };
+        let pending = Vec::with_capacity(config.batch_len_max);
         let mut writer = Writer {
             to_syncer,
             from_syncer,
@@ -205,6 +240,8 @@ impl Engine {
             publish_thread: None,
             log_reads: Vec::new(),
             opening: true,
+            pending,
+            async_dirty: false,
         };
         writer.now_ms = writer.state.now_ms();
         if let Some(wal) = writer.wal.as_mut()
@@ -272,10 +309,7 @@ impl Engine {
             writer.follower = Some((ftx, thread));
         }
         writer.opening = false;
-        let thread = spawn_owner("surge-writer", move || writer.run())
-            .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
-        *shared.writer.lock() = Some(thread);
-        Ok((EngineHandle { shared }, report))
+        Ok((writer, EngineHandle { shared }, report))
     }
 }
 

@@ -64,19 +64,33 @@ pub(super) struct Writer<S: Storage> {
     pub(super) log_reads: Vec<LogRead>,
     /// `open` is logging the configured policies, before any request is taken.
     pub(super) opening: bool,
+    /// Answers waiting for this step's commit (kept between steps for its capacity).
+    pub(super) pending: Vec<Pending>,
+    /// Async mode: applied records not yet handed to durability.
+    pub(super) async_dirty: bool,
+}
+
+/// What one [`Writer::step`] did, for the thread around it.
+pub(super) struct Stepped {
+    /// A shutdown request was taken: the queue is drained and the loop ends.
+    pub(super) shutdown: bool,
+    /// Async mode: the applied records were handed to durability in this step.
+    pub(super) flushed: bool,
 }
 
 impl<S: Storage> Writer<S> {
+    /// The thread: wait for requests (or the expiry tick, or the async flush), take
+    /// up to `batch_len_max` of them, and [`step`](Self::step). Everything that
+    /// depends on wall time or on thread timing is here; the step is deterministic
+    /// given its requests and `now_ms`.
     pub(super) fn run(mut self) {
         let mut batch: Vec<Request> = Vec::with_capacity(self.config.batch_len_max);
-        let mut pending: Vec<Pending> = Vec::with_capacity(self.config.batch_len_max);
         let mut last_flush = Instant::now();
-        let mut dirty = false; // async mode: applied but not yet flushed
         let tick = Duration::from_millis(self.config.expire_interval_ms.max(1));
         let flush_every = Duration::from_millis(self.config.async_flush_interval_ms.max(1));
         let mut shutdown = false;
         while !shutdown {
-            let timeout = if dirty {
+            let timeout = if self.async_dirty {
                 flush_every.saturating_sub(last_flush.elapsed())
             } else {
                 tick
@@ -87,86 +101,121 @@ impl<S: Storage> Writer<S> {
                 Err(RecvTimeoutError::Disconnected) => shutdown = true,
             }
             let iteration = Instant::now();
-            while batch.len() < self.config.batch_len_max {
-                match self.rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
+            self.take_queued(&mut batch);
+            let now_ms = self.config.clock.now_ms();
+            let flush_due = last_flush.elapsed() >= flush_every;
+            let stepped = self.step(&mut batch, now_ms, flush_due || shutdown);
+            shutdown |= stepped.shutdown;
+            if stepped.flushed {
+                last_flush = Instant::now();
             }
-            self.collect_commits(false);
-            self.now_ms = self.now_ms.max(self.config.clock.now_ms());
-            let mut snapshot_replies = Vec::new();
-            let mut reads = Vec::new();
-            if self.shared.role() == Role::Leader {
-                // A standby's expiries come from its leader's log.
-                self.expire_due(&mut pending);
-            }
-            for request in batch.drain(..) {
-                shutdown |= self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
-            }
-            if shutdown {
-                // Drain whatever is still queued: accepted commands are finished.
-                while let Ok(request) = self.rx.try_recv() {
-                    self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
-                }
-            }
-            let logged = std::mem::take(&mut self.appended);
-            let durability = self.config.durability;
-            match durability {
-                Durability::Sync | Durability::Replicated => {
-                    self.hand_over(logged, &mut pending, reads)
-                }
-                Durability::Async => {
-                    // Reply now (reads see the applied state); the flush follows
-                    // within the interval.
-                    dirty |= logged;
-                    self.reply_now(&mut pending, reads);
-                    if dirty && (last_flush.elapsed() >= flush_every || shutdown) {
-                        self.hand_over(true, &mut pending, Vec::new());
-                        dirty = false;
-                        last_flush = Instant::now();
-                    }
-                }
-                Durability::None => {
-                    self.shared.events.publish(&self.events_buf);
-                    self.events_buf.clear();
-                    self.reply_now(&mut pending, reads);
-                }
-            }
-            let due = self.records_since_snapshot > 0
-                && ((self.config.snapshot_every_records > 0
-                    && self.records_since_snapshot >= self.config.snapshot_every_records)
-                    || (self.config.snapshot_every_segments > 0
-                        && self.wal.as_ref().is_some_and(|w| {
-                            w.stats().segments >= self.config.snapshot_every_segments
-                        })));
-            self.snapshot_waiting.extend(snapshot_replies);
-            self.poll_snapshot(shutdown);
-            if shutdown {
-                // The last snapshot is written in the foreground: the process is
-                // about to exit.
-                if self.config.snapshot_on_shutdown {
-                    self.start_snapshot(false);
-                }
-                self.answer_snapshot_waiters(self.snapshot_current());
-            } else if self.follower.is_some() {
-                if due && self.install_waiting.is_none() && self.snapshot_job.is_none() {
-                    self.shared.snapshot_wanted.store(true, Ordering::Release);
-                }
-                if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
-                    self.start_snapshot(self.config.snapshot_in_background);
-                } else if self.snapshot_job.is_none() {
-                    self.install_follower_snapshot();
-                }
-            } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
-                self.start_snapshot(self.config.snapshot_in_background);
-            }
-            self.answer_log_reads();
             self.shared
                 .stats
                 .writer_iteration
                 .record(iteration.elapsed());
         }
+        self.stop();
+    }
+
+    /// Move queued requests into `batch`, up to `batch_len_max`, without waiting.
+    pub(super) fn take_queued(&mut self, batch: &mut Vec<Request>) {
+        while batch.len() < self.config.batch_len_max {
+            match self.rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// One iteration of the writer, with no thread and no clock of its own: take in
+    /// the finished commits, advance the time to `now_ms` (never backwards), expire
+    /// what is due, apply `batch` (emptied), hand what was logged to durability,
+    /// and start or publish a snapshot when one is due. `flush_async`: in `async`
+    /// mode, hand the applied records to durability in this step.
+    pub(super) fn step(
+        &mut self,
+        batch: &mut Vec<Request>,
+        now_ms: Millis,
+        flush_async: bool,
+    ) -> Stepped {
+        let mut shutdown = false;
+        let mut pending = std::mem::take(&mut self.pending);
+        self.collect_commits(false);
+        self.now_ms = self.now_ms.max(now_ms);
+        let mut snapshot_replies = Vec::new();
+        let mut reads = Vec::new();
+        if self.shared.role() == Role::Leader {
+            // A standby's expiries come from its leader's log.
+            self.expire_due(&mut pending);
+        }
+        for request in batch.drain(..) {
+            shutdown |= self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
+        }
+        if shutdown {
+            // Drain whatever is still queued: accepted commands are finished.
+            while let Ok(request) = self.rx.try_recv() {
+                self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
+            }
+        }
+        let logged = std::mem::take(&mut self.appended);
+        let mut flushed = false;
+        match self.config.durability {
+            Durability::Sync | Durability::Replicated => {
+                self.hand_over(logged, &mut pending, reads)
+            }
+            Durability::Async => {
+                // Reply now (reads see the applied state); the flush follows
+                // within the interval.
+                self.async_dirty |= logged;
+                self.reply_now(&mut pending, reads);
+                if self.async_dirty && (flush_async || shutdown) {
+                    self.hand_over(true, &mut pending, Vec::new());
+                    self.async_dirty = false;
+                    flushed = true;
+                }
+            }
+            Durability::None => {
+                self.shared.events.publish(&self.events_buf);
+                self.events_buf.clear();
+                self.reply_now(&mut pending, reads);
+            }
+        }
+        self.pending = pending;
+        let due = self.records_since_snapshot > 0
+            && ((self.config.snapshot_every_records > 0
+                && self.records_since_snapshot >= self.config.snapshot_every_records)
+                || (self.config.snapshot_every_segments > 0
+                    && self.wal.as_ref().is_some_and(|w| {
+                        w.stats().segments >= self.config.snapshot_every_segments
+                    })));
+        self.snapshot_waiting.extend(snapshot_replies);
+        self.poll_snapshot(shutdown);
+        if shutdown {
+            // The last snapshot is written in the foreground: the process is
+            // about to exit.
+            if self.config.snapshot_on_shutdown {
+                self.start_snapshot(false);
+            }
+            self.answer_snapshot_waiters(self.snapshot_current());
+        } else if self.follower.is_some() {
+            if due && self.install_waiting.is_none() && self.snapshot_job.is_none() {
+                self.shared.snapshot_wanted.store(true, Ordering::Release);
+            }
+            if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
+                self.start_snapshot(self.config.snapshot_in_background);
+            } else if self.snapshot_job.is_none() {
+                self.install_follower_snapshot();
+            }
+        } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
+            self.start_snapshot(self.config.snapshot_in_background);
+        }
+        self.answer_log_reads();
+        Stepped { shutdown, flushed }
+    }
+
+    /// After the last step: wait for the commits in flight, then stop the sync
+    /// thread, the publish stage and the follower, in that order.
+    pub(super) fn stop(&mut self) {
         if self.durable_pending() {
             let _ = self.drain_commits();
         }

@@ -1,0 +1,107 @@
+//! The deterministic core: the writer stepped on the test's thread, the time an
+//! argument of each step (`Engine::open_core`).
+
+use surge_engine::wal::{SimStorage, WalConfig};
+use surge_engine::{
+    Command, Core, Durability, Engine, EngineConfig, Error, LineReq, Query, QueryReply,
+};
+
+const T0_MS: u64 = 1_700_000_000_000;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        durability: Durability::Sync,
+        wal: WalConfig {
+            segment_bytes: 64 * 1024,
+            snapshots_kept: 2,
+        },
+        snapshot_every_records: 0,
+        ..EngineConfig::default()
+    }
+}
+
+fn available(core: &mut Core<SimStorage>, now_ms: u64) -> u64 {
+    let ticket = core
+        .handle()
+        .query(Query::GetSku { sku: "S".into() })
+        .expect("queued");
+    core.step(now_ms);
+    match ticket.wait().expect("answered") {
+        Ok(QueryReply::Sku(view)) => view.available,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn reserve(ttl_ms: u64) -> Command {
+    Command::Reserve {
+        lines: vec![LineReq {
+            sku: "S".into(),
+            qty: 3,
+        }],
+        ttl_ms,
+        actor: "test".into(),
+    }
+}
+
+#[test]
+fn nothing_happens_between_steps_and_the_time_is_the_steps_argument() {
+    let disk = SimStorage::new();
+    let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
+    let define = Command::DefineSku {
+        sku: "S".into(),
+        name: String::new(),
+        on_hand: 10,
+        low_stock_threshold: 0,
+    };
+    let defined = core.handle().submit(define, None).expect("queued");
+    let held = core.handle().submit(reserve(1_000), None).expect("queued");
+    // Queued, not taken: the core has no thread.
+    assert_eq!(core.handle().queue_len(), 2);
+    assert_eq!(core.step(T0_MS), 2, "both requests in one step");
+    assert!(defined.wait().expect("answered").outcome.is_ok());
+    assert!(held.wait().expect("answered").outcome.is_ok());
+    assert_eq!(available(&mut core, T0_MS), 7);
+    // One millisecond before the hold's deadline nothing expires; at it, the
+    // step's own expiry gives the units back, with no command from us.
+    core.tick(T0_MS + 999);
+    assert_eq!(available(&mut core, T0_MS + 999), 7);
+    core.tick(T0_MS + 1_000);
+    assert_eq!(available(&mut core, T0_MS + 1_000), 10);
+    // Time never runs backwards: a step at an earlier time runs at the latest.
+    let again = core.handle().submit(reserve(1_000), None).expect("queued");
+    core.step(T0_MS);
+    assert!(again.wait().expect("answered").outcome.is_ok());
+    core.tick(T0_MS + 1_999);
+    assert_eq!(available(&mut core, T0_MS + 1_999), 7);
+    core.tick(T0_MS + 2_000);
+    assert_eq!(available(&mut core, T0_MS + 2_000), 10);
+    core.close(T0_MS + 2_000);
+
+    // What the steps acknowledged is durable: a reopened core has it.
+    let (mut reopened, report) = Engine::open_core(disk, config()).expect("reopen");
+    assert!(report.next_lsn > 1);
+    assert_eq!(available(&mut reopened, T0_MS + 2_000), 10);
+}
+
+#[test]
+fn a_closed_core_takes_no_more_requests() {
+    let (core, _) = Engine::open_core(SimStorage::new(), config()).expect("open");
+    let handle = core.handle().clone();
+    core.close(T0_MS);
+    assert!(matches!(
+        handle.submit(reserve(1_000), None),
+        Err(Error::ShuttingDown)
+    ));
+}
+
+#[test]
+fn a_replicated_configuration_is_refused() {
+    let config = EngineConfig {
+        replicate: true,
+        ..config()
+    };
+    assert!(matches!(
+        Engine::open_core(SimStorage::new(), config),
+        Err(Error::InvalidConfig(_))
+    ));
+}
