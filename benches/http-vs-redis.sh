@@ -37,7 +37,14 @@
 #   4. For appendfsync always and everysec, at $CONNS_HIGH and $CONNS_LOW connections:
 #      a fresh redis-server on a free loopback port (temp dir, appendonly yes), the SKUs
 #      as stock keys, and $REDIS_REQUESTS EVALSHA reserve calls over random SKUs.
-#   5. Prints one Markdown table and the ratios against issue 9's targets.
+#   5. Measures the durable reserve again on the wire, surge at $CONNS_HIGH and $CONNS_LOW
+#      connections and Redis appendfsync always at the same counts, in separate runs:
+#      tcpdump on lo captures a $WIRE_SECONDS s window from the 2nd second (a Redis
+#      wire run makes as many calls as its main run did in $WIRE_SECONDS + 2 s), and
+#      benches/wire_latency.py pairs each request packet with its answer packet. Both
+#      timestamps are the kernel's, so this is the server's latency without the load
+#      generator's own delay in noticing the answer (the client-side columns carry it).
+#   6. Prints two Markdown tables and the ratios against issue 9's targets.
 # Everything it starts runs on 127.0.0.1 with temporary directories and is stopped (by
 # its pid) and removed at the end, also on Ctrl-C. It stops nothing it did not start.
 #
@@ -54,6 +61,7 @@
 #   CUSTOMERS [100000]        customers of the limited run
 #   REDIS_REQUESTS [300000]   EVALSHA calls per Redis run (redis-benchmark -n)
 #   WRK_TIMEOUT [5s]          wrk --timeout (slower responses count as socket errors)
+#   WIRE_SECONDS [5]          length of the packet capture of each wire run
 #   SURGE_BIN                 use this binary instead of building one
 set -euo pipefail
 
@@ -74,6 +82,8 @@ LIMIT=${LIMIT:-1000}
 CUSTOMERS=${CUSTOMERS:-100000}
 REDIS_REQUESTS=${REDIS_REQUESTS:-300000}
 WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
+WIRE_SECONDS=$(seconds "${WIRE_SECONDS:-5}")
+((DURATION >= WIRE_SECONDS + 3)) || { echo "DURATION must be at least WIRE_SECONDS + 3" >&2; exit 2; }
 HOLD_TTL_MS=900000 # surge's default reservation TTL (15 minutes), for the Redis holds
 STOCK=1000000000000
 
@@ -84,16 +94,17 @@ cd "$ROOT"
 source "$ROOT/benches/lib/processes.sh"
 
 # ---------------------------------------------------------------- tools
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
 missing=()
-for tool in wrk redis-server redis-benchmark redis-cli curl; do
+for tool in wrk redis-server redis-benchmark redis-cli curl tcpdump python3; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-    log "missing: ${missing[*]}; installing wrk redis-server redis-tools curl"
-    SUDO=()
-    if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
+    log "missing: ${missing[*]}; installing wrk redis-server redis-tools curl tcpdump python3"
     "${SUDO[@]}" apt-get update
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk redis-server redis-tools curl
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y wrk redis-server redis-tools \
+        curl tcpdump python3
 fi
 
 # ---------------------------------------------------------------- build
@@ -161,6 +172,24 @@ run_wrk() { # name connections seconds script args... -> RESULT line
     wrk_cmd "$@" >"$WORK/wrk-$name.txt" 2>&1
     result_of "$WORK/wrk-$name.txt"
 }
+# Packet capture of one run (see step 5 above): start it just before the load.
+capture_wire() { # name port
+    (
+        sleep 1
+        "${SUDO[@]}" timeout "$WIRE_SECONDS" tcpdump -i lo -n -s 128 -w "$WORK/wire-$1.pcap" \
+            "tcp port $2 and (tcp[tcpflags] & tcp-push != 0)" >"$WORK/wire-$1.log" 2>&1 || true
+    ) &
+    WIRE_PID=$!
+    PIDS+=("$WIRE_PID")
+}
+wire_wait() { # the capture's end (in this shell: a subshell cannot wait for it)
+    wait "$WIRE_PID" || true
+    forget "$WIRE_PID"
+}
+wire_result() { # name port -> WIRE line (after wire_wait)
+    tcpdump -r "$WORK/wire-$1.pcap" -n -tt 2>/dev/null | python3 benches/wire_latency.py "$2" |
+        grep '^WIRE' || { cat "$WORK/wire-$1.log" >&2; echo "no wire figures for $1" >&2; exit 1; }
+}
 field() { sed -n "s/.*[[:space:]]$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 ok_requests() { echo $(($(field requests "$1") - $(field non2xx "$1"))); }
 slack() { echo $(($1 + $(field socket_errors "$2"))); } # connections RESULT
@@ -226,6 +255,16 @@ after=$(settled_reserved)
 check_holds "surge /v1/batch, $BATCH_CONNECTIONS conns" $((after - before)) \
     $(($(ok_requests "$SURGE_BATCH") * BATCH_OPS)) $(($(slack "$BATCH_CONNECTIONS" "$SURGE_BATCH") * BATCH_OPS))
 
+# The durable reserve again, on the wire (its holds are not counted again).
+capture_wire surge-high "$SURGE_PORT"
+SURGE_RES_HIGH_W=$(run_wrk reserve-high-wire "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
+wire_wait
+WIRE_SURGE_HIGH=$(wire_result surge-high "$SURGE_PORT")
+capture_wire surge-low "$SURGE_PORT"
+SURGE_RES_LOW_W=$(run_wrk reserve-low-wire "$CONNS_LOW" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
+wire_wait
+WIRE_SURGE_LOW=$(wire_result surge-low "$SURGE_PORT")
+
 stop "$SURGE_PID"
 
 # ---------------------------------------------------------------- redis
@@ -244,10 +283,23 @@ parse_redis() {
         END { printf "%s %d %d %d\n", rps, p50 * 1000, p99 * 1000, p999 * 1000 }
     '
 }
-run_redis() { # fsync-policy connections -> sets REDIS_<POLICY>_<CONNS> and _HOLDS
-    local policy=$1 conns=$2 port dir pid sha rc
+redis_field() { # "rps p50 p99 p999" index
+    local a
+    read -r -a a <<<"$1"
+    echo "${a[$2]}"
+}
+run_redis() { # fsync-policy connections [wire] -> sets REDIS_<POLICY>_<CONNS>[_FAILED]
+    # (with `wire`: REDIS_WIRE_<POLICY>_<CONNS> for the client side and
+    # WIRE_REDIS_<POLICY>_<CONNS> for the capture, and its holds are checked too)
+    local policy=$1 conns=$2 wire=${3:-} port dir pid sha rc n=$REDIS_REQUESTS
+    if [[ -n $wire ]]; then
+        # As long as the capture and a second on each side, at the main run's rate.
+        local main="REDIS_${policy^^}_$conns"
+        n=$(awk -v rps="$(redis_field "${!main}" 0)" -v s=$((WIRE_SECONDS + 2)) -v min="$REDIS_REQUESTS" \
+            'BEGIN { n = int(rps * s); print (n > min) ? n : min }')
+    fi
     port=$(free_port)
-    dir="$WORK/redis-$policy-$conns"
+    dir="$WORK/redis-$policy-$conns${wire:+-wire}"
     mkdir -p "$dir"
     redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save '' \
         --appendonly yes --appendfsync "$policy" --daemonize no \
@@ -262,9 +314,10 @@ run_redis() { # fsync-policy connections -> sets REDIS_<POLICY>_<CONNS> and _HOL
     for ((i = 0; i < SKUS; i++)); do printf 'SET stock:%012d %s\n' "$i" "$STOCK"; done |
         redis-cli -p "$port" >/dev/null
     sha=$(redis-cli -p "$port" script load "$REDIS_SCRIPT")
-    log "redis-benchmark -c$conns -n$REDIS_REQUESTS: EVALSHA reserve, appendfsync $policy"
+    log "redis-benchmark -c$conns -n$n: EVALSHA reserve, appendfsync $policy"
     rc=0
-    redis-benchmark -h 127.0.0.1 -p "$port" -n "$REDIS_REQUESTS" -c "$conns" -r "$SKUS" \
+    if [[ -n $wire ]]; then capture_wire "redis-$policy-$conns" "$port"; fi
+    redis-benchmark -h 127.0.0.1 -p "$port" -n "$n" -c "$conns" -r "$SKUS" \
         EVALSHA "$sha" 2 stock:__rand_int__ hold:seq 1 "$HOLD_TTL_MS" >"$dir/bench.txt" 2>&1 || rc=$?
     # What Redis kept: keys with a TTL (only holds have one), the id counter, and the
     # units taken from the stock keys.
@@ -275,19 +328,30 @@ run_redis() { # fsync-policy connections -> sets REDIS_<POLICY>_<CONNS> and _HOL
     ids=${ids:-0}
     units=$(redis-cli -p "$port" eval "local s = 0 for i = 0, tonumber(ARGV[1]) - 1 do s = s + tonumber(ARGV[2]) - tonumber(redis.call('GET', string.format('stock:%012d', i))) end return s" 0 "$SKUS" "$STOCK")
     local verdict="ok"
-    if ((rc != 0 || holds != REDIS_REQUESTS || ids != REDIS_REQUESTS || units != REDIS_REQUESTS)); then
+    if ((rc != 0 || holds != n || ids != n || units != n)); then
         verdict="MISMATCH (redis-benchmark exit $rc; see below)"
         tr '\r' '\n' <"$dir/bench.txt" | grep -iv '% <=' | grep -i 'error' | head -3 >&2 || true
     fi
-    HOLD_NOTES+=("redis appendfsync $policy, $conns conns: $holds holds stored (hold:seq $ids, $units units taken) for $REDIS_REQUESTS calls: $verdict")
-    printf -v "REDIS_${policy^^}_$conns" '%s' "$(parse_redis "$dir/bench.txt")"
-    printf -v "REDIS_${policy^^}_${conns}_FAILED" '%s' $((REDIS_REQUESTS - holds))
+    HOLD_NOTES+=("redis appendfsync $policy, $conns conns${wire:+ (wire run)}: $holds holds stored (hold:seq $ids, $units units taken) for $n calls: $verdict")
+    if [[ -n $wire ]]; then
+        local wire_line
+        wire_wait
+        wire_line=$(wire_result "redis-$policy-$conns" "$port")
+        printf -v "REDIS_WIRE_${policy^^}_$conns" '%s' "$(parse_redis "$dir/bench.txt")"
+        printf -v "WIRE_REDIS_${policy^^}_$conns" '%s' "$wire_line"
+    else
+        printf -v "REDIS_${policy^^}_$conns" '%s' "$(parse_redis "$dir/bench.txt")"
+        printf -v "REDIS_${policy^^}_${conns}_FAILED" '%s' $((n - holds))
+    fi
     stop "$pid"
 }
 for policy in always everysec; do
     for conns in "$CONNS_HIGH" "$CONNS_LOW"; do
         run_redis "$policy" "$conns"
     done
+done
+for conns in "$CONNS_HIGH" "$CONNS_LOW"; do
+    run_redis always "$conns" wire
 done
 
 # ---------------------------------------------------------------- report
@@ -312,11 +376,7 @@ verdict() { # value op target
     }'
 }
 rv() { local name="REDIS_$1"; echo "${!name}"; } # POLICY_CONNS[_FAILED] -> its value
-redis_field() { # "rps p50 p99 p999" index
-    local a
-    read -r -a a <<<"$1"
-    echo "${a[$2]}"
-}
+wv() { local name="WIRE_REDIS_$1"; echo "${!name}"; } # POLICY_CONNS -> its WIRE line
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 if [[ -n $(git status --porcelain 2>/dev/null) ]]; then rev="$rev (with uncommitted changes)"; fi
@@ -324,7 +384,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo
 echo "surge $rev, durability sync, vs $(redis-server --version | awk '{print $1, $2, $3}'); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "$(nproc) CPUs ($cpu); load average before the run: $LOAD_BEFORE; $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}') -t1, redis-benchmark single-threaded"
-echo "surge runs ${DURATION} s each (batch ${BATCH_DURATION} s); Redis runs $REDIS_REQUESTS calls each"
+echo "surge runs ${DURATION} s each (batch ${BATCH_DURATION} s); Redis runs $REDIS_REQUESTS calls each (wire runs: see below)"
 echo
 echo "| what | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx / socket errors |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
@@ -342,6 +402,33 @@ redis_row "Redis EVALSHA reserve, appendfsync always, $CONNS_HIGH conns" "$(rv "
 redis_row "Redis EVALSHA reserve, appendfsync always, $CONNS_LOW conns" "$(rv "ALWAYS_$CONNS_LOW")" "$(rv "ALWAYS_${CONNS_LOW}_FAILED")"
 redis_row "Redis EVALSHA reserve, appendfsync everysec, $CONNS_HIGH conns" "$(rv "EVERYSEC_$CONNS_HIGH")" "$(rv "EVERYSEC_${CONNS_HIGH}_FAILED")"
 redis_row "Redis EVALSHA reserve, appendfsync everysec, $CONNS_LOW conns" "$(rv "EVERYSEC_$CONNS_LOW")" "$(rv "EVERYSEC_${CONNS_LOW}_FAILED")"
+
+echo
+echo "On the wire: separate runs, tcpdump on lo for $WIRE_SECONDS s from the 2nd second; latency from the"
+echo "request packet to its answer packet (the kernel's timestamps), beside the load generator's own"
+echo "figures for the same run."
+echo
+echo "| what | req/s | client p50 / p99 / p99.9 ms | wire p50 / p99 / p99.9 / max ms | pairs |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+wire_cols() { # WIRE line -> "p50 / p99 / p99.9 / max | count"
+    printf '%s / %s / %s / %s | %s' "$(ms "$(field p50_us "$1")")" "$(ms "$(field p99_us "$1")")" \
+        "$(ms "$(field p999_us "$1")")" "$(ms "$(field max_us "$1")")" "$(thousands "$(field count "$1")")"
+}
+surge_wire_row() { # label RESULT WIRE
+    printf '| %s | %s | %s / %s / %s | %s |\n' "$1" "$(thousands "$(field rps "$2")")" \
+        "$(ms "$(field p50_us "$2")")" "$(ms "$(field p99_us "$2")")" "$(ms "$(field p999_us "$2")")" \
+        "$(wire_cols "$3")"
+}
+redis_wire_row() { # label "rps p50 p99 p999" WIRE
+    local rps p50 p99 p999
+    read -r rps p50 p99 p999 <<<"$2"
+    printf '| %s | %s | %s / %s / %s | %s |\n' "$1" "$(thousands "$rps")" "$(ms "$p50")" "$(ms "$p99")" \
+        "$(ms "$p999")" "$(wire_cols "$3")"
+}
+surge_wire_row "surge reserve (sync), $CONNS_HIGH conns" "$SURGE_RES_HIGH_W" "$WIRE_SURGE_HIGH"
+surge_wire_row "surge reserve (sync), $CONNS_LOW conns" "$SURGE_RES_LOW_W" "$WIRE_SURGE_LOW"
+redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_HIGH conns" "$(rv "WIRE_ALWAYS_$CONNS_HIGH")" "$(wv "ALWAYS_$CONNS_HIGH")"
+redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_LOW conns" "$(rv "WIRE_ALWAYS_$CONNS_LOW")" "$(wv "ALWAYS_$CONNS_LOW")"
 
 always_high=$(rv "ALWAYS_$CONNS_HIGH")
 always_low=$(rv "ALWAYS_$CONNS_LOW")
@@ -364,6 +451,9 @@ echo "Issue 9's targets, from this run:"
 echo "- surge reserve / Redis always, $CONNS_HIGH conns: $r_res_always (target >= 1.2: $(verdict "$r_res_always" '>=' 1.2)); at $CONNS_LOW conns: $r_res_always_low"
 echo "- surge reserve / surge /healthz ceiling, $CONNS_HIGH conns: $r_res_ceiling (target >= 0.85: $(verdict "$r_res_ceiling" '>=' 0.85))"
 echo "- reserve p99: $p99_high ms at $CONNS_HIGH conns (target <= 2: $(verdict "$p99_high" '<=' 2)), $p99_low ms at $CONNS_LOW conns (target <= 1: $(verdict "$p99_low" '<=' 1))"
+wire_high=$(ms "$(field p99_us "$WIRE_SURGE_HIGH")")
+wire_low=$(ms "$(field p99_us "$WIRE_SURGE_LOW")")
+echo "- reserve p99 on the wire: $wire_high ms at $CONNS_HIGH conns ($(verdict "$wire_high" '<=' 2)), $wire_low ms at $CONNS_LOW conns ($(verdict "$wire_low" '<=' 1)); Redis always on the wire: $(ms "$(field p99_us "$(wv "ALWAYS_$CONNS_HIGH")")") and $(ms "$(field p99_us "$(wv "ALWAYS_$CONNS_LOW")")") ms"
 echo "- stock read / ceiling: $r_read idle (target >= 0.9: $(verdict "$r_read" '>=' 0.9)), $r_read_loaded with the reserve load beside it"
 echo "- stock read p99: $p99_read ms idle, $p99_read_loaded ms with the reserve load (target <= 2: $(verdict "$p99_read" '<=' 2) / $(verdict "$p99_read_loaded" '<=' 2))"
 echo "- /v1/batch: $(thousands "$batch_res") reservations/s (target >= 1,000,000: $(verdict "$batch_res" '>=' 1000000)); batches with a failed op: $(field failed_batches "$SURGE_BATCH")"
