@@ -164,5 +164,97 @@ fn order_cycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, reserve_release, order_cycle);
+/// Orders placed one after another into one state, to 2M: how long the longest
+/// single `apply` takes while the order store and its indexes grow. Beside it, in
+/// the same run, the longest insert of the same order numbers into one plain hash
+/// table: what a table doubling costs at that size (the pause the sharded order
+/// number index avoids). Prints both; criterion's figure is orders/s.
+fn order_growth(c: &mut Criterion) {
+    const ORDERS: u64 = 2_000_000;
+    let mut group = c.benchmark_group("engine_apply");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(ORDERS));
+    group.bench_function("place_2m_orders_growth", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let mut state = state_with_skus();
+                let mut events = Vec::with_capacity(1024);
+                let order_nos: Vec<String> = (0..ORDERS).map(|i| format!("N{i}")).collect();
+                let commands: Vec<Command> = order_nos
+                    .iter()
+                    .enumerate()
+                    .map(|(i, order_no)| Command::PlaceOrder {
+                        order: Box::new(NewOrder {
+                            order_no: order_no.clone(),
+                            customer_id: "customer-42".to_string(),
+                            lines: vec![OrderLineReq {
+                                sku: format!("SKU-{:05}", i % SKUS),
+                                qty: 1,
+                                unit_price: 1999,
+                            }],
+                            payment_ttl_ms: 900_000,
+                            reservation_id: None,
+                            channel: String::new(),
+                            shipping_address: None,
+                            actor: "bench".to_string(),
+                        }),
+                    })
+                    .collect();
+                // On this thread's CPU clock: a preemption on the shared box is not
+                // a pause of the state machine.
+                let (mut longest, mut over_1ms) = (Duration::ZERO, 0u32);
+                let started = Instant::now();
+                for command in &commands {
+                    let one = thread_cpu_time();
+                    let applied = state.apply(command, None, 1_000, &mut events);
+                    let took = thread_cpu_time().saturating_sub(one);
+                    assert!(applied.outcome.is_ok(), "{:?}", applied.outcome);
+                    longest = longest.max(took);
+                    over_1ms += u32::from(took > Duration::from_millis(1));
+                    if events.len() > 512 {
+                        events.clear();
+                    }
+                }
+                elapsed += started.elapsed();
+                drop(commands);
+                // The same keys into one plain table.
+                let mut plain: hashbrown::HashMap<std::sync::Arc<str>, u64> =
+                    hashbrown::HashMap::new();
+                let mut plain_longest = Duration::ZERO;
+                for (i, order_no) in order_nos.into_iter().enumerate() {
+                    let key: std::sync::Arc<str> = order_no.into();
+                    let one = thread_cpu_time();
+                    plain.insert(key, i as u64);
+                    plain_longest = plain_longest.max(thread_cpu_time().saturating_sub(one));
+                }
+                black_box(&plain);
+                eprintln!(
+                    "place_2m_orders_growth (thread CPU time): longest apply {:.2} ms, {over_1ms} \
+                     applies over 1 ms; longest insert into one plain table of the same keys {:.2} ms",
+                    longest.as_secs_f64() * 1e3,
+                    plain_longest.as_secs_f64() * 1e3
+                );
+            }
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`).
+#[allow(unsafe_code, reason = "std has no per-thread CPU clock; one libc call")]
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+criterion_group!(benches, reserve_release, order_cycle, order_growth);
 criterion_main!(benches);

@@ -18,6 +18,7 @@ mod order_changes;
 mod query;
 mod reservations;
 mod sale;
+mod sharded;
 mod state;
 
 pub use command::*;

@@ -39,6 +39,7 @@ use crate::event::{Event, EventKind};
 use crate::idempotency::{Entry, IdempotencyIndex, IdempotencyPolicy, key_hash};
 use crate::limits::*;
 use crate::reservations::Reservations;
+use crate::sharded::ShardedIndex;
 
 mod holds;
 mod invariants;
@@ -102,7 +103,7 @@ pub struct State {
     /// Orders by id: `orders[id - 1]`.
     pub(crate) orders: ChunkedVec<Order>,
     /// Orders by client order number; the key shares the order's string.
-    pub(crate) order_no_index: HashMap<Arc<str>, OrderId>,
+    pub(crate) order_no_index: ShardedIndex<OrderId>,
     pub(crate) actors: Vec<Arc<str>>,
     pub(crate) actor_index: HashMap<Arc<str>, u32>,
     /// Idempotency keys remembered, with their answers, within the window and budget.
@@ -136,15 +137,15 @@ pub struct State {
     pub(crate) touched_skus: Option<Vec<SkuIdx>>,
 }
 
-/// The rules of records logged before v1.1: thin order events, no `stock.restored`.
-/// The expiry heap gets its full capacity (the held limit) once it reaches this many
-/// entries: one small early copy, and address space reserved but not touched,
+/// The expiry heap (and the reservations' window) get their full capacity (the held
+/// limit, the window's length) once they reach this many entries: one small early copy, and address space reserved but not touched,
 /// instead of doublings that copy millions of entries on the writer later (README,
 /// "The writer without directory syncs"). Not for hash tables: a table's entries
 /// land all over its buckets, so reserving it whole would touch (fault in) nearly
 /// all of it at once, the same pause earlier.
 pub(crate) const EARLY_GROWTH_LEN: usize = 1 << 16;
 
+/// The rules of records logged before v1.1: thin order events, no `stock.restored`.
 pub(crate) const RULES_V1: u32 = 1;
 /// The rules from the first `SetOrderPolicy` on: full event payloads.
 pub(crate) const RULES_V11: u32 = 2;
@@ -300,7 +301,7 @@ impl State {
             held_count: 0,
             expiry: BinaryHeap::new(),
             orders: ChunkedVec::default(),
-            order_no_index: HashMap::new(),
+            order_no_index: ShardedIndex::new(),
             actors: Vec::new(),
             actor_index: HashMap::new(),
             idempotency: IdempotencyIndex::new(IdempotencyPolicy::INITIAL),
