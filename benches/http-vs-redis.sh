@@ -408,27 +408,32 @@ echo "On the wire: separate runs, tcpdump on lo for $WIRE_SECONDS s from the 2nd
 echo "request packet to its answer packet (the kernel's timestamps), beside the load generator's own"
 echo "figures for the same run."
 echo
-echo "| what | req/s | client p50 / p99 / p99.9 ms | wire p50 / p99 / p99.9 / max ms | pairs |"
-echo "| --- | ---: | ---: | ---: | ---: |"
-wire_cols() { # WIRE line -> "p50 / p99 / p99.9 / max | count"
-    printf '%s / %s / %s / %s | %s' "$(ms "$(field p50_us "$1")")" "$(ms "$(field p99_us "$1")")" \
-        "$(ms "$(field p999_us "$1")")" "$(ms "$(field max_us "$1")")" "$(thousands "$(field count "$1")")"
+echo "| what | req/s | conns / (req/s), ms | client mean; p50 / p99 / p99.9 ms | wire mean; p50 / p99 / p99.9 / max ms | pairs |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+# Little's law: with one request in flight per connection the mean latency is at
+# most conns / (req/s); a client mean above that is the client's own accounting.
+little() { awk -v c="$1" -v r="$2" 'BEGIN { if (r > 0) printf "%.2f", c / r * 1000; else print "-" }'; }
+wire_cols() { # WIRE line -> "mean; p50 / p99 / p99.9 / max | count"
+    printf '%s; %s / %s / %s / %s | %s' "$(ms "$(field mean_us "$1")")" "$(ms "$(field p50_us "$1")")" \
+        "$(ms "$(field p99_us "$1")")" "$(ms "$(field p999_us "$1")")" "$(ms "$(field max_us "$1")")" \
+        "$(thousands "$(field count "$1")")"
 }
-surge_wire_row() { # label RESULT WIRE
-    printf '| %s | %s | %s / %s / %s | %s |\n' "$1" "$(thousands "$(field rps "$2")")" \
-        "$(ms "$(field p50_us "$2")")" "$(ms "$(field p99_us "$2")")" "$(ms "$(field p999_us "$2")")" \
-        "$(wire_cols "$3")"
+surge_wire_row() { # label connections RESULT WIRE
+    printf '| %s | %s | %s | %s; %s / %s / %s | %s |\n' "$1" "$(thousands "$(field rps "$3")")" \
+        "$(little "$2" "$(field rps "$3")")" "$(ms "$(field mean_us "$3")")" \
+        "$(ms "$(field p50_us "$3")")" "$(ms "$(field p99_us "$3")")" "$(ms "$(field p999_us "$3")")" \
+        "$(wire_cols "$4")"
 }
-redis_wire_row() { # label "rps p50 p99 p999" WIRE
+redis_wire_row() { # label connections "rps p50 p99 p999" WIRE
     local rps p50 p99 p999
-    read -r rps p50 p99 p999 <<<"$2"
-    printf '| %s | %s | %s / %s / %s | %s |\n' "$1" "$(thousands "$rps")" "$(ms "$p50")" "$(ms "$p99")" \
-        "$(ms "$p999")" "$(wire_cols "$3")"
+    read -r rps p50 p99 p999 <<<"$3"
+    printf '| %s | %s | %s | -; %s / %s / %s | %s |\n' "$1" "$(thousands "$rps")" "$(little "$2" "$rps")" \
+        "$(ms "$p50")" "$(ms "$p99")" "$(ms "$p999")" "$(wire_cols "$4")"
 }
-surge_wire_row "surge reserve (sync), $CONNS_HIGH conns" "$SURGE_RES_HIGH_W" "$WIRE_SURGE_HIGH"
-surge_wire_row "surge reserve (sync), $CONNS_LOW conns" "$SURGE_RES_LOW_W" "$WIRE_SURGE_LOW"
-redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_HIGH conns" "$(rv "WIRE_ALWAYS_$CONNS_HIGH")" "$(wv "ALWAYS_$CONNS_HIGH")"
-redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_LOW conns" "$(rv "WIRE_ALWAYS_$CONNS_LOW")" "$(wv "ALWAYS_$CONNS_LOW")"
+surge_wire_row "surge reserve (sync), $CONNS_HIGH conns" "$CONNS_HIGH" "$SURGE_RES_HIGH_W" "$WIRE_SURGE_HIGH"
+surge_wire_row "surge reserve (sync), $CONNS_LOW conns" "$CONNS_LOW" "$SURGE_RES_LOW_W" "$WIRE_SURGE_LOW"
+redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_HIGH conns" "$CONNS_HIGH" "$(rv "WIRE_ALWAYS_$CONNS_HIGH")" "$(wv "ALWAYS_$CONNS_HIGH")"
+redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_LOW conns" "$CONNS_LOW" "$(rv "WIRE_ALWAYS_$CONNS_LOW")" "$(wv "ALWAYS_$CONNS_LOW")"
 
 always_high=$(rv "ALWAYS_$CONNS_HIGH")
 always_low=$(rv "ALWAYS_$CONNS_LOW")

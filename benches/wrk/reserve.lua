@@ -9,7 +9,8 @@
 -- `limited N C`: a random SKU of `L0`..`L<N-1>` (SKUs with a purchase limit) for a
 -- random customer of `c0`..`c<C-1>`.
 -- The token comes from the environment variable SURGE_BENCH_TOKEN (storefront).
--- `done` prints one `RESULT` line with requests/s and p50/p99/p99.9 in microseconds.
+-- `done` prints one `RESULT` line with requests/s, the mean and p50/p99/p99.9 in
+-- microseconds.
 
 local mode = "hot"
 local skus = 1
@@ -47,8 +48,8 @@ end
 function done(summary, latency, requests)
   local seconds = summary.duration / 1000000
   io.write(string.format(
-    "RESULT requests=%d rps=%.1f p50_us=%d p99_us=%d p999_us=%d non2xx=%d socket_errors=%d\n",
-    summary.requests, summary.requests / seconds,
+    "RESULT requests=%d rps=%.1f mean_us=%d p50_us=%d p99_us=%d p999_us=%d non2xx=%d socket_errors=%d\n",
+    summary.requests, summary.requests / seconds, latency.mean,
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
     summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
