@@ -425,7 +425,8 @@ fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
 /// first write to each block then converts it, and the next sync must commit that
 /// metadata change too. A segment written once with zeros is synced like any
 /// overwritten file: data only (measured in `wal/commit_1_record`).
-/// Writes zeros over a new segment, one chunk at a time, each written back
+///
+/// The zeros go one chunk at a time, each written back
 /// before the next is dirtied. Dirtying the whole segment and syncing it once
 /// would queue tens of megabytes on the device (and, in ext4's ordered mode, in
 /// front of the next journal commit) while the sync thread waits there for a
