@@ -1,9 +1,13 @@
 //! The v1 resources: SKUs, reservations, orders, reads, lists, export and stats.
 
-use axum::extract::{Path, State};
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, STATS_TOP_MAX};
 use surge_engine::{
     Acked, Command, IdempotencyKey, OrderFilter, OrderId, OrderStatus, Outcome, PaymentStatus,
@@ -11,7 +15,7 @@ use surge_engine::{
 };
 use utoipa::IntoParams;
 
-use crate::auth::{Admin, AnyRole, Auth, Operator, Reader, Role, Storefront};
+use crate::auth::{Access, Admin, AnyRole, Auth, Operator, Principal, Reader, Role, Storefront};
 use crate::dto::*;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Idem, NoQuery};
@@ -40,6 +44,72 @@ pub async fn run(
     success: Success,
 ) -> Result<Response, ApiError> {
     Ok(respond(execute(st, command, key).await?, success))
+}
+
+/// A write on one order (`POST /v1/orders/{id}/...`, `PATCH /v1/orders/{id}`): the
+/// caller admitted by `A`, then its `Idempotency-Key`, the order id of the path and
+/// the JSON body `T`, extracted in that order (so the same refusal wins as when each
+/// handler listed the four extractors). The handler builds its command from the
+/// body and hands it to [`OrderCall::run`].
+pub struct OrderWrite<A, T>(pub OrderCall, pub T, pub PhantomData<A>);
+
+/// What an [`OrderWrite`] handler needs beside its body.
+pub struct OrderCall {
+    st: AppState,
+    /// The caller.
+    pub who: Principal,
+    idem: Idem,
+    id: String,
+    body: Bytes,
+}
+
+impl OrderCall {
+    /// The order the path names (404 `unknown_order` if it cannot be one).
+    pub fn order_id(&self) -> Result<OrderId, ApiError> {
+        parse_order_id(&self.id)
+    }
+
+    /// The actor the command is logged under.
+    pub fn actor(&self) -> String {
+        self.who.actor.clone()
+    }
+
+    /// Submit `command` under the request's idempotency key and answer 200.
+    pub async fn run(self, command: Command) -> Result<Response, ApiError> {
+        run(&self.st, command, self.idem.key(&self.body), Success::Ok).await
+    }
+}
+
+impl<A, T> FromRequest<AppState> for OrderWrite<A, T>
+where
+    A: Access + Send,
+    T: DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, st: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Auth(who, _) = Auth::<A>::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let idem = Idem::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ApiJson(req, body) = ApiJson::<T>::from_request(Request::from_parts(parts, body), st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let call = OrderCall {
+            st: st.clone(),
+            who,
+            idem,
+            id,
+            body,
+        };
+        Ok(OrderWrite(call, req, PhantomData))
+    }
 }
 
 /// Run a read and take its answer in the shape `R` that the query answers
@@ -435,19 +505,15 @@ pub fn create_order_command(
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn pay_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Storefront>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<PayReq>,
+    OrderWrite(call, req, ..): OrderWrite<Storefront, PayReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::PayOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         amount: req.amount,
         payment_ref: req.payment_ref,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/transitions", tag = "orders",
@@ -459,20 +525,16 @@ pub async fn pay_order(
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn transition_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<TransitionReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, TransitionReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::AdvanceOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         to: req.to.into(),
         note: req.note,
         tracking_no: req.tracking_no,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 /// `storefront` may cancel only for the reasons the engine lists for it
@@ -499,20 +561,16 @@ pub fn check_cancel_reason(role: Role, reason: CancelReasonDto) -> Result<(), Ap
         (status = 409, description = "`order_shipped` (use the return flow) or `invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Storefront>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<CancelReq>,
+    OrderWrite(call, req, ..): OrderWrite<Storefront, CancelReq>,
 ) -> Result<Response, ApiError> {
-    check_cancel_reason(who.role, req.reason)?;
+    check_cancel_reason(call.who.role, req.reason)?;
     let command = Command::CancelOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         reason: req.reason.into(),
         note: req.note,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/return", tag = "orders",
@@ -524,21 +582,17 @@ pub async fn cancel_order(
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn return_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<ReturnReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, ReturnReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::ReturnOrderAs {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         kind: req.kind.into(),
         restock: req.restock,
         reason: req.reason,
         note: req.note,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders",
@@ -550,18 +604,14 @@ pub async fn return_order(
         (status = 409, description = "`invalid_transition`: no refund is due", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refund_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<RefundReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, RefundReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::RefundOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         refund_ref: req.refund_ref,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
