@@ -130,10 +130,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             } = &**e;
             let mut m = brief(log, *id, order);
             m.insert("reason".into(), reason.as_str().into());
-            m.insert("note".into(), note.to_string().into());
-            insert_actor(&mut m, actor);
-            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
-            m.insert("restocked".into(), sku_qtys(log, restocked));
+            insert_closing(&mut m, log, note, actor, *refund_due_amount, restocked);
             Value::Object(m)
         }
         EventKind::OrderReturned(e) => {
@@ -152,10 +149,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             m.insert("kind".into(), kind.as_str().into());
             m.insert("restock".into(), (*restock).into());
             m.insert("reason".into(), reason.to_string().into());
-            m.insert("note".into(), note.to_string().into());
-            insert_actor(&mut m, actor);
-            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
-            m.insert("restocked".into(), sku_qtys(log, restocked));
+            insert_closing(&mut m, log, note, actor, *refund_due_amount, restocked);
             Value::Object(m)
         }
         EventKind::OrderModified(e) => {
@@ -437,6 +431,22 @@ fn sku_qtys(log: &EventLog, lines: &[(surge_engine::SkuIdx, u64)]) -> Value {
         .map(|(s, q)| json!({"sku": &*log.sku_name(*s), "qty": q}))
         .collect::<Vec<_>>()
         .into()
+}
+
+/// What a cancelled and a returned order both tell, in this order: `note`, the actor,
+/// `refund_due_amount` and the units `restocked`.
+fn insert_closing(
+    m: &mut Map<String, Value>,
+    log: &EventLog,
+    note: &str,
+    actor: &str,
+    refund_due_amount: u64,
+    restocked: &[(surge_engine::SkuIdx, u64)],
+) {
+    m.insert("note".into(), note.into());
+    insert_actor(m, actor);
+    m.insert("refund_due_amount".into(), refund_due_amount.into());
+    m.insert("restocked".into(), sku_qtys(log, restocked));
 }
 
 /// `actor`, and `on_behalf_of` when the actor acted for someone (a named token).
