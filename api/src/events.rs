@@ -192,9 +192,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
                 note,
                 actor,
             } = &**e;
-            let mut m = Map::new();
-            m.insert("order_id".into(), id.to_string().into());
-            m.insert("order_no".into(), order_no.to_string().into());
+            let mut m = order_ref(*id, order_no);
             m.insert("reason".into(), reason.as_str().into());
             m.insert("note".into(), note.to_string().into());
             insert_actor(&mut m, actor);
@@ -207,9 +205,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
                 note,
                 actor,
             } = &**e;
-            let mut m = Map::new();
-            m.insert("order_id".into(), id.to_string().into());
-            m.insert("order_no".into(), order_no.to_string().into());
+            let mut m = order_ref(*id, order_no);
             m.insert("note".into(), note.to_string().into());
             insert_actor(&mut m, actor);
             Value::Object(m)
@@ -244,9 +240,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
                 refunded_amount,
                 refund_due_amount,
             } = &**e;
-            let mut m = Map::new();
-            m.insert("order_id".into(), id.to_string().into());
-            m.insert("order_no".into(), order_no.to_string().into());
+            let mut m = order_ref(*id, order_no);
             m.insert("amount".into(), (*amount).into());
             m.insert("reason".into(), reason.to_string().into());
             m.insert("refund_ref".into(), refund_ref.to_string().into());
@@ -403,14 +397,20 @@ fn sse(st: AppState, engine: EngineHandle, after: u64) -> impl IntoResponse {
 }
 
 /// The order an event is about: id, number, customer, channel, lines.
+/// `order_id` and `order_no`: how every order event starts.
+fn order_ref(id: surge_engine::OrderId, order_no: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("order_id".into(), id.to_string().into());
+    m.insert("order_no".into(), order_no.into());
+    m
+}
+
 fn brief(
     log: &EventLog,
     id: surge_engine::OrderId,
     order: &surge_engine::event::OrderBrief,
 ) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("order_id".into(), id.to_string().into());
-    m.insert("order_no".into(), order.order_no.to_string().into());
+    let mut m = order_ref(id, &order.order_no);
     m.insert("customer_id".into(), order.customer_id.to_string().into());
     m.insert("channel".into(), order.channel.to_string().into());
     m.insert("lines".into(), event_lines(log, &order.lines));

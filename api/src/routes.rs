@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, STATS_TOP_MAX};
 use surge_engine::{
-    Acked, Command, IdempotencyKey, OrderFilter, OrderId, OrderStatus, Outcome, PaymentStatus,
-    Query, QueryReply, Reply, ReservationId, SkuIdx,
+    Acked, Command, IdempotencyKey, OrderId, Outcome, Query, QueryReply, Reply, ReservationId,
+    SkuIdx,
 };
 use utoipa::IntoParams;
 
@@ -647,37 +647,97 @@ pub async fn get_order_by_no(
     Ok(axum::Json(OrderBody::from(*v)).into_response())
 }
 
-/// Filters of the order list and export; empty values count as absent.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OrderListParams {
-    /// An order status (`reserved`, `confirmed`, ..., `returned`).
-    pub status: Option<String>,
-    pub customer_id: Option<String>,
-    /// Orders with a line of this SKU.
-    pub sku: Option<String>,
-    /// Created at or after: RFC 3339, or milliseconds since the epoch.
-    pub created_from: Option<String>,
-    /// Created at or before: RFC 3339, or milliseconds since the epoch.
-    pub created_to: Option<String>,
-    /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
-    pub payment_status: Option<String>,
-    /// Order numbers starting with this.
-    pub order_no: Option<String>,
-    /// Sales channel, exactly.
-    pub channel: Option<String>,
-    /// `true`: only orders past their ship SLA and not shipped.
-    pub delayed: Option<String>,
-    /// `true`: only orders on hold; `false`: only orders not on hold.
-    pub on_hold: Option<String>,
-    /// `next_cursor` of the previous page (list only).
-    pub cursor: Option<String>,
-    /// Page size, 1..=1000 (default 50; list only).
-    pub limit: Option<String>,
+/// Declares a query-parameter struct (for [`ApiQuery`]) whose parameters are the
+/// order filters of the list and the exports, `status` to `on_hold`, followed by the
+/// endpoint's own, with `filter()` to check them. A macro rather than
+/// `#[serde(flatten)]`: `ApiQuery` must see every parameter name.
+macro_rules! order_filter_params {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, ::serde::Deserialize, ::utoipa::IntoParams)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            /// An order status (`reserved`, `confirmed`, ..., `returned`).
+            pub status: Option<String>,
+            pub customer_id: Option<String>,
+            /// Orders with a line of this SKU.
+            pub sku: Option<String>,
+            /// Created at or after: RFC 3339, or milliseconds since the epoch.
+            pub created_from: Option<String>,
+            /// Created at or before: RFC 3339, or milliseconds since the epoch.
+            pub created_to: Option<String>,
+            /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
+            pub payment_status: Option<String>,
+            /// Order numbers starting with this.
+            pub order_no: Option<String>,
+            /// Sales channel, exactly.
+            pub channel: Option<String>,
+            /// `true`: only orders past their ship SLA and not shipped.
+            pub delayed: Option<String>,
+            /// `true`: only orders on hold; `false`: only orders not on hold.
+            pub on_hold: Option<String>,
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// The filters, checked (400 `validation_failed` naming the parameter);
+            /// empty values count as absent.
+            pub fn filter(
+                &self,
+            ) -> Result<::surge_engine::OrderFilter, $crate::error::ApiError> {
+                use $crate::error::ApiError;
+                use $crate::routes::{non_empty, parse_flag, parse_time};
+                let status = match non_empty(&self.status) {
+                    None => None,
+                    Some(s) => Some(s.parse::<::surge_engine::OrderStatus>().map_err(|()| {
+                        ApiError::validation("status", format!("unknown order status {s:?}"))
+                    })?),
+                };
+                Ok(::surge_engine::OrderFilter {
+                    status,
+                    customer_id: non_empty(&self.customer_id).map(str::to_string),
+                    sku: non_empty(&self.sku).map(str::to_string),
+                    created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
+                    created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
+                    payment_status: match non_empty(&self.payment_status) {
+                        None => None,
+                        Some(p) => Some(p.parse::<::surge_engine::PaymentStatus>().map_err(
+                            |()| {
+                                ApiError::validation(
+                                    "payment_status",
+                                    format!("unknown payment status {p:?}"),
+                                )
+                            },
+                        )?),
+                    },
+                    order_no_prefix: non_empty(&self.order_no).map(str::to_string),
+                    channel: non_empty(&self.channel).map(str::to_string),
+                    delayed: parse_flag("delayed", non_empty(&self.delayed))?,
+                    on_hold: parse_flag("on_hold", non_empty(&self.on_hold))?,
+                })
+            }
+        }
+    };
+}
+pub(crate) use order_filter_params;
+
+order_filter_params! {
+    /// Filters of the order list, and its paging; empty values count as absent.
+    pub struct OrderListParams {
+        /// `next_cursor` of the previous page (list only).
+        pub cursor: Option<String>,
+        /// Page size, 1..=1000 (default 50; list only).
+        pub limit: Option<String>,
+    }
 }
 
 /// `true` or `false`.
-fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>, ApiError> {
+pub(crate) fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>, ApiError> {
     match text {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
@@ -704,32 +764,6 @@ pub(crate) fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>,
 }
 
 impl OrderListParams {
-    pub(crate) fn filter(&self) -> Result<OrderFilter, ApiError> {
-        let status = match non_empty(&self.status) {
-            None => None,
-            Some(s) => Some(s.parse::<OrderStatus>().map_err(|()| {
-                ApiError::validation("status", format!("unknown order status {s:?}"))
-            })?),
-        };
-        Ok(OrderFilter {
-            status,
-            customer_id: non_empty(&self.customer_id).map(str::to_string),
-            sku: non_empty(&self.sku).map(str::to_string),
-            created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
-            created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
-            payment_status: match non_empty(&self.payment_status) {
-                None => None,
-                Some(p) => Some(p.parse::<PaymentStatus>().map_err(|()| {
-                    ApiError::validation("payment_status", format!("unknown payment status {p:?}"))
-                })?),
-            },
-            order_no_prefix: non_empty(&self.order_no).map(str::to_string),
-            channel: non_empty(&self.channel).map(str::to_string),
-            delayed: parse_flag("delayed", non_empty(&self.delayed))?,
-            on_hold: parse_flag("on_hold", non_empty(&self.on_hold))?,
-        })
-    }
-
     fn cursor(&self) -> Result<Option<OrderId>, ApiError> {
         match non_empty(&self.cursor) {
             None => Ok(None),
