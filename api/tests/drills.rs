@@ -84,6 +84,21 @@ fn arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// `--json JSON --report HTML`.
+fn outputs<'a>(json: &'a Path, html: &'a Path) -> [&'a str; 4] {
+    ["--json", arg(json), "--report", arg(html)]
+}
+
+/// The load between the kills of the crash and failover drills.
+const ROUND_LOAD: [&str; 6] = [
+    "--connections",
+    "8",
+    "--load-ms-min",
+    "200",
+    "--load-ms-max",
+    "600",
+];
+
 /// Parse the page as XML (it is written to be well-formed): every tag closes;
 /// returns the ids of its `<svg>` elements.
 fn svg_ids(html: &str) -> Vec<String> {
@@ -192,29 +207,22 @@ fn crash_drill_passes_with_three_restarts() {
     let dir = tmp.path();
     let html = dir.join("crash.html");
     let json = dir.join("crash.json");
-    let out = loadtest(&[
-        "crash",
-        "--surge-bin",
-        surge(),
-        "--restarts",
-        "3",
-        "--connections",
-        "8",
-        "--load-ms-min",
-        "200",
-        "--load-ms-max",
-        "600",
-        "--recovery-kill-pct",
-        "50",
-        "--skus",
-        "4",
-        "--stock",
-        "100000",
-        "--json",
-        arg(&json),
-        "--report",
-        arg(&html),
-    ]);
+    let out = loadtest(
+        &[
+            &["crash", "--surge-bin", surge(), "--restarts", "3"][..],
+            &ROUND_LOAD,
+            &[
+                "--recovery-kill-pct",
+                "50",
+                "--skus",
+                "4",
+                "--stock",
+                "100000",
+            ],
+            &outputs(&json, &html),
+        ]
+        .concat(),
+    );
     assert_eq!(out.code, 0, "crash drill failed");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -292,25 +300,15 @@ fn failover_drill_passes_with_three_kills() {
     let dir = tmp.path();
     let html = dir.join("failover.html");
     let json = dir.join("failover.json");
-    let out = loadtest(&[
-        "failover",
-        "--surge-bin",
-        surge(),
-        "--kills",
-        "3",
-        "--connections",
-        "8",
-        "--load-ms-min",
-        "200",
-        "--load-ms-max",
-        "600",
-        "--compare-ms",
-        "1500",
-        "--json",
-        arg(&json),
-        "--report",
-        arg(&html),
-    ]);
+    let out = loadtest(
+        &[
+            &["failover", "--surge-bin", surge(), "--kills", "3"][..],
+            &ROUND_LOAD,
+            &["--compare-ms", "1500"],
+            &outputs(&json, &html),
+        ]
+        .concat(),
+    );
     assert_eq!(
         out.code, 0,
         "drill failed (nats-server missing? run `bash .ci/setup`)"

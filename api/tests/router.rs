@@ -110,6 +110,14 @@ impl Api {
             .await
     }
 
+    /// Each (method, path, status, code): the admin's bodiless request is refused
+    /// with that problem.
+    async fn assert_admin_refusals(&self, cases: &[(&str, &str, u16, &str)]) {
+        for &(method, path, status, code) in cases {
+            assert_problem(&self.admin(method, path, None).await, status, code);
+        }
+    }
+
     async fn digest(&self) -> u64 {
         match self
             .engine
@@ -343,23 +351,22 @@ async fn reservations_hold_commit_release() {
         .admin("POST", &format!("/v1/reservations/{id2}/release"), None)
         .await;
     assert_eq!(r.json["status"], "released");
-    assert_problem(
-        &api.admin("POST", "/v1/reservations/r999/commit", None)
-            .await,
-        404,
-        "unknown_reservation",
-    );
-    assert_problem(
-        &api.admin("POST", "/v1/reservations/zzz/release", None)
-            .await,
-        404,
-        "unknown_reservation",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/reservations/zzz", None).await,
-        404,
-        "unknown_reservation",
-    );
+    api.assert_admin_refusals(&[
+        (
+            "POST",
+            "/v1/reservations/r999/commit",
+            404,
+            "unknown_reservation",
+        ),
+        (
+            "POST",
+            "/v1/reservations/zzz/release",
+            404,
+            "unknown_reservation",
+        ),
+        ("GET", "/v1/reservations/zzz", 404, "unknown_reservation"),
+    ])
+    .await;
 }
 
 async fn new_order(api: &Api, order_no: &str, qty: u64) -> Value {
@@ -525,21 +532,12 @@ async fn orders_full_lifecycle() {
         .call("GET", "/v1/orders/by-no/n-1", Some(STOREFRONT), &[], None)
         .await;
     assert_eq!(r.json["id"], id.as_str());
-    assert_problem(
-        &api.admin("GET", "/v1/orders/by-no/none", None).await,
-        404,
-        "unknown_order",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders/zzz", None).await,
-        404,
-        "unknown_order",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders/o999", None).await,
-        404,
-        "unknown_order",
-    );
+    api.assert_admin_refusals(&[
+        ("GET", "/v1/orders/by-no/none", 404, "unknown_order"),
+        ("GET", "/v1/orders/zzz", 404, "unknown_order"),
+        ("GET", "/v1/orders/o999", 404, "unknown_order"),
+    ])
+    .await;
     assert_problem(
         &api.admin("POST", "/v1/orders/zzz/pay", Some(json!({"amount": 1})))
             .await,
@@ -661,22 +659,17 @@ async fn lists_export_and_stats() {
         )
         .await;
     assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
-    assert_problem(
-        &api.admin("GET", "/v1/orders?status=lost", None).await,
-        400,
-        "validation_failed",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders?created_from=yesterday", None)
-            .await,
-        400,
-        "validation_failed",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders?cursor=zz", None).await,
-        400,
-        "validation_failed",
-    );
+    api.assert_admin_refusals(&[
+        ("GET", "/v1/orders?status=lost", 400, "validation_failed"),
+        (
+            "GET",
+            "/v1/orders?created_from=yesterday",
+            400,
+            "validation_failed",
+        ),
+        ("GET", "/v1/orders?cursor=zz", 400, "validation_failed"),
+    ])
+    .await;
 
     let r = api
         .call(
