@@ -175,30 +175,41 @@ fn measure_keys(what: &str, make: impl Fn(u64) -> Command) -> f64 {
     per_key
 }
 
-fn main() {
-    // `cargo bench` passes flags such as --bench; nothing to parse.
-    let order = measure("live order (reserved, 1 line, with its hold)", |i| {
-        Command::CreateOrder {
-            order_no: format!("ORD-{i:010}"),
-            customer_id: format!("CUST-{:06}", i % 100_000),
-            lines: vec![OrderLineReq {
-                sku: format!("SKU-{:05}", i % SKUS),
-                qty: 1,
-                unit_price: 1999,
-            }],
-            payment_ttl_ms: 3_600_000,
-            reservation_id: None,
-            actor: "storefront".into(),
-        }
-    });
-    let hold = measure("held reservation (1 line)", |i| Command::Reserve {
+/// Order number `i`: one unit of one of the SKUs, for one of 100 000 customers.
+fn one_line_order(i: u64) -> Command {
+    Command::CreateOrder {
+        order_no: format!("ORD-{i:010}"),
+        customer_id: format!("CUST-{:06}", i % 100_000),
+        lines: vec![OrderLineReq {
+            sku: format!("SKU-{:05}", i % SKUS),
+            qty: 1,
+            unit_price: 1999,
+        }],
+        payment_ttl_ms: 3_600_000,
+        reservation_id: None,
+        actor: "storefront".into(),
+    }
+}
+
+/// Hold number `i`: one unit of one of the SKUs, for an hour.
+fn one_line_hold(i: u64) -> Command {
+    Command::Reserve {
         lines: vec![LineReq {
             sku: format!("SKU-{:05}", i % SKUS),
             qty: 1,
         }],
         ttl_ms: 3_600_000,
         actor: "storefront".into(),
-    });
+    }
+}
+
+fn main() {
+    // `cargo bench` passes flags such as --bench; nothing to parse.
+    let order = measure(
+        "live order (reserved, 1 line, with its hold)",
+        one_line_order,
+    );
+    let hold = measure("held reservation (1 line)", one_line_hold);
     // A million customers, one unit each on a limited SKU: each hold keeps its
     // customer and makes one (SKU, customer) count.
     let limited_hold = measure_in(
@@ -218,26 +229,8 @@ fn main() {
     println!(
         "a counted (SKU, customer) pair with the customer kept by its hold: {limited_pair:.0} bytes"
     );
-    let key_held = measure_keys("answer: a one-line hold", |i| Command::Reserve {
-        lines: vec![LineReq {
-            sku: format!("SKU-{:05}", i % SKUS),
-            qty: 1,
-        }],
-        ttl_ms: 3_600_000,
-        actor: "storefront".into(),
-    });
-    let key_order = measure_keys("answer: an order", |i| Command::CreateOrder {
-        order_no: format!("ORD-{i:010}"),
-        customer_id: format!("CUST-{:06}", i % 100_000),
-        lines: vec![OrderLineReq {
-            sku: format!("SKU-{:05}", i % SKUS),
-            qty: 1,
-            unit_price: 1999,
-        }],
-        payment_ttl_ms: 3_600_000,
-        reservation_id: None,
-        actor: "storefront".into(),
-    });
+    let key_held = measure_keys("answer: a one-line hold", one_line_hold);
+    let key_order = measure_keys("answer: an order", one_line_order);
     let key_short = measure_keys("answer: insufficient stock", |_| Command::Reserve {
         lines: vec![LineReq {
             sku: "EMPTY".into(),

@@ -130,10 +130,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             } = &**e;
             let mut m = brief(log, *id, order);
             m.insert("reason".into(), reason.as_str().into());
-            m.insert("note".into(), note.to_string().into());
-            insert_actor(&mut m, actor);
-            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
-            m.insert("restocked".into(), sku_qtys(log, restocked));
+            insert_closing(&mut m, log, note, actor, *refund_due_amount, restocked);
             Value::Object(m)
         }
         EventKind::OrderReturned(e) => {
@@ -152,10 +149,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             m.insert("kind".into(), kind.as_str().into());
             m.insert("restock".into(), (*restock).into());
             m.insert("reason".into(), reason.to_string().into());
-            m.insert("note".into(), note.to_string().into());
-            insert_actor(&mut m, actor);
-            m.insert("refund_due_amount".into(), (*refund_due_amount).into());
-            m.insert("restocked".into(), sku_qtys(log, restocked));
+            insert_closing(&mut m, log, note, actor, *refund_due_amount, restocked);
             Value::Object(m)
         }
         EventKind::OrderModified(e) => {
@@ -198,9 +192,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
                 note,
                 actor,
             } = &**e;
-            let mut m = Map::new();
-            m.insert("order_id".into(), id.to_string().into());
-            m.insert("order_no".into(), order_no.to_string().into());
+            let mut m = order_ref(*id, order_no);
             m.insert("reason".into(), reason.as_str().into());
             m.insert("note".into(), note.to_string().into());
             insert_actor(&mut m, actor);
@@ -213,9 +205,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
                 note,
                 actor,
             } = &**e;
-            let mut m = Map::new();
-            m.insert("order_id".into(), id.to_string().into());
-            m.insert("order_no".into(), order_no.to_string().into());
+            let mut m = order_ref(*id, order_no);
             m.insert("note".into(), note.to_string().into());
             insert_actor(&mut m, actor);
             Value::Object(m)
@@ -250,9 +240,7 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
                 refunded_amount,
                 refund_due_amount,
             } = &**e;
-            let mut m = Map::new();
-            m.insert("order_id".into(), id.to_string().into());
-            m.insert("order_no".into(), order_no.to_string().into());
+            let mut m = order_ref(*id, order_no);
             m.insert("amount".into(), (*amount).into());
             m.insert("reason".into(), reason.to_string().into());
             m.insert("refund_ref".into(), refund_ref.to_string().into());
@@ -409,14 +397,20 @@ fn sse(st: AppState, engine: EngineHandle, after: u64) -> impl IntoResponse {
 }
 
 /// The order an event is about: id, number, customer, channel, lines.
+/// `order_id` and `order_no`: how every order event starts.
+fn order_ref(id: surge_engine::OrderId, order_no: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("order_id".into(), id.to_string().into());
+    m.insert("order_no".into(), order_no.into());
+    m
+}
+
 fn brief(
     log: &EventLog,
     id: surge_engine::OrderId,
     order: &surge_engine::event::OrderBrief,
 ) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("order_id".into(), id.to_string().into());
-    m.insert("order_no".into(), order.order_no.to_string().into());
+    let mut m = order_ref(id, &order.order_no);
     m.insert("customer_id".into(), order.customer_id.to_string().into());
     m.insert("channel".into(), order.channel.to_string().into());
     m.insert("lines".into(), event_lines(log, &order.lines));
@@ -437,6 +431,22 @@ fn sku_qtys(log: &EventLog, lines: &[(surge_engine::SkuIdx, u64)]) -> Value {
         .map(|(s, q)| json!({"sku": &*log.sku_name(*s), "qty": q}))
         .collect::<Vec<_>>()
         .into()
+}
+
+/// What a cancelled and a returned order both tell, in this order: `note`, the actor,
+/// `refund_due_amount` and the units `restocked`.
+fn insert_closing(
+    m: &mut Map<String, Value>,
+    log: &EventLog,
+    note: &str,
+    actor: &str,
+    refund_due_amount: u64,
+    restocked: &[(surge_engine::SkuIdx, u64)],
+) {
+    m.insert("note".into(), note.into());
+    insert_actor(m, actor);
+    m.insert("refund_due_amount".into(), refund_due_amount.into());
+    m.insert("restocked".into(), sku_qtys(log, restocked));
 }
 
 /// `actor`, and `on_behalf_of` when the actor acted for someone (a named token).

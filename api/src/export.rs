@@ -18,65 +18,23 @@ use axum::http::StatusCode;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use rust_xlsxwriter::{ExcelDateTime, Format, Workbook, XlsxError};
-use serde::Deserialize;
 use surge_engine::limits::LIST_LIMIT_MAX;
 use surge_engine::{Address, OrderFilter, OrderLineView, OrderView, Query};
-use utoipa::IntoParams;
 
 use crate::auth::{Auth, Reader};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
-use crate::routes::{OrderListParams, read};
+use crate::routes::{order_filter_params, read};
 use crate::state::{AppState, EXPORT_ROWS_MAX};
 use crate::time::format_ms;
 
-/// Filters of the exports: the list's, without paging, and `bom` for the CSV.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ExportParams {
-    /// An order status (`reserved`, `confirmed`, ..., `returned`).
-    pub status: Option<String>,
-    pub customer_id: Option<String>,
-    /// Orders with a line of this SKU.
-    pub sku: Option<String>,
-    /// Created at or after: RFC 3339, or milliseconds since the epoch.
-    pub created_from: Option<String>,
-    /// Created at or before: RFC 3339, or milliseconds since the epoch.
-    pub created_to: Option<String>,
-    /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
-    pub payment_status: Option<String>,
-    /// Order numbers starting with this.
-    pub order_no: Option<String>,
-    /// Sales channel, exactly.
-    pub channel: Option<String>,
-    /// `true`: only orders past their ship SLA and not shipped.
-    pub delayed: Option<String>,
-    /// `true`: only orders on hold; `false`: only orders not on hold.
-    pub on_hold: Option<String>,
-    /// CSV only: `true` starts the file with a UTF-8 byte-order mark (EF BB BF), so
-    /// that Excel reads it as UTF-8 (Chinese names and addresses); `false` (the
-    /// default): no mark.
-    pub bom: Option<String>,
-}
-
-impl ExportParams {
-    /// The list's filter, checked as the list checks it.
-    pub fn filter(&self) -> Result<OrderFilter, ApiError> {
-        OrderListParams {
-            status: self.status.clone(),
-            customer_id: self.customer_id.clone(),
-            sku: self.sku.clone(),
-            created_from: self.created_from.clone(),
-            created_to: self.created_to.clone(),
-            payment_status: self.payment_status.clone(),
-            order_no: self.order_no.clone(),
-            channel: self.channel.clone(),
-            delayed: self.delayed.clone(),
-            on_hold: self.on_hold.clone(),
-            cursor: None,
-            limit: None,
-        }
-        .filter()
+order_filter_params! {
+    /// Filters of the exports: the list's, without paging, and `bom` for the CSV.
+    pub struct ExportParams {
+        /// CSV only: `true` starts the file with a UTF-8 byte-order mark (EF BB BF), so
+        /// that Excel reads it as UTF-8 (Chinese names and addresses); `false` (the
+        /// default): no mark.
+        pub bom: Option<String>,
     }
 }
 

@@ -1,7 +1,7 @@
 //! v1.1 order operations: review hold and release, modification (partial cancel),
 //! partial refunds, and the ledger.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -12,10 +12,9 @@ use utoipa::IntoParams;
 use crate::auth::{Auth, Operator, Reader, Storefront};
 use crate::dto::*;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiQuery, Idem};
+use crate::extract::ApiQuery;
 use crate::routes::{
-    Success, check_cancel_reason, csv_field, non_empty, parse_limit, parse_order_id, parse_time,
-    read, run,
+    OrderWrite, check_cancel_reason, csv_field, non_empty, parse_limit, parse_time, read,
 };
 use crate::state::{AppState, EXPORT_ROWS_MAX};
 use crate::time::format_ms;
@@ -29,19 +28,15 @@ use crate::time::format_ms;
         (status = 409, description = "`invalid_transition`: only reserved, confirmed, picking or packed orders can be held", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn hold_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<HoldReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, HoldReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::HoldOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         reason: req.reason.into(),
         note: req.note,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/release-hold", tag = "orders",
@@ -53,18 +48,14 @@ pub async fn hold_order(
         (status = 409, description = "`invalid_transition`: the order is not on hold", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn release_hold(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<ReleaseHoldReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, ReleaseHoldReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::ReleaseHold {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         note: req.note,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(patch, path = "/v1/orders/{id}", tag = "orders",
@@ -78,26 +69,22 @@ pub async fn release_hold(
         (status = 409, description = "`insufficient_stock`, or `invalid_transition` (not reserved or confirmed; a paid order's lines going up or prices changing)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn modify_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Storefront>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<ModifyOrderReq>,
+    OrderWrite(call, req, ..): OrderWrite<Storefront, ModifyOrderReq>,
 ) -> Result<Response, ApiError> {
     if let Some(reason) = req.reason {
-        check_cancel_reason(who.role, reason)?;
+        check_cancel_reason(call.who.role, reason)?;
     }
     let command = Command::ModifyOrder {
         change: Box::new(OrderChange {
-            id: parse_order_id(&id)?,
+            id: call.order_id()?,
             lines: req.lines.map(order_line_reqs),
             shipping_address: req.shipping_address.map(Into::into),
             note: req.note,
             reason: req.reason.map(Into::into),
-            actor: who.actor,
+            actor: call.actor(),
         }),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refunds", tag = "orders",
@@ -110,20 +97,16 @@ pub async fn modify_order(
         (status = 409, description = "`refund_exceeds_paid`: more than paid and not yet refunded", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refund_amount(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<RefundsReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, RefundsReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::RefundAmount {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         amount: req.amount,
         reason: req.reason,
         refund_ref: req.refund_ref,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 /// Filters of the ledger and its export; empty values count as absent.

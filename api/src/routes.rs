@@ -1,17 +1,21 @@
 //! The v1 resources: SKUs, reservations, orders, reads, lists, export and stats.
 
-use axum::extract::{Path, State};
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use surge_engine::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, STATS_TOP_MAX};
 use surge_engine::{
-    Acked, Command, IdempotencyKey, OrderFilter, OrderId, OrderStatus, Outcome, PaymentStatus,
-    Query, QueryReply, Reply, ReservationId, SkuIdx,
+    Acked, Command, IdempotencyKey, OrderId, Outcome, Query, QueryReply, Reply, ReservationId,
+    SkuIdx,
 };
 use utoipa::IntoParams;
 
-use crate::auth::{Admin, AnyRole, Auth, Operator, Reader, Role, Storefront};
+use crate::auth::{Access, Admin, AnyRole, Auth, Operator, Principal, Reader, Role, Storefront};
 use crate::dto::*;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiQuery, Idem, NoQuery};
@@ -40,6 +44,72 @@ pub async fn run(
     success: Success,
 ) -> Result<Response, ApiError> {
     Ok(respond(execute(st, command, key).await?, success))
+}
+
+/// A write on one order (`POST /v1/orders/{id}/...`, `PATCH /v1/orders/{id}`): the
+/// caller admitted by `A`, then its `Idempotency-Key`, the order id of the path and
+/// the JSON body `T`, extracted in that order (so the same refusal wins as when each
+/// handler listed the four extractors). The handler builds its command from the
+/// body and hands it to [`OrderCall::run`].
+pub struct OrderWrite<A, T>(pub OrderCall, pub T, pub PhantomData<A>);
+
+/// What an [`OrderWrite`] handler needs beside its body.
+pub struct OrderCall {
+    st: AppState,
+    /// The caller.
+    pub who: Principal,
+    idem: Idem,
+    id: String,
+    body: Bytes,
+}
+
+impl OrderCall {
+    /// The order the path names (404 `unknown_order` if it cannot be one).
+    pub fn order_id(&self) -> Result<OrderId, ApiError> {
+        parse_order_id(&self.id)
+    }
+
+    /// The actor the command is logged under.
+    pub fn actor(&self) -> String {
+        self.who.actor.clone()
+    }
+
+    /// Submit `command` under the request's idempotency key and answer 200.
+    pub async fn run(self, command: Command) -> Result<Response, ApiError> {
+        run(&self.st, command, self.idem.key(&self.body), Success::Ok).await
+    }
+}
+
+impl<A, T> FromRequest<AppState> for OrderWrite<A, T>
+where
+    A: Access + Send,
+    T: DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, st: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Auth(who, _) = Auth::<A>::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let idem = Idem::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ApiJson(req, body) = ApiJson::<T>::from_request(Request::from_parts(parts, body), st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let call = OrderCall {
+            st: st.clone(),
+            who,
+            idem,
+            id,
+            body,
+        };
+        Ok(OrderWrite(call, req, PhantomData))
+    }
 }
 
 /// Run a read and take its answer in the shape `R` that the query answers
@@ -435,19 +505,15 @@ pub fn create_order_command(
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn pay_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Storefront>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<PayReq>,
+    OrderWrite(call, req, ..): OrderWrite<Storefront, PayReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::PayOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         amount: req.amount,
         payment_ref: req.payment_ref,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/transitions", tag = "orders",
@@ -459,20 +525,16 @@ pub async fn pay_order(
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn transition_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<TransitionReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, TransitionReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::AdvanceOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         to: req.to.into(),
         note: req.note,
         tracking_no: req.tracking_no,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 /// `storefront` may cancel only for the reasons the engine lists for it
@@ -499,20 +561,16 @@ pub fn check_cancel_reason(role: Role, reason: CancelReasonDto) -> Result<(), Ap
         (status = 409, description = "`order_shipped` (use the return flow) or `invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Storefront>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<CancelReq>,
+    OrderWrite(call, req, ..): OrderWrite<Storefront, CancelReq>,
 ) -> Result<Response, ApiError> {
-    check_cancel_reason(who.role, req.reason)?;
+    check_cancel_reason(call.who.role, req.reason)?;
     let command = Command::CancelOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         reason: req.reason.into(),
         note: req.note,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/return", tag = "orders",
@@ -524,21 +582,17 @@ pub async fn cancel_order(
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn return_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<ReturnReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, ReturnReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::ReturnOrderAs {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         kind: req.kind.into(),
         restock: req.restock,
         reason: req.reason,
         note: req.note,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders",
@@ -550,18 +604,14 @@ pub async fn return_order(
         (status = 409, description = "`invalid_transition`: no refund is due", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refund_order(
-    State(st): State<AppState>,
-    Auth(who, _): Auth<Operator>,
-    idem: Idem,
-    Path(id): Path<String>,
-    ApiJson(req, body): ApiJson<RefundReq>,
+    OrderWrite(call, req, ..): OrderWrite<Operator, RefundReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::RefundOrder {
-        id: parse_order_id(&id)?,
+        id: call.order_id()?,
         refund_ref: req.refund_ref,
-        actor: who.actor,
+        actor: call.actor(),
     };
-    run(&st, command, idem.key(&body), Success::Ok).await
+    call.run(command).await
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
@@ -597,37 +647,97 @@ pub async fn get_order_by_no(
     Ok(axum::Json(OrderBody::from(*v)).into_response())
 }
 
-/// Filters of the order list and export; empty values count as absent.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OrderListParams {
-    /// An order status (`reserved`, `confirmed`, ..., `returned`).
-    pub status: Option<String>,
-    pub customer_id: Option<String>,
-    /// Orders with a line of this SKU.
-    pub sku: Option<String>,
-    /// Created at or after: RFC 3339, or milliseconds since the epoch.
-    pub created_from: Option<String>,
-    /// Created at or before: RFC 3339, or milliseconds since the epoch.
-    pub created_to: Option<String>,
-    /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
-    pub payment_status: Option<String>,
-    /// Order numbers starting with this.
-    pub order_no: Option<String>,
-    /// Sales channel, exactly.
-    pub channel: Option<String>,
-    /// `true`: only orders past their ship SLA and not shipped.
-    pub delayed: Option<String>,
-    /// `true`: only orders on hold; `false`: only orders not on hold.
-    pub on_hold: Option<String>,
-    /// `next_cursor` of the previous page (list only).
-    pub cursor: Option<String>,
-    /// Page size, 1..=1000 (default 50; list only).
-    pub limit: Option<String>,
+/// Declares a query-parameter struct (for [`ApiQuery`]) whose parameters are the
+/// order filters of the list and the exports, `status` to `on_hold`, followed by the
+/// endpoint's own, with `filter()` to check them. A macro rather than
+/// `#[serde(flatten)]`: `ApiQuery` must see every parameter name.
+macro_rules! order_filter_params {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, ::serde::Deserialize, ::utoipa::IntoParams)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            /// An order status (`reserved`, `confirmed`, ..., `returned`).
+            pub status: Option<String>,
+            pub customer_id: Option<String>,
+            /// Orders with a line of this SKU.
+            pub sku: Option<String>,
+            /// Created at or after: RFC 3339, or milliseconds since the epoch.
+            pub created_from: Option<String>,
+            /// Created at or before: RFC 3339, or milliseconds since the epoch.
+            pub created_to: Option<String>,
+            /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
+            pub payment_status: Option<String>,
+            /// Order numbers starting with this.
+            pub order_no: Option<String>,
+            /// Sales channel, exactly.
+            pub channel: Option<String>,
+            /// `true`: only orders past their ship SLA and not shipped.
+            pub delayed: Option<String>,
+            /// `true`: only orders on hold; `false`: only orders not on hold.
+            pub on_hold: Option<String>,
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// The filters, checked (400 `validation_failed` naming the parameter);
+            /// empty values count as absent.
+            pub fn filter(
+                &self,
+            ) -> Result<::surge_engine::OrderFilter, $crate::error::ApiError> {
+                use $crate::error::ApiError;
+                use $crate::routes::{non_empty, parse_flag, parse_time};
+                let status = match non_empty(&self.status) {
+                    None => None,
+                    Some(s) => Some(s.parse::<::surge_engine::OrderStatus>().map_err(|()| {
+                        ApiError::validation("status", format!("unknown order status {s:?}"))
+                    })?),
+                };
+                Ok(::surge_engine::OrderFilter {
+                    status,
+                    customer_id: non_empty(&self.customer_id).map(str::to_string),
+                    sku: non_empty(&self.sku).map(str::to_string),
+                    created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
+                    created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
+                    payment_status: match non_empty(&self.payment_status) {
+                        None => None,
+                        Some(p) => Some(p.parse::<::surge_engine::PaymentStatus>().map_err(
+                            |()| {
+                                ApiError::validation(
+                                    "payment_status",
+                                    format!("unknown payment status {p:?}"),
+                                )
+                            },
+                        )?),
+                    },
+                    order_no_prefix: non_empty(&self.order_no).map(str::to_string),
+                    channel: non_empty(&self.channel).map(str::to_string),
+                    delayed: parse_flag("delayed", non_empty(&self.delayed))?,
+                    on_hold: parse_flag("on_hold", non_empty(&self.on_hold))?,
+                })
+            }
+        }
+    };
+}
+pub(crate) use order_filter_params;
+
+order_filter_params! {
+    /// Filters of the order list, and its paging; empty values count as absent.
+    pub struct OrderListParams {
+        /// `next_cursor` of the previous page (list only).
+        pub cursor: Option<String>,
+        /// Page size, 1..=1000 (default 50; list only).
+        pub limit: Option<String>,
+    }
 }
 
 /// `true` or `false`.
-fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>, ApiError> {
+pub(crate) fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>, ApiError> {
     match text {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
@@ -654,32 +764,6 @@ pub(crate) fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>,
 }
 
 impl OrderListParams {
-    pub(crate) fn filter(&self) -> Result<OrderFilter, ApiError> {
-        let status = match non_empty(&self.status) {
-            None => None,
-            Some(s) => Some(s.parse::<OrderStatus>().map_err(|()| {
-                ApiError::validation("status", format!("unknown order status {s:?}"))
-            })?),
-        };
-        Ok(OrderFilter {
-            status,
-            customer_id: non_empty(&self.customer_id).map(str::to_string),
-            sku: non_empty(&self.sku).map(str::to_string),
-            created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
-            created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
-            payment_status: match non_empty(&self.payment_status) {
-                None => None,
-                Some(p) => Some(p.parse::<PaymentStatus>().map_err(|()| {
-                    ApiError::validation("payment_status", format!("unknown payment status {p:?}"))
-                })?),
-            },
-            order_no_prefix: non_empty(&self.order_no).map(str::to_string),
-            channel: non_empty(&self.channel).map(str::to_string),
-            delayed: parse_flag("delayed", non_empty(&self.delayed))?,
-            on_hold: parse_flag("on_hold", non_empty(&self.on_hold))?,
-        })
-    }
-
     fn cursor(&self) -> Result<Option<OrderId>, ApiError> {
         match non_empty(&self.cursor) {
             None => Ok(None),

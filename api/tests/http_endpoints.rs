@@ -149,6 +149,16 @@ fn skus_define_read_page_and_adjust() {
     assert!(types.contains(&"stock.out".to_string()), "{types:?}");
 }
 
+/// `POST /v1/reservations/{id}/{step}` as the storefront: 200 with the reservation
+/// in `status`; repeating it answers the same.
+fn step_twice(s: &Server, id: &str, step: &str, status: &str) {
+    let path = format!("/v1/reservations/{id}/{step}");
+    let r = s.as_(STOREFRONT, "POST", &path, None);
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some(status)));
+    let again = s.as_(STOREFRONT, "POST", &path, None);
+    assert_eq!((again.status, &again.body), (200, &r.body));
+}
+
 #[test]
 fn reservations_hold_commit_release() {
     let dir = TempDir::new("ep-res");
@@ -198,23 +208,7 @@ fn reservations_hold_commit_release() {
     );
     assert_eq!(s.admin("GET", "/v1/skus/A", None).json()["reserved"], 2);
     // Commit: the units leave on_hand; repeating returns the same state.
-    let r = s.as_(
-        STOREFRONT,
-        "POST",
-        &format!("/v1/reservations/{id}/commit"),
-        None,
-    );
-    assert_eq!(
-        (r.status, r.json()["status"].as_str()),
-        (200, Some("committed"))
-    );
-    let again = s.as_(
-        STOREFRONT,
-        "POST",
-        &format!("/v1/reservations/{id}/commit"),
-        None,
-    );
-    assert_eq!((again.status, &again.body), (200, &r.body));
+    step_twice(&s, &id, "commit", "committed");
     let a = s.admin("GET", "/v1/skus/A", None).json();
     assert_eq!(
         (a["on_hand"].as_u64(), a["reserved"].as_u64()),
@@ -235,23 +229,7 @@ fn reservations_hold_commit_release() {
         Some(r#"{"lines":[{"sku":"A","qty":5}]}"#),
     );
     let id2 = r.str_field("id");
-    let r = s.as_(
-        STOREFRONT,
-        "POST",
-        &format!("/v1/reservations/{id2}/release"),
-        None,
-    );
-    assert_eq!(
-        (r.status, r.json()["status"].as_str()),
-        (200, Some("released"))
-    );
-    let again = s.as_(
-        STOREFRONT,
-        "POST",
-        &format!("/v1/reservations/{id2}/release"),
-        None,
-    );
-    assert_eq!((again.status, &again.body), (200, &r.body));
+    step_twice(&s, &id2, "release", "released");
     assert_eq!(s.admin("GET", "/v1/skus/A", None).json()["available"], 8);
     s.as_(
         STOREFRONT,

@@ -5,6 +5,8 @@
     reason = "test code: an unwrap that fails is a failing test"
 )]
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
@@ -108,6 +110,14 @@ impl Api {
         let body = body.map(|b| b.to_string());
         self.call(method, path, Some(ADMIN), &[], body.as_deref())
             .await
+    }
+
+    /// Each (method, path, status, code): the admin's bodiless request is refused
+    /// with that problem.
+    async fn assert_admin_refusals(&self, cases: &[(&str, &str, u16, &str)]) {
+        for &(method, path, status, code) in cases {
+            assert_problem(&self.admin(method, path, None).await, status, code);
+        }
     }
 
     async fn digest(&self) -> u64 {
@@ -343,23 +353,22 @@ async fn reservations_hold_commit_release() {
         .admin("POST", &format!("/v1/reservations/{id2}/release"), None)
         .await;
     assert_eq!(r.json["status"], "released");
-    assert_problem(
-        &api.admin("POST", "/v1/reservations/r999/commit", None)
-            .await,
-        404,
-        "unknown_reservation",
-    );
-    assert_problem(
-        &api.admin("POST", "/v1/reservations/zzz/release", None)
-            .await,
-        404,
-        "unknown_reservation",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/reservations/zzz", None).await,
-        404,
-        "unknown_reservation",
-    );
+    api.assert_admin_refusals(&[
+        (
+            "POST",
+            "/v1/reservations/r999/commit",
+            404,
+            "unknown_reservation",
+        ),
+        (
+            "POST",
+            "/v1/reservations/zzz/release",
+            404,
+            "unknown_reservation",
+        ),
+        ("GET", "/v1/reservations/zzz", 404, "unknown_reservation"),
+    ])
+    .await;
 }
 
 async fn new_order(api: &Api, order_no: &str, qty: u64) -> Value {
@@ -525,21 +534,12 @@ async fn orders_full_lifecycle() {
         .call("GET", "/v1/orders/by-no/n-1", Some(STOREFRONT), &[], None)
         .await;
     assert_eq!(r.json["id"], id.as_str());
-    assert_problem(
-        &api.admin("GET", "/v1/orders/by-no/none", None).await,
-        404,
-        "unknown_order",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders/zzz", None).await,
-        404,
-        "unknown_order",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders/o999", None).await,
-        404,
-        "unknown_order",
-    );
+    api.assert_admin_refusals(&[
+        ("GET", "/v1/orders/by-no/none", 404, "unknown_order"),
+        ("GET", "/v1/orders/zzz", 404, "unknown_order"),
+        ("GET", "/v1/orders/o999", 404, "unknown_order"),
+    ])
+    .await;
     assert_problem(
         &api.admin("POST", "/v1/orders/zzz/pay", Some(json!({"amount": 1})))
             .await,
@@ -661,22 +661,17 @@ async fn lists_export_and_stats() {
         )
         .await;
     assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
-    assert_problem(
-        &api.admin("GET", "/v1/orders?status=lost", None).await,
-        400,
-        "validation_failed",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders?created_from=yesterday", None)
-            .await,
-        400,
-        "validation_failed",
-    );
-    assert_problem(
-        &api.admin("GET", "/v1/orders?cursor=zz", None).await,
-        400,
-        "validation_failed",
-    );
+    api.assert_admin_refusals(&[
+        ("GET", "/v1/orders?status=lost", 400, "validation_failed"),
+        (
+            "GET",
+            "/v1/orders?created_from=yesterday",
+            400,
+            "validation_failed",
+        ),
+        ("GET", "/v1/orders?cursor=zz", 400, "validation_failed"),
+    ])
+    .await;
 
     let r = api
         .call(
@@ -1265,4 +1260,129 @@ async fn bad_input_changes_nothing() {
         .await;
     assert_problem(&r, 400, "validation_failed");
     assert_eq!(api.digest().await, before, "bad input changed the state");
+}
+
+/// The shape of a Prometheus text exposition, family by family (as its `# TYPE`
+/// lines name them): the type, the label names of its samples (`le` apart) and,
+/// for a histogram, its bucket bounds in order.
+fn exposition_shape(text: &str) -> BTreeMap<String, (String, BTreeSet<String>, Vec<String>)> {
+    let mut families: BTreeMap<String, (String, BTreeSet<String>, Vec<String>)> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            families.insert(name.into(), (kind.into(), BTreeSet::new(), Vec::new()));
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "sample value: {line}");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
+            None => (series, ""),
+        };
+        let family = if families.contains_key(name) {
+            name
+        } else {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| families[*f].0 == "histogram")
+                })
+                .unwrap_or_else(|| panic!("sample of no declared family: {line}"))
+        };
+        let (_, names, bounds) = families.get_mut(family).unwrap();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once("=\"").unwrap();
+            if key == "le" {
+                let bound = value.trim_end_matches('"').to_string();
+                if !bounds.contains(&bound) {
+                    bounds.push(bound);
+                }
+            } else {
+                names.insert(key.to_string());
+            }
+        }
+    }
+    families
+}
+
+/// `/metrics` is part of the contract: every family keeps its name, type, label
+/// names and histogram buckets, whatever renders it.
+#[tokio::test]
+async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
+    let api = Api::new();
+    api.call("GET", "/healthz", None, &[], None).await;
+    let r = api.call("GET", "/metrics", None, &[], None).await;
+    // The Prometheus text format 0.0.4, not OpenMetrics (no `# EOF`, counters named
+    // as they are).
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text;
+    assert!(!text.contains("# EOF"), "{text}");
+    const HTTP_BUCKETS: &[&str] = &[
+        "0.00025", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+        "0.5", "1", "2.5", "10", "+Inf",
+    ];
+    const ENGINE_BUCKETS: &[&str] = &[
+        "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025",
+        "0.05", "0.075", "0.1", "+Inf",
+    ];
+    #[rustfmt::skip]
+    let expected: &[(&str, &str, &[&str], &[&str])] = &[
+        ("surge_engine_batch_len_avg", "gauge", &[], &[]),
+        ("surge_engine_batch_len_last", "gauge", &[], &[]),
+        ("surge_engine_batch_len_max", "gauge", &[], &[]),
+        ("surge_engine_batches_total", "counter", &[], &[]),
+        ("surge_engine_commands_applied_total", "counter", &[], &[]),
+        ("surge_engine_commands_rejected_total", "counter", &[], &[]),
+        ("surge_engine_overloaded_total", "counter", &[], &[]),
+        ("surge_engine_queue_capacity", "gauge", &[], &[]),
+        ("surge_engine_queue_depth", "gauge", &[], &[]),
+        ("surge_engine_records_logged_total", "counter", &[], &[]),
+        ("surge_engine_writes_refused", "gauge", &[], &[]),
+        ("surge_events_last_seq", "gauge", &[], &[]),
+        ("surge_http_request_duration_seconds", "histogram", &["route"], HTTP_BUCKETS),
+        ("surge_http_requests_total", "counter", &["route", "status"], &[]),
+        ("surge_idempotency_at_budget", "gauge", &[], &[]),
+        ("surge_idempotency_budget_bytes", "gauge", &[], &[]),
+        ("surge_idempotency_bytes", "gauge", &[], &[]),
+        ("surge_idempotency_keys", "gauge", &[], &[]),
+        ("surge_idempotency_keys_max", "gauge", &[], &[]),
+        ("surge_idempotency_window_below_floor", "gauge", &[], &[]),
+        ("surge_idempotency_window_configured_seconds", "gauge", &[], &[]),
+        ("surge_idempotency_window_floor_seconds", "gauge", &[], &[]),
+        ("surge_idempotency_window_seconds", "gauge", &[], &[]),
+        ("surge_reads_during_snapshot_total", "counter", &[], &[]),
+        ("surge_ready", "gauge", &[], &[]),
+        ("surge_replication_lag_lsn", "gauge", &[], &[]),
+        ("surge_replication_lag_seconds", "gauge", &[], &[]),
+        ("surge_replication_publish_seconds", "histogram", &[], ENGINE_BUCKETS),
+        ("surge_replication_published_lsn", "gauge", &[], &[]),
+        ("surge_replication_role", "gauge", &["role"], &[]),
+        ("surge_snapshot_age_seconds", "gauge", &[], &[]),
+        ("surge_snapshot_lsn", "gauge", &[], &[]),
+        ("surge_snapshots_total", "counter", &[], &[]),
+        ("surge_stock_reads_behind_total", "counter", &[], &[]),
+        ("surge_wal_bytes_total", "counter", &[], &[]),
+        ("surge_wal_commit_seconds", "histogram", &[], ENGINE_BUCKETS),
+        ("surge_wal_durable_lsn", "gauge", &[], &[]),
+        ("surge_wal_flush_latency_seconds_last", "gauge", &[], &[]),
+        ("surge_wal_flush_latency_seconds_sum", "counter", &[], &[]),
+        ("surge_wal_flushes_total", "counter", &[], &[]),
+        ("surge_writer_iteration_seconds", "histogram", &[], ENGINE_BUCKETS),
+    ];
+    let expected: BTreeMap<String, (String, BTreeSet<String>, Vec<String>)> = expected
+        .iter()
+        .map(|&(name, kind, labels, bounds)| {
+            let labels = labels.iter().map(|l| l.to_string()).collect();
+            let bounds = bounds.iter().map(|b| b.to_string()).collect();
+            (name.to_string(), (kind.to_string(), labels, bounds))
+        })
+        .collect();
+    assert_eq!(exposition_shape(&text), expected, "{text}");
 }

@@ -165,8 +165,7 @@ pub async fn run(cfg: CrashConfig) -> anyhow::Result<(RunStats, Audit, CrashRepo
             ));
             break;
         }
-        let mut flash = cfg.flash.clone();
-        flash.seed = cfg.flash.seed ^ u64::from(n).wrapping_mul(0x9E37_79B9);
+        let flash = cfg.flash.for_round(n);
         let shop = Arc::new(Shop {
             client: client.clone(),
             recorder: Arc::clone(&recorder),

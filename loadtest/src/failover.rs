@@ -366,8 +366,7 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
             ));
             break;
         }
-        let mut flash = cfg.flash.clone();
-        flash.seed = cfg.flash.seed ^ u64::from(n).wrapping_mul(0x9E37_79B9);
+        let flash = cfg.flash.for_round(n);
         let stop = Arc::new(AtomicBool::new(false));
         let round = Round {
             client: &leader.client,

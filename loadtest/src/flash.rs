@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -87,6 +87,16 @@ pub struct FlashConfig {
     pub qty_max: u64,
     pub unit_price: u64,
     pub seed: u64,
+}
+
+impl FlashConfig {
+    /// The load of round `n` of a crash or failover drill: this one with a seed of
+    /// its own, so that each round's shoppers differ and the drill still repeats.
+    pub fn for_round(&self, n: u32) -> FlashConfig {
+        let mut flash = self.clone();
+        flash.seed = self.seed ^ u64::from(n).wrapping_mul(0x9E37_79B9);
+        flash
+    }
 }
 
 /// A short tag that keeps one drill's SKUs and order numbers apart from another's.
@@ -312,19 +322,12 @@ pub async fn run(
         lenient: false,
     });
     let s = Arc::clone(&shop);
-    let outcome = load::run_with_progress(label, load_cfg, Arc::clone(&recorder), move |n, due| {
-        shopper(Arc::clone(&s), n, due)
-    })
-    .await;
-    let stats = recorder.summary(label, outcome.elapsed);
     // Abandoned holds must be gone before the levels are compared exactly.
-    let wait = Duration::from_millis(cfg.ttl_ms + 1_500);
-    println!(
-        "[{label}] load done: {} sessions; waiting {:.1}s for abandoned holds to expire, then auditing",
-        outcome.started,
-        wait.as_secs_f64()
-    );
-    tokio::time::sleep(wait).await;
+    let (stats, outcome) =
+        load::run_then_let_holds_expire(label, load_cfg, &recorder, cfg.ttl_ms, move |n, due| {
+            shopper(Arc::clone(&s), n, due)
+        })
+        .await;
     let ledger = std::mem::take(&mut *shop.ledger.lock().expect("ledger"));
     let mut audit = verify(
         &client,

@@ -18,6 +18,7 @@ pub mod rng;
 pub mod server;
 pub mod stats;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -532,6 +533,55 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
         failover: failover_report,
         passed,
     })
+}
+
+/// Everything `surge-loadtest` does once its command line is parsed, but the
+/// `--time-max` watchdog (the caller's): run the drill on a runtime of its own, print
+/// the table to `out`, write the `--json` and `--report` files, judge the audit.
+/// Returns the process exit code: 0 passed, 1 the audit failed, 2 the drill could
+/// not run. The binary's `main` and the drill tests both go through here.
+pub fn run_to_exit_code(cli: &Cli, command_line: String, out: &mut dyn Write) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("surge-loadtest: starting the runtime: {e}");
+            return 2;
+        }
+    };
+    let result = runtime.block_on(run(cli, command_line));
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("surge-loadtest: {e:#}");
+            server::kill_all_children();
+            return 2;
+        }
+    };
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Err(e) = out
+        .write_all(report.table().as_bytes())
+        .and_then(|()| out.flush())
+    {
+        eprintln!("surge-loadtest: printing the table: {e}");
+        return 2;
+    }
+    if let Err(e) = write_outputs(&cli.common, &report) {
+        eprintln!("surge-loadtest: {e:#}");
+        return 2;
+    }
+    match verdict(&report) {
+        Ok(()) => 0,
+        Err(failures) => {
+            eprintln!("surge-loadtest: AUDIT FAILED");
+            for f in failures.iter().take(20) {
+                eprintln!("  {f}");
+            }
+            1
+        }
+    }
 }
 
 /// Write the `--json` and `--report` files the command line asked for.

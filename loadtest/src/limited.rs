@@ -720,18 +720,11 @@ pub async fn run(
         closes_at: start + cfg.closes_after,
     });
     let s = Arc::clone(&shop);
-    let outcome = load::run_with_progress(label, load_cfg, Arc::clone(&recorder), move |n, due| {
-        session(Arc::clone(&s), n, due)
-    })
-    .await;
-    let stats = recorder.summary(label, outcome.elapsed);
-    let wait = Duration::from_millis(cfg.ttl_ms + 1_500);
-    println!(
-        "[{label}] load done: {} sessions; waiting {:.1}s for abandoned holds to expire, then auditing",
-        outcome.started,
-        wait.as_secs_f64()
-    );
-    tokio::time::sleep(wait).await;
+    let (stats, outcome) =
+        load::run_then_let_holds_expire(label, load_cfg, &recorder, cfg.ttl_ms, move |n, due| {
+            session(Arc::clone(&s), n, due)
+        })
+        .await;
     let book = std::mem::take(&mut *shop.book());
     // The rules' failures lead the list; then the stock accounting of the plain drill.
     let mut audit = audit_rules(&client, &book, &skus, cfg.limit, audit_concurrency).await;

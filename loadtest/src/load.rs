@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::stats::{Loop, Recorder};
+use crate::stats::{Loop, Recorder, RunStats};
 
 /// Sessions spawned and not yet finished, at most (open loop). When reached, the
 /// generator waits; the sessions it then starts late still count from their due
@@ -299,4 +299,30 @@ pub fn fmt_us(us: u64) -> String {
     } else {
         format!("{us}us")
     }
+}
+
+/// A drill's load with holds that may be abandoned: run the sessions (with progress),
+/// then wait the hold time and 1.5 s more, so that every abandoned hold has expired
+/// before the audit compares levels exactly. The run's figures and its outcome.
+pub async fn run_then_let_holds_expire<F, Fut>(
+    label: &str,
+    cfg: &LoadConfig,
+    recorder: &Arc<Recorder>,
+    ttl_ms: u64,
+    session: F,
+) -> (RunStats, LoadOutcome)
+where
+    F: Fn(u64, Instant) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let outcome = run_with_progress(label, cfg, Arc::clone(recorder), session).await;
+    let stats = recorder.summary(label, outcome.elapsed);
+    let wait = Duration::from_millis(ttl_ms + 1_500);
+    println!(
+        "[{label}] load done: {} sessions; waiting {:.1}s for abandoned holds to expire, then auditing",
+        outcome.started,
+        wait.as_secs_f64()
+    );
+    tokio::time::sleep(wait).await;
+    (stats, outcome)
 }

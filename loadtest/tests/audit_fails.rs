@@ -5,8 +5,7 @@
     reason = "test code: an unwrap that fails is a failing test"
 )]
 
-mod common;
-
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -183,7 +182,7 @@ fn drill_at(fault: Fault, scenario: &[&str]) -> (Option<i32>, String) {
         "--ttl-ms",
         "1000",
     ]);
-    let out = common::loadtest(&args);
+    let out = loadtest(&args);
     rt.shutdown_background();
     (
         out.status.code(),
@@ -217,10 +216,10 @@ fn a_server_that_loses_acknowledged_orders_fails_the_audit() {
 
 #[test]
 fn non_loopback_targets_are_refused() {
-    let out = common::loadtest(&["flash-sale", "--target", "http://192.0.2.1:80"]);
+    let out = loadtest(&["flash-sale", "--target", "http://192.0.2.1:80"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing non-loopback"));
-    let out = common::loadtest(&[
+    let out = loadtest(&[
         "flash-sale",
         "--spawn",
         "--baseline",
@@ -249,4 +248,20 @@ fn a_server_that_ignores_the_purchase_limit_fails_the_audit() {
 #[test]
 fn a_server_that_sells_outside_the_window_fails_the_audit() {
     check_at(Fault::OutsideWindow, LIMITED, 1, "outside the sale window");
+}
+
+/// Run `surge-loadtest` with `args`; a hard `--time-max` keeps every run bounded.
+pub fn loadtest(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_surge-loadtest"))
+        .args(args)
+        .args(["--time-max", "120s"])
+        .output()
+        .expect("running surge-loadtest");
+    eprintln!(
+        "--- surge-loadtest {args:?}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

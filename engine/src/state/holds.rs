@@ -287,6 +287,16 @@ impl State {
 
     /// Held units leave `on_hand`: they are sold.
     pub(super) fn commit_hold(&mut self, id: ReservationId, ctx: &mut Ctx<'_>) {
+        self.leave_hold(id, ReservationStatus::Committed);
+        self.finish_hold(id);
+        ctx.emit(EventKind::ReservationCommitted { id });
+    }
+
+    /// A held reservation's units leave `reserved` and its sale counts are undone;
+    /// `Committed`: the units are sold (they leave `on_hand` too), otherwise they go
+    /// back to `available`. The reservation, now in `status`.
+    fn leave_hold(&mut self, id: ReservationId, status: ReservationStatus) -> &Reservation {
+        let sold = status == ReservationStatus::Committed;
         let r = self.reservations.get_mut(&id).expect("checked by caller");
         assert_eq!(r.status, ReservationStatus::Held);
         crate::sale::uncount_hold(
@@ -294,20 +304,24 @@ impl State {
             &self.customer_hasher,
             &mut self.limited_pairs,
             r,
-            true,
+            sold,
         );
         for &(idx, qty) in r.lines.iter() {
             touch(&mut self.touched_skus, idx);
             let sku = &mut self.skus[idx.0 as usize];
             let qty = u64::from(qty);
-            assert!(sku.reserved >= qty && sku.on_hand >= qty);
-            sku.reserved -= qty;
-            sku.on_hand -= qty;
-            sku.units_sold += qty;
+            if sold {
+                assert!(sku.reserved >= qty && sku.on_hand >= qty);
+                sku.reserved -= qty;
+                sku.on_hand -= qty;
+                sku.units_sold += qty;
+            } else {
+                assert!(sku.reserved >= qty);
+                sku.reserved -= qty;
+            }
         }
-        r.status = ReservationStatus::Committed;
-        self.finish_hold(id);
-        ctx.emit(EventKind::ReservationCommitted { id });
+        r.status = status;
+        r
     }
 
     pub(super) fn release_reservation(
@@ -353,23 +367,10 @@ impl State {
         status: ReservationStatus,
         ctx: &mut Ctx<'_>,
     ) -> Vec<(SkuIdx, u64)> {
-        let r = self.reservations.get_mut(&id).expect("checked by caller");
-        assert_eq!(r.status, ReservationStatus::Held);
-        crate::sale::uncount_hold(
-            &mut self.sales,
-            &self.customer_hasher,
-            &mut self.limited_pairs,
-            r,
-            false,
-        );
-        for &(idx, qty) in r.lines.iter() {
-            touch(&mut self.touched_skus, idx);
-            let sku = &mut self.skus[idx.0 as usize];
-            assert!(sku.reserved >= u64::from(qty));
-            sku.reserved -= u64::from(qty);
-        }
-        r.status = status;
-        let lines: Vec<(SkuIdx, u64)> = if self.rules == RULES_V1 {
+        debug_assert_ne!(status, ReservationStatus::Committed, "commit_hold sells");
+        let v1 = self.rules == RULES_V1;
+        let r = self.leave_hold(id, status);
+        let lines: Vec<(SkuIdx, u64)> = if v1 {
             Vec::new()
         } else {
             r.lines.iter().map(|&(s, q)| (s, u64::from(q))).collect()

@@ -1,10 +1,103 @@
 //! Short drills against a spawned real surge pass, and the HTML report parses and
 //! holds its charts.
+//!
+//! They live beside the surge binary's package so cargo builds it and names it in
+//! `CARGO_BIN_EXE_surge`; the drill itself runs in this process through
+//! `surge_loadtest::run_to_exit_code`, the entry point the `surge-loadtest` binary's
+//! `main` calls after parsing its command line.
 
 mod common;
 
+use std::path::Path;
+use std::sync::{Mutex, PoisonError, mpsc};
+
+use clap::Parser;
 use quick_xml::Reader;
 use quick_xml::events::Event;
+use surge_loadtest::Cli;
+use tempfile::TempDir;
+
+/// A hard bound on every drill, as `surge-loadtest --time-max` would be.
+const TIME_MAX: &str = "120s";
+
+/// What a drill ended with: the exit code the binary would have returned and what it
+/// would have printed on stdout.
+struct DrillOutput {
+    code: u8,
+    stdout: String,
+}
+
+/// One drill at a time: a drill that fails stops every child the process spawned
+/// (`surge_loadtest::server::kill_all_children`), which in this shared test process
+/// would include the servers of a drill running beside it.
+static ONE_DRILL: Mutex<()> = Mutex::new(());
+
+/// Run `surge-loadtest` with `args` (and a hard `--time-max`); past it the drill's
+/// children are killed and the test fails.
+fn loadtest(args: &[&str]) -> DrillOutput {
+    let _alone = ONE_DRILL.lock().unwrap_or_else(PoisonError::into_inner);
+    let argv: Vec<&str> = std::iter::once("surge-loadtest")
+        .chain(args.iter().copied())
+        .chain(["--time-max", TIME_MAX])
+        .collect();
+    let cli = Cli::try_parse_from(&argv).expect("drill arguments");
+    let time_max = cli.common.time_max;
+    let command_line = argv.join(" ");
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = Vec::new();
+        let code = surge_loadtest::run_to_exit_code(&cli, command_line, &mut stdout);
+        let _ = done.send(DrillOutput {
+            code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        });
+    });
+    let out = match finished.recv_timeout(time_max) {
+        Ok(out) => out,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            surge_loadtest::server::kill_all_children();
+            panic!("surge-loadtest {args:?}: --time-max {TIME_MAX} reached");
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("surge-loadtest {args:?} panicked"),
+    };
+    eprintln!(
+        "--- surge-loadtest {args:?}: exit {}\n--- stdout\n{}",
+        out.code, out.stdout
+    );
+    out
+}
+
+/// The surge binary of this build, as a drill argument.
+fn surge() -> &'static str {
+    common::surge_binary().to_str().expect("utf-8 path")
+}
+
+/// A temporary directory for one drill's files.
+fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("surge-drill-{name}-"))
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `--json JSON --report HTML`.
+fn outputs<'a>(json: &'a Path, html: &'a Path) -> [&'a str; 4] {
+    ["--json", arg(json), "--report", arg(html)]
+}
+
+/// The load between the kills of the crash and failover drills.
+const ROUND_LOAD: [&str; 6] = [
+    "--connections",
+    "8",
+    "--load-ms-min",
+    "200",
+    "--load-ms-max",
+    "600",
+];
 
 /// Parse the page as XML (it is written to be well-formed): every tag closes;
 /// returns the ids of its `<svg>` elements.
@@ -43,15 +136,15 @@ fn svg_ids(html: &str) -> Vec<String> {
 
 #[test]
 fn flash_sale_drill_passes_and_reports() {
-    let surge = common::surge_binary();
-    let dir = common::temp_path("flash");
+    let tmp = temp_dir("flash");
+    let dir = tmp.path();
     let json = dir.join("drill.json");
     let html = dir.join("drill.html");
-    let out = common::loadtest(&[
+    let out = loadtest(&[
         "flash-sale",
         "--spawn",
         "--surge-bin",
-        surge.to_str().unwrap(),
+        surge(),
         "--duration",
         "3s",
         "--rate",
@@ -65,12 +158,12 @@ fn flash_sale_drill_passes_and_reports() {
         "--ttl-ms",
         "1000",
         "--json",
-        json.to_str().unwrap(),
+        arg(&json),
         "--report",
-        html.to_str().unwrap(),
+        arg(&html),
     ]);
-    assert!(out.status.success(), "drill failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.code, 0, "drill failed");
+    let stdout = &out.stdout;
     assert!(stdout.contains("verdict: PASS"));
 
     let report: serde_json::Value =
@@ -106,39 +199,31 @@ fn flash_sale_drill_passes_and_reports() {
         assert!(ids.iter().any(|i| i == chart), "chart {chart} in {ids:?}");
     }
     assert!(page.contains("<polyline"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn crash_drill_passes_with_three_restarts() {
-    let surge = common::surge_binary();
-    let dir = common::temp_path("crash");
+    let tmp = temp_dir("crash");
+    let dir = tmp.path();
     let html = dir.join("crash.html");
     let json = dir.join("crash.json");
-    let out = common::loadtest(&[
-        "crash",
-        "--surge-bin",
-        surge.to_str().unwrap(),
-        "--restarts",
-        "3",
-        "--connections",
-        "8",
-        "--load-ms-min",
-        "200",
-        "--load-ms-max",
-        "600",
-        "--recovery-kill-pct",
-        "50",
-        "--skus",
-        "4",
-        "--stock",
-        "100000",
-        "--json",
-        json.to_str().unwrap(),
-        "--report",
-        html.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "crash drill failed");
+    let out = loadtest(
+        &[
+            &["crash", "--surge-bin", surge(), "--restarts", "3"][..],
+            &ROUND_LOAD,
+            &[
+                "--recovery-kill-pct",
+                "50",
+                "--skus",
+                "4",
+                "--stock",
+                "100000",
+            ],
+            &outputs(&json, &html),
+        ]
+        .concat(),
+    );
+    assert_eq!(out.code, 0, "crash drill failed");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let crash = &report["crash"];
@@ -148,21 +233,20 @@ fn crash_drill_passes_with_three_restarts() {
     assert_eq!(crash["restarts"].as_array().unwrap().len(), 3);
     let ids = svg_ids(&std::fs::read_to_string(&html).unwrap());
     assert!(ids.iter().any(|i| i == "recovery"), "{ids:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The limited sale: a window that opens 1 s in and closes 3 s in, a limit of 2,
 /// scalpers; the audit passes and the refusals the rules make are reported.
 #[test]
 fn limited_sale_drill_passes_and_reports_refusals() {
-    let surge = common::surge_binary();
-    let dir = common::temp_path("limited");
+    let tmp = temp_dir("limited");
+    let dir = tmp.path();
     let json = dir.join("limited.json");
-    let out = common::loadtest(&[
+    let out = loadtest(&[
         "limited-sale",
         "--spawn",
         "--surge-bin",
-        surge.to_str().unwrap(),
+        surge(),
         "--duration",
         "4s",
         "--rate",
@@ -184,9 +268,9 @@ fn limited_sale_drill_passes_and_reports_refusals() {
         "--closes-after",
         "3s",
         "--json",
-        json.to_str().unwrap(),
+        arg(&json),
     ]);
-    assert!(out.status.success(), "limited-sale drill failed");
+    assert_eq!(out.code, 0, "limited-sale drill failed");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["scenario"], "limited-sale");
@@ -208,39 +292,28 @@ fn limited_sale_drill_passes_and_reports_refusals() {
         notes.contains("(SKU, customer) pairs checked against the limit of 2"),
         "{notes}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn failover_drill_passes_with_three_kills() {
-    let surge = common::surge_binary();
-    let dir = common::temp_path("failover");
+    let tmp = temp_dir("failover");
+    let dir = tmp.path();
     let html = dir.join("failover.html");
     let json = dir.join("failover.json");
-    let out = common::loadtest(&[
-        "failover",
-        "--surge-bin",
-        surge.to_str().expect("utf-8 path"),
-        "--kills",
-        "3",
-        "--connections",
-        "8",
-        "--load-ms-min",
-        "200",
-        "--load-ms-max",
-        "600",
-        "--compare-ms",
-        "1500",
-        "--json",
-        json.to_str().expect("utf-8 path"),
-        "--report",
-        html.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
+    let out = loadtest(
+        &[
+            &["failover", "--surge-bin", surge(), "--kills", "3"][..],
+            &ROUND_LOAD,
+            &["--compare-ms", "1500"],
+            &outputs(&json, &html),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        out.code, 0,
         "drill failed (nats-server missing? run `bash .ci/setup`)"
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = &out.stdout;
     assert!(stdout.contains("verdict: PASS"));
     assert!(stdout.contains("time to promote"));
     let report: serde_json::Value =
@@ -260,5 +333,4 @@ fn failover_drill_passes_with_three_kills() {
     let page = std::fs::read_to_string(&html).expect("html");
     assert!(page.contains("Failover drill"));
     assert!(svg_ids(&page).iter().any(|i| i == "promote"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
