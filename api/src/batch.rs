@@ -3,7 +3,8 @@
 //! each succeeds or fails alone.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use surge_engine::{Acked, Command};
@@ -13,7 +14,7 @@ use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, parse_op};
-use crate::routes::{check_cancel_reason, create_order_command};
+use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
 
 /// `POST /v1/batch`.
@@ -181,9 +182,8 @@ fn op_command(
     })
 }
 
-fn problem_json(error: &ApiError) -> Box<RawValue> {
-    let text = serde_json::to_string(&error.problem()).expect("a problem always serializes");
-    RawValue::from_string(text).expect("serde_json writes valid JSON")
+fn problem_json(error: &ApiError) -> String {
+    serde_json::to_string(&error.problem()).expect("a problem always serializes")
 }
 
 #[utoipa::path(post, path = "/v1/batch", tag = "batch",
@@ -236,7 +236,9 @@ pub async fn batch(
         Err(e) => (Vec::new().into_iter(), Some(e)),
     };
     let mut refused = refused.into_iter().peekable();
-    let mut results = Vec::with_capacity(req.ops.len());
+    // The answer is written into one buffer: each result is JSON text already.
+    let mut body = String::with_capacity(16 + 224 * req.ops.len());
+    body.push_str("{\"results\":[");
     for i in 0..req.ops.len() {
         let value = match (refused.next_if(|(at, _)| *at == i), &unanswered) {
             (Some((_, e)), _) => problem_json(&e),
@@ -253,22 +255,22 @@ pub async fn batch(
                 }) => with_lsn(reply_json(reply), lsn),
             },
         };
-        results.push(value);
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&value);
     }
-    Ok(axum::Json(BatchResponse { results }).into_response())
+    body.push_str("]}");
+    Ok(json_text(StatusCode::OK, body))
 }
 
 /// A successful result of a batch carries its record's LSN (`"lsn"`), as a single
 /// write's answer carries `Surge-Lsn`.
-fn with_lsn(
-    body: Box<serde_json::value::RawValue>,
-    lsn: Option<u64>,
-) -> Box<serde_json::value::RawValue> {
+fn with_lsn(body: String, lsn: Option<u64>) -> String {
     let Some(lsn) = lsn else {
         return body;
     };
-    let text = body.get();
-    let rest = text
+    let rest = body
         .strip_prefix('{')
         .expect("a success body is a JSON object");
     let separator = if rest.trim_start().starts_with('}') {
@@ -276,6 +278,5 @@ fn with_lsn(
     } else {
         ","
     };
-    serde_json::value::RawValue::from_string(format!("{{\"lsn\":{lsn}{separator}{rest}"))
-        .expect("an object with one more member is valid JSON")
+    format!("{{\"lsn\":{lsn}{separator}{rest}")
 }

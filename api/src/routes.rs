@@ -168,18 +168,31 @@ fn respond_outcome(outcome: Outcome, success: Success) -> Response {
                 Reply::Order(o) => Some(format!("/v1/orders/{}", o.id)),
                 _ => None,
             };
-            let body = axum::Json(reply_json(reply));
-            if success == Success::Created {
-                let mut response = (StatusCode::CREATED, body).into_response();
-                if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-                    response.headers_mut().insert(header::LOCATION, loc);
-                }
-                response
-            } else {
-                body.into_response()
+            let status = match success {
+                Success::Created => StatusCode::CREATED,
+                Success::Ok => StatusCode::OK,
+            };
+            let mut response = json_text(status, reply_json(reply));
+            if success == Success::Created
+                && let Some(loc) = location.and_then(|l| HeaderValue::try_from(l).ok())
+            {
+                response.headers_mut().insert(header::LOCATION, loc);
             }
+            response
         }
     }
+}
+
+/// A response whose JSON body is already rendered (`Content-Type:
+/// application/json`): no second serialization pass over it.
+pub fn json_text(status: StatusCode, text: String) -> Response {
+    let mut response = Response::new(axum::body::Body::from(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn parse_reservation_id(id: &str) -> Result<ReservationId, ApiError> {
@@ -448,7 +461,9 @@ pub async fn get_reservation(
 ) -> Result<Response, ApiError> {
     let id = parse_reservation_id(&id)?;
     let v = read::<surge_engine::ReservationView>(&st, Query::GetReservation { id }).await?;
-    Ok(axum::Json(ReservationBody::from(v)).into_response())
+    let mut text = String::with_capacity(192);
+    reservation_json(&v, &mut text);
+    Ok(json_text(StatusCode::OK, text))
 }
 
 // ---------------------------------------------------------------- orders

@@ -12,11 +12,19 @@ pub fn now_ms() -> u64 {
 /// `2026-11-22T10:00:00.123Z`: always UTC, always milliseconds. A time past the end
 /// of year 9999 (which no parsed time reaches) is shown as that end.
 pub fn format_ms(ms: u64) -> String {
+    let mut out = String::with_capacity(24);
+    write_ms(&mut out, ms);
+    out
+}
+
+/// [`format_ms`], appended to `out` (no allocation of its own).
+pub fn write_ms(out: &mut String, ms: u64) {
+    use std::fmt::Write as _;
     let at = i64::try_from(ms)
         .ok()
         .and_then(|ms| Timestamp::from_millisecond(ms).ok())
         .unwrap_or(Timestamp::MAX);
-    format!("{at:.3}")
+    let _ = write!(out, "{at:.3}");
 }
 
 /// Parse an RFC 3339 date-time (`Z` or a `±HH:MM` offset, optional fraction) to
