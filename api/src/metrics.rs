@@ -330,3 +330,65 @@ fn replication_role(role: &str) -> MetricFamily {
         metrics,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn text(families: &[MetricFamily]) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(families, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_engine_histogram_keeps_its_bounds_and_ends_at_its_buckets_total() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(40));
+        h.record(Duration::from_millis(200));
+        let out = text(&[histogram("x_seconds", "Help.", &h)]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "# HELP x_seconds Help.",
+                "# TYPE x_seconds histogram",
+                "x_seconds_bucket{le=\"0.00005\"} 1",
+            ]
+        );
+        assert_eq!(
+            lines[lines.len() - 4..],
+            [
+                "x_seconds_bucket{le=\"0.1\"} 1",
+                "x_seconds_bucket{le=\"+Inf\"} 2",
+                "x_seconds_sum 0.20004",
+                "x_seconds_count 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_count_by_route_and_status_with_codes_past_599_as_599() {
+        let metrics = HttpMetrics::default();
+        metrics.record("/a", 200, 0.000_1);
+        metrics.record("/a", 200, 20.0);
+        metrics.record("/a", 999, 0.003);
+        assert_eq!(metrics.requests_total(), 3);
+        let out = text(&metrics.registry.gather());
+        for line in [
+            "surge_http_requests_total{route=\"/a\",status=\"200\"} 2",
+            "surge_http_requests_total{route=\"/a\",status=\"599\"} 1",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.00025\"} 1",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.005\"} 2",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"10\"} 2",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"+Inf\"} 3",
+            "surge_http_request_duration_seconds_count{route=\"/a\"} 3",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing:\n{out}");
+        }
+    }
+}
