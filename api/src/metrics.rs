@@ -33,7 +33,7 @@ const STATUS_SLOTS: usize = 500;
 const UNMATCHED: &str = "unmatched";
 
 /// One route's series, resolved from the vectors once.
-pub struct RouteMetrics {
+struct RouteMetrics {
     route: Box<str>,
     latency: prometheus::Histogram,
     /// Filled on the first request that answers with each status.
