@@ -1,17 +1,25 @@
-//! `/metrics` in the Prometheus text format, rendered by hand: per-route request
-//! counts by status and latency histograms (atomics, one read lock per request),
-//! plus the engine's runtime counters.
+//! `/metrics` in the Prometheus text format 0.0.4, rendered by the `prometheus`
+//! crate's `TextEncoder`; this module only gathers the values.
+//!
+//! - Per-route request counts by status and latency histograms are the crate's
+//!   `IntCounterVec` and `HistogramVec` in a registry of this server's own. The
+//!   handles of a route are resolved once and cached, so a request costs a read
+//!   lock, a map look-up by the route template and a few atomic increments.
+//! - The engine's counters, gauges and pre-bucketed latency histograms stay where
+//!   the engine keeps them (its atomics): each scrape reads them into
+//!   `MetricFamily` values, copying no state.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use surge_engine::IdempotencyStats;
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use surge_engine::{IdempotencyStats, LatencyHistogram};
 
 use crate::state::AppState;
 
@@ -19,428 +27,368 @@ use crate::state::AppState;
 const BUCKETS_S: [f64; 14] = [
     0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
-/// Status codes are 100..=599; index by code - 100.
+/// Status codes are 100..=599; index by code - 100 (higher codes count as 599).
 const STATUS_SLOTS: usize = 500;
+/// The route label of a request no route matched.
+const UNMATCHED: &str = "unmatched";
 
+/// One route's series, resolved from the vectors once.
 struct RouteMetrics {
-    by_status: Vec<AtomicU64>,
-    buckets: [AtomicU64; BUCKETS_S.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+    route: Box<str>,
+    latency: prometheus::Histogram,
+    /// Filled on the first request that answers with each status.
+    by_status: Box<[OnceLock<IntCounter>]>,
 }
 
 impl RouteMetrics {
-    fn new() -> RouteMetrics {
-        RouteMetrics {
-            by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_us: AtomicU64::new(0),
-        }
+    fn record(&self, requests: &IntCounterVec, status: u16, elapsed_s: f64) {
+        let slot = usize::from(status)
+            .saturating_sub(100)
+            .min(STATUS_SLOTS - 1);
+        self.by_status[slot]
+            .get_or_init(|| {
+                let status = (slot + 100).to_string();
+                requests.with_label_values(&[&*self.route, &status])
+            })
+            .inc();
+        self.latency.observe(elapsed_s);
     }
 }
 
 /// Request counters keyed by route template (`/v1/orders/{id}`), never by raw path,
 /// so the number of series is bounded by the routes.
-#[derive(Default)]
 pub struct HttpMetrics {
-    routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    routes: RwLock<HashMap<Box<str>, Arc<RouteMetrics>>>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> HttpMetrics {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "surge_http_requests_total",
+                "HTTP requests by route template and status.",
+            ),
+            &["route", "status"],
+        )
+        .expect("a valid name and label names");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "surge_http_request_duration_seconds",
+                "HTTP request latency by route template.",
+            )
+            .buckets(BUCKETS_S.to_vec()),
+            &["route"],
+        )
+        .expect("a valid name, label names and increasing buckets");
+        let registry = Registry::new();
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("registered once");
+        HttpMetrics {
+            registry,
+            requests,
+            latency,
+            routes: RwLock::default(),
+        }
+    }
 }
 
 impl HttpMetrics {
+    /// The series of `route`, created on its first request.
     fn route(&self, route: &str) -> Arc<RouteMetrics> {
         if let Some(m) = self.routes.read().expect("not poisoned").get(route) {
             return Arc::clone(m);
         }
         let mut routes = self.routes.write().expect("not poisoned");
-        Arc::clone(
-            routes
-                .entry(route.to_string())
-                .or_insert_with(|| Arc::new(RouteMetrics::new())),
-        )
+        Arc::clone(routes.entry(route.into()).or_insert_with(|| {
+            Arc::new(RouteMetrics {
+                route: route.into(),
+                latency: self.latency.with_label_values(&[route]),
+                by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+            })
+        }))
     }
 
     pub fn record(&self, route: &str, status: u16, elapsed_s: f64) {
-        let m = self.route(route);
-        let slot = usize::from(status)
-            .saturating_sub(100)
-            .min(STATUS_SLOTS - 1);
-        m.by_status[slot].fetch_add(1, Ordering::Relaxed);
-        m.count.fetch_add(1, Ordering::Relaxed);
-        m.sum_us
-            .fetch_add((elapsed_s * 1e6) as u64, Ordering::Relaxed);
-        if let Some(i) = BUCKETS_S.iter().position(|&b| elapsed_s <= b) {
-            m.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.route(route).record(&self.requests, status, elapsed_s);
     }
 
     pub fn requests_total(&self) -> u64 {
         let routes = self.routes.read().expect("not poisoned");
-        routes
-            .values()
-            .map(|m| m.count.load(Ordering::Relaxed))
-            .sum()
+        routes.values().map(|m| m.latency.get_sample_count()).sum()
     }
 }
 
 /// Middleware: count and time every request by route template and status.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    let route = state.metrics().route(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED, MatchedPath::as_str),
+    );
     let method = request.method().clone();
     let response = next.run(request).await;
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
-    state.metrics().record(&route, status, elapsed);
-    tracing::debug!(%method, route = %route, status, elapsed_ms = elapsed * 1e3, "request");
+    route.record(&state.metrics().requests, status, elapsed);
+    tracing::debug!(%method, route = &*route.route, status, elapsed_ms = elapsed * 1e3, "request");
     response
-}
-
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The whole exposition; `idempotency` is the engine's index as just queried.
 pub fn render(state: &AppState, idempotency: Option<&IdempotencyStats>) -> String {
+    let mut families = state.metrics().registry.gather();
+    families.extend(engine_families(state, idempotency));
     let mut out = String::with_capacity(8192);
-    let routes: Vec<(String, Arc<RouteMetrics>)> = {
-        let map = state.metrics().routes.read().expect("not poisoned");
-        let mut v: Vec<_> = map
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    out.push_str("# HELP surge_http_requests_total HTTP requests by route template and status.\n");
-    out.push_str("# TYPE surge_http_requests_total counter\n");
-    for (route, m) in &routes {
-        for (i, c) in m.by_status.iter().enumerate() {
-            let n = c.load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "surge_http_requests_total{{route=\"{}\",status=\"{}\"}} {n}",
-                    escape_label(route),
-                    i + 100
-                );
-            }
-        }
+    prometheus::TextEncoder::new()
+        .encode_utf8(&families, &mut out)
+        .expect("every family has a name and a sample");
+    out
+}
+
+/// A family of one sample without labels.
+fn single(name: &str, help: &str, kind: MetricType, value: f64) -> MetricFamily {
+    let mut metric = proto::Metric::default();
+    if kind == MetricType::COUNTER {
+        let mut counter = proto::Counter::default();
+        counter.set_value(value);
+        metric.set_counter(counter);
+    } else {
+        let mut gauge = proto::Gauge::default();
+        gauge.set_value(value);
+        metric.set_gauge(gauge);
     }
-    out.push_str(
-        "# HELP surge_http_request_duration_seconds HTTP request latency by route template.\n",
+    family(name, help, kind, vec![metric])
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+/// A histogram family from the engine's own bucket counters. The encoder adds the
+/// `+Inf` bucket from the count, which is the buckets' total as read here (not the
+/// engine's separate count), so that no bucket ever exceeds it within a scrape.
+fn histogram(name: &str, help: &str, h: &LatencyHistogram) -> MetricFamily {
+    let (cumulative, total) = h.cumulative();
+    let mut histogram = proto::Histogram::default();
+    histogram.set_bucket(
+        cumulative
+            .into_iter()
+            .map(|(bound_us, count)| {
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(bound_us as f64 / 1e6);
+                bucket.set_cumulative_count(count);
+                bucket
+            })
+            .collect(),
     );
-    out.push_str("# TYPE surge_http_request_duration_seconds histogram\n");
-    for (route, m) in &routes {
-        let route = escape_label(route);
-        let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS_S.iter().zip(&m.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "surge_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = m.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "surge_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "surge_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-            m.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "surge_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
-        );
-    }
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
+    histogram.set_sample_sum(h.sum_seconds());
+    histogram.set_sample_count(total);
+    let mut metric = proto::Metric::default();
+    metric.set_histogram(histogram);
+    family(name, help, MetricType::HISTOGRAM, vec![metric])
+}
+
+const GAUGE: MetricType = MetricType::GAUGE;
+const COUNTER: MetricType = MetricType::COUNTER;
+
+/// The engine's and the node's families, read from their atomics now.
+fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> Vec<MetricFamily> {
+    let mut singles: Vec<(&str, MetricType, &str, f64)> = vec![(
         "surge_ready",
-        "gauge",
+        GAUGE,
         "1 when recovery has finished and the server takes requests.",
-        u8::from(state.is_ready()).to_string(),
-    );
+        f64::from(u8::from(state.is_ready())),
+    )];
     let Some(engine) = state.engine_opt() else {
-        return out;
+        return to_families(singles);
     };
     let s = engine.stats();
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    metric(
-        "surge_engine_queue_depth",
-        "gauge",
-        "Commands waiting in the engine queue.",
-        engine.queue_len().to_string(),
-    );
-    metric(
-        "surge_engine_queue_capacity",
-        "gauge",
-        "Engine queue capacity.",
-        engine.queue_len_max().to_string(),
-    );
-    metric(
-        "surge_engine_commands_applied_total",
-        "counter",
-        "Commands applied.",
-        load(&s.commands_applied).to_string(),
-    );
-    metric(
-        "surge_engine_commands_rejected_total",
-        "counter",
-        "Commands refused by the state machine.",
-        load(&s.commands_rejected).to_string(),
-    );
-    metric(
-        "surge_engine_records_logged_total",
-        "counter",
-        "Records written to the WAL.",
-        load(&s.records_logged).to_string(),
-    );
-    metric(
-        "surge_engine_batches_total",
-        "counter",
-        "Group commits.",
-        load(&s.batches).to_string(),
-    );
-    metric(
-        "surge_engine_batch_len_last",
-        "gauge",
-        "Commands in the last group commit.",
-        load(&s.batch_len_last).to_string(),
-    );
-    metric(
-        "surge_engine_batch_len_max",
-        "gauge",
-        "Most commands seen in one group commit.",
-        load(&s.batch_len_max_seen).to_string(),
-    );
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     let batches = load(&s.batches);
-    let avg = if batches == 0 {
+    let avg = if batches == 0.0 {
         0.0
     } else {
-        load(&s.records_logged) as f64 / batches as f64
+        load(&s.records_logged) / batches
     };
-    metric(
-        "surge_engine_batch_len_avg",
-        "gauge",
-        "Average logged records per group commit.",
-        format!("{avg}"),
-    );
-    metric(
-        "surge_wal_bytes_total",
-        "counter",
-        "Bytes appended to the WAL.",
-        load(&s.wal_bytes).to_string(),
-    );
-    metric(
-        "surge_wal_flushes_total",
-        "counter",
-        "WAL flushes (msync).",
-        load(&s.flushes).to_string(),
-    );
-    metric(
-        "surge_wal_flush_latency_seconds_last",
-        "gauge",
-        "Latency of the last WAL flush.",
-        format!("{}", load(&s.flush_latency_us_last) as f64 / 1e6),
-    );
-    metric(
-        "surge_wal_flush_latency_seconds_sum",
-        "counter",
-        "Total time spent flushing the WAL.",
-        format!("{}", load(&s.flush_latency_us_total) as f64 / 1e6),
-    );
-    metric(
-        "surge_wal_durable_lsn",
-        "gauge",
-        "Highest LSN known durable.",
-        load(&s.durable_lsn).to_string(),
-    );
-    metric(
-        "surge_snapshots_total",
-        "counter",
-        "Snapshots written.",
-        load(&s.snapshots).to_string(),
-    );
-    metric(
-        "surge_snapshot_lsn",
-        "gauge",
-        "LSN covered by the newest snapshot.",
-        load(&s.snapshot_lsn).to_string(),
-    );
-    let snap_at = load(&s.snapshot_at_ms);
+    let snap_at = s.snapshot_at_ms.load(Ordering::Relaxed);
     let now_ms = crate::time::now_ms();
     let age = if snap_at == 0 {
         -1.0
     } else {
         now_ms.saturating_sub(snap_at) as f64 / 1e3
     };
-    metric(
-        "surge_snapshot_age_seconds",
-        "gauge",
-        "Seconds since the newest snapshot this process wrote (-1: none yet).",
-        format!("{age}"),
-    );
-    metric(
-        "surge_engine_overloaded_total",
-        "counter",
-        "Commands refused because the queue was full.",
-        load(&s.overloaded).to_string(),
-    );
-    metric(
-        "surge_stock_reads_behind_total",
-        "counter",
-        "Stock reads the stock board could not answer yet (behind the durable LSN), served through the follower's queue.",
-        load(&s.board_behind).to_string(),
-    );
-    metric(
-        "surge_reads_during_snapshot_total",
-        "counter",
-        "Reads sent through the writer's queue because the follower was encoding a snapshot.",
-        load(&s.reads_during_snapshot).to_string(),
-    );
-    metric(
-        "surge_engine_writes_refused",
-        "gauge",
-        "1 while the engine refuses writes (disk full, failed flush).",
-        u8::from(engine.writes_refused().is_some()).to_string(),
-    );
-    metric(
-        "surge_events_last_seq",
-        "gauge",
-        "Seq of the newest published event.",
-        engine.events().last_seq().to_string(),
-    );
+    #[rustfmt::skip]
+    singles.extend([
+        ("surge_engine_queue_depth", GAUGE, "Commands waiting in the engine queue.", engine.queue_len() as f64),
+        ("surge_engine_queue_capacity", GAUGE, "Engine queue capacity.", engine.queue_len_max() as f64),
+        ("surge_engine_commands_applied_total", COUNTER, "Commands applied.", load(&s.commands_applied)),
+        ("surge_engine_commands_rejected_total", COUNTER, "Commands refused by the state machine.", load(&s.commands_rejected)),
+        ("surge_engine_records_logged_total", COUNTER, "Records written to the WAL.", load(&s.records_logged)),
+        ("surge_engine_batches_total", COUNTER, "Group commits.", batches),
+        ("surge_engine_batch_len_last", GAUGE, "Commands in the last group commit.", load(&s.batch_len_last)),
+        ("surge_engine_batch_len_max", GAUGE, "Most commands seen in one group commit.", load(&s.batch_len_max_seen)),
+        ("surge_engine_batch_len_avg", GAUGE, "Average logged records per group commit.", avg),
+        ("surge_wal_bytes_total", COUNTER, "Bytes appended to the WAL.", load(&s.wal_bytes)),
+        ("surge_wal_flushes_total", COUNTER, "WAL flushes (msync).", load(&s.flushes)),
+        ("surge_wal_flush_latency_seconds_last", GAUGE, "Latency of the last WAL flush.", load(&s.flush_latency_us_last) / 1e6),
+        ("surge_wal_flush_latency_seconds_sum", COUNTER, "Total time spent flushing the WAL.", load(&s.flush_latency_us_total) / 1e6),
+        ("surge_wal_durable_lsn", GAUGE, "Highest LSN known durable.", load(&s.durable_lsn)),
+        ("surge_snapshots_total", COUNTER, "Snapshots written.", load(&s.snapshots)),
+        ("surge_snapshot_lsn", GAUGE, "LSN covered by the newest snapshot.", load(&s.snapshot_lsn)),
+        ("surge_snapshot_age_seconds", GAUGE, "Seconds since the newest snapshot this process wrote (-1: none yet).", age),
+        ("surge_engine_overloaded_total", COUNTER, "Commands refused because the queue was full.", load(&s.overloaded)),
+        ("surge_stock_reads_behind_total", COUNTER, "Stock reads the stock board could not answer yet (behind the durable LSN), served through the follower's queue.", load(&s.board_behind)),
+        ("surge_reads_during_snapshot_total", COUNTER, "Reads sent through the writer's queue because the follower was encoding a snapshot.", load(&s.reads_during_snapshot)),
+        ("surge_engine_writes_refused", GAUGE, "1 while the engine refuses writes (disk full, failed flush).", f64::from(u8::from(engine.writes_refused().is_some()))),
+        ("surge_events_last_seq", GAUGE, "Seq of the newest published event.", engine.events().last_seq() as f64),
+    ]);
     if let Some(idem) = idempotency {
         let effective_ms = idem.effective_window_ms(now_ms);
         let floor_ms = state.config().idempotency_window_floor_ms;
-        metric(
-            "surge_idempotency_window_seconds",
-            "gauge",
-            "How far back Idempotency-Keys are remembered now: the configured window, or at the memory budget the age of the oldest key remembered.",
-            format!("{}", effective_ms as f64 / 1e3),
-        );
-        metric(
-            "surge_idempotency_window_configured_seconds",
-            "gauge",
-            "The configured retention window of Idempotency-Keys.",
-            format!("{}", idem.policy.window_ms as f64 / 1e3),
-        );
-        metric(
-            "surge_idempotency_window_floor_seconds",
-            "gauge",
-            "The effective window below which surge warns (--idempotency-window-floor-ms).",
-            format!("{}", floor_ms as f64 / 1e3),
-        );
-        metric(
-            "surge_idempotency_window_below_floor",
-            "gauge",
-            "1 while the effective window is below the floor: raise the budget.",
-            u8::from(effective_ms < floor_ms).to_string(),
-        );
-        metric(
-            "surge_idempotency_at_budget",
-            "gauge",
-            "1 while keys younger than the window have been forgotten to stay within the budget: the effective window is then the age of the oldest key.",
-            u8::from(idem.at_budget(now_ms)).to_string(),
-        );
-        metric(
-            "surge_idempotency_keys",
-            "gauge",
-            "Idempotency-Keys remembered.",
-            idem.keys.to_string(),
-        );
-        metric(
-            "surge_idempotency_keys_max",
-            "gauge",
-            "Idempotency-Keys the budget holds when no answer needs storing whole.",
-            idem.keys_max.to_string(),
-        );
-        metric(
-            "surge_idempotency_bytes",
-            "gauge",
-            "Memory of the idempotency index and its stored answers.",
-            idem.bytes.to_string(),
-        );
-        metric(
-            "surge_idempotency_budget_bytes",
-            "gauge",
-            "The memory budget of the idempotency index.",
-            idem.policy.budget_bytes.to_string(),
-        );
-    }
-    histogram(
-        &mut out,
-        "surge_writer_iteration_seconds",
-        "Writer loop iterations (apply, append, hand-over), the sync excluded.",
-        &s.writer_iteration,
-    );
-    histogram(
-        &mut out,
-        "surge_wal_commit_seconds",
-        "Group commit latency: one sync of the log, however many batches it covers.",
-        &s.wal_commit,
-    );
-    render_replication(&mut out, state, engine);
-    out
-}
-
-/// The node's role, and a standby's lag behind the stream.
-fn render_replication(out: &mut String, state: &AppState, engine: &surge_engine::EngineHandle) {
-    let role = engine.role();
-    let _ = writeln!(
-        out,
-        "# HELP surge_replication_role This node's place in replication (1 for its role).\n\
-         # TYPE surge_replication_role gauge"
-    );
-    for name in ["leader", "standby", "fenced"] {
-        let _ = writeln!(
-            out,
-            "surge_replication_role{{role=\"{name}\"}} {}",
-            u8::from(role.name() == name)
-        );
+        #[rustfmt::skip]
+        singles.extend([
+            ("surge_idempotency_window_seconds", GAUGE, "How far back Idempotency-Keys are remembered now: the configured window, or at the memory budget the age of the oldest key remembered.", effective_ms as f64 / 1e3),
+            ("surge_idempotency_window_configured_seconds", GAUGE, "The configured retention window of Idempotency-Keys.", idem.policy.window_ms as f64 / 1e3),
+            ("surge_idempotency_window_floor_seconds", GAUGE, "The effective window below which surge warns (--idempotency-window-floor-ms).", floor_ms as f64 / 1e3),
+            ("surge_idempotency_window_below_floor", GAUGE, "1 while the effective window is below the floor: raise the budget.", f64::from(u8::from(effective_ms < floor_ms))),
+            ("surge_idempotency_at_budget", GAUGE, "1 while keys younger than the window have been forgotten to stay within the budget: the effective window is then the age of the oldest key.", f64::from(u8::from(idem.at_budget(now_ms)))),
+            ("surge_idempotency_keys", GAUGE, "Idempotency-Keys remembered.", idem.keys as f64),
+            ("surge_idempotency_keys_max", GAUGE, "Idempotency-Keys the budget holds when no answer needs storing whole.", idem.keys_max as f64),
+            ("surge_idempotency_bytes", GAUGE, "Memory of the idempotency index and its stored answers.", idem.bytes as f64),
+            ("surge_idempotency_budget_bytes", GAUGE, "The memory budget of the idempotency index.", idem.policy.budget_bytes as f64),
+        ]);
     }
     let (lag_lsn, lag_seconds) = state.replication_lag();
-    let _ = writeln!(
-        out,
-        "# HELP surge_replication_lag_lsn LSNs the stream holds that this standby has not applied.\n\
-         # TYPE surge_replication_lag_lsn gauge\nsurge_replication_lag_lsn {lag_lsn}\n\
-         # HELP surge_replication_lag_seconds Age of this standby's view while it is behind.\n\
-         # TYPE surge_replication_lag_seconds gauge\nsurge_replication_lag_seconds {lag_seconds}\n\
-         # HELP surge_replication_published_lsn The last LSN the replicated log acknowledged.\n\
-         # TYPE surge_replication_published_lsn gauge\nsurge_replication_published_lsn {}",
-        engine.stats().published_lsn.load(Ordering::Relaxed)
-    );
-    histogram(
-        out,
-        "surge_replication_publish_seconds",
-        "One publish of durable records to the replicated log, until acknowledged.",
-        &engine.stats().replication_publish,
-    );
+    #[rustfmt::skip]
+    singles.extend([
+        ("surge_replication_lag_lsn", GAUGE, "LSNs the stream holds that this standby has not applied.", lag_lsn as f64),
+        ("surge_replication_lag_seconds", GAUGE, "Age of this standby's view while it is behind.", lag_seconds),
+        ("surge_replication_published_lsn", GAUGE, "The last LSN the replicated log acknowledged.", load(&s.published_lsn)),
+    ]);
+    let mut families = to_families(singles);
+    families.extend([
+        histogram(
+            "surge_writer_iteration_seconds",
+            "Writer loop iterations (apply, append, hand-over), the sync excluded.",
+            &s.writer_iteration,
+        ),
+        histogram(
+            "surge_wal_commit_seconds",
+            "Group commit latency: one sync of the log, however many batches it covers.",
+            &s.wal_commit,
+        ),
+        replication_role(engine.role().name()),
+        histogram(
+            "surge_replication_publish_seconds",
+            "One publish of durable records to the replicated log, until acknowledged.",
+            &s.replication_publish,
+        ),
+    ]);
+    families
 }
 
-/// A Prometheus histogram: cumulative `_bucket` lines, `_sum` and `_count`.
-fn histogram(out: &mut String, name: &str, help: &str, h: &surge_engine::LatencyHistogram) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let (buckets, total) = h.cumulative();
-    for (bound_us, count) in buckets {
-        let le = bound_us as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+fn to_families(singles: Vec<(&str, MetricType, &str, f64)>) -> Vec<MetricFamily> {
+    singles
+        .into_iter()
+        .map(|(name, kind, help, value)| single(name, help, kind, value))
+        .collect()
+}
+
+/// The node's place in replication: one gauge per role, 1 for this node's.
+fn replication_role(role: &str) -> MetricFamily {
+    let metrics = ["leader", "standby", "fenced"]
+        .into_iter()
+        .map(|name| {
+            let mut label = proto::LabelPair::default();
+            label.set_name("role".to_string());
+            label.set_value(name.to_string());
+            let mut gauge = proto::Gauge::default();
+            gauge.set_value(f64::from(u8::from(role == name)));
+            let mut metric = proto::Metric::from_label(vec![label]);
+            metric.set_gauge(gauge);
+            metric
+        })
+        .collect();
+    family(
+        "surge_replication_role",
+        "This node's place in replication (1 for its role).",
+        GAUGE,
+        metrics,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn text(families: &[MetricFamily]) -> String {
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(families, &mut out)
+            .unwrap();
+        out
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds());
-    let _ = writeln!(out, "{name}_count {}", h.count());
+
+    #[test]
+    fn an_engine_histogram_keeps_its_bounds_and_ends_at_its_buckets_total() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(40));
+        h.record(Duration::from_millis(200));
+        let out = text(&[histogram("x_seconds", "Help.", &h)]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "# HELP x_seconds Help.",
+                "# TYPE x_seconds histogram",
+                "x_seconds_bucket{le=\"0.00005\"} 1",
+            ]
+        );
+        assert_eq!(
+            lines[lines.len() - 4..],
+            [
+                "x_seconds_bucket{le=\"0.1\"} 1",
+                "x_seconds_bucket{le=\"+Inf\"} 2",
+                "x_seconds_sum 0.20004",
+                "x_seconds_count 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_count_by_route_and_status_with_codes_past_599_as_599() {
+        let metrics = HttpMetrics::default();
+        metrics.record("/a", 200, 0.000_1);
+        metrics.record("/a", 200, 20.0);
+        metrics.record("/a", 999, 0.003);
+        assert_eq!(metrics.requests_total(), 3);
+        let out = text(&metrics.registry.gather());
+        for line in [
+            "surge_http_requests_total{route=\"/a\",status=\"200\"} 2",
+            "surge_http_requests_total{route=\"/a\",status=\"599\"} 1",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.00025\"} 1",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"0.005\"} 2",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"10\"} 2",
+            "surge_http_request_duration_seconds_bucket{route=\"/a\",le=\"+Inf\"} 3",
+            "surge_http_request_duration_seconds_count{route=\"/a\"} 3",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing:\n{out}");
+        }
+    }
 }
