@@ -120,7 +120,10 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(config.request_timeout_ms),
         ))
-        .layer(axum::middleware::map_response(problemify))
+        // A plain synchronous map (tower's), not axum's `map_response`, which boxes
+        // a future and runs extractor machinery on every request for a function
+        // that never awaits.
+        .layer(tower::util::MapResponseLayer::new(problemify))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -130,7 +133,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Error responses produced outside our handlers (a timeout, a rejection from an
 /// axum extractor) get a problem+json body like every other failure.
-async fn problemify(response: Response) -> Response {
+fn problemify(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
