@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId,
+    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, State,
 };
 
 // The `surge` binary runs on mimalloc; measure the engine with the same allocator.
@@ -39,8 +39,7 @@ fn reserve_release_bench(c: &mut Criterion, name: &str, for_customer: bool, limi
             if limited {
                 limit_every_sku(&mut state);
             }
-            let mut events = Vec::with_capacity(1024);
-            let commands: Vec<(Command, Command)> = (0..iters)
+            let commands: Vec<[Command; 2]> = (0..iters)
                 .map(|i| {
                     let lines = vec![LineReq {
                         sku: format!("SKU-{:05}", i as usize % SKUS),
@@ -64,24 +63,10 @@ fn reserve_release_bench(c: &mut Criterion, name: &str, for_customer: bool, limi
                         id: ReservationId(i + 1),
                         actor: "bench".to_string(),
                     };
-                    (reserve, release)
+                    [reserve, release]
                 })
                 .collect();
-            let now = 1_000;
-            let mut refused = 0u64;
-            let started = Instant::now();
-            for (reserve, release) in &commands {
-                let held = state.apply(reserve, None, now, &mut events);
-                refused += u64::from(held.outcome.is_err());
-                black_box(&held);
-                let released = state.apply(release, None, now, &mut events);
-                refused += u64::from(released.outcome.is_err());
-                black_box(&released);
-                if events.len() > 512 {
-                    events.clear();
-                }
-            }
-            let elapsed = started.elapsed();
+            let (elapsed, refused) = apply_cycles(&mut state, &commands);
             // The bench counts what it did: every command succeeded, nothing is left held.
             assert_eq!(refused, 0, "{refused} of {} commands refused", 2 * iters);
             drop(commands);
@@ -89,6 +74,27 @@ fn reserve_release_bench(c: &mut Criterion, name: &str, for_customer: bool, limi
         })
     });
     group.finish();
+}
+
+/// Applies each cycle's commands in turn, all at one instant, on the clock (the
+/// events they emit are dropped every 512); how long that took, and how many of the
+/// commands were refused.
+fn apply_cycles<const N: usize>(state: &mut State, cycles: &[[Command; N]]) -> (Duration, u64) {
+    let mut events = Vec::with_capacity(1024);
+    let now = 1_000;
+    let mut refused = 0u64;
+    let started = Instant::now();
+    for cycle in cycles {
+        for command in cycle {
+            let applied = state.apply(command, None, now, &mut events);
+            refused += u64::from(applied.outcome.is_err());
+            black_box(&applied);
+        }
+        if events.len() > 512 {
+            events.clear();
+        }
+    }
+    (started.elapsed(), refused)
 }
 
 fn reserve_release(c: &mut Criterion) {
@@ -125,7 +131,6 @@ fn order_cycle(c: &mut Criterion) {
     group.bench_function("create_pay_cancel_order", |b| {
         b.iter_custom(|iters| {
             let mut state = state_with_skus();
-            let mut events = Vec::with_capacity(1024);
             let commands: Vec<[Command; 3]> = (0..iters)
                 .map(|i| {
                     let id = OrderId(i + 1);
@@ -146,20 +151,7 @@ fn order_cycle(c: &mut Criterion) {
                     ]
                 })
                 .collect();
-            let now = 1_000;
-            let mut refused = 0u64;
-            let started = Instant::now();
-            for cycle in &commands {
-                for command in cycle {
-                    let applied = state.apply(command, None, now, &mut events);
-                    refused += u64::from(applied.outcome.is_err());
-                    black_box(&applied);
-                }
-                if events.len() > 512 {
-                    events.clear();
-                }
-            }
-            let elapsed = started.elapsed();
+            let (elapsed, refused) = apply_cycles(&mut state, &commands);
             // Every order was created, paid and cancelled: none of the steps refused.
             assert_eq!(refused, 0, "{refused} of {} commands refused", 3 * iters);
             drop(commands);

@@ -420,11 +420,10 @@ pub async fn commit_reservation(
     idem: Idem,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let command = Command::CommitReservation {
-        id: parse_reservation_id(&id)?,
-        actor: who.actor,
-    };
-    run(&st, command, idem.key(b""), Success::Ok).await
+    reservation_step(&st, who, idem, &id, |id, actor| {
+        Command::CommitReservation { id, actor }
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",
@@ -440,11 +439,23 @@ pub async fn release_reservation(
     idem: Idem,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let command = Command::ReleaseReservation {
-        id: parse_reservation_id(&id)?,
-        actor: who.actor,
-    };
-    run(&st, command, idem.key(b""), Success::Ok).await
+    reservation_step(&st, who, idem, &id, |id, actor| {
+        Command::ReleaseReservation { id, actor }
+    })
+    .await
+}
+
+/// Commit and release: the reservation the path names, taken a step by the caller
+/// (`step` builds the command from the id and the actor), keyed by an empty body.
+async fn reservation_step(
+    st: &AppState,
+    who: Principal,
+    idem: Idem,
+    id: &str,
+    step: fn(ReservationId, String) -> Command,
+) -> Result<Response, ApiError> {
+    let command = step(parse_reservation_id(id)?, who.actor);
+    run(st, command, idem.key(b""), Success::Ok).await
 }
 
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",

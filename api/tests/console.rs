@@ -95,6 +95,30 @@ impl Server {
             Some(json!({"order_no": order_no, "customer_id": customer, "lines": lines})),
         )
     }
+    /// Pays order `id` its `amount` (no payment reference).
+    fn pay(&self, id: &str, amount: u64) {
+        self.ok(
+            "POST",
+            &format!("/v1/orders/{id}/pay"),
+            Some(json!({ "amount": amount })),
+        );
+    }
+
+    /// Takes a paid order through picking and packing to shipped with `tracking_no`.
+    fn ship(&self, id: &str, tracking_no: &str) {
+        for to in ["picking", "packed"] {
+            self.ok(
+                "POST",
+                &format!("/v1/orders/{id}/transitions"),
+                Some(json!({ "to": to })),
+            );
+        }
+        self.ok(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(json!({"to": "shipped", "tracking_no": tracking_no})),
+        );
+    }
 }
 
 // ------------------------------------------------------------------ the browser
@@ -365,23 +389,8 @@ fn console_in_a_real_browser() {
         json!([{"sku": "WIDGET", "qty": 1, "unit_price": 999}]),
     );
     let s_id = s["id"].as_str().unwrap().to_string();
-    server.ok(
-        "POST",
-        &format!("/v1/orders/{s_id}/pay"),
-        Some(json!({"amount": 999})),
-    );
-    for to in ["picking", "packed"] {
-        server.ok(
-            "POST",
-            &format!("/v1/orders/{s_id}/transitions"),
-            Some(json!({ "to": to })),
-        );
-    }
-    server.ok(
-        "POST",
-        &format!("/v1/orders/{s_id}/transitions"),
-        Some(json!({"to": "shipped", "tracking_no": "TRACK-77"})),
-    );
+    server.pay(&s_id, 999);
+    server.ship(&s_id, "TRACK-77");
     assert_eq!(server.ok("GET", "/v1/skus/WIDGET", None)["on_hand"], 7);
 
     let browser = Browser::start();
@@ -671,11 +680,7 @@ fn console_speaks_chinese_and_english() {
         json!([{"sku": "WIDGET", "qty": 2, "unit_price": 1250}]),
     );
     let id = o["id"].as_str().unwrap().to_string();
-    server.ok(
-        "POST",
-        &format!("/v1/orders/{id}/pay"),
-        Some(json!({"amount": 2500})),
-    );
+    server.pay(&id, 2500);
     server.ok(
         "POST",
         &format!("/v1/orders/{id}/transitions"),
@@ -1025,18 +1030,7 @@ fn console_v11_order_actions_and_ledger() {
     });
 
     // 5. Ship, then intercept in transit with restock: the refund becomes due.
-    for to in ["picking", "packed"] {
-        server.ok(
-            "POST",
-            &format!("/v1/orders/{id}/transitions"),
-            Some(json!({ "to": to })),
-        );
-    }
-    server.ok(
-        "POST",
-        &format!("/v1/orders/{id}/transitions"),
-        Some(json!({"to": "shipped", "tracking_no": "SF123"})),
-    );
+    server.ship(&id, "SF123");
     browser.goto(&server.url(&format!("/#/order/{id}")));
     browser.wait_text("#order-status", "shipped");
     assert!(!browser.exists("#action-cancel"));
@@ -1302,23 +1296,8 @@ fn console_v11_refusal_and_line_removal() {
         json!([{"sku": "WIDGET", "qty": 2, "unit_price": 450}]),
     );
     let refused_id = refused["id"].as_str().unwrap().to_string();
-    server.ok(
-        "POST",
-        &format!("/v1/orders/{refused_id}/pay"),
-        Some(json!({"amount": 900})),
-    );
-    for to in ["picking", "packed"] {
-        server.ok(
-            "POST",
-            &format!("/v1/orders/{refused_id}/transitions"),
-            Some(json!({ "to": to })),
-        );
-    }
-    server.ok(
-        "POST",
-        &format!("/v1/orders/{refused_id}/transitions"),
-        Some(json!({"to": "shipped", "tracking_no": "YT9"})),
-    );
+    server.pay(&refused_id, 900);
+    server.ship(&refused_id, "YT9");
     let widget_on_hand = server.ok("GET", "/v1/skus/WIDGET", None)["on_hand"].clone();
 
     let browser = Browser::start();

@@ -794,39 +794,12 @@ fn event_feed_paging_and_operations_endpoints() {
         assert!(r.body.contains(name), "no {name} in /metrics");
     }
     let r = s.call("GET", "/openapi.json", &[], None);
-    let doc = r.json();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in [
-        "/v1/skus",
-        "/v1/skus/{sku}",
-        "/v1/skus/{sku}/adjustments",
-        "/v1/reservations",
-        "/v1/reservations/{id}",
-        "/v1/reservations/{id}/commit",
-        "/v1/reservations/{id}/release",
-        "/v1/orders",
-        "/v1/orders/export.csv",
-        "/v1/orders/by-no/{order_no}",
-        "/v1/orders/{id}",
-        "/v1/orders/{id}/pay",
-        "/v1/orders/{id}/transitions",
-        "/v1/orders/{id}/cancel",
-        "/v1/orders/{id}/return",
-        "/v1/orders/{id}/refund",
-        "/v1/stats",
-        "/v1/batch",
-        "/v1/events",
-        "/v1/admin/snapshot",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-    ] {
-        assert!(
-            doc["paths"][path].is_object(),
-            "{path} not in the OpenAPI document"
-        );
-    }
+    // The document served is the one generated (its paths: `tests/openapi.rs`).
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == surge_api::openapi::document_json(),
+        "/openapi.json is not the generated document"
+    );
     let r = s.call("GET", "/", &[], None);
     assert_eq!(r.status, 200);
     assert!(r.header("content-type").unwrap().starts_with("text/html"));

@@ -13,6 +13,8 @@ use surge_wal::{
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 const PAYLOAD_BYTES: usize = 100;
+/// The payload of the records on the simulated disk's small segments.
+const SMALL_PAYLOAD: usize = 64;
 
 fn open_dir(dir: &Path) -> Result<(Wal<MmapStorage>, Recovery), Error> {
     Wal::open(MmapStorage::open(dir)?, config(SEGMENT_BYTES))
@@ -459,20 +461,10 @@ fn a_data_dir_from_before_manifests_opens_and_gets_one() {
 /// a missing file, keeps every committed record, and the log goes on.
 #[test]
 fn crash_at_every_step_of_segment_creation_recovers_without_a_false_alarm() {
-    const SMALL_PAYLOAD: usize = 64;
-    let base = SimStorage::new();
-    {
-        let (mut wal, _) = open_sim(&base, SEGMENT_BYTES_SMALL);
-        append_range(&mut wal, 1..=40, SMALL_PAYLOAD);
-        wal.commit().expect("commit");
-        wal.write_snapshot(40, &snapshot_body(40))
-            .expect("snapshot");
-        // Frames of 80 bytes; this commit ends one page (51 frames) short of
-        // the end of the 32 KiB segment.
-        append_range(&mut wal, 41..=193, SMALL_PAYLOAD);
-        wal.commit().expect("commit");
-        assert_eq!(wal.segment_names().len(), 1);
-    }
+    // Frames of 80 bytes; the second commit ends one page (51 frames) short of
+    // the end of the 32 KiB segment.
+    let (base, segments) = build_sim(&[(40, Some(40)), (193, None)]);
+    assert_eq!(segments.len(), 1);
     let batch = |wal: &mut Wal<SimStorage>| -> Result<(), Error> {
         for lsn in 194..=260 {
             wal.append(lsn, &payload(lsn, 0, SMALL_PAYLOAD))?;
@@ -482,10 +474,9 @@ fn crash_at_every_step_of_segment_creation_recovers_without_a_false_alarm() {
     let steps = {
         let d = base.fork();
         let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
-        let before = d.op_count();
-        batch(&mut wal).expect("batch");
+        let (steps, ()) = count_steps(&d, || batch(&mut wal).expect("batch"));
         assert_eq!(wal.segment_names().len(), 2, "the batch rolls");
-        d.op_count() - before
+        steps
     };
     assert!(
         steps >= 9,
@@ -493,23 +484,14 @@ fn crash_at_every_step_of_segment_creation_recovers_without_a_false_alarm() {
     );
     for step in 0..=steps {
         for seed in 0..8 {
-            let d = base.fork();
-            let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
-            d.fail_at_step(step);
-            let ok = batch(&mut wal).is_ok();
+            let (ok, after) = cut_then_crash(&base, step, seed, |wal| batch(wal).is_ok());
             assert_eq!(ok, step == steps, "step {step}");
-            drop(wal);
-            let after = d.crash(seed);
             let ctx = format!("step {step} seed {seed}");
             let committed = if ok { 260 } else { 193 };
             check_recovered(&after.fork(), 40, committed, &ctx);
             // Crash again at every step of that recovery itself.
-            let open_steps = {
-                let f = after.fork();
-                let before = f.op_count();
-                drop(open_sim(&f, SEGMENT_BYTES_SMALL));
-                f.op_count() - before
-            };
+            let f = after.fork();
+            let (open_steps, ()) = count_steps(&f, || drop(open_sim(&f, SEGMENT_BYTES_SMALL)));
             for open_step in 0..open_steps {
                 let f = after.fork();
                 f.fail_at_step(open_step);
@@ -540,44 +522,28 @@ fn crash_at_every_step_of_segment_creation_recovers_without_a_false_alarm() {
 /// segments and an older snapshot: open never reports a missing file.
 #[test]
 fn crash_at_every_step_of_segment_retirement_recovers_without_a_false_alarm() {
-    const SMALL_PAYLOAD: usize = 64;
-    let base = SimStorage::new();
-    {
-        let (mut wal, _) = open_sim(&base, SEGMENT_BYTES_SMALL);
-        append_range(&mut wal, 1..=300, SMALL_PAYLOAD);
-        wal.commit().expect("commit");
-        wal.write_snapshot(100, &snapshot_body(100))
-            .expect("snapshot");
-        append_range(&mut wal, 301..=700, SMALL_PAYLOAD);
-        wal.commit().expect("commit");
-        wal.write_snapshot(600, &snapshot_body(600))
-            .expect("snapshot");
-        append_range(&mut wal, 701..=1200, SMALL_PAYLOAD);
-        wal.commit().expect("commit");
-    }
+    let (base, _) = build_sim(&[(300, Some(100)), (700, Some(600)), (1200, None)]);
     let (steps, retired) = {
         let d = base.fork();
         let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
         let segments = wal.segment_names().len();
-        let before = d.op_count();
-        wal.write_snapshot(1100, &snapshot_body(1100))
-            .expect("snapshot");
-        (d.op_count() - before, segments - wal.segment_names().len())
+        let (steps, ()) = count_steps(&d, || {
+            wal.write_snapshot(1100, &snapshot_body(1100))
+                .expect("snapshot")
+        });
+        (steps, segments - wal.segment_names().len())
     };
     assert!(retired >= 2, "the snapshot retires segments: {retired}");
     let mut failed = 0;
     for step in 0..=steps {
         for seed in 0..8 {
-            let d = base.fork();
-            let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
-            d.fail_at_step(step);
-            let ok = wal.write_snapshot(1100, &snapshot_body(1100)).is_ok();
+            let (ok, after) = cut_then_crash(&base, step, seed, |wal| {
+                wal.write_snapshot(1100, &snapshot_body(1100)).is_ok()
+            });
             // A failure up to the MANIFEST's installation fails the publication; one
             // while the retired files are removed leaves them for open to remove.
             assert!(ok || step < steps, "step {step}");
             failed += u32::from(!ok);
-            drop(wal);
-            let after = d.crash(seed);
             let ctx = format!("step {step} seed {seed}");
             let (wal, rec) = match Wal::open(after.clone(), config(SEGMENT_BYTES_SMALL)) {
                 Ok(x) => x,
@@ -630,6 +596,48 @@ fn a_removed_segment_is_refused_on_the_simulated_disk() {
             Ok(_) => panic!("opened without {name}"),
         }
     }
+}
+
+/// A log on a new simulated disk, in small segments of records of `SMALL_PAYLOAD`
+/// bytes: each `(last, snapshot)` appends and commits the records up to `last` in
+/// one batch, then writes the snapshot at `snapshot` if there is one. Returns the
+/// disk and the segment names.
+fn build_sim(batches: &[(Lsn, Option<Lsn>)]) -> (SimStorage, Vec<String>) {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    let mut lsn = 0;
+    for &(last, snapshot) in batches {
+        append_range(&mut wal, lsn + 1..=last, SMALL_PAYLOAD);
+        wal.commit().expect("commit");
+        lsn = last;
+        if let Some(s) = snapshot {
+            wal.write_snapshot(s, &snapshot_body(s)).expect("snapshot");
+        }
+    }
+    (disk, wal.segment_names())
+}
+
+/// How many storage steps `op` takes on `disk`, and what it returned.
+fn count_steps<T>(disk: &SimStorage, op: impl FnOnce() -> T) -> (u64, T) {
+    let before = disk.op_count();
+    let out = op();
+    (disk.op_count() - before, out)
+}
+
+/// Opens a fork of `base`, runs `op` on it with the storage failing at `step`, then
+/// loses power (`seed`): whether `op` succeeded, and the disk the crash left.
+fn cut_then_crash(
+    base: &SimStorage,
+    step: u64,
+    seed: u64,
+    op: impl FnOnce(&mut Wal<SimStorage>) -> bool,
+) -> (bool, SimStorage) {
+    let d = base.fork();
+    let (mut wal, _) = open_sim(&d, SEGMENT_BYTES_SMALL);
+    d.fail_at_step(step);
+    let ok = op(&mut wal);
+    drop(wal);
+    (ok, d.crash(seed))
 }
 
 /// Opens and checks the records: every lsn from `snap_floor`'s snapshot (or
