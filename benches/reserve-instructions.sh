@@ -5,20 +5,25 @@
 #   bash benches/reserve-instructions.sh                  # builds the release surge
 #   SURGE_BIN=/path/to/surge bash benches/reserve-instructions.sh
 #   FEW=2000 MANY=12000 TOP=40 bash benches/reserve-instructions.sh
+#   DURABILITY=none bash benches/reserve-instructions.sh   # the HTTP path alone
 #
-# It runs the server twice under `valgrind --tool=callgrind` (durability sync, a
+# It runs the server twice under `valgrind --tool=callgrind` (durability
+# $DURABILITY, default sync; a
 # temporary data dir, a loopback port, no periodic snapshot), sends $FEW and then
 # $MANY `POST /v1/reservations` (one unit of one SKU) with `ab -k -c16`, and prints
 # (total(MANY) - total(FEW)) / (MANY - FEW): start-up and shutdown cancel out. Then
 # the $TOP most expensive functions of the MANY run, inclusive, per request. The
 # kernel's share (socket reads and writes, fdatasync) is not counted: callgrind
-# sees only user space. Needs valgrind, ab (apache2-utils) and curl; installs them
+# sees only user space. In `sync` mode the count moves by 1-2k between runs of one
+# build (how many reservations share a commit depends on timing, and each commit
+# has a cost of its own); `none` leaves out the engine's threads and repeats closely. Needs valgrind, ab (apache2-utils) and curl; installs them
 # with apt-get when missing. Everything it starts is stopped (by pid) at the end.
 set -euo pipefail
 
 FEW=${FEW:-2000}
 MANY=${MANY:-12000}
 TOP=${TOP:-30}
+DURABILITY=${DURABILITY:-sync}
 ((MANY > FEW)) || { echo "MANY must be larger than FEW" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,7 +57,7 @@ echo '{"lines":[{"sku":"S1","qty":1}]}' >"$WORK/body.json"
 counted_run() { # requests -> prints the callgrind file of a run with that many
     local requests=$1 port pid out="$WORK/callgrind.$1"
     port=$(free_port)
-    SURGE_TOKENS="admin:adm,storefront:sf" SURGE_DURABILITY=sync RUST_LOG=warn \
+    SURGE_TOKENS="admin:adm,storefront:sf" SURGE_DURABILITY="$DURABILITY" RUST_LOG=warn \
         SURGE_SNAPSHOT_EVERY_RECORDS=0 \
         valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$SURGE_BIN" --listen "127.0.0.1:$port" --data-dir "$WORK/data.$requests" \
@@ -89,7 +94,7 @@ many_total=$(total_of "$many_file")
 per_request=$(((many_total - few_total) / (MANY - FEW)))
 
 echo "surge $(git rev-parse --short HEAD 2>/dev/null || echo '?') ($SURGE_BIN); $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "instructions: $few_total for $FEW reservations, $many_total for $MANY"
+echo "durability $DURABILITY; instructions: $few_total for $FEW reservations, $many_total for $MANY"
 echo "RESULT instructions_per_reservation=$per_request"
 echo
 echo "inclusive instructions per reservation, top $TOP functions of the $MANY-request run:"

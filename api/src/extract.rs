@@ -70,11 +70,37 @@ const SHAPE_DEPTH_MAX: usize = 128;
 /// so these two rules close that door. One pass over the bytes, before serde.
 fn check_shape(bytes: &[u8]) -> Shape {
     let mut pos = 0;
-    let mut path = String::new();
+    let mut path = Vec::new();
     match shape_value(bytes, &mut pos, &mut path, true, 0) {
         Ok(()) => Shape::Fine,
         Err(shape) => shape,
     }
+}
+
+/// One step of the path to the value being checked: kept as slices and numbers,
+/// and rendered (`lines[0].qty`) only when a value is refused.
+enum Step<'a> {
+    Key(&'a [u8]),
+    Index(usize),
+}
+
+fn render_path(path: &[Step<'_>]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&String::from_utf8_lossy(key));
+            }
+            Step::Index(index) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "[{index}]");
+            }
+        }
+    }
+    out
 }
 
 fn skip_ws(bytes: &[u8], pos: &mut usize) {
@@ -100,10 +126,10 @@ fn shape_string<'a>(bytes: &'a [u8], pos: &mut usize) -> Result<&'a [u8], Shape>
     Err(Shape::Malformed)
 }
 
-fn shape_value(
-    bytes: &[u8],
+fn shape_value<'a>(
+    bytes: &'a [u8],
     pos: &mut usize,
-    path: &mut String,
+    path: &mut Vec<Step<'a>>,
     must_be_object: bool,
     depth: usize,
 ) -> Result<(), Shape> {
@@ -125,7 +151,7 @@ fn shape_value(
         let name = if path.is_empty() {
             "body".to_string()
         } else {
-            path.clone()
+            render_path(path)
         };
         return Err(Shape::NotObject(name));
     }
@@ -148,13 +174,9 @@ fn shape_value(
                     return Err(Shape::Malformed);
                 }
                 *pos += 1;
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(&String::from_utf8_lossy(key));
+                path.push(Step::Key(key));
                 shape_value(bytes, pos, path, false, depth + 1)?;
-                path.truncate(len);
+                path.pop();
                 skip_ws(bytes, pos);
                 match bytes.get(*pos) {
                     Some(b',') => *pos += 1,
@@ -175,10 +197,9 @@ fn shape_value(
                     *pos += 1;
                     return Ok(());
                 }
-                let len = path.len();
-                path.push_str(&format!("[{index}]"));
+                path.push(Step::Index(index));
                 shape_value(bytes, pos, path, true, depth + 1)?;
-                path.truncate(len);
+                path.pop();
                 index += 1;
                 skip_ws(bytes, pos);
                 match bytes.get(*pos) {
@@ -497,6 +518,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Idem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_shape_is_named_by_its_path() {
+        for (body, path) in [
+            ("[]", Some("body")),
+            ("  \"a\"", Some("body")),
+            (r#"{"lines":[["A",1]]}"#, Some("lines[0]")),
+            (
+                r#"{"ops":[{"op":"reserve"},{"lines":[{"sku":"A"},[1]]}]}"#,
+                Some("ops[1].lines[1]"),
+            ),
+            (r#"{"a":{"b\"c":{"d":[{}, [] ]}}}"#, Some("a.b\\\"c.d[1]")),
+            (r#"{"lines":[{"sku":"A","qty":1}],"ttl_ms":5}"#, None),
+            (r#"{"lines":[[]"#, Some("lines[0]")),
+        ] {
+            let expected = path.map(str::to_string);
+            let got = match check_shape(body.as_bytes()) {
+                Shape::NotObject(path) => Some(path),
+                Shape::Fine | Shape::Malformed => None,
+            };
+            assert_eq!(got, expected, "for {body}");
+        }
+    }
 
     /// Every parameter struct of the API is a plain struct, so its unknown parameters
     /// are refused.
