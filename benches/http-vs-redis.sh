@@ -108,16 +108,9 @@ if ((${#missing[@]})); then
 fi
 
 # ---------------------------------------------------------------- build
-if [[ -n ${SURGE_BIN:-} ]]; then
-    log "using SURGE_BIN=$SURGE_BIN"
-else
-    log "building surge (release)"
-    cargo build --release --quiet -p surge-api --bin surge
-    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    SURGE_BIN="${TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}}/release/surge"
-fi
-[[ -x $SURGE_BIN ]] || { echo "no surge binary at $SURGE_BIN" >&2; exit 1; }
+# shellcheck source=benches/lib/surge_bin.sh
+source "$ROOT/benches/lib/surge_bin.sh"
+surge_release_bin
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 

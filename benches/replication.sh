@@ -32,13 +32,9 @@ source "$ROOT/benches/lib/processes.sh"
 for tool in wrk curl nats-server; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool (bash .ci/setup; apt-get install wrk)" >&2; exit 1; }
 done
-if [[ -z ${SURGE_BIN:-} ]]; then
-    log "building surge (release)"
-    cargo build --release --quiet -p surge-api --bin surge
-    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    SURGE_BIN="${TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}}/release/surge"
-fi
+# shellcheck source=benches/lib/surge_bin.sh
+source "$ROOT/benches/lib/surge_bin.sh"
+surge_release_bin
 
 wait_ready() { # url
     for _ in $(seq 1 300); do

@@ -43,14 +43,9 @@ if ((${#missing[@]})); then
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind apache2-utils curl
 fi
 
-if [[ -z ${SURGE_BIN:-} ]]; then
-    log "building surge (release)"
-    cargo build --release --quiet -p surge-api --bin surge
-    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    SURGE_BIN="${TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}}/release/surge"
-fi
-[[ -x $SURGE_BIN ]] || { echo "no surge binary at $SURGE_BIN" >&2; exit 1; }
+# shellcheck source=benches/lib/surge_bin.sh
+source "$ROOT/benches/lib/surge_bin.sh"
+surge_release_bin
 
 echo '{"lines":[{"sku":"S1","qty":1}]}' >"$WORK/body.json"
 
