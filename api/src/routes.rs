@@ -163,19 +163,20 @@ fn respond_outcome(outcome: Outcome, success: Success) -> Response {
     match outcome {
         Err(rejection) => ApiError::from_rejection(&rejection).into_response(),
         Ok(reply) => {
-            let location = match &reply {
-                Reply::Reservation(r) => Some(format!("/v1/reservations/{}", r.id)),
-                Reply::Order(o) => Some(format!("/v1/orders/{}", o.id)),
-                _ => None,
-            };
-            let status = match success {
-                Success::Created => StatusCode::CREATED,
-                Success::Ok => StatusCode::OK,
+            // Only a creation names where it lives.
+            let (status, location) = match (success, &reply) {
+                (Success::Created, Reply::Reservation(r)) => (
+                    StatusCode::CREATED,
+                    Some(format!("/v1/reservations/{}", r.id)),
+                ),
+                (Success::Created, Reply::Order(o)) => {
+                    (StatusCode::CREATED, Some(format!("/v1/orders/{}", o.id)))
+                }
+                (Success::Created, _) => (StatusCode::CREATED, None),
+                (Success::Ok, _) => (StatusCode::OK, None),
             };
             let mut response = json_text(status, reply_json(reply));
-            if success == Success::Created
-                && let Some(loc) = location.and_then(|l| HeaderValue::try_from(l).ok())
-            {
+            if let Some(loc) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
                 response.headers_mut().insert(header::LOCATION, loc);
             }
             response
