@@ -7,9 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId, State,
-};
+use surge_engine::{CancelReason, Command, LineReq, OrderId, ReservationId, State};
 
 // The `surge` binary runs on mimalloc; measure the engine with the same allocator.
 #[global_allocator]
@@ -103,26 +101,6 @@ fn reserve_release(c: &mut Criterion) {
     reserve_release_bench(c, "reserve_release_limited_10k_skus", true, true);
 }
 
-/// A one-line order of SKU `i % SKUS` for one customer, as the order benches place it.
-fn place_order(order_no: String, i: usize) -> Command {
-    Command::PlaceOrder {
-        order: Box::new(NewOrder {
-            order_no,
-            customer_id: "customer-42".to_string(),
-            lines: vec![OrderLineReq {
-                sku: format!("SKU-{:05}", i % SKUS),
-                qty: 1,
-                unit_price: 1999,
-            }],
-            payment_ttl_ms: 900_000,
-            reservation_id: None,
-            channel: String::new(),
-            shipping_address: None,
-            actor: "bench".to_string(),
-        }),
-    }
-}
-
 fn order_cycle(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine_apply");
     group.measurement_time(Duration::from_secs(5));
@@ -135,7 +113,7 @@ fn order_cycle(c: &mut Criterion) {
                 .map(|i| {
                     let id = OrderId(i + 1);
                     [
-                        place_order(format!("N{i}"), i as usize),
+                        common::place_order(format!("N{i}"), i as usize),
                         Command::PayOrder {
                             id,
                             amount: 1999,
@@ -182,7 +160,7 @@ fn order_growth(c: &mut Criterion) {
                 let commands: Vec<Command> = order_nos
                     .iter()
                     .enumerate()
-                    .map(|(i, order_no)| place_order(order_no.clone(), i))
+                    .map(|(i, order_no)| common::place_order(order_no.clone(), i))
                     .collect();
                 // On this thread's CPU clock: a preemption on the shared box is not
                 // a pause of the state machine.

@@ -14,9 +14,7 @@
 
 use std::hint::black_box;
 
-use surge_engine::{
-    CancelReason, Command, LineReq, NewOrder, OrderId, OrderLineReq, ReservationId,
-};
+use surge_engine::{CancelReason, Command, LineReq, OrderId, ReservationId};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -70,22 +68,7 @@ fn main() {
                 },
             ],
             "order" => vec![
-                Command::PlaceOrder {
-                    order: Box::new(NewOrder {
-                        order_no: format!("N{i}"),
-                        customer_id: "customer-42".into(),
-                        lines: vec![OrderLineReq {
-                            sku: sku(i),
-                            qty: 1,
-                            unit_price: 1999,
-                        }],
-                        payment_ttl_ms: 900_000,
-                        reservation_id: None,
-                        channel: String::new(),
-                        shipping_address: None,
-                        actor: "bench".into(),
-                    }),
-                },
+                common::place_order(format!("N{i}"), i as usize),
                 Command::PayOrder {
                     id: OrderId(i + 1),
                     amount: 1999,

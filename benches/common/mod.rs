@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use surge_engine::limits::{SALE_INSTANT_MAX_MS, SHIP_SLA_MS_DEFAULT};
-use surge_engine::{Command, SkuDefinition, State};
+use surge_engine::{Command, NewOrder, OrderLineReq, SkuDefinition, State};
 
 /// SKUs of the bench states: `SKU-00000`..`SKU-09999`.
 pub const SKUS: usize = 10_000;
@@ -61,5 +61,26 @@ pub fn limit_every_sku(state: &mut State) {
             .apply(&cmd, None, 1, &mut events)
             .outcome
             .expect("limited");
+    }
+}
+
+/// A one-line order of SKU `i % SKUS` for one customer, as the order benches and
+/// the example place it.
+pub fn place_order(order_no: String, i: usize) -> Command {
+    Command::PlaceOrder {
+        order: Box::new(NewOrder {
+            order_no,
+            customer_id: "customer-42".to_string(),
+            lines: vec![OrderLineReq {
+                sku: sku(i),
+                qty: 1,
+                unit_price: 1999,
+            }],
+            payment_ttl_ms: 900_000,
+            reservation_id: None,
+            channel: String::new(),
+            shipping_address: None,
+            actor: "bench".to_string(),
+        }),
     }
 }
