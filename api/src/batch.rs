@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use surge_engine::{Acked, Command};
+use surge_engine::{Acked, Command, Reply};
 use utoipa::ToSchema;
 
 use crate::auth::{Auth, Principal, Storefront};
-use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json};
+use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, parse_op};
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
@@ -103,11 +103,18 @@ fn op_command(
     i: usize,
 ) -> Result<Command, ApiError> {
     let bytes = raw.get().as_bytes();
-    let tag: OpTag = parse_op(bytes, i)?;
+    let parsed_tag;
+    let tag = match leading_op_tag(raw.get()) {
+        Some(tag) => tag,
+        None => {
+            parsed_tag = parse_op::<OpTag>(bytes, i)?;
+            parsed_tag.op.as_str()
+        }
+    };
     let actor = who.actor.clone();
     let order_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_order(id));
     let reservation_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_reservation(id));
-    Ok(match tag.op.as_str() {
+    Ok(match tag {
         "reserve" => {
             let op: ReserveOp = parse_op(bytes, i)?;
             let ttl_ms = op.ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
@@ -182,8 +189,23 @@ fn op_command(
     })
 }
 
-fn problem_json(error: &ApiError) -> String {
-    serde_json::to_string(&error.problem()).expect("a problem always serializes")
+/// The op's name when the object starts with it (`{"op":"reserve",...`), as clients
+/// write it: read straight off the bytes instead of parsing the op twice. Only a
+/// name of plain letters and `_` is taken; anything else (escapes, `op` later in the
+/// object) leaves it to the parse, which judges the name as before.
+fn leading_op_tag(text: &str) -> Option<&str> {
+    let rest = text.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest.strip_prefix("\"op\"")?.trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    let name = &rest[..end];
+    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    plain.then_some(name)
+}
+
+fn push_problem(out: &mut String, error: &ApiError) {
+    out.push_str(&serde_json::to_string(&error.problem()).expect("a problem always serializes"));
 }
 
 #[utoipa::path(post, path = "/v1/batch", tag = "batch",
@@ -236,47 +258,116 @@ pub async fn batch(
         Err(e) => (Vec::new().into_iter(), Some(e)),
     };
     let mut refused = refused.into_iter().peekable();
-    // The answer is written into one buffer: each result is JSON text already.
+    // The answer is written into one buffer, each result in place.
     let mut body = String::with_capacity(16 + 224 * req.ops.len());
     body.push_str("{\"results\":[");
     for i in 0..req.ops.len() {
-        let value = match (refused.next_if(|(at, _)| *at == i), &unanswered) {
-            (Some((_, e)), _) => problem_json(&e),
-            (None, Some(e)) => problem_json(e),
-            (None, None) => match outcomes.next().expect("one outcome per submitted op") {
-                Err(e) => problem_json(&ApiError::from_engine(e)),
-                Ok(Acked {
-                    outcome: Err(rejection),
-                    ..
-                }) => problem_json(&ApiError::from_rejection(&rejection)),
-                Ok(Acked {
-                    outcome: Ok(reply),
-                    lsn,
-                }) => with_lsn(reply_json(reply), lsn),
-            },
-        };
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&value);
+        match (refused.next_if(|(at, _)| *at == i), &unanswered) {
+            (Some((_, e)), _) => push_problem(&mut body, &e),
+            (None, Some(e)) => push_problem(&mut body, e),
+            (None, None) => match outcomes.next().expect("one outcome per submitted op") {
+                Err(e) => push_problem(&mut body, &ApiError::from_engine(e)),
+                Ok(Acked {
+                    outcome: Err(rejection),
+                    ..
+                }) => push_problem(&mut body, &ApiError::from_rejection(&rejection)),
+                Ok(Acked {
+                    outcome: Ok(reply),
+                    lsn,
+                }) => push_reply(&mut body, reply, lsn),
+            },
+        }
     }
     body.push_str("]}");
     Ok(json_text(StatusCode::OK, body))
 }
 
-/// A successful result of a batch carries its record's LSN (`"lsn"`), as a single
-/// write's answer carries `Surge-Lsn`.
-fn with_lsn(body: String, lsn: Option<u64>) -> String {
+/// A successful result of a batch carries its record's LSN (`"lsn"`) as the first
+/// member, as a single write's answer carries `Surge-Lsn`: `{"lsn":N,` is written,
+/// then the reply without its own opening brace (and for `{}`, without the comma).
+fn push_reply(out: &mut String, reply: Reply, lsn: Option<u64>) {
     let Some(lsn) = lsn else {
-        return body;
+        reply_json_into(reply, out);
+        return;
     };
-    let rest = body
-        .strip_prefix('{')
-        .expect("a success body is a JSON object");
-    let separator = if rest.trim_start().starts_with('}') {
-        ""
-    } else {
-        ","
-    };
-    format!("{{\"lsn\":{lsn}{separator}{rest}")
+    out.push_str("{\"lsn\":");
+    out.push_str(itoa::Buffer::new().format(lsn));
+    let comma = out.len();
+    out.push(',');
+    reply_json_into(reply, out);
+    let brace = out.remove(comma + 1);
+    debug_assert_eq!(brace, '{', "a success body is a JSON object");
+    if out[comma + 1..].trim_start().starts_with('}') {
+        out.remove(comma);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use surge_engine::{LineView, ReservationId, ReservationStatus, ReservationView};
+
+    #[test]
+    fn the_leading_op_name_is_read_off_the_bytes() {
+        for (text, tag) in [
+            (r#"{"op":"reserve","lines":[]}"#, Some("reserve")),
+            (" {\n \"op\" : \"create_order\" }", Some("create_order")),
+            (r#"{"op":"pay"}"#, Some("pay")),
+            // Left to the parse: `op` not first, escapes, odd names, not an object.
+            (r#"{"lines":[],"op":"reserve"}"#, None),
+            (r#"{"op":"res\u0065rve"}"#, None),
+            (r#"{"op":"Reserve"}"#, None),
+            (r#"{"op":""}"#, None),
+            (r#"{"op":7}"#, None),
+            (r#"["op","reserve"]"#, None),
+            (r#"{"opx":"reserve"}"#, None),
+        ] {
+            assert_eq!(leading_op_tag(text), tag, "{text}");
+        }
+    }
+
+    fn reservation() -> Reply {
+        Reply::Reservation(ReservationView {
+            id: ReservationId(42),
+            status: ReservationStatus::Held,
+            lines: vec![LineView {
+                sku: "S1".into(),
+                qty: 2,
+            }],
+            created_at_ms: 0,
+            expires_at_ms: 1000,
+            order_id: None,
+        })
+    }
+
+    #[test]
+    fn a_result_carries_its_lsn_as_its_first_member() {
+        let mut out = String::from("[");
+        push_reply(&mut out, reservation(), Some(17));
+        let with_lsn: serde_json::Value = serde_json::from_str(&out[1..]).unwrap();
+        let mut plain = String::new();
+        reply_json_into(reservation(), &mut plain);
+        let mut expected: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        expected["lsn"] = 17.into();
+        assert_eq!(with_lsn, expected);
+        assert!(out.starts_with(r#"[{"lsn":17,"id":"r42","#), "{out}");
+
+        let mut out = String::new();
+        push_reply(&mut out, reservation(), None);
+        assert_eq!(out, plain, "no LSN, the reply as it is");
+
+        let mut out = String::from("x");
+        push_reply(
+            &mut out,
+            Reply::Expired {
+                reservations: 1,
+                orders: 2,
+            },
+            Some(5),
+        );
+        assert_eq!(out, r#"x{"lsn":5,"reservations":1,"orders":2}"#);
+    }
 }

@@ -329,18 +329,19 @@ pub struct ReservationBody {
 /// allocations and serde's struct machinery. This is the answer of the hottest
 /// write of a sale (`POST /v1/reservations`) and of every `reserve` op in a batch.
 pub fn reservation_json(v: &ReservationView, out: &mut String) {
-    use std::fmt::Write as _;
     // Ids and numbers are ASCII digits and letters: only the SKUs need escaping.
-    let _ = write!(
-        out,
-        "{{\"id\":\"{}\",\"status\":\"{}\",\"lines\":[",
-        v.id,
-        v.status.as_str()
-    );
+    let mut digits = itoa::Buffer::new();
+    out.push_str("{\"id\":\"r");
+    out.push_str(digits.format(v.id.0));
+    out.push_str("\",\"status\":\"");
+    out.push_str(v.status.as_str());
+    out.push_str("\",\"lines\":[");
     for (i, line) in v.lines.iter().enumerate() {
         out.push_str(if i == 0 { "{\"sku\":" } else { ",{\"sku\":" });
         push_json_str(out, &line.sku);
-        let _ = write!(out, ",\"qty\":{}}}", line.qty);
+        out.push_str(",\"qty\":");
+        out.push_str(digits.format(line.qty));
+        out.push('}');
     }
     out.push_str("],\"created_at\":\"");
     write_ms(out, v.created_at_ms);
@@ -348,7 +349,9 @@ pub fn reservation_json(v: &ReservationView, out: &mut String) {
     write_ms(out, v.expires_at_ms);
     match &v.order_id {
         Some(id) => {
-            let _ = write!(out, "\",\"order_id\":\"{id}\"}}");
+            out.push_str("\",\"order_id\":\"o");
+            out.push_str(digits.format(id.0));
+            out.push_str("\"}");
         }
         None => out.push_str("\",\"order_id\":null}"),
     }
@@ -671,11 +674,22 @@ pub struct OrderPage {
 /// intermediate `Value` tree, no re-parse: this runs for every response and every
 /// batch op).
 pub fn reply_json(reply: Reply) -> String {
+    if let Reply::Reservation(v) = &reply {
+        let mut out = String::with_capacity(192);
+        reservation_json(v, &mut out);
+        return out;
+    }
+    let mut out = String::new();
+    reply_json_into(reply, &mut out);
+    out
+}
+
+/// [`reply_json`], appended to `out`: a batch writes every answer into one buffer.
+pub fn reply_json_into(reply: Reply, out: &mut String) {
     let text = match reply {
         Reply::Reservation(v) => {
-            let mut out = String::with_capacity(192);
-            reservation_json(&v, &mut out);
-            return out;
+            reservation_json(&v, out);
+            return;
         }
         Reply::Sku(v) => serde_json::to_string(&SkuBody::from(v)),
         Reply::SkuV4(v) => serde_json::to_string(&SkuBody::from(SkuView::from(v))),
@@ -700,7 +714,7 @@ pub fn reply_json(reply: Reply) -> String {
             "{{\"window_ms\":{window_ms},\"budget_bytes\":{budget_bytes}}}"
         )),
     };
-    text.expect("bodies always serialize")
+    out.push_str(&text.expect("bodies always serialize"));
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]

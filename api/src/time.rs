@@ -1,6 +1,8 @@
-//! RFC 3339 rendering and parsing of engine times (milliseconds since the epoch, UTC),
-//! by `jiff`: the engine's times are plain `u64` milliseconds, and the calendar rules
-//! (month lengths, leap years, offsets) are jiff's, so 2026-02-31 is refused.
+//! RFC 3339 rendering and parsing of engine times (milliseconds since the epoch, UTC).
+//! The engine's times are plain `u64` milliseconds. Parsing is `jiff`'s, with its
+//! calendar rules (month lengths, leap years, offsets), so 2026-02-31 is refused;
+//! rendering, on every answer's hot path, is integer arithmetic held equal to jiff's
+//! by a test.
 
 use jiff::Timestamp;
 
@@ -17,14 +19,57 @@ pub fn format_ms(ms: u64) -> String {
     out
 }
 
-/// [`format_ms`], appended to `out` (no allocation of its own).
+/// The last millisecond rendered as itself: jiff's `Timestamp::MAX`
+/// (9999-12-30T22:00:00.999Z), the latest time any parsed input reaches. Later times
+/// are shown as this one.
+const RENDERED_MS_MAX: u64 = 253_402_207_200_999;
+
+/// [`format_ms`], appended to `out` (no allocation of its own). Every answer carrying
+/// a reservation renders two of these, so the calendar arithmetic is done here on
+/// integers (days to a civil date by the era method) rather than through a
+/// formatter; a test holds it equal to jiff's rendering.
 pub fn write_ms(out: &mut String, ms: u64) {
-    use std::fmt::Write as _;
-    let at = i64::try_from(ms)
-        .ok()
-        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
-        .unwrap_or(Timestamp::MAX);
-    let _ = write!(out, "{at:.3}");
+    let ms = ms.min(RENDERED_MS_MAX);
+    let days = ms / 86_400_000;
+    let ms_of_day = ms % 86_400_000;
+    let (year, month, day) = civil_from_days(days);
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, ms_of_day / 3_600_000);
+    put(14, 2, ms_of_day / 60_000 % 60);
+    put(17, 2, ms_of_day / 1000 % 60);
+    put(20, 3, ms_of_day % 1000);
+    out.push_str(std::str::from_utf8(&text).expect("ASCII digits"));
+}
+
+/// Year, month (1-12) and day (1-31) of the `days`-th day after 1970-01-01, in the
+/// proleptic Gregorian calendar: counted in 400-year eras starting on March 1st,
+/// so the leap day falls at the end of each year of the count.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // 719_468 days from 0000-03-01 to 1970-01-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Parse an RFC 3339 date-time (`Z` or a `±HH:MM` offset, optional fraction) to
@@ -76,6 +121,53 @@ mod tests {
             "1969-12-31T23:59:59Z",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    /// The integer rendering is jiff's, at every kind of day: each day's first and
+    /// last millisecond over leap and century years, and a spread of times up to the
+    /// end of year 9999 and past it.
+    #[test]
+    fn write_ms_renders_as_jiff_does() {
+        let jiff = |ms: u64| {
+            let at = i64::try_from(ms)
+                .ok()
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+                .unwrap_or(Timestamp::MAX);
+            format!("{at:.3}")
+        };
+        let mut samples: Vec<u64> = Vec::new();
+        // Every day from 1896 (a non-leap century year follows in 1900) to 2104.
+        for day in 0..(135 * 366) {
+            let start = day * 86_400_000;
+            samples.extend([start, start + 86_399_999, start + 45_296_789]);
+        }
+        // A spread over all years up to the cap.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x % (RENDERED_MS_MAX - 1000));
+        }
+        samples.push(RENDERED_MS_MAX - 1000);
+        assert_eq!(
+            Timestamp::MAX.as_millisecond(),
+            RENDERED_MS_MAX as i64,
+            "the cap is jiff's"
+        );
+        for ms in samples {
+            assert_eq!(format_ms(ms), jiff(ms), "{ms}");
+        }
+        // jiff refuses a few milliseconds below its own MAX; from the cap on, every
+        // time is shown as the cap.
+        for ms in [
+            RENDERED_MS_MAX,
+            RENDERED_MS_MAX + 1,
+            253_402_300_799_999,
+            u64::MAX,
+        ] {
+            assert_eq!(format_ms(ms), "9999-12-30T22:00:00.999Z", "{ms}");
         }
     }
 }
