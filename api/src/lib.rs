@@ -29,7 +29,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -37,74 +37,100 @@ pub use auth::{AuthMode, Role, Tokens};
 pub use error::ApiError;
 pub use state::{ApiConfig, AppState};
 
-/// The whole HTTP service.
-pub fn router(state: AppState) -> Router {
-    let config = state.config().clone();
-    let v1 = Router::new()
-        .route("/v1/skus", get(routes::list_skus))
-        .route(
+/// The routes of the API and of operations, by template: the router is built from
+/// this table, and so is the route table that names each request's series.
+fn api_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/v1/skus", get(routes::list_skus)),
+        (
             "/v1/skus/{sku}",
             put(routes::define_sku).get(routes::get_sku),
-        )
-        .route("/v1/skus/{sku}/adjustments", post(routes::adjust_stock))
-        .route(
+        ),
+        ("/v1/skus/{sku}/adjustments", post(routes::adjust_stock)),
+        (
             "/v1/skus/{sku}/customers/{customer_id}",
             get(routes::get_sku_customer),
-        )
-        .route("/v1/reservations", post(routes::create_reservation))
-        .route("/v1/reservations/{id}", get(routes::get_reservation))
-        .route(
+        ),
+        ("/v1/reservations", post(routes::create_reservation)),
+        ("/v1/reservations/{id}", get(routes::get_reservation)),
+        (
             "/v1/reservations/{id}/commit",
             post(routes::commit_reservation),
-        )
-        .route(
+        ),
+        (
             "/v1/reservations/{id}/release",
             post(routes::release_reservation),
-        )
-        .route(
+        ),
+        (
             "/v1/orders",
             post(routes::create_order).get(routes::list_orders),
-        )
-        .route("/v1/orders/export.csv", get(export::export_csv))
-        .route("/v1/orders/export.xlsx", get(export::export_xlsx))
-        .route("/v1/orders/by-no/{order_no}", get(routes::get_order_by_no))
-        .route(
+        ),
+        ("/v1/orders/export.csv", get(export::export_csv)),
+        ("/v1/orders/export.xlsx", get(export::export_xlsx)),
+        ("/v1/orders/by-no/{order_no}", get(routes::get_order_by_no)),
+        (
             "/v1/orders/{id}",
             get(routes::get_order).patch(order_ops::modify_order),
-        )
-        .route("/v1/orders/{id}/hold", post(order_ops::hold_order))
-        .route(
+        ),
+        ("/v1/orders/{id}/hold", post(order_ops::hold_order)),
+        (
             "/v1/orders/{id}/release-hold",
             post(order_ops::release_hold),
-        )
-        .route("/v1/orders/{id}/refunds", post(order_ops::refund_amount))
-        .route("/v1/ledger", get(order_ops::list_ledger))
-        .route("/v1/ledger/export.csv", get(order_ops::export_ledger))
-        .route("/v1/orders/{id}/pay", post(routes::pay_order))
-        .route(
+        ),
+        ("/v1/orders/{id}/refunds", post(order_ops::refund_amount)),
+        ("/v1/ledger", get(order_ops::list_ledger)),
+        ("/v1/ledger/export.csv", get(order_ops::export_ledger)),
+        ("/v1/orders/{id}/pay", post(routes::pay_order)),
+        (
             "/v1/orders/{id}/transitions",
             post(routes::transition_order),
-        )
-        .route("/v1/orders/{id}/cancel", post(routes::cancel_order))
-        .route("/v1/orders/{id}/return", post(routes::return_order))
-        .route("/v1/orders/{id}/refund", post(routes::refund_order))
-        .route("/v1/stats", get(routes::stats))
-        .route("/v1/batch", post(batch::batch))
-        .route("/v1/events", get(events::events))
-        .route("/v1/admin/snapshot", post(ops::snapshot))
-        .route("/v1/admin/promote", post(ops::promote));
-    let operations = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi));
-    Router::new()
-        .merge(v1)
-        .merge(operations)
-        .merge(console::routes())
+        ),
+        ("/v1/orders/{id}/cancel", post(routes::cancel_order)),
+        ("/v1/orders/{id}/return", post(routes::return_order)),
+        ("/v1/orders/{id}/refund", post(routes::refund_order)),
+        ("/v1/stats", get(routes::stats)),
+        ("/v1/batch", post(batch::batch)),
+        ("/v1/events", get(events::events)),
+        ("/v1/admin/snapshot", post(ops::snapshot)),
+        ("/v1/admin/promote", post(ops::promote)),
+        ("/healthz", get(ops::healthz)),
+        ("/readyz", get(ops::readyz)),
+        ("/metrics", get(ops::metrics)),
+        ("/openapi.json", get(ops::openapi)),
+    ]
+}
+
+/// The whole HTTP service.
+///
+/// The layers wrap the router once, as one service, instead of through
+/// `Router::layer`, which wraps every route's endpoint in each layer, each boxed:
+/// axum clones a route's service for every request, and that clone allocated and
+/// copied one box per layer per request.
+pub fn router(state: AppState) -> Router {
+    let config = state.config().clone();
+    let table: Vec<(&'static str, MethodRouter<AppState>)> =
+        api_routes().into_iter().chain(console::routes()).collect();
+    let routes = metrics::RouteTable::new(table.iter().map(|(template, _)| template));
+    let mut app = Router::new();
+    for (template, handlers) in table {
+        app = app.route(template, handlers);
+    }
+    let app = app
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .with_state(state.clone());
+    // Outermost first: every answer is counted (with what the layers below made of
+    // it), then made problem+json where it is an error without a body of ours.
+    let layers = tower::ServiceBuilder::new()
+        .layer(metrics::TrackLayer::new(state, routes))
+        // A plain synchronous map (tower's), not axum's `map_response`, which boxes
+        // a future and runs extractor machinery on every request for a function
+        // that never awaits.
+        .layer(tower::util::MapResponseLayer::new(problemify))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(config.request_timeout_ms),
+        ))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a request handler panicked");
@@ -116,24 +142,19 @@ pub fn router(state: AppState) -> Router {
                 .into_response()
             },
         ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(config.request_timeout_ms),
-        ))
-        // A plain synchronous map (tower's), not axum's `map_response`, which boxes
-        // a future and runs extractor machinery on every request for a function
-        // that never awaits.
-        .layer(tower::util::MapResponseLayer::new(problemify))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+    Router::new().fallback_service(layers.service(app))
 }
 
 /// Error responses produced outside our handlers (a timeout, a rejection from an
-/// axum extractor) get a problem+json body like every other failure.
-fn problemify(response: Response) -> Response {
+/// axum extractor) get a problem+json body like every other failure. Also turns the
+/// body the layers below answer with into axum's.
+fn problemify<B>(response: axum::http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let response = response.map(axum::body::Body::new);
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

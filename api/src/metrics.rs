@@ -10,16 +10,19 @@
 //!   `MetricFamily` values, copying no state.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use surge_engine::{IdempotencyStats, LatencyHistogram};
+use tower::{Layer, Service};
 
 use crate::state::AppState;
 
@@ -125,22 +128,155 @@ impl HttpMetrics {
     }
 }
 
-/// Middleware: count and time every request by route template and status.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = state.metrics().route(
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED, MatchedPath::as_str),
-    );
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let status = response.status().as_u16();
-    route.record(&state.metrics().requests, status, elapsed);
-    tracing::debug!(%method, route = &*route.route, status, elapsed_ms = elapsed * 1e3, "request");
-    response
+/// The route templates of the service, matched against a request's path to name
+/// its series. Each template's handles are resolved on its first request.
+pub struct RouteTable {
+    templates: matchit::Router<LazyRoute>,
+    unmatched: LazyRoute,
+}
+
+struct LazyRoute {
+    template: &'static str,
+    metrics: OnceLock<Arc<RouteMetrics>>,
+}
+
+impl LazyRoute {
+    fn new(template: &'static str) -> LazyRoute {
+        LazyRoute {
+            template,
+            metrics: OnceLock::new(),
+        }
+    }
+}
+
+impl RouteTable {
+    /// `templates` in axum's syntax (`/v1/orders/{id}`), each once.
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a &'static str>) -> RouteTable {
+        let mut table = matchit::Router::new();
+        for &template in templates {
+            table
+                .insert(template, LazyRoute::new(template))
+                .expect("route templates are distinct and well-formed");
+        }
+        RouteTable {
+            templates: table,
+            unmatched: LazyRoute::new(UNMATCHED),
+        }
+    }
+
+    /// The template `path` is routed to, as axum routes it, or `unmatched`.
+    pub fn template_of(&self, path: &str) -> &'static str {
+        self.lazy_route(path).template
+    }
+
+    fn lazy_route(&self, path: &str) -> &LazyRoute {
+        self.templates
+            .at(path)
+            .map_or(&self.unmatched, |found| found.value)
+    }
+}
+
+/// Counts and times every request by route template and status. It is the
+/// outermost layer, applied once around the whole router (not per route), so the
+/// answers the layers inside it make (a timeout's 503, a panic's 500, a refused
+/// body) are counted under their route too. The route is found by matching the path
+/// against the [`RouteTable`] before the request runs.
+#[derive(Clone)]
+pub struct TrackLayer {
+    state: AppState,
+    routes: Arc<RouteTable>,
+}
+
+impl TrackLayer {
+    pub fn new(state: AppState, routes: RouteTable) -> TrackLayer {
+        TrackLayer {
+            state,
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`TrackLayer`].
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    layer: TrackLayer,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let lazy = self.layer.routes.lazy_route(request.uri().path());
+        let metrics = self.layer.state.metrics();
+        let route = Arc::clone(lazy.metrics.get_or_init(|| metrics.route(lazy.template)));
+        let method = request.method().clone();
+        TrackFuture {
+            inner: self.inner.call(request),
+            done: Some(Finished {
+                started,
+                route,
+                requests: metrics.requests.clone(),
+                method,
+            }),
+        }
+    }
+}
+
+struct Finished {
+    started: Instant,
+    route: Arc<RouteMetrics>,
+    requests: IntCounterVec,
+    method: axum::http::Method,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Track`]: the inner answer, counted when it is ready.
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        done: Option<Finished>,
+    }
+}
+
+impl<F, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(done)) = (&result, this.done.take()) {
+            let elapsed = done.started.elapsed().as_secs_f64();
+            let status = response.status().as_u16();
+            done.route.record(&done.requests, status, elapsed);
+            tracing::debug!(method = %done.method, route = &*done.route.route, status, elapsed_ms = elapsed * 1e3, "request");
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// The whole exposition; `idempotency` is the engine's index as just queried.

@@ -167,10 +167,10 @@ fn respond_outcome(outcome: Outcome, success: Success) -> Response {
             let (status, location) = match (success, &reply) {
                 (Success::Created, Reply::Reservation(r)) => (
                     StatusCode::CREATED,
-                    Some(format!("/v1/reservations/{}", r.id)),
+                    Some(location("/v1/reservations/r", r.id.0)),
                 ),
                 (Success::Created, Reply::Order(o)) => {
-                    (StatusCode::CREATED, Some(format!("/v1/orders/{}", o.id)))
+                    (StatusCode::CREATED, Some(location("/v1/orders/o", o.id.0)))
                 }
                 (Success::Created, _) => (StatusCode::CREATED, None),
                 (Success::Ok, _) => (StatusCode::OK, None),
@@ -182,6 +182,14 @@ fn respond_outcome(outcome: Outcome, success: Success) -> Response {
             response
         }
     }
+}
+
+/// `/v1/reservations/r42`: the collection and the id's prefix, then its number.
+fn location(prefix: &str, number: u64) -> String {
+    let mut path = String::with_capacity(prefix.len() + 20);
+    path.push_str(prefix);
+    path.push_str(itoa::Buffer::new().format(number));
+    path
 }
 
 /// A response whose JSON body is already rendered (`Content-Type:

@@ -1001,6 +1001,39 @@ async fn event_feed_pages() {
     );
 }
 
+/// Every answer is counted under the template its path routes to, whoever made it:
+/// a handler, the method-not-allowed fallback, or no route at all.
+#[tokio::test]
+async fn requests_are_counted_by_route_template() {
+    let api = Api::new();
+    for (method, path, status) in [
+        ("GET", "/v1/reservations/r999", 401),
+        ("GET", "/v1/orders/o7/nothing-here", 404),
+        ("DELETE", "/v1/orders", 405),
+        ("GET", "/v1/skus/S1", 401),
+    ] {
+        let r = api.call(method, path, None, &[], None).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text);
+    }
+    let r = api
+        .call("GET", "/v1/reservations/r999", Some(ADMIN), &[], None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let metrics = api.call("GET", "/metrics", None, &[], None).await.text;
+    for line in [
+        "surge_http_requests_total{route=\"/v1/reservations/{id}\",status=\"401\"} 1",
+        "surge_http_requests_total{route=\"/v1/reservations/{id}\",status=\"404\"} 1",
+        "surge_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "surge_http_requests_total{route=\"/v1/orders\",status=\"405\"} 1",
+        "surge_http_requests_total{route=\"/v1/skus/{sku}\",status=\"401\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from /metrics:\n{metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn operations_endpoints() {
     let api = Api::new();

@@ -3,10 +3,9 @@
 //! works offline. The routes are public: the page itself asks for a token and sends
 //! it on every API call (kept in the browser's session storage).
 
-use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 use crate::state::AppState;
 
@@ -59,12 +58,13 @@ async fn app_css() -> Response {
     asset(APP_CSS, "text/css; charset=utf-8")
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/console/app.js", get(app_js))
-        .route("/console/app.css", get(app_css))
-        .route("/console/i18n.js", get(i18n_js))
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/", get(index)),
+        ("/console/app.js", get(app_js)),
+        ("/console/app.css", get(app_css)),
+        ("/console/i18n.js", get(i18n_js)),
+    ]
 }
 
 #[cfg(test)]
