@@ -15,14 +15,15 @@ use crate::error::{ApiError, IDEMPOTENCY_KEY};
 pub struct ApiJson<T>(pub T, pub Bytes);
 
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let suffix_json = subtype.len() >= 5
+        && subtype.is_char_boundary(subtype.len() - 5)
+        && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json");
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || suffix_json)
 }
 
 /// The field a serde error is about: the path, plus the name inside
@@ -470,8 +471,12 @@ fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
 }
 
 /// The optional `Idempotency-Key` header with what the fingerprint needs.
-pub struct Idem {
-    key: Option<String>,
+pub struct Idem(Option<IdemKey>);
+
+/// A request's key with the method and path its fingerprint covers: kept only
+/// when the request carries a key.
+struct IdemKey {
+    key: String,
     method: String,
     path: String,
 }
@@ -479,12 +484,12 @@ pub struct Idem {
 impl Idem {
     /// The engine's key: fingerprint = method, path and body bytes.
     pub fn key(&self, body: &[u8]) -> Option<IdempotencyKey> {
-        let key = self.key.as_ref()?;
+        let idem = self.0.as_ref()?;
         Some(IdempotencyKey {
-            key: key.clone(),
+            key: idem.key.clone(),
             fingerprint: EngineHandle::fingerprint(&[
-                self.method.as_bytes(),
-                self.path.as_bytes(),
+                idem.method.as_bytes(),
+                idem.path.as_bytes(),
                 body,
             ]),
         })
@@ -513,20 +518,43 @@ impl<S: Send + Sync> FromRequestParts<S> for Idem {
                         format!("must be at most {IDEMPOTENCY_KEY_LEN_MAX} bytes"),
                     ));
                 }
-                Some(key.to_string())
+                Some(IdemKey {
+                    key: key.to_string(),
+                    method: parts.method.as_str().to_string(),
+                    path: parts.uri.path().to_string(),
+                })
             }
         };
-        Ok(Idem {
-            key,
-            method: parts.method.as_str().to_string(),
-            path: parts.uri.path().to_string(),
-        })
+        Ok(Idem(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_media_types_are_recognised_in_any_case() {
+        for (content_type, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("  application/json ;x=y", true),
+            ("application/problem+json", true),
+            ("APPLICATION/Merge-Patch+JSON", true),
+            ("application/+json", true),
+            ("application/x/y+json", true),
+            ("application/json/x", false),
+            ("text/json", false),
+            ("application/jsonx", false),
+            ("application/xml", false),
+            ("json", false),
+            ("", false),
+            ("application/é+json", true),
+            ("application/xé", false),
+        ] {
+            assert_eq!(is_json(content_type), json, "{content_type:?}");
+        }
+    }
 
     #[test]
     fn a_refused_shape_is_named_by_its_path() {

@@ -151,13 +151,16 @@ pub fn respond(acked: Acked, success: Success) -> Response {
     {
         response
             .headers_mut()
-            .insert(SURGE_LSN, HeaderValue::from(lsn));
+            .insert(SURGE_LSN_HEADER, HeaderValue::from(lsn));
     }
     response
 }
 
 /// The header that carries the LSN of the record a write made (v1.1).
 pub const SURGE_LSN: &str = "surge-lsn";
+/// [`SURGE_LSN`] as a header name, made once: a name given as text is parsed and
+/// allocated again by every insert.
+const SURGE_LSN_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static(SURGE_LSN);
 
 fn respond_outcome(outcome: Outcome, success: Success) -> Response {
     match outcome {
