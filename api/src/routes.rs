@@ -311,13 +311,18 @@ pub async fn get_sku(
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
     // when it is current, through the follower's queue when not.
+    let answer = |v: surge_engine::SkuView| {
+        let mut body = String::with_capacity(256);
+        crate::dto::sku_json(&v, &mut body);
+        json_text(StatusCode::OK, body)
+    };
     match st.engine()?.read_sku(&sku) {
-        Some(Ok(v)) => return Ok(axum::Json(SkuBody::from(v)).into_response()),
+        Some(Ok(v)) => return Ok(answer(v)),
         Some(Err(rejection)) => return Err(ApiError::from_rejection(&rejection)),
         None => {}
     }
     match read::<surge_engine::SkuView>(&st, Query::GetSku { sku: sku.clone() }).await {
-        Ok(v) => Ok(axum::Json(SkuBody::from(v)).into_response()),
+        Ok(v) => Ok(answer(v)),
         // A malformed id names no SKU: 404 like any other unknown SKU.
         Err(e) if e.code == "validation_failed" => Err(ApiError::from_rejection(
             &surge_engine::Rejection::UnknownSku { sku },
