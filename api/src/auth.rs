@@ -269,7 +269,9 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiErr
                 .ok_or_else(|| ApiError::unauthorized("unknown token"))?
         }
     };
-    let x_actor = match parts.headers.get("x-actor") {
+    // A header name given as text is parsed on every look-up; this one is made once.
+    const X_ACTOR: axum::http::HeaderName = axum::http::HeaderName::from_static("x-actor");
+    let x_actor = match parts.headers.get(X_ACTOR) {
         None => None,
         Some(value) => Some(
             value
