@@ -72,11 +72,14 @@ const SHAPE_DEPTH_MAX: usize = 128;
 fn check_shape(bytes: &[u8]) -> Shape {
     // An array can only hold an array where the body has two `[`: a body with at
     // most one (a reservation, an order, however many lines) needs only its first
-    // byte looked at. One vectorised count instead of the walk.
+    // byte looked at, and one scan for `[` (which stops at the second, early in a
+    // batch) instead of the walk.
     let first = bytes
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first == Some(&b'{') && bytes.iter().filter(|&&b| b == b'[').count() <= 1 {
+    let mut brackets = bytes.iter().filter(|&&b| b == b'[');
+    let at_most_one = brackets.next().is_none() || brackets.next().is_none();
+    if first == Some(&b'{') && at_most_one {
         return Shape::Fine;
     }
     walk_shape(bytes)
