@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, parse_op};
+use crate::extract::{JsonBytes, parse_json, parse_op};
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
 
@@ -26,6 +26,14 @@ pub struct BatchReq {
     /// `pay` (`id`, `amount`, `payment_ref`) or `cancel` (`id`, `reason`, `note`).
     #[schema(value_type = Vec<Object>)]
     pub ops: Vec<Box<RawValue>>,
+}
+
+/// [`BatchReq`] as the handler reads it: each op's text borrowed from the body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchOps<'a> {
+    #[serde(borrow)]
+    ops: Vec<&'a RawValue>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -214,8 +222,10 @@ fn push_problem(out: &mut String, error: &ApiError) {
 pub async fn batch(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
-    ApiJson(req, _): ApiJson<BatchReq>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
+    // The ops borrow from the body: no copy of each op's text.
+    let req: BatchOps<'_> = parse_json(&body, "")?;
     let max = st.config().batch_ops_max;
     if req.ops.len() > max {
         return Err(ApiError::validation(

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use surge_engine::limits::IDEMPOTENCY_KEY_LEN_MAX;
 use surge_engine::{EngineHandle, IdempotencyKey};
@@ -247,7 +248,7 @@ fn shape_value<'a>(
 
 /// Parse JSON bytes into `T`, naming the offending field on failure; `prefix` is
 /// prepended to field paths (`ops[3].`).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], prefix: &str) -> Result<T, ApiError> {
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, ApiError> {
     if let Shape::NotObject(path) = check_shape(bytes) {
         let field = if prefix.is_empty() {
             path
@@ -275,8 +276,8 @@ pub fn parse_op<T: DeserializeOwned>(bytes: &[u8], index: usize) -> Result<T, Ap
     deserialize(bytes, &|| format!("ops[{index}]."))
 }
 
-fn deserialize<T: DeserializeOwned>(
-    bytes: &[u8],
+fn deserialize<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
     prefix: &dyn Fn() -> String,
 ) -> Result<T, ApiError> {
     // Most bodies are well-formed: parse them without tracking the path, which costs
@@ -310,6 +311,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
+        let value = parse_json(&bytes, "")?;
+        Ok(ApiJson(value, bytes))
+    }
+}
+
+/// A JSON body's bytes, not yet parsed: the `Content-Type` and the size checked
+/// (415 / 413), for a handler that parses into values borrowing from them.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let content_type = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -339,8 +354,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::validation("body", e.body_text())
             }
         })?;
-        let value = parse_json(&bytes, "")?;
-        Ok(ApiJson(value, bytes))
+        Ok(JsonBytes(bytes))
     }
 }
 
