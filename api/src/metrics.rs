@@ -38,20 +38,22 @@ const UNMATCHED: &str = "unmatched";
 /// One route's series, resolved from the vectors once.
 struct RouteMetrics {
     route: Box<str>,
+    /// The counter vector its per-status counters are taken from.
+    requests: IntCounterVec,
     latency: prometheus::Histogram,
     /// Filled on the first request that answers with each status.
     by_status: Box<[OnceLock<IntCounter>]>,
 }
 
 impl RouteMetrics {
-    fn record(&self, requests: &IntCounterVec, status: u16, elapsed_s: f64) {
+    fn record(&self, status: u16, elapsed_s: f64) {
         let slot = usize::from(status)
             .saturating_sub(100)
             .min(STATUS_SLOTS - 1);
         self.by_status[slot]
             .get_or_init(|| {
                 let status = (slot + 100).to_string();
-                requests.with_label_values(&[&*self.route, &status])
+                self.requests.with_label_values(&[&*self.route, &status])
             })
             .inc();
         self.latency.observe(elapsed_s);
@@ -112,6 +114,7 @@ impl HttpMetrics {
         Arc::clone(routes.entry(route.into()).or_insert_with(|| {
             Arc::new(RouteMetrics {
                 route: route.into(),
+                requests: self.requests.clone(),
                 latency: self.latency.with_label_values(&[route]),
                 by_status: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             })
@@ -119,7 +122,7 @@ impl HttpMetrics {
     }
 
     pub fn record(&self, route: &str, status: u16, elapsed_s: f64) {
-        self.route(route).record(&self.requests, status, elapsed_s);
+        self.route(route).record(status, elapsed_s);
     }
 
     pub fn requests_total(&self) -> u64 {
@@ -162,11 +165,6 @@ impl RouteTable {
             templates: table,
             unmatched: LazyRoute::new(UNMATCHED),
         }
-    }
-
-    /// The template `path` is routed to, as axum routes it, or `unmatched`.
-    pub fn template_of(&self, path: &str) -> &'static str {
-        self.lazy_route(path).template
     }
 
     fn lazy_route(&self, path: &str) -> &LazyRoute {
@@ -237,7 +235,6 @@ where
             done: Some(Finished {
                 started,
                 route,
-                requests: metrics.requests.clone(),
                 method,
             }),
         }
@@ -247,7 +244,6 @@ where
 struct Finished {
     started: Instant,
     route: Arc<RouteMetrics>,
-    requests: IntCounterVec,
     method: axum::http::Method,
 }
 
@@ -272,7 +268,7 @@ where
         if let (Ok(response), Some(done)) = (&result, this.done.take()) {
             let elapsed = done.started.elapsed().as_secs_f64();
             let status = response.status().as_u16();
-            done.route.record(&done.requests, status, elapsed);
+            done.route.record(status, elapsed);
             tracing::debug!(method = %done.method, route = &*done.route.route, status, elapsed_ms = elapsed * 1e3, "request");
         }
         Poll::Ready(result)
