@@ -7,6 +7,7 @@
 #   FEW=2000 MANY=12000 TOP=40 bash benches/reserve-instructions.sh
 #   DURABILITY=none bash benches/reserve-instructions.sh   # the HTTP path alone
 #   BATCH_OPS=1000 bash benches/reserve-instructions.sh    # through POST /v1/batch
+#   GET_PATH=/v1/skus/S1 bash benches/reserve-instructions.sh  # a read instead
 #
 # It runs the server twice under `valgrind --tool=callgrind` (durability
 # $DURABILITY, default sync; a
@@ -14,7 +15,8 @@
 # $MANY `POST /v1/reservations` (one unit of one SKU) with `ab -k -c16`, and prints
 # (total(MANY) - total(FEW)) / (MANY - FEW): start-up and shutdown cancel out. With
 # BATCH_OPS=n the reservations go n to a request through `POST /v1/batch` (FEW and
-# MANY still count reservations, so they must be multiples of n). Then
+# MANY still count reservations, so they must be multiples of n). With GET_PATH set,
+# FEW and MANY `GET $GET_PATH` are counted instead (the SKU S1 exists). Then
 # the $TOP most expensive functions of the MANY run, inclusive, per request. The
 # kernel's share (socket reads and writes, fdatasync) is not counted: callgrind
 # sees only user space. In `sync` mode the count moves by 1-2k between runs of one
@@ -28,6 +30,7 @@ MANY=${MANY:-12000}
 TOP=${TOP:-30}
 DURABILITY=${DURABILITY:-sync}
 BATCH_OPS=${BATCH_OPS:-0}
+GET_PATH=${GET_PATH:-}
 ((MANY > FEW)) || { echo "MANY must be larger than FEW" >&2; exit 2; }
 if ((BATCH_OPS > 0)) && ((FEW % BATCH_OPS || MANY % BATCH_OPS)); then
     echo "FEW and MANY must be multiples of BATCH_OPS" >&2
@@ -55,7 +58,12 @@ fi
 source "$ROOT/benches/lib/surge_bin.sh"
 surge_release_bin
 
-if ((BATCH_OPS > 0)); then
+METHOD=POST
+if [[ -n $GET_PATH ]]; then
+    METHOD=GET
+    PATH_OF_REQUEST=$GET_PATH
+    REQUESTS_PER=1
+elif ((BATCH_OPS > 0)); then
     PATH_OF_REQUEST=/v1/batch
     REQUESTS_PER=$BATCH_OPS
     python3 -c 'import sys; n = int(sys.argv[1]); print("{\"ops\":[" + ",".join(["{\"op\":\"reserve\",\"lines\":[{\"sku\":\"S1\",\"qty\":1}]}"] * n) + "]}")' \
@@ -83,8 +91,10 @@ counted_run() { # reservations -> prints the callgrind file of a run with that m
     done
     curl -fsS -X PUT -H "Authorization: Bearer adm" -H "Content-Type: application/json" \
         --data '{"on_hand":1000000000000}' "http://127.0.0.1:$port/v1/skus/S1" >/dev/null
-    log "ab -k -c16 -n$requests POST $PATH_OF_REQUEST (under callgrind)"
-    ab -q -k -c 16 -n "$requests" -p "$WORK/body.json" -T application/json \
+    log "ab -k -c16 -n$requests $METHOD $PATH_OF_REQUEST (under callgrind)"
+    local body=(-p "$WORK/body.json" -T application/json)
+    if [[ -n $GET_PATH ]]; then body=(); fi
+    ab -q -k -c 16 -n "$requests" "${body[@]}" \
         -H "Authorization: Bearer sf" "http://127.0.0.1:$port$PATH_OF_REQUEST" >"$WORK/ab.$requests" 2>&1
     # ab counts answers of another length than the first as "failed"; non-2xx is
     # what matters, and ab prints that line only when there are some.
@@ -97,7 +107,7 @@ counted_run() { # reservations -> prints the callgrind file of a run with that m
     local reserved
     reserved=$(curl -fsS -H "Authorization: Bearer adm" "http://127.0.0.1:$port/v1/skus/S1" |
         grep -o '"reserved":[0-9]*' | cut -d: -f2)
-    if [[ $reserved != "$reservations" ]]; then
+    if [[ -z $GET_PATH && $reserved != "$reservations" ]]; then
         echo "S1 holds $reserved reserved units after $reservations reservations" >&2
         exit 1
     fi
@@ -115,7 +125,7 @@ many_total=$(total_of "$many_file")
 per_request=$(((many_total - few_total) / (MANY - FEW)))
 
 echo "surge $(git rev-parse --short HEAD 2>/dev/null || echo '?') ($SURGE_BIN); $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "durability $DURABILITY; $PATH_OF_REQUEST with $REQUESTS_PER reservation(s) per request; instructions: $few_total for $FEW reservations, $many_total for $MANY"
+echo "durability $DURABILITY; $METHOD $PATH_OF_REQUEST, $REQUESTS_PER counted per request; instructions: $few_total for $FEW, $many_total for $MANY"
 echo "RESULT instructions_per_reservation=$per_request"
 echo
 echo "inclusive instructions per reservation, top $TOP functions of the $MANY-request run:"
