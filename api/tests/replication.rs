@@ -46,6 +46,34 @@ fn caught_up(leader: &Server, standby: &Server) -> bool {
     ready.status == 200 && ready.json()["lag_lsn"] == 0 && standby.digest() == leader.digest()
 }
 
+/// Wait until the standby holds what the leader holds; on a timeout, say how far
+/// apart they were (the standby's `/readyz` and the first line their digests
+/// differ on), not only that they were.
+#[track_caller]
+fn wait_caught_up(what: &str, leader: &Server, standby: &Server) {
+    if common::poll(common::POLL_DEADLINE, || {
+        caught_up(leader, standby).then_some(())
+    })
+    .is_some()
+    {
+        return;
+    }
+    let ready = standby.call("GET", "/readyz", &[], None);
+    let (theirs, ours) = (leader.digest(), standby.digest());
+    let differs = theirs
+        .lines()
+        .zip(ours.lines())
+        .find(|(a, b)| a != b)
+        .map_or_else(
+            || "none".to_string(),
+            |(a, b)| format!("\nleader:  {a}\nstandby: {b}"),
+        );
+    panic!(
+        "timed out waiting for {what}: standby /readyz {} {}; first differing digest line: {differs}",
+        ready.status, ready.body
+    );
+}
+
 #[test]
 fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     let nats_dir = TempDir::new("nats");
@@ -69,9 +97,7 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     );
     leader.define("HOT", 10_000);
     let mut acked = load(&leader, 8, 40);
-    eventually("the standby to hold every write", || {
-        caught_up(&leader, &standby)
-    });
+    wait_caught_up("the standby to hold every write", &leader, &standby);
     let metrics = standby.call("GET", "/metrics", &[], None).body;
     assert!(metrics.contains("surge_replication_role{role=\"standby\"} 1"));
 
@@ -91,9 +117,7 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     acked.extend(load(&leader, 4, 25));
     let standby = Server::start_with(&standby_dir.data(), "standby-again", &standby_env);
     acked.extend(load(&leader, 4, 25));
-    eventually("the restarted standby to catch up", || {
-        caught_up(&leader, &standby)
-    });
+    wait_caught_up("the restarted standby to catch up", &leader, &standby);
 
     // Promotion: the standby catches up, fences the stream, and leads.
     let promoted = standby.admin("POST", "/v1/admin/promote", None);
@@ -369,7 +393,7 @@ fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is
         "standby",
         &[("SURGE_STANDBY", &remaining)],
     );
-    eventually("the standby to catch up", || caught_up(&leader, &standby));
+    wait_caught_up("the standby to catch up", &leader, &standby);
     for id in &acked {
         let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
         assert_eq!(r.status, 200, "acknowledged {id} is not in the stream");

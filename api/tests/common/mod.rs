@@ -33,6 +33,8 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`wait_for`] and [`eventually`] poll before the test fails.
 pub const POLL_DEADLINE: Duration = Duration::from_secs(30);
+/// How much of a server's log a failing test prints.
+const LOG_TAIL_LINES: usize = 80;
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
 /// The `surge` binary of this build (cargo builds it before the tests run).
@@ -314,6 +316,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what each of its servers logged: the log file goes
+        // with the server, and a timeout alone rarely says why.
+        if std::thread::panicking() {
+            let log = self.stderr();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "--- the last {} lines of {} ---\n{}",
+                tail.len(),
+                self.stderr_path.display(),
+                tail.join("\n")
+            );
+        }
         let _ = std::fs::remove_file(&self.stderr_path);
     }
 }
