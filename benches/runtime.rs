@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench runtime`. Criterion ids (issue 8): `runtime/sync_closed_loop_64`,
 //! `runtime/sync_closed_loop_64_hot`, `runtime/async_closed_loop_64`,
-//! `runtime/sync_pipelined_64x64`, `runtime/writer_iterations`. Each counts exactly
+//! `runtime/sync_pipelined_64x64`, `runtime/writer_iterations`; and the harness's own
+//! ceiling, `runtime/echo_closed_loop_64` (no engine behind the queue). Each counts exactly
 //! the reservations it made: a sample of `iters` makes `iters` reservations, split
 //! over the threads. The threads are spawned before the clock starts; latency
 //! percentiles (submit to durable reply) leave out criterion's warm-up, and are
@@ -230,10 +231,16 @@ fn bench(c: &mut Criterion) {
         durability: Durability::Async,
         ..EngineConfig::default()
     };
+    let no_durability = EngineConfig {
+        durability: Durability::None,
+        ..EngineConfig::default()
+    };
     for (name, skus, config, window) in [
         ("sync_closed_loop_64", 10_000, &sync, 1),
         ("sync_closed_loop_64_hot", 1, &sync, 1),
         ("async_closed_loop_64", 10_000, &asynchronous, 1),
+        // No log at all: the engine's closed loop without the disk's price.
+        ("none_closed_loop_64", 10_000, &no_durability, 1),
         ("sync_pipelined_64x64", 10_000, &sync, 64),
         // The same without the follower: what the second copy costs on two cores.
         ("sync_pipelined_64x64_no_follower", 10_000, &no_follower, 64),
@@ -250,8 +257,81 @@ fn bench(c: &mut Criterion) {
         finish(fixture);
         report(name, &latencies.lock());
     }
+    echo_closed_loop(&mut group);
     writer_iterations(&mut group);
     group.finish();
+}
+
+/// `runtime/echo_closed_loop_64`: the ceiling of this harness on this machine. The
+/// same 64 threads, each with one request in flight, hand a reply channel (the
+/// engine's own kind, a tokio oneshot, waited on the same way) through a bounded
+/// crossbeam queue to one thread that answers everything it finds at once and
+/// does nothing else: no state, no log, no second hop. A closed loop of threads
+/// costs a wake-up and a context switch per request on each side, which no engine
+/// behind the queue can avoid; the engine's closed-loop rate divided by this one
+/// is how much of that ceiling it reaches.
+fn echo_closed_loop(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    type Reply = tokio::sync::oneshot::Sender<u64>;
+    let name = "echo_closed_loop_64";
+    if !criterion_filter_matches(name) {
+        return;
+    }
+    let (to_echo, queue) =
+        crossbeam_channel::bounded::<Reply>(EngineConfig::default().queue_len_max);
+    let echo = std::thread::spawn(move || {
+        let mut answered = 0_u64;
+        let mut batch = Vec::with_capacity(THREADS);
+        while let Ok(first) = queue.recv() {
+            batch.push(first);
+            batch.extend(queue.try_iter().take(THREADS - 1));
+            for reply in batch.drain(..) {
+                answered += 1;
+                let _ = reply.send(answered);
+            }
+        }
+    });
+    let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
+    let created = Instant::now();
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Barrier::new(THREADS + 1);
+            let merged = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
+            let elapsed = std::thread::scope(|scope| {
+                for t in 0..THREADS as u64 {
+                    let (to_echo, start, merged) = (to_echo.clone(), &start, &merged);
+                    let count = iters / THREADS as u64 + u64::from(t < iters % THREADS as u64);
+                    scope.spawn(move || {
+                        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+                        start.wait();
+                        for _ in 0..count {
+                            let sent = Instant::now();
+                            let (reply, answer) = tokio::sync::oneshot::channel();
+                            to_echo.send(reply).expect("echo thread");
+                            answer.blocking_recv().expect("answered");
+                            hist.record(sent.elapsed().as_micros() as u64)
+                                .expect("in range");
+                        }
+                        merged.lock().add(hist).expect("same bounds");
+                    });
+                }
+                start.wait();
+                let started = Instant::now();
+                // The scope joins the threads: the clock stops when the last is done.
+                started
+            });
+            let elapsed = elapsed.elapsed();
+            if created.elapsed() > WARM_UP {
+                latencies
+                    .lock()
+                    .add(merged.into_inner())
+                    .expect("same bounds");
+            }
+            elapsed
+        })
+    });
+    drop(to_echo);
+    echo.join().expect("echo thread");
+    report(name, &latencies.lock());
 }
 
 /// `runtime/writer_iterations`: closed-loop reservations with a snapshot every 200k
