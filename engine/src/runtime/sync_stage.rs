@@ -39,17 +39,17 @@ pub(super) struct Release {
 impl Release {
     /// The batch is safe: feed the follower, publish the events, answer.
     pub(super) fn release(self, shared: &Inner, to_follower: Option<&Sender<FollowerMsg>>) {
-        if let Some(follower) = to_follower
-            && !self.records.is_empty()
-        {
-            let _ = follower.send(FollowerMsg::Records(self.records));
-        }
         shared.events.publish(&self.events);
         for p in self.replies {
             p.answer(None);
         }
         for (reply, answer) in self.reads {
             let _ = reply.send(Ok(answer));
+        }
+        if let Some(follower) = to_follower
+            && !self.records.is_empty()
+        {
+            let _ = follower.send(FollowerMsg::Records(self.records));
         }
     }
 
