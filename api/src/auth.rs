@@ -13,6 +13,7 @@
 use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 use surge_engine::limits::ACTOR_LEN_MAX;
@@ -248,12 +249,11 @@ impl Access for Admin {
 /// Extractor: the caller, admitted by `A`. Rejects with 401 / 403 / 400 (bad `X-Actor`).
 pub struct Auth<A>(pub Principal, pub PhantomData<A>);
 
-pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiError> {
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let (role, name) = match state.auth() {
         AuthMode::Open => (Role::Admin, None),
         AuthMode::Tokens(tokens) => {
-            let header = parts
-                .headers
+            let header = headers
                 .get(axum::http::header::AUTHORIZATION)
                 .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
             let token = header
@@ -271,7 +271,7 @@ pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Principal, ApiErr
     };
     // A header name given as text is parsed on every look-up; this one is made once.
     const X_ACTOR: axum::http::HeaderName = axum::http::HeaderName::from_static("x-actor");
-    let x_actor = match parts.headers.get(X_ACTOR) {
+    let x_actor = match headers.get(X_ACTOR) {
         None => None,
         Some(value) => Some(
             value
@@ -315,7 +315,7 @@ impl<A: Access> FromRequestParts<AppState> for Auth<A> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = authenticate(state, parts)?;
+        let principal = authenticate(state, &parts.headers)?;
         if !A::ROLES.contains(&principal.role) {
             return Err(ApiError::forbidden(format!(
                 "role {} may not do this (needs {})",

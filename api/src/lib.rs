@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod export;
 pub mod extract;
+pub mod hot;
 pub mod metrics;
 pub mod nats_events;
 pub mod openapi;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     // Outermost first: every answer is counted (with what the layers below made of
     // it), then made problem+json where it is an error without a body of ours.
+    let state_for_hot = state.clone();
     let layers = tower::ServiceBuilder::new()
         .layer(metrics::TrackLayer::new(state, routes))
         // A plain synchronous map (tower's), not axum's `map_response`, which boxes
@@ -143,6 +145,7 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
+    let app = hot::HotReads::new(app, state_for_hot);
     Router::new().fallback_service(layers.service(app))
 }
 

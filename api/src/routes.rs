@@ -310,12 +310,9 @@ pub async fn get_sku(
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
-    // when it is current, through the follower's queue when not.
-    let answer = |v: surge_engine::SkuView| {
-        let mut body = String::with_capacity(256);
-        crate::dto::sku_json(&v, &mut body);
-        json_text(StatusCode::OK, body)
-    };
+    // when it is current, through the follower's queue when not. (Most of these
+    // requests never get here: `hot::HotReads` answers them before the router.)
+    let answer = sku_answer;
     match st.engine()?.read_sku(&sku) {
         Some(Ok(v)) => return Ok(answer(v)),
         Some(Err(rejection)) => return Err(ApiError::from_rejection(&rejection)),
@@ -329,6 +326,13 @@ pub async fn get_sku(
         )),
         Err(e) => Err(e),
     }
+}
+
+/// A SKU's stock levels as `GET /v1/skus/{sku}` answers them.
+pub fn sku_answer(view: surge_engine::SkuView) -> Response {
+    let mut body = String::with_capacity(256);
+    crate::dto::sku_json(&view, &mut body);
+    json_text(StatusCode::OK, body)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1419,3 +1419,104 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         .collect();
     assert_eq!(exposition_shape(&text), expected, "{text}");
 }
+
+/// `GET /v1/skus/{sku}` is answered in front of the router when it is plain
+/// (`hot::HotReads`). The same read in forms the router takes (an empty query
+/// string, the id percent-encoded) must get the same answer, byte for byte, for
+/// every caller: each role, none, an unknown token, a bad `X-Actor`; and for SKUs
+/// known, unknown, with a sale window, and with a name that needs escaping.
+#[tokio::test]
+async fn the_stock_read_in_front_of_the_router_answers_as_the_route_does() {
+    // The stock board is the follower's, and `none` keeps no follower.
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::with_configs(
+        ApiConfig::default(),
+        EngineConfig {
+            durability: Durability::Sync,
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        },
+    );
+    api.define("S1", 7).await;
+    let r = api
+        .admin(
+            "PUT",
+            "/v1/skus/ODD-1.x_y:z",
+            Some(json!({"on_hand": 3, "name": "quote \" slash \\ é ✓"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api
+        .admin(
+            "PUT",
+            "/v1/skus/SALE",
+            Some(json!({"on_hand": 5, "sale_starts_at": "2030-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api
+        .call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &[],
+            Some(r#"{"lines":[{"sku":"S1","qty":2}]}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // Through the follower: it has applied every write once this returns, and it
+    // publishes the stock board before answering, so the board is current.
+    api.engine
+        .query(Query::GetSku { sku: "S1".into() })
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    let percent_encoded = |sku: &str| sku.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    // (token, extra headers) of each caller.
+    type Caller<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)]);
+    let callers: [Caller; 7] = [
+        (Some(ADMIN), &[]),
+        (Some(OPERATOR), &[]),
+        (Some(STOREFRONT), &[("x-actor", "till-7")]),
+        (Some(VIEWER), &[]),
+        (None, &[]),
+        (Some("no-such-token"), &[]),
+        (Some(ADMIN), &[("x-actor", "two words")]),
+    ];
+    let mut answered_200 = 0;
+    for sku in ["S1", "ODD-1.x_y:z", "SALE", "NOPE"] {
+        for (token, headers) in callers {
+            let hot = api
+                .call("GET", &format!("/v1/skus/{sku}"), token, headers, None)
+                .await;
+            for routed_path in [
+                format!("/v1/skus/{sku}?"),
+                format!("/v1/skus/{}", percent_encoded(sku)),
+            ] {
+                let routed = api.call("GET", &routed_path, token, headers, None).await;
+                let what = format!("{sku} as {token:?} {headers:?}, beside {routed_path}");
+                assert_eq!(hot.status, routed.status, "{what}");
+                assert_eq!(hot.text, routed.text, "{what}");
+                assert_eq!(
+                    hot.headers.get("content-type"),
+                    routed.headers.get("content-type"),
+                    "{what}"
+                );
+            }
+            if hot.status == StatusCode::OK {
+                answered_200 += 1;
+                assert_eq!(hot.json["sku"], sku);
+            }
+        }
+    }
+    // Three known SKUs, four callers the route admits.
+    assert_eq!(answered_200, 3 * 4);
+    let s1 = api
+        .call("GET", "/v1/skus/S1", Some(VIEWER), &[], None)
+        .await;
+    assert_eq!(
+        (s1.json["on_hand"].as_u64(), s1.json["reserved"].as_u64()),
+        (Some(7), Some(2))
+    );
+}
