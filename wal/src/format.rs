@@ -200,23 +200,30 @@ pub(crate) fn encode_frame_header(lsn: Lsn, payload: &[u8]) -> [u8; FRAME_HEADER
 /// The LSN of a padding frame: real records have LSNs above 0.
 pub(crate) const PADDING_LSN: Lsn = 0;
 
-static ZEROS: [u8; 2 * PAGE_BYTES as usize] = [0; 2 * PAGE_BYTES as usize];
-
 /// A padding frame of `len` bytes (header included; 24 <= len <= 2 pages).
 /// Commits end with one so that the next append starts on a fresh page and
 /// never rewrites a page holding acknowledged records. Its payload starts with
 /// the durable watermark as the commit began (the *commit mark*, see the crate
 /// docs); 0 claims nothing.
 pub(crate) fn encode_padding(len: u64, watermark: Lsn) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(len as usize);
+    append_padding(&mut frame, len, watermark);
+    frame
+}
+
+/// [`encode_padding`] written in place at the end of `out` (the WAL's staged
+/// bytes), without a frame of its own to build and copy: a commit mark is up to
+/// two pages, and there is one per commit.
+pub(crate) fn append_padding(out: &mut Vec<u8>, len: u64, watermark: Lsn) {
     assert!(
         (PADDING_BYTES_MIN..=2 * PAGE_BYTES).contains(&len)
             && len.is_multiple_of(FRAME_ALIGN_BYTES)
     );
-    let mut payload = ZEROS[..(len - FRAME_HEADER_BYTES) as usize].to_vec();
+    let start = out.len();
+    out.resize(start + len as usize, 0);
+    let (header, payload) = out[start..].split_at_mut(FRAME_HEADER_BYTES as usize);
     payload[..8].copy_from_slice(&watermark.to_le_bytes());
-    let mut frame = encode_frame_header(PADDING_LSN, &payload).to_vec();
-    frame.extend_from_slice(&payload);
-    frame
+    header.copy_from_slice(&encode_frame_header(PADDING_LSN, payload));
 }
 
 /// The smallest padding frame: a header and the watermark.
@@ -451,6 +458,28 @@ pub(crate) fn decode_snapshot(file: &[u8]) -> Result<(Lsn, &[u8]), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A commit mark written in place after other staged bytes is the frame built
+    /// on its own: header (length, CRC, LSN 0), then the watermark, then zeros.
+    #[test]
+    fn a_commit_mark_appended_in_place_is_the_padding_frame() {
+        for len in [PADDING_BYTES_MIN, 64, PAGE_BYTES, 2 * PAGE_BYTES] {
+            let watermark: Lsn = 0x0102_0304_0506_0708;
+            let mut payload = vec![0u8; (len - FRAME_HEADER_BYTES) as usize];
+            payload[..8].copy_from_slice(&watermark.to_le_bytes());
+            let mut expected = b"staged".to_vec();
+            expected.extend_from_slice(&encode_frame_header(PADDING_LSN, &payload));
+            expected.extend_from_slice(&payload);
+
+            let mut staged = b"staged".to_vec();
+            append_padding(&mut staged, len, watermark);
+            assert_eq!(staged, expected, "len {len}");
+            assert_eq!(
+                padding_watermark(&staged[6 + FRAME_HEADER_BYTES as usize..]),
+                watermark
+            );
+        }
+    }
 
     #[test]
     fn names_round_trip() {

@@ -585,8 +585,9 @@ impl<S: Storage> Wal<S> {
         // Appends resume on a fresh page, so that no page holding records
         // that are now part of the log is ever rewritten.
         if let Some(seg) = segments.last_mut().filter(|s| s.handle.is_some())
-            && let Some(frame) = padding_frame(seg, 0)
+            && let Some(pad) = padding_len(seg)
         {
+            let frame = format::encode_padding(pad, 0);
             let h = seg.handle.expect("filtered on a handle");
             storage
                 .write_segment(h, seg.tail, &frame)
@@ -840,16 +841,16 @@ impl<S: Storage> Wal<S> {
         let Some(seg) = self.segments.last_mut().filter(|s| s.handle.is_some()) else {
             return false;
         };
-        let Some(frame) = padding_frame(seg, watermark) else {
+        let Some(pad) = padding_len(seg) else {
             return false;
         };
         if self.staged.is_empty() {
             self.staged_at = seg.tail;
         }
-        self.staged.extend_from_slice(&frame);
+        format::append_padding(&mut self.staged, pad, watermark);
         seg.dirty_from.get_or_insert(seg.tail);
-        seg.tail += frame.len() as u64;
-        self.stats.bytes_written += frame.len() as u64;
+        seg.tail += pad;
+        self.stats.bytes_written += pad;
         true
     }
 
@@ -1429,10 +1430,10 @@ impl<S: Storage> Wal<S> {
     }
 }
 
-/// The padding frame (commit mark) that ends a segment's last partly used page
-/// (see [`Wal::pad_to_page`]); `None` when it does not fit before the segment
-/// end: nothing will ever be appended to that segment again.
-fn padding_frame(seg: &Segment, watermark: Lsn) -> Option<Vec<u8>> {
+/// The length of the padding frame (commit mark) that ends a segment's last
+/// partly used page (see [`Wal::pad_to_page`]); `None` when it does not fit
+/// before the segment end: nothing will ever be appended to that segment again.
+fn padding_len(seg: &Segment) -> Option<u64> {
     let boundary = seg.tail.next_multiple_of(PAGE_BYTES);
     let mut pad = boundary - seg.tail;
     if pad < format::PADDING_BYTES_MIN {
@@ -1442,7 +1443,7 @@ fn padding_frame(seg: &Segment, watermark: Lsn) -> Option<Vec<u8>> {
     if seg.tail + pad > seg.len_bytes {
         return None;
     }
-    Some(format::encode_padding(pad, watermark))
+    Some(pad)
 }
 
 /// Zeroes `from..to` of a segment and makes it durable.
