@@ -530,8 +530,13 @@ impl Storage for MmapStorage {
             .write(true)
             .create_new(true)
             .open(&path)?;
+        // Zeroed and synced like a prepared spare: the sync commits the extents the
+        // zeros converted from unwritten to written. Left to the first commits, that
+        // metadata made them journal commits, some over 100 ms while the spare was
+        // being zero-filled beside them (README, "The log was mostly padding").
         let mapped = reserve(&file, len_bytes)
             .and_then(|()| zero_fill(&file, len_bytes))
+            .and_then(|()| file.sync_all())
             .and_then(|()| Self::map(&file, len_bytes));
         match mapped {
             Ok(map) => Ok(self.insert(Mapped { file, map })),

@@ -320,6 +320,10 @@ pub struct Wal<S: Storage> {
     /// the segment's tail.
     staged: Vec<u8>,
     staged_at: u64,
+    /// The commit mark that ended the last commit job, while an append may still
+    /// take its place ([`Wal::continue_commit`]): the first LSN of its segment,
+    /// where it starts and where it ends.
+    last_mark: Option<(Lsn, u64, u64)>,
     /// Records after this LSN are kept whatever the snapshots allow: a replica has
     /// not taken them yet (`Lsn::MAX`: no replica holds anything back).
     retain_after: Lsn,
@@ -671,6 +675,7 @@ impl<S: Storage> Wal<S> {
             stats,
             staged: Vec::new(),
             staged_at: 0,
+            last_mark: None,
             retain_after: Lsn::MAX,
             steps_pending: Vec::new(),
             retired_pending: Vec::new(),
@@ -926,7 +931,14 @@ impl<S: Storage> Wal<S> {
         // the crate docs); with commits in flight that may lag more than one commit.
         let watermark = self.durable_lsn;
         let n = self.segments.len();
+        let mark_at = self.segments.last().map(|s| (s.first_lsn, s.tail));
         let marked = self.pad_to_page(watermark);
+        self.last_mark = match (marked, mark_at, self.segments.last()) {
+            (true, Some((first_lsn, at)), Some(seg)) if self.steps_pending.is_empty() => {
+                Some((first_lsn, at, seg.tail))
+            }
+            _ => None,
+        };
         self.write_staged()?;
         let claim_in_header = self.header_claim_due(marked, watermark);
         let mut ranges = Vec::with_capacity(1);
@@ -983,6 +995,40 @@ impl<S: Storage> Wal<S> {
             ranges,
             steps,
         }))
+    }
+
+    /// Like [`Wal::begin_commit`], but the records appended since the last commit
+    /// job take the place of that job's commit mark instead of following it on a
+    /// fresh page, when they can: that mark is the last thing in the active
+    /// segment, it carried no directory step, and nothing after it has been
+    /// written to the file yet. The job returned then covers the old job's last
+    /// page again and must be merged into it ([`CommitJob::merge`]).
+    ///
+    /// The caller must hold that old job unclaimed: no sync of it has begun, and
+    /// none will begin before the merge (the engine holds the queue's lock). Its
+    /// records are not acknowledged before the merged job has run, so rewriting
+    /// the page under its mark rewrites no acknowledged record, which is what the
+    /// mark's padding exists to prevent. Without it, each commit that queued up
+    /// behind a running sync padded a page of its own: most of the log was
+    /// padding (README, "The log was mostly padding").
+    pub fn continue_commit(&mut self) -> Result<Option<CommitJob>, Error> {
+        self.check_usable()?;
+        if let Some((first_lsn, start, end)) = self.last_mark
+            && self.last_lsn > self.commit_begun_lsn
+            && self.steps_pending.is_empty()
+            && let Some(seg) = self.segments.last_mut()
+            && seg.handle.is_some()
+            && seg.first_lsn == first_lsn
+            && !self.staged.is_empty()
+            && self.staged_at == end
+        {
+            let moved = end - start;
+            seg.tail -= moved;
+            seg.dirty_from = Some(seg.dirty_from.map_or(start, |from| from.min(start)));
+            self.staged_at = start;
+            self.stats.bytes_written -= moved;
+        }
+        self.begin_commit()
     }
 
     /// The second half of a commit: records the result of a [`CommitJob`]. Jobs

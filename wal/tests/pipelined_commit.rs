@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{SEGMENT_BYTES_SMALL, open_sim, payload, records};
+use common::{SEGMENT_BYTES_SMALL, frames, open_sim, payload, records};
 use surge_wal::SimStorage;
 
 /// Appends 200-byte records from `lsn + 1` until the log rolls to a new segment;
@@ -190,5 +190,87 @@ fn a_publication_then_a_roll_land_in_order_whatever_the_cut() {
     assert!(
         cut_short >= 5 && completed >= 1,
         "cuts: {cut_short} short, {completed} after"
+    );
+}
+
+/// A commit job left unrun while more records arrive: `continue_commit` puts them
+/// in the place of that job's commit mark, and the merged job covers both. The
+/// records sit back to back on one page (no second mark between them), and a
+/// power cut before the merged job has run, or at each of its steps, or after it,
+/// loses nothing it made durable and never leaves a gap or a damaged record.
+#[test]
+fn records_queued_behind_an_unrun_commit_take_the_place_of_its_mark() {
+    let (mut cut_short, mut completed) = (0, 0);
+    for seed in 0..40u64 {
+        let disk = SimStorage::new();
+        let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+        // One commit run and finished first: its records must survive every cut.
+        for lsn in 1..=3 {
+            wal.append(lsn, &payload(lsn, 0, 200)).expect("append");
+        }
+        let done = wal.begin_commit().expect("begin").expect("a job");
+        done.run().expect("the first job");
+        wal.finish_commit(done.target(), Ok(())).expect("finish");
+
+        for lsn in 4..=5 {
+            wal.append(lsn, &payload(lsn, 0, 200)).expect("append");
+        }
+        let mut queued = wal.begin_commit().expect("begin").expect("a job");
+        for lsn in 6..=8 {
+            wal.append(lsn, &payload(lsn, 0, 200)).expect("append");
+        }
+        let more = wal.continue_commit().expect("continue").expect("a job");
+        queued.merge(more);
+        assert_eq!(queued.target(), 8);
+        assert_kept(
+            &disk.crash(seed),
+            3,
+            &format!("seed {seed}, merged job not run"),
+        );
+
+        // Back to back: record 6 starts where 5 ended (aligned), not on a new page.
+        let image = disk
+            .file_bytes("wal-00000000000000000004.seg")
+            .unwrap_or_default();
+        let image = if image.is_empty() {
+            disk.file_bytes("wal-00000000000000000001.seg")
+                .expect("the segment")
+        } else {
+            image
+        };
+        let at: std::collections::HashMap<u64, (u64, u64)> = frames(&image)
+            .into_iter()
+            .map(|(lsn, offset, len)| (lsn, (offset, len)))
+            .collect();
+        let (five_at, five_len) = at[&5];
+        assert_eq!(
+            at[&6].0,
+            (five_at + five_len).div_ceil(8) * 8,
+            "seed {seed}: no mark between 5 and 6"
+        );
+
+        let cut = disk.clone();
+        cut.fail_at_step(seed % 4);
+        let ran = queued.run();
+        let kept = assert_kept(
+            &disk.crash(seed),
+            3,
+            &format!("seed {seed}, merged job cut"),
+        );
+        match ran {
+            Ok(()) => {
+                completed += 1;
+                wal.finish_commit(queued.target(), Ok(())).expect("finish");
+                assert!(
+                    kept >= 8,
+                    "seed {seed}: the merged job ran, recovery has {kept}"
+                );
+            }
+            Err(_) => cut_short += 1,
+        }
+    }
+    assert!(
+        cut_short > 0 && completed > 0,
+        "both ends were exercised: {cut_short} cut short, {completed} completed"
     );
 }

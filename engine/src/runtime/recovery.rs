@@ -197,16 +197,17 @@ impl Engine {
             .durable_lsn
             .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
         let (to_syncer, from_syncer, syncer_thread) = if config.pipelined_commit && wal.is_some() {
-            let (flush_tx, flush_rx) = crossbeam_channel::unbounded();
+            let queue = Arc::new(super::sync_stage::FlushQueue::default());
             let (done_tx, done_rx) = crossbeam_channel::unbounded();
             let stage = SyncStage {
                 shared: Arc::clone(&inner),
                 failed: None,
                 to_follower: follower_tx.clone(),
             };
-            let thread = spawn_owner("surge-sync", move || stage.run(flush_rx, done_tx))
+            let for_stage = Arc::clone(&queue);
+            let thread = spawn_owner("surge-sync", move || stage.run(for_stage, done_tx))
                 .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
-            (Some(flush_tx), Some(done_rx), Some(thread))
+            (Some(queue), Some(done_rx), Some(thread))
         } else {
             (None, None, None)
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use surge_wal::CommitJob;
 
 use super::follower::FollowerMsg;
@@ -37,6 +37,15 @@ pub(super) struct Release {
 }
 
 impl Release {
+    /// A later batch's release joins this one (its commit job was merged into
+    /// this flush's): everything keeps its order.
+    fn extend(&mut self, later: Release) {
+        self.records.extend(later.records);
+        self.events.extend(later.events);
+        self.replies.extend(later.replies);
+        self.reads.extend(later.reads);
+    }
+
     /// The batch is safe: feed the follower, publish the events, answer.
     pub(super) fn release(self, shared: &Inner, to_follower: Option<&Sender<FollowerMsg>>) {
         shared.events.publish(&self.events);
@@ -64,6 +73,78 @@ impl Release {
     }
 }
 
+/// The flushes handed to the sync thread and not yet taken by it. A queue under a
+/// lock rather than a channel, so that the writer can add a batch to the flush
+/// still waiting here, commit job included (`Wal::continue_commit`): while the
+/// writer holds the lock, the sync thread cannot take that flush and begin its
+/// sync.
+#[derive(Default)]
+pub(super) struct FlushQueue {
+    state: parking_lot::Mutex<FlushQueueState>,
+    ready: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+pub(super) struct FlushQueueState {
+    pub(super) flushes: Vec<Flush>,
+    /// No more flushes: the writer has stopped, or the sync thread has.
+    pub(super) closed: bool,
+}
+
+impl FlushQueue {
+    pub(super) fn lock(&self) -> parking_lot::MutexGuard<'_, FlushQueueState> {
+        self.state.lock()
+    }
+
+    /// Wake the sync thread after a flush was pushed.
+    pub(super) fn notify(&self) {
+        self.ready.notify_one();
+    }
+
+    /// No more flushes will come: the sync thread ends once the queue is empty.
+    pub(super) fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Everything queued, waiting until there is something; `None` once closed
+    /// and empty.
+    fn take(&self) -> Option<Vec<Flush>> {
+        let mut state = self.state.lock();
+        while state.flushes.is_empty() && !state.closed {
+            self.ready.wait(&mut state);
+        }
+        if state.flushes.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut state.flushes))
+    }
+}
+
+/// Closes the queue when the sync thread ends, even by a panic, so that the writer
+/// runs flushes inline instead of queueing them for nobody.
+struct CloseOnExit<'a>(&'a FlushQueue);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl Flush {
+    /// A later batch joins this flush: its commit job merged into this one's
+    /// (`Wal::continue_commit` began it in the place of this job's commit mark),
+    /// its release after this one's.
+    pub(super) fn extend(&mut self, job: Option<CommitJob>, release: Release) {
+        match (self.job.as_mut(), job) {
+            (Some(mine), Some(later)) => mine.merge(later),
+            (None, Some(later)) => self.job = Some(later),
+            (_, None) => {}
+        }
+        self.release.extend(release);
+    }
+}
+
 /// The durable half of the pipelined group commit. On its own thread it syncs
 /// batch N while the writer applies and appends N+1; flushes that queue up while
 /// a sync runs are merged into the next one. Replies, reads and events of a flush
@@ -77,10 +158,13 @@ pub(super) struct SyncStage {
 }
 
 impl SyncStage {
-    pub(super) fn run(mut self, rx: Receiver<Flush>, done: Sender<Result<u64, surge_wal::Error>>) {
-        while let Ok(first) = rx.recv() {
-            let mut flushes = vec![first];
-            flushes.extend(rx.try_iter());
+    pub(super) fn run(
+        mut self,
+        queue: Arc<FlushQueue>,
+        done: Sender<Result<u64, surge_wal::Error>>,
+    ) {
+        let _close = CloseOnExit(&queue);
+        while let Some(flushes) = queue.take() {
             if let Some(result) = self.process(flushes) {
                 // The writer may be gone at shutdown; nothing waits for this then.
                 let _ = done.send(result);

@@ -14,7 +14,7 @@ use surge_wal::{Storage, Wal};
 
 use super::follower::FollowerMsg;
 use super::replication::{PublishMsg, PublishStage};
-use super::sync_stage::{Flush, Pending, Release, SyncStage};
+use super::sync_stage::{Flush, FlushQueue, Pending, Release, SyncStage};
 use super::{
     Durability, EngineConfig, Error, Inner, LogPublisher, LogRead, ReadAnswer, ReplySender,
     Request, Role, spawn_owner,
@@ -43,7 +43,7 @@ pub(super) struct Writer<S: Storage> {
     /// Snapshot requests waiting for the snapshot in flight (or the next one).
     pub(super) snapshot_waiting: Vec<ReplySender<u64>>,
     /// The pipelined commit: flushes go to the sync thread, results come back.
-    pub(super) to_syncer: Option<Sender<Flush>>,
+    pub(super) to_syncer: Option<Arc<FlushQueue>>,
     pub(super) from_syncer: Option<Receiver<Result<u64, surge_wal::Error>>>,
     pub(super) syncer_thread: Option<JoinHandle<()>>,
     /// Runs flushes on the writer itself when the commit is not pipelined (the
@@ -219,8 +219,10 @@ impl<S: Storage> Writer<S> {
         if self.durable_pending() {
             let _ = self.drain_commits();
         }
-        // Dropping the sender ends the sync thread once it has answered everything.
-        self.to_syncer = None;
+        // Closing the queue ends the sync thread once it has answered everything.
+        if let Some(queue) = self.to_syncer.take() {
+            queue.close();
+        }
         if let Some(thread) = self.syncer_thread.take() {
             let _ = thread.join();
         }
@@ -493,11 +495,31 @@ impl<S: Storage> Writer<S> {
 
     /// Sync mode: hand the batch to durability. Replies (and reads, which may have
     /// seen this batch's writes) go out once everything before them is durable.
+    ///
+    /// With the sync thread, the queue's lock is held from the commit's beginning
+    /// to its hand-over. When the flush handed over last is still queued (the sync
+    /// thread is busy with an earlier one), this batch joins it: its records take
+    /// the place of that flush's commit mark (`Wal::continue_commit`) instead of
+    /// padding a page of their own, and its answers wait with that flush's. The
+    /// lock keeps the sync thread from taking that flush meanwhile.
     fn hand_over(&mut self, logged: bool, pending: &mut Vec<Pending>, reads: Vec<ReadAnswer>) {
+        let queue = self.to_syncer.clone();
+        let mut locked = queue.as_ref().map(|q| q.lock());
+        let joining = locked.as_ref().is_some_and(|state| {
+            !state.closed && state.flushes.last().is_some_and(|f| f.job.is_some())
+        });
         let job = if logged {
-            match self.wal.as_mut().map(Wal::begin_commit) {
+            let begun = self.wal.as_mut().map(|wal| {
+                if joining {
+                    wal.continue_commit()
+                } else {
+                    wal.begin_commit()
+                }
+            });
+            match begun {
                 Some(Ok(job)) => job,
                 Some(Err(e)) => {
+                    drop(locked.take());
                     self.fail_stop(format!("flush failed: {e}"));
                     None
                 }
@@ -507,6 +529,7 @@ impl<S: Storage> Writer<S> {
             None
         };
         if self.refusal().is_some() && job.is_none() && logged {
+            drop(locked);
             // The commit could not even begin: nothing of this batch is durable.
             self.events_buf.clear();
             self.batch_records.clear();
@@ -519,6 +542,7 @@ impl<S: Storage> Writer<S> {
             return;
         }
         if job.is_none() && !self.durable_pending() {
+            drop(locked);
             // Nothing new and nothing in flight: everything seen is durable.
             self.reply_now(pending, reads);
             return;
@@ -526,27 +550,44 @@ impl<S: Storage> Writer<S> {
         if job.is_none() && pending.is_empty() && reads.is_empty() {
             return;
         }
-        let flush = Flush {
-            job,
-            release: Release {
-                records: std::mem::take(&mut self.batch_records),
-                events: std::mem::take(&mut self.events_buf),
-                replies: std::mem::take(pending),
-                reads,
-            },
-            publish: self
-                .publish_tx
-                .as_ref()
-                .map(|tx| (tx.clone(), self.config.durability == Durability::Replicated)),
+        let release = Release {
+            records: std::mem::take(&mut self.batch_records),
+            events: std::mem::take(&mut self.events_buf),
+            replies: std::mem::take(pending),
+            reads,
         };
-        match self.to_syncer.as_ref() {
-            Some(tx) => {
+        match locked {
+            Some(mut state) if !state.closed => {
                 // The sync thread owns the flush now; it outlives the writer's loop.
-                if let Err(crossbeam_channel::SendError(flush)) = tx.send(flush) {
-                    self.syncer_inline.process(vec![flush]);
+                match state.flushes.last_mut().filter(|_| joining) {
+                    Some(queued) => queued.extend(job, release),
+                    None => {
+                        let publish = self.publish_tx.as_ref().map(|tx| {
+                            (tx.clone(), self.config.durability == Durability::Replicated)
+                        });
+                        state.flushes.push(Flush {
+                            job,
+                            release,
+                            publish,
+                        });
+                        drop(state);
+                        if let Some(queue) = &queue {
+                            queue.notify();
+                        }
+                    }
                 }
             }
-            None => {
+            locked => {
+                drop(locked);
+                let flush = Flush {
+                    job,
+                    release,
+                    publish: self
+                        .publish_tx
+                        .as_ref()
+                        .map(|tx| (tx.clone(), self.config.durability == Durability::Replicated)),
+                };
+                // No sync thread (or it has stopped): the flush runs here.
                 if let Some(done) = self.syncer_inline.process(vec![flush]) {
                     self.finish_commit(done);
                 }
