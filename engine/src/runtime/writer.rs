@@ -505,8 +505,19 @@ impl<S: Storage> Writer<S> {
     fn hand_over(&mut self, logged: bool, pending: &mut Vec<Pending>, reads: Vec<ReadAnswer>) {
         let queue = self.to_syncer.clone();
         let mut locked = queue.as_ref().map(|q| q.lock());
+        // The queued flush must go where this batch goes: a flush queued before the
+        // publish stage was attached is not published (its records reach the
+        // stream through the stage's catch-up, which stops at the attach), and
+        // this batch's must be.
+        let publish_mode = self
+            .publish_tx
+            .as_ref()
+            .map(|_| self.config.durability == Durability::Replicated);
         let joining = locked.as_ref().is_some_and(|state| {
-            !state.closed && state.flushes.last().is_some_and(|f| f.job.is_some())
+            !state.closed
+                && state.flushes.last().is_some_and(|f| {
+                    f.job.is_some() && f.publish.as_ref().map(|(_, wait)| *wait) == publish_mode
+                })
         });
         let job = if logged {
             let begun = self.wal.as_mut().map(|wal| {
