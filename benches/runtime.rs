@@ -296,7 +296,7 @@ fn echo_closed_loop(group: &mut criterion::BenchmarkGroup<'_, criterion::measure
         b.iter_custom(|iters| {
             let start = Barrier::new(THREADS + 1);
             let merged = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
-            let elapsed = std::thread::scope(|scope| {
+            let started = std::thread::scope(|scope| {
                 for t in 0..THREADS as u64 {
                     let (to_echo, start, merged) = (to_echo.clone(), &start, &merged);
                     let count = iters / THREADS as u64 + u64::from(t < iters % THREADS as u64);
@@ -315,11 +315,10 @@ fn echo_closed_loop(group: &mut criterion::BenchmarkGroup<'_, criterion::measure
                     });
                 }
                 start.wait();
-                let started = Instant::now();
                 // The scope joins the threads: the clock stops when the last is done.
-                started
+                Instant::now()
             });
-            let elapsed = elapsed.elapsed();
+            let elapsed = started.elapsed();
             if created.elapsed() > WARM_UP {
                 latencies
                     .lock()

@@ -312,14 +312,13 @@ pub async fn get_sku(
     // The hottest read of a sale: answered from the stock board on this thread
     // when it is current, through the follower's queue when not. (Most of these
     // requests never get here: `hot::HotReads` answers them before the router.)
-    let answer = sku_answer;
     match st.engine()?.read_sku(&sku) {
-        Some(Ok(v)) => return Ok(answer(v)),
+        Some(Ok(v)) => return Ok(sku_answer(v)),
         Some(Err(rejection)) => return Err(ApiError::from_rejection(&rejection)),
         None => {}
     }
     match read::<surge_engine::SkuView>(&st, Query::GetSku { sku: sku.clone() }).await {
-        Ok(v) => Ok(answer(v)),
+        Ok(v) => Ok(sku_answer(v)),
         // A malformed id names no SKU: 404 like any other unknown SKU.
         Err(e) if e.code == "validation_failed" => Err(ApiError::from_rejection(
             &surge_engine::Rejection::UnknownSku { sku },

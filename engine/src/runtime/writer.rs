@@ -509,10 +509,11 @@ impl<S: Storage> Writer<S> {
         // publish stage was attached is not published (its records reach the
         // stream through the stage's catch-up, which stops at the attach), and
         // this batch's must be.
-        let publish_mode = self
+        let publish = self
             .publish_tx
             .as_ref()
-            .map(|_| self.config.durability == Durability::Replicated);
+            .map(|tx| (tx.clone(), self.config.durability == Durability::Replicated));
+        let publish_mode = publish.as_ref().map(|(_, wait)| *wait);
         let joining = locked.as_ref().is_some_and(|state| {
             !state.closed
                 && state.flushes.last().is_some_and(|f| {
@@ -573,9 +574,6 @@ impl<S: Storage> Writer<S> {
                 match state.flushes.last_mut().filter(|_| joining) {
                     Some(queued) => queued.extend(job, release),
                     None => {
-                        let publish = self.publish_tx.as_ref().map(|tx| {
-                            (tx.clone(), self.config.durability == Durability::Replicated)
-                        });
                         state.flushes.push(Flush {
                             job,
                             release,
@@ -593,10 +591,7 @@ impl<S: Storage> Writer<S> {
                 let flush = Flush {
                     job,
                     release,
-                    publish: self
-                        .publish_tx
-                        .as_ref()
-                        .map(|tx| (tx.clone(), self.config.durability == Durability::Replicated)),
+                    publish,
                 };
                 // No sync thread (or it has stopped): the flush runs here.
                 if let Some(done) = self.syncer_inline.process(vec![flush]) {
