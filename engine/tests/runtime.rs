@@ -246,6 +246,36 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     assert_eq!(digest(&handle), before);
 }
 
+fn segment_count(disk: &SimStorage) -> usize {
+    disk.file_names()
+        .iter()
+        .filter(|name| name.starts_with("wal-") && name.ends_with(".seg"))
+        .count()
+}
+
+#[test]
+fn the_first_segment_is_made_at_open_not_by_the_first_command() {
+    let disk = SimStorage::new();
+    let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
+    assert_eq!(segment_count(&disk), 1, "{:?}", disk.file_names());
+    // A power cut before any command: the engine opens over the empty segment.
+    let crashed = disk.crash(7);
+    drop(handle);
+    let (handle, _) =
+        Engine::open_with_storage(crashed.clone(), sim_config()).expect("reopen after a cut");
+    define(&handle, "A", 5);
+    handle
+        .execute(reserve("A", 2), None)
+        .expect("queued")
+        .expect("held");
+    let before = digest(&handle);
+    let cut_again = crashed.crash(8);
+    drop(handle);
+    let (handle, _) = Engine::open_with_storage(cut_again, sim_config()).expect("reopen");
+    assert_eq!(digest(&handle), before);
+    assert_eq!(sku_levels(&handle, "A"), (5, 2));
+}
+
 #[test]
 fn idempotency_keys_survive_a_restart() {
     let disk = SimStorage::new();

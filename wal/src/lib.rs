@@ -170,12 +170,14 @@
 
 mod format;
 mod manifest;
+mod priority;
 mod recovery;
 mod sim;
 mod storage;
 mod verify;
 mod wal;
 
+pub use priority::{BACKGROUND_NICE_STEP, lower_this_thread_priority, this_thread_nice};
 pub use sim::{CrashReport, SimStorage};
 pub use storage::{FileWriter, MmapStorage, SegmentId, SegmentSyncer, Storage};
 pub use verify::{

@@ -170,6 +170,8 @@ impl Reclaimer {
         let thread = std::thread::Builder::new()
             .name("surge-reclaimer".into())
             .spawn(move || {
+                // Deleting old files is background work (`priority.rs`).
+                let _ = crate::lower_this_thread_priority();
                 for path in rx {
                     // A failure leaves a leftover that the next open removes.
                     let _ = fs::remove_file(path);
@@ -228,7 +230,11 @@ impl SparePreparer {
         let shared = Arc::clone(&slot);
         let thread = std::thread::Builder::new()
             .name("surge-segment-prep".into())
-            .spawn(move || prepare_spares(&dir, &shared))?;
+            .spawn(move || {
+                // Zero-filling the next segment is background work (`priority.rs`).
+                let _ = crate::lower_this_thread_priority();
+                prepare_spares(&dir, &shared)
+            })?;
         Ok(SparePreparer {
             slot,
             thread: Some(thread),

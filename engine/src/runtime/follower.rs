@@ -125,6 +125,30 @@ impl Follower {
         }
     }
 
+    /// The snapshot of this copy, encoded on a thread of background priority
+    /// (`surge_wal::lower_this_thread_priority`) while this one waits: encoding
+    /// walks the whole state in one stretch, and at this thread's priority it
+    /// would take that stretch of a core from the writer and the HTTP workers.
+    /// Inline if the thread cannot be started.
+    fn encode_snapshot(&self) -> Vec<u8> {
+        let (state, events) = (&self.state, &self.shared.events);
+        let encode = move || codec::encode_engine_snapshot(state, events);
+        std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new()
+                .name("surge-encoder".into())
+                .spawn_scoped(scope, move || {
+                    let _ = surge_wal::lower_this_thread_priority();
+                    encode()
+                });
+            match spawned {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => encode(),
+            }
+        })
+    }
+
     /// Encode a snapshot here when enough records were applied (or the writer asks,
     /// because segments piled up), and hand it to the writer to write and publish.
     fn maybe_snapshot(&mut self) {
@@ -138,7 +162,7 @@ impl Follower {
         // reads that arrive meanwhile take the writer's queue.
         self.answer_ready();
         self.shared.follower_encoding.store(true, Ordering::Release);
-        let body = codec::encode_engine_snapshot(&self.state, &self.shared.events);
+        let body = self.encode_snapshot();
         self.shared
             .follower_encoding
             .store(false, Ordering::Release);

@@ -920,6 +920,8 @@ impl<S: Storage> Writer<S> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         if background {
             let spawned = spawn_owner("surge-snapshot", move || {
+                // Writing the file is background work (`surge_wal::lower_this_thread_priority`).
+                let _ = surge_wal::lower_this_thread_priority();
                 let _ = done_tx.send(job.run());
             });
             if let Err(e) = spawned {
