@@ -360,11 +360,24 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         h.quantile_bound_us(q)
             .map_or("> 100000".to_string(), |us| format!("<= {us}"))
     };
+    // Iterations above 1, 5 and 10 ms: the buckets are too coarse for a
+    // quantile to show a change below one bound.
+    let (cumulative, total) = h.cumulative();
+    let over = |bound_us: u64| {
+        total
+            - cumulative
+                .iter()
+                .find(|&&(bound, _)| bound == bound_us)
+                .map_or(0, |&(_, count)| count)
+    };
     let line = format!(
-        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"max_us\":{},\"snapshots\":{},\"commit_avg_us\":{:.0}}}",
+        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"over_1ms\":{},\"over_5ms\":{},\"over_10ms\":{},\"max_us\":{},\"snapshots\":{},\"commit_avg_us\":{:.0}}}",
         h.count(),
         bound(0.99),
         bound(0.999),
+        over(1_000),
+        over(5_000),
+        over(10_000),
         h.max().as_micros(),
         stats.snapshots.load(std::sync::atomic::Ordering::Relaxed),
         stats.wal_commit.sum_seconds() * 1e6 / stats.wal_commit.count().max(1) as f64,
