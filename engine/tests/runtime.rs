@@ -246,33 +246,56 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     assert_eq!(digest(&handle), before);
 }
 
-fn segment_count(disk: &SimStorage) -> usize {
-    disk.file_names()
-        .iter()
+fn segment_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.starts_with("wal-") && name.ends_with(".seg"))
-        .count()
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]
-fn the_first_segment_is_made_at_open_not_by_the_first_command() {
-    let disk = SimStorage::new();
-    let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
-    assert_eq!(segment_count(&disk), 1, "{:?}", disk.file_names());
-    // A power cut before any command: the engine opens over the empty segment.
-    let crashed = disk.crash(7);
+fn the_next_segment_is_ready_at_open_and_an_idle_restart_finds_the_log_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segment_bytes = 16 * 4096;
+    let config = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        wal: WalConfig {
+            segment_bytes,
+            snapshots_kept: 2,
+        },
+        snapshot_every_records: 0,
+        ..EngineConfig::default()
+    };
+    let (handle, _) = Engine::open(config.clone()).expect("open");
+    // Prepared (the storage's spare, zero-filled and synced), not in the log yet.
+    let spare = std::fs::metadata(dir.path().join("wal-spare.tmp")).expect("a spare at open");
+    assert_eq!(spare.len(), segment_bytes);
+    assert_eq!(segment_files(dir.path()), Vec::<String>::new());
     drop(handle);
-    let (handle, _) =
-        Engine::open_with_storage(crashed.clone(), sim_config()).expect("reopen after a cut");
+
+    let (handle, report) = Engine::open(config.clone()).expect("an idle restart");
+    let wal = report.wal.expect("a log");
+    assert!(wal.torn_tail.is_none(), "{:?}", wal.torn_tail);
     define(&handle, "A", 5);
     handle
         .execute(reserve("A", 2), None)
         .expect("queued")
         .expect("held");
-    let before = digest(&handle);
-    let cut_again = crashed.crash(8);
+    assert_eq!(segment_files(dir.path()).len(), 1);
     drop(handle);
-    let (handle, _) = Engine::open_with_storage(cut_again, sim_config()).expect("reopen");
-    assert_eq!(digest(&handle), before);
+
+    let (handle, report) = Engine::open(config).expect("reopen");
+    let wal = report.wal.expect("a log");
+    assert!(wal.torn_tail.is_none(), "{:?}", wal.torn_tail);
     assert_eq!(sku_levels(&handle, "A"), (5, 2));
 }
 

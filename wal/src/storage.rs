@@ -65,6 +65,13 @@ pub trait Storage: Send + 'static {
     /// caller orders these steps against its own (the log installs its MANIFESTs,
     /// each from a temp file of its own, in the order it wrote them).
     fn file_writer(&self) -> Box<dyn FileWriter>;
+    /// Gets the next segment of `len_bytes` ready before it is asked for, and
+    /// waits until it is (for `open`, before the appending thread starts):
+    /// `MmapStorage` prepares its spare (created, zero-filled, synced) now, so
+    /// the first `create_segment` is a rename. A failure (a full disk) is left to
+    /// that `create_segment`, which then works inline and reports it. Storage
+    /// without spares does nothing.
+    fn prepare_segment(&mut self, _len_bytes: u64) {}
 }
 
 /// Makes a byte range of one segment durable; see [`Storage::segment_syncer`].
@@ -261,6 +268,27 @@ impl SparePreparer {
     }
 }
 
+impl SparePreparer {
+    /// Waits until a spare of this length is ready (`true`) or its preparation
+    /// failed (`false`).
+    fn wait_ready(&self, len_bytes: u64) -> bool {
+        let (lock, wake) = &*self.slot;
+        let mut slot = lock.lock();
+        if slot.wanted_len_bytes != Some(len_bytes) {
+            slot.wanted_len_bytes = Some(len_bytes);
+            slot.failed = false;
+            wake.notify_all();
+        }
+        loop {
+            match slot.ready_len_bytes {
+                Some(ready) => return ready == len_bytes,
+                None if slot.failed => return false,
+                None => wake.wait(&mut slot),
+            }
+        }
+    }
+}
+
 impl Drop for SparePreparer {
     fn drop(&mut self) {
         let (lock, wake) = &*self.slot;
@@ -306,6 +334,8 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
                 s.failed = true;
             }
         }
+        // For `wait_ready`.
+        wake.notify_all();
     }
 }
 
@@ -624,6 +654,19 @@ impl Storage for MmapStorage {
         Box::new(DirFileWriter {
             dir: self.dir.clone(),
         })
+    }
+
+    fn prepare_segment(&mut self, len_bytes: u64) {
+        if self.spare.is_none() {
+            match SparePreparer::start(self.dir.clone(), len_bytes) {
+                Ok(spare) => self.spare = Some(spare),
+                // Left to `create_segment`, which starts it (or reports why not).
+                Err(_) => return,
+            }
+        }
+        if let Some(spare) = &self.spare {
+            spare.wait_ready(len_bytes);
+        }
     }
 
     fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {

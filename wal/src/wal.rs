@@ -752,6 +752,17 @@ impl<S: Storage> Wal<S> {
         Ok(count)
     }
 
+    /// When the next record will need a new segment (a new log, or a full last
+    /// segment), has the storage get it ready now, on the caller's thread
+    /// ([`Storage::prepare_segment`]): called by `open`'s caller before the
+    /// appending thread starts, so that thread's first roll is a rename. Nothing
+    /// is created in the log itself: an idle restart finds it as it was.
+    pub fn prepare_next_segment(&mut self) {
+        if self.needs_roll(0) {
+            self.storage.prepare_segment(self.config.segment_bytes);
+        }
+    }
+
     /// Makes room for a record before the caller commits to writing it: checks
     /// the limits and, when the active segment cannot hold a `payload_len`-byte
     /// record, rolls to a new segment now. After `Ok`, an `append` of a record

@@ -311,17 +311,11 @@ impl Engine {
         }
         if let Some(wal) = writer.wal.as_mut() {
             // A new log (or one whose last segment is full) gets the segment for its
-            // next record here, on the opening thread: created, zero-filled and
-            // synced, 50–60 ms for 16 MiB on the reference box, which otherwise was
-            // the writer's first command, every time (the maximum of
-            // `runtime/writer_iterations`). Every record after it has an LSN at or
-            // above `next_seq`, so the segment's name is right for it. A full disk
-            // leaves it to the first write, which is refused cleanly until space
-            // comes back, as any roll is.
-            match wal.reserve(writer.state.next_seq(), 0) {
-                Ok(()) | Err(surge_wal::Error::NoSpace) => {}
-                Err(e) => return Err(e.into()),
-            }
+            // next record ready here, on the opening thread: zero-filled and synced,
+            // 50–60 ms for 16 MiB on the reference box, which otherwise the writer's
+            // first command waited for, every time (the maximum of
+            // `runtime/writer_iterations`). Its first roll is then a rename.
+            wal.prepare_next_segment();
         }
         writer.opening = false;
         Ok((writer, EngineHandle { shared }, report))

@@ -22,6 +22,11 @@ use crate::event::Event;
 pub(super) struct Flush {
     pub(super) job: Option<CommitJob>,
     pub(super) release: Release,
+    /// The releases of the batches that joined this flush, in order, each released
+    /// after the one before. Kept whole rather than appended to `release`: under a
+    /// deep pipeline a queued flush gathers thousands of answers, and growing its
+    /// vectors copied them over and over, into fresh pages, on the writer.
+    pub(super) joined: Vec<Release>,
     /// Where the records go once durable, when this node publishes its log; `true`:
     /// the release waits for the publish too (`replicated`).
     pub(super) publish: Option<(Sender<PublishMsg>, bool)>,
@@ -37,9 +42,10 @@ pub(super) struct Release {
 }
 
 impl Release {
-    /// A later batch's release joins this one (its commit job was merged into
-    /// this flush's): everything keeps its order.
-    fn extend(&mut self, later: Release) {
+    /// A later batch's release joins this one: everything keeps its order. Only for
+    /// a flush that waits for the publish (one `Hold` per flush, one publish round),
+    /// and on the sync thread, not the writer.
+    fn absorb(&mut self, later: Release) {
         self.records.extend(later.records);
         self.events.extend(later.events);
         self.replies.extend(later.replies);
@@ -141,7 +147,12 @@ impl Flush {
             (None, Some(later)) => self.job = Some(later),
             (_, None) => {}
         }
-        self.release.extend(release);
+        self.joined.push(release);
+    }
+
+    /// Answers waiting on this flush, joined batches included.
+    fn reply_count(&self) -> usize {
+        self.release.replies.len() + self.joined.iter().map(|r| r.replies.len()).sum::<usize>()
     }
 }
 
@@ -205,7 +216,7 @@ impl SyncStage {
             }
             (None, None) => None,
         };
-        let replies: usize = flushes.iter().map(|f| f.release.replies.len()).sum();
+        let replies: usize = flushes.iter().map(Flush::reply_count).sum();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats
             .batch_len_last
@@ -223,36 +234,56 @@ impl SyncStage {
             Some(Ok(durable)) => stats.durable_lsn.store(*durable, Ordering::Release),
             _ => {}
         }
-        for mut flush in flushes {
+        for flush in flushes {
+            let Flush {
+                mut release,
+                joined,
+                publish,
+                ..
+            } = flush;
             if let Some(why) = &self.failed {
-                flush
-                    .release
-                    .refuse(&Error::StorageUnavailable(why.clone()));
+                let error = Error::StorageUnavailable(why.clone());
+                for release in std::iter::once(release).chain(joined) {
+                    release.refuse(&error);
+                }
                 continue;
             }
-            match flush.publish {
-                None => flush
-                    .release
-                    .release(&self.shared, self.to_follower.as_ref()),
+            match publish {
                 Some((to_publisher, true)) => {
+                    // One hold, one publish round for the whole flush.
+                    for later in joined {
+                        release.absorb(later);
+                    }
                     if let Err(crossbeam_channel::SendError(PublishMsg::Hold(release))) =
-                        to_publisher.send(PublishMsg::Hold(flush.release))
+                        to_publisher.send(PublishMsg::Hold(release))
                     {
                         release.refuse(&Error::StorageUnavailable(
                             "the publish stage has stopped".into(),
                         ));
                     }
                 }
-                Some((to_publisher, false)) => {
-                    let records = match &self.to_follower {
-                        Some(_) => flush.release.records.clone(),
-                        None => std::mem::take(&mut flush.release.records),
-                    };
-                    flush
-                        .release
-                        .release(&self.shared, self.to_follower.as_ref());
-                    if !records.is_empty() {
-                        let _ = to_publisher.send(PublishMsg::Trail(records));
+                publish => {
+                    // Every answer of the flush first, then the follower's records
+                    // (and the publisher's trail), in log order.
+                    let mut records = Vec::with_capacity(1 + joined.len());
+                    for mut release in std::iter::once(release).chain(joined) {
+                        records.push(std::mem::take(&mut release.records));
+                        release.release(&self.shared, None);
+                    }
+                    for batch in records.into_iter().filter(|r| !r.is_empty()) {
+                        match (&publish, &self.to_follower) {
+                            (Some((to_publisher, _)), Some(follower)) => {
+                                let _ = follower.send(FollowerMsg::Records(batch.clone()));
+                                let _ = to_publisher.send(PublishMsg::Trail(batch));
+                            }
+                            (Some((to_publisher, _)), None) => {
+                                let _ = to_publisher.send(PublishMsg::Trail(batch));
+                            }
+                            (None, Some(follower)) => {
+                                let _ = follower.send(FollowerMsg::Records(batch));
+                            }
+                            (None, None) => {}
+                        }
                     }
                 }
             }
