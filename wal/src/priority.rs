@@ -1,6 +1,6 @@
 //! Background threads give way to the threads a request waits on.
 //!
-//! The threads that write snapshot files, prepare and delete segments, and encode
+//! The threads that write snapshot files, delete old segments, and encode
 //! snapshots do work nobody is waiting for, in long stretches (encoding walks the
 //! whole state; writing copies the whole body into the page cache). On a box with as few cores as threads that matter (the writer,
 //! the sync thread, the HTTP workers), the scheduler would otherwise share a core
@@ -10,6 +10,10 @@
 //! about a tenth of a core's share against a thread at the default priority.
 //!
 //! Raising the niceness needs no privilege; nothing here ever lowers it.
+//!
+//! Not the segment preparer: the writer waits for its work in effect (a roll
+//! that finds no spare ready makes its segment itself, zero-fill and sync on the
+//! writer), and at a tenth of a share under load it fell behind the rolls.
 
 #![allow(
     unsafe_code,

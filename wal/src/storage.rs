@@ -237,11 +237,9 @@ impl SparePreparer {
         let shared = Arc::clone(&slot);
         let thread = std::thread::Builder::new()
             .name("surge-segment-prep".into())
-            .spawn(move || {
-                // Zero-filling the next segment is background work (`priority.rs`).
-                let _ = crate::lower_this_thread_priority();
-                prepare_spares(&dir, &shared)
-            })?;
+            // Not lowered in priority (`priority.rs`): a roll that finds no spare
+            // ready makes its segment on the writer, zero-fill and sync included.
+            .spawn(move || prepare_spares(&dir, &shared))?;
         Ok(SparePreparer {
             slot,
             thread: Some(thread),
