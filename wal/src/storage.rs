@@ -264,9 +264,7 @@ impl SparePreparer {
         wake.notify_one();
         renamed
     }
-}
 
-impl SparePreparer {
     /// Waits until a spare of this length is ready (`true`) or its preparation
     /// failed (`false`).
     fn wait_ready(&self, len_bytes: u64) -> bool {

@@ -138,6 +138,20 @@ impl Drop for CloseOnExit<'_> {
 }
 
 impl Flush {
+    /// A batch's flush, nothing joined yet.
+    pub(super) fn new(
+        job: Option<CommitJob>,
+        release: Release,
+        publish: Option<(Sender<PublishMsg>, bool)>,
+    ) -> Flush {
+        Flush {
+            job,
+            release,
+            joined: Vec::new(),
+            publish,
+        }
+    }
+
     /// A later batch joins this flush: its commit job merged into this one's
     /// (`Wal::continue_commit` began it in the place of this job's commit mark),
     /// its release after this one's.

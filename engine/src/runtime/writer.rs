@@ -582,12 +582,7 @@ impl<S: Storage> Writer<S> {
                 match state.flushes.last_mut().filter(|_| joining) {
                     Some(queued) => queued.extend(job, release),
                     None => {
-                        state.flushes.push(Flush {
-                            job,
-                            release,
-                            joined: Vec::new(),
-                            publish,
-                        });
+                        state.flushes.push(Flush::new(job, release, publish));
                         drop(state);
                         if let Some(queue) = &queue {
                             queue.notify();
@@ -597,13 +592,8 @@ impl<S: Storage> Writer<S> {
             }
             locked => {
                 drop(locked);
-                let flush = Flush {
-                    job,
-                    release,
-                    joined: Vec::new(),
-                    publish,
-                };
                 // No sync thread (or it has stopped): the flush runs here.
+                let flush = Flush::new(job, release, publish);
                 if let Some(done) = self.syncer_inline.process(vec![flush]) {
                     self.finish_commit(done);
                 }
