@@ -154,6 +154,12 @@ struct ServeArgs {
     /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
+    /// Nice steps the writer and sync threads raise their priority by (0..=20; 0:
+    /// none). Needs CAP_SYS_NICE; without it they run at the default and
+    /// `surge_writer_nice` in /metrics shows 0.
+    #[arg(long, env = "SURGE_COMMIT_PRIORITY_RAISE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=20))]
+    commit_priority_raise: i32,
     /// Log format (`RUST_LOG` sets the level filter, default info).
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -367,6 +373,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         queue_len_max: args.queue_len_max,
         batch_len_max: args.batch_len_max,
         snapshot_every_records: args.snapshot_every_records,
+        commit_priority_raise: args.commit_priority_raise,
         idempotency: Some(idempotency),
         order_policy: Some(surge_engine::OrderPolicy {
             ship_sla_ms: args.ship_sla_ms,

@@ -6,14 +6,12 @@
 //! [`EngineSnapshot`]: the state's own encoding ([`SnapshotRef`], versioned) and the
 //! event ring up to the state's last event.
 
-use std::collections::VecDeque;
-
 use bincode::{Decode, Encode, config};
 
 use crate::command::{Command, IdempotencyKey, Outcome};
 use crate::domain::Millis;
 use crate::event::Event;
-use crate::feed::EventLog;
+use crate::feed::{EventLog, EventRing};
 use crate::state::{Snapshot, SnapshotRef, SnapshotV1, SnapshotV3, State};
 
 /// Largest encoded record (commands are bounded by `limits.rs`; this is a backstop).
@@ -170,7 +168,7 @@ struct EngineSnapshotRef<'a> {
 }
 
 /// The first `.1` events of the ring, encoded as a sequence (like a `Vec<Event>`).
-struct RingPrefix<'a>(&'a VecDeque<Event>, usize);
+struct RingPrefix<'a>(&'a EventRing, usize);
 
 impl Encode for RingPrefix<'_> {
     fn encode<E: bincode::enc::Encoder>(
@@ -178,7 +176,7 @@ impl Encode for RingPrefix<'_> {
         encoder: &mut E,
     ) -> Result<(), bincode::error::EncodeError> {
         (self.1 as u64).encode(encoder)?;
-        for event in self.0.iter().take(self.1) {
+        for event in self.0.iter_from(0).take(self.1) {
             event.encode(encoder)?;
         }
         Ok(())
@@ -190,15 +188,14 @@ impl Encode for RingPrefix<'_> {
 pub(crate) fn encode_engine_snapshot(state: &State, events: &EventLog) -> Vec<u8> {
     let state_bytes = state.encode_snapshot();
     let last_seq = state.next_seq().saturating_sub(1);
-    events.with_ring(|ring, dropped_through| {
-        let kept = ring.partition_point(|e| e.seq <= last_seq);
-        let body = EngineSnapshotRef {
-            state: &state_bytes,
-            events: RingPrefix(ring, kept),
-            events_dropped_through: dropped_through,
-        };
-        bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
-    })
+    let (ring, dropped_through) = events.ring();
+    let kept = ring.partition_point(|e| e.seq <= last_seq);
+    let body = EngineSnapshotRef {
+        state: &state_bytes,
+        events: RingPrefix(&ring, kept),
+        events_dropped_through: dropped_through,
+    };
+    bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
 }
 
 pub(crate) fn decode_engine_snapshot(bytes: &[u8]) -> Result<EngineSnapshot, String> {

@@ -14,13 +14,112 @@ use crate::event::Event;
 /// ring is part of every snapshot so that `seq`s survive a restart unchanged.
 #[derive(Debug)]
 pub struct EventLog {
-    events: RwLock<VecDeque<Event>>,
+    events: RwLock<EventRing>,
     sku_names: RwLock<Vec<Arc<str>>>,
     capacity: usize,
     last_seq: AtomicU64,
     /// The seq of the newest event dropped for room (0: none dropped).
     dropped_through: AtomicU64,
     notify: tokio::sync::Notify,
+}
+
+/// Events kept in one block of an [`EventRing`] (at most: a ring smaller than this
+/// has blocks of its own capacity).
+const RING_BLOCK_LEN: usize = 4096;
+
+/// The events kept, oldest first, in shared blocks of a fixed length, so that a copy
+/// of the whole ring costs one pointer per block.
+///
+/// The ring used to be one `VecDeque`, read-locked while a snapshot encoded it
+/// whole: 60-90 ms at a million events on the (niced) encoder thread, and every
+/// commit waited that long to publish its events (`runtime/writer_iterations` with
+/// the publish timed, README). A snapshot now copies the ring under the lock and
+/// encodes the copy; the next publish copies at most the one block it appends to
+/// (`Arc::make_mut`). Blocks never double either: the ring grows a block at a time.
+#[derive(Debug, Clone)]
+pub(crate) struct EventRing {
+    /// Every block but the last holds `block_len` events.
+    blocks: VecDeque<Arc<Vec<Event>>>,
+    /// Events at the front of the first block that were dropped already.
+    front_skip: usize,
+    len: usize,
+    block_len: usize,
+}
+
+impl EventRing {
+    fn new(capacity: usize) -> EventRing {
+        EventRing {
+            blocks: VecDeque::new(),
+            front_skip: 0,
+            len: 0,
+            block_len: capacity.clamp(1, RING_BLOCK_LEN),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn last(&self) -> Option<&Event> {
+        self.blocks.back().and_then(|block| block.last())
+    }
+
+    fn push_back(&mut self, event: Event) {
+        if self
+            .blocks
+            .back()
+            .is_none_or(|block| block.len() == self.block_len)
+        {
+            self.blocks
+                .push_back(Arc::new(Vec::with_capacity(self.block_len)));
+        }
+        let block = self.blocks.back_mut().expect("a block with room");
+        Arc::make_mut(block).push(event);
+        self.len += 1;
+    }
+
+    /// Drop the oldest event; answers its seq.
+    fn pop_front(&mut self) -> Option<u64> {
+        let front = self.blocks.front()?;
+        let seq = front[self.front_skip].seq;
+        self.front_skip += 1;
+        self.len -= 1;
+        if self.front_skip == front.len() {
+            self.blocks.pop_front();
+            self.front_skip = 0;
+        }
+        Some(seq)
+    }
+
+    fn get(&self, index: usize) -> &Event {
+        let at = self.front_skip + index;
+        &self.blocks[at / self.block_len][at % self.block_len]
+    }
+
+    /// The number of leading events for which `pred` holds (it must hold for a
+    /// prefix, as for `slice::partition_point`).
+    pub(crate) fn partition_point(&self, mut pred: impl FnMut(&Event) -> bool) -> usize {
+        let (mut low, mut high) = (0, self.len);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if pred(self.get(mid)) {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
+
+    /// The events from the `start`th on, oldest first.
+    pub(crate) fn iter_from(&self, start: usize) -> impl Iterator<Item = &Event> {
+        let at = self.front_skip + start.min(self.len);
+        let (first_block, offset) = (at / self.block_len, at % self.block_len);
+        self.blocks
+            .range(first_block..)
+            .enumerate()
+            .flat_map(move |(i, block)| block[if i == 0 { offset } else { 0 }..].iter())
+    }
 }
 
 /// One page of the feed.
@@ -38,7 +137,7 @@ impl EventLog {
     pub fn new(capacity: usize) -> EventLog {
         assert!(capacity > 0);
         EventLog {
-            events: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            events: RwLock::new(EventRing::new(capacity)),
             sku_names: RwLock::new(Vec::new()),
             capacity,
             last_seq: AtomicU64::new(0),
@@ -55,12 +154,12 @@ impl EventLog {
         let mut events = self.events.write();
         for event in batch {
             assert!(
-                events.back().is_none_or(|last| last.seq < event.seq),
+                events.last().is_none_or(|last| last.seq < event.seq),
                 "event seqs must increase"
             );
             if events.len() == self.capacity {
                 let dropped = events.pop_front().expect("full");
-                self.dropped_through.store(dropped.seq, Ordering::Release);
+                self.dropped_through.store(dropped, Ordering::Release);
             }
             events.push_back(event.clone());
         }
@@ -80,10 +179,11 @@ impl EventLog {
         self.sku_names.write().push(name);
     }
 
-    /// Run `f` over the ring (for a snapshot) with the seq of the newest dropped event.
-    pub(crate) fn with_ring<R>(&self, f: impl FnOnce(&VecDeque<Event>, u64) -> R) -> R {
+    /// A copy of the ring (for a snapshot: one pointer per block, so the lock that
+    /// publishing needs is held only that long) with the seq of the newest dropped event.
+    pub(crate) fn ring(&self) -> (EventRing, u64) {
         let events = self.events.read();
-        f(&events, self.dropped_through.load(Ordering::Acquire))
+        (events.clone(), self.dropped_through.load(Ordering::Acquire))
     }
 
     /// Restore the ring from a snapshot (start-up only).
@@ -112,7 +212,7 @@ impl EventLog {
         let events = self.events.read();
         let start = events.partition_point(|e| e.seq <= after);
         let truncated = after < self.dropped_through.load(Ordering::Acquire);
-        let page: Vec<Event> = events.range(start..).take(limit).cloned().collect();
+        let page: Vec<Event> = events.iter_from(start).take(limit).cloned().collect();
         let next = page.last().map_or(after, |e| e.seq);
         FeedPage {
             events: page,
@@ -130,5 +230,96 @@ impl EventLog {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ReservationId;
+    use crate::event::EventKind;
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            at_ms: 0,
+            kind: EventKind::ReservationReleased {
+                id: ReservationId(seq),
+            },
+        }
+    }
+
+    fn seqs<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<u64> {
+        events.map(|e| e.seq).collect()
+    }
+
+    /// Against the plain model (the newest `capacity` seqs), at capacities below,
+    /// at and above one block, in batches that straddle block boundaries.
+    #[test]
+    fn the_ring_keeps_the_newest_events_across_blocks() {
+        for capacity in [
+            1,
+            3,
+            RING_BLOCK_LEN,
+            RING_BLOCK_LEN + 1,
+            3 * RING_BLOCK_LEN - 7,
+        ] {
+            let log = EventLog::new(capacity);
+            let mut model: VecDeque<u64> = VecDeque::new();
+            let mut next = 1;
+            for batch_len in [1, 2, 999, RING_BLOCK_LEN, 5, 2 * RING_BLOCK_LEN + 3, 1] {
+                let batch: Vec<Event> = (next..next + batch_len as u64).map(event).collect();
+                next += batch_len as u64;
+                log.publish(&batch);
+                for e in &batch {
+                    if model.len() == capacity {
+                        model.pop_front();
+                    }
+                    model.push_back(e.seq);
+                }
+                let (ring, dropped_through) = log.ring();
+                assert_eq!(ring.len(), model.len(), "capacity {capacity}");
+                assert_eq!(seqs(ring.iter_from(0)), Vec::from(model.clone()));
+                assert_eq!(dropped_through, model[0] - 1, "capacity {capacity}");
+                assert_eq!(log.last_seq(), next - 1);
+                // Every page start: what `read_after` answers is the model's tail.
+                for after in [0, model[0] - 1, model[0], model[model.len() / 2], next - 1] {
+                    let page = log.read_after(after, 10);
+                    let expected: Vec<u64> = model
+                        .iter()
+                        .copied()
+                        .filter(|&s| s > after)
+                        .take(10)
+                        .collect();
+                    assert_eq!(seqs(page.events.iter()), expected, "after {after}");
+                    assert_eq!(page.truncated, after < model[0] - 1, "after {after}");
+                    assert_eq!(page.next, expected.last().copied().unwrap_or(after));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_of_the_ring_is_not_changed_by_later_publishing() {
+        let log = EventLog::new(RING_BLOCK_LEN + 2);
+        let first: Vec<Event> = (1..=RING_BLOCK_LEN as u64 + 1).map(event).collect();
+        log.publish(&first);
+        let (copy, dropped_through) = log.ring();
+        let later: Vec<Event> = (RING_BLOCK_LEN as u64 + 2..=RING_BLOCK_LEN as u64 + 9)
+            .map(event)
+            .collect();
+        log.publish(&later);
+        assert_eq!(dropped_through, 0);
+        assert_eq!(
+            seqs(copy.iter_from(0)),
+            (1..=RING_BLOCK_LEN as u64 + 1).collect::<Vec<_>>()
+        );
+        assert_eq!(copy.partition_point(|e| e.seq <= 100), 100);
+        let (now, dropped_now) = log.ring();
+        assert_eq!(dropped_now, 7);
+        assert_eq!(
+            seqs(now.iter_from(now.len() - 1)),
+            vec![RING_BLOCK_LEN as u64 + 9]
+        );
     }
 }

@@ -259,6 +259,18 @@ type ReadAnswer = (
     Result<QueryReply, Rejection>,
 );
 
+/// Raise the calling thread's priority by `step` nice steps (the writer and the
+/// sync thread: every acknowledgement waits on them). Answers the thread's nice
+/// value after: unchanged when `step` is 0 or the process lacks `CAP_SYS_NICE`.
+fn raise_commit_thread_priority(step: i32) -> i32 {
+    if step > 0
+        && let Ok(nice) = surge_wal::raise_this_thread_priority(step)
+    {
+        return nice;
+    }
+    surge_wal::this_thread_nice().unwrap_or(0)
+}
+
 /// Start a thread that owns engine state (the writer, a snapshot being written).
 ///
 /// Panic policy: a panic on such a thread ends the process. A writer that died alone

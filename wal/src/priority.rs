@@ -28,15 +28,28 @@ pub const BACKGROUND_NICE_STEP: i32 = 10;
 
 /// The nicest value Linux allows.
 const NICE_MAX: i32 = 19;
+/// The least nice (highest priority) value.
+const NICE_MIN: i32 = -20;
 
 /// The calling thread's nice value.
 pub fn this_thread_nice() -> io::Result<i32> {
     // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
+    nice_of(unsafe { libc::gettid() })
+}
+
+/// The process's nice value: its main thread's (on Linux the nice value is per
+/// thread, and a new thread starts with its creator's).
+fn process_nice() -> io::Result<i32> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    nice_of(pid)
+}
+
+fn nice_of(tid: libc::pid_t) -> io::Result<i32> {
     // getpriority may return -1 as a value: errno tells the two apart.
     // SAFETY: errno is thread-local; writing it only affects this thread.
     unsafe { *libc::__errno_location() = 0 };
-    // SAFETY: plain system call on this thread's own id.
+    // SAFETY: plain system call on a thread id of this process.
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
     if nice == -1 {
         let err = io::Error::last_os_error();
@@ -47,12 +60,18 @@ pub fn this_thread_nice() -> io::Result<i32> {
     Ok(nice)
 }
 
-/// Make the calling thread (only this thread: on Linux the nice value is per
-/// thread) [`BACKGROUND_NICE_STEP`] nicer than it is, at most 19. Returns the new
-/// value. A failure leaves the thread as it was; callers go on regardless, since a
-/// background thread at normal priority is slower for others, not wrong.
+/// Make the calling thread (only this thread) [`BACKGROUND_NICE_STEP`] nicer than
+/// the process, at most 19, whatever thread started it: a snapshot thread started
+/// by the writer would otherwise inherit the writer's raised priority
+/// ([`raise_this_thread_priority`]). Returns the new value. A failure leaves the
+/// thread as it was; callers go on regardless, since a background thread at normal
+/// priority is slower for others, not wrong.
 pub fn lower_this_thread_priority() -> io::Result<i32> {
-    let nice = (this_thread_nice()? + BACKGROUND_NICE_STEP).min(NICE_MAX);
+    let nice = (process_nice()? + BACKGROUND_NICE_STEP).min(NICE_MAX);
+    set_this_thread_nice(nice)
+}
+
+fn set_this_thread_nice(nice: i32) -> io::Result<i32> {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     // SAFETY: plain system call on this thread's own id.
@@ -63,6 +82,13 @@ pub fn lower_this_thread_priority() -> io::Result<i32> {
     Ok(nice)
 }
 
+/// Make the calling thread `step` steps less nice (a larger share of a core), at
+/// least -20. Needs `CAP_SYS_NICE`; without it the thread stays as it was and the
+/// error says so.
+pub fn raise_this_thread_priority(step: i32) -> io::Result<i32> {
+    set_this_thread_nice((this_thread_nice()? - step).max(NICE_MIN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,13 +96,14 @@ mod tests {
     #[test]
     fn a_background_thread_is_nicer_and_the_others_are_not() {
         let before = this_thread_nice().expect("nice");
+        let base = process_nice().expect("nice");
         let (inside, after) = std::thread::spawn(move || {
             let set = lower_this_thread_priority().expect("setpriority");
             (set, this_thread_nice().expect("nice"))
         })
         .join()
         .expect("thread");
-        let expected = (before + BACKGROUND_NICE_STEP).min(NICE_MAX);
+        let expected = (base + BACKGROUND_NICE_STEP).min(NICE_MAX);
         assert_eq!(inside, expected);
         assert_eq!(after, expected, "the thread reads back what it set");
         assert_eq!(
@@ -84,5 +111,27 @@ mod tests {
             before,
             "the calling thread keeps its priority"
         );
+    }
+
+    /// A background thread started by a raised thread (the writer starts the
+    /// snapshot thread) still ends up nicer than the process, not than its creator.
+    #[test]
+    fn a_background_thread_started_by_a_raised_thread_is_nicer_than_the_process() {
+        let base = process_nice().expect("nice");
+        let (raised, background) = std::thread::spawn(move || {
+            // Without CAP_SYS_NICE the raise fails and the thread stays at the base.
+            let raised = raise_this_thread_priority(5).unwrap_or(base);
+            let background = std::thread::spawn(|| {
+                lower_this_thread_priority().expect("setpriority");
+                this_thread_nice().expect("nice")
+            })
+            .join()
+            .expect("thread");
+            (raised, background)
+        })
+        .join()
+        .expect("thread");
+        assert!(raised <= base);
+        assert_eq!(background, (base + BACKGROUND_NICE_STEP).min(NICE_MAX));
     }
 }

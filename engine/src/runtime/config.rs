@@ -83,6 +83,13 @@ pub struct EngineConfig {
     pub follower: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
+    /// Nice steps the writer and the sync thread raise their own priority by at
+    /// start (0: none). Every acknowledgement waits on those two threads, and on a
+    /// box with as few cores as busy threads the scheduler otherwise preempts them
+    /// for HTTP workers and clients evenly (README, "The commit path goes first").
+    /// Needs `CAP_SYS_NICE`: without it they stay at the default, and
+    /// [`RuntimeStats::writer_nice`](super::RuntimeStats) says so.
+    pub commit_priority_raise: i32,
     pub wal: WalConfig,
     /// Where the writer reads the time; tests substitute a manual clock.
     pub clock: Clock,
@@ -146,6 +153,7 @@ impl Default for EngineConfig {
             pipelined_commit: true,
             follower: true,
             events_kept: 1_000_000,
+            commit_priority_raise: 10,
             wal: WalConfig::default(),
             clock: Clock::system(),
             idempotency: None,

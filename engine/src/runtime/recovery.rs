@@ -205,8 +205,12 @@ impl Engine {
                 to_follower: follower_tx.clone(),
             };
             let for_stage = Arc::clone(&queue);
-            let thread = spawn_owner("surge-sync", move || stage.run(for_stage, done_tx))
-                .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
+            let raise = config.commit_priority_raise;
+            let thread = spawn_owner("surge-sync", move || {
+                super::raise_commit_thread_priority(raise);
+                stage.run(for_stage, done_tx)
+            })
+            .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
             (Some(queue), Some(done_rx), Some(thread))
         } else {
             (None, None, None)

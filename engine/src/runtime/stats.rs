@@ -1,7 +1,7 @@
 //! What the runtime counts for `/metrics`: [`RuntimeStats`] and the lock-free
 //! [`LatencyHistogram`] its latencies go into.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Counters the writer keeps for `/metrics`.
@@ -30,6 +30,9 @@ pub struct RuntimeStats {
     /// The last LSN the replicated log acknowledged (leader with a publisher).
     pub published_lsn: AtomicU64,
     pub overloaded: AtomicU64,
+    /// The writer thread's nice value once it started (below 0: it raised its
+    /// priority, `EngineConfig::commit_priority_raise`).
+    pub writer_nice: AtomicI64,
     /// Writer loop iterations, the sync excluded (it runs on the sync thread).
     pub writer_iteration: LatencyHistogram,
     /// Group commit latency: one sync, however many batches it covers.

@@ -84,6 +84,11 @@ impl<S: Storage> Writer<S> {
     /// depends on wall time or on thread timing is here; the step is deterministic
     /// given its requests and `now_ms`.
     pub(super) fn run(mut self) {
+        let nice = super::raise_commit_thread_priority(self.config.commit_priority_raise);
+        self.shared
+            .stats
+            .writer_nice
+            .store(nice.into(), Ordering::Relaxed);
         let mut batch: Vec<Request> = Vec::with_capacity(self.config.batch_len_max);
         let mut last_flush = Instant::now();
         let tick = Duration::from_millis(self.config.expire_interval_ms.max(1));
