@@ -27,6 +27,9 @@
 #      non-2xx and socket errors):
 #        - GET /healthz at $CONNS_HIGH connections: the HTTP ceiling;
 #        - GET /v1/skus/{sku} (with the bearer token) at $CONNS_HIGH connections, idle;
+#        - the device between them (benches/device_sync.py): 512-byte pwrite +
+#          fdatasync one at a time in the data dir's file system, the floor under a
+#          durable answer;
 #        - POST /v1/reservations, one unit of a random SKU, at $CONNS_HIGH and $CONNS_LOW;
 #        - the same at $CONNS_HIGH on SKUs L0..L<SKUS-1> that have a purchase limit
 #          ($LIMIT per customer) and an open sale window, each request for one of
@@ -212,6 +215,11 @@ check_holds() { # label held ok_answers connections
 
 SURGE_CEILING=$(run_wrk healthz "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /healthz)
 SURGE_READ=$(run_wrk read "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /v1/skus/S "$SKUS")
+# The device's price for one durable write, on the log's file system, just before the
+# durable runs: the floor under a durable answer's latency.
+log "512-byte pwrite + fdatasync, one at a time, in the data dir's file system"
+DEVICE=$(python3 benches/device_sync.py "$WORK/surge-data" 3000 5 | grep '^DEVICE') ||
+    { echo "no DEVICE line" >&2; exit 1; }
 
 before=$(settled_reserved)
 SURGE_RES_HIGH=$(run_wrk reserve-high "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
@@ -397,6 +405,11 @@ redis_row "Redis EVALSHA reserve, appendfsync everysec, $CONNS_HIGH conns" "$(rv
 redis_row "Redis EVALSHA reserve, appendfsync everysec, $CONNS_LOW conns" "$(rv "EVERYSEC_$CONNS_LOW")" "$(rv "EVERYSEC_${CONNS_LOW}_FAILED")"
 
 echo
+echo "The device, in the data dir's file system just before the durable runs: $(field count "$DEVICE") \
+512-byte pwrite + fdatasync one at a time, $(thousands "$(field syncs_per_s "$DEVICE")") syncs/s; \
+mean $(ms "$(field mean_us "$DEVICE")"), p50 $(ms "$(field p50_us "$DEVICE")"), \
+p99 $(ms "$(field p99_us "$DEVICE")"), p99.9 $(ms "$(field p999_us "$DEVICE")"), max $(ms "$(field max_us "$DEVICE")") ms."
+echo
 echo "On the wire: separate runs, tcpdump on lo for $WIRE_SECONDS s from the 2nd second; latency from the"
 echo "request packet to its answer packet (the kernel's timestamps), beside the load generator's own"
 echo "figures for the same run."
@@ -452,6 +465,8 @@ echo "- reserve p99: $p99_high ms at $CONNS_HIGH conns (target <= 2: $(verdict "
 wire_high=$(ms "$(field p99_us "$WIRE_SURGE_HIGH")")
 wire_low=$(ms "$(field p99_us "$WIRE_SURGE_LOW")")
 echo "- reserve p99 on the wire: $wire_high ms at $CONNS_HIGH conns ($(verdict "$wire_high" '<=' 2)), $wire_low ms at $CONNS_LOW conns ($(verdict "$wire_low" '<=' 1)); Redis always on the wire: $(ms "$(field p99_us "$(wv "ALWAYS_$CONNS_HIGH")")") and $(ms "$(field p99_us "$(wv "ALWAYS_$CONNS_LOW")")") ms"
+device_p99=$(ms "$(field p99_us "$DEVICE")")
+echo "- the device's own fdatasync p99 in this run: $device_p99 ms (a durable answer waits for its sync, and for the one in progress when it arrived); reserve p99 on the wire / device p99: $(ratio "$wire_high" "$device_p99") at $CONNS_HIGH conns, $(ratio "$wire_low" "$device_p99") at $CONNS_LOW"
 echo "- stock read / ceiling: $r_read idle (target >= 0.9: $(verdict "$r_read" '>=' 0.9)), $r_read_loaded with the reserve load beside it"
 echo "- stock read p99: $p99_read ms idle, $p99_read_loaded ms with the reserve load (target <= 2: $(verdict "$p99_read" '<=' 2) / $(verdict "$p99_read_loaded" '<=' 2))"
 echo "- /v1/batch: $(thousands "$batch_res") reservations/s (target >= 1,000,000: $(verdict "$batch_res" '>=' 1000000)); batches with a failed op: $(field failed_batches "$SURGE_BATCH")"
