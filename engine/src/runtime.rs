@@ -185,6 +185,25 @@ struct Inner {
 }
 
 impl Inner {
+    /// Nothing refused, nothing counted yet.
+    fn new(events: EventLog, role: Role, durability: Durability) -> Inner {
+        Inner {
+            events,
+            stats: RuntimeStats::default(),
+            writes_refused: Mutex::new(None),
+            writes_refused_flag: AtomicBool::new(false),
+            snapshot_wanted: AtomicBool::new(false),
+            follower_reads: std::sync::atomic::AtomicUsize::new(0),
+            board: StockBoard::default(),
+            follower_encoding: AtomicBool::new(false),
+            role: std::sync::atomic::AtomicU8::new(role.as_u8()),
+            replication_down: Mutex::new(None),
+            replication_down_flag: AtomicBool::new(false),
+            publish_stopping: AtomicBool::new(false),
+            durability,
+        }
+    }
+
     fn role(&self) -> Role {
         Role::from_u8(self.role.load(Ordering::Acquire))
     }

@@ -15,10 +15,7 @@ use super::follower::Follower;
 use super::handle::Shared;
 use super::sync_stage::SyncStage;
 use super::writer::Writer;
-use super::{
-    Durability, EngineConfig, EngineHandle, Error, Inner, Role, RuntimeStats, spawn_owner,
-};
-use crate::board::StockBoard;
+use super::{Durability, EngineConfig, EngineHandle, Error, Inner, Role, spawn_owner};
 use crate::codec;
 use crate::command::Command;
 use crate::domain::SkuIdx;
@@ -160,21 +157,7 @@ impl Engine {
         } else {
             (None, None)
         };
-        let inner = Arc::new(Inner {
-            events,
-            stats: RuntimeStats::default(),
-            writes_refused: Mutex::new(None),
-            writes_refused_flag: AtomicBool::new(false),
-            snapshot_wanted: AtomicBool::new(false),
-            follower_reads: std::sync::atomic::AtomicUsize::new(0),
-            board: StockBoard::default(),
-            follower_encoding: AtomicBool::new(false),
-            role: std::sync::atomic::AtomicU8::new(config.role.as_u8()),
-            replication_down: Mutex::new(None),
-            replication_down_flag: AtomicBool::new(false),
-            publish_stopping: AtomicBool::new(false),
-            durability: config.durability,
-        });
+        let inner = Arc::new(Inner::new(events, config.role, config.durability));
         if config.durability == Durability::Replicated {
             // No write is acknowledged before a publisher is attached.
             inner.set_replication_down(Some("no replicated log attached yet".into()));

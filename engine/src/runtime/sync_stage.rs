@@ -349,3 +349,131 @@ impl Pending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Acked, Reply};
+    use crate::feed::EventLog;
+    use crate::runtime::{Durability, Role};
+
+    type Answer = tokio::sync::oneshot::Receiver<Result<Acked, Error>>;
+
+    fn stage(durability: Durability, to_follower: Option<Sender<FollowerMsg>>) -> SyncStage {
+        SyncStage {
+            shared: Arc::new(Inner::new(EventLog::new(16), Role::Leader, durability)),
+            failed: None,
+            to_follower,
+        }
+    }
+
+    /// A batch with one record (LSN `lsn`, body `[lsn]`) and one answer that carries `lsn`.
+    fn batch(lsn: u64) -> (Release, Answer) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let outcome = Acked {
+            outcome: Ok(Reply::Expired {
+                reservations: lsn,
+                orders: 0,
+            }),
+            lsn: Some(lsn),
+        };
+        let release = Release {
+            records: vec![(lsn, vec![lsn as u8])],
+            events: Vec::new(),
+            replies: vec![Pending::One { reply, outcome }],
+            reads: Vec::new(),
+        };
+        (release, answer)
+    }
+
+    fn answered(answer: &mut Answer) -> Option<u64> {
+        match answer.try_recv() {
+            Ok(Ok(Acked { lsn, .. })) => lsn,
+            Ok(Err(e)) => panic!("refused: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    fn records_of(msg: FollowerMsg) -> Vec<(u64, Vec<u8>)> {
+        match msg {
+            FollowerMsg::Records(records) => records,
+            _ => panic!("the sync stage sends the follower records only"),
+        }
+    }
+
+    /// A flush of three batches (two joined) and a flush after it: every answer
+    /// of a flush goes out before the follower gets that flush's records, the
+    /// next flush's answers only after, and the records keep log order, one
+    /// message per batch. The follower's channel is a rendezvous, so the stage
+    /// stops at each record message while the test looks at the answers.
+    #[test]
+    fn a_flush_answers_its_joined_batches_before_the_follower_gets_their_records() {
+        let (to_follower, follower) = crossbeam_channel::bounded(0);
+        let mut stage = stage(Durability::Sync, Some(to_follower));
+        let [(r1, mut a1), (r2, mut a2), (r3, mut a3), (r4, mut a4)] = [1, 2, 3, 4].map(batch);
+        let mut first = Flush::new(None, r1, None);
+        first.extend(None, r2);
+        first.extend(None, r3);
+        let second = Flush::new(None, r4, None);
+        let stage_thread = std::thread::spawn(move || stage.process(vec![first, second]));
+
+        assert_eq!(
+            records_of(follower.recv().expect("records")),
+            vec![(1, vec![1])]
+        );
+        assert_eq!(
+            [answered(&mut a1), answered(&mut a2), answered(&mut a3)],
+            [Some(1), Some(2), Some(3)],
+            "the whole flush is answered before its records go on"
+        );
+        assert_eq!(answered(&mut a4), None, "the next flush waits its turn");
+        assert_eq!(
+            records_of(follower.recv().expect("records")),
+            vec![(2, vec![2])]
+        );
+        assert_eq!(
+            records_of(follower.recv().expect("records")),
+            vec![(3, vec![3])]
+        );
+        assert_eq!(
+            records_of(follower.recv().expect("records")),
+            vec![(4, vec![4])]
+        );
+        assert!(
+            stage_thread.join().expect("stage").is_none(),
+            "no commit job, no result"
+        );
+        assert_eq!(answered(&mut a4), Some(4));
+        assert!(follower.try_recv().is_err(), "one message per batch");
+    }
+
+    /// In `replicated` mode a flush and the batches joined to it become one `Hold`
+    /// for the publish stage (one publish round), records in log order, and
+    /// nothing is answered until the publish stage releases it.
+    #[test]
+    fn a_replicated_flush_is_one_hold_with_its_joined_batches_in_order() {
+        let (to_publisher, publisher) = crossbeam_channel::unbounded();
+        let mut stage = stage(Durability::Replicated, None);
+        let [(r1, mut a1), (r2, mut a2), (r3, mut a3)] = [1, 2, 3].map(batch);
+        let mut flush = Flush::new(None, r1, Some((to_publisher, true)));
+        flush.extend(None, r2);
+        flush.extend(None, r3);
+        assert!(stage.process(vec![flush]).is_none());
+
+        let Ok(PublishMsg::Hold(hold)) = publisher.try_recv() else {
+            panic!("one Hold for the flush");
+        };
+        assert!(publisher.try_recv().is_err(), "one Hold, not one per batch");
+        assert_eq!(hold.records, vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]);
+        assert_eq!(
+            [answered(&mut a1), answered(&mut a2), answered(&mut a3)],
+            [None, None, None],
+            "nothing is answered before the publish"
+        );
+        hold.release(&stage.shared, None);
+        assert_eq!(
+            [answered(&mut a1), answered(&mut a2), answered(&mut a3)],
+            [Some(1), Some(2), Some(3)]
+        );
+    }
+}
