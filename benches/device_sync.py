@@ -23,6 +23,8 @@ def main() -> None:
     directory = sys.argv[1]
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     limit_s = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
+    if count < 1 or limit_s <= 0:
+        sys.exit("COUNT must be at least 1 and SECONDS above 0")
     path = os.path.join(directory, "device-sync.probe")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

@@ -154,9 +154,10 @@ struct ServeArgs {
     /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
-    /// Nice steps the writer and sync threads raise their priority by (0..=20; 0:
-    /// none). Needs CAP_SYS_NICE; without it they run at the default and
-    /// `surge_writer_nice` in /metrics shows 0.
+    /// Nice steps above the process's that the writer and sync threads (and in
+    /// replicated mode the publish thread) raise their priority by (0..=20; 0: none).
+    /// Needs CAP_SYS_NICE; without it they run at the process's nice value, which
+    /// `surge_writer_nice` in /metrics then shows.
     #[arg(long, env = "SURGE_COMMIT_PRIORITY_RAISE", default_value_t = 10,
           value_parser = clap::value_parser!(i32).range(0..=20))]
     commit_priority_raise: i32,

@@ -410,7 +410,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_replication_lag_lsn", GAUGE, "LSNs the stream holds that this standby has not applied.", lag_lsn as f64),
         ("surge_replication_lag_seconds", GAUGE, "Age of this standby's view while it is behind.", lag_seconds),
         ("surge_replication_published_lsn", GAUGE, "The last LSN the replicated log acknowledged.", load(&s.published_lsn)),
-        ("surge_writer_nice", GAUGE, "The writer thread's nice value: below 0 once it raised its priority (--commit-priority-raise), else the process's.", s.writer_nice.load(Ordering::Relaxed) as f64),
+        ("surge_writer_nice", GAUGE, "The writer thread's nice value: below the process's once it raised its priority (--commit-priority-raise), else the process's.", s.writer_nice.load(Ordering::Relaxed) as f64),
     ]);
     let mut families = to_families(singles);
     families.extend([

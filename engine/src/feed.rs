@@ -31,11 +31,11 @@ const RING_BLOCK_LEN: usize = 4096;
 /// of the whole ring costs one pointer per block.
 ///
 /// The ring used to be one `VecDeque`, read-locked while a snapshot encoded it
-/// whole: 60-90 ms at a million events on the (niced) encoder thread, and every
+/// whole: up to 110 ms at a million events on the (niced) encoder thread, and every
 /// commit waited that long to publish its events (`runtime/writer_iterations` with
 /// the publish timed, README). A snapshot now copies the ring under the lock and
-/// encodes the copy; the next publish copies at most the one block it appends to
-/// (`Arc::make_mut`). Blocks never double either: the ring grows a block at a time.
+/// encodes the copy; the next publish copies at most the one block it appends to.
+/// Blocks never double either: the ring grows a block at a time.
 #[derive(Debug, Clone)]
 pub(crate) struct EventRing {
     /// Every block but the last holds `block_len` events.
@@ -74,7 +74,14 @@ impl EventRing {
                 .push_back(Arc::new(Vec::with_capacity(self.block_len)));
         }
         let block = self.blocks.back_mut().expect("a block with room");
-        Arc::make_mut(block).push(event);
+        if Arc::get_mut(block).is_none() {
+            // A snapshot's copy shares this block: copy it, at the block's full
+            // capacity so that it never grows.
+            let mut own = Vec::with_capacity(self.block_len);
+            own.extend_from_slice(block);
+            *block = Arc::new(own);
+        }
+        Arc::get_mut(block).expect("copied above").push(event);
         self.len += 1;
     }
 

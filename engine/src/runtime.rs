@@ -278,9 +278,10 @@ type ReadAnswer = (
     Result<QueryReply, Rejection>,
 );
 
-/// Raise the calling thread's priority by `step` nice steps (the writer and the
-/// sync thread: every acknowledgement waits on them). Answers the thread's nice
-/// value after: unchanged when `step` is 0 or the process lacks `CAP_SYS_NICE`.
+/// Raise the calling thread's priority `step` nice steps above the process's (the
+/// writer and the sync thread, and in `replicated` mode the publish stage: every
+/// acknowledgement waits on them). Answers the thread's nice value after: unchanged
+/// when `step` is 0 or the raise is not allowed (no `CAP_SYS_NICE`).
 fn raise_commit_thread_priority(step: i32) -> i32 {
     if step > 0
         && let Ok(nice) = surge_wal::raise_this_thread_priority(step)

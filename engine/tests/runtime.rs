@@ -861,9 +861,19 @@ fn reads_after_acknowledged_writes(snapshot_every_records: u64) {
         board_answers.load(Ordering::Relaxed),
         handle.stats().reads_during_snapshot.load(Ordering::Relaxed)
     );
-    // Once the writes stop and the follower has caught up, the board answers.
-    assert_eq!(sku_levels(&handle, "T0"), (1_000, 150));
-    let view = handle.read_sku("T0").expect("current").expect("defined");
+    // Once the writes stop and the follower has caught up, the board answers. A
+    // read that finds the follower encoding a snapshot goes through the writer
+    // instead and may come back before the follower applied the last batches; the
+    // first read after the encoding goes through the follower and waits for it.
+    let mut reads = 0;
+    let view = loop {
+        assert_eq!(sku_levels(&handle, "T0"), (1_000, 150));
+        if let Some(view) = handle.read_sku("T0") {
+            break view.expect("defined");
+        }
+        reads += 1;
+        assert!(reads < 1_000_000, "the follower never caught up");
+    };
     assert_eq!((view.on_hand, view.reserved), (1_000, 150));
     assert_eq!(
         handle.read_sku("NOPE"),

@@ -177,7 +177,10 @@ mod storage;
 mod verify;
 mod wal;
 
-pub use priority::{lower_this_thread_priority, raise_this_thread_priority, this_thread_nice};
+pub use priority::{
+    lower_this_thread_priority, raise_this_thread_priority, reset_this_thread_priority,
+    this_thread_nice,
+};
 pub use sim::{CrashReport, SimStorage};
 pub use storage::{FileWriter, MmapStorage, SegmentId, SegmentSyncer, Storage};
 pub use verify::{

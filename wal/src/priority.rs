@@ -1,4 +1,5 @@
-//! Background threads give way to the threads a request waits on.
+//! Background threads give way to the threads a request waits on, and the threads
+//! every acknowledgement waits on may go first.
 //!
 //! The threads that write snapshot files, delete old segments, and encode
 //! snapshots do work nobody is waiting for, in long stretches (encoding walks the
@@ -9,11 +10,17 @@
 //! starts: it still runs whenever a core is free, and the scheduler's weights give it
 //! about a tenth of a core's share against a thread at the default priority.
 //!
-//! Raising the niceness needs no privilege; nothing here ever lowers it.
+//! Making a thread nicer needs no privilege. [`raise_this_thread_priority`] goes the
+//! other way (the writer and the sync thread): that needs `CAP_SYS_NICE` or a
+//! `RLIMIT_NICE` that allows it, and fails, changing nothing, otherwise.
 //!
-//! Not the segment preparer: the writer waits for its work in effect (a roll
-//! that finds no spare ready makes its segment itself, zero-fill and sync on the
-//! writer), and at a tenth of a share under load it fell behind the rolls.
+//! A new thread starts with its creator's nice value, so a thread whose priority
+//! matters sets it itself, from the process's ([`reset_this_thread_priority`] for
+//! the default): otherwise one started by the raised writer would run raised too.
+//!
+//! Not lowered: the segment preparer. The writer waits for its work in effect (a
+//! roll that finds no spare ready makes its segment itself, zero-fill and sync on
+//! the writer), and at a tenth of a share under load it fell behind the rolls.
 
 #![allow(
     unsafe_code,
@@ -82,11 +89,19 @@ fn set_this_thread_nice(nice: i32) -> io::Result<i32> {
     Ok(nice)
 }
 
-/// Make the calling thread `step` steps less nice (a larger share of a core), at
-/// least -20. Needs `CAP_SYS_NICE`; without it the thread stays as it was and the
-/// error says so.
+/// Make the calling thread `step` steps less nice than the process (a larger share
+/// of a core), at least -20, whatever thread started it. Needs `CAP_SYS_NICE` (or a
+/// `RLIMIT_NICE` that allows the value); without it the thread stays as it was and
+/// the error says so. Returns the new value.
 pub fn raise_this_thread_priority(step: i32) -> io::Result<i32> {
-    set_this_thread_nice((this_thread_nice()? - step).max(NICE_MIN))
+    let step = step.clamp(0, NICE_MAX - NICE_MIN);
+    set_this_thread_nice((process_nice()? - step).max(NICE_MIN))
+}
+
+/// Put the calling thread at the process's nice value, whatever thread started it.
+/// Returns the value.
+pub fn reset_this_thread_priority() -> io::Result<i32> {
+    set_this_thread_nice(process_nice()?)
 }
 
 #[cfg(test)]
@@ -133,5 +148,22 @@ mod tests {
         .expect("thread");
         assert!(raised <= base);
         assert_eq!(background, (base + BACKGROUND_NICE_STEP).min(NICE_MAX));
+    }
+
+    #[test]
+    fn a_thread_started_by_a_raised_thread_is_put_back_at_the_process_value() {
+        let base = process_nice().expect("nice");
+        let reset = std::thread::spawn(move || {
+            let _ = raise_this_thread_priority(i32::MAX);
+            std::thread::spawn(|| {
+                reset_this_thread_priority().expect("setpriority");
+                this_thread_nice().expect("nice")
+            })
+            .join()
+            .expect("thread")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(reset, base);
     }
 }

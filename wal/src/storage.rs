@@ -298,6 +298,9 @@ impl Drop for SparePreparer {
 
 /// The preparer's loop: whenever no spare is ready, make one.
 fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot::Condvar)) {
+    // The process's priority, not its creator's: the writer starts it when it rolls
+    // before a spare was prepared (`priority.rs`).
+    let _ = crate::reset_this_thread_priority();
     let (lock, wake) = slot;
     loop {
         let len_bytes = {

@@ -367,8 +367,22 @@ impl<S: Storage> Writer<S> {
             rx,
             deferred: std::collections::VecDeque::new(),
         };
-        let thread = spawn_owner("surge-publish", move || stage.run())
-            .map_err(|e| Error::Recovery(format!("cannot start the publish thread: {e}")))?;
+        // In `replicated` mode every acknowledgement waits on the publish stage too:
+        // it goes first like the writer. Otherwise it trails behind the answers and
+        // runs at the process's priority, not the writer's, which it would inherit.
+        let raise = match self.config.durability {
+            Durability::Replicated => self.config.commit_priority_raise,
+            _ => 0,
+        };
+        let thread = spawn_owner("surge-publish", move || {
+            if raise == 0 {
+                let _ = surge_wal::reset_this_thread_priority();
+            } else {
+                super::raise_commit_thread_priority(raise);
+            }
+            stage.run()
+        })
+        .map_err(|e| Error::Recovery(format!("cannot start the publish thread: {e}")))?;
         self.publish_tx = Some(tx);
         self.publish_thread = Some(thread);
         if let Some(wal) = self.wal.as_mut() {
