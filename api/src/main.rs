@@ -393,7 +393,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         0 => http_workers_default(cores),
         n => n,
     };
-    tracing::info!(cores, http_workers, "thread budget");
+    tracing::info!(
+        cores,
+        http_workers,
+        commit_priority_raise = args.commit_priority_raise,
+        "thread budget"
+    );
+    if args.commit_priority_raise > 0
+        && let Err(why) = commit_priority_allowed(args.commit_priority_raise)
+    {
+        tracing::warn!(
+            "the writer and sync threads cannot raise their priority ({why}): they run at \
+             the process's; grant CAP_SYS_NICE, or set --commit-priority-raise 0 to say so"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(http_workers)
         .enable_all()
@@ -407,6 +420,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.demo,
         replication,
     ))
+}
+
+/// Whether a thread of this process may raise its priority `step` nice steps (tried
+/// on a throwaway thread, so that no thread that stays keeps the change).
+fn commit_priority_allowed(step: i32) -> std::io::Result<i32> {
+    std::thread::spawn(move || surge_engine::wal::raise_this_thread_priority(step))
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the probe thread panicked")))
 }
 
 /// HTTP workers for a machine with `cores` cores. The writer needs a core of its own
