@@ -158,7 +158,7 @@ struct ServeArgs {
     /// replicated mode the publish thread) raise their priority by (0..=20; 0: none).
     /// Needs CAP_SYS_NICE; without it they run at the process's nice value, which
     /// `surge_writer_nice` in /metrics then shows.
-    #[arg(long, env = "SURGE_COMMIT_PRIORITY_RAISE", default_value_t = 10,
+    #[arg(long, env = "SURGE_COMMIT_PRIORITY_RAISE", default_value_t = 20,
           value_parser = clap::value_parser!(i32).range(0..=20))]
     commit_priority_raise: i32,
     /// Log format (`RUST_LOG` sets the level filter, default info).

@@ -153,7 +153,7 @@ impl Default for EngineConfig {
             pipelined_commit: true,
             follower: true,
             events_kept: 1_000_000,
-            commit_priority_raise: 10,
+            commit_priority_raise: 20,
             wal: WalConfig::default(),
             clock: Clock::system(),
             idempotency: None,
