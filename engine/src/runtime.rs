@@ -278,17 +278,15 @@ type ReadAnswer = (
     Result<QueryReply, Rejection>,
 );
 
-/// Raise the calling thread's priority `step` nice steps above the process's (the
+/// Set the calling thread's priority `step` nice steps above the process's (the
 /// writer and the sync thread, and in `replicated` mode the publish stage: every
-/// acknowledgement waits on them). Answers the thread's nice value after: unchanged
-/// when `step` is 0 or the raise is not allowed (no `CAP_SYS_NICE`).
+/// acknowledgement waits on them); `step` 0 is the process's own value, whatever
+/// the thread inherited. Answers the thread's nice value after: unchanged when the
+/// raise is not allowed (no `CAP_SYS_NICE`).
 fn raise_commit_thread_priority(step: i32) -> i32 {
-    if step > 0
-        && let Ok(nice) = surge_wal::raise_this_thread_priority(step)
-    {
-        return nice;
-    }
-    surge_wal::this_thread_nice().unwrap_or(0)
+    surge_wal::raise_this_thread_priority(step)
+        .or_else(|_| surge_wal::this_thread_nice())
+        .unwrap_or(0)
 }
 
 /// Start a thread that owns engine state (the writer, a snapshot being written).

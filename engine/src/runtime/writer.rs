@@ -375,11 +375,7 @@ impl<S: Storage> Writer<S> {
             _ => 0,
         };
         let thread = spawn_owner("surge-publish", move || {
-            if raise == 0 {
-                let _ = surge_wal::reset_this_thread_priority();
-            } else {
-                super::raise_commit_thread_priority(raise);
-            }
+            super::raise_commit_thread_priority(raise);
             stage.run()
         })
         .map_err(|e| Error::Recovery(format!("cannot start the publish thread: {e}")))?;
