@@ -11,7 +11,7 @@ use surge_engine::{CancelReason, Command, LineReq, OrderId, ReservationId, State
 
 // The `surge` binary runs on mimalloc; measure the engine with the same allocator.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 
 mod common;
 

@@ -40,19 +40,19 @@ unsafe impl GlobalAlloc for Counting {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
         // SAFETY: the caller upholds GlobalAlloc's contract for `layout` (non-zero
         // size), which is all mimalloc needs; the layout is passed unchanged.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { surge_alloc::Mimalloc.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
         // SAFETY: the caller upholds GlobalAlloc's contract for `layout` (non-zero
         // size), which is all mimalloc needs; the layout is passed unchanged.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        unsafe { surge_alloc::Mimalloc.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator with
         // `layout`; every allocation of ours is mimalloc's with that same layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { surge_alloc::Mimalloc.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         LIVE_BYTES.fetch_add(
@@ -62,7 +62,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller guarantees `ptr` is ours with `layout` and that
         // `new_size` is valid for it; `ptr` is mimalloc's with that layout, so
         // mimalloc's realloc contract holds with the arguments unchanged.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { surge_alloc::Mimalloc.realloc(ptr, layout, new_size) }
     }
 }
 

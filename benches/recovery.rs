@@ -21,7 +21,7 @@ use surge_engine::{
 
 // The `surge` binary runs on mimalloc; measure with the same allocator.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 
 const RECORDS: u64 = 1_000_000;
 const ORDERS: u64 = 1_000_000;

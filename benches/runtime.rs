@@ -21,7 +21,7 @@ use surge_engine::{Command, Durability, Engine, EngineConfig, EngineHandle, Line
 
 // The `surge` binary runs on mimalloc; measure with the same allocator.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 
 const THREADS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(3);

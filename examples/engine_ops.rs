@@ -17,7 +17,7 @@ use std::hint::black_box;
 use surge_engine::{CancelReason, Command, LineReq, OrderId, ReservationId};
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 
 #[path = "../benches/common/mod.rs"]
 mod common;

@@ -7,13 +7,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use surge_engine::{Acked, Command, Reply};
+use surge_engine::{Acked, Command, LineReq, Reply};
 use utoipa::ToSchema;
 
 use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
 use crate::error::ApiError;
 use crate::extract::{JsonBytes, parse_json, parse_op};
+use crate::plain_reserve::plain_reserve;
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
 
@@ -124,16 +125,34 @@ fn op_command(
     let reservation_id = |id: &str| id.parse().map_err(|()| ApiError::unknown_reservation(id));
     Ok(match tag {
         "reserve" => {
-            let op: ReserveOp = parse_op(bytes, i)?;
-            let ttl_ms = op.ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
-            match op.customer_id {
+            // Most ops are in the plain shape clients send: read off the bytes; any
+            // other goes through serde, which judges it as ever.
+            let (lines, ttl_ms, customer_id) = match plain_reserve(raw.get()) {
+                Some(op) => (
+                    op.lines
+                        .into_iter()
+                        .map(|(sku, qty)| LineReq {
+                            sku: sku.to_string(),
+                            qty,
+                        })
+                        .collect(),
+                    op.ttl_ms,
+                    op.customer_id.map(str::to_string),
+                ),
+                None => {
+                    let op: ReserveOp = parse_op(bytes, i)?;
+                    (line_reqs(op.lines), op.ttl_ms, op.customer_id)
+                }
+            };
+            let ttl_ms = ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
+            match customer_id {
                 None => Command::Reserve {
-                    lines: line_reqs(op.lines),
+                    lines,
                     ttl_ms,
                     actor,
                 },
                 Some(customer_id) => Command::ReserveFor {
-                    lines: line_reqs(op.lines),
+                    lines,
                     ttl_ms,
                     customer_id,
                     actor,
@@ -346,7 +365,8 @@ mod tests {
             lines: vec![LineView {
                 sku: "S1".into(),
                 qty: 2,
-            }],
+            }]
+            .into(),
             created_at_ms: 0,
             expires_at_ms: 1000,
             order_id: None,

@@ -18,6 +18,7 @@ pub mod nats_events;
 pub mod openapi;
 pub mod ops;
 pub mod order_ops;
+mod plain_reserve;
 pub mod replication;
 pub mod routes;
 pub mod state;

@@ -19,7 +19,7 @@ use surge_engine::{
 // The engine allocates small strings and vectors on every command; mimalloc's
 // thread-local free lists cost less than glibc's arenas on that pattern.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "surge", version, about = "In-memory order and stock-reservation engine for flash sales, over HTTP.", long_about = None)]

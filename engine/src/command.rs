@@ -417,7 +417,8 @@ pub struct LineView {
 pub struct ReservationView {
     pub id: ReservationId,
     pub status: ReservationStatus,
-    pub lines: Vec<LineView>,
+    /// Inline for up to three lines: a reservation answer allocates nothing.
+    pub lines: crate::Few<LineView>,
     pub created_at_ms: Millis,
     pub expires_at_ms: Millis,
     /// The order that adopted this hold, if any.

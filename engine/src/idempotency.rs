@@ -798,10 +798,10 @@ impl State {
             } => Ok(Reply::Reservation(ReservationView {
                 id: *id,
                 status: ReservationStatus::Held,
-                lines: vec![LineView {
+                lines: crate::Few::map_slice(&[*qty], |&qty| LineView {
                     sku: Arc::clone(&self.skus[sku.0 as usize].id),
-                    qty: u64::from(*qty),
-                }],
+                    qty: u64::from(qty),
+                }),
                 created_at_ms: at_ms,
                 expires_at_ms: at_ms + u64::from(*ttl_ms),
                 order_id: None,

@@ -355,14 +355,10 @@ impl State {
         ReservationView {
             id: r.id,
             status: r.status,
-            lines: r
-                .lines
-                .iter()
-                .map(|&(idx, qty)| LineView {
-                    sku: self.sku_arc(idx),
-                    qty: u64::from(qty),
-                })
-                .collect(),
+            lines: Few::map_slice(&r.lines, |&(idx, qty)| LineView {
+                sku: self.sku_arc(idx),
+                qty: u64::from(qty),
+            }),
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             order_id: r.order,

@@ -155,6 +155,19 @@ enum Request {
     Shutdown,
 }
 
+impl Request {
+    /// Commands this request brings to the writer: what its step's buffers (events,
+    /// records for the follower) are sized from.
+    fn command_count(&self) -> usize {
+        match self {
+            Request::Command { .. } => 1,
+            Request::Batch { commands, .. } => commands.len(),
+            Request::Replicate { records, .. } => records.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// What the writer shares with the handles. The writer holds only this, not the
 /// queue's sender, so dropping every handle disconnects the queue.
 struct Inner {

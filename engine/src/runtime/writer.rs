@@ -146,12 +146,13 @@ impl<S: Storage> Writer<S> {
         let mut shutdown = false;
         let mut pending = std::mem::take(&mut self.pending);
         // The last step's buffers went to the sync thread with its batch: size this
-        // step's from its requests at once, instead of growing them push by push
-        // (nine copies for a batch of 512).
+        // step's from its commands at once, instead of growing them push by push
+        // (nine copies for a batch of 512; a `/v1/batch` request is 1,000 commands).
         pending.reserve(batch.len());
-        self.events_buf.reserve(batch.len());
+        let commands: usize = batch.iter().map(Request::command_count).sum();
+        self.events_buf.reserve(commands);
         if self.follower.is_some() || self.publish_tx.is_some() {
-            self.batch_records.reserve(batch.len());
+            self.batch_records.reserve(commands);
         }
         self.collect_commits(false);
         self.now_ms = self.now_ms.max(now_ms);

@@ -17,6 +17,7 @@ use crate::domain::{
     LineReq, Millis, OrderId, OrderStatus, ReservationId, ReservationStatus, SkuIdx,
 };
 use crate::event::EventKind;
+use crate::few::Few;
 use crate::limits::*;
 
 /// Reservations expired by one `Expire` command; the timer sends another if more
@@ -169,11 +170,9 @@ impl State {
     ) -> ReservationId {
         let id = ReservationId(self.next_reservation_id);
         self.next_reservation_id += 1;
-        let mut befores = [0u64; LINES_PER_REQUEST_MAX];
-        for (i, &(idx, qty)) in demand.iter().enumerate() {
+        for &(idx, qty) in &demand {
             touch(&mut self.touched_skus, idx);
             let sku = &mut self.skus[idx.0 as usize];
-            befores[i] = sku.available();
             sku.reserved += u64::from(qty);
             assert!(sku.reserved <= sku.on_hand, "oversell of {}", sku.id);
         }
@@ -182,8 +181,11 @@ impl State {
             lines: demand.iter().map(|&(s, q)| (s, u64::from(q))).collect(),
             expires_at_ms,
         });
-        for (i, &(idx, _)) in demand.iter().enumerate() {
-            self.stock_crossings(idx, befores[i], ctx);
+        // Demand holds each SKU once, so what was available before is what is
+        // available now plus this hold's units.
+        for &(idx, qty) in &demand {
+            let available_before = self.skus[idx.0 as usize].available() + u64::from(qty);
+            self.stock_crossings(idx, available_before, ctx);
         }
         self.reservations.push(Reservation {
             id,
@@ -366,14 +368,15 @@ impl State {
         id: ReservationId,
         status: ReservationStatus,
         ctx: &mut Ctx<'_>,
-    ) -> Vec<(SkuIdx, u64)> {
+    ) -> Few<(SkuIdx, u64)> {
         debug_assert_ne!(status, ReservationStatus::Committed, "commit_hold sells");
         let v1 = self.rules == RULES_V1;
         let r = self.leave_hold(id, status);
-        let lines: Vec<(SkuIdx, u64)> = if v1 {
-            Vec::new()
+        // Inline for up to three lines: a release allocates nothing for them.
+        let lines = if v1 {
+            Few::new()
         } else {
-            r.lines.iter().map(|&(s, q)| (s, u64::from(q))).collect()
+            Few::map_slice(&r.lines, |&(s, q)| (s, u64::from(q)))
         };
         self.finish_hold(id);
         ctx.emit(match status {
