@@ -101,18 +101,19 @@ impl<'a> Cursor<'a> {
     /// A string without escapes or control characters, as it stands in the text.
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
+        let bytes = self.text.as_bytes();
         let start = self.at;
-        let len = self.text.as_bytes()[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        self.at = start + len;
-        self.expect_here(b'"')?;
+        let mut end = start;
+        loop {
+            match *bytes.get(end)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => end += 1,
+            }
+        }
+        self.at = end + 1;
         // Cut at ASCII bytes, so on character boundaries.
-        Some(&self.text[start..start + len])
-    }
-
-    fn expect_here(&mut self, byte: u8) -> Option<()> {
-        (self.text.as_bytes().get(self.at) == Some(&byte)).then(|| self.at += 1)
+        self.text.get(start..end)
     }
 
     /// A non-negative integer that fits a `u64`, in JSON's form (no leading zero),
