@@ -30,7 +30,7 @@ struct Counting;
 
 static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: every method forwards to mimalloc (a sound GlobalAlloc) with the
+// SAFETY: every method forwards to `surge_alloc::Mimalloc` (a sound GlobalAlloc) with the
 // arguments it was given, unchanged, and returns its result, so each pointer handed
 // out is mimalloc's and goes back to it with the layout it was made with. The
 // counting is one relaxed atomic add, which neither allocates (no re-entry) nor

@@ -908,6 +908,9 @@ fn follower_snapshots_recover_after_a_power_cut() {
             .expect("held");
         held += 1;
     }
+    // `snapshots` counts a snapshot once it is written; its rename and manifest are
+    // durable with the next commit. The digest is a query through the writer, which
+    // answers only once nothing is pending: the crash comes after it.
     let before = digest(&handle);
     let crashed = disk.crash(11);
     drop(handle);
