@@ -14,7 +14,7 @@ use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
 use crate::error::ApiError;
 use crate::extract::{JsonBytes, parse_json, parse_op};
-use crate::plain_reserve::plain_reserve;
+use crate::plain_reserve::{PlainReserve, plain_reserve, plain_reserve_batch};
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
 
@@ -127,36 +127,12 @@ fn op_command(
         "reserve" => {
             // Most ops are in the plain shape clients send: read off the bytes; any
             // other goes through serde, which judges it as ever.
-            let (lines, ttl_ms, customer_id) = match plain_reserve(raw.get()) {
-                Some(op) => (
-                    op.lines
-                        .into_iter()
-                        .map(|(sku, qty)| LineReq {
-                            sku: sku.to_string(),
-                            qty,
-                        })
-                        .collect(),
-                    op.ttl_ms,
-                    op.customer_id.map(str::to_string),
-                ),
+            match plain_reserve(raw.get()) {
+                Some(op) => plain_reserve_command(st, op, actor),
                 None => {
                     let op: ReserveOp = parse_op(bytes, i)?;
-                    (line_reqs(op.lines), op.ttl_ms, op.customer_id)
+                    reserve_command(st, line_reqs(op.lines), op.ttl_ms, op.customer_id, actor)
                 }
-            };
-            let ttl_ms = ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
-            match customer_id {
-                None => Command::Reserve {
-                    lines,
-                    ttl_ms,
-                    actor,
-                },
-                Some(customer_id) => Command::ReserveFor {
-                    lines,
-                    ttl_ms,
-                    customer_id,
-                    actor,
-                },
             }
         }
         "commit" => {
@@ -216,6 +192,42 @@ fn op_command(
     })
 }
 
+fn plain_reserve_command(st: &AppState, op: PlainReserve<'_>, actor: String) -> Command {
+    let lines = op
+        .lines
+        .into_iter()
+        .map(|(sku, qty)| LineReq {
+            sku: sku.to_string(),
+            qty,
+        })
+        .collect();
+    let customer_id = op.customer_id.map(str::to_string);
+    reserve_command(st, lines, op.ttl_ms, customer_id, actor)
+}
+
+fn reserve_command(
+    st: &AppState,
+    lines: Vec<LineReq>,
+    ttl_ms: Option<u64>,
+    customer_id: Option<String>,
+    actor: String,
+) -> Command {
+    let ttl_ms = ttl_ms.unwrap_or(st.config().reservation_ttl_ms);
+    match customer_id {
+        None => Command::Reserve {
+            lines,
+            ttl_ms,
+            actor,
+        },
+        Some(customer_id) => Command::ReserveFor {
+            lines,
+            ttl_ms,
+            customer_id,
+            actor,
+        },
+    }
+}
+
 /// The op's name when the object starts with it (`{"op":"reserve",...`), as clients
 /// write it: read straight off the bytes instead of parsing the op twice. Only a
 /// name of plain letters and `_` is taken; anything else (escapes, `op` later in the
@@ -243,10 +255,20 @@ pub async fn batch(
     Auth(who, _): Auth<Storefront>,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
-    // The ops borrow from the body: no copy of each op's text.
-    let req: BatchOps<'_> = parse_json(&body, "")?;
+    // A body of plain reserve ops only (a sale's usual batch) is read in one pass
+    // off its bytes; any other takes the general path (the shape check, serde, then
+    // op by op), where the ops borrow from the body: no copy of each op's text.
+    let (plain, general): (Vec<PlainReserve<'_>>, Option<BatchOps<'_>>) =
+        match std::str::from_utf8(&body)
+            .ok()
+            .and_then(plain_reserve_batch)
+        {
+            Some(ops) => (ops, None),
+            None => (Vec::new(), Some(parse_json(&body, "")?)),
+        };
+    let op_count = general.as_ref().map_or(plain.len(), |req| req.ops.len());
     let max = st.config().batch_ops_max;
-    if req.ops.len() > max {
+    if op_count > max {
         return Err(ApiError::validation(
             "ops",
             format!("at most {max} ops per batch"),
@@ -264,9 +286,12 @@ pub async fn batch(
     }
     // One queue entry for the whole batch: the writer applies the ops in order in
     // one iteration and they are answered together, from one buffer.
-    let mut commands = Vec::with_capacity(req.ops.len());
+    let mut commands = Vec::with_capacity(op_count);
     let mut refused: Vec<(usize, ApiError)> = Vec::new();
-    for (i, raw) in req.ops.iter().enumerate() {
+    for op in plain {
+        commands.push(plain_reserve_command(&st, op, who.actor.clone()));
+    }
+    for (i, raw) in general.iter().flat_map(|req| req.ops.iter()).enumerate() {
         match op_command(&st, &who, raw, i) {
             Ok(command) => commands.push(command),
             Err(e) => refused.push((i, e)),
@@ -288,9 +313,9 @@ pub async fn batch(
     };
     let mut refused = refused.into_iter().peekable();
     // The answer is written into one buffer, each result in place.
-    let mut body = String::with_capacity(16 + 224 * req.ops.len());
+    let mut body = String::with_capacity(16 + 224 * op_count);
     body.push_str("{\"results\":[");
-    for i in 0..req.ops.len() {
+    for i in 0..op_count {
         if i > 0 {
             body.push(',');
         }
@@ -356,6 +381,125 @@ mod tests {
         ] {
             assert_eq!(leading_op_tag(text), tag, "{text}");
         }
+    }
+
+    /// A reserve op's lines, `ttl_ms` and `customer_id`, owned.
+    type ReserveFields = (Vec<(String, u64)>, Option<u64>, Option<String>);
+
+    /// What the general path makes of a body: its ops as reserve ops (lines,
+    /// `ttl_ms`, `customer_id`), or `None` if it refuses the body or any op, or an
+    /// op is not a reserve.
+    fn general_reading(body: &str) -> Option<Vec<ReserveFields>> {
+        let req: BatchOps<'_> = parse_json(body.as_bytes(), "").ok()?;
+        let mut ops = Vec::new();
+        for (i, raw) in req.ops.iter().enumerate() {
+            let bytes = raw.get().as_bytes();
+            let tag = match leading_op_tag(raw.get()) {
+                Some(tag) => tag.to_string(),
+                None => parse_op::<OpTag>(bytes, i).ok()?.op,
+            };
+            (tag == "reserve").then_some(())?;
+            let op: ReserveOp = parse_op(bytes, i).ok()?;
+            let lines = line_reqs(op.lines)
+                .into_iter()
+                .map(|l| (l.sku, l.qty))
+                .collect();
+            ops.push((lines, op.ttl_ms, op.customer_id));
+        }
+        Some(ops)
+    }
+
+    /// Generated bodies, most a valid batch of plain reserve ops and many a few random
+    /// edits away from one (or with another kind of op in it): whenever the one-pass
+    /// reader takes a body, the general path (shape check, serde, op by op) takes it
+    /// too, and every op reads the same.
+    #[test]
+    fn a_plain_batch_reads_as_the_general_path_reads_it() {
+        use rand_core::{Rng as _, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256StarStar::seed_from_u64(0x000b_a7c4);
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            " ",
+            "\"ops\"",
+            "\"op\"",
+            "\"reserve\"",
+            "\"lines\"",
+            "\"sku\"",
+            "\"qty\"",
+            "\"ttl_ms\"",
+            "[[]]",
+            "null",
+            "01",
+            "7",
+            r#"{"op":"release","id":"r1"}"#,
+            r#"[{"sku":"S1","qty":1}]"#,
+            "\"\\u0041\"",
+        ];
+        let (mut read, mut total) = (0, 0);
+        for _ in 0..50_000 {
+            let mut body = String::from(r#"{"ops":["#);
+            for i in 0..rng.next_u32() % 4 {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&format!(
+                    r#"{{"op":"reserve","lines":[{{"sku":"S{}","qty":{}}}]"#,
+                    rng.next_u32() % 50,
+                    rng.next_u32() % 5
+                ));
+                if rng.next_u32() % 3 == 0 {
+                    body.push_str(&format!(r#","ttl_ms":{}"#, rng.next_u32()));
+                }
+                if rng.next_u32() % 3 == 0 {
+                    body.push_str(r#","customer_id":"c-9""#);
+                }
+                body.push('}');
+            }
+            body.push_str("]}");
+            for _ in 0..rng.next_u32() % 3 {
+                let at = (rng.next_u32() as usize) % (body.len() + 1);
+                if rng.next_u32() % 3 == 0 && at < body.len() {
+                    body.remove(at);
+                } else {
+                    body.insert_str(at, pieces[rng.next_u32() as usize % pieces.len()]);
+                }
+            }
+            total += 1;
+            if let Some(ops) = plain_reserve_batch(&body) {
+                read += 1;
+                let plain: Vec<_> = ops
+                    .iter()
+                    .map(|op| {
+                        let lines = op.lines.iter().map(|&(s, q)| (s.to_string(), q)).collect();
+                        (lines, op.ttl_ms, op.customer_id.map(str::to_string))
+                    })
+                    .collect();
+                assert_eq!(Some(plain), general_reading(&body), "{body}");
+            }
+        }
+        assert!(read > total / 5 && read < total, "{read} of {total} read");
+    }
+
+    #[test]
+    fn a_batch_with_anything_but_plain_reserve_ops_takes_the_general_path() {
+        for body in [
+            r#"{"ops":[{"op":"release","id":"r1"}]}"#,
+            r#"{"ops":[{"op":"reserve","lines":[{"sku":"S1","qty":1}]}],"x":1}"#,
+            r#"{"ops":[{"op":"reserve","lines":[[]]}]}"#,
+            r#"{"ops":[[{"op":"reserve","lines":[]}]]}"#,
+            r#"{"ops":[{"op":"reserve","lines":[]}],"ops":[]}"#,
+            r#"[{"op":"reserve","lines":[]}]"#,
+            r#"{"ops":[{"op":"reserve","lines":[]},]}"#,
+        ] {
+            assert_eq!(plain_reserve_batch(body), None, "{body}");
+        }
+        let read = plain_reserve_batch(" {\"ops\" : [ ] } ").expect("an empty batch is plain");
+        assert!(read.is_empty());
     }
 
     fn reservation() -> Reply {

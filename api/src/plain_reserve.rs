@@ -24,40 +24,37 @@ pub struct PlainReserve<'a> {
 /// reserve op, or `None` when it is not in the plain subset this reads.
 pub fn plain_reserve(text: &str) -> Option<PlainReserve<'_>> {
     let mut at = Cursor { text, at: 0 };
+    let op = at.reserve_op()?;
+    at.end()?;
+    Some(op)
+}
+
+/// A whole `/v1/batch` body whose every op is a plain reserve op
+/// (`{"ops":[<op>,...]}`, nothing else in it), or `None` for any other body, which
+/// then takes the general path. Such a body passes that path's checks (it is an
+/// object, no array in it holds an array, `ops` is its only member, each op an
+/// object named `reserve`), and each op reads as `plain_reserve` reads it alone; a
+/// test holds the two paths equal over generated bodies.
+pub fn plain_reserve_batch(body: &str) -> Option<Vec<PlainReserve<'_>>> {
+    let mut at = Cursor { text: body, at: 0 };
     at.expect(b'{')?;
-    let (mut op, mut lines, mut ttl_ms, mut customer_id) = (false, None, None, None);
-    loop {
-        match at.string()? {
-            "op" if !op => {
-                at.expect(b':')?;
-                (at.string()? == "reserve").then_some(())?;
-                op = true;
+    (at.string()? == "ops").then_some(())?;
+    at.expect(b':')?;
+    at.expect(b'[')?;
+    let mut ops = Vec::new();
+    if at.peek()? == b']' {
+        at.at += 1;
+    } else {
+        loop {
+            ops.push(at.reserve_op()?);
+            if !at.separator(b']')? {
+                break;
             }
-            "lines" if lines.is_none() => {
-                at.expect(b':')?;
-                lines = Some(at.lines()?);
-            }
-            "ttl_ms" if ttl_ms.is_none() => {
-                at.expect(b':')?;
-                ttl_ms = Some(at.number()?);
-            }
-            "customer_id" if customer_id.is_none() => {
-                at.expect(b':')?;
-                customer_id = Some(at.string()?);
-            }
-            _ => return None,
-        }
-        if !at.separator(b'}')? {
-            break;
         }
     }
-    at.skip_whitespace();
-    (op && at.at == text.len()).then_some(())?;
-    Some(PlainReserve {
-        lines: lines?,
-        ttl_ms,
-        customer_id,
-    })
+    at.expect(b'}')?;
+    at.end()?;
+    Some(ops)
 }
 
 struct Cursor<'a> {
@@ -66,6 +63,49 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// One reserve op object, the cursor left after its closing brace.
+    fn reserve_op(&mut self) -> Option<PlainReserve<'a>> {
+        self.expect(b'{')?;
+        let (mut op, mut lines, mut ttl_ms, mut customer_id) = (false, None, None, None);
+        loop {
+            match self.string()? {
+                "op" if !op => {
+                    self.expect(b':')?;
+                    (self.string()? == "reserve").then_some(())?;
+                    op = true;
+                }
+                "lines" if lines.is_none() => {
+                    self.expect(b':')?;
+                    lines = Some(self.lines()?);
+                }
+                "ttl_ms" if ttl_ms.is_none() => {
+                    self.expect(b':')?;
+                    ttl_ms = Some(self.number()?);
+                }
+                "customer_id" if customer_id.is_none() => {
+                    self.expect(b':')?;
+                    customer_id = Some(self.string()?);
+                }
+                _ => return None,
+            }
+            if !self.separator(b'}')? {
+                break;
+            }
+        }
+        op.then_some(())?;
+        Some(PlainReserve {
+            lines: lines?,
+            ttl_ms,
+            customer_id,
+        })
+    }
+
+    /// Nothing but whitespace is left.
+    fn end(&mut self) -> Option<()> {
+        self.skip_whitespace();
+        (self.at == self.text.len()).then_some(())
+    }
+
     fn skip_whitespace(&mut self) {
         let bytes = self.text.as_bytes();
         while matches!(bytes.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
