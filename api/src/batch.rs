@@ -495,6 +495,8 @@ mod tests {
             r#"{"ops":[{"op":"reserve","lines":[]}],"ops":[]}"#,
             r#"[{"op":"reserve","lines":[]}]"#,
             r#"{"ops":[{"op":"reserve","lines":[]},]}"#,
+            r#"{"ops":[{"lines":[{"sku":"A","qty":1}]}]}"#,
+            r#"{"ops":[{"op":"reserve","lines":[]},{"lines":[]}]}"#,
         ] {
             assert_eq!(plain_reserve_batch(body), None, "{body}");
         }

@@ -924,6 +924,26 @@ async fn batch_ops_succeed_or_fail_alone() {
         400,
         "validation_failed",
     );
+    // The same limit for a batch of plain reserve ops, which is read in one pass.
+    let reserve = json!({"op": "reserve", "lines": [{"sku": "A", "qty": 1}]});
+    let body = json!({"ops": [reserve.clone(), reserve.clone(), reserve]});
+    let r = api.admin("POST", "/v1/batch", Some(body)).await;
+    assert_problem(&r, 400, "validation_failed");
+    assert_eq!(r.json["field"], "ops", "{}", r.text);
+    // An op without `op` is not a reserve: refused alone, naming the field.
+    let r = api
+        .admin(
+            "POST",
+            "/v1/batch",
+            Some(json!({"ops": [{"lines": [{"sku": "A", "qty": 1}]}]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json["results"][0]["code"], "validation_failed",
+        "{}",
+        r.text
+    );
     let r = api
         .call(
             "POST",
