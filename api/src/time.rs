@@ -27,9 +27,37 @@ const RENDERED_MS_MAX: u64 = 253_402_207_200_999;
 /// [`format_ms`], appended to `out` (no allocation of its own). Every answer carrying
 /// a reservation renders two of these, so the calendar arithmetic is done here on
 /// integers (days to a civil date by the era method) rather than through a
-/// formatter; a test holds it equal to jiff's rendering.
+/// formatter; a test holds it equal to jiff's rendering. The last two times rendered
+/// on the thread are kept with their text: a batch's answers carry the same creation
+/// and expiry times op after op (callgrind: 692 of a batched reservation's 5,154
+/// instructions were these two renderings).
 pub fn write_ms(out: &mut String, ms: u64) {
     let ms = ms.min(RENDERED_MS_MAX);
+    let text = RECENT_TIMES.with(|recent| {
+        let mut entries = recent.get();
+        match entries {
+            [(at, text), _] | [_, (at, text)] if at == ms => text,
+            _ => {
+                let text = render_ms(ms);
+                entries = [(ms, text), entries[0]];
+                recent.set(entries);
+                text
+            }
+        }
+    });
+    out.push_str(std::str::from_utf8(&text).expect("ASCII digits"));
+}
+
+thread_local! {
+    /// The last two times [`write_ms`] rendered on this thread (after the cap), the
+    /// newest first, each with its text; both start as the cap, which is its own text.
+    static RECENT_TIMES: std::cell::Cell<[(u64, [u8; 24]); 2]> = const {
+        std::cell::Cell::new([(RENDERED_MS_MAX, *b"9999-12-30T22:00:00.999Z"); 2])
+    };
+}
+
+/// The text of `ms` (at most [`RENDERED_MS_MAX`]), worked out from scratch.
+fn render_ms(ms: u64) -> [u8; 24] {
     let days = ms / 86_400_000;
     let ms_of_day = ms % 86_400_000;
     let (year, month, day) = civil_from_days(days);
@@ -47,7 +75,7 @@ pub fn write_ms(out: &mut String, ms: u64) {
     put(14, 2, ms_of_day / 60_000 % 60);
     put(17, 2, ms_of_day / 1000 % 60);
     put(20, 3, ms_of_day % 1000);
-    out.push_str(std::str::from_utf8(&text).expect("ASCII digits"));
+    text
 }
 
 /// Year, month (1-12) and day (1-31) of the `days`-th day after 1970-01-01, in the
@@ -122,6 +150,36 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    /// Times rendered again soon after (a batch's creation and expiry times, op after
+    /// op) come out as rendered from scratch, whatever was rendered between.
+    #[test]
+    fn recent_times_render_as_from_scratch() {
+        let times = [
+            0,
+            1_764_633_600_000,
+            1_764_633_660_000,
+            86_399_999,
+            RENDERED_MS_MAX,
+            u64::MAX,
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = times[(x % times.len() as u64) as usize];
+            let mut out = String::new();
+            write_ms(&mut out, ms);
+            let scratch = render_ms(ms.min(RENDERED_MS_MAX));
+            assert_eq!(out.as_bytes(), &scratch, "{ms}");
+        }
+        // The starting entries are the cap's own text.
+        assert_eq!(
+            std::str::from_utf8(&render_ms(RENDERED_MS_MAX)).unwrap(),
+            "9999-12-30T22:00:00.999Z"
+        );
     }
 
     /// The integer rendering is jiff's, at every kind of day: each day's first and
