@@ -362,6 +362,7 @@ fn push_reply(out: &mut String, reply: Reply, lsn: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plain_reserve::testing::{Owned, edit, owned};
     use surge_engine::{LineView, ReservationId, ReservationStatus, ReservationView};
 
     #[test]
@@ -383,13 +384,10 @@ mod tests {
         }
     }
 
-    /// A reserve op's lines, `ttl_ms` and `customer_id`, owned.
-    type ReserveFields = (Vec<(String, u64)>, Option<u64>, Option<String>);
-
     /// What the general path makes of a body: its ops as reserve ops (lines,
     /// `ttl_ms`, `customer_id`), or `None` if it refuses the body or any op, or an
     /// op is not a reserve.
-    fn general_reading(body: &str) -> Option<Vec<ReserveFields>> {
+    fn general_reading(body: &str) -> Option<Vec<Owned>> {
         let req: BatchOps<'_> = parse_json(body.as_bytes(), "").ok()?;
         let mut ops = Vec::new();
         for (i, raw) in req.ops.iter().enumerate() {
@@ -461,24 +459,12 @@ mod tests {
                 body.push('}');
             }
             body.push_str("]}");
-            for _ in 0..rng.next_u32() % 3 {
-                let at = (rng.next_u32() as usize) % (body.len() + 1);
-                if rng.next_u32() % 3 == 0 && at < body.len() {
-                    body.remove(at);
-                } else {
-                    body.insert_str(at, pieces[rng.next_u32() as usize % pieces.len()]);
-                }
-            }
+            // Up to two edits.
+            edit(&mut rng, &mut body, 3, &pieces);
             total += 1;
             if let Some(ops) = plain_reserve_batch(&body) {
                 read += 1;
-                let plain: Vec<_> = ops
-                    .iter()
-                    .map(|op| {
-                        let lines = op.lines.iter().map(|&(s, q)| (s.to_string(), q)).collect();
-                        (lines, op.ttl_ms, op.customer_id.map(str::to_string))
-                    })
-                    .collect();
+                let plain: Vec<_> = ops.iter().map(owned).collect();
                 assert_eq!(Some(plain), general_reading(&body), "{body}");
             }
         }

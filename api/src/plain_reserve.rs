@@ -214,12 +214,47 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// What the reader's tests and the batch's share: owned readings to compare, and
+/// the random edits that take generated text near the edge of the plain subset.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rand_core::Rng as _;
+    use rand_xoshiro::Xoshiro256StarStar;
+
+    use super::PlainReserve;
+
+    /// A reserve op's lines, `ttl_ms` and `customer_id`, owned.
+    pub type Owned = (Vec<(String, u64)>, Option<u64>, Option<String>);
+
+    pub fn owned(op: &PlainReserve<'_>) -> Owned {
+        let lines = op.lines.iter().map(|&(s, q)| (s.to_string(), q)).collect();
+        (lines, op.ttl_ms, op.customer_id.map(str::to_string))
+    }
+
+    /// Fewer than `edits_max` edits of `text`: each a byte removed or one of
+    /// `pieces` inserted, anywhere.
+    pub fn edit(rng: &mut Xoshiro256StarStar, text: &mut String, edits_max: u32, pieces: &[&str]) {
+        for _ in 0..rng.next_u32() % edits_max {
+            let at = (rng.next_u32() as usize) % (text.len() + 1);
+            if !text.is_char_boundary(at) {
+                continue;
+            }
+            if rng.next_u32().is_multiple_of(3) && at < text.len() {
+                text.remove(at);
+            } else {
+                text.insert_str(at, pieces[rng.next_u32() as usize % pieces.len()]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand_core::{Rng as _, SeedableRng};
     use rand_xoshiro::Xoshiro256StarStar;
     use serde::Deserialize;
 
+    use super::testing::{Owned, edit, owned};
     use super::*;
 
     /// What serde makes of the same text: the reference this reader must match.
@@ -240,19 +275,11 @@ mod tests {
         qty: u64,
     }
 
-    /// A reserve op's lines, `ttl_ms` and `customer_id`, owned.
-    type Owned = (Vec<(String, u64)>, Option<u64>, Option<String>);
-
     fn by_serde(text: &str) -> Option<Owned> {
         let op: SerdeReserve = serde_json::from_str(text).ok()?;
         (op._op == "reserve").then_some(())?;
         let lines = op.lines.into_iter().map(|l| (l.sku, l.qty)).collect();
         Some((lines, op.ttl_ms, op.customer_id))
-    }
-
-    fn owned(op: &PlainReserve<'_>) -> Owned {
-        let lines = op.lines.iter().map(|&(s, q)| (s.to_string(), q)).collect();
-        (lines, op.ttl_ms, op.customer_id.map(str::to_string))
     }
 
     #[test]
@@ -372,18 +399,8 @@ mod tests {
                 text.push_str(r#","customer_id":"c-1""#);
             }
             text.push('}');
-            // Up to three edits: a piece inserted, or a byte removed, anywhere.
-            for _ in 0..rng.next_u32() % 4 {
-                let at = (rng.next_u32() as usize) % (text.len() + 1);
-                if !text.is_char_boundary(at) {
-                    continue;
-                }
-                if rng.next_u32() % 3 == 0 && at < text.len() {
-                    text.remove(at);
-                } else {
-                    text.insert_str(at, pieces[rng.next_u32() as usize % pieces.len()]);
-                }
-            }
+            // Up to three edits.
+            edit(&mut rng, &mut text, 4, &pieces);
             total += 1;
             if let Some(op) = plain_reserve(&text) {
                 read += 1;
