@@ -110,9 +110,10 @@ struct ServeArgs {
     /// Engine queue capacity; a full queue answers 503 `overloaded` at once.
     #[arg(long, env = "SURGE_QUEUE_LEN_MAX", default_value_t = 65_536)]
     queue_len_max: usize,
-    /// Commands the writer applies per loop iteration (a group commit merges as many
-    /// iterations as queue up during one sync).
-    #[arg(long, env = "SURGE_BATCH_LEN_MAX", default_value_t = 512)]
+    /// Commands the writer takes per loop iteration (a batch request counts as its
+    /// ops, a read as one; a group commit merges as many iterations as queue up
+    /// during one sync).
+    #[arg(long, env = "SURGE_BATCH_LEN_MAX", default_value_t = surge_engine::BATCH_LEN_MAX_DEFAULT)]
     batch_len_max: usize,
     /// Take a snapshot after this many logged records (0: only on request and at shutdown).
     #[arg(

@@ -34,7 +34,7 @@ mod runtime;
 
 pub use feed::{EventLog, FeedPage};
 pub use runtime::{
-    Clock, Core, Durability, Engine, EngineConfig, EngineHandle, Error, LatencyHistogram,
-    LogPublisher, PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
+    BATCH_LEN_MAX_DEFAULT, Clock, Core, Durability, Engine, EngineConfig, EngineHandle, Error,
+    LatencyHistogram, LogPublisher, PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
 };
 pub use surge_wal as wal;

@@ -1,7 +1,7 @@
 //! The runtime: a bounded queue into one writer thread that owns the [`State`](crate::State).
 //!
 //! ```text
-//! submit(cmd) --> bounded queue --> writer: drain up to batch_len_max
+//! submit(cmd) --> bounded queue --> writer: drain up to batch_len_max commands
 //!                                     apply each (pure) -> encode -> WAL append
 //!                                     one commit (msync) for the batch
 //!                                     publish events, send every reply
@@ -52,7 +52,7 @@ mod stats;
 mod sync_stage;
 mod writer;
 
-pub use config::{Clock, Durability, EngineConfig};
+pub use config::{BATCH_LEN_MAX_DEFAULT, Clock, Durability, EngineConfig};
 pub use driven::Core;
 pub use handle::{EngineHandle, Ticket};
 pub use recovery::{Engine, RecoveryReport};
@@ -158,6 +158,12 @@ enum Request {
 impl Request {
     /// Commands this request brings to the writer: what its step's buffers (events,
     /// records for the follower) are sized from.
+    /// What the request counts for against an iteration's bound
+    /// ([`EngineConfig::batch_len_max`]): its commands, and at least one.
+    fn iteration_weight(&self) -> usize {
+        self.command_count().max(1)
+    }
+
     fn command_count(&self) -> usize {
         match self {
             Request::Command { .. } => 1,

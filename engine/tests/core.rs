@@ -105,3 +105,55 @@ fn a_replicated_configuration_is_refused() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn a_step_takes_requests_up_to_its_bound_in_commands() {
+    let config = EngineConfig {
+        batch_len_max: 4,
+        ..config()
+    };
+    let (mut core, _) = Engine::open_core(SimStorage::new(), config).expect("open");
+    let define = Command::DefineSku {
+        sku: "S".into(),
+        name: String::new(),
+        on_hand: 1_000,
+        low_stock_threshold: 0,
+    };
+    let defined = core.handle().submit(define, None).expect("queued");
+    assert_eq!(core.step(T0_MS), 1);
+    assert!(defined.wait().expect("answered").outcome.is_ok());
+    let handle = core.handle().clone();
+    // A batch counts as its commands: three, then one single reservation reaches
+    // the bound of four, and the next two wait for the next step.
+    let batch = handle
+        .submit_batch(vec![reserve(60_000), reserve(60_000), reserve(60_000)])
+        .expect("queued");
+    let singles: Vec<_> = (0..3)
+        .map(|_| handle.submit(reserve(60_000), None).expect("queued"))
+        .collect();
+    assert_eq!(core.step(T0_MS), 2, "the batch of three and one single");
+    assert_eq!(core.handle().queue_len(), 2);
+    assert_eq!(core.step(T0_MS), 2, "the two singles left");
+    // A read counts as one; a batch larger than the bound is taken whole, alone
+    // when it comes after four reads.
+    let reads: Vec<_> = (0..4)
+        .map(|_| handle.query(Query::GetSku { sku: "S".into() }).expect("queued"))
+        .collect();
+    let large = handle
+        .submit_batch((0..6).map(|_| reserve(60_000)).collect())
+        .expect("queued");
+    assert_eq!(core.step(T0_MS), 4, "four reads");
+    assert_eq!(core.step(T0_MS), 1, "the batch of six, whole");
+    for answer in batch.wait().expect("answered") {
+        assert!(answer.expect("applied").outcome.is_ok());
+    }
+    for single in singles {
+        assert!(single.wait().expect("answered").outcome.is_ok());
+    }
+    for read in reads {
+        assert!(read.wait().expect("answered").is_ok());
+    }
+    assert_eq!(large.wait().expect("answered").len(), 6);
+    assert_eq!(available(&mut core, T0_MS), 1_000 - 12 * 3);
+    core.close(T0_MS);
+}

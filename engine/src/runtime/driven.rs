@@ -46,7 +46,7 @@ impl<S: Storage> Core<S> {
     }
 
     /// One writer iteration at time `now_ms`: expire what is due, take the queued
-    /// requests (at most `batch_len_max`, in queue order) as one batch, apply and
+    /// requests (up to `batch_len_max` commands, in queue order) as one batch, apply and
     /// log them, commit, and answer them. Answers the number of requests taken.
     pub fn step(&mut self, now_ms: Millis) -> usize {
         self.writer.take_queued(&mut self.batch);

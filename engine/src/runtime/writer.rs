@@ -80,7 +80,7 @@ pub(super) struct Stepped {
 
 impl<S: Storage> Writer<S> {
     /// The thread: wait for requests (or the expiry tick, or the async flush), take
-    /// up to `batch_len_max` of them, and [`step`](Self::step). Everything that
+    /// up to `batch_len_max` commands of them, and [`step`](Self::step). Everything that
     /// depends on wall time or on thread timing is here; the step is deterministic
     /// given its requests and `now_ms`.
     pub(super) fn run(mut self) {
@@ -122,11 +122,17 @@ impl<S: Storage> Writer<S> {
         self.stop();
     }
 
-    /// Move queued requests into `batch`, up to `batch_len_max`, without waiting.
+    /// Move queued requests into `batch` without waiting, until it holds
+    /// `batch_len_max` commands (a read or a control request counts as one) or the
+    /// queue is empty. The request that reaches the bound is taken whole.
     pub(super) fn take_queued(&mut self, batch: &mut Vec<Request>) {
-        while batch.len() < self.config.batch_len_max {
+        let mut taken: usize = batch.iter().map(Request::iteration_weight).sum();
+        while taken < self.config.batch_len_max {
             match self.rx.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(request) => {
+                    taken += request.iteration_weight();
+                    batch.push(request);
+                }
                 Err(_) => break,
             }
         }
