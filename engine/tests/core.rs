@@ -32,6 +32,16 @@ fn available(core: &mut Core<SimStorage>, now_ms: u64) -> u64 {
     }
 }
 
+/// SKU `S` with `on_hand` units.
+fn define(on_hand: u64) -> Command {
+    Command::DefineSku {
+        sku: "S".into(),
+        name: String::new(),
+        on_hand,
+        low_stock_threshold: 0,
+    }
+}
+
 fn reserve(ttl_ms: u64) -> Command {
     Command::Reserve {
         lines: vec![LineReq {
@@ -47,13 +57,7 @@ fn reserve(ttl_ms: u64) -> Command {
 fn nothing_happens_between_steps_and_the_time_is_the_steps_argument() {
     let disk = SimStorage::new();
     let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
-    let define = Command::DefineSku {
-        sku: "S".into(),
-        name: String::new(),
-        on_hand: 10,
-        low_stock_threshold: 0,
-    };
-    let defined = core.handle().submit(define, None).expect("queued");
+    let defined = core.handle().submit(define(10), None).expect("queued");
     let held = core.handle().submit(reserve(1_000), None).expect("queued");
     // Queued, not taken: the core has no thread.
     assert_eq!(core.handle().queue_len(), 2);
@@ -113,13 +117,7 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
         ..config()
     };
     let (mut core, _) = Engine::open_core(SimStorage::new(), config).expect("open");
-    let define = Command::DefineSku {
-        sku: "S".into(),
-        name: String::new(),
-        on_hand: 1_000,
-        low_stock_threshold: 0,
-    };
-    let defined = core.handle().submit(define, None).expect("queued");
+    let defined = core.handle().submit(define(1_000), None).expect("queued");
     assert_eq!(core.step(T0_MS), 1);
     assert!(defined.wait().expect("answered").outcome.is_ok());
     let handle = core.handle().clone();
