@@ -156,14 +156,14 @@ enum Request {
 }
 
 impl Request {
-    /// Commands this request brings to the writer: what its step's buffers (events,
-    /// records for the follower) are sized from.
     /// What the request counts for against an iteration's bound
     /// ([`EngineConfig::batch_len_max`]): its commands, and at least one.
     fn iteration_weight(&self) -> usize {
         self.command_count().max(1)
     }
 
+    /// Commands this request brings to the writer: what its step's buffers (events,
+    /// records for the follower) are sized from.
     fn command_count(&self) -> usize {
         match self {
             Request::Command { .. } => 1,

@@ -135,13 +135,38 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
     // A read counts as one; a batch larger than the bound is taken whole, alone
     // when it comes after four reads.
     let reads: Vec<_> = (0..4)
-        .map(|_| handle.query(Query::GetSku { sku: "S".into() }).expect("queued"))
+        .map(|_| {
+            handle
+                .query(Query::GetSku { sku: "S".into() })
+                .expect("queued")
+        })
         .collect();
     let large = handle
         .submit_batch((0..6).map(|_| reserve(60_000)).collect())
         .expect("queued");
     assert_eq!(core.step(T0_MS), 4, "four reads");
     assert_eq!(core.step(T0_MS), 1, "the batch of six, whole");
+    // The request that reaches the bound is taken whole, past it: three reads and
+    // a batch of two make one step of five commands; the read after it waits.
+    let more_reads: Vec<_> = (0..3)
+        .map(|_| {
+            handle
+                .query(Query::GetSku { sku: "S".into() })
+                .expect("queued")
+        })
+        .collect();
+    let pair = handle
+        .submit_batch(vec![reserve(60_000), reserve(60_000)])
+        .expect("queued");
+    let last_read = handle
+        .query(Query::GetSku { sku: "S".into() })
+        .expect("queued");
+    assert_eq!(core.step(T0_MS), 4, "three reads and the pair");
+    assert_eq!(core.step(T0_MS), 1, "the read after them");
+    assert_eq!(pair.wait().expect("answered").len(), 2);
+    for read in more_reads.into_iter().chain([last_read]) {
+        assert!(read.wait().expect("answered").is_ok());
+    }
     for answer in batch.wait().expect("answered") {
         assert!(answer.expect("applied").outcome.is_ok());
     }
@@ -152,6 +177,6 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
         assert!(read.wait().expect("answered").is_ok());
     }
     assert_eq!(large.wait().expect("answered").len(), 6);
-    assert_eq!(available(&mut core, T0_MS), 1_000 - 12 * 3);
+    assert_eq!(available(&mut core, T0_MS), 1_000 - 14 * 3);
     core.close(T0_MS);
 }
