@@ -362,7 +362,7 @@ fn push_reply(out: &mut String, reply: Reply, lsn: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plain_reserve::testing::{Owned, edit, owned};
+    use crate::plain_reserve::testing::{OP_PIECES, Owned, edit, owned};
     use surge_engine::{LineView, ReservationId, ReservationStatus, ReservationView};
 
     #[test]
@@ -415,21 +415,10 @@ mod tests {
     fn a_plain_batch_reads_as_the_general_path_reads_it() {
         use rand_core::{Rng as _, SeedableRng};
         let mut rng = rand_xoshiro::Xoshiro256StarStar::seed_from_u64(0x000b_a7c4);
-        let pieces = [
-            "{",
-            "}",
-            "[",
-            "]",
-            ",",
-            ":",
-            " ",
-            "\"ops\"",
-            "\"op\"",
-            "\"reserve\"",
-            "\"lines\"",
-            "\"sku\"",
-            "\"qty\"",
-            "\"ttl_ms\"",
+        // The op pieces with `"ops"` among the punctuation and names, in this order.
+        let mut pieces = OP_PIECES.to_vec();
+        pieces.insert(7, "\"ops\"");
+        pieces.extend([
             "[[]]",
             "null",
             "01",
@@ -437,7 +426,7 @@ mod tests {
             r#"{"op":"release","id":"r1"}"#,
             r#"[{"sku":"S1","qty":1}]"#,
             "\"\\u0041\"",
-        ];
+        ]);
         let (mut read, mut total) = (0, 0);
         for _ in 0..50_000 {
             let mut body = String::from(r#"{"ops":["#);

@@ -223,6 +223,24 @@ pub(crate) mod testing {
 
     use super::PlainReserve;
 
+    /// The JSON punctuation and a reserve op's member names: pieces that random edits
+    /// insert into generated text (each test adds its own values).
+    pub const OP_PIECES: [&str; 13] = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        " ",
+        "\"op\"",
+        "\"reserve\"",
+        "\"lines\"",
+        "\"sku\"",
+        "\"qty\"",
+        "\"ttl_ms\"",
+    ];
+
     /// A reserve op's lines, `ttl_ms` and `customer_id`, owned.
     pub type Owned = (Vec<(String, u64)>, Option<u64>, Option<String>);
 
@@ -254,7 +272,7 @@ mod tests {
     use rand_xoshiro::Xoshiro256StarStar;
     use serde::Deserialize;
 
-    use super::testing::{Owned, edit, owned};
+    use super::testing::{OP_PIECES, Owned, edit, owned};
     use super::*;
 
     /// What serde makes of the same text: the reference this reader must match.
@@ -350,20 +368,8 @@ mod tests {
     #[test]
     fn what_is_read_is_what_serde_reads() {
         let mut rng = Xoshiro256StarStar::seed_from_u64(0x5eed_ba7c);
-        let pieces = [
-            "{",
-            "}",
-            "[",
-            "]",
-            ",",
-            ":",
-            " ",
-            "\"op\"",
-            "\"reserve\"",
-            "\"lines\"",
-            "\"sku\"",
-            "\"qty\"",
-            "\"ttl_ms\"",
+        let mut pieces = OP_PIECES.to_vec();
+        pieces.extend([
             "\"customer_id\"",
             "\"S1\"",
             "\"\"",
@@ -376,7 +382,7 @@ mod tests {
             "\"\\u0041\"",
             "\"x\"",
             "99999999999999999999",
-        ];
+        ]);
         let (mut read, mut total) = (0, 0);
         for _ in 0..200_000 {
             let mut text = String::from(r#"{"op":"reserve","lines":["#);

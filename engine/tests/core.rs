@@ -132,15 +132,14 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
     assert_eq!(core.step(T0_MS), 2, "the batch of three and one single");
     assert_eq!(core.handle().queue_len(), 2);
     assert_eq!(core.step(T0_MS), 2, "the two singles left");
+    let read = || {
+        handle
+            .query(Query::GetSku { sku: "S".into() })
+            .expect("queued")
+    };
     // A read counts as one; a batch larger than the bound is taken whole, alone
     // when it comes after four reads.
-    let reads: Vec<_> = (0..4)
-        .map(|_| {
-            handle
-                .query(Query::GetSku { sku: "S".into() })
-                .expect("queued")
-        })
-        .collect();
+    let reads: Vec<_> = (0..4).map(|_| read()).collect();
     let large = handle
         .submit_batch((0..6).map(|_| reserve(60_000)).collect())
         .expect("queued");
@@ -148,24 +147,16 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
     assert_eq!(core.step(T0_MS), 1, "the batch of six, whole");
     // The request that reaches the bound is taken whole, past it: three reads and
     // a batch of two make one step of five commands; the read after it waits.
-    let more_reads: Vec<_> = (0..3)
-        .map(|_| {
-            handle
-                .query(Query::GetSku { sku: "S".into() })
-                .expect("queued")
-        })
-        .collect();
+    let more_reads: Vec<_> = (0..3).map(|_| read()).collect();
     let pair = handle
         .submit_batch(vec![reserve(60_000), reserve(60_000)])
         .expect("queued");
-    let last_read = handle
-        .query(Query::GetSku { sku: "S".into() })
-        .expect("queued");
+    let last_read = read();
     assert_eq!(core.step(T0_MS), 4, "three reads and the pair");
     assert_eq!(core.step(T0_MS), 1, "the read after them");
     assert_eq!(pair.wait().expect("answered").len(), 2);
-    for read in more_reads.into_iter().chain([last_read]) {
-        assert!(read.wait().expect("answered").is_ok());
+    for answer in more_reads.into_iter().chain([last_read]) {
+        assert!(answer.wait().expect("answered").is_ok());
     }
     for answer in batch.wait().expect("answered") {
         assert!(answer.expect("applied").outcome.is_ok());
@@ -173,8 +164,8 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
     for single in singles {
         assert!(single.wait().expect("answered").outcome.is_ok());
     }
-    for read in reads {
-        assert!(read.wait().expect("answered").is_ok());
+    for answer in reads {
+        assert!(answer.wait().expect("answered").is_ok());
     }
     assert_eq!(large.wait().expect("answered").len(), 6);
     assert_eq!(available(&mut core, T0_MS), 1_000 - 14 * 3);
