@@ -153,13 +153,14 @@ impl EventLog {
         }
     }
 
-    /// Append durable events (writer only). Seqs must increase.
-    pub(crate) fn publish(&self, batch: &[Event]) {
-        if batch.is_empty() {
+    /// Append durable events (writer only), moving them out of `batch` (left empty,
+    /// its capacity kept for the next batch). Seqs must increase.
+    pub(crate) fn publish(&self, batch: &mut Vec<Event>) {
+        let Some(last_seq) = batch.last().map(|event| event.seq) else {
             return;
-        }
+        };
         let mut events = self.events.write();
-        for event in batch {
+        for event in batch.drain(..) {
             assert!(
                 events.last().is_none_or(|last| last.seq < event.seq),
                 "event seqs must increase"
@@ -168,10 +169,9 @@ impl EventLog {
                 let dropped = events.pop_front().expect("full");
                 self.dropped_through.store(dropped, Ordering::Release);
             }
-            events.push_back(event.clone());
+            events.push_back(event);
         }
-        self.last_seq
-            .store(batch[batch.len() - 1].seq, Ordering::Release);
+        self.last_seq.store(last_seq, Ordering::Release);
         drop(events);
         self.notify.notify_waiters();
     }
@@ -194,10 +194,10 @@ impl EventLog {
     }
 
     /// Restore the ring from a snapshot (start-up only).
-    pub(crate) fn restore(&self, events: Vec<Event>, dropped_through: u64) {
+    pub(crate) fn restore(&self, mut events: Vec<Event>, dropped_through: u64) {
         self.dropped_through
             .store(dropped_through, Ordering::Release);
-        self.publish(&events);
+        self.publish(&mut events);
     }
 
     /// The client id of a SKU named in an event.
@@ -275,15 +275,16 @@ mod tests {
             let mut model: VecDeque<u64> = VecDeque::new();
             let mut next = 1;
             for batch_len in [1, 2, 999, RING_BLOCK_LEN, 5, 2 * RING_BLOCK_LEN + 3, 1] {
-                let batch: Vec<Event> = (next..next + batch_len as u64).map(event).collect();
+                let mut batch: Vec<Event> = (next..next + batch_len as u64).map(event).collect();
                 next += batch_len as u64;
-                log.publish(&batch);
                 for e in &batch {
                     if model.len() == capacity {
                         model.pop_front();
                     }
                     model.push_back(e.seq);
                 }
+                log.publish(&mut batch);
+                assert!(batch.is_empty(), "published events are moved out");
                 let (ring, dropped_through) = log.ring();
                 assert_eq!(ring.len(), model.len(), "capacity {capacity}");
                 assert_eq!(seqs(ring.iter_from(0)), Vec::from(model.clone()));
@@ -309,13 +310,13 @@ mod tests {
     #[test]
     fn a_copy_of_the_ring_is_not_changed_by_later_publishing() {
         let log = EventLog::new(RING_BLOCK_LEN + 2);
-        let first: Vec<Event> = (1..=RING_BLOCK_LEN as u64 + 1).map(event).collect();
-        log.publish(&first);
+        let mut first: Vec<Event> = (1..=RING_BLOCK_LEN as u64 + 1).map(event).collect();
+        log.publish(&mut first);
         let (copy, dropped_through) = log.ring();
-        let later: Vec<Event> = (RING_BLOCK_LEN as u64 + 2..=RING_BLOCK_LEN as u64 + 9)
+        let mut later: Vec<Event> = (RING_BLOCK_LEN as u64 + 2..=RING_BLOCK_LEN as u64 + 9)
             .map(event)
             .collect();
-        log.publish(&later);
+        log.publish(&mut later);
         assert_eq!(dropped_through, 0);
         assert_eq!(
             seqs(copy.iter_from(0)),

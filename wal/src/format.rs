@@ -303,13 +303,25 @@ pub(crate) struct ScanEnd {
     pub claimed: Lsn,
 }
 
+/// What [`scan_frames`] checks of each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameChecks {
+    /// Length, bounds, strictly increasing LSN, and the checksum.
+    Full,
+    /// All but the checksum: for frames whose checksum this process already checked
+    /// (at open) or that it wrote itself.
+    Structure,
+}
+
 /// Walks the frames of a segment image from the data offset, checking every
-/// one (length, bounds, checksum, strictly increasing LSN above `prev_lsn`).
+/// one (length, bounds, strictly increasing LSN above `prev_lsn`, and the
+/// checksum unless `checks` says it was checked already).
 /// `visit` returns false to stop early.
 pub(crate) fn scan_frames(
     segment: &[u8],
     prev_lsn: Lsn,
     payload_max: usize,
+    checks: FrameChecks,
     mut visit: impl FnMut(Lsn, &[u8]) -> bool,
 ) -> ScanEnd {
     let len = segment.len() as u64;
@@ -357,7 +369,7 @@ pub(crate) fn scan_frames(
         }
         let payload =
             &segment[(at + FRAME_HEADER_BYTES) as usize..(at + u64::from(frame_len)) as usize];
-        if frame_crc(frame_len, lsn, payload) != crc {
+        if checks == FrameChecks::Full && frame_crc(frame_len, lsn, payload) != crc {
             out.stop = invalid("frame checksum mismatch".into());
             return out;
         }
@@ -392,9 +404,19 @@ pub(crate) fn scan_frames(
 }
 
 /// Offset just past the last non-zero byte at or after `from` (or `from`).
+///
+/// A prepared segment is mostly zeros after its tail, so the zeros are skipped a
+/// block at a time (an OR over 64 bytes compiles to vector instructions; a byte
+/// at a time, this was 5 % of a replay's time).
 pub(crate) fn nonzero_end(segment: &[u8], from: u64) -> u64 {
+    const BLOCK: usize = 64;
     let from = (from as usize).min(segment.len());
-    match segment[from..].iter().rposition(|&b| b != 0) {
+    let tail = &segment[from..];
+    let mut end = tail.len();
+    while end >= BLOCK && tail[end - BLOCK..end].iter().fold(0, |acc, &b| acc | b) == 0 {
+        end -= BLOCK;
+    }
+    match tail[..end].iter().rposition(|&b| b != 0) {
         Some(i) => (from + i + 1) as u64,
         None => from as u64,
     }
@@ -478,6 +500,40 @@ mod tests {
                 padding_watermark(&staged[6 + FRAME_HEADER_BYTES as usize..]),
                 watermark
             );
+        }
+    }
+
+    /// The block-wise skip of zeros finds what a byte-at-a-time search finds, for
+    /// every length around the block size, every position of the last non-zero
+    /// byte and every start.
+    #[test]
+    fn nonzero_end_is_just_past_the_last_nonzero_byte_from_the_start() {
+        let byte_wise = |segment: &[u8], from: usize| {
+            let from = from.min(segment.len());
+            segment[from..]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(from, |i| from + i + 1) as u64
+        };
+        for len in [0, 1, 63, 64, 65, 127, 128, 129, 300] {
+            for last in std::iter::once(None).chain((0..len).map(Some)) {
+                let mut segment = vec![0u8; len];
+                for (i, b) in segment.iter_mut().enumerate() {
+                    if last.is_some_and(|last| i <= last) {
+                        *b = (i % 3) as u8; // zeros among the non-zeros too
+                    }
+                }
+                if let Some(last) = last {
+                    segment[last] = 0x80;
+                }
+                for from in [0, 1, 63, 64, 65, len / 2, len, len + 5] {
+                    assert_eq!(
+                        nonzero_end(&segment, from as u64),
+                        byte_wise(&segment, from),
+                        "len {len}, last non-zero {last:?}, from {from}"
+                    );
+                }
+            }
         }
     }
 

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::format::{
-    HeaderCheck, ScanStop, SegmentHeader, claims_after, nonzero_end, read_watermark, scan_frames,
-    segment_name,
+    FrameChecks, HeaderCheck, ScanStop, SegmentHeader, claims_after, nonzero_end, read_watermark,
+    scan_frames, segment_name,
 };
 use crate::manifest::{MANIFEST_NAME, Manifest};
 use crate::{Error, Lsn};
@@ -393,10 +393,16 @@ pub(crate) fn analyze(
         }
         let mut after_snapshot = 0;
         let end = src.with_bytes(i, |b| {
-            scan_frames(b, header.prev_lsn, payload_max, |lsn, _| {
-                after_snapshot += u64::from(lsn > snapshot_lsn);
-                true
-            })
+            scan_frames(
+                b,
+                header.prev_lsn,
+                payload_max,
+                FrameChecks::Full,
+                |lsn, _| {
+                    after_snapshot += u64::from(lsn > snapshot_lsn);
+                    true
+                },
+            )
         });
         a.last_lsn = end.last_lsn;
         a.live_end = i + 1;

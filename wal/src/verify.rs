@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::format::{
-    HeaderCheck, ScanStop, SegmentHeader, decode_snapshot, is_snapshot_tmp_name,
+    FrameChecks, HeaderCheck, ScanStop, SegmentHeader, decode_snapshot, is_snapshot_tmp_name,
     parse_segment_name, parse_snapshot_name, read_watermark, scan_frames, snapshot_version,
 };
 use crate::manifest::{self, MANIFEST_NAME, Manifest};
@@ -580,9 +580,13 @@ fn segment_report(name: &str, bytes: &[u8]) -> SegmentReport {
             return r;
         }
     };
-    let end = scan_frames(bytes, header.prev_lsn, RECORD_PAYLOAD_MAX_BYTES, |_, _| {
-        true
-    });
+    let end = scan_frames(
+        bytes,
+        header.prev_lsn,
+        RECORD_PAYLOAD_MAX_BYTES,
+        FrameChecks::Full,
+        |_, _| true,
+    );
     r.first_lsn = end.first_lsn;
     r.records = end.records;
     r.valid_bytes = end.end;

@@ -54,17 +54,23 @@ impl Release {
 
     /// The batch is safe: feed the follower, publish the events, answer.
     pub(super) fn release(self, shared: &Inner, to_follower: Option<&Sender<FollowerMsg>>) {
-        shared.events.publish(&self.events);
-        for p in self.replies {
+        let Release {
+            records,
+            mut events,
+            replies,
+            reads,
+        } = self;
+        shared.events.publish(&mut events);
+        for p in replies {
             p.answer(None);
         }
-        for (reply, answer) in self.reads {
+        for (reply, answer) in reads {
             let _ = reply.send(Ok(answer));
         }
         if let Some(follower) = to_follower
-            && !self.records.is_empty()
+            && !records.is_empty()
         {
-            let _ = follower.send(FollowerMsg::Records(self.records));
+            let _ = follower.send(FollowerMsg::Records(records));
         }
     }
 

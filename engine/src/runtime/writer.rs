@@ -195,8 +195,7 @@ impl<S: Storage> Writer<S> {
                 }
             }
             Durability::None => {
-                self.shared.events.publish(&self.events_buf);
-                self.events_buf.clear();
+                self.shared.events.publish(&mut self.events_buf);
                 self.reply_now(&mut pending, reads);
             }
         }
@@ -685,8 +684,7 @@ impl<S: Storage> Writer<S> {
         self.apply(command, None, reply, &mut pending);
         let logged = std::mem::take(&mut self.appended);
         if self.wal.is_none() {
-            self.shared.events.publish(&self.events_buf);
-            self.events_buf.clear();
+            self.shared.events.publish(&mut self.events_buf);
             self.reply_all(&mut pending, true);
         } else {
             // Nothing else is in flight yet: commit on this thread, through the same
