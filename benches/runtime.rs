@@ -26,6 +26,12 @@ static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 const THREADS: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(3);
 
+/// Reservations one fixture makes before a fresh one replaces it, between samples.
+/// Its holds never end during a run (10-minute TTL) and the engine refuses a hold
+/// beyond `HELD_RESERVATIONS_MAX` (10M): a fast run of the pipelined bench reached
+/// that, its threads panicked on the refusal, and the run hung.
+const HOLDS_PER_FIXTURE_MAX: u64 = surge_engine::limits::HELD_RESERVATIONS_MAX as u64 / 2;
+
 /// One sample's work for one thread: how many reservations, from which offset.
 struct Work {
     count: u64,
@@ -38,9 +44,13 @@ struct Fixture {
     handle: EngineHandle,
     work: Vec<Sender<Work>>,
     start: Arc<Barrier>,
-    done: Receiver<Histogram<u64>>,
+    /// Each thread's sample, or its panic (passed on, so that a failing thread
+    /// stops the run instead of leaving it waiting).
+    done: Receiver<std::thread::Result<Histogram<u64>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     created: Instant,
+    /// Reservations made so far (all still held).
+    holds: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -85,8 +95,14 @@ fn fixture(skus: usize, config: EngineConfig, window: usize) -> Fixture {
         threads.push(std::thread::spawn(move || {
             while let Ok(w) = rx.recv() {
                 start.wait();
-                let hist = reserve_loop(&handle, &names, window, &w);
-                done_tx.send(hist).expect("bench thread");
+                let sample = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    reserve_loop(&handle, &names, window, &w)
+                }));
+                let failed = sample.is_err();
+                done_tx.send(sample).expect("bench thread");
+                if failed {
+                    break;
+                }
             }
         }));
     }
@@ -97,6 +113,7 @@ fn fixture(skus: usize, config: EngineConfig, window: usize) -> Fixture {
         done,
         threads,
         created: Instant::now(),
+        holds: 0,
         _dir: dir,
     }
 }
@@ -165,9 +182,10 @@ fn run(fixture: &Fixture, iters: u64, latencies: &Mutex<Histogram<u64>>) -> Dura
     let started = Instant::now();
     let mut merged = Histogram::<u64>::new(3).expect("histogram");
     for _ in 0..THREADS {
-        merged
-            .add(fixture.done.recv().expect("bench thread"))
-            .expect("same bounds");
+        match fixture.done.recv().expect("bench thread") {
+            Ok(hist) => merged.add(hist).expect("same bounds"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
     let elapsed = started.elapsed();
     if fixture.created.elapsed() > WARM_UP {
@@ -250,11 +268,20 @@ fn bench(c: &mut Criterion) {
             continue;
         }
         let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
-        let fixture = fixture(skus, config.clone(), window);
+        let current = Mutex::new(fixture(skus, config.clone(), window));
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| run(&fixture, iters, &latencies))
+            b.iter_custom(|iters| {
+                let mut current = current.lock();
+                if current.holds + iters > HOLDS_PER_FIXTURE_MAX {
+                    let mut fresh = fixture(skus, config.clone(), window);
+                    fresh.created = current.created; // the warm-up is behind us
+                    finish(std::mem::replace(&mut *current, fresh));
+                }
+                current.holds += iters;
+                run(&current, iters, &latencies)
+            })
         });
-        finish(fixture);
+        finish(current.into_inner());
         report(name, &latencies.lock());
     }
     echo_closed_loop(&mut group);

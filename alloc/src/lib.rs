@@ -101,10 +101,6 @@ unsafe impl GlobalAlloc for Mimalloc {
 mod tests {
     use super::*;
 
-    /// Sizes from 1 B to about 768 KiB, at every alignment from 1 B to 4 KiB, sizes
-    /// below the alignment included: the block is aligned, writable over its whole
-    /// size, zeroed when asked, and keeps its bytes through growing and shrinking
-    /// reallocations.
     /// A zeroed block is zeroed even where its memory was just used: mimalloc hands
     /// the block freed last back first, so each size gets the dirty block again.
     #[test]
@@ -131,6 +127,10 @@ mod tests {
         }
     }
 
+    /// Sizes from 1 B to about 768 KiB, at every alignment from 1 B to 4 KiB, sizes
+    /// below the alignment included: the block is aligned, writable over its whole
+    /// size, zeroed when asked, and keeps its bytes through growing and shrinking
+    /// reallocations.
     #[test]
     fn blocks_are_aligned_zeroed_and_kept_through_realloc() {
         let sizes = (0..20)

@@ -505,7 +505,7 @@ mod tests {
 
     /// The block-wise skip of zeros finds what a byte-at-a-time search finds, for
     /// every length around the block size, every position of the last non-zero
-    /// byte and every start.
+    /// byte, and starts around the block edges.
     #[test]
     fn nonzero_end_is_just_past_the_last_nonzero_byte_from_the_start() {
         let byte_wise = |segment: &[u8], from: usize| {

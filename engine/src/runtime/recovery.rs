@@ -67,8 +67,9 @@ impl Engine {
     }
 
     /// Open over `storage` and recover, for a writer driven step by step on the
-    /// caller's thread ([`Core`]) instead of its own. Everything runs inline: the
-    /// commit, the snapshot file, no follower. A replicated configuration is
+    /// caller's thread ([`Core`]) instead of its own. After the open everything runs
+    /// inline: the commit, the snapshot file, no follower. (The open's replay applies
+    /// on a thread of its own, in log order, so a run is as deterministic.) A replicated configuration is
     /// refused (its publish stage is a thread of its own).
     pub fn open_core<S: Storage>(
         storage: S,
@@ -363,7 +364,8 @@ const REPLAY_EVENTS_PER_PUBLISH: usize = 4096;
 
 /// Replays the log after `snapshot_lsn` into `state`, in two stages on the two
 /// threads start-up has to itself: this thread reads the mapped segments (frame
-/// checks, checksums) and decodes each record; a scoped `surge-replay` thread
+/// structure; the checksums were checked by the open's analysis) and decodes each
+/// record; a scoped `surge-replay` thread
 /// applies them in LSN order and publishes their events. Decoding is about as much
 /// work as applying, so the two overlap (`recovery/replay_1m_records`, README).
 /// The state is the same as applying on one thread: one thread applies, in order.
@@ -413,7 +415,7 @@ fn replay_log<S: Storage>(
                 events.publish(&mut replay_events);
                 Ok(())
             })
-            .expect("spawn the replay thread");
+            .map_err(|e| Error::Recovery(format!("cannot start the replay thread: {e}")))?;
         let mut batch = Vec::with_capacity(REPLAY_BATCH_RECORDS);
         let decoded = wal.replay(snapshot_lsn, |lsn, payload| {
             let record = codec::decode_record(payload).map_err(|e| format!("record {lsn}: {e}"))?;

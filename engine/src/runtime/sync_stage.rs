@@ -482,4 +482,29 @@ mod tests {
             [Some(1), Some(2), Some(3)]
         );
     }
+    /// In `sync` mode with a publisher and a follower, each batch's records go to
+    /// both, after the batch is answered, one message per batch, in log order.
+    #[test]
+    fn a_published_flush_trails_its_records_and_feeds_the_follower() {
+        let (to_follower, follower) = crossbeam_channel::unbounded();
+        let (to_publisher, publisher) = crossbeam_channel::unbounded();
+        let mut stage = stage(Durability::Sync, Some(to_follower));
+        let [(r1, mut a1), (r2, mut a2)] = [1, 2].map(batch);
+        let mut flush = Flush::new(None, r1, Some((to_publisher, false)));
+        flush.extend(None, r2);
+        assert!(stage.process(vec![flush]).is_none());
+
+        assert_eq!([answered(&mut a1), answered(&mut a2)], [Some(1), Some(2)]);
+        for lsn in [1, 2] {
+            assert_eq!(
+                records_of(follower.try_recv().expect("records")),
+                [(lsn, vec![lsn as u8])]
+            );
+            let Ok(PublishMsg::Trail(records)) = publisher.try_recv() else {
+                panic!("a trail per batch");
+            };
+            assert_eq!(records, [(lsn, vec![lsn as u8])]);
+        }
+        assert!(follower.try_recv().is_err() && publisher.try_recv().is_err());
+    }
 }
