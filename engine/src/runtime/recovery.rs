@@ -365,10 +365,10 @@ const REPLAY_EVENTS_PER_PUBLISH: usize = 4096;
 /// Replays the log after `snapshot_lsn` into `state`, in two stages on the two
 /// threads start-up has to itself: this thread reads the mapped segments (frame
 /// structure; the checksums were checked by the open's analysis) and decodes each
-/// record; a scoped `surge-replay` thread
-/// applies them in LSN order and publishes their events. Decoding is about as much
-/// work as applying, so the two overlap (`recovery/replay_1m_records`, README).
-/// The state is the same as applying on one thread: one thread applies, in order.
+/// record; a scoped `surge-replay` thread applies them in LSN order and publishes
+/// their events. Decoding is about as much work as applying, so the two overlap
+/// (`recovery/replay_1m_records`, README). The state is the one a single thread
+/// would build: one thread applies, in order.
 fn replay_log<S: Storage>(
     wal: &Wal<S>,
     state: &mut State,
