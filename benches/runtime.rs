@@ -17,7 +17,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use surge_engine::{Command, Durability, Engine, EngineConfig, EngineHandle, LineReq};
+use surge_engine::{
+    Command, Durability, Engine, EngineConfig, EngineHandle, LatencyHistogram, LineReq,
+};
 
 // The `surge` binary runs on mimalloc; measure with the same allocator.
 #[global_allocator]
@@ -194,6 +196,19 @@ fn run(fixture: &Fixture, iters: u64, latencies: &Mutex<Histogram<u64>>) -> Dura
     elapsed
 }
 
+/// Before a sample of `iters` reservations: when `current` would pass
+/// `HOLDS_PER_FIXTURE_MAX`, a fresh fixture from `make` takes its place (the
+/// warm-up counted as behind it) and the old one is answered, to be finished.
+fn make_room(current: &mut Fixture, iters: u64, make: impl FnOnce() -> Fixture) -> Option<Fixture> {
+    let replaced = (current.holds + iters > HOLDS_PER_FIXTURE_MAX).then(|| {
+        let mut fresh = make();
+        fresh.created = current.created;
+        std::mem::replace(current, fresh)
+    });
+    current.holds += iters;
+    replaced
+}
+
 fn finish(fixture: Fixture) {
     let Fixture {
         handle,
@@ -272,12 +287,11 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut current = current.lock();
-                if current.holds + iters > HOLDS_PER_FIXTURE_MAX {
-                    let mut fresh = fixture(skus, config.clone(), window);
-                    fresh.created = current.created; // the warm-up is behind us
-                    finish(std::mem::replace(&mut *current, fresh));
+                if let Some(replaced) = make_room(&mut current, iters, || {
+                    fixture(skus, config.clone(), window)
+                }) {
+                    finish(replaced);
                 }
-                current.holds += iters;
                 run(&current, iters, &latencies)
             })
         });
@@ -360,9 +374,10 @@ fn echo_closed_loop(group: &mut criterion::BenchmarkGroup<'_, criterion::measure
     report(name, &latencies.lock());
 }
 
-/// `runtime/writer_iterations`: closed-loop reservations with a snapshot every 200k
-/// records and 16 MiB segments (so segments roll during the run); prints the
-/// writer loop's iteration times (sync excluded) from the engine's own histogram.
+/// `runtime/writer_iterations`: reservations from 64 threads with 64 in flight each,
+/// a snapshot every 200k records and 16 MiB segments (so segments roll during the
+/// run); prints the writer loop's iteration times (sync excluded) from the engine's
+/// own histograms, those of every fixture the run used.
 fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let name = "writer_iterations";
     if !criterion_filter_matches(name) {
@@ -377,12 +392,30 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         ..EngineConfig::default()
     };
     let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
-    let fixture = fixture(10_000, config, 64);
+    let (iterations, commits) = (LatencyHistogram::default(), LatencyHistogram::default());
+    let mut snapshots = 0;
+    let mut keep_figures = |fixture: &Fixture| {
+        let stats = fixture.handle.stats();
+        iterations.absorb(&stats.writer_iteration);
+        commits.absorb(&stats.wal_commit);
+        snapshots += stats.snapshots.load(std::sync::atomic::Ordering::Relaxed);
+    };
+    let current = Mutex::new(fixture(10_000, config.clone(), 64));
     group.bench_function(name, |b| {
-        b.iter_custom(|iters| run(&fixture, iters, &latencies))
+        b.iter_custom(|iters| {
+            let mut current = current.lock();
+            if let Some(replaced) =
+                make_room(&mut current, iters, || fixture(10_000, config.clone(), 64))
+            {
+                keep_figures(&replaced);
+                finish(replaced);
+            }
+            run(&current, iters, &latencies)
+        })
     });
-    let stats = fixture.handle.stats();
-    let h = &stats.writer_iteration;
+    let last = current.into_inner();
+    keep_figures(&last);
+    let h = &iterations;
     let bound = |q: f64| {
         h.quantile_bound_us(q)
             .map_or("> 100000".to_string(), |us| format!("<= {us}"))
@@ -406,8 +439,8 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         over(5_000),
         over(10_000),
         h.max().as_micros(),
-        stats.snapshots.load(std::sync::atomic::Ordering::Relaxed),
-        stats.wal_commit.sum_seconds() * 1e6 / stats.wal_commit.count().max(1) as f64,
+        snapshots,
+        commits.sum_seconds() * 1e6 / commits.count().max(1) as f64,
     );
     eprintln!("writer {line}");
     let path = target_dir()
@@ -415,7 +448,7 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         .join(format!("runtime_{name}.json"));
     let _ = std::fs::create_dir_all(path.parent().expect("parent"));
     std::fs::write(&path, line + "\n").expect("write writer report");
-    finish(fixture);
+    finish(last);
     report(name, &latencies.lock());
 }
 

@@ -78,6 +78,20 @@ impl LatencyHistogram {
         self.max_ns.fetch_max(nanos, Ordering::Relaxed);
     }
 
+    /// Adds `other`'s recordings to these: a bench that ran several engines one
+    /// after another reports their iterations as one run.
+    pub fn absorb(&self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.buckets.iter().zip(&other.buckets) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_ns
+            .fetch_add(other.sum_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.count
+            .fetch_add(other.count.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.max_ns
+            .fetch_max(other.max_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// The longest duration recorded.
     pub fn max(&self) -> Duration {
         Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
@@ -115,5 +129,35 @@ impl LatencyHistogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two histograms absorbed into one hold what one histogram recording all of
+    /// their durations holds: buckets, count, sum and max.
+    #[test]
+    fn absorbing_is_recording_both_into_one() {
+        let micros = [3, 50, 51, 700, 999, 1_000, 1_001, 42_000, 100_000, 250_000];
+        let (first, second, all) = (
+            LatencyHistogram::default(),
+            LatencyHistogram::default(),
+            LatencyHistogram::default(),
+        );
+        for (i, &us) in micros.iter().enumerate() {
+            let d = Duration::from_micros(us);
+            if i % 3 == 0 { &first } else { &second }.record(d);
+            all.record(d);
+        }
+        let merged = LatencyHistogram::default();
+        merged.absorb(&first);
+        merged.absorb(&second);
+        assert_eq!(merged.cumulative(), all.cumulative());
+        assert_eq!(merged.count(), all.count());
+        assert_eq!(merged.sum_seconds(), all.sum_seconds());
+        assert_eq!(merged.max(), all.max());
+        assert_eq!(merged.max(), Duration::from_micros(250_000));
     }
 }

@@ -483,7 +483,8 @@ mod tests {
         );
     }
     /// In `sync` mode with a publisher and a follower, each batch's records go to
-    /// both, after the batch is answered, one message per batch, in log order.
+    /// both, one message per batch, in log order. (That the answers go first is the
+    /// test above.)
     #[test]
     fn a_published_flush_trails_its_records_and_feeds_the_follower() {
         let (to_follower, follower) = crossbeam_channel::unbounded();
