@@ -196,17 +196,24 @@ fn run(fixture: &Fixture, iters: u64, latencies: &Mutex<Histogram<u64>>) -> Dura
     elapsed
 }
 
-/// Before a sample of `iters` reservations: when `current` would pass
-/// `HOLDS_PER_FIXTURE_MAX`, a fresh fixture from `make` takes its place (the
-/// warm-up counted as behind it) and the old one is answered, to be finished.
-fn make_room(current: &mut Fixture, iters: u64, make: impl FnOnce() -> Fixture) -> Option<Fixture> {
-    let replaced = (current.holds + iters > HOLDS_PER_FIXTURE_MAX).then(|| {
+/// One sample of `iters` reservations on `current`. When the sample would take it
+/// past `HOLDS_PER_FIXTURE_MAX`, a fresh fixture from `make` takes its place first
+/// (the warm-up counted as behind it) and the old one goes to `retire`.
+fn sample(
+    current: &Mutex<Fixture>,
+    iters: u64,
+    latencies: &Mutex<Histogram<u64>>,
+    make: impl FnOnce() -> Fixture,
+    retire: impl FnOnce(Fixture),
+) -> Duration {
+    let mut current = current.lock();
+    if current.holds + iters > HOLDS_PER_FIXTURE_MAX {
         let mut fresh = make();
         fresh.created = current.created;
-        std::mem::replace(current, fresh)
-    });
+        retire(std::mem::replace(&mut *current, fresh));
+    }
     current.holds += iters;
-    replaced
+    run(&current, iters, latencies)
 }
 
 fn finish(fixture: Fixture) {
@@ -286,13 +293,8 @@ fn bench(c: &mut Criterion) {
         let current = Mutex::new(fixture(skus, config.clone(), window));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut current = current.lock();
-                if let Some(replaced) = make_room(&mut current, iters, || {
-                    fixture(skus, config.clone(), window)
-                }) {
-                    finish(replaced);
-                }
-                run(&current, iters, &latencies)
+                let make = || fixture(skus, config.clone(), window);
+                sample(&current, iters, &latencies, make, finish)
             })
         });
         finish(current.into_inner());
@@ -403,14 +405,11 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     let current = Mutex::new(fixture(10_000, config.clone(), 64));
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let mut current = current.lock();
-            if let Some(replaced) =
-                make_room(&mut current, iters, || fixture(10_000, config.clone(), 64))
-            {
+            let make = || fixture(10_000, config.clone(), 64);
+            sample(&current, iters, &latencies, make, |replaced| {
                 keep_figures(&replaced);
                 finish(replaced);
-            }
-            run(&current, iters, &latencies)
+            })
         })
     });
     let last = current.into_inner();

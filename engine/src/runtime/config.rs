@@ -143,7 +143,7 @@ impl std::fmt::Debug for Clock {
 
 /// The default [`EngineConfig::batch_len_max`]: 128 commands, about a quarter of a
 /// millisecond of the writer's work here. At 512, one iteration in 28-79 of
-/// `runtime/writer_iterations` took over 1 ms; at 128, one in 113-332, at the same
+/// `runtime/writer_iterations` took over 1 ms; at 128, one in 76-332, at the same
 /// throughput within the noise (README, "Writer iterations bounded by commands").
 pub const BATCH_LEN_MAX_DEFAULT: usize = 128;
 

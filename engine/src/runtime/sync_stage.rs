@@ -482,6 +482,7 @@ mod tests {
             [Some(1), Some(2), Some(3)]
         );
     }
+
     /// In `sync` mode with a publisher and a follower, each batch's records go to
     /// both, one message per batch, in log order. (That the answers go first is the
     /// test above.)
