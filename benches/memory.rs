@@ -87,9 +87,9 @@ fn measure(what: &str, make: impl Fn(u64) -> Command) -> f64 {
     measure_in(with_skus(), what, make)
 }
 
-fn measure_in(mut state: State, what: &str, make: impl Fn(u64) -> Command) -> f64 {
+/// Apply `make(0..N)`, every command accepted.
+fn apply_all(state: &mut State, make: impl Fn(u64) -> Command) {
     let mut events = Vec::with_capacity(64);
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
     for i in 0..N {
         events.clear();
         state
@@ -97,8 +97,11 @@ fn measure_in(mut state: State, what: &str, make: impl Fn(u64) -> Command) -> f6
             .outcome
             .expect("accepted");
     }
-    events = Vec::new();
-    drop(events);
+}
+
+fn measure_in(mut state: State, what: &str, make: impl Fn(u64) -> Command) -> f64 {
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    apply_all(&mut state, make);
     let per_item = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / N as f64;
     println!("{what}: {per_item:.0} bytes each at {N}");
     std::hint::black_box(&state);
@@ -210,6 +213,15 @@ fn main() {
         one_line_order,
     );
     let hold = measure("held reservation (1 line)", one_line_hold);
+    // A million more holds push the first million out of the reservation window
+    // (`FINISHED_RESERVATIONS_KEPT` ids): still held, they move to its overflow.
+    let mut window_full = with_skus();
+    apply_all(&mut window_full, one_line_hold);
+    let old_hold = measure_in(
+        window_full,
+        "held reservation (1 line), the window full: one older hold moves to the overflow",
+        |i| one_line_hold(N + i),
+    );
     // A million customers, one unit each on a limited SKU: each hold keeps its
     // customer and makes one (SKU, customer) count.
     let limited_hold = measure_in(
@@ -262,6 +274,7 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let json = format!(
         "{{\"count\":{N},\"bytes_per_live_order\":{order:.0},\"bytes_per_held_reservation\":{hold:.0},\
+         \"bytes_per_held_reservation_with_overflow\":{old_hold:.0},\
          \"bytes_per_limited_pair_and_customer_hold\":{limited_pair:.0},\
          \"idempotency_budget_bytes\":{KEY_BUDGET_BYTES},\"idempotency_keyed_commands\":{KEYED},\
          \"bytes_per_key_hold\":{key_held:.1},\"bytes_per_key_order\":{key_order:.1},\

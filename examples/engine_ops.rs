@@ -10,7 +10,9 @@
 //! `reserve`: reserve then release one unit (2 commands per cycle); `order`: create,
 //! pay and cancel an order (3 commands per cycle); `reserve-for`: `reserve` for one
 //! of 100 000 customers (`ReserveFor`); `reserve-limited`: the same on SKUs with a
-//! purchase limit and a sale window. Same workloads as `benches/engine.rs`.
+//! purchase limit and a sale window. Same workloads as `benches/engine.rs`. `hold`:
+//! reserve one unit for an hour and keep it (1 command per cycle), so past a million
+//! cycles the oldest holds leave the reservation window for its overflow.
 
 use std::hint::black_box;
 
@@ -52,6 +54,14 @@ fn main() {
                     actor: "bench".into(),
                 },
             ],
+            "hold" => vec![Command::Reserve {
+                lines: vec![LineReq {
+                    sku: sku(i),
+                    qty: 1,
+                }],
+                ttl_ms: 3_600_000,
+                actor: "bench".into(),
+            }],
             "reserve-for" | "reserve-limited" => vec![
                 Command::ReserveFor {
                     lines: vec![LineReq {
@@ -83,7 +93,9 @@ fn main() {
                 },
             ],
             other => {
-                panic!("unknown workload {other:?}: reserve, reserve-for, reserve-limited or order")
+                panic!(
+                    "unknown workload {other:?}: reserve, hold, reserve-for, reserve-limited or order"
+                )
             }
         };
         for command in &commands {
