@@ -395,10 +395,12 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     };
     let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
     let (iterations, commits) = (LatencyHistogram::default(), LatencyHistogram::default());
+    let iterations_cpu = LatencyHistogram::default();
     let mut snapshots = 0;
     let mut keep_figures = |fixture: &Fixture| {
         let stats = fixture.handle.stats();
         iterations.absorb(&stats.writer_iteration);
+        iterations_cpu.absorb(&stats.writer_iteration_cpu);
         commits.absorb(&stats.wal_commit);
         snapshots += stats.snapshots.load(std::sync::atomic::Ordering::Relaxed);
     };
@@ -414,30 +416,36 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     });
     let last = current.into_inner();
     keep_figures(&last);
-    let h = &iterations;
-    let bound = |q: f64| {
+    let bound = |h: &LatencyHistogram, q: f64| {
         h.quantile_bound_us(q)
             .map_or("> 100000".to_string(), |us| format!("<= {us}"))
     };
     // Iterations above 1, 5 and 10 ms: the buckets are too coarse for a
     // quantile to show a change below one bound.
-    let (cumulative, total) = h.cumulative();
-    let over = |bound_us: u64| {
+    let over = |h: &LatencyHistogram, bound_us: u64| {
+        let (cumulative, total) = h.cumulative();
         total
             - cumulative
                 .iter()
                 .find(|&&(bound, _)| bound == bound_us)
                 .map_or(0, |&(_, count)| count)
     };
+    let (h, cpu) = (&iterations, &iterations_cpu);
+    // The `cpu_` figures are the writer thread's CPU time in the same iterations:
+    // where the wall figures are above them, the writer was off a core.
     let line = format!(
-        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"over_1ms\":{},\"over_5ms\":{},\"over_10ms\":{},\"max_us\":{},\"snapshots\":{},\"commit_avg_us\":{:.0}}}",
+        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"over_1ms\":{},\"over_5ms\":{},\"over_10ms\":{},\"max_us\":{},\"cpu_p999_us\":\"{}\",\"cpu_over_1ms\":{},\"cpu_over_10ms\":{},\"cpu_max_us\":{},\"snapshots\":{},\"commit_avg_us\":{:.0}}}",
         h.count(),
-        bound(0.99),
-        bound(0.999),
-        over(1_000),
-        over(5_000),
-        over(10_000),
+        bound(h, 0.99),
+        bound(h, 0.999),
+        over(h, 1_000),
+        over(h, 5_000),
+        over(h, 10_000),
         h.max().as_micros(),
+        bound(cpu, 0.999),
+        over(cpu, 1_000),
+        over(cpu, 10_000),
+        cpu.max().as_micros(),
         snapshots,
         commits.sum_seconds() * 1e6 / commits.count().max(1) as f64,
     );

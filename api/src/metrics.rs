@@ -420,6 +420,11 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
             &s.writer_iteration,
         ),
         histogram(
+            "surge_writer_iteration_cpu_seconds",
+            "The writer thread's CPU time in those iterations: wall time well above it was spent off a core (preempted, blocked, or the virtual CPU taken by its host).",
+            &s.writer_iteration_cpu,
+        ),
+        histogram(
             "surge_wal_commit_seconds",
             "Group commit latency: one sync of the log, however many batches it covers.",
             &s.wal_commit,

@@ -1428,6 +1428,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_wal_flush_latency_seconds_sum", "counter", &[], &[]),
         ("surge_wal_flushes_total", "counter", &[], &[]),
         ("surge_writer_iteration_seconds", "histogram", &[], ENGINE_BUCKETS),
+        ("surge_writer_iteration_cpu_seconds", "histogram", &[], ENGINE_BUCKETS),
         ("surge_writer_nice", "gauge", &[], &[]),
     ];
     let expected: BTreeMap<String, (String, BTreeSet<String>, Vec<String>)> = expected

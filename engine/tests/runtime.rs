@@ -115,6 +115,13 @@ fn sixteen_threads_race_for_one_sku() {
     // And the same after a restart from the log.
     let before = digest(&handle);
     handle.shutdown();
+    // The writer timed every iteration on both clocks, and its CPU clock never ran
+    // ahead of the wall clock.
+    let stats = handle.stats();
+    let (wall, cpu) = (&stats.writer_iteration, &stats.writer_iteration_cpu);
+    assert!(wall.count() > 0);
+    assert_eq!(cpu.count(), wall.count());
+    assert!(cpu.sum_seconds() <= wall.sum_seconds(), "{cpu:?} {wall:?}");
     drop(handle);
     let (handle, _) = Engine::open(config).expect("reopen");
     assert_eq!(digest(&handle), before);

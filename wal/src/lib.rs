@@ -179,7 +179,7 @@ mod wal;
 
 pub use priority::{
     lower_this_thread_priority, raise_this_thread_priority, reset_this_thread_priority,
-    this_thread_nice,
+    this_thread_cpu_time, this_thread_nice,
 };
 pub use sim::{CrashReport, SimStorage};
 pub use storage::{FileWriter, MmapStorage, SegmentId, SegmentSyncer, Storage};

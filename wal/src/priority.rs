@@ -24,7 +24,7 @@
 
 #![allow(
     unsafe_code,
-    reason = "getpriority and setpriority: the libc calls for a thread's niceness"
+    reason = "getpriority, setpriority and clock_gettime: the libc calls for a thread's niceness and its CPU clock"
 )]
 
 use std::io;
@@ -98,6 +98,27 @@ pub fn raise_this_thread_priority(step: i32) -> io::Result<i32> {
     set_this_thread_nice((process_nice()? - step).max(NICE_MIN))
 }
 
+/// CPU time the calling thread has run (user and system), from its CPU clock
+/// (`CLOCK_THREAD_CPUTIME_ID`): over a stretch of work, wall time well above it was
+/// spent off a core (preempted, blocked, or the virtual CPU taken by its host).
+/// `None` if the clock cannot be read.
+pub fn this_thread_cpu_time() -> Option<std::time::Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call's duration, and the
+    // clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if rc != 0 {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
+    ))
+}
+
 /// Put the calling thread at the process's nice value, whatever thread started it.
 /// Returns the value.
 pub fn reset_this_thread_priority() -> io::Result<i32> {
@@ -107,6 +128,34 @@ pub fn reset_this_thread_priority() -> io::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_cpu_clock_counts_work_and_not_sleep() {
+        let start = this_thread_cpu_time().expect("clock");
+        let wall = std::time::Instant::now();
+        // Sleep: the wall clock moves, this thread's CPU clock hardly does.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let slept = this_thread_cpu_time().expect("clock") - start;
+        assert!(
+            slept < std::time::Duration::from_millis(25),
+            "{slept:?} of CPU asleep"
+        );
+        // Work: the CPU clock moves, and never faster than the wall clock.
+        let mut x = 1u64;
+        let worked = std::time::Duration::from_millis(60);
+        while this_thread_cpu_time().expect("clock") - start < worked
+            && wall.elapsed() < std::time::Duration::from_secs(30)
+        {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let spent = this_thread_cpu_time().expect("clock") - start;
+        assert!(spent >= worked, "{spent:?} of CPU after 30 s of work");
+        assert!(
+            spent <= wall.elapsed(),
+            "{spent:?} of CPU in {:?}",
+            wall.elapsed()
+        );
+    }
 
     #[test]
     fn a_background_thread_is_nicer_and_the_others_are_not() {

@@ -35,6 +35,10 @@ pub struct RuntimeStats {
     pub writer_nice: AtomicI64,
     /// Writer loop iterations, the sync excluded (it runs on the sync thread).
     pub writer_iteration: LatencyHistogram,
+    /// The same iterations' CPU time on the writer thread: an iteration whose wall
+    /// time is well above it spent the rest off a core (preempted, blocked in the
+    /// kernel, or its virtual CPU taken by the host), not in its own work.
+    pub writer_iteration_cpu: LatencyHistogram,
     /// Group commit latency: one sync, however many batches it covers.
     pub wal_commit: LatencyHistogram,
     /// One publish to the replicated log, until its acknowledgement.

@@ -106,6 +106,7 @@ impl<S: Storage> Writer<S> {
                 Err(RecvTimeoutError::Disconnected) => shutdown = true,
             }
             let iteration = Instant::now();
+            let cpu_at_start = surge_wal::this_thread_cpu_time();
             self.take_queued(&mut batch);
             let now_ms = self.config.clock.now_ms();
             let flush_due = last_flush.elapsed() >= flush_every;
@@ -114,10 +115,13 @@ impl<S: Storage> Writer<S> {
             if stepped.flushed {
                 last_flush = Instant::now();
             }
-            self.shared
-                .stats
-                .writer_iteration
-                .record(iteration.elapsed());
+            // CPU clock read inside the wall clock's interval: never more than it.
+            let cpu_at_end = surge_wal::this_thread_cpu_time();
+            let stats = &self.shared.stats;
+            stats.writer_iteration.record(iteration.elapsed());
+            if let (Some(start), Some(end)) = (cpu_at_start, cpu_at_end) {
+                stats.writer_iteration_cpu.record(end.saturating_sub(start));
+            }
         }
         self.stop();
     }
