@@ -7,8 +7,9 @@
 
 Compare the times with a run's slow iterations: a writer iteration whose wall time
 is far above its CPU time (`surge_writer_iteration_cpu_seconds`, the `cpu_` figures
-of `runtime/writer_iterations`) was off a core; steal at that moment says the host,
-not this machine's scheduler, held the core.
+of `runtime/writer_iterations`) was off a core; steal in the same samples says the
+host took time then. The counter covers both virtual CPUs in 10 ms units, so it
+cannot say which one, nor place steal within a 10 ms iteration.
 """
 
 import sys

@@ -421,7 +421,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ),
         histogram(
             "surge_writer_iteration_cpu_seconds",
-            "The writer thread's CPU time in those iterations: wall time well above it was spent off a core (preempted, blocked, or the virtual CPU taken by its host).",
+            "The writer thread's CPU time in those iterations: wall time well above it was spent off a core (preempted, blocked, or, where the kernel accounts steal, the virtual CPU taken by its host).",
             &s.writer_iteration_cpu,
         ),
         histogram(

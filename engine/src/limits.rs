@@ -131,10 +131,10 @@ const _: () = assert!(RECORD_ENCODED_BYTES_MAX <= surge_wal::RECORD_PAYLOAD_MAX_
 /// (`cargo bench --bench memory`).
 pub const ORDER_BYTES_BOUND: u64 = 512;
 /// Heap bytes one held reservation may take, on average at the limits.
-/// `cargo bench --bench memory` (2026-12-02): 96 B for a hold older than the window
-/// (its overflow slot and id, 88 B, and its lines, 8 B), which the overflow's
-/// compaction keeps within 8/7 of the slots whatever order holds end in
-/// (`reservations.rs`); the window's full room (80 MB) and the expiry heap's room
+/// `cargo bench --bench memory` (2026-12-02): 96 B for a one-line hold older than
+/// the window (its overflow slot and id, 88 B, and its lines, 8 B), which the
+/// overflow keeps within 8/7 of the slots plus one chunk whatever order holds end
+/// in (`reservations.rs`); the window's full room (80 MB) and the expiry heap's room
 /// for `HELD_RESERVATIONS_MAX` entries (160 MB) are taken at once. At the limits, at
 /// worst: 240 MB + 1M window holds' lines (8 MB) + 10M old holds at 88 * 8 / 7 + 8 B
 /// (1,086 MB) = 1,334 MB, under 11M * 128 B = 1,408 MB.

@@ -37,7 +37,8 @@ pub struct RuntimeStats {
     pub writer_iteration: LatencyHistogram,
     /// The same iterations' CPU time on the writer thread: an iteration whose wall
     /// time is well above it spent the rest off a core (preempted, blocked in the
-    /// kernel, or its virtual CPU taken by the host), not in its own work.
+    /// kernel, or, where the kernel accounts steal, its virtual CPU taken by the
+    /// host), not in its own work.
     pub writer_iteration_cpu: LatencyHistogram,
     /// Group commit latency: one sync, however many batches it covers.
     pub wal_commit: LatencyHistogram,

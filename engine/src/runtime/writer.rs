@@ -115,7 +115,9 @@ impl<S: Storage> Writer<S> {
             if stepped.flushed {
                 last_flush = Instant::now();
             }
-            // CPU clock read inside the wall clock's interval: never more than it.
+            // The CPU clock is read inside the wall clock's interval, so it measures
+            // no more than the wall time (but for the clocks' drift: NTP may slew
+            // CLOCK_MONOTONIC, not the scheduler's clock).
             let cpu_at_end = surge_wal::this_thread_cpu_time();
             let stats = &self.shared.stats;
             stats.writer_iteration.record(iteration.elapsed());
