@@ -215,6 +215,7 @@ fn main() {
     let hold = measure("held reservation (1 line)", one_line_hold);
     // A million more holds push the first million out of the reservation window
     // (`FINISHED_RESERVATIONS_KEPT` ids): still held, they move to its overflow.
+    assert_eq!(N as usize, surge_engine::limits::FINISHED_RESERVATIONS_KEPT);
     let mut window_full = with_skus();
     apply_all(&mut window_full, one_line_hold);
     let old_hold = measure_in(

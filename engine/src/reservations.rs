@@ -98,16 +98,16 @@ impl Overflow {
             .is_none_or(|chunk| chunk.ids.len() == self.chunk_len)
         {
             self.chunks.push_back(OverflowChunk {
-                ids: Vec::with_capacity(self.chunk_len),
-                slots: Vec::with_capacity(self.chunk_len),
+                ids: Vec::new(),
+                slots: Vec::new(),
                 live: 0,
             });
         }
         let chunk_len = self.chunk_len;
         let chunk = self.chunks.back_mut().expect("a chunk with room");
         if chunk.ids.len() == chunk.ids.capacity() {
-            // Shrunk or merged to its length: room up to a full chunk, not the
-            // doubling a push would take.
+            // New, or shrunk or merged to its length: room up to a full chunk, not
+            // the doubling a push would take.
             chunk.ids.reserve_exact(chunk_len - chunk.ids.len());
             chunk.slots.reserve_exact(chunk_len - chunk.slots.len());
         }

@@ -69,8 +69,8 @@ impl Engine {
     /// Open over `storage` and recover, for a writer driven step by step on the
     /// caller's thread ([`Core`]) instead of its own. After the open everything runs
     /// inline: the commit, the snapshot file, no follower. (The open's replay applies
-    /// on a thread of its own, in log order, so a run is as deterministic.) A replicated configuration is
-    /// refused (its publish stage is a thread of its own).
+    /// on a thread of its own, in log order, so a run is as deterministic.) A
+    /// replicated configuration is refused (its publish stage is a thread of its own).
     pub fn open_core<S: Storage>(
         storage: S,
         mut config: EngineConfig,
