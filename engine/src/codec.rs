@@ -6,6 +6,8 @@
 //! [`EngineSnapshot`]: the state's own encoding ([`SnapshotRef`], versioned) and the
 //! event ring up to the state's last event.
 
+use std::io::Write as _;
+
 use bincode::{Decode, Encode, config};
 
 use crate::command::{Command, IdempotencyKey, Outcome};
@@ -161,6 +163,7 @@ pub(crate) struct EngineSnapshot {
 
 /// [`EngineSnapshot`] by reference, encoded without copying the ring first.
 #[derive(Encode)]
+#[cfg(test)]
 struct EngineSnapshotRef<'a> {
     state: &'a [u8],
     events: RingPrefix<'a>,
@@ -185,19 +188,109 @@ impl Encode for RingPrefix<'_> {
 
 /// The snapshot body of `state`: its encoding and the event ring up to the state's
 /// last event (the feed may already hold later events; replay regenerates them).
-pub(crate) fn encode_engine_snapshot(state: &State, events: &EventLog) -> Vec<u8> {
-    let state_bytes = state.encode_snapshot();
+/// Encodes the engine's snapshot body ([`EngineSnapshot`]: the state's bytes, then
+/// the event ring's prefix through the state's last record) into `image`, in one
+/// pass and with no copy: the state is encoded in place of its byte string, whose
+/// length (a fixed-width u64, as bincode writes a slice's) is patched in after.
+pub(crate) fn encode_engine_snapshot(
+    state: &State,
+    events: &EventLog,
+    image: &mut surge_wal::SnapshotImage,
+) {
+    const FAILED: &str = "encoding into memory cannot fail";
+    let length_at = image.body_len();
+    image.write_all(&0u64.to_le_bytes()).expect(FAILED);
+    let state_len =
+        bincode::encode_into_std_write(state.to_snapshot(), image, SNAPSHOT_CONFIG).expect(FAILED);
+    image.patch(length_at, &(state_len as u64).to_le_bytes());
     let last_seq = state.next_seq().saturating_sub(1);
     let (ring, dropped_through) = events.ring();
     let kept = ring.partition_point(|e| e.seq <= last_seq);
-    let body = EngineSnapshotRef {
-        state: &state_bytes,
-        events: RingPrefix(&ring, kept),
-        events_dropped_through: dropped_through,
-    };
-    bincode::encode_to_vec(&body, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
+    bincode::encode_into_std_write(
+        (RingPrefix(&ring, kept), dropped_through),
+        image,
+        SNAPSHOT_CONFIG,
+    )
+    .expect(FAILED);
 }
 
 pub(crate) fn decode_engine_snapshot(bytes: &[u8]) -> Result<EngineSnapshot, String> {
     decode_whole(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::LineReq;
+
+    /// `count` commands that each emit events: two SKUs defined, then holds.
+    fn apply_commands(state: &mut State, count: usize) -> Vec<Event> {
+        let mut events = Vec::new();
+        for i in 0..count {
+            let command = if i < 2 {
+                Command::DefineSku {
+                    sku: format!("S{i}"),
+                    name: String::new(),
+                    on_hand: 100,
+                    low_stock_threshold: 95,
+                }
+            } else {
+                Command::Reserve {
+                    lines: vec![LineReq {
+                        sku: format!("S{}", i % 2),
+                        qty: 1,
+                    }],
+                    ttl_ms: 60_000,
+                    actor: "test".into(),
+                }
+            };
+            let applied = state.apply(&command, None, 1 + i as u64, &mut events);
+            assert!(applied.outcome.is_ok(), "{:?}", applied.outcome);
+        }
+        events
+    }
+
+    /// The body encoded in place is byte for byte what encoding the state first and
+    /// then the body struct gave (the format on disk did not change), whatever the
+    /// reused buffer held; the ring is cut at the state's last record.
+    #[test]
+    fn the_engine_snapshot_encoded_in_place_is_the_body_struct() {
+        let mut behind = State::new();
+        apply_commands(&mut behind, 9);
+        let mut ahead = State::new();
+        let mut emitted = apply_commands(&mut ahead, 12);
+        let log = EventLog::new(1_000);
+        log.publish(&mut emitted);
+
+        let (ring, dropped_through) = log.ring();
+        let last_seq = behind.next_seq() - 1;
+        let kept = ring.partition_point(|e| e.seq <= last_seq);
+        assert!(
+            kept > 0 && kept < ring.len(),
+            "the ring is cut: {kept} of {}",
+            ring.len()
+        );
+        let expected = bincode::encode_to_vec(
+            EngineSnapshotRef {
+                state: &behind.encode_snapshot(),
+                events: RingPrefix(&ring, kept),
+                events_dropped_through: dropped_through,
+            },
+            SNAPSHOT_CONFIG,
+        )
+        .expect("encodes");
+
+        let mut stale = Vec::with_capacity(surge_wal::SnapshotImage::CHUNK_BYTES);
+        stale.resize(100_000, 0xEE);
+        for reused in [Vec::new(), vec![stale]] {
+            let mut image = surge_wal::SnapshotImage::new(reused);
+            encode_engine_snapshot(&behind, &log, &mut image);
+            let body = image.body_parts().collect::<Vec<_>>().concat();
+            assert_eq!(body, expected);
+            let decoded = decode_engine_snapshot(&body).expect("decodes");
+            assert_eq!(decoded.events.len(), kept);
+            let restored = State::decode_snapshot(&decoded.state).expect("the state decodes");
+            assert_eq!(restored.next_seq(), behind.next_seq());
+        }
+    }
 }

@@ -270,6 +270,9 @@ impl Reservations {
         }
     }
 
+    /// Every reservation kept, in id order: the overflow's ids are all below the
+    /// window's. Snapshots encode them in this order as they come
+    /// (`the_overflow_agrees_with_a_map` checks it against a sorted map).
     pub fn iter(&self) -> impl Iterator<Item = &Reservation> {
         self.overflow.iter().chain(self.window.iter().flatten())
     }

@@ -129,7 +129,7 @@ enum Request {
     /// publishes it (the WAL's snapshot steps stay with the log's owner).
     InstallSnapshot {
         lsn: u64,
-        body: Vec<u8>,
+        body: surge_wal::SnapshotImage,
     },
     /// A standby applies and logs a leader's records (LSN, record as logged);
     /// answered with the last LSN applied, once durable.
@@ -192,6 +192,10 @@ struct Inner {
     /// The follower is encoding a snapshot: new reads go through the writer's queue
     /// meanwhile instead of waiting for it.
     follower_encoding: AtomicBool,
+    /// The chunks the newest snapshot file was written from, for the next one to
+    /// be encoded into (see [`surge_wal::SnapshotImage`]): as much memory as that
+    /// snapshot, kept. None until a snapshot is written.
+    snapshot_buffers: Mutex<Vec<Vec<u8>>>,
     /// [`Role`] as a byte.
     role: std::sync::atomic::AtomicU8,
     /// Why the replicated log is unavailable now, if it is (`replicated` mode
@@ -215,12 +219,18 @@ impl Inner {
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
             board: StockBoard::default(),
             follower_encoding: AtomicBool::new(false),
+            snapshot_buffers: Mutex::new(Vec::new()),
             role: std::sync::atomic::AtomicU8::new(role.as_u8()),
             replication_down: Mutex::new(None),
             replication_down_flag: AtomicBool::new(false),
             publish_stopping: AtomicBool::new(false),
             durability,
         }
+    }
+
+    /// An empty snapshot image in the chunks of the last snapshot written.
+    fn snapshot_image(&self) -> surge_wal::SnapshotImage {
+        surge_wal::SnapshotImage::new(std::mem::take(&mut *self.snapshot_buffers.lock()))
     }
 
     fn role(&self) -> Role {

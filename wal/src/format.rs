@@ -422,19 +422,22 @@ pub(crate) fn nonzero_end(segment: &[u8], from: u64) -> u64 {
     }
 }
 
-pub(crate) fn encode_snapshot(lsn: Lsn, body: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
-    b.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
-    b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    b.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    b.extend_from_slice(&lsn.to_le_bytes());
-    b.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    let crc = crc32c::crc32c(&b[0..32]);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes());
-    debug_assert_eq!(b.len(), SNAPSHOT_HEADER_BYTES);
-    b.extend_from_slice(body);
-    b
+/// A snapshot file's header, for a body of `body_len` bytes whose checksum is
+/// `body_crc`: the file is this, then the body.
+pub(crate) fn snapshot_header(
+    lsn: Lsn,
+    body_len: u64,
+    body_crc: u32,
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut header = [0; SNAPSHOT_HEADER_BYTES];
+    header[0..8].copy_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&body_crc.to_le_bytes());
+    header[16..24].copy_from_slice(&lsn.to_le_bytes());
+    header[24..32].copy_from_slice(&body_len.to_le_bytes());
+    let crc = crc32c::crc32c(&header[0..32]);
+    header[32..36].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// The format version field of a snapshot image (meaningful once
@@ -549,7 +552,8 @@ mod tests {
 
     #[test]
     fn snapshot_round_trip_and_damage() {
-        let file = encode_snapshot(7, b"state");
+        let mut file = snapshot_header(7, 5, crc32c::crc32c(b"state")).to_vec();
+        file.extend_from_slice(b"state");
         assert_eq!(decode_snapshot(&file), Ok((7, &b"state"[..])));
         for i in 0..file.len() {
             let mut bad = file.clone();

@@ -187,8 +187,8 @@ pub use verify::{
     ManifestReport, Problem, SegmentReport, SnapshotReport, Verdict, VerifyReport, verify,
 };
 pub use wal::{
-    CommitJob, HEADER_CLAIM_EVERY_COMMITS, Recovery, RecoveryReport, SnapshotJob, TornTail, Wal,
-    WalStats, WrittenSnapshot,
+    CommitJob, HEADER_CLAIM_EVERY_COMMITS, Recovery, RecoveryReport, SnapshotImage, SnapshotJob,
+    TornTail, Wal, WalStats, WrittenSnapshot,
 };
 
 /// Log sequence number. 0 means "nothing".

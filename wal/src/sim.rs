@@ -424,9 +424,9 @@ fn crash_image(
 
 /// The background writer shares the simulated disk (and its failure injection).
 impl crate::storage::FileWriter for SimStorage {
-    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fn write_synced(&self, name: &str, parts: &[&[u8]]) -> io::Result<()> {
         let mut disk = self.clone();
-        disk.write_file(name, bytes)?;
+        disk.write_file(name, &parts.concat())?;
         disk.sync_file(name)
     }
 

@@ -96,8 +96,8 @@ impl SegmentSyncer for FileSyncer {
 /// listing (the MANIFEST rename and the directory fsyncs) done by the thread that
 /// syncs commits, after the commits before it (see [`Storage::file_writer`]).
 pub trait FileWriter: Send + Sync + 'static {
-    /// Creates or replaces `name` with `bytes` and makes them durable.
-    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Creates or replaces `name` with the concatenation of `parts` and makes it durable.
+    fn write_synced(&self, name: &str, parts: &[&[u8]]) -> io::Result<()>;
     /// Makes a small file's contents durable (fsync).
     fn sync_file(&self, name: &str) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to` (durable after `sync_dir`).
@@ -112,13 +112,15 @@ struct DirFileWriter {
 }
 
 impl FileWriter for DirFileWriter {
-    fn write_synced(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    fn write_synced(&self, name: &str, parts: &[&[u8]]) -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(self.dir.join(name))?;
-        f.write_all(bytes)?;
+        for part in parts {
+            f.write_all(part)?;
+        }
         f.sync_all()
     }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::format::{
     self, FrameChecks, HeaderCheck, SegmentHeader, WATERMARK_SLOT_OFFSETS, align_up,
-    decode_snapshot, encode_frame_header, encode_snapshot, encode_watermark, is_snapshot_tmp_name,
+    decode_snapshot, encode_frame_header, encode_watermark, is_snapshot_tmp_name,
     parse_segment_name, parse_snapshot_name, read_watermark, scan_frames, segment_name,
     snapshot_name, snapshot_version,
 };
@@ -109,21 +109,185 @@ impl Segment {
     }
 }
 
+/// A snapshot file built in place, in chunks of [`SnapshotImage::CHUNK_BYTES`]:
+/// room for the header, then the body, appended (through [`std::io::Write`]) by
+/// whoever encodes the state. [`SnapshotJob::run`] writes the header into that
+/// room and the file from the chunks, and hands them back
+/// ([`WrittenSnapshot::take_buffers`]) so the next snapshot is encoded into memory
+/// that is already mapped. A snapshot of a large state is hundreds of MB: one
+/// growing buffer would be copied at each doubling, and every fresh page costs the
+/// kernel a zeroing; chunks are never moved, and reused they are never fresh.
+pub struct SnapshotImage {
+    /// Full chunks but the last; each has exactly `CHUNK_BYTES` of capacity.
+    chunks: Vec<Vec<u8>>,
+    /// Empty chunks to fill next.
+    spare: Vec<Vec<u8>>,
+}
+
+impl SnapshotImage {
+    pub const CHUNK_BYTES: usize = 4 << 20;
+
+    /// An empty body in the memory of `buffers` (from [`WrittenSnapshot::take_buffers`]):
+    /// their contents are dropped, their capacity kept.
+    pub fn new(mut buffers: Vec<Vec<u8>>) -> Self {
+        buffers.retain(|b| b.capacity() == Self::CHUNK_BYTES);
+        buffers.iter_mut().for_each(Vec::clear);
+        let mut image = Self {
+            chunks: Vec::new(),
+            spare: buffers,
+        };
+        image.append(&[0; format::SNAPSHOT_HEADER_BYTES]);
+        image
+    }
+
+    /// An image of a body already encoded elsewhere (copied).
+    pub fn from_body(body: &[u8]) -> Self {
+        let mut image = Self::new(Vec::new());
+        image.append(body);
+        image
+    }
+
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum::<usize>() - format::SNAPSHOT_HEADER_BYTES
+    }
+
+    /// The body, in pieces.
+    pub fn body_parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().enumerate().map(|(i, chunk)| {
+            let from = if i == 0 {
+                format::SNAPSHOT_HEADER_BYTES
+            } else {
+                0
+            };
+            &chunk[from..]
+        })
+    }
+
+    /// Overwrites body bytes from `body_offset` with `bytes`: what was written
+    /// before its value was known (a length, say). Panics past the end.
+    pub fn patch(&mut self, body_offset: usize, mut bytes: &[u8]) {
+        let mut at = format::SNAPSHOT_HEADER_BYTES + body_offset;
+        for chunk in &mut self.chunks {
+            if bytes.is_empty() {
+                return;
+            }
+            if at >= chunk.len() {
+                at -= chunk.len();
+                continue;
+            }
+            let n = bytes.len().min(chunk.len() - at);
+            chunk[at..at + n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            at = 0;
+        }
+        assert!(bytes.is_empty(), "patch past the end of the snapshot image");
+    }
+
+    /// Encoders append a field at a time: the common case, room in the last
+    /// chunk, is kept small enough to inline.
+    #[inline]
+    fn append(&mut self, bytes: &[u8]) {
+        if let Some(chunk) = self.chunks.last_mut()
+            && Self::CHUNK_BYTES - chunk.len() >= bytes.len()
+        {
+            chunk.extend_from_slice(bytes);
+            return;
+        }
+        self.append_across_chunks(bytes);
+    }
+
+    #[cold]
+    fn append_across_chunks(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self
+                .chunks
+                .last()
+                .map_or(0, |chunk| Self::CHUNK_BYTES - chunk.len());
+            if room == 0 {
+                let chunk = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(Self::CHUNK_BYTES));
+                self.chunks.push(chunk);
+                continue;
+            }
+            let n = room.min(bytes.len());
+            let chunk = self.chunks.last_mut().expect("made above");
+            chunk.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Writes the header into its room, for the body after it.
+    fn frame(&mut self, lsn: Lsn) {
+        let body_len = self.body_len();
+        let crc = self
+            .body_parts()
+            .fold(0, crc32c::crc32c_append);
+        let header = format::snapshot_header(lsn, body_len as u64, crc);
+        self.chunks[0][..format::SNAPSHOT_HEADER_BYTES].copy_from_slice(&header);
+    }
+
+    /// Every chunk, emptied, the spare ones too.
+    fn into_buffers(mut self) -> Vec<Vec<u8>> {
+        self.chunks.append(&mut self.spare);
+        self.chunks
+    }
+}
+
+impl std::io::Write for SnapshotImage {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.append(bytes);
+        Ok(bytes.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.append(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes a snapshot's temp file and fsyncs it; safe to run on another thread.
 pub struct SnapshotJob {
     lsn: Lsn,
     name: String,
     tmp: String,
-    body: Vec<u8>,
+    image: SnapshotImage,
     writer: Box<dyn crate::storage::FileWriter>,
 }
 
 /// A snapshot temp file that is on disk, waiting for [`Wal::finish_snapshot`].
-#[derive(Debug)]
 pub struct WrittenSnapshot {
     lsn: Lsn,
     name: String,
     tmp: String,
+    buffers: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for WrittenSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrittenSnapshot")
+            .field("lsn", &self.lsn)
+            .field("name", &self.name)
+            .field("tmp", &self.tmp)
+            .field("buffers", &self.buffers.len())
+            .finish()
+    }
+}
+
+impl WrittenSnapshot {
+    /// The chunks the file was written from, for [`SnapshotImage::new`] (none
+    /// once taken).
+    pub fn take_buffers(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.buffers)
+    }
 }
 
 impl SnapshotJob {
@@ -131,17 +295,18 @@ impl SnapshotJob {
         self.lsn
     }
 
-    /// Frame the body (header, checksum), write the temp file and fsync it.
+    /// Frame the body (header, checksum) in place, write the temp file and fsync it.
     pub fn run(mut self) -> Result<WrittenSnapshot, Error> {
-        let file = encode_snapshot(self.lsn, &self.body);
-        self.body = Vec::new();
+        self.image.frame(self.lsn);
+        let parts: Vec<&[u8]> = self.image.chunks.iter().map(Vec::as_slice).collect();
         self.writer
-            .write_synced(&self.tmp, &file)
+            .write_synced(&self.tmp, &parts)
             .map_err(|e| Error::io("write snapshot", e))?;
         Ok(WrittenSnapshot {
             lsn: self.lsn,
             name: self.name,
             tmp: self.tmp,
+            buffers: self.image.into_buffers(),
         })
     }
 }
@@ -1185,7 +1350,7 @@ impl<S: Storage> Wal<S> {
     /// The same as [`Wal::begin_snapshot`], [`SnapshotJob::run`] and
     /// [`Wal::finish_snapshot`] in a row.
     pub fn write_snapshot(&mut self, lsn: Lsn, bytes: &[u8]) -> Result<(), Error> {
-        let Some(job) = self.begin_snapshot(lsn, bytes.to_vec())? else {
+        let Some(job) = self.begin_snapshot(lsn, SnapshotImage::from_body(bytes))? else {
             return Ok(());
         };
         let written = job.run();
@@ -1195,7 +1360,11 @@ impl<S: Storage> Wal<S> {
     /// Checks a snapshot of `lsn` may be written and hands back the job that writes
     /// and fsyncs its temp file, which may run on another thread. `None`: the newest
     /// snapshot already is at `lsn`. Only one job at a time: finish it first.
-    pub fn begin_snapshot(&self, lsn: Lsn, body: Vec<u8>) -> Result<Option<SnapshotJob>, Error> {
+    pub fn begin_snapshot(
+        &self,
+        lsn: Lsn,
+        image: SnapshotImage,
+    ) -> Result<Option<SnapshotJob>, Error> {
         self.check_usable()?;
         if lsn > self.durable_lsn {
             return Err(Error::SnapshotAhead {
@@ -1212,9 +1381,9 @@ impl<S: Storage> Wal<S> {
                 last: self.snapshot_lsn,
             });
         }
-        if body.len() as u64 > SNAPSHOT_BODY_MAX_BYTES {
+        if image.body_len() as u64 > SNAPSHOT_BODY_MAX_BYTES {
             return Err(Error::SnapshotTooLarge {
-                len: body.len() as u64,
+                len: image.body_len() as u64,
                 max: SNAPSHOT_BODY_MAX_BYTES,
             });
         }
@@ -1224,7 +1393,7 @@ impl<S: Storage> Wal<S> {
             lsn,
             name,
             tmp,
-            body,
+            image,
             writer: self.storage.file_writer(),
         }))
     }
@@ -1524,4 +1693,46 @@ fn zero_range<S: Storage>(storage: &mut S, h: SegmentId, from: u64, to: u64) -> 
     storage
         .sync_segment_range(h, from, to - from)
         .map_err(|e| Error::io("msync torn tail", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// A body of two and a half chunks, appended in odd-sized pieces and patched
+    /// across a chunk boundary, frames into the file `decode_snapshot` reads back;
+    /// the chunks handed back hold nothing of it in the next image.
+    #[test]
+    fn a_snapshot_image_frames_across_chunks_and_is_reused_empty() {
+        let chunk = SnapshotImage::CHUNK_BYTES;
+        let mut body: Vec<u8> = (0..chunk * 5 / 2).map(|i| (i * 7 % 251) as u8).collect();
+        let mut image = SnapshotImage::new(Vec::new());
+        for piece in body.chunks(1_000_003) {
+            image.write_all(piece).expect("in memory");
+        }
+        assert_eq!(image.body_len(), body.len());
+        let across = chunk - format::SNAPSHOT_HEADER_BYTES - 3;
+        image.patch(across, b"patched!");
+        body[across..across + 8].copy_from_slice(b"patched!");
+        image.frame(42);
+        assert_eq!(image.chunks.len(), 3);
+        let file = image.chunks.concat();
+        assert_eq!(format::decode_snapshot(&file), Ok((42, &body[..])));
+
+        let buffers = image.into_buffers();
+        assert!(buffers.iter().all(|b| b.capacity() == chunk));
+        let mut again = SnapshotImage::new(buffers);
+        again.write_all(b"small").expect("in memory");
+        assert_eq!(again.body_parts().collect::<Vec<_>>(), [&b"small"[..]]);
+        assert_eq!(again.spare.len(), 2, "the other chunks wait, unused");
+    }
+
+    #[test]
+    #[should_panic(expected = "past the end")]
+    fn a_patch_past_the_end_panics() {
+        let mut image = SnapshotImage::from_body(b"four");
+        image.patch(2, b"xyz");
+    }
 }

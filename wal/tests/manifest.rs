@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::*;
 use surge_wal::{
-    Error, Lsn, ManifestReport, MmapStorage, Recovery, SimStorage, Storage, Verdict, Wal, verify,
+    Error, Lsn, ManifestReport, MmapStorage, Recovery, SimStorage, SnapshotImage, Storage, Verdict,
+    Wal, verify,
 };
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
@@ -733,7 +734,7 @@ fn a_full_disk_while_the_manifest_is_written_refuses_cleanly() {
 
     // Publishing a snapshot: its file is written, then the disk fills up.
     let job = wal
-        .begin_snapshot(500, snapshot_body(500))
+        .begin_snapshot(500, SnapshotImage::from_body(&snapshot_body(500)))
         .expect("begin")
         .expect("a job");
     let written = job.run();

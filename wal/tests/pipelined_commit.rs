@@ -7,7 +7,7 @@
 mod common;
 
 use common::{SEGMENT_BYTES_SMALL, frames, open_sim, payload, records};
-use surge_wal::SimStorage;
+use surge_wal::{SimStorage, SnapshotImage};
 
 /// Appends 200-byte records from `lsn + 1` until the log rolls to a new segment;
 /// returns the last LSN written before the roll.
@@ -139,7 +139,7 @@ fn a_publication_then_a_roll_land_in_order_whatever_the_cut() {
         let job = wal
             .begin_snapshot(
                 snapshot_lsn,
-                format!("state at {snapshot_lsn}").into_bytes(),
+                SnapshotImage::from_body(format!("state at {snapshot_lsn}").as_bytes()),
             )
             .expect("begin")
             .expect("a job");

@@ -130,21 +130,26 @@ impl Follower {
     /// walks the whole state in one stretch, and at this thread's priority it
     /// would take that stretch of a core from the writer and the HTTP workers.
     /// Inline if the thread cannot be started.
-    fn encode_snapshot(&self) -> Vec<u8> {
+    fn encode_snapshot(&self) -> surge_wal::SnapshotImage {
         let (state, events) = (&self.state, &self.shared.events);
-        let encode = move || codec::encode_engine_snapshot(state, events);
+        let encode = move |mut image| {
+            codec::encode_engine_snapshot(state, events, &mut image);
+            image
+        };
+        let image = self.shared.snapshot_image();
         std::thread::scope(|scope| {
             let spawned = std::thread::Builder::new()
                 .name("surge-encoder".into())
                 .spawn_scoped(scope, move || {
                     let _ = surge_wal::lower_this_thread_priority();
-                    encode()
+                    encode(image)
                 });
             match spawned {
                 Ok(thread) => thread
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => encode(),
+                // The image went with the closure: encode into a new one.
+                Err(_) => encode(self.shared.snapshot_image()),
             }
         })
     }

@@ -55,7 +55,7 @@ pub(super) struct Writer<S: Storage> {
     /// The follower thread and its channel (sync mode).
     pub(super) follower: Option<(Sender<FollowerMsg>, JoinHandle<()>)>,
     /// A snapshot the follower encoded, waiting for its LSN to be known durable here.
-    pub(super) install_waiting: Option<(u64, Vec<u8>)>,
+    pub(super) install_waiting: Option<(u64, surge_wal::SnapshotImage)>,
     /// The publish stage, once a publisher is attached.
     pub(super) publish_tx: Option<Sender<PublishMsg>>,
     pub(super) publish_thread: Option<JoinHandle<()>>,
@@ -924,8 +924,9 @@ impl<S: Storage> Writer<S> {
             self.answer_snapshot_waiters(Ok(lsn));
             return;
         }
-        let bytes = codec::encode_engine_snapshot(&self.state, &self.shared.events);
-        let job = match wal.begin_snapshot(lsn, bytes) {
+        let mut image = self.shared.snapshot_image();
+        codec::encode_engine_snapshot(&self.state, &self.shared.events, &mut image);
+        let job = match wal.begin_snapshot(lsn, image) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 self.answer_snapshot_waiters(Ok(lsn));
@@ -979,6 +980,10 @@ impl<S: Storage> Writer<S> {
         };
         let lsn = job.lsn;
         self.snapshot_job = None;
+        let mut written = written;
+        if let Ok(written) = written.as_mut() {
+            *self.shared.snapshot_buffers.lock() = written.take_buffers();
+        }
         let wal = self.wal.as_mut().expect("a snapshot job implies a log");
         if self.publish_tx.is_some() {
             // Pruning keeps what the replicated log does not hold yet.

@@ -42,14 +42,12 @@ impl State {
     /// The state as a snapshot, borrowed: encoding it copies nothing first. It
     /// encodes to exactly the bytes of the owned [`Snapshot`] it decodes into.
     pub(crate) fn to_snapshot(&self) -> SnapshotRef<'_> {
-        let mut reservations: Vec<&Reservation> = self.reservations.iter().collect();
-        reservations.sort_unstable_by_key(|r| r.id);
         SnapshotRef {
             format: SNAPSHOT_FORMAT,
             now_ms: self.now_ms,
             next_seq: self.next_seq,
             skus: &self.skus,
-            reservations,
+            reservations: InIdOrder(&self.reservations),
             next_reservation_id: self.next_reservation_id,
             reservations_base: self.reservations.base(),
             orders: &self.orders,
@@ -297,6 +295,34 @@ impl<K, O, T> Snapshot<K, O, T> {
     }
 }
 
+/// The reservations encoded as a `Vec<Reservation>` in id order, the order
+/// [`Reservations::iter`] yields them in (the overflow's old ids, then the
+/// window's): straight from the state, with no list of them collected and sorted
+/// first (millions of holds are tens of MB).
+pub(crate) struct InIdOrder<'a>(&'a Reservations);
+
+impl Encode for InIdOrder<'_> {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        (self.0.len() as u64).encode(encoder)?;
+        let mut count = 0;
+        let mut last_id = None;
+        for reservation in self.0.iter() {
+            debug_assert!(
+                last_id < Some(reservation.id),
+                "reservations out of id order"
+            );
+            last_id = Some(reservation.id);
+            reservation.encode(encoder)?;
+            count += 1;
+        }
+        assert_eq!(count, self.0.len(), "the reservations' count changed");
+        Ok(())
+    }
+}
+
 /// [`Snapshot`] by reference, field for field (bincode encodes `&[T]`, `Vec<&T>` and
 /// `Vec<T>` alike). A test checks that the two stay in step.
 #[derive(Encode)]
@@ -305,7 +331,7 @@ pub(crate) struct SnapshotRef<'a> {
     pub now_ms: Millis,
     pub next_seq: u64,
     pub skus: &'a [Sku],
-    pub reservations: Vec<&'a Reservation>,
+    pub reservations: InIdOrder<'a>,
     pub next_reservation_id: u64,
     pub reservations_base: u64,
     pub orders: &'a ChunkedVec<Order>,
