@@ -387,6 +387,8 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     }
     let config = EngineConfig {
         snapshot_every_records: 200_000,
+        // Every 200k records, whatever the state's size (issue 8's bench).
+        snapshot_log_percent_min: 0,
         wal: surge_engine::wal::WalConfig {
             segment_bytes: 16 << 20,
             ..surge_engine::wal::WalConfig::default()

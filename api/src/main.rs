@@ -122,6 +122,10 @@ struct ServeArgs {
         default_value_t = 2_000_000
     )]
     snapshot_every_records: u64,
+    /// A snapshot by record count also waits until the log written since the last
+    /// one is at least this percent of that snapshot's size (0: the count alone).
+    #[arg(long, env = "SURGE_SNAPSHOT_LOG_PERCENT_MIN", default_value_t = 100)]
+    snapshot_log_percent_min: u64,
     /// Largest request body accepted (413 above).
     #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 1 << 20)]
     body_limit_bytes: usize,
@@ -375,6 +379,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         queue_len_max: args.queue_len_max,
         batch_len_max: args.batch_len_max,
         snapshot_every_records: args.snapshot_every_records,
+        snapshot_log_percent_min: args.snapshot_log_percent_min,
         commit_priority_raise: args.commit_priority_raise,
         idempotency: Some(idempotency),
         order_policy: Some(surge_engine::OrderPolicy {

@@ -6,8 +6,6 @@
 //! [`EngineSnapshot`]: the state's own encoding ([`SnapshotRef`], versioned) and the
 //! event ring up to the state's last event.
 
-use std::io::Write as _;
-
 use bincode::{Decode, Encode, config};
 
 use crate::command::{Command, IdempotencyKey, Outcome};
@@ -108,6 +106,29 @@ pub(crate) fn encode_snapshot(snapshot: &SnapshotRef<'_>) -> Vec<u8> {
     bincode::encode_to_vec(snapshot, SNAPSHOT_CONFIG).expect("encoding into a Vec cannot fail")
 }
 
+pub(crate) fn encode_snapshot_into(
+    snapshot: &SnapshotRef<'_>,
+    image: &mut surge_wal::SnapshotImage,
+) -> usize {
+    let before = image.body_len();
+    bincode::encode_into_writer(snapshot, ImageWriter(image), SNAPSHOT_CONFIG)
+        .expect("encoding into memory cannot fail");
+    image.body_len() - before
+}
+
+/// Appends bincode's output to a snapshot image directly: through `io::Write`
+/// (`bincode::encode_into_std_write`) every field would pay for an error path and
+/// a byte count it cannot need.
+struct ImageWriter<'a>(&'a mut surge_wal::SnapshotImage);
+
+impl bincode::enc::write::Writer for ImageWriter<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.append(bytes);
+        Ok(())
+    }
+}
+
 /// A snapshot of the current format, or one of an older format that the state
 /// upgrades on load.
 pub(crate) enum AnySnapshot {
@@ -199,16 +220,15 @@ pub(crate) fn encode_engine_snapshot(
 ) {
     const FAILED: &str = "encoding into memory cannot fail";
     let length_at = image.body_len();
-    image.write_all(&0u64.to_le_bytes()).expect(FAILED);
-    let state_len =
-        bincode::encode_into_std_write(state.to_snapshot(), image, SNAPSHOT_CONFIG).expect(FAILED);
+    image.append(&0u64.to_le_bytes());
+    let state_len = state.encode_snapshot_into(image);
     image.patch(length_at, &(state_len as u64).to_le_bytes());
     let last_seq = state.next_seq().saturating_sub(1);
     let (ring, dropped_through) = events.ring();
     let kept = ring.partition_point(|e| e.seq <= last_seq);
-    bincode::encode_into_std_write(
+    bincode::encode_into_writer(
         (RingPrefix(&ring, kept), dropped_through),
-        image,
+        ImageWriter(image),
         SNAPSHOT_CONFIG,
     )
     .expect(FAILED);

@@ -303,6 +303,7 @@ fn a_restarted_leader_publishes_the_tail_it_never_published() {
     let mut leader_config = config(dir.path(), Durability::Sync, Role::Leader);
     // Snapshots every few records: pruning must still keep what is unpublished.
     leader_config.snapshot_every_records = 8;
+    leader_config.snapshot_log_percent_min = 0;
     let expected = {
         let (leader, _) = Engine::open(leader_config.clone()).expect("open");
         leader

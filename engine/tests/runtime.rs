@@ -836,6 +836,8 @@ fn reads_after_acknowledged_writes(snapshot_every_records: u64) {
     let config = EngineConfig {
         data_dir: dir.path().to_path_buf(),
         snapshot_every_records,
+        // Snapshots by the count alone: many during the run.
+        snapshot_log_percent_min: 0,
         ..EngineConfig::default()
     };
     let (handle, _) = Engine::open(config).expect("open");
@@ -893,6 +895,67 @@ fn reads_after_acknowledged_writes(snapshot_every_records: u64) {
     );
 }
 
+/// A snapshot due by count also waits for a snapshot's worth of log. A state of
+/// 3,000 SKUs (snapshotted at shutdown) is reopened with a snapshot due every
+/// record: the first comes by count (none was taken in this process), and then, at
+/// the default 100 %, none for the next hundred records (a few KB of log against a
+/// snapshot of hundreds of KB); by count alone (0 %) a second one comes.
+#[test]
+fn snapshots_by_count_wait_for_a_snapshots_worth_of_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        snapshot_every_records: 0,
+        ..EngineConfig::default()
+    };
+    let (handle, _) = Engine::open(config.clone()).expect("open");
+    for i in 0..3_000 {
+        define(&handle, &format!("SKU-{i:05}-with-a-long-name"), 1_000_000);
+    }
+    drop(handle);
+    for log_percent_min in [100, 0] {
+        let config = EngineConfig {
+            snapshot_every_records: 1,
+            snapshot_log_percent_min: log_percent_min,
+            ..config.clone()
+        };
+        let (handle, _) = Engine::open(config).expect("reopen");
+        let snapshots = || handle.stats().snapshots.load(Ordering::SeqCst);
+        let hold = || {
+            handle
+                .execute(reserve("SKU-00000-with-a-long-name", 1), None)
+                .expect("queued")
+                .expect("held");
+        };
+        // The writer asks the follower, which encodes while writes go on: write
+        // until the first snapshot is written, within a bound.
+        let mut written = 0;
+        while snapshots() == 0 {
+            assert!(written < 100_000, "no snapshot by count");
+            hold();
+            written += 1;
+        }
+        if log_percent_min == 100 {
+            for _ in 0..100 {
+                hold();
+            }
+            assert_eq!(
+                snapshots(),
+                1,
+                "a snapshot before a snapshot's worth of log"
+            );
+        } else {
+            let mut more = 0;
+            while snapshots() < 2 {
+                assert!(more < 100_000, "no second snapshot by count alone");
+                hold();
+                more += 1;
+            }
+        }
+        drop(handle);
+    }
+}
+
 /// Snapshots (issue 8): with a follower, periodic snapshots are encoded by the
 /// follower and published by the writer; a power cut afterwards recovers from one
 /// of them and the log behind it, with nothing acknowledged lost.
@@ -901,6 +964,7 @@ fn follower_snapshots_recover_after_a_power_cut() {
     let disk = SimStorage::new();
     let config = EngineConfig {
         snapshot_every_records: 40,
+        snapshot_log_percent_min: 0,
         snapshot_in_background: false,
         ..sim_config()
     };

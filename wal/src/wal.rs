@@ -118,8 +118,10 @@ impl Segment {
 /// growing buffer would be copied at each doubling, and every fresh page costs the
 /// kernel a zeroing; chunks are never moved, and reused they are never fresh.
 pub struct SnapshotImage {
-    /// Full chunks but the last; each has exactly `CHUNK_BYTES` of capacity.
-    chunks: Vec<Vec<u8>>,
+    /// Full chunks, in order; each has exactly `CHUNK_BYTES` of capacity.
+    full: Vec<Vec<u8>>,
+    /// The chunk being filled, after the full ones.
+    current: Vec<u8>,
     /// Empty chunks to fill next.
     spare: Vec<Vec<u8>>,
 }
@@ -127,13 +129,18 @@ pub struct SnapshotImage {
 impl SnapshotImage {
     pub const CHUNK_BYTES: usize = 4 << 20;
 
-    /// An empty body in the memory of `buffers` (from [`WrittenSnapshot::take_buffers`]):
-    /// their contents are dropped, their capacity kept.
+    /// An empty body in the memory of `buffers` (from [`WrittenSnapshot::take_buffers`]
+    /// or [`SnapshotImage::into_buffers`]): their contents are dropped, their
+    /// capacity kept.
     pub fn new(mut buffers: Vec<Vec<u8>>) -> Self {
         buffers.retain(|b| b.capacity() == Self::CHUNK_BYTES);
         buffers.iter_mut().for_each(Vec::clear);
+        let current = buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(Self::CHUNK_BYTES));
         let mut image = Self {
-            chunks: Vec::new(),
+            full: Vec::new(),
+            current,
             spare: buffers,
         };
         image.append(&[0; format::SNAPSHOT_HEADER_BYTES]);
@@ -149,12 +156,20 @@ impl SnapshotImage {
 
     /// The body's length in bytes.
     pub fn body_len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum::<usize>() - format::SNAPSHOT_HEADER_BYTES
+        self.full.len() * Self::CHUNK_BYTES + self.current.len() - format::SNAPSHOT_HEADER_BYTES
+    }
+
+    /// The file's chunks in order: the header's room, then the body.
+    fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.full
+            .iter()
+            .map(Vec::as_slice)
+            .chain(std::iter::once(self.current.as_slice()))
     }
 
     /// The body, in pieces.
     pub fn body_parts(&self) -> impl Iterator<Item = &[u8]> {
-        self.chunks.iter().enumerate().map(|(i, chunk)| {
+        self.chunks().enumerate().map(|(i, chunk)| {
             let from = if i == 0 {
                 format::SNAPSHOT_HEADER_BYTES
             } else {
@@ -168,7 +183,11 @@ impl SnapshotImage {
     /// before its value was known (a length, say). Panics past the end.
     pub fn patch(&mut self, body_offset: usize, mut bytes: &[u8]) {
         let mut at = format::SNAPSHOT_HEADER_BYTES + body_offset;
-        for chunk in &mut self.chunks {
+        for chunk in self
+            .full
+            .iter_mut()
+            .chain(std::iter::once(&mut self.current))
+        {
             if bytes.is_empty() {
                 return;
             }
@@ -184,37 +203,32 @@ impl SnapshotImage {
         assert!(bytes.is_empty(), "patch past the end of the snapshot image");
     }
 
-    /// Encoders append a field at a time: the common case, room in the last
-    /// chunk, is kept small enough to inline.
+    /// Appends to the body. Encoders append a field at a time: the common case,
+    /// room in the current chunk, is kept as small as a `Vec`'s own append, to
+    /// inline.
     #[inline]
-    fn append(&mut self, bytes: &[u8]) {
-        if let Some(chunk) = self.chunks.last_mut()
-            && Self::CHUNK_BYTES - chunk.len() >= bytes.len()
-        {
-            chunk.extend_from_slice(bytes);
-            return;
+    pub fn append(&mut self, bytes: &[u8]) {
+        if Self::CHUNK_BYTES - self.current.len() >= bytes.len() {
+            self.current.extend_from_slice(bytes);
+        } else {
+            self.append_across_chunks(bytes);
         }
-        self.append_across_chunks(bytes);
     }
 
     #[cold]
     fn append_across_chunks(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let room = self
-                .chunks
-                .last()
-                .map_or(0, |chunk| Self::CHUNK_BYTES - chunk.len());
+            let room = Self::CHUNK_BYTES - self.current.len();
             if room == 0 {
-                let chunk = self
+                let next = self
                     .spare
                     .pop()
                     .unwrap_or_else(|| Vec::with_capacity(Self::CHUNK_BYTES));
-                self.chunks.push(chunk);
+                self.full.push(std::mem::replace(&mut self.current, next));
                 continue;
             }
             let n = room.min(bytes.len());
-            let chunk = self.chunks.last_mut().expect("made above");
-            chunk.extend_from_slice(&bytes[..n]);
+            self.current.extend_from_slice(&bytes[..n]);
             bytes = &bytes[n..];
         }
     }
@@ -222,17 +236,17 @@ impl SnapshotImage {
     /// Writes the header into its room, for the body after it.
     fn frame(&mut self, lsn: Lsn) {
         let body_len = self.body_len();
-        let crc = self
-            .body_parts()
-            .fold(0, crc32c::crc32c_append);
+        let crc = self.body_parts().fold(0, crc32c::crc32c_append);
         let header = format::snapshot_header(lsn, body_len as u64, crc);
-        self.chunks[0][..format::SNAPSHOT_HEADER_BYTES].copy_from_slice(&header);
+        let first = self.full.first_mut().unwrap_or(&mut self.current);
+        first[..format::SNAPSHOT_HEADER_BYTES].copy_from_slice(&header);
     }
 
-    /// Every chunk, emptied, the spare ones too.
-    fn into_buffers(mut self) -> Vec<Vec<u8>> {
-        self.chunks.append(&mut self.spare);
-        self.chunks
+    /// Every chunk, the spare ones too, for [`SnapshotImage::new`].
+    pub fn into_buffers(mut self) -> Vec<Vec<u8>> {
+        self.full.push(self.current);
+        self.full.append(&mut self.spare);
+        self.full
     }
 }
 
@@ -298,7 +312,7 @@ impl SnapshotJob {
     /// Frame the body (header, checksum) in place, write the temp file and fsync it.
     pub fn run(mut self) -> Result<WrittenSnapshot, Error> {
         self.image.frame(self.lsn);
-        let parts: Vec<&[u8]> = self.image.chunks.iter().map(Vec::as_slice).collect();
+        let parts: Vec<&[u8]> = self.image.chunks().collect();
         self.writer
             .write_synced(&self.tmp, &parts)
             .map_err(|e| Error::io("write snapshot", e))?;
@@ -1717,8 +1731,8 @@ mod tests {
         image.patch(across, b"patched!");
         body[across..across + 8].copy_from_slice(b"patched!");
         image.frame(42);
-        assert_eq!(image.chunks.len(), 3);
-        let file = image.chunks.concat();
+        assert_eq!(image.chunks().count(), 3);
+        let file = image.chunks().collect::<Vec<_>>().concat();
         assert_eq!(format::decode_snapshot(&file), Ok((42, &body[..])));
 
         let buffers = image.into_buffers();
@@ -1727,6 +1741,7 @@ mod tests {
         again.write_all(b"small").expect("in memory");
         assert_eq!(again.body_parts().collect::<Vec<_>>(), [&b"small"[..]]);
         assert_eq!(again.spare.len(), 2, "the other chunks wait, unused");
+        assert_eq!(again.chunks().count(), 1);
     }
 
     #[test]

@@ -67,8 +67,16 @@ pub struct EngineConfig {
     pub async_flush_interval_ms: u64,
     /// How often the writer checks for expired holds when idle.
     pub expire_interval_ms: u64,
-    /// Take a snapshot after this many logged records (0: only on request and shutdown).
+    /// Take a snapshot after this many logged records (0: only on request and shutdown)
+    /// once the log since the last snapshot is also at least
+    /// `snapshot_log_percent_min` percent of that snapshot's size.
     pub snapshot_every_records: u64,
+    /// A snapshot by record count also waits until the log written since the last
+    /// snapshot is at least this percent of that snapshot's body (0: the count
+    /// alone). Keeps the cost of snapshots of a large state (millions of holds) in
+    /// proportion to what is logged; bounds start-up replay to about this share of
+    /// a snapshot's worth of log.
+    pub snapshot_log_percent_min: u64,
     /// Take a snapshot once this many WAL segments are on disk, so that the log (and
     /// start-up replay) stays bounded even when commits are small and padded.
     pub snapshot_every_segments: usize,
@@ -157,6 +165,7 @@ impl Default for EngineConfig {
             async_flush_interval_ms: 5,
             expire_interval_ms: 50,
             snapshot_every_records: 2_000_000,
+            snapshot_log_percent_min: 100,
             snapshot_every_segments: 16,
             snapshot_on_shutdown: true,
             snapshot_in_background: true,

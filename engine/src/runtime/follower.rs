@@ -45,7 +45,6 @@ pub(super) struct Follower {
     pub(super) events_scratch: Vec<Event>,
     pub(super) last_record_lsn: u64,
     pub(super) records_since_snapshot: u64,
-    pub(super) snapshot_every_records: u64,
 }
 
 impl Follower {
@@ -154,13 +153,12 @@ impl Follower {
         })
     }
 
-    /// Encode a snapshot here when enough records were applied (or the writer asks,
-    /// because segments piled up), and hand it to the writer to write and publish.
+    /// Encode a snapshot here when the writer asks (it alone judges when one is
+    /// due: it knows the log's length), and hand it to the writer to write and
+    /// publish.
     fn maybe_snapshot(&mut self) {
         let wanted = self.shared.snapshot_wanted.load(Ordering::Acquire);
-        let due = self.snapshot_every_records > 0
-            && self.records_since_snapshot >= self.snapshot_every_records;
-        if !(due || wanted) || self.records_since_snapshot == 0 {
+        if !wanted || self.records_since_snapshot == 0 {
             return;
         }
         // Answer the reads that are ready first: encoding pauses this thread, and

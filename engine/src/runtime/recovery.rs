@@ -220,6 +220,9 @@ impl Engine {
             config,
             now_ms: 0,
             records_since_snapshot: replayed,
+            log_bytes_at_snapshot: 0,
+            snapshot_body_bytes: 0,
+            snapshot_asked: false,
             record_buf: Vec::with_capacity(256),
             events_buf: Vec::new(),
             appended: false,
@@ -291,7 +294,6 @@ impl Engine {
                 events_scratch: Vec::new(),
                 last_record_lsn: writer.wal.as_ref().map_or(0, Wal::last_lsn),
                 records_since_snapshot: 0,
-                snapshot_every_records: writer.config.snapshot_every_records,
             };
             let thread = spawn_owner("surge-follower", move || follower.run())
                 .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;

@@ -35,6 +35,13 @@ pub(super) struct Writer<S: Storage> {
     pub(super) config: EngineConfig,
     pub(super) now_ms: Millis,
     pub(super) records_since_snapshot: u64,
+    /// The log's bytes written ([`surge_wal::WalStats::bytes_written`]) when the
+    /// newest snapshot was begun, and that snapshot's body bytes (0: none yet in
+    /// this process): see [`snapshot_due_by_records`].
+    pub(super) log_bytes_at_snapshot: u64,
+    pub(super) snapshot_body_bytes: u64,
+    /// The follower was asked for a snapshot and has not sent it yet: asked once.
+    pub(super) snapshot_asked: bool,
     pub(super) record_buf: Vec<u8>,
     pub(super) events_buf: Vec<Event>,
     /// A record was logged in the current batch: it needs a flush.
@@ -206,13 +213,19 @@ impl<S: Storage> Writer<S> {
             }
         }
         self.pending = pending;
+        let log_bytes = self.wal.as_ref().map_or(0, |w| w.stats().bytes_written);
         let due = self.records_since_snapshot > 0
-            && ((self.config.snapshot_every_records > 0
-                && self.records_since_snapshot >= self.config.snapshot_every_records)
-                || (self.config.snapshot_every_segments > 0
-                    && self.wal.as_ref().is_some_and(|w| {
-                        w.stats().segments >= self.config.snapshot_every_segments
-                    })));
+            && (snapshot_due_by_records(
+                self.records_since_snapshot,
+                self.config.snapshot_every_records,
+                log_bytes.saturating_sub(self.log_bytes_at_snapshot),
+                self.snapshot_body_bytes,
+                self.config.snapshot_log_percent_min,
+            ) || (self.config.snapshot_every_segments > 0
+                && self
+                    .wal
+                    .as_ref()
+                    .is_some_and(|w| w.stats().segments >= self.config.snapshot_every_segments)));
         self.snapshot_waiting.extend(snapshot_replies);
         self.poll_snapshot(shutdown);
         if shutdown {
@@ -223,7 +236,12 @@ impl<S: Storage> Writer<S> {
             }
             self.answer_snapshot_waiters(self.snapshot_current());
         } else if self.follower.is_some() {
-            if due && self.install_waiting.is_none() && self.snapshot_job.is_none() {
+            if due
+                && !self.snapshot_asked
+                && self.install_waiting.is_none()
+                && self.snapshot_job.is_none()
+            {
+                self.snapshot_asked = true;
                 self.shared.snapshot_wanted.store(true, Ordering::Release);
             }
             if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
@@ -296,6 +314,7 @@ impl<S: Storage> Writer<S> {
             Request::Snapshot { reply } => snapshot_replies.push(reply),
             Request::InstallSnapshot { lsn, body } => {
                 self.records_since_snapshot = 0;
+                self.snapshot_asked = false;
                 self.install_waiting = Some((lsn, body));
             }
             Request::Replicate { records, reply } => self.apply_replicated(records, reply, pending),
@@ -513,8 +532,11 @@ impl<S: Storage> Writer<S> {
             self.shared.snapshot_wanted.store(false, Ordering::Release);
             return;
         }
+        let body_bytes = body.body_len() as u64;
         match wal.begin_snapshot(lsn, body) {
             Ok(Some(job)) => {
+                self.log_bytes_at_snapshot = wal.stats().bytes_written;
+                self.snapshot_body_bytes = body_bytes;
                 self.records_since_snapshot = 0;
                 self.shared.snapshot_wanted.store(false, Ordering::Release);
                 self.run_snapshot_job(lsn, job, self.config.snapshot_in_background);
@@ -926,8 +948,13 @@ impl<S: Storage> Writer<S> {
         }
         let mut image = self.shared.snapshot_image();
         codec::encode_engine_snapshot(&self.state, &self.shared.events, &mut image);
+        let body_bytes = image.body_len() as u64;
         let job = match wal.begin_snapshot(lsn, image) {
-            Ok(Some(job)) => job,
+            Ok(Some(job)) => {
+                self.log_bytes_at_snapshot = wal.stats().bytes_written;
+                self.snapshot_body_bytes = body_bytes;
+                job
+            }
             Ok(None) => {
                 self.answer_snapshot_waiters(Ok(lsn));
                 return;
@@ -1057,5 +1084,64 @@ mod fault_injection {
         if *at == Some(lsn) {
             panic!("fault injection: writer panic before logging LSN {lsn}");
         }
+    }
+}
+
+/// Whether a snapshot is due by what was logged since the last one: at least
+/// `every_records` records (0: never by count), and log bytes of at least
+/// `log_percent_min` percent of the last snapshot's body (`last_snapshot_bytes`,
+/// 0 when there was none; a percent of 0 leaves the count alone). A snapshot costs
+/// its whole state while a record costs its own bytes: without the second bound, a
+/// state of millions of holds would be encoded and written again every
+/// `every_records` records. With it, snapshot work stays within a constant share of
+/// log work however large the state, and start-up replays at most about a
+/// snapshot's worth of log after loading it.
+fn snapshot_due_by_records(
+    records: u64,
+    every_records: u64,
+    log_bytes: u64,
+    last_snapshot_bytes: u64,
+    log_percent_min: u64,
+) -> bool {
+    every_records > 0
+        && records >= every_records
+        && u128::from(log_bytes) * 100
+            >= u128::from(last_snapshot_bytes) * u128::from(log_percent_min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due_by_records;
+
+    #[test]
+    fn a_snapshot_by_count_waits_for_a_snapshots_worth_of_log() {
+        // No snapshot yet: the count alone.
+        assert!(!snapshot_due_by_records(99, 100, 0, 0, 100));
+        assert!(snapshot_due_by_records(100, 100, 0, 0, 100));
+        // A 1 MB snapshot: 100 records are not enough until 1 MB was logged.
+        assert!(!snapshot_due_by_records(100, 100, 999_999, 1_000_000, 100));
+        assert!(snapshot_due_by_records(100, 100, 1_000_000, 1_000_000, 100));
+        // Nor is the log without the count.
+        assert!(!snapshot_due_by_records(99, 100, 5_000_000, 1_000_000, 100));
+        // Half the snapshot's size at 50 percent; the count alone at 0.
+        assert!(snapshot_due_by_records(100, 100, 500_000, 1_000_000, 50));
+        assert!(!snapshot_due_by_records(100, 100, 499_999, 1_000_000, 50));
+        assert!(snapshot_due_by_records(100, 100, 0, 1_000_000, 0));
+        // 0 records: never by count; no overflow at the extremes.
+        assert!(!snapshot_due_by_records(u64::MAX, 0, u64::MAX, 0, 100));
+        assert!(!snapshot_due_by_records(
+            u64::MAX,
+            1,
+            u64::MAX - 1,
+            u64::MAX,
+            u64::MAX
+        ));
+        assert!(snapshot_due_by_records(
+            u64::MAX,
+            1,
+            u64::MAX,
+            u64::MAX,
+            100
+        ));
     }
 }

@@ -25,6 +25,12 @@ impl State {
         codec::encode_snapshot(&self.to_snapshot())
     }
 
+    /// The same bytes as [`State::encode_snapshot`], appended to `image` (reused
+    /// from the last snapshot, say); how many.
+    pub fn encode_snapshot_into(&self, image: &mut surge_wal::SnapshotImage) -> usize {
+        codec::encode_snapshot_into(&self.to_snapshot(), image)
+    }
+
     /// Decode a snapshot written by [`State::encode_snapshot`]; whole-state
     /// invariants are checked.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, String> {
