@@ -1418,6 +1418,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_replication_published_lsn", "gauge", &[], &[]),
         ("surge_replication_role", "gauge", &["role"], &[]),
         ("surge_snapshot_age_seconds", "gauge", &[], &[]),
+        ("surge_snapshot_bytes_total", "counter", &[], &[]),
         ("surge_snapshot_lsn", "gauge", &[], &[]),
         ("surge_snapshots_total", "counter", &[], &[]),
         ("surge_stock_reads_behind_total", "counter", &[], &[]),

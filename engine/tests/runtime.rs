@@ -944,6 +944,21 @@ fn snapshots_by_count_wait_for_a_snapshots_worth_of_log() {
                 1,
                 "a snapshot before a snapshot's worth of log"
             );
+            // The bytes counted are the newest snapshot file's body (past its
+            // 40-byte header).
+            let newest = std::fs::read_dir(dir.path())
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+                .filter(|name| name.starts_with("snap-") && name.ends_with(".snap"))
+                .max()
+                .expect("a snapshot file");
+            let file_len = std::fs::metadata(dir.path().join(newest))
+                .expect("stat")
+                .len();
+            assert_eq!(
+                handle.stats().snapshot_bytes.load(Ordering::SeqCst),
+                file_len - 40
+            );
         } else {
             let mut more = 0;
             while snapshots() < 2 {

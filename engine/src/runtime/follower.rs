@@ -157,8 +157,11 @@ impl Follower {
     /// due: it knows the log's length), and hand it to the writer to write and
     /// publish.
     fn maybe_snapshot(&mut self) {
-        let wanted = self.shared.snapshot_wanted.load(Ordering::Acquire);
-        if !wanted || self.records_since_snapshot == 0 {
+        // The request is taken before the snapshot is sent: once the writer has it,
+        // it may ask again, and a flag cleared after the send could erase that.
+        if self.records_since_snapshot == 0
+            || !self.shared.snapshot_wanted.swap(false, Ordering::AcqRel)
+        {
             return;
         }
         // Answer the reads that are ready first: encoding pauses this thread, and
@@ -175,7 +178,9 @@ impl Follower {
         };
         if self.to_writer.try_send(request).is_ok() {
             self.records_since_snapshot = 0;
-            self.shared.snapshot_wanted.store(false, Ordering::Release);
+        } else {
+            // The writer's queue is full: the request stands, try after the next batch.
+            self.shared.snapshot_wanted.store(true, Ordering::Release);
         }
     }
 }

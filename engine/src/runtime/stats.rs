@@ -26,6 +26,8 @@ pub struct RuntimeStats {
     pub snapshot_at_ms: AtomicU64,
     pub snapshot_lsn: AtomicU64,
     pub snapshots: AtomicU64,
+    /// Body bytes of the snapshots written (`snapshots` of them).
+    pub snapshot_bytes: AtomicU64,
     pub durable_lsn: AtomicU64,
     /// The last LSN the replicated log acknowledged (leader with a publisher).
     pub published_lsn: AtomicU64,

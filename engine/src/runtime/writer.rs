@@ -1042,6 +1042,9 @@ impl<S: Storage> Writer<S> {
             stats.snapshot_lsn.store(lsn, Ordering::Relaxed);
             stats.snapshot_at_ms.store(self.now_ms, Ordering::Relaxed);
             stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            stats
+                .snapshot_bytes
+                .fetch_add(self.snapshot_body_bytes, Ordering::Relaxed);
         }
         self.answer_snapshot_waiters(result);
     }
