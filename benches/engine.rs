@@ -205,10 +205,12 @@ fn order_growth(c: &mut Criterion) {
 }
 
 /// Encoding the snapshot of a state holding 2M reservations, two ways in one run,
-/// each on a thread started for it as the follower's encoder is: as before
-/// 3aaa0b2 (the state into a `Vec` grown by doubling, copied into the body's, copied
-/// again into the file's; the event ring left out), and into a snapshot image whose
-/// 4 MiB chunks are those of the last snapshot, as the follower encodes now.
+/// each on a thread started for it as the follower's encoder is: the three buffers
+/// of before 3aaa0b2 re-enacted (the state into a `Vec` grown by doubling, copied
+/// into the body's, copied again into the file's; the state's encoding itself is
+/// today's, without the sorted list of reservations it collected then, and the
+/// event ring is left out), and into a snapshot image whose 4 MiB chunks are those
+/// of the last snapshot, as the follower encodes now.
 /// Elements: reservations encoded.
 fn snapshot_encoding(c: &mut Criterion) {
     const HOLDS: u64 = 2_000_000;

@@ -242,10 +242,11 @@ impl SnapshotImage {
         first[..format::SNAPSHOT_HEADER_BYTES].copy_from_slice(&header);
     }
 
-    /// Every chunk, the spare ones too, for [`SnapshotImage::new`].
+    /// The chunks this image filled, for [`SnapshotImage::new`]; spare ones it did
+    /// not need are freed, so what is kept follows the newest snapshot's size
+    /// down as well as up.
     pub fn into_buffers(mut self) -> Vec<Vec<u8>> {
         self.full.push(self.current);
-        self.full.append(&mut self.spare);
         self.full
     }
 }
@@ -1742,6 +1743,8 @@ mod tests {
         assert_eq!(again.body_parts().collect::<Vec<_>>(), [&b"small"[..]]);
         assert_eq!(again.spare.len(), 2, "the other chunks wait, unused");
         assert_eq!(again.chunks().count(), 1);
+        // A smaller image hands back only what it filled.
+        assert_eq!(again.into_buffers().len(), 1);
     }
 
     #[test]

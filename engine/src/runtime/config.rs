@@ -74,8 +74,8 @@ pub struct EngineConfig {
     /// A snapshot by record count also waits until the log written since the last
     /// snapshot is at least this percent of that snapshot's body (0: the count
     /// alone). Keeps the cost of snapshots of a large state (millions of holds) in
-    /// proportion to what is logged; bounds start-up replay to about this share of
-    /// a snapshot's worth of log.
+    /// proportion to what is logged; the log replayed at start-up then grows to the
+    /// larger of `snapshot_every_records` records and this share of a snapshot.
     pub snapshot_log_percent_min: u64,
     /// Take a snapshot once this many WAL segments are on disk, so that the log (and
     /// start-up replay) stays bounded even when commits are small and padded.

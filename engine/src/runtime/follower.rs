@@ -176,11 +176,16 @@ impl Follower {
             lsn: self.last_record_lsn,
             body,
         };
-        if self.to_writer.try_send(request).is_ok() {
-            self.records_since_snapshot = 0;
-        } else {
-            // The writer's queue is full: the request stands, try after the next batch.
-            self.shared.snapshot_wanted.store(true, Ordering::Release);
+        match self.to_writer.try_send(request) {
+            Ok(()) => self.records_since_snapshot = 0,
+            Err(refused) => {
+                // The writer's queue is full (or gone): the request stands, try after
+                // the next batch, in the same memory.
+                if let Request::InstallSnapshot { body, .. } = refused.into_inner() {
+                    *self.shared.snapshot_buffers.lock() = body.into_buffers();
+                }
+                self.shared.snapshot_wanted.store(true, Ordering::Release);
+            }
         }
     }
 }

@@ -953,6 +953,11 @@ impl<S: Storage> Writer<S> {
             Ok(Some(job)) => {
                 self.log_bytes_at_snapshot = wal.stats().bytes_written;
                 self.snapshot_body_bytes = body_bytes;
+                // This snapshot answers a request to the follower not yet taken:
+                // withdraw it rather than encode the state twice.
+                if self.shared.snapshot_wanted.swap(false, Ordering::AcqRel) {
+                    self.snapshot_asked = false;
+                }
                 job
             }
             Ok(None) => {
@@ -1097,8 +1102,8 @@ mod fault_injection {
 /// its whole state while a record costs its own bytes: without the second bound, a
 /// state of millions of holds would be encoded and written again every
 /// `every_records` records. With it, snapshot work stays within a constant share of
-/// log work however large the state, and start-up replays at most about a
-/// snapshot's worth of log after loading it.
+/// log work however large the state; the log replayed after a snapshot grows to
+/// the larger of the two bounds.
 fn snapshot_due_by_records(
     records: u64,
     every_records: u64,
