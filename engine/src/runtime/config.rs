@@ -72,8 +72,8 @@ pub struct EngineConfig {
     /// `snapshot_log_percent_min` percent of that snapshot's size.
     pub snapshot_every_records: u64,
     /// A snapshot by record count also waits until the log written since the last
-    /// snapshot is at least this percent of that snapshot's body (0: the count
-    /// alone). Keeps the cost of snapshots of a large state (millions of holds) in
+    /// snapshot (its bytes as written, each commit's padding to a page included) is
+    /// at least this percent of that snapshot's body (0: the count alone). Keeps the cost of snapshots of a large state (millions of holds) in
     /// proportion to what is logged; the log replayed at start-up then grows to the
     /// larger of `snapshot_every_records` records and this share of a snapshot.
     pub snapshot_log_percent_min: u64,

@@ -36,8 +36,8 @@ pub(super) struct Writer<S: Storage> {
     pub(super) now_ms: Millis,
     pub(super) records_since_snapshot: u64,
     /// The log's bytes written ([`surge_wal::WalStats::bytes_written`]) when the
-    /// newest snapshot was begun, and that snapshot's body bytes (0: none yet in
-    /// this process): see [`snapshot_due_by_records`].
+    /// newest snapshot published was begun, and that snapshot's body bytes (0: none
+    /// yet in this process): see [`snapshot_due_by_records`].
     pub(super) log_bytes_at_snapshot: u64,
     pub(super) snapshot_body_bytes: u64,
     /// The follower was asked for a snapshot and has not sent it yet: asked once.
@@ -213,6 +213,9 @@ impl<S: Storage> Writer<S> {
             }
         }
         self.pending = pending;
+        self.snapshot_waiting.extend(snapshot_replies);
+        // A snapshot just published moves what the next one is judged from.
+        self.poll_snapshot(shutdown);
         let log_bytes = self.wal.as_ref().map_or(0, |w| w.stats().bytes_written);
         let due = self.records_since_snapshot > 0
             && (snapshot_due_by_records(
@@ -226,8 +229,6 @@ impl<S: Storage> Writer<S> {
                     .wal
                     .as_ref()
                     .is_some_and(|w| w.stats().segments >= self.config.snapshot_every_segments)));
-        self.snapshot_waiting.extend(snapshot_replies);
-        self.poll_snapshot(shutdown);
         if shutdown {
             // The last snapshot is written in the foreground: the process is
             // about to exit.
@@ -535,11 +536,13 @@ impl<S: Storage> Writer<S> {
         let body_bytes = body.body_len() as u64;
         match wal.begin_snapshot(lsn, body) {
             Ok(Some(job)) => {
-                self.log_bytes_at_snapshot = wal.stats().bytes_written;
-                self.snapshot_body_bytes = body_bytes;
+                let sizes = SnapshotSizes {
+                    body_bytes,
+                    log_bytes: wal.stats().bytes_written,
+                };
                 self.records_since_snapshot = 0;
                 self.shared.snapshot_wanted.store(false, Ordering::Release);
-                self.run_snapshot_job(lsn, job, self.config.snapshot_in_background);
+                self.run_snapshot_job(lsn, job, sizes, self.config.snapshot_in_background);
             }
             Ok(None) => self.shared.snapshot_wanted.store(false, Ordering::Release),
             Err(e) => {
@@ -951,8 +954,6 @@ impl<S: Storage> Writer<S> {
         let body_bytes = image.body_len() as u64;
         let job = match wal.begin_snapshot(lsn, image) {
             Ok(Some(job)) => {
-                self.log_bytes_at_snapshot = wal.stats().bytes_written;
-                self.snapshot_body_bytes = body_bytes;
                 // This snapshot answers a request to the follower not yet taken:
                 // withdraw it rather than encode the state twice.
                 if self.shared.snapshot_wanted.swap(false, Ordering::AcqRel) {
@@ -969,13 +970,23 @@ impl<S: Storage> Writer<S> {
                 return;
             }
         };
+        let sizes = SnapshotSizes {
+            body_bytes,
+            log_bytes: self.wal.as_ref().map_or(0, |w| w.stats().bytes_written),
+        };
         self.records_since_snapshot = 0;
-        self.run_snapshot_job(lsn, job, background);
+        self.run_snapshot_job(lsn, job, sizes, background);
     }
 
     /// Write a snapshot file (on its own thread when `background`); the writer
     /// publishes it in `poll_snapshot` once it is on disk.
-    fn run_snapshot_job(&mut self, lsn: u64, job: surge_wal::SnapshotJob, background: bool) {
+    fn run_snapshot_job(
+        &mut self,
+        lsn: u64,
+        job: surge_wal::SnapshotJob,
+        sizes: SnapshotSizes,
+        background: bool,
+    ) {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         if background {
             let spawned = spawn_owner("surge-snapshot", move || {
@@ -990,7 +1001,11 @@ impl<S: Storage> Writer<S> {
         } else {
             let _ = done_tx.send(job.run());
         }
-        self.snapshot_job = Some(SnapshotInFlight { lsn, done: done_rx });
+        self.snapshot_job = Some(SnapshotInFlight {
+            lsn,
+            sizes,
+            done: done_rx,
+        });
         self.poll_snapshot(!background);
     }
 
@@ -1010,7 +1025,7 @@ impl<S: Storage> Writer<S> {
                 }
             }
         };
-        let lsn = job.lsn;
+        let (lsn, sizes) = (job.lsn, job.sizes);
         self.snapshot_job = None;
         let mut written = written;
         if let Ok(written) = written.as_mut() {
@@ -1049,7 +1064,10 @@ impl<S: Storage> Writer<S> {
             stats.snapshots.fetch_add(1, Ordering::Relaxed);
             stats
                 .snapshot_bytes
-                .fetch_add(self.snapshot_body_bytes, Ordering::Relaxed);
+                .fetch_add(sizes.body_bytes, Ordering::Relaxed);
+            // The next snapshot by count is judged from this one, once it is in place.
+            self.snapshot_body_bytes = sizes.body_bytes;
+            self.log_bytes_at_snapshot = sizes.log_bytes;
         }
         self.answer_snapshot_waiters(result);
     }
@@ -1072,7 +1090,16 @@ impl<S: Storage> Writer<S> {
 /// A snapshot whose file is being written on its own thread.
 pub(super) struct SnapshotInFlight {
     lsn: u64,
+    sizes: SnapshotSizes,
     done: crossbeam_channel::Receiver<Result<surge_wal::WrittenSnapshot, surge_wal::Error>>,
+}
+
+/// A snapshot's body bytes, and the log's bytes written when it was begun: what
+/// [`snapshot_due_by_records`] judges the next one from once it is published.
+#[derive(Clone, Copy)]
+pub(super) struct SnapshotSizes {
+    body_bytes: u64,
+    log_bytes: u64,
 }
 
 /// Faults the engine's tests trigger; compiled only with the `fault-injection` feature.
