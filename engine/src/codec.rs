@@ -218,7 +218,6 @@ pub(crate) fn encode_engine_snapshot(
     events: &EventLog,
     image: &mut surge_wal::SnapshotImage,
 ) {
-    const FAILED: &str = "encoding into memory cannot fail";
     let length_at = image.body_len();
     image.append(&0u64.to_le_bytes());
     let state_len = state.encode_snapshot_into(image);
@@ -231,7 +230,7 @@ pub(crate) fn encode_engine_snapshot(
         ImageWriter(image),
         SNAPSHOT_CONFIG,
     )
-    .expect(FAILED);
+    .expect("encoding into memory cannot fail");
 }
 
 pub(crate) fn decode_engine_snapshot(bytes: &[u8]) -> Result<EngineSnapshot, String> {

@@ -110,7 +110,7 @@ impl Segment {
 }
 
 /// A snapshot file built in place, in chunks of [`SnapshotImage::CHUNK_BYTES`]:
-/// room for the header, then the body, appended (through [`std::io::Write`]) by
+/// room for the header, then the body, appended ([`SnapshotImage::append`]) by
 /// whoever encodes the state. [`SnapshotJob::run`] writes the header into that
 /// room and the file from the chunks, and hands them back
 /// ([`WrittenSnapshot::take_buffers`]) so the next snapshot is encoded into memory
@@ -248,24 +248,6 @@ impl SnapshotImage {
     pub fn into_buffers(mut self) -> Vec<Vec<u8>> {
         self.full.push(self.current);
         self.full
-    }
-}
-
-impl std::io::Write for SnapshotImage {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.append(bytes);
-        Ok(bytes.len())
-    }
-
-    #[inline]
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.append(bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -1712,8 +1694,6 @@ fn zero_range<S: Storage>(storage: &mut S, h: SegmentId, from: u64, to: u64) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-
     use super::*;
 
     /// A body of two and a half chunks, appended in odd-sized pieces and patched
@@ -1725,7 +1705,7 @@ mod tests {
         let mut body: Vec<u8> = (0..chunk * 5 / 2).map(|i| (i * 7 % 251) as u8).collect();
         let mut image = SnapshotImage::new(Vec::new());
         for piece in body.chunks(1_000_003) {
-            image.write_all(piece).expect("in memory");
+            image.append(piece);
         }
         assert_eq!(image.body_len(), body.len());
         let across = chunk - format::SNAPSHOT_HEADER_BYTES - 3;
@@ -1739,7 +1719,7 @@ mod tests {
         let buffers = image.into_buffers();
         assert!(buffers.iter().all(|b| b.capacity() == chunk));
         let mut again = SnapshotImage::new(buffers);
-        again.write_all(b"small").expect("in memory");
+        again.append(b"small");
         assert_eq!(again.body_parts().collect::<Vec<_>>(), [&b"small"[..]]);
         assert_eq!(again.spare.len(), 2, "the other chunks wait, unused");
         assert_eq!(again.chunks().count(), 1);

@@ -14,7 +14,7 @@ use super::driven::Core;
 use super::follower::Follower;
 use super::handle::Shared;
 use super::sync_stage::SyncStage;
-use super::writer::Writer;
+use super::writer::{SnapshotSizes, Writer};
 use super::{Durability, EngineConfig, EngineHandle, Error, Inner, Role, spawn_owner};
 use crate::codec;
 use crate::command::Command;
@@ -220,8 +220,7 @@ impl Engine {
             config,
             now_ms: 0,
             records_since_snapshot: replayed,
-            log_bytes_at_snapshot: 0,
-            snapshot_body_bytes: 0,
+            last_snapshot: SnapshotSizes::default(),
             snapshot_asked: false,
             record_buf: Vec::with_capacity(256),
             events_buf: Vec::new(),

@@ -35,11 +35,9 @@ pub(super) struct Writer<S: Storage> {
     pub(super) config: EngineConfig,
     pub(super) now_ms: Millis,
     pub(super) records_since_snapshot: u64,
-    /// The log's bytes written ([`surge_wal::WalStats::bytes_written`]) when the
-    /// newest snapshot published was begun, and that snapshot's body bytes (0: none
-    /// yet in this process): see [`snapshot_due_by_records`].
-    pub(super) log_bytes_at_snapshot: u64,
-    pub(super) snapshot_body_bytes: u64,
+    /// The newest snapshot published in this process (zeros: none yet): what
+    /// [`snapshot_due_by_records`] judges the next one from.
+    pub(super) last_snapshot: SnapshotSizes,
     /// The follower was asked for a snapshot and has not sent it yet: asked once.
     pub(super) snapshot_asked: bool,
     pub(super) record_buf: Vec<u8>,
@@ -216,19 +214,19 @@ impl<S: Storage> Writer<S> {
         self.snapshot_waiting.extend(snapshot_replies);
         // A snapshot just published moves what the next one is judged from.
         self.poll_snapshot(shutdown);
-        let log_bytes = self.wal.as_ref().map_or(0, |w| w.stats().bytes_written);
+        let (log_bytes, segments) = self.wal.as_ref().map_or((0, 0), |w| {
+            let stats = w.stats();
+            (stats.bytes_written, stats.segments)
+        });
         let due = self.records_since_snapshot > 0
             && (snapshot_due_by_records(
                 self.records_since_snapshot,
                 self.config.snapshot_every_records,
-                log_bytes.saturating_sub(self.log_bytes_at_snapshot),
-                self.snapshot_body_bytes,
+                log_bytes.saturating_sub(self.last_snapshot.log_bytes),
+                self.last_snapshot.body_bytes,
                 self.config.snapshot_log_percent_min,
             ) || (self.config.snapshot_every_segments > 0
-                && self
-                    .wal
-                    .as_ref()
-                    .is_some_and(|w| w.stats().segments >= self.config.snapshot_every_segments)));
+                && segments >= self.config.snapshot_every_segments));
         if shutdown {
             // The last snapshot is written in the foreground: the process is
             // about to exit.
@@ -1066,8 +1064,7 @@ impl<S: Storage> Writer<S> {
                 .snapshot_bytes
                 .fetch_add(sizes.body_bytes, Ordering::Relaxed);
             // The next snapshot by count is judged from this one, once it is in place.
-            self.snapshot_body_bytes = sizes.body_bytes;
-            self.log_bytes_at_snapshot = sizes.log_bytes;
+            self.last_snapshot = sizes;
         }
         self.answer_snapshot_waiters(result);
     }
@@ -1096,7 +1093,7 @@ pub(super) struct SnapshotInFlight {
 
 /// A snapshot's body bytes, and the log's bytes written when it was begun: what
 /// [`snapshot_due_by_records`] judges the next one from once it is published.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct SnapshotSizes {
     body_bytes: u64,
     log_bytes: u64,
