@@ -47,7 +47,7 @@ impl State {
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         match order_transition(order.status, OrderAction::Hold, order.facts()) {
             Ok(_) => {}
@@ -60,7 +60,7 @@ impl State {
             }
         }
         self.check_history_room(id)?;
-        let actor = self.intern_actor(actor)?;
+        let actor = self.intern_actor(checked_actor);
         let before = self.orders[(id.0 - 1) as usize].before(false);
         self.orders[(id.0 - 1) as usize].more_mut().hold = Some(Hold {
             reason,
@@ -99,13 +99,13 @@ impl State {
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         if order_transition(order.status, OrderAction::ReleaseHold, order.facts()).is_err() {
             return Err(transition(format!("order {id} is not on hold")));
         }
         self.check_history_room(id)?;
-        let actor_id = self.intern_actor(actor)?;
+        let actor_id = self.intern_actor(checked_actor);
         let order = &mut self.orders[(id.0 - 1) as usize];
         let before = order.before(false);
         order.more_mut().hold = None;
@@ -137,7 +137,7 @@ impl State {
     ) -> Outcome {
         check_text(Field::Reason, reason, NOTE_LEN_MAX)?;
         check_text(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         if amount == 0 {
             return Err(invalid(Field::RefundAmount, Violation::Zero));
         }
@@ -151,7 +151,7 @@ impl State {
             });
         }
         self.check_history_room(id)?;
-        let actor = self.intern_actor(actor)?;
+        let actor = self.intern_actor(checked_actor);
         self.pay_back(id, amount, reason, refund_ref, actor, ctx);
         Ok(self.order_reply(id))
     }
@@ -166,7 +166,7 @@ impl State {
         if let Some(address) = &change.shipping_address {
             check_address(address)?;
         }
-        self.check_actor(&change.actor)?;
+        let checked_actor = self.check_actor(&change.actor)?;
         let new_lines = match &change.lines {
             None => None,
             Some(lines) => {
@@ -292,7 +292,7 @@ impl State {
             }
         }
         self.check_history_room(id)?;
-        let actor = self.intern_actor(&change.actor)?;
+        let actor = self.intern_actor(checked_actor);
         let order = &self.orders[(id.0 - 1) as usize];
         let before = order.before(true);
         let before_lines = Arc::clone(&order.lines);

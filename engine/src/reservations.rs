@@ -263,6 +263,11 @@ impl Reservations {
         }
     }
 
+    /// The reservation pushed last: the window's newest entry.
+    pub fn newest(&self) -> Option<&Reservation> {
+        self.window.back().and_then(Option::as_ref)
+    }
+
     /// A held reservation in the overflow map finished: forget it.
     pub fn finished(&mut self, id: ReservationId) {
         if id.0 < self.base {
@@ -404,6 +409,7 @@ mod tests {
                 match op {
                     Op::Push => {
                         rs.push(hold(next_id));
+                        prop_assert_eq!(rs.newest().map(|r| r.id), Some(ReservationId(next_id)));
                         expected.insert(next_id, ReservationStatus::Held);
                         next_id += 1;
                         // What left the window: finished ones are forgotten.

@@ -318,7 +318,8 @@ impl State {
             last_actor: 0,
             touched_skus: None,
         };
-        state.intern_actor(SYSTEM_ACTOR).expect("empty actor table");
+        let system = state.check_actor(SYSTEM_ACTOR).expect("empty actor table");
+        state.intern_actor(system);
         state
     }
 
@@ -614,14 +615,15 @@ impl State {
         }
     }
 
-    pub(crate) fn check_actor(&self, actor: &str) -> Result<(), Rejection> {
-        if self
-            .actors
-            .get(self.last_actor as usize)
-            .is_some_and(|last| **last == *actor)
-            || self.actor_index.contains_key(actor)
-        {
-            return Ok(()); // known actors were checked when they were interned
+    /// The actor's name judged (a known one passes at once), before anything
+    /// changes; the answer interns it afterwards without looking it up again.
+    pub(crate) fn check_actor<'a>(&self, actor: &'a str) -> Result<CheckedActor<'a>, Rejection> {
+        if let Some(id) = self.known_actor(actor) {
+            // Known actors were judged when they were interned.
+            return Ok(CheckedActor {
+                name: actor,
+                id: Some(id),
+            });
         }
         check_required_text(Field::Actor, actor, LOGGED_ACTOR_LEN_MAX)?;
         if self.actors.len() >= ACTORS_MAX {
@@ -629,10 +631,13 @@ impl State {
                 what: format!("{ACTORS_MAX} distinct actors"),
             });
         }
-        Ok(())
+        Ok(CheckedActor {
+            name: actor,
+            id: None,
+        })
     }
 
-    pub(crate) fn intern_actor(&mut self, actor: &str) -> Result<u32, Rejection> {
+    fn known_actor(&self, actor: &str) -> Option<u32> {
         // Most commands in a row come from the same actor (the storefront): a
         // comparison instead of hashing the name.
         let last = self.last_actor;
@@ -641,25 +646,48 @@ impl State {
             .get(last as usize)
             .is_some_and(|name| **name == *actor)
         {
-            return Ok(last);
+            return Some(last);
         }
-        if let Some(&id) = self.actor_index.get(actor) {
-            self.last_actor = id;
-            return Ok(id);
-        }
-        self.check_actor(actor)?;
-        let id = self.actors.len() as u32;
-        let name: Arc<str> = actor.into();
-        self.actors.push(Arc::clone(&name));
-        self.actor_index.insert(name, id);
+        self.actor_index.get(actor).copied()
+    }
+
+    /// The actor's number, for an actor `check_actor` admitted in this command.
+    pub(crate) fn intern_actor(&mut self, actor: CheckedActor<'_>) -> u32 {
+        let id = match actor
+            .id
+            .or_else(|| self.actor_index.get(actor.name).copied())
+        {
+            Some(id) => id,
+            None => {
+                // Admitted by `check_actor` in this command, and a command names one
+                // actor: the table had room then and has it still.
+                assert!(
+                    self.actors.len() < ACTORS_MAX,
+                    "actor admitted over the limit"
+                );
+                let id = self.actors.len() as u32;
+                let name: Arc<str> = actor.name.into();
+                self.actors.push(Arc::clone(&name));
+                self.actor_index.insert(name, id);
+                id
+            }
+        };
         self.last_actor = id;
-        Ok(id)
+        id
     }
 
     /// The system actor (expiry) is interned first, by `State::new`.
     pub(crate) fn system_actor(&self) -> u32 {
         self.actor_index[SYSTEM_ACTOR]
     }
+}
+
+/// An actor's name that `State::check_actor` admitted, and its number when it is
+/// known already: `State::intern_actor` takes it once every other check passed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CheckedActor<'a> {
+    name: &'a str,
+    id: Option<u32>,
 }
 
 /// Where the events of one command go and how they are numbered.
@@ -680,5 +708,80 @@ impl Ctx<'_> {
             at_ms: self.now_ms,
             kind,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Reply;
+    use crate::domain::{LineReq, OrderLineReq};
+
+    fn order(order_no: &str, reservation_id: Option<ReservationId>, actor: &str) -> Command {
+        Command::CreateOrder {
+            order_no: order_no.into(),
+            customer_id: "c1".into(),
+            lines: vec![OrderLineReq {
+                sku: "S1".into(),
+                qty: 1,
+                unit_price: 100,
+            }],
+            payment_ttl_ms: 60_000,
+            reservation_id,
+            actor: actor.into(),
+        }
+    }
+
+    /// Each actor is interned once, when a command of theirs changes the state, on
+    /// every path of a command that checks the name first and interns it last; a
+    /// refused command interns nobody.
+    #[test]
+    fn an_actor_is_interned_once_and_only_by_a_command_that_changes_the_state() {
+        let mut state = State::new();
+        let mut events = Vec::new();
+        let mut apply = |state: &mut State, cmd: Command| {
+            events.clear();
+            state.apply(&cmd, None, 1_000, &mut events).outcome
+        };
+        let define = Command::DefineSku {
+            sku: "S1".into(),
+            name: String::new(),
+            on_hand: 10,
+            low_stock_threshold: 0,
+        };
+        apply(&mut state, define).expect("defined");
+        let before = state.actors.len();
+        // Refused (no such order; an empty name): nobody new.
+        let refused = Command::PayOrder {
+            id: OrderId(9),
+            amount: 1,
+            payment_ref: String::new(),
+            actor: "ops:new".into(),
+        };
+        assert!(apply(&mut state, refused).is_err());
+        assert!(apply(&mut state, order("N0", None, "")).is_err());
+        assert_eq!(state.actors.len(), before);
+        // An order taking its own hold, then one adopting a reservation, each by an
+        // actor not seen before; then a known actor again.
+        apply(&mut state, order("N1", None, "shop:a")).expect("created");
+        let reserve = Command::Reserve {
+            lines: vec![LineReq {
+                sku: "S1".into(),
+                qty: 1,
+            }],
+            ttl_ms: 60_000,
+            actor: "shop:b".into(),
+        };
+        let Ok(Reply::Reservation(held)) = apply(&mut state, reserve) else {
+            panic!("reserved");
+        };
+        apply(&mut state, order("N2", Some(held.id), "shop:c")).expect("adopted");
+        apply(&mut state, order("N3", None, "shop:a")).expect("created");
+        let names: Vec<&str> = state.actors[before..].iter().map(|a| &**a).collect();
+        assert_eq!(names, ["shop:a", "shop:b", "shop:c"]);
+        assert_eq!(state.actor_index.len(), state.actors.len());
+        for (i, name) in state.actors.iter().enumerate() {
+            assert_eq!(state.actor_index[name] as usize, i, "{name}");
+        }
     }
 }

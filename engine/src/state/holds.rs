@@ -133,18 +133,22 @@ impl State {
                 now_ms,
             )?;
         }
-        let shortages: Vec<Shortage> = demand
-            .iter()
-            .filter_map(|&(idx, qty)| {
-                let sku = &self.skus[idx.0 as usize];
-                (u64::from(qty) > sku.available()).then(|| Shortage {
-                    sku: sku.id.to_string(),
-                    requested: u64::from(qty),
-                    available: sku.available(),
+        let short =
+            |&(idx, qty): &(SkuIdx, u32)| u64::from(qty) > self.skus[idx.0 as usize].available();
+        // Judged first without building anything: most requests are not short.
+        if demand.iter().any(short) {
+            let shortages = demand
+                .iter()
+                .filter(|d| short(d))
+                .map(|&(idx, qty)| {
+                    let sku = &self.skus[idx.0 as usize];
+                    Shortage {
+                        sku: sku.id.to_string(),
+                        requested: u64::from(qty),
+                        available: sku.available(),
+                    }
                 })
-            })
-            .collect();
-        if !shortages.is_empty() {
+                .collect();
             return Err(Rejection::InsufficientStock { lines: shortages });
         }
         Ok(demand)
@@ -217,7 +221,7 @@ impl State {
         if let Some(customer) = customer {
             check_required_text(Field::CustomerId, customer, CUSTOMER_ID_LEN_MAX)?;
         }
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         // Without sale rules anywhere, the customer changes nothing: not hashed.
         let buyer = customer
             .filter(|_| self.ruled_skus > 0)
@@ -238,19 +242,19 @@ impl State {
             }
             _ => None,
         };
-        self.intern_actor(actor)?;
+        self.intern_actor(checked_actor);
         let customer = counted_for.map(|buyer| self.count_hold(&demand, buyer));
         let id = self.hold(demand, ctx.now_ms + ttl_ms, None, customer, ctx);
-        Ok(Reply::Reservation(
-            self.reservation_view(&self.reservations[&id]),
-        ))
+        let held = self.reservations.newest().expect("just pushed");
+        debug_assert_eq!(held.id, id);
+        Ok(Reply::Reservation(self.reservation_view(held)))
     }
 
     fn held_reservation(&self, id: ReservationId, action: &str) -> Result<&Reservation, Rejection> {
-        let r = self
-            .reservations
-            .get(&id)
-            .ok_or(Rejection::UnknownReservation { id })?;
+        // Not `ok_or`: it builds the refusal, and drops it, on every success.
+        let Some(r) = self.reservations.get(&id) else {
+            return Err(Rejection::UnknownReservation { id });
+        };
         if let Some(order) = r.order {
             return Err(transition(format!(
                 "reservation {id} belongs to order {order}: {action} the order instead"

@@ -58,7 +58,7 @@ impl State {
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
         check_text(Field::RefundRef, refund_ref, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         let amounts = order.amounts();
         if amounts.refund_due == 0 {
@@ -70,7 +70,7 @@ impl State {
                 order.payment
             )));
         }
-        let actor_id = self.intern_actor(actor)?;
+        let actor_id = self.intern_actor(checked_actor);
         self.pay_back(id, amounts.refund_due, "", refund_ref, actor_id, ctx);
         Ok(self.order_reply(id))
     }

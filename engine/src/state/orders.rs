@@ -303,7 +303,7 @@ impl State {
         }
         check_required_text(Field::CustomerId, customer_id, CUSTOMER_ID_LEN_MAX)?;
         check_ttl(Field::PaymentTtlMs, payment_ttl_ms)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         check_line_count(lines.len())?;
         let mut total: u64 = 0;
         for (i, line) in lines.iter().enumerate() {
@@ -368,7 +368,6 @@ impl State {
                         buyer,
                     )?;
                 }
-                self.intern_actor(actor)?;
                 self.hold(demand, due_at_ms, Some(id), None, ctx)
             }
             Some(rid) => {
@@ -417,7 +416,6 @@ impl State {
                     self.check_sale(adopted.iter().copied(), Some(buyer), false, ctx.now_ms)?;
                     self.check_pair_room(adopted.into_iter(), buyer)?;
                 }
-                self.intern_actor(actor)?;
                 self.end_reservation_count(rid, false);
                 let r = self.reservations.get_mut(&rid).expect("checked above");
                 r.order = Some(id);
@@ -426,7 +424,7 @@ impl State {
                 rid
             }
         };
-        let actor = self.intern_actor(actor)?;
+        let actor = self.intern_actor(checked_actor);
         let order_no: Arc<str> = order_no.into();
         let customer_id: Arc<str> = customer_id.into();
         let review = self
@@ -512,7 +510,7 @@ impl State {
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
         check_text(Field::PaymentRef, payment_ref, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         if order.payment != PaymentStatus::Unpaid {
             if order.payment == PaymentStatus::Paid && amount == order.total {
@@ -545,7 +543,7 @@ impl State {
         }
         let reservation = order.reservation;
         let total = order.total;
-        let actor = self.intern_actor(actor)?;
+        let actor = self.intern_actor(checked_actor);
         self.commit_hold(reservation, ctx);
         let ship_sla_ms = self.order_policy.ship_sla_ms;
         let order = self.order_mut(id);
@@ -606,7 +604,7 @@ impl State {
     ) -> Outcome {
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
         check_text(Field::TrackingNo, tracking_no, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         if !matches!(
             to,
             OrderStatus::Picking
@@ -642,7 +640,7 @@ impl State {
                 "order {id} is {from}: cannot move to {to}: {why}"
             )));
         }
-        let actor = self.intern_actor(actor)?;
+        let actor = self.intern_actor(checked_actor);
         if to == OrderStatus::Shipped && !tracking_no.is_empty() {
             self.order_mut(id).extra_mut().tracking_no = tracking_no.into();
         }
@@ -660,7 +658,7 @@ impl State {
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
         match order_transition(from, OrderAction::Cancel, order.facts()) {
@@ -676,7 +674,7 @@ impl State {
                 )));
             }
         }
-        let actor_id = self.intern_actor(actor)?;
+        let actor_id = self.intern_actor(checked_actor);
         let order = self.order(id)?;
         let reservation = order.reservation;
         let amounts = order.amounts();
@@ -761,7 +759,7 @@ impl State {
     ) -> Outcome {
         check_text(Field::Reason, reason, NOTE_LEN_MAX)?;
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         let from = order.status;
         let decided = order_transition(from, OrderAction::Return, order.facts());
@@ -782,7 +780,7 @@ impl State {
                 "order {id} is {from}: a {kind} return is for {allowed}{hint}"
             )));
         }
-        let actor_id = self.intern_actor(actor)?;
+        let actor_id = self.intern_actor(checked_actor);
         let order = self.order(id)?;
         let amounts = order.amounts();
         let due_added = amounts.refundable() - amounts.refund_due;

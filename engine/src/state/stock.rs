@@ -157,7 +157,7 @@ impl State {
     ) -> Outcome {
         let idx = self.sku_idx(Field::Sku, sku)?;
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
-        self.check_actor(actor)?;
+        let checked_actor = self.check_actor(actor)?;
         if delta == 0 {
             return Err(invalid(Field::Delta, Violation::Zero));
         }
@@ -178,7 +178,7 @@ impl State {
                 Violation::OnHandAboveMax { max: ON_HAND_MAX },
             ));
         }
-        self.intern_actor(actor)?;
+        self.intern_actor(checked_actor);
         touch(&mut self.touched_skus, idx);
         let entry = &mut self.skus[idx.0 as usize];
         let available_before = entry.available();
