@@ -63,7 +63,8 @@ where
 }
 
 /// The answer to a plain `GET /v1/skus/{sku}` from a caller the route admits, when
-/// the stock board is current; `None` for anything else (the router takes it).
+/// the stock board can give it (`Engine::read_sku`); `None` for anything else (the
+/// router takes it).
 fn stock_read(state: &AppState, request: &Request<Body>) -> Option<Response> {
     if request.method() != Method::GET || request.uri().query().is_some() {
         return None;

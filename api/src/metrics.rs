@@ -385,6 +385,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_snapshot_age_seconds", GAUGE, "Seconds since the newest snapshot this process wrote (-1: none yet).", age),
         ("surge_engine_overloaded_total", COUNTER, "Commands refused because the queue was full.", load(&s.overloaded)),
         ("surge_stock_reads_behind_total", COUNTER, "Stock reads the stock board could not answer yet (behind the durable LSN), served through the follower's queue.", load(&s.board_behind)),
+        ("surge_stock_reads_unchanged_total", COUNTER, "Stock reads the stock board answered while behind the read index, no record past the board's LSN having changed their SKU.", load(&s.board_unchanged)),
         ("surge_reads_during_snapshot_total", COUNTER, "Reads sent through the writer's queue because the follower was encoding a snapshot.", load(&s.reads_during_snapshot)),
         ("surge_engine_writes_refused", GAUGE, "1 while the engine refuses writes (disk full, failed flush).", f64::from(u8::from(engine.writes_refused().is_some()))),
         ("surge_events_last_seq", GAUGE, "Seq of the newest published event.", engine.events().last_seq() as f64),

@@ -310,7 +310,7 @@ pub async fn get_sku(
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
-    // when it is current, through the follower's queue when not. (Most of these
+    // when it can (`Engine::read_sku`), through the follower's queue when not. (Most of these
     // requests never get here: `hot::HotReads` answers them before the router.)
     match st.engine()?.read_sku(&sku) {
         Some(Ok(v)) => return Ok(sku_answer(v)),

@@ -321,20 +321,31 @@ impl State {
     }
 
     /// The views of the SKUs changed since the last call (each once).
-    pub(crate) fn take_touched_sku_views(&mut self) -> Vec<SkuView> {
+    pub(crate) fn take_touched_sku_views(&mut self) -> Vec<(SkuIdx, SkuView)> {
         let Some(touched) = self.touched_skus.as_mut() else {
             return Vec::new();
         };
         let mut touched = std::mem::take(touched);
         touched.sort_unstable_by_key(|idx| idx.0);
         touched.dedup();
-        touched.into_iter().map(|idx| self.sku_view(idx)).collect()
+        touched
+            .into_iter()
+            .map(|idx| (idx, self.sku_view(idx)))
+            .collect()
+    }
+
+    /// Each SKU changed since the last call (repeats included), to `each`; the
+    /// list keeps its room.
+    pub(crate) fn drain_touched_skus(&mut self, mut each: impl FnMut(SkuIdx)) {
+        if let Some(touched) = self.touched_skus.as_mut() {
+            touched.drain(..).for_each(&mut each);
+        }
     }
 
     /// The views of every SKU.
-    pub(crate) fn all_sku_views(&self) -> Vec<SkuView> {
+    pub(crate) fn all_sku_views(&self) -> Vec<(SkuIdx, SkuView)> {
         (0..self.skus.len())
-            .map(|i| self.sku_view(SkuIdx(i as u32)))
+            .map(|i| (SkuIdx(i as u32), self.sku_view(SkuIdx(i as u32))))
             .collect()
     }
 

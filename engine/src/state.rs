@@ -131,9 +131,10 @@ pub struct State {
     pub(crate) ruled_skus: usize,
     /// The actor interned last (a cache in front of `actor_index`). Not state.
     pub(crate) last_actor: u32,
-    /// SKUs whose stock or definition changed since the last
-    /// [`State::take_touched_skus`], when tracked (the follower publishes them to
-    /// the stock board). Not part of the state: never snapshotted or compared.
+    /// SKUs whose stock or definition changed since they were last taken
+    /// (`take_touched_sku_views`, `drain_touched_skus`), when tracked: the follower
+    /// publishes their views to the stock board, the writer notes their LSN there.
+    /// Not part of the state: never snapshotted or compared.
     pub(crate) touched_skus: Option<Vec<SkuIdx>>,
 }
 

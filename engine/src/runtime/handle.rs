@@ -170,7 +170,8 @@ impl EngineHandle {
     }
 
     /// A SKU's stock read on the caller's thread, linearizable like [`Self::query`]
-    /// (the board answers only once it has applied the durable LSN noted now).
+    /// (the board answers once it has applied the read index noted now, or when no
+    /// record past its LSN changed this SKU; `board.rs`).
     /// `None`: the board cannot answer (no follower in this durability mode, or
     /// it is behind): use [`Self::query`].
     pub fn read_sku(&self, sku: &str) -> Option<Result<SkuView, Rejection>> {
@@ -179,6 +180,10 @@ impl EngineHandle {
         let read_index = inner.read_index();
         match inner.board.read(sku, read_index) {
             BoardRead::Sku(view) => Some(Ok(view)),
+            BoardRead::Unchanged(view) => {
+                inner.stats.board_unchanged.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(view))
+            }
             BoardRead::Unknown => Some(Err(Rejection::UnknownSku {
                 sku: sku.to_string(),
             })),

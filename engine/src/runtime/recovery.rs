@@ -280,6 +280,8 @@ impl Engine {
             // policy record above): both then apply the same durable records.
             let mut state = writer.state.clone();
             state.track_touched_skus();
+            // The writer notes what each record changes for the board's readers.
+            writer.state.track_touched_skus();
             writer
                 .shared
                 .board

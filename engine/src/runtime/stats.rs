@@ -10,6 +10,9 @@ pub struct RuntimeStats {
     /// Stock reads the board could not answer (behind the read index): they went
     /// through the follower's queue.
     pub board_behind: AtomicU64,
+    /// Stock reads the board answered while behind the read index, no record past
+    /// the board's LSN having changed their SKU (`board.rs`).
+    pub board_unchanged: AtomicU64,
     /// Reads that went through the writer's queue because the follower was
     /// encoding a snapshot.
     pub reads_during_snapshot: AtomicU64,

@@ -487,6 +487,7 @@ impl<S: Storage> Writer<S> {
                 "standby diverged from its leader at record {lsn} ({})",
                 record.command.name()
             );
+            self.note_changed_skus();
             self.now_ms = self.now_ms.max(record.now_ms);
             self.records_since_snapshot += 1;
             self.appended = true;
@@ -859,6 +860,7 @@ impl<S: Storage> Writer<S> {
             self.now_ms,
             &mut self.events_buf,
         );
+        self.note_changed_skus();
         let shared = Arc::clone(&self.shared);
         let stats = &shared.stats;
         if applied.outcome.is_ok() {
@@ -891,6 +893,17 @@ impl<S: Storage> Writer<S> {
             outcome: applied.outcome,
             lsn: applied.answer_lsn,
         })
+    }
+
+    /// Tell the stock board which SKUs the record just applied changed, before the
+    /// record goes to the log (`board.rs`). Only tracked where a follower keeps a
+    /// board. A refused command changed none; if it touched one, the LSN noted is
+    /// the last record's, still at or past that SKU's last change.
+    fn note_changed_skus(&mut self) {
+        let lsn = self.state.next_seq().saturating_sub(1);
+        let board = &self.shared.board;
+        self.state
+            .drain_touched_skus(|idx| board.note_changed(idx, lsn));
     }
 
     /// New SKUs get their names into the feed's table before their events publish.
