@@ -310,9 +310,11 @@ pub async fn get_sku(
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
-    // when it can (`Engine::read_sku`), through the follower's queue when not. (Most of these
-    // requests never get here: `hot::HotReads` answers them before the router.)
-    match st.engine()?.read_sku(&sku) {
+    // when it can, waiting here for the board to reach the read index when it is
+    // behind (`Engine::read_sku_waiting`), through a queue only when the board
+    // cannot serve. (Most of these requests never get here: `hot::HotReads`
+    // answers those the board can answer at once before the router.)
+    match st.engine()?.read_sku_waiting(&sku).await {
         Some(Ok(v)) => return Ok(sku_answer(v)),
         Some(Err(rejection)) => return Err(ApiError::from_rejection(&rejection)),
         None => {}

@@ -1423,6 +1423,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_snapshots_total", "counter", &[], &[]),
         ("surge_stock_reads_behind_total", "counter", &[], &[]),
         ("surge_stock_reads_unchanged_total", "counter", &[], &[]),
+        ("surge_stock_reads_waited_total", "counter", &[], &[]),
         ("surge_wal_bytes_total", "counter", &[], &[]),
         ("surge_wal_commit_seconds", "histogram", &[], ENGINE_BUCKETS),
         ("surge_wal_durable_lsn", "gauge", &[], &[]),

@@ -44,6 +44,11 @@ pub struct StockBoard {
     /// Per SKU, the LSN (in the same measure) of the last record the writer applied
     /// that changed it; ahead of `applied_lsn` while that record is on its way.
     changed_lsn: ChangedLsns,
+    /// Readers waiting for the board to move (`EngineHandle::read_sku_waiting`):
+    /// woken by every publish, and when the follower starts a snapshot or stops.
+    moved: tokio::sync::Notify,
+    /// The follower stopped: the board moves no more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// SKUs per chunk of [`ChangedLsns`].
@@ -129,6 +134,28 @@ impl StockBoard {
         self.changed_lsn.note(idx, lsn);
     }
 
+    /// A future that completes at the board's next move (or `wake_readers`), from
+    /// the moment it is made, before its first poll.
+    pub(crate) fn moved(&self) -> tokio::sync::futures::Notified<'_> {
+        self.moved.notified()
+    }
+
+    /// Wake every reader waiting for the board, which will not move for a while (the
+    /// follower encodes a snapshot) or ever again (`close`).
+    pub(crate) fn wake_readers(&self) {
+        self.moved.notify_waiters();
+    }
+
+    /// The follower stopped.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_readers();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Publish the views of the SKUs a batch changed, then the LSN it reached.
     pub(crate) fn publish(
         &self,
@@ -142,6 +169,7 @@ impl StockBoard {
             }
         }
         self.applied_lsn.store(applied_lsn, Ordering::Release);
+        self.moved.notify_waiters();
     }
 
     #[cfg(test)]

@@ -849,6 +849,9 @@ fn reads_after_acknowledged_writes(snapshot_every_records: u64) {
             scope.spawn(move || {
                 let sku = format!("T{t}");
                 define(&handle, &sku, 1_000);
+                let waiter = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
                 for i in 1..=150u64 {
                     handle
                         .execute(reserve(&sku, 1), None)
@@ -862,6 +865,12 @@ fn reads_after_acknowledged_writes(snapshot_every_records: u64) {
                         assert_eq!((view.on_hand, view.reserved), (1_000, i), "thread {t}");
                         board_answers.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Waiting for the board on this thread's task instead: the same
+                    // rule, whether the board answers at once or after moving.
+                    if let Some(read) = waiter.block_on(handle.read_sku_waiting(&sku)) {
+                        let view = read.expect("defined");
+                        assert_eq!((view.on_hand, view.reserved), (1_000, i), "thread {t}");
+                    }
                     assert_eq!(sku_levels(&handle, &sku), (1_000, i), "thread {t}");
                 }
             });
@@ -869,12 +878,18 @@ fn reads_after_acknowledged_writes(snapshot_every_records: u64) {
     });
     eprintln!(
         "stock board answered {} of 1200 reads ({} of them behind the read index, \
-         their SKU unchanged since); {} reads went through the writer during a \
-         snapshot",
+         their SKU unchanged since); {} reads waited for the board; {} reads went \
+         through the writer during a snapshot",
         board_answers.load(Ordering::Relaxed),
         handle.stats().board_unchanged.load(Ordering::Relaxed),
+        handle.stats().board_waits.load(Ordering::Relaxed),
         handle.stats().reads_during_snapshot.load(Ordering::Relaxed)
     );
+    // Most reads of a SKU right after writing it find the board behind: waiting for
+    // it happened.
+    if snapshot_every_records == 0 {
+        assert!(handle.stats().board_waits.load(Ordering::Relaxed) > 0);
+    }
     // Once the writes stop and the follower has caught up, the board answers. A
     // read that finds the follower encoding a snapshot goes through the writer
     // instead and may come back before the follower applied the last batches; the

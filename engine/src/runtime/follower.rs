@@ -76,6 +76,7 @@ impl Follower {
             }
         }
         // Reads still waiting (or queued) are dropped: their tickets say ShuttingDown.
+        self.shared.board.close();
         self.waiting.clear();
         while self.rx.try_recv().is_ok() {}
     }
@@ -168,6 +169,8 @@ impl Follower {
         // reads that arrive meanwhile take the writer's queue.
         self.answer_ready();
         self.shared.follower_encoding.store(true, Ordering::Release);
+        // Readers waiting for the board take the writer's queue instead.
+        self.shared.board.wake_readers();
         let body = self.encode_snapshot();
         self.shared
             .follower_encoding

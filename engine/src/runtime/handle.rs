@@ -194,6 +194,44 @@ impl EngineHandle {
         }
     }
 
+    /// [`Self::read_sku`], waiting on the caller's task, while the board is behind
+    /// the read index noted now, for the follower's next publishes instead of
+    /// taking its queue: a read of a SKU written all the time (the hot one of a
+    /// sale) costs the follower nothing. `None` where the board cannot answer: no
+    /// follower, the follower encoding a snapshot (the board stands still
+    /// meanwhile) or stopped: use [`Self::query`].
+    pub async fn read_sku_waiting(&self, sku: &str) -> Option<Result<SkuView, Rejection>> {
+        self.shared.follower_tx.as_ref()?;
+        let inner = &self.shared.inner;
+        let read_index = inner.read_index();
+        let mut waited = false;
+        loop {
+            // Made before the board is looked at: a publish in between wakes it.
+            let moved = inner.board.moved();
+            match inner.board.read(sku, read_index) {
+                BoardRead::Sku(view) => return Some(Ok(view)),
+                BoardRead::Unchanged(view) => {
+                    inner.stats.board_unchanged.fetch_add(1, Ordering::Relaxed);
+                    return Some(Ok(view));
+                }
+                BoardRead::Unknown => {
+                    return Some(Err(Rejection::UnknownSku {
+                        sku: sku.to_string(),
+                    }));
+                }
+                BoardRead::Behind => {}
+            }
+            if inner.follower_encoding.load(Ordering::Acquire) || inner.board.is_closed() {
+                return None;
+            }
+            if !waited {
+                waited = true;
+                inner.stats.board_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            moved.await;
+        }
+    }
+
     /// Start publishing the log through `publisher` (a leader, at start): every
     /// durable record goes to the replicated log, those logged before now first.
     /// In `replicated` mode no write is acknowledged before this. Answers the last

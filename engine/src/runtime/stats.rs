@@ -7,9 +7,11 @@ use std::time::Duration;
 /// Counters the writer keeps for `/metrics`.
 #[derive(Debug, Default)]
 pub struct RuntimeStats {
-    /// Stock reads the board could not answer (behind the read index): they went
-    /// through the follower's queue.
+    /// Stock reads the board could not answer at once (behind the read index).
     pub board_behind: AtomicU64,
+    /// Stock reads that waited on their own task for the board to reach their read
+    /// index (`EngineHandle::read_sku_waiting`).
+    pub board_waits: AtomicU64,
     /// Stock reads the board answered while behind the read index, no record past
     /// the board's LSN having changed their SKU (`board.rs`).
     pub board_unchanged: AtomicU64,
