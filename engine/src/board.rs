@@ -1,5 +1,5 @@
 //! The stock board: every SKU's stock as the follower last applied it, readable
-//! from any thread without a queue or a wake-up.
+//! from any thread without a queue.
 //!
 //! "How many are left" is the hottest request of a flash sale. Through the
 //! follower's queue it costs two cross-thread hand-offs; from the board it costs
@@ -8,8 +8,8 @@
 //! Linearizable like every read (ARCHITECTURE.md, "Reads"): a reader notes the
 //! durable LSN when it arrives (its read index) and may answer from the board if
 //! the board has applied at least that LSN, or (below) if no record past the
-//! board's LSN changed the SKU. Otherwise it takes the follower's queue and waits
-//! there. The follower updates the SKUs a batch touched
+//! board's LSN changed the SKU. Otherwise it waits on its own task for the board
+//! to move (`EngineHandle::read_sku_waiting`), or takes the follower's queue. The follower updates the SKUs a batch touched
 //! and then raises `applied_lsn` (release), so a reader that sees the LSN (acquire)
 //! sees those SKUs. The board holds only durable state: the follower applies only
 //! durable records.

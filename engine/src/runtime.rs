@@ -187,6 +187,9 @@ struct Inner {
     snapshot_wanted: AtomicBool,
     /// Reads waiting at the follower (bounded like the writer's queue).
     follower_reads: std::sync::atomic::AtomicUsize,
+    /// Reads waiting on their own task for the stock board (bounded like the
+    /// writer's queue; `EngineHandle::read_sku_waiting`).
+    board_waiters: std::sync::atomic::AtomicUsize,
     /// Stock as the follower applied it, for reads on the caller's thread.
     board: StockBoard,
     /// The follower is encoding a snapshot: new reads go through the writer's queue
@@ -217,6 +220,7 @@ impl Inner {
             writes_refused_flag: AtomicBool::new(false),
             snapshot_wanted: AtomicBool::new(false),
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
+            board_waiters: std::sync::atomic::AtomicUsize::new(0),
             board: StockBoard::default(),
             follower_encoding: AtomicBool::new(false),
             snapshot_buffers: Mutex::new(Vec::new()),

@@ -26,6 +26,27 @@ impl<T> Ticket<T> {
     }
 }
 
+/// One read counted among those waiting for the stock board, until it is dropped
+/// (answered, or its request gone).
+struct BoardWaiter<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> BoardWaiter<'a> {
+    /// `None` when `max` reads wait already.
+    fn enter(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<BoardWaiter<'a>> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(BoardWaiter(count))
+    }
+}
+
+impl Drop for BoardWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl<T> std::future::Future for Ticket<T> {
     type Output = Result<T, Error>;
     fn poll(
@@ -197,14 +218,16 @@ impl EngineHandle {
     /// [`Self::read_sku`], waiting on the caller's task, while the board is behind
     /// the read index noted now, for the follower's next publishes instead of
     /// taking its queue: a read of a SKU written all the time (the hot one of a
-    /// sale) costs the follower nothing. `None` where the board cannot answer: no
-    /// follower, the follower encoding a snapshot (the board stands still
-    /// meanwhile) or stopped: use [`Self::query`].
+    /// sale) sends the follower nothing and has it build no answer; each publish
+    /// wakes the waiting tasks. `None` where the board cannot answer: no follower,
+    /// the follower encoding a snapshot (the board stands still meanwhile) or
+    /// stopped, or as many reads waiting already as the writer's queue holds: use
+    /// [`Self::query`] (bounded too).
     pub async fn read_sku_waiting(&self, sku: &str) -> Option<Result<SkuView, Rejection>> {
         self.shared.follower_tx.as_ref()?;
         let inner = &self.shared.inner;
         let read_index = inner.read_index();
-        let mut waited = false;
+        let mut waiting: Option<BoardWaiter<'_>> = None;
         loop {
             // Made before the board is looked at: a publish in between wakes it.
             let moved = inner.board.moved();
@@ -224,8 +247,9 @@ impl EngineHandle {
             if inner.follower_encoding.load(Ordering::Acquire) || inner.board.is_closed() {
                 return None;
             }
-            if !waited {
-                waited = true;
+            if waiting.is_none() {
+                let count = &inner.board_waiters;
+                waiting = Some(BoardWaiter::enter(count, self.shared.queue_len_max)?);
                 inner.stats.board_waits.fetch_add(1, Ordering::Relaxed);
             }
             moved.await;
@@ -326,5 +350,27 @@ impl EngineHandle {
             joined.extend_from_slice(part);
         }
         fnv1a64(&joined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::BoardWaiter;
+
+    /// At most `max` reads wait for the board; a read that stops waiting (answered
+    /// or dropped with its request) makes room.
+    #[test]
+    fn reads_waiting_for_the_board_are_bounded() {
+        let count = AtomicUsize::new(0);
+        let first = BoardWaiter::enter(&count, 2).expect("room");
+        let second = BoardWaiter::enter(&count, 2).expect("room");
+        assert!(BoardWaiter::enter(&count, 2).is_none());
+        drop(first);
+        let third = BoardWaiter::enter(&count, 2).expect("room again");
+        assert!(BoardWaiter::enter(&count, 2).is_none());
+        drop((second, third));
+        assert_eq!(count.into_inner(), 0);
     }
 }
