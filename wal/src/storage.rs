@@ -124,6 +124,10 @@ fn direct_writable(parts: &[&[u8]]) -> bool {
         && !last.is_empty()
 }
 
+/// One page, aligned as direct I/O asks.
+#[repr(C, align(4096))]
+struct AlignedPage([u8; DIRECT_ALIGN_BYTES]);
+
 /// Write `parts` to a new `path` with `O_DIRECT` and make it durable: the bytes go
 /// from the caller's buffers to the device without a copy into the page cache (for
 /// a snapshot of gigabytes, that copy was the snapshot thread's main cost). The
@@ -153,11 +157,9 @@ fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     }
     let tail = &last[pages_len..];
     if !tail.is_empty() {
-        let mut room = vec![0u8; 2 * DIRECT_ALIGN_BYTES];
-        let start = room.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
-        let page = &mut room[start..start + DIRECT_ALIGN_BYTES];
-        page[..tail.len()].copy_from_slice(tail);
-        write(page, &mut offset)?;
+        let mut page = Box::new(AlignedPage([0; DIRECT_ALIGN_BYTES]));
+        page.0[..tail.len()].copy_from_slice(tail);
+        write(&page.0, &mut offset)?;
         f.set_len(offset - (DIRECT_ALIGN_BYTES - tail.len()) as u64)?;
     }
     f.sync_all()
