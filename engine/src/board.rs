@@ -9,9 +9,9 @@
 //! durable LSN when it arrives (its read index) and may answer from the board if
 //! the board has applied at least that LSN, or (below) if no record past the
 //! board's LSN changed the SKU. Otherwise it waits on its own task for the board
-//! to move (`EngineHandle::read_sku_waiting`), or takes the follower's queue. The follower updates the SKUs a batch touched
-//! and then raises `applied_lsn` (release), so a reader that sees the LSN (acquire)
-//! sees those SKUs. The board holds only durable state: the follower applies only
+//! to move (`EngineHandle::read_sku_waiting`), or takes the follower's queue. The
+//! follower updates the SKUs a batch touched and then raises `applied_lsn`
+//! (release), so a reader that sees the LSN (acquire) sees those SKUs. The board holds only durable state: the follower applies only
 //! durable records.
 //!
 //! Under writes the board is nearly always a batch behind the read index, and every

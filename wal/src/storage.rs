@@ -141,27 +141,18 @@ fn write_direct(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let mut offset = 0u64;
-    let write = |bytes: &[u8], offset: &mut u64| -> io::Result<()> {
-        f.write_all_at(bytes, *offset)?;
-        *offset += bytes.len() as u64;
-        Ok(())
-    };
     let (last, whole) = parts.split_last().expect("checked by direct_writable");
-    for part in whole {
-        write(part, &mut offset)?;
+    let (pages, tail) = last.split_at(last.len() - last.len() % DIRECT_ALIGN_BYTES);
+    let mut padded = Box::new(AlignedPage([0; DIRECT_ALIGN_BYTES]));
+    padded.0[..tail.len()].copy_from_slice(tail);
+    let padded = (!tail.is_empty()).then_some(&padded.0[..]);
+    let mut offset = 0u64;
+    for bytes in whole.iter().copied().chain([pages]).chain(padded) {
+        f.write_all_at(bytes, offset)?;
+        offset += bytes.len() as u64;
     }
-    let pages_len = last.len() - last.len() % DIRECT_ALIGN_BYTES;
-    if pages_len > 0 {
-        write(&last[..pages_len], &mut offset)?;
-    }
-    let tail = &last[pages_len..];
-    if !tail.is_empty() {
-        let mut page = Box::new(AlignedPage([0; DIRECT_ALIGN_BYTES]));
-        page.0[..tail.len()].copy_from_slice(tail);
-        write(&page.0, &mut offset)?;
-        f.set_len(offset - (DIRECT_ALIGN_BYTES - tail.len()) as u64)?;
-    }
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    f.set_len(len as u64)?;
     f.sync_all()
 }
 

@@ -47,6 +47,26 @@ impl Drop for BoardWaiter<'_> {
     }
 }
 
+/// What a stock read answers from the board (counted when the SKU was unchanged
+/// behind the read index); `None` when the board is behind.
+fn board_answer(
+    stats: &super::RuntimeStats,
+    sku: &str,
+    read: BoardRead,
+) -> Option<Result<SkuView, Rejection>> {
+    match read {
+        BoardRead::Sku(view) => Some(Ok(view)),
+        BoardRead::Unchanged(view) => {
+            stats.board_unchanged.fetch_add(1, Ordering::Relaxed);
+            Some(Ok(view))
+        }
+        BoardRead::Unknown => Some(Err(Rejection::UnknownSku {
+            sku: sku.to_string(),
+        })),
+        BoardRead::Behind => None,
+    }
+}
+
 impl<T> std::future::Future for Ticket<T> {
     type Output = Result<T, Error>;
     fn poll(
@@ -199,20 +219,11 @@ impl EngineHandle {
         self.shared.follower_tx.as_ref()?;
         let inner = &self.shared.inner;
         let read_index = inner.read_index();
-        match inner.board.read(sku, read_index) {
-            BoardRead::Sku(view) => Some(Ok(view)),
-            BoardRead::Unchanged(view) => {
-                inner.stats.board_unchanged.fetch_add(1, Ordering::Relaxed);
-                Some(Ok(view))
-            }
-            BoardRead::Unknown => Some(Err(Rejection::UnknownSku {
-                sku: sku.to_string(),
-            })),
-            BoardRead::Behind => {
-                inner.stats.board_behind.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        let answer = board_answer(&inner.stats, sku, inner.board.read(sku, read_index));
+        if answer.is_none() {
+            inner.stats.board_behind.fetch_add(1, Ordering::Relaxed);
         }
+        answer
     }
 
     /// [`Self::read_sku`], waiting on the caller's task, while the board is behind
@@ -231,18 +242,9 @@ impl EngineHandle {
         loop {
             // Made before the board is looked at: a publish in between wakes it.
             let moved = inner.board.moved();
-            match inner.board.read(sku, read_index) {
-                BoardRead::Sku(view) => return Some(Ok(view)),
-                BoardRead::Unchanged(view) => {
-                    inner.stats.board_unchanged.fetch_add(1, Ordering::Relaxed);
-                    return Some(Ok(view));
-                }
-                BoardRead::Unknown => {
-                    return Some(Err(Rejection::UnknownSku {
-                        sku: sku.to_string(),
-                    }));
-                }
-                BoardRead::Behind => {}
+            if let Some(answer) = board_answer(&inner.stats, sku, inner.board.read(sku, read_index))
+            {
+                return Some(answer);
             }
             if inner.follower_encoding.load(Ordering::Acquire) || inner.board.is_closed() {
                 return None;
