@@ -4,13 +4,15 @@
 --
 -- Arguments: ops per request (default 1000), SKUs `S0`..`S<N-1>` cycled through
 -- (default 1000). The token comes from SURGE_BENCH_TOKEN (storefront). `done` prints
--- one `RESULT` line; `failed_ops` counts responses that carried a problem for an op.
+-- one `RESULT` line; `failed_batches` counts responses that carried a problem for an op,
+-- `failed_ops` the ops refused (every op of a non-200 answer).
 
 local token = os.getenv("SURGE_BENCH_TOKEN") or ""
 local body
 local ops = 1000
 local threads = {}
 failed = 0
+failed_ops = 0
 
 function setup(thread)
   table.insert(threads, thread)
@@ -33,23 +35,36 @@ function init(args)
   end
 end
 
+-- A refused op answers with a problem, which carries a `"code":`; a 200 answer
+-- without one made every op. Only bodies that have one are counted through.
 function response(status, headers, body)
-  if status ~= 200 or string.find(body, '"code":', 1, true) then
+  if status ~= 200 then
     failed = failed + 1
+    failed_ops = failed_ops + ops
+  elseif string.find(body, '"code":', 1, true) then
+    failed = failed + 1
+    local at = 1
+    while true do
+      local found = string.find(body, '"code":', at, true)
+      if not found then break end
+      failed_ops = failed_ops + 1
+      at = found + 7
+    end
   end
 end
 
 function done(summary, latency, requests)
-  local failed_total = 0
+  local failed_total, failed_ops_total = 0, 0
   for _, t in ipairs(threads) do
     failed_total = failed_total + (t:get("failed") or 0)
+    failed_ops_total = failed_ops_total + (t:get("failed_ops") or 0)
   end
   local seconds = summary.duration / 1000000
   io.write(string.format(
-    "RESULT requests=%d rps=%.1f p50_us=%d p99_us=%d p999_us=%d non2xx=%d socket_errors=%d failed_batches=%d ops=%d\n",
+    "RESULT requests=%d rps=%.1f p50_us=%d p99_us=%d p999_us=%d non2xx=%d socket_errors=%d failed_batches=%d failed_ops=%d ops=%d\n",
     summary.requests, summary.requests / seconds,
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
     summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    failed_total, ops))
+    failed_total, failed_ops_total, ops))
 end
