@@ -160,10 +160,12 @@ struct ServeArgs {
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
     /// Nice steps above the process's that the writer and sync threads (and in
-    /// replicated mode the publish thread) raise their priority by (0..=20; 0: none).
-    /// Needs CAP_SYS_NICE; without it they run at the process's nice value, which
-    /// `surge_writer_nice` in /metrics then shows.
-    #[arg(long, env = "SURGE_COMMIT_PRIORITY_RAISE", default_value_t = 20,
+    /// replicated mode the publish thread) raise their priority by (0..=20; 0: none,
+    /// the default). Needs CAP_SYS_NICE; without it they run at the process's nice
+    /// value, which `surge_writer_nice` in /metrics then shows. Over HTTP a raise
+    /// costs throughput: every wake of the writer preempts the HTTP worker that feeds
+    /// it, so batches shrink (ARCHITECTURE.md, "The commit path goes first").
+    #[arg(long, env = "SURGE_COMMIT_PRIORITY_RAISE", default_value_t = 0,
           value_parser = clap::value_parser!(i32).range(0..=20))]
     commit_priority_raise: i32,
     /// Log format (`RUST_LOG` sets the level filter, default info).
