@@ -154,6 +154,10 @@ start_surge() { # data dir: a server on a new port with an empty state, SKUs S* 
         -K "$WORK/limited.curl" >/dev/null
 }
 start_surge "$WORK/surge-data"
+fresh_surge() { # data dir: stop the running server, start another with an empty state
+    stop "$SURGE_PID"
+    start_surge "$1"
+}
 
 # Units reserved over all SKUs (each reservation holds one unit).
 surge_reserved() {
@@ -246,8 +250,7 @@ check_holds "surge reserve, $CONNS_LOW conns" $((after - before)) "$(ok_requests
 # started the same way: three reserve runs at issue 9's target rate would leave the
 # first one near the room for held reservations (HELD_RESERVATIONS_MAX, 10M, S and L
 # SKUs together), and refusals must not be timed. Its holds are counted like theirs.
-stop "$SURGE_PID"
-start_surge "$WORK/surge-data-wire"
+fresh_surge "$WORK/surge-data-wire"
 before=$(settled_reserved)
 capture_wire surge-high "$SURGE_PORT"
 SURGE_RES_HIGH_W=$(run_wrk reserve-high-wire "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua many "$SKUS")
@@ -283,8 +286,7 @@ check_holds "surge reserve beside the read, $WRITE_LOAD_CONNECTIONS conns" $((af
 # held reservations (HELD_RESERVATIONS_MAX, 10M) within seconds at this rate, and the
 # runs before it already hold millions. Only reservations that were made count: the
 # ops a batch refused (`failed_ops`, each a problem in its answer) are taken off.
-stop "$SURGE_PID"
-start_surge "$WORK/surge-data-batch"
+fresh_surge "$WORK/surge-data-batch"
 before=$(settled_reserved)
 SURGE_BATCH=$(run_wrk batch "$BATCH_CONNECTIONS" "$BATCH_DURATION" benches/wrk/batch.lua "$BATCH_OPS" "$SKUS")
 after=$(settled_reserved)

@@ -35,21 +35,24 @@ function init(args)
   end
 end
 
--- A refused op answers with a problem, which carries a `"code":`; a 200 answer
--- without one made every op. Only bodies that have one are counted through.
+-- A refused op answers with a problem, which carries one `"code":`; a made op's body
+-- has none. A non-200 answer refused every op.
 function response(status, headers, body)
   if status ~= 200 then
     failed = failed + 1
     failed_ops = failed_ops + ops
-  elseif string.find(body, '"code":', 1, true) then
+    return
+  end
+  local refused, at = 0, 1
+  while true do
+    local found = string.find(body, '"code":', at, true)
+    if not found then break end
+    refused = refused + 1
+    at = found + 7
+  end
+  if refused > 0 then
     failed = failed + 1
-    local at = 1
-    while true do
-      local found = string.find(body, '"code":', at, true)
-      if not found then break end
-      failed_ops = failed_ops + 1
-      at = found + 7
-    end
+    failed_ops = failed_ops + refused
   end
 end
 
