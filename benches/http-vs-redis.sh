@@ -71,6 +71,9 @@
 #   REDIS_REQUESTS [300000]   EVALSHA calls per Redis run (redis-benchmark -n)
 #   WRK_TIMEOUT [5s]          wrk --timeout (slower responses count as socket errors)
 #   WIRE_SECONDS [5]          length of the packet capture of each wire run
+#   PRETOUCH_MIB [4096]       surge's --pretouch-mib: memory made resident at start-up,
+#                             as for a sale (fresh memory's first touch costs 0.3-0.6 GB/s
+#                             on a virtual machine; README, "The first touch of memory")
 #   SURGE_BIN                 use this binary instead of building one
 set -euo pipefail
 
@@ -91,6 +94,7 @@ LIMIT=${LIMIT:-1000}
 CUSTOMERS=${CUSTOMERS:-100000}
 REDIS_REQUESTS=${REDIS_REQUESTS:-300000}
 WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
+PRETOUCH_MIB=${PRETOUCH_MIB:-4096}
 WIRE_SECONDS=$(seconds "${WIRE_SECONDS:-5}")
 ((DURATION >= WIRE_SECONDS + 3)) || { echo "DURATION must be at least WIRE_SECONDS + 3" >&2; exit 2; }
 HOLD_TTL_MS=900000 # surge's default reservation TTL (15 minutes), for the Redis holds
@@ -132,12 +136,14 @@ start_surge() { # data dir: a server on a new port with an empty state, SKUs S* 
     SURGE_TOKENS="admin:$ADMIN_TOKEN,storefront:$SF_TOKEN" \
     SURGE_DURABILITY=sync \
     SURGE_QUEUE_LEN_MAX=262144 \
+    SURGE_PRETOUCH_MIB="$PRETOUCH_MIB" \
     RUST_LOG=warn \
         "$SURGE_BIN" --listen "127.0.0.1:$SURGE_PORT" --data-dir "$1" \
         >>"$WORK/surge.out" 2>>"$WORK/surge.err" &
     SURGE_PID=$!
     PIDS+=("$SURGE_PID")
-    for _ in $(seq 1 300); do
+    # Ready after its pretouch: up to 4 GiB at 0.3 GB/s, 14 s.
+    for _ in $(seq 1 600); do
         if curl -fsS "$SURGE/readyz" >/dev/null 2>&1; then break; fi
         sleep 0.1
     done
@@ -413,7 +419,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo
 echo "surge $rev, durability sync, vs $(redis-server --version | awk '{print $1, $2, $3}'); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "$(nproc) CPUs ($cpu); load average before the run: $LOAD_BEFORE; $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}') -t1, redis-benchmark single-threaded"
-echo "surge runs ${DURATION} s each (batch ${BATCH_DURATION} s); Redis runs $REDIS_REQUESTS calls each (wire runs: see below)"
+echo "surge runs ${DURATION} s each (batch ${BATCH_DURATION} s), each server with --pretouch-mib $PRETOUCH_MIB; Redis runs $REDIS_REQUESTS calls each (wire runs: see below)"
 echo
 echo "| what | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx / socket errors |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"

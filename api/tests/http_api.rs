@@ -217,6 +217,55 @@ fn sse_resumes_from_last_event_id_without_gaps_or_repeats() {
     );
 }
 
+/// More memory to pretouch than the machine has available: refused at start,
+/// naming the flag, before anything is allocated.
+#[test]
+fn refuses_a_pretouch_beyond_the_memory_available() {
+    let dir = TempDir::new("pretouch-too-much");
+    let mut command = surge_command("127.0.0.1:0", &dir.data());
+    command.env("SURGE_PRETOUCH_MIB", (u64::MAX >> 20).to_string());
+    let stderr = refused_start(command);
+    assert!(stderr.contains("--pretouch-mib"), "{stderr}");
+    assert!(stderr.contains("available on this machine"), "{stderr}");
+}
+
+/// With a pretouch the server holds that memory resident once ready (the state of
+/// an empty server alone is far smaller), says how long it took, and serves.
+#[test]
+fn pretouched_memory_is_resident_once_ready() {
+    const PRETOUCH_MIB: u64 = 256;
+    let dir = TempDir::new("pretouch");
+    let server = Server::start_with(
+        &dir.data(),
+        "pretouch",
+        &[("SURGE_PRETOUCH_MIB", &PRETOUCH_MIB.to_string())],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let resident_mib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        >> 10;
+    assert!(
+        resident_mib >= PRETOUCH_MIB,
+        "{resident_mib} MiB resident after a pretouch of {PRETOUCH_MIB} MiB"
+    );
+    assert!(
+        server.stderr().contains("memory pretouched"),
+        "{}",
+        server.stderr()
+    );
+    server.define("A", 5);
+    let r = server.call(
+        "POST",
+        "/v1/reservations",
+        &[("Authorization", STOREFRONT)],
+        Some(r#"{"lines":[{"sku":"A","qty":2}]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 #[test]
 fn refuses_a_public_address_without_tokens() {
     let dir = TempDir::new("open");

@@ -55,7 +55,8 @@ pub fn surge_command(listen: &str, data_dir: &Path) -> Command {
         .env_remove("SURGE_DATA_DIR")
         .env_remove("SURGE_DURABILITY")
         .env_remove("SURGE_LOG_FORMAT")
-        .env_remove("SURGE_DEMO");
+        .env_remove("SURGE_DEMO")
+        .env_remove("SURGE_PRETOUCH_MIB");
     command
 }
 
