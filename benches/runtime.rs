@@ -9,6 +9,10 @@
 //! over the threads. The threads are spawned before the clock starts; latency
 //! percentiles (submit to durable reply) leave out criterion's warm-up, and are
 //! printed and written to `target/criterion/runtime_latency_<bench>.json`.
+//!
+//! `SURGE_PRETOUCH_MIB=N` pretouches N MiB first, as `surge --pretouch-mib` does before
+//! a sale (`surge_alloc::pretouch`; README, "The first touch of memory"); unset or 0,
+//! the benches run on memory as the OS hands it out, like the server by default.
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -256,7 +260,26 @@ fn report(name: &str, h: &Histogram<u64>) {
     std::fs::write(&path, line + "\n").expect("write latency report");
 }
 
+/// `SURGE_PRETOUCH_MIB` MiB pretouched, as the server does with `--pretouch-mib`.
+fn pretouch_from_env() {
+    let mib: usize = match std::env::var("SURGE_PRETOUCH_MIB") {
+        Ok(mib) => mib.parse().expect("SURGE_PRETOUCH_MIB: MiB, an integer"),
+        Err(_) => 0,
+    };
+    if mib == 0 {
+        return;
+    }
+    let started = Instant::now();
+    let touched = surge_alloc::pretouch(mib << 20).expect("pretouch");
+    eprintln!(
+        "pretouched {} MiB in {:.1} s (SURGE_PRETOUCH_MIB)",
+        touched >> 20,
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn bench(c: &mut Criterion) {
+    pretouch_from_env();
     let mut group = c.benchmark_group("runtime");
     group.sample_size(10);
     group.warm_up_time(WARM_UP);
