@@ -110,15 +110,15 @@ fn a_second_process_is_locked_out_until_the_first_closes() {
     assert_eq!(child_said(&opened), "child open: ok, on_hand of A is 20");
 }
 
-/// The files of the data dir and their contents, but for the next segment that the
-/// parent's storage prepares on its own thread (`wal-spare.tmp`), which may appear
-/// at any time.
+/// The files of the data dir and their contents, but for the next segments that the
+/// parent's storage prepares on its own thread (`wal-spare-<n>.tmp`), which may
+/// appear at any time.
 fn file_names(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .expect("read data dir")
         .map(|e| e.expect("entry"))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name != "wal-spare.tmp")
+        .filter(|name| !(name.starts_with("wal-spare") && name.ends_with(".tmp")))
         .map(|name| {
             let bytes = std::fs::read(dir.join(&name)).expect("read file");
             (name, bytes)

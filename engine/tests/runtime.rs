@@ -287,7 +287,7 @@ fn the_next_segment_is_ready_at_open_and_an_idle_restart_finds_the_log_as_it_was
     };
     let (handle, _) = Engine::open(config.clone()).expect("open");
     // Prepared (the storage's spare, zero-filled and synced), not in the log yet.
-    let spare = std::fs::metadata(dir.path().join("wal-spare.tmp")).expect("a spare at open");
+    let spare = std::fs::metadata(dir.path().join("wal-spare-0.tmp")).expect("a spare at open");
     assert_eq!(spare.len(), segment_bytes);
     assert_eq!(segment_files(dir.path()), Vec::<String>::new());
     drop(handle);

@@ -19,8 +19,8 @@
 //! the default): otherwise one started by the raised writer would run raised too.
 //!
 //! Not lowered: the segment preparer. The writer waits for its work in effect (a
-//! roll that finds no spare ready makes its segment itself, zero-fill and sync on
-//! the writer), and at a tenth of a share under load it fell behind the rolls.
+//! roll that finds no spare ready waits for the one in preparation), and at a
+//! tenth of a share under load it fell behind the rolls.
 
 #![allow(
     unsafe_code,

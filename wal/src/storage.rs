@@ -269,27 +269,61 @@ impl Drop for Reclaimer {
     }
 }
 
-/// Name of the prepared (allocated, zero-filled, synced) next segment file. It is
-/// storage-internal: `list` hides it, `open` removes a leftover, and
-/// `create_segment` renames it into place.
-const SPARE_NAME: &str = "wal-spare.tmp";
+/// Prepared (allocated, zero-filled, synced) next segment files are named
+/// `wal-spare-<n>.tmp`. They are storage-internal: `list` hides them, `open`
+/// removes leftovers (and the single `wal-spare.tmp` of earlier versions), and
+/// `create_segment` renames the oldest ready one into place.
+const SPARE_PREFIX: &str = "wal-spare";
+const SPARE_SUFFIX: &str = ".tmp";
+
+/// Whether `name` is a spare segment file (this version's or an earlier one's).
+fn is_spare_name(name: &str) -> bool {
+    name.starts_with(SPARE_PREFIX) && name.ends_with(SPARE_SUFFIX)
+}
+
+/// Spares kept ready ahead of the rolls. One was not enough: under a 64-thread
+/// load with 16 MiB segments (a roll every 150-200 ms) the preparer now and then
+/// needed 100-150 ms of CPU for one (fresh page-cache pages cost their first touch
+/// on this VM), a roll found none ready three times in 16 s, and each time the
+/// writer zero-filled the segment itself: 55-64 ms iterations, the maximum of
+/// `runtime/writer_iterations` (README, "Two spare segments"). Two absorb one slow
+/// preparation; the price is one more segment's space on disk.
+const SPARES_READY_MAX: usize = 2;
 
 /// What the preparer thread has made ready.
 #[derive(Default)]
 struct SpareSlot {
-    /// Length of the spare file on disk, once it is ready.
-    ready_len_bytes: Option<u64>,
-    /// Length the next spare should have; `None` stops the thread.
+    /// Spares ready, oldest first: file name and length.
+    ready: std::collections::VecDeque<(String, u64)>,
+    /// Length the spares should have; `None` stops the thread.
     wanted_len_bytes: Option<u64>,
     /// The last preparation failed (full disk, say): `create_segment` then works
     /// inline and reports the error itself.
     failed: bool,
+    /// Numbers the next spare's file.
+    next_spare: u64,
 }
 
-/// A thread that keeps one segment file ready: created, `fallocate`d, written
-/// with zeros and fsynced, so that rolling to a new segment costs a rename, not
-/// 64 MiB of writes on the appending thread.
+impl SpareSlot {
+    /// Spares of `len_bytes` from now on: ready ones of another length go.
+    fn want(&mut self, dir: &Path, len_bytes: u64) {
+        if self.wanted_len_bytes == Some(len_bytes) {
+            return;
+        }
+        self.wanted_len_bytes = Some(len_bytes);
+        self.failed = false;
+        for (name, _) in self.ready.drain(..) {
+            // A leftover is removed by the next `open`.
+            let _ = fs::remove_file(dir.join(name));
+        }
+    }
+}
+
+/// A thread that keeps up to [`SPARES_READY_MAX`] segment files ready: created,
+/// `fallocate`d, written with zeros and fsynced, so that rolling to a new segment
+/// costs a rename, not 64 MiB of writes on the appending thread.
 struct SparePreparer {
+    dir: PathBuf,
     slot: Arc<(parking_lot::Mutex<SpareSlot>, parking_lot::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -304,34 +338,42 @@ impl SparePreparer {
             parking_lot::Condvar::new(),
         ));
         let shared = Arc::clone(&slot);
+        let thread_dir = dir.clone();
         let thread = std::thread::Builder::new()
             .name("surge-segment-prep".into())
             // Not lowered in priority (`priority.rs`): a roll that finds no spare
-            // ready makes its segment on the writer, zero-fill and sync included.
-            .spawn(move || prepare_spares(&dir, &shared))?;
+            // ready waits for this thread.
+            .spawn(move || prepare_spares(&thread_dir, &shared))?;
         Ok(SparePreparer {
+            dir,
             slot,
             thread: Some(thread),
         })
     }
 
-    /// Renames the ready spare to `to` if it has this length, and asks for the next
-    /// one. The rename happens under the slot's lock, so the preparer cannot start
-    /// on the next spare (and remove a leftover of that name) meanwhile.
-    fn take(&self, dir: &Path, len_bytes: u64, to: &Path) -> io::Result<bool> {
+    /// Renames the oldest ready spare of this length to `to` (`true`), waiting for
+    /// one if none is ready yet; `false` when its preparation failed (the caller
+    /// then creates the segment itself and meets the error). The preparer starts
+    /// on the next spare at once.
+    fn take(&self, len_bytes: u64, to: &Path) -> io::Result<bool> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
-        slot.wanted_len_bytes = Some(len_bytes);
-        slot.failed = false;
-        let ready = slot.ready_len_bytes == Some(len_bytes);
-        let renamed = if ready {
-            slot.ready_len_bytes = None;
-            fs::rename(dir.join(SPARE_NAME), to).map(|()| true)
-        } else {
-            Ok(false)
+        slot.want(&self.dir, len_bytes);
+        if slot.failed {
+            // Try again for the next roll (space may be back); this one works inline.
+            slot.failed = false;
+            wake.notify_all();
+            return Ok(false);
+        }
+        while slot.ready.is_empty() && !slot.failed {
+            wake.wait(&mut slot);
+        }
+        let Some((name, _)) = slot.ready.pop_front() else {
+            return Ok(false);
         };
-        wake.notify_one();
-        renamed
+        wake.notify_all();
+        drop(slot);
+        fs::rename(self.dir.join(name), to).map(|()| true)
     }
 
     /// Waits until a spare of this length is ready (`true`) or its preparation
@@ -340,17 +382,32 @@ impl SparePreparer {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
         if slot.wanted_len_bytes != Some(len_bytes) {
-            slot.wanted_len_bytes = Some(len_bytes);
-            slot.failed = false;
+            slot.want(&self.dir, len_bytes);
             wake.notify_all();
         }
         loop {
-            match slot.ready_len_bytes {
-                Some(ready) => return ready == len_bytes,
-                None if slot.failed => return false,
-                None => wake.wait(&mut slot),
+            if !slot.ready.is_empty() {
+                return true;
             }
+            if slot.failed {
+                return false;
+            }
+            wake.wait(&mut slot);
         }
+    }
+}
+
+#[cfg(test)]
+impl SparePreparer {
+    /// Waits until `count` spares are ready; their names, oldest first.
+    fn wait_ready_count(&self, count: usize) -> Vec<String> {
+        let (lock, wake) = &*self.slot;
+        let mut slot = lock.lock();
+        while slot.ready.len() < count && !slot.failed {
+            wake.wait(&mut slot);
+        }
+        assert!(!slot.failed, "a spare's preparation failed");
+        slot.ready.iter().map(|(name, _)| name.clone()).collect()
     }
 }
 
@@ -358,31 +415,34 @@ impl Drop for SparePreparer {
     fn drop(&mut self) {
         let (lock, wake) = &*self.slot;
         lock.lock().wanted_len_bytes = None;
-        wake.notify_one();
+        wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// The preparer's loop: whenever no spare is ready, make one.
+/// The preparer's loop: while fewer than [`SPARES_READY_MAX`] spares are ready,
+/// make one.
 fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot::Condvar)) {
     // The process's priority, not its creator's: the writer starts it when it rolls
     // before a spare was prepared (`priority.rs`).
     let _ = crate::reset_this_thread_priority();
     let (lock, wake) = slot;
     loop {
-        let len_bytes = {
+        let (len_bytes, name) = {
             let mut s = lock.lock();
-            while s.wanted_len_bytes.is_some() && (s.ready_len_bytes.is_some() || s.failed) {
+            while s.wanted_len_bytes.is_some() && (s.ready.len() >= SPARES_READY_MAX || s.failed) {
                 wake.wait(&mut s);
             }
-            match s.wanted_len_bytes {
-                Some(len) => len,
-                None => return,
-            }
+            let Some(len_bytes) = s.wanted_len_bytes else {
+                return;
+            };
+            let name = format!("{SPARE_PREFIX}-{}{SPARE_SUFFIX}", s.next_spare);
+            s.next_spare += 1;
+            (len_bytes, name)
         };
-        let path = dir.join(SPARE_NAME);
+        let path = dir.join(&name);
         let _ = fs::remove_file(&path);
         let made = OpenOptions::new()
             .read(true)
@@ -396,13 +456,17 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
             });
         let mut s = lock.lock();
         match made {
-            Ok(()) => s.ready_len_bytes = Some(len_bytes),
+            Ok(()) if s.wanted_len_bytes == Some(len_bytes) => s.ready.push_back((name, len_bytes)),
+            Ok(()) => {
+                // Made for a length no longer wanted.
+                let _ = fs::remove_file(&path);
+            }
             Err(_) => {
                 let _ = fs::remove_file(&path);
                 s.failed = true;
             }
         }
-        // For `wait_ready`.
+        // For `take` and `wait_ready`.
         wake.notify_all();
     }
 }
@@ -430,21 +494,17 @@ impl MmapStorage {
                 Error::io("lock data dir", e)
             });
         }
-        // A spare left by an earlier run may be half written: make a new one.
-        match fs::remove_file(dir.join(SPARE_NAME)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove leftover spare segment", e)),
-        }
-        // Retired segments an earlier run had not deleted yet.
+        // Spares an earlier run left (one may be half written: new ones are made)
+        // and retired segments it had not deleted yet.
         let entries = fs::read_dir(dir).map_err(|e| Error::io("list data dir", e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list data dir", e))?;
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
-            {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_spare_name(name) {
+                fs::remove_file(entry.path())
+                    .map_err(|e| Error::io("remove leftover spare segment", e))?;
+            } else if name.starts_with(RETIRED_PREFIX) {
                 fs::remove_file(entry.path())
                     .map_err(|e| Error::io("remove leftover retired segment", e))?;
             }
@@ -603,7 +663,7 @@ impl Storage for MmapStorage {
             if entry.file_type()?.is_file()
                 && let Ok(name) = entry.file_name().into_string()
                 && name != LOCK_FILE
-                && name != SPARE_NAME
+                && !is_spare_name(&name)
                 && !name.starts_with(RETIRED_PREFIX)
             {
                 names.push(name);
@@ -621,7 +681,7 @@ impl Storage for MmapStorage {
                 }
                 // Prepared off this thread: allocated, zeroed and synced. The rename
                 // is made durable by the caller's directory fsync, as a creation is.
-                if spare.take(&self.dir, len_bytes, &path)? {
+                if spare.take(len_bytes, &path)? {
                     let file = OpenOptions::new().read(true).write(true).open(&path)?;
                     let map = Self::map(&file, len_bytes)?;
                     return Ok(self.insert(Mapped { file, map }));
@@ -771,6 +831,60 @@ impl Storage for MmapStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spare_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .filter(|name| is_spare_name(name))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The preparer keeps two spares ready; a roll renames the oldest into place
+    /// (its file is gone, the segment has its length) and the preparer makes the
+    /// next; `list` never shows a spare, and `open` removes those a run left.
+    #[test]
+    fn two_spares_are_kept_ready_and_each_roll_takes_the_oldest() {
+        const LEN_BYTES: u64 = 16 * 4096;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = MmapStorage::open(dir.path()).expect("open");
+        storage.prepare_segment(LEN_BYTES);
+        for roll in 0..3u64 {
+            let ready = storage
+                .spare
+                .as_ref()
+                .expect("a preparer")
+                .wait_ready_count(SPARES_READY_MAX);
+            assert_eq!(ready.len(), SPARES_READY_MAX);
+            assert_eq!(spare_files(dir.path()), {
+                let mut sorted = ready.clone();
+                sorted.sort();
+                sorted
+            });
+            let name = format!("wal-{roll:020}.seg");
+            storage.create_segment(&name, LEN_BYTES).expect("rolled");
+            assert!(
+                !dir.path().join(&ready[0]).exists(),
+                "roll {roll}: {ready:?}"
+            );
+            assert_eq!(
+                fs::metadata(dir.path().join(&name)).expect("segment").len(),
+                LEN_BYTES
+            );
+            let listed = storage.list().expect("list");
+            assert!(listed.iter().all(|n| !is_spare_name(n)), "{listed:?}");
+        }
+        drop(storage);
+        assert!(
+            !spare_files(dir.path()).is_empty(),
+            "the run left its spares"
+        );
+        let reopened = MmapStorage::open(dir.path()).expect("reopen");
+        assert_eq!(spare_files(dir.path()), Vec::<String>::new());
+        assert_eq!(reopened.list().expect("list").len(), 3);
+    }
 
     /// `len` bytes of a pattern starting on a page boundary, in a buffer of their own.
     fn page_aligned(len: usize, seed: u8) -> (Vec<u8>, usize) {

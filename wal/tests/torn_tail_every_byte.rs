@@ -126,14 +126,14 @@ fn open_dir(dir: &Path) -> Result<(Wal<MmapStorage>, Recovery), Error> {
     Wal::open(MmapStorage::open(dir)?, config(SEGMENT_BYTES))
 }
 
-/// A copy of the fixture's data dir (without the spare segment the storage
+/// A copy of the fixture's data dir (without the spare segments the storage
 /// prepares on its own), with the active segment replaced by `segment`.
 fn copy_with(fx: &Fixture, to: &Path, segment: &[u8]) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(&fx.dir).expect("read dir") {
         let name = entry.expect("entry").file_name();
         let name = name.to_string_lossy();
-        if name == "wal-spare.tmp" || name == "LOCK" {
+        if (name.starts_with("wal-spare") && name.ends_with(".tmp")) || name == "LOCK" {
             continue;
         }
         if name == fx.segment {
