@@ -110,6 +110,14 @@ const TOUCH_STRIDE_BYTES: usize = 4096;
 /// freed memory stays mapped before it goes back to the OS, in ms; -1 never.
 const MI_OPTION_PURGE_DELAY: i32 = 15;
 
+/// Bytes `pretouch` touched in this process (0: none).
+static PRETOUCHED_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes made resident by [`pretouch`] in this process so far.
+pub fn pretouched_bytes() -> usize {
+    PRETOUCHED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 unsafe extern "C" {
     fn mi_option_get(option: i32) -> std::ffi::c_long;
     fn mi_option_set(option: i32, value: std::ffi::c_long);
@@ -151,6 +159,7 @@ pub fn pretouch(bytes: usize) -> Result<usize, PretouchError> {
         blocks.push(block);
     }
     let touched = blocks.len() * PRETOUCH_BLOCK_BYTES;
+    PRETOUCHED_BYTES.fetch_add(touched, std::sync::atomic::Ordering::Relaxed);
     for block in blocks {
         // SAFETY: allocated above with `layout`, freed once.
         unsafe { Mimalloc.dealloc(block, layout) };
@@ -224,6 +233,7 @@ mod tests {
             BYTES >> 20
         );
         assert_eq!(purge_delay_ms(), -1);
+        assert_eq!(pretouched_bytes(), BYTES);
     }
 
     /// A zeroed block is zeroed even where its memory was just used: mimalloc hands

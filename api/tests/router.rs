@@ -1412,6 +1412,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_idempotency_window_seconds", "gauge", &[], &[]),
         ("surge_reads_during_snapshot_total", "counter", &[], &[]),
         ("surge_ready", "gauge", &[], &[]),
+        ("surge_memory_pretouched_bytes", "gauge", &[], &[]),
         ("surge_replication_lag_lsn", "gauge", &[], &[]),
         ("surge_replication_lag_seconds", "gauge", &[], &[]),
         ("surge_replication_publish_seconds", "histogram", &[], ENGINE_BUCKETS),
