@@ -71,7 +71,7 @@
 #   REDIS_REQUESTS [300000]   EVALSHA calls per Redis run (redis-benchmark -n)
 #   WRK_TIMEOUT [5s]          wrk --timeout (slower responses count as socket errors)
 #   WIRE_SECONDS [5]          length of the packet capture of each wire run
-#   PRETOUCH_MIB [4096]       surge's --pretouch-mib: memory made resident at start-up,
+#   PRETOUCH_MIB [4096]       surge's --pretouch-mib (less where 40 % of MemAvailable is less): memory made resident at start-up,
 #                             as for a sale (fresh memory's first touch costs 0.3-0.6 GB/s
 #                             on a virtual machine; README, "The first touch of memory")
 #   SURGE_BIN                 use this binary instead of building one
@@ -94,7 +94,8 @@ LIMIT=${LIMIT:-1000}
 CUSTOMERS=${CUSTOMERS:-100000}
 REDIS_REQUESTS=${REDIS_REQUESTS:-300000}
 WRK_TIMEOUT=${WRK_TIMEOUT:-5s}
-PRETOUCH_MIB=${PRETOUCH_MIB:-4096}
+# 4 GiB, or 40 % of the memory available where that is less (one server at a time).
+PRETOUCH_MIB=${PRETOUCH_MIB:-$(awk '/^MemAvailable:/ { m = int($2 / 1024 * 0.4); print (m < 4096 ? m : 4096) }' /proc/meminfo)}
 WIRE_SECONDS=$(seconds "${WIRE_SECONDS:-5}")
 ((DURATION >= WIRE_SECONDS + 3)) || { echo "DURATION must be at least WIRE_SECONDS + 3" >&2; exit 2; }
 HOLD_TTL_MS=900000 # surge's default reservation TTL (15 minutes), for the Redis holds

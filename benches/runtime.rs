@@ -270,7 +270,10 @@ fn pretouch_from_env() {
         return;
     }
     let started = Instant::now();
-    let touched = surge_alloc::pretouch(mib << 20).expect("pretouch");
+    let bytes = mib
+        .checked_mul(1 << 20)
+        .expect("SURGE_PRETOUCH_MIB: too large");
+    let touched = surge_alloc::pretouch(bytes).expect("pretouch");
     eprintln!(
         "pretouched {} MiB in {:.1} s (SURGE_PRETOUCH_MIB)",
         touched >> 20,

@@ -129,14 +129,18 @@ unsafe extern "C" {
 ///
 /// Memory fresh from the OS costs its first touch: the kernel zeroes every page,
 /// and under a hypervisor the host backs it first. On the 2-vCPU KVM box the
-/// README measures that first touch at 0.3-0.6 GB/s, against 18-23 GB/s for the
-/// same pages touched again; a growing state paid it on the writer and the
+/// README measures that first touch at 0.3-0.6 GB/s, against 1.9-3.1 GB/s (4 KiB
+/// pages) or 16-23 GB/s (2 MiB pages) for the same amount touched again in the
+/// same process; a growing state paid it on the writer and the
 /// follower for every new reservation. Touched at start-up instead, the sale
 /// allocates from pages already there (the JVM's `AlwaysPreTouch`, TigerBeetle's
 /// memory allocated up front). The blocks are freed again at once: they stay in
 /// mimalloc's arenas, committed and resident, for whatever the threads allocate.
 ///
-/// Call it once, at start-up, before the threads that will allocate start.
+/// Call it once, at start-up, before the state is built (the server calls it on a
+/// blocking thread while its HTTP workers already answer `/readyz` with 503: the
+/// purge delay is a plain store that mimalloc reads at each purge). It overrides
+/// a `MIMALLOC_PURGE_DELAY` set in the environment.
 pub fn pretouch(bytes: usize) -> Result<usize, PretouchError> {
     // SAFETY: setting an option mimalloc reads at each purge; any value is allowed.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };

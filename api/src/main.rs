@@ -174,7 +174,8 @@ struct ServeArgs {
     /// and the follower for every reservation a sale adds. Pretouched, the state
     /// grows into pages already there, and freed memory stays with the process
     /// (see `surge_alloc::pretouch`). Size it to the state a sale will build; at
-    /// most 90 % of the memory available at start.
+    /// most 90 % of the memory available at start (`MemAvailable`, which does not
+    /// know a container's memory limit: stay within that too).
     #[arg(long, env = "SURGE_PRETOUCH_MIB", default_value_t = 0)]
     pretouch_mib: u64,
     /// Log format (`RUST_LOG` sets the level filter, default info).
@@ -471,7 +472,10 @@ fn pretouch(pretouch_mib: u64) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let bytes = usize::try_from(pretouch_mib << 20).context("--pretouch-mib")?;
+    let bytes = pretouch_mib
+        .checked_mul(1 << 20)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .context("--pretouch-mib: too large for this machine's addresses")?;
     let touched = surge_alloc::pretouch(bytes).context("--pretouch-mib")?;
     tracing::info!(
         touched_mib = touched >> 20,
@@ -523,11 +527,12 @@ async fn run(
     println!("surge: listening on http://{local}");
     let data_dir = engine_config.data_dir.clone();
     // Before recovery allocates the state, while /readyz says 503.
-    let opened = tokio::task::spawn_blocking(move || {
-        pretouch(pretouch_mib)?;
-        Engine::open(engine_config).map_err(anyhow::Error::from)
-    })
-    .await?;
+    if let Err(e) = tokio::task::spawn_blocking(move || pretouch(pretouch_mib)).await? {
+        state.begin_shutdown();
+        let _ = server.await;
+        return Err(e);
+    }
+    let opened = tokio::task::spawn_blocking(move || Engine::open(engine_config)).await?;
     let (engine, report) = match opened {
         Ok(opened) => opened,
         Err(e) => {

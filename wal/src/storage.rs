@@ -302,13 +302,17 @@ struct SpareSlot {
     failed: bool,
     /// Numbers the next spare's file.
     next_spare: u64,
+    /// The preparer thread ended by a panic: no spare will come; every roll works
+    /// inline.
+    gone: bool,
 }
 
 impl SpareSlot {
-    /// Spares of `len_bytes` from now on: ready ones of another length go.
-    fn want(&mut self, dir: &Path, len_bytes: u64) {
+    /// Spares of `len_bytes` from now on: ready ones of another length go. Whether
+    /// that changed anything (the preparer must then be woken).
+    fn want(&mut self, dir: &Path, len_bytes: u64) -> bool {
         if self.wanted_len_bytes == Some(len_bytes) {
-            return;
+            return false;
         }
         self.wanted_len_bytes = Some(len_bytes);
         self.failed = false;
@@ -316,6 +320,7 @@ impl SpareSlot {
             // A leftover is removed by the next `open`.
             let _ = fs::remove_file(dir.join(name));
         }
+        true
     }
 }
 
@@ -358,17 +363,17 @@ impl SparePreparer {
     fn take(&self, len_bytes: u64, to: &Path) -> io::Result<bool> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
-        slot.want(&self.dir, len_bytes);
-        if slot.failed {
-            // Try again for the next roll (space may be back); this one works inline.
-            slot.failed = false;
+        if slot.want(&self.dir, len_bytes) {
             wake.notify_all();
-            return Ok(false);
         }
-        while slot.ready.is_empty() && !slot.failed {
+        while slot.ready.is_empty() && !slot.failed && !slot.gone {
             wake.wait(&mut slot);
         }
         let Some((name, _)) = slot.ready.pop_front() else {
+            // The preparation failed (a full disk, say): this roll works inline and
+            // meets the error; the preparer tries again for the next one.
+            slot.failed = false;
+            wake.notify_all();
             return Ok(false);
         };
         wake.notify_all();
@@ -381,15 +386,14 @@ impl SparePreparer {
     fn wait_ready(&self, len_bytes: u64) -> bool {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
-        if slot.wanted_len_bytes != Some(len_bytes) {
-            slot.want(&self.dir, len_bytes);
+        if slot.want(&self.dir, len_bytes) {
             wake.notify_all();
         }
         loop {
             if !slot.ready.is_empty() {
                 return true;
             }
-            if slot.failed {
+            if slot.failed || slot.gone {
                 return false;
             }
             wake.wait(&mut slot);
@@ -403,10 +407,10 @@ impl SparePreparer {
     fn wait_ready_count(&self, count: usize) -> Vec<String> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
-        while slot.ready.len() < count && !slot.failed {
+        while slot.ready.len() < count && !slot.failed && !slot.gone {
             wake.wait(&mut slot);
         }
-        assert!(!slot.failed, "a spare's preparation failed");
+        assert!(!slot.failed && !slot.gone, "a spare's preparation failed");
         slot.ready.iter().map(|(name, _)| name.clone()).collect()
     }
 }
@@ -429,6 +433,19 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
     // before a spare was prepared (`priority.rs`).
     let _ = crate::reset_this_thread_priority();
     let (lock, wake) = slot;
+    // Should this thread end by a panic, a roll waiting for it must not wait
+    // forever: it finds the preparation failed and works inline.
+    struct FailOnUnwind<'a>(&'a (parking_lot::Mutex<SpareSlot>, parking_lot::Condvar));
+    impl Drop for FailOnUnwind<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let (lock, wake) = self.0;
+                lock.lock().gone = true;
+                wake.notify_all();
+            }
+        }
+    }
+    let _guard = FailOnUnwind(slot);
     loop {
         let (len_bytes, name) = {
             let mut s = lock.lock();
@@ -894,6 +911,32 @@ mod tests {
             *b = seed.wrapping_add((i % 251) as u8);
         }
         (buf, start)
+    }
+
+    /// A failed preparation does not hide a spare that is ready: the roll takes the
+    /// ready one. A roll asking for another length is served one of that length (the
+    /// preparer, idle with its two ready, is woken to make it).
+    #[test]
+    fn a_roll_takes_a_ready_spare_after_a_failure_and_a_new_length_wakes_the_preparer() {
+        const LEN_BYTES: u64 = 4 * 4096;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spares = SparePreparer::start(dir.path().to_path_buf(), LEN_BYTES).expect("start");
+        spares.wait_ready_count(SPARES_READY_MAX);
+        // As if the next preparation had failed (a disk with room for no more).
+        spares.slot.0.lock().failed = true;
+        let first = dir.path().join("first.seg");
+        assert!(
+            spares.take(LEN_BYTES, &first).expect("take"),
+            "the ready spare was skipped"
+        );
+        assert_eq!(fs::metadata(&first).expect("renamed").len(), LEN_BYTES);
+
+        spares.slot.0.lock().failed = false;
+        spares.slot.1.notify_all();
+        spares.wait_ready_count(SPARES_READY_MAX);
+        let longer = dir.path().join("longer.seg");
+        assert!(spares.take(2 * LEN_BYTES, &longer).expect("take"));
+        assert_eq!(fs::metadata(&longer).expect("renamed").len(), 2 * LEN_BYTES);
     }
 
     /// A snapshot-sized file of page-aligned parts is written around the page cache
