@@ -173,7 +173,8 @@ struct ServeArgs {
     /// virtual machine the README measured it at 0.3-0.6 GB/s, paid by the writer
     /// and the follower for every reservation a sale adds. Pretouched, the state
     /// grows into pages already there, and freed memory stays with the process
-    /// (see `surge_alloc::pretouch`). Size it to the state a sale will build; at
+    /// (see `surge_alloc::pretouch`). Size it to the state a sale will build (about
+    /// 300 bytes a held reservation, the follower's copy and the feed included); at
     /// most 90 % of the memory available at start (`MemAvailable`, which does not
     /// know a container's memory limit: stay within that too).
     #[arg(long, env = "SURGE_PRETOUCH_MIB", default_value_t = 0)]
