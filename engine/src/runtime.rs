@@ -33,7 +33,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use crate::Rejection;
@@ -46,6 +45,7 @@ mod config;
 mod driven;
 mod follower;
 mod handle;
+mod queue;
 mod recovery;
 mod replication;
 mod stats;
@@ -149,7 +149,7 @@ enum Request {
         publisher: Box<dyn LogPublisher>,
         promote: bool,
         /// For the stage's log reads (the writer holds no sender of its own queue).
-        to_writer: Sender<Request>,
+        to_writer: queue::Sender<Request>,
         reply: ReplySender<u64>,
     },
     Shutdown,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use super::{Inner, ReplySender, Request};
 use crate::Rejection;
@@ -38,7 +38,7 @@ type WaitingRead = (u64, Query, ReplySender<Result<QueryReply, Rejection>>);
 pub(super) struct Follower {
     pub(super) state: State,
     pub(super) rx: Receiver<FollowerMsg>,
-    pub(super) to_writer: Sender<Request>,
+    pub(super) to_writer: super::queue::Sender<Request>,
     pub(super) shared: Arc<Inner>,
     /// Reads waiting for their read index, in arrival order.
     pub(super) waiting: std::collections::VecDeque<WaitingRead>,

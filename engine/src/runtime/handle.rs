@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
+
+use super::queue::TrySendError;
 use parking_lot::Mutex;
 
 use super::follower::FollowerMsg;
@@ -80,7 +82,7 @@ impl<T> std::future::Future for Ticket<T> {
 }
 
 pub(super) struct Shared {
-    pub(super) tx: Sender<Request>,
+    pub(super) tx: super::queue::Sender<Request>,
     /// Reads go here when there is a follower (sync mode).
     pub(super) follower_tx: Option<Sender<FollowerMsg>>,
     pub(super) inner: Arc<Inner>,

@@ -149,7 +149,7 @@ impl Engine {
         let order_policy_change = config
             .order_policy
             .filter(|wanted| !state.runs_order_policy(*wanted));
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_len_max);
+        let (tx, rx) = super::queue::bounded(config.queue_len_max);
         let with_follower =
             config.follower && config.durability.waits_for_commit() && wal.is_some();
         let (follower_tx, follower_rx) = if with_follower {

@@ -118,7 +118,7 @@ pub(super) struct PublishStage {
     /// In `replicated` mode the follower gets records once published (reads then
     /// never see a write that a failover could lose).
     pub(super) to_follower: Option<Sender<FollowerMsg>>,
-    pub(super) to_writer: Sender<Request>,
+    pub(super) to_writer: super::queue::Sender<Request>,
     /// Every record at or below this LSN was logged before this stage started: the
     /// flushes carry only later ones, the WAL has these.
     pub(super) logged_before: u64,

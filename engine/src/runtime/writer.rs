@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::queue::{self, RecvTimeoutError};
 use surge_wal::{Storage, Wal};
 
 use super::follower::FollowerMsg;
@@ -29,7 +31,7 @@ use crate::{Field, Rejection, Violation};
 pub(super) struct Writer<S: Storage> {
     pub(super) state: State,
     pub(super) wal: Option<Wal<S>>,
-    pub(super) rx: Receiver<Request>,
+    pub(super) rx: queue::Receiver<Request>,
     pub(super) sku_names_published: usize,
     pub(super) shared: Arc<Inner>,
     pub(super) config: EngineConfig,
@@ -138,15 +140,15 @@ impl<S: Storage> Writer<S> {
     /// queue is empty. The request that reaches the bound is taken whole.
     pub(super) fn take_queued(&mut self, batch: &mut Vec<Request>) {
         let mut taken: usize = batch.iter().map(Request::iteration_weight).sum();
-        while taken < self.config.batch_len_max {
-            match self.rx.try_recv() {
-                Ok(request) => {
-                    taken += request.iteration_weight();
-                    batch.push(request);
-                }
-                Err(_) => break,
+        let bound = self.config.batch_len_max;
+        // One hold of the queue's lock for the whole batch.
+        self.rx.drain_while(batch, |request| {
+            if taken >= bound {
+                return false;
             }
-        }
+            taken += request.iteration_weight();
+            true
+        });
     }
 
     /// One iteration of the writer, with no thread and no clock of its own: take in
@@ -355,7 +357,7 @@ impl<S: Storage> Writer<S> {
         &mut self,
         publisher: Box<dyn LogPublisher>,
         promote: bool,
-        to_writer: Sender<Request>,
+        to_writer: queue::Sender<Request>,
     ) -> Result<u64, Error> {
         let role = self.shared.role();
         match (promote, role) {
