@@ -123,9 +123,10 @@ impl<T> Sender<T> {
         }
     }
 
-    /// Messages queued now.
+    /// Messages queued now (without the lock, which the writer holds for a whole
+    /// batch's drain).
     pub(crate) fn len(&self) -> usize {
-        self.inner.state.lock().items.len()
+        self.inner.queued.load(Ordering::Acquire)
     }
 }
 
@@ -258,9 +259,18 @@ impl<T> Receiver<T> {
 }
 
 impl<T> Drop for Receiver<T> {
+    /// Senders are refused from now on, and what is still queued is dropped (as
+    /// crossbeam's channel did): a request's reply sender goes with it, so its
+    /// caller hears that the engine stopped instead of waiting while any sender
+    /// lives.
     fn drop(&mut self) {
-        self.inner.state.lock().receiver_alive = false;
+        let mut state = self.inner.state.lock();
+        state.receiver_alive = false;
+        let left = std::mem::take(&mut state.items);
+        self.inner.queued.store(0, Ordering::Release);
+        drop(state);
         self.inner.not_full.notify_all();
+        drop(left);
     }
 }
 
@@ -299,6 +309,22 @@ mod tests {
         drop(rx);
         assert_eq!(tx.try_send(5), Err(TrySendError::Disconnected(5)));
         assert_eq!(tx.send(6), Err(SendError(6)));
+    }
+
+    /// Dropping the receiver drops what was queued: a reply channel inside a
+    /// message tells its caller, even while senders live.
+    #[test]
+    fn a_dropped_receiver_drops_what_was_queued() {
+        let (tx, rx) = bounded::<tokio::sync::oneshot::Sender<u32>>(4);
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        tx.try_send(reply).expect("room");
+        assert_eq!(tx.len(), 1);
+        drop(rx);
+        assert_eq!(tx.len(), 0);
+        assert_eq!(
+            answer.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
     }
 
     #[test]
