@@ -227,10 +227,14 @@ mod tests {
         }
         const BYTES: usize = 96 << 20;
         let before = resident_bytes();
+        assert!(before < BYTES, "{} MiB resident already", before >> 20);
         assert_eq!(pretouch(BYTES), Ok(BYTES));
+        // All the blocks were live and touched at once, and stay mapped once
+        // freed: at least that much is resident. (Not "before + BYTES": the other
+        // tests of this binary free memory the pretouch may take, resident already.)
         let after = resident_bytes();
         assert!(
-            after >= before + BYTES / 10 * 9,
+            after >= BYTES,
             "resident {} MiB before, {} MiB after touching {} MiB",
             before >> 20,
             after >> 20,
