@@ -449,14 +449,7 @@ fn check_pretouch(pretouch_mib: u64) -> anyhow::Result<()> {
     if pretouch_mib == 0 {
         return Ok(());
     }
-    let available_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kib| kib >> 10);
+    let available_mib = surge_engine::meminfo_bytes("MemAvailable").map(|bytes| bytes >> 20);
     match available_mib {
         Some(available_mib) if pretouch_mib > available_mib / 10 * 9 => bail!(
             "--pretouch-mib {pretouch_mib} is more than 90 % of the {available_mib} MiB \

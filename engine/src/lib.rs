@@ -36,5 +36,6 @@ pub use feed::{EventLog, FeedPage};
 pub use runtime::{
     BATCH_LEN_MAX_DEFAULT, Clock, Core, Durability, Engine, EngineConfig, EngineHandle, Error,
     LatencyHistogram, LogPublisher, PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
+    meminfo_bytes,
 };
 pub use surge_wal as wal;

@@ -52,7 +52,7 @@ mod stats;
 mod sync_stage;
 mod writer;
 
-pub use config::{BATCH_LEN_MAX_DEFAULT, Clock, Durability, EngineConfig};
+pub use config::{BATCH_LEN_MAX_DEFAULT, Clock, Durability, EngineConfig, meminfo_bytes};
 pub use driven::Core;
 pub use handle::{EngineHandle, Ticket};
 pub use recovery::{Engine, RecoveryReport};

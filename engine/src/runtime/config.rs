@@ -201,18 +201,21 @@ pub fn memory_worst_case_bytes(config: &EngineConfig) -> u64 {
     copy * copies + copy
 }
 
+/// A field of `/proc/meminfo` (`MemTotal`, `MemAvailable`, ...) in bytes; `None`
+/// where there is no such file or field (not Linux).
+pub fn meminfo_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Start-up refuses a configuration whose worst case cannot fit this machine's
 /// memory (`MemTotal`), keeping a tenth for the rest of the process and the OS.
 pub(super) fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
-    let Some(total) = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-    else {
+    let Some(total) = meminfo_bytes("MemTotal") else {
         return Ok(()); // not Linux, or no /proc: nothing to check against
     };
     let needed = memory_worst_case_bytes(config);
