@@ -25,7 +25,8 @@
 #      `sync` and a temporary data dir; defines the SKUs S0..S<SKUS-1>.
 #   3. Measures surge with wrk -t1 (benches/wrk/*.lua; each prints a RESULT line with
 #      non-2xx and socket errors):
-#        - GET /healthz at $CONNS_HIGH connections: the HTTP ceiling;
+#        - GET /healthz at $CONNS_HIGH connections: the HTTP ceiling, and at $CONNS_LOW
+#          (its p99 beside the reserve p99 at that count);
 #        - GET /v1/skus/{sku} (with the bearer token) at $CONNS_HIGH connections, idle;
 #        - the device between them (benches/device_sync.py): 512-byte pwrite +
 #          fdatasync one at a time in the data dir's file system, the floor under a
@@ -52,7 +53,9 @@
 #      benches/wire_latency.py pairs each request packet with its answer packet. Both
 #      timestamps are the kernel's, so this is the server's latency without the load
 #      generator's own delay in noticing the answer (the client-side columns carry it).
-#   6. Prints two Markdown tables and the ratios against issue 9's targets.
+#   6. Prints three Markdown tables and the ratios against issue 9's targets; the third
+#      splits each surge run's CPU per request (benches/cpu_split.py, /proc before and
+#      after): the server's threads, the rest of the box, idle and stolen time.
 # Everything it starts runs on 127.0.0.1 with temporary directories and is stopped (by
 # its pid) and removed at the end, also on Ctrl-C. It stops nothing it did not start.
 #
@@ -181,12 +184,18 @@ wrk_cmd() { # connections seconds script args...
 result_of() { # wrk output file -> its RESULT line (fails when there is none)
     grep '^RESULT' "$1" | tail -1 | grep . || { cat "$1" >&2; echo "no RESULT in $1" >&2; exit 1; }
 }
-run_wrk() { # name connections seconds script args... -> RESULT line
+run_wrk() { # name connections seconds script args... -> RESULT line (and the run's CPU split)
     local name=$1
     shift
     log "wrk -t1 -c$1 -d${2}s: $name"
+    python3 benches/cpu_split.py snap "$SURGE_PID" >"$WORK/cpu-$name.before"
     wrk_cmd "$@" >"$WORK/wrk-$name.txt" 2>&1
+    python3 benches/cpu_split.py snap "$SURGE_PID" >"$WORK/cpu-$name.after"
     result_of "$WORK/wrk-$name.txt"
+}
+cpu_of() { # name count -> the CPU line of run `name` (benches/cpu_split.py), per `count`
+    python3 benches/cpu_split.py diff "$WORK/cpu-$1.before" "$WORK/cpu-$1.after" "$2" | grep '^CPU' ||
+        { echo "no CPU figures for $1" >&2; exit 1; }
 }
 # Packet capture of one run (see step 5 above): start it just before the load.
 capture_wire() { # name port
@@ -234,6 +243,7 @@ check_holds() { # label held ok_answers connections
 }
 
 SURGE_CEILING=$(run_wrk healthz "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /healthz)
+SURGE_CEILING_LOW=$(run_wrk healthz-low "$CONNS_LOW" "$DURATION" benches/wrk/get.lua /healthz)
 SURGE_READ=$(run_wrk read "$CONNS_HIGH" "$DURATION" benches/wrk/get.lua /v1/skus/S "$SKUS")
 # The device's price for one durable write, on the log's file system, just before the
 # durable runs: the floor under a durable answer's latency.
@@ -477,6 +487,34 @@ surge_wire_row "surge reserve (sync), $CONNS_LOW conns" "$CONNS_LOW" "$SURGE_RES
 redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_HIGH conns" "$CONNS_HIGH" "$(rv "WIRE_ALWAYS_$CONNS_HIGH")" "$(wv "ALWAYS_$CONNS_HIGH")"
 redis_wire_row "Redis EVALSHA reserve, appendfsync always, $CONNS_LOW conns" "$CONNS_LOW" "$(rv "WIRE_ALWAYS_$CONNS_LOW")" "$(wv "ALWAYS_$CONNS_LOW")"
 
+# Where each run's CPU went (benches/cpu_split.py): the server's threads and the rest
+# of the box per request (per reservation for the batch run), the idle and stolen share.
+echo
+echo "CPU per request (per reservation for /v1/batch), from /proc before and after each run: the server"
+echo "process and its threads, the rest of the box (wrk and its share of the loopback stack), the"
+echo "capacity of both cores left idle or taken by the hypervisor."
+echo
+echo "| what | req/s | server µs | writer / sync / follower / http / other threads µs | rest of the box µs | idle % | steal % |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+cpu_row() { # label name RESULT count
+    local c
+    c=$(cpu_of "$2" "$4")
+    printf '| %s | %s | %s | %s / %s / %s / %s / %s | %s | %s | %s |\n' "$1" "$(thousands "$(field rps "$3")")" \
+        "$(field server_us "$c")" "$(field writer_us "$c")" "$(field sync_us "$c")" "$(field follower_us "$c")" \
+        "$(field http_us "$c")" "$(field other_threads_us "$c")" "$(field rest_us "$c")" \
+        "$(field idle_pct "$c")" "$(field steal_pct "$c")"
+}
+cpu_row "\`GET /healthz\`, $CONNS_HIGH conns" healthz "$SURGE_CEILING" "$(field requests "$SURGE_CEILING")"
+cpu_row "\`GET /healthz\`, $CONNS_LOW conns" healthz-low "$SURGE_CEILING_LOW" "$(field requests "$SURGE_CEILING_LOW")"
+cpu_row "stock read, idle, $CONNS_HIGH conns" read "$SURGE_READ" "$(field requests "$SURGE_READ")"
+cpu_row "reserve (sync), $CONNS_HIGH conns" reserve-high "$SURGE_RES_HIGH" "$(field requests "$SURGE_RES_HIGH")"
+cpu_row "reserve (sync), $CONNS_LOW conns" reserve-low "$SURGE_RES_LOW" "$(field requests "$SURGE_RES_LOW")"
+cpu_row "reserve (sync), $CONNS_HIGH conns, limited SKUs" reserve-limited "$SURGE_RES_LIMITED" "$(field requests "$SURGE_RES_LIMITED")"
+cpu_row "stock read beside the reserve load (both loads' CPU, per read)" read-under-writes "$SURGE_READ_LOADED" "$(field requests "$SURGE_READ_LOADED")"
+cpu_row "\`/v1/batch\`, per reservation" batch "$SURGE_BATCH" "$batch_made"
+CPU_CEILING=$(cpu_of healthz "$(field requests "$SURGE_CEILING")")
+CPU_RES_HIGH=$(cpu_of reserve-high "$(field requests "$SURGE_RES_HIGH")")
+
 always_high=$(rv "ALWAYS_$CONNS_HIGH")
 always_low=$(rv "ALWAYS_$CONNS_LOW")
 ceiling=$(field rps "$SURGE_CEILING")
@@ -497,15 +535,23 @@ done
 echo
 echo "Issue 9's targets, from this run:"
 echo "- surge reserve / Redis always, $CONNS_HIGH conns: $r_res_always (target >= 1.2: $(verdict "$r_res_always" '>=' 1.2)); at $CONNS_LOW conns: $r_res_always_low"
-echo "- surge reserve / surge /healthz ceiling, $CONNS_HIGH conns: $r_res_ceiling (target >= 0.85: $(verdict "$r_res_ceiling" '>=' 0.85))"
-echo "- reserve p99: $p99_high ms at $CONNS_HIGH conns (target <= 2: $(verdict "$p99_high" '<=' 2)), $p99_low ms at $CONNS_LOW conns (target <= 1: $(verdict "$p99_low" '<=' 1))"
+cpu_per_request() { awk -v a="$(field server_us "$1")" -v b="$(field rest_us "$1")" 'BEGIN { printf "%.2f", a + b }'; }
+echo "- surge reserve / surge /healthz ceiling, $CONNS_HIGH conns: $r_res_ceiling (target >= 0.85: $(verdict "$r_res_ceiling" '>=' 0.85)); \
+CPU per request, server + rest of the box: /healthz $(field server_us "$CPU_CEILING") + $(field rest_us "$CPU_CEILING") µs \
+(idle $(field idle_pct "$CPU_CEILING") %), reserve $(field server_us "$CPU_RES_HIGH") + $(field rest_us "$CPU_RES_HIGH") µs \
+(idle $(field idle_pct "$CPU_RES_HIGH") %): with both cores busy the rates go as the inverse, \
+$(ratio "$(cpu_per_request "$CPU_CEILING")" "$(cpu_per_request "$CPU_RES_HIGH")")"
+p99_ceiling=$(ms "$(field p99_us "$SURGE_CEILING")")
+p99_ceiling_low=$(ms "$(field p99_us "$SURGE_CEILING_LOW")")
+echo "- reserve p99: $p99_high ms at $CONNS_HIGH conns (target <= 2: $(verdict "$p99_high" '<=' 2)), $p99_low ms at $CONNS_LOW conns (target <= 1: $(verdict "$p99_low" '<=' 1)); \
+/healthz's own p99 in this run: $p99_ceiling ms at $CONNS_HIGH conns, $p99_ceiling_low ms at $CONNS_LOW"
 wire_high=$(ms "$(field p99_us "$WIRE_SURGE_HIGH")")
 wire_low=$(ms "$(field p99_us "$WIRE_SURGE_LOW")")
 echo "- reserve p99 on the wire: $wire_high ms at $CONNS_HIGH conns ($(verdict "$wire_high" '<=' 2)), $wire_low ms at $CONNS_LOW conns ($(verdict "$wire_low" '<=' 1)); Redis always on the wire: $(ms "$(field p99_us "$(wv "ALWAYS_$CONNS_HIGH")")") and $(ms "$(field p99_us "$(wv "ALWAYS_$CONNS_LOW")")") ms"
 device_p99=$(ms "$(field p99_us "$DEVICE")")
 echo "- the device's own fdatasync p99 in this run: $device_p99 ms (a durable answer waits for its sync, and for the one in progress when it arrived); reserve p99 on the wire / device p99: $(ratio "$wire_high" "$device_p99") at $CONNS_HIGH conns, $(ratio "$wire_low" "$device_p99") at $CONNS_LOW"
 echo "- stock read / ceiling: $r_read idle (target >= 0.9: $(verdict "$r_read" '>=' 0.9)), $r_read_loaded with the reserve load beside it"
-echo "- stock read p99: $p99_read ms idle, $p99_read_loaded ms with the reserve load (target <= 2: $(verdict "$p99_read" '<=' 2) / $(verdict "$p99_read_loaded" '<=' 2))"
+echo "- stock read p99: $p99_read ms idle, $p99_read_loaded ms with the reserve load (target <= 2: $(verdict "$p99_read" '<=' 2) / $(verdict "$p99_read_loaded" '<=' 2)); /healthz's own p99 at $CONNS_HIGH conns: $p99_ceiling ms"
 echo "- /v1/batch: $(thousands "$batch_res") reservations/s (target >= 1,000,000: $(verdict "$batch_res" '>=' 1000000)); batches with a refused op: $(field failed_batches "$SURGE_BATCH"), ops refused: $(field failed_ops "$SURGE_BATCH") (not counted)"
 echo "- non-2xx and socket errors over all surge runs: $non2xx (target 0: $(verdict "$non2xx" '<=' 0))"
 r_limited=$(ratio "$(field rps "$SURGE_RES_LIMITED")" "$(field rps "$SURGE_RES_HIGH")")
