@@ -229,6 +229,27 @@ fn refuses_a_pretouch_beyond_the_memory_available() {
     assert!(stderr.contains("available on this machine"), "{stderr}");
 }
 
+/// The engine's worst case at its limits (state and idempotency budget, twice with
+/// the follower, and a snapshot in flight) must fit the machine: the largest budget
+/// accepted, 64 GiB, needs over 192 GiB, so start-up says so and stops.
+#[test]
+fn refuses_a_configuration_whose_worst_case_cannot_fit_the_machine() {
+    let mem_total_gib = surge_engine::meminfo_bytes("MemTotal").expect("/proc/meminfo") >> 30;
+    assert!(
+        mem_total_gib < 192,
+        "this test needs a machine of less than 192 GiB, not {mem_total_gib} GiB"
+    );
+    let dir = TempDir::new("memory-too-much");
+    let mut command = surge_command("127.0.0.1:0", &dir.data());
+    command.env("SURGE_IDEMPOTENCY_BUDGET_MB", (64u64 << 10).to_string());
+    let stderr = refused_start(command);
+    assert!(
+        stderr.contains("more than 90 % of this machine's"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("lower the idempotency budget"), "{stderr}");
+}
+
 /// With a pretouch the server holds that memory resident once ready (the state of
 /// an empty server alone is far smaller), says how long it took, and serves.
 #[test]

@@ -8,7 +8,7 @@
 //! plus a prefix of those still in flight: never a half-applied one.
 //!
 //! The suite also checks that its faults fire (at least 30 % of the power cuts
-//! dropped, tore or garbled an unsynced page, at least 10 % garbled a data page of
+//! dropped, tore or garbled an unsynced page, at least 5 % garbled a data page of
 //! the log), that recovery reports a torn tail whenever a log page was garbled,
 //! that the recovery report agrees with what the engine replayed, and that a seed
 //! replays exactly (same acknowledgements, storage steps, damage and recovered

@@ -215,9 +215,14 @@ pub fn meminfo_bytes(field: &str) -> Option<u64> {
 /// Start-up refuses a configuration whose worst case cannot fit this machine's
 /// memory (`MemTotal`), keeping a tenth for the rest of the process and the OS.
 pub(super) fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
-    let Some(total) = meminfo_bytes("MemTotal") else {
-        return Ok(()); // not Linux, or no /proc: nothing to check against
-    };
+    match meminfo_bytes("MemTotal") {
+        Some(total) => memory_fits(config, total),
+        None => Ok(()), // not Linux, or no /proc: nothing to check against
+    }
+}
+
+/// [`check_memory_fits`] against a machine of `total` bytes.
+fn memory_fits(config: &EngineConfig, total: u64) -> Result<(), Error> {
     let needed = memory_worst_case_bytes(config);
     if needed > total / 10 * 9 {
         return Err(Error::InvalidConfig(format!(
@@ -245,4 +250,54 @@ fn wall_clock_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{IDEMPOTENCY_BUDGET_BYTES_DEFAULT, STATE_BYTES_WORST_CASE};
+
+    const GIB: u64 = 1 << 30;
+
+    fn with_budget(budget_bytes: u64, follower: bool) -> EngineConfig {
+        EngineConfig {
+            follower,
+            idempotency: Some(IdempotencyPolicy {
+                window_ms: 60_000,
+                budget_bytes,
+            }),
+            ..EngineConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_worst_case_counts_the_follower_copy_and_a_snapshot_in_flight() {
+        let copy = STATE_BYTES_WORST_CASE + IDEMPOTENCY_BUDGET_BYTES_DEFAULT;
+        let config = with_budget(IDEMPOTENCY_BUDGET_BYTES_DEFAULT, true);
+        assert_eq!(memory_worst_case_bytes(&config), 3 * copy);
+        let config = with_budget(IDEMPOTENCY_BUDGET_BYTES_DEFAULT, false);
+        assert_eq!(memory_worst_case_bytes(&config), 2 * copy);
+    }
+
+    #[test]
+    fn start_up_refuses_a_configuration_that_cannot_fit_and_takes_one_that_can() {
+        // The defaults fit the 24 GiB machine surge is sized for.
+        let defaults = EngineConfig::default();
+        memory_fits(&defaults, 24 * GIB).expect("the defaults fit 24 GiB");
+        // A budget of 16 GiB, three times over, does not.
+        let big = with_budget(16 * GIB, true);
+        let Err(Error::InvalidConfig(why)) = memory_fits(&big, 24 * GIB) else {
+            panic!("a 16 GiB idempotency budget with a follower fits 24 GiB?");
+        };
+        assert!(why.contains("more than 90 %"), "{why}");
+        assert!(why.contains("twice for the follower"), "{why}");
+        // Exactly at 90 % of the machine it fits; a byte less machine refuses.
+        let needed = memory_worst_case_bytes(&big);
+        let at_ninety_pct = needed.div_ceil(9) * 10;
+        memory_fits(&big, at_ninety_pct).expect("fits at 90 %");
+        assert!(memory_fits(&big, needed).is_err());
+        // Without a follower the same budget needs one copy less.
+        let alone = with_budget(16 * GIB, false);
+        assert!(memory_worst_case_bytes(&alone) < needed);
+    }
 }
