@@ -715,7 +715,9 @@ fn power_loss_during_a_background_snapshot_keeps_every_acknowledged_command() {
 }
 
 /// The pipelined commit (issue 8): a failed sync of batch N acknowledges nothing of
-/// N or of any batch after it, even those appended while N was syncing.
+/// N or of any batch after it, even those appended while N was syncing. Readers
+/// running beside it the whole time never see a reservation that was not
+/// acknowledged: reads are answered from durable state only.
 #[test]
 fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
     let disk = SimStorage::new();
@@ -725,24 +727,59 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
     };
     let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
     define(&handle, "A", 1_000_000);
-    // Keep many reservations in flight so that several batches are in the pipeline
-    // when the sync fails.
-    let warmup: Vec<_> = (0..200)
-        .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
-        .collect();
-    disk.fail_next_sync();
-    let tickets: Vec<_> = (0..2_000)
-        .map(|_| handle.submit(reserve("A", 1), None))
-        .collect();
-    let mut outcomes: Vec<bool> = warmup
-        .into_iter()
-        .map(|t| matches!(t.wait().map(|a| a.outcome), Ok(Ok(_))))
-        .collect();
-    outcomes.extend(
-        tickets
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // The writes start once each reader has had a first answer.
+    let readers_ready = std::sync::Barrier::new(3);
+    let (outcomes, reads) = std::thread::scope(|scope| {
+        // Readers: the most reserved units any read saw, and how many reads answered.
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let handle = handle.clone();
+                let (done, readers_ready) = (&done, &readers_ready);
+                scope.spawn(move || {
+                    let (mut seen_max, mut answered) = (0u64, 0u64);
+                    while !done.load(Ordering::Acquire) {
+                        let read = handle
+                            .query(Query::GetSku { sku: "A".into() })
+                            .map(|t| t.wait());
+                        if let Ok(Ok(Ok(QueryReply::Sku(s)))) = read {
+                            seen_max = seen_max.max(s.reserved);
+                            answered += 1;
+                            if answered == 1 {
+                                readers_ready.wait();
+                            }
+                        }
+                    }
+                    (seen_max, answered)
+                })
+            })
+            .collect();
+        readers_ready.wait();
+        // Keep many reservations in flight so that several batches are in the
+        // pipeline when the sync fails.
+        let warmup: Vec<_> = (0..200)
+            .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
+            .collect();
+        disk.fail_next_sync();
+        let tickets: Vec<_> = (0..2_000)
+            .map(|_| handle.submit(reserve("A", 1), None))
+            .collect();
+        let mut outcomes: Vec<bool> = warmup
             .into_iter()
-            .map(|t| matches!(t.map(|t| t.wait().map(|a| a.outcome)), Ok(Ok(Ok(_))))),
-    );
+            .map(|t| matches!(t.wait().map(|a| a.outcome), Ok(Ok(_))))
+            .collect();
+        outcomes.extend(
+            tickets
+                .into_iter()
+                .map(|t| matches!(t.map(|t| t.wait().map(|a| a.outcome)), Ok(Ok(Ok(_))))),
+        );
+        done.store(true, Ordering::Release);
+        let reads: Vec<(u64, u64)> = readers
+            .into_iter()
+            .map(|r| r.join().expect("reader"))
+            .collect();
+        (outcomes, reads)
+    });
     let first_refused = outcomes
         .iter()
         .position(|ok| !ok)
@@ -752,6 +789,13 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
         outcomes[first_refused..].iter().all(|ok| !ok),
         "a write after the failed sync was acknowledged"
     );
+    for (seen_max, answered) in reads {
+        assert!(answered > 0, "a reader got no answer");
+        assert!(
+            seen_max <= acknowledged,
+            "a read saw {seen_max} reserved, only {acknowledged} were acknowledged"
+        );
+    }
     // Whatever was acknowledged is on the disk.
     let crashed = disk.crash(3);
     drop(handle);

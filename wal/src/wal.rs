@@ -1213,6 +1213,14 @@ impl<S: Storage> Wal<S> {
     /// The second half of a commit: records the result of a [`CommitJob`]. Jobs
     /// finish in the order they began. A failure poisons the log.
     pub fn finish_commit(&mut self, target: Lsn, result: Result<(), Error>) -> Result<(), Error> {
+        if self.poisoned {
+            // A job begun before an earlier one failed may still report success: its
+            // sync says nothing of the pages the failed one lost. Never trust it.
+            return Err(match result {
+                Err(e) => e,
+                Ok(()) => Error::Poisoned,
+            });
+        }
         if let Err(e) = result {
             self.poisoned = true;
             // Nothing is in flight any more: no later job runs, nothing is removed.

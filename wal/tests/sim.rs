@@ -343,6 +343,30 @@ fn failed_sync_poisons_the_log_and_nothing_after_it_is_trusted() {
     }
 }
 
+/// Two commit jobs begun back to back (the pipelined commit): the first fails, the
+/// second's sync then succeeds. Its success must not make anything durable: the
+/// pages the first job lost are behind it.
+#[test]
+fn a_job_that_succeeds_after_an_earlier_failure_claims_nothing() {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    append_range(&mut wal, 1..=5, PAYLOAD_BYTES);
+    let first = wal.begin_commit().expect("begin").expect("a job");
+    append_range(&mut wal, 6..=10, PAYLOAD_BYTES);
+    let second = wal.begin_commit().expect("begin").expect("a job");
+    disk.fail_next_sync();
+    let failed = first.run();
+    assert!(failed.is_err(), "the armed sync failure fired");
+    assert!(wal.finish_commit(first.target(), failed).is_err());
+    second.run().expect("the disk works again");
+    assert!(matches!(
+        wal.finish_commit(second.target(), Ok(())),
+        Err(Error::Poisoned)
+    ));
+    assert_eq!(wal.durable_lsn(), 0);
+    assert!(wal.is_poisoned());
+}
+
 #[test]
 fn disk_full_refuses_the_append_that_needs_a_segment_then_recovers() {
     let disk = SimStorage::new();

@@ -453,6 +453,79 @@ mod tests {
         assert!(follower.try_recv().is_err(), "one message per batch");
     }
 
+    fn refused(answer: &mut Answer) -> bool {
+        matches!(answer.try_recv(), Ok(Err(Error::StorageUnavailable(_))))
+    }
+
+    /// Issue 8's pipelined commit, deterministically on the simulated disk: batch N
+    /// (records 1-3) is appended and its commit job begun; batch N+1 (records 4-6)
+    /// is appended and its own job begun while N's has not run. N's sync fails.
+    /// Both batches are refused, nothing of either reaches the follower, N+1's job
+    /// is never run (no storage step after the failure), the durable LSN stays at
+    /// 0, and a later flush is refused too.
+    #[test]
+    fn a_failed_sync_of_n_refuses_n_and_the_batch_appended_behind_it() {
+        use surge_wal::{SimStorage, Wal, WalConfig};
+
+        let disk = SimStorage::new();
+        let (mut wal, _) = Wal::open(
+            disk.clone(),
+            WalConfig {
+                segment_bytes: 64 * 1024,
+                snapshots_kept: 2,
+            },
+        )
+        .expect("open");
+        let append = |wal: &mut Wal<SimStorage>, lsns: std::ops::RangeInclusive<u64>| {
+            for lsn in lsns {
+                wal.append(lsn, &[lsn as u8; 100]).expect("append");
+            }
+            wal.begin_commit().expect("begin").expect("a job")
+        };
+        let job_n = append(&mut wal, 1..=3);
+        let job_after = append(&mut wal, 4..=6);
+        assert_eq!((job_n.target(), job_after.target()), (3, 6));
+        assert_eq!(wal.durable_lsn(), 0, "neither job has run");
+
+        let (to_follower, follower) = crossbeam_channel::unbounded();
+        let mut stage = stage(Durability::Sync, Some(to_follower));
+        let [
+            (r_n, mut a_n),
+            (r_after, mut a_after),
+            (r_later, mut a_later),
+        ] = [3, 6, 7].map(batch);
+        disk.fail_next_sync();
+        let result = stage.process(vec![Flush::new(Some(job_n), r_n, None)]);
+        assert!(matches!(result, Some(Err(_))), "N's sync failed");
+        let ops_after_failure = disk.op_count();
+
+        let result = stage.process(vec![Flush::new(Some(job_after), r_after, None)]);
+        assert!(
+            matches!(result, Some(Err(surge_wal::Error::Poisoned))),
+            "N+1 is refused without running"
+        );
+        assert_eq!(
+            disk.op_count(),
+            ops_after_failure,
+            "N+1's job touched the disk"
+        );
+        assert!(
+            stage
+                .process(vec![Flush::new(None, r_later, None)])
+                .is_none()
+        );
+
+        assert!(refused(&mut a_n), "N was acknowledged");
+        assert!(refused(&mut a_after), "N+1 was acknowledged");
+        assert!(refused(&mut a_later), "a flush after them was acknowledged");
+        assert!(
+            follower.try_recv().is_err(),
+            "the follower got failed records"
+        );
+        assert_eq!(stage.shared.stats.durable_lsn.load(Ordering::Acquire), 0);
+        assert!(stage.failed.is_some());
+    }
+
     /// In `replicated` mode a flush and the batches joined to it become one `Hold`
     /// for the publish stage (one publish round), records in log order, and
     /// nothing is answered until the publish stage releases it.
