@@ -297,9 +297,10 @@ struct SpareSlot {
     ready: std::collections::VecDeque<(String, u64)>,
     /// Length the spares should have; `None` stops the thread.
     wanted_len_bytes: Option<u64>,
-    /// The last preparation failed (full disk, say): `create_segment` then works
-    /// inline and reports the error itself.
-    failed: bool,
+    /// The last preparation failed (full disk, say), and why. A roll that finds
+    /// no spare ready and this set asks for a fresh attempt and waits for it; the
+    /// roll reports the error when that attempt fails too.
+    failed: Option<PreparationError>,
     /// Numbers the next spare's file.
     next_spare: u64,
     /// The preparer thread ended by a panic: no spare will come; every roll works
@@ -315,12 +316,37 @@ impl SpareSlot {
             return false;
         }
         self.wanted_len_bytes = Some(len_bytes);
-        self.failed = false;
+        self.failed = None;
         for (name, _) in self.ready.drain(..) {
             // A leftover is removed by the next `open`.
             let _ = fs::remove_file(dir.join(name));
         }
         true
+    }
+}
+
+/// Why a spare's preparation failed, kept so that the roll that needed it can
+/// report it (`io::Error` is not `Clone`).
+struct PreparationError {
+    raw_os_error: Option<i32>,
+    kind: io::ErrorKind,
+    text: String,
+}
+
+impl PreparationError {
+    fn of(e: &io::Error) -> PreparationError {
+        PreparationError {
+            raw_os_error: e.raw_os_error(),
+            kind: e.kind(),
+            text: e.to_string(),
+        }
+    }
+
+    fn to_io(&self) -> io::Error {
+        match self.raw_os_error {
+            Some(raw) => io::Error::from_raw_os_error(raw),
+            None => io::Error::new(self.kind, format!("preparing a segment: {}", self.text)),
+        }
     }
 }
 
@@ -357,28 +383,38 @@ impl SparePreparer {
     }
 
     /// Renames the oldest ready spare of this length to `to` (`true`), waiting for
-    /// one if none is ready yet; `false` when its preparation failed (the caller
-    /// then creates the segment itself and meets the error). The preparer starts
-    /// on the next spare at once.
+    /// one if none is ready yet. When the last preparation had failed (a full disk,
+    /// say), the preparer is asked for a fresh attempt and the roll waits for it:
+    /// the error of that attempt is this call's. The roll never creates, allocates
+    /// or zero-fills a segment itself, nor races the preparer for space freed
+    /// meanwhile. `false` only when the preparer thread is gone (it panicked): the
+    /// caller then creates the segment itself. The preparer starts on the next
+    /// spare at once.
     fn take(&self, len_bytes: u64, to: &Path) -> io::Result<bool> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
         if slot.want(&self.dir, len_bytes) {
             wake.notify_all();
         }
-        while slot.ready.is_empty() && !slot.failed && !slot.gone {
+        if slot.ready.is_empty() && slot.failed.take().is_some() {
+            // A failure from before this roll: the disk may have room again.
+            wake.notify_all();
+        }
+        loop {
+            if let Some((name, _)) = slot.ready.pop_front() {
+                wake.notify_all();
+                drop(slot);
+                return fs::rename(self.dir.join(name), to).map(|()| true);
+            }
+            if slot.gone {
+                return Ok(false);
+            }
+            if let Some(failed) = &slot.failed {
+                // Left set: the next roll asks for a fresh attempt again.
+                return Err(failed.to_io());
+            }
             wake.wait(&mut slot);
         }
-        let Some((name, _)) = slot.ready.pop_front() else {
-            // The preparation failed (a full disk, say): this roll works inline and
-            // meets the error; the preparer tries again for the next one.
-            slot.failed = false;
-            wake.notify_all();
-            return Ok(false);
-        };
-        wake.notify_all();
-        drop(slot);
-        fs::rename(self.dir.join(name), to).map(|()| true)
     }
 
     /// Waits until a spare of this length is ready (`true`) or its preparation
@@ -393,7 +429,7 @@ impl SparePreparer {
             if !slot.ready.is_empty() {
                 return true;
             }
-            if slot.failed || slot.gone {
+            if slot.failed.is_some() || slot.gone {
                 return false;
             }
             wake.wait(&mut slot);
@@ -407,10 +443,13 @@ impl SparePreparer {
     fn wait_ready_count(&self, count: usize) -> Vec<String> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
-        while slot.ready.len() < count && !slot.failed && !slot.gone {
+        while slot.ready.len() < count && slot.failed.is_none() && !slot.gone {
             wake.wait(&mut slot);
         }
-        assert!(!slot.failed && !slot.gone, "a spare's preparation failed");
+        assert!(
+            slot.failed.is_none() && !slot.gone,
+            "a spare's preparation failed"
+        );
         slot.ready.iter().map(|(name, _)| name.clone()).collect()
     }
 }
@@ -434,7 +473,7 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
     let _ = crate::reset_this_thread_priority();
     let (lock, wake) = slot;
     // Should this thread end by a panic, a roll waiting for it must not wait
-    // forever: it finds the preparation failed and works inline.
+    // forever: it finds the preparer gone and works inline.
     struct FailOnUnwind<'a>(&'a (parking_lot::Mutex<SpareSlot>, parking_lot::Condvar));
     impl Drop for FailOnUnwind<'_> {
         fn drop(&mut self) {
@@ -449,7 +488,9 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
     loop {
         let (len_bytes, name) = {
             let mut s = lock.lock();
-            while s.wanted_len_bytes.is_some() && (s.ready.len() >= SPARES_READY_MAX || s.failed) {
+            while s.wanted_len_bytes.is_some()
+                && (s.ready.len() >= SPARES_READY_MAX || s.failed.is_some())
+            {
                 wake.wait(&mut s);
             }
             let Some(len_bytes) = s.wanted_len_bytes else {
@@ -461,16 +502,7 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
         };
         let path = dir.join(&name);
         let _ = fs::remove_file(&path);
-        let made = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .and_then(|file| {
-                reserve(&file, len_bytes)?;
-                zero_fill(&file, len_bytes)?;
-                file.sync_all()
-            });
+        let made = make_spare(dir, &path, len_bytes);
         let mut s = lock.lock();
         match made {
             Ok(()) if s.wanted_len_bytes == Some(len_bytes) => s.ready.push_back((name, len_bytes)),
@@ -478,9 +510,9 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
                 // Made for a length no longer wanted.
                 let _ = fs::remove_file(&path);
             }
-            Err(_) => {
+            Err(e) => {
                 let _ = fs::remove_file(&path);
-                s.failed = true;
+                s.failed = Some(PreparationError::of(&e));
             }
         }
         // For `take` and `wait_ready`.
@@ -573,6 +605,48 @@ impl MmapStorage {
         // no mmap user can rule out.
         unsafe { MmapOptions::new().len(len).map_mut(file) }
     }
+}
+
+/// Room a spare's preparation leaves free on the file system: the small files a
+/// roll and a snapshot publication write (the temp MANIFESTs, a few KiB) must
+/// never meet `ENOSPC` because a spare took the last blocks.
+const SPARE_HEADROOM_BYTES: u64 = 1 << 20;
+
+/// Bytes an unprivileged writer can still allocate on `dir`'s file system.
+fn available_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the data dir"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `stat`
+    // points to writable memory of the struct's size, which statvfs(3) fills on
+    // success (rc 0) and only then is it read.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Creates a spare of `len_bytes` at `path`: allocated, zeroed and synced. Refused
+/// with `ENOSPC` without allocating anything when the file system has not room for
+/// it and [`SPARE_HEADROOM_BYTES`] besides: a failing `fallocate` would hold the
+/// last free blocks for a moment, and a roll's temp MANIFEST written meanwhile
+/// would fail on a disk that has room for it.
+fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<()> {
+    if available_bytes(dir)? < len_bytes.saturating_add(SPARE_HEADROOM_BYTES) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    reserve(&file, len_bytes)?;
+    zero_fill(&file, len_bytes)?;
+    file.sync_all()
 }
 
 fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
@@ -698,6 +772,9 @@ impl Storage for MmapStorage {
                 }
                 // Prepared off this thread: allocated, zeroed and synced. The rename
                 // is made durable by the caller's directory fsync, as a creation is.
+                // A failed preparation is this call's error (`ENOSPC`: the caller
+                // refuses the record cleanly); only with the preparer gone does the
+                // segment get made here.
                 if spare.take(len_bytes, &path)? {
                     let file = OpenOptions::new().read(true).write(true).open(&path)?;
                     let map = Self::map(&file, len_bytes)?;
@@ -923,7 +1000,9 @@ mod tests {
         let spares = SparePreparer::start(dir.path().to_path_buf(), LEN_BYTES).expect("start");
         spares.wait_ready_count(SPARES_READY_MAX);
         // As if the next preparation had failed (a disk with room for no more).
-        spares.slot.0.lock().failed = true;
+        spares.slot.0.lock().failed = Some(PreparationError::of(&io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )));
         let first = dir.path().join("first.seg");
         assert!(
             spares.take(LEN_BYTES, &first).expect("take"),
@@ -931,7 +1010,7 @@ mod tests {
         );
         assert_eq!(fs::metadata(&first).expect("renamed").len(), LEN_BYTES);
 
-        spares.slot.0.lock().failed = false;
+        spares.slot.0.lock().failed = None;
         spares.slot.1.notify_all();
         spares.wait_ready_count(SPARES_READY_MAX);
         let longer = dir.path().join("longer.seg");
