@@ -600,6 +600,57 @@ fn a_snapshot_with_nothing_new_is_current_not_an_error() {
     assert_eq!(again, first);
 }
 
+/// With a follower (sync mode, the default), a requested snapshot is the
+/// follower's: the writer never encodes one. Each request is answered with a
+/// snapshot that covers every write acknowledged before it, also while writes
+/// keep coming, and a restart from that disk starts from it.
+#[test]
+fn requested_snapshots_are_encoded_by_the_follower_and_cover_every_acknowledged_write() {
+    let disk = SimStorage::new();
+    let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
+    define(&handle, "A", 1_000_000);
+    let mut last_acknowledged = 0;
+    let mut snapshot_lsn = 0;
+    for round in 0..5 {
+        // Writes in flight beside the request.
+        let tickets: Vec<_> = (0..50)
+            .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
+            .collect();
+        for t in tickets {
+            let acked = t.wait().expect("answered");
+            acked.outcome.expect("held");
+            last_acknowledged = last_acknowledged.max(acked.lsn.expect("logged"));
+        }
+        let in_flight: Vec<_> = (0..50)
+            .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
+            .collect();
+        snapshot_lsn = handle.snapshot().expect("queued").wait().expect("snapshot");
+        assert!(
+            snapshot_lsn >= last_acknowledged,
+            "round {round}: snapshot at {snapshot_lsn}, {last_acknowledged} acknowledged before it"
+        );
+        for t in in_flight {
+            t.wait().expect("answered").outcome.expect("held");
+        }
+    }
+    let stats = handle.stats();
+    assert_eq!(
+        stats.snapshots_encoded_by_writer.load(Ordering::Relaxed),
+        0,
+        "the writer encoded a snapshot"
+    );
+    assert!(stats.snapshots.load(Ordering::Relaxed) >= 5);
+    let (_, reserved) = sku_levels(&handle, "A");
+    drop(handle);
+    let (handle, report) = Engine::open_with_storage(disk, sim_config()).expect("reopen");
+    assert!(
+        report.snapshot_lsn >= snapshot_lsn,
+        "recovered from {}, the last requested snapshot was {snapshot_lsn}",
+        report.snapshot_lsn
+    );
+    assert_eq!(sku_levels(&handle, "A").1, reserved);
+}
+
 /// Every acknowledged mutation's events reach the feed, in every durability mode.
 fn feed_misses_nothing(durability: surge_engine::Durability) {
     let dir = tempfile::tempdir().expect("tempdir");

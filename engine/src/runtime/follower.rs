@@ -25,6 +25,9 @@ pub(super) enum FollowerMsg {
         read_index: u64,
         reply: ReplySender<Result<QueryReply, Rejection>>,
     },
+    /// The writer asked for a snapshot (`Inner::snapshot_wanted` is set) that the
+    /// next batch of records may not come soon enough to prompt.
+    Snapshot,
     Stop,
 }
 
@@ -72,6 +75,7 @@ impl Follower {
                         self.waiting.push_back((read_index, query, reply));
                     }
                 }
+                FollowerMsg::Snapshot => self.maybe_snapshot(),
                 FollowerMsg::Stop => break,
             }
         }

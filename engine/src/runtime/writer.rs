@@ -47,8 +47,9 @@ pub(super) struct Writer<S: Storage> {
     /// A record was logged in the current batch: it needs a flush.
     pub(super) appended: bool,
     pub(super) snapshot_job: Option<SnapshotInFlight>,
-    /// Snapshot requests waiting for the snapshot in flight (or the next one).
-    pub(super) snapshot_waiting: Vec<ReplySender<u64>>,
+    /// Snapshot requests waiting, each with the last LSN logged when it was taken:
+    /// it is answered by the first snapshot published at or past that LSN.
+    pub(super) snapshot_waiting: Vec<(ReplySender<u64>, u64)>,
     /// The pipelined commit: flushes go to the sync thread, results come back.
     pub(super) to_syncer: Option<Arc<FlushQueue>>,
     pub(super) from_syncer: Option<Receiver<Result<u64, surge_wal::Error>>>,
@@ -245,11 +246,10 @@ impl<S: Storage> Writer<S> {
                 self.snapshot_asked = true;
                 self.shared.snapshot_wanted.store(true, Ordering::Release);
             }
-            if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
-                self.start_snapshot(self.config.snapshot_in_background);
-            } else if self.snapshot_job.is_none() {
+            if self.snapshot_job.is_none() {
                 self.install_follower_snapshot();
             }
+            self.ask_follower_for_requested_snapshot();
         } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
             self.start_snapshot(self.config.snapshot_in_background);
         }
@@ -302,7 +302,7 @@ impl<S: Storage> Writer<S> {
         request: Request,
         pending: &mut Vec<Pending>,
         reads: &mut Vec<ReadAnswer>,
-        snapshot_replies: &mut Vec<ReplySender<u64>>,
+        snapshot_replies: &mut Vec<(ReplySender<u64>, u64)>,
     ) -> bool {
         match request {
             Request::Command {
@@ -312,7 +312,13 @@ impl<S: Storage> Writer<S> {
             } => self.apply(command, key, reply, pending),
             Request::Batch { commands, reply } => self.apply_batch(commands, reply, pending),
             Request::Query { query, reply } => reads.push((reply, self.state.query(&query))),
-            Request::Snapshot { reply } => snapshot_replies.push(reply),
+            Request::Snapshot { reply } => {
+                let logged = self
+                    .wal
+                    .as_ref()
+                    .map_or_else(|| self.state.next_seq() - 1, |w| w.last_lsn());
+                snapshot_replies.push((reply, logged));
+            }
             Request::InstallSnapshot { lsn, body } => {
                 self.records_since_snapshot = 0;
                 self.snapshot_asked = false;
@@ -964,6 +970,10 @@ impl<S: Storage> Writer<S> {
         }
         let mut image = self.shared.snapshot_image();
         codec::encode_engine_snapshot(&self.state, &self.shared.events, &mut image);
+        self.shared
+            .stats
+            .snapshots_encoded_by_writer
+            .fetch_add(1, Ordering::Relaxed);
         let body_bytes = image.body_len() as u64;
         let job = match wal.begin_snapshot(lsn, image) {
             Ok(Some(job)) => {
@@ -1081,7 +1091,10 @@ impl<S: Storage> Writer<S> {
             // The next snapshot by count is judged from this one, once it is in place.
             self.last_snapshot = sizes;
         }
-        self.answer_snapshot_waiters(result);
+        match result {
+            Ok(lsn) => self.answer_snapshot_waiters_upto(lsn),
+            Err(why) => self.answer_snapshot_waiters(Err(why)),
+        }
     }
 
     /// What a snapshot request answers when no new snapshot is needed.
@@ -1093,8 +1106,71 @@ impl<S: Storage> Writer<S> {
     }
 
     fn answer_snapshot_waiters(&mut self, result: Result<u64, String>) {
-        for reply in self.snapshot_waiting.drain(..) {
+        for (reply, _) in self.snapshot_waiting.drain(..) {
             let _ = reply.send(result.clone().map_err(Error::StorageUnavailable));
+        }
+    }
+
+    /// Answers the requests a snapshot at `lsn` covers (those taken when at most
+    /// `lsn` was logged); the others wait for the next one.
+    fn answer_snapshot_waiters_upto(&mut self, lsn: u64) {
+        let covered: Vec<_> = self
+            .snapshot_waiting
+            .extract_if(.., |(_, logged)| *logged <= lsn)
+            .collect();
+        for (reply, _) in covered {
+            let _ = reply.send(Ok(lsn));
+        }
+    }
+
+    /// With a follower, a requested snapshot (`POST /v1/admin/snapshot`) is encoded
+    /// by the follower, as the periodic ones are: the writer never walks the state
+    /// for it. Requests the newest published snapshot already covers are answered
+    /// at once; for the others, once nothing is in flight, everything logged is
+    /// made durable (so its records are on their way to the follower), and the
+    /// follower is asked and nudged. Its snapshot is installed and published like a
+    /// periodic one, and `poll_snapshot` answers the requests it covers.
+    fn ask_follower_for_requested_snapshot(&mut self) {
+        if self.snapshot_waiting.is_empty()
+            || self.snapshot_job.is_some()
+            || self.install_waiting.is_some()
+        {
+            return;
+        }
+        let Some(published) = self.wal.as_ref().map(|w| w.snapshot_lsn()) else {
+            self.answer_snapshot_waiters(self.snapshot_current());
+            return;
+        };
+        if self
+            .snapshot_waiting
+            .iter()
+            .any(|(_, logged)| *logged <= published)
+        {
+            // The newest snapshot covers them; its publication is durable once the
+            // commits in flight are.
+            if let Err(why) = self.drain_commits() {
+                self.answer_snapshot_waiters(Err(why));
+                return;
+            }
+            self.answer_snapshot_waiters_upto(published);
+        }
+        if self.snapshot_waiting.is_empty() || self.snapshot_asked {
+            return;
+        }
+        if let Some(why) = self.refusal() {
+            self.answer_snapshot_waiters(Err(why));
+            return;
+        }
+        // The sync stage hands the follower each durable batch before it reports
+        // the commit: once drained, the records are ahead of the nudge.
+        if let Err(why) = self.drain_commits() {
+            self.answer_snapshot_waiters(Err(why));
+            return;
+        }
+        self.snapshot_asked = true;
+        self.shared.snapshot_wanted.store(true, Ordering::Release);
+        if let Some((to_follower, _)) = &self.follower {
+            let _ = to_follower.send(FollowerMsg::Snapshot);
         }
     }
 }
