@@ -779,14 +779,23 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
     let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
     define(&handle, "A", 1_000_000);
     let done = std::sync::atomic::AtomicBool::new(false);
-    // The writes start once each reader has had a first answer.
-    let readers_ready = std::sync::Barrier::new(3);
+    // Readers that have had a first answer: the writes start once both have.
+    let readers_answered = AtomicU64::new(0);
     let (outcomes, reads) = std::thread::scope(|scope| {
+        // Stops the readers however this scope ends (a failed `expect` included),
+        // so that a failure fails the test instead of hanging it.
+        struct StopReaders<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopReaders<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let stop_readers = StopReaders(&done);
         // Readers: the most reserved units any read saw, and how many reads answered.
         let readers: Vec<_> = (0..2)
             .map(|_| {
                 let handle = handle.clone();
-                let (done, readers_ready) = (&done, &readers_ready);
+                let (done, readers_answered) = (&done, &readers_answered);
                 scope.spawn(move || {
                     let (mut seen_max, mut answered) = (0u64, 0u64);
                     while !done.load(Ordering::Acquire) {
@@ -797,7 +806,7 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
                             seen_max = seen_max.max(s.reserved);
                             answered += 1;
                             if answered == 1 {
-                                readers_ready.wait();
+                                readers_answered.fetch_add(1, Ordering::AcqRel);
                             }
                         }
                     }
@@ -805,7 +814,14 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
                 })
             })
             .collect();
-        readers_ready.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while readers_answered.load(Ordering::Acquire) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the readers got no answer in 30 s"
+            );
+            std::thread::yield_now();
+        }
         // Keep many reservations in flight so that several batches are in the
         // pipeline when the sync fails.
         let warmup: Vec<_> = (0..200)
@@ -824,7 +840,7 @@ fn a_failed_pipelined_sync_acknowledges_nothing_after_it() {
                 .into_iter()
                 .map(|t| matches!(t.map(|t| t.wait().map(|a| a.outcome)), Ok(Ok(Ok(_))))),
         );
-        done.store(true, Ordering::Release);
+        drop(stop_readers);
         let reads: Vec<(u64, u64)> = readers
             .into_iter()
             .map(|r| r.join().expect("reader"))

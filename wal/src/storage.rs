@@ -512,7 +512,10 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
             }
             Err(e) => {
                 let _ = fs::remove_file(&path);
-                s.failed = Some(PreparationError::of(&e));
+                // A failure at a length no longer wanted says nothing of the new one.
+                if s.wanted_len_bytes == Some(len_bytes) {
+                    s.failed = Some(PreparationError::of(&e));
+                }
             }
         }
         // For `take` and `wait_ready`.
@@ -636,7 +639,11 @@ fn available_bytes(dir: &Path) -> io::Result<u64> {
 /// last free blocks for a moment, and a roll's temp MANIFEST written meanwhile
 /// would fail on a disk that has room for it.
 fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<()> {
-    if available_bytes(dir)? < len_bytes.saturating_add(SPARE_HEADROOM_BYTES) {
+    // A file system that cannot say (statvfs fails: some FUSE, a stale NFS handle)
+    // is left to fallocate's own answer.
+    if let Ok(available) = available_bytes(dir)
+        && available < len_bytes.saturating_add(SPARE_HEADROOM_BYTES)
+    {
         return Err(io::Error::from_raw_os_error(libc::ENOSPC));
     }
     let file = OpenOptions::new()
@@ -765,23 +772,21 @@ impl Storage for MmapStorage {
 
     fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId> {
         let path = self.path(name);
-        match &self.spare {
-            Some(spare) => {
-                if path.exists() {
-                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, name));
-                }
-                // Prepared off this thread: allocated, zeroed and synced. The rename
-                // is made durable by the caller's directory fsync, as a creation is.
-                // A failed preparation is this call's error (`ENOSPC`: the caller
-                // refuses the record cleanly); only with the preparer gone does the
-                // segment get made here.
-                if spare.take(len_bytes, &path)? {
-                    let file = OpenOptions::new().read(true).write(true).open(&path)?;
-                    let map = Self::map(&file, len_bytes)?;
-                    return Ok(self.insert(Mapped { file, map }));
-                }
-            }
-            None => self.spare = Some(SparePreparer::start(self.dir.clone(), len_bytes)?),
+        if path.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name));
+        }
+        if self.spare.is_none() {
+            self.spare = Some(SparePreparer::start(self.dir.clone(), len_bytes)?);
+        }
+        let spare = self.spare.as_ref().expect("started above");
+        // Prepared off this thread: allocated, zeroed and synced. The rename is made
+        // durable by the caller's directory fsync, as a creation is. A failed
+        // preparation is this call's error (`ENOSPC`: the caller refuses the record
+        // cleanly); only with the preparer gone does the segment get made here.
+        if spare.take(len_bytes, &path)? {
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let map = Self::map(&file, len_bytes)?;
+            return Ok(self.insert(Mapped { file, map }));
         }
         let file = OpenOptions::new()
             .read(true)
@@ -1016,6 +1021,34 @@ mod tests {
         let longer = dir.path().join("longer.seg");
         assert!(spares.take(2 * LEN_BYTES, &longer).expect("take"));
         assert_eq!(fs::metadata(&longer).expect("renamed").len(), 2 * LEN_BYTES);
+    }
+
+    /// A roll that finds no spare ready and a failed preparation behind it asks for
+    /// a fresh attempt and takes its spare (the disk has room again), instead of
+    /// failing on the stale failure.
+    #[test]
+    fn a_roll_after_a_failed_preparation_takes_the_fresh_attempts_spare() {
+        const LEN_BYTES: u64 = 4 * 4096;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spares = SparePreparer::start(dir.path().to_path_buf(), LEN_BYTES).expect("start");
+        spares.wait_ready_count(SPARES_READY_MAX);
+        {
+            let mut slot = spares.slot.0.lock();
+            for (name, _) in slot.ready.drain(..) {
+                fs::remove_file(dir.path().join(name)).expect("remove spare");
+            }
+            slot.failed = Some(PreparationError::of(&io::Error::from_raw_os_error(
+                libc::ENOSPC,
+            )));
+        }
+        let to = dir.path().join("next.seg");
+        assert!(
+            spares
+                .take(LEN_BYTES, &to)
+                .expect("a fresh attempt succeeds"),
+            "the preparer is alive"
+        );
+        assert_eq!(fs::metadata(&to).expect("renamed").len(), LEN_BYTES);
     }
 
     /// A snapshot-sized file of page-aligned parts is written around the page cache

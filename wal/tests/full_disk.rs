@@ -28,7 +28,14 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(at: &Path, size_kib: u64) -> Tmpfs {
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            // Small pages only: huge ones would change what the sizes below hold.
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_kib}k,huge=never"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .expect("running mount");
@@ -46,6 +53,18 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// The system's page size (`getconf PAGESIZE`).
+fn page_bytes() -> u64 {
+    let out = Command::new("getconf")
+        .arg("PAGESIZE")
+        .output()
+        .expect("running getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a page size")
 }
 
 /// The data dir's files, spares and retired files left out (the preparer makes and
@@ -72,9 +91,10 @@ fn a_full_disk_stops_the_spare_preparer_refuses_the_roll_cleanly_then_resumes() 
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     // Room for the ballast, the first segment, the two spares and the headroom a
-    // preparation leaves (1 MiB), and 64 KiB of small files (LOCK, MANIFEST and the
-    // roll's temp MANIFEST): no third spare.
-    let size_kib = (BALLAST_BYTES as u64 + 4 * SEGMENT_BYTES) / 1024 + 64;
+    // preparation leaves (1 MiB), and 16 pages of small files (LOCK, MANIFEST and
+    // the roll's temp MANIFEST): no third spare.
+    let page_bytes = page_bytes();
+    let size_kib = (BALLAST_BYTES as u64 + 4 * SEGMENT_BYTES + 16 * page_bytes) / 1024;
     let _mounted = Tmpfs::mount(tmp.path(), size_kib);
     let ballast = tmp.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; BALLAST_BYTES]).expect("ballast");

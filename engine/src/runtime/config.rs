@@ -295,7 +295,7 @@ mod tests {
         let needed = memory_worst_case_bytes(&big);
         let at_ninety_pct = needed.div_ceil(9) * 10;
         memory_fits(&big, at_ninety_pct).expect("fits at 90 %");
-        assert!(memory_fits(&big, needed).is_err());
+        assert!(memory_fits(&big, at_ninety_pct - 1).is_err());
         // Without a follower the same budget needs one copy less.
         let alone = with_budget(16 * GIB, false);
         assert!(memory_worst_case_bytes(&alone) < needed);

@@ -243,8 +243,7 @@ impl<S: Storage> Writer<S> {
                 && self.install_waiting.is_none()
                 && self.snapshot_job.is_none()
             {
-                self.snapshot_asked = true;
-                self.shared.snapshot_wanted.store(true, Ordering::Release);
+                self.ask_follower_for_snapshot();
             }
             if self.snapshot_job.is_none() {
                 self.install_follower_snapshot();
@@ -1167,6 +1166,12 @@ impl<S: Storage> Writer<S> {
             self.answer_snapshot_waiters(Err(why));
             return;
         }
+        self.ask_follower_for_snapshot();
+    }
+
+    /// Asks the follower for a snapshot, and nudges it: it looks at the request
+    /// after each batch of records, and none may come for a while.
+    fn ask_follower_for_snapshot(&mut self) {
         self.snapshot_asked = true;
         self.shared.snapshot_wanted.store(true, Ordering::Release);
         if let Some((to_follower, _)) = &self.follower {
