@@ -156,6 +156,13 @@ struct ServeArgs {
     /// Logged when it changes.
     #[arg(long, env = "SURGE_REVIEW_AMOUNT_MIN")]
     review_amount_min: Option<u64>,
+    /// Keep a second copy of the state that applies each durable batch, serves the
+    /// reads and encodes the snapshots, so that neither waits for the writer nor
+    /// pauses it (sync and replicated durability). `false`: reads and snapshots go
+    /// through the writer, and the state needs one copy of memory less (the start-up
+    /// memory check counts it: ARCHITECTURE.md, "Memory: two copies").
+    #[arg(long, env = "SURGE_FOLLOWER", default_value_t = true, action = clap::ArgAction::Set)]
+    follower: bool,
     /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
@@ -394,6 +401,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         snapshot_every_records: args.snapshot_every_records,
         snapshot_log_percent_min: args.snapshot_log_percent_min,
         commit_priority_raise: args.commit_priority_raise,
+        follower: args.follower,
         idempotency: Some(idempotency),
         order_policy: Some(surge_engine::OrderPolicy {
             ship_sla_ms: args.ship_sla_ms,

@@ -250,6 +250,53 @@ fn refuses_a_configuration_whose_worst_case_cannot_fit_the_machine() {
     assert!(stderr.contains("lower the idempotency budget"), "{stderr}");
 }
 
+/// `--follower false` (`SURGE_FOLLOWER=false`) runs without the follower's copy of
+/// the state: an idempotency budget that does not fit three copies (state,
+/// follower, snapshot in flight) but fits two is refused by default and taken
+/// without the follower, and the server then reads through the writer.
+#[test]
+fn without_the_follower_a_budget_that_fits_two_copies_starts_and_serves() {
+    let total = surge_engine::meminfo_bytes("MemTotal").expect("/proc/meminfo");
+    let state = surge_engine::limits::STATE_BYTES_WORST_CASE;
+    let room = total / 10 * 9;
+    // Budgets that fit two copies and not three: (room / 3 - state, room / 2 - state).
+    assert!(
+        room / 2 > state + (1 << 30),
+        "this test needs a machine of more than {} GiB",
+        (2 * state / 9 * 10) >> 30
+    );
+    let (low, high) = ((room / 3).saturating_sub(state), room / 2 - state);
+    let budget_mib = (low / 2 + high / 2) >> 20;
+    let budget = budget_mib.to_string();
+
+    let dir = TempDir::new("follower-default");
+    let mut command = surge_command("127.0.0.1:0", &dir.data());
+    command.env("SURGE_IDEMPOTENCY_BUDGET_MB", &budget);
+    let stderr = refused_start(command);
+    assert!(stderr.contains("twice for the follower"), "{stderr}");
+
+    let dir = TempDir::new("follower-off");
+    let server = Server::start_with(
+        &dir.data(),
+        "follower-off",
+        &[
+            ("SURGE_IDEMPOTENCY_BUDGET_MB", &budget),
+            ("SURGE_FOLLOWER", "false"),
+        ],
+    );
+    server.define("A", 5);
+    let r = server.call(
+        "POST",
+        "/v1/reservations",
+        &[("Authorization", STOREFRONT)],
+        Some(r#"{"lines":[{"sku":"A","qty":2}]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = server.call("GET", "/v1/skus/A", &[("Authorization", STOREFRONT)], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(r#""reserved":2"#), "{}", r.body);
+}
+
 /// With a pretouch the server holds that memory resident once ready (the state of
 /// an empty server alone is far smaller), says how long it took, and serves.
 #[test]
