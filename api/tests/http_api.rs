@@ -250,6 +250,18 @@ fn refuses_a_configuration_whose_worst_case_cannot_fit_the_machine() {
     assert!(stderr.contains("lower the idempotency budget"), "{stderr}");
 }
 
+/// Defines SKU A with 5 units and reserves 2 of them, over HTTP.
+fn define_a_and_reserve_two(server: &Server) {
+    server.define("A", 5);
+    let r = server.call(
+        "POST",
+        "/v1/reservations",
+        &[("Authorization", STOREFRONT)],
+        Some(r#"{"lines":[{"sku":"A","qty":2}]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 /// `--follower false` (`SURGE_FOLLOWER=false`) runs without the follower's copy of
 /// the state: an idempotency budget that does not fit three copies (state,
 /// follower, snapshot in flight) but fits two is refused by default and taken
@@ -284,14 +296,7 @@ fn without_the_follower_a_budget_that_fits_two_copies_starts_and_serves() {
             ("SURGE_FOLLOWER", "false"),
         ],
     );
-    server.define("A", 5);
-    let r = server.call(
-        "POST",
-        "/v1/reservations",
-        &[("Authorization", STOREFRONT)],
-        Some(r#"{"lines":[{"sku":"A","qty":2}]}"#),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
+    define_a_and_reserve_two(&server);
     let r = server.call("GET", "/v1/skus/A", &[("Authorization", STOREFRONT)], None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains(r#""reserved":2"#), "{}", r.body);
@@ -324,14 +329,7 @@ fn pretouched_memory_is_resident_once_ready() {
         "{}",
         server.stderr()
     );
-    server.define("A", 5);
-    let r = server.call(
-        "POST",
-        "/v1/reservations",
-        &[("Authorization", STOREFRONT)],
-        Some(r#"{"lines":[{"sku":"A","qty":2}]}"#),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
+    define_a_and_reserve_two(&server);
 }
 
 #[test]
