@@ -275,9 +275,14 @@ fn without_the_follower_a_budget_that_fits_two_copies_starts_and_serves() {
     assert!(
         room / 2 > state + (1 << 30),
         "this test needs a machine of more than {} GiB",
-        (2 * state / 9 * 10) >> 30
+        ((2 * (state + (1 << 30))) / 9 * 10) >> 30
     );
     let (low, high) = ((room / 3).saturating_sub(state), room / 2 - state);
+    let high = high.min(surge_engine::limits::IDEMPOTENCY_BUDGET_BYTES_MAX);
+    assert!(
+        low + (1 << 30) < high,
+        "on this machine no idempotency budget fits two copies and not three"
+    );
     let budget_mib = (low / 2 + high / 2) >> 20;
     let budget = budget_mib.to_string();
 

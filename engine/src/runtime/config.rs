@@ -224,19 +224,20 @@ pub(super) fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
 /// [`check_memory_fits`] against a machine of `total` bytes.
 fn memory_fits(config: &EngineConfig, total: u64) -> Result<(), Error> {
     let needed = memory_worst_case_bytes(config);
+    let follower = config.follower && config.durability.waits_for_commit();
     if needed > total / 10 * 9 {
         return Err(Error::InvalidConfig(format!(
             "at its limits the state needs up to {} MiB (state and idempotency budget{}, \
              and a snapshot in flight), more than 90 % of this machine's {} MiB: lower \
              the idempotency budget{}",
             needed >> 20,
-            if config.follower {
+            if follower {
                 ", twice for the follower"
             } else {
                 ""
             },
             total >> 20,
-            if config.follower {
+            if follower {
                 " or run without the follower"
             } else {
                 ""

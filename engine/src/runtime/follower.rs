@@ -25,9 +25,6 @@ pub(super) enum FollowerMsg {
         read_index: u64,
         reply: ReplySender<Result<QueryReply, Rejection>>,
     },
-    /// The writer asked for a snapshot (`Inner::snapshot_wanted` is set) that the
-    /// next batch of records may not come soon enough to prompt.
-    Snapshot,
     Stop,
 }
 
@@ -75,7 +72,6 @@ impl Follower {
                         self.waiting.push_back((read_index, query, reply));
                     }
                 }
-                FollowerMsg::Snapshot => self.maybe_snapshot(),
                 FollowerMsg::Stop => break,
             }
         }

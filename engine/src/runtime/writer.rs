@@ -243,12 +243,14 @@ impl<S: Storage> Writer<S> {
                 && self.install_waiting.is_none()
                 && self.snapshot_job.is_none()
             {
-                self.ask_follower_for_snapshot();
+                self.snapshot_asked = true;
+                self.shared.snapshot_wanted.store(true, Ordering::Release);
             }
-            if self.snapshot_job.is_none() {
+            if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
+                self.start_snapshot(self.config.snapshot_in_background);
+            } else if self.snapshot_job.is_none() {
                 self.install_follower_snapshot();
             }
-            self.ask_follower_for_requested_snapshot();
         } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
             self.start_snapshot(self.config.snapshot_in_background);
         }
@@ -969,10 +971,6 @@ impl<S: Storage> Writer<S> {
         }
         let mut image = self.shared.snapshot_image();
         codec::encode_engine_snapshot(&self.state, &self.shared.events, &mut image);
-        self.shared
-            .stats
-            .snapshots_encoded_by_writer
-            .fetch_add(1, Ordering::Relaxed);
         let body_bytes = image.body_len() as u64;
         let job = match wal.begin_snapshot(lsn, image) {
             Ok(Some(job)) => {
@@ -1072,7 +1070,12 @@ impl<S: Storage> Writer<S> {
         }
         if !poisoned {
             self.hand_over(true, &mut Vec::new(), Vec::new());
-            if result.is_ok() && !self.snapshot_waiting.is_empty() {
+            if result.is_ok()
+                && self
+                    .snapshot_waiting
+                    .iter()
+                    .any(|(_, logged)| *logged <= lsn)
+            {
                 // Someone asked for this snapshot: answer once it is durable.
                 if let Err(why) = self.drain_commits() {
                     result = Err(why);
@@ -1111,7 +1114,8 @@ impl<S: Storage> Writer<S> {
     }
 
     /// Answers the requests a snapshot at `lsn` covers (those taken when at most
-    /// `lsn` was logged); the others wait for the next one.
+    /// `lsn` was logged); the others wait for the next one, which the next step
+    /// starts.
     fn answer_snapshot_waiters_upto(&mut self, lsn: u64) {
         let covered: Vec<_> = self
             .snapshot_waiting
@@ -1119,63 +1123,6 @@ impl<S: Storage> Writer<S> {
             .collect();
         for (reply, _) in covered {
             let _ = reply.send(Ok(lsn));
-        }
-    }
-
-    /// With a follower, a requested snapshot (`POST /v1/admin/snapshot`) is encoded
-    /// by the follower, as the periodic ones are: the writer never walks the state
-    /// for it. Requests the newest published snapshot already covers are answered
-    /// at once; for the others, once nothing is in flight, everything logged is
-    /// made durable (so its records are on their way to the follower), and the
-    /// follower is asked and nudged. Its snapshot is installed and published like a
-    /// periodic one, and `poll_snapshot` answers the requests it covers.
-    fn ask_follower_for_requested_snapshot(&mut self) {
-        if self.snapshot_waiting.is_empty()
-            || self.snapshot_job.is_some()
-            || self.install_waiting.is_some()
-        {
-            return;
-        }
-        let Some(published) = self.wal.as_ref().map(|w| w.snapshot_lsn()) else {
-            self.answer_snapshot_waiters(self.snapshot_current());
-            return;
-        };
-        if self
-            .snapshot_waiting
-            .iter()
-            .any(|(_, logged)| *logged <= published)
-        {
-            // The newest snapshot covers them; its publication is durable once the
-            // commits in flight are.
-            if let Err(why) = self.drain_commits() {
-                self.answer_snapshot_waiters(Err(why));
-                return;
-            }
-            self.answer_snapshot_waiters_upto(published);
-        }
-        if self.snapshot_waiting.is_empty() || self.snapshot_asked {
-            return;
-        }
-        if let Some(why) = self.refusal() {
-            self.answer_snapshot_waiters(Err(why));
-            return;
-        }
-        // The sync stage hands the follower each durable batch before it reports
-        // the commit: once drained, the records are ahead of the nudge.
-        if let Err(why) = self.drain_commits() {
-            self.answer_snapshot_waiters(Err(why));
-            return;
-        }
-        self.ask_follower_for_snapshot();
-    }
-
-    /// Asks the follower for a snapshot, and nudges it: it looks at the request
-    /// after each batch of records, and none may come for a while.
-    fn ask_follower_for_snapshot(&mut self) {
-        self.snapshot_asked = true;
-        self.shared.snapshot_wanted.store(true, Ordering::Release);
-        if let Some((to_follower, _)) = &self.follower {
-            let _ = to_follower.send(FollowerMsg::Snapshot);
         }
     }
 }
