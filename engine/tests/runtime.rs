@@ -649,6 +649,46 @@ fn a_requested_snapshot_covers_everything_logged_before_it() {
     }
 }
 
+/// A snapshot requested as the engine stops, with no snapshot on shutdown: it is
+/// either answered with a snapshot that covers what was logged before it, or
+/// refused as shutting down, never answered with an older one.
+#[test]
+fn a_snapshot_requested_at_shutdown_is_covering_or_refused() {
+    let (mut covered, mut refused) = (0, 0);
+    for round in 0..20u64 {
+        let config = EngineConfig {
+            snapshot_on_shutdown: false,
+            ..sim_config()
+        };
+        let (handle, _) = Engine::open_with_storage(SimStorage::new(), config).expect("open");
+        define(&handle, "A", 1_000_000);
+        // A first snapshot, so that an older one exists to be wrongly answered with.
+        handle.snapshot().expect("queued").wait().expect("snapshot");
+        let writes: Vec<_> = (0..20 + round)
+            .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
+            .collect();
+        let snapshot = handle.snapshot().expect("queued");
+        handle.shutdown();
+        let logged_before = writes
+            .into_iter()
+            .filter_map(|t| t.wait().ok().and_then(|a| a.lsn))
+            .max()
+            .unwrap_or(0);
+        match snapshot.wait() {
+            Ok(lsn) => {
+                assert!(
+                    lsn >= logged_before,
+                    "round {round}: answered with the snapshot at {lsn}, {logged_before} logged before"
+                );
+                covered += 1;
+            }
+            Err(Error::ShuttingDown) => refused += 1,
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    eprintln!("{covered} answered with a covering snapshot, {refused} refused at shutdown");
+}
+
 /// Every acknowledged mutation's events reach the feed, in every durability mode.
 fn feed_misses_nothing(durability: surge_engine::Durability) {
     let dir = tempfile::tempdir().expect("tempdir");

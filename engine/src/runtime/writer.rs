@@ -236,7 +236,15 @@ impl<S: Storage> Writer<S> {
             if self.config.snapshot_on_shutdown {
                 self.start_snapshot(false);
             }
-            self.answer_snapshot_waiters(self.snapshot_current());
+            match self.snapshot_current() {
+                Ok(lsn) => self.answer_snapshot_waiters_upto(lsn),
+                Err(why) => self.answer_snapshot_waiters(Err(why)),
+            }
+            // Requests the newest snapshot does not cover get none: the engine stops
+            // (without `snapshot_on_shutdown`, or after its snapshot failed).
+            for (reply, _) in self.snapshot_waiting.drain(..) {
+                let _ = reply.send(Err(Error::ShuttingDown));
+            }
         } else if self.follower.is_some() {
             if due
                 && !self.snapshot_asked
