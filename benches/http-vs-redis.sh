@@ -147,11 +147,7 @@ start_surge() { # data dir: a server on a new port with an empty state, SKUs S* 
     SURGE_PID=$!
     PIDS+=("$SURGE_PID")
     # Ready after its pretouch: up to 4 GiB at 0.3 GB/s, 14 s.
-    for _ in $(seq 1 600); do
-        if curl -fsS "$SURGE/readyz" >/dev/null 2>&1; then break; fi
-        sleep 0.1
-    done
-    curl -fsS "$SURGE/readyz" >/dev/null || { cat "$WORK/surge.err" >&2; exit 1; }
+    wait_ready "$SURGE" 60 "$WORK/surge.err"
 
     log "defining S0..S$((SKUS - 1)) with on_hand $STOCK"
     for ((i = 0; i < SKUS; i++)); do echo "url = \"$SURGE/v1/skus/S$i\""; done >"$WORK/skus.curl"

@@ -36,14 +36,6 @@ done
 source "$ROOT/benches/lib/surge_bin.sh"
 surge_release_bin
 
-wait_ready() { # url
-    for _ in $(seq 1 300); do
-        curl -fsS "$1/readyz" >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    echo "not ready: $1" >&2
-    exit 1
-}
 
 start_nats() { # name -> sets NATS_URL, NATS_PID
     local port
@@ -70,7 +62,7 @@ start_surge() { # name durability extra-env... -> sets SURGE_URL, SURGE_PID
     SURGE_PID=$!
     PIDS+=("$SURGE_PID")
     SURGE_URL="http://127.0.0.1:$port"
-    wait_ready "$SURGE_URL"
+    wait_ready "$SURGE_URL" 30
 }
 
 define_skus() { # url

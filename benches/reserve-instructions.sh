@@ -85,10 +85,8 @@ counted_run() { # reservations -> prints the callgrind file of a run with that m
         >"$WORK/surge.$requests.out" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 1 600); do
-        curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-        sleep 0.2
-    done
+    # Under callgrind start-up is slow.
+    wait_ready "http://127.0.0.1:$port" 120 "$WORK/surge.$requests.out"
     curl -fsS -X PUT -H "Authorization: Bearer adm" -H "Content-Type: application/json" \
         --data '{"on_hand":1000000000000}' "http://127.0.0.1:$port/v1/skus/S1" >/dev/null
     log "ab -k -c16 -n$requests $METHOD $PATH_OF_REQUEST (under callgrind)"

@@ -43,11 +43,7 @@ one_run() { # snapshot_every_records
         "$SURGE_BIN" --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/out" 2>"$dir/err" &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 1 600); do
-        curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$dir/err" >&2; exit 1; }
+    wait_ready "http://127.0.0.1:$port" 60 "$dir/err"
     for ((i = 0; i < 1000; i++)); do echo "url = \"http://127.0.0.1:$port/v1/skus/S$i\""; done >"$dir/skus.curl"
     curl -fsS -X PUT -H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" \
         --data '{"on_hand":1000000000000}' -K "$dir/skus.curl" >/dev/null

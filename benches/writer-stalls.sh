@@ -67,11 +67,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         pid=$!
         PIDS+=("$pid")
         url="http://127.0.0.1:$port"
-        for _ in $(seq 1 300); do
-            curl -fsS "$url/readyz" >/dev/null 2>&1 && break
-            sleep 0.1
-        done
-        curl -fsS "$url/readyz" >/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
+        wait_ready "$url" 30 "$WORK/$name.err"
         for ((i = 0; i < SKUS; i++)); do echo "url = \"$url/v1/skus/S$i\""; done >"$WORK/skus.curl"
         curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
             --data '{"on_hand":1000000000}' -K "$WORK/skus.curl" >/dev/null

@@ -25,6 +25,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Waits until a server answers /readyz, polling every 0.1 s for up to SECONDS; if it
+# never does, prints LOG (the server's output, when given) and exits.
+wait_ready() { # url seconds [log]
+    local tries=$(($2 * 10)) try
+    for ((try = 0; try < tries; try++)); do
+        curl -fsS "$1/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "not ready after $2 s: $1" >&2
+    if [[ -n ${3:-} ]]; then cat "$3" >&2; fi
+    exit 1
+}
+
 # A free loopback TCP port (nothing answers a connect to it).
 free_port() {
     local port

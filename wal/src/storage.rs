@@ -646,6 +646,15 @@ fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<()> {
     {
         return Err(io::Error::from_raw_os_error(libc::ENOSPC));
     }
+    make_segment_file(path, len_bytes)
+}
+
+/// Creates a segment file of `len_bytes` at `path`: allocated, written with zeros
+/// and synced. The sync commits the extents the zeros converted from unwritten to
+/// written; left to the first commits, that metadata made them journal commits,
+/// some over 100 ms while a spare was being zero-filled beside them (README, "The
+/// log was mostly padding").
+fn make_segment_file(path: &Path, len_bytes: u64) -> io::Result<()> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -783,31 +792,26 @@ impl Storage for MmapStorage {
         // durable by the caller's directory fsync, as a creation is. A failed
         // preparation is this call's error (`ENOSPC`: the caller refuses the record
         // cleanly); only with the preparer gone does the segment get made here.
-        if spare.take(len_bytes, &path)? {
+        let taken = spare.take(len_bytes, &path)?;
+        let made = if taken {
+            Ok(())
+        } else {
+            // The preparer is gone: made here, as it would have.
+            make_segment_file(&path, len_bytes)
+        };
+        let mapped = made.and_then(|()| {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let map = Self::map(&file, len_bytes)?;
-            return Ok(self.insert(Mapped { file, map }));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        // Zeroed and synced like a prepared spare: the sync commits the extents the
-        // zeros converted from unwritten to written. Left to the first commits, that
-        // metadata made them journal commits, some over 100 ms while the spare was
-        // being zero-filled beside them (README, "The log was mostly padding").
-        let mapped = reserve(&file, len_bytes)
-            .and_then(|()| zero_fill(&file, len_bytes))
-            .and_then(|()| file.sync_all())
-            .and_then(|()| Self::map(&file, len_bytes));
+            Ok(Mapped { file, map })
+        });
         match mapped {
-            Ok(map) => Ok(self.insert(Mapped { file, map })),
+            Ok(mapped) => Ok(self.insert(mapped)),
             Err(e) => {
-                drop(file);
-                // Best effort: the caller is told about the first error, which
-                // matters more than a failure to clean up after it.
-                let _ = fs::remove_file(&path);
+                if !taken {
+                    // Best effort: the caller is told about the first error, which
+                    // matters more than a failure to clean up after it.
+                    let _ = fs::remove_file(&path);
+                }
                 Err(e)
             }
         }
@@ -995,19 +999,30 @@ mod tests {
         (buf, start)
     }
 
+    /// A preparer of `len_bytes` spares in a temp dir, with its spares ready.
+    fn spares_ready(len_bytes: u64) -> (tempfile::TempDir, SparePreparer) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spares = SparePreparer::start(dir.path().to_path_buf(), len_bytes).expect("start");
+        spares.wait_ready_count(SPARES_READY_MAX);
+        (dir, spares)
+    }
+
+    /// A preparation that failed for want of space.
+    fn no_space() -> Option<PreparationError> {
+        Some(PreparationError::of(&io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )))
+    }
+
     /// A failed preparation does not hide a spare that is ready: the roll takes the
     /// ready one. A roll asking for another length is served one of that length (the
     /// preparer, idle with its two ready, is woken to make it).
     #[test]
     fn a_roll_takes_a_ready_spare_after_a_failure_and_a_new_length_wakes_the_preparer() {
         const LEN_BYTES: u64 = 4 * 4096;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spares = SparePreparer::start(dir.path().to_path_buf(), LEN_BYTES).expect("start");
-        spares.wait_ready_count(SPARES_READY_MAX);
+        let (dir, spares) = spares_ready(LEN_BYTES);
         // As if the next preparation had failed (a disk with room for no more).
-        spares.slot.0.lock().failed = Some(PreparationError::of(&io::Error::from_raw_os_error(
-            libc::ENOSPC,
-        )));
+        spares.slot.0.lock().failed = no_space();
         let first = dir.path().join("first.seg");
         assert!(
             spares.take(LEN_BYTES, &first).expect("take"),
@@ -1029,17 +1044,13 @@ mod tests {
     #[test]
     fn a_roll_after_a_failed_preparation_takes_the_fresh_attempts_spare() {
         const LEN_BYTES: u64 = 4 * 4096;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spares = SparePreparer::start(dir.path().to_path_buf(), LEN_BYTES).expect("start");
-        spares.wait_ready_count(SPARES_READY_MAX);
+        let (dir, spares) = spares_ready(LEN_BYTES);
         {
             let mut slot = spares.slot.0.lock();
             for (name, _) in slot.ready.drain(..) {
                 fs::remove_file(dir.path().join(name)).expect("remove spare");
             }
-            slot.failed = Some(PreparationError::of(&io::Error::from_raw_os_error(
-                libc::ENOSPC,
-            )));
+            slot.failed = no_space();
         }
         let to = dir.path().join("next.seg");
         assert!(
