@@ -18,6 +18,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 source benches/lib/processes.sh
+# shellcheck source=benches/lib/metrics.sh
+source benches/lib/metrics.sh
 
 DURATION=${DURATION:-20}
 CONNS=${CONNS:-64}
@@ -35,15 +37,6 @@ if (($# == 0)); then
 fi
 
 TOKEN="bench-$RANDOM$RANDOM"
-metric_sum() { # metrics-file line-prefix -> the values of the lines starting so, summed
-    awk -v p="$2" 'index($0, p) == 1 { s += $NF } END { printf "%d\n", s }' "$1"
-}
-over() { # metrics-file histogram le -> observations above that bucket's bound
-    local total below
-    total=$(metric_sum "$1" "$2_count ")
-    below=$(metric_sum "$1" "$2_bucket{le=\"$3\"} ")
-    echo $((total - below))
-}
 slowest_bucket() { # metrics-file histogram -> the smallest bound holding every observation
     local total
     total=$(metric_sum "$1" "$2_count ")

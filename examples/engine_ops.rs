@@ -1,11 +1,16 @@
-//! A fixed number of engine commands on one thread, no I/O, for `perf stat`
-//! (instructions per command are steady on a busy machine, where wall time is not):
+//! A fixed number of engine commands on one thread, no I/O, for counting
+//! instructions (steady on a busy machine, where wall time is not). The commands
+//! are built first; `apply_all` applies them as `benches/engine.rs` does on the
+//! clock, so counting only it gives the bench's work per command:
 //!
 //! ```sh
 //! cargo build --release --example engine_ops
+//! valgrind --tool=callgrind --toggle-collect='engine_ops::apply_all' \
+//!     target/release/examples/engine_ops order 40000
 //! perf stat -e instructions:u,task-clock target/release/examples/engine_ops reserve 2000000
-//! perf stat -e instructions:u,task-clock target/release/examples/engine_ops order 500000
 //! ```
+//!
+//! (Two counts, N and 2N cycles, subtracted, leave out the set-up.)
 //!
 //! `reserve`: reserve then release one unit (2 commands per cycle); `order`: create,
 //! pay and cancel an order (3 commands per cycle); `reserve-for`: `reserve` for one
@@ -16,7 +21,7 @@
 
 use std::hint::black_box;
 
-use surge_engine::{CancelReason, Command, LineReq, OrderId, ReservationId};
+use surge_engine::{CancelReason, Command, LineReq, OrderId, ReservationId, State};
 
 #[global_allocator]
 static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
@@ -34,12 +39,13 @@ fn main() {
     if workload == "reserve-limited" {
         common::limit_every_sku(&mut state);
     }
-    let mut events = Vec::with_capacity(1024);
     let customers: Vec<String> = (0..100_000).map(|i| format!("customer-{i}")).collect();
     let sku = |i: u64| common::sku(i as usize);
-    let mut refused = 0u64;
-    for i in 0..cycles {
-        let commands = match workload.as_str() {
+    // Built before they are applied, as the bench does: building them is the HTTP
+    // layer's work. `apply_all` is what the bench times (callgrind:
+    // `--toggle-collect='engine_ops::apply_all'`).
+    let cycles: Vec<Vec<Command>> = (0..cycles)
+        .map(|i| match workload.as_str() {
             "reserve" => vec![
                 Command::Reserve {
                     lines: vec![LineReq {
@@ -97,8 +103,22 @@ fn main() {
                     "unknown workload {other:?}: reserve, hold, reserve-for, reserve-limited or order"
                 )
             }
-        };
-        for command in &commands {
+        })
+        .collect();
+    let refused = apply_all(&mut state, &cycles);
+    assert_eq!(refused, 0, "commands refused");
+    println!("{workload}: {} cycles", cycles.len());
+}
+
+/// Applies each cycle's commands in turn, all at one instant, dropping each answer
+/// and the events every 512, as `benches/engine.rs` does on the clock; how many
+/// commands were refused.
+#[inline(never)]
+fn apply_all(state: &mut State, cycles: &[Vec<Command>]) -> u64 {
+    let mut events = Vec::with_capacity(1024);
+    let mut refused = 0u64;
+    for commands in cycles {
+        for command in commands {
             let applied = state.apply(command, None, 1_000, &mut events);
             refused += u64::from(applied.outcome.is_err());
             black_box(&applied);
@@ -107,6 +127,5 @@ fn main() {
             events.clear();
         }
     }
-    assert_eq!(refused, 0, "commands refused");
-    println!("{workload}: {cycles} cycles");
+    refused
 }

@@ -1422,6 +1422,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_snapshot_bytes_total", "counter", &[], &[]),
         ("surge_snapshot_lsn", "gauge", &[], &[]),
         ("surge_snapshots_total", "counter", &[], &[]),
+        ("surge_snapshots_encoded_by_writer_total", "counter", &[], &[]),
         ("surge_stock_reads_behind_total", "counter", &[], &[]),
         ("surge_stock_reads_unchanged_total", "counter", &[], &[]),
         ("surge_stock_reads_waited_total", "counter", &[], &[]),

@@ -649,6 +649,106 @@ fn a_requested_snapshot_covers_everything_logged_before_it() {
     }
 }
 
+/// A snapshot request's answer, or a failure of the test after `seconds` (a request
+/// must never wait forever).
+fn snapshot_within(ticket: surge_engine::Ticket<u64>, seconds: u64) -> Result<u64, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ticket.wait());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(seconds))
+        .expect("the snapshot request was never answered")
+}
+
+/// `count` reservations of one unit of `A`, one after another: the LSN of the last.
+fn reserve_one_each(handle: &EngineHandle, count: usize) -> u64 {
+    let mut logged = 0;
+    for _ in 0..count {
+        let acked = handle
+            .submit(reserve("A", 1), None)
+            .expect("queued")
+            .wait()
+            .expect("held");
+        logged = acked.lsn.expect("logged");
+    }
+    logged
+}
+
+/// In sync mode with a follower the writer encodes no snapshot, requested ones
+/// included; a request is answered even when nothing reaches the follower after
+/// it: after a restart with records to replay (the follower's copy starts with
+/// them, and no new record comes), and with no write at all.
+#[test]
+fn requested_snapshots_are_the_followers_also_after_a_restart_with_records_to_replay() {
+    let disk = SimStorage::new();
+    let config = EngineConfig {
+        snapshot_on_shutdown: false,
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+    define(&handle, "A", 1_000);
+    let logged = reserve_one_each(&handle, 10);
+    let lsn = snapshot_within(handle.snapshot().expect("queued"), 60).expect("snapshot");
+    assert!(lsn >= logged, "snapshot at {lsn}, {logged} logged before");
+    let logged = reserve_one_each(&handle, 10);
+    assert_eq!(
+        handle
+            .stats()
+            .snapshots_encoded_by_writer
+            .load(Ordering::Relaxed),
+        0
+    );
+    handle.shutdown();
+    drop(handle);
+    let (handle, report) =
+        Engine::open_with_storage(disk.crash(1), config).expect("reopen with records to replay");
+    assert!(report.records_replayed > 0, "{report:?}");
+    let lsn = snapshot_within(handle.snapshot().expect("queued"), 60).expect("snapshot");
+    assert!(
+        lsn >= logged,
+        "snapshot at {lsn}, {logged} logged before the restart"
+    );
+    // Nothing new since: the snapshot in place answers.
+    let again = snapshot_within(handle.snapshot().expect("queued"), 60).expect("current");
+    assert_eq!(again, lsn);
+    assert_eq!(
+        handle
+            .stats()
+            .snapshots_encoded_by_writer
+            .load(Ordering::Relaxed),
+        0
+    );
+}
+
+/// A snapshot requested behind a write whose sync fails can never cover it: the
+/// request is refused once the engine stops writes, not left waiting for records
+/// the follower will never get.
+#[test]
+fn a_snapshot_requested_behind_a_failed_sync_is_refused() {
+    for round in 0..10u64 {
+        let disk = SimStorage::new();
+        let (handle, _) = Engine::open_with_storage(disk.clone(), sim_config()).expect("open");
+        define(&handle, "A", 1_000);
+        // A first snapshot, so that an older one exists to be wrongly answered with.
+        snapshot_within(handle.snapshot().expect("queued"), 60).expect("snapshot");
+        disk.fail_next_sync();
+        let writes: Vec<_> = (0..1 + round)
+            .map(|_| handle.submit(reserve("A", 1), None).expect("queued"))
+            .collect();
+        let snapshot = handle.snapshot().expect("queued");
+        for write in writes {
+            assert!(
+                matches!(write.wait(), Err(Error::StorageUnavailable(_))),
+                "round {round}: a write behind the failed sync was acknowledged"
+            );
+        }
+        match snapshot_within(snapshot, 60) {
+            Err(Error::StorageUnavailable(_)) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
 /// A snapshot requested as the engine stops, with no snapshot on shutdown: it is
 /// either answered with a snapshot that covers what was logged before it, or
 /// refused as shutting down, never answered with an older one.

@@ -25,8 +25,18 @@ pub(super) enum FollowerMsg {
         read_index: u64,
         reply: ReplySender<Result<QueryReply, Rejection>>,
     },
+    /// A snapshot was requested (`EngineHandle::snapshot`): encode one once this
+    /// copy has applied the record at `upto` (the last one logged when it was
+    /// requested), whether or not anything is new since the last snapshot.
+    Snapshot {
+        upto: u64,
+    },
     Stop,
 }
+
+/// How long a snapshot the writer's full queue refused waits before it is offered
+/// again (when no record comes first).
+const INSTALL_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A read waiting at the follower for its read index to be applied.
 type WaitingRead = (u64, Query, ReplySender<Result<QueryReply, Rejection>>);
@@ -45,11 +55,30 @@ pub(super) struct Follower {
     pub(super) events_scratch: Vec<Event>,
     pub(super) last_record_lsn: u64,
     pub(super) records_since_snapshot: u64,
+    /// The highest `upto` of the snapshot requests not yet served.
+    pub(super) requested_upto: Option<u64>,
+    /// An encoded snapshot the writer's queue refused (full): offered again.
+    pub(super) unsent: Option<(u64, surge_wal::SnapshotImage)>,
 }
 
 impl Follower {
     pub(super) fn run(mut self) {
-        while let Ok(msg) = self.rx.recv() {
+        loop {
+            let msg = if self.unsent.is_some() {
+                match self.rx.recv_timeout(INSTALL_RETRY) {
+                    Ok(msg) => msg,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.offer_unsent();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            };
             match msg {
                 FollowerMsg::Records(records) => {
                     for (lsn, bytes) in records {
@@ -71,6 +100,10 @@ impl Follower {
                     } else {
                         self.waiting.push_back((read_index, query, reply));
                     }
+                }
+                FollowerMsg::Snapshot { upto } => {
+                    self.requested_upto = Some(self.requested_upto.unwrap_or(0).max(upto));
+                    self.maybe_snapshot();
                 }
                 FollowerMsg::Stop => break,
             }
@@ -154,16 +187,32 @@ impl Follower {
         })
     }
 
-    /// Encode a snapshot here when the writer asks (it alone judges when one is
-    /// due: it knows the log's length), and hand it to the writer to write and
-    /// publish.
+    /// Encode a snapshot here when the writer asks: for a request (once the record
+    /// it names is applied), or because one is due (it alone judges that: it
+    /// knows the log's length; and only if something is new here). The writer
+    /// writes and publishes it.
     fn maybe_snapshot(&mut self) {
-        // The request is taken before the snapshot is sent: once the writer has it,
-        // it may ask again, and a flag cleared after the send could erase that.
-        if self.records_since_snapshot == 0
-            || !self.shared.snapshot_wanted.swap(false, Ordering::AcqRel)
-        {
+        if self.unsent.is_some() {
+            // The one encoded last is offered first: it may answer what is asked.
+            self.offer_unsent();
+            if self.unsent.is_some() {
+                return;
+            }
+        }
+        let requested = self
+            .requested_upto
+            .is_some_and(|upto| upto <= self.last_record_lsn);
+        // The periodic ask is taken before the snapshot is sent: once the writer
+        // has it, it may ask again, and a flag cleared after the send could erase
+        // that. A requested snapshot serves a periodic ask too.
+        let periodic = self.records_since_snapshot > 0
+            && self.shared.snapshot_wanted.swap(false, Ordering::AcqRel);
+        if !requested && !periodic {
             return;
+        }
+        if requested {
+            self.shared.snapshot_wanted.store(false, Ordering::Release);
+            self.requested_upto = None;
         }
         // Answer the reads that are ready first: encoding pauses this thread, and
         // reads that arrive meanwhile take the writer's queue.
@@ -175,20 +224,24 @@ impl Follower {
         self.shared
             .follower_encoding
             .store(false, Ordering::Release);
-        let request = Request::InstallSnapshot {
-            lsn: self.last_record_lsn,
-            body,
+        self.records_since_snapshot = 0;
+        self.unsent = Some((self.last_record_lsn, body));
+        self.offer_unsent();
+    }
+
+    /// Hand the encoded snapshot to the writer; while its queue is full (or it is
+    /// gone) the snapshot stays here, offered again after the next batch or
+    /// [`INSTALL_RETRY`].
+    fn offer_unsent(&mut self) {
+        let Some((lsn, body)) = self.unsent.take() else {
+            return;
         };
-        match self.to_writer.try_send(request) {
-            Ok(()) => self.records_since_snapshot = 0,
-            Err(refused) => {
-                // The writer's queue is full (or gone): the request stands, try after
-                // the next batch, in the same memory.
-                if let Request::InstallSnapshot { body, .. } = refused.into_inner() {
-                    *self.shared.snapshot_buffers.lock() = body.into_buffers();
-                }
-                self.shared.snapshot_wanted.store(true, Ordering::Release);
-            }
+        if let Err(refused) = self
+            .to_writer
+            .try_send(Request::InstallSnapshot { lsn, body })
+            && let Request::InstallSnapshot { lsn, body } = refused.into_inner()
+        {
+            self.unsent = Some((lsn, body));
         }
     }
 }

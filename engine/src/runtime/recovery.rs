@@ -227,6 +227,7 @@ impl Engine {
             appended: false,
             snapshot_job: None,
             snapshot_waiting: Vec::new(),
+            follower_asked_upto: 0,
             publish_tx: None,
             publish_thread: None,
             log_reads: Vec::new(),
@@ -295,6 +296,8 @@ impl Engine {
                 events_scratch: Vec::new(),
                 last_record_lsn: writer.wal.as_ref().map_or(0, Wal::last_lsn),
                 records_since_snapshot: 0,
+                requested_upto: None,
+                unsent: None,
             };
             let thread = spawn_owner("surge-follower", move || follower.run())
                 .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;

@@ -50,6 +50,9 @@ pub(super) struct Writer<S: Storage> {
     /// Snapshot requests waiting, each with the last LSN logged when it was taken:
     /// it is answered by the first snapshot published at or past that LSN.
     pub(super) snapshot_waiting: Vec<(ReplySender<u64>, u64)>,
+    /// The highest LSN the follower was asked to snapshot at or past for the
+    /// requests waiting (0: not asked); cleared when no request waits.
+    pub(super) follower_asked_upto: u64,
     /// The pipelined commit: flushes go to the sync thread, results come back.
     pub(super) to_syncer: Option<Arc<FlushQueue>>,
     pub(super) from_syncer: Option<Receiver<Result<u64, surge_wal::Error>>>,
@@ -254,10 +257,17 @@ impl<S: Storage> Writer<S> {
                 self.snapshot_asked = true;
                 self.shared.snapshot_wanted.store(true, Ordering::Release);
             }
-            if !self.snapshot_waiting.is_empty() && self.snapshot_job.is_none() {
+            if self.config.durability != Durability::Sync
+                && !self.snapshot_waiting.is_empty()
+                && self.snapshot_job.is_none()
+            {
+                // Replicated mode: the follower applies what the replicated log
+                // acknowledged, which a fenced or cut-off leader never gets; the
+                // request is not left waiting on it.
                 self.start_snapshot(self.config.snapshot_in_background);
             } else if self.snapshot_job.is_none() {
                 self.install_follower_snapshot();
+                self.ask_follower_for_requested_snapshots();
             }
         } else if (due || !self.snapshot_waiting.is_empty()) && self.snapshot_job.is_none() {
             self.start_snapshot(self.config.snapshot_in_background);
@@ -546,6 +556,8 @@ impl<S: Storage> Writer<S> {
         }
         let (_, body) = self.install_waiting.take().expect("checked");
         if lsn <= wal.snapshot_lsn() {
+            // A newer one is in place already; the requests it covers are answered
+            // by `ask_follower_for_requested_snapshots`.
             self.shared.snapshot_wanted.store(false, Ordering::Release);
             return;
         }
@@ -565,7 +577,69 @@ impl<S: Storage> Writer<S> {
                 if wal.is_poisoned() {
                     self.fail_stop(format!("snapshot failed: {e}"));
                 }
+                // The requests waiting hear why rather than wait for it.
+                self.answer_snapshot_waiters(Err(format!("snapshot failed: {e}")));
             }
+        }
+    }
+
+    /// Requested snapshots in sync mode are the follower's to encode, like the
+    /// periodic ones: the writer never walks the state for them. Those the
+    /// snapshot in place covers are answered once its publication is durable; for
+    /// the others the follower is asked once for a snapshot at or past the last
+    /// LSN logged when they were taken (records it applies only once durable: a
+    /// failed sync stops the engine, and the requests then hear why).
+    fn ask_follower_for_requested_snapshots(&mut self) {
+        if self.snapshot_waiting.is_empty() {
+            self.follower_asked_upto = 0;
+            return;
+        }
+        if let Some(why) = self.refusal() {
+            self.answer_snapshot_waiters(Err(format!(
+                "writes are refused: no snapshot of an unlogged state: {why}"
+            )));
+            return;
+        }
+        let Some(snapshot_lsn) = self.wal.as_ref().map(Wal::snapshot_lsn) else {
+            return self.start_snapshot(false);
+        };
+        if self
+            .snapshot_waiting
+            .iter()
+            .any(|(_, logged)| *logged <= snapshot_lsn)
+        {
+            // Its rename and MANIFEST are made durable by the commit after it.
+            match self.drain_commits() {
+                Ok(()) => self.answer_snapshot_waiters_upto(snapshot_lsn),
+                Err(why) => return self.answer_snapshot_waiters(Err(why)),
+            }
+        }
+        let Some(upto) = self
+            .snapshot_waiting
+            .iter()
+            .map(|(_, logged)| *logged)
+            .max()
+        else {
+            self.follower_asked_upto = 0;
+            return;
+        };
+        let coming = self
+            .snapshot_job
+            .as_ref()
+            .map(|job| job.lsn)
+            .max(self.install_waiting.as_ref().map(|(lsn, _)| *lsn));
+        if upto <= self.follower_asked_upto || coming.is_some_and(|lsn| upto <= lsn) {
+            return; // asked already, or one being written covers them
+        }
+        let asked = self
+            .follower
+            .as_ref()
+            .is_some_and(|(tx, _)| tx.send(FollowerMsg::Snapshot { upto }).is_ok());
+        if asked {
+            self.follower_asked_upto = upto;
+        } else {
+            // The follower is gone: the writer encodes it, as without one.
+            self.start_snapshot(self.config.snapshot_in_background);
         }
     }
 
@@ -979,6 +1053,10 @@ impl<S: Storage> Writer<S> {
         }
         let mut image = self.shared.snapshot_image();
         codec::encode_engine_snapshot(&self.state, &self.shared.events, &mut image);
+        self.shared
+            .stats
+            .snapshots_encoded_by_writer
+            .fetch_add(1, Ordering::Relaxed);
         let body_bytes = image.body_len() as u64;
         let job = match wal.begin_snapshot(lsn, image) {
             Ok(Some(job)) => {
@@ -1119,6 +1197,8 @@ impl<S: Storage> Writer<S> {
         for (reply, _) in self.snapshot_waiting.drain(..) {
             let _ = reply.send(result.clone().map_err(Error::StorageUnavailable));
         }
+        // A later request asks the follower afresh, even at the same LSN.
+        self.follower_asked_upto = 0;
     }
 
     /// Answers the requests a snapshot at `lsn` covers (those taken when at most
