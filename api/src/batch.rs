@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
 use crate::error::ApiError;
-use crate::extract::{JsonBytes, parse_json, parse_op};
+use crate::extract::{JsonBytes, NoQuery, parse_json, parse_op};
 use crate::plain_reserve::{PlainReserve, plain_reserve, plain_reserve_batch};
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
@@ -253,6 +253,7 @@ fn push_problem(out: &mut String, error: &ApiError) {
 pub async fn batch(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
+    _query: NoQuery,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     // A body of plain reserve ops only (a sale's usual batch) is read in one pass

@@ -654,7 +654,7 @@ impl From<OrderView> for OrderBody {
                 .collect(),
             total: o.total,
             payment: PaymentBody {
-                status: o.payment.status.as_str(),
+                status: o.payment.status_shown().as_str(),
                 amount: o.payment.amount,
                 payment_ref: o.payment.payment_ref.to_string(),
                 paid_at: o.payment.paid_at_ms.map(format_ms),

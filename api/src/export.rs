@@ -96,7 +96,7 @@ pub const COLUMNS: &[Column] = &[
     },
     Column {
         name: "payment_status",
-        value: |r| text(r.order.payment.status.as_str()),
+        value: |r| text(r.order.payment.status_shown().as_str()),
     },
     Column {
         name: "total",

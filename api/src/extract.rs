@@ -325,36 +325,70 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !is_json(content_type) {
-            return Err(ApiError {
-                field: Some("Content-Type".into()),
+        check_json_content_type(request.headers())?;
+        body_bytes(request, state).await.map(JsonBytes)
+    }
+}
+
+/// 415 unless the `Content-Type` is JSON (`application/json` or `+json`).
+fn check_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if is_json(content_type) {
+        return Ok(());
+    }
+    Err(ApiError {
+        field: Some("Content-Type".into()),
+        ..ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "validation_failed",
+            "Content-Type: the body must be application/json",
+        )
+    })
+}
+
+/// The body's bytes, within the server's limit (413 beyond it).
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError {
+                field: Some("body".into()),
                 ..ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    StatusCode::PAYLOAD_TOO_LARGE,
                     "validation_failed",
-                    "Content-Type: the body must be application/json",
+                    "body: larger than the server's limit",
                 )
-            });
-        }
-        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError {
-                    field: Some("body".into()),
-                    ..ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "validation_failed",
-                        "body: larger than the server's limit",
-                    )
-                }
-            } else {
-                ApiError::validation("body", e.body_text())
             }
-        })?;
-        Ok(JsonBytes(bytes))
+        } else {
+            ApiError::validation("body", e.body_text())
+        }
+    })
+}
+
+/// The body of an endpoint that takes none: nothing, or an empty JSON object (which
+/// some clients send with every POST). Anything else is refused as a body is where
+/// one is read (415 for one that is not JSON; 400 for malformed JSON, or naming a
+/// field), so that a mistaken body never passes unread.
+pub struct NoBody;
+
+/// Declares no field, and takes none.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let json = check_json_content_type(request.headers());
+        let bytes = body_bytes(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(NoBody);
+        }
+        json?;
+        parse_json::<NoFields>(&bytes, "").map(|_| NoBody)
     }
 }
 
@@ -419,6 +453,38 @@ fn unknown_parameter(name: &str, fields: &[&str]) -> ApiError {
         )
     };
     ApiError::validation(field, detail)
+}
+
+/// Path parameters; one that cannot be read (a percent-encoding that is not UTF-8,
+/// say) is refused as 400 `validation_failed` naming it, like a body's field.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(path_error(&rejection)),
+        }
+    }
+}
+
+fn path_error(rejection: &axum::extract::rejection::PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    let PathRejection::FailedToDeserializePathParams(failed) = rejection else {
+        return ApiError::validation("path", rejection.body_text());
+    };
+    match failed.kind() {
+        ErrorKind::InvalidUtf8InPathParam { key } => {
+            ApiError::validation(key.as_str(), "not UTF-8 once percent-decoded")
+        }
+        ErrorKind::ParseErrorAtKey { key, .. } | ErrorKind::DeserializeError { key, .. } => {
+            ApiError::validation(key.as_str(), failed.body_text())
+        }
+        _ => ApiError::validation("path", failed.body_text()),
+    }
 }
 
 /// The query string of an endpoint that takes no parameters: any is refused.

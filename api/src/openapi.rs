@@ -49,7 +49,7 @@ is the parameter), so that a mistyped filter never widens a list; body not JSON:
 unknown SKU / order / reservation: 404 (ids that do not parse are unknown ids: 404); \
 business conflicts: 409; queue full, request timeout, shutting down: 503 `overloaded` with \
 `Retry-After`; storage failure: 503 `storage_unavailable`. Unknown routes: 404 `not_found`; \
-wrong method: 405 `method_not_allowed`. A request that fails changes nothing.
+wrong method: 405 `method_not_allowed`. An endpoint that takes no body (a reservation's commit and release, the admin snapshot and promote) takes none or `{}`; any other body is refused like a bad body elsewhere (400 naming the field, 415 if not JSON). A path parameter that cannot be read (a percent-encoding that is not UTF-8): 400 naming it. A request that fails changes nothing.
 
 **Surge-Lsn.** Every 2xx answer to a write carries `Surge-Lsn`: the log position of the \
 record that made the change (the seq of its first event). A replayed `Idempotency-Key` \
@@ -59,7 +59,7 @@ with the LSN of the last record, whose state it shows. Rejections carry none. In
 result carries `\"lsn\"`.
 
 **Strict queries.** Unknown query parameters are refused like unknown JSON fields: 400 \
-`validation_failed` naming the parameter.
+`validation_failed` naming the parameter, on reads and writes alike (no write takes any).
 
 **Units.** Quantities are positive integers; money is integer minor units; times in \
 responses are RFC 3339 UTC with milliseconds; durations in requests are milliseconds.";

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Admin, Auth};
 use crate::error::ApiError;
+use crate::extract::{NoBody, NoQuery};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,6 +92,8 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
 pub async fn promote(
     State(st): State<AppState>,
     _auth: Auth<Admin>,
+    _query: NoQuery,
+    _body: NoBody,
 ) -> Result<axum::Json<crate::replication::Promotion>, ApiError> {
     let engine = st.engine()?;
     let standby = match st.standby() {
@@ -147,6 +150,8 @@ pub struct SnapshotBody {
 pub async fn snapshot(
     State(st): State<AppState>,
     _auth: Auth<Admin>,
+    _query: NoQuery,
+    _body: NoBody,
 ) -> Result<axum::Json<SnapshotBody>, ApiError> {
     let ticket = st.engine()?.snapshot().map_err(ApiError::from_engine)?;
     let lsn = ticket.await.map_err(ApiError::from_engine)?;

@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 use crate::auth::{Access, Admin, AnyRole, Auth, Operator, Principal, Reader, Role, Storefront};
 use crate::dto::*;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiQuery, Idem, NoQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Idem, NoBody, NoQuery};
 use crate::state::AppState;
 use crate::time::parse_rfc3339;
 
@@ -95,7 +95,10 @@ where
         let idem = Idem::from_request_parts(&mut parts, st)
             .await
             .map_err(IntoResponse::into_response)?;
-        let Path(id) = Path::<String>::from_request_parts(&mut parts, st)
+        NoQuery::from_request_parts(&mut parts, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ApiPath(id) = ApiPath::<String>::from_request_parts(&mut parts, st)
             .await
             .map_err(IntoResponse::into_response)?;
         let ApiJson(req, body) = ApiJson::<T>::from_request(Request::from_parts(parts, body), st)
@@ -244,7 +247,8 @@ pub(crate) fn parse_limit(
 pub async fn define_sku(
     State(st): State<AppState>,
     _auth: Auth<Admin>,
-    Path(sku): Path<String>,
+    _query: NoQuery,
+    ApiPath(sku): ApiPath<String>,
     ApiJson(req, _): ApiJson<DefineSkuReq>,
 ) -> Result<Response, ApiError> {
     let instant = |field: &str, value: Option<Option<String>>| match value {
@@ -290,7 +294,7 @@ pub async fn get_sku_customer(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
     _query: NoQuery,
-    Path((sku, customer_id)): Path<(String, String)>,
+    ApiPath((sku, customer_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let view =
         read::<surge_engine::SkuCustomerView>(&st, Query::SkuCustomer { sku, customer_id }).await?;
@@ -307,7 +311,7 @@ pub async fn get_sku(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
     _query: NoQuery,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     // The hottest read of a sale: answered from the stock board on this thread
     // when it can, waiting here for the board to reach the read index when it is
@@ -382,8 +386,9 @@ pub async fn list_skus(
 pub async fn adjust_stock(
     State(st): State<AppState>,
     Auth(who, _): Auth<Operator>,
+    _query: NoQuery,
     idem: Idem,
-    Path(sku): Path<String>,
+    ApiPath(sku): ApiPath<String>,
     ApiJson(req, body): ApiJson<AdjustReq>,
 ) -> Result<Response, ApiError> {
     let command = Command::AdjustStock {
@@ -409,6 +414,7 @@ pub async fn adjust_stock(
 pub async fn create_reservation(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
+    _query: NoQuery,
     idem: Idem,
     ApiJson(req, body): ApiJson<ReserveReq>,
 ) -> Result<Response, ApiError> {
@@ -439,8 +445,10 @@ pub async fn create_reservation(
 pub async fn commit_reservation(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
+    _query: NoQuery,
     idem: Idem,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    _body: NoBody,
 ) -> Result<Response, ApiError> {
     reservation_step(&st, who, idem, &id, |id, actor| {
         Command::CommitReservation { id, actor }
@@ -458,8 +466,10 @@ pub async fn commit_reservation(
 pub async fn release_reservation(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
+    _query: NoQuery,
     idem: Idem,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
+    _body: NoBody,
 ) -> Result<Response, ApiError> {
     reservation_step(&st, who, idem, &id, |id, actor| {
         Command::ReleaseReservation { id, actor }
@@ -490,7 +500,7 @@ pub async fn get_reservation(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
     _query: NoQuery,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_reservation_id(&id)?;
     let v = read::<surge_engine::ReservationView>(&st, Query::GetReservation { id }).await?;
@@ -512,6 +522,7 @@ pub async fn get_reservation(
 pub async fn create_order(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
+    _query: NoQuery,
     idem: Idem,
     ApiJson(req, body): ApiJson<CreateOrderReq>,
 ) -> Result<Response, ApiError> {
@@ -672,7 +683,7 @@ pub async fn get_order(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
     _query: NoQuery,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
     let v = read::<Box<surge_engine::OrderView>>(&st, Query::GetOrder { id }).await?;
@@ -689,7 +700,7 @@ pub async fn get_order_by_no(
     State(st): State<AppState>,
     _auth: Auth<AnyRole>,
     _query: NoQuery,
-    Path(order_no): Path<String>,
+    ApiPath(order_no): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let v = read::<Box<surge_engine::OrderView>>(&st, Query::GetOrderByNo { order_no }).await?;
     Ok(axum::Json(OrderBody::from(*v)).into_response())

@@ -9,7 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{ADMIN, STOREFRONT, Server, TempDir, VIEWER};
+use common::{ADMIN, OPERATOR, STOREFRONT, Server, TempDir, VIEWER};
 
 /// A GET whose body is kept as bytes (`Resp` holds text).
 fn get_bytes(addr: SocketAddr, path: &str, token: &str) -> (u16, common::Headers, Vec<u8>) {
@@ -75,6 +75,8 @@ fn unknown_query_parameters_are_refused_by_name() {
         ("/v1/orders/export.csv?customer=c1".to_string(), "customer"),
         ("/v1/orders/export.csv?limit=10".to_string(), "limit"),
         ("/v1/orders/export.csv?cursor=o1".to_string(), "cursor"),
+        ("/v1/ledger/export.csv?limit=2".to_string(), "limit"),
+        ("/v1/ledger/export.csv?cursor=1".to_string(), "cursor"),
         ("/v1/stats?tops=3".to_string(), "tops"),
         ("/v1/stats?group=day".to_string(), "group"),
         ("/v1/skus?limt=2".to_string(), "limt"),
@@ -115,6 +117,245 @@ fn unknown_query_parameters_are_refused_by_name() {
     // A refused request is refused before any work: a viewer gets the same 400.
     let r = s.as_(VIEWER, "GET", "/v1/orders?sttus=x", None);
     r.assert_problem(400, "validation_failed");
+}
+
+/// Writes are held to the same rule as reads: a parameter on a write is refused by
+/// name before anything is done (`?dry_run=true` on a commit used to commit), and
+/// nothing changes.
+#[test]
+fn unknown_query_parameters_on_writes_are_refused_and_change_nothing() {
+    let dir = TempDir::new("v11-write-query");
+    let s = Server::start(&dir.data(), "v11-write-query");
+    s.define("A", 10);
+    let order = create_order(&s, "W-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
+    let id = order["id"].as_str().unwrap().to_string();
+    let reservation = s.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/reservations",
+        Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
+    );
+    assert_eq!(reservation.status, 201, "{}", reservation.body);
+    let rid = reservation.json()["id"].as_str().unwrap().to_string();
+    let before = s.digest();
+    let reserve = r#"{"lines":[{"sku":"A","qty":1}]}"#;
+    let cases: Vec<(&str, &str, String, Option<&str>)> = vec![
+        (
+            STOREFRONT,
+            "POST",
+            "/v1/reservations?foo=1".into(),
+            Some(reserve),
+        ),
+        (
+            STOREFRONT,
+            "POST",
+            format!("/v1/reservations/{rid}/commit?dry_run=true"),
+            None,
+        ),
+        (
+            STOREFRONT,
+            "POST",
+            format!("/v1/reservations/{rid}/release?x=1"),
+            None,
+        ),
+        (
+            STOREFRONT,
+            "POST",
+            "/v1/orders?validate_only=true".into(),
+            Some(
+                r#"{"order_no":"W-2","customer_id":"c1","lines":[{"sku":"A","qty":1,"unit_price":1}]}"#,
+            ),
+        ),
+        (
+            STOREFRONT,
+            "POST",
+            format!("/v1/orders/{id}/pay?x=1"),
+            Some(r#"{"amount":100}"#),
+        ),
+        (
+            STOREFRONT,
+            "POST",
+            format!("/v1/orders/{id}/cancel?x=1"),
+            Some(r#"{"reason":"customer_request"}"#),
+        ),
+        (
+            STOREFRONT,
+            "PATCH",
+            format!("/v1/orders/{id}?x=1"),
+            Some(r#"{"note":"n"}"#),
+        ),
+        (
+            OPERATOR,
+            "POST",
+            format!("/v1/orders/{id}/hold?x=1"),
+            Some(r#"{"reason":"fraud_check"}"#),
+        ),
+        (
+            OPERATOR,
+            "POST",
+            "/v1/skus/A/adjustments?x=1".into(),
+            Some(r#"{"delta":5,"reason":"inbound"}"#),
+        ),
+        (
+            ADMIN,
+            "PUT",
+            "/v1/skus/A?x=1".into(),
+            Some(r#"{"on_hand":99}"#),
+        ),
+        (
+            STOREFRONT,
+            "POST",
+            "/v1/batch?x=1".into(),
+            Some(r#"{"ops":[{"op":"reserve","lines":[{"sku":"A","qty":1}]}]}"#),
+        ),
+        (ADMIN, "POST", "/v1/admin/snapshot?x=1".into(), None),
+    ];
+    for (token, method, path, body) in &cases {
+        let r = s.as_(token, method, path, *body);
+        r.assert_problem(400, "validation_failed");
+        let problem = r.json();
+        let parameter = path.split('?').nth(1).unwrap().split('=').next().unwrap();
+        assert_eq!(problem["field"], parameter, "{method} {path}: {}", r.body);
+    }
+    assert_eq!(s.digest(), before, "a refused write changed something");
+    // The same writes without the parameter go through.
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/reservations/{rid}/commit"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// An endpoint that takes no body (commit, release, snapshot) accepts none or `{}`,
+/// and refuses any other body as a body is refused elsewhere: malformed JSON, a
+/// field (named), a body that is not JSON (415). A refused request changes nothing.
+#[test]
+fn a_body_on_an_endpoint_that_takes_none_is_refused() {
+    let dir = TempDir::new("v11-no-body");
+    let s = Server::start(&dir.data(), "v11-no-body");
+    s.define("A", 10);
+    let hold = |s: &Server| {
+        let r = s.as_(
+            STOREFRONT,
+            "POST",
+            "/v1/reservations",
+            Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let rid = hold(&s);
+    let before = s.digest();
+    for step in ["commit", "release"] {
+        let path = format!("/v1/reservations/{rid}/{step}");
+        let r = s.as_(STOREFRONT, "POST", &path, Some("{not json"));
+        r.assert_problem(400, "validation_failed");
+        let r = s.as_(STOREFRONT, "POST", &path, Some(r#"{"reason":"x"}"#));
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], "reason", "{}", r.body);
+        let r = s.call(
+            "POST",
+            &path,
+            &[
+                ("Authorization", STOREFRONT),
+                ("Content-Type", "text/plain"),
+            ],
+            Some("garbage"),
+        );
+        r.assert_problem(415, "validation_failed");
+    }
+    let r = s.as_(ADMIN, "POST", "/v1/admin/snapshot", Some(r#"{"x":1}"#));
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(s.digest(), before, "a refused request changed something");
+    // No body, an empty object, or whitespace: taken.
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/reservations/{rid}/commit"),
+        Some("{}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let other = hold(&s);
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/reservations/{other}/release"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = s.as_(ADMIN, "POST", "/v1/admin/snapshot", Some(" \n"));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A path parameter that cannot be read (its percent-encoding is not UTF-8) is
+/// refused naming it, like any field.
+#[test]
+fn an_unreadable_path_parameter_is_named() {
+    let dir = TempDir::new("v11-path");
+    let s = Server::start(&dir.data(), "v11-path");
+    for (path, field) in [
+        ("/v1/reservations/%FF", "id"),
+        ("/v1/orders/by-no/%E4%E4%E4", "order_no"),
+        ("/v1/skus/%FF/customers/c1", "sku"),
+    ] {
+        let r = s.as_(ADMIN, "GET", path, None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{path}: {}", r.body);
+    }
+    let r = s.as_(STOREFRONT, "POST", "/v1/reservations/%FF/commit", None);
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "id", "{}", r.body);
+}
+
+/// API.md's rule for `payment.status` (first match wins; `paid` only if
+/// paid_amount > 0), also for an order of total 0 that went through payment: it
+/// is confirmed, and nothing was paid. The list filter and the CSV agree.
+#[test]
+fn a_paid_order_of_total_zero_shows_what_was_paid() {
+    let dir = TempDir::new("v11-zero");
+    let s = Server::start(&dir.data(), "v11-zero");
+    s.define("A", 10);
+    let order = create_order(&s, "Z-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":0}]"#);
+    let id = order["id"].as_str().unwrap().to_string();
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/orders/{id}/pay"),
+        Some(r#"{"amount":0}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let paid = r.json();
+    assert_eq!(paid["status"], "confirmed", "{}", r.body);
+    assert_eq!(paid["payment"]["paid_amount"], 0, "{}", r.body);
+    assert_eq!(paid["payment"]["status"], "unpaid", "{}", r.body);
+    let listed = s
+        .admin("GET", "/v1/orders?payment_status=unpaid", None)
+        .json();
+    let ids: Vec<_> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].clone())
+        .collect();
+    assert!(ids.contains(&serde_json::json!(id)), "{listed}");
+    let listed = s
+        .admin("GET", "/v1/orders?payment_status=paid", None)
+        .json();
+    assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+    // Paying again is a repeat, not a second payment.
+    let again = s.as_(
+        STOREFRONT,
+        "POST",
+        &format!("/v1/orders/{id}/pay"),
+        Some(r#"{"amount":0}"#),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    let csv = s.admin("GET", "/v1/orders/export.csv?bom=false", None);
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    let row = csv.body.lines().nth(1).unwrap();
+    assert!(row.contains(",confirmed,unpaid,"), "{row}");
 }
 
 // ---------------------------------------------------------------- CSV byte-order mark

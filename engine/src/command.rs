@@ -466,6 +466,20 @@ pub struct PaymentView {
     pub refund_due_amount: u64,
 }
 
+impl PaymentView {
+    /// The status the API shows: API.md's rule over the three amounts, first match
+    /// wins. It is `status` but for an order of total 0 that went through payment,
+    /// which the engine keeps `paid` (its transitions need to know) and the rule
+    /// shows `unpaid` (nothing was paid).
+    pub fn status_shown(&self) -> PaymentStatus {
+        PaymentStatus::of(
+            self.paid_amount,
+            self.refunded_amount,
+            self.refund_due_amount,
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct HoldView {
     pub reason: HoldReason,

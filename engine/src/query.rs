@@ -8,7 +8,7 @@ use crate::command::{
     OrderLineView, OrderPolicy, OrderView, Page, PaymentView, Query, Rejection, Reply,
     ReservationView, ReturnView, SkuSales, SkuView, StatsView,
 };
-use crate::domain::{CancelReason, OrderId, OrderStatus, ReservationId, SkuIdx};
+use crate::domain::{CancelReason, OrderId, OrderStatus, PaymentStatus, ReservationId, SkuIdx};
 use crate::few::Few;
 use crate::limits::{LIST_LIMIT_MAX, LIST_SCAN_MAX, STATS_TOP_MAX};
 use crate::state::{Order, Reservation, State, check_sku_id};
@@ -203,7 +203,10 @@ impl State {
                     .as_deref()
                     .is_none_or(|c| &*o.customer_id == c)
                 && sku.is_none_or(|s| o.lines.iter().any(|l| l.sku == s))
-                && filter.payment_status.is_none_or(|p| o.payment == p)
+                && filter.payment_status.is_none_or(|p| {
+                    let amounts = o.amounts();
+                    PaymentStatus::of(amounts.paid, amounts.refunded, amounts.refund_due) == p
+                })
                 && filter
                     .order_no_prefix
                     .as_deref()
