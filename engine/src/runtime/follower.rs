@@ -31,11 +31,14 @@ pub(super) enum FollowerMsg {
     Snapshot {
         upto: u64,
     },
+    /// The writer could not install the last snapshot this follower sent (it
+    /// answered its requests with the error): a later request is encoded afresh.
+    InstallFailed,
     Stop,
 }
 
-/// How long a snapshot the writer's full queue refused waits before it is offered
-/// again (when no record comes first).
+/// How long a snapshot the writer's full queue refused waits at most before it is
+/// offered again (any message the follower takes offers it too).
 const INSTALL_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A read waiting at the follower for its read index to be applied.
@@ -59,6 +62,9 @@ pub(super) struct Follower {
     pub(super) requested_upto: Option<u64>,
     /// An encoded snapshot the writer's queue refused (full): offered again.
     pub(super) unsent: Option<(u64, surge_wal::SnapshotImage)>,
+    /// The LSN of the last snapshot encoded here (sent, or `unsent`): a request it
+    /// covers is answered by it, not encoded again.
+    pub(super) encoded_upto: u64,
 }
 
 impl Follower {
@@ -68,7 +74,8 @@ impl Follower {
                 match self.rx.recv_timeout(INSTALL_RETRY) {
                     Ok(msg) => msg,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        self.offer_unsent();
+                        // Offered again, then what waited behind it (a request).
+                        self.maybe_snapshot();
                         continue;
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -100,11 +107,17 @@ impl Follower {
                     } else {
                         self.waiting.push_back((read_index, query, reply));
                     }
+                    if self.unsent.is_some() {
+                        // Reads must not keep a refused snapshot here: each message
+                        // restarts the retry's wait.
+                        self.maybe_snapshot();
+                    }
                 }
                 FollowerMsg::Snapshot { upto } => {
                     self.requested_upto = Some(self.requested_upto.unwrap_or(0).max(upto));
                     self.maybe_snapshot();
                 }
+                FollowerMsg::InstallFailed => self.encoded_upto = 0,
                 FollowerMsg::Stop => break,
             }
         }
@@ -199,6 +212,14 @@ impl Follower {
                 return;
             }
         }
+        if self
+            .requested_upto
+            .is_some_and(|upto| upto <= self.encoded_upto)
+        {
+            // The snapshot encoded last covers it: it is with the writer, or
+            // `unsent` and offered first.
+            self.requested_upto = None;
+        }
         let requested = self
             .requested_upto
             .is_some_and(|upto| upto <= self.last_record_lsn);
@@ -225,6 +246,7 @@ impl Follower {
             .follower_encoding
             .store(false, Ordering::Release);
         self.records_since_snapshot = 0;
+        self.encoded_upto = self.last_record_lsn;
         self.unsent = Some((self.last_record_lsn, body));
         self.offer_unsent();
     }
@@ -243,5 +265,220 @@ impl Follower {
         {
             self.unsent = Some((lsn, body));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The follower's side of requested snapshots against a writer's queue that is
+    //! full, then has room. A read is the barrier: its answer comes after every
+    //! message sent before it was taken (the channel is in order).
+    use std::time::Duration;
+
+    use super::*;
+    use crate::command::Command;
+    use crate::feed::EventLog;
+    use crate::runtime::{Durability, Role, queue};
+
+    /// `n` records as the writer logs them (SKU definitions), with their LSNs.
+    fn records(n: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut state = State::new();
+        let mut events = Vec::new();
+        (0..n)
+            .map(|i| {
+                let command = Command::DefineSku {
+                    sku: format!("S{i}"),
+                    name: format!("S{i}"),
+                    on_hand: 10,
+                    low_stock_threshold: 0,
+                };
+                let applied = state.apply(&command, None, 1, &mut events);
+                let mut bytes = Vec::new();
+                let record = codec::LogRecord {
+                    now_ms: 1,
+                    command,
+                    key: None,
+                };
+                codec::encode_record(&record, &mut bytes);
+                (applied.lsn.expect("logged"), bytes)
+            })
+            .collect()
+    }
+
+    struct Running {
+        to_follower: crossbeam_channel::Sender<FollowerMsg>,
+        thread: std::thread::JoinHandle<()>,
+        shared: Arc<Inner>,
+        writer_queue: queue::Receiver<Request>,
+    }
+
+    /// A follower whose writer's queue holds one request and is full already.
+    fn start() -> Running {
+        let (to_writer, writer_queue) = queue::bounded::<Request>(1);
+        assert!(to_writer.try_send(Request::Shutdown).is_ok());
+        let shared = Arc::new(Inner::new(
+            EventLog::new(1_000),
+            Role::Leader,
+            Durability::Sync,
+        ));
+        let (to_follower, rx) = crossbeam_channel::unbounded();
+        let follower = Follower {
+            state: State::new(),
+            rx,
+            to_writer,
+            shared: Arc::clone(&shared),
+            waiting: std::collections::VecDeque::new(),
+            events_scratch: Vec::new(),
+            last_record_lsn: 0,
+            records_since_snapshot: 0,
+            requested_upto: None,
+            unsent: None,
+            encoded_upto: 0,
+        };
+        let thread = std::thread::spawn(move || follower.run());
+        Running {
+            to_follower,
+            thread,
+            shared,
+            writer_queue,
+        }
+    }
+
+    impl Running {
+        fn send(&self, msg: FollowerMsg) {
+            self.to_follower.send(msg).expect("follower running");
+        }
+
+        /// Returns once the follower has taken every message sent before.
+        fn barrier(&self) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.send(FollowerMsg::Read {
+                query: Query::Digest,
+                read_index: 0,
+                reply,
+            });
+            assert!(matches!(
+                answer.blocking_recv().expect("answered"),
+                Ok(Ok(QueryReply::Digest(_)))
+            ));
+        }
+
+        /// Reads (barriers) until the writer has taken installs that `done` accepts,
+        /// at most `reads` of them: the installs' LSNs, in order.
+        fn installs_after_reads(&self, reads: usize, done: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+            let mut lsns = Vec::new();
+            for _ in 0..reads {
+                self.barrier();
+                lsns.extend(self.take_installs());
+                if done(&lsns) {
+                    break;
+                }
+            }
+            lsns
+        }
+
+        /// The writer takes what its queue holds: the installs' LSNs.
+        fn take_installs(&self) -> Vec<u64> {
+            let mut lsns = Vec::new();
+            while let Ok(request) = self.writer_queue.try_recv() {
+                if let Request::InstallSnapshot { lsn, .. } = request {
+                    lsns.push(lsn);
+                }
+            }
+            lsns
+        }
+
+        fn stop(self) {
+            self.send(FollowerMsg::Stop);
+            self.thread.join().expect("the follower did not panic");
+        }
+    }
+
+    /// A request taken while an older snapshot waited for room in the writer's
+    /// queue is encoded once that one went out, without a new record to wake the
+    /// follower (an idle engine): the next message it takes (here a read) offers
+    /// the older one, then encodes the request.
+    #[test]
+    fn a_request_behind_a_refused_install_is_encoded_once_that_one_goes_out() {
+        let follower = start();
+        let records = records(3);
+        let (first, last) = (records[0].0, records[2].0);
+        follower.send(FollowerMsg::Records(records[..1].to_vec()));
+        follower.send(FollowerMsg::Snapshot { upto: first });
+        follower.send(FollowerMsg::Records(records[1..].to_vec()));
+        follower.send(FollowerMsg::Snapshot { upto: last });
+        follower.barrier();
+        // Full all along: nothing went out yet. Now the writer takes its queue.
+        assert_eq!(follower.take_installs(), Vec::<u64>::new());
+        let installs = follower.installs_after_reads(100, |lsns| lsns.contains(&last));
+        assert_eq!(installs, vec![first, last]);
+        follower.stop();
+    }
+
+    /// Reads arriving faster than the retry's wait do not keep a refused snapshot
+    /// from the writer: each message the follower takes offers it.
+    #[test]
+    fn reads_do_not_keep_a_refused_snapshot_from_the_writer() {
+        let follower = start();
+        let records = records(1);
+        follower.send(FollowerMsg::Records(records.clone()));
+        follower.send(FollowerMsg::Snapshot { upto: records[0].0 });
+        follower.barrier();
+        assert_eq!(follower.take_installs(), Vec::<u64>::new());
+        // Reads a few microseconds apart, far under the retry's wait.
+        let installs = follower.installs_after_reads(100, |lsns| !lsns.is_empty());
+        assert_eq!(installs, vec![records[0].0]);
+        follower.stop();
+    }
+
+    /// A request the snapshot just encoded covers (a periodic one, at the same LSN)
+    /// is answered by that one, not encoded again; after the writer failed to
+    /// install it, the same request is encoded afresh.
+    #[test]
+    fn a_request_the_last_snapshot_covers_is_not_encoded_again() {
+        let follower = start();
+        assert!(matches!(
+            follower.writer_queue.try_recv(),
+            Ok(Request::Shutdown)
+        ));
+        let records = records(1);
+        let lsn = records[0].0;
+        follower
+            .shared
+            .snapshot_wanted
+            .store(true, Ordering::Release);
+        follower.send(FollowerMsg::Records(records));
+        follower.barrier();
+        assert_eq!(follower.take_installs(), vec![lsn], "the periodic one");
+        follower.send(FollowerMsg::Snapshot { upto: lsn });
+        follower.barrier();
+        assert_eq!(follower.take_installs(), Vec::<u64>::new(), "encoded twice");
+        follower.send(FollowerMsg::InstallFailed);
+        follower.send(FollowerMsg::Snapshot { upto: lsn });
+        follower.barrier();
+        assert_eq!(
+            follower.take_installs(),
+            vec![lsn],
+            "after a failed install"
+        );
+        follower.stop();
+    }
+
+    /// The retry's wait is a bound, not the only way out: with no message at all,
+    /// a refused snapshot goes out once the queue has room.
+    #[test]
+    fn a_refused_snapshot_goes_out_on_its_own_once_there_is_room() {
+        let follower = start();
+        let records = records(1);
+        follower.send(FollowerMsg::Records(records.clone()));
+        follower.send(FollowerMsg::Snapshot { upto: records[0].0 });
+        follower.barrier();
+        assert_eq!(follower.take_installs(), Vec::<u64>::new());
+        let install = follower
+            .writer_queue
+            .recv_timeout(Duration::from_secs(30))
+            .expect("offered again within the deadline");
+        assert!(matches!(install, Request::InstallSnapshot { .. }));
+        follower.stop();
     }
 }

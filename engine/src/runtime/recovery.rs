@@ -298,6 +298,7 @@ impl Engine {
                 records_since_snapshot: 0,
                 requested_upto: None,
                 unsent: None,
+                encoded_upto: 0,
             };
             let thread = spawn_owner("surge-follower", move || follower.run())
                 .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;

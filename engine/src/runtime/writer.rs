@@ -239,7 +239,8 @@ impl<S: Storage> Writer<S> {
             if self.config.snapshot_on_shutdown {
                 self.start_snapshot(false);
             }
-            match self.snapshot_current() {
+            // The snapshot in place answers once its publication is durable.
+            match self.drain_commits().and_then(|()| self.snapshot_current()) {
                 Ok(lsn) => self.answer_snapshot_waiters_upto(lsn),
                 Err(why) => self.answer_snapshot_waiters(Err(why)),
             }
@@ -628,13 +629,19 @@ impl<S: Storage> Writer<S> {
             .as_ref()
             .map(|job| job.lsn)
             .max(self.install_waiting.as_ref().map(|(lsn, _)| *lsn));
-        if upto <= self.follower_asked_upto || coming.is_some_and(|lsn| upto <= lsn) {
-            return; // asked already, or one being written covers them
-        }
-        let asked = self
+        let follower_alive = self
             .follower
             .as_ref()
-            .is_some_and(|(tx, _)| tx.send(FollowerMsg::Snapshot { upto }).is_ok());
+            .is_some_and(|(_, thread)| !thread.is_finished());
+        if follower_alive
+            && (upto <= self.follower_asked_upto || coming.is_some_and(|lsn| upto <= lsn))
+        {
+            return; // asked already, or one being written covers them
+        }
+        let asked = self.follower.as_ref().is_some_and(|(tx, thread)| {
+            // A follower that stopped (it panicked) answers nothing.
+            !thread.is_finished() && tx.send(FollowerMsg::Snapshot { upto }).is_ok()
+        });
         if asked {
             self.follower_asked_upto = upto;
         } else {
@@ -1197,8 +1204,15 @@ impl<S: Storage> Writer<S> {
         for (reply, _) in self.snapshot_waiting.drain(..) {
             let _ = reply.send(result.clone().map_err(Error::StorageUnavailable));
         }
-        // A later request asks the follower afresh, even at the same LSN.
+        // A later request asks the follower afresh, even at the same LSN; after a
+        // failure the follower encodes afresh too (the snapshot it sent last may be
+        // the one that failed).
         self.follower_asked_upto = 0;
+        if result.is_err()
+            && let Some((follower, _)) = self.follower.as_ref()
+        {
+            let _ = follower.send(FollowerMsg::InstallFailed);
+        }
     }
 
     /// Answers the requests a snapshot at `lsn` covers (those taken when at most
