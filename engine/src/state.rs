@@ -131,6 +131,11 @@ pub struct State {
     pub(crate) ruled_skus: usize,
     /// The actor interned last (a cache in front of `actor_index`). Not state.
     pub(crate) last_actor: u32,
+    /// The LSN of the last logged record (its first event's seq; 0: none known):
+    /// what a success that changed nothing answers with. Set by each logged
+    /// command, and after a snapshot load to the snapshot's LSN (recovery). Not
+    /// part of the state: never snapshotted or compared.
+    pub(crate) last_record_lsn: u64,
     /// SKUs whose stock or definition changed since they were last taken
     /// (`take_touched_sku_views`, `drain_touched_skus`), when tracked: the follower
     /// publishes their views to the stock board, the writer notes their LSN there.
@@ -317,6 +322,7 @@ impl State {
             limited_pairs: 0,
             ruled_skus: 0,
             last_actor: 0,
+            last_record_lsn: 0,
             touched_skus: None,
         };
         let system = state.check_actor(SYSTEM_ACTOR).expect("empty actor table");
@@ -424,8 +430,9 @@ impl State {
         let changed = emitted > 0 || key.is_some() || changed_quietly;
         if !changed {
             // A success that changed nothing (a repeat): the state it answers from is
-            // the one logged through the last record.
-            let answer_lsn = (outcome.is_ok() && lsn > 1).then(|| lsn - 1);
+            // the one logged through the last record, whose LSN it answers.
+            let answer_lsn =
+                (outcome.is_ok() && self.last_record_lsn > 0).then_some(self.last_record_lsn);
             return Applied {
                 outcome,
                 lsn: None,
@@ -449,6 +456,7 @@ impl State {
         // Only logged commands move the state's clock: replay sees only those.
         self.now_ms = now_ms;
         self.next_seq = lsn + (emitted as u64).max(1);
+        self.last_record_lsn = lsn;
         self.check_cheap_invariants(events, events_before);
         Applied {
             outcome,

@@ -339,8 +339,10 @@ fn recover<S: Storage>(
         Some((lsn, bytes)) => {
             let snap = codec::decode_engine_snapshot(bytes)
                 .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
-            let state = State::decode_snapshot(&snap.state)
+            let mut state = State::decode_snapshot(&snap.state)
                 .map_err(|e| Error::Recovery(format!("snapshot at LSN {lsn}: {e}")))?;
+            // A snapshot is taken at the last record it covers.
+            state.last_record_lsn = *lsn;
             assert!(
                 state.next_seq() > *lsn || *lsn == 0,
                 "snapshot LSN {lsn} beyond its state"
