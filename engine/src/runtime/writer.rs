@@ -340,8 +340,12 @@ impl<S: Storage> Writer<S> {
                 snapshot_replies.push((reply, logged));
             }
             Request::InstallSnapshot { lsn, body } => {
+                // It answers any periodic ask too, also one raised while the
+                // follower encoded it for a request (left raised, the follower
+                // would encode again at its next batch).
                 self.records_since_snapshot = 0;
                 self.snapshot_asked = false;
+                self.shared.snapshot_wanted.store(false, Ordering::Release);
                 self.install_waiting = Some((lsn, body));
             }
             Request::Replicate { records, reply } => self.apply_replicated(records, reply, pending),
