@@ -63,7 +63,7 @@ pub async fn release_hold(
     request_body = ModifyOrderReq,
     responses(
         (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`", body = OrderBody),
-        (status = 400, description = "`validation_failed`: empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`validation_failed`: nothing to change (none of `lines`, `shipping_address`, `note`), empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: storefront with a reason other than customer_request / payment_failed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order` / `unknown_sku`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock`, or `invalid_transition` (not reserved or confirmed; a paid order's lines going up or prices changing)", body = Problem, content_type = "application/problem+json"),
@@ -71,6 +71,14 @@ pub async fn release_hold(
 pub async fn modify_order(
     OrderWrite(call, req, ..): OrderWrite<Storefront, ModifyOrderReq>,
 ) -> Result<Response, ApiError> {
+    if req.lines.is_none() && req.shipping_address.is_none() && req.note.is_none() {
+        // "Any of": a request that names nothing to change is a mistake, not a
+        // modification to log and announce.
+        return Err(ApiError::validation(
+            "body",
+            "nothing to change: give lines, shipping_address or note",
+        ));
+    }
     if let Some(reason) = req.reason {
         check_cancel_reason(call.who.role, reason)?;
     }

@@ -289,6 +289,36 @@ fn a_body_on_an_endpoint_that_takes_none_is_refused() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// A `PATCH` that names nothing to change (none of `lines`, `shipping_address`,
+/// `note`; a `reason` alone changes nothing) is refused, not logged as a
+/// modification and announced with an `order.modified` of no change.
+#[test]
+fn a_modification_that_names_nothing_to_change_is_refused() {
+    let dir = TempDir::new("v11-empty-patch");
+    let s = Server::start(&dir.data(), "v11-empty-patch");
+    s.define("A", 10);
+    let order = create_order(&s, "E-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
+    let path = format!("/v1/orders/{}", order["id"].as_str().unwrap());
+    let before = s.digest();
+    for body in ["{}", r#"{"reason":"customer_request"}"#] {
+        let r = s.as_(STOREFRONT, "PATCH", &path, Some(body));
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], "body", "{body}: {}", r.body);
+    }
+    assert_eq!(
+        s.digest(),
+        before,
+        "a refused modification changed something"
+    );
+    let r = s.as_(
+        STOREFRONT,
+        "PATCH",
+        &path,
+        Some(r#"{"note":"leave at the door"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 /// A path parameter that cannot be read (its percent-encoding is not UTF-8) is
 /// refused naming it, like any field.
 #[test]
