@@ -313,6 +313,8 @@ pub async fn batch(
         Err(e) => (Vec::new().into_iter(), Some(e)),
     };
     let mut refused = refused.into_iter().peekable();
+    // The batch's own `Surge-Lsn`: the last record among its successes.
+    let mut last_lsn: Option<u64> = None;
     // The answer is written into one buffer, each result in place.
     let mut body = String::with_capacity(16 + 224 * op_count);
     body.push_str("{\"results\":[");
@@ -332,12 +334,21 @@ pub async fn batch(
                 Ok(Acked {
                     outcome: Ok(reply),
                     lsn,
-                }) => push_reply(&mut body, reply, lsn),
+                }) => {
+                    last_lsn = last_lsn.max(lsn);
+                    push_reply(&mut body, reply, lsn);
+                }
             },
         }
     }
     body.push_str("]}");
-    Ok(json_text(StatusCode::OK, body))
+    let mut response = json_text(StatusCode::OK, body);
+    if let Some(lsn) = last_lsn {
+        response
+            .headers_mut()
+            .insert(crate::routes::SURGE_LSN_HEADER, lsn.into());
+    }
+    Ok(response)
 }
 
 /// A successful result of a batch carries its record's LSN (`"lsn"`) as the first

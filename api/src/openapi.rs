@@ -56,7 +56,8 @@ record that made the change (the seq of its first event). A replayed `Idempotenc
 answers with the original record's LSN (keys remembered from a data dir older than \
 snapshot format 4 have none); a write that changed nothing (a repeated cancel) answers \
 with the LSN of the last record, whose state it shows. Rejections carry none. In `/v1/batch` each successful \
-result carries `\"lsn\"`.
+result carries `\"lsn\"`, and the answer's `Surge-Lsn` is the highest of them (none when \
+no op succeeded).
 
 **Strict queries.** Unknown query parameters are refused like unknown JSON fields: 400 \
 `validation_failed` naming the parameter, on reads and writes alike (no write takes any).

@@ -163,7 +163,8 @@ pub fn respond(acked: Acked, success: Success) -> Response {
 pub const SURGE_LSN: &str = "surge-lsn";
 /// [`SURGE_LSN`] as a header name, made once: a name given as text is parsed and
 /// allocated again by every insert.
-const SURGE_LSN_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static(SURGE_LSN);
+pub(crate) const SURGE_LSN_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static(SURGE_LSN);
 
 fn respond_outcome(outcome: Outcome, success: Success) -> Response {
     match outcome {

@@ -123,6 +123,16 @@ fn writes_carry_surge_lsn_and_a_replayed_key_the_original() {
     let results = batch.json()["results"].clone();
     assert!(results[0]["lsn"].as_u64().expect("lsn") > lsn(&other));
     assert!(results[1].get("lsn").is_none());
+    // The batch's own Surge-Lsn is its last success's; a batch with none has none.
+    assert_eq!(lsn(&batch), results[0]["lsn"].as_u64().unwrap());
+    let failed = server.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/batch",
+        Some(r#"{"ops": [{"op": "reserve", "lines": [{"sku": "A", "qty": 100}]}]}"#),
+    );
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    assert_eq!(failed.header("surge-lsn"), None);
 }
 
 #[test]
