@@ -485,3 +485,69 @@ fn delay_alerts_and_review_holds_follow_the_logged_policy() {
         .collect();
     assert_eq!(types.len(), 1, "exactly once, also after a restart");
 }
+
+/// `order.status_changed` tells fulfilment and customer service what they act on
+/// without calling back: the order's number, customer, channel and lines, the
+/// step's note, who made it, and from shipment on the tracking number.
+#[test]
+fn status_changes_carry_the_order_the_actor_and_the_tracking_number() {
+    let dir = TempDir::new("v11-status-events");
+    let server = Server::start(&dir.data(), "status-events");
+    server.define("A", 10);
+    let o = create(&server, "S-1", 2, r#", "channel": "jd""#);
+    let id = o["id"].as_str().unwrap().to_string();
+    pay(&server, &id, 2 * PRICE);
+    assert_eq!(step(&server, &id, "picking").status, 200);
+    assert_eq!(step(&server, &id, "packed").status, 200);
+    let shipped = server.as_(
+        OPERATOR,
+        "POST",
+        &format!("/v1/orders/{id}/transitions"),
+        Some(r#"{"to": "shipped", "tracking_no": "SF-778", "note": "left the dock"}"#),
+    );
+    assert_eq!(shipped.status, 200, "{}", shipped.body);
+    let changes: Vec<Value> = server
+        .all_events()
+        .into_iter()
+        .filter(|e| e["type"] == "order.status_changed")
+        .collect();
+    let steps: Vec<(String, String)> = changes
+        .iter()
+        .map(|e| (e["from"].to_string(), e["to"].to_string()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("\"reserved\"", "\"confirmed\""),
+            ("\"confirmed\"", "\"picking\""),
+            ("\"picking\"", "\"packed\""),
+            ("\"packed\"", "\"shipped\""),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    for e in &changes {
+        assert_eq!(e["order_id"], id.as_str(), "{e}");
+        assert_eq!(e["order_no"], "S-1", "{e}");
+        assert_eq!(e["customer_id"], "c1", "{e}");
+        assert_eq!(e["channel"], "jd", "{e}");
+        assert_eq!(e["lines"][0]["sku"], "A", "{e}");
+        assert_eq!(e["lines"][0]["qty"], 2, "{e}");
+    }
+    // The payment's confirmation is the storefront's; the steps the operator's.
+    assert!(
+        changes[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("storefront"),
+        "{}",
+        changes[0]
+    );
+    let ship = &changes[3];
+    assert!(
+        ship["actor"].as_str().unwrap().starts_with("operator"),
+        "{ship}"
+    );
+    assert_eq!(ship["tracking_no"], "SF-778", "{ship}");
+    assert_eq!(ship["note"], "left the dock", "{ship}");
+    assert_eq!(changes[1]["tracking_no"], "", "{}", changes[1]);
+}
