@@ -7,11 +7,15 @@
 //! and the log with the same seqs, and JetStream drops a repeated message id inside
 //! its duplicate window besides. Events older than what the feed keeps in memory
 //! (`events_kept`) cannot be sent again; a gap is logged.
+//!
+//! Only a leader publishes: a standby started with `--events-to` waits, and once
+//! promoted resumes after the stream's last event, which its old leader published;
+//! a fenced node stops. So the leader and its standby can be started alike.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use surge_engine::EngineHandle;
+use surge_engine::{EngineHandle, Role};
 use tokio::sync::watch;
 
 pub const EVENTS_STREAM: &str = "SURGE_EVENTS";
@@ -19,6 +23,8 @@ pub const EVENTS_SUBJECTS: &str = "surge.events.>";
 const HDR_SEQ: &str = "Surge-Seq";
 /// Events published before their acknowledgements are awaited.
 const EVENTS_PER_ROUND: usize = 512;
+/// How often a standby looks whether it was promoted.
+const ROLE_POLL: Duration = Duration::from_millis(200);
 
 /// Publish the engine's events until `stop` turns true; reconnects after failures.
 pub async fn publish_events(
@@ -38,6 +44,14 @@ async fn publish_from_stream_end(
     replicas: usize,
     engine: &EngineHandle,
 ) -> Result<(), String> {
+    loop {
+        match engine.role() {
+            Role::Leader => break,
+            Role::Standby => tokio::time::sleep(ROLE_POLL).await,
+            // Deposed: a newer leader publishes.
+            Role::Fenced => return Ok(()),
+        }
+    }
     let stream = js
         .get_or_create_stream(stream::Config {
             name: EVENTS_STREAM.into(),
@@ -73,6 +87,10 @@ async fn publish_from_stream_end(
                 "events after seq {after} were dropped from memory before they were \
                  published to {EVENTS_STREAM}: downstream misses them"
             );
+        }
+        if engine.role() != Role::Leader {
+            // Fenced: what it holds past the stream is not the newer leader's.
+            return Ok(());
         }
         if page.events.is_empty() {
             log.wait_after(after).await;

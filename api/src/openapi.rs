@@ -48,7 +48,8 @@ out-of-range values: 400; a query parameter the endpoint does not take: 400 nami
 is the parameter), so that a mistyped filter never widens a list; body not JSON: 415; body over the limit (1 MiB by default): 413; \
 unknown SKU / order / reservation: 404 (ids that do not parse are unknown ids: 404); \
 business conflicts: 409; queue full, request timeout, shutting down: 503 `overloaded` with \
-`Retry-After`; storage failure: 503 `storage_unavailable`. Unknown routes: 404 `not_found`; \
+`Retry-After`; storage failure: 503 `storage_unavailable`; a write to a standby or to a \
+former leader a newer one fenced: 503 `not_leader` with `Retry-After`. Unknown routes: 404 `not_found`; \
 wrong method: 405 `method_not_allowed`. An endpoint that takes no body (a reservation's commit and release, the admin snapshot and promote) takes none or `{}`; any other body is refused like a bad body elsewhere (400 naming the field, 415 if not JSON). A path parameter that cannot be read (a percent-encoding that is not UTF-8): 400 naming it. A request that fails changes nothing.
 
 **Surge-Lsn.** Every 2xx answer to a write carries `Surge-Lsn`: the log position of the \
@@ -159,7 +160,7 @@ impl Modify for Conventions {
                     ("403", "`forbidden`: the role may not do this"),
                     (
                         "503",
-                        "`overloaded` (queue full, timeout; with `Retry-After`) or `storage_unavailable`",
+                        "`overloaded` (queue full, timeout; with `Retry-After`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`)",
                     ),
                 ] {
                     responses

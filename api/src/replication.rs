@@ -383,6 +383,9 @@ pub struct ReplicaStatus {
     pub stream_lsn: AtomicU64,
     /// When the last message applied was published (ms since the epoch).
     pub applied_published_ms: AtomicU64,
+    /// When this process began to follow (ms since the epoch): while nothing was
+    /// applied yet, the view is at least that old.
+    pub following_since_ms: AtomicU64,
     /// The highest durable LSN the current leader announced (`sync` mode: may be
     /// ahead of the stream).
     pub leader_durable_lsn: AtomicU64,
@@ -395,12 +398,17 @@ impl ReplicaStatus {
             .saturating_sub(self.applied_lsn.load(Ordering::Acquire))
     }
 
-    /// How old the standby's view is when it is behind (0 when caught up).
+    /// How old the standby's view is when it is behind (0 when caught up): since
+    /// the last message it applied was published, or, before it applied any, since
+    /// it began to follow (not since 1970).
     pub fn lag_seconds(&self, now_ms: u64) -> f64 {
         if self.lag_lsn() == 0 {
             return 0.0;
         }
-        let at = self.applied_published_ms.load(Ordering::Acquire);
+        let at = self
+            .applied_published_ms
+            .load(Ordering::Acquire)
+            .max(self.following_since_ms.load(Ordering::Acquire));
         now_ms.saturating_sub(at) as f64 / 1e3
     }
 }
@@ -429,6 +437,10 @@ pub struct Promotion {
 impl Standby {
     pub fn start(link: Arc<NatsLink>, engine: EngineHandle) -> Arc<Standby> {
         let status = Arc::new(ReplicaStatus::default());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        status.following_since_ms.store(now_ms, Ordering::Release);
         let applied = engine.stats().durable_lsn.load(Ordering::Acquire);
         status.applied_lsn.store(applied, Ordering::Release);
         let standby = Arc::new(Standby {
@@ -703,5 +715,25 @@ mod tests {
         let mut cut = encode_records(&records[..1]);
         cut.pop();
         assert!(decode_records(&cut).is_err());
+    }
+
+    /// A standby that applied nothing yet is as far behind as it has been
+    /// following (it used to report the seconds since 1970); then since the last
+    /// message it applied was published; caught up, 0.
+    #[test]
+    fn the_lag_in_seconds_counts_from_what_the_standby_knows() {
+        let status = ReplicaStatus::default();
+        status
+            .following_since_ms
+            .store(1_000_000, Ordering::Release);
+        status.stream_lsn.store(50, Ordering::Release);
+        assert_eq!(status.lag_seconds(1_004_000), 4.0);
+        status.applied_lsn.store(20, Ordering::Release);
+        status
+            .applied_published_ms
+            .store(1_003_000, Ordering::Release);
+        assert_eq!(status.lag_seconds(1_004_000), 1.0);
+        status.applied_lsn.store(50, Ordering::Release);
+        assert_eq!(status.lag_seconds(1_004_000), 0.0);
     }
 }

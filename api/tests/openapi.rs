@@ -11,6 +11,23 @@ fn committed_openapi_document_matches_the_code() {
         committed == generated,
         "api/openapi.json is stale; refresh it with: cargo run -p surge-api --bin surge -- openapi > api/openapi.json"
     );
+    // Every error code of the contract is documented, `not_leader` among them.
+    for code in [
+        "validation_failed",
+        "unauthorized",
+        "forbidden",
+        "overloaded",
+        "storage_unavailable",
+        "not_leader",
+        "idempotency_conflict",
+        "insufficient_stock",
+        "invalid_transition",
+    ] {
+        assert!(
+            generated.contains(code),
+            "{code} is not in the OpenAPI document"
+        );
+    }
     let doc: serde_json::Value = serde_json::from_str(generated).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [

@@ -286,7 +286,9 @@ impl Inner {
     /// `replicated` mode a write is acknowledged once published, so a read never
     /// waits for (or sees) a record a failover could lose.
     fn read_index(&self) -> u64 {
-        if self.durability == Durability::Replicated && self.role() == Role::Leader {
+        // A fenced node too: what it logged and could not publish never reaches its
+        // follower, and a read must not wait for it (nor see it).
+        if self.durability == Durability::Replicated && self.role() != Role::Standby {
             self.stats.published_lsn.load(Ordering::Acquire)
         } else {
             self.stats.durable_lsn.load(Ordering::Acquire)

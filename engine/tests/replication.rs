@@ -235,6 +235,7 @@ fn a_standby_follows_then_promotion_fences_the_old_leader() {
         Err(Error::NotLeader(_))
     ));
 
+    let published_digest = digest(&leader);
     // Promotion: the new leader fences the replicated log (here, by hand), then
     // publishes; the old one is refused.
     log.lock().last_node = Some(2);
@@ -263,6 +264,20 @@ fn a_standby_follows_then_promotion_fences_the_old_leader() {
         log.lock().records.len(),
         before,
         "nothing of the old leader's"
+    );
+    // The fenced node still answers reads, from what it published: the record it
+    // logged and could not publish is not waited for (nor seen).
+    let (tx, rx) = mpsc::channel();
+    let old = leader.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(digest(&old));
+    });
+    let fenced_digest = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a read on the fenced node was never answered");
+    assert_eq!(
+        fenced_digest, published_digest,
+        "it shows what it published"
     );
 }
 
