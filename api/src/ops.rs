@@ -87,7 +87,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
     responses(
         (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now", body = crate::replication::Promotion),
         (status = 409, description = "`invalid_transition`: this node is not a standby", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`storage_unavailable`: the stream could not be reached or fenced", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`: the stream could not be reached or fenced; or `overloaded` when the request timed out first, in which case the promotion runs on to its end (`/readyz` says `ready` once it led, `standby` if it gave up)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn promote(
     State(st): State<AppState>,

@@ -539,6 +539,16 @@ impl Standby {
     /// now on this node is the leader.
     /// A promotion that fails leaves this node a standby, following again.
     pub async fn promote(self: &Arc<Self>) -> Result<Promotion, String> {
+        // On a task of its own: the request's timeout drops the caller's future, and
+        // a promotion dropped between stopping the follow task and restarting it left
+        // the standby following nothing, for good. It runs to its end either way.
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.promote_to_the_end().await })
+            .await
+            .map_err(|e| format!("the promotion task failed: {e}"))?
+    }
+
+    async fn promote_to_the_end(self: Arc<Self>) -> Result<Promotion, String> {
         let mut follower = self.follower.lock().await;
         if self.engine.role() != surge_engine::Role::Standby {
             // Another promotion finished while this one waited for the lock.
@@ -550,7 +560,7 @@ impl Standby {
         }
         let promoted = self.catch_up_and_fence().await;
         if promoted.is_err() {
-            *follower = Some(Arc::clone(self).spawn_follower());
+            *follower = Some(Arc::clone(&self).spawn_follower());
         }
         promoted
     }

@@ -163,6 +163,57 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     assert!(refusal.contains("was a leader's data dir"), "{refusal}");
 }
 
+/// A promotion the request's timeout cut short while the stream was down (the
+/// request answered 503) runs to its end once the stream is back: the standby leads
+/// with every acknowledged write, and the old leader is fenced. It used to be
+/// dropped between stopping the follow task and restarting it: the standby then
+/// followed nothing, for good, and reported no lag.
+#[test]
+fn a_promotion_cut_short_by_the_request_timeout_runs_to_its_end() {
+    let port = free_port();
+    let nats_dir = TempDir::new("nats-promote");
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = Nats::start_on(port, &nats_dir);
+    let leader_dir = TempDir::new("leader-promote");
+    let standby_dir = TempDir::new("standby-promote");
+    let leader = Server::start_with(
+        &leader_dir.data(),
+        "leader-promote",
+        &[
+            ("SURGE_DURABILITY", "replicated"),
+            ("SURGE_REPLICATE_TO", &url),
+        ],
+    );
+    let standby = Server::start_with(
+        &standby_dir.data(),
+        "standby-promote",
+        &[
+            ("SURGE_STANDBY", url.as_str()),
+            ("SURGE_REQUEST_TIMEOUT_MS", "1000"),
+        ],
+    );
+    leader.define("HOT", 10_000);
+    let acked = load(&leader, 2, 10);
+    wait_caught_up("the standby to hold every write", &leader, &standby);
+    drop(nats);
+    let promoted = standby.admin("POST", "/v1/admin/promote", None);
+    assert_eq!(promoted.status, 503, "{}", promoted.body);
+    let nats = Nats::start_on(port, &nats_dir);
+    eventually("the promotion to finish once the stream is back", || {
+        standby.call("GET", "/readyz", &[], None).json()["status"] == "ready"
+    });
+    for id in &acked {
+        let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
+        assert_eq!(
+            r.status, 200,
+            "acknowledged {id} missing after the failover"
+        );
+    }
+    assert_eq!(reserve(&standby).status, 201);
+    reserve(&leader).assert_problem(503, "not_leader");
+    drop(nats);
+}
+
 /// Run surge on `dir`'s data dir expecting it to refuse to start; its stderr.
 fn exits_with(dir: &TempDir, env: &[(&str, &str)]) -> String {
     let mut command = common::surge_command("127.0.0.1:0", &dir.data());
