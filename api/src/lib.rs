@@ -172,7 +172,13 @@ where
     }
     let error = match status {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
-            ApiError::overloaded("the request took too long; retry shortly")
+            // A write timed out after it was queued may still take effect: its
+            // record can be in the log already (in `replicated` mode, waiting for
+            // the stream). Say so, and how to learn the outcome.
+            ApiError::overloaded(
+                "the request took too long; a write may still take effect: retry it \
+                 with the same Idempotency-Key to learn its outcome",
+            )
         }
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             status,

@@ -160,7 +160,7 @@ impl Modify for Conventions {
                     ("403", "`forbidden`: the role may not do this"),
                     (
                         "503",
-                        "`overloaded` (queue full, timeout; with `Retry-After`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`)",
+                        "`overloaded` (queue full, timeout; with `Retry-After`; after a timeout a write may still take effect: retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`)",
                     ),
                 ] {
                     responses
