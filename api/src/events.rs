@@ -252,24 +252,6 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
         EventKind::OrderStatusChanged { id, from, to } => {
             json!({"order_id": id.to_string(), "from": from.as_str(), "to": to.as_str()})
         }
-        EventKind::OrderStatusChangedFull(e) => {
-            let surge_engine::event::OrderStatusChanged {
-                id,
-                order,
-                from,
-                to,
-                note,
-                tracking_no,
-                actor,
-            } = &**e;
-            let mut m = brief(log, *id, order);
-            m.insert("from".into(), from.as_str().into());
-            m.insert("to".into(), to.as_str().into());
-            m.insert("note".into(), note.to_string().into());
-            m.insert("tracking_no".into(), tracking_no.to_string().into());
-            insert_actor(&mut m, actor);
-            Value::Object(m)
-        }
         EventKind::OrderCancelledV3 {
             id,
             reason,

@@ -112,11 +112,6 @@ pub enum EventKind {
     },
     /// A refund paid back (v1.1: with its reference and what is still due).
     OrderRefundedAmount(Box<OrderRefunded>),
-    /// A status change with who it is about and who made it (and on a shipment
-    /// its tracking number): `OrderStatusChanged` carried the id alone, so
-    /// fulfilment had to call back. Last, so that the variants before it keep
-    /// their numbers in the snapshots' rings.
-    OrderStatusChangedFull(Box<OrderStatusChanged>),
 }
 
 // The v1.1 payloads are boxed: an `EventKind` stays as small as the v1 ones (the
@@ -127,19 +122,6 @@ pub struct OrderCreated {
     pub id: OrderId,
     pub order: OrderBrief,
     pub total: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-pub struct OrderStatusChanged {
-    pub id: OrderId,
-    pub order: OrderBrief,
-    pub from: OrderStatus,
-    pub to: OrderStatus,
-    /// The note of the step (empty for a payment's confirmation).
-    pub note: Box<str>,
-    /// Set when the order was shipped with one.
-    pub tracking_no: Box<str>,
-    pub actor: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -253,9 +235,7 @@ impl EventKind {
             EventKind::ReservationExpired { .. } => "reservation.expired",
             EventKind::OrderCreated(_) | EventKind::OrderCreatedV3 { .. } => "order.created",
             EventKind::OrderPaid(_) | EventKind::OrderPaidV3 { .. } => "order.paid",
-            EventKind::OrderStatusChanged { .. } | EventKind::OrderStatusChangedFull(_) => {
-                "order.status_changed"
-            }
+            EventKind::OrderStatusChanged { .. } => "order.status_changed",
             EventKind::OrderCancelled(_) | EventKind::OrderCancelledV3 { .. } => "order.cancelled",
             EventKind::OrderExpired { .. } => "order.expired",
             EventKind::OrderReturned(_) | EventKind::OrderReturnedV3 { .. } => "order.returned",

@@ -410,10 +410,6 @@ fn describe(event: &Event, order: OrderId) -> String {
             of(*id);
             format!("{ty} {from}>{to}")
         }
-        EventKind::OrderStatusChangedFull(e) => {
-            of(e.id);
-            format!("{ty} {}>{}", e.from, e.to)
-        }
         EventKind::OrderCancelledV3 {
             id,
             reason,

@@ -1699,9 +1699,7 @@ fn describe(state: &State, event: &Event, v11: bool) -> String {
         EventKind::ReservationCommitted { id }
         | EventKind::ReservationReleased { id }
         | EventKind::ReservationExpired { id } => format!("{ty} {id}"),
-        EventKind::OrderStatusChanged { id, from, to } if !v11 => {
-            format!("{ty} {id} {from}>{to}")
-        }
+        EventKind::OrderStatusChanged { id, from, to } => format!("{ty} {id} {from}>{to}"),
         EventKind::OrderExpired { id } => format!("{ty} {id}"),
         // The thin payloads of the v1 rules.
         EventKind::OrderCreatedV3 {
@@ -1729,12 +1727,6 @@ fn describe(state: &State, event: &Event, v11: bool) -> String {
         | EventKind::OrderReturnedV3 { .. } => unexpected(),
         // The full payloads of the v1.1 rules.
         _ if !v11 => unexpected(),
-        EventKind::OrderStatusChanged { .. } => unexpected(),
-        // The same change as the thin one; its brief, note, tracking number and
-        // actor are checked over HTTP (`api/tests/http_v11_orders.rs`).
-        EventKind::OrderStatusChangedFull(e) => {
-            format!("{ty} {} {}>{}", e.id, e.from, e.to)
-        }
         EventKind::OrderCreated(e) => {
             format!("{ty} {} {} total={}", e.id, brief(&e.order), e.total)
         }
@@ -2484,17 +2476,6 @@ fn run(steps: &[Step], policy: Option<Policy>) -> Result<(), TestCaseError> {
                     i,
                     id,
                     to
-                ),
-                EventKind::OrderStatusChangedFull(e) => prop_assert!(
-                    !(held_before.contains(&e.id)
-                        && matches!(
-                            e.to,
-                            OrderStatus::Picking | OrderStatus::Packed | OrderStatus::Shipped
-                        )),
-                    "step {}: order {} on hold moved to {}",
-                    i,
-                    e.id,
-                    e.to
                 ),
                 EventKind::OrderDelayed(delayed) => {
                     let n = seen.delayed.entry(delayed.id).or_default();

@@ -585,7 +585,11 @@ impl State {
                 payment_ref: payment_ref.into(),
             })));
         }
-        self.emit_status_changed(id, OrderStatus::Reserved, actor, "", ctx);
+        ctx.emit(EventKind::OrderStatusChanged {
+            id,
+            from: OrderStatus::Reserved,
+            to: OrderStatus::Confirmed,
+        });
         Ok(self.order_reply(id))
     }
 
@@ -641,7 +645,7 @@ impl State {
             self.order_mut(id).extra_mut().tracking_no = tracking_no.into();
         }
         self.set_status(id, to, actor, note, ctx.now_ms);
-        self.emit_status_changed(id, from, actor, note, ctx);
+        ctx.emit(EventKind::OrderStatusChanged { id, from, to });
         Ok(self.order_reply(id))
     }
 
@@ -822,40 +826,6 @@ impl State {
             )));
         }
         Ok(self.order_reply(id))
-    }
-
-    /// `order.status_changed` from `from` to the order's status now: thin under the
-    /// rules of records logged before v1.1, else with the order's brief, the step's
-    /// note, the tracking number and the actor.
-    fn emit_status_changed(
-        &self,
-        id: OrderId,
-        from: OrderStatus,
-        actor: u32,
-        note: &str,
-        ctx: &mut Ctx<'_>,
-    ) {
-        let order = &self.orders[(id.0 - 1) as usize];
-        let to = order.status;
-        if self.rules == RULES_V1 {
-            ctx.emit(EventKind::OrderStatusChanged { id, from, to });
-            return;
-        }
-        let tracking_no = order
-            .extra
-            .as_ref()
-            .map_or_else(|| "".into(), |e| e.tracking_no.clone());
-        ctx.emit(EventKind::OrderStatusChangedFull(Box::new(
-            crate::event::OrderStatusChanged {
-                id,
-                order: self.brief(id),
-                from,
-                to,
-                note: note.into(),
-                tracking_no,
-                actor: Arc::clone(&self.actors[actor as usize]),
-            },
-        )));
     }
 
     /// Order lines summed per SKU, in first-seen order.
