@@ -176,8 +176,8 @@ where
             // record can be in the log already (in `replicated` mode, waiting for
             // the stream). Say so, and how to learn the outcome.
             ApiError::overloaded(
-                "the request took too long; a write may still take effect: retry it \
-                 with the same Idempotency-Key to learn its outcome",
+                "the request took too long; a write may still take effect: read it back, \
+                 or retry it with the same Idempotency-Key where the endpoint takes one",
             )
         }
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
