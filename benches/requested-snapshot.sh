@@ -25,6 +25,8 @@ cd "$ROOT"
 source benches/lib/processes.sh
 # shellcheck source=benches/lib/metrics.sh
 source benches/lib/metrics.sh
+# shellcheck source=benches/lib/surge_bin.sh
+source benches/lib/surge_bin.sh
 
 DURATION=${DURATION:-12}
 SNAPSHOT_AFTER=${SNAPSHOT_AFTER:-4}
@@ -32,13 +34,9 @@ PRELOAD_SECONDS=${PRELOAD_SECONDS:-4}
 PRETOUCH_MIB=${SURGE_PRETOUCH_MIB:-3072}
 ROUNDS=${ROUNDS:-1}
 
-for tool in wrk curl; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
-done
+need_tools wrk curl
 if (($# == 0)); then
-    log "building the release surge"
-    cargo build --release -p surge-api >&2
-    set -- "surge=${CARGO_TARGET_DIR:-$ROOT/target}/release/surge"
+    set -- "$(release_binary_spec)"
 fi
 
 TOKEN="bench-$RANDOM$RANDOM"

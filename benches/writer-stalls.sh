@@ -20,6 +20,8 @@ cd "$ROOT"
 source benches/lib/processes.sh
 # shellcheck source=benches/lib/metrics.sh
 source benches/lib/metrics.sh
+# shellcheck source=benches/lib/surge_bin.sh
+source benches/lib/surge_bin.sh
 
 DURATION=${DURATION:-20}
 CONNS=${CONNS:-64}
@@ -27,13 +29,9 @@ ROUNDS=${ROUNDS:-1}
 SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-100000}
 SKUS=${SKUS:-1000}
 
-for tool in wrk curl; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
-done
+need_tools wrk curl
 if (($# == 0)); then
-    log "building the release surge"
-    cargo build --release -p surge-api >&2
-    set -- "surge=${CARGO_TARGET_DIR:-$ROOT/target}/release/surge"
+    set -- "$(release_binary_spec)"
 fi
 
 TOKEN="bench-$RANDOM$RANDOM"

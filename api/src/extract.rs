@@ -332,14 +332,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 
 /// 415 unless the `Content-Type` is JSON (`application/json` or `+json`).
 fn check_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if is_json(content_type) {
+    if has_json_content_type(headers) {
         return Ok(());
     }
     Err(not_json())
+}
+
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json)
 }
 
 /// 415: the body is not JSON.
@@ -389,11 +392,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         // A flag, not the refusal: the usual commit or release has no body and
         // no JSON Content-Type, and must not build (and drop) an error each time.
-        let json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json);
+        let json = has_json_content_type(request.headers());
         let bytes = body_bytes(request, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(NoBody);

@@ -154,13 +154,7 @@ pub struct LedgerExportParams {
 
 impl LedgerParams {
     fn filter(&self) -> Result<LedgerFilter, ApiError> {
-        LedgerExportParams {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            order_id: self.order_id.clone(),
-            kind: self.kind.clone(),
-        }
-        .filter()
+        ledger_filter(&self.from, &self.to, &self.order_id, &self.kind)
     }
 
     fn cursor(&self) -> Result<Option<u64>, ApiError> {
@@ -176,24 +170,34 @@ impl LedgerParams {
 
 impl LedgerExportParams {
     fn filter(&self) -> Result<LedgerFilter, ApiError> {
-        Ok(LedgerFilter {
-            from_ms: parse_time("from", non_empty(&self.from))?,
-            to_ms: parse_time("to", non_empty(&self.to))?,
-            order_id: match non_empty(&self.order_id) {
-                None => None,
-                Some(id) => Some(
-                    id.parse()
-                        .map_err(|()| ApiError::validation("order_id", "not an order id"))?,
-                ),
-            },
-            kind: match non_empty(&self.kind) {
-                None => None,
-                Some(k) => Some(k.parse::<LedgerKind>().map_err(|()| {
-                    ApiError::validation("kind", "must be charge, refund or reversal")
-                })?),
-            },
-        })
+        ledger_filter(&self.from, &self.to, &self.order_id, &self.kind)
     }
+}
+
+/// The ledger's filters, as the list and the export take them.
+fn ledger_filter(
+    from: &Option<String>,
+    to: &Option<String>,
+    order_id: &Option<String>,
+    kind: &Option<String>,
+) -> Result<LedgerFilter, ApiError> {
+    Ok(LedgerFilter {
+        from_ms: parse_time("from", non_empty(from))?,
+        to_ms: parse_time("to", non_empty(to))?,
+        order_id: match non_empty(order_id) {
+            None => None,
+            Some(id) => Some(
+                id.parse()
+                    .map_err(|()| ApiError::validation("order_id", "not an order id"))?,
+            ),
+        },
+        kind: match non_empty(kind) {
+            None => None,
+            Some(k) => Some(k.parse::<LedgerKind>().map_err(|()| {
+                ApiError::validation("kind", "must be charge, refund or reversal")
+            })?),
+        },
+    })
 }
 
 async fn ledger_page(

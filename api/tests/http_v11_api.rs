@@ -49,6 +49,18 @@ fn create_order_with(
     r.json()
 }
 
+/// Hold one unit of `A` as storefront, returning the reservation's id.
+fn hold_one_a(s: &Server) -> String {
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/reservations",
+        Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
 // ---------------------------------------------------------------- strict queries
 
 #[test]
@@ -58,14 +70,7 @@ fn unknown_query_parameters_are_refused_by_name() {
     s.define("A", 10);
     let order = create_order(&s, "Q-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
     let id = order["id"].as_str().unwrap();
-    let reservation = s.as_(
-        STOREFRONT,
-        "POST",
-        "/v1/reservations",
-        Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
-    );
-    assert_eq!(reservation.status, 201, "{}", reservation.body);
-    let rid = reservation.json()["id"].as_str().unwrap().to_string();
+    let rid = hold_one_a(&s);
 
     // (path, the unknown parameter): a typo of a real filter, a stranger, and a
     // parameter of a sibling endpoint (paging on the export, `top` elsewhere).
@@ -129,14 +134,7 @@ fn unknown_query_parameters_on_writes_are_refused_and_change_nothing() {
     s.define("A", 10);
     let order = create_order(&s, "W-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
     let id = order["id"].as_str().unwrap().to_string();
-    let reservation = s.as_(
-        STOREFRONT,
-        "POST",
-        "/v1/reservations",
-        Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
-    );
-    assert_eq!(reservation.status, 201, "{}", reservation.body);
-    let rid = reservation.json()["id"].as_str().unwrap().to_string();
+    let rid = hold_one_a(&s);
     let before = s.digest();
     let reserve = r#"{"lines":[{"sku":"A","qty":1}]}"#;
     let cases: Vec<(&str, &str, String, Option<&str>)> = vec![
@@ -236,17 +234,7 @@ fn a_body_on_an_endpoint_that_takes_none_is_refused() {
     let dir = TempDir::new("v11-no-body");
     let s = Server::start(&dir.data(), "v11-no-body");
     s.define("A", 10);
-    let hold = |s: &Server| {
-        let r = s.as_(
-            STOREFRONT,
-            "POST",
-            "/v1/reservations",
-            Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
-        );
-        assert_eq!(r.status, 201, "{}", r.body);
-        r.json()["id"].as_str().unwrap().to_string()
-    };
-    let rid = hold(&s);
+    let rid = hold_one_a(&s);
     let before = s.digest();
     for step in ["commit", "release"] {
         let path = format!("/v1/reservations/{rid}/{step}");
@@ -277,7 +265,7 @@ fn a_body_on_an_endpoint_that_takes_none_is_refused() {
         Some("{}"),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let other = hold(&s);
+    let other = hold_one_a(&s);
     let r = s.as_(
         STOREFRONT,
         "POST",

@@ -50,3 +50,10 @@ free_port() {
     done
 }
 
+
+need_tools() { # tool... -> exits naming the first one missing
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
+    done
+}

@@ -14,3 +14,11 @@ surge_release_bin() {
     fi
     [[ -x $SURGE_BIN ]] || { echo "no surge binary at $SURGE_BIN" >&2; exit 1; }
 }
+
+# For the scripts that compare binaries given as name=path arguments: with none,
+# the release build, as `surge=<path>` (built first; cargo's output on stderr).
+release_binary_spec() {
+    log "building the release surge"
+    cargo build --release -p surge-api >&2
+    echo "surge=${CARGO_TARGET_DIR:-$ROOT/target}/release/surge"
+}

@@ -394,6 +394,18 @@ mod tests {
         }
     }
 
+    /// A follower with one record that was asked for a snapshot of it: encoded, and
+    /// refused by the writer's full queue (nothing went out). The record's LSN.
+    fn refused_request_of_one_record() -> (Running, u64) {
+        let follower = start();
+        let records = records(1);
+        follower.send(FollowerMsg::Records(records.clone()));
+        follower.send(FollowerMsg::Snapshot { upto: records[0].0 });
+        follower.barrier();
+        assert_eq!(follower.take_installs(), Vec::<u64>::new());
+        (follower, records[0].0)
+    }
+
     /// A request taken while an older snapshot waited for room in the writer's
     /// queue is encoded once that one went out, without a new record to wake the
     /// follower (an idle engine): the next message it takes (here a read) offers
@@ -419,15 +431,10 @@ mod tests {
     /// from the writer: each message the follower takes offers it.
     #[test]
     fn reads_do_not_keep_a_refused_snapshot_from_the_writer() {
-        let follower = start();
-        let records = records(1);
-        follower.send(FollowerMsg::Records(records.clone()));
-        follower.send(FollowerMsg::Snapshot { upto: records[0].0 });
-        follower.barrier();
-        assert_eq!(follower.take_installs(), Vec::<u64>::new());
+        let (follower, lsn) = refused_request_of_one_record();
         // Reads a few microseconds apart, far under the retry's wait.
         let installs = follower.installs_after_reads(100, |lsns| !lsns.is_empty());
-        assert_eq!(installs, vec![records[0].0]);
+        assert_eq!(installs, vec![lsn]);
         follower.stop();
     }
 
@@ -468,12 +475,7 @@ mod tests {
     /// a refused snapshot goes out once the queue has room.
     #[test]
     fn a_refused_snapshot_goes_out_on_its_own_once_there_is_room() {
-        let follower = start();
-        let records = records(1);
-        follower.send(FollowerMsg::Records(records.clone()));
-        follower.send(FollowerMsg::Snapshot { upto: records[0].0 });
-        follower.barrier();
-        assert_eq!(follower.take_installs(), Vec::<u64>::new());
+        let (follower, _) = refused_request_of_one_record();
         let install = follower
             .writer_queue
             .recv_timeout(Duration::from_secs(30))

@@ -633,6 +633,7 @@ impl<S: Storage> Writer<S> {
             .as_ref()
             .map(|job| job.lsn)
             .max(self.install_waiting.as_ref().map(|(lsn, _)| *lsn));
+        // A follower that stopped (it panicked) answers nothing.
         let follower_alive = self
             .follower
             .as_ref()
@@ -642,10 +643,11 @@ impl<S: Storage> Writer<S> {
         {
             return; // asked already, or one being written covers them
         }
-        let asked = self.follower.as_ref().is_some_and(|(tx, thread)| {
-            // A follower that stopped (it panicked) answers nothing.
-            !thread.is_finished() && tx.send(FollowerMsg::Snapshot { upto }).is_ok()
-        });
+        let asked = follower_alive
+            && self
+                .follower
+                .as_ref()
+                .is_some_and(|(tx, _)| tx.send(FollowerMsg::Snapshot { upto }).is_ok());
         if asked {
             self.follower_asked_upto = upto;
         } else {
