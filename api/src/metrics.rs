@@ -412,7 +412,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
     #[rustfmt::skip]
     singles.extend([
         ("surge_replication_lag_lsn", GAUGE, "LSNs the stream holds that this standby has not applied.", lag_lsn as f64),
-        ("surge_replication_lag_seconds", GAUGE, "Age of this standby's view while it is behind.", lag_seconds),
+        ("surge_replication_lag_seconds", GAUGE, "Age of this standby's view while it is behind, or the time it has not heard from the stream (from 5 s).", lag_seconds),
         ("surge_replication_published_lsn", GAUGE, "The last LSN the replicated log acknowledged.", load(&s.published_lsn)),
         ("surge_writer_nice", GAUGE, "The writer thread's nice value: below the process's once it raised its priority (--commit-priority-raise), else the process's.", s.writer_nice.load(Ordering::Relaxed) as f64),
         ("surge_memory_pretouched_bytes", GAUGE, "Memory made resident at start-up (--pretouch-mib) and kept by the process.", surge_alloc::pretouched_bytes() as f64),

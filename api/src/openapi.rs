@@ -58,7 +58,8 @@ answers with the original record's LSN (keys remembered from a data dir older th
 snapshot format 4 have none); a write that changed nothing (a repeated cancel) answers \
 with the LSN of the last record, whose state it shows. Rejections carry none. In `/v1/batch` each successful \
 result carries `\"lsn\"`, and the answer's `Surge-Lsn` is the highest of them (none when \
-no op succeeded).
+no op succeeded). The admin snapshot and a promotion log no record: theirs is the \
+`lsn` of their body, the last record the snapshot or the new leader holds.
 
 **Strict queries.** Unknown query parameters are refused like unknown JSON fields: 400 \
 `validation_failed` naming the parameter, on reads and writes alike (no write takes any).

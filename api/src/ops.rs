@@ -19,7 +19,9 @@ pub struct StatusBody {
     /// A standby's lag behind the stream, in LSNs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_lsn: Option<u64>,
-    /// A standby's lag in seconds (0 when caught up).
+    /// A standby's lag in seconds: how old its view is (0 when caught up). A standby
+    /// that has not heard from the stream for 5 s reports that silence, caught up
+    /// or not: it cannot know what it misses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
 }
@@ -85,7 +87,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
 
 #[utoipa::path(post, path = "/v1/admin/promote", tag = "operations",
     responses(
-        (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now", body = crate::replication::Promotion),
+        (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now", body = crate::replication::Promotion, headers(("Surge-Lsn" = u64, description = "The promotion's `lsn`: the last record the new leader holds"))),
         (status = 409, description = "`invalid_transition`: this node is not a standby", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "`storage_unavailable`: the stream could not be reached or fenced; or `overloaded` when the request timed out first, in which case the promotion runs on to its end (`/readyz` says `ready` once it led, `standby` if it gave up)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -94,7 +96,7 @@ pub async fn promote(
     _auth: Auth<Admin>,
     _query: NoQuery,
     _body: NoBody,
-) -> Result<axum::Json<crate::replication::Promotion>, ApiError> {
+) -> Result<Response, ApiError> {
     let engine = st.engine()?;
     let standby = match st.standby() {
         Some(standby) if engine.role() == surge_engine::Role::Standby => standby,
@@ -106,11 +108,15 @@ pub async fn promote(
             ));
         }
     };
-    standby
+    let promotion = standby
         .promote()
         .await
-        .map(axum::Json)
-        .map_err(ApiError::storage_unavailable)
+        .map_err(ApiError::storage_unavailable)?;
+    let lsn = promotion.lsn;
+    Ok(crate::routes::with_surge_lsn(
+        axum::Json(promotion).into_response(),
+        lsn,
+    ))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
@@ -144,7 +150,7 @@ pub struct SnapshotBody {
 
 #[utoipa::path(post, path = "/v1/admin/snapshot", tag = "operations",
     responses(
-        (status = 200, description = "Snapshot written", body = SnapshotBody),
+        (status = 200, description = "Snapshot written", body = SnapshotBody, headers(("Surge-Lsn" = u64, description = "The snapshot's `lsn`: the last record it holds"))),
         (status = 503, description = "`storage_unavailable`", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn snapshot(
@@ -152,10 +158,13 @@ pub async fn snapshot(
     _auth: Auth<Admin>,
     _query: NoQuery,
     _body: NoBody,
-) -> Result<axum::Json<SnapshotBody>, ApiError> {
+) -> Result<Response, ApiError> {
     let ticket = st.engine()?.snapshot().map_err(ApiError::from_engine)?;
     let lsn = ticket.await.map_err(ApiError::from_engine)?;
-    Ok(axum::Json(SnapshotBody { lsn }))
+    Ok(crate::routes::with_surge_lsn(
+        axum::Json(SnapshotBody { lsn }).into_response(),
+        lsn,
+    ))
 }
 
 pub async fn not_found() -> ApiError {

@@ -46,6 +46,17 @@ const NODE_FILE: &str = "REPLICA_NODE";
 /// Written (`leader`) before a node first publishes its log: such a data dir may
 /// hold records the stream never got, so it must not become a standby's.
 const ROLE_FILE: &str = "REPLICA_ROLE";
+/// How often a standby following the stream asks where it ends: for its lag, and to
+/// notice a feed that stalled (a consumer the server lost in a restart is found out
+/// by the client only after some 15 s of retries).
+const STREAM_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A feed that delivered nothing for this long while the stream holds messages the
+/// standby has not applied is rebuilt.
+const FEED_STALLED_AFTER: Duration = Duration::from_secs(3);
+/// A standby that has not heard from the stream for this long (a check every
+/// [`STREAM_CHECK_EVERY`], each given [`REQUEST_TIMEOUT`]) reports its view as old as
+/// that silence: it cannot know what it misses.
+const STREAM_SILENT_AFTER_MS: u64 = 5_000;
 /// Attempts at catching up and fencing before a promotion gives up (another node
 /// keeps appending: two promotions at once, or the old leader is alive).
 const PROMOTE_ATTEMPTS: usize = 20;
@@ -123,28 +134,7 @@ impl NatsLink {
 
     /// The stream's last sequence and the last LSN and node its last message names.
     async fn log_end(&self) -> Result<LogEnd, String> {
-        let stream = self.log_stream().await?;
-        let info = stream
-            .get_info()
-            .await
-            .map_err(|e| format!("stream info: {e}"))?;
-        let seq = info.state.last_sequence;
-        if seq == 0 {
-            return Ok(LogEnd {
-                seq: 0,
-                lsn: 0,
-                node: None,
-            });
-        }
-        let message = stream
-            .get_raw_message(seq)
-            .await
-            .map_err(|e| format!("stream message {seq}: {e}"))?;
-        Ok(LogEnd {
-            seq,
-            lsn: header_u64(&message.headers, HDR_LAST_LSN).unwrap_or(0),
-            node: header_u64(&message.headers, HDR_NODE),
-        })
+        log_end_of(&self.log_stream().await?).await
     }
 
     /// Publish `records` (possibly none: a fence) as messages stating that the
@@ -201,6 +191,32 @@ struct LogEnd {
     seq: u64,
     lsn: u64,
     node: Option<u64>,
+}
+
+/// Where `stream` ends: its last sequence and the last LSN and node its last message
+/// names.
+async fn log_end_of(stream: &stream::Stream) -> Result<LogEnd, String> {
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| format!("stream info: {e}"))?;
+    let seq = info.state.last_sequence;
+    if seq == 0 {
+        return Ok(LogEnd {
+            seq: 0,
+            lsn: 0,
+            node: None,
+        });
+    }
+    let message = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| format!("stream message {seq}: {e}"))?;
+    Ok(LogEnd {
+        seq,
+        lsn: header_u64(&message.headers, HDR_LAST_LSN).unwrap_or(0),
+        node: header_u64(&message.headers, HDR_NODE),
+    })
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -389,6 +405,9 @@ pub struct ReplicaStatus {
     /// The highest durable LSN the current leader announced (`sync` mode: may be
     /// ahead of the stream).
     pub leader_durable_lsn: AtomicU64,
+    /// When the standby last heard from the stream (a message, or where it ends; ms
+    /// since the epoch; 0: not yet, counted from `following_since_ms`).
+    pub stream_heard_ms: AtomicU64,
 }
 
 impl ReplicaStatus {
@@ -400,17 +419,40 @@ impl ReplicaStatus {
 
     /// How old the standby's view is when it is behind (0 when caught up): since
     /// the last message it applied was published, or, before it applied any, since
-    /// it began to follow (not since 1970).
+    /// it began to follow (not since 1970). A standby that has not heard from the
+    /// stream for [`STREAM_SILENT_AFTER_MS`] cannot know what it misses: its view is
+    /// then at least as old as that silence, caught up or not.
     pub fn lag_seconds(&self, now_ms: u64) -> f64 {
-        if self.lag_lsn() == 0 {
-            return 0.0;
-        }
-        let at = self
-            .applied_published_ms
-            .load(Ordering::Acquire)
-            .max(self.following_since_ms.load(Ordering::Acquire));
-        now_ms.saturating_sub(at) as f64 / 1e3
+        let since_ms = self.following_since_ms.load(Ordering::Acquire);
+        let behind_ms = if self.lag_lsn() == 0 {
+            0
+        } else {
+            let at = self
+                .applied_published_ms
+                .load(Ordering::Acquire)
+                .max(since_ms);
+            now_ms.saturating_sub(at)
+        };
+        let heard = self.stream_heard_ms.load(Ordering::Acquire).max(since_ms);
+        let silent_ms = now_ms.saturating_sub(heard);
+        let lag_ms = if silent_ms >= STREAM_SILENT_AFTER_MS {
+            behind_ms.max(silent_ms)
+        } else {
+            behind_ms
+        };
+        lag_ms as f64 / 1e3
     }
+
+    fn heard_from_the_stream(&self) {
+        self.stream_heard_ms
+            .fetch_max(unix_now_ms(), Ordering::AcqRel);
+    }
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A standby: follows the stream into the engine until promoted.
@@ -437,10 +479,9 @@ pub struct Promotion {
 impl Standby {
     pub fn start(link: Arc<NatsLink>, engine: EngineHandle) -> Arc<Standby> {
         let status = Arc::new(ReplicaStatus::default());
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        status.following_since_ms.store(now_ms, Ordering::Release);
+        status
+            .following_since_ms
+            .store(unix_now_ms(), Ordering::Release);
         let applied = engine.stats().durable_lsn.load(Ordering::Acquire);
         status.applied_lsn.store(applied, Ordering::Release);
         let standby = Arc::new(Standby {
@@ -474,11 +515,14 @@ impl Standby {
 
     /// Apply the stream's messages after what this node holds, up to and
     /// including sequence `through` (`None`: forever). The stream's end is
-    /// refreshed as messages come, for the lag.
+    /// refreshed as messages come and every [`STREAM_CHECK_EVERY`], for the lag;
+    /// a feed that delivers nothing for [`FEED_STALLED_AFTER`] while the stream
+    /// holds more is an error (the caller follows afresh).
     async fn follow_once(&self, through: Option<u64>) -> Result<(), String> {
         let stream = self.link.log_stream().await?;
-        let end = self.link.log_end().await?;
+        let end = log_end_of(&stream).await?;
         self.status.stream_lsn.fetch_max(end.lsn, Ordering::AcqRel);
+        self.status.heard_from_the_stream();
         let applied = self.status.applied_lsn.load(Ordering::Acquire);
         if through.is_some_and(|t| t <= self.status.applied_seq.load(Ordering::Acquire)) {
             return Ok(());
@@ -501,7 +545,38 @@ impl Standby {
             .messages()
             .await
             .map_err(|e| format!("messages: {e}"))?;
-        while let Some(message) = messages.next().await {
+        let mut check = tokio::time::interval(STREAM_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when the stream is known to hold more than this node and no message
+        // came.
+        let mut behind_since = None;
+        // The stream sequence through which this node holds every record.
+        let mut held_through_seq = start.saturating_sub(1);
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = check.tick() => {
+                    let end = log_end_of(&stream).await?;
+                    self.status.stream_lsn.fetch_max(end.lsn, Ordering::AcqRel);
+                    self.status.heard_from_the_stream();
+                    if end.seq <= held_through_seq {
+                        behind_since = None;
+                        continue;
+                    }
+                    let stalled = behind_since.get_or_insert_with(tokio::time::Instant::now).elapsed();
+                    if stalled >= FEED_STALLED_AFTER {
+                        return Err(format!(
+                            "no message for {stalled:?} while the stream holds up to {} and \
+                             this standby up to {held_through_seq}",
+                            end.seq
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else { break };
+            behind_since = None;
+            self.status.heard_from_the_stream();
             let message = message.map_err(|e| format!("message: {e}"))?;
             let (seq, published_ms) = {
                 let info = message.info().map_err(|e| format!("message info: {e}"))?;
@@ -525,6 +600,7 @@ impl Standby {
                 self.status.applied_lsn.store(applied, Ordering::Release);
             }
             self.status.applied_seq.store(seq, Ordering::Release);
+            held_through_seq = seq;
             self.status
                 .applied_published_ms
                 .store(published_ms, Ordering::Release);
@@ -745,5 +821,30 @@ mod tests {
         assert_eq!(status.lag_seconds(1_004_000), 1.0);
         status.applied_lsn.store(50, Ordering::Release);
         assert_eq!(status.lag_seconds(1_004_000), 0.0);
+    }
+
+    /// Caught up as far as it knows, a standby that has not heard from the stream
+    /// for a while reports that silence as its lag (it reported 0 through an
+    /// outage); a silence shorter than a few checks is no lag.
+    #[test]
+    fn a_standby_that_cannot_hear_the_stream_reports_the_silence() {
+        let status = ReplicaStatus::default();
+        status
+            .following_since_ms
+            .store(1_000_000, Ordering::Release);
+        status.stream_lsn.store(50, Ordering::Release);
+        status.applied_lsn.store(50, Ordering::Release);
+        status.stream_heard_ms.store(1_010_000, Ordering::Release);
+        let silent = |ms: u64| status.lag_seconds(1_010_000 + ms);
+        assert_eq!(silent(STREAM_SILENT_AFTER_MS - 1), 0.0);
+        assert_eq!(silent(STREAM_SILENT_AFTER_MS), 5.0);
+        assert_eq!(silent(12_000), 12.0);
+        // Behind as well: the older of the two.
+        status.applied_lsn.store(40, Ordering::Release);
+        status
+            .applied_published_ms
+            .store(1_001_000, Ordering::Release);
+        assert_eq!(silent(1_000), 10.0);
+        assert_eq!(silent(12_000), 21.0);
     }
 }

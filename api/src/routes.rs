@@ -148,14 +148,20 @@ pub enum Success {
 /// Render an outcome. An idempotent replay hands back the stored outcome, so it
 /// renders to the same status and body as the original.
 pub fn respond(acked: Acked, success: Success) -> Response {
-    let mut response = respond_outcome(acked.outcome, success);
-    if response.status().is_success()
-        && let Some(lsn) = acked.lsn
-    {
-        response
-            .headers_mut()
-            .insert(SURGE_LSN_HEADER, HeaderValue::from(lsn));
+    let response = respond_outcome(acked.outcome, success);
+    match acked.lsn {
+        Some(lsn) if response.status().is_success() => with_surge_lsn(response, lsn),
+        _ => response,
     }
+}
+
+/// An admin write that logs no record (a snapshot, a promotion) answers with the last
+/// record its answer stands for as `Surge-Lsn`, as a write that changed nothing does:
+/// the position a client reads its own writes from.
+pub(crate) fn with_surge_lsn(mut response: Response, lsn: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(SURGE_LSN_HEADER, HeaderValue::from(lsn));
     response
 }
 

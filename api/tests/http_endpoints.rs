@@ -805,7 +805,13 @@ fn event_feed_paging_and_operations_endpoints() {
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
     let r = s.admin("POST", "/v1/admin/snapshot", None);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.json()["lsn"].as_u64().unwrap() >= last.min(1));
+    let snapshot_lsn = r.json()["lsn"].as_u64().unwrap();
+    assert!(snapshot_lsn >= last.min(1));
+    assert_eq!(
+        r.header("surge-lsn"),
+        Some(snapshot_lsn.to_string().as_str()),
+        "the snapshot's answer carries its LSN as Surge-Lsn"
+    );
     // Unknown routes and methods, and a body of the wrong type, once more here.
     s.admin("GET", "/v1/unknown", None)
         .assert_problem(404, "not_found");

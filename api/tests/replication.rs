@@ -123,6 +123,11 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     let promoted = standby.admin("POST", "/v1/admin/promote", None);
     assert_eq!(promoted.status, 200, "{}", promoted.body);
     assert_eq!(
+        promoted.header("surge-lsn"),
+        Some(promoted.json()["lsn"].to_string().as_str()),
+        "a promotion's Surge-Lsn is the last record the new leader holds"
+    );
+    assert_eq!(
         standby.call("GET", "/readyz", &[], None).json()["status"],
         "ready"
     );
@@ -163,6 +168,58 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     assert!(refusal.contains("was a leader's data dir"), "{refusal}");
 }
 
+/// A NATS server on a port of its own (so a test can stop and start it again), a
+/// replicated leader publishing to it and a standby following it.
+struct LeaderAndStandby {
+    port: u16,
+    nats_dir: TempDir,
+    nats: std::cell::RefCell<Option<Nats>>,
+    leader: Server,
+    standby: Server,
+    _dirs: [TempDir; 2],
+}
+
+impl LeaderAndStandby {
+    /// `tag` names the temp dirs and logs; `standby_env` adds to the standby's.
+    fn start(tag: &str, standby_env: &[(&str, &str)]) -> LeaderAndStandby {
+        let port = free_port();
+        let nats_dir = TempDir::new(&format!("nats-{tag}"));
+        let url = format!("nats://127.0.0.1:{port}");
+        let nats = Nats::start_on(port, &nats_dir);
+        let leader_dir = TempDir::new(&format!("leader-{tag}"));
+        let standby_dir = TempDir::new(&format!("standby-{tag}"));
+        let leader = Server::start_with(
+            &leader_dir.data(),
+            &format!("leader-{tag}"),
+            &[
+                ("SURGE_DURABILITY", "replicated"),
+                ("SURGE_REPLICATE_TO", &url),
+            ],
+        );
+        let mut env = vec![("SURGE_STANDBY", url.as_str())];
+        env.extend_from_slice(standby_env);
+        let standby = Server::start_with(&standby_dir.data(), &format!("standby-{tag}"), &env);
+        LeaderAndStandby {
+            port,
+            nats_dir,
+            nats: std::cell::RefCell::new(Some(nats)),
+            leader,
+            standby,
+            _dirs: [leader_dir, standby_dir],
+        }
+    }
+
+    fn stop_nats(&self) {
+        self.nats.replace(None);
+    }
+
+    /// Again on the same port and store.
+    fn start_nats(&self) {
+        self.nats
+            .replace(Some(Nats::start_on(self.port, &self.nats_dir)));
+    }
+}
+
 /// A promotion the request's timeout cut short while the stream was down (the
 /// request answered 503) runs to its end once the stream is back: the standby leads
 /// with every acknowledged write, and the old leader is fenced. It used to be
@@ -170,32 +227,12 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
 /// followed nothing, for good, and reported no lag.
 #[test]
 fn a_promotion_cut_short_by_the_request_timeout_runs_to_its_end() {
-    let port = free_port();
-    let nats_dir = TempDir::new("nats-promote");
-    let url = format!("nats://127.0.0.1:{port}");
-    let nats = Nats::start_on(port, &nats_dir);
-    let leader_dir = TempDir::new("leader-promote");
-    let standby_dir = TempDir::new("standby-promote");
-    let leader = Server::start_with(
-        &leader_dir.data(),
-        "leader-promote",
-        &[
-            ("SURGE_DURABILITY", "replicated"),
-            ("SURGE_REPLICATE_TO", &url),
-        ],
-    );
-    let standby = Server::start_with(
-        &standby_dir.data(),
-        "standby-promote",
-        &[
-            ("SURGE_STANDBY", url.as_str()),
-            ("SURGE_REQUEST_TIMEOUT_MS", "1000"),
-        ],
-    );
+    let pair = LeaderAndStandby::start("promote", &[("SURGE_REQUEST_TIMEOUT_MS", "1000")]);
+    let (leader, standby) = (&pair.leader, &pair.standby);
     leader.define("HOT", 10_000);
-    let acked = load(&leader, 2, 10);
-    wait_caught_up("the standby to hold every write", &leader, &standby);
-    drop(nats);
+    let acked = load(leader, 2, 10);
+    wait_caught_up("the standby to hold every write", leader, standby);
+    pair.stop_nats();
     let promoted = standby.admin("POST", "/v1/admin/promote", None);
     promoted.assert_problem(503, "overloaded");
     // The timeout's answer says the outcome is not known yet.
@@ -204,7 +241,7 @@ fn a_promotion_cut_short_by_the_request_timeout_runs_to_its_end() {
         "{}",
         promoted.body
     );
-    let nats = Nats::start_on(port, &nats_dir);
+    pair.start_nats();
     eventually("the promotion to finish once the stream is back", || {
         standby.call("GET", "/readyz", &[], None).json()["status"] == "ready"
     });
@@ -215,9 +252,8 @@ fn a_promotion_cut_short_by_the_request_timeout_runs_to_its_end() {
             "acknowledged {id} missing after the failover"
         );
     }
-    assert_eq!(reserve(&standby).status, 201);
-    reserve(&leader).assert_problem(503, "not_leader");
-    drop(nats);
+    assert_eq!(reserve(standby).status, 201);
+    reserve(leader).assert_problem(503, "not_leader");
 }
 
 /// Run surge on `dir`'s data dir expecting it to refuse to start; its stderr.
@@ -456,4 +492,38 @@ fn a_three_node_nats_cluster_loses_a_node_under_load_and_nothing_acknowledged_is
         assert_eq!(r.status, 200, "acknowledged {id} is not in the stream");
     }
     drop(nodes);
+}
+
+/// A standby keeps following across an outage of the stream. While it cannot see
+/// the stream it does not claim to be caught up: its `lag_seconds` grows with the
+/// silence (it stayed 0). Once the stream is back and the leader writes again, it
+/// catches up within seconds: its feed's consumer, lost in the server's restart, is
+/// rebuilt once it stalls (the client alone found out some 15 s later).
+#[test]
+fn a_standby_resumes_following_after_a_stream_outage() {
+    let pair = LeaderAndStandby::start("outage", &[]);
+    let (leader, standby) = (&pair.leader, &pair.standby);
+    leader.define("HOT", 10_000);
+    load(leader, 2, 10);
+    wait_caught_up("the standby to hold every write", leader, standby);
+    pair.stop_nats();
+    eventually("the standby to report a view as old as the outage", || {
+        let ready = standby.call("GET", "/readyz", &[], None).json();
+        ready["status"] == "standby" && ready["lag_seconds"].as_f64().unwrap_or(0.0) >= 1.0
+    });
+    pair.start_nats();
+    leader.wait_ready();
+    load(leader, 2, 10);
+    // Far beyond the few seconds a stalled feed takes to be rebuilt, and below the
+    // ~15 s the client's own retries took to give up on the lost consumer.
+    let within = std::time::Duration::from_secs(10);
+    assert!(
+        common::poll(within, || caught_up(leader, standby).then_some(())).is_some(),
+        "the standby did not catch up within {within:?} of the stream's return: {}",
+        standby.call("GET", "/readyz", &[], None).body
+    );
+    assert_eq!(
+        standby.call("GET", "/readyz", &[], None).json()["lag_seconds"],
+        0.0
+    );
 }
