@@ -7,13 +7,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use surge_engine::{Acked, Command, LineReq, Reply};
+use surge_engine::{Acked, Command, LineReq, Rejection, Reply};
 use utoipa::ToSchema;
 
 use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
-use crate::error::ApiError;
-use crate::extract::{JsonBytes, NoQuery, parse_json, parse_op};
+use crate::error::{ApiError, IDEMPOTENCY_KEY};
+use crate::extract::{Idem, JsonBytes, NoQuery, parse_json, parse_op};
 use crate::plain_reserve::{PlainReserve, plain_reserve, plain_reserve_batch};
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
@@ -249,11 +249,16 @@ fn push_problem(out: &mut String, error: &ApiError) {
 
 #[utoipa::path(post, path = "/v1/batch", tag = "batch",
     request_body = BatchReq,
-    responses((status = 200, description = "One result per op, in order", body = BatchResponse)))]
+    description = "With an `Idempotency-Key`, each op is remembered under the batch's key and its index: the same key with the same body answers each op as it was first answered (ops that failed included) and changes nothing; with another body, 422 `idempotency_conflict` and nothing applied. The key is then at most 128 bytes less the separator (2) and the digits of the largest op index.",
+    responses(
+        (status = 200, description = "One result per op, in order", body = BatchResponse),
+        (status = 422, description = "`idempotency_conflict`: the Idempotency-Key was used with a different request; no op applied", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn batch(
     State(st): State<AppState>,
     Auth(who, _): Auth<Storefront>,
     _query: NoQuery,
+    idem: Idem,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     // A body of plain reserve ops only (a sale's usual batch) is read in one pass
@@ -275,6 +280,18 @@ pub async fn batch(
             format!("at most {max} ops per batch"),
         ));
     }
+    if let Some(key) = idem.sent() {
+        let len_max = Idem::batch_key_len_max(max);
+        if key.len() > len_max {
+            return Err(ApiError::validation(
+                IDEMPOTENCY_KEY,
+                format!(
+                    "must be at most {len_max} bytes on /v1/batch (each op's key is the \
+                     batch's and the op's index)"
+                ),
+            ));
+        }
+    }
     let engine = st.engine()?;
     if engine.role() != surge_engine::Role::Leader {
         // The whole batch goes to the leader: none of its ops can succeed here.
@@ -287,14 +304,16 @@ pub async fn batch(
     }
     // One queue entry for the whole batch: the writer applies the ops in order in
     // one iteration and they are answered together, from one buffer.
+    // With an `Idempotency-Key`, each op is keyed by the batch's key and its index.
     let mut commands = Vec::with_capacity(op_count);
     let mut refused: Vec<(usize, ApiError)> = Vec::new();
-    for op in plain {
-        commands.push(plain_reserve_command(&st, op, who.actor.clone()));
+    for (i, op) in plain.into_iter().enumerate() {
+        let command = plain_reserve_command(&st, op, who.actor.clone());
+        commands.push((command, idem.batch_op_key(&body, i)));
     }
     for (i, raw) in general.iter().flat_map(|req| req.ops.iter()).enumerate() {
         match op_command(&st, &who, raw, i) {
-            Ok(command) => commands.push(command),
+            Ok(command) => commands.push((command, idem.batch_op_key(&body, i))),
             Err(e) => refused.push((i, e)),
         }
     }
@@ -303,7 +322,7 @@ pub async fn batch(
     let answered = if commands.is_empty() {
         Ok(Vec::new())
     } else {
-        match engine.submit_batch(commands) {
+        match engine.submit_keyed_batch(commands) {
             Ok(ticket) => ticket.await.map_err(ApiError::from_engine),
             Err(e) => Err(ApiError::from_engine(e)),
         }
@@ -312,6 +331,20 @@ pub async fn batch(
         Ok(outcomes) => (outcomes.into_iter(), None),
         Err(e) => (Vec::new().into_iter(), Some(e)),
     };
+    // A batch repeated under its key with another body: the engine applied none of
+    // it; answered as a single request is, 422 naming the key sent.
+    if let (
+        Some(key),
+        Some(Ok(Acked {
+            outcome: Err(Rejection::IdempotencyConflict { .. }),
+            ..
+        })),
+    ) = (idem.sent(), outcomes.as_slice().first())
+    {
+        return Err(ApiError::from_rejection(&Rejection::IdempotencyConflict {
+            key: key.to_string(),
+        }));
+    }
     let mut refused = refused.into_iter().peekable();
     // The batch's own `Surge-Lsn`: the last record among its successes.
     let mut last_lsn: Option<u64> = None;

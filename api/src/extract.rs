@@ -590,6 +590,10 @@ struct IdemKey {
     path: String,
 }
 
+/// Between a batch's key and an op's index in the key of the op: not ASCII, so no
+/// `Idempotency-Key` header can spell a key of that form.
+const BATCH_OP_KEY_SEPARATOR: char = '\u{b7}';
+
 impl Idem {
     /// The engine's key: fingerprint = method, path and body bytes.
     pub fn key(&self, body: &[u8]) -> Option<IdempotencyKey> {
@@ -600,6 +604,34 @@ impl Idem {
                 idem.method.as_bytes(),
                 idem.path.as_bytes(),
                 body,
+            ]),
+        })
+    }
+
+    /// The request's key as sent, if any.
+    pub fn sent(&self) -> Option<&str> {
+        self.0.as_ref().map(|idem| idem.key.as_str())
+    }
+
+    /// The longest key a batch of up to `ops_max` ops takes: each op's key is the
+    /// batch's, a separator and the op's index, within the engine's key limit.
+    pub fn batch_key_len_max(ops_max: usize) -> usize {
+        let index_digits = ops_max.saturating_sub(1).max(1).ilog10() as usize + 1;
+        IDEMPOTENCY_KEY_LEN_MAX.saturating_sub(BATCH_OP_KEY_SEPARATOR.len_utf8() + index_digits)
+    }
+
+    /// The key of op `index` of a batch sent with a key: the batch's key, a separator
+    /// and the index; fingerprint = method, path, the whole body and the index, so a
+    /// batch repeated under its key with another body conflicts in every op.
+    pub fn batch_op_key(&self, body: &[u8], index: usize) -> Option<IdempotencyKey> {
+        let idem = self.0.as_ref()?;
+        Some(IdempotencyKey {
+            key: format!("{}{BATCH_OP_KEY_SEPARATOR}{index}", idem.key),
+            fingerprint: EngineHandle::fingerprint(&[
+                idem.method.as_bytes(),
+                idem.path.as_bytes(),
+                body,
+                &(index as u64).to_le_bytes(),
             ]),
         })
     }

@@ -139,7 +139,8 @@ impl Modify for Conventions {
             if !path.starts_with("/v1/") {
                 continue;
             }
-            let idempotent_post = path != "/v1/batch" && path != "/v1/admin/snapshot";
+            // Every POST but the admin's two (they create nothing a retry could repeat).
+            let idempotent_post = path != "/v1/admin/snapshot" && path != "/v1/admin/promote";
             let ops = [
                 (false, false, item.get.as_mut()),
                 (true, false, item.put.as_mut()),

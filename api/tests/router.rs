@@ -956,6 +956,96 @@ async fn batch_ops_succeed_or_fail_alone() {
     assert_problem(&r, 403, "forbidden");
 }
 
+/// `/v1/batch` honours `Idempotency-Key` (it ignored it: a retried batch held the
+/// stock again). The same key and body answer the same results, refusals and
+/// Surge-Lsn included, and change nothing; another body under the key is 422 and
+/// applies none of its ops, also ops past the first batch's count.
+#[tokio::test]
+async fn a_keyed_batch_replays_and_conflicts_as_a_whole() {
+    let api = Api::new();
+    api.define("A", 3).await;
+    api.define("B", 10).await;
+    let reserved = |sku: &'static str| {
+        let api = &api;
+        async move {
+            api.admin("GET", &format!("/v1/skus/{sku}"), None)
+                .await
+                .json["reserved"]
+                .clone()
+        }
+    };
+    let batch = |key: String, body: Value| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/v1/batch",
+                Some(STOREFRONT),
+                &[("idempotency-key", &key)],
+                Some(&body.to_string()),
+            )
+            .await
+        }
+    };
+    let mixed = json!({"ops": [
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 2}]},
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 2}]},
+        {"op": "create_order", "order_no": "kb-1", "customer_id": "c", "lines": [{"sku": "A", "qty": 1, "unit_price": 10}]},
+        {"op": "fly"},
+    ]});
+    let first = batch("bk-1".into(), mixed.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.json["results"][0]["status"], "held", "{}", first.text);
+    assert_eq!(first.json["results"][1]["code"], "insufficient_stock");
+    assert_eq!(first.json["results"][2]["status"], "reserved");
+    api.admin(
+        "POST",
+        "/v1/skus/A/adjustments",
+        Some(json!({"delta": 5, "reason": "inbound"})),
+    )
+    .await;
+    // With stock back, a new batch would now hold op 1: the repeat answers as first.
+    let again = batch("bk-1".into(), mixed.clone()).await;
+    assert_eq!((again.status, &again.text), (first.status, &first.text));
+    assert_eq!(
+        again.headers.get("surge-lsn"),
+        first.headers.get("surge-lsn")
+    );
+    assert_eq!(reserved("A").await, 3);
+
+    // The one-pass path of plain reserve ops is keyed the same way.
+    let one = json!({"op": "reserve", "lines": [{"sku": "B", "qty": 1}]});
+    let two = json!({"ops": [one.clone(), one.clone()]});
+    let first = batch("bk-2".into(), two.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let again = batch("bk-2".into(), two).await;
+    assert_eq!((again.status, &again.text), (first.status, &first.text));
+    assert_eq!(reserved("B").await, 2);
+
+    // Another body under a used key: 422, nothing applied (not even a third op,
+    // whose own key was never used).
+    let three = json!({"ops": [one.clone(), one.clone(), one.clone()]});
+    let conflict = batch("bk-2".into(), three).await;
+    assert_problem(&conflict, 422, "idempotency_conflict");
+    assert!(conflict.text.contains("bk-2"), "{}", conflict.text);
+    let conflict = batch("bk-1".into(), json!({"ops": [one]})).await;
+    assert_problem(&conflict, 422, "idempotency_conflict");
+    assert_eq!(reserved("B").await, 2);
+
+    // The key leaves room for the op's index (`·` and the digits of the largest).
+    let ops_max = ApiConfig::default().batch_ops_max;
+    let len_max = 128 - 2 - (ops_max - 1).to_string().len();
+    assert_eq!(
+        surge_api::extract::Idem::batch_key_len_max(ops_max),
+        len_max
+    );
+    let long = batch("k".repeat(len_max + 1), json!({"ops": []})).await;
+    assert_problem(&long, 400, "validation_failed");
+    assert_eq!(long.json["field"], "Idempotency-Key");
+    let fits = batch("k".repeat(len_max), json!({"ops": []})).await;
+    assert_eq!(fits.status, 200, "{}", fits.text);
+}
+
 #[tokio::test]
 async fn event_feed_pages() {
     let api = Api::new();

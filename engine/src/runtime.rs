@@ -114,8 +114,10 @@ enum Request {
     },
     /// Commands applied one after another in one writer iteration, answered
     /// together once durable (`POST /v1/batch`).
+    /// The commands of one batch request, each with its idempotency key (derived
+    /// from the request's, or none).
     Batch {
-        commands: Vec<Command>,
+        commands: Vec<(Command, Option<IdempotencyKey>)>,
         reply: ReplySender<Vec<Result<Acked, Error>>>,
     },
     Query {

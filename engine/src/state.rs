@@ -360,6 +360,14 @@ impl State {
         }
     }
 
+    /// `key` is remembered (within the window at `now_ms`) for a request with
+    /// another fingerprint: applying it would answer `IdempotencyConflict`.
+    pub fn remembers_otherwise(&self, key: &IdempotencyKey, now_ms: Millis) -> bool {
+        self.idempotency
+            .get(&key_hash(&key.key), now_ms)
+            .is_some_and(|entry| entry.fingerprint != key.fingerprint)
+    }
+
     /// Apply one command at time `now_ms`. Events are appended to `events`, numbered
     /// from the record's LSN. `now_ms` must not go backwards.
     pub fn apply(

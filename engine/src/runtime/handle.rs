@@ -207,6 +207,17 @@ impl EngineHandle {
         &self,
         commands: Vec<Command>,
     ) -> Result<Ticket<Vec<Result<Acked, Error>>>, Error> {
+        self.submit_keyed_batch(commands.into_iter().map(|c| (c, None)).collect())
+    }
+
+    /// [`Self::submit_batch`] with a key per command. If any key is remembered with
+    /// another fingerprint, no command is applied: each is answered
+    /// [`Rejection::IdempotencyConflict`] (a batch repeated under its key with another
+    /// body changes nothing, whichever of its commands the first one reached).
+    pub fn submit_keyed_batch(
+        &self,
+        commands: Vec<(Command, Option<IdempotencyKey>)>,
+    ) -> Result<Ticket<Vec<Result<Acked, Error>>>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Request::Batch { commands, reply })?;
         Ok(Ticket(rx))

@@ -892,14 +892,34 @@ impl<S: Storage> Writer<S> {
     /// Apply the commands of one batch request in order; the answers wait together.
     fn apply_batch(
         &mut self,
-        commands: Vec<Command>,
+        commands: Vec<(Command, Option<IdempotencyKey>)>,
         reply: ReplySender<Vec<Result<Acked, Error>>>,
         pending: &mut Vec<Pending>,
     ) {
-        let outcomes = commands
-            .into_iter()
-            .map(|command| self.apply_command(command, None))
-            .collect();
+        let conflict = commands.iter().find_map(|(_, key)| {
+            let key = key.as_ref()?;
+            self.state.remembers_otherwise(key, self.now_ms).then(|| {
+                Rejection::IdempotencyConflict {
+                    key: key.key.clone(),
+                }
+            })
+        });
+        let outcomes = match conflict {
+            // Nothing applied: every command answers the conflict (none is logged).
+            Some(conflict) => commands
+                .iter()
+                .map(|_| {
+                    Ok(Acked {
+                        outcome: Err(conflict.clone()),
+                        lsn: None,
+                    })
+                })
+                .collect(),
+            None => commands
+                .into_iter()
+                .map(|(command, key)| self.apply_command(command, key))
+                .collect(),
+        };
         pending.push(Pending::Batch { reply, outcomes });
     }
 
