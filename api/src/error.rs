@@ -388,6 +388,7 @@ pub fn field_path(field: &Field) -> String {
         Field::PurchaseLimitPerCustomer => "purchase_limit_per_customer",
         Field::SaleStartsAt => "sale_starts_at",
         Field::SaleEndsAt => "sale_ends_at",
+        Field::Rules => "rules",
     };
     name.to_string()
 }

@@ -266,6 +266,48 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             Value::Object(m)
         }
         EventKind::OrderExpired { id } => json!({"order_id": id.to_string()}),
+        EventKind::OrderStatusChangedFull(e) => {
+            let surge_engine::event::OrderStatusChanged {
+                id,
+                order,
+                from,
+                to,
+                note,
+                tracking_no,
+                actor,
+            } = &**e;
+            let mut m = brief(log, *id, order);
+            m.insert("from".into(), from.as_str().into());
+            m.insert("to".into(), to.as_str().into());
+            m.insert("note".into(), note.to_string().into());
+            m.insert("tracking_no".into(), tracking_no.to_string().into());
+            insert_actor(&mut m, actor);
+            Value::Object(m)
+        }
+        EventKind::OrderExpiredFull(e) => {
+            let surge_engine::event::OrderExpired { id, order } = &**e;
+            Value::Object(brief(log, *id, order))
+        }
+        EventKind::StockAdjustedBy(e) => {
+            let surge_engine::event::StockAdjusted {
+                sku: s,
+                delta,
+                reason,
+                on_hand,
+                available,
+                note,
+                actor,
+            } = &**e;
+            let mut m = Map::new();
+            m.insert("sku".into(), sku(*s));
+            m.insert("delta".into(), (*delta).into());
+            m.insert("reason".into(), reason.as_str().into());
+            m.insert("on_hand".into(), (*on_hand).into());
+            m.insert("available".into(), (*available).into());
+            m.insert("note".into(), note.to_string().into());
+            insert_actor(&mut m, actor);
+            Value::Object(m)
+        }
         EventKind::OrderReturnedV3 { id, restock } => {
             json!({"order_id": id.to_string(), "restock": restock})
         }

@@ -485,3 +485,88 @@ fn delay_alerts_and_review_holds_follow_the_logged_policy() {
         .collect();
     assert_eq!(types.len(), 1, "exactly once, also after a restart");
 }
+
+/// Events downstream acts on without calling back (API.md, "Events with full
+/// payloads"): a status change names the order (number, customer, channel, lines),
+/// the step's note, who made it and, once shipped, the tracking number; a stock
+/// adjustment its note and actor. They carried the id alone (fulfilment had to call
+/// back for the tracking number). The server logs the rules that say so once: a
+/// restart replays the same events and logs nothing more.
+#[test]
+fn status_changes_and_adjustments_carry_what_downstream_acts_on() {
+    let dir = TempDir::new("v12-events");
+    let server = Server::start(&dir.data(), "v12-events");
+    server.define("A", 10);
+    let order = create(&server, "full-1", 2, r#", "channel": "tmall""#);
+    let id = order["id"].as_str().unwrap().to_string();
+    pay(&server, &id, 2 * PRICE);
+    for to in ["picking", "packed", "shipped"] {
+        let r = server.call(
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            &[("Authorization", OPERATOR), ("X-Actor", "wh-7")],
+            Some(&format!(
+                r#"{{"to": "{to}", "note": "step {to}", "tracking_no": "SF1"}}"#
+            )),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = server.call(
+        "POST",
+        "/v1/skus/A/adjustments",
+        &[("Authorization", OPERATOR), ("X-Actor", "wh-7")],
+        Some(r#"{"delta": 3, "reason": "inbound", "note": "dock 3"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = server.all_events();
+    let changes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "order.status_changed")
+        .collect();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    let shipped = changes[3];
+    for (field, want) in [
+        ("order_id", Value::from(id.as_str())),
+        ("order_no", "full-1".into()),
+        ("customer_id", "c1".into()),
+        ("channel", "tmall".into()),
+        ("from", "packed".into()),
+        ("to", "shipped".into()),
+        ("note", "step shipped".into()),
+        ("tracking_no", "SF1".into()),
+        ("actor", "operator:wh-7".into()),
+    ] {
+        assert_eq!(shipped[field], want, "{field} in {shipped}");
+    }
+    assert_eq!(shipped["lines"][0]["sku"], "A", "{shipped}");
+    assert_eq!(shipped["lines"][0]["qty"], 2, "{shipped}");
+    // The payment's confirmation is a status change too, by the payer.
+    assert_eq!(
+        (&changes[0]["to"], &changes[0]["tracking_no"]),
+        (&Value::from("confirmed"), &Value::from("")),
+        "{}",
+        changes[0]
+    );
+    let adjusted = events
+        .iter()
+        .rfind(|e| e["type"] == "stock.adjusted")
+        .unwrap();
+    assert_eq!(
+        (&adjusted["note"], &adjusted["actor"]),
+        (&Value::from("dock 3"), &Value::from("operator:wh-7")),
+        "{adjusted}"
+    );
+
+    let last_seq = events.last().unwrap()["seq"].as_u64().unwrap();
+    server.sigterm_and_wait();
+    let server = Server::start(&dir.data(), "v12-events-again");
+    assert_eq!(server.all_events(), events, "replayed events differ");
+    let r = server.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/reservations",
+        Some(r#"{"lines": [{"sku": "A", "qty": 1}]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(lsn(&r), last_seq + 1, "a record was logged at the restart");
+}

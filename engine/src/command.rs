@@ -161,6 +161,12 @@ pub enum Command {
         customer_id: String,
         actor: String,
     },
+    /// The rules the commands after it follow (`state::RULES_CURRENT` and before):
+    /// logged at start by a build whose rules are newer than the state's, so the
+    /// records logged before it replay under the rules they were logged with.
+    SetRules {
+        rules: u32,
+    },
 }
 
 /// A SKU as `Command::DefineSkuSale` defines it.
@@ -298,6 +304,7 @@ impl Command {
             Command::SetOrderPolicy { .. } => "set_order_policy",
             Command::DefineSkuSale { .. } => "define_sku",
             Command::ReserveFor { .. } => "reserve",
+            Command::SetRules { .. } => "set_rules",
         }
     }
 }
@@ -746,6 +753,8 @@ pub enum Field {
     PurchaseLimitPerCustomer,
     SaleStartsAt,
     SaleEndsAt,
+    /// The rules version of `Command::SetRules`.
+    Rules,
 }
 
 /// A part of a shipping address.

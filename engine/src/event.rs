@@ -112,6 +112,16 @@ pub enum EventKind {
     },
     /// A refund paid back (v1.1: with its reference and what is still due).
     OrderRefundedAmount(Box<OrderRefunded>),
+    // The v1.2 rules' payloads (`RULES_V12`), last so that the variants before them
+    // keep their numbers in the snapshots' rings; the thin ones above stay for the
+    // records logged under the earlier rules, which replay as they were.
+    /// A status change with who it is about and who made it, and from shipment on
+    /// the tracking number: fulfilment acts on it without calling back.
+    OrderStatusChangedFull(Box<OrderStatusChanged>),
+    /// An unpaid order expired, with who it was about.
+    OrderExpiredFull(Box<OrderExpired>),
+    /// A stock adjustment with its note and who made it.
+    StockAdjustedBy(Box<StockAdjusted>),
 }
 
 // The v1.1 payloads are boxed: an `EventKind` stays as small as the v1 ones (the
@@ -122,6 +132,36 @@ pub struct OrderCreated {
     pub id: OrderId,
     pub order: OrderBrief,
     pub total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderStatusChanged {
+    pub id: OrderId,
+    pub order: OrderBrief,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    /// The step's note (empty for a payment's confirmation).
+    pub note: Box<str>,
+    /// The order's tracking number (empty until it is shipped with one).
+    pub tracking_no: Box<str>,
+    pub actor: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderExpired {
+    pub id: OrderId,
+    pub order: OrderBrief,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct StockAdjusted {
+    pub sku: SkuIdx,
+    pub delta: i64,
+    pub reason: AdjustReason,
+    pub on_hand: u64,
+    pub available: u64,
+    pub note: Box<str>,
+    pub actor: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -226,7 +266,7 @@ impl EventKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             EventKind::SkuDefined { .. } => "sku.defined",
-            EventKind::StockAdjusted { .. } => "stock.adjusted",
+            EventKind::StockAdjusted { .. } | EventKind::StockAdjustedBy(_) => "stock.adjusted",
             EventKind::StockLow { .. } => "stock.low",
             EventKind::StockOut { .. } => "stock.out",
             EventKind::ReservationHeld { .. } => "reservation.held",
@@ -235,9 +275,11 @@ impl EventKind {
             EventKind::ReservationExpired { .. } => "reservation.expired",
             EventKind::OrderCreated(_) | EventKind::OrderCreatedV3 { .. } => "order.created",
             EventKind::OrderPaid(_) | EventKind::OrderPaidV3 { .. } => "order.paid",
-            EventKind::OrderStatusChanged { .. } => "order.status_changed",
+            EventKind::OrderStatusChanged { .. } | EventKind::OrderStatusChangedFull(_) => {
+                "order.status_changed"
+            }
             EventKind::OrderCancelled(_) | EventKind::OrderCancelledV3 { .. } => "order.cancelled",
-            EventKind::OrderExpired { .. } => "order.expired",
+            EventKind::OrderExpired { .. } | EventKind::OrderExpiredFull(_) => "order.expired",
             EventKind::OrderReturned(_) | EventKind::OrderReturnedV3 { .. } => "order.returned",
             EventKind::OrderRefunded { .. } | EventKind::OrderRefundedAmount(_) => "order.refunded",
             EventKind::OrderModified(_) => "order.modified",

@@ -18,8 +18,8 @@ use crate::domain::{
 use crate::event::EventKind;
 use crate::limits::*;
 use crate::state::{
-    Ctx, Hold, RULES_V11, State, at_line, check_address, check_line_count, check_qty, check_text,
-    invalid, touch, transition,
+    Ctx, Hold, RULES_CURRENT, RULES_V11, State, at_line, check_address, check_line_count,
+    check_qty, check_text, invalid, touch, transition,
 };
 
 impl State {
@@ -402,10 +402,11 @@ impl State {
         if policy.review_amount_min == Some(0) {
             return Err(invalid(Field::ReviewAmountMin, Violation::Zero));
         }
-        if policy != self.order_policy || self.rules != RULES_V11 {
+        if policy != self.order_policy || self.rules < RULES_V11 {
             let sla_changed = policy.ship_sla_ms != self.order_policy.ship_sla_ms;
             self.order_policy = policy;
-            self.rules = RULES_V11;
+            // Raised to v1.1 at least; never lowered (later rules came with `SetRules`).
+            self.rules = self.rules.max(RULES_V11);
             ctx.changed = true;
             if sla_changed {
                 self.rebuild_ship_deadlines();
@@ -414,9 +415,34 @@ impl State {
         Ok(Reply::OrderPolicy(policy))
     }
 
-    /// Whether the state runs `wanted` under the v1.1 rules already.
+    /// Whether the state runs `wanted` under the v1.1 rules (or later) already.
     pub fn runs_order_policy(&self, wanted: OrderPolicy) -> bool {
-        self.order_policy == wanted && self.rules == RULES_V11
+        self.order_policy == wanted && self.rules >= RULES_V11
+    }
+
+    /// Raise the rules the commands after this one follow to `rules`: known to this
+    /// build, and not below those in force (a log's rules never go back).
+    pub(crate) fn set_rules(&mut self, rules: u32, ctx: &mut Ctx<'_>) -> Outcome {
+        if !(self.rules..=RULES_CURRENT).contains(&rules) {
+            return Err(invalid(
+                Field::Rules,
+                Violation::OutOfRange {
+                    min: u64::from(self.rules),
+                    max: u64::from(RULES_CURRENT),
+                    unit: crate::command::Unit::Count,
+                },
+            ));
+        }
+        if rules > self.rules {
+            self.rules = rules;
+            ctx.changed = true;
+        }
+        Ok(Reply::OrderPolicy(self.order_policy))
+    }
+
+    /// The rules the next command follows.
+    pub fn rules(&self) -> u32 {
+        self.rules
     }
 
     /// The order policy in force.

@@ -113,7 +113,8 @@ pub struct State {
     pub(crate) ledger: ChunkedVec<LedgerEntry>,
     pub(crate) order_policy: OrderPolicy,
     /// Which rules the commands follow: [`RULES_V1`] for records logged before
-    /// v1.1 (thin events), [`RULES_V11`] once a `SetOrderPolicy` was logged.
+    /// v1.1 (thin events), [`RULES_V11`] once a `SetOrderPolicy` was logged,
+    /// [`RULES_V12`] once a `SetRules` named it. Only ever raised.
     pub(crate) rules: u32,
     /// Paid orders by ship deadline, in payment order (stale entries, of orders
     /// shipped or cancelled since, are skipped when their time comes): at most one
@@ -155,6 +156,12 @@ pub(crate) const EARLY_GROWTH_LEN: usize = 1 << 16;
 pub(crate) const RULES_V1: u32 = 1;
 /// The rules from the first `SetOrderPolicy` on: full event payloads.
 pub(crate) const RULES_V11: u32 = 2;
+/// The rules from the first `SetRules { rules: 3 }` on: `order.status_changed`,
+/// `order.expired` and `stock.adjusted` carry what downstream needs to act (the
+/// order's brief, the actor, the note, the tracking number).
+pub(crate) const RULES_V12: u32 = 3;
+/// The rules a server of this build logs at start (`Command::SetRules`).
+pub const RULES_CURRENT: u32 = RULES_V12;
 
 impl OrderPolicy {
     /// The policy of a state that never logged one: no SLA, no review threshold.
@@ -579,6 +586,7 @@ impl State {
                 },
                 ctx,
             ),
+            Command::SetRules { rules } => self.set_rules(*rules, ctx),
             Command::PayOrder {
                 id,
                 amount,

@@ -213,6 +213,7 @@ fn order_actions(cmd: &Command) -> &'static [Action] {
         | Command::PlaceOrder { .. }
         | Command::SetIdempotencyPolicy { .. }
         | Command::SetOrderPolicy { .. }
+        | Command::SetRules { .. }
         | Command::DefineSkuSale { .. }
         | Command::ReserveFor { .. } => &[],
     }

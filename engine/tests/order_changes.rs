@@ -628,3 +628,137 @@ fn a_replayed_key_answers_as_the_order_was_then() {
     assert_eq!(again, paid);
     w.check_replay();
 }
+
+/// The kinds of the events since `from`, in order, as found by `pick`.
+fn picked<T>(w: &World, from: usize, pick: impl Fn(&EventKind) -> Option<T>) -> Vec<T> {
+    w.events[from..]
+        .iter()
+        .filter_map(|e| pick(&e.kind))
+        .collect()
+}
+
+/// The v1.2 rules (`SetRules { rules: 3 }`, logged by a server of this build at
+/// start): `order.status_changed`, `order.expired` and `stock.adjusted` carry what
+/// downstream acts on (the order's brief, the step's note, the tracking number, the
+/// actor). Before it, under `SetOrderPolicy` alone, the same commands emit the thin
+/// events: records logged under v1.1 replay as they were. A later `SetOrderPolicy`
+/// never lowers the rules, and `SetRules` never goes back or past this build's.
+#[test]
+fn the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full() {
+    let mut w = World::new(None);
+    let adjust = |note: &str| Command::AdjustStock {
+        sku: "A".into(),
+        delta: 1,
+        reason: surge_engine::AdjustReason::Inbound,
+        note: note.into(),
+        actor: "operator:wh".into(),
+    };
+    let thin = w.place("t-1", &[("A", 1, PRICE)]);
+    let from = w.events.len();
+    w.pay(thin);
+    w.ok(adjust("dock 1"));
+    assert_eq!(
+        picked(&w, from, |k| match k {
+            EventKind::OrderStatusChanged { id, .. } => Some(*id),
+            _ => None,
+        }),
+        [thin]
+    );
+    assert!(matches!(
+        w.events.last().map(|e| &e.kind),
+        Some(EventKind::StockAdjusted { .. })
+    ));
+
+    w.ok(Command::SetRules { rules: 3 });
+    for rules in [2, 4] {
+        assert_eq!(
+            w.run(Command::SetRules { rules }),
+            Err("validation_failed".to_string()),
+            "rules {rules}"
+        );
+    }
+    // A new policy keeps the rules.
+    w.ok(Command::SetOrderPolicy {
+        ship_sla_ms: SLA_MS + 1,
+        review_amount_min: None,
+    });
+    let full = w.place("f-1", &[("A", 2, PRICE)]);
+    let from = w.events.len();
+    w.pay(full);
+    for to in [
+        OrderStatus::Picking,
+        OrderStatus::Packed,
+        OrderStatus::Shipped,
+    ] {
+        w.advance(full, to).expect("step");
+    }
+    w.ok(adjust("dock 3"));
+    let changes = picked(&w, from, |k| match k {
+        EventKind::OrderStatusChangedFull(e) => Some((**e).clone()),
+        _ => None,
+    });
+    let steps: Vec<_> = changes
+        .iter()
+        .map(|e| (e.id, e.from, e.to, &*e.actor, &*e.tracking_no))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (
+                full,
+                OrderStatus::Reserved,
+                OrderStatus::Confirmed,
+                "shop",
+                ""
+            ),
+            (
+                full,
+                OrderStatus::Confirmed,
+                OrderStatus::Picking,
+                "operator:wh",
+                ""
+            ),
+            (
+                full,
+                OrderStatus::Picking,
+                OrderStatus::Packed,
+                "operator:wh",
+                ""
+            ),
+            (
+                full,
+                OrderStatus::Packed,
+                OrderStatus::Shipped,
+                "operator:wh",
+                "T1"
+            ),
+        ]
+    );
+    let brief = &changes[3].order;
+    assert_eq!(
+        (&*brief.order_no, &*brief.customer_id, &*brief.channel),
+        ("f-1", "c1", "tmall")
+    );
+    assert_eq!(brief.lines.len(), 1);
+    assert_eq!(brief.lines[0].qty, 2);
+    let adjusted = picked(&w, from, |k| match k {
+        EventKind::StockAdjustedBy(e) => Some((e.delta, e.note.to_string(), e.actor.to_string())),
+        _ => None,
+    });
+    assert_eq!(
+        adjusted,
+        [(1, "dock 3".to_string(), "operator:wh".to_string())]
+    );
+
+    let unpaid = w.place("e-1", &[("B", 1, PRICE)]);
+    w.now_ms += 600_000;
+    let from = w.events.len();
+    w.ok(Command::Expire);
+    let expired = picked(&w, from, |k| match k {
+        EventKind::OrderExpiredFull(e) => Some((e.id, e.order.order_no.to_string())),
+        EventKind::OrderExpired { .. } => panic!("a thin order.expired under v1.2"),
+        _ => None,
+    });
+    assert_eq!(expired, [(unpaid, "e-1".to_string())]);
+    w.check_replay();
+}

@@ -149,6 +149,7 @@ impl Engine {
         let order_policy_change = config
             .order_policy
             .filter(|wanted| !state.runs_order_policy(*wanted));
+        let runs_order_policy = config.order_policy.is_some();
         let (tx, rx) = super::queue::bounded(config.queue_len_max);
         let with_follower =
             config.follower && config.durability.waits_for_commit() && wal.is_some();
@@ -274,6 +275,16 @@ impl Engine {
             };
             if let Err(rejection) = writer.apply_at_start(command)? {
                 return Err(Error::InvalidConfig(format!("order policy {rejection:?}")));
+            }
+        }
+        // A server (it runs an order policy) raises the rules to this build's, once:
+        // the records before keep the rules they were logged with when replayed.
+        if runs_order_policy && !standby && writer.state.rules() < crate::state::RULES_CURRENT {
+            let command = Command::SetRules {
+                rules: crate::state::RULES_CURRENT,
+            };
+            if let Err(rejection) = writer.apply_at_start(command)? {
+                return Err(Error::InvalidConfig(format!("rules {rejection:?}")));
             }
         }
         if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {

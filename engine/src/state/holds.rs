@@ -9,7 +9,7 @@ use bincode::{Decode, Encode};
 use hashbrown::HashMap;
 
 use super::{
-    Ctx, EARLY_GROWTH_LEN, RULES_V1, State, at_line, check_line_count, check_qty,
+    Ctx, EARLY_GROWTH_LEN, RULES_V1, RULES_V12, State, at_line, check_line_count, check_qty,
     check_required_text, check_sku_id, check_ttl, invalid, touch, transition,
 };
 use crate::command::{Field, LineField, Outcome, Rejection, Reply, Shortage, Violation};
@@ -452,7 +452,17 @@ impl State {
                     ctx.now_ms,
                     before,
                 );
-                ctx.emit(EventKind::OrderExpired { id: order_id });
+                if self.rules < RULES_V12 {
+                    ctx.emit(EventKind::OrderExpired { id: order_id });
+                } else {
+                    let order = self.brief(order_id);
+                    ctx.emit(EventKind::OrderExpiredFull(Box::new(
+                        crate::event::OrderExpired {
+                            id: order_id,
+                            order,
+                        },
+                    )));
+                }
                 orders += 1;
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Amounts, Ctx, RULES_V1, State, at_line, check_address, check_line_count, check_qty,
+    Amounts, Ctx, RULES_V1, RULES_V12, State, at_line, check_address, check_line_count, check_qty,
     check_required_text, check_text, check_ttl, invalid, transition,
 };
 use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
@@ -585,11 +585,7 @@ impl State {
                 payment_ref: payment_ref.into(),
             })));
         }
-        ctx.emit(EventKind::OrderStatusChanged {
-            id,
-            from: OrderStatus::Reserved,
-            to: OrderStatus::Confirmed,
-        });
+        self.emit_status_changed(id, OrderStatus::Reserved, actor, "", ctx);
         Ok(self.order_reply(id))
     }
 
@@ -645,7 +641,7 @@ impl State {
             self.order_mut(id).extra_mut().tracking_no = tracking_no.into();
         }
         self.set_status(id, to, actor, note, ctx.now_ms);
-        ctx.emit(EventKind::OrderStatusChanged { id, from, to });
+        self.emit_status_changed(id, from, actor, note, ctx);
         Ok(self.order_reply(id))
     }
 
@@ -841,6 +837,40 @@ impl State {
     }
 
     /// Who an order event is about.
+    /// `order.status_changed` from `from` to the order's status now: thin under the
+    /// rules before v1.2, else with the order's brief, the step's note, the tracking
+    /// number and the actor.
+    fn emit_status_changed(
+        &self,
+        id: OrderId,
+        from: OrderStatus,
+        actor: u32,
+        note: &str,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let order = &self.orders[(id.0 - 1) as usize];
+        let to = order.status;
+        if self.rules < RULES_V12 {
+            ctx.emit(EventKind::OrderStatusChanged { id, from, to });
+            return;
+        }
+        let tracking_no = order
+            .extra
+            .as_ref()
+            .map_or_else(|| "".into(), |e| e.tracking_no.clone());
+        ctx.emit(EventKind::OrderStatusChangedFull(Box::new(
+            crate::event::OrderStatusChanged {
+                id,
+                order: self.brief(id),
+                from,
+                to,
+                note: note.into(),
+                tracking_no,
+                actor: Arc::clone(&self.actors[actor as usize]),
+            },
+        )));
+    }
+
     pub(crate) fn brief(&self, id: OrderId) -> crate::event::OrderBrief {
         let o = &self.orders[(id.0 - 1) as usize];
         crate::event::OrderBrief {

@@ -198,9 +198,10 @@ pub fn check_sizes(cmd: &Command, key: Option<&IdempotencyKey>) -> Result<(), Re
             note(text)?;
             actor(who)
         }
-        Command::Expire | Command::SetIdempotencyPolicy { .. } | Command::SetOrderPolicy { .. } => {
-            Ok(())
-        }
+        Command::Expire
+        | Command::SetIdempotencyPolicy { .. }
+        | Command::SetOrderPolicy { .. }
+        | Command::SetRules { .. } => Ok(()),
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 
-use super::{Ctx, RULES_V1, State, check_sku_id, check_text, invalid, touch, transition};
+use super::{
+    Ctx, RULES_V1, RULES_V12, State, check_sku_id, check_text, invalid, touch, transition,
+};
 use crate::command::{Field, Outcome, Rejection, Reply, SkuDefinition, Violation};
 use crate::domain::{AdjustReason, SkuIdx};
 use crate::event::EventKind;
@@ -178,19 +180,33 @@ impl State {
                 Violation::OnHandAboveMax { max: ON_HAND_MAX },
             ));
         }
-        self.intern_actor(checked_actor);
+        let actor = self.intern_actor(checked_actor);
         touch(&mut self.touched_skus, idx);
         let entry = &mut self.skus[idx.0 as usize];
         let available_before = entry.available();
         entry.on_hand = on_hand as u64;
         let (on_hand, available) = (entry.on_hand, entry.available());
-        ctx.emit(EventKind::StockAdjusted {
-            sku: idx,
-            delta,
-            reason,
-            on_hand,
-            available,
-        });
+        if self.rules < RULES_V12 {
+            ctx.emit(EventKind::StockAdjusted {
+                sku: idx,
+                delta,
+                reason,
+                on_hand,
+                available,
+            });
+        } else {
+            ctx.emit(EventKind::StockAdjustedBy(Box::new(
+                crate::event::StockAdjusted {
+                    sku: idx,
+                    delta,
+                    reason,
+                    on_hand,
+                    available,
+                    note: note.into(),
+                    actor: Arc::clone(&self.actors[actor as usize]),
+                },
+            )));
+        }
         self.stock_crossings(idx, available_before, ctx);
         Ok(Reply::Sku(self.sku_view(idx)))
     }
