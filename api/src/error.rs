@@ -5,7 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use surge_engine::{
-    Error as EngineError, Field, LineField, Rejection, SaleClosed, Shortage, Unit, Violation,
+    Error as EngineError, Field, LineField, OrderStatus, Rejection, SaleClosed, Shortage, Unit,
+    Violation,
 };
 use utoipa::ToSchema;
 
@@ -214,10 +215,18 @@ impl ApiError {
             Rejection::OrderShipped { id, status } => ApiError::new(
                 StatusCode::CONFLICT,
                 "order_shipped",
-                format!(
-                    "order {id} is {status}: a shipped order cannot be cancelled; \
-                     use the return flow (POST /v1/orders/{id}/return)"
-                ),
+                if *status == OrderStatus::Returned {
+                    // The return flow is behind it already: pointing there misleads.
+                    format!(
+                        "order {id} is returned: a shipped order cannot be cancelled, \
+                         and this one has come back already"
+                    )
+                } else {
+                    format!(
+                        "order {id} is {status}: a shipped order cannot be cancelled; \
+                         use the return flow (POST /v1/orders/{id}/return)"
+                    )
+                },
             ),
             Rejection::DuplicateOrderNo { order_no, id } => ApiError::new(
                 StatusCode::CONFLICT,
@@ -640,6 +649,16 @@ mod tests {
                 "order_shipped",
                 None,
                 "order o3 is shipped: a shipped order cannot be cancelled; use the return flow (POST /v1/orders/o3/return)",
+            ),
+            (
+                Rejection::OrderShipped {
+                    id: OrderId(3),
+                    status: OrderStatus::Returned,
+                },
+                409,
+                "order_shipped",
+                None,
+                "order o3 is returned: a shipped order cannot be cancelled, and this one has come back already",
             ),
             (
                 Rejection::IdempotencyConflict { key: "k1".into() },

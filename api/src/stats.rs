@@ -120,13 +120,10 @@ impl ReportParams<'_> {
                 )
             })?,
         };
+        // Without `from`, every order since the start (API.md gives `to` a default
+        // and is silent on `from`; its OpenAPI parameter was already optional).
         let from_ms = match self.from {
-            None => {
-                return Err(ApiError::validation(
-                    "from",
-                    "required with group_by: an RFC 3339 instant",
-                ));
-            }
+            None => 0,
             Some(t) => instant("from", t)?,
         };
         let to_ms = match self.to {
@@ -138,8 +135,10 @@ impl ReportParams<'_> {
         }
         let (tz_name, tz) = match self.tz {
             None => ("UTC".to_string(), TimeZone::UTC),
+            // The zone's name as the time zone database spells it (the look-up
+            // ignores case: `asia/shanghai` answers `Asia/Shanghai`).
             Some(name) => match TimeZone::get(name) {
-                Ok(tz) => (name.to_string(), tz),
+                Ok(tz) => (tz.iana_name().unwrap_or(name).to_string(), tz),
                 Err(_) => {
                     return Err(ApiError::validation(
                         "tz",
@@ -503,7 +502,7 @@ mod tests {
             field(params(Some("2026-11-29T00:00:00Z"), None, None, None)),
             "group_by"
         );
-        assert_eq!(field(params(None, None, Some("day"), None)), "from");
+        assert!(params(None, None, Some("day"), None).check(1_000).is_ok());
         assert_eq!(
             field(params(Some("yesterday"), None, Some("day"), None)),
             "from"

@@ -326,13 +326,24 @@ impl State {
             }
         }
         if let Some(new_lines) = new_lines {
+            // The order's hold, or once paid its committed reservation, shows the
+            // units the order now has (a paid order's used to keep the units sold
+            // before the change). A hold is always kept; a committed reservation
+            // only while it is among the newest (`FINISHED_RESERVATIONS_KEPT`).
+            let held = self.per_sku(&new_lines);
+            let kept = self.reservations.get_mut(&reservation);
             if status == OrderStatus::Reserved {
-                let held = self.per_sku(&new_lines);
-                let r = self
-                    .reservations
-                    .get_mut(&reservation)
-                    .expect("a reserved order holds its reservation");
-                assert_eq!(r.status, ReservationStatus::Held);
+                assert!(
+                    kept.as_ref()
+                        .is_some_and(|r| r.status == ReservationStatus::Held),
+                    "a reserved order holds its reservation"
+                );
+            }
+            if let Some(r) = kept {
+                assert!(matches!(
+                    r.status,
+                    ReservationStatus::Held | ReservationStatus::Committed
+                ));
                 r.lines = held.iter().map(|&(s, q)| (s, q as u32)).collect();
             }
             let total = new_lines

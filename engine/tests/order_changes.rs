@@ -378,6 +378,18 @@ fn a_paid_order_only_goes_down_and_the_difference_is_due_back() {
         Some(CancelReason::OutOfStock),
     ));
     assert_eq!(w.stock("A"), (9, 0, 9), "two units back on hand");
+    // Its committed reservation shows the units sold now (it kept the three).
+    let reservation = w.order(id).reservation_id;
+    match w.state.query(&Query::GetReservation { id: reservation }) {
+        Ok(QueryReply::Reservation(r)) => {
+            let units: Vec<u64> = r.lines.iter().map(|l| l.qty).collect();
+            assert_eq!(
+                (r.status, units),
+                (surge_engine::ReservationStatus::Committed, vec![1])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     let o = w.order(id);
     assert_eq!(o.payment.paid_amount, 3 * PRICE);
     assert_eq!(o.payment.refund_due_amount, 2 * PRICE);
