@@ -152,36 +152,22 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
             insert_closing(&mut m, log, note, actor, *refund_due_amount, restocked);
             Value::Object(m)
         }
-        EventKind::OrderModified(e) => {
-            let surge_engine::event::OrderModified {
-                id,
-                order,
-                before,
-                reason,
-                actor,
-                stock_delta,
-                total,
-                refund_due_added,
+        EventKind::OrderModified(e) => Value::Object(order_modified(log, e)),
+        EventKind::OrderModifiedFull(e) => {
+            let surge_engine::event::OrderModifiedFull {
+                modified,
+                shipping_address,
+                note,
             } = &**e;
-            let mut m = brief(log, *id, order);
-            let after = m.remove("lines").unwrap_or(Value::Null);
-            m.insert("before".into(), event_lines(log, before));
-            m.insert("after".into(), after);
+            let mut m = order_modified(log, modified);
             m.insert(
-                "reason".into(),
-                reason.map_or(Value::Null, |r| r.as_str().into()),
+                "shipping_address".into(),
+                shipping_address.as_ref().map_or(Value::Null, |a| {
+                    serde_json::to_value(crate::dto::AddressBody::from(a.clone()))
+                        .expect("an address serializes")
+                }),
             );
-            insert_actor(&mut m, actor);
-            m.insert(
-                "stock_delta".into(),
-                stock_delta
-                    .iter()
-                    .map(|(s, q)| json!({"sku": sku(*s), "qty": q}))
-                    .collect::<Vec<_>>()
-                    .into(),
-            );
-            m.insert("total".into(), (*total).into());
-            m.insert("refund_due_added".into(), (*refund_due_added).into());
+            m.insert("note".into(), note.to_string().into());
             Value::Object(m)
         }
         EventKind::OrderHeld(e) => {
@@ -439,6 +425,34 @@ fn sse(st: AppState, engine: EngineHandle, after: u64) -> impl IntoResponse {
 }
 
 /// The order an event is about: id, number, customer, channel, lines.
+/// `order.modified`: the order's brief with its lines before and after, the reason,
+/// the actor, the stock moved and the money.
+fn order_modified(log: &EventLog, e: &surge_engine::event::OrderModified) -> Map<String, Value> {
+    let surge_engine::event::OrderModified {
+        id,
+        order,
+        before,
+        reason,
+        actor,
+        stock_delta,
+        total,
+        refund_due_added,
+    } = e;
+    let mut m = brief(log, *id, order);
+    let after = m.remove("lines").unwrap_or(Value::Null);
+    m.insert("before".into(), event_lines(log, before));
+    m.insert("after".into(), after);
+    m.insert(
+        "reason".into(),
+        reason.map_or(Value::Null, |r| r.as_str().into()),
+    );
+    insert_actor(&mut m, actor);
+    m.insert("stock_delta".into(), sku_qtys(log, stock_delta));
+    m.insert("total".into(), (*total).into());
+    m.insert("refund_due_added".into(), (*refund_due_added).into());
+    m
+}
+
 /// `order_id` and `order_no`: how every order event starts.
 fn order_ref(id: surge_engine::OrderId, order_no: &str) -> Map<String, Value> {
     let mut m = Map::new();
@@ -467,7 +481,8 @@ fn event_lines(log: &EventLog, lines: &[surge_engine::event::EventLine]) -> Valu
         .into()
 }
 
-fn sku_qtys(log: &EventLog, lines: &[(surge_engine::SkuIdx, u64)]) -> Value {
+/// `[{"sku", "qty"}]`: units per SKU (signed for a modification's stock moved).
+fn sku_qtys<Q: serde::Serialize>(log: &EventLog, lines: &[(surge_engine::SkuIdx, Q)]) -> Value {
     lines
         .iter()
         .map(|(s, q)| json!({"sku": &*log.sku_name(*s), "qty": q}))

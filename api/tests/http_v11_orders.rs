@@ -489,7 +489,8 @@ fn delay_alerts_and_review_holds_follow_the_logged_policy() {
 /// Events downstream acts on without calling back (API.md, "Events with full
 /// payloads"): a status change names the order (number, customer, channel, lines),
 /// the step's note, who made it and, once shipped, the tracking number; a stock
-/// adjustment its note and actor. They carried the id alone (fulfilment had to call
+/// adjustment its note and actor; a modification the address and note after it.
+/// They carried the id alone (fulfilment had to call
 /// back for the tracking number). The server logs the rules that say so once: a
 /// restart replays the same events and logs nothing more.
 #[test]
@@ -518,7 +519,37 @@ fn status_changes_and_adjustments_carry_what_downstream_acts_on() {
         Some(r#"{"delta": 3, "reason": "inbound", "note": "dock 3"}"#),
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    // An address-only change tells the new address (and the order's note).
+    let other = create(&server, "full-2", 1, "");
+    let other_id = other["id"].as_str().unwrap().to_string();
+    let r = server.as_(
+        OPERATOR,
+        "PATCH",
+        &format!("/v1/orders/{other_id}"),
+        Some(
+            r#"{"shipping_address": {"name": "韩梅梅", "city": "上海"}, "note": "leave at door"}"#,
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     let events = server.all_events();
+    let modified = events
+        .iter()
+        .rfind(|e| e["type"] == "order.modified")
+        .unwrap();
+    assert_eq!(
+        (
+            &modified["order_no"],
+            &modified["shipping_address"]["city"],
+            &modified["note"]
+        ),
+        (
+            &Value::from("full-2"),
+            &Value::from("上海"),
+            &Value::from("leave at door")
+        ),
+        "{modified}"
+    );
+    assert_eq!(modified["shipping_address"], r.json()["shipping_address"]);
     let changes: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "order.status_changed")

@@ -122,6 +122,9 @@ pub enum EventKind {
     OrderExpiredFull(Box<OrderExpired>),
     /// A stock adjustment with its note and who made it.
     StockAdjustedBy(Box<StockAdjusted>),
+    /// A modification with the order's shipping address and note after it (an
+    /// address-only change told nothing of the new address).
+    OrderModifiedFull(Box<OrderModifiedFull>),
 }
 
 // The v1.1 payloads are boxed: an `EventKind` stays as small as the v1 ones (the
@@ -211,6 +214,15 @@ pub struct OrderModified {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderModifiedFull {
+    pub modified: OrderModified,
+    /// The order's shipping address after the change.
+    pub shipping_address: Option<crate::command::Address>,
+    /// The order's note after the change.
+    pub note: Box<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct OrderHeld {
     pub id: OrderId,
     pub order_no: Arc<str>,
@@ -282,7 +294,7 @@ impl EventKind {
             EventKind::OrderExpired { .. } | EventKind::OrderExpiredFull(_) => "order.expired",
             EventKind::OrderReturned(_) | EventKind::OrderReturnedV3 { .. } => "order.returned",
             EventKind::OrderRefunded { .. } | EventKind::OrderRefundedAmount(_) => "order.refunded",
-            EventKind::OrderModified(_) => "order.modified",
+            EventKind::OrderModified(_) | EventKind::OrderModifiedFull(_) => "order.modified",
             EventKind::OrderHeld(_) => "order.held",
             EventKind::OrderHoldReleased(_) => "order.hold_released",
             EventKind::OrderDelayed(_) => "order.delayed",

@@ -18,8 +18,8 @@ use crate::domain::{
 use crate::event::EventKind;
 use crate::limits::*;
 use crate::state::{
-    Ctx, Hold, RULES_CURRENT, RULES_V11, State, at_line, check_address, check_line_count,
-    check_qty, check_text, invalid, touch, transition,
+    Ctx, Hold, RULES_CURRENT, RULES_V11, RULES_V12, State, at_line, check_address,
+    check_line_count, check_qty, check_text, invalid, touch, transition,
 };
 
 impl State {
@@ -379,19 +379,31 @@ impl State {
             _ => "modified".to_string(),
         };
         self.push_history(id, actor, &history_note, ctx.now_ms, Some(before));
-        let order = self.brief(id);
-        ctx.emit(EventKind::OrderModified(Box::new(
-            crate::event::OrderModified {
-                id,
-                order,
-                before: before_lines,
-                reason: change.reason,
-                actor: Arc::clone(&self.actors[actor as usize]),
-                stock_delta: deltas.clone(),
-                total,
-                refund_due_added: due_added,
-            },
-        )));
+        let modified = crate::event::OrderModified {
+            id,
+            order: self.brief(id),
+            before: before_lines,
+            reason: change.reason,
+            actor: Arc::clone(&self.actors[actor as usize]),
+            stock_delta: deltas.clone(),
+            total,
+            refund_due_added: due_added,
+        };
+        if self.rules < RULES_V12 {
+            ctx.emit(EventKind::OrderModified(Box::new(modified)));
+        } else {
+            let order = &self.orders[(id.0 - 1) as usize];
+            let (shipping_address, note) = order.more().map_or((None, "".into()), |m| {
+                (m.address.as_deref().cloned(), m.note.clone())
+            });
+            ctx.emit(EventKind::OrderModifiedFull(Box::new(
+                crate::event::OrderModifiedFull {
+                    modified,
+                    shipping_address,
+                    note,
+                },
+            )));
+        }
         for (sku, available_before) in befores {
             self.stock_crossings(sku, available_before, ctx);
         }

@@ -1705,7 +1705,8 @@ fn describe(state: &State, event: &Event, v11: bool) -> String {
         // (`engine/tests/rules.rs` covers them).
         EventKind::OrderStatusChangedFull(_)
         | EventKind::OrderExpiredFull(_)
-        | EventKind::StockAdjustedBy(_) => unexpected(),
+        | EventKind::StockAdjustedBy(_)
+        | EventKind::OrderModifiedFull(_) => unexpected(),
         // The thin payloads of the v1 rules.
         EventKind::OrderCreatedV3 {
             id,
