@@ -588,6 +588,10 @@ struct IdemKey {
     key: String,
     method: String,
     path: String,
+    /// The caller's `Authorization` header: in the fingerprint, so that another
+    /// caller's request under the same key is a conflict (422), never answered with
+    /// the first caller's stored response.
+    caller: Vec<u8>,
 }
 
 /// Between a batch's key and an op's index in the key of the op: not ASCII, so no
@@ -603,6 +607,7 @@ impl Idem {
             fingerprint: EngineHandle::fingerprint(&[
                 idem.method.as_bytes(),
                 idem.path.as_bytes(),
+                &idem.caller,
                 body,
             ]),
         })
@@ -630,6 +635,7 @@ impl Idem {
             fingerprint: EngineHandle::fingerprint(&[
                 idem.method.as_bytes(),
                 idem.path.as_bytes(),
+                &idem.caller,
                 body,
                 &(index as u64).to_le_bytes(),
             ]),
@@ -665,6 +671,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Idem {
                     key: key.to_string(),
                     method: parts.method.as_str().to_string(),
                     path: parts.uri.path().to_string(),
+                    caller: parts
+                        .headers
+                        .get(header::AUTHORIZATION)
+                        .map_or_else(Vec::new, |v| v.as_bytes().to_vec()),
                 })
             }
         };

@@ -186,11 +186,11 @@ impl Modify for Conventions {
                 }
                 if idempotent {
                     responses.entry("422".to_string()).or_insert_with(|| {
-                        problem("`idempotency_conflict`: the Idempotency-Key was used with a different request").into()
+                        problem("`idempotency_conflict`: the Idempotency-Key was used with a different request, or by another caller").into()
                     });
                     params.push(header_param(
                         "Idempotency-Key",
-                        "Replay protection: at most 128 bytes; the same key and request return the original response",
+                        "Replay protection: at most 128 bytes; the same key and request from the same caller (the same Authorization) return the original response; another request under the key, or another caller's, is 422",
                     ));
                 }
             }

@@ -754,6 +754,17 @@ async fn idempotency_keys_replay_and_conflict() {
         )
         .await;
     assert_problem(&other, 422, "idempotency_conflict");
+    // Keys are the caller's: another token's request under the same key and body
+    // is a conflict, not answered with the first caller's stored hold.
+    let someone_else = api
+        .call("POST", "/v1/reservations", Some(ADMIN), &key, Some(body))
+        .await;
+    assert_problem(&someone_else, 422, "idempotency_conflict");
+    assert!(
+        !someone_else.text.contains("\"id\""),
+        "{}",
+        someone_else.text
+    );
     // A refusal is remembered too: the same status and body again.
     let big = r#"{"lines": [{"sku": "A", "qty": 50}]}"#;
     let k2 = [("idempotency-key", "key-2")];
