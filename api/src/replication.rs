@@ -53,6 +53,9 @@ const STREAM_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A feed that delivered nothing for this long while the stream holds messages the
 /// standby has not applied is rebuilt.
 const FEED_STALLED_AFTER: Duration = Duration::from_secs(3);
+/// Stream checks that may fail in a row (a lost answer, a server restarting)
+/// before the feed is rebuilt; the lag then tells the silence meanwhile.
+const STREAM_CHECKS_FAILED_MAX: u32 = 3;
 /// A standby that has not heard from the stream for this long (a check every
 /// [`STREAM_CHECK_EVERY`], each given [`REQUEST_TIMEOUT`]) reports its view as old as
 /// that silence: it cannot know what it misses.
@@ -552,11 +555,25 @@ impl Standby {
         let mut behind_since = None;
         // The stream sequence through which this node holds every record.
         let mut held_through_seq = start.saturating_sub(1);
+        // Stream checks failed in a row: one lost answer does not tear the feed down.
+        let mut checks_failed = 0;
         loop {
             let message = tokio::select! {
                 message = messages.next() => message,
                 _ = check.tick() => {
-                    let end = log_end_of(&stream).await?;
+                    let end = match log_end_of(&stream).await {
+                        Ok(end) => {
+                            checks_failed = 0;
+                            end
+                        }
+                        Err(e) => {
+                            checks_failed += 1;
+                            if checks_failed >= STREAM_CHECKS_FAILED_MAX {
+                                return Err(format!("{checks_failed} stream checks failed in a row: {e}"));
+                            }
+                            continue;
+                        }
+                    };
                     self.status.stream_lsn.fetch_max(end.lsn, Ordering::AcqRel);
                     self.status.heard_from_the_stream();
                     if end.seq <= held_through_seq {
@@ -575,9 +592,9 @@ impl Standby {
                 }
             };
             let Some(message) = message else { break };
+            let message = message.map_err(|e| format!("message: {e}"))?;
             behind_since = None;
             self.status.heard_from_the_stream();
-            let message = message.map_err(|e| format!("message: {e}"))?;
             let (seq, published_ms) = {
                 let info = message.info().map_err(|e| format!("message info: {e}"))?;
                 (

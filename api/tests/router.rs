@@ -1043,6 +1043,40 @@ async fn a_keyed_batch_replays_and_conflicts_as_a_whole() {
     assert_problem(&conflict, 422, "idempotency_conflict");
     assert_eq!(reserved("B").await, 2);
 
+    // Ops the API refused take no key: another body under the key still conflicts,
+    // wherever its ops stand.
+    let refused_first = json!({"ops": [{"op": "fly"}, one.clone()]});
+    let first = batch("bk-3".into(), refused_first).await;
+    assert_eq!(first.json["results"][1]["status"], "held", "{}", first.text);
+    assert_eq!(reserved("B").await, 3);
+    let moved =
+        json!({"ops": [{"op": "reserve", "lines": [{"sku": "B", "qty": 5}]}, {"op": "fly"}]});
+    let conflict = batch("bk-3".into(), moved).await;
+    assert_problem(&conflict, 422, "idempotency_conflict");
+    assert_eq!(reserved("B").await, 3);
+
+    // A batch's key and a single request's are one key: either way round, 422.
+    let single = |key: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/v1/reservations",
+                Some(STOREFRONT),
+                &[("idempotency-key", key)],
+                Some(&json!({"lines": [{"sku": "B", "qty": 1}]}).to_string()),
+            )
+            .await
+        }
+    };
+    assert_problem(&single("bk-2").await, 422, "idempotency_conflict");
+    let held = single("bk-4").await;
+    assert_eq!(held.status, 201, "{}", held.text);
+    assert_eq!(reserved("B").await, 4);
+    let conflict = batch("bk-4".into(), json!({"ops": [one.clone()]})).await;
+    assert_problem(&conflict, 422, "idempotency_conflict");
+    assert_eq!(reserved("B").await, 4);
+
     // The key leaves room for the op's index (`·` and the digits of the largest).
     let ops_max = ApiConfig::default().batch_ops_max;
     let len_max = 128 - 2 - (ops_max - 1).to_string().len();

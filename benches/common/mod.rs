@@ -13,8 +13,9 @@ pub fn sku(i: usize) -> String {
     format!("SKU-{:05}", i % SKUS)
 }
 
-/// A state under the rules the server runs (v1.1: full event payloads,
-/// `stock.restored`, the ledger, ship deadlines), with 10 000 SKUs.
+/// A state under the rules the server runs (this build's: full event payloads,
+/// `stock.restored`, the ledger, ship deadlines, full status changes), with
+/// 10 000 SKUs.
 pub fn state_with_skus() -> State {
     let mut state = State::new();
     let mut events = Vec::new();
@@ -26,6 +27,13 @@ pub fn state_with_skus() -> State {
         .apply(&policy, None, 1, &mut events)
         .outcome
         .expect("policy");
+    let rules = Command::SetRules {
+        rules: surge_engine::RULES_CURRENT,
+    };
+    state
+        .apply(&rules, None, 1, &mut events)
+        .outcome
+        .expect("rules");
     for i in 0..SKUS {
         let cmd = Command::DefineSku {
             sku: sku(i),

@@ -27,7 +27,7 @@ pub use event::{Event, EventKind};
 pub use few::Few;
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES, IdempotencyPolicy, IdempotencyStats};
 pub use query::{QueryReply, fnv1a64};
-pub use state::{Applied, EXPIRE_BATCH_MAX, State, check_sizes};
+pub use state::{Applied, EXPIRE_BATCH_MAX, RULES_CURRENT, State, check_sizes};
 
 mod feed;
 mod runtime;

@@ -329,9 +329,11 @@ impl State {
             // The order's hold, or once paid its committed reservation, shows the
             // units the order now has (a paid order's used to keep the units sold
             // before the change). A hold is always kept; a committed reservation
-            // only while it is among the newest (`FINISHED_RESERVATIONS_KEPT`).
+            // only while it is among the newest (`FINISHED_RESERVATIONS_KEPT`), and
+            // from the v1.2 rules on (a log of before replays as it ran).
             let held = self.per_sku(&new_lines);
-            let kept = self.reservations.get_mut(&reservation);
+            let follows = status == OrderStatus::Reserved || self.rules >= RULES_V12;
+            let kept = self.reservations.get_mut(&reservation).filter(|_| follows);
             if status == OrderStatus::Reserved {
                 assert!(
                     kept.as_ref()

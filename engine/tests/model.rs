@@ -1702,7 +1702,9 @@ fn describe(state: &State, event: &Event, v11: bool) -> String {
         EventKind::OrderStatusChanged { id, from, to } => format!("{ty} {id} {from}>{to}"),
         EventKind::OrderExpired { id } => format!("{ty} {id}"),
         // The v1.2 rules' payloads: the model never raises the rules past v1.1
-        // (`engine/tests/rules.rs` covers them).
+        // (in `engine/tests/order_changes.rs`,
+        // `the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full`
+        // covers them).
         EventKind::OrderStatusChangedFull(_)
         | EventKind::OrderExpiredFull(_)
         | EventKind::StockAdjustedBy(_)

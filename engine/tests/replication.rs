@@ -131,6 +131,21 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A leader in `replicated` mode publishing to `log` as node 1, its stage resumed.
+fn publishing_leader(dir: &std::path::Path, log: &SharedLog) -> EngineHandle {
+    let (leader, _) =
+        Engine::open(config(dir, Durability::Replicated, Role::Leader)).expect("open");
+    leader
+        .attach_publisher(FakePublisher::new(log, 1))
+        .expect("queued")
+        .wait()
+        .expect("attached");
+    wait_until("the publish stage to resume", || {
+        leader.replication_down().is_none()
+    });
+    leader
+}
+
 /// Feed a standby everything the replicated log holds.
 fn catch_up(standby: &EngineHandle, log: &SharedLog) -> u64 {
     let records = log.lock().records.clone();
@@ -200,20 +215,7 @@ fn a_standby_follows_then_promotion_fences_the_old_leader() {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let standby_dir = tempfile::tempdir().expect("tempdir");
     let log = SharedLog::default();
-    let (leader, _) = Engine::open(config(
-        leader_dir.path(),
-        Durability::Replicated,
-        Role::Leader,
-    ))
-    .expect("open");
-    leader
-        .attach_publisher(FakePublisher::new(&log, 1))
-        .expect("queued")
-        .wait()
-        .expect("attached");
-    wait_until("the publish stage to resume", || {
-        leader.replication_down().is_none()
-    });
+    let leader = publishing_leader(leader_dir.path(), &log);
     write(&leader, define("A", 100)).expect("written");
     for _ in 0..20 {
         write(&leader, reserve("A")).expect("written");
@@ -399,4 +401,106 @@ fn trailing_records_of_an_outage_come_back_from_the_log() {
         Engine::open(config(standby_dir.path(), Durability::Sync, Role::Standby)).expect("open");
     catch_up(&standby, &log);
     assert_eq!(digest(&standby), digest(&leader), "no gap, no duplicate");
+}
+
+/// A leader on a newer build logs rules this standby's build does not know: the
+/// standby refuses the record with the reason (it used to panic, "diverged"),
+/// changes nothing, and follows again once the stream carries what it knows.
+#[test]
+fn a_standby_refuses_rules_newer_than_its_build() {
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let (standby, _) =
+        Engine::open(config(standby_dir.path(), Durability::Sync, Role::Standby)).expect("open");
+    let record = |command: Command| {
+        let mut bytes = Vec::new();
+        surge_engine::codec::encode_record(
+            &surge_engine::codec::LogRecord {
+                now_ms: 1,
+                command,
+                key: None,
+            },
+            &mut bytes,
+        );
+        bytes
+    };
+    let defined = standby
+        .replicate(vec![(1, record(define("A", 5)))])
+        .expect("queued")
+        .wait()
+        .expect("applied");
+    assert_eq!(defined, 1);
+    let before = digest(&standby);
+    let newer = Command::SetRules {
+        rules: surge_engine::RULES_CURRENT + 1,
+    };
+    match standby
+        .replicate(vec![(2, record(newer))])
+        .expect("queued")
+        .wait()
+    {
+        Err(Error::Replication(reason)) => {
+            assert!(reason.contains("upgrade this standby"), "{reason}");
+        }
+        other => panic!("a record of unknown rules was taken: {other:?}"),
+    }
+    assert_eq!(digest(&standby), before, "nothing changed");
+    assert_eq!(standby.role(), Role::Standby);
+    let next = standby
+        .replicate(vec![(2, record(reserve("A")))])
+        .expect("queued")
+        .wait()
+        .expect("it still follows");
+    assert_eq!(next, 2);
+}
+
+/// A standby promoted from a leader that ran older rules (here: none configured)
+/// logs its own order policy and this build's rules, and publishes them, as it
+/// would at a restart as the leader.
+#[test]
+fn a_promoted_standby_logs_its_policy_and_rules() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let leader = publishing_leader(leader_dir.path(), &log);
+    write(&leader, define("A", 10)).expect("written");
+    let policy = surge_engine::OrderPolicy {
+        ship_sla_ms: 3_600_000,
+        review_amount_min: None,
+    };
+    let (standby, _) = Engine::open(EngineConfig {
+        order_policy: Some(policy),
+        ..config(standby_dir.path(), Durability::Sync, Role::Standby)
+    })
+    .expect("open");
+    catch_up(&standby, &log);
+    assert_eq!(digest(&standby), digest(&leader));
+    log.lock().last_node = Some(2);
+    let published_before = log.lock().records.len();
+    standby
+        .promote(FakePublisher::new(&log, 2))
+        .expect("queued")
+        .wait()
+        .expect("promoted");
+    wait_until("the promoted leader's policy records to publish", || {
+        log.lock().records.len() >= published_before + 2
+    });
+    let published: Vec<Command> = log.lock().records[published_before..]
+        .iter()
+        .map(|(_, bytes)| {
+            surge_engine::codec::decode_record(bytes)
+                .expect("decodes")
+                .command
+        })
+        .collect();
+    assert!(
+        matches!(
+            published.as_slice(),
+            [
+                Command::SetOrderPolicy { ship_sla_ms: 3_600_000, review_amount_min: None },
+                Command::SetRules { rules },
+            ] if *rules == surge_engine::RULES_CURRENT
+        ),
+        "{published:?}"
+    );
+    write(&standby, reserve("A")).expect("the new leader takes writes");
 }

@@ -361,6 +361,9 @@ impl<S: Storage> Writer<S> {
                 reply,
             } => {
                 let attached = self.attach_publisher(publisher, promote, to_writer);
+                if promote && attached.is_ok() {
+                    self.adopt_own_policy(pending);
+                }
                 let _ = reply.send(attached);
             }
             Request::Shutdown => return true,
@@ -456,6 +459,33 @@ impl<S: Storage> Writer<S> {
         Ok(logged_before)
     }
 
+    /// A promoted standby runs its own order policy and this build's rules, as it
+    /// would after a restart as the leader: logged (and published) like any
+    /// command, so its followers and its replay take them at the same place.
+    fn adopt_own_policy(&mut self, pending: &mut Vec<Pending>) {
+        let Some(policy) = self.config.order_policy else {
+            return;
+        };
+        let mut commands = Vec::new();
+        if !self.state.runs_order_policy(policy) {
+            commands.push(Command::SetOrderPolicy {
+                ship_sla_ms: policy.ship_sla_ms,
+                review_amount_min: policy.review_amount_min,
+            });
+        }
+        if self.state.rules() < crate::state::RULES_CURRENT {
+            commands.push(Command::SetRules {
+                rules: crate::state::RULES_CURRENT,
+            });
+        }
+        for command in commands {
+            // Nobody waits on these answers; a refusal (storage) is the next
+            // write's refusal too.
+            let (reply, _) = tokio::sync::oneshot::channel();
+            self.apply(command, None, reply, pending);
+        }
+    }
+
     /// A standby applies its leader's records: each must continue this log (one
     /// already applied is skipped: a resumed stream may repeat some), lands on the
     /// same LSN here, and is logged as the leader logged it.
@@ -496,6 +526,18 @@ impl<S: Storage> Writer<S> {
                     return;
                 }
             };
+            // Rules newer than this build's would be refused here and diverge: the
+            // standby stops following and says why (standbys upgrade first).
+            if let Command::SetRules { rules } = record.command
+                && rules > crate::state::RULES_CURRENT
+            {
+                let _ = reply.send(Err(Error::Replication(format!(
+                    "the leader's record {lsn} raises the rules to {rules}; this build follows \
+                     rules up to {}: upgrade this standby (standbys first, then the leader)",
+                    crate::state::RULES_CURRENT
+                ))));
+                return;
+            }
             if let Some(wal) = self.wal.as_mut()
                 && let Err(e) = wal.reserve(lsn, bytes.len())
             {
