@@ -249,7 +249,7 @@ fn push_problem(out: &mut String, error: &ApiError) {
 
 #[utoipa::path(post, path = "/v1/batch", tag = "batch",
     request_body = BatchReq,
-    description = "With an `Idempotency-Key`, the batch's first applied op is remembered under the key itself (so a single request under the same key conflicts with it, 422) and each later op under the key and its index; a keyed batch takes one key per op from the idempotency budget: the same key with the same body answers each op as it was first answered (ops that failed included) and changes nothing; with another body, 422 `idempotency_conflict` and nothing applied. The key is then at most 128 bytes less the separator (2) and the digits of the largest op index.",
+    description = "With an `Idempotency-Key`, the batch's first applied op is remembered under the key itself (so a single request under the same key conflicts with it, 422) and each later op under the key and its index; a keyed batch takes one key per op from the idempotency budget, and one none of whose ops was applied (all refused as invalid) is not remembered: the same key with the same body answers each op as it was first answered (ops that failed included) and changes nothing; with another body, 422 `idempotency_conflict` and nothing applied. The key is then at most 128 bytes less the separator (2) and the digits of the largest op index.",
     responses(
         (status = 200, description = "One result per op, in order", body = BatchResponse),
         (status = 422, description = "`idempotency_conflict`: the Idempotency-Key was used with a different request; no op applied", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -305,16 +305,12 @@ pub async fn batch(
     // One queue entry for the whole batch: the writer applies the ops in order in
     // one iteration and they are answered together, from one buffer.
     // With an `Idempotency-Key`, each op is keyed by the batch's key and its index.
-    // The first op submitted takes the batch's key itself, fingerprinted over the
-    // whole request: so another body under the key conflicts whichever ops the API
-    // refused, and a single request under the batch's key (or the reverse) too.
+    // The first op submitted takes the batch's key itself: so another body under
+    // the key conflicts whichever ops the API refused, and a single request under
+    // the batch's key (or the reverse) too.
     let mut commands: Vec<(Command, Option<IdempotencyKey>)> = Vec::with_capacity(op_count);
     let op_key = |commands: &[(Command, Option<IdempotencyKey>)], i: usize| {
-        if commands.is_empty() {
-            idem.key(&body)
-        } else {
-            idem.batch_op_key(&body, i)
-        }
+        idem.batch_op_key(&body, i, commands.is_empty())
     };
     let mut refused: Vec<(usize, ApiError)> = Vec::new();
     for (i, op) in plain.into_iter().enumerate() {

@@ -625,13 +625,20 @@ impl Idem {
         IDEMPOTENCY_KEY_LEN_MAX.saturating_sub(BATCH_OP_KEY_SEPARATOR.len_utf8() + index_digits)
     }
 
-    /// The key of op `index` of a batch sent with a key: the batch's key, a separator
-    /// and the index; fingerprint = method, path, the whole body and the index, so a
-    /// batch repeated under its key with another body conflicts in every op.
-    pub fn batch_op_key(&self, body: &[u8], index: usize) -> Option<IdempotencyKey> {
+    /// The key of op `index` of a batch sent with a key: the batch's key itself for
+    /// the first op applied (`first`), else the batch's key, a separator and the
+    /// index; fingerprint = method, path, caller, the whole body and the index, so a
+    /// batch repeated under its key with another body conflicts in every op, and a
+    /// repeat whose first applied op moved (an op the API refused before and takes
+    /// now) conflicts instead of answering one op with another's answer.
+    pub fn batch_op_key(&self, body: &[u8], index: usize, first: bool) -> Option<IdempotencyKey> {
         let idem = self.0.as_ref()?;
         Some(IdempotencyKey {
-            key: format!("{}{BATCH_OP_KEY_SEPARATOR}{index}", idem.key),
+            key: if first {
+                idem.key.clone()
+            } else {
+                format!("{}{BATCH_OP_KEY_SEPARATOR}{index}", idem.key)
+            },
             fingerprint: EngineHandle::fingerprint(&[
                 idem.method.as_bytes(),
                 idem.path.as_bytes(),
@@ -685,6 +692,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Idem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batch's own key goes to its first applied op, fingerprinted with that
+    /// op's index: a repeat whose first applied op moved conflicts with the first
+    /// time, rather than answering one op with another's stored answer.
+    #[test]
+    fn a_batch_key_is_bound_to_the_op_that_took_it() {
+        let idem = Idem(Some(IdemKey {
+            key: "K".into(),
+            method: "POST".into(),
+            path: "/v1/batch".into(),
+            caller: b"Bearer t".to_vec(),
+        }));
+        let body = br#"{"ops":[]}"#;
+        let first = idem.batch_op_key(body, 1, true).expect("keyed");
+        let moved = idem.batch_op_key(body, 0, true).expect("keyed");
+        assert_eq!((first.key.as_str(), moved.key.as_str()), ("K", "K"));
+        assert_ne!(first.fingerprint, moved.fingerprint);
+        let later = idem.batch_op_key(body, 2, false).expect("keyed");
+        assert_eq!(later.key, "K\u{b7}2");
+        assert_eq!(Idem(None).batch_op_key(body, 0, true), None);
+    }
 
     #[test]
     fn json_media_types_are_recognised_in_any_case() {

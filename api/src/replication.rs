@@ -594,6 +594,7 @@ impl Standby {
             let Some(message) = message else { break };
             let message = message.map_err(|e| format!("message: {e}"))?;
             behind_since = None;
+            checks_failed = 0;
             self.status.heard_from_the_stream();
             let (seq, published_ms) = {
                 let info = message.info().map_err(|e| format!("message info: {e}"))?;

@@ -643,9 +643,9 @@ pub async fn cancel_order(
     params(("id" = String, Path, description = "Order id (`o<n>`)")),
     request_body = ReturnReq,
     responses(
-        (status = 200, description = "`returned`, payment `refund_due`", body = OrderBody),
+        (status = 200, description = "`returned`, payment `refund_due`; the same return repeated answers the order", body = OrderBody),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: not returnable so, or already returned with another kind or restock", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn return_order(
     OrderWrite(call, req, ..): OrderWrite<Operator, ReturnReq>,
@@ -667,7 +667,7 @@ pub async fn return_order(
     responses(
         (status = 200, description = "payment `refunded`", body = OrderBody),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_transition`: no refund is due", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: no refund is due (also on an order already refunded)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refund_order(
     OrderWrite(call, req, ..): OrderWrite<Operator, RefundReq>,

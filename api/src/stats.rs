@@ -106,20 +106,6 @@ impl ReportParams<'_> {
     }
 
     pub fn check(&self, now_ms: u64) -> Result<ReportSpec, ApiError> {
-        let group_by = match self.group_by {
-            None => {
-                return Err(ApiError::validation(
-                    "group_by",
-                    "required with from/to/tz: hour, day, sku, customer, reason or channel",
-                ));
-            }
-            Some(g) => GroupBy::parse(g).ok_or_else(|| {
-                ApiError::validation(
-                    "group_by",
-                    format!("unknown grouping {g:?}: hour, day, sku, customer, reason or channel"),
-                )
-            })?,
-        };
         // Without `from`, every order since the start (API.md gives `to` a default
         // and is silent on `from`; its OpenAPI parameter was already optional).
         let from_ms = match self.from {
@@ -146,6 +132,21 @@ impl ReportParams<'_> {
                     ));
                 }
             },
+        };
+        // Each parameter given is checked first, so a bad one is named itself.
+        let group_by = match self.group_by {
+            None => {
+                return Err(ApiError::validation(
+                    "group_by",
+                    "required with from/to/tz: hour, day, sku, customer, reason or channel",
+                ));
+            }
+            Some(g) => GroupBy::parse(g).ok_or_else(|| {
+                ApiError::validation(
+                    "group_by",
+                    format!("unknown grouping {g:?}: hour, day, sku, customer, reason or channel"),
+                )
+            })?,
         };
         Ok(ReportSpec {
             from_ms,

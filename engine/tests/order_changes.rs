@@ -513,6 +513,72 @@ fn a_shipped_order_is_intercepted_or_refused_not_cancelled() {
     w.check_replay();
 }
 
+/// From the v1.2 rules on, `/refund` with nothing due is 409 also on a refunded
+/// order (API.md: "409 `invalid_transition` when it is 0"; it answered the order),
+/// and a return repeated with another kind or restock is refused (it answered the
+/// order as if done). The same return repeated still answers the order. Under the
+/// v1.1 rules both answer as they did, so older logs replay as they ran.
+#[test]
+fn the_v12_rules_refuse_a_refund_of_nothing_and_a_different_return() {
+    for rules in [None, Some(3)] {
+        let mut w = World::new(None);
+        if let Some(rules) = rules {
+            w.ok(Command::SetRules { rules });
+        }
+        let id = w.place("N-1", &[("A", 2, PRICE)]);
+        w.pay(id);
+        for to in [
+            OrderStatus::Picking,
+            OrderStatus::Packed,
+            OrderStatus::Shipped,
+        ] {
+            w.advance(id, to).expect("step");
+        }
+        let ret = |kind, restock| Command::ReturnOrderAs {
+            id,
+            kind,
+            restock,
+            reason: "parcel stopped".into(),
+            note: String::new(),
+            actor: "operator:wh".into(),
+        };
+        w.ok(ret(ReturnKind::Intercepted, true));
+        let logged = w.log.len();
+        w.ok(ret(ReturnKind::Intercepted, true));
+        let refused = |code: &str| match rules {
+            Some(_) => Err(code.to_string()),
+            None => Ok(()),
+        };
+        for other in [
+            ret(ReturnKind::Refused, true),
+            ret(ReturnKind::Intercepted, false),
+        ] {
+            assert_eq!(
+                w.run(other).map(|_| ()),
+                refused("invalid_transition"),
+                "rules {rules:?}"
+            );
+        }
+        let refund = || Command::RefundOrder {
+            id,
+            refund_ref: "rf-1".into(),
+            actor: "operator:fin".into(),
+        };
+        w.ok(refund());
+        assert_eq!(w.order(id).payment.status, PaymentStatus::Refunded);
+        let refunded = w.log.len();
+        assert_eq!(
+            w.run(refund()).map(|_| ()),
+            refused("invalid_transition"),
+            "rules {rules:?}"
+        );
+        assert_eq!(w.log.len(), refunded, "nothing logged");
+        assert_eq!(w.log.len(), logged + 1, "only the refund was logged");
+        assert_eq!(w.stock("A"), (10, 0, 10), "restocked once");
+        w.check_replay();
+    }
+}
+
 #[test]
 fn a_paid_order_not_shipped_within_the_sla_is_delayed_exactly_once() {
     let mut w = World::new(None);

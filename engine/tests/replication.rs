@@ -403,8 +403,8 @@ fn trailing_records_of_an_outage_come_back_from_the_log() {
     assert_eq!(digest(&standby), digest(&leader), "no gap, no duplicate");
 }
 
-/// A leader on a newer build logs rules this standby's build does not know: the
-/// standby refuses the record with the reason (it used to panic, "diverged"),
+/// A leader on a newer build logs rules (or limits) this standby's build does not
+/// know: the standby refuses the record with the reason (it used to panic, "diverged"),
 /// changes nothing, and follows again once the stream carries what it knows.
 #[test]
 fn a_standby_refuses_rules_newer_than_its_build() {
@@ -444,6 +444,23 @@ fn a_standby_refuses_rules_newer_than_its_build() {
         other => panic!("a record of unknown rules was taken: {other:?}"),
     }
     assert_eq!(digest(&standby), before, "nothing changed");
+    // Any record this build refuses, not only newer rules (here a policy out of
+    // this build's range), is refused with the reason and changes nothing.
+    let out_of_range = Command::SetIdempotencyPolicy {
+        window_ms: 1,
+        budget_bytes: 1,
+    };
+    match standby
+        .replicate(vec![(2, record(out_of_range))])
+        .expect("queued")
+        .wait()
+    {
+        Err(Error::Replication(reason)) => {
+            assert!(reason.contains("refused by this build"), "{reason}");
+        }
+        other => panic!("a refused record was taken: {other:?}"),
+    }
+    assert_eq!(digest(&standby), before, "nothing changed");
     assert_eq!(standby.role(), Role::Standby);
     let next = standby
         .replicate(vec![(2, record(reserve("A")))])
@@ -455,9 +472,16 @@ fn a_standby_refuses_rules_newer_than_its_build() {
 
 /// A standby promoted from a leader that ran older rules (here: none configured)
 /// logs its own order policy and this build's rules, and publishes them, as it
-/// would at a restart as the leader.
+/// would at a restart as the leader; in `replicated` mode too, where the log
+/// refuses writes until the publish stage has resumed (they were lost then).
 #[test]
 fn a_promoted_standby_logs_its_policy_and_rules() {
+    for durability in [Durability::Sync, Durability::Replicated] {
+        promoted_standby_logs_its_policy_and_rules(durability);
+    }
+}
+
+fn promoted_standby_logs_its_policy_and_rules(durability: Durability) {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let standby_dir = tempfile::tempdir().expect("tempdir");
     let log = SharedLog::default();
@@ -469,7 +493,7 @@ fn a_promoted_standby_logs_its_policy_and_rules() {
     };
     let (standby, _) = Engine::open(EngineConfig {
         order_policy: Some(policy),
-        ..config(standby_dir.path(), Durability::Sync, Role::Standby)
+        ..config(standby_dir.path(), durability, Role::Standby)
     })
     .expect("open");
     catch_up(&standby, &log);
@@ -500,7 +524,7 @@ fn a_promoted_standby_logs_its_policy_and_rules() {
                 Command::SetRules { rules },
             ] if *rules == surge_engine::RULES_CURRENT
         ),
-        "{published:?}"
+        "{durability:?}: {published:?}"
     );
     write(&standby, reserve("A")).expect("the new leader takes writes");
 }

@@ -233,6 +233,7 @@ impl Engine {
             publish_thread: None,
             log_reads: Vec::new(),
             opening: true,
+            own_policy_due: false,
             pending,
             async_dirty: false,
         };

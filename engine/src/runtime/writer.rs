@@ -75,6 +75,9 @@ pub(super) struct Writer<S: Storage> {
     pub(super) log_reads: Vec<LogRead>,
     /// `open` is logging the configured policies, before any request is taken.
     pub(super) opening: bool,
+    /// Promoted: this node's own policies and rules are still to be logged (tried
+    /// at each step until the log takes them).
+    pub(super) own_policy_due: bool,
     /// Answers waiting for this step's commit (kept between steps for its capacity).
     pub(super) pending: Vec<Pending>,
     /// Async mode: applied records not yet handed to durability.
@@ -182,6 +185,9 @@ impl<S: Storage> Writer<S> {
         let mut snapshot_replies = Vec::new();
         let mut reads = Vec::new();
         if self.shared.role() == Role::Leader {
+            if self.own_policy_due {
+                self.adopt_own_policy(&mut pending);
+            }
             // A standby's expiries come from its leader's log.
             self.expire_due(&mut pending);
         }
@@ -362,6 +368,7 @@ impl<S: Storage> Writer<S> {
             } => {
                 let attached = self.attach_publisher(publisher, promote, to_writer);
                 if promote && attached.is_ok() {
+                    self.own_policy_due = true;
                     self.adopt_own_policy(pending);
                 }
                 let _ = reply.send(attached);
@@ -459,14 +466,47 @@ impl<S: Storage> Writer<S> {
         Ok(logged_before)
     }
 
-    /// A promoted standby runs its own order policy and this build's rules, as it
-    /// would after a restart as the leader: logged (and published) like any
-    /// command, so its followers and its replay take them at the same place.
+    /// A promoted standby runs its own idempotency and order policies and this
+    /// build's rules, as it would after a restart as the leader: logged (and
+    /// published) like any command, so its followers and its replay take them at
+    /// the same place. While the log refuses writes (the replicated log not yet
+    /// resumed, a full disk) they stay due and are tried again at the next step.
     fn adopt_own_policy(&mut self, pending: &mut Vec<Pending>) {
-        let Some(policy) = self.config.order_policy else {
+        if self.refusal().is_some() || self.shared.replication_refusal().is_some() {
             return;
-        };
+        }
+        self.own_policy_due = false;
+        for command in self.own_policy_commands() {
+            match self.apply_command(command, None) {
+                // Nobody waits on the answer; the state refuses none of these (`open`
+                // checked the configuration), and would refuse it again.
+                Ok(outcome) => {
+                    let (reply, _) = tokio::sync::oneshot::channel();
+                    pending.push(Pending::One { reply, outcome });
+                }
+                // The log refused it: still due.
+                Err(_) => self.own_policy_due = true,
+            }
+        }
+    }
+
+    /// The records that would make the state run this node's configured policies
+    /// and this build's rules.
+    fn own_policy_commands(&self) -> Vec<Command> {
         let mut commands = Vec::new();
+        if let Some(policy) = self
+            .config
+            .idempotency
+            .filter(|wanted| *wanted != self.state.idempotency_policy())
+        {
+            commands.push(Command::SetIdempotencyPolicy {
+                window_ms: policy.window_ms,
+                budget_bytes: policy.budget_bytes,
+            });
+        }
+        let Some(policy) = self.config.order_policy else {
+            return commands;
+        };
         if !self.state.runs_order_policy(policy) {
             commands.push(Command::SetOrderPolicy {
                 ship_sla_ms: policy.ship_sla_ms,
@@ -478,12 +518,7 @@ impl<S: Storage> Writer<S> {
                 rules: crate::state::RULES_CURRENT,
             });
         }
-        for command in commands {
-            // Nobody waits on these answers; a refusal (storage) is the next
-            // write's refusal too.
-            let (reply, _) = tokio::sync::oneshot::channel();
-            self.apply(command, None, reply, pending);
-        }
+        commands
     }
 
     /// A standby applies its leader's records: each must continue this log (one
@@ -554,6 +589,16 @@ impl<S: Storage> Writer<S> {
                 record.now_ms,
                 &mut self.events_buf,
             );
+            // A record this build refuses (a newer leader's limits, say) changed
+            // nothing: the standby stops following there and says why.
+            if let (None, Err(rejection)) = (applied.lsn, &applied.outcome) {
+                let _ = reply.send(Err(Error::Replication(format!(
+                    "the leader's record {lsn} ({}) is refused by this build: {rejection:?}; \
+                     upgrade this standby to the leader's build",
+                    record.command.name()
+                ))));
+                return;
+            }
             // Pair assertion with the leader: the same record lands on the same LSN.
             assert_eq!(
                 applied.lsn,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 
-use super::{Ctx, RULES_V1, State, check_text, transition};
+use super::{Ctx, RULES_V1, RULES_V12, State, check_text, transition};
 use crate::command::{Field, Outcome};
 use crate::domain::{LedgerKind, Millis, OrderId, PaymentStatus};
 use crate::event::EventKind;
@@ -62,8 +62,10 @@ impl State {
         let order = self.order(id)?;
         let amounts = order.amounts();
         if amounts.refund_due == 0 {
-            if order.payment == PaymentStatus::Refunded {
-                return Ok(self.order_reply(id)); // repeating the refund: idempotent
+            // Before the v1.2 rules a repeat on a refunded order answered the order;
+            // API.md says 409 whenever nothing is due.
+            if order.payment == PaymentStatus::Refunded && self.rules < RULES_V12 {
+                return Ok(self.order_reply(id));
             }
             return Err(transition(format!(
                 "order {id} payment is {}: nothing is due back",

@@ -760,7 +760,28 @@ impl State {
         let from = order.status;
         let decided = order_transition(from, OrderAction::Return, order.facts());
         if decided == Err(TransitionRefusal::AlreadyThere) {
-            return Ok(self.order_reply(id));
+            // The same return repeated answers the order; from the v1.2 rules on,
+            // another kind or restock is refused, not answered as if it were done.
+            let done_as = (
+                order
+                    .more()
+                    .and_then(|m| m.return_kind)
+                    .unwrap_or(ReturnKind::CustomerReturn),
+                order
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.returned.as_ref())
+                    .map(|r| r.restock),
+            );
+            if self.rules < RULES_V12 || done_as == (kind, Some(restock)) {
+                return Ok(self.order_reply(id));
+            }
+            return Err(transition(format!(
+                "order {id} is already returned (a {} return, restock {}): another return \
+                 is refused",
+                done_as.0,
+                done_as.1.unwrap_or(false)
+            )));
         }
         if decided.is_err() || !kind.allowed_from(from) {
             let hint = if from.cancellable() {
