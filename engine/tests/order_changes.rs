@@ -106,6 +106,17 @@ impl World {
         });
     }
 
+    /// Through picking and packing to shipped.
+    fn ship(&mut self, id: OrderId) {
+        for to in [
+            OrderStatus::Picking,
+            OrderStatus::Packed,
+            OrderStatus::Shipped,
+        ] {
+            self.advance(id, to).expect("step");
+        }
+    }
+
     fn advance(&mut self, id: OrderId, to: OrderStatus) -> Result<Reply, String> {
         self.run(Command::AdvanceOrder {
             id,
@@ -272,13 +283,7 @@ fn a_hold_stops_the_fulfilment_path_until_released_and_cancel_clears_it() {
     // A shipped order cannot be held.
     let id2 = w.place("N-2", &[("B", 1, PRICE)]);
     w.pay(id2);
-    for to in [
-        OrderStatus::Picking,
-        OrderStatus::Packed,
-        OrderStatus::Shipped,
-    ] {
-        w.advance(id2, to).expect("step");
-    }
+    w.ship(id2);
     assert_eq!(w.run(hold(id2)), Err("invalid_transition".into()));
     w.check_replay();
 }
@@ -478,13 +483,7 @@ fn a_shipped_order_is_intercepted_or_refused_not_cancelled() {
     let mut w = World::new(None);
     let id = w.place("N-1", &[("A", 2, PRICE)]);
     w.pay(id);
-    for to in [
-        OrderStatus::Picking,
-        OrderStatus::Packed,
-        OrderStatus::Shipped,
-    ] {
-        w.advance(id, to).expect("step");
-    }
+    w.ship(id);
     let ret = |kind| Command::ReturnOrderAs {
         id,
         kind,
@@ -527,13 +526,7 @@ fn the_v12_rules_refuse_a_refund_of_nothing_and_a_different_return() {
         }
         let id = w.place("N-1", &[("A", 2, PRICE)]);
         w.pay(id);
-        for to in [
-            OrderStatus::Picking,
-            OrderStatus::Packed,
-            OrderStatus::Shipped,
-        ] {
-            w.advance(id, to).expect("step");
-        }
+        w.ship(id);
         let ret = |kind, restock| Command::ReturnOrderAs {
             id,
             kind,
@@ -591,13 +584,7 @@ fn a_paid_order_not_shipped_within_the_sla_is_delayed_exactly_once() {
         w.state.next_deadline_ms().map(|d| d <= paid_at + SLA_MS),
         Some(true)
     );
-    for to in [
-        OrderStatus::Picking,
-        OrderStatus::Packed,
-        OrderStatus::Shipped,
-    ] {
-        w.advance(shipped, to).expect("step");
-    }
+    w.ship(shipped);
     // Just before the SLA: nothing.
     w.now_ms = paid_at + SLA_MS - 1;
     let from = w.events.len();
@@ -626,13 +613,7 @@ fn a_paid_order_not_shipped_within_the_sla_is_delayed_exactly_once() {
     w.ok(Command::Expire);
     assert!(w.types_since(from).is_empty());
     // Shipping clears it.
-    for to in [
-        OrderStatus::Picking,
-        OrderStatus::Packed,
-        OrderStatus::Shipped,
-    ] {
-        w.advance(late, to).expect("step");
-    }
+    w.ship(late);
     assert_eq!(w.order(late).delayed_since_ms, None);
     w.check_replay();
 }
@@ -775,13 +756,7 @@ fn the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full() {
     let full = w.place("f-1", &[("A", 2, PRICE)]);
     let from = w.events.len();
     w.pay(full);
-    for to in [
-        OrderStatus::Picking,
-        OrderStatus::Packed,
-        OrderStatus::Shipped,
-    ] {
-        w.advance(full, to).expect("step");
-    }
+    w.ship(full);
     w.ok(adjust("dock 3"));
     let changes = picked(&w, from, |k| match k {
         EventKind::OrderStatusChangedFull(e) => Some((**e).clone()),
