@@ -117,7 +117,10 @@ impl ReportParams<'_> {
             Some(t) => instant("to", t)?,
         };
         if to_ms <= from_ms {
-            return Err(ApiError::validation("to", "must be later than from"));
+            return Err(match self.to {
+                Some(_) => ApiError::validation("to", "must be later than from"),
+                None => ApiError::validation("from", "must be in the past when to is left out"),
+            });
         }
         let (tz_name, tz) = match self.tz {
             None => ("UTC".to_string(), TimeZone::UTC),

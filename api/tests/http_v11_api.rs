@@ -975,6 +975,7 @@ fn stats_over_a_window_grouped_by_time_sku_customer_reason_and_channel() {
         // A bad zone is named even without `group_by` (it named `group_by`).
         ("tz=Mars/Base".to_string(), "tz"),
         ("from=2026&tz=UTC".to_string(), "from"),
+        ("from=2999-01-01T00:00:00Z&group_by=day".to_string(), "from"),
         (format!("{from}&group_by=week"), "group_by"),
         (from.to_string(), "group_by"),
         ("from=yesterday&group_by=day".to_string(), "from"),

@@ -411,18 +411,19 @@ fn a_standby_refuses_rules_newer_than_its_build() {
     let standby_dir = tempfile::tempdir().expect("tempdir");
     let (standby, _) =
         Engine::open(config(standby_dir.path(), Durability::Sync, Role::Standby)).expect("open");
-    let record = |command: Command| {
+    let keyed_record = |command: Command, key: Option<surge_engine::IdempotencyKey>| {
         let mut bytes = Vec::new();
         surge_engine::codec::encode_record(
             &surge_engine::codec::LogRecord {
                 now_ms: 1,
                 command,
-                key: None,
+                key,
             },
             &mut bytes,
         );
         bytes
     };
+    let record = |command: Command| keyed_record(command, None);
     let defined = standby
         .replicate(vec![(1, record(define("A", 5)))])
         .expect("queued")
@@ -459,6 +460,27 @@ fn a_standby_refuses_rules_newer_than_its_build() {
             assert!(reason.contains("refused by this build"), "{reason}");
         }
         other => panic!("a refused record was taken: {other:?}"),
+    }
+    // Keyed too, where the state would log the refusal under the key and diverge
+    // silently: here an actor longer than this build logs.
+    let long_actor = Command::Reserve {
+        lines: vec![LineReq {
+            sku: "A".into(),
+            qty: 1,
+        }],
+        ttl_ms: 600_000,
+        actor: "a".repeat(surge_engine::limits::LOGGED_ACTOR_LEN_MAX + 1),
+    };
+    let key = surge_engine::IdempotencyKey {
+        key: "k".into(),
+        fingerprint: 1,
+    };
+    let keyed = keyed_record(long_actor, Some(key));
+    match standby.replicate(vec![(2, keyed)]).expect("queued").wait() {
+        Err(Error::Replication(reason)) => {
+            assert!(reason.contains("refused by this build"), "{reason}");
+        }
+        other => panic!("a keyed record over this build's limits was taken: {other:?}"),
     }
     assert_eq!(digest(&standby), before, "nothing changed");
     assert_eq!(standby.role(), Role::Standby);

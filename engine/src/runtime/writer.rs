@@ -478,14 +478,18 @@ impl<S: Storage> Writer<S> {
         self.own_policy_due = false;
         for command in self.own_policy_commands() {
             match self.apply_command(command, None) {
-                // Nobody waits on the answer; the state refuses none of these (`open`
-                // checked the configuration), and would refuse it again.
+                // Nobody waits on the answer. A policy the state refuses (the server
+                // checks its configuration at start) would be refused again: not due.
                 Ok(outcome) => {
                     let (reply, _) = tokio::sync::oneshot::channel();
                     pending.push(Pending::One { reply, outcome });
                 }
-                // The log refused it: still due.
-                Err(_) => self.own_policy_due = true,
+                // The log refused it: it and those after it are still due, to be
+                // logged in the order `open` logs them.
+                Err(_) => {
+                    self.own_policy_due = true;
+                    break;
+                }
             }
         }
     }
@@ -561,6 +565,14 @@ impl<S: Storage> Writer<S> {
                     return;
                 }
             };
+            // A record over this build's size limits was logged by a build with
+            // wider ones; keyed, the state would log it as a refusal and diverge
+            // silently: the standby stops following and says why.
+            if let Err(rejection) = crate::state::check_sizes(&record.command, record.key.as_ref())
+            {
+                let _ = reply.send(Err(refused_by_this_build(lsn, &record.command, &rejection)));
+                return;
+            }
             // Rules newer than this build's would be refused here and diverge: the
             // standby stops following and says why (standbys upgrade first).
             if let Command::SetRules { rules } = record.command
@@ -592,11 +604,7 @@ impl<S: Storage> Writer<S> {
             // A record this build refuses (a newer leader's limits, say) changed
             // nothing: the standby stops following there and says why.
             if let (None, Err(rejection)) = (applied.lsn, &applied.outcome) {
-                let _ = reply.send(Err(Error::Replication(format!(
-                    "the leader's record {lsn} ({}) is refused by this build: {rejection:?}; \
-                     upgrade this standby to the leader's build",
-                    record.command.name()
-                ))));
+                let _ = reply.send(Err(refused_by_this_build(lsn, &record.command, rejection)));
                 return;
             }
             // Pair assertion with the leader: the same record lands on the same LSN.
@@ -1397,6 +1405,16 @@ fn snapshot_due_by_records(
         && records >= every_records
         && u128::from(log_bytes) * 100
             >= u128::from(last_snapshot_bytes) * u128::from(log_percent_min)
+}
+
+/// A leader's record this standby's build refuses: it was logged by a build with
+/// other limits or rules.
+fn refused_by_this_build(lsn: u64, command: &Command, rejection: &Rejection) -> Error {
+    Error::Replication(format!(
+        "the leader's record {lsn} ({}) is refused by this build: {rejection:?}; upgrade \
+         this standby to the leader's build",
+        command.name()
+    ))
 }
 
 #[cfg(test)]
