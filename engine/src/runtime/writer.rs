@@ -330,6 +330,12 @@ impl<S: Storage> Writer<S> {
         reads: &mut Vec<ReadAnswer>,
         snapshot_replies: &mut Vec<(ReplySender<u64>, u64)>,
     ) -> bool {
+        // A promoted node's own policies go before any command once the log takes
+        // writes (the replicated log may resume within this step).
+        if self.own_policy_due && matches!(request, Request::Command { .. } | Request::Batch { .. })
+        {
+            self.adopt_own_policy(pending);
+        }
         match request {
             Request::Command {
                 command,
