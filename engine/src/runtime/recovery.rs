@@ -143,13 +143,6 @@ impl Engine {
             next_lsn: state.next_seq(),
         };
         let state_sku_count = state.sku_count();
-        let policy_change = config
-            .idempotency
-            .filter(|wanted| *wanted != state.idempotency_policy());
-        let order_policy_change = config
-            .order_policy
-            .filter(|wanted| !state.runs_order_policy(*wanted));
-        let runs_order_policy = config.order_policy.is_some();
         let (tx, rx) = super::queue::bounded(config.queue_len_max);
         let with_follower =
             config.follower && config.durability.waits_for_commit() && wal.is_some();
@@ -245,47 +238,17 @@ impl Engine {
             // every segment: none may be pruned before it is published.
             wal.retain_after(0);
         }
-        let standby = writer.config.role != Role::Leader;
-        if let Some(policy) = policy_change.filter(|_| !standby) {
-            // Logged before the writer takes any other command, on this thread: no
-            // reply to wait for, so `open` may run inside an async runtime.
-            let command = Command::SetIdempotencyPolicy {
-                window_ms: policy.window_ms,
-                budget_bytes: policy.budget_bytes,
-            };
-            if let Err(rejection) = writer.apply_at_start(command)? {
-                // Named by the fields of `IdempotencyPolicy`, for the operator.
-                let what = match rejection {
-                    Rejection::Validation {
-                        field: Field::WindowMs,
-                        violation,
-                    } => format!("window_ms: {violation:?}"),
-                    Rejection::Validation {
-                        field: Field::BudgetBytes,
-                        violation,
-                    } => format!("budget_bytes: {violation:?}"),
-                    other => format!("{other:?}"),
-                };
-                return Err(Error::InvalidConfig(format!("idempotency policy {what}")));
-            }
-        }
-        if let Some(policy) = order_policy_change.filter(|_| !standby) {
-            let command = Command::SetOrderPolicy {
-                ship_sla_ms: policy.ship_sla_ms,
-                review_amount_min: policy.review_amount_min,
-            };
-            if let Err(rejection) = writer.apply_at_start(command)? {
-                return Err(Error::InvalidConfig(format!("order policy {rejection:?}")));
-            }
-        }
-        // A server (it runs an order policy) raises the rules to this build's, once:
-        // the records before keep the rules they were logged with when replayed.
-        if runs_order_policy && !standby && writer.state.rules() < crate::state::RULES_CURRENT {
-            let command = Command::SetRules {
-                rules: crate::state::RULES_CURRENT,
-            };
-            if let Err(rejection) = writer.apply_at_start(command)? {
-                return Err(Error::InvalidConfig(format!("rules {rejection:?}")));
+        if writer.config.role == Role::Leader {
+            // The configured policies, and this build's rules for a server (it runs
+            // an order policy; the records before keep the rules they were logged
+            // with when replayed): logged before the writer takes any other command,
+            // on this thread: no reply to wait for, so `open` may run inside an async
+            // runtime. A promoted standby logs the same (`Writer::adopt_own_policy`).
+            for command in writer.own_policy_commands() {
+                let what = command.clone();
+                if let Err(rejection) = writer.apply_at_start(command)? {
+                    return Err(policy_refused(&what, rejection));
+                }
             }
         }
         if let (Some(ftx), Some(frx)) = (follower_tx, follower_rx) {
@@ -471,4 +434,29 @@ fn replay_log<S: Storage>(
         applied?;
         Ok(decoded?)
     })
+}
+
+/// A configured policy the state refuses, named for the operator (the idempotency
+/// policy by the fields of `IdempotencyPolicy`).
+fn policy_refused(command: &Command, rejection: Rejection) -> Error {
+    let what = match (command, rejection) {
+        (
+            Command::SetIdempotencyPolicy { .. },
+            Rejection::Validation {
+                field: Field::WindowMs,
+                violation,
+            },
+        ) => format!("idempotency policy window_ms: {violation:?}"),
+        (
+            Command::SetIdempotencyPolicy { .. },
+            Rejection::Validation {
+                field: Field::BudgetBytes,
+                violation,
+            },
+        ) => format!("idempotency policy budget_bytes: {violation:?}"),
+        (Command::SetIdempotencyPolicy { .. }, other) => format!("idempotency policy {other:?}"),
+        (Command::SetOrderPolicy { .. }, other) => format!("order policy {other:?}"),
+        (_, other) => format!("rules {other:?}"),
+    };
+    Error::InvalidConfig(what)
 }

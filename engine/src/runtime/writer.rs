@@ -501,8 +501,9 @@ impl<S: Storage> Writer<S> {
     }
 
     /// The records that would make the state run this node's configured policies
-    /// and this build's rules.
-    fn own_policy_commands(&self) -> Vec<Command> {
+    /// and this build's rules, in the order they are logged (`open` logs them on a
+    /// leader, a promoted standby when it takes the lead).
+    pub(super) fn own_policy_commands(&self) -> Vec<Command> {
         let mut commands = Vec::new();
         if let Some(policy) = self
             .config
@@ -579,18 +580,6 @@ impl<S: Storage> Writer<S> {
                 let _ = reply.send(Err(refused_by_this_build(lsn, &record.command, &rejection)));
                 return;
             }
-            // Rules newer than this build's would be refused here and diverge: the
-            // standby stops following and says why (standbys upgrade first).
-            if let Command::SetRules { rules } = record.command
-                && rules > crate::state::RULES_CURRENT
-            {
-                let _ = reply.send(Err(Error::Replication(format!(
-                    "the leader's record {lsn} raises the rules to {rules}; this build follows \
-                     rules up to {}: upgrade this standby (standbys first, then the leader)",
-                    crate::state::RULES_CURRENT
-                ))));
-                return;
-            }
             if let Some(wal) = self.wal.as_mut()
                 && let Err(e) = wal.reserve(lsn, bytes.len())
             {
@@ -607,8 +596,9 @@ impl<S: Storage> Writer<S> {
                 record.now_ms,
                 &mut self.events_buf,
             );
-            // A record this build refuses (a newer leader's limits, say) changed
-            // nothing: the standby stops following there and says why.
+            // A record this build refuses (a newer leader's rules or limits) changed
+            // nothing: the standby stops following there and says why (standbys
+            // upgrade first).
             if let (None, Err(rejection)) = (applied.lsn, &applied.outcome) {
                 let _ = reply.send(Err(refused_by_this_build(lsn, &record.command, rejection)));
                 return;
