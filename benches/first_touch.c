@@ -1,5 +1,5 @@
 // What a page's first touch costs on this machine, against a second touch of the
-// same amount in the same process (README, "The first touch of memory").
+// same amount in the same process (BENCHMARKS.md, "The first touch of memory").
 //
 //   gcc -O2 -o /tmp/first_touch benches/first_touch.c && /tmp/first_touch [GiB] [huge]
 //

@@ -76,7 +76,7 @@
 #   WIRE_SECONDS [5]          length of the packet capture of each wire run
 #   PRETOUCH_MIB [4096]       surge's --pretouch-mib (less where 40 % of MemAvailable is less): memory made resident at start-up,
 #                             as for a sale (fresh memory's first touch costs 0.3-0.6 GB/s
-#                             on a virtual machine; README, "The first touch of memory")
+#                             on a virtual machine; BENCHMARKS.md, "The first touch of memory")
 #   SURGE_BIN                 use this binary instead of building one
 set -euo pipefail
 

@@ -11,7 +11,7 @@
 //! printed and written to `target/criterion/runtime_latency_<bench>.json`.
 //!
 //! `SURGE_PRETOUCH_MIB=N` pretouches N MiB first, as `surge --pretouch-mib` does before
-//! a sale (`surge_alloc::pretouch`; README, "The first touch of memory"); unset or 0,
+//! a sale (`surge_alloc::pretouch`; BENCHMARKS.md, "The first touch of memory"); unset or 0,
 //! the benches run on memory as the OS hands it out, like the server by default.
 
 use std::sync::{Arc, Barrier};

@@ -6,7 +6,7 @@
 Reads every `wal-*.seg` with the frame layout of `wal/src/format.rs` (from the first
 data page: u32 frame length, u32 CRC, u64 LSN, payload, 8-byte aligned; LSN 0 is a
 padding frame, the commit mark) up to the first zero length, and prints the record
-and padding counts and bytes. Run it on a stopped server's dir (README, "The log was
+and padding counts and bytes. Run it on a stopped server's dir (BENCHMARKS.md, "The log was
 mostly padding").
 """
 import glob

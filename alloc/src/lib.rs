@@ -8,7 +8,7 @@
 //! buffers, a reply's body, a snapshot's chunks: all of those, on every request.
 //! Yet every block mimalloc hands out is aligned to a pointer's size at least, so a
 //! layout that asks for no more than that needs nothing but `mi_malloc`. Only
-//! layouts aligned beyond it take the aligned entry points. Measured in the README
+//! layouts aligned beyond it take the aligned entry points. Measured in BENCHMARKS.md
 //! ("mimalloc's aligned path", 2026-12-02).
 
 #![allow(unsafe_code, reason = "a global allocator is unsafe to implement")]
@@ -29,7 +29,7 @@ const PLAIN_ALIGN: usize = std::mem::size_of::<usize>();
 /// Zeroed blocks up to this size are a plain allocation and a `memset`. mimalloc
 /// zeroes a block with `rep stosb`, whose start-up costs more than the whole
 /// `memset` of a short block: bincode decodes every string into a zeroed buffer, and
-/// those zeroings were 5 % of a log replay's time (README, 2026-12-02). Larger blocks
+/// those zeroings were 5 % of a log replay's time (BENCHMARKS.md, 2026-12-02). Larger blocks
 /// keep `mi_zalloc`, which skips the zeroing where the memory is fresh from the OS.
 const ZEROED_BY_MEMSET_BYTES_MAX: usize = 1024;
 
@@ -129,7 +129,7 @@ unsafe extern "C" {
 ///
 /// Memory fresh from the OS costs its first touch: the kernel zeroes every page,
 /// and under a hypervisor the host backs it first. On the 2-vCPU KVM box the
-/// README measures that first touch at 0.3-0.6 GB/s, against 1.9-3.1 GB/s (4 KiB
+/// BENCHMARKS.md measures that first touch at 0.3-0.6 GB/s, against 1.9-3.1 GB/s (4 KiB
 /// pages) or 16-23 GB/s (2 MiB pages) for the same amount touched again in the
 /// same process; a growing state paid it on the writer and the
 /// follower for every new reservation. Touched at start-up instead, the sale

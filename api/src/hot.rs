@@ -5,7 +5,7 @@
 //! first), percent-decodes every path parameter into its own allocation, and
 //! stores them in the request's extensions (one more map); the `Path` extractor
 //! then deserializes them again. For the stock read that was about a tenth of
-//! the request's instructions (README, "The stock read in front of the router").
+//! the request's instructions (BENCHMARKS.md, "The stock read in front of the router").
 //! [`HotReads`] answers the plain case itself, with the same functions the
 //! routed handler uses (`authenticate`, the stock board, `sku_answer`), and
 //! hands everything else to the router unchanged: another method, a query

@@ -177,7 +177,7 @@ struct ServeArgs {
     commit_priority_raise: i32,
     /// MiB of memory to make resident at start-up, before recovery, while /readyz
     /// says 503 (0: none, the default). Fresh memory costs its first touch: on a
-    /// virtual machine the README measured it at 0.3-0.6 GB/s, paid by the writer
+    /// virtual machine BENCHMARKS.md measured it at 0.3-0.6 GB/s, paid by the writer
     /// and the follower for every reservation a sale adds. Pretouched, the state
     /// grows into pages already there, and freed memory stays with the process
     /// (see `surge_alloc::pretouch`). Size it to the state a sale will build (about

@@ -1,7 +1,7 @@
 //! A batch's reserve op in the shape clients send, read straight off its bytes.
 //!
 //! `{"op":"reserve","lines":[{"sku":"S1","qty":1}]}` through serde costs about 2.8k
-//! instructions per op (callgrind; README, "a batch's reserve ops without serde").
+//! instructions per op (callgrind; BENCHMARKS.md, "a batch's reserve ops without serde").
 //! Most of a `/v1/batch` request is such ops, so they are read here by a scanner that
 //! takes only a strict subset of JSON: the fields `op`, `lines`, `ttl_ms` and
 //! `customer_id`, each at most once, in any order; lines with exactly `sku` and

@@ -523,7 +523,7 @@ fn a_standby_resumes_following_after_a_stream_outage() {
         "the standby did not catch up within {within:?} of the stream's return: {}",
         standby.call("GET", "/readyz", &[], None).body
     );
-    // For the README's figure (`--nocapture`), not asserted.
+    // For the figure in BENCHMARKS.md (`--nocapture`), not asserted.
     eprintln!("caught up {:?} after the stream came back", back.elapsed());
     assert_eq!(
         standby.call("GET", "/readyz", &[], None).json()["lag_seconds"],

@@ -33,7 +33,7 @@ const RING_BLOCK_LEN: usize = 4096;
 /// The ring used to be one `VecDeque`, read-locked while a snapshot encoded it
 /// whole: up to 110 ms at a million events on the (niced) encoder thread, and every
 /// commit waited that long to publish its events (`runtime/writer_iterations` with
-/// the publish timed, README). A snapshot now copies the ring under the lock and
+/// the publish timed, BENCHMARKS.md). A snapshot now copies the ring under the lock and
 /// encodes the copy; the next publish copies at most the one block it appends to.
 /// Blocks never double either: the ring grows a block at a time.
 #[derive(Debug, Clone)]

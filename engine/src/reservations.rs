@@ -7,10 +7,10 @@
 //! order, not a hash map and not a B-tree. Holds leave the window in id order, so a
 //! hold joins the overflow by an append to its last chunk: nothing rehashes (a hash
 //! table doubling at millions of old holds stopped the writer for hundreds of
-//! milliseconds, `runtime/writer_iterations` in the README) and nothing splits (a
+//! milliseconds, `runtime/writer_iterations` in BENCHMARKS.md) and nothing splits (a
 //! B-tree filled in key order leaves its nodes about half full: 174 bytes a one-line
 //! hold against 96 here, and the kernel's zeroing of that fresh memory was a tenth
-//! of the writer's time under a sustained batch load, README "The overflow of old
+//! of the writer's time under a sustained batch load, BENCHMARKS.md "The overflow of old
 //! holds"). A finished hold leaves a hole; a chunk is compacted once an eighth of
 //! it is holes, dropped once empty, and merged with a neighbour when the two fit in
 //! one; only the last chunk has room beyond its slots. So the slots take at most

@@ -146,7 +146,7 @@ pub struct State {
 
 /// The expiry heap (and the reservations' window) get their full capacity (the held
 /// limit, the window's length) once they reach this many entries: one small early copy, and address space reserved but not touched,
-/// instead of doublings that copy millions of entries on the writer later (README,
+/// instead of doublings that copy millions of entries on the writer later (BENCHMARKS.md,
 /// "The writer without directory syncs"). Not for hash tables: a table's entries
 /// land all over its buckets, so reserving it whole would touch (fault in) nearly
 /// all of it at once, the same pause earlier.

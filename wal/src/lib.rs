@@ -133,7 +133,7 @@
 //! [`HEADER_CLAIM_EVERY_COMMITS`] commits, at segment creation, and when no mark
 //! fits before the segment end: a second range in every sync cost the device a
 //! second write (measured: `wal/commit_1_record` 1.26x the raw device before,
-//! about 1.04x after; README).
+//! about 1.04x after; BENCHMARKS.md).
 //!
 //! Commits start on fresh pages, so when a scan stops on a frame that does not
 //! hold, recovery looks for the marks of later commits at the page boundaries

@@ -286,7 +286,7 @@ fn is_spare_name(name: &str) -> bool {
 /// needed 100-150 ms of CPU for one (fresh page-cache pages cost their first touch
 /// on this VM), a roll found none ready three times in 16 s, and each time the
 /// writer zero-filled the segment itself: 55-64 ms iterations, the maximum of
-/// `runtime/writer_iterations` (README, "Two spare segments"). Two absorb one slow
+/// `runtime/writer_iterations` (BENCHMARKS.md, "Two spare segments"). Two absorb one slow
 /// preparation; the price is one more segment's space on disk.
 const SPARES_READY_MAX: usize = 2;
 
@@ -652,7 +652,7 @@ fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<()> {
 /// Creates a segment file of `len_bytes` at `path`: allocated, written with zeros
 /// and synced. The sync commits the extents the zeros converted from unwritten to
 /// written; left to the first commits, that metadata made them journal commits,
-/// some over 100 ms while a spare was being zero-filled beside them (README, "The
+/// some over 100 ms while a spare was being zero-filled beside them (BENCHMARKS.md, "The
 /// log was mostly padding").
 fn make_segment_file(path: &Path, len_bytes: u64) -> io::Result<()> {
     let file = OpenOptions::new()

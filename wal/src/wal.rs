@@ -851,7 +851,7 @@ impl<S: Storage> Wal<S> {
     /// checked again as it is read back, and the end must be where the log ends;
     /// not its checksum: every mapped segment's frames were checked at open (a
     /// segment kept only for an older snapshot is not mapped) or written by this
-    /// log since. Computing it twice was 13 % of a start-up's replay (README,
+    /// log since. Computing it twice was 13 % of a start-up's replay (BENCHMARKS.md,
     /// 2026-12-02).
     pub fn replay(
         &self,
@@ -1041,7 +1041,7 @@ impl<S: Storage> Wal<S> {
     /// Whether this commit also claims the watermark in the active segment's header
     /// slots: every [`HEADER_CLAIM_EVERY_COMMITS`] commits, and whenever no commit
     /// mark fit (the segment's last page). A second synced range in every commit
-    /// would cost the device a second write (README, "The writer"); the header
+    /// would cost the device a second write (BENCHMARKS.md, "The writer"); the header
     /// claims still matter: a loss of the log's whole tail, marks included, is rot
     /// only if a claim outside that tail says so.
     fn header_claim_due(&mut self, marked: bool, watermark: Lsn) -> bool {
@@ -1189,7 +1189,7 @@ impl<S: Storage> Wal<S> {
     /// the page under its mark rewrites no acknowledged record, which is what the
     /// mark's padding exists to prevent. Without it, each commit that queued up
     /// behind a running sync padded a page of its own: most of the log was
-    /// padding (README, "The log was mostly padding").
+    /// padding (BENCHMARKS.md, "The log was mostly padding").
     pub fn continue_commit(&mut self) -> Result<Option<CommitJob>, Error> {
         self.check_usable()?;
         if let Some((first_lsn, start, end)) = self.last_mark

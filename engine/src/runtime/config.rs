@@ -62,7 +62,7 @@ pub struct EngineConfig {
     /// takes at least one request, so it may pass the bound by one request's
     /// commands. The sync thread merges the iterations that queue up during one
     /// sync, so a smaller bound makes commits no smaller: it hands work to the sync
-    /// thread sooner (README, "Writer iterations bounded by commands").
+    /// thread sooner (BENCHMARKS.md, "Writer iterations bounded by commands").
     pub batch_len_max: usize,
     pub async_flush_interval_ms: u64,
     /// How often the writer checks for expired holds when idle.
@@ -98,7 +98,7 @@ pub struct EngineConfig {
     /// Nice steps the writer and the sync thread raise their own priority by at
     /// start (0: none). Every acknowledgement waits on those two threads, and on a
     /// box with as few cores as busy threads the scheduler otherwise preempts them
-    /// for HTTP workers and clients evenly (README, "The commit path goes first").
+    /// for HTTP workers and clients evenly (BENCHMARKS.md, "The commit path goes first").
     /// Needs `CAP_SYS_NICE`: without it they stay at the default, and
     /// [`RuntimeStats::writer_nice`](super::RuntimeStats) says so.
     pub commit_priority_raise: i32,
@@ -152,7 +152,7 @@ impl std::fmt::Debug for Clock {
 /// The default [`EngineConfig::batch_len_max`]: 128 commands, about a quarter of a
 /// millisecond of the writer's work here. At 512, one iteration in 28-79 of
 /// `runtime/writer_iterations` took over 1 ms; at 128, one in 76-332, at the same
-/// throughput within the noise (README, "Writer iterations bounded by commands").
+/// throughput within the noise (BENCHMARKS.md, "Writer iterations bounded by commands").
 pub const BATCH_LEN_MAX_DEFAULT: usize = 128;
 
 impl Default for EngineConfig {

@@ -7,7 +7,7 @@
 //! is: `try_recv` included, with no yield. With 64 submitting threads on two cores a
 //! sender preempted inside that window left the writer spinning on one core while
 //! the sender waited for the other: stretches of 21-22 ms of the writer's CPU in
-//! `Backoff::spin`, the longest writer iterations left (README, "What is left of the
+//! `Backoff::spin`, the longest writer iterations left (BENCHMARKS.md, "What is left of the
 //! writer's maximum"). Here the queue is a `VecDeque` under a `parking_lot` mutex:
 //! a sender holds the lock for a push, the writer for a whole batch's drain; a
 //! holder preempted with the lock makes the other side park on the lock, not spin
