@@ -156,11 +156,12 @@ struct ServeArgs {
     /// Logged when it changes.
     #[arg(long, env = "SURGE_REVIEW_AMOUNT_MIN")]
     review_amount_min: Option<u64>,
-    /// Keep a second copy of the state that applies each durable batch, serves the
-    /// reads and encodes the snapshots, so that neither waits for the writer nor
-    /// pauses it (sync and replicated durability). `false`: reads and snapshots go
-    /// through the writer, and the state needs one copy of memory less (the start-up
-    /// memory check counts it: ARCHITECTURE.md, "Memory: two copies").
+    /// Keep a second copy of the state that applies each durable batch and encodes
+    /// the snapshots (every durability with a log), and serves the reads (sync and
+    /// replicated; async reads see the applied state, which the writer answers), so
+    /// that neither waits for the writer nor pauses it. `false`: reads and snapshots
+    /// go through the writer, and the state needs one copy of memory less (the
+    /// start-up memory check counts it: ARCHITECTURE.md, "Memory: two copies").
     #[arg(long, env = "SURGE_FOLLOWER", default_value_t = true, action = clap::ArgAction::Set)]
     follower: bool,
     /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).

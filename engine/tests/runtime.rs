@@ -720,6 +720,43 @@ fn requested_snapshots_are_the_followers_also_after_a_restart_with_records_to_re
     );
 }
 
+/// In `async` mode the follower encodes the snapshots too, periodic and requested:
+/// the writer encodes none. Reads still see the applied state at once (the writer
+/// answers them, not the follower, which applies only what is durable), and a
+/// restart recovers from the follower's snapshot to the same state.
+#[test]
+fn in_async_mode_the_follower_encodes_the_snapshots_and_reads_see_the_applied_state() {
+    let disk = SimStorage::new();
+    let config = EngineConfig {
+        durability: surge_engine::Durability::Async,
+        // Long enough that no flush comes between a write and the read after it.
+        async_flush_interval_ms: 60_000,
+        snapshot_every_records: 50,
+        snapshot_log_percent_min: 0,
+        snapshot_on_shutdown: false,
+        ..sim_config()
+    };
+    let (handle, _) = Engine::open_with_storage(disk.clone(), config.clone()).expect("open");
+    define(&handle, "A", 1_000);
+    for held in 1..=200 {
+        reserve_one_each(&handle, 1);
+        assert_eq!(sku_levels(&handle, "A"), (1_000, held), "after hold {held}");
+    }
+    let lsn = snapshot_within(handle.snapshot().expect("queued"), 60).expect("snapshot");
+    let logged = handle.stats().durable_lsn.load(Ordering::Relaxed);
+    assert!(lsn >= logged, "snapshot at {lsn}, {logged} durable before");
+    let stats = handle.stats();
+    assert!(stats.snapshots.load(Ordering::Relaxed) >= 1);
+    assert_eq!(stats.snapshots_encoded_by_writer.load(Ordering::Relaxed), 0);
+    let before = digest(&handle);
+    handle.shutdown();
+    drop(handle);
+    let (handle, report) = Engine::open_with_storage(disk, config).expect("reopen");
+    assert!(report.snapshot_lsn >= lsn, "{report:?}");
+    assert_eq!(digest(&handle), before);
+    assert_eq!(sku_levels(&handle, "A"), (1_000, 200));
+}
+
 /// A snapshot requested behind a write whose sync fails can never cover it: the
 /// request is refused once the engine stops writes, not left waiting for records
 /// the follower will never get.

@@ -33,6 +33,12 @@ impl Durability {
     pub(super) fn waits_for_commit(self) -> bool {
         matches!(self, Durability::Sync | Durability::Replicated)
     }
+
+    /// A log is kept (every mode but `none`): a follower can apply it and encode
+    /// the snapshots.
+    pub(super) fn keeps_log(self) -> bool {
+        self != Durability::None
+    }
 }
 
 impl std::str::FromStr for Durability {
@@ -88,10 +94,12 @@ pub struct EngineConfig {
     /// Sync batch N on its own thread while the writer applies N+1 (pipelined
     /// group commit). Off syncs on the writer, which makes a run deterministic.
     pub pipelined_commit: bool,
-    /// In `sync` mode, serve reads from a follower: a second copy of the state that
-    /// applies each batch once it is durable, on its own thread. Reads then never
-    /// wait in the writer's queue, and periodic snapshots are encoded there, not on
-    /// the writer. Costs a second copy of the state in memory.
+    /// Keep a follower: a second copy of the state that applies each batch once it
+    /// is durable, on its own thread, and encodes the snapshots there, not on the
+    /// writer (every mode with a log). In `sync` and `replicated` modes it also
+    /// serves reads, which then never wait in the writer's queue; in `async` mode
+    /// reads see the applied state, so the writer answers them. Costs a second
+    /// copy of the state in memory.
     pub follower: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
@@ -193,7 +201,7 @@ pub fn memory_worst_case_bytes(config: &EngineConfig) -> u64 {
             p.budget_bytes
         });
     let copy = crate::limits::STATE_BYTES_WORST_CASE + budget;
-    let copies = if config.follower && config.durability.waits_for_commit() {
+    let copies = if config.follower && config.durability.keeps_log() {
         2
     } else {
         1
@@ -224,7 +232,7 @@ pub(super) fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
 /// [`check_memory_fits`] against a machine of `total` bytes.
 fn memory_fits(config: &EngineConfig, total: u64) -> Result<(), Error> {
     let needed = memory_worst_case_bytes(config);
-    let follower = config.follower && config.durability.waits_for_commit();
+    let follower = config.follower && config.durability.keeps_log();
     if needed > total / 10 * 9 {
         return Err(Error::InvalidConfig(format!(
             "at its limits the state needs up to {} MiB (state and idempotency budget{}, \

@@ -144,8 +144,11 @@ impl Engine {
         };
         let state_sku_count = state.sku_count();
         let (tx, rx) = super::queue::bounded(config.queue_len_max);
-        let with_follower =
-            config.follower && config.durability.waits_for_commit() && wal.is_some();
+        // The follower encodes the snapshots in every mode with a log; it serves
+        // reads only where they wait for the commit (in `async` mode they see the
+        // applied state, which only the writer has).
+        let with_follower = config.follower && config.durability.keeps_log() && wal.is_some();
+        let follower_reads = with_follower && config.durability.waits_for_commit();
         let (follower_tx, follower_rx) = if with_follower {
             let (ftx, frx) = crossbeam_channel::unbounded();
             (Some(ftx), Some(frx))
@@ -159,7 +162,7 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             tx,
-            follower_tx: follower_tx.clone(),
+            follower_tx: follower_tx.clone().filter(|_| follower_reads),
             inner: Arc::clone(&inner),
             shutting_down: AtomicBool::new(false),
             writer: Mutex::new(None),
@@ -255,13 +258,15 @@ impl Engine {
             // The follower starts from the writer's state as recovered (and after the
             // policy record above): both then apply the same durable records.
             let mut state = writer.state.clone();
-            state.track_touched_skus();
-            // The writer notes what each record changes for the board's readers.
-            writer.state.track_touched_skus();
-            writer
-                .shared
-                .board
-                .publish(state.all_sku_views(), state.next_seq().saturating_sub(1));
+            if follower_reads {
+                state.track_touched_skus();
+                // The writer notes what each record changes for the board's readers.
+                writer.state.track_touched_skus();
+                writer
+                    .shared
+                    .board
+                    .publish(state.all_sku_views(), state.next_seq().saturating_sub(1));
+            }
             let follower = Follower {
                 state,
                 rx: frx,

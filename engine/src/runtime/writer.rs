@@ -208,10 +208,11 @@ impl<S: Storage> Writer<S> {
             }
             Durability::Async => {
                 // Reply now (reads see the applied state); the flush follows
-                // within the interval.
+                // within the interval, or now for a snapshot request (the
+                // follower that encodes it applies only what is flushed).
                 self.async_dirty |= logged;
                 self.reply_now(&mut pending, reads);
-                if self.async_dirty && (flush_async || shutdown) {
+                if self.async_dirty && (flush_async || shutdown || !snapshot_replies.is_empty()) {
                     self.hand_over(true, &mut pending, Vec::new());
                     self.async_dirty = false;
                     flushed = true;
@@ -264,7 +265,7 @@ impl<S: Storage> Writer<S> {
                 self.snapshot_asked = true;
                 self.shared.snapshot_wanted.store(true, Ordering::Release);
             }
-            if self.config.durability != Durability::Sync
+            if self.config.durability == Durability::Replicated
                 && !self.snapshot_waiting.is_empty()
                 && self.snapshot_job.is_none()
             {
