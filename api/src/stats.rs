@@ -282,8 +282,8 @@ impl Aggregate {
         let g = self.group(&key);
         g.orders += whole.orders;
         g.cancelled += whole.cancelled;
-        g.paid_amount += whole.paid_amount;
-        g.refunded_amount += whole.refunded_amount;
+        g.paid_amount = g.paid_amount.saturating_add(whole.paid_amount);
+        g.refunded_amount = g.refunded_amount.saturating_add(whole.refunded_amount);
         g.units_sold += whole.units_sold;
     }
 
@@ -303,8 +303,8 @@ impl Aggregate {
                 g.orders += 1;
                 g.cancelled += cancelled;
             }
-            g.paid_amount += paid[i];
-            g.refunded_amount += refunded[i];
+            g.paid_amount = g.paid_amount.saturating_add(paid[i]);
+            g.refunded_amount = g.refunded_amount.saturating_add(refunded[i]);
             if sold {
                 g.units_sold += line.qty;
             }

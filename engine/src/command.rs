@@ -859,6 +859,11 @@ pub enum Violation {
     Required,
     /// A sale window that ends at or before it starts.
     NotAfterStart,
+    /// The order's lines total more than `max` minor units (the v1.3 rules).
+    OrderTotalAboveMax {
+        max: u64,
+        got: u64,
+    },
 }
 
 /// The unit of an [`Violation::OutOfRange`] bound.

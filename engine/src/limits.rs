@@ -10,6 +10,9 @@ pub const QTY_PER_LINE_MAX: u64 = 1_000_000;
 pub const ON_HAND_MAX: u64 = 1_000_000_000_000;
 /// Largest unit price, in minor units (cents).
 pub const UNIT_PRICE_MAX: u64 = 10_000_000_000;
+/// Largest order total, in minor units (the v1.3 rules): the sums of every order's
+/// amounts (`/v1/stats`, the reports) then stay within an int64 at `ORDERS_MAX`.
+pub const ORDER_TOTAL_MAX: u64 = 1_000_000_000_000;
 /// SKU id length in bytes: `[A-Za-z0-9._:-]`.
 pub const SKU_ID_LEN_MAX: usize = 64;
 /// SKU display name length in bytes.
@@ -100,6 +103,8 @@ const _: () =
     assert!(TTL_MS_MIN <= RESERVATION_TTL_MS_DEFAULT && RESERVATION_TTL_MS_DEFAULT <= TTL_MS_MAX);
 const _: () = assert!(TTL_MS_MIN <= PAYMENT_TTL_MS_DEFAULT && PAYMENT_TTL_MS_DEFAULT <= TTL_MS_MAX);
 const _: () = assert!(LIST_LIMIT_DEFAULT <= LIST_LIMIT_MAX && LIST_LIMIT_MAX <= LIST_SCAN_MAX);
+// The sums of all orders' amounts fit an int64 (JSON clients read them as one).
+const _: () = assert!((ORDERS_MAX as u128) * (ORDER_TOTAL_MAX as u128) <= i64::MAX as u128);
 // Totals are u64 minor units: the biggest order must not overflow.
 const _: () = assert!(
     (LINES_PER_REQUEST_MAX as u128) * (QTY_PER_LINE_MAX as u128) * (UNIT_PRICE_MAX as u128)

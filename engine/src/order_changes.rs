@@ -192,6 +192,7 @@ impl State {
                         unit_price: line.unit_price,
                     });
                 }
+                self.check_order_total(out.iter().map(|l| u64::from(l.qty) * l.unit_price).sum())?;
                 Some(out)
             }
         };

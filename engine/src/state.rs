@@ -160,8 +160,14 @@ pub(crate) const RULES_V11: u32 = 2;
 /// `order.expired` and `stock.adjusted` carry what downstream needs to act (the
 /// order's brief, the actor, the note, the tracking number).
 pub(crate) const RULES_V12: u32 = 3;
+/// The rules from the first `SetRules { rules: 4 }` on: a keyed command refused as
+/// malformed (`validation_failed`) is neither logged nor remembered under its key,
+/// so the client may correct it and retry with the same key (it was remembered,
+/// and the corrected retry was a conflict); an order totals at most
+/// `ORDER_TOTAL_MAX` minor units, so the sums of all orders' amounts fit an int64.
+pub(crate) const RULES_V13: u32 = 4;
 /// The rules a server of this build logs at start (`Command::SetRules`).
-pub const RULES_CURRENT: u32 = RULES_V12;
+pub const RULES_CURRENT: u32 = RULES_V13;
 
 impl OrderPolicy {
     /// The policy of a state that never logged one: no SLA, no review threshold.
@@ -441,8 +447,12 @@ impl State {
             cmd.name()
         );
         // A keyed command is logged even when refused: its key now answers with the
-        // refusal, and replay must remember it too.
-        let changed = emitted > 0 || key.is_some() || changed_quietly;
+        // refusal, and replay must remember it too. From the v1.3 rules on, not a
+        // malformed one: the client corrects it and retries under the same key.
+        let forgotten = key.is_some()
+            && self.rules >= RULES_V13
+            && matches!(outcome, Err(Rejection::Validation { .. }));
+        let changed = emitted > 0 || (key.is_some() && !forgotten) || changed_quietly;
         if !changed {
             // A success that changed nothing (a repeat): the state it answers from is
             // the one logged through the last record, whose LSN it answers.
@@ -457,7 +467,7 @@ impl State {
         // Only logged commands change the index, so replay forgets exactly what the
         // original forgot: the keys past the window now, and at the budget the oldest.
         self.idempotency.forget_expired(now_ms);
-        if let (Some(key), Some(hash)) = (key, hash) {
+        if let (Some(key), Some(hash), false) = (key, hash, forgotten) {
             let answer = self.answer_of(&outcome, now_ms);
             self.idempotency.remember(Entry {
                 key: hash,

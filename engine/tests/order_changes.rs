@@ -741,7 +741,7 @@ fn the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full() {
     ));
 
     w.ok(Command::SetRules { rules: 3 });
-    for rules in [2, 4] {
+    for rules in [2, surge_engine::RULES_CURRENT + 1] {
         assert_eq!(
             w.run(Command::SetRules { rules }),
             Err("validation_failed".to_string()),
@@ -826,4 +826,80 @@ fn the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full() {
     });
     assert_eq!(expired, [(unpaid, "e-1".to_string())]);
     w.check_replay();
+}
+
+/// The v1.3 rules (`SetRules { rules: 4 }`): a keyed command refused as malformed is
+/// neither logged nor remembered, so the corrected command goes through under the
+/// same key (before, the key answered the refusal again); an order totals at most
+/// `ORDER_TOTAL_MAX` minor units, at creation and after a modification (before, the
+/// sums of all orders' amounts could pass an int64). Under the v1.2 rules both
+/// behave as they did, so older logs replay as they ran.
+#[test]
+fn the_v13_rules_forget_a_malformed_keyed_command_and_bound_an_order_total() {
+    const TOTAL_MAX: u64 = 1_000_000_000_000;
+    const PRICE_MAX: u64 = 10_000_000_000;
+    for rules in [3, 4] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        w.ok(Command::DefineSku {
+            sku: "BIG".into(),
+            name: "BIG".into(),
+            on_hand: 1_000_000,
+            low_stock_threshold: 0,
+        });
+        let reserve = |qty| Command::Reserve {
+            lines: vec![surge_engine::LineReq {
+                sku: "A".into(),
+                qty,
+            }],
+            ttl_ms: 600_000,
+            actor: "t".into(),
+        };
+        let logged = w.log.len();
+        assert_eq!(
+            w.apply(reserve(0), Some("K")).err().as_deref(),
+            Some("validation_failed"),
+            "rules {rules}"
+        );
+        let corrected = w.apply(reserve(1), Some("K"));
+        if rules >= 4 {
+            assert!(corrected.is_ok(), "rules {rules}: {corrected:?}");
+            assert_eq!(w.log.len(), logged + 1, "only the hold is logged");
+            assert_eq!(w.stock("A"), (10, 1, 9));
+        } else {
+            assert_eq!(corrected.err().as_deref(), Some("validation_failed"));
+            assert_eq!(w.log.len(), logged + 1, "the refusal is logged");
+            assert_eq!(w.stock("A"), (10, 0, 10));
+        }
+        // At the bound exactly: taken under both rules.
+        let at_max = w.place("at-max", &[("BIG", TOTAL_MAX / PRICE_MAX, PRICE_MAX)]);
+        assert_eq!(w.order(at_max).total, TOTAL_MAX);
+        let over = w.run(place(
+            "over",
+            &[("BIG", TOTAL_MAX / PRICE_MAX + 1, PRICE_MAX)],
+        ));
+        let raised = w.run(Command::ModifyOrder {
+            change: Box::new(OrderChange {
+                id: at_max,
+                lines: Some(order_lines(&[(
+                    "BIG",
+                    TOTAL_MAX / PRICE_MAX + 1,
+                    PRICE_MAX,
+                )])),
+                shipping_address: None,
+                note: None,
+                reason: None,
+                actor: "t".into(),
+            }),
+        });
+        if rules >= 4 {
+            assert_eq!(over.err().as_deref(), Some("validation_failed"));
+            assert_eq!(raised.err().as_deref(), Some("validation_failed"));
+            assert_eq!(w.order(at_max).total, TOTAL_MAX);
+        } else {
+            assert!(over.is_ok(), "{over:?}");
+            assert!(raised.is_ok(), "{raised:?}");
+        }
+        w.check_replay();
+    }
 }

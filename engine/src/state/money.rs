@@ -115,7 +115,7 @@ impl State {
         extra.refund_ref = refund_ref.into();
         let amounts = extra.amounts;
         order.payment = amounts.status(true);
-        self.counters.refunded_amount += amount;
+        self.counters.refunded_amount = self.counters.refunded_amount.saturating_add(amount);
         self.record_money(id, LedgerKind::Refund, amount, refund_ref, actor, ctx);
         let note = if reason.is_empty() {
             format!("refunded {amount}")

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Amounts, Ctx, RULES_V1, RULES_V12, State, at_line, check_address, check_line_count, check_qty,
-    check_required_text, check_text, check_ttl, invalid, transition,
+    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, State, at_line, check_address, check_line_count,
+    check_qty, check_required_text, check_text, check_ttl, invalid, transition,
 };
 use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
 use crate::domain::{
@@ -209,6 +209,21 @@ pub(super) struct NewOrderRef<'a> {
 }
 
 impl State {
+    /// From the v1.3 rules on an order totals at most `ORDER_TOTAL_MAX` (before
+    /// them, records replay as they ran).
+    pub(crate) fn check_order_total(&self, total: u64) -> Result<(), Rejection> {
+        if self.rules >= RULES_V13 && total > ORDER_TOTAL_MAX {
+            return Err(invalid(
+                Field::Lines,
+                Violation::OrderTotalAboveMax {
+                    max: ORDER_TOTAL_MAX,
+                    got: total,
+                },
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn order(&self, id: OrderId) -> Result<&Order, Rejection> {
         id.0.checked_sub(1)
             .and_then(|i| self.orders.get(i as usize))
@@ -319,6 +334,7 @@ impl State {
             // Cannot overflow: bounded by the limits (checked in limits.rs).
             total += line.qty * line.unit_price;
         }
+        self.check_order_total(total)?;
         if let Some(&id) = self.order_no_index.get(order_no) {
             return Err(Rejection::DuplicateOrderNo {
                 order_no: order_no.to_string(),
@@ -571,7 +587,7 @@ impl State {
                 self.ship_deadlines.insert(at, (due, id));
             }
         }
-        self.counters.paid_amount += total;
+        self.counters.paid_amount = self.counters.paid_amount.saturating_add(total);
         self.record_money(id, LedgerKind::Charge, total, payment_ref, actor, ctx);
         self.set_status(id, OrderStatus::Confirmed, actor, "", ctx.now_ms);
         if self.rules == RULES_V1 {
