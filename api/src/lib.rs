@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod export;
 pub mod extract;
+pub mod gate;
 pub mod hot;
 pub mod metrics;
 pub mod nats_events;
@@ -146,7 +147,10 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
-    let app = hot::HotReads::new(app, state_for_hot);
+    let app = gate::RequestGate::new(
+        hot::HotReads::new(app, state_for_hot),
+        config.body_limit_bytes,
+    );
     Router::new().fallback_service(layers.service(app))
 }
 

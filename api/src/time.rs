@@ -104,7 +104,26 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// milliseconds since the epoch, truncating finer fractions. Impossible dates
 /// (2026-02-31), a missing offset and times before 1970 are refused.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let at: Timestamp = s.parse().ok()?;
+    // RFC 3339's offset hour is 00 to 23 (jiff takes up to 25).
+    if !s.ends_with(['Z', 'z']) {
+        let offset = s.get(s.len().checked_sub(6)?..)?.as_bytes();
+        let hour = std::str::from_utf8(offset.get(1..3)?).ok()?;
+        if !matches!(offset[0], b'+' | b'-') || offset[3] != b':' || hour > "23" {
+            return None;
+        }
+    }
+    // RFC 3339 takes any number of fraction digits, jiff nine at most: the ones past
+    // the milliseconds are dropped anyway.
+    let digits_at = s.find('.').map(|dot| dot + 1);
+    let digits = digits_at.map_or(0, |at| {
+        s[at..].bytes().take_while(u8::is_ascii_digit).count()
+    });
+    let at: Timestamp = match digits_at {
+        Some(at) if digits > 9 => format!("{}{}", &s[..at + 9], &s[at + digits..])
+            .parse()
+            .ok()?,
+        _ => s.parse().ok()?,
+    };
     u64::try_from(at.as_millisecond()).ok()
 }
 
@@ -136,6 +155,14 @@ mod tests {
             parse_rfc3339("2026-11-22T10:00:00.123999Z"),
             Some(1_795_341_600_123)
         );
+        assert_eq!(
+            parse_rfc3339("2026-11-22T10:00:00.1239999999999Z"),
+            Some(1_795_341_600_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-23T09:59:00+23:59"),
+            Some(1_795_341_600_000)
+        );
         for bad in [
             "",
             "2026-11-22",
@@ -147,6 +174,11 @@ mod tests {
             "2026-04-31T12:00:00+02:00",
             "2026-11-22T24:00:00Z",
             "1969-12-31T23:59:59Z",
+            "2026-01-01T00:00:00+25:00",
+            "2026-01-01T00:00:00+24:00",
+            "2026-01-01T00:00:00+2:00",
+            "2026-01-01T00:00:00+02",
+            "2026-01-01T00:00:00.Z",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

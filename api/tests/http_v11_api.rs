@@ -1027,3 +1027,114 @@ fn a_keyed_batch_replays_the_same_after_a_crash() {
     let a = s.admin("GET", "/v1/skus/A", None).json();
     assert_eq!(a["reserved"], 2, "{a}");
 }
+
+/// The status line and the rest of an answer read from a raw socket, within `within`
+/// (a request the server holds instead of refusing fails the test).
+fn raw_exchange(addr: SocketAddr, request: &str, within: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(within)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&answer);
+                // The whole problem body is in: the answer is complete.
+                if text.contains("\r\n\r\n{") && text.trim_end().ends_with('}') {
+                    break;
+                }
+            }
+            Err(e) => panic!(
+                "no complete answer within {within:?} ({e}); so far: {}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What the headers already decide is refused at once, changing nothing: a body
+/// declared over the limit is 413 before it is sent (it waited for the body until
+/// the request timeout, then said 503 "a write may still take effect"), also to a
+/// client that waits for `100 Continue` (it was told to send it); a header that
+/// names one thing given twice is 400 naming it (the first one won: an admin's
+/// token then a viewer's acted as the admin); a body surge would misread is 415 (a
+/// `Content-Encoding`, a charset other than UTF-8; both were read as UTF-8 JSON).
+#[test]
+fn what_the_headers_decide_is_refused_at_once() {
+    let dir = TempDir::new("v11-gate");
+    let s = Server::start(&dir.data(), "v11-gate");
+    s.define("A", 10);
+    let before = s.digest();
+    // Well inside the 10 s request timeout.
+    let within = std::time::Duration::from_secs(5);
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let answer = raw_exchange(
+            s.addr,
+            &format!(
+                "POST /v1/reservations HTTP/1.1\r\nHost: surge\r\nAuthorization: {STOREFRONT}\r\n\
+                 Content-Type: application/json\r\n{expect}Content-Length: 2000000\r\n\r\n"
+            ),
+            within,
+        );
+        assert!(answer.starts_with("HTTP/1.1 413"), "{expect:?}: {answer}");
+        assert!(!answer.contains("100 Continue"), "{answer}");
+        assert!(answer.contains("\"field\":\"body\""), "{answer}");
+    }
+    let hold = r#"{"lines":[{"sku":"A","qty":1}]}"#;
+    let r = s.call(
+        "POST",
+        "/v1/reservations",
+        &[("Authorization", ADMIN), ("Authorization", VIEWER)],
+        Some(hold),
+    );
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "Authorization", "{}", r.body);
+    let r = s.call(
+        "POST",
+        "/v1/reservations",
+        &[
+            ("Authorization", STOREFRONT),
+            ("Idempotency-Key", "k1"),
+            ("Idempotency-Key", "k2"),
+        ],
+        Some(hold),
+    );
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "Idempotency-Key", "{}", r.body);
+    let r = s.call(
+        "POST",
+        "/v1/reservations",
+        &[("Authorization", STOREFRONT), ("Content-Encoding", "gzip")],
+        Some(hold),
+    );
+    r.assert_problem(415, "validation_failed");
+    assert_eq!(r.json()["field"], "Content-Encoding", "{}", r.body);
+    let r = s.call(
+        "POST",
+        "/v1/reservations",
+        &[
+            ("Authorization", STOREFRONT),
+            ("Content-Type", "application/json; charset=utf-16"),
+        ],
+        Some(hold),
+    );
+    r.assert_problem(415, "validation_failed");
+    assert_eq!(r.json()["field"], "Content-Type", "{}", r.body);
+    assert_eq!(s.digest(), before, "a refused request changed something");
+    // The same hold, sent plainly (and with an explicit UTF-8 charset), is taken.
+    let r = s.call(
+        "POST",
+        "/v1/reservations",
+        &[
+            ("Authorization", STOREFRONT),
+            ("Content-Type", "application/json; charset=UTF-8"),
+        ],
+        Some(hold),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+}

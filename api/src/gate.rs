@@ -1,0 +1,216 @@
+//! Refusals decided from the request's headers alone, before a route, an extractor
+//! or the body is touched.
+//!
+//! - A body declared (`Content-Length`) over the server's limit is 413 at once. The
+//!   body limit alone reads up to the limit first, and a client that declared more
+//!   and sent nothing, or waited for `100 Continue`, held the request until the
+//!   request timeout (503 `overloaded`, "a write may still take effect": wrong on
+//!   both counts). Refused here, no `100 Continue` is sent either.
+//! - A header that names one thing given twice (`Authorization`, `Content-Type`,
+//!   `Idempotency-Key`, `X-Actor`) is 400 naming it: the first one silently won,
+//!   so `Authorization: <admin>` then `Authorization: <viewer>` acted as the admin.
+//! - A body the server would read as something it is not is 415: a
+//!   `Content-Encoding` (surge decodes none) or a `charset` other than UTF-8.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use tower::Service;
+
+use crate::error::ApiError;
+
+/// Headers that name one thing each: given more than once, the request is refused.
+const SINGLE_HEADERS: [(&str, &str); 4] = [
+    ("authorization", "Authorization"),
+    ("content-type", "Content-Type"),
+    ("idempotency-key", "Idempotency-Key"),
+    ("x-actor", "X-Actor"),
+];
+
+/// A service in front of the rest that refuses what its headers already decide.
+#[derive(Clone)]
+pub struct RequestGate<S> {
+    inner: S,
+    body_limit_bytes: u64,
+}
+
+impl<S> RequestGate<S> {
+    pub fn new(inner: S, body_limit_bytes: usize) -> RequestGate<S> {
+        RequestGate {
+            inner,
+            body_limit_bytes: body_limit_bytes as u64,
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for RequestGate<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match refusal(request.headers(), self.body_limit_bytes) {
+            Some(error) => Either::Left(ready(Ok(error.into_response()))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
+}
+
+/// Why a request with these headers is refused, if it is.
+pub fn refusal(headers: &HeaderMap, body_limit_bytes: u64) -> Option<ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > body_limit_bytes) {
+        return Some(ApiError {
+            field: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "validation_failed",
+                format!("body: larger than the server's limit of {body_limit_bytes} bytes"),
+            )
+        });
+    }
+    for (name, shown) in SINGLE_HEADERS {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Some(ApiError::validation(shown, "given more than once"));
+        }
+    }
+    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"))
+        })
+    });
+    if encoded {
+        return Some(unsupported(
+            "Content-Encoding",
+            "Content-Encoding: the body must be sent as it is (no encoding)",
+        ));
+    }
+    let charset = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(charset_of);
+    if charset.is_some_and(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8"))
+    {
+        return Some(unsupported(
+            "Content-Type",
+            "Content-Type: the charset must be utf-8",
+        ));
+    }
+    None
+}
+
+/// 415 naming the header.
+fn unsupported(field: &str, detail: &str) -> ApiError {
+    ApiError {
+        field: Some(field.into()),
+        ..ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "validation_failed",
+            detail,
+        )
+    }
+}
+
+/// The `charset` parameter of a media type (`text/plain; charset="latin1"`), if any.
+fn charset_of(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn refused(pairs: &[(&'static str, &'static str)]) -> Option<(StatusCode, Option<String>)> {
+        refusal(&headers(pairs), 1024).map(|e| (e.status, e.field))
+    }
+
+    #[test]
+    fn headers_alone_decide_these_refusals() {
+        let field = |f: &str| Some(f.to_string());
+        assert_eq!(refused(&[("content-length", "1024")]), None);
+        assert_eq!(
+            refused(&[("content-length", "1025")]),
+            Some((StatusCode::PAYLOAD_TOO_LARGE, field("body")))
+        );
+        assert_eq!(
+            refused(&[("content-length", "99999999999999999999")]),
+            None,
+            "not a u64: hyper refuses it before us"
+        );
+        assert_eq!(
+            refused(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+            Some((StatusCode::BAD_REQUEST, field("Authorization")))
+        );
+        assert_eq!(
+            refused(&[("idempotency-key", "k"), ("idempotency-key", "k")]),
+            Some((StatusCode::BAD_REQUEST, field("Idempotency-Key")))
+        );
+        assert_eq!(
+            refused(&[("x-actor", "a"), ("x-actor", "b")]),
+            Some((StatusCode::BAD_REQUEST, field("X-Actor")))
+        );
+        assert_eq!(
+            refused(&[
+                ("content-type", "application/json"),
+                ("content-type", "application/json")
+            ]),
+            Some((StatusCode::BAD_REQUEST, field("Content-Type")))
+        );
+        assert_eq!(
+            refused(&[("content-encoding", "gzip")]),
+            Some((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                field("Content-Encoding")
+            ))
+        );
+        assert_eq!(refused(&[("content-encoding", "identity")]), None);
+        for charset in ["utf-16", "latin1", "\"iso-8859-1\""] {
+            let value: &'static str =
+                Box::leak(format!("application/json; charset={charset}").into_boxed_str());
+            assert_eq!(
+                refused(&[("content-type", value)]),
+                Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, field("Content-Type"))),
+                "{charset}"
+            );
+        }
+        for fine in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; charset=utf8",
+        ] {
+            assert_eq!(refused(&[("content-type", fine)]), None, "{fine}");
+        }
+        assert_eq!(refused(&[]), None);
+    }
+}
