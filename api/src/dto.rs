@@ -18,27 +18,32 @@ use crate::time::{format_ms, write_ms};
 pub struct DefineSkuReq {
     /// Units in stock; may not go below the units reserved. Required for a new SKU;
     /// omitted on a redefinition, the level stays as it is (so a change of the rules
-    /// never writes back a level read before units were sold). Not null.
+    /// never writes back a level read before units were sold). Not null. At most
+    /// 1000000000000.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub on_hand: Option<Option<u64>>,
     /// `stock.low` is emitted when `available` falls to or below this. Omitted:
-    /// unchanged (0 for a new SKU). Not null.
+    /// unchanged (0 for a new SKU). Not null. At most 1000000000000.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub low_stock_threshold: Option<Option<u64>>,
-    /// Display name. Omitted: unchanged (empty for a new SKU). Not null.
+    /// Display name. Omitted: unchanged (empty for a new SKU). Not null. At most 200
+    /// bytes (UTF-8), no control characters.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 200)]
     pub name: Option<Option<String>>,
     /// Units one customer may hold, have bought and have ordered at once; 0 for no
-    /// limit. Omitted: unchanged (none for a new SKU).
+    /// limit. Omitted: unchanged (none for a new SKU). At most 1000000000000.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub purchase_limit_per_customer: Option<u64>,
     /// RFC 3339: no new stock is taken before it; null: open. Omitted: unchanged.
+    /// At the latest 9999-12-30T22:00:00.999Z (the latest time the server reads).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub sale_starts_at: Option<Option<String>>,
     /// RFC 3339: no new stock is taken at or after it; null: open. Omitted: unchanged.
+    /// At the latest 9999-12-30T22:00:00.999Z (the latest time the server reads).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub sale_ends_at: Option<Option<String>>,
@@ -65,17 +70,24 @@ pub enum AdjustReasonDto {
 #[serde(deny_unknown_fields)]
 pub struct AdjustReq {
     /// Units to add (positive) or remove (negative, `correction`); not zero.
+    /// `on_hand` stays within 0..=1000000000000, so no larger change can succeed.
+    #[schema(minimum = -1_000_000_000_000_i64, maximum = 1_000_000_000_000_i64)]
     pub delta: i64,
     pub reason: AdjustReasonDto,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: String,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineDto {
+    /// SKU id: 1 to 64 bytes of `[A-Za-z0-9._:-]`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     pub sku: String,
-    /// A positive number of units.
+    /// Units, 1..=1000000 (also summed per SKU within one request).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub qty: u64,
 }
 
@@ -83,20 +95,30 @@ pub struct LineDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveReq {
+    /// 1 to 64 lines.
+    #[schema(min_items = 1, max_items = 64)]
     pub lines: Vec<LineDto>,
-    /// Hold time in milliseconds; the server default (15 minutes) when absent.
+    /// Hold time in milliseconds, 1000 (1 s) to 604800000 (7 days); the server
+    /// default (15 minutes) when absent.
+    #[schema(minimum = 1_000, maximum = 604_800_000)]
     pub ttl_ms: Option<u64>,
     /// The shopper the units are for: required when a SKU has a purchase limit,
-    /// whose count the units then join.
+    /// whose count the units then join. 1 to 64 bytes (UTF-8), no control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub customer_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLineDto {
+    /// SKU id: 1 to 64 bytes of `[A-Za-z0-9._:-]`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     pub sku: String,
+    /// Units, 1..=1000000 (also summed per SKU within one order).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub qty: u64,
-    /// Minor units (cents).
+    /// Minor units (cents), at most 10000000000.
+    #[schema(minimum = 0, maximum = 10_000_000_000_u64)]
     pub unit_price: u64,
 }
 
@@ -104,16 +126,25 @@ pub struct OrderLineDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderReq {
-    /// The client's order number, unique.
+    /// The client's order number, unique: 1 to 64 bytes (UTF-8), no control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub order_no: String,
+    /// 1 to 64 bytes (UTF-8), no control characters.
+    #[schema(min_length = 1, max_length = 64)]
     pub customer_id: String,
+    /// 1 to 64 lines; `qty * unit_price` summed over them at most 1000000000000.
+    #[schema(min_items = 1, max_items = 64)]
     pub lines: Vec<OrderLineDto>,
-    /// Time to pay in milliseconds; the server default (15 minutes) when absent.
+    /// Time to pay in milliseconds, 1000 (1 s) to 604800000 (7 days); the server
+    /// default (15 minutes) when absent.
+    #[schema(minimum = 1_000, maximum = 604_800_000)]
     pub payment_ttl_ms: Option<u64>,
     /// Adopt this held reservation (its lines must match) instead of holding anew.
     pub reservation_id: Option<String>,
-    /// The sales channel: `tmall`, `jd`, `web`... (at most 64 bytes).
+    /// The sales channel: `tmall`, `jd`, `web`... At most 64 bytes (UTF-8), no
+    /// control characters.
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub channel: String,
     pub shipping_address: Option<AddressBody>,
 }
@@ -124,7 +155,9 @@ pub struct CreateOrderReq {
 pub struct PayReq {
     /// Must equal the order total.
     pub amount: u64,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub payment_ref: String,
 }
 
@@ -143,9 +176,13 @@ pub enum TransitionTo {
 #[serde(deny_unknown_fields)]
 pub struct TransitionReq {
     pub to: TransitionTo,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: String,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub tracking_no: String,
 }
 
@@ -166,7 +203,9 @@ pub enum CancelReasonDto {
 pub struct CancelReq {
     /// `storefront` may use only `customer_request` and `payment_failed`.
     pub reason: CancelReasonDto,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: String,
 }
 
@@ -180,9 +219,13 @@ pub struct ReturnReq {
     pub kind: ReturnKindDto,
     /// Put the units back into `on_hand`.
     pub restock: bool,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: String,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: String,
 }
 
@@ -190,7 +233,9 @@ pub struct ReturnReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundReq {
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub refund_ref: String,
 }
 
@@ -473,16 +518,24 @@ pub struct PaymentBody {
     pub refund_due_amount: u64,
 }
 
-/// A shipping address; every part optional, at most 200 bytes each.
+/// A shipping address; every part optional, at most 200 bytes (UTF-8) each, no
+/// control characters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressBody {
+    #[schema(max_length = 200)]
     pub name: Option<String>,
+    #[schema(max_length = 200)]
     pub phone: Option<String>,
+    #[schema(max_length = 200)]
     pub province: Option<String>,
+    #[schema(max_length = 200)]
     pub city: Option<String>,
+    #[schema(max_length = 200)]
     pub district: Option<String>,
+    #[schema(max_length = 200)]
     pub line1: Option<String>,
+    #[schema(max_length = 200)]
     pub postal_code: Option<String>,
 }
 
@@ -808,7 +861,9 @@ impl From<HoldReasonDto> for surge_engine::HoldReason {
 #[serde(deny_unknown_fields)]
 pub struct HoldReq {
     pub reason: HoldReasonDto,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: String,
 }
 
@@ -816,7 +871,9 @@ pub struct HoldReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseHoldReq {
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub note: String,
 }
 
@@ -824,9 +881,13 @@ pub struct ReleaseHoldReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyOrderReq {
-    /// The new full set of lines (not empty: cancel the order instead).
+    /// The new full set of lines: 1 to 64 (not empty: cancel the order instead);
+    /// `qty * unit_price` summed over them at most 1000000000000.
+    #[schema(min_items = 1, max_items = 64)]
     pub lines: Option<Vec<OrderLineDto>>,
     pub shipping_address: Option<AddressBody>,
+    /// At most 500 bytes (UTF-8), no control characters.
+    #[schema(max_length = 500)]
     pub note: Option<String>,
     /// Required when a line is removed or reduced (a partial cancel): a cancel
     /// reason; `storefront` may use only `customer_request` and `payment_failed`.
@@ -837,11 +898,16 @@ pub struct ModifyOrderReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundsReq {
-    /// Minor units, at most `paid_amount - refunded_amount`.
+    /// Minor units, at least 1 and at most `paid_amount - refunded_amount`.
+    #[schema(minimum = 1)]
     pub amount: u64,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: String,
+    /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub refund_ref: String,
 }
 
