@@ -22,6 +22,7 @@ pub mod order_ops;
 mod plain_reserve;
 pub mod replication;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod stats;
 pub mod time;

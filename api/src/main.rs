@@ -132,6 +132,14 @@ struct ServeArgs {
     /// Requests taking longer are answered 503 `overloaded`.
     #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     request_timeout_ms: u64,
+    /// A request's headers must arrive within this (on a new connection and between
+    /// the requests of a kept-alive one), or the connection is closed.
+    #[arg(long, env = "SURGE_HTTP_HEADER_TIMEOUT_MS", default_value_t = surge_api::serve::HEADER_READ_TIMEOUT_MS_DEFAULT)]
+    http_header_timeout_ms: u64,
+    /// Connections served at once; past it new ones wait in the listen backlog
+    /// until one closes.
+    #[arg(long, env = "SURGE_HTTP_CONNECTIONS_MAX", default_value_t = surge_api::serve::CONNECTIONS_MAX_DEFAULT)]
+    http_connections_max: usize,
     /// Operations accepted in one `/v1/batch` request (at most 10000).
     #[arg(long, env = "SURGE_BATCH_OPS_MAX", default_value_t = surge_api::state::BATCH_OPS_MAX)]
     batch_ops_max: usize,
@@ -374,6 +382,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         payment_ttl_ms: args.payment_ttl_ms,
         body_limit_bytes: args.body_limit_bytes,
         request_timeout_ms: args.request_timeout_ms,
+        header_read_timeout_ms: args.http_header_timeout_ms,
+        connections_max: args.http_connections_max,
         batch_ops_max: args.batch_ops_max,
         idempotency_window_floor_ms: args.idempotency_window_floor_ms,
     };
@@ -519,14 +529,16 @@ async fn run(
     let state = AppState::new(api_config, auth);
     // Serve from the start: /healthz answers and /readyz says 503 while recovering.
     let app = surge_api::router(state.clone());
+    let limits = surge_api::serve::ServeLimits {
+        header_read_timeout: std::time::Duration::from_millis(
+            state.config().header_read_timeout_ms,
+        ),
+        connections_max: state.config().connections_max,
+    };
     let mut stop = state.shutdown_signal();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            })
-            .await
-    });
+    let server = tokio::spawn(surge_api::serve::serve(listener, app, limits, async move {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    }));
     println!("surge: listening on http://{local}");
     let data_dir = engine_config.data_dir.clone();
     // Before recovery allocates the state, while /readyz says 503.
@@ -583,10 +595,8 @@ async fn run(
     wait_for_signal().await;
     tracing::info!("shutting down: readiness off, draining requests");
     state.begin_shutdown();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("server: {e}"),
-        Err(e) => tracing::error!("server task: {e}"),
+    if let Err(e) = server.await {
+        tracing::error!("server task: {e}");
     }
     tracing::info!("draining the engine queue, flushing the WAL, writing a snapshot");
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;

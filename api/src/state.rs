@@ -24,6 +24,11 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// A request that takes longer is answered 503.
     pub request_timeout_ms: u64,
+    /// A request's headers must arrive within this, or the connection is closed
+    /// (`serve::ServeLimits`).
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once (`serve::ServeLimits`).
+    pub connections_max: usize,
     /// Operations in one `/v1/batch` request.
     pub batch_ops_max: usize,
     /// Below this effective idempotency window (keys forgotten sooner because of the
@@ -52,6 +57,8 @@ impl Default for ApiConfig {
             payment_ttl_ms: surge_engine::limits::PAYMENT_TTL_MS_DEFAULT,
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 10_000,
+            header_read_timeout_ms: crate::serve::HEADER_READ_TIMEOUT_MS_DEFAULT,
+            connections_max: crate::serve::CONNECTIONS_MAX_DEFAULT,
             batch_ops_max: BATCH_OPS_MAX,
             idempotency_window_floor_ms: surge_engine::limits::IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT,
         }

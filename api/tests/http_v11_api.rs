@@ -1138,3 +1138,84 @@ fn what_the_headers_decide_is_refused_at_once() {
     );
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+/// Whether the server closes `stream` within `within`: EOF or a reset, not silence.
+fn closed_by_server(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::{ErrorKind, Read};
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0u8; 1024];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer (a 408, say) before the close
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true, // reset
+        }
+    }
+}
+
+/// A connection that sends no request, or half of one, is closed once the header
+/// timeout passes (it was held open for good: one descriptor each); and past the
+/// connection limit a new connection waits until one closes, then is served.
+#[test]
+fn idle_connections_are_closed_and_connections_are_limited() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = TempDir::new("v11-idle");
+    let s = Server::start_with(
+        &dir.data(),
+        "v11-idle",
+        &[("SURGE_HTTP_HEADER_TIMEOUT_MS", "1000")],
+    );
+    let mut silent = TcpStream::connect(s.addr).unwrap();
+    let mut half = TcpStream::connect(s.addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    let within = std::time::Duration::from_secs(8);
+    assert!(
+        closed_by_server(&mut silent, within),
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_by_server(&mut half, within),
+        "half a request stayed open"
+    );
+    drop(s);
+
+    let dir = TempDir::new("v11-limit");
+    let s = Server::start_with(
+        &dir.data(),
+        "v11-limit",
+        &[("SURGE_HTTP_CONNECTIONS_MAX", "2")],
+    );
+    let first = TcpStream::connect(s.addr).unwrap();
+    let _second = TcpStream::connect(s.addr).unwrap();
+    let mut third = TcpStream::connect(s.addr).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: surge\r\n\r\n")
+        .unwrap();
+    assert!(
+        !closed_by_server(&mut third, std::time::Duration::from_millis(500)),
+        "the third connection was served or closed while two were open"
+    );
+    drop(first);
+    let answer = raw_read_answer(&mut third, std::time::Duration::from_secs(8));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// What `stream` answers within `within`, up to the end of its headers and body.
+fn raw_read_answer(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("no answer within {within:?}: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
