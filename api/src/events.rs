@@ -327,7 +327,8 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams,
         ("Last-Event-ID" = Option<String>, Header, description = "SSE: resume after this seq"),
         ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live Server-Sent Events stream (`id:` = seq, `event:` = type, `data:` = the event JSON; keep-alive comments every 15 s)")),
-    responses((status = 200, description = "A page of events, or an SSE stream", body = EventPage)))]
+    responses((status = 200, description = "A page of events, or an SSE stream", body = EventPage),
+        (status = 503, description = "`overloaded` (with `Retry-After`): 1,000 event streams (`EVENT_STREAMS_MAX`) are open already; pages are not limited", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn events(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
@@ -340,7 +341,8 @@ pub async fn events(
             Some(v) => parse_after(v.to_str().ok().or(Some("x")), "Last-Event-ID")?,
             None => parse_after(p.after.as_deref(), "after")?,
         };
-        return Ok(sse(st, engine, after).into_response());
+        let slot = st.event_stream_slot()?;
+        return Ok(sse(st, engine, after, slot).into_response());
     }
     let after = parse_after(p.after.as_deref(), "after")?;
     let limit = match p.limit.as_deref().filter(|t| !t.is_empty()) {
@@ -369,18 +371,26 @@ pub async fn events(
 /// Events read from the log per wake-up of an SSE stream.
 const SSE_PAGE: usize = 256;
 
-fn sse(st: AppState, engine: EngineHandle, after: u64) -> impl IntoResponse {
+fn sse(
+    st: AppState,
+    engine: EngineHandle,
+    after: u64,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> impl IntoResponse {
     struct Cursor {
         engine: EngineHandle,
         after: u64,
         buffer: VecDeque<SseEvent>,
         stop: tokio::sync::watch::Receiver<bool>,
+        /// The stream's slot (`EVENT_STREAMS_MAX`), given back when it is dropped.
+        _slot: tokio::sync::OwnedSemaphorePermit,
     }
     let cursor = Cursor {
         engine,
         after,
         buffer: VecDeque::new(),
         stop: st.shutdown_signal(),
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {

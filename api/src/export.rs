@@ -330,6 +330,33 @@ fn csv_row(out: &mut String, row: Row<'_>) {
     out.push_str("\r\n");
 }
 
+/// Pieces an export's body is handed to the connection in.
+const EXPORT_PIECE_BYTES: usize = 64 << 10;
+
+/// An export's answer: its bytes in pieces, holding the export's slot until the
+/// last piece is taken (the connection asks for the next piece only once it can
+/// write it, so a slow reader keeps the slot, and the memory, it pins), with its
+/// `Content-Length`.
+fn export_response(bytes: Vec<u8>, slot: tokio::sync::OwnedSemaphorePermit) -> Response {
+    let len = bytes.len();
+    let pieces = futures_util::stream::unfold(
+        (axum::body::Bytes::from(bytes), Some(slot)),
+        |(mut rest, slot)| async move {
+            if rest.is_empty() {
+                drop(slot);
+                return None;
+            }
+            let piece = rest.split_to(rest.len().min(EXPORT_PIECE_BYTES));
+            Some((Ok::<_, std::convert::Infallible>(piece), (rest, slot)))
+        },
+    );
+    let mut response = axum::body::Body::from_stream(pieces).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
 /// The UTF-8 byte-order mark.
 const BOM: char = '\u{feff}';
 
@@ -337,7 +364,8 @@ const BOM: char = '\u{feff}';
     params(ExportParams),
     responses((status = 200, description = "CSV (RFC 4180, UTF-8, CRLF), a header row then one row per order line, newest order first; order-level columns (`total`, amounts, address...) repeat on each line of an order. Times are RFC 3339 UTC. At most 100,000 rows (`EXPORT_ROWS_MAX`), cut at an order boundary, with `X-Export-Truncated: true` when cut. With `bom=true` the body starts with the UTF-8 byte-order mark (EF BB BF).",
         content_type = "text/csv", body = String,
-        headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export")))))]
+        headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export"))),
+        (status = 503, description = "`overloaded` (with `Retry-After`): 4 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn export_csv(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
@@ -345,6 +373,7 @@ pub async fn export_csv(
 ) -> Result<Response, ApiError> {
     let filter = p.filter()?;
     let bom = parse_bom(p.bom.as_deref())?;
+    let slot = st.export_slot()?;
     let mut out = String::new();
     if bom {
         out.push(BOM);
@@ -358,7 +387,7 @@ pub async fn export_csv(
             }
         }
     }
-    let mut response = out.into_response();
+    let mut response = export_response(out.into_bytes(), slot);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -450,6 +479,7 @@ fn write_xlsx(
             content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", body = Vec<u8>,
             headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export"))),
         (status = 500, description = "`internal`: the workbook could not be written (e.g. no writable temporary directory)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (with `Retry-After`): 4 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn export_xlsx(
     State(st): State<AppState>,
@@ -463,6 +493,7 @@ pub async fn export_xlsx(
         ));
     }
     let filter = p.filter()?;
+    let slot = st.export_slot()?;
     let (pages, received) = tokio::sync::mpsc::channel(XLSX_PAGES_IN_FLIGHT);
     let writer = tokio::task::spawn_blocking(move || write_xlsx(received));
     let mut pager = Pager::new(filter);
@@ -498,7 +529,7 @@ pub async fn export_xlsx(
             ));
         }
     };
-    let mut response = bytes.into_response();
+    let mut response = export_response(bytes, slot);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

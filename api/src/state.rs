@@ -38,6 +38,13 @@ pub struct ApiConfig {
 
 /// Rows of one CSV export (order lines).
 pub const EXPORT_ROWS_MAX: usize = 100_000;
+/// Exports (CSV or Excel) built or sent at once: each holds its whole file (about
+/// 12 MB at `EXPORT_ROWS_MAX`) until its last bytes are handed to the connection.
+/// One more is 503 `overloaded`.
+pub const EXPORTS_AT_ONCE_MAX: usize = 4;
+/// Event streams (`/v1/events` as `text/event-stream`) open at once. One more is
+/// 503 `overloaded`.
+pub const EVENT_STREAMS_MAX: usize = 1_000;
 /// Events per page of `/v1/events`.
 pub const EVENTS_LIMIT_MAX: usize = 1_000;
 pub const EVENTS_LIMIT_DEFAULT: usize = 100;
@@ -86,6 +93,10 @@ struct Inner {
     /// (`None`: it is not below).
     idempotency_warned: Mutex<Option<Instant>>,
     shutdown: watch::Sender<bool>,
+    /// Slots of the exports in progress (`EXPORTS_AT_ONCE_MAX`).
+    exports: Arc<tokio::sync::Semaphore>,
+    /// Slots of the open event streams (`EVENT_STREAMS_MAX`).
+    event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -101,8 +112,33 @@ impl AppState {
                 throughput: Mutex::new(VecDeque::new()),
                 idempotency_warned: Mutex::new(None),
                 shutdown: watch::channel(false).0,
+                exports: Arc::new(tokio::sync::Semaphore::new(EXPORTS_AT_ONCE_MAX)),
+                event_streams: Arc::new(tokio::sync::Semaphore::new(EVENT_STREAMS_MAX)),
             }),
         }
+    }
+
+    /// A slot for one export, held until its body is sent; 503 when all are taken.
+    pub fn export_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.inner.exports)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::overloaded(format!(
+                    "at most {EXPORTS_AT_ONCE_MAX} exports run at once: retry shortly"
+                ))
+            })
+    }
+
+    /// A slot for one event stream, held while it is open; 503 when all are taken.
+    pub fn event_stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.inner.event_streams)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::overloaded(format!(
+                    "at most {EVENT_STREAMS_MAX} event streams are open at once: retry \
+                     shortly, or page with GET /v1/events?after="
+                ))
+            })
     }
 
     /// A state over an open engine, ready at once (tests, embedding).

@@ -1682,3 +1682,64 @@ async fn the_stock_read_in_front_of_the_router_answers_as_the_route_does() {
         (Some(7), Some(2))
     );
 }
+
+/// Exports and event streams each have a limit of how many run at once
+/// (`EXPORTS_AT_ONCE_MAX`, `EVENT_STREAMS_MAX`): one more is 503 `overloaded` with
+/// `Retry-After`, and a slot comes back once the body that holds it is done with
+/// (an export's is held until its last bytes are taken: a slow reader keeps it).
+#[tokio::test]
+async fn exports_and_event_streams_are_limited_to_so_many_at_once() {
+    use surge_api::state::{EVENT_STREAMS_MAX, EXPORTS_AT_ONCE_MAX};
+    let api = Api::new();
+    api.define("A", 10).await;
+    let open = |path: &'static str, accept: &'static str| {
+        let request = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {VIEWER}"))
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap();
+        api.router.clone().oneshot(request)
+    };
+    for (path, max) in [
+        ("/v1/orders/export.csv", EXPORTS_AT_ONCE_MAX),
+        ("/v1/events", EVENT_STREAMS_MAX),
+    ] {
+        let accept = if path == "/v1/events" {
+            "text/event-stream"
+        } else {
+            "*/*"
+        };
+        // Answers whose bodies nobody reads: each holds its slot.
+        let mut held = Vec::new();
+        for _ in 0..max {
+            let response = open(path, accept).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            held.push(response);
+        }
+        let refused = open(path, accept).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "overloaded", "{problem}");
+        // One body read to its end (an export) or dropped (a stream): its slot is back.
+        let first = held.remove(0);
+        if path == "/v1/events" {
+            drop(first);
+        } else {
+            first.into_body().collect().await.unwrap();
+        }
+        let again = open(path, accept).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK, "{path}");
+        drop(again);
+        drop(held);
+    }
+    // The Excel export shares the export slots.
+    let mut held = Vec::new();
+    for _ in 0..EXPORTS_AT_ONCE_MAX {
+        held.push(open("/v1/orders/export.csv", "*/*").await.unwrap());
+    }
+    let refused = open("/v1/orders/export.xlsx", "*/*").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
