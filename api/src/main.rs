@@ -133,13 +133,17 @@ struct ServeArgs {
     #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     request_timeout_ms: u64,
     /// A request's headers must arrive within this (on a new connection and between
-    /// the requests of a kept-alive one), or the connection is closed.
-    #[arg(long, env = "SURGE_HTTP_HEADER_TIMEOUT_MS", default_value_t = surge_api::serve::HEADER_READ_TIMEOUT_MS_DEFAULT)]
+    /// the requests of a kept-alive one: the idle time a kept-alive connection is
+    /// given), or the connection is closed. 1000 to 3600000. Keep it above the
+    /// idle timeout of a load balancer in front.
+    #[arg(long, env = "SURGE_HTTP_HEADER_TIMEOUT_MS", default_value_t = surge_api::serve::HEADER_READ_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(surge_api::serve::HEADER_READ_TIMEOUT_MS_RANGE))]
     http_header_timeout_ms: u64,
-    /// Connections served at once; past it new ones wait in the listen backlog
-    /// until one closes.
-    #[arg(long, env = "SURGE_HTTP_CONNECTIONS_MAX", default_value_t = surge_api::serve::CONNECTIONS_MAX_DEFAULT)]
-    http_connections_max: usize,
+    /// Connections served at once, 1 to 1000000; past it new ones wait in the
+    /// listen backlog until one closes.
+    #[arg(long, env = "SURGE_HTTP_CONNECTIONS_MAX", default_value_t = surge_api::serve::CONNECTIONS_MAX_DEFAULT as u64,
+        value_parser = clap::value_parser!(u64).range(surge_api::serve::CONNECTIONS_MAX_RANGE))]
+    http_connections_max: u64,
     /// Operations accepted in one `/v1/batch` request (at most 10000).
     #[arg(long, env = "SURGE_BATCH_OPS_MAX", default_value_t = surge_api::state::BATCH_OPS_MAX)]
     batch_ops_max: usize,
@@ -383,7 +387,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_limit_bytes: args.body_limit_bytes,
         request_timeout_ms: args.request_timeout_ms,
         header_read_timeout_ms: args.http_header_timeout_ms,
-        connections_max: args.http_connections_max,
+        connections_max: usize::try_from(args.http_connections_max)
+            .expect("the range of --http-connections-max fits a usize"),
         batch_ops_max: args.batch_ops_max,
         idempotency_window_floor_ms: args.idempotency_window_floor_ms,
     };

@@ -1,14 +1,12 @@
 //! The accept loop: `axum::serve`'s, with the two limits it has no setting for.
 //!
 //! - **A request's headers must arrive within `header_read_timeout`**, on a fresh
-//!   connection and between the requests of a kept-alive one; otherwise the
-//!   connection is closed. Without it a client that opened a connection and sent
-//!   nothing, or half a request line, held it (and a descriptor) for good. hyper's
-//!   own header timer covers a request whose bytes have begun; a connection that
-//!   sends nothing at all (fresh, or idle after its last answer) is closed by a
-//!   watchdog of ours: nothing read for that long (up to half as long again). It asks for hyper's
-//!   graceful close, which waits for an answer in progress (an event stream, a
-//!   long export, a request waiting for the engine) and closes after it.
+//!   connection and between the requests of a kept-alive one (hyper's header timer,
+//!   which `axum::serve` never gives a clock); otherwise the connection is closed.
+//!   Without it a client that opened a connection and sent nothing, or half a
+//!   request line, held it (and a descriptor) for good. The default, 75 s, outlasts
+//!   the idle timeouts of common load balancers (60 s), which must close a kept-alive
+//!   connection before the server does.
 //! - **At most `connections_max` connections at once.** Past it the loop stops
 //!   accepting until one closes: the kernel's backlog holds the rest, instead of
 //!   every descriptor of the process going to idle sockets.
@@ -20,22 +18,18 @@
 //! loop returns once the last has.
 
 use std::future::Future;
-use std::io;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt as _;
 
@@ -46,10 +40,14 @@ pub struct ServeLimits {
     pub connections_max: usize,
 }
 
-/// Default of [`ServeLimits::header_read_timeout`] (hyper's own, once it has a timer).
-pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default of [`ServeLimits::header_read_timeout`].
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 75_000;
+/// Bounds of [`ServeLimits::header_read_timeout`], in milliseconds.
+pub const HEADER_READ_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 /// Default of [`ServeLimits::connections_max`].
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+/// Bounds of [`ServeLimits::connections_max`].
+pub const CONNECTIONS_MAX_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 
 /// Serve `app` on `listener` until `shutdown` completes, then drain.
 pub async fn serve(
@@ -79,54 +77,37 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let activity = Arc::new(Activity::new());
         let service = TowerToHyperService::new(
             app.clone()
                 .map_request(|request: Request<Incoming>| request.map(Body::new)),
         );
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
-        let timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            // HTTP/1.1 only, as the server is built: no sniffing for the HTTP/2
-            // preface first, which waited for a silent client's bytes forever,
-            // before any header timeout ran.
-            let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+            // hyper's HTTP/1.1 connection itself, not hyper-util's auto builder
+            // (`axum::serve`'s), whose HTTP/2 preface sniffing waits for a silent
+            // client's first bytes before hyper's header timer can run. The timer
+            // starts whenever hyper waits for a request head: on a new connection
+            // and after each answer of a kept-alive one.
+            let mut builder = http1::Builder::new();
             builder
-                .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout);
-            let io = TokioIo::new(WatchedStream {
-                inner: stream,
-                activity: Arc::clone(&activity),
-            });
-            let mut connection = pin!(builder.serve_connection_with_upgrades(io, service));
-            // Nothing read over two ticks of half the timeout: idle for at least the
-            // timeout (and at most one and a half).
-            let tick = (timeout / 2).max(Duration::from_millis(50));
-            let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-            let (mut reads_seen, mut quiet_ticks) = (activity.reads(), 0u32);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    served = connection.as_mut() => {
-                        if let Err(e) = served {
-                            tracing::trace!("connection ended: {e:#}");
-                        }
-                        break;
+                .header_read_timeout(limits.header_read_timeout);
+            let mut connection = pin!(
+                builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+            );
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::trace!("connection ended: {e:#}");
                     }
-                    _ = stop.changed(), if !closing => {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = watch.tick(), if !closing => {
-                        let reads = activity.reads();
-                        quiet_ticks = if reads == reads_seen { quiet_ticks + 1 } else { 0 };
-                        reads_seen = reads;
-                        if quiet_ticks >= 2 {
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
+                }
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    if let Err(e) = connection.await {
+                        tracing::trace!("connection ended: {e:#}");
                     }
                 }
             }
@@ -152,83 +133,4 @@ async fn wait_out_accept_error(e: std::io::Error) {
     }
     tracing::error!("accepting a connection failed: {e}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// How many reads of one connection brought bytes: what its watchdog watches (a
-/// count, not a clock, so a read costs one store).
-struct Activity {
-    reads: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            reads: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        // One reader per connection: no lost update to guard against.
-        let reads = self.reads.load(Ordering::Relaxed);
-        self.reads.store(reads.wrapping_add(1), Ordering::Relaxed);
-    }
-
-    fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The connection's socket, noting when it last read a byte.
-    struct WatchedStream {
-        #[pin]
-        inner: TcpStream,
-        activity: Arc<Activity>,
-    }
-}
-
-impl AsyncRead for WatchedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let read = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-        }
-        read
-    }
-}
-
-impl AsyncWrite for WatchedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }

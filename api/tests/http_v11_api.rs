@@ -1202,6 +1202,25 @@ fn idle_connections_are_closed_and_connections_are_limited() {
     drop(first);
     let answer = raw_read_answer(&mut third, std::time::Duration::from_secs(8));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(s);
+
+    // Settings outside their ranges stop the start, naming the flag.
+    for (env, value) in [
+        ("SURGE_HTTP_CONNECTIONS_MAX", "0"),
+        ("SURGE_HTTP_CONNECTIONS_MAX", "99999999999999999"),
+        ("SURGE_HTTP_HEADER_TIMEOUT_MS", "0"),
+    ] {
+        let dir = TempDir::new("v11-limit-bad");
+        let mut command = common::surge_command("127.0.0.1:0", &dir.data());
+        command.env(env, value);
+        let stderr = common::refused_start(command);
+        let flag = if env.ends_with("CONNECTIONS_MAX") {
+            "--http-connections-max"
+        } else {
+            "--http-header-timeout-ms"
+        };
+        assert!(stderr.contains(flag), "{env}={value}: {stderr}");
+    }
 }
 
 /// What `stream` answers within `within`, up to the end of its headers and body.

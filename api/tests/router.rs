@@ -1743,3 +1743,56 @@ async fn exports_and_event_streams_are_limited_to_so_many_at_once() {
     let refused = open("/v1/orders/export.xlsx", "*/*").await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A single keyed request refused as malformed by the engine keeps its key free:
+/// the corrected request goes through under it. A batch's op holding the batch's
+/// key keeps it whatever its answer: another body under that key is 422, with
+/// nothing applied, also when the batch's first op was refused as malformed.
+#[tokio::test]
+async fn a_malformed_single_request_keeps_its_key_a_batch_op_does_not() {
+    let api = Api::new();
+    api.define("A", 10).await;
+    let keyed = |path: &'static str, key: &'static str, body: Value| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                path,
+                Some(STOREFRONT),
+                &[("idempotency-key", key)],
+                Some(&body.to_string()),
+            )
+            .await
+        }
+    };
+    let hold = |qty: u64| json!({"lines": [{"sku": "A", "qty": qty}]});
+    let r = keyed("/v1/reservations", "K1", hold(0)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let r = keyed("/v1/reservations", "K1", hold(1)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    let first = json!({"ops": [
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 0}]},
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 1}]},
+    ]});
+    let r = keyed("/v1/batch", "K2", first.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["results"][0]["status"], 400, "{}", r.text);
+    assert_eq!(r.json["results"][1]["status"], "held", "{}", r.text);
+    let before = api.digest().await;
+    let other = json!({"ops": [{"op": "reserve", "lines": [{"sku": "A", "qty": 5}]}]});
+    let r = keyed("/v1/batch", "K2", other).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = keyed("/v1/reservations", "K2", hold(5)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        api.digest().await,
+        before,
+        "a conflicting request changed something"
+    );
+    // The same batch again answers as it did, changing nothing.
+    let r = keyed("/v1/batch", "K2", first).await;
+    assert_eq!(r.json["results"][0]["status"], 400, "{}", r.text);
+    assert_eq!(r.json["results"][1]["status"], "held", "{}", r.text);
+    assert_eq!(api.digest().await, before);
+}

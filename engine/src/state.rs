@@ -160,10 +160,7 @@ pub(crate) const RULES_V11: u32 = 2;
 /// `order.expired` and `stock.adjusted` carry what downstream needs to act (the
 /// order's brief, the actor, the note, the tracking number).
 pub(crate) const RULES_V12: u32 = 3;
-/// The rules from the first `SetRules { rules: 4 }` on: a keyed command refused as
-/// malformed (`validation_failed`) is neither logged nor remembered under its key,
-/// so the client may correct it and retry with the same key (it was remembered,
-/// and the corrected retry was a conflict); an order totals at most
+/// The rules from the first `SetRules { rules: 4 }` on: an order totals at most
 /// `ORDER_TOTAL_MAX` minor units, so the sums of all orders' amounts fit an int64.
 pub(crate) const RULES_V13: u32 = 4;
 /// The rules a server of this build logs at start (`Command::SetRules`).
@@ -382,13 +379,42 @@ impl State {
     }
 
     /// Apply one command at time `now_ms`. Events are appended to `events`, numbered
-    /// from the record's LSN. `now_ms` must not go backwards.
+    /// from the record's LSN. `now_ms` must not go backwards. A keyed command that is
+    /// refused is logged and its key remembered with the refusal (replay, a batch's
+    /// ops); see [`State::apply_request`] for a client's single request.
     pub fn apply(
         &mut self,
         cmd: &Command,
         key: Option<&IdempotencyKey>,
         now_ms: Millis,
         events: &mut Vec<Event>,
+    ) -> Applied {
+        self.apply_with(cmd, key, now_ms, events, false)
+    }
+
+    /// [`State::apply`] for a client's single request: a keyed command refused as
+    /// malformed (`validation_failed`) is neither logged nor remembered, so the
+    /// client may correct it and retry under the same key (as with a request the
+    /// HTTP layer refuses). Nothing of it reaches the log, so replay is unaffected.
+    /// Not for a batch's ops: the op that holds the batch's key must be remembered
+    /// whatever its answer, or another body could reuse the key.
+    pub fn apply_request(
+        &mut self,
+        cmd: &Command,
+        key: Option<&IdempotencyKey>,
+        now_ms: Millis,
+        events: &mut Vec<Event>,
+    ) -> Applied {
+        self.apply_with(cmd, key, now_ms, events, true)
+    }
+
+    fn apply_with(
+        &mut self,
+        cmd: &Command,
+        key: Option<&IdempotencyKey>,
+        now_ms: Millis,
+        events: &mut Vec<Event>,
+        forget_malformed: bool,
     ) -> Applied {
         assert!(
             now_ms >= self.now_ms,
@@ -447,10 +473,10 @@ impl State {
             cmd.name()
         );
         // A keyed command is logged even when refused: its key now answers with the
-        // refusal, and replay must remember it too. From the v1.3 rules on, not a
-        // malformed one: the client corrects it and retries under the same key.
-        let forgotten = key.is_some()
-            && self.rules >= RULES_V13
+        // refusal, and replay must remember it too. Not a single request's malformed
+        // one (`apply_request`): the client corrects it and retries under the key.
+        let forgotten = forget_malformed
+            && key.is_some()
             && matches!(outcome, Err(Rejection::Validation { .. }));
         let changed = emitted > 0 || (key.is_some() && !forgotten) || changed_quietly;
         if !changed {

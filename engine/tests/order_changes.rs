@@ -828,14 +828,16 @@ fn the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full() {
     w.check_replay();
 }
 
-/// The v1.3 rules (`SetRules { rules: 4 }`): a keyed command refused as malformed is
-/// neither logged nor remembered, so the corrected command goes through under the
-/// same key (before, the key answered the refusal again); an order totals at most
+/// A client's single keyed request refused as malformed (`State::apply_request`) is
+/// neither logged nor remembered, so the corrected request goes through under the
+/// same key (before, the key answered the refusal again); a batch's op (and
+/// replay) still remembers its refusal, so the op that holds a batch's key keeps
+/// it. The v1.3 rules (`SetRules { rules: 4 }`): an order totals at most
 /// `ORDER_TOTAL_MAX` minor units, at creation and after a modification (before, the
-/// sums of all orders' amounts could pass an int64). Under the v1.2 rules both
-/// behave as they did, so older logs replay as they ran.
+/// sums of all orders' amounts could pass an int64); under the v1.2 rules it is
+/// taken, so older logs replay as they ran.
 #[test]
-fn the_v13_rules_forget_a_malformed_keyed_command_and_bound_an_order_total() {
+fn a_malformed_single_request_keeps_its_key_and_the_v13_rules_bound_an_order_total() {
     const TOTAL_MAX: u64 = 1_000_000_000_000;
     const PRICE_MAX: u64 = 10_000_000_000;
     for rules in [3, 4] {
@@ -855,22 +857,32 @@ fn the_v13_rules_forget_a_malformed_keyed_command_and_bound_an_order_total() {
             ttl_ms: 600_000,
             actor: "t".into(),
         };
-        let logged = w.log.len();
+        let key = |k: &str| IdempotencyKey {
+            key: k.into(),
+            fingerprint: 7,
+        };
+        // A single request: the refusal is not logged, the corrected one is taken.
+        let refused = w
+            .state
+            .apply_request(&reserve(0), Some(&key("K")), w.now_ms, &mut w.events);
         assert_eq!(
-            w.apply(reserve(0), Some("K")).err().as_deref(),
-            Some("validation_failed"),
-            "rules {rules}"
+            refused.lsn, None,
+            "rules {rules}: a malformed request was logged"
         );
-        let corrected = w.apply(reserve(1), Some("K"));
-        if rules >= 4 {
-            assert!(corrected.is_ok(), "rules {rules}: {corrected:?}");
-            assert_eq!(w.log.len(), logged + 1, "only the hold is logged");
-            assert_eq!(w.stock("A"), (10, 1, 9));
-        } else {
-            assert_eq!(corrected.err().as_deref(), Some("validation_failed"));
-            assert_eq!(w.log.len(), logged + 1, "the refusal is logged");
-            assert_eq!(w.stock("A"), (10, 0, 10));
-        }
+        assert!(refused.outcome.is_err());
+        assert!(w.apply(reserve(1), Some("K")).is_ok(), "rules {rules}");
+        assert_eq!(w.stock("A"), (10, 1, 9));
+        // A batch's op (`apply`): the refusal is logged and keeps the key.
+        assert_eq!(
+            w.apply(reserve(0), Some("B")).err().as_deref(),
+            Some("validation_failed")
+        );
+        assert_eq!(
+            w.apply(reserve(1), Some("B")).err().as_deref(),
+            Some("validation_failed"),
+            "the key answers its refusal"
+        );
+        assert_eq!(w.stock("A"), (10, 1, 9));
         // At the bound exactly: taken under both rules.
         let at_max = w.place("at-max", &[("BIG", TOTAL_MAX / PRICE_MAX, PRICE_MAX)]);
         assert_eq!(w.order(at_max).total, TOTAL_MAX);

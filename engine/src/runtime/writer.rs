@@ -484,7 +484,7 @@ impl<S: Storage> Writer<S> {
         }
         self.own_policy_due = false;
         for command in self.own_policy_commands() {
-            match self.apply_command(command, None) {
+            match self.apply_command(command, None, false) {
                 // Nobody waits on the answer. A policy the state refuses (the server
                 // checks its configuration at start) would be refused again: not due.
                 Ok(outcome) => {
@@ -973,7 +973,7 @@ impl<S: Storage> Writer<S> {
         reply: ReplySender<Acked>,
         pending: &mut Vec<Pending>,
     ) {
-        match self.apply_command(command, key) {
+        match self.apply_command(command, key, true) {
             Ok(outcome) => pending.push(Pending::One { reply, outcome }),
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -1009,18 +1009,21 @@ impl<S: Storage> Writer<S> {
                 .collect(),
             None => commands
                 .into_iter()
-                .map(|(command, key)| self.apply_command(command, key))
+                .map(|(command, key)| self.apply_command(command, key, false))
                 .collect(),
         };
         pending.push(Pending::Batch { reply, outcomes });
     }
 
     /// Apply one command: its outcome (to be answered once durable), or an error
-    /// to answer now (writes refused, disk full).
+    /// to answer now (writes refused, disk full). `single`: a client's request on
+    /// its own, whose malformed keyed refusal is not remembered
+    /// (`State::apply_request`); a batch's op is remembered whatever its answer.
     fn apply_command(
         &mut self,
         command: Command,
         key: Option<IdempotencyKey>,
+        single: bool,
     ) -> Result<Acked, Error> {
         if let Some(reason) = self.refusal() {
             return Err(Error::StorageUnavailable(reason));
@@ -1070,12 +1073,21 @@ impl<S: Storage> Writer<S> {
                 };
             }
         }
-        let applied = self.state.apply(
-            &record.command,
-            record.key.as_ref(),
-            self.now_ms,
-            &mut self.events_buf,
-        );
+        let applied = if single {
+            self.state.apply_request(
+                &record.command,
+                record.key.as_ref(),
+                self.now_ms,
+                &mut self.events_buf,
+            )
+        } else {
+            self.state.apply(
+                &record.command,
+                record.key.as_ref(),
+                self.now_ms,
+                &mut self.events_buf,
+            )
+        };
         self.note_changed_skus();
         let shared = Arc::clone(&self.shared);
         let stats = &shared.stats;
