@@ -365,7 +365,7 @@ const BOM: char = '\u{feff}';
     responses((status = 200, description = "CSV (RFC 4180, UTF-8, CRLF), a header row then one row per order line, newest order first; order-level columns (`total`, amounts, address...) repeat on each line of an order. Times are RFC 3339 UTC. At most 100,000 rows (`EXPORT_ROWS_MAX`), cut at an order boundary, with `X-Export-Truncated: true` when cut. With `bom=true` the body starts with the UTF-8 byte-order mark (EF BB BF).",
         content_type = "text/csv", body = String,
         headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export"))),
-        (status = 503, description = "`overloaded` (with `Retry-After`): 4 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "`overloaded` (with `Retry-After`): 16 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn export_csv(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
@@ -479,7 +479,7 @@ fn write_xlsx(
             content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", body = Vec<u8>,
             headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export"))),
         (status = 500, description = "`internal`: the workbook could not be written (e.g. no writable temporary directory)", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`overloaded` (with `Retry-After`): 4 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` (with `Retry-After`): 16 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn export_xlsx(
     State(st): State<AppState>,

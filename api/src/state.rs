@@ -41,7 +41,7 @@ pub const EXPORT_ROWS_MAX: usize = 100_000;
 /// Exports (CSV or Excel) built or sent at once: each holds its whole file (about
 /// 12 MB at `EXPORT_ROWS_MAX`) until its last bytes are handed to the connection.
 /// One more is 503 `overloaded`.
-pub const EXPORTS_AT_ONCE_MAX: usize = 4;
+pub const EXPORTS_AT_ONCE_MAX: usize = 16;
 /// Event streams (`/v1/events` as `text/event-stream`) open at once. One more is
 /// 503 `overloaded`.
 pub const EVENT_STREAMS_MAX: usize = 1_000;
