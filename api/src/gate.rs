@@ -1,5 +1,5 @@
 //! Refusals decided from the request's headers alone, before a route, an extractor
-//! or the body is touched.
+//! or the body is touched (`front::Front` asks [`refusal`] first).
 //!
 //! - A body declared (`Content-Length`) over the server's limit is 413 at once. The
 //!   body limit alone reads up to the limit first, and a client that declared more
@@ -12,15 +12,7 @@
 //! - A body the server would read as something it is not is 415: a
 //!   `Content-Encoding` (surge decodes none) or a `charset` other than UTF-8.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::task::{Context, Poll};
-
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use futures_util::future::Either;
-use tower::Service;
+use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::error::ApiError;
 
@@ -31,42 +23,6 @@ const SINGLE_HEADERS: [(&str, &str); 4] = [
     ("idempotency-key", "Idempotency-Key"),
     ("x-actor", "X-Actor"),
 ];
-
-/// A service in front of the rest that refuses what its headers already decide.
-#[derive(Clone)]
-pub struct RequestGate<S> {
-    inner: S,
-    body_limit_bytes: u64,
-}
-
-impl<S> RequestGate<S> {
-    pub fn new(inner: S, body_limit_bytes: usize) -> RequestGate<S> {
-        RequestGate {
-            inner,
-            body_limit_bytes: body_limit_bytes as u64,
-        }
-    }
-}
-
-impl<S> Service<Request<Body>> for RequestGate<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match refusal(request.headers(), self.body_limit_bytes) {
-            Some(error) => Either::Left(ready(Ok(error.into_response()))),
-            None => Either::Right(self.inner.call(request)),
-        }
-    }
-}
 
 /// Why a request with these headers is refused, if it is.
 pub fn refusal(headers: &HeaderMap, body_limit_bytes: u64) -> Option<ApiError> {
@@ -142,15 +98,15 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
+            map.append(*name, HeaderValue::from_str(value).expect("a header value"));
         }
         map
     }
 
-    fn refused(pairs: &[(&'static str, &'static str)]) -> Option<(StatusCode, Option<String>)> {
+    fn refused(pairs: &[(&'static str, &str)]) -> Option<(StatusCode, Option<String>)> {
         refusal(&headers(pairs), 1024).map(|e| (e.status, e.field))
     }
 
@@ -195,10 +151,9 @@ mod tests {
         );
         assert_eq!(refused(&[("content-encoding", "identity")]), None);
         for charset in ["utf-16", "latin1", "\"iso-8859-1\""] {
-            let value: &'static str =
-                Box::leak(format!("application/json; charset={charset}").into_boxed_str());
+            let value = format!("application/json; charset={charset}");
             assert_eq!(
-                refused(&[("content-type", value)]),
+                refused(&[("content-type", &value)]),
                 Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, field("Content-Type"))),
                 "{charset}"
             );

@@ -6,66 +6,27 @@
 //! stores them in the request's extensions (one more map); the `Path` extractor
 //! then deserializes them again. For the stock read that was about a tenth of
 //! the request's instructions (BENCHMARKS.md, "The stock read in front of the router").
-//! [`HotReads`] answers the plain case itself, with the same functions the
+//! [`stock_read`] (called by `front::Front`) answers the plain case itself, with the same functions the
 //! routed handler uses (`authenticate`, the stock board, `sku_answer`), and
 //! hands everything else to the router unchanged: another method, a query
 //! string, a `%` or `/` in the id, a caller the handler would refuse, a board
 //! that is not current. So every answer it gives is the one the route gives (a
 //! test compares them), and every refusal still comes from the route.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::task::{Context, Poll};
-
 use axum::body::Body;
 use axum::http::{Method, Request};
 use axum::response::Response;
-use futures_util::future::Either;
-use tower::Service;
 
 use crate::auth::{Access, AnyRole, authenticate};
 use crate::state::AppState;
 
-/// The route [`HotReads`] answers, as the router knows it.
+/// The route [`stock_read`] answers, as the router knows it.
 pub const STOCK_READ_PREFIX: &str = "/v1/skus/";
-
-/// A service in front of the router that answers plain stock reads itself.
-#[derive(Clone)]
-pub struct HotReads<S> {
-    inner: S,
-    state: AppState,
-}
-
-impl<S> HotReads<S> {
-    pub fn new(inner: S, state: AppState) -> HotReads<S> {
-        HotReads { inner, state }
-    }
-}
-
-impl<S> Service<Request<Body>> for HotReads<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match stock_read(&self.state, &request) {
-            Some(answer) => Either::Left(ready(Ok(answer))),
-            None => Either::Right(self.inner.call(request)),
-        }
-    }
-}
 
 /// The answer to a plain `GET /v1/skus/{sku}` from a caller the route admits, when
 /// the stock board can give it (`Engine::read_sku`); `None` for anything else (the
 /// router takes it).
-fn stock_read(state: &AppState, request: &Request<Body>) -> Option<Response> {
+pub(crate) fn stock_read(state: &AppState, request: &Request<Body>) -> Option<Response> {
     if request.method() != Method::GET || request.uri().query().is_some() {
         return None;
     }

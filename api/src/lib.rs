@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod export;
 pub mod extract;
+pub mod front;
 pub mod gate;
 pub mod hot;
 pub mod metrics;
@@ -148,10 +149,7 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes));
-    let app = gate::RequestGate::new(
-        hot::HotReads::new(app, state_for_hot),
-        config.body_limit_bytes,
-    );
+    let app = front::Front::new(app, state_for_hot);
     Router::new().fallback_service(layers.service(app))
 }
 

@@ -323,7 +323,7 @@ pub async fn get_sku(
     // The hottest read of a sale: answered from the stock board on this thread
     // when it can, waiting here for the board to reach the read index when it is
     // behind (`Engine::read_sku_waiting`), through a queue only when the board
-    // cannot serve. (Most of these requests never get here: `hot::HotReads`
+    // cannot serve. (Most of these requests never get here: `front::Front`
     // answers those the board can answer at once before the router.)
     match st.engine()?.read_sku_waiting(&sku).await {
         Some(Ok(v)) => return Ok(sku_answer(v)),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use surge_engine::{EngineHandle, IdempotencyStats, Query, QueryReply};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::auth::AuthMode;
 use crate::error::ApiError;
@@ -50,6 +50,16 @@ pub const EVENTS_LIMIT_MAX: usize = 1_000;
 pub const EVENTS_LIMIT_DEFAULT: usize = 100;
 /// Largest `/v1/batch` request, in operations.
 pub const BATCH_OPS_MAX: usize = 10_000;
+/// A free slot of `slots`, or 503 `overloaded` saying `why`.
+fn take_slot(
+    slots: &Arc<Semaphore>,
+    why: impl FnOnce() -> String,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    Arc::clone(slots)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::overloaded(why()))
+}
+
 /// Throughput samples kept (one a second): the window of "current throughput".
 const THROUGHPUT_SAMPLES_MAX: usize = 11;
 /// How often the background task checks the effective idempotency window.
@@ -94,9 +104,9 @@ struct Inner {
     idempotency_warned: Mutex<Option<Instant>>,
     shutdown: watch::Sender<bool>,
     /// Slots of the exports in progress (`EXPORTS_AT_ONCE_MAX`).
-    exports: Arc<tokio::sync::Semaphore>,
+    exports: Arc<Semaphore>,
     /// Slots of the open event streams (`EVENT_STREAMS_MAX`).
-    event_streams: Arc<tokio::sync::Semaphore>,
+    event_streams: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -112,33 +122,27 @@ impl AppState {
                 throughput: Mutex::new(VecDeque::new()),
                 idempotency_warned: Mutex::new(None),
                 shutdown: watch::channel(false).0,
-                exports: Arc::new(tokio::sync::Semaphore::new(EXPORTS_AT_ONCE_MAX)),
-                event_streams: Arc::new(tokio::sync::Semaphore::new(EVENT_STREAMS_MAX)),
+                exports: Arc::new(Semaphore::new(EXPORTS_AT_ONCE_MAX)),
+                event_streams: Arc::new(Semaphore::new(EVENT_STREAMS_MAX)),
             }),
         }
     }
 
     /// A slot for one export, held until its body is sent; 503 when all are taken.
-    pub fn export_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.inner.exports)
-            .try_acquire_owned()
-            .map_err(|_| {
-                ApiError::overloaded(format!(
-                    "at most {EXPORTS_AT_ONCE_MAX} exports run at once: retry shortly"
-                ))
-            })
+    pub fn export_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        take_slot(&self.inner.exports, || {
+            format!("at most {EXPORTS_AT_ONCE_MAX} exports run at once: retry shortly")
+        })
     }
 
     /// A slot for one event stream, held while it is open; 503 when all are taken.
-    pub fn event_stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.inner.event_streams)
-            .try_acquire_owned()
-            .map_err(|_| {
-                ApiError::overloaded(format!(
-                    "at most {EVENT_STREAMS_MAX} event streams are open at once: retry \
-                     shortly, or page with GET /v1/events?after="
-                ))
-            })
+    pub fn event_stream_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        take_slot(&self.inner.event_streams, || {
+            format!(
+                "at most {EVENT_STREAMS_MAX} event streams are open at once: retry shortly, \
+                 or page with GET /v1/events?after="
+            )
+        })
     }
 
     /// A state over an open engine, ready at once (tests, embedding).

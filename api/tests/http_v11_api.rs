@@ -1086,45 +1086,39 @@ fn what_the_headers_decide_is_refused_at_once() {
         assert!(answer.contains("\"field\":\"body\""), "{answer}");
     }
     let hold = r#"{"lines":[{"sku":"A","qty":1}]}"#;
-    let r = s.call(
-        "POST",
-        "/v1/reservations",
-        &[("Authorization", ADMIN), ("Authorization", VIEWER)],
-        Some(hold),
-    );
-    r.assert_problem(400, "validation_failed");
-    assert_eq!(r.json()["field"], "Authorization", "{}", r.body);
-    let r = s.call(
-        "POST",
-        "/v1/reservations",
-        &[
-            ("Authorization", STOREFRONT),
-            ("Idempotency-Key", "k1"),
-            ("Idempotency-Key", "k2"),
-        ],
-        Some(hold),
-    );
-    r.assert_problem(400, "validation_failed");
-    assert_eq!(r.json()["field"], "Idempotency-Key", "{}", r.body);
-    let r = s.call(
-        "POST",
-        "/v1/reservations",
-        &[("Authorization", STOREFRONT), ("Content-Encoding", "gzip")],
-        Some(hold),
-    );
-    r.assert_problem(415, "validation_failed");
-    assert_eq!(r.json()["field"], "Content-Encoding", "{}", r.body);
-    let r = s.call(
-        "POST",
-        "/v1/reservations",
-        &[
-            ("Authorization", STOREFRONT),
-            ("Content-Type", "application/json; charset=utf-16"),
-        ],
-        Some(hold),
-    );
-    r.assert_problem(415, "validation_failed");
-    assert_eq!(r.json()["field"], "Content-Type", "{}", r.body);
+    for (headers, status, field) in [
+        (
+            &[("Authorization", ADMIN), ("Authorization", VIEWER)][..],
+            400,
+            "Authorization",
+        ),
+        (
+            &[
+                ("Authorization", STOREFRONT),
+                ("Idempotency-Key", "k1"),
+                ("Idempotency-Key", "k2"),
+            ][..],
+            400,
+            "Idempotency-Key",
+        ),
+        (
+            &[("Authorization", STOREFRONT), ("Content-Encoding", "gzip")][..],
+            415,
+            "Content-Encoding",
+        ),
+        (
+            &[
+                ("Authorization", STOREFRONT),
+                ("Content-Type", "application/json; charset=utf-16"),
+            ][..],
+            415,
+            "Content-Type",
+        ),
+    ] {
+        let r = s.call("POST", "/v1/reservations", headers, Some(hold));
+        r.assert_problem(status, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{}", r.body);
+    }
     assert_eq!(s.digest(), before, "a refused request changed something");
     // The same hold, sent plainly (and with an explicit UTF-8 charset), is taken.
     let r = s.call(

@@ -1583,7 +1583,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
 }
 
 /// `GET /v1/skus/{sku}` is answered in front of the router when it is plain
-/// (`hot::HotReads`). The same read in forms the router takes (an empty query
+/// (`front::Front`). The same read in forms the router takes (an empty query
 /// string, the id percent-encoded) must get the same answer, byte for byte, for
 /// every caller: each role, none, an unknown token, a bad `X-Actor`; and for SKUs
 /// known, unknown, with a sale window, and with a name that needs escaping.

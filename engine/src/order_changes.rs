@@ -192,10 +192,16 @@ impl State {
                         unit_price: line.unit_price,
                     });
                 }
-                self.check_order_total(out.iter().map(|l| u64::from(l.qty) * l.unit_price).sum())?;
                 Some(out)
             }
         };
+        // Computed once, checked before anything changes, set with the lines below.
+        let new_total: Option<u64> = new_lines
+            .as_deref()
+            .map(|lines| lines.iter().map(|l| u64::from(l.qty) * l.unit_price).sum());
+        if let Some(total) = new_total {
+            self.check_order_total(total)?;
+        }
         let order = self.order(id)?;
         let status = order.status;
         if order_transition(status, OrderAction::Modify, order.facts()).is_err() {
@@ -326,7 +332,7 @@ impl State {
                 restored.push((sku, qty));
             }
         }
-        if let Some(new_lines) = new_lines {
+        if let (Some(new_lines), Some(total)) = (new_lines, new_total) {
             // The order's hold, or once paid its committed reservation, shows the
             // units the order now has (a paid order's used to keep the units sold
             // before the change). A hold is always kept; a committed reservation
@@ -349,10 +355,6 @@ impl State {
                 ));
                 r.lines = held.iter().map(|&(s, q)| (s, q as u32)).collect();
             }
-            let total = new_lines
-                .iter()
-                .map(|l| u64::from(l.qty) * l.unit_price)
-                .sum();
             let order = &mut self.orders[(id.0 - 1) as usize];
             order.lines = new_lines.into();
             order.total = total;

@@ -408,7 +408,8 @@ impl State {
         self.apply_with(cmd, key, now_ms, events, true)
     }
 
-    fn apply_with(
+    /// [`State::apply`] (`forget_malformed` false) or [`State::apply_request`] (true).
+    pub(crate) fn apply_with(
         &mut self,
         cmd: &Command,
         key: Option<&IdempotencyKey>,

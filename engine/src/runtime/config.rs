@@ -191,6 +191,14 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// A follower runs: asked for, and a log for it to apply (every mode but
+    /// `none`). It serves reads only where they wait for the commit.
+    pub(super) fn keeps_follower(&self) -> bool {
+        self.follower && self.durability.keeps_log()
+    }
+}
+
 /// The most memory this configuration may need at the state's limits: the state
 /// and its idempotency budget, twice with a follower, plus one encoded snapshot in
 /// flight (bounded by the in-memory size).
@@ -201,11 +209,7 @@ pub fn memory_worst_case_bytes(config: &EngineConfig) -> u64 {
             p.budget_bytes
         });
     let copy = crate::limits::STATE_BYTES_WORST_CASE + budget;
-    let copies = if config.follower && config.durability.keeps_log() {
-        2
-    } else {
-        1
-    };
+    let copies = if config.keeps_follower() { 2 } else { 1 };
     copy * copies + copy
 }
 
@@ -232,7 +236,7 @@ pub(super) fn check_memory_fits(config: &EngineConfig) -> Result<(), Error> {
 /// [`check_memory_fits`] against a machine of `total` bytes.
 fn memory_fits(config: &EngineConfig, total: u64) -> Result<(), Error> {
     let needed = memory_worst_case_bytes(config);
-    let follower = config.follower && config.durability.keeps_log();
+    let follower = config.keeps_follower();
     if needed > total / 10 * 9 {
         return Err(Error::InvalidConfig(format!(
             "at its limits the state needs up to {} MiB (state and idempotency budget{}, \

@@ -147,7 +147,7 @@ impl Engine {
         // The follower encodes the snapshots in every mode with a log; it serves
         // reads only where they wait for the commit (in `async` mode they see the
         // applied state, which only the writer has).
-        let with_follower = config.follower && config.durability.keeps_log() && wal.is_some();
+        let with_follower = config.keeps_follower() && wal.is_some();
         let follower_reads = with_follower && config.durability.waits_for_commit();
         let (follower_tx, follower_rx) = if with_follower {
             let (ftx, frx) = crossbeam_channel::unbounded();

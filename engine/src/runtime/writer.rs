@@ -1073,21 +1073,13 @@ impl<S: Storage> Writer<S> {
                 };
             }
         }
-        let applied = if single {
-            self.state.apply_request(
-                &record.command,
-                record.key.as_ref(),
-                self.now_ms,
-                &mut self.events_buf,
-            )
-        } else {
-            self.state.apply(
-                &record.command,
-                record.key.as_ref(),
-                self.now_ms,
-                &mut self.events_buf,
-            )
-        };
+        let applied = self.state.apply_with(
+            &record.command,
+            record.key.as_ref(),
+            self.now_ms,
+            &mut self.events_buf,
+            single,
+        );
         self.note_changed_skus();
         let shared = Arc::clone(&self.shared);
         let stats = &shared.stats;
