@@ -380,7 +380,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_wal_flush_latency_seconds_sum", COUNTER, "Total time spent flushing the WAL.", load(&s.flush_latency_us_total) / 1e6),
         ("surge_wal_durable_lsn", GAUGE, "Highest LSN known durable.", load(&s.durable_lsn)),
         ("surge_snapshots_total", COUNTER, "Snapshots written.", load(&s.snapshots)),
-        ("surge_snapshots_encoded_by_writer_total", COUNTER, "Snapshots the writer thread encoded itself (no follower, a request in replicated mode, shutdown); the others were the follower's.", load(&s.snapshots_encoded_by_writer)),
+        ("surge_snapshots_encoded_by_writer_total", COUNTER, "Snapshots the writer thread encoded itself (no follower, or at shutdown); the others were the follower's.", load(&s.snapshots_encoded_by_writer)),
         ("surge_snapshot_bytes_total", COUNTER, "Body bytes of the snapshots written.", load(&s.snapshot_bytes)),
         ("surge_snapshot_lsn", GAUGE, "LSN covered by the newest snapshot.", load(&s.snapshot_lsn)),
         ("surge_snapshot_age_seconds", GAUGE, "Seconds since the newest snapshot this process wrote (-1: none yet).", age),

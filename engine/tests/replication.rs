@@ -550,3 +550,74 @@ fn promoted_standby_logs_its_policy_and_rules(durability: Durability) {
     );
     write(&standby, reserve("A")).expect("the new leader takes writes");
 }
+
+/// A requested snapshot, answered within 30 s (a request left waiting fails the
+/// test instead of hanging it).
+fn snapshot_within(handle: &EngineHandle) -> u64 {
+    let (tx, rx) = mpsc::channel();
+    let ticket = handle.snapshot().expect("queued");
+    std::thread::spawn(move || {
+        let _ = tx.send(ticket.wait());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("a snapshot request was never answered")
+        .expect("snapshot")
+}
+
+fn encoded_by_writer(handle: &EngineHandle) -> u64 {
+    handle
+        .stats()
+        .snapshots_encoded_by_writer
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// In `replicated` mode the follower encodes requested snapshots, as in `sync`
+/// mode: the writer encodes none. A request covers what was acknowledged when it
+/// came (published, for a leader), which the follower has: so a leader fenced
+/// with a record it logged and could not publish still gets its snapshot (the
+/// writer encoded it before), and a standby's covers what it applied.
+#[test]
+fn in_replicated_mode_the_follower_encodes_requested_snapshots_also_when_fenced() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let leader = publishing_leader(leader_dir.path(), &log);
+    write(&leader, define("A", 100)).expect("written");
+    for _ in 0..10 {
+        write(&leader, reserve("A")).expect("written");
+    }
+    let published = |log: &SharedLog| log.lock().records.last().map_or(0, |(lsn, _)| *lsn);
+    let lsn = snapshot_within(&leader);
+    assert!(lsn >= published(&log), "snapshot at {lsn}");
+    for _ in 0..10 {
+        write(&leader, reserve("A")).expect("written");
+    }
+    let published_digest = digest(&leader);
+    log.lock().last_node = Some(2);
+    assert!(matches!(
+        write(&leader, reserve("A")),
+        Err(Error::NotLeader(_))
+    ));
+    assert_eq!(leader.role(), Role::Fenced);
+    let fenced_lsn = snapshot_within(&leader);
+    assert!(
+        fenced_lsn >= published(&log) && fenced_lsn > lsn,
+        "snapshot at {fenced_lsn}, {} published, the one before at {lsn}",
+        published(&log)
+    );
+    assert_eq!(encoded_by_writer(&leader), 0);
+    let standby_dir = tempfile::tempdir().expect("tempdir");
+    let (standby, _) = Engine::open(config(
+        standby_dir.path(),
+        Durability::Replicated,
+        Role::Standby,
+    ))
+    .expect("open");
+    let applied = catch_up(&standby, &log);
+    let standby_lsn = snapshot_within(&standby);
+    assert!(
+        standby_lsn >= applied,
+        "snapshot at {standby_lsn}, {applied} applied"
+    );
+    assert_eq!(digest(&standby), published_digest);
+    assert_eq!(encoded_by_writer(&standby), 0);
+}

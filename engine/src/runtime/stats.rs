@@ -31,9 +31,9 @@ pub struct RuntimeStats {
     pub snapshot_at_ms: AtomicU64,
     pub snapshot_lsn: AtomicU64,
     pub snapshots: AtomicU64,
-    /// Snapshots the writer encoded itself: without a follower, in replicated
-    /// mode when one is requested, and at shutdown. With a follower (sync and
-    /// async modes) the periodic and the requested ones are the follower's.
+    /// Snapshots the writer encoded itself: without a follower (or with one
+    /// that stopped) and at shutdown. With a follower the periodic and the
+    /// requested ones are the follower's.
     pub snapshots_encoded_by_writer: AtomicU64,
     /// Body bytes of the snapshots written (`snapshots` of them).
     pub snapshot_bytes: AtomicU64,

@@ -265,15 +265,7 @@ impl<S: Storage> Writer<S> {
                 self.snapshot_asked = true;
                 self.shared.snapshot_wanted.store(true, Ordering::Release);
             }
-            if self.config.durability == Durability::Replicated
-                && !self.snapshot_waiting.is_empty()
-                && self.snapshot_job.is_none()
-            {
-                // Replicated mode: the follower applies what the replicated log
-                // acknowledged, which a fenced or cut-off leader never gets; the
-                // request is not left waiting on it.
-                self.start_snapshot(self.config.snapshot_in_background);
-            } else if self.snapshot_job.is_none() {
+            if self.snapshot_job.is_none() {
                 self.install_follower_snapshot();
                 self.ask_follower_for_requested_snapshots();
             }
@@ -350,7 +342,15 @@ impl<S: Storage> Writer<S> {
                     .wal
                     .as_ref()
                     .map_or_else(|| self.state.next_seq() - 1, |w| w.last_lsn());
-                snapshot_replies.push((reply, logged));
+                // In `replicated` mode a write is acknowledged once published, and
+                // the follower applies only what is: the request covers what was
+                // acknowledged when it came (a fenced or cut-off leader's unpublished
+                // tail never reaches the follower, and is nobody's acknowledged write).
+                let covered = match self.config.durability {
+                    Durability::Replicated => logged.min(self.shared.read_index()),
+                    _ => logged,
+                };
+                snapshot_replies.push((reply, covered));
             }
             Request::InstallSnapshot { lsn, body } => {
                 // It answers any periodic ask too, also one raised while the
