@@ -95,21 +95,24 @@
 //! An unlisted segment is the leftover of an interrupted creation, retirement
 //! or tail cut, and is removed; one between two listed segments is refused.
 //!
-//! A segment's creation (a roll) does not wait for the disk: the appending
-//! thread pads the segment it leaves, renames the prepared spare into place,
-//! writes the new header (whose watermark claims only what is already durable)
-//! and the MANIFEST that lists it to a temp file of its own
-//! (`MANIFEST-<first lsn>.tmp`), and appends on. The next commit job makes it
-//! part of the log, in this order: the segment left behind synced to its end,
-//! the new header synced, the directory fsynced, the temp MANIFEST fsynced,
-//! renamed into place and the directory fsynced again; then the new segment's
-//! own range. Nothing in the new segment is acknowledged before that job ends,
-//! and the MANIFEST's log end (the last LSN before the new segment) is true when
-//! it lands. A crash before it leaves the new segment unlisted: a leftover.
-//! A snapshot is published the same way ([`Wal::publish_snapshot`]): the
-//! appending thread renames it into place and writes the MANIFEST without what
-//! it retires to a temp file of its own; the next commit job makes the rename
-//! durable and installs that MANIFEST; the retired files are removed once that
+//! A segment's creation (a roll) does not wait for the disk, nor change the
+//! directory: the appending thread pads the segment it leaves, takes the
+//! prepared spare (made, opened and mapped by the storage's own thread, still
+//! under its spare name), writes the new header (whose watermark claims only
+//! what is already durable) and the MANIFEST that lists it into a prepared
+//! small file ([`Storage::stage_file`]; `MANIFEST-<first lsn>.tmp` where none is
+//! ready), and appends on. The next commit job makes it part of the log, in
+//! this order: the segment left behind synced to its end, the new header
+//! synced, the spare renamed to the segment's name, the directory fsynced, the
+//! temp MANIFEST cut to its length, fsynced, renamed into place and the
+//! directory fsynced again; then the new segment's own range. Nothing in the
+//! new segment is acknowledged before that job ends, and the MANIFEST's log end
+//! (the last LSN before the new segment) is true when it lands. A crash before
+//! it leaves the new segment unnamed or unlisted: a leftover. A snapshot is
+//! published the same way ([`Wal::publish_snapshot`]): the appending thread
+//! writes the MANIFEST without what it retires the same way; the next commit
+//! job renames the snapshot into place, makes that durable and installs that
+//! MANIFEST; the retired files are removed once that
 //! job has finished. Every MANIFEST is computed and written by the appending
 //! thread and installed by the commit thread in the same order, so a later one
 //! never lands first.

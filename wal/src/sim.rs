@@ -85,6 +85,17 @@ fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no file {name}"))
 }
 
+/// The name a segment is made under until its roll step renames it.
+fn prepared_name(id: FileId) -> String {
+    format!("{PREPARED_PREFIX}{id}.tmp")
+}
+
+const PREPARED_PREFIX: &str = "wal-spare-";
+
+fn is_prepared_name(name: &str) -> bool {
+    name.starts_with(PREPARED_PREFIX)
+}
+
 fn no_space() -> io::Error {
     io::Error::from_raw_os_error(libc::ENOSPC)
 }
@@ -434,6 +445,10 @@ impl crate::storage::FileWriter for SimStorage {
         Storage::sync_file(&mut self.clone(), name)
     }
 
+    fn sync_staged(&self, staged: &crate::storage::StagedFile) -> io::Result<()> {
+        Storage::sync_file(&mut self.clone(), &staged.name)
+    }
+
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         Storage::rename(&mut self.clone(), from, to)
     }
@@ -445,7 +460,10 @@ impl crate::storage::FileWriter for SimStorage {
 
 impl Storage for SimStorage {
     fn list(&self) -> io::Result<Vec<String>> {
-        Ok(self.file_names())
+        // Prepared segments are storage-internal, as on a real disk.
+        let mut names = self.file_names();
+        names.retain(|name| !is_prepared_name(name));
+        Ok(names)
     }
 
     fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId> {
@@ -470,11 +488,19 @@ impl Storage for SimStorage {
                 durable: Vec::new(),
             },
         );
-        st.dir_op(DirOp::Create {
-            name: name.to_string(),
-            id,
-        });
+        // Made under a prepared name, as `MmapStorage` maps a prepared spare: the
+        // caller renames it into place (its roll step), so a crash before that
+        // step leaves it unnamed.
+        let prepared = prepared_name(id);
+        st.dir_op(DirOp::Create { name: prepared, id });
         Ok(st.new_handle(id))
+    }
+
+    fn prepared_name(&self, seg: SegmentId) -> Option<String> {
+        let st = self.state.lock();
+        let id = st.handle(seg);
+        let prepared = prepared_name(id);
+        (st.dir.get(&prepared) == Some(&id)).then_some(prepared)
     }
 
     fn open_segment(&mut self, name: &str) -> io::Result<SegmentId> {

@@ -29,8 +29,17 @@ pub trait Storage: Send + 'static {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Creates a new segment file of `len_bytes` (which must not exist),
     /// reserves its blocks (fallocate), and maps it. On failure nothing is left
-    /// behind; a full disk is reported as `ENOSPC`.
+    /// behind; a full disk is reported as `ENOSPC`. The file may still have
+    /// another name, a prepared one ([`Storage::prepared_name`]).
     fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId>;
+    /// The name a new segment's file still has when `create_segment` took a
+    /// prepared file without renaming it: the caller renames it to the segment's
+    /// name from another thread ([`FileWriter::rename`]), before the directory
+    /// fsync that makes the segment part of the log. Until then a crash leaves a
+    /// prepared file, which the next open removes. `None`: the file has its name.
+    fn prepared_name(&self, _seg: SegmentId) -> Option<String> {
+        None
+    }
     /// Maps an existing segment file.
     fn open_segment(&mut self, name: &str) -> io::Result<SegmentId>;
     /// Unmaps a segment (before removing it, say).
@@ -45,6 +54,19 @@ pub trait Storage: Send + 'static {
     fn sync_segment_all(&mut self, seg: SegmentId) -> io::Result<()>;
     /// Creates or replaces a small file with `bytes` (not synced).
     fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Writes `bytes` as a small file that another thread makes durable
+    /// ([`FileWriter::sync_staged`]) and renames into place (a temp MANIFEST).
+    /// Storage that keeps small files ready writes them into one of those
+    /// (allocated, zero-filled and synced: the write creates no file and needs no
+    /// new block, so a full disk cannot refuse it), under that file's name; else,
+    /// or when none is ready or the bytes do not fit one, `write_file(name, ..)`.
+    fn stage_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<StagedFile> {
+        self.write_file(name, bytes)?;
+        Ok(StagedFile {
+            name: name.to_string(),
+            len_bytes: bytes.len() as u64,
+        })
+    }
     /// Makes a small file's contents durable (fsync).
     fn sync_file(&mut self, name: &str) -> io::Result<()>;
     /// Reads a whole small file.
@@ -67,11 +89,22 @@ pub trait Storage: Send + 'static {
     fn file_writer(&self) -> Box<dyn FileWriter>;
     /// Gets the next segment of `len_bytes` ready before it is asked for, and
     /// waits until it is (for `open`, before the appending thread starts):
-    /// `MmapStorage` prepares its spare (created, zero-filled, synced) now, so
-    /// the first `create_segment` is a rename. A failure (a full disk) is left to
+    /// `MmapStorage` prepares its spare (created, zero-filled, synced, mapped)
+    /// now, so the first `create_segment` only takes it. A failure (a full disk) is left to
     /// that `create_segment`, which then works inline and reports it. Storage
     /// without spares does nothing.
     fn prepare_segment(&mut self, _len_bytes: u64) {}
+}
+
+/// A small file written by [`Storage::stage_file`], to be made durable and
+/// renamed into place by another thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedFile {
+    /// The file's name: the one asked for, or the prepared file's written into.
+    pub name: String,
+    /// The length of what was written; a prepared file is longer until
+    /// [`FileWriter::sync_staged`] cuts it.
+    pub len_bytes: u64,
 }
 
 /// Makes a byte range of one segment durable; see [`Storage::segment_syncer`].
@@ -100,6 +133,8 @@ pub trait FileWriter: Send + Sync + 'static {
     fn write_synced(&self, name: &str, parts: &[&[u8]]) -> io::Result<()>;
     /// Makes a small file's contents durable (fsync).
     fn sync_file(&self, name: &str) -> io::Result<()>;
+    /// Cuts a staged file to the length written and makes it durable (fsync).
+    fn sync_staged(&self, staged: &StagedFile) -> io::Result<()>;
     /// Atomically renames `from` to `to`, replacing `to` (durable after `sync_dir`).
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes the directory entries durable (fsync of the directory).
@@ -195,6 +230,16 @@ impl FileWriter for DirFileWriter {
         File::open(self.dir.join(name))?.sync_all()
     }
 
+    fn sync_staged(&self, staged: &StagedFile) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(self.dir.join(&staged.name))?;
+        if file.metadata()?.len() != staged.len_bytes {
+            file.set_len(staged.len_bytes)?;
+        }
+        file.sync_all()
+    }
+
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         fs::rename(self.dir.join(from), self.dir.join(to))
     }
@@ -209,6 +254,8 @@ const LOCK_FILE: &str = "LOCK";
 struct Mapped {
     file: File,
     map: MmapMut,
+    /// The prepared file's name, until the caller renames it (`prepared_name`).
+    prepared_name: Option<String>,
 }
 
 /// Real files: memmap2 maps, fallocate, msync/fsync, directory fsync. Holds an
@@ -270,13 +317,18 @@ impl Drop for Reclaimer {
 }
 
 /// Prepared (allocated, zero-filled, synced) next segment files are named
-/// `wal-spare-<n>.tmp`. They are storage-internal: `list` hides them, `open`
-/// removes leftovers (and the single `wal-spare.tmp` of earlier versions), and
-/// `create_segment` renames the oldest ready one into place.
+/// `wal-spare-<n>.tmp`, and the prepared small files a temp MANIFEST is written
+/// into `wal-spare-manifest-<n>.tmp`. They are storage-internal: `list` hides
+/// them, `open` removes leftovers (and the single `wal-spare.tmp` of earlier
+/// versions). `create_segment` maps the oldest ready spare without renaming it,
+/// `stage_file` writes into a ready manifest file: the renames are the caller's,
+/// on the thread that syncs.
 const SPARE_PREFIX: &str = "wal-spare";
 const SPARE_SUFFIX: &str = ".tmp";
+const MANIFEST_SLOT_PREFIX: &str = "wal-spare-manifest";
 
-/// Whether `name` is a spare segment file (this version's or an earlier one's).
+/// Whether `name` is a spare segment file (this version's or an earlier one's) or
+/// a prepared manifest file.
 fn is_spare_name(name: &str) -> bool {
     name.starts_with(SPARE_PREFIX) && name.ends_with(SPARE_SUFFIX)
 }
@@ -290,11 +342,38 @@ fn is_spare_name(name: &str) -> bool {
 /// preparation; the price is one more segment's space on disk.
 const SPARES_READY_MAX: usize = 2;
 
+/// Prepared manifest files kept ready: a roll takes one, a snapshot publication
+/// one, and two rolls can come within one commit.
+const MANIFEST_SLOTS_READY_MAX: usize = 4;
+
+/// Length of a prepared manifest file: a MANIFEST of up to 2,700 segments (170 GiB
+/// of log at 64 MiB) fits; a longer one is written as a file of its own.
+pub(crate) const MANIFEST_SLOT_BYTES: u64 = 64 << 10;
+
+/// A spare ready for a roll: made, opened and mapped off the appending thread.
+struct ReadySpare {
+    name: String,
+    len_bytes: u64,
+    file: File,
+    map: MmapMut,
+}
+
+/// A prepared manifest file, open for writing.
+struct ManifestSlot {
+    name: String,
+    file: File,
+}
+
 /// What the preparer thread has made ready.
 #[derive(Default)]
 struct SpareSlot {
-    /// Spares ready, oldest first: file name and length.
-    ready: std::collections::VecDeque<(String, u64)>,
+    /// Spares ready, oldest first.
+    ready: std::collections::VecDeque<ReadySpare>,
+    /// Manifest files ready.
+    manifest_slots: std::collections::VecDeque<ManifestSlot>,
+    /// The last manifest file's preparation failed (a full disk): none is made
+    /// until one is asked for again (`stage_file` falls back to a file of its own).
+    manifest_slot_failed: bool,
     /// Length the spares should have; `None` stops the thread.
     wanted_len_bytes: Option<u64>,
     /// The last preparation failed (full disk, say), and why. A roll that finds
@@ -317,11 +396,17 @@ impl SpareSlot {
         }
         self.wanted_len_bytes = Some(len_bytes);
         self.failed = None;
-        for (name, _) in self.ready.drain(..) {
+        for spare in self.ready.drain(..) {
             // A leftover is removed by the next `open`.
-            let _ = fs::remove_file(dir.join(name));
+            let _ = fs::remove_file(dir.join(spare.name));
         }
         true
+    }
+
+    /// Whether the preparer has nothing to do.
+    fn idle(&self) -> bool {
+        (self.ready.len() >= SPARES_READY_MAX || self.failed.is_some())
+            && (self.manifest_slots.len() >= MANIFEST_SLOTS_READY_MAX || self.manifest_slot_failed)
     }
 }
 
@@ -350,9 +435,10 @@ impl PreparationError {
     }
 }
 
-/// A thread that keeps up to [`SPARES_READY_MAX`] segment files ready: created,
-/// `fallocate`d, written with zeros and fsynced, so that rolling to a new segment
-/// costs a rename, not 64 MiB of writes on the appending thread.
+/// A thread that keeps up to [`SPARES_READY_MAX`] segment files ready (created,
+/// `fallocate`d, written with zeros, fsynced, opened and mapped) and up to
+/// [`MANIFEST_SLOTS_READY_MAX`] manifest files, so that rolling to a new segment
+/// costs the appending thread no file creation, no rename and no 64 MiB of writes.
 struct SparePreparer {
     dir: PathBuf,
     slot: Arc<(parking_lot::Mutex<SpareSlot>, parking_lot::Condvar)>,
@@ -382,15 +468,15 @@ impl SparePreparer {
         })
     }
 
-    /// Renames the oldest ready spare of this length to `to` (`true`), waiting for
-    /// one if none is ready yet. When the last preparation had failed (a full disk,
-    /// say), the preparer is asked for a fresh attempt and the roll waits for it:
-    /// the error of that attempt is this call's. The roll never creates, allocates
-    /// or zero-fills a segment itself, nor races the preparer for space freed
-    /// meanwhile. `false` only when the preparer thread is gone (it panicked): the
+    /// The oldest ready spare of this length (`Some`), waiting for one if none is
+    /// ready yet. When the last preparation had failed (a full disk, say), the
+    /// preparer is asked for a fresh attempt and the roll waits for it: the error
+    /// of that attempt is this call's. The roll never creates, allocates or
+    /// zero-fills a segment itself, nor races the preparer for space freed
+    /// meanwhile. `None` only when the preparer thread is gone (it panicked): the
     /// caller then creates the segment itself. The preparer starts on the next
     /// spare at once.
-    fn take(&self, len_bytes: u64, to: &Path) -> io::Result<bool> {
+    fn take(&self, len_bytes: u64) -> io::Result<Option<ReadySpare>> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
         if slot.want(&self.dir, len_bytes) {
@@ -401,13 +487,12 @@ impl SparePreparer {
             wake.notify_all();
         }
         loop {
-            if let Some((name, _)) = slot.ready.pop_front() {
+            if let Some(spare) = slot.ready.pop_front() {
                 wake.notify_all();
-                drop(slot);
-                return fs::rename(self.dir.join(name), to).map(|()| true);
+                return Ok(Some(spare));
             }
             if slot.gone {
-                return Ok(false);
+                return Ok(None);
             }
             if let Some(failed) = &slot.failed {
                 // Left set: the next roll asks for a fresh attempt again.
@@ -415,6 +500,17 @@ impl SparePreparer {
             }
             wake.wait(&mut slot);
         }
+    }
+
+    /// A ready manifest file, if one is (never waits). Taking one, or finding
+    /// none, asks the preparer for more (also after a failed preparation).
+    fn take_manifest_slot(&self) -> Option<ManifestSlot> {
+        let (lock, wake) = &*self.slot;
+        let mut slot = lock.lock();
+        slot.manifest_slot_failed = false;
+        let taken = slot.manifest_slots.pop_front();
+        wake.notify_all();
+        taken
     }
 
     /// Waits until a spare of this length is ready (`true`) or its preparation
@@ -439,18 +535,23 @@ impl SparePreparer {
 
 #[cfg(test)]
 impl SparePreparer {
-    /// Waits until `count` spares are ready; their names, oldest first.
+    /// Waits until `count` spares and every manifest file are ready; the spares'
+    /// names, oldest first.
     fn wait_ready_count(&self, count: usize) -> Vec<String> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
-        while slot.ready.len() < count && slot.failed.is_none() && !slot.gone {
+        while (slot.ready.len() < count || slot.manifest_slots.len() < MANIFEST_SLOTS_READY_MAX)
+            && slot.failed.is_none()
+            && !slot.manifest_slot_failed
+            && !slot.gone
+        {
             wake.wait(&mut slot);
         }
         assert!(
-            slot.failed.is_none() && !slot.gone,
-            "a spare's preparation failed"
+            slot.failed.is_none() && !slot.manifest_slot_failed && !slot.gone,
+            "a preparation failed"
         );
-        slot.ready.iter().map(|(name, _)| name.clone()).collect()
+        slot.ready.iter().map(|spare| spare.name.clone()).collect()
     }
 }
 
@@ -465,8 +566,14 @@ impl Drop for SparePreparer {
     }
 }
 
-/// The preparer's loop: while fewer than [`SPARES_READY_MAX`] spares are ready,
-/// make one.
+/// What the preparer makes next.
+enum Preparation {
+    Spare { len_bytes: u64, name: String },
+    ManifestSlot { name: String },
+}
+
+/// The preparer's loop: while fewer than [`SPARES_READY_MAX`] spares or
+/// [`MANIFEST_SLOTS_READY_MAX`] manifest files are ready, make one.
 fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot::Condvar)) {
     // The process's priority, not its creator's: the writer starts it when it rolls
     // before a spare was prepared (`priority.rs`).
@@ -486,35 +593,80 @@ fn prepare_spares(dir: &Path, slot: &(parking_lot::Mutex<SpareSlot>, parking_lot
     }
     let _guard = FailOnUnwind(slot);
     loop {
-        let (len_bytes, name) = {
+        let next = {
             let mut s = lock.lock();
-            while s.wanted_len_bytes.is_some()
-                && (s.ready.len() >= SPARES_READY_MAX || s.failed.is_some())
-            {
+            while s.wanted_len_bytes.is_some() && s.idle() {
                 wake.wait(&mut s);
             }
             let Some(len_bytes) = s.wanted_len_bytes else {
                 return;
             };
-            let name = format!("{SPARE_PREFIX}-{}{SPARE_SUFFIX}", s.next_spare);
+            let n = s.next_spare;
             s.next_spare += 1;
-            (len_bytes, name)
-        };
-        let path = dir.join(&name);
-        let _ = fs::remove_file(&path);
-        let made = make_spare(dir, &path, len_bytes);
-        let mut s = lock.lock();
-        match made {
-            Ok(()) if s.wanted_len_bytes == Some(len_bytes) => s.ready.push_back((name, len_bytes)),
-            Ok(()) => {
-                // Made for a length no longer wanted.
-                let _ = fs::remove_file(&path);
+            // A spare first when none is ready (a roll may wait for it), then the
+            // manifest files, then the second spare.
+            let spare_first = s.ready.is_empty() && s.failed.is_none();
+            if !spare_first
+                && s.manifest_slots.len() < MANIFEST_SLOTS_READY_MAX
+                && !s.manifest_slot_failed
+            {
+                Preparation::ManifestSlot {
+                    name: format!("{MANIFEST_SLOT_PREFIX}-{n}{SPARE_SUFFIX}"),
+                }
+            } else {
+                Preparation::Spare {
+                    len_bytes,
+                    name: format!("{SPARE_PREFIX}-{n}{SPARE_SUFFIX}"),
+                }
             }
-            Err(e) => {
+        };
+        match next {
+            Preparation::ManifestSlot { name } => {
+                let path = dir.join(&name);
                 let _ = fs::remove_file(&path);
-                // A failure at a length no longer wanted says nothing of the new one.
-                if s.wanted_len_bytes == Some(len_bytes) {
-                    s.failed = Some(PreparationError::of(&e));
+                let made = make_segment_file(&path, MANIFEST_SLOT_BYTES);
+                let mut s = lock.lock();
+                match made {
+                    Ok(file) if s.wanted_len_bytes.is_some() => {
+                        s.manifest_slots.push_back(ManifestSlot { name, file });
+                    }
+                    Ok(_) => {
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(_) => {
+                        let _ = fs::remove_file(&path);
+                        s.manifest_slot_failed = true;
+                    }
+                }
+            }
+            Preparation::Spare { len_bytes, name } => {
+                let path = dir.join(&name);
+                let _ = fs::remove_file(&path);
+                let made = make_spare(dir, &path, len_bytes).and_then(|file| {
+                    let map = MmapStorage::map(&file, len_bytes)?;
+                    Ok((file, map))
+                });
+                let mut s = lock.lock();
+                match made {
+                    Ok((file, map)) if s.wanted_len_bytes == Some(len_bytes) => {
+                        s.ready.push_back(ReadySpare {
+                            name,
+                            len_bytes,
+                            file,
+                            map,
+                        });
+                    }
+                    Ok(_) => {
+                        // Made for a length no longer wanted.
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(&path);
+                        // A failure at a length no longer wanted says nothing of the new one.
+                        if s.wanted_len_bytes == Some(len_bytes) {
+                            s.failed = Some(PreparationError::of(&e));
+                        }
+                    }
                 }
             }
         }
@@ -638,7 +790,7 @@ fn available_bytes(dir: &Path) -> io::Result<u64> {
 /// it and [`SPARE_HEADROOM_BYTES`] besides: a failing `fallocate` would hold the
 /// last free blocks for a moment, and a roll's temp MANIFEST written meanwhile
 /// would fail on a disk that has room for it.
-fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<()> {
+fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<File> {
     // A file system that cannot say (statvfs fails: some FUSE, a stale NFS handle)
     // is left to fallocate's own answer.
     if let Ok(available) = available_bytes(dir)
@@ -650,11 +802,11 @@ fn make_spare(dir: &Path, path: &Path, len_bytes: u64) -> io::Result<()> {
 }
 
 /// Creates a segment file of `len_bytes` at `path`: allocated, written with zeros
-/// and synced. The sync commits the extents the zeros converted from unwritten to
+/// and synced; returned open for reading and writing. The sync commits the extents the zeros converted from unwritten to
 /// written; left to the first commits, that metadata made them journal commits,
 /// some over 100 ms while a spare was being zero-filled beside them (BENCHMARKS.md, "The
 /// log was mostly padding").
-fn make_segment_file(path: &Path, len_bytes: u64) -> io::Result<()> {
+fn make_segment_file(path: &Path, len_bytes: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -662,7 +814,8 @@ fn make_segment_file(path: &Path, len_bytes: u64) -> io::Result<()> {
         .open(path)?;
     reserve(&file, len_bytes)?;
     zero_fill(&file, len_bytes)?;
-    file.sync_all()
+    file.sync_all()?;
+    Ok(file)
 }
 
 fn reserve(file: &File, len_bytes: u64) -> io::Result<()> {
@@ -788,33 +941,41 @@ impl Storage for MmapStorage {
             self.spare = Some(SparePreparer::start(self.dir.clone(), len_bytes)?);
         }
         let spare = self.spare.as_ref().expect("started above");
-        // Prepared off this thread: allocated, zeroed and synced. The rename is made
-        // durable by the caller's directory fsync, as a creation is. A failed
-        // preparation is this call's error (`ENOSPC`: the caller refuses the record
-        // cleanly); only with the preparer gone does the segment get made here.
-        let taken = spare.take(len_bytes, &path)?;
-        let made = if taken {
-            Ok(())
-        } else {
-            // The preparer is gone: made here, as it would have.
-            make_segment_file(&path, len_bytes)
-        };
-        let mapped = made.and_then(|()| {
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        // Prepared off this thread: allocated, zeroed, synced, opened and mapped;
+        // renamed into place by the caller's roll step, off this thread too. A
+        // failed preparation is this call's error (`ENOSPC`: the caller refuses
+        // the record cleanly); only with the preparer gone does the segment get
+        // made here.
+        if let Some(spare) = spare.take(len_bytes)? {
+            debug_assert_eq!(spare.len_bytes, len_bytes);
+            return Ok(self.insert(Mapped {
+                file: spare.file,
+                map: spare.map,
+                prepared_name: Some(spare.name),
+            }));
+        }
+        // The preparer is gone: made here, as it would have, under its name.
+        let mapped = make_segment_file(&path, len_bytes).and_then(|file| {
             let map = Self::map(&file, len_bytes)?;
-            Ok(Mapped { file, map })
+            Ok(Mapped {
+                file,
+                map,
+                prepared_name: None,
+            })
         });
         match mapped {
             Ok(mapped) => Ok(self.insert(mapped)),
             Err(e) => {
-                if !taken {
-                    // Best effort: the caller is told about the first error, which
-                    // matters more than a failure to clean up after it.
-                    let _ = fs::remove_file(&path);
-                }
+                // Best effort: the caller is told about the first error, which
+                // matters more than a failure to clean up after it.
+                let _ = fs::remove_file(&path);
                 Err(e)
             }
         }
+    }
+
+    fn prepared_name(&self, seg: SegmentId) -> Option<String> {
+        self.mapped(seg).prepared_name.clone()
     }
 
     fn open_segment(&mut self, name: &str) -> io::Result<SegmentId> {
@@ -824,7 +985,11 @@ impl Storage for MmapStorage {
             .open(self.path(name))?;
         let len = file.metadata()?.len();
         let map = Self::map(&file, len)?;
-        Ok(self.insert(Mapped { file, map }))
+        Ok(self.insert(Mapped {
+            file,
+            map,
+            prepared_name: None,
+        }))
     }
 
     fn close_segment(&mut self, seg: SegmentId) {
@@ -875,6 +1040,37 @@ impl Storage for MmapStorage {
 
     fn sync_file(&mut self, name: &str) -> io::Result<()> {
         File::open(self.path(name))?.sync_all()
+    }
+
+    fn stage_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<StagedFile> {
+        let len_bytes = bytes.len() as u64;
+        let slot = (len_bytes <= MANIFEST_SLOT_BYTES)
+            .then(|| {
+                self.spare
+                    .as_ref()
+                    .and_then(SparePreparer::take_manifest_slot)
+            })
+            .flatten();
+        if let Some(slot) = slot {
+            // Into blocks allocated and written with zeros: no new block, no
+            // `ENOSPC`. Past `len_bytes` the file holds zeros until `sync_staged`.
+            return match slot.file.write_all_at(bytes, 0) {
+                Ok(()) => Ok(StagedFile {
+                    name: slot.name,
+                    len_bytes,
+                }),
+                Err(e) => {
+                    // A leftover is removed by the next `open`.
+                    let _ = fs::remove_file(self.path(&slot.name));
+                    Err(e)
+                }
+            };
+        }
+        self.write_file(name, bytes)?;
+        Ok(StagedFile {
+            name: name.to_string(),
+            len_bytes,
+        })
     }
 
     fn segment_syncer(&self, seg: SegmentId) -> io::Result<Arc<dyn SegmentSyncer>> {
@@ -939,15 +1135,29 @@ mod tests {
         let mut names: Vec<String> = fs::read_dir(dir)
             .expect("dir")
             .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-            .filter(|name| is_spare_name(name))
+            .filter(|name| is_spare_name(name) && !name.starts_with(MANIFEST_SLOT_PREFIX))
             .collect();
         names.sort();
         names
     }
 
-    /// The preparer keeps two spares ready; a roll renames the oldest into place
-    /// (its file is gone, the segment has its length) and the preparer makes the
-    /// next; `list` never shows a spare, and `open` removes those a run left.
+    /// Every file in `dir`, sorted.
+    fn all_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The preparer keeps two spares ready; a roll takes the oldest without a
+    /// change of the directory (no file made, none renamed: the segment's name
+    /// does not exist yet, the spare still has its own), its mapping is the
+    /// spare's file, and the caller's rename gives it its name; the preparer
+    /// makes the next. A staged MANIFEST goes into a prepared file the same way,
+    /// cut to its length by `sync_staged`. `list` never shows a spare or a
+    /// prepared manifest file, and `open` removes those a run left.
     #[test]
     fn two_spares_are_kept_ready_and_each_roll_takes_the_oldest() {
         const LEN_BYTES: u64 = 16 * 4096;
@@ -967,15 +1177,38 @@ mod tests {
                 sorted
             });
             let name = format!("wal-{roll:020}.seg");
-            storage.create_segment(&name, LEN_BYTES).expect("rolled");
+            let files_before = all_files(dir.path());
+            let seg = storage.create_segment(&name, LEN_BYTES).expect("rolled");
+            let manifest = b"a MANIFEST's bytes";
+            let staged = storage
+                .stage_file(&format!("MANIFEST-{roll}.tmp"), manifest)
+                .expect("staged");
+            // Nothing renamed or removed, nothing made but the preparer's next.
+            let files_after = all_files(dir.path());
             assert!(
-                !dir.path().join(&ready[0]).exists(),
-                "roll {roll}: {ready:?}"
+                files_before.iter().all(|f| files_after.contains(f))
+                    && files_after
+                        .iter()
+                        .all(|f| files_before.contains(f) || is_spare_name(f)),
+                "roll {roll}: {files_before:?} became {files_after:?}"
             );
+            assert!(!dir.path().join(&name).exists());
+            assert_eq!(storage.prepared_name(seg).as_ref(), Some(&ready[0]));
+            assert!(is_spare_name(&staged.name), "{staged:?}");
+            storage
+                .write_segment(seg, 4096, b"record")
+                .expect("written");
+            let files = storage.file_writer();
+            files.rename(&ready[0], &name).expect("named");
+            files.sync_staged(&staged).expect("synced");
             assert_eq!(
-                fs::metadata(dir.path().join(&name)).expect("segment").len(),
-                LEN_BYTES
+                fs::read(dir.path().join(&staged.name)).expect("staged"),
+                manifest
             );
+            fs::remove_file(dir.path().join(&staged.name)).expect("remove staged");
+            let segment = fs::read(dir.path().join(&name)).expect("segment");
+            assert_eq!(segment.len() as u64, LEN_BYTES);
+            assert_eq!(&segment[4096..4102], b"record");
             let listed = storage.list().expect("list");
             assert!(listed.iter().all(|n| !is_spare_name(n)), "{listed:?}");
         }
@@ -984,8 +1217,18 @@ mod tests {
             !spare_files(dir.path()).is_empty(),
             "the run left its spares"
         );
+        assert!(
+            all_files(dir.path())
+                .iter()
+                .any(|f| f.starts_with(MANIFEST_SLOT_PREFIX)),
+            "the run left its prepared manifest files"
+        );
         let reopened = MmapStorage::open(dir.path()).expect("reopen");
-        assert_eq!(spare_files(dir.path()), Vec::<String>::new());
+        let left: Vec<String> = all_files(dir.path())
+            .into_iter()
+            .filter(|f| is_spare_name(f))
+            .collect();
+        assert_eq!(left, Vec::<String>::new());
         assert_eq!(reopened.list().expect("list").len(), 3);
     }
 
@@ -1023,19 +1266,26 @@ mod tests {
         let (dir, spares) = spares_ready(LEN_BYTES);
         // As if the next preparation had failed (a disk with room for no more).
         spares.slot.0.lock().failed = no_space();
-        let first = dir.path().join("first.seg");
-        assert!(
-            spares.take(LEN_BYTES, &first).expect("take"),
-            "the ready spare was skipped"
-        );
-        assert_eq!(fs::metadata(&first).expect("renamed").len(), LEN_BYTES);
+        let first = spares
+            .take(LEN_BYTES)
+            .expect("take")
+            .expect("the ready spare was skipped");
+        assert_eq!(first.map.len() as u64, LEN_BYTES);
+        assert!(dir.path().join(&first.name).exists());
 
         spares.slot.0.lock().failed = None;
         spares.slot.1.notify_all();
         spares.wait_ready_count(SPARES_READY_MAX);
-        let longer = dir.path().join("longer.seg");
-        assert!(spares.take(2 * LEN_BYTES, &longer).expect("take"));
-        assert_eq!(fs::metadata(&longer).expect("renamed").len(), 2 * LEN_BYTES);
+        let longer = spares
+            .take(2 * LEN_BYTES)
+            .expect("take")
+            .expect("the preparer is alive");
+        assert_eq!(
+            fs::metadata(dir.path().join(&longer.name))
+                .expect("prepared")
+                .len(),
+            2 * LEN_BYTES
+        );
     }
 
     /// A roll that finds no spare ready and a failed preparation behind it asks for
@@ -1047,19 +1297,21 @@ mod tests {
         let (dir, spares) = spares_ready(LEN_BYTES);
         {
             let mut slot = spares.slot.0.lock();
-            for (name, _) in slot.ready.drain(..) {
-                fs::remove_file(dir.path().join(name)).expect("remove spare");
+            for spare in slot.ready.drain(..) {
+                fs::remove_file(dir.path().join(spare.name)).expect("remove spare");
             }
             slot.failed = no_space();
         }
-        let to = dir.path().join("next.seg");
-        assert!(
-            spares
-                .take(LEN_BYTES, &to)
-                .expect("a fresh attempt succeeds"),
-            "the preparer is alive"
+        let spare = spares
+            .take(LEN_BYTES)
+            .expect("a fresh attempt succeeds")
+            .expect("the preparer is alive");
+        assert_eq!(
+            fs::metadata(dir.path().join(&spare.name))
+                .expect("prepared")
+                .len(),
+            LEN_BYTES
         );
-        assert_eq!(fs::metadata(&to).expect("renamed").len(), LEN_BYTES);
     }
 
     /// A snapshot-sized file of page-aligned parts is written around the page cache

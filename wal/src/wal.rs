@@ -12,7 +12,7 @@ use crate::format::{
 };
 use crate::manifest::{self, MANIFEST_NAME, Manifest, SegmentEntry};
 use crate::recovery::{Outcome, SegmentBytes, Subset, analyze, refusal, survey};
-use crate::storage::{SegmentId, SegmentSyncer, Storage};
+use crate::storage::{SegmentId, SegmentSyncer, StagedFile, Storage};
 use crate::{
     Error, FORMAT_VERSION, FRAME_HEADER_BYTES, Lsn, PAGE_BYTES, RECORD_PAYLOAD_MAX_BYTES,
     SEGMENT_DATA_OFFSET, SNAPSHOT_BODY_MAX_BYTES, WalConfig,
@@ -317,17 +317,21 @@ struct SyncRange {
 }
 
 /// What makes a new segment part of the log, after everything before it is
-/// durable: its header synced, its name (the prepared spare's rename) and then
-/// the MANIFEST that lists it made durable. Built by [`Wal::roll`] on the
-/// appending thread, run with the next [`CommitJob`] on the thread that syncs, so
-/// the appending thread never waits for a roll's fsyncs.
+/// durable: its header synced, the prepared file renamed to the segment's name,
+/// that name and then the MANIFEST that lists it made durable. Built by
+/// [`Wal::roll`] on the appending thread, run with the next [`CommitJob`] on the
+/// thread that syncs, so the appending thread never waits for a roll's fsyncs
+/// nor changes the directory.
 struct RollStep {
     /// First LSN of the new segment.
     first_lsn: Lsn,
     header: Arc<dyn SegmentSyncer>,
     files: Box<dyn crate::storage::FileWriter>,
+    /// The prepared file's name and the segment's, when the roll took a prepared
+    /// file ([`Storage::prepared_name`]).
+    rename: Option<(String, String)>,
     /// The MANIFEST listing the new segment, written (not synced) by the roll.
-    manifest_tmp: String,
+    manifest: StagedFile,
 }
 
 impl RollStep {
@@ -335,43 +339,59 @@ impl RollStep {
         self.header
             .sync_range(0, SEGMENT_DATA_OFFSET)
             .map_err(|e| Error::io("fsync new segment", e))?;
+        if let Some((from, to)) = &self.rename {
+            self.files
+                .rename(from, to)
+                .map_err(|e| Error::io("name new segment", e))?;
+        }
         // The segment's name before a MANIFEST that lists it.
         self.files
             .sync_dir()
             .map_err(|e| Error::io("fsync data dir", e))?;
-        install_manifest(self.files.as_ref(), &self.manifest_tmp)
+        install_manifest(self.files.as_ref(), &self.manifest)
     }
 }
 
 /// Makes a MANIFEST temp file durable and renames it into place, durably.
-fn install_manifest(files: &dyn crate::storage::FileWriter, tmp: &str) -> Result<(), Error> {
+fn install_manifest(
+    files: &dyn crate::storage::FileWriter,
+    staged: &StagedFile,
+) -> Result<(), Error> {
     files
-        .sync_file(tmp)
+        .sync_staged(staged)
         .map_err(|e| Error::io("write MANIFEST", e))?;
     files
-        .rename(tmp, MANIFEST_NAME)
+        .rename(&staged.name, MANIFEST_NAME)
         .and_then(|()| files.sync_dir())
         .map_err(|e| Error::io("install MANIFEST", e))
 }
 
-/// What makes a published snapshot part of the log: its rename (done by
-/// [`Wal::publish_snapshot`] on the appending thread) made durable, then the
-/// MANIFEST that lists it and no longer lists what it retires. The retired files
-/// are removed once the commit job carrying this step has finished.
+/// What makes a published snapshot part of the log: its rename from the temp
+/// name it was written under, made durable, then the MANIFEST that lists it and
+/// no longer lists what it retires. The retired files are removed once the
+/// commit job carrying this step has finished. Built by
+/// [`Wal::publish_snapshot`] on the appending thread, which changes nothing in
+/// the directory itself.
 struct PublishStep {
     files: Box<dyn crate::storage::FileWriter>,
+    /// The snapshot's temp name and its name.
+    rename: (String, String),
     /// `None`: the MANIFEST could not be written (a full disk); the snapshot is
     /// published without it and nothing is retired.
-    manifest_tmp: Option<String>,
+    manifest: Option<StagedFile>,
 }
 
 impl PublishStep {
     fn run(&self) -> Result<(), Error> {
+        let (from, to) = &self.rename;
+        self.files
+            .rename(from, to)
+            .map_err(|e| Error::io("rename snapshot", e))?;
         self.files
             .sync_dir()
             .map_err(|e| Error::io("fsync data dir", e))?;
-        match &self.manifest_tmp {
-            Some(tmp) => install_manifest(self.files.as_ref(), tmp),
+        match &self.manifest {
+            Some(staged) => install_manifest(self.files.as_ref(), staged),
             None => Ok(()),
         }
     }
@@ -923,7 +943,7 @@ impl<S: Storage> Wal<S> {
     /// When the next record will need a new segment (a new log, or a full last
     /// segment), has the storage get it ready now, on the caller's thread
     /// ([`Storage::prepare_segment`]): called by `open`'s caller before the
-    /// appending thread starts, so that thread's first roll is a rename. Nothing
+    /// appending thread starts, so that thread's first roll only takes it. Nothing
     /// is created in the log itself: an idle restart finds it as it was.
     pub fn prepare_next_segment(&mut self) {
         if self.needs_roll(0) {
@@ -1419,11 +1439,11 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Publishes a snapshot whose temp file a [`SnapshotJob`] wrote, without
-    /// waiting for the disk: renames it into place, keeps the newest
+    /// waiting for the disk or changing the directory: keeps the newest
     /// `snapshots_kept` snapshots and retires the segments only older ones needed,
-    /// and writes the MANIFEST that says so to a temp file of its own. The next
-    /// commit job makes it durable (directory fsync, the MANIFEST's fsync and
-    /// rename); the retired files are removed once that job has finished. A full
+    /// and stages the MANIFEST that says so ([`Storage::stage_file`]). The next
+    /// commit job renames the snapshot into place and makes it durable (directory
+    /// fsync, the MANIFEST's fsync and rename); the retired files are removed once that job has finished. A full
     /// disk while the MANIFEST is written is [`Error::NoSpace`]: the snapshot is
     /// published, nothing is retired, and the log stays usable.
     pub fn publish_snapshot(
@@ -1447,9 +1467,9 @@ impl<S: Storage> Wal<S> {
                 last: self.snapshot_lsn,
             });
         }
-        self.storage
-            .rename(&written.tmp, &written.name)
-            .map_err(|e| Error::io("rename snapshot", e))?;
+        // Renamed into place by the step (on the thread that syncs), before the
+        // directory fsync that makes the name durable.
+        let rename = (written.tmp, written.name);
         self.snapshot_lsn = written.lsn;
         self.snapshots.push(written.lsn);
         self.stats.snapshot_lsn = written.lsn;
@@ -1477,20 +1497,24 @@ impl<S: Storage> Wal<S> {
         };
         let tmp = manifest::snapshot_tmp_name(written.lsn);
         let files = self.storage.file_writer();
-        if let Err(e) = self.storage.write_file(&tmp, &manifest.encode()) {
-            // Best effort: a leftover temp file is removed at the next open anyway.
-            let _ = self.storage.remove(&tmp);
-            // The snapshot's rename is still made durable.
-            self.steps_pending.push(Step::Publish(PublishStep {
-                files,
-                manifest_tmp: None,
-            }));
-            if crate::is_no_space(&e) {
-                return Err(Error::NoSpace);
+        let staged = match self.storage.stage_file(&tmp, &manifest.encode()) {
+            Ok(staged) => staged,
+            Err(e) => {
+                // Best effort: a leftover temp file is removed at the next open anyway.
+                let _ = self.storage.remove(&tmp);
+                // The snapshot is still renamed, durably.
+                self.steps_pending.push(Step::Publish(PublishStep {
+                    files,
+                    rename,
+                    manifest: None,
+                }));
+                if crate::is_no_space(&e) {
+                    return Err(Error::NoSpace);
+                }
+                self.poisoned = true;
+                return Err(Error::io("write MANIFEST", e));
             }
-            self.poisoned = true;
-            return Err(Error::io("write MANIFEST", e));
-        }
+        };
         self.snapshots.drain(..dropped);
         let segments: Vec<Segment> = self.segments.drain(..retired).collect();
         self.syncers
@@ -1501,7 +1525,8 @@ impl<S: Storage> Wal<S> {
         });
         self.steps_pending.push(Step::Publish(PublishStep {
             files,
-            manifest_tmp: Some(tmp),
+            rename,
+            manifest: Some(staged),
         }));
         Ok(())
     }
@@ -1554,13 +1579,15 @@ impl<S: Storage> Wal<S> {
 
     /// Starts a new segment whose first record will be `lsn`, without waiting for
     /// the disk: the segment left behind ends with a commit mark (written, not
-    /// synced); the new one is created (a full disk fails here, before anything is
-    /// written: [`Error::NoSpace`]), gets its header and a first watermark that
-    /// claims only what is already durable, and the MANIFEST that lists it is
-    /// written to a temp file of its own. The syncs (the segment left behind, the
-    /// new header, the directory, the MANIFEST's rename) are the next commit
-    /// job's [`RollStep`], in that order: until it has run, a crash leaves the new
-    /// segment unlisted, a leftover that open removes, and nothing in it was
+    /// synced); the new one is taken from the storage, prepared and possibly still
+    /// under another name (a full disk fails here, before anything is written:
+    /// [`Error::NoSpace`]), gets its header and a first watermark that claims only
+    /// what is already durable, and the MANIFEST that lists it is staged
+    /// ([`Storage::stage_file`]). The syncs and directory changes (the segment left
+    /// behind, the new header, the new segment's name, the directory, the
+    /// MANIFEST's rename) are the next commit job's [`RollStep`], in that order:
+    /// until it has run, a crash leaves the new segment unnamed or unlisted, a
+    /// leftover that open removes, and nothing in it was
     /// acknowledged. So a segment that is not the newest is wholly below the
     /// MANIFEST's `log_end`, and a hole in it is rot, never a torn tail.
     fn roll(&mut self, lsn: Lsn) -> Result<(), Error> {
@@ -1627,12 +1654,13 @@ impl<S: Storage> Wal<S> {
             snapshots: self.snapshots.clone(),
         };
         let manifest_tmp = manifest::roll_tmp_name(lsn);
+        let prepared_name = self.storage.prepared_name(h);
         let listed = self
             .storage
-            .write_file(&manifest_tmp, &manifest.encode())
-            .and_then(|()| self.storage.segment_syncer(h));
-        let header_syncer = match listed {
-            Ok(syncer) => syncer,
+            .stage_file(&manifest_tmp, &manifest.encode())
+            .and_then(|staged| Ok((staged, self.storage.segment_syncer(h)?)));
+        let (staged, header_syncer) = match listed {
+            Ok(listed) => listed,
             Err(e) => {
                 // Not listed, so nothing may go into it: take it back.
                 let _ = self.storage.remove(&manifest_tmp);
@@ -1641,8 +1669,16 @@ impl<S: Storage> Wal<S> {
                     self.poisoned = true;
                     return Err(Error::io("write MANIFEST", e));
                 }
-                self.sync(|s| s.remove(&segment.name), "remove unlisted segment")?;
-                self.sync(|s| s.sync_dir(), "fsync data dir")?;
+                match &prepared_name {
+                    // Never named: a leftover prepared file, which open removes.
+                    Some(prepared) => {
+                        let _ = self.storage.remove(prepared);
+                    }
+                    None => {
+                        self.sync(|s| s.remove(&segment.name), "remove unlisted segment")?;
+                        self.sync(|s| s.sync_dir(), "fsync data dir")?;
+                    }
+                }
                 return Err(Error::NoSpace);
             }
         };
@@ -1655,7 +1691,8 @@ impl<S: Storage> Wal<S> {
             first_lsn: lsn,
             header: header_syncer,
             files: self.storage.file_writer(),
-            manifest_tmp,
+            rename: prepared_name.map(|prepared| (prepared, segment.name.clone())),
+            manifest: staged,
         }));
         self.segments.push(segment);
         Ok(())

@@ -21,6 +21,8 @@ use surge_wal::{Error, MmapStorage, Wal};
 const SEGMENT_BYTES: u64 = 1 << 20;
 const BALLAST_BYTES: usize = 1 << 20;
 const PAYLOAD_BYTES: usize = 4000;
+/// A prepared manifest file's length (`MmapStorage` keeps four ready).
+const MANIFEST_SLOT_BYTES: u64 = 64 << 10;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -91,10 +93,13 @@ fn a_full_disk_stops_the_spare_preparer_refuses_the_roll_cleanly_then_resumes() 
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     // Room for the ballast, the first segment, the two spares and the headroom a
-    // preparation leaves (1 MiB), and 16 pages of small files (LOCK, MANIFEST and
-    // the roll's temp MANIFEST): no third spare.
+    // preparation leaves (1 MiB), the prepared manifest files (four of 64 KiB, and
+    // one taken and not yet cut to its length), and 16 pages of small files (LOCK,
+    // MANIFEST): no third spare.
     let page_bytes = page_bytes();
-    let size_kib = (BALLAST_BYTES as u64 + 4 * SEGMENT_BYTES + 16 * page_bytes) / 1024;
+    let size_kib =
+        (BALLAST_BYTES as u64 + 4 * SEGMENT_BYTES + 5 * MANIFEST_SLOT_BYTES + 16 * page_bytes)
+            / 1024;
     let _mounted = Tmpfs::mount(tmp.path(), size_kib);
     let ballast = tmp.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; BALLAST_BYTES]).expect("ballast");

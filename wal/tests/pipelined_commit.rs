@@ -72,9 +72,10 @@ fn a_roll_is_listed_by_the_commit_job_after_it_and_claims_nothing_before() {
         let second = wal.begin_commit().expect("begin").expect("a job");
         assert_eq!(second.target(), lsn);
         // The disk dies at one step of the second job (the old segment's range,
-        // the new header, the directory, the MANIFEST's fsync, rename, directory,
-        // the new segment's range), or just after it.
-        let at_step = seed % 8;
+        // the new header, the new segment's rename from its prepared name, the
+        // directory, the MANIFEST's fsync, rename, directory, the new segment's
+        // range), or just after it.
+        let at_step = seed % 9;
         let cut = disk.clone();
         cut.fail_at_step(at_step);
         let ran = second.run();
@@ -98,8 +99,8 @@ fn a_roll_is_listed_by_the_commit_job_after_it_and_claims_nothing_before() {
         assert!(rolled_after > 10);
         drop(wal);
     }
-    // The job has seven steps (the old segment's range, the roll's five, the new
-    // segment's range): steps 0..=6 cut it short, step 7 comes after it.
+    // The job has eight steps (the old segment's range, the roll's six, the new
+    // segment's range): steps 0..=7 cut it short, step 8 comes after it.
     assert_eq!((cut_short, completed), (18, 2), "the cuts fell where meant");
 }
 
