@@ -3,14 +3,18 @@
 //! [`Engine::open_core`](super::Engine::open_core) recovers exactly as
 //! [`Engine::open`](super::Engine::open) does, but starts no thread. Requests go
 //! into the queue through the core's [`EngineHandle`] as usual; nothing happens to
-//! them until [`Core::step`] takes them. The commit runs inline, the snapshot file
-//! is written inline, and the time is an argument, so a run is a function of the
-//! requests, the `now_ms` of each step and the storage: the power-loss suite replays
-//! a seed exactly on the simulated disk.
+//! them until [`Core::step`] takes them. With `pipelined_commit` off the commit
+//! runs inline in the step; on, the step hands its batch over as the writer thread
+//! does, and the batches handed over wait, their answers with them, until the
+//! owner runs the sync thread's part with [`Core::sync`] (one merged sync for all
+//! of them): the owner decides how many batches are in flight when. The snapshot
+//! file is written inline, and the time is an argument, so a run is a function of
+//! the requests, the `now_ms` of each step, the order of steps and syncs and the
+//! storage: the power-loss suites replay a seed exactly on the simulated disk.
 //!
 //! The writer thread ([`Engine::open`](super::Engine::open)) runs the same
-//! [`Writer::step`]; it only adds the waiting on the queue, the wall clock and the
-//! pipelined sync thread around it.
+//! [`Writer::step`] and the sync thread the same `SyncStage::process`; they only
+//! add the waiting on the queues and the wall clock around them.
 
 use surge_wal::Storage;
 
@@ -47,12 +51,47 @@ impl<S: Storage> Core<S> {
 
     /// One writer iteration at time `now_ms`: expire what is due, take the queued
     /// requests (up to `batch_len_max` commands, in queue order) as one batch, apply and
-    /// log them, commit, and answer them. Answers the number of requests taken.
+    /// log them, and commit and answer them (with `pipelined_commit`: begin the
+    /// commit and hand the batch over for [`Core::sync`], joining a batch handed
+    /// over before and not synced yet). Answers the number of requests taken.
     pub fn step(&mut self, now_ms: Millis) -> usize {
         self.writer.take_queued(&mut self.batch);
         let taken = self.batch.len();
         self.writer.step(&mut self.batch, now_ms, true);
         taken
+    }
+
+    /// The sync thread's part of a pipelined commit: make every batch handed over
+    /// since the last sync durable with one sync, then answer them in order, and
+    /// let the writer know. After a failed sync nothing more is acknowledged, as
+    /// with the thread. `false`: nothing was handed over (or the commit is not
+    /// pipelined, and each step committed its batch).
+    pub fn sync(&mut self) -> bool {
+        self.begin_sync();
+        self.finish_sync()
+    }
+
+    /// The first half of [`Core::sync`]: take the batches handed over, as the sync
+    /// thread takes them before its sync. Steps until [`Core::finish_sync`] then
+    /// apply and append the next batches while these are, as it were, being synced:
+    /// they begin commits of their own instead of joining these. Batches taken
+    /// before and not finished are kept, in order. Answers how many flushes it
+    /// holds.
+    /// A snapshot or the shutdown inside a step makes everything durable first,
+    /// the taken batches before the queued ones.
+    pub fn begin_sync(&mut self) -> usize {
+        self.writer.take_queued_flushes()
+    }
+
+    /// Flushes [`Core::begin_sync`] took that are not durable yet.
+    pub fn flushes_taken(&self) -> usize {
+        self.writer.sync_taken.len()
+    }
+
+    /// The second half of [`Core::sync`]: make the taken batches durable (one
+    /// sync), answer them, and let the writer know. `false`: none was taken.
+    pub fn finish_sync(&mut self) -> bool {
+        self.writer.sync_taken_flushes()
     }
 
     /// A step with no requests: the timer's work (expiry, a snapshot that is due).

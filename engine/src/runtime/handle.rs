@@ -26,6 +26,19 @@ impl<T> Ticket<T> {
     pub fn wait(self) -> Result<T, Error> {
         self.0.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
     }
+
+    /// The answer if it has come, without waiting (for the step-driven core's
+    /// owner, who knows when answers can come); [`Error::ShuttingDown`] when none
+    /// ever will. Call it until it answers, then no more.
+    pub fn try_wait(&mut self) -> Option<Result<T, Error>> {
+        match self.0.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                Some(Err(Error::ShuttingDown))
+            }
+        }
+    }
 }
 
 /// One read counted among those waiting for the stock board, until it is dropped

@@ -59,7 +59,7 @@ impl Engine {
         storage: Option<S>,
         config: EngineConfig,
     ) -> Result<(EngineHandle, RecoveryReport), Error> {
-        let (writer, handle, report) = Engine::prepare(storage, config)?;
+        let (writer, handle, report) = Engine::prepare(storage, config, true)?;
         let thread = spawn_owner("surge-writer", move || writer.run())
             .map_err(|e| Error::Recovery(format!("cannot start the writer thread: {e}")))?;
         *handle.shared.writer.lock() = Some(thread);
@@ -68,7 +68,8 @@ impl Engine {
 
     /// Open over `storage` and recover, for a writer driven step by step on the
     /// caller's thread ([`Core`]) instead of its own. After the open everything runs
-    /// inline: the commit, the snapshot file, no follower. (The open's replay applies
+    /// on that thread: the commit (inline in each step, or with `pipelined_commit`
+    /// when the owner calls [`Core::sync`]), the snapshot file, no follower. (The open's replay applies
     /// on a thread of its own, in log order, so a run is as deterministic.) A
     /// replicated configuration is refused (its publish stage is a thread of its own).
     pub fn open_core<S: Storage>(
@@ -80,18 +81,20 @@ impl Engine {
                 "the step-driven core does not replicate; open the engine for that".into(),
             ));
         }
-        config.pipelined_commit = false;
         config.follower = false;
         config.snapshot_in_background = false;
-        let (writer, handle, report) = Engine::prepare(Some(storage), config)?;
+        let (writer, handle, report) = Engine::prepare(Some(storage), config, false)?;
         Ok((Core::new(writer, handle), report))
     }
 
     /// Recover and build the writer (with its sync thread and follower, when
     /// configured), logging the configured policies; the writer is not started.
+    /// Without `threads` (the step-driven core) a pipelined commit gets its queue
+    /// and no sync thread: [`Core::sync`](super::Core::sync) runs it.
     fn prepare<S: Storage>(
         storage: Option<S>,
         config: EngineConfig,
+        threads: bool,
     ) -> Result<(Writer<S>, EngineHandle, RecoveryReport), Error> {
         assert!(config.queue_len_max > 0 && config.batch_len_max > 0);
         let record_room = config.wal.record_payload_max_bytes();
@@ -177,25 +180,32 @@ impl Engine {
             .stats
             .durable_lsn
             .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
-        let (to_syncer, from_syncer, syncer_thread) = if config.pipelined_commit && wal.is_some() {
-            let queue = Arc::new(super::sync_stage::FlushQueue::default());
-            let (done_tx, done_rx) = crossbeam_channel::unbounded();
-            let stage = SyncStage {
-                shared: Arc::clone(&inner),
-                failed: None,
-                to_follower: follower_tx.clone(),
+        let (to_syncer, from_syncer, syncer_thread) =
+            if config.pipelined_commit && wal.is_some() && !threads {
+                (
+                    Some(Arc::new(super::sync_stage::FlushQueue::default())),
+                    None,
+                    None,
+                )
+            } else if config.pipelined_commit && wal.is_some() {
+                let queue = Arc::new(super::sync_stage::FlushQueue::default());
+                let (done_tx, done_rx) = crossbeam_channel::unbounded();
+                let stage = SyncStage {
+                    shared: Arc::clone(&inner),
+                    failed: None,
+                    to_follower: follower_tx.clone(),
+                };
+                let for_stage = Arc::clone(&queue);
+                let raise = config.commit_priority_raise;
+                let thread = spawn_owner("surge-sync", move || {
+                    super::raise_commit_thread_priority(raise);
+                    stage.run(for_stage, done_tx)
+                })
+                .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
+                (Some(queue), Some(done_rx), Some(thread))
+            } else {
+                (None, None, None)
             };
-            let for_stage = Arc::clone(&queue);
-            let raise = config.commit_priority_raise;
-            let thread = spawn_owner("surge-sync", move || {
-                super::raise_commit_thread_priority(raise);
-                stage.run(for_stage, done_tx)
-            })
-            .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
-            (Some(queue), Some(done_rx), Some(thread))
-        } else {
-            (None, None, None)
-        };
         let pending = Vec::with_capacity(config.batch_len_max);
         let mut writer = Writer {
             to_syncer,
@@ -206,6 +216,7 @@ impl Engine {
                 failed: None,
                 to_follower: follower_tx.clone(),
             },
+            sync_taken: Vec::new(),
             batch_records: Vec::new(),
             follower: None,
             install_waiting: None,

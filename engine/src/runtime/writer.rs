@@ -61,6 +61,9 @@ pub(super) struct Writer<S: Storage> {
     /// deterministic configuration of the seeded tests), or when the sync thread
     /// is gone.
     pub(super) syncer_inline: SyncStage,
+    /// Without a sync thread (the step-driven core's pipelined commit): flushes
+    /// taken from `to_syncer` as that thread takes them, not yet run.
+    pub(super) sync_taken: Vec<Flush>,
     /// This batch's logged records, kept for the follower (only when there is one).
     pub(super) batch_records: Vec<(u64, Vec<u8>)>,
     /// The follower thread and its channel (sync mode).
@@ -879,9 +882,42 @@ impl<S: Storage> Writer<S> {
         }
     }
 
+    /// Without a sync thread (the step-driven core's pipelined commit): run the
+    /// flushes queued for it, as it would (one merged sync, then their releases),
+    /// and take in the result. Whether there were any.
+    pub(super) fn sync_queued(&mut self) -> bool {
+        self.take_queued_flushes();
+        self.sync_taken_flushes()
+    }
+
+    /// Without a sync thread: take what is queued for it, as it would take it
+    /// (later batches then start flushes of their own instead of joining these),
+    /// after what was taken before. How many flushes are taken and not yet run.
+    pub(super) fn take_queued_flushes(&mut self) -> usize {
+        if let (Some(queue), None) = (&self.to_syncer, &self.syncer_thread) {
+            let queued = std::mem::take(&mut queue.lock().flushes);
+            self.sync_taken.extend(queued);
+        }
+        self.sync_taken.len()
+    }
+
+    /// Without a sync thread: run the flushes taken for it (one merged sync, then
+    /// their releases) and take in the result. Whether there were any.
+    pub(super) fn sync_taken_flushes(&mut self) -> bool {
+        let flushes = std::mem::take(&mut self.sync_taken);
+        if flushes.is_empty() {
+            return false;
+        }
+        if let Some(done) = self.syncer_inline.process(flushes) {
+            self.finish_commit(done);
+        }
+        true
+    }
+
     /// Make everything appended durable and wait for it (snapshots, shutdown).
     fn drain_commits(&mut self) -> Result<(), String> {
         self.hand_over(true, &mut Vec::new(), Vec::new());
+        self.sync_queued();
         while self.durable_pending() && self.refusal().is_none() {
             self.collect_commits(true);
             if self.from_syncer.is_none() {
