@@ -16,8 +16,6 @@ fn config() -> EngineConfig {
             snapshots_kept: 2,
         },
         snapshot_every_records: 0,
-        // Each step commits its batch (`pipelined_commit` hands it to `Core::sync`).
-        pipelined_commit: false,
         ..EngineConfig::default()
     }
 }

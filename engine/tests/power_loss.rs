@@ -50,11 +50,9 @@ fn config(clock: &Arc<AtomicU64>) -> EngineConfig {
         // Read once, by `open` (the steps take the time as an argument).
         clock: Clock::manual(Arc::clone(clock)),
         snapshot_every_records: 0,
-        // Each step commits its batch; `pipelined_power_loss` turns this on and
-        // runs the sync thread's part itself. The core writes the snapshot files
-        // and (without a follower) the snapshots due by segment count inline:
-        // `open_core` sets these itself.
-        pipelined_commit: false,
+        // The core runs the commit (`open_core`; `open_core_pipelined` leaves it to
+        // `Core::sync`), the snapshot files and (without a follower) the snapshots
+        // due by segment count inline: it sets these itself.
         ..EngineConfig::default()
     }
 }
@@ -546,11 +544,7 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
     let mut rng = SplitMix64::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
     let clock = Arc::new(AtomicU64::new(1_700_000_000_000));
     let disk = SimStorage::new();
-    let pipelined = EngineConfig {
-        pipelined_commit: true,
-        ..config(&clock)
-    };
-    let (mut core, _) = Engine::open_core(disk.clone(), pipelined).expect("open");
+    let (mut core, _) = Engine::open_core_pipelined(disk.clone(), config(&clock)).expect("open");
     // What the writer applied: every command submitted, in order (a refused one
     // changes nothing there either).
     let mut applied = State::new();

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use surge_engine::wal::WalConfig;
 use surge_engine::{
     Command, Durability, Engine, EngineConfig, EngineHandle, Error, LineReq, LogPublisher,
-    PublishError, Query, QueryReply, Role,
+    PublishError, Query, QueryReply, RecoveryReport, Role,
 };
 
 /// The replicated log: records in order, and which node published last.
@@ -131,15 +131,21 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A leader in `replicated` mode publishing to `log` as node 1, its stage resumed.
-fn publishing_leader(dir: &std::path::Path, log: &SharedLog) -> EngineHandle {
-    let (leader, _) =
-        Engine::open(config(dir, Durability::Replicated, Role::Leader)).expect("open");
+/// Open a leader over `config` and attach a publisher to `log` as node 1 (its
+/// stage resumes on its own thread).
+fn open_attached(config: EngineConfig, log: &SharedLog) -> (EngineHandle, RecoveryReport) {
+    let (leader, report) = Engine::open(config).expect("open");
     leader
         .attach_publisher(FakePublisher::new(log, 1))
         .expect("queued")
         .wait()
         .expect("attached");
+    (leader, report)
+}
+
+/// A leader in `replicated` mode publishing to `log` as node 1, its stage resumed.
+fn publishing_leader(dir: &std::path::Path, log: &SharedLog) -> EngineHandle {
+    let (leader, _) = open_attached(config(dir, Durability::Replicated, Role::Leader), log);
     wait_until("the publish stage to resume", || {
         leader.replication_down().is_none()
     });
@@ -288,13 +294,10 @@ fn an_unavailable_log_refuses_replicated_writes_until_it_is_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = SharedLog::default();
     log.lock().unavailable = true;
-    let (leader, _) =
-        Engine::open(config(dir.path(), Durability::Replicated, Role::Leader)).expect("open");
-    leader
-        .attach_publisher(FakePublisher::new(&log, 1))
-        .expect("queued")
-        .wait()
-        .expect("attached");
+    let (leader, _) = open_attached(
+        config(dir.path(), Durability::Replicated, Role::Leader),
+        &log,
+    );
     wait_until("the stage to find the log down", || {
         leader
             .replication_down()
@@ -322,12 +325,7 @@ fn a_restarted_leader_publishes_the_tail_it_never_published() {
     leader_config.snapshot_every_records = 8;
     leader_config.snapshot_log_percent_min = 0;
     let expected = {
-        let (leader, _) = Engine::open(leader_config.clone()).expect("open");
-        leader
-            .attach_publisher(FakePublisher::new(&log, 1))
-            .expect("queued")
-            .wait()
-            .expect("attached");
+        let (leader, _) = open_attached(leader_config.clone(), &log);
         // `sync` answers after the local commit; publishing trails (and fails).
         write(&leader, define("A", 1_000)).expect("written");
         for i in 0..300 {
@@ -365,13 +363,7 @@ fn a_restarted_leader_publishes_the_tail_it_never_published() {
 fn trailing_records_of_an_outage_come_back_from_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = SharedLog::default();
-    let (leader, _) =
-        Engine::open(config(dir.path(), Durability::Sync, Role::Leader)).expect("open");
-    leader
-        .attach_publisher(FakePublisher::new(&log, 1))
-        .expect("queued")
-        .wait()
-        .expect("attached");
+    let (leader, _) = open_attached(config(dir.path(), Durability::Sync, Role::Leader), &log);
     write(&leader, define("A", 1_000)).expect("written");
     wait_until("the first record to be published", || {
         log.lock().records.len() == 1
@@ -620,4 +612,41 @@ fn in_replicated_mode_the_follower_encodes_requested_snapshots_also_when_fenced(
     );
     assert_eq!(digest(&standby), published_digest);
     assert_eq!(encoded_by_writer(&standby), 0);
+}
+
+/// A restarted leader whose replicated log is down has published nothing in this
+/// run: a requested snapshot still covers what it recovered (the follower holds
+/// it), not only what this run published (nothing).
+#[test]
+fn a_restarted_leader_snapshots_what_it_recovered_while_its_log_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let mut leader_config = config(dir.path(), Durability::Replicated, Role::Leader);
+    leader_config.snapshot_on_shutdown = false;
+    let logged = {
+        let (leader, _) = open_attached(leader_config.clone(), &log);
+        wait_until("the publish stage to resume", || {
+            leader.replication_down().is_none()
+        });
+        write(&leader, define("A", 100)).expect("written");
+        for _ in 0..10 {
+            write(&leader, reserve("A")).expect("written");
+        }
+        leader.shutdown();
+        log.lock().records.last().map_or(0, |(lsn, _)| *lsn)
+    };
+    log.lock().unavailable = true;
+    let (leader, report) = Engine::open(leader_config).expect("reopen");
+    assert!(report.records_replayed > 0, "{report:?}");
+    leader
+        .attach_publisher(FakePublisher::new(&log, 1))
+        .expect("queued")
+        .wait()
+        .expect("attached");
+    wait_until("the stage to find the log down", || {
+        leader.replication_down().is_some()
+    });
+    let lsn = snapshot_within(&leader);
+    assert!(lsn >= logged, "snapshot at {lsn}, {logged} recovered");
+    assert_eq!(encoded_by_writer(&leader), 0);
 }

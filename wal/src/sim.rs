@@ -216,6 +216,8 @@ impl SimStorage {
         for op in &st.pending_dir_ops[..kept_ops] {
             apply(&mut dir, op);
         }
+        // What the next open of a real disk removes first.
+        dir.retain(|name, _| !is_prepared_name(name));
         let mut files = HashMap::new();
         for (name, &id) in &dir {
             if files.contains_key(&id) {
@@ -446,7 +448,13 @@ impl crate::storage::FileWriter for SimStorage {
     }
 
     fn sync_staged(&self, staged: &crate::storage::StagedFile) -> io::Result<()> {
-        Storage::sync_file(&mut self.clone(), &staged.name)
+        let mut st = self.state.lock();
+        st.sync_step("fsync file")?;
+        let id = st.id(&staged.name)?;
+        let file = st.file_mut(id);
+        file.written.truncate(staged.len_bytes as usize);
+        file.durable = file.written.clone();
+        Ok(())
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -559,6 +567,38 @@ impl Storage for SimStorage {
         let file = st.file_mut(id);
         file.durable = file.written.clone();
         Ok(())
+    }
+
+    /// As `MmapStorage` writes into a prepared file: under a prepared name, and
+    /// longer than what was written (zeros to the next page) until `sync_staged`
+    /// cuts it, so a MANIFEST installed uncut would not decode. A full disk still
+    /// refuses it: the sim has no prepared files, so this is the fallback's file.
+    fn stage_file(&mut self, _name: &str, bytes: &[u8]) -> io::Result<crate::storage::StagedFile> {
+        let mut st = self.state.lock();
+        st.step("write file")?;
+        if st.disk_full || st.small_files_full {
+            return Err(no_space());
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let mut written = bytes.to_vec();
+        written.resize(bytes.len().next_multiple_of(PAGE_BYTES as usize), 0);
+        st.files.insert(
+            id,
+            SimFile {
+                written,
+                durable: Vec::new(),
+            },
+        );
+        let name = format!("{PREPARED_PREFIX}manifest-{id}.tmp");
+        st.dir_op(DirOp::Create {
+            name: name.clone(),
+            id,
+        });
+        Ok(crate::storage::StagedFile {
+            name,
+            len_bytes: bytes.len() as u64,
+        })
     }
 
     fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {

@@ -32,11 +32,12 @@ pub trait Storage: Send + 'static {
     /// behind; a full disk is reported as `ENOSPC`. The file may still have
     /// another name, a prepared one ([`Storage::prepared_name`]).
     fn create_segment(&mut self, name: &str, len_bytes: u64) -> io::Result<SegmentId>;
-    /// The name a new segment's file still has when `create_segment` took a
-    /// prepared file without renaming it: the caller renames it to the segment's
-    /// name from another thread ([`FileWriter::rename`]), before the directory
-    /// fsync that makes the segment part of the log. Until then a crash leaves a
-    /// prepared file, which the next open removes. `None`: the file has its name.
+    /// Asked right after `create_segment`: the name the new segment's file still
+    /// has when `create_segment` took a prepared file without renaming it. The
+    /// caller renames it to the segment's name from another thread
+    /// ([`FileWriter::rename`]), before the directory fsync that makes the segment
+    /// part of the log; until then a crash leaves a prepared file, which the next
+    /// open removes. `None`: the file was made under its name.
     fn prepared_name(&self, _seg: SegmentId) -> Option<String> {
         None
     }
@@ -58,8 +59,9 @@ pub trait Storage: Send + 'static {
     /// ([`FileWriter::sync_staged`]) and renames into place (a temp MANIFEST).
     /// Storage that keeps small files ready writes them into one of those
     /// (allocated, zero-filled and synced: the write creates no file and needs no
-    /// new block, so a full disk cannot refuse it), under that file's name; else,
-    /// or when none is ready or the bytes do not fit one, `write_file(name, ..)`.
+    /// new block, so on a file system that overwrites in place, ext4 or xfs, a full
+    /// disk cannot refuse it), under that file's name; else, or when none is ready
+    /// or the bytes do not fit one, `write_file(name, ..)`.
     fn stage_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<StagedFile> {
         self.write_file(name, bytes)?;
         Ok(StagedFile {
@@ -75,6 +77,19 @@ pub trait Storage: Send + 'static {
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()>;
     /// Removes a file.
     fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Removes a file the log no longer needs and will not name again while this
+    /// storage is open (a retired segment or snapshot, a prepared file given up),
+    /// off the calling thread where the storage can: freeing a large file's
+    /// blocks is slow. Durable, like `remove`, after a directory fsync. Errors
+    /// are not reported: a file left behind is a leftover the next open removes.
+    fn retire(&mut self, name: &str) {
+        let _ = self.remove(name);
+    }
+    /// Gets segments of `len_bytes` and small files ready in the background, without
+    /// waiting (for `open` when the next record does not need a new segment, so
+    /// that the first roll and the first staged file find theirs ready). Storage
+    /// without spares does nothing.
+    fn start_preparing(&mut self, _len_bytes: u64) {}
     /// Makes the directory entries durable (fsync of the directory).
     fn sync_dir(&mut self) -> io::Result<()>;
     /// A handle that makes ranges of one mapped segment durable from another thread
@@ -279,9 +294,10 @@ const RETIRED_PREFIX: &str = "wal-retired-";
 
 /// A thread that deletes retired segment files. Freeing the blocks of a 64 MiB
 /// file took 17 ms per `unlink` on the appending thread (measured with `strace -T`
-/// during a snapshot's pruning: 16 segments, a 270 ms stall of every write). The
-/// file is renamed out of the log's names first (cheap, on the caller's thread),
-/// so a later segment of the same name is never the one deleted.
+/// during a snapshot's pruning: 16 segments, a 270 ms stall of every write). A file
+/// `remove`d is renamed out of the log's names first (on the caller's thread), so a
+/// later segment of the same name is never the one deleted; one `retire`d (a name
+/// not used again while the storage is open) is sent as it is.
 struct Reclaimer {
     tx: Option<std::sync::mpsc::Sender<PathBuf>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1084,15 +1100,35 @@ impl Storage for MmapStorage {
     }
 
     fn prepare_segment(&mut self, len_bytes: u64) {
-        if self.spare.is_none() {
-            match SparePreparer::start(self.dir.clone(), len_bytes) {
-                Ok(spare) => self.spare = Some(spare),
-                // Left to `create_segment`, which starts it (or reports why not).
-                Err(_) => return,
-            }
-        }
+        self.start_preparing(len_bytes);
         if let Some(spare) = &self.spare {
             spare.wait_ready(len_bytes);
+        }
+    }
+
+    fn start_preparing(&mut self, len_bytes: u64) {
+        if self.spare.is_none() {
+            // A failure is left to `create_segment`, which starts it (or reports why
+            // not); `stage_file` writes a file of its own meanwhile.
+            self.spare = SparePreparer::start(self.dir.clone(), len_bytes).ok();
+        }
+    }
+
+    fn retire(&mut self, name: &str) {
+        // Unlinked by the reclaimer, without a rename first: the name is not used
+        // again while this storage is open (`remove` renames first because a name
+        // removed at open, a torn tail's segment, can come back).
+        if self.reclaimer.is_none() {
+            match Reclaimer::start() {
+                Ok(reclaimer) => self.reclaimer = Some(reclaimer),
+                Err(_) => {
+                    let _ = self.remove(name);
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = self.reclaimer.as_ref().and_then(|r| r.tx.as_ref()) {
+            let _ = tx.send(self.path(name));
         }
     }
 

@@ -948,6 +948,8 @@ impl<S: Storage> Wal<S> {
     pub fn prepare_next_segment(&mut self) {
         if self.needs_roll(0) {
             self.storage.prepare_segment(self.config.segment_bytes);
+        } else {
+            self.storage.start_preparing(self.config.segment_bytes);
         }
     }
 
@@ -1543,14 +1545,14 @@ impl<S: Storage> Wal<S> {
                 .iter()
                 .filter(|n| parse_snapshot_name(n).is_some_and(|l| l < retired.snapshots_below))
             {
-                let _ = self.storage.remove(name);
+                self.storage.retire(name);
             }
         }
         for seg in retired.segments {
             if let Some(h) = seg.handle {
                 self.storage.close_segment(h);
             }
-            let _ = self.storage.remove(&seg.name);
+            self.storage.retire(&seg.name);
         }
     }
 
@@ -1658,7 +1660,13 @@ impl<S: Storage> Wal<S> {
         let listed = self
             .storage
             .stage_file(&manifest_tmp, &manifest.encode())
-            .and_then(|staged| Ok((staged, self.storage.segment_syncer(h)?)));
+            .and_then(|staged| match self.storage.segment_syncer(h) {
+                Ok(syncer) => Ok((staged, syncer)),
+                Err(e) => {
+                    self.storage.retire(&staged.name);
+                    Err(e)
+                }
+            });
         let (staged, header_syncer) = match listed {
             Ok(listed) => listed,
             Err(e) => {
@@ -1670,10 +1678,8 @@ impl<S: Storage> Wal<S> {
                     return Err(Error::io("write MANIFEST", e));
                 }
                 match &prepared_name {
-                    // Never named: a leftover prepared file, which open removes.
-                    Some(prepared) => {
-                        let _ = self.storage.remove(prepared);
-                    }
+                    // Never named: its blocks are freed off this thread.
+                    Some(prepared) => self.storage.retire(prepared),
                     None => {
                         self.sync(|s| s.remove(&segment.name), "remove unlisted segment")?;
                         self.sync(|s| s.sync_dir(), "fsync data dir")?;

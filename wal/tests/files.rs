@@ -190,3 +190,45 @@ fn retired_segments_are_deleted_by_the_reclaimer_and_leftovers_at_open() {
     drop(wal);
     assert_eq!(verify(&dir).expect("verify").verdict, Verdict::Clean);
 }
+
+/// The open starts the spare preparer even when the last segment has room
+/// (`Wal::prepare_next_segment`): its prepared manifest files are there before any
+/// roll, so a snapshot published before the first roll stages its MANIFEST into
+/// one instead of creating a file on the appending thread.
+#[test]
+fn the_preparer_starts_at_open_when_the_last_segment_has_room() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    {
+        let (mut wal, _) = open_dir(&dir);
+        append_range(&mut wal, 1..=10, 100);
+        wal.commit().expect("commit");
+    }
+    let prepared_manifests = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("wal-spare-manifest-")
+            })
+            .count()
+    };
+    let (mut wal, _) = open_dir(&dir);
+    assert_eq!(prepared_manifests(&dir), 0, "the open removed the old ones");
+    wal.prepare_next_segment();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while prepared_manifests(&dir) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prepared manifest files without a roll"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(wal.segment_names().len(), 1, "no roll");
+    wal.write_snapshot(10, b"snapshot at 10").expect("snapshot");
+    drop(wal);
+    assert_eq!(verify(&dir).expect("verify").verdict, Verdict::Clean);
+}

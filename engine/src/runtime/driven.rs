@@ -3,9 +3,9 @@
 //! [`Engine::open_core`](super::Engine::open_core) recovers exactly as
 //! [`Engine::open`](super::Engine::open) does, but starts no thread. Requests go
 //! into the queue through the core's [`EngineHandle`] as usual; nothing happens to
-//! them until [`Core::step`] takes them. With `pipelined_commit` off the commit
-//! runs inline in the step; on, the step hands its batch over as the writer thread
-//! does, and the batches handed over wait, their answers with them, until the
+//! them until [`Core::step`] takes them. From `open_core` the commit runs inline
+//! in the step; from [`Engine::open_core_pipelined`](super::Engine::open_core_pipelined) the step hands
+//! its batch over as the writer thread does, and the batches handed over wait, their answers with them, until the
 //! owner runs the sync thread's part with [`Core::sync`] (one merged sync for all
 //! of them): the owner decides how many batches are in flight when. The snapshot
 //! file is written inline, and the time is an argument, so a run is a function of
@@ -44,16 +44,17 @@ impl<S: Storage> Core<S> {
 
     /// The handle that queues requests for the next step. Its blocking calls
     /// (`execute`) would wait for a step that cannot come: use `submit`, `query`,
-    /// `snapshot` and wait on the ticket after the step.
+    /// `snapshot` and wait on the ticket after the step (pipelined: after the
+    /// [`Core::sync`] that follows it, or poll it with `Ticket::try_wait`).
     pub fn handle(&self) -> &EngineHandle {
         &self.handle
     }
 
     /// One writer iteration at time `now_ms`: expire what is due, take the queued
     /// requests (up to `batch_len_max` commands, in queue order) as one batch, apply and
-    /// log them, and commit and answer them (with `pipelined_commit`: begin the
-    /// commit and hand the batch over for [`Core::sync`], joining a batch handed
-    /// over before and not synced yet). Answers the number of requests taken.
+    /// log them, and commit and answer them (pipelined: begin the commit and hand
+    /// the batch over for [`Core::sync`], joining a batch handed over before and
+    /// not synced yet). Answers the number of requests taken.
     pub fn step(&mut self, now_ms: Millis) -> usize {
         self.writer.take_queued(&mut self.batch);
         let taken = self.batch.len();
@@ -64,7 +65,7 @@ impl<S: Storage> Core<S> {
     /// The sync thread's part of a pipelined commit: make every batch handed over
     /// since the last sync durable with one sync, then answer them in order, and
     /// let the writer know. After a failed sync nothing more is acknowledged, as
-    /// with the thread. `false`: nothing was handed over (or the commit is not
+    /// with the thread. `false`: nothing was handed over (or the core is not
     /// pipelined, and each step committed its batch).
     pub fn sync(&mut self) -> bool {
         self.begin_sync();

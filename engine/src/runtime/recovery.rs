@@ -68,19 +68,38 @@ impl Engine {
 
     /// Open over `storage` and recover, for a writer driven step by step on the
     /// caller's thread ([`Core`]) instead of its own. After the open everything runs
-    /// on that thread: the commit (inline in each step, or with `pipelined_commit`
-    /// when the owner calls [`Core::sync`]), the snapshot file, no follower. (The open's replay applies
-    /// on a thread of its own, in log order, so a run is as deterministic.) A
-    /// replicated configuration is refused (its publish stage is a thread of its own).
+    /// on that thread: the commit inline in each step, the snapshot file, no
+    /// follower. (The open's replay applies on a thread of its own, in log order,
+    /// so a run is as deterministic.) A replicated configuration is refused (its
+    /// publish stage is a thread of its own).
     pub fn open_core<S: Storage>(
         storage: S,
+        config: EngineConfig,
+    ) -> Result<(Core<S>, RecoveryReport), Error> {
+        Engine::open_core_with(storage, config, false)
+    }
+
+    /// [`Engine::open_core`] with the pipelined commit: a step hands its batch over
+    /// and its answers wait until the owner runs the sync thread's part
+    /// ([`Core::sync`], or [`Core::begin_sync`] and [`Core::finish_sync`]).
+    pub fn open_core_pipelined<S: Storage>(
+        storage: S,
+        config: EngineConfig,
+    ) -> Result<(Core<S>, RecoveryReport), Error> {
+        Engine::open_core_with(storage, config, true)
+    }
+
+    fn open_core_with<S: Storage>(
+        storage: S,
         mut config: EngineConfig,
+        pipelined: bool,
     ) -> Result<(Core<S>, RecoveryReport), Error> {
         if config.replicate || config.durability == Durability::Replicated {
             return Err(Error::InvalidConfig(
                 "the step-driven core does not replicate; open the engine for that".into(),
             ));
         }
+        config.pipelined_commit = pipelined;
         config.follower = false;
         config.snapshot_in_background = false;
         let (writer, handle, report) = Engine::prepare(Some(storage), config, false)?;
@@ -237,6 +256,7 @@ impl Engine {
             snapshot_waiting: Vec::new(),
             follower_asked_upto: 0,
             publish_tx: None,
+            logged_before_publish: 0,
             publish_thread: None,
             log_reads: Vec::new(),
             opening: true,

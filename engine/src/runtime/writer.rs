@@ -72,6 +72,9 @@ pub(super) struct Writer<S: Storage> {
     pub(super) install_waiting: Option<(u64, surge_wal::SnapshotImage)>,
     /// The publish stage, once a publisher is attached.
     pub(super) publish_tx: Option<Sender<PublishMsg>>,
+    /// The last LSN logged before the publish stage was attached: the follower has
+    /// it (recovered, or released by the sync thread) whatever the stage publishes.
+    pub(super) logged_before_publish: u64,
     pub(super) publish_thread: Option<JoinHandle<()>>,
     /// Reads of the log for the publish stage, answered once this iteration's
     /// frames are written out (so the reads never copy a staged segment).
@@ -348,9 +351,14 @@ impl<S: Storage> Writer<S> {
                 // In `replicated` mode a write is acknowledged once published, and
                 // the follower applies only what is: the request covers what was
                 // acknowledged when it came (a fenced or cut-off leader's unpublished
-                // tail never reaches the follower, and is nobody's acknowledged write).
-                let covered = match self.config.durability {
-                    Durability::Replicated => logged.min(self.shared.read_index()),
+                // tail never reaches the follower, and is nobody's acknowledged write),
+                // and at least what was logged before the publish stage was attached
+                // (recovered at open, or a standby's before its promotion), which the
+                // follower has however far the stage got.
+                let covered = match (&self.publish_tx, self.config.durability) {
+                    (Some(_), Durability::Replicated) => {
+                        logged.min(self.shared.read_index().max(self.logged_before_publish))
+                    }
                     _ => logged,
                 };
                 snapshot_replies.push((reply, covered));
@@ -433,6 +441,7 @@ impl<S: Storage> Writer<S> {
         // Everything logged so far must be durable: the stage reads it from the WAL.
         self.drain_commits().map_err(Error::StorageUnavailable)?;
         let logged_before = self.wal.as_ref().map_or(0, Wal::last_lsn);
+        self.logged_before_publish = logged_before;
         let (tx, rx) = crossbeam_channel::unbounded();
         let to_follower = match self.config.durability {
             Durability::Replicated => self.follower.as_ref().map(|(tx, _)| tx.clone()),
