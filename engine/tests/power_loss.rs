@@ -489,6 +489,10 @@ struct PipelinedTrace {
     steps_behind_a_sync: usize,
     lost: bool,
     digest: u64,
+    /// Snapshots the follower encoded (requested or due) and a step installed.
+    follower_snapshots: u64,
+    /// Reads after a full sync that the follower answered, each checked.
+    reads_checked: usize,
 }
 
 /// One submitted command, its time, whether applying it changed the state (the
@@ -573,7 +577,8 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
     } else {
         disk.fail_at_sync_after_step(died_at_op);
     }
-    let (mut taken_max, mut steps_behind_a_sync) = (0, 0);
+    let (mut taken_max, mut steps_behind_a_sync, mut reads_checked) = (0, 0, 0);
+    let mut snapshots: Vec<Ticket<u64>> = Vec::new();
     for _ in 0..OPS {
         let jump = if below(&mut rng, 20) == 0 {
             below(&mut rng, TTL_MS)
@@ -600,11 +605,13 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
             let ticket = core.handle().submit(cmd.clone(), None).expect("queue");
             in_flight.push((cmd, now, changed, ticket, None));
         }
-        let snapshot = (below(&mut rng, 25) == 0).then(|| core.handle().snapshot().expect("queue"));
+        if below(&mut rng, 25) == 0 {
+            // Encoded by the follower when it next runs, installed by a later step.
+            snapshots.push(core.handle().snapshot().expect("queue"));
+        }
         let taken = core.flushes_taken();
         steps_behind_a_sync += usize::from(taken > 0);
         core.step(now);
-        drop(snapshot); // answered within the step, or refused with it
         match below(&mut rng, 6) {
             0 | 1 => {
                 core.sync();
@@ -615,6 +622,21 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
                     in_flight.len() - answered(&in_flight),
                     in_flight.len()
                 );
+                if !refused && below(&mut rng, 4) == 0 {
+                    // Everything applied is durable: a read now (answered by the
+                    // follower, once it has applied the read index) sees all of it.
+                    let mut read = core.handle().query(Query::Digest).expect("queue");
+                    core.follow();
+                    match read.try_wait() {
+                        Some(Ok(Ok(QueryReply::Digest(d)))) => assert_eq!(
+                            d,
+                            applied.digest(),
+                            "seed {seed}: a read after a full sync missed acknowledged writes"
+                        ),
+                        other => panic!("seed {seed}: the follower did not answer: {other:?}"),
+                    }
+                    reads_checked += 1;
+                }
             }
             2 => taken_max = taken_max.max(core.begin_sync()),
             3 => {
@@ -622,8 +644,22 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
             }
             _ => {} // more batches join the queued flush
         }
+        if below(&mut rng, 2) == 0 {
+            core.follow();
+        }
         if poll_in_order(seed, &mut in_flight).1 {
             break;
+        }
+    }
+    let follower_snapshots = {
+        let stats = core.handle().stats();
+        stats.snapshots.load(Ordering::Relaxed)
+            - stats.snapshots_encoded_by_writer.load(Ordering::Relaxed)
+    };
+    for mut ticket in snapshots {
+        // Answered, or still waiting at the power cut: never answered wrongly.
+        if let Some(Ok(lsn)) = ticket.try_wait() {
+            assert!(lsn > 0, "seed {seed}: a snapshot of nothing");
         }
     }
     let (acked, _) = poll_in_order(seed, &mut in_flight);
@@ -666,6 +702,8 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
         steps_behind_a_sync,
         lost: losses.lost_anything(),
         digest: got,
+        follower_snapshots,
+        reads_checked,
     }
 }
 
@@ -692,6 +730,7 @@ fn pipelined_commits_lose_nothing_acknowledged_at_a_power_cut() {
     let seeds = seeds_from_env(300);
     let runs = seeds.len();
     let (mut acked, mut deep, mut behind, mut lost) = (0, 0, 0, 0);
+    let (mut with_follower_snapshots, mut reads) = (0, 0);
     for seed in seeds {
         let trace = std::panic::catch_unwind(|| run_pipelined_seed(seed)).unwrap_or_else(|panic| {
             eprintln!("pipelined power-loss seed {seed} failed; rerun with SURGE_SEED={seed}");
@@ -701,11 +740,14 @@ fn pipelined_commits_lose_nothing_acknowledged_at_a_power_cut() {
         deep += usize::from(trace.taken_max >= 2);
         behind += trace.steps_behind_a_sync;
         lost += usize::from(trace.lost);
+        with_follower_snapshots += usize::from(trace.follower_snapshots > 0);
+        reads += trace.reads_checked;
     }
     eprintln!(
         "pipelined power loss: {runs} runs, {acked} acknowledged commands checked, {deep} \
          with two or more flushes taken at once, {behind} steps appended behind a sync, \
-         {lost} lost something at the power cut"
+         {lost} lost something at the power cut, {with_follower_snapshots} installed a \
+         snapshot the follower encoded, {reads} reads after a full sync checked"
     );
     assert!(acked > 0);
     if runs >= 100 {
@@ -718,6 +760,11 @@ fn pipelined_commits_lose_nothing_acknowledged_at_a_power_cut() {
             lost * 10 >= runs * 3,
             "only {lost} of {runs} power cuts lost anything"
         );
+        assert!(
+            with_follower_snapshots * 4 >= runs,
+            "only {with_follower_snapshots} of {runs} runs installed a follower's snapshot"
+        );
+        assert!(reads >= runs, "only {reads} reads checked in {runs} runs");
     }
 }
 

@@ -84,6 +84,15 @@ impl<S: Storage> Core<S> {
         self.writer.take_queued_flushes()
     }
 
+    /// The follower's turn (a core opened pipelined with a follower): it takes
+    /// what the syncs released to it, the reads sent to it and the writer's
+    /// snapshot requests, as its thread would; a snapshot it encodes goes to the
+    /// writer's queue, for the next step to install. Answers how many messages it
+    /// took.
+    pub fn follow(&mut self) -> usize {
+        self.writer.step_follower()
+    }
+
     /// Flushes [`Core::begin_sync`] took that are not durable yet.
     pub fn flushes_taken(&self) -> usize {
         self.writer.sync_taken.len()

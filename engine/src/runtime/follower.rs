@@ -67,6 +67,44 @@ pub(super) struct Follower {
     pub(super) encoded_upto: u64,
 }
 
+/// The writer's side of its follower: the channel, and who runs it.
+pub(super) struct FollowerLink {
+    pub(super) tx: crossbeam_channel::Sender<FollowerMsg>,
+    pub(super) runs: FollowerRuns,
+}
+
+pub(super) enum FollowerRuns {
+    /// On a thread of its own (the engine).
+    Thread(std::thread::JoinHandle<()>),
+    /// Stepped on the owner's thread (the step-driven core, `Core::follow`).
+    Inline(Box<Follower>),
+}
+
+impl FollowerLink {
+    /// A follower thread that stopped (it panicked) answers nothing.
+    pub(super) fn alive(&self) -> bool {
+        match &self.runs {
+            FollowerRuns::Thread(thread) => !thread.is_finished(),
+            FollowerRuns::Inline(_) => true,
+        }
+    }
+
+    /// Stop it once it has taken what was sent before.
+    pub(super) fn stop(self) {
+        let _ = self.tx.send(FollowerMsg::Stop);
+        drop(self.tx);
+        match self.runs {
+            FollowerRuns::Thread(thread) => {
+                let _ = thread.join();
+            }
+            FollowerRuns::Inline(mut follower) => {
+                follower.step_queued();
+                follower.finish();
+            }
+        }
+    }
+}
+
 impl Follower {
     pub(super) fn run(mut self) {
         loop {
@@ -86,42 +124,71 @@ impl Follower {
                     Err(_) => break,
                 }
             };
-            match msg {
-                FollowerMsg::Records(records) => {
-                    for (lsn, bytes) in records {
-                        self.apply(lsn, &bytes);
-                    }
-                    self.shared
-                        .board
-                        .publish(self.state.take_touched_sku_views(), self.applied());
-                    self.answer_ready();
-                    self.maybe_snapshot();
-                }
-                FollowerMsg::Read {
-                    query,
-                    read_index,
-                    reply,
-                } => {
-                    if read_index <= self.applied() {
-                        self.answer(&query, reply);
-                    } else {
-                        self.waiting.push_back((read_index, query, reply));
-                    }
-                    if self.unsent.is_some() {
-                        // Reads must not keep a refused snapshot here: each message
-                        // restarts the retry's wait.
-                        self.maybe_snapshot();
-                    }
-                }
-                FollowerMsg::Snapshot { upto } => {
-                    self.requested_upto = Some(self.requested_upto.unwrap_or(0).max(upto));
-                    self.maybe_snapshot();
-                }
-                FollowerMsg::InstallFailed => self.encoded_upto = 0,
-                FollowerMsg::Stop => break,
+            if !self.take(msg) {
+                break;
             }
         }
-        // Reads still waiting (or queued) are dropped: their tickets say ShuttingDown.
+        self.finish();
+    }
+
+    /// The step-driven core's turn of the loop above: a snapshot the writer's
+    /// queue refused is offered again (the thread does it on a timer), then every
+    /// message queued is taken, without waiting. Answers how many were taken.
+    pub(super) fn step_queued(&mut self) -> usize {
+        if self.unsent.is_some() {
+            self.maybe_snapshot();
+        }
+        let mut taken = 0;
+        while let Ok(msg) = self.rx.try_recv() {
+            taken += 1;
+            if !self.take(msg) {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// One message; `false` to stop.
+    fn take(&mut self, msg: FollowerMsg) -> bool {
+        match msg {
+            FollowerMsg::Records(records) => {
+                for (lsn, bytes) in records {
+                    self.apply(lsn, &bytes);
+                }
+                self.shared
+                    .board
+                    .publish(self.state.take_touched_sku_views(), self.applied());
+                self.answer_ready();
+                self.maybe_snapshot();
+            }
+            FollowerMsg::Read {
+                query,
+                read_index,
+                reply,
+            } => {
+                if read_index <= self.applied() {
+                    self.answer(&query, reply);
+                } else {
+                    self.waiting.push_back((read_index, query, reply));
+                }
+                if self.unsent.is_some() {
+                    // Reads must not keep a refused snapshot here: each message
+                    // restarts the retry's wait.
+                    self.maybe_snapshot();
+                }
+            }
+            FollowerMsg::Snapshot { upto } => {
+                self.requested_upto = Some(self.requested_upto.unwrap_or(0).max(upto));
+                self.maybe_snapshot();
+            }
+            FollowerMsg::InstallFailed => self.encoded_upto = 0,
+            FollowerMsg::Stop => return false,
+        }
+        true
+    }
+
+    /// Reads still waiting (or queued) are dropped: their tickets say ShuttingDown.
+    fn finish(&mut self) {
         self.shared.board.close();
         self.waiting.clear();
         while self.rx.try_recv().is_ok() {}

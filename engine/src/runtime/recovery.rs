@@ -11,7 +11,7 @@ use surge_wal::{MmapStorage, Storage, Wal};
 
 use super::config::check_memory_fits;
 use super::driven::Core;
-use super::follower::Follower;
+use super::follower::{Follower, FollowerLink, FollowerRuns};
 use super::handle::Shared;
 use super::sync_stage::SyncStage;
 use super::writer::{SnapshotSizes, Writer};
@@ -81,7 +81,10 @@ impl Engine {
 
     /// [`Engine::open_core`] with the pipelined commit: a step hands its batch over
     /// and its answers wait until the owner runs the sync thread's part
-    /// ([`Core::sync`], or [`Core::begin_sync`] and [`Core::finish_sync`]).
+    /// ([`Core::sync`], or [`Core::begin_sync`] and [`Core::finish_sync`]). With
+    /// `config.follower` (the default) the core keeps a follower too, which the
+    /// owner runs with [`Core::follow`]: it applies what the syncs released,
+    /// answers reads (in `sync` mode) and encodes the snapshots.
     pub fn open_core_pipelined<S: Storage>(
         storage: S,
         config: EngineConfig,
@@ -100,7 +103,9 @@ impl Engine {
             ));
         }
         config.pipelined_commit = pipelined;
-        config.follower = false;
+        // The pipelined core keeps the follower the configuration asks for, run by
+        // the owner (`Core::follow`); the inline one has none.
+        config.follower &= pipelined;
         config.snapshot_in_background = false;
         let (writer, handle, report) = Engine::prepare(Some(storage), config, false)?;
         Ok((Core::new(writer, handle), report))
@@ -311,9 +316,14 @@ impl Engine {
                 unsent: None,
                 encoded_upto: 0,
             };
-            let thread = spawn_owner("surge-follower", move || follower.run())
-                .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;
-            writer.follower = Some((ftx, thread));
+            let runs = if threads {
+                let thread = spawn_owner("surge-follower", move || follower.run())
+                    .map_err(|e| Error::Recovery(format!("cannot start the follower: {e}")))?;
+                FollowerRuns::Thread(thread)
+            } else {
+                FollowerRuns::Inline(Box::new(follower))
+            };
+            writer.follower = Some(FollowerLink { tx: ftx, runs });
         }
         if let Some(wal) = writer.wal.as_mut() {
             // A new log (or one whose last segment is full) gets the segment for its

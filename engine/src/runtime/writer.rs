@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::queue::{self, RecvTimeoutError};
 use surge_wal::{Storage, Wal};
 
-use super::follower::FollowerMsg;
+use super::follower::{FollowerLink, FollowerMsg, FollowerRuns};
 use super::replication::{PublishMsg, PublishStage};
 use super::sync_stage::{Flush, FlushQueue, Pending, Release, SyncStage};
 use super::{
@@ -66,8 +66,9 @@ pub(super) struct Writer<S: Storage> {
     pub(super) sync_taken: Vec<Flush>,
     /// This batch's logged records, kept for the follower (only when there is one).
     pub(super) batch_records: Vec<(u64, Vec<u8>)>,
-    /// The follower thread and its channel (sync mode).
-    pub(super) follower: Option<(Sender<FollowerMsg>, JoinHandle<()>)>,
+    /// The follower: its channel, and its thread (or the follower itself, in the
+    /// step-driven core).
+    pub(super) follower: Option<FollowerLink>,
     /// A snapshot the follower encoded, waiting for its LSN to be known durable here.
     pub(super) install_waiting: Option<(u64, surge_wal::SnapshotImage)>,
     /// The publish stage, once a publisher is attached.
@@ -314,10 +315,8 @@ impl<S: Storage> Writer<S> {
             let _ = thread.join();
         }
         self.syncer_inline.to_follower = None;
-        if let Some((tx, thread)) = self.follower.take() {
-            let _ = tx.send(FollowerMsg::Stop);
-            drop(tx);
-            let _ = thread.join();
+        if let Some(follower) = self.follower.take() {
+            follower.stop();
         }
     }
 
@@ -444,7 +443,7 @@ impl<S: Storage> Writer<S> {
         self.logged_before_publish = logged_before;
         let (tx, rx) = crossbeam_channel::unbounded();
         let to_follower = match self.config.durability {
-            Durability::Replicated => self.follower.as_ref().map(|(tx, _)| tx.clone()),
+            Durability::Replicated => self.follower.as_ref().map(|f| f.tx.clone()),
             _ => None,
         };
         let stage = PublishStage {
@@ -738,10 +737,7 @@ impl<S: Storage> Writer<S> {
             .map(|job| job.lsn)
             .max(self.install_waiting.as_ref().map(|(lsn, _)| *lsn));
         // A follower that stopped (it panicked) answers nothing.
-        let follower_alive = self
-            .follower
-            .as_ref()
-            .is_some_and(|(_, thread)| !thread.is_finished());
+        let follower_alive = self.follower.as_ref().is_some_and(FollowerLink::alive);
         if follower_alive
             && (upto <= self.follower_asked_upto || coming.is_some_and(|lsn| upto <= lsn))
         {
@@ -751,7 +747,7 @@ impl<S: Storage> Writer<S> {
             && self
                 .follower
                 .as_ref()
-                .is_some_and(|(tx, _)| tx.send(FollowerMsg::Snapshot { upto }).is_ok());
+                .is_some_and(|f| f.tx.send(FollowerMsg::Snapshot { upto }).is_ok());
         if asked {
             self.follower_asked_upto = upto;
         } else {
@@ -888,6 +884,15 @@ impl<S: Storage> Writer<S> {
         let target = *done.as_ref().unwrap_or(&0);
         if let Err(e) = wal.finish_commit(target, done.map(|_| ())) {
             self.fail_stop(format!("flush failed: {e}"));
+        }
+    }
+
+    /// The step-driven core's follower: take what was sent to it (records, reads,
+    /// snapshot requests), as its thread would. How many messages.
+    pub(super) fn step_follower(&mut self) -> usize {
+        match self.follower.as_mut().map(|f| &mut f.runs) {
+            Some(FollowerRuns::Inline(follower)) => follower.step_queued(),
+            _ => 0,
         }
     }
 
@@ -1376,9 +1381,9 @@ impl<S: Storage> Writer<S> {
         // the one that failed).
         self.follower_asked_upto = 0;
         if result.is_err()
-            && let Some((follower, _)) = self.follower.as_ref()
+            && let Some(follower) = self.follower.as_ref()
         {
-            let _ = follower.send(FollowerMsg::InstallFailed);
+            let _ = follower.tx.send(FollowerMsg::InstallFailed);
         }
     }
 
