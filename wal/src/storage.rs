@@ -288,6 +288,17 @@ pub struct MmapStorage {
     retired: u64,
 }
 
+impl Drop for MmapStorage {
+    /// The preparer and the reclaimer finish before the lock goes (the fields'
+    /// own order would release it first): a storage opened on the directory next
+    /// numbers its spares from 0 again, and must not meet this one's threads still
+    /// making or unlinking files of the same names.
+    fn drop(&mut self) {
+        self.spare = None;
+        self.reclaimer = None;
+    }
+}
+
 /// Prefix of a retired segment's name while the reclaimer deletes it: storage-
 /// internal like the spare (`list` hides it, `open` removes a leftover).
 const RETIRED_PREFIX: &str = "wal-retired-";

@@ -1663,7 +1663,10 @@ impl<S: Storage> Wal<S> {
             .and_then(|staged| match self.storage.segment_syncer(h) {
                 Ok(syncer) => Ok((staged, syncer)),
                 Err(e) => {
-                    self.storage.retire(&staged.name);
+                    if staged.name != manifest_tmp {
+                        // A prepared file (the fallback's is removed below).
+                        self.storage.retire(&staged.name);
+                    }
                     Err(e)
                 }
             });

@@ -1,20 +1,27 @@
 //! The writer driven step by step on the caller's thread: the deterministic core.
 //!
 //! [`Engine::open_core`](super::Engine::open_core) recovers exactly as
-//! [`Engine::open`](super::Engine::open) does, but starts no thread. Requests go
-//! into the queue through the core's [`EngineHandle`] as usual; nothing happens to
-//! them until [`Core::step`] takes them. From `open_core` the commit runs inline
-//! in the step; from [`Engine::open_core_pipelined`](super::Engine::open_core_pipelined) the step hands
-//! its batch over as the writer thread does, and the batches handed over wait, their answers with them, until the
-//! owner runs the sync thread's part with [`Core::sync`] (one merged sync for all
-//! of them): the owner decides how many batches are in flight when. The snapshot
-//! file is written inline, and the time is an argument, so a run is a function of
-//! the requests, the `now_ms` of each step, the order of steps and syncs and the
-//! storage: the power-loss suites replay a seed exactly on the simulated disk.
+//! [`Engine::open`](super::Engine::open) does, but starts no long-lived thread.
+//! Requests go into the queue through the core's [`EngineHandle`] as usual;
+//! nothing happens to them until [`Core::step`] takes them. From `open_core` the
+//! commit runs inline in the step and there is no follower; from
+//! [`Engine::open_core_pipelined`](super::Engine::open_core_pipelined) the step
+//! hands its batch over as the writer thread does, and the batches handed over
+//! wait, their answers with them, until the owner runs the sync thread's part with
+//! [`Core::sync`] (one merged sync for all of them), and the follower (when
+//! configured) runs when the owner calls [`Core::follow`]: the owner decides how
+//! many batches are in flight and how far the follower is behind. The snapshot
+//! file is written inline (a follower encodes on a scoped thread it joins at once,
+//! a pure function of its state), and the time is an argument, so a run is a
+//! function of the requests, the `now_ms` of each step, the order of steps, syncs
+//! and follower turns, and the storage: the power-loss suites replay a seed
+//! exactly on the simulated disk. A panic of the inline follower (a divergence from
+//! the writer) comes out of `follow` or `close`: there is no thread to lose.
 //!
 //! The writer thread ([`Engine::open`](super::Engine::open)) runs the same
-//! [`Writer::step`] and the sync thread the same `SyncStage::process`; they only
-//! add the waiting on the queues and the wall clock around them.
+//! [`Writer::step`], the sync thread the same `SyncStage::process` and the follower
+//! thread the same loop; they only add the waiting on the queues and the wall
+//! clock around them.
 
 use surge_wal::Storage;
 
@@ -45,7 +52,8 @@ impl<S: Storage> Core<S> {
     /// The handle that queues requests for the next step. Its blocking calls
     /// (`execute`) would wait for a step that cannot come: use `submit`, `query`,
     /// `snapshot` and wait on the ticket after the step (pipelined: after the
-    /// [`Core::sync`] that follows it, or poll it with `Ticket::try_wait`).
+    /// [`Core::sync`] that follows it, and for reads and snapshots with a follower
+    /// after [`Core::follow`] too; or poll it with `Ticket::try_wait`).
     pub fn handle(&self) -> &EngineHandle {
         &self.handle
     }

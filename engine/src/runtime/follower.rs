@@ -97,10 +97,9 @@ impl FollowerLink {
             FollowerRuns::Thread(thread) => {
                 let _ = thread.join();
             }
-            FollowerRuns::Inline(mut follower) => {
-                follower.step_queued();
-                follower.finish();
-            }
+            // What it was sent and has not taken goes with it: nothing waits on it
+            // once the writer stops (reads get ShuttingDown, as with the thread).
+            FollowerRuns::Inline(mut follower) => follower.finish(),
         }
     }
 }
@@ -459,6 +458,38 @@ mod tests {
             self.send(FollowerMsg::Stop);
             self.thread.join().expect("the follower did not panic");
         }
+    }
+
+    /// ReadIndex: a read whose index is past what the follower applied is not
+    /// answered from the state it has; it waits, and is answered once the records
+    /// up to its index are applied, with the state they make.
+    #[test]
+    fn a_read_ahead_of_the_follower_waits_for_the_records_up_to_its_index() {
+        let follower = start();
+        let records = records(3);
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        follower.send(FollowerMsg::Read {
+            query: Query::Digest,
+            read_index: records[2].0,
+            reply,
+        });
+        follower.barrier();
+        assert!(answer.try_recv().is_err(), "answered before its records");
+        follower.send(FollowerMsg::Records(records[..2].to_vec()));
+        follower.barrier();
+        assert!(answer.try_recv().is_err(), "answered one record short");
+        follower.send(FollowerMsg::Records(records[2..].to_vec()));
+        follower.barrier();
+        let mut expected = State::new();
+        for (_, bytes) in &records {
+            let record = codec::decode_record(bytes).expect("decodes");
+            expected.apply(&record.command, None, record.now_ms, &mut Vec::new());
+        }
+        match answer.try_recv() {
+            Ok(Ok(Ok(QueryReply::Digest(digest)))) => assert_eq!(digest, expected.digest()),
+            other => panic!("not answered with the digest: {other:?}"),
+        }
+        follower.stop();
     }
 
     /// A follower with one record that was asked for a snapshot of it: encoded, and
