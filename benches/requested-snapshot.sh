@@ -70,9 +70,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         PIDS+=("$pid")
         url="http://127.0.0.1:$port"
         wait_ready "$url" 60 "$WORK/$name.err"
-        for ((i = 0; i < 1000; i++)); do echo "url = \"$url/v1/skus/S$i\""; done >"$WORK/skus.curl"
-        curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
-            --data '{"on_hand":1000000000000}' -K "$WORK/skus.curl" >/dev/null
+        define_skus "$url" "$TOKEN" 1000 '{"on_hand":1000000000000}'
         log "$name round $round: preload ${PRELOAD_SECONDS}s of /v1/batch"
         wrk -t1 -c16 -d"${PRELOAD_SECONDS}s" -s benches/wrk/batch.lua "$url" -- 1000 1000 >/dev/null
         curl -fsS "$url/metrics" >"$WORK/before.txt"

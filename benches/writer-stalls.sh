@@ -59,9 +59,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         PIDS+=("$pid")
         url="http://127.0.0.1:$port"
         wait_ready "$url" 30 "$WORK/$name.err"
-        for ((i = 0; i < SKUS; i++)); do echo "url = \"$url/v1/skus/S$i\""; done >"$WORK/skus.curl"
-        curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
-            --data '{"on_hand":1000000000}' -K "$WORK/skus.curl" >/dev/null
+        define_skus "$url" "$TOKEN" "$SKUS" '{"on_hand":1000000000}'
         log "$name round $round: wrk -t1 -c$CONNS -d${DURATION}s"
         SURGE_BENCH_TOKEN=$TOKEN wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
             -s benches/wrk/reserve.lua "$url" -- many "$SKUS" >"$WORK/wrk.txt" 2>&1

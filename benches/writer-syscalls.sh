@@ -54,9 +54,7 @@ for spec in "$@"; do
     PIDS+=("$pid")
     url="http://127.0.0.1:$port"
     wait_ready "$url" 60 "$WORK/$name.err"
-    for ((i = 0; i < SKUS; i++)); do echo "url = \"$url/v1/skus/S$i\""; done >"$WORK/skus.curl"
-    curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
-        --data '{"on_hand":100000000}' -K "$WORK/skus.curl" >/dev/null
+    define_skus "$url" "$TOKEN" "$SKUS" '{"on_hand":100000000}'
     tracers=()
     for thread in surge-writer surge-sync; do
         tid=$(thread_of "$pid" "$thread")

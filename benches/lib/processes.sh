@@ -51,6 +51,15 @@ free_port() {
 }
 
 
+# Defines SKUs S0..S<count-1> on a running surge with one PUT each (one curl for all,
+# its URLs in $WORK/skus.curl, which a script may reuse to read them back).
+define_skus() { # url admin-token count body
+    local i
+    for ((i = 0; i < $3; i++)); do echo "url = \"$1/v1/skus/S$i\""; done >"$WORK/skus.curl"
+    curl -fsS -X PUT -H "Authorization: Bearer $2" -H "Content-Type: application/json" \
+        --data "$4" -K "$WORK/skus.curl" >/dev/null
+}
+
 need_tools() { # tool... -> exits naming the first one missing
     local tool
     for tool in "$@"; do

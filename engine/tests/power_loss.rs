@@ -57,6 +57,16 @@ fn config(clock: &Arc<AtomicU64>) -> EngineConfig {
     }
 }
 
+/// The definition of SKU `S<i>`, one of the `SKUS` every run starts with.
+fn define_sku(i: u64) -> Command {
+    Command::DefineSku {
+        sku: format!("S{i}"),
+        name: String::new(),
+        on_hand: 40,
+        low_stock_threshold: 5,
+    }
+}
+
 fn random_command(rng: &mut SplitMix64, orders: u64, reservations: u64) -> Command {
     let actor = "sim".to_string();
     let sku = |rng: &mut SplitMix64| format!("S{}", below(rng, SKUS));
@@ -193,12 +203,7 @@ fn run_seed(seed: u64) -> Trace {
         reference.apply(cmd, None, now, &mut sink);
     };
     for i in 0..SKUS {
-        let cmd = Command::DefineSku {
-            sku: format!("S{i}"),
-            name: String::new(),
-            on_hand: 40,
-            low_stock_threshold: 5,
-        };
+        let cmd = define_sku(i);
         let now = clock.load(Ordering::SeqCst);
         execute(&mut core, cmd.clone(), now)
             .expect("define")
@@ -556,12 +561,7 @@ fn run_pipelined_seed(seed: u64) -> PipelinedTrace {
     let mut in_flight: Vec<InFlight> = Vec::new();
     let now = clock.load(Ordering::SeqCst);
     for i in 0..SKUS {
-        let cmd = Command::DefineSku {
-            sku: format!("S{i}"),
-            name: String::new(),
-            on_hand: 40,
-            low_stock_threshold: 5,
-        };
+        let cmd = define_sku(i);
         let ticket = core.handle().submit(cmd.clone(), None).expect("queue");
         applied.apply(&cmd, None, now, &mut sink);
         in_flight.push((cmd, now, true, ticket, None));

@@ -76,8 +76,7 @@ impl<S: Storage> Core<S> {
     /// with the thread. `false`: nothing was handed over (or the core is not
     /// pipelined, and each step committed its batch).
     pub fn sync(&mut self) -> bool {
-        self.begin_sync();
-        self.finish_sync()
+        self.writer.sync_queued()
     }
 
     /// The first half of [`Core::sync`]: take the batches handed over, as the sync
