@@ -95,6 +95,7 @@ fn title(code: &str) -> &'static str {
         "unauthorized" => "Unauthorized",
         "forbidden" => "Forbidden",
         "overloaded" => "Overloaded",
+        "request_timeout" => "Request timeout",
         "storage_unavailable" => "Storage unavailable",
         "not_leader" => "Not the leader",
         "not_found" => "Not found",
@@ -149,6 +150,18 @@ impl ApiError {
             "unknown_reservation",
             format!("reservation {id} does not exist"),
         )
+    }
+
+    /// 408 `request_timeout`: the body did not arrive in time; nothing was done.
+    pub fn body_timed_out(limit_ms: u64) -> ApiError {
+        ApiError {
+            field: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("body: not received within {limit_ms} ms of the headers; nothing was done"),
+            )
+        }
     }
 
     pub fn overloaded(detail: impl Into<String>) -> ApiError {
@@ -462,6 +475,11 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: the connection cannot
+            // carry another request after it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -11,6 +11,8 @@ use surge_engine::limits::IDEMPOTENCY_KEY_LEN_MAX;
 use surge_engine::{EngineHandle, IdempotencyKey};
 
 use crate::error::{ApiError, IDEMPOTENCY_KEY};
+use crate::state::AppState;
+use std::time::Duration;
 
 /// A JSON body, with its raw bytes (for idempotency fingerprints).
 pub struct ApiJson<T>(pub T, pub Bytes);
@@ -307,10 +309,10 @@ fn deserialize<'de, T: Deserialize<'de>>(
     Ok(value)
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
         let value = parse_json(&bytes, "")?;
         Ok(ApiJson(value, bytes))
@@ -321,10 +323,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// (415 / 413), for a handler that parses into values borrowing from them.
 pub struct JsonBytes(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+impl FromRequest<AppState> for JsonBytes {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         check_json_content_type(request.headers())?;
         body_bytes(request, state).await.map(JsonBytes)
     }
@@ -358,8 +360,16 @@ fn not_json() -> ApiError {
 }
 
 /// The body's bytes, within the server's limit (413 beyond it).
-async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, state).await.map_err(|e| {
+/// The body, read within the server's body timeout (408 past it: a client that
+/// sends its body slowly, or declares more than it sends, is told so, not answered
+/// 503 "a write may still take effect" at the request timeout).
+async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit_ms = state.config().body_timeout_ms;
+    let read = Bytes::from_request(request, state);
+    let Ok(read) = tokio::time::timeout(Duration::from_millis(limit_ms), read).await else {
+        return Err(ApiError::body_timed_out(limit_ms));
+    };
+    read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError {
                 field: Some("body".into()),
@@ -386,10 +396,10 @@ pub struct NoBody;
 #[serde(deny_unknown_fields)]
 struct NoFields {}
 
-impl<S: Send + Sync> FromRequest<S> for NoBody {
+impl FromRequest<AppState> for NoBody {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         // A flag, not the refusal: the usual commit or release has no body and
         // no JSON Content-Type, and must not build (and drop) an error each time.
         let json = has_json_content_type(request.headers());

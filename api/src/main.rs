@@ -132,6 +132,12 @@ struct ServeArgs {
     /// Requests taking longer are answered 503 `overloaded`.
     #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     request_timeout_ms: u64,
+    /// A request's body must arrive within this once its headers have, or the
+    /// request is answered 408 `request_timeout` (nothing done). 100 to 3600000,
+    /// and below --request-timeout-ms; half of it by default.
+    #[arg(long, env = "SURGE_BODY_TIMEOUT_MS",
+        value_parser = clap::value_parser!(u64).range(surge_api::state::BODY_TIMEOUT_MS_RANGE))]
+    body_timeout_ms: Option<u64>,
     /// A request's headers must arrive within this (on a new connection and between
     /// the requests of a kept-alive one: the idle time a kept-alive connection is
     /// given), or the connection is closed. 1000 to 3600000. Keep it above the
@@ -354,6 +360,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.idempotency_window_floor_ms > args.idempotency_window_ms {
         bail!("--idempotency-window-floor-ms must not exceed --idempotency-window-ms");
     }
+    let body_timeout_ms = args.body_timeout_ms.unwrap_or(args.request_timeout_ms / 2);
+    if body_timeout_ms >= args.request_timeout_ms {
+        // The request's own timeout would answer first, 503 "a write may still take
+        // effect", for a body that never arrived.
+        bail!("--body-timeout-ms must be below --request-timeout-ms");
+    }
     let addrs: Vec<SocketAddr> = args
         .listen
         .to_socket_addrs()
@@ -386,6 +398,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         payment_ttl_ms: args.payment_ttl_ms,
         body_limit_bytes: args.body_limit_bytes,
         request_timeout_ms: args.request_timeout_ms,
+        body_timeout_ms,
         header_read_timeout_ms: args.http_header_timeout_ms,
         connections_max: usize::try_from(args.http_connections_max)
             .expect("the range of --http-connections-max fits a usize"),

@@ -24,6 +24,10 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// A request that takes longer is answered 503.
     pub request_timeout_ms: u64,
+    /// A body that has not arrived this long after the headers is answered 408
+    /// (below `request_timeout_ms`, so that the 408 comes first; half of it by
+    /// default).
+    pub body_timeout_ms: u64,
     /// A request's headers must arrive within this, or the connection is closed
     /// (`serve::ServeLimits`).
     pub header_read_timeout_ms: u64,
@@ -35,6 +39,9 @@ pub struct ApiConfig {
     /// memory budget), `/metrics` flags it and the log warns.
     pub idempotency_window_floor_ms: u64,
 }
+
+/// Bounds of [`ApiConfig::body_timeout_ms`], in milliseconds.
+pub const BODY_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// Rows of one CSV export (order lines).
 pub const EXPORT_ROWS_MAX: usize = 100_000;
@@ -74,6 +81,7 @@ impl Default for ApiConfig {
             payment_ttl_ms: surge_engine::limits::PAYMENT_TTL_MS_DEFAULT,
             body_limit_bytes: 1 << 20,
             request_timeout_ms: 10_000,
+            body_timeout_ms: 5_000,
             header_read_timeout_ms: crate::serve::HEADER_READ_TIMEOUT_MS_DEFAULT,
             connections_max: crate::serve::CONNECTIONS_MAX_DEFAULT,
             batch_ops_max: BATCH_OPS_MAX,

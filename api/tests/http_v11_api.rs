@@ -1133,6 +1133,81 @@ fn what_the_headers_decide_is_refused_at_once() {
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
+/// A body that does not arrive within the body timeout is 408 `request_timeout`
+/// naming the body, the connection closed after it, and nothing done: it was 503
+/// `overloaded` at the request timeout, saying "a write may still take effect" of a
+/// request that never reached the engine. A body timeout that is not below the
+/// request timeout stops the start.
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_408_and_changes_nothing() {
+    use std::io::Write;
+    let dir = TempDir::new("v11-slow-body");
+    let s = Server::start_with(
+        &dir.data(),
+        "v11-slow-body",
+        &[("SURGE_BODY_TIMEOUT_MS", "300")],
+    );
+    s.define("A", 10);
+    let before = s.digest();
+    // Half the declared body, then nothing: the rest never comes.
+    let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/reservations HTTP/1.1\r\nHost: surge\r\nAuthorization: {STOREFRONT}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 32\r\n\r\n{{\"lines\":[{{\"sku\""
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // Well inside the 10 s request timeout, which answered first before.
+    let answer = raw_read_to_end(&mut stream, std::time::Duration::from_secs(5));
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(body["code"], "request_timeout", "{body}");
+    assert_eq!(body["field"], "body", "{body}");
+    assert_eq!(body["status"], 408, "{body}");
+    assert_eq!(
+        s.digest(),
+        before,
+        "a body that never came changed something"
+    );
+    // The whole body, sent at once, is taken.
+    let r = s.call(
+        "POST",
+        "/v1/reservations",
+        &[("Authorization", STOREFRONT)],
+        Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    drop(s);
+
+    for value in ["10000", "99"] {
+        let dir = TempDir::new("v11-slow-body-bad");
+        let mut command = common::surge_command("127.0.0.1:0", &dir.data());
+        command.env("SURGE_BODY_TIMEOUT_MS", value);
+        let stderr = common::refused_start(command);
+        assert!(stderr.contains("--body-timeout-ms"), "{value}: {stderr}");
+    }
+}
+
+/// All `stream` sends until the server closes it, within `within`.
+fn raw_read_to_end(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut rest = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut rest) {
+        panic!("not closed within {within:?}: {e}");
+    }
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
 /// Whether the server closes `stream` within `within`: EOF or a reset, not silence.
 fn closed_by_server(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
     use std::io::{ErrorKind, Read};
