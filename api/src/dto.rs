@@ -8,6 +8,7 @@ use surge_engine::{
 };
 use utoipa::ToSchema;
 
+use crate::error::ApiError;
 use crate::time::{format_ms, write_ms};
 
 // ---------------------------------------------------------------- requests
@@ -47,6 +48,17 @@ pub struct DefineSkuReq {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub sale_ends_at: Option<Option<String>>,
+}
+
+/// A field of a request that keeps what it names when omitted, and has no null:
+/// its value, or 400 naming it when it was given as null (which would otherwise
+/// pass as omitted, and keep what the client meant to clear).
+pub fn not_null<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>, ApiError> {
+    match value {
+        Some(None) => Err(ApiError::validation(field, "must not be null")),
+        Some(Some(value)) => Ok(Some(value)),
+        None => Ok(None),
+    }
 }
 
 /// A field that may be absent (`None`), null (`Some(None)`) or set.
@@ -883,12 +895,18 @@ pub struct ReleaseHoldReq {
 pub struct ModifyOrderReq {
     /// The new full set of lines: 1 to 64 (not empty: cancel the order instead);
     /// `qty * unit_price` summed over them at most 1000000000000.
-    #[schema(min_items = 1, max_items = 64)]
-    pub lines: Option<Vec<OrderLineDto>>,
-    pub shipping_address: Option<AddressBody>,
-    /// At most 500 bytes (UTF-8), no control characters.
-    #[schema(max_length = 500)]
-    pub note: Option<String>,
+    /// Not null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<OrderLineDto>>, min_items = 1, max_items = 64)]
+    pub lines: Option<Option<Vec<OrderLineDto>>>,
+    /// Replaces the order's address. Not null: an address is replaced, not removed.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<AddressBody>)]
+    pub shipping_address: Option<Option<AddressBody>>,
+    /// At most 500 bytes (UTF-8), no control characters. Not null (`""` clears it).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 500)]
+    pub note: Option<Option<String>>,
     /// Required when a line is removed or reduced (a partial cancel): a cancel
     /// reason; `storefront` may use only `customer_request` and `payment_failed`.
     pub reason: Option<CancelReasonDto>,

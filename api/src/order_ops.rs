@@ -63,7 +63,7 @@ pub async fn release_hold(
     request_body = ModifyOrderReq,
     responses(
         (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`", body = OrderBody),
-        (status = 400, description = "`validation_failed`: nothing to change (none of `lines`, `shipping_address`, `note`), empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`validation_failed`: nothing to change (none of `lines`, `shipping_address`, `note`), one of them null, empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: storefront with a reason other than customer_request / payment_failed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order` / `unknown_sku`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient_stock`, or `invalid_transition` (not reserved or confirmed; a paid order's lines going up or prices changing)", body = Problem, content_type = "application/problem+json"),
@@ -71,7 +71,10 @@ pub async fn release_hold(
 pub async fn modify_order(
     OrderWrite(call, req, ..): OrderWrite<Storefront, ModifyOrderReq>,
 ) -> Result<Response, ApiError> {
-    if req.lines.is_none() && req.shipping_address.is_none() && req.note.is_none() {
+    let lines = not_null("lines", req.lines)?;
+    let shipping_address = not_null("shipping_address", req.shipping_address)?;
+    let note = not_null("note", req.note)?;
+    if lines.is_none() && shipping_address.is_none() && note.is_none() {
         // "Any of": a request that names nothing to change is a mistake, not a
         // modification to log and announce.
         return Err(ApiError::validation(
@@ -85,9 +88,9 @@ pub async fn modify_order(
     let command = Command::ModifyOrder {
         change: Box::new(OrderChange {
             id: call.order_id()?,
-            lines: req.lines.map(order_line_reqs),
-            shipping_address: req.shipping_address.map(Into::into),
-            note: req.note,
+            lines: lines.map(order_line_reqs),
+            shipping_address: shipping_address.map(Into::into),
+            note,
             reason: req.reason.map(Into::into),
             actor: call.actor(),
         }),

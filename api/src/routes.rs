@@ -265,14 +265,6 @@ pub async fn define_sku(
             .map(|ms| Some(Some(ms)))
             .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 date-time or null")),
     };
-    // Omitted keeps the current value; null is not a value of these.
-    fn not_null<T>(field: &str, value: Option<Option<T>>) -> Result<Option<T>, ApiError> {
-        match value {
-            Some(None) => Err(ApiError::validation(field, "must not be null")),
-            Some(Some(value)) => Ok(Some(value)),
-            None => Ok(None),
-        }
-    }
     let definition = surge_engine::SkuDefinition {
         sku,
         name: not_null("name", req.name)?,

@@ -279,7 +279,9 @@ fn a_body_on_an_endpoint_that_takes_none_is_refused() {
 
 /// A `PATCH` that names nothing to change (none of `lines`, `shipping_address`,
 /// `note`; a `reason` alone changes nothing) is refused, not logged as a
-/// modification and announced with an `order.modified` of no change.
+/// modification and announced with an `order.modified` of no change. A field given
+/// as null is refused naming it: `"shipping_address": null` passed as omitted, so
+/// an address a client meant to remove was kept (and with a note beside it, 200).
 #[test]
 fn a_modification_that_names_nothing_to_change_is_refused() {
     let dir = TempDir::new("v11-empty-patch");
@@ -288,10 +290,20 @@ fn a_modification_that_names_nothing_to_change_is_refused() {
     let order = create_order(&s, "E-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
     let path = format!("/v1/orders/{}", order["id"].as_str().unwrap());
     let before = s.digest();
-    for body in ["{}", r#"{"reason":"customer_request"}"#] {
+    for (body, field) in [
+        ("{}", "body"),
+        (r#"{"reason":"customer_request"}"#, "body"),
+        (r#"{"shipping_address":null}"#, "shipping_address"),
+        (
+            r#"{"note":"at the door","shipping_address":null}"#,
+            "shipping_address",
+        ),
+        (r#"{"lines":null,"note":"x"}"#, "lines"),
+        (r#"{"note":null}"#, "note"),
+    ] {
         let r = s.as_(STOREFRONT, "PATCH", &path, Some(body));
         r.assert_problem(400, "validation_failed");
-        assert_eq!(r.json()["field"], "body", "{body}: {}", r.body);
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.body);
     }
     assert_eq!(
         s.digest(),
