@@ -163,8 +163,12 @@ pub(crate) const RULES_V12: u32 = 3;
 /// The rules from the first `SetRules { rules: 4 }` on: an order totals at most
 /// `ORDER_TOTAL_MAX` minor units, so the sums of all orders' amounts fit an int64.
 pub(crate) const RULES_V13: u32 = 4;
+/// The rules from the first `SetRules { rules: 5 }` on: paying a paid order again is
+/// idempotent only with the same `payment_ref`; another one is refused (before, it
+/// answered the order as paid, and a second charge went unrecorded).
+pub(crate) const RULES_V14: u32 = 5;
 /// The rules a server of this build logs at start (`Command::SetRules`).
-pub const RULES_CURRENT: u32 = RULES_V13;
+pub const RULES_CURRENT: u32 = RULES_V14;
 
 impl OrderPolicy {
     /// The policy of a state that never logged one: no SLA, no review threshold.

@@ -915,3 +915,38 @@ fn a_malformed_single_request_keeps_its_key_and_the_v13_rules_bound_an_order_tot
         w.check_replay();
     }
 }
+
+/// The v1.4 rules (`SetRules { rules: 5 }`): paying a paid order again is idempotent
+/// only with the same `payment_ref`; another one is 409 `invalid_transition` and
+/// changes nothing (before, it answered the order as paid: a second charge went
+/// unrecorded). Under the v1.3 rules it is answered as before, so older logs
+/// replay as they ran.
+#[test]
+fn under_the_v14_rules_a_second_payment_with_another_reference_is_refused() {
+    for rules in [4, 5] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let id = w.place("P-1", &[("A", 2, PRICE)]);
+        w.pay(id);
+        let paid = w.order(id);
+        let events = w.events.len();
+        let again = |payment_ref: &str| Command::PayOrder {
+            id,
+            amount: 2 * PRICE,
+            payment_ref: payment_ref.into(),
+            actor: "shop".into(),
+        };
+        let other = w.run(again("second-charge"));
+        if rules >= 5 {
+            assert_eq!(other.err().as_deref(), Some("invalid_transition"));
+        } else {
+            assert!(other.is_ok(), "rules {rules}: {other:?}");
+        }
+        // The same payment again is the same answer under both.
+        assert!(w.run(again("pay-1")).is_ok(), "rules {rules}");
+        assert_eq!(w.order(id), paid, "rules {rules}");
+        assert_eq!(w.events.len(), events, "rules {rules}: an event");
+        assert_eq!(w.ledger(id), [(LedgerKind::Charge, 2 * PRICE)]);
+        w.check_replay();
+    }
+}

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, State, at_line, check_address, check_line_count,
-    check_qty, check_required_text, check_text, check_ttl, invalid, transition,
+    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, RULES_V14, State, at_line, check_address,
+    check_line_count, check_qty, check_required_text, check_text, check_ttl, invalid, transition,
 };
 use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
 use crate::domain::{
@@ -529,8 +529,17 @@ impl State {
         let checked_actor = self.check_actor(actor)?;
         let order = self.order(id)?;
         if order.payment != PaymentStatus::Unpaid {
-            if order.payment == PaymentStatus::Paid && amount == order.total {
+            let paid_ref = order.extra.as_deref().map_or("", |e| &*e.payment_ref);
+            let same_payment = payment_ref == paid_ref || self.rules < RULES_V14;
+            if order.payment == PaymentStatus::Paid && amount == order.total && same_payment {
                 return Ok(self.order_reply(id)); // a repeated payment: idempotent
+            }
+            if !same_payment {
+                return Err(transition(format!(
+                    "order {id} is already {} with payment_ref {paid_ref:?}, not {payment_ref:?}: \
+                     a second payment is not taken",
+                    order.payment
+                )));
             }
             return Err(transition(format!(
                 "order {id} is already {}",
