@@ -107,6 +107,16 @@ impl Tokens {
                 role.as_str()
             ));
         }
+        if let Some(earlier) = self.entries.iter().find(|e| e.token == token.as_bytes()) {
+            // Two entries for one token: the first won, silently (`admin` then
+            // `viewer` for the same token acted as the admin). Refused, without
+            // printing the secret.
+            return Err(format!(
+                "a {} token is given twice: an earlier entry has the same token as {}",
+                role.as_str(),
+                earlier.role.as_str()
+            ));
+        }
         self.entries.push(Entry {
             role,
             token: token.as_bytes().to_vec(),
@@ -377,5 +387,26 @@ mod tests {
                 .parse_file("operator tk lily extra")
                 .is_err()
         );
+    }
+
+    /// One token in two entries is refused at start, naming the line and both
+    /// roles but not the token: the first entry won, silently.
+    #[test]
+    fn a_token_given_twice_is_refused() {
+        let e = Tokens::default()
+            .parse_file(
+                "admin tk-same
+viewer v-1
+viewer tk-same # typo
+",
+            )
+            .unwrap_err();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("viewer") && e.contains("admin"), "{e}");
+        assert!(!e.contains("tk-same"), "the secret is printed: {e}");
+        let mut t = Tokens::default();
+        t.parse_file("operator op-1 lily\n").unwrap();
+        assert!(t.parse_env("storefront:op-1").is_err());
+        assert!(Tokens::default().parse_env("admin:a,admin:a").is_err());
     }
 }
