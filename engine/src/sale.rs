@@ -8,9 +8,7 @@
 //!
 //! Where the units of a customer come from:
 //! - a reservation taken for a customer (`ReserveFor`) with a limited SKU counts
-//!   while held; it keeps its customer (`Reservation::customer`) until it ends
-//!   (under the v1.4 rules every hold taken for a customer keeps it, so that a
-//!   limit set while it is held counts it);
+//!   while held; it keeps its customer (`Reservation::customer`) until it ends;
 //! - committing it moves its units to `bought_outright`, which never comes back;
 //! - releasing or expiring it counts the units back;
 //! - adopting it into an order moves its units to the order (never twice);
@@ -271,9 +269,9 @@ impl State {
 
     /// Set a SKU's rules (checked by `sale_rules_after`). A limit counts from when
     /// it is set: where there was none, the orders that count are counted, and the
-    /// holds kept by customer (under the v1.4 rules every hold taken for one; before,
-    /// those with another limited SKU); outright purchases from before are not
-    /// (nothing kept their customer). A limit removed forgets the counts.
+    /// holds kept by customer (those with another limited SKU); holds without a
+    /// limited SKU and outright purchases from before are not (nothing kept their
+    /// customer). A limit removed forgets the counts.
     pub(crate) fn set_sale_rules(&mut self, idx: SkuIdx, rules: SaleRules) {
         let slot = &mut self.sales[idx.0 as usize];
         let was_limited = slot.as_ref().is_some_and(|s| s.rules.limit().is_some());

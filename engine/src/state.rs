@@ -165,10 +165,7 @@ pub(crate) const RULES_V12: u32 = 3;
 pub(crate) const RULES_V13: u32 = 4;
 /// The rules from the first `SetRules { rules: 5 }` on: paying a paid order again is
 /// idempotent only with the same `payment_ref`; another one is refused (before, it
-/// answered the order as paid, and a second charge went unrecorded). A hold taken
-/// for a customer keeps its customer also without a limited SKU, so that a limit
-/// set while it is held counts it (before, it did not: the customer could pass
-/// the limit).
+/// answered the order as paid, and a second charge went unrecorded).
 pub(crate) const RULES_V14: u32 = 5;
 /// The rules a server of this build logs at start (`Command::SetRules`).
 pub const RULES_CURRENT: u32 = RULES_V14;

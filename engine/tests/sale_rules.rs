@@ -391,51 +391,6 @@ fn a_limit_counts_from_when_it_is_set_and_is_forgotten_when_removed() {
     held_id(sale.reserve("HOT", 50, None));
 }
 
-/// Under the v1.4 rules a hold taken for a customer keeps its customer also while
-/// no SKU of it has a limit, so a limit set while it is held counts it: the
-/// customer can no longer pass the limit with holds taken just before it was set.
-/// It counts back when released, moves to what was bought when committed, and a
-/// snapshot keeps it (the test above holds the v1.1 rules' answer).
-#[test]
-fn under_the_v14_rules_a_limit_set_later_counts_the_holds_taken_before() {
-    let mut sale = Sale::new();
-    sale.ok(Command::SetRules { rules: 5 });
-    sale.define("HOT", 100, None, KEEP);
-    sale.define("COLD", 100, None, KEEP);
-    sale.order("HOT", 2, "ann", None).expect("no limit yet");
-    let held = held_id(sale.reserve("HOT", 5, Some("ann")));
-    let bought = held_id(sale.reserve("HOT", 1, Some("ann")));
-    held_id(sale.reserve("COLD", 7, Some("ann")));
-    held_id(sale.reserve("HOT", 9, None));
-    sale.define("HOT", 100, Some(10), KEEP);
-    assert_eq!(sale.counted("HOT", "ann"), (8, 10));
-    assert_eq!(over_limit(sale.reserve("HOT", 3, Some("ann"))), (10, 8, 3));
-    sale.ok(Command::CommitReservation {
-        id: bought,
-        actor: "shop".into(),
-    });
-    sale.ok(Command::ReleaseReservation {
-        id: held,
-        actor: "shop".into(),
-    });
-    assert_eq!(sale.counted("HOT", "ann"), (3, 10));
-    let restored = State::decode_snapshot(&sale.state.encode_snapshot()).expect("decodes");
-    assert_eq!(
-        restored.query(&Query::Digest),
-        sale.state.query(&Query::Digest)
-    );
-    // COLD's hold, taken before COLD had a limit, counts once it has one, also in
-    // the restored state.
-    let mut after = Sale {
-        state: restored,
-        now_ms: sale.now_ms,
-        orders: sale.orders,
-    };
-    after.define("COLD", 100, Some(7), KEEP);
-    assert_eq!(after.counted("COLD", "ann"), (7, 7));
-    assert_eq!(over_limit(after.reserve("COLD", 1, Some("ann"))), (7, 7, 1));
-}
-
 #[test]
 fn counts_survive_a_snapshot_exactly() {
     let mut sale = Sale::new();

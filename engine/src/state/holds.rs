@@ -9,8 +9,8 @@ use bincode::{Decode, Encode};
 use hashbrown::HashMap;
 
 use super::{
-    Ctx, EARLY_GROWTH_LEN, RULES_V1, RULES_V12, RULES_V14, State, at_line, check_line_count,
-    check_qty, check_required_text, check_sku_id, check_ttl, invalid, touch, transition,
+    Ctx, EARLY_GROWTH_LEN, RULES_V1, RULES_V12, State, at_line, check_line_count, check_qty,
+    check_required_text, check_sku_id, check_ttl, invalid, touch, transition,
 };
 use crate::command::{Field, LineField, Outcome, Rejection, Reply, Shortage, Violation};
 use crate::domain::{
@@ -33,9 +33,8 @@ pub(crate) struct Reservation {
     pub created_at_ms: Millis,
     pub expires_at_ms: Millis,
     pub order: Option<OrderId>,
-    /// The customer a held reservation with a limited SKU (under the v1.4 rules,
-    /// any held reservation taken for a customer) was taken for, until it ends or
-    /// is adopted (`sale.rs`). Not in the encoding above: snapshots carry
+    /// The customer a held reservation with a limited SKU was taken for, until it
+    /// ends or is adopted (`sale.rs`). Not in the encoding above: snapshots carry
     /// it in their sale part, so the layout of formats 1 to 4 stands.
     pub customer: Option<Arc<str>>,
 }
@@ -244,14 +243,7 @@ impl State {
             _ => None,
         };
         self.intern_actor(checked_actor);
-        let named = customer;
-        let mut customer = counted_for.map(|buyer| self.count_hold(&demand, buyer));
-        if customer.is_none() && self.rules >= RULES_V14 {
-            // Under the v1.4 rules a hold keeps the customer it was taken for also
-            // without a limited SKU, so that a limit set while it is held counts
-            // it (`set_sale_rules` recounts the held holds by their customers).
-            customer = named.map(Arc::from);
-        }
+        let customer = counted_for.map(|buyer| self.count_hold(&demand, buyer));
         let id = self.hold(demand, ctx.now_ms + ttl_ms, None, customer, ctx);
         let held = self.reservations.newest().expect("just pushed");
         debug_assert_eq!(held.id, id);
