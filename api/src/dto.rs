@@ -897,15 +897,15 @@ pub struct ModifyOrderReq {
     /// `qty * unit_price` summed over them at most 1000000000000.
     /// Not null.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<OrderLineDto>>, min_items = 1, max_items = 64)]
+    #[schema(value_type = Vec<OrderLineDto>, required = false, min_items = 1, max_items = 64)]
     pub lines: Option<Option<Vec<OrderLineDto>>>,
     /// Replaces the order's address. Not null: an address is replaced, not removed.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<AddressBody>)]
+    #[schema(value_type = AddressBody, required = false)]
     pub shipping_address: Option<Option<AddressBody>>,
     /// At most 500 bytes (UTF-8), no control characters. Not null (`""` clears it).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, max_length = 500)]
+    #[schema(value_type = String, required = false, max_length = 500)]
     pub note: Option<Option<String>>,
     /// Required when a line is removed or reduced (a partial cancel): a cancel
     /// reason; `storefront` may use only `customer_request` and `payment_failed`.

@@ -359,10 +359,10 @@ fn not_json() -> ApiError {
     }
 }
 
-/// The body's bytes, within the server's limit (413 beyond it).
-/// The body, read within the server's body timeout (408 past it: a client that
-/// sends its body slowly, or declares more than it sends, is told so, not answered
-/// 503 "a write may still take effect" at the request timeout).
+/// The body's bytes, within the server's limit (413 beyond it) and its body timeout
+/// (408 past it: a client that sends its body slowly, or declares more than it
+/// sends, is told so, not answered 503 "a write may still take effect" at the
+/// request timeout). The timer is armed only if the body is not there at once.
 async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let limit_ms = state.config().body_timeout_ms;
     let read = Bytes::from_request(request, state);

@@ -129,8 +129,9 @@ struct ServeArgs {
     /// Largest request body accepted (413 above).
     #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 1 << 20)]
     body_limit_bytes: usize,
-    /// Requests taking longer are answered 503 `overloaded`.
-    #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    /// Requests taking longer are answered 503 `overloaded`. 200 to 3600000.
+    #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(surge_api::state::REQUEST_TIMEOUT_MS_RANGE))]
     request_timeout_ms: u64,
     /// A request's body must arrive within this once its headers have, or the
     /// request is answered 408 `request_timeout` (nothing done). 100 to 3600000,
@@ -360,7 +361,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.idempotency_window_floor_ms > args.idempotency_window_ms {
         bail!("--idempotency-window-floor-ms must not exceed --idempotency-window-ms");
     }
-    let body_timeout_ms = args.body_timeout_ms.unwrap_or(args.request_timeout_ms / 2);
+    let body_timeout_ms = args.body_timeout_ms.unwrap_or_else(|| {
+        let range = surge_api::state::BODY_TIMEOUT_MS_RANGE;
+        (args.request_timeout_ms / 2).clamp(*range.start(), *range.end())
+    });
     if body_timeout_ms >= args.request_timeout_ms {
         // The request's own timeout would answer first, 503 "a write may still take
         // effect", for a body that never arrived.

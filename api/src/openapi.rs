@@ -48,7 +48,9 @@ out-of-range values: 400; a query parameter the endpoint does not take: 400 nami
 is the parameter), so that a mistyped filter never widens a list; body not JSON: 415; body over the limit (1 MiB by default): 413; \
 unknown SKU / order / reservation: 404 (ids that do not parse are unknown ids: 404); \
 business conflicts: 409; queue full, request timeout, shutting down: 503 `overloaded` with \
-`Retry-After`; storage failure: 503 `storage_unavailable`; a write to a standby or to a \
+`Retry-After`; a body that has not arrived within the body timeout (`SURGE_BODY_TIMEOUT_MS`, half \
+the request timeout by default) after its headers: 408 `request_timeout` naming `body`, nothing \
+done, the connection closed; storage failure: 503 `storage_unavailable`; a write to a standby or to a \
 former leader a newer one fenced: 503 `not_leader` with `Retry-After`. Unknown routes: 404 `not_found`; \
 wrong method: 405 `method_not_allowed`. An endpoint that takes no body (a reservation's commit and release, the admin snapshot and promote) takes none or `{}`; any other body is refused like a bad body elsewhere (400 naming the field, 415 if not JSON). A path parameter that cannot be read (a percent-encoding that is not UTF-8): 400 naming it. A request that fails changes nothing.
 

@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub idempotency_window_floor_ms: u64,
 }
 
+/// Bounds of [`ApiConfig::request_timeout_ms`], in milliseconds.
+pub const REQUEST_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 200..=3_600_000;
 /// Bounds of [`ApiConfig::body_timeout_ms`], in milliseconds.
 pub const BODY_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 

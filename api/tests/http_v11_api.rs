@@ -319,6 +319,48 @@ fn a_modification_that_names_nothing_to_change_is_refused() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Paying a paid order again answers it as it is only with the same
+/// `payment_ref`; another reference is 409 `invalid_transition` and changes
+/// nothing (it was answered 200 as paid, and the second charge went unrecorded:
+/// no ledger entry, no event).
+#[test]
+fn a_second_payment_with_another_reference_is_refused() {
+    let dir = TempDir::new("v11-pay-twice");
+    let s = Server::start(&dir.data(), "v11-pay-twice");
+    s.define("A", 10);
+    let order = create_order(&s, "P-1", "c1", r#"[{"sku":"A","qty":2,"unit_price":150}]"#);
+    let pay = format!("/v1/orders/{}/pay", order["id"].as_str().unwrap());
+    let first = s.as_(
+        STOREFRONT,
+        "POST",
+        &pay,
+        Some(r#"{"amount":300,"payment_ref":"pay-1"}"#),
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    let before = s.digest();
+    let again = s.as_(
+        STOREFRONT,
+        "POST",
+        &pay,
+        Some(r#"{"amount":300,"payment_ref":"pay-1"}"#),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["payment"], first.json()["payment"]);
+    let other = s.as_(
+        STOREFRONT,
+        "POST",
+        &pay,
+        Some(r#"{"amount":300,"payment_ref":"pay-2"}"#),
+    );
+    other.assert_problem(409, "invalid_transition");
+    assert!(other.body.contains("pay-1"), "{}", other.body);
+    assert_eq!(
+        s.digest(),
+        before,
+        "a refused second payment changed something"
+    );
+}
+
 /// A path parameter that cannot be read (its percent-encoding is not UTF-8) is
 /// refused naming it, like any field.
 #[test]

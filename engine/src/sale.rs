@@ -271,8 +271,14 @@ impl State {
     /// it is set: where there was none, the orders that count are counted, and the
     /// holds kept by customer (those with another limited SKU); holds without a
     /// limited SKU and outright purchases from before are not (nothing kept their
-    /// customer). A limit removed forgets the counts.
-    pub(crate) fn set_sale_rules(&mut self, idx: SkuIdx, rules: SaleRules) {
+    /// customer). A limit removed forgets the counts. `recounted`: the recount of
+    /// `idx`, where the caller made it already.
+    pub(crate) fn set_sale_rules(
+        &mut self,
+        idx: SkuIdx,
+        rules: SaleRules,
+        recounted: Option<HashMap<Arc<str>, Counted>>,
+    ) {
         let slot = &mut self.sales[idx.0 as usize];
         let was_limited = slot.as_ref().is_some_and(|s| s.rules.limit().is_some());
         if rules == SaleRules::default() {
@@ -289,7 +295,8 @@ impl State {
         sale.rules = rules;
         match (was_limited, rules.limit().is_some()) {
             (false, true) => {
-                let counted = CustomerCounts::collect(&self.customer_hasher, self.recount(idx));
+                let recounted = recounted.unwrap_or_else(|| self.recount(idx));
+                let counted = CustomerCounts::collect(&self.customer_hasher, recounted);
                 self.limited_pairs += counted.len();
                 self.sales[idx.0 as usize]
                     .as_mut()
@@ -306,7 +313,7 @@ impl State {
 
     /// What holds and orders count on `idx` now, by customer (outright purchases
     /// are not included: nothing names their customer once they are committed).
-    fn recount(&self, idx: SkuIdx) -> HashMap<Arc<str>, Counted> {
+    pub(crate) fn recount(&self, idx: SkuIdx) -> HashMap<Arc<str>, Counted> {
         let mut counted: HashMap<Arc<str>, Counted> = HashMap::new();
         for r in self.reservations.iter() {
             let Some(customer) = &r.customer else {

@@ -165,7 +165,10 @@ pub(crate) const RULES_V12: u32 = 3;
 pub(crate) const RULES_V13: u32 = 4;
 /// The rules from the first `SetRules { rules: 5 }` on: paying a paid order again is
 /// idempotent only with the same `payment_ref`; another one is refused (before, it
-/// answered the order as paid, and a second charge went unrecorded).
+/// answered the order as paid, and a second charge went unrecorded). A purchase
+/// limit set where there was none is refused (`LimitReached`) when what it counts
+/// already would pass `LIMITED_PAIRS_MAX` counted (SKU, customer) pairs (before, one
+/// definition could add millions at once, past the memory the bound stands for).
 pub(crate) const RULES_V14: u32 = 5;
 /// The rules a server of this build logs at start (`Command::SetRules`).
 pub const RULES_CURRENT: u32 = RULES_V14;

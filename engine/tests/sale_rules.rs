@@ -471,3 +471,104 @@ fn a_redefinition_without_on_hand_keeps_the_level_the_sale_moved() {
         })
     );
 }
+
+/// Under the v1.4 rules a limit set where there was none is refused
+/// (`LimitReached`) when counting what counts already would pass the bound on
+/// counted (SKU, customer) pairs, as a hold or an order past it is: before, one
+/// definition could add millions of pairs at once, past the memory the bound stands
+/// for. Under the v1.3 rules it is taken, so older logs replay as they ran.
+#[test]
+fn under_the_v14_rules_a_limit_set_later_keeps_within_the_counted_pairs() {
+    use surge_engine::limits::{LIMITED_PAIRS_MAX, LINES_PER_REQUEST_MAX};
+    let skus = LINES_PER_REQUEST_MAX;
+    let customers = LIMITED_PAIRS_MAX / skus;
+    assert_eq!(customers * skus, LIMITED_PAIRS_MAX);
+    for rules in [4, 5] {
+        let mut sale = Sale::new();
+        sale.ok(Command::SetRules { rules });
+        for i in 0..skus {
+            sale.define(&format!("L{i}"), 1_000_000, Some(1), KEEP);
+        }
+        sale.define("HOT", 100, None, KEEP);
+        // Past 2,000 holds a debug build stops checking the whole state after each
+        // command (it recounts every limited SKU): made first, while that is cheap.
+        sale.define("FILL", 1_000_000, None, KEEP);
+        let mut events = Vec::new();
+        for _ in 0..2_000 {
+            let fill = Command::Reserve {
+                lines: vec![LineReq {
+                    sku: "FILL".into(),
+                    qty: 1,
+                }],
+                ttl_ms: 60_000,
+                actor: "shop".into(),
+            };
+            events.clear();
+            let applied = sale.state.apply(&fill, None, sale.now_ms, &mut events);
+            assert!(applied.outcome.is_ok());
+        }
+        // Every pair the bound allows: each customer holds one of every limited SKU.
+        for c in 0..customers {
+            let lines = (0..skus)
+                .map(|i| LineReq {
+                    sku: format!("L{i}"),
+                    qty: 1,
+                })
+                .collect();
+            let hold = Command::ReserveFor {
+                lines,
+                ttl_ms: 60_000,
+                customer_id: format!("c{c}"),
+                actor: "shop".into(),
+            };
+            events.clear();
+            let applied = sale.state.apply(&hold, None, sale.now_ms, &mut events);
+            assert!(applied.outcome.is_ok(), "customer {c}");
+        }
+        let order = Command::PlaceOrder {
+            order: Box::new(NewOrder {
+                order_no: "late-1".into(),
+                customer_id: "late".into(),
+                lines: vec![OrderLineReq {
+                    sku: "HOT".into(),
+                    qty: 1,
+                    unit_price: 100,
+                }],
+                payment_ttl_ms: 60_000,
+                reservation_id: None,
+                channel: String::new(),
+                shipping_address: None,
+                actor: "shop".into(),
+            }),
+        };
+        let placed = sale.state.apply(&order, None, sale.now_ms, &mut events);
+        assert!(placed.outcome.is_ok(), "{:?}", placed.outcome);
+        let before = sale.state.query(&Query::Digest);
+        let set = Command::DefineSkuSale {
+            definition: Box::new(SkuDefinition {
+                sku: "HOT".into(),
+                name: None,
+                on_hand: None,
+                low_stock_threshold: None,
+                purchase_limit_per_customer: Some(5),
+                sale_starts_at_ms: None,
+                sale_ends_at_ms: None,
+            }),
+        };
+        let set = sale
+            .state
+            .apply(&set, None, sale.now_ms, &mut events)
+            .outcome;
+        if rules >= 5 {
+            assert!(
+                matches!(set, Err(Rejection::LimitReached { .. })),
+                "{set:?}"
+            );
+            assert_eq!(sale.state.query(&Query::Digest), before);
+            assert_eq!(sale.counted("HOT", "late"), (0, 0));
+        } else {
+            assert!(set.is_ok(), "rules {rules}: {set:?}");
+            assert_eq!(sale.counted("HOT", "late"), (1, 5));
+        }
+    }
+}
