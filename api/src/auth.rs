@@ -69,6 +69,8 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Tokens {
     entries: Vec<Entry>,
+    /// What loading found wrong but took ([`Tokens::warnings`]).
+    warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -108,14 +110,17 @@ impl Tokens {
             ));
         }
         if let Some(earlier) = self.entries.iter().find(|e| e.token == token.as_bytes()) {
-            // Two entries for one token: the first won, silently (`admin` then
-            // `viewer` for the same token acted as the admin). Refused, without
-            // printing the secret.
-            return Err(format!(
-                "a {} token is given twice: an earlier entry has the same token as {}",
+            // Two entries for one token: the first wins, as it always did (setups
+            // that give one token `admin` and `storefront` keep working), but no
+            // longer silently (`admin` then `viewer` acted as the admin without a
+            // word). Said at start-up, without the secret.
+            self.warnings.push(format!(
+                "a {} token is given twice: an earlier entry has the same token as {}, and \
+                 that entry wins",
                 role.as_str(),
                 earlier.role.as_str()
             ));
+            return Ok(());
         }
         self.entries.push(Entry {
             role,
@@ -159,10 +164,20 @@ impl Tokens {
             };
             let role = Role::parse(role)
                 .ok_or_else(|| format!("tokens file line {}: unknown role {role:?}", n + 1))?;
+            let warned = self.warnings.len();
             self.add_named(role, token, name)
                 .map_err(|e| format!("tokens file line {}: {e}", n + 1))?;
+            if let Some(warning) = self.warnings.get_mut(warned) {
+                *warning = format!("tokens file line {}: {warning}", n + 1);
+            }
         }
         Ok(())
+    }
+
+    /// What loading the tokens found wrong but took (a token given twice), to be
+    /// said at start-up.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The role of a presented token. Every entry is compared, whatever matches.
@@ -389,24 +404,28 @@ mod tests {
         );
     }
 
-    /// One token in two entries is refused at start, naming the line and both
-    /// roles but not the token: the first entry won, silently.
+    /// One token in two entries: the first entry wins, as before, and a warning
+    /// names the line and both roles but not the token (it was silent).
     #[test]
-    fn a_token_given_twice_is_refused() {
-        let e = Tokens::default()
-            .parse_file(
-                "admin tk-same
-viewer v-1
-viewer tk-same # typo
-",
-            )
-            .unwrap_err();
-        assert!(e.contains("line 3"), "{e}");
-        assert!(e.contains("viewer") && e.contains("admin"), "{e}");
-        assert!(!e.contains("tk-same"), "the secret is printed: {e}");
+    fn a_token_given_twice_is_said_and_the_first_entry_wins() {
+        let mut t = Tokens::default();
+        t.parse_file("admin tk-same\nviewer v-1\nviewer tk-same # typo\n")
+            .unwrap();
+        assert_eq!(t.role_of(b"tk-same"), Some(Role::Admin));
+        assert_eq!(t.len(), 2);
+        let [w] = t.warnings() else {
+            panic!("{:?}", t.warnings())
+        };
+        assert!(w.contains("line 3"), "{w}");
+        assert!(w.contains("viewer") && w.contains("admin"), "{w}");
+        assert!(!w.contains("tk-same"), "the secret is printed: {w}");
         let mut t = Tokens::default();
         t.parse_file("operator op-1 lily\n").unwrap();
-        assert!(t.parse_env("storefront:op-1").is_err());
-        assert!(Tokens::default().parse_env("admin:a,admin:a").is_err());
+        t.parse_env("storefront:op-1").unwrap();
+        assert_eq!(t.lookup(b"op-1"), Some((Role::Operator, Some("lily"))));
+        assert_eq!(t.warnings().len(), 1);
+        let mut t = Tokens::default();
+        t.parse_env("admin:a,storefront:b").unwrap();
+        assert!(t.warnings().is_empty());
     }
 }

@@ -379,6 +379,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bail!("--listen {} resolves to nothing", args.listen)
     };
     let tokens = load_tokens(&args)?;
+    for warning in tokens.warnings() {
+        tracing::warn!("{warning}");
+        eprintln!("WARNING: {warning}");
+    }
     let auth = if tokens.is_empty() {
         if !addrs.iter().all(|a| a.ip().is_loopback()) {
             bail!(
