@@ -43,15 +43,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for spec in "$@"; do
         name=${spec%%=*}
         bin=${spec#*=}
-        port=$(free_port)
-        data="$WORK/data-$name-$round"
-        SURGE_TOKENS="admin:$ADMIN_TOKEN,storefront:$SF_TOKEN" SURGE_DURABILITY=sync RUST_LOG=warn \
-            "$bin" --listen "127.0.0.1:$port" --data-dir "$data" \
-            >"$WORK/$name.out" 2>"$WORK/$name.err" &
-        pid=$!
-        PIDS+=("$pid")
-        url="http://127.0.0.1:$port"
-        wait_ready "$url" 60 "$WORK/$name.err"
+        start_surge "$name" "$bin" "$WORK/data-$name-$round" \
+            SURGE_TOKENS="admin:$ADMIN_TOKEN,storefront:$SF_TOKEN" SURGE_DURABILITY=sync
+        pid=$SURGE_PID
+        url=$SURGE_URL
         define_skus "$url" "$ADMIN_TOKEN" 1000 '{"on_hand":100000000}'
         curl -fsS -X PUT -H "Authorization: Bearer $ADMIN_TOKEN" -H "Content-Type: application/json" \
             --data '{"on_hand":100000000}' "$url/v1/skus/HOT" >/dev/null

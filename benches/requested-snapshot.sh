@@ -58,18 +58,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for spec in "$@"; do
         name=${spec%%=*}
         bin=${spec#*=}
-        [[ -x $bin ]] || { echo "no binary at $bin" >&2; exit 1; }
-        port=$(free_port)
         data="$WORK/data-$name-$round"
-        SURGE_TOKENS="admin:$TOKEN,storefront:$TOKEN" SURGE_DURABILITY=sync \
+        start_surge "$name" "$bin" "$data" \
+            SURGE_TOKENS="admin:$TOKEN,storefront:$TOKEN" SURGE_DURABILITY=sync \
             SURGE_QUEUE_LEN_MAX=262144 SURGE_PRETOUCH_MIB="$PRETOUCH_MIB" \
-            SURGE_SNAPSHOT_EVERY_RECORDS=0 RUST_LOG=warn \
-            "$bin" --listen "127.0.0.1:$port" --data-dir "$data" \
-            >"$WORK/$name.out" 2>"$WORK/$name.err" &
-        pid=$!
-        PIDS+=("$pid")
-        url="http://127.0.0.1:$port"
-        wait_ready "$url" 60 "$WORK/$name.err"
+            SURGE_SNAPSHOT_EVERY_RECORDS=0
+        pid=$SURGE_PID
+        url=$SURGE_URL
         define_skus "$url" "$TOKEN" 1000 '{"on_hand":1000000000000}'
         log "$name round $round: preload ${PRELOAD_SECONDS}s of /v1/batch"
         wrk -t1 -c16 -d"${PRELOAD_SECONDS}s" -s benches/wrk/batch.lua "$url" -- 1000 1000 >/dev/null

@@ -48,17 +48,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for spec in "$@"; do
         name=${spec%%=*}
         bin=${spec#*=}
-        [[ -x $bin ]] || { echo "no binary at $bin" >&2; exit 1; }
-        port=$(free_port)
         data="$WORK/data-$name-$round"
-        SURGE_TOKENS="admin:$TOKEN,storefront:$TOKEN" SURGE_DURABILITY=sync \
-            SURGE_QUEUE_LEN_MAX=262144 SURGE_SNAPSHOT_EVERY_RECORDS="$SNAPSHOT_EVERY" \
-            RUST_LOG=warn "$bin" --listen "127.0.0.1:$port" --data-dir "$data" \
-            >"$WORK/$name.out" 2>"$WORK/$name.err" &
-        pid=$!
-        PIDS+=("$pid")
-        url="http://127.0.0.1:$port"
-        wait_ready "$url" 30 "$WORK/$name.err"
+        start_surge "$name" "$bin" "$data" \
+            SURGE_TOKENS="admin:$TOKEN,storefront:$TOKEN" SURGE_DURABILITY=sync \
+            SURGE_QUEUE_LEN_MAX=262144 SURGE_SNAPSHOT_EVERY_RECORDS="$SNAPSHOT_EVERY"
+        pid=$SURGE_PID
+        url=$SURGE_URL
         define_skus "$url" "$TOKEN" "$SKUS" '{"on_hand":1000000000}'
         log "$name round $round: wrk -t1 -c$CONNS -d${DURATION}s"
         SURGE_BENCH_TOKEN=$TOKEN wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \

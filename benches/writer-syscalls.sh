@@ -43,17 +43,12 @@ thread_of() { # pid name -> the tid of that process's thread with this name
 for spec in "$@"; do
     name=${spec%%=*}
     bin=${spec#*=}
-    [[ -x $bin ]] || { echo "no binary at $bin" >&2; exit 1; }
-    port=$(free_port)
     data="$WORK/data-$name"
-    SURGE_TOKENS="admin:$TOKEN,storefront:$TOKEN" SURGE_DURABILITY=sync \
-        SURGE_QUEUE_LEN_MAX=262144 RUST_LOG=warn \
-        "$bin" --listen "127.0.0.1:$port" --data-dir "$data" \
-        >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    pid=$!
-    PIDS+=("$pid")
-    url="http://127.0.0.1:$port"
-    wait_ready "$url" 60 "$WORK/$name.err"
+    start_surge "$name" "$bin" "$data" \
+        SURGE_TOKENS="admin:$TOKEN,storefront:$TOKEN" SURGE_DURABILITY=sync \
+        SURGE_QUEUE_LEN_MAX=262144
+    pid=$SURGE_PID
+    url=$SURGE_URL
     define_skus "$url" "$TOKEN" "$SKUS" '{"on_hand":100000000}'
     tracers=()
     for thread in surge-writer surge-sync; do

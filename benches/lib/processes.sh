@@ -51,6 +51,23 @@ free_port() {
 }
 
 
+# Starts BIN (a surge build) as NAME on a free loopback port with DATA as its data
+# dir and the VAR=value settings given in its environment (RUST_LOG=warn unless one
+# is given), its output in $WORK/NAME.out and .err; waits until it is ready. Sets
+# SURGE_PID and SURGE_URL.
+start_surge() { # name bin data [VAR=value ...]
+    local name=$1 bin=$2 data=$3 port
+    shift 3
+    [[ -x $bin ]] || { echo "no binary at $bin" >&2; exit 1; }
+    port=$(free_port)
+    env RUST_LOG=warn "$@" "$bin" --listen "127.0.0.1:$port" --data-dir "$data" \
+        >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    SURGE_PID=$!
+    PIDS+=("$SURGE_PID")
+    SURGE_URL="http://127.0.0.1:$port"
+    wait_ready "$SURGE_URL" 60 "$WORK/$name.err"
+}
+
 # Defines SKUs S0..S<count-1> on a running surge with one PUT each (one curl for all,
 # its URLs in $WORK/skus.curl, which a script may reuse to read them back).
 define_skus() { # url admin-token count body
