@@ -55,6 +55,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
             -s benches/wrk/reserve.lua "$url" -- "$MODE" 1000)
         after=$(cpu_ticks "$pid")
         stop "$pid"
+        rm -rf "$WORK/data-$name-$round"
+        errors=$(awk '/Socket errors/' <<<"$out")
+        [[ -z $errors ]] || { echo "$name: $errors" >&2; exit 1; }
         rate=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
         non2xx=$(awk '/Non-2xx/ { print $NF }' <<<"$out")
         [[ -z $non2xx ]] || { echo "$name: $non2xx answers were not 2xx" >&2; exit 1; }

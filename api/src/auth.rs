@@ -140,7 +140,11 @@ impl Tokens {
                 .ok_or("SURGE_TOKENS: each entry must be role:token")?;
             let role = Role::parse(role.trim())
                 .ok_or_else(|| format!("SURGE_TOKENS: unknown role {:?}", role.trim()))?;
+            let warned = self.warnings.len();
             self.add(role, token.trim())?;
+            if let Some(warning) = self.warnings.get_mut(warned) {
+                *warning = format!("SURGE_TOKENS: {warning}");
+            }
         }
         Ok(())
     }
@@ -423,7 +427,10 @@ mod tests {
         t.parse_file("operator op-1 lily\n").unwrap();
         t.parse_env("storefront:op-1").unwrap();
         assert_eq!(t.lookup(b"op-1"), Some((Role::Operator, Some("lily"))));
-        assert_eq!(t.warnings().len(), 1);
+        let [w] = t.warnings() else {
+            panic!("{:?}", t.warnings())
+        };
+        assert!(w.starts_with("SURGE_TOKENS: a storefront token"), "{w}");
         let mut t = Tokens::default();
         t.parse_env("admin:a,storefront:b").unwrap();
         assert!(t.warnings().is_empty());

@@ -21,6 +21,10 @@ use surge_engine::{
 #[global_allocator]
 static ALLOCATOR: surge_alloc::Mimalloc = surge_alloc::Mimalloc;
 
+/// How far below the request timeout the body timeout must be: the request's timer
+/// starts before the body's (at the request, not after its headers are read).
+const BODY_TIMEOUT_MARGIN_MS: u64 = 100;
+
 #[derive(Debug, Parser)]
 #[command(name = "surge", version, about = "In-memory order and stock-reservation engine for flash sales, over HTTP.", long_about = None)]
 struct Cli {
@@ -135,7 +139,7 @@ struct ServeArgs {
     request_timeout_ms: u64,
     /// A request's body must arrive within this once its headers have, or the
     /// request is answered 408 `request_timeout` (nothing done). 100 to 3600000,
-    /// and below --request-timeout-ms; half of it by default.
+    /// and at least 100 below --request-timeout-ms; half of it by default.
     #[arg(long, env = "SURGE_BODY_TIMEOUT_MS",
         value_parser = clap::value_parser!(u64).range(surge_api::state::BODY_TIMEOUT_MS_RANGE))]
     body_timeout_ms: Option<u64>,
@@ -361,14 +365,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.idempotency_window_floor_ms > args.idempotency_window_ms {
         bail!("--idempotency-window-floor-ms must not exceed --idempotency-window-ms");
     }
-    let body_timeout_ms = args.body_timeout_ms.unwrap_or_else(|| {
-        let range = surge_api::state::BODY_TIMEOUT_MS_RANGE;
-        (args.request_timeout_ms / 2).clamp(*range.start(), *range.end())
-    });
-    if body_timeout_ms >= args.request_timeout_ms {
-        // The request's own timeout would answer first, 503 "a write may still take
-        // effect", for a body that never arrived.
-        bail!("--body-timeout-ms must be below --request-timeout-ms");
+    // Half the request timeout (at least 100 ms: the request timeout's range starts
+    // at 200).
+    let body_timeout_ms = args.body_timeout_ms.unwrap_or(args.request_timeout_ms / 2);
+    if body_timeout_ms + BODY_TIMEOUT_MARGIN_MS > args.request_timeout_ms {
+        // The request's own timeout, which starts first, would answer before it: 503
+        // "a write may still take effect", for a body that never arrived.
+        bail!(
+            "--body-timeout-ms must be at least {BODY_TIMEOUT_MARGIN_MS} ms below --request-timeout-ms"
+        );
     }
     let addrs: Vec<SocketAddr> = args
         .listen

@@ -250,6 +250,7 @@ pub(crate) fn parse_limit(
     responses(
         (status = 200, description = "The SKU as defined", body = SkuBody),
         (status = 409, description = "`invalid_transition`: on_hand below reserved", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded`, \"limit reached\": a new SKU past the SKU limit, or a purchase limit set where there was none that would count more (SKU, customer) pairs than the engine keeps (2,000,000); a retry succeeds only once counts are freed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn define_sku(
     State(st): State<AppState>,

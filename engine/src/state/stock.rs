@@ -108,6 +108,7 @@ impl State {
                     // hold or an order is (it could add millions of them at once).
                     let counted = self.recount(idx);
                     if self.rules >= RULES_V14
+                        && !counted.is_empty()
                         && self.limited_pairs + counted.len() > LIMITED_PAIRS_MAX
                     {
                         return Err(Rejection::LimitReached {
