@@ -100,22 +100,16 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
         EventKind::OrderPaidV3 { id, amount } => {
             json!({"order_id": id.to_string(), "amount": amount})
         }
-        EventKind::OrderCreated(e) => {
-            let surge_engine::event::OrderCreated { id, order, total } = &**e;
-            let mut m = brief(log, *id, order);
-            m.insert("total".into(), (*total).into());
+        EventKind::OrderCreated(e) => Value::Object(created(log, e)),
+        EventKind::OrderCreatedBy(e) => {
+            let mut m = created(log, &e.created);
+            insert_actor(&mut m, &e.actor);
             Value::Object(m)
         }
-        EventKind::OrderPaid(e) => {
-            let surge_engine::event::OrderPaid {
-                id,
-                order,
-                amount,
-                payment_ref,
-            } = &**e;
-            let mut m = brief(log, *id, order);
-            m.insert("amount".into(), (*amount).into());
-            m.insert("payment_ref".into(), payment_ref.to_string().into());
+        EventKind::OrderPaid(e) => Value::Object(paid(log, e)),
+        EventKind::OrderPaidBy(e) => {
+            let mut m = paid(log, &e.paid);
+            insert_actor(&mut m, &e.actor);
             Value::Object(m)
         }
         EventKind::OrderCancelled(e) => {
@@ -514,6 +508,21 @@ fn insert_closing(
     insert_actor(m, actor);
     m.insert("refund_due_amount".into(), refund_due_amount.into());
     m.insert("restocked".into(), sku_qtys(log, restocked));
+}
+
+/// `order.created`'s payload: the order's brief and total.
+fn created(log: &EventLog, e: &surge_engine::event::OrderCreated) -> Map<String, Value> {
+    let mut m = brief(log, e.id, &e.order);
+    m.insert("total".into(), e.total.into());
+    m
+}
+
+/// `order.paid`'s payload: the order's brief, the amount and the payment reference.
+fn paid(log: &EventLog, e: &surge_engine::event::OrderPaid) -> Map<String, Value> {
+    let mut m = brief(log, e.id, &e.order);
+    m.insert("amount".into(), e.amount.into());
+    m.insert("payment_ref".into(), e.payment_ref.to_string().into());
+    m
 }
 
 /// `actor`, and `on_behalf_of` when the actor acted for someone (a named token).

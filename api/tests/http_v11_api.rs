@@ -545,6 +545,25 @@ fn a_named_token_sets_the_actor_and_keeps_x_actor_as_on_behalf_of() {
         .expect("order.cancelled");
     assert_eq!(cancelled["actor"], "operator:lily", "{cancelled}");
     assert_eq!(cancelled["on_behalf_of"], "cs-9", "{cancelled}");
+    // Who created and who paid (the v1.4 rules; they carried no actor).
+    let told = |ty: &str| {
+        let e = events.iter().find(|e| e["type"] == ty).expect(ty);
+        (e["actor"].clone(), e["on_behalf_of"].clone())
+    };
+    assert_eq!(
+        told("order.created"),
+        (
+            serde_json::json!("storefront:checkout-1"),
+            serde_json::Value::Null
+        )
+    );
+    assert_eq!(
+        told("order.paid"),
+        (
+            serde_json::json!("operator:lily"),
+            serde_json::json!("cs-7")
+        )
+    );
 
     // Unnamed tokens behave as before: X-Actor refines the actor.
     let r = call(

@@ -125,6 +125,11 @@ pub enum EventKind {
     /// A modification with the order's shipping address and note after it (an
     /// address-only change told nothing of the new address).
     OrderModifiedFull(Box<OrderModifiedFull>),
+    // The v1.4 rules' payloads (`RULES_V14`), last for the same reason.
+    /// An order's creation with who created it (a named token's `role:name`).
+    OrderCreatedBy(Box<OrderCreatedBy>),
+    /// A payment with who recorded it.
+    OrderPaidBy(Box<OrderPaidBy>),
 }
 
 // The v1.1 payloads are boxed: an `EventKind` stays as small as the v1 ones (the
@@ -223,6 +228,18 @@ pub struct OrderModifiedFull {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderCreatedBy {
+    pub created: OrderCreated,
+    pub actor: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OrderPaidBy {
+    pub paid: OrderPaid,
+    pub actor: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct OrderHeld {
     pub id: OrderId,
     pub order_no: Arc<str>,
@@ -285,8 +302,12 @@ impl EventKind {
             EventKind::ReservationCommitted { .. } => "reservation.committed",
             EventKind::ReservationReleased { .. } => "reservation.released",
             EventKind::ReservationExpired { .. } => "reservation.expired",
-            EventKind::OrderCreated(_) | EventKind::OrderCreatedV3 { .. } => "order.created",
-            EventKind::OrderPaid(_) | EventKind::OrderPaidV3 { .. } => "order.paid",
+            EventKind::OrderCreated(_)
+            | EventKind::OrderCreatedV3 { .. }
+            | EventKind::OrderCreatedBy(_) => "order.created",
+            EventKind::OrderPaid(_) | EventKind::OrderPaidV3 { .. } | EventKind::OrderPaidBy(_) => {
+                "order.paid"
+            }
             EventKind::OrderStatusChanged { .. } | EventKind::OrderStatusChangedFull(_) => {
                 "order.status_changed"
             }

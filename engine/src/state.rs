@@ -169,6 +169,7 @@ pub(crate) const RULES_V13: u32 = 4;
 /// limit set where there was none is refused (`LimitReached`) when what it counts
 /// already would pass `LIMITED_PAIRS_MAX` counted (SKU, customer) pairs (before, one
 /// definition could add millions at once, past the memory the bound stands for).
+/// `order.created` and `order.paid` carry the actor (`OrderCreatedBy`, `OrderPaidBy`).
 pub(crate) const RULES_V14: u32 = 5;
 /// The rules a server of this build logs at start (`Command::SetRules`).
 pub const RULES_CURRENT: u32 = RULES_V14;

@@ -1701,14 +1701,16 @@ fn describe(state: &State, event: &Event, v11: bool) -> String {
         | EventKind::ReservationExpired { id } => format!("{ty} {id}"),
         EventKind::OrderStatusChanged { id, from, to } => format!("{ty} {id} {from}>{to}"),
         EventKind::OrderExpired { id } => format!("{ty} {id}"),
-        // The v1.2 rules' payloads: the model never raises the rules past v1.1
-        // (in `engine/tests/order_changes.rs`,
-        // `the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full`
-        // covers them).
+        // The v1.2 and v1.4 rules' payloads: the model never raises the rules past
+        // v1.1 (in `engine/tests/order_changes.rs`,
+        // `the_v12_rules_tell_status_changes_expiries_and_adjustments_in_full` and
+        // `the_v14_rules_tell_who_created_and_paid_an_order` cover them).
         EventKind::OrderStatusChangedFull(_)
         | EventKind::OrderExpiredFull(_)
         | EventKind::StockAdjustedBy(_)
-        | EventKind::OrderModifiedFull(_) => unexpected(),
+        | EventKind::OrderModifiedFull(_)
+        | EventKind::OrderCreatedBy(_)
+        | EventKind::OrderPaidBy(_) => unexpected(),
         // The thin payloads of the v1 rules.
         EventKind::OrderCreatedV3 {
             id,

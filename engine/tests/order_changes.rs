@@ -950,3 +950,36 @@ fn under_the_v14_rules_a_second_payment_with_another_reference_is_refused() {
         w.check_replay();
     }
 }
+
+/// The v1.4 rules (`SetRules { rules: 5 }`): `order.created` and `order.paid` say
+/// who created and paid the order (the logged actor: a named token's `role:name`
+/// and whom it acted for); under the v1.3 rules they carry no actor, so older logs
+/// replay as they ran.
+#[test]
+fn the_v14_rules_tell_who_created_and_paid_an_order() {
+    for rules in [4, 5] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let from = w.events.len();
+        let id = w.place("W-1", &[("A", 1, PRICE)]);
+        w.pay(id);
+        let told = picked(&w, from, |kind| match kind {
+            EventKind::OrderCreated(c) if c.id == id => Some(("created", None)),
+            EventKind::OrderPaid(p) if p.id == id => Some(("paid", None)),
+            EventKind::OrderCreatedBy(c) if c.created.id == id => {
+                Some(("created", Some(c.actor.to_string())))
+            }
+            EventKind::OrderPaidBy(p) if p.paid.id == id => {
+                Some(("paid", Some(p.actor.to_string())))
+            }
+            _ => None,
+        });
+        let by = |actor: &str| (rules >= 5).then(|| actor.to_string());
+        assert_eq!(
+            told,
+            [("created", by("storefront")), ("paid", by("shop"))],
+            "rules {rules}"
+        );
+        w.check_replay();
+    }
+}

@@ -507,9 +507,17 @@ impl State {
             });
         } else {
             let order = self.brief(id);
-            ctx.emit(EventKind::OrderCreated(Box::new(
-                crate::event::OrderCreated { id, order, total },
-            )));
+            let created = crate::event::OrderCreated { id, order, total };
+            if self.rules >= RULES_V14 {
+                ctx.emit(EventKind::OrderCreatedBy(Box::new(
+                    crate::event::OrderCreatedBy {
+                        created,
+                        actor: Arc::clone(&self.actors[actor as usize]),
+                    },
+                )));
+            } else {
+                ctx.emit(EventKind::OrderCreated(Box::new(created)));
+            }
             if review {
                 self.emit_held(id, ctx);
             }
@@ -603,12 +611,22 @@ impl State {
             ctx.emit(EventKind::OrderPaidV3 { id, amount });
         } else {
             let order = self.brief(id);
-            ctx.emit(EventKind::OrderPaid(Box::new(crate::event::OrderPaid {
+            let paid = crate::event::OrderPaid {
                 id,
                 order,
                 amount,
                 payment_ref: payment_ref.into(),
-            })));
+            };
+            if self.rules >= RULES_V14 {
+                ctx.emit(EventKind::OrderPaidBy(Box::new(
+                    crate::event::OrderPaidBy {
+                        paid,
+                        actor: Arc::clone(&self.actors[actor as usize]),
+                    },
+                )));
+            } else {
+                ctx.emit(EventKind::OrderPaid(Box::new(paid)));
+            }
         }
         self.emit_status_changed(id, OrderStatus::Reserved, actor, "", ctx);
         Ok(self.order_reply(id))
