@@ -94,6 +94,18 @@ impl Tokens {
 
     /// A token whose caller is `role:name`.
     pub fn add_named(&mut self, role: Role, token: &str, name: Option<&str>) -> Result<(), String> {
+        self.add_from(None, role, token, name)
+    }
+
+    /// [`Tokens::add_named`], naming where the entry came from (`source`: the
+    /// variable, the file's line) in a warning about it.
+    fn add_from(
+        &mut self,
+        source: Option<&str>,
+        role: Role,
+        token: &str,
+        name: Option<&str>,
+    ) -> Result<(), String> {
         if let Some(name) = name {
             check_token_name(name)?;
         }
@@ -115,8 +127,9 @@ impl Tokens {
             // longer silently (`admin` then `viewer` acted as the admin without a
             // word). Said at start-up, without the secret.
             self.warnings.push(format!(
-                "a {} token is given twice: an earlier entry has the same token as {}, and \
-                 that entry wins",
+                "{}a {} token is given twice: an earlier entry has the same token as {}, \
+                 and that entry wins",
+                source.map(|s| format!("{s}: ")).unwrap_or_default(),
                 role.as_str(),
                 earlier.role.as_str()
             ));
@@ -140,11 +153,7 @@ impl Tokens {
                 .ok_or("SURGE_TOKENS: each entry must be role:token")?;
             let role = Role::parse(role.trim())
                 .ok_or_else(|| format!("SURGE_TOKENS: unknown role {:?}", role.trim()))?;
-            let warned = self.warnings.len();
-            self.add(role, token.trim())?;
-            if let Some(warning) = self.warnings.get_mut(warned) {
-                *warning = format!("SURGE_TOKENS: {warning}");
-            }
+            self.add_from(Some("SURGE_TOKENS"), role, token.trim(), None)?;
         }
         Ok(())
     }
@@ -168,12 +177,9 @@ impl Tokens {
             };
             let role = Role::parse(role)
                 .ok_or_else(|| format!("tokens file line {}: unknown role {role:?}", n + 1))?;
-            let warned = self.warnings.len();
-            self.add_named(role, token, name)
-                .map_err(|e| format!("tokens file line {}: {e}", n + 1))?;
-            if let Some(warning) = self.warnings.get_mut(warned) {
-                *warning = format!("tokens file line {}: {warning}", n + 1);
-            }
+            let at = format!("tokens file line {}", n + 1);
+            self.add_from(Some(&at), role, token, name)
+                .map_err(|e| format!("{at}: {e}"))?;
         }
         Ok(())
     }

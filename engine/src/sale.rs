@@ -24,7 +24,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use crate::command::{Field, Rejection, SaleRules, SkuCustomerView, SkuDefinition, Violation};
 use crate::domain::{Millis, OrderId, OrderStatus, ReservationId, ReservationStatus, SkuIdx};
 use crate::limits::{LIMITED_PAIRS_MAX, LINES_PER_REQUEST_MAX, ON_HAND_MAX, SALE_INSTANT_MAX_MS};
-use crate::state::{Reservation, State, invalid};
+use crate::state::{RULES_V14, Reservation, State, invalid};
 
 /// The rules of one SKU that has any, and its per-customer counts.
 #[derive(Debug, Clone, Default)]
@@ -267,12 +267,42 @@ impl State {
         Ok(rules)
     }
 
+    /// What a limit set on `idx` where there was none counts at once (`recount`);
+    /// `None` where `rules` set no new limit. Under the v1.4 rules refused past the
+    /// bound on counted pairs, as a hold or an order is: one definition could add
+    /// millions of them.
+    pub(crate) fn counted_by_new_limit(
+        &self,
+        idx: SkuIdx,
+        current: SaleRules,
+        rules: SaleRules,
+    ) -> Result<Option<HashMap<Arc<str>, Counted>>, Rejection> {
+        if current.limit().is_some() || rules.limit().is_none() {
+            return Ok(None);
+        }
+        let counted = self.recount(idx);
+        if self.rules >= RULES_V14
+            && !counted.is_empty()
+            && self.limited_pairs + counted.len() > LIMITED_PAIRS_MAX
+        {
+            return Err(Rejection::LimitReached {
+                what: format!(
+                    "{LIMITED_PAIRS_MAX} counted (SKU, customer) pairs: this limit would count \
+                     {} customers of {:?} more",
+                    counted.len(),
+                    &*self.skus[idx.0 as usize].id
+                ),
+            });
+        }
+        Ok(Some(counted))
+    }
+
     /// Set a SKU's rules (checked by `sale_rules_after`). A limit counts from when
     /// it is set: where there was none, the orders that count are counted, and the
     /// holds kept by customer (those with another limited SKU); holds without a
     /// limited SKU and outright purchases from before are not (nothing kept their
-    /// customer). A limit removed forgets the counts. `recounted`: the recount of
-    /// `idx`, where the caller made it already.
+    /// customer). A limit removed forgets the counts. `recounted`: what a new limit
+    /// counts ([`State::counted_by_new_limit`]).
     pub(crate) fn set_sale_rules(
         &mut self,
         idx: SkuIdx,
@@ -295,7 +325,7 @@ impl State {
         sale.rules = rules;
         match (was_limited, rules.limit().is_some()) {
             (false, true) => {
-                let recounted = recounted.unwrap_or_else(|| self.recount(idx));
+                let recounted = recounted.expect("a new limit comes with what it counts");
                 let counted = CustomerCounts::collect(&self.customer_hasher, recounted);
                 self.limited_pairs += counted.len();
                 self.sales[idx.0 as usize]
@@ -313,7 +343,7 @@ impl State {
 
     /// What holds and orders count on `idx` now, by customer (outright purchases
     /// are not included: nothing names their customer once they are committed).
-    pub(crate) fn recount(&self, idx: SkuIdx) -> HashMap<Arc<str>, Counted> {
+    fn recount(&self, idx: SkuIdx) -> HashMap<Arc<str>, Counted> {
         let mut counted: HashMap<Arc<str>, Counted> = HashMap::new();
         for r in self.reservations.iter() {
             let Some(customer) = &r.customer else {

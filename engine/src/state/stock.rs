@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Ctx, RULES_V1, RULES_V12, RULES_V14, State, check_sku_id, check_text, invalid, touch,
-    transition,
+    Ctx, RULES_V1, RULES_V12, State, check_sku_id, check_text, invalid, touch, transition,
 };
 use crate::command::{Field, Outcome, Rejection, Reply, SkuDefinition, Violation};
 use crate::domain::{AdjustReason, SkuIdx};
@@ -92,7 +91,7 @@ impl State {
             None => crate::command::SaleRules::default(),
         };
         let rules = self.sale_rules_after(current_rules, definition)?;
-        let mut recounted = None;
+        let recounted;
         let idx = match self.sku_index.get(sku.as_str()) {
             Some(&idx) => {
                 let existing = &self.skus[idx.0 as usize];
@@ -102,25 +101,7 @@ impl State {
                         existing.reserved
                     )));
                 }
-                if current_rules.limit().is_none() && rules.limit().is_some() {
-                    // A limit set where there was none counts what counts already:
-                    // under the v1.4 rules within the bound on counted pairs, as a
-                    // hold or an order is (it could add millions of them at once).
-                    let counted = self.recount(idx);
-                    if self.rules >= RULES_V14
-                        && !counted.is_empty()
-                        && self.limited_pairs + counted.len() > LIMITED_PAIRS_MAX
-                    {
-                        return Err(Rejection::LimitReached {
-                            what: format!(
-                                "{LIMITED_PAIRS_MAX} counted (SKU, customer) pairs: this limit would \
-                                 count {} customers of {sku:?} more",
-                                counted.len()
-                            ),
-                        });
-                    }
-                    recounted = Some(counted);
-                }
+                recounted = self.counted_by_new_limit(idx, current_rules, rules)?;
                 idx
             }
             None => {
@@ -141,6 +122,8 @@ impl State {
                 });
                 self.sales.push(None);
                 self.sku_index.insert(id, idx);
+                // A new SKU has nothing to count yet.
+                recounted = rules.limit().map(|_| Default::default());
                 idx
             }
         };
