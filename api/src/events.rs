@@ -39,7 +39,8 @@ pub struct EventPage {
     pub events: Vec<Value>,
     /// Pass as `after` for the next page.
     pub next: u64,
-    /// Some events after `after` were dropped from memory before they were read.
+    /// Some events after `after` were dropped from memory before they were read
+    /// (the feed keeps the newest 1,000,000).
     pub truncated: bool,
 }
 
@@ -320,7 +321,7 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams,
         ("Last-Event-ID" = Option<String>, Header, description = "SSE: resume after this seq"),
-        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live Server-Sent Events stream (`id:` = seq, `event:` = type, `data:` = the event JSON; keep-alive comments every 15 s)")),
+        ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live Server-Sent Events stream (`id:` = seq, `event:` = type, `data:` = the event JSON; keep-alive comments every 15 s). The feed keeps the newest 1,000,000 events in memory: a stream that resumes from an older `Last-Event-ID`, or falls that far behind, first gets `event: truncated` (no `id:`) with `data: {\"type\": \"truncated\", \"after\": <seq>, \"resumes_at\": <seq>}` and goes on from the oldest event kept; the JSON page says `truncated: true`. Downstream that must see every event reads them from NATS JetStream (`--events-to`)")),
     responses((status = 200, description = "A page of events, or an SSE stream", body = EventPage),
         (status = 503, description = "`overloaded` (with `Retry-After`): 1,000 event streams (`EVENT_STREAMS_MAX`) are open already; pages are not limited", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn events(
@@ -364,6 +365,10 @@ pub async fn events(
 
 /// Events read from the log per wake-up of an SSE stream.
 const SSE_PAGE: usize = 256;
+/// The SSE event that says events were dropped from memory before the stream read
+/// them: `{"type": "truncated", "after": <the last seq read>, "resumes_at": <the
+/// seq it goes on with>}`, sent without an `id:`.
+const TRUNCATED: &str = "truncated";
 
 fn sse(
     st: AppState,
@@ -396,6 +401,19 @@ fn sse(
             }
             let log = c.engine.events();
             let page = log.read_after(c.after, SSE_PAGE);
+            if page.truncated {
+                // Events after `after` were dropped from memory before this stream
+                // read them (a resume from too old a `Last-Event-ID`, or a reader
+                // that fell more than the feed's window behind): said in the stream,
+                // with no `id:`, so a reconnect resumes after the last event sent.
+                let resumes_at = page.events.first().map_or(page.next, |e| e.seq);
+                c.buffer.push_back(
+                    SseEvent::default().event(TRUNCATED).data(
+                        json!({"type": TRUNCATED, "after": c.after, "resumes_at": resumes_at})
+                            .to_string(),
+                    ),
+                );
+            }
             if let Some(last) = page.events.last() {
                 c.after = last.seq;
                 for e in &page.events {

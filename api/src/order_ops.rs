@@ -25,7 +25,7 @@ use crate::time::format_ms;
     responses(
         (status = 200, description = "The order with its `hold` (holding a held order returns it unchanged); event `order.held`", body = OrderBody),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_transition`: only reserved, confirmed, picking or packed orders can be held", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: only reserved, confirmed, picking or packed orders can be held, and only while the order can take changes. An order takes at most 20 changes that keep its status (holds, modifications, partial refunds; its creation and status changes count): past them, 409 `invalid_transition`; its status can still change, a hold be released and what is due be refunded.", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn hold_order(
     OrderWrite(call, req, ..): OrderWrite<Operator, HoldReq>,
@@ -62,11 +62,11 @@ pub async fn release_hold(
     params(("id" = String, Path, description = "Order id (`o<n>`)")),
     request_body = ModifyOrderReq,
     responses(
-        (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`", body = OrderBody),
+        (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`. A change that raises the total to the review amount (`SURGE_REVIEW_AMOUNT_MIN`) holds the order for review (`hold.reason` `review`, event `order.held`). A change that changes nothing (the same lines, note and address) answers the order as it is, logs nothing and takes none of its changes", body = OrderBody),
         (status = 400, description = "`validation_failed`: nothing to change (none of `lines`, `shipping_address`, `note`), one of them null, empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: storefront with a reason other than customer_request / payment_failed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order` / `unknown_sku`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`insufficient_stock`, or `invalid_transition` (not reserved or confirmed; a paid order's lines going up or prices changing)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_stock`, or `invalid_transition` (not reserved or confirmed; a paid order's lines going up or prices changing; no changes left). An order takes at most 20 changes that keep its status (holds, modifications, partial refunds; its creation and status changes count): past them, 409 `invalid_transition`; its status can still change, a hold be released and what is due be refunded.", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn modify_order(
     OrderWrite(call, req, ..): OrderWrite<Storefront, ModifyOrderReq>,
@@ -105,7 +105,7 @@ pub async fn modify_order(
         (status = 200, description = "The order; the refund first pays what is due, beyond that it is goodwill. Honours `Idempotency-Key`", body = OrderBody),
         (status = 400, description = "`validation_failed`: amount 0", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`refund_exceeds_paid`: more than paid and not yet refunded", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`refund_exceeds_paid`: more than paid and not yet refunded; `invalid_transition`: the order has taken the 20 changes that keep its status it may (`POST /v1/orders/{id}/refund` still pays what is due)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refund_amount(
     OrderWrite(call, req, ..): OrderWrite<Operator, RefundsReq>,

@@ -558,7 +558,7 @@ pub fn create_order_command(
     params(("id" = String, Path, description = "Order id (`o<n>`)")),
     request_body = PayReq,
     responses(
-        (status = 200, description = "`confirmed`, payment `paid`, stock committed; paying again with the same `amount` and `payment_ref` answers the order as it is", body = OrderBody),
+        (status = 200, description = "`confirmed`, payment `paid`, stock committed; paying again with the same `amount` and `payment_ref` answers the order as it is, also once it was cancelled, returned or refunded since (a gateway's retried callback)", body = OrderBody),
         (status = 400, description = "`validation_failed`: amount differs from the total", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_transition`: not payable now, or already paid with another `payment_ref` (a second payment is not taken)", body = Problem, content_type = "application/problem+json"),

@@ -1411,3 +1411,85 @@ fn headers_over_the_limit_are_431_naming_them_and_change_nothing() {
     );
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+/// From an outside probe: after 17 note edits of a paid order, a review hold took
+/// its history to the cap for changes that keep the status, and the release was
+/// then refused for good with 503 `overloaded` (clients retried forever) while
+/// `actions` still offered it: the order could never ship. Now the release is
+/// taken, the cap answers 409 `invalid_transition`, `actions` leaves out what the
+/// cap refuses, and the order ships.
+#[test]
+fn a_hold_at_the_last_change_allowed_is_released_and_the_order_ships() {
+    let dir = TempDir::new("v11-change-cap");
+    let s = Server::start(&dir.data(), "v11-change-cap");
+    s.define("A", 10);
+    let order = create_order(
+        &s,
+        "CAP-1",
+        "c1",
+        r#"[{"sku":"A","qty":1,"unit_price":100}]"#,
+    );
+    let id = order["id"].as_str().unwrap().to_string();
+    let path = |tail: &str| format!("/v1/orders/{id}{tail}");
+    let r = s.as_(
+        STOREFRONT,
+        "POST",
+        &path("/pay"),
+        Some(r#"{"amount":100,"payment_ref":"p1"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    for i in 0..17 {
+        let r = s.as_(
+            OPERATOR,
+            "PATCH",
+            &path(""),
+            Some(&format!(r#"{{"note":"call {i}"}}"#)),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = s.as_(
+        OPERATOR,
+        "POST",
+        &path("/hold"),
+        Some(r#"{"reason":"address_check"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["history"].as_array().unwrap().len(),
+        20,
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.json()["actions"],
+        serde_json::json!(["cancel", "release_hold"]),
+        "{}",
+        r.body
+    );
+    let r = s.as_(OPERATOR, "PATCH", &path(""), Some(r#"{"note":"one more"}"#));
+    r.assert_problem(409, "invalid_transition");
+    let r = s.as_(
+        OPERATOR,
+        "POST",
+        &path("/refunds"),
+        Some(r#"{"amount":1,"reason":"goodwill"}"#),
+    );
+    r.assert_problem(409, "invalid_transition");
+    let r = s.as_(
+        OPERATOR,
+        "POST",
+        &path("/release-hold"),
+        Some(r#"{"note":"checked"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("surge-lsn").is_some(), "{}", r.body);
+    for to in ["picking", "packed", "shipped"] {
+        let r = s.as_(
+            OPERATOR,
+            "POST",
+            &path("/transitions"),
+            Some(&format!(r#"{{"to":"{to}"}}"#)),
+        );
+        assert_eq!(r.status, 200, "{to}: {}", r.body);
+    }
+}

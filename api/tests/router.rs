@@ -1796,3 +1796,93 @@ async fn a_malformed_single_request_keeps_its_key_a_batch_op_does_not() {
     assert_eq!(r.json["results"][1]["status"], "held", "{}", r.text);
     assert_eq!(api.digest().await, before);
 }
+
+/// From an outside probe: a stream that resumed from a `Last-Event-ID` older than
+/// the feed's window (or fell that far behind) went on from the oldest event kept
+/// and said nothing, so downstream lost events without knowing; the JSON page said
+/// `truncated`. Now the stream says it first (`event: truncated`, no `id:`), then
+/// goes on; a stream that missed nothing gets no such event.
+#[tokio::test]
+async fn a_stream_that_missed_events_is_told_before_it_goes_on() {
+    let api = Api::with_configs(
+        ApiConfig::default(),
+        EngineConfig {
+            durability: Durability::None,
+            events_kept: 16,
+            ..Default::default()
+        },
+    );
+    api.define("A", 100).await;
+    for _ in 0..40 {
+        let r = api
+            .call(
+                "POST",
+                "/v1/reservations",
+                Some(STOREFRONT),
+                &[],
+                Some(r#"{"lines":[{"sku":"A","qty":1}]}"#),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let page = api
+        .call("GET", "/v1/events?after=0&limit=1", Some(VIEWER), &[], None)
+        .await;
+    assert_eq!(page.json["truncated"], true, "{}", page.text);
+    let oldest = page.json["events"][0]["seq"].as_u64().unwrap();
+    let last = api
+        .call(
+            "GET",
+            "/v1/events?after=0&limit=1000",
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await
+        .json["next"]
+        .as_u64()
+        .unwrap();
+    // The first two SSE events of a stream resuming after `from`.
+    let first_two = |from: u64| {
+        let request = Request::builder()
+            .uri("/v1/events")
+            .header("authorization", format!("Bearer {VIEWER}"))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", from.to_string())
+            .body(Body::empty())
+            .unwrap();
+        let router = api.router.clone();
+        async move {
+            let mut body = router.oneshot(request).await.unwrap().into_body();
+            let mut text = String::new();
+            while text.matches("\n\n").count() < 2 {
+                let frame = body.frame().await.expect("the stream goes on").unwrap();
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(std::str::from_utf8(data).unwrap());
+                }
+            }
+            text.split("\n\n")
+                .take(2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }
+    };
+    let told = first_two(1).await;
+    assert!(told[0].starts_with("event: truncated\n"), "{told:?}");
+    assert!(!told[0].contains("id:"), "{told:?}");
+    let data: Value = serde_json::from_str(told[0].split("data: ").nth(1).unwrap().trim()).unwrap();
+    assert_eq!(
+        data,
+        json!({"type": "truncated", "after": 1, "resumes_at": oldest})
+    );
+    assert!(told[1].contains(&format!("id: {oldest}\n")), "{told:?}");
+    // Resuming inside the window: events only.
+    let events = first_two(oldest).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.contains("id: ") && !e.contains("truncated")),
+        "{events:?}"
+    );
+    assert!(oldest < last);
+}

@@ -227,6 +227,35 @@ pub fn order_actions(status: OrderStatus, facts: OrderFacts) -> Vec<&'static str
         .collect()
 }
 
+/// Whether an order with `history_len` history entries has taken all the changes
+/// that keep its status it may (holds, modifications, partial refunds): they stop
+/// `HISTORY_ROOM_FOR_STATUS` short of the history's cap, so every status change,
+/// the release of a hold and the refund of what is due still have room for their
+/// entries. Past it they are 409 `invalid_transition`.
+pub fn order_changes_exhausted(history_len: usize) -> bool {
+    history_len >= crate::limits::ORDER_CHANGES_MAX
+}
+
+/// [`order_actions`] for an order with `history_len` history entries and
+/// `refund_due_amount` owed back: past [`order_changes_exhausted`], without `hold`
+/// and `modify`, and `refund` only while something is due (`/refund`).
+pub fn order_actions_now(
+    status: OrderStatus,
+    facts: OrderFacts,
+    history_len: usize,
+    refund_due_amount: u64,
+) -> Vec<&'static str> {
+    let mut actions = order_actions(status, facts);
+    if order_changes_exhausted(history_len) {
+        actions.retain(|&action| match action {
+            "hold" | "modify" => false,
+            "refund" => refund_due_amount > 0,
+            _ => true,
+        });
+    }
+    actions
+}
+
 /// Why the transition table refuses an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransitionRefusal {

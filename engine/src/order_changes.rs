@@ -13,27 +13,47 @@ use crate::command::{
 };
 use crate::domain::{
     HoldReason, Millis, OrderAction, OrderId, OrderLine, OrderStatus, ReservationStatus, SkuIdx,
-    TransitionRefusal, order_transition,
+    TransitionRefusal, order_changes_exhausted, order_transition,
 };
 use crate::event::EventKind;
 use crate::limits::*;
 use crate::state::{
-    Ctx, Hold, RULES_CURRENT, RULES_V11, RULES_V12, State, at_line, check_address,
-    check_line_count, check_qty, check_text, invalid, touch, transition,
+    Ctx, Hold, Order, RULES_CURRENT, RULES_V11, RULES_V12, RULES_V15, State, at_line,
+    check_address, check_line_count, check_qty, check_text, invalid, touch, transition,
 };
+
+/// 409: the order has taken all the changes that keep its status it may.
+fn changes_exhausted(id: OrderId) -> Rejection {
+    transition(format!(
+        "order {id} has taken the {ORDER_CHANGES_MAX} changes an order may (holds, \
+         modifications, partial refunds, its status changes counted): its status can \
+         still change, a hold be released and what is due be refunded (POST \
+         /v1/orders/{id}/refund)"
+    ))
+}
+
+/// Whether `change` leaves `order` as it is: every part it names (the lines
+/// resolved as `new_lines`, the note, the address) equal to what the order has.
+fn changes_nothing(order: &Order, change: &OrderChange, new_lines: Option<&[OrderLine]>) -> bool {
+    let more = order.more();
+    let lines_same = new_lines.is_none_or(|lines| *lines == *order.lines);
+    let note_same = change
+        .note
+        .as_deref()
+        .is_none_or(|note| more.map_or("", |m| &*m.note) == note);
+    let address_same = change
+        .shipping_address
+        .as_ref()
+        .is_none_or(|address| more.and_then(|m| m.address.as_deref()) == Some(address));
+    lines_same && note_same && address_same
+}
 
 impl State {
     /// Changes that keep the status stop short of the history's cap, so that every
-    /// status change still has room for its entry.
+    /// status change (and the release of a hold) still has room for its entry.
     fn check_history_room(&self, id: OrderId) -> Result<(), Rejection> {
-        let order = self.order(id)?;
-        if order.history.len() >= HISTORY_PER_ORDER_MAX - HISTORY_ROOM_FOR_STATUS {
-            return Err(Rejection::LimitReached {
-                what: format!(
-                    "{} changes to order {id}",
-                    HISTORY_PER_ORDER_MAX - HISTORY_ROOM_FOR_STATUS
-                ),
-            });
+        if order_changes_exhausted(self.order(id)?.history.len()) {
+            return Err(changes_exhausted(id));
         }
         Ok(())
     }
@@ -104,7 +124,8 @@ impl State {
         if order_transition(order.status, OrderAction::ReleaseHold, order.facts()).is_err() {
             return Err(transition(format!("order {id} is not on hold")));
         }
-        self.check_history_room(id)?;
+        // Not counted: a hold taken at the last change allowed must be releasable
+        // (`HISTORY_ROOM_FOR_STATUS` keeps its entry's room).
         let actor_id = self.intern_actor(checked_actor);
         let order = &mut self.orders[(id.0 - 1) as usize];
         let before = order.before(false);
@@ -208,6 +229,9 @@ impl State {
             return Err(transition(format!(
                 "order {id} is {status}: only a reserved or confirmed order can be modified"
             )));
+        }
+        if self.rules >= RULES_V15 && changes_nothing(order, change, new_lines.as_deref()) {
+            return Ok(self.order_reply(id));
         }
         // Per SKU: the change in units (positive: more units wanted).
         let mut deltas: Vec<(SkuIdx, i64)> = Vec::new();
@@ -413,6 +437,24 @@ impl State {
             self.stock_crossings(sku, available_before, ctx);
         }
         self.emit_restored(&restored, ctx);
+        let review_min = self.order_policy.review_amount_min;
+        let order = &self.orders[(id.0 - 1) as usize];
+        let review = self.rules >= RULES_V15
+            && total > total_before
+            && review_min.is_some_and(|min| total >= min)
+            && order.hold().is_none();
+        if review {
+            // As a creation at this total would have been: held by the system, with
+            // no history entry of its own (the modification's is there).
+            let system = self.system_actor();
+            self.orders[(id.0 - 1) as usize].more_mut().hold = Some(Hold {
+                reason: HoldReason::Review,
+                note: format!("total {total} reaches the review amount").into(),
+                at_ms: ctx.now_ms,
+                actor: system,
+            });
+            self.emit_held(id, ctx);
+        }
         Ok(self.order_reply(id))
     }
 

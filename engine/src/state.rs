@@ -171,8 +171,18 @@ pub(crate) const RULES_V13: u32 = 4;
 /// definition could add millions at once, past the memory the bound stands for).
 /// `order.created` and `order.paid` carry the actor (`OrderCreatedBy`, `OrderPaidBy`).
 pub(crate) const RULES_V14: u32 = 5;
+/// The rules from the first `SetRules { rules: 6 }` on: a modification that changes
+/// nothing (the same lines, note and address) answers the order and logs nothing
+/// (before, each one logged `order.modified` and took a history entry, so a
+/// client's retries used up the order's changes); a modification that raises a
+/// total to the review amount holds the order for review, as its creation would
+/// have (before, raising a small order past it by PATCH skipped the review); a
+/// payment repeated with the same `payment_ref` and amount answers the order
+/// whatever became of it since (before, only while it was still `paid`: a
+/// gateway's retried callback after a cancel got 409).
+pub(crate) const RULES_V15: u32 = 6;
 /// The rules a server of this build logs at start (`Command::SetRules`).
-pub const RULES_CURRENT: u32 = RULES_V14;
+pub const RULES_CURRENT: u32 = RULES_V15;
 
 impl OrderPolicy {
     /// The policy of a state that never logged one: no SLA, no review threshold.

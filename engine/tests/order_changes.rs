@@ -983,3 +983,164 @@ fn the_v14_rules_tell_who_created_and_paid_an_order() {
         w.check_replay();
     }
 }
+
+/// A probe from outside: the hold that took an order's history to the cap for
+/// changes that keep the status was allowed, and its release was then refused for
+/// good (503 `overloaded`, "retry"), so a paid order could never ship. A release is
+/// not counted now, the cap refuses with 409, and the actions say what is left.
+#[test]
+fn a_hold_taken_at_the_last_change_allowed_is_released_and_the_order_ships() {
+    use surge_engine::order_actions_now;
+    let mut w = World::new(None);
+    let id = w.place("N-1", &[("A", 2, PRICE)]);
+    w.pay(id);
+    let note = |i: usize| Command::ModifyOrder {
+        change: Box::new(OrderChange {
+            id,
+            lines: None,
+            shipping_address: None,
+            note: Some(format!("call {i}")),
+            reason: None,
+            actor: "operator:cs".into(),
+        }),
+    };
+    // Created and paid: two entries; notes up to one short of the cap.
+    assert_eq!(w.order(id).history.len(), 2);
+    let mut i = 0;
+    while w.order(id).history.len() < 19 {
+        w.ok(note(i));
+        i += 1;
+    }
+    w.ok(hold(id));
+    let o = w.order(id);
+    assert_eq!(o.history.len(), 20);
+    let actions = |o: &OrderView| {
+        order_actions_now(
+            o.status,
+            surge_engine::OrderFacts {
+                on_hold: o.hold.is_some(),
+                refundable_amount: o.payment.paid_amount - o.payment.refunded_amount,
+            },
+            o.history.len(),
+            o.payment.refund_due_amount,
+        )
+    };
+    assert_eq!(actions(&o), ["cancel", "release_hold"]);
+    assert_eq!(w.run(note(99)), Err("invalid_transition".into()));
+    assert_eq!(w.run(refund(id, 1)), Err("invalid_transition".into()));
+    w.ok(Command::ReleaseHold {
+        id,
+        note: "checked".into(),
+        actor: "operator:cs".into(),
+    });
+    assert_eq!(w.run(hold(id)), Err("invalid_transition".into()));
+    assert_eq!(actions(&w.order(id)), ["pick", "cancel"]);
+    w.ship(id);
+    for to in [OrderStatus::Delivered, OrderStatus::Completed] {
+        w.advance(id, to).expect("step");
+    }
+    w.ok(Command::ReturnOrder {
+        id,
+        restock: true,
+        reason: "too small".into(),
+        note: String::new(),
+        actor: "operator:cs".into(),
+    });
+    let o = w.order(id);
+    assert_eq!(o.payment.refund_due_amount, 2 * PRICE);
+    assert_eq!(actions(&o), ["refund"]);
+    w.ok(Command::RefundOrder {
+        id,
+        refund_ref: "rf-9".into(),
+        actor: "operator:fin".into(),
+    });
+    assert_eq!(w.order(id).payment.status, PaymentStatus::Refunded);
+    w.check_replay();
+}
+
+/// The v1.5 rules (`SetRules { rules: 6 }`), each from an outside probe: a PATCH
+/// that changes nothing logs nothing (each one took a history entry, so retries
+/// used up the order's changes); a PATCH that raises a total to the review amount
+/// holds the order for review (raising a small order by PATCH skipped it); the
+/// same payment told again after a cancel answers the order (it was 409). Under the
+/// v1.4 rules all three run as before, so older logs replay as they ran.
+#[test]
+fn the_v15_rules_keep_repeats_quiet_and_review_what_a_patch_raises() {
+    for rules in [5, 6] {
+        let mut w = World::new(Some(500));
+        w.ok(Command::SetRules { rules });
+        let id = w.place("R-1", &[("A", 1, PRICE)]);
+        assert!(w.order(id).hold.is_none());
+        let note = Command::ModifyOrder {
+            change: Box::new(OrderChange {
+                id,
+                lines: Some(order_lines(&[("A", 1, PRICE)])),
+                shipping_address: None,
+                note: Some("leave at the door".into()),
+                reason: None,
+                actor: "operator:cs".into(),
+            }),
+        };
+        w.ok(note.clone());
+        let (logged, events, history) = (w.log.len(), w.events.len(), w.order(id).history.len());
+        let again = w.ok(note);
+        let Reply::Order(again) = again else {
+            panic!("{again:?}")
+        };
+        if rules >= 6 {
+            assert_eq!(w.log.len(), logged, "a repeat was logged");
+            assert_eq!(w.events.len(), events, "a repeat told downstream");
+            assert_eq!(again.history.len(), history);
+        } else {
+            assert_eq!(w.log.len(), logged + 1, "rules {rules}");
+            assert_eq!(again.history.len(), history + 1, "rules {rules}");
+        }
+
+        // Raised to the review amount by PATCH.
+        let from = w.events.len();
+        w.ok(modify(id, &[("A", 5, PRICE)], None));
+        let hold = w.order(id).hold;
+        if rules >= 6 {
+            let hold = hold.expect("held for review");
+            assert_eq!(hold.reason, HoldReason::Review);
+            assert_eq!(&*hold.actor, "system");
+            assert_eq!(w.types_since(from), ["order.modified", "order.held"]);
+        } else {
+            assert!(hold.is_none(), "rules {rules}");
+            assert_eq!(w.types_since(from), ["order.modified"]);
+        }
+
+        // The same payment after a cancel.
+        let id = w.place("R-2", &[("B", 1, PRICE)]);
+        w.pay(id);
+        w.ok(Command::CancelOrder {
+            id,
+            reason: CancelReason::CustomerRequest,
+            note: String::new(),
+            actor: "operator:cs".into(),
+        });
+        let cancelled = w.order(id);
+        let logged = w.log.len();
+        let repeat = w.run(Command::PayOrder {
+            id,
+            amount: PRICE,
+            payment_ref: "pay-1".into(),
+            actor: "shop".into(),
+        });
+        if rules >= 6 {
+            assert!(repeat.is_ok(), "{repeat:?}");
+        } else {
+            assert_eq!(repeat.err().as_deref(), Some("invalid_transition"));
+        }
+        let other = w.run(Command::PayOrder {
+            id,
+            amount: PRICE,
+            payment_ref: "another".into(),
+            actor: "shop".into(),
+        });
+        assert_eq!(other.err().as_deref(), Some("invalid_transition"));
+        assert_eq!(w.log.len(), logged);
+        assert_eq!(w.order(id), cancelled);
+        w.check_replay();
+    }
+}

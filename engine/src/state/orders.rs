@@ -10,8 +10,9 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, RULES_V14, State, at_line, check_address,
-    check_line_count, check_qty, check_required_text, check_text, check_ttl, invalid, transition,
+    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, RULES_V14, RULES_V15, State, at_line,
+    check_address, check_line_count, check_qty, check_required_text, check_text, check_ttl,
+    invalid, transition,
 };
 use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
 use crate::domain::{
@@ -541,6 +542,11 @@ impl State {
             let same_payment = payment_ref == paid_ref || self.rules < RULES_V14;
             if order.payment == PaymentStatus::Paid && amount == order.total && same_payment {
                 return Ok(self.order_reply(id)); // a repeated payment: idempotent
+            }
+            let paid = order.amounts().paid;
+            if self.rules >= RULES_V15 && same_payment && amount == paid {
+                // The same payment told again after a cancel, return or refund.
+                return Ok(self.order_reply(id));
             }
             if !same_payment {
                 return Err(transition(format!(
