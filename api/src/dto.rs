@@ -35,9 +35,11 @@ pub struct DefineSkuReq {
     #[schema(value_type = Option<String>, max_length = 200)]
     pub name: Option<Option<String>>,
     /// Units one customer may hold, have bought and have ordered at once; 0 for no
-    /// limit. Omitted: unchanged (none for a new SKU). At most 1000000000000.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
-    pub purchase_limit_per_customer: Option<u64>,
+    /// limit. Omitted: unchanged (none for a new SKU). Not null (0 removes the
+    /// limit). At most 1000000000000.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
+    pub purchase_limit_per_customer: Option<Option<u64>>,
     /// RFC 3339: no new stock is taken before it; null: open. Omitted: unchanged.
     /// At the latest 9999-12-30T22:00:00.999Z (the latest time the server reads).
     #[serde(default, deserialize_with = "present")]

@@ -46,7 +46,10 @@ pub struct Problem {
 /// The members of a `purchase_limit_exceeded` or `sale_not_open` problem.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SaleRefusal {
-    /// The SKU refused.
+    /// The SKU refused (always there when the problem is one of these two; not
+    /// required by the schema, which flattens these members into every problem:
+    /// `serde(default)` tells utoipa so).
+    #[serde(default)]
     pub sku: String,
     /// `purchase_limit_exceeded`: the SKU's limit per customer.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -316,7 +316,12 @@ fn wants_sse(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/event-stream"))
+        // Media types are case-insensitive (RFC 9110 §8.3.1).
+        .is_some_and(|a| {
+            a.as_bytes()
+                .windows(b"text/event-stream".len())
+                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+        })
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams,
@@ -549,5 +554,24 @@ fn insert_actor(m: &mut Map<String, Value>, logged: &str) {
     m.insert("actor".into(), actor.into());
     if let Some(other) = on_behalf_of {
         m.insert("on_behalf_of".into(), other.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_stream_is_asked_for_in_any_case() {
+        let asks = |accept: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, accept.parse().unwrap());
+            wants_sse(&headers)
+        };
+        assert!(asks("text/event-stream"));
+        assert!(asks("TEXT/Event-Stream"));
+        assert!(asks("application/json, text/event-stream;q=0.9"));
+        assert!(!asks("application/json"));
+        assert!(!wants_sse(&HeaderMap::new()));
     }
 }

@@ -362,7 +362,7 @@ const BOM: char = '\u{feff}';
 
 #[utoipa::path(get, path = "/v1/orders/export.csv", tag = "orders",
     params(ExportParams),
-    responses((status = 200, description = "CSV (RFC 4180, UTF-8, CRLF), a header row then one row per order line, newest order first; order-level columns (`total`, amounts, address...) repeat on each line of an order. Times are RFC 3339 UTC. At most 100,000 rows (`EXPORT_ROWS_MAX`), cut at an order boundary, with `X-Export-Truncated: true` when cut. With `bom=true` the body starts with the UTF-8 byte-order mark (EF BB BF).",
+    responses((status = 200, description = "CSV (RFC 4180, UTF-8, CRLF; a text cell that starts with `=`, `+`, `-` or `@` gets a leading `'`, so a spreadsheet never runs it as a formula: compare such values with the JSON API's, or use the Excel export, which keeps them as they are), a header row then one row per order line, newest order first; order-level columns (`total`, amounts, address...) repeat on each line of an order. Times are RFC 3339 UTC. At most 100,000 rows (`EXPORT_ROWS_MAX`), cut at an order boundary, with `X-Export-Truncated: true` when cut. With `bom=true` the body starts with the UTF-8 byte-order mark (EF BB BF).",
         content_type = "text/csv", body = String,
         headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export"))),
         (status = 503, description = "`overloaded` (with `Retry-After`): 16 exports (`EXPORTS_AT_ONCE_MAX`, CSV and Excel together) are being built or sent already", body = crate::error::Problem, content_type = "application/problem+json")))]

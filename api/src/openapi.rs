@@ -147,6 +147,8 @@ impl Modify for Conventions {
                 (false, false, item.get.as_mut()),
                 (true, false, item.put.as_mut()),
                 (true, idempotent_post, item.post.as_mut()),
+                // `PATCH /v1/orders/{id}` takes a key like the order's other writes.
+                (true, true, item.patch.as_mut()),
             ];
             for (write, idempotent, op) in ops {
                 let Some(op) = op else { continue };

@@ -238,7 +238,7 @@ pub async fn list_ledger(
 }
 
 #[utoipa::path(get, path = "/v1/ledger/export.csv", tag = "ledger", params(LedgerExportParams),
-    responses((status = 200, description = "CSV (RFC 4180): `seq,at,order_id,order_no,kind,amount,ref,actor`, oldest first; at most 100,000 rows, `X-Export-Truncated: true` when cut", content_type = "text/csv", body = String)))]
+    responses((status = 200, description = "CSV (RFC 4180): `seq,at,order_id,order_no,kind,amount,ref,actor`, oldest first (a text cell that starts with `=`, `+`, `-` or `@` gets a leading `'`, against spreadsheet formulas); at most 100,000 rows, `X-Export-Truncated: true` when cut", content_type = "text/csv", body = String)))]
 pub async fn export_ledger(
     State(st): State<AppState>,
     _auth: Auth<Reader>,

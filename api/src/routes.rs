@@ -271,7 +271,10 @@ pub async fn define_sku(
         name: not_null("name", req.name)?,
         on_hand: not_null("on_hand", req.on_hand)?,
         low_stock_threshold: not_null("low_stock_threshold", req.low_stock_threshold)?,
-        purchase_limit_per_customer: req.purchase_limit_per_customer,
+        purchase_limit_per_customer: not_null(
+            "purchase_limit_per_customer",
+            req.purchase_limit_per_customer,
+        )?,
         sale_starts_at_ms: instant("sale_starts_at", req.sale_starts_at)?,
         sale_ends_at_ms: instant("sale_ends_at", req.sale_ends_at)?,
     };

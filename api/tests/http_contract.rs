@@ -414,6 +414,11 @@ fn corpus(held: &str, released: &str, shipped: &str) -> Vec<Case> {
         (r#"{"on_hand":1.5}"#, "on_hand"),
         (r#"{"on_hand":null}"#, "on_hand"),
         (r#"{"low_stock_threshold":null}"#, "low_stock_threshold"),
+        // Was taken as omitted (the limit kept) while the other fields refuse null.
+        (
+            r#"{"purchase_limit_per_customer":null}"#,
+            "purchase_limit_per_customer",
+        ),
         (r#"{"on_hand":1000000000001}"#, "on_hand"),
         (r#"{"on_hand":18446744073709551616}"#, "on_hand"),
         (
@@ -903,7 +908,7 @@ fn bad_input_corpus_changes_nothing() {
     // The README states this number: change both together.
     assert_eq!(
         cases.len(),
-        465,
+        466,
         "the corpus changed size: update the README"
     );
     let before = server.digest();

@@ -62,3 +62,34 @@ fn committed_openapi_document_matches_the_code() {
         );
     }
 }
+
+/// From an outside probe: the `Problem` schema flattened the members of a sale
+/// refusal in as a `oneOf` of null and an object that required `sku`, so every
+/// problem without `sku` (`validation_failed`, `unknown_order`, `insufficient_stock`
+/// ...) failed the schema and strict generated clients rejected it. Every object a
+/// problem must match, however it is reached, requires only what every problem has.
+#[test]
+fn a_problem_schema_requires_only_what_every_problem_has() {
+    let doc: serde_json::Value =
+        serde_json::from_str(surge_api::openapi::document_json()).expect("JSON");
+    let schemas = &doc["components"]["schemas"];
+    let mut required = Vec::new();
+    let mut todo = vec![schemas["Problem"].clone()];
+    while let Some(schema) = todo.pop() {
+        if let Some(name) = schema["$ref"].as_str() {
+            let name = name.trim_start_matches("#/components/schemas/");
+            todo.push(schemas[name].clone());
+            continue;
+        }
+        for combined in ["allOf", "oneOf", "anyOf"] {
+            if let Some(parts) = schema[combined].as_array() {
+                todo.extend(parts.iter().cloned());
+            }
+        }
+        if let Some(names) = schema["required"].as_array() {
+            required.extend(names.iter().map(|n| n.as_str().unwrap().to_string()));
+        }
+    }
+    required.sort();
+    assert_eq!(required, ["code", "detail", "status", "title", "type"]);
+}

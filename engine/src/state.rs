@@ -179,7 +179,9 @@ pub(crate) const RULES_V14: u32 = 5;
 /// have (before, raising a small order past it by PATCH skipped the review); a
 /// payment repeated with the same `payment_ref` and amount answers the order
 /// whatever became of it since (before, only while it was still `paid`: a
-/// gateway's retried callback after a cancel got 409).
+/// gateway's retried callback after a cancel got 409); a stock adjustment whose
+/// delta alone is malformed is `validation_failed` on an unknown SKU too (before,
+/// `unknown_sku` came first, against the contract's order of refusals).
 pub(crate) const RULES_V15: u32 = 6;
 /// The rules a server of this build logs at start (`Command::SetRules`).
 pub const RULES_CURRENT: u32 = RULES_V15;

@@ -1144,3 +1144,52 @@ fn the_v15_rules_keep_repeats_quiet_and_review_what_a_patch_raises() {
         w.check_replay();
     }
 }
+
+/// The v1.5 rules, from an outside probe: a stock adjustment whose delta alone is
+/// malformed (zero, a negative inbound, more than `on_hand` can ever hold) is
+/// `validation_failed` on an unknown SKU too, as the contract's order of refusals
+/// says; under the v1.4 rules the unknown SKU's 404 came first.
+#[test]
+fn under_the_v15_rules_a_malformed_delta_is_refused_before_an_unknown_sku() {
+    use surge_engine::AdjustReason;
+    for rules in [5, 6] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let adjust = |sku: &str, delta: i64, reason: AdjustReason| Command::AdjustStock {
+            sku: sku.into(),
+            delta,
+            reason,
+            note: String::new(),
+            actor: "operator:wh".into(),
+        };
+        let unknown = if rules >= 6 {
+            "validation_failed"
+        } else {
+            "unknown_sku"
+        };
+        for (delta, reason) in [
+            (0, AdjustReason::Inbound),
+            (-4, AdjustReason::Inbound),
+            (1_000_000_000_001, AdjustReason::Correction),
+        ] {
+            assert_eq!(
+                w.run(adjust("NOPE", delta, reason)).err().as_deref(),
+                Some(unknown),
+                "rules {rules}: {delta}"
+            );
+            assert_eq!(
+                w.run(adjust("A", delta, reason)).err().as_deref(),
+                Some("validation_failed"),
+                "rules {rules}: {delta}"
+            );
+        }
+        assert_eq!(
+            w.run(adjust("NOPE", 5, AdjustReason::Inbound))
+                .err()
+                .as_deref(),
+            Some("unknown_sku")
+        );
+        w.ok(adjust("A", 5, AdjustReason::Inbound));
+        w.check_replay();
+    }
+}

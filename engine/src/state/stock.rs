@@ -7,7 +7,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Ctx, RULES_V1, RULES_V12, State, check_sku_id, check_text, invalid, touch, transition,
+    Ctx, RULES_V1, RULES_V12, RULES_V15, State, check_sku_id, check_text, invalid, touch,
+    transition,
 };
 use crate::command::{Field, Outcome, Rejection, Reply, SkuDefinition, Violation};
 use crate::domain::{AdjustReason, SkuIdx};
@@ -161,15 +162,33 @@ impl State {
         actor: &str,
         ctx: &mut Ctx<'_>,
     ) -> Outcome {
+        // What the request alone decides: a malformed delta is 400 on any SKU,
+        // also one that does not exist (from the v1.5 rules on; before, an unknown
+        // SKU's 404 came first).
+        let delta_alone = || {
+            if delta == 0 {
+                return Err(invalid(Field::Delta, Violation::Zero));
+            }
+            if reason == AdjustReason::Inbound && delta < 0 {
+                return Err(invalid(Field::Delta, Violation::InboundNotPositive));
+            }
+            if delta > 0 && delta.unsigned_abs() > ON_HAND_MAX {
+                return Err(invalid(
+                    Field::Delta,
+                    Violation::OnHandAboveMax { max: ON_HAND_MAX },
+                ));
+            }
+            Ok(())
+        };
+        if self.rules >= RULES_V15 {
+            check_sku_id(Field::Sku, sku)?;
+            check_text(Field::Note, note, NOTE_LEN_MAX)?;
+            delta_alone()?;
+        }
         let idx = self.sku_idx(Field::Sku, sku)?;
         check_text(Field::Note, note, NOTE_LEN_MAX)?;
         let checked_actor = self.check_actor(actor)?;
-        if delta == 0 {
-            return Err(invalid(Field::Delta, Violation::Zero));
-        }
-        if reason == AdjustReason::Inbound && delta < 0 {
-            return Err(invalid(Field::Delta, Violation::InboundNotPositive));
-        }
+        delta_alone()?;
         let entry = &self.skus[idx.0 as usize];
         let on_hand = i128::from(entry.on_hand) + i128::from(delta);
         if on_hand < i128::from(entry.reserved) {
