@@ -519,8 +519,9 @@ pub async fn get_reservation(
     responses(
         (status = 201, description = "Created: `status: reserved`, `payment.status: unpaid`", body = OrderBody,
             headers(("Location" = String, description = "/v1/orders/{id}"))),
+        (status = 400, description = "`validation_failed` (`field` names it), also `lines` when they differ from the lines of the reservation adopted (the same units per SKU; how they are split into lines may differ)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_sku` / `unknown_reservation`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`sale_not_open`, `purchase_limit_exceeded`, `insufficient_stock`, `duplicate_order_no`, `invalid_transition` (reservation not held or lines differ)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_not_open`, `purchase_limit_exceeded`, `insufficient_stock`, `duplicate_order_no`, `invalid_transition` (the reservation adopted is no longer held)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_order(
     State(st): State<AppState>,
