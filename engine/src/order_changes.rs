@@ -19,7 +19,8 @@ use crate::event::EventKind;
 use crate::limits::*;
 use crate::state::{
     Ctx, Hold, Order, RULES_CURRENT, RULES_V11, RULES_V12, RULES_V15, State, at_line,
-    check_address, check_line_count, check_qty, check_text, invalid, touch, transition,
+    check_address, check_line_count, check_qty, check_sku_id, check_text, invalid, touch,
+    transition,
 };
 
 /// 409: the order has taken all the changes that keep its status it may.
@@ -196,7 +197,17 @@ impl State {
                 }
                 check_line_count(lines.len())?;
                 let mut out = Vec::with_capacity(lines.len());
+                // From the v1.5 rules on, lines are judged in request order, each
+                // line's SKU id first, and an unknown SKU only once every line's
+                // shape passed (before, a line's SKU was looked up after its price
+                // and quantity, and an unknown one answered at once).
+                let in_order = self.rules >= RULES_V15;
+                let mut unknown = None;
                 for (i, line) in lines.iter().enumerate() {
+                    let known = self.sku_index.get(line.sku.as_str()).copied();
+                    if in_order && known.is_none() {
+                        check_sku_id(at_line(i, LineField::Sku), &line.sku)?;
+                    }
                     if line.unit_price > UNIT_PRICE_MAX {
                         return Err(invalid(
                             at_line(i, LineField::UnitPrice),
@@ -206,12 +217,24 @@ impl State {
                         ));
                     }
                     check_qty(|| at_line(i, LineField::Qty), line.qty)?;
-                    let sku = self.sku_idx(at_line(i, LineField::Sku), &line.sku)?;
+                    let sku = match known {
+                        Some(sku) => sku,
+                        None if in_order => {
+                            unknown.get_or_insert_with(|| Rejection::UnknownSku {
+                                sku: line.sku.clone(),
+                            });
+                            SkuIdx(0)
+                        }
+                        None => self.sku_idx(at_line(i, LineField::Sku), &line.sku)?,
+                    };
                     out.push(OrderLine {
                         sku,
                         qty: line.qty as u32,
                         unit_price: line.unit_price,
                     });
+                }
+                if let Some(unknown) = unknown {
+                    return Err(unknown);
                 }
                 Some(out)
             }

@@ -181,7 +181,9 @@ pub(crate) const RULES_V14: u32 = 5;
 /// whatever became of it since (before, only while it was still `paid`: a
 /// gateway's retried callback after a cancel got 409); a stock adjustment whose
 /// delta alone is malformed is `validation_failed` on an unknown SKU too (before,
-/// `unknown_sku` came first, against the contract's order of refusals).
+/// `unknown_sku` came first, against the contract's order of refusals); lines are
+/// judged in request order (a malformed SKU id before a later line's bad quantity
+/// or price, and before an earlier line's unknown SKU).
 pub(crate) const RULES_V15: u32 = 6;
 /// The rules a server of this build logs at start (`Command::SetRules`).
 pub const RULES_CURRENT: u32 = RULES_V15;

@@ -1193,3 +1193,142 @@ fn under_the_v15_rules_a_malformed_delta_is_refused_before_an_unknown_sku() {
         w.check_replay();
     }
 }
+
+/// The v1.5 rules, from an outside probe: lines are judged in request order, so a
+/// malformed SKU id on a line comes before a bad quantity on a later line (under
+/// the v1.4 rules every line's quantity was judged before any line's SKU id).
+#[test]
+fn under_the_v15_rules_lines_are_judged_in_request_order() {
+    use surge_engine::{Field, LineField, LineReq, Rejection};
+    for rules in [5, 6] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let reserve = Command::Reserve {
+            lines: vec![
+                LineReq {
+                    sku: "A".into(),
+                    qty: 1,
+                },
+                LineReq {
+                    sku: "bad sku".into(),
+                    qty: 1,
+                },
+                LineReq {
+                    sku: "A".into(),
+                    qty: 0,
+                },
+            ],
+            ttl_ms: 600_000,
+            actor: "t".into(),
+        };
+        let refused = w.state.apply(&reserve, None, w.now_ms, &mut Vec::new());
+        let Err(Rejection::Validation {
+            field: Field::Line { index, part },
+            ..
+        }) = refused.outcome
+        else {
+            panic!("rules {rules}: {:?}", refused.outcome)
+        };
+        if rules >= 6 {
+            assert_eq!((index, part), (1, LineField::Sku));
+        } else {
+            assert_eq!((index, part), (2, LineField::Qty));
+        }
+        // A bad quantity before a malformed id is still the first refusal.
+        let reserve = Command::Reserve {
+            lines: vec![
+                LineReq {
+                    sku: "A".into(),
+                    qty: 0,
+                },
+                LineReq {
+                    sku: "bad sku".into(),
+                    qty: 1,
+                },
+            ],
+            ttl_ms: 600_000,
+            actor: "t".into(),
+        };
+        let refused = w.state.apply(&reserve, None, w.now_ms, &mut Vec::new());
+        assert!(
+            matches!(
+                refused.outcome,
+                Err(Rejection::Validation {
+                    field: Field::Line {
+                        index: 0,
+                        part: LineField::Qty
+                    },
+                    ..
+                })
+            ),
+            "rules {rules}: {:?}",
+            refused.outcome
+        );
+        // An order: a malformed id before a later bad quantity, and before an
+        // earlier unknown (well-formed) SKU.
+        for (lines, v15, v14) in [
+            (
+                [("bad sku", 1, PRICE), ("A", 0, PRICE)],
+                (0, LineField::Sku),
+                Some((1, LineField::Qty)),
+            ),
+            (
+                [("ZZZ", 1, PRICE), ("bad sku", 1, PRICE)],
+                (1, LineField::Sku),
+                None,
+            ),
+        ] {
+            let order = place("Q-1", &lines);
+            let outcome = w
+                .state
+                .apply(&order, None, w.now_ms, &mut Vec::new())
+                .outcome;
+            let expected = if rules >= 6 { Some(v15) } else { v14 };
+            match (outcome, expected) {
+                (
+                    Err(Rejection::Validation {
+                        field: Field::Line { index, part },
+                        ..
+                    }),
+                    Some(expected),
+                ) => assert_eq!((index, part), expected, "rules {rules}"),
+                (Err(Rejection::UnknownSku { .. }), None) => {}
+                (other, _) => panic!("rules {rules}: {other:?}"),
+            }
+        }
+        // A PATCH: it judged a line's SKU after its quantity but looked it up at
+        // once, so an unknown SKU answered before a later line's malformed one.
+        let id = w.place("M-1", &[("A", 1, PRICE)]);
+        for (lines, v15, v14) in [
+            (
+                [("bad sku", 1, PRICE), ("A", 0, PRICE)],
+                (0, LineField::Sku),
+                Some((0, LineField::Sku)),
+            ),
+            (
+                [("ZZZ", 1, PRICE), ("bad sku", 1, PRICE)],
+                (1, LineField::Sku),
+                None,
+            ),
+        ] {
+            let change = modify(id, &lines, None);
+            let outcome = w
+                .state
+                .apply(&change, None, w.now_ms, &mut Vec::new())
+                .outcome;
+            let expected = if rules >= 6 { Some(v15) } else { v14 };
+            match (outcome, expected) {
+                (
+                    Err(Rejection::Validation {
+                        field: Field::Line { index, part },
+                        ..
+                    }),
+                    Some(expected),
+                ) => assert_eq!((index, part), expected, "rules {rules}"),
+                (Err(Rejection::UnknownSku { .. }), None) => {}
+                (other, _) => panic!("rules {rules}: {other:?}"),
+            }
+        }
+        w.check_replay();
+    }
+}

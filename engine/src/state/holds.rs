@@ -9,8 +9,8 @@ use bincode::{Decode, Encode};
 use hashbrown::HashMap;
 
 use super::{
-    Ctx, EARLY_GROWTH_LEN, RULES_V1, RULES_V12, State, at_line, check_line_count, check_qty,
-    check_required_text, check_sku_id, check_ttl, invalid, touch, transition,
+    Ctx, EARLY_GROWTH_LEN, RULES_V1, RULES_V12, RULES_V15, State, at_line, check_line_count,
+    check_qty, check_required_text, check_sku_id, check_ttl, invalid, touch, transition,
 };
 use crate::command::{Field, LineField, Outcome, Rejection, Reply, Shortage, Violation};
 use crate::domain::{
@@ -83,7 +83,19 @@ impl State {
     ) -> Result<Vec<(SkuIdx, u32)>, Rejection> {
         check_line_count(lines.len())?;
         for (i, (_, qty)) in lines.clone().enumerate() {
-            check_qty(|| at_line(i, LineField::Qty), qty)?;
+            if let Err(refused) = check_qty(|| at_line(i, LineField::Qty), qty) {
+                if self.rules >= RULES_V15 {
+                    // Request order: a malformed SKU id on this line or an earlier
+                    // one comes first (under the v1.4 rules, every line's quantity
+                    // was judged before any line's SKU id).
+                    for (j, (sku, _)) in lines.clone().take(i + 1).enumerate() {
+                        if !self.sku_index.contains_key(sku) {
+                            check_sku_id(at_line(j, LineField::Sku), sku)?;
+                        }
+                    }
+                }
+                return Err(refused);
+            }
         }
         let mut demand: Vec<(SkuIdx, u32)> = Vec::with_capacity(lines.len());
         let mut unknown: Option<&str> = None;

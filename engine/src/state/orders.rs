@@ -11,8 +11,8 @@ use bincode::{Decode, Encode};
 
 use super::{
     Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, RULES_V14, RULES_V15, State, at_line,
-    check_address, check_line_count, check_qty, check_required_text, check_text, check_ttl,
-    invalid, transition,
+    check_address, check_line_count, check_qty, check_required_text, check_sku_id, check_text,
+    check_ttl, invalid, transition,
 };
 use crate::command::{Address, Field, LineField, Outcome, Rejection, Violation};
 use crate::domain::{
@@ -323,15 +323,29 @@ impl State {
         check_line_count(lines.len())?;
         let mut total: u64 = 0;
         for (i, line) in lines.iter().enumerate() {
-            if line.unit_price > UNIT_PRICE_MAX {
-                return Err(invalid(
+            let price_and_qty = if line.unit_price > UNIT_PRICE_MAX {
+                Err(invalid(
                     at_line(i, LineField::UnitPrice),
                     Violation::AboveMax {
                         max: UNIT_PRICE_MAX,
                     },
-                ));
+                ))
+            } else {
+                check_qty(|| at_line(i, LineField::Qty), line.qty)
+            };
+            if let Err(refused) = price_and_qty {
+                if self.rules >= RULES_V15 {
+                    // Request order: a malformed SKU id on this line or an earlier
+                    // one comes first (under the v1.4 rules, every line's price and
+                    // quantity were judged before any line's SKU id).
+                    for (j, line) in lines[..=i].iter().enumerate() {
+                        if !self.sku_index.contains_key(line.sku.as_str()) {
+                            check_sku_id(at_line(j, LineField::Sku), &line.sku)?;
+                        }
+                    }
+                }
+                return Err(refused);
             }
-            check_qty(|| at_line(i, LineField::Qty), line.qty)?;
             // Cannot overflow: bounded by the limits (checked in limits.rs).
             total += line.qty * line.unit_price;
         }
@@ -359,7 +373,16 @@ impl State {
                 sku: match self.sku_idx(at_line(i, LineField::Sku), &line.sku) {
                     Ok(sku) => sku,
                     Err(rejection) => {
-                        unknown.get_or_insert(rejection);
+                        // A malformed id on a later line comes before an unknown
+                        // one (the v1.5 rules; the first refusal before).
+                        let malformed_first = self.rules >= RULES_V15
+                            && matches!(rejection, Rejection::Validation { .. })
+                            && matches!(unknown, Some(Rejection::UnknownSku { .. }));
+                        if malformed_first {
+                            unknown = Some(rejection);
+                        } else {
+                            unknown.get_or_insert(rejection);
+                        }
                         SkuIdx(0)
                     }
                 },
