@@ -1283,18 +1283,7 @@ fn under_the_v15_rules_lines_are_judged_in_request_order() {
                 .state
                 .apply(&order, None, w.now_ms, &mut Vec::new())
                 .outcome;
-            let expected = if rules >= 6 { Some(v15) } else { v14 };
-            match (outcome, expected) {
-                (
-                    Err(Rejection::Validation {
-                        field: Field::Line { index, part },
-                        ..
-                    }),
-                    Some(expected),
-                ) => assert_eq!((index, part), expected, "rules {rules}"),
-                (Err(Rejection::UnknownSku { .. }), None) => {}
-                (other, _) => panic!("rules {rules}: {other:?}"),
-            }
+            assert_line_refusal(outcome, if rules >= 6 { Some(v15) } else { v14 });
         }
         // A PATCH: it judged a line's SKU after its quantity but looked it up at
         // once, so an unknown SKU answered before a later line's malformed one.
@@ -1316,19 +1305,27 @@ fn under_the_v15_rules_lines_are_judged_in_request_order() {
                 .state
                 .apply(&change, None, w.now_ms, &mut Vec::new())
                 .outcome;
-            let expected = if rules >= 6 { Some(v15) } else { v14 };
-            match (outcome, expected) {
-                (
-                    Err(Rejection::Validation {
-                        field: Field::Line { index, part },
-                        ..
-                    }),
-                    Some(expected),
-                ) => assert_eq!((index, part), expected, "rules {rules}"),
-                (Err(Rejection::UnknownSku { .. }), None) => {}
-                (other, _) => panic!("rules {rules}: {other:?}"),
-            }
+            assert_line_refusal(outcome, if rules >= 6 { Some(v15) } else { v14 });
         }
         w.check_replay();
+    }
+}
+
+/// A refusal naming line `expected` (index, part), or with `None` an unknown SKU.
+fn assert_line_refusal(
+    outcome: Result<Reply, surge_engine::Rejection>,
+    expected: Option<(u32, surge_engine::LineField)>,
+) {
+    use surge_engine::{Field, Rejection};
+    match (outcome, expected) {
+        (
+            Err(Rejection::Validation {
+                field: Field::Line { index, part },
+                ..
+            }),
+            Some(expected),
+        ) => assert_eq!((index, part), expected),
+        (Err(Rejection::UnknownSku { .. }), None) => {}
+        (other, expected) => panic!("{other:?}, expected {expected:?}"),
     }
 }
