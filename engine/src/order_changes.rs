@@ -54,6 +54,12 @@ impl State {
     /// status change (and the release of a hold) still has room for its entry.
     fn check_history_room(&self, id: OrderId) -> Result<(), Rejection> {
         if order_changes_exhausted(self.order(id)?.history.len()) {
+            if self.rules < RULES_V15 {
+                // As the v1.4 rules answered, so that an older log replays as it ran.
+                return Err(Rejection::LimitReached {
+                    what: format!("{ORDER_CHANGES_MAX} changes to order {id}"),
+                });
+            }
             return Err(changes_exhausted(id));
         }
         Ok(())
@@ -125,8 +131,12 @@ impl State {
         if order_transition(order.status, OrderAction::ReleaseHold, order.facts()).is_err() {
             return Err(transition(format!("order {id} is not on hold")));
         }
-        // Not counted: a hold taken at the last change allowed must be releasable
-        // (`HISTORY_ROOM_FOR_STATUS` keeps its entry's room).
+        // Not counted from the v1.5 rules on: a hold taken at the last change
+        // allowed must be releasable (`HISTORY_ROOM_FOR_STATUS` keeps its entry's
+        // room). Counted before, so that an older log replays as it ran.
+        if self.rules < RULES_V15 {
+            self.check_history_room(id)?;
+        }
         let actor_id = self.intern_actor(checked_actor);
         let order = &mut self.orders[(id.0 - 1) as usize];
         let before = order.before(false);

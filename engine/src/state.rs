@@ -171,7 +171,10 @@ pub(crate) const RULES_V13: u32 = 4;
 /// definition could add millions at once, past the memory the bound stands for).
 /// `order.created` and `order.paid` carry the actor (`OrderCreatedBy`, `OrderPaidBy`).
 pub(crate) const RULES_V14: u32 = 5;
-/// The rules from the first `SetRules { rules: 6 }` on: a modification that changes
+/// The rules from the first `SetRules { rules: 6 }` on: a hold's release is not
+/// counted against an order's 20 changes that keep its status, and past them a
+/// change is 409 `invalid_transition` (before: a release was counted, so a hold
+/// taken as the 20th change stranded the order, and the refusal was 503); a modification that changes
 /// nothing (the same lines, note and address) answers the order and logs nothing
 /// (before, each one logged `order.modified` and took a history entry, so a
 /// client's retries used up the order's changes); a modification that raises a

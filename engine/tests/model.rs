@@ -955,7 +955,7 @@ impl Model {
 
     fn history_room(&self, o: usize) -> Code {
         if self.orders[o].history >= HISTORY_FOR_CHANGES {
-            return Err("invalid_transition");
+            return Err("overloaded");
         }
         Ok(())
     }
@@ -1363,7 +1363,7 @@ impl Model {
                 if o.hold.is_none() {
                     return Err("invalid_transition");
                 }
-                // Not counted: a hold taken at the last change allowed is releasable.
+                self.history_room(*pick)?;
                 let o = &mut self.orders[*pick];
                 o.hold = None;
                 o.history += 1;
@@ -3155,8 +3155,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
     /// One order changed over and over: holds, releases, modifications and partial
-    /// refunds run into the history's cap for changes (409 `invalid_transition`; a
-    /// release is not counted, so a hold taken last is released), and the
+    /// refunds run into the history's cap for changes (`overloaded`), and the
     /// status changes, delay flag and refunds after it must still find room.
     #[test]
     fn one_order_changed_until_its_history_is_full(steps in proptest::collection::vec(

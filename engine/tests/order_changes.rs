@@ -992,6 +992,7 @@ fn the_v14_rules_tell_who_created_and_paid_an_order() {
 fn a_hold_taken_at_the_last_change_allowed_is_released_and_the_order_ships() {
     use surge_engine::order_actions_now;
     let mut w = World::new(None);
+    w.ok(Command::SetRules { rules: 6 });
     let id = w.place("N-1", &[("A", 2, PRICE)]);
     w.pay(id);
     let note = |i: usize| Command::ModifyOrder {
