@@ -703,15 +703,7 @@ impl From<OrderView> for OrderBody {
             order_no: o.order_no.to_string(),
             customer_id: o.customer_id.to_string(),
             status: o.status.as_str(),
-            actions: surge_engine::order_actions_now(
-                o.status,
-                surge_engine::OrderFacts {
-                    on_hold: o.hold.is_some(),
-                    refundable_amount: o.payment.paid_amount - o.payment.refunded_amount,
-                },
-                o.history.len(),
-                o.payment.refund_due_amount,
-            ),
+            actions: o.actions(),
             lines: o
                 .lines
                 .into_iter()

@@ -630,8 +630,24 @@ async fn run(
         tracing::error!("server task: {e}");
     }
     tracing::info!("draining the engine queue, flushing the WAL, writing a snapshot");
+    let stats_engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
-    tracing::info!("stopped cleanly");
+    let stats = stats_engine.stats();
+    let snapshot_lsn = stats
+        .snapshot_lsn
+        .load(std::sync::atomic::Ordering::Acquire);
+    let durable_lsn = stats.durable_lsn.load(std::sync::atomic::Ordering::Acquire);
+    if snapshot_lsn < durable_lsn {
+        // A snapshot that failed (a full disk) or was not asked for: nothing is
+        // lost, the log still holds every record, but the next start replays them.
+        tracing::warn!(
+            snapshot_lsn,
+            durable_lsn,
+            "stopped without a snapshot of the last records: the next start replays the log after the snapshot"
+        );
+    } else {
+        tracing::info!(snapshot_lsn, "stopped cleanly");
+    }
     Ok(())
 }
 

@@ -62,7 +62,7 @@ pub async fn release_hold(
     params(("id" = String, Path, description = "Order id (`o<n>`)")),
     request_body = ModifyOrderReq,
     responses(
-        (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`. A change that raises the total to the review amount (`SURGE_REVIEW_AMOUNT_MIN`) holds the order for review (`hold.reason` `review`, event `order.held`). A change that changes nothing (the same lines, note and address) answers the order as it is, logs nothing and takes none of its changes", body = OrderBody),
+        (status = 200, description = "The order as modified; stock follows the new lines; event `order.modified`. A change that raises the total to the review amount (`SURGE_REVIEW_AMOUNT_MIN`) holds the order for review (`hold.reason` `review`, event `order.held`). A change that changes nothing (the same lines in the same order, note and address) answers the order as it is, with no event and no history entry, and takes none of its changes", body = OrderBody),
         (status = 400, description = "`validation_failed`: nothing to change (none of `lines`, `shipping_address`, `note`), one of them null, empty `lines`, or no `reason` while lines go down", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: storefront with a reason other than customer_request / payment_failed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order` / `unknown_sku`", body = Problem, content_type = "application/problem+json"),

@@ -250,6 +250,25 @@ impl AppState {
         samples.push_back((Instant::now(), done));
     }
 
+    /// Tell the operator's log when writes start or stop being refused (a full
+    /// disk, a failed flush): the clients get the reason in each answer, the log
+    /// gets it once. `last`: the reason the previous call saw.
+    pub fn log_write_refusal(&self, last: &mut Option<String>) {
+        let Some(engine) = self.engine_opt() else {
+            return;
+        };
+        let now = engine.writes_refused().or_else(|| engine.storage_full());
+        match (&*last, &now) {
+            (None, Some(why)) => tracing::error!("writes refused: {why}"),
+            (Some(before), Some(why)) if before != why => {
+                tracing::error!("writes refused: {why}")
+            }
+            (Some(_), None) => tracing::warn!("writes taken again: the disk has room"),
+            _ => {}
+        }
+        *last = now;
+    }
+
     /// Commands per second over the sampled window (up to ten seconds), and the window.
     pub fn throughput(&self) -> (f64, f64) {
         let samples = self.inner.throughput.lock().expect("not poisoned");
@@ -315,10 +334,12 @@ impl AppState {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut ticks: u64 = 0;
+            let mut writes_refused: Option<String> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         state.sample_throughput();
+                        state.log_write_refusal(&mut writes_refused);
                         if ticks.is_multiple_of(IDEMPOTENCY_CHECK_EVERY_S) {
                             state.check_idempotency_window().await;
                         }

@@ -52,6 +52,10 @@ impl Api {
 
     fn with_configs(config: ApiConfig, engine: EngineConfig) -> Api {
         let (engine, _) = Engine::open(engine).expect("engine opens");
+        Api::with_engine(config, engine)
+    }
+
+    fn with_engine(config: ApiConfig, engine: EngineHandle) -> Api {
         let mut tokens = Tokens::default();
         tokens
             .parse_env(&format!(
@@ -104,6 +108,23 @@ impl Api {
             text,
             json,
         }
+    }
+
+    /// A viewer's bodiless GET of `path` with `headers`, answered with its body
+    /// unread: a stream or an export, which holds its slot until it is done with.
+    async fn open_as_viewer(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> axum::response::Response {
+        let mut request = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {VIEWER}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Body::empty()).unwrap();
+        self.router.clone().oneshot(request).await.unwrap()
     }
 
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
@@ -1693,13 +1714,8 @@ async fn exports_and_event_streams_are_limited_to_so_many_at_once() {
     let api = Api::new();
     api.define("A", 10).await;
     let open = |path: &'static str, accept: &'static str| {
-        let request = Request::builder()
-            .uri(path)
-            .header("authorization", format!("Bearer {VIEWER}"))
-            .header("accept", accept)
-            .body(Body::empty())
-            .unwrap();
-        api.router.clone().oneshot(request)
+        let api = &api;
+        async move { api.open_as_viewer(path, &[("accept", accept)]).await }
     };
     for (path, max) in [
         ("/v1/orders/export.csv", EXPORTS_AT_ONCE_MAX),
@@ -1713,11 +1729,11 @@ async fn exports_and_event_streams_are_limited_to_so_many_at_once() {
         // Answers whose bodies nobody reads: each holds its slot.
         let mut held = Vec::new();
         for _ in 0..max {
-            let response = open(path, accept).await.unwrap();
+            let response = open(path, accept).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             held.push(response);
         }
-        let refused = open(path, accept).await.unwrap();
+        let refused = open(path, accept).await;
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert_eq!(refused.headers()["retry-after"], "1");
         let body = refused.into_body().collect().await.unwrap().to_bytes();
@@ -1730,7 +1746,7 @@ async fn exports_and_event_streams_are_limited_to_so_many_at_once() {
         } else {
             first.into_body().collect().await.unwrap();
         }
-        let again = open(path, accept).await.unwrap();
+        let again = open(path, accept).await;
         assert_eq!(again.status(), StatusCode::OK, "{path}");
         drop(again);
         drop(held);
@@ -1738,9 +1754,9 @@ async fn exports_and_event_streams_are_limited_to_so_many_at_once() {
     // The Excel export shares the export slots.
     let mut held = Vec::new();
     for _ in 0..EXPORTS_AT_ONCE_MAX {
-        held.push(open("/v1/orders/export.csv", "*/*").await.unwrap());
+        held.push(open("/v1/orders/export.csv", "*/*").await);
     }
-    let refused = open("/v1/orders/export.xlsx", "*/*").await.unwrap();
+    let refused = open("/v1/orders/export.xlsx", "*/*").await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -1844,16 +1860,11 @@ async fn a_stream_that_missed_events_is_told_before_it_goes_on() {
         .unwrap();
     // The first two SSE events of a stream resuming after `from`.
     let first_two = |from: u64| {
-        let request = Request::builder()
-            .uri("/v1/events")
-            .header("authorization", format!("Bearer {VIEWER}"))
-            .header("accept", "text/event-stream")
-            .header("last-event-id", from.to_string())
-            .body(Body::empty())
-            .unwrap();
-        let router = api.router.clone();
+        let api = &api;
         async move {
-            let mut body = router.oneshot(request).await.unwrap().into_body();
+            let from = from.to_string();
+            let headers = [("accept", "text/event-stream"), ("last-event-id", &from)];
+            let mut body = api.open_as_viewer("/v1/events", &headers).await.into_body();
             let mut text = String::new();
             while text.matches("\n\n").count() < 2 {
                 let frame = body.frame().await.expect("the stream goes on").unwrap();
@@ -1885,4 +1896,73 @@ async fn a_stream_that_missed_events_is_told_before_it_goes_on() {
         "{events:?}"
     );
     assert!(oldest < last);
+}
+
+/// `/readyz` tells what a full disk does to writes: 503 `storage_unavailable` while
+/// the log has no room for them (so a load balancer takes the node out of service),
+/// and 200 again once space is freed, found by the writer's own timer: the node out
+/// of service gets no write that could find it out.
+#[tokio::test]
+async fn readyz_is_503_while_the_disk_is_full_and_200_once_space_is_back() {
+    let disk = surge_engine::wal::SimStorage::new();
+    let config = EngineConfig {
+        wal: surge_engine::wal::WalConfig {
+            segment_bytes: 16 * 4096,
+            snapshots_kept: 2,
+        },
+        snapshot_every_records: 0,
+        ..Default::default()
+    };
+    let (engine, _) = Engine::open_with_storage(disk.clone(), config).expect("engine opens");
+    let api = Api::with_engine(ApiConfig::default(), engine);
+    api.define("A", 1_000_000).await;
+    let ready = api.call("GET", "/readyz", None, &[], None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    disk.set_disk_full(true);
+    let hold = json!({"lines": [{"sku": "A", "qty": 1}], "ttl_ms": 600000});
+    let mut accepted = 0;
+    loop {
+        let r = api
+            .admin("POST", "/v1/reservations", Some(hold.clone()))
+            .await;
+        if r.status == 503 {
+            assert_problem(&r, 503, "storage_unavailable");
+            break;
+        }
+        assert_eq!(r.status, 201, "{}", r.text);
+        accepted += 1;
+        assert!(accepted < 10_000, "the disk never filled");
+    }
+    let r = api.call("GET", "/readyz", None, &[], None).await;
+    assert_problem(&r, 503, "storage_unavailable");
+    assert!(
+        r.json["detail"].as_str().unwrap().contains("space"),
+        "{}",
+        r.text
+    );
+    let metrics = api.call("GET", "/metrics", None, &[], None).await.text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "surge_engine_writes_refused 1"),
+        "{metrics}"
+    );
+    // Space back, and no write sent: the writer's timer finds the room.
+    disk.set_disk_full(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = api.call("GET", "/readyz", None, &[], None).await;
+        if r.status == 200 {
+            assert_eq!(r.json["status"], "ready");
+            break;
+        }
+        assert_problem(&r, 503, "storage_unavailable");
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        // Polled: the timer runs on the writer's thread, with nothing to await.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let r = api.admin("POST", "/v1/reservations", Some(hold)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let sku = api.admin("GET", "/v1/skus/A", None).await;
+    assert_eq!(sku.json["reserved"], accepted + 1);
 }

@@ -546,6 +546,22 @@ pub struct OrderView {
     pub delayed_since_ms: Option<Millis>,
 }
 
+impl OrderView {
+    /// What may be done to this order now, as answers list it:
+    /// [`crate::order_actions_now`] from the view's own facts.
+    pub fn actions(&self) -> Vec<&'static str> {
+        crate::order_actions_now(
+            self.status,
+            crate::OrderFacts {
+                on_hold: self.hold.is_some(),
+                refundable_amount: self.payment.paid_amount - self.payment.refunded_amount,
+            },
+            self.history.len(),
+            self.payment.refund_due_amount,
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct ReturnView {
     pub restock: bool,

@@ -27,11 +27,13 @@ pub const CHANNEL_LEN_MAX: usize = 64;
 pub const ADDRESS_PART_LEN_MAX: usize = 200;
 /// History entries an order keeps for its status changes: changes that keep the
 /// status (hold, modify, partial refund) stop this short of `HISTORY_PER_ORDER_MAX`.
-/// After the last change allowed, an order takes at most 11 more entries: the
+/// After the last change allowed, an order takes at most 10 more entries: the
 /// release of a hold taken then, the delay flag (once), pay, pick, pack, ship,
 /// deliver, complete, a cancel or return, and two refunds of what is due (one owed
-/// before, one from that cancel or return). An entry that keeps `before` must
-/// never find the history full (`push_history` asserts it).
+/// before, one from that cancel or return); pay and the refund owed before exclude
+/// each other (an unpaid order owes nothing), so 11 is a bound with one to spare.
+/// An entry that keeps `before` must never find the history full (`push_history`
+/// asserts it).
 pub const HISTORY_ROOM_FOR_STATUS: usize = 12;
 /// History entries (creation and status changes included) past which an order
 /// takes no more changes that keep its status: 409 `invalid_transition`.

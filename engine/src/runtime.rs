@@ -185,6 +185,12 @@ struct Inner {
     writes_refused: Mutex<Option<String>>,
     /// `writes_refused.is_some()`, readable without the lock.
     writes_refused_flag: AtomicBool,
+    /// Why writes are refused for want of disk space now, if they are: set when the
+    /// log has no room for a record, cleared once it has (the writer tries again
+    /// at each step). Unlike `writes_refused`, it passes without a restart.
+    storage_full: Mutex<Option<String>>,
+    /// `storage_full.is_some()`, readable without the lock.
+    storage_full_flag: AtomicBool,
     /// The writer asks the follower for a snapshot (records or segments piled up).
     snapshot_wanted: AtomicBool,
     /// Reads waiting at the follower (bounded like the writer's queue).
@@ -220,6 +226,8 @@ impl Inner {
             stats: RuntimeStats::default(),
             writes_refused: Mutex::new(None),
             writes_refused_flag: AtomicBool::new(false),
+            storage_full: Mutex::new(None),
+            storage_full_flag: AtomicBool::new(false),
             snapshot_wanted: AtomicBool::new(false),
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
             board_waiters: std::sync::atomic::AtomicUsize::new(0),
@@ -255,6 +263,20 @@ impl Inner {
         self.replication_down_flag
             .store(why.is_some(), Ordering::Release);
         *down = why;
+    }
+
+    fn set_storage_full(&self, why: Option<String>) {
+        let mut full = self.storage_full.lock();
+        self.storage_full_flag
+            .store(why.is_some(), Ordering::Release);
+        *full = why;
+    }
+
+    fn storage_full(&self) -> Option<String> {
+        if !self.storage_full_flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.storage_full.lock().clone()
     }
 
     /// Why this node refuses a write now for its place in replication: a standby

@@ -175,7 +175,8 @@ pub(crate) const RULES_V14: u32 = 5;
 /// counted against an order's 20 changes that keep its status, and past them a
 /// change is 409 `invalid_transition` (before: a release was counted, so a hold
 /// taken as the 20th change stranded the order, and the refusal was 503); a modification that changes
-/// nothing (the same lines, note and address) answers the order and logs nothing
+/// nothing (the same lines in the same order, note and address) answers the order
+/// with no event and no history entry (keyed, a record remembers the key)
 /// (before, each one logged `order.modified` and took a history entry, so a
 /// client's retries used up the order's changes); a modification that raises a
 /// total to the review amount holds the order for review, as its creation would

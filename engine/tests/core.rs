@@ -171,3 +171,64 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
     assert_eq!(available(&mut core, T0_MS), 1_000 - 14 * 3);
     core.close(T0_MS);
 }
+
+/// A full disk makes the engine say so (`storage_full`, which `/readyz` reads), and
+/// the step after space is freed takes it back, with no write needed to find out:
+/// a load balancer that took the node out of service sends none.
+#[test]
+fn a_full_disk_is_reported_until_space_is_back_even_with_no_write() {
+    let disk = SimStorage::new();
+    let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
+    let defined = core
+        .handle()
+        .submit(define(1_000_000), None)
+        .expect("queued");
+    core.step(T0_MS);
+    assert!(defined.wait().expect("answered").outcome.is_ok());
+    assert_eq!(core.handle().storage_full(), None);
+    disk.set_disk_full(true);
+    // Fill the segment: the reservation that needs a new one is refused.
+    let mut accepted = 0;
+    let why = loop {
+        let ticket = core
+            .handle()
+            .submit(reserve(600_000), None)
+            .expect("queued");
+        core.step(T0_MS);
+        match ticket.wait() {
+            Ok(applied) => {
+                assert!(applied.outcome.is_ok());
+                accepted += 1;
+            }
+            Err(Error::StorageUnavailable(why)) => break why,
+            Err(other) => panic!("{other:?}"),
+        }
+        assert!(accepted < 10_000, "the segment never filled");
+    };
+    let full = core.handle().storage_full().expect("reported");
+    assert!(
+        full.contains("space") && why.contains("space"),
+        "{full} / {why}"
+    );
+    // Still full: a step changes nothing.
+    core.tick(T0_MS + 1);
+    assert!(core.handle().storage_full().is_some());
+    assert_eq!(core.handle().writes_refused(), None, "not a fail-stop");
+    // Space back: the next step, with no request, finds the room.
+    disk.set_disk_full(false);
+    core.tick(T0_MS + 2);
+    assert_eq!(core.handle().storage_full(), None);
+    assert_eq!(available(&mut core, T0_MS + 2), 1_000_000 - 3 * accepted);
+    let again = core
+        .handle()
+        .submit(reserve(600_000), None)
+        .expect("queued");
+    core.step(T0_MS + 3);
+    assert!(again.wait().expect("answered").outcome.is_ok());
+    core.close(T0_MS + 3);
+    let (mut reopened, _) = Engine::open_core(disk, config()).expect("reopen");
+    assert_eq!(
+        available(&mut reopened, T0_MS + 3),
+        1_000_000 - 3 * (accepted + 1)
+    );
+}

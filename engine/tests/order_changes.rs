@@ -990,7 +990,6 @@ fn the_v14_rules_tell_who_created_and_paid_an_order() {
 /// not counted now, the cap refuses with 409, and the actions say what is left.
 #[test]
 fn a_hold_taken_at_the_last_change_allowed_is_released_and_the_order_ships() {
-    use surge_engine::order_actions_now;
     let mut w = World::new(None);
     w.ok(Command::SetRules { rules: 6 });
     let id = w.place("N-1", &[("A", 2, PRICE)]);
@@ -1015,17 +1014,7 @@ fn a_hold_taken_at_the_last_change_allowed_is_released_and_the_order_ships() {
     w.ok(hold(id));
     let o = w.order(id);
     assert_eq!(o.history.len(), 20);
-    let actions = |o: &OrderView| {
-        order_actions_now(
-            o.status,
-            surge_engine::OrderFacts {
-                on_hold: o.hold.is_some(),
-                refundable_amount: o.payment.paid_amount - o.payment.refunded_amount,
-            },
-            o.history.len(),
-            o.payment.refund_due_amount,
-        )
-    };
+    let actions = |o: &OrderView| o.actions();
     assert_eq!(actions(&o), ["cancel", "release_hold"]);
     assert_eq!(w.run(note(99)), Err("invalid_transition".into()));
     assert_eq!(w.run(refund(id, 1)), Err("invalid_transition".into()));

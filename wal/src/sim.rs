@@ -464,6 +464,10 @@ impl crate::storage::FileWriter for SimStorage {
     fn sync_dir(&self) -> io::Result<()> {
         Storage::sync_dir(&mut self.clone())
     }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        Storage::remove(&mut self.clone(), name)
+    }
 }
 
 impl Storage for SimStorage {
@@ -604,9 +608,10 @@ impl Storage for SimStorage {
     fn write_file(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.state.lock();
         st.step("write file")?;
-        if st.disk_full || st.small_files_full {
-            return Err(no_space());
-        }
+        // As on a real disk: the file is created (or cut) before its bytes are
+        // refused, and is left behind, empty.
+        let full = st.disk_full || st.small_files_full;
+        let bytes = if full { &[][..] } else { bytes };
         match st.dir.get(name).copied() {
             Some(id) => st.file_mut(id).written = bytes.to_vec(),
             None => {
@@ -624,6 +629,9 @@ impl Storage for SimStorage {
                     id,
                 });
             }
+        }
+        if full {
+            return Err(no_space());
         }
         Ok(())
     }

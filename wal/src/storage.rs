@@ -154,6 +154,8 @@ pub trait FileWriter: Send + Sync + 'static {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes the directory entries durable (fsync of the directory).
     fn sync_dir(&self) -> io::Result<()>;
+    /// Removes `name` (durable after `sync_dir`): a temp file a failed write left.
+    fn remove(&self, name: &str) -> io::Result<()>;
 }
 
 /// Whether `parts` can be written with direct I/O: large enough to be worth it,
@@ -257,6 +259,10 @@ impl FileWriter for DirFileWriter {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))
     }
 
     fn sync_dir(&self) -> io::Result<()> {

@@ -50,8 +50,9 @@ pub struct RecoveryReport {
     /// Newer snapshots that were damaged, or listed in the MANIFEST and
     /// missing, and so skipped (newest first).
     pub fell_back_snapshots: Vec<String>,
-    /// Segment files the MANIFEST does not list, removed: leftovers of a
-    /// segment creation, retirement or tail cut that a crash interrupted.
+    /// Files removed as leftovers: temp files (a snapshot or MANIFEST being
+    /// written), then segment files the MANIFEST does not list (a segment
+    /// creation, retirement or tail cut that a crash interrupted).
     pub leftovers_removed: Vec<String>,
 }
 
@@ -293,12 +294,17 @@ impl SnapshotJob {
     }
 
     /// Frame the body (header, checksum) in place, write the temp file and fsync it.
+    /// A failed write removes what it wrote: on a full disk, the part written would
+    /// otherwise hold the space an operator frees until the next open, and the next
+    /// roll would fail for it again.
     pub fn run(mut self) -> Result<WrittenSnapshot, Error> {
         self.image.frame(self.lsn);
         let parts: Vec<&[u8]> = self.image.chunks().collect();
-        self.writer
-            .write_synced(&self.tmp, &parts)
-            .map_err(|e| Error::io("write snapshot", e))?;
+        if let Err(e) = self.writer.write_synced(&self.tmp, &parts) {
+            // Best effort: a temp file left anyway is removed at the next open.
+            let _ = self.writer.remove(&self.tmp);
+            return Err(Error::io("write snapshot", e));
+        }
         Ok(WrittenSnapshot {
             lsn: self.lsn,
             name: self.name,
@@ -547,6 +553,7 @@ impl<S: Storage> Wal<S> {
         config.validate()?;
         let payload_max = config.record_payload_max_bytes();
         let names = storage.list().map_err(|e| Error::io("list data dir", e))?;
+        let mut temp_removed = Vec::new();
         for name in names
             .iter()
             .filter(|n| is_snapshot_tmp_name(n) || manifest::is_tmp_name(n))
@@ -554,6 +561,7 @@ impl<S: Storage> Wal<S> {
             storage
                 .remove(name)
                 .map_err(|e| Error::io("remove temp file", e))?;
+            temp_removed.push(name.clone());
         }
         let manifest = if names.iter().any(|n| n == MANIFEST_NAME) {
             let bytes = storage
@@ -833,7 +841,7 @@ impl<S: Storage> Wal<S> {
             watermark: a.watermark,
             torn_tail,
             fell_back_snapshots: fell_back,
-            leftovers_removed: leftovers,
+            leftovers_removed: temp_removed.into_iter().chain(leftovers).collect(),
         };
         let stats = WalStats {
             segments: segments.len(),

@@ -147,6 +147,17 @@ fn a_full_disk_stops_the_spare_preparer_refuses_the_roll_cleanly_then_resumes() 
         ));
     }
     assert_eq!(segments(&dir), 3);
+    // A snapshot larger than the room left fails part-written, and takes back what
+    // it wrote: a temp file left would hold the space freed next (the next roll
+    // would fail for it again).
+    let before = files(&dir);
+    let body = vec![7u8; 2 * BALLAST_BYTES];
+    assert!(matches!(
+        wal.write_snapshot(refused_at - 1, &body),
+        Err(Error::NoSpace)
+    ));
+    assert_eq!(files(&dir), before, "a failed snapshot left files behind");
+    assert!(!wal.is_poisoned());
 
     // Space is back: the same record goes through, and the log rolls on.
     std::fs::remove_file(&ballast).expect("remove ballast");

@@ -584,3 +584,31 @@ fn segment_whose_creation_was_torn_is_dropped_not_reported_corrupt() {
         assert!(!d.file_names().contains(&torn.to_string()));
     }
 }
+
+/// A snapshot's or MANIFEST's temp file that a crash left is removed at open and
+/// named in the report, so an operator can tell where the space went.
+#[test]
+fn temp_files_left_over_are_removed_and_reported() {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    append_range(&mut wal, 1..=20, PAYLOAD_BYTES);
+    wal.commit().expect("commit");
+    drop(wal);
+    let temps = [
+        "snap-00000000000000000020.snap.tmp".to_string(),
+        "MANIFEST.tmp".to_string(),
+    ];
+    let mut storage = disk.clone();
+    for name in &temps {
+        surge_wal::Storage::write_file(&mut storage, name, b"half written").expect("write");
+    }
+    let (wal, rec) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    let mut reported = rec.report.leftovers_removed.clone();
+    reported.sort();
+    let mut expected = temps.to_vec();
+    expected.sort();
+    assert_eq!(reported, expected);
+    assert_eq!(records(&wal, 0).len(), 20);
+    let files = disk.file_names();
+    assert!(!files.iter().any(|f| f.ends_with(".tmp")), "{files:?}");
+}

@@ -364,6 +364,13 @@ impl EngineHandle {
         self.shared.inner.writes_refused.lock().clone()
     }
 
+    /// Why writes are refused for want of disk space now, if they are. It passes
+    /// once space is freed: the writer tries again at each step (every
+    /// `expire_interval_ms` when idle).
+    pub fn storage_full(&self) -> Option<String> {
+        self.shared.inner.storage_full()
+    }
+
     /// Drain the queue, flush, snapshot and stop the writer. Later submissions get
     /// [`Error::ShuttingDown`]. Safe to call more than once.
     pub fn shutdown(&self) {

@@ -268,6 +268,7 @@ impl Engine {
             own_policy_due: false,
             pending,
             async_dirty: false,
+            room_wanted_bytes: None,
         };
         writer.now_ms = writer.state.now_ms();
         if let Some(wal) = writer.wal.as_mut()

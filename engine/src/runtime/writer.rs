@@ -89,6 +89,10 @@ pub(super) struct Writer<S: Storage> {
     pub(super) pending: Vec<Pending>,
     /// Async mode: applied records not yet handed to durability.
     pub(super) async_dirty: bool,
+    /// The disk is full: the payload length of the last record the log had no room
+    /// for. Each step tries to make that room again, so that readiness comes back
+    /// with the space, whether or not writes are arriving.
+    pub(super) room_wanted_bytes: Option<usize>,
 }
 
 /// What one [`Writer::step`] did, for the thread around it.
@@ -197,6 +201,7 @@ impl<S: Storage> Writer<S> {
             }
             // A standby's expiries come from its leader's log.
             self.expire_due(&mut pending);
+            self.retry_room();
         }
         for request in batch.drain(..) {
             shutdown |= self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
@@ -592,9 +597,7 @@ impl<S: Storage> Writer<S> {
                 let _ = reply.send(Err(refused_by_this_build(lsn, &record.command, &rejection)));
                 return;
             }
-            if let Some(wal) = self.wal.as_mut()
-                && let Err(e) = wal.reserve(lsn, bytes.len())
-            {
+            if let Err(e) = self.reserve(lsn, bytes.len()) {
                 let reason = format!("{e}");
                 if !matches!(e, surge_wal::Error::NoSpace) {
                     self.fail_stop(reason.clone());
@@ -1097,9 +1100,9 @@ impl<S: Storage> Writer<S> {
             command,
             key,
         };
-        if let Some(wal) = self.wal.as_mut() {
+        if self.wal.is_some() {
             codec::encode_record(&record, &mut self.record_buf);
-            if let Err(e) = wal.reserve(self.state.next_seq(), self.record_buf.len()) {
+            if let Err(e) = self.reserve(self.state.next_seq(), self.record_buf.len()) {
                 let reason = format!("{e}");
                 return match e {
                     // Transient: the next command tries again.
@@ -1189,6 +1192,47 @@ impl<S: Storage> Writer<S> {
 
     fn fail_stop(&self, reason: String) {
         self.shared.refuse_writes(reason);
+    }
+
+    /// [`surge_wal::Wal::reserve`], keeping [`Inner::storage_full`] true to the
+    /// disk: set on [`surge_wal::Error::NoSpace`], cleared by the next success.
+    fn reserve(&mut self, lsn: u64, payload_len: usize) -> Result<(), surge_wal::Error> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(());
+        };
+        let reserved = wal.reserve(lsn, payload_len);
+        match &reserved {
+            Ok(()) if self.room_wanted_bytes.is_some() => {
+                self.room_wanted_bytes = None;
+                self.shared.set_storage_full(None);
+            }
+            Ok(()) => {}
+            Err(e @ surge_wal::Error::NoSpace) => {
+                if self.room_wanted_bytes.is_none() {
+                    self.shared.set_storage_full(Some(format!(
+                        "{e}: writes are refused until space is freed in the data dir"
+                    )));
+                }
+                self.room_wanted_bytes = Some(payload_len);
+            }
+            Err(_) => {}
+        }
+        reserved
+    }
+
+    /// The disk was full at the last write: try to make that write's room now (a
+    /// new segment, prepared ahead like any roll), so that readiness comes back
+    /// with the space even while no write arrives. Nothing is logged.
+    fn retry_room(&mut self) {
+        if let Some(payload_len) = self.room_wanted_bytes {
+            let lsn = self.state.next_seq();
+            // Its outcome is kept by `reserve`; another failure is the fail-stop's.
+            if let Err(e) = self.reserve(lsn, payload_len)
+                && !matches!(e, surge_wal::Error::NoSpace)
+            {
+                self.fail_stop(format!("{e}"));
+            }
+        }
     }
 
     fn reply_all(&mut self, pending: &mut Vec<Pending>, durable: bool) {
