@@ -293,14 +293,11 @@ pub async fn batch(
         }
     }
     let engine = st.engine()?;
-    if engine.role() != surge_engine::Role::Leader {
-        // The whole batch goes to the leader: none of its ops can succeed here.
-        return Err(ApiError::from_engine(surge_engine::Error::NotLeader(
-            format!(
-                "this node is a {}: send writes to the leader",
-                engine.role().name()
-            ),
-        )));
+    if let Some(refusal) = engine.replication_refusal() {
+        // None of its ops can succeed here: a standby or fenced node (the whole
+        // batch goes to the leader), or the replicated log down. Answered as a
+        // single write is, 503 with `Retry-After`.
+        return Err(ApiError::from_engine(refusal));
     }
     // One queue entry for the whole batch: the writer applies the ops in order in
     // one iteration and they are answered together, from one buffer.
@@ -329,7 +326,7 @@ pub async fn batch(
     }
     // Each op still fails alone: when the batch cannot be queued (overloaded,
     // shutting down), each of its ops carries that problem.
-    let answered = if commands.is_empty() {
+    let mut answered = if commands.is_empty() {
         Ok(Vec::new())
     } else {
         match engine.submit_keyed_batch(commands) {
@@ -337,6 +334,20 @@ pub async fn batch(
             Err(e) => Err(ApiError::from_engine(e)),
         }
     };
+    // Fenced between the check above and the writer's turn: every op was refused
+    // for it, nothing was applied, and the batch is answered as at the check.
+    let fenced_whole = |outcomes: &[Result<Acked, surge_engine::Error>]| {
+        refused.is_empty()
+            && outcomes
+                .iter()
+                .all(|o| matches!(o, Err(surge_engine::Error::NotLeader(_))))
+    };
+    if let Ok(outcomes) = &mut answered
+        && fenced_whole(outcomes)
+        && let Some(Err(refusal)) = outcomes.pop()
+    {
+        return Err(ApiError::from_engine(refusal));
+    }
     let (mut outcomes, unanswered) = match answered {
         Ok(outcomes) => (outcomes.into_iter(), None),
         Err(e) => (Vec::new().into_iter(), Some(e)),

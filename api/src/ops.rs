@@ -87,7 +87,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
 
 #[utoipa::path(post, path = "/v1/admin/promote", tag = "operations",
     responses(
-        (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now", body = crate::replication::Promotion, headers(("Surge-Lsn" = u64, description = "The promotion's `lsn`: the last record the new leader holds"))),
+        (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now, taking writes (in `replicated` mode the answer waits, at most 5 s, for the stream to be resumed; past that writes are refused until it is, and `/readyz` says why). `lost_lsns` counts what the old leader announced durable beyond the stream: a lower bound in `sync` mode, where what it acknowledged while cut off from the stream went unannounced", body = crate::replication::Promotion, headers(("Surge-Lsn" = u64, description = "The promotion's `lsn`: the last record the new leader holds"))),
         (status = 409, description = "`invalid_transition`: this node is not a standby", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "`storage_unavailable`: the stream could not be reached or fenced; or `overloaded` when the request timed out first, in which case the promotion runs on to its end (`/readyz` says `ready` once it led, `standby` if it gave up)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]

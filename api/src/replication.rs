@@ -63,6 +63,10 @@ const STREAM_SILENT_AFTER_MS: u64 = 5_000;
 /// Attempts at catching up and fencing before a promotion gives up (another node
 /// keeps appending: two promotions at once, or the old leader is alive).
 const PROMOTE_ATTEMPTS: usize = 20;
+/// How long a promotion's answer waits, after the fence, for the publish stage to
+/// open writes (`replicated` mode: it resumes the stream first). Past it the node
+/// leads with writes refused until the stream is back, and `/readyz` says so.
+const PROMOTE_WRITABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// A connection to the NATS server and this node's identity in the stream.
 pub struct NatsLink {
@@ -475,7 +479,9 @@ pub struct Promotion {
     /// The stream sequence of the fence.
     pub fence_sequence: u64,
     /// LSNs the old leader announced durable that the stream never got (`sync`
-    /// mode may lose them; `replicated` never acknowledged them).
+    /// mode may lose them; `replicated` never acknowledged them). A lower bound: the
+    /// announcements go over the stream, so what the old leader acknowledged while
+    /// cut off from it is not counted.
     pub lost_lsns: u64,
 }
 
@@ -688,6 +694,15 @@ impl Standby {
                         .map_err(|e| e.to_string())?
                         .await
                         .map_err(|e| e.to_string())?;
+                    // Answer once writes are taken: in `replicated` mode the publish
+                    // stage opens them when it has resumed the stream, a moment after
+                    // the fence. A stream gone again meanwhile leaves them refused
+                    // (`/readyz` says why); the promotion itself is done either way.
+                    let _ = tokio::time::timeout(
+                        PROMOTE_WRITABLE_WAIT,
+                        self.engine.wait_until_writable(),
+                    )
+                    .await;
                     let announced = self.status.leader_durable_lsn.load(Ordering::Acquire);
                     let promotion = Promotion {
                         lsn,

@@ -159,13 +159,70 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
             ("SURGE_REPLICATE_TO", &url),
         ],
     );
+    // Until it finds the fence (recovering first) its writes wait for a replicated
+    // log it has not resumed: a batch is refused whole, as a single write is, never
+    // a 200 with every op refused inside.
+    let batch_body = r#"{"ops":[{"op":"reserve","lines":[{"sku":"HOT","qty":1}]}]}"#;
     eventually("the restarted old leader to find itself fenced", || {
-        reserve(&leader).body.contains("not_leader")
+        let batch = leader.as_(STOREFRONT, "POST", "/v1/batch", Some(batch_body));
+        assert_eq!(batch.status, 503, "{}", batch.body);
+        let code = batch.json()["code"].clone();
+        assert!(
+            ["overloaded", "storage_unavailable", "not_leader"].contains(&code.as_str().unwrap()),
+            "{}",
+            batch.body
+        );
+        code == "not_leader" && reserve(&leader).body.contains("not_leader")
     });
+    let fenced = leader.as_(STOREFRONT, "POST", "/v1/batch", Some(batch_body));
+    fenced.assert_problem(503, "not_leader");
+    assert!(fenced.body.contains("fenced"), "{}", fenced.body);
     // Its data dir may end in records the stream never got: it cannot be a standby's.
     drop(leader);
     let refusal = exits_with(&leader_dir, &[("SURGE_STANDBY", &url)]);
     assert!(refusal.contains("was a leader's data dir"), "{refusal}");
+}
+
+/// A `replicated` standby's promotion answers once the new leader takes writes: its
+/// publish stage resumes the stream a moment after the fence, and until then writes
+/// were refused ("no replicated log attached yet"), so the first writes after a 200
+/// promotion were 503 (an outside probe saw 15 of 20).
+#[test]
+fn a_replicated_standby_takes_writes_as_soon_as_its_promotion_answers() {
+    let pair = LeaderAndStandby::start("writable", &[("SURGE_DURABILITY", "replicated")]);
+    let standby = &pair.standby;
+    pair.leader.define("HOT", 10_000);
+    let acked = load(&pair.leader, 4, 20);
+    wait_caught_up("the standby to hold every write", &pair.leader, standby);
+    pair.leader.kill_9();
+    let promoted = standby.admin("POST", "/v1/admin/promote", None);
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    assert_eq!(
+        standby.call("GET", "/readyz", &[], None).json()["status"],
+        "ready"
+    );
+    let first = reserve(standby);
+    assert_eq!(first.status, 201, "{}", first.body);
+    let batch = standby.as_(
+        STOREFRONT,
+        "POST",
+        "/v1/batch",
+        Some(r#"{"ops":[{"op":"reserve","lines":[{"sku":"HOT","qty":1}]}]}"#),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    assert_eq!(
+        batch.json()["results"][0]["status"],
+        "held",
+        "{}",
+        batch.body
+    );
+    for id in &acked {
+        let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
+        assert_eq!(
+            r.status, 200,
+            "acknowledged {id} missing after the failover"
+        );
+    }
 }
 
 /// A NATS server on a port of its own (so a test can stop and start it again), a

@@ -213,6 +213,9 @@ struct Inner {
     /// refuses writes meanwhile); `replication_down_flag` mirrors `is_some()`.
     replication_down: Mutex<Option<String>>,
     replication_down_flag: AtomicBool,
+    /// Woken when `replication_down` clears or the role changes
+    /// (`EngineHandle::wait_until_writable`).
+    writable_changed: tokio::sync::Notify,
     /// The engine is stopping: the publish stage gives up retrying.
     publish_stopping: AtomicBool,
     durability: Durability,
@@ -237,6 +240,7 @@ impl Inner {
             role: std::sync::atomic::AtomicU8::new(role.as_u8()),
             replication_down: Mutex::new(None),
             replication_down_flag: AtomicBool::new(false),
+            writable_changed: tokio::sync::Notify::new(),
             publish_stopping: AtomicBool::new(false),
             durability,
         }
@@ -253,6 +257,7 @@ impl Inner {
 
     fn set_role(&self, role: Role) {
         self.role.store(role.as_u8(), Ordering::Release);
+        self.writable_changed.notify_waiters();
     }
 
     fn set_replication_down(&self, why: Option<String>) {
@@ -262,7 +267,12 @@ impl Inner {
         let mut down = self.replication_down.lock();
         self.replication_down_flag
             .store(why.is_some(), Ordering::Release);
+        let up = why.is_none();
         *down = why;
+        drop(down);
+        if up {
+            self.writable_changed.notify_waiters();
+        }
     }
 
     fn set_storage_full(&self, why: Option<String>) {

@@ -332,6 +332,32 @@ impl EngineHandle {
         self.shared.inner.replication_down.lock().clone()
     }
 
+    /// Why this node refuses every write now for its place in replication, if it
+    /// does: a standby or fenced node (`NotLeader`), or `replicated` mode while the
+    /// replicated log is down (`StorageUnavailable`). What a single write would be
+    /// answered, for a request (a batch) to be refused whole.
+    pub fn replication_refusal(&self) -> Option<Error> {
+        self.shared.inner.replication_refusal()
+    }
+
+    /// Waits until this node is a leader whose writes are not refused for the
+    /// replicated log: at once in any mode but `replicated`, or when it is not a
+    /// leader (a standby or a fenced node never will be by waiting). A promotion
+    /// waits here, so that its answer means writes are taken: the publish stage
+    /// clears "no replicated log attached yet" only once it has resumed the stream.
+    pub async fn wait_until_writable(&self) {
+        let inner = &self.shared.inner;
+        loop {
+            let mut changed = std::pin::pin!(inner.writable_changed.notified());
+            // Registered before the check, so a change in between still wakes it.
+            changed.as_mut().enable();
+            if inner.role() != Role::Leader || inner.replication_refusal().is_none() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Take a snapshot now; answers its LSN.
     pub fn snapshot(&self) -> Result<Ticket<u64>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
