@@ -51,7 +51,7 @@ pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>
     let Some(engine) = st.engine_opt() else {
         return Err(ApiError::overloaded("recovery is still running"));
     };
-    if let Some(reason) = engine.writes_refused().or_else(|| engine.storage_full()) {
+    if let Some(reason) = engine.storage_refusal() {
         return Err(ApiError::storage_unavailable(reason));
     }
     if !st.is_ready() {

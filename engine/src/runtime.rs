@@ -186,8 +186,9 @@ struct Inner {
     /// `writes_refused.is_some()`, readable without the lock.
     writes_refused_flag: AtomicBool,
     /// Why writes are refused for want of disk space now, if they are: set when the
-    /// log has no room for a record, cleared once it has (the writer tries again
-    /// at each step). Unlike `writes_refused`, it passes without a restart.
+    /// log has no room for a record, cleared once it has room for one at least as
+    /// large (a leader's writer tries again at each step). Unlike
+    /// `writes_refused`, it passes without a restart.
     storage_full: Mutex<Option<String>>,
     /// `storage_full.is_some()`, readable without the lock.
     storage_full_flag: AtomicBool,

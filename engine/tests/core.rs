@@ -232,3 +232,69 @@ fn a_full_disk_is_reported_until_space_is_back_even_with_no_write() {
         1_000_000 - 3 * (accepted + 1)
     );
 }
+
+/// A record small enough for the segment's last bytes goes through while the disk
+/// stays full, and the full disk is still reported: only room for the record that
+/// found none (a roll) ends it. It used to end at any success, so `/readyz` said
+/// ready between two refusals under mixed-size traffic, and the retry stopped.
+#[test]
+fn a_small_record_that_still_fits_does_not_end_a_full_disk() {
+    // About 4.7 KB: 64 lines of 64-byte SKU ids, unknown, so a rejection that logs
+    // nothing whenever the log has room for it.
+    let large = || Command::Reserve {
+        lines: (0..64)
+            .map(|i| LineReq {
+                sku: format!("{i:064}"),
+                qty: 1,
+            })
+            .collect(),
+        ttl_ms: 600_000,
+        actor: "test".into(),
+    };
+    let disk = SimStorage::new();
+    let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
+    let defined = core
+        .handle()
+        .submit(define(1_000_000), None)
+        .expect("queued");
+    core.step(T0_MS);
+    assert!(defined.wait().expect("answered").outcome.is_ok());
+    disk.set_disk_full(true);
+    // Small holds until the large record no longer fits in the segment.
+    let mut held = 0;
+    loop {
+        let big = core.handle().submit(large(), None).expect("queued");
+        core.step(T0_MS);
+        match big.wait() {
+            Ok(applied) => assert!(applied.outcome.is_err(), "an unknown SKU"),
+            Err(Error::StorageUnavailable(_)) => break,
+            Err(other) => panic!("{other:?}"),
+        }
+        let small = core
+            .handle()
+            .submit(reserve(600_000), None)
+            .expect("queued");
+        core.step(T0_MS);
+        assert!(small.wait().expect("room").outcome.is_ok());
+        held += 1;
+        assert!(held < 10_000, "the segment never filled");
+    }
+    let small = core
+        .handle()
+        .submit(reserve(600_000), None)
+        .expect("queued");
+    core.step(T0_MS + 1);
+    assert!(small.wait().expect("the last bytes").outcome.is_ok());
+    assert!(core.handle().storage_full().is_some(), "still full");
+    core.tick(T0_MS + 2);
+    assert!(core.handle().storage_full().is_some(), "still full");
+    disk.set_disk_full(false);
+    core.tick(T0_MS + 3);
+    assert_eq!(core.handle().storage_full(), None);
+    let big = core.handle().submit(large(), None).expect("queued");
+    core.step(T0_MS + 4);
+    assert!(
+        big.wait().expect("room again").outcome.is_err(),
+        "an unknown SKU"
+    );
+}

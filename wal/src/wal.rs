@@ -1601,14 +1601,11 @@ impl<S: Storage> Wal<S> {
     /// acknowledged. So a segment that is not the newest is wholly below the
     /// MANIFEST's `log_end`, and a hole in it is rot, never a torn tail.
     fn roll(&mut self, lsn: Lsn) -> Result<(), Error> {
-        // Padded to a page boundary first, like a commit, so that open never has
-        // to pad (rewrite) a page holding records that are claimed.
-        self.pad_to_page(self.durable_lsn);
-        self.write_staged()?;
-        let log_end = self.last_lsn;
-
         let name = segment_name(lsn);
         let len_bytes = self.config.segment_bytes;
+        // The new segment first: a full disk refuses the roll with nothing written
+        // (a roll tried again and again while the disk is full, by each command or
+        // by the writer's retry, must not pad the active segment page by page).
         let h = match self.storage.create_segment(&name, len_bytes) {
             Ok(h) => h,
             Err(e) if crate::is_no_space(&e) => return Err(Error::NoSpace),
@@ -1617,6 +1614,15 @@ impl<S: Storage> Wal<S> {
                 return Err(Error::io("create segment", e));
             }
         };
+        // The segment left behind is padded to a page boundary, like a commit, so
+        // that open never has to pad (rewrite) a page holding records that are
+        // claimed.
+        self.pad_to_page(self.durable_lsn);
+        if let Err(e) = self.write_staged() {
+            self.storage.close_segment(h);
+            return Err(e);
+        }
+        let log_end = self.last_lsn;
         let header = SegmentHeader {
             version: FORMAT_VERSION,
             segment_bytes: len_bytes,

@@ -612,3 +612,39 @@ fn temp_files_left_over_are_removed_and_reported() {
     let files = disk.file_names();
     assert!(!files.iter().any(|f| f.ends_with(".tmp")), "{files:?}");
 }
+
+/// A roll refused for a full disk writes nothing, however often it is tried (each
+/// command tries it, and the engine's writer retries it while idle): it used to pad
+/// the segment left behind to its next page first, a whole page per attempt once
+/// the tail sat on a boundary, eating the room records still had there.
+#[test]
+fn a_roll_refused_for_a_full_disk_writes_nothing_however_often_it_is_tried() {
+    let disk = SimStorage::new();
+    let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
+    let per_segment = (SEGMENT_BYTES_SMALL - DATA_OFFSET) / FRAME_BYTES;
+    // Room left for small records, not for a large one.
+    append_range(&mut wal, 1..=per_segment / 2, PAYLOAD_BYTES);
+    wal.commit().expect("commit");
+    disk.set_disk_full(true);
+    let active = wal.segment_names().pop().expect("a segment");
+    let active_bytes = disk.file_bytes(&active).expect("segment");
+    let written = wal.stats().bytes_written;
+    let large = (SEGMENT_BYTES_SMALL / 2) as usize;
+    for _ in 0..3 {
+        assert!(matches!(
+            wal.reserve(per_segment / 2 + 1, large),
+            Err(Error::NoSpace)
+        ));
+    }
+    assert_eq!(wal.stats().bytes_written, written, "nothing staged");
+    wal.commit().expect("commit");
+    assert!(
+        disk.file_bytes(&active).expect("segment") == active_bytes,
+        "the active segment is unchanged"
+    );
+    // The small records still fit where they did.
+    let next = per_segment / 2 + 1;
+    append_range(&mut wal, next..=next + 5, PAYLOAD_BYTES);
+    wal.commit().expect("commit");
+    assert_eq!(wal.segment_names(), vec![active]);
+}

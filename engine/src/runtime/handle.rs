@@ -391,10 +391,25 @@ impl EngineHandle {
     }
 
     /// Why writes are refused for want of disk space now, if they are. It passes
-    /// once space is freed: the writer tries again at each step (every
-    /// `expire_interval_ms` when idle).
+    /// once space is freed: a leader's writer tries again at each step (every
+    /// `expire_interval_ms` when idle); a standby's, when its leader's records
+    /// arrive again.
     pub fn storage_full(&self) -> Option<String> {
         self.shared.inner.storage_full()
+    }
+
+    /// Why this node's storage refuses writes now, for `/readyz` and the log: a
+    /// failed flush (until a restart), or on a leader a full disk (until space is
+    /// freed). A standby's or fenced node's writes are refused for its place
+    /// anyway, which is what it reports.
+    pub fn storage_refusal(&self) -> Option<String> {
+        self.writes_refused().or_else(|| {
+            if self.role() == Role::Leader {
+                self.storage_full()
+            } else {
+                None
+            }
+        })
     }
 
     /// Drain the queue, flush, snapshot and stop the writer. Later submissions get

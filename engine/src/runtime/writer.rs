@@ -1195,14 +1195,22 @@ impl<S: Storage> Writer<S> {
     }
 
     /// [`surge_wal::Wal::reserve`], keeping [`Inner::storage_full`] true to the
-    /// disk: set on [`surge_wal::Error::NoSpace`], cleared by the next success.
+    /// disk: set on [`surge_wal::Error::NoSpace`], cleared by the next success of a
+    /// record at least as large as the one refused.
     fn reserve(&mut self, lsn: u64, payload_len: usize) -> Result<(), surge_wal::Error> {
         let Some(wal) = self.wal.as_mut() else {
             return Ok(());
         };
         let reserved = wal.reserve(lsn, payload_len);
         match &reserved {
-            Ok(()) if self.room_wanted_bytes.is_some() => {
+            // Room for the record that found none (or a larger one): it fit without
+            // a roll, or the roll went through. A smaller one may still fit in the
+            // segment's last bytes while no roll can.
+            Ok(())
+                if self
+                    .room_wanted_bytes
+                    .is_some_and(|wanted| payload_len >= wanted) =>
+            {
                 self.room_wanted_bytes = None;
                 self.shared.set_storage_full(None);
             }
@@ -1224,6 +1232,10 @@ impl<S: Storage> Writer<S> {
     /// new segment, prepared ahead like any roll), so that readiness comes back
     /// with the space even while no write arrives. Nothing is logged.
     fn retry_room(&mut self) {
+        // After a fail-stop nothing is written again (and the reason is that one).
+        if self.refusal().is_some() {
+            return;
+        }
         if let Some(payload_len) = self.room_wanted_bytes {
             let lsn = self.state.next_seq();
             // Its outcome is kept by `reserve`; another failure is the fail-stop's.
