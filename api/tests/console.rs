@@ -1707,3 +1707,77 @@ fn console_edits_flash_sale_rules_and_looks_up_a_customer() {
     browser.click("#buyer-submit");
     browser.wait_text("#buyer-result", "ann has 2 of FLASH");
 }
+
+/// From an outside probe: a role check the server did not answer (unreachable)
+/// counted as allowed, so any token was shown as admin, with every action offered,
+/// and stayed so once the server was back; and the admin probe (`PUT` with `{}`)
+/// redefined an existing `console-role-probe` SKU, a logged write with an event on
+/// every page load. Now an unanswered check leaves no access and is tried again
+/// until answered, and the probes change nothing whatever SKUs exist.
+#[test]
+fn console_role_checks_grant_nothing_unanswered_and_write_nothing() {
+    let tokens = format!("admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:console-viewer");
+    let server = Server::start_with(&[("SURGE_TOKENS", &tokens)]);
+    server.ok(
+        "PUT",
+        "/v1/skus/console-role-probe",
+        Some(json!({"on_hand": 5, "name": "a real SKU"})),
+    );
+    // The feed's events (async durability: published at the next flush).
+    let feed = || server.ok("GET", "/v1/events?after=0&limit=1000", None)["events"].clone();
+    common::eventually("the SKU's event in the feed", || {
+        feed().as_array().unwrap().len() == 1
+    });
+
+    let browser = Browser::start();
+    sign_in_as(&browser, &server, ADMIN_TOKEN);
+    browser.wait_text("#role-name", "admin");
+    // A write of ours after the probes: once its event is in the feed, any event of
+    // the probes would be before it.
+    server.ok("PUT", "/v1/skus/AFTER", Some(json!({"on_hand": 1})));
+    common::eventually("our write's event in the feed", || {
+        feed()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["sku"] == "AFTER")
+    });
+    let skus: Vec<Value> = feed()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sku"].clone())
+        .collect();
+    assert_eq!(
+        skus,
+        [json!("console-role-probe"), json!("AFTER")],
+        "the role probes wrote to the log"
+    );
+    let sku = server.ok("GET", "/v1/skus/console-role-probe", None);
+    assert_eq!(
+        (sku["on_hand"].clone(), sku["name"].clone()),
+        (json!(5), json!("a real SKU"))
+    );
+
+    // The server does not answer while a viewer's token is checked.
+    browser.js(
+        "window.realFetch = window.fetch; \
+         window.fetch = () => Promise.reject(new TypeError('Failed to fetch')); return true;",
+        json!([]),
+    );
+    browser.click("#token-toggle");
+    browser.type_into("#token-input", "console-viewer");
+    browser.click("#token-save");
+    browser.wait_text("#role", "Access unknown");
+    assert!(
+        !browser.exists("#role-name"),
+        "a role shown without an answer"
+    );
+    assert_eq!(
+        browser.js("return document.body.dataset.role;", json!([])),
+        json!("none")
+    );
+    // Answered again: the check is tried again, and finds the viewer.
+    browser.js("window.fetch = window.realFetch; return true;", json!([]));
+    browser.wait_text("#role-name", "viewer");
+}

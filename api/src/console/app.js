@@ -193,8 +193,11 @@ const access = {
 /**
  * The API has no "who am I" endpoint, so the role is inferred with harmless probes:
  * a read that only readers may do, then a stock adjustment and a SKU definition with
- * an empty (invalid) body. Auth is checked before the body, so a role that may not
- * answers 403 and a role that may answers 400 for the body: nothing changes either way.
+ * bodies no SKU can take (no `delta`; a negative `on_hand`). Auth is checked before
+ * the body, so a role that may not answers 403 and a role that may answers 400 for
+ * the body: nothing changes either way, whatever SKUs exist. Only such a refusal
+ * says the role may: an answer that says nothing of the role (the server
+ * unreachable, a 5xx) fails the check rather than passing it.
  */
 async function probeRole() {
   const allowed = async (method, path, body) => {
@@ -203,7 +206,9 @@ async function probeRole() {
       return true;
     } catch (e) {
       if (e.status === 401) throw e;
-      return e.status !== 403;
+      if (e.status === 403) return false;
+      if (e.status >= 400 && e.status < 500 && e.status !== 429) return true;
+      throw e;
     }
   };
   try {
@@ -211,7 +216,7 @@ async function probeRole() {
     if (!reader) return 'storefront';
     const probe = '/v1/skus/' + encodeURIComponent('console-role-probe');
     if (!(await allowed('POST', `${probe}/adjustments`, {}))) return 'viewer';
-    if (!(await allowed('PUT', probe, {}))) return 'operator';
+    if (!(await allowed('PUT', probe, { on_hand: -1 }))) return 'operator';
     return 'admin';
   } catch (e) {
     if (e.status === 401) return null;
@@ -220,16 +225,34 @@ async function probeRole() {
 }
 
 let accessChecked = false;
+let accessRetry = null; // the timer of the next check after one that failed
+
+/** Milliseconds between checks of the token's role while they fail. */
+const ACCESS_RETRY_MS = 3000;
 
 async function refreshAccess() {
+  clearTimeout(accessRetry);
+  accessRetry = null;
   accessChecked = false;
   $('#role').textContent = t('auth.checking');
   let role;
   try {
     role = await probeRole();
   } catch (e) {
+    // Unknown is no access: the last role known may be another token's, and the
+    // server may be anyone's to answer later. Checked again until it answers.
+    access.role = null;
+    access.open = false;
+    document.body.dataset.role = 'none';
     $('#role').textContent = t('auth.unknown');
     showError(e);
+    accessRetry = setTimeout(async () => {
+      await refreshAccess();
+      if (access.role) {
+        live.restart();
+        route();
+      }
+    }, ACCESS_RETRY_MS);
     return;
   }
   access.role = role;
@@ -1565,12 +1588,34 @@ const live = {
   },
 };
 
+/**
+ * The newest event's seq: from `/metrics`, or, where it is not reachable (a proxy
+ * that does not expose it), by bisection over the feed with one-event pages (about
+ * 2 log2(seq) small reads). Starting from 0 instead replayed the whole feed kept
+ * (up to 1,000,000 events) before the panel went live.
+ */
 async function lastSeq() {
   try {
     const res = await fetch('/metrics');
     const text = await res.text();
-    const m = text.match(/^surge_events_last_seq\s+(\d+)/m);
-    return m ? Number(m[1]) : 0;
+    const m = res.ok && text.match(/^surge_events_last_seq\s+(\d+)/m);
+    if (m) return Number(m[1]);
+  } catch { /* not reachable: ask the feed */ }
+  const after = async (seq) => (await api('GET', `/v1/events?after=${seq}&limit=1`)).events.length > 0;
+  try {
+    if (!(await after(0))) return 0;
+    let low = 0; // an event after `low` exists...
+    let high = 1; // ...and (once found) none after `high`: the newest is in (low, high]
+    while (await after(high)) {
+      low = high;
+      high *= 2;
+      if (high > Number.MAX_SAFE_INTEGER) return low;
+    }
+    while (high - low > 1) {
+      const mid = Math.floor((low + high) / 2);
+      if (await after(mid)) low = mid; else high = mid;
+    }
+    return high;
   } catch {
     return 0;
   }
