@@ -69,8 +69,10 @@ pub enum Error {
     StorageUnavailable(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// Its text includes the WAL error's, which is therefore not also its
+    /// `source` (a report of the chain said everything twice).
     #[error("write-ahead log: {0}")]
-    Wal(#[from] surge_wal::Error),
+    Wal(surge_wal::Error),
     #[error("recovery failed: {0}")]
     Recovery(String),
     #[error("invalid configuration: {0}")]
@@ -81,6 +83,12 @@ pub enum Error {
     /// A standby was given records that do not continue its log.
     #[error("replication: {0}")]
     Replication(String),
+}
+
+impl From<surge_wal::Error> for Error {
+    fn from(e: surge_wal::Error) -> Error {
+        Error::Wal(e)
+    }
 }
 
 impl Error {

@@ -289,11 +289,12 @@ impl WalConfig {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("wal i/o error during {op}: {source}")]
+    /// Its text includes the I/O error's, which is therefore not also its `source`
+    /// (a report of the chain said everything twice).
+    #[error("wal i/o error during {op}: {error}")]
     Io {
         op: &'static str,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("wal corrupt: {segment} at offset {offset}: {detail}")]
     Corrupt {
@@ -333,7 +334,7 @@ impl Error {
         if is_no_space(&source) {
             Error::NoSpace
         } else {
-            Error::Io { op, source }
+            Error::Io { op, error: source }
         }
     }
 }

@@ -512,7 +512,9 @@ fn plan(
     {
         let later: Vec<&str> = names.iter().skip(a.live_end).map(String::as_str).collect();
         let mut step = format!(
-            "cut the torn tail (never acknowledged) at {segment} offset {offset}: {detail}"
+            "cut the torn tail (no later commit mark claims it: never acknowledged, unless \
+             the disk lost or damaged the last commit's synced pages, which no log can tell) \
+             at {segment} offset {offset}: {detail}"
         );
         if !later.is_empty() {
             step.push_str(&format!("; remove {}", join(later.into_iter())));

@@ -1571,7 +1571,7 @@ impl<S: Storage> Wal<S> {
     ) -> Result<(), Error> {
         f(&mut self.storage).map_err(|e| {
             self.poisoned = true;
-            Error::Io { op, source: e }
+            Error::Io { op, error: e }
         })
     }
 
