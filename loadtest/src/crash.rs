@@ -94,10 +94,7 @@ fn sample<T: Clone>(v: &[T], from: usize, extra: usize, rng: &mut Rng) -> Vec<T>
 
 pub async fn run(cfg: CrashConfig) -> anyhow::Result<(RunStats, Audit, CrashReport)> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("surge-crash-")
-        .tempdir()
-        .context("creating a temporary data dir")?;
+    let dir = crate::stop::DrillDir::new("surge-crash-").context("the crash drill's data dir")?;
     let port = free_port()?;
     let spawn_cfg = SpawnConfig {
         bin: cfg.bin.clone(),

@@ -311,10 +311,7 @@ async fn first_write(leader: &HttpClient, n: u32, limit: Duration) -> anyhow::Re
 
 pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, FailoverReport)> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("surge-failover-")
-        .tempdir()
-        .context("creating a temporary dir")?;
+    let dir = crate::stop::DrillDir::new("surge-failover-").context("the failover drill's dirs")?;
     let spawned_nats;
     let url = match &cfg.nats {
         Some(url) => url.clone(),

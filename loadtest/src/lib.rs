@@ -17,6 +17,7 @@ pub mod report;
 pub mod rng;
 pub mod server;
 pub mod stats;
+pub mod stop;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,14 +51,16 @@ pub struct Common {
     /// A running surge to drive, e.g. http://127.0.0.1:8080.
     #[arg(long, global = true, conflicts_with = "spawn")]
     pub target: Option<String>,
-    /// Start surge on a temporary data dir and a free loopback port; stop it after.
+    /// Start surge on a temporary data dir and a free loopback port; stop it after
+    /// (also when the drill is stopped by SIGINT, SIGTERM, SIGHUP or --time-max).
     #[arg(long, global = true)]
     pub spawn: bool,
     /// The surge binary for --spawn and crash (default: target/release/surge, then
     /// target/debug/surge under the workspace).
     #[arg(long, global = true)]
     pub surge_bin: Option<PathBuf>,
-    /// Durability of a spawned surge: sync, async or none.
+    /// Durability of a spawned surge: sync, async or none (--json records null for
+    /// a --target server, whose durability the drill does not know).
     #[arg(long, global = true, default_value = "sync")]
     pub durability: String,
     /// Extra argument for a spawned surge (repeatable), e.g. --surge-arg=--snapshot-every-records=5000.
@@ -92,7 +95,8 @@ pub struct Common {
     /// Per-request timeout.
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// Hard limit on the whole drill; past it the process kills its children and exits 3.
+    /// Hard limit on the whole drill; past it the process stops its children, removes
+    /// its temporary dirs and exits 3.
     #[arg(long, global = true, default_value = "2h", value_parser = humantime::parse_duration)]
     pub time_max: Duration,
     /// Write every figure as JSON here.
@@ -268,13 +272,10 @@ fn flash_config(f: &FlashArgs, seed: u64) -> anyhow::Result<FlashConfig> {
 }
 
 /// The target: a given URL, or a spawned surge (kept alive by the returned guard).
-async fn target(c: &Common) -> anyhow::Result<(HttpClient, Option<(Surge, tempfile::TempDir)>)> {
+async fn target(c: &Common) -> anyhow::Result<(HttpClient, Option<(Surge, stop::DrillDir)>)> {
     if c.spawn {
         let bin = find_surge(c.surge_bin.as_deref())?;
-        let dir = tempfile::Builder::new()
-            .prefix("surge-loadtest-")
-            .tempdir()
-            .context("creating a temporary data dir")?;
+        let dir = stop::DrillDir::new("surge-loadtest-").context("the spawned surge's data dir")?;
         let cfg = SpawnConfig {
             bin,
             data_dir: dir.path().join("data"),
@@ -511,6 +512,7 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
     let lost = crash_report.as_ref().map_or(0, |r| r.lost_writes)
         + failover_report.as_ref().map_or(0, |r| r.lost_writes);
     let passed = runs.iter().all(|r| r.audit.passed) && lost == 0;
+    let durability = known_durability(cli);
     let config = json!({
         "scenario": config,
         "rate_per_s": c.rate,
@@ -520,7 +522,8 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
         "requests_max": c.requests_max,
         "target": c.target,
         "spawn": c.spawn,
-        "durability": c.durability,
+        // null when the drill does not know it (a --target server).
+        "durability": durability,
     });
     Ok(DrillReport {
         tool: format!("surge-loadtest {}", env!("CARGO_PKG_VERSION")),
@@ -535,11 +538,30 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
     })
 }
 
+/// The durability of the server the drill ran against, as far as the drill knows
+/// it: `--durability` for the servers it spawns (`--spawn`, crash), `replicated`
+/// for failover's leaders, `None` for a `--target` server (surge shows its mode
+/// neither in `/metrics` nor in `/readyz`, and `--durability` only applies to a
+/// server we start).
+pub fn known_durability(cli: &Cli) -> Option<&str> {
+    let c = &cli.common;
+    match &cli.scenario {
+        Scenario::Failover { .. } => Some("replicated"),
+        Scenario::Crash { .. } => Some(c.durability.as_str()),
+        Scenario::FlashSale { .. } | Scenario::Lifecycle { .. } | Scenario::LimitedSale { .. } => {
+            c.spawn.then_some(c.durability.as_str())
+        }
+    }
+}
+
 /// Everything `surge-loadtest` does once its command line is parsed, but the
-/// `--time-max` watchdog (the caller's): run the drill on a runtime of its own, print
-/// the table to `out`, write the `--json` and `--report` files, judge the audit.
-/// Returns the process exit code: 0 passed, 1 the audit failed, 2 the drill could
-/// not run. The binary's `main` and the drill tests both go through here.
+/// `--time-max` watchdog and the signal handling (the caller's, see [`stop`]): run
+/// the drill on a runtime of its own, print the table to `out`, write the `--json`
+/// and `--report` files, judge the audit. Returns the process exit code: 0 passed,
+/// 1 the audit failed, 2 the drill could not run, or was stopped by
+/// [`stop::stop_and_exit`] (which exits with its own code: end the process through
+/// [`stop::exit`] so that it can). The binary's `main` and the drill tests both go
+/// through here.
 pub fn run_to_exit_code(cli: &Cli, command_line: String, out: &mut dyn Write) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -552,6 +574,11 @@ pub fn run_to_exit_code(cli: &Cli, command_line: String, out: &mut dyn Write) ->
         }
     };
     let result = runtime.block_on(run(cli, command_line));
+    if stop::stopping() {
+        // Stopped from outside (a signal, --time-max): the drill's end is moot and
+        // its errors are the stop's doing; the stop exits with its own code.
+        return 2;
+    }
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -609,5 +636,36 @@ pub fn verdict(report: &DrillReport) -> Result<(), Vec<String>> {
             f.push(format!("{lost} acknowledged writes lost"));
         }
         Err(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn durability(args: &[&str]) -> Option<String> {
+        let cli = Cli::parse_from(std::iter::once("surge-loadtest").chain(args.iter().copied()));
+        known_durability(&cli).map(str::to_string)
+    }
+
+    #[test]
+    fn durability_is_recorded_only_when_known() {
+        let t = "http://127.0.0.1:8080";
+        assert_eq!(durability(&["flash-sale", "--target", t]), None);
+        assert_eq!(
+            durability(&["lifecycle", "--target", t, "--durability", "none"]),
+            None
+        );
+        assert_eq!(durability(&["limited-sale", "--target", t]), None);
+        assert_eq!(durability(&["flash-sale", "--spawn"]), Some("sync".into()));
+        assert_eq!(
+            durability(&["lifecycle", "--spawn", "--durability", "none"]),
+            Some("none".into())
+        );
+        assert_eq!(
+            durability(&["crash", "--durability", "async"]),
+            Some("async".into())
+        );
+        assert_eq!(durability(&["failover"]), Some("replicated".into()));
     }
 }

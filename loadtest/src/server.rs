@@ -1,9 +1,7 @@
 //! Spawning `surge` for `--spawn` and crash drills: a temporary data dir, a free
 //! loopback port, readiness polling, SIGKILL and SIGTERM of our own child only.
-#![allow(
-    unsafe_code,
-    reason = "SIGTERM and the watchdog's SIGKILL go through libc::kill, by pid"
-)]
+//! Every child is listed in [`crate::stop`]'s registry while it runs.
+#![allow(unsafe_code, reason = "SIGTERM goes through libc::kill, by pid")]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,34 +63,11 @@ pub struct SpawnConfig {
     pub extra_args: Vec<String>,
 }
 
-/// Pids of the children alive now, so the watchdog can stop them before it ends
-/// an overrunning drill.
-static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+pub use crate::stop::kill_all_children;
+use crate::stop::{forget_child, prepare_child, register_child};
 
-fn forget_child(pid: Option<u32>) {
-    if let Some(pid) = pid {
-        CHILDREN.lock().expect("children").retain(|&p| p != pid);
-    }
-}
-
-/// SIGKILL every child this process spawned and has not reaped (watchdog only).
-pub fn kill_all_children() {
-    for &pid in CHILDREN.lock().expect("children").iter() {
-        // SAFETY: kill(2) takes two integers and no pointers, so the call cannot
-        // touch memory of ours whatever the pid; its failure (an already gone
-        // child) is harmless and ignored. The pids are our own children's: each is
-        // listed at spawn and forgotten right after it is reaped, so until then
-        // the pid cannot have been reused by another process (only the instant
-        // between a reap and its forget_child is open, and the watchdog runs
-        // only when a drill has already overrun).
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
-    }
-}
-
-/// A helper server this drill spawned (nats-server): listed for the watchdog,
-/// SIGKILLed when dropped.
+/// A helper server this drill spawned (nats-server): listed for the watchdog and
+/// the signal stop ([`crate::stop`]), SIGKILLed when dropped or when we die.
 pub struct ChildGuard {
     child: Child,
 }
@@ -100,9 +75,10 @@ pub struct ChildGuard {
 impl ChildGuard {
     pub fn spawn(mut cmd: Command) -> std::io::Result<ChildGuard> {
         cmd.kill_on_drop(true);
+        prepare_child(&mut cmd);
         let child = cmd.spawn()?;
         if let Some(pid) = child.id() {
-            CHILDREN.lock().expect("children").push(pid);
+            register_child(pid);
         }
         Ok(ChildGuard { child })
     }
@@ -189,11 +165,13 @@ impl Surge {
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true);
+        // Signals unblocked; SIGKILLed by the kernel if we die before we stop it.
+        prepare_child(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", cfg.bin.display()))?;
         if let Some(pid) = child.id() {
-            CHILDREN.lock().expect("children").push(pid);
+            register_child(pid);
         }
         Ok((child, stderr_path))
     }

@@ -229,6 +229,29 @@ fn non_loopback_targets_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing non-loopback"));
 }
 
+/// `--json` states only what the drill knows: the durability of a `--target`
+/// server is not that (`--durability` is the spawned server's), so it is null.
+#[test]
+fn json_records_no_durability_for_a_target_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drill.json");
+    let (code, stderr) = drill_at(
+        Fault::Oversell,
+        &["flash-sale", "--json", path.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1), "exit status; stderr:\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let config = report["config"].as_object().unwrap();
+    assert_eq!(config.get("durability"), Some(&Value::Null), "{config:?}");
+    assert_eq!(config["spawn"], json!(false));
+    assert!(
+        config["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:")
+    );
+}
+
 /// The limited sale's own checks: a window of 0.2 s .. 0.8 s into a 1 s drill.
 const LIMITED: &[&str] = &[
     "limited-sale",
