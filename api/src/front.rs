@@ -49,11 +49,25 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let answer = match gate::refusal(request.headers(), self.body_limit_bytes) {
             Some(refused) => Some(refused.into_response()),
-            None => hot::stock_read(&self.state, &request),
+            None => {
+                diverged(&self.state, &request).or_else(|| hot::stock_read(&self.state, &request))
+            }
         };
         match answer {
             Some(answer) => Either::Left(ready(Ok(answer))),
             None => Either::Right(self.inner.call(request)),
         }
     }
+}
+
+/// The API's answer on a node whose state diverged from the replicated log's
+/// (`EngineHandle::reads_refused`: a fenced former leader restarted with a tail it
+/// never published): 503 `not_leader` for every `/v1/` request, reads included.
+/// The operations endpoints (`/healthz`, `/readyz`, `/metrics`) still answer.
+fn diverged(state: &AppState, request: &Request<Body>) -> Option<Response> {
+    if !request.uri().path().starts_with("/v1/") {
+        return None;
+    }
+    let refusal = state.engine_opt()?.reads_refused()?;
+    Some(crate::error::ApiError::from_engine(refusal).into_response())
 }

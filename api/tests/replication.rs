@@ -146,6 +146,9 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     leader
         .call("GET", "/readyz", &[], None)
         .assert_problem(503, "not_leader");
+    // Running, it still reads what it published (its follower applies nothing else).
+    let read = leader.admin("GET", "/v1/skus/HOT", None);
+    assert_eq!(read.status, 200, "{}", read.body);
     standby
         .admin("POST", "/v1/admin/promote", None)
         .assert_problem(409, "invalid_transition");
@@ -177,6 +180,14 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     let fenced = leader.as_(STOREFRONT, "POST", "/v1/batch", Some(batch_body));
     fenced.assert_problem(503, "not_leader");
     assert!(fenced.body.contains("fenced"), "{}", fenced.body);
+    // Restarted, it recovered its whole log, the write the fence refused included,
+    // which the new leader never had: it reads nothing (an outside probe saw a hold
+    // under an id the new leader gave another).
+    for path in ["/v1/skus/HOT", "/v1/events?after=0", "/v1/skus"] {
+        let read = leader.admin("GET", path, None);
+        read.assert_problem(503, "not_leader");
+        assert!(read.body.contains("never got"), "{path}: {}", read.body);
+    }
     // Its data dir may end in records the stream never got: it cannot be a standby's.
     drop(leader);
     let refusal = exits_with(&leader_dir, &[("SURGE_STANDBY", &url)]);

@@ -325,6 +325,31 @@ impl Inner {
         None
     }
 
+    /// A fenced node whose state holds records the replicated log never got from
+    /// it: a tail it logged and could not publish, recovered at a restart (its
+    /// publication unknown, counted as none) or applied by a `sync`-mode follower.
+    /// Its reads would show writes the new leader never had, under ids and LSNs
+    /// the new leader gives to others: they are refused. A fenced `replicated`
+    /// node that was not restarted reads what it published, and answers.
+    fn reads_diverge(&self) -> Option<Error> {
+        if self.role() != Role::Fenced {
+            return None;
+        }
+        let published = self.stats.published_lsn.load(Ordering::Acquire);
+        let visible = self
+            .stats
+            .recovered_lsn
+            .load(Ordering::Acquire)
+            .max(self.board.applied_lsn());
+        (visible > published).then(|| {
+            Error::NotLeader(format!(
+                "this node was fenced by a newer leader and its state holds records the \
+                 replicated log never got from it (LSN {} to {visible}): read from the leader",
+                published + 1
+            ))
+        })
+    }
+
     /// The LSN a read must see applied: every write acknowledged before it. In
     /// `replicated` mode a write is acknowledged once published, so a read never
     /// waits for (or sees) a record a failover could lose.

@@ -340,6 +340,13 @@ impl EngineHandle {
         self.shared.inner.replication_refusal()
     }
 
+    /// Why this node refuses reads now, if it does: fenced with a state that holds
+    /// records the replicated log never got from it (a restarted former leader's
+    /// unpublished tail), which no other node has.
+    pub fn reads_refused(&self) -> Option<Error> {
+        self.shared.inner.reads_diverge()
+    }
+
     /// Waits until this node is a leader whose writes are not refused for the
     /// replicated log: at once in any mode but `replicated`, or when it is not a
     /// leader (a standby or a fenced node never will be by waiting). A promotion

@@ -204,6 +204,10 @@ impl Engine {
             .stats
             .durable_lsn
             .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
+        inner
+            .stats
+            .recovered_lsn
+            .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
         let (to_syncer, from_syncer, syncer_thread) =
             if config.pipelined_commit && wal.is_some() && !threads {
                 (

@@ -38,6 +38,8 @@ pub struct RuntimeStats {
     /// Body bytes of the snapshots written (`snapshots` of them).
     pub snapshot_bytes: AtomicU64,
     pub durable_lsn: AtomicU64,
+    /// The last LSN recovered at open (from the snapshot and the local log).
+    pub recovered_lsn: AtomicU64,
     /// The last LSN the replicated log acknowledged (leader with a publisher).
     pub published_lsn: AtomicU64,
     pub overloaded: AtomicU64,
