@@ -292,6 +292,24 @@ fn limited_sale_drill_passes_and_reports_refusals() {
         notes.contains("(SKU, customer) pairs checked against the limit of 2"),
         "{notes}"
     );
+    // The refusals the sale's rules give are what the drill checks: counted apart,
+    // not as errors (they were 44 % of a passing run's requests, all "errors").
+    let stats = &run["stats"];
+    let by_code = stats["answers_by_code"].as_object().unwrap();
+    let count = |code: &str| by_code.get(code).map_or(0, |n| n.as_u64().unwrap());
+    let intended = stats["intended_refusals"].as_u64().unwrap();
+    assert!(intended > 0, "{stats}");
+    assert_eq!(
+        intended,
+        count("sale_not_open") + count("purchase_limit_exceeded"),
+        "{stats}"
+    );
+    let all: u64 = by_code.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(
+        stats["errors"].as_u64().unwrap() + stats["sold_out"].as_u64().unwrap() + intended,
+        all,
+        "{stats}"
+    );
 }
 
 #[test]

@@ -263,7 +263,11 @@ pub async fn run(
         })
         .collect();
     define_skus(&client, &skus).await.context("defining SKUs")?;
-    let recorder = Arc::new(Recorder::new(load_cfg.mode()));
+    let recorder = Arc::new(Recorder::with_intended(
+        load_cfg.mode(),
+        // The drill cancels some shipped orders to check they are refused.
+        &[("cancel_after_ship", "order_shipped")],
+    ));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         recorder: Arc::clone(&recorder),

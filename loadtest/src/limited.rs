@@ -707,7 +707,17 @@ pub async fn run(
         "[{label}] sale window {starts} .. {ends}, limit {} per customer",
         cfg.limit
     );
-    let recorder = Arc::new(Recorder::new(load_cfg.mode()));
+    let recorder = Arc::new(Recorder::with_intended(
+        load_cfg.mode(),
+        // Shoppers try before the opening and after the close, and past the limit:
+        // the sale's rules refusing them is what the drill checks.
+        &[
+            ("reserve", "sale_not_open"),
+            ("reserve", "purchase_limit_exceeded"),
+            ("create_order", "sale_not_open"),
+            ("create_order", "purchase_limit_exceeded"),
+        ],
+    ));
     let shop = Arc::new(Shop {
         client: client.clone(),
         recorder: Arc::clone(&recorder),

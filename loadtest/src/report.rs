@@ -101,6 +101,13 @@ impl DrillReport {
                     fmt_us(o.latency.max_us)
                 ));
             }
+            if s.intended_refusals > 0 {
+                out.push_str(&format!(
+                    "  refused as the drill intends (not errors): {} ({})\n",
+                    s.intended_refusals,
+                    s.intended.join(", ")
+                ));
+            }
             if !s.answers_by_code.is_empty() {
                 out.push_str("  answers by problem code:");
                 for (code, n) in &s.answers_by_code {

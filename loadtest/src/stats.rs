@@ -45,6 +45,7 @@ struct Second {
 
 struct Inner {
     all: Histogram<u64>,
+    intended: u64,
     per_op: BTreeMap<&'static str, (Histogram<u64>, u64, u64)>,
     codes: BTreeMap<String, u64>,
     seconds: Vec<Second>,
@@ -58,6 +59,8 @@ struct Inner {
 /// reaches; the critical section is a few histogram increments.
 pub struct Recorder {
     mode: Loop,
+    /// (operation, problem code) answers the drill provokes on purpose.
+    intended: &'static [(&'static str, &'static str)],
     started: Instant,
     inner: Mutex<Inner>,
 }
@@ -75,11 +78,24 @@ pub struct Progress {
 
 impl Recorder {
     pub fn new(mode: Loop) -> Recorder {
+        Recorder::with_intended(mode, &[])
+    }
+
+    /// A recorder for a drill that provokes some refusals on purpose: each
+    /// (operation, problem code) in `intended` (a purchase over its limit, an order
+    /// before the sale opens, a cancel after shipment) is the server doing what the
+    /// drill checks, counted as `intended_refusals`, not as an error.
+    pub fn with_intended(
+        mode: Loop,
+        intended: &'static [(&'static str, &'static str)],
+    ) -> Recorder {
         Recorder {
             mode,
+            intended,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 all: histogram(3),
+                intended: 0,
                 per_op: BTreeMap::new(),
                 codes: BTreeMap::new(),
                 seconds: Vec::new(),
@@ -151,6 +167,8 @@ impl Recorder {
             if is_sold_out(code) {
                 s.sold_out += 1;
                 inner.sold_out += 1;
+            } else if self.intended.contains(&(op, code)) {
+                inner.intended += 1;
             } else {
                 s.errors += 1;
                 inner.errors += 1;
@@ -216,6 +234,12 @@ impl Recorder {
             requests: g.requests,
             sessions: g.sessions,
             sold_out: g.sold_out,
+            intended_refusals: g.intended,
+            intended: self
+                .intended
+                .iter()
+                .map(|(op, code)| format!("{op}: {code}"))
+                .collect(),
             errors: g.errors,
             throughput_rps: g.requests as f64 / secs,
             latency: Latency::of(&g.all),
@@ -310,6 +334,11 @@ pub struct RunStats {
     /// `insufficient_stock` answers ([`SOLD_OUT_CODES`]): the stock ran out, as a
     /// flash sale should; not errors.
     pub sold_out: u64,
+    /// Refusals the drill provokes on purpose (`intended`): the server doing what the
+    /// drill checks; not errors.
+    pub intended_refusals: u64,
+    /// The (operation: problem code) answers counted as `intended_refusals`.
+    pub intended: Vec<String>,
     /// Other non-2xx answers and requests with no answer: what a user should worry about.
     pub errors: u64,
     pub throughput_rps: f64,
@@ -343,5 +372,22 @@ mod tests {
         assert_eq!(s.answers_by_code.values().sum::<u64>(), 4);
         let second = &s.timeline[0];
         assert_eq!((second.sold_out, second.errors), (2, 2));
+    }
+
+    /// A refusal the drill provokes on purpose is counted apart, for its operation
+    /// only: the same code from another operation is an error.
+    #[test]
+    fn intended_refusals_are_not_errors_for_their_operation_only() {
+        let rec = Recorder::with_intended(Loop::Open, &[("cancel_after_ship", "order_shipped")]);
+        let t = Instant::now();
+        rec.record("cancel_after_ship", t, Some("order_shipped"));
+        rec.record("cancel_after_ship", t, Some("order_shipped"));
+        rec.record("cancel", t, Some("order_shipped"));
+        rec.record("cancel_after_ship", t, Some("overloaded"));
+        let s = rec.summary("surge", Duration::from_secs(1));
+        assert_eq!((s.requests, s.intended_refusals, s.errors), (4, 2, 2));
+        assert_eq!(s.intended, ["cancel_after_ship: order_shipped"]);
+        assert_eq!(s.answers_by_code["order_shipped"], 3);
+        assert_eq!(rec.progress().errors, 2);
     }
 }
