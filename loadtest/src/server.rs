@@ -101,6 +101,15 @@ pub struct Surge {
     stderr_path: PathBuf,
 }
 
+impl Drop for Surge {
+    /// Dropped without `terminate` or `kill9` (an error path): `kill_on_drop` has
+    /// tokio SIGKILL and reap it in the background, so it leaves the registry now.
+    /// A pid left there could be another process's by the time a stop signals it.
+    fn drop(&mut self) {
+        forget_child(self.child.id());
+    }
+}
+
 impl Surge {
     pub fn spawn(cfg: &SpawnConfig) -> anyhow::Result<Surge> {
         let listen = format!("127.0.0.1:{}", cfg.port);

@@ -252,12 +252,19 @@ impl Harness {
         } else {
             cmd.env_remove(IGNORE_TERM_ENV);
         }
-        // SAFETY: setsid(2) in the forked child before exec touches no memory of
-        // ours; it is async-signal-safe.
+        // A harness started as from a terminal: in a session of its own, with
+        // SIGINT and SIGTERM at their defaults. This test may itself run with them
+        // ignored (a non-interactive shell's background job ignores SIGINT, as CI
+        // run by `setsid bash -c '...' &` showed), and the harness keeps a signal it
+        // was started with ignored, as `nohup` asks.
+        // SAFETY: setsid(2) and signal(2) in the forked child before exec touch no
+        // memory of ours; both are async-signal-safe.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
                 libc::setsid();
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
                 Ok(())
             });
         }
