@@ -334,16 +334,20 @@ pub async fn batch(
             Err(e) => Err(ApiError::from_engine(e)),
         }
     };
-    // Fenced between the check above and the writer's turn: every op was refused
-    // for it, nothing was applied, and the batch is answered as at the check.
-    let fenced_whole = |outcomes: &[Result<Acked, surge_engine::Error>]| {
-        refused.is_empty()
-            && outcomes
-                .iter()
-                .all(|o| matches!(o, Err(surge_engine::Error::NotLeader(_))))
+    // Every op refused for the node's place or its storage (fenced, or the
+    // replicated log or the disk gone, between the check above and the writer's
+    // turn, or while publishing): answered whole, as a single write would be, 503
+    // with `Retry-After` (a write may still have been applied where the stream
+    // refused it, as the single write's answer says).
+    let node_refused = |o: &Result<Acked, surge_engine::Error>| {
+        matches!(
+            o,
+            Err(surge_engine::Error::NotLeader(_) | surge_engine::Error::StorageUnavailable(_))
+        )
     };
     if let Ok(outcomes) = &mut answered
-        && fenced_whole(outcomes)
+        && refused.is_empty()
+        && outcomes.iter().all(node_refused)
         && let Some(Err(refusal)) = outcomes.pop()
     {
         return Err(ApiError::from_engine(refusal));

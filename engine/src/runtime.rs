@@ -325,22 +325,40 @@ impl Inner {
         None
     }
 
-    /// A fenced node whose state holds records the replicated log never got from
-    /// it: a tail it logged and could not publish, recovered at a restart (its
-    /// publication unknown, counted as none) or applied by a `sync`-mode follower.
-    /// Its reads would show writes the new leader never had, under ids and LSNs
-    /// the new leader gives to others: they are refused. A fenced `replicated`
-    /// node that was not restarted reads what it published, and answers.
-    fn reads_diverge(&self) -> Option<Error> {
-        if self.role() != Role::Fenced {
+    /// Why reads are refused on a node whose readable state holds records the
+    /// replicated log never got from it, which no other node has:
+    /// - fenced: a tail it logged and could not publish, recovered at a restart (its
+    ///   publication unknown, counted as none), applied by a `sync`-mode follower, or
+    ///   in the writer's state when reads go through the writer (`writer_reads`: no
+    ///   follower, or the follower encoding a snapshot): `NotLeader`, for good;
+    /// - a `replicated` leader whose recovered log is ahead of the stream (restarted,
+    ///   the stream not yet resumed or caught up): those records were never
+    ///   acknowledged, and a read must not see them (`StorageUnavailable`, until the
+    ///   stream has them).
+    ///
+    /// A fenced `replicated` node that was not restarted, reading from its follower
+    /// (which applies only what was published), answers.
+    fn reads_diverge(&self, writer_reads: bool) -> Option<Error> {
+        let role = self.role();
+        let replicated_leader = role == Role::Leader && self.durability == Durability::Replicated;
+        if role != Role::Fenced && !replicated_leader {
             return None;
         }
         let published = self.stats.published_lsn.load(Ordering::Acquire);
-        let visible = self
-            .stats
-            .recovered_lsn
-            .load(Ordering::Acquire)
-            .max(self.board.applied_lsn());
+        let recovered = self.stats.recovered_lsn.load(Ordering::Acquire);
+        if replicated_leader {
+            return (recovered > published).then(|| {
+                Error::StorageUnavailable(format!(
+                    "this node recovered records the replicated log does not hold yet (LSN {} \
+                     to {recovered}), never acknowledged: reads resume once it does",
+                    published + 1
+                ))
+            });
+        }
+        let mut visible = recovered.max(self.board.applied_lsn());
+        if writer_reads || self.follower_encoding.load(Ordering::Acquire) {
+            visible = visible.max(self.stats.durable_lsn.load(Ordering::Acquire));
+        }
         (visible > published).then(|| {
             Error::NotLeader(format!(
                 "this node was fenced by a newer leader and its state holds records the \

@@ -650,3 +650,74 @@ fn a_restarted_leader_snapshots_what_it_recovered_while_its_log_is_down() {
     assert!(lsn >= logged, "snapshot at {lsn}, {logged} recovered");
     assert_eq!(encoded_by_writer(&leader), 0);
 }
+
+/// A fenced node refuses reads when its readable state holds what it could not
+/// publish: with no follower its reads go through the writer, whose state has the
+/// write the fence refused (a review found the first check looked at the
+/// follower's board only); a `sync`-mode follower applies what the local commit
+/// acknowledged. A `replicated` node with a follower reads what it published, and
+/// answers.
+#[test]
+fn a_fenced_node_refuses_reads_of_what_it_could_not_publish() {
+    for (durability, follower, refused) in [
+        (Durability::Replicated, false, true),
+        (Durability::Sync, false, true),
+        (Durability::Sync, true, true),
+        (Durability::Replicated, true, false),
+    ] {
+        let case = format!("{durability:?}, follower {follower}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = SharedLog::default();
+        let mut leader_config = config(dir.path(), durability, Role::Leader);
+        leader_config.follower = follower;
+        let (leader, _) = open_attached(leader_config, &log);
+        wait_until("resumed", || leader.replication_down().is_none());
+        write(&leader, define("A", 100)).expect("written");
+        wait_until("published", || !log.lock().records.is_empty());
+        assert!(leader.reads_refused().is_none(), "{case}");
+        let published = digest(&leader);
+        // Another node promoted: the next publish is refused.
+        log.lock().last_node = Some(2);
+        let _ = write(&leader, reserve("A"));
+        wait_until("fenced", || leader.role() == Role::Fenced);
+        match leader.reads_refused() {
+            Some(Error::NotLeader(why)) => {
+                assert!(refused && why.contains("never got"), "{case}: {why}")
+            }
+            None => {
+                assert!(!refused, "{case}: reads answered");
+                assert_eq!(digest(&leader), published, "{case}");
+            }
+            Some(other) => panic!("{case}: {other:?}"),
+        }
+    }
+}
+
+/// A `replicated` leader restarted while the stream is down has recovered records
+/// the stream may never have taken (never acknowledged): it reads none of them
+/// until the stream holds them.
+#[test]
+fn a_replicated_leader_reads_nothing_the_stream_does_not_hold_yet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    {
+        let leader = publishing_leader(dir.path(), &log);
+        write(&leader, define("A", 100)).expect("written");
+        leader.shutdown();
+    }
+    log.lock().records.clear();
+    log.lock().unavailable = true;
+    let (leader, _) = open_attached(
+        config(dir.path(), Durability::Replicated, Role::Leader),
+        &log,
+    );
+    match leader.reads_refused() {
+        Some(Error::StorageUnavailable(why)) => assert!(why.contains("does not hold"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    log.lock().unavailable = false;
+    wait_until("the recovered tail published", || {
+        leader.reads_refused().is_none()
+    });
+    assert!(!log.lock().records.is_empty());
+}

@@ -1603,9 +1603,10 @@ impl<S: Storage> Wal<S> {
     fn roll(&mut self, lsn: Lsn) -> Result<(), Error> {
         let name = segment_name(lsn);
         let len_bytes = self.config.segment_bytes;
-        // The new segment first: a full disk refuses the roll with nothing written
-        // (a roll tried again and again while the disk is full, by each command or
-        // by the writer's retry, must not pad the active segment page by page).
+        // The new segment and its MANIFEST first: a full disk refuses the roll with
+        // nothing written to the log (a roll tried again and again while the disk
+        // is full, by each command or by the writer's retry, must not pad the
+        // active segment page by page); the padding follows, below.
         let h = match self.storage.create_segment(&name, len_bytes) {
             Ok(h) => h,
             Err(e) if crate::is_no_space(&e) => return Err(Error::NoSpace),
@@ -1614,14 +1615,6 @@ impl<S: Storage> Wal<S> {
                 return Err(Error::io("create segment", e));
             }
         };
-        // The segment left behind is padded to a page boundary, like a commit, so
-        // that open never has to pad (rewrite) a page holding records that are
-        // claimed.
-        self.pad_to_page(self.durable_lsn);
-        if let Err(e) = self.write_staged() {
-            self.storage.close_segment(h);
-            return Err(e);
-        }
         let log_end = self.last_lsn;
         let header = SegmentHeader {
             version: FORMAT_VERSION,
@@ -1705,6 +1698,15 @@ impl<S: Storage> Wal<S> {
                 return Err(Error::NoSpace);
             }
         };
+        // The segment left behind is padded to a page boundary, like a commit, so
+        // that open never has to pad (rewrite) a page holding records that are
+        // claimed. A failure here poisons the log; the new segment and its
+        // MANIFEST, not installed, are leftovers that open removes.
+        self.pad_to_page(self.durable_lsn);
+        if let Err(e) = self.write_staged() {
+            self.storage.close_segment(h);
+            return Err(e);
+        }
         // Sync handles: the segment left behind (its last range is still to be
         // synced) and the new one.
         let left_first_lsn = self.segments.last().map_or(lsn, |s| s.first_lsn);

@@ -619,13 +619,25 @@ fn temp_files_left_over_are_removed_and_reported() {
 /// the tail sat on a boundary, eating the room records still had there.
 #[test]
 fn a_roll_refused_for_a_full_disk_writes_nothing_however_often_it_is_tried() {
+    // Refused at the new segment (the disk full), or at its MANIFEST (a segment
+    // prepared while there was room, no room left for the small file).
+    for manifest_only in [false, true] {
+        roll_refused_writes_nothing(manifest_only);
+    }
+}
+
+fn roll_refused_writes_nothing(manifest_only: bool) {
     let disk = SimStorage::new();
     let (mut wal, _) = open_sim(&disk, SEGMENT_BYTES_SMALL);
     let per_segment = (SEGMENT_BYTES_SMALL - DATA_OFFSET) / FRAME_BYTES;
     // Room left for small records, not for a large one.
     append_range(&mut wal, 1..=per_segment / 2, PAYLOAD_BYTES);
     wal.commit().expect("commit");
-    disk.set_disk_full(true);
+    if manifest_only {
+        disk.set_small_files_full(true);
+    } else {
+        disk.set_disk_full(true);
+    }
     let active = wal.segment_names().pop().expect("a segment");
     let active_bytes = disk.file_bytes(&active).expect("segment");
     let written = wal.stats().bytes_written;

@@ -207,7 +207,9 @@ async function probeRole() {
     } catch (e) {
       if (e.status === 401) throw e;
       if (e.status === 403) return false;
-      if (e.status >= 400 && e.status < 500 && e.status !== 429) return true;
+      // Only the server's refusal of the body says the role may (a proxy's 404 or
+      // 405 says nothing of it).
+      if (e.status === 400 && e.code === 'validation_failed') return true;
       throw e;
     }
   };

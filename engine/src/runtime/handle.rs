@@ -340,11 +340,13 @@ impl EngineHandle {
         self.shared.inner.replication_refusal()
     }
 
-    /// Why this node refuses reads now, if it does: fenced with a state that holds
-    /// records the replicated log never got from it (a restarted former leader's
-    /// unpublished tail), which no other node has.
+    /// Why this node refuses reads now, if it does: its readable state holds
+    /// records the replicated log never got from it (a fenced node's unpublished
+    /// tail, for good; a restarted `replicated` leader's, until the stream has it).
     pub fn reads_refused(&self) -> Option<Error> {
-        self.shared.inner.reads_diverge()
+        self.shared
+            .inner
+            .reads_diverge(self.shared.follower_tx.is_none())
     }
 
     /// Waits until this node is a leader whose writes are not refused for the
