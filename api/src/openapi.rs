@@ -51,7 +51,10 @@ business conflicts: 409; queue full, request timeout, shutting down: 503 `overlo
 `Retry-After`; a body that has not arrived within the body timeout (`SURGE_BODY_TIMEOUT_MS`, half \
 the request timeout by default) after its headers: 408 `request_timeout` naming `body`, nothing \
 done, the connection closed; storage failure: 503 `storage_unavailable`; a write to a standby or to a \
-former leader a newer one fenced: 503 `not_leader` with `Retry-After`. Unknown routes: 404 `not_found`; \
+former leader a newer one fenced: 503 `not_leader` with `Retry-After`; any `/v1/` request, reads \
+included, to a node whose state holds records the replicated log never got from it: 503 \
+`not_leader` (fenced) or `storage_unavailable` (a `replicated` leader the stream has not caught \
+up with yet). Unknown routes: 404 `not_found`; \
 wrong method: 405 `method_not_allowed`. An endpoint that takes no body (a reservation's commit and release, the admin snapshot and promote) takes none or `{}`; any other body is refused like a bad body elsewhere (400 naming the field, 415 if not JSON). A path parameter that cannot be read (a percent-encoding that is not UTF-8): 400 naming it. A request that fails changes nothing.
 
 **Surge-Lsn.** Every 2xx answer to a write carries `Surge-Lsn`: the log position of the \
@@ -166,7 +169,7 @@ impl Modify for Conventions {
                     ("403", "`forbidden`: the role may not do this"),
                     (
                         "503",
-                        "`overloaded` (queue full, timeout; with `Retry-After`; after a timeout a write may still take effect: retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`)",
+                        "`overloaded` (queue full, timeout; with `Retry-After`; after a timeout a write may still take effect: retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`; reads too on a fenced node whose state holds records the replicated log never got from it)",
                     ),
                 ] {
                     responses
