@@ -152,11 +152,6 @@ impl StockBoard {
         self.wake_readers();
     }
 
-    /// The last LSN the follower applied (0 before its first batch).
-    pub(crate) fn applied_lsn(&self) -> u64 {
-        self.applied_lsn.load(Ordering::Acquire)
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

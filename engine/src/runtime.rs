@@ -355,7 +355,9 @@ impl Inner {
                 ))
             });
         }
-        let mut visible = recovered.max(self.board.applied_lsn());
+        // Record LSNs all (`published_lsn` is one; the board's applied LSN is the
+        // last event's seq, above its record's LSN when the record has several).
+        let mut visible = recovered.max(self.stats.follower_record_lsn.load(Ordering::Acquire));
         if writer_reads || self.follower_encoding.load(Ordering::Acquire) {
             visible = visible.max(self.stats.durable_lsn.load(Ordering::Acquire));
         }

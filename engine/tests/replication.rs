@@ -97,6 +97,17 @@ fn define(sku: &str, on_hand: u64) -> Command {
     }
 }
 
+/// A SKU defined at its low-stock threshold: one record, two events
+/// (`sku.defined`, `stock.low`).
+fn define_low(sku: &str, on_hand: u64) -> Command {
+    Command::DefineSku {
+        sku: sku.into(),
+        name: sku.into(),
+        on_hand,
+        low_stock_threshold: on_hand,
+    }
+}
+
 fn reserve(sku: &str) -> Command {
     Command::Reserve {
         lines: vec![LineReq {
@@ -672,7 +683,9 @@ fn a_fenced_node_refuses_reads_of_what_it_could_not_publish() {
         leader_config.follower = follower;
         let (leader, _) = open_attached(leader_config, &log);
         wait_until("resumed", || leader.replication_down().is_none());
-        write(&leader, define("A", 100)).expect("written");
+        // The last record published has two events (`sku.defined`, `stock.low`):
+        // its LSN, the first event's seq, is below the last event's.
+        write(&leader, define_low("A", 100)).expect("written");
         wait_until("published", || !log.lock().records.is_empty());
         assert!(leader.reads_refused().is_none(), "{case}");
         let published = digest(&leader);
@@ -702,7 +715,25 @@ fn a_replicated_leader_reads_nothing_the_stream_does_not_hold_yet() {
     let log = SharedLog::default();
     {
         let leader = publishing_leader(dir.path(), &log);
-        write(&leader, define("A", 100)).expect("written");
+        // The last record has two events: the stream holds it by its first.
+        write(&leader, define_low("A", 100)).expect("written");
+        wait_until("published", || !log.lock().records.is_empty());
+        leader.shutdown();
+    }
+    // Restarted with the stream holding everything: it reads (an outside probe saw
+    // such a leader refuse every read and write for good, comparing the last event's
+    // seq with the last record's LSN).
+    {
+        let (leader, _) = open_attached(
+            config(dir.path(), Durability::Replicated, Role::Leader),
+            &log,
+        );
+        wait_until("the stream resumed", || leader.replication_down().is_none());
+        assert!(
+            leader.reads_refused().is_none(),
+            "{:?}",
+            leader.reads_refused()
+        );
         leader.shutdown();
     }
     log.lock().records.clear();

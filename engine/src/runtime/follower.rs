@@ -151,8 +151,15 @@ impl Follower {
     fn take(&mut self, msg: FollowerMsg) -> bool {
         match msg {
             FollowerMsg::Records(records) => {
+                let last_record = records.last().map(|(lsn, _)| *lsn);
                 for (lsn, bytes) in records {
                     self.apply(lsn, &bytes);
+                }
+                if let Some(lsn) = last_record {
+                    self.shared
+                        .stats
+                        .follower_record_lsn
+                        .fetch_max(lsn, Ordering::AcqRel);
                 }
                 self.shared
                     .board

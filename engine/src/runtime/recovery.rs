@@ -200,14 +200,20 @@ impl Engine {
             .stats
             .snapshot_lsn
             .store(snapshot_lsn, Ordering::Relaxed);
+        // Record LSNs, as the sync and publish stages count them (a record's LSN is
+        // its first event's seq; the last event's seq is higher when the record
+        // has several, an order's creation or payment): the last record recovered.
+        let recovered_lsn = wal
+            .as_ref()
+            .map_or(state.next_seq().saturating_sub(1), Wal::last_lsn);
         inner
             .stats
             .durable_lsn
-            .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
+            .store(recovered_lsn, Ordering::Relaxed);
         inner
             .stats
             .recovered_lsn
-            .store(state.next_seq().saturating_sub(1), Ordering::Relaxed);
+            .store(recovered_lsn, Ordering::Relaxed);
         let (to_syncer, from_syncer, syncer_thread) =
             if config.pipelined_commit && wal.is_some() && !threads {
                 (

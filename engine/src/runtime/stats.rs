@@ -38,8 +38,12 @@ pub struct RuntimeStats {
     /// Body bytes of the snapshots written (`snapshots` of them).
     pub snapshot_bytes: AtomicU64,
     pub durable_lsn: AtomicU64,
-    /// The last LSN recovered at open (from the snapshot and the local log).
+    /// The LSN of the last record recovered at open (from the snapshot and the
+    /// local log).
     pub recovered_lsn: AtomicU64,
+    /// The LSN of the last record the follower applied (a record's LSN, not its
+    /// last event's seq: what the publish stage's `published_lsn` counts too).
+    pub follower_record_lsn: AtomicU64,
     /// The last LSN the replicated log acknowledged (leader with a publisher).
     pub published_lsn: AtomicU64,
     pub overloaded: AtomicU64,
