@@ -160,7 +160,12 @@ pub async fn snapshot(
     _body: NoBody,
 ) -> Result<Response, ApiError> {
     let ticket = st.engine()?.snapshot().map_err(ApiError::from_engine)?;
-    let lsn = ticket.await.map_err(ApiError::from_engine)?;
+    let lsn = ticket.await.map_err(|e| {
+        // The operator's log says so too: a snapshot that cannot be written (a full
+        // disk) keeps the old segments, which is where the space goes.
+        tracing::warn!("snapshot asked for by an admin failed: {e}");
+        ApiError::from_engine(e)
+    })?;
     Ok(crate::routes::with_surge_lsn(
         axum::Json(SnapshotBody { lsn }).into_response(),
         lsn,
