@@ -184,6 +184,38 @@ impl Request {
     }
 }
 
+/// Why something is refused now, if it is (the replicated log down, a full disk):
+/// set and cleared by one thread, read on every request, so the answer to "is it?"
+/// is one atomic load and the text is only locked for when it is.
+#[derive(Default)]
+struct Reason {
+    why: Mutex<Option<String>>,
+    /// `why.is_some()`, readable without the lock.
+    set: AtomicBool,
+}
+
+impl Reason {
+    /// Sets (or with `None` clears) the reason; `true` when that changed whether
+    /// there is one or what it says.
+    fn set(&self, why: Option<String>) -> bool {
+        if why.is_none() && !self.set.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut held = self.why.lock();
+        self.set.store(why.is_some(), Ordering::Release);
+        let changed = *held != why;
+        *held = why;
+        changed
+    }
+
+    fn get(&self) -> Option<String> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.why.lock().clone()
+    }
+}
+
 /// What the writer shares with the handles. The writer holds only this, not the
 /// queue's sender, so dropping every handle disconnects the queue.
 struct Inner {
@@ -197,9 +229,7 @@ struct Inner {
     /// log has no room for a record, cleared once it has room for one at least as
     /// large (a leader's writer tries again at each step). Unlike
     /// `writes_refused`, it passes without a restart.
-    storage_full: Mutex<Option<String>>,
-    /// `storage_full.is_some()`, readable without the lock.
-    storage_full_flag: AtomicBool,
+    storage_full: Reason,
     /// The writer asks the follower for a snapshot (records or segments piled up).
     snapshot_wanted: AtomicBool,
     /// Reads waiting at the follower (bounded like the writer's queue).
@@ -219,9 +249,8 @@ struct Inner {
     /// [`Role`] as a byte.
     role: std::sync::atomic::AtomicU8,
     /// Why the replicated log is unavailable now, if it is (`replicated` mode
-    /// refuses writes meanwhile); `replication_down_flag` mirrors `is_some()`.
-    replication_down: Mutex<Option<String>>,
-    replication_down_flag: AtomicBool,
+    /// refuses writes meanwhile).
+    replication_down: Reason,
     /// Woken when `replication_down` clears or the role changes
     /// (`EngineHandle::wait_until_writable`).
     writable_changed: tokio::sync::Notify,
@@ -238,8 +267,7 @@ impl Inner {
             stats: RuntimeStats::default(),
             writes_refused: Mutex::new(None),
             writes_refused_flag: AtomicBool::new(false),
-            storage_full: Mutex::new(None),
-            storage_full_flag: AtomicBool::new(false),
+            storage_full: Reason::default(),
             snapshot_wanted: AtomicBool::new(false),
             follower_reads: std::sync::atomic::AtomicUsize::new(0),
             board_waiters: std::sync::atomic::AtomicUsize::new(0),
@@ -247,8 +275,7 @@ impl Inner {
             follower_encoding: AtomicBool::new(false),
             snapshot_buffers: Mutex::new(Vec::new()),
             role: std::sync::atomic::AtomicU8::new(role.as_u8()),
-            replication_down: Mutex::new(None),
-            replication_down_flag: AtomicBool::new(false),
+            replication_down: Reason::default(),
             writable_changed: tokio::sync::Notify::new(),
             publish_stopping: AtomicBool::new(false),
             durability,
@@ -270,32 +297,10 @@ impl Inner {
     }
 
     fn set_replication_down(&self, why: Option<String>) {
-        if why.is_none() && !self.replication_down_flag.load(Ordering::Acquire) {
-            return;
-        }
-        let mut down = self.replication_down.lock();
-        self.replication_down_flag
-            .store(why.is_some(), Ordering::Release);
         let up = why.is_none();
-        *down = why;
-        drop(down);
-        if up {
+        if self.replication_down.set(why) && up {
             self.writable_changed.notify_waiters();
         }
-    }
-
-    fn set_storage_full(&self, why: Option<String>) {
-        let mut full = self.storage_full.lock();
-        self.storage_full_flag
-            .store(why.is_some(), Ordering::Release);
-        *full = why;
-    }
-
-    fn storage_full(&self) -> Option<String> {
-        if !self.storage_full_flag.load(Ordering::Acquire) {
-            return None;
-        }
-        self.storage_full.lock().clone()
     }
 
     /// Why this node refuses a write now for its place in replication: a standby
@@ -315,9 +320,8 @@ impl Inner {
             }
         }
         if self.durability == Durability::Replicated
-            && self.replication_down_flag.load(Ordering::Acquire)
+            && let Some(why) = self.replication_down.get()
         {
-            let why = self.replication_down.lock().clone().unwrap_or_default();
             return Some(Error::StorageUnavailable(format!(
                 "the replicated log is unavailable ({why}): writes resume when it is back"
             )));

@@ -3,7 +3,7 @@
 
 use surge_engine::wal::{SimStorage, WalConfig};
 use surge_engine::{
-    Command, Core, Durability, Engine, EngineConfig, Error, LineReq, Query, QueryReply,
+    Acked, Command, Core, Durability, Engine, EngineConfig, Error, LineReq, Query, QueryReply,
 };
 
 const T0_MS: u64 = 1_700_000_000_000;
@@ -172,30 +172,35 @@ fn a_step_takes_requests_up_to_its_bound_in_commands() {
     core.close(T0_MS);
 }
 
+/// One command, submitted and stepped at `now_ms`: its answer.
+fn step_one(core: &mut Core<SimStorage>, command: Command, now_ms: u64) -> Result<Acked, Error> {
+    let ticket = core.handle().submit(command, None).expect("queued");
+    core.step(now_ms);
+    ticket.wait()
+}
+
+/// A core on the simulated disk with SKU `S` defined (1,000,000 units), the disk
+/// still with room.
+fn core_with_stock() -> (SimStorage, Core<SimStorage>) {
+    let disk = SimStorage::new();
+    let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
+    let defined = step_one(&mut core, define(1_000_000), T0_MS);
+    assert!(defined.expect("answered").outcome.is_ok());
+    (disk, core)
+}
+
 /// A full disk makes the engine say so (`storage_full`, which `/readyz` reads), and
 /// the step after space is freed takes it back, with no write needed to find out:
 /// a load balancer that took the node out of service sends none.
 #[test]
 fn a_full_disk_is_reported_until_space_is_back_even_with_no_write() {
-    let disk = SimStorage::new();
-    let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
-    let defined = core
-        .handle()
-        .submit(define(1_000_000), None)
-        .expect("queued");
-    core.step(T0_MS);
-    assert!(defined.wait().expect("answered").outcome.is_ok());
+    let (disk, mut core) = core_with_stock();
     assert_eq!(core.handle().storage_full(), None);
     disk.set_disk_full(true);
     // Fill the segment: the reservation that needs a new one is refused.
     let mut accepted = 0;
     let why = loop {
-        let ticket = core
-            .handle()
-            .submit(reserve(600_000), None)
-            .expect("queued");
-        core.step(T0_MS);
-        match ticket.wait() {
+        match step_one(&mut core, reserve(600_000), T0_MS) {
             Ok(applied) => {
                 assert!(applied.outcome.is_ok());
                 accepted += 1;
@@ -219,12 +224,8 @@ fn a_full_disk_is_reported_until_space_is_back_even_with_no_write() {
     core.tick(T0_MS + 2);
     assert_eq!(core.handle().storage_full(), None);
     assert_eq!(available(&mut core, T0_MS + 2), 1_000_000 - 3 * accepted);
-    let again = core
-        .handle()
-        .submit(reserve(600_000), None)
-        .expect("queued");
-    core.step(T0_MS + 3);
-    assert!(again.wait().expect("answered").outcome.is_ok());
+    let again = step_one(&mut core, reserve(600_000), T0_MS + 3);
+    assert!(again.expect("answered").outcome.is_ok());
     core.close(T0_MS + 3);
     let (mut reopened, _) = Engine::open_core(disk, config()).expect("reopen");
     assert_eq!(
@@ -251,50 +252,29 @@ fn a_small_record_that_still_fits_does_not_end_a_full_disk() {
         ttl_ms: 600_000,
         actor: "test".into(),
     };
-    let disk = SimStorage::new();
-    let (mut core, _) = Engine::open_core(disk.clone(), config()).expect("open");
-    let defined = core
-        .handle()
-        .submit(define(1_000_000), None)
-        .expect("queued");
-    core.step(T0_MS);
-    assert!(defined.wait().expect("answered").outcome.is_ok());
+    let (disk, mut core) = core_with_stock();
     disk.set_disk_full(true);
     // Small holds until the large record no longer fits in the segment.
     let mut held = 0;
     loop {
-        let big = core.handle().submit(large(), None).expect("queued");
-        core.step(T0_MS);
-        match big.wait() {
+        match step_one(&mut core, large(), T0_MS) {
             Ok(applied) => assert!(applied.outcome.is_err(), "an unknown SKU"),
             Err(Error::StorageUnavailable(_)) => break,
             Err(other) => panic!("{other:?}"),
         }
-        let small = core
-            .handle()
-            .submit(reserve(600_000), None)
-            .expect("queued");
-        core.step(T0_MS);
-        assert!(small.wait().expect("room").outcome.is_ok());
+        let small = step_one(&mut core, reserve(600_000), T0_MS);
+        assert!(small.expect("room").outcome.is_ok());
         held += 1;
         assert!(held < 10_000, "the segment never filled");
     }
-    let small = core
-        .handle()
-        .submit(reserve(600_000), None)
-        .expect("queued");
-    core.step(T0_MS + 1);
-    assert!(small.wait().expect("the last bytes").outcome.is_ok());
+    let small = step_one(&mut core, reserve(600_000), T0_MS + 1);
+    assert!(small.expect("the last bytes").outcome.is_ok());
     assert!(core.handle().storage_full().is_some(), "still full");
     core.tick(T0_MS + 2);
     assert!(core.handle().storage_full().is_some(), "still full");
     disk.set_disk_full(false);
     core.tick(T0_MS + 3);
     assert_eq!(core.handle().storage_full(), None);
-    let big = core.handle().submit(large(), None).expect("queued");
-    core.step(T0_MS + 4);
-    assert!(
-        big.wait().expect("room again").outcome.is_err(),
-        "an unknown SKU"
-    );
+    let big = step_one(&mut core, large(), T0_MS + 4);
+    assert!(big.expect("room again").outcome.is_err(), "an unknown SKU");
 }

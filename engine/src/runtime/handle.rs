@@ -329,7 +329,7 @@ impl EngineHandle {
 
     /// Why the replicated log is unavailable now, if it is.
     pub fn replication_down(&self) -> Option<String> {
-        self.shared.inner.replication_down.lock().clone()
+        self.shared.inner.replication_down.get()
     }
 
     /// Why this node refuses every write now for its place in replication, if it
@@ -404,7 +404,7 @@ impl EngineHandle {
     /// `expire_interval_ms` when idle); a standby's, when its leader's records
     /// arrive again.
     pub fn storage_full(&self) -> Option<String> {
-        self.shared.inner.storage_full()
+        self.shared.inner.storage_full.get()
     }
 
     /// Why this node's storage refuses writes now, for `/readyz` and the log: a

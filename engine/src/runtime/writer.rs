@@ -1194,7 +1194,7 @@ impl<S: Storage> Writer<S> {
         self.shared.refuse_writes(reason);
     }
 
-    /// [`surge_wal::Wal::reserve`], keeping [`Inner::storage_full`] true to the
+    /// [`surge_wal::Wal::reserve`], keeping `Inner::storage_full` true to the
     /// disk: set on [`surge_wal::Error::NoSpace`], cleared by the next success of a
     /// record at least as large as the one refused.
     fn reserve(&mut self, lsn: u64, payload_len: usize) -> Result<(), surge_wal::Error> {
@@ -1212,12 +1212,12 @@ impl<S: Storage> Writer<S> {
                     .is_some_and(|wanted| payload_len >= wanted) =>
             {
                 self.room_wanted_bytes = None;
-                self.shared.set_storage_full(None);
+                self.shared.storage_full.set(None);
             }
             Ok(()) => {}
             Err(e @ surge_wal::Error::NoSpace) => {
                 if self.room_wanted_bytes.is_none() {
-                    self.shared.set_storage_full(Some(format!(
+                    self.shared.storage_full.set(Some(format!(
                         "{e}: writes are refused until space is freed in the data dir"
                     )));
                 }
@@ -1233,10 +1233,10 @@ impl<S: Storage> Writer<S> {
     /// with the space even while no write arrives. Nothing is logged.
     fn retry_room(&mut self) {
         // After a fail-stop nothing is written again (and the reason is that one).
-        if self.refusal().is_some() {
-            return;
-        }
-        if let Some(payload_len) = self.room_wanted_bytes {
+        // The writer's own field first: every step comes here.
+        if let Some(payload_len) = self.room_wanted_bytes
+            && self.refusal().is_none()
+        {
             let lsn = self.state.next_seq();
             // Its outcome is kept by `reserve`; another failure is the fail-stop's.
             if let Err(e) = self.reserve(lsn, payload_len)
