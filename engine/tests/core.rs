@@ -189,6 +189,23 @@ fn core_with_stock() -> (SimStorage, Core<SimStorage>) {
     (disk, core)
 }
 
+/// Holds of 3 units of `S` on a full disk until the one that needs a new segment
+/// is refused: how many went through, and the refusal's text.
+fn hold_until_refused(core: &mut Core<SimStorage>) -> (u64, String) {
+    let mut accepted = 0;
+    loop {
+        match step_one(core, reserve(600_000), T0_MS) {
+            Ok(applied) => {
+                assert!(applied.outcome.is_ok());
+                accepted += 1;
+            }
+            Err(Error::StorageUnavailable(why)) => return (accepted, why),
+            Err(other) => panic!("{other:?}"),
+        }
+        assert!(accepted < 10_000, "the segment never filled");
+    }
+}
+
 /// A full disk makes the engine say so (`storage_full`, which `/readyz` reads), and
 /// the step after space is freed takes it back, with no write needed to find out:
 /// a load balancer that took the node out of service sends none.
@@ -197,19 +214,7 @@ fn a_full_disk_is_reported_until_space_is_back_even_with_no_write() {
     let (disk, mut core) = core_with_stock();
     assert_eq!(core.handle().storage_full(), None);
     disk.set_disk_full(true);
-    // Fill the segment: the reservation that needs a new one is refused.
-    let mut accepted = 0;
-    let why = loop {
-        match step_one(&mut core, reserve(600_000), T0_MS) {
-            Ok(applied) => {
-                assert!(applied.outcome.is_ok());
-                accepted += 1;
-            }
-            Err(Error::StorageUnavailable(why)) => break why,
-            Err(other) => panic!("{other:?}"),
-        }
-        assert!(accepted < 10_000, "the segment never filled");
-    };
+    let (accepted, why) = hold_until_refused(&mut core);
     let full = core.handle().storage_full().expect("reported");
     assert!(
         full.contains("space") && why.contains("space"),
@@ -232,6 +237,72 @@ fn a_full_disk_is_reported_until_space_is_back_even_with_no_write() {
         available(&mut reopened, T0_MS + 3),
         1_000_000 - 3 * (accepted + 1)
     );
+}
+
+/// A restart on a disk that is still full says so before any write: the next
+/// segment cannot be prepared and the last one has no room for the largest
+/// record (outside probe 7: `/readyz` said ready until the first write refused,
+/// so an orchestrator put the node back in rotation). The space back, the
+/// writer's retry takes it back with no write. A restart with room reports
+/// nothing and leaves the log as it was.
+#[test]
+fn a_restart_on_a_full_disk_reports_it_before_any_write() {
+    let (disk, mut core) = core_with_stock();
+    disk.set_disk_full(true);
+    let (accepted, _) = hold_until_refused(&mut core);
+    core.close(T0_MS);
+    let (mut restarted, _) = Engine::open_core(disk.clone(), config()).expect("reopen");
+    let full = restarted
+        .handle()
+        .storage_full()
+        .expect("reported at start");
+    assert!(full.contains("space"), "{full}");
+    assert_eq!(restarted.handle().writes_refused(), None, "not a fail-stop");
+    restarted.tick(T0_MS + 1);
+    assert!(restarted.handle().storage_full().is_some(), "still full");
+    disk.set_disk_full(false);
+    restarted.tick(T0_MS + 2);
+    assert_eq!(restarted.handle().storage_full(), None);
+    let again = step_one(&mut restarted, reserve(600_000), T0_MS + 3);
+    assert!(again.expect("answered").outcome.is_ok());
+    restarted.close(T0_MS + 3);
+    // With room: nothing to report, no segment made by the start itself.
+    let files = disk.file_names();
+    let (mut idle, _) = Engine::open_core(disk.clone(), config()).expect("reopen");
+    assert_eq!(idle.handle().storage_full(), None);
+    assert_eq!(disk.file_names(), files, "an idle restart changes no file");
+    assert_eq!(
+        available(&mut idle, T0_MS + 3),
+        1_000_000 - 3 * (accepted + 1)
+    );
+}
+
+/// A restart on a full disk whose last segment still has room for the largest
+/// record is ready: every write the API takes fits until that segment fills,
+/// and the first refused one reports the disk (the test above).
+#[test]
+fn a_restart_on_a_full_disk_with_room_in_its_segment_is_ready() {
+    let roomy = || EngineConfig {
+        wal: WalConfig {
+            segment_bytes: 4 << 20,
+            snapshots_kept: 2,
+        },
+        ..config()
+    };
+    let disk = SimStorage::new();
+    let (mut core, _) = Engine::open_core(disk.clone(), roomy()).expect("open");
+    assert!(
+        step_one(&mut core, define(1_000), T0_MS)
+            .expect("answered")
+            .outcome
+            .is_ok()
+    );
+    core.close(T0_MS);
+    disk.set_disk_full(true);
+    let (mut restarted, _) = Engine::open_core(disk.clone(), roomy()).expect("reopen");
+    assert_eq!(restarted.handle().storage_full(), None);
+    let held = step_one(&mut restarted, reserve(600_000), T0_MS + 1);
+    assert!(held.expect("room in the segment").outcome.is_ok());
 }
 
 /// A record small enough for the segment's last bytes goes through while the disk

@@ -66,6 +66,14 @@ pub(crate) struct Manifest {
 }
 
 impl Manifest {
+    /// Lists the same segments and snapshots as `newer`, and claims no more of
+    /// the log than it does: still true of the log `newer` describes.
+    pub fn lists_as(&self, newer: &Manifest) -> bool {
+        self.segments == newer.segments
+            && self.snapshots == newer.snapshots
+            && self.log_end <= newer.log_end
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let len = HEADER_BYTES
             + self.segments.len() * SEGMENT_ENTRY_BYTES
@@ -232,5 +240,32 @@ mod tests {
             snapshots: Vec::new(),
         };
         assert_eq!(Manifest::decode(&empty.encode()), Ok(empty));
+    }
+
+    /// What lets a start on a full disk keep the MANIFEST it found
+    /// (`Wal::open`): the same files, and no claim past the log's end.
+    #[test]
+    fn an_older_manifest_still_lists_the_log_only_with_the_same_files() {
+        let found = sample();
+        let recovered = Manifest {
+            log_end: 950,
+            ..sample()
+        };
+        assert!(
+            found.lists_as(&recovered),
+            "an older log end is a lower bound"
+        );
+        assert!(found.lists_as(&found));
+        assert!(!recovered.lists_as(&found), "a log end past the log's");
+        let one_segment_less = Manifest {
+            segments: found.segments[..1].to_vec(),
+            ..recovered.clone()
+        };
+        assert!(!found.lists_as(&one_segment_less));
+        let another_snapshot = Manifest {
+            snapshots: vec![300, 800, 900],
+            ..recovered
+        };
+        assert!(!found.lists_as(&another_snapshot));
     }
 }

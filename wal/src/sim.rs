@@ -683,4 +683,13 @@ impl Storage for SimStorage {
         st.pending_dir_ops.clear();
         Ok(())
     }
+
+    /// Nothing is prepared ahead here (`create_segment` makes it), but a full
+    /// disk says so now, as a real preparation would find it.
+    fn prepare_segment(&mut self, _len_bytes: u64) -> io::Result<()> {
+        if self.state.lock().disk_full {
+            return Err(no_space());
+        }
+        Ok(())
+    }
 }

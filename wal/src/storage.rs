@@ -105,10 +105,13 @@ pub trait Storage: Send + 'static {
     /// Gets the next segment of `len_bytes` ready before it is asked for, and
     /// waits until it is (for `open`, before the appending thread starts):
     /// `MmapStorage` prepares its spare (created, zero-filled, synced, mapped)
-    /// now, so the first `create_segment` only takes it. A failure (a full disk) is left to
-    /// that `create_segment`, which then works inline and reports it. Storage
-    /// without spares does nothing.
-    fn prepare_segment(&mut self, _len_bytes: u64) {}
+    /// now, so the first `create_segment` only takes it. A failure (a full disk,
+    /// `ENOSPC`) is returned, so that the caller can say so before any write
+    /// finds it; the first `create_segment` tries again. Storage without spares
+    /// does nothing.
+    fn prepare_segment(&mut self, _len_bytes: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A small file written by [`Storage::stage_file`], to be made durable and
@@ -546,20 +549,21 @@ impl SparePreparer {
         taken
     }
 
-    /// Waits until a spare of this length is ready (`true`) or its preparation
-    /// failed (`false`).
-    fn wait_ready(&self, len_bytes: u64) -> bool {
+    /// Waits until a spare of this length is ready (`Ok`) or its preparation
+    /// failed (that failure; the next roll asks for a fresh attempt). The
+    /// preparer gone is `Ok`: the roll then makes its segment itself.
+    fn wait_ready(&self, len_bytes: u64) -> io::Result<()> {
         let (lock, wake) = &*self.slot;
         let mut slot = lock.lock();
         if slot.want(&self.dir, len_bytes) {
             wake.notify_all();
         }
         loop {
-            if !slot.ready.is_empty() {
-                return true;
+            if !slot.ready.is_empty() || slot.gone {
+                return Ok(());
             }
-            if slot.failed.is_some() || slot.gone {
-                return false;
+            if let Some(failed) = &slot.failed {
+                return Err(failed.to_io());
             }
             wake.wait(&mut slot);
         }
@@ -1116,11 +1120,14 @@ impl Storage for MmapStorage {
         })
     }
 
-    fn prepare_segment(&mut self, len_bytes: u64) {
-        self.start_preparing(len_bytes);
-        if let Some(spare) = &self.spare {
-            spare.wait_ready(len_bytes);
+    fn prepare_segment(&mut self, len_bytes: u64) -> io::Result<()> {
+        if self.spare.is_none() {
+            self.spare = Some(SparePreparer::start(self.dir.clone(), len_bytes)?);
         }
+        self.spare
+            .as_ref()
+            .expect("started above")
+            .wait_ready(len_bytes)
     }
 
     fn start_preparing(&mut self, len_bytes: u64) {
@@ -1216,7 +1223,9 @@ mod tests {
         const LEN_BYTES: u64 = 16 * 4096;
         let dir = tempfile::tempdir().expect("tempdir");
         let mut storage = MmapStorage::open(dir.path()).expect("open");
-        storage.prepare_segment(LEN_BYTES);
+        storage
+            .prepare_segment(LEN_BYTES)
+            .expect("room for a spare");
         for roll in 0..3u64 {
             let ready = storage
                 .spare

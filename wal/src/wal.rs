@@ -622,6 +622,7 @@ impl<S: Storage> Wal<S> {
             storage: &storage,
             handles: &handles,
         };
+        let listed_before = manifest.clone().and_then(Result::ok);
         let survey = survey(
             &opened,
             &seg_files,
@@ -817,7 +818,18 @@ impl<S: Storage> Wal<S> {
             segments: segments.iter().map(Segment::entry).collect(),
             snapshots: snapshots.clone(),
         };
-        manifest::publish(&mut storage, &manifest).map_err(|e| Error::io("write MANIFEST", e))?;
+        match manifest::publish(&mut storage, &manifest) {
+            // A full disk, and the MANIFEST there lists these very files (its log
+            // end is older: a lower bound, still true): the start goes on without
+            // rewriting it, and the next roll writes the new one. Refusing to
+            // start would stop the reads too, over a file that says nothing new.
+            Err(e)
+                if crate::is_no_space(&e)
+                    && listed_before
+                        .as_ref()
+                        .is_some_and(|before| before.lists_as(&manifest)) => {}
+            published => published.map_err(|e| Error::io("write MANIFEST", e))?,
+        }
         for name in removed.iter().chain(&leftovers) {
             storage
                 .remove(name)
@@ -948,16 +960,26 @@ impl<S: Storage> Wal<S> {
         Ok(count)
     }
 
-    /// When the next record will need a new segment (a new log, or a full last
-    /// segment), has the storage get it ready now, on the caller's thread
-    /// ([`Storage::prepare_segment`]): called by `open`'s caller before the
-    /// appending thread starts, so that thread's first roll only takes it. Nothing
-    /// is created in the log itself: an idle restart finds it as it was.
-    pub fn prepare_next_segment(&mut self) {
-        if self.needs_roll(0) {
-            self.storage.prepare_segment(self.config.segment_bytes);
-        } else {
+    /// When the next record may need a new segment (a new log, or a last segment
+    /// without room for a record of [`WalConfig::record_payload_max_bytes`]), has
+    /// the storage get it ready now, on the caller's thread
+    /// ([`Storage::prepare_segment`]); otherwise starts preparing it in the
+    /// background. Called by `open`'s caller before the appending thread starts,
+    /// so that thread's first roll only takes it. Nothing is created in the log
+    /// itself: an idle restart finds it as it was.
+    ///
+    /// [`Error::NoSpace`]: the disk has no room for that segment, so a record of
+    /// the largest size would be refused now (smaller ones may still fit in the
+    /// active segment's last bytes); the caller can say so before a write finds
+    /// it. The first roll tries again. Other failures are left to that roll.
+    pub fn prepare_next_segment(&mut self) -> Result<(), Error> {
+        if !self.needs_roll(self.payload_max) {
             self.storage.start_preparing(self.config.segment_bytes);
+            return Ok(());
+        }
+        match self.storage.prepare_segment(self.config.segment_bytes) {
+            Err(e) if crate::is_no_space(&e) => Err(Error::NoSpace),
+            _ => Ok(()),
         }
     }
 

@@ -218,7 +218,7 @@ fn the_preparer_starts_at_open_when_the_last_segment_has_room() {
     };
     let (mut wal, _) = open_dir(&dir);
     assert_eq!(prepared_manifests(&dir), 0, "the open removed the old ones");
-    wal.prepare_next_segment();
+    wal.prepare_next_segment().expect("room on the disk");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while prepared_manifests(&dir) < 4 {
         assert!(

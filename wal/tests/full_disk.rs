@@ -81,6 +81,23 @@ fn files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Fills the file system under `at` to its last byte: the filler file's path.
+fn fill_up(at: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = at.join("filler");
+    let mut filler = std::fs::File::create(&path).expect("filler");
+    let chunk = vec![1u8; 4096];
+    loop {
+        match filler.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+    path
+}
+
 fn segments(dir: &Path) -> usize {
     files(dir).iter().filter(|n| n.ends_with(".seg")).count()
 }
@@ -158,6 +175,20 @@ fn a_full_disk_stops_the_spare_preparer_refuses_the_roll_cleanly_then_resumes() 
     ));
     assert_eq!(files(&dir), before, "a failed snapshot left files behind");
     assert!(!wal.is_poisoned());
+
+    // A restart on the disk filled to its last byte: the open goes on (the
+    // MANIFEST there lists the same files, so it is kept, not rewritten), and the
+    // next segment is reported out of reach before any append finds it.
+    drop(wal);
+    // Filled once the storage has removed the spares the last run left.
+    let storage = MmapStorage::open(&dir).expect("lock");
+    let filler = fill_up(tmp.path());
+    let (mut wal, _) =
+        Wal::open(storage, config(SEGMENT_BYTES)).expect("a restart on a full disk opens");
+    assert_eq!(wal.last_lsn(), refused_at - 1);
+    assert!(matches!(wal.prepare_next_segment(), Err(Error::NoSpace)));
+    assert_eq!(files(&dir), before, "the start wrote nothing");
+    std::fs::remove_file(&filler).expect("remove filler");
 
     // Space is back: the same record goes through, and the log rolls on.
     std::fs::remove_file(&ballast).expect("remove ballast");

@@ -342,7 +342,12 @@ impl Engine {
             // 50–60 ms for 16 MiB on the reference box, which otherwise the writer's
             // first command waited for, every time (the maximum of
             // `runtime/writer_iterations`). Its first roll is then a rename.
-            wal.prepare_next_segment();
+            if let Err(e @ surge_wal::Error::NoSpace) = wal.prepare_next_segment() {
+                // Restarted on a full disk: say so now (`/readyz`), not at the first
+                // write refused; the writer's retry takes it back with the space.
+                let payload_len = writer.config.wal.record_payload_max_bytes();
+                writer.note_no_room(&e, payload_len);
+            }
         }
         writer.opening = false;
         Ok((writer, EngineHandle { shared }, report))

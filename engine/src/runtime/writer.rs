@@ -1215,17 +1215,21 @@ impl<S: Storage> Writer<S> {
                 self.shared.storage_full.set(None);
             }
             Ok(()) => {}
-            Err(e @ surge_wal::Error::NoSpace) => {
-                if self.room_wanted_bytes.is_none() {
-                    self.shared.storage_full.set(Some(format!(
-                        "{e}: writes are refused until space is freed in the data dir"
-                    )));
-                }
-                self.room_wanted_bytes = Some(payload_len);
-            }
+            Err(e @ surge_wal::Error::NoSpace) => self.note_no_room(e, payload_len),
             Err(_) => {}
         }
         reserved
+    }
+
+    /// No room for a `payload_len`-byte record: the disk is full until the retry
+    /// (or a write) finds room for one at least that large.
+    pub(super) fn note_no_room(&mut self, no_space: &surge_wal::Error, payload_len: usize) {
+        if self.room_wanted_bytes.is_none() {
+            self.shared.storage_full.set(Some(format!(
+                "{no_space}: writes are refused until space is freed in the data dir"
+            )));
+        }
+        self.room_wanted_bytes = Some(payload_len);
     }
 
     /// The disk was full at the last write: try to make that write's room now (a
