@@ -45,7 +45,7 @@ pub async fn healthz() -> axum::Json<StatusBody> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Recovery finished: `ready` (a leader, accepting writes) or `standby` (serving reads, with its lag)", body = StatusBody),
-        (status = 503, description = "Recovering (`overloaded`), draining, writes refused (`storage_unavailable`: a failed flush until a restart, or a full disk until space is freed), or fenced by a newer leader (`not_leader`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Recovering (`overloaded`), draining, writes refused (`storage_unavailable`: a failed flush until a restart, or a full disk until space is freed), or fenced by a newer leader (`not_leader`). An idle leader checks the replicated log every second, so a fence or a log gone shows here with no write", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>, ApiError> {
     let Some(engine) = st.engine_opt() else {

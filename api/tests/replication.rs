@@ -131,6 +131,14 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
         standby.call("GET", "/readyz", &[], None).json()["status"],
         "ready"
     );
+    // The old leader, sent no write, finds the fence on its own (its idle stream
+    // check): a load balancer reading `/readyz` takes it out of service.
+    eventually("the idle old leader to find itself fenced", || {
+        leader
+            .call("GET", "/readyz", &[], None)
+            .body
+            .contains("not_leader")
+    });
     for id in &acked {
         let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
         assert_eq!(
@@ -361,7 +369,14 @@ fn replicated_writes_wait_for_nats_and_resume_when_it_is_back() {
     leader.wait_ready();
     leader.define("HOT", 5);
     assert_eq!(reserve(&leader).status, 201);
+    // NATS gone again: the idle leader says so with no write to find out.
     drop(nats);
+    eventually("the idle leader to report the stream down", || {
+        leader
+            .call("GET", "/readyz", &[], None)
+            .body
+            .contains("storage_unavailable")
+    });
 }
 
 #[test]

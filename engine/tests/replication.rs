@@ -326,6 +326,50 @@ fn an_unavailable_log_refuses_replicated_writes_until_it_is_back() {
     assert_eq!(log.lock().records.len(), 1);
 }
 
+/// An idle leader learns that it was deposed, or cut off from the replicated
+/// log, with no write to find out: its publish stage asks the log where it ends
+/// when nothing came to publish for `stream_check_interval_ms`. A load balancer
+/// that took it out of service sends none, and `/readyz` reads these.
+#[test]
+fn an_idle_leader_finds_its_log_down_and_back_and_its_fence_with_no_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let checked = EngineConfig {
+        stream_check_interval_ms: 20,
+        ..config(dir.path(), Durability::Replicated, Role::Leader)
+    };
+    let (leader, _) = open_attached(checked, &log);
+    wait_until("the publish stage to resume", || {
+        leader.replication_down().is_none()
+    });
+    write(&leader, define("A", 5)).expect("written");
+    log.lock().unavailable = true;
+    wait_until("the idle leader to find the log down", || {
+        leader
+            .replication_down()
+            .is_some_and(|why| why.contains("test"))
+    });
+    assert_eq!(leader.role(), Role::Leader);
+    log.lock().unavailable = false;
+    wait_until("the idle leader to find the log back", || {
+        leader.replication_down().is_none()
+    });
+    // A standby promoted elsewhere fences the log.
+    log.lock().last_node = Some(2);
+    wait_until("the idle leader to find itself fenced", || {
+        leader.role() == Role::Fenced
+    });
+    assert!(matches!(
+        write(&leader, reserve("A")),
+        Err(Error::NotLeader(_))
+    ));
+    assert_eq!(
+        log.lock().records.len(),
+        1,
+        "nothing published after the fence"
+    );
+}
+
 #[test]
 fn a_restarted_leader_publishes_the_tail_it_never_published() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -129,6 +129,11 @@ pub struct EngineConfig {
     /// be promoted and publish): until records are published, log segments holding
     /// them are kept.
     pub replicate: bool,
+    /// How long a publishing leader's stage may go without a word from the
+    /// replicated log: when no record came to publish for this long, it asks where
+    /// the log ends, so a leader deposed by a promoted standby (`fenced`) or cut off
+    /// from the log (`replicated`: writes refused) says so with no write to find out.
+    pub stream_check_interval_ms: u64,
 }
 
 /// A source of wall-clock milliseconds. The writer never lets its stamps go back,
@@ -187,6 +192,7 @@ impl Default for EngineConfig {
             order_policy: None,
             role: Role::Leader,
             replicate: false,
+            stream_check_interval_ms: 1_000,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::follower::FollowerMsg;
 use super::sync_stage::Release;
@@ -125,6 +125,9 @@ pub(super) struct PublishStage {
     /// The replicated log's end, once known (`None`: ask again before publishing).
     pub(super) log_end: Option<u64>,
     pub(super) fenced: Option<String>,
+    /// With nothing to publish for this long, ask the log where it ends
+    /// ([`EngineConfig::stream_check_interval_ms`](super::EngineConfig)).
+    pub(super) check_every: Duration,
     pub(super) rx: Receiver<PublishMsg>,
     /// Messages taken off the channel while waiting for the replicated log to come
     /// back, handled next (in order).
@@ -140,9 +143,13 @@ impl PublishStage {
         loop {
             let mut msgs: Vec<PublishMsg> = self.deferred.drain(..).collect();
             if msgs.is_empty() {
-                match self.rx.recv() {
+                match self.rx.recv_timeout(self.check_every) {
                     Ok(first) => msgs.push(first),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.check_idle();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             msgs.extend(self.rx.try_iter());
@@ -166,6 +173,21 @@ impl PublishStage {
                 }
             }
         }
+    }
+
+    /// Nothing came to publish for a while: ask the log where it ends, as after a
+    /// failure. A newer leader's fence makes this node `fenced`, an unreachable
+    /// log sets `replication_down` (and is waited out as any outage), a log back
+    /// clears it: `/readyz` tells the truth on an idle leader too, which a load
+    /// balancer that took it out of service would otherwise never send a write to
+    /// learn.
+    fn check_idle(&mut self) {
+        if self.fenced.is_some() || self.shared.publish_stopping.load(Ordering::Acquire) {
+            return;
+        }
+        self.log_end = None;
+        // The outcome is kept in `fenced`, `log_end` and `replication_down`.
+        let _ = self.publish_all(&[]);
     }
 
     /// Publish everything the replicated log lacks up to and including `records`;

@@ -459,6 +459,7 @@ impl<S: Storage> Writer<S> {
             logged_before,
             log_end: None,
             fenced: None,
+            check_every: Duration::from_millis(self.config.stream_check_interval_ms.max(1)),
             rx,
             deferred: std::collections::VecDeque::new(),
         };
