@@ -332,9 +332,11 @@ impl Inner {
     /// Why reads are refused on a node whose readable state holds records the
     /// replicated log never got from it, which no other node has:
     /// - fenced: a tail it logged and could not publish, recovered at a restart (its
-    ///   publication unknown, counted as none), applied by a `sync`-mode follower, or
-    ///   in the writer's state when reads go through the writer (`writer_reads`: no
-    ///   follower, or the follower encoding a snapshot): `NotLeader`, for good;
+    ///   publication unknown, counted as none), durable in `sync` mode (a read waits
+    ///   for the follower to apply it: counted from the commit, not from the apply,
+    ///   which comes a moment later), or in the writer's state when reads go through
+    ///   the writer (`writer_reads`: no follower, or the follower encoding a
+    ///   snapshot): `NotLeader`, for good;
     /// - a `replicated` leader whose recovered log is ahead of the stream (restarted,
     ///   the stream not yet resumed or caught up): those records were never
     ///   acknowledged, and a read must not see them (`StorageUnavailable`, until the
@@ -362,7 +364,12 @@ impl Inner {
         // Record LSNs all (`published_lsn` is one; the board's applied LSN is the
         // last event's seq, above its record's LSN when the record has several).
         let mut visible = recovered.max(self.stats.follower_record_lsn.load(Ordering::Acquire));
-        if writer_reads || self.follower_encoding.load(Ordering::Acquire) {
+        // A read waits for the durable LSN (`read_index`) but in `replicated` mode,
+        // so it sees that far even while the follower is still behind it.
+        if writer_reads
+            || self.durability != Durability::Replicated
+            || self.follower_encoding.load(Ordering::Acquire)
+        {
             visible = visible.max(self.stats.durable_lsn.load(Ordering::Acquire));
         }
         (visible > published).then(|| {
