@@ -1084,11 +1084,20 @@ fn console_v11_order_actions_and_ledger() {
     browser.wait_exists("#ledger-table");
     browser.type_into("#l-order", &id);
     browser.click("#ledger-btn");
+    // The page's first, unfiltered load can show the same rows (this is the only
+    // order with money moved): wait for the search's own load too.
     browser.wait("the order's ledger", || {
         (browser.js(
             "return [...document.querySelectorAll('#ledger-table tr[data-kind]')].map(r => r.dataset.kind);",
             json!([]),
-        ) == json!(["charge", "reversal", "refund", "refund"]))
+        ) == json!(["charge", "reversal", "refund", "refund"])
+            && browser
+                .js(
+                    "return document.querySelector('#ledger-export').dataset.url;",
+                    json!([]),
+                )
+                .as_str()
+                .is_some_and(|url| url.contains("order_id=")))
         .then_some(())
     });
     let url = browser
