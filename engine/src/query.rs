@@ -187,17 +187,8 @@ impl State {
         let start = filter.created_from_ms.map_or(0, |from| {
             self.orders.partition_point(|o| o.created_at_ms < from)
         });
-        let mut items = Vec::new();
-        let mut scanned = 0;
-        let mut i = end;
-        while i > start {
-            if items.len() == limit || scanned == LIST_SCAN_MAX {
-                break;
-            }
-            i -= 1;
-            scanned += 1;
-            let o = &self.orders[i];
-            let matches = filter.status.is_none_or(|s| o.status == s)
+        let matches = |o: &Order| {
+            filter.status.is_none_or(|s| o.status == s)
                 && filter
                     .customer_id
                     .as_deref()
@@ -215,12 +206,33 @@ impl State {
                 && filter
                     .delayed
                     .is_none_or(|d| o.delayed_since_ms().is_some() == d)
-                && filter.on_hold.is_none_or(|h| o.hold().is_some() == h);
-            if matches {
-                items.push(self.order_view(o));
+                && filter.on_hold.is_none_or(|h| o.hold().is_some() == h)
+        };
+        let mut items = Vec::new();
+        let mut scanned = 0;
+        let mut i = end;
+        while i > start && items.len() < limit && scanned < LIST_SCAN_MAX {
+            i -= 1;
+            scanned += 1;
+            if matches(&self.orders[i]) {
+                items.push(self.order_view(&self.orders[i]));
             }
         }
-        let next_cursor = (i > start).then(|| OrderId(i as u64 + 1));
+        // A full page: look on (within the same scan budget) for one more match,
+        // so that the last page says so (`null`), not a cursor to an empty page.
+        // The cursor skips the orders passed over meanwhile; it stops before the
+        // match, or where the budget ran out.
+        let mut next = i;
+        if items.len() == limit {
+            while next > start && scanned < LIST_SCAN_MAX {
+                if matches(&self.orders[next - 1]) {
+                    break;
+                }
+                next -= 1;
+                scanned += 1;
+            }
+        }
+        let next_cursor = (next > start).then(|| OrderId(next as u64 + 1));
         Ok(QueryReply::Orders(Page { items, next_cursor }))
     }
 
@@ -241,15 +253,17 @@ impl State {
         let end = filter.to_ms.map_or(self.ledger.len(), |to| {
             self.ledger.partition_point(|e| e.at_ms < to)
         });
+        let matches = |e: &crate::state::LedgerEntry| {
+            filter.order_id.is_none_or(|id| e.order == id)
+                && filter.kind.is_none_or(|k| e.kind == k)
+        };
         let mut items = Vec::new();
         let mut scanned = 0;
         while i < end && items.len() < limit && scanned < LIST_SCAN_MAX {
             let e = &self.ledger[i];
             i += 1;
             scanned += 1;
-            if filter.order_id.is_some_and(|id| e.order != id)
-                || filter.kind.is_some_and(|k| e.kind != k)
-            {
+            if !matches(e) {
                 continue;
             }
             let order = &self.orders[(e.order.0 - 1) as usize];
@@ -263,6 +277,13 @@ impl State {
                 reference: e.reference.to_string(),
                 actor: Arc::clone(&self.actors[e.actor as usize]),
             });
+        }
+        // A full page: look on for one more match, as the order list does.
+        if items.len() == limit {
+            while i < end && scanned < LIST_SCAN_MAX && !matches(&self.ledger[i]) {
+                i += 1;
+                scanned += 1;
+            }
         }
         Page {
             items,

@@ -618,6 +618,66 @@ fn a_paid_order_not_shipped_within_the_sla_is_delayed_exactly_once() {
     w.check_replay();
 }
 
+/// A filtered page that takes the last match says so (`next_cursor: None`),
+/// also when older orders that do not match remain; a page with more matches
+/// behind it gives a cursor that finds them (outside probe 8: a cursor to an empty
+/// page when the limit equalled the matches). The ledger likewise.
+#[test]
+fn a_filtered_page_ending_on_the_last_match_gives_no_cursor() {
+    let mut w = World::new(None);
+    // Oldest first: A, B, A, B, B; newest first the A orders are the 3rd and 5th.
+    let ids: Vec<OrderId> = ["A", "B", "A", "B", "B"]
+        .iter()
+        .enumerate()
+        .map(|(n, sku)| w.place(&format!("P-{n}"), &[(sku, 1, PRICE)]))
+        .collect();
+    let page = |cursor, limit| {
+        let query = Query::ListOrders {
+            filter: surge_engine::OrderFilter {
+                sku: Some("B".into()),
+                ..Default::default()
+            },
+            cursor,
+            limit,
+        };
+        let Ok(QueryReply::Orders(page)) = w.state.query(&query) else {
+            panic!()
+        };
+        (
+            page.items.iter().map(|o| o.id).collect::<Vec<_>>(),
+            page.next_cursor,
+        )
+    };
+    // Three B orders, an A order older than all but one of them.
+    assert_eq!(page(None, 3), (vec![ids[4], ids[3], ids[1]], None));
+    let (first, cursor) = page(None, 2);
+    assert_eq!(first, [ids[4], ids[3]]);
+    let cursor = cursor.expect("one more B");
+    assert_eq!(page(Some(cursor), 2), (vec![ids[1]], None));
+    let (all, none) = page(None, 10);
+    assert_eq!((all.len(), none), (3, None));
+
+    // The ledger, oldest first: a charge, a refund, a charge.
+    w.pay(ids[0]);
+    w.ok(refund(ids[0], 50));
+    w.pay(ids[1]);
+    let refunds = |cursor| {
+        let query = Query::ListLedger {
+            filter: surge_engine::LedgerFilter {
+                kind: Some(LedgerKind::Refund),
+                ..Default::default()
+            },
+            cursor,
+            limit: 1,
+        };
+        let Ok(QueryReply::Ledger(page)) = w.state.query(&query) else {
+            panic!()
+        };
+        (page.items.len(), page.next_cursor)
+    };
+    assert_eq!(refunds(None), (1, None), "the one refund, and no more");
+}
+
 #[test]
 fn a_cancel_carries_the_order_and_gives_each_sku_back_once() {
     let mut w = World::new(None);
