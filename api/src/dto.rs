@@ -194,7 +194,9 @@ pub struct TransitionReq {
     #[serde(default)]
     #[schema(max_length = 500)]
     pub note: String,
-    /// At most 500 bytes (UTF-8), no control characters.
+    /// Kept by `to: shipped` only: on another step it is checked and ignored (a
+    /// client may send the parcel's number with every step). At most 500 bytes
+    /// (UTF-8), no control characters.
     #[serde(default)]
     #[schema(max_length = 500)]
     pub tracking_no: String,

@@ -196,6 +196,22 @@ impl ApiError {
     /// A business refusal from the engine: its stable code, status and sentence.
     pub fn from_rejection(rejection: &Rejection) -> ApiError {
         match rejection {
+            // A quantity summed over the lines of one SKU: the field is the line
+            // where the sum went over, the detail says it is a sum.
+            Rejection::Validation {
+                field:
+                    Field::Line {
+                        index,
+                        part: LineField::SummedQty { sku },
+                    },
+                violation,
+            } => ApiError::validation(
+                format!("lines[{index}].qty"),
+                format!(
+                    "summed over the lines for SKU {sku}, {}",
+                    violation_text(violation)
+                ),
+            ),
             Rejection::Validation { field, violation } => {
                 ApiError::validation(field_path(field), violation_text(violation))
             }
@@ -542,8 +558,8 @@ mod tests {
                 ),
                 400,
                 "validation_failed",
-                Some("lines[2].qty (summed for SKU A)"),
-                "lines[2].qty (summed for SKU A): must be between 1 and 1000000",
+                Some("lines[2].qty"),
+                "lines[2].qty: summed over the lines for SKU A, must be between 1 and 1000000",
             ),
             (
                 Rejection::invalid(

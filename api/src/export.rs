@@ -38,6 +38,12 @@ order_filter_params! {
     }
 }
 
+order_filter_params! {
+    /// Filters of the Excel export: the list's, without paging (`bom` is a CSV
+    /// option, refused here as any parameter not declared).
+    pub struct XlsxExportParams {}
+}
+
 /// What one row is about: an order and one of its lines. Order-level columns repeat
 /// on each line of the order.
 #[derive(Clone, Copy)]
@@ -473,9 +479,9 @@ fn write_xlsx(
 }
 
 #[utoipa::path(get, path = "/v1/orders/export.xlsx", tag = "orders",
-    params(ExportParams),
+    params(XlsxExportParams),
     responses(
-        (status = 200, description = "An Excel workbook (sheet `orders`): a bold header row, frozen, then one row per order line, newest order first, with the CSV's columns. Amounts and quantities are numeric cells; `created_at` and `updated_at` are date cells (UTC, format `yyyy-mm-dd hh:mm:ss.000`); empty texts are blank cells. Memory stays bounded (the sheet is streamed to a temporary file). At most 100,000 rows besides the header (`EXPORT_ROWS_MAX`, as the CSV), cut at an order boundary, with `X-Export-Truncated: true` when cut. `bom` is refused (400): it is a CSV option.",
+        (status = 200, description = "An Excel workbook (sheet `orders`): a bold header row, frozen, then one row per order line, newest order first, with the CSV's columns. Amounts and quantities are numeric cells; `created_at` and `updated_at` are date cells (UTC, format `yyyy-mm-dd hh:mm:ss.000`); empty texts are blank cells. Memory stays bounded (the sheet is streamed to a temporary file). At most 100,000 rows besides the header (`EXPORT_ROWS_MAX`, as the CSV), cut at an order boundary, with `X-Export-Truncated: true` when cut. `bom` is refused (400, an unknown parameter here): it is a CSV option.",
             content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", body = Vec<u8>,
             headers(("X-Export-Truncated" = String, description = "`true` when the row limit cut the export"))),
         (status = 500, description = "`internal`: the workbook could not be written (e.g. no writable temporary directory)", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -484,14 +490,8 @@ fn write_xlsx(
 pub async fn export_xlsx(
     State(st): State<AppState>,
     _auth: Auth<Reader>,
-    ApiQuery(p): ApiQuery<ExportParams>,
+    ApiQuery(p): ApiQuery<XlsxExportParams>,
 ) -> Result<Response, ApiError> {
-    if p.bom.is_some() {
-        return Err(ApiError::validation(
-            "bom",
-            "a CSV option: export.xlsx takes none",
-        ));
-    }
     let filter = p.filter()?;
     let slot = st.export_slot()?;
     let (pages, received) = tokio::sync::mpsc::channel(XLSX_PAGES_IN_FLIGHT);

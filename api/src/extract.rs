@@ -34,6 +34,11 @@ fn is_json(content_type: &str) -> bool {
 /// which serde reports at the level of the enclosing object.
 fn field_of(path: &serde_path_to_error::Path, message: &str) -> String {
     let mut field = path.to_string();
+    // `?` is a position serde could not name (a syntax error after a value):
+    // the field is what encloses it.
+    while field == "?" || field.ends_with(".?") {
+        field.truncate(field.len().saturating_sub(2));
+    }
     if field == "." {
         field.clear();
     }
@@ -432,6 +437,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// Parse a query string into `T`, refusing parameters `T` does not declare.
 pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    check_utf8_parameters(query)?;
     let declared = declared_fields::<T>();
     // A struct with `flatten` reads a map and declares nothing: such a type has no
     // place here (the unit tests check every parameter struct of the API).
@@ -456,7 +462,9 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
 /// Longest parameter name echoed back in a refusal.
 const PARAMETER_ECHO_LEN_MAX: usize = 64;
 
-fn unknown_parameter(name: &str, fields: &[&str]) -> ApiError {
+/// A parameter's name as a refusal names it: cut to [`PARAMETER_ECHO_LEN_MAX`]
+/// bytes, `query` when empty.
+fn parameter_field(name: &str) -> &str {
     let mut shown = name;
     if shown.len() > PARAMETER_ECHO_LEN_MAX {
         let mut end = PARAMETER_ECHO_LEN_MAX;
@@ -465,7 +473,11 @@ fn unknown_parameter(name: &str, fields: &[&str]) -> ApiError {
         }
         shown = &shown[..end];
     }
-    let field = if shown.is_empty() { "query" } else { shown };
+    if shown.is_empty() { "query" } else { shown }
+}
+
+fn unknown_parameter(name: &str, fields: &[&str]) -> ApiError {
+    let field = parameter_field(name);
     let detail = if fields.is_empty() {
         "unknown query parameter: this endpoint takes none".to_string()
     } else {
@@ -587,6 +599,58 @@ impl<'de> serde::Deserializer<'de> for FieldProbe {
 
 fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
     form_urlencoded::parse(query.as_bytes())
+}
+
+/// Refuses a parameter whose name or value is not UTF-8 once percent-decoded
+/// (`customer_id=%FF`), naming it, as a path parameter is: the parser would
+/// replace the bytes with U+FFFD and answer for another value.
+fn check_utf8_parameters(query: &str) -> Result<(), ApiError> {
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name_ok = percent_decoded_is_utf8(name);
+        if name_ok && percent_decoded_is_utf8(value) {
+            continue;
+        }
+        let name = if name_ok {
+            form_urlencoded_parse(name)
+                .next()
+                .map_or_else(String::new, |(n, _)| n.into_owned())
+        } else {
+            String::new()
+        };
+        return Err(ApiError::validation(
+            parameter_field(&name),
+            "not UTF-8 once percent-decoded",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `text`, with its `%XX` escapes decoded, is UTF-8 (a `%` without two
+/// hex digits stays as it is, as the form decoding reads it).
+fn percent_decoded_is_utf8(text: &str) -> bool {
+    if !text.contains('%') {
+        return true;
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            decoded.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// The optional `Idempotency-Key` header with what the fingerprint needs.
@@ -747,6 +811,20 @@ mod tests {
         }
     }
 
+    /// A syntax error serde places after a value (`?`) names what encloses it.
+    #[test]
+    fn a_syntax_error_names_the_enclosing_field_not_a_question_mark() {
+        for (body, field) in [
+            (r#"{"lines":[{"sku":"F","qty":1}] /* c */}"#, "body"),
+            (r#"{"lines":[{"sku":"F","qty":1,}]}"#, "lines[0]"),
+            (r#"{"lines":[{"sku":"F","qty":"1"}]}"#, "lines[0].qty"),
+        ] {
+            let refused =
+                parse_json::<crate::dto::ReserveReq>(body.as_bytes(), "").expect_err("refused");
+            assert_eq!(refused.field.as_deref(), Some(field), "for {body}");
+        }
+    }
+
     #[test]
     fn a_refused_shape_is_named_by_its_path() {
         for (body, path) in [
@@ -801,6 +879,11 @@ mod tests {
         assert_eq!(names::<crate::events::EventParams>(), ["after", "limit"]);
         assert!(names::<crate::routes::OrderListParams>().contains(&"created_from"));
         assert!(names::<crate::routes::StatsParams>().contains(&"top"));
+        let xlsx = names::<crate::export::XlsxExportParams>();
+        assert!(
+            xlsx.contains(&"status") && !xlsx.contains(&"bom"),
+            "{xlsx:?}"
+        );
         assert_eq!(
             declared_fields::<std::collections::HashMap<String, String>>(),
             None
@@ -820,5 +903,30 @@ mod tests {
         assert!(parse_query::<NoParams>("").is_ok());
         let p = parse_query::<crate::routes::SkuListParams>("limit=2").unwrap();
         assert_eq!(p.limit.as_deref(), Some("2"));
+    }
+
+    /// A value or name that is not UTF-8 once decoded is refused by name, not
+    /// replaced by U+FFFD and answered for another value (outside probe 8).
+    #[test]
+    fn a_parameter_not_utf8_once_decoded_is_refused_by_name() {
+        type Orders = crate::routes::OrderListParams;
+        for (query, field) in [
+            ("customer_id=%FF", "customer_id"),
+            ("status=paid&sku=%C3%28", "sku"),
+            ("%FF=1", "query"),
+            ("customer_id=a%E4%B8", "customer_id"),
+        ] {
+            let e = parse_query::<Orders>(query).expect_err(query);
+            assert_eq!(e.field.as_deref(), Some(field), "{query}");
+            assert!(e.detail.contains("not UTF-8"), "{query}: {}", e.detail);
+        }
+        for query in [
+            "customer_id=%E4%B8%AD",
+            "customer_id=100%",
+            "customer_id=%zz",
+            "sku=a+b",
+        ] {
+            assert!(parse_query::<Orders>(query).is_ok(), "{query}");
+        }
     }
 }

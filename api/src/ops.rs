@@ -38,7 +38,7 @@ impl StatusBody {
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is up", body = StatusBody)))]
-pub async fn healthz() -> axum::Json<StatusBody> {
+pub async fn healthz(_query: NoQuery) -> axum::Json<StatusBody> {
     axum::Json(StatusBody::plain("ok"))
 }
 
@@ -47,7 +47,10 @@ pub async fn healthz() -> axum::Json<StatusBody> {
         (status = 200, description = "Recovery finished: `ready` (a leader, accepting writes) or `standby` (serving reads, with its lag)", body = StatusBody),
         (status = 503, description = "Recovering (`overloaded`), draining, writes refused (`storage_unavailable`: a failed flush until a restart, or a full disk until space is freed), or fenced by a newer leader (`not_leader`). An idle leader checks the replicated log every second, so a fence or a log gone shows here with no write", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn readyz(State(st): State<AppState>) -> Result<axum::Json<StatusBody>, ApiError> {
+pub async fn readyz(
+    State(st): State<AppState>,
+    _query: NoQuery,
+) -> Result<axum::Json<StatusBody>, ApiError> {
     let Some(engine) = st.engine_opt() else {
         return Err(ApiError::overloaded("recovery is still running"));
     };
@@ -121,7 +124,7 @@ pub async fn promote(
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(st): State<AppState>) -> Response {
+pub async fn metrics(State(st): State<AppState>, _query: NoQuery) -> Response {
     let idempotency = st.idempotency_stats().await;
     let mut response = crate::metrics::render(&st, idempotency.as_ref()).into_response();
     response.headers_mut().insert(
@@ -133,7 +136,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
-pub async fn openapi() -> Response {
+pub async fn openapi(_query: NoQuery) -> Response {
     let mut response = crate::openapi::document_json().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -394,6 +394,15 @@ pub async fn adjust_stock(
     ApiPath(sku): ApiPath<String>,
     ApiJson(req, body): ApiJson<AdjustReq>,
 ) -> Result<Response, ApiError> {
+    // The schema's range: past it no SKU can take the change (`on_hand` stays in
+    // 0..=ON_HAND_MAX), so it is a bad field (400), not a transition refused (409).
+    let bound = surge_engine::limits::ON_HAND_MAX as i64;
+    if !(-bound..=bound).contains(&req.delta) {
+        return Err(ApiError::validation(
+            "delta",
+            format!("must be within -{bound}..={bound}"),
+        ));
+    }
     let command = Command::AdjustStock {
         sku,
         delta: req.delta,
@@ -813,6 +822,10 @@ pub(crate) fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
+/// How a time is written in a query string: `+` there is read as a space.
+pub(crate) const RFC3339_QUERY_HINT: &str = "such as 2026-11-11T00:00:00Z or \
+     2026-11-11T00:00:00%2B08:00 (in a query string a + reads as a space: send it as %2B)";
+
 pub(crate) fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>, ApiError> {
     match text {
         None => Ok(None),
@@ -820,9 +833,12 @@ pub(crate) fn parse_time(field: &str, text: Option<&str>) -> Result<Option<u64>,
             .parse()
             .map(Some)
             .map_err(|_| ApiError::validation(field, "milliseconds out of range")),
-        Some(t) => parse_rfc3339(t)
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(field, "must be an RFC 3339 time or milliseconds")),
+        Some(t) => parse_rfc3339(t).map(Some).ok_or_else(|| {
+            ApiError::validation(
+                field,
+                format!("must be milliseconds or an RFC 3339 time {RFC3339_QUERY_HINT}"),
+            )
+        }),
     }
 }
 

@@ -165,7 +165,10 @@ fn instant(field: &str, text: &str) -> Result<u64, ApiError> {
     parse_rfc3339(text).ok_or_else(|| {
         ApiError::validation(
             field,
-            "must be an RFC 3339 instant such as 2026-11-11T00:00:00+08:00",
+            format!(
+                "must be an RFC 3339 instant {}",
+                crate::routes::RFC3339_QUERY_HINT
+            ),
         )
     })
 }

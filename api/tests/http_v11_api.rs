@@ -91,6 +91,11 @@ fn unknown_query_parameters_are_refused_by_name() {
         (format!("/v1/orders/{id}?expand=history"), "expand"),
         ("/v1/orders/by-no/Q-1?x=1".to_string(), "x"),
         (format!("/v1/reservations/{rid}?y=2"), "y"),
+        // The operations endpoints too ("on reads and writes alike").
+        ("/healthz?x=1".to_string(), "x"),
+        ("/readyz?probe=1".to_string(), "probe"),
+        ("/metrics?x=1".to_string(), "x"),
+        ("/openapi.json?v=2".to_string(), "v"),
     ];
     for (path, parameter) in &cases {
         let r = s.as_(ADMIN, "GET", path, None);
@@ -122,6 +127,61 @@ fn unknown_query_parameters_are_refused_by_name() {
     // A refused request is refused before any work: a viewer gets the same 400.
     let r = s.as_(VIEWER, "GET", "/v1/orders?sttus=x", None);
     r.assert_problem(400, "validation_failed");
+    // A value that is not UTF-8 once decoded is refused by name, as in a path (it
+    // was read as U+FFFD and answered 200 with an empty list).
+    let r = s.as_(VIEWER, "GET", "/v1/orders?customer_id=%FF", None);
+    r.assert_problem(400, "validation_failed");
+    assert_eq!(r.json()["field"], "customer_id", "{}", r.body);
+}
+
+/// A `delta` past the schema's range is a bad field (400), changing nothing (it
+/// was 409 `invalid_transition` below the range); a `tracking_no` is kept by the
+/// shipment only, as documented.
+#[test]
+fn a_delta_out_of_range_is_a_bad_field_and_tracking_no_is_kept_by_the_shipment() {
+    let dir = TempDir::new("v11-fields");
+    let s = Server::start(&dir.data(), "v11-fields");
+    s.define("A", 10);
+    let before = s.admin("GET", "/v1/skus/A", None).body;
+    for delta in ["-1000000000001", "-9223372036854775808", "1000000000001"] {
+        let r = s.as_(
+            OPERATOR,
+            "POST",
+            "/v1/skus/A/adjustments",
+            Some(&format!(r#"{{"delta":{delta},"reason":"correction"}}"#)),
+        );
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], "delta", "{delta}: {}", r.body);
+    }
+    assert_eq!(s.admin("GET", "/v1/skus/A", None).body, before);
+
+    let order = create_order(&s, "T-1", "c1", r#"[{"sku":"A","qty":1,"unit_price":100}]"#);
+    let id = order["id"].as_str().unwrap();
+    let paid = s.as_(
+        OPERATOR,
+        "POST",
+        &format!("/v1/orders/{id}/pay"),
+        Some(r#"{"amount":100}"#),
+    );
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let step = |body: &str| {
+        s.as_(
+            OPERATOR,
+            "POST",
+            &format!("/v1/orders/{id}/transitions"),
+            Some(body),
+        )
+    };
+    // Ignored before the shipment (checked all the same), kept by it.
+    let early = step(r#"{"to":"picking","tracking_no":"EARLY"}"#);
+    assert_eq!(early.status, 200, "{}", early.body);
+    assert_eq!(early.json()["tracking_no"], "");
+    let too_long = format!(r#"{{"to":"packed","tracking_no":"{}"}}"#, "x".repeat(501));
+    step(&too_long).assert_problem(400, "validation_failed");
+    assert_eq!(step(r#"{"to":"packed"}"#).status, 200);
+    let shipped = step(r#"{"to":"shipped","tracking_no":"SF-1"}"#);
+    assert_eq!(shipped.status, 200, "{}", shipped.body);
+    assert_eq!(shipped.json()["tracking_no"], "SF-1");
 }
 
 /// Writes are held to the same rule as reads: a parameter on a write is refused by
