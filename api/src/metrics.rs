@@ -389,7 +389,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_stock_reads_waited_total", COUNTER, "Stock reads that waited on their own task for the stock board to reach their read index.", load(&s.board_waits)),
         ("surge_stock_reads_unchanged_total", COUNTER, "Stock reads the stock board answered while behind the read index, no record past the board's LSN having changed their SKU.", load(&s.board_unchanged)),
         ("surge_reads_during_snapshot_total", COUNTER, "Reads sent through the writer's queue because the follower was encoding a snapshot.", load(&s.reads_during_snapshot)),
-        ("surge_engine_writes_refused", GAUGE, "1 while the engine refuses writes (disk full, failed flush).", f64::from(u8::from(engine.storage_refusal().is_some()))),
+        ("surge_engine_writes_refused", GAUGE, "1 while the engine refuses writes (disk full, failed flush); on a standby, its leader's records.", f64::from(u8::from(engine.storage_problem().is_some()))),
         ("surge_events_last_seq", GAUGE, "Seq of the newest published event.", engine.events().last_seq() as f64),
     ]);
     if let Some(idem) = idempotency {

@@ -257,7 +257,7 @@ impl AppState {
         let Some(engine) = self.engine_opt() else {
             return;
         };
-        let now = engine.storage_refusal();
+        let now = engine.storage_problem();
         match (&*last, &now) {
             (None, Some(why)) => tracing::error!("writes refused: {why}"),
             (Some(before), Some(why)) if before != why => {

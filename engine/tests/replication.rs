@@ -799,3 +799,93 @@ fn a_replicated_leader_reads_nothing_the_stream_does_not_hold_yet() {
     });
     assert!(!log.lock().records.is_empty());
 }
+
+/// A standby whose disk fills says so (`storage_problem`, the gauge and the log;
+/// `/readyz` still says `standby`, with its lag), and takes it back once space
+/// is freed, with no record to find out: its writer retries the room as a
+/// leader's does. Also when it starts on the full disk. (The standby runs as a
+/// step-driven core on the simulated disk; its leader's records come from a
+/// leader publishing to the in-memory log.)
+#[test]
+fn a_standby_reports_its_full_disk_and_takes_it_back_with_the_space() {
+    use surge_engine::wal::SimStorage;
+    const T_MS: u64 = 1_700_000_000_000;
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let log = SharedLog::default();
+    let leader = publishing_leader(leader_dir.path(), &log);
+    write(&leader, define("A", 100_000)).expect("written");
+    for _ in 0..1_500 {
+        write(&leader, reserve("A")).expect("written");
+    }
+    wait_until("everything published", || log.lock().records.len() == 1_501);
+    let records = log.lock().records.clone();
+    // The core publishes nothing (nor is it promoted here): `replicate` off.
+    let standby_config = || EngineConfig {
+        replicate: false,
+        ..config(
+            std::path::Path::new("unused"),
+            Durability::Sync,
+            Role::Standby,
+        )
+    };
+    let disk = SimStorage::new();
+    let (mut standby, _) = Engine::open_core(disk.clone(), standby_config()).expect("open");
+    let apply = |core: &mut surge_engine::Core<SimStorage>, chunk: &[(u64, Vec<u8>)]| {
+        let ticket = core.handle().replicate(chunk.to_vec()).expect("queued");
+        core.step(T_MS);
+        ticket.wait()
+    };
+    disk.set_disk_full(true);
+    // One record at a time until the segment is full.
+    let mut applied = 0;
+    let refusal = loop {
+        assert!(applied < records.len(), "the segment never filled");
+        match apply(&mut standby, &records[applied..=applied]) {
+            Ok(_) => applied += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refusal, Error::StorageUnavailable(_)),
+        "{refusal:?}"
+    );
+    let handle = standby.handle().clone();
+    assert!(
+        handle
+            .storage_problem()
+            .is_some_and(|why| why.contains("space"))
+    );
+    assert_eq!(
+        handle.storage_refusal(),
+        None,
+        "a standby is not refused for it"
+    );
+    assert_eq!(handle.role(), Role::Standby);
+    // Restarted on the still-full disk: said at once.
+    standby.close(T_MS);
+    let (mut standby, _) = Engine::open_core(disk.clone(), standby_config()).expect("reopen");
+    assert!(
+        standby.handle().storage_problem().is_some(),
+        "said at start"
+    );
+    standby.tick(T_MS + 1);
+    assert!(standby.handle().storage_problem().is_some(), "still full");
+    // Space back: the next step takes it back with no record.
+    disk.set_disk_full(false);
+    standby.tick(T_MS + 2);
+    assert_eq!(standby.handle().storage_problem(), None);
+    assert_eq!(
+        apply(&mut standby, &records[applied..]).expect("applied"),
+        records.last().expect("records").0
+    );
+    // The segment the retry made (named before its first record came) reopens
+    // with everything: the leader's state.
+    standby.close(T_MS + 3);
+    let (mut again, _) = Engine::open_core(disk, standby_config()).expect("reopen");
+    let ticket = again.handle().query(Query::Digest).expect("queued");
+    again.step(T_MS + 3);
+    let Ok(Ok(QueryReply::Digest(reopened))) = ticket.wait() else {
+        panic!("no digest")
+    };
+    assert_eq!(reopened, digest(&leader));
+}

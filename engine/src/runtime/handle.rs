@@ -421,6 +421,14 @@ impl EngineHandle {
         })
     }
 
+    /// Why this node's storage refuses writes now, whatever its role: a failed
+    /// flush, or a full disk, where a standby cannot log its leader's records and
+    /// falls behind (its `/readyz` still says `standby`, with the lag: it serves
+    /// reads). For the gauge and the log.
+    pub fn storage_problem(&self) -> Option<String> {
+        self.writes_refused().or_else(|| self.storage_full())
+    }
+
     /// Drain the queue, flush, snapshot and stop the writer. Later submissions get
     /// [`Error::ShuttingDown`]. Safe to call more than once.
     pub fn shutdown(&self) {

@@ -201,6 +201,10 @@ impl<S: Storage> Writer<S> {
             }
             // A standby's expiries come from its leader's log.
             self.expire_due(&mut pending);
+        }
+        // A standby too: its leader's records need the room, and its full disk
+        // (set at start or by a record refused) must end with the space.
+        if self.shared.role() != Role::Fenced {
             self.retry_room();
         }
         for request in batch.drain(..) {
