@@ -342,8 +342,8 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
     let mut singles: Vec<(&str, MetricType, &str, f64)> = vec![(
         "surge_ready",
         GAUGE,
-        "1 when recovery has finished and the server takes requests.",
-        f64::from(u8::from(state.is_ready())),
+        "1 when /readyz answers 200 (a leader taking writes, or a standby).",
+        f64::from(u8::from(crate::ops::readiness(state).is_ok())),
     )];
     let Some(engine) = state.engine_opt() else {
         return to_families(singles);

@@ -45,12 +45,17 @@ pub async fn healthz(_query: NoQuery) -> axum::Json<StatusBody> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Recovery finished: `ready` (a leader, accepting writes) or `standby` (serving reads, with its lag)", body = StatusBody),
-        (status = 503, description = "Recovering (`overloaded`), draining, writes refused (`storage_unavailable`: a failed flush until a restart, or a full disk until space is freed), or fenced by a newer leader (`not_leader`). An idle leader checks the replicated log every second, so a fence or a log gone shows here with no write", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Recovering (`overloaded`), draining, writes refused (`storage_unavailable`: a failed flush until a restart, or a full disk until space is freed), or fenced by a newer leader (`not_leader`). An idle leader publishing its log checks the stream every second, so a fence (any mode) or, in `replicated` mode, the stream gone shows here with no write; in `sync` mode the stream gone does not make a leader unready (its writes go on, published later)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(
     State(st): State<AppState>,
     _query: NoQuery,
 ) -> Result<axum::Json<StatusBody>, ApiError> {
+    readiness(&st).map(axum::Json)
+}
+
+/// What `/readyz` answers now (`Ok`: 200), and what `surge_ready` says.
+pub fn readiness(st: &AppState) -> Result<StatusBody, ApiError> {
     let Some(engine) = st.engine_opt() else {
         return Err(ApiError::overloaded("recovery is still running"));
     };
@@ -72,15 +77,15 @@ pub async fn readyz(
                     "the replicated log is unavailable: {why}"
                 )));
             }
-            Ok(axum::Json(StatusBody::plain("ready")))
+            Ok(StatusBody::plain("ready"))
         }
         surge_engine::Role::Standby => {
             let (lag_lsn, lag_seconds) = st.replication_lag();
-            Ok(axum::Json(StatusBody {
+            Ok(StatusBody {
                 status: "standby",
                 lag_lsn: Some(lag_lsn),
                 lag_seconds: Some(lag_seconds),
-            }))
+            })
         }
         surge_engine::Role::Fenced => Err(ApiError::not_leader(
             "this node was the leader and has been fenced by a newer one",

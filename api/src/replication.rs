@@ -665,8 +665,15 @@ impl Standby {
         promoted
     }
 
+    /// Fence the stream at its end, then catch up with everything before the
+    /// fence, then lead. Fencing first: catching up first (it used to) takes a
+    /// consumer's set-up and the messages, and a leader still writing moved the
+    /// stream's end meanwhile, so under load every attempt's fence was refused
+    /// (an outside probe: 20 of 20 at 1,800 writes/s). Now only the two requests
+    /// between reading the end and appending race the leader's publishes.
     async fn catch_up_and_fence(&self) -> Result<Promotion, String> {
         let mut last_error = String::new();
+        let mut fenced = None;
         for _ in 0..PROMOTE_ATTEMPTS {
             let end = match self.link.log_end().await {
                 Ok(end) => end,
@@ -676,41 +683,11 @@ impl Standby {
                     continue;
                 }
             };
-            if let Err(e) = self.follow_once(Some(end.seq)).await {
-                last_error = e;
-                continue;
-            }
-            let applied = self.status.applied_lsn.load(Ordering::Acquire);
-            match self.link.append(end.seq, &[], applied).await {
+            // The fence states the last LSN before it, as every message does.
+            match self.link.append(end.seq, &[], end.lsn).await {
                 Ok(fence_sequence) => {
-                    self.link
-                        .mark_leader()
-                        .map_err(|e| format!("{ROLE_FILE}: {e}"))?;
-                    let publisher =
-                        NatsPublisher::new(Arc::clone(&self.link), Some(fence_sequence));
-                    let lsn = self
-                        .engine
-                        .promote(Box::new(publisher))
-                        .map_err(|e| e.to_string())?
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    // Answer once writes are taken: in `replicated` mode the publish
-                    // stage opens them when it has resumed the stream, a moment after
-                    // the fence. A stream gone again meanwhile leaves them refused
-                    // (`/readyz` says why); the promotion itself is done either way.
-                    let _ = tokio::time::timeout(
-                        PROMOTE_WRITABLE_WAIT,
-                        self.engine.wait_until_writable(),
-                    )
-                    .await;
-                    let announced = self.status.leader_durable_lsn.load(Ordering::Acquire);
-                    let promotion = Promotion {
-                        lsn,
-                        fence_sequence,
-                        lost_lsns: announced.saturating_sub(lsn),
-                    };
-                    tracing::warn!(?promotion, "promoted to leader");
-                    return Ok(promotion);
+                    fenced = Some((end, fence_sequence));
+                    break;
                 }
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
                     last_error = "the stream moved on while fencing".into();
@@ -718,9 +695,61 @@ impl Standby {
                 Err(e) => last_error = format!("fence: {e}"),
             }
         }
-        Err(format!(
-            "could not catch up and fence in {PROMOTE_ATTEMPTS} attempts: {last_error}"
-        ))
+        let Some((end, fence_sequence)) = fenced else {
+            return Err(format!(
+                "could not fence the stream in {PROMOTE_ATTEMPTS} attempts: {last_error}"
+            ));
+        };
+        // Nothing can be added before the fence now: take all of it.
+        let mut caught_up = false;
+        for _ in 0..PROMOTE_ATTEMPTS {
+            match self.follow_once(Some(end.seq)).await {
+                Ok(()) => {
+                    caught_up = true;
+                    break;
+                }
+                Err(e) => {
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let applied = self.status.applied_lsn.load(Ordering::Acquire);
+        if !caught_up || applied < end.lsn {
+            // The stream is fenced (the old leader takes no write now) and this
+            // node is still a standby: a promotion asked again fences after this
+            // fence and catches up the same way.
+            return Err(format!(
+                "fenced the stream at sequence {fence_sequence} but could not take \
+                 everything before it (applied LSN {applied} of {}): {last_error}; \
+                 promote again",
+                end.lsn
+            ));
+        }
+        self.link
+            .mark_leader()
+            .map_err(|e| format!("{ROLE_FILE}: {e}"))?;
+        let publisher = NatsPublisher::new(Arc::clone(&self.link), Some(fence_sequence));
+        let lsn = self
+            .engine
+            .promote(Box::new(publisher))
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        // Answer once writes are taken: in `replicated` mode the publish stage opens
+        // them when it has resumed the stream, a moment after the fence. A stream
+        // gone again meanwhile leaves them refused (`/readyz` says why); the
+        // promotion itself is done either way.
+        let _ =
+            tokio::time::timeout(PROMOTE_WRITABLE_WAIT, self.engine.wait_until_writable()).await;
+        let announced = self.status.leader_durable_lsn.load(Ordering::Acquire);
+        let promotion = Promotion {
+            lsn,
+            fence_sequence,
+            lost_lsns: announced.saturating_sub(lsn),
+        };
+        tracing::warn!(?promotion, "promoted to leader");
+        Ok(promotion)
     }
 }
 

@@ -375,7 +375,8 @@ impl Inner {
         (visible > published).then(|| {
             Error::NotLeader(format!(
                 "this node was fenced by a newer leader and its state holds records the \
-                 replicated log never got from it (LSN {} to {visible}): read from the leader",
+                 replicated log never got from it, as far as it knows (LSN {} to {visible}; a \
+                 restarted node knows of none it published): read from the leader",
                 published + 1
             ))
         })
