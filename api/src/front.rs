@@ -8,9 +8,10 @@ use std::future::{Ready, ready};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::future::Either;
+use futures_util::FutureExt;
+use futures_util::future::{Either, Map};
 use tower::Service;
 
 use crate::state::AppState;
@@ -40,13 +41,20 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+    type Future = Either<
+        Ready<Result<Response, Infallible>>,
+        Either<
+            S::Future,
+            Map<S::Future, fn(Result<Response, Infallible>) -> Result<Response, Infallible>>,
+        >,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let body_declared = declares_body(request.headers());
         let answer = match gate::refusal(request.headers(), self.body_limit_bytes) {
             Some(refused) => Some(refused.into_response()),
             None => {
@@ -54,10 +62,56 @@ where
             }
         };
         match answer {
-            Some(answer) => Either::Left(ready(Ok(answer))),
-            None => Either::Right(self.inner.call(request)),
+            // Answered here: the body, if one comes, was not read.
+            Some(mut answer) => {
+                if body_declared {
+                    close_after(&mut answer);
+                }
+                Either::Left(ready(Ok(answer)))
+            }
+            None if body_declared => Either::Right(Either::Right(
+                self.inner
+                    .call(request)
+                    .map(close_after_early_refusal as fn(_) -> _),
+            )),
+            None => Either::Right(Either::Left(self.inner.call(request))),
         }
     }
+}
+
+/// The request says a body follows (a length above 0, or chunks).
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0")
+}
+
+/// An answer given before the request's body was read (a refused token or role,
+/// a method the route does not take; here in `Front`, an early 413 or 503): hyper
+/// then closes the connection
+/// unless the unread body was already in its buffer (a body of some KiB is not),
+/// and the next request a client sends on it finds it gone (an outside probe lost
+/// 81 of 471 requests so in a failover). Saying `Connection: close` lets the
+/// client open a new one instead. These refusals come before any body extractor
+/// in every handler; answers after the body was read keep the connection (a 409
+/// at a sale's peak must not cost a reconnect).
+fn close_after_early_refusal(answer: Result<Response, Infallible>) -> Result<Response, Infallible> {
+    answer.map(|mut response| {
+        if matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            close_after(&mut response);
+        }
+        response
+    })
+}
+
+fn close_after(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// The API's answer on a node whose state diverged from the replicated log's

@@ -1330,6 +1330,58 @@ fn a_body_that_does_not_arrive_in_time_is_408_and_changes_nothing() {
     }
 }
 
+/// An answer given before the body was read (a refused token or role) says
+/// `Connection: close`: hyper closes the connection when the unread body was not
+/// already in its buffer, and a client that sent its next request on it lost it
+/// (an outside probe: 81 of 471 in a failover). An answer after the body was read,
+/// a 409 included, keeps the connection for the next request.
+#[test]
+fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("v11-early");
+    let s = Server::start(&dir.data(), "v11-early");
+    s.define("A", 1);
+    let note = "n".repeat(60_000);
+    let large = format!(r#"{{"lines":[{{"sku":"A","qty":1}}],"note":"{note}"}}"#);
+    let head_of = |token: &str, body: &str| {
+        let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /v1/reservations HTTP/1.1\r\nHost: surge\r\nAuthorization: {token}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = stream.read(&mut buf).expect("an answer");
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        text.split("\r\n\r\n").next().unwrap().to_string()
+    };
+    for (token, status) in [("Bearer nobody", "401"), (VIEWER, "403")] {
+        for body in [large.as_str(), r#"{"lines":[{"sku":"A","qty":1}]}"#] {
+            let head = head_of(token, body);
+            assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+            assert!(head.contains("connection: close"), "{status}: {head}");
+        }
+    }
+    // Read, then refused: the connection stays.
+    let small = r#"{"lines":[{"sku":"A","qty":5}]}"#;
+    let head = head_of(STOREFRONT, small);
+    assert!(head.starts_with("http/1.1 409"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+}
+
 /// All `stream` sends until the server closes it, within `within`.
 fn raw_read_to_end(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
     use std::io::Read;
