@@ -629,28 +629,10 @@ fn check_utf8_parameters(query: &str) -> Result<(), ApiError> {
 /// Whether `text`, with its `%XX` escapes decoded, is UTF-8 (a `%` without two
 /// hex digits stays as it is, as the form decoding reads it).
 fn percent_decoded_is_utf8(text: &str) -> bool {
-    if !text.contains('%') {
-        return true;
-    }
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            decoded.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
-    std::str::from_utf8(&decoded).is_ok()
+    !text.contains('%')
+        || percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .is_ok()
 }
 
 /// The optional `Idempotency-Key` header with what the fingerprint needs.
