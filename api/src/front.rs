@@ -4,14 +4,17 @@
 //! router; everything else goes to the router unchanged.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::task::{Context, Poll};
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready as ready_poll};
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
-use futures_util::future::{Either, Map};
+use futures_util::future::Either;
+use hyper::body::{Frame, SizeHint};
 use tower::Service;
 
 use crate::state::AppState;
@@ -41,13 +44,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<
-        Ready<Result<Response, Infallible>>,
-        Either<
-            S::Future,
-            Map<S::Future, fn(Result<Response, Infallible>) -> Result<Response, Infallible>>,
-        >,
-    >;
+    type Future =
+        Either<Ready<Result<Response, Infallible>>, Either<S::Future, CloseUnlessRead<S::Future>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -69,11 +67,19 @@ where
                 }
                 Either::Left(ready(Ok(answer)))
             }
-            None if body_declared => Either::Right(Either::Right(
-                self.inner
-                    .call(request)
-                    .map(close_after_early_refusal as fn(_) -> _),
-            )),
+            None if body_declared => {
+                let read_to_end = Arc::new(AtomicBool::new(false));
+                let request = request.map(|body| {
+                    Body::new(Watched {
+                        inner: body,
+                        read_to_end: Arc::clone(&read_to_end),
+                    })
+                });
+                Either::Right(Either::Right(CloseUnlessRead {
+                    answer: self.inner.call(request),
+                    read_to_end,
+                }))
+            }
             None => Either::Right(Either::Left(self.inner.call(request))),
         }
     }
@@ -87,25 +93,67 @@ fn declares_body(headers: &HeaderMap) -> bool {
             .is_some_and(|len| len.as_bytes() != b"0")
 }
 
-/// An answer given before the request's body was read (a refused token or role,
-/// a method the route does not take; here in `Front`, an early 413 or 503): hyper
-/// then closes the connection
-/// unless the unread body was already in its buffer (a body of some KiB is not),
-/// and the next request a client sends on it finds it gone (an outside probe lost
-/// 81 of 471 requests so in a failover). Saying `Connection: close` lets the
-/// client open a new one instead. These refusals come before any body extractor
-/// in every handler; answers after the body was read keep the connection (a 409
-/// at a sale's peak must not cost a reconnect).
-fn close_after_early_refusal(answer: Result<Response, Infallible>) -> Result<Response, Infallible> {
-    answer.map(|mut response| {
-        if matches!(
-            response.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED
-        ) {
+pin_project_lite::pin_project! {
+    /// The router's answer to a request that declared a body, with `Connection:
+    /// close` when the body was not read to its end: a refused token or role, a
+    /// method the route does not take, an unknown route, a query or path refused,
+    /// a `Content-Type` refused, a body over the limit. hyper closes such a
+    /// connection unless the unread rest was already in its buffer (a body of some
+    /// KiB is not), and the next request a client sent on it found it gone (an
+    /// outside probe lost 81 of 471 requests so in a failover): said, the client
+    /// opens a new one instead. An answer after the body was read keeps the
+    /// connection (a 409 at a sale's peak must not cost a reconnect).
+    pub struct CloseUnlessRead<F> {
+        #[pin]
+        answer: F,
+        read_to_end: Arc<AtomicBool>,
+    }
+}
+
+impl<F> Future for CloseUnlessRead<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = ready_poll!(this.answer.poll(cx));
+        if !this.read_to_end.load(Ordering::Acquire) {
             close_after(&mut response);
         }
-        response
-    })
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A request's body that notes when it has been read to its end.
+struct Watched {
+    inner: Body,
+    read_to_end: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready_poll!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.read_to_end.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn close_after(response: &mut Response) {

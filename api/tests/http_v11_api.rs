@@ -1330,8 +1330,8 @@ fn a_body_that_does_not_arrive_in_time_is_408_and_changes_nothing() {
     }
 }
 
-/// An answer given before the body was read (a refused token or role) says
-/// `Connection: close`: hyper closes the connection when the unread body was not
+/// An answer given before the body was read (a refused token or role, an unknown
+/// route, a query, path or `Content-Type` refused) says `Connection: close`: hyper closes the connection when the unread body was not
 /// already in its buffer, and a client that sent its next request on it lost it
 /// (an outside probe: 81 of 471 in a failover). An answer after the body was read,
 /// a 409 included, keeps the connection for the next request.
@@ -1343,13 +1343,13 @@ fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
     s.define("A", 1);
     let note = "n".repeat(60_000);
     let large = format!(r#"{{"lines":[{{"sku":"A","qty":1}}],"note":"{note}"}}"#);
-    let head_of = |token: &str, body: &str| {
+    let answer_head = |path: &str, content_type: &str, token: &str, body: &str| {
         let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
         stream
             .write_all(
                 format!(
-                    "POST /v1/reservations HTTP/1.1\r\nHost: surge\r\nAuthorization: {token}\r\n\
-                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    "POST {path} HTTP/1.1\r\nHost: surge\r\nAuthorization: {token}\r\n\
+                     {content_type}Content-Length: {}\r\n\r\n{body}",
                     body.len()
                 )
                 .as_bytes(),
@@ -1368,18 +1368,44 @@ fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
         let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
         text.split("\r\n\r\n").next().unwrap().to_string()
     };
-    for (token, status) in [("Bearer nobody", "401"), (VIEWER, "403")] {
+    let json = "Content-Type: application/json\r\n";
+    let refused_unread = [
+        ("/v1/reservations", json, "Bearer nobody", "401"),
+        ("/v1/reservations", json, VIEWER, "403"),
+        ("/v1/no-such-route", json, STOREFRONT, "404"),
+        ("/v1/reservations?unknown=1", json, STOREFRONT, "400"),
+        ("/v1/orders/%FF/cancel", json, STOREFRONT, "400"),
+        (
+            "/v1/reservations",
+            "Content-Type: text/plain\r\n",
+            STOREFRONT,
+            "415",
+        ),
+        ("/v1/reservations", "", STOREFRONT, "415"),
+    ];
+    for (path, content_type, token, status) in refused_unread {
         for body in [large.as_str(), r#"{"lines":[{"sku":"A","qty":1}]}"#] {
-            let head = head_of(token, body);
-            assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
-            assert!(head.contains("connection: close"), "{status}: {head}");
+            let head = answer_head(path, content_type, token, body);
+            assert!(
+                head.starts_with(&format!("http/1.1 {status}")),
+                "{path}: {head}"
+            );
+            assert!(
+                head.contains("connection: close"),
+                "{path} {status}: {head}"
+            );
         }
     }
-    // Read, then refused: the connection stays.
-    let small = r#"{"lines":[{"sku":"A","qty":5}]}"#;
-    let head = head_of(STOREFRONT, small);
-    assert!(head.starts_with("http/1.1 409"), "{head}");
-    assert!(!head.contains("connection: close"), "{head}");
+    // Read, then answered: the connection stays, refused or not.
+    for (body, status) in [
+        (r#"{"lines":[{"sku":"A","qty":5}]}"#, "409"),
+        (r#"{"lines":[{"sku":"A","qty":1}],"bogus":1}"#, "400"),
+        (r#"{"lines":[{"sku":"A","qty":1}]}"#, "201"),
+    ] {
+        let head = answer_head("/v1/reservations", json, STOREFRONT, body);
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
 }
 
 /// All `stream` sends until the server closes it, within `within`.
