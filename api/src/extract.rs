@@ -264,9 +264,29 @@ pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> R
         } else {
             format!("{prefix}{path}")
         };
+        // An array inside an array under a field that takes no array at all (a
+        // `note` sent as `[[1]]`): serde's own refusal of that field says what it
+        // takes ("invalid type: sequence, expected a string"), where the shape's
+        // would name the inner element as if it were to be an object.
+        if let Err(refused) = deserialize::<T>(bytes, &|| prefix.to_string())
+            && refused
+                .field
+                .as_deref()
+                .is_some_and(|outer| encloses(outer, &field))
+        {
+            return Err(refused);
+        }
         return Err(ApiError::validation(field, "must be a JSON object"));
     }
     deserialize(bytes, &|| prefix.to_string())
+}
+
+/// Whether the field path `outer` names a value that holds the one at `inner`
+/// (`note` holds `note[0]`; `lines[0]` holds `lines[0].sku`, not `lines[01]`).
+fn encloses(outer: &str, inner: &str) -> bool {
+    inner
+        .strip_prefix(outer)
+        .is_some_and(|rest| rest.starts_with(['[', '.']))
 }
 
 /// Parse one op of a batch whose whole body already passed the shape check (so no

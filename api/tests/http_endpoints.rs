@@ -846,6 +846,32 @@ fn json_arrays_are_not_accepted_as_objects() {
         assert_eq!(r.status, 400, "POST {path} {body}: {}", r.body);
         r.assert_problem(400, "validation_failed");
     }
+    // The field named: an element that must be an object, or (an outside probe) a
+    // field that takes no array at all, which serde names with what it takes.
+    for (body, field, detail) in [
+        (
+            r#"{"lines":[["A",1]]}"#,
+            "lines[0]",
+            "must be a JSON object",
+        ),
+        (r#"{"lines":[["A"]]}"#, "lines[0]", "must be a JSON object"),
+        (
+            r#"{"lines":[{"sku":"A","qty":1}],"ttl_ms":[[1]]}"#,
+            "ttl_ms",
+            "invalid type: sequence",
+        ),
+        (
+            r#"{"lines":[{"sku":[[1]],"qty":1}]}"#,
+            "lines[0].sku",
+            "invalid type: sequence, expected a string",
+        ),
+    ] {
+        let r = s.admin("POST", "/v1/reservations", Some(body));
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.body);
+        let said = r.json()["detail"].as_str().unwrap_or_default().to_string();
+        assert!(said.contains(detail), "{body}: {said}");
+    }
     assert_eq!(s.digest(), before, "an array body changed the state");
 }
 
