@@ -20,7 +20,8 @@ pub struct DefineSkuReq {
     /// Units in stock; may not go below the units reserved. Required for a new SKU;
     /// omitted on a redefinition, the level stays as it is (so a change of the rules
     /// never writes back a level read before units were sold). Not null. At most
-    /// 1000000000000.
+    /// 1000000000000 when sent; stock given back (a cancel, a restocking return, a
+    /// lowering modification) is never refused and may take the level past it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub on_hand: Option<Option<u64>>,
@@ -83,8 +84,10 @@ pub enum AdjustReasonDto {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustReq {
-    /// Units to add (positive) or remove (negative, `correction`); not zero.
-    /// `on_hand` stays within 0..=1000000000000, so no larger change can succeed.
+    /// Units to add (positive) or remove (negative, `correction`); not zero. A raise
+    /// may not take `on_hand` past 1000000000000; a lowering may not take it below
+    /// the units reserved (stock given back may have taken it past the limit, and a
+    /// correction brings it down).
     #[schema(minimum = -1_000_000_000_000_i64, maximum = 1_000_000_000_000_i64)]
     pub delta: i64,
     pub reason: AdjustReasonDto,
@@ -195,8 +198,9 @@ pub struct TransitionReq {
     #[schema(max_length = 500)]
     pub note: String,
     /// Kept by `to: shipped` only: on another step it is checked and ignored (a
-    /// client may send the parcel's number with every step). At most 500 bytes
-    /// (UTF-8), no control characters.
+    /// client may send the parcel's number with every step). `shipped` repeated on a
+    /// shipped order with another number is 409. At most 500 bytes (UTF-8), no
+    /// control characters.
     #[serde(default)]
     #[schema(max_length = 500)]
     pub tracking_no: String,

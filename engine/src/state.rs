@@ -189,8 +189,20 @@ pub(crate) const RULES_V14: u32 = 5;
 /// judged in request order (a malformed SKU id before a later line's bad quantity
 /// or price, and before an earlier line's unknown SKU).
 pub(crate) const RULES_V15: u32 = 6;
+/// The rules from the first `SetRules { rules: 7 }` on, each from an outside probe:
+/// a SKU redefined without `on_hand` keeps its level unjudged, and a stock adjustment
+/// that lowers `on_hand` is judged against `reserved` only, so a level that stock
+/// given back (a cancel, a restocking return, a lowering modification, never refused)
+/// took past `ON_HAND_MAX` can be corrected in steps (before: 400 naming `on_hand`,
+/// which was not sent, or "delta: on_hand would exceed" for a negative delta); an
+/// order's SKU ids are judged before its `order_no` is found taken (before, an empty
+/// id on a line came after 409 `duplicate_order_no`, against the contract's order of
+/// refusals); a shipping step repeated with another tracking number is 409
+/// `invalid_transition` (before: 200, the first number kept, the new one dropped
+/// unsaid).
+pub(crate) const RULES_V16: u32 = 7;
 /// The rules a server of this build logs at start (`Command::SetRules`).
-pub const RULES_CURRENT: u32 = RULES_V15;
+pub const RULES_CURRENT: u32 = RULES_V16;
 
 impl OrderPolicy {
     /// The policy of a state that never logged one: no SLA, no review threshold.

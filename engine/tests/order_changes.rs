@@ -1379,3 +1379,133 @@ fn assert_line_refusal(
         (other, expected) => panic!("{other:?}, expected {expected:?}"),
     }
 }
+
+/// The v1.6 rules (`SetRules { rules: 7 }`), from an outside probe: stock given back
+/// (here a paid order's cancel) may take `on_hand` past `ON_HAND_MAX`, and is never
+/// refused for it; the SKU can then still be redefined without `on_hand` (its level
+/// kept, not judged) and corrected downwards in steps. Under the v1.5 rules both
+/// were refused as if the level had been sent too high.
+#[test]
+fn under_the_v16_rules_a_level_given_back_past_the_limit_can_be_corrected() {
+    use surge_engine::{AdjustReason, SkuDefinition, limits::ON_HAND_MAX};
+    for rules in [6, 7] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let id = w.place("N-1", &[("A", 3, PRICE)]);
+        w.pay(id);
+        let define = |on_hand: Option<u64>, threshold: u64| Command::DefineSkuSale {
+            definition: Box::new(SkuDefinition {
+                sku: "A".into(),
+                name: None,
+                on_hand,
+                low_stock_threshold: Some(threshold),
+                purchase_limit_per_customer: None,
+                sale_starts_at_ms: None,
+                sale_ends_at_ms: None,
+            }),
+        };
+        w.ok(define(Some(ON_HAND_MAX), 0));
+        w.ok(Command::CancelOrder {
+            id,
+            reason: CancelReason::CustomerRequest,
+            note: String::new(),
+            actor: "operator:cs".into(),
+        });
+        assert_eq!(w.stock("A").0, ON_HAND_MAX + 3, "rules {rules}: given back");
+        let lower = Command::AdjustStock {
+            sku: "A".into(),
+            delta: -1,
+            reason: AdjustReason::Correction,
+            note: String::new(),
+            actor: "operator:wh".into(),
+        };
+        let kept = w.run(define(None, 2)).err();
+        let lowered = w.run(lower).err();
+        if rules >= 7 {
+            assert_eq!((kept, lowered), (None, None), "rules {rules}");
+            assert_eq!(w.stock("A").0, ON_HAND_MAX + 2);
+        } else {
+            let refused = Some("validation_failed".to_string());
+            assert_eq!((kept, lowered), (refused.clone(), refused), "rules {rules}");
+            assert_eq!(w.stock("A").0, ON_HAND_MAX + 3);
+        }
+        // Sent, a level past the limit is refused under both, and so is a raise.
+        assert_eq!(
+            w.run(define(Some(ON_HAND_MAX + 1), 0)).err().as_deref(),
+            Some("validation_failed")
+        );
+        let raise = Command::AdjustStock {
+            sku: "A".into(),
+            delta: 1,
+            reason: AdjustReason::Inbound,
+            note: String::new(),
+            actor: "operator:wh".into(),
+        };
+        assert_eq!(w.run(raise).err().as_deref(), Some("validation_failed"));
+        w.check_replay();
+    }
+}
+
+/// The v1.6 rules, from an outside probe: an order's SKU ids are judged before its
+/// order number is found taken (the contract: `validation_failed` first). Under the
+/// v1.5 rules a malformed id came after 409 `duplicate_order_no`.
+#[test]
+fn under_the_v16_rules_a_malformed_sku_id_comes_before_a_taken_order_number() {
+    for rules in [6, 7] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        w.place("N-1", &[("A", 1, PRICE)]);
+        for sku in ["", "bad sku"] {
+            let refused = w.run(place("N-1", &[("A", 1, PRICE), (sku, 1, PRICE)]));
+            let expected = if rules >= 7 {
+                "validation_failed"
+            } else {
+                "duplicate_order_no"
+            };
+            assert_eq!(
+                refused.err().as_deref(),
+                Some(expected),
+                "rules {rules}: {sku:?}"
+            );
+        }
+        // A well-formed unknown SKU on a taken number: the number's 409 still.
+        assert_eq!(
+            w.run(place("N-1", &[("NOPE", 1, PRICE)])).err().as_deref(),
+            Some("duplicate_order_no")
+        );
+        w.check_replay();
+    }
+}
+
+/// The v1.6 rules, from an outside probe: the shipping step repeated with another
+/// tracking number is 409 `invalid_transition` and changes nothing; with the same
+/// number, or none, it stays idempotent. Under the v1.5 rules it answered 200 and
+/// kept the first number, dropping the new one unsaid.
+#[test]
+fn under_the_v16_rules_a_shipment_repeated_with_another_tracking_number_is_refused() {
+    for rules in [6, 7] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let id = w.place("N-1", &[("A", 1, PRICE)]);
+        w.pay(id);
+        w.ship(id); // tracking number "T1"
+        let ship = |tracking_no: &str| Command::AdvanceOrder {
+            id,
+            to: OrderStatus::Shipped,
+            note: String::new(),
+            tracking_no: tracking_no.into(),
+            actor: "operator:wh".into(),
+        };
+        let before = w.order(id);
+        let logged = w.log.len();
+        for same in ["T1", ""] {
+            assert!(w.run(ship(same)).is_ok(), "rules {rules}: {same:?}");
+        }
+        let other = w.run(ship("T2")).err();
+        let expected = (rules >= 7).then(|| "invalid_transition".to_string());
+        assert_eq!(other, expected, "rules {rules}");
+        assert_eq!(w.order(id), before, "rules {rules}: the order changed");
+        assert_eq!(w.log.len(), logged, "rules {rules}: a repeat was logged");
+        w.check_replay();
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, RULES_V14, RULES_V15, State, at_line,
+    Amounts, Ctx, RULES_V1, RULES_V12, RULES_V13, RULES_V14, RULES_V15, RULES_V16, State, at_line,
     check_address, check_line_count, check_qty, check_required_text, check_sku_id, check_text,
     check_ttl, invalid, transition,
 };
@@ -350,6 +350,15 @@ impl State {
             total += line.qty * line.unit_price;
         }
         self.check_order_total(total)?;
+        if self.rules >= RULES_V16 {
+            // Every line's SKU id is judged before the order number is found taken
+            // (`validation_failed` first); an id the index knows is well-formed.
+            for (i, line) in lines.iter().enumerate() {
+                if !self.sku_index.contains_key(line.sku.as_str()) {
+                    check_sku_id(at_line(i, LineField::Sku), &line.sku)?;
+                }
+            }
+        }
         if let Some(&id) = self.order_no_index.get(order_no) {
             return Err(Rejection::DuplicateOrderNo {
                 order_no: order_no.to_string(),
@@ -688,7 +697,25 @@ impl State {
         let step = OrderAction::advancing_to(to).expect("checked above: a fulfilment step");
         let decided = order_transition(from, step, order.facts());
         if decided == Err(TransitionRefusal::AlreadyThere) {
-            return Ok(self.order_reply(id)); // repeating a step: idempotent
+            // Repeating a step is idempotent; repeating the shipment with another
+            // tracking number is not the same step (the v1.6 rules).
+            let kept = order.extra.as_deref().map_or("", |e| &*e.tracking_no);
+            if self.rules >= RULES_V16
+                && to == OrderStatus::Shipped
+                && !tracking_no.is_empty()
+                && tracking_no != kept
+            {
+                let shipped = if kept.is_empty() {
+                    "without a tracking number".to_string()
+                } else {
+                    format!("with tracking number {kept:?}")
+                };
+                return Err(transition(format!(
+                    "order {id} is already shipped {shipped}: a repeat names the same \
+                     number or none; another one ({tracking_no:?}) is not recorded"
+                )));
+            }
+            return Ok(self.order_reply(id));
         }
         if decided == Err(TransitionRefusal::OnHold) {
             return Err(Rejection::OrderOnHold { id, status: from });

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bincode::{Decode, Encode};
 
 use super::{
-    Ctx, RULES_V1, RULES_V12, RULES_V15, State, check_sku_id, check_text, invalid, touch,
-    transition,
+    Ctx, RULES_V1, RULES_V12, RULES_V15, RULES_V16, State, check_sku_id, check_text, invalid,
+    touch, transition,
 };
 use crate::command::{Field, Outcome, Rejection, Reply, SkuDefinition, Violation};
 use crate::domain::{AdjustReason, SkuIdx};
@@ -75,7 +75,10 @@ impl State {
             (None, None) => "".into(),
         };
         check_text(Field::Name, &name, SKU_NAME_LEN_MAX)?;
-        if on_hand > ON_HAND_MAX {
+        // A level kept (not sent) is not judged: stock given back may have taken it
+        // past the limit (the v1.6 rules).
+        let on_hand_judged = definition.on_hand.is_some() || self.rules < RULES_V16;
+        if on_hand_judged && on_hand > ON_HAND_MAX {
             return Err(invalid(
                 Field::OnHand,
                 Violation::AboveMax { max: ON_HAND_MAX },
@@ -197,7 +200,10 @@ impl State {
                 entry.on_hand, entry.reserved
             )));
         }
-        if on_hand > i128::from(ON_HAND_MAX) {
+        // A lowering correction is judged against `reserved` only (the v1.6 rules):
+        // stock given back may have taken the level past the limit.
+        let raises = delta > 0 || self.rules < RULES_V16;
+        if raises && on_hand > i128::from(ON_HAND_MAX) {
             return Err(invalid(
                 Field::Delta,
                 Violation::OnHandAboveMax { max: ON_HAND_MAX },
