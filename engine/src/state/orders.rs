@@ -350,16 +350,17 @@ impl State {
             total += line.qty * line.unit_price;
         }
         self.check_order_total(total)?;
-        if self.rules >= RULES_V16 {
-            // Every line's SKU id is judged before the order number is found taken
-            // (`validation_failed` first); an id the index knows is well-formed.
-            for (i, line) in lines.iter().enumerate() {
-                if !self.sku_index.contains_key(line.sku.as_str()) {
-                    check_sku_id(at_line(i, LineField::Sku), &line.sku)?;
+        if let Some(&id) = self.order_no_index.get(order_no) {
+            if self.rules >= RULES_V16 {
+                // Every line's SKU id is judged before the order number is found
+                // taken (`validation_failed` first; on this refusal path only, so a
+                // new order pays nothing for it): an id the index knows is well-formed.
+                for (i, line) in lines.iter().enumerate() {
+                    if !self.sku_index.contains_key(line.sku.as_str()) {
+                        check_sku_id(at_line(i, LineField::Sku), &line.sku)?;
+                    }
                 }
             }
-        }
-        if let Some(&id) = self.order_no_index.get(order_no) {
             return Err(Rejection::DuplicateOrderNo {
                 order_no: order_no.to_string(),
                 id,
