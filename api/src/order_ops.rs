@@ -14,7 +14,8 @@ use crate::dto::*;
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiQuery;
 use crate::routes::{
-    OrderWrite, check_cancel_reason, csv_field, non_empty, parse_limit, parse_time, read,
+    OrderWrite, check_cancel_reason, csv_field, filter_value, non_empty, parse_limit, parse_time,
+    read,
 };
 use crate::state::{AppState, EXPORT_ROWS_MAX};
 use crate::time::format_ms;
@@ -120,7 +121,8 @@ pub async fn refund_amount(
     call.run(command).await
 }
 
-/// Filters of the ledger and its export; empty values count as absent.
+/// Filters of the ledger and its export. A filter given empty is refused; an empty
+/// `cursor` or `limit` counts as absent.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -185,16 +187,16 @@ fn ledger_filter(
     kind: &Option<String>,
 ) -> Result<LedgerFilter, ApiError> {
     Ok(LedgerFilter {
-        from_ms: parse_time("from", non_empty(from))?,
-        to_ms: parse_time("to", non_empty(to))?,
-        order_id: match non_empty(order_id) {
+        from_ms: parse_time("from", filter_value("from", from)?)?,
+        to_ms: parse_time("to", filter_value("to", to)?)?,
+        order_id: match filter_value("order_id", order_id)? {
             None => None,
             Some(id) => Some(
                 id.parse()
                     .map_err(|()| ApiError::validation("order_id", "not an order id"))?,
             ),
         },
-        kind: match non_empty(kind) {
+        kind: match filter_value("kind", kind)? {
             None => None,
             Some(k) => Some(k.parse::<LedgerKind>().map_err(|()| {
                 ApiError::validation("kind", "must be charge, refund or reversal")

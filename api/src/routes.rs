@@ -757,14 +757,14 @@ macro_rules! order_filter_params {
         }
 
         impl $name {
-            /// The filters, checked (400 `validation_failed` naming the parameter);
-            /// empty values count as absent.
+            /// The filters, checked (400 `validation_failed` naming the parameter,
+            /// an empty value included: see [`filter_value`]).
             pub fn filter(
                 &self,
             ) -> Result<::surge_engine::OrderFilter, $crate::error::ApiError> {
                 use $crate::error::ApiError;
-                use $crate::routes::{non_empty, parse_flag, parse_time};
-                let status = match non_empty(&self.status) {
+                use $crate::routes::{filter_value, parse_flag, parse_time};
+                let status = match filter_value("status", &self.status)? {
                     None => None,
                     Some(s) => Some(s.parse::<::surge_engine::OrderStatus>().map_err(|()| {
                         ApiError::validation("status", format!("unknown order status {s:?}"))
@@ -772,11 +772,11 @@ macro_rules! order_filter_params {
                 };
                 Ok(::surge_engine::OrderFilter {
                     status,
-                    customer_id: non_empty(&self.customer_id).map(str::to_string),
-                    sku: non_empty(&self.sku).map(str::to_string),
-                    created_from_ms: parse_time("created_from", non_empty(&self.created_from))?,
-                    created_to_ms: parse_time("created_to", non_empty(&self.created_to))?,
-                    payment_status: match non_empty(&self.payment_status) {
+                    customer_id: filter_value("customer_id", &self.customer_id)?.map(str::to_string),
+                    sku: filter_value("sku", &self.sku)?.map(str::to_string),
+                    created_from_ms: parse_time("created_from", filter_value("created_from", &self.created_from)?)?,
+                    created_to_ms: parse_time("created_to", filter_value("created_to", &self.created_to)?)?,
+                    payment_status: match filter_value("payment_status", &self.payment_status)? {
                         None => None,
                         Some(p) => Some(p.parse::<::surge_engine::PaymentStatus>().map_err(
                             |()| {
@@ -787,10 +787,10 @@ macro_rules! order_filter_params {
                             },
                         )?),
                     },
-                    order_no_prefix: non_empty(&self.order_no).map(str::to_string),
-                    channel: non_empty(&self.channel).map(str::to_string),
-                    delayed: parse_flag("delayed", non_empty(&self.delayed))?,
-                    on_hold: parse_flag("on_hold", non_empty(&self.on_hold))?,
+                    order_no_prefix: filter_value("order_no", &self.order_no)?.map(str::to_string),
+                    channel: filter_value("channel", &self.channel)?.map(str::to_string),
+                    delayed: parse_flag("delayed", filter_value("delayed", &self.delayed)?)?,
+                    on_hold: parse_flag("on_hold", filter_value("on_hold", &self.on_hold)?)?,
                 })
             }
         }
@@ -799,7 +799,8 @@ macro_rules! order_filter_params {
 pub(crate) use order_filter_params;
 
 order_filter_params! {
-    /// Filters of the order list, and its paging; empty values count as absent.
+    /// Filters of the order list, and its paging. A filter given empty is refused;
+    /// an empty `cursor` or `limit` counts as absent (a paging loop's first call).
     pub struct OrderListParams {
         /// `next_cursor` of the previous page (list only).
         pub cursor: Option<String>,
@@ -820,6 +821,23 @@ pub(crate) fn parse_flag(field: &str, text: Option<&str>) -> Result<Option<bool>
 
 pub(crate) fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// A list filter's value: an empty one (`customer_id=`) is 400 naming it, never
+/// read as no filter, so a client that meant to narrow the list and sent an empty
+/// value (an unset variable) is told, and is not answered with everything (every
+/// customer's orders, say). Omitting the parameter lists without the filter.
+pub(crate) fn filter_value<'a>(
+    name: &str,
+    value: &'a Option<String>,
+) -> Result<Option<&'a str>, ApiError> {
+    match value.as_deref() {
+        Some("") => Err(ApiError::validation(
+            name,
+            "empty: omit the parameter to list without this filter",
+        )),
+        other => Ok(other),
+    }
 }
 
 /// How a time is written in a query string: `+` there is read as a space.
