@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready as ready_poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderValue, Request, header};
+use axum::http::{HeaderMap, HeaderValue, Request, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use hyper::body::{Frame, SizeHint};
@@ -53,6 +53,7 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let body_declared = declares_body(request.headers());
+        let version = request.version();
         let answer = match gate::refusal(request.headers(), self.body_limit_bytes) {
             Some(refused) => Some(refused.into_response()),
             None => {
@@ -63,7 +64,7 @@ where
             // Answered here: the body, if one comes, was not read.
             Some(mut answer) => {
                 if body_declared {
-                    close_after(&mut answer);
+                    close_after(&mut answer, version);
                 }
                 Either::Left(ready(Ok(answer)))
             }
@@ -78,6 +79,7 @@ where
                 Either::Right(Either::Right(CloseUnlessRead {
                     answer: self.inner.call(request),
                     read_to_end,
+                    version,
                 }))
             }
             None => Either::Right(Either::Left(self.inner.call(request))),
@@ -107,6 +109,7 @@ pin_project_lite::pin_project! {
         #[pin]
         answer: F,
         read_to_end: Arc<AtomicBool>,
+        version: Version,
     }
 }
 
@@ -119,8 +122,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut response) = ready_poll!(this.answer.poll(cx));
-        if !this.read_to_end.load(Ordering::Acquire) {
-            close_after(&mut response);
+        let closes = response
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if closes || !this.read_to_end.load(Ordering::Acquire) {
+            close_after(&mut response, *this.version);
         }
         Poll::Ready(Ok(response))
     }
@@ -156,10 +163,17 @@ impl hyper::body::Body for Watched {
     }
 }
 
-fn close_after(response: &mut Response) {
+/// `Connection: close` on `response` to a request of HTTP `version`. To an HTTP/1.0
+/// request the answer is marked HTTP/1.0 as well: hyper otherwise appends
+/// `keep-alive` for a 1.0 client that asked for it (`close, keep-alive`), and such a
+/// client sent its next request on a connection the server then closed.
+fn close_after(response: &mut Response, version: Version) {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if version == Version::HTTP_10 {
+        *response.version_mut() = Version::HTTP_10;
+    }
 }
 
 /// The API's answer on a node whose state diverged from the replicated log's

@@ -64,16 +64,18 @@ pub fn refusal(headers: &HeaderMap, body_limit_bytes: u64) -> Option<ApiError> {
             return Some(ApiError::validation(shown, "given more than once"));
         }
     }
-    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split(',')
-                .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"))
-        })
-    });
-    if encoded {
+    if names_a_coding_but(headers, header::CONTENT_ENCODING, "identity") {
         return Some(unsupported(
             "Content-Encoding",
             "Content-Encoding: the body must be sent as it is (no encoding)",
+        ));
+    }
+    // hyper frames `gzip, chunked` as chunked and hands the body on still encoded:
+    // refused like a `Content-Encoding`, or a compressed body would be read as text.
+    if names_a_coding_but(headers, header::TRANSFER_ENCODING, "chunked") {
+        return Some(unsupported(
+            "Transfer-Encoding",
+            "Transfer-Encoding: only chunked framing is taken (no compression)",
         ));
     }
     let charset = headers
@@ -88,6 +90,16 @@ pub fn refusal(headers: &HeaderMap, body_limit_bytes: u64) -> Option<ApiError> {
         ));
     }
     None
+}
+
+/// Whether the `name` headers list a coding other than `allowed` (or are unreadable).
+fn names_a_coding_but(headers: &HeaderMap, name: header::HeaderName, allowed: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|coding| !coding.trim().eq_ignore_ascii_case(allowed))
+        })
+    })
 }
 
 /// A `validation_failed` with this status, naming `field`.
@@ -192,6 +204,18 @@ mod tests {
             ))
         );
         assert_eq!(refused(&[("content-encoding", "identity")]), None);
+        for coded in ["gzip, chunked", "deflate,chunked", "identity"] {
+            assert_eq!(
+                refused(&[("transfer-encoding", coded)]),
+                Some((
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    field("Transfer-Encoding")
+                )),
+                "{coded}"
+            );
+        }
+        assert_eq!(refused(&[("transfer-encoding", "chunked")]), None);
+        assert_eq!(refused(&[("transfer-encoding", "Chunked")]), None);
         for charset in ["utf-16", "latin1", "\"iso-8859-1\""] {
             let value = format!("application/json; charset={charset}");
             assert_eq!(

@@ -155,6 +155,11 @@ struct ServeArgs {
     #[arg(long, env = "SURGE_HTTP_CONNECTIONS_MAX", default_value_t = surge_api::serve::CONNECTIONS_MAX_DEFAULT as u64,
         value_parser = clap::value_parser!(u64).range(surge_api::serve::CONNECTIONS_MAX_RANGE))]
     http_connections_max: u64,
+    /// On a stop, how long connections may take to finish what they are in
+    /// (100 to 600000); past it they are closed and the engine stops.
+    #[arg(long, env = "SURGE_HTTP_DRAIN_TIMEOUT_MS", default_value_t = surge_api::serve::DRAIN_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(surge_api::serve::DRAIN_TIMEOUT_MS_RANGE))]
+    http_drain_timeout_ms: u64,
     /// Operations accepted in one `/v1/batch` request (at most 10000).
     #[arg(long, env = "SURGE_BATCH_OPS_MAX", default_value_t = surge_api::state::BATCH_OPS_MAX)]
     batch_ops_max: usize,
@@ -413,6 +418,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         request_timeout_ms: args.request_timeout_ms,
         body_timeout_ms,
         header_read_timeout_ms: args.http_header_timeout_ms,
+        drain_timeout_ms: args.http_drain_timeout_ms,
         connections_max: usize::try_from(args.http_connections_max)
             .expect("the range of --http-connections-max fits a usize"),
         batch_ops_max: args.batch_ops_max,
@@ -565,6 +571,7 @@ async fn run(
             state.config().header_read_timeout_ms,
         ),
         connections_max: state.config().connections_max,
+        drain_timeout: std::time::Duration::from_millis(state.config().drain_timeout_ms),
     };
     let mut stop = state.shutdown_signal();
     let server = tokio::spawn(surge_api::serve::serve(listener, app, limits, async move {

@@ -11,6 +11,15 @@
 //!   accepting until one closes: the kernel's backlog holds the rest, instead of
 //!   every descriptor of the process going to idle sockets.
 //!
+//! - **A client that half-closes still gets its answer** (hyper's `half_close`):
+//!   one that sent its request and shut down its sending side was answered with
+//!   nothing while its write was carried out, so a retry without a key applied it
+//!   twice.
+//! - **Shutdown drains for at most `drain_timeout`**: a connection still open then
+//!   (half a request head, a slow body) is closed, so a stop never waits for the
+//!   header timeout (75 s) while an orchestrator is about to kill the process and
+//!   lose its shutdown snapshot.
+//!
 //! Everything else is as `axum::serve` does it: one task per connection serving
 //! HTTP/1.1 with upgrades, accept errors other than a peer's reset waited out for a
 //! second (the process may be out of descriptors), and on shutdown the listener
@@ -38,12 +47,20 @@ use tower::ServiceExt as _;
 pub struct ServeLimits {
     pub header_read_timeout: Duration,
     pub connections_max: usize,
+    /// How long a connection may take to finish once shutdown began.
+    pub drain_timeout: Duration,
 }
 
 /// Default of [`ServeLimits::header_read_timeout`].
 pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 75_000;
 /// Bounds of [`ServeLimits::header_read_timeout`], in milliseconds.
 pub const HEADER_READ_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+/// Default of [`ServeLimits::drain_timeout`], in milliseconds: a write in flight
+/// is answered within milliseconds and an export of the largest list within
+/// seconds; 10 s stays well inside the 30 s an orchestrator commonly allows a stop.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Bounds of [`ServeLimits::drain_timeout`], in milliseconds.
+pub const DRAIN_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
 /// Default of [`ServeLimits::connections_max`].
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 /// Bounds of [`ServeLimits::connections_max`].
@@ -92,7 +109,8 @@ pub async fn serve(
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout)
+                .half_close(true);
             let mut connection = pin!(
                 builder
                     .serve_connection(TokioIo::new(stream), service)
@@ -106,8 +124,13 @@ pub async fn serve(
                 }
                 _ = stop.changed() => {
                     connection.as_mut().graceful_shutdown();
-                    if let Err(e) = connection.await {
-                        tracing::trace!("connection ended: {e:#}");
+                    match tokio::time::timeout(limits.drain_timeout, connection).await {
+                        Ok(Err(e)) => tracing::trace!("connection ended: {e:#}"),
+                        Ok(Ok(())) => {}
+                        Err(_) => tracing::debug!(
+                            drain_timeout_ms = limits.drain_timeout.as_millis() as u64,
+                            "connection still open when the drain ended: closed"
+                        ),
                     }
                 }
             }

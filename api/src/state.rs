@@ -31,6 +31,8 @@ pub struct ApiConfig {
     /// A request's headers must arrive within this, or the connection is closed
     /// (`serve::ServeLimits`).
     pub header_read_timeout_ms: u64,
+    /// How long connections may take to finish once a stop began (`serve`).
+    pub drain_timeout_ms: u64,
     /// Connections served at once (`serve::ServeLimits`).
     pub connections_max: usize,
     /// Operations in one `/v1/batch` request.
@@ -85,6 +87,7 @@ impl Default for ApiConfig {
             request_timeout_ms: 10_000,
             body_timeout_ms: 5_000,
             header_read_timeout_ms: crate::serve::HEADER_READ_TIMEOUT_MS_DEFAULT,
+            drain_timeout_ms: crate::serve::DRAIN_TIMEOUT_MS_DEFAULT,
             connections_max: crate::serve::CONNECTIONS_MAX_DEFAULT,
             batch_ops_max: BATCH_OPS_MAX,
             idempotency_window_floor_ms: surge_engine::limits::IDEMPOTENCY_WINDOW_FLOOR_MS_DEFAULT,

@@ -1409,6 +1409,112 @@ fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
     }
 }
 
+/// A client that sends its request and then shuts down its sending side gets its
+/// answer (hyper's `half_close`): it got none, while its write was carried out, so a
+/// retry without a key applied it twice (an outside probe, 6 times of 6).
+#[test]
+fn a_client_that_half_closes_gets_its_answer() {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpStream};
+    let dir = TempDir::new("v11-half-close");
+    let s = Server::start(&dir.data(), "v11-half-close");
+    s.define("A", 5);
+    let body = r#"{"lines":[{"sku":"A","qty":1}]}"#;
+    for request in [
+        format!(
+            "POST /v1/reservations HTTP/1.1\r\nHost: surge\r\nAuthorization: {STOREFRONT}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        format!("GET /v1/orders HTTP/1.1\r\nHost: surge\r\nAuthorization: {ADMIN}\r\n\r\n"),
+    ] {
+        let mut stream = TcpStream::connect(s.addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let answer = raw_read_to_end(&mut stream, std::time::Duration::from_secs(10));
+        let status = if request.starts_with("POST") {
+            "201"
+        } else {
+            "200"
+        };
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request}: {answer:?}"
+        );
+    }
+    let sku = s.as_(ADMIN, "GET", "/v1/skus/A", None);
+    assert_eq!(
+        sku.json()["available"],
+        4,
+        "the one reservation, once: {}",
+        sku.body
+    );
+}
+
+/// An HTTP/1.0 client that asked to keep the connection and is refused before its
+/// body is read is told `close` alone, and the connection closes: hyper appended
+/// `keep-alive` (`close, keep-alive`), and such a client's next request was lost.
+#[test]
+fn an_http_1_0_client_told_to_close_is_not_told_keep_alive() {
+    use std::io::Write;
+    let dir = TempDir::new("v11-http10");
+    let s = Server::start(&dir.data(), "v11-http10");
+    let body = r#"{"lines":[{"sku":"A","qty":1}]}"#;
+    for (path, token) in [("/v1/reservations", ""), ("/v1/nowhere", ADMIN)] {
+        let authorization = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: {token}\r\n")
+        };
+        let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.0\r\nConnection: keep-alive\r\n{authorization}\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let answer = raw_read_to_end(&mut stream, std::time::Duration::from_secs(10));
+        let head = answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(head.contains("\r\nconnection: close\r\n"), "{path}: {head}");
+        assert!(!head.contains("keep-alive"), "{path}: {head}");
+    }
+}
+
+/// A stop closes connections still open after the drain timeout (here one holding
+/// half a request head) instead of waiting for the header timeout (75 s), and
+/// stops cleanly: an orchestrator would have killed it first, losing the snapshot.
+#[test]
+fn a_stop_drains_connections_for_at_most_the_drain_timeout() {
+    use std::io::Write;
+    let dir = TempDir::new("v11-drain");
+    let s = Server::start_with(
+        &dir.data(),
+        "v11-drain",
+        &[("SURGE_HTTP_DRAIN_TIMEOUT_MS", "500")],
+    );
+    let mut half = std::net::TcpStream::connect(s.addr).unwrap();
+    half.write_all(b"POST /v1/reservations HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // The request head has reached the server once it answers on another
+    // connection (one task serves each, in order of arrival).
+    assert_eq!(
+        s.as_(ADMIN, "GET", "/healthz", None).status,
+        200,
+        "the server answers"
+    );
+    let status = s.sigterm_and_wait();
+    assert!(status.success(), "exit status {status:?}");
+    drop(half);
+}
+
 /// All `stream` sends until the server closes it, within `within`.
 fn raw_read_to_end(stream: &mut std::net::TcpStream, within: std::time::Duration) -> String {
     use std::io::Read;
