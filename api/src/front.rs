@@ -179,11 +179,14 @@ fn close_after(response: &mut Response, version: Version) {
 /// The API's answer on a node whose state diverged from the replicated log's
 /// (`EngineHandle::reads_refused`: a fenced former leader restarted with a tail it
 /// never published): 503 `not_leader` for every `/v1/` request, reads included.
-/// The operations endpoints (`/healthz`, `/readyz`, `/metrics`) still answer.
+/// The operations endpoints (`/healthz`, `/readyz`, `/metrics`) still answer, and
+/// a caller without a valid token is answered 401 by the router first (it was told
+/// the node's state instead).
 fn diverged(state: &AppState, request: &Request<Body>) -> Option<Response> {
     if !request.uri().path().starts_with("/v1/") {
         return None;
     }
     let refusal = state.engine_opt()?.reads_refused()?;
+    crate::auth::authenticate(state, request.headers()).ok()?;
     Some(crate::error::ApiError::from_engine(refusal).into_response())
 }

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::auth::{Admin, Auth};
 use crate::error::ApiError;
 use crate::extract::{NoBody, NoQuery};
+use crate::replication::PromoteError;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,8 +97,8 @@ pub fn readiness(st: &AppState) -> Result<StatusBody, ApiError> {
 #[utoipa::path(post, path = "/v1/admin/promote", tag = "operations",
     responses(
         (status = 200, description = "This standby caught up with the stream, fenced it, and is the leader now, taking writes (in `replicated` mode the answer waits, at most 5 s, for the stream to be resumed; past that writes are refused until it is, and `/readyz` says why). `lost_lsns` counts what the old leader announced durable beyond the stream: a lower bound in `sync` mode, where what it acknowledged while cut off from the stream went unannounced", body = crate::replication::Promotion, headers(("Surge-Lsn" = u64, description = "The promotion's `lsn`: the last record the new leader holds"))),
-        (status = 409, description = "`invalid_transition`: this node is not a standby", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`storage_unavailable`: the stream could not be reached or fenced; or `overloaded` when the request timed out first, in which case the promotion runs on to its end (`/readyz` says `ready` once it led, `standby` if it gave up)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_transition`: this node is not a standby, or a promotion of it is under way", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`storage_unavailable`: this standby cannot write, or the stream could not be reached (within 2 s) or fenced: nothing was fenced, the leader goes on; or the stream was fenced and what came before it could not be taken (the message says so: promote again); or `overloaded` when the request timed out first, in which case the promotion runs on to its end (`/readyz` says `ready` once it led, `standby` if it gave up)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn promote(
     State(st): State<AppState>,
@@ -116,10 +117,10 @@ pub async fn promote(
             ));
         }
     };
-    let promotion = standby
-        .promote()
-        .await
-        .map_err(ApiError::storage_unavailable)?;
+    let promotion = standby.promote().await.map_err(|e| match e {
+        PromoteError::NotNow(why) => ApiError::new(StatusCode::CONFLICT, "invalid_transition", why),
+        PromoteError::Unable(why) | PromoteError::Failed(why) => ApiError::storage_unavailable(why),
+    })?;
     let lsn = promotion.lsn;
     Ok(crate::routes::with_surge_lsn(
         axum::Json(promotion).into_response(),

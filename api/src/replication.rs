@@ -67,6 +67,14 @@ const PROMOTE_ATTEMPTS: usize = 20;
 /// open writes (`replicated` mode: it resumes the stream first). Past it the node
 /// leads with writes refused until the stream is back, and `/readyz` says so.
 const PROMOTE_WRITABLE_WAIT: Duration = Duration::from_secs(5);
+/// Messages a fenced node walks back to find its own last one
+/// ([`NatsLink::own_records_through`]).
+const OWN_RECORDS_SEARCH_MAX: usize = 100_000;
+/// How long a promotion waits for the stream's end before it fences anything: a
+/// stream out of reach refuses the promotion at once (it answered 503 after the
+/// request timeout, then went on in the background and deposed the leader when the
+/// stream came back, while `/readyz` said `standby`).
+const PROMOTE_REACH_WAIT: Duration = Duration::from_secs(2);
 
 /// A connection to the NATS server and this node's identity in the stream.
 pub struct NatsLink {
@@ -142,6 +150,40 @@ impl NatsLink {
     /// The stream's last sequence and the last LSN and node its last message names.
     async fn log_end(&self) -> Result<LogEnd, String> {
         log_end_of(&self.log_stream().await?).await
+    }
+
+    /// The last LSN, at most `lsn`, up to which the stream holds this node's own
+    /// records (`None`: not found within [`OWN_RECORDS_SEARCH_MAX`] messages). A
+    /// node leads once, so its messages are one run, in LSN order; those after its
+    /// run that carry LSNs up to `lsn` are the next leader's (at most one per LSN
+    /// this node logged past its run), so the walk back from the first message at
+    /// or past `lsn` is short.
+    async fn own_records_through(&self, lsn: u64) -> Result<Option<u64>, String> {
+        let stream = self.log_stream().await?;
+        let end = log_end_of(&stream).await?;
+        let first = first_message_after(&stream, lsn.saturating_sub(1), end.seq).await?;
+        let mut seq = first.min(end.seq);
+        for _ in 0..OWN_RECORDS_SEARCH_MAX {
+            if seq == 0 {
+                return Ok(Some(0));
+            }
+            let message = match stream.get_raw_message(seq).await {
+                Ok(message) => message,
+                // A gap (a deleted message): look before it.
+                Err(_) => {
+                    seq -= 1;
+                    continue;
+                }
+            };
+            let last = header_u64(&message.headers, HDR_LAST_LSN).unwrap_or(0);
+            // Its own message: records it logged, or its fence, which states the
+            // stream's end it had caught up with.
+            if header_u64(&message.headers, HDR_NODE) == Some(self.node) {
+                return Ok(Some(last.min(lsn)));
+            }
+            seq -= 1;
+        }
+        Ok(None)
     }
 
     /// Publish `records` (possibly none: a fence) as messages stating that the
@@ -387,6 +429,17 @@ impl LogPublisher for NatsPublisher {
     fn resume(&mut self) -> Result<u64, PublishError> {
         let rt = self.link.rt.clone();
         rt.block_on(self.resume_async())
+    }
+
+    fn published_through(&mut self, lsn: u64) -> Option<u64> {
+        let rt = self.link.rt.clone();
+        match rt.block_on(self.link.own_records_through(lsn)) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("how far the stream holds this node's records: {e}");
+                None
+            }
+        }
     }
 
     fn publish(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), PublishError> {
@@ -638,27 +691,60 @@ impl Standby {
     /// Catch up with the stream, fence it, and hand the engine a publisher: from
     /// now on this node is the leader.
     /// A promotion that fails leaves this node a standby, following again.
-    pub async fn promote(self: &Arc<Self>) -> Result<Promotion, String> {
+    pub async fn promote(self: &Arc<Self>) -> Result<Promotion, PromoteError> {
         // On a task of its own: the request's timeout drops the caller's future, and
         // a promotion dropped between stopping the follow task and restarting it left
         // the standby following nothing, for good. It runs to its end either way.
         let this = Arc::clone(self);
         tokio::spawn(async move { this.promote_to_the_end().await })
             .await
-            .map_err(|e| format!("the promotion task failed: {e}"))?
+            .map_err(|e| PromoteError::Failed(format!("the promotion task failed: {e}")))?
     }
 
-    async fn promote_to_the_end(self: Arc<Self>) -> Result<Promotion, String> {
-        let mut follower = self.follower.lock().await;
+    async fn promote_to_the_end(self: Arc<Self>) -> Result<Promotion, PromoteError> {
+        let Ok(mut follower) = self.follower.try_lock() else {
+            return Err(PromoteError::NotNow(
+                "a promotion of this node is already under way".into(),
+            ));
+        };
         if self.engine.role() != surge_engine::Role::Standby {
-            // Another promotion finished while this one waited for the lock.
-            return Err("this node is no longer a standby".into());
+            // Another promotion finished just before this one.
+            return Err(PromoteError::NotNow(
+                "this node is no longer a standby".into(),
+            ));
+        }
+        // What would make the promotion fail after its fence is checked before it:
+        // a fence without a new leader leaves no node taking writes (an outside
+        // probe: a standby on a full disk fenced a healthy leader, then could not
+        // apply what came before the fence).
+        if let Some(problem) = self.engine.storage_problem() {
+            return Err(PromoteError::Unable(format!(
+                "this standby cannot write ({problem}): promoting it would fence the \
+                 leader and leave no node taking writes; nothing was fenced"
+            )));
+        }
+        match tokio::time::timeout(PROMOTE_REACH_WAIT, self.link.log_end()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(PromoteError::Unable(format!(
+                    "the replicated log cannot be read ({e}); nothing was fenced"
+                )));
+            }
+            Err(_) => {
+                return Err(PromoteError::Unable(format!(
+                    "the replicated log did not answer within {PROMOTE_REACH_WAIT:?}; \
+                     nothing was fenced"
+                )));
+            }
         }
         if let Some((stop, task)) = follower.take() {
             let _ = stop.send(true);
             let _ = task.await;
         }
-        let promoted = self.catch_up_and_fence().await;
+        let promoted = self
+            .catch_up_and_fence()
+            .await
+            .map_err(PromoteError::Failed);
         if promoted.is_err() {
             *follower = Some(Arc::clone(&self).spawn_follower());
         }
@@ -750,6 +836,30 @@ impl Standby {
         };
         tracing::warn!(?promotion, "promoted to leader");
         Ok(promotion)
+    }
+}
+
+/// Why a promotion did not happen.
+#[derive(Debug)]
+pub enum PromoteError {
+    /// This node cannot be promoted now (not a standby, or a promotion of it is
+    /// under way): 409 `invalid_transition`. Nothing was fenced.
+    NotNow(String),
+    /// The checks before the fence failed (this standby cannot write, the stream
+    /// cannot be reached): 503 `storage_unavailable`. Nothing was fenced.
+    Unable(String),
+    /// The fence or the catch-up after it failed: 503 `storage_unavailable`. The
+    /// message says whether the stream was fenced.
+    Failed(String),
+}
+
+impl std::fmt::Display for PromoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PromoteError::NotNow(why) | PromoteError::Unable(why) | PromoteError::Failed(why) => {
+                f.write_str(why)
+            }
+        }
     }
 }
 

@@ -195,14 +195,20 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
     let fenced = leader.as_(STOREFRONT, "POST", "/v1/batch", Some(batch_body));
     fenced.assert_problem(503, "not_leader");
     assert!(fenced.body.contains("fenced"), "{}", fenced.body);
-    // Restarted, it recovered its whole log, the write the fence refused included,
-    // which the new leader never had: it reads nothing (an outside probe saw a hold
-    // under an id the new leader gave another).
+    // Restarted, it learns from the stream how far the stream holds its records:
+    // all of them (it found the fence before any write, so the refused ones were
+    // never logged). It reads as it did before the restart, and takes no write. It
+    // used to count its whole log as never published ("LSN 1 to N") and refuse
+    // every read (an outside probe, with `lost_lsns: 0` on the promotion).
+    for id in &acked {
+        let read = leader.admin("GET", &format!("/v1/reservations/{id}"), None);
+        assert_eq!(read.status, 200, "{id}: {}", read.body);
+    }
     for path in ["/v1/skus/HOT", "/v1/events?after=0", "/v1/skus"] {
         let read = leader.admin("GET", path, None);
-        read.assert_problem(503, "not_leader");
-        assert!(read.body.contains("never got"), "{path}: {}", read.body);
+        assert_eq!(read.status, 200, "{path}: {}", read.body);
     }
+    reserve(&leader).assert_problem(503, "not_leader");
     // Its data dir may end in records the stream never got: it cannot be a standby's.
     drop(leader);
     let refusal = exits_with(&leader_dir, &[("SURGE_STANDBY", &url)]);
@@ -265,6 +271,17 @@ struct LeaderAndStandby {
 impl LeaderAndStandby {
     /// `tag` names the temp dirs and logs; `standby_env` adds to the standby's.
     fn start(tag: &str, standby_env: &[(&str, &str)]) -> LeaderAndStandby {
+        LeaderAndStandby::start_on(tag, standby_env, None, "replicated")
+    }
+
+    /// The standby's data in `standby_data` (a small file system, say) when given;
+    /// the leader with `leader_durability`.
+    fn start_on(
+        tag: &str,
+        standby_env: &[(&str, &str)],
+        standby_data: Option<&std::path::Path>,
+        leader_durability: &str,
+    ) -> LeaderAndStandby {
         let port = free_port();
         let nats_dir = TempDir::new(&format!("nats-{tag}"));
         let url = format!("nats://127.0.0.1:{port}");
@@ -275,13 +292,14 @@ impl LeaderAndStandby {
             &leader_dir.data(),
             &format!("leader-{tag}"),
             &[
-                ("SURGE_DURABILITY", "replicated"),
+                ("SURGE_DURABILITY", leader_durability),
                 ("SURGE_REPLICATE_TO", &url),
             ],
         );
         let mut env = vec![("SURGE_STANDBY", url.as_str())];
         env.extend_from_slice(standby_env);
-        let standby = Server::start_with(&standby_dir.data(), &format!("standby-{tag}"), &env);
+        let standby_data = standby_data.map_or_else(|| standby_dir.data(), |d| d.to_path_buf());
+        let standby = Server::start_with(&standby_data, &format!("standby-{tag}"), &env);
         LeaderAndStandby {
             port,
             nats_dir,
@@ -303,32 +321,32 @@ impl LeaderAndStandby {
     }
 }
 
-/// A promotion the request's timeout cut short while the stream was down (the
-/// request answered 503) runs to its end once the stream is back: the standby leads
-/// with every acknowledged write, and the old leader is fenced. It used to be
-/// dropped between stopping the follow task and restarting it: the standby then
-/// followed nothing, for good, and reported no lag.
+/// A promotion asked while the stream is down is refused at once, with nothing
+/// fenced: the leader is not deposed when the stream comes back, the standby goes on
+/// following, and a promotion asked then succeeds. It used to answer 503 only at
+/// the request timeout, then run on in the background and depose the leader when
+/// the stream came back (an outside probe: 15 to 40 s later), while `/readyz` said
+/// `standby`, as for a promotion that gave up.
 #[test]
-fn a_promotion_cut_short_by_the_request_timeout_runs_to_its_end() {
-    let pair = LeaderAndStandby::start("promote", &[("SURGE_REQUEST_TIMEOUT_MS", "1000")]);
+fn a_promotion_while_the_stream_is_down_is_refused_and_fences_nothing() {
+    let pair = LeaderAndStandby::start("promote-down", &[]);
     let (leader, standby) = (&pair.leader, &pair.standby);
     leader.define("HOT", 10_000);
     let acked = load(leader, 2, 10);
     wait_caught_up("the standby to hold every write", leader, standby);
     pair.stop_nats();
-    let promoted = standby.admin("POST", "/v1/admin/promote", None);
-    promoted.assert_problem(503, "overloaded");
-    // The timeout's answer says the outcome is not known yet.
-    assert!(
-        promoted.body.contains("may still take effect"),
-        "{}",
-        promoted.body
-    );
+    assert_promotion_refused_unfenced(standby);
     pair.start_nats();
-    eventually("the promotion to finish once the stream is back", || {
-        standby.call("GET", "/readyz", &[], None).json()["status"] == "ready"
-    });
-    for id in &acked {
+    leader.wait_ready();
+    let later = load(leader, 2, 10);
+    wait_caught_up("the standby to follow the leader again", leader, standby);
+    assert_eq!(
+        standby.call("GET", "/readyz", &[], None).json()["status"],
+        "standby"
+    );
+    let promoted = standby.admin("POST", "/v1/admin/promote", None);
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    for id in acked.iter().chain(&later) {
         let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
         assert_eq!(
             r.status, 200,
@@ -337,6 +355,121 @@ fn a_promotion_cut_short_by_the_request_timeout_runs_to_its_end() {
     }
     assert_eq!(reserve(standby).status, 201);
     reserve(leader).assert_problem(503, "not_leader");
+    // Asked again, the new leader is no standby: 409, not a storage problem.
+    standby
+        .admin("POST", "/v1/admin/promote", None)
+        .assert_problem(409, "invalid_transition");
+}
+
+/// A standby that cannot write (its file system has no room for a segment) is
+/// refused a promotion before anything is fenced, and the leader goes on taking
+/// writes. Fencing first, it used to depose a healthy leader and then fail to apply
+/// what came before the fence, leaving no node taking writes (an outside probe).
+/// Mounts a 16 MiB tmpfs: needs root, like `wal/tests/full_disk.rs`
+/// (`SURGE_SKIP_MOUNT_TESTS=1` skips it).
+#[test]
+fn a_standby_that_cannot_write_is_not_promoted_and_the_leader_goes_on() {
+    if std::env::var_os("SURGE_SKIP_MOUNT_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("skipped: SURGE_SKIP_MOUNT_TESTS=1");
+        return;
+    }
+    let mount_dir = TempDir::new("standby-full-disk");
+    let mount_point = mount_dir.path().join("mnt");
+    std::fs::create_dir(&mount_point).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&mount_point)
+        .output()
+        .expect("running mount");
+    assert!(
+        mounted.status.success(),
+        "mounting a tmpfs needs root; SURGE_SKIP_MOUNT_TESTS=1 skips this test: {}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(&mount_point);
+    let pair = LeaderAndStandby::start_on("full-standby", &[], Some(&mount_point), "replicated");
+    let (leader, standby) = (&pair.leader, &pair.standby);
+    leader.define("HOT", 10_000);
+    load(leader, 2, 10);
+    eventually("the standby to report that it cannot write", || {
+        standby
+            .call("GET", "/metrics", &[], None)
+            .body
+            .contains("surge_engine_writes_refused 1")
+    });
+    assert_promotion_refused_unfenced(standby);
+    assert_eq!(reserve(leader).status, 201, "the leader was deposed");
+    assert_eq!(leader.call("GET", "/readyz", &[], None).status, 200);
+    drop(pair);
+}
+
+/// A `sync` leader that acknowledged writes while NATS was down, killed before it
+/// could publish them, and restarted once a standby was promoted, holds records no
+/// other node has: it refuses reads naming exactly those (it learns from the
+/// stream how far its own records reached), and a caller without a valid token is
+/// told 401 first, not the node's state (it was answered 503 with the node's LSNs).
+#[test]
+fn a_fenced_leader_with_an_unpublished_tail_refuses_reads_but_401_comes_first() {
+    let LeaderAndStandby {
+        port,
+        nats_dir: _nats_dir,
+        nats,
+        leader,
+        standby,
+        _dirs: dirs,
+    } = LeaderAndStandby::start_on("tail", &[], None, "sync");
+    leader.define("HOT", 10_000);
+    load(&leader, 2, 10);
+    wait_caught_up("the standby to hold every write", &leader, &standby);
+    let published_through = leader.admin("GET", "/v1/skus/HOT", None).json()["reserved"].clone();
+    nats.replace(None);
+    // Acknowledged in `sync` mode (durable here), never published.
+    let unpublished = load(&leader, 1, 3);
+    leader.kill_9();
+    nats.replace(Some(Nats::start_on(port, &_nats_dir)));
+    let promoted = standby.admin("POST", "/v1/admin/promote", None);
+    assert_eq!(promoted.status, 200, "{}", promoted.body);
+    let url = format!("nats://127.0.0.1:{port}");
+    let old = Server::spawn_with(
+        &dirs[0].data(),
+        "tail-again",
+        &[("SURGE_DURABILITY", "sync"), ("SURGE_REPLICATE_TO", &url)],
+    );
+    eventually("the restarted old leader to find itself fenced", || {
+        reserve(&old).body.contains("not_leader")
+    });
+    let refused = old.admin("GET", "/v1/skus/HOT", None);
+    refused.assert_problem(503, "not_leader");
+    assert!(refused.body.contains("never got"), "{}", refused.body);
+    assert!(!refused.body.contains("LSN 1 to"), "{}", refused.body);
+    old.call("GET", "/v1/skus/HOT", &[], None)
+        .assert_problem(401, "unauthorized");
+    // The new leader never had the tail.
+    for id in &unpublished {
+        let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
+        assert_eq!(r.status, 404, "{id}: {}", r.body);
+    }
+    assert_eq!(published_through, 20, "the load before the outage");
+}
+
+/// `standby`'s promotion is refused before anything is fenced.
+fn assert_promotion_refused_unfenced(standby: &Server) {
+    let refused = standby.admin("POST", "/v1/admin/promote", None);
+    refused.assert_problem(503, "storage_unavailable");
+    assert!(
+        refused.body.contains("nothing was fenced"),
+        "{}",
+        refused.body
+    );
 }
 
 /// Run surge on `dir`'s data dir expecting it to refuse to start; its stderr.

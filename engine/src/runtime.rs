@@ -355,9 +355,10 @@ impl Inner {
         if replicated_leader {
             return (recovered > published).then(|| {
                 Error::StorageUnavailable(format!(
-                    "this node recovered records the replicated log does not hold yet (LSN {} \
-                     to {recovered}), never acknowledged: reads resume once it does",
-                    published + 1
+                    "this node recovered records up to LSN {recovered}, and the replicated \
+                     log does not hold those past LSN {published} as far as it has learned \
+                     (a restarted node learns how far when it resumes the log): reads \
+                     resume once it holds them all"
                 ))
             });
         }
@@ -375,8 +376,8 @@ impl Inner {
         (visible > published).then(|| {
             Error::NotLeader(format!(
                 "this node was fenced by a newer leader and its state holds records the \
-                 replicated log never got from it, as far as it knows (LSN {} to {visible}; a \
-                 restarted node knows of none it published): read from the leader",
+                 replicated log never got from it (LSN {} to {visible}, as far as the log \
+                 told it): read from the leader",
                 published + 1
             ))
         })

@@ -38,6 +38,14 @@ pub trait LogPublisher: Send + 'static {
     /// Publish records (in log order, each after the log's end) and wait for the
     /// replicated log's acknowledgement.
     fn publish(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), PublishError>;
+    /// Once fenced: the last LSN, at most `lsn`, up to which the replicated log
+    /// holds this node's own records (`None`: unknown). A node restarted after it
+    /// was fenced has published nothing in this process, and without it took its
+    /// whole log for unpublished.
+    fn published_through(&mut self, lsn: u64) -> Option<u64> {
+        let _ = lsn;
+        None
+    }
 }
 
 /// Why a publish did not happen.
@@ -206,6 +214,14 @@ impl PublishStage {
                 }
                 Err(PublishError::Fenced(why)) => {
                     let why = format!("fenced by a newer leader: {why}");
+                    let stats = &self.shared.stats;
+                    let held = stats
+                        .durable_lsn
+                        .load(Ordering::Acquire)
+                        .max(stats.recovered_lsn.load(Ordering::Acquire));
+                    if let Some(published) = self.publisher.published_through(held) {
+                        stats.published_lsn.fetch_max(published, Ordering::AcqRel);
+                    }
                     self.shared.set_role(super::Role::Fenced);
                     self.fenced = Some(why);
                 }
