@@ -156,7 +156,9 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(surge_api::serve::CONNECTIONS_MAX_RANGE))]
     http_connections_max: u64,
     /// On a stop, how long connections may take to finish what they are in
-    /// (100 to 600000); past it they are closed and the engine stops.
+    /// (100 to 600000; at least 1000 above --request-timeout-ms whatever is set, so
+    /// a request in flight gets its answer); past it they are closed and the
+    /// engine stops.
     #[arg(long, env = "SURGE_HTTP_DRAIN_TIMEOUT_MS", default_value_t = surge_api::serve::DRAIN_TIMEOUT_MS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(surge_api::serve::DRAIN_TIMEOUT_MS_RANGE))]
     http_drain_timeout_ms: u64,
@@ -571,7 +573,15 @@ async fn run(
             state.config().header_read_timeout_ms,
         ),
         connections_max: state.config().connections_max,
-        drain_timeout: std::time::Duration::from_millis(state.config().drain_timeout_ms),
+        // A request in flight is answered within the request timeout: the drain
+        // outlasts it, or a write cut off unanswered and retried without a key
+        // would be applied twice.
+        drain_timeout: std::time::Duration::from_millis(
+            state
+                .config()
+                .drain_timeout_ms
+                .max(state.config().request_timeout_ms + 1_000),
+        ),
     };
     let mut stop = state.shutdown_signal();
     let server = tokio::spawn(surge_api::serve::serve(listener, app, limits, async move {

@@ -70,6 +70,8 @@ const PROMOTE_WRITABLE_WAIT: Duration = Duration::from_secs(5);
 /// Messages a fenced node walks back to find its own last one
 /// ([`NatsLink::own_records_through`]).
 const OWN_RECORDS_SEARCH_MAX: usize = 100_000;
+/// How long that search may take before the node counts its publication unknown.
+const OWN_RECORDS_SEARCH_WAIT: Duration = Duration::from_secs(10);
 /// How long a promotion waits for the stream's end before it fences anything: a
 /// stream out of reach refuses the promotion at once (it answered 503 after the
 /// request timeout, then went on in the background and deposed the leader when the
@@ -161,20 +163,25 @@ impl NatsLink {
     async fn own_records_through(&self, lsn: u64) -> Result<Option<u64>, String> {
         let stream = self.log_stream().await?;
         let end = log_end_of(&stream).await?;
+        let oldest = stream
+            .get_info()
+            .await
+            .map_err(|e| format!("stream info: {e}"))?
+            .state
+            .first_sequence;
         let first = first_message_after(&stream, lsn.saturating_sub(1), end.seq).await?;
         let mut seq = first.min(end.seq);
         for _ in 0..OWN_RECORDS_SEARCH_MAX {
-            if seq == 0 {
+            if seq == 0 || seq < oldest {
+                // None of its records left in the stream (or none published).
                 return Ok(Some(0));
             }
-            let message = match stream.get_raw_message(seq).await {
-                Ok(message) => message,
-                // A gap (a deleted message): look before it.
-                Err(_) => {
-                    seq -= 1;
-                    continue;
-                }
-            };
+            // The stream is trimmed from its start only: no gap to step over, so a
+            // message that cannot be read ends the search (unknown).
+            let message = stream
+                .get_raw_message(seq)
+                .await
+                .map_err(|e| format!("stream message {seq}: {e}"))?;
             let last = header_u64(&message.headers, HDR_LAST_LSN).unwrap_or(0);
             // Its own message: records it logged, or its fence, which states the
             // stream's end it had caught up with.
@@ -215,9 +222,33 @@ impl NatsLink {
         }
         let mut seq = expected;
         for ack in acks {
-            seq = ack.await?.sequence;
+            let ack = ack.await?;
+            // A repeated id is answered as a success. Ours is a retry whose answer
+            // was lost; another node's under the same id would be the next
+            // leader's first records after a fence (they start at the same LSN):
+            // this node's were not appended, and it must find itself fenced, not go
+            // on after them. The server this was tested on (2.15) judges the
+            // expected last sequence first, so that answer does not come; a server
+            // that judged the id first would give it.
+            if ack.duplicate && !self.holds_own_message(ack.sequence).await {
+                return Err(context::PublishError::new(
+                    context::PublishErrorKind::WrongLastSequence,
+                ));
+            }
+            seq = ack.sequence;
         }
         Ok(seq)
+    }
+
+    /// Whether the stream's message `seq` is this node's (false when unknown).
+    async fn holds_own_message(&self, seq: u64) -> bool {
+        let Ok(stream) = self.log_stream().await else {
+            return false;
+        };
+        stream
+            .get_raw_message(seq)
+            .await
+            .is_ok_and(|message| header_u64(&message.headers, HDR_NODE) == Some(self.node))
     }
 }
 
@@ -433,10 +464,20 @@ impl LogPublisher for NatsPublisher {
 
     fn published_through(&mut self, lsn: u64) -> Option<u64> {
         let rt = self.link.rt.clone();
-        match rt.block_on(self.link.own_records_through(lsn)) {
-            Ok(found) => found,
-            Err(e) => {
+        // The timer is made inside the runtime: this thread is the engine's own.
+        let search = async {
+            tokio::time::timeout(OWN_RECORDS_SEARCH_WAIT, self.link.own_records_through(lsn)).await
+        };
+        match rt.block_on(search) {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
                 tracing::warn!("how far the stream holds this node's records: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "how far the stream holds this node's records: no answer within {OWN_RECORDS_SEARCH_WAIT:?}"
+                );
                 None
             }
         }

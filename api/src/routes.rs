@@ -394,8 +394,9 @@ pub async fn adjust_stock(
     ApiPath(sku): ApiPath<String>,
     ApiJson(req, body): ApiJson<AdjustReq>,
 ) -> Result<Response, ApiError> {
-    // The schema's range: past it no SKU can take the change (`on_hand` stays in
-    // 0..=ON_HAND_MAX), so it is a bad field (400), not a transition refused (409).
+    // The schema's range: a raise past it can never be taken (a raise may not take
+    // `on_hand` past ON_HAND_MAX), so it is a bad field (400), not a transition
+    // refused (409).
     let bound = surge_engine::limits::ON_HAND_MAX as i64;
     if !(-bound..=bound).contains(&req.delta) {
         return Err(ApiError::validation(

@@ -1498,7 +1498,11 @@ fn a_stop_drains_connections_for_at_most_the_drain_timeout() {
     let s = Server::start_with(
         &dir.data(),
         "v11-drain",
-        &[("SURGE_HTTP_DRAIN_TIMEOUT_MS", "500")],
+        // The drain outlasts the request timeout by a second: 2 s here.
+        &[
+            ("SURGE_HTTP_DRAIN_TIMEOUT_MS", "500"),
+            ("SURGE_REQUEST_TIMEOUT_MS", "1000"),
+        ],
     );
     let mut half = std::net::TcpStream::connect(s.addr).unwrap();
     half.write_all(b"POST /v1/reservations HTTP/1.1\r\nHost: x\r\n")

@@ -461,6 +461,77 @@ fn a_fenced_leader_with_an_unpublished_tail_refuses_reads_but_401_comes_first() 
     assert_eq!(published_through, 20, "the load before the outage");
 }
 
+/// A leader whose next messages carry the ids of messages another node already
+/// appended after a fence (the next leader's first records start at the LSN this
+/// node's next ones do) finds itself fenced, and its write is refused, not answered
+/// as replicated. A review asked whether JetStream answers such a repeated id as a
+/// success before it judges the expected last sequence: the server here (2.15)
+/// judges the sequence first (asserted below), and `NatsLink::append` also refuses a
+/// duplicate answer whose stored message is another node's. The test plays the next
+/// leader: a fence, then messages under the ids the old leader's next records take.
+#[test]
+fn a_leader_publishing_under_another_nodes_message_id_finds_itself_fenced() {
+    let pair = LeaderAndStandby::start("dup-id", &[]);
+    let leader = &pair.leader;
+    leader.define("HOT", 10_000);
+    load(leader, 1, 5);
+    let url = format!("nats://127.0.0.1:{}", pair.port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("SURGE_LOG").await.expect("SURGE_LOG");
+        let mut end = stream.get_info().await.expect("info").state.last_sequence;
+        let last = stream.get_raw_message(end).await.expect("the last message");
+        let last_lsn: u64 = last
+            .headers
+            .get("Surge-Last-Lsn")
+            .expect("a last LSN")
+            .as_str()
+            .parse()
+            .unwrap();
+        let other_node = "4242";
+        let ids = std::iter::once("fence-test".to_string())
+            .chain((last_lsn + 1..=last_lsn + 16).map(|lsn| lsn.to_string()));
+        for id in ids {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(Vec::new().into())
+                .message_id(id)
+                .expected_last_sequence(end)
+                .header("Surge-Node", other_node)
+                .header("Surge-Last-Lsn", last_lsn.to_string().as_str());
+            end = js
+                .send_publish("surge.log", message)
+                .await
+                .expect("publish")
+                .await
+                .expect("appended")
+                .sequence;
+        }
+        // A repeated id with a stale expected sequence: refused for the sequence.
+        let stale = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Vec::new().into())
+            .message_id((last_lsn + 1).to_string())
+            .expected_last_sequence(end - 1)
+            .header("Surge-Node", other_node);
+        let answer = js
+            .send_publish("surge.log", stale)
+            .await
+            .expect("publish")
+            .await;
+        let refused = answer.expect_err("a stale expected sequence is refused");
+        assert_eq!(
+            refused.kind(),
+            async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+        );
+    });
+    reserve(leader).assert_problem(503, "not_leader");
+    reserve(leader).assert_problem(503, "not_leader");
+}
+
 /// `standby`'s promotion is refused before anything is fenced.
 fn assert_promotion_refused_unfenced(standby: &Server) {
     let refused = standby.admin("POST", "/v1/admin/promote", None);

@@ -214,6 +214,9 @@ impl PublishStage {
                 }
                 Err(PublishError::Fenced(why)) => {
                     let why = format!("fenced by a newer leader: {why}");
+                    // Fenced first: the search below asks the stream, and a `sync`
+                    // leader must not acknowledge a write meanwhile.
+                    self.shared.set_role(super::Role::Fenced);
                     let stats = &self.shared.stats;
                     let held = stats
                         .durable_lsn
@@ -222,7 +225,6 @@ impl PublishStage {
                     if let Some(published) = self.publisher.published_through(held) {
                         stats.published_lsn.fetch_max(published, Ordering::AcqRel);
                     }
-                    self.shared.set_role(super::Role::Fenced);
                     self.fenced = Some(why);
                 }
                 Err(PublishError::Unavailable(why)) => {
