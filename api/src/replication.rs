@@ -72,6 +72,9 @@ const PROMOTE_WRITABLE_WAIT: Duration = Duration::from_secs(5);
 const OWN_RECORDS_SEARCH_MAX: usize = 100_000;
 /// How long that search may take before the node counts its publication unknown.
 const OWN_RECORDS_SEARCH_WAIT: Duration = Duration::from_secs(10);
+/// How long a promotion goes on trying to fence, past [`PROMOTE_ATTEMPTS`], while
+/// each attempt loses the race to a leader still publishing.
+const PROMOTE_FENCE_RACE_WAIT: Duration = Duration::from_secs(5);
 /// How long a promotion waits for the stream's end before it fences anything: a
 /// stream out of reach refuses the promotion at once (it answered 503 after the
 /// request timeout, then went on in the background and deposed the leader when the
@@ -801,7 +804,16 @@ impl Standby {
     async fn catch_up_and_fence(&self) -> Result<Promotion, String> {
         let mut last_error = String::new();
         let mut fenced = None;
-        for _ in 0..PROMOTE_ATTEMPTS {
+        let started = tokio::time::Instant::now();
+        let mut attempts = 0;
+        // Past the attempts, a race lost to a leader still publishing is tried
+        // again for a while: on a busy box each round trip is slow, and a leader
+        // under load publishes every millisecond or two (CI lost 20 of 20 once).
+        let mut raced = false;
+        while attempts < PROMOTE_ATTEMPTS || (raced && started.elapsed() < PROMOTE_FENCE_RACE_WAIT)
+        {
+            attempts += 1;
+            raced = false;
             let end = match self.link.log_end().await {
                 Ok(end) => end,
                 Err(e) => {
@@ -818,13 +830,15 @@ impl Standby {
                 }
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
                     last_error = "the stream moved on while fencing".into();
+                    raced = true;
                 }
                 Err(e) => last_error = format!("fence: {e}"),
             }
         }
         let Some((end, fence_sequence)) = fenced else {
             return Err(format!(
-                "could not fence the stream in {PROMOTE_ATTEMPTS} attempts: {last_error}"
+                "could not fence the stream in {attempts} attempts over {:?}: {last_error}",
+                started.elapsed()
             ));
         };
         // Nothing can be added before the fence now: take all of it.
