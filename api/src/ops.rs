@@ -119,7 +119,7 @@ pub async fn promote(
     };
     let promotion = standby.promote().await.map_err(|e| match e {
         PromoteError::NotNow(why) => ApiError::new(StatusCode::CONFLICT, "invalid_transition", why),
-        PromoteError::Unable(why) | PromoteError::Failed(why) => ApiError::storage_unavailable(why),
+        PromoteError::Unavailable(why) => ApiError::storage_unavailable(why),
     })?;
     let lsn = promotion.lsn;
     Ok(crate::routes::with_surge_lsn(

@@ -469,21 +469,14 @@ impl LogPublisher for NatsPublisher {
         let rt = self.link.rt.clone();
         // The timer is made inside the runtime: this thread is the engine's own.
         let search = async {
-            tokio::time::timeout(OWN_RECORDS_SEARCH_WAIT, self.link.own_records_through(lsn)).await
+            tokio::time::timeout(OWN_RECORDS_SEARCH_WAIT, self.link.own_records_through(lsn))
+                .await
+                .map_err(|_| format!("no answer within {OWN_RECORDS_SEARCH_WAIT:?}"))?
         };
-        match rt.block_on(search) {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                tracing::warn!("how far the stream holds this node's records: {e}");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "how far the stream holds this node's records: no answer within {OWN_RECORDS_SEARCH_WAIT:?}"
-                );
-                None
-            }
-        }
+        rt.block_on(search).unwrap_or_else(|e| {
+            tracing::warn!("how far the stream holds this node's records: {e}");
+            None
+        })
     }
 
     fn publish(&mut self, records: &[(u64, Vec<u8>)]) -> Result<(), PublishError> {
@@ -742,7 +735,7 @@ impl Standby {
         let this = Arc::clone(self);
         tokio::spawn(async move { this.promote_to_the_end().await })
             .await
-            .map_err(|e| PromoteError::Failed(format!("the promotion task failed: {e}")))?
+            .map_err(|e| PromoteError::Unavailable(format!("the promotion task failed: {e}")))?
     }
 
     async fn promote_to_the_end(self: Arc<Self>) -> Result<Promotion, PromoteError> {
@@ -762,7 +755,7 @@ impl Standby {
         // probe: a standby on a full disk fenced a healthy leader, then could not
         // apply what came before the fence).
         if let Some(problem) = self.engine.storage_problem() {
-            return Err(PromoteError::Unable(format!(
+            return Err(PromoteError::Unavailable(format!(
                 "this standby cannot write ({problem}): promoting it would fence the \
                  leader and leave no node taking writes; nothing was fenced"
             )));
@@ -770,12 +763,12 @@ impl Standby {
         match tokio::time::timeout(PROMOTE_REACH_WAIT, self.link.log_end()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                return Err(PromoteError::Unable(format!(
+                return Err(PromoteError::Unavailable(format!(
                     "the replicated log cannot be read ({e}); nothing was fenced"
                 )));
             }
             Err(_) => {
-                return Err(PromoteError::Unable(format!(
+                return Err(PromoteError::Unavailable(format!(
                     "the replicated log did not answer within {PROMOTE_REACH_WAIT:?}; \
                      nothing was fenced"
                 )));
@@ -788,7 +781,7 @@ impl Standby {
         let promoted = self
             .catch_up_and_fence()
             .await
-            .map_err(PromoteError::Failed);
+            .map_err(PromoteError::Unavailable);
         if promoted.is_err() {
             *follower = Some(Arc::clone(&self).spawn_follower());
         }
@@ -900,20 +893,16 @@ pub enum PromoteError {
     /// This node cannot be promoted now (not a standby, or a promotion of it is
     /// under way): 409 `invalid_transition`. Nothing was fenced.
     NotNow(String),
-    /// The checks before the fence failed (this standby cannot write, the stream
-    /// cannot be reached): 503 `storage_unavailable`. Nothing was fenced.
-    Unable(String),
-    /// The fence or the catch-up after it failed: 503 `storage_unavailable`. The
-    /// message says whether the stream was fenced.
-    Failed(String),
+    /// This standby cannot write, the stream cannot be reached, or the fence or
+    /// the catch-up after it failed: 503 `storage_unavailable`. The message says
+    /// whether the stream was fenced.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for PromoteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PromoteError::NotNow(why) | PromoteError::Unable(why) | PromoteError::Failed(why) => {
-                f.write_str(why)
-            }
+            PromoteError::NotNow(why) | PromoteError::Unavailable(why) => f.write_str(why),
         }
     }
 }
