@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{Auth, Principal, Storefront};
 use crate::dto::{CancelReasonDto, CreateOrderReq, LineDto, line_reqs, reply_json_into};
 use crate::error::{ApiError, IDEMPOTENCY_KEY};
-use crate::extract::{Idem, JsonBytes, NoQuery, parse_json, parse_op};
+use crate::extract::{Idem, JsonBytes, NoQuery, parse_batch_envelope, parse_op, parse_op_name};
 use crate::plain_reserve::{PlainReserve, plain_reserve, plain_reserve_batch};
 use crate::routes::{check_cancel_reason, create_order_command, json_text};
 use crate::state::AppState;
@@ -116,7 +116,7 @@ fn op_command(
     let tag = match leading_op_tag(raw.get()) {
         Some(tag) => tag,
         None => {
-            parsed_tag = parse_op::<OpTag>(bytes, i)?;
+            parsed_tag = parse_op_name::<OpTag>(bytes, i)?;
             parsed_tag.op.as_str()
         }
     };
@@ -243,8 +243,23 @@ fn leading_op_tag(text: &str) -> Option<&str> {
     plain.then_some(name)
 }
 
-fn push_problem(out: &mut String, error: &ApiError) {
-    out.push_str(&serde_json::to_string(&error.problem()).expect("a problem always serializes"));
+/// The problem body of op `index`. A field is named from the batch's body
+/// (`ops[3].lines[0].qty`), whether the API or the engine refused the op.
+fn push_problem(out: &mut String, error: &ApiError, index: usize) {
+    let mut problem = error.problem();
+    if let Some(field) = problem.field.as_mut()
+        && !field.starts_with("ops[")
+        && field != IDEMPOTENCY_KEY
+    {
+        let within = format!("ops[{index}].{field}");
+        if let Some(rest) = problem.detail.strip_prefix(field.as_str())
+            && rest.starts_with(':')
+        {
+            problem.detail = format!("{within}{rest}");
+        }
+        *field = within;
+    }
+    out.push_str(&serde_json::to_string(&problem).expect("a problem always serializes"));
 }
 
 #[utoipa::path(post, path = "/v1/batch", tag = "batch",
@@ -270,7 +285,7 @@ pub async fn batch(
             .and_then(plain_reserve_batch)
         {
             Some(ops) => (ops, None),
-            None => (Vec::new(), Some(parse_json(&body, "")?)),
+            None => (Vec::new(), Some(parse_batch_envelope(&body)?)),
         };
     let op_count = general.as_ref().map_or(plain.len(), |req| req.ops.len());
     let max = st.config().batch_ops_max;
@@ -381,14 +396,14 @@ pub async fn batch(
             body.push(',');
         }
         match (refused.next_if(|(at, _)| *at == i), &unanswered) {
-            (Some((_, e)), _) => push_problem(&mut body, &e),
-            (None, Some(e)) => push_problem(&mut body, e),
+            (Some((_, e)), _) => push_problem(&mut body, &e, i),
+            (None, Some(e)) => push_problem(&mut body, e, i),
             (None, None) => match outcomes.next().expect("one outcome per submitted op") {
-                Err(e) => push_problem(&mut body, &ApiError::from_engine(e)),
+                Err(e) => push_problem(&mut body, &ApiError::from_engine(e), i),
                 Ok(Acked {
                     outcome: Err(rejection),
                     ..
-                }) => push_problem(&mut body, &ApiError::from_rejection(&rejection)),
+                }) => push_problem(&mut body, &ApiError::from_rejection(&rejection), i),
                 Ok(Acked {
                     outcome: Ok(reply),
                     lsn,
@@ -458,13 +473,13 @@ mod tests {
     /// `ttl_ms`, `customer_id`), or `None` if it refuses the body or any op, or an
     /// op is not a reserve.
     fn general_reading(body: &str) -> Option<Vec<Owned>> {
-        let req: BatchOps<'_> = parse_json(body.as_bytes(), "").ok()?;
+        let req: BatchOps<'_> = parse_batch_envelope(body.as_bytes()).ok()?;
         let mut ops = Vec::new();
         for (i, raw) in req.ops.iter().enumerate() {
             let bytes = raw.get().as_bytes();
             let tag = match leading_op_tag(raw.get()) {
                 Some(tag) => tag.to_string(),
-                None => parse_op::<OpTag>(bytes, i).ok()?.op,
+                None => parse_op_name::<OpTag>(bytes, i).ok()?.op,
             };
             (tag == "reserve").then_some(())?;
             let op: ReserveOp = parse_op(bytes, i).ok()?;

@@ -37,7 +37,12 @@ pub struct DefineSkuReq {
     pub name: Option<Option<String>>,
     /// Units one customer may hold, have bought and have ordered at once; 0 for no
     /// limit. Omitted: unchanged (none for a new SKU). Not null (0 removes the
-    /// limit). At most 1000000000000.
+    /// limit, and forgets the counts). At most 1000000000000. A limit counts from
+    /// when it is set: set where there was none, it counts the orders that count and
+    /// the holds that kept their customer (taken while another of their SKUs had a
+    /// limit); other holds, and reservations committed outright, from before it are
+    /// not counted (the engine keeps no customer for them). Set it before the sale
+    /// opens.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub purchase_limit_per_customer: Option<Option<u64>>,
@@ -337,7 +342,8 @@ pub struct SkuBody {
 pub struct SkuCustomerBody {
     pub sku: String,
     pub customer_id: String,
-    /// Units that count toward the limit: held, committed and ordered.
+    /// Units that count toward the limit: held, committed and ordered, since the
+    /// limit was set (see `purchase_limit_per_customer` on the SKU).
     pub counted: u64,
     /// The SKU's limit per customer; 0: none (and nothing is counted).
     pub limit: u64,

@@ -256,19 +256,28 @@ fn shape_value<'a>(
 /// Parse JSON bytes into `T`, naming the offending field on failure; `prefix` is
 /// prepended to field paths (`ops[3].`).
 pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> Result<T, ApiError> {
+    parse_shaped(bytes, &|| prefix.to_string())
+}
+
+/// [`parse_json`] with the prefix made only for an error.
+fn parse_shaped<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    prefix: &dyn Fn() -> String,
+) -> Result<T, ApiError> {
     if let Shape::NotObject(path) = check_shape(bytes) {
-        let field = if prefix.is_empty() {
+        let prefix_text = prefix();
+        let field = if prefix_text.is_empty() {
             path
         } else if path == "body" {
-            prefix.trim_end_matches('.').to_string()
+            prefix_text.trim_end_matches('.').to_string()
         } else {
-            format!("{prefix}{path}")
+            format!("{prefix_text}{path}")
         };
         // An array inside an array under a field that takes no array at all (a
         // `note` sent as `[[1]]`): serde's own refusal of that field says what it
         // takes ("invalid type: sequence, expected a string"), where the shape's
         // would name the inner element as if it were to be an object.
-        if let Err(refused) = deserialize::<T>(bytes, &|| prefix.to_string())
+        if let Err(refused) = deserialize::<T>(bytes, prefix)
             && refused
                 .field
                 .as_deref()
@@ -278,7 +287,7 @@ pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> R
         }
         return Err(ApiError::validation(field, "must be a JSON object"));
     }
-    deserialize(bytes, &|| prefix.to_string())
+    deserialize(bytes, prefix)
 }
 
 /// Whether the field path `outer` names a value that holds the one at `inner`
@@ -289,10 +298,34 @@ fn encloses(outer: &str, inner: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(['[', '.']))
 }
 
-/// Parse one op of a batch whose whole body already passed the shape check (so no
-/// array inside it holds arrays): only its own top level is checked here, and the
-/// `ops[i].` prefix is built only for an error.
+/// Parse a batch's envelope (`{"ops": [...]}`, each op kept as its text): only the
+/// body itself must be an object here. Each op's own shape is judged by
+/// [`parse_op`], so an op holding an array of arrays fails alone, as any other
+/// malformed op does, and the batch's other ops go on.
+pub fn parse_batch_envelope<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    deserialize(bytes, &String::new)
+}
+
+/// Parse one op of a batch (whose envelope [`parse_batch_envelope`] read), with its
+/// shape checked as a whole body's is; the `ops[i].` prefix is built only for an
+/// error.
 pub fn parse_op<T: DeserializeOwned>(bytes: &[u8], index: usize) -> Result<T, ApiError> {
+    op_object(bytes, index)?;
+    parse_shaped(bytes, &|| format!("ops[{index}]."))
+}
+
+/// Read only an op's name (`T` takes `op` and ignores the rest): the op itself is
+/// then parsed, and its shape judged, by [`parse_op`] as its name says.
+pub fn parse_op_name<T: DeserializeOwned>(bytes: &[u8], index: usize) -> Result<T, ApiError> {
+    op_object(bytes, index)?;
+    deserialize(bytes, &|| format!("ops[{index}]."))
+}
+
+fn op_object(bytes: &[u8], index: usize) -> Result<(), ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::validation(
@@ -300,7 +333,7 @@ pub fn parse_op<T: DeserializeOwned>(bytes: &[u8], index: usize) -> Result<T, Ap
             "must be a JSON object",
         ));
     }
-    deserialize(bytes, &|| format!("ops[{index}]."))
+    Ok(())
 }
 
 fn deserialize<'de, T: Deserialize<'de>>(
@@ -341,6 +374,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         let JsonBytes(bytes) = JsonBytes::from_request(request, state).await?;
         let value = parse_json(&bytes, "")?;
         Ok(ApiJson(value, bytes))
+    }
+}
+
+impl<T: DeserializeOwned> ApiJson<T> {
+    /// The body of an action whose fields are all optional (a refund's
+    /// `refund_ref`, a hold release's `note`): no body at all, with no JSON
+    /// `Content-Type`, reads as `{}`, as it does where an endpoint takes no body. An
+    /// action with a required field is refused as ever (415 without a JSON body).
+    pub async fn from_request_or_empty(
+        request: Request,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        if has_json_content_type(request.headers()) {
+            return ApiJson::from_request(request, state).await;
+        }
+        let bytes = body_bytes(request, state).await?;
+        match serde_json::from_slice::<T>(b"{}") {
+            Ok(value) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(ApiJson(value, bytes)),
+            _ => Err(not_json()),
+        }
     }
 }
 

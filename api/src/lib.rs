@@ -9,6 +9,7 @@ pub mod batch;
 pub mod console;
 pub mod dto;
 pub mod error;
+mod event_doc;
 pub mod events;
 pub mod export;
 pub mod extract;

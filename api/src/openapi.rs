@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{batch, dto, error, events, export, ops, order_ops, routes};
+use crate::{batch, console, dto, error, events, export, ops, order_ops, routes};
 
 const DESCRIPTION: &str = "\
 In-memory order and stock-reservation engine for flash sales.
@@ -55,7 +55,7 @@ former leader a newer one fenced: 503 `not_leader` with `Retry-After`; any `/v1/
 included, to a node whose state holds records the replicated log never got from it: 503 \
 `not_leader` (fenced) or `storage_unavailable` (a `replicated` leader the stream has not caught \
 up with yet). Unknown routes: 404 `not_found`; \
-wrong method: 405 `method_not_allowed`. An endpoint that takes no body (a reservation's commit and release, the admin snapshot and promote) takes none or `{}`; any other body is refused like a bad body elsewhere (400 naming the field, 415 if not JSON). A path parameter that cannot be read (a percent-encoding that is not UTF-8): 400 naming it. A request that fails changes nothing.
+wrong method: 405 `method_not_allowed`. An endpoint that takes no body (a reservation's commit and release, the admin snapshot and promote) takes none or `{}`, and so does an order action whose fields are all optional (`/refund`, `/release-hold`); any other body is refused like a bad body elsewhere (400 naming the field, 415 if not JSON). A path parameter that cannot be read (a percent-encoding that is not UTF-8): 400 naming it. A request that fails changes nothing.
 
 **Surge-Lsn.** Every 2xx answer to a write carries `Surge-Lsn`: the log position of the \
 record that made the change (the seq of its first event). A replayed `Idempotency-Key` \
@@ -87,6 +87,7 @@ responses are RFC 3339 UTC with milliseconds; durations in requests are millisec
         order_ops::refund_amount, order_ops::list_ledger, order_ops::export_ledger,
         batch::batch, events::events,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::snapshot, ops::promote,
+        console::index,
     ),
     components(schemas(
         error::Problem, error::ShortLine, error::SaleRefusal, dto::LineDto, dto::OrderLineDto,
@@ -135,6 +136,7 @@ fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Paramet
 
 impl Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        crate::event_doc::document_events(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",

@@ -101,9 +101,15 @@ where
         let ApiPath(id) = ApiPath::<String>::from_request_parts(&mut parts, st)
             .await
             .map_err(IntoResponse::into_response)?;
-        let ApiJson(req, body) = ApiJson::<T>::from_request(Request::from_parts(parts, body), st)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        // A POST action whose fields are all optional may come without a body; a
+        // PATCH always names what it changes.
+        let request = Request::from_parts(parts, body);
+        let ApiJson(req, body) = if request.method() == axum::http::Method::POST {
+            ApiJson::<T>::from_request_or_empty(request, st).await
+        } else {
+            ApiJson::<T>::from_request(request, st).await
+        }
+        .map_err(IntoResponse::into_response)?;
         let call = OrderCall {
             st: st.clone(),
             who,
@@ -245,7 +251,7 @@ pub(crate) fn parse_limit(
 // ---------------------------------------------------------------- SKUs
 
 #[utoipa::path(put, path = "/v1/skus/{sku}", tag = "skus",
-    params(("sku" = String, Path, description = "SKU id: 1..=64 bytes of [A-Za-z0-9._:-]")),
+    params(("sku" = String, Path, description = "SKU id: 1..=64 bytes of [A-Za-z0-9._:-], not `.` or `..` (path steps that HTTP clients resolve away)")),
     request_body = DefineSkuReq,
     responses(
         (status = 200, description = "The SKU as defined", body = SkuBody),
@@ -259,6 +265,16 @@ pub async fn define_sku(
     ApiPath(sku): ApiPath<String>,
     ApiJson(req, _): ApiJson<DefineSkuReq>,
 ) -> Result<Response, ApiError> {
+    // `.` and `..` fit the id's bytes, but as path segments URL parsers (browsers,
+    // the console, most HTTP libraries) resolve them away: such a SKU could be
+    // defined here and never read or adjusted by an ordinary client. Refused here,
+    // before the engine, so that logs holding one still replay.
+    if sku == "." || sku == ".." {
+        return Err(ApiError::validation(
+            "sku",
+            "`.` and `..` are path steps that HTTP clients resolve away: not a SKU id",
+        ));
+    }
     let instant = |field: &str, value: Option<Option<String>>| match value {
         None => Ok(None),
         Some(None) => Ok(Some(None)),
@@ -824,10 +840,11 @@ pub(crate) fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.is_empty())
 }
 
-/// A list filter's value: an empty one (`customer_id=`) is 400 naming it, never
-/// read as no filter, so a client that meant to narrow the list and sent an empty
-/// value (an unset variable) is told, and is not answered with everything (every
-/// customer's orders, say). Omitting the parameter lists without the filter.
+/// A list filter's (or a report parameter's) value: an empty one (`customer_id=`)
+/// is 400 naming it, never read as no filter, so a client that meant to narrow the
+/// list and sent an empty value (an unset variable) is told, and is not answered
+/// with everything (every customer's orders, say, or the all-time totals in place of
+/// a report). Omitting the parameter lists without the filter.
 pub(crate) fn filter_value<'a>(
     name: &str,
     value: &'a Option<String>,
@@ -835,7 +852,7 @@ pub(crate) fn filter_value<'a>(
     match value.as_deref() {
         Some("") => Err(ApiError::validation(
             name,
-            "empty: omit the parameter to list without this filter",
+            "empty: omit the parameter to go without it",
         )),
         other => Ok(other),
     }
@@ -963,10 +980,10 @@ pub async fn stats(
     ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Response, ApiError> {
     let report = crate::stats::ReportParams {
-        from: non_empty(&p.from),
-        to: non_empty(&p.to),
-        group_by: non_empty(&p.group_by),
-        tz: non_empty(&p.tz),
+        from: filter_value("from", &p.from)?,
+        to: filter_value("to", &p.to)?,
+        group_by: filter_value("group_by", &p.group_by)?,
+        tz: filter_value("tz", &p.tz)?,
     };
     if report.any() {
         if p.top.is_some() {
@@ -978,7 +995,7 @@ pub async fn stats(
         let spec = report.check(crate::time::now_ms())?;
         return Ok(axum::Json(crate::stats::report(&st, spec).await?).into_response());
     }
-    let top = match non_empty(&p.top) {
+    let top = match filter_value("top", &p.top)? {
         None => 10,
         Some(t) => t
             .parse::<usize>()

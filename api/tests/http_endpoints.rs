@@ -579,6 +579,19 @@ fn lists_filters_paging_export_and_stats() {
     let r = s.admin("GET", "/v1/ledger?kind=", None);
     r.assert_problem(400, "validation_failed");
     assert_eq!(r.json()["field"], "kind", "{}", r.body);
+    // The report's parameters too: an empty `from` read as absent answered the
+    // all-time report, an empty `group_by` alone the plain totals.
+    for (query, field) in [
+        ("from=&group_by=day", "from"),
+        ("group_by=day&to=", "to"),
+        ("group_by=", "group_by"),
+        ("group_by=sku&tz=", "tz"),
+        ("top=", "top"),
+    ] {
+        let r = s.as_(VIEWER, "GET", &format!("/v1/stats?{query}"), None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{query}: {}", r.body);
+    }
     // An empty cursor or limit is a paging loop's first call: the first page.
     assert_eq!(list("cursor=&limit=").len(), 8);
     assert_eq!(
@@ -715,7 +728,7 @@ fn batch_mixed_success_and_failure() {
     assert_eq!(results[7]["code"], "validation_failed");
     assert_eq!(results[7]["field"], "ops[7].op");
     assert_eq!(results[8]["code"], "unknown_sku");
-    assert_eq!(results[9]["field"], "lines[0].qty");
+    assert_eq!(results[9]["field"], "ops[9].lines[0].qty");
     assert_eq!(results[10]["code"], "unknown_reservation");
     assert_eq!(results[11]["field"], "ops[11].extra");
     // Each op alone: 2 held by op 0, 1 by the order; the released hold is back.

@@ -868,7 +868,7 @@ fn refusals_win_in_the_contracts_order() {
     let p = &batch["results"][0];
     assert_eq!(
         (&p["code"], &p["field"]),
-        (&json!("validation_failed"), &json!("customer_id")),
+        (&json!("validation_failed"), &json!("ops[0].customer_id")),
         "{p}"
     );
     assert_validation(&order(&s, "anon-1", "", "OPEN", 1), 400, "customer_id");

@@ -942,7 +942,15 @@ async fn batch_ops_succeed_or_fail_alone() {
         (results[6]["code"].as_str(), results[6]["status"].as_u64()),
         (Some("forbidden"), Some(403))
     );
-    assert_eq!(results[7]["field"], "lines[0].qty");
+    // The engine's refusal names the field from the batch's body, as the API's do.
+    assert_eq!(results[7]["field"], "ops[7].lines[0].qty");
+    assert!(
+        results[7]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("ops[7].lines[0].qty: ")),
+        "{}",
+        results[7]
+    );
     assert_eq!(results[8]["field"], "ops[8].op");
     assert_eq!(results[9]["field"], "ops[9].extra");
 
@@ -986,6 +994,165 @@ async fn batch_ops_succeed_or_fail_alone() {
         )
         .await;
     assert_problem(&r, 403, "forbidden");
+}
+
+/// An order action whose fields are all optional (`/refund`, `/release-hold`) takes
+/// no body, as a reservation's commit does (it was 415, "not JSON"); one with a
+/// required field still refuses a missing body.
+#[tokio::test]
+async fn order_actions_with_only_optional_fields_take_no_body() {
+    let api = Api::new();
+    api.define("A", 10).await;
+    let order = json!({"order_no": "nb-1", "customer_id": "c",
+        "lines": [{"sku": "A", "qty": 1, "unit_price": 700}]});
+    let r = api.admin("POST", "/v1/orders", Some(order)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let at = |action: &str| format!("/v1/orders/{id}/{action}");
+    let r = api
+        .admin("POST", &at("pay"), Some(json!({"amount": 700})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api
+        .admin("POST", &at("hold"), Some(json!({"reason": "review"})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // No body: the hold released, with an empty note.
+    let r = api.admin("POST", &at("release-hold"), None).await;
+    assert_eq!(
+        (r.status, &r.json["hold"]),
+        (StatusCode::OK, &Value::Null),
+        "{}",
+        r.text
+    );
+    // A required field: still refused without a body, and nothing changes.
+    assert_problem(
+        &api.admin("POST", &at("cancel"), None).await,
+        415,
+        "validation_failed",
+    );
+    assert_problem(
+        &api.admin("PATCH", &format!("/v1/orders/{id}"), None).await,
+        415,
+        "validation_failed",
+    );
+    let r = api
+        .admin("POST", &at("cancel"), Some(json!({"reason": "other"})))
+        .await;
+    assert_eq!(r.json["payment"]["refund_due_amount"], 700, "{}", r.text);
+    let r = api.admin("POST", &at("refund"), None).await;
+    assert_eq!(
+        (r.status, r.json["payment"]["status"].as_str()),
+        (StatusCode::OK, Some("refunded")),
+        "{}",
+        r.text
+    );
+    // A body that is not JSON is still refused.
+    let r = api
+        .call(
+            "POST",
+            &at("release-hold"),
+            Some(ADMIN),
+            &[("content-type", "text/plain")],
+            Some("note"),
+        )
+        .await;
+    assert_problem(&r, 415, "validation_failed");
+}
+
+/// A SKU id of `.` or `..` fits the id's bytes but no ordinary client could reach it
+/// (URL parsers resolve it away): refused by name, and nothing is defined.
+#[tokio::test]
+async fn a_sku_named_like_a_path_step_is_refused() {
+    let api = Api::new();
+    for path in [
+        "/v1/skus/..",
+        "/v1/skus/.",
+        "/v1/skus/%2E%2E",
+        "/v1/skus/%2e",
+    ] {
+        let r = api.admin("PUT", path, Some(json!({"on_hand": 1}))).await;
+        assert_problem(&r, 400, "validation_failed");
+        assert_eq!(r.json["field"], "sku", "{path}: {}", r.text);
+    }
+    let list = api.admin("GET", "/v1/skus", None).await;
+    assert_eq!(list.json["items"], json!([]), "{}", list.text);
+    // Dots beside other bytes are ids like any other.
+    api.define("..a", 1).await;
+    api.define("a.b", 1).await;
+}
+
+/// An op holding an array of arrays (valid JSON; a request body may not) fails
+/// alone, naming its field: it made the whole batch 400, and the other ops were
+/// refused with it.
+#[tokio::test]
+async fn a_batch_op_holding_an_array_of_arrays_fails_alone() {
+    let api = Api::new();
+    api.define("A", 10).await;
+    let reserve = json!({"op": "reserve", "lines": [{"sku": "A", "qty": 1}]});
+    let body = json!({"ops": [
+        reserve.clone(),
+        {"op": "reserve", "lines": [[1]]},
+        {"op": "cancel", "id": "o1", "reason": "customer_request", "x": [[0]]},
+        [[1]],
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 1}], "customer_id": [[]]},
+        reserve,
+    ]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/batch",
+            Some(STOREFRONT),
+            &[],
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let results = r.json["results"].as_array().unwrap();
+    let fields: Vec<_> = results.iter().map(|r| r["field"].as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            None,
+            Some("ops[1].lines[0]"),
+            Some("ops[2].x"),
+            Some("ops[3]"),
+            Some("ops[4].customer_id"),
+            None
+        ],
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        (results[0]["status"].as_str(), results[5]["status"].as_str()),
+        (Some("held"), Some("held"))
+    );
+    for refused in &results[1..5] {
+        assert_eq!(refused["code"], "validation_failed", "{refused}");
+    }
+    let sku = api.admin("GET", "/v1/skus/A", None).await;
+    assert_eq!(sku.json["reserved"], 2, "{}", sku.text);
+}
+
+/// `surge_engine_batch_len_max` counts commands: a `/v1/batch` of n ops is n
+/// commands in the writer's batch (it counted the answers of a sync commit, so a
+/// batch read 1, and without a sync nothing: here, with no log, it read 0).
+#[tokio::test]
+async fn a_batchs_ops_count_in_the_group_commits_length() {
+    let api = Api::new();
+    api.define("A", 100).await;
+    let reserve = json!({"op": "reserve", "lines": [{"sku": "A", "qty": 1}]});
+    let body = json!({"ops": vec![reserve; 7]});
+    let r = api.admin("POST", "/v1/batch", Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let metrics = api.call("GET", "/metrics", None, &[], None).await.text;
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    assert!(gauge("surge_engine_batch_len_max") >= 7, "{metrics}");
 }
 
 /// `/v1/batch` honours `Idempotency-Key` (it ignored it: a retried batch held the

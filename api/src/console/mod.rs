@@ -32,7 +32,10 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
-async fn index() -> Response {
+#[utoipa::path(get, path = "/", tag = "operations",
+    description = "The operator console: one page, its script and styles embedded in the binary and served under `/console/`. Loading it needs no token; the page asks for one and sends it on every API call.",
+    responses((status = 200, description = "The console's page", content_type = "text/html", body = String)))]
+pub async fn index() -> Response {
     let mut response = asset(INDEX_HTML, "text/html; charset=utf-8");
     let headers = response.headers_mut();
     headers.insert(

@@ -169,11 +169,6 @@ impl Flush {
         }
         self.joined.push(release);
     }
-
-    /// Answers waiting on this flush, joined batches included.
-    fn reply_count(&self) -> usize {
-        self.release.replies.len() + self.joined.iter().map(|r| r.replies.len()).sum::<usize>()
-    }
 }
 
 /// The durable half of the pipelined group commit. On its own thread it syncs
@@ -236,14 +231,7 @@ impl SyncStage {
             }
             (None, None) => None,
         };
-        let replies: usize = flushes.iter().map(Flush::reply_count).sum();
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats
-            .batch_len_last
-            .store(replies as u64, Ordering::Relaxed);
-        stats
-            .batch_len_max_seen
-            .fetch_max(replies as u64, Ordering::Relaxed);
         match &result {
             Some(Err(e)) if self.failed.is_none() => {
                 // Never retry a failed flush and trust it.

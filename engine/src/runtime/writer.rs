@@ -187,6 +187,17 @@ impl<S: Storage> Writer<S> {
         // (nine copies for a batch of 512; a `/v1/batch` request is 1,000 commands).
         pending.reserve(batch.len());
         let commands: usize = batch.iter().map(Request::command_count).sum();
+        if commands > 0 {
+            // The batch `batch_len_max` bounds, in commands: a `/v1/batch` of n ops
+            // is n (and one request), whatever the durability mode.
+            let stats = &self.shared.stats;
+            stats
+                .batch_len_last
+                .store(commands as u64, Ordering::Relaxed);
+            stats
+                .batch_len_max_seen
+                .fetch_max(commands as u64, Ordering::Relaxed);
+        }
         self.events_buf.reserve(commands);
         if self.follower.is_some() || self.publish_tx.is_some() {
             self.batch_records.reserve(commands);
