@@ -27,7 +27,7 @@
 //!
 //! The key itself is not kept: its hash is, the first 128 bits of SHA-256 of its text.
 //! - By accident, two of n remembered keys collide with probability below
-//!   n² / 2^129: 10^-21 for the 33 M keys of the default budget.
+//!   n² / 2^129: 10^-21 for the 30 M keys of the default budget.
 //! - On purpose, answering for someone else's key needs a second preimage of SHA-256
 //!   (2^128 work), and knowing a key and its request already lets one replay it, so a
 //!   collision gives nothing more. Colliding two keys of one's own (2^64 work) only
