@@ -1080,6 +1080,15 @@ async fn a_sku_named_like_a_path_step_is_refused() {
     // Dots beside other bytes are ids like any other.
     api.define("..a", 1).await;
     api.define("a.b", 1).await;
+    // A read of a SKU id that could not be one is an unknown SKU, on every SKU read
+    // (the customer count answered 400 where the stock read answered 404).
+    for path in [
+        "/v1/skus/a%20b",
+        "/v1/skus/a%20b/customers/c-1",
+        "/v1/skus/%C3%A9/customers/c-1",
+    ] {
+        assert_problem(&api.admin("GET", path, None).await, 404, "unknown_sku");
+    }
 }
 
 /// An op holding an array of arrays (valid JSON; a request body may not) fails

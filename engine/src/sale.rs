@@ -548,7 +548,8 @@ impl State {
         sku: &str,
         customer_id: &str,
     ) -> Result<SkuCustomerView, Rejection> {
-        crate::state::check_sku_id(Field::Sku, sku)?;
+        // A SKU id that could not be one is an unknown SKU (404), as on
+        // `GET /v1/skus/{sku}`: a read names no field to correct.
         crate::state::check_required_text(
             Field::CustomerId,
             customer_id,
