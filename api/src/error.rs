@@ -472,6 +472,7 @@ pub fn violation_text(violation: &Violation) -> String {
         Violation::Legacy(text) => text.clone(),
         Violation::Required => "is required here".into(),
         Violation::NotAfterStart => "must be after sale_starts_at".into(),
+        Violation::NotBeforeEnd => "must be before sale_ends_at (the SKU's current end)".into(),
         Violation::OrderTotalAboveMax { max, got } => {
             format!("must total at most {max} minor units, got {got}")
         }

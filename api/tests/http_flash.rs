@@ -927,6 +927,12 @@ fn refusals_win_in_the_contracts_order() {
         ),
         (&json!(rfc3339_ms(t)), &json!(rfc3339_ms(t + 1)), &json!(2))
     );
+    // A start alone at or past the end kept names the start, the field sent (it
+    // named `sale_ends_at`, which was not).
+    for starts in [t + 1, t + 2] {
+        let r = define_sale(&s, "OPEN", json!({"sale_starts_at": rfc3339_ms(starts)}));
+        assert_validation(&r, 400, "sale_starts_at");
+    }
     // Offsets are instants: +08:00 is answered in UTC.
     let open = define_ok(
         &s,

@@ -880,6 +880,9 @@ pub enum Violation {
         max: u64,
         got: u64,
     },
+    /// A sale window's new start at or after the end it keeps (the start was the
+    /// field sent; appended: the variants are a disk format).
+    NotBeforeEnd,
 }
 
 /// The unit of an [`Violation::OutOfRange`] bound.

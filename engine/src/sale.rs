@@ -262,6 +262,11 @@ impl State {
         if let (Some(starts), Some(ends)) = (rules.sale_starts_at_ms, rules.sale_ends_at_ms)
             && ends <= starts
         {
+            // Named by what was sent: the start alone, against the end kept, is the
+            // start's fault; otherwise the end's.
+            if definition.sale_ends_at_ms.is_none() {
+                return Err(invalid(Field::SaleStartsAt, Violation::NotBeforeEnd));
+            }
             return Err(invalid(Field::SaleEndsAt, Violation::NotAfterStart));
         }
         Ok(rules)

@@ -369,6 +369,26 @@ fn refusals_come_in_the_contracts_order() {
             violation: Violation::NotAfterStart,
         })
     );
+    // A start alone past the end kept: the start is the field at fault.
+    sale.define("HOT", 1, None, (Some(Some(opens)), Some(Some(opens + 10))));
+    let got = sale.apply(Command::DefineSkuSale {
+        definition: Box::new(SkuDefinition {
+            sku: "HOT".into(),
+            name: None,
+            on_hand: None,
+            low_stock_threshold: None,
+            purchase_limit_per_customer: None,
+            sale_starts_at_ms: Some(Some(opens + 10)),
+            sale_ends_at_ms: None,
+        }),
+    });
+    assert_eq!(
+        got,
+        Err(Rejection::Validation {
+            field: Field::SaleStartsAt,
+            violation: Violation::NotBeforeEnd,
+        })
+    );
 }
 
 #[test]
