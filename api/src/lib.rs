@@ -176,12 +176,14 @@ where
     }
     let error = match status {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
-            // A write timed out after it was queued may still take effect: its
+            // A write the writer had not taken when it timed out is dropped from
+            // the queue unapplied; one it had taken may still take effect: its
             // record can be in the log already (in `replicated` mode, waiting for
             // the stream). Say so, and how to learn the outcome.
             ApiError::overloaded(
-                "the request took too long; a write may still take effect: read it back, \
-                 or retry it with the same Idempotency-Key where the endpoint takes one",
+                "the request took too long; a write the engine had already taken may \
+                 still take effect (one still queued is not applied): read it back, or \
+                 retry it with the same Idempotency-Key where the endpoint takes one",
             )
         }
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(

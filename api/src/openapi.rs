@@ -171,7 +171,7 @@ impl Modify for Conventions {
                     ("403", "`forbidden`: the role may not do this"),
                     (
                         "503",
-                        "`overloaded` (queue full, timeout; with `Retry-After`; after a timeout a write may still take effect: retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`; reads too on a fenced node whose state holds records the replicated log never got from it)",
+                        "`overloaded` (queue full, timeout; with `Retry-After`; after a timeout a write the engine had already taken may still take effect, one still queued is dropped unapplied: retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`; reads too on a fenced node whose state holds records the replicated log never got from it)",
                     ),
                 ] {
                     responses

@@ -1725,6 +1725,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_engine_batches_total", "counter", &[], &[]),
         ("surge_engine_commands_applied_total", "counter", &[], &[]),
         ("surge_engine_commands_rejected_total", "counter", &[], &[]),
+        ("surge_engine_commands_abandoned_total", "counter", &[], &[]),
         ("surge_engine_overloaded_total", "counter", &[], &[]),
         ("surge_engine_queue_capacity", "gauge", &[], &[]),
         ("surge_engine_queue_depth", "gauge", &[], &[]),

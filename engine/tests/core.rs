@@ -87,6 +87,39 @@ fn nothing_happens_between_steps_and_the_time_is_the_steps_argument() {
     assert_eq!(available(&mut reopened, T0_MS + 2_000), 10);
 }
 
+/// A request whose caller stopped waiting before the writer took it (an HTTP request
+/// timed out, a client went away) is not applied: a 503 for it changes nothing, and
+/// the writer sheds what nobody waits for. One whose caller waits is applied.
+#[test]
+fn a_request_abandoned_before_the_writer_takes_it_is_not_applied() {
+    let (mut core, _) = Engine::open_core(SimStorage::new(), config()).expect("open");
+    let defined = core.handle().submit(define(10), None).expect("queued");
+    core.step(T0_MS);
+    assert!(defined.wait().expect("answered").outcome.is_ok());
+    let abandoned = core.handle().submit(reserve(60_000), None).expect("queued");
+    let abandoned_batch = core
+        .handle()
+        .submit_batch(vec![reserve(60_000), reserve(60_000)])
+        .expect("queued");
+    let kept = core.handle().submit(reserve(60_000), None).expect("queued");
+    drop(abandoned);
+    drop(abandoned_batch);
+    core.step(T0_MS);
+    assert!(kept.wait().expect("answered").outcome.is_ok());
+    assert_eq!(
+        available(&mut core, T0_MS),
+        7,
+        "only the kept hold took stock"
+    );
+    let stats = core.handle().stats();
+    assert_eq!(
+        stats
+            .commands_abandoned
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
+
 #[test]
 fn a_closed_core_takes_no_more_requests() {
     let (core, _) = Engine::open_core(SimStorage::new(), config()).expect("open");

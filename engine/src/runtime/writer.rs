@@ -355,6 +355,14 @@ impl<S: Storage> Writer<S> {
             self.adopt_own_policy(pending);
         }
         match request {
+            // A request whose caller stopped waiting before the writer took it (its
+            // HTTP request timed out, or its client went away) is not applied: it
+            // was not answered, so it changes nothing, and the writer sheds the
+            // work of callers that gave up. One taken is applied and answered.
+            Request::Command { reply, .. } if reply.is_closed() => self.abandoned(1),
+            Request::Batch { commands, reply } if reply.is_closed() => {
+                self.abandoned(commands.len());
+            }
             Request::Command {
                 command,
                 key,
@@ -1048,6 +1056,14 @@ impl<S: Storage> Writer<S> {
                 let _ = reply.send(Err(e));
             }
         }
+    }
+
+    /// Commands skipped, never applied: their caller stopped waiting first.
+    fn abandoned(&self, commands: usize) {
+        self.shared
+            .stats
+            .commands_abandoned
+            .fetch_add(commands as u64, Ordering::Relaxed);
     }
 
     /// Apply the commands of one batch request in order; the answers wait together.
