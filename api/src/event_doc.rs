@@ -49,7 +49,7 @@ const ACTOR: Field = (
     "actor",
     Text,
     true,
-    "Who did it, `role` or `role:name` (a named token, or `X-Actor` with an unnamed one); `system` for the engine's own timers",
+    "Who did it, `role` or `role:name` (a named token, or `X-Actor` with an unnamed one)",
 );
 const ON_BEHALF_OF: Field = (
     "on_behalf_of",
