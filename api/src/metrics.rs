@@ -372,7 +372,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_engine_commands_abandoned_total", COUNTER, "Commands never applied: their request timed out or its client went away before the writer took them.", load(&s.commands_abandoned)),
         ("surge_engine_records_logged_total", COUNTER, "Records written to the WAL.", load(&s.records_logged)),
         ("surge_engine_batches_total", COUNTER, "Group commits.", batches),
-        ("surge_engine_batch_len_last", GAUGE, "Commands the writer took in its last batch (at most --batch-len-max; a /v1/batch of n ops counts n; a standby counts its leader's records).", load(&s.batch_len_last)),
+        ("surge_engine_batch_len_last", GAUGE, "Commands the writer took in its last batch (--batch-len-max bounds it, but the request that reaches the bound is taken whole: a /v1/batch of n ops counts n; a standby counts its leader's records).", load(&s.batch_len_last)),
         ("surge_engine_batch_len_max", GAUGE, "Most commands the writer took in one batch.", load(&s.batch_len_max_seen)),
         ("surge_engine_batch_len_avg", GAUGE, "Average logged records per group commit.", avg),
         ("surge_wal_bytes_total", COUNTER, "Bytes appended to the WAL.", load(&s.wal_bytes)),

@@ -1025,6 +1025,24 @@ async fn order_actions_with_only_optional_fields_take_no_body() {
         "{}",
         r.text
     );
+    // A JSON Content-Type promises a JSON body: a blank one is malformed JSON (the
+    // bad-input corpus holds it to 400), and nothing changes.
+    let r = api
+        .admin("POST", &at("hold"), Some(json!({"reason": "review"})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = api
+        .call(
+            "POST",
+            &at("release-hold"),
+            Some(ADMIN),
+            &[("content-type", "application/json")],
+            Some(""),
+        )
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    let r = api.admin("POST", &at("release-hold"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
     // A required field: still refused without a body, and nothing changes.
     assert_problem(
         &api.admin("POST", &at("cancel"), None).await,

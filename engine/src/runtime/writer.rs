@@ -222,7 +222,8 @@ impl<S: Storage> Writer<S> {
             shutdown |= self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
         }
         if shutdown {
-            // Drain whatever is still queued: accepted commands are finished.
+            // Drain whatever is still queued: accepted commands are finished (but one whose caller
+            // stopped waiting, as everywhere, is skipped).
             while let Ok(request) = self.rx.try_recv() {
                 self.take(request, &mut pending, &mut reads, &mut snapshot_replies);
             }
