@@ -127,6 +127,12 @@ impl Api {
         self.router.clone().oneshot(request).await.unwrap()
     }
 
+    /// A storefront's `POST` of `body`.
+    async fn storefront_post(&self, path: &str, body: &Value) -> Reply {
+        self.call("POST", path, Some(STOREFRONT), &[], Some(&body.to_string()))
+            .await
+    }
+
     async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
         let body = body.map(|b| b.to_string());
         self.call(method, path, Some(ADMIN), &[], body.as_deref())
@@ -920,15 +926,7 @@ async fn batch_ops_succeed_or_fail_alone() {
         {"op": "fly"},
         {"op": "reserve", "lines": [], "extra": 1},
     ]});
-    let r = api
-        .call(
-            "POST",
-            "/v1/batch",
-            Some(STOREFRONT),
-            &[],
-            Some(&body.to_string()),
-        )
-        .await;
+    let r = api.storefront_post("/v1/batch", &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let results = r.json["results"].as_array().unwrap();
     assert_eq!(results.len(), 10);
@@ -1125,15 +1123,7 @@ async fn a_batch_op_holding_an_array_of_arrays_fails_alone() {
         {"op": "reserve", "lines": [{"sku": "A", "qty": 1}], "customer_id": [[]]},
         reserve,
     ]});
-    let r = api
-        .call(
-            "POST",
-            "/v1/batch",
-            Some(STOREFRONT),
-            &[],
-            Some(&body.to_string()),
-        )
-        .await;
+    let r = api.storefront_post("/v1/batch", &body).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let results = r.json["results"].as_array().unwrap();
     let fields: Vec<_> = results.iter().map(|r| r["field"].as_str()).collect();
