@@ -345,7 +345,10 @@ pub async fn batch(
         Ok(Vec::new())
     } else {
         match engine.submit_keyed_batch(commands) {
-            Ok(ticket) => ticket.await.map_err(ApiError::from_engine),
+            Ok(ticket) => {
+                crate::deadline::register(ticket.claim());
+                ticket.await.map_err(ApiError::from_engine)
+            }
             Err(e) => Err(ApiError::from_engine(e)),
         }
     };

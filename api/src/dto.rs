@@ -175,7 +175,9 @@ pub struct CreateOrderReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayReq {
-    /// Must equal the order total.
+    /// Must equal the order total (so never over 1000000000000, the largest order
+    /// total).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub amount: u64,
     /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]
@@ -924,8 +926,9 @@ pub struct ModifyOrderReq {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundsReq {
-    /// Minor units, at least 1 and at most `paid_amount - refunded_amount`.
-    #[schema(minimum = 1)]
+    /// Minor units, at least 1 and at most `paid_amount - refunded_amount` (so
+    /// never over 1000000000000, the largest order total).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub amount: u64,
     /// At most 500 bytes (UTF-8), no control characters.
     #[serde(default)]

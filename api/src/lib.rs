@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod batch;
 pub mod console;
+pub mod deadline;
 pub mod dto;
 pub mod error;
 mod event_doc;
@@ -37,7 +38,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 pub use auth::{AuthMode, Role, Tokens};
 pub use error::ApiError;
@@ -134,10 +134,9 @@ pub fn router(state: AppState) -> Router {
         // a future and runs extractor machinery on every request for a function
         // that never awaits.
         .layer(tower::util::MapResponseLayer::new(problemify))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(config.request_timeout_ms),
-        ))
+        .layer(deadline::DeadlineLayer::new(Duration::from_millis(
+            config.request_timeout_ms,
+        )))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a request handler panicked");
@@ -175,16 +174,10 @@ where
         return response;
     }
     let error = match status {
+        // The request timeout answers with its own problem (`deadline`), saying
+        // whether the request's write was applied; nothing else answers a bare 503.
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
-            // A write the writer had not taken when it timed out is dropped from
-            // the queue unapplied; one it had taken may still take effect: its
-            // record can be in the log already (in `replicated` mode, waiting for
-            // the stream). Say so, and how to learn the outcome.
-            ApiError::overloaded(
-                "the request took too long; a write the engine had already taken may \
-                 still take effect (one still queued is not applied): read it back, or \
-                 retry it with the same Idempotency-Key where the endpoint takes one",
-            )
+            ApiError::overloaded("the server could not answer in time: retry it")
         }
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             status,

@@ -133,7 +133,10 @@ struct ServeArgs {
     /// Largest request body accepted (413 above).
     #[arg(long, env = "SURGE_BODY_LIMIT_BYTES", default_value_t = 1 << 20)]
     body_limit_bytes: usize,
-    /// Requests taking longer are answered 503 `overloaded`. 200 to 3600000.
+    /// Requests taking longer are answered 503 `overloaded`, having done nothing;
+    /// except a write the engine took by then, whose answer is awaited up to as
+    /// long again (past that, its 503 says it may still take effect). 200 to
+    /// 3600000.
     #[arg(long, env = "SURGE_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
         value_parser = clap::value_parser!(u64).range(surge_api::state::REQUEST_TIMEOUT_MS_RANGE))]
     request_timeout_ms: u64,
@@ -156,9 +159,9 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(surge_api::serve::CONNECTIONS_MAX_RANGE))]
     http_connections_max: u64,
     /// On a stop, how long connections may take to finish what they are in
-    /// (100 to 600000; at least 1000 above --request-timeout-ms whatever is set, so
-    /// a request in flight gets its answer); past it they are closed and the
-    /// engine stops.
+    /// (100 to 600000; at least 1000 above twice --request-timeout-ms whatever is
+    /// set, so a request in flight gets its answer); past it they are closed and
+    /// the engine stops.
     #[arg(long, env = "SURGE_HTTP_DRAIN_TIMEOUT_MS", default_value_t = surge_api::serve::DRAIN_TIMEOUT_MS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(surge_api::serve::DRAIN_TIMEOUT_MS_RANGE))]
     http_drain_timeout_ms: u64,
@@ -227,21 +230,40 @@ struct ServeArgs {
     replication: ReplicationArgs,
 }
 
+/// The NATS servers a flag names: `nats://HOST:PORT`, several separated by commas
+/// (the client reads the rest). Empty (an environment variable set to nothing, the
+/// usual way to switch a setting off) is refused: the client looped over no server
+/// at all, on a thread of the HTTP runtime, and the process looked started while it
+/// answered nothing, not even SIGTERM.
+fn nats_servers(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err(
+            "empty: give the NATS server as nats://HOST:PORT (several separated by \
+             commas), or leave the setting out to go without"
+                .into(),
+        );
+    }
+    if value.split(',').any(|server| server.trim().is_empty()) {
+        return Err(format!("{value:?} has an empty server between its commas"));
+    }
+    Ok(value.to_string())
+}
+
 /// Replication and downstream delivery over NATS JetStream.
 #[derive(Debug, Clone, clap::Args)]
 struct ReplicationArgs {
     /// Publish every committed batch to the JetStream stream SURGE_LOG at this
     /// NATS server (`nats://HOST:PORT`; a cluster's servers separated by commas):
     /// this node is the leader.
-    #[arg(long, env = "SURGE_REPLICATE_TO")]
+    #[arg(long, env = "SURGE_REPLICATE_TO", value_parser = nats_servers)]
     replicate_to: Option<String>,
     /// Follow SURGE_LOG at this NATS server into the data dir and serve reads;
     /// writes answer 503 `not_leader` until `POST /v1/admin/promote`.
-    #[arg(long, env = "SURGE_STANDBY", conflicts_with = "replicate_to")]
+    #[arg(long, env = "SURGE_STANDBY", conflicts_with = "replicate_to", value_parser = nats_servers)]
     standby: Option<String>,
     /// Publish every event as JSON to `surge.events.<type>` in the stream
     /// SURGE_EVENTS at this NATS server.
-    #[arg(long, env = "SURGE_EVENTS_TO")]
+    #[arg(long, env = "SURGE_EVENTS_TO", value_parser = nats_servers)]
     events_to: Option<String>,
     /// Replicas of the streams surge creates (a NATS cluster of at least as many
     /// servers).
@@ -573,14 +595,15 @@ async fn run(
             state.config().header_read_timeout_ms,
         ),
         connections_max: state.config().connections_max,
-        // A request in flight is answered within the request timeout: the drain
-        // outlasts it, or a write cut off unanswered and retried without a key
-        // would be applied twice.
+        // A request in flight is answered within twice the request timeout (a
+        // write the engine took by the first is awaited up to the second,
+        // `deadline`): the drain outlasts it, or a write cut off unanswered and
+        // retried without a key would be applied twice.
         drain_timeout: std::time::Duration::from_millis(
             state
                 .config()
                 .drain_timeout_ms
-                .max(state.config().request_timeout_ms + 1_000),
+                .max(2 * state.config().request_timeout_ms + 1_000),
         ),
     };
     let mut stop = state.shutdown_signal();

@@ -31,13 +31,16 @@ cancellation, hold, ledger, events) `\"actor\": \"operator:lily\"` comes with \
 `\"on_behalf_of\": \"cs-7\"`; `on_behalf_of` is absent when nobody was acted for. Token names are \
 1..=32 bytes of printable ASCII without spaces (else the server does not start).
 
-**Idempotency.** Every creating `POST` (reservations, commit, release, orders, pay, \
-transitions, cancel, return, refund, adjustments) accepts `Idempotency-Key` (printable \
-ASCII, at most 128 bytes). The same key with the same method, path and body returns the \
-original status and body, also after a restart; with a different request it is 422 \
-`idempotency_conflict`. `/v1/batch` ops take no key. Keys are remembered for a retention \
-window (`SURGE_IDEMPOTENCY_WINDOW_MS`, 24 hours by default) within a memory budget \
-(`SURGE_IDEMPOTENCY_BUDGET_MB`, 2 GiB by default: about 33 million keys). Past the budget \
+**Idempotency.** Every write but `PUT /v1/skus/{sku}` (which sets what it names: a \
+repeat sets the same values again, and is logged again) accepts `Idempotency-Key` (printable ASCII, at most 128 bytes): \
+reservations, commit, release, orders, pay, transitions, cancel, hold, release-hold, \
+return, refund, refunds, an order's `PATCH`, adjustments, and `/v1/batch` (one key for \
+the request, at most 122 bytes: each op is kept under the key and its index). The same \
+key with the same method, path and body returns the original status and body, also \
+after a restart; with a different request it is 422 `idempotency_conflict`. Keys are \
+remembered for a retention window (`SURGE_IDEMPOTENCY_WINDOW_MS`, 24 hours by default) \
+within a memory budget (`SURGE_IDEMPOTENCY_BUDGET_MB`, 2 GiB by default: about 29.8 \
+million keys at 72 bytes each). Past the budget \
 the oldest keys are forgotten first, so at a peak the window shortens \
 (`surge_idempotency_window_seconds` in `/metrics`); a keyed write is never refused because \
 of the number of keys.
@@ -134,6 +137,9 @@ fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Paramet
         .build()
 }
 
+/// The POST actions that may come without a body (every field optional).
+pub const BODY_OPTIONAL: [&str; 2] = ["/v1/orders/{id}/refund", "/v1/orders/{id}/release-hold"];
+
 impl Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         crate::event_doc::document_events(openapi);
@@ -157,6 +163,13 @@ impl Modify for Conventions {
             ];
             for (write, idempotent, op) in ops {
                 let Some(op) = op else { continue };
+                // An action whose fields are all optional takes no body too
+                // (`ApiJson::from_request_or_empty`).
+                if BODY_OPTIONAL.contains(&path.as_str())
+                    && let Some(body) = op.request_body.as_mut()
+                {
+                    body.required = Some(utoipa::openapi::Required::False);
+                }
                 op.security = Some(vec![SecurityRequirement::new(
                     "bearer",
                     Vec::<String>::new(),
@@ -171,7 +184,7 @@ impl Modify for Conventions {
                     ("403", "`forbidden`: the role may not do this"),
                     (
                         "503",
-                        "`overloaded` (queue full, timeout; with `Retry-After`; after a timeout a write the engine had already taken may still take effect, one still queued is dropped unapplied: retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`; reads too on a fenced node whose state holds records the replicated log never got from it)",
+                        "`overloaded` (queue full, timeout; with `Retry-After`; a write still queued at the request timeout is dropped unapplied and its detail says nothing was done; one the engine had taken is answered with its outcome, up to one more timeout, past which the detail says it may still take effect: read it back, or retry with the same `Idempotency-Key`), `storage_unavailable`, or for a write to a standby or a fenced former leader `not_leader` (with `Retry-After`; reads too on a fenced node whose state holds records the replicated log never got from it)",
                     ),
                 ] {
                     responses

@@ -55,6 +55,17 @@ pub async fn readyz(
     readiness(&st).map(axum::Json)
 }
 
+/// Why a `replicated` leader refuses every write now: its replicated log is
+/// unavailable (`None` in any other mode or role, or with the log up).
+pub fn replicated_log_down(engine: &surge_engine::EngineHandle) -> Option<String> {
+    if engine.role() != surge_engine::Role::Leader
+        || engine.durability() != surge_engine::Durability::Replicated
+    {
+        return None;
+    }
+    engine.replication_down()
+}
+
 /// What `/readyz` answers now (`Ok`: 200), and what `surge_ready` says.
 pub fn readiness(st: &AppState) -> Result<StatusBody, ApiError> {
     let Some(engine) = st.engine_opt() else {
@@ -70,9 +81,7 @@ pub fn readiness(st: &AppState) -> Result<StatusBody, ApiError> {
     }
     match engine.role() {
         surge_engine::Role::Leader => {
-            if engine.durability() == surge_engine::Durability::Replicated
-                && let Some(why) = engine.replication_down()
-            {
+            if let Some(why) = replicated_log_down(engine) {
                 // Every write is refused until the replicated log is back.
                 return Err(ApiError::storage_unavailable(format!(
                     "the replicated log is unavailable: {why}"
@@ -113,7 +122,14 @@ pub async fn promote(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "invalid_transition",
-                format!("this node is a {}, not a standby", engine.role().name()),
+                format!(
+                    "this node is not a standby: it is {}",
+                    match engine.role() {
+                        surge_engine::Role::Leader => "the leader",
+                        surge_engine::Role::Fenced => "fenced: another node leads",
+                        surge_engine::Role::Standby => "a standby with no stream to follow",
+                    }
+                ),
             ));
         }
     };

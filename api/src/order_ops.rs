@@ -42,7 +42,7 @@ pub async fn hold_order(
 
 #[utoipa::path(post, path = "/v1/orders/{id}/release-hold", tag = "orders",
     params(("id" = String, Path, description = "Order id (`o<n>`)")),
-    request_body = ReleaseHoldReq,
+    request_body(content = ReleaseHoldReq, description = "Optional: every field is; without a body (no `Content-Type`) it is `{}`"),
     responses(
         (status = 200, description = "`hold` is null; event `order.hold_released`", body = OrderBody),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
@@ -104,13 +104,22 @@ pub async fn modify_order(
     request_body = RefundsReq,
     responses(
         (status = 200, description = "The order; the refund first pays what is due, beyond that it is goodwill. Honours `Idempotency-Key`", body = OrderBody),
-        (status = 400, description = "`validation_failed`: amount 0", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`validation_failed`: amount 0, or over the largest order total", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`refund_exceeds_paid`: more than paid and not yet refunded; `invalid_transition`: the order has taken the 20 changes that keep its status it may (`POST /v1/orders/{id}/refund` still pays what is due)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refund_amount(
     OrderWrite(call, req, ..): OrderWrite<Operator, RefundsReq>,
 ) -> Result<Response, ApiError> {
+    // The schema's range: no order is paid more than it totals, so an amount past
+    // the largest total is a bad field (400), whatever the order (not 409).
+    let max = surge_engine::limits::ORDER_TOTAL_MAX;
+    if req.amount > max {
+        return Err(ApiError::validation(
+            "amount",
+            format!("must be at most {max}: no order totals more"),
+        ));
+    }
     let command = Command::RefundAmount {
         id: call.order_id()?,
         amount: req.amount,

@@ -32,6 +32,7 @@ pub async fn execute(
         .engine()?
         .submit(command, key)
         .map_err(ApiError::from_engine)?;
+    crate::deadline::register(ticket.claim());
     ticket.await.map_err(ApiError::from_engine)
 }
 
@@ -686,7 +687,7 @@ pub async fn return_order(
 
 #[utoipa::path(post, path = "/v1/orders/{id}/refund", tag = "orders",
     params(("id" = String, Path, description = "Order id (`o<n>`)")),
-    request_body = RefundReq,
+    request_body(content = RefundReq, description = "Optional: every field is; without a body (no `Content-Type`) it is `{}`"),
     responses(
         (status = 200, description = "payment `refunded`", body = OrderBody),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),

@@ -22,7 +22,9 @@ pub struct ApiConfig {
     pub payment_ttl_ms: u64,
     /// Largest request body accepted (413 above).
     pub body_limit_bytes: usize,
-    /// A request that takes longer is answered 503.
+    /// A request that takes longer is answered 503, unless the write it queued
+    /// was taken by then: that one is answered when committed, up to as long
+    /// again (`deadline`).
     pub request_timeout_ms: u64,
     /// A body that has not arrived this long after the headers is answered 408
     /// (below `request_timeout_ms`, so that the 408 comes first; half of it by

@@ -522,8 +522,23 @@ fn console_in_a_real_browser() {
     browser.type_into("#adjust-sku", "EMPTY");
     browser.type_into("#adjust-delta", "4");
     browser.type_into("#adjust-note", "pallet 12");
-    browser.click("#adjust-submit");
+    // Submitted twice at once (a double click, Enter twice), it is sent once, with
+    // an Idempotency-Key: it used to be applied twice.
+    browser.js(
+        "const real = window.fetch; window.adjustKeys = [];
+         window.fetch = (url, opts) => {
+           if (String(url).endsWith('/adjustments')) window.adjustKeys.push(opts.headers['Idempotency-Key']);
+           return real(url, opts);
+         };
+         const form = document.querySelector('#adjust-form');
+         form.requestSubmit();
+         form.requestSubmit();",
+        json!([]),
+    );
     browser.wait_text("#adjust-result", "now 4 on hand");
+    let keys = browser.js("return window.adjustKeys;", json!([]));
+    assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(keys[0].as_str().unwrap().len(), 32, "{keys}");
     browser.wait("EMPTY row to lose its out-of-stock highlight", || {
         let class = browser.js(
             "const r = document.querySelector(\"#stock-table tr[data-sku='EMPTY']\"); return r && r.className;",
@@ -935,10 +950,23 @@ fn console_v11_order_actions_and_ledger() {
     choose_language(&browser, "en");
     browser.wait_text("#hold-reason", "Address check");
     open_action(&browser, "release_hold");
-    confirm_action(&browser);
+    // Released meanwhile by another operator: the refusal shows in the dialog, and
+    // the page behind it is brought up to date (it kept offering the release).
+    server.ok(
+        "POST",
+        &format!("/v1/orders/{id}/release-hold"),
+        Some(json!({})),
+    );
+    browser.click("#action-confirm");
+    browser.wait("the refusal", || {
+        browser.exists("#action-error:not([hidden])").then_some(())
+    });
     browser.wait("the hold banner to go", || {
         (!browser.exists("#order-hold")).then_some(())
     });
+    assert!(browser.exists("#action-hold"));
+    assert!(!browser.exists("#action-release_hold"));
+    browser.click("#action-abort");
     assert!(api_order()["hold"].is_null());
 
     // 2. Modify: a refused increase shows the problem; a reduction needs a reason.
@@ -1034,6 +1062,17 @@ fn console_v11_order_actions_and_ledger() {
     browser.goto(&server.url(&format!("/#/order/{id}")));
     browser.wait_text("#order-status", "shipped");
     assert!(!browser.exists("#action-cancel"));
+    // Paid, nothing due: a goodwill refund's amount is typed, not prefilled with
+    // everything paid (one Enter used to refund it all).
+    open_action(&browser, "refund");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('#f-refund-amount').value;",
+            json!([])
+        ),
+        ""
+    );
+    browser.click("#action-abort");
     open_action(&browser, "return");
     assert_eq!(
         browser.js("return document.querySelector('#f-kind').value;", json!([])),

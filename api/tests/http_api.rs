@@ -229,6 +229,26 @@ fn refuses_a_pretouch_beyond_the_memory_available() {
     assert!(stderr.contains("available on this machine"), "{stderr}");
 }
 
+/// An empty NATS server setting is refused at start, naming it: the node used to
+/// log "ready", then answer nothing (not even `/healthz` or SIGTERM) while the
+/// client spun over no server.
+#[test]
+fn refuses_an_empty_nats_server() {
+    for (variable, flag, value) in [
+        ("SURGE_REPLICATE_TO", "--replicate-to", ""),
+        ("SURGE_STANDBY", "--standby", " "),
+        ("SURGE_EVENTS_TO", "--events-to", ""),
+        ("SURGE_EVENTS_TO", "--events-to", "nats://127.0.0.1:4222,"),
+    ] {
+        let dir = TempDir::new("nats-empty");
+        let mut command = surge_command("127.0.0.1:0", &dir.data());
+        command.env(variable, value);
+        let stderr = refused_start(command);
+        assert!(stderr.contains(flag), "{variable}={value:?}: {stderr}");
+        assert!(stderr.contains("empty"), "{variable}={value:?}: {stderr}");
+    }
+}
+
 /// The engine's worst case at its limits (state and idempotency budget, twice with
 /// the follower, and a snapshot in flight) must fit the machine: the largest budget
 /// accepted, 64 GiB, needs over 192 GiB, so start-up says so and stops.

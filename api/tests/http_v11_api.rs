@@ -1498,7 +1498,7 @@ fn a_stop_drains_connections_for_at_most_the_drain_timeout() {
     let s = Server::start_with(
         &dir.data(),
         "v11-drain",
-        // The drain outlasts the request timeout by a second: 2 s here.
+        // The drain outlasts twice the request timeout by a second: 3 s here.
         &[
             ("SURGE_HTTP_DRAIN_TIMEOUT_MS", "500"),
             ("SURGE_REQUEST_TIMEOUT_MS", "1000"),

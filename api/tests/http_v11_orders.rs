@@ -271,6 +271,17 @@ fn patch_refunds_ledger_and_returns_survive_a_restart() {
     server
         .as_(OPERATOR, "POST", &refunds, Some(r#"{"amount": 301}"#))
         .assert_problem(409, "refund_exceeds_paid");
+    // An amount no order could have been paid is a bad field, not a refusal.
+    for amount in ["1000000000001", "18446744073709551615"] {
+        let r = server.as_(
+            OPERATOR,
+            "POST",
+            &refunds,
+            Some(&format!(r#"{{"amount": {amount}}}"#)),
+        );
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], "amount", "{}", r.body);
+    }
     let r = server.call(
         "POST",
         &refunds,

@@ -584,10 +584,18 @@ fn replicated_writes_wait_for_nats_and_resume_when_it_is_back() {
             Some(r#"{"on_hand": 5, "name": "HOT"}"#),
         )
         .assert_problem(503, "storage_unavailable");
+    // The gauge an alert reads says so too (it said 0 through a NATS outage).
+    let metrics = |leader: &Server| leader.call("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics(&leader).contains("\nsurge_engine_writes_refused 1\n"),
+        "{}",
+        metrics(&leader)
+    );
     let nats = Nats::start_on(port, &dir);
     leader.wait_ready();
     leader.define("HOT", 5);
     assert_eq!(reserve(&leader).status, 201);
+    assert!(metrics(&leader).contains("\nsurge_engine_writes_refused 0\n"));
     // NATS gone again: the idle leader says so with no write to find out.
     drop(nats);
     eventually("the idle leader to report the stream down", || {

@@ -999,6 +999,26 @@ async fn batch_ops_succeed_or_fail_alone() {
 /// required field still refuses a missing body.
 #[tokio::test]
 async fn order_actions_with_only_optional_fields_take_no_body() {
+    // The document says so: these two bodies are optional, every other one required.
+    let doc: Value = serde_json::from_str(surge_api::openapi::document_json()).unwrap();
+    let mut optional = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if let Some(body) = op.get("requestBody")
+                && body["required"] != json!(true)
+            {
+                optional.push(format!("{method} {path}"));
+            }
+        }
+    }
+    optional.sort();
+    assert_eq!(
+        optional,
+        [
+            "post /v1/orders/{id}/refund",
+            "post /v1/orders/{id}/release-hold"
+        ]
+    );
     let api = Api::new();
     api.define("A", 10).await;
     let order = json!({"order_no": "nb-1", "customer_id": "c",
@@ -2081,6 +2101,129 @@ async fn a_stream_that_missed_events_is_told_before_it_goes_on() {
         "{events:?}"
     );
     assert!(oldest < last);
+}
+
+/// Polls `call` once; it must not have answered yet.
+async fn poll_once_pending(call: std::pin::Pin<&mut impl std::future::Future<Output = Reply>>) {
+    let mut call = call;
+    std::future::poll_fn(|cx| {
+        assert!(call.as_mut().poll(cx).is_pending(), "answered too soon");
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
+/// Polls `call` and steps `core` until the writer takes the request's write.
+async fn until_taken(
+    mut call: std::pin::Pin<&mut impl std::future::Future<Output = Reply>>,
+    core: &mut surge_engine::Core<surge_engine::wal::SimStorage>,
+) {
+    for _ in 0..100 {
+        poll_once_pending(call.as_mut()).await;
+        if core.step(0) > 0 {
+            return;
+        }
+    }
+    panic!("the write never reached the queue");
+}
+
+/// At the request timeout a write the writer has not taken is given up: 503 saying
+/// nothing was done, and the writer skips it. One taken before the timeout is
+/// applied, so its request waits for its answer (up to one more timeout) and
+/// answers it; past that, 503 says it may still take effect. Time is paused: the
+/// deadlines pass when the test advances the clock, and the writer is stepped by
+/// hand, so each case falls on its side of the deadline every run.
+#[tokio::test(start_paused = true)]
+async fn a_write_past_the_request_timeout_is_answered_with_what_it_did() {
+    let config = EngineConfig {
+        durability: Durability::Sync,
+        follower: false,
+        snapshot_every_records: 0,
+        ..Default::default()
+    };
+    let (mut core, _) =
+        Engine::open_core_pipelined(surge_engine::wal::SimStorage::new(), config).expect("open");
+    let timeout = std::time::Duration::from_millis(1_000);
+    let api = Api::with_engine(
+        ApiConfig {
+            request_timeout_ms: 1_000,
+            ..ApiConfig::default()
+        },
+        core.handle().clone(),
+    );
+    let define = surge_engine::Command::DefineSku {
+        sku: "A".into(),
+        name: String::new(),
+        on_hand: 10,
+        low_stock_threshold: 0,
+    };
+    let mut defined = core.handle().submit(define, None).expect("queued");
+    core.step(0);
+    core.sync();
+    assert!(
+        defined
+            .try_wait()
+            .expect("answered")
+            .expect("acked")
+            .outcome
+            .is_ok()
+    );
+    let hold = json!({"lines": [{"sku": "A", "qty": 1}], "ttl_ms": 600000}).to_string();
+    let reserve = || {
+        api.call(
+            "POST",
+            "/v1/reservations",
+            Some(STOREFRONT),
+            &[],
+            Some(&hold),
+        )
+    };
+
+    // Never taken: the clock runs to the deadline while nothing steps the writer.
+    let r = reserve().await;
+    assert_problem(&r, 503, "overloaded");
+    assert!(r.text.contains("nothing was done"), "{}", r.text);
+    core.step(0);
+    core.sync();
+    let abandoned = |core: &surge_engine::Core<_>| {
+        core.handle()
+            .stats()
+            .commands_abandoned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(abandoned(&core), 1, "the writer skipped it");
+
+    // Taken before the deadline, committed after it: its answer.
+    let mut call = std::pin::pin!(reserve());
+    until_taken(call.as_mut(), &mut core).await;
+    tokio::time::advance(timeout + std::time::Duration::from_millis(1)).await;
+    poll_once_pending(call.as_mut()).await;
+    core.sync();
+    let r = call.await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // Taken, and not committed within one more timeout: 503 saying it may still
+    // take effect (and it does, once committed).
+    let mut call = std::pin::pin!(reserve());
+    until_taken(call.as_mut(), &mut core).await;
+    tokio::time::advance(timeout + std::time::Duration::from_millis(1)).await;
+    poll_once_pending(call.as_mut()).await;
+    tokio::time::advance(timeout).await;
+    let r = call.await;
+    assert_problem(&r, 503, "overloaded");
+    assert!(r.text.contains("may still take effect"), "{}", r.text);
+    core.sync();
+    let mut read = core
+        .handle()
+        .query(Query::GetSku { sku: "A".into() })
+        .expect("queued");
+    core.step(0);
+    core.sync();
+    match read.try_wait().expect("answered").expect("read") {
+        Ok(QueryReply::Sku(view)) => assert_eq!(view.available, 8, "the two taken holds"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(abandoned(&core), 1);
 }
 
 /// `/readyz` tells what a full disk does to writes: 503 `storage_unavailable` while

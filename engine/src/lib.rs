@@ -34,8 +34,8 @@ mod runtime;
 
 pub use feed::{EventLog, FeedPage};
 pub use runtime::{
-    BATCH_LEN_MAX_DEFAULT, Clock, Core, Durability, Engine, EngineConfig, EngineHandle, Error,
-    LatencyHistogram, LogPublisher, PublishError, RecoveryReport, Role, RuntimeStats, Ticket,
-    meminfo_bytes,
+    BATCH_LEN_MAX_DEFAULT, Claim, Clock, Core, Durability, Engine, EngineConfig, EngineHandle,
+    Error, LatencyHistogram, LogPublisher, PublishError, RecoveryReport, Role, RuntimeStats,
+    Ticket, meminfo_bytes,
 };
 pub use surge_wal as wal;

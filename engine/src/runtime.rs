@@ -30,7 +30,8 @@
 //! threads share with the handles, the runtime [`Error`], and `spawn_owner` (the
 //! panic policy of the threads that own engine state).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
@@ -107,6 +108,51 @@ impl Error {
 
 type ReplySender<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
 
+/// Who decided a queued write's fate first: the writer, taking it (it is then
+/// applied and answered), or its caller, giving it up (it is then never applied).
+/// One atomic decides, so a caller who gives up learns which it was: a request
+/// that timed out can say whether it changed anything.
+#[derive(Clone, Debug)]
+pub struct Claim(Arc<AtomicU8>);
+
+impl Claim {
+    const QUEUED: u8 = 0;
+    const TAKEN: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn new() -> Claim {
+        Claim(Arc::new(AtomicU8::new(Claim::QUEUED)))
+    }
+
+    /// The writer's side: `true` if it may apply the write (its caller had not
+    /// given it up), and from now on the caller cannot.
+    fn take(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Claim::QUEUED,
+                Claim::TAKEN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The caller's side: `true` if the write will never be applied (given up
+    /// before the writer took it, now or before); `false` if the writer has
+    /// taken it: it is applied and answered, whoever still waits.
+    pub fn abandon(&self) -> bool {
+        match self.0.compare_exchange(
+            Claim::QUEUED,
+            Claim::ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(decided) => decided == Claim::ABANDONED,
+        }
+    }
+}
+
 /// Records as logged: (LSN, encoded record).
 type LoggedRecords = Vec<(u64, Vec<u8>)>;
 
@@ -119,6 +165,7 @@ enum Request {
         command: Command,
         key: Option<IdempotencyKey>,
         reply: ReplySender<Acked>,
+        claim: Claim,
     },
     /// Commands applied one after another in one writer iteration, answered
     /// together once durable (`POST /v1/batch`).
@@ -127,6 +174,7 @@ enum Request {
     Batch {
         commands: Vec<(Command, Option<IdempotencyKey>)>,
         reply: ReplySender<Vec<Result<Acked, Error>>>,
+        claim: Claim,
     },
     Query {
         query: Query,
@@ -247,7 +295,7 @@ struct Inner {
     /// snapshot, kept. None until a snapshot is written.
     snapshot_buffers: Mutex<Vec<Vec<u8>>>,
     /// [`Role`] as a byte.
-    role: std::sync::atomic::AtomicU8,
+    role: AtomicU8,
     /// Why the replicated log is unavailable now, if it is (`replicated` mode
     /// refuses writes meanwhile).
     replication_down: Reason,
@@ -274,7 +322,7 @@ impl Inner {
             board: StockBoard::default(),
             follower_encoding: AtomicBool::new(false),
             snapshot_buffers: Mutex::new(Vec::new()),
-            role: std::sync::atomic::AtomicU8::new(role.as_u8()),
+            role: AtomicU8::new(role.as_u8()),
             replication_down: Reason::default(),
             writable_changed: tokio::sync::Notify::new(),
             publish_stopping: AtomicBool::new(false),

@@ -839,7 +839,9 @@ function startAction(action, button) {
         text = t('dlg.refundText', { paid: money(p.paid_amount), refunded: money(p.refunded_amount), due: money(p.refund_due_amount), max: money(max) });
         field(fields, 'f-refund-amount', t('dlg.refundAmount'), h('input', {
           id: 'f-refund-amount', type: 'number', min: '0.01', step: '0.01', max: money(max), required: true, 'data-testid': 'refund-amount',
-          value: money(p.refund_due_amount > 0 ? p.refund_due_amount : max),
+          // What is due, if anything; a goodwill refund's amount is typed (prefilled
+          // with everything refundable, one Enter paid it all back).
+          value: p.refund_due_amount > 0 ? money(p.refund_due_amount) : '',
         }));
         field(fields, 'f-reason', t('dlg.reason'), h('input', { id: 'f-reason', maxlength: 256 }));
         field(fields, 'f-refund-ref', t('dlg.refundRef'), h('input', { id: 'f-refund-ref', maxlength: 256 }));
@@ -957,6 +959,7 @@ function setupDialogs() {
     } catch (e) {
       $('#action-error').textContent = e.message;
       $('#action-error').hidden = false;
+      refreshAfterRefusal(e);
     } finally {
       btn.disabled = false;
     }
@@ -967,6 +970,15 @@ function setupDialogs() {
   $('#cancel-abort').addEventListener('click', () => cancelDlg.close());
   $('#cancel-form').addEventListener('submit', submitCancel);
   cancelDlg.addEventListener('close', restoreFocus);
+}
+
+/**
+ * A refusal for the order's state (409) means the page is out of date (another
+ * operator moved the order on): show the order as it is now behind the dialog,
+ * whose message stays up, so the buttons are its actions again.
+ */
+function refreshAfterRefusal(e) {
+  if (e.status === 409 && current) showOrder(current.id, { focus: false, onlyIfChanged: true });
 }
 
 /** What the console says once an action went through. */
@@ -1029,6 +1041,7 @@ async function submitCancel(ev) {
   } catch (e) {
     err.textContent = e.code === 'order_shipped' ? t('cancel.shippedHint', { msg: e.message }) : e.message;
     err.hidden = false;
+    refreshAfterRefusal(e);
   } finally {
     btn.disabled = false;
   }
@@ -1276,6 +1289,10 @@ function setupBuyer() {
   });
 }
 
+/** An adjustment on its way, and the key of each adjustment sent and not yet applied. */
+let adjustInFlight = false;
+const adjustKeys = new Map();
+
 function setupStock() {
   setupSale();
   setupBuyer();
@@ -1297,8 +1314,20 @@ function setupStock() {
       out.className = 'error-inline';
       return;
     }
+    // One adjustment at a time: a second click or Enter while one is on its way is
+    // dropped (it used to apply the delta twice), and the same adjustment sent again
+    // (a lost answer, then Apply) carries the same Idempotency-Key, so it is applied
+    // once. A new adjustment (the form is cleared once one is applied) gets a new key.
+    if (adjustInFlight) return;
+    const body = { delta, reason, note: $('#adjust-note').value.trim() };
+    const sent = JSON.stringify([sku, body]);
+    if (!adjustKeys.has(sent)) adjustKeys.set(sent, newIdempotencyKey());
+    const btn = $('#adjust-submit');
+    adjustInFlight = true;
+    btn.disabled = true;
     try {
-      const k = await api('POST', `/v1/skus/${encodeURIComponent(sku)}/adjustments`, { delta, reason, note: $('#adjust-note').value.trim() });
+      const k = await api('POST', `/v1/skus/${encodeURIComponent(sku)}/adjustments`, body, { idempotencyKey: adjustKeys.get(sent) });
+      adjustKeys.clear();
       out.textContent = t('stock.applied', { sku: k.sku, delta: `${delta > 0 ? '+' : ''}${delta}`, reason: code('stockReason', reason), on_hand: k.on_hand, available: k.available });
       out.className = 'ok';
       $('#adjust-delta').value = '';
@@ -1309,6 +1338,9 @@ function setupStock() {
     } catch (e) {
       out.textContent = t('stock.notApplied', { msg: e.message });
       out.className = 'error-inline';
+    } finally {
+      adjustInFlight = false;
+      btn.disabled = !access.canOperate;
     }
   });
 }

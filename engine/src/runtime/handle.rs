@@ -12,7 +12,7 @@ use super::queue::TrySendError;
 use parking_lot::Mutex;
 
 use super::follower::FollowerMsg;
-use super::{Durability, Error, Inner, LogPublisher, Request, Role, RuntimeStats};
+use super::{Claim, Durability, Error, Inner, LogPublisher, Request, Role, RuntimeStats};
 use crate::board::BoardRead;
 use crate::command::{Acked, Command, IdempotencyKey, Outcome, Query, SkuView};
 use crate::feed::EventLog;
@@ -20,18 +20,56 @@ use crate::query::QueryReply;
 use crate::{Rejection, fnv1a64};
 
 /// A pending answer: `.await` it from async code or `wait()` from a plain thread.
-pub struct Ticket<T>(tokio::sync::oneshot::Receiver<Result<T, Error>>);
+///
+/// A write's ticket dropped before the writer took the write gives it up: it is
+/// never applied (the caller timed out, or went away). [`Ticket::claim`] lets a
+/// caller that stops waiting learn which it was.
+pub struct Ticket<T> {
+    answer: tokio::sync::oneshot::Receiver<Result<T, Error>>,
+    given_up_on_drop: Option<GiveUpOnDrop>,
+}
+
+/// Gives its write up when dropped, unless the writer took it first.
+struct GiveUpOnDrop(Claim);
+
+impl Drop for GiveUpOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
 
 impl<T> Ticket<T> {
+    fn read(answer: tokio::sync::oneshot::Receiver<Result<T, Error>>) -> Ticket<T> {
+        Ticket {
+            answer,
+            given_up_on_drop: None,
+        }
+    }
+
+    fn write(answer: tokio::sync::oneshot::Receiver<Result<T, Error>>, claim: Claim) -> Ticket<T> {
+        Ticket {
+            answer,
+            given_up_on_drop: Some(GiveUpOnDrop(claim)),
+        }
+    }
+
+    /// A write's [`Claim`]: with it a caller that stops waiting gives the write up
+    /// and learns whether it was taken (`None` for a read, which changes nothing).
+    pub fn claim(&self) -> Option<Claim> {
+        self.given_up_on_drop.as_ref().map(|own| own.0.clone())
+    }
+
     pub fn wait(self) -> Result<T, Error> {
-        self.0.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+        self.answer
+            .blocking_recv()
+            .unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// The answer if it has come, without waiting (for the step-driven core's
     /// owner, who knows when answers can come); [`Error::ShuttingDown`] when none
     /// ever will. Call it until it answers, then no more.
     pub fn try_wait(&mut self) -> Option<Result<T, Error>> {
-        match self.0.try_recv() {
+        match self.answer.try_recv() {
             Ok(answer) => Some(answer),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
@@ -88,7 +126,7 @@ impl<T> std::future::Future for Ticket<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0)
+        std::pin::Pin::new(&mut self.answer)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(Error::ShuttingDown)))
     }
@@ -157,12 +195,14 @@ impl EngineHandle {
         key: Option<IdempotencyKey>,
     ) -> Result<Ticket<Acked>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        let claim = Claim::new();
         self.send(Request::Command {
             command,
             key,
             reply,
+            claim: claim.clone(),
         })?;
-        Ok(Ticket(rx))
+        Ok(Ticket::write(rx, claim))
     }
 
     /// Submit and wait (plain threads).
@@ -210,7 +250,7 @@ impl EngineHandle {
             }
             None => self.send(Request::Query { query, reply })?,
         }
-        Ok(Ticket(rx))
+        Ok(Ticket::read(rx))
     }
 
     /// Submit the commands of one batch request as one queue entry: the writer
@@ -232,8 +272,13 @@ impl EngineHandle {
         commands: Vec<(Command, Option<IdempotencyKey>)>,
     ) -> Result<Ticket<Vec<Result<Acked, Error>>>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Request::Batch { commands, reply })?;
-        Ok(Ticket(rx))
+        let claim = Claim::new();
+        self.send(Request::Batch {
+            commands,
+            reply,
+            claim: claim.clone(),
+        })?;
+        Ok(Ticket::write(rx, claim))
     }
 
     /// A SKU's stock read on the caller's thread, linearizable like [`Self::query`]
@@ -311,7 +356,7 @@ impl EngineHandle {
             to_writer: self.shared.tx.clone(),
             reply,
         })?;
-        Ok(Ticket(rx))
+        Ok(Ticket::read(rx))
     }
 
     /// A standby applies its leader's records (LSN and the record as logged, in
@@ -319,7 +364,7 @@ impl EngineHandle {
     pub fn replicate(&self, records: Vec<(u64, Vec<u8>)>) -> Result<Ticket<u64>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Request::Replicate { records, reply })?;
-        Ok(Ticket(rx))
+        Ok(Ticket::read(rx))
     }
 
     /// This node's place in replication now.
@@ -371,7 +416,7 @@ impl EngineHandle {
     pub fn snapshot(&self) -> Result<Ticket<u64>, Error> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Request::Snapshot { reply })?;
-        Ok(Ticket(rx))
+        Ok(Ticket::read(rx))
     }
 
     pub fn events(&self) -> &EventLog {

@@ -356,20 +356,24 @@ impl<S: Storage> Writer<S> {
             self.adopt_own_policy(pending);
         }
         match request {
-            // A request whose caller stopped waiting before the writer took it (its
-            // HTTP request timed out, or its client went away) is not applied: it
-            // was not answered, so it changes nothing, and the writer sheds the
-            // work of callers that gave up. One taken is applied and answered.
-            Request::Command { reply, .. } if reply.is_closed() => self.abandoned(1),
-            Request::Batch { commands, reply } if reply.is_closed() => {
-                self.abandoned(commands.len());
-            }
+            // A write whose caller gave it up before the writer took it (its HTTP
+            // request timed out, or its client went away) is not applied: its
+            // caller was told so, or is gone, and the writer sheds the work of
+            // callers that gave up. One taken is applied and answered, and its
+            // caller, if it gives up now, learns that it was taken.
+            Request::Command { claim, .. } if !claim.take() => self.abandoned(1),
+            Request::Batch {
+                commands, claim, ..
+            } if !claim.take() => self.abandoned(commands.len()),
             Request::Command {
                 command,
                 key,
                 reply,
+                ..
             } => self.apply(command, key, reply, pending),
-            Request::Batch { commands, reply } => self.apply_batch(commands, reply, pending),
+            Request::Batch {
+                commands, reply, ..
+            } => self.apply_batch(commands, reply, pending),
             Request::Query { query, reply } => reads.push((reply, self.state.query(&query))),
             Request::Snapshot { reply } => {
                 let logged = self
