@@ -754,6 +754,8 @@ macro_rules! order_filter_params {
         pub struct $name {
             /// An order status (`reserved`, `confirmed`, ..., `returned`).
             pub status: Option<String>,
+            /// The customer, exactly (at most 64 bytes, as the field).
+            #[param(max_length = 64)]
             pub customer_id: Option<String>,
             /// Orders with a line of this SKU.
             pub sku: Option<String>,
@@ -763,9 +765,11 @@ macro_rules! order_filter_params {
             pub created_to: Option<String>,
             /// `unpaid`, `paid`, `partially_refunded`, `refund_due` or `refunded`.
             pub payment_status: Option<String>,
-            /// Order numbers starting with this.
+            /// Order numbers starting with this (at most 64 bytes, as the field).
+            #[param(max_length = 64)]
             pub order_no: Option<String>,
-            /// Sales channel, exactly.
+            /// Sales channel, exactly (at most 64 bytes, as the field).
+            #[param(max_length = 64)]
             pub channel: Option<String>,
             /// `true`: only orders past their ship SLA and not shipped.
             pub delayed: Option<String>,
@@ -781,7 +785,8 @@ macro_rules! order_filter_params {
                 &self,
             ) -> Result<::surge_engine::OrderFilter, $crate::error::ApiError> {
                 use $crate::error::ApiError;
-                use $crate::routes::{filter_value, parse_flag, parse_time};
+                use $crate::routes::{filter_value, parse_flag, parse_time, text_filter};
+                use ::surge_engine::limits::{CHANNEL_LEN_MAX, CUSTOMER_ID_LEN_MAX, ORDER_NO_LEN_MAX};
                 let status = match filter_value("status", &self.status)? {
                     None => None,
                     Some(s) => Some(s.parse::<::surge_engine::OrderStatus>().map_err(|()| {
@@ -790,7 +795,7 @@ macro_rules! order_filter_params {
                 };
                 Ok(::surge_engine::OrderFilter {
                     status,
-                    customer_id: filter_value("customer_id", &self.customer_id)?.map(str::to_string),
+                    customer_id: text_filter("customer_id", &self.customer_id, CUSTOMER_ID_LEN_MAX)?.map(str::to_string),
                     sku: filter_value("sku", &self.sku)?.map(str::to_string),
                     created_from_ms: parse_time("created_from", filter_value("created_from", &self.created_from)?)?,
                     created_to_ms: parse_time("created_to", filter_value("created_to", &self.created_to)?)?,
@@ -805,8 +810,8 @@ macro_rules! order_filter_params {
                             },
                         )?),
                     },
-                    order_no_prefix: filter_value("order_no", &self.order_no)?.map(str::to_string),
-                    channel: filter_value("channel", &self.channel)?.map(str::to_string),
+                    order_no_prefix: text_filter("order_no", &self.order_no, ORDER_NO_LEN_MAX)?.map(str::to_string),
+                    channel: text_filter("channel", &self.channel, CHANNEL_LEN_MAX)?.map(str::to_string),
                     delayed: parse_flag("delayed", filter_value("delayed", &self.delayed)?)?,
                     on_hold: parse_flag("on_hold", filter_value("on_hold", &self.on_hold)?)?,
                 })
@@ -857,6 +862,33 @@ pub(crate) fn filter_value<'a>(
         )),
         other => Ok(other),
     }
+}
+
+/// [`filter_value`] for a text filter that matches a field of at most `max_bytes`:
+/// a longer value, or one holding a control character, could match nothing, so it is
+/// refused naming the parameter (it was answered with an empty list, as if nothing
+/// matched) as the field itself would be.
+pub(crate) fn text_filter<'a>(
+    name: &str,
+    value: &'a Option<String>,
+    max_bytes: usize,
+) -> Result<Option<&'a str>, ApiError> {
+    let value = filter_value(name, value)?;
+    if let Some(text) = value {
+        if text.len() > max_bytes {
+            return Err(ApiError::validation(
+                name,
+                format!("must be at most {max_bytes} bytes, as the field it matches"),
+            ));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                name,
+                "must not hold control characters, as the field it matches",
+            ));
+        }
+    }
+    Ok(value)
 }
 
 /// How a time is written in a query string: `+` there is read as a space.

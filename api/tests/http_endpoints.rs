@@ -576,6 +576,20 @@ fn lists_filters_paging_export_and_stats() {
         let r = s.admin("GET", &format!("/v1/orders/export.csv?{query}"), None);
         r.assert_problem(400, "validation_failed");
     }
+    // A text filter no field could match (longer than the field, or holding a
+    // control character) is refused by name too, not answered with an empty list.
+    let long = "x".repeat(65);
+    for (query, field) in [
+        (format!("customer_id={long}"), "customer_id"),
+        (format!("order_no={long}"), "order_no"),
+        (format!("channel={long}"), "channel"),
+        ("channel=%00".to_string(), "channel"),
+    ] {
+        let r = s.admin("GET", &format!("/v1/orders?{query}"), None);
+        r.assert_problem(400, "validation_failed");
+        assert_eq!(r.json()["field"], field, "{query}: {}", r.body);
+    }
+    assert_eq!(list(&format!("customer_id={}", "x".repeat(64))).len(), 0);
     let r = s.admin("GET", "/v1/ledger?kind=", None);
     r.assert_problem(400, "validation_failed");
     assert_eq!(r.json()["field"], "kind", "{}", r.body);
