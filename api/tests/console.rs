@@ -1285,6 +1285,11 @@ fn console_report_renders_groups() {
         texts(&browser, "#stats-table tr[data-key='customer_request'] td"),
         json!(["4", "4", "100.0%", "399.00", "399.00", "0"])
     );
+    // By reason the rate is a share of every order of the window: its column says so.
+    assert_eq!(
+        browser.text("#stats-rate-h").unwrap(),
+        "Share of all orders"
+    );
     // One bar per group, the largest full width, the others in proportion.
     let widths = browser.js(
         "return [...document.querySelectorAll('#stats-chart rect.stat-bar')].map(r => Number(r.getAttribute('width')));",
@@ -1312,6 +1317,7 @@ fn console_report_renders_groups() {
             .then_some(())
     });
     assert_eq!(browser.text("#stats-btn").unwrap(), "生成报表");
+    assert_eq!(browser.text("#stats-rate-h").unwrap(), "占全部订单比例");
     browser.screenshot("report-02-zh");
     assert_eq!(
         browser.js("return window.surgeI18n.missed();", json!([])),

@@ -1462,6 +1462,12 @@ async function loadReport(params) {
     // A server before v1.1 ignores the window and answers its totals.
     if (!Array.isArray(st.groups)) throw new Error(t('stats.unsupported'));
     statsState.data = st;
+    // By reason a group holds only that reason's cancellations, and the rate is
+    // over every order of the window: say so ("4 orders, 4 cancelled, 0.1 %"
+    // read as a contradiction under "Cancel rate").
+    const rateHead = $('#stats-rate-h');
+    rateHead.dataset.i18n = st.group_by === 'reason' ? 'stats.rateOfAll' : 'stats.rate';
+    rateHead.textContent = t(rateHead.dataset.i18n);
     const groups = st.groups || [];
     const keyText = (g) => {
       if (g.key === '' || g.key === null || g.key === undefined) return t('stats.noValue');
