@@ -352,7 +352,7 @@ const EVENT_DOCS: &[EventDoc] = &[
                 "refund_due_added",
                 Integer,
                 true,
-                "What this modification added to the refund due (a paid order's lowered total), minor units",
+                "What this modification added to the refund due (a paid order's lowered total, capped so that refunded plus due never passes what was paid), minor units",
             ),
             (
                 "shipping_address",
