@@ -16,7 +16,9 @@
 //!   503 that says the write may still take effect.
 //!
 //! A request with no write registered (a read, or a write whose body or checks
-//! were not done yet) is answered 503 at the deadline, having done nothing.
+//! were not done yet) is answered 503 at the deadline, having done nothing. An
+//! action that runs on once begun (a promotion, a snapshot) registers as running
+//! ([`register_running`]) and is awaited like a taken write.
 //! The claim lives in a task-local slot the layer scopes around its request, so
 //! a handler registers it without anything passed down to it.
 
@@ -36,16 +38,33 @@ use tower::{Layer, Service};
 
 use crate::error::ApiError;
 
+/// What the current request has set going that its deadline must not misreport.
+pub enum Begun {
+    /// A write queued for the writer: given up at the deadline if not yet taken.
+    Write(Claim),
+    /// An action that runs on once begun, whoever waits (a promotion, a snapshot):
+    /// its answer is awaited like a taken write's.
+    Running,
+}
+
 tokio::task_local! {
-    /// The claim of the write the current request queued, if it queued one.
-    static QUEUED_WRITE: RefCell<Option<Claim>>;
+    /// What the current request set going, if anything.
+    static BEGUN: RefCell<Option<Begun>>;
 }
 
 /// Note the write the current request has queued, for its deadline to give up or
 /// wait for (outside a [`DeadlineLayer`], as in a test calling a handler
 /// directly, nothing is noted).
 pub fn register(claim: Option<Claim>) {
-    let _ = QUEUED_WRITE.try_with(|slot| *slot.borrow_mut() = claim);
+    let _ = BEGUN.try_with(|slot| *slot.borrow_mut() = claim.map(Begun::Write));
+}
+
+/// Note that the current request has begun an action that cannot be given up (a
+/// promotion, a snapshot): at the deadline its answer is awaited up to one more
+/// timeout, and past that the 503 says it may still take effect, never that
+/// nothing was done.
+pub fn register_running() {
+    let _ = BEGUN.try_with(|slot| *slot.borrow_mut() = Some(Begun::Running));
 }
 
 /// Answers a request 503 at `timeout` unless the write it queued was taken by
@@ -86,7 +105,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = TaskLocalFuture<RefCell<Option<Claim>>, Timed<S::Future>>;
+    type Future = TaskLocalFuture<RefCell<Option<Begun>>, Timed<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -99,13 +118,13 @@ where
             grace: self.timeout,
             taken: false,
         };
-        QUEUED_WRITE.scope(RefCell::new(None), timed)
+        BEGUN.scope(RefCell::new(None), timed)
     }
 }
 
 pin_project_lite::pin_project! {
     /// The request's answer, raced against its deadline; polled inside the scope
-    /// of its [`QUEUED_WRITE`] slot.
+    /// of its [`BEGUN`] slot.
     pub struct Timed<F> {
         #[pin]
         answer: F,
@@ -136,37 +155,38 @@ where
         }
         if *this.taken {
             return Poll::Ready(Ok(ApiError::overloaded(
-                "the request took too long: the engine had taken this write, and it may \
-                 still take effect: read it back, or retry it with the same \
-                 Idempotency-Key where the endpoint takes one",
+                "the request took too long: the engine had begun it, and it may still \
+                 take effect: read it back, or retry it with the same Idempotency-Key \
+                 where the endpoint takes one",
             )
             .into_response()));
         }
-        let claim = QUEUED_WRITE
+        let begun = BEGUN
             .try_with(|slot| slot.borrow_mut().take())
             .ok()
             .flatten();
-        match claim {
-            // Taken: it is applied and answered once committed; wait for that.
-            Some(claim) if !claim.abandon() => {
-                *this.taken = true;
-                let until = this.timer.deadline() + *this.grace;
-                this.timer.as_mut().reset(until);
-                // Registers the timer's waker for the new deadline.
-                match this.timer.poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => {
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                }
-            }
-            // Given up before the writer took it, or nothing queued: nothing done.
-            _ => Poll::Ready(Ok(ApiError::overloaded(
+        let given_up = match begun {
+            Some(Begun::Write(claim)) => claim.abandon(),
+            Some(Begun::Running) => false,
+            None => true,
+        };
+        if given_up {
+            // Given up before the writer took it, or nothing begun: nothing done.
+            return Poll::Ready(Ok(ApiError::overloaded(
                 "the request took too long; nothing was done (the engine had taken no \
                  write of it): retry it",
             )
-            .into_response())),
+            .into_response()));
         }
+        // Taken (or running): it is carried out and answered; wait for that, up to
+        // `grace` more. Polling the reset timer registers its waker; one already
+        // due (a zero grace) has this task polled again, to answer above.
+        *this.taken = true;
+        let until = this.timer.deadline() + *this.grace;
+        this.timer.as_mut().reset(until);
+        if this.timer.poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 }

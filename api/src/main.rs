@@ -231,20 +231,18 @@ struct ServeArgs {
 }
 
 /// The NATS servers a flag names: `nats://HOST:PORT`, several separated by commas
-/// (the client reads the rest). Empty (an environment variable set to nothing, the
-/// usual way to switch a setting off) is refused: the client looped over no server
-/// at all, on a thread of the HTTP runtime, and the process looked started while it
-/// answered nothing, not even SIGTERM.
+/// (empty entries between commas are skipped, `replication::server_list`; the client
+/// reads the rest). A value that names no server at all (empty, as an environment
+/// variable set to nothing, the usual way to switch a setting off) is refused: the
+/// client looped over no server, on a thread of the HTTP runtime, and the process
+/// looked started while it answered nothing, not even SIGTERM.
 fn nats_servers(value: &str) -> Result<String, String> {
-    if value.trim().is_empty() {
-        return Err(
-            "empty: give the NATS server as nats://HOST:PORT (several separated by \
-             commas), or leave the setting out to go without"
-                .into(),
-        );
-    }
-    if value.split(',').any(|server| server.trim().is_empty()) {
-        return Err(format!("{value:?} has an empty server between its commas"));
+    if surge_api::replication::server_list(value).is_empty() {
+        return Err(format!(
+            "{value:?} names no server (it is empty): give the NATS server as \
+             nats://HOST:PORT (several separated by commas), or leave the setting out \
+             to go without"
+        ));
     }
     Ok(value.to_string())
 }

@@ -390,7 +390,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_stock_reads_waited_total", COUNTER, "Stock reads that waited on their own task for the stock board to reach their read index.", load(&s.board_waits)),
         ("surge_stock_reads_unchanged_total", COUNTER, "Stock reads the stock board answered while behind the read index, no record past the board's LSN having changed their SKU.", load(&s.board_unchanged)),
         ("surge_reads_during_snapshot_total", COUNTER, "Reads sent through the writer's queue because the follower was encoding a snapshot.", load(&s.reads_during_snapshot)),
-        ("surge_engine_writes_refused", GAUGE, "1 while the engine refuses writes (disk full, failed flush; in `replicated` mode, the replicated log unavailable); on a standby, its leader's records.", f64::from(u8::from(refusing_writes(engine)))),
+        ("surge_engine_writes_refused", GAUGE, "1 while the engine refuses writes (disk full, failed flush; on a `replicated` leader, the replicated log unavailable; a fenced former leader); on a standby, its leader's records.", f64::from(u8::from(refusing_writes(engine)))),
         ("surge_events_last_seq", GAUGE, "Seq of the newest published event.", engine.events().last_seq() as f64),
     ]);
     if let Some(idem) = idempotency {
@@ -446,9 +446,12 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
 }
 
 /// Whether the engine refuses writes now: for its storage (disk full, a failed
-/// flush), or, on a `replicated` leader, for its replicated log.
+/// flush), on a `replicated` leader for its replicated log, or because a newer
+/// leader fenced it. (A standby refuses writes by design: it reports its leader's.)
 fn refusing_writes(engine: &surge_engine::EngineHandle) -> bool {
-    engine.storage_problem().is_some() || crate::ops::replicated_log_down(engine).is_some()
+    engine.storage_problem().is_some()
+        || crate::ops::replicated_log_down(engine).is_some()
+        || engine.role() == surge_engine::Role::Fenced
 }
 
 fn to_families(singles: Vec<(&str, MetricType, &str, f64)>) -> Vec<MetricFamily> {

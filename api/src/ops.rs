@@ -133,6 +133,7 @@ pub async fn promote(
             ));
         }
     };
+    crate::deadline::register_running();
     let promotion = standby.promote().await.map_err(|e| match e {
         PromoteError::NotNow(why) => ApiError::new(StatusCode::CONFLICT, "invalid_transition", why),
         PromoteError::Unavailable(why) => ApiError::storage_unavailable(why),
@@ -185,6 +186,7 @@ pub async fn snapshot(
     _body: NoBody,
 ) -> Result<Response, ApiError> {
     let ticket = st.engine()?.snapshot().map_err(ApiError::from_engine)?;
+    crate::deadline::register_running();
     let lsn = ticket.await.map_err(|e| {
         // The operator's log says so too: a snapshot that cannot be written (a full
         // disk) keeps the old segments, which is where the space goes.

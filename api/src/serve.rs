@@ -57,7 +57,10 @@ pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 75_000;
 pub const HEADER_READ_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 /// Default of [`ServeLimits::drain_timeout`], in milliseconds: a write in flight
 /// is answered within milliseconds and an export of the largest list within
-/// seconds; 10 s stays well inside the 30 s an orchestrator commonly allows a stop.
+/// seconds. The server raises it to 1 s above twice the request timeout (a write
+/// the engine took by the timeout is awaited up to one more, `deadline`): 21 s with
+/// the default 10 s timeout, still inside the 30 s an orchestrator commonly allows
+/// a stop; a stop takes that long only while a connection holds a request open.
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Bounds of [`ServeLimits::drain_timeout`], in milliseconds.
 pub const DRAIN_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;

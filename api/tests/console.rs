@@ -554,6 +554,18 @@ fn console_in_a_real_browser() {
     browser.wait_text("#adjust-result", "Not applied");
     let refused = browser.text("#adjust-result").unwrap();
     assert!(refused.len() > "Not applied: ".len() + 5, "{refused}");
+    // Sent again as it is, it is a new request (a new key): the engine remembers a
+    // keyed refusal, and the same key would answer the old refusal for a day.
+    browser.js(
+        "document.querySelector('#adjust-result').textContent = '';",
+        json!([]),
+    );
+    browser.click("#adjust-submit");
+    browser.wait_text("#adjust-result", "Not applied");
+    let keys = browser.js("return window.adjustKeys;", json!([]));
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_ne!(keys[1], keys[2], "{keys:?}");
     browser.screenshot("09-stock-adjusted");
 
     // 7. The live panel follows orders created while the page is open.

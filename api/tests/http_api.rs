@@ -234,19 +234,36 @@ fn refuses_a_pretouch_beyond_the_memory_available() {
 /// client spun over no server.
 #[test]
 fn refuses_an_empty_nats_server() {
+    let nats = ["SURGE_REPLICATE_TO", "SURGE_STANDBY", "SURGE_EVENTS_TO"];
     for (variable, flag, value) in [
         ("SURGE_REPLICATE_TO", "--replicate-to", ""),
         ("SURGE_STANDBY", "--standby", " "),
         ("SURGE_EVENTS_TO", "--events-to", ""),
-        ("SURGE_EVENTS_TO", "--events-to", "nats://127.0.0.1:4222,"),
+        ("SURGE_EVENTS_TO", "--events-to", " , "),
     ] {
         let dir = TempDir::new("nats-empty");
         let mut command = surge_command("127.0.0.1:0", &dir.data());
+        for other in nats {
+            command.env_remove(other);
+        }
         command.env(variable, value);
         let stderr = refused_start(command);
         assert!(stderr.contains(flag), "{variable}={value:?}: {stderr}");
-        assert!(stderr.contains("empty"), "{variable}={value:?}: {stderr}");
+        assert!(
+            stderr.contains("names no server"),
+            "{variable}={value:?}: {stderr}"
+        );
     }
+    // The flag itself, given on the command line.
+    let dir = TempDir::new("nats-empty-flag");
+    let mut command = surge_command("127.0.0.1:0", &dir.data());
+    for other in nats {
+        command.env_remove(other);
+    }
+    command.args(["--events-to", ""]);
+    let stderr = refused_start(command);
+    assert!(stderr.contains("--events-to"), "{stderr}");
+    assert!(stderr.contains("names no server"), "{stderr}");
 }
 
 /// The engine's worst case at its limits (state and idempotency budget, twice with

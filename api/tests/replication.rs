@@ -146,6 +146,10 @@ fn a_standby_follows_resumes_and_promotion_fences_the_old_leader() {
         metrics.contains("\nsurge_ready 0\n"),
         "a fenced node is not ready"
     );
+    assert!(
+        metrics.contains("\nsurge_engine_writes_refused 1\n"),
+        "a fenced node refuses writes"
+    );
     for id in &acked {
         let r = standby.admin("GET", &format!("/v1/reservations/{id}"), None);
         assert_eq!(

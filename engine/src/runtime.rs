@@ -109,7 +109,8 @@ impl Error {
 type ReplySender<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
 
 /// Who decided a queued write's fate first: the writer, taking it (it is then
-/// applied and answered), or its caller, giving it up (it is then never applied).
+/// carried out, applied or refused by the rules, and answered), or its caller,
+/// giving it up (it is then never applied).
 /// One atomic decides, so a caller who gives up learns which it was: a request
 /// that timed out can say whether it changed anything.
 #[derive(Clone, Debug)]

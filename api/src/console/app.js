@@ -1336,6 +1336,10 @@ function setupStock() {
       if (row) row.replaceWith(stockRow(k));
       else loadStock();
     } catch (e) {
+      // A refusal is an answer (the engine remembers a keyed one): the same form
+      // sent again, after the stock changed, is a new request with a new key. Only
+      // an answer that never came (no connection, a 5xx) keeps the key for a retry.
+      if (e.status >= 400 && e.status < 500) adjustKeys.delete(sent);
       out.textContent = t('stock.notApplied', { msg: e.message });
       out.className = 'error-inline';
     } finally {
