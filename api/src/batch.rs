@@ -321,8 +321,11 @@ pub async fn batch(
     // the key conflicts whichever ops the API refused, and a single request under
     // the batch's key (or the reverse) too.
     let mut commands: Vec<(Command, Option<IdempotencyKey>)> = Vec::with_capacity(op_count);
+    let batch_keys = idem.batch_keys(&body);
     let op_key = |commands: &[(Command, Option<IdempotencyKey>)], i: usize| {
-        idem.batch_op_key(&body, i, commands.is_empty())
+        batch_keys
+            .as_ref()
+            .map(|keys| keys.op(i, commands.is_empty()))
     };
     let mut refused: Vec<(usize, ApiError)> = Vec::new();
     for (i, op) in plain.into_iter().enumerate() {
@@ -339,18 +342,18 @@ pub async fn batch(
             Err(e) => refused.push((i, e)),
         }
     }
-    // Each op still fails alone: when the batch cannot be queued (overloaded,
-    // shutting down), each of its ops carries that problem.
-    let mut answered = if commands.is_empty() {
-        Ok(Vec::new())
+    // A batch that cannot be queued (the queue full, shutting down) or that the
+    // engine answers as a whole (a failed flush) is answered whole, as a single
+    // write is: 503 with `Retry-After`, nothing done. (Each op used to carry the
+    // problem in a 200, which a client reading the status took for an answer.)
+    let mut outcomes = if commands.is_empty() {
+        Vec::new()
     } else {
-        match engine.submit_keyed_batch(commands) {
-            Ok(ticket) => {
-                crate::deadline::register(ticket.claim());
-                ticket.await.map_err(ApiError::from_engine)
-            }
-            Err(e) => Err(ApiError::from_engine(e)),
-        }
+        let ticket = engine
+            .submit_keyed_batch(commands)
+            .map_err(ApiError::from_engine)?;
+        crate::deadline::register(ticket.claim());
+        ticket.await.map_err(ApiError::from_engine)?
     };
     // Every op refused for the node's place or its storage (fenced, or the
     // replicated log or the disk gone, between the check above and the writer's
@@ -363,17 +366,13 @@ pub async fn batch(
             Err(surge_engine::Error::NotLeader(_) | surge_engine::Error::StorageUnavailable(_))
         )
     };
-    if let Ok(outcomes) = &mut answered
-        && refused.is_empty()
+    if refused.is_empty()
         && outcomes.iter().all(node_refused)
         && let Some(Err(refusal)) = outcomes.pop()
     {
         return Err(ApiError::from_engine(refusal));
     }
-    let (mut outcomes, unanswered) = match answered {
-        Ok(outcomes) => (outcomes.into_iter(), None),
-        Err(e) => (Vec::new().into_iter(), Some(e)),
-    };
+    let mut outcomes = outcomes.into_iter();
     // A batch repeated under its key with another body: the engine applied none of
     // it; answered as a single request is, 422 naming the key sent.
     if let (
@@ -398,23 +397,23 @@ pub async fn batch(
         if i > 0 {
             body.push(',');
         }
-        match (refused.next_if(|(at, _)| *at == i), &unanswered) {
-            (Some((_, e)), _) => push_problem(&mut body, &e, i),
-            (None, Some(e)) => push_problem(&mut body, e, i),
-            (None, None) => match outcomes.next().expect("one outcome per submitted op") {
-                Err(e) => push_problem(&mut body, &ApiError::from_engine(e), i),
-                Ok(Acked {
-                    outcome: Err(rejection),
-                    ..
-                }) => push_problem(&mut body, &ApiError::from_rejection(&rejection), i),
-                Ok(Acked {
-                    outcome: Ok(reply),
-                    lsn,
-                }) => {
-                    last_lsn = last_lsn.max(lsn);
-                    push_reply(&mut body, reply, lsn);
-                }
-            },
+        if let Some((_, e)) = refused.next_if(|(at, _)| *at == i) {
+            push_problem(&mut body, &e, i);
+            continue;
+        }
+        match outcomes.next().expect("one outcome per submitted op") {
+            Err(e) => push_problem(&mut body, &ApiError::from_engine(e), i),
+            Ok(Acked {
+                outcome: Err(rejection),
+                ..
+            }) => push_problem(&mut body, &ApiError::from_rejection(&rejection), i),
+            Ok(Acked {
+                outcome: Ok(reply),
+                lsn,
+            }) => {
+                last_lsn = last_lsn.max(lsn);
+                push_reply(&mut body, reply, lsn);
+            }
         }
     }
     body.push_str("]}");

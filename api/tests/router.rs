@@ -2127,6 +2127,56 @@ async fn until_taken(
     panic!("the write never reached the queue");
 }
 
+/// A full queue refuses a `/v1/batch` whole, as a single write: 503 `overloaded`
+/// with `Retry-After`, nothing done (it was a 200 whose every op carried the 503,
+/// read by clients as an answer).
+#[tokio::test]
+async fn a_batch_the_full_queue_cannot_take_is_refused_whole() {
+    let config = EngineConfig {
+        durability: Durability::Sync,
+        follower: false,
+        snapshot_every_records: 0,
+        queue_len_max: 1,
+        ..Default::default()
+    };
+    let (mut core, _) =
+        Engine::open_core(surge_engine::wal::SimStorage::new(), config).expect("open");
+    let api = Api::with_engine(ApiConfig::default(), core.handle().clone());
+    let define = surge_engine::Command::DefineSku {
+        sku: "A".into(),
+        name: String::new(),
+        on_hand: 10,
+        low_stock_threshold: 0,
+    };
+    // The one place in the queue, taken until the writer steps.
+    let mut defined = core.handle().submit(define, None).expect("queued");
+    let batch = json!({"ops": [
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 1}]},
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 0}]},
+    ]});
+    let r = api.storefront_post("/v1/batch", &batch).await;
+    assert_problem(&r, 503, "overloaded");
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1", "{}", r.text);
+    core.step(0);
+    assert!(
+        defined
+            .try_wait()
+            .expect("answered")
+            .expect("acked")
+            .outcome
+            .is_ok()
+    );
+    let mut read = core
+        .handle()
+        .query(Query::GetSku { sku: "A".into() })
+        .expect("queued");
+    core.step(0);
+    match read.try_wait().expect("answered").expect("read") {
+        Ok(QueryReply::Sku(view)) => assert_eq!(view.available, 10, "nothing held"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// At the request timeout a write the writer has not taken is given up: 503 saying
 /// nothing was done, and the writer skips it. One taken before the timeout is
 /// applied, so its request waits for its answer (up to one more timeout) and

@@ -26,7 +26,7 @@ pub use domain::*;
 pub use event::{Event, EventKind};
 pub use few::Few;
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES, IdempotencyPolicy, IdempotencyStats};
-pub use query::{QueryReply, fnv1a64};
+pub use query::{FNV1A64_START, QueryReply, fnv1a64, fnv1a64_on};
 pub use state::{Applied, EXPIRE_BATCH_MAX, RULES_CURRENT, State, check_sizes};
 
 mod feed;

@@ -66,7 +66,15 @@ reply_shape! {
 
 /// FNV-1a, 64 bit: a fixed, portable hash for digests and request fingerprints.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_on(FNV1A64_START, bytes)
+}
+
+/// [`fnv1a64`] of nothing: where a hash starts.
+pub const FNV1A64_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// [`fnv1a64`] carried on from `hash`, the hash of what came before:
+/// `fnv1a64_on(fnv1a64(a), b) == fnv1a64(a ++ b)`. So a shared prefix is hashed once.
+pub fn fnv1a64_on(mut hash: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);

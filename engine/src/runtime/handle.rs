@@ -17,7 +17,7 @@ use crate::board::BoardRead;
 use crate::command::{Acked, Command, IdempotencyKey, Outcome, Query, SkuView};
 use crate::feed::EventLog;
 use crate::query::QueryReply;
-use crate::{Rejection, fnv1a64};
+use crate::{FNV1A64_START, Rejection, fnv1a64_on};
 
 /// A pending answer: `.await` it from async code or `wait()` from a plain thread.
 ///
@@ -482,12 +482,18 @@ impl EngineHandle {
 
     /// A stable fingerprint of a request for idempotency keys.
     pub fn fingerprint(parts: &[&[u8]]) -> u64 {
-        let mut joined = Vec::new();
-        for part in parts {
-            joined.extend_from_slice(&(part.len() as u64).to_le_bytes());
-            joined.extend_from_slice(part);
-        }
-        fnv1a64(&joined)
+        Self::fingerprint_on(FNV1A64_START, parts)
+    }
+
+    /// [`Self::fingerprint`] carried on from `hash`, the fingerprint of the parts
+    /// before these: `fingerprint_on(fingerprint(a), b) == fingerprint(a ++ b)`. So
+    /// the parts the ops of a batch share (its whole body) are hashed once, not once
+    /// per op.
+    pub fn fingerprint_on(hash: u64, parts: &[&[u8]]) -> u64 {
+        parts.iter().fold(hash, |hash, part| {
+            let hash = fnv1a64_on(hash, &(part.len() as u64).to_le_bytes());
+            fnv1a64_on(hash, part)
+        })
     }
 }
 
