@@ -269,8 +269,19 @@ fn limited_sale_drill_passes_and_reports_refusals() {
         "3s",
         "--json",
         arg(&json),
+        "--report",
+        arg(&dir.join("limited.html")),
     ]);
     assert_eq!(out.code, 0, "limited-sale drill failed");
+    // The HTML counts them as the table does: refused as intended, not errors.
+    let html = std::fs::read_to_string(dir.join("limited.html")).unwrap();
+    for code in ["sale_not_open", "purchase_limit_exceeded"] {
+        let row = format!("<tr><td>{code}</td><td>refused as intended");
+        assert!(
+            html.contains(&row),
+            "{code} not counted as intended: {html}"
+        );
+    }
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["scenario"], "limited-sale");

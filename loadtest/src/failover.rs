@@ -357,7 +357,8 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
     for n in 1..=cfg.kills {
         if started.elapsed() >= cfg.time_max {
             audit.notes.push(format!(
-                "stopped after {} of {} kills: --time-max reached",
+                "stopped after {} of {} kills: --time-max reached (less the 60 s kept for \
+                 the final check and the stop)",
                 n - 1,
                 cfg.kills
             ));
@@ -431,6 +432,12 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
             passed,
         });
         audit.merge(a);
+    }
+    if failovers.is_empty() {
+        audit.fail(format!(
+            "no failover ran (0 of {} kills): the drill checked nothing it was asked to",
+            cfg.kills
+        ));
     }
     let failover_stats = recorder.summary("surge (failover)", load_started.elapsed());
     // No load ran after the last failover's check: it covered every acknowledged

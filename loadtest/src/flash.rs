@@ -337,12 +337,7 @@ pub async fn run(
         audit_concurrency,
     )
     .await;
-    if outcome.aborted > 0 {
-        audit.notes.push(format!(
-            "{} sessions were still running at the end of the drain and were aborted",
-            outcome.aborted
-        ));
-    }
+    audit.notes.extend(outcome.notes());
     audit.notes.push(format!(
         "{} reservations and {} orders acknowledged and checked",
         ledger.reservations.len(),

@@ -483,15 +483,28 @@ pub fn render(report: &DrillReport) -> String {
                 "<table><thead><tr><th>answer code</th><th>counted as</th><th>count</th></tr></thead><tbody>",
             );
             for (code, n) in &r.stats.answers_by_code {
+                // As the table and the JSON count them: a refusal the drill provokes
+                // on purpose (`intended`, "op: code") is not an error.
+                let intended_for: Vec<&str> = r
+                    .stats
+                    .intended
+                    .iter()
+                    .filter_map(|entry| entry.split_once(": "))
+                    .filter(|(_, intended)| intended == code)
+                    .map(|(op, _)| op)
+                    .collect();
                 let kind = if is_sold_out(code) {
-                    "sold out"
+                    "sold out".to_string()
+                } else if intended_for.is_empty() {
+                    "error".to_string()
                 } else {
-                    "error"
+                    format!("refused as intended ({})", intended_for.join(", "))
                 };
                 let _ = write!(
                     body,
-                    "<tr><td>{}</td><td>{kind}</td><td>{n}</td></tr>",
-                    esc(code)
+                    "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>",
+                    esc(code),
+                    esc(&kind)
                 );
             }
             body.push_str("</tbody></table>");

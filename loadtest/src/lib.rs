@@ -235,9 +235,24 @@ pub enum Scenario {
     },
 }
 
+/// The fastest open loop the scheduler keeps (sessions per second): one thread
+/// sleeping to each due time.
+pub const RATE_MAX: f64 = 1_000_000.0;
+/// The slowest open loop (sessions per second): one session an hour.
+pub const RATE_MIN: f64 = 1.0 / 3600.0;
+
 fn load_config(c: &Common) -> anyhow::Result<LoadConfig> {
-    if !(c.rate >= 0.0 && c.rate.is_finite()) {
-        bail!("--rate must be >= 0");
+    if !(c.rate == 0.0 || (RATE_MIN..=RATE_MAX).contains(&c.rate)) {
+        bail!(
+            "--rate must be 0 (closed loop) or from {RATE_MIN:e} to {RATE_MAX:e} sessions per \
+             second"
+        );
+    }
+    if c.duration.is_zero() {
+        bail!("--duration must be more than 0: a drill of no time runs no session");
+    }
+    if c.requests_max == 0 {
+        bail!("--requests-max must be at least 1");
     }
     if c.connections == 0 || c.connections > 10_000 {
         bail!("--connections must be in 1..=10000");
@@ -249,6 +264,21 @@ fn load_config(c: &Common) -> anyhow::Result<LoadConfig> {
         requests_max: c.requests_max,
         drain: c.request_timeout * 3,
     })
+}
+
+/// What crash and failover may spend on their rounds: `--time-max` less the 60 s
+/// they keep for the final check and the stop. A `--time-max` that leaves nothing
+/// is refused (they ran no round and reported PASS).
+fn kill_drill_budget(c: &Common) -> anyhow::Result<Duration> {
+    let kept = Duration::from_secs(60);
+    if c.time_max <= kept {
+        bail!(
+            "--time-max must be more than 60 s for crash and failover: they keep 60 s of it \
+             for the final check and the stop (given {})",
+            humantime::format_duration(c.time_max)
+        );
+    }
+    Ok(c.time_max - kept)
 }
 
 fn flash_config(f: &FlashArgs, seed: u64) -> anyhow::Result<FlashConfig> {
@@ -437,7 +467,7 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 ready_timeout: *ready_timeout,
                 request_timeout: c.request_timeout,
                 audit_concurrency,
-                time_max: c.time_max.saturating_sub(Duration::from_secs(60)),
+                time_max: kill_drill_budget(c)?,
             };
             let (stats, audit, report) = crash::run(cfg).await?;
             runs.push(SystemRun { stats, audit });
@@ -487,7 +517,7 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 ready_timeout: *ready_timeout,
                 request_timeout: c.request_timeout,
                 audit_concurrency,
-                time_max: c.time_max.saturating_sub(Duration::from_secs(60)),
+                time_max: kill_drill_budget(c)?,
             };
             let (stats, audit, report) = failover::run(cfg).await?;
             let mut stats = stats.into_iter();
@@ -667,5 +697,45 @@ mod tests {
             Some("async".into())
         );
         assert_eq!(durability(&["failover"]), Some("replicated".into()));
+    }
+
+    fn common(args: &[&str]) -> Common {
+        Cli::parse_from(std::iter::once("surge-loadtest").chain(args.iter().copied())).common
+    }
+
+    /// A rate the scheduler cannot keep (its interval rounds to nothing: the load
+    /// never ended) or cannot represent (a panic), no time, or no request: refused
+    /// by name, not run (nor passed).
+    #[test]
+    fn a_load_that_cannot_run_as_asked_is_refused() {
+        for (args, flag) in [
+            (&["flash-sale", "--rate", "1e10"][..], "--rate"),
+            (&["flash-sale", "--rate", "1e-20"][..], "--rate"),
+            (&["flash-sale", "--rate=-1"][..], "--rate"),
+            (&["flash-sale", "--duration", "0s"][..], "--duration"),
+            (&["flash-sale", "--requests-max", "0"][..], "--requests-max"),
+        ] {
+            let refused = load_config(&common(args)).expect_err("refused");
+            assert!(refused.to_string().contains(flag), "{args:?}: {refused}");
+        }
+        for rate in ["0", "0.001", "1000", "1000000"] {
+            assert!(
+                load_config(&common(&["flash-sale", "--rate", rate])).is_ok(),
+                "{rate}"
+            );
+        }
+    }
+
+    /// crash and failover keep 60 s of --time-max: one that leaves nothing ran no
+    /// round and passed; it is refused.
+    #[test]
+    fn a_kill_drill_needs_time_beyond_its_final_check() {
+        let refused =
+            kill_drill_budget(&common(&["crash", "--time-max", "60s"])).expect_err("refused");
+        assert!(refused.to_string().contains("--time-max"), "{refused}");
+        assert_eq!(
+            kill_drill_budget(&common(&["failover", "--time-max", "90s"])).expect("kept"),
+            Duration::from_secs(30)
+        );
     }
 }

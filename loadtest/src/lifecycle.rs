@@ -296,6 +296,7 @@ pub async fn run(
         audit_concurrency,
     )
     .await;
+    audit.notes.extend(outcome.notes());
     audit.notes.push(format!(
         "{} orders acknowledged and checked",
         ledger.orders.len()

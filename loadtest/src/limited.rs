@@ -748,12 +748,7 @@ pub async fn run(
         )
         .await,
     );
-    if outcome.aborted > 0 {
-        audit.notes.push(format!(
-            "{} sessions were still running at the end of the drain and were aborted",
-            outcome.aborted
-        ));
-    }
+    audit.notes.extend(outcome.notes());
     let codes = book
         .codes
         .iter()

@@ -50,8 +50,37 @@ pub struct LoadOutcome {
     pub started: u64,
     /// Sessions still running at the end of the drain, aborted.
     pub aborted: u64,
-    /// Wall time from the first session to the end of the load phase (not the drain).
+    /// Open loop: sessions due that were never started, the schedule having fallen
+    /// further behind than the drain allows (the rate is past what was served).
+    pub behind_schedule: u64,
+    /// Wall time from the first session to the last one answered: the load phase
+    /// and its drain, so an overloaded server's late answers count against the
+    /// time they took (it ended at the last session started, and reported the
+    /// offered rate as the throughput).
     pub elapsed: Duration,
+}
+
+impl LoadOutcome {
+    /// What the audit's notes say of the load itself: sessions aborted at the end of
+    /// the drain, and sessions never started because the schedule fell behind.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.aborted > 0 {
+            notes.push(format!(
+                "{} sessions were still running at the end of the drain and were aborted",
+                self.aborted
+            ));
+        }
+        if self.behind_schedule > 0 {
+            notes.push(format!(
+                "{} sessions due were never started: the schedule fell further behind \
+                 than the drain allows (the rate is past what was served; the throughput \
+                 above is what was)",
+                self.behind_schedule
+            ));
+        }
+        notes
+    }
 }
 
 /// Run sessions: `session(k, due)` performs session number `k`, due at `due`.
@@ -78,6 +107,7 @@ where
         // granularity, and measuring from the due time would charge that slop to
         // the server as latency.
         let interval = Duration::from_secs_f64(1.0 / cfg.rate_per_s);
+        let late_end = end + cfg.drain;
         let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
@@ -98,7 +128,13 @@ where
                             || stop.load(Ordering::Relaxed)
                             || recorder.requests() >= requests_max
                         {
-                            return started;
+                            return (started, false);
+                        }
+                        // Late sessions still start (counted from their due time),
+                        // but not past the drain's length behind the load phase's
+                        // end: an unreachable rate ran until --time-max.
+                        if Instant::now() >= late_end {
+                            return (started, true);
                         }
                         let now = Instant::now();
                         if due > now {
@@ -136,15 +172,21 @@ where
                 })
                 .expect("spawning the scheduler thread")
         };
-        let started_open = tokio::task::spawn_blocking(move || generator.join())
+        let (started_open, fell_behind) = tokio::task::spawn_blocking(move || generator.join())
             .await
             .expect("scheduler join")
             .expect("scheduler thread");
-        let elapsed = start.elapsed();
+        let behind_schedule = if fell_behind {
+            let due = (cfg.duration.as_secs_f64() * cfg.rate_per_s).ceil() as u64;
+            due.saturating_sub(started_open)
+        } else {
+            0
+        };
         let drain_end = Instant::now() + cfg.drain;
         while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_end {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let elapsed = start.elapsed();
         let aborted = in_flight.load(Ordering::Relaxed) as u64;
         if aborted > 0 {
             let _ = abort_tx.send(true);
@@ -155,6 +197,7 @@ where
         return LoadOutcome {
             started: started_open,
             aborted,
+            behind_schedule,
             elapsed,
         };
     }
@@ -208,6 +251,7 @@ where
     LoadOutcome {
         started,
         aborted,
+        behind_schedule: 0,
         elapsed,
     }
 }
