@@ -362,6 +362,9 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
             for (i, u) in baseline.iter().enumerate() {
                 let url = parse_base(u, "redis", 6379)?;
                 check_loopback(&url, c.allow_non_loopback)?;
+                redis::check_reachable(&url)
+                    .await
+                    .with_context(|| format!("--baseline {u}"))?;
                 let label = baseline_label
                     .get(i)
                     .cloned()

@@ -277,6 +277,17 @@ async fn hget_u64(pool: &Pool, key: &str, field: &str) -> anyhow::Result<u64> {
 
 /// Run the flash sale against Redis and audit it the same way (stock levels and
 /// every acknowledged hold).
+/// Whether a baseline Redis answers (`PING`), asked before the surge run so that a
+/// wrong address costs seconds, not the surge run (it was found after it, and the
+/// surge results were thrown away with the error).
+pub async fn check_reachable(url: &BaseUrl) -> anyhow::Result<()> {
+    let pool = Pool::new(url)?;
+    match pool.call(&cmd("PING")).await? {
+        Value::ServerError(e) => bail!("{}: PING answered {e:?}", url.base),
+        _ => Ok(()),
+    }
+}
+
 pub async fn run(
     url: BaseUrl,
     cfg: FlashConfig,
