@@ -369,7 +369,7 @@ fn engine_families(state: &AppState, idempotency: Option<&IdempotencyStats>) -> 
         ("surge_engine_queue_capacity", GAUGE, "Engine queue capacity.", engine.queue_len_max() as f64),
         ("surge_engine_commands_applied_total", COUNTER, "Commands applied.", load(&s.commands_applied)),
         ("surge_engine_commands_rejected_total", COUNTER, "Commands refused by the state machine.", load(&s.commands_rejected)),
-        ("surge_engine_commands_abandoned_total", COUNTER, "Commands never applied: their request timed out or its client went away before the writer took them.", load(&s.commands_abandoned)),
+        ("surge_engine_commands_abandoned_total", COUNTER, "Commands never applied: their request timed out (or its future was dropped) before the writer took them.", load(&s.commands_abandoned)),
         ("surge_engine_records_logged_total", COUNTER, "Records written to the WAL.", load(&s.records_logged)),
         ("surge_engine_batches_total", COUNTER, "Group commits.", batches),
         ("surge_engine_batch_len_last", GAUGE, "Commands the writer took in its last batch (--batch-len-max bounds it, but the request that reaches the bound is taken whole: a /v1/batch of n ops counts n; a standby counts its leader's records).", load(&s.batch_len_last)),

@@ -22,7 +22,7 @@ use crate::{FNV1A64_START, Rejection, fnv1a64_on};
 /// A pending answer: `.await` it from async code or `wait()` from a plain thread.
 ///
 /// A write's ticket dropped before the writer took the write gives it up: it is
-/// never applied (the caller timed out, or went away). [`Ticket::claim`] lets a
+/// never applied (the caller timed out, or stopped waiting). [`Ticket::claim`] lets a
 /// caller that stops waiting learn which it was.
 pub struct Ticket<T> {
     answer: tokio::sync::oneshot::Receiver<Result<T, Error>>,

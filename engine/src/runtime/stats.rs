@@ -21,7 +21,7 @@ pub struct RuntimeStats {
     pub commands_applied: AtomicU64,
     pub commands_rejected: AtomicU64,
     /// Commands not applied because their caller stopped waiting (a request timed
-    /// out, a client went away) before the writer took them.
+    /// out, or its future was dropped) before the writer took them.
     pub commands_abandoned: AtomicU64,
     pub records_logged: AtomicU64,
     pub batches: AtomicU64,

@@ -357,7 +357,7 @@ impl<S: Storage> Writer<S> {
         }
         match request {
             // A write whose caller gave it up before the writer took it (its HTTP
-            // request timed out, or its client went away) is not applied: its
+            // request timed out, or its future was dropped) is not applied: its
             // caller was told so, or is gone, and the writer sheds the work of
             // callers that gave up. One taken is applied and answered, and its
             // caller, if it gives up now, learns that it was taken.
