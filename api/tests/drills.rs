@@ -345,6 +345,11 @@ fn failover_drill_passes_with_three_kills() {
     let stdout = &out.stdout;
     assert!(stdout.contains("verdict: PASS"));
     assert!(stdout.contains("time to promote"));
+    // The side-by-side load runs check nothing: they say so, not PASS.
+    assert!(
+        stdout.contains("audit: not audited (0 checks, 0 failures)"),
+        "{stdout}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses");
     let failover = &report["failover"];

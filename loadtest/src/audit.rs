@@ -106,6 +106,17 @@ impl Audit {
         }
     }
 
+    /// The run's verdict as reports show it: FAIL, PASS, or "not audited" for a run
+    /// that checked nothing (the failover drill's side-by-side load runs: they
+    /// showed PASS with 0 checks).
+    pub fn verdict(&self) -> &'static str {
+        match (self.passed, self.checks) {
+            (false, _) => "FAIL",
+            (true, 0) => "not audited",
+            (true, _) => "PASS",
+        }
+    }
+
     pub fn check(&mut self, ok: bool, why: impl FnOnce() -> String) {
         self.checks += 1;
         if !ok {

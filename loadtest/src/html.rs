@@ -261,7 +261,7 @@ pub fn render(report: &DrillReport) -> String {
             fmt_us(s.latency.p99_us),
             fmt_us(s.latency.p999_us),
             fmt_us(s.latency.max_us),
-            if r.audit.passed { "PASS" } else { "FAIL" }
+            r.audit.verdict()
         );
     }
     body.push_str("</tbody></table>");
@@ -467,7 +467,7 @@ pub fn render(report: &DrillReport) -> String {
             body,
             "<h3>{}: {}</h3><p>{} checks, {} failures.</p><ul>",
             esc(&r.stats.label),
-            if r.audit.passed { "PASS" } else { "FAIL" },
+            r.audit.verdict(),
             r.audit.checks,
             r.audit.failures_total
         );

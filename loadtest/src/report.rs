@@ -73,7 +73,7 @@ impl DrillReport {
                 fmt_us(s.latency.p99_us),
                 fmt_us(s.latency.p999_us),
                 fmt_us(s.latency.max_us),
-                if r.audit.passed { "PASS" } else { "FAIL" }
+                r.audit.verdict()
             ));
         }
         for r in &self.runs {
@@ -119,7 +119,7 @@ impl DrillReport {
             let a = &r.audit;
             out.push_str(&format!(
                 "  audit: {} ({} checks, {} failures)\n",
-                if a.passed { "PASS" } else { "FAIL" },
+                a.verdict(),
                 a.checks,
                 a.failures_total
             ));
