@@ -342,10 +342,11 @@ pub async fn batch(
             Err(e) => refused.push((i, e)),
         }
     }
-    // A batch that cannot be queued (the queue full, shutting down) or that the
-    // engine answers as a whole (a failed flush) is answered whole, as a single
-    // write is: 503 with `Retry-After`, nothing done. (Each op used to carry the
-    // problem in a 200, which a client reading the status took for an answer.)
+    // A batch that cannot be queued (the queue full, shutting down) is answered
+    // whole, as a single write is: 503 with `Retry-After`, nothing done; so is one
+    // whose answer never comes (the engine stopped after taking it: its 503 then
+    // says so, as a single write's). Each op used to carry the problem in a 200,
+    // which a client reading the status took for an answer.
     let mut outcomes = if commands.is_empty() {
         Vec::new()
     } else {

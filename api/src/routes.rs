@@ -469,7 +469,7 @@ pub async fn create_reservation(
     params(("id" = String, Path, description = "Reservation id (`r<n>`)")),
     responses(
         (status = 200, description = "Committed: the units left `on_hand` (repeating returns the same state)", body = ReservationBody),
-        (status = 404, description = "`unknown_reservation` (a finished reservation, committed, released or expired, is remembered while it is among the newest 1,000,000 finished, `FINISHED_RESERVATIONS_KEPT`; an older one is unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_reservation` (a reservation is remembered once finished, committed, released or expired, only while it is among the newest 1,000,000 reservations made, by id, `FINISHED_RESERVATIONS_KEPT`; one still held is always kept)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn commit_reservation(
@@ -490,7 +490,7 @@ pub async fn commit_reservation(
     params(("id" = String, Path, description = "Reservation id (`r<n>`)")),
     responses(
         (status = 200, description = "Released: the units are available again (repeating returns the same state)", body = ReservationBody),
-        (status = 404, description = "`unknown_reservation` (a finished reservation, committed, released or expired, is remembered while it is among the newest 1,000,000 finished, `FINISHED_RESERVATIONS_KEPT`; an older one is unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_reservation` (a reservation is remembered once finished, committed, released or expired, only while it is among the newest 1,000,000 reservations made, by id, `FINISHED_RESERVATIONS_KEPT`; one still held is always kept)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`invalid_transition`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn release_reservation(
@@ -524,7 +524,7 @@ async fn reservation_step(
     params(("id" = String, Path, description = "Reservation id (`r<n>`)")),
     responses(
         (status = 200, description = "The reservation", body = ReservationBody),
-        (status = 404, description = "`unknown_reservation` (a finished reservation, committed, released or expired, is remembered while it is among the newest 1,000,000 finished, `FINISHED_RESERVATIONS_KEPT`; an older one is unknown)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_reservation` (a reservation is remembered once finished, committed, released or expired, only while it is among the newest 1,000,000 reservations made, by id, `FINISHED_RESERVATIONS_KEPT`; one still held is always kept)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_reservation(
     State(st): State<AppState>,

@@ -282,7 +282,7 @@ pub fn render(report: &DrillReport) -> String {
                 .timeline
                 .iter()
                 // The last bucket is usually a partial second; leave it out.
-                .filter(|s| (s.t_s as f64) + 1.0 <= r.stats.elapsed_s.ceil().max(1.0))
+                .filter(|s| (s.t_s as f64) + 1.0 <= r.stats.elapsed_s.floor().max(1.0))
                 .map(|s| (s.t_s as f64 + 0.5, s.requests as f64))
                 .collect(),
         })

@@ -244,8 +244,8 @@ pub const RATE_MIN: f64 = 1.0 / 3600.0;
 fn load_config(c: &Common) -> anyhow::Result<LoadConfig> {
     if !(c.rate == 0.0 || (RATE_MIN..=RATE_MAX).contains(&c.rate)) {
         bail!(
-            "--rate must be 0 (closed loop) or from {RATE_MIN:e} to {RATE_MAX:e} sessions per \
-             second"
+            "--rate must be 0 (closed loop) or from 1/3600 (one session an hour) to \
+             1000000 sessions per second"
         );
     }
     if c.duration.is_zero() {

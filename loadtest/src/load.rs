@@ -53,10 +53,12 @@ pub struct LoadOutcome {
     /// Open loop: sessions due that were never started, the schedule having fallen
     /// further behind than the drain allows (the rate is past what was served).
     pub behind_schedule: u64,
-    /// Wall time from the first session to the last one answered: the load phase
-    /// and its drain, so an overloaded server's late answers count against the
-    /// time they took (it ended at the last session started, and reported the
-    /// offered rate as the throughput).
+    /// Wall time from the first session to the end of the load phase, or, if later,
+    /// to when the last session got a connection to start on: an overloaded
+    /// server's backlog (sessions due, waiting for a connection) counts against the
+    /// time it took to serve (it ended at the last session scheduled, and reported
+    /// the offered rate as the throughput), while one slow answer at the end does
+    /// not stretch it.
     pub elapsed: Duration,
 }
 
@@ -109,6 +111,8 @@ where
         let interval = Duration::from_secs_f64(1.0 / cfg.rate_per_s);
         let late_end = end + cfg.drain;
         let slots = Arc::new(Semaphore::new(cfg.connections.max(1)));
+        // Nanoseconds after `start` at which the latest session got its connection.
+        let last_slot_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
         let handle = tokio::runtime::Handle::current();
@@ -117,6 +121,7 @@ where
             let stop = Arc::clone(&stop);
             let in_flight = Arc::clone(&in_flight);
             let session = Arc::clone(&session);
+            let last_slot_ns = Arc::clone(&last_slot_ns);
             let requests_max = cfg.requests_max;
             std::thread::Builder::new()
                 .name("loadtest-schedule".into())
@@ -151,6 +156,7 @@ where
                         let session = Arc::clone(&session);
                         let recorder = Arc::clone(&recorder);
                         let in_flight = Arc::clone(&in_flight);
+                        let last_slot_ns = Arc::clone(&last_slot_ns);
                         let mut abort = abort_rx.clone();
                         let k = started;
                         handle.spawn(async move {
@@ -158,6 +164,9 @@ where
                                 let Ok(_slot) = slots.acquire().await else {
                                     return;
                                 };
+                                let at_ns =
+                                    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                                last_slot_ns.fetch_max(at_ns, Ordering::Relaxed);
                                 session(k, due).await;
                                 recorder.session_done();
                             };
@@ -182,11 +191,12 @@ where
         } else {
             0
         };
+        let scheduled = start.elapsed();
         let drain_end = Instant::now() + cfg.drain;
         while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_end {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let elapsed = start.elapsed();
+        let elapsed = scheduled.max(Duration::from_nanos(last_slot_ns.load(Ordering::Relaxed)));
         let aborted = in_flight.load(Ordering::Relaxed) as u64;
         if aborted > 0 {
             let _ = abort_tx.send(true);

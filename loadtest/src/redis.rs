@@ -275,8 +275,6 @@ async fn hget_u64(pool: &Pool, key: &str, field: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// Run the flash sale against Redis and audit it the same way (stock levels and
-/// every acknowledged hold).
 /// Whether a baseline Redis answers (`PING`), asked before the surge run so that a
 /// wrong address costs seconds, not the surge run (it was found after it, and the
 /// surge results were thrown away with the error).
@@ -288,6 +286,8 @@ pub async fn check_reachable(url: &BaseUrl) -> anyhow::Result<()> {
     }
 }
 
+/// Run the flash sale against Redis and audit it the same way (stock levels and
+/// every acknowledged hold).
 pub async fn run(
     url: BaseUrl,
     cfg: FlashConfig,
@@ -429,5 +429,6 @@ pub async fn run(
     audit
         .notes
         .push(format!("{} holds acknowledged and checked", acks.len()));
+    audit.notes.extend(outcome.notes());
     Ok((stats, audit))
 }
