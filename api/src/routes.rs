@@ -612,7 +612,7 @@ pub async fn pay_order(
     responses(
         (status = 200, description = "Moved along the fulfilment path; a step repeated where the order already is answers it as it is", body = OrderBody),
         (status = 404, description = "`unknown_order`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`invalid_transition`: not the next step; or `shipped` repeated with another `tracking_no` than the one kept (the number is not changed)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`order_on_hold`: the order is on hold, and any move to `picking`, `packed` or `shipped` waits for its release (the next step or not); `invalid_transition`: not the next step; or `shipped` repeated with another `tracking_no` than the one kept (the number is not changed)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn transition_order(
     OrderWrite(call, req, ..): OrderWrite<Operator, TransitionReq>,

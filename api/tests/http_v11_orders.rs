@@ -177,7 +177,10 @@ fn order_fields_hold_and_actions() {
     let o = r.json();
     assert_eq!(o["hold"]["reason"], "address_check");
     assert_eq!(actions(&o), ["cancel", "release_hold", "modify", "refund"]);
-    step(&server, &id, "picking").assert_problem(409, "order_on_hold");
+    // Any move to picking, packed or shipped while held, the next step or not.
+    for to in ["picking", "packed", "shipped"] {
+        step(&server, &id, to).assert_problem(409, "order_on_hold");
+    }
     let r = server.as_(
         OPERATOR,
         "GET",

@@ -279,9 +279,12 @@ pub fn order_transition(
     facts: OrderFacts,
 ) -> Result<OrderStatus, TransitionRefusal> {
     let decided = transition_by_status(from, action, facts);
-    if facts.on_hold && action.stopped_by_hold() && decided.is_ok() {
-        // Only a step that is on the graph is refused for the hold: `order_on_hold`
-        // says why a valid step waits, never hides an invalid one.
+    if facts.on_hold && action.stopped_by_hold() && decided != Err(TransitionRefusal::AlreadyThere)
+    {
+        // API.md: "While held, moving the order to picking, packed or shipped
+        // answers 409 order_on_hold", whichever step it is (a held order is
+        // reserved, confirmed, picking or packed: releasing the hold comes first).
+        // A step repeated where the order already is stays a repeat.
         return Err(TransitionRefusal::OnHold);
     }
     decided

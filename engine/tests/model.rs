@@ -1235,9 +1235,7 @@ impl Model {
                 if o.status == to {
                     return Ok(());
                 }
-                if next_step(o.status) != Some(to) {
-                    return Err("invalid_transition");
-                }
+                // While held, any move to picking, packed or shipped (API.md).
                 if o.hold.is_some()
                     && matches!(
                         to,
@@ -1245,6 +1243,9 @@ impl Model {
                     )
                 {
                     return Err("order_on_hold");
+                }
+                if next_step(o.status) != Some(to) {
+                    return Err("invalid_transition");
                 }
                 let o = &mut self.orders[*pick];
                 let from = o.status;

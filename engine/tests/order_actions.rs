@@ -70,15 +70,25 @@ fn actions_are_what_the_transition_table_allows() {
 }
 
 #[test]
-fn a_hold_refuses_only_the_steps_that_were_allowed() {
+fn a_hold_refuses_every_move_to_picking_packed_or_shipped() {
     assert_eq!(
         order_transition(S::Confirmed, OrderAction::Pick, HELD),
         Err(TransitionRefusal::OnHold)
     );
-    // Not a step from here: refused as before, not for the hold.
+    // Not the next step either: still the hold that is named (API.md: while held,
+    // a move to picking, packed or shipped answers `order_on_hold`).
     assert_eq!(
         order_transition(S::Confirmed, OrderAction::Ship, HELD),
-        Err(TransitionRefusal::NotAllowed)
+        Err(TransitionRefusal::OnHold)
+    );
+    assert_eq!(
+        order_transition(S::Reserved, OrderAction::Pack, HELD),
+        Err(TransitionRefusal::OnHold)
+    );
+    // A step repeated where the order is stays a repeat.
+    assert_eq!(
+        order_transition(S::Picking, OrderAction::Pick, HELD),
+        Err(TransitionRefusal::AlreadyThere)
     );
     assert_eq!(
         order_transition(S::Packed, OrderAction::Hold, HELD),

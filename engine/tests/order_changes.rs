@@ -248,10 +248,11 @@ fn a_hold_stops_the_fulfilment_path_until_released_and_cancel_clears_it() {
         w.advance(id, OrderStatus::Picking),
         Err("order_on_hold".into())
     );
-    // A step that is not next is refused for what it is, not for the hold.
+    // Any move to picking, packed or shipped is refused for the hold, the next
+    // step or not (API.md).
     assert_eq!(
         w.advance(id, OrderStatus::Shipped),
-        Err("invalid_transition".into())
+        Err("order_on_hold".into())
     );
     w.ok(Command::ReleaseHold {
         id,
