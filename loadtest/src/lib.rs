@@ -266,6 +266,27 @@ fn load_config(c: &Common) -> anyhow::Result<LoadConfig> {
     })
 }
 
+/// flash-sale and limited-sale wait, after their load, for the abandoned holds to
+/// expire (`--ttl-ms` and 1.5 s) before the audit compares levels exactly, once
+/// per system run. A wait that cannot end before `--time-max` is said up front
+/// (a 7-day TTL was waited for in silence until `--time-max` stopped the drill
+/// with no report); the drill still runs, as `--time-max` may be set short on
+/// purpose, as a hard limit.
+fn expiry_wait_warning(c: &Common, ttl_ms: u64, runs: u32) -> Option<String> {
+    let per_run = c.duration + Duration::from_millis(ttl_ms + 1_500);
+    let needed = per_run * runs.max(1);
+    (needed >= c.time_max).then(|| {
+        format!(
+            "warning: --ttl-ms {ttl_ms}: the drill waits after its load for abandoned holds \
+             to expire (--duration plus --ttl-ms plus 1.5 s, {} for {runs} run(s)), which \
+             does not end before --time-max {}: it will be stopped with no report; lower \
+             --ttl-ms or raise --time-max",
+            humantime::format_duration(needed),
+            humantime::format_duration(c.time_max)
+        )
+    })
+}
+
 /// What crash and failover may spend on their rounds: `--time-max` less the 60 s
 /// they keep for the final check and the stop. A `--time-max` that leaves nothing
 /// is refused (they ran no round and reported PASS).
@@ -357,6 +378,9 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
             baseline_label,
         } => {
             let fc = flash_config(flash, c.seed)?;
+            if let Some(warning) = expiry_wait_warning(c, fc.ttl_ms, 1 + baseline.len() as u32) {
+                eprintln!("surge-loadtest: {warning}");
+            }
             // Check the baseline address before spending a run on surge.
             let mut redis_urls = Vec::new();
             for (i, u) in baseline.iter().enumerate() {
@@ -413,6 +437,9 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
             direct_pct,
         } => {
             let fc = flash_config(flash, c.seed)?;
+            if let Some(warning) = expiry_wait_warning(c, fc.ttl_ms, 1) {
+                eprintln!("surge-loadtest: {warning}");
+            }
             let lc = limited::LimitedConfig {
                 skus: fc.skus,
                 stock: fc.stock,
@@ -727,6 +754,17 @@ mod tests {
                 "{rate}"
             );
         }
+    }
+
+    /// A hold time the drill would wait out past --time-max is said up front.
+    #[test]
+    fn an_expiry_wait_past_the_time_max_is_said() {
+        let c = common(&["flash-sale", "--duration", "10s", "--time-max", "60s"]);
+        let warning = expiry_wait_warning(&c, 604_800_000, 1).expect("warned");
+        assert!(warning.contains("--ttl-ms"), "{warning}");
+        assert!(expiry_wait_warning(&c, 2_000, 1).is_none());
+        // Each baseline run waits again.
+        assert!(expiry_wait_warning(&c, 20_000, 2).is_some());
     }
 
     /// crash and failover keep 60 s of --time-max: one that leaves nothing ran no
