@@ -138,7 +138,7 @@ fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Paramet
 }
 
 /// The POST actions that may come without a body (every field optional).
-pub const BODY_OPTIONAL: [&str; 2] = ["/v1/orders/{id}/refund", "/v1/orders/{id}/release-hold"];
+const BODY_OPTIONAL: [&str; 2] = ["/v1/orders/{id}/refund", "/v1/orders/{id}/release-hold"];
 
 impl Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

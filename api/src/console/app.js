@@ -131,6 +131,19 @@ function newIdempotencyKey() {
   return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
 }
 
+/** The Idempotency-Key of `request` (any JSON value) in `keys`: made the first time
+ * it is sent, the same for each resend of the same request. */
+function keyFor(keys, request) {
+  const k = JSON.stringify(request);
+  if (!keys.has(k)) keys.set(k, newIdempotencyKey());
+  return keys.get(k);
+}
+
+/** Forget `request`'s key: it was answered, so sending it again is a new request. */
+function forgetKey(keys, request) {
+  keys.delete(JSON.stringify(request));
+}
+
 async function api(method, path, body, { quiet401 = false, idempotencyKey = '' } = {}) {
   let res;
   const extra = body === undefined ? {} : { 'Content-Type': 'application/json' };
@@ -831,11 +844,6 @@ function startAction(action, button) {
         // One Idempotency-Key per dialog and request body: confirming the same refund
         // again after a lost answer cannot refund twice.
         const keys = new Map();
-        const refundKey = (body) => {
-          const k = JSON.stringify(body);
-          if (!keys.has(k)) keys.set(k, newIdempotencyKey());
-          return keys.get(k);
-        };
         text = t('dlg.refundText', { paid: money(p.paid_amount), refunded: money(p.refunded_amount), due: money(p.refund_due_amount), max: money(max) });
         field(fields, 'f-refund-amount', t('dlg.refundAmount'), h('input', {
           id: 'f-refund-amount', type: 'number', min: '0.01', step: '0.01', max: money(max), required: true, 'data-testid': 'refund-amount',
@@ -849,7 +857,7 @@ function startAction(action, button) {
           const amount = Math.round(Number(val('f-refund-amount')) * 100);
           if (!Number.isInteger(amount) || amount <= 0 || amount > max) throw new Error(t('dlg.refundBad', { max: money(max) }));
           const body = { amount, reason: val('f-reason'), refund_ref: val('f-refund-ref') };
-          return api('POST', `${path}/refunds`, body, { idempotencyKey: refundKey(body) });
+          return api('POST', `${path}/refunds`, body, { idempotencyKey: keyFor(keys, body) });
         };
       }
       confirm = t('dlg.refundConfirm');
@@ -1320,13 +1328,13 @@ function setupStock() {
     // once. A new adjustment (the form is cleared once one is applied) gets a new key.
     if (adjustInFlight) return;
     const body = { delta, reason, note: $('#adjust-note').value.trim() };
-    const sent = JSON.stringify([sku, body]);
-    if (!adjustKeys.has(sent)) adjustKeys.set(sent, newIdempotencyKey());
+    const sent = [sku, body];
+    const key = keyFor(adjustKeys, sent);
     const btn = $('#adjust-submit');
     adjustInFlight = true;
     btn.disabled = true;
     try {
-      const k = await api('POST', `/v1/skus/${encodeURIComponent(sku)}/adjustments`, body, { idempotencyKey: adjustKeys.get(sent) });
+      const k = await api('POST', `/v1/skus/${encodeURIComponent(sku)}/adjustments`, body, { idempotencyKey: key });
       adjustKeys.clear();
       out.textContent = t('stock.applied', { sku: k.sku, delta: `${delta > 0 ? '+' : ''}${delta}`, reason: code('stockReason', reason), on_hand: k.on_hand, available: k.available });
       out.className = 'ok';
@@ -1339,7 +1347,7 @@ function setupStock() {
       // A refusal is an answer (the engine remembers a keyed one): the same form
       // sent again, after the stock changed, is a new request with a new key. Only
       // an answer that never came (no connection, a 5xx) keeps the key for a retry.
-      if (e.status >= 400 && e.status < 500) adjustKeys.delete(sent);
+      if (e.status >= 400 && e.status < 500) forgetKey(adjustKeys, sent);
       out.textContent = t('stock.notApplied', { msg: e.message });
       out.className = 'error-inline';
     } finally {
