@@ -165,9 +165,10 @@ fresh_surge() { # data dir: stop the running server, start another with an empty
     start_surge "$1"
 }
 
-# Units reserved over all SKUs (each reservation holds one unit).
-surge_reserved() {
-    curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" -K "$WORK/skus.curl" |
+# Units reserved over the S SKUs, or over the SKUs a curl config names (each
+# reservation holds one unit).
+surge_reserved() { # [curl config]
+    curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" -K "${1:-$WORK/skus.curl}" |
         grep -o '"reserved":[0-9]*' | awk -F: '{ s += $2 } END { printf "%d\n", s }'
 }
 
@@ -220,12 +221,12 @@ slack() { echo $(($1 + $(field socket_errors "$2"))); } # connections RESULT
 # gave up on (socket errors).
 # The total once requests still in flight after a run have landed: wrk stops
 # counting at the deadline, the server finishes what it accepted (bounded: 10 s).
-settled_reserved() {
+settled_reserved() { # [curl config]
     local a b
-    a=$(surge_reserved)
+    a=$(surge_reserved "$@")
     for _ in $(seq 1 50); do
         sleep 0.2
-        b=$(surge_reserved)
+        b=$(surge_reserved "$@")
         [[ "$a" == "$b" ]] && break
         a=$b
     done
@@ -252,7 +253,11 @@ SURGE_RES_HIGH=$(run_wrk reserve-high "$CONNS_HIGH" "$DURATION" benches/wrk/rese
 after=$(settled_reserved)
 check_holds "surge reserve, $CONNS_HIGH conns" $((after - before)) "$(ok_requests "$SURGE_RES_HIGH")" "$(slack "$CONNS_HIGH" "$SURGE_RES_HIGH")"
 
+limited_before=$(settled_reserved "$WORK/limited.curl")
 SURGE_RES_LIMITED=$(run_wrk reserve-limited "$CONNS_HIGH" "$DURATION" benches/wrk/reserve.lua limited "$SKUS" "$CUSTOMERS")
+limited_after=$(settled_reserved "$WORK/limited.curl")
+check_holds "surge reserve on limited SKUs, $CONNS_HIGH conns" $((limited_after - limited_before)) \
+    "$(ok_requests "$SURGE_RES_LIMITED")" "$(slack "$CONNS_HIGH" "$SURGE_RES_LIMITED")"
 
 before=$after
 SURGE_RES_LOW=$(run_wrk reserve-low "$CONNS_LOW" "$DURATION" benches/wrk/reserve.lua many "$SKUS")

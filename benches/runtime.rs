@@ -424,13 +424,16 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     let latencies = Mutex::new(Histogram::<u64>::new(3).expect("histogram"));
     let (iterations, commits) = (LatencyHistogram::default(), LatencyHistogram::default());
     let iterations_cpu = LatencyHistogram::default();
-    let mut snapshots = 0;
+    let (mut snapshots, mut rolls) = (0, 0);
     let mut keep_figures = |fixture: &Fixture| {
         let stats = fixture.handle.stats();
         iterations.absorb(&stats.writer_iteration);
         iterations_cpu.absorb(&stats.writer_iteration_cpu);
         commits.absorb(&stats.wal_commit);
         snapshots += stats.snapshots.load(std::sync::atomic::Ordering::Relaxed);
+        // Each segment the fixture's log filled was a roll.
+        rolls +=
+            stats.wal_bytes.load(std::sync::atomic::Ordering::Relaxed) / config.wal.segment_bytes;
     };
     let current = Mutex::new(fixture(10_000, config.clone(), 64));
     group.bench_function(name, |b| {
@@ -444,6 +447,12 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     });
     let last = current.into_inner();
     keep_figures(&last);
+    // The figures are only issue 8's if the run had what it asks for: snapshots
+    // and segment rolls during the load.
+    assert!(
+        snapshots > 0 && rolls > 0,
+        "the run took {snapshots} snapshots and {rolls} segment rolls: none is not the bench"
+    );
     let bound = |h: &LatencyHistogram, q: f64| {
         h.quantile_bound_us(q)
             .map_or("> 100000".to_string(), |us| format!("<= {us}"))
@@ -462,7 +471,7 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     // The `cpu_` figures are the writer thread's CPU time in the same iterations:
     // where the wall figures are above them, the writer was off a core.
     let line = format!(
-        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"over_1ms\":{},\"over_5ms\":{},\"over_10ms\":{},\"max_us\":{},\"cpu_p999_us\":\"{}\",\"cpu_over_1ms\":{},\"cpu_over_10ms\":{},\"cpu_max_us\":{},\"snapshots\":{},\"commit_avg_us\":{:.0}}}",
+        "{{\"bench\":\"{name}\",\"iterations\":{},\"p99_us\":\"{}\",\"p999_us\":\"{}\",\"over_1ms\":{},\"over_5ms\":{},\"over_10ms\":{},\"max_us\":{},\"cpu_p999_us\":\"{}\",\"cpu_over_1ms\":{},\"cpu_over_10ms\":{},\"cpu_max_us\":{},\"snapshots\":{},\"rolls\":{},\"commit_avg_us\":{:.0}}}",
         h.count(),
         bound(h, 0.99),
         bound(h, 0.999),
@@ -475,6 +484,7 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         over(cpu, 10_000),
         cpu.max().as_micros(),
         snapshots,
+        rolls,
         commits.sum_seconds() * 1e6 / commits.count().max(1) as f64,
     );
     eprintln!("writer {line}");

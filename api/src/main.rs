@@ -192,12 +192,15 @@ struct ServeArgs {
     /// Keep a second copy of the state that applies each durable batch and encodes
     /// the snapshots (every durability with a log), and serves the reads (sync and
     /// replicated; async reads see the applied state, which the writer answers), so
-    /// that neither waits for the writer nor pauses it. `false`: reads and snapshots
+    /// that neither waits for the writer nor pauses it (while the follower encodes a
+    /// snapshot, reads go through the writer's queue instead, still linearizable;
+    /// `surge_reads_during_snapshot_total` counts them). `false`: reads and snapshots
     /// go through the writer, and the state needs one copy of memory less (the
     /// start-up memory check counts it: ARCHITECTURE.md, "Memory: two copies").
     #[arg(long, env = "SURGE_FOLLOWER", default_value_t = true, action = clap::ArgAction::Set)]
     follower: bool,
-    /// Threads serving HTTP (0: derived from the cores, see `http_workers_default`).
+    /// Threads serving HTTP (0: one less than the cores, at least one; ARCHITECTURE.md,
+    /// "Thread budget").
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
     /// Nice steps above the process's that the writer and sync threads (and in

@@ -53,7 +53,7 @@
 //! up to the next page boundary, and the next batch starts on a fresh page:
 //! pages holding acknowledged records are never written again (recovery pads a
 //! surviving partial page the same way before appends resume). This costs up to
-//! one page per commit, which group commit amortises, and the `msync` of one
+//! one page per commit, which group commit amortises, and the sync of one
 //! page costs the same whether it is full or not.
 //!
 //! ## Snapshot file
@@ -166,8 +166,10 @@
 //! that is no longer the newest is always below the watermark, so a hole
 //! anywhere but in the newest segment is refused, never cut as a torn tail.
 //!
-//! Records are appended through the memory map and made durable by `msync` of
-//! only the dirty page range ([`Wal::commit`]). Segment files are reserved with
+//! Records are written into the segment file with `pwrite` (the memory map is for
+//! reading) and a commit makes them durable with one `fdatasync` of the segment
+//! ([`Wal::commit`]; ARCHITECTURE.md has the measurements that chose it over
+//! `msync` of the dirty range). Segment files are reserved with
 //! `fallocate` before they are mapped: writing to a mapped hole on a full disk
 //! raises SIGBUS, while a failed `fallocate` is a clean `ENOSPC`.
 
