@@ -285,7 +285,16 @@ impl Access for Admin {
 pub struct Auth<A>(pub Principal, pub PhantomData<A>);
 
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let (role, name) = match state.auth() {
+    let (role, name) = caller(state, headers)?;
+    principal(role, name, headers)
+}
+
+/// The caller's role, and its token's name if it has one: 401 when there is none.
+fn caller<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+) -> Result<(Role, Option<&'a str>), ApiError> {
+    Ok(match state.auth() {
         AuthMode::Open => (Role::Admin, None),
         AuthMode::Tokens(tokens) => {
             let header = headers
@@ -303,7 +312,11 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
                 .lookup(token.as_bytes())
                 .ok_or_else(|| ApiError::unauthorized("unknown token"))?
         }
-    };
+    })
+}
+
+/// The caller with the actor it acts as (its `X-Actor` checked): 400 for a bad one.
+fn principal(role: Role, name: Option<&str>, headers: &HeaderMap) -> Result<Principal, ApiError> {
     // A header name given as text is parsed on every look-up; this one is made once.
     const X_ACTOR: axum::http::HeaderName = axum::http::HeaderName::from_static("x-actor");
     let x_actor = match headers.get(X_ACTOR) {
@@ -350,15 +363,17 @@ impl<A: Access> FromRequestParts<AppState> for Auth<A> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = authenticate(state, &parts.headers)?;
-        if !A::ROLES.contains(&principal.role) {
+        // 401, then 403, then a malformed `X-Actor` (400): a caller without the
+        // role learns only that.
+        let (role, name) = caller(state, &parts.headers)?;
+        if !A::ROLES.contains(&role) {
             return Err(ApiError::forbidden(format!(
                 "role {} may not do this (needs {})",
-                principal.role.as_str(),
+                role.as_str(),
                 A::WHAT
             )));
         }
-        Ok(Auth(principal, PhantomData))
+        Ok(Auth(principal(role, name, &parts.headers)?, PhantomData))
     }
 }
 

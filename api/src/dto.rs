@@ -23,17 +23,17 @@ pub struct DefineSkuReq {
     /// 1000000000000 when sent; stock given back (a cancel, a restocking return, a
     /// lowering modification) is never refused and may take the level past it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[schema(value_type = u64, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub on_hand: Option<Option<u64>>,
     /// `stock.low` is emitted when `available` falls to or below this. Omitted:
     /// unchanged (0 for a new SKU). Not null. At most 1000000000000.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[schema(value_type = u64, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub low_stock_threshold: Option<Option<u64>>,
     /// Display name. Omitted: unchanged (empty for a new SKU). Not null. At most 200
     /// bytes (UTF-8), no control characters.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, max_length = 200)]
+    #[schema(value_type = String, max_length = 200)]
     pub name: Option<Option<String>>,
     /// Units one customer may hold, have bought and have ordered at once; 0 for no
     /// limit. Omitted: unchanged (none for a new SKU). Not null (0 removes the
@@ -44,7 +44,7 @@ pub struct DefineSkuReq {
     /// not counted (the engine keeps no customer for them). Set it before the sale
     /// opens.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[schema(value_type = u64, minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub purchase_limit_per_customer: Option<Option<u64>>,
     /// RFC 3339: no new stock is taken before it; null: open. Omitted: unchanged.
     /// At the latest 9999-12-30T22:00:00.999Z (the latest time the server reads).

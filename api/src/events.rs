@@ -302,13 +302,19 @@ pub fn event_json(log: &EventLog, event: &Event) -> Value {
     Value::Object(m)
 }
 
+/// A seq a client sends back: 0..=2^63-1, the `int64` the document declares (a
+/// larger one would come back as `next`, past what JSON clients hold exactly).
 fn parse_after(text: Option<&str>, field: &str) -> Result<u64, ApiError> {
     match text.filter(|t| !t.is_empty()) {
         None => Ok(0),
         Some(t) => t
             .trim()
-            .parse()
-            .map_err(|_| ApiError::validation(field, "must be a non-negative integer seq")),
+            .parse::<u64>()
+            .ok()
+            .filter(|&seq| i64::try_from(seq).is_ok())
+            .ok_or_else(|| {
+                ApiError::validation(field, format!("must be an integer seq in 0..={}", i64::MAX))
+            }),
     }
 }
 
@@ -327,7 +333,7 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams,
         ("Last-Event-ID" = Option<String>, Header, description = "SSE: resume after this seq"),
         ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live Server-Sent Events stream (`id:` = seq, `event:` = type, `data:` = the event JSON; keep-alive comments every 15 s). The feed keeps the newest 1,000,000 events in memory: a stream that resumes from an older `Last-Event-ID`, or falls that far behind, first gets `event: truncated` (no `id:`) with `data: {\"type\": \"truncated\", \"after\": <seq>, \"resumes_at\": <seq>}` and goes on from the oldest event kept (a stream with no cursor starts after seq 0, so it is told too once events were dropped); the JSON page says `truncated: true`. Downstream that must see every event reads them from NATS JetStream (`--events-to`)")),
-    responses((status = 200, description = "A page of events, or an SSE stream", body = EventPage),
+    responses((status = 200, description = "A page of events, or an SSE stream. `seq` is the log position: a record takes the position of its first event and its events are numbered on from it (a reservation and the `stock.low` it causes: `n`, `n+1`). Strictly increasing, never reused, the same after a restart, and with gaps: a logged record that emits no event still takes a position (such as a keyed request the engine refused, logged so that its key replays the refusal after a restart)", body = EventPage),
         (status = 503, description = "`overloaded` (with `Retry-After`): 1,000 event streams (`EVENT_STREAMS_MAX`) are open already; pages are not limited", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn events(
     State(st): State<AppState>,

@@ -73,7 +73,14 @@ no op succeeded). The admin snapshot and a promotion log no record: theirs is th
 `validation_failed` naming the parameter, on reads and writes alike (no write takes any).
 
 **Units.** Quantities are positive integers; money is integer minor units; times in \
-responses are RFC 3339 UTC with milliseconds; durations in requests are milliseconds.";
+responses are RFC 3339 UTC with milliseconds; durations in requests are milliseconds. \
+An integer field is written as a JSON integer: `2`, never `2.0` or `2e0` (400 naming the \
+field). Text limits are in bytes of UTF-8, not characters; text fields hold no control \
+characters (C0, DEL or C1) unless their description says otherwise.
+
+**Query parameters** are declared as strings; their ranges and values are in their \
+descriptions and checked by the server (400 naming the parameter). An empty `limit`, \
+`cursor` or `after` is taken as absent; any other empty filter is refused (omit it).";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -125,7 +132,14 @@ fn problem(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
+/// An optional request header of 1..=`max_len` bytes matching `pattern`, as the
+/// server checks it (400 naming the header otherwise).
+fn header_param(
+    name: &str,
+    description: &str,
+    pattern: &str,
+    max_len: usize,
+) -> utoipa::openapi::path::Parameter {
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ParameterBuilder::new()
@@ -133,7 +147,33 @@ fn header_param(name: &str, description: &str) -> utoipa::openapi::path::Paramet
         .parameter_in(ParameterIn::Header)
         .required(utoipa::openapi::Required::False)
         .description(Some(description))
-        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(max_len))
+                .pattern(Some(pattern)),
+        ))
+        .build()
+}
+
+/// `Surge-Lsn` on a write's 2xx answer, where the operation does not describe it
+/// itself (API.md v1.1, "Strict requests, consistent answers").
+fn surge_lsn_header(path: &str) -> utoipa::openapi::header::Header {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let description = if path == "/v1/batch" {
+        "The last record among the ops that succeeded (each carries its own `lsn`); absent when none did"
+    } else {
+        "The log position of the record that made the change (the seq of its first event); a repeat that changed nothing, or a replayed Idempotency-Key, answers with the record its answer stands for"
+    };
+    utoipa::openapi::header::HeaderBuilder::new()
+        .schema(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(1)),
+        )
+        .description(Some(description))
         .build()
 }
 
@@ -201,9 +241,26 @@ impl Modify for Conventions {
                             .entry(code.to_string())
                             .or_insert_with(|| problem(text).into());
                     }
+                    if op.request_body.is_some() {
+                        responses.entry("408".to_string()).or_insert_with(|| {
+                            problem("`request_timeout`: the body did not arrive within the body timeout of the headers (`field` is `body`); nothing was done").into()
+                        });
+                    }
+                    for (code, response) in responses.iter_mut() {
+                        if let (true, utoipa::openapi::RefOr::T(response)) =
+                            (code.starts_with('2'), response)
+                        {
+                            response
+                                .headers
+                                .entry("Surge-Lsn".to_string())
+                                .or_insert_with(|| surge_lsn_header(path));
+                        }
+                    }
                     params.push(header_param(
                         "X-Actor",
-                        "Who is acting, recorded as `role:actor` in history (printable ASCII, 64 bytes in all)",
+                        "Who is acting, recorded as `role:actor` in history (printable ASCII without spaces, 64 bytes in all with the role and the colon)",
+                        "^[!-~]+$",
+                        surge_engine::limits::ACTOR_LEN_MAX,
                     ));
                 }
                 if idempotent {
@@ -212,7 +269,13 @@ impl Modify for Conventions {
                     });
                     params.push(header_param(
                         "Idempotency-Key",
-                        "Replay protection: at most 128 bytes; the same key and request from the same caller (the same Authorization) return the original response; another request under the key, or another caller's, is 422",
+                        "Replay protection: printable ASCII (spaces allowed), at most 128 bytes (on `/v1/batch` 122 by default, see the operation); the same key and request from the same caller (the same Authorization) return the original response; another request under the key, or another caller's, is 422",
+                        "^[ -~]+$",
+                        if path == "/v1/batch" {
+                            crate::extract::Idem::batch_key_len_max(crate::state::BATCH_OPS_MAX)
+                        } else {
+                            surge_engine::limits::IDEMPOTENCY_KEY_LEN_MAX
+                        },
                     ));
                 }
             }

@@ -973,7 +973,12 @@ pub struct StatsParams {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct SkuSalesBody {
     pub sku: String,
+    /// Units that left `on_hand` through a commit, a paid order's or a reservation
+    /// committed outright, and did not come back (a cancel after payment, a return,
+    /// a modification that lowered the line). Not the report's `units_sold` (with
+    /// `group_by`), which counts the lines of orders only.
     pub units_sold: u64,
+    /// Units reserved now: held by reservations and unpaid orders.
     pub units_held: u64,
 }
 

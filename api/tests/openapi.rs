@@ -93,3 +93,53 @@ fn a_problem_schema_requires_only_what_every_problem_has() {
     required.sort();
     assert_eq!(required, ["code", "detail", "status", "title", "type"]);
 }
+
+/// From an outside probe (schemathesis against the served document): the document
+/// was looser than the server. Every write declares the `Surge-Lsn` its 2xx answers
+/// carry, the `X-Actor` and `Idempotency-Key` headers say what the server accepts,
+/// and a write with a body declares the 408 its body's timeout answers.
+#[test]
+fn writes_declare_their_surge_lsn_headers_and_timeouts() {
+    let doc: serde_json::Value = serde_json::from_str(surge_api::openapi::document_json()).unwrap();
+    let mut writes = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for method in ["put", "post", "patch"] {
+            let Some(op) = item.get(method) else { continue };
+            writes += 1;
+            let responses = op["responses"].as_object().unwrap();
+            for (code, response) in responses.iter().filter(|(c, _)| c.starts_with('2')) {
+                assert_eq!(
+                    response["headers"]["Surge-Lsn"]["schema"]["type"], "integer",
+                    "{method} {path} {code} declares no Surge-Lsn"
+                );
+            }
+            if op.get("requestBody").is_some() {
+                assert!(
+                    responses.contains_key("408"),
+                    "{method} {path} takes a body and declares no 408"
+                );
+            }
+            let header = |name: &str| {
+                op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == name && p["in"] == "header")
+                    .map(|p| p["schema"].clone())
+            };
+            let actor = header("X-Actor").expect("every write takes X-Actor");
+            assert_eq!(actor["pattern"], "^[!-~]+$", "{method} {path}");
+            assert_eq!(actor["minLength"], 1, "{method} {path}");
+            assert_eq!(actor["maxLength"], 64, "{method} {path}");
+            if let Some(key) = header("Idempotency-Key") {
+                assert_eq!(key["pattern"], "^[ -~]+$", "{method} {path}");
+                let max = if path == "/v1/batch" { 122 } else { 128 };
+                assert_eq!(key["maxLength"], max, "{method} {path}");
+            }
+        }
+    }
+    assert!(writes >= 18, "only {writes} writes in the document");
+}

@@ -1368,6 +1368,18 @@ async fn event_feed_pages() {
         400,
         "validation_failed",
     );
+    // A seq is an int64, as the document declares it: one past that is refused,
+    // not echoed back as `next`.
+    let r = api
+        .admin("GET", &format!("/v1/events?after={}", i64::MAX), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["next"], i64::MAX);
+    let r = api
+        .admin("GET", &format!("/v1/events?after={}", u64::MAX), None)
+        .await;
+    assert_problem(&r, 400, "validation_failed");
+    assert_eq!(r.json["field"], "after");
     assert_problem(
         &api.admin("GET", "/v1/events?limit=100000", None).await,
         400,
@@ -1548,6 +1560,12 @@ async fn role_matrix() {
                     r.text
                 );
             } else {
+                assert_problem(&r, 403, "forbidden");
+                // The role is judged before the `X-Actor` header: a caller without
+                // it learns only that, not how its header is wrong.
+                let r = api
+                    .call(method, path, Some(token), &[("x-actor", "two words")], body)
+                    .await;
                 assert_problem(&r, 403, "forbidden");
             }
             assert!(!r.status.is_server_error(), "{method} {path}: {}", r.text);
