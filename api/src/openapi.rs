@@ -36,8 +36,13 @@ repeat sets the same values again, and is logged again) accepts `Idempotency-Key
 reservations, commit, release, orders, pay, transitions, cancel, hold, release-hold, \
 return, refund, refunds, an order's `PATCH`, adjustments, and `/v1/batch` (one key for \
 the request, at most 122 bytes: each op is kept under the key and its index). The same \
-key with the same method, path and body returns the original status and body, also \
-after a restart; with a different request it is 422 `idempotency_conflict`. Keys are \
+key with the same method, path and body (the same bytes: the same JSON written another \
+way is another body) returns the original status and body, also after a restart; with a \
+different request it is 422 `idempotency_conflict`. What the engine answered is kept, a \
+refusal too (a 409 `insufficient_stock` replays as 409 after stock arrives: a new attempt \
+takes a new key); a single request refused as malformed (400, whether before the \
+engine or by it), or with 401, 403, 413 or 415, leaves the key unused (a batch's key is \
+kept once any of its ops reached the engine: see `/v1/batch`). Keys are \
 remembered for a retention window (`SURGE_IDEMPOTENCY_WINDOW_MS`, 24 hours by default) \
 within a memory budget (`SURGE_IDEMPOTENCY_BUDGET_MB`, 2 GiB by default: about 29.8 \
 million keys at 72 bytes each). Past the budget \
