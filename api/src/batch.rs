@@ -328,19 +328,30 @@ pub async fn batch(
             .map(|keys| keys.op(i, commands.is_empty()))
     };
     let mut refused: Vec<(usize, ApiError)> = Vec::new();
-    for (i, op) in plain.into_iter().enumerate() {
-        let command = plain_reserve_command(&st, op, who.actor.clone());
-        let key = op_key(&commands, i);
-        commands.push((command, key));
-    }
-    for (i, raw) in general.iter().flat_map(|req| req.ops.iter()).enumerate() {
-        match op_command(&st, &who, raw, i) {
+    // A keyed op over a size limit (a SKU id or `customer_id` too long, too many
+    // lines) is refused here, before the engine: the engine refuses such a command
+    // without logging it, so the key it would take (the batch's own, for the first
+    // op) would be left unremembered, free for another body.
+    let mut admit = |command: Result<Command, ApiError>, i: usize| {
+        let sized = |command: Command| match batch_keys {
+            Some(_) => surge_engine::check_sizes(&command, None)
+                .map(|()| command)
+                .map_err(|rejection| ApiError::from_rejection(&rejection)),
+            None => Ok(command),
+        };
+        match command.and_then(sized) {
             Ok(command) => {
                 let key = op_key(&commands, i);
                 commands.push((command, key));
             }
             Err(e) => refused.push((i, e)),
         }
+    };
+    for (i, op) in plain.into_iter().enumerate() {
+        admit(Ok(plain_reserve_command(&st, op, who.actor.clone())), i);
+    }
+    for (i, raw) in general.iter().flat_map(|req| req.ops.iter()).enumerate() {
+        admit(op_command(&st, &who, raw, i), i);
     }
     // A batch that cannot be queued (the queue full, shutting down) is answered
     // whole, as a single write is: 503 with `Retry-After`, nothing done; so is one

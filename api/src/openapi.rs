@@ -38,11 +38,13 @@ return, refund, refunds, an order's `PATCH`, adjustments, and `/v1/batch` (one k
 the request, at most 122 bytes: each op is kept under the key and its index). The same \
 key with the same method, path and body (the same bytes: the same JSON written another \
 way is another body) returns the original status and body, also after a restart; with a \
-different request it is 422 `idempotency_conflict`. What the engine answered is kept, a \
+different request it is 422 `idempotency_conflict`. What the engine decided is kept, a \
 refusal too (a 409 `insufficient_stock` replays as 409 after stock arrives: a new attempt \
-takes a new key); a single request refused as malformed (400, whether before the \
-engine or by it), or with 401, 403, 413 or 415, leaves the key unused (a batch's key is \
-kept once any of its ops reached the engine: see `/v1/batch`). Keys are \
+takes a new key). A single request answered without a decision leaves the key unused, \
+to be retried under it: refused as malformed (400, before the engine or by it), 401, 403, \
+404 for an id that cannot be one, 408, 413, 415, 431, a 503 that says nothing was \
+done, and a 503 for one of the engine's limits (held reservations, orders, actors). A \
+batch's key is kept once any of its ops reached the engine: see `/v1/batch`. Keys are \
 remembered for a retention window (`SURGE_IDEMPOTENCY_WINDOW_MS`, 24 hours by default) \
 within a memory budget (`SURGE_IDEMPOTENCY_BUDGET_MB`, 2 GiB by default: about 29.8 \
 million keys at 72 bytes each). Past the budget \
@@ -85,7 +87,15 @@ characters (C0, DEL or C1) unless their description says otherwise.
 
 **Query parameters** are declared as strings; their ranges and values are in their \
 descriptions and checked by the server (400 naming the parameter). An empty `limit`, \
-`cursor` or `after` is taken as absent; any other empty filter is refused (omit it).";
+`cursor`, `after` or `bom` is taken as absent; any other empty filter is refused (omit \
+it).
+
+**Order of refusals.** Refusals decided from the headers alone come first, whoever \
+sends them: a header given twice (`Authorization`, `X-Actor`, `Idempotency-Key`: 400), \
+a body over the limit (413), not JSON (415), headers too large (431). Then 401 \
+`unauthorized`, then 403 `forbidden`, then a malformed `X-Actor` or `Idempotency-Key` \
+(400), then the request itself. A node whose state diverged from the replicated log \
+answers any authenticated caller 503 `not_leader`.";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -246,11 +256,11 @@ impl Modify for Conventions {
                             .entry(code.to_string())
                             .or_insert_with(|| problem(text).into());
                     }
-                    if op.request_body.is_some() {
-                        responses.entry("408".to_string()).or_insert_with(|| {
-                            problem("`request_timeout`: the body did not arrive within the body timeout of the headers (`field` is `body`); nothing was done").into()
-                        });
-                    }
+                    // Every write reads its body, an empty one included, within the
+                    // body timeout.
+                    responses.entry("408".to_string()).or_insert_with(|| {
+                        problem("`request_timeout`: the body (an empty one included) did not arrive within the body timeout of the headers (`field` is `body`); nothing was done").into()
+                    });
                     for (code, response) in responses.iter_mut() {
                         if let (true, utoipa::openapi::RefOr::T(response)) =
                             (code.starts_with('2'), response)
@@ -263,9 +273,9 @@ impl Modify for Conventions {
                     }
                     params.push(header_param(
                         "X-Actor",
-                        "Who is acting, recorded as `role:actor` in history (printable ASCII without spaces, 64 bytes in all with the role and the colon)",
+                        "Who is acting, recorded as `role:actor` in history (printable ASCII without spaces). For an unnamed token `role:actor` is at most 64 bytes, so the header at most 64 less the role and the colon (53 for `storefront`, 58 for `admin`: the declared maximum is the one every role may send); for a named token it is kept as `on_behalf_of`, at most 64 bytes",
                         "^[!-~]+$",
-                        surge_engine::limits::ACTOR_LEN_MAX,
+                        surge_engine::limits::ACTOR_LEN_MAX - "storefront:".len(),
                     ));
                 }
                 if idempotent {
@@ -274,8 +284,9 @@ impl Modify for Conventions {
                     });
                     params.push(header_param(
                         "Idempotency-Key",
-                        "Replay protection: printable ASCII (spaces allowed), at most 128 bytes (on `/v1/batch` 122 by default, see the operation); the same key and request from the same caller (the same Authorization) return the original response; another request under the key, or another caller's, is 422",
-                        "^[ -~]+$",
+                        "Replay protection: printable ASCII (spaces inside only: HTTP drops them at the ends), at most 128 bytes (on `/v1/batch` 122 by default, see the operation); the same key and request from the same caller (the same Authorization) return the original response; another request under the key, or another caller's, is 422",
+                        // Spaces inside, never at the ends: HTTP strips them there.
+                        "^[!-~]([ -~]*[!-~])?$",
                         if path == "/v1/batch" {
                             crate::extract::Idem::batch_key_len_max(crate::state::BATCH_OPS_MAX)
                         } else {

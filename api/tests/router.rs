@@ -1440,7 +1440,7 @@ async fn operations_endpoints() {
         "surge_engine_queue_depth",
         "surge_engine_batch_len_max",
         "surge_wal_bytes_total",
-        "surge_wal_flush_seconds_total",
+        "surge_wal_flush_latency_seconds_sum",
         "surge_snapshot_age_seconds",
         "surge_engine_overloaded_total",
         "surge_idempotency_window_seconds",
@@ -1809,7 +1809,7 @@ async fn metrics_exposition_keeps_its_names_types_labels_and_buckets() {
         ("surge_wal_commit_seconds", "histogram", &[], ENGINE_BUCKETS),
         ("surge_wal_durable_lsn", "gauge", &[], &[]),
         ("surge_wal_flush_latency_seconds_last", "gauge", &[], &[]),
-        ("surge_wal_flush_seconds_total", "counter", &[], &[]),
+        ("surge_wal_flush_latency_seconds_sum", "counter", &[], &[]),
         ("surge_wal_flushes_total", "counter", &[], &[]),
         ("surge_writer_iteration_seconds", "histogram", &[], ENGINE_BUCKETS),
         ("surge_writer_iteration_cpu_seconds", "histogram", &[], ENGINE_BUCKETS),
@@ -2034,6 +2034,36 @@ async fn a_malformed_single_request_keeps_its_key_a_batch_op_does_not() {
     assert_eq!(r.json["results"][0]["status"], 400, "{}", r.text);
     assert_eq!(r.json["results"][1]["status"], "held", "{}", r.text);
     assert_eq!(api.digest().await, before);
+
+    // From a review: a first op over a size limit (a SKU id of 65 bytes) took the
+    // batch's own key, and the engine refused it without logging it, so the key was
+    // never remembered and a single request under it was applied. Refused before
+    // the engine, it leaves the key to the next op.
+    let long_sku = "x".repeat(65);
+    let oversized = json!({"ops": [
+        {"op": "reserve", "lines": [{"sku": long_sku, "qty": 1}]},
+        {"op": "reserve", "lines": [{"sku": "A", "qty": 1}]},
+    ]});
+    let r = keyed("/v1/batch", "K3", oversized.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["results"][0]["status"], 400, "{}", r.text);
+    assert_eq!(
+        r.json["results"][0]["field"], "ops[0].lines[0].sku",
+        "{}",
+        r.text
+    );
+    assert_eq!(r.json["results"][1]["status"], "held", "{}", r.text);
+    let before = api.digest().await;
+    let r = keyed("/v1/reservations", "K3", hold(1)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let r = keyed("/v1/batch", "K3", oversized).await;
+    assert_eq!(r.json["results"][0]["status"], 400, "{}", r.text);
+    assert_eq!(r.json["results"][1]["status"], "held", "{}", r.text);
+    assert_eq!(
+        api.digest().await,
+        before,
+        "a replay or a conflict changed something"
+    );
 }
 
 /// From an outside probe: a stream that resumed from a `Last-Event-ID` older than

@@ -201,8 +201,15 @@ pub(crate) const RULES_V15: u32 = 6;
 /// `invalid_transition` (before: 200, the first number kept, the new one dropped
 /// unsaid).
 pub(crate) const RULES_V16: u32 = 7;
+/// The rules from the first `SetRules { rules: 8 }` on, from a review: a single keyed
+/// request refused because a limit of the engine's was reached (`LimitReached`, 503:
+/// the held reservations, the orders, the actors, the limited pairs) is not logged
+/// and leaves its key unused, as a malformed one does, so its retry under the same
+/// key is judged afresh once there is room (before: the 503 was remembered under the
+/// key and replayed for the whole retention window, though the answer said to retry).
+pub(crate) const RULES_V17: u32 = 8;
 /// The rules a server of this build logs at start (`Command::SetRules`).
-pub const RULES_CURRENT: u32 = RULES_V16;
+pub const RULES_CURRENT: u32 = RULES_V17;
 
 impl OrderPolicy {
     /// The policy of a state that never logged one: no SLA, no review threshold.
@@ -513,10 +520,16 @@ impl State {
         );
         // A keyed command is logged even when refused: its key now answers with the
         // refusal, and replay must remember it too. Not a single request's malformed
-        // one (`apply_request`): the client corrects it and retries under the key.
+        // one (`apply_request`): the client corrects it and retries under the key;
+        // nor (v1.7 rules) one refused for a limit of the engine's: the client
+        // retries under the key once there is room.
         let forgotten = forget_malformed
             && key.is_some()
-            && matches!(outcome, Err(Rejection::Validation { .. }));
+            && match outcome {
+                Err(Rejection::Validation { .. }) => true,
+                Err(Rejection::LimitReached { .. }) => self.rules >= RULES_V17,
+                _ => false,
+            };
         let changed = emitted > 0 || (key.is_some() && !forgotten) || changed_quietly;
         if !changed {
             // A success that changed nothing (a repeat): the state it answers from is

@@ -11,7 +11,7 @@ mod common;
 use surge_engine::{
     Address, CancelReason, Command, Event, EventKind, HoldReason, IdempotencyKey, LedgerFilter,
     LedgerKind, NewOrder, OrderChange, OrderId, OrderLineReq, OrderStatus, OrderView,
-    PaymentStatus, Query, QueryReply, Reply, ReturnKind, State,
+    PaymentStatus, Query, QueryReply, Rejection, Reply, ReturnKind, State,
 };
 
 const SLA_MS: u64 = 60_000;
@@ -1507,6 +1507,79 @@ fn under_the_v16_rules_a_shipment_repeated_with_another_tracking_number_is_refus
         assert_eq!(other, expected, "rules {rules}");
         assert_eq!(w.order(id), before, "rules {rules}: the order changed");
         assert_eq!(w.log.len(), logged, "rules {rules}: a repeat was logged");
+        w.check_replay();
+    }
+}
+
+/// The v1.7 rules (`SetRules { rules: 8 }`), from a review: a single keyed request
+/// refused because a limit of the engine's was reached (`LimitReached`, here the
+/// distinct actors) is neither logged nor remembered, so its retry under the same
+/// key is judged afresh, and taken once there is room (before, the key answered the
+/// refusal for the whole retention window, though the 503 said to retry). Under the
+/// v1.6 rules it is logged and remembered, so older logs replay as they ran.
+#[test]
+fn under_the_v17_rules_a_request_refused_at_a_limit_keeps_its_key() {
+    use surge_engine::limits::ACTORS_MAX;
+    for rules in [7, 8] {
+        let mut w = World::new(None);
+        w.ok(Command::SetRules { rules });
+        let adjust = |actor: String| Command::AdjustStock {
+            sku: "A".into(),
+            delta: 1,
+            reason: surge_engine::AdjustReason::Inbound,
+            note: String::new(),
+            actor,
+        };
+        // Every actor there is room for, then one more, refused.
+        let mut full = false;
+        for i in 0..=ACTORS_MAX {
+            w.events.clear();
+            match w.run(adjust(format!("a{i}"))) {
+                Ok(_) => {}
+                Err(code) => {
+                    assert_eq!(code, "overloaded", "rules {rules}, actor {i}");
+                    full = true;
+                    break;
+                }
+            }
+        }
+        assert!(full, "rules {rules}: the actors never filled up");
+        let key = IdempotencyKey {
+            key: "K".into(),
+            fingerprint: 7,
+        };
+        let request = |w: &mut World, cmd: Command| {
+            w.events.clear();
+            let applied = w
+                .state
+                .apply_request(&cmd, Some(&key), w.now_ms, &mut w.events);
+            if applied.lsn.is_some() {
+                w.log.push((w.now_ms, cmd, Some(key.clone())));
+            }
+            applied
+        };
+        let refused = request(&mut w, adjust("newcomer".into()));
+        assert!(
+            matches!(refused.outcome, Err(Rejection::LimitReached { .. })),
+            "{:?}",
+            refused.outcome
+        );
+        // The retry under the key, by an actor the engine knows (room enough).
+        let retried = request(&mut w, adjust("a0".into()));
+        if rules >= 8 {
+            assert_eq!(refused.lsn, None, "a refusal at a limit was logged");
+            assert!(retried.outcome.is_ok(), "{:?}", retried.outcome);
+        } else {
+            assert!(
+                refused.lsn.is_some(),
+                "rules {rules}: the refusal was not logged"
+            );
+            assert!(
+                matches!(retried.outcome, Err(Rejection::LimitReached { .. })),
+                "rules {rules}: the key did not answer its refusal: {:?}",
+                retried.outcome
+            );
+        }
         w.check_replay();
     }
 }
