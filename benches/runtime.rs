@@ -240,12 +240,34 @@ fn target_dir() -> std::path::PathBuf {
     dir
 }
 
-fn report(name: &str, h: &Histogram<u64>) {
+/// What a fixture's commits were: how long each took on average (µs) and how many
+/// records each made durable (`None` when it committed nothing: no log).
+fn commits_of(fixture: &Fixture) -> Option<(f64, f64)> {
+    let stats = fixture.handle.stats();
+    let commits = stats.wal_commit.count();
+    let records = stats
+        .records_logged
+        .load(std::sync::atomic::Ordering::Relaxed);
+    (commits > 0).then(|| {
+        (
+            stats.wal_commit.sum_seconds() * 1e6 / commits as f64,
+            records as f64 / commits as f64,
+        )
+    })
+}
+
+/// Prints the run's round-trip latencies and, where it had a log, what the last
+/// fixture's commits took (a closed loop's round trip is about two commits: the one
+/// in progress when a request arrives, then its own).
+fn report(name: &str, h: &Histogram<u64>, commits: Option<(f64, f64)>) {
     if h.is_empty() {
         return; // filtered out on the command line
     }
+    let commits = commits.map_or_else(String::new, |(avg_us, records)| {
+        format!(",\"commit_avg_us\":{avg_us:.0},\"records_per_commit\":{records:.1}")
+    });
     let line = format!(
-        "{{\"bench\":\"{name}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+        "{{\"bench\":\"{name}\",\"count\":{},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}{commits}}}",
         h.len(),
         h.value_at_quantile(0.50),
         h.value_at_quantile(0.99),
@@ -323,8 +345,10 @@ fn bench(c: &mut Criterion) {
                 sample(&current, iters, &latencies, make, finish)
             })
         });
-        finish(current.into_inner());
-        report(name, &latencies.lock());
+        let last = current.into_inner();
+        let commits = commits_of(&last);
+        finish(last);
+        report(name, &latencies.lock(), commits);
     }
     echo_closed_loop(&mut group);
     writer_iterations(&mut group);
@@ -399,7 +423,7 @@ fn echo_closed_loop(group: &mut criterion::BenchmarkGroup<'_, criterion::measure
     });
     drop(to_echo);
     echo.join().expect("echo thread");
-    report(name, &latencies.lock());
+    report(name, &latencies.lock(), None);
 }
 
 /// `runtime/writer_iterations`: reservations from 64 threads with 64 in flight each,
@@ -495,7 +519,8 @@ fn writer_iterations(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
     let _ = std::fs::create_dir_all(path.parent().expect("parent"));
     std::fs::write(&path, line + "\n").expect("write writer report");
     finish(last);
-    report(name, &latencies.lock());
+    // Its commits are in the `writer` line, over every fixture.
+    report(name, &latencies.lock(), None);
 }
 
 /// Criterion filters by id on the command line; skip building fixtures for benches
