@@ -49,12 +49,12 @@ pub struct DefineSkuReq {
     /// RFC 3339: no new stock is taken before it; null: open. Omitted: unchanged.
     /// At the latest 9999-12-30T22:00:00.999Z (the latest time the server reads).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub sale_starts_at: Option<Option<String>>,
     /// RFC 3339: no new stock is taken at or after it; null: open. Omitted: unchanged.
     /// At the latest 9999-12-30T22:00:00.999Z (the latest time the server reads).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub sale_ends_at: Option<Option<String>>,
 }
 
