@@ -2151,6 +2151,22 @@ async fn a_stream_that_missed_events_is_told_before_it_goes_on() {
     assert!(oldest < last);
 }
 
+/// SKU `A` with 10 on hand, as a command for a hand-stepped core.
+fn define_a() -> surge_engine::Command {
+    surge_engine::Command::DefineSku {
+        sku: "A".into(),
+        name: String::new(),
+        on_hand: 10,
+        low_stock_threshold: 0,
+    }
+}
+
+/// The command behind `ticket` was answered, and applied.
+fn assert_applied(ticket: &mut surge_engine::Ticket<surge_engine::Acked>) {
+    let acked = ticket.try_wait().expect("answered").expect("acked");
+    assert!(acked.outcome.is_ok(), "{:?}", acked.outcome);
+}
+
 /// Polls `call` once; it must not have answered yet.
 async fn poll_once_pending(call: std::pin::Pin<&mut impl std::future::Future<Output = Reply>>) {
     let mut call = call;
@@ -2190,14 +2206,8 @@ async fn a_batch_the_full_queue_cannot_take_is_refused_whole() {
     let (mut core, _) =
         Engine::open_core(surge_engine::wal::SimStorage::new(), config).expect("open");
     let api = Api::with_engine(ApiConfig::default(), core.handle().clone());
-    let define = surge_engine::Command::DefineSku {
-        sku: "A".into(),
-        name: String::new(),
-        on_hand: 10,
-        low_stock_threshold: 0,
-    };
     // The one place in the queue, taken until the writer steps.
-    let mut defined = core.handle().submit(define, None).expect("queued");
+    let mut defined = core.handle().submit(define_a(), None).expect("queued");
     let batch = json!({"ops": [
         {"op": "reserve", "lines": [{"sku": "A", "qty": 1}]},
         {"op": "reserve", "lines": [{"sku": "A", "qty": 0}]},
@@ -2206,14 +2216,7 @@ async fn a_batch_the_full_queue_cannot_take_is_refused_whole() {
     assert_problem(&r, 503, "overloaded");
     assert_eq!(r.headers.get("retry-after").unwrap(), "1", "{}", r.text);
     core.step(0);
-    assert!(
-        defined
-            .try_wait()
-            .expect("answered")
-            .expect("acked")
-            .outcome
-            .is_ok()
-    );
+    assert_applied(&mut defined);
     let mut read = core
         .handle()
         .query(Query::GetSku { sku: "A".into() })
@@ -2249,23 +2252,10 @@ async fn a_write_past_the_request_timeout_is_answered_with_what_it_did() {
         },
         core.handle().clone(),
     );
-    let define = surge_engine::Command::DefineSku {
-        sku: "A".into(),
-        name: String::new(),
-        on_hand: 10,
-        low_stock_threshold: 0,
-    };
-    let mut defined = core.handle().submit(define, None).expect("queued");
+    let mut defined = core.handle().submit(define_a(), None).expect("queued");
     core.step(0);
     core.sync();
-    assert!(
-        defined
-            .try_wait()
-            .expect("answered")
-            .expect("acked")
-            .outcome
-            .is_ok()
-    );
+    assert_applied(&mut defined);
     let hold = json!({"lines": [{"sku": "A", "qty": 1}], "ttl_ms": 600000}).to_string();
     let reserve = || {
         api.call(

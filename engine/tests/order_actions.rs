@@ -71,31 +71,23 @@ fn actions_are_what_the_transition_table_allows() {
 
 #[test]
 fn a_hold_refuses_every_move_to_picking_packed_or_shipped() {
-    assert_eq!(
-        order_transition(S::Confirmed, OrderAction::Pick, HELD),
-        Err(TransitionRefusal::OnHold)
-    );
-    // Not the next step either: still the hold that is named (API.md: while held,
-    // a move to picking, packed or shipped answers `order_on_hold`).
-    assert_eq!(
-        order_transition(S::Confirmed, OrderAction::Ship, HELD),
-        Err(TransitionRefusal::OnHold)
-    );
-    assert_eq!(
-        order_transition(S::Reserved, OrderAction::Pack, HELD),
-        Err(TransitionRefusal::OnHold)
-    );
-    // A step repeated where the order is stays a repeat.
-    assert_eq!(
-        order_transition(S::Picking, OrderAction::Pick, HELD),
-        Err(TransitionRefusal::AlreadyThere)
-    );
-    assert_eq!(
-        order_transition(S::Packed, OrderAction::Hold, HELD),
-        Err(TransitionRefusal::AlreadyThere)
-    );
-    assert_eq!(
-        order_transition(S::Shipped, OrderAction::Hold, PAID),
-        Err(TransitionRefusal::NotAllowed)
-    );
+    use TransitionRefusal::{AlreadyThere, NotAllowed, OnHold};
+    let cases = [
+        (S::Confirmed, OrderAction::Pick, HELD, OnHold),
+        // Not the next step either: still the hold that is named (API.md: while
+        // held, a move to picking, packed or shipped answers `order_on_hold`).
+        (S::Confirmed, OrderAction::Ship, HELD, OnHold),
+        (S::Reserved, OrderAction::Pack, HELD, OnHold),
+        // A step repeated where the order is stays a repeat.
+        (S::Picking, OrderAction::Pick, HELD, AlreadyThere),
+        (S::Packed, OrderAction::Hold, HELD, AlreadyThere),
+        (S::Shipped, OrderAction::Hold, PAID, NotAllowed),
+    ];
+    for (status, action, facts, refusal) in cases {
+        assert_eq!(
+            order_transition(status, action, facts),
+            Err(refusal),
+            "{status} / {action:?} / {facts:?}"
+        );
+    }
 }

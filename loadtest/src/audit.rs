@@ -124,6 +124,16 @@ impl Audit {
         }
     }
 
+    /// A kill drill (crash, failover) that reached its `--time-max` before round
+    /// `next` of `asked` (`rounds`: "restarts", "kills") says so.
+    pub fn rounds_cut_short(&mut self, next: u32, asked: u32, rounds: &str) {
+        self.notes.push(format!(
+            "stopped after {} of {asked} {rounds}: --time-max reached (less the 60 s kept \
+             for the final check and the stop)",
+            next - 1
+        ));
+    }
+
     pub fn fail(&mut self, why: String) {
         self.passed = false;
         self.failures_total += 1;

@@ -155,12 +155,7 @@ pub async fn run(cfg: CrashConfig) -> anyhow::Result<(RunStats, Audit, CrashRepo
     );
     for n in 1..=cfg.restarts {
         if started.elapsed() >= cfg.time_max {
-            audit.notes.push(format!(
-                "stopped after {} of {} restarts: --time-max reached (less the 60 s kept \
-                 for the final check and the stop)",
-                n - 1,
-                cfg.restarts
-            ));
+            audit.rounds_cut_short(n, cfg.restarts, "restarts");
             break;
         }
         let flash = cfg.flash.for_round(n);

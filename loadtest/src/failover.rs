@@ -357,12 +357,7 @@ pub async fn run(cfg: FailoverConfig) -> anyhow::Result<(Vec<RunStats>, Audit, F
     let load_started = Instant::now();
     for n in 1..=cfg.kills {
         if started.elapsed() >= cfg.time_max {
-            audit.notes.push(format!(
-                "stopped after {} of {} kills: --time-max reached (less the 60 s kept for \
-                 the final check and the stop)",
-                n - 1,
-                cfg.kills
-            ));
+            audit.rounds_cut_short(n, cfg.kills, "kills");
             break;
         }
         let flash = cfg.flash.for_round(n);
