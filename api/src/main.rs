@@ -203,9 +203,10 @@ struct ServeArgs {
     /// "Thread budget").
     #[arg(long, env = "SURGE_HTTP_WORKERS", default_value_t = 0)]
     http_workers: usize,
-    /// Nice steps above the process's that the writer and sync threads (and in
-    /// replicated mode the publish thread) raise their priority by (0..=20; 0: none,
-    /// the default). Needs CAP_SYS_NICE; without it they run at the process's nice
+    /// Nice steps above the process's that the writer (and in replicated mode the
+    /// publish thread) raises its priority by (0..=20; 0: none, the default; the
+    /// sync thread stays at the process's, ARCHITECTURE.md, "The commit path goes
+    /// first"). Needs CAP_SYS_NICE; without it they run at the process's nice
     /// value, which `surge_writer_nice` in /metrics then shows. Over HTTP a raise
     /// costs throughput: every wake of the writer preempts the HTTP worker that feeds
     /// it, so batches shrink (ARCHITECTURE.md, "The commit path goes first").
@@ -504,7 +505,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         && let Err(why) = commit_priority_allowed(args.commit_priority_raise)
     {
         tracing::warn!(
-            "the writer and sync threads cannot raise their priority ({why}): they run at \
+            "the writer cannot raise its priority ({why}): it runs at \
              the process's; grant CAP_SYS_NICE, or set --commit-priority-raise 0 to say so"
         );
     }

@@ -464,8 +464,8 @@ type ReadAnswer = (
 );
 
 /// Set the calling thread's priority `step` nice steps above the process's (the
-/// writer and the sync thread, and in `replicated` mode the publish stage: every
-/// acknowledgement waits on them); `step` 0 is the process's own value, whatever
+/// writer, and in `replicated` mode the publish stage: every acknowledgement waits
+/// on them); `step` 0 is the process's own value, whatever
 /// the thread inherited. Answers the thread's nice value after: unchanged when the
 /// raise is not allowed (no `CAP_SYS_NICE`).
 fn raise_commit_thread_priority(step: i32) -> i32 {

@@ -103,11 +103,15 @@ pub struct EngineConfig {
     pub follower: bool,
     /// Events kept in memory for the feed.
     pub events_kept: usize,
-    /// Nice steps the writer and the sync thread raise their own priority by at
-    /// start (0: none). Every acknowledgement waits on those two threads, and on a
-    /// box with as few cores as busy threads the scheduler otherwise preempts them
-    /// for HTTP workers and clients evenly (BENCHMARKS.md, "The commit path goes first").
-    /// Needs `CAP_SYS_NICE`: without it they stay at the default, and
+    /// Nice steps the writer (and in `replicated` mode the publish thread) raises
+    /// its own priority by at start (0: none). Every acknowledgement waits on the
+    /// writer, and on a box with as few cores as busy threads the scheduler
+    /// otherwise preempts it for HTTP workers and clients evenly (BENCHMARKS.md,
+    /// "The commit path goes first"). The sync thread is not raised: at the
+    /// writer's priority it preempted the writer each time it woke from a sync, to
+    /// answer that commit's waiters on the writer's core (BENCHMARKS.md, "The sync
+    /// thread at the process's priority"). Needs `CAP_SYS_NICE`: without it the
+    /// writer stays at the default, and
     /// [`RuntimeStats::writer_nice`](super::RuntimeStats) says so.
     pub commit_priority_raise: i32,
     pub wal: WalConfig,

@@ -230,9 +230,13 @@ impl Engine {
                     to_follower: follower_tx.clone(),
                 };
                 let for_stage = Arc::clone(&queue);
-                let raise = config.commit_priority_raise;
                 let thread = spawn_owner("surge-sync", move || {
-                    super::raise_commit_thread_priority(raise);
+                    // The process's priority, never raised (and never inherited
+                    // from a raised creator): raised, the sync thread preempted the
+                    // writer at every wake from its sync to answer the commit's
+                    // waiters on the writer's core (ARCHITECTURE.md, "The commit
+                    // path goes first").
+                    let _ = surge_wal::reset_this_thread_priority();
                     stage.run(for_stage, done_tx)
                 })
                 .map_err(|e| Error::Recovery(format!("cannot start the sync thread: {e}")))?;
