@@ -1416,9 +1416,12 @@ fn the_writer_goes_first_and_the_sync_thread_stays_at_the_process_priority() {
     if writer_nice == process_nice {
         // Without CAP_SYS_NICE nothing can be raised; the sync thread's value is
         // still checked below, but it cannot tell the two designs apart here.
-        eprintln!("this process may not raise a thread's priority (no CAP_SYS_NICE)");
+        eprintln!(
+            "skipped in part: this process may not raise a thread's priority (no \
+             CAP_SYS_NICE), so a raised sync thread could not be told apart"
+        );
     } else {
-        assert_eq!(writer_nice, process_nice - i64::from(RAISE));
+        assert_eq!(writer_nice, (process_nice - i64::from(RAISE)).max(-20));
     }
     // Every engine's sync thread in this test binary (tests run side by side):
     // none raised, whichever thread started it. Raised, it preempted the writer at

@@ -11,7 +11,8 @@
 //! about a tenth of a core's share against a thread at the default priority.
 //!
 //! Making a thread nicer needs no privilege. [`raise_this_thread_priority`] goes the
-//! other way (the writer and the sync thread): that needs `CAP_SYS_NICE` or a
+//! other way (the writer, and in `replicated` mode the publish thread): that needs
+//! `CAP_SYS_NICE` or a
 //! `RLIMIT_NICE` that allows it, and fails, changing nothing, otherwise.
 //!
 //! A new thread starts with its creator's nice value, so a thread whose priority
