@@ -360,6 +360,20 @@ async fn target(c: &Common) -> anyhow::Result<(HttpClient, Option<(Surge, stop::
     Ok((client, None))
 }
 
+/// A run against the target, then the spawned surge (if any) stopped. A surge
+/// that exited by itself during the run fails the drill, saying so, whether the
+/// run itself failed (its requests refused) or not: its figures would describe a
+/// server that died under the load.
+async fn stop_spawned<T>(
+    ran: anyhow::Result<T>,
+    spawned: Option<(Surge, stop::DrillDir)>,
+) -> anyhow::Result<T> {
+    if let Some((surge, _dir)) = spawned {
+        surge.terminate(Duration::from_secs(30)).await?;
+    }
+    ran
+}
+
 /// Run the drill the command line asks for and build its report.
 pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport> {
     let c = &cli.common;
@@ -396,11 +410,8 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 redis_urls.push((url, label));
             }
             let (client, spawned) = target(c).await?;
-            let (stats, audit) =
-                flash::run(client, fc.clone(), &load_cfg, "surge", audit_concurrency).await?;
-            if let Some((surge, _dir)) = spawned {
-                surge.terminate(Duration::from_secs(30)).await?;
-            }
+            let ran = flash::run(client, fc.clone(), &load_cfg, "surge", audit_concurrency).await;
+            let (stats, audit) = stop_spawned(ran, spawned).await?;
             runs.push(SystemRun { stats, audit });
             for (url, label) in redis_urls {
                 let (stats, audit) = redis::run(url, fc.clone(), &load_cfg, &label).await?;
@@ -410,7 +421,7 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
         }
         Scenario::Lifecycle { skus, customers } => {
             let (client, spawned) = target(c).await?;
-            let (stats, audit) = lifecycle::run(
+            let ran = lifecycle::run(
                 client,
                 c.seed,
                 *skus,
@@ -418,10 +429,8 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 &load_cfg,
                 audit_concurrency,
             )
-            .await?;
-            if let Some((surge, _dir)) = spawned {
-                surge.terminate(Duration::from_secs(30)).await?;
-            }
+            .await;
+            let (stats, audit) = stop_spawned(ran, spawned).await?;
             runs.push(SystemRun { stats, audit });
             ("lifecycle", json!({"skus": skus, "customers": customers}))
         }
@@ -460,11 +469,8 @@ pub async fn run(cli: &Cli, command_line: String) -> anyhow::Result<DrillReport>
                 seed: c.seed,
             };
             let (client, spawned) = target(c).await?;
-            let (stats, audit) =
-                limited::run(client, lc.clone(), &load_cfg, "surge", audit_concurrency).await?;
-            if let Some((surge, _dir)) = spawned {
-                surge.terminate(Duration::from_secs(30)).await?;
-            }
+            let ran = limited::run(client, lc.clone(), &load_cfg, "surge", audit_concurrency).await;
+            let (stats, audit) = stop_spawned(ran, spawned).await?;
             runs.push(SystemRun { stats, audit });
             ("limited-sale", json!({"limited": lc}))
         }

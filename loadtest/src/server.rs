@@ -202,19 +202,28 @@ impl Surge {
             {
                 return Ok(self.spawned_at.elapsed());
             }
-            if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                bail!(
-                    "surge exited before it was ready: {status}; its last log lines: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                );
+            if let Some(exit) = self.exit_report()? {
+                bail!("surge exited before it was ready: {exit}");
             }
             if Instant::now() >= deadline {
                 bail!("surge not ready within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// How the process ended and its last log lines, once it has exited; `None`
+    /// while it runs.
+    fn exit_report(&mut self) -> anyhow::Result<Option<String>> {
+        let Some(status) = self.child.try_wait().context("looking at surge's state")? else {
+            return Ok(None);
+        };
+        let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        Ok(Some(format!(
+            "{status}; its last log lines: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        )))
     }
 
     /// SIGKILL (std's and tokio's `kill` send SIGKILL on Unix) and reap.
@@ -226,8 +235,13 @@ impl Surge {
         Ok(())
     }
 
-    /// SIGTERM for a clean shutdown; SIGKILL if it takes longer than `grace`.
+    /// SIGTERM for a clean shutdown; SIGKILL if it takes longer than `grace`. An
+    /// error if it had already exited by itself: whatever the drill measured, it
+    /// measured a server that died under it.
     pub async fn terminate(mut self, grace: Duration) -> anyhow::Result<()> {
+        if let Some(exit) = self.exit_report()? {
+            bail!("surge exited during the drill, before the drill stopped it: {exit}");
+        }
         let pid = self.child.id();
         if let Some(pid) = pid {
             // Only ever our own child, by its pid.
@@ -250,5 +264,52 @@ impl Surge {
         }
         forget_child(pid);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: an unwrap that fails is a failing test"
+    )]
+
+    use super::*;
+
+    /// A "surge" that is a shell script: `body` runs, surge's arguments ignored.
+    fn stand_in(dir: &std::path::Path, body: &str) -> SpawnConfig {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("stand-in.sh");
+        std::fs::write(&bin, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        SpawnConfig {
+            bin,
+            data_dir: dir.join("data"),
+            port: free_port().unwrap(),
+            durability: "sync".into(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_surge_that_exited_during_the_drill_fails_its_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = stand_in(dir.path(), "echo 'out of memory, stopping' >&2\nexit 3");
+        let mut surge = Surge::spawn(&cfg).unwrap();
+        // It has ended (reaped here; its status stays readable) before the stop.
+        surge.child.wait().await.unwrap();
+        let stopped = surge.terminate(Duration::from_secs(5)).await;
+        let why = format!("{:#}", stopped.unwrap_err());
+        assert!(why.contains("surge exited during the drill"), "{why}");
+        assert!(why.contains("exit status: 3"), "{why}");
+        assert!(why.contains("out of memory, stopping"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_running_surge_is_stopped_without_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = stand_in(dir.path(), "exec sleep 60");
+        let surge = Surge::spawn(&cfg).unwrap();
+        surge.terminate(Duration::from_secs(5)).await.unwrap();
     }
 }
