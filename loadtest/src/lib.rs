@@ -368,8 +368,14 @@ async fn stop_spawned<T>(
     ran: anyhow::Result<T>,
     spawned: Option<(Surge, stop::DrillDir)>,
 ) -> anyhow::Result<T> {
-    if let Some((surge, _dir)) = spawned {
-        surge.terminate(Duration::from_secs(30)).await?;
+    if let Some((surge, _dir)) = spawned
+        && let Err(stopped) = surge.terminate(Duration::from_secs(30)).await
+    {
+        // The server's end first: it is the likelier cause of the run's error.
+        return Err(match ran {
+            Ok(_) => stopped,
+            Err(run) => anyhow::anyhow!("{stopped:#}; the run's own error: {run:#}"),
+        });
     }
     ran
 }

@@ -213,11 +213,14 @@ impl Surge {
     }
 
     /// How the process ended and its last log lines, once it has exited; `None`
-    /// while it runs.
+    /// while it runs. An exited process is reaped here, so it leaves the registry
+    /// of children to stop now (its pid may be another process's later).
     fn exit_report(&mut self) -> anyhow::Result<Option<String>> {
+        let pid = self.child.id();
         let Some(status) = self.child.try_wait().context("looking at surge's state")? else {
             return Ok(None);
         };
+        forget_child(pid);
         let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         Ok(Some(format!(
@@ -226,8 +229,12 @@ impl Surge {
         )))
     }
 
-    /// SIGKILL (std's and tokio's `kill` send SIGKILL on Unix) and reap.
+    /// SIGKILL (std's and tokio's `kill` send SIGKILL on Unix) and reap. An error if
+    /// it had already exited by itself: a drill kills a running server.
     pub async fn kill9(mut self) -> anyhow::Result<()> {
+        if let Some(exit) = self.exit_report()? {
+            bail!("surge exited during the drill, before the drill killed it: {exit}");
+        }
         let pid = self.child.id();
         self.child.start_kill().context("SIGKILL surge")?;
         self.child.wait().await.context("reaping surge")?;
@@ -291,25 +298,52 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_surge_that_exited_during_the_drill_fails_its_stop() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = stand_in(dir.path(), "echo 'out of memory, stopping' >&2\nexit 3");
-        let mut surge = Surge::spawn(&cfg).unwrap();
-        // It has ended (reaped here; its status stays readable) before the stop.
-        surge.child.wait().await.unwrap();
-        let stopped = surge.terminate(Duration::from_secs(5)).await;
-        let why = format!("{:#}", stopped.unwrap_err());
-        assert!(why.contains("surge exited during the drill"), "{why}");
-        assert!(why.contains("exit status: 3"), "{why}");
-        assert!(why.contains("out of memory, stopping"), "{why}");
+    /// Blocks until the child `pid` has exited, leaving it unreaped (`WNOWAIT`):
+    /// its status is then the first `try_wait`'s to take.
+    fn wait_exited_unreaped(pid: u32) {
+        // SAFETY: `info` is a valid, writable siginfo_t for the call; the pid is
+        // this test's own unreaped child.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        assert_eq!(rc, 0, "waitid: {}", std::io::Error::last_os_error());
     }
 
+    /// One test, every case in turn: the scripts are written before any is
+    /// started, so no fork of another test's thread can hold a script open for
+    /// writing while it is executed (ETXTBSY).
     #[tokio::test]
-    async fn a_running_surge_is_stopped_without_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = stand_in(dir.path(), "exec sleep 60");
-        let surge = Surge::spawn(&cfg).unwrap();
+    async fn stopping_a_spawned_surge_says_whether_it_had_exited_by_itself() {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let died = stand_in(dirs.0.path(), "echo 'out of memory, stopping' >&2\nexit 3");
+        let runs = stand_in(dirs.1.path(), "exec sleep 60");
+
+        // Exited by itself before the drill's stop, and before its kill -9.
+        for kill9 in [false, true] {
+            let surge = Surge::spawn(&died).unwrap();
+            let pid = surge.pid().unwrap();
+            wait_exited_unreaped(pid);
+            let stopped = if kill9 {
+                surge.kill9().await
+            } else {
+                surge.terminate(Duration::from_secs(5)).await
+            };
+            let why = format!("{:#}", stopped.unwrap_err());
+            assert!(
+                why.contains("surge exited during the drill, before the drill"),
+                "{why}"
+            );
+            assert!(why.contains("exit status: 3"), "{why}");
+            assert!(why.contains("out of memory, stopping"), "{why}");
+            // Reaped, so no longer listed for a failed drill's SIGKILL.
+            assert!(!crate::stop::is_registered(pid), "pid {pid} still listed");
+        }
+
+        // Still running: stopped, no error, no longer listed.
+        let surge = Surge::spawn(&runs).unwrap();
+        let pid = surge.pid().unwrap();
         surge.terminate(Duration::from_secs(5)).await.unwrap();
+        assert!(!crate::stop::is_registered(pid), "pid {pid} still listed");
     }
 }

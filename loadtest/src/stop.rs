@@ -86,6 +86,12 @@ pub fn forget_child(pid: Option<u32>) {
     }
 }
 
+/// Whether `pid` is listed (tests).
+#[cfg(test)]
+pub(crate) fn is_registered(pid: u32) -> bool {
+    registry().children.contains(&pid)
+}
+
 /// SIGKILL every child listed (a drill that failed: its own stop did not run).
 pub fn kill_all_children() {
     for &pid in &registry().children {
