@@ -332,20 +332,18 @@ pub async fn batch(
     // lines) is refused here, before the engine: the engine refuses such a command
     // without logging it, so the key it would take (the batch's own, for the first
     // op) would be left unremembered, free for another body.
-    let mut admit = |command: Result<Command, ApiError>, i: usize| {
-        let sized = |command: Command| match batch_keys {
-            Some(_) => surge_engine::check_sizes(&command, None)
-                .map(|()| command)
-                .map_err(|rejection| ApiError::from_rejection(&rejection)),
-            None => Ok(command),
-        };
-        match command.and_then(sized) {
-            Ok(command) => {
-                let key = op_key(&commands, i);
-                commands.push((command, key));
-            }
-            Err(e) => refused.push((i, e)),
+    let sized = |command: Command| match batch_keys {
+        Some(_) => surge_engine::check_sizes(&command, None)
+            .map(|()| command)
+            .map_err(|rejection| ApiError::from_rejection(&rejection)),
+        None => Ok(command),
+    };
+    let mut admit = |command: Result<Command, ApiError>, i: usize| match command.and_then(sized) {
+        Ok(command) => {
+            let key = op_key(&commands, i);
+            commands.push((command, key));
         }
+        Err(e) => refused.push((i, e)),
     };
     for (i, op) in plain.into_iter().enumerate() {
         admit(Ok(plain_reserve_command(&st, op, who.actor.clone())), i);
